@@ -1,0 +1,221 @@
+package policy
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"math"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// signerScheme is what an approved policy-signer key implies: the TPM
+// signature scheme, its hash, and (for ECC) the curve and coordinate size.
+type signerScheme struct {
+	sigAlg    tpm2.TPMAlgID // TPMAlgECDSA or TPMAlgRSAPSS
+	hash      tpm2.TPMIAlgHash
+	curve     tpm2.TPMECCCurve
+	coordSize int
+}
+
+// signerNameAlg is the nameAlg of every signer key as loaded into the TPM. It
+// fixes both the key's name and the aHash that the signature covers
+// (aHash = H_nameAlg(approvedPolicy || policyRef)).
+const signerNameAlg = tpm2.TPMAlgSHA256
+
+// schemeFor checks that pub is an approved policy signer: ECDSA P-256 or
+// P-384, or RSA with a 3072- or 4096-bit modulus and a public exponent the
+// TPM can hold. Everything else is ErrNotApproved.
+func schemeFor(pub crypto.PublicKey) (signerScheme, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k == nil || k.Curve == nil {
+			return signerScheme{}, fmt.Errorf("policy: nil ECDSA key")
+		}
+		switch k.Curve {
+		case elliptic.P256():
+			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA256, curve: tpm2.TPMECCNistP256, coordSize: 32}, nil
+		case elliptic.P384():
+			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA384, curve: tpm2.TPMECCNistP384, coordSize: 48}, nil
+		}
+		return signerScheme{}, fmt.Errorf("policy: signer curve %s: %w (use P-256 or P-384)", k.Curve.Params().Name, ErrNotApproved)
+	case *rsa.PublicKey:
+		if k == nil || k.N == nil {
+			return signerScheme{}, fmt.Errorf("policy: nil RSA key")
+		}
+		if bits := k.N.BitLen(); bits != 3072 && bits != 4096 {
+			return signerScheme{}, fmt.Errorf("policy: RSA signer of %d bits: %w (use 3072 or 4096)", bits, ErrNotApproved)
+		}
+		if k.E < 65537 || k.E > math.MaxUint32 || k.E%2 == 0 {
+			return signerScheme{}, fmt.Errorf("policy: RSA public exponent %d: %w", k.E, ErrNotApproved)
+		}
+		return signerScheme{sigAlg: tpm2.TPMAlgRSAPSS, hash: tpm2.TPMAlgSHA256}, nil
+	}
+	return signerScheme{}, fmt.Errorf("policy: signer key type %T: %w", pub, ErrNotApproved)
+}
+
+// SignerPublic returns the TPMT_PUBLIC under which the policy signer key is
+// loaded with TPM2_LoadExternal: nameAlg SHA-256, sign and userWithAuth set,
+// scheme ECDSA (with the curve's hash) or RSASSA-PSS with SHA-256. The same
+// structure yields the key's name, so it must be byte-for-byte what the TPM
+// is given at use: ECC coordinates are padded to the field size, and an RSA
+// exponent of 65537 is written as 0 (the TPM's default).
+func SignerPublic(pub crypto.PublicKey) (tpm2.TPMTPublic, error) {
+	sch, err := schemeFor(pub)
+	if err != nil {
+		return tpm2.TPMTPublic{}, err
+	}
+	attrs := tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true}
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		// ECDH() also checks that the point is on the curve.
+		ek, err := k.ECDH()
+		if err != nil {
+			return tpm2.TPMTPublic{}, fmt.Errorf("policy: ECDSA signer: %w", err)
+		}
+		raw := ek.Bytes() // 0x04 || X || Y, fixed size
+		x, y := raw[1:1+sch.coordSize], raw[1+sch.coordSize:]
+		return tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgECC,
+			NameAlg:          signerNameAlg,
+			ObjectAttributes: attrs,
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+				Scheme: tpm2.TPMTECCScheme{
+					Scheme:  tpm2.TPMAlgECDSA,
+					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: sch.hash}),
+				},
+				CurveID: sch.curve,
+				KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+			}),
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+				X: tpm2.TPM2BECCParameter{Buffer: x},
+				Y: tpm2.TPM2BECCParameter{Buffer: y},
+			}),
+		}, nil
+	case *rsa.PublicKey:
+		bits := k.N.BitLen()
+		exp := uint32(k.E)
+		if exp == 65537 {
+			exp = 0
+		}
+		return tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgRSA,
+			NameAlg:          signerNameAlg,
+			ObjectAttributes: attrs,
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+				Scheme: tpm2.TPMTRSAScheme{
+					Scheme:  tpm2.TPMAlgRSAPSS,
+					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: sch.hash}),
+				},
+				KeyBits:  tpm2.TPMKeyBits(bits),
+				Exponent: exp,
+			}),
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{
+				Buffer: k.N.FillBytes(make([]byte, bits/8)),
+			}),
+		}, nil
+	}
+	panic("unreachable: schemeFor accepted an unknown key type")
+}
+
+// SignerName returns the TPM name of the signer key as SignerPublic loads it:
+// the keySign that TPM2_PolicyAuthorize extends into the policy digest.
+func SignerName(pub crypto.PublicKey) ([]byte, error) {
+	tp, err := SignerPublic(pub)
+	if err != nil {
+		return nil, err
+	}
+	n, err := tpm2.ObjectName(&tp)
+	if err != nil {
+		return nil, fmt.Errorf("policy: signer name: %w", err)
+	}
+	return n.Buffer, nil
+}
+
+// ParsePublicKeyPEM parses one PEM "PUBLIC KEY" block (PKIX) holding an
+// approved policy-signer key. Anything after the block other than whitespace
+// is refused, so a file cannot carry a second, unnoticed key.
+func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
+	block, err := onePEM(data)
+	if err != nil {
+		return nil, err
+	}
+	if block.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("policy: PEM block %q, want PUBLIC KEY", block.Type)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("policy: public key: %w", err)
+	}
+	if _, err := SignerPublic(pub); err != nil {
+		return nil, err
+	}
+	return pub, nil
+}
+
+// MarshalPublicKeyPEM writes pub as a PEM "PUBLIC KEY" block.
+func MarshalPublicKeyPEM(pub crypto.PublicKey) ([]byte, error) {
+	if _, err := schemeFor(pub); err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("policy: public key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// ParseSignerPEM parses a policy-signing private key: "PRIVATE KEY" (PKCS#8),
+// "EC PRIVATE KEY" (SEC1) or "RSA PRIVATE KEY" (PKCS#1). Encrypted legacy PEM
+// is refused (decrypt it with a tool that does it properly), and the key must
+// be an approved signer.
+func ParseSignerPEM(data []byte) (crypto.Signer, error) {
+	block, err := onePEM(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(block.Headers) != 0 {
+		return nil, fmt.Errorf("policy: PEM headers (encrypted key?) are not supported")
+	}
+	var key any
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("policy: PEM block %q, want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy: private key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("policy: private key type %T: %w", key, ErrNotApproved)
+	}
+	if _, err := schemeFor(signer.Public()); err != nil {
+		return nil, err
+	}
+	return signer, nil
+}
+
+func onePEM(data []byte) (*pem.Block, error) {
+	block, rest := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("policy: no PEM block found")
+	}
+	for _, c := range rest {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return nil, fmt.Errorf("policy: data after the PEM block")
+		}
+	}
+	return block, nil
+}
