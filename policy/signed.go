@@ -30,7 +30,10 @@ const SignedPolicyFormat = 1
 
 // NVCounterRef names the NV counter index whose value revokes old signed
 // policies. Provisioning creates the counter; the handle is where it lives
-// and the name (which covers its attributes) is what policy digests bind to.
+// and the name is what policy digests bind to. The signature does not cover
+// the handle, and need not: an NV name hashes the index's TPMS_NV_PUBLIC,
+// which contains its handle, so a policy.json edited to point at another
+// index fails in the TPM (PolicyNV extends the name of the index it read).
 type NVCounterRef struct {
 	Handle tpm2.TPMHandle
 	Name   []byte

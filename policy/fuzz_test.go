@@ -1,0 +1,91 @@
+package policy
+
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func FuzzParsePCRList(f *testing.F) {
+	for _, tc := range pcrListTests {
+		f.Add(tc.in)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParsePCRList(s)
+		if err != nil {
+			return
+		}
+		if len(got) == 0 || !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
+			t.Fatalf("ParsePCRList(%q) = %v: not sorted and unique", s, got)
+		}
+		if got[0] < 0 || got[len(got)-1] > MaxPCR {
+			t.Fatalf("ParsePCRList(%q) = %v: out of range", s, got)
+		}
+		parts := make([]string, len(got))
+		for i, n := range got {
+			parts[i] = strconv.Itoa(n)
+		}
+		again, err := ParsePCRList(strings.Join(parts, ","))
+		if err != nil || !slices.Equal(again, got) {
+			t.Fatalf("canonical form of %q does not parse back: %v %v", s, again, err)
+		}
+	})
+}
+
+func FuzzParsePCRValues(f *testing.F) {
+	for _, tc := range pcrValuesTests {
+		f.Add([]byte(tc.in))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, err := ParsePCRValues(data)
+		if err != nil {
+			return
+		}
+		if err := v.Validate(); err != nil {
+			t.Fatalf("parsed values do not validate: %v", err)
+		}
+		out, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParsePCRValues(out)
+		if err != nil || !back.Equal(v) {
+			t.Fatalf("round trip failed: %v", err)
+		}
+	})
+}
+
+func FuzzParseSignedPolicy(f *testing.F) {
+	for _, s := range testSigners(f) {
+		sp, err := SignPolicy(s.signer, testValues(BankSHA256, 0, 7), 3, []byte("fw"), testCounter)
+		if err != nil {
+			f.Fatal(err)
+		}
+		data, err := json.Marshal(sp)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte(`{"format":1}`))
+	f.Add([]byte(`{"format":2,"version":1}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sp, err := ParseSignedPolicy(data)
+		if err != nil {
+			return
+		}
+		if err := sp.Verify(sp.Signer); err != nil {
+			t.Fatalf("parsed policy does not verify: %v", err)
+		}
+		out, err := json.Marshal(sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseSignedPolicy(out); err != nil {
+			t.Fatalf("round trip failed: %v", err)
+		}
+	})
+}
