@@ -1,0 +1,73 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"errors"
+	"sync"
+)
+
+// Anchor is where the chain head is extended so that truncation is detectable.
+// The tpm package implements it with an NV extend index (TPM_NT_EXTEND):
+// value' = SHA-256(value || data), starting from 32 zero bytes.
+//
+// The log file alone can only show that lines were changed in the middle: whoever
+// can write the file can also cut its tail or rewrite it from any point on with
+// a consistent chain. The anchor lives where that writer cannot reach, and can
+// only move forward, so it pins the chain's full length and content.
+type Anchor interface {
+	Extend(head []byte) error
+	Read() ([]byte, error) // current anchor value; ErrAnchorEmpty before the first extend
+}
+
+// ErrAnchorEmpty is returned by Anchor.Read before the first Extend (for a TPM
+// NV index: not yet written, TPM_RC_NV_UNINITIALIZED).
+var ErrAnchorEmpty = errors.New("audit: anchor never extended")
+
+// MemoryAnchor is a software Anchor with the same chaining as the TPM NV
+// extend index. It protects nothing (it lives in the attacker's memory); it
+// exists for tests and for tooling that replays a chain. Safe for concurrent use.
+type MemoryAnchor struct {
+	mu    sync.Mutex
+	value []byte
+}
+
+var _ Anchor = (*MemoryAnchor)(nil)
+
+// Extend sets value = SHA-256(value || head), value starting at 32 zero bytes.
+func (a *MemoryAnchor) Extend(head []byte) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.value == nil {
+		a.value = make([]byte, sha256.Size)
+	}
+	a.value = extend(a.value, head)
+	return nil
+}
+
+// Read returns a copy of the current value, or ErrAnchorEmpty.
+func (a *MemoryAnchor) Read() ([]byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.value == nil {
+		return nil, ErrAnchorEmpty
+	}
+	return append([]byte(nil), a.value...), nil
+}
+
+func extend(value, head []byte) []byte {
+	h := sha256.New()
+	h.Write(value)
+	h.Write(head)
+	return h.Sum(nil)
+}
+
+// ExpectedAnchor replays the extend chain over heads: the value an Anchor
+// holds after Extend(heads[0]), ..., Extend(heads[len-1]). For no heads it is
+// 32 zero bytes (the value an extend index would start from).
+func ExpectedAnchor(heads [][]byte) []byte {
+	v := make([]byte, sha256.Size)
+	for _, h := range heads {
+		v = extend(v, h)
+	}
+	return v
+}

@@ -1,0 +1,607 @@
+// Package audit keeps provd's tamper-evident audit trail: one JSON record per
+// line in <state-dir>/audit.log, each line carrying the SHA-256 of the line
+// before it, and the hash of every new line extended into an Anchor (a TPM NV
+// extend index in production) that the log's writer cannot rewind.
+//
+// What this detects: any edit, deletion, insertion or reordering of lines
+// (the chain breaks at the first line whose "prev" no longer matches), lines
+// removed from the end or a tail rewritten consistently (the replayed anchor
+// differs from the anchor), and lines appended without the anchor. What it does
+// not: deleting the whole log together with resetting the anchor, which needs
+// owner authorisation on the TPM, and an attacker who can extend the anchor.
+//
+// Records never carry secrets: Record has no field for key material, PINs,
+// passwords or seeds, only operation names, object names, a uid and a result.
+// Callers must keep secrets out of Objects and out of error texts passed as
+// results, as everywhere in provd.
+//
+// Crash behaviour. Append writes the line, fsyncs, then extends the anchor.
+//   - A crash during the write leaves a torn last line (no trailing newline):
+//     Verify reports ErrTornTail, Open refuses the log, and Repair truncates
+//     the torn bytes (they were never acknowledged nor anchored) and records
+//     the repair.
+//   - A crash between fsync and extend leaves one complete line the anchor
+//     does not cover. That is indistinguishable from a line appended by
+//     someone without the anchor, so Verify reports ErrUnanchored (which also
+//     matches ErrTampered) and only Repair with AnchorLast, an explicit
+//     operator decision, extends the anchor over it.
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// FileName is the audit log's name inside the state directory.
+const FileName = "audit.log"
+
+// Record is one audit line. Seq, Prev and (if zero) Time are filled in by
+// Append. There is deliberately no field that could hold secret material.
+type Record struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"` // RFC 3339 with nanoseconds, UTC
+	Op   string    `json:"op"`   // e.g. "provision", "zeroize", "key-export"
+	UID  int       `json:"uid"`  // the requesting user (peer credentials)
+	// Objects names the objects the operation touched, by role:
+	// {"key": "op-signing", "parent": "pk"}. Names only, never contents.
+	Objects map[string]string `json:"objects"`
+	Result  string            `json:"result"` // "ok" or "error: <message>"
+	Prev    string            `json:"prev"`   // hex SHA-256 of the previous line, without its newline
+}
+
+// Result formats an operation's outcome for Record.Result.
+func Result(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "error: " + err.Error()
+}
+
+// Sentinel errors; test with errors.Is. Verification failures are *VerifyError.
+var (
+	// ErrTampered means the log and its chain or anchor disagree.
+	ErrTampered = errors.New("audit: log has been tampered with")
+	// ErrUnanchored means complete lines at the end are not covered by the
+	// anchor: a crash between write and extend, or lines appended by someone
+	// without the anchor. It also matches ErrTampered.
+	ErrUnanchored = errors.New("audit: lines at the end of the log are not anchored")
+	// ErrTornTail means the last line has no newline: an append was
+	// interrupted. The complete lines before it verified.
+	ErrTornTail = errors.New("audit: last line is incomplete (interrupted append)")
+	// ErrInvalidRecord means Append was given a record it will not write.
+	ErrInvalidRecord = errors.New("audit: invalid record")
+	// ErrLocked means another process kept the log locked past the timeout.
+	ErrLocked = errors.New("audit: another provd process holds the audit log lock")
+)
+
+// VerifyError says where the chain breaks. Line is 1-based; for a torn tail it
+// is the number the incomplete line would have had.
+type VerifyError struct {
+	Line   int
+	Kind   error // ErrTampered, ErrUnanchored or ErrTornTail
+	Reason string
+}
+
+func (e *VerifyError) Error() string {
+	return fmt.Sprintf("%v: line %d: %s", e.Kind, e.Line, e.Reason)
+}
+
+// Unwrap exposes Kind, and ErrTampered for unanchored lines, since an
+// unanchored tail must not pass a check for tampering.
+func (e *VerifyError) Unwrap() []error {
+	if e.Kind == ErrUnanchored {
+		return []error{e.Kind, ErrTampered}
+	}
+	return []error{e.Kind}
+}
+
+// Report describes a verified log.
+type Report struct {
+	Lines  int    // complete lines that verified
+	Head   []byte // SHA-256 of the last complete line; nil for an empty log
+	Anchor []byte // the anchor value read (nil if never extended)
+	// TornBytes is the length of an incomplete last line, if any.
+	TornBytes int
+}
+
+var zeroHead = strings.Repeat("0", 64)
+
+// chain is the running state of a replay: last line's hash and sequence number,
+// and the anchor value the replayed heads produce.
+type chain struct {
+	seq  uint64
+	head []byte // nil before the first line
+	acc  []byte
+}
+
+func newChain() chain { return chain{acc: make([]byte, sha256.Size)} }
+
+func (c *chain) prevHex() string {
+	if c.head == nil {
+		return zeroHead
+	}
+	return hex.EncodeToString(c.head)
+}
+
+// next checks that line continues the chain and advances it. line excludes
+// the newline. The returned reason is empty on success.
+func (c *chain) next(line []byte) (Record, string) {
+	rec, err := parseLine(line)
+	if err != nil {
+		return rec, "malformed record: " + err.Error()
+	}
+	if rec.Prev != c.prevHex() {
+		if c.head == nil {
+			return rec, "first line's prev is not zero"
+		}
+		return rec, "prev does not match the previous line (a line before it was edited, removed, inserted or reordered)"
+	}
+	if rec.Seq != c.seq+1 {
+		return rec, fmt.Sprintf("seq %d, want %d", rec.Seq, c.seq+1)
+	}
+	h := sha256.Sum256(line)
+	c.seq, c.head, c.acc = rec.Seq, h[:], extend(c.acc, h[:])
+	return rec, ""
+}
+
+func parseLine(line []byte) (Record, error) {
+	var rec Record
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rec); err != nil {
+		return rec, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return rec, errors.New("trailing data")
+	}
+	return rec, nil
+}
+
+// readAnchor returns the anchor value, nil if it was never extended.
+func readAnchor(a Anchor) ([]byte, error) {
+	v, err := a.Read()
+	if errors.Is(err, ErrAnchorEmpty) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read anchor: %w", err)
+	}
+	return v, nil
+}
+
+// Verify replays the hash chain of the log at path and compares the replayed
+// anchor value with anchor.Read(). A missing file is an empty log. On failure
+// the error is a *VerifyError (errors.Is ErrTampered, ErrUnanchored or
+// ErrTornTail) and the Report covers the lines before the break.
+func Verify(path string, anchor Anchor) (Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return Report{}, fmt.Errorf("audit: %w", err)
+	}
+	av, err := readAnchor(anchor)
+	if err != nil {
+		return Report{}, err
+	}
+	rep, _, verr := verify(data, av)
+	return rep, verr
+}
+
+// verify is Verify on bytes, with the anchor value already read (nil: never
+// extended). It also returns the chain state after the complete lines.
+func verify(data, anchor []byte) (Report, chain, error) {
+	rep := Report{Anchor: anchor}
+	c := newChain()
+	complete := data
+	if i := bytes.LastIndexByte(data, '\n'); i+1 < len(data) {
+		complete = data[:i+1]
+		rep.TornBytes = len(data) - (i + 1)
+	}
+	// matched is the number of lines after which the replay equals the
+	// anchor; an anchor never extended covers zero lines.
+	matched := -1
+	if anchor == nil {
+		matched = 0
+	}
+	n := 0
+	for len(complete) > 0 {
+		i := bytes.IndexByte(complete, '\n')
+		line := complete[:i]
+		complete = complete[i+1:]
+		n++
+		if _, reason := c.next(line); reason != "" {
+			return rep, c, &VerifyError{Line: n, Kind: ErrTampered, Reason: reason}
+		}
+		rep.Lines, rep.Head = n, c.head
+		if anchor != nil && bytes.Equal(c.acc, anchor) {
+			matched = n
+		}
+	}
+	if covered := (anchor == nil && n == 0) || (anchor != nil && bytes.Equal(c.acc, anchor)); !covered {
+		switch {
+		case matched >= 0:
+			return rep, c, &VerifyError{Line: matched + 1, Kind: ErrUnanchored,
+				Reason: fmt.Sprintf("lines %d-%d are not covered by the anchor", matched+1, n)}
+		case n == 0:
+			return rep, c, &VerifyError{Line: 1, Kind: ErrTampered,
+				Reason: "the log is empty but the anchor has been extended: its lines were removed"}
+		default:
+			return rep, c, &VerifyError{Line: n, Kind: ErrTampered,
+				Reason: fmt.Sprintf("replaying lines 1-%d does not give the anchor: lines were removed from the end, or the log was rewritten from some line on", n)}
+		}
+	}
+	if rep.TornBytes > 0 {
+		return rep, c, &VerifyError{Line: n + 1, Kind: ErrTornTail,
+			Reason: fmt.Sprintf("%d bytes without a newline; run audit repair", rep.TornBytes)}
+	}
+	return rep, c, nil
+}
+
+// Options configure a Log. Anchor is required; the rest have safe defaults.
+type Options struct {
+	Anchor      Anchor
+	Now         func() time.Time // default time.Now
+	LockTimeout time.Duration    // default 5s
+}
+
+// Log is an open audit trail. It is safe for concurrent use, and several
+// processes may append to the same file: each Append takes an exclusive flock
+// on the file and first replays whatever other processes appended.
+type Log struct {
+	mu   sync.Mutex
+	f    *os.File
+	path string
+	opts Options
+	size int64 // bytes of the file this Log has verified
+	c    chain
+	// err, once set, makes every later Append fail: the log's state on disk is
+	// no longer known to be consistent with the anchor.
+	err error
+}
+
+// Open opens (creating, mode 0600) the log at path and verifies it against
+// opts.Anchor. A log that does not verify, torn tail included, is refused
+// with the *VerifyError: appending to it would bury the evidence (see Repair).
+func Open(path string, opts Options) (*Log, error) {
+	if opts.Anchor == nil {
+		return nil, errors.New("audit: Options.Anchor is required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 5 * time.Second
+	}
+	f, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	l := &Log{f: f, path: path, opts: opts, c: newChain()}
+	if _, err := l.openVerified(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func openFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open log: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o077 != 0 {
+		f.Close()
+		return nil, fmt.Errorf("audit: %s must be a regular file with mode 0600, is %v", path, fi.Mode())
+	}
+	return f, nil
+}
+
+func readAll(f *os.File) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	buf := make([]byte, fi.Size())
+	if _, err := f.ReadAt(buf, 0); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("audit: read log: %w", err)
+	}
+	return buf, nil
+}
+
+// lock takes the exclusive flock with a bounded wait.
+func (l *Log) lock() error {
+	deadline := time.Now().Add(l.opts.LockTimeout)
+	for {
+		err := syscall.Flock(int(l.f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			return fmt.Errorf("audit: flock: %w", err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s (waited %s)", ErrLocked, l.path, l.opts.LockTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (l *Log) unlock() { syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN) }
+
+// Append writes rec as the next line, fsyncs it, and extends the anchor with
+// the line's hash. It refuses when the anchor is not where this log's chain
+// says it should be, and after any failure that could leave the file and the
+// anchor out of step (see Repair).
+func (l *Log) Append(rec Record) error {
+	if rec.Op == "" {
+		return fmt.Errorf("%w: empty op", ErrInvalidRecord)
+	}
+	if rec.Result != "ok" && !strings.HasPrefix(rec.Result, "error: ") {
+		return fmt.Errorf("%w: result must be \"ok\" or \"error: ...\"", ErrInvalidRecord)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return errors.New("audit: log is closed")
+	}
+	if l.err != nil {
+		return l.err
+	}
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+
+	if err := l.catchUp(); err != nil {
+		l.err = err
+		return err
+	}
+	av, err := readAnchor(l.opts.Anchor)
+	if err != nil {
+		return err
+	}
+	if (l.c.head == nil && av != nil) || (l.c.head != nil && !bytes.Equal(av, l.c.acc)) {
+		l.err = &VerifyError{Line: int(l.c.seq), Kind: ErrTampered,
+			Reason: "the anchor does not match the log; run audit verify"}
+		return l.err
+	}
+
+	rec.Seq = l.c.seq + 1
+	rec.Prev = l.c.prevHex()
+	if rec.Time.IsZero() {
+		rec.Time = l.opts.Now()
+	}
+	rec.Time = rec.Time.UTC()
+	if rec.Objects == nil {
+		rec.Objects = map[string]string{}
+	}
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("audit: encode record: %w", err)
+	}
+	// One write call for line and newline, so concurrent readers never see a
+	// complete-looking line without its end.
+	buf := append(line, '\n')
+	if _, err := l.f.Write(buf); err != nil {
+		return l.undo(fmt.Errorf("audit: write: %w", err))
+	}
+	if err := l.f.Sync(); err != nil {
+		return l.undo(fmt.Errorf("audit: fsync: %w", err))
+	}
+	next := l.c
+	if _, reason := next.next(line); reason != "" {
+		// Cannot happen: we just built the line from this chain.
+		l.err = fmt.Errorf("audit: internal: own line does not chain: %s", reason)
+		return l.err
+	}
+	if err := l.opts.Anchor.Extend(next.head); err != nil {
+		l.err = fmt.Errorf("audit: line %d written but not anchored (run audit repair): %w", next.seq, err)
+		l.c, l.size = next, l.size+int64(len(buf))
+		return l.err
+	}
+	l.c, l.size = next, l.size+int64(len(buf))
+	return nil
+}
+
+// undo cuts a failed write back to the last good line, so that the failure does
+// not leave a torn line; if even that fails the log stops accepting appends.
+func (l *Log) undo(err error) error {
+	if terr := l.f.Truncate(l.size); terr != nil {
+		l.err = fmt.Errorf("%w; truncating the partial line also failed: %v", err, terr)
+		return l.err
+	}
+	if serr := l.f.Sync(); serr != nil {
+		l.err = fmt.Errorf("%w; fsync after truncation failed: %v", err, serr)
+		return l.err
+	}
+	return err
+}
+
+// catchUp replays lines other processes appended since this Log last looked.
+func (l *Log) catchUp() error {
+	fi, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	switch {
+	case fi.Size() == l.size:
+		return nil
+	case fi.Size() < l.size:
+		return &VerifyError{Line: int(l.c.seq), Kind: ErrTampered, Reason: "the log shrank while open"}
+	}
+	buf := make([]byte, fi.Size()-l.size)
+	if _, err := l.f.ReadAt(buf, l.size); err != nil && err != io.EOF {
+		return fmt.Errorf("audit: read log: %w", err)
+	}
+	for len(buf) > 0 {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			return &VerifyError{Line: int(l.c.seq) + 1, Kind: ErrTornTail, Reason: "another writer left an incomplete line"}
+		}
+		if _, reason := l.c.next(buf[:i]); reason != "" {
+			return &VerifyError{Line: int(l.c.seq) + 1, Kind: ErrTampered, Reason: reason}
+		}
+		l.size += int64(i + 1)
+		buf = buf[i+1:]
+	}
+	return nil
+}
+
+// Head returns the hash of the last line (the current chain head), or nil.
+func (l *Log) Head() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.c.head...)
+}
+
+// Records returns the records of the log's complete lines, in order. It does
+// not verify the chain (use Verify); a torn last line is reported with an
+// error wrapping ErrTornTail after the complete records.
+func (l *Log) Records() ([]Record, error) {
+	data, err := os.ReadFile(l.path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	var recs []Record
+	for n := 1; len(data) > 0; n++ {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return recs, &VerifyError{Line: n, Kind: ErrTornTail, Reason: strconv.Itoa(len(data)) + " bytes without a newline"}
+		}
+		rec, err := parseLine(data[:i])
+		if err != nil {
+			return recs, &VerifyError{Line: n, Kind: ErrTampered, Reason: "malformed record: " + err.Error()}
+		}
+		recs = append(recs, rec)
+		data = data[i+1:]
+	}
+	return recs, nil
+}
+
+// Close closes the file.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}
+
+// RepairOptions authorise Repair's fixes. The zero value repairs only a torn
+// tail, which is always safe: those bytes were never acknowledged or anchored.
+type RepairOptions struct {
+	// AnchorLast extends the anchor over a single complete but unanchored
+	// last line. Only an operator who has inspected that line should set it:
+	// it accepts the line as genuine.
+	AnchorLast bool
+	UID        int              // recorded in the audit-repair record
+	Now        func() time.Time // default time.Now
+}
+
+// Repair fixes what a crash can leave behind: a torn last line (truncated
+// away) and, with AnchorLast, a last line written but not anchored. Anything
+// else is tampering and is returned as Verify's error, untouched. After a
+// repair it appends an "audit-repair" record saying what was done.
+func Repair(path string, anchor Anchor, opts RepairOptions) (Report, error) {
+	f, err := openFile(path)
+	if err != nil {
+		return Report{}, err
+	}
+	l := &Log{f: f, path: path, opts: Options{Anchor: anchor, Now: opts.Now, LockTimeout: 5 * time.Second}}
+	if l.opts.Now == nil {
+		l.opts.Now = time.Now
+	}
+	defer l.Close()
+	if err := l.lock(); err != nil {
+		return Report{}, err
+	}
+	data, err := readAll(f)
+	if err != nil {
+		l.unlock()
+		return Report{}, err
+	}
+	av, err := readAnchor(anchor)
+	if err != nil {
+		l.unlock()
+		return Report{}, err
+	}
+	rep, c, verr := verify(data, av)
+	var ve *VerifyError
+	objects := map[string]string{}
+	switch {
+	case verr == nil:
+		l.unlock()
+		return rep, nil
+	case errors.As(verr, &ve) && ve.Kind == ErrTornTail:
+		good := int64(len(data) - rep.TornBytes)
+		if err := f.Truncate(good); err != nil {
+			l.unlock()
+			return rep, fmt.Errorf("audit: repair: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			l.unlock()
+			return rep, fmt.Errorf("audit: repair: %w", err)
+		}
+		objects["discarded_bytes"] = strconv.Itoa(rep.TornBytes)
+		rep.TornBytes = 0
+	case errors.As(verr, &ve) && ve.Kind == ErrUnanchored && opts.AnchorLast && ve.Line == rep.Lines && rep.TornBytes == 0:
+		if err := anchor.Extend(c.head); err != nil {
+			l.unlock()
+			return rep, fmt.Errorf("audit: repair: extend anchor: %w", err)
+		}
+		objects["anchored_line"] = strconv.Itoa(ve.Line)
+	default:
+		l.unlock()
+		return rep, verr
+	}
+	l.unlock()
+	if _, err := l.openVerified(); err != nil {
+		return rep, err
+	}
+	if err := l.Append(Record{Op: "audit-repair", UID: opts.UID, Objects: objects, Result: "ok"}); err != nil {
+		return rep, err
+	}
+	rep.Lines, rep.Head = int(l.c.seq), l.c.head
+	rep.Anchor, _ = readAnchor(anchor)
+	return rep, nil
+}
+
+// openVerified re-reads and verifies the file into l's chain state.
+func (l *Log) openVerified() (Report, error) {
+	if err := l.lock(); err != nil {
+		return Report{}, err
+	}
+	defer l.unlock()
+	data, err := readAll(l.f)
+	if err != nil {
+		return Report{}, err
+	}
+	av, err := readAnchor(l.opts.Anchor)
+	if err != nil {
+		return Report{}, err
+	}
+	rep, c, err := verify(data, av)
+	if err != nil {
+		return rep, err
+	}
+	l.c, l.size = c, int64(len(data))
+	return rep, nil
+}

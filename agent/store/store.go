@@ -1,0 +1,534 @@
+// Package store keeps provd's device state: a directory holding a versioned
+// manifest (manifest.json) and opaque blob files (blobs/), written so that a
+// crash at any moment leaves either the old state or the new one.
+//
+// The store is deliberately generic: it knows nothing of keys, policies or TPM
+// handles. The agent stores its typed records as JSON objects in the manifest and
+// its binary artefacts (TPM-wrapped private areas, public areas, context blobs)
+// as blobs. Secrets in plaintext do not belong here; blobs are TPM-wrapped, and
+// Remove/Wipe overwrite them with zeros anyway because a wrapped key can still be
+// loaded by whoever later satisfies its policy.
+//
+// Every read and write happens inside View or Update, under an exclusive
+// advisory lock (flock on <dir>/.lock) held for the duration of the callback, so
+// the daemon and a concurrent CLI invocation cannot interleave writes, and a
+// reader never sees a blob that a writer is about to delete. The manifest is
+// re-read under the lock on every transaction, so no process acts on a stale
+// in-memory copy.
+//
+// Commit protocol (the manifest rename is the single commit point):
+//
+//  1. new or changed blobs are written to fresh files blobs/<name>.<gen>, where
+//     gen is the generation being committed, each via temp file, fsync, rename;
+//  2. the blobs directory is fsynced, so the new names are durable;
+//  3. manifest.json is written via temp file, fsync, rename, fsync of the state
+//     directory: from here on the new generation is the state;
+//  4. blob files the new manifest no longer references are zeroed and unlinked.
+//
+// A crash before step 3 completes leaves the old manifest, which references only
+// old files that were never touched; a crash after it leaves the new manifest,
+// whose files were made durable in step 2. Files left behind by a crash (temp
+// files, unreferenced generations) are zeroed and removed by the next Open,
+// View or Update once the manifest has been read successfully.
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// File and directory names inside the state directory.
+const (
+	ManifestFile = "manifest.json"
+	BlobDir      = "blobs"
+	LockFile     = ".lock"
+	// AuditLogFile is the audit trail's name (audit.FileName); the store only
+	// needs it so that Wipe can remove it when asked. A test keeps them equal.
+	AuditLogFile = "audit.log"
+
+	tmpPrefix = ".tmp-"
+)
+
+// SchemaVersion is the manifest schema this build reads and writes. A manifest
+// with a higher number was written by a newer provd; this build refuses it
+// rather than rewrite it and lose what it does not understand.
+const SchemaVersion = 1
+
+// DefaultLockTimeout bounds how long Open, View and Update wait for the state
+// lock. provd commands are short; waiting longer would only hide a stuck process.
+const DefaultLockTimeout = 5 * time.Second
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrLocked means the state lock could not be taken within the lock timeout.
+	ErrLocked = errors.New("store: another provd process holds the state lock")
+	// ErrUnknownSchema means manifest.json has a schema version this build does
+	// not know (normally: written by a newer provd). Nothing is modified.
+	ErrUnknownSchema = errors.New("store: manifest schema version not supported by this provd")
+	// ErrCorrupt means manifest.json or a blob is unreadable or fails its
+	// integrity checks. Nothing is modified; the operator must restore or wipe.
+	ErrCorrupt = errors.New("store: state is corrupt")
+	// ErrInsecureDir means the state directory is not private to this user.
+	ErrInsecureDir = errors.New("store: state directory is not private")
+	// ErrInvalidName means an object or blob name failed validation.
+	ErrInvalidName = errors.New("store: invalid name")
+	// ErrNotFound means the named object or blob does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrReadOnly means a write was attempted inside View.
+	ErrReadOnly = errors.New("store: write in a read-only transaction")
+)
+
+// Options tune a Store. The zero value is the production configuration.
+type Options struct {
+	// LockTimeout bounds the wait for the state lock; 0 means DefaultLockTimeout.
+	LockTimeout time.Duration
+
+	// hook, when set (tests only), is called at each durability step of a
+	// commit so a test can stop the process exactly there.
+	hook func(step string)
+}
+
+// Store is an open state directory. It holds no file descriptors between
+// transactions, so it needs no Close; it is safe for concurrent use.
+type Store struct {
+	dir  string
+	opts Options
+	// sem serialises transactions of this process before they compete for the
+	// flock, so goroutines queue instead of polling.
+	sem chan struct{}
+}
+
+// Open opens (creating with mode 0700 if absent) the state directory dir,
+// checks that it is private to the current user, takes the lock once to check
+// the manifest, and removes leftovers of an interrupted commit.
+func Open(dir string) (*Store, error) { return OpenOptions(dir, Options{}) }
+
+// OpenOptions is Open with options.
+func OpenOptions(dir string, opts Options) (*Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = DefaultLockTimeout
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: create state directory: %w", err)
+	}
+	if err := checkPrivate(dir); err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, opts: opts, sem: make(chan struct{}, 1)}
+	// A View runs the same checks and garbage collection as every transaction.
+	if err := s.View(context.Background(), func(*Tx) error { return nil }); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dir returns the state directory.
+func (s *Store) Dir() string { return s.dir }
+
+// checkPrivate refuses a directory another user could read or plant files in:
+// the store holds wrapped keys and the files that decide what provd loads.
+func checkPrivate(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrInsecureDir, dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %#o; want no group/other access (chmod 700)", ErrInsecureDir, dir, perm)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%w: cannot read owner of %s", ErrInsecureDir, dir)
+	}
+	if uid := os.Getuid(); int(st.Uid) != uid {
+		return fmt.Errorf("%w: %s is owned by uid %d, provd runs as uid %d", ErrInsecureDir, dir, st.Uid, uid)
+	}
+	return nil
+}
+
+// lock takes the in-process semaphore and then the exclusive flock, polling
+// with LOCK_NB until the deadline so a stuck peer produces ErrLocked rather
+// than a hang. The returned function releases both.
+func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.LockTimeout)
+	defer cancel()
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w (busy in this process for %s)", ErrLocked, s.opts.LockTimeout)
+		}
+		return nil, ctx.Err()
+	}
+	release := func() { <-s.sem }
+
+	f, err := os.OpenFile(filepath.Join(s.dir, LockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("store: open lock file: %w", err)
+	}
+	delay := time.Millisecond
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			f.Close()
+			release()
+			return nil, fmt.Errorf("store: flock %s: %w", f.Name(), err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			release()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, s.dir, s.opts.LockTimeout)
+			}
+			return nil, ctx.Err()
+		}
+		if delay < 50*time.Millisecond {
+			delay *= 2
+		}
+	}
+	return func() {
+		// Closing the descriptor releases the flock.
+		f.Close()
+		release()
+	}, nil
+}
+
+// View runs fn with a read-only snapshot of the committed state, under the lock.
+func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
+	return s.run(ctx, false, fn)
+}
+
+// Update runs fn under the lock with the freshly re-read committed state. If fn
+// returns nil and changed anything, the changes are committed as generation+1;
+// if fn returns an error, nothing is committed and the files fn wrote are
+// removed. Callers must not retain the Tx after fn returns.
+func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
+	return s.run(ctx, true, fn)
+}
+
+func (s *Store) run(ctx context.Context, write bool, fn func(*Tx) error) (err error) {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	m, err := s.readManifest()
+	if err != nil {
+		return err
+	}
+	// Only once the manifest parsed may unreferenced files be removed: with an
+	// unreadable or newer manifest we cannot tell what is garbage.
+	if err := s.collectGarbage(m); err != nil {
+		return err
+	}
+	tx := &Tx{s: s, write: write, base: m, next: m.clone()}
+	tx.next.Generation = m.Generation + 1
+	defer func() {
+		if err != nil {
+			tx.discard()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if !write || !tx.dirty {
+		return nil
+	}
+	return tx.commit()
+}
+
+// readManifest reads manifest.json; a missing file is the empty generation 0.
+func (s *Store) readManifest() (*manifest, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, ManifestFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return newManifest(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: read manifest: %w", err)
+	}
+	return parseManifest(b)
+}
+
+// collectGarbage zeroes and removes files an interrupted commit left behind:
+// temp files, and blob files m does not reference. Only names this package
+// creates are touched.
+func (s *Store) collectGarbage(m *manifest) error {
+	live := make(map[string]bool, len(m.Blobs))
+	for _, b := range m.Blobs {
+		live[b.File] = true
+	}
+	ents, err := os.ReadDir(filepath.Join(s.dir, BlobDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: list blobs: %w", err)
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if live[n] || !(strings.HasPrefix(n, tmpPrefix) || isBlobFile(n)) || !e.Type().IsRegular() {
+			continue
+		}
+		if err := shred(filepath.Join(s.dir, BlobDir, n)); err != nil {
+			return err
+		}
+	}
+	ents, err = os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("store: list state directory: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tmpPrefix) && e.Type().IsRegular() {
+			if err := shred(filepath.Join(s.dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// WipeOptions select what Wipe removes beyond the store's own files.
+type WipeOptions struct {
+	// Audit also removes the audit trail. Zeroization normally keeps it, so
+	// that the zeroization itself remains on record.
+	Audit bool
+}
+
+// Wipe zeroes and removes everything the store wrote: every blob, the blobs
+// directory, the manifest and leftover temp files, and the audit log if asked.
+// The directory itself and the (empty) lock file remain: removing a lock file
+// while others may be waiting on it would let two processes hold "the" lock.
+// Wipe does not require a readable manifest, so it also clears corrupt state.
+func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	bdir := filepath.Join(s.dir, BlobDir)
+	ents, err := os.ReadDir(bdir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: list blobs: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(bdir, e.Name())
+		if e.Type().IsRegular() {
+			err = shred(p)
+		} else {
+			err = os.RemoveAll(p)
+		}
+		if err != nil {
+			return fmt.Errorf("store: wipe: %w", err)
+		}
+	}
+	if err := os.Remove(bdir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: wipe: %w", err)
+	}
+	// The manifest goes last among the store's files: until it is gone a
+	// re-run of an interrupted Wipe still finds what is left.
+	ents, err = os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("store: wipe: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tmpPrefix) && e.Type().IsRegular() {
+			if err := shred(filepath.Join(s.dir, e.Name())); err != nil {
+				return fmt.Errorf("store: wipe: %w", err)
+			}
+		}
+	}
+	names := []string{ManifestFile}
+	if opts.Audit {
+		names = append(names, AuditLogFile)
+	}
+	for _, n := range names {
+		if err := shred(filepath.Join(s.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("store: wipe: %w", err)
+		}
+	}
+	return syncDir(s.dir)
+}
+
+// shred overwrites a regular file with zeros, fsyncs it and unlinks it. On
+// flash and copy-on-write filesystems the old blocks may survive; this is a
+// best effort on top of the fact that blobs are TPM-wrapped.
+func shred(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("store: shred: %w", err)
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Mode().IsRegular() {
+		err = writeZeros(f, fi.Size())
+		if err == nil {
+			err = f.Sync()
+		}
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store: shred %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("store: shred: %w", err)
+	}
+	return nil
+}
+
+func writeZeros(w io.WriterAt, n int64) error {
+	zero := make([]byte, 32*1024)
+	for off := int64(0); off < n; {
+		chunk := zero
+		if rem := n - off; rem < int64(len(chunk)) {
+			chunk = chunk[:rem]
+		}
+		k, err := w.WriteAt(chunk, off)
+		if err != nil {
+			return err
+		}
+		off += int64(k)
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to dir/name through a temp file in dir, fsyncs
+// it and renames it into place. It does not fsync dir; callers batch that.
+func writeFileAtomic(dir, name string, data []byte) error {
+	f, err := os.CreateTemp(dir, tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	// CreateTemp uses 0600 already; say so explicitly since it matters.
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// syncDir makes renames and unlinks in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: fsync dir: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store: fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ValidName reports whether name is acceptable as an object or blob name:
+// 1 to 128 characters from [A-Za-z0-9._-], not starting with '.' or '-'. The
+// rule is strict because blob names become file names: no separators, no
+// "..", no hidden files, nothing a shell or a later format could misread.
+func ValidName(name string) bool {
+	if len(name) == 0 || len(name) > 128 || name[0] == '.' || name[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func checkName(name string) error {
+	if !ValidName(name) {
+		return fmt.Errorf("%w: %q (want 1-128 of [A-Za-z0-9._-], not starting with '.' or '-')", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// blobFileName is the on-disk name of generation gen of blob name. The '~'
+// cannot occur in a valid name, so the split is unambiguous.
+func blobFileName(name string, gen uint64) string {
+	return name + "~" + strconv.FormatUint(gen, 10)
+}
+
+// splitBlobFile is the inverse of blobFileName.
+func splitBlobFile(file string) (name string, gen uint64, ok bool) {
+	i := strings.LastIndexByte(file, '~')
+	if i < 0 {
+		return "", 0, false
+	}
+	name, g := file[:i], file[i+1:]
+	if !ValidName(name) || g == "" || (len(g) > 1 && g[0] == '0') {
+		return "", 0, false
+	}
+	gen, err := strconv.ParseUint(g, 10, 64)
+	if err != nil || gen == 0 {
+		return "", 0, false
+	}
+	return name, gen, true
+}
+
+func isBlobFile(file string) bool {
+	_, _, ok := splitBlobFile(file)
+	return ok
+}
+
+func sum(data []byte) string {
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}
+
+// sortedKeys returns m's keys in order, for deterministic listings.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
