@@ -204,7 +204,9 @@ func (s *Store) lock(ctx context.Context) (unlock func(), err error) {
 			}
 			return nil, ctx.Err()
 		}
-		if delay < 50*time.Millisecond {
+		// Short polls: flock has no queue, so a long sleep here would let
+		// a busier peer win the lock over and over.
+		if delay < 8*time.Millisecond {
 			delay *= 2
 		}
 	}

@@ -384,7 +384,8 @@ func TestLockTimeout(t *testing.T) {
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("Open with lock held = %v, want ErrLocked", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	// Generous: only a hang would be a bug; loaded CI machines are slow.
+	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("bounded wait took %v", d)
 	}
 	// A cancelled context is reported as such, not as ErrLocked.
@@ -440,8 +441,12 @@ func checkCounter(t *testing.T, dir string, want int) {
 
 func TestConcurrentGoroutines(t *testing.T) {
 	dir := stateDir(t)
-	shared := mustOpen(t, dir)
-	const workers, each = 6, 15
+	// This test is about serialisation, not about the timeout: on a loaded
+	// machine a worker can lose the flock race for longer than the default.
+	patient := Options{LockTimeout: time.Minute}
+	shared, err := OpenOptions(dir, patient)
+	must(t, err)
+	const workers, each = 4, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
 	for w := range workers {
@@ -452,7 +457,7 @@ func TestConcurrentGoroutines(t *testing.T) {
 			if w%2 == 0 {
 				// Separate Stores compete through the flock alone.
 				var err error
-				if s, err = Open(dir); err != nil {
+				if s, err = OpenOptions(dir, patient); err != nil {
 					errs <- err
 					return
 				}
@@ -483,7 +488,7 @@ func helperCmd(mode, dir string, env ...string) *exec.Cmd {
 func TestConcurrentProcesses(t *testing.T) {
 	dir := stateDir(t)
 	mustOpen(t, dir)
-	const procs, each = 3, 30
+	const procs, each = 2, 25
 	var cmds []*exec.Cmd
 	for range procs {
 		cmd := helperCmd("incr", dir, "PROVD_STORE_N="+strconv.Itoa(each))
@@ -513,7 +518,7 @@ func TestHelperProcess(t *testing.T) {
 	switch mode {
 	case "incr":
 		n, _ := strconv.Atoi(os.Getenv("PROVD_STORE_N"))
-		s, err := Open(dir)
+		s, err := OpenOptions(dir, Options{LockTimeout: time.Minute})
 		if err != nil {
 			fail(err)
 		}
@@ -640,8 +645,10 @@ func TestCrashKill(t *testing.T) {
 	}
 	dir := stateDir(t)
 	mustOpen(t, dir)
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-	deadline := time.Now().Add(8 * time.Second)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	deadline := time.Now().Add(6 * time.Second)
 	var last uint64
 	for i := 0; i < 30 && time.Now().Before(deadline); i++ {
 		cmd := helperCmd("loop", dir)
