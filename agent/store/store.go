@@ -18,7 +18,7 @@
 //
 // Commit protocol (the manifest rename is the single commit point):
 //
-//  1. new or changed blobs are written to fresh files blobs/<name>.<gen>, where
+//  1. new or changed blobs are written to fresh files blobs/<name>~<gen>, where
 //     gen is the generation being committed, each via temp file, fsync, rename;
 //  2. the blobs directory is fsynced, so the new names are durable;
 //  3. manifest.json is written via temp file, fsync, rename, fsync of the state
