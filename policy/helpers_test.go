@@ -9,7 +9,10 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/x509"
+	_ "embed"
 	"encoding/binary"
+	"encoding/pem"
 	"hash"
 	"sync"
 	"testing"
@@ -17,7 +20,12 @@ import (
 	"github.com/google/go-tpm/tpm2"
 )
 
-// Test keys are generated once per test binary: RSA-3072 generation is slow.
+// rsaTestKeyPEM is a throw-away RSA-3072 key used only by tests.
+//
+//go:embed testdata/rsa3072-test-only.pem
+var rsaTestKeyPEM []byte
+
+// Test keys are made once per test binary.
 var (
 	keysOnce sync.Once
 	keyP256  *ecdsa.PrivateKey
@@ -35,7 +43,13 @@ func testKeys(t testing.TB) (p256, p384 *ecdsa.PrivateKey, rsa3072 *rsa.PrivateK
 		if keyP384, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader); err != nil {
 			panic(err)
 		}
-		if keyRSA, err = rsa.GenerateKey(rand.Reader, 3072); err != nil {
+		// A fixed RSA key: generating 3072-bit keys takes seconds, which
+		// every fuzz worker would pay at start-up.
+		block, _ := pem.Decode(rsaTestKeyPEM)
+		if block == nil {
+			panic("testdata/rsa3072-test-only.pem: no PEM block")
+		}
+		if keyRSA, err = x509.ParsePKCS1PrivateKey(block.Bytes); err != nil {
 			panic(err)
 		}
 	})
