@@ -1,0 +1,207 @@
+// Package swtpmtest starts a fresh swtpm for a test and hands it an opened TPM.
+// Every TPM test of provd starts its TPM here, so all of them get the same
+// manufactured state (EK certificates from a local CA inside the test's temp
+// dir), the same clean-up by pid, and the same check that no transient handle
+// or session was left behind.
+//
+// It never skips: a machine without swtpm fails the test with a message that
+// says which packages to install (`make test` installs them).
+//
+// With -provd.device=/dev/tpmrm0 the same suites run against a real TPM; tests
+// that would disturb the platform (PCR extends, lockout, zeroize of the SRK)
+// call RequireSimulator and are skipped there.
+package swtpmtest
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/tpm"
+	"github.com/provd/provd/tpm/swtpm"
+)
+
+var device = flag.String("provd.device", "", "run TPM tests against this TPM device instead of a fresh swtpm")
+
+// Env is one test's TPM.
+type Env struct {
+	// TPM is open, started up and self-tested.
+	TPM *tpm.TPM
+	// Spec is how to reach the TPM again (swtpm://127.0.0.1:PORT), e.g. for a
+	// provd child process; only one connection at a time is served, so close
+	// TPM first (CloseTPM).
+	Spec string
+	// StateDir is the swtpm's state directory; CADir its local CA.
+	StateDir, CADir string
+	// CABundle lists the PEM files of the CA that issued the EK certificates.
+	CABundle []string
+	// Pid of the swtpm process (0 on a real device).
+	Pid int
+
+	t    testing.TB
+	proc *swtpm.Process
+	opts options
+}
+
+type options struct {
+	wrap      func(transport.TPM) transport.TPM
+	noLeakChk bool
+}
+
+// Option changes how Start opens the TPM.
+type Option func(*options)
+
+// WithWrap wraps the raw channel (recorders, proxies).
+func WithWrap(w func(transport.TPM) transport.TPM) Option {
+	return func(o *options) { o.wrap = w }
+}
+
+// Start manufactures and starts a swtpm for t, opens it, and registers clean-up:
+// the handle-leak check, closing, and stopping swtpm by pid.
+func Start(t testing.TB, opts ...Option) *Env {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	e := &Env{t: t, opts: o}
+	if *device != "" {
+		e.Spec = *device
+		e.open()
+		return e
+	}
+	dir := t.TempDir()
+	e.StateDir = filepath.Join(dir, "state")
+	e.CADir = filepath.Join(dir, "ca")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := swtpm.Manufacture(ctx, e.StateDir, e.CADir); err != nil {
+		t.Fatalf("swtpm: %v (run `make test`, which installs swtpm and swtpm-tools)", err)
+	}
+	e.CABundle = swtpm.CABundle(e.CADir)
+	e.startProcess()
+	t.Cleanup(e.cleanup)
+	e.open()
+	return e
+}
+
+func (e *Env) startProcess() {
+	e.t.Helper()
+	p, err := swtpm.Start(context.Background(), e.StateDir)
+	if err != nil {
+		e.t.Fatalf("start swtpm: %v", err)
+	}
+	e.proc = p
+	e.Pid = p.Pid
+	e.Spec = "swtpm://" + p.Addr
+}
+
+func (e *Env) open() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t, err := tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second})
+	if err != nil {
+		e.t.Fatalf("open %s: %v", e.Spec, err)
+	}
+	e.TPM = t
+}
+
+// CloseTPM closes the test's connection so that another client (a provd child
+// process, tpm2-tools) can connect; swtpm serves one connection at a time.
+// It checks for leaked handles first.
+func (e *Env) CloseTPM() {
+	e.t.Helper()
+	if e.TPM == nil {
+		return
+	}
+	e.checkLeaks()
+	if err := e.TPM.Close(); err != nil {
+		e.t.Errorf("close TPM: %v", err)
+	}
+	e.TPM = nil
+}
+
+// Reopen opens the TPM again after CloseTPM.
+func (e *Env) Reopen() {
+	e.t.Helper()
+	if e.TPM != nil {
+		e.CloseTPM()
+	}
+	e.open()
+}
+
+// Restart stops swtpm and starts it again on the same state, as a reboot: with
+// state true the TPM is shut down with TPM2_Shutdown(STATE) first and resumed
+// (PCRs and saved contexts survive); otherwise it is killed and started with
+// Startup(CLEAR), as after a power cut.
+func (e *Env) Restart(state bool) {
+	e.t.Helper()
+	e.RequireSimulator()
+	if e.TPM != nil {
+		if state {
+			if err := e.TPM.Shutdown(true); err != nil {
+				e.t.Fatalf("shutdown: %v", err)
+			}
+		}
+		e.CloseTPM()
+	}
+	if err := e.proc.Stop(); err != nil {
+		e.t.Fatalf("stop swtpm: %v", err)
+	}
+	e.startProcess()
+	e.open()
+}
+
+// RequireSimulator skips a test that would disturb a real TPM's platform state.
+func (e *Env) RequireSimulator() {
+	e.t.Helper()
+	if e.proc == nil {
+		e.t.Skip("disturbs the platform; runs on swtpm only")
+	}
+}
+
+// NoLeakCheck turns the end-of-test handle check off, for tests that leave
+// handles on purpose (fault injection); they must say why in a comment.
+func (e *Env) NoLeakCheck() { e.opts.noLeakChk = true }
+
+func (e *Env) checkLeaks() {
+	e.t.Helper()
+	if e.opts.noLeakChk || e.TPM == nil {
+		return
+	}
+	left, err := e.TPM.Leftovers()
+	if err != nil {
+		e.t.Errorf("handle-leak check: %v", err)
+		return
+	}
+	if len(left) > 0 {
+		var s []string
+		for _, h := range left {
+			s = append(s, fmt.Sprintf("0x%08x", uint32(h)))
+		}
+		e.t.Errorf("test left handles in the TPM: %s", strings.Join(s, " "))
+	}
+}
+
+func (e *Env) cleanup() {
+	if e.TPM != nil {
+		e.checkLeaks()
+		_ = e.TPM.Close()
+		e.TPM = nil
+	}
+	if e.proc != nil {
+		_ = e.proc.Stop()
+		// Make sure by pid: a test that forked must not leave a TPM behind.
+		if p, err := os.FindProcess(e.Pid); err == nil {
+			_ = p.Kill()
+		}
+	}
+}

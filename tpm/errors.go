@@ -1,0 +1,111 @@
+package tpm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Sentinels for the states callers decide on with errors.Is. Each names what
+// happened in the user's terms; the CLI maps each to a documented exit code.
+var (
+	// ErrNoTPM: no TPM could be reached (no device, swtpm not listening).
+	ErrNoTPM = errors.New("no TPM reachable")
+	// ErrFailureMode: the TPM failed its self-test or is in failure mode; it
+	// must not be used until it is reset or replaced.
+	ErrFailureMode = errors.New("TPM is in failure mode")
+	// ErrPolicyNotSatisfied: the object's policy (PCR values, signed policy) is
+	// not met on this platform now.
+	ErrPolicyNotSatisfied = errors.New("TPM policy not satisfied")
+	// ErrLockout: the dictionary-attack protection is locked out; wait for the
+	// recovery interval or reset it with the lockout authorization.
+	ErrLockout = errors.New("TPM dictionary-attack lockout")
+	// ErrBadAuth: an authorization value was wrong. Each one counts against the
+	// dictionary-attack lockout, so provd never retries it.
+	ErrBadAuth = errors.New("TPM authorization failed")
+	// ErrNoMemory: the TPM has no free object or session slot. On a TPM without
+	// a resource manager this means some client left handles behind.
+	ErrNoMemory = errors.New("TPM out of object or session memory")
+	// ErrNotFound: a handle or NV index does not exist.
+	ErrNotFound = errors.New("TPM object not found")
+	// ErrUnsupported: the TPM does not implement an algorithm, curve or
+	// command provd asked for.
+	ErrUnsupported = errors.New("not supported by this TPM")
+	// ErrSRKMismatch: the persistent handle 0x81000001 holds a key that is not
+	// the TCG ECC P-256 SRK; provd refuses to build on a foreign key.
+	ErrSRKMismatch = errors.New("persistent SRK handle holds a foreign key")
+)
+
+// Error is a failure the TPM reported for one command. It unwraps to the kind
+// sentinel above (when one applies) and to the raw tpm2.TPMRC, so both
+// errors.Is(err, tpm.ErrLockout) and errors.Is(err, tpm2.TPMRCLockout) work.
+type Error struct {
+	Command string     // e.g. "TPM2_Load"
+	RC      tpm2.TPMRC // the response code as returned
+	Kind    error      // one of the sentinels, or nil
+}
+
+func (e *Error) Error() string {
+	if e.Kind != nil {
+		return fmt.Sprintf("%s: %v (%v)", e.Command, e.Kind, e.RC)
+	}
+	return fmt.Sprintf("%s: %v", e.Command, e.RC)
+}
+
+// Unwrap exposes the kind and the response code.
+func (e *Error) Unwrap() []error {
+	if e.Kind != nil {
+		return []error{e.Kind, e.RC}
+	}
+	return []error{e.RC}
+}
+
+// Wrap names the command that failed and classifies a TPM response code. Errors
+// that are not response codes (transport failures) are wrapped as they are.
+func Wrap(command string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var already *Error
+	if errors.As(err, &already) {
+		return err
+	}
+	var rc tpm2.TPMRC
+	if !errors.As(err, &rc) {
+		return fmt.Errorf("%s: %w", command, err)
+	}
+	return &Error{Command: command, RC: rc, Kind: classify(rc)}
+}
+
+// classify maps a response code to a kind. Format-1 codes compare by their
+// canonical value (errors.Is on tpm2.TPMRC strips the handle/parameter index).
+func classify(rc tpm2.TPMRC) error {
+	is := func(codes ...tpm2.TPMRC) bool {
+		for _, c := range codes {
+			if errors.Is(rc, c) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case is(tpm2.TPMRCPolicyFail, tpm2.TPMRCPCRChanged, tpm2.TPMRCPolicyCC, tpm2.TPMRCExpired):
+		return ErrPolicyNotSatisfied
+	case is(tpm2.TPMRCLockout):
+		return ErrLockout
+	case is(tpm2.TPMRCAuthFail, tpm2.TPMRCBadAuth):
+		return ErrBadAuth
+	case is(tpm2.TPMRCObjectMemory, tpm2.TPMRCSessionMemory, tpm2.TPMRCMemory,
+		tpm2.TPMRCObjectHandles, tpm2.TPMRCSessionHandles):
+		return ErrNoMemory
+	case is(tpm2.TPMRCHandle, tpm2.TPMRCReferenceH0, tpm2.TPMRCReferenceH1, tpm2.TPMRCReferenceH2):
+		return ErrNotFound
+	case is(tpm2.TPMRCFailure):
+		return ErrFailureMode
+	case is(tpm2.TPMRCCurve, tpm2.TPMRCAsymmetric, tpm2.TPMRCHash, tpm2.TPMRCScheme, tpm2.TPMRCKDF,
+		tpm2.TPMRCCommandCode, tpm2.TPMRCKeySize, tpm2.TPMRCMode):
+		return ErrUnsupported
+	}
+	return nil
+}

@@ -1,0 +1,63 @@
+package tpm
+
+import (
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Handle ranges (TPM 2.0 Part 2, 7.2), the first handle of each, for Handles.
+const (
+	TransientHandles  tpm2.TPMHandle = 0x80000000
+	HMACSessions      tpm2.TPMHandle = 0x02000000
+	PolicySessions    tpm2.TPMHandle = 0x03000000
+	PersistentHandles tpm2.TPMHandle = 0x81000000
+	NVIndices         tpm2.TPMHandle = 0x01000000
+)
+
+// Handles lists the handles of one range that exist in the TPM: transient
+// objects (0x80...), loaded sessions (0x02..., 0x03...), persistent objects
+// (0x81...) or NV indices (0x01...).
+func (t *TPM) Handles(first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
+	var out []tpm2.TPMHandle
+	prop := uint32(first)
+	for {
+		rsp, err := (tpm2.GetCapability{
+			Capability:    tpm2.TPMCapHandles,
+			Property:      prop,
+			PropertyCount: 64,
+		}).Execute(t)
+		if err != nil {
+			return nil, Wrap("TPM2_GetCapability", err)
+		}
+		hs, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return nil, fmt.Errorf("TPM2_GetCapability: %w", err)
+		}
+		for _, h := range hs.Handle {
+			if h>>24 != first>>24 {
+				return out, nil
+			}
+			out = append(out, h)
+			prop = uint32(h) + 1
+		}
+		if !rsp.MoreData || len(hs.Handle) == 0 {
+			return out, nil
+		}
+	}
+}
+
+// Leftovers lists the transient objects and loaded sessions in the TPM. On a TPM
+// without a resource manager every one of them is a slot some client leaked; the
+// test harness fails any test that ends with one.
+func (t *TPM) Leftovers() ([]tpm2.TPMHandle, error) {
+	var all []tpm2.TPMHandle
+	for _, first := range []tpm2.TPMHandle{TransientHandles, HMACSessions, PolicySessions} {
+		hs, err := t.Handles(first)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, hs...)
+	}
+	return all, nil
+}

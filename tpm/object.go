@@ -1,0 +1,155 @@
+package tpm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// SRKHandle is where the storage root key lives, as the TCG Provisioning
+// Guidance reserves it.
+const SRKHandle tpm2.TPMHandle = 0x81000001
+
+// SRKTemplate is the TCG Provisioning Guidance ECC P-256 SRK template
+// (noDA, userWithAuth, empty auth, AES-128-CFB). Recreating a primary from the
+// same template and owner seed always gives the same key, which is how provd
+// proves that a persistent key is the SRK and not a foreign key put there.
+var SRKTemplate = tpm2.ECCSRKTemplate
+
+// Object is a loaded TPM object: its handle, name and public area. The name is
+// what sessions bind authorization to; the public area is what salted sessions
+// and policies need.
+type Object struct {
+	Handle tpm2.TPMHandle
+	Name   tpm2.TPM2BName
+	Public tpm2.TPMTPublic
+}
+
+// Named returns the object for commands that need no authorization of it.
+func (o Object) Named() tpm2.NamedHandle {
+	return tpm2.NamedHandle{Handle: o.Handle, Name: o.Name}
+}
+
+// Auth returns the object with the session that authorizes its use.
+func (o Object) Auth(s tpm2.Session) tpm2.AuthHandle {
+	return tpm2.AuthHandle{Handle: o.Handle, Name: o.Name, Auth: s}
+}
+
+// Flush removes a transient object or session from the TPM. Persistent handles
+// are left alone.
+func (t *TPM) Flush(h tpm2.TPMHandle) error {
+	if isPersistent(h) {
+		return nil
+	}
+	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(t); err != nil {
+		return Wrap("TPM2_FlushContext", err)
+	}
+	return nil
+}
+
+func isPersistent(h tpm2.TPMHandle) bool { return h>>24 == 0x81 }
+
+// ReadPublic returns the public area and name of a loaded or persistent object.
+func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
+	rsp, err := (tpm2.ReadPublic{ObjectHandle: h}).Execute(t)
+	if err != nil {
+		return Object{}, Wrap("TPM2_ReadPublic", err)
+	}
+	pub, err := rsp.OutPublic.Contents()
+	if err != nil {
+		return Object{}, fmt.Errorf("TPM2_ReadPublic: %w", err)
+	}
+	return Object{Handle: h, Name: rsp.Name, Public: *pub}, nil
+}
+
+// SRK returns the storage root key, creating and persisting it when 0x81000001
+// is empty. When the handle is taken, the key there must be the primary that
+// SRKTemplate gives under this TPM's owner seed (same name); anything else is
+// refused with ErrSRKMismatch rather than used. The result is cached for the
+// life of t.
+func (t *TPM) SRK() (Object, error) {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if t.srk != nil {
+		return *t.srk, nil
+	}
+	persisted, err := t.ReadPublic(SRKHandle)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Object{}, err
+	}
+	exists := err == nil
+	primary, err := t.createPrimary(tpm2.TPMRHOwner, SRKTemplate)
+	if err != nil {
+		return Object{}, err
+	}
+	defer t.flushInto(&err, primary.Handle)
+	if exists {
+		if !nameEqual(persisted.Name, primary.Name) {
+			return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the ECC SRK template gives %x",
+				ErrSRKMismatch, uint32(SRKHandle), persisted.Name.Buffer, primary.Name.Buffer)
+		}
+	} else {
+		_, err := (tpm2.EvictControl{
+			Auth:             tpm2.TPMRHOwner,
+			ObjectHandle:     primary.Named(),
+			PersistentHandle: SRKHandle,
+		}).Execute(t)
+		if err != nil {
+			return Object{}, Wrap("TPM2_EvictControl", err)
+		}
+	}
+	srk := primary
+	srk.Handle = SRKHandle
+	t.srk = &srk
+	return srk, nil
+}
+
+// createPrimary creates a primary object under hierarchy h with an empty auth.
+func (t *TPM) createPrimary(h tpm2.TPMHandle, tmpl tpm2.TPMTPublic) (Object, error) {
+	rsp, err := (tpm2.CreatePrimary{
+		PrimaryHandle: h,
+		InPublic:      tpm2.New2B(tmpl),
+	}).Execute(t)
+	if err != nil {
+		return Object{}, Wrap("TPM2_CreatePrimary", err)
+	}
+	pub, err := rsp.OutPublic.Contents()
+	if err != nil {
+		_ = t.Flush(rsp.ObjectHandle)
+		return Object{}, fmt.Errorf("TPM2_CreatePrimary: %w", err)
+	}
+	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
+}
+
+// EvictSRK removes the persistent SRK (zeroize --srk).
+func (t *TPM) EvictSRK() error {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	obj, err := t.ReadPublic(SRKHandle)
+	if errors.Is(err, ErrNotFound) {
+		t.srk = nil
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: obj.Named(), PersistentHandle: SRKHandle}).Execute(t)
+	if err != nil {
+		return Wrap("TPM2_EvictControl", err)
+	}
+	t.srk = nil
+	return nil
+}
+
+// flushInto flushes h and, when the flush fails and nothing else did, reports
+// the flush failure through *err: a dropped flush error is a leaked slot.
+func (t *TPM) flushInto(err *error, h tpm2.TPMHandle) {
+	if ferr := t.Flush(h); ferr != nil && *err == nil {
+		*err = ferr
+	}
+}
+
+func nameEqual(a, b tpm2.TPM2BName) bool {
+	return string(a.Buffer) == string(b.Buffer)
+}

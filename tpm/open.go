@@ -1,0 +1,242 @@
+// Package tpm is the only package of provd that sends TPM commands. It owns the
+// transports (device, swtpm, sim), TPM start-up and self-test, the SRK, sessions,
+// object and NV helpers, and the typed errors every TPM failure becomes. It imports
+// go-tpm and nothing of provd's, so that every other package reaches the TPM
+// through it and can be tested against the same seam (transport.TPM).
+package tpm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+
+	"github.com/provd/provd/tpm/swtpm"
+)
+
+// Device paths tried, in order, when no TPM is named. The resource manager
+// (/dev/tpmrm0) comes first: it virtualizes the 3 object slots and flushes what a
+// crashed client left behind.
+var defaultDevices = []string{"/dev/tpmrm0", "/dev/tpm0"}
+
+// Options says which TPM to open and how. The zero value opens the first TPM
+// device found.
+type Options struct {
+	// Spec names the TPM:
+	//   /dev/tpmrm0, /dev/tpm0    a character device
+	//   swtpm://HOST:PORT         swtpm's TCP command port (raw TPM commands)
+	//   unix:///PATH              swtpm --server type=unixio
+	//   sim                       a swtpm child that provd runs itself, with its
+	//                             state in <StateDir>/swtpm, stopped at Close
+	//   ""                        /dev/tpmrm0, else /dev/tpm0
+	Spec string
+	// StateDir holds the sim's TPM state (required for "sim").
+	StateDir string
+	// Timeout bounds one TPM command. Hardware TPMs take seconds to make an
+	// RSA key; the default is two minutes.
+	Timeout time.Duration
+	// Logger receives debug lines (never secrets); nil discards.
+	Logger *slog.Logger
+	// Wrap, when set, wraps the raw channel below provd's counting and retry
+	// layer. Tests use it to record or split the bytes on the wire.
+	Wrap func(transport.TPM) transport.TPM
+}
+
+// TPM is an open TPM. It implements go-tpm's transport.TPM, so go-tpm commands
+// execute on it directly; all commands go through one queue, one in flight.
+type TPM struct {
+	*counting
+	spec   string
+	closer func() error
+	sim    *swtpm.Process
+	log    *slog.Logger
+	closed bool
+
+	srkMu sync.Mutex
+	srk   *Object // verified SRK, cached
+}
+
+var _ transport.TPM = (*TPM)(nil)
+
+// Open opens the TPM that opts names, starts it up if nobody has, runs the
+// power-on self-test and refuses a TPM in failure mode.
+func Open(ctx context.Context, opts Options) (*TPM, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	raw, closer, sim, spec, err := dial(ctx, opts, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Wrap != nil {
+		raw = opts.Wrap(raw)
+	}
+	t := &TPM{
+		counting: &counting{next: raw, backoff: 20 * time.Millisecond, maxRetries: 8},
+		spec:     spec,
+		closer:   closer,
+		sim:      sim,
+		log:      log,
+	}
+	if err := t.startup(sim != nil); err != nil {
+		_ = t.Close()
+		return nil, err
+	}
+	log.Debug("TPM open", "spec", spec)
+	return t, nil
+}
+
+func dial(ctx context.Context, opts Options, timeout time.Duration) (transport.TPM, func() error, *swtpm.Process, string, error) {
+	spec := opts.Spec
+	switch {
+	case spec == "":
+		for _, dev := range defaultDevices {
+			if _, err := os.Stat(dev); err == nil {
+				return openDevice(dev)
+			}
+		}
+		return nil, nil, nil, "", fmt.Errorf("%w: none of %s exists; name one with --tpm (a device, swtpm://HOST:PORT, unix:///PATH or sim)",
+			ErrNoTPM, strings.Join(defaultDevices, ", "))
+	case spec == "sim":
+		if opts.StateDir == "" {
+			return nil, nil, nil, "", errors.New("tpm sim: a state directory is required")
+		}
+		dir, err := filepath.Abs(filepath.Join(opts.StateDir, "swtpm"))
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		if err := swtpm.Manufacture(ctx, filepath.Join(dir, "state"), filepath.Join(dir, "ca")); err != nil {
+			return nil, nil, nil, "", fmt.Errorf("%w: %v", ErrNoTPM, err)
+		}
+		p, err := swtpm.Start(ctx, filepath.Join(dir, "state"))
+		if err != nil {
+			return nil, nil, nil, "", fmt.Errorf("%w: %v", ErrNoTPM, err)
+		}
+		c, err := dialStream(ctx, "tcp", p.Addr, timeout)
+		if err != nil {
+			_ = p.Stop()
+			return nil, nil, nil, "", err
+		}
+		return c, c.Close, p, spec, nil
+	case strings.HasPrefix(spec, "swtpm://"):
+		addr := strings.TrimPrefix(spec, "swtpm://")
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, nil, nil, "", fmt.Errorf("tpm %q: want swtpm://HOST:PORT", spec)
+		}
+		c, err := dialStream(ctx, "tcp", addr, timeout)
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		return c, c.Close, nil, spec, nil
+	case strings.HasPrefix(spec, "unix://"):
+		c, err := dialStream(ctx, "unix", strings.TrimPrefix(spec, "unix://"), timeout)
+		if err != nil {
+			return nil, nil, nil, "", err
+		}
+		return c, c.Close, nil, spec, nil
+	case strings.HasPrefix(spec, "/"):
+		return openDevice(spec)
+	default:
+		return nil, nil, nil, "", fmt.Errorf("tpm %q: want a device path, swtpm://HOST:PORT, unix:///PATH or sim", spec)
+	}
+}
+
+func openDevice(path string) (transport.TPM, func() error, *swtpm.Process, string, error) {
+	d, err := linuxtpm.Open(path)
+	if err != nil {
+		return nil, nil, nil, "", fmt.Errorf("%w: %v", ErrNoTPM, err)
+	}
+	return d, d.Close, nil, path, nil
+}
+
+func dialStream(ctx context.Context, network, addr string, timeout time.Duration) (*streamTransport, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoTPM, err)
+	}
+	return &streamTransport{conn: conn, timeout: timeout}, nil
+}
+
+// Spec returns the name of the TPM as it was opened.
+func (t *TPM) Spec() string { return t.spec }
+
+// Stats returns the counters of commands sent so far.
+func (t *TPM) Stats() Stats { return t.counting.stats() }
+
+// Close closes the channel. A sim TPM is shut down with TPM2_Shutdown(STATE) and
+// stopped, so that its next start resumes with PCRs and saved contexts intact, as
+// a machine that suspends and resumes.
+func (t *TPM) Close() error {
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	var errs []error
+	if t.sim != nil {
+		if err := t.Shutdown(true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if t.closer != nil {
+		errs = append(errs, t.closer())
+	}
+	if t.sim != nil {
+		errs = append(errs, t.sim.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// Shutdown sends TPM2_Shutdown: STATE (state true) keeps PCRs and saved contexts
+// for the next TPM2_Startup(STATE); CLEAR does not. A daemon sends it when it stops:
+// an unclean stop counts against the dictionary-attack lockout on some TPMs.
+func (t *TPM) Shutdown(state bool) error {
+	typ := tpm2.TPMSUClear
+	if state {
+		typ = tpm2.TPMSUState
+	}
+	if _, err := (tpm2.Shutdown{ShutdownType: typ}).Execute(t); err != nil {
+		return Wrap("TPM2_Shutdown", err)
+	}
+	return nil
+}
+
+// startup sends TPM2_Startup when nobody has (TPM_RC_INITIALIZE means it is
+// started already), then the power-on self-test FIPS 140-3 asks for, and refuses a
+// TPM in failure mode. resume tries Startup(STATE) first, for the sim.
+func (t *TPM) startup(resume bool) error {
+	started := false
+	if resume {
+		_, err := (tpm2.Startup{StartupType: tpm2.TPMSUState}).Execute(t)
+		started = err == nil || errors.Is(err, tpm2.TPMRCInitialize)
+	}
+	if !started {
+		_, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t)
+		if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+			return Wrap("TPM2_Startup", err)
+		}
+	}
+	rc, err := t.selfTest()
+	if err != nil {
+		return err
+	}
+	if rc != tpm2.TPMRCSuccess {
+		return fmt.Errorf("%w: self-test result 0x%x", ErrFailureMode, uint32(rc))
+	}
+	return nil
+}

@@ -1,0 +1,103 @@
+package tpm
+
+import (
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// MaxSealedSize is the largest secret a sealed keyedHash object holds
+// (MAX_SYM_DATA on the TPMs we know); larger secrets are envelope-encrypted by
+// the caller under a sealed key.
+const MaxSealedSize = 128
+
+// Blob is a TPM-wrapped object: its public area and its private part encrypted
+// under the parent's storage key. It is safe on disk; only the TPM that holds
+// the parent can load it.
+type Blob struct {
+	Public  tpm2.TPM2BPublic
+	Private tpm2.TPM2BPrivate
+}
+
+// Seal creates a sealed data object under parent holding secret, usable only
+// through authPolicy (userWithAuth clear) or, when authPolicy is empty, with an
+// empty password. parentAuth authorizes the parent (nil: empty password). The
+// secret crosses the bus only inside an encrypted session.
+func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []byte) (Blob, error) {
+	if len(secret) == 0 || len(secret) > MaxSealedSize {
+		return Blob{}, fmt.Errorf("seal: secret of %d bytes, want 1..%d", len(secret), MaxSealedSize)
+	}
+	if parentAuth == nil {
+		parentAuth = tpm2.PasswordAuth(nil)
+	}
+	tmpl := tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgKeyedHash,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:     true,
+			FixedParent:  true,
+			UserWithAuth: len(authPolicy) == 0,
+			NoDA:         true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash,
+			&tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
+	}
+	var blob Blob
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+		rsp, err := (tpm2.Create{
+			ParentHandle: parent.Auth(parentAuth),
+			InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+				Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+			}},
+			InPublic: tpm2.New2B(tmpl),
+		}).Execute(t, enc)
+		if err != nil {
+			return Wrap("TPM2_Create", err)
+		}
+		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
+		return nil
+	})
+	return blob, err
+}
+
+// Load loads a blob under parent and returns the loaded object; the caller
+// flushes it.
+func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, error) {
+	if parentAuth == nil {
+		parentAuth = tpm2.PasswordAuth(nil)
+	}
+	rsp, err := (tpm2.Load{
+		ParentHandle: parent.Auth(parentAuth),
+		InPrivate:    b.Private,
+		InPublic:     b.Public,
+	}).Execute(t)
+	if err != nil {
+		return Object{}, Wrap("TPM2_Load", err)
+	}
+	pub, err := b.Public.Contents()
+	if err != nil {
+		_ = t.Flush(rsp.ObjectHandle)
+		return Object{}, fmt.Errorf("TPM2_Load: %w", err)
+	}
+	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
+}
+
+// Unseal returns the secret of a loaded sealed object, authorized by auth (nil:
+// empty password), through an encrypted session. The caller clears the result
+// after use.
+func (t *TPM) Unseal(obj Object, auth tpm2.Session) ([]byte, error) {
+	if auth == nil {
+		auth = tpm2.PasswordAuth(nil)
+	}
+	var out []byte
+	err := t.WithEncryptSession(EncryptOut, func(enc tpm2.Session) error {
+		rsp, err := (tpm2.Unseal{ItemHandle: obj.Auth(auth)}).Execute(t, enc)
+		if err != nil {
+			return Wrap("TPM2_Unseal", err)
+		}
+		out = rsp.OutData.Buffer
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,64 @@
+package tpm
+
+import (
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Direction says which way a session encrypts parameters: the TPM refuses
+// (TPM_RC_ATTRIBUTES) to decrypt a command whose first parameter is not a sized
+// buffer, such as TPM2_Unseal's, so the direction follows the command.
+type Direction int
+
+// Directions of parameter encryption.
+const (
+	EncryptIn    Direction = iota + 1 // secret goes into the TPM (Create, Import)
+	EncryptOut                        // secret comes out (Unseal, Duplicate)
+	EncryptInOut                      // both
+)
+
+func (d Direction) option() tpm2.AuthOption {
+	switch d {
+	case EncryptIn:
+		return tpm2.AESEncryption(128, tpm2.EncryptIn)
+	case EncryptOut:
+		return tpm2.AESEncryption(128, tpm2.EncryptOut)
+	default:
+		return tpm2.AESEncryption(128, tpm2.EncryptInOut)
+	}
+}
+
+// EncryptSession starts a salted HMAC session with AES-128-CFB parameter
+// encryption in direction dir, salted with the SRK's public key. Use it as an
+// extra session on every command that carries a secret in or out (unseal,
+// import, create with sensitive data, duplicate): an interposer on the TPM bus
+// then sees only ciphertext, and cannot forge responses without the session key
+// that only the SRK's holder can compute. The caller must call close on every
+// path; it flushes the session.
+func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error, err error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16,
+		tpm2.Salted(srk.Handle, srk.Public),
+		dir.option())
+	if err != nil {
+		return nil, nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	return s, func() error { return Wrap("TPM2_FlushContext", closer()) }, nil
+}
+
+// WithEncryptSession runs fn with an encryption session and flushes it after,
+// reporting a flush failure when fn succeeded.
+func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) (err error) {
+	s, closer, err := t.EncryptSession(dir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closer(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return fn(s)
+}

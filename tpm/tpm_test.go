@@ -1,0 +1,248 @@
+package tpm_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+func TestOpenSelfTestAndSRK(t *testing.T) {
+	env := swtpmtest.Start(t)
+	srk, err := env.TPM.SRK()
+	if err != nil {
+		t.Fatalf("SRK: %v", err)
+	}
+	if srk.Handle != tpm.SRKHandle || srk.Public.Type != tpm2.TPMAlgECC {
+		t.Fatalf("SRK = %+v", srk)
+	}
+	// Cached: a second call sends nothing.
+	before := env.TPM.Stats()
+	if _, err := env.TPM.SRK(); err != nil {
+		t.Fatal(err)
+	}
+	if d := env.TPM.Stats().Sub(before); d.Commands != 0 {
+		t.Errorf("cached SRK sent %d commands", d.Commands)
+	}
+}
+
+// A foreign key at 0x81000001 is refused, never used.
+func TestSRKMismatchRefused(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.EvictSRK(); err != nil {
+		t.Fatal(err)
+	}
+	// Persist a different primary (another unique value) at the SRK handle.
+	tmpl := tpm.SRKTemplate
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
+		Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+	})
+	rsp, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tmpl)}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
+		PersistentHandle: tpm.SRKHandle}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Flush(rsp.ObjectHandle); err != nil {
+		t.Fatal(err)
+	}
+	env.Reopen() // a new process: no cached SRK
+	_, err = env.TPM.SRK()
+	if !errors.Is(err, tpm.ErrSRKMismatch) {
+		t.Fatalf("SRK() = %v, want ErrSRKMismatch", err)
+	}
+	// The foreign key is left where it was: provd does not touch what it does not own.
+	obj, err := env.TPM.ReadPublic(tpm.SRKHandle)
+	if err != nil || bytes.Equal(obj.Name.Buffer, srk.Name.Buffer) {
+		t.Fatalf("foreign key disturbed: %v", err)
+	}
+}
+
+// recorder keeps every byte that crosses the TPM interface.
+type recorder struct {
+	next transport.TPM
+	mu   sync.Mutex
+	wire bytes.Buffer
+}
+
+func (r *recorder) Send(cmd []byte) ([]byte, error) {
+	rsp, err := r.next.Send(cmd)
+	r.mu.Lock()
+	r.wire.Write(cmd)
+	r.wire.Write(rsp)
+	r.mu.Unlock()
+	return rsp, err
+}
+
+// The secret of a create with sensitive data and of an unseal never crosses the
+// TPM interface in plaintext.
+func TestSecretsNeverCrossTheBusInPlaintext(t *testing.T) {
+	rec := &recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
+		rec.next = next
+		return rec
+	}))
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := make([]byte, 48)
+	if _, err := rand.Read(secret); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tp.Seal(srk, nil, secret, nil)
+	if err != nil {
+		t.Fatalf("Seal: %v", err)
+	}
+	obj, err := tp.Load(srk, nil, blob)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	got, err := tp.Unseal(obj, nil)
+	if ferr := tp.Flush(obj.Handle); ferr != nil {
+		t.Fatal(ferr)
+	}
+	if err != nil {
+		t.Fatalf("Unseal: %v", err)
+	}
+	if !bytes.Equal(got, secret) {
+		t.Fatal("unsealed secret differs")
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.wire.Len() == 0 {
+		t.Fatal("recorder saw nothing")
+	}
+	// Any 8-byte window of the secret on the wire is a leak.
+	for i := 0; i+8 <= len(secret); i++ {
+		if bytes.Contains(rec.wire.Bytes(), secret[i:i+8]) {
+			t.Fatalf("secret bytes %d..%d crossed the TPM interface in plaintext", i, i+8)
+		}
+	}
+	rec.wire.Reset()
+	rec.mu.Unlock()
+
+	// Control: the same create without an encryption session does show the
+	// secret, so the recorder would have caught a leak.
+	_, err = tpm2.Create{
+		ParentHandle: srk.Auth(tpm2.PasswordAuth(nil)),
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+		}},
+		InPublic: blob.Public,
+	}.Execute(tp)
+	rec.mu.Lock()
+	if err != nil {
+		t.Fatalf("control create: %v", err)
+	}
+	if !bytes.Contains(rec.wire.Bytes(), secret) {
+		t.Fatal("control: recorder did not see an unencrypted secret")
+	}
+}
+
+// splitter is a TCP proxy that forwards TPM responses in small pieces with
+// pauses, as a slow or fragmenting link would.
+func startSplitter(t *testing.T, target string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			go func() { _, _ = copyBuffer(u, c, 4096, 0); u.Close() }()
+			go func() { _, _ = copyBuffer(c, u, 3, time.Millisecond); c.Close() }()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func copyBuffer(dst net.Conn, src net.Conn, chunk int, pause time.Duration) (int, error) {
+	buf := make([]byte, 4096)
+	total := 0
+	for {
+		n, err := src.Read(buf)
+		for off := 0; off < n; off += chunk {
+			end := min(off+chunk, n)
+			if _, werr := dst.Write(buf[off:end]); werr != nil {
+				return total, werr
+			}
+			total += end - off
+			if pause > 0 {
+				time.Sleep(pause)
+			}
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// Responses that arrive in 3-byte pieces are reassembled by the framed transport.
+func TestTransportReassemblesSplitResponses(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	env.CloseTPM()
+	proxy := startSplitter(t, env.Spec[len("swtpm://"):])
+	tp, err := tpm.Open(t.Context(), tpm.Options{Spec: "swtpm://" + proxy})
+	if err != nil {
+		t.Fatalf("open through splitting proxy: %v", err)
+	}
+	defer tp.Close()
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsp, err := tpm2.GetRandom{BytesRequested: 32}.Execute(tp)
+	if err != nil || len(rsp.RandomBytes.Buffer) != 32 {
+		t.Fatalf("GetRandom through proxy: %v", err)
+	}
+	if srk.Public.Type != tpm2.TPMAlgECC {
+		t.Fatal("bad SRK through proxy")
+	}
+	if left, err := tp.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("leftovers %v %v", left, err)
+	}
+}
+
+func TestTypedErrors(t *testing.T) {
+	env := swtpmtest.Start(t)
+	_, err := env.TPM.ReadPublic(0x81000123)
+	if !errors.Is(err, tpm.ErrNotFound) {
+		t.Fatalf("ReadPublic(absent) = %v, want ErrNotFound", err)
+	}
+	var te *tpm.Error
+	if !errors.As(err, &te) || te.Command != "TPM2_ReadPublic" {
+		t.Fatalf("want *tpm.Error naming the command, got %#v", err)
+	}
+}

@@ -1,0 +1,131 @@
+package tpm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// Sizes of the TPM 2.0 command/response header: tag (2), size (4), code (4).
+const (
+	headerSize = 10
+	// maxResponse bounds what we accept from a TPM; TPM_PT_MAX_RESPONSE_SIZE is
+	// 4096 on swtpm and on the hardware we know. Anything larger is a broken
+	// or hostile peer.
+	maxResponse = 64 << 10
+)
+
+// ErrTransport marks failures of the channel to the TPM itself (I/O, framing),
+// as opposed to errors the TPM returned.
+var ErrTransport = errors.New("TPM transport")
+
+// streamTransport sends TPM commands over a byte stream (TCP to swtpm, a unix
+// socket). It reads the 10-byte response header and then exactly the size the
+// header announces: a response can arrive in pieces, and go-tpm's stock TCP
+// transport does a single Read and fails when it does.
+type streamTransport struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
+	if s.timeout > 0 {
+		if err := s.conn.SetDeadline(time.Now().Add(s.timeout)); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrTransport, err)
+		}
+	}
+	if _, err := s.conn.Write(cmd); err != nil {
+		return nil, fmt.Errorf("%w: write: %v", ErrTransport, err)
+	}
+	return readFramed(s.conn)
+}
+
+func (s *streamTransport) Close() error { return s.conn.Close() }
+
+// readFramed reads one TPM response: header first, then the announced rest.
+func readFramed(r io.Reader) ([]byte, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("%w: read response header: %v", ErrTransport, err)
+	}
+	size := binary.BigEndian.Uint32(hdr[2:6])
+	if size < headerSize || size > maxResponse {
+		return nil, fmt.Errorf("%w: response announces %d bytes", ErrTransport, size)
+	}
+	rsp := make([]byte, size)
+	copy(rsp, hdr[:])
+	if _, err := io.ReadFull(r, rsp[headerSize:]); err != nil {
+		return nil, fmt.Errorf("%w: read response body: %v", ErrTransport, err)
+	}
+	return rsp, nil
+}
+
+// Stats counts what provd asked of the TPM. Benchmarks and `-v` print it; tests
+// use it to pin the number of TPM commands an operation costs.
+type Stats struct {
+	Commands int64         // commands sent, retries included
+	Retries  int64         // commands resent after TPM_RC_RETRY/YIELDED/TESTING
+	Wait     time.Duration // time spent waiting for the TPM
+}
+
+// Sub returns the difference s - o, for measuring one operation.
+func (s Stats) Sub(o Stats) Stats {
+	return Stats{Commands: s.Commands - o.Commands, Retries: s.Retries - o.Retries, Wait: s.Wait - o.Wait}
+}
+
+// counting serializes access to the TPM (one command in flight), retries the TPM
+// warnings that mean "try again", and counts commands and waiting time.
+type counting struct {
+	mu       sync.Mutex
+	next     transport.TPM
+	commands atomic.Int64
+	retries  atomic.Int64
+	wait     atomic.Int64
+	// backoff is the first delay before a retry; it doubles up to maxRetries.
+	backoff    time.Duration
+	maxRetries int
+}
+
+func (c *counting) Send(cmd []byte) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delay := c.backoff
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		rsp, err := c.next.Send(cmd)
+		c.wait.Add(int64(time.Since(start)))
+		c.commands.Add(1)
+		if err != nil {
+			return nil, err
+		}
+		if len(rsp) < headerSize {
+			return nil, fmt.Errorf("%w: short response (%d bytes)", ErrTransport, len(rsp))
+		}
+		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
+		if !retryable(rc) || attempt >= c.maxRetries {
+			return rsp, nil
+		}
+		c.retries.Add(1)
+		time.Sleep(delay)
+		delay *= 2
+	}
+}
+
+// retryable reports the warnings after which the same command may succeed. Any
+// other code is returned to the caller at once: in particular an authorization
+// failure is never retried, so a retry loop cannot burn dictionary-attack tries.
+func retryable(rc tpm2.TPMRC) bool {
+	return rc == tpm2.TPMRCRetry || rc == tpm2.TPMRCYielded || rc == tpm2.TPMRCTesting
+}
+
+func (c *counting) stats() Stats {
+	return Stats{Commands: c.commands.Load(), Retries: c.retries.Load(), Wait: time.Duration(c.wait.Load())}
+}
