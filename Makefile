@@ -1,0 +1,61 @@
+# provd: two commands on a fresh Debian machine: `make demo` and `make test`.
+# Both install the system packages they need (apt-get, as root) and fail loudly
+# when they cannot.
+
+GO        ?= go
+BIN       := bin/provd
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS   := -X main.version=$(VERSION)
+PREFIX    ?= /usr
+# Packages the tests and the demo drive: the simulator, its manufacturing
+# tools, tpm2-tools and openssl as independent interop checkers, systemd's
+# tools for the unit checks and socket activation.
+DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd
+# One binary each package above must provide.
+DEB_BINS  := swtpm swtpm_setup tpm2_getcap openssl systemd-analyze systemd-socket-activate
+# Packages with concurrency run under the race detector.
+RACE_PKGS := ./tpm/... ./agent/... ./systemd/... ./cmd/...
+TEST_TIMEOUT ?= 14m
+
+.PHONY: all build test demo bench lint man install deps fuzz clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/provd
+
+deps:
+	@scripts/deps.sh $(DEB_PKGS) -- $(DEB_BINS)
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) -race $(RACE_PKGS)
+	$(GO) test -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /tpm -e /agent -e /systemd -e /cmd/)
+
+demo: deps build
+	@scripts/demo.sh $(BIN)
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Each fuzz target for a short while; FUZZTIME=5m for a longer hunt.
+FUZZTIME ?= 20s
+fuzz:
+	@scripts/fuzz.sh $(FUZZTIME)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+man: build
+	$(BIN) man man/
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/provd
+	install -D -m 0644 systemd/provd.service $(DESTDIR)/lib/systemd/system/provd.service
+	install -D -m 0644 systemd/provd.socket $(DESTDIR)/lib/systemd/system/provd.socket
+	test -e $(DESTDIR)/etc/provd/provd.yaml || install -D -m 0640 systemd/provd.yaml $(DESTDIR)/etc/provd/provd.yaml
+
+clean:
+	rm -rf bin man

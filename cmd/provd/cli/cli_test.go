@@ -1,0 +1,104 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// run executes the real command tree in-process.
+func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = cli.Main(context.Background(), args, cli.Deps{
+		Stdin:  strings.NewReader(""),
+		Stdout: &out,
+		Stderr: &errb,
+		Getenv: func(k string) string { return env[k] },
+	})
+	return out.String(), errb.String(), code
+}
+
+func TestTPMInfoOverSwtpm(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.CloseTPM() // swtpm serves one client at a time
+	out, stderr, code := run(t, nil, "--tpm", env.Spec, "tpm", "info", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var info struct {
+		Manufacturer string   `json:"manufacturer"`
+		PCRBanks     []string `json:"pcr_banks"`
+		Curves       []string `json:"curves"`
+		EK           []struct {
+			Index   string `json:"nv_index"`
+			Present bool   `json:"present"`
+			Issuer  string `json:"issuer"`
+		} `json:"ek_certificates"`
+		SRK struct {
+			Present bool `json:"present"`
+		} `json:"srk"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("json: %v\n%s", err, out)
+	}
+	if info.Manufacturer != "IBM" || len(info.PCRBanks) != 1 || info.PCRBanks[0] != "sha256" {
+		t.Errorf("info = %+v", info)
+	}
+	present := map[string]bool{}
+	for _, ek := range info.EK {
+		present[ek.Index] = ek.Present
+		if ek.Present && !strings.Contains(ek.Issuer, "swtpm-localca") {
+			t.Errorf("EK %s issuer %q", ek.Index, ek.Issuer)
+		}
+	}
+	if !present["0x01c00002"] || !present["0x01c00016"] || present["0x01c0000a"] {
+		t.Errorf("EK certificates present: %v", present)
+	}
+	env.Reopen() // for the leak check
+}
+
+func TestTPMInfoSim(t *testing.T) {
+	dir := t.TempDir()
+	out, stderr, code := run(t, map[string]string{"PROVD_TPM": "sim", "PROVD_STATE_DIR": dir}, "tpm", "info")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"Manufacturer", "IBM", "EK cert 0x01c00002", "Go FIPS 140-3 module"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	// A second run resumes the same manufactured TPM (same EK).
+	out2, _, code := run(t, map[string]string{"PROVD_TPM": "sim", "PROVD_STATE_DIR": dir}, "tpm", "info", "-o", "json")
+	if code != 0 || !strings.Contains(out2, "swtpm-localca") {
+		t.Fatalf("second sim run: exit %d\n%s", code, out2)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"unknown flag", []string{"--bogus"}, cli.ExitUsage},
+		{"bad output", []string{"-o", "yaml", "version"}, cli.ExitUsage},
+		{"extra args", []string{"version", "x"}, cli.ExitUsage},
+		{"no TPM", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "info"}, cli.ExitNoTPM},
+		{"bad spec", []string{"--tpm", "tcp:foo", "tpm", "info"}, cli.ExitError},
+		{"version", []string{"version", "-o", "json"}, cli.ExitOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := run(t, nil, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d (%s)", code, tc.code, stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"crypto/fips140"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/cobra/doc"
+
+	"github.com/provd/provd/tpm"
+)
+
+type versionInfo struct {
+	Version   string `json:"version"`
+	Go        string `json:"go"`
+	GoFIPS140 bool   `json:"go_fips140"`
+}
+
+func (a *app) version() versionInfo {
+	v := a.deps.Version
+	if v == "" {
+		v = "devel"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+	}
+	return versionInfo{Version: v, Go: runtime.Version(), GoFIPS140: fips140.Enabled()}
+}
+
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print provd's version, Go version and whether Go's FIPS 140-3 module is on",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v := a.version()
+			return a.emit(v, func(w io.Writer) {
+				fmt.Fprintf(w, "provd %s (%s, Go FIPS 140-3 module %s)\n", v.Version, v.Go, onOff(v.GoFIPS140))
+			})
+		},
+	}
+}
+
+func (a *app) tpmCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "tpm",
+		Short: "Inspect the TPM",
+	}
+	c.AddCommand(&cobra.Command{
+		Use:   "info",
+		Short: "Show the TPM's vendor, firmware, algorithms, PCR banks, lockout state, SRK and EK certificates",
+		Long: `Show what the TPM says about itself: manufacturer and vendor strings, firmware
+version, specification level and revision, the FIPS 140-2 mode bit (TPM_PT_MODES),
+algorithms and ECC curves, active PCR banks, the dictionary-attack lockout state,
+whether the SRK (0x81000001) is present and matches the TCG ECC P-256 template,
+and the EK certificates in NV (RSA 0x01c00002, ECC P-256 0x01c0000a, ECC P-384
+0x01c00016). Also shows whether Go's FIPS 140-3 module is on in this process.
+Nothing is written to the TPM.`,
+		Example: `  provd --tpm sim tpm info
+  provd --tpm swtpm://127.0.0.1:2321 tpm info -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, done, err := a.openTPM(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			info, err := t.Info()
+			if err != nil {
+				return err
+			}
+			out := struct {
+				TPM string `json:"tpm"`
+				tpm.Info
+				GoFIPS140 bool `json:"go_fips140"`
+			}{t.Spec(), info, fips140.Enabled()}
+			return a.emit(out, func(w io.Writer) { printInfo(w, out.TPM, info, out.GoFIPS140) })
+		},
+	})
+	return c
+}
+
+func printInfo(w io.Writer, spec string, in tpm.Info, goFIPS bool) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+	row("TPM", spec)
+	row("Manufacturer", fmt.Sprintf("%s (%s)", in.Manufacturer, in.VendorStrings))
+	row("Firmware", in.Firmware)
+	row("Specification", fmt.Sprintf("%s level %d revision %s (%s)", in.SpecFamily, in.SpecLevel, in.SpecRevision, in.SpecDate))
+	row("FIPS 140-2 mode (TPM)", onOff(in.FIPS1402))
+	row("Go FIPS 140-3 module", onOff(goFIPS))
+	row("Algorithms", strings.Join(in.Algorithms, " "))
+	row("ECC curves", strings.Join(in.Curves, " "))
+	row("PCR banks", strings.Join(in.PCRBanks, " "))
+	l := in.Lockout
+	row("Lockout", fmt.Sprintf("%d of %d failures, interval %ds, recovery %ds, locked out: %v", l.Counter, l.MaxTries, l.IntervalSeconds, l.RecoverySeconds, l.InLockout))
+	if in.SRK.Present {
+		row("SRK "+in.SRK.Handle, fmt.Sprintf("present, template %s, name %s", in.SRK.Template, in.SRK.Name))
+	} else {
+		row("SRK "+in.SRK.Handle, "absent (created at provisioning)")
+	}
+	for _, ek := range in.EKCertificates {
+		v := "absent"
+		switch {
+		case ek.Error != "":
+			v = "unreadable: " + ek.Error
+		case ek.Present:
+			v = fmt.Sprintf("subject %q, issuer %q", ek.Subject, ek.Issuer)
+		}
+		row(fmt.Sprintf("EK cert %s (%s)", ek.Index, ek.Key), v)
+	}
+	tw.Flush()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// manCmd writes man pages for the whole tree (make man).
+func (a *app) manCmd(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:    "man DIR",
+		Short:  "Write man pages for every command into DIR",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := os.MkdirAll(args[0], 0o755); err != nil {
+				return err
+			}
+			root.DisableAutoGenTag = true
+			return doc.GenManTree(root, &doc.GenManHeader{Title: "PROVD", Section: "8", Source: "provd " + a.version().Version}, args[0])
+		},
+	}
+}

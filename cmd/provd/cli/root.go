@@ -1,0 +1,167 @@
+// Package cli is provd's command tree. It is thin on purpose: each command parses
+// its flags, builds a validated request and calls one function of agent, attest
+// or tpm, then prints the result as text or JSON. Exit codes travel as errors
+// and are decided in one place (ExitCode).
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/tpm"
+)
+
+// Deps are the process's connections to the world, injected so tests run the
+// real command tree in-process.
+type Deps struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Version        string
+}
+
+// DefaultStateDir is where provd keeps its state unless told otherwise.
+const DefaultStateDir = "/var/lib/provd"
+
+// app holds the global flags of one invocation.
+type app struct {
+	deps     Deps
+	tpmSpec  string
+	stateDir string
+	output   string
+	verbose  bool
+	log      *slog.Logger
+}
+
+// Main runs provd with args and returns the process exit code.
+func Main(ctx context.Context, args []string, deps Deps) int {
+	root := NewRoot(deps)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintf(deps.Stderr, "provd: %v\n", err)
+	return ExitCode(err)
+}
+
+// NewRoot builds the command tree.
+func NewRoot(deps Deps) *cobra.Command {
+	if deps.Getenv == nil {
+		deps.Getenv = func(string) string { return "" }
+	}
+	if deps.Stdin == nil {
+		deps.Stdin = os.Stdin
+	}
+	a := &app{deps: deps}
+	root := &cobra.Command{
+		Use:   "provd",
+		Short: "TPM 2.0-backed provisioning agent",
+		Long: `provd generates a provisioning key inside the TPM, seals it to the platform's
+PCR measurements, derives operational keys from it inside the TPM, and serves them
+to the device's software.
+
+The TPM is named with --tpm (or $PROVD_TPM):
+  /dev/tpmrm0, /dev/tpm0    a TPM device (default: the first that exists)
+  swtpm://HOST:PORT         a swtpm's TCP command port
+  unix:///PATH              a swtpm unix socket
+  sim                       a swtpm that provd starts itself, state in <state-dir>/swtpm
+
+Exit codes are listed in docs/exit-codes.md; 3 means the PCRs do not satisfy
+the key's policy.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if a.output != "text" && a.output != "json" {
+				return usageError(fmt.Errorf("-o %q: want text or json", a.output))
+			}
+			level := slog.LevelWarn
+			if a.verbose {
+				level = slog.LevelDebug
+			}
+			a.log = slog.New(slog.NewTextHandler(deps.Stderr, &slog.HandlerOptions{Level: level}))
+			return nil
+		},
+	}
+	root.SetOut(deps.Stdout)
+	root.SetErr(deps.Stderr)
+	root.SetIn(deps.Stdin)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err) })
+
+	stateDefault := deps.Getenv("PROVD_STATE_DIR")
+	if stateDefault == "" {
+		stateDefault = DefaultStateDir
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.tpmSpec, "tpm", deps.Getenv("PROVD_TPM"), "TPM to use: device path, swtpm://HOST:PORT, unix:///PATH or sim (env PROVD_TPM)")
+	pf.StringVar(&a.stateDir, "state-dir", stateDefault, "state directory (env PROVD_STATE_DIR)")
+	pf.StringVarP(&a.output, "output", "o", "text", "output format: text or json")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "debug logging and TPM command counts on stderr")
+
+	root.AddCommand(
+		a.versionCmd(),
+		a.tpmCmd(),
+		a.manCmd(root),
+	)
+	return root
+}
+
+// openTPM opens the TPM the flags name. The caller closes it; with -v the
+// command count and time spent in the TPM are printed at close.
+func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
+	stateDir, err := filepath.Abs(a.stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := tpm.Open(ctx, tpm.Options{Spec: a.tpmSpec, StateDir: stateDir, Logger: a.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	closer := func() {
+		st := t.Stats()
+		if err := t.Close(); err != nil {
+			a.log.Warn("closing TPM", "err", err)
+		}
+		if a.verbose {
+			fmt.Fprintf(a.deps.Stderr, "provd: TPM %s: %d commands (%d retried), %v waiting\n", t.Spec(), st.Commands, st.Retries, st.Wait)
+		}
+	}
+	return t, closer, nil
+}
+
+// emit prints v as indented JSON with -o json, else calls text.
+func (a *app) emit(v any, text func(w io.Writer)) error {
+	if a.output == "json" {
+		enc := json.NewEncoder(a.deps.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	text(a.deps.Stdout)
+	return nil
+}
+
+// noArgs is cobra.NoArgs with a usage exit code.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError(fmt.Errorf("%s takes no arguments, got %q", cmd.CommandPath(), args))
+	}
+	return nil
+}
+
+// exactArgs is cobra.ExactArgs with a usage exit code.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError(fmt.Errorf("%s takes %d argument(s), got %d", cmd.CommandPath(), n, len(args)))
+		}
+		return nil
+	}
+}
+

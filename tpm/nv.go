@@ -1,0 +1,274 @@
+package tpm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// ErrNVUninitialized: an NV index was read (or compared by PolicyNV) before
+// its first write (TPM_RC_NV_UNINITIALIZED). For an audit anchor it means the
+// anchor was never extended; callers outside this package map it to their own
+// "empty" sentinel (audit.ErrAnchorEmpty).
+var ErrNVUninitialized = errors.New("TPM NV index not written yet")
+
+// NVIndex is a defined NV index: its handle, its name (what policies bind to)
+// and its public area. The name covers the attributes, TPMA_NV_WRITTEN
+// included, so an index's name changes once, at its first write; read it
+// again (NVName) after that.
+type NVIndex struct {
+	Handle tpm2.TPMHandle
+	Name   tpm2.TPM2BName
+	Public tpm2.TPMSNVPublic
+}
+
+func (x NVIndex) named() tpm2.NamedHandle {
+	return tpm2.NamedHandle{Handle: x.Handle, Name: x.Name}
+}
+
+// auth returns the index authorized by its own (empty) password, as provd's
+// counters and anchors are read and written.
+func (x NVIndex) auth() tpm2.AuthHandle {
+	return tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: tpm2.PasswordAuth(nil)}
+}
+
+// Sizes of the NV indices provd defines.
+const (
+	counterSize = 8           // TPM_NT_COUNTER: a 64-bit big-endian value
+	extendSize  = sha256.Size // TPM_NT_EXTEND with nameAlg SHA-256
+)
+
+// nvWrap is Wrap for NV commands: TPM_RC_NV_UNINITIALIZED becomes
+// ErrNVUninitialized.
+func nvWrap(command string, err error) error {
+	err = Wrap(command, err)
+	var e *Error
+	if errors.As(err, &e) && e.Kind == nil && errors.Is(e.RC, tpm2.TPMRCNVUninitialized) {
+		e.Kind = ErrNVUninitialized
+	}
+	return err
+}
+
+func checkNVIndexHandle(h tpm2.TPMHandle) error {
+	if tpm2.TPMHT(h>>24) != tpm2.TPMHTNVIndex {
+		return fmt.Errorf("handle 0x%08x is not an NV index (0x01xxxxxx)", uint32(h))
+	}
+	return nil
+}
+
+// ReadNVPublic returns an NV index's public area and name (TPM2_NV_ReadPublic).
+// An index that does not exist gives ErrNotFound.
+func (t *TPM) ReadNVPublic(h tpm2.TPMHandle) (NVIndex, error) {
+	if err := checkNVIndexHandle(h); err != nil {
+		return NVIndex{}, err
+	}
+	rsp, err := (tpm2.NVReadPublic{NVIndex: h}).Execute(t)
+	if err != nil {
+		return NVIndex{}, Wrap("TPM2_NV_ReadPublic", err)
+	}
+	pub, err := rsp.NVPublic.Contents()
+	if err != nil {
+		return NVIndex{}, fmt.Errorf("TPM2_NV_ReadPublic: %w", err)
+	}
+	return NVIndex{Handle: h, Name: rsp.NVName, Public: *pub}, nil
+}
+
+// NVName returns the current name of an NV index.
+func (t *TPM) NVName(h tpm2.TPMHandle) (tpm2.TPM2BName, error) {
+	x, err := t.ReadNVPublic(h)
+	return x.Name, err
+}
+
+// ListNV lists the NV indices defined in the TPM.
+func (t *TPM) ListNV() ([]tpm2.TPMHandle, error) {
+	return t.Handles(NVIndices)
+}
+
+// defineNV defines an owner index with an empty password, readable and
+// writable with that password (so PolicyNV can read it and provd write it
+// without a secret), also readable with owner authorization, and exempt from
+// dictionary-attack counting (its empty password cannot be guessed wrong in
+// any way that matters).
+func (t *TPM) defineNV(h tpm2.TPMHandle, nt tpm2.TPMNT, size uint16) error {
+	if err := checkNVIndexHandle(h); err != nil {
+		return err
+	}
+	pub := tpm2.TPMSNVPublic{
+		NVIndex: h,
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{
+			NT:        nt,
+			AuthWrite: true,
+			AuthRead:  true,
+			OwnerRead: true,
+			NoDA:      true,
+		},
+		DataSize: size,
+	}
+	_, err := (tpm2.NVDefineSpace{
+		AuthHandle: tpm2.TPMRHOwner,
+		PublicInfo: tpm2.New2B(pub),
+	}).Execute(t)
+	if err != nil {
+		return Wrap("TPM2_NV_DefineSpace", err)
+	}
+	return nil
+}
+
+// DefineCounter defines a monotonic counter (TPM_NT_COUNTER) at h in the owner
+// hierarchy and increments it once: a counter has no value, and PolicyNV on it
+// fails, until its first increment, and its name (which covers
+// TPMA_NV_WRITTEN) is final only after it. The returned name is the one
+// policies must bind to.
+//
+// The counter's first value is not 1: a TPM counter starts at the highest
+// value any counter on that TPM ever had, and never goes back, not even across
+// undefine and define. Read it with ReadCounter.
+//
+// Anyone may increment it (empty password): that can only revoke signed
+// policies early, never bring an old one back.
+func (t *TPM) DefineCounter(h tpm2.TPMHandle) (x NVIndex, err error) {
+	if err := t.defineNV(h, tpm2.TPMNTCounter, counterSize); err != nil {
+		return NVIndex{}, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, t.UndefineNV(h))
+		}
+	}()
+	if err := t.Increment(h); err != nil {
+		return NVIndex{}, err
+	}
+	return t.ReadNVPublic(h)
+}
+
+// Increment adds one to the counter at h (TPM2_NV_Increment).
+func (t *TPM) Increment(h tpm2.TPMHandle) error {
+	x, err := t.ReadNVPublic(h)
+	if err != nil {
+		return err
+	}
+	if x.Public.Attributes.NT != tpm2.TPMNTCounter {
+		return fmt.Errorf("NV index 0x%08x is not a counter", uint32(h))
+	}
+	if _, err := (tpm2.NVIncrement{AuthHandle: x.auth(), NVIndex: x.named()}).Execute(t); err != nil {
+		return nvWrap("TPM2_NV_Increment", err)
+	}
+	return nil
+}
+
+// ReadCounter returns the value of the counter at h; ErrNVUninitialized before
+// its first increment.
+func (t *TPM) ReadCounter(h tpm2.TPMHandle) (uint64, error) {
+	x, err := t.ReadNVPublic(h)
+	if err != nil {
+		return 0, err
+	}
+	if x.Public.Attributes.NT != tpm2.TPMNTCounter || x.Public.DataSize != counterSize {
+		return 0, fmt.Errorf("NV index 0x%08x is not a counter", uint32(h))
+	}
+	b, err := t.nvRead(x, counterSize)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// UndefineNV removes the NV index at h with owner authorization. An index
+// that does not exist gives ErrNotFound.
+func (t *TPM) UndefineNV(h tpm2.TPMHandle) error {
+	x, err := t.ReadNVPublic(h)
+	if err != nil {
+		return err
+	}
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: x.named()}).Execute(t); err != nil {
+		return Wrap("TPM2_NV_UndefineSpace", err)
+	}
+	return nil
+}
+
+// nvRead reads size bytes at offset 0 with the index's own password.
+func (t *TPM) nvRead(x NVIndex, size uint16) ([]byte, error) {
+	rsp, err := (tpm2.NVRead{AuthHandle: x.auth(), NVIndex: x.named(), Size: size}).Execute(t)
+	if err != nil {
+		return nil, nvWrap("TPM2_NV_Read", err)
+	}
+	if len(rsp.Data.Buffer) != int(size) {
+		return nil, fmt.Errorf("TPM2_NV_Read: %d bytes returned, %d asked", len(rsp.Data.Buffer), size)
+	}
+	return rsp.Data.Buffer, nil
+}
+
+// DefineExtendIndex defines an extend index (TPM_NT_EXTEND, SHA-256, 32 bytes)
+// at h in the owner hierarchy. It holds 32 zero bytes and reads as
+// ErrNVUninitialized until its first NVExtend; each extend sets
+// value' = SHA-256(value || data). The returned name is that of the unwritten
+// index; it changes at the first extend.
+func (t *TPM) DefineExtendIndex(h tpm2.TPMHandle) (NVIndex, error) {
+	if err := t.defineNV(h, tpm2.TPMNTExtend, extendSize); err != nil {
+		return NVIndex{}, err
+	}
+	return t.ReadNVPublic(h)
+}
+
+// NVExtend extends data into the extend index at h (TPM2_NV_Extend, which
+// go-tpm lacks: it is sent as a raw command authorized by the index's empty
+// password). It costs one command.
+func (t *TPM) NVExtend(h tpm2.TPMHandle, data []byte) error {
+	if err := checkNVIndexHandle(h); err != nil {
+		return err
+	}
+	if len(data) > math.MaxUint16 {
+		return fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
+	}
+	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
+	params = append(params, data...) // TPM2B_MAX_NV_BUFFER
+	_, err := rawCommand{
+		cc:      ccNVExtend,
+		handles: []tpm2.TPMHandle{h, h}, // authHandle, nvIndex
+		auths:   [][]byte{nil},
+		params:  params,
+	}.run(t)
+	if err != nil {
+		return nvWrap("TPM2_NV_Extend", err)
+	}
+	return nil
+}
+
+// NVAnchor is an audit-trail anchor kept in a TPM extend index: Extend moves
+// it forward, nothing can move it back short of undefining the index (owner
+// authorization). It satisfies provd's audit.Anchor; Read's "never extended"
+// is ErrNVUninitialized here, which the agent maps to audit.ErrAnchorEmpty.
+type NVAnchor struct {
+	t *TPM
+	h tpm2.TPMHandle
+}
+
+// Anchor returns the anchor kept in the extend index at h (see
+// DefineExtendIndex). Nothing is sent to the TPM until it is used.
+func (t *TPM) Anchor(h tpm2.TPMHandle) *NVAnchor { return &NVAnchor{t: t, h: h} }
+
+// Handle returns the anchor's NV index.
+func (a *NVAnchor) Handle() tpm2.TPMHandle { return a.h }
+
+// Extend sets value' = SHA-256(value || data).
+func (a *NVAnchor) Extend(data []byte) error { return a.t.NVExtend(a.h, data) }
+
+// Read returns the current value, or an error wrapping ErrNVUninitialized
+// before the first Extend. The index must be a SHA-256 extend index of 32
+// bytes: any other index at the handle is refused rather than trusted.
+func (a *NVAnchor) Read() ([]byte, error) {
+	x, err := a.t.ReadNVPublic(a.h)
+	if err != nil {
+		return nil, err
+	}
+	p := x.Public
+	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
+		return nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(a.h))
+	}
+	return a.t.nvRead(x, extendSize)
+}
