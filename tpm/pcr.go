@@ -21,8 +21,9 @@ const pcrReadAttempts = 4
 
 // PCRRead returns the values of pcrs in bank. PCR_Read returns at most 8
 // digests per call and may return fewer than asked, so PCRRead asks again for
-// what is missing. The values are one snapshot: if the PCR update counter
-// moves between calls, the whole read starts over.
+// what is missing. If the PCR update counter moves between calls, the whole
+// read starts over, so the values are one snapshot (as far as the counter
+// tells: it does not count changes to PCRs 16 and 23).
 func (t *TPM) PCRRead(bank tpm2.TPMIAlgHash, pcrs []int) (map[int][]byte, error) {
 	want, err := checkPCRs(pcrs)
 	if err != nil {
@@ -39,8 +40,12 @@ func (t *TPM) PCRRead(bank tpm2.TPMIAlgHash, pcrs []int) (map[int][]byte, error)
 	}
 }
 
-// PCRUpdateCounter returns the TPM's pcrUpdateCounter, which changes whenever
-// a PCR changes. Two equal readings bracket a period in which no PCR changed.
+// PCRUpdateCounter returns the TPM's pcrUpdateCounter. It changes when a PCR
+// changes, except PCRs 16 and 23 (the PC Client profile exempts them: measured
+// on swtpm, extending either leaves the counter as it was). So two equal
+// readings show that no PCR other than 16 and 23 changed in between; the TPM's
+// own check of a policy session's PCRs at use (TPM_RC_PCR_CHANGED) has the
+// same blind spot.
 func (t *TPM) PCRUpdateCounter() (uint32, error) {
 	// An empty selection reads no PCR but still reports the counter.
 	rsp, err := (tpm2.PCRRead{}).Execute(t)
@@ -145,8 +150,8 @@ func checkPCRs(pcrs []int) ([]int, error) {
 
 // PCRExtend extends digest into PCR pcr of bank: value' = H(value || digest).
 // digest must have the bank's size. PCRs are authorized with their empty
-// password; PCRs 0..15 are the firmware's and boot loader's, so provd extends
-// only the ones its policy reserves (16 on test machines, 23 in the field).
+// password. Only PCRs 0..16 and 23 can be extended from locality 0
+// (17..22 answer TPM_RC_LOCALITY).
 func (t *TPM) PCRExtend(pcr int, bank tpm2.TPMIAlgHash, digest []byte) error {
 	if pcr < 0 || pcr > maxPCRIndex {
 		return fmt.Errorf("PCR %d: want 0..%d", pcr, maxPCRIndex)
