@@ -1,0 +1,210 @@
+package tpm_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// NVAnchor satisfies the audit trail's Anchor without tpm importing audit.
+var _ audit.Anchor = (*tpm.NVAnchor)(nil)
+
+// Test NV handles, in the owner range.
+const (
+	testCounterHandle tpm2.TPMHandle = 0x01500010
+	testExtendHandle  tpm2.TPMHandle = 0x01500011
+)
+
+// undefineAtEnd removes an index when the test ends (before the harness
+// closes the TPM).
+func undefineAtEnd(t *testing.T, tp *tpm.TPM, h tpm2.TPMHandle) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := tp.UndefineNV(h); err != nil {
+			t.Errorf("undefine 0x%08x: %v", uint32(h), err)
+		}
+	})
+}
+
+func TestCounter(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	x, err := tp.DefineCounter(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testCounterHandle)
+
+	a := x.Public.Attributes
+	if x.Handle != testCounterHandle || a.NT != tpm2.TPMNTCounter || !a.AuthWrite || !a.AuthRead || !a.NoDA || !a.Written {
+		t.Fatalf("counter = %+v", x)
+	}
+	// The returned name is the written index's name, the one policies bind to.
+	name, err := tp.NVName(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(name.Buffer, x.Name.Buffer) {
+		t.Fatalf("DefineCounter returned name %x, the TPM now says %x", x.Name.Buffer, name.Buffer)
+	}
+	want, err := tpm2.NVName(&x.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(want.Buffer, x.Name.Buffer) {
+		t.Fatalf("name %x does not hash the public area (%x)", x.Name.Buffer, want.Buffer)
+	}
+
+	v0, err := tp.ReadCounter(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v0 == 0 {
+		t.Fatal("counter is 0 after its first increment")
+	}
+	before := tp.Stats()
+	if err := tp.Increment(testCounterHandle); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Increment: %d commands", tp.Stats().Sub(before).Commands)
+	v1, err := tp.ReadCounter(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v1 != v0+1 {
+		t.Fatalf("counter %d after increment from %d", v1, v0)
+	}
+
+	hs, err := tp.ListNV()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(hs, testCounterHandle) {
+		t.Fatalf("ListNV = %x, no 0x%08x", hs, uint32(testCounterHandle))
+	}
+	// An index that is not a counter is refused before anything is sent.
+	if err := tp.Increment(0x01c00002); err == nil {
+		t.Error("Increment of the EK certificate index succeeded")
+	}
+}
+
+// A counter never goes back, not even when it is undefined and defined again.
+func TestCounterMonotonicAcrossRedefine(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	if _, err := tp.DefineCounter(testCounterHandle); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := tp.Increment(testCounterHandle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := tp.ReadCounter(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.UndefineNV(testCounterHandle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.ReadNVPublic(testCounterHandle); !errors.Is(err, tpm.ErrNotFound) {
+		t.Fatalf("after undefine: %v, want ErrNotFound", err)
+	}
+	if _, err := tp.DefineCounter(testCounterHandle); err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testCounterHandle)
+	w, err := tp.ReadCounter(testCounterHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w <= v {
+		t.Fatalf("redefined counter at %d, was %d before", w, v)
+	}
+}
+
+func TestNVAnchor(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	x, err := tp.DefineExtendIndex(testExtendHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testExtendHandle)
+	if a := x.Public.Attributes; a.NT != tpm2.TPMNTExtend || x.Public.DataSize != 32 || a.Written {
+		t.Fatalf("extend index = %+v", x)
+	}
+
+	anchor := tp.Anchor(testExtendHandle)
+	_, err = anchor.Read()
+	if !errors.Is(err, tpm.ErrNVUninitialized) || !errors.Is(err, tpm2.TPMRCNVUninitialized) {
+		t.Fatalf("Read before the first extend: %v, want ErrNVUninitialized", err)
+	}
+
+	a, b := []byte("first head"), sha256.Sum256([]byte("second head"))
+	before := tp.Stats()
+	if err := anchor.Extend(a); err != nil {
+		t.Fatal(err)
+	}
+	if n := tp.Stats().Sub(before).Commands; n != 1 {
+		t.Errorf("Extend took %d commands, want 1", n)
+	}
+	if err := anchor.Extend(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := anchor.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1 := sha256.Sum256(append(make([]byte, 32), a...))
+	want := sha256.Sum256(append(h1[:], b[:]...))
+	if !bytes.Equal(got, want[:]) {
+		t.Fatalf("anchor = %x, want %x", got, want)
+	}
+	// The same chaining as the software anchor the audit trail replays.
+	if exp := audit.ExpectedAnchor([][]byte{a, b[:]}); !bytes.Equal(got, exp) {
+		t.Fatalf("anchor = %x, audit.ExpectedAnchor = %x", got, exp)
+	}
+	// The name changed at the first write.
+	name, err := tp.NVName(testExtendHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(name.Buffer, x.Name.Buffer) {
+		t.Error("extend index name did not change at its first write")
+	}
+}
+
+// An anchor over an index that is not a SHA-256 extend index is refused, and
+// one over a missing index says so.
+func TestNVAnchorRefusesOtherIndices(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	if _, err := tp.DefineCounter(testCounterHandle); err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testCounterHandle)
+	if _, err := tp.Anchor(testCounterHandle).Read(); err == nil {
+		t.Error("Read of a counter as an anchor succeeded")
+	}
+	if err := tp.Anchor(testCounterHandle).Extend([]byte("x")); err == nil {
+		t.Error("Extend of a counter succeeded")
+	}
+	if _, err := tp.Anchor(testExtendHandle).Read(); !errors.Is(err, tpm.ErrNotFound) {
+		t.Errorf("Read of a missing index: %v, want ErrNotFound", err)
+	}
+	if err := tp.Anchor(testExtendHandle).Extend([]byte("x")); !errors.Is(err, tpm.ErrNotFound) {
+		t.Errorf("Extend of a missing index: %v, want ErrNotFound", err)
+	}
+	if _, err := tp.DefineExtendIndex(0x81000001); err == nil {
+		t.Error("DefineExtendIndex accepted a persistent object handle")
+	}
+}
