@@ -1,0 +1,215 @@
+package tpm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// PolicySession is a TPM policy session (or a trial session, which only
+// computes the digest). Its Policy* methods are the commands of provd's
+// policy.Session interface, which it satisfies structurally, so a policy
+// expression can be applied to it: policy.Policy.Apply(s, ...). Use Session()
+// as the authorization of the command the policy permits, and Close on every
+// path.
+//
+// A step that the platform does not meet (PCR values that differ, an NV
+// comparison that fails, a signed policy that is not valid here) fails with an
+// error wrapping ErrPolicyNotSatisfied and naming the step's command.
+type PolicySession struct {
+	t      *TPM
+	s      tpm2.Session
+	closer func() error
+	alg    tpm2.TPMIAlgHash
+	trial  bool
+	closed bool
+}
+
+// policyNonceSize is the size of nonceCaller: the session hash's digest size,
+// as Part 1 recommends.
+const policyNonceSize = 32
+
+// StartPolicySession starts a SHA-256 policy session, or a trial session when
+// trial is true. SHA-256 is the nameAlg of provd's keys, and a session's
+// digest must have the size of the authPolicy it is checked against. It takes
+// one of the TPM's session slots until Close.
+func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
+	var opts []tpm2.AuthOption
+	if trial {
+		opts = append(opts, tpm2.Trial())
+	}
+	// tpm2.PolicySession, not tpm2.Policy: the latter runs the policy in a
+	// callback and leaks the session when a step fails.
+	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	return &PolicySession{t: t, s: s, closer: closer, alg: tpm2.TPMAlgSHA256, trial: trial}, nil
+}
+
+// Close flushes the session. It is safe to call more than once.
+func (p *PolicySession) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	return Wrap("TPM2_FlushContext", p.closer())
+}
+
+// Session returns the session for use as the authorization of a go-tpm command
+// (tpm.Object.Auth(p.Session())). The TPM resets the session's digest after a
+// command it authorized succeeds; apply the policy again for the next one.
+func (p *PolicySession) Session() tpm2.Session { return p.s }
+
+// Handle returns the session's handle.
+func (p *PolicySession) Handle() tpm2.TPMHandle { return p.s.Handle() }
+
+// HashAlg returns the session's hash algorithm (policy.SessionHashAlg).
+func (p *PolicySession) HashAlg() tpm2.TPMIAlgHash { return p.alg }
+
+// Trial reports whether this is a trial session.
+func (p *PolicySession) Trial() bool { return p.trial }
+
+// Digest returns the session's current policy digest (TPM2_PolicyGetDigest).
+func (p *PolicySession) Digest() ([]byte, error) {
+	rsp, err := (tpm2.PolicyGetDigest{PolicySession: p.s.Handle()}).Execute(p.t)
+	if err != nil {
+		return nil, Wrap("TPM2_PolicyGetDigest", err)
+	}
+	return rsp.PolicyDigest.Buffer, nil
+}
+
+// notSatisfied wraps err for command and, when the response code is one of
+// those listed, marks it as ErrPolicyNotSatisfied: these codes mean "the
+// platform does not meet this step" for this command, not a malformed command.
+func notSatisfied(command string, err error, codes ...tpm2.TPMRC) error {
+	err = nvWrap(command, err)
+	var e *Error
+	if !errors.As(err, &e) || e.Kind != nil {
+		return err
+	}
+	for _, c := range codes {
+		if errors.Is(e.RC, c) {
+			e.Kind = ErrPolicyNotSatisfied
+			break
+		}
+	}
+	return err
+}
+
+// PolicyPCR runs TPM2_PolicyPCR. In a real session the TPM compares pcrDigest
+// with the current PCR values at once and answers TPM_RC_VALUE when they
+// differ: reported as ErrPolicyNotSatisfied.
+func (p *PolicySession) PolicyPCR(sel tpm2.TPMLPCRSelection, pcrDigest []byte) error {
+	_, err := (tpm2.PolicyPCR{
+		PolicySession: p.s.Handle(),
+		PcrDigest:     tpm2.TPM2BDigest{Buffer: pcrDigest},
+		Pcrs:          sel,
+	}).Execute(p.t)
+	if err != nil {
+		return notSatisfied("TPM2_PolicyPCR", err, tpm2.TPMRCValue)
+	}
+	return nil
+}
+
+// PolicyOR runs TPM2_PolicyOR. TPM_RC_VALUE (the current digest is in none of
+// the branches) is reported as ErrPolicyNotSatisfied.
+func (p *PolicySession) PolicyOR(digests [][]byte) error {
+	list := make([]tpm2.TPM2BDigest, len(digests))
+	for i, d := range digests {
+		list[i] = tpm2.TPM2BDigest{Buffer: d}
+	}
+	_, err := (tpm2.PolicyOr{
+		PolicySession: p.s.Handle(),
+		PHashList:     tpm2.TPMLDigest{Digests: list},
+	}).Execute(p.t)
+	if err != nil {
+		return notSatisfied("TPM2_PolicyOR", err, tpm2.TPMRCValue)
+	}
+	return nil
+}
+
+// PolicyCommandCode runs TPM2_PolicyCommandCode.
+func (p *PolicySession) PolicyCommandCode(cc tpm2.TPMCC) error {
+	_, err := (tpm2.PolicyCommandCode{PolicySession: p.s.Handle(), Code: cc}).Execute(p.t)
+	return Wrap("TPM2_PolicyCommandCode", err)
+}
+
+// PolicyDuplicationSelect runs TPM2_PolicyDuplicationSelect.
+func (p *PolicySession) PolicyDuplicationSelect(objectName, newParentName []byte, includeObject bool) error {
+	_, err := (tpm2.PolicyDuplicationSelect{
+		PolicySession: p.s.Handle(),
+		ObjectName:    tpm2.TPM2BName{Buffer: objectName},
+		NewParentName: tpm2.TPM2BName{Buffer: newParentName},
+		IncludeObject: tpm2.TPMIYesNo(includeObject),
+	}).Execute(p.t)
+	return Wrap("TPM2_PolicyDuplicationSelect", err)
+}
+
+// PolicyNV runs TPM2_PolicyNV, reading the index with its own (empty)
+// password. A comparison that does not hold (TPM_RC_POLICY; for provd's
+// signed policies: revoked by the counter) is ErrPolicyNotSatisfied; an index
+// never written is ErrNVUninitialized. The TPM extends the name of the index
+// it actually read, so a wrong indexName shows only in the digest.
+func (p *PolicySession) PolicyNV(index tpm2.TPMHandle, indexName []byte, operandB []byte, offset uint16, op tpm2.TPMEO) error {
+	name := tpm2.TPM2BName{Buffer: indexName}
+	_, err := (tpm2.PolicyNV{
+		AuthHandle:    tpm2.AuthHandle{Handle: index, Name: name, Auth: tpm2.PasswordAuth(nil)},
+		NVIndex:       tpm2.NamedHandle{Handle: index, Name: name},
+		PolicySession: p.s.Handle(),
+		OperandB:      tpm2.TPM2BOperand{Buffer: operandB},
+		Offset:        offset,
+		Operation:     op,
+	}).Execute(p.t)
+	if err != nil {
+		return notSatisfied("TPM2_PolicyNV", err, tpm2.TPMRCPolicy)
+	}
+	return nil
+}
+
+// PolicyAuthorize loads signer's public key into the owner hierarchy (the TPM
+// refuses a ticket from the NULL hierarchy), has the TPM verify sig over
+// aHash = H_nameAlg(approvedPolicy || policyRef), runs TPM2_PolicyAuthorize
+// with the resulting ticket, and flushes the key on every path. A signature
+// the TPM rejects, or an approved policy that is not the session's current
+// digest, is ErrPolicyNotSatisfied. It needs one free object slot.
+func (p *PolicySession) PolicyAuthorize(signer tpm2.TPMTPublic, approvedPolicy, policyRef []byte, sig tpm2.TPMTSignature) (err error) {
+	h, err := signer.NameAlg.Hash()
+	if err != nil {
+		return fmt.Errorf("PolicyAuthorize: signer nameAlg %v: %w", signer.NameAlg, ErrUnsupported)
+	}
+	hh := h.New()
+	hh.Write(approvedPolicy)
+	hh.Write(policyRef)
+	aHash := hh.Sum(nil)
+
+	key, err := (tpm2.LoadExternal{
+		InPublic:  tpm2.New2B(signer),
+		Hierarchy: tpm2.TPMRHOwner,
+	}).Execute(p.t)
+	if err != nil {
+		return Wrap("TPM2_LoadExternal", err)
+	}
+	defer p.t.flushInto(&err, key.ObjectHandle)
+
+	ver, err := (tpm2.VerifySignature{
+		KeyHandle: tpm2.NamedHandle{Handle: key.ObjectHandle, Name: key.Name},
+		Digest:    tpm2.TPM2BDigest{Buffer: aHash},
+		Signature: sig,
+	}).Execute(p.t)
+	if err != nil {
+		return notSatisfied("TPM2_VerifySignature", err, tpm2.TPMRCSignature)
+	}
+	_, err = (tpm2.PolicyAuthorize{
+		PolicySession:  p.s.Handle(),
+		ApprovedPolicy: tpm2.TPM2BDigest{Buffer: approvedPolicy},
+		PolicyRef:      tpm2.TPM2BDigest{Buffer: policyRef},
+		KeySign:        key.Name,
+		CheckTicket:    ver.Validation,
+	}).Execute(p.t)
+	if err != nil {
+		return notSatisfied("TPM2_PolicyAuthorize", err, tpm2.TPMRCValue)
+	}
+	return nil
+}
