@@ -36,7 +36,7 @@ func RunWatchdog(ctx context.Context, n, healthy func() error) error {
 	}
 	tick := time.NewTicker(interval / 2)
 	defer tick.Stop()
-	for {
+	for ctx.Err() == nil {
 		if healthy() == nil {
 			_ = n()
 		}
@@ -46,4 +46,5 @@ func RunWatchdog(ctx context.Context, n, healthy func() error) error {
 		case <-tick.C:
 		}
 	}
+	return nil
 }
