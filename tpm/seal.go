@@ -19,18 +19,11 @@ type Blob struct {
 	Private tpm2.TPM2BPrivate
 }
 
-// Seal creates a sealed data object under parent holding secret, usable only
-// through authPolicy (userWithAuth clear) or, when authPolicy is empty, with an
-// empty password. parentAuth authorizes the parent (nil: empty password). The
-// secret crosses the bus only inside an encrypted session.
-func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []byte) (Blob, error) {
-	if len(secret) == 0 || len(secret) > MaxSealedSize {
-		return Blob{}, fmt.Errorf("seal: secret of %d bytes, want 1..%d", len(secret), MaxSealedSize)
-	}
-	if parentAuth == nil {
-		parentAuth = tpm2.PasswordAuth(nil)
-	}
-	tmpl := tpm2.TPMTPublic{
+// SealTemplate is the public area of a sealed data object usable only through
+// authPolicy (userWithAuth clear) or, when authPolicy is empty, with an empty
+// password.
+func SealTemplate(authPolicy []byte) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgKeyedHash,
 		NameAlg: tpm2.TPMAlgSHA256,
 		ObjectAttributes: tpm2.TPMAObject{
@@ -43,22 +36,16 @@ func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash,
 			&tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
 	}
-	var blob Blob
-	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
-		rsp, err := (tpm2.Create{
-			ParentHandle: parent.Auth(parentAuth),
-			InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-				Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
-			}},
-			InPublic: tpm2.New2B(tmpl),
-		}).Execute(t, enc)
-		if err != nil {
-			return Wrap("TPM2_Create", err)
-		}
-		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
-		return nil
-	})
-	return blob, err
+}
+
+// Seal creates a sealed data object under parent holding secret (see
+// SealTemplate). parentAuth authorizes the parent (nil: empty password). The
+// secret crosses the bus only inside an encrypted session.
+func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []byte) (Blob, error) {
+	if len(secret) == 0 || len(secret) > MaxSealedSize {
+		return Blob{}, fmt.Errorf("seal: secret of %d bytes, want 1..%d", len(secret), MaxSealedSize)
+	}
+	return t.Create(parent, parentAuth, SealTemplate(authPolicy), secret)
 }
 
 // Load loads a blob under parent and returns the loaded object; the caller
@@ -100,4 +87,87 @@ func (t *TPM) Unseal(obj Object, auth tpm2.Session) ([]byte, error) {
 		return nil
 	})
 	return out, err
+}
+
+// Marshal encodes a blob as TPM2B_PUBLIC || TPM2B_PRIVATE, the layout
+// tpm2-tools' tpm2_load takes as -u and -r concatenated.
+func (b Blob) Marshal() []byte {
+	return append(tpm2.Marshal(b.Public), tpm2.Marshal(b.Private)...)
+}
+
+// UnmarshalBlob decodes Marshal's output, refusing trailing or missing bytes.
+func UnmarshalBlob(data []byte) (Blob, error) {
+	pubBytes, rest, err := split2B(data)
+	if err != nil {
+		return Blob{}, fmt.Errorf("blob public: %w", err)
+	}
+	privBytes, rest, err := split2B(rest)
+	if err != nil {
+		return Blob{}, fmt.Errorf("blob private: %w", err)
+	}
+	if len(rest) != 0 {
+		return Blob{}, fmt.Errorf("blob: %d trailing bytes", len(rest))
+	}
+	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pubBytes)
+	if err != nil {
+		return Blob{}, fmt.Errorf("blob public: %w", err)
+	}
+	if _, err := pub.Contents(); err != nil {
+		return Blob{}, fmt.Errorf("blob public: %w", err)
+	}
+	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](privBytes)
+	if err != nil {
+		return Blob{}, fmt.Errorf("blob private: %w", err)
+	}
+	return Blob{Public: *pub, Private: *priv}, nil
+}
+
+// split2B cuts one TPM2B (2-byte big-endian size, then that many bytes).
+func split2B(b []byte) (one, rest []byte, err error) {
+	if len(b) < 2 {
+		return nil, nil, fmt.Errorf("truncated")
+	}
+	n := int(b[0])<<8 | int(b[1])
+	if n == 0 || len(b) < 2+n {
+		return nil, nil, fmt.Errorf("size %d, %d bytes left", n, len(b)-2)
+	}
+	return b[:2+n], b[2+n:], nil
+}
+
+// Name computes the blob's object name (nameAlg over its public area).
+func (b Blob) Name() (tpm2.TPM2BName, error) {
+	pub, err := b.Public.Contents()
+	if err != nil {
+		return tpm2.TPM2BName{}, err
+	}
+	n, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return tpm2.TPM2BName{}, err
+	}
+	return *n, nil
+}
+
+// Create creates an object from tmpl under parent (authorized by parentAuth)
+// and returns its blob. sensitive, when not nil, carries data (a secret)
+// into the TPM inside an encrypted session.
+func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, sensitive []byte) (Blob, error) {
+	if parentAuth == nil {
+		parentAuth = tpm2.PasswordAuth(nil)
+	}
+	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl)}
+	if sensitive != nil {
+		cmd.InSensitive = tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: sensitive}),
+		}}
+	}
+	var blob Blob
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+		rsp, err := cmd.Execute(t, enc)
+		if err != nil {
+			return Wrap("TPM2_Create", err)
+		}
+		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
+		return nil
+	})
+	return blob, err
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
 
@@ -46,6 +49,17 @@ var kinds = []struct {
 	code int
 }{
 	{tpm.ErrPolicyNotSatisfied, ExitPolicy},
+	{agent.ErrTampered, ExitTampered},
+	{agent.ErrNotProvisioned, ExitNotProvisioned},
+	{agent.ErrAlreadyProvisioned, ExitConflict},
+	{agent.ErrNotPermitted, ExitNotPermitted},
+	{policy.ErrNotApproved, ExitNotPermitted},
+	{agent.ErrNotFound, ExitNotFound},
+	{agent.ErrBadInput, ExitUsage},
+	{store.ErrLocked, ExitState},
+	{store.ErrCorrupt, ExitState},
+	{store.ErrUnknownSchema, ExitState},
+	{store.ErrInsecureDir, ExitState},
 	{tpm.ErrLockout, ExitLockout},
 	{tpm.ErrNoTPM, ExitNoTPM},
 	{tpm.ErrFailureMode, ExitTPMFailure},

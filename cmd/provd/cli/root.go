@@ -108,6 +108,13 @@ the key's policy.`,
 	root.AddCommand(
 		a.versionCmd(),
 		a.tpmCmd(),
+		a.provisionCmd(),
+		a.policyCmd(),
+		a.sealCmd(),
+		a.unsealCmd(),
+		a.statusCmd(),
+		a.auditCmd(),
+		a.zeroizeCmd(),
 		a.manCmd(root),
 	)
 	return root
@@ -164,4 +171,3 @@ func exactArgs(n int) cobra.PositionalArgs {
 		return nil
 	}
 }
-

@@ -1,0 +1,161 @@
+// Package agent is the device side of provd: provisioning, sealing, keys, the
+// audit trail and zeroization, on top of the tpm package (the only one that
+// talks to the TPM), the state store and the policy package. The CLI calls it
+// in-process; the daemon serves the same functions over its API.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/tpm"
+)
+
+// Sentinels the CLI maps to exit codes.
+var (
+	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
+	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
+	ErrNotPermitted       = errors.New("not permitted")
+	ErrNotFound           = errors.New("not found")
+	ErrBadInput           = errors.New("bad input")
+)
+
+// NV indices provd defines, in the owner range (TCG Handles registry). Fixed
+// handles: zeroize and tpm2-tools checks know exactly what is provd's.
+const (
+	// PolicyCounterHandle is the monotonic counter that versions signed policies:
+	// a policy for version N is valid while the counter is <= N.
+	PolicyCounterHandle tpm2.TPMHandle = 0x01707600
+	// AuditAnchorHandle is the NV extend index the audit chain head is extended
+	// into after each append.
+	AuditAnchorHandle tpm2.TPMHandle = 0x01707601
+)
+
+// Config is what an Agent needs. TPM is opened by the caller, who closes it.
+type Config struct {
+	TPM      *tpm.TPM
+	StateDir string
+	Logger   *slog.Logger
+	// UID is the caller's uid, recorded in the audit trail.
+	UID int
+	// Now is the clock (tests inject one).
+	Now func() time.Time
+}
+
+// Agent performs provd's operations for one caller.
+type Agent struct {
+	t     *tpm.TPM
+	st    *store.Store
+	log   *slog.Logger
+	uid   int
+	now   func() time.Time
+	audit *audit.Log
+	dir   string
+}
+
+// New opens the state directory (creating it, mode 0700) and the audit log.
+func New(cfg Config) (*Agent, error) {
+	if cfg.TPM == nil {
+		return nil, errors.New("agent: no TPM")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	dir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir}
+	return a, nil
+}
+
+// Close releases the audit log.
+func (a *Agent) Close() error {
+	if a.audit != nil {
+		return a.audit.Close()
+	}
+	return nil
+}
+
+// anchor is the audit anchor in the TPM's NV, defined on first use. Reading
+// an index that does not exist yet, or was never extended, is an empty anchor.
+type anchor struct{ t *tpm.TPM }
+
+func (an anchor) Extend(head []byte) error {
+	err := an.t.NVExtend(AuditAnchorHandle, head)
+	if errors.Is(err, tpm.ErrNotFound) {
+		if _, err := an.t.DefineExtendIndex(AuditAnchorHandle); err != nil {
+			return err
+		}
+		err = an.t.NVExtend(AuditAnchorHandle, head)
+	}
+	return err
+}
+
+func (an anchor) Read() ([]byte, error) {
+	v, err := an.t.Anchor(AuditAnchorHandle).Read()
+	if errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrNVUninitialized) {
+		return nil, audit.ErrAnchorEmpty
+	}
+	return v, err
+}
+
+func (a *Agent) auditPath() string { return filepath.Join(a.dir, audit.FileName) }
+
+// record appends one line to the audit trail. A failure to audit fails the
+// operation's report: an operation that cannot be audited must be visible.
+func (a *Agent) record(op string, objects map[string]string, opErr error) error {
+	if a.audit == nil {
+		l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
+		if err != nil {
+			return fmt.Errorf("audit trail: %w", err)
+		}
+		a.audit = l
+	}
+	rec := audit.Record{Op: op, UID: a.uid, Objects: objects, Result: audit.Result(opErr)}
+	if err := a.audit.Append(rec); err != nil {
+		return fmt.Errorf("audit trail: %w", err)
+	}
+	return nil
+}
+
+// audited runs op and records its outcome; the operation's own error wins.
+func (a *Agent) audited(op string, objects map[string]string, fn func() error) error {
+	err := fn()
+	if aerr := a.record(op, objects, err); aerr != nil {
+		if err != nil {
+			return errors.Join(err, aerr)
+		}
+		return aerr
+	}
+	return err
+}
+
+// flushAll flushes handles in reverse order, joining errors into *err.
+func (a *Agent) flush(err *error, hs ...tpm2.TPMHandle) {
+	for i := len(hs) - 1; i >= 0; i-- {
+		if ferr := a.t.Flush(hs[i]); ferr != nil && *err == nil {
+			*err = ferr
+		}
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+var _ = context.Background

@@ -1,0 +1,83 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+func newAgent(t *testing.T, env *swtpmtest.Env, dir string) *agent.Agent {
+	t.Helper()
+	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Close() })
+	return ag
+}
+
+func extend16(t *testing.T, tp *tpm.TPM) {
+	t.Helper()
+	d := sha256.Sum256([]byte("debug event"))
+	if err := tp.PCRExtend(16, tpm2.TPMAlgSHA256, d[:]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProvisionSealUnsealPCR16(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	res, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7, 16}})
+	if err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	if res.PolicyKind != agent.PolicyPCR || res.DName == "" {
+		t.Fatalf("result %+v", res)
+	}
+	if _, err := ag.Provision(ctx, agent.ProvisionRequest{}); !errors.Is(err, agent.ErrAlreadyProvisioned) {
+		t.Fatalf("second provision: %v", err)
+	}
+	for _, size := range []int{16, 128, 129, 5000} {
+		secret := bytes.Repeat([]byte{byte(size)}, size)
+		blob, err := ag.Seal(ctx, agent.SealRequest{Data: secret})
+		if err != nil {
+			t.Fatalf("seal %d: %v", size, err)
+		}
+		got, err := ag.Unseal(ctx, blob)
+		if err != nil || !bytes.Equal(got, secret) {
+			t.Fatalf("unseal %d: %v", size, err)
+		}
+	}
+	blob, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("s3cret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	extend16(t, env.TPM)
+	_, err = ag.Unseal(ctx, blob)
+	var pe *agent.PolicyError
+	if !errors.As(err, &pe) || !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Fatalf("unseal after PCR 16 changed: %v", err)
+	}
+	if len(pe.Differ) != 1 || pe.Differ[0] != 16 {
+		t.Fatalf("differ = %v, want [16]", pe.Differ)
+	}
+	if _, err := ag.AuditVerify(); err != nil {
+		t.Fatalf("audit verify: %v", err)
+	}
+}
+
+// stateDir is a fresh private state directory (store.Open refuses a
+// group/other-accessible one).
+func stateDir(t *testing.T) string {
+	t.Helper()
+	return t.TempDir() + "/state"
+}

@@ -1,0 +1,334 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// Names of the PK's records in the state store.
+const (
+	recPK      = "pk"     // pkState
+	blobPK     = "pk"     // the PK's TPM-wrapped blob (under the SRK)
+	blobD      = "d"      // the derivation parent's blob (under the PK)
+	blobPolicy = "policy" // the installed signed policy (policy.json)
+)
+
+// pkPolicyRef is the policyRef signed policies for the PK carry, so that a
+// signature made for another purpose by the same signer cannot unlock the PK.
+var pkPolicyRef = []byte("provd/pk")
+
+// pkState is the manifest record of the provisioning key.
+type pkState struct {
+	Name      string       `json:"name"`   // hex TPM name of the PK
+	DName     string       `json:"d_name"` // hex TPM name of the derivation parent
+	Policy    policyRecord `json:"policy"`
+	CreatedAt time.Time    `json:"created_at"`
+}
+
+// policyRecord says how an object's authPolicy was built, so it can be applied
+// again at use. Kind "pcr": PolicyPCR over Values. Kind "signed":
+// PolicyAuthorize(Signer, PolicyRef); the approved policy comes from the
+// installed signed policy.
+type policyRecord struct {
+	Kind      string          `json:"kind"`
+	Values    json.RawMessage `json:"pcr_values,omitempty"`
+	Signer    string          `json:"signer,omitempty"` // PEM
+	PolicyRef string          `json:"policy_ref,omitempty"`
+	Digest    string          `json:"digest"`
+}
+
+// PolicyKind names.
+const (
+	PolicyPCR    = "pcr"
+	PolicySigned = "signed"
+)
+
+// expr rebuilds the policy expression the record describes.
+func (r policyRecord) expr() (policy.Policy, error) {
+	switch r.Kind {
+	case PolicyPCR:
+		vals, err := policy.ParsePCRValues(r.Values)
+		if err != nil {
+			return nil, err
+		}
+		return policy.Policy{policy.PCR{Values: vals}}, nil
+	case PolicySigned:
+		pub, err := policy.ParsePublicKeyPEM([]byte(r.Signer))
+		if err != nil {
+			return nil, err
+		}
+		ref, err := hex.DecodeString(r.PolicyRef)
+		if err != nil {
+			return nil, err
+		}
+		return policy.Policy{policy.Authorize{Signer: pub, PolicyRef: ref}}, nil
+	}
+	return nil, fmt.Errorf("unknown policy kind %q in state", r.Kind)
+}
+
+// newPCRRecord makes a record for PolicyPCR over vals.
+func newPCRRecord(vals policy.PCRValues) (policyRecord, error) {
+	raw, err := json.Marshal(vals)
+	if err != nil {
+		return policyRecord{}, err
+	}
+	rec := policyRecord{Kind: PolicyPCR, Values: raw}
+	return rec.withDigest()
+}
+
+// newSignedRecord makes a record for PolicyAuthorize(signer, ref).
+func newSignedRecord(signer crypto.PublicKey, ref []byte) (policyRecord, error) {
+	pemBytes, err := policy.MarshalPublicKeyPEM(signer)
+	if err != nil {
+		return policyRecord{}, err
+	}
+	rec := policyRecord{Kind: PolicySigned, Signer: string(pemBytes), PolicyRef: hex.EncodeToString(ref)}
+	return rec.withDigest()
+}
+
+func (r policyRecord) withDigest() (policyRecord, error) {
+	p, err := r.expr()
+	if err != nil {
+		return r, err
+	}
+	d, err := p.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return r, err
+	}
+	r.Digest = hex.EncodeToString(d)
+	return r, nil
+}
+
+func (r policyRecord) digest() []byte {
+	d, _ := hex.DecodeString(r.Digest)
+	return d
+}
+
+// CounterRef is the policy counter as signed policies name it. Its name is
+// computed offline from the index's public area, which is the same on every
+// device provd provisions: one signed policy serves a whole fleet.
+func CounterRef() policy.NVCounterRef {
+	pub := tpm.CounterPublic(PolicyCounterHandle)
+	name, err := tpm2.NVName(&pub)
+	if err != nil {
+		panic(err) // a constant public area always has a name
+	}
+	return policy.NVCounterRef{Handle: PolicyCounterHandle, Name: name.Buffer}
+}
+
+// PolicyError says that the platform does not satisfy an object's policy, and
+// which PCRs differ from what the policy needs. It unwraps to
+// tpm.ErrPolicyNotSatisfied (exit code 3).
+type PolicyError struct {
+	Differ []int  // PCRs whose current value differs from the policy's
+	Bank   string // their bank
+	Reason string // when not a PCR difference: e.g. a revoked signed policy
+	Err    error
+}
+
+func (e *PolicyError) Error() string {
+	var b strings.Builder
+	b.WriteString("PCR policy not satisfied")
+	if len(e.Differ) > 0 {
+		pcrs := make([]string, len(e.Differ))
+		for i, p := range e.Differ {
+			pcrs[i] = fmt.Sprint(p)
+		}
+		fmt.Fprintf(&b, ": %s PCR %s differ from the policy", e.Bank, strings.Join(pcrs, ","))
+	}
+	if e.Reason != "" {
+		b.WriteString(": " + e.Reason)
+	}
+	return b.String()
+}
+
+func (e *PolicyError) Unwrap() []error { return []error{tpm.ErrPolicyNotSatisfied, e.Err} }
+
+// loadedPK is the PK and, when asked, the derivation parent, loaded.
+type loadedPK struct {
+	state pkState
+	pk    tpm.Object
+	rec   policyRecord
+	expr  policy.Policy
+	opts  policy.ApplyOptions
+}
+
+// readPK reads the PK's state, or ErrNotProvisioned.
+func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
+	var s pkState
+	err := tx.Get(recPK, &s)
+	if errors.Is(err, store.ErrNotFound) {
+		return s, ErrNotProvisioned
+	}
+	return s, err
+}
+
+// withPK loads the PK under the SRK, runs fn with it, and flushes it. The PK
+// itself needs only the SRK's empty password to load; every use of it as a
+// parent needs its policy (authorize).
+func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) (err error) {
+	var st pkState
+	var pkBlob, signed []byte
+	err = a.st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if st, err = a.readPK(tx); err != nil {
+			return err
+		}
+		if pkBlob, err = tx.ReadBlob(blobPK); err != nil {
+			return err
+		}
+		if st.Policy.Kind == PolicySigned {
+			signed, err = tx.ReadBlob(blobPolicy)
+			if errors.Is(err, store.ErrNotFound) {
+				signed, err = nil, nil
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	l := &loadedPK{state: st, rec: st.Policy}
+	if l.expr, err = st.Policy.expr(); err != nil {
+		return err
+	}
+	if signed != nil {
+		sp, err := policy.ParseSignedPolicy(signed)
+		if err != nil {
+			return fmt.Errorf("installed signed policy: %w", err)
+		}
+		l.opts.Signed = []*policy.SignedPolicy{sp}
+	}
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	blob, err := tpm.UnmarshalBlob(pkBlob)
+	if err != nil {
+		return fmt.Errorf("PK blob: %w", err)
+	}
+	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
+		return err
+	}
+	defer a.flush(&err, l.pk.Handle)
+	if hex.EncodeToString(l.pk.Name.Buffer) != st.Name {
+		return fmt.Errorf("PK blob does not match the state's PK name")
+	}
+	return fn(l)
+}
+
+// authorize starts a policy session satisfying the PK's policy (for one
+// command: the TPM resets the session after use), and explains a failure.
+func (a *Agent) authorize(l *loadedPK) (*tpm.PolicySession, error) {
+	return a.satisfy(l.rec, l.expr, l.opts)
+}
+
+// satisfy runs expr in a fresh policy session. On failure the session is
+// flushed and the error says which PCRs differ.
+func (a *Agent) satisfy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions) (*tpm.PolicySession, error) {
+	ps, err := a.t.StartPolicySession(false)
+	if err != nil {
+		return nil, err
+	}
+	if err := expr.Apply(ps, opts); err != nil {
+		cerr := ps.Close()
+		return nil, errors.Join(a.explain(rec, opts, err), cerr)
+	}
+	return ps, nil
+}
+
+// explain turns a failed policy into a PolicyError naming the PCRs that differ.
+func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) error {
+	notSatisfied := errors.Is(err, tpm.ErrPolicyNotSatisfied)
+	if errors.Is(err, policy.ErrNoSignedPolicy) {
+		return &PolicyError{Reason: "no signed policy installed (provd policy install)", Err: err}
+	}
+	if !notSatisfied {
+		return err
+	}
+	var want policy.PCRValues
+	switch {
+	case rec.Kind == PolicyPCR:
+		if want, err = policy.ParsePCRValues(rec.Values); err != nil {
+			return err
+		}
+	case len(opts.Signed) > 0:
+		want = opts.Signed[0].Values
+	}
+	pe := &PolicyError{Bank: want.Bank.String(), Err: err}
+	if len(want.Values) > 0 {
+		cur, rerr := a.t.PCRRead(want.Bank.Alg(), want.Indices())
+		if rerr != nil {
+			return errors.Join(pe, rerr)
+		}
+		for _, i := range want.Indices() {
+			if string(cur[i]) != string(want.Values[i]) {
+				pe.Differ = append(pe.Differ, i)
+			}
+		}
+	}
+	if len(pe.Differ) == 0 && rec.Kind == PolicySigned && len(opts.Signed) > 0 {
+		if c, cerr := a.t.ReadCounter(PolicyCounterHandle); cerr == nil && c > opts.Signed[0].Version {
+			pe.Reason = fmt.Sprintf("the installed signed policy (version %d) is revoked: the policy counter is at %d", opts.Signed[0].Version, c)
+		}
+	}
+	slices.Sort(pe.Differ)
+	return pe
+}
+
+// loadD loads the derivation parent under the PK (authorized by its policy).
+func (a *Agent) loadD(ctx context.Context, l *loadedPK) (tpm.Object, error) {
+	var dBlob []byte
+	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		dBlob, err = tx.ReadBlob(blobD)
+		return err
+	}); err != nil {
+		return tpm.Object{}, err
+	}
+	blob, err := tpm.UnmarshalBlob(dBlob)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("derivation parent blob: %w", err)
+	}
+	return a.loadUnderPK(l, blob)
+}
+
+// loadUnderPK loads blob with the PK as parent, satisfying the PK's policy.
+func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (obj tpm.Object, err error) {
+	ps, err := a.authorize(l)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	defer func() {
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return a.t.Load(l.pk, ps.Session(), blob)
+}
+
+// createUnderPK creates an object under the PK, satisfying the PK's policy.
+func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, sensitive []byte) (blob tpm.Blob, err error) {
+	ps, err := a.authorize(l)
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	defer func() {
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return a.t.Create(l.pk, ps.Session(), tmpl, sensitive)
+}

@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// maxCounterSteps bounds the NV increments one policy install may cost: NV
+// writes wear a hardware TPM, and a version far ahead is more likely a typo.
+const maxCounterSteps = 64
+
+// SignPKPolicy signs, offline, a policy approving vals for devices whose PK was
+// provisioned with signer's public key. version must be at least each device's
+// policy counter; installing it revokes every older version on that device.
+func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64) (*policy.SignedPolicy, error) {
+	return policy.SignPolicy(signer, vals, version, pkPolicyRef, CounterRef())
+}
+
+// PolicyInstallResult reports an installed signed policy.
+type PolicyInstallResult struct {
+	Version   uint64 `json:"version"`
+	Counter   uint64 `json:"policy_counter"`
+	Satisfied bool   `json:"satisfied_now"`
+	Differ    []int  `json:"pcrs_differ,omitempty"`
+}
+
+// InstallPolicy installs a signed policy for the PK: it checks the signature
+// against the PK's signer, moves the policy counter up to the policy's version
+// (which revokes every older version in the TPM itself) and stores it. An
+// older version than the counter is refused: it is revoked. The policy may
+// approve PCR values the platform does not have yet (installed before a
+// firmware update); the result says whether it is satisfied now.
+func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (res PolicyInstallResult, err error) {
+	objects := map[string]string{}
+	err = a.audited("policy-install", objects, func() error {
+		var err error
+		res, err = a.installPolicy(ctx, data, objects)
+		return err
+	})
+	return res, err
+}
+
+func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[string]string) (PolicyInstallResult, error) {
+	var res PolicyInstallResult
+	sp, err := policy.ParseSignedPolicy(data)
+	if err != nil {
+		return res, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	objects["version"] = fmt.Sprint(sp.Version)
+	var st pkState
+	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		st, err = a.readPK(tx)
+		return err
+	}); err != nil {
+		return res, err
+	}
+	if st.Policy.Kind != PolicySigned {
+		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need provision --policy-signer", ErrNotPermitted)
+	}
+	signer, err := policy.ParsePublicKeyPEM([]byte(st.Policy.Signer))
+	if err != nil {
+		return res, err
+	}
+	if err := sp.Verify(signer); err != nil {
+		return res, fmt.Errorf("%w: not signed by the PK's policy signer: %v", ErrNotPermitted, err)
+	}
+	if hex.EncodeToString(sp.PolicyRef) != st.Policy.PolicyRef {
+		return res, fmt.Errorf("%w: policy is for another purpose (policyRef %q)", ErrNotPermitted, sp.PolicyRef)
+	}
+	want := CounterRef()
+	if sp.Counter.Handle != want.Handle || string(sp.Counter.Name) != string(want.Name) {
+		return res, fmt.Errorf("%w: policy names another counter", ErrNotPermitted)
+	}
+	c, err := a.t.ReadCounter(PolicyCounterHandle)
+	if err != nil {
+		return res, err
+	}
+	if sp.Version < c {
+		return res, &PolicyError{Reason: fmt.Sprintf("signed policy version %d is revoked: the policy counter is at %d", sp.Version, c), Err: tpm.ErrPolicyNotSatisfied}
+	}
+	if sp.Version-c > maxCounterSteps {
+		return res, fmt.Errorf("%w: version %d is %d ahead of the counter (%d); at most %d", ErrBadInput, sp.Version, sp.Version-c, c, maxCounterSteps)
+	}
+	// Store first, then revoke: a crash in between leaves the new policy
+	// installed and the old one still valid, never neither.
+	if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.WriteBlob(blobPolicy, data) }); err != nil {
+		return res, err
+	}
+	for ; c < sp.Version; c++ {
+		if err := a.t.Increment(PolicyCounterHandle); err != nil {
+			return res, err
+		}
+	}
+	res.Version, res.Counter = sp.Version, c
+	// The derivation parent is created under the first policy that holds.
+	err = a.withPK(ctx, func(l *loadedPK) error {
+		ps, err := a.authorize(l)
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			res.Differ = pe.Differ
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		res.Satisfied = true
+		if cerr := ps.Close(); cerr != nil {
+			return cerr
+		}
+		if l.state.DName != "" {
+			return nil
+		}
+		dBlob, err := a.createUnderPK(l, dTemplate(l.rec.digest()), nil)
+		if err != nil {
+			return err
+		}
+		dName, err := dBlob.Name()
+		if err != nil {
+			return err
+		}
+		l.state.DName = hex.EncodeToString(dName.Buffer)
+		objects["derivation_parent"] = l.state.DName
+		return a.st.Update(ctx, func(tx *store.Tx) error {
+			if err := tx.WriteBlob(blobD, dBlob.Marshal()); err != nil {
+				return err
+			}
+			return tx.Put(recPK, l.state)
+		})
+	})
+	return res, err
+}
+
+// PolicyState is what `provd policy show` reports.
+type PolicyState struct {
+	Kind      string            `json:"kind"`
+	Digest    string            `json:"digest"`
+	Bank      string            `json:"bank,omitempty"`
+	Needed    map[int]string    `json:"pcrs_needed,omitempty"`
+	Current   map[int]string    `json:"pcrs_current,omitempty"`
+	Differ    []int             `json:"pcrs_differ"`
+	Satisfied bool              `json:"satisfied"`
+	Signed    *SignedPolicyInfo `json:"signed_policy,omitempty"`
+	Reason    string            `json:"reason,omitempty"`
+}
+
+// SignedPolicyInfo describes the installed signed policy.
+type SignedPolicyInfo struct {
+	Installed bool   `json:"installed"`
+	Version   uint64 `json:"version,omitempty"`
+	Counter   uint64 `json:"policy_counter"`
+	Signer    string `json:"signer_name"`
+}
+
+// ShowPolicy reports the PK's policy, the PCR values it needs, the current
+// ones and which differ. It runs the policy in a session to be sure.
+func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
+	var ps PolicyState
+	err := a.withPK(ctx, func(l *loadedPK) error {
+		ps.Kind, ps.Digest = l.rec.Kind, l.rec.Digest
+		var need policy.PCRValues
+		switch {
+		case l.rec.Kind == PolicyPCR:
+			v, err := policy.ParsePCRValues(l.rec.Values)
+			if err != nil {
+				return err
+			}
+			need = v
+		case l.rec.Kind == PolicySigned:
+			info := &SignedPolicyInfo{}
+			signer, err := policy.ParsePublicKeyPEM([]byte(l.rec.Signer))
+			if err != nil {
+				return err
+			}
+			name, err := policy.SignerName(signer)
+			if err != nil {
+				return err
+			}
+			info.Signer = hex.EncodeToString(name)
+			if info.Counter, err = a.t.ReadCounter(PolicyCounterHandle); err != nil {
+				return err
+			}
+			if len(l.opts.Signed) > 0 {
+				info.Installed, info.Version = true, l.opts.Signed[0].Version
+				need = l.opts.Signed[0].Values
+			}
+			ps.Signed = info
+		}
+		if len(need.Values) > 0 {
+			cur, err := a.t.PCRRead(need.Bank.Alg(), need.Indices())
+			if err != nil {
+				return err
+			}
+			ps.Bank = need.Bank.String()
+			ps.Needed, ps.Current = map[int]string{}, map[int]string{}
+			for _, i := range need.Indices() {
+				ps.Needed[i] = hex.EncodeToString(need.Values[i])
+				ps.Current[i] = hex.EncodeToString(cur[i])
+			}
+		}
+		sess, err := a.authorize(l)
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			ps.Differ, ps.Reason = pe.Differ, pe.Reason
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ps.Satisfied = true
+		return sess.Close()
+	})
+	if ps.Differ == nil {
+		ps.Differ = []int{}
+	}
+	return ps, err
+}

@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// ProvisionRequest says how to seal the PK.
+type ProvisionRequest struct {
+	// Bank and PCRs select the PCRs of a plain PCR policy over their current
+	// values (default: sha256, 0,2,4,7).
+	Bank policy.Bank
+	PCRs []int
+	// Values, when set, are golden values to seal to instead of the current
+	// ones (provisioning in a factory before the final firmware is measured).
+	Values *policy.PCRValues
+	// Signer, when set, makes the PK's policy PolicyAuthorize(Signer): the
+	// signer approves PCR values later with signed policies.
+	Signer crypto.PublicKey
+	// Force zeroizes an existing PK first.
+	Force bool
+}
+
+// DefaultPCRs are the PCRs a plain PCR policy covers by default: firmware
+// code (0), option ROM code (2), boot loader (4) and Secure Boot state (7).
+var DefaultPCRs = []int{0, 2, 4, 7}
+
+// ProvisionResult describes the new PK.
+type ProvisionResult struct {
+	PKName       string `json:"pk_name"`
+	DName        string `json:"derivation_parent_name"`
+	PolicyKind   string `json:"policy_kind"`
+	PolicyDigest string `json:"policy_digest"`
+	// Bank and PCRs of a PCR policy.
+	Bank string `json:"bank,omitempty"`
+	PCRs []int  `json:"pcrs,omitempty"`
+	// Counter is the policy counter's value for a signed policy: signed
+	// policies for this device need a version >= Counter.
+	Counter       *uint64 `json:"policy_counter,omitempty"`
+	CounterHandle string  `json:"policy_counter_handle,omitempty"`
+}
+
+// pkTemplate is the provisioning key: an ECC P-256 restricted-decrypt storage
+// key born in the TPM (sensitiveDataOrigin), fixedTPM|fixedParent so it can never
+// leave, usable only through its policy (userWithAuth clear, adminWithPolicy
+// set).
+func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        false,
+			AdminWithPolicy:     true,
+			NoDA:                true,
+			Restricted:          true,
+			Decrypt:             true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+		}),
+	}
+}
+
+// dTemplate is the derivation parent: a keyedHash restricted-decrypt key with
+// the XOR scheme and KDF1-SP800-108, from which operational keys are derived
+// with TPM2_CreateLoaded. It carries the PK's policy too, so every derivation
+// re-checks the platform, even with D already loaded.
+func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgKeyedHash,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        false,
+			AdminWithPolicy:     true,
+			NoDA:                true,
+			Restricted:          true,
+			Decrypt:             true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+			Scheme: tpm2.TPMTKeyedHashScheme{
+				Scheme: tpm2.TPMAlgXOR,
+				Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgXOR, &tpm2.TPMSSchemeXOR{
+					HashAlg: tpm2.TPMAlgSHA256,
+					KDF:     tpm2.TPMAlgKDF1SP800108,
+				}),
+			},
+		}),
+	}
+}
+
+// Provision generates the PK inside the TPM under the SRK, sealed to the
+// requested policy, and the derivation parent under it, and records their
+// TPM-wrapped blobs. Nothing persistent is created in the TPM before the state
+// commit except the SRK and, for signed policies, the policy counter, both of
+// which a retry reuses: a crash at any moment leaves the old state or the new.
+func (a *Agent) Provision(ctx context.Context, req ProvisionRequest) (res ProvisionResult, err error) {
+	objects := map[string]string{}
+	err = a.audited("provision", objects, func() error {
+		var err error
+		res, err = a.provision(ctx, req, objects)
+		return err
+	})
+	return res, err
+}
+
+func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map[string]string) (ProvisionResult, error) {
+	var res ProvisionResult
+	provisioned := false
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		_, err := a.readPK(tx)
+		provisioned = err == nil
+		if errors.Is(err, ErrNotProvisioned) {
+			return nil
+		}
+		return err
+	}); err != nil {
+		return res, err
+	}
+	if provisioned {
+		if !req.Force {
+			return res, ErrAlreadyProvisioned
+		}
+		if err := a.zeroize(ctx, ZeroizeOptions{keepAudit: true}); err != nil {
+			return res, fmt.Errorf("zeroize before provisioning again: %w", err)
+		}
+	}
+
+	rec, err := a.provisionPolicy(req, &res)
+	if err != nil {
+		return res, err
+	}
+	res.PolicyKind, res.PolicyDigest = rec.Kind, rec.Digest
+
+	srk, err := a.t.SRK()
+	if err != nil {
+		return res, err
+	}
+	pkBlob, err := a.t.Create(srk, nil, pkTemplate(rec.digest()), nil)
+	if err != nil {
+		return res, err
+	}
+	pkName, err := pkBlob.Name()
+	if err != nil {
+		return res, err
+	}
+	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC()}
+	objects["pk"] = st.Name
+
+	// Create D under the freshly created PK, through the PK's policy.
+	var dBlob tpm.Blob
+	l := &loadedPK{state: st, rec: rec}
+	if l.expr, err = rec.expr(); err != nil {
+		return res, err
+	}
+	if err := a.withLoaded(srk, pkBlob, func(pk tpm.Object) error {
+		l.pk = pk
+		if rec.Kind == PolicySigned {
+			// Nothing approves a PCR state yet: D gets the PK's policy
+			// and is created once a signed policy is installed.
+			return nil
+		}
+		var err error
+		dBlob, err = a.createUnderPK(l, dTemplate(rec.digest()), nil)
+		return err
+	}); err != nil {
+		return res, err
+	}
+	if rec.Kind != PolicySigned {
+		dName, err := dBlob.Name()
+		if err != nil {
+			return res, err
+		}
+		st.DName = hex.EncodeToString(dName.Buffer)
+		objects["derivation_parent"] = st.DName
+	}
+	err = a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.Put(recPK, st); err != nil {
+			return err
+		}
+		if err := tx.WriteBlob(blobPK, pkBlob.Marshal()); err != nil {
+			return err
+		}
+		if st.DName != "" {
+			return tx.WriteBlob(blobD, dBlob.Marshal())
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	res.PKName, res.DName = st.Name, st.DName
+	return res, nil
+}
+
+// provisionPolicy builds the PK's policy record for req.
+func (a *Agent) provisionPolicy(req ProvisionRequest, res *ProvisionResult) (policyRecord, error) {
+	if req.Signer != nil {
+		if _, err := policy.SignerPublic(req.Signer); err != nil {
+			return policyRecord{}, fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
+		}
+		c, err := a.ensureCounter()
+		if err != nil {
+			return policyRecord{}, err
+		}
+		res.Counter = &c
+		res.CounterHandle = fmt.Sprintf("0x%08x", uint32(PolicyCounterHandle))
+		return newSignedRecord(req.Signer, pkPolicyRef)
+	}
+	var vals policy.PCRValues
+	if req.Values != nil {
+		vals = *req.Values
+	} else {
+		bank := req.Bank
+		if bank == 0 {
+			bank = policy.BankSHA256
+		}
+		pcrs := req.PCRs
+		if len(pcrs) == 0 {
+			pcrs = DefaultPCRs
+		}
+		cur, err := a.t.PCRRead(bank.Alg(), pcrs)
+		if err != nil {
+			return policyRecord{}, err
+		}
+		vals = policy.PCRValues{Bank: bank, Values: cur}
+	}
+	if err := vals.Validate(); err != nil {
+		return policyRecord{}, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	res.Bank, res.PCRs = vals.Bank.String(), vals.Indices()
+	return newPCRRecord(vals)
+}
+
+// ensureCounter defines the policy counter if absent and returns its value;
+// an index at the handle that is not provd's counter is refused.
+func (a *Agent) ensureCounter() (uint64, error) {
+	want := CounterRef()
+	x, err := a.t.ReadNVPublic(PolicyCounterHandle)
+	if errors.Is(err, tpm.ErrNotFound) {
+		x, err = a.t.DefineCounter(PolicyCounterHandle)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if string(x.Name.Buffer) != string(want.Name) {
+		return 0, fmt.Errorf("NV index 0x%08x is not provd's policy counter (name %x)", uint32(PolicyCounterHandle), x.Name.Buffer)
+	}
+	return a.t.ReadCounter(PolicyCounterHandle)
+}
+
+// withLoaded loads blob under parent (empty password), runs fn, flushes.
+func (a *Agent) withLoaded(parent tpm.Object, blob tpm.Blob, fn func(tpm.Object) error) (err error) {
+	obj, err := a.t.Load(parent, nil, blob)
+	if err != nil {
+		return err
+	}
+	defer a.flush(&err, obj.Handle)
+	return fn(obj)
+}

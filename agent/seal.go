@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// Sealed blob format (docs/formats.md). JSON, versioned; the object is the
+// TPM-wrapped sealed data object under the PK; Envelope is present when the
+// secret is larger than a sealed object holds, and then the sealed object holds
+// an AES-256-GCM key and Envelope the ciphertext (AAD: the object's name).
+const (
+	sealedFormat  = "provd-sealed"
+	sealedVersion = 1
+	// MaxSealInput bounds what provd seals (envelope included).
+	MaxSealInput = 1 << 20
+)
+
+type sealedBlob struct {
+	Format   string       `json:"format"`
+	Version  int          `json:"version"`
+	PK       string       `json:"pk"` // hex name of the PK it is sealed under
+	Policy   policyRecord `json:"policy"`
+	Object   []byte       `json:"object"` // tpm.Blob.Marshal
+	Envelope *envelope    `json:"envelope,omitempty"`
+}
+
+type envelope struct {
+	Alg        string `json:"alg"`
+	Nonce      []byte `json:"nonce"`
+	Ciphertext []byte `json:"ciphertext"`
+}
+
+// SealRequest says what to seal and to which policy. With neither PCRs nor
+// Signer, the secret gets the PK's own policy.
+type SealRequest struct {
+	Data   []byte
+	Bank   policy.Bank
+	PCRs   []int
+	Signer crypto.PublicKey
+}
+
+// Seal seals req.Data under the PK. Secrets up to tpm.MaxSealedSize bytes are
+// sealed directly; larger ones are encrypted with AES-256-GCM under a fresh key
+// that is sealed instead.
+func (a *Agent) Seal(ctx context.Context, req SealRequest) (out []byte, err error) {
+	objects := map[string]string{}
+	err = a.audited("seal", objects, func() error {
+		var err error
+		out, err = a.seal(ctx, req, objects)
+		return err
+	})
+	return out, err
+}
+
+func (a *Agent) seal(ctx context.Context, req SealRequest, objects map[string]string) ([]byte, error) {
+	if len(req.Data) == 0 || len(req.Data) > MaxSealInput {
+		return nil, fmt.Errorf("%w: %d bytes to seal, want 1..%d", ErrBadInput, len(req.Data), MaxSealInput)
+	}
+	var out []byte
+	err := a.withPK(ctx, func(l *loadedPK) error {
+		rec := l.rec
+		switch {
+		case req.Signer != nil:
+			if _, err := policy.SignerPublic(req.Signer); err != nil {
+				return fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
+			}
+			r, err := newSignedRecord(req.Signer, pkPolicyRef)
+			if err != nil {
+				return err
+			}
+			rec = r
+		case len(req.PCRs) > 0:
+			bank := req.Bank
+			if bank == 0 {
+				bank = policy.BankSHA256
+			}
+			cur, err := a.t.PCRRead(bank.Alg(), req.PCRs)
+			if err != nil {
+				return err
+			}
+			r, err := newPCRRecord(policy.PCRValues{Bank: bank, Values: cur})
+			if err != nil {
+				return err
+			}
+			rec = r
+		}
+		b := sealedBlob{Format: sealedFormat, Version: sealedVersion, PK: l.state.Name, Policy: rec}
+		secret := req.Data
+		var dek []byte
+		if len(req.Data) > tpm.MaxSealedSize {
+			dek = make([]byte, 32)
+			if _, err := rand.Read(dek); err != nil {
+				return err
+			}
+			defer clear(dek)
+			secret = dek
+		}
+		obj, err := a.createUnderPK(l, tpm.SealTemplate(rec.digest()), secret)
+		if err != nil {
+			return err
+		}
+		name, err := obj.Name()
+		if err != nil {
+			return err
+		}
+		objects["sealed_object"] = fmt.Sprintf("%x", name.Buffer)
+		b.Object = obj.Marshal()
+		if dek != nil {
+			env, err := seal256(dek, req.Data, name.Buffer)
+			if err != nil {
+				return err
+			}
+			b.Envelope = env
+		}
+		out, err = json.MarshalIndent(b, "", "  ")
+		return err
+	})
+	return out, err
+}
+
+func seal256(key, plain, aad []byte) (*envelope, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, gcm.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return &envelope{Alg: "AES-256-GCM", Nonce: nonce, Ciphertext: gcm.Seal(nil, nonce, plain, aad)}, nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// parseSealed validates a sealed blob's structure.
+func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
+	var b sealedBlob
+	if err := strictJSON(data, &b); err != nil {
+		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob: %v", ErrBadInput, err)
+	}
+	if b.Format != sealedFormat {
+		return b, tpm.Blob{}, fmt.Errorf("%w: not a provd sealed blob", ErrBadInput)
+	}
+	if b.Version != sealedVersion {
+		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob version %d; this provd reads %d", ErrBadInput, b.Version, sealedVersion)
+	}
+	obj, err := tpm.UnmarshalBlob(b.Object)
+	if err != nil {
+		return b, obj, fmt.Errorf("%w: sealed blob: %v", ErrBadInput, err)
+	}
+	if _, err := b.Policy.expr(); err != nil {
+		return b, obj, fmt.Errorf("%w: sealed blob policy: %v", ErrBadInput, err)
+	}
+	if b.Envelope != nil && (b.Envelope.Alg != "AES-256-GCM" || len(b.Envelope.Nonce) != 12) {
+		return b, obj, fmt.Errorf("%w: sealed blob envelope", ErrBadInput)
+	}
+	return b, obj, nil
+}
+
+// Unseal returns the secret of a sealed blob when the platform satisfies both
+// the PK's policy and the secret's own. The caller clears the result.
+func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err error) {
+	objects := map[string]string{}
+	err = a.unseal(ctx, data, objects, &secret)
+	if err != nil {
+		// Failures are audited; successes are use, not lifecycle.
+		if aerr := a.record("unseal", objects, err); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+	}
+	return secret, err
+}
+
+func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]string, out *[]byte) error {
+	b, blob, err := parseSealed(data)
+	if err != nil {
+		return err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return err
+	}
+	objects["sealed_object"] = fmt.Sprintf("%x", name.Buffer)
+	return a.withPK(ctx, func(l *loadedPK) (err error) {
+		if b.PK != l.state.Name {
+			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", ErrNotFound, b.PK)
+		}
+		obj, err := a.loadUnderPK(l, blob)
+		if err != nil {
+			return err
+		}
+		defer a.flush(&err, obj.Handle)
+		expr, err := b.Policy.expr()
+		if err != nil {
+			return err
+		}
+		ps, err := a.satisfy(b.Policy, expr, l.opts)
+		if err != nil {
+			return err
+		}
+		secret, err := a.t.Unseal(obj, ps.Session())
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if b.Envelope == nil {
+			*out = secret
+			return nil
+		}
+		defer clear(secret)
+		gcm, err := newGCM(secret)
+		if err != nil {
+			return err
+		}
+		plain, err := gcm.Open(nil, b.Envelope.Nonce, b.Envelope.Ciphertext, name.Buffer)
+		if err != nil {
+			return fmt.Errorf("%w: sealed blob envelope fails authentication", ErrTampered)
+		}
+		*out = plain
+		return nil
+	})
+}
+
+// ErrTampered: an integrity check failed (envelope, audit trail).
+var ErrTampered = errors.New("integrity check failed")

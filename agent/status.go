@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+
+	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/agent/store"
+)
+
+// Status is what `provd status` reports.
+type Status struct {
+	Provisioned  bool         `json:"provisioned"`
+	PKName       string       `json:"pk_name,omitempty"`
+	DName        string       `json:"derivation_parent_name,omitempty"`
+	PolicyKind   string       `json:"policy_kind,omitempty"`
+	PolicyDigest string       `json:"policy_digest,omitempty"`
+	Policy       *PolicyState `json:"policy,omitempty"`
+	Keys         int          `json:"keys"`
+	AuditLines   int          `json:"audit_lines"`
+	AuditHead    string       `json:"audit_head,omitempty"`
+	AuditError   string       `json:"audit_error,omitempty"`
+}
+
+// Status reports the provisioning state, the PCR state against the policy,
+// the number of keys and the audit chain's length and head.
+func (a *Agent) Status(ctx context.Context) (Status, error) {
+	var s Status
+	var st pkState
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		st, err = a.readPK(tx)
+		if errors.Is(err, ErrNotProvisioned) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s.Provisioned = true
+		for _, name := range tx.Objects() {
+			if len(name) > len(keyPrefix) && name[:len(keyPrefix)] == keyPrefix {
+				s.Keys++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return s, err
+	}
+	if s.Provisioned {
+		s.PKName, s.DName, s.PolicyKind, s.PolicyDigest = st.Name, st.DName, st.Policy.Kind, st.Policy.Digest
+		ps, err := a.ShowPolicy(ctx)
+		if err != nil {
+			return s, err
+		}
+		s.Policy = &ps
+	}
+	rep, err := audit.Verify(a.auditPath(), anchor{a.t})
+	s.AuditLines = rep.Lines
+	s.AuditHead = hex.EncodeToString(rep.Head)
+	if err != nil {
+		s.AuditError = err.Error()
+	}
+	return s, nil
+}
+
+// keyPrefix prefixes the manifest records of operational keys.
+const keyPrefix = "key."
+
+// AuditRecords returns the audit trail's records.
+func (a *Agent) AuditRecords() ([]audit.Record, error) {
+	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	return l.Records()
+}
+
+// AuditVerify replays the audit chain and compares it with the TPM's anchor.
+// A failure unwraps to ErrTampered (exit 14) with the line where it breaks.
+func (a *Agent) AuditVerify() (audit.Report, error) {
+	rep, err := audit.Verify(a.auditPath(), anchor{a.t})
+	if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
+		return rep, errors.Join(ErrTampered, err)
+	}
+	return rep, err
+}

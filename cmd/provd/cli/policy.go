@@ -1,0 +1,207 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/policy"
+)
+
+func (a *app) policyCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "policy",
+		Short: "Signed PCR policies: sign (offline), install, show",
+	}
+	c.AddCommand(a.policySignCmd(), a.policyInstallCmd(), a.policyShowCmd())
+	return c
+}
+
+func (a *app) policySignCmd() *cobra.Command {
+	var signerFile, valuesFile, out string
+	var version uint64
+	c := &cobra.Command{
+		Use:   "sign",
+		Short: "Sign a policy approving PCR values (offline, no TPM)",
+		Long: `Sign, offline, a policy that approves the PCR values in --pcr-values for every
+device provisioned with --policy-signer set to this key's public half. The policy
+carries --version: installing it on a device moves the device's policy counter up
+to that version, which revokes every older policy in the TPM itself. Pick a
+version at least the device's counter (provd policy show).
+
+Signer keys: ECDSA P-256, P-384, or RSA >= 3072 (RSA-PSS), PEM (PKCS#8, SEC1 or
+PKCS#1), unencrypted.`,
+		Example: `  provd policy sign --signer signer.key.pem --pcr-values golden.json --version 2 --out policy.json`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if signerFile == "" || valuesFile == "" || out == "" || !cmd.Flags().Changed("version") {
+				return usageError(errors.New("--signer, --pcr-values, --version and --out are required"))
+			}
+			kb, err := os.ReadFile(signerFile)
+			if err != nil {
+				return usageError(err)
+			}
+			signer, err := policy.ParseSignerPEM(kb)
+			clear(kb)
+			if err != nil {
+				return fmt.Errorf("%s: %w", signerFile, err)
+			}
+			vb, err := os.ReadFile(valuesFile)
+			if err != nil {
+				return usageError(err)
+			}
+			vals, err := policy.ParsePCRValues(vb)
+			if err != nil {
+				return fmt.Errorf("%s: %w", valuesFile, err)
+			}
+			sp, err := agent.SignPKPolicy(signer, vals, version)
+			if err != nil {
+				return err
+			}
+			b, err := sp.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, out, b, 0o644); err != nil {
+				return err
+			}
+			res := struct {
+				Out     string `json:"out"`
+				Version uint64 `json:"version"`
+				PCRs    []int  `json:"pcrs"`
+			}{out, version, vals.Indices()}
+			return a.emit(res, func(w io.Writer) {
+				if out != "-" {
+					fmt.Fprintf(w, "signed policy version %d for %s PCR %s: %s\n", version, vals.Bank, joinInts(vals.Indices()), out)
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&signerFile, "signer", "", "signer's private key (PEM)")
+	c.Flags().StringVar(&valuesFile, "pcr-values", "", "PCR values to approve (JSON, docs/policy.md)")
+	c.Flags().Uint64Var(&version, "version", 0, "policy version (>= the device's policy counter)")
+	c.Flags().StringVar(&out, "out", "", "where to write policy.json (- for stdout)")
+	return c
+}
+
+func (a *app) policyInstallCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "install POLICY.json",
+		Short: "Install a signed policy for the PK (revokes older versions)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := readIn(a, args[0])
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				res, err := ag.InstallPolicy(cmd.Context(), b)
+				if err != nil {
+					return err
+				}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "installed signed policy version %d (policy counter %d)\n", res.Version, res.Counter)
+					if res.Satisfied {
+						fmt.Fprintln(w, "the platform satisfies it now")
+					} else {
+						fmt.Fprintf(w, "not satisfied yet: PCR %s differ (it applies once the platform measures as approved)\n", joinInts(res.Differ))
+					}
+				})
+			})
+		},
+	}
+}
+
+func (a *app) policyShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show",
+		Short: "Show the PK's policy, the PCR values it needs, the current ones, and which differ",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				ps, err := ag.ShowPolicy(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.emit(ps, func(w io.Writer) { printPolicy(w, ps) })
+			})
+		},
+	}
+}
+
+func printPolicy(w io.Writer, ps agent.PolicyState) {
+	fmt.Fprintf(w, "policy:     %s %s\n", ps.Kind, ps.Digest)
+	if s := ps.Signed; s != nil {
+		if s.Installed {
+			fmt.Fprintf(w, "signed:     version %d installed, policy counter %d, signer %s\n", s.Version, s.Counter, s.Signer)
+		} else {
+			fmt.Fprintf(w, "signed:     none installed, policy counter %d, signer %s\n", s.Counter, s.Signer)
+		}
+	}
+	idx := make([]int, 0, len(ps.Needed))
+	for i := range ps.Needed {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	differ := map[int]bool{}
+	for _, i := range ps.Differ {
+		differ[i] = true
+	}
+	for _, i := range idx {
+		mark := "ok"
+		if ps.Current[i] != ps.Needed[i] {
+			mark = "DIFFERS"
+		}
+		fmt.Fprintf(w, "%s PCR %-2d  %-7s needed %s\n              current %s\n", ps.Bank, i, mark, ps.Needed[i], ps.Current[i])
+	}
+	if ps.Satisfied {
+		fmt.Fprintln(w, "satisfied:  yes")
+	} else {
+		fmt.Fprintf(w, "satisfied:  no %s\n", ps.Reason)
+	}
+}
+
+// readIn reads FILE or stdin ("-").
+func readIn(a *app, path string) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(io.LimitReader(a.deps.Stdin, agent.MaxSealInput*2))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return b, nil
+}
+
+// writeOut writes FILE atomically, or stdout ("-").
+func writeOut(a *app, path string, b []byte, mode os.FileMode) error {
+	if path == "-" {
+		_, err := a.deps.Stdout.Write(b)
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/policy"
+)
+
+// withAgent opens the TPM and the state and runs fn.
+func (a *app) withAgent(ctx context.Context, fn func(*agent.Agent) error) error {
+	t, done, err := a.openTPM(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ag, err := agent.New(agent.Config{TPM: t, StateDir: a.stateDir, Logger: a.log, UID: os.Getuid()})
+	if err != nil {
+		return err
+	}
+	defer ag.Close()
+	return fn(ag)
+}
+
+// pcrFlags are the PCR selection flags shared by provision and seal.
+type pcrFlags struct {
+	pcrs, bank string
+}
+
+func (p *pcrFlags) add(c *cobra.Command, defPCRs string) {
+	c.Flags().StringVar(&p.pcrs, "pcrs", defPCRs, "PCRs the policy covers, comma-separated")
+	c.Flags().StringVar(&p.bank, "bank", "sha256", "PCR bank: sha256 or sha384")
+}
+
+func (p *pcrFlags) parse() (policy.Bank, []int, error) {
+	bank, err := policy.ParseBank(p.bank)
+	if err != nil {
+		return 0, nil, usageError(fmt.Errorf("--bank: %w", err))
+	}
+	if p.pcrs == "" {
+		return bank, nil, nil
+	}
+	pcrs, err := policy.ParsePCRList(p.pcrs)
+	if err != nil {
+		return 0, nil, usageError(fmt.Errorf("--pcrs: %w", err))
+	}
+	return bank, pcrs, nil
+}
+
+func readSignerPub(path string) (crypto.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	pub, err := policy.ParsePublicKeyPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pub, nil
+}
+
+func (a *app) provisionCmd() *cobra.Command {
+	var pf pcrFlags
+	var valuesFile, signerFile string
+	var force bool
+	c := &cobra.Command{
+		Use:   "provision",
+		Short: "Generate the provisioning key inside the TPM, sealed to a PCR policy",
+		Long: `Generate the provisioning key (PK) inside the TPM under the SRK: an ECC P-256
+restricted storage key that never leaves the TPM, usable only while its policy
+holds. Under it, a derivation parent from which operational keys are derived.
+
+The PK's policy is one of:
+  (default)              PolicyPCR over the current values of --pcrs
+  --pcr-values FILE      PolicyPCR over golden values (provision in a factory
+                         before the final firmware is measured)
+  --policy-signer PUB    PolicyAuthorize(signer): the signer approves PCR values
+                         later with signed policies (provd policy sign/install),
+                         so keys survive firmware updates without re-provisioning
+
+Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
+		Example: `  provd provision --pcrs 0,2,4,7
+  provd provision --pcr-values golden.json
+  provd provision --policy-signer signer.pub.pem`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bank, pcrs, err := pf.parse()
+			if err != nil {
+				return err
+			}
+			req := agent.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force}
+			if valuesFile != "" && signerFile != "" {
+				return usageError(fmt.Errorf("--pcr-values and --policy-signer exclude each other"))
+			}
+			if valuesFile != "" {
+				b, err := os.ReadFile(valuesFile)
+				if err != nil {
+					return usageError(err)
+				}
+				v, err := policy.ParsePCRValues(b)
+				if err != nil {
+					return fmt.Errorf("%s: %w", valuesFile, err)
+				}
+				req.Values = &v
+			}
+			if signerFile != "" {
+				if req.Signer, err = readSignerPub(signerFile); err != nil {
+					return err
+				}
+			}
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				res, err := ag.Provision(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "provisioned\nPK name:       %s\npolicy:        %s %s\n", res.PKName, res.PolicyKind, res.PolicyDigest)
+					if res.DName != "" {
+						fmt.Fprintf(w, "derivation parent: %s\n", res.DName)
+					}
+					if len(res.PCRs) > 0 {
+						fmt.Fprintf(w, "PCRs:          %s %s\n", res.Bank, joinInts(res.PCRs))
+					}
+					if res.Counter != nil {
+						fmt.Fprintf(w, "policy counter %s at %d: sign policies with --version %d or higher, then provd policy install\n",
+							res.CounterHandle, *res.Counter, *res.Counter)
+					}
+				})
+			})
+		},
+	}
+	pf.add(c, "0,2,4,7")
+	c.Flags().StringVar(&valuesFile, "pcr-values", "", "seal to golden PCR values from FILE (JSON, docs/policy.md)")
+	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
+	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
+	return c
+}
+
+func (a *app) zeroizeCmd() *cobra.Command {
+	var yes, srk bool
+	c := &cobra.Command{
+		Use:   "zeroize",
+		Short: "Destroy the PK, every key and every TPM object and NV index provd created",
+		Long: `Flush and evict every TPM object and NV index provd created, overwrite and remove
+the state's blob files, and record the zeroization in the audit trail (the trail
+is then archived beside the state as audit-<time>.log and its NV anchor removed).
+The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !yes {
+				return usageError(fmt.Errorf("zeroize destroys every key: pass --yes"))
+			}
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				res, err := ag.Zeroize(cmd.Context(), agent.ZeroizeOptions{SRK: srk})
+				if err != nil {
+					return err
+				}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "zeroized: NV indices %s removed, %d transient handles flushed, SRK evicted: %v\n",
+						strings.Join(res.NVIndices, " "), res.Flushed, res.SRKEvicted)
+					if res.AuditLog != "" {
+						fmt.Fprintf(w, "audit trail archived: %s\n", res.AuditLog)
+					}
+				})
+			})
+		},
+	}
+	c.Flags().BoolVar(&yes, "yes", false, "confirm")
+	c.Flags().BoolVar(&srk, "srk", false, "also evict the SRK (0x81000001)")
+	return c
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/agent"
+)
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Provisioned or not, the PK, its policy against the current PCRs, keys, audit chain",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				s, err := ag.Status(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.emit(s, func(w io.Writer) {
+					if !s.Provisioned {
+						fmt.Fprintln(w, "provisioned: no (provd provision)")
+					} else {
+						fmt.Fprintf(w, "provisioned: yes\nPK name:     %s\n", s.PKName)
+						if s.DName != "" {
+							fmt.Fprintf(w, "derivation parent: %s\n", s.DName)
+						}
+						printPolicy(w, *s.Policy)
+						fmt.Fprintf(w, "keys:        %d\n", s.Keys)
+					}
+					fmt.Fprintf(w, "audit:       %d records, head %s", s.AuditLines, s.AuditHead)
+					if s.AuditError != "" {
+						fmt.Fprintf(w, " (%s)", s.AuditError)
+					}
+					fmt.Fprintln(w)
+				})
+			})
+		},
+	}
+}
+
+func (a *app) auditCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "audit",
+		Short: "The tamper-evident audit trail: show, verify",
+	}
+	c.AddCommand(&cobra.Command{
+		Use:   "show",
+		Short: "Print the audit trail's records",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				recs, err := ag.AuditRecords()
+				if err != nil {
+					return err
+				}
+				return a.emit(recs, func(w io.Writer) {
+					for _, r := range recs {
+						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s %v\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, r.Op, r.Result, r.Objects)
+					}
+				})
+			})
+		},
+	}, &cobra.Command{
+		Use:   "verify",
+		Short: "Replay the audit chain and compare it with the TPM's NV anchor (exit 14 when tampered)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				rep, err := ag.AuditVerify()
+				if err != nil {
+					return err
+				}
+				return a.emit(rep, func(w io.Writer) {
+					fmt.Fprintf(w, "audit trail intact: %d records, head %x, anchored in the TPM\n", rep.Lines, rep.Head)
+				})
+			})
+		},
+	})
+	return c
+}
