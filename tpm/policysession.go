@@ -15,8 +15,9 @@ import (
 // path.
 //
 // A step that the platform does not meet (PCR values that differ, an NV
-// comparison that fails, a signed policy that is not valid here) fails with an
-// error wrapping ErrPolicyNotSatisfied and naming the step's command.
+// comparison that fails, a signature the TPM refuses) fails with a *tpm.Error
+// that names the step's command and wraps ErrPolicyNotSatisfied; failures that
+// mean a caller's bug do not.
 type PolicySession struct {
 	t      *TPM
 	s      tpm2.Session
@@ -114,7 +115,8 @@ func (p *PolicySession) PolicyPCR(sel tpm2.TPMLPCRSelection, pcrDigest []byte) e
 }
 
 // PolicyOR runs TPM2_PolicyOR. TPM_RC_VALUE (the current digest is in none of
-// the branches) is reported as ErrPolicyNotSatisfied.
+// the branches) is not ErrPolicyNotSatisfied: the branch's own steps passed,
+// so the branch list and the branch executed disagree, which is a bug.
 func (p *PolicySession) PolicyOR(digests [][]byte) error {
 	list := make([]tpm2.TPM2BDigest, len(digests))
 	for i, d := range digests {
@@ -125,7 +127,7 @@ func (p *PolicySession) PolicyOR(digests [][]byte) error {
 		PHashList:     tpm2.TPMLDigest{Digests: list},
 	}).Execute(p.t)
 	if err != nil {
-		return notSatisfied("TPM2_PolicyOR", err, tpm2.TPMRCValue)
+		return Wrap("TPM2_PolicyOR", err)
 	}
 	return nil
 }
@@ -172,8 +174,11 @@ func (p *PolicySession) PolicyNV(index tpm2.TPMHandle, indexName []byte, operand
 // refuses a ticket from the NULL hierarchy), has the TPM verify sig over
 // aHash = H_nameAlg(approvedPolicy || policyRef), runs TPM2_PolicyAuthorize
 // with the resulting ticket, and flushes the key on every path. A signature
-// the TPM rejects, or an approved policy that is not the session's current
-// digest, is ErrPolicyNotSatisfied. It needs one free object slot.
+// the TPM rejects (TPM_RC_SIGNATURE) or a ticket it does not accept
+// (TPM_RC_POLICY_FAIL) is ErrPolicyNotSatisfied. TPM_RC_VALUE is not: it
+// means that approvedPolicy is not the session's digest although its steps
+// passed, or a ticket from the wrong hierarchy, both bugs. It needs one free
+// object slot.
 func (p *PolicySession) PolicyAuthorize(signer tpm2.TPMTPublic, approvedPolicy, policyRef []byte, sig tpm2.TPMTSignature) (err error) {
 	h, err := signer.NameAlg.Hash()
 	if err != nil {
@@ -209,7 +214,7 @@ func (p *PolicySession) PolicyAuthorize(signer tpm2.TPMTPublic, approvedPolicy, 
 		CheckTicket:    ver.Validation,
 	}).Execute(p.t)
 	if err != nil {
-		return notSatisfied("TPM2_PolicyAuthorize", err, tpm2.TPMRCValue)
+		return Wrap("TPM2_PolicyAuthorize", err)
 	}
 	return nil
 }
