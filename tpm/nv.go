@@ -88,30 +88,14 @@ func (t *TPM) ListNV() ([]tpm2.TPMHandle, error) {
 	return t.Handles(NVIndices)
 }
 
-// defineNV defines an owner index with an empty password, readable and
-// writable with that password (so PolicyNV can read it and provd write it
-// without a secret), also readable with owner authorization, and exempt from
-// dictionary-attack counting (its empty password cannot be guessed wrong in
-// any way that matters).
+// defineNV defines an owner index at h with nvPublic's attributes.
 func (t *TPM) defineNV(h tpm2.TPMHandle, nt tpm2.TPMNT, size uint16) error {
 	if err := checkNVIndexHandle(h); err != nil {
 		return err
 	}
-	pub := tpm2.TPMSNVPublic{
-		NVIndex: h,
-		NameAlg: tpm2.TPMAlgSHA256,
-		Attributes: tpm2.TPMANV{
-			NT:        nt,
-			AuthWrite: true,
-			AuthRead:  true,
-			OwnerRead: true,
-			NoDA:      true,
-		},
-		DataSize: size,
-	}
 	_, err := (tpm2.NVDefineSpace{
 		AuthHandle: tpm2.TPMRHOwner,
-		PublicInfo: tpm2.New2B(pub),
+		PublicInfo: tpm2.New2B(nvPublic(h, nt, size)),
 	}).Execute(t)
 	if err != nil {
 		return Wrap("TPM2_NV_DefineSpace", err)

@@ -62,6 +62,15 @@ func TestCounter(t *testing.T) {
 	if !bytes.Equal(want.Buffer, x.Name.Buffer) {
 		t.Fatalf("name %x does not hash the public area (%x)", x.Name.Buffer, want.Buffer)
 	}
+	// The same name is computed offline, for devices to agree on it.
+	pub := tpm.CounterPublic(testCounterHandle)
+	offline, err := tpm2.NVName(&pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(offline.Buffer, x.Name.Buffer) {
+		t.Fatalf("CounterPublic gives name %x, the TPM's counter has %x", offline.Buffer, x.Name.Buffer)
+	}
 
 	v0, err := tp.ReadCounter(testCounterHandle)
 	if err != nil {
