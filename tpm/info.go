@@ -105,7 +105,7 @@ func (t *TPM) Info() (Info, error) {
 	if in.Curves, err = t.curves(); err != nil {
 		return Info{}, err
 	}
-	banks, err := t.activeBanks()
+	banks, err := t.PCRBanks()
 	if err != nil {
 		return Info{}, err
 	}
@@ -166,28 +166,6 @@ func (t *TPM) curves() ([]string, error) {
 	var out []string
 	for _, c := range cs.ECCCurves {
 		out = append(out, curveName(c))
-	}
-	return out, nil
-}
-
-// activeBanks lists the PCR banks with at least one PCR selected.
-func (t *TPM) activeBanks() ([]tpm2.TPMIAlgHash, error) {
-	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}).Execute(t)
-	if err != nil {
-		return nil, Wrap("TPM2_GetCapability", err)
-	}
-	sel, err := rsp.CapabilityData.Data.AssignedPCR()
-	if err != nil {
-		return nil, fmt.Errorf("TPM2_GetCapability: %w", err)
-	}
-	var out []tpm2.TPMIAlgHash
-	for _, s := range sel.PCRSelections {
-		for _, b := range s.PCRSelect {
-			if b != 0 {
-				out = append(out, s.Hash)
-				break
-			}
-		}
 	}
 	return out, nil
 }
@@ -254,28 +232,19 @@ func ParseEKCertificate(b []byte) (*x509.Certificate, error) {
 
 // ReadNV reads the whole data of an NV index that needs no authorization
 // beyond its own empty password (EK certificates, provd's counters), in chunks
-// of at most TPM_PT_NV_BUFFER_MAX bytes.
+// below every TPM's NV buffer maximum we know (swtpm: 2048).
 func (t *TPM) ReadNV(h tpm2.TPMHandle) ([]byte, error) {
-	pubRsp, err := (tpm2.NVReadPublic{NVIndex: h}).Execute(t)
+	x, err := t.ReadNVPublic(h)
 	if err != nil {
-		return nil, Wrap("TPM2_NV_ReadPublic", err)
+		return nil, err
 	}
-	pub, err := pubRsp.NVPublic.Contents()
-	if err != nil {
-		return nil, fmt.Errorf("TPM2_NV_ReadPublic: %w", err)
-	}
-	const chunk = 1024 // below every TPM's NV buffer maximum we know (swtpm: 2048)
-	out := make([]byte, 0, pub.DataSize)
-	for off := uint16(0); off < pub.DataSize; {
-		n := min(uint16(chunk), pub.DataSize-off)
-		rsp, err := (tpm2.NVRead{
-			AuthHandle: tpm2.AuthHandle{Handle: h, Name: pubRsp.NVName, Auth: tpm2.PasswordAuth(nil)},
-			NVIndex:    tpm2.NamedHandle{Handle: h, Name: pubRsp.NVName},
-			Size:       n,
-			Offset:     off,
-		}).Execute(t)
+	const chunk = 1024
+	out := make([]byte, 0, x.Public.DataSize)
+	for off := uint16(0); off < x.Public.DataSize; {
+		n := min(uint16(chunk), x.Public.DataSize-off)
+		rsp, err := (tpm2.NVRead{AuthHandle: x.auth(), NVIndex: x.named(), Size: n, Offset: off}).Execute(t)
 		if err != nil {
-			return nil, Wrap("TPM2_NV_Read", err)
+			return nil, nvWrap("TPM2_NV_Read", err)
 		}
 		out = append(out, rsp.Data.Buffer...)
 		off += n
