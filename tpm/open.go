@@ -62,6 +62,8 @@ type TPM struct {
 	log    *slog.Logger
 	closed bool
 
+	staleFlushed int
+
 	srkMu sync.Mutex
 	srk   *Object // verified SRK, cached
 }
@@ -96,6 +98,12 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 	if err := t.startup(sim != nil); err != nil {
 		_ = t.Close()
 		return nil, err
+	}
+	if exclusive(spec) {
+		if err := t.flushStale(); err != nil {
+			_ = t.Close()
+			return nil, err
+		}
 	}
 	log.Debug("TPM open", "spec", spec)
 	return t, nil
@@ -172,6 +180,37 @@ func dialStream(ctx context.Context, network, addr string, timeout time.Duration
 	}
 	return &streamTransport{conn: conn, timeout: timeout}, nil
 }
+
+// exclusive reports whether provd is the TPM's only client on this transport:
+// swtpm serves one connection at a time and /dev/tpm0 opens once, so anything
+// loaded there was left by a client that died. /dev/tpmrm0 virtualizes handles
+// per connection and flushes them itself.
+func exclusive(spec string) bool {
+	return spec != "/dev/tpmrm0"
+}
+
+// flushStale flushes the transient objects and sessions a dead client left in a
+// TPM without a resource manager; with 3 slots, a single crash would otherwise
+// make every later command fail with TPM_RC_OBJECT_MEMORY.
+func (t *TPM) flushStale() error {
+	left, err := t.Leftovers()
+	if err != nil {
+		return err
+	}
+	for _, h := range left {
+		if err := t.Flush(h); err != nil {
+			return err
+		}
+	}
+	if len(left) > 0 {
+		t.log.Info("flushed handles a previous client left in the TPM", "count", len(left))
+	}
+	t.staleFlushed = len(left)
+	return nil
+}
+
+// StaleFlushed is the number of leftover handles flushed at Open.
+func (t *TPM) StaleFlushed() int { return t.staleFlushed }
 
 // Spec returns the name of the TPM as it was opened.
 func (t *TPM) Spec() string { return t.spec }

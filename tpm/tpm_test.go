@@ -246,3 +246,43 @@ func TestTypedErrors(t *testing.T) {
 		t.Fatalf("want *tpm.Error naming the command, got %#v", err)
 	}
 }
+
+// Handles a dead client left in a TPM without resource manager are flushed at
+// the next Open, so a crash cannot exhaust swtpm's 3 object slots.
+func TestOpenFlushesStaleHandles(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tp.Seal(srk, nil, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the slots (swtpm has 3, one of them needed to use the
+	// persistent SRK as parent).
+	loaded := 0
+	for ; loaded < 10; loaded++ {
+		if _, err := tp.Load(srk, nil, blob); err != nil {
+			if !errors.Is(err, tpm.ErrNoMemory) {
+				t.Fatalf("load %d: %v, want ErrNoMemory once full", loaded, err)
+			}
+			break
+		}
+	}
+	if loaded == 0 || loaded == 10 {
+		t.Fatalf("loaded %d objects before running out", loaded)
+	}
+	env.NoLeakCheck() // this connection leaks on purpose, as a crashed client would
+	env.CloseTPM()
+	env.Reopen()
+	if n := env.TPM.StaleFlushed(); n != loaded {
+		t.Fatalf("flushed %d stale handles, want %d", n, loaded)
+	}
+	left, err := env.TPM.Leftovers()
+	if err != nil || len(left) != 0 {
+		t.Fatalf("leftovers after reopen: %v %v", left, err)
+	}
+}
