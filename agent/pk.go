@@ -147,7 +147,11 @@ func (e *PolicyError) Error() string {
 		for i, p := range e.Differ {
 			pcrs[i] = fmt.Sprint(p)
 		}
-		fmt.Fprintf(&b, ": %s PCR %s differ from the policy", e.Bank, strings.Join(pcrs, ","))
+		if len(pcrs) == 1 {
+			fmt.Fprintf(&b, ": %s PCR %s differs from the policy", e.Bank, pcrs[0])
+		} else {
+			fmt.Fprintf(&b, ": %s PCRs %s differ from the policy", e.Bank, strings.Join(pcrs, ","))
+		}
 	}
 	if e.Reason != "" {
 		b.WriteString(": " + e.Reason)

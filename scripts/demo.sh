@@ -16,4 +16,58 @@ step "The TPM: provd manufactures a swtpm with EK certificates on first use" \
   "$bin" tpm info
 step "The same as JSON, for scripts (EK certificates shown)" \
   sh -c "'$bin' tpm info -o json | sed -n '/ek_certificates/,\$p'"
+expect() { # expect CODE CMD...: run, show, and check the exit code
+  local want=$1; shift; printf '$ %s\n' "$*"; set +e; "$@"; local got=$?; set -e
+  printf '(exit %s)\n' "$got"; [ "$got" = "$want" ] || { echo "demo: expected exit $want" >&2; exit 1; }
+}
+json_num() { grep -o "\"$1\": [0-9]*" | head -1 | grep -o '[0-9]*$'; }
+
+step "Provision: the PK is born in the TPM, sealed to PCRs 7 and 15 as they are now" \
+  "$bin" provision --pcrs 7,15
+step "Seal a secret under the PK" \
+  sh -c "printf 'disk-unlock-key' | '$bin' seal --in - --out '$demo/secret.sealed'"
+step "Unseal it while the platform measures as provisioned" \
+  "$bin" unseal --in "$demo/secret.sealed" --out -
+echo
+step "Something changes the boot chain: PCR 15 is extended" \
+  "$bin" tpm pcr extend 15 --data "unexpected bootloader"
+printf '\n\033[1m== Now the PK refuses to work: exit 3, naming the PCR that differs\033[0m\n'
+expect 3 "$bin" unseal --in "$demo/secret.sealed" --out -
+step "policy show says what the policy needs and what differs" \
+  "$bin" policy show
+
+printf '\n\033[1m== Signed policies: keys that survive firmware updates\033[0m\n'
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$demo/signer.key.pem" 2>/dev/null
+openssl pkey -in "$demo/signer.key.pem" -pubout -out "$demo/signer.pub.pem"
+step "Provision again (--force zeroizes the old PK) with PolicyAuthorize(signer)" \
+  "$bin" provision --force --policy-signer "$demo/signer.pub.pem"
+counter=$("$bin" policy show -o json | json_num policy_counter)
+"$bin" tpm pcr read --pcrs 7,15 -o json > "$demo/pcrs-now.json"
+step "The signer approves today's PCR values (offline), version $counter" \
+  "$bin" policy sign --signer "$demo/signer.key.pem" --pcr-values "$demo/pcrs-now.json" --version "$counter" --out "$demo/policy-v1.json"
+step "Install it on the device" \
+  "$bin" policy install "$demo/policy-v1.json"
+step "Seal a secret to the signed policy, and unseal it" \
+  sh -c "printf 'survives-updates' | '$bin' seal --in - --out '$demo/s2.sealed' && '$bin' unseal --in '$demo/s2.sealed' --out -; echo"
+step "A firmware update changes PCR 15" \
+  "$bin" tpm pcr extend 15 --data "firmware v2"
+expect 3 "$bin" unseal --in "$demo/s2.sealed" --out -
+"$bin" tpm pcr read --pcrs 7,15 -o json > "$demo/pcrs-v2.json"
+step "The signer approves the new values as version $((counter + 1)): no re-provisioning" \
+  "$bin" policy sign --signer "$demo/signer.key.pem" --pcr-values "$demo/pcrs-v2.json" --version "$((counter + 1))" --out "$demo/policy-v2.json"
+step "Install it: the TPM's policy counter moves to $((counter + 1)), revoking version $counter" \
+  "$bin" policy install "$demo/policy-v2.json"
+step "The same sealed secret unseals again" \
+  sh -c "'$bin' unseal --in '$demo/s2.sealed' --out -; echo"
+printf '\n\033[1m== The old policy cannot be replayed: it is revoked in the TPM\033[0m\n'
+expect 3 "$bin" policy install "$demo/policy-v1.json"
+
+step "The audit trail: every lifecycle operation, hash-chained" \
+  "$bin" audit show
+step "...and anchored in a TPM NV extend index" \
+  "$bin" audit verify
+step "provd status" \
+  "$bin" status
+step "Zeroize: every TPM object and NV index provd made, and every blob, gone" \
+  "$bin" zeroize --yes
 printf '\nDemo state is in %s (rm -rf it when done).\n' "$demo"

@@ -50,8 +50,9 @@ func (a *app) versionCmd() *cobra.Command {
 func (a *app) tpmCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "tpm",
-		Short: "Inspect the TPM",
+		Short: "Inspect the TPM: info, PCRs",
 	}
+	c.AddCommand(a.pcrCmd())
 	c.AddCommand(&cobra.Command{
 		Use:   "info",
 		Short: "Show the TPM's vendor, firmware, algorithms, PCR banks, lockout state, SRK and EK certificates",
