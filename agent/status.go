@@ -87,3 +87,21 @@ func (a *Agent) AuditVerify() (audit.Report, error) {
 	}
 	return rep, err
 }
+
+// AuditRepair fixes what a crash can leave in the audit trail: a torn last
+// line (cut away: it was never acknowledged) and, with anchorLast, a last line
+// written but not anchored (the operator accepts it as genuine after reading
+// it). Anything else is tampering and is refused. The repair is recorded.
+func (a *Agent) AuditRepair(anchorLast bool) (audit.Report, error) {
+	if a.audit != nil {
+		if err := a.audit.Close(); err != nil {
+			return audit.Report{}, err
+		}
+		a.audit = nil
+	}
+	rep, err := audit.Repair(a.auditPath(), anchor{a.t}, audit.RepairOptions{AnchorLast: anchorLast, UID: a.uid, Now: a.now})
+	if errors.Is(err, audit.ErrTampered) {
+		return rep, errors.Join(ErrTampered, err)
+	}
+	return rep, err
+}

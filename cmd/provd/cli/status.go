@@ -80,5 +80,29 @@ func (a *app) auditCmd() *cobra.Command {
 			})
 		},
 	})
+	var anchorLast bool
+	repair := &cobra.Command{
+		Use:   "repair",
+		Short: "Repair what a crash left in the audit trail (a torn or unanchored last line); tampering is refused",
+		Long: `A crash while appending can leave a torn last line (cut away: it was never
+acknowledged) or a last line written but not yet extended into the TPM anchor.
+The latter cannot be told apart from a forged line, so it is accepted only with
+--anchor-last, after you have read it (provd audit verify names it). Anything
+else is tampering: refused, exit 14. The repair itself is recorded.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+				rep, err := ag.AuditRepair(anchorLast)
+				if err != nil {
+					return err
+				}
+				return a.emit(rep, func(w io.Writer) {
+					fmt.Fprintf(w, "audit trail repaired: %d records, head %x\n", rep.Lines, rep.Head)
+				})
+			})
+		},
+	}
+	repair.Flags().BoolVar(&anchorLast, "anchor-last", false, "accept an unanchored last line as genuine")
+	c.AddCommand(repair)
 	return c
 }

@@ -1,0 +1,51 @@
+package tpm_test
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/tpm"
+)
+
+func testBlob() tpm.Blob {
+	return tpm.Blob{
+		Public:  tpm2.New2B(tpm.SealTemplate([]byte("0123456789abcdef0123456789abcdef"))),
+		Private: tpm2.TPM2BPrivate{Buffer: bytes.Repeat([]byte{7}, 40)},
+	}
+}
+
+func TestBlobRoundTrip(t *testing.T) {
+	b := testBlob()
+	enc := b.Marshal()
+	got, err := tpm.UnmarshalBlob(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Marshal(), enc) {
+		t.Fatal("round trip differs")
+	}
+	for _, bad := range [][]byte{nil, {0}, {0, 0}, enc[:len(enc)-1], append(enc, 0), {0, 5, 1, 2}} {
+		if _, err := tpm.UnmarshalBlob(bad); err == nil {
+			t.Errorf("UnmarshalBlob(%x) accepted", bad)
+		}
+	}
+}
+
+func FuzzUnmarshalBlob(f *testing.F) {
+	enc := testBlob().Marshal()
+	f.Add(enc)
+	f.Add(enc[:10])
+	f.Add([]byte{0, 2, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := tpm.UnmarshalBlob(data)
+		if err != nil {
+			return
+		}
+		// Whatever is accepted re-encodes to itself.
+		if !bytes.Equal(b.Marshal(), data) {
+			t.Fatalf("accepted %x but re-encodes to %x", data, b.Marshal())
+		}
+	})
+}
