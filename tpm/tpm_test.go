@@ -286,3 +286,56 @@ func TestOpenFlushesStaleHandles(t *testing.T) {
 		t.Fatalf("leftovers after reopen: %v %v", left, err)
 	}
 }
+
+// A wrong password is ErrBadAuth and is never retried; enough of them lock the
+// TPM out, and the lockout is reported as ErrLockout.
+func TestBadAuthAndLockoutAreTyped(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := tpm.SealTemplate(nil)
+	tmpl.ObjectAttributes.NoDA = false // failures count against the lockout
+	rsp, err := tpm2.Create{
+		ParentHandle: srk.Auth(tpm2.PasswordAuth(nil)),
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			UserAuth: tpm2.TPM2BAuth{Buffer: []byte("right")},
+			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: []byte("s")}),
+		}},
+		InPublic: tpm2.New2B(tmpl),
+	}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := tp.Load(srk, nil, tpm.Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Flush(obj.Handle)
+	var sawBadAuth, sawLockout bool
+	for i := 0; i < 10 && !sawLockout; i++ {
+		before := tp.Stats()
+		_, err := tpm2.Unseal{ItemHandle: obj.Auth(tpm2.PasswordAuth([]byte("wrong")))}.Execute(tp)
+		err = tpm.Wrap("TPM2_Unseal", err)
+		// Only warnings (the TPM did not act) are resent: swtpm answers the
+		// first DA-protected failure with TPM_RC_RETRY (0x922, measured).
+		// An authorization failure itself is final.
+		if d := tp.Stats().Sub(before); d.Commands-d.Retries != 1 {
+			t.Fatalf("a failed authorization was sent %d times (%d retries): %v", d.Commands, d.Retries, err)
+		}
+		switch {
+		case errors.Is(err, tpm.ErrBadAuth):
+			sawBadAuth = true
+		case errors.Is(err, tpm.ErrLockout):
+			sawLockout = true
+		default:
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	if !sawBadAuth || !sawLockout {
+		t.Fatalf("bad auth seen %v, lockout seen %v", sawBadAuth, sawLockout)
+	}
+}
