@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -337,5 +338,19 @@ func TestBadAuthAndLockoutAreTyped(t *testing.T) {
 	}
 	if !sawBadAuth || !sawLockout {
 		t.Fatalf("bad auth seen %v, lockout seen %v", sawBadAuth, sawLockout)
+	}
+}
+
+func TestOpenUnixSocket(t *testing.T) {
+	env := swtpmtest.Start(t, swtpmtest.WithUnixSocket())
+	if !strings.HasPrefix(env.Spec, "unix:///") {
+		t.Fatalf("spec %q", env.Spec)
+	}
+	info, err := env.TPM.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Manufacturer != "IBM" {
+		t.Fatalf("manufacturer %q", info.Manufacturer)
 	}
 }

@@ -53,6 +53,7 @@ type Env struct {
 type options struct {
 	wrap      func(transport.TPM) transport.TPM
 	noLeakChk bool
+	unix      bool
 }
 
 // Option changes how Start opens the TPM.
@@ -61,6 +62,12 @@ type Option func(*options)
 // WithWrap wraps the raw channel (recorders, proxies).
 func WithWrap(w func(transport.TPM) transport.TPM) Option {
 	return func(o *options) { o.wrap = w }
+}
+
+// WithUnixSocket serves the TPM on a unix socket (Spec unix:///PATH) instead
+// of a loopback TCP port.
+func WithUnixSocket() Option {
+	return func(o *options) { o.unix = true }
 }
 
 // Start manufactures and starts a swtpm for t, opens it, and registers clean-up:
@@ -94,13 +101,28 @@ func Start(t testing.TB, opts ...Option) *Env {
 
 func (e *Env) startProcess() {
 	e.t.Helper()
-	p, err := swtpm.Start(context.Background(), e.StateDir)
+	var p *swtpm.Process
+	var err error
+	if e.opts.unix {
+		// Unix socket paths are limited to 108 bytes: keep it short.
+		dir, derr := os.MkdirTemp("", "provd-swtpm")
+		if derr != nil {
+			e.t.Fatal(derr)
+		}
+		e.t.Cleanup(func() { os.RemoveAll(dir) })
+		p, err = swtpm.StartUnix(context.Background(), e.StateDir, filepath.Join(dir, "tpm.sock"))
+	} else {
+		p, err = swtpm.Start(context.Background(), e.StateDir)
+	}
 	if err != nil {
 		e.t.Fatalf("start swtpm: %v", err)
 	}
 	e.proc = p
 	e.Pid = p.Pid
 	e.Spec = "swtpm://" + p.Addr
+	if e.opts.unix {
+		e.Spec = "unix://" + p.Addr
+	}
 }
 
 func (e *Env) open() {

@@ -97,9 +97,10 @@ func CABundle(caDir string) []string {
 type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
-	// Addr is the loopback host:port of the TPM command channel.
+	// Addr is the TPM command channel: a loopback host:port, or a unix
+	// socket path (StartUnix).
 	Addr string
-	// CtrlAddr is the loopback host:port of swtpm's control channel.
+	// CtrlAddr is swtpm's control channel, likewise.
 	CtrlAddr string
 	// Pid is the process id of swtpm.
 	Pid int
@@ -135,12 +136,50 @@ func Start(ctx context.Context, stateDir string) (*Process, error) {
 	return nil, lastErr
 }
 
+// StartUnix runs swtpm on stateDir serving TPM commands on the unix socket
+// sock (swtpm --server type=unixio), its control channel on sock+".ctrl".
+func StartUnix(ctx context.Context, stateDir, sock string) (*Process, error) {
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	if sock, err = filepath.Abs(sock); err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	p, err := run(ctx, bin, stateDir,
+		"type=unixio,path="+sock, "type=unixio,path="+sock+".ctrl", "unix", sock+".ctrl")
+	if err != nil {
+		return nil, err
+	}
+	p.Addr = sock
+	return p, nil
+}
+
 func start(ctx context.Context, bin, stateDir string, port int) (*Process, error) {
+	p, err := run(ctx, bin, stateDir,
+		fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+		"tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
+	if err != nil {
+		return nil, err
+	}
+	p.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return p, nil
+}
+
+// run starts swtpm with the given --server and --ctrl specifications and waits
+// until the control channel (ctrlNet, ctrlAddr) accepts connections: a probe of
+// the command channel would take the one connection swtpm serves at a time.
+func run(ctx context.Context, bin, stateDir, server, ctrl, ctrlNet, ctrlAddr string) (*Process, error) {
 	var stderr strings.Builder
 	cmd := exec.Command(bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+stateDir,
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+		"--server", server,
+		"--ctrl", ctrl,
 		"--flags", "not-need-init")
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -150,13 +189,7 @@ func start(ctx context.Context, bin, stateDir string, port int) (*Process, error
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start swtpm: %w", err)
 	}
-	p := &Process{
-		cmd:      cmd,
-		done:     make(chan struct{}),
-		Addr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		CtrlAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)),
-		Pid:      cmd.Process.Pid,
-	}
+	p := &Process{cmd: cmd, done: make(chan struct{}), CtrlAddr: ctrlAddr, Pid: cmd.Process.Pid}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -168,9 +201,7 @@ func start(ctx context.Context, bin, stateDir string, port int) (*Process, error
 			return nil, ctx.Err()
 		default:
 		}
-		// Probe the control port: a connection to the command port would be
-		// the one connection swtpm serves at a time.
-		c, err := net.DialTimeout("tcp", p.CtrlAddr, 200*time.Millisecond)
+		c, err := net.DialTimeout(ctrlNet, ctrlAddr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return p, nil
