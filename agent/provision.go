@@ -49,6 +49,21 @@ type ProvisionResult struct {
 	CounterHandle string  `json:"policy_counter_handle,omitempty"`
 }
 
+// gatedParentAttrs are the attributes of the PK and of D: parents born in the
+// TPM that never leave it (fixedTPM|fixedParent) and answer only to their
+// policy (userWithAuth clear, adminWithPolicy set). noDA: they have no
+// password to guess, and a policy failure does not count against lockout.
+var gatedParentAttrs = tpm2.TPMAObject{
+	FixedTPM:            true,
+	FixedParent:         true,
+	SensitiveDataOrigin: true,
+	UserWithAuth:        false,
+	AdminWithPolicy:     true,
+	NoDA:                true,
+	Restricted:          true,
+	Decrypt:             true,
+}
+
 // pkTemplate is the provisioning key: an ECC P-256 restricted-decrypt storage
 // key born in the TPM (sensitiveDataOrigin), fixedTPM|fixedParent so it can never
 // leave, usable only through its policy (userWithAuth clear, adminWithPolicy
@@ -57,16 +72,7 @@ func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgECC,
 		NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{
-			FixedTPM:            true,
-			FixedParent:         true,
-			SensitiveDataOrigin: true,
-			UserWithAuth:        false,
-			AdminWithPolicy:     true,
-			NoDA:                true,
-			Restricted:          true,
-			Decrypt:             true,
-		},
+		ObjectAttributes: gatedParentAttrs,
 		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{
@@ -87,16 +93,7 @@ func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgKeyedHash,
 		NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{
-			FixedTPM:            true,
-			FixedParent:         true,
-			SensitiveDataOrigin: true,
-			UserWithAuth:        false,
-			AdminWithPolicy:     true,
-			NoDA:                true,
-			Restricted:          true,
-			Decrypt:             true,
-		},
+		ObjectAttributes: gatedParentAttrs,
 		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
 			Scheme: tpm2.TPMTKeyedHashScheme{
