@@ -70,10 +70,10 @@ var gatedParentAttrs = tpm2.TPMAObject{
 // set).
 func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
-		Type:    tpm2.TPMAlgECC,
-		NameAlg: tpm2.TPMAlgSHA256,
+		Type:             tpm2.TPMAlgECC,
+		NameAlg:          tpm2.TPMAlgSHA256,
 		ObjectAttributes: gatedParentAttrs,
-		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{
 				Algorithm: tpm2.TPMAlgAES,
@@ -91,10 +91,10 @@ func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
 // re-checks the platform, even with D already loaded.
 func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
-		Type:    tpm2.TPMAlgKeyedHash,
-		NameAlg: tpm2.TPMAlgSHA256,
+		Type:             tpm2.TPMAlgKeyedHash,
+		NameAlg:          tpm2.TPMAlgSHA256,
 		ObjectAttributes: gatedParentAttrs,
-		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
 			Scheme: tpm2.TPMTKeyedHashScheme{
 				Scheme: tpm2.TPMAlgXOR,
