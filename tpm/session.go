@@ -34,6 +34,12 @@ func (d Direction) option() tpm2.AuthOption {
 // then sees only ciphertext, and cannot forge responses without the session key
 // that only the SRK's holder can compute. The caller must call close on every
 // path; it flushes the session.
+//
+// The session is salted, not also bound to the SRK: binding mixes the bind
+// entity's authValue into the session key, and the SRK's is empty, so it adds no
+// secret; and on swtpm a salted+bound session needs a second object slot for the
+// SRK at StartAuthSession, which fails with TPM_RC_OBJECT_MEMORY while the PK and
+// a sealed object are loaded (measured).
 func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error, err error) {
 	srk, err := t.SRK()
 	if err != nil {
