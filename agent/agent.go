@@ -60,6 +60,7 @@ type Agent struct {
 	now   func() time.Time
 	audit *audit.Log
 	dir   string
+	keys  keyCache // operational keys kept loaded or context-saved (keys_cache.go)
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.
@@ -85,12 +86,13 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// Close releases the audit log.
+// Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
+	err := a.closeKeys()
 	if a.audit != nil {
-		return a.audit.Close()
+		return errors.Join(err, a.audit.Close())
 	}
-	return nil
+	return err
 }
 
 // anchor is the audit anchor in the TPM's NV, defined on first use. Reading

@@ -184,6 +184,9 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 // itself needs only the SRK's empty password to load; every use of it as a
 // parent needs its policy (authorize).
 func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) (err error) {
+	if err := a.EvictKeys(); err != nil { // free the slots cached keys hold
+		return err
+	}
 	var st pkState
 	var pkBlob, signed []byte
 	err = a.st.View(ctx, func(tx *store.Tx) error {

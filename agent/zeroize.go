@@ -75,7 +75,7 @@ func (a *Agent) zeroize(ctx context.Context, opts ZeroizeOptions) error {
 }
 
 func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts ZeroizeOptions, res *ZeroizeResult) error {
-	var errs []error
+	errs := []error{a.closeKeys()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.
 	left, err := a.t.Leftovers()

@@ -1,0 +1,564 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// keyState is what one key operation reads from the state in one view.
+type keyState struct {
+	exists  bool
+	rec     keyRecord
+	pk      pkState
+	pkBlob  []byte
+	keyBlob []byte // created keys
+	expr    policy.Policy
+	opts    policy.ApplyOptions
+}
+
+// readKeyState reads the PK, its installed signed policy, and key name's
+// record and blob. With must, a missing key is ErrNotFound.
+func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
+	var ks keyState
+	var signed []byte
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if ks.pk, err = a.readPK(tx); err != nil {
+			return err
+		}
+		if ks.pkBlob, err = tx.ReadBlob(blobPK); err != nil {
+			return err
+		}
+		if ks.pk.Policy.Kind == PolicySigned {
+			signed, err = tx.ReadBlob(blobPolicy)
+			if errors.Is(err, store.ErrNotFound) {
+				signed, err = nil, nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		err = tx.Get(keyRecName(name), &ks.rec)
+		if errors.Is(err, store.ErrNotFound) {
+			if must {
+				return fmt.Errorf("%w: key %q (provd key list)", ErrNotFound, name)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ks.exists = true
+		if ks.rec.Kind == KindCreated {
+			ks.keyBlob, err = tx.ReadBlob(keyRecName(name))
+		}
+		return err
+	})
+	if err != nil {
+		return ks, err
+	}
+	if ks.exists && ks.rec.PK != ks.pk.Name {
+		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", ErrNotFound, name, ks.rec.PK)
+	}
+	if ks.expr, err = ks.pk.Policy.expr(); err != nil {
+		return ks, err
+	}
+	if signed != nil {
+		sp, err := policy.ParseSignedPolicy(signed)
+		if err != nil {
+			return ks, fmt.Errorf("installed signed policy: %w", err)
+		}
+		ks.opts.Signed = []*policy.SignedPolicy{sp}
+	}
+	return ks, nil
+}
+
+// withPKState loads the PK from ks under the SRK, runs fn, flushes the PK.
+func (a *Agent) withPKState(ks keyState, fn func(l *loadedPK) error) (err error) {
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	blob, err := tpm.UnmarshalBlob(ks.pkBlob)
+	if err != nil {
+		return fmt.Errorf("PK blob: %w", err)
+	}
+	l := &loadedPK{state: ks.pk, rec: ks.pk.Policy, expr: ks.expr, opts: ks.opts}
+	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
+		return err
+	}
+	defer a.flush(&err, l.pk.Handle)
+	if hex.EncodeToString(l.pk.Name.Buffer) != ks.pk.Name {
+		return fmt.Errorf("%w: PK blob does not match the state's PK name", ErrTampered)
+	}
+	return fn(l)
+}
+
+// deriveObject derives ks.rec's key under D: load the PK, load D through
+// the PK's policy, CreateLoaded through D's (the same) policy. The caller
+// owns the returned object.
+func (a *Agent) deriveObject(ctx context.Context, ks keyState) (obj tpm.Object, err error) {
+	if ks.pk.DName == "" {
+		return obj, &PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
+	}
+	tmplp, err := tpm2.Unmarshal[tpm2.TPMTPublic](ks.rec.Template)
+	if err != nil {
+		return obj, fmt.Errorf("key %s: template: %w", ks.rec.Name, err)
+	}
+	err = a.withPKState(ks, func(l *loadedPK) (err error) {
+		d, err := a.loadD(ctx, l)
+		if err != nil {
+			return err
+		}
+		defer a.flush(&err, d.Handle)
+		if hex.EncodeToString(d.Name.Buffer) != ks.pk.DName {
+			return fmt.Errorf("%w: derivation parent blob does not match the state", ErrTampered)
+		}
+		tmpl := *tmplp
+		// A derived object's fixedTPM must equal its parent's.
+		tmpl.ObjectAttributes.FixedTPM = d.Public.ObjectAttributes.FixedTPM
+		ps, err := a.authorize(l) // D carries the PK's policy
+		if err != nil {
+			return err
+		}
+		obj, err = a.t.CreateLoaded(d, ps.Session(), tpm.DeriveTemplate(tmpl, []byte(ks.rec.Label), []byte(ks.rec.Context)))
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+			a.flush(&err, obj.Handle)
+		}
+		return err
+	})
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	if ks.rec.Object != "" && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
+		ferr := a.t.Flush(obj.Handle)
+		return tpm.Object{}, errors.Join(fmt.Errorf("%w: key %q derives to another key than recorded (state copied from another device, or the template was edited)", ErrTampered, ks.rec.Name), ferr)
+	}
+	return obj, nil
+}
+
+// loadCreated loads a created key's blob under the PK (through its policy).
+func (a *Agent) loadCreated(ks keyState) (obj tpm.Object, err error) {
+	blob, err := tpm.UnmarshalBlob(ks.keyBlob)
+	if err != nil {
+		return obj, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
+	}
+	err = a.withPKState(ks, func(l *loadedPK) error {
+		var err error
+		obj, err = a.loadUnderPK(l, blob)
+		return err
+	})
+	if err != nil {
+		return obj, err
+	}
+	if hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
+		ferr := a.t.Flush(obj.Handle)
+		return tpm.Object{}, errors.Join(fmt.Errorf("%w: key %q blob is not the recorded key", ErrTampered, ks.rec.Name), ferr)
+	}
+	return obj, nil
+}
+
+// keyObject returns key ks.rec loaded (resident in the cache): resident
+// already, from its saved context, or loaded/derived again. fromCache says
+// whether a cached handle was used (a stale one is retried once).
+func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fromCache bool, err error) {
+	name := ks.rec.Name
+	if e := a.keys.lookup(name, ks.rec); e != nil {
+		if e.saved == nil {
+			a.keys.touch(name)
+			return e.obj, true, nil
+		}
+		if err := a.keys.makeRoom(a.t); err != nil {
+			return obj, false, err
+		}
+		h, err := a.t.ContextLoad(*e.saved)
+		if err == nil {
+			e.obj.Handle, e.saved = h, nil
+			a.keys.put(a.t, name, ks.rec, e.obj)
+			return e.obj, true, nil
+		}
+		// Saved before a TPM reset (TPM_RC_INTEGRITY), or otherwise gone:
+		// load it afresh.
+		a.keys.forget(name)
+	}
+	if err := a.keys.evictResident(a.t); err != nil {
+		return obj, false, err
+	}
+	switch ks.rec.Kind {
+	case KindDerived:
+		obj, err = a.deriveObject(ctx, ks)
+	case KindCreated:
+		obj, err = a.loadCreated(ks)
+	default:
+		err = fmt.Errorf("key %q: unknown kind %q in state", name, ks.rec.Kind)
+	}
+	if err != nil {
+		return obj, false, err
+	}
+	a.keys.put(a.t, name, ks.rec, obj)
+	return obj, false, nil
+}
+
+// useKey runs fn with key name loaded and a policy session that satisfies
+// its policy, for exactly one command. The policy is the PK's, so a platform
+// that no longer satisfies it gets a *PolicyError (ErrPolicyNotSatisfied),
+// cached key or not.
+func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
+	if err := checkKeyName(name); err != nil {
+		return err
+	}
+	a.keys.mu.Lock()
+	defer a.keys.mu.Unlock()
+	ks, err := a.readKeyState(ctx, name, true)
+	if err != nil {
+		return err
+	}
+	expr := keyPolicy(ks.expr, ks.rec.Extractable)
+	opts := ks.opts
+	if ks.rec.Extractable {
+		opts.Branches = []int{0} // the usage branch
+	}
+	for attempt := 0; ; attempt++ {
+		obj, cached, err := a.keyObject(ctx, ks)
+		if err != nil {
+			return err
+		}
+		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
+			return fmt.Errorf("%w: key %q has another policy than recorded", ErrTampered, name)
+		}
+		ps, err := a.satisfy(ks.pk.Policy, expr, opts)
+		if err != nil {
+			return err
+		}
+		err = fn(ks.rec, obj, ps.Session())
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if cached && attempt == 0 && errors.Is(err, tpm.ErrNotFound) {
+			// The cached handle is gone (TPM reset, flushed by someone
+			// else): forget it and load the key again.
+			a.keys.forget(name)
+			continue
+		}
+		return err
+	}
+}
+
+func wantUsage(rec keyRecord, usages ...string) error {
+	for _, u := range usages {
+		if rec.Usage == u {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: key %q is a %s key for %s, not %s", ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
+}
+
+// Signature schemes.
+const (
+	SchemeECDSA  = "ecdsa"
+	SchemeRSASSA = "rsassa"
+	SchemeRSAPSS = "rsapss"
+)
+
+// SignOptions choose the scheme and hash; zero values pick the key's
+// defaults (ECDSA; RSASSA-PKCS1-v1_5; SHA-256, SHA-384 for P-384).
+type SignOptions struct {
+	Scheme string
+	Hash   crypto.Hash
+}
+
+// approvedHash maps an approved hash to the TPM's algorithm.
+func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
+	switch h {
+	case crypto.SHA256:
+		return tpm2.TPMAlgSHA256, nil
+	case crypto.SHA384:
+		return tpm2.TPMAlgSHA384, nil
+	}
+	return 0, fmt.Errorf("%w: hash %v is not approved (sha256, sha384)", ErrNotPermitted, h)
+}
+
+// Sign signs digest (the hash of the message under opts.Hash) with key name
+// inside the TPM. ECDSA signatures are ASN.1 DER (what openssl and
+// ecdsa.VerifyASN1 take); RSA signatures are the raw signature octets. The
+// signature is verified on the host against the recorded public key before it
+// is returned.
+func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignOptions) ([]byte, error) {
+	var out []byte
+	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if err := wantUsage(rec, UsageSign); err != nil {
+			return err
+		}
+		kt, err := lookupType(rec.Type, rec.Kind == KindDerived)
+		if err != nil {
+			return err
+		}
+		h := opts.Hash
+		if h == 0 {
+			h = kt.defHash
+		}
+		alg, err := approvedHash(h)
+		if err != nil {
+			return err
+		}
+		if len(digest) != h.Size() {
+			return fmt.Errorf("%w: digest of %d bytes for %v (want %d)", ErrBadInput, len(digest), h, h.Size())
+		}
+		scheme := opts.Scheme
+		var sch tpm2.TPMTSigScheme
+		switch kt.alg {
+		case tpm2.TPMAlgECC:
+			if scheme == "" {
+				scheme = SchemeECDSA
+			}
+			if scheme != SchemeECDSA {
+				return fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", ErrNotPermitted, scheme)
+			}
+			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+		case tpm2.TPMAlgRSA:
+			switch scheme {
+			case "", SchemeRSASSA:
+				scheme = SchemeRSASSA
+				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+			case SchemeRSAPSS:
+				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+			default:
+				return fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", ErrNotPermitted, scheme)
+			}
+		default:
+			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", ErrNotPermitted, rec.Type)
+		}
+		sig, err := a.t.Sign(obj, auth, digest, sch)
+		if err != nil {
+			return err
+		}
+		pub, err := publicKey(obj.Public)
+		if err != nil {
+			return err
+		}
+		switch scheme {
+		case SchemeECDSA:
+			e, err := sig.Signature.ECDSA()
+			if err != nil {
+				return err
+			}
+			out, err = asn1.Marshal(struct{ R, S *big.Int }{
+				new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
+			if err != nil {
+				return err
+			}
+			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, out) {
+				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+			}
+		case SchemeRSASSA:
+			r, err := sig.Signature.RSASSA()
+			if err != nil {
+				return err
+			}
+			out = r.Sig.Buffer
+			if err := rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, out); err != nil {
+				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+			}
+		case SchemeRSAPSS:
+			r, err := sig.Signature.RSAPSS()
+			if err != nil {
+				return err
+			}
+			out = r.Sig.Buffer
+			if err := rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}); err != nil {
+				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// MaxDataInput bounds what hmac, encrypt and decrypt take (64 MiB).
+const MaxDataInput = 64 << 20
+
+// HMAC returns HMAC-SHA-256 of data under key name, computed in the TPM.
+func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, error) {
+	if len(data) > MaxDataInput {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadInput, len(data), MaxDataInput)
+	}
+	var out []byte
+	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if err := wantUsage(rec, UsageHMAC); err != nil {
+			return err
+		}
+		var err error
+		out, err = a.t.HMAC(obj, auth, tpm2.TPMAlgSHA256, data)
+		return err
+	})
+	return out, err
+}
+
+// ECDH returns the ECDH shared secret (the X coordinate, the size of the
+// curve's field) of key name and peer. The caller clears it.
+func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]byte, error) {
+	var out []byte
+	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if err := wantUsage(rec, UsageECDH); err != nil {
+			return err
+		}
+		kt, err := lookupType(rec.Type, rec.Kind == KindDerived)
+		if err != nil {
+			return err
+		}
+		want := ecdh.P256()
+		if kt.curve == tpm2.TPMECCNistP384 {
+			want = ecdh.P384()
+		}
+		if peer == nil || peer.Curve() != want {
+			return fmt.Errorf("%w: the peer's key is not on the key's curve (%s)", ErrBadInput, rec.Type)
+		}
+		raw := peer.Bytes() // 04 || X || Y
+		size := (len(raw) - 1) / 2
+		z, err := a.t.ECDHZGen(obj, auth, tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: raw[1 : 1+size]},
+			Y: tpm2.TPM2BECCParameter{Buffer: raw[1+size:]},
+		})
+		if err != nil {
+			return err
+		}
+		defer clear(z)
+		if len(z) > size {
+			return fmt.Errorf("TPM2_ECDH_ZGen: %d-byte coordinate", len(z))
+		}
+		out = make([]byte, size)
+		copy(out[size-len(z):], z)
+		return nil
+	})
+	return out, err
+}
+
+// Decrypt decrypts an RSA-OAEP ciphertext (hash h, empty label) with key
+// name in the TPM. The caller clears the result.
+func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error) {
+	if h == 0 {
+		h = crypto.SHA256
+	}
+	alg, err := approvedHash(h)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if err := wantUsage(rec, UsageDecrypt); err != nil {
+			return err
+		}
+		if obj.Public.Type != tpm2.TPMAlgRSA {
+			return fmt.Errorf("%w: key %q is a %s key: use `provd key decrypt` on AES envelopes (key encrypt)", ErrBadInput, name, rec.Type)
+		}
+		var err error
+		out, err = a.t.RSADecryptOAEP(obj, auth, alg, ciphertext)
+		return err
+	})
+	return out, err
+}
+
+// AES envelope (docs/formats.md, "AES envelopes"): the data is encrypted on
+// the host with AES-256-GCM under a fresh 32-byte data key; the data key is
+// encrypted by the TPM's AES-256 key in CFB mode with a random IV
+// (TPM2_EncryptDecrypt2). Layout:
+//
+//	magic "PROVDAE1" | iv (16) | wrapped data key (32) | nonce (12) | ciphertext+tag
+//
+// AAD: magic | the key's TPM name | iv | wrapped key | nonce.
+const aesMagic = "PROVDAE1"
+
+const aesHeader = len(aesMagic) + 16 + 32 + 12
+
+// EncryptData encrypts plain under AES key name (envelope above): one TPM
+// use per call, whatever the size.
+func (a *Agent) EncryptData(ctx context.Context, name string, plain []byte) ([]byte, error) {
+	if len(plain) > MaxDataInput {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadInput, len(plain), MaxDataInput)
+	}
+	var out []byte
+	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if obj.Public.Type != tpm2.TPMAlgSymCipher {
+			return fmt.Errorf("%w: key %q is a %s key, not aes-256", ErrNotPermitted, name, rec.Type)
+		}
+		dek := make([]byte, 32)
+		defer clear(dek)
+		hdr := make([]byte, aesHeader)
+		copy(hdr, aesMagic)
+		iv, nonce := hdr[8:24], hdr[56:68]
+		if _, err := rand.Read(dek); err != nil {
+			return err
+		}
+		if _, err := rand.Read(iv); err != nil {
+			return err
+		}
+		if _, err := rand.Read(nonce); err != nil {
+			return err
+		}
+		wrapped, err := a.t.SymCrypt(obj, auth, false, tpm2.TPMAlgCFB, iv, dek)
+		if err != nil {
+			return err
+		}
+		if len(wrapped) != 32 {
+			return fmt.Errorf("TPM2_EncryptDecrypt2: %d bytes back", len(wrapped))
+		}
+		copy(hdr[24:56], wrapped)
+		gcm, err := newGCM(dek)
+		if err != nil {
+			return err
+		}
+		out = gcm.Seal(hdr, nonce, plain, aesAAD(hdr, obj.Name.Buffer))
+		return nil
+	})
+	return out, err
+}
+
+func aesAAD(hdr, keyName []byte) []byte {
+	aad := append([]byte(aesMagic), keyName...)
+	return append(aad, hdr[8:aesHeader]...)
+}
+
+// DecryptData opens an AES envelope made by EncryptData with key name. A
+// modified envelope, or one for another key, is ErrTampered.
+func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byte, error) {
+	if len(env) < aesHeader+16 || string(env[:8]) != aesMagic {
+		return nil, fmt.Errorf("%w: not a provd AES envelope", ErrBadInput)
+	}
+	var out []byte
+	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+		if obj.Public.Type != tpm2.TPMAlgSymCipher {
+			return fmt.Errorf("%w: key %q is a %s key, not aes-256", ErrNotPermitted, name, rec.Type)
+		}
+		dek, err := a.t.SymCrypt(obj, auth, true, tpm2.TPMAlgCFB, env[8:24], env[24:56])
+		if err != nil {
+			return err
+		}
+		defer clear(dek)
+		gcm, err := newGCM(dek)
+		if err != nil {
+			return err
+		}
+		out, err = gcm.Open(nil, env[56:68], env[aesHeader:], aesAAD(env, obj.Name.Buffer))
+		if err != nil {
+			return fmt.Errorf("%w: AES envelope fails authentication (modified, or made with another key)", ErrTampered)
+		}
+		return nil
+	})
+	return out, err
+}
