@@ -1,0 +1,403 @@
+// Package server is provd's daemon: the HTTP/JSON API on a unix socket
+// (docs/api.md), the roles decided from each connection's peer credentials,
+// the one queue through which every request reaches the TPM, and the
+// daemon's life cycle (Run). It knows nothing of systemd: readiness,
+// watchdog and the listener are injected by cmd, which owns that edge.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/tpm"
+)
+
+// Limits on requests. A sealed secret is at most agent.MaxSealInput (1 MiB);
+// base64 and JSON bring it to under 1.5 MiB.
+const (
+	MaxRequestBody    = 4 << 20
+	maxHeaderBytes    = 16 << 10
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	// opTimeout bounds an operation once it has the TPM; only the state
+	// store's lock waits honour it (a TPM command has its own timeout).
+	opTimeout = 10 * time.Minute
+	// healthTimeout bounds the watchdog's TPM check, queue wait included;
+	// it must stay below half of WatchdogSec (30 s in provd.service).
+	healthTimeout = 10 * time.Second
+)
+
+// Options build a Server.
+type Options struct {
+	// Agent performs the operations; TPM is its TPM, for the health check.
+	Agent *agent.Agent
+	TPM   *tpm.TPM
+	Roles *Roles
+	// RequestTimeout bounds a request's wait for the TPM queue (default
+	// DefaultRequestTimeout); MaxWaiting bounds the waiting requests.
+	RequestTimeout time.Duration
+	MaxWaiting     int
+	// ExitCode is the CLI's exit code for an error, sent with every error
+	// so that clients exit as the in-process CLI would. nil: 1 for all.
+	ExitCode func(error) int
+	Logger   *slog.Logger
+}
+
+// Server serves the API. Its operations all run through one queue, so one
+// Agent and one TPM connection serve every client.
+type Server struct {
+	ag       *agent.Agent
+	t        *tpm.TPM
+	log      *slog.Logger
+	exitCode func(error) int
+	q        *queue
+	roles    atomic.Pointer[Roles]
+	timeout  atomic.Int64 // time.Duration
+	hs       *http.Server
+	mux      *http.ServeMux
+
+	requests, refused, tpmCommands atomic.Int64
+}
+
+// Stats counts what the server did.
+type Stats struct {
+	Requests    int64 // operations run (successful or not), refusals excluded
+	Refused     int64 // requests refused for the caller's role
+	TPMCommands int64 // TPM commands those operations sent
+}
+
+// New builds a Server; Serve starts it.
+func New(o Options) (*Server, error) {
+	if o.Agent == nil || o.TPM == nil || o.Roles == nil {
+		return nil, errors.New("server: Agent, TPM and Roles are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ExitCode == nil {
+		o.ExitCode = func(error) int { return 1 }
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.MaxWaiting <= 0 {
+		o.MaxWaiting = DefaultMaxWaiting
+	}
+	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux()}
+	s.Reconfigure(o.Roles, o.RequestTimeout)
+	s.routes()
+	s.hs = &http.Server{
+		Handler:           s.mux,
+		ConnContext:       withCaller,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      o.RequestTimeout + opTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// Reconfigure swaps the role mapping and the request timeout (SIGHUP);
+// requests already admitted keep the ones they started with.
+func (s *Server) Reconfigure(roles *Roles, requestTimeout time.Duration) {
+	s.roles.Store(roles)
+	s.timeout.Store(int64(requestTimeout))
+}
+
+// Serve accepts connections on ln until Shutdown; it returns nil then.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.hs.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, lets in-flight requests finish (those waiting
+// for the TPM included) and returns when they have, or at ctx's end.
+func (s *Server) Shutdown(ctx context.Context) error { return s.hs.Shutdown(ctx) }
+
+// Handler is the API's handler, for tests that serve it themselves.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// ConnContext is the http.Server hook that attaches the peer credentials; a
+// test serving Handler on its own http.Server sets it too.
+func ConnContext(ctx context.Context, c net.Conn) context.Context { return withCaller(ctx, c) }
+
+// Stats reports the counters so far.
+func (s *Server) Stats() Stats {
+	return Stats{Requests: s.requests.Load(), Refused: s.refused.Load(), TPMCommands: s.tpmCommands.Load()}
+}
+
+// Health proves the TPM answers through the queue within healthTimeout: one
+// TPM2_PCR_Read, the cheapest command that exercises the whole path.
+func (s *Server) Health(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	return s.q.do(ctx, func() error {
+		_, err := s.t.PCRUpdateCounter()
+		return err
+	})
+}
+
+// endpoint describes one route for the handler and for docs/api.md.
+type endpoint struct {
+	Method, Path, Op string
+	Role             Role
+}
+
+// Endpoints lists the API's routes (docs/api.md documents each).
+var Endpoints = []endpoint{
+	{"GET", "/v1/status", "status", RoleAny},
+	{"GET", "/v1/tpm/info", "tpm-info", RoleAny},
+	{"GET", "/v1/policy", "policy-show", RoleAny},
+	{"GET", "/v1/audit/verify", "audit-verify", RoleAny},
+	{"GET", "/v1/audit", "audit-show", RoleOfficer},
+	{"POST", "/v1/provision", "provision", RoleOfficer},
+	{"POST", "/v1/policy/install", "policy-install", RoleOfficer},
+	{"POST", "/v1/zeroize", "zeroize", RoleOfficer},
+	{"POST", "/v1/audit/repair", "audit-repair", RoleOfficer},
+	{"POST", "/v1/seal", "seal", RoleUser},
+	{"POST", "/v1/unseal", "unseal", RoleUser},
+	{"POST", "/v1/keys/derive", "key-derive", RoleOfficer},
+	{"POST", "/v1/keys/create", "key-create", RoleOfficer},
+	{"POST", "/v1/keys/delete", "key-delete", RoleOfficer},
+	{"GET", "/v1/keys", "key-list", RoleUser},
+	{"POST", "/v1/keys/public", "key-public", RoleUser},
+	{"POST", "/v1/keys/sign", "key-sign", RoleUser},
+	{"POST", "/v1/keys/hmac", "key-hmac", RoleUser},
+	{"POST", "/v1/keys/ecdh", "key-ecdh", RoleUser},
+	{"POST", "/v1/keys/decrypt", "key-decrypt", RoleUser},
+	{"POST", "/v1/keys/encrypt-data", "key-encrypt-data", RoleUser},
+	{"POST", "/v1/keys/decrypt-data", "key-decrypt-data", RoleUser},
+}
+
+func (s *Server) routes() {
+	for _, ep := range Endpoints {
+		var h http.HandlerFunc
+		switch ep.Op {
+		case "status":
+			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.Status, error) { return s.ag.Status(ctx) })
+		case "tpm-info":
+			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.TPMInfo, error) { return s.ag.TPMInfo(ctx) })
+		case "policy-show":
+			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
+		case "audit-verify":
+			h = handle(s, ep, func(context.Context, empty) (audit.Report, error) { return s.ag.AuditVerify() })
+		case "audit-show":
+			h = handle(s, ep, func(context.Context, empty) ([]audit.Record, error) { return s.ag.AuditRecords() })
+		case "provision":
+			h = handle(s, ep, func(ctx context.Context, w ProvisionRequest) (agent.ProvisionResult, error) {
+				req, err := w.Agent()
+				if err != nil {
+					return agent.ProvisionResult{}, err
+				}
+				return s.ag.Provision(ctx, req)
+			})
+		case "policy-install":
+			h = handle(s, ep, func(ctx context.Context, w PolicyInstallRequest) (agent.PolicyInstallResult, error) {
+				return s.ag.InstallPolicy(ctx, w.Policy)
+			})
+		case "zeroize":
+			h = handle(s, ep, func(ctx context.Context, w ZeroizeRequest) (agent.ZeroizeResult, error) {
+				return s.ag.Zeroize(ctx, agent.ZeroizeOptions{SRK: w.SRK})
+			})
+		case "seal":
+			h = handle(s, ep, func(ctx context.Context, w SealRequest) (SealResponse, error) {
+				req, err := w.Agent()
+				if err != nil {
+					return SealResponse{}, err
+				}
+				blob, err := s.ag.Seal(ctx, req)
+				return SealResponse{Blob: blob}, err
+			})
+		case "unseal":
+			h = handle(s, ep, func(ctx context.Context, w UnsealRequest) (UnsealResponse, error) {
+				secret, err := s.ag.Unseal(ctx, w.Blob)
+				return UnsealResponse{Secret: secret}, err
+			})
+		default:
+			if h = s.keyHandler(ep); h == nil {
+				panic("server: no handler for " + ep.Op)
+			}
+		}
+		s.mux.Handle(ep.Method+" "+ep.Path, h)
+	}
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, http.StatusNotFound, fmt.Errorf("%w: no API endpoint %s %s", agent.ErrNotFound, r.Method, r.URL.Path))
+	})
+}
+
+// empty is the request of a GET: no body.
+type empty struct{}
+
+// wiper is a request or response that holds secret bytes to clear after use.
+type wiper interface{ wipe() }
+
+func (w *SealRequest) wipe()    { clear(w.Data) }
+func (w *UnsealResponse) wipe() { clear(w.Secret) }
+
+// handle is one endpoint: check the caller's role (refusals are audited),
+// decode the body strictly, wait for the queue, run call, answer JSON.
+func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		c, cerr := callerFrom(r.Context())
+		if cerr != nil {
+			s.refuse(w, ep, Caller{UID: -1, GID: -1}, 0, cerr.Error())
+			return
+		}
+		have := s.roles.Load().Of(c)
+		if have&ep.Role == 0 {
+			s.refuse(w, ep, c, have, "")
+			return
+		}
+		var req Req
+		if wp, ok := any(&req).(wiper); ok {
+			defer wp.wipe()
+		}
+		if _, isEmpty := any(req).(empty); !isEmpty {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+			defer clear(body)
+			if err != nil {
+				status := http.StatusBadRequest
+				var mbe *http.MaxBytesError
+				if errors.As(err, &mbe) {
+					status = http.StatusRequestEntityTooLarge
+				}
+				s.writeError(w, status, fmt.Errorf("%w: request body: %v", agent.ErrBadInput, err))
+				return
+			}
+			if err := DecodeStrict(body, &req); err != nil {
+				s.writeError(w, http.StatusBadRequest, err)
+				return
+			}
+		}
+
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeout.Load()))
+		defer cancel()
+		var res Res
+		var cmds int64
+		ran := false
+		err := s.q.do(ctx, func() error {
+			ran = true
+			// Admitted: the operation runs to its end even if the client
+			// goes away, so that it is whole in the state and the audit trail.
+			octx, ocancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+			defer ocancel()
+			before := s.t.Stats().Commands
+			s.ag.SetCallerUID(c.UID)
+			var err error
+			res, err = call(octx, req)
+			cmds = s.t.Stats().Commands - before
+			return err
+		})
+		if wp, ok := any(&res).(wiper); ok {
+			defer wp.wipe()
+		}
+		if ran {
+			s.requests.Add(1)
+			s.tpmCommands.Add(cmds)
+		}
+		level := slog.LevelDebug
+		if ep.Role == RoleOfficer {
+			level = slog.LevelInfo // life-cycle operations are worth a line
+		}
+		attrs := []slog.Attr{
+			slog.String("operation", ep.Op), slog.Int("caller_uid", c.UID), slog.Int("caller_pid", c.PID),
+			slog.Duration("duration", time.Since(start)), slog.Int64("tpm_commands", cmds),
+		}
+		if err != nil {
+			attrs = append(attrs, slog.Any("error_kinds", agent.ErrorKinds(err)), slog.String("error", err.Error()))
+			s.log.LogAttrs(r.Context(), max(level, slog.LevelInfo), "request failed", attrs...)
+			s.writeError(w, 0, err)
+			return
+		}
+		s.log.LogAttrs(r.Context(), level, "request", attrs...)
+		s.writeJSON(w, http.StatusOK, res)
+	}
+}
+
+// refuse answers 403 and writes the refusal to the audit trail.
+func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role, why string) {
+	s.refused.Add(1)
+	if why == "" {
+		why = fmt.Sprintf("%s needs the %s role; %s holds %s", ep.Op, ep.Role, c, have)
+	}
+	s.log.Warn("request refused", "operation", ep.Op, "caller_uid", c.UID, "caller_pid", c.PID, "reason", why)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.timeout.Load()))
+	defer cancel()
+	if err := s.q.do(ctx, func() error { return s.ag.RecordRefusal(ep.Op, c.UID, why) }); err != nil {
+		s.log.Error("refusal not audited", "operation", ep.Op, "caller_uid", c.UID, "err", err)
+	}
+	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", agent.ErrRefused, why))
+}
+
+// writeError answers err with its kinds, exit code and policy details.
+// status 0 derives the HTTP status from the kinds.
+func (s *Server) writeError(w http.ResponseWriter, status int, err error) {
+	d := ErrorDetail{Message: err.Error(), Kinds: agent.ErrorKinds(err), ExitCode: s.exitCode(err)}
+	if d.Kinds == nil {
+		d.Kinds = []string{}
+	}
+	var pe *agent.PolicyError
+	if errors.As(err, &pe) {
+		d.Policy = &PolicyDetail{Differ: pe.Differ, Bank: pe.Bank, Reason: pe.Reason}
+	}
+	if status == 0 {
+		status = httpStatus(d.Kinds)
+	}
+	s.writeJSON(w, status, ErrorBody{Error: d})
+}
+
+// httpStatus is the HTTP status for an error's first kind; clients decide on
+// the kinds, the status is for humans with curl.
+func httpStatus(kinds []string) int {
+	if len(kinds) == 0 {
+		return http.StatusInternalServerError
+	}
+	switch kinds[0] {
+	case "refused", "not_permitted", "not_approved":
+		return http.StatusForbidden
+	case "policy_not_satisfied", "not_provisioned":
+		return http.StatusPreconditionFailed
+	case "not_found", "tpm_not_found":
+		return http.StatusNotFound
+	case "already_provisioned", "srk_mismatch":
+		return http.StatusConflict
+	case "bad_input":
+		return http.StatusBadRequest
+	case "busy", "tpm_no_memory", "state_locked", "no_tpm", "deadline_exceeded":
+		return http.StatusServiceUnavailable
+	case "tpm_lockout":
+		return http.StatusLocked
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		s.log.Error("encoding response", "err", err)
+		http.Error(w, `{"error":{"message":"encoding response","kinds":[],"exit_code":1}}`, http.StatusInternalServerError)
+		return
+	}
+	defer clear(b) // it may hold a secret, base64
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
