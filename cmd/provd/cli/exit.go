@@ -80,6 +80,11 @@ func ExitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ce.code
 	}
+	// The daemon's errors carry the code it decided with this same table.
+	var remote interface{ ExitCode() int }
+	if errors.As(err, &remote) {
+		return remote.ExitCode()
+	}
 	for _, k := range kinds {
 		if errors.Is(err, k.err) {
 			return k.code

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/tpm"
 )
 
@@ -67,21 +68,26 @@ Nothing is written to the TPM.`,
   provd --tpm swtpm://127.0.0.1:2321 tpm info -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, done, err := a.openTPM(cmd.Context())
-			if err != nil {
-				return err
+			var out agent.TPMInfo
+			if c := a.daemon(cmd.Context()); c != nil {
+				defer c.Close()
+				var err error
+				if out, err = c.TPMInfo(cmd.Context()); err != nil {
+					return err
+				}
+			} else {
+				t, done, err := a.openTPM(cmd.Context())
+				if err != nil {
+					return err
+				}
+				defer done()
+				info, err := t.Info()
+				if err != nil {
+					return err
+				}
+				out = agent.TPMInfo{TPM: t.Spec(), Info: info, GoFIPS140: fips140.Enabled()}
 			}
-			defer done()
-			info, err := t.Info()
-			if err != nil {
-				return err
-			}
-			out := struct {
-				TPM string `json:"tpm"`
-				tpm.Info
-				GoFIPS140 bool `json:"go_fips140"`
-			}{t.Spec(), info, fips140.Enabled()}
-			return a.emit(out, func(w io.Writer) { printInfo(w, out.TPM, info, out.GoFIPS140) })
+			return a.emit(out, func(w io.Writer) { printInfo(w, out.TPM, out.Info, out.GoFIPS140) })
 		},
 	})
 	return c

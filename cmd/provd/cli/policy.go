@@ -99,7 +99,7 @@ func (a *app) policyInstallCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				res, err := ag.InstallPolicy(cmd.Context(), b)
 				if err != nil {
 					return err
@@ -123,7 +123,7 @@ func (a *app) policyShowCmd() *cobra.Command {
 		Short: "Show the PK's policy, the PCR values it needs, the current ones, and which differ",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				ps, err := ag.ShowPolicy(cmd.Context())
 				if err != nil {
 					return err

@@ -14,8 +14,14 @@ import (
 	"github.com/provd/provd/policy"
 )
 
-// withAgent opens the TPM and the state and runs fn.
-func (a *app) withAgent(ctx context.Context, fn func(*agent.Agent) error) error {
+// withAgent runs fn on the daemon when its socket answers and no TPM is
+// named (--tpm or $PROVD_TPM); otherwise it opens the TPM and the state and
+// runs fn in-process. Both give the same results and exit codes.
+func (a *app) withAgent(ctx context.Context, fn func(agent.API) error) error {
+	if c := a.daemon(ctx); c != nil {
+		defer c.Close()
+		return fn(c)
+	}
 	t, done, err := a.openTPM(ctx)
 	if err != nil {
 		return err
@@ -115,7 +121,7 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
 					return err
 				}
 			}
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				res, err := ag.Provision(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -157,7 +163,7 @@ The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
 			if !yes {
 				return usageError(fmt.Errorf("zeroize destroys every key: pass --yes"))
 			}
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				res, err := ag.Zeroize(cmd.Context(), agent.ZeroizeOptions{SRK: srk})
 				if err != nil {
 					return err

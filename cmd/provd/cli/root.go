@@ -30,11 +30,15 @@ type Deps struct {
 // DefaultStateDir is where provd keeps its state unless told otherwise.
 const DefaultStateDir = "/var/lib/provd"
 
+// DefaultSocket is the daemon's API socket (provd.socket).
+const DefaultSocket = "/run/provd/provd.sock"
+
 // app holds the global flags of one invocation.
 type app struct {
 	deps     Deps
 	tpmSpec  string
 	stateDir string
+	socket   string
 	output   string
 	verbose  bool
 	log      *slog.Logger
@@ -102,6 +106,11 @@ the key's policy.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.tpmSpec, "tpm", deps.Getenv("PROVD_TPM"), "TPM to use: device path, swtpm://HOST:PORT, unix:///PATH or sim (env PROVD_TPM)")
 	pf.StringVar(&a.stateDir, "state-dir", stateDefault, "state directory (env PROVD_STATE_DIR)")
+	socketDefault := deps.Getenv("PROVD_SOCKET")
+	if socketDefault == "" {
+		socketDefault = DefaultSocket
+	}
+	pf.StringVar(&a.socket, "socket", socketDefault, "the daemon's API socket, used when it answers and --tpm is not given (env PROVD_SOCKET)")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format: text or json")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "debug logging and TPM command counts on stderr")
 
@@ -115,6 +124,7 @@ the key's policy.`,
 		a.statusCmd(),
 		a.auditCmd(),
 		a.zeroizeCmd(),
+		a.serveCmd(),
 		a.manCmd(root),
 	)
 	return root

@@ -44,7 +44,7 @@ docs/formats.md.`,
 					return err
 				}
 			}
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				blob, err := ag.Seal(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -82,7 +82,7 @@ func (a *app) unsealCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				secret, err := ag.Unseal(cmd.Context(), blob)
 				if err != nil {
 					return err

@@ -15,7 +15,7 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Provisioned or not, the PK, its policy against the current PCRs, keys, audit chain",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				s, err := ag.Status(cmd.Context())
 				if err != nil {
 					return err
@@ -52,7 +52,7 @@ func (a *app) auditCmd() *cobra.Command {
 		Short: "Print the audit trail's records",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				recs, err := ag.AuditRecords()
 				if err != nil {
 					return err
@@ -69,7 +69,7 @@ func (a *app) auditCmd() *cobra.Command {
 		Short: "Replay the audit chain and compare it with the TPM's NV anchor (exit 14 when tampered)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				rep, err := ag.AuditVerify()
 				if err != nil {
 					return err
@@ -91,7 +91,7 @@ The latter cannot be told apart from a forged line, so it is accepted only with
 else is tampering: refused, exit 14. The repair itself is recorded.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag *agent.Agent) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
 				rep, err := ag.AuditRepair(anchorLast)
 				if err != nil {
 					return err
