@@ -260,6 +260,15 @@ type KeyInfo struct {
 	CreatedAt   time.Time `json:"created_at"`
 }
 
+// DefaultHash is the hash a signature with this key uses unless told
+// otherwise: SHA-384 for P-384 keys, SHA-256 for the others.
+func (k KeyInfo) DefaultHash() crypto.Hash {
+	if k.Type == "ecc-p384" {
+		return crypto.SHA384
+	}
+	return crypto.SHA256
+}
+
 func (r keyRecord) info() KeyInfo {
 	return KeyInfo{Name: r.Name, Kind: r.Kind, Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context,
 		Extractable: r.Extractable, ObjectName: r.Object, Policy: r.Policy, CreatedAt: r.CreatedAt}

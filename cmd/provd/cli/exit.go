@@ -52,6 +52,7 @@ var kinds = []struct {
 	{agent.ErrTampered, ExitTampered},
 	{agent.ErrNotProvisioned, ExitNotProvisioned},
 	{agent.ErrAlreadyProvisioned, ExitConflict},
+	{agent.ErrKeyExists, ExitConflict},
 	{agent.ErrNotPermitted, ExitNotPermitted},
 	{policy.ErrNotApproved, ExitNotPermitted},
 	{agent.ErrNotFound, ExitNotFound},

@@ -124,6 +124,7 @@ the key's policy.`,
 		a.statusCmd(),
 		a.auditCmd(),
 		a.zeroizeCmd(),
+		a.keyCmd(),
 		a.serveCmd(),
 		a.manCmd(root),
 	)

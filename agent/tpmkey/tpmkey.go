@@ -1,0 +1,102 @@
+// Package tpmkey exposes provd's operational keys as Go crypto.Signer and
+// crypto.Decrypter, so Go programs use keys that never leave the TPM: TLS
+// client certificates (tls.Certificate{PrivateKey: key}), CSRs
+// (x509.CreateCertificateRequest), JWS, OAEP key transport.
+//
+// Every Sign or Decrypt is one key use through the agent: the key's policy
+// (the PK's PCR policy) is checked by the TPM on each call, so a Key stops
+// working when the platform stops satisfying it (an error wrapping
+// tpm.ErrPolicyNotSatisfied). Calls on one Agent are serialized by the agent.
+package tpmkey
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"fmt"
+	"io"
+
+	"github.com/provd/provd/agent"
+)
+
+// Backend is what a Key needs of provd: an in-process *agent.Agent or the
+// daemon's client (both implement agent.API).
+type Backend interface {
+	KeyPublic(ctx context.Context, name string) (crypto.PublicKey, agent.KeyInfo, error)
+	Sign(ctx context.Context, name string, digest []byte, opts agent.SignOptions) ([]byte, error)
+	Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error)
+}
+
+var _ Backend = (agent.API)(nil)
+
+// Key is a TPM-resident provd key usable as a crypto.Signer (sign keys) or a
+// crypto.Decrypter (RSA decrypt keys).
+type Key struct {
+	// ctx bounds each call: crypto.Signer has no context parameter.
+	ctx  context.Context
+	ag   Backend
+	name string
+	pub  crypto.PublicKey
+	info agent.KeyInfo
+}
+
+// Compile-time guards.
+var (
+	_ crypto.Signer    = (*Key)(nil)
+	_ crypto.Decrypter = (*Key)(nil)
+)
+
+// New returns key name of ag. ctx is used for every call made through the
+// Key (cancel it to stop them).
+func New(ctx context.Context, ag Backend, name string) (*Key, error) {
+	pub, info, err := ag.KeyPublic(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{ctx: ctx, ag: ag, name: name, pub: pub, info: info}, nil
+}
+
+// Info describes the key.
+func (k *Key) Info() agent.KeyInfo { return k.info }
+
+// Public returns the public key (*ecdsa.PublicKey or *rsa.PublicKey).
+func (k *Key) Public() crypto.PublicKey { return k.pub }
+
+// Sign signs digest inside the TPM. ECDSA signatures are ASN.1 DER, as
+// crypto.Signer requires; RSA uses PKCS#1 v1.5, or PSS when opts is
+// *rsa.PSSOptions (salt length: the hash's size, which is what the TPM uses;
+// PSSSaltLengthAuto and PSSSaltLengthEqualsHash are accepted). rand is
+// ignored: the TPM draws its own randomness.
+func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	so := agent.SignOptions{Hash: opts.HashFunc()}
+	switch k.pub.(type) {
+	case *ecdsa.PublicKey:
+		so.Scheme = agent.SchemeECDSA
+	case *rsa.PublicKey:
+		so.Scheme = agent.SchemeRSASSA
+		if pss, ok := opts.(*rsa.PSSOptions); ok {
+			switch pss.SaltLength {
+			case rsa.PSSSaltLengthAuto, rsa.PSSSaltLengthEqualsHash, so.Hash.Size():
+			default:
+				return nil, fmt.Errorf("%w: PSS salt length %d (the TPM uses the hash size)", agent.ErrNotPermitted, pss.SaltLength)
+			}
+			so.Scheme = agent.SchemeRSAPSS
+		}
+	}
+	return k.ag.Sign(k.ctx, k.name, digest, so)
+}
+
+// Decrypt decrypts an RSA-OAEP ciphertext inside the TPM. opts must be
+// *rsa.OAEPOptions with SHA-256 or SHA-384, the same MGF1 hash and no label;
+// PKCS#1 v1.5 decryption is not an approved scheme and is refused.
+func (k *Key) Decrypt(_ io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	o, ok := opts.(*rsa.OAEPOptions)
+	if !ok {
+		return nil, fmt.Errorf("%w: only RSA-OAEP decryption (*rsa.OAEPOptions)", agent.ErrNotPermitted)
+	}
+	if len(o.Label) != 0 || (o.MGFHash != 0 && o.MGFHash != o.Hash) {
+		return nil, fmt.Errorf("%w: OAEP with a label or another MGF1 hash", agent.ErrNotPermitted)
+	}
+	return k.ag.Decrypt(k.ctx, k.name, msg, o.Hash)
+}

@@ -1,0 +1,601 @@
+package cli
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/tpmkey"
+)
+
+func (a *app) keyCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "key",
+		Short: "Operational keys inside the TPM: derive, create, sign, HMAC, ECDH, decrypt, CSR, key files",
+		Long: `Operational keys live under the provisioning key and never leave the TPM.
+
+  derived keys   provd key derive: the same label and context give the same key
+                 on every boot (ecc-p256, ecc-p384, hmac-sha256, aes-256);
+                 nothing secret is stored
+  created keys   provd key create: random keys generated in the TPM and stored
+                 TPM-wrapped (rsa-2048/3072/4096, ecc-p256, ecc-p384), optionally
+                 --extractable, decided at creation and never later
+
+Every use checks the provisioning key's policy again inside the TPM: when the PCRs
+no longer satisfy it, every key use fails with exit code 3. Only approved
+algorithms are accepted (exit code 5 otherwise). See docs/keys.md.`,
+	}
+	c.AddCommand(a.keyDeriveCmd(), a.keyCreateCmd(), a.keySignCmd(), a.keyHMACCmd(), a.keyECDHCmd(),
+		a.keyEncryptCmd(), a.keyDecryptCmd(), a.keyPubCmd(), a.keyListCmd(), a.keyDeleteCmd(), a.keyCSRCmd(),
+		a.keyExportBlobCmd(), a.keyImportBlobCmd())
+	return c
+}
+
+func printKey(w io.Writer, k agent.KeyInfo) {
+	fmt.Fprintf(w, "key:         %s\nkind:        %s\ntype:        %s\nusage:       %s\n", k.Name, k.Kind, k.Type, k.Usage)
+	if k.Kind == agent.KindDerived {
+		fmt.Fprintf(w, "label:       %s\ncontext:     %s\n", k.Label, k.Context)
+	}
+	fmt.Fprintf(w, "extractable: %v\nTPM name:    %s\n", k.Extractable, k.ObjectName)
+}
+
+func (a *app) keyDeriveCmd() *cobra.Command {
+	var req agent.DeriveRequest
+	c := &cobra.Command{
+		Use:   "derive NAME --label L [--context C] --type TYPE [--usage USAGE]",
+		Short: "Derive a key inside the TPM from the derivation parent (same label and context, same key)",
+		Long: `Derive a key inside the TPM from the derivation parent under the PK with
+TPM2_CreateLoaded (label and context up to 32 bytes each). Types: ecc-p256,
+ecc-p384 (usage sign or ecdh), hmac-sha256 (hmac), aes-256 (decrypt: key
+encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
+		Example: `  provd key derive tls --label tls --context device-42 --type ecc-p256
+  provd key derive mac --label telemetry --type hmac-sha256`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if req.Label == "" || req.Type == "" {
+				return usageError(fmt.Errorf("--label and --type are required"))
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				k, err := ag.DeriveKey(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return a.emit(k, func(w io.Writer) { printKey(w, k) })
+			})
+		},
+	}
+	c.Flags().StringVar(&req.Label, "label", "", "derivation label (1-32 bytes)")
+	c.Flags().StringVar(&req.Context, "context", "", "derivation context (0-32 bytes)")
+	c.Flags().StringVar(&req.Type, "type", "", "ecc-p256, ecc-p384, hmac-sha256 or aes-256")
+	c.Flags().StringVar(&req.Usage, "usage", "", "sign, ecdh, decrypt or hmac (default: the type's first)")
+	return c
+}
+
+func (a *app) keyCreateCmd() *cobra.Command {
+	var req agent.CreateRequest
+	c := &cobra.Command{
+		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable]",
+		Short: "Generate a random key inside the TPM under the PK, stored TPM-wrapped",
+		Long: `Generate a key inside the TPM under the provisioning key. Types: rsa-2048,
+rsa-3072, rsa-4096 (usage sign or decrypt: RSA-OAEP), ecc-p256, ecc-p384 (usage
+sign, or decrypt meaning ECDH). Without --extractable the key is fixedTPM and
+fixedParent and its policy has no duplication branch: it can never leave this TPM.
+--extractable is decided now and can never be turned on later.`,
+		Example: `  provd key create fw-sign --type rsa-3072
+  provd key create transport --type rsa-2048 --usage decrypt`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if req.Type == "" {
+				return usageError(fmt.Errorf("--type is required"))
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				k, err := ag.CreateKey(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return a.emit(k, func(w io.Writer) { printKey(w, k) })
+			})
+		},
+	}
+	c.Flags().StringVar(&req.Type, "type", "", "rsa-2048, rsa-3072, rsa-4096, ecc-p256 or ecc-p384")
+	c.Flags().StringVar(&req.Usage, "usage", "", "sign or decrypt (default sign)")
+	c.Flags().BoolVar(&req.Extractable, "extractable", false, "allow duplication to another TPM (decided now, forever)")
+	return c
+}
+
+// parseHash maps --hash to an approved hash; SHA-1 and others are refused.
+func parseHash(s string) (crypto.Hash, error) {
+	switch strings.ToLower(s) {
+	case "":
+		return 0, nil
+	case "sha256", "sha-256":
+		return crypto.SHA256, nil
+	case "sha384", "sha-384":
+		return crypto.SHA384, nil
+	case "sha1", "sha-1", "md5", "sha224", "sha512":
+		return 0, fmt.Errorf("%w: hash %s is not approved here (sha256, sha384)", agent.ErrNotPermitted, s)
+	}
+	return 0, usageError(fmt.Errorf("--hash %q: want sha256 or sha384", s))
+}
+
+func (a *app) keySignCmd() *cobra.Command {
+	var in, digestHex, out, scheme, hashName string
+	c := &cobra.Command{
+		Use:   "sign NAME (--in FILE | --digest HEX) [--out FILE] [--scheme ecdsa|rsassa|rsapss] [--hash sha256|sha384]",
+		Short: "Sign a file or a digest inside the TPM",
+		Long: `Sign FILE (hashed here with --hash) or a ready digest. ECDSA signatures are
+ASN.1 DER, RSA signatures the raw octets: both are what openssl dgst -verify and
+openssl pkeyutl -verify take. The default hash is sha384 for ecc-p384 keys and
+sha256 otherwise. Without --out the signature is printed in hex.`,
+		Example: `  provd key sign tls --in firmware.bin --out firmware.sig
+  openssl dgst -sha256 -verify tls.pub.pem -signature firmware.sig firmware.bin`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (in == "") == (digestHex == "") {
+				return usageError(fmt.Errorf("give exactly one of --in and --digest"))
+			}
+			h, err := parseHash(hashName)
+			if err != nil {
+				return err
+			}
+			switch scheme {
+			case "", agent.SchemeECDSA, agent.SchemeRSASSA, agent.SchemeRSAPSS:
+			default:
+				return fmt.Errorf("%w: scheme %q (approved: ecdsa, rsassa, rsapss)", agent.ErrNotPermitted, scheme)
+			}
+			var data []byte
+			if in != "" {
+				if data, err = readIn(a, in); err != nil {
+					return err
+				}
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				_, info, err := ag.KeyPublic(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if h == 0 {
+					h = info.DefaultHash()
+				}
+				var digest []byte
+				if in != "" {
+					hh := h.New()
+					hh.Write(data)
+					digest = hh.Sum(nil)
+				} else if digest, err = hex.DecodeString(digestHex); err != nil {
+					return usageError(fmt.Errorf("--digest: %w", err))
+				}
+				sig, err := ag.Sign(cmd.Context(), args[0], digest, agent.SignOptions{Scheme: scheme, Hash: h})
+				if err != nil {
+					return err
+				}
+				if out != "" {
+					if err := writeOut(a, out, sig, 0o644); err != nil {
+						return err
+					}
+					if out == "-" {
+						return nil
+					}
+				}
+				res := map[string]any{"key": args[0], "hash": strings.ToLower(strings.ReplaceAll(h.String(), "-", "")), "signature_hex": hex.EncodeToString(sig)}
+				if out != "" {
+					res["out"] = out
+				}
+				return a.emit(res, func(w io.Writer) {
+					if out != "" {
+						fmt.Fprintf(w, "signature (%d bytes) written to %s\n", len(sig), out)
+					} else {
+						fmt.Fprintln(w, hex.EncodeToString(sig))
+					}
+				})
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "file to sign (- for stdin)")
+	c.Flags().StringVar(&digestHex, "digest", "", "digest to sign, in hex")
+	c.Flags().StringVar(&out, "out", "", "write the signature here (- for stdout, raw)")
+	c.Flags().StringVar(&scheme, "scheme", "", "ecdsa (ECC), rsassa or rsapss (RSA)")
+	c.Flags().StringVar(&hashName, "hash", "", "sha256 or sha384")
+	return c
+}
+
+// secretOut writes a secret to --out (mode 0600) or prints it in hex.
+func (a *app) secretOut(out, field string, b []byte) error {
+	if out != "" {
+		return writeOut(a, out, b, 0o600)
+	}
+	return a.emit(map[string]string{field: hex.EncodeToString(b)}, func(w io.Writer) {
+		fmt.Fprintln(w, hex.EncodeToString(b))
+	})
+}
+
+func (a *app) keyHMACCmd() *cobra.Command {
+	var in, out string
+	c := &cobra.Command{
+		Use:   "hmac NAME --in FILE [--out FILE]",
+		Short: "HMAC-SHA-256 of a file with an hmac-sha256 key, inside the TPM",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" {
+				return usageError(fmt.Errorf("--in is required"))
+			}
+			data, err := readIn(a, in)
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				mac, err := ag.HMAC(cmd.Context(), args[0], data)
+				if err != nil {
+					return err
+				}
+				return a.secretOut(out, "hmac_hex", mac)
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "data (FILE, or - for stdin)")
+	c.Flags().StringVar(&out, "out", "", "write the raw HMAC here (default: hex on stdout)")
+	return c
+}
+
+func (a *app) keyECDHCmd() *cobra.Command {
+	var peerFile, out string
+	c := &cobra.Command{
+		Use:   "ecdh NAME --peer-pub PEM [--out FILE]",
+		Short: "ECDH shared secret of an ecdh key and a peer's public key (TPM2_ECDH_ZGen)",
+		Long: `Compute the ECDH shared secret (the X coordinate, as openssl pkeyutl -derive
+gives it) of the key and the peer's public key (PEM SubjectPublicKeyInfo on the
+key's curve). The secret is written to --out (mode 0600) or printed in hex.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if peerFile == "" {
+				return usageError(fmt.Errorf("--peer-pub is required"))
+			}
+			b, err := os.ReadFile(peerFile)
+			if err != nil {
+				return usageError(err)
+			}
+			peer, err := parsePeer(b)
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", agent.ErrBadInput, peerFile, err)
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				z, err := ag.ECDH(cmd.Context(), args[0], peer)
+				if err != nil {
+					return err
+				}
+				defer clear(z)
+				return a.secretOut(out, "shared_secret_hex", z)
+			})
+		},
+	}
+	c.Flags().StringVar(&peerFile, "peer-pub", "", "the peer's public key (PEM)")
+	c.Flags().StringVar(&out, "out", "", "write the raw secret here (mode 0600)")
+	return c
+}
+
+func parsePeer(b []byte) (*ecdh.PublicKey, error) {
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("not a PEM PUBLIC KEY")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		return k.ECDH()
+	case *ecdh.PublicKey:
+		return k, nil
+	}
+	return nil, fmt.Errorf("not an EC public key")
+}
+
+func (a *app) keyEncryptCmd() *cobra.Command {
+	var in, out string
+	c := &cobra.Command{
+		Use:   "encrypt NAME --in FILE --out FILE",
+		Short: "Encrypt a file with an aes-256 key (AES-256-GCM, data key wrapped by the TPM key)",
+		Long: `Encrypt FILE into an AES envelope: AES-256-GCM on the host under a fresh data
+key, the data key encrypted by the TPM's AES-256 key (TPM2_EncryptDecrypt2, CFB).
+One TPM use per file, any size up to 64 MiB. Format: docs/formats.md.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" || out == "" {
+				return usageError(fmt.Errorf("--in and --out are required"))
+			}
+			data, err := readData(a, in)
+			if err != nil {
+				return err
+			}
+			defer clear(data)
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				env, err := ag.EncryptData(cmd.Context(), args[0], data)
+				if err != nil {
+					return err
+				}
+				return writeOut(a, out, env, 0o644)
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "plaintext (FILE, or - for stdin)")
+	c.Flags().StringVar(&out, "out", "", "envelope (FILE, or - for stdout)")
+	return c
+}
+
+func (a *app) keyDecryptCmd() *cobra.Command {
+	var in, out, hashName string
+	c := &cobra.Command{
+		Use:   "decrypt NAME --in FILE [--out FILE] [--hash sha256|sha384]",
+		Short: "Decrypt with an RSA decrypt key (RSA-OAEP) or an aes-256 key (envelope)",
+		Long: `With an RSA decrypt key: decrypt an RSA-OAEP ciphertext (--hash, default
+sha256, for both OAEP and MGF1; no label), as openssl pkeyutl -encrypt -pkeyopt
+rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 makes it. With an aes-256 key:
+open an envelope made by provd key encrypt. The plaintext goes to --out (mode
+0600) or stdout.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" {
+				return usageError(fmt.Errorf("--in is required"))
+			}
+			h, err := parseHash(hashName)
+			if err != nil {
+				return err
+			}
+			data, err := readData(a, in)
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				// Symmetric keys have no public key: KeyPublic fails for
+				// them, and DecryptData checks the key type itself.
+				_, info, err := ag.KeyPublic(cmd.Context(), args[0])
+				if errors.Is(err, agent.ErrNotFound) {
+					return err
+				}
+				var plain []byte
+				if err == nil && strings.HasPrefix(info.Type, "rsa-") {
+					plain, err = ag.Decrypt(cmd.Context(), args[0], data, h)
+				} else {
+					plain, err = ag.DecryptData(cmd.Context(), args[0], data)
+				}
+				if err != nil {
+					return err
+				}
+				defer clear(plain)
+				if out == "" {
+					out = "-"
+				}
+				return writeOut(a, out, plain, 0o600)
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "ciphertext or envelope (FILE, or - for stdin)")
+	c.Flags().StringVar(&out, "out", "", "plaintext (FILE, mode 0600; default stdout)")
+	c.Flags().StringVar(&hashName, "hash", "", "OAEP hash: sha256 (default) or sha384")
+	return c
+}
+
+// readData reads FILE or stdin up to agent.MaxDataInput.
+func readData(a *app, path string) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(io.LimitReader(a.deps.Stdin, agent.MaxDataInput+1))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return b, nil
+}
+
+func (a *app) keyPubCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "pub NAME [--out FILE]",
+		Short: "The key's public key (PEM SubjectPublicKeyInfo)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				pub, _, err := ag.KeyPublic(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				der, err := x509.MarshalPKIXPublicKey(pub)
+				if err != nil {
+					return err
+				}
+				p := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+				if out != "" {
+					return writeOut(a, out, p, 0o644)
+				}
+				return a.emit(map[string]string{"key": args[0], "public_pem": string(p)}, func(w io.Writer) { w.Write(p) })
+			})
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "write the PEM here")
+	return c
+}
+
+func (a *app) keyListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the keys",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				keys, err := ag.ListKeys(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.emit(keys, func(w io.Writer) {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "NAME\tKIND\tTYPE\tUSAGE\tEXTRACTABLE\tLABEL/CONTEXT")
+					for _, k := range keys {
+						lc := ""
+						if k.Kind == agent.KindDerived {
+							lc = k.Label + "/" + k.Context
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", k.Name, k.Kind, k.Type, k.Usage, k.Extractable, lc)
+					}
+					tw.Flush()
+				})
+			})
+		},
+	}
+}
+
+func (a *app) keyDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a key (a created key is gone for good unless its blob was exported)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				if err := ag.DeleteKey(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]string{"deleted": args[0]}, func(w io.Writer) { fmt.Fprintf(w, "deleted key %s\n", args[0]) })
+			})
+		},
+	}
+}
+
+func (a *app) keyCSRCmd() *cobra.Command {
+	var subject, out string
+	var dns []string
+	c := &cobra.Command{
+		Use:   `csr NAME --subject "CN=...,O=..." [--dns NAME]... [--out FILE]`,
+		Short: "A PKCS#10 certificate request signed inside the TPM",
+		Example: `  provd key csr tls --subject "CN=device-42,O=Acme" --dns device-42.acme.example --out tls.csr
+  openssl req -in tls.csr -verify -noout`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if subject == "" {
+				return usageError(fmt.Errorf("--subject is required"))
+			}
+			name, err := tpmkey.ParseSubject(subject)
+			if err != nil {
+				return usageError(err)
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				k, err := tpmkey.New(cmd.Context(), ag, args[0])
+				if err != nil {
+					return err
+				}
+				der, err := tpmkey.CSR(k, name, dns)
+				if err != nil {
+					return err
+				}
+				p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+				if out != "" && out != "-" {
+					if err := writeOut(a, out, p, 0o644); err != nil {
+						return err
+					}
+					return a.emit(map[string]string{"key": args[0], "out": out}, func(w io.Writer) { fmt.Fprintf(w, "CSR written to %s\n", out) })
+				}
+				return a.emit(map[string]string{"key": args[0], "csr_pem": string(p)}, func(w io.Writer) { w.Write(p) })
+			})
+		},
+	}
+	c.Flags().StringVar(&subject, "subject", "", `subject, e.g. "CN=device-42,O=Acme"`)
+	c.Flags().StringSliceVar(&dns, "dns", nil, "DNS subject alternative name (repeat or comma-separate)")
+	c.Flags().StringVar(&out, "out", "", "write the PEM CSR here")
+	return c
+}
+
+// keyBlobs are the key-file operations, which run in-process.
+type keyBlobs interface {
+	ExportKeyBlob(ctx context.Context, name string) ([]byte, error)
+	ImportKeyBlob(ctx context.Context, name string, pemData []byte) (agent.KeyInfo, error)
+}
+
+func asKeyBlobs(ag agent.API) (keyBlobs, error) {
+	kb, ok := ag.(keyBlobs)
+	if !ok {
+		return nil, fmt.Errorf("%w: key files are handled in-process: run with --tpm (the daemon does not serve them)", agent.ErrNotPermitted)
+	}
+	return kb, nil
+}
+
+func (a *app) keyExportBlobCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "export-blob NAME --out key.pem",
+		Short: `Write a created key's TPM-wrapped blob as a "TSS2 PRIVATE KEY" file`,
+		Long: `Write a created key's TPM-wrapped blob (public area and private part encrypted
+by the PK) in the TSS2 PRIVATE KEY format of tpm2-tools and tpm2-openssl. It
+loads only under this TPM's PK, through the PK's policy: a backup of the blob,
+not an export of the key. Derived keys have no blob. See docs/keys.md.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usageError(fmt.Errorf("--out is required"))
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				kb, err := asKeyBlobs(ag)
+				if err != nil {
+					return err
+				}
+				p, err := kb.ExportKeyBlob(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if err := writeOut(a, out, p, 0o600); err != nil {
+					return err
+				}
+				if out == "-" {
+					return nil
+				}
+				return a.emit(map[string]string{"key": args[0], "out": out}, func(w io.Writer) { fmt.Fprintf(w, "key file written to %s\n", out) })
+			})
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "key file (PEM)")
+	return c
+}
+
+func (a *app) keyImportBlobCmd() *cobra.Command {
+	var in string
+	c := &cobra.Command{
+		Use:   "import-blob NAME --in key.pem",
+		Short: `Record a key from a "TSS2 PRIVATE KEY" file made under this PK`,
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" {
+				return usageError(fmt.Errorf("--in is required"))
+			}
+			data, err := readIn(a, in)
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				kb, err := asKeyBlobs(ag)
+				if err != nil {
+					return err
+				}
+				k, err := kb.ImportKeyBlob(cmd.Context(), args[0], data)
+				if err != nil {
+					return err
+				}
+				return a.emit(k, func(w io.Writer) { printKey(w, k) })
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "key file (PEM)")
+	return c
+}
