@@ -1,14 +1,26 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
@@ -21,42 +33,396 @@ func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
 	}
 }
 
-func TestDeriveSmoke(t *testing.T) {
+func derive(t *testing.T, ag *agent.Agent, name, label, ctxt, typ, usage string) {
+	t.Helper()
+	if _, err := ag.DeriveKey(context.Background(), agent.DeriveRequest{Name: name, Label: label, Context: ctxt, Type: typ, Usage: usage}); err != nil {
+		t.Fatalf("derive %s: %v", name, err)
+	}
+}
+
+func pubOf(t *testing.T, ag *agent.Agent, name string) crypto.PublicKey {
+	t.Helper()
+	pub, _, err := ag.KeyPublic(context.Background(), name)
+	if err != nil {
+		t.Fatalf("pub %s: %v", name, err)
+	}
+	return pub
+}
+
+func pubDER(t *testing.T, pub crypto.PublicKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// cost runs fn and returns the TPM commands it sent.
+func cost(t *testing.T, env *swtpmtest.Env, fn func()) int64 {
+	t.Helper()
+	before := env.TPM.Stats()
+	fn()
+	return env.TPM.Stats().Sub(before).Commands
+}
+
+func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	derive(t, ag, "k1", "tls", "device-42", "ecc-p256", "")
+	derive(t, ag, "k2", "tls", "device-43", "ecc-p256", "")
+	derive(t, ag, "k3", "tls-", "device-42", "ecc-p256", "")
+	derive(t, ag, "mac", "mac", "", "hmac-sha256", "")
+	derive(t, ag, "aes", "data", "", "aes-256", "")
+	p1 := pubDER(t, pubOf(t, ag, "k1"))
+	if bytes.Equal(p1, pubDER(t, pubOf(t, ag, "k2"))) || bytes.Equal(p1, pubDER(t, pubOf(t, ag, "k3"))) {
+		t.Fatal("another context or label gave the same key")
+	}
+	mac1, err := ag.HMAC(ctx, "mac", []byte("message"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env1, err := ag.EncryptData(ctx, "aes", []byte("data across reboots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	env.Restart(false) // power cut: transient objects and saved contexts gone
+	ag2 := newAgent(t, env, dir)
+	derive(t, ag2, "again", "tls", "device-42", "ecc-p256", "")
+	if !bytes.Equal(p1, pubDER(t, pubOf(t, ag2, "again"))) {
+		t.Fatal("the same label and context gave another key after a restart")
+	}
+	d := sha256.Sum256([]byte("after restart"))
+	sig, err := ag2.Sign(ctx, "k1", d[:], agent.SignOptions{})
+	if err != nil || !ecdsa.VerifyASN1(pubOf(t, ag, "k1").(*ecdsa.PublicKey), d[:], sig) {
+		t.Fatalf("k1 after restart: %v", err)
+	}
+	mac2, err := ag2.HMAC(ctx, "mac", []byte("message"))
+	if err != nil || !bytes.Equal(mac1, mac2) {
+		t.Fatalf("HMAC after restart differs: %v", err)
+	}
+	plain, err := ag2.DecryptData(ctx, "aes", env1)
+	if err != nil || string(plain) != "data across reboots" {
+		t.Fatalf("AES envelope after restart: %v", err)
+	}
+
+	// Another TPM: another derivation parent, other keys.
+	other := swtpmtest.Start(t)
+	ag3 := newAgent(t, other, stateDir(t))
+	provision(t, ag3, 7)
+	derive(t, ag3, "k1", "tls", "device-42", "ecc-p256", "")
+	if bytes.Equal(p1, pubDER(t, pubOf(t, ag3, "k1"))) {
+		t.Fatal("another TPM derived the same key")
+	}
+	mac3, err := ag3.HMAC(ctx, "k1", []byte("message"))
+	if !errors.Is(err, agent.ErrNotPermitted) || mac3 != nil {
+		t.Fatalf("HMAC with a sign key: %v", err)
+	}
+	if err := ag3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeysAgreeWithSoftware checks every key use against Go's and openssl's
+// software implementations, and pins what each use costs in TPM commands.
+func TestKeysAgreeWithSoftware(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag)
-	for _, typ := range []string{"ecc-p256", "ecc-p384", "hmac-sha256", "aes-256"} {
-		if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: typ, Label: "l", Type: typ}); err != nil {
-			t.Fatalf("derive %s: %v", typ, err)
+	provision(t, ag, 7)
+	dir := t.TempDir()
+
+	var derCost, hotCost, warmCost int64
+	derCost = cost(t, env, func() { derive(t, ag, "p256", "sign", "", "ecc-p256", "") })
+	derive(t, ag, "p384", "sign", "", "ecc-p384", "")
+	derive(t, ag, "dh", "dh", "", "ecc-p256", "ecdh")
+	derive(t, ag, "mac", "mac", "", "hmac-sha256", "")
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "oaep", Type: "rsa-2048", Usage: "decrypt"}); err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("signed message "), 200)
+	msgFile := filepath.Join(dir, "msg")
+	if err := os.WriteFile(msgFile, msg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key, scheme string
+		h           crypto.Hash
+	}{
+		{"p256", "", crypto.SHA256}, {"p384", "", crypto.SHA384}, {"p256", "ecdsa", crypto.SHA384},
+		{"rsa", "rsassa", crypto.SHA256}, {"rsa", "rsapss", crypto.SHA256}, {"rsa", "", crypto.SHA384},
+	} {
+		hh := tc.h.New()
+		hh.Write(msg)
+		digest := hh.Sum(nil)
+		var sig []byte
+		var err error
+		warm := cost(t, env, func() { sig, err = ag.Sign(ctx, tc.key, digest, agent.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
+		if err != nil {
+			t.Fatalf("sign %s %s: %v", tc.key, tc.scheme, err)
+		}
+		warmCost = max(warmCost, warm)
+		hot := cost(t, env, func() { _, err = ag.Sign(ctx, tc.key, digest, agent.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		hotCost = max(hotCost, hot)
+		pub := pubOf(t, ag, tc.key)
+		switch k := pub.(type) {
+		case *ecdsa.PublicKey:
+			if !ecdsa.VerifyASN1(k, digest, sig) {
+				t.Errorf("%s: Go does not verify", tc.key)
+			}
+		case *rsa.PublicKey:
+			if tc.scheme == "rsapss" {
+				err = rsa.VerifyPSS(k, tc.h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
+			} else {
+				err = rsa.VerifyPKCS1v15(k, tc.h, digest, sig)
+			}
+			if err != nil {
+				t.Errorf("%s %s: Go does not verify: %v", tc.key, tc.scheme, err)
+			}
+		}
+		// openssl dgst -verify over the message itself.
+		pubFile, sigFile := filepath.Join(dir, tc.key+".pub"), filepath.Join(dir, "sig")
+		os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER(t, pub)}), 0o600)
+		os.WriteFile(sigFile, sig, 0o600)
+		args := []string{"dgst", "-" + map[crypto.Hash]string{crypto.SHA256: "sha256", crypto.SHA384: "sha384"}[tc.h], "-verify", pubFile, "-signature", sigFile}
+		if tc.scheme == "rsapss" {
+			args = append(args, "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest")
+		}
+		if out, err := exec.Command("openssl", append(args, msgFile)...).CombinedOutput(); err != nil {
+			t.Errorf("openssl %v: %v\n%s", args, err, out)
 		}
 	}
-	d := sha256.Sum256([]byte("hello"))
-	before := env.TPM.Stats()
-	sig, err := ag.Sign(ctx, "ecc-p256", d[:], agent.SignOptions{})
+
+	// ECDH: the TPM's secret equals Go's with a software peer.
+	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+	z, err := ag.ECDH(ctx, "dh", peer.PublicKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("sign: %d commands", env.TPM.Stats().Sub(before).Commands)
-	pub, _, err := ag.KeyPublic(ctx, "ecc-p256")
-	if err != nil || !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], sig) {
-		t.Fatal("verify", err)
-	}
-	before = env.TPM.Stats()
-	if _, err := ag.Sign(ctx, "ecc-p256", d[:], agent.SignOptions{Hash: crypto.SHA256}); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("hot sign: %d commands", env.TPM.Stats().Sub(before).Commands)
-	if _, err := ag.HMAC(ctx, "hmac-sha256", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	e, err := ag.EncryptData(ctx, "aes-256", []byte("secret"))
+	dhPub, err := pubOf(t, ag, "dh").(*ecdsa.PublicKey).ECDH()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := ag.DecryptData(ctx, "aes-256", e)
-	if err != nil || string(p) != "secret" {
+	want, _ := peer.ECDH(dhPub)
+	if !bytes.Equal(z, want) {
+		t.Errorf("ECDH: TPM %x, Go %x", z, want)
+	}
+	p384, _ := ecdh.P384().GenerateKey(rand.Reader)
+	if _, err := ag.ECDH(ctx, "dh", p384.PublicKey()); !errors.Is(err, agent.ErrBadInput) {
+		t.Errorf("ECDH with a P-384 peer on a P-256 key: %v", err)
+	}
+
+	// RSA-OAEP: ciphertexts from Go and from openssl decrypt in the TPM.
+	oaepPub := pubOf(t, ag, "oaep").(*rsa.PublicKey)
+	for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384} {
+		ct, err := rsa.EncryptOAEP(h.New(), rand.Reader, oaepPub, []byte("key transport"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := ag.Decrypt(ctx, "oaep", ct, h)
+		if err != nil || string(pt) != "key transport" {
+			t.Errorf("OAEP %v: %q %v", h, pt, err)
+		}
+	}
+	pubFile, in, ctFile := filepath.Join(dir, "oaep.pub"), filepath.Join(dir, "pt"), filepath.Join(dir, "ct")
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER(t, oaepPub)}), 0o600)
+	os.WriteFile(in, []byte("from openssl"), 0o600)
+	if out, err := exec.Command("openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", pubFile, "-in", in, "-out", ctFile,
+		"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256").CombinedOutput(); err != nil {
+		t.Fatalf("openssl pkeyutl: %v\n%s", err, out)
+	}
+	ct, _ := os.ReadFile(ctFile)
+	if pt, err := ag.Decrypt(ctx, "oaep", ct, crypto.SHA256); err != nil || string(pt) != "from openssl" {
+		t.Errorf("OAEP from openssl: %q %v", pt, err)
+	}
+
+	// HMAC: deterministic, one-shot and sequence paths (more than 1024
+	// bytes) consistent, different data different MAC.
+	big := bytes.Repeat([]byte{7}, 3000)
+	m1, err := ag.HMAC(ctx, "mac", big)
+	if err != nil {
 		t.Fatal(err)
+	}
+	m2, _ := ag.HMAC(ctx, "mac", big)
+	m3, _ := ag.HMAC(ctx, "mac", big[:1000])
+	if len(m1) != 32 || !bytes.Equal(m1, m2) || bytes.Equal(m1, m3) {
+		t.Errorf("HMAC: %x %x %x", m1, m2, m3)
+	}
+
+	t.Logf("TPM commands: derive %d, hot sign %d, warm sign %d", derCost, hotCost, warmCost)
+	if hotCost > 4 {
+		t.Errorf("hot sign costs %d TPM commands, want <= 4 (StartAuthSession, PolicyPCR, Sign, FlushContext)", hotCost)
+	}
+	if warmCost > 16 {
+		t.Errorf("a key use costs up to %d TPM commands, want <= 16", warmCost)
+	}
+	if derCost > 14 {
+		t.Errorf("derive costs %d TPM commands, want <= 14", derCost)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeyCosts pins the TPM commands of a key use: hot (resident), warm
+// (context-saved), cold (a fresh agent: load PK, load D, derive).
+func TestKeyCosts(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	derive(t, ag, "a", "a", "", "ecc-p256", "")
+	derive(t, ag, "b", "b", "", "ecc-p256", "")
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256(nil)
+	sign := func(ag *agent.Agent, name string) int64 {
+		return cost(t, env, func() {
+			if _, err := ag.Sign(ctx, name, d[:], agent.SignOptions{}); err != nil {
+				t.Fatalf("sign %s: %v", name, err)
+			}
+		})
+	}
+	warm := sign(ag, "a") // b is resident: save b, load a
+	hot := sign(ag, "a")
+	// The cache survives other operations, which evict it first.
+	if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	afterSeal := sign(ag, "a")
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ag2 := newAgent(t, env, dir)
+	coldDerived := sign(ag2, "b")
+	coldCreated := sign(ag2, "c")
+	t.Logf("TPM commands per sign: hot %d, warm %d, after a seal %d, cold derived %d, cold created %d",
+		hot, warm, afterSeal, coldDerived, coldCreated)
+	for _, c := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"hot", hot, 4}, {"warm", warm, 7}, {"after seal", afterSeal, 5},
+		// SRK check (3) + PK load (1) + D load (4) + CreateLoaded (4) + 2 flushes + use (4); +2 evicting.
+		{"cold derived", coldDerived, 18},
+		// PK load (1) + key load (4) + flush (1) + use (4) + evicting b (2).
+		{"cold created", coldCreated, 12},
+	} {
+		if c.got > c.want {
+			t.Errorf("%s sign: %d TPM commands, want <= %d", c.name, c.got, c.want)
+		}
+	}
+	if err := ag2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPCRChangeStopsEveryKey: with PCR 16 changed, every use of every key
+// fails with ErrPolicyNotSatisfied, keys resident or context-saved in the
+// cache included; so do derivation and creation.
+func TestPCRChangeStopsEveryKey(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7, 16)
+	derive(t, ag, "sig", "s", "", "ecc-p256", "")
+	derive(t, ag, "mac", "m", "", "hmac-sha256", "")
+	derive(t, ag, "dh", "d", "", "ecc-p384", "ecdh")
+	derive(t, ag, "aes", "a", "", "aes-256", "")
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256(nil)
+	peer, _ := ecdh.P384().GenerateKey(rand.Reader)
+	uses := map[string]func() error{
+		"sig": func() error { _, err := ag.Sign(ctx, "sig", d[:], agent.SignOptions{}); return err },
+		"mac": func() error { _, err := ag.HMAC(ctx, "mac", []byte("x")); return err },
+		"dh":  func() error { _, err := ag.ECDH(ctx, "dh", peer.PublicKey()); return err },
+		"aes": func() error { _, err := ag.EncryptData(ctx, "aes", []byte("x")); return err },
+		"ext": func() error { _, err := ag.Sign(ctx, "ext", d[:], agent.SignOptions{}); return err },
+	}
+	for name, use := range uses { // all cached now: one resident, the rest saved
+		if err := use(); err != nil {
+			t.Fatalf("%s before the change: %v", name, err)
+		}
+	}
+	extend16(t, env.TPM)
+	for name, use := range uses {
+		for range 2 {
+			err := use()
+			var pe *agent.PolicyError
+			if !errors.Is(err, tpm.ErrPolicyNotSatisfied) || !errors.As(err, &pe) || len(pe.Differ) != 1 || pe.Differ[0] != 16 {
+				t.Errorf("%s after PCR 16 changed: %v", name, err)
+			}
+		}
+	}
+	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "new", Label: "n", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Errorf("derive after PCR 16 changed: %v", err)
+	}
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "new", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Errorf("create after PCR 16 changed: %v", err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApprovedModeRefusals(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7)
+	derive(t, ag, "p256", "l", "", "ecc-p256", "")
+	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
+		t.Fatal(err)
+	}
+	d1 := make([]byte, 20)
+	d5 := sha512.Sum512(nil)
+	for name, err := range map[string]error{
+		"derive rsa":   func() error { _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "x", Label: "l", Type: "rsa-2048"}); return err }(),
+		"rsa-1024":     func() error { _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "x", Type: "rsa-1024"}); return err }(),
+		"p521":         func() error { _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "x", Label: "l", Type: "ecc-p521"}); return err }(),
+		"create hmac":  func() error { _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "x", Type: "hmac-sha256"}); return err }(),
+		"sha1":         func() error { _, err := ag.Sign(ctx, "p256", d1, agent.SignOptions{Hash: crypto.SHA1}); return err }(),
+		"sha512":       func() error { _, err := ag.Sign(ctx, "rsa", d5[:], agent.SignOptions{Hash: crypto.SHA512}); return err }(),
+		"pss on ecc":   func() error { _, err := ag.Sign(ctx, "p256", d5[:32], agent.SignOptions{Scheme: "rsapss"}); return err }(),
+		"schnorr":      func() error { _, err := ag.Sign(ctx, "rsa", d5[:32], agent.SignOptions{Scheme: "ecschnorr"}); return err }(),
+		"oaep sha1":    func() error { _, err := ag.Decrypt(ctx, "rsa", []byte{1}, crypto.SHA1); return err }(),
+		"decrypt sign": func() error { _, err := ag.Decrypt(ctx, "rsa", []byte{1}, crypto.SHA256); return err }(),
+	} {
+		if !errors.Is(err, agent.ErrNotPermitted) {
+			t.Errorf("%s: %v, want ErrNotPermitted", name, err)
+		}
+	}
+	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "p256", Label: "l", Type: "ecc-p256"}); !errors.Is(err, agent.ErrKeyExists) {
+		t.Errorf("derive over an existing name: %v", err)
+	}
+	if err := ag.DeleteKey(ctx, "p256"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.Sign(ctx, "p256", d1, agent.SignOptions{}); !errors.Is(err, agent.ErrNotFound) {
+		t.Errorf("sign with a deleted key: %v", err)
+	}
+	if keys, err := ag.ListKeys(ctx); err != nil || len(keys) != 1 || keys[0].Name != "rsa" {
+		t.Errorf("list: %+v %v", keys, err)
 	}
 	if err := ag.Close(); err != nil {
 		t.Fatal(err)
