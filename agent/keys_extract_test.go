@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/keyfile"
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// duplicate tries TPM2_Duplicate of key name to the SRK (inner AES-128-CFB
+// wrapper, outer wrapper to the SRK) through the key's duplication branch:
+// what an export would do.
+func duplicate(t *testing.T, a *Agent, name string) error {
+	t.Helper()
+	ctx := context.Background()
+	a.keys.mu.Lock()
+	defer a.keys.mu.Unlock()
+	ks, err := a.readKeyState(ctx, name, true)
+	if err != nil {
+		return err
+	}
+	obj, _, err := a.keyObject(ctx, ks)
+	if err != nil {
+		return err
+	}
+	// The duplication branch as an extractable key has it; a fixed key's
+	// policy has no such branch, so the session cannot match it.
+	dup := append(ks.expr[:len(ks.expr):len(ks.expr)], policy.CommandCode{CC: tpm2.TPMCCDuplicate})
+	expr, opts := dup, ks.opts
+	if ks.rec.Extractable {
+		expr = keyPolicy(ks.expr, true)
+		opts.Branches = []int{1}
+	}
+	ps, err := a.satisfy(ks.pk.Policy, expr, opts)
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	_, err = (tpm2.Duplicate{
+		ObjectHandle:    obj.Auth(ps.Session()),
+		NewParentHandle: srk.Named(),
+		Symmetric: tpm2.TPMTSymDef{
+			Algorithm: tpm2.TPMAlgAES,
+			KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+			Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+		},
+	}).Execute(a.t)
+	return tpm.Wrap("TPM2_Duplicate", err)
+}
+
+// TestNotExtractableForever: a key created without --extractable cannot be
+// duplicated, and editing the state files to make it look extractable makes
+// it unloadable instead; an extractable key can be duplicated.
+func TestNotExtractableForever(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := t.TempDir() + "/state"
+	a, err := New(Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {
+		if _, err := a.CreateKey(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := duplicate(t, a, "ext"); err != nil {
+		t.Fatalf("duplicating the extractable key: %v", err)
+	}
+	if err := duplicate(t, a, "fixed"); err == nil {
+		t.Fatal("the TPM duplicated a key created without --extractable")
+	}
+
+	// The attacker edits the state (consistently: blob, manifest, record)
+	// so that "fixed" looks extractable, with the extractable policy.
+	var rec keyRecord
+	var raw []byte
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkExpr := policy.Policy{}
+	if err := st.View(ctx, func(tx *store.Tx) error {
+		var pk pkState
+		if err := tx.Get(recPK, &pk); err != nil {
+			return err
+		}
+		if pkExpr, err = pk.Policy.expr(); err != nil {
+			return err
+		}
+		if err := tx.Get(keyRecName("fixed"), &rec); err != nil {
+			return err
+		}
+		raw, err = tx.ReadBlob(keyRecName("fixed"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := blob.Public.Contents()
+	pub.ObjectAttributes.FixedTPM, pub.ObjectAttributes.FixedParent = false, false
+	pub.ObjectAttributes.EncryptedDuplication = true
+	extDigest, _ := keyPolicy(pkExpr, true).Digest(tpm2.TPMAlgSHA256)
+	pub.AuthPolicy = tpm2.TPM2BDigest{Buffer: extDigest}
+	blob.Public = tpm2.New2B(*pub)
+	name, _ := blob.Name()
+	rec.Extractable, rec.Object, rec.Policy = true, hex.EncodeToString(name.Buffer), hex.EncodeToString(extDigest)
+	rec.Public = tpm2.Marshal(blob.Public)
+	if err := st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(keyRecName("fixed"), blob.Marshal()); err != nil {
+			return err
+		}
+		return tx.Put(keyRecName("fixed"), rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.closeKeys(); err != nil { // drop the cached (genuine) copy
+		t.Fatal(err)
+	}
+	err = duplicate(t, a, "fixed")
+	if err == nil || !errors.Is(err, tpm2.TPMRCIntegrity) {
+		t.Fatalf("duplicating the edited key: %v, want the load to fail with TPM_RC_INTEGRITY", err)
+	}
+	d := sha256.Sum256(nil)
+	if _, err := a.Sign(ctx, "fixed", d[:], SignOptions{}); !errors.Is(err, tpm2.TPMRCIntegrity) {
+		t.Fatalf("using the edited key: %v", err)
+	}
+
+	// The same edit through a key file: refused at import, by the TPM.
+	pemData, err := a.ExportKeyBlob(ctx, "fixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kf, err := keyfile.ParsePEM(pemData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kf.Parent != keyfile.ParentOwner || !kf.EmptyAuth {
+		t.Errorf("key file parent 0x%08x emptyAuth %v", kf.Parent, kf.EmptyAuth)
+	}
+	if _, err := a.ImportKeyBlob(ctx, "again", pemData); !errors.Is(err, tpm2.TPMRCIntegrity) {
+		t.Fatalf("importing the edited key file: %v", err)
+	}
+	// The genuine extractable key's file imports under another name.
+	pemData, err = a.ExportKeyBlob(ctx, "ext")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ImportKeyBlob(ctx, "ext2", pemData); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	if _, err := a.Sign(ctx, "ext2", d[:], SignOptions{}); err != nil {
+		t.Fatalf("sign with the imported key: %v", err)
+	}
+	if _, err := a.ExportKeyBlob(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("export of a missing key: %v", err)
+	}
+}
