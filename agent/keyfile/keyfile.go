@@ -18,8 +18,9 @@
 //	}
 //
 // tpm2-tools 5.4 and tpm2-openssl write type, emptyAuth, parent, pubkey and
-// privkey; Marshal writes exactly those, so its output is byte-for-byte what
-// tpm2_encodeobject writes for the same parts. Parse also accepts
+// privkey; Marshal writes exactly those, the way they do (emptyAuth TRUE as
+// the octet 0x01), so its output is byte-for-byte what tpm2_encodeobject
+// writes for the same parts (tested against tpm2-tools). Parse also accepts
 // description and rsaParent, and refuses keys that carry policies or an
 // import secret (fields [1] to [3]): provd would not honour them.
 package keyfile
@@ -79,7 +80,11 @@ func (k Key) Marshal() ([]byte, error) {
 	}
 	errs := []error{add(OIDLoadableKey, "")}
 	if k.EmptyAuth {
-		errs = append(errs, add(true, "explicit,tag:0"))
+		// [0] { BOOLEAN 0x01 }: OpenSSL's TSSPRIVKEY template, which
+		// tpm2-tools, tpm2-openssl and openssl_tpm2_engine share, writes
+		// the C value 1 as is, not DER's 0xff. Written the same way, the
+		// file is byte for byte theirs; every parser takes either.
+		body = append(body, 0xa0, 0x03, 0x01, 0x01, 0x01)
 	}
 	if k.Description != "" {
 		errs = append(errs, add(k.Description, "explicit,tag:4,utf8"))
@@ -172,12 +177,12 @@ func Parse(der []byte) (Key, error) {
 		last = n
 		switch n {
 		case 0, 5:
-			var b bool
-			if r, err := asn1.Unmarshal(v.Bytes, &b); err != nil || len(r) != 0 {
+			// BER BOOLEAN: any non-zero octet is TRUE (see Marshal).
+			if len(v.Bytes) != 3 || v.Bytes[0] != 0x01 || v.Bytes[1] != 0x01 {
 				return k, fmt.Errorf("%w: [%d] is not a BOOLEAN", ErrFormat, n)
 			}
 			if n == 0 {
-				k.EmptyAuth = b
+				k.EmptyAuth = v.Bytes[2] != 0
 			}
 		case 4:
 			var s string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -33,16 +34,21 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-// TestKnownEncoding pins the DER that tpm2_encodeobject (OpenSSL's
-// TSSPRIVKEY template) produces for the same fields.
+// TestKnownEncoding pins the encoding that tpm2_encodeobject (OpenSSL's
+// TSSPRIVKEY template) produces for the same fields; DER's TRUE (0xff)
+// parses too.
 func TestKnownEncoding(t *testing.T) {
 	der, err := sample().Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "3021" + "06066781050a0103" + "a0030101ff" + "020500" + "81000001" + "0405000301" + "0203" + "04040002" + "0909"
+	want := "3021" + "06066781050a0103" + "a003010101" + "020500" + "81000001" + "0405000301" + "0203" + "04040002" + "0909"
 	if hex.EncodeToString(der) != want {
 		t.Errorf("der = %x\nwant  %s", der, want)
+	}
+	k, err := Parse(hexb(strings.Replace(want, "a003010101", "a0030101ff", 1)))
+	if err != nil || !k.EmptyAuth {
+		t.Errorf("DER TRUE: %+v %v", k, err)
 	}
 }
 
@@ -57,7 +63,7 @@ func TestRejects(t *testing.T) {
 		"policy [1]":  seq("06066781050a0103" + "a100" + "020140" + "0405000301" + "0203" + "04040002" + "0909"),
 		"bad parent":  seq("06066781050a0103" + "0201ff" + "0405000301" + "0203" + "04040002" + "0909"),
 		"no privkey":  seq("06066781050a0103" + "020140" + "0405000301" + "0203"),
-		"tag reorder": seq("06066781050a0103" + "a403" + "0c0178" + "a0030101ff" + "020140" + "0405000301" + "0203" + "04040002" + "0909"),
+		"tag reorder": seq("06066781050a0103" + "a403" + "0c0178" + "a003010101" + "020140" + "0405000301" + "0203" + "04040002" + "0909"),
 	} {
 		if _, err := Parse(der); !errors.Is(err, ErrFormat) {
 			t.Errorf("%s: err = %v", name, err)
