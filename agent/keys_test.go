@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/provd/provd/agent"
@@ -136,6 +138,9 @@ func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
 // TestKeysAgreeWithSoftware checks every key use against Go's and openssl's
 // software implementations, and pins what each use costs in TPM commands.
 func TestKeysAgreeWithSoftware(t *testing.T) {
+	if os.Getenv("PROVD_TEST_WANT_FIPS140") == "1" && !fips140.Enabled() {
+		t.Fatal("GODEBUG=fips140=on did not turn Go's FIPS 140-3 module on")
+	}
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
@@ -441,5 +446,20 @@ func TestApprovedModeRefusals(t *testing.T) {
 	}
 	if err := ag.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKeysUnderFIPS140 runs the host-side crypto of key use (signature
+// checks, ECDH and OAEP peers, AES-256-GCM envelopes, CSRs elsewhere) with
+// Go's FIPS 140-3 module on: the test binary again, with GODEBUG=fips140=on.
+func TestKeysUnderFIPS140(t *testing.T) {
+	if fips140.Enabled() {
+		t.Skip("this process runs in FIPS 140-3 mode already")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^(TestKeysAgreeWithSoftware|TestDeriveSameAfterRestartDifferentElsewhere)$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "GODEBUG=fips140=on", "PROVD_TEST_WANT_FIPS140=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestKeysAgreeWithSoftware") {
+		t.Fatalf("with GODEBUG=fips140=on: %v\n%s", err, out)
 	}
 }
