@@ -62,6 +62,27 @@ step "The same sealed secret unseals again" \
 printf '\n\033[1m== The old policy cannot be replayed: it is revoked in the TPM\033[0m\n'
 expect 3 "$bin" policy install "$demo/policy-v1.json"
 
+printf '\n\033[1m== Operational keys: derived inside the TPM, used through the PK policy\033[0m\n'
+step "Derive a TLS key from the derivation parent (same label and context, same key on every boot)" \
+  "$bin" key derive tls --label tls --context device-42 --type ecc-p256
+printf 'firmware v2 image\n' > "$demo/firmware.bin"
+"$bin" key pub tls --out "$demo/tls.pub.pem"
+step "Sign with it inside the TPM; openssl verifies with the public key" \
+  sh -c "'$bin' key sign tls --in '$demo/firmware.bin' --out '$demo/firmware.sig' && openssl dgst -sha256 -verify '$demo/tls.pub.pem' -signature '$demo/firmware.sig' '$demo/firmware.bin'"
+step "A CSR signed by the TPM key; openssl req -verify checks it" \
+  sh -c "'$bin' key csr tls --subject 'CN=device-42,O=Acme' --dns device-42.acme.example --out '$demo/tls.csr' && cat '$demo/tls.csr' && openssl req -in '$demo/tls.csr' -verify -noout -subject"
+step "A random RSA key generated in the TPM, never extractable" \
+  "$bin" key create fw-sign --type rsa-2048
+step "The keys" \
+  "$bin" key list
+printf '\n\033[1m== Approved mode: RSA-1024 and SHA-1 are refused (exit 5)\033[0m\n'
+expect 5 "$bin" key create weak --type rsa-1024
+expect 5 "$bin" key sign tls --in "$demo/firmware.bin" --hash sha1
+step "The boot chain changes again (PCR 15)" \
+  "$bin" tpm pcr extend 15 --data "unsigned firmware"
+printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'
+expect 3 "$bin" key sign tls --in "$demo/firmware.bin"
+
 step "The audit trail: every lifecycle operation, hash-chained" \
   "$bin" audit show
 step "...and anchored in a TPM NV extend index" \
