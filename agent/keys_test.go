@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/fips140"
 	"crypto/rand"
 	"crypto/rsa"
@@ -461,5 +462,63 @@ func TestKeysUnderFIPS140(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestKeysAgreeWithSoftware") {
 		t.Fatalf("with GODEBUG=fips140=on: %v\n%s", err, out)
+	}
+}
+
+// TestSignedPolicyKeys: under a signed (PolicyAuthorize) PK policy, keys are
+// usable once a signed policy is installed, stop at a PCR change, and work
+// again under a newly signed policy, without re-deriving anything.
+func TestSignedPolicyKeys(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ag.Provision(ctx, agent.ProvisionRequest{Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Fatalf("derive before a signed policy: %v", err)
+	}
+	install := func(version uint64) {
+		t.Helper()
+		sp, err := agent.SignPKPolicy(signer, currentValues(t, env.TPM, 7, 16), version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := sp.MarshalJSON()
+		if r, err := ag.InstallPolicy(ctx, b); err != nil || !r.Satisfied {
+			t.Fatalf("install: %+v %v", r, err)
+		}
+	}
+	install(*res.Counter)
+	derive(t, ag, "k", "k", "", "ecc-p256", "")
+	d := sha256.Sum256(nil)
+	sign := func() error { _, err := ag.Sign(ctx, "k", d[:], agent.SignOptions{}); return err }
+	if err := sign(); err != nil {
+		t.Fatal(err)
+	}
+	hot := cost(t, env, func() {
+		if err := sign(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("hot sign under a signed policy: %d TPM commands", hot)
+	if hot > 9 {
+		t.Errorf("hot sign under a signed policy: %d TPM commands, want <= 9", hot)
+	}
+	extend16(t, env.TPM)
+	if err := sign(); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Fatalf("sign after PCR 16 changed: %v", err)
+	}
+	install(*res.Counter + 1)
+	if err := sign(); err != nil {
+		t.Fatalf("sign under the new signed policy: %v", err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
