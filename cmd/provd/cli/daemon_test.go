@@ -1,0 +1,157 @@
+package cli_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// bothWays runs the same CLI commands in-process (--tpm) and through the
+// daemon's API, on one swtpm and one state directory, and compares stdout,
+// stderr and exit codes. swtpm serves one connection at a time, so each run
+// gets the TPM to itself: the in-process CLI opens it by its spec, the daemon
+// (served in this process, as `provd serve` serves it) uses the harness's
+// connection.
+type bothWays struct {
+	t     *testing.T
+	env   *swtpmtest.Env
+	state string
+	sock  string
+}
+
+type result struct {
+	out, err string
+	code     int
+}
+
+func (b *bothWays) inProcess(args ...string) result {
+	b.t.Helper()
+	b.env.CloseTPM()
+	out, stderr, code := run(b.t, nil, append([]string{"--tpm", b.env.Spec, "--state-dir", b.state}, args...)...)
+	return result{out, stderr, code}
+}
+
+func (b *bothWays) daemon(args ...string) result {
+	b.t.Helper()
+	if b.env.TPM == nil {
+		b.env.Reopen()
+	}
+	ag, err := agent.New(agent.Config{TPM: b.env.TPM, StateDir: b.state})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	root := server.RoleMembers{UIDs: []int{0}}
+	srv, err := server.New(server.Options{Agent: ag, TPM: b.env.TPM, Roles: &server.Roles{Officer: root, User: root}, ExitCode: cli.ExitCode})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	os.Remove(b.sock)
+	ln, err := net.Listen("unix", b.sock)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	// No --tpm, and a state dir that does not exist: only the daemon can
+	// answer.
+	out, stderr, code := run(b.t, map[string]string{"PROVD_SOCKET": b.sock, "PROVD_STATE_DIR": "/nonexistent"}, args...)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		b.t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		b.t.Fatal(err)
+	}
+	if err := ag.Close(); err != nil {
+		b.t.Fatal(err)
+	}
+	return result{out, stderr, code}
+}
+
+// same runs args both ways and wants identical results and exit code want.
+func (b *bothWays) same(want int, args ...string) result {
+	b.t.Helper()
+	in := b.inProcess(args...)
+	d := b.daemon(args...)
+	if in != d {
+		b.t.Errorf("provd %s differs:\nin-process: exit %d\n%s%s\ndaemon:     exit %d\n%s%s",
+			strings.Join(args, " "), in.code, in.out, in.err, d.code, d.out, d.err)
+	}
+	if in.code != want {
+		b.t.Errorf("provd %s: exit %d, want %d\n%s", strings.Join(args, " "), in.code, want, in.err)
+	}
+	return in
+}
+
+func TestCLIBothWays(t *testing.T) {
+	env := swtpmtest.Start(t)
+	dir := t.TempDir()
+	b := &bothWays{t: t, env: env, state: filepath.Join(dir, "state"), sock: filepath.Join(dir, "provd.sock")}
+	file := func(name string) string { return filepath.Join(dir, name) }
+	if err := os.WriteFile(file("secret"), []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file("garbage"), []byte("not a sealed blob"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	b.same(cli.ExitOK, "status")
+	b.same(cli.ExitNotProvisioned, "policy", "show")
+	b.same(cli.ExitOK, "tpm", "info", "-o", "json")
+	if r := b.daemon("provision", "--pcrs", "7,16"); r.code != 0 {
+		t.Fatalf("provision through the daemon: exit %d %s", r.code, r.err)
+	}
+	b.same(cli.ExitConflict, "provision")
+	b.same(cli.ExitOK, "status")
+	b.same(cli.ExitOK, "status", "-o", "json")
+	b.same(cli.ExitOK, "policy", "show")
+
+	// Each way seals; each way unseals both blobs.
+	if r := b.inProcess("seal", "--in", file("secret"), "--out", file("a.sealed")); r.code != 0 {
+		t.Fatalf("seal in-process: %s", r.err)
+	}
+	if r := b.daemon("seal", "--in", file("secret"), "--out", file("b.sealed")); r.code != 0 {
+		t.Fatalf("seal through the daemon: %s", r.err)
+	}
+	for _, blob := range []string{"a.sealed", "b.sealed"} {
+		if r := b.same(cli.ExitOK, "unseal", "--in", file(blob), "--out", "-"); r.out != "s3cret" {
+			t.Errorf("unseal %s: %q", blob, r.out)
+		}
+	}
+	b.same(cli.ExitUsage, "unseal", "--in", file("garbage"), "--out", "-")
+	b.same(cli.ExitOK, "audit", "verify")
+
+	// PCR 16 moves: both ways refuse with exit 3, naming PCR 16.
+	if env.TPM == nil {
+		env.Reopen()
+	}
+	d := sha256.Sum256([]byte("debug event"))
+	if err := env.TPM.PCRExtend(16, tpm2.TPMAlgSHA256, d[:]); err != nil {
+		t.Fatal(err)
+	}
+	for _, blob := range []string{"a.sealed", "b.sealed"} {
+		r := b.same(cli.ExitPolicy, "unseal", "--in", file(blob), "--out", "-")
+		if !strings.Contains(r.err, "PCR 16") {
+			t.Errorf("unseal after extend: %q does not name PCR 16", r.err)
+		}
+	}
+	b.same(cli.ExitOK, "policy", "show", "-o", "json")
+	b.same(cli.ExitOK, "audit", "show", "-o", "json")
+
+	if r := b.daemon("zeroize", "--yes"); r.code != 0 {
+		t.Fatalf("zeroize through the daemon: %s", r.err)
+	}
+	b.same(cli.ExitNotProvisioned, "unseal", "--in", file("a.sealed"), "--out", "-")
+	b.same(cli.ExitOK, "status")
+	env.Reopen() // the leak check
+}
