@@ -264,6 +264,8 @@ func yamlMessage(err error) string {
 		for i, m := range te.Errors {
 			if i := strings.Index(m, " in type "); i > 0 {
 				m = m[:i] + " (unknown key)"
+			} else if i := strings.Index(m, " into "); i > 0 {
+				m = m[:i] + ": wrong type for this key"
 			}
 			msgs[i] = m
 		}

@@ -82,6 +82,12 @@ func New(o Options) (*Server, error) {
 	if o.Agent == nil || o.TPM == nil || o.Roles == nil {
 		return nil, errors.New("server: Agent, TPM and Roles are required")
 	}
+	return newServer(o), nil
+}
+
+// newServer builds the server from checked options (tests build one without
+// a TPM for what is decided before the queue).
+func newServer(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -107,7 +113,7 @@ func New(o Options) (*Server, error) {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 	}
-	return s, nil
+	return s
 }
 
 // Reconfigure swaps the role mapping and the request timeout (SIGHUP);

@@ -1,0 +1,150 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/agent"
+)
+
+func TestQueueDeadlineAndLimit(t *testing.T) {
+	q := newQueue(1)
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	go q.do(context.Background(), func() error { close(started); <-hold; return nil })
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	waiting := make(chan error)
+	go func() { waiting <- q.do(ctx, func() error { return nil }) }()
+	time.Sleep(10 * time.Millisecond)
+	// One waits already: a second waiter is refused at once.
+	if err := q.do(context.Background(), func() error { return nil }); !errors.Is(err, agent.ErrBusy) {
+		t.Errorf("over the limit: %v, want ErrBusy", err)
+	}
+	if err := <-waiting; !errors.Is(err, agent.ErrBusy) {
+		t.Errorf("past the deadline: %v, want ErrBusy", err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	if err := q.do(cctx, func() error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("caller gone: %v", err)
+	}
+	close(hold)
+	if err := q.do(context.Background(), func() error { return nil }); err != nil {
+		t.Errorf("after release: %v", err)
+	}
+}
+
+// serveNoTPM serves a Server without agent or TPM: enough for everything
+// decided before the queue (roles, bodies, routes).
+func serveNoTPM(t *testing.T, roles *Roles) *http.Client {
+	t.Helper()
+	s := newServer(Options{Roles: roles, RequestTimeout: time.Second, MaxWaiting: 4, ExitCode: func(error) int { return 42 }})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+}
+
+func TestBodiesAndRoutes(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	hc := serveNoTPM(t, &Roles{Officer: me, User: me})
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		kind                     string
+	}{
+		{"unknown field", "POST", "/v1/unseal", `{"blob":"AA==","x":1}`, 400, "bad_input"},
+		{"trailing data", "POST", "/v1/seal", `{"data":"AA=="} {}`, 400, "bad_input"},
+		{"not JSON", "POST", "/v1/keys/sign", `sign please`, 400, "bad_input"},
+		{"empty body", "POST", "/v1/provision", ``, 400, "bad_input"},
+		{"too large", "POST", "/v1/seal", `{"data":"` + strings.Repeat("A", MaxRequestBody) + `"}`, 413, "bad_input"},
+		{"no such endpoint", "GET", "/v1/nothing", ``, 404, "not_found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, "http://provd"+tc.path, strings.NewReader(tc.body))
+			rsp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rsp.Body.Close()
+			var eb ErrorBody
+			b := make([]byte, 4096)
+			n, _ := rsp.Body.Read(b)
+			if err := DecodeStrict(b[:n], &eb); err != nil {
+				t.Fatalf("error body: %v: %s", err, b[:n])
+			}
+			if rsp.StatusCode != tc.status || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != tc.kind || eb.Error.ExitCode != 42 {
+				t.Errorf("HTTP %d %+v, want %d %s", rsp.StatusCode, eb.Error, tc.status, tc.kind)
+			}
+		})
+	}
+	// A known path with another method is no endpoint either.
+	req, _ := http.NewRequest("DELETE", "http://provd/v1/status", nil)
+	if rsp, err := hc.Do(req); err != nil || rsp.StatusCode != http.StatusNotFound {
+		t.Errorf("DELETE /v1/status: %v %v", rsp.StatusCode, err)
+	}
+}
+
+// Every endpoint names a role; the user role never reaches an officer's
+// operation and the reverse.
+func TestEndpointRoles(t *testing.T) {
+	officer := map[string]bool{"provision": true, "policy-install": true, "zeroize": true, "audit-show": true, "audit-repair": true,
+		"key-derive": true, "key-create": true, "key-delete": true}
+	any := map[string]bool{"status": true, "tpm-info": true, "policy-show": true, "audit-verify": true}
+	seen := map[string]bool{}
+	for _, ep := range Endpoints {
+		if seen[ep.Method+ep.Path] {
+			t.Errorf("%s %s twice", ep.Method, ep.Path)
+		}
+		seen[ep.Method+ep.Path] = true
+		want := RoleUser
+		if officer[ep.Op] {
+			want = RoleOfficer
+		} else if any[ep.Op] {
+			want = RoleAny
+		}
+		if ep.Role != want {
+			t.Errorf("%s: role %v, want %v", ep.Op, ep.Role, want)
+		}
+	}
+}
+
+func FuzzDecodeRequests(f *testing.F) {
+	for _, s := range []string{`{"blob":"AA=="}`, `{"data":"AA==","bank":"sha256","pcrs":[7]}`, `{"name":"k","digest":"AA==","hash":"sha384"}`,
+		`{"bank":"sha384","pcrs":[0,2],"pcr_values":{"bank":"sha256","pcrs":{"7":"00"}},"force":true}`, `{"name":"k","curve":"P-256","peer":"BA=="}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p ProvisionRequest
+		if DecodeStrict(b, &p) == nil {
+			_, _ = p.Agent()
+		}
+		var s SealRequest
+		if DecodeStrict(b, &s) == nil {
+			_, _ = s.Agent()
+		}
+		var e ECDHRequest
+		if DecodeStrict(b, &e) == nil {
+			_, _ = ParsePeer(e.Curve, e.Peer)
+		}
+		var sr SignRequest
+		if DecodeStrict(b, &sr) == nil {
+			_, _ = ParseHash(sr.Hash)
+		}
+	})
+}
