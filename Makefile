@@ -55,6 +55,7 @@ install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/provd
 	install -D -m 0644 systemd/provd.service $(DESTDIR)/lib/systemd/system/provd.service
 	install -D -m 0644 systemd/provd.socket $(DESTDIR)/lib/systemd/system/provd.socket
+	install -D -m 0644 systemd/provd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/provd.conf
 	test -e $(DESTDIR)/etc/provd/provd.yaml || install -D -m 0640 systemd/provd.yaml $(DESTDIR)/etc/provd/provd.yaml
 
 clean:
