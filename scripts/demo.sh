@@ -91,4 +91,33 @@ step "provd status" \
   "$bin" status
 step "Zeroize: every TPM object and NV index provd made, and every blob, gone" \
   "$bin" zeroize --yes
+
+# The daemon: one process holds the TPM and serves every client over a unix
+# socket. Here it runs in the background on the sim TPM; under systemd it is
+# provd.service with provd.socket (docs/systemd.md).
+sock="$demo/provd.sock"
+printf '\n\033[1m== provd serve: the daemon holds the TPM for every client (in the background)\033[0m\n'
+printf '$ %s\n' "$bin --tpm sim serve --socket $sock --socket-group \"\" &"
+"$bin" --tpm sim serve --socket "$sock" --socket-group "" 2> "$demo/serve.log" &
+serve_pid=$!
+trap 'kill -TERM "$serve_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { cat "$demo/serve.log" >&2; echo "demo: the daemon did not start" >&2; exit 1; }
+# No TPM named: the CLI finds the daemon by its socket.
+unset PROVD_TPM
+export PROVD_SOCKET="$sock"
+step "The CLI uses the daemon when its socket answers and no --tpm is given" \
+  "$bin" status
+step "Provision again, through the daemon (the caller's role comes from its uid)" \
+  "$bin" provision --pcrs 7
+step "Seal and unseal through the daemon" \
+  sh -c "printf 'via-the-daemon' | '$bin' seal --in - --out '$demo/daemon.sealed' && '$bin' unseal --in '$demo/daemon.sealed' --out -; echo"
+step "The audit trail records the daemon's callers by uid" \
+  sh -c "'$bin' audit show | tail -3"
+step "Stop it: SIGTERM drains the requests, flushes handles and sends TPM2_Shutdown(STATE)" \
+  kill -TERM "$serve_pid"
+wait "$serve_pid"
+trap - EXIT
+sed -n 's/^time=[^ ]* //p' "$demo/serve.log"
+unset PROVD_SOCKET
 printf '\nDemo state is in %s (rm -rf it when done).\n' "$demo"
