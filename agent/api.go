@@ -42,6 +42,8 @@ type API interface {
 	Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error)
 	EncryptData(ctx context.Context, name string, plain []byte) ([]byte, error)
 	DecryptData(ctx context.Context, name string, envelope []byte) ([]byte, error)
+	ExportKeyBlob(ctx context.Context, name string) ([]byte, error)
+	ImportKeyBlob(ctx context.Context, name string, pemData []byte) (KeyInfo, error)
 }
 
 var _ API = (*Agent)(nil)

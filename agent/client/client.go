@@ -313,3 +313,13 @@ func (c *Client) EncryptData(ctx context.Context, name string, plain []byte) ([]
 func (c *Client) DecryptData(ctx context.Context, name string, envelope []byte) ([]byte, error) {
 	return c.data(ctx, "/v1/keys/decrypt-data", server.DataRequest{Name: name, Data: envelope})
 }
+
+// ExportKeyBlob returns a created key's TSS2 PRIVATE KEY file (PEM).
+func (c *Client) ExportKeyBlob(ctx context.Context, name string) ([]byte, error) {
+	return c.data(ctx, "/v1/keys/export-blob", server.KeyName{Name: name})
+}
+
+func (c *Client) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (agent.KeyInfo, error) {
+	var res agent.KeyInfo
+	return res, c.call(ctx, "POST", "/v1/keys/import-blob", server.ImportBlobRequest{Name: name, PEM: pemData}, &res)
+}

@@ -37,6 +37,12 @@ type CreateRequest struct {
 	Extractable bool   `json:"extractable,omitempty"`
 }
 
+// ImportBlobRequest is POST /v1/keys/import-blob: a TSS2 PRIVATE KEY file.
+type ImportBlobRequest struct {
+	Name string `json:"name"`
+	PEM  []byte `json:"pem"`
+}
+
 // KeyPublicResponse: the key's description and its public key, PKIX DER.
 type KeyPublicResponse struct {
 	Key    agent.KeyInfo `json:"key"`
@@ -166,6 +172,15 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 	case "key-delete":
 		return handle(s, ep, func(ctx context.Context, w KeyName) (Empty, error) {
 			return Empty{}, ag.DeleteKey(ctx, w.Name)
+		})
+	case "key-export-blob":
+		return handle(s, ep, func(ctx context.Context, w KeyName) (DataResponse, error) {
+			p, err := ag.ExportKeyBlob(ctx, w.Name)
+			return DataResponse{Data: p}, err
+		})
+	case "key-import-blob":
+		return handle(s, ep, func(ctx context.Context, w ImportBlobRequest) (agent.KeyInfo, error) {
+			return ag.ImportKeyBlob(ctx, w.Name, w.PEM)
 		})
 	case "key-list":
 		return handle(s, ep, func(ctx context.Context, _ empty) ([]agent.KeyInfo, error) {

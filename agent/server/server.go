@@ -181,6 +181,8 @@ var Endpoints = []endpoint{
 	{"POST", "/v1/keys/derive", "key-derive", RoleOfficer},
 	{"POST", "/v1/keys/create", "key-create", RoleOfficer},
 	{"POST", "/v1/keys/delete", "key-delete", RoleOfficer},
+	{"POST", "/v1/keys/export-blob", "key-export-blob", RoleOfficer},
+	{"POST", "/v1/keys/import-blob", "key-import-blob", RoleOfficer},
 	{"GET", "/v1/keys", "key-list", RoleUser},
 	{"POST", "/v1/keys/public", "key-public", RoleUser},
 	{"POST", "/v1/keys/sign", "key-sign", RoleUser},

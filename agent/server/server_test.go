@@ -104,7 +104,7 @@ func TestBodiesAndRoutes(t *testing.T) {
 // operation and the reverse.
 func TestEndpointRoles(t *testing.T) {
 	officer := map[string]bool{"provision": true, "policy-install": true, "zeroize": true, "audit-show": true, "audit-repair": true,
-		"key-derive": true, "key-create": true, "key-delete": true}
+		"key-derive": true, "key-create": true, "key-delete": true, "key-export-blob": true, "key-import-blob": true}
 	any := map[string]bool{"status": true, "tpm-info": true, "policy-show": true, "audit-verify": true}
 	seen := map[string]bool{}
 	for _, ep := range Endpoints {

@@ -131,6 +131,29 @@ func TestCLIBothWays(t *testing.T) {
 	b.same(cli.ExitUsage, "unseal", "--in", file("garbage"), "--out", "-")
 	b.same(cli.ExitOK, "audit", "verify")
 
+	// Keys: derived through the daemon; the same list, public key, HMAC
+	// (deterministic) and refusals both ways; signatures verify both ways.
+	if r := b.daemon("key", "derive", "tls", "--label", "tls", "--context", "dev-1", "--type", "ecc-p256"); r.code != 0 {
+		t.Fatalf("key derive through the daemon: exit %d %s", r.code, r.err)
+	}
+	if r := b.inProcess("key", "derive", "mac", "--label", "mac", "--type", "hmac-sha256"); r.code != 0 {
+		t.Fatalf("key derive in-process: exit %d %s", r.code, r.err)
+	}
+	b.same(cli.ExitOK, "key", "hmac", "mac", "--in", file("secret"), "-o", "json")
+	b.same(cli.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
+	b.same(cli.ExitOK, "key", "list", "-o", "json")
+	b.same(cli.ExitOK, "key", "pub", "tls")
+	b.same(cli.ExitNotFound, "key", "pub", "nope")
+	b.same(cli.ExitUsage, "key", "derive", "bad/name", "--label", "x", "--type", "ecc-p256")
+	for _, run := range []func(...string) result{b.inProcess, b.daemon} {
+		if r := run("key", "sign", "tls", "--in", file("secret"), "--out", file("sig")); r.code != 0 {
+			t.Errorf("key sign: exit %d %s", r.code, r.err)
+		}
+		if r := run("key", "csr", "tls", "--subject", "CN=dev-1", "--out", file("tls.csr")); r.code != 0 {
+			t.Errorf("key csr: exit %d %s", r.code, r.err)
+		}
+	}
+
 	// PCR 16 moves: both ways refuse with exit 3, naming PCR 16.
 	if env.TPM == nil {
 		env.Reopen()
