@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -518,20 +517,6 @@ func (a *app) keyCSRCmd() *cobra.Command {
 	return c
 }
 
-// keyBlobs are the key-file operations, which run in-process.
-type keyBlobs interface {
-	ExportKeyBlob(ctx context.Context, name string) ([]byte, error)
-	ImportKeyBlob(ctx context.Context, name string, pemData []byte) (agent.KeyInfo, error)
-}
-
-func asKeyBlobs(ag agent.API) (keyBlobs, error) {
-	kb, ok := ag.(keyBlobs)
-	if !ok {
-		return nil, fmt.Errorf("%w: key files are handled in-process: run with --tpm (the daemon does not serve them)", agent.ErrNotPermitted)
-	}
-	return kb, nil
-}
-
 func (a *app) keyExportBlobCmd() *cobra.Command {
 	var out string
 	c := &cobra.Command{
@@ -547,11 +532,7 @@ not an export of the key. Derived keys have no blob. See docs/keys.md.`,
 				return usageError(fmt.Errorf("--out is required"))
 			}
 			return a.withAgent(cmd.Context(), func(ag agent.API) error {
-				kb, err := asKeyBlobs(ag)
-				if err != nil {
-					return err
-				}
-				p, err := kb.ExportKeyBlob(cmd.Context(), args[0])
+				p, err := ag.ExportKeyBlob(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
@@ -584,11 +565,7 @@ func (a *app) keyImportBlobCmd() *cobra.Command {
 				return err
 			}
 			return a.withAgent(cmd.Context(), func(ag agent.API) error {
-				kb, err := asKeyBlobs(ag)
-				if err != nil {
-					return err
-				}
-				k, err := kb.ImportKeyBlob(cmd.Context(), args[0], data)
+				k, err := ag.ImportKeyBlob(cmd.Context(), args[0], data)
 				if err != nil {
 					return err
 				}
