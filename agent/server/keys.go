@@ -91,6 +91,18 @@ type AuditRepairRequest struct {
 // Empty is the answer of an operation without a result.
 type Empty struct{}
 
+// keyName is a request that names a key, for the log's key_name field.
+type keyName interface{ keyName() string }
+
+func (w KeyName) keyName() string           { return w.Name }
+func (w DeriveRequest) keyName() string     { return w.Name }
+func (w CreateRequest) keyName() string     { return w.Name }
+func (w SignRequest) keyName() string       { return w.Name }
+func (w DataRequest) keyName() string       { return w.Name }
+func (w ECDHRequest) keyName() string       { return w.Name }
+func (w DecryptRequest) keyName() string    { return w.Name }
+func (w ImportBlobRequest) keyName() string { return w.Name }
+
 func (w *DataRequest) wipe()  { clear(w.Data) }
 func (w *DataResponse) wipe() { clear(w.Data) }
 

@@ -328,6 +328,9 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 			slog.String("operation", ep.Op), slog.Int("caller_uid", c.UID), slog.Int("caller_pid", c.PID),
 			slog.Duration("duration", time.Since(start)), slog.Int64("tpm_commands", cmds),
 		}
+		if kn, ok := any(req).(keyName); ok {
+			attrs = append(attrs, slog.String("key_name", kn.keyName()))
+		}
 		if err != nil {
 			attrs = append(attrs, slog.Any("error_kinds", agent.ErrorKinds(err)), slog.String("error", err.Error()))
 			s.log.LogAttrs(r.Context(), max(level, slog.LevelInfo), "request failed", attrs...)

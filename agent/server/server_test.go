@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,4 +150,53 @@ func FuzzDecodeRequests(f *testing.F) {
 			_, _ = ParseHash(sr.Hash)
 		}
 	})
+}
+
+// After a burst of concurrent clients and Shutdown, no goroutine is left.
+func TestNoGoroutineLeak(t *testing.T) {
+	base := runtime.NumGoroutine()
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	s := newServer(Options{Roles: &Roles{Officer: me, User: me}, RequestTimeout: time.Second, MaxWaiting: 4})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			}}
+			defer tr.CloseIdleConnections()
+			for range 10 {
+				rsp, err := (&http.Client{Transport: tr}).Post("http://provd/v1/unseal", "application/json", strings.NewReader(`{"x":1}`))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, rsp.Body)
+				rsp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
