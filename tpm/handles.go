@@ -9,15 +9,18 @@ import (
 // Handle ranges (TPM 2.0 Part 2, 7.2), the first handle of each, for Handles.
 const (
 	TransientHandles  tpm2.TPMHandle = 0x80000000
-	HMACSessions      tpm2.TPMHandle = 0x02000000
-	PolicySessions    tpm2.TPMHandle = 0x03000000
+	HMACSessions      tpm2.TPMHandle = 0x02000000 // loaded sessions, HMAC and policy
+	PolicySessions    tpm2.TPMHandle = 0x03000000 // saved (not loaded) sessions
 	PersistentHandles tpm2.TPMHandle = 0x81000000
 	NVIndices         tpm2.TPMHandle = 0x01000000
 )
 
-// Handles lists the handles of one range that exist in the TPM: transient
-// objects (0x80...), loaded sessions (0x02..., 0x03...), persistent objects
-// (0x81...) or NV indices (0x01...).
+// Handles lists the handles of one kind that exist in the TPM, as
+// TPM2_GetCapability(TPM_CAP_HANDLES) reports them for the kind's first handle:
+// transient objects (0x80...), loaded sessions (HMACSessions: HMAC and policy
+// sessions alike, so handles 0x02... and 0x03...), saved sessions
+// (PolicySessions: 0x03... asks for sessions context-saved but not loaded),
+// persistent objects (0x81...) or NV indices (0x01...).
 func (t *TPM) Handles(first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
 	var out []tpm2.TPMHandle
 	prop := uint32(first)
@@ -34,16 +37,14 @@ func (t *TPM) Handles(first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
 		if err != nil {
 			return nil, fmt.Errorf("TPM2_GetCapability: %w", err)
 		}
-		for _, h := range hs.Handle {
-			if h>>24 != first>>24 {
-				return out, nil
-			}
-			out = append(out, h)
-			prop = uint32(h) + 1
-		}
+		out = append(out, hs.Handle...)
 		if !rsp.MoreData || len(hs.Handle) == 0 {
 			return out, nil
 		}
+		// The next page: the kind stays in the top byte (a loaded policy
+		// session's handle has another top byte than the kind asked for).
+		last := uint32(hs.Handle[len(hs.Handle)-1])
+		prop = uint32(first)&0xff000000 | (last+1)&0x00ffffff
 	}
 }
 

@@ -354,3 +354,20 @@ func TestOpenUnixSocket(t *testing.T) {
 		t.Fatalf("manufacturer %q", info.Manufacturer)
 	}
 }
+
+// The leak check sees loaded policy sessions (their handles are 0x03..., listed
+// under the loaded-session kind 0x02...).
+func TestLeftoversSeePolicySessions(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ps, err := env.TPM.StartPolicySession(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := env.TPM.Leftovers()
+	if err != nil || len(left) != 1 || left[0] != ps.Handle() {
+		t.Fatalf("Leftovers = %x, %v; want the policy session %x", left, err, ps.Handle())
+	}
+	if err := ps.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
