@@ -418,6 +418,26 @@ func writeZeros(w io.WriterAt, n int64) error {
 // writeFileAtomic writes data to dir/name through a temp file in dir, fsyncs
 // it and renames it into place. It does not fsync dir; callers batch that.
 func writeFileAtomic(dir, name string, data []byte) error {
+	return writeFileMode(dir, name, data, 0o600)
+}
+
+// WriteFile writes data to path atomically and durably: a temp file created
+// in path's directory (O_EXCL, so no symlink or stale file is followed), mode
+// set before any byte is written, fsync, rename, fsync of the directory. A
+// crash leaves the old file or the new. The CLI writes its output files
+// (unsealed secrets, key files, policies) through it.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
+	dir, name := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	if err := writeFileMode(dir, name, data, mode); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func writeFileMode(dir, name string, data []byte, mode os.FileMode) error {
 	f, err := os.CreateTemp(dir, tmpPrefix+"*")
 	if err != nil {
 		return err
@@ -431,7 +451,7 @@ func writeFileAtomic(dir, name string, data []byte) error {
 		}
 	}()
 	// CreateTemp uses 0600 already; say so explicitly since it matters.
-	if err := f.Chmod(0o600); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {

@@ -318,7 +318,7 @@ One TPM use per file, any size up to 64 MiB. Format: docs/formats.md.`,
 			if in == "" || out == "" {
 				return usageError(fmt.Errorf("--in and --out are required"))
 			}
-			data, err := readData(a, in)
+			data, err := readIn(a, in)
 			if err != nil {
 				return err
 			}
@@ -356,7 +356,7 @@ open an envelope made by provd key encrypt. The plaintext goes to --out (mode
 			if err != nil {
 				return err
 			}
-			data, err := readData(a, in)
+			data, err := readIn(a, in)
 			if err != nil {
 				return err
 			}
@@ -388,18 +388,6 @@ open an envelope made by provd key encrypt. The plaintext goes to --out (mode
 	c.Flags().StringVar(&out, "out", "", "plaintext (FILE, mode 0600; default stdout)")
 	c.Flags().StringVar(&hashName, "hash", "", "OAEP hash: sha256 (default) or sha384")
 	return c
-}
-
-// readData reads FILE or stdin up to agent.MaxDataInput.
-func readData(a *app, path string) ([]byte, error) {
-	if path == "-" {
-		return io.ReadAll(io.LimitReader(a.deps.Stdin, agent.MaxDataInput+1))
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, usageError(err)
-	}
-	return b, nil
 }
 
 func (a *app) keyPubCmd() *cobra.Command {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
 )
 
@@ -166,42 +167,39 @@ func printPolicy(w io.Writer, ps agent.PolicyState) {
 	}
 }
 
-// readIn reads FILE or stdin ("-").
+// maxInput bounds what a command reads from a file or stdin: the largest
+// input any operation takes (hmac, encrypt, decrypt).
+const maxInput = agent.MaxDataInput
+
+// readIn reads FILE or stdin ("-"), refusing more than maxInput bytes rather
+// than silently using a prefix (a signature over the first bytes of a stream
+// would be worse than none).
 func readIn(a *app, path string) ([]byte, error) {
-	if path == "-" {
-		return io.ReadAll(io.LimitReader(a.deps.Stdin, agent.MaxSealInput*2))
+	var r io.Reader = a.deps.Stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, usageError(err)
+		}
+		defer f.Close()
+		r = f
 	}
-	b, err := os.ReadFile(path)
+	b, err := io.ReadAll(io.LimitReader(r, maxInput+1))
 	if err != nil {
-		return nil, usageError(err)
+		return nil, err
+	}
+	if len(b) > maxInput {
+		clear(b)
+		return nil, usageError(fmt.Errorf("%s: more than %d bytes", path, maxInput))
 	}
 	return b, nil
 }
 
-// writeOut writes FILE atomically, or stdout ("-").
+// writeOut writes FILE atomically with mode (see store.WriteFile), or stdout ("-").
 func writeOut(a *app, path string, b []byte, mode os.FileMode) error {
 	if path == "-" {
 		_, err := a.deps.Stdout.Write(b)
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
+	return store.WriteFile(path, b, mode)
 }

@@ -185,3 +185,34 @@ func provisionLoop() {
 		})
 	}
 }
+
+// Output files are written through a fresh temp file: a planted symlink or a
+// stale temp file with loose permissions cannot redirect or expose a secret.
+func TestUnsealOutputFileIsPrivate(t *testing.T) {
+	c := newCLIEnv(t)
+	c.must("provision", "--pcrs", "7")
+	dir := t.TempDir()
+	secret, sealed, out := filepath.Join(dir, "s"), filepath.Join(dir, "sealed"), filepath.Join(dir, "out")
+	os.WriteFile(secret, []byte("private"), 0o600)
+	c.must("seal", "--in", secret, "--out", sealed)
+	victim := filepath.Join(dir, "victim")
+	os.WriteFile(victim, []byte("untouched"), 0o644)
+	if err := os.Symlink(victim, out+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(out, nil, 0o644) // an existing, world-readable file is replaced
+	c.must("unseal", "--in", sealed, "--out", out)
+	if b, _ := os.ReadFile(victim); string(b) != "untouched" {
+		t.Fatalf("symlink target overwritten: %q", b)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("unsealed secret has mode %v, want 0600", fi.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(out); string(b) != "private" {
+		t.Fatalf("out = %q", b)
+	}
+}
