@@ -170,8 +170,8 @@ func (t *TPM) curves() ([]string, error) {
 	return out, nil
 }
 
-func (t *TPM) srkInfo() (SRKInfo, error) {
-	info := SRKInfo{Handle: fmt.Sprintf("0x%08x", uint32(SRKHandle))}
+func (t *TPM) srkInfo() (info SRKInfo, err error) {
+	info = SRKInfo{Handle: fmt.Sprintf("0x%08x", uint32(SRKHandle))}
 	obj, err := t.ReadPublic(SRKHandle)
 	if errors.Is(err, ErrNotFound) {
 		return info, nil

@@ -68,7 +68,7 @@ func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
 // SRKTemplate gives under this TPM's owner seed (same name); anything else is
 // refused with ErrSRKMismatch rather than used. The result is cached for the
 // life of t.
-func (t *TPM) SRK() (Object, error) {
+func (t *TPM) SRK() (srk Object, err error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
 	if t.srk != nil {
@@ -99,7 +99,7 @@ func (t *TPM) SRK() (Object, error) {
 			return Object{}, Wrap("TPM2_EvictControl", err)
 		}
 	}
-	srk := primary
+	srk = primary
 	srk.Handle = SRKHandle
 	t.srk = &srk
 	return srk, nil
@@ -116,8 +116,7 @@ func (t *TPM) createPrimary(h tpm2.TPMHandle, tmpl tpm2.TPMTPublic) (Object, err
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {
-		_ = t.Flush(rsp.ObjectHandle)
-		return Object{}, fmt.Errorf("TPM2_CreatePrimary: %w", err)
+		return Object{}, errors.Join(fmt.Errorf("TPM2_CreatePrimary: %w", err), t.Flush(rsp.ObjectHandle))
 	}
 	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
 }

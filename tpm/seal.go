@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -64,8 +65,7 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 	}
 	pub, err := b.Public.Contents()
 	if err != nil {
-		_ = t.Flush(rsp.ObjectHandle)
-		return Object{}, fmt.Errorf("TPM2_Load: %w", err)
+		return Object{}, errors.Join(fmt.Errorf("TPM2_Load: %w", err), t.Flush(rsp.ObjectHandle))
 	}
 	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
 }
@@ -159,6 +159,16 @@ func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPubli
 		cmd.InSensitive = tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: sensitive}),
 		}}
+	}
+	if sensitive == nil {
+		// Nothing secret crosses the bus (the TPM generates the key, and
+		// outPrivate is already encrypted under the parent): no salted
+		// session, which would cost 2 commands and an ECDH in the TPM.
+		rsp, err := cmd.Execute(t)
+		if err != nil {
+			return Blob{}, Wrap("TPM2_Create", err)
+		}
+		return Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}, nil
 	}
 	var blob Blob
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {

@@ -2,6 +2,7 @@ package tpm_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"crypto/rand"
 	"errors"
 	"net"
@@ -369,5 +370,41 @@ func TestLeftoversSeePolicySessions(t *testing.T) {
 	}
 	if err := ps.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// warnOnce answers the first command with code cc by a warning, as a busy
+// hardware TPM would, then passes everything through.
+type warnOnce struct {
+	next   transport.TPM
+	cc     uint32
+	rc     tpm2.TPMRC
+	warned bool
+}
+
+func (w *warnOnce) Send(cmd []byte) ([]byte, error) {
+	if !w.warned && len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == w.cc {
+		w.warned = true
+		rsp := make([]byte, 10)
+		binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
+		binary.BigEndian.PutUint32(rsp[2:6], 10)
+		binary.BigEndian.PutUint32(rsp[6:10], uint32(w.rc))
+		return rsp, nil
+	}
+	return w.next.Send(cmd)
+}
+
+// Warnings after which the same command succeeds are retried; errors are not.
+func TestWarningsAreRetried(t *testing.T) {
+	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting, tpm2.TPMRCNVRate} {
+		w := &warnOnce{cc: uint32(tpm2.TPMCCGetRandom), rc: rc}
+		env := swtpmtest.Start(t, swtpmtest.WithWrap(func(n transport.TPM) transport.TPM { w.next = n; return w }))
+		before := env.TPM.Stats()
+		if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(env.TPM); err != nil {
+			t.Fatalf("after %v: %v", rc, err)
+		}
+		if d := env.TPM.Stats().Sub(before); !w.warned || d.Retries != 1 || d.Commands != 2 {
+			t.Fatalf("after %v: %+v", rc, d)
+		}
 	}
 }

@@ -119,11 +119,13 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 	}
 }
 
-// retryable reports the warnings after which the same command may succeed. Any
-// other code is returned to the caller at once: in particular an authorization
-// failure is never retried, so a retry loop cannot burn dictionary-attack tries.
+// retryable reports the warnings after which the same command may succeed:
+// RETRY, YIELDED, TESTING, and NV_RATE (a hardware TPM rate-limits NV writes;
+// an audit anchor extend must not fail for it). Any other code is returned to
+// the caller at once: in particular an authorization failure is never retried,
+// so a retry loop cannot burn dictionary-attack tries.
 func retryable(rc tpm2.TPMRC) bool {
-	return rc == tpm2.TPMRCRetry || rc == tpm2.TPMRCYielded || rc == tpm2.TPMRCTesting
+	return rc == tpm2.TPMRCRetry || rc == tpm2.TPMRCYielded || rc == tpm2.TPMRCTesting || rc == tpm2.TPMRCNVRate
 }
 
 func (c *counting) stats() Stats {
