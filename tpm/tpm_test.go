@@ -2,8 +2,8 @@ package tpm_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"net"
 	"strings"
