@@ -50,17 +50,19 @@ func (c *keyCache) touch(name string) {
 	c.order = append(c.order, name)
 }
 
-// lookup returns the entry for name when it is the key rec describes.
-func (c *keyCache) lookup(name string, rec keyRecord) *cacheEntry {
+// lookup returns the entry for name when it is the key rec describes. An
+// entry for another key (the record was replaced: deleted and made again
+// by another process, a new PK) is dropped, its handle flushed when it is
+// resident: forgetting a loaded object would leak its slot.
+func (c *keyCache) lookup(t *tpm.TPM, name string, rec keyRecord) (*cacheEntry, error) {
 	e := c.entries[name]
 	if e == nil {
-		return nil
+		return nil, nil
 	}
 	if e.pk != rec.PK || e.objName != rec.Object {
-		delete(c.entries, name)
-		return nil
+		return nil, c.drop(t, name)
 	}
-	return e
+	return e, nil
 }
 
 // put records obj (loaded) as the resident copy of key name. Any other
@@ -72,7 +74,7 @@ func (c *keyCache) put(t *tpm.TPM, name string, rec keyRecord, obj tpm.Object) {
 	}
 	for n, e := range c.entries {
 		if n != name && e.saved == nil && e.obj.Handle == obj.Handle {
-			delete(c.entries, n)
+			c.forget(n)
 		}
 	}
 	c.entries[name] = &cacheEntry{pk: rec.PK, objName: rec.Object, obj: obj}

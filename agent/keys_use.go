@@ -179,7 +179,11 @@ func (a *Agent) loadCreated(ks keyState) (obj tpm.Object, err error) {
 // whether a cached handle was used (a stale one is retried once).
 func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fromCache bool, err error) {
 	name := ks.rec.Name
-	if e := a.keys.lookup(name, ks.rec); e != nil {
+	e, err := a.keys.lookup(a.t, name, ks.rec)
+	if err != nil {
+		return obj, false, err
+	}
+	if e != nil {
 		if e.saved == nil {
 			a.keys.touch(name)
 			return e.obj, true, nil
