@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -244,9 +246,34 @@ func (s *Server) routes() {
 		}
 		s.mux.Handle(ep.Method+" "+ep.Path, h)
 	}
+	allow := allowedMethods()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if methods, ok := allow[r.URL.Path]; ok {
+			w.Header().Set("Allow", methods)
+			s.writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%w: %s %s: the endpoint takes %s", agent.ErrBadInput, r.Method, r.URL.Path, methods))
+			return
+		}
 		s.writeError(w, http.StatusNotFound, fmt.Errorf("%w: no API endpoint %s %s", agent.ErrNotFound, r.Method, r.URL.Path))
 	})
+}
+
+// allowedMethods maps each endpoint's path to its Allow header: a known
+// path asked with another method is 405, not 404. The mux serves HEAD
+// wherever it serves GET.
+func allowedMethods() map[string]string {
+	m := map[string][]string{}
+	for _, ep := range Endpoints {
+		m[ep.Path] = append(m[ep.Path], ep.Method)
+		if ep.Method == http.MethodGet {
+			m[ep.Path] = append(m[ep.Path], http.MethodHead)
+		}
+	}
+	allow := make(map[string]string, len(m))
+	for p, methods := range m {
+		slices.Sort(methods)
+		allow[p] = strings.Join(methods, ", ")
+	}
+	return allow
 }
 
 // empty is the request of a GET: no body.

@@ -96,10 +96,41 @@ func TestBodiesAndRoutes(t *testing.T) {
 			}
 		})
 	}
-	// A known path with another method is no endpoint either.
-	req, _ := http.NewRequest("DELETE", "http://provd/v1/status", nil)
-	if rsp, err := hc.Do(req); err != nil || rsp.StatusCode != http.StatusNotFound {
-		t.Errorf("DELETE /v1/status: %v %v", rsp.StatusCode, err)
+}
+
+// A known path asked with another method is 405 with the methods it takes
+// in Allow; an unknown path is 404 whatever the method.
+func TestMethodNotAllowed(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	hc := serveNoTPM(t, &Roles{Officer: me, User: me})
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow, kind  string
+	}{
+		{"DELETE", "/v1/status", http.StatusMethodNotAllowed, "GET, HEAD", "bad_input"},
+		{"POST", "/v1/keys", http.StatusMethodNotAllowed, "GET, HEAD", "bad_input"},
+		{"GET", "/v1/keys/sign", http.StatusMethodNotAllowed, "POST", "bad_input"},
+		{"PUT", "/v1/seal", http.StatusMethodNotAllowed, "POST", "bad_input"},
+		{"DELETE", "/v1/nothing", http.StatusNotFound, "", "not_found"},
+		{"GET", "/v1/status/", http.StatusNotFound, "", "not_found"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, "http://provd"+tc.path, nil)
+			rsp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rsp.Body.Close()
+			b, _ := io.ReadAll(rsp.Body)
+			var eb ErrorBody
+			if err := DecodeStrict(b, &eb); err != nil {
+				t.Fatalf("error body: %v: %s", err, b)
+			}
+			if rsp.StatusCode != tc.status || rsp.Header.Get("Allow") != tc.allow || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != tc.kind {
+				t.Errorf("HTTP %d Allow %q %+v, want %d Allow %q kind %s", rsp.StatusCode, rsp.Header.Get("Allow"), eb.Error, tc.status, tc.allow, tc.kind)
+			}
+		})
 	}
 }
 
