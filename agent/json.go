@@ -1,21 +1,6 @@
 package agent
 
-import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
-)
+import "github.com/provd/provd/internal/strictjson"
 
-// strictJSON decodes untrusted JSON: unknown fields and trailing data are errors.
-func strictJSON(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after JSON")
-	}
-	return nil
-}
+// strictJSON decodes untrusted JSON (internal/strictjson).
+func strictJSON(data []byte, v any) error { return strictjson.Decode(data, v) }
