@@ -328,6 +328,15 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 	}
 	defer unlock()
 
+	// The manifest goes first: a crash after it leaves an empty, valid store
+	// (the next Open collects the blob files no manifest names), whereas a
+	// manifest naming blobs already shredded would be corrupt (exit 8).
+	if err := shred(filepath.Join(s.dir, ManifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: wipe: %w", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
 	bdir := filepath.Join(s.dir, BlobDir)
 	ents, err := os.ReadDir(bdir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -347,8 +356,6 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 	if err := os.Remove(bdir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("store: wipe: %w", err)
 	}
-	// The manifest goes last among the store's files: until it is gone a
-	// re-run of an interrupted Wipe still finds what is left.
 	ents, err = os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("store: wipe: %w", err)
@@ -360,12 +367,8 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 			}
 		}
 	}
-	names := []string{ManifestFile}
 	if opts.Audit {
-		names = append(names, AuditLogFile)
-	}
-	for _, n := range names {
-		if err := shred(filepath.Join(s.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := shred(filepath.Join(s.dir, AuditLogFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: wipe: %w", err)
 		}
 	}

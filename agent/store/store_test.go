@@ -786,3 +786,30 @@ func assertOnlyLiveFiles(t *testing.T, s *Store, foreign ...string) {
 		t.Errorf("blobs dir %v, manifest references %v", got, want)
 	}
 }
+
+// A Wipe interrupted after its first step (the manifest) leaves a valid, empty
+// store: the leftover blob files are collected, never reported as corrupt.
+func TestWipeInterruptedAfterManifest(t *testing.T) {
+	dir := stateDir(t)
+	s := mustOpen(t, dir)
+	must(t, s.Update(bg, func(tx *Tx) error {
+		if err := tx.Put("pk", map[string]string{"name": "x"}); err != nil {
+			return err
+		}
+		return tx.WriteBlob("pk", []byte("wrapped"))
+	}))
+	// What Wipe does first, then a crash.
+	if err := shred(filepath.Join(dir, ManifestFile)); err != nil {
+		t.Fatal(err)
+	}
+	s2 := mustOpen(t, dir)
+	must(t, s2.View(bg, func(tx *Tx) error {
+		if len(tx.Objects()) != 0 || len(tx.Blobs()) != 0 {
+			t.Errorf("objects %v blobs %v after an interrupted wipe", tx.Objects(), tx.Blobs())
+		}
+		return nil
+	}))
+	if ents, _ := os.ReadDir(filepath.Join(dir, BlobDir)); len(ents) != 0 {
+		t.Errorf("blob files left: %v", ents)
+	}
+}
