@@ -1,0 +1,172 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// tpmServer is a Server with an agent on a fresh swtpm, served on a unix
+// socket, and what it logged.
+type tpmServer struct {
+	*Server
+	env   *swtpmtest.Env
+	hc    *http.Client
+	logs  *lockedBuffer
+	state string
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// serveTPM starts a swtpm, an agent on it and a Server for both; the caller
+// holds both roles. Clean-up stops the server and closes the agent before
+// the swtpm harness checks for leaked handles.
+func serveTPM(t *testing.T) *tpmServer {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	ts := &tpmServer{env: env, logs: &lockedBuffer{}, state: filepath.Join(t.TempDir(), "state")}
+	log := slog.New(slog.NewJSONHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: ts.state, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	s, err := New(Options{Agent: ag, TPM: env.TPM, Roles: &Roles{Officer: me, User: me}, RequestTimeout: 30 * time.Second, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Server = s
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+		if err := ag.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	ts.hc = &http.Client{Transport: tr}
+	return ts
+}
+
+// call sends body (nil: none) and returns the status and the answer.
+func (ts *tpmServer) call(t *testing.T, method, path string, body any) (int, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://provd"+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsp, err := ts.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rsp.Body.Close()
+	b, err := io.ReadAll(rsp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rsp.StatusCode, b
+}
+
+// The request log holds exactly what docs/api.md ("Requests and limits")
+// says: the operation, the caller, duration, TPM commands, the key name for
+// key endpoints, and the error's kinds and message; never body bytes.
+func TestRequestLogFields(t *testing.T) {
+	ts := serveTPM(t)
+	marker := []byte("body-bytes-that-must-not-be-logged")
+	for _, rq := range []struct {
+		path string
+		body any
+	}{
+		{"/v1/keys/hmac", DataRequest{Name: "mac-key", Data: marker}},
+		{"/v1/seal", SealRequest{Data: marker}},
+		{"/v1/keys/public", KeyName{Name: "pub-key"}},
+	} {
+		if status, b := ts.call(t, "POST", rq.path, rq.body); status == http.StatusOK {
+			t.Fatalf("%s on an unprovisioned TPM: %s", rq.path, b)
+		}
+	}
+	if status, b := ts.call(t, "GET", "/v1/status", nil); status != http.StatusOK {
+		t.Fatalf("status: %d %s", status, b)
+	}
+
+	documented := map[string]bool{"time": true, "level": true, "msg": true,
+		"operation": true, "caller_uid": true, "caller_pid": true, "duration": true, "tpm_commands": true,
+		"key_name": true, "error_kinds": true, "error": true}
+	keyNames := map[string]string{}
+	logs := ts.logs.String()
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["msg"] != "request" && rec["msg"] != "request failed" {
+			continue // the agent's own lines
+		}
+		for k := range rec {
+			if !documented[k] {
+				t.Errorf("request log field %q is not in docs/api.md: %s", k, line)
+			}
+		}
+		op, _ := rec["operation"].(string)
+		if kn, ok := rec["key_name"].(string); ok {
+			keyNames[op] = kn
+		}
+	}
+	if keyNames["key-hmac"] != "mac-key" || keyNames["key-public"] != "pub-key" || keyNames["seal"] != "" || len(keyNames) != 2 {
+		t.Errorf("key names logged %v, want the hmac and public requests' only", keyNames)
+	}
+	if strings.Contains(logs, string(marker)) || strings.Contains(logs, base64.StdEncoding.EncodeToString(marker)) {
+		t.Errorf("body bytes in the log:\n%s", logs)
+	}
+}
