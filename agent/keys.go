@@ -359,8 +359,8 @@ func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[st
 	if ks.exists {
 		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
 	}
-	rec.PK = ks.pk.Name
-	digest, err := keyPolicy(ks.expr, false).Digest(tpm2.TPMAlgSHA256)
+	rec.PK = ks.pk.state.Name
+	digest, err := keyPolicy(ks.pk.expr, false).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return KeyInfo{}, err
 	}
@@ -438,7 +438,7 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 	if ks.exists {
 		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
 	}
-	digest, err := keyPolicy(ks.expr, req.Extractable).Digest(tpm2.TPMAlgSHA256)
+	digest, err := keyPolicy(ks.pk.expr, req.Extractable).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return KeyInfo{}, err
 	}
@@ -448,12 +448,12 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 	tmpl.ObjectAttributes.FixedParent = !req.Extractable
 	tmpl.ObjectAttributes.EncryptedDuplication = req.Extractable
 	rec := keyRecord{Name: req.Name, Kind: KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
-		PK: ks.pk.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
+		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	if err := a.keys.evictResident(a.t); err != nil {
 		return KeyInfo{}, err
 	}
 	var blob tpm.Blob
-	if err := a.withPKState(ks, func(l *loadedPK) error {
+	if err := a.withLoadedPK(ks.pk, func(l *loadedPK) error {
 		var err error
 		blob, err = a.createUnderPK(l, tmpl, nil)
 		return err

@@ -111,7 +111,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if ks.exists {
 		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, name)
 	}
-	digest, err := keyPolicy(ks.expr, extractable).Digest(tpm2.TPMAlgSHA256)
+	digest, err := keyPolicy(ks.pk.expr, extractable).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return KeyInfo{}, err
 	}
@@ -123,7 +123,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 		return KeyInfo{}, err
 	}
 	rec := keyRecord{Name: name, Kind: KindCreated, Type: kt.name, Usage: usage, Extractable: extractable,
-		PK: ks.pk.Name, Object: hex.EncodeToString(objName.Buffer), Public: tpm2.Marshal(blob.Public),
+		PK: ks.pk.state.Name, Object: hex.EncodeToString(objName.Buffer), Public: tpm2.Marshal(blob.Public),
 		Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	tmpl := *pub
 	tmpl.Unique = kt.template(usage, nil).Unique

@@ -34,13 +34,13 @@ func duplicate(t *testing.T, a *Agent, name string) error {
 	}
 	// The duplication branch as an extractable key has it; a fixed key's
 	// policy has no such branch, so the session cannot match it.
-	dup := append(ks.expr[:len(ks.expr):len(ks.expr)], policy.CommandCode{CC: tpm2.TPMCCDuplicate})
-	expr, opts := dup, ks.opts
+	dup := append(ks.pk.expr[:len(ks.pk.expr):len(ks.pk.expr)], policy.CommandCode{CC: tpm2.TPMCCDuplicate})
+	expr, opts := dup, ks.pk.opts
 	if ks.rec.Extractable {
-		expr = keyPolicy(ks.expr, true)
+		expr = keyPolicy(ks.pk.expr, true)
 		opts.Branches = []int{1}
 	}
-	ps, err := a.satisfy(ks.pk.Policy, expr, opts)
+	ps, err := a.satisfy(ks.pk.state.Policy, expr, opts)
 	if err != nil {
 		return err
 	}

@@ -22,36 +22,20 @@ import (
 
 // keyState is what one key operation reads from the state in one view.
 type keyState struct {
+	pk      pkInputs
 	exists  bool
 	rec     keyRecord
-	pk      pkState
-	pkBlob  []byte
 	keyBlob []byte // created keys
-	expr    policy.Policy
-	opts    policy.ApplyOptions
 }
 
-// readKeyState reads the PK, its installed signed policy, and key name's
-// record and blob. With must, a missing key is ErrNotFound.
+// readKeyState reads the PK's inputs and key name's record and blob. With
+// must, a missing key is ErrNotFound.
 func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
 	var ks keyState
-	var signed []byte
 	err := a.st.View(ctx, func(tx *store.Tx) error {
 		var err error
-		if ks.pk, err = a.readPK(tx); err != nil {
+		if ks.pk, err = a.readPKInputs(tx); err != nil {
 			return err
-		}
-		if ks.pkBlob, err = tx.ReadBlob(blobPK); err != nil {
-			return err
-		}
-		if ks.pk.Policy.Kind == PolicySigned {
-			signed, err = tx.ReadBlob(blobPolicy)
-			if errors.Is(err, store.ErrNotFound) {
-				signed, err = nil, nil
-			}
-			if err != nil {
-				return err
-			}
 		}
 		err = tx.Get(keyRecName(name), &ks.rec)
 		if errors.Is(err, store.ErrNotFound) {
@@ -72,61 +56,30 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 	if err != nil {
 		return ks, err
 	}
-	if ks.exists && ks.rec.PK != ks.pk.Name {
+	if ks.exists && ks.rec.PK != ks.pk.state.Name {
 		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", ErrNotFound, name, ks.rec.PK)
 	}
-	if ks.expr, err = ks.pk.Policy.expr(); err != nil {
-		return ks, err
-	}
-	if signed != nil {
-		sp, err := policy.ParseSignedPolicy(signed)
-		if err != nil {
-			return ks, fmt.Errorf("installed signed policy: %w", err)
-		}
-		ks.opts.Signed = []*policy.SignedPolicy{sp}
-	}
 	return ks, nil
-}
-
-// withPKState loads the PK from ks under the SRK, runs fn, flushes the PK.
-func (a *Agent) withPKState(ks keyState, fn func(l *loadedPK) error) (err error) {
-	srk, err := a.t.SRK()
-	if err != nil {
-		return err
-	}
-	blob, err := tpm.UnmarshalBlob(ks.pkBlob)
-	if err != nil {
-		return fmt.Errorf("PK blob: %w", err)
-	}
-	l := &loadedPK{state: ks.pk, rec: ks.pk.Policy, expr: ks.expr, opts: ks.opts}
-	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
-		return err
-	}
-	defer a.flush(&err, l.pk.Handle)
-	if hex.EncodeToString(l.pk.Name.Buffer) != ks.pk.Name {
-		return fmt.Errorf("%w: PK blob does not match the state's PK name", ErrTampered)
-	}
-	return fn(l)
 }
 
 // deriveObject derives ks.rec's key under D: load the PK, load D through
 // the PK's policy, CreateLoaded through D's (the same) policy. The caller
 // owns the returned object.
 func (a *Agent) deriveObject(ctx context.Context, ks keyState) (obj tpm.Object, err error) {
-	if ks.pk.DName == "" {
+	if ks.pk.state.DName == "" {
 		return obj, &PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
 	}
 	tmplp, err := tpm2.Unmarshal[tpm2.TPMTPublic](ks.rec.Template)
 	if err != nil {
 		return obj, fmt.Errorf("key %s: template: %w", ks.rec.Name, err)
 	}
-	err = a.withPKState(ks, func(l *loadedPK) (err error) {
+	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
 		d, err := a.loadD(ctx, l)
 		if err != nil {
 			return err
 		}
 		defer a.flush(&err, d.Handle)
-		if hex.EncodeToString(d.Name.Buffer) != ks.pk.DName {
+		if hex.EncodeToString(d.Name.Buffer) != ks.pk.state.DName {
 			return fmt.Errorf("%w: derivation parent blob does not match the state", ErrTampered)
 		}
 		tmpl := *tmplp
@@ -159,7 +112,7 @@ func (a *Agent) loadCreated(ks keyState) (obj tpm.Object, err error) {
 	if err != nil {
 		return obj, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
 	}
-	err = a.withPKState(ks, func(l *loadedPK) error {
+	err = a.withLoadedPK(ks.pk, func(l *loadedPK) error {
 		var err error
 		obj, err = a.loadUnderPK(l, blob)
 		return err
@@ -233,8 +186,8 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err != nil {
 		return err
 	}
-	expr := keyPolicy(ks.expr, ks.rec.Extractable)
-	opts := ks.opts
+	expr := keyPolicy(ks.pk.expr, ks.rec.Extractable)
+	opts := ks.pk.opts
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the usage branch
 	}
@@ -246,7 +199,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
 			return fmt.Errorf("%w: key %q has another policy than recorded", ErrTampered, name)
 		}
-		ps, err := a.satisfy(ks.pk.Policy, expr, opts)
+		ps, err := a.satisfy(ks.pk.state.Policy, expr, opts)
 		if err != nil {
 			return err
 		}

@@ -180,59 +180,85 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 	return s, err
 }
 
+// pkInputs is what loading the PK and satisfying its policy take from the
+// state: its record, its blob under the SRK, its policy expression and the
+// installed signed policy (if any). Every path that loads the PK reads them
+// with readPKInputs and loads with withLoadedPK.
+type pkInputs struct {
+	state pkState
+	blob  []byte
+	expr  policy.Policy
+	opts  policy.ApplyOptions
+}
+
+// readPKInputs reads the PK's inputs in tx, or ErrNotProvisioned.
+func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
+	var in pkInputs
+	var err error
+	if in.state, err = a.readPK(tx); err != nil {
+		return in, err
+	}
+	if in.blob, err = tx.ReadBlob(blobPK); err != nil {
+		return in, err
+	}
+	if in.expr, err = in.state.Policy.expr(); err != nil {
+		return in, err
+	}
+	if in.state.Policy.Kind != PolicySigned {
+		return in, nil
+	}
+	signed, err := tx.ReadBlob(blobPolicy)
+	if errors.Is(err, store.ErrNotFound) {
+		return in, nil // none installed yet
+	}
+	if err != nil {
+		return in, err
+	}
+	sp, err := policy.ParseSignedPolicy(signed)
+	if err != nil {
+		return in, fmt.Errorf("installed signed policy: %w", err)
+	}
+	in.opts.Signed = []*policy.SignedPolicy{sp}
+	return in, nil
+}
+
 // withPK loads the PK under the SRK, runs fn with it, and flushes it. The PK
 // itself needs only the SRK's empty password to load; every use of it as a
-// parent needs its policy (authorize).
-func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) (err error) {
-	if err := a.EvictKeys(); err != nil { // free the slots cached keys hold
+// parent needs its policy (authorize). It evicts cached keys first, to free
+// the object slots they hold; callers that hold keys.mu evict themselves and
+// use readPKInputs and withLoadedPK.
+func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
+	if err := a.EvictKeys(); err != nil {
 		return err
 	}
-	var st pkState
-	var pkBlob, signed []byte
-	err = a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		if st, err = a.readPK(tx); err != nil {
-			return err
-		}
-		if pkBlob, err = tx.ReadBlob(blobPK); err != nil {
-			return err
-		}
-		if st.Policy.Kind == PolicySigned {
-			signed, err = tx.ReadBlob(blobPolicy)
-			if errors.Is(err, store.ErrNotFound) {
-				signed, err = nil, nil
-			}
-		}
+	var in pkInputs
+	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		in, err = a.readPKInputs(tx)
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	l := &loadedPK{state: st, rec: st.Policy}
-	if l.expr, err = st.Policy.expr(); err != nil {
-		return err
-	}
-	if signed != nil {
-		sp, err := policy.ParseSignedPolicy(signed)
-		if err != nil {
-			return fmt.Errorf("installed signed policy: %w", err)
-		}
-		l.opts.Signed = []*policy.SignedPolicy{sp}
-	}
+	return a.withLoadedPK(in, fn)
+}
+
+// withLoadedPK loads the PK of in under the SRK, checks that it is the PK the
+// state names (ErrTampered otherwise), runs fn with it, and flushes it.
+func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
 	srk, err := a.t.SRK()
 	if err != nil {
 		return err
 	}
-	blob, err := tpm.UnmarshalBlob(pkBlob)
+	blob, err := tpm.UnmarshalBlob(in.blob)
 	if err != nil {
 		return fmt.Errorf("PK blob: %w", err)
 	}
+	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts}
 	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
 		return err
 	}
 	defer a.flush(&err, l.pk.Handle)
-	if hex.EncodeToString(l.pk.Name.Buffer) != st.Name {
-		return fmt.Errorf("PK blob does not match the state's PK name")
+	if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
+		return fmt.Errorf("%w: PK blob does not match the state's PK name", ErrTampered)
 	}
 	return fn(l)
 }
