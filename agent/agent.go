@@ -5,7 +5,6 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,15 +119,30 @@ func (an anchor) Read() ([]byte, error) {
 
 func (a *Agent) auditPath() string { return filepath.Join(a.dir, audit.FileName) }
 
+// openAudit opens the audit trail for appending, verifying it against the
+// TPM anchor. Audited operations call it before they act: an operation whose
+// record cannot be written must not happen, rather than happen and report a
+// failure. A trail that fails verification is ErrTampered (exit 14).
+func (a *Agent) openAudit() error {
+	if a.audit != nil {
+		return nil
+	}
+	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
+	if err != nil {
+		if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
+			err = errors.Join(ErrTampered, err)
+		}
+		return fmt.Errorf("audit trail (see provd audit verify): %w", err)
+	}
+	a.audit = l
+	return nil
+}
+
 // record appends one line to the audit trail. A failure to audit fails the
 // operation's report: an operation that cannot be audited must be visible.
 func (a *Agent) record(op string, objects map[string]string, opErr error) error {
-	if a.audit == nil {
-		l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
-		if err != nil {
-			return fmt.Errorf("audit trail: %w", err)
-		}
-		a.audit = l
+	if err := a.openAudit(); err != nil {
+		return err
 	}
 	rec := audit.Record{Op: op, UID: a.uid, Objects: objects, Result: audit.Result(opErr)}
 	if err := a.audit.Append(rec); err != nil {
@@ -138,7 +152,11 @@ func (a *Agent) record(op string, objects map[string]string, opErr error) error 
 }
 
 // audited runs op and records its outcome; the operation's own error wins.
+// It refuses to run op when the audit trail cannot take a record.
 func (a *Agent) audited(op string, objects map[string]string, fn func() error) error {
+	if err := a.openAudit(); err != nil {
+		return err
+	}
 	err := fn()
 	if aerr := a.record(op, objects, err); aerr != nil {
 		if err != nil {
@@ -149,7 +167,7 @@ func (a *Agent) audited(op string, objects map[string]string, fn func() error) e
 	return err
 }
 
-// flushAll flushes handles in reverse order, joining errors into *err.
+// flush flushes handles in reverse order, joining errors into *err.
 func (a *Agent) flush(err *error, hs ...tpm2.TPMHandle) {
 	for i := len(hs) - 1; i >= 0; i-- {
 		if ferr := a.t.Flush(hs[i]); ferr != nil && *err == nil {
@@ -160,4 +178,3 @@ func (a *Agent) flush(err *error, hs ...tpm2.TPMHandle) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-var _ = context.Background

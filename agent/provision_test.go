@@ -182,3 +182,43 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 		t.Fatalf("provision after zeroize: %v", err)
 	}
 }
+
+// seal --policy-signer names the PK's own signer or is refused: a secret
+// sealed to another signer could never be unsealed.
+func TestSealSignerMustBeThePKs(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x"), Signer: other.Public()}); !errors.Is(err, agent.ErrNotPermitted) {
+		t.Fatalf("seal to a foreign signer under a PCR PK: %v", err)
+	}
+}
+
+// An audited operation is refused, before it acts, when the audit trail
+// cannot take its record (tampered): exit 14, and nothing was done.
+func TestAuditedOperationRefusedOnTamperedTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	ag.Close()
+	logPath := filepath.Join(dir, "audit.log")
+	b, _ := os.ReadFile(logPath)
+	os.WriteFile(logPath, []byte(strings.Replace(string(b), `"provision"`, `"provisioN"`, 1)), 0o600)
+	ag = newAgent(t, env, dir)
+	_, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x")})
+	if !errors.Is(err, agent.ErrTampered) {
+		t.Fatalf("seal on a tampered trail: %v, want ErrTampered", err)
+	}
+	recs, err := ag.AuditRecords()
+	if !errors.Is(err, agent.ErrTampered) || len(recs) != 1 || recs[0].Op != "provisioN" {
+		t.Fatalf("AuditRecords on a tampered trail: %d records, %v", len(recs), err)
+	}
+}

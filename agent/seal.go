@@ -71,12 +71,16 @@ func (a *Agent) seal(ctx context.Context, req SealRequest, objects map[string]st
 		rec := l.rec
 		switch {
 		case req.Signer != nil:
-			if _, err := policy.SignerPublic(req.Signer); err != nil {
-				return fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
-			}
+			// A secret's signed policy is satisfied by the signed policies
+			// installed for the PK, so only the PK's own signer can be
+			// named: any other signer's policies could never be installed
+			// and the secret could never be unsealed.
 			r, err := newSignedRecord(req.Signer, pkPolicyRef)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
+			}
+			if l.rec.Kind != PolicySigned || r.Digest != l.rec.Digest {
+				return fmt.Errorf("%w: --policy-signer must be the signer the PK was provisioned with (provd provision --policy-signer); secrets sealed to other signers are not supported", ErrNotPermitted)
 			}
 			rec = r
 		case len(req.PCRs) > 0:

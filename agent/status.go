@@ -68,14 +68,18 @@ func (a *Agent) Status(ctx context.Context) (Status, error) {
 // keyPrefix prefixes the manifest records of operational keys.
 const keyPrefix = "key."
 
-// AuditRecords returns the audit trail's records.
+// AuditRecords returns the audit trail's records. A trail that fails
+// verification is still shown, as far as it parses, with the verification
+// error (ErrTampered): that is when an operator most needs to read it.
 func (a *Agent) AuditRecords() ([]audit.Record, error) {
-	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
+	recs, err := audit.ReadRecords(a.auditPath())
 	if err != nil {
-		return nil, err
+		return recs, errors.Join(ErrTampered, err)
 	}
-	defer l.Close()
-	return l.Records()
+	if _, err := a.AuditVerify(); err != nil {
+		return recs, err
+	}
+	return recs, nil
 }
 
 // AuditVerify replays the audit chain and compares it with the TPM's anchor.

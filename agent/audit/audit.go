@@ -473,7 +473,17 @@ func (l *Log) Head() []byte {
 // not verify the chain (use Verify); a torn last line is reported with an
 // error wrapping ErrTornTail after the complete records.
 func (l *Log) Records() ([]Record, error) {
-	data, err := os.ReadFile(l.path)
+	return ReadRecords(l.path)
+}
+
+// ReadRecords parses the log at path without verifying it, for showing a log
+// that fails verification: the records up to the first line that does not
+// parse, and an error naming that line. A missing file has no records.
+func ReadRecords(path string) ([]Record, error) {
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}

@@ -53,15 +53,20 @@ func (a *app) auditCmd() *cobra.Command {
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+				// A trail that fails verification is shown as far as it
+				// parses, then the failure (exit 14).
 				recs, err := ag.AuditRecords()
-				if err != nil {
+				if len(recs) == 0 && err != nil {
 					return err
 				}
-				return a.emit(recs, func(w io.Writer) {
+				if eerr := a.emit(recs, func(w io.Writer) {
 					for _, r := range recs {
 						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s %v\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, r.Op, r.Result, r.Objects)
 					}
-				})
+				}); eerr != nil {
+					return eerr
+				}
+				return err
 			})
 		},
 	}, &cobra.Command{
