@@ -177,4 +177,3 @@ func (a *Agent) flush(err *error, hs ...tpm2.TPMHandle) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
