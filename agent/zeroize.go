@@ -38,7 +38,7 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, AuditAnchorHandle}
 // and removes the state's blob files. The PK's blob gone, the PK is gone: it
 // never existed outside the TPM. The zeroization is recorded in the audit
 // trail; then the trail's anchor index is removed too and the log is archived
-// beside the state (audit-<seq>.log), its last line the zeroize record.
+// beside the state (audit-<unixnano>.log), its last line the zeroize record.
 func (a *Agent) Zeroize(ctx context.Context, opts ZeroizeOptions) (res ZeroizeResult, err error) {
 	err = a.zeroizeTPMAndState(ctx, opts, &res)
 	if aerr := a.record("zeroize", map[string]string{"srk": fmt.Sprint(opts.SRK)}, err); aerr != nil && err == nil {
