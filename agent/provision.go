@@ -163,34 +163,33 @@ func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map
 		return res, err
 	}
 	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC()}
+	var dMarshalled []byte
 	objects["pk"] = st.Name
 
-	// Create D under the freshly created PK, through the PK's policy.
-	var dBlob tpm.Blob
-	l := &loadedPK{state: st, rec: rec}
-	if l.expr, err = rec.expr(); err != nil {
-		return res, err
-	}
-	if err := a.withLoaded(srk, pkBlob, func(pk tpm.Object) error {
-		l.pk = pk
-		if rec.Kind == PolicySigned {
-			// Nothing approves a PCR state yet: D gets the PK's policy
-			// and is created once a signed policy is installed.
-			return nil
-		}
-		var err error
-		dBlob, err = a.createUnderPK(l, dTemplate(rec.digest()), nil)
-		return err
-	}); err != nil {
-		return res, err
-	}
+	// Create D under the freshly created PK, through the PK's policy. With a
+	// signed policy nothing approves a PCR state yet: D is created when the
+	// first signed policy that holds is installed.
 	if rec.Kind != PolicySigned {
+		l := &loadedPK{state: st, rec: rec}
+		if l.expr, err = rec.expr(); err != nil {
+			return res, err
+		}
+		var dBlob tpm.Blob
+		if err := a.withLoaded(srk, pkBlob, func(pk tpm.Object) error {
+			l.pk = pk
+			var err error
+			dBlob, err = a.createUnderPK(l, dTemplate(rec.digest()), nil)
+			return err
+		}); err != nil {
+			return res, err
+		}
 		dName, err := dBlob.Name()
 		if err != nil {
 			return res, err
 		}
 		st.DName = hex.EncodeToString(dName.Buffer)
 		objects["derivation_parent"] = st.DName
+		dMarshalled = dBlob.Marshal()
 	}
 	err = a.st.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.Put(recPK, st); err != nil {
@@ -199,8 +198,8 @@ func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map
 		if err := tx.WriteBlob(blobPK, pkBlob.Marshal()); err != nil {
 			return err
 		}
-		if st.DName != "" {
-			return tx.WriteBlob(blobD, dBlob.Marshal())
+		if dMarshalled != nil {
+			return tx.WriteBlob(blobD, dMarshalled)
 		}
 		return nil
 	})
