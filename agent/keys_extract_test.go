@@ -40,25 +40,22 @@ func duplicate(t *testing.T, a *Agent, name string) error {
 		expr = keyPolicy(ks.pk.expr, true)
 		opts.Branches = []int{1}
 	}
-	ps, err := a.satisfy(ks.pk.state.Policy, expr, opts)
-	if err != nil {
-		return err
-	}
-	defer ps.Close()
 	srk, err := a.t.SRK()
 	if err != nil {
 		return err
 	}
-	_, err = (tpm2.Duplicate{
-		ObjectHandle:    obj.Auth(ps.Session()),
-		NewParentHandle: srk.Named(),
-		Symmetric: tpm2.TPMTSymDef{
-			Algorithm: tpm2.TPMAlgAES,
-			KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
-			Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
-		},
-	}).Execute(a.t)
-	return tpm.Wrap("TPM2_Duplicate", err)
+	return a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
+		_, err := (tpm2.Duplicate{
+			ObjectHandle:    obj.Auth(s),
+			NewParentHandle: srk.Named(),
+			Symmetric: tpm2.TPMTSymDef{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+		}).Execute(a.t)
+		return tpm.Wrap("TPM2_Duplicate", err)
+	})
 }
 
 // TestNotExtractableForever: a key created without --extractable cannot be

@@ -64,15 +64,16 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 
 // deriveObject derives ks.rec's key under D: load the PK, load D through
 // the PK's policy, CreateLoaded through D's (the same) policy. The caller
-// owns the returned object.
-func (a *Agent) deriveObject(ctx context.Context, ks keyState) (obj tpm.Object, err error) {
+// owns the returned object; on error nothing stays loaded.
+func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, error) {
 	if ks.pk.state.DName == "" {
-		return obj, &PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
+		return tpm.Object{}, &PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
 	}
 	tmplp, err := tpm2.Unmarshal[tpm2.TPMTPublic](ks.rec.Template)
 	if err != nil {
-		return obj, fmt.Errorf("key %s: template: %w", ks.rec.Name, err)
+		return tpm.Object{}, fmt.Errorf("key %s: template: %w", ks.rec.Name, err)
 	}
+	var obj tpm.Object
 	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
 		d, err := a.loadD(ctx, l)
 		if err != nil {
@@ -85,46 +86,34 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (obj tpm.Object, 
 		tmpl := *tmplp
 		// A derived object's fixedTPM must equal its parent's.
 		tmpl.ObjectAttributes.FixedTPM = d.Public.ObjectAttributes.FixedTPM
-		ps, err := a.authorize(l) // D carries the PK's policy
-		if err != nil {
+		// D carries the PK's policy.
+		return a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+			obj, err = a.t.CreateLoaded(d, s, tpm.DeriveTemplate(tmpl, []byte(ks.rec.Label), []byte(ks.rec.Context)))
 			return err
-		}
-		obj, err = a.t.CreateLoaded(d, ps.Session(), tpm.DeriveTemplate(tmpl, []byte(ks.rec.Label), []byte(ks.rec.Context)))
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
-			a.flush(&err, obj.Handle)
-		}
-		return err
+		})
 	})
-	if err != nil {
-		return tpm.Object{}, err
+	if err == nil && ks.rec.Object != "" && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
+		err = fmt.Errorf("%w: key %q derives to another key than recorded (state copied from another device, or the template was edited)", ErrTampered, ks.rec.Name)
 	}
-	if ks.rec.Object != "" && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
-		ferr := a.t.Flush(obj.Handle)
-		return tpm.Object{}, errors.Join(fmt.Errorf("%w: key %q derives to another key than recorded (state copied from another device, or the template was edited)", ErrTampered, ks.rec.Name), ferr)
-	}
-	return obj, nil
+	return a.loadedOrFlush(obj, err)
 }
 
 // loadCreated loads a created key's blob under the PK (through its policy).
-func (a *Agent) loadCreated(ks keyState) (obj tpm.Object, err error) {
+// The caller owns the returned object; on error nothing stays loaded.
+func (a *Agent) loadCreated(ks keyState) (tpm.Object, error) {
 	blob, err := tpm.UnmarshalBlob(ks.keyBlob)
 	if err != nil {
-		return obj, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
+		return tpm.Object{}, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
 	}
-	err = a.withLoadedPK(ks.pk, func(l *loadedPK) error {
-		var err error
+	var obj tpm.Object
+	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
 		obj, err = a.loadUnderPK(l, blob)
 		return err
 	})
-	if err != nil {
-		return obj, err
+	if err == nil && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
+		err = fmt.Errorf("%w: key %q blob is not the recorded key", ErrTampered, ks.rec.Name)
 	}
-	if hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
-		ferr := a.t.Flush(obj.Handle)
-		return tpm.Object{}, errors.Join(fmt.Errorf("%w: key %q blob is not the recorded key", ErrTampered, ks.rec.Name), ferr)
-	}
-	return obj, nil
+	return a.loadedOrFlush(obj, err)
 }
 
 // keyObject returns key ks.rec loaded (resident in the cache): resident
@@ -199,15 +188,12 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
 			return fmt.Errorf("%w: key %q has another policy than recorded", ErrTampered, name)
 		}
-		ps, err := a.satisfy(ks.pk.state.Policy, expr, opts)
-		if err != nil {
-			return err
-		}
-		err = fn(ks.rec, obj, ps.Session())
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-		if cached && attempt == 0 && errors.Is(err, tpm.ErrNotFound) {
+		ran := false
+		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
+			ran = true
+			return fn(ks.rec, obj, s)
+		})
+		if ran && cached && attempt == 0 && errors.Is(err, tpm.ErrNotFound) {
 			// The cached handle is gone (TPM reset, flushed by someone
 			// else): forget it and load the key again.
 			a.keys.forget(name)

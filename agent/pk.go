@@ -263,10 +263,44 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 	return fn(l)
 }
 
-// authorize starts a policy session satisfying the PK's policy (for one
-// command: the TPM resets the session after use), and explains a failure.
-func (a *Agent) authorize(l *loadedPK) (*tpm.PolicySession, error) {
-	return a.satisfy(l.rec, l.expr, l.opts)
+// withPolicySession runs fn with a fresh policy session that satisfies expr
+// (rec explains a failure: which PCRs differ), for exactly one command (the
+// TPM resets the session after use), then flushes the session; the first
+// error wins. Every "policy session, one command, close" in the agent goes
+// through it. When the flush fails after fn loaded an object, the caller
+// still owns that object and must flush it (loadedOrFlush).
+func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, fn func(s tpm2.Session) error) (err error) {
+	ps, err := a.satisfy(rec, expr, opts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return fn(ps.Session())
+}
+
+// withPKPolicy is withPolicySession for the PK's policy: fn's one command
+// uses the PK (or D, which carries the PK's policy) as parent.
+func (a *Agent) withPKPolicy(l *loadedPK, fn func(s tpm2.Session) error) error {
+	return a.withPolicySession(l.rec, l.expr, l.opts, fn)
+}
+
+// loadedOrFlush ends every function that returns a loaded object: with err
+// nil it returns obj; otherwise it flushes obj when it was loaded and
+// returns err (joined with a failed flush), so no error path leaks a slot.
+func (a *Agent) loadedOrFlush(obj tpm.Object, err error) (tpm.Object, error) {
+	if err == nil {
+		return obj, nil
+	}
+	if obj.Handle != 0 {
+		if ferr := a.t.Flush(obj.Handle); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}
+	return tpm.Object{}, err
 }
 
 // satisfy runs expr in a fresh policy session. On failure the session is
@@ -339,29 +373,25 @@ func (a *Agent) loadD(ctx context.Context, l *loadedPK) (tpm.Object, error) {
 }
 
 // loadUnderPK loads blob with the PK as parent, satisfying the PK's policy.
-func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (obj tpm.Object, err error) {
-	ps, err := a.authorize(l)
-	if err != nil {
-		return tpm.Object{}, err
-	}
-	defer func() {
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	return a.t.Load(l.pk, ps.Session(), blob)
+// The caller owns the returned object; on error nothing stays loaded.
+func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (tpm.Object, error) {
+	var obj tpm.Object
+	err := a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+		obj, err = a.t.Load(l.pk, s, blob)
+		return err
+	})
+	return a.loadedOrFlush(obj, err)
 }
 
 // createUnderPK creates an object under the PK, satisfying the PK's policy.
-func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, sensitive []byte) (blob tpm.Blob, err error) {
-	ps, err := a.authorize(l)
+func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, sensitive []byte) (tpm.Blob, error) {
+	var blob tpm.Blob
+	err := a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+		blob, err = a.t.Create(l.pk, s, tmpl, sensitive)
+		return err
+	})
 	if err != nil {
 		return tpm.Blob{}, err
 	}
-	defer func() {
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	return a.t.Create(l.pk, ps.Session(), tmpl, sensitive)
+	return blob, nil
 }

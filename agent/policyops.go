@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
@@ -101,7 +103,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	res.Version, res.Counter = sp.Version, c
 	// The derivation parent is created under the first policy that holds.
 	err = a.withPK(ctx, func(l *loadedPK) error {
-		ps, err := a.authorize(l)
+		err := a.withPKPolicy(l, func(tpm2.Session) error { return nil })
 		var pe *PolicyError
 		if errors.As(err, &pe) {
 			res.Differ = pe.Differ
@@ -111,9 +113,6 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 			return err
 		}
 		res.Satisfied = true
-		if cerr := ps.Close(); cerr != nil {
-			return cerr
-		}
 		if l.state.DName != "" {
 			return nil
 		}
@@ -204,7 +203,7 @@ func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
 				ps.Current[i] = hex.EncodeToString(cur[i])
 			}
 		}
-		sess, err := a.authorize(l)
+		err := a.withPKPolicy(l, func(tpm2.Session) error { return nil })
 		var pe *PolicyError
 		if errors.As(err, &pe) {
 			ps.Differ, ps.Reason = pe.Differ, pe.Reason
@@ -214,7 +213,7 @@ func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
 			return err
 		}
 		ps.Satisfied = true
-		return sess.Close()
+		return nil
 	})
 	if ps.Differ == nil {
 		ps.Differ = []int{}
