@@ -7,6 +7,7 @@ import (
 	"crypto/fips140"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/provd/provd/agent/audit"
 	"github.com/provd/provd/agent/store"
@@ -83,63 +84,118 @@ func (a *Agent) RecordRefusal(op string, uid int, why string) error {
 // not allow the operation. It is an ErrNotPermitted (exit code 5).
 var ErrRefused = fmt.Errorf("%w: the caller's role does not allow it", ErrNotPermitted)
 
-// ErrBusy: the daemon's TPM queue did not reach a request before its deadline.
+// ErrBusy: the daemon's TPM queue did not reach a request before its
+// deadline, or was full (exit code 10, as a TPM out of slots: try again).
 var ErrBusy = errors.New("TPM queue busy: the request's deadline passed while it waited")
 
-// errorKinds names the sentinel errors that travel over the API, most
-// specific first. A remote error carries every kind its cause matched, and
-// the client rebuilds an error that errors.Is each of them again. Packages
-// add their sentinels here as they add them to the CLI's exit-code table.
-var errorKinds = []struct {
-	kind string
-	err  error
-}{
-	{"refused", ErrRefused},
-	{"policy_not_satisfied", tpm.ErrPolicyNotSatisfied},
-	{"tampered", ErrTampered},
-	{"not_provisioned", ErrNotProvisioned},
-	{"already_provisioned", ErrAlreadyProvisioned},
-	{"key_exists", ErrKeyExists},
-	{"not_extractable", ErrNotExtractable},
-	{"not_permitted", ErrNotPermitted},
-	{"not_approved", policy.ErrNotApproved},
-	{"not_found", ErrNotFound},
-	{"bad_input", ErrBadInput},
-	{"busy", ErrBusy},
-	{"state_locked", store.ErrLocked},
-	{"state_corrupt", store.ErrCorrupt},
-	{"state_unknown_schema", store.ErrUnknownSchema},
-	{"state_insecure_dir", store.ErrInsecureDir},
-	{"tpm_lockout", tpm.ErrLockout},
-	{"no_tpm", tpm.ErrNoTPM},
-	{"tpm_failure", tpm.ErrFailureMode},
-	{"tpm_no_memory", tpm.ErrNoMemory},
-	{"tpm_bad_auth", tpm.ErrBadAuth},
-	{"tpm_not_found", tpm.ErrNotFound},
-	{"srk_mismatch", tpm.ErrSRKMismatch},
-	{"tpm_unsupported", tpm.ErrUnsupported},
-	{"deadline_exceeded", context.DeadlineExceeded},
-	{"canceled", context.Canceled},
+// Exit codes of the CLI. They are a contract with scripts and systemd
+// units: documented in docs/exit-codes.md and never renumbered. They live
+// here, beside the kinds table that decides them, so that the daemon (which
+// sends the code with every error) and the in-process CLI decide alike.
+const (
+	ExitOK             = 0
+	ExitError          = 1  // anything not listed below
+	ExitUsage          = 2  // bad flags, arguments or input
+	ExitPolicy         = 3  // the PCRs (or signed policy) do not satisfy the key's policy
+	ExitLockout        = 4  // the TPM's dictionary-attack protection is locked out
+	ExitNotPermitted   = 5  // refused: not approved (FIPS mode) or not allowed for the caller's role
+	ExitNoTPM          = 6  // no TPM reachable
+	ExitNotFound       = 7  // a key, blob, state or TPM object does not exist
+	ExitState          = 8  // the state directory or audit log is locked, corrupt or of an unknown schema
+	ExitTPMFailure     = 9  // the TPM failed its self-test or is in failure mode
+	ExitTPMResources   = 10 // the TPM has no free object or session slot, or the daemon's queue is full
+	ExitBadAuth        = 11 // a TPM authorization value was wrong (counts against lockout)
+	ExitConflict       = 12 // already exists (provisioned, key name taken); use --force where offered
+	ExitNotProvisioned = 13 // `provd provision` has not run
+	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
+	ExitInterrupted    = 130
+)
+
+// Kind is one sentinel error as it travels: Name on the wire (an API
+// error's kinds), Err the sentinel, Exit the CLI's exit code for it.
+type Kind struct {
+	Name string
+	Err  error
+	Exit int
 }
+
+// kinds is the one table of the sentinel errors that cross the API and
+// decide exit codes, most specific first. A remote error carries every kind
+// its cause matched, and the client rebuilds an error that errors.Is each of
+// them again; the exit code is the first match's. A package that adds a
+// sentinel callers must tell apart adds it here (the server's tests fail for
+// an exported sentinel that is neither here nor deliberately left out), and
+// docs/exit-codes.md and docs/api.md list it.
+var kinds = []Kind{
+	{"refused", ErrRefused, ExitNotPermitted},
+	{"policy_not_satisfied", tpm.ErrPolicyNotSatisfied, ExitPolicy},
+	{"tampered", ErrTampered, ExitTampered},
+	{"audit_unanchored", audit.ErrUnanchored, ExitTampered},
+	{"audit_tampered", audit.ErrTampered, ExitTampered},
+	{"audit_torn_tail", audit.ErrTornTail, ExitTampered},
+	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned},
+	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict},
+	{"key_exists", ErrKeyExists, ExitConflict},
+	{"not_extractable", ErrNotExtractable, ExitNotPermitted},
+	{"not_permitted", ErrNotPermitted, ExitNotPermitted},
+	{"not_approved", policy.ErrNotApproved, ExitNotPermitted},
+	{"not_found", ErrNotFound, ExitNotFound},
+	{"bad_input", ErrBadInput, ExitUsage},
+	{"busy", ErrBusy, ExitTPMResources},
+	{"state_locked", store.ErrLocked, ExitState},
+	{"audit_locked", audit.ErrLocked, ExitState},
+	{"state_corrupt", store.ErrCorrupt, ExitState},
+	{"state_unknown_schema", store.ErrUnknownSchema, ExitState},
+	{"state_insecure_dir", store.ErrInsecureDir, ExitState},
+	{"state_not_found", store.ErrNotFound, ExitNotFound},
+	{"state_invalid_name", store.ErrInvalidName, ExitUsage},
+	{"tpm_lockout", tpm.ErrLockout, ExitLockout},
+	{"no_tpm", tpm.ErrNoTPM, ExitNoTPM},
+	{"tpm_failure", tpm.ErrFailureMode, ExitTPMFailure},
+	{"tpm_no_memory", tpm.ErrNoMemory, ExitTPMResources},
+	{"tpm_bad_auth", tpm.ErrBadAuth, ExitBadAuth},
+	{"tpm_not_found", tpm.ErrNotFound, ExitNotFound},
+	{"srk_mismatch", tpm.ErrSRKMismatch, ExitConflict},
+	{"tpm_unsupported", tpm.ErrUnsupported, ExitNotPermitted},
+	{"deadline_exceeded", context.DeadlineExceeded, ExitError},
+	{"canceled", context.Canceled, ExitInterrupted},
+}
+
+// Kinds returns a copy of the kinds table, in order.
+func Kinds() []Kind { return slices.Clone(kinds) }
 
 // ErrorKinds returns the names of every sentinel err matches, in table order.
 func ErrorKinds(err error) []string {
-	var kinds []string
-	for _, k := range errorKinds {
-		if errors.Is(err, k.err) {
-			kinds = append(kinds, k.kind)
+	var names []string
+	for _, k := range kinds {
+		if errors.Is(err, k.Err) {
+			names = append(names, k.Name)
 		}
 	}
-	return kinds
+	return names
 }
 
 // KindError returns the sentinel a kind names, or nil for a kind this
 // version does not know (a newer daemon's).
-func KindError(kind string) error {
-	for _, k := range errorKinds {
-		if k.kind == kind {
-			return k.err
+func KindError(name string) error {
+	for _, k := range kinds {
+		if k.Name == name {
+			return k.Err
 		}
 	}
 	return nil
+}
+
+// ExitCode is the exit code for err: ExitOK for nil, the first matching
+// kind's code, ExitError when no kind matches.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	for _, k := range kinds {
+		if errors.Is(err, k.Err) {
+			return k.Exit
+		}
+	}
+	return ExitError
 }

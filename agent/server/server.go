@@ -51,7 +51,8 @@ type Options struct {
 	RequestTimeout time.Duration
 	MaxWaiting     int
 	// ExitCode is the CLI's exit code for an error, sent with every error
-	// so that clients exit as the in-process CLI would. nil: 1 for all.
+	// so that clients exit as the in-process CLI would. nil: agent.ExitCode,
+	// the kinds table's code.
 	ExitCode func(error) int
 	Logger   *slog.Logger
 }
@@ -94,7 +95,7 @@ func newServer(o Options) *Server {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.ExitCode == nil {
-		o.ExitCode = func(error) int { return 1 }
+		o.ExitCode = agent.ExitCode
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = DefaultRequestTimeout
@@ -412,13 +413,13 @@ func httpStatus(kinds []string) int {
 		return http.StatusForbidden
 	case "policy_not_satisfied", "not_provisioned":
 		return http.StatusPreconditionFailed
-	case "not_found", "tpm_not_found":
+	case "not_found", "tpm_not_found", "state_not_found":
 		return http.StatusNotFound
 	case "already_provisioned", "srk_mismatch":
 		return http.StatusConflict
-	case "bad_input":
+	case "bad_input", "state_invalid_name":
 		return http.StatusBadRequest
-	case "busy", "tpm_no_memory", "state_locked", "no_tpm", "deadline_exceeded":
+	case "busy", "tpm_no_memory", "state_locked", "audit_locked", "no_tpm", "deadline_exceeded":
 		return http.StatusServiceUnavailable
 	case "tpm_lockout":
 		return http.StatusLocked

@@ -1,0 +1,252 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// The CLI's exit code, in-process, for the sentinels the review found
+// missing from one table or the other, and for the ones that were there.
+func TestExitCodeOfSentinels(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code int
+	}{
+		{audit.ErrTampered, cli.ExitTampered},
+		{audit.ErrUnanchored, cli.ExitTampered},
+		{audit.ErrTornTail, cli.ExitTampered},
+		{audit.ErrLocked, cli.ExitState},
+		{store.ErrLocked, cli.ExitState},
+		{store.ErrNotFound, cli.ExitNotFound},
+		{store.ErrInvalidName, cli.ExitUsage},
+		{agent.ErrBusy, cli.ExitTPMResources},
+		{agent.ErrRefused, cli.ExitNotPermitted},
+		{agent.ErrNotExtractable, cli.ExitNotPermitted},
+		{tpm.ErrPolicyNotSatisfied, cli.ExitPolicy},
+		{agent.ErrTampered, cli.ExitTampered},
+		{agent.ErrNotProvisioned, cli.ExitNotProvisioned},
+		{agent.ErrKeyExists, cli.ExitConflict},
+		{policy.ErrNotApproved, cli.ExitNotPermitted},
+		{agent.ErrBadInput, cli.ExitUsage},
+		{store.ErrCorrupt, cli.ExitState},
+		{tpm.ErrLockout, cli.ExitLockout},
+		{tpm.ErrNoTPM, cli.ExitNoTPM},
+		{tpm.ErrNoMemory, cli.ExitTPMResources},
+		{tpm.ErrSRKMismatch, cli.ExitConflict},
+		{context.DeadlineExceeded, cli.ExitError},
+		{context.Canceled, cli.ExitInterrupted},
+		{errors.New("anything else"), cli.ExitError},
+	} {
+		err := fmt.Errorf("doing something: %w", tc.err)
+		if got := cli.ExitCode(err); got != tc.code {
+			t.Errorf("exit code for %v: %d, want %d", tc.err, got, tc.code)
+		}
+		if got := agent.ExitCode(err); got != tc.code {
+			t.Errorf("agent.ExitCode for %v: %d, want %d", tc.err, got, tc.code)
+		}
+	}
+	// A verify error of the audit log is its kind and ErrTampered.
+	verr := &audit.VerifyError{Line: 3, Kind: audit.ErrUnanchored, Reason: "test"}
+	if got := cli.ExitCode(fmt.Errorf("audit verify: %w", verr)); got != cli.ExitTampered {
+		t.Errorf("exit code for %v: %d, want %d", verr, got, cli.ExitTampered)
+	}
+}
+
+// The table is consistent: names unique, every sentinel found again by its
+// name, and every exit code one of the documented constants.
+func TestKindsTable(t *testing.T) {
+	names := map[string]bool{}
+	for _, k := range agent.Kinds() {
+		if names[k.Name] {
+			t.Errorf("kind %q twice", k.Name)
+		}
+		names[k.Name] = true
+		if agent.KindError(k.Name) != k.Err {
+			t.Errorf("KindError(%q) is not its sentinel", k.Name)
+		}
+		if k.Exit == cli.ExitOK || !slices.Contains(agent.ErrorKinds(k.Err), k.Name) {
+			t.Errorf("kind %q: exit %d, kinds of its sentinel %v", k.Name, k.Exit, agent.ErrorKinds(k.Err))
+		}
+	}
+}
+
+// notOnTheWire are exported sentinels deliberately left out of the table,
+// and why. Any other exported Err* variable of these packages must be in it.
+var notOnTheWire = map[string]string{
+	"audit.ErrAnchorEmpty":     "the agent's anchor reports it to package audit, which treats it as an empty log",
+	"audit.ErrInvalidRecord":   "a bug of the caller of Append, not a state a user can act on",
+	"store.ErrReadOnly":        "a bug: a write inside View",
+	"tpm.ErrNVUninitialized":   "the agent maps it (audit.ErrAnchorEmpty, not provisioned)",
+	"tpm.ErrTransport":         "an I/O failure talking to the TPM: exit 1, the message says what failed",
+	"policy.ErrNoSignedPolicy": "travels inside *agent.PolicyError, which is policy_not_satisfied",
+}
+
+// Every exported sentinel of the packages whose errors reach the CLI is in
+// the kinds table or in notOnTheWire: the two hand-kept tables that drifted
+// apart are one now, and this keeps new sentinels from being forgotten.
+func TestEverySentinelHasAKind(t *testing.T) {
+	root := filepath.Join("..", "..")
+	inTable := map[error]bool{}
+	for _, k := range agent.Kinds() {
+		inTable[k.Err] = true
+	}
+	// The sentinels, by qualified name, as the packages export them.
+	exported := map[string]error{
+		"agent.ErrNotProvisioned": agent.ErrNotProvisioned, "agent.ErrAlreadyProvisioned": agent.ErrAlreadyProvisioned,
+		"agent.ErrNotPermitted": agent.ErrNotPermitted, "agent.ErrNotFound": agent.ErrNotFound, "agent.ErrBadInput": agent.ErrBadInput,
+		"agent.ErrRefused": agent.ErrRefused, "agent.ErrBusy": agent.ErrBusy, "agent.ErrNotExtractable": agent.ErrNotExtractable,
+		"agent.ErrKeyExists": agent.ErrKeyExists, "agent.ErrTampered": agent.ErrTampered,
+		"audit.ErrTampered": audit.ErrTampered, "audit.ErrUnanchored": audit.ErrUnanchored, "audit.ErrTornTail": audit.ErrTornTail,
+		"audit.ErrLocked": audit.ErrLocked,
+		"store.ErrLocked": store.ErrLocked, "store.ErrUnknownSchema": store.ErrUnknownSchema, "store.ErrCorrupt": store.ErrCorrupt,
+		"store.ErrInsecureDir": store.ErrInsecureDir, "store.ErrInvalidName": store.ErrInvalidName, "store.ErrNotFound": store.ErrNotFound,
+		"tpm.ErrNoTPM": tpm.ErrNoTPM, "tpm.ErrFailureMode": tpm.ErrFailureMode, "tpm.ErrPolicyNotSatisfied": tpm.ErrPolicyNotSatisfied,
+		"tpm.ErrLockout": tpm.ErrLockout, "tpm.ErrBadAuth": tpm.ErrBadAuth, "tpm.ErrNoMemory": tpm.ErrNoMemory,
+		"tpm.ErrNotFound": tpm.ErrNotFound, "tpm.ErrUnsupported": tpm.ErrUnsupported, "tpm.ErrSRKMismatch": tpm.ErrSRKMismatch,
+		"policy.ErrNotApproved": policy.ErrNotApproved,
+	}
+	found := map[string]bool{}
+	for pkg, dir := range map[string]string{"agent": "agent", "audit": "agent/audit", "store": "agent/store", "tpm": "tpm", "policy": "policy"} {
+		for _, name := range sentinelsIn(t, filepath.Join(root, dir)) {
+			q := pkg + "." + name
+			found[q] = true
+			if _, ok := notOnTheWire[q]; ok {
+				continue
+			}
+			err, ok := exported[q]
+			if !ok {
+				t.Errorf("%s is an exported sentinel this test does not know: add it to agent's kinds table (agent/api.go) "+
+					"with its exit code, docs/exit-codes.md and docs/api.md, and to this test; or to notOnTheWire with the reason", q)
+				continue
+			}
+			if !inTable[err] {
+				t.Errorf("%s is not in agent's kinds table (agent/api.go)", q)
+			}
+		}
+	}
+	for q := range exported {
+		if !found[q] {
+			t.Errorf("%s not found in the sources: is the parse right?", q)
+		}
+	}
+}
+
+// sentinelsIn lists the package-level Err* variables of the non-test files
+// in dir.
+func sentinelsIn(t *testing.T, dir string) []string {
+	t.Helper()
+	fset := token.NewFileSet()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(fset, f, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range af.Decls {
+			gd, ok := d.(*ast.GenDecl)
+			if !ok || gd.Tok != token.VAR {
+				continue
+			}
+			for _, sp := range gd.Specs {
+				for _, n := range sp.(*ast.ValueSpec).Names {
+					if strings.HasPrefix(n.Name, "Err") && n.IsExported() {
+						names = append(names, n.Name)
+					}
+				}
+			}
+		}
+	}
+	return names
+}
+
+// docs/exit-codes.md lists, for each code, exactly the kinds the table gives
+// it, and docs/api.md lists every kind in table order.
+func TestKindsDocumented(t *testing.T) {
+	root := filepath.Join("..", "..")
+	b, err := os.ReadFile(filepath.Join(root, "docs", "exit-codes.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int][]string{}
+	var order []string
+	for _, k := range agent.Kinds() {
+		want[k.Exit] = append(want[k.Exit], k.Name)
+		order = append(order, k.Name)
+	}
+	tick := regexp.MustCompile("`([a-z_]+)`")
+	got := map[int][]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 {
+			continue
+		}
+		code, err := strconv.Atoi(strings.TrimSpace(cells[1]))
+		if err != nil {
+			continue
+		}
+		got[code] = []string{}
+		for _, m := range tick.FindAllStringSubmatch(cells[3], -1) {
+			got[code] = append(got[code], m[1])
+		}
+	}
+	for code, names := range want {
+		g, ok := got[code]
+		if !ok {
+			t.Errorf("docs/exit-codes.md has no row for exit code %d", code)
+			continue
+		}
+		if !slices.Equal(g, names) {
+			t.Errorf("docs/exit-codes.md, code %d: kinds %v, want %v (table order)", code, g, names)
+		}
+	}
+	for code, g := range got {
+		if _, ok := want[code]; !ok && len(g) > 0 {
+			t.Errorf("docs/exit-codes.md, code %d: kinds %v that the table does not give it", code, g)
+		}
+	}
+
+	b, err = os.ReadFile(filepath.Join(root, "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	i := strings.Index(doc, "- `kinds`: every sentinel")
+	j := strings.Index(doc, "The client rebuilds an")
+	if i < 0 || j < i {
+		t.Fatal("docs/api.md: no list of kinds under Errors")
+	}
+	var listed []string
+	for _, m := range tick.FindAllStringSubmatch(doc[i:j], -1) {
+		if m[1] != "kinds" {
+			listed = append(listed, m[1])
+		}
+	}
+	if !slices.Equal(listed, order) {
+		t.Errorf("docs/api.md lists kinds %v, want %v", listed, order)
+	}
+}
