@@ -135,7 +135,7 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 			healthy := func() error {
 				err := srv.Health(ctx)
 				if err != nil && ctx.Err() == nil {
-					log.Warn("watchdog: the TPM does not answer; not pinging", "err", err)
+					log.Warn("watchdog: the TPM does not answer, or an operation holds the queue without progress; not pinging", "err", err)
 				}
 				return err
 			}

@@ -103,6 +103,9 @@ func (w ECDHRequest) keyName() string       { return w.Name }
 func (w DecryptRequest) keyName() string    { return w.Name }
 func (w ImportBlobRequest) keyName() string { return w.Name }
 
+func (w DataRequest) inputLen() int { return len(w.Data) }
+func (w SignRequest) inputLen() int { return len(w.Digest) }
+
 func (w *DataRequest) wipe()  { clear(w.Data) }
 func (w *DataResponse) wipe() { clear(w.Data) }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/provd/provd/agent"
 )
@@ -17,6 +18,9 @@ type queue struct {
 	slot       chan struct{}
 	waiting    atomic.Int64
 	maxWaiting int64
+	// since is when the operation holding the slot was admitted
+	// (UnixNano); 0 while none holds it.
+	since atomic.Int64
 }
 
 func newQueue(maxWaiting int) *queue {
@@ -41,6 +45,20 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 		}
 		return ctx.Err()
 	}
-	defer func() { <-q.slot }()
+	q.since.Store(time.Now().UnixNano())
+	defer func() {
+		q.since.Store(0)
+		<-q.slot
+	}()
 	return fn()
+}
+
+// heldSince reports when the operation now holding the queue was admitted,
+// and whether one holds it.
+func (q *queue) heldSince() (time.Time, bool) {
+	n := q.since.Load()
+	if n == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n), true
 }

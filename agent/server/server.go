@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,7 +39,31 @@ const (
 	// healthTimeout bounds the watchdog's TPM check, queue wait included;
 	// it must stay below half of WatchdogSec (30 s in provd.service).
 	healthTimeout = 10 * time.Second
+	// stallTimeout is how long an operation may hold the queue without the
+	// TPM answering a command before Health calls the daemon stuck: above
+	// one TPM command's timeout (tpm.Options.Timeout, 2 min), which bounds
+	// the longest single command (an RSA-4096 key generation on a discrete
+	// TPM takes up to a minute), and above the store's lock wait.
+	stallTimeout = 3 * time.Minute
 )
+
+// Input limits of the daemon, below what the in-process agent accepts: one
+// request holds the TPM queue for every other client while it runs.
+const (
+	// MaxHMACInput bounds POST /v1/keys/hmac's data: beyond one TPM buffer
+	// (1 KiB) every KiB is one more TPM2_SequenceUpdate, so 1 MiB is about
+	// a thousand commands. The agent takes up to agent.MaxDataInput in-process.
+	MaxHMACInput = 1 << 20
+	// MaxSignDigest bounds POST /v1/keys/sign's digest: the largest hash
+	// (SHA-512). The agent checks the exact size for the key's hash.
+	MaxSignDigest = 64
+)
+
+// maxInput is the input limit of an operation, checked before the queue.
+var maxInput = map[string]int{"key-hmac": MaxHMACInput, "key-sign": MaxSignDigest}
+
+// inputSizer is a request whose input maxInput may bound.
+type inputSizer interface{ inputLen() int }
 
 // Options build a Server.
 type Options struct {
@@ -71,6 +96,13 @@ type Server struct {
 	mux      *http.ServeMux
 
 	requests, refused, tpmCommands atomic.Int64
+
+	// Health's limits (healthTimeout, stallTimeout; tests shorten them) and
+	// what it last saw of the TPM's progress.
+	healthWait, stallAfter time.Duration
+	progressMu             sync.Mutex
+	lastCommands           int64
+	lastProgress           time.Time
 }
 
 // Stats counts what the server did.
@@ -103,7 +135,8 @@ func newServer(o Options) *Server {
 	if o.MaxWaiting <= 0 {
 		o.MaxWaiting = DefaultMaxWaiting
 	}
-	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux()}
+	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux(),
+		healthWait: healthTimeout, stallAfter: stallTimeout}
 	s.Reconfigure(o.Roles, o.RequestTimeout)
 	s.routes()
 	s.hs = &http.Server{
@@ -151,15 +184,63 @@ func (s *Server) Stats() Stats {
 	return Stats{Requests: s.requests.Load(), Refused: s.refused.Load(), TPMCommands: s.tpmCommands.Load()}
 }
 
-// Health proves the TPM answers through the queue within healthTimeout: one
-// TPM2_PCR_Read, the cheapest command that exercises the whole path.
+// Health tells the watchdog whether the daemon serves. It sends one
+// TPM2_PCR_Read through the queue, the cheapest command that exercises the
+// whole path, and waits at most healthTimeout for it. When the queue does
+// not reach it in time, admitted operations hold the TPM, and some rightly
+// hold it long: a 1 MiB HMAC is a thousand TPM commands, an RSA-4096 key
+// generation on a discrete TPM one command of up to a minute, a store lock
+// wait seconds. The daemon is healthy then while they make progress: the
+// TPM answered a command since the previous check, or the operation holding
+// the queue was admitted less than stallTimeout ago. Only a queue held for
+// stallTimeout with no TPM answer stops the pings.
 func (s *Server) Health(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	hctx, cancel := context.WithTimeout(ctx, s.healthWait)
 	defer cancel()
-	return s.q.do(ctx, func() error {
+	err := s.q.do(hctx, func() error {
 		_, err := s.t.PCRUpdateCounter()
 		return err
 	})
+	if !errors.Is(err, agent.ErrBusy) {
+		if err == nil {
+			s.sawProgress()
+		}
+		return err
+	}
+	return s.progressing()
+}
+
+// sawProgress notes the TPM's command count as seen now.
+func (s *Server) sawProgress() {
+	s.progressMu.Lock()
+	defer s.progressMu.Unlock()
+	s.lastCommands, s.lastProgress = s.t.Stats().Commands, time.Now()
+}
+
+// progressing decides Health when the queue did not reach its probe.
+func (s *Server) progressing() error {
+	now := time.Now()
+	cmds := s.t.Stats().Commands
+	s.progressMu.Lock()
+	defer s.progressMu.Unlock()
+	if cmds != s.lastCommands {
+		s.lastCommands, s.lastProgress = cmds, now
+		s.log.Debug("watchdog: the TPM queue is held by operations that make progress")
+		return nil
+	}
+	since, held := s.q.heldSince()
+	if !held {
+		return nil // between two operations: the queue moves
+	}
+	last := since
+	if s.lastProgress.After(last) {
+		last = s.lastProgress
+	}
+	if idle := now.Sub(last); idle >= s.stallAfter {
+		return fmt.Errorf("%w: an operation has held the TPM queue for %v, and the TPM has answered no command for %v",
+			agent.ErrBusy, now.Sub(since).Round(time.Second), idle.Round(time.Second))
+	}
+	return nil
 }
 
 // endpoint describes one route for the handler and for docs/api.md.
@@ -319,6 +400,13 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 			}
 			if err := DecodeStrict(body, &req); err != nil {
 				s.writeError(w, http.StatusBadRequest, err)
+				return
+			}
+		}
+		if limit, ok := maxInput[ep.Op]; ok {
+			if is, ok := any(req).(inputSizer); ok && is.inputLen() > limit {
+				s.writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("%w: %s input of %d bytes; the daemon takes at most %d",
+					agent.ErrBadInput, ep.Op, is.inputLen(), limit))
 				return
 			}
 		}

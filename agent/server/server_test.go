@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -229,5 +231,39 @@ func TestNoGoroutineLeak(t *testing.T) {
 			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The daemon caps HMAC input and sign digests before the queue: a request
+// over the cap never holds the TPM (this server has none to hold).
+func TestInputLimits(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	hc := serveNoTPM(t, &Roles{Officer: me, User: me})
+	for _, tc := range []struct {
+		name, path string
+		body       any
+	}{
+		{"hmac over the cap", "/v1/keys/hmac", DataRequest{Name: "k", Data: make([]byte, MaxHMACInput+1)}},
+		{"digest over the cap", "/v1/keys/sign", SignRequest{Name: "k", Digest: make([]byte, MaxSignDigest+1)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(tc.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rsp, err := hc.Post("http://provd"+tc.path, "application/json", bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rsp.Body.Close()
+			rb, _ := io.ReadAll(rsp.Body)
+			var eb ErrorBody
+			if err := DecodeStrict(rb, &eb); err != nil {
+				t.Fatalf("error body: %v: %s", err, rb)
+			}
+			if rsp.StatusCode != http.StatusRequestEntityTooLarge || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != "bad_input" {
+				t.Errorf("HTTP %d %+v, want 413 bad_input", rsp.StatusCode, eb.Error)
+			}
+		})
 	}
 }

@@ -170,3 +170,76 @@ func TestRequestLogFields(t *testing.T) {
 		t.Errorf("body bytes in the log:\n%s", logs)
 	}
 }
+
+// holdQueue admits an operation that runs work until release is called.
+func holdQueue(t *testing.T, s *Server, work func(stop <-chan struct{}) error) (release func()) {
+	t.Helper()
+	stop := make(chan struct{})
+	admitted := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- s.q.do(context.Background(), func() error {
+			close(admitted)
+			return work(stop)
+		})
+	}()
+	<-admitted
+	return func() {
+		close(stop)
+		if err := <-done; err != nil {
+			t.Errorf("the operation holding the queue: %v", err)
+		}
+	}
+}
+
+// The watchdog's check passes while an admitted operation holds the queue
+// longer than the check may wait, as long as it makes progress (TPM commands
+// answered, or admitted recently); an operation that holds the queue with
+// no TPM answer past the stall limit fails it.
+func TestHealthWhileAnOperationHoldsTheQueue(t *testing.T) {
+	ts := serveTPM(t)
+	ts.healthWait = 50 * time.Millisecond
+	ts.stallAfter = 600 * time.Millisecond
+	ctx := context.Background()
+	if err := ts.Health(ctx); err != nil {
+		t.Fatalf("idle: %v", err)
+	}
+
+	// A long operation of many TPM commands, as a big HMAC: healthy
+	// throughout, well past the stall limit.
+	release := holdQueue(t, ts.Server, func(stop <-chan struct{}) error {
+		for {
+			select {
+			case <-stop:
+				return nil
+			default:
+			}
+			if _, err := ts.t.PCRUpdateCounter(); err != nil {
+				return err
+			}
+		}
+	})
+	for i := range 6 {
+		time.Sleep(200 * time.Millisecond)
+		if err := ts.Health(ctx); err != nil {
+			t.Fatalf("check %d while the TPM works for an operation: %v", i, err)
+		}
+	}
+	release()
+
+	// One long TPM command (or a lock wait): no command answered, but the
+	// operation is young.
+	release = holdQueue(t, ts.Server, func(stop <-chan struct{}) error { <-stop; return nil })
+	if err := ts.Health(ctx); err != nil {
+		t.Fatalf("an operation admitted just now: %v", err)
+	}
+	// Stuck: no TPM answer for longer than the stall limit.
+	time.Sleep(ts.stallAfter + 100*time.Millisecond)
+	if err := ts.Health(ctx); err == nil {
+		t.Error("healthy while an operation held the queue past the stall limit with no TPM command answered")
+	}
+	release()
+	if err := ts.Health(ctx); err != nil {
+		t.Fatalf("after the stuck operation ended: %v", err)
+	}
+}
