@@ -186,6 +186,19 @@ func (kt keyType) template(usage string, authPolicy []byte) tpm2.TPMTPublic {
 	return t
 }
 
+// createdTemplate is the public area provd sends to TPM2_Create for a
+// created key of this type and usage with authPolicy: the TPM generates the
+// private part (sensitiveDataOrigin); not extractable: fixedTPM|fixedParent;
+// extractable: both clear and encryptedDuplication set.
+func (kt keyType) createdTemplate(usage string, authPolicy []byte, extractable bool) tpm2.TPMTPublic {
+	t := kt.template(usage, authPolicy)
+	t.ObjectAttributes.SensitiveDataOrigin = true
+	t.ObjectAttributes.FixedTPM = !extractable
+	t.ObjectAttributes.FixedParent = !extractable
+	t.ObjectAttributes.EncryptedDuplication = extractable
+	return t
+}
+
 // typeOf recognizes the approved type of a public area (imported blobs), or
 // refuses it.
 func typeOf(pub tpm2.TPMTPublic) (keyType, string, error) {
@@ -442,11 +455,7 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	tmpl := kt.template(usage, digest)
-	tmpl.ObjectAttributes.SensitiveDataOrigin = true
-	tmpl.ObjectAttributes.FixedTPM = !req.Extractable
-	tmpl.ObjectAttributes.FixedParent = !req.Extractable
-	tmpl.ObjectAttributes.EncryptedDuplication = req.Extractable
+	tmpl := kt.createdTemplate(usage, digest, req.Extractable)
 	rec := keyRecord{Name: req.Name, Kind: KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	if err := a.keys.evictResident(a.t); err != nil {

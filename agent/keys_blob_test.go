@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent/keyfile"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// TestCheckImportPublic: import-blob accepts exactly the public areas provd
+// creates (every creatable type and usage, extractable or not, whatever the
+// unique field) and refuses each single deviation, in particular the ones a
+// key made outside the TPM and brought in with TPM2_Import carries
+// (sensitiveDataOrigin clear) and the attributes the earlier check never
+// looked at (adminWithPolicy, noDA, stClear, schemes, exponent).
+func TestCheckImportPublic(t *testing.T) {
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk := policy.Policy{policy.Authorize{Signer: signer.Public(), PolicyRef: pkPolicyRef}}
+	digest := func(extractable bool) []byte {
+		d, err := keyPolicy(pk, extractable).Digest(tpm2.TPMAlgSHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	for _, kt := range keyTypes {
+		if !kt.create {
+			continue
+		}
+		for _, usage := range kt.usages {
+			for _, ext := range []bool{false, true} {
+				pub := kt.createdTemplate(usage, digest(ext), ext)
+				if kt.alg == tpm2.TPMAlgECC {
+					pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+						X: tpm2.TPM2BECCParameter{Buffer: []byte{1, 2}}, Y: tpm2.TPM2BECCParameter{Buffer: []byte{3}}})
+				}
+				gkt, gu, tmpl, err := checkImportPublic(pub, pk)
+				if err != nil || gkt.name != kt.name || gu != usage || tmpl.ObjectAttributes.FixedTPM == ext {
+					t.Errorf("%s %s extractable=%v: %s %s %v", kt.name, usage, ext, gkt.name, gu, err)
+				}
+			}
+		}
+	}
+
+	p256, _ := lookupType("ecc-p256", false)
+	rsa2048, _ := lookupType("rsa-2048", false)
+	fixed := func() tpm2.TPMTPublic { return p256.createdTemplate(UsageSign, digest(false), false) }
+	ext := func() tpm2.TPMTPublic { return p256.createdTemplate(UsageSign, digest(true), true) }
+	for _, c := range []struct {
+		name string
+		pub  func() tpm2.TPMTPublic
+	}{
+		{"TPM2_Import: sensitiveDataOrigin clear", func() tpm2.TPMTPublic {
+			p := ext()
+			p.ObjectAttributes.SensitiveDataOrigin = false
+			return p
+		}},
+		{"adminWithPolicy clear", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.AdminWithPolicy = false; return p }},
+		{"noDA clear", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.NoDA = false; return p }},
+		{"stClear", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.STClear = true; return p }},
+		{"userWithAuth", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.UserWithAuth = true; return p }},
+		{"restricted", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.Restricted = true; return p }},
+		{"fixedTPM without fixedParent", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.FixedParent = false; return p }},
+		{"extractable without encryptedDuplication", func() tpm2.TPMTPublic {
+			p := ext()
+			p.ObjectAttributes.EncryptedDuplication = false
+			return p
+		}},
+		{"fixed with encryptedDuplication", func() tpm2.TPMTPublic {
+			p := fixed()
+			p.ObjectAttributes.EncryptedDuplication = true
+			return p
+		}},
+		{"extractable with the fixed policy", func() tpm2.TPMTPublic { p := ext(); p.AuthPolicy.Buffer = digest(false); return p }},
+		{"fixed with the extractable policy", func() tpm2.TPMTPublic { p := fixed(); p.AuthPolicy.Buffer = digest(true); return p }},
+		{"nameAlg sha384", func() tpm2.TPMTPublic { p := fixed(); p.NameAlg = tpm2.TPMAlgSHA384; return p }},
+		{"ECDSA scheme fixed in the key", func() tpm2.TPMTPublic {
+			p := fixed()
+			p.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+				Scheme: tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA,
+					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA1})},
+				CurveID: tpm2.TPMECCNistP256,
+				KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+			})
+			return p
+		}},
+		{"RSA exponent 3", func() tpm2.TPMTPublic {
+			p := rsa2048.createdTemplate(UsageSign, digest(false), false)
+			p.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+				Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+				KeyBits:   2048, Exponent: 3,
+			})
+			return p
+		}},
+		{"sign and decrypt", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.Decrypt = true; return p }},
+	} {
+		if _, _, _, err := checkImportPublic(c.pub(), pk); !errors.Is(err, ErrNotPermitted) {
+			t.Errorf("%s: %v, want ErrNotPermitted", c.name, err)
+		} else {
+			t.Logf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// TestImportRefusesForeignOrigin: a key file whose public area says the key
+// was not generated by the TPM (sensitiveDataOrigin clear, as a key brought
+// in with TPM2_Import has) is refused by provd's check, before the TPM
+// is asked to load it.
+func TestImportRefusesForeignOrigin(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	pemData, err := a.ExportKeyBlob(ctx, "ext")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kf, err := keyfile.ParsePEM(pemData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](kf.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.ObjectAttributes.SensitiveDataOrigin = false
+	kf.Public = tpm2.Marshal(tpm2.New2B(*pub))
+	edited, err := kf.EncodePEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A refusal before any TPM work costs what auditing it costs.
+	before := env.TPM.Stats()
+	if _, err := a.ImportKeyBlob(ctx, ".bad-name", pemData); !errors.Is(err, ErrBadInput) {
+		t.Fatal(err)
+	}
+	audit := env.TPM.Stats().Sub(before).Commands
+	before = env.TPM.Stats()
+	if _, err := a.ImportKeyBlob(ctx, "foreign", edited); !errors.Is(err, ErrNotPermitted) {
+		t.Fatalf("import of a key not generated by the TPM: %v, want ErrNotPermitted", err)
+	}
+	if n := env.TPM.Stats().Sub(before).Commands; n != audit {
+		t.Errorf("refusal sent %d TPM commands, auditing alone %d: the TPM was asked to load it", n, audit)
+	}
+	if _, err := a.ImportKeyBlob(ctx, "again", pemData); err != nil {
+		t.Fatalf("the genuine file: %v", err)
+	}
+}
