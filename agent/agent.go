@@ -50,7 +50,8 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Agent performs provd's operations for one caller.
+// Agent performs provd's operations for one caller. It is not safe for
+// concurrent use: the daemon serializes calls through its queue.
 type Agent struct {
 	t     *tpm.TPM
 	st    *store.Store

@@ -6,7 +6,15 @@
 // Every Sign or Decrypt is one key use through the agent: the key's policy
 // (the PK's PCR policy) is checked by the TPM on each call, so a Key stops
 // working when the platform stops satisfying it (an error wrapping
-// tpm.ErrPolicyNotSatisfied). Calls on one Agent are serialized by the agent.
+// tpm.ErrPolicyNotSatisfied).
+//
+// A Key is safe for concurrent use (Go's TLS stack may call Sign from several
+// goroutines). An in-process *agent.Agent is not, so every Key over the same
+// *agent.Agent takes one lock per call; the daemon's client (agent/client) is
+// safe for concurrent use and is called as it is (the daemon serializes TPM
+// work through its queue). Code that also calls the Agent directly while Keys
+// are in use must not do so concurrently with them. Any other Backend must be
+// safe for concurrent use.
 package tpmkey
 
 import (
@@ -16,6 +24,9 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
+	"weak"
 
 	"github.com/provd/provd/agent"
 )
@@ -36,9 +47,38 @@ type Key struct {
 	// ctx bounds each call: crypto.Signer has no context parameter.
 	ctx  context.Context
 	ag   Backend
+	mu   *sync.Mutex // the Agent's lock (lockFor); nil for other backends
 	name string
 	pub  crypto.PublicKey
 	info agent.KeyInfo
+}
+
+// agentLocks holds one mutex per in-process *agent.Agent that Keys use, so
+// that Keys over one Agent serialize among themselves. An entry goes when
+// its Agent is garbage collected.
+var agentLocks sync.Map // weak.Pointer[agent.Agent] -> *sync.Mutex
+
+// lockFor returns the lock for b when it is an in-process *agent.Agent.
+func lockFor(b Backend) *sync.Mutex {
+	ag, ok := b.(*agent.Agent)
+	if !ok || ag == nil {
+		return nil
+	}
+	wp := weak.Make(ag)
+	mu, loaded := agentLocks.LoadOrStore(wp, new(sync.Mutex))
+	if !loaded {
+		runtime.AddCleanup(ag, func(wp weak.Pointer[agent.Agent]) { agentLocks.Delete(wp) }, wp)
+	}
+	return mu.(*sync.Mutex)
+}
+
+// call runs fn under the Agent's lock, if any.
+func (k *Key) call(fn func() error) error {
+	if k.mu != nil {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+	}
+	return fn()
 }
 
 // Compile-time guards.
@@ -50,11 +90,14 @@ var (
 // New returns key name of ag. ctx is used for every call made through the
 // Key (cancel it to stop them).
 func New(ctx context.Context, ag Backend, name string) (*Key, error) {
-	pub, info, err := ag.KeyPublic(ctx, name)
-	if err != nil {
+	k := &Key{ctx: ctx, ag: ag, mu: lockFor(ag), name: name}
+	if err := k.call(func() (err error) {
+		k.pub, k.info, err = ag.KeyPublic(ctx, name)
+		return err
+	}); err != nil {
 		return nil, err
 	}
-	return &Key{ctx: ctx, ag: ag, name: name, pub: pub, info: info}, nil
+	return k, nil
 }
 
 // Info describes the key.
@@ -84,7 +127,12 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 			so.Scheme = agent.SchemeRSAPSS
 		}
 	}
-	return k.ag.Sign(k.ctx, k.name, digest, so)
+	var sig []byte
+	err := k.call(func() (err error) {
+		sig, err = k.ag.Sign(k.ctx, k.name, digest, so)
+		return err
+	})
+	return sig, err
 }
 
 // Decrypt decrypts an RSA-OAEP ciphertext inside the TPM. opts must be
@@ -98,5 +146,10 @@ func (k *Key) Decrypt(_ io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byt
 	if len(o.Label) != 0 || (o.MGFHash != 0 && o.MGFHash != o.Hash) {
 		return nil, fmt.Errorf("%w: OAEP with a label or another MGF1 hash", agent.ErrNotPermitted)
 	}
-	return k.ag.Decrypt(k.ctx, k.name, msg, o.Hash)
+	var out []byte
+	err := k.call(func() (err error) {
+		out, err = k.ag.Decrypt(k.ctx, k.name, msg, o.Hash)
+		return err
+	})
+	return out, err
 }
