@@ -52,6 +52,10 @@ func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (res PolicyInsta
 func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[string]string) (PolicyInstallResult, error) {
 	var res PolicyInstallResult
 	sp, err := policy.ParseSignedPolicy(data)
+	if errors.Is(err, policy.ErrBadSignature) {
+		// Well-formed, but its signature does not vouch for it: refused.
+		return res, fmt.Errorf("%w: %w", ErrNotPermitted, err)
+	}
 	if err != nil {
 		return res, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
@@ -101,9 +105,16 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		}
 	}
 	res.Version, res.Counter = sp.Version, c
-	// The derivation parent is created under the first policy that holds.
+	// Whether the policy holds now is one policy session: the one that
+	// creates the derivation parent (under the first policy that holds), or
+	// a session run for the answer alone.
 	err = a.withPK(ctx, func(l *loadedPK) error {
-		err := a.withPKPolicy(l, func(tpm2.Session) error { return nil })
+		var err error
+		if l.state.DName == "" {
+			err = a.createD(ctx, l, objects)
+		} else {
+			err = a.withPKPolicy(l, func(tpm2.Session) error { return nil })
+		}
 		var pe *PolicyError
 		if errors.As(err, &pe) {
 			res.Differ = pe.Differ
@@ -113,27 +124,30 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 			return err
 		}
 		res.Satisfied = true
-		if l.state.DName != "" {
-			return nil
-		}
-		dBlob, err := a.createUnderPK(l, dTemplate(l.rec.digest()), nil)
-		if err != nil {
-			return err
-		}
-		dName, err := dBlob.Name()
-		if err != nil {
-			return err
-		}
-		l.state.DName = hex.EncodeToString(dName.Buffer)
-		objects["derivation_parent"] = l.state.DName
-		return a.st.Update(ctx, func(tx *store.Tx) error {
-			if err := tx.WriteBlob(blobD, dBlob.Marshal()); err != nil {
-				return err
-			}
-			return tx.Put(recPK, l.state)
-		})
+		return nil
 	})
 	return res, err
+}
+
+// createD creates the derivation parent under the PK (through its policy)
+// and records it.
+func (a *Agent) createD(ctx context.Context, l *loadedPK, objects map[string]string) error {
+	dBlob, err := a.createUnderPK(l, dTemplate(l.rec.digest()), nil)
+	if err != nil {
+		return err
+	}
+	dName, err := dBlob.Name()
+	if err != nil {
+		return err
+	}
+	l.state.DName = hex.EncodeToString(dName.Buffer)
+	objects["derivation_parent"] = l.state.DName
+	return a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(blobD, dBlob.Marshal()); err != nil {
+			return err
+		}
+		return tx.Put(recPK, l.state)
+	})
 }
 
 // PolicyState is what `provd policy show` reports.

@@ -36,6 +36,11 @@ type Step interface {
 // SignedPolicy for its signer and policyRef in ApplyOptions.Signed.
 var ErrNoSignedPolicy = errors.New("policy: no signed policy for this signer and policyRef")
 
+// ErrBadSignature: ParseSignedPolicy read a well-formed signed policy that
+// does not verify (its signature, or the approved digest it signs, does not
+// match its contents).
+var ErrBadSignature = errors.New("policy: signed policy does not verify")
+
 // ApplyOptions carry what executing a policy needs beyond the expression
 // itself. The zero value suits a policy without Or or Authorize steps in a
 // SHA-256 session.

@@ -401,7 +401,7 @@ func ParseSignedPolicy(data []byte) (*SignedPolicy, error) {
 		return nil, fmt.Errorf("policy: signed policy: signature: %w", err)
 	}
 	if err := sp.Verify(sp.Signer); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
 	}
 	return sp, nil
 }

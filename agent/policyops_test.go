@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// sessionCounter counts TPM2_StartAuthSession commands.
+type sessionCounter struct {
+	next transport.TPM
+	n    atomic.Int64
+}
+
+func (c *sessionCounter) Send(cmd []byte) ([]byte, error) {
+	if len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == uint32(tpm2.TPMCCStartAuthSession) {
+		c.n.Add(1)
+	}
+	return c.next.Send(cmd)
+}
+
+// TestInstallPolicyRefusals: a well-formed signed policy whose signature
+// does not verify is refused as not permitted (exit 5), a malformed file is
+// bad input (exit 2). An install runs one policy session, whether it creates
+// the derivation parent or not.
+func TestInstallPolicyRefusals(t *testing.T) {
+	sc := &sessionCounter{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
+		sc.next = next
+		return sc
+	}))
+	ctx := context.Background()
+	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Provision(ctx, ProvisionRequest{Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
+	signed := func(version uint64) []byte {
+		sp, err := SignPKPolicy(signer, vals, version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := sp.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	edit := func(b []byte, fn func(m map[string]any)) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		fn(m)
+		out, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	good := signed(*res.Counter)
+	for _, c := range []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"signature flipped", edit(good, func(m map[string]any) {
+			sig := m["signature"].(map[string]any)
+			r := []byte(sig["r"].(string))
+			if r[0] == '0' {
+				r[0] = '1'
+			} else {
+				r[0] = '0'
+			}
+			sig["r"] = string(r)
+		}), ErrNotPermitted},
+		{"version raised after signing", edit(good, func(m map[string]any) { m["version"] = *res.Counter + 1 }), ErrNotPermitted},
+		{"truncated", good[:len(good)/2], ErrBadInput},
+		{"signature missing", edit(good, func(m map[string]any) { delete(m, "signature") }), ErrBadInput},
+		{"not JSON", []byte("policy"), ErrBadInput},
+	} {
+		_, err := a.InstallPolicy(ctx, c.data)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+		if c.want == ErrBadInput && errors.Is(err, ErrNotPermitted) || c.want == ErrNotPermitted && errors.Is(err, ErrBadInput) {
+			t.Errorf("%s: %v also matches the other of bad input and not permitted", c.name, err)
+		}
+	}
+
+	for i, v := range []uint64{*res.Counter, *res.Counter + 1} { // creates D, then D exists
+		before := sc.n.Load()
+		r, err := a.InstallPolicy(ctx, signed(v))
+		if err != nil || !r.Satisfied {
+			t.Fatalf("install %d: %+v %v", i, r, err)
+		}
+		if n := sc.n.Load() - before; n != 1 {
+			t.Errorf("install %d: %d sessions started, want 1", i, n)
+		}
+	}
+}
