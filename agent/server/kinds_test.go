@@ -97,6 +97,7 @@ var notOnTheWire = map[string]string{
 	"tpm.ErrNVUninitialized":   "the agent maps it (audit.ErrAnchorEmpty, not provisioned)",
 	"tpm.ErrTransport":         "an I/O failure talking to the TPM: exit 1, the message says what failed",
 	"policy.ErrNoSignedPolicy": "travels inside *agent.PolicyError, which is policy_not_satisfied",
+	"policy.ErrBadSignature":   "policy install maps it to agent.ErrNotPermitted (not_permitted, exit 5)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in
