@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"crypto/sha256"
 	"errors"
 	"slices"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
 
@@ -29,6 +31,45 @@ type keyCache struct {
 	mu      sync.Mutex
 	entries map[string]*cacheEntry // by key name
 	order   []string               // least recently used first
+	signed  signedCache
+}
+
+// signedCache keeps the installed signed policy parsed and verified (its
+// ECDSA or RSA signature checked in software), by the SHA-256 of its
+// bytes: every operation under a signed PK policy reads the blob again, and
+// the same bytes always parse to the same verified policy, so a hit is
+// exactly what parsing would return. A new blob (policy install) has
+// another hash; install also resets it. The TPM's part (LoadExternal,
+// VerifySignature, PolicyAuthorize in each session) is not cached: the
+// verification ticket would be sound to keep only as long as the owner
+// hierarchy's proof, which TPM2_Clear changes, and provd does not track that.
+type signedCache struct {
+	mu  sync.Mutex
+	sum [sha256.Size]byte
+	sp  *policy.SignedPolicy
+}
+
+// parse returns b parsed and verified, from the cache when b was the last
+// blob parsed.
+func (c *signedCache) parse(b []byte) (*policy.SignedPolicy, error) {
+	sum := sha256.Sum256(b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sp != nil && c.sum == sum {
+		return c.sp, nil
+	}
+	sp, err := policy.ParseSignedPolicy(b)
+	if err != nil {
+		return nil, err
+	}
+	c.sum, c.sp = sum, sp
+	return sp, nil
+}
+
+func (c *signedCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sp = nil
 }
 
 type cacheEntry struct {

@@ -3,11 +3,16 @@ package agent
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"slices"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -81,5 +86,65 @@ func TestCacheReplacedRecordFlushes(t *testing.T) {
 	}
 	if left, err := env.TPM.Leftovers(); err != nil || len(left) > 0 {
 		t.Errorf("after Close: handles %x left in the TPM (%v)", left, err)
+	}
+}
+
+// TestSignedPolicyParsedOnce: key uses under a signed PK policy reuse the
+// parsed, verified policy while its blob is unchanged, and see a newly
+// installed one at once.
+func TestSignedPolicyParsedOnce(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Provision(ctx, ProvisionRequest{Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := func(v uint64) {
+		t.Helper()
+		sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := sp.MarshalJSON()
+		if r, err := a.InstallPolicy(ctx, b); err != nil || !r.Satisfied {
+			t.Fatalf("install: %+v %v", r, err)
+		}
+	}
+	install(*res.Counter)
+	if _, err := a.DeriveKey(ctx, DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	signed := func() *policy.SignedPolicy {
+		t.Helper()
+		d := sha256.Sum256(nil)
+		if _, err := a.Sign(ctx, "k", d[:], SignOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ks, err := a.readKeyState(ctx, "k", true)
+		if err != nil || len(ks.pk.opts.Signed) != 1 {
+			t.Fatalf("%+v %v", ks.pk.opts, err)
+		}
+		return ks.pk.opts.Signed[0]
+	}
+	first := signed()
+	if again := signed(); again != first {
+		t.Error("the same installed policy was parsed and verified again")
+	}
+	install(*res.Counter + 1)
+	if next := signed(); next == first || next.Version != *res.Counter+1 {
+		t.Errorf("after install: version %d, want %d", next.Version, *res.Counter+1)
 	}
 }

@@ -214,7 +214,7 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	if err != nil {
 		return in, err
 	}
-	sp, err := policy.ParseSignedPolicy(signed)
+	sp, err := a.keys.signed.parse(signed)
 	if err != nil {
 		return in, fmt.Errorf("installed signed policy: %w", err)
 	}
