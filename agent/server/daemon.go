@@ -47,15 +47,23 @@ type DaemonConfig struct {
 	// DrainTimeout bounds the wait for in-flight requests at stop
 	// (default 50 s, under provd.service's TimeoutStopSec=60).
 	DrainTimeout time.Duration
+	// CloseTimeout bounds the further wait, after a drain that timed out,
+	// for the operation still running in the TPM queue (default 5 s; with
+	// DrainTimeout, under TimeoutStopSec). Past it the agent and the TPM are
+	// left open for the process exit to close.
+	CloseTimeout time.Duration
 	// Ready, when set, is called once the daemon serves (tests).
 	Ready func(*Server)
 }
 
 // Run is `provd serve`: it opens the TPM (start-up and self-test), the
 // state and the listener, says READY=1, serves until ctx ends (SIGTERM) or a
-// task fails, then drains: STOPPING=1, in-flight requests finish, the agent
-// closes, leftover transient handles are flushed, TPM2_Shutdown(STATE) is
-// sent and the TPM closed. A stop by ctx is a clean exit (nil).
+// task fails, then drains: STOPPING=1, in-flight requests finish (within
+// DrainTimeout), the operation still in the TPM queue if the drain timed out
+// ends (within CloseTimeout; past it the agent and the TPM are left open and
+// Run fails), the agent closes, leftover transient handles are flushed,
+// TPM2_Shutdown(STATE) is sent and the TPM closed. A stop by ctx is a clean
+// exit (nil).
 func Run(ctx context.Context, dc DaemonConfig) (err error) {
 	log := dc.Logger
 	if log == nil {
@@ -73,6 +81,12 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 	if dc.DrainTimeout <= 0 {
 		dc.DrainTimeout = 50 * time.Second
 	}
+	if dc.CloseTimeout <= 0 {
+		dc.CloseTimeout = 5 * time.Second
+	}
+	// abandoned: an operation still held the TPM queue at close; the agent
+	// and the TPM stay as they are (see the deferred close of the queue).
+	abandoned := false
 	cfg := dc.Config
 	if dc.LogLevel != nil {
 		dc.LogLevel.Set(cfg.LogLevel)
@@ -86,6 +100,9 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 	}
 	log.Info("TPM open, self-test passed", "tpm", t.Spec())
 	defer func() {
+		if abandoned {
+			return
+		}
 		if cerr := closeTPM(t, log); cerr != nil && err == nil {
 			err = cerr
 		}
@@ -96,6 +113,9 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		return err
 	}
 	defer func() {
+		if abandoned {
+			return
+		}
 		if cerr := ag.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
@@ -113,6 +133,26 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		ln.Close()
 		return err
 	}
+	// Runs before the agent and the TPM close. A drain that timed out leaves
+	// an admitted operation in the queue, using the agent's key cache and TPM
+	// handles: closing under it would flush its handles and send
+	// TPM2_Shutdown mid-operation. Wait for it, then hold the queue for good;
+	// if it does not end in time, leave the agent and the TPM alone.
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), dc.CloseTimeout)
+		defer cancel()
+		if qerr := srv.q.close(cctx); qerr != nil {
+			abandoned = true
+			attrs := []any{"waited", dc.CloseTimeout}
+			if since, held := srv.q.heldSince(); held {
+				attrs = append(attrs, "held_for", time.Since(since).Round(time.Millisecond))
+			}
+			log.Error("an operation still holds the TPM after the drain: the agent and the TPM are left open, "+
+				"no TPM2_Shutdown(STATE) is sent; the process exit closes them", attrs...)
+			status("stopping: an operation still holds the TPM; not shutting it down")
+			err = errors.Join(err, fmt.Errorf("stop: an operation still held the TPM queue %v after the drain; the TPM was not shut down", dc.CloseTimeout))
+		}
+	}()
 
 	g := newGroup(ctx, log)
 	g.Go("serve", func(context.Context) error { return srv.Serve(ln) })

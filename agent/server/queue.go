@@ -21,7 +21,12 @@ type queue struct {
 	// since is when the operation holding the slot was admitted
 	// (UnixNano); 0 while none holds it.
 	since atomic.Int64
+	// closed: the daemon is stopping; close holds the slot for good.
+	closed atomic.Bool
 }
+
+// errStopping turns away a request admitted after close.
+var errStopping = fmt.Errorf("%w: the daemon is stopping", agent.ErrBusy)
 
 func newQueue(maxWaiting int) *queue {
 	return &queue{slot: make(chan struct{}, 1), maxWaiting: int64(maxWaiting)}
@@ -45,12 +50,29 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 		}
 		return ctx.Err()
 	}
+	if q.closed.Load() {
+		<-q.slot
+		return errStopping
+	}
 	q.since.Store(time.Now().UnixNano())
 	defer func() {
 		q.since.Store(0)
 		<-q.slot
 	}()
 	return fn()
+}
+
+// close takes the slot for good once the operation holding it has ended, so
+// that nothing runs after it; requests still waiting are turned away with
+// ErrBusy. It gives up at ctx's end, leaving the running operation alone.
+func (q *queue) close(ctx context.Context) error {
+	q.closed.Store(true)
+	select {
+	case q.slot <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // heldSince reports when the operation now holding the queue was admitted,
