@@ -96,6 +96,7 @@ type Server struct {
 	mux      *http.ServeMux
 
 	requests, refused, tpmCommands atomic.Int64
+	reads                          readCache
 
 	// Health's limits (healthTimeout, stallTimeout; tests shorten them) and
 	// what it last saw of the TPM's progress.
@@ -415,20 +416,34 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		defer cancel()
 		var res Res
 		var cmds int64
-		ran := false
-		err := s.q.do(ctx, func() error {
-			ran = true
-			// Admitted: the operation runs to its end even if the client
-			// goes away, so that it is whole in the state and the audit trail.
-			octx, ocancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-			defer ocancel()
-			before := s.t.Stats().Commands
-			s.ag.SetCallerUID(c.UID)
-			var err error
-			res, err = call(octx, req)
-			cmds = s.t.Stats().Commands - before
-			return err
-		})
+		ran, cached := false, false
+		if v, ok := s.reads.get(ep.Op); ok {
+			res, cached = v.(Res), true
+		}
+		var err error
+		if !cached {
+			err = s.q.do(ctx, func() error {
+				if v, ok := s.reads.get(ep.Op); ok { // answered while this one waited
+					res, cached = v.(Res), true
+					return nil
+				}
+				ran = true
+				s.reads.running(ep.Op)
+				// Admitted: the operation runs to its end even if the client
+				// goes away, so that it is whole in the state and the audit trail.
+				octx, ocancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+				defer ocancel()
+				before := s.t.Stats().Commands
+				s.ag.SetCallerUID(c.UID)
+				var err error
+				res, err = call(octx, req)
+				cmds = s.t.Stats().Commands - before
+				if err == nil {
+					s.reads.put(ep.Op, res)
+				}
+				return err
+			})
+		}
 		if wp, ok := any(&res).(wiper); ok {
 			defer wp.wipe()
 		}
@@ -446,6 +461,9 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		}
 		if kn, ok := any(req).(keyName); ok {
 			attrs = append(attrs, slog.String("key_name", kn.keyName()))
+		}
+		if cached {
+			attrs = append(attrs, slog.Bool("cached", true))
 		}
 		if err != nil {
 			attrs = append(attrs, slog.Any("error_kinds", agent.ErrorKinds(err)), slog.String("error", err.Error()))
@@ -467,7 +485,10 @@ func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role,
 	s.log.Warn("request refused", "operation", ep.Op, "caller_uid", c.UID, "caller_pid", c.PID, "reason", why)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.timeout.Load()))
 	defer cancel()
-	if err := s.q.do(ctx, func() error { return s.ag.RecordRefusal(ep.Op, c.UID, why) }); err != nil {
+	if err := s.q.do(ctx, func() error {
+		s.reads.running(ep.Op + " (refused)") // an audit line: status shows the trail's length
+		return s.ag.RecordRefusal(ep.Op, c.UID, why)
+	}); err != nil {
 		s.log.Error("refusal not audited", "operation", ep.Op, "caller_uid", c.UID, "err", err)
 	}
 	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", agent.ErrRefused, why))

@@ -142,7 +142,7 @@ func TestRequestLogFields(t *testing.T) {
 
 	documented := map[string]bool{"time": true, "level": true, "msg": true,
 		"operation": true, "caller_uid": true, "caller_pid": true, "duration": true, "tpm_commands": true,
-		"key_name": true, "error_kinds": true, "error": true}
+		"key_name": true, "cached": true, "error_kinds": true, "error": true}
 	keyNames := map[string]string{}
 	logs := ts.logs.String()
 	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
@@ -241,5 +241,72 @@ func TestHealthWhileAnOperationHoldsTheQueue(t *testing.T) {
 	release()
 	if err := ts.Health(ctx); err != nil {
 		t.Fatalf("after the stuck operation ended: %v", err)
+	}
+}
+
+// Status polls within statusTTL answer from the last result without the TPM
+// (each poll otherwise loads the PK and runs a policy session); any other
+// operation makes the next poll run again, so status never hides a change
+// the daemon made.
+func TestStatusCached(t *testing.T) {
+	ts := serveTPM(t)
+	ts.reads.ttl = time.Hour // only a change invalidates; a second test below
+	status := func() agent.Status {
+		t.Helper()
+		code, b := ts.call(t, "GET", "/v1/status", nil)
+		if code != http.StatusOK {
+			t.Fatalf("status: HTTP %d %s", code, b)
+		}
+		var st agent.Status
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if code, b := ts.call(t, "POST", "/v1/provision", ProvisionRequest{PCRs: []int{7}}); code != http.StatusOK {
+		t.Fatalf("provision: HTTP %d %s", code, b)
+	}
+	first := status()
+	before := ts.t.Stats().Commands
+	for range 5 {
+		if st := status(); st.Keys != first.Keys || st.AuditLines != first.AuditLines {
+			t.Fatalf("cached status %+v differs from %+v", st, first)
+		}
+	}
+	if n := ts.t.Stats().Commands - before; n != 0 {
+		t.Errorf("5 status polls within the TTL sent %d TPM commands, want 0", n)
+	}
+	if code, b := ts.call(t, "GET", "/v1/policy", nil); code != http.StatusOK {
+		t.Fatalf("policy show: HTTP %d %s", code, b)
+	}
+	before = ts.t.Stats().Commands
+	if code, b := ts.call(t, "GET", "/v1/policy", nil); code != http.StatusOK {
+		t.Fatalf("policy show: HTTP %d %s", code, b)
+	}
+	if n := ts.t.Stats().Commands - before; n != 0 {
+		t.Errorf("a second policy show within the TTL sent %d TPM commands, want 0", n)
+	}
+
+	// A key derived through the daemon shows at once.
+	if code, b := ts.call(t, "POST", "/v1/keys/derive", DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: agent.UsageSign}); code != http.StatusOK {
+		t.Fatalf("derive: HTTP %d %s", code, b)
+	}
+	if st := status(); st.Keys != first.Keys+1 || st.AuditLines <= first.AuditLines {
+		t.Errorf("status after a derive: %d keys, %d audit lines; want %d keys and more than %d lines", st.Keys, st.AuditLines, first.Keys+1, first.AuditLines)
+	}
+
+	// Past the TTL, a poll runs again.
+	ts.reads.mu.Lock()
+	ts.reads.ttl = 50 * time.Millisecond
+	ts.reads.mu.Unlock()
+	status()
+	time.Sleep(60 * time.Millisecond)
+	before = ts.t.Stats().Commands
+	status()
+	if ts.t.Stats().Commands == before {
+		t.Error("a status poll past the TTL sent no TPM command")
+	}
+	if !strings.Contains(ts.logs.String(), `"cached":true`) {
+		t.Error("no cached request in the log")
 	}
 }
