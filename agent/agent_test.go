@@ -3,11 +3,14 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/test/swtpmtest"
@@ -80,4 +83,49 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 func stateDir(t *testing.T) string {
 	t.Helper()
 	return t.TempDir() + "/state"
+}
+
+// wire records every byte that crosses the TPM interface.
+type wire struct {
+	next transport.TPM
+	mu   sync.Mutex
+	buf  bytes.Buffer
+}
+
+func (w *wire) Send(cmd []byte) ([]byte, error) {
+	rsp, err := w.next.Send(cmd)
+	w.mu.Lock()
+	w.buf.Write(cmd)
+	w.buf.Write(rsp)
+	w.mu.Unlock()
+	return rsp, err
+}
+
+// Neither seal nor unseal puts the secret on the bus in plaintext (the unseal
+// runs in one salted policy session that also encrypts the response).
+func TestSealUnsealSecretNeverOnTheBus(t *testing.T) {
+	w := &wire{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(n transport.TPM) transport.TPM { w.next = n; return w }))
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	secret := make([]byte, 64)
+	rand.Read(secret)
+	blob, err := ag.Seal(ctx, agent.SealRequest{Data: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ag.Unseal(ctx, blob)
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("unseal: %v", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := 0; i+8 <= len(secret); i++ {
+		if bytes.Contains(w.buf.Bytes(), secret[i:i+8]) {
+			t.Fatalf("secret bytes %d..%d crossed the TPM interface in plaintext", i, i+8)
+		}
+	}
 }

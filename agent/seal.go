@@ -205,23 +205,35 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		if b.PK != l.state.Name {
 			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", ErrNotFound, b.PK)
 		}
-		obj, err := a.loadUnderPK(l, blob)
-		if err != nil {
-			return err
-		}
-		defer a.flush(&err, obj.Handle)
 		expr, err := b.Policy.expr()
 		if err != nil {
 			return err
 		}
-		ps, err := a.satisfy(b.Policy, expr, l.opts)
+		// One salted policy session does it all: the PK's policy authorizes
+		// the load, the TPM resets the session after it, the object's own
+		// policy authorizes the unseal, and the session encrypts the secret
+		// on its way out. 9 TPM commands with the PK load, not 13.
+		ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut)
 		if err != nil {
 			return err
 		}
-		secret, err := a.t.Unseal(obj, ps.Session())
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
+		defer func() {
+			if cerr := ps.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+		if err := l.expr.Apply(ps, l.opts); err != nil {
+			return a.explain(l.rec, l.opts, err)
 		}
+		obj, err := a.t.Load(l.pk, ps.Session(), blob)
+		if err != nil {
+			return err
+		}
+		defer a.flush(&err, obj.Handle)
+		if err := expr.Apply(ps, l.opts); err != nil {
+			return a.explain(b.Policy, l.opts, err)
+		}
+		secret, err := a.t.UnsealWith(obj, ps.Session())
 		if err != nil {
 			return err
 		}

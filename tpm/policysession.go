@@ -49,6 +49,23 @@ func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
 	return &PolicySession{t: t, s: s, closer: closer, alg: tpm2.TPMAlgSHA256, trial: trial}, nil
 }
 
+// StartSecretPolicySession starts a SHA-256 policy session that is also
+// salted with the SRK and encrypts parameters in direction dir, so one session
+// both authorizes a command that carries a secret and protects the secret on
+// the bus: it saves the separate encryption session (2 commands) on unseal.
+func (t *TPM) StartSecretPolicySession(dir Direction) (*PolicySession, error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return nil, err
+	}
+	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize,
+		tpm2.Salted(srk.Handle, srk.Public), dir.option())
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	return &PolicySession{t: t, s: s, closer: closer, alg: tpm2.TPMAlgSHA256}, nil
+}
+
 // Close flushes the session. It is safe to call more than once.
 func (p *PolicySession) Close() error {
 	if p.closed {

@@ -89,6 +89,21 @@ func (t *TPM) Unseal(obj Object, auth tpm2.Session) ([]byte, error) {
 	return out, err
 }
 
+// UnsealWith returns the secret of a loaded sealed object through auth, which
+// must itself encrypt the response (StartSecretPolicySession with EncryptOut):
+// the secret never crosses the bus in plaintext, and no second session is
+// needed. The caller clears the result after use.
+func (t *TPM) UnsealWith(obj Object, auth tpm2.Session) ([]byte, error) {
+	if auth == nil || !auth.IsEncryption() {
+		return nil, errors.New("TPM2_Unseal: the session does not encrypt the response")
+	}
+	rsp, err := (tpm2.Unseal{ItemHandle: obj.Auth(auth)}).Execute(t)
+	if err != nil {
+		return nil, Wrap("TPM2_Unseal", err)
+	}
+	return rsp.OutData.Buffer, nil
+}
+
 // Marshal encodes a blob as TPM2B_PUBLIC || TPM2B_PRIVATE, the layout
 // tpm2-tools' tpm2_load takes as -u and -r concatenated.
 func (b Blob) Marshal() []byte {
