@@ -168,6 +168,17 @@ func (a *Agent) audited(op string, objects map[string]string, fn func() error) e
 	return err
 }
 
+// auditedResult is audited for operations that return a result.
+func auditedResult[T any](a *Agent, op string, objects map[string]string, fn func() (T, error)) (T, error) {
+	var res T
+	err := a.audited(op, objects, func() error {
+		var err error
+		res, err = fn()
+		return err
+	})
+	return res, err
+}
+
 // flush flushes handles in reverse order, joining errors into *err.
 func (a *Agent) flush(err *error, hs ...tpm2.TPMHandle) {
 	for i := len(hs) - 1; i >= 0; i-- {

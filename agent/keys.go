@@ -336,14 +336,11 @@ const maxLabel = 32
 // DeriveKey derives a key inside the TPM from the derivation parent with
 // (label, context) and records its recipe under req.Name. Deriving again
 // from the same recipe, on any boot, gives the same key.
-func (a *Agent) DeriveKey(ctx context.Context, req DeriveRequest) (info KeyInfo, err error) {
+func (a *Agent) DeriveKey(ctx context.Context, req DeriveRequest) (KeyInfo, error) {
 	objects := map[string]string{"key": req.Name, "label": req.Label, "context": req.Context, "type": req.Type}
-	err = a.audited("key-derive", objects, func() error {
-		var err error
-		info, err = a.deriveKey(ctx, req, objects)
-		return err
+	return auditedResult(a, "key-derive", objects, func() (KeyInfo, error) {
+		return a.deriveKey(ctx, req, objects)
 	})
-	return info, err
 }
 
 func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[string]string) (KeyInfo, error) {
@@ -420,14 +417,11 @@ type CreateRequest struct {
 // real new parent), and Or(usage, usage + PolicyCommandCode(Duplicate)).
 // Either is fixed for the key's life: the attributes and policy are in the
 // public area, which the TPM binds to the private part at every Load.
-func (a *Agent) CreateKey(ctx context.Context, req CreateRequest) (info KeyInfo, err error) {
+func (a *Agent) CreateKey(ctx context.Context, req CreateRequest) (KeyInfo, error) {
 	objects := map[string]string{"key": req.Name, "type": req.Type, "extractable": fmt.Sprint(req.Extractable)}
-	err = a.audited("key-create", objects, func() error {
-		var err error
-		info, err = a.createKey(ctx, req, objects)
-		return err
+	return auditedResult(a, "key-create", objects, func() (KeyInfo, error) {
+		return a.createKey(ctx, req, objects)
 	})
-	return info, err
 }
 
 func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[string]string) (KeyInfo, error) {

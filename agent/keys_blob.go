@@ -71,14 +71,11 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 // made by TPM2_Import (which refuses fixedTPM and fixedParent), so it was
 // born in this TPM; an extractable key's sensitiveDataOrigin is only what
 // its maker wrote (docs/keys.md).
-func (a *Agent) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (info KeyInfo, err error) {
+func (a *Agent) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (KeyInfo, error) {
 	objects := map[string]string{"key": name}
-	err = a.audited("key-import-blob", objects, func() error {
-		var err error
-		info, err = a.importKeyBlob(ctx, name, pemData, objects)
-		return err
+	return auditedResult(a, "key-import-blob", objects, func() (KeyInfo, error) {
+		return a.importKeyBlob(ctx, name, pemData, objects)
 	})
-	return info, err
 }
 
 func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, objects map[string]string) (KeyInfo, error) {

@@ -39,14 +39,11 @@ type PolicyInstallResult struct {
 // older version than the counter is refused: it is revoked. The policy may
 // approve PCR values the platform does not have yet (installed before a
 // firmware update); the result says whether it is satisfied now.
-func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (res PolicyInstallResult, err error) {
+func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (PolicyInstallResult, error) {
 	objects := map[string]string{}
-	err = a.audited("policy-install", objects, func() error {
-		var err error
-		res, err = a.installPolicy(ctx, data, objects)
-		return err
+	return auditedResult(a, "policy-install", objects, func() (PolicyInstallResult, error) {
+		return a.installPolicy(ctx, data, objects)
 	})
-	return res, err
 }
 
 func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[string]string) (PolicyInstallResult, error) {

@@ -112,14 +112,11 @@ func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 // TPM-wrapped blobs. Nothing persistent is created in the TPM before the state
 // commit except the SRK and, for signed policies, the policy counter, both of
 // which a retry reuses: a crash at any moment leaves the old state or the new.
-func (a *Agent) Provision(ctx context.Context, req ProvisionRequest) (res ProvisionResult, err error) {
+func (a *Agent) Provision(ctx context.Context, req ProvisionRequest) (ProvisionResult, error) {
 	objects := map[string]string{}
-	err = a.audited("provision", objects, func() error {
-		var err error
-		res, err = a.provision(ctx, req, objects)
-		return err
+	return auditedResult(a, "provision", objects, func() (ProvisionResult, error) {
+		return a.provision(ctx, req, objects)
 	})
-	return res, err
 }
 
 func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map[string]string) (ProvisionResult, error) {

@@ -52,14 +52,11 @@ type SealRequest struct {
 // Seal seals req.Data under the PK. Secrets up to tpm.MaxSealedSize bytes are
 // sealed directly; larger ones are encrypted with AES-256-GCM under a fresh key
 // that is sealed instead.
-func (a *Agent) Seal(ctx context.Context, req SealRequest) (out []byte, err error) {
+func (a *Agent) Seal(ctx context.Context, req SealRequest) ([]byte, error) {
 	objects := map[string]string{}
-	err = a.audited("seal", objects, func() error {
-		var err error
-		out, err = a.seal(ctx, req, objects)
-		return err
+	return auditedResult(a, "seal", objects, func() ([]byte, error) {
+		return a.seal(ctx, req, objects)
 	})
-	return out, err
 }
 
 func (a *Agent) seal(ctx context.Context, req SealRequest, objects map[string]string) ([]byte, error) {
