@@ -45,7 +45,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) auditCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "audit",
-		Short: "The tamper-evident audit trail: show, verify",
+		Short: "The tamper-evident audit trail: show, verify, repair",
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "show",
