@@ -343,32 +343,69 @@ func (a *Agent) DeriveKey(ctx context.Context, req DeriveRequest) (KeyInfo, erro
 	})
 }
 
+// newKey checks a new key's name, type and usage, and reads the state it is
+// made in (the PK's inputs), refusing a name already taken. The caller holds
+// keys.mu.
+func (a *Agent) newKey(ctx context.Context, name, typ, usageName string, derived bool) (keyState, keyType, string, error) {
+	if err := checkKeyName(name); err != nil {
+		return keyState{}, keyType{}, "", err
+	}
+	kt, err := lookupType(typ, derived)
+	if err != nil {
+		return keyState{}, keyType{}, "", err
+	}
+	usage, err := kt.usage(usageName)
+	if err != nil {
+		return keyState{}, keyType{}, "", err
+	}
+	ks, err := a.freshKeyState(ctx, name)
+	if err != nil {
+		return keyState{}, keyType{}, "", err
+	}
+	return ks, kt, usage, nil
+}
+
+// freshKeyState reads the state a new key is made in, refusing a name
+// already taken. The caller holds keys.mu.
+func (a *Agent) freshKeyState(ctx context.Context, name string) (keyState, error) {
+	ks, err := a.readKeyState(ctx, name, false)
+	if err != nil {
+		return keyState{}, err
+	}
+	if ks.exists {
+		return keyState{}, fmt.Errorf("%w: %q", ErrKeyExists, name)
+	}
+	return ks, nil
+}
+
+// commitKey records a new key (and, for created keys, its blob), refusing a
+// name taken meanwhile by another process.
+func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error {
+	return a.st.Update(ctx, func(tx *store.Tx) error {
+		if _, err := tx.GetRaw(keyRecName(rec.Name)); err == nil {
+			return fmt.Errorf("%w: %q", ErrKeyExists, rec.Name)
+		}
+		if blob != nil {
+			if err := tx.WriteBlob(keyRecName(rec.Name), blob); err != nil {
+				return err
+			}
+		}
+		return tx.Put(keyRecName(rec.Name), rec)
+	})
+}
+
 func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[string]string) (KeyInfo, error) {
-	if err := checkKeyName(req.Name); err != nil {
-		return KeyInfo{}, err
-	}
-	kt, err := lookupType(req.Type, true)
-	if err != nil {
-		return KeyInfo{}, err
-	}
-	usage, err := kt.usage(req.Usage)
-	if err != nil {
-		return KeyInfo{}, err
-	}
 	if req.Label == "" || len(req.Label) > maxLabel || len(req.Context) > maxLabel {
 		return KeyInfo{}, fmt.Errorf("%w: --label (1-%d bytes) and --context (0-%d bytes)", ErrBadInput, maxLabel, maxLabel)
 	}
-	rec := keyRecord{Name: req.Name, Kind: KindDerived, Type: kt.name, Usage: usage,
-		Label: req.Label, Context: req.Context, CreatedAt: a.now().UTC()}
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
-	ks, err := a.readKeyState(ctx, req.Name, false)
+	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, true)
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	if ks.exists {
-		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
-	}
+	rec := keyRecord{Name: req.Name, Kind: KindDerived, Type: kt.name, Usage: usage,
+		Label: req.Label, Context: req.Context, CreatedAt: a.now().UTC()}
 	rec.PK = ks.pk.state.Name
 	digest, err := keyPolicy(ks.pk.expr, false).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
@@ -390,12 +427,7 @@ func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[st
 	rec.Object = hex.EncodeToString(obj.Name.Buffer)
 	rec.Public = tpm2.Marshal(tpm2.New2B(obj.Public))
 	objects["object_name"] = rec.Object
-	if err := a.st.Update(ctx, func(tx *store.Tx) error {
-		if _, err := tx.GetRaw(keyRecName(req.Name)); err == nil {
-			return fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
-		}
-		return tx.Put(keyRecName(req.Name), rec)
-	}); err != nil {
+	if err := a.commitKey(ctx, rec, nil); err != nil {
 		return KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
 	a.keys.put(a.t, req.Name, rec, obj)
@@ -425,25 +457,11 @@ func (a *Agent) CreateKey(ctx context.Context, req CreateRequest) (KeyInfo, erro
 }
 
 func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[string]string) (KeyInfo, error) {
-	if err := checkKeyName(req.Name); err != nil {
-		return KeyInfo{}, err
-	}
-	kt, err := lookupType(req.Type, false)
-	if err != nil {
-		return KeyInfo{}, err
-	}
-	usage, err := kt.usage(req.Usage)
-	if err != nil {
-		return KeyInfo{}, err
-	}
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
-	ks, err := a.readKeyState(ctx, req.Name, false)
+	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, false)
 	if err != nil {
 		return KeyInfo{}, err
-	}
-	if ks.exists {
-		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
 	}
 	digest, err := keyPolicy(ks.pk.expr, req.Extractable).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
@@ -470,15 +488,7 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 	rec.Object = hex.EncodeToString(name.Buffer)
 	rec.Public = tpm2.Marshal(blob.Public)
 	objects["object_name"] = rec.Object
-	if err := a.st.Update(ctx, func(tx *store.Tx) error {
-		if _, err := tx.GetRaw(keyRecName(req.Name)); err == nil {
-			return fmt.Errorf("%w: %q", ErrKeyExists, req.Name)
-		}
-		if err := tx.WriteBlob(keyRecName(req.Name), blob.Marshal()); err != nil {
-			return err
-		}
-		return tx.Put(keyRecName(req.Name), rec)
-	}); err != nil {
+	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
 		return KeyInfo{}, err
 	}
 	return rec.info(), nil

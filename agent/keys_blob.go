@@ -96,12 +96,9 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	}
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
-	ks, err := a.readKeyState(ctx, name, false)
+	ks, err := a.freshKeyState(ctx, name)
 	if err != nil {
 		return KeyInfo{}, err
-	}
-	if ks.exists {
-		return KeyInfo{}, fmt.Errorf("%w: %q", ErrKeyExists, name)
 	}
 	kt, usage, tmpl, err := checkImportPublic(*pub, ks.pk.expr)
 	if err != nil {
@@ -128,15 +125,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 		}
 		return KeyInfo{}, fmt.Errorf("key file does not load under this device's PK (made under another parent, or edited): %w", err)
 	}
-	if err := a.st.Update(ctx, func(tx *store.Tx) error {
-		if _, err := tx.GetRaw(keyRecName(name)); err == nil {
-			return fmt.Errorf("%w: %q", ErrKeyExists, name)
-		}
-		if err := tx.WriteBlob(keyRecName(name), ks.keyBlob); err != nil {
-			return err
-		}
-		return tx.Put(keyRecName(name), rec)
-	}); err != nil {
+	if err := a.commitKey(ctx, rec, ks.keyBlob); err != nil {
 		return KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
 	a.keys.put(a.t, name, rec, obj)
