@@ -310,20 +310,28 @@ func (a *Agent) satisfy(rec policyRecord, expr policy.Policy, opts policy.ApplyO
 	if err != nil {
 		return nil, err
 	}
-	if err := expr.Apply(ps, opts); err != nil {
-		cerr := ps.Close()
-		return nil, errors.Join(a.explain(rec, opts, err), cerr)
+	if err := a.apply(ps, rec, expr, opts); err != nil {
+		return nil, errors.Join(err, ps.Close())
 	}
 	return ps, nil
 }
 
+// apply runs expr on a policy session that may already have served other
+// commands (the TPM resets its digest after each one); a failure says which
+// PCRs differ.
+func (a *Agent) apply(ps *tpm.PolicySession, rec policyRecord, expr policy.Policy, opts policy.ApplyOptions) error {
+	if err := expr.Apply(ps, opts); err != nil {
+		return a.explain(rec, opts, err)
+	}
+	return nil
+}
+
 // explain turns a failed policy into a PolicyError naming the PCRs that differ.
 func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) error {
-	notSatisfied := errors.Is(err, tpm.ErrPolicyNotSatisfied)
 	if errors.Is(err, policy.ErrNoSignedPolicy) {
 		return &PolicyError{Reason: "no signed policy installed (provd policy install)", Err: err}
 	}
-	if !notSatisfied {
+	if !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		return err
 	}
 	var want policy.PCRValues
@@ -390,8 +398,5 @@ func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, sensitive []byt
 		blob, err = a.t.Create(l.pk, s, tmpl, sensitive)
 		return err
 	})
-	if err != nil {
-		return tpm.Blob{}, err
-	}
-	return blob, nil
+	return blob, err
 }

@@ -219,16 +219,16 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 				err = cerr
 			}
 		}()
-		if err := l.expr.Apply(ps, l.opts); err != nil {
-			return a.explain(l.rec, l.opts, err)
+		if err := a.apply(ps, l.rec, l.expr, l.opts); err != nil {
+			return err
 		}
 		obj, err := a.t.Load(l.pk, ps.Session(), blob)
 		if err != nil {
 			return err
 		}
 		defer a.flush(&err, obj.Handle)
-		if err := expr.Apply(ps, l.opts); err != nil {
-			return a.explain(b.Policy, l.opts, err)
+		if err := a.apply(ps, b.Policy, expr, l.opts); err != nil {
+			return err
 		}
 		secret, err := a.t.UnsealWith(obj, ps.Session())
 		if err != nil {
