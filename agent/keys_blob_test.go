@@ -122,14 +122,7 @@ func TestCheckImportPublic(t *testing.T) {
 func TestImportRefusesForeignOrigin(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
 	if _, err := a.CreateKey(ctx, CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}

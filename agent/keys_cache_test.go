@@ -41,14 +41,7 @@ func checkCache(t *testing.T, a *Agent) {
 func TestCacheReplacedRecordFlushes(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
 	for _, n := range []string{"k1", "k2"} {
 		if _, err := a.DeriveKey(ctx, DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
 			t.Fatal(err)
@@ -95,11 +88,7 @@ func TestCacheReplacedRecordFlushes(t *testing.T) {
 func TestSignedPolicyParsedOnce(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := testAgent(t, env, nil)
 	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

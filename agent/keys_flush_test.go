@@ -72,14 +72,7 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		return fault
 	}))
 	ctx := context.Background()
-	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
 	if _, err := a.DeriveKey(ctx, DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}

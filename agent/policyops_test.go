@@ -42,11 +42,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 		return sc
 	}))
 	ctx := context.Background()
-	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := testAgent(t, env, nil)
 	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
