@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -79,30 +78,11 @@ func TestSRKMismatchRefused(t *testing.T) {
 	}
 }
 
-// recorder keeps every byte that crosses the TPM interface.
-type recorder struct {
-	next transport.TPM
-	mu   sync.Mutex
-	wire bytes.Buffer
-}
-
-func (r *recorder) Send(cmd []byte) ([]byte, error) {
-	rsp, err := r.next.Send(cmd)
-	r.mu.Lock()
-	r.wire.Write(cmd)
-	r.wire.Write(rsp)
-	r.mu.Unlock()
-	return rsp, err
-}
-
 // The secret of a create with sensitive data and of an unseal never crosses the
 // TPM interface in plaintext.
 func TestSecretsNeverCrossTheBusInPlaintext(t *testing.T) {
-	rec := &recorder{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
-		rec.next = next
-		return rec
-	}))
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	tp := env.TPM
 	srk, err := tp.SRK()
 	if err != nil {
@@ -130,19 +110,13 @@ func TestSecretsNeverCrossTheBusInPlaintext(t *testing.T) {
 	if !bytes.Equal(got, secret) {
 		t.Fatal("unsealed secret differs")
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if rec.wire.Len() == 0 {
+	if rec.Len() == 0 {
 		t.Fatal("recorder saw nothing")
 	}
-	// Any 8-byte window of the secret on the wire is a leak.
-	for i := 0; i+8 <= len(secret); i++ {
-		if bytes.Contains(rec.wire.Bytes(), secret[i:i+8]) {
-			t.Fatalf("secret bytes %d..%d crossed the TPM interface in plaintext", i, i+8)
-		}
+	if i := rec.Leak(secret); i >= 0 {
+		t.Fatalf("secret bytes %d..%d crossed the TPM interface in plaintext", i, i+8)
 	}
-	rec.wire.Reset()
-	rec.mu.Unlock()
+	rec.Reset()
 
 	// Control: the same create without an encryption session does show the
 	// secret, so the recorder would have caught a leak.
@@ -153,11 +127,10 @@ func TestSecretsNeverCrossTheBusInPlaintext(t *testing.T) {
 		}},
 		InPublic: blob.Public,
 	}.Execute(tp)
-	rec.mu.Lock()
 	if err != nil {
 		t.Fatalf("control create: %v", err)
 	}
-	if !bytes.Contains(rec.wire.Bytes(), secret) {
+	if rec.Leak(secret) < 0 {
 		t.Fatal("control: recorder did not see an unencrypted secret")
 	}
 }
