@@ -572,7 +572,9 @@ func (a *Agent) keyRecord(ctx context.Context, name string) (keyRecord, error) {
 	return r, err
 }
 
-// publicKey converts a TPM public area to a Go public key.
+// publicKey converts a TPM public area to a Go public key. Not go-tpm's
+// tpm2.Pub: that neither checks that an ECC point is on its curve (the public
+// area comes from a state file) nor refuses curves outside approved mode.
 func publicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
 	switch pub.Type {
 	case tpm2.TPMAlgECC:

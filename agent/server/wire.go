@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,14 +96,20 @@ func EncodeProvision(req agent.ProvisionRequest) (ProvisionRequest, error) {
 		}
 		w.PCRValues = b
 	}
-	if req.Signer != nil {
-		b, err := policy.MarshalPublicKeyPEM(req.Signer)
-		if err != nil {
-			return w, err
-		}
-		w.PolicySigner = string(b)
+	var err error
+	if w.PolicySigner, err = signerPEM(req.Signer); err != nil {
+		return w, err
 	}
 	return w, nil
+}
+
+// signerPEM is the wire form of a policy signer ("" for none).
+func signerPEM(pub crypto.PublicKey) (string, error) {
+	if pub == nil {
+		return "", nil
+	}
+	b, err := policy.MarshalPublicKeyPEM(pub)
+	return string(b), err
 }
 
 // Agent is the agent's request for w; a malformed field is agent.ErrBadInput.
@@ -131,12 +138,9 @@ func EncodeSeal(req agent.SealRequest) (SealRequest, error) {
 	if req.Bank != 0 {
 		w.Bank = req.Bank.String()
 	}
-	if req.Signer != nil {
-		b, err := policy.MarshalPublicKeyPEM(req.Signer)
-		if err != nil {
-			return w, err
-		}
-		w.PolicySigner = string(b)
+	var err error
+	if w.PolicySigner, err = signerPEM(req.Signer); err != nil {
+		return w, err
 	}
 	return w, nil
 }
