@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -47,8 +48,7 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {
-		_ = t.Flush(rsp.ObjectHandle)
-		return Object{}, fmt.Errorf("TPM2_CreateLoaded: %w", err)
+		return Object{}, errors.Join(fmt.Errorf("TPM2_CreateLoaded: %w", err), t.Flush(rsp.ObjectHandle))
 	}
 	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
 }
@@ -117,16 +117,15 @@ func (t *TPM) HMAC(key Object, auth tpm2.Session, alg tpm2.TPMIAlgHash, data []b
 	sh := tpm2.AuthHandle{Handle: seq.SequenceHandle, Auth: tpm2.PasswordAuth(nil)}
 	for len(data) > MaxBuffer {
 		if _, err := (tpm2.SequenceUpdate{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data[:MaxBuffer]}}).Execute(t); err != nil {
-			_ = t.Flush(seq.SequenceHandle)
-			return nil, Wrap("TPM2_SequenceUpdate", err)
+			return nil, errors.Join(Wrap("TPM2_SequenceUpdate", err), t.Flush(seq.SequenceHandle))
 		}
 		data = data[MaxBuffer:]
 	}
-	// SequenceComplete ends the sequence object whatever its result.
+	// A successful SequenceComplete ends the sequence object; after a
+	// failure it is still loaded and is flushed here.
 	done, err := (tpm2.SequenceComplete{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, Hierarchy: tpm2.TPMRHNull}).Execute(t)
 	if err != nil {
-		_ = t.Flush(seq.SequenceHandle)
-		return nil, Wrap("TPM2_SequenceComplete", err)
+		return nil, errors.Join(Wrap("TPM2_SequenceComplete", err), t.Flush(seq.SequenceHandle))
 	}
 	return done.Result.Buffer, nil
 }
