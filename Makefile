@@ -14,7 +14,7 @@ DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd
 # One binary each package above must provide.
 DEB_BINS  := swtpm swtpm_setup tpm2_getcap openssl systemd-analyze systemd-socket-activate
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./tpm/... ./agent/... ./systemd/... ./cmd/...
+RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build test demo bench lint man install deps fuzz clean
@@ -30,7 +30,7 @@ deps:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -timeout $(TEST_TIMEOUT) -race $(RACE_PKGS)
-	$(GO) test -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e /tpm -e /agent -e /systemd -e /cmd/)
+	$(GO) test -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -vxF "$$($(GO) list $(RACE_PKGS))")
 
 demo: deps build
 	@scripts/demo.sh $(BIN)

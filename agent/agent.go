@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/audit"
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 

@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/provd/provd/agent/audit"
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/audit"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 

@@ -11,10 +11,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/keyfile"
-	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
+	"github.com/provd/provd/tpm/keyfile"
 )
 
 // ExportKeyBlob returns a created key's TPM-wrapped blob as a "TSS2 PRIVATE

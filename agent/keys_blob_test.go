@@ -10,9 +10,9 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/keyfile"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm/keyfile"
 )
 
 // TestCheckImportPublic: import-blob accepts exactly the public areas provd

@@ -9,11 +9,11 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/keyfile"
-	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
+	"github.com/provd/provd/tpm/keyfile"
 )
 
 // duplicate tries TPM2_Duplicate of key name to the SRK (inner AES-128-CFB

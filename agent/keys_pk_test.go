@@ -6,7 +6,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )

@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 

@@ -5,8 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 
-	"github.com/provd/provd/agent/audit"
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/store"
 )
 
 // Status is what `provd status` reports.

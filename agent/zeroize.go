@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 

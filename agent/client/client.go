@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/audit"
 	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/audit"
 )
 
 // maxResponse bounds what the client reads: an audit trail or a 1 MiB

@@ -9,7 +9,7 @@ import (
 	"net/http"
 
 	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/audit"
 )
 
 // Key requests and responses (docs/api.md). Key names travel in the body,

@@ -16,10 +16,10 @@ import (
 	"testing"
 
 	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/audit"
-	"github.com/provd/provd/agent/store"
+	"github.com/provd/provd/audit"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 
@@ -125,7 +125,7 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"policy.ErrNotApproved": policy.ErrNotApproved,
 	}
 	found := map[string]bool{}
-	for pkg, dir := range map[string]string{"agent": "agent", "audit": "agent/audit", "store": "agent/store", "tpm": "tpm", "policy": "policy"} {
+	for pkg, dir := range map[string]string{"agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy"} {
 		for _, name := range sentinelsIn(t, filepath.Join(root, dir)) {
 			q := pkg + "." + name
 			found[q] = true

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/audit"
 	"github.com/provd/provd/tpm"
 )
 

@@ -11,9 +11,9 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/agent/keyfile"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm/keyfile"
 )
 
 // TestKeyCommands runs the key commands against swtpm and checks their

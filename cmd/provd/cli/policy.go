@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/store"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 )
 
 func (a *app) policyCmd() *cobra.Command {

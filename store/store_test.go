@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/provd/provd/agent/audit"
+	"github.com/provd/provd/audit"
 )
 
 var bg = context.Background()
