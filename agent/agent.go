@@ -5,27 +5,22 @@
 package agent
 
 import (
+	"context"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
-)
-
-// Sentinels the CLI maps to exit codes.
-var (
-	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
-	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
-	ErrNotPermitted       = errors.New("not permitted")
-	ErrNotFound           = errors.New("not found")
-	ErrBadInput           = errors.New("bad input")
 )
 
 // NV indices provd defines, in the owner range (TCG Handles registry). Fixed
@@ -44,19 +39,24 @@ type Config struct {
 	TPM      *tpm.TPM
 	StateDir string
 	Logger   *slog.Logger
-	// UID is the caller's uid, recorded in the audit trail.
+	// UID is the uid the audit trail records for an operation whose context
+	// names no caller (api.WithCaller): the CLI's own, in-process.
 	UID int
 	// Now is the clock (tests inject one).
 	Now func() time.Time
 }
 
-// Agent performs provd's operations for one caller. It is not safe for
-// concurrent use: the daemon serializes calls through its queue.
+// Agent performs provd's operations. It is safe for concurrent use: one
+// Agent serves every request of the daemon and every Key of agent/tpmkey,
+// and its operations run one at a time (lock), because they share one TPM
+// connection with a few object slots, the key cache and the audit trail.
+// Who asked travels with each call (api.WithCaller), never on the Agent.
 type Agent struct {
+	mu    sync.Mutex // held for one operation (lock)
 	t     *tpm.TPM
 	st    *store.Store
 	log   *slog.Logger
-	uid   int
+	uid   int // the caller when ctx names none (Config.UID)
 	now   func() time.Time
 	audit *audit.Log
 	dir   string
@@ -86,8 +86,42 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+var _ api.Service = (*Agent)(nil)
+
+// lock takes the Agent for one operation and returns its release:
+// every exported method starts with defer a.lock()().
+func (a *Agent) lock() func() {
+	a.mu.Lock()
+	return a.mu.Unlock
+}
+
+// callerUID is the uid the audit trail records for an operation run with ctx.
+func (a *Agent) callerUID(ctx context.Context) int {
+	if c, ok := api.CallerFrom(ctx); ok {
+		return c.UID
+	}
+	return a.uid
+}
+
+// TPMInfo reads what the TPM says about itself; it writes nothing.
+func (a *Agent) TPMInfo(context.Context) (api.TPMInfo, error) {
+	defer a.lock()()
+	info, err := a.t.Info()
+	return api.TPMInfo{TPM: a.t.Spec(), Info: info, GoFIPS140: fips140.Enabled()}, err
+}
+
+// RecordRefusal writes a refused request to the audit trail: op is the
+// operation asked for, ctx names the caller, why is what its role lacked.
+// The refusal is not an error of the agent's; the returned error is the
+// audit trail's.
+func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
+	defer a.lock()()
+	return a.record(ctx, op, map[string]string{"refused": why}, fmt.Errorf("%w: %s", api.ErrRefused, why))
+}
+
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
+	defer a.lock()()
 	err := a.closeKeys()
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())
@@ -123,7 +157,7 @@ func (a *Agent) auditPath() string { return filepath.Join(a.dir, audit.FileName)
 // openAudit opens the audit trail for appending, verifying it against the
 // TPM anchor. Audited operations call it before they act: an operation whose
 // record cannot be written must not happen, rather than happen and report a
-// failure. A trail that fails verification is ErrTampered (exit 14).
+// failure. A trail that fails verification is api.ErrTampered (exit 14).
 func (a *Agent) openAudit() error {
 	if a.audit != nil {
 		return nil
@@ -131,7 +165,7 @@ func (a *Agent) openAudit() error {
 	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
-			err = errors.Join(ErrTampered, err)
+			err = errors.Join(api.ErrTampered, err)
 		}
 		return fmt.Errorf("audit trail (see provd audit verify): %w", err)
 	}
@@ -141,11 +175,11 @@ func (a *Agent) openAudit() error {
 
 // record appends one line to the audit trail. A failure to audit fails the
 // operation's report: an operation that cannot be audited must be visible.
-func (a *Agent) record(op string, objects map[string]string, opErr error) error {
+func (a *Agent) record(ctx context.Context, op string, objects map[string]string, opErr error) error {
 	if err := a.openAudit(); err != nil {
 		return err
 	}
-	rec := audit.Record{Op: op, UID: a.uid, Objects: objects, Result: audit.Result(opErr)}
+	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
 	if err := a.audit.Append(rec); err != nil {
 		return fmt.Errorf("audit trail: %w", err)
 	}
@@ -154,12 +188,12 @@ func (a *Agent) record(op string, objects map[string]string, opErr error) error 
 
 // audited runs op and records its outcome; the operation's own error wins.
 // It refuses to run op when the audit trail cannot take a record.
-func (a *Agent) audited(op string, objects map[string]string, fn func() error) error {
+func (a *Agent) audited(ctx context.Context, op string, objects map[string]string, fn func() error) error {
 	if err := a.openAudit(); err != nil {
 		return err
 	}
 	err := fn()
-	if aerr := a.record(op, objects, err); aerr != nil {
+	if aerr := a.record(ctx, op, objects, err); aerr != nil {
 		if err != nil {
 			return errors.Join(err, aerr)
 		}
@@ -169,9 +203,9 @@ func (a *Agent) audited(op string, objects map[string]string, fn func() error) e
 }
 
 // auditedResult is audited for operations that return a result.
-func auditedResult[T any](a *Agent, op string, objects map[string]string, fn func() (T, error)) (T, error) {
+func auditedResult[T any](ctx context.Context, a *Agent, op string, objects map[string]string, fn func() (T, error)) (T, error) {
 	var res T
-	err := a.audited(op, objects, func() error {
+	err := a.audited(ctx, op, objects, func() error {
 		var err error
 		res, err = fn()
 		return err

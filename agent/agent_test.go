@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -37,19 +38,19 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	res, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7, 16}})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7, 16}})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	if res.PolicyKind != agent.PolicyPCR || res.DName == "" {
 		t.Fatalf("result %+v", res)
 	}
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{}); !errors.Is(err, agent.ErrAlreadyProvisioned) {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{}); !errors.Is(err, api.ErrAlreadyProvisioned) {
 		t.Fatalf("second provision: %v", err)
 	}
 	for _, size := range []int{16, 128, 129, 5000} {
 		secret := bytes.Repeat([]byte{byte(size)}, size)
-		blob, err := ag.Seal(ctx, agent.SealRequest{Data: secret})
+		blob, err := ag.Seal(ctx, api.SealRequest{Data: secret})
 		if err != nil {
 			t.Fatalf("seal %d: %v", size, err)
 		}
@@ -58,20 +59,20 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 			t.Fatalf("unseal %d: %v", size, err)
 		}
 	}
-	blob, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("s3cret")})
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s3cret")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	extend16(t, env.TPM)
 	_, err = ag.Unseal(ctx, blob)
-	var pe *agent.PolicyError
+	var pe *api.PolicyError
 	if !errors.As(err, &pe) || !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Fatalf("unseal after PCR 16 changed: %v", err)
 	}
 	if len(pe.Differ) != 1 || pe.Differ[0] != 16 {
 		t.Fatalf("differ = %v, want [16]", pe.Differ)
 	}
-	if _, err := ag.AuditVerify(); err != nil {
+	if _, err := ag.AuditVerify(context.Background()); err != nil {
 		t.Fatalf("audit verify: %v", err)
 	}
 }
@@ -90,12 +91,12 @@ func TestSealUnsealSecretNeverOnTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	secret := make([]byte, 64)
 	rand.Read(secret)
-	blob, err := ag.Seal(ctx, agent.SealRequest{Data: secret})
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: secret})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -16,7 +17,7 @@ func report(b *testing.B, tp *tpm.TPM, before tpm.Stats) {
 	b.ReportMetric(float64(d.Wait.Microseconds())/float64(b.N), "tpm-µs/op")
 }
 
-func benchAgent(b *testing.B, req agent.ProvisionRequest) (*swtpmtest.Env, *agent.Agent) {
+func benchAgent(b *testing.B, req api.ProvisionRequest) (*swtpmtest.Env, *agent.Agent) {
 	env := swtpmtest.Start(b)
 	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: b.TempDir() + "/state"})
 	if err != nil {
@@ -40,7 +41,7 @@ func BenchmarkProvision(b *testing.B) {
 	before := env.TPM.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -48,12 +49,12 @@ func BenchmarkProvision(b *testing.B) {
 }
 
 func BenchmarkSeal(b *testing.B) {
-	env, ag := benchAgent(b, agent.ProvisionRequest{PCRs: []int{7}})
+	env, ag := benchAgent(b, api.ProvisionRequest{PCRs: []int{7}})
 	ctx := context.Background()
 	before := env.TPM.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("0123456789abcdef")}); err != nil {
+		if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("0123456789abcdef")}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -63,9 +64,9 @@ func BenchmarkSeal(b *testing.B) {
 func BenchmarkUnseal(b *testing.B) {
 	for _, size := range []int{32, 4096} {
 		b.Run(map[int]string{32: "32B", 4096: "4KiB-envelope"}[size], func(b *testing.B) {
-			env, ag := benchAgent(b, agent.ProvisionRequest{PCRs: []int{7}})
+			env, ag := benchAgent(b, api.ProvisionRequest{PCRs: []int{7}})
 			ctx := context.Background()
-			blob, err := ag.Seal(ctx, agent.SealRequest{Data: make([]byte, size)})
+			blob, err := ag.Seal(ctx, api.SealRequest{Data: make([]byte, size)})
 			if err != nil {
 				b.Fatal(err)
 			}

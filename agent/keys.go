@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -35,27 +36,6 @@ import (
 // working the moment the PCRs stop satisfying the PK's policy. The TPM alone
 // would check only at load and derivation.
 
-// Key kinds.
-const (
-	KindDerived = "derived"
-	KindCreated = "created"
-)
-
-// Usages.
-const (
-	UsageSign    = "sign"
-	UsageECDH    = "ecdh"
-	UsageDecrypt = "decrypt"
-	UsageHMAC    = "hmac"
-)
-
-// ErrNotExtractable: the key was not created extractable, so nothing can
-// take it out of the TPM; that was decided at its creation.
-var ErrNotExtractable = fmt.Errorf("%w: key is not extractable", ErrNotPermitted)
-
-// ErrKeyExists: a key of that name exists already.
-var ErrKeyExists = errors.New("key name already taken")
-
 // keyType is one of the approved key types.
 type keyType struct {
 	name    string
@@ -71,13 +51,13 @@ type keyType struct {
 // keyTypes are the approved types (approved mode: RSA >= 2048, ECC P-256 and
 // P-384, HMAC-SHA-256, AES-256). RSA cannot be derived by a TPM.
 var keyTypes = []keyType{
-	{name: "ecc-p256", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP256, bits: 256, derive: true, create: true, usages: []string{UsageSign, UsageECDH}, defHash: crypto.SHA256},
-	{name: "ecc-p384", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP384, bits: 384, derive: true, create: true, usages: []string{UsageSign, UsageECDH}, defHash: crypto.SHA384},
-	{name: "rsa-2048", alg: tpm2.TPMAlgRSA, bits: 2048, create: true, usages: []string{UsageSign, UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "rsa-3072", alg: tpm2.TPMAlgRSA, bits: 3072, create: true, usages: []string{UsageSign, UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "rsa-4096", alg: tpm2.TPMAlgRSA, bits: 4096, create: true, usages: []string{UsageSign, UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "hmac-sha256", alg: tpm2.TPMAlgKeyedHash, bits: 256, derive: true, usages: []string{UsageHMAC}, defHash: crypto.SHA256},
-	{name: "aes-256", alg: tpm2.TPMAlgSymCipher, bits: 256, derive: true, usages: []string{UsageDecrypt}},
+	{name: "ecc-p256", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP256, bits: 256, derive: true, create: true, usages: []string{api.UsageSign, api.UsageECDH}, defHash: crypto.SHA256},
+	{name: "ecc-p384", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP384, bits: 384, derive: true, create: true, usages: []string{api.UsageSign, api.UsageECDH}, defHash: crypto.SHA384},
+	{name: "rsa-2048", alg: tpm2.TPMAlgRSA, bits: 2048, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
+	{name: "rsa-3072", alg: tpm2.TPMAlgRSA, bits: 3072, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
+	{name: "rsa-4096", alg: tpm2.TPMAlgRSA, bits: 4096, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
+	{name: "hmac-sha256", alg: tpm2.TPMAlgKeyedHash, bits: 256, derive: true, usages: []string{api.UsageHMAC}, defHash: crypto.SHA256},
+	{name: "aes-256", alg: tpm2.TPMAlgSymCipher, bits: 256, derive: true, usages: []string{api.UsageDecrypt}},
 }
 
 func typeNames(ok func(keyType) bool) string {
@@ -99,16 +79,16 @@ func lookupType(name string, derive bool) (keyType, error) {
 		}
 		if derive && !kt.derive {
 			if kt.alg == tpm2.TPMAlgRSA {
-				return kt, fmt.Errorf("%w: RSA keys cannot be derived inside a TPM; use `provd key create NAME --type %s` for a TPM-generated RSA key", ErrNotPermitted, name)
+				return kt, fmt.Errorf("%w: RSA keys cannot be derived inside a TPM; use `provd key create NAME --type %s` for a TPM-generated RSA key", api.ErrNotPermitted, name)
 			}
-			return kt, fmt.Errorf("%w: %s keys cannot be derived (derivable: %s)", ErrNotPermitted, name, typeNames(func(k keyType) bool { return k.derive }))
+			return kt, fmt.Errorf("%w: %s keys cannot be derived (derivable: %s)", api.ErrNotPermitted, name, typeNames(func(k keyType) bool { return k.derive }))
 		}
 		if !derive && !kt.create {
-			return kt, fmt.Errorf("%w: %s keys are derived, not created: use `provd key derive NAME --label L --type %s` (creatable: %s)", ErrNotPermitted, name, name, typeNames(func(k keyType) bool { return k.create }))
+			return kt, fmt.Errorf("%w: %s keys are derived, not created: use `provd key derive NAME --label L --type %s` (creatable: %s)", api.ErrNotPermitted, name, name, typeNames(func(k keyType) bool { return k.create }))
 		}
 		return kt, nil
 	}
-	return keyType{}, fmt.Errorf("%w: key type %q is not an approved type (approved: %s)", ErrNotPermitted, name, typeNames(func(keyType) bool { return true }))
+	return keyType{}, fmt.Errorf("%w: key type %q is not an approved type (approved: %s)", api.ErrNotPermitted, name, typeNames(func(keyType) bool { return true }))
 }
 
 // usage picks the default usage or checks the one asked for. For ECC keys
@@ -117,11 +97,11 @@ func (kt keyType) usage(u string) (string, error) {
 	if u == "" {
 		return kt.usages[0], nil
 	}
-	if u == UsageDecrypt && kt.alg == tpm2.TPMAlgECC {
-		u = UsageECDH
+	if u == api.UsageDecrypt && kt.alg == tpm2.TPMAlgECC {
+		u = api.UsageECDH
 	}
 	if !slices.Contains(kt.usages, u) {
-		return "", fmt.Errorf("%w: usage %q for a %s key (allowed: %s)", ErrBadInput, u, kt.name, strings.Join(kt.usages, ", "))
+		return "", fmt.Errorf("%w: usage %q for a %s key (allowed: %s)", api.ErrBadInput, u, kt.name, strings.Join(kt.usages, ", "))
 	}
 	return u, nil
 }
@@ -135,8 +115,8 @@ func (kt keyType) template(usage string, authPolicy []byte) tpm2.TPMTPublic {
 		UserWithAuth:    false,
 		AdminWithPolicy: true,
 		NoDA:            true,
-		SignEncrypt:     usage == UsageSign || usage == UsageHMAC,
-		Decrypt:         usage == UsageDecrypt || usage == UsageECDH,
+		SignEncrypt:     usage == api.UsageSign || usage == api.UsageHMAC,
+		Decrypt:         usage == api.UsageDecrypt || usage == api.UsageECDH,
 	}
 	null := tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
 	t := tpm2.TPMTPublic{
@@ -224,18 +204,18 @@ func typeOf(pub tpm2.TPMTPublic) (keyType, string, error) {
 	}
 	kt, err := lookupType(name, false)
 	if err != nil {
-		return kt, "", fmt.Errorf("%w: key blob holds a %v key that provd does not accept", ErrNotPermitted, pub.Type)
+		return kt, "", fmt.Errorf("%w: key blob holds a %v key that provd does not accept", api.ErrNotPermitted, pub.Type)
 	}
 	a := pub.ObjectAttributes
 	switch {
 	case a.SignEncrypt && !a.Decrypt:
-		return kt, UsageSign, nil
+		return kt, api.UsageSign, nil
 	case a.Decrypt && !a.SignEncrypt && kt.alg == tpm2.TPMAlgECC:
-		return kt, UsageECDH, nil
+		return kt, api.UsageECDH, nil
 	case a.Decrypt && !a.SignEncrypt:
-		return kt, UsageDecrypt, nil
+		return kt, api.UsageDecrypt, nil
 	}
-	return kt, "", fmt.Errorf("%w: key blob's key is both sign and decrypt (or neither); provd keeps usages apart", ErrNotPermitted)
+	return kt, "", fmt.Errorf("%w: key blob's key is both sign and decrypt (or neither); provd keeps usages apart", api.ErrNotPermitted)
 }
 
 // keyRecord is the manifest record "key.NAME". Nothing in it is secret: a
@@ -259,31 +239,8 @@ type keyRecord struct {
 
 func keyRecName(name string) string { return keyPrefix + name }
 
-// KeyInfo describes a key, for list and the CLI.
-type KeyInfo struct {
-	Name        string    `json:"name"`
-	Kind        string    `json:"kind"`
-	Type        string    `json:"type"`
-	Usage       string    `json:"usage"`
-	Label       string    `json:"label,omitempty"`
-	Context     string    `json:"context,omitempty"`
-	Extractable bool      `json:"extractable"`
-	ObjectName  string    `json:"object_name"`
-	Policy      string    `json:"policy_digest"`
-	CreatedAt   time.Time `json:"created_at"`
-}
-
-// DefaultHash is the hash a signature with this key uses unless told
-// otherwise: SHA-384 for P-384 keys, SHA-256 for the others.
-func (k KeyInfo) DefaultHash() crypto.Hash {
-	if k.Type == "ecc-p384" {
-		return crypto.SHA384
-	}
-	return crypto.SHA256
-}
-
-func (r keyRecord) info() KeyInfo {
-	return KeyInfo{Name: r.Name, Kind: r.Kind, Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context,
+func (r keyRecord) info() api.KeyInfo {
+	return api.KeyInfo{Name: r.Name, Kind: r.Kind, Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context,
 		Extractable: r.Extractable, ObjectName: r.Object, Policy: r.Policy, CreatedAt: r.CreatedAt}
 }
 
@@ -313,21 +270,12 @@ func keyPolicy(pk policy.Policy, extractable bool) policy.Policy {
 // checkKeyName validates a key name (it becomes a store record name).
 func checkKeyName(name string) error {
 	if !store.ValidName(keyRecName(name)) || strings.HasPrefix(name, ".") {
-		return fmt.Errorf("%w: key name %q: want 1-120 of [A-Za-z0-9._-], not starting with '.' or '-'", ErrBadInput, name)
+		return fmt.Errorf("%w: key name %q: want 1-120 of [A-Za-z0-9._-], not starting with '.' or '-'", api.ErrBadInput, name)
 	}
 	if name[0] == '-' {
-		return fmt.Errorf("%w: key name %q starts with '-'", ErrBadInput, name)
+		return fmt.Errorf("%w: key name %q starts with '-'", api.ErrBadInput, name)
 	}
 	return nil
-}
-
-// DeriveRequest asks for a derived key.
-type DeriveRequest struct {
-	Name    string
-	Label   string
-	Context string
-	Type    string
-	Usage   string
 }
 
 // maxLabel is the size of TPM2B_LABEL (LABEL_MAX_BUFFER).
@@ -336,9 +284,10 @@ const maxLabel = 32
 // DeriveKey derives a key inside the TPM from the derivation parent with
 // (label, context) and records its recipe under req.Name. Deriving again
 // from the same recipe, on any boot, gives the same key.
-func (a *Agent) DeriveKey(ctx context.Context, req DeriveRequest) (KeyInfo, error) {
+func (a *Agent) DeriveKey(ctx context.Context, req api.DeriveRequest) (api.KeyInfo, error) {
+	defer a.lock()()
 	objects := map[string]string{"key": req.Name, "label": req.Label, "context": req.Context, "type": req.Type}
-	return auditedResult(a, "key-derive", objects, func() (KeyInfo, error) {
+	return auditedResult(ctx, a, "key-derive", objects, func() (api.KeyInfo, error) {
 		return a.deriveKey(ctx, req, objects)
 	})
 }
@@ -373,7 +322,7 @@ func (a *Agent) freshKeyState(ctx context.Context, name string) (keyState, error
 		return keyState{}, err
 	}
 	if ks.exists {
-		return keyState{}, fmt.Errorf("%w: %q", ErrKeyExists, name)
+		return keyState{}, fmt.Errorf("%w: %q", api.ErrKeyExists, name)
 	}
 	return ks, nil
 }
@@ -383,7 +332,7 @@ func (a *Agent) freshKeyState(ctx context.Context, name string) (keyState, error
 func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error {
 	return a.st.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.GetRaw(keyRecName(rec.Name)); err == nil {
-			return fmt.Errorf("%w: %q", ErrKeyExists, rec.Name)
+			return fmt.Errorf("%w: %q", api.ErrKeyExists, rec.Name)
 		}
 		if blob != nil {
 			if err := tx.WriteBlob(keyRecName(rec.Name), blob); err != nil {
@@ -394,22 +343,22 @@ func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error
 	})
 }
 
-func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[string]string) (KeyInfo, error) {
+func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects map[string]string) (api.KeyInfo, error) {
 	if req.Label == "" || len(req.Label) > maxLabel || len(req.Context) > maxLabel {
-		return KeyInfo{}, fmt.Errorf("%w: --label (1-%d bytes) and --context (0-%d bytes)", ErrBadInput, maxLabel, maxLabel)
+		return api.KeyInfo{}, fmt.Errorf("%w: --label (1-%d bytes) and --context (0-%d bytes)", api.ErrBadInput, maxLabel, maxLabel)
 	}
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
 	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, true)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
-	rec := keyRecord{Name: req.Name, Kind: KindDerived, Type: kt.name, Usage: usage,
+	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: kt.name, Usage: usage,
 		Label: req.Label, Context: req.Context, CreatedAt: a.now().UTC()}
 	rec.PK = ks.pk.state.Name
 	digest, err := keyPolicy(ks.pk.expr, false).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	rec.Policy = hex.EncodeToString(digest)
 	tmpl := kt.template(usage, digest)
@@ -418,28 +367,20 @@ func (a *Agent) deriveKey(ctx context.Context, req DeriveRequest, objects map[st
 	rec.Template = tpm2.Marshal(tmpl)
 	ks.rec = rec
 	if err := a.keys.evictResident(a.t); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	obj, err := a.deriveObject(ctx, ks)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	rec.Object = hex.EncodeToString(obj.Name.Buffer)
 	rec.Public = tpm2.Marshal(tpm2.New2B(obj.Public))
 	objects["object_name"] = rec.Object
 	if err := a.commitKey(ctx, rec, nil); err != nil {
-		return KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
+		return api.KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
 	a.keys.put(a.t, req.Name, rec, obj)
 	return rec.info(), nil
-}
-
-// CreateRequest asks for a TPM-generated key under the PK.
-type CreateRequest struct {
-	Name        string
-	Type        string
-	Usage       string
-	Extractable bool
 }
 
 // CreateKey generates a key inside the TPM under the PK and stores its
@@ -449,29 +390,30 @@ type CreateRequest struct {
 // real new parent), and Or(usage, usage + PolicyCommandCode(Duplicate)).
 // Either is fixed for the key's life: the attributes and policy are in the
 // public area, which the TPM binds to the private part at every Load.
-func (a *Agent) CreateKey(ctx context.Context, req CreateRequest) (KeyInfo, error) {
+func (a *Agent) CreateKey(ctx context.Context, req api.CreateRequest) (api.KeyInfo, error) {
+	defer a.lock()()
 	objects := map[string]string{"key": req.Name, "type": req.Type, "extractable": fmt.Sprint(req.Extractable)}
-	return auditedResult(a, "key-create", objects, func() (KeyInfo, error) {
+	return auditedResult(ctx, a, "key-create", objects, func() (api.KeyInfo, error) {
 		return a.createKey(ctx, req, objects)
 	})
 }
 
-func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[string]string) (KeyInfo, error) {
+func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects map[string]string) (api.KeyInfo, error) {
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
 	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, false)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	digest, err := keyPolicy(ks.pk.expr, req.Extractable).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	tmpl := kt.createdTemplate(usage, digest, req.Extractable)
-	rec := keyRecord{Name: req.Name, Kind: KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
+	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	if err := a.keys.evictResident(a.t); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	var blob tpm.Blob
 	if err := a.withLoadedPK(ks.pk, func(l *loadedPK) error {
@@ -479,17 +421,17 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 		blob, err = a.createUnderPK(l, tmpl, nil)
 		return err
 	}); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	name, err := blob.Name()
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	rec.Object = hex.EncodeToString(name.Buffer)
 	rec.Public = tpm2.Marshal(blob.Public)
 	objects["object_name"] = rec.Object
 	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	return rec.info(), nil
 }
@@ -498,7 +440,8 @@ func (a *Agent) createKey(ctx context.Context, req CreateRequest, objects map[st
 // again from the same recipe; a created key is gone for good unless its blob
 // was exported.
 func (a *Agent) DeleteKey(ctx context.Context, name string) error {
-	return a.audited("key-delete", map[string]string{"key": name}, func() error {
+	defer a.lock()()
+	return a.audited(ctx, "key-delete", map[string]string{"key": name}, func() error {
 		if err := checkKeyName(name); err != nil {
 			return err
 		}
@@ -507,7 +450,7 @@ func (a *Agent) DeleteKey(ctx context.Context, name string) error {
 		a.keys.drop(a.t, name)
 		return a.st.Update(ctx, func(tx *store.Tx) error {
 			if _, err := tx.GetRaw(keyRecName(name)); errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("%w: key %q", ErrNotFound, name)
+				return fmt.Errorf("%w: key %q", api.ErrNotFound, name)
 			} else if err != nil {
 				return err
 			}
@@ -523,8 +466,9 @@ func (a *Agent) DeleteKey(ctx context.Context, name string) error {
 }
 
 // ListKeys lists the keys, by name.
-func (a *Agent) ListKeys(ctx context.Context) ([]KeyInfo, error) {
-	out := []KeyInfo{}
+func (a *Agent) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
+	defer a.lock()()
+	out := []api.KeyInfo{}
 	err := a.st.View(ctx, func(tx *store.Tx) error {
 		for _, o := range tx.Objects() {
 			if !strings.HasPrefix(o, keyPrefix) {
@@ -543,15 +487,16 @@ func (a *Agent) ListKeys(ctx context.Context) ([]KeyInfo, error) {
 
 // KeyPublic returns a key's public key (*ecdsa.PublicKey or *rsa.PublicKey)
 // and description, from the state alone. Symmetric keys have none
-// (ErrNotPermitted).
-func (a *Agent) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, KeyInfo, error) {
+// (api.ErrNotPermitted).
+func (a *Agent) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, api.KeyInfo, error) {
+	defer a.lock()()
 	r, err := a.keyRecord(ctx, name)
 	if err != nil {
-		return nil, KeyInfo{}, err
+		return nil, api.KeyInfo{}, err
 	}
 	pub, err := r.public()
 	if err != nil {
-		return nil, KeyInfo{}, err
+		return nil, api.KeyInfo{}, err
 	}
 	k, err := publicKey(pub)
 	return k, r.info(), err
@@ -565,7 +510,7 @@ func (a *Agent) keyRecord(ctx context.Context, name string) (keyRecord, error) {
 	err := a.st.View(ctx, func(tx *store.Tx) error {
 		err := tx.Get(keyRecName(name), &r)
 		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("%w: key %q", ErrNotFound, name)
+			return fmt.Errorf("%w: key %q", api.ErrNotFound, name)
 		}
 		return err
 	})
@@ -593,7 +538,7 @@ func publicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
 		case tpm2.TPMECCNistP384:
 			curve = elliptic.P384()
 		default:
-			return nil, fmt.Errorf("%w: curve %v", ErrNotPermitted, parms.CurveID)
+			return nil, fmt.Errorf("%w: curve %v", api.ErrNotPermitted, parms.CurveID)
 		}
 		size := (curve.Params().BitSize + 7) / 8
 		if len(pt.X.Buffer) > size || len(pt.Y.Buffer) > size {
@@ -619,5 +564,5 @@ func publicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
 		}
 		return &rsa.PublicKey{N: new(big.Int).SetBytes(n.Buffer), E: e}, nil
 	}
-	return nil, fmt.Errorf("%w: a %v key has no public key", ErrNotPermitted, pub.Type)
+	return nil, fmt.Errorf("%w: a %v key has no public key", api.ErrNotPermitted, pub.Type)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -28,15 +29,16 @@ import (
 // not persistent, so the file is byte-for-byte what tpm2-tools makes of the
 // same parts. Tools that load it must load the PK themselves (docs/keys.md).
 func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err error) {
+	defer a.lock()()
 	objects := map[string]string{"key": name}
-	err = a.audited("key-export-blob", objects, func() error {
+	err = a.audited(ctx, "key-export-blob", objects, func() error {
 		r, err := a.keyRecord(ctx, name)
 		if err != nil {
 			return err
 		}
 		objects["object_name"] = r.Object
-		if r.Kind != KindCreated {
-			return fmt.Errorf("%w: %q is a derived key: it has no blob (derive it again from its label and context)", ErrNotPermitted, name)
+		if r.Kind != api.KindCreated {
+			return fmt.Errorf("%w: %q is a derived key: it has no blob (derive it again from its label and context)", api.ErrNotPermitted, name)
 		}
 		var raw []byte
 		if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
@@ -71,62 +73,63 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 // made by TPM2_Import (which refuses fixedTPM and fixedParent), so it was
 // born in this TPM; an extractable key's sensitiveDataOrigin is only what
 // its maker wrote (docs/keys.md).
-func (a *Agent) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (KeyInfo, error) {
+func (a *Agent) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (api.KeyInfo, error) {
+	defer a.lock()()
 	objects := map[string]string{"key": name}
-	return auditedResult(a, "key-import-blob", objects, func() (KeyInfo, error) {
+	return auditedResult(ctx, a, "key-import-blob", objects, func() (api.KeyInfo, error) {
 		return a.importKeyBlob(ctx, name, pemData, objects)
 	})
 }
 
-func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, objects map[string]string) (KeyInfo, error) {
+func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, objects map[string]string) (api.KeyInfo, error) {
 	if err := checkKeyName(name); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	kf, err := keyfile.ParsePEM(pemData)
 	if err != nil {
-		return KeyInfo{}, fmt.Errorf("%w: %v", ErrBadInput, err)
+		return api.KeyInfo{}, fmt.Errorf("%w: %v", api.ErrBadInput, err)
 	}
 	blob, err := tpm.UnmarshalBlob(append(append([]byte(nil), kf.Public...), kf.Private...))
 	if err != nil {
-		return KeyInfo{}, fmt.Errorf("%w: key file: %v", ErrBadInput, err)
+		return api.KeyInfo{}, fmt.Errorf("%w: key file: %v", api.ErrBadInput, err)
 	}
 	pub, err := blob.Public.Contents()
 	if err != nil {
-		return KeyInfo{}, fmt.Errorf("%w: key file public area: %v", ErrBadInput, err)
+		return api.KeyInfo{}, fmt.Errorf("%w: key file public area: %v", api.ErrBadInput, err)
 	}
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
 	ks, err := a.freshKeyState(ctx, name)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	kt, usage, tmpl, err := checkImportPublic(*pub, ks.pk.expr)
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	extractable := !tmpl.ObjectAttributes.FixedTPM
 	objName, err := blob.Name()
 	if err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
-	rec := keyRecord{Name: name, Kind: KindCreated, Type: kt.name, Usage: usage, Extractable: extractable,
+	rec := keyRecord{Name: name, Kind: api.KindCreated, Type: kt.name, Usage: usage, Extractable: extractable,
 		PK: ks.pk.state.Name, Object: hex.EncodeToString(objName.Buffer), Public: tpm2.Marshal(blob.Public),
 		Policy: hex.EncodeToString(tmpl.AuthPolicy.Buffer), Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC()}
 	objects["object_name"] = rec.Object
 	if err := a.keys.evictResident(a.t); err != nil {
-		return KeyInfo{}, err
+		return api.KeyInfo{}, err
 	}
 	ks.rec, ks.keyBlob = rec, blob.Marshal()
 	obj, err := a.loadCreated(ks)
 	if err != nil {
-		var pe *PolicyError
+		var pe *api.PolicyError
 		if errors.As(err, &pe) {
-			return KeyInfo{}, err
+			return api.KeyInfo{}, err
 		}
-		return KeyInfo{}, fmt.Errorf("key file does not load under this device's PK (made under another parent, or edited): %w", err)
+		return api.KeyInfo{}, fmt.Errorf("key file does not load under this device's PK (made under another parent, or edited): %w", err)
 	}
 	if err := a.commitKey(ctx, rec, ks.keyBlob); err != nil {
-		return KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
+		return api.KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
 	a.keys.put(a.t, name, rec, obj)
 	return rec.info(), nil
@@ -169,7 +172,7 @@ func checkImportPublic(pub tpm2.TPMTPublic, pkExpr policy.Policy) (keyType, stri
 	default:
 		err = fmt.Errorf("key file: nameAlg or parameters (scheme, symmetric, exponent) are not what provd creates for %s", what)
 	}
-	return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: %w", ErrNotPermitted, err)
+	return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
 }
 
 // attrNames lists the attributes set in a, by their TPM names (fixedTPM|...).

@@ -198,10 +198,10 @@ func (c *keyCache) closeAll(t *tpm.TPM) error {
 	return errors.Join(errs...)
 }
 
-// EvictKeys context-saves the keys the cache holds loaded, so that an
+// evictKeys context-saves the keys the cache holds loaded, so that an
 // operation that needs every TPM object slot can run. withPK does it; other
 // code that loads objects outside withPK calls it first.
-func (a *Agent) EvictKeys() error {
+func (a *Agent) evictKeys() error {
 	a.keys.mu.Lock()
 	defer a.keys.mu.Unlock()
 	return a.keys.evictResident(a.t)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
@@ -41,14 +42,14 @@ func checkCache(t *testing.T, a *Agent) {
 func TestCacheReplacedRecordFlushes(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
 	for _, n := range []string{"k1", "k2"} {
-		if _, err := a.DeriveKey(ctx, DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
+		if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	d := sha256.Sum256([]byte("m"))
-	if _, err := a.Sign(ctx, "k1", d[:], SignOptions{}); err != nil { // k1 resident
+	if _, err := a.Sign(ctx, "k1", d[:], api.SignOptions{}); err != nil { // k1 resident
 		t.Fatal(err)
 	}
 	// Another process replaces k1 by another key (here: k2's recipe).
@@ -62,7 +63,7 @@ func TestCacheReplacedRecordFlushes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	sig, err := a.Sign(ctx, "k1", d[:], SignOptions{})
+	sig, err := a.Sign(ctx, "k1", d[:], api.SignOptions{})
 	if err != nil {
 		t.Fatalf("sign with the replaced key: %v", err)
 	}
@@ -93,7 +94,7 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, ProvisionRequest{Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,13 +114,13 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 		}
 	}
 	install(*res.Counter)
-	if _, err := a.DeriveKey(ctx, DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	signed := func() *policy.SignedPolicy {
 		t.Helper()
 		d := sha256.Sum256(nil)
-		if _, err := a.Sign(ctx, "k", d[:], SignOptions{}); err != nil {
+		if _, err := a.Sign(ctx, "k", d[:], api.SignOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		ks, err := a.readKeyState(ctx, "k", true)

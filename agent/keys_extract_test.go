@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
@@ -70,10 +71,10 @@ func TestNotExtractableForever(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	if _, err := a.Provision(ctx, ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := a.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {
+	for _, r := range []api.CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {
 		if _, err := a.CreateKey(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -139,7 +140,7 @@ func TestNotExtractableForever(t *testing.T) {
 		t.Fatalf("duplicating the edited key: %v, want the load to fail with TPM_RC_INTEGRITY", err)
 	}
 	d := sha256.Sum256(nil)
-	if _, err := a.Sign(ctx, "fixed", d[:], SignOptions{}); !errors.Is(err, tpm2.TPMRCIntegrity) {
+	if _, err := a.Sign(ctx, "fixed", d[:], api.SignOptions{}); !errors.Is(err, tpm2.TPMRCIntegrity) {
 		t.Fatalf("using the edited key: %v", err)
 	}
 
@@ -166,10 +167,10 @@ func TestNotExtractableForever(t *testing.T) {
 	if _, err := a.ImportKeyBlob(ctx, "ext2", pemData); err != nil {
 		t.Fatalf("import: %v", err)
 	}
-	if _, err := a.Sign(ctx, "ext2", d[:], SignOptions{}); err != nil {
+	if _, err := a.Sign(ctx, "ext2", d[:], api.SignOptions{}); err != nil {
 		t.Fatalf("sign with the imported key: %v", err)
 	}
-	if _, err := a.ExportKeyBlob(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := a.ExportKeyBlob(ctx, "nope"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("export of a missing key: %v", err)
 	}
 }

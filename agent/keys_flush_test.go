@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -72,11 +73,11 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		return fault
 	}))
 	ctx := context.Background()
-	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
-	if _, err := a.DeriveKey(ctx, DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
+	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.CreateKey(ctx, CreateRequest{Name: "created", Type: "ecc-p256"}); err != nil {
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "created", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	d := sha256.Sum256(nil)
@@ -84,10 +85,10 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		name string
 		op   func(i int) error
 	}{
-		{"sign derived", func(int) error { _, err := a.Sign(ctx, "derived", d[:], SignOptions{}); return err }},
-		{"sign created", func(int) error { _, err := a.Sign(ctx, "created", d[:], SignOptions{}); return err }},
+		{"sign derived", func(int) error { _, err := a.Sign(ctx, "derived", d[:], api.SignOptions{}); return err }},
+		{"sign created", func(int) error { _, err := a.Sign(ctx, "created", d[:], api.SignOptions{}); return err }},
 		{"derive", func(i int) error {
-			_, err := a.DeriveKey(ctx, DeriveRequest{Name: fmt.Sprint("d", i), Label: fmt.Sprint("d", i), Type: "ecc-p256"})
+			_, err := a.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprint("d", i), Label: fmt.Sprint("d", i), Type: "ecc-p256"})
 			return err
 		}},
 		{"import", func(i int) error {

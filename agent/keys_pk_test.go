@@ -6,19 +6,20 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
 
 // TestSwappedPKBlobIsTampered: a PK blob that loads under the SRK but is not
-// the PK the state names is ErrTampered on every path that loads the PK:
+// the PK the state names is api.ErrTampered on every path that loads the PK:
 // seal and policy show (withPK) as well as key use (readKeyState).
 func TestSwappedPKBlobIsTampered(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &ProvisionRequest{PCRs: []int{7}})
-	if _, err := a.DeriveKey(ctx, DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
+	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.closeKeys(); err != nil {
@@ -38,12 +39,12 @@ func TestSwappedPKBlobIsTampered(t *testing.T) {
 	}
 	d := sha256.Sum256(nil)
 	for name, op := range map[string]func() error{
-		"seal":        func() error { _, err := a.Seal(ctx, SealRequest{Data: []byte("s"), PCRs: []int{7}}); return err },
+		"seal":        func() error { _, err := a.Seal(ctx, api.SealRequest{Data: []byte("s"), PCRs: []int{7}}); return err },
 		"policy show": func() error { _, err := a.ShowPolicy(ctx); return err },
-		"sign":        func() error { _, err := a.Sign(ctx, "k", d[:], SignOptions{}); return err },
+		"sign":        func() error { _, err := a.Sign(ctx, "k", d[:], api.SignOptions{}); return err },
 	} {
-		if err := op(); !errors.Is(err, ErrTampered) {
-			t.Errorf("%s with a swapped PK blob: %v, want ErrTampered", name, err)
+		if err := op(); !errors.Is(err, api.ErrTampered) {
+			t.Errorf("%s with a swapped PK blob: %v, want api.ErrTampered", name, err)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -31,14 +32,14 @@ func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
 	if len(pcrs) == 0 {
 		pcrs = []int{7, 16}
 	}
-	if _, err := ag.Provision(context.Background(), agent.ProvisionRequest{PCRs: pcrs}); err != nil {
+	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{PCRs: pcrs}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 }
 
 func derive(t *testing.T, ag *agent.Agent, name, label, ctxt, typ, usage string) {
 	t.Helper()
-	if _, err := ag.DeriveKey(context.Background(), agent.DeriveRequest{Name: name, Label: label, Context: ctxt, Type: typ, Usage: usage}); err != nil {
+	if _, err := ag.DeriveKey(context.Background(), api.DeriveRequest{Name: name, Label: label, Context: ctxt, Type: typ, Usage: usage}); err != nil {
 		t.Fatalf("derive %s: %v", name, err)
 	}
 }
@@ -103,7 +104,7 @@ func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
 		t.Fatal("the same label and context gave another key after a restart")
 	}
 	d := sha256.Sum256([]byte("after restart"))
-	sig, err := ag2.Sign(ctx, "k1", d[:], agent.SignOptions{})
+	sig, err := ag2.Sign(ctx, "k1", d[:], api.SignOptions{})
 	if err != nil || !ecdsa.VerifyASN1(pubOf(t, ag, "k1").(*ecdsa.PublicKey), d[:], sig) {
 		t.Fatalf("k1 after restart: %v", err)
 	}
@@ -125,7 +126,7 @@ func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
 		t.Fatal("another TPM derived the same key")
 	}
 	mac3, err := ag3.HMAC(ctx, "k1", []byte("message"))
-	if !errors.Is(err, agent.ErrNotPermitted) || mac3 != nil {
+	if !errors.Is(err, api.ErrNotPermitted) || mac3 != nil {
 		t.Fatalf("HMAC with a sign key: %v", err)
 	}
 	if err := ag3.Close(); err != nil {
@@ -153,10 +154,10 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 	derive(t, ag, "p384", "sign", "", "ecc-p384", "")
 	derive(t, ag, "dh", "dh", "", "ecc-p256", "ecdh")
 	derive(t, ag, "mac", "mac", "", "hmac-sha256", "")
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "oaep", Type: "rsa-2048", Usage: "decrypt"}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "oaep", Type: "rsa-2048", Usage: "decrypt"}); err != nil {
 		t.Fatal(err)
 	}
 	msg := bytes.Repeat([]byte("signed message "), 200)
@@ -176,12 +177,12 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 		digest := hh.Sum(nil)
 		var sig []byte
 		var err error
-		warm := cost(t, env, func() { sig, err = ag.Sign(ctx, tc.key, digest, agent.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
+		warm := cost(t, env, func() { sig, err = ag.Sign(ctx, tc.key, digest, api.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
 		if err != nil {
 			t.Fatalf("sign %s %s: %v", tc.key, tc.scheme, err)
 		}
 		warmCost = max(warmCost, warm)
-		hot := cost(t, env, func() { _, err = ag.Sign(ctx, tc.key, digest, agent.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
+		hot := cost(t, env, func() { _, err = ag.Sign(ctx, tc.key, digest, api.SignOptions{Scheme: tc.scheme, Hash: tc.h}) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,7 +231,7 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 		t.Errorf("ECDH: TPM %x, Go %x", z, want)
 	}
 	p384, _ := ecdh.P384().GenerateKey(rand.Reader)
-	if _, err := ag.ECDH(ctx, "dh", p384.PublicKey()); !errors.Is(err, agent.ErrBadInput) {
+	if _, err := ag.ECDH(ctx, "dh", p384.PublicKey()); !errors.Is(err, api.ErrBadInput) {
 		t.Errorf("ECDH with a P-384 peer on a P-256 key: %v", err)
 	}
 
@@ -296,13 +297,13 @@ func TestKeyCosts(t *testing.T) {
 	provision(t, ag, 7)
 	derive(t, ag, "a", "a", "", "ecc-p256", "")
 	derive(t, ag, "b", "b", "", "ecc-p256", "")
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	d := sha256.Sum256(nil)
 	sign := func(ag *agent.Agent, name string) int64 {
 		return cost(t, env, func() {
-			if _, err := ag.Sign(ctx, name, d[:], agent.SignOptions{}); err != nil {
+			if _, err := ag.Sign(ctx, name, d[:], api.SignOptions{}); err != nil {
 				t.Fatalf("sign %s: %v", name, err)
 			}
 		})
@@ -310,7 +311,7 @@ func TestKeyCosts(t *testing.T) {
 	warm := sign(ag, "a") // b is resident: save b, load a
 	hot := sign(ag, "a")
 	// The cache survives other operations, which evict it first.
-	if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x")}); err != nil {
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	afterSeal := sign(ag, "a")
@@ -353,17 +354,17 @@ func TestPCRChangeStopsEveryKey(t *testing.T) {
 	derive(t, ag, "mac", "m", "", "hmac-sha256", "")
 	derive(t, ag, "dh", "d", "", "ecc-p384", "ecdh")
 	derive(t, ag, "aes", "a", "", "aes-256", "")
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}
 	d := sha256.Sum256(nil)
 	peer, _ := ecdh.P384().GenerateKey(rand.Reader)
 	uses := map[string]func() error{
-		"sig": func() error { _, err := ag.Sign(ctx, "sig", d[:], agent.SignOptions{}); return err },
+		"sig": func() error { _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); return err },
 		"mac": func() error { _, err := ag.HMAC(ctx, "mac", []byte("x")); return err },
 		"dh":  func() error { _, err := ag.ECDH(ctx, "dh", peer.PublicKey()); return err },
 		"aes": func() error { _, err := ag.EncryptData(ctx, "aes", []byte("x")); return err },
-		"ext": func() error { _, err := ag.Sign(ctx, "ext", d[:], agent.SignOptions{}); return err },
+		"ext": func() error { _, err := ag.Sign(ctx, "ext", d[:], api.SignOptions{}); return err },
 	}
 	for name, use := range uses { // all cached now: one resident, the rest saved
 		if err := use(); err != nil {
@@ -374,16 +375,16 @@ func TestPCRChangeStopsEveryKey(t *testing.T) {
 	for name, use := range uses {
 		for range 2 {
 			err := use()
-			var pe *agent.PolicyError
+			var pe *api.PolicyError
 			if !errors.Is(err, tpm.ErrPolicyNotSatisfied) || !errors.As(err, &pe) || len(pe.Differ) != 1 || pe.Differ[0] != 16 {
 				t.Errorf("%s after PCR 16 changed: %v", name, err)
 			}
 		}
 	}
-	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "new", Label: "n", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "new", Label: "n", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Errorf("derive after PCR 16 changed: %v", err)
 	}
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "new", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "new", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Errorf("create after PCR 16 changed: %v", err)
 	}
 	if err := ag.Close(); err != nil {
@@ -397,49 +398,49 @@ func TestApprovedModeRefusals(t *testing.T) {
 	ag := newAgent(t, env, stateDir(t))
 	provision(t, ag, 7)
 	derive(t, ag, "p256", "l", "", "ecc-p256", "")
-	if _, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "rsa", Type: "rsa-2048"}); err != nil {
 		t.Fatal(err)
 	}
 	d1 := make([]byte, 20)
 	d5 := sha512.Sum512(nil)
 	for name, err := range map[string]error{
 		"derive rsa": func() error {
-			_, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "x", Label: "l", Type: "rsa-2048"})
+			_, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "x", Label: "l", Type: "rsa-2048"})
 			return err
 		}(),
 		"rsa-1024": func() error {
-			_, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "x", Type: "rsa-1024"})
+			_, err := ag.CreateKey(ctx, api.CreateRequest{Name: "x", Type: "rsa-1024"})
 			return err
 		}(),
 		"p521": func() error {
-			_, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "x", Label: "l", Type: "ecc-p521"})
+			_, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "x", Label: "l", Type: "ecc-p521"})
 			return err
 		}(),
 		"create hmac": func() error {
-			_, err := ag.CreateKey(ctx, agent.CreateRequest{Name: "x", Type: "hmac-sha256"})
+			_, err := ag.CreateKey(ctx, api.CreateRequest{Name: "x", Type: "hmac-sha256"})
 			return err
 		}(),
-		"sha1":       func() error { _, err := ag.Sign(ctx, "p256", d1, agent.SignOptions{Hash: crypto.SHA1}); return err }(),
-		"sha512":     func() error { _, err := ag.Sign(ctx, "rsa", d5[:], agent.SignOptions{Hash: crypto.SHA512}); return err }(),
-		"pss on ecc": func() error { _, err := ag.Sign(ctx, "p256", d5[:32], agent.SignOptions{Scheme: "rsapss"}); return err }(),
+		"sha1":       func() error { _, err := ag.Sign(ctx, "p256", d1, api.SignOptions{Hash: crypto.SHA1}); return err }(),
+		"sha512":     func() error { _, err := ag.Sign(ctx, "rsa", d5[:], api.SignOptions{Hash: crypto.SHA512}); return err }(),
+		"pss on ecc": func() error { _, err := ag.Sign(ctx, "p256", d5[:32], api.SignOptions{Scheme: "rsapss"}); return err }(),
 		"schnorr": func() error {
-			_, err := ag.Sign(ctx, "rsa", d5[:32], agent.SignOptions{Scheme: "ecschnorr"})
+			_, err := ag.Sign(ctx, "rsa", d5[:32], api.SignOptions{Scheme: "ecschnorr"})
 			return err
 		}(),
 		"oaep sha1":    func() error { _, err := ag.Decrypt(ctx, "rsa", []byte{1}, crypto.SHA1); return err }(),
 		"decrypt sign": func() error { _, err := ag.Decrypt(ctx, "rsa", []byte{1}, crypto.SHA256); return err }(),
 	} {
-		if !errors.Is(err, agent.ErrNotPermitted) {
+		if !errors.Is(err, api.ErrNotPermitted) {
 			t.Errorf("%s: %v, want ErrNotPermitted", name, err)
 		}
 	}
-	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "p256", Label: "l", Type: "ecc-p256"}); !errors.Is(err, agent.ErrKeyExists) {
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "p256", Label: "l", Type: "ecc-p256"}); !errors.Is(err, api.ErrKeyExists) {
 		t.Errorf("derive over an existing name: %v", err)
 	}
 	if err := ag.DeleteKey(ctx, "p256"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Sign(ctx, "p256", d1, agent.SignOptions{}); !errors.Is(err, agent.ErrNotFound) {
+	if _, err := ag.Sign(ctx, "p256", d1, api.SignOptions{}); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("sign with a deleted key: %v", err)
 	}
 	if keys, err := ag.ListKeys(ctx); err != nil || len(keys) != 1 || keys[0].Name != "rsa" {
@@ -476,11 +477,11 @@ func TestSignedPolicyKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, agent.ProvisionRequest{Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Fatalf("derive before a signed policy: %v", err)
 	}
 	install := func(version uint64) {
@@ -497,7 +498,7 @@ func TestSignedPolicyKeys(t *testing.T) {
 	install(*res.Counter)
 	derive(t, ag, "k", "k", "", "ecc-p256", "")
 	d := sha256.Sum256(nil)
-	sign := func() error { _, err := ag.Sign(ctx, "k", d[:], agent.SignOptions{}); return err }
+	sign := func() error { _, err := ag.Sign(ctx, "k", d[:], api.SignOptions{}); return err }
 	if err := sign(); err != nil {
 		t.Fatal(err)
 	}

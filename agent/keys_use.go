@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -29,7 +30,7 @@ type keyState struct {
 }
 
 // readKeyState reads the PK's inputs and key name's record and blob. With
-// must, a missing key is ErrNotFound.
+// must, a missing key is api.ErrNotFound.
 func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
 	var ks keyState
 	err := a.st.View(ctx, func(tx *store.Tx) error {
@@ -40,7 +41,7 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 		err = tx.Get(keyRecName(name), &ks.rec)
 		if errors.Is(err, store.ErrNotFound) {
 			if must {
-				return fmt.Errorf("%w: key %q (provd key list)", ErrNotFound, name)
+				return fmt.Errorf("%w: key %q (provd key list)", api.ErrNotFound, name)
 			}
 			return nil
 		}
@@ -48,7 +49,7 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 			return err
 		}
 		ks.exists = true
-		if ks.rec.Kind == KindCreated {
+		if ks.rec.Kind == api.KindCreated {
 			ks.keyBlob, err = tx.ReadBlob(keyRecName(name))
 		}
 		return err
@@ -57,7 +58,7 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 		return ks, err
 	}
 	if ks.exists && ks.rec.PK != ks.pk.state.Name {
-		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", ErrNotFound, name, ks.rec.PK)
+		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", api.ErrNotFound, name, ks.rec.PK)
 	}
 	return ks, nil
 }
@@ -67,7 +68,7 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 // owns the returned object; on error nothing stays loaded.
 func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, error) {
 	if ks.pk.state.DName == "" {
-		return tpm.Object{}, &PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
+		return tpm.Object{}, &api.PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
 	}
 	tmplp, err := tpm2.Unmarshal[tpm2.TPMTPublic](ks.rec.Template)
 	if err != nil {
@@ -81,7 +82,7 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 		}
 		defer a.flush(&err, d.Handle)
 		if hex.EncodeToString(d.Name.Buffer) != ks.pk.state.DName {
-			return fmt.Errorf("%w: derivation parent blob does not match the state", ErrTampered)
+			return fmt.Errorf("%w: derivation parent blob does not match the state", api.ErrTampered)
 		}
 		tmpl := *tmplp
 		// A derived object's fixedTPM must equal its parent's.
@@ -93,7 +94,7 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 		})
 	})
 	if err == nil && ks.rec.Object != "" && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
-		err = fmt.Errorf("%w: key %q derives to another key than recorded (state copied from another device, or the template was edited)", ErrTampered, ks.rec.Name)
+		err = fmt.Errorf("%w: key %q derives to another key than recorded (state copied from another device, or the template was edited)", api.ErrTampered, ks.rec.Name)
 	}
 	return a.loadedOrFlush(obj, err)
 }
@@ -111,7 +112,7 @@ func (a *Agent) loadCreated(ks keyState) (tpm.Object, error) {
 		return err
 	})
 	if err == nil && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
-		err = fmt.Errorf("%w: key %q blob is not the recorded key", ErrTampered, ks.rec.Name)
+		err = fmt.Errorf("%w: key %q blob is not the recorded key", api.ErrTampered, ks.rec.Name)
 	}
 	return a.loadedOrFlush(obj, err)
 }
@@ -147,9 +148,9 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 		return obj, false, err
 	}
 	switch ks.rec.Kind {
-	case KindDerived:
+	case api.KindDerived:
 		obj, err = a.deriveObject(ctx, ks)
-	case KindCreated:
+	case api.KindCreated:
 		obj, err = a.loadCreated(ks)
 	default:
 		err = fmt.Errorf("key %q: unknown kind %q in state", name, ks.rec.Kind)
@@ -163,7 +164,7 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 
 // useKey runs fn with key name loaded and a policy session that satisfies
 // its policy, for exactly one command. The policy is the PK's, so a platform
-// that no longer satisfies it gets a *PolicyError (ErrPolicyNotSatisfied),
+// that no longer satisfies it gets a *api.PolicyError (ErrPolicyNotSatisfied),
 // cached key or not.
 func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
 	if err := checkKeyName(name); err != nil {
@@ -186,7 +187,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			return err
 		}
 		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
-			return fmt.Errorf("%w: key %q has another policy than recorded", ErrTampered, name)
+			return fmt.Errorf("%w: key %q has another policy than recorded", api.ErrTampered, name)
 		}
 		ran := false
 		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
@@ -209,21 +210,7 @@ func wantUsage(rec keyRecord, usages ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: key %q is a %s key for %s, not %s", ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
-}
-
-// Signature schemes.
-const (
-	SchemeECDSA  = "ecdsa"
-	SchemeRSASSA = "rsassa"
-	SchemeRSAPSS = "rsapss"
-)
-
-// SignOptions choose the scheme and hash; zero values pick the key's
-// defaults (ECDSA; RSASSA-PKCS1-v1_5; SHA-256, SHA-384 for P-384).
-type SignOptions struct {
-	Scheme string
-	Hash   crypto.Hash
+	return fmt.Errorf("%w: key %q is a %s key for %s, not %s", api.ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
 }
 
 // approvedHash maps an approved hash to the TPM's algorithm.
@@ -234,7 +221,7 @@ func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 	case crypto.SHA384:
 		return tpm2.TPMAlgSHA384, nil
 	}
-	return 0, fmt.Errorf("%w: hash %v is not approved (sha256, sha384)", ErrNotPermitted, h)
+	return 0, fmt.Errorf("%w: hash %v is not approved (sha256, sha384)", api.ErrNotPermitted, h)
 }
 
 // Sign signs digest (the hash of the message under opts.Hash) with key name
@@ -242,13 +229,14 @@ func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 // ecdsa.VerifyASN1 take); RSA signatures are the raw signature octets. The
 // signature is verified on the host against the recorded public key before it
 // is returned.
-func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignOptions) ([]byte, error) {
+func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
+	defer a.lock()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, UsageSign); err != nil {
+		if err := wantUsage(rec, api.UsageSign); err != nil {
 			return err
 		}
-		kt, err := lookupType(rec.Type, rec.Kind == KindDerived)
+		kt, err := lookupType(rec.Type, rec.Kind == api.KindDerived)
 		if err != nil {
 			return err
 		}
@@ -261,31 +249,31 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignO
 			return err
 		}
 		if len(digest) != h.Size() {
-			return fmt.Errorf("%w: digest of %d bytes for %v (want %d)", ErrBadInput, len(digest), h, h.Size())
+			return fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
 		}
 		scheme := opts.Scheme
 		var sch tpm2.TPMTSigScheme
 		switch kt.alg {
 		case tpm2.TPMAlgECC:
 			if scheme == "" {
-				scheme = SchemeECDSA
+				scheme = api.SchemeECDSA
 			}
-			if scheme != SchemeECDSA {
-				return fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", ErrNotPermitted, scheme)
+			if scheme != api.SchemeECDSA {
+				return fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
 			}
 			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 		case tpm2.TPMAlgRSA:
 			switch scheme {
-			case "", SchemeRSASSA:
-				scheme = SchemeRSASSA
+			case "", api.SchemeRSASSA:
+				scheme = api.SchemeRSASSA
 				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
-			case SchemeRSAPSS:
+			case api.SchemeRSAPSS:
 				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 			default:
-				return fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", ErrNotPermitted, scheme)
+				return fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
 			}
 		default:
-			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", ErrNotPermitted, rec.Type)
+			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", api.ErrNotPermitted, rec.Type)
 		}
 		sig, err := a.t.Sign(obj, auth, digest, sch)
 		if err != nil {
@@ -296,7 +284,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignO
 			return err
 		}
 		switch scheme {
-		case SchemeECDSA:
+		case api.SchemeECDSA:
 			e, err := sig.Signature.ECDSA()
 			if err != nil {
 				return err
@@ -309,7 +297,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignO
 			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, out) {
 				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
 			}
-		case SchemeRSASSA:
+		case api.SchemeRSASSA:
 			r, err := sig.Signature.RSASSA()
 			if err != nil {
 				return err
@@ -318,7 +306,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts SignO
 			if err := rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, out); err != nil {
 				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
 			}
-		case SchemeRSAPSS:
+		case api.SchemeRSAPSS:
 			r, err := sig.Signature.RSAPSS()
 			if err != nil {
 				return err
@@ -338,12 +326,13 @@ const MaxDataInput = 64 << 20
 
 // HMAC returns HMAC-SHA-256 of data under key name, computed in the TPM.
 func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, error) {
+	defer a.lock()()
 	if len(data) > MaxDataInput {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadInput, len(data), MaxDataInput)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", api.ErrBadInput, len(data), MaxDataInput)
 	}
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, UsageHMAC); err != nil {
+		if err := wantUsage(rec, api.UsageHMAC); err != nil {
 			return err
 		}
 		var err error
@@ -356,12 +345,13 @@ func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, err
 // ECDH returns the ECDH shared secret (the X coordinate, the size of the
 // curve's field) of key name and peer. The caller clears it.
 func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]byte, error) {
+	defer a.lock()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, UsageECDH); err != nil {
+		if err := wantUsage(rec, api.UsageECDH); err != nil {
 			return err
 		}
-		kt, err := lookupType(rec.Type, rec.Kind == KindDerived)
+		kt, err := lookupType(rec.Type, rec.Kind == api.KindDerived)
 		if err != nil {
 			return err
 		}
@@ -370,7 +360,7 @@ func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]
 			want = ecdh.P384()
 		}
 		if peer == nil || peer.Curve() != want {
-			return fmt.Errorf("%w: the peer's key is not on the key's curve (%s)", ErrBadInput, rec.Type)
+			return fmt.Errorf("%w: the peer's key is not on the key's curve (%s)", api.ErrBadInput, rec.Type)
 		}
 		raw := peer.Bytes() // 04 || X || Y
 		size := (len(raw) - 1) / 2
@@ -395,6 +385,7 @@ func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]
 // Decrypt decrypts an RSA-OAEP ciphertext (hash h, empty label) with key
 // name in the TPM. The caller clears the result.
 func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error) {
+	defer a.lock()()
 	if h == 0 {
 		h = crypto.SHA256
 	}
@@ -404,11 +395,11 @@ func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h c
 	}
 	var out []byte
 	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, UsageDecrypt); err != nil {
+		if err := wantUsage(rec, api.UsageDecrypt); err != nil {
 			return err
 		}
 		if obj.Public.Type != tpm2.TPMAlgRSA {
-			return fmt.Errorf("%w: key %q is a %s key: use `provd key decrypt` on AES envelopes (key encrypt)", ErrBadInput, name, rec.Type)
+			return fmt.Errorf("%w: key %q is a %s key: use `provd key decrypt` on AES envelopes (key encrypt)", api.ErrBadInput, name, rec.Type)
 		}
 		var err error
 		out, err = a.t.RSADecryptOAEP(obj, auth, alg, ciphertext)
@@ -432,13 +423,14 @@ const aesHeader = len(aesMagic) + 16 + 32 + 12
 // EncryptData encrypts plain under AES key name (envelope above): one TPM
 // use per call, whatever the size.
 func (a *Agent) EncryptData(ctx context.Context, name string, plain []byte) ([]byte, error) {
+	defer a.lock()()
 	if len(plain) > MaxDataInput {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadInput, len(plain), MaxDataInput)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", api.ErrBadInput, len(plain), MaxDataInput)
 	}
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if obj.Public.Type != tpm2.TPMAlgSymCipher {
-			return fmt.Errorf("%w: key %q is a %s key, not aes-256", ErrNotPermitted, name, rec.Type)
+			return fmt.Errorf("%w: key %q is a %s key, not aes-256", api.ErrNotPermitted, name, rec.Type)
 		}
 		dek := make([]byte, 32)
 		defer clear(dek)
@@ -478,15 +470,16 @@ func aesAAD(hdr, keyName []byte) []byte {
 }
 
 // DecryptData opens an AES envelope made by EncryptData with key name. A
-// modified envelope, or one for another key, is ErrTampered.
+// modified envelope, or one for another key, is api.ErrTampered.
 func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byte, error) {
+	defer a.lock()()
 	if len(env) < aesHeader+16 || string(env[:8]) != aesMagic {
-		return nil, fmt.Errorf("%w: not a provd AES envelope", ErrBadInput)
+		return nil, fmt.Errorf("%w: not a provd AES envelope", api.ErrBadInput)
 	}
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if obj.Public.Type != tpm2.TPMAlgSymCipher {
-			return fmt.Errorf("%w: key %q is a %s key, not aes-256", ErrNotPermitted, name, rec.Type)
+			return fmt.Errorf("%w: key %q is a %s key, not aes-256", api.ErrNotPermitted, name, rec.Type)
 		}
 		dek, err := a.t.SymCrypt(obj, auth, true, tpm2.TPMAlgCFB, env[8:24], env[24:56])
 		if err != nil {
@@ -499,7 +492,7 @@ func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byt
 		}
 		out, err = gcm.Open(nil, env[56:68], env[aesHeader:], aesAAD(env, obj.Name.Buffer))
 		if err != nil {
-			return fmt.Errorf("%w: AES envelope fails authentication (modified, or made with another key)", ErrTampered)
+			return fmt.Errorf("%w: AES envelope fails authentication (modified, or made with another key)", api.ErrTampered)
 		}
 		return nil
 	})

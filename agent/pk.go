@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -129,38 +129,6 @@ func CounterRef() policy.NVCounterRef {
 	return policy.NVCounterRef{Handle: PolicyCounterHandle, Name: name.Buffer}
 }
 
-// PolicyError says that the platform does not satisfy an object's policy, and
-// which PCRs differ from what the policy needs. It unwraps to
-// tpm.ErrPolicyNotSatisfied (exit code 3).
-type PolicyError struct {
-	Differ []int  // PCRs whose current value differs from the policy's
-	Bank   string // their bank
-	Reason string // when not a PCR difference: e.g. a revoked signed policy
-	Err    error
-}
-
-func (e *PolicyError) Error() string {
-	var b strings.Builder
-	b.WriteString("PCR policy not satisfied")
-	if len(e.Differ) > 0 {
-		pcrs := make([]string, len(e.Differ))
-		for i, p := range e.Differ {
-			pcrs[i] = fmt.Sprint(p)
-		}
-		if len(pcrs) == 1 {
-			fmt.Fprintf(&b, ": %s PCR %s differs from the policy", e.Bank, pcrs[0])
-		} else {
-			fmt.Fprintf(&b, ": %s PCRs %s differ from the policy", e.Bank, strings.Join(pcrs, ","))
-		}
-	}
-	if e.Reason != "" {
-		b.WriteString(": " + e.Reason)
-	}
-	return b.String()
-}
-
-func (e *PolicyError) Unwrap() []error { return []error{tpm.ErrPolicyNotSatisfied, e.Err} }
-
 // loadedPK is the PK and, when asked, the derivation parent, loaded.
 type loadedPK struct {
 	state pkState
@@ -170,12 +138,12 @@ type loadedPK struct {
 	opts  policy.ApplyOptions
 }
 
-// readPK reads the PK's state, or ErrNotProvisioned.
+// readPK reads the PK's state, or api.ErrNotProvisioned.
 func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 	var s pkState
 	err := tx.Get(recPK, &s)
 	if errors.Is(err, store.ErrNotFound) {
-		return s, ErrNotProvisioned
+		return s, api.ErrNotProvisioned
 	}
 	return s, err
 }
@@ -191,7 +159,7 @@ type pkInputs struct {
 	opts  policy.ApplyOptions
 }
 
-// readPKInputs reads the PK's inputs in tx, or ErrNotProvisioned.
+// readPKInputs reads the PK's inputs in tx, or api.ErrNotProvisioned.
 func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	var in pkInputs
 	var err error
@@ -228,7 +196,7 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 // the object slots they hold; callers that hold keys.mu evict themselves and
 // use readPKInputs and withLoadedPK.
 func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
-	if err := a.EvictKeys(); err != nil {
+	if err := a.evictKeys(); err != nil {
 		return err
 	}
 	var in pkInputs
@@ -242,7 +210,7 @@ func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
 }
 
 // withLoadedPK loads the PK of in under the SRK, checks that it is the PK the
-// state names (ErrTampered otherwise), runs fn with it, and flushes it.
+// state names (api.ErrTampered otherwise), runs fn with it, and flushes it.
 func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
 	srk, err := a.t.SRK()
 	if err != nil {
@@ -258,7 +226,7 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 	}
 	defer a.flush(&err, l.pk.Handle)
 	if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
-		return fmt.Errorf("%w: PK blob does not match the state's PK name", ErrTampered)
+		return fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered)
 	}
 	return fn(l)
 }
@@ -326,10 +294,10 @@ func (a *Agent) apply(ps *tpm.PolicySession, rec policyRecord, expr policy.Polic
 	return nil
 }
 
-// explain turns a failed policy into a PolicyError naming the PCRs that differ.
+// explain turns a failed policy into a api.PolicyError naming the PCRs that differ.
 func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) error {
 	if errors.Is(err, policy.ErrNoSignedPolicy) {
-		return &PolicyError{Reason: "no signed policy installed (provd policy install)", Err: err}
+		return &api.PolicyError{Reason: "no signed policy installed (provd policy install)", Err: err}
 	}
 	if !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		return err
@@ -343,7 +311,7 @@ func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) e
 	case len(opts.Signed) > 0:
 		want = opts.Signed[0].Values
 	}
-	pe := &PolicyError{Bank: want.Bank.String(), Err: err}
+	pe := &api.PolicyError{Bank: want.Bank.String(), Err: err}
 	if len(want.Values) > 0 {
 		cur, rerr := a.t.PCRRead(want.Bank.Alg(), want.Indices())
 		if rerr != nil {

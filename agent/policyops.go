@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -25,36 +26,29 @@ func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64) (
 	return policy.SignPolicy(signer, vals, version, pkPolicyRef, CounterRef())
 }
 
-// PolicyInstallResult reports an installed signed policy.
-type PolicyInstallResult struct {
-	Version   uint64 `json:"version"`
-	Counter   uint64 `json:"policy_counter"`
-	Satisfied bool   `json:"satisfied_now"`
-	Differ    []int  `json:"pcrs_differ,omitempty"`
-}
-
 // InstallPolicy installs a signed policy for the PK: it checks the signature
 // against the PK's signer, moves the policy counter up to the policy's version
 // (which revokes every older version in the TPM itself) and stores it. An
 // older version than the counter is refused: it is revoked. The policy may
 // approve PCR values the platform does not have yet (installed before a
 // firmware update); the result says whether it is satisfied now.
-func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (PolicyInstallResult, error) {
+func (a *Agent) InstallPolicy(ctx context.Context, data []byte) (api.PolicyInstallResult, error) {
+	defer a.lock()()
 	objects := map[string]string{}
-	return auditedResult(a, "policy-install", objects, func() (PolicyInstallResult, error) {
+	return auditedResult(ctx, a, "policy-install", objects, func() (api.PolicyInstallResult, error) {
 		return a.installPolicy(ctx, data, objects)
 	})
 }
 
-func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[string]string) (PolicyInstallResult, error) {
-	var res PolicyInstallResult
+func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[string]string) (api.PolicyInstallResult, error) {
+	var res api.PolicyInstallResult
 	sp, err := policy.ParseSignedPolicy(data)
 	if errors.Is(err, policy.ErrBadSignature) {
 		// Well-formed, but its signature does not vouch for it: refused.
-		return res, fmt.Errorf("%w: %w", ErrNotPermitted, err)
+		return res, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
 	}
 	if err != nil {
-		return res, fmt.Errorf("%w: %v", ErrBadInput, err)
+		return res, fmt.Errorf("%w: %v", api.ErrBadInput, err)
 	}
 	objects["version"] = fmt.Sprint(sp.Version)
 	var st pkState
@@ -65,31 +59,31 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return res, err
 	}
 	if st.Policy.Kind != PolicySigned {
-		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need provision --policy-signer", ErrNotPermitted)
+		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need provision --policy-signer", api.ErrNotPermitted)
 	}
 	signer, err := policy.ParsePublicKeyPEM([]byte(st.Policy.Signer))
 	if err != nil {
 		return res, err
 	}
 	if err := sp.Verify(signer); err != nil {
-		return res, fmt.Errorf("%w: not signed by the PK's policy signer: %v", ErrNotPermitted, err)
+		return res, fmt.Errorf("%w: not signed by the PK's policy signer: %v", api.ErrNotPermitted, err)
 	}
 	if hex.EncodeToString(sp.PolicyRef) != st.Policy.PolicyRef {
-		return res, fmt.Errorf("%w: policy is for another purpose (policyRef %q)", ErrNotPermitted, sp.PolicyRef)
+		return res, fmt.Errorf("%w: policy is for another purpose (policyRef %q)", api.ErrNotPermitted, sp.PolicyRef)
 	}
 	want := CounterRef()
 	if sp.Counter.Handle != want.Handle || string(sp.Counter.Name) != string(want.Name) {
-		return res, fmt.Errorf("%w: policy names another counter", ErrNotPermitted)
+		return res, fmt.Errorf("%w: policy names another counter", api.ErrNotPermitted)
 	}
 	c, err := a.t.ReadCounter(PolicyCounterHandle)
 	if err != nil {
 		return res, err
 	}
 	if sp.Version < c {
-		return res, &PolicyError{Reason: fmt.Sprintf("signed policy version %d is revoked: the policy counter is at %d", sp.Version, c), Err: tpm.ErrPolicyNotSatisfied}
+		return res, &api.PolicyError{Reason: fmt.Sprintf("signed policy version %d is revoked: the policy counter is at %d", sp.Version, c), Err: tpm.ErrPolicyNotSatisfied}
 	}
 	if sp.Version-c > maxCounterSteps {
-		return res, fmt.Errorf("%w: version %d is %d ahead of the counter (%d); at most %d", ErrBadInput, sp.Version, sp.Version-c, c, maxCounterSteps)
+		return res, fmt.Errorf("%w: version %d is %d ahead of the counter (%d); at most %d", api.ErrBadInput, sp.Version, sp.Version-c, c, maxCounterSteps)
 	}
 	// Store first, then revoke: a crash in between leaves the new policy
 	// installed and the old one still valid, never neither.
@@ -113,7 +107,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		} else {
 			err = a.withPKPolicy(l, func(tpm2.Session) error { return nil })
 		}
-		var pe *PolicyError
+		var pe *api.PolicyError
 		if errors.As(err, &pe) {
 			res.Differ = pe.Differ
 			return nil
@@ -148,31 +142,15 @@ func (a *Agent) createD(ctx context.Context, l *loadedPK, objects map[string]str
 	})
 }
 
-// PolicyState is what `provd policy show` reports.
-type PolicyState struct {
-	Kind      string            `json:"kind"`
-	Digest    string            `json:"digest"`
-	Bank      string            `json:"bank,omitempty"`
-	Needed    map[int]string    `json:"pcrs_needed,omitempty"`
-	Current   map[int]string    `json:"pcrs_current,omitempty"`
-	Differ    []int             `json:"pcrs_differ"`
-	Satisfied bool              `json:"satisfied"`
-	Signed    *SignedPolicyInfo `json:"signed_policy,omitempty"`
-	Reason    string            `json:"reason,omitempty"`
-}
-
-// SignedPolicyInfo describes the installed signed policy.
-type SignedPolicyInfo struct {
-	Installed bool   `json:"installed"`
-	Version   uint64 `json:"version,omitempty"`
-	Counter   uint64 `json:"policy_counter"`
-	Signer    string `json:"signer_name"`
-}
-
 // ShowPolicy reports the PK's policy, the PCR values it needs, the current
 // ones and which differ. It runs the policy in a session to be sure.
-func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
-	var ps PolicyState
+func (a *Agent) ShowPolicy(ctx context.Context) (api.PolicyState, error) {
+	defer a.lock()()
+	return a.showPolicy(ctx)
+}
+
+func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
+	var ps api.PolicyState
 	err := a.withPK(ctx, func(l *loadedPK) error {
 		ps.Kind, ps.Digest = l.rec.Kind, l.rec.Digest
 		var need policy.PCRValues
@@ -184,7 +162,7 @@ func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
 			}
 			need = v
 		case l.rec.Kind == PolicySigned:
-			info := &SignedPolicyInfo{}
+			info := &api.SignedPolicyInfo{}
 			signer, err := policy.ParsePublicKeyPEM([]byte(l.rec.Signer))
 			if err != nil {
 				return err
@@ -216,7 +194,7 @@ func (a *Agent) ShowPolicy(ctx context.Context) (PolicyState, error) {
 			}
 		}
 		err := a.withPKPolicy(l, func(tpm2.Session) error { return nil })
-		var pe *PolicyError
+		var pe *api.PolicyError
 		if errors.As(err, &pe) {
 			ps.Differ, ps.Reason = pe.Differ, pe.Reason
 			return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -47,7 +48,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, ProvisionRequest{Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,17 +95,17 @@ func TestInstallPolicyRefusals(t *testing.T) {
 				r[0] = '0'
 			}
 			sig["r"] = string(r)
-		}), ErrNotPermitted},
-		{"version raised after signing", edit(good, func(m map[string]any) { m["version"] = *res.Counter + 1 }), ErrNotPermitted},
-		{"truncated", good[:len(good)/2], ErrBadInput},
-		{"signature missing", edit(good, func(m map[string]any) { delete(m, "signature") }), ErrBadInput},
-		{"not JSON", []byte("policy"), ErrBadInput},
+		}), api.ErrNotPermitted},
+		{"version raised after signing", edit(good, func(m map[string]any) { m["version"] = *res.Counter + 1 }), api.ErrNotPermitted},
+		{"truncated", good[:len(good)/2], api.ErrBadInput},
+		{"signature missing", edit(good, func(m map[string]any) { delete(m, "signature") }), api.ErrBadInput},
+		{"not JSON", []byte("policy"), api.ErrBadInput},
 	} {
 		_, err := a.InstallPolicy(ctx, c.data)
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}
-		if c.want == ErrBadInput && errors.Is(err, ErrNotPermitted) || c.want == ErrNotPermitted && errors.Is(err, ErrBadInput) {
+		if c.want == api.ErrBadInput && errors.Is(err, api.ErrNotPermitted) || c.want == api.ErrNotPermitted && errors.Is(err, api.ErrBadInput) {
 			t.Errorf("%s: %v also matches the other of bad input and not permitted", c.name, err)
 		}
 	}

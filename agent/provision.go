@@ -2,52 +2,17 @@ package agent
 
 import (
 	"context"
-	"crypto"
 	"encoding/hex"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
-
-// ProvisionRequest says how to seal the PK.
-type ProvisionRequest struct {
-	// Bank and PCRs select the PCRs of a plain PCR policy over their current
-	// values (default: sha256, 0,2,4,7).
-	Bank policy.Bank
-	PCRs []int
-	// Values, when set, are golden values to seal to instead of the current
-	// ones (provisioning in a factory before the final firmware is measured).
-	Values *policy.PCRValues
-	// Signer, when set, makes the PK's policy PolicyAuthorize(Signer): the
-	// signer approves PCR values later with signed policies.
-	Signer crypto.PublicKey
-	// Force zeroizes an existing PK first.
-	Force bool
-}
-
-// DefaultPCRs are the PCRs a plain PCR policy covers by default: firmware
-// code (0), option ROM code (2), boot loader (4) and Secure Boot state (7).
-var DefaultPCRs = []int{0, 2, 4, 7}
-
-// ProvisionResult describes the new PK.
-type ProvisionResult struct {
-	PKName       string `json:"pk_name"`
-	DName        string `json:"derivation_parent_name"`
-	PolicyKind   string `json:"policy_kind"`
-	PolicyDigest string `json:"policy_digest"`
-	// Bank and PCRs of a PCR policy.
-	Bank string `json:"bank,omitempty"`
-	PCRs []int  `json:"pcrs,omitempty"`
-	// Counter is the policy counter's value for a signed policy: signed
-	// policies for this device need a version >= Counter.
-	Counter       *uint64 `json:"policy_counter,omitempty"`
-	CounterHandle string  `json:"policy_counter_handle,omitempty"`
-}
 
 // gatedParentAttrs are the attributes of the PK and of D: parents born in the
 // TPM that never leave it (fixedTPM|fixedParent) and answer only to their
@@ -112,20 +77,21 @@ func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 // TPM-wrapped blobs. Nothing persistent is created in the TPM before the state
 // commit except the SRK and, for signed policies, the policy counter, both of
 // which a retry reuses: a crash at any moment leaves the old state or the new.
-func (a *Agent) Provision(ctx context.Context, req ProvisionRequest) (ProvisionResult, error) {
+func (a *Agent) Provision(ctx context.Context, req api.ProvisionRequest) (api.ProvisionResult, error) {
+	defer a.lock()()
 	objects := map[string]string{}
-	return auditedResult(a, "provision", objects, func() (ProvisionResult, error) {
+	return auditedResult(ctx, a, "provision", objects, func() (api.ProvisionResult, error) {
 		return a.provision(ctx, req, objects)
 	})
 }
 
-func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map[string]string) (ProvisionResult, error) {
-	var res ProvisionResult
+func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects map[string]string) (api.ProvisionResult, error) {
+	var res api.ProvisionResult
 	provisioned := false
 	if err := a.st.View(ctx, func(tx *store.Tx) error {
 		_, err := a.readPK(tx)
 		provisioned = err == nil
-		if errors.Is(err, ErrNotProvisioned) {
+		if errors.Is(err, api.ErrNotProvisioned) {
 			return nil
 		}
 		return err
@@ -134,9 +100,9 @@ func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map
 	}
 	if provisioned {
 		if !req.Force {
-			return res, ErrAlreadyProvisioned
+			return res, api.ErrAlreadyProvisioned
 		}
-		if err := a.zeroize(ctx, ZeroizeOptions{keepAudit: true}); err != nil {
+		if err := a.zeroize(ctx, api.ZeroizeOptions{}); err != nil {
 			return res, fmt.Errorf("zeroize before provisioning again: %w", err)
 		}
 	}
@@ -208,10 +174,10 @@ func (a *Agent) provision(ctx context.Context, req ProvisionRequest, objects map
 }
 
 // provisionPolicy builds the PK's policy record for req.
-func (a *Agent) provisionPolicy(req ProvisionRequest, res *ProvisionResult) (policyRecord, error) {
+func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (policyRecord, error) {
 	if req.Signer != nil {
 		if _, err := policy.SignerPublic(req.Signer); err != nil {
-			return policyRecord{}, fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
+			return policyRecord{}, fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 		}
 		c, err := a.ensureCounter()
 		if err != nil {
@@ -231,7 +197,7 @@ func (a *Agent) provisionPolicy(req ProvisionRequest, res *ProvisionResult) (pol
 		}
 		pcrs := req.PCRs
 		if len(pcrs) == 0 {
-			pcrs = DefaultPCRs
+			pcrs = api.DefaultPCRs
 		}
 		cur, err := a.t.PCRRead(bank.Alg(), pcrs)
 		if err != nil {
@@ -240,7 +206,7 @@ func (a *Agent) provisionPolicy(req ProvisionRequest, res *ProvisionResult) (pol
 		vals = policy.PCRValues{Bank: bank, Values: cur}
 	}
 	if err := vals.Validate(); err != nil {
-		return policyRecord{}, fmt.Errorf("%w: %v", ErrBadInput, err)
+		return policyRecord{}, fmt.Errorf("%w: %v", api.ErrBadInput, err)
 	}
 	res.Bank, res.PCRs = vals.Bank.String(), vals.Indices()
 	return newPCRRecord(vals)

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -39,7 +40,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, agent.ProvisionRequest{Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
@@ -48,10 +49,10 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	}
 	c := *res.Counter
 	// Before any policy is installed the PK is unusable.
-	if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x")}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x")}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Fatalf("seal without a signed policy: %v", err)
 	}
-	install := func(version uint64, vals policy.PCRValues) (agent.PolicyInstallResult, error) {
+	install := func(version uint64, vals policy.PCRValues) (api.PolicyInstallResult, error) {
 		t.Helper()
 		sp, err := agent.SignPKPolicy(signer, vals, version)
 		if err != nil {
@@ -67,13 +68,13 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	if r, err := install(c, v1); err != nil || !r.Satisfied {
 		t.Fatalf("install v%d: %+v %v", c, r, err)
 	}
-	blob, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("survives updates")})
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("survives updates")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	extend16(t, env.TPM)
 	_, err = ag.Unseal(ctx, blob)
-	var pe *agent.PolicyError
+	var pe *api.PolicyError
 	if !errors.As(err, &pe) || len(pe.Differ) != 1 || pe.Differ[0] != 16 {
 		t.Fatalf("unseal after PCR 16 changed: %v", err)
 	}
@@ -92,10 +93,10 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	sp, _ := agent.SignPKPolicy(other, v2, c+5)
 	b, _ := sp.MarshalJSON()
-	if _, err := ag.InstallPolicy(ctx, b); !errors.Is(err, agent.ErrNotPermitted) {
+	if _, err := ag.InstallPolicy(ctx, b); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("foreign signer: %v", err)
 	}
-	if _, err := ag.AuditVerify(); err != nil {
+	if _, err := ag.AuditVerify(context.Background()); err != nil {
 		t.Fatalf("audit verify: %v", err)
 	}
 }
@@ -108,10 +109,10 @@ func TestPKSurvivesRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{0, 7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{0, 7}}); err != nil {
 		t.Fatal(err)
 	}
-	blob, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("kept")})
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("kept")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +137,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{Signer: signer.Public()}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()}); err != nil {
 		t.Fatal(err)
 	}
 	getcap := func(what string) string {
@@ -153,7 +154,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	}
 	env.Reopen()
 	ag = newAgent(t, env, dir)
-	res, err := ag.Zeroize(ctx, agent.ZeroizeOptions{SRK: true})
+	res, err := ag.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
 	if err != nil {
 		t.Fatalf("zeroize: %v", err)
 	}
@@ -178,7 +179,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	}
 	// Provisioning again works from scratch.
 	ag = newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatalf("provision after zeroize: %v", err)
 	}
 }
@@ -189,11 +190,11 @@ func TestSealSignerMustBeThePKs(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x"), Signer: other.Public()}); !errors.Is(err, agent.ErrNotPermitted) {
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), Signer: other.Public()}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("seal to a foreign signer under a PCR PK: %v", err)
 	}
 }
@@ -205,7 +206,7 @@ func TestAuditedOperationRefusedOnTamperedTrail(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	ag.Close()
@@ -213,12 +214,12 @@ func TestAuditedOperationRefusedOnTamperedTrail(t *testing.T) {
 	b, _ := os.ReadFile(logPath)
 	os.WriteFile(logPath, []byte(strings.Replace(string(b), `"provision"`, `"provisioN"`, 1)), 0o600)
 	ag = newAgent(t, env, dir)
-	_, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("x")})
-	if !errors.Is(err, agent.ErrTampered) {
+	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x")})
+	if !errors.Is(err, api.ErrTampered) {
 		t.Fatalf("seal on a tampered trail: %v, want ErrTampered", err)
 	}
-	recs, err := ag.AuditRecords()
-	if !errors.Is(err, agent.ErrTampered) || len(recs) != 1 || recs[0].Op != "provisioN" {
+	recs, err := ag.AuditRecords(context.Background())
+	if !errors.Is(err, api.ErrTampered) || len(recs) != 1 || recs[0].Op != "provisioN" {
 		t.Fatalf("AuditRecords on a tampered trail: %d records, %v", len(recs), err)
 	}
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -10,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
@@ -40,28 +40,20 @@ type envelope struct {
 	Ciphertext []byte `json:"ciphertext"`
 }
 
-// SealRequest says what to seal and to which policy. With neither PCRs nor
-// Signer, the secret gets the PK's own policy.
-type SealRequest struct {
-	Data   []byte
-	Bank   policy.Bank
-	PCRs   []int
-	Signer crypto.PublicKey
-}
-
 // Seal seals req.Data under the PK. Secrets up to tpm.MaxSealedSize bytes are
 // sealed directly; larger ones are encrypted with AES-256-GCM under a fresh key
 // that is sealed instead.
-func (a *Agent) Seal(ctx context.Context, req SealRequest) ([]byte, error) {
+func (a *Agent) Seal(ctx context.Context, req api.SealRequest) ([]byte, error) {
+	defer a.lock()()
 	objects := map[string]string{}
-	return auditedResult(a, "seal", objects, func() ([]byte, error) {
+	return auditedResult(ctx, a, "seal", objects, func() ([]byte, error) {
 		return a.seal(ctx, req, objects)
 	})
 }
 
-func (a *Agent) seal(ctx context.Context, req SealRequest, objects map[string]string) ([]byte, error) {
+func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[string]string) ([]byte, error) {
 	if len(req.Data) == 0 || len(req.Data) > MaxSealInput {
-		return nil, fmt.Errorf("%w: %d bytes to seal, want 1..%d", ErrBadInput, len(req.Data), MaxSealInput)
+		return nil, fmt.Errorf("%w: %d bytes to seal, want 1..%d", api.ErrBadInput, len(req.Data), MaxSealInput)
 	}
 	var out []byte
 	err := a.withPK(ctx, func(l *loadedPK) error {
@@ -74,10 +66,10 @@ func (a *Agent) seal(ctx context.Context, req SealRequest, objects map[string]st
 			// and the secret could never be unsealed.
 			r, err := newSignedRecord(req.Signer, pkPolicyRef)
 			if err != nil {
-				return fmt.Errorf("%w: policy signer: %v", ErrNotPermitted, err)
+				return fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 			}
 			if l.rec.Kind != PolicySigned || r.Digest != l.rec.Digest {
-				return fmt.Errorf("%w: --policy-signer must be the signer the PK was provisioned with (provd provision --policy-signer); secrets sealed to other signers are not supported", ErrNotPermitted)
+				return fmt.Errorf("%w: --policy-signer must be the signer the PK was provisioned with (provd provision --policy-signer); secrets sealed to other signers are not supported", api.ErrNotPermitted)
 			}
 			rec = r
 		case len(req.PCRs) > 0:
@@ -153,23 +145,23 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 	var b sealedBlob
 	if err := strictJSON(data, &b); err != nil {
-		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob: %v", ErrBadInput, err)
+		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob: %v", api.ErrBadInput, err)
 	}
 	if b.Format != sealedFormat {
-		return b, tpm.Blob{}, fmt.Errorf("%w: not a provd sealed blob", ErrBadInput)
+		return b, tpm.Blob{}, fmt.Errorf("%w: not a provd sealed blob", api.ErrBadInput)
 	}
 	if b.Version != sealedVersion {
-		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob version %d; this provd reads %d", ErrBadInput, b.Version, sealedVersion)
+		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob version %d; this provd reads %d", api.ErrBadInput, b.Version, sealedVersion)
 	}
 	obj, err := tpm.UnmarshalBlob(b.Object)
 	if err != nil {
-		return b, obj, fmt.Errorf("%w: sealed blob: %v", ErrBadInput, err)
+		return b, obj, fmt.Errorf("%w: sealed blob: %v", api.ErrBadInput, err)
 	}
 	if _, err := b.Policy.expr(); err != nil {
-		return b, obj, fmt.Errorf("%w: sealed blob policy: %v", ErrBadInput, err)
+		return b, obj, fmt.Errorf("%w: sealed blob policy: %v", api.ErrBadInput, err)
 	}
 	if b.Envelope != nil && (b.Envelope.Alg != "AES-256-GCM" || len(b.Envelope.Nonce) != 12) {
-		return b, obj, fmt.Errorf("%w: sealed blob envelope", ErrBadInput)
+		return b, obj, fmt.Errorf("%w: sealed blob envelope", api.ErrBadInput)
 	}
 	return b, obj, nil
 }
@@ -177,11 +169,12 @@ func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 // Unseal returns the secret of a sealed blob when the platform satisfies both
 // the PK's policy and the secret's own. The caller clears the result.
 func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err error) {
+	defer a.lock()()
 	objects := map[string]string{}
 	err = a.unseal(ctx, data, objects, &secret)
 	if err != nil {
 		// Failures are audited; successes are use, not lifecycle.
-		if aerr := a.record("unseal", objects, err); aerr != nil {
+		if aerr := a.record(ctx, "unseal", objects, err); aerr != nil {
 			err = errors.Join(err, aerr)
 		}
 	}
@@ -200,7 +193,7 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 	objects["sealed_object"] = fmt.Sprintf("%x", name.Buffer)
 	return a.withPK(ctx, func(l *loadedPK) (err error) {
 		if b.PK != l.state.Name {
-			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", ErrNotFound, b.PK)
+			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", api.ErrNotFound, b.PK)
 		}
 		expr, err := b.Policy.expr()
 		if err != nil {
@@ -245,12 +238,9 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		}
 		plain, err := gcm.Open(nil, b.Envelope.Nonce, b.Envelope.Ciphertext, name.Buffer)
 		if err != nil {
-			return fmt.Errorf("%w: sealed blob envelope fails authentication", ErrTampered)
+			return fmt.Errorf("%w: sealed blob envelope fails authentication", api.ErrTampered)
 		}
 		*out = plain
 		return nil
 	})
 }
-
-// ErrTampered: an integrity check failed (envelope, audit trail).
-var ErrTampered = errors.New("integrity check failed")

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -17,11 +18,11 @@ func sealedSeeds(t testing.TB) [][]byte {
 		t.Fatal(err)
 	}
 	defer ag.Close()
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	var seeds [][]byte
-	for _, req := range []agent.SealRequest{{Data: []byte("small")}, {Data: make([]byte, 300)}, {Data: []byte("own"), PCRs: []int{0}}} {
+	for _, req := range []api.SealRequest{{Data: []byte("small")}, {Data: make([]byte, 300)}, {Data: []byte("own"), PCRs: []int{0}}} {
 		b, err := ag.Seal(ctx, req)
 		if err != nil {
 			t.Fatal(err)

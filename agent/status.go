@@ -5,33 +5,21 @@ import (
 	"encoding/hex"
 	"errors"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
 )
 
-// Status is what `provd status` reports.
-type Status struct {
-	Provisioned  bool         `json:"provisioned"`
-	PKName       string       `json:"pk_name,omitempty"`
-	DName        string       `json:"derivation_parent_name,omitempty"`
-	PolicyKind   string       `json:"policy_kind,omitempty"`
-	PolicyDigest string       `json:"policy_digest,omitempty"`
-	Policy       *PolicyState `json:"policy,omitempty"`
-	Keys         int          `json:"keys"`
-	AuditLines   int          `json:"audit_lines"`
-	AuditHead    string       `json:"audit_head,omitempty"`
-	AuditError   string       `json:"audit_error,omitempty"`
-}
-
-// Status reports the provisioning state, the PCR state against the policy,
+// api.Status reports the provisioning state, the PCR state against the policy,
 // the number of keys and the audit chain's length and head.
-func (a *Agent) Status(ctx context.Context) (Status, error) {
-	var s Status
+func (a *Agent) Status(ctx context.Context) (api.Status, error) {
+	defer a.lock()()
+	var s api.Status
 	var st pkState
 	err := a.st.View(ctx, func(tx *store.Tx) error {
 		var err error
 		st, err = a.readPK(tx)
-		if errors.Is(err, ErrNotProvisioned) {
+		if errors.Is(err, api.ErrNotProvisioned) {
 			return nil
 		}
 		if err != nil {
@@ -50,7 +38,7 @@ func (a *Agent) Status(ctx context.Context) (Status, error) {
 	}
 	if s.Provisioned {
 		s.PKName, s.DName, s.PolicyKind, s.PolicyDigest = st.Name, st.DName, st.Policy.Kind, st.Policy.Digest
-		ps, err := a.ShowPolicy(ctx)
+		ps, err := a.showPolicy(ctx)
 		if err != nil {
 			return s, err
 		}
@@ -70,24 +58,30 @@ const keyPrefix = "key."
 
 // AuditRecords returns the audit trail's records. A trail that fails
 // verification is still shown, as far as it parses, with the verification
-// error (ErrTampered): that is when an operator most needs to read it.
-func (a *Agent) AuditRecords() ([]audit.Record, error) {
+// error (api.ErrTampered): that is when an operator most needs to read it.
+func (a *Agent) AuditRecords(context.Context) ([]audit.Record, error) {
+	defer a.lock()()
 	recs, err := audit.ReadRecords(a.auditPath())
 	if err != nil {
-		return recs, errors.Join(ErrTampered, err)
+		return recs, errors.Join(api.ErrTampered, err)
 	}
-	if _, err := a.AuditVerify(); err != nil {
+	if _, err := a.auditVerify(); err != nil {
 		return recs, err
 	}
 	return recs, nil
 }
 
 // AuditVerify replays the audit chain and compares it with the TPM's anchor.
-// A failure unwraps to ErrTampered (exit 14) with the line where it breaks.
-func (a *Agent) AuditVerify() (audit.Report, error) {
+// A failure unwraps to api.ErrTampered (exit 14) with the line where it breaks.
+func (a *Agent) AuditVerify(context.Context) (audit.Report, error) {
+	defer a.lock()()
+	return a.auditVerify()
+}
+
+func (a *Agent) auditVerify() (audit.Report, error) {
 	rep, err := audit.Verify(a.auditPath(), anchor{a.t})
 	if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
-		return rep, errors.Join(ErrTampered, err)
+		return rep, errors.Join(api.ErrTampered, err)
 	}
 	return rep, err
 }
@@ -96,16 +90,17 @@ func (a *Agent) AuditVerify() (audit.Report, error) {
 // line (cut away: it was never acknowledged) and, with anchorLast, a last line
 // written but not anchored (the operator accepts it as genuine after reading
 // it). Anything else is tampering and is refused. The repair is recorded.
-func (a *Agent) AuditRepair(anchorLast bool) (audit.Report, error) {
+func (a *Agent) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report, error) {
+	defer a.lock()()
 	if a.audit != nil {
 		if err := a.audit.Close(); err != nil {
 			return audit.Report{}, err
 		}
 		a.audit = nil
 	}
-	rep, err := audit.Repair(a.auditPath(), anchor{a.t}, audit.RepairOptions{AnchorLast: anchorLast, UID: a.uid, Now: a.now})
+	rep, err := audit.Repair(a.auditPath(), anchor{a.t}, audit.RepairOptions{AnchorLast: anchorLast, UID: a.callerUID(ctx), Now: a.now})
 	if errors.Is(err, audit.ErrTampered) {
-		return rep, errors.Join(ErrTampered, err)
+		return rep, errors.Join(api.ErrTampered, err)
 	}
 	return rep, err
 }

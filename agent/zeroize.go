@@ -9,27 +9,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
-
-// ZeroizeOptions says how far zeroize goes.
-type ZeroizeOptions struct {
-	// SRK also evicts the SRK (it is recreated identically by the next
-	// provision: it is derived from the owner seed).
-	SRK bool
-	// keepAudit keeps the audit anchor (provision --force zeroizes the old PK
-	// but the trail goes on).
-	keepAudit bool
-}
-
-// ZeroizeResult lists what was removed.
-type ZeroizeResult struct {
-	NVIndices  []string `json:"nv_indices_removed"`
-	Flushed    int      `json:"transient_handles_flushed"`
-	SRKEvicted bool     `json:"srk_evicted"`
-	AuditLog   string   `json:"audit_log_archived,omitempty"`
-}
 
 // provdNV lists the NV indices provd defines.
 var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, AuditAnchorHandle}
@@ -39,12 +22,13 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, AuditAnchorHandle}
 // never existed outside the TPM. The zeroization is recorded in the audit
 // trail; then the trail's anchor index is removed too and the log is archived
 // beside the state (audit-<unixnano>.log), its last line the zeroize record.
-func (a *Agent) Zeroize(ctx context.Context, opts ZeroizeOptions) (res ZeroizeResult, err error) {
+func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.ZeroizeResult, err error) {
+	defer a.lock()()
 	err = a.zeroizeTPMAndState(ctx, opts, &res)
-	if aerr := a.record("zeroize", map[string]string{"srk": fmt.Sprint(opts.SRK)}, err); aerr != nil && err == nil {
+	if aerr := a.record(ctx, "zeroize", map[string]string{"srk": fmt.Sprint(opts.SRK)}, err); aerr != nil && err == nil {
 		err = aerr
 	}
-	if err != nil || opts.keepAudit {
+	if err != nil {
 		return res, err
 	}
 	// After the last record: the anchor and the live log go.
@@ -68,13 +52,14 @@ func (a *Agent) Zeroize(ctx context.Context, opts ZeroizeOptions) (res ZeroizeRe
 	return res, nil
 }
 
-// zeroize is Zeroize without the audit trail (provision --force).
-func (a *Agent) zeroize(ctx context.Context, opts ZeroizeOptions) error {
-	var res ZeroizeResult
+// zeroize is Zeroize without the audit trail: provision --force zeroizes
+// the old PK, and the trail and its anchor go on.
+func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) error {
+	var res api.ZeroizeResult
 	return a.zeroizeTPMAndState(ctx, opts, &res)
 }
 
-func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts ZeroizeOptions, res *ZeroizeResult) error {
+func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult) error {
 	errs := []error{a.closeKeys()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.

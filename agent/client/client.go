@@ -1,8 +1,10 @@
-// Package client is the CLI's way to the daemon: agent.API over HTTP/JSON on
-// the daemon's unix socket (docs/api.md). Errors come back as *Error, which
-// errors.Is the same sentinels the daemon's error matched (agent.ErrorKinds)
-// and carries the exit code the in-process CLI would have used, so a command
-// behaves the same whichever way it runs.
+// Package client is the way to the daemon: api.Service over HTTP/JSON on the
+// daemon's unix socket (docs/api.md). It imports the contract (package api)
+// and nothing of the daemon, so a program that talks to provd links neither
+// the server nor its configuration. Errors come back as *api.Error, which
+// errors.Is the same sentinels the daemon's error matched and carries the
+// exit code the in-process CLI would have used, so a command behaves the same
+// whichever way it runs.
 package client
 
 import (
@@ -12,16 +14,13 @@ import (
 	"crypto/ecdh"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
-	"github.com/provd/provd/agent"
-	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 )
 
@@ -33,12 +32,9 @@ const maxResponse = 64 << 20
 type Client struct {
 	path string
 	hc   *http.Client
-	// Timeout bounds the methods that take no context (AuditRecords,
-	// AuditVerify). Others end with their context.
-	Timeout time.Duration
 }
 
-var _ agent.API = (*Client)(nil)
+var _ api.Service = (*Client)(nil)
 
 // New returns a client for the daemon listening on the unix socket path.
 func New(path string) *Client {
@@ -52,7 +48,7 @@ func New(path string) *Client {
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 4,
 	}
-	return &Client{path: path, hc: &http.Client{Transport: tr}, Timeout: 5 * time.Minute}
+	return &Client{path: path, hc: &http.Client{Transport: tr}}
 }
 
 // Answers reports whether something accepts connections on path: the CLI
@@ -79,52 +75,8 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// Error is an error the daemon reported.
-type Error struct {
-	Message string
-	Kinds   []string
-	Code    int
-	// Status is the HTTP status.
-	Status int
-	policy *agent.PolicyError
-}
-
-func (e *Error) Error() string { return e.Message }
-
-// ExitCode is the exit code the daemon computed for the error: the CLI
-// exits with it, as it would have in-process.
-func (e *Error) ExitCode() int { return e.Code }
-
-// Unwrap yields the sentinels of Kinds and, for an unmet policy, an
-// *agent.PolicyError with the PCRs that differ.
-func (e *Error) Unwrap() []error {
-	var errs []error
-	if e.policy != nil {
-		errs = append(errs, e.policy)
-	}
-	for _, k := range e.Kinds {
-		if s := agent.KindError(k); s != nil {
-			errs = append(errs, s)
-		}
-	}
-	return errs
-}
-
-func decodeError(status int, body []byte) error {
-	var eb server.ErrorBody
-	if err := json.Unmarshal(body, &eb); err != nil || eb.Error.Message == "" {
-		return &Error{Message: fmt.Sprintf("daemon answered HTTP %d: %.200s", status, strings.TrimSpace(string(body))), Code: 1, Status: status}
-	}
-	d := eb.Error
-	e := &Error{Message: d.Message, Kinds: d.Kinds, Code: d.ExitCode, Status: status}
-	if d.Policy != nil {
-		e.policy = &agent.PolicyError{Differ: d.Policy.Differ, Bank: d.Policy.Bank, Reason: d.Policy.Reason, Err: errors.New(d.Message)}
-	}
-	return e
-}
-
 // call sends req (nil: none) and decodes the answer into res.
-func (c *Client) call(ctx context.Context, method, path string, req, res any) error {
+func (c *Client) call(ctx context.Context, r api.Route, req, res any) error {
 	var body io.Reader
 	var reqBytes []byte
 	if req != nil {
@@ -136,7 +88,7 @@ func (c *Client) call(ctx context.Context, method, path string, req, res any) er
 		defer clear(reqBytes) // may hold a secret
 		body = bytes.NewReader(b)
 	}
-	hr, err := http.NewRequestWithContext(ctx, method, "http://provd"+path, body)
+	hr, err := http.NewRequestWithContext(ctx, r.Method, "http://provd"+r.Path, body)
 	if err != nil {
 		return err
 	}
@@ -157,7 +109,7 @@ func (c *Client) call(ctx context.Context, method, path string, req, res any) er
 	}
 	defer clear(b)
 	if rsp.StatusCode != http.StatusOK {
-		return decodeError(rsp.StatusCode, b)
+		return api.DecodeError(rsp.StatusCode, b)
 	}
 	if err := json.Unmarshal(b, res); err != nil {
 		return fmt.Errorf("provd daemon at %s: decoding the answer: %w", c.path, err)
@@ -165,32 +117,24 @@ func (c *Client) call(ctx context.Context, method, path string, req, res any) er
 	return nil
 }
 
-func (c *Client) Provision(ctx context.Context, req agent.ProvisionRequest) (agent.ProvisionResult, error) {
-	var res agent.ProvisionResult
-	w, err := server.EncodeProvision(req)
-	if err != nil {
-		return res, err
-	}
-	return res, c.call(ctx, "POST", "/v1/provision", w, &res)
+func (c *Client) Provision(ctx context.Context, req api.ProvisionRequest) (api.ProvisionResult, error) {
+	var res api.ProvisionResult
+	return res, c.call(ctx, api.RouteProvision, req, &res)
 }
 
-func (c *Client) InstallPolicy(ctx context.Context, signedPolicy []byte) (agent.PolicyInstallResult, error) {
-	var res agent.PolicyInstallResult
-	return res, c.call(ctx, "POST", "/v1/policy/install", server.PolicyInstallRequest{Policy: signedPolicy}, &res)
+func (c *Client) InstallPolicy(ctx context.Context, signedPolicy []byte) (api.PolicyInstallResult, error) {
+	var res api.PolicyInstallResult
+	return res, c.call(ctx, api.RoutePolicyInstall, api.PolicyInstallRequest{Policy: signedPolicy}, &res)
 }
 
-func (c *Client) ShowPolicy(ctx context.Context) (agent.PolicyState, error) {
-	var res agent.PolicyState
-	return res, c.call(ctx, "GET", "/v1/policy", nil, &res)
+func (c *Client) ShowPolicy(ctx context.Context) (api.PolicyState, error) {
+	var res api.PolicyState
+	return res, c.call(ctx, api.RoutePolicyShow, nil, &res)
 }
 
-func (c *Client) Seal(ctx context.Context, req agent.SealRequest) ([]byte, error) {
-	w, err := server.EncodeSeal(req)
-	if err != nil {
-		return nil, err
-	}
-	var res server.SealResponse
-	if err := c.call(ctx, "POST", "/v1/seal", w, &res); err != nil {
+func (c *Client) Seal(ctx context.Context, req api.SealRequest) ([]byte, error) {
+	var res api.SealResponse
+	if err := c.call(ctx, api.RouteSeal, req, &res); err != nil {
 		return nil, err
 	}
 	return res.Blob, nil
@@ -198,75 +142,67 @@ func (c *Client) Seal(ctx context.Context, req agent.SealRequest) ([]byte, error
 
 // Unseal returns the secret; the caller clears it.
 func (c *Client) Unseal(ctx context.Context, blob []byte) ([]byte, error) {
-	var res server.UnsealResponse
-	if err := c.call(ctx, "POST", "/v1/unseal", server.UnsealRequest{Blob: blob}, &res); err != nil {
+	var res api.UnsealResponse
+	if err := c.call(ctx, api.RouteUnseal, api.UnsealRequest{Blob: blob}, &res); err != nil {
 		return nil, err
 	}
 	return res.Secret, nil
 }
 
-func (c *Client) Status(ctx context.Context) (agent.Status, error) {
-	var res agent.Status
-	return res, c.call(ctx, "GET", "/v1/status", nil, &res)
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var res api.Status
+	return res, c.call(ctx, api.RouteStatus, nil, &res)
 }
 
-func (c *Client) TPMInfo(ctx context.Context) (agent.TPMInfo, error) {
-	var res agent.TPMInfo
-	return res, c.call(ctx, "GET", "/v1/tpm/info", nil, &res)
+func (c *Client) TPMInfo(ctx context.Context) (api.TPMInfo, error) {
+	var res api.TPMInfo
+	return res, c.call(ctx, api.RouteTPMInfo, nil, &res)
 }
 
-func (c *Client) AuditRecords() ([]audit.Record, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
-	defer cancel()
+func (c *Client) AuditRecords(ctx context.Context) ([]audit.Record, error) {
 	var res []audit.Record
-	return res, c.call(ctx, "GET", "/v1/audit", nil, &res)
+	return res, c.call(ctx, api.RouteAuditShow, nil, &res)
 }
 
-func (c *Client) AuditVerify() (audit.Report, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
-	defer cancel()
+func (c *Client) AuditVerify(ctx context.Context) (audit.Report, error) {
 	var res audit.Report
-	return res, c.call(ctx, "GET", "/v1/audit/verify", nil, &res)
+	return res, c.call(ctx, api.RouteAuditVerify, nil, &res)
 }
 
-func (c *Client) Zeroize(ctx context.Context, opts agent.ZeroizeOptions) (agent.ZeroizeResult, error) {
-	var res agent.ZeroizeResult
-	return res, c.call(ctx, "POST", "/v1/zeroize", server.ZeroizeRequest{SRK: opts.SRK}, &res)
+func (c *Client) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (api.ZeroizeResult, error) {
+	var res api.ZeroizeResult
+	return res, c.call(ctx, api.RouteZeroize, opts, &res)
 }
 
-func (c *Client) AuditRepair(anchorLast bool) (audit.Report, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
-	defer cancel()
+func (c *Client) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report, error) {
 	var res audit.Report
-	return res, c.call(ctx, "POST", "/v1/audit/repair", server.AuditRepairRequest{AnchorLast: anchorLast}, &res)
+	return res, c.call(ctx, api.RouteAuditRepair, api.AuditRepairRequest{AnchorLast: anchorLast}, &res)
 }
 
-func (c *Client) DeriveKey(ctx context.Context, req agent.DeriveRequest) (agent.KeyInfo, error) {
-	var res agent.KeyInfo
-	w := server.DeriveRequest{Name: req.Name, Label: req.Label, Context: req.Context, Type: req.Type, Usage: req.Usage}
-	return res, c.call(ctx, "POST", "/v1/keys/derive", w, &res)
+func (c *Client) DeriveKey(ctx context.Context, req api.DeriveRequest) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteKeyDerive, req, &res)
 }
 
-func (c *Client) CreateKey(ctx context.Context, req agent.CreateRequest) (agent.KeyInfo, error) {
-	var res agent.KeyInfo
-	w := server.CreateRequest{Name: req.Name, Type: req.Type, Usage: req.Usage, Extractable: req.Extractable}
-	return res, c.call(ctx, "POST", "/v1/keys/create", w, &res)
+func (c *Client) CreateKey(ctx context.Context, req api.CreateRequest) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteKeyCreate, req, &res)
 }
 
 func (c *Client) DeleteKey(ctx context.Context, name string) error {
-	var res server.Empty
-	return c.call(ctx, "POST", "/v1/keys/delete", server.KeyName{Name: name}, &res)
+	var res api.Empty
+	return c.call(ctx, api.RouteKeyDelete, api.KeyName{Name: name}, &res)
 }
 
-func (c *Client) ListKeys(ctx context.Context) ([]agent.KeyInfo, error) {
-	var res []agent.KeyInfo
-	return res, c.call(ctx, "GET", "/v1/keys", nil, &res)
+func (c *Client) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
+	var res []api.KeyInfo
+	return res, c.call(ctx, api.RouteKeyList, nil, &res)
 }
 
-func (c *Client) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, agent.KeyInfo, error) {
-	var res server.KeyPublicResponse
-	if err := c.call(ctx, "POST", "/v1/keys/public", server.KeyName{Name: name}, &res); err != nil {
-		return nil, agent.KeyInfo{}, err
+func (c *Client) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, api.KeyInfo, error) {
+	var res api.KeyPublicResponse
+	if err := c.call(ctx, api.RouteKeyPublic, api.KeyName{Name: name}, &res); err != nil {
+		return nil, api.KeyInfo{}, err
 	}
 	pub, err := x509.ParsePKIXPublicKey(res.Public)
 	if err != nil {
@@ -276,50 +212,50 @@ func (c *Client) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, 
 }
 
 // data runs one of the endpoints that answer with bytes.
-func (c *Client) data(ctx context.Context, path string, req any) ([]byte, error) {
-	var res server.DataResponse
-	if err := c.call(ctx, "POST", path, req, &res); err != nil {
+func (c *Client) data(ctx context.Context, r api.Route, req any) ([]byte, error) {
+	var res api.DataResponse
+	if err := c.call(ctx, r, req, &res); err != nil {
 		return nil, err
 	}
 	return res.Data, nil
 }
 
-func (c *Client) Sign(ctx context.Context, name string, digest []byte, opts agent.SignOptions) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/sign", server.SignRequest{Name: name, Digest: digest, Scheme: opts.Scheme, Hash: server.HashName(opts.Hash)})
+func (c *Client) Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
+	return c.data(ctx, api.RouteKeySign, api.SignRequest{Name: name, Digest: digest, Scheme: opts.Scheme, Hash: api.HashName(opts.Hash)})
 }
 
 func (c *Client) HMAC(ctx context.Context, name string, data []byte) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/hmac", server.DataRequest{Name: name, Data: data})
+	return c.data(ctx, api.RouteKeyHMAC, api.DataRequest{Name: name, Data: data})
 }
 
 // ECDH returns the shared secret; the caller clears it.
 func (c *Client) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]byte, error) {
 	if peer == nil {
-		return nil, fmt.Errorf("%w: no peer public key", agent.ErrBadInput)
+		return nil, fmt.Errorf("%w: no peer public key", api.ErrBadInput)
 	}
-	return c.data(ctx, "/v1/keys/ecdh", server.ECDHRequest{Name: name, Curve: server.CurveName(peer.Curve()), Peer: peer.Bytes()})
+	return c.data(ctx, api.RouteKeyECDH, api.ECDHRequest{Name: name, Curve: api.CurveName(peer.Curve()), Peer: peer.Bytes()})
 }
 
 // Decrypt returns the plaintext; the caller clears it.
 func (c *Client) Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/decrypt", server.DecryptRequest{Name: name, Ciphertext: ciphertext, Hash: server.HashName(h)})
+	return c.data(ctx, api.RouteKeyDecrypt, api.DecryptRequest{Name: name, Ciphertext: ciphertext, Hash: api.HashName(h)})
 }
 
 func (c *Client) EncryptData(ctx context.Context, name string, plain []byte) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/encrypt-data", server.DataRequest{Name: name, Data: plain})
+	return c.data(ctx, api.RouteKeyEncrypt, api.DataRequest{Name: name, Data: plain})
 }
 
 // DecryptData returns the plaintext; the caller clears it.
 func (c *Client) DecryptData(ctx context.Context, name string, envelope []byte) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/decrypt-data", server.DataRequest{Name: name, Data: envelope})
+	return c.data(ctx, api.RouteKeyDecryptData, api.DataRequest{Name: name, Data: envelope})
 }
 
 // ExportKeyBlob returns a created key's TSS2 PRIVATE KEY file (PEM).
 func (c *Client) ExportKeyBlob(ctx context.Context, name string) ([]byte, error) {
-	return c.data(ctx, "/v1/keys/export-blob", server.KeyName{Name: name})
+	return c.data(ctx, api.RouteKeyExportBlob, api.KeyName{Name: name})
 }
 
-func (c *Client) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (agent.KeyInfo, error) {
-	var res agent.KeyInfo
-	return res, c.call(ctx, "POST", "/v1/keys/import-blob", server.ImportBlobRequest{Name: name, PEM: pemData}, &res)
+func (c *Client) ImportKeyBlob(ctx context.Context, name string, pemData []byte) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteKeyImportBlob, api.ImportBlobRequest{Name: name, PEM: pemData}, &res)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -70,7 +71,7 @@ func signFor(t *testing.T, s *Server, key string, dur time.Duration) (done <-cha
 			close(admitted)
 			d := sha256.Sum256([]byte("drain"))
 			for end := time.Now().Add(dur); time.Now().Before(end); {
-				if _, err := s.ag.Sign(context.Background(), key, d[:], agent.SignOptions{}); err != nil {
+				if _, err := s.ag.Sign(context.Background(), key, d[:], api.SignOptions{}); err != nil {
 					return err
 				}
 			}
@@ -94,10 +95,10 @@ func TestStopWaitsForTheOperationInTheQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: agent.UsageSign}); err != nil {
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: api.UsageSign}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ag.Close(); err != nil {

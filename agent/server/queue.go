@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 )
 
 // queue serializes everything that touches the TPM or the agent: one
@@ -26,7 +26,7 @@ type queue struct {
 }
 
 // errStopping turns away a request admitted after close.
-var errStopping = fmt.Errorf("%w: the daemon is stopping", agent.ErrBusy)
+var errStopping = fmt.Errorf("%w: the daemon is stopping", api.ErrBusy)
 
 func newQueue(maxWaiting int) *queue {
 	return &queue{slot: make(chan struct{}, 1), maxWaiting: int64(maxWaiting)}
@@ -38,7 +38,7 @@ func newQueue(maxWaiting int) *queue {
 func (q *queue) do(ctx context.Context, fn func() error) error {
 	if n := q.waiting.Add(1); n > q.maxWaiting {
 		q.waiting.Add(-1)
-		return fmt.Errorf("%w (%d requests waiting)", agent.ErrBusy, n-1)
+		return fmt.Errorf("%w (%d requests waiting)", api.ErrBusy, n-1)
 	}
 	select {
 	case q.slot <- struct{}{}:
@@ -46,7 +46,7 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 	case <-ctx.Done():
 		q.waiting.Add(-1)
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return agent.ErrBusy
+			return api.ErrBusy
 		}
 		return ctx.Err()
 	}

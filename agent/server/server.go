@@ -21,7 +21,9 @@ import (
 	"time"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/tpm"
 )
 
@@ -62,9 +64,6 @@ const (
 // maxInput is the input limit of an operation, checked before the queue.
 var maxInput = map[string]int{"key-hmac": MaxHMACInput, "key-sign": MaxSignDigest}
 
-// inputSizer is a request whose input maxInput may bound.
-type inputSizer interface{ inputLen() int }
-
 // Options build a Server.
 type Options struct {
 	// Agent performs the operations; TPM is its TPM, for the health check.
@@ -76,7 +75,7 @@ type Options struct {
 	RequestTimeout time.Duration
 	MaxWaiting     int
 	// ExitCode is the CLI's exit code for an error, sent with every error
-	// so that clients exit as the in-process CLI would. nil: agent.ExitCode,
+	// so that clients exit as the in-process CLI would. nil: api.ExitCode,
 	// the kinds table's code.
 	ExitCode func(error) int
 	Logger   *slog.Logger
@@ -128,7 +127,7 @@ func newServer(o Options) *Server {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.ExitCode == nil {
-		o.ExitCode = agent.ExitCode
+		o.ExitCode = api.ExitCode
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = DefaultRequestTimeout
@@ -202,7 +201,7 @@ func (s *Server) Health(ctx context.Context) error {
 		_, err := s.t.PCRUpdateCounter()
 		return err
 	})
-	if !errors.Is(err, agent.ErrBusy) {
+	if !errors.Is(err, api.ErrBusy) {
 		if err == nil {
 			s.sawProgress()
 		}
@@ -239,43 +238,44 @@ func (s *Server) progressing() error {
 	}
 	if idle := now.Sub(last); idle >= s.stallAfter {
 		return fmt.Errorf("%w: an operation has held the TPM queue for %v, and the TPM has answered no command for %v",
-			agent.ErrBusy, now.Sub(since).Round(time.Second), idle.Round(time.Second))
+			api.ErrBusy, now.Sub(since).Round(time.Second), idle.Round(time.Second))
 	}
 	return nil
 }
 
-// endpoint describes one route for the handler and for docs/api.md.
+// endpoint is one route of the API (api.Route) with the roles that may call
+// it; docs/api.md documents each.
 type endpoint struct {
-	Method, Path, Op string
-	Role             Role
+	api.Route
+	Role Role
 }
 
-// Endpoints lists the API's routes (docs/api.md documents each).
+// Endpoints lists the API's routes and who may call them.
 var Endpoints = []endpoint{
-	{"GET", "/v1/status", "status", RoleAny},
-	{"GET", "/v1/tpm/info", "tpm-info", RoleAny},
-	{"GET", "/v1/policy", "policy-show", RoleAny},
-	{"GET", "/v1/audit/verify", "audit-verify", RoleAny},
-	{"GET", "/v1/audit", "audit-show", RoleOfficer},
-	{"POST", "/v1/provision", "provision", RoleOfficer},
-	{"POST", "/v1/policy/install", "policy-install", RoleOfficer},
-	{"POST", "/v1/zeroize", "zeroize", RoleOfficer},
-	{"POST", "/v1/audit/repair", "audit-repair", RoleOfficer},
-	{"POST", "/v1/seal", "seal", RoleUser},
-	{"POST", "/v1/unseal", "unseal", RoleUser},
-	{"POST", "/v1/keys/derive", "key-derive", RoleOfficer},
-	{"POST", "/v1/keys/create", "key-create", RoleOfficer},
-	{"POST", "/v1/keys/delete", "key-delete", RoleOfficer},
-	{"POST", "/v1/keys/export-blob", "key-export-blob", RoleOfficer},
-	{"POST", "/v1/keys/import-blob", "key-import-blob", RoleOfficer},
-	{"GET", "/v1/keys", "key-list", RoleUser},
-	{"POST", "/v1/keys/public", "key-public", RoleUser},
-	{"POST", "/v1/keys/sign", "key-sign", RoleUser},
-	{"POST", "/v1/keys/hmac", "key-hmac", RoleUser},
-	{"POST", "/v1/keys/ecdh", "key-ecdh", RoleUser},
-	{"POST", "/v1/keys/decrypt", "key-decrypt", RoleUser},
-	{"POST", "/v1/keys/encrypt-data", "key-encrypt-data", RoleUser},
-	{"POST", "/v1/keys/decrypt-data", "key-decrypt-data", RoleUser},
+	{api.RouteStatus, RoleAny},
+	{api.RouteTPMInfo, RoleAny},
+	{api.RoutePolicyShow, RoleAny},
+	{api.RouteAuditVerify, RoleAny},
+	{api.RouteAuditShow, RoleOfficer},
+	{api.RouteProvision, RoleOfficer},
+	{api.RoutePolicyInstall, RoleOfficer},
+	{api.RouteZeroize, RoleOfficer},
+	{api.RouteAuditRepair, RoleOfficer},
+	{api.RouteSeal, RoleUser},
+	{api.RouteUnseal, RoleUser},
+	{api.RouteKeyDerive, RoleOfficer},
+	{api.RouteKeyCreate, RoleOfficer},
+	{api.RouteKeyDelete, RoleOfficer},
+	{api.RouteKeyExportBlob, RoleOfficer},
+	{api.RouteKeyImportBlob, RoleOfficer},
+	{api.RouteKeyList, RoleUser},
+	{api.RouteKeyPublic, RoleUser},
+	{api.RouteKeySign, RoleUser},
+	{api.RouteKeyHMAC, RoleUser},
+	{api.RouteKeyECDH, RoleUser},
+	{api.RouteKeyDecrypt, RoleUser},
+	{api.RouteKeyEncrypt, RoleUser},
+	{api.RouteKeyDecryptData, RoleUser},
 }
 
 func (s *Server) routes() {
@@ -283,44 +283,32 @@ func (s *Server) routes() {
 		var h http.HandlerFunc
 		switch ep.Op {
 		case "status":
-			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.Status, error) { return s.ag.Status(ctx) })
+			h = handle(s, ep, func(ctx context.Context, _ empty) (api.Status, error) { return s.ag.Status(ctx) })
 		case "tpm-info":
-			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.TPMInfo, error) { return s.ag.TPMInfo(ctx) })
+			h = handle(s, ep, func(ctx context.Context, _ empty) (api.TPMInfo, error) { return s.ag.TPMInfo(ctx) })
 		case "policy-show":
-			h = handle(s, ep, func(ctx context.Context, _ empty) (agent.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
+			h = handle(s, ep, func(ctx context.Context, _ empty) (api.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
 		case "audit-verify":
-			h = handle(s, ep, func(context.Context, empty) (audit.Report, error) { return s.ag.AuditVerify() })
+			h = handle(s, ep, func(ctx context.Context, _ empty) (audit.Report, error) { return s.ag.AuditVerify(ctx) })
 		case "audit-show":
-			h = handle(s, ep, func(context.Context, empty) ([]audit.Record, error) { return s.ag.AuditRecords() })
+			h = handle(s, ep, func(ctx context.Context, _ empty) ([]audit.Record, error) { return s.ag.AuditRecords(ctx) })
 		case "provision":
-			h = handle(s, ep, func(ctx context.Context, w ProvisionRequest) (agent.ProvisionResult, error) {
-				req, err := w.Agent()
-				if err != nil {
-					return agent.ProvisionResult{}, err
-				}
-				return s.ag.Provision(ctx, req)
-			})
+			h = handle(s, ep, s.ag.Provision)
 		case "policy-install":
-			h = handle(s, ep, func(ctx context.Context, w PolicyInstallRequest) (agent.PolicyInstallResult, error) {
+			h = handle(s, ep, func(ctx context.Context, w api.PolicyInstallRequest) (api.PolicyInstallResult, error) {
 				return s.ag.InstallPolicy(ctx, w.Policy)
 			})
 		case "zeroize":
-			h = handle(s, ep, func(ctx context.Context, w ZeroizeRequest) (agent.ZeroizeResult, error) {
-				return s.ag.Zeroize(ctx, agent.ZeroizeOptions{SRK: w.SRK})
-			})
+			h = handle(s, ep, s.ag.Zeroize)
 		case "seal":
-			h = handle(s, ep, func(ctx context.Context, w SealRequest) (SealResponse, error) {
-				req, err := w.Agent()
-				if err != nil {
-					return SealResponse{}, err
-				}
+			h = handle(s, ep, func(ctx context.Context, req api.SealRequest) (api.SealResponse, error) {
 				blob, err := s.ag.Seal(ctx, req)
-				return SealResponse{Blob: blob}, err
+				return api.SealResponse{Blob: blob}, err
 			})
 		case "unseal":
-			h = handle(s, ep, func(ctx context.Context, w UnsealRequest) (UnsealResponse, error) {
+			h = handle(s, ep, func(ctx context.Context, w api.UnsealRequest) (api.UnsealResponse, error) {
 				secret, err := s.ag.Unseal(ctx, w.Blob)
-				return UnsealResponse{Secret: secret}, err
+				return api.UnsealResponse{Secret: secret}, err
 			})
 		default:
 			if h = s.keyHandler(ep); h == nil {
@@ -333,10 +321,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if methods, ok := allow[r.URL.Path]; ok {
 			w.Header().Set("Allow", methods)
-			s.writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%w: %s %s: the endpoint takes %s", agent.ErrBadInput, r.Method, r.URL.Path, methods))
+			s.writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%w: %s %s: the endpoint takes %s", api.ErrBadInput, r.Method, r.URL.Path, methods))
 			return
 		}
-		s.writeError(w, http.StatusNotFound, fmt.Errorf("%w: no API endpoint %s %s", agent.ErrNotFound, r.Method, r.URL.Path))
+		s.writeError(w, http.StatusNotFound, fmt.Errorf("%w: no API endpoint %s %s", api.ErrNotFound, r.Method, r.URL.Path))
 	})
 }
 
@@ -363,10 +351,42 @@ func allowedMethods() map[string]string {
 type empty struct{}
 
 // wiper is a request or response that holds secret bytes to clear after use.
-type wiper interface{ wipe() }
+type wiper interface{ Wipe() }
 
-func (w *SealRequest) wipe()    { clear(w.Data) }
-func (w *UnsealResponse) wipe() { clear(w.Secret) }
+// keyNameOf is the key a request names, for the log's key_name field.
+func keyNameOf(req any) (string, bool) {
+	switch r := req.(type) {
+	case api.KeyName:
+		return r.Name, true
+	case api.DeriveRequest:
+		return r.Name, true
+	case api.CreateRequest:
+		return r.Name, true
+	case api.SignRequest:
+		return r.Name, true
+	case api.DataRequest:
+		return r.Name, true
+	case api.ECDHRequest:
+		return r.Name, true
+	case api.DecryptRequest:
+		return r.Name, true
+	case api.ImportBlobRequest:
+		return r.Name, true
+	}
+	return "", false
+}
+
+// inputLen is the size of the input maxInput bounds, for the requests it
+// bounds.
+func inputLen(req any) (int, bool) {
+	switch r := req.(type) {
+	case api.DataRequest:
+		return len(r.Data), true
+	case api.SignRequest:
+		return len(r.Digest), true
+	}
+	return 0, false
+}
 
 // handle is one endpoint: check the caller's role (refusals are audited),
 // decode the body strictly, wait for the queue, run call, answer JSON.
@@ -385,7 +405,7 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		}
 		var req Req
 		if wp, ok := any(&req).(wiper); ok {
-			defer wp.wipe()
+			defer wp.Wipe()
 		}
 		if _, isEmpty := any(req).(empty); !isEmpty {
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
@@ -396,18 +416,18 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 				if errors.As(err, &mbe) {
 					status = http.StatusRequestEntityTooLarge
 				}
-				s.writeError(w, status, fmt.Errorf("%w: request body: %v", agent.ErrBadInput, err))
+				s.writeError(w, status, fmt.Errorf("%w: request body: %v", api.ErrBadInput, err))
 				return
 			}
-			if err := DecodeStrict(body, &req); err != nil {
-				s.writeError(w, http.StatusBadRequest, err)
+			if err := strictjson.Decode(body, &req); err != nil {
+				s.writeError(w, http.StatusBadRequest, fmt.Errorf("%w: request body: %v", api.ErrBadInput, err))
 				return
 			}
 		}
 		if limit, ok := maxInput[ep.Op]; ok {
-			if is, ok := any(req).(inputSizer); ok && is.inputLen() > limit {
+			if n, ok := inputLen(req); ok && n > limit {
 				s.writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("%w: %s input of %d bytes; the daemon takes at most %d",
-					agent.ErrBadInput, ep.Op, is.inputLen(), limit))
+					api.ErrBadInput, ep.Op, n, limit))
 				return
 			}
 		}
@@ -433,8 +453,8 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 				// goes away, so that it is whole in the state and the audit trail.
 				octx, ocancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 				defer ocancel()
+				octx = api.WithCaller(octx, api.Caller{UID: c.UID})
 				before := s.t.Stats().Commands
-				s.ag.SetCallerUID(c.UID)
 				var err error
 				res, err = call(octx, req)
 				cmds = s.t.Stats().Commands - before
@@ -445,7 +465,7 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 			})
 		}
 		if wp, ok := any(&res).(wiper); ok {
-			defer wp.wipe()
+			defer wp.Wipe()
 		}
 		if ran {
 			s.requests.Add(1)
@@ -459,14 +479,14 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 			slog.String("operation", ep.Op), slog.Int("caller_uid", c.UID), slog.Int("caller_pid", c.PID),
 			slog.Duration("duration", time.Since(start)), slog.Int64("tpm_commands", cmds),
 		}
-		if kn, ok := any(req).(keyName); ok {
-			attrs = append(attrs, slog.String("key_name", kn.keyName()))
+		if name, ok := keyNameOf(req); ok {
+			attrs = append(attrs, slog.String("key_name", name))
 		}
 		if cached {
 			attrs = append(attrs, slog.Bool("cached", true))
 		}
 		if err != nil {
-			attrs = append(attrs, slog.Any("error_kinds", agent.ErrorKinds(err)), slog.String("error", err.Error()))
+			attrs = append(attrs, slog.Any("error_kinds", api.ErrorKinds(err)), slog.String("error", err.Error()))
 			s.log.LogAttrs(r.Context(), max(level, slog.LevelInfo), "request failed", attrs...)
 			s.writeError(w, 0, err)
 			return
@@ -487,53 +507,21 @@ func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role,
 	defer cancel()
 	if err := s.q.do(ctx, func() error {
 		s.reads.running(ep.Op + " (refused)") // an audit line: status shows the trail's length
-		return s.ag.RecordRefusal(ep.Op, c.UID, why)
+		return s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: c.UID}), ep.Op, why)
 	}); err != nil {
 		s.log.Error("refusal not audited", "operation", ep.Op, "caller_uid", c.UID, "err", err)
 	}
-	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", agent.ErrRefused, why))
+	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", api.ErrRefused, why))
 }
 
 // writeError answers err with its kinds, exit code and policy details.
-// status 0 derives the HTTP status from the kinds.
+// status 0 derives the HTTP status from the kinds (api.HTTPStatus).
 func (s *Server) writeError(w http.ResponseWriter, status int, err error) {
-	d := ErrorDetail{Message: err.Error(), Kinds: agent.ErrorKinds(err), ExitCode: s.exitCode(err)}
-	if d.Kinds == nil {
-		d.Kinds = []string{}
-	}
-	var pe *agent.PolicyError
-	if errors.As(err, &pe) {
-		d.Policy = &PolicyDetail{Differ: pe.Differ, Bank: pe.Bank, Reason: pe.Reason}
-	}
+	body := api.NewErrorBody(err, s.exitCode)
 	if status == 0 {
-		status = httpStatus(d.Kinds)
+		status = api.HTTPStatus(body.Error.Kinds)
 	}
-	s.writeJSON(w, status, ErrorBody{Error: d})
-}
-
-// httpStatus is the HTTP status for an error's first kind; clients decide on
-// the kinds, the status is for humans with curl.
-func httpStatus(kinds []string) int {
-	if len(kinds) == 0 {
-		return http.StatusInternalServerError
-	}
-	switch kinds[0] {
-	case "refused", "not_permitted", "not_approved":
-		return http.StatusForbidden
-	case "policy_not_satisfied", "not_provisioned":
-		return http.StatusPreconditionFailed
-	case "not_found", "tpm_not_found", "state_not_found":
-		return http.StatusNotFound
-	case "already_provisioned", "srk_mismatch":
-		return http.StatusConflict
-	case "bad_input", "state_invalid_name":
-		return http.StatusBadRequest
-	case "busy", "tpm_no_memory", "state_locked", "audit_locked", "no_tpm", "deadline_exceeded":
-		return http.StatusServiceUnavailable
-	case "tpm_lockout":
-		return http.StatusLocked
-	}
-	return http.StatusInternalServerError
+	s.writeJSON(w, status, body)
 }
 
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {

@@ -16,7 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/internal/strictjson"
 )
 
 func TestQueueDeadlineAndLimit(t *testing.T) {
@@ -31,10 +32,10 @@ func TestQueueDeadlineAndLimit(t *testing.T) {
 	go func() { waiting <- q.do(ctx, func() error { return nil }) }()
 	time.Sleep(10 * time.Millisecond)
 	// One waits already: a second waiter is refused at once.
-	if err := q.do(context.Background(), func() error { return nil }); !errors.Is(err, agent.ErrBusy) {
+	if err := q.do(context.Background(), func() error { return nil }); !errors.Is(err, api.ErrBusy) {
 		t.Errorf("over the limit: %v, want ErrBusy", err)
 	}
-	if err := <-waiting; !errors.Is(err, agent.ErrBusy) {
+	if err := <-waiting; !errors.Is(err, api.ErrBusy) {
 		t.Errorf("past the deadline: %v, want ErrBusy", err)
 	}
 	cctx, ccancel := context.WithCancel(context.Background())
@@ -87,10 +88,10 @@ func TestBodiesAndRoutes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rsp.Body.Close()
-			var eb ErrorBody
+			var eb api.ErrorBody
 			b := make([]byte, 4096)
 			n, _ := rsp.Body.Read(b)
-			if err := DecodeStrict(b[:n], &eb); err != nil {
+			if err := strictjson.Decode(b[:n], &eb); err != nil {
 				t.Fatalf("error body: %v: %s", err, b[:n])
 			}
 			if rsp.StatusCode != tc.status || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != tc.kind || eb.Error.ExitCode != 42 {
@@ -125,8 +126,8 @@ func TestMethodNotAllowed(t *testing.T) {
 			}
 			defer rsp.Body.Close()
 			b, _ := io.ReadAll(rsp.Body)
-			var eb ErrorBody
-			if err := DecodeStrict(b, &eb); err != nil {
+			var eb api.ErrorBody
+			if err := strictjson.Decode(b, &eb); err != nil {
 				t.Fatalf("error body: %v: %s", err, b)
 			}
 			if rsp.StatusCode != tc.status || rsp.Header.Get("Allow") != tc.allow || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != tc.kind {
@@ -158,31 +159,6 @@ func TestEndpointRoles(t *testing.T) {
 			t.Errorf("%s: role %v, want %v", ep.Op, ep.Role, want)
 		}
 	}
-}
-
-func FuzzDecodeRequests(f *testing.F) {
-	for _, s := range []string{`{"blob":"AA=="}`, `{"data":"AA==","bank":"sha256","pcrs":[7]}`, `{"name":"k","digest":"AA==","hash":"sha384"}`,
-		`{"bank":"sha384","pcrs":[0,2],"pcr_values":{"bank":"sha256","pcrs":{"7":"00"}},"force":true}`, `{"name":"k","curve":"P-256","peer":"BA=="}`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var p ProvisionRequest
-		if DecodeStrict(b, &p) == nil {
-			_, _ = p.Agent()
-		}
-		var s SealRequest
-		if DecodeStrict(b, &s) == nil {
-			_, _ = s.Agent()
-		}
-		var e ECDHRequest
-		if DecodeStrict(b, &e) == nil {
-			_, _ = ParsePeer(e.Curve, e.Peer)
-		}
-		var sr SignRequest
-		if DecodeStrict(b, &sr) == nil {
-			_, _ = ParseHash(sr.Hash)
-		}
-	})
 }
 
 // After a burst of concurrent clients and Shutdown, no goroutine is left.
@@ -243,8 +219,8 @@ func TestInputLimits(t *testing.T) {
 		name, path string
 		body       any
 	}{
-		{"hmac over the cap", "/v1/keys/hmac", DataRequest{Name: "k", Data: make([]byte, MaxHMACInput+1)}},
-		{"digest over the cap", "/v1/keys/sign", SignRequest{Name: "k", Digest: make([]byte, MaxSignDigest+1)}},
+		{"hmac over the cap", "/v1/keys/hmac", api.DataRequest{Name: "k", Data: make([]byte, MaxHMACInput+1)}},
+		{"digest over the cap", "/v1/keys/sign", api.SignRequest{Name: "k", Digest: make([]byte, MaxSignDigest+1)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := json.Marshal(tc.body)
@@ -257,8 +233,8 @@ func TestInputLimits(t *testing.T) {
 			}
 			defer rsp.Body.Close()
 			rb, _ := io.ReadAll(rsp.Body)
-			var eb ErrorBody
-			if err := DecodeStrict(rb, &eb); err != nil {
+			var eb api.ErrorBody
+			if err := strictjson.Decode(rb, &eb); err != nil {
 				t.Fatalf("error body: %v: %s", err, rb)
 			}
 			if rsp.StatusCode != http.StatusRequestEntityTooLarge || len(eb.Error.Kinds) == 0 || eb.Error.Kinds[0] != "bad_input" {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -128,9 +129,9 @@ func TestRequestLogFields(t *testing.T) {
 		path string
 		body any
 	}{
-		{"/v1/keys/hmac", DataRequest{Name: "mac-key", Data: marker}},
-		{"/v1/seal", SealRequest{Data: marker}},
-		{"/v1/keys/public", KeyName{Name: "pub-key"}},
+		{"/v1/keys/hmac", api.DataRequest{Name: "mac-key", Data: marker}},
+		{"/v1/seal", api.SealRequest{Data: marker}},
+		{"/v1/keys/public", api.KeyName{Name: "pub-key"}},
 	} {
 		if status, b := ts.call(t, "POST", rq.path, rq.body); status == http.StatusOK {
 			t.Fatalf("%s on an unprovisioned TPM: %s", rq.path, b)
@@ -251,19 +252,19 @@ func TestHealthWhileAnOperationHoldsTheQueue(t *testing.T) {
 func TestStatusCached(t *testing.T) {
 	ts := serveTPM(t)
 	ts.reads.ttl = time.Hour // only a change invalidates; a second test below
-	status := func() agent.Status {
+	status := func() api.Status {
 		t.Helper()
 		code, b := ts.call(t, "GET", "/v1/status", nil)
 		if code != http.StatusOK {
 			t.Fatalf("status: HTTP %d %s", code, b)
 		}
-		var st agent.Status
+		var st api.Status
 		if err := json.Unmarshal(b, &st); err != nil {
 			t.Fatal(err)
 		}
 		return st
 	}
-	if code, b := ts.call(t, "POST", "/v1/provision", ProvisionRequest{PCRs: []int{7}}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{PCRs: []int{7}}); code != http.StatusOK {
 		t.Fatalf("provision: HTTP %d %s", code, b)
 	}
 	first := status()
@@ -288,7 +289,7 @@ func TestStatusCached(t *testing.T) {
 	}
 
 	// A key derived through the daemon shows at once.
-	if code, b := ts.call(t, "POST", "/v1/keys/derive", DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: agent.UsageSign}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: api.UsageSign}); code != http.StatusOK {
 		t.Fatalf("derive: HTTP %d %s", code, b)
 	}
 	if st := status(); st.Keys != first.Keys+1 || st.AuditLines <= first.AuditLines {

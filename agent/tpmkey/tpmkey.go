@@ -9,12 +9,14 @@
 // tpm.ErrPolicyNotSatisfied).
 //
 // A Key is safe for concurrent use (Go's TLS stack may call Sign from several
-// goroutines). An in-process *agent.Agent is not, so every Key over the same
-// *agent.Agent takes one lock per call; the daemon's client (agent/client) is
-// safe for concurrent use and is called as it is (the daemon serializes TPM
-// work through its queue). Code that also calls the Agent directly while Keys
-// are in use must not do so concurrently with them. Any other Backend must be
-// safe for concurrent use.
+// goroutines), because its Backend is: an in-process *agent.Agent runs one
+// operation at a time, and the daemon's client (agent/client) sends each call
+// to the daemon, which serializes TPM work through its queue. Any other
+// Backend must be safe for concurrent use too.
+//
+// crypto.Signer and crypto.Decrypter take no context: a call is bounded by
+// the backend's own limits (each TPM command's timeout in-process, the
+// daemon's request timeout over the socket).
 package tpmkey
 
 import (
@@ -24,61 +26,27 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
-	"runtime"
-	"sync"
-	"weak"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 )
 
 // Backend is what a Key needs of provd: an in-process *agent.Agent or the
-// daemon's client (both implement agent.API).
+// daemon's client (both implement api.Service).
 type Backend interface {
-	KeyPublic(ctx context.Context, name string) (crypto.PublicKey, agent.KeyInfo, error)
-	Sign(ctx context.Context, name string, digest []byte, opts agent.SignOptions) ([]byte, error)
+	KeyPublic(ctx context.Context, name string) (crypto.PublicKey, api.KeyInfo, error)
+	Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error)
 	Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error)
 }
 
-var _ Backend = (agent.API)(nil)
+var _ Backend = (api.Service)(nil)
 
 // Key is a TPM-resident provd key usable as a crypto.Signer (sign keys) or a
 // crypto.Decrypter (RSA decrypt keys).
 type Key struct {
-	// ctx bounds each call: crypto.Signer has no context parameter.
-	ctx  context.Context
 	ag   Backend
-	mu   *sync.Mutex // the Agent's lock (lockFor); nil for other backends
 	name string
 	pub  crypto.PublicKey
-	info agent.KeyInfo
-}
-
-// agentLocks holds one mutex per in-process *agent.Agent that Keys use, so
-// that Keys over one Agent serialize among themselves. An entry goes when
-// its Agent is garbage collected.
-var agentLocks sync.Map // weak.Pointer[agent.Agent] -> *sync.Mutex
-
-// lockFor returns the lock for b when it is an in-process *agent.Agent.
-func lockFor(b Backend) *sync.Mutex {
-	ag, ok := b.(*agent.Agent)
-	if !ok || ag == nil {
-		return nil
-	}
-	wp := weak.Make(ag)
-	mu, loaded := agentLocks.LoadOrStore(wp, new(sync.Mutex))
-	if !loaded {
-		runtime.AddCleanup(ag, func(wp weak.Pointer[agent.Agent]) { agentLocks.Delete(wp) }, wp)
-	}
-	return mu.(*sync.Mutex)
-}
-
-// call runs fn under the Agent's lock, if any.
-func (k *Key) call(fn func() error) error {
-	if k.mu != nil {
-		k.mu.Lock()
-		defer k.mu.Unlock()
-	}
-	return fn()
+	info api.KeyInfo
 }
 
 // Compile-time guards.
@@ -87,21 +55,17 @@ var (
 	_ crypto.Decrypter = (*Key)(nil)
 )
 
-// New returns key name of ag. ctx is used for every call made through the
-// Key (cancel it to stop them).
+// New returns key name of ag; ctx bounds looking the key up.
 func New(ctx context.Context, ag Backend, name string) (*Key, error) {
-	k := &Key{ctx: ctx, ag: ag, mu: lockFor(ag), name: name}
-	if err := k.call(func() (err error) {
-		k.pub, k.info, err = ag.KeyPublic(ctx, name)
-		return err
-	}); err != nil {
+	pub, info, err := ag.KeyPublic(ctx, name)
+	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return &Key{ag: ag, name: name, pub: pub, info: info}, nil
 }
 
 // Info describes the key.
-func (k *Key) Info() agent.KeyInfo { return k.info }
+func (k *Key) Info() api.KeyInfo { return k.info }
 
 // Public returns the public key (*ecdsa.PublicKey or *rsa.PublicKey).
 func (k *Key) Public() crypto.PublicKey { return k.pub }
@@ -112,27 +76,22 @@ func (k *Key) Public() crypto.PublicKey { return k.pub }
 // PSSSaltLengthAuto and PSSSaltLengthEqualsHash are accepted). rand is
 // ignored: the TPM draws its own randomness.
 func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	so := agent.SignOptions{Hash: opts.HashFunc()}
+	so := api.SignOptions{Hash: opts.HashFunc()}
 	switch k.pub.(type) {
 	case *ecdsa.PublicKey:
-		so.Scheme = agent.SchemeECDSA
+		so.Scheme = api.SchemeECDSA
 	case *rsa.PublicKey:
-		so.Scheme = agent.SchemeRSASSA
+		so.Scheme = api.SchemeRSASSA
 		if pss, ok := opts.(*rsa.PSSOptions); ok {
 			switch pss.SaltLength {
 			case rsa.PSSSaltLengthAuto, rsa.PSSSaltLengthEqualsHash, so.Hash.Size():
 			default:
-				return nil, fmt.Errorf("%w: PSS salt length %d (the TPM uses the hash size)", agent.ErrNotPermitted, pss.SaltLength)
+				return nil, fmt.Errorf("%w: PSS salt length %d (the TPM uses the hash size)", api.ErrNotPermitted, pss.SaltLength)
 			}
-			so.Scheme = agent.SchemeRSAPSS
+			so.Scheme = api.SchemeRSAPSS
 		}
 	}
-	var sig []byte
-	err := k.call(func() (err error) {
-		sig, err = k.ag.Sign(k.ctx, k.name, digest, so)
-		return err
-	})
-	return sig, err
+	return k.ag.Sign(context.Background(), k.name, digest, so)
 }
 
 // Decrypt decrypts an RSA-OAEP ciphertext inside the TPM. opts must be
@@ -141,15 +100,10 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 func (k *Key) Decrypt(_ io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	o, ok := opts.(*rsa.OAEPOptions)
 	if !ok {
-		return nil, fmt.Errorf("%w: only RSA-OAEP decryption (*rsa.OAEPOptions)", agent.ErrNotPermitted)
+		return nil, fmt.Errorf("%w: only RSA-OAEP decryption (*rsa.OAEPOptions)", api.ErrNotPermitted)
 	}
 	if len(o.Label) != 0 || (o.MGFHash != 0 && o.MGFHash != o.Hash) {
-		return nil, fmt.Errorf("%w: OAEP with a label or another MGF1 hash", agent.ErrNotPermitted)
+		return nil, fmt.Errorf("%w: OAEP with a label or another MGF1 hash", api.ErrNotPermitted)
 	}
-	var out []byte
-	err := k.call(func() (err error) {
-		out, err = k.ag.Decrypt(k.ctx, k.name, msg, o.Hash)
-		return err
-	})
-	return out, err
+	return k.ag.Decrypt(context.Background(), k.name, msg, o.Hash)
 }

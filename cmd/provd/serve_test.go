@@ -22,7 +22,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/agent/client"
-	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -150,15 +150,15 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, agent.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	for i := range nKeys {
-		if _, err := ag.DeriveKey(ctx, agent.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: agent.UsageSign}); err != nil {
+		if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: api.UsageSign}); err != nil {
 			t.Fatalf("derive: %v", err)
 		}
 	}
-	sealed, err := ag.Seal(ctx, agent.SealRequest{Data: []byte("role test secret")})
+	sealed, err := ag.Seal(ctx, api.SealRequest{Data: []byte("role test secret")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,9 +222,9 @@ roles:
 	if err := os.Chmod(sock, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	if !client.Answers(ctx, sock) {
-		t.Fatal("activation socket does not answer")
-	}
+	// The socket file exists from bind(2), before listen(2): a connection
+	// in between is refused, so wait for one that is accepted.
+	waitFor(t, func() bool { return client.Answers(ctx, sock) }, "activation socket answers")
 	seen := notify.await(t, "READY=1", 60*time.Second)
 	if !hasPrefix(seen, "STATUS=opening the TPM") {
 		t.Errorf("no STATUS line before READY=1: %q", seen)
@@ -258,7 +258,7 @@ roles:
 					msg := make([]byte, 32)
 					rand.Read(msg)
 					d := sha256.Sum256(msg)
-					sig, err := c.Sign(ctx, fmt.Sprintf("sign-%d", k), d[:], agent.SignOptions{})
+					sig, err := c.Sign(ctx, fmt.Sprintf("sign-%d", k), d[:], api.SignOptions{})
 					if err != nil {
 						errs <- fmt.Errorf("client %d request %d: %w", w, i, err)
 						return
@@ -290,23 +290,23 @@ roles:
 			args []string
 			code int
 		}{
-			{"nobody", nobody, []string{"status"}, cli.ExitNotPermitted},
-			{"nobody", nobody, []string{"unseal", "--in", sealedFile, "--out", "-"}, cli.ExitNotPermitted},
-			{"nobody", nobody, []string{"zeroize", "--yes"}, cli.ExitNotPermitted},
-			{"user", user, []string{"status"}, cli.ExitOK},
-			{"user", user, []string{"policy", "show"}, cli.ExitOK},
-			{"user", user, []string{"unseal", "--in", sealedFile, "--out", "-"}, cli.ExitOK},
-			{"user", user, []string{"audit", "verify"}, cli.ExitOK},
-			{"user", user, []string{"audit", "show"}, cli.ExitNotPermitted},
-			{"user", user, []string{"policy", "install", badPolicy}, cli.ExitNotPermitted},
-			{"user", user, []string{"provision", "--force"}, cli.ExitNotPermitted},
-			{"user", user, []string{"zeroize", "--yes"}, cli.ExitNotPermitted},
-			{"officer", officer, []string{"status"}, cli.ExitOK},
-			{"officer", officer, []string{"audit", "show"}, cli.ExitOK},
+			{"nobody", nobody, []string{"status"}, api.ExitNotPermitted},
+			{"nobody", nobody, []string{"unseal", "--in", sealedFile, "--out", "-"}, api.ExitNotPermitted},
+			{"nobody", nobody, []string{"zeroize", "--yes"}, api.ExitNotPermitted},
+			{"user", user, []string{"status"}, api.ExitOK},
+			{"user", user, []string{"policy", "show"}, api.ExitOK},
+			{"user", user, []string{"unseal", "--in", sealedFile, "--out", "-"}, api.ExitOK},
+			{"user", user, []string{"audit", "verify"}, api.ExitOK},
+			{"user", user, []string{"audit", "show"}, api.ExitNotPermitted},
+			{"user", user, []string{"policy", "install", badPolicy}, api.ExitNotPermitted},
+			{"user", user, []string{"provision", "--force"}, api.ExitNotPermitted},
+			{"user", user, []string{"zeroize", "--yes"}, api.ExitNotPermitted},
+			{"officer", officer, []string{"status"}, api.ExitOK},
+			{"officer", officer, []string{"audit", "show"}, api.ExitOK},
 			// Past the role check, the agent refuses the file itself.
-			{"officer", officer, []string{"policy", "install", badPolicy}, cli.ExitUsage},
+			{"officer", officer, []string{"policy", "install", badPolicy}, api.ExitUsage},
 			// Separation of duties: an officer does not use keys.
-			{"officer", officer, []string{"unseal", "--in", sealedFile, "--out", "-"}, cli.ExitNotPermitted},
+			{"officer", officer, []string{"unseal", "--in", sealedFile, "--out", "-"}, api.ExitNotPermitted},
 		} {
 			t.Run(tc.who+" "+strings.Join(tc.args[:min(2, len(tc.args))], " "), func(t *testing.T) {
 				c := exec.Command(bin, tc.args...)
@@ -324,7 +324,7 @@ roles:
 				if code != tc.code {
 					t.Errorf("exit %d, want %d\n%s", code, tc.code, out)
 				}
-				if tc.code == cli.ExitOK && tc.args[0] == "unseal" && string(out) != "role test secret" {
+				if tc.code == api.ExitOK && tc.args[0] == "unseal" && string(out) != "role test secret" {
 					t.Errorf("unsealed %q", out)
 				}
 			})
@@ -376,10 +376,10 @@ roles:
 		t.Fatal(err)
 	}
 	defer ag.Close()
-	if _, err := ag.AuditVerify(); err != nil {
+	if _, err := ag.AuditVerify(context.Background()); err != nil {
 		t.Errorf("audit verify: %v", err)
 	}
-	recs, err := ag.AuditRecords()
+	recs, err := ag.AuditRecords(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

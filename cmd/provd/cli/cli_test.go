@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -87,12 +88,12 @@ func TestExitCodes(t *testing.T) {
 		args []string
 		code int
 	}{
-		{"unknown flag", []string{"--bogus"}, cli.ExitUsage},
-		{"bad output", []string{"-o", "yaml", "version"}, cli.ExitUsage},
-		{"extra args", []string{"version", "x"}, cli.ExitUsage},
-		{"no TPM", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "info"}, cli.ExitNoTPM},
-		{"bad spec", []string{"--tpm", "tcp:foo", "tpm", "info"}, cli.ExitError},
-		{"version", []string{"version", "-o", "json"}, cli.ExitOK},
+		{"unknown flag", []string{"--bogus"}, api.ExitUsage},
+		{"bad output", []string{"-o", "yaml", "version"}, api.ExitUsage},
+		{"extra args", []string{"version", "x"}, api.ExitUsage},
+		{"no TPM", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "info"}, api.ExitNoTPM},
+		{"bad spec", []string{"--tpm", "tcp:foo", "tpm", "info"}, api.ExitError},
+		{"version", []string{"version", "-o", "json"}, api.ExitOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := run(t, nil, tc.args...)

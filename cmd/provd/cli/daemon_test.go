@@ -13,6 +13,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -105,16 +106,16 @@ func TestCLIBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	b.same(cli.ExitOK, "status")
-	b.same(cli.ExitNotProvisioned, "policy", "show")
-	b.same(cli.ExitOK, "tpm", "info", "-o", "json")
+	b.same(api.ExitOK, "status")
+	b.same(api.ExitNotProvisioned, "policy", "show")
+	b.same(api.ExitOK, "tpm", "info", "-o", "json")
 	if r := b.daemon("provision", "--pcrs", "7,16"); r.code != 0 {
 		t.Fatalf("provision through the daemon: exit %d %s", r.code, r.err)
 	}
-	b.same(cli.ExitConflict, "provision")
-	b.same(cli.ExitOK, "status")
-	b.same(cli.ExitOK, "status", "-o", "json")
-	b.same(cli.ExitOK, "policy", "show")
+	b.same(api.ExitConflict, "provision")
+	b.same(api.ExitOK, "status")
+	b.same(api.ExitOK, "status", "-o", "json")
+	b.same(api.ExitOK, "policy", "show")
 
 	// Each way seals; each way unseals both blobs.
 	if r := b.inProcess("seal", "--in", file("secret"), "--out", file("a.sealed")); r.code != 0 {
@@ -124,12 +125,12 @@ func TestCLIBothWays(t *testing.T) {
 		t.Fatalf("seal through the daemon: %s", r.err)
 	}
 	for _, blob := range []string{"a.sealed", "b.sealed"} {
-		if r := b.same(cli.ExitOK, "unseal", "--in", file(blob), "--out", "-"); r.out != "s3cret" {
+		if r := b.same(api.ExitOK, "unseal", "--in", file(blob), "--out", "-"); r.out != "s3cret" {
 			t.Errorf("unseal %s: %q", blob, r.out)
 		}
 	}
-	b.same(cli.ExitUsage, "unseal", "--in", file("garbage"), "--out", "-")
-	b.same(cli.ExitOK, "audit", "verify")
+	b.same(api.ExitUsage, "unseal", "--in", file("garbage"), "--out", "-")
+	b.same(api.ExitOK, "audit", "verify")
 
 	// Keys: derived through the daemon; the same list, public key, HMAC
 	// (deterministic) and refusals both ways; signatures verify both ways.
@@ -139,12 +140,12 @@ func TestCLIBothWays(t *testing.T) {
 	if r := b.inProcess("key", "derive", "mac", "--label", "mac", "--type", "hmac-sha256"); r.code != 0 {
 		t.Fatalf("key derive in-process: exit %d %s", r.code, r.err)
 	}
-	b.same(cli.ExitOK, "key", "hmac", "mac", "--in", file("secret"), "-o", "json")
-	b.same(cli.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
-	b.same(cli.ExitOK, "key", "list", "-o", "json")
-	b.same(cli.ExitOK, "key", "pub", "tls")
-	b.same(cli.ExitNotFound, "key", "pub", "nope")
-	b.same(cli.ExitUsage, "key", "derive", "bad/name", "--label", "x", "--type", "ecc-p256")
+	b.same(api.ExitOK, "key", "hmac", "mac", "--in", file("secret"), "-o", "json")
+	b.same(api.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
+	b.same(api.ExitOK, "key", "list", "-o", "json")
+	b.same(api.ExitOK, "key", "pub", "tls")
+	b.same(api.ExitNotFound, "key", "pub", "nope")
+	b.same(api.ExitUsage, "key", "derive", "bad/name", "--label", "x", "--type", "ecc-p256")
 	for _, run := range []func(...string) result{b.inProcess, b.daemon} {
 		if r := run("key", "sign", "tls", "--in", file("secret"), "--out", file("sig")); r.code != 0 {
 			t.Errorf("key sign: exit %d %s", r.code, r.err)
@@ -163,18 +164,18 @@ func TestCLIBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, blob := range []string{"a.sealed", "b.sealed"} {
-		r := b.same(cli.ExitPolicy, "unseal", "--in", file(blob), "--out", "-")
+		r := b.same(api.ExitPolicy, "unseal", "--in", file(blob), "--out", "-")
 		if !strings.Contains(r.err, "PCR 16") {
 			t.Errorf("unseal after extend: %q does not name PCR 16", r.err)
 		}
 	}
-	b.same(cli.ExitOK, "policy", "show", "-o", "json")
-	b.same(cli.ExitOK, "audit", "show", "-o", "json")
+	b.same(api.ExitOK, "policy", "show", "-o", "json")
+	b.same(api.ExitOK, "audit", "show", "-o", "json")
 
 	if r := b.daemon("zeroize", "--yes"); r.code != 0 {
 		t.Fatalf("zeroize through the daemon: %s", r.err)
 	}
-	b.same(cli.ExitNotProvisioned, "unseal", "--in", file("a.sealed"), "--out", "-")
-	b.same(cli.ExitOK, "status")
+	b.same(api.ExitNotProvisioned, "unseal", "--in", file("a.sealed"), "--out", "-")
+	b.same(api.ExitOK, "status")
 	env.Reopen() // the leak check
 }

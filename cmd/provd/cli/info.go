@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/tpm"
 )
 
@@ -68,7 +68,7 @@ Nothing is written to the TPM.`,
   provd --tpm swtpm://127.0.0.1:2321 tpm info -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var out agent.TPMInfo
+			var out api.TPMInfo
 			if c := a.daemon(cmd.Context()); c != nil {
 				defer c.Close()
 				var err error
@@ -85,7 +85,7 @@ Nothing is written to the TPM.`,
 				if err != nil {
 					return err
 				}
-				out = agent.TPMInfo{TPM: t.Spec(), Info: info, GoFIPS140: fips140.Enabled()}
+				out = api.TPMInfo{TPM: t.Spec(), Info: info, GoFIPS140: fips140.Enabled()}
 			}
 			return a.emit(out, func(w io.Writer) { printInfo(w, out.TPM, out.Info, out.GoFIPS140) })
 		},

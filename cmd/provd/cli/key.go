@@ -16,8 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/provd/provd/agent"
 	"github.com/provd/provd/agent/tpmkey"
+	"github.com/provd/provd/api"
 )
 
 func (a *app) keyCmd() *cobra.Command {
@@ -43,16 +43,16 @@ algorithms are accepted (exit code 5 otherwise). See docs/keys.md.`,
 	return c
 }
 
-func printKey(w io.Writer, k agent.KeyInfo) {
+func printKey(w io.Writer, k api.KeyInfo) {
 	fmt.Fprintf(w, "key:         %s\nkind:        %s\ntype:        %s\nusage:       %s\n", k.Name, k.Kind, k.Type, k.Usage)
-	if k.Kind == agent.KindDerived {
+	if k.Kind == api.KindDerived {
 		fmt.Fprintf(w, "label:       %s\ncontext:     %s\n", k.Label, k.Context)
 	}
 	fmt.Fprintf(w, "extractable: %v\nTPM name:    %s\n", k.Extractable, k.ObjectName)
 }
 
 func (a *app) keyDeriveCmd() *cobra.Command {
-	var req agent.DeriveRequest
+	var req api.DeriveRequest
 	c := &cobra.Command{
 		Use:   "derive NAME --label L [--context C] --type TYPE [--usage USAGE]",
 		Short: "Derive a key inside the TPM from the derivation parent (same label and context, same key)",
@@ -68,7 +68,7 @@ encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
 			if req.Label == "" || req.Type == "" {
 				return usageError(fmt.Errorf("--label and --type are required"))
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.DeriveKey(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -85,7 +85,7 @@ encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
 }
 
 func (a *app) keyCreateCmd() *cobra.Command {
-	var req agent.CreateRequest
+	var req api.CreateRequest
 	c := &cobra.Command{
 		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable]",
 		Short: "Generate a random key inside the TPM under the PK, stored TPM-wrapped",
@@ -102,7 +102,7 @@ fixedParent and its policy has no duplication branch: it can never leave this TP
 			if req.Type == "" {
 				return usageError(fmt.Errorf("--type is required"))
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.CreateKey(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -127,7 +127,7 @@ func parseHash(s string) (crypto.Hash, error) {
 	case "sha384", "sha-384":
 		return crypto.SHA384, nil
 	case "sha1", "sha-1", "md5", "sha224", "sha512":
-		return 0, fmt.Errorf("%w: hash %s is not approved here (sha256, sha384)", agent.ErrNotPermitted, s)
+		return 0, fmt.Errorf("%w: hash %s is not approved here (sha256, sha384)", api.ErrNotPermitted, s)
 	}
 	return 0, usageError(fmt.Errorf("--hash %q: want sha256 or sha384", s))
 }
@@ -153,9 +153,9 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 				return err
 			}
 			switch scheme {
-			case "", agent.SchemeECDSA, agent.SchemeRSASSA, agent.SchemeRSAPSS:
+			case "", api.SchemeECDSA, api.SchemeRSASSA, api.SchemeRSAPSS:
 			default:
-				return fmt.Errorf("%w: scheme %q (approved: ecdsa, rsassa, rsapss)", agent.ErrNotPermitted, scheme)
+				return fmt.Errorf("%w: scheme %q (approved: ecdsa, rsassa, rsapss)", api.ErrNotPermitted, scheme)
 			}
 			var data []byte
 			if in != "" {
@@ -163,7 +163,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 					return err
 				}
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				_, info, err := ag.KeyPublic(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -179,7 +179,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 				} else if digest, err = hex.DecodeString(digestHex); err != nil {
 					return usageError(fmt.Errorf("--digest: %w", err))
 				}
-				sig, err := ag.Sign(cmd.Context(), args[0], digest, agent.SignOptions{Scheme: scheme, Hash: h})
+				sig, err := ag.Sign(cmd.Context(), args[0], digest, api.SignOptions{Scheme: scheme, Hash: h})
 				if err != nil {
 					return err
 				}
@@ -237,7 +237,7 @@ func (a *app) keyHMACCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				mac, err := ag.HMAC(cmd.Context(), args[0], data)
 				if err != nil {
 					return err
@@ -270,9 +270,9 @@ key's curve). The secret is written to --out (mode 0600) or printed in hex.`,
 			}
 			peer, err := parsePeer(b)
 			if err != nil {
-				return fmt.Errorf("%w: %s: %v", agent.ErrBadInput, peerFile, err)
+				return fmt.Errorf("%w: %s: %v", api.ErrBadInput, peerFile, err)
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				z, err := ag.ECDH(cmd.Context(), args[0], peer)
 				if err != nil {
 					return err
@@ -323,7 +323,7 @@ One TPM use per file, any size up to 64 MiB. Format: docs/formats.md.`,
 				return err
 			}
 			defer clear(data)
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				env, err := ag.EncryptData(cmd.Context(), args[0], data)
 				if err != nil {
 					return err
@@ -360,11 +360,11 @@ open an envelope made by provd key encrypt. The plaintext goes to --out (mode
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				// Symmetric keys have no public key: KeyPublic fails for
 				// them, and DecryptData checks the key type itself.
 				_, info, err := ag.KeyPublic(cmd.Context(), args[0])
-				if errors.Is(err, agent.ErrNotFound) {
+				if errors.Is(err, api.ErrNotFound) {
 					return err
 				}
 				var plain []byte
@@ -397,7 +397,7 @@ func (a *app) keyPubCmd() *cobra.Command {
 		Short: "The key's public key (PEM SubjectPublicKeyInfo)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				pub, _, err := ag.KeyPublic(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -424,7 +424,7 @@ func (a *app) keyListCmd() *cobra.Command {
 		Short: "List the keys",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				keys, err := ag.ListKeys(cmd.Context())
 				if err != nil {
 					return err
@@ -434,7 +434,7 @@ func (a *app) keyListCmd() *cobra.Command {
 					fmt.Fprintln(tw, "NAME\tKIND\tTYPE\tUSAGE\tEXTRACTABLE\tLABEL/CONTEXT")
 					for _, k := range keys {
 						lc := ""
-						if k.Kind == agent.KindDerived {
+						if k.Kind == api.KindDerived {
 							lc = k.Label + "/" + k.Context
 						}
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", k.Name, k.Kind, k.Type, k.Usage, k.Extractable, lc)
@@ -452,7 +452,7 @@ func (a *app) keyDeleteCmd() *cobra.Command {
 		Short: "Delete a key (a created key is gone for good unless its blob was exported)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				if err := ag.DeleteKey(cmd.Context(), args[0]); err != nil {
 					return err
 				}
@@ -479,7 +479,7 @@ func (a *app) keyCSRCmd() *cobra.Command {
 			if err != nil {
 				return usageError(err)
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := tpmkey.New(cmd.Context(), ag, args[0])
 				if err != nil {
 					return err
@@ -519,7 +519,7 @@ not an export of the key. Derived keys have no blob. See docs/keys.md.`,
 			if out == "" {
 				return usageError(fmt.Errorf("--out is required"))
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				p, err := ag.ExportKeyBlob(cmd.Context(), args[0])
 				if err != nil {
 					return err
@@ -552,7 +552,7 @@ func (a *app) keyImportBlobCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.ImportKeyBlob(cmd.Context(), args[0], data)
 				if err != nil {
 					return err

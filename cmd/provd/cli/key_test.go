@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm/keyfile"
 )
@@ -120,13 +120,13 @@ func TestKeyCommands(t *testing.T) {
 	provd(0, "key", "decrypt", "fw2", "--in", p("msg.oaep"), "--out", p("msg.plain2"))
 
 	// Refusals and their exit codes.
-	provd(cli.ExitNotPermitted, "key", "create", "weak", "--type", "rsa-1024")
-	provd(cli.ExitNotPermitted, "key", "derive", "r", "--label", "l", "--type", "rsa-2048")
-	provd(cli.ExitNotPermitted, "key", "sign", "tls", "--in", p("msg"), "--hash", "sha1")
-	provd(cli.ExitNotPermitted, "key", "export-blob", "tls", "--out", p("x.pem"))
-	provd(cli.ExitNotFound, "key", "sign", "nope", "--in", p("msg"))
-	provd(cli.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
-	provd(cli.ExitUsage, "key", "sign", "tls")
+	provd(api.ExitNotPermitted, "key", "create", "weak", "--type", "rsa-1024")
+	provd(api.ExitNotPermitted, "key", "derive", "r", "--label", "l", "--type", "rsa-2048")
+	provd(api.ExitNotPermitted, "key", "sign", "tls", "--in", p("msg"), "--hash", "sha1")
+	provd(api.ExitNotPermitted, "key", "export-blob", "tls", "--out", p("x.pem"))
+	provd(api.ExitNotFound, "key", "sign", "nope", "--in", p("msg"))
+	provd(api.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
+	provd(api.ExitUsage, "key", "sign", "tls")
 
 	// PCR 16 changes: every key use exits 3.
 	env.Reopen()
@@ -135,10 +135,10 @@ func TestKeyCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.CloseTPM()
-	provd(cli.ExitPolicy, "key", "sign", "tls", "--in", p("msg"))
-	provd(cli.ExitPolicy, "key", "hmac", "mac", "--in", p("msg"))
-	provd(cli.ExitPolicy, "key", "decrypt", "fw", "--in", p("msg.oaep"))
-	provd(cli.ExitPolicy, "key", "csr", "tls", "--subject", "CN=x")
+	provd(api.ExitPolicy, "key", "sign", "tls", "--in", p("msg"))
+	provd(api.ExitPolicy, "key", "hmac", "mac", "--in", p("msg"))
+	provd(api.ExitPolicy, "key", "decrypt", "fw", "--in", p("msg.oaep"))
+	provd(api.ExitPolicy, "key", "csr", "tls", "--subject", "CN=x")
 	provd(0, "key", "pub", "tls") // public keys need no TPM use
 	provd(0, "key", "delete", "tls")
 	env.Reopen() // for the leak check

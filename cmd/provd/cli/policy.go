@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 )
@@ -100,7 +101,7 @@ func (a *app) policyInstallCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				res, err := ag.InstallPolicy(cmd.Context(), b)
 				if err != nil {
 					return err
@@ -124,7 +125,7 @@ func (a *app) policyShowCmd() *cobra.Command {
 		Short: "Show the PK's policy, the PCR values it needs, the current ones, and which differ",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				ps, err := ag.ShowPolicy(cmd.Context())
 				if err != nil {
 					return err
@@ -135,7 +136,7 @@ func (a *app) policyShowCmd() *cobra.Command {
 	}
 }
 
-func printPolicy(w io.Writer, ps agent.PolicyState) {
+func printPolicy(w io.Writer, ps api.PolicyState) {
 	fmt.Fprintf(w, "policy:     %s %s\n", ps.Kind, ps.Digest)
 	if s := ps.Signed; s != nil {
 		if s.Installed {

@@ -11,13 +11,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 )
 
 // withAgent runs fn on the daemon when its socket answers and no TPM is
 // named (--tpm or $PROVD_TPM); otherwise it opens the TPM and the state and
 // runs fn in-process. Both give the same results and exit codes.
-func (a *app) withAgent(ctx context.Context, fn func(agent.API) error) error {
+func (a *app) withAgent(ctx context.Context, fn func(api.Service) error) error {
 	if c := a.daemon(ctx); c != nil {
 		defer c.Close()
 		return fn(c)
@@ -101,7 +102,7 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
 			if err != nil {
 				return err
 			}
-			req := agent.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force}
+			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force}
 			if valuesFile != "" && signerFile != "" {
 				return usageError(fmt.Errorf("--pcr-values and --policy-signer exclude each other"))
 			}
@@ -121,7 +122,7 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
 					return err
 				}
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				res, err := ag.Provision(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -163,8 +164,8 @@ The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
 			if !yes {
 				return usageError(fmt.Errorf("zeroize destroys every key: pass --yes"))
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
-				res, err := ag.Zeroize(cmd.Context(), agent.ZeroizeOptions{SRK: srk})
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				res, err := ag.Zeroize(cmd.Context(), api.ZeroizeOptions{SRK: srk})
 				if err != nil {
 					return err
 				}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -64,7 +65,7 @@ func TestPCRChangeLocksThePKExit3(t *testing.T) {
 		{"seal", "--in", secret, "--out", sealed + "2"},
 	} {
 		_, stderr, code := c.run(args...)
-		if code != cli.ExitPolicy || !strings.Contains(stderr, "PCR 16") {
+		if code != api.ExitPolicy || !strings.Contains(stderr, "PCR 16") {
 			t.Errorf("provd %s: exit %d, want 3 naming PCR 16: %s", args[0], code, stderr)
 		}
 	}
@@ -76,8 +77,8 @@ func TestPCRChangeLocksThePKExit3(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ps); err != nil || ps.Satisfied || len(ps.Differ) != 1 || ps.Differ[0] != 16 {
 		t.Fatalf("policy show: %s", out)
 	}
-	if _, stderr, code := c.run("provision"); code != cli.ExitConflict {
-		t.Errorf("second provision: exit %d (%s), want %d", code, stderr, cli.ExitConflict)
+	if _, stderr, code := c.run("provision"); code != api.ExitConflict {
+		t.Errorf("second provision: exit %d (%s), want %d", code, stderr, api.ExitConflict)
 	}
 }
 
@@ -111,8 +112,8 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, stderr, code := c.run("audit", "verify")
-			if code != cli.ExitTampered {
-				t.Errorf("audit verify on a %s log: exit %d, want %d (%s)", tc.name, code, cli.ExitTampered, stderr)
+			if code != api.ExitTampered {
+				t.Errorf("audit verify on a %s log: exit %d, want %d (%s)", tc.name, code, api.ExitTampered, stderr)
 			}
 		})
 	}
@@ -129,7 +130,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 		return
 	}
 	c := newCLIEnv(t)
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	rng := rand.New(rand.NewPCG(swtpmtest.Seed(t), 1))
 	kills, repairs, provisioned := 0, 0, 0
 	for i := 0; i < 12; i++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestKillDuringProvisionLeavesValidState$")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/tpm"
 )
 
@@ -50,7 +51,7 @@ func Main(ctx context.Context, args []string, deps Deps) int {
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
-		return ExitOK
+		return api.ExitOK
 	}
 	fmt.Fprintf(deps.Stderr, "provd: %v\n", err)
 	return ExitCode(err)

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 )
 
 func (a *app) sealCmd() *cobra.Command {
@@ -38,13 +38,13 @@ docs/formats.md.`,
 				return err
 			}
 			defer clear(data)
-			req := agent.SealRequest{Data: data, Bank: bank, PCRs: pcrs}
+			req := api.SealRequest{Data: data, Bank: bank, PCRs: pcrs}
 			if signerFile != "" {
 				if req.Signer, err = readSignerPub(signerFile); err != nil {
 					return err
 				}
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				blob, err := ag.Seal(cmd.Context(), req)
 				if err != nil {
 					return err
@@ -82,7 +82,7 @@ func (a *app) unsealCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				secret, err := ag.Unseal(cmd.Context(), blob)
 				if err != nil {
 					return err

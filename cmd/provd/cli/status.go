@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 )
 
 func (a *app) statusCmd() *cobra.Command {
@@ -15,7 +15,7 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Provisioned or not, the PK, its policy against the current PCRs, keys, audit chain",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				s, err := ag.Status(cmd.Context())
 				if err != nil {
 					return err
@@ -52,10 +52,10 @@ func (a *app) auditCmd() *cobra.Command {
 		Short: "Print the audit trail's records",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				// A trail that fails verification is shown as far as it
 				// parses, then the failure (exit 14).
-				recs, err := ag.AuditRecords()
+				recs, err := ag.AuditRecords(cmd.Context())
 				if len(recs) == 0 && err != nil {
 					return err
 				}
@@ -74,8 +74,8 @@ func (a *app) auditCmd() *cobra.Command {
 		Short: "Replay the audit chain and compare it with the TPM's NV anchor (exit 14 when tampered)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
-				rep, err := ag.AuditVerify()
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				rep, err := ag.AuditVerify(cmd.Context())
 				if err != nil {
 					return err
 				}
@@ -96,8 +96,8 @@ The latter cannot be told apart from a forged line, so it is accepted only with
 else is tampering: refused, exit 14. The repair itself is recorded.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withAgent(cmd.Context(), func(ag agent.API) error {
-				rep, err := ag.AuditRepair(anchorLast)
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				rep, err := ag.AuditRepair(cmd.Context(), anchorLast)
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package server_test
+package api_test
 
 import (
 	"context"
@@ -15,58 +15,54 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
-	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 
-// The CLI's exit code, in-process, for the sentinels the review found
+// The exit code, in-process, for the sentinels the review found
 // missing from one table or the other, and for the ones that were there.
 func TestExitCodeOfSentinels(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
 		code int
 	}{
-		{audit.ErrTampered, cli.ExitTampered},
-		{audit.ErrUnanchored, cli.ExitTampered},
-		{audit.ErrTornTail, cli.ExitTampered},
-		{audit.ErrLocked, cli.ExitState},
-		{store.ErrLocked, cli.ExitState},
-		{store.ErrNotFound, cli.ExitNotFound},
-		{store.ErrInvalidName, cli.ExitUsage},
-		{agent.ErrBusy, cli.ExitTPMResources},
-		{agent.ErrRefused, cli.ExitNotPermitted},
-		{agent.ErrNotExtractable, cli.ExitNotPermitted},
-		{tpm.ErrPolicyNotSatisfied, cli.ExitPolicy},
-		{agent.ErrTampered, cli.ExitTampered},
-		{agent.ErrNotProvisioned, cli.ExitNotProvisioned},
-		{agent.ErrKeyExists, cli.ExitConflict},
-		{policy.ErrNotApproved, cli.ExitNotPermitted},
-		{agent.ErrBadInput, cli.ExitUsage},
-		{store.ErrCorrupt, cli.ExitState},
-		{tpm.ErrLockout, cli.ExitLockout},
-		{tpm.ErrNoTPM, cli.ExitNoTPM},
-		{tpm.ErrNoMemory, cli.ExitTPMResources},
-		{tpm.ErrSRKMismatch, cli.ExitConflict},
-		{context.DeadlineExceeded, cli.ExitError},
-		{context.Canceled, cli.ExitInterrupted},
-		{errors.New("anything else"), cli.ExitError},
+		{audit.ErrTampered, api.ExitTampered},
+		{audit.ErrUnanchored, api.ExitTampered},
+		{audit.ErrTornTail, api.ExitTampered},
+		{audit.ErrLocked, api.ExitState},
+		{store.ErrLocked, api.ExitState},
+		{store.ErrNotFound, api.ExitNotFound},
+		{store.ErrInvalidName, api.ExitUsage},
+		{api.ErrBusy, api.ExitTPMResources},
+		{api.ErrRefused, api.ExitNotPermitted},
+		{api.ErrNotExtractable, api.ExitNotPermitted},
+		{tpm.ErrPolicyNotSatisfied, api.ExitPolicy},
+		{api.ErrTampered, api.ExitTampered},
+		{api.ErrNotProvisioned, api.ExitNotProvisioned},
+		{api.ErrKeyExists, api.ExitConflict},
+		{policy.ErrNotApproved, api.ExitNotPermitted},
+		{api.ErrBadInput, api.ExitUsage},
+		{store.ErrCorrupt, api.ExitState},
+		{tpm.ErrLockout, api.ExitLockout},
+		{tpm.ErrNoTPM, api.ExitNoTPM},
+		{tpm.ErrNoMemory, api.ExitTPMResources},
+		{tpm.ErrSRKMismatch, api.ExitConflict},
+		{context.DeadlineExceeded, api.ExitError},
+		{context.Canceled, api.ExitInterrupted},
+		{errors.New("anything else"), api.ExitError},
 	} {
 		err := fmt.Errorf("doing something: %w", tc.err)
-		if got := cli.ExitCode(err); got != tc.code {
-			t.Errorf("exit code for %v: %d, want %d", tc.err, got, tc.code)
-		}
-		if got := agent.ExitCode(err); got != tc.code {
-			t.Errorf("agent.ExitCode for %v: %d, want %d", tc.err, got, tc.code)
+		if got := api.ExitCode(err); got != tc.code {
+			t.Errorf("api.ExitCode for %v: %d, want %d", tc.err, got, tc.code)
 		}
 	}
 	// A verify error of the audit log is its kind and ErrTampered.
 	verr := &audit.VerifyError{Line: 3, Kind: audit.ErrUnanchored, Reason: "test"}
-	if got := cli.ExitCode(fmt.Errorf("audit verify: %w", verr)); got != cli.ExitTampered {
-		t.Errorf("exit code for %v: %d, want %d", verr, got, cli.ExitTampered)
+	if got := api.ExitCode(fmt.Errorf("audit verify: %w", verr)); got != api.ExitTampered {
+		t.Errorf("exit code for %v: %d, want %d", verr, got, api.ExitTampered)
 	}
 }
 
@@ -74,16 +70,19 @@ func TestExitCodeOfSentinels(t *testing.T) {
 // name, and every exit code one of the documented constants.
 func TestKindsTable(t *testing.T) {
 	names := map[string]bool{}
-	for _, k := range agent.Kinds() {
+	for _, k := range api.Kinds() {
 		if names[k.Name] {
 			t.Errorf("kind %q twice", k.Name)
 		}
 		names[k.Name] = true
-		if agent.KindError(k.Name) != k.Err {
+		if api.KindError(k.Name) != k.Err {
 			t.Errorf("KindError(%q) is not its sentinel", k.Name)
 		}
-		if k.Exit == cli.ExitOK || !slices.Contains(agent.ErrorKinds(k.Err), k.Name) {
-			t.Errorf("kind %q: exit %d, kinds of its sentinel %v", k.Name, k.Exit, agent.ErrorKinds(k.Err))
+		if k.HTTP < 400 {
+			t.Errorf("kind %q: HTTP status %d", k.Name, k.HTTP)
+		}
+		if k.Exit == api.ExitOK || !slices.Contains(api.ErrorKinds(k.Err), k.Name) {
+			t.Errorf("kind %q: exit %d, kinds of its sentinel %v", k.Name, k.Exit, api.ErrorKinds(k.Err))
 		}
 	}
 }
@@ -96,25 +95,25 @@ var notOnTheWire = map[string]string{
 	"store.ErrReadOnly":        "a bug: a write inside View",
 	"tpm.ErrNVUninitialized":   "the agent maps it (audit.ErrAnchorEmpty, not provisioned)",
 	"tpm.ErrTransport":         "an I/O failure talking to the TPM: exit 1, the message says what failed",
-	"policy.ErrNoSignedPolicy": "travels inside *agent.PolicyError, which is policy_not_satisfied",
-	"policy.ErrBadSignature":   "policy install maps it to agent.ErrNotPermitted (not_permitted, exit 5)",
+	"policy.ErrNoSignedPolicy": "travels inside *api.PolicyError, which is policy_not_satisfied",
+	"policy.ErrBadSignature":   "policy install maps it to api.ErrNotPermitted (not_permitted, exit 5)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in
 // the kinds table or in notOnTheWire: the two hand-kept tables that drifted
 // apart are one now, and this keeps new sentinels from being forgotten.
 func TestEverySentinelHasAKind(t *testing.T) {
-	root := filepath.Join("..", "..")
+	root := ".."
 	inTable := map[error]bool{}
-	for _, k := range agent.Kinds() {
+	for _, k := range api.Kinds() {
 		inTable[k.Err] = true
 	}
 	// The sentinels, by qualified name, as the packages export them.
 	exported := map[string]error{
-		"agent.ErrNotProvisioned": agent.ErrNotProvisioned, "agent.ErrAlreadyProvisioned": agent.ErrAlreadyProvisioned,
-		"agent.ErrNotPermitted": agent.ErrNotPermitted, "agent.ErrNotFound": agent.ErrNotFound, "agent.ErrBadInput": agent.ErrBadInput,
-		"agent.ErrRefused": agent.ErrRefused, "agent.ErrBusy": agent.ErrBusy, "agent.ErrNotExtractable": agent.ErrNotExtractable,
-		"agent.ErrKeyExists": agent.ErrKeyExists, "agent.ErrTampered": agent.ErrTampered,
+		"api.ErrNotProvisioned": api.ErrNotProvisioned, "api.ErrAlreadyProvisioned": api.ErrAlreadyProvisioned,
+		"api.ErrNotPermitted": api.ErrNotPermitted, "api.ErrNotFound": api.ErrNotFound, "api.ErrBadInput": api.ErrBadInput,
+		"api.ErrRefused": api.ErrRefused, "api.ErrBusy": api.ErrBusy, "api.ErrNotExtractable": api.ErrNotExtractable,
+		"api.ErrKeyExists": api.ErrKeyExists, "api.ErrTampered": api.ErrTampered,
 		"audit.ErrTampered": audit.ErrTampered, "audit.ErrUnanchored": audit.ErrUnanchored, "audit.ErrTornTail": audit.ErrTornTail,
 		"audit.ErrLocked": audit.ErrLocked,
 		"store.ErrLocked": store.ErrLocked, "store.ErrUnknownSchema": store.ErrUnknownSchema, "store.ErrCorrupt": store.ErrCorrupt,
@@ -125,7 +124,7 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"policy.ErrNotApproved": policy.ErrNotApproved,
 	}
 	found := map[string]bool{}
-	for pkg, dir := range map[string]string{"agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy"} {
+	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy"} {
 		for _, name := range sentinelsIn(t, filepath.Join(root, dir)) {
 			q := pkg + "." + name
 			found[q] = true
@@ -134,12 +133,12 @@ func TestEverySentinelHasAKind(t *testing.T) {
 			}
 			err, ok := exported[q]
 			if !ok {
-				t.Errorf("%s is an exported sentinel this test does not know: add it to agent's kinds table (agent/api.go) "+
+				t.Errorf("%s is an exported sentinel this test does not know: add it to the kinds table (api/kinds.go) "+
 					"with its exit code, docs/exit-codes.md and docs/api.md, and to this test; or to notOnTheWire with the reason", q)
 				continue
 			}
 			if !inTable[err] {
-				t.Errorf("%s is not in agent's kinds table (agent/api.go)", q)
+				t.Errorf("%s is not in the kinds table (api/kinds.go)", q)
 			}
 		}
 	}
@@ -188,14 +187,14 @@ func sentinelsIn(t *testing.T, dir string) []string {
 // docs/exit-codes.md lists, for each code, exactly the kinds the table gives
 // it, and docs/api.md lists every kind in table order.
 func TestKindsDocumented(t *testing.T) {
-	root := filepath.Join("..", "..")
+	root := ".."
 	b, err := os.ReadFile(filepath.Join(root, "docs", "exit-codes.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[int][]string{}
 	var order []string
-	for _, k := range agent.Kinds() {
+	for _, k := range api.Kinds() {
 		want[k.Exit] = append(want[k.Exit], k.Name)
 		order = append(order, k.Name)
 	}

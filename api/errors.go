@@ -1,0 +1,68 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/provd/provd/tpm"
+)
+
+// Sentinels of the agent's expected outcomes. Callers decide with errors.Is;
+// the kinds table (kinds.go) gives each its wire name and exit code.
+var (
+	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
+	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
+	ErrNotPermitted       = errors.New("not permitted")
+	ErrNotFound           = errors.New("not found")
+	ErrBadInput           = errors.New("bad input")
+
+	// ErrNotExtractable: the key was not created extractable, so nothing can
+	// take it out of the TPM; that was decided at its creation.
+	ErrNotExtractable = fmt.Errorf("%w: key is not extractable", ErrNotPermitted)
+	// ErrKeyExists: a key of that name exists already.
+	ErrKeyExists = errors.New("key name already taken")
+	// ErrTampered: a blob, the state or the audit trail failed its integrity
+	// check (exit code 14).
+	ErrTampered = errors.New("integrity check failed")
+
+	// ErrRefused: the daemon refused a request because the caller's role
+	// does not allow the operation. It is an ErrNotPermitted (exit code 5).
+	ErrRefused = fmt.Errorf("%w: the caller's role does not allow it", ErrNotPermitted)
+	// ErrBusy: the daemon's TPM queue did not reach a request before its
+	// deadline, or was full (exit code 10, as a TPM out of slots: try again).
+	ErrBusy = errors.New("TPM queue busy: the request's deadline passed while it waited")
+)
+
+// PolicyError says that the platform does not satisfy an object's policy, and
+// which PCRs differ from what the policy needs. It unwraps to
+// tpm.ErrPolicyNotSatisfied (exit code 3). It crosses the wire as the error
+// body's policy detail, so a remote caller gets the same PCR list.
+type PolicyError struct {
+	Differ []int  // PCRs whose current value differs from the policy's
+	Bank   string // their bank
+	Reason string // when not a PCR difference: e.g. a revoked signed policy
+	Err    error
+}
+
+func (e *PolicyError) Error() string {
+	var b strings.Builder
+	b.WriteString("PCR policy not satisfied")
+	if len(e.Differ) > 0 {
+		pcrs := make([]string, len(e.Differ))
+		for i, p := range e.Differ {
+			pcrs[i] = fmt.Sprint(p)
+		}
+		if len(pcrs) == 1 {
+			fmt.Fprintf(&b, ": %s PCR %s differs from the policy", e.Bank, pcrs[0])
+		} else {
+			fmt.Fprintf(&b, ": %s PCRs %s differ from the policy", e.Bank, strings.Join(pcrs, ","))
+		}
+	}
+	if e.Reason != "" {
+		b.WriteString(": " + e.Reason)
+	}
+	return b.String()
+}
+
+func (e *PolicyError) Unwrap() []error { return []error{tpm.ErrPolicyNotSatisfied, e.Err} }

@@ -1,0 +1,237 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// Exit codes of the CLI. They are a contract with scripts and systemd
+// units: documented in docs/exit-codes.md and never renumbered. They live
+// here, beside the kinds table that decides them, so that the daemon (which
+// sends the code with every error) and the in-process CLI decide alike.
+const (
+	ExitOK             = 0
+	ExitError          = 1  // anything not listed below
+	ExitUsage          = 2  // bad flags, arguments or input
+	ExitPolicy         = 3  // the PCRs (or signed policy) do not satisfy the key's policy
+	ExitLockout        = 4  // the TPM's dictionary-attack protection is locked out
+	ExitNotPermitted   = 5  // refused: not approved (FIPS mode) or not allowed for the caller's role
+	ExitNoTPM          = 6  // no TPM reachable
+	ExitNotFound       = 7  // a key, blob, state or TPM object does not exist
+	ExitState          = 8  // the state directory or audit log is locked, corrupt or of an unknown schema
+	ExitTPMFailure     = 9  // the TPM failed its self-test or is in failure mode
+	ExitTPMResources   = 10 // the TPM has no free object or session slot, or the daemon's queue is full
+	ExitBadAuth        = 11 // a TPM authorization value was wrong (counts against lockout)
+	ExitConflict       = 12 // already exists (provisioned, key name taken); use --force where offered
+	ExitNotProvisioned = 13 // `provd provision` has not run
+	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
+	ExitInterrupted    = 130
+)
+
+// Kind is one sentinel error as it travels: Name on the wire (an API
+// error's kinds), Err the sentinel, Exit the CLI's exit code for it, HTTP
+// the daemon's status when it is an error's first kind (for humans with
+// curl: clients decide on the kinds).
+type Kind struct {
+	Name string
+	Err  error
+	Exit int
+	HTTP int
+}
+
+// kinds is the one table of the sentinel errors that cross the API and
+// decide exit codes and HTTP statuses, most specific first. A remote error
+// carries every kind its cause matched, and the client rebuilds an error
+// that errors.Is each of them again; the exit code and status are the first
+// match's. A package that adds a sentinel callers must tell apart adds it
+// here (the server's tests fail for an exported sentinel that is neither
+// here nor deliberately left out), and docs/exit-codes.md and docs/api.md
+// list it.
+var kinds = []Kind{
+	{"refused", ErrRefused, ExitNotPermitted, http.StatusForbidden},
+	{"policy_not_satisfied", tpm.ErrPolicyNotSatisfied, ExitPolicy, http.StatusPreconditionFailed},
+	{"tampered", ErrTampered, ExitTampered, http.StatusInternalServerError},
+	{"audit_unanchored", audit.ErrUnanchored, ExitTampered, http.StatusInternalServerError},
+	{"audit_tampered", audit.ErrTampered, ExitTampered, http.StatusInternalServerError},
+	{"audit_torn_tail", audit.ErrTornTail, ExitTampered, http.StatusInternalServerError},
+	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned, http.StatusPreconditionFailed},
+	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},
+	{"key_exists", ErrKeyExists, ExitConflict, http.StatusConflict},
+	{"not_extractable", ErrNotExtractable, ExitNotPermitted, http.StatusForbidden},
+	{"not_permitted", ErrNotPermitted, ExitNotPermitted, http.StatusForbidden},
+	{"not_approved", policy.ErrNotApproved, ExitNotPermitted, http.StatusForbidden},
+	{"not_found", ErrNotFound, ExitNotFound, http.StatusNotFound},
+	{"bad_input", ErrBadInput, ExitUsage, http.StatusBadRequest},
+	{"busy", ErrBusy, ExitTPMResources, http.StatusServiceUnavailable},
+	{"state_locked", store.ErrLocked, ExitState, http.StatusServiceUnavailable},
+	{"audit_locked", audit.ErrLocked, ExitState, http.StatusServiceUnavailable},
+	{"state_corrupt", store.ErrCorrupt, ExitState, http.StatusInternalServerError},
+	{"state_unknown_schema", store.ErrUnknownSchema, ExitState, http.StatusInternalServerError},
+	{"state_insecure_dir", store.ErrInsecureDir, ExitState, http.StatusInternalServerError},
+	{"state_not_found", store.ErrNotFound, ExitNotFound, http.StatusNotFound},
+	{"state_invalid_name", store.ErrInvalidName, ExitUsage, http.StatusBadRequest},
+	{"tpm_lockout", tpm.ErrLockout, ExitLockout, http.StatusLocked},
+	{"no_tpm", tpm.ErrNoTPM, ExitNoTPM, http.StatusServiceUnavailable},
+	{"tpm_failure", tpm.ErrFailureMode, ExitTPMFailure, http.StatusInternalServerError},
+	{"tpm_no_memory", tpm.ErrNoMemory, ExitTPMResources, http.StatusServiceUnavailable},
+	{"tpm_bad_auth", tpm.ErrBadAuth, ExitBadAuth, http.StatusInternalServerError},
+	{"tpm_not_found", tpm.ErrNotFound, ExitNotFound, http.StatusNotFound},
+	{"srk_mismatch", tpm.ErrSRKMismatch, ExitConflict, http.StatusConflict},
+	{"tpm_unsupported", tpm.ErrUnsupported, ExitNotPermitted, http.StatusInternalServerError},
+	{"deadline_exceeded", context.DeadlineExceeded, ExitError, http.StatusServiceUnavailable},
+	{"canceled", context.Canceled, ExitInterrupted, http.StatusInternalServerError},
+}
+
+// Kinds returns a copy of the kinds table, in order.
+func Kinds() []Kind { return slices.Clone(kinds) }
+
+// ErrorKinds returns the names of every sentinel err matches, in table order.
+func ErrorKinds(err error) []string {
+	var names []string
+	for _, k := range kinds {
+		if errors.Is(err, k.Err) {
+			names = append(names, k.Name)
+		}
+	}
+	return names
+}
+
+// KindError returns the sentinel a kind names, or nil for a kind this
+// version does not know (a newer daemon's).
+func KindError(name string) error {
+	for _, k := range kinds {
+		if k.Name == name {
+			return k.Err
+		}
+	}
+	return nil
+}
+
+// ExitCode is the exit code for err: ExitOK for nil, the code the daemon
+// sent for a remote *Error, else the first matching kind's code, ExitError
+// when no kind matches.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var remote *Error
+	if errors.As(err, &remote) {
+		return remote.Code
+	}
+	for _, k := range kinds {
+		if errors.Is(err, k.Err) {
+			return k.Exit
+		}
+	}
+	return ExitError
+}
+
+// HTTPStatus is the daemon's status for an error with these kinds: the
+// first kind's, 500 for none.
+func HTTPStatus(kindNames []string) int {
+	if len(kindNames) > 0 {
+		for _, k := range kinds {
+			if k.Name == kindNames[0] {
+				return k.HTTP
+			}
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+// ErrorBody is every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail says what failed, in words and for machines: Kinds are the
+// sentinels the error matched (ErrorKinds), ExitCode the CLI's exit code for
+// it, Policy the PCRs when a policy was not satisfied.
+type ErrorDetail struct {
+	Message  string        `json:"message"`
+	Kinds    []string      `json:"kinds"`
+	ExitCode int           `json:"exit_code"`
+	Policy   *PolicyDetail `json:"policy,omitempty"`
+}
+
+// PolicyDetail is PolicyError on the wire.
+type PolicyDetail struct {
+	Differ []int  `json:"pcrs_differ,omitempty"`
+	Bank   string `json:"bank,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// NewErrorBody is the wire form of err: its message, kinds, exit code
+// (exitCode(err); nil: ExitCode) and policy details.
+func NewErrorBody(err error, exitCode func(error) int) ErrorBody {
+	if exitCode == nil {
+		exitCode = ExitCode
+	}
+	d := ErrorDetail{Message: err.Error(), Kinds: ErrorKinds(err), ExitCode: exitCode(err)}
+	if d.Kinds == nil {
+		d.Kinds = []string{}
+	}
+	var pe *PolicyError
+	if errors.As(err, &pe) {
+		d.Policy = &PolicyDetail{Differ: pe.Differ, Bank: pe.Bank, Reason: pe.Reason}
+	}
+	return ErrorBody{Error: d}
+}
+
+// Error is an error the daemon reported, rebuilt on the caller's side: it
+// errors.Is the same sentinels the daemon's error matched and carries the
+// exit code the in-process CLI would have used.
+type Error struct {
+	Message string
+	Kinds   []string
+	Code    int
+	// Status is the HTTP status.
+	Status int
+	policy *PolicyError
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// ExitCode is the exit code the daemon computed for the error.
+func (e *Error) ExitCode() int { return e.Code }
+
+// Unwrap yields the sentinels of Kinds and, for an unmet policy, a
+// *PolicyError with the PCRs that differ.
+func (e *Error) Unwrap() []error {
+	var errs []error
+	if e.policy != nil {
+		errs = append(errs, e.policy)
+	}
+	for _, k := range e.Kinds {
+		if s := KindError(k); s != nil {
+			errs = append(errs, s)
+		}
+	}
+	return errs
+}
+
+// DecodeError rebuilds the error of a response with a non-200 status. A
+// body that is not an ErrorBody (a proxy's, a crash's) is still an *Error,
+// with the status and the start of the body as its message.
+func DecodeError(status int, body []byte) *Error {
+	var eb ErrorBody
+	if err := json.Unmarshal(body, &eb); err != nil || eb.Error.Message == "" {
+		return &Error{Message: fmt.Sprintf("daemon answered HTTP %d: %.200s", status, strings.TrimSpace(string(body))), Code: ExitError, Status: status}
+	}
+	d := eb.Error
+	e := &Error{Message: d.Message, Kinds: d.Kinds, Code: d.ExitCode, Status: status}
+	if d.Policy != nil {
+		e.policy = &PolicyError{Differ: d.Policy.Differ, Bank: d.Policy.Bank, Reason: d.Policy.Reason, Err: errors.New(d.Message)}
+	}
+	return e
+}

@@ -1,0 +1,268 @@
+package api
+
+import (
+	"crypto"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/provd/provd/internal/strictjson"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// ProvisionRequest says how to seal the PK: POST /v1/provision.
+type ProvisionRequest struct {
+	// Bank and PCRs select the PCRs of a plain PCR policy over their current
+	// values (default: sha256, 0,2,4,7).
+	Bank policy.Bank
+	PCRs []int
+	// Values, when set, are golden values to seal to instead of the current
+	// ones (provisioning in a factory before the final firmware is measured).
+	Values *policy.PCRValues
+	// Signer, when set, makes the PK's policy PolicyAuthorize(Signer): the
+	// signer approves PCR values later with signed policies.
+	Signer crypto.PublicKey
+	// Force zeroizes an existing PK first.
+	Force bool
+}
+
+// provisionJSON is ProvisionRequest on the wire: pcr_values in the file form
+// of docs/policy.md, policy_signer a PEM public key.
+type provisionJSON struct {
+	Bank      string          `json:"bank,omitempty"`
+	PCRs      []int           `json:"pcrs,omitempty"`
+	PCRValues json.RawMessage `json:"pcr_values,omitempty"`
+	Signer    string          `json:"policy_signer,omitempty"`
+	Force     bool            `json:"force,omitempty"`
+}
+
+func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
+	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Force: r.Force}
+	if r.Values != nil {
+		b, err := r.Values.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		w.PCRValues = b
+	}
+	var err error
+	if w.Signer, err = signerPEM(r.Signer); err != nil {
+		return nil, err
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes strictly; a malformed field is ErrBadInput.
+func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
+	var w provisionJSON
+	if err := strictjson.Decode(b, &w); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	*r = ProvisionRequest{PCRs: w.PCRs, Force: w.Force}
+	var err error
+	if r.Bank, err = parseBank(w.Bank); err != nil {
+		return err
+	}
+	if len(w.PCRValues) > 0 {
+		v, err := policy.ParsePCRValues(w.PCRValues)
+		if err != nil {
+			return fmt.Errorf("%w: pcr_values: %v", ErrBadInput, err)
+		}
+		r.Values = &v
+	}
+	r.Signer, err = parseSigner(w.Signer)
+	return err
+}
+
+// DefaultPCRs are the PCRs a plain PCR policy covers by default: firmware
+// code (0), option ROM code (2), boot loader (4) and Secure Boot state (7).
+var DefaultPCRs = []int{0, 2, 4, 7}
+
+// ProvisionResult describes the new PK.
+type ProvisionResult struct {
+	PKName       string `json:"pk_name"`
+	DName        string `json:"derivation_parent_name"`
+	PolicyKind   string `json:"policy_kind"`
+	PolicyDigest string `json:"policy_digest"`
+	// Bank and PCRs of a PCR policy.
+	Bank string `json:"bank,omitempty"`
+	PCRs []int  `json:"pcrs,omitempty"`
+	// Counter is the policy counter's value for a signed policy: signed
+	// policies for this device need a version >= Counter.
+	Counter       *uint64 `json:"policy_counter,omitempty"`
+	CounterHandle string  `json:"policy_counter_handle,omitempty"`
+}
+
+// SealRequest says what to seal and to which policy: POST /v1/seal. With
+// neither PCRs nor Signer, the secret gets the PK's own policy.
+type SealRequest struct {
+	Data   []byte
+	Bank   policy.Bank
+	PCRs   []int
+	Signer crypto.PublicKey
+}
+
+type sealJSON struct {
+	Data   []byte `json:"data"`
+	Bank   string `json:"bank,omitempty"`
+	PCRs   []int  `json:"pcrs,omitempty"`
+	Signer string `json:"policy_signer,omitempty"`
+}
+
+func (r SealRequest) MarshalJSON() ([]byte, error) {
+	w := sealJSON{Data: r.Data, Bank: bankName(r.Bank), PCRs: r.PCRs}
+	var err error
+	if w.Signer, err = signerPEM(r.Signer); err != nil {
+		return nil, err
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes strictly; a malformed field is ErrBadInput.
+func (r *SealRequest) UnmarshalJSON(b []byte) error {
+	var w sealJSON
+	if err := strictjson.Decode(b, &w); err != nil {
+		clear(w.Data)
+		return fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	*r = SealRequest{Data: w.Data, PCRs: w.PCRs}
+	var err error
+	if r.Bank, err = parseBank(w.Bank); err != nil {
+		return err
+	}
+	r.Signer, err = parseSigner(w.Signer)
+	return err
+}
+
+// Wipe clears the secret.
+func (r *SealRequest) Wipe() { clear(r.Data) }
+
+// PolicyInstallResult reports an installed signed policy.
+type PolicyInstallResult struct {
+	Version   uint64 `json:"version"`
+	Counter   uint64 `json:"policy_counter"`
+	Satisfied bool   `json:"satisfied_now"`
+	Differ    []int  `json:"pcrs_differ,omitempty"`
+}
+
+// PolicyState is what `provd policy show` reports.
+type PolicyState struct {
+	Kind      string            `json:"kind"`
+	Digest    string            `json:"digest"`
+	Bank      string            `json:"bank,omitempty"`
+	Needed    map[int]string    `json:"pcrs_needed,omitempty"`
+	Current   map[int]string    `json:"pcrs_current,omitempty"`
+	Differ    []int             `json:"pcrs_differ"`
+	Satisfied bool              `json:"satisfied"`
+	Signed    *SignedPolicyInfo `json:"signed_policy,omitempty"`
+	Reason    string            `json:"reason,omitempty"`
+}
+
+// SignedPolicyInfo describes the installed signed policy.
+type SignedPolicyInfo struct {
+	Installed bool   `json:"installed"`
+	Version   uint64 `json:"version,omitempty"`
+	Counter   uint64 `json:"policy_counter"`
+	Signer    string `json:"signer_name"`
+}
+
+// Status is what `provd status` reports.
+type Status struct {
+	Provisioned  bool         `json:"provisioned"`
+	PKName       string       `json:"pk_name,omitempty"`
+	DName        string       `json:"derivation_parent_name,omitempty"`
+	PolicyKind   string       `json:"policy_kind,omitempty"`
+	PolicyDigest string       `json:"policy_digest,omitempty"`
+	Policy       *PolicyState `json:"policy,omitempty"`
+	Keys         int          `json:"keys"`
+	AuditLines   int          `json:"audit_lines"`
+	AuditHead    string       `json:"audit_head,omitempty"`
+	AuditError   string       `json:"audit_error,omitempty"`
+}
+
+// TPMInfo is what `provd tpm info` shows: the TPM as it was opened, what it
+// says about itself, and whether the Go FIPS 140-3 module is on in the
+// process that talks to it (the daemon's, through the API).
+type TPMInfo struct {
+	TPM string `json:"tpm"`
+	tpm.Info
+	GoFIPS140 bool `json:"go_fips140"`
+}
+
+// ZeroizeOptions says how far zeroize goes: POST /v1/zeroize.
+type ZeroizeOptions struct {
+	// SRK also evicts the SRK (it is recreated identically by the next
+	// provision: it is derived from the owner seed).
+	SRK bool `json:"srk,omitempty"`
+}
+
+// ZeroizeResult lists what was removed.
+type ZeroizeResult struct {
+	NVIndices  []string `json:"nv_indices_removed"`
+	Flushed    int      `json:"transient_handles_flushed"`
+	SRKEvicted bool     `json:"srk_evicted"`
+	AuditLog   string   `json:"audit_log_archived,omitempty"`
+}
+
+// Key kinds.
+const (
+	KindDerived = "derived"
+	KindCreated = "created"
+)
+
+// Key usages.
+const (
+	UsageSign    = "sign"
+	UsageECDH    = "ecdh"
+	UsageDecrypt = "decrypt"
+	UsageHMAC    = "hmac"
+)
+
+// KeyInfo describes an operational key.
+type KeyInfo struct {
+	Name        string    `json:"name"`
+	Kind        string    `json:"kind"`
+	Type        string    `json:"type"`
+	Usage       string    `json:"usage"`
+	Label       string    `json:"label,omitempty"`
+	Context     string    `json:"context,omitempty"`
+	Extractable bool      `json:"extractable"`
+	ObjectName  string    `json:"object_name"`
+	Policy      string    `json:"policy_digest"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// DefaultHash is the hash a signature with this key uses unless told
+// otherwise: SHA-384 for P-384 keys, SHA-256 for the others.
+func (k KeyInfo) DefaultHash() crypto.Hash {
+	if k.Type == "ecc-p384" {
+		return crypto.SHA384
+	}
+	return crypto.SHA256
+}
+
+// DeriveRequest asks for a derived key: POST /v1/keys/derive.
+type DeriveRequest struct {
+	Name    string `json:"name"`
+	Label   string `json:"label"`
+	Context string `json:"context,omitempty"`
+	Type    string `json:"type,omitempty"`
+	Usage   string `json:"usage,omitempty"`
+}
+
+// CreateRequest asks for a TPM-generated key under the PK: POST
+// /v1/keys/create.
+type CreateRequest struct {
+	Name        string `json:"name"`
+	Type        string `json:"type,omitempty"`
+	Usage       string `json:"usage,omitempty"`
+	Extractable bool   `json:"extractable,omitempty"`
+}
+
+// SignOptions choose the scheme and hash; zero values pick the key's
+// defaults (ECDSA; RSASSA-PKCS1-v1_5; SHA-256, SHA-384 for P-384).
+type SignOptions struct {
+	Scheme string
+	Hash   crypto.Hash
+}
