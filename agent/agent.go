@@ -21,6 +21,7 @@ import (
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
+	"github.com/provd/provd/tpm/objcache"
 )
 
 // NV indices provd defines, in the owner range (TCG Handles registry). Fixed
@@ -52,15 +53,16 @@ type Config struct {
 // connection with a few object slots, the key cache and the audit trail.
 // Who asked travels with each call (api.WithCaller), never on the Agent.
 type Agent struct {
-	mu    sync.Mutex // held for one operation (lock)
-	t     *tpm.TPM
-	st    *store.Store
-	log   *slog.Logger
-	uid   int // the caller when ctx names none (Config.UID)
-	now   func() time.Time
-	audit *audit.Log
-	dir   string
-	keys  keyCache // operational keys kept loaded or context-saved (keys_cache.go)
+	mu     sync.Mutex // held for one operation (lock)
+	t      *tpm.TPM
+	st     *store.Store
+	log    *slog.Logger
+	uid    int // the caller when ctx names none (Config.UID)
+	now    func() time.Time
+	audit  *audit.Log
+	dir    string
+	keys   *objcache.Cache // operational keys kept loaded or context-saved
+	signed signedCache     // the installed signed policy, parsed and verified
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.
@@ -82,7 +84,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir}
+	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
+		keys: objcache.New(cfg.TPM, objcache.Options{})}
 	return a, nil
 }
 
@@ -122,7 +125,7 @@ func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
 	defer a.lock()()
-	err := a.closeKeys()
+	err := a.keys.Close()
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())
 	}

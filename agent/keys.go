@@ -239,6 +239,10 @@ type keyRecord struct {
 
 func keyRecName(name string) string { return keyPrefix + name }
 
+// cacheID says which object a cached key is: a record replaced under the
+// same name (deleted and made again, a new PK) is another object.
+func (r keyRecord) cacheID() string { return r.PK + "/" + r.Object }
+
 func (r keyRecord) info() api.KeyInfo {
 	return api.KeyInfo{Name: r.Name, Kind: r.Kind, Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context,
 		Extractable: r.Extractable, ObjectName: r.Object, Policy: r.Policy, CreatedAt: r.CreatedAt}
@@ -347,8 +351,6 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 	if req.Label == "" || len(req.Label) > maxLabel || len(req.Context) > maxLabel {
 		return api.KeyInfo{}, fmt.Errorf("%w: --label (1-%d bytes) and --context (0-%d bytes)", api.ErrBadInput, maxLabel, maxLabel)
 	}
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
 	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, true)
 	if err != nil {
 		return api.KeyInfo{}, err
@@ -366,7 +368,7 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 	tmpl.ObjectAttributes.SensitiveDataOrigin = false
 	rec.Template = tpm2.Marshal(tmpl)
 	ks.rec = rec
-	if err := a.keys.evictResident(a.t); err != nil {
+	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
 	obj, err := a.deriveObject(ctx, ks)
@@ -379,7 +381,7 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 	if err := a.commitKey(ctx, rec, nil); err != nil {
 		return api.KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
-	a.keys.put(a.t, req.Name, rec, obj)
+	a.keys.Put(req.Name, rec.cacheID(), obj)
 	return rec.info(), nil
 }
 
@@ -399,8 +401,6 @@ func (a *Agent) CreateKey(ctx context.Context, req api.CreateRequest) (api.KeyIn
 }
 
 func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects map[string]string) (api.KeyInfo, error) {
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
 	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, false)
 	if err != nil {
 		return api.KeyInfo{}, err
@@ -412,7 +412,7 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	tmpl := kt.createdTemplate(usage, digest, req.Extractable)
 	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
-	if err := a.keys.evictResident(a.t); err != nil {
+	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
 	var blob tpm.Blob
@@ -445,9 +445,9 @@ func (a *Agent) DeleteKey(ctx context.Context, name string) error {
 		if err := checkKeyName(name); err != nil {
 			return err
 		}
-		a.keys.mu.Lock()
-		defer a.keys.mu.Unlock()
-		a.keys.drop(a.t, name)
+		if err := a.keys.Drop(name); err != nil {
+			return err
+		}
 		return a.st.Update(ctx, func(tx *store.Tx) error {
 			if _, err := tx.GetRaw(keyRecName(name)); errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("%w: key %q", api.ErrNotFound, name)

@@ -97,8 +97,6 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if err != nil {
 		return api.KeyInfo{}, fmt.Errorf("%w: key file public area: %v", api.ErrBadInput, err)
 	}
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
 	ks, err := a.freshKeyState(ctx, name)
 	if err != nil {
 		return api.KeyInfo{}, err
@@ -116,7 +114,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 		PK: ks.pk.state.Name, Object: hex.EncodeToString(objName.Buffer), Public: tpm2.Marshal(blob.Public),
 		Policy: hex.EncodeToString(tmpl.AuthPolicy.Buffer), Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC()}
 	objects["object_name"] = rec.Object
-	if err := a.keys.evictResident(a.t); err != nil {
+	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
 	ks.rec, ks.keyBlob = rec, blob.Marshal()
@@ -131,7 +129,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if err := a.commitKey(ctx, rec, ks.keyBlob); err != nil {
 		return api.KeyInfo{}, errors.Join(err, a.t.Flush(obj.Handle))
 	}
-	a.keys.put(a.t, name, rec, obj)
+	a.keys.Put(name, rec.cacheID(), obj)
 	return rec.info(), nil
 }
 

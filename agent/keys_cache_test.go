@@ -15,22 +15,17 @@ import (
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm/objcache"
 )
 
-// checkCache fails t unless the cache's LRU order names exactly its entries.
+// checkCache fails t unless the cache holds at most one resident key, and
+// k1 and k2 once each.
 func checkCache(t *testing.T, a *Agent) {
 	t.Helper()
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
-	var names []string
-	for n := range a.keys.entries {
-		names = append(names, n)
-	}
-	order := slices.Clone(a.keys.order)
+	names := a.keys.Names()
 	slices.Sort(names)
-	slices.Sort(order)
-	if !slices.Equal(names, order) {
-		t.Errorf("key cache: entries %v, LRU order %v", names, order)
+	if a.keys.Resident() > objcache.DefaultMaxResident || !slices.Equal(names, []string{"k1", "k2"}) {
+		t.Errorf("key cache: %d resident, names %v", a.keys.Resident(), names)
 	}
 }
 

@@ -23,8 +23,6 @@ import (
 func duplicate(t *testing.T, a *Agent, name string) error {
 	t.Helper()
 	ctx := context.Background()
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
 	ks, err := a.readKeyState(ctx, name, true)
 	if err != nil {
 		return err
@@ -82,8 +80,14 @@ func TestNotExtractableForever(t *testing.T) {
 	if err := duplicate(t, a, "ext"); err != nil {
 		t.Fatalf("duplicating the extractable key: %v", err)
 	}
-	if err := duplicate(t, a, "fixed"); err == nil {
-		t.Fatal("the TPM duplicated a key created without --extractable")
+	// The fixed key's policy has no Duplicate branch and the TPM demands
+	// one for the DUP role (even a session that satisfies the key's own
+	// policy fails there), so TPM2_Duplicate fails its authorization:
+	// TPM_RC_POLICY_FAIL, before fixedParent (TPM_RC_ATTRIBUTES) is looked at.
+	err = duplicate(t, a, "fixed")
+	var te *tpm.Error
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) || !errors.As(err, &te) || te.Command != "TPM2_Duplicate" {
+		t.Fatalf("duplicating a key created without --extractable: %v, want TPM2_Duplicate to fail with TPM_RC_POLICY_FAIL", err)
 	}
 
 	// The attacker edits the state (consistently: blob, manifest, record)
@@ -132,7 +136,7 @@ func TestNotExtractableForever(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.closeKeys(); err != nil { // drop the cached (genuine) copy
+	if err := a.keys.Close(); err != nil { // drop the cached (genuine) copy
 		t.Fatal(err)
 	}
 	err = duplicate(t, a, "fixed")

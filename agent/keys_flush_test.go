@@ -102,7 +102,7 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 	}
 	for _, o := range ops {
 		for n := 0; ; n++ {
-			if err := a.closeKeys(); err != nil { // start cold: the full load path
+			if err := a.keys.Close(); err != nil { // start cold: the full load path
 				t.Fatal(err)
 			}
 			fault.arm(n)
@@ -115,7 +115,7 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 				t.Logf("%s: %d flushes failed in turn", o.name, n)
 				break
 			}
-			if cerr := a.closeKeys(); cerr != nil && !errors.Is(cerr, errLostResponse) {
+			if cerr := a.keys.Close(); cerr != nil && !errors.Is(cerr, errLostResponse) {
 				t.Fatal(cerr)
 			}
 			left, lerr := env.TPM.Leftovers()

@@ -22,7 +22,7 @@ func TestSwappedPKBlobIsTampered(t *testing.T) {
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.closeKeys(); err != nil {
+	if err := a.keys.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// Another object under the same SRK: it loads, but its name is not the PK's.

@@ -122,29 +122,10 @@ func (a *Agent) loadCreated(ks keyState) (tpm.Object, error) {
 // whether a cached handle was used (a stale one is retried once).
 func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fromCache bool, err error) {
 	name := ks.rec.Name
-	e, err := a.keys.lookup(a.t, name, ks.rec)
-	if err != nil {
-		return obj, false, err
+	if obj, ok, err := a.keys.Get(name, ks.rec.cacheID()); err != nil || ok {
+		return obj, ok, err
 	}
-	if e != nil {
-		if e.saved == nil {
-			a.keys.touch(name)
-			return e.obj, true, nil
-		}
-		if err := a.keys.makeRoom(a.t); err != nil {
-			return obj, false, err
-		}
-		h, err := a.t.ContextLoad(*e.saved)
-		if err == nil {
-			e.obj.Handle, e.saved = h, nil
-			a.keys.put(a.t, name, ks.rec, e.obj)
-			return e.obj, true, nil
-		}
-		// Saved before a TPM reset (TPM_RC_INTEGRITY), or otherwise gone:
-		// load it afresh.
-		a.keys.forget(name)
-	}
-	if err := a.keys.evictResident(a.t); err != nil {
+	if err := a.keys.EvictResident(); err != nil {
 		return obj, false, err
 	}
 	switch ks.rec.Kind {
@@ -158,7 +139,7 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 	if err != nil {
 		return obj, false, err
 	}
-	a.keys.put(a.t, name, ks.rec, obj)
+	a.keys.Put(name, ks.rec.cacheID(), obj)
 	return obj, false, nil
 }
 
@@ -170,8 +151,6 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err := checkKeyName(name); err != nil {
 		return err
 	}
-	a.keys.mu.Lock()
-	defer a.keys.mu.Unlock()
 	ks, err := a.readKeyState(ctx, name, true)
 	if err != nil {
 		return err
@@ -197,7 +176,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		if ran && cached && attempt == 0 && errors.Is(err, tpm.ErrNotFound) {
 			// The cached handle is gone (TPM reset, flushed by someone
 			// else): forget it and load the key again.
-			a.keys.forget(name)
+			a.keys.Forget(name)
 			continue
 		}
 		return err

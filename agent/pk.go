@@ -182,7 +182,7 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	if err != nil {
 		return in, err
 	}
-	sp, err := a.keys.signed.parse(signed)
+	sp, err := a.signed.parse(signed)
 	if err != nil {
 		return in, fmt.Errorf("installed signed policy: %w", err)
 	}
@@ -193,10 +193,10 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 // withPK loads the PK under the SRK, runs fn with it, and flushes it. The PK
 // itself needs only the SRK's empty password to load; every use of it as a
 // parent needs its policy (authorize). It evicts cached keys first, to free
-// the object slots they hold; callers that hold keys.mu evict themselves and
-// use readPKInputs and withLoadedPK.
+// the object slots they hold; callers that read the PK's state in their own
+// transaction evict themselves and use readPKInputs and withLoadedPK.
 func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
-	if err := a.evictKeys(); err != nil {
+	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
 	var in pkInputs

@@ -90,7 +90,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.WriteBlob(blobPolicy, data) }); err != nil {
 		return res, err
 	}
-	a.keys.signed.reset()
+	a.signed.reset()
 	for ; c < sp.Version; c++ {
 		if err := a.t.Increment(PolicyCounterHandle); err != nil {
 			return res, err

@@ -60,7 +60,7 @@ func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) error {
 }
 
 func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult) error {
-	errs := []error{a.closeKeys()}
+	errs := []error{a.keys.Close()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.
 	left, err := a.t.Leftovers()

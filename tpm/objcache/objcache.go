@@ -1,0 +1,206 @@
+// Package objcache keeps TPM objects ready between uses, for a process that
+// lives (provd's daemon): a key used again is not loaded or derived again.
+//
+// It exists because a TPM without a resource manager (swtpm, /dev/tpm0) has
+// three transient object slots, and provd's other operations need up to
+// three of them (the PK, a child, a policy signer's key during
+// PolicyAuthorize). So at most MaxResident objects stay loaded between calls;
+// the others are context-saved (TPM2_ContextSave: encrypted and
+// integrity-protected by the TPM, useless elsewhere and after a TPM reset)
+// and loaded again with one TPM2_ContextLoad. An operation that needs every
+// slot calls EvictResident first, so the cache never holds a slot another
+// operation needs.
+//
+// The cache holds no authority: a cached object is only a handle. Whoever
+// uses one still satisfies its policy in a fresh session, so caching changes
+// the command count, never what the TPM allows.
+//
+// A Cache is not safe for concurrent use: its owner (the agent, which runs
+// one operation at a time) serializes calls, since every call may send TPM
+// commands on the owner's one connection.
+package objcache
+
+import (
+	"errors"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/tpm"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxResident = 1
+	DefaultMaxSaved    = 64
+)
+
+// Options bound a Cache; zero values take the defaults.
+type Options struct {
+	// MaxResident objects stay loaded between calls.
+	MaxResident int
+	// MaxSaved saved contexts are kept (they cost host memory only); the
+	// least recently used go first.
+	MaxSaved int
+}
+
+// Cache holds objects by name (the owner's: a key's name), each with an id
+// that says which object it is (the owner's: the parent's and the object's
+// TPM names), so that a name that now means another object is never served
+// the old one.
+type Cache struct {
+	t       *tpm.TPM
+	opts    Options
+	entries map[string]*entry
+	order   []string // least recently used first
+}
+
+type entry struct {
+	id    string
+	obj   tpm.Object
+	saved *tpm2.TPMSContext // nil while resident
+}
+
+// New returns an empty cache for t.
+func New(t *tpm.TPM, opts Options) *Cache {
+	if opts.MaxResident <= 0 {
+		opts.MaxResident = DefaultMaxResident
+	}
+	if opts.MaxSaved <= 0 {
+		opts.MaxSaved = DefaultMaxSaved
+	}
+	return &Cache{t: t, opts: opts, entries: map[string]*entry{}}
+}
+
+// Get returns the object cached as name when it is the object id names,
+// resident: already loaded, or loaded back from its saved context (after
+// making room). ok is false when there is none to serve: never cached, cached
+// for another id (that entry is dropped, its handle flushed: forgetting a
+// loaded object would leak its slot), or a saved context the TPM no longer
+// takes (saved before a TPM reset: TPM_RC_INTEGRITY). The caller then loads
+// the object and Puts it. The returned object stays the cache's.
+func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
+	e := c.entries[name]
+	if e == nil {
+		return obj, false, nil
+	}
+	if e.id != id {
+		return obj, false, c.Drop(name)
+	}
+	if e.saved == nil {
+		c.touch(name)
+		return e.obj, true, nil
+	}
+	if err := c.makeRoom(); err != nil {
+		return obj, false, err
+	}
+	h, err := c.t.ContextLoad(*e.saved)
+	if err != nil {
+		c.Forget(name)
+		return obj, false, nil
+	}
+	e.obj.Handle = h
+	c.Put(name, id, e.obj)
+	return e.obj, true, nil
+}
+
+// Put records obj, loaded, as the resident copy of name; the cache owns its
+// handle from now on. Any other entry claiming the same handle is stale (its
+// object was flushed behind the cache's back, e.g. by a TPM reset) and loses
+// it.
+func (c *Cache) Put(name, id string, obj tpm.Object) {
+	for n, e := range c.entries {
+		if n != name && e.saved == nil && e.obj.Handle == obj.Handle {
+			c.Forget(n)
+		}
+	}
+	c.entries[name] = &entry{id: id, obj: obj}
+	c.touch(name)
+	for len(c.entries) > c.opts.MaxSaved {
+		i := slices.IndexFunc(c.order, func(n string) bool { return c.entries[n].saved != nil })
+		if i < 0 {
+			break
+		}
+		delete(c.entries, c.order[i])
+		c.order = slices.Delete(c.order, i, i+1)
+	}
+}
+
+// EvictResident context-saves and flushes every resident object, freeing
+// their slots. An object whose context cannot be saved is flushed and
+// forgotten.
+func (c *Cache) EvictResident() error {
+	var errs []error
+	for n, e := range c.entries {
+		if e.saved != nil {
+			continue
+		}
+		s, err := c.t.ContextSave(e.obj.Handle)
+		if err == nil {
+			e.saved = &s
+		} else {
+			c.Forget(n)
+		}
+		if ferr := c.t.Flush(e.obj.Handle); ferr != nil && !errors.Is(ferr, tpm.ErrNotFound) {
+			errs = append(errs, ferr)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// makeRoom evicts resident objects until one more fits MaxResident.
+func (c *Cache) makeRoom() error {
+	if c.Resident() < c.opts.MaxResident {
+		return nil
+	}
+	return c.EvictResident()
+}
+
+// Drop forgets name, flushing its object when resident.
+func (c *Cache) Drop(name string) error {
+	e := c.entries[name]
+	c.Forget(name)
+	if e != nil && e.saved == nil {
+		if err := c.t.Flush(e.obj.Handle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Forget drops name without touching the TPM: its handle is gone already.
+func (c *Cache) Forget(name string) {
+	delete(c.entries, name)
+	c.order = slices.DeleteFunc(c.order, func(n string) bool { return n == name })
+}
+
+// Close flushes every resident object and forgets everything.
+func (c *Cache) Close() error {
+	var errs []error
+	for n := range c.entries {
+		if err := c.Drop(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.entries, c.order = map[string]*entry{}, nil
+	return errors.Join(errs...)
+}
+
+// Names lists the cached names, least recently used first.
+func (c *Cache) Names() []string { return slices.Clone(c.order) }
+
+// Resident reports how many objects the cache holds loaded.
+func (c *Cache) Resident() int {
+	n := 0
+	for _, e := range c.entries {
+		if e.saved == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Cache) touch(name string) {
+	c.order = slices.DeleteFunc(c.order, func(n string) bool { return n == name })
+	c.order = append(c.order, name)
+}
