@@ -3,13 +3,9 @@ package agent
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/big"
 	"slices"
 	"strings"
 	"time"
@@ -17,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -35,188 +32,6 @@ import (
 // policy in a fresh session, so a key already loaded or context-saved stops
 // working the moment the PCRs stop satisfying the PK's policy. The TPM alone
 // would check only at load and derivation.
-
-// keyType is one of the approved key types.
-type keyType struct {
-	name    string
-	alg     tpm2.TPMAlgID
-	curve   tpm2.TPMECCCurve
-	bits    int
-	derive  bool     // derivable under D
-	create  bool     // creatable under the PK
-	usages  []string // allowed; the first is the default
-	defHash crypto.Hash
-}
-
-// keyTypes are the approved types (approved mode: RSA >= 2048, ECC P-256 and
-// P-384, HMAC-SHA-256, AES-256). RSA cannot be derived by a TPM.
-var keyTypes = []keyType{
-	{name: "ecc-p256", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP256, bits: 256, derive: true, create: true, usages: []string{api.UsageSign, api.UsageECDH}, defHash: crypto.SHA256},
-	{name: "ecc-p384", alg: tpm2.TPMAlgECC, curve: tpm2.TPMECCNistP384, bits: 384, derive: true, create: true, usages: []string{api.UsageSign, api.UsageECDH}, defHash: crypto.SHA384},
-	{name: "rsa-2048", alg: tpm2.TPMAlgRSA, bits: 2048, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "rsa-3072", alg: tpm2.TPMAlgRSA, bits: 3072, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "rsa-4096", alg: tpm2.TPMAlgRSA, bits: 4096, create: true, usages: []string{api.UsageSign, api.UsageDecrypt}, defHash: crypto.SHA256},
-	{name: "hmac-sha256", alg: tpm2.TPMAlgKeyedHash, bits: 256, derive: true, usages: []string{api.UsageHMAC}, defHash: crypto.SHA256},
-	{name: "aes-256", alg: tpm2.TPMAlgSymCipher, bits: 256, derive: true, usages: []string{api.UsageDecrypt}},
-}
-
-func typeNames(ok func(keyType) bool) string {
-	var n []string
-	for _, kt := range keyTypes {
-		if ok(kt) {
-			n = append(n, kt.name)
-		}
-	}
-	return strings.Join(n, ", ")
-}
-
-// lookupType finds an approved type for derivation or creation, or explains
-// the refusal (ErrNotPermitted: exit 5).
-func lookupType(name string, derive bool) (keyType, error) {
-	for _, kt := range keyTypes {
-		if kt.name != name {
-			continue
-		}
-		if derive && !kt.derive {
-			if kt.alg == tpm2.TPMAlgRSA {
-				return kt, fmt.Errorf("%w: RSA keys cannot be derived inside a TPM; use `provd key create NAME --type %s` for a TPM-generated RSA key", api.ErrNotPermitted, name)
-			}
-			return kt, fmt.Errorf("%w: %s keys cannot be derived (derivable: %s)", api.ErrNotPermitted, name, typeNames(func(k keyType) bool { return k.derive }))
-		}
-		if !derive && !kt.create {
-			return kt, fmt.Errorf("%w: %s keys are derived, not created: use `provd key derive NAME --label L --type %s` (creatable: %s)", api.ErrNotPermitted, name, name, typeNames(func(k keyType) bool { return k.create }))
-		}
-		return kt, nil
-	}
-	return keyType{}, fmt.Errorf("%w: key type %q is not an approved type (approved: %s)", api.ErrNotPermitted, name, typeNames(func(keyType) bool { return true }))
-}
-
-// usage picks the default usage or checks the one asked for. For ECC keys
-// "decrypt" means ECDH.
-func (kt keyType) usage(u string) (string, error) {
-	if u == "" {
-		return kt.usages[0], nil
-	}
-	if u == api.UsageDecrypt && kt.alg == tpm2.TPMAlgECC {
-		u = api.UsageECDH
-	}
-	if !slices.Contains(kt.usages, u) {
-		return "", fmt.Errorf("%w: usage %q for a %s key (allowed: %s)", api.ErrBadInput, u, kt.name, strings.Join(kt.usages, ", "))
-	}
-	return u, nil
-}
-
-// template is the public area of an operational key of this type and usage
-// with authPolicy, before the origin attributes (which differ between derived
-// and created keys) are set. Schemes are TPM_ALG_NULL so that each use names
-// its (approved) scheme and hash.
-func (kt keyType) template(usage string, authPolicy []byte) tpm2.TPMTPublic {
-	attrs := tpm2.TPMAObject{
-		UserWithAuth:    false,
-		AdminWithPolicy: true,
-		NoDA:            true,
-		SignEncrypt:     usage == api.UsageSign || usage == api.UsageHMAC,
-		Decrypt:         usage == api.UsageDecrypt || usage == api.UsageECDH,
-	}
-	null := tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
-	t := tpm2.TPMTPublic{
-		Type:             kt.alg,
-		NameAlg:          tpm2.TPMAlgSHA256,
-		ObjectAttributes: attrs,
-		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
-	}
-	switch kt.alg {
-	case tpm2.TPMAlgECC:
-		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-			Symmetric: null,
-			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
-			CurveID:   kt.curve,
-			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
-		})
-		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{})
-	case tpm2.TPMAlgRSA:
-		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
-			Symmetric: null,
-			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
-			KeyBits:   tpm2.TPMKeyBits(kt.bits),
-		})
-		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{})
-	case tpm2.TPMAlgKeyedHash:
-		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
-			Scheme: tpm2.TPMTKeyedHashScheme{
-				Scheme:  tpm2.TPMAlgHMAC,
-				Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC, &tpm2.TPMSSchemeHMAC{HashAlg: tpm2.TPMAlgSHA256}),
-			},
-		})
-		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{})
-	case tpm2.TPMAlgSymCipher:
-		// Both directions of TPM2_EncryptDecrypt2: sign allows encryption,
-		// decrypt allows decryption.
-		t.ObjectAttributes.SignEncrypt = true
-		t.ObjectAttributes.Decrypt = true
-		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgSymCipher, &tpm2.TPMSSymCipherParms{
-			Sym: tpm2.TPMTSymDefObject{
-				Algorithm: tpm2.TPMAlgAES,
-				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(kt.bits)),
-				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
-			},
-		})
-		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgSymCipher, &tpm2.TPM2BDigest{})
-	}
-	return t
-}
-
-// createdTemplate is the public area provd sends to TPM2_Create for a
-// created key of this type and usage with authPolicy: the TPM generates the
-// private part (sensitiveDataOrigin); not extractable: fixedTPM|fixedParent;
-// extractable: both clear and encryptedDuplication set.
-func (kt keyType) createdTemplate(usage string, authPolicy []byte, extractable bool) tpm2.TPMTPublic {
-	t := kt.template(usage, authPolicy)
-	t.ObjectAttributes.SensitiveDataOrigin = true
-	t.ObjectAttributes.FixedTPM = !extractable
-	t.ObjectAttributes.FixedParent = !extractable
-	t.ObjectAttributes.EncryptedDuplication = extractable
-	return t
-}
-
-// typeOf recognizes the approved type of a public area (imported blobs), or
-// refuses it.
-func typeOf(pub tpm2.TPMTPublic) (keyType, string, error) {
-	var name string
-	switch pub.Type {
-	case tpm2.TPMAlgECC:
-		p, err := pub.Parameters.ECCDetail()
-		if err != nil {
-			return keyType{}, "", err
-		}
-		switch p.CurveID {
-		case tpm2.TPMECCNistP256:
-			name = "ecc-p256"
-		case tpm2.TPMECCNistP384:
-			name = "ecc-p384"
-		}
-	case tpm2.TPMAlgRSA:
-		p, err := pub.Parameters.RSADetail()
-		if err != nil {
-			return keyType{}, "", err
-		}
-		name = fmt.Sprintf("rsa-%d", p.KeyBits)
-	}
-	kt, err := lookupType(name, false)
-	if err != nil {
-		return kt, "", fmt.Errorf("%w: key blob holds a %v key that provd does not accept", api.ErrNotPermitted, pub.Type)
-	}
-	a := pub.ObjectAttributes
-	switch {
-	case a.SignEncrypt && !a.Decrypt:
-		return kt, api.UsageSign, nil
-	case a.Decrypt && !a.SignEncrypt && kt.alg == tpm2.TPMAlgECC:
-		return kt, api.UsageECDH, nil
-	case a.Decrypt && !a.SignEncrypt:
-		return kt, api.UsageDecrypt, nil
-	}
-	return kt, "", fmt.Errorf("%w: key blob's key is both sign and decrypt (or neither); provd keeps usages apart", api.ErrNotPermitted)
-}
 
 // keyRecord is the manifest record "key.NAME". Nothing in it is secret: a
 // derived key is its recipe (label, context, type, template) and a created
@@ -297,23 +112,22 @@ func (a *Agent) DeriveKey(ctx context.Context, req api.DeriveRequest) (api.KeyIn
 }
 
 // newKey checks a new key's name, type and usage, and reads the state it is
-// made in (the PK's inputs), refusing a name already taken. The caller holds
-// keys.mu.
-func (a *Agent) newKey(ctx context.Context, name, typ, usageName string, derived bool) (keyState, keyType, string, error) {
+// made in (the PK's inputs), refusing a name already taken.
+func (a *Agent) newKey(ctx context.Context, name, typ, usageName string, derived bool) (keyState, catalog.Type, string, error) {
 	if err := checkKeyName(name); err != nil {
-		return keyState{}, keyType{}, "", err
+		return keyState{}, catalog.Type{}, "", err
 	}
 	kt, err := lookupType(typ, derived)
 	if err != nil {
-		return keyState{}, keyType{}, "", err
+		return keyState{}, catalog.Type{}, "", err
 	}
-	usage, err := kt.usage(usageName)
+	usage, err := kt.Usage(usageName)
 	if err != nil {
-		return keyState{}, keyType{}, "", err
+		return keyState{}, catalog.Type{}, "", fmt.Errorf("%w: %w", api.ErrBadInput, err)
 	}
 	ks, err := a.freshKeyState(ctx, name)
 	if err != nil {
-		return keyState{}, keyType{}, "", err
+		return keyState{}, catalog.Type{}, "", err
 	}
 	return ks, kt, usage, nil
 }
@@ -349,13 +163,13 @@ func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error
 
 func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects map[string]string) (api.KeyInfo, error) {
 	if req.Label == "" || len(req.Label) > maxLabel || len(req.Context) > maxLabel {
-		return api.KeyInfo{}, fmt.Errorf("%w: --label (1-%d bytes) and --context (0-%d bytes)", api.ErrBadInput, maxLabel, maxLabel)
+		return api.KeyInfo{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", api.ErrBadInput, maxLabel, maxLabel)
 	}
 	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, true)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: kt.name, Usage: usage,
+	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: kt.Name, Usage: usage,
 		Label: req.Label, Context: req.Context, CreatedAt: a.now().UTC()}
 	rec.PK = ks.pk.state.Name
 	digest, err := keyPolicy(ks.pk.expr, false).Digest(tpm2.TPMAlgSHA256)
@@ -363,7 +177,7 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 		return api.KeyInfo{}, err
 	}
 	rec.Policy = hex.EncodeToString(digest)
-	tmpl := kt.template(usage, digest)
+	tmpl := kt.Template(usage, digest)
 	tmpl.ObjectAttributes.FixedParent = true // the TPM requires both for derived objects
 	tmpl.ObjectAttributes.SensitiveDataOrigin = false
 	rec.Template = tpm2.Marshal(tmpl)
@@ -409,8 +223,8 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	tmpl := kt.createdTemplate(usage, digest, req.Extractable)
-	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.name, Usage: usage, Extractable: req.Extractable,
+	tmpl := kt.CreatedTemplate(usage, digest, req.Extractable)
+	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.Name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
@@ -517,52 +331,21 @@ func (a *Agent) keyRecord(ctx context.Context, name string) (keyRecord, error) {
 	return r, err
 }
 
-// publicKey converts a TPM public area to a Go public key. Not go-tpm's
-// tpm2.Pub: that neither checks that an ECC point is on its curve (the public
-// area comes from a state file) nor refuses curves outside approved mode.
-func publicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
-	switch pub.Type {
-	case tpm2.TPMAlgECC:
-		parms, err := pub.Parameters.ECCDetail()
-		if err != nil {
-			return nil, err
-		}
-		pt, err := pub.Unique.ECC()
-		if err != nil {
-			return nil, err
-		}
-		var curve elliptic.Curve
-		switch parms.CurveID {
-		case tpm2.TPMECCNistP256:
-			curve = elliptic.P256()
-		case tpm2.TPMECCNistP384:
-			curve = elliptic.P384()
-		default:
-			return nil, fmt.Errorf("%w: curve %v", api.ErrNotPermitted, parms.CurveID)
-		}
-		size := (curve.Params().BitSize + 7) / 8
-		if len(pt.X.Buffer) > size || len(pt.Y.Buffer) > size {
-			return nil, fmt.Errorf("ECC point larger than the curve")
-		}
-		raw := make([]byte, 1+2*size)
-		raw[0] = 4
-		copy(raw[1+size-len(pt.X.Buffer):1+size], pt.X.Buffer)
-		copy(raw[1+2*size-len(pt.Y.Buffer):], pt.Y.Buffer)
-		return ecdsa.ParseUncompressedPublicKey(curve, raw)
-	case tpm2.TPMAlgRSA:
-		parms, err := pub.Parameters.RSADetail()
-		if err != nil {
-			return nil, err
-		}
-		n, err := pub.Unique.RSA()
-		if err != nil {
-			return nil, err
-		}
-		e := int(parms.Exponent)
-		if e == 0 {
-			e = 65537
-		}
-		return &rsa.PublicKey{N: new(big.Int).SetBytes(n.Buffer), E: e}, nil
+// lookupType finds an approved key type (catalog.Lookup); a type the catalog
+// refuses is not permitted (exit 5), the catalog's reason kept in the chain.
+func lookupType(name string, derive bool) (catalog.Type, error) {
+	kt, err := catalog.Lookup(name, derive)
+	if err != nil {
+		return kt, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
 	}
-	return nil, fmt.Errorf("%w: a %v key has no public key", api.ErrNotPermitted, pub.Type)
+	return kt, nil
+}
+
+// publicKey is catalog.PublicKey, a refusal not permitted (exit 5).
+func publicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
+	k, err := catalog.PublicKey(pub)
+	if errors.Is(err, catalog.ErrNotApproved) {
+		return nil, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
+	}
+	return k, err
 }

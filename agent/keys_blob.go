@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -61,7 +62,7 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 
 // ImportKeyBlob records the key in a "TSS2 PRIVATE KEY" file as key name. The
 // key's public area must be, its unique field aside, exactly the one provd
-// creates for a key of its type and usage under this PK (createdTemplate):
+// creates for a key of its type and usage under this PK (catalog.Type.CreatedTemplate):
 // approved type, one usage, userWithAuth clear, adminWithPolicy, noDA,
 // sensitiveDataOrigin, fixedTPM|fixedParent or encryptedDuplication, null
 // schemes, and the policy provd gives such a key (the PK's, with a
@@ -110,7 +111,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	rec := keyRecord{Name: name, Kind: api.KindCreated, Type: kt.name, Usage: usage, Extractable: extractable,
+	rec := keyRecord{Name: name, Kind: api.KindCreated, Type: kt.Name, Usage: usage, Extractable: extractable,
 		PK: ks.pk.state.Name, Object: hex.EncodeToString(objName.Buffer), Public: tpm2.Marshal(blob.Public),
 		Policy: hex.EncodeToString(tmpl.AuthPolicy.Buffer), Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC()}
 	objects["object_name"] = rec.Object
@@ -139,23 +140,23 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 // createKey would have recorded). Extractable is read from fixedTPM; every
 // other attribute, the nameAlg, the parameters and the policy must then
 // match.
-func checkImportPublic(pub tpm2.TPMTPublic, pkExpr policy.Policy) (keyType, string, tpm2.TPMTPublic, error) {
-	kt, usage, err := typeOf(pub)
+func checkImportPublic(pub tpm2.TPMTPublic, pkExpr policy.Policy) (catalog.Type, string, tpm2.TPMTPublic, error) {
+	kt, usage, err := catalog.TypeOf(pub)
 	if err != nil {
-		return kt, "", tpm2.TPMTPublic{}, err
+		return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: key blob: %w", api.ErrNotPermitted, err)
 	}
 	extractable := !pub.ObjectAttributes.FixedTPM
 	digest, err := keyPolicy(pkExpr, extractable).Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, err
 	}
-	want := kt.createdTemplate(usage, digest, extractable)
+	want := kt.CreatedTemplate(usage, digest, extractable)
 	got := pub
 	got.Unique = want.Unique
 	if bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
 		return kt, usage, want, nil
 	}
-	what := fmt.Sprintf("%s %s keys", kt.name, usage)
+	what := fmt.Sprintf("%s %s keys", kt.Name, usage)
 	if extractable {
 		what = "extractable " + what
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm/keyfile"
@@ -35,20 +36,20 @@ func TestCheckImportPublic(t *testing.T) {
 		}
 		return d
 	}
-	for _, kt := range keyTypes {
-		if !kt.create {
+	for _, kt := range catalog.Types() {
+		if !kt.Create {
 			continue
 		}
-		for _, usage := range kt.usages {
+		for _, usage := range kt.Usages {
 			for _, ext := range []bool{false, true} {
-				pub := kt.createdTemplate(usage, digest(ext), ext)
-				if kt.alg == tpm2.TPMAlgECC {
+				pub := kt.CreatedTemplate(usage, digest(ext), ext)
+				if kt.Alg == tpm2.TPMAlgECC {
 					pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
 						X: tpm2.TPM2BECCParameter{Buffer: []byte{1, 2}}, Y: tpm2.TPM2BECCParameter{Buffer: []byte{3}}})
 				}
 				gkt, gu, tmpl, err := checkImportPublic(pub, pk)
-				if err != nil || gkt.name != kt.name || gu != usage || tmpl.ObjectAttributes.FixedTPM == ext {
-					t.Errorf("%s %s extractable=%v: %s %s %v", kt.name, usage, ext, gkt.name, gu, err)
+				if err != nil || gkt.Name != kt.Name || gu != usage || tmpl.ObjectAttributes.FixedTPM == ext {
+					t.Errorf("%s %s extractable=%v: %s %s %v", kt.Name, usage, ext, gkt.Name, gu, err)
 				}
 			}
 		}
@@ -56,8 +57,8 @@ func TestCheckImportPublic(t *testing.T) {
 
 	p256, _ := lookupType("ecc-p256", false)
 	rsa2048, _ := lookupType("rsa-2048", false)
-	fixed := func() tpm2.TPMTPublic { return p256.createdTemplate(api.UsageSign, digest(false), false) }
-	ext := func() tpm2.TPMTPublic { return p256.createdTemplate(api.UsageSign, digest(true), true) }
+	fixed := func() tpm2.TPMTPublic { return p256.CreatedTemplate(catalog.UsageSign, digest(false), false) }
+	ext := func() tpm2.TPMTPublic { return p256.CreatedTemplate(catalog.UsageSign, digest(true), true) }
 	for _, c := range []struct {
 		name string
 		pub  func() tpm2.TPMTPublic
@@ -98,7 +99,7 @@ func TestCheckImportPublic(t *testing.T) {
 			return p
 		}},
 		{"RSA exponent 3", func() tpm2.TPMTPublic {
-			p := rsa2048.createdTemplate(api.UsageSign, digest(false), false)
+			p := rsa2048.CreatedTemplate(catalog.UsageSign, digest(false), false)
 			p.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
 				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
 				Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -192,15 +193,14 @@ func wantUsage(rec keyRecord, usages ...string) error {
 	return fmt.Errorf("%w: key %q is a %s key for %s, not %s", api.ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
 }
 
-// approvedHash maps an approved hash to the TPM's algorithm.
+// approvedHash maps an approved hash to the TPM's algorithm
+// (catalog.TPMHash); any other is not permitted (exit 5).
 func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
-	switch h {
-	case crypto.SHA256:
-		return tpm2.TPMAlgSHA256, nil
-	case crypto.SHA384:
-		return tpm2.TPMAlgSHA384, nil
+	alg, err := catalog.TPMHash(h)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
 	}
-	return 0, fmt.Errorf("%w: hash %v is not approved (sha256, sha384)", api.ErrNotPermitted, h)
+	return alg, nil
 }
 
 // Sign signs digest (the hash of the message under opts.Hash) with key name
@@ -212,7 +212,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.S
 	defer a.lock()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, api.UsageSign); err != nil {
+		if err := wantUsage(rec, catalog.UsageSign); err != nil {
 			return err
 		}
 		kt, err := lookupType(rec.Type, rec.Kind == api.KindDerived)
@@ -221,7 +221,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.S
 		}
 		h := opts.Hash
 		if h == 0 {
-			h = kt.defHash
+			h = kt.Hash
 		}
 		alg, err := approvedHash(h)
 		if err != nil {
@@ -232,7 +232,7 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.S
 		}
 		scheme := opts.Scheme
 		var sch tpm2.TPMTSigScheme
-		switch kt.alg {
+		switch kt.Alg {
 		case tpm2.TPMAlgECC:
 			if scheme == "" {
 				scheme = api.SchemeECDSA
@@ -311,7 +311,7 @@ func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, err
 	}
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, api.UsageHMAC); err != nil {
+		if err := wantUsage(rec, catalog.UsageHMAC); err != nil {
 			return err
 		}
 		var err error
@@ -327,7 +327,7 @@ func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]
 	defer a.lock()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, api.UsageECDH); err != nil {
+		if err := wantUsage(rec, catalog.UsageECDH); err != nil {
 			return err
 		}
 		kt, err := lookupType(rec.Type, rec.Kind == api.KindDerived)
@@ -335,7 +335,7 @@ func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]
 			return err
 		}
 		want := ecdh.P256()
-		if kt.curve == tpm2.TPMECCNistP384 {
+		if kt.Curve == tpm2.TPMECCNistP384 {
 			want = ecdh.P384()
 		}
 		if peer == nil || peer.Curve() != want {
@@ -374,11 +374,11 @@ func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h c
 	}
 	var out []byte
 	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
-		if err := wantUsage(rec, api.UsageDecrypt); err != nil {
+		if err := wantUsage(rec, catalog.UsageDecrypt); err != nil {
 			return err
 		}
 		if obj.Public.Type != tpm2.TPMAlgRSA {
-			return fmt.Errorf("%w: key %q is a %s key: use `provd key decrypt` on AES envelopes (key encrypt)", api.ErrBadInput, name, rec.Type)
+			return fmt.Errorf("%w: key %q is a %s key: RSA-OAEP needs an RSA key (an AES key decrypts envelopes: DecryptData)", api.ErrBadInput, name, rec.Type)
 		}
 		var err error
 		out, err = a.t.RSADecryptOAEP(obj, auth, alg, ciphertext)

@@ -59,7 +59,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return res, err
 	}
 	if st.Policy.Kind != PolicySigned {
-		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need provision --policy-signer", api.ErrNotPermitted)
+		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need a PK provisioned with a policy signer", api.ErrNotPermitted)
 	}
 	signer, err := policy.ParsePublicKeyPEM([]byte(st.Policy.Signer))
 	if err != nil {

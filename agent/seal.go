@@ -69,7 +69,7 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 				return fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 			}
 			if l.rec.Kind != PolicySigned || r.Digest != l.rec.Digest {
-				return fmt.Errorf("%w: --policy-signer must be the signer the PK was provisioned with (provd provision --policy-signer); secrets sealed to other signers are not supported", api.ErrNotPermitted)
+				return fmt.Errorf("%w: a secret's policy signer must be the one the PK was provisioned with; secrets sealed to other signers are not supported", api.ErrNotPermitted)
 			}
 			rec = r
 		case len(req.PCRs) > 0:

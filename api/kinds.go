@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/provd/provd/audit"
-	"github.com/provd/provd/policy"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -68,8 +68,10 @@ var kinds = []Kind{
 	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},
 	{"key_exists", ErrKeyExists, ExitConflict, http.StatusConflict},
 	{"not_extractable", ErrNotExtractable, ExitNotPermitted, http.StatusForbidden},
+	{"not_derivable", catalog.ErrNotDerivable, ExitNotPermitted, http.StatusForbidden},
+	{"not_creatable", catalog.ErrNotCreatable, ExitNotPermitted, http.StatusForbidden},
 	{"not_permitted", ErrNotPermitted, ExitNotPermitted, http.StatusForbidden},
-	{"not_approved", policy.ErrNotApproved, ExitNotPermitted, http.StatusForbidden},
+	{"not_approved", catalog.ErrNotApproved, ExitNotPermitted, http.StatusForbidden},
 	{"not_found", ErrNotFound, ExitNotFound, http.StatusNotFound},
 	{"bad_input", ErrBadInput, ExitUsage, http.StatusBadRequest},
 	{"busy", ErrBusy, ExitTPMResources, http.StatusServiceUnavailable},

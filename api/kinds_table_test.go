@@ -17,7 +17,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
-	"github.com/provd/provd/policy"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -43,7 +43,7 @@ func TestExitCodeOfSentinels(t *testing.T) {
 		{api.ErrTampered, api.ExitTampered},
 		{api.ErrNotProvisioned, api.ExitNotProvisioned},
 		{api.ErrKeyExists, api.ExitConflict},
-		{policy.ErrNotApproved, api.ExitNotPermitted},
+		{catalog.ErrNotApproved, api.ExitNotPermitted},
 		{api.ErrBadInput, api.ExitUsage},
 		{store.ErrCorrupt, api.ExitState},
 		{tpm.ErrLockout, api.ExitLockout},
@@ -97,6 +97,7 @@ var notOnTheWire = map[string]string{
 	"tpm.ErrTransport":         "an I/O failure talking to the TPM: exit 1, the message says what failed",
 	"policy.ErrNoSignedPolicy": "travels inside *api.PolicyError, which is policy_not_satisfied",
 	"policy.ErrBadSignature":   "policy install maps it to api.ErrNotPermitted (not_permitted, exit 5)",
+	"catalog.ErrUsage":         "the agent wraps it in api.ErrBadInput (bad_input, exit 2)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in
@@ -121,10 +122,11 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"tpm.ErrNoTPM": tpm.ErrNoTPM, "tpm.ErrFailureMode": tpm.ErrFailureMode, "tpm.ErrPolicyNotSatisfied": tpm.ErrPolicyNotSatisfied,
 		"tpm.ErrLockout": tpm.ErrLockout, "tpm.ErrBadAuth": tpm.ErrBadAuth, "tpm.ErrNoMemory": tpm.ErrNoMemory,
 		"tpm.ErrNotFound": tpm.ErrNotFound, "tpm.ErrUnsupported": tpm.ErrUnsupported, "tpm.ErrSRKMismatch": tpm.ErrSRKMismatch,
-		"policy.ErrNotApproved": policy.ErrNotApproved,
+		"catalog.ErrNotApproved": catalog.ErrNotApproved, "catalog.ErrNotDerivable": catalog.ErrNotDerivable,
+		"catalog.ErrNotCreatable": catalog.ErrNotCreatable,
 	}
 	found := map[string]bool{}
-	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy"} {
+	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy", "catalog": "catalog"} {
 		for _, name := range sentinelsIn(t, filepath.Join(root, dir)) {
 			q := pkg + "." + name
 			found[q] = true

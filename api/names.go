@@ -4,7 +4,9 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"fmt"
+	"strings"
 
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 )
 
@@ -34,10 +36,13 @@ func HashName(h crypto.Hash) string {
 	return fmt.Sprintf("hash-%d", int(h))
 }
 
-// ParseHash reads HashName's names; "" is 0 (the key's default). Any other
-// name, SHA-1 among them, is ErrBadInput.
+// ParseHash reads HashName's names, in any case and with or without the
+// dash (sha-256); "" is 0 (the key's default). A hash known to be outside
+// approved mode (SHA-1, SHA-224, MD5) is not permitted (exit 5); a name that
+// is no hash is ErrBadInput. SHA-512 parses: the agent decides where it is
+// approved.
 func ParseHash(s string) (crypto.Hash, error) {
-	switch s {
+	switch strings.ReplaceAll(strings.ToLower(s), "-", "") {
 	case "":
 		return 0, nil
 	case "sha256":
@@ -46,6 +51,8 @@ func ParseHash(s string) (crypto.Hash, error) {
 		return crypto.SHA384, nil
 	case "sha512":
 		return crypto.SHA512, nil
+	case "sha1", "sha224", "md5":
+		return 0, fmt.Errorf("%w: hash %s: %w (sha256, sha384)", ErrNotPermitted, s, catalog.ErrNotApproved)
 	}
 	return 0, fmt.Errorf("%w: hash %q: want sha256 or sha384", ErrBadInput, s)
 }

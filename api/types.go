@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
@@ -211,20 +212,12 @@ const (
 	KindCreated = "created"
 )
 
-// Key usages.
-const (
-	UsageSign    = "sign"
-	UsageECDH    = "ecdh"
-	UsageDecrypt = "decrypt"
-	UsageHMAC    = "hmac"
-)
-
 // KeyInfo describes an operational key.
 type KeyInfo struct {
 	Name        string    `json:"name"`
 	Kind        string    `json:"kind"`
 	Type        string    `json:"type"`
-	Usage       string    `json:"usage"`
+	Usage       string    `json:"usage"` // catalog.UsageSign, ...
 	Label       string    `json:"label,omitempty"`
 	Context     string    `json:"context,omitempty"`
 	Extractable bool      `json:"extractable"`
@@ -235,12 +228,7 @@ type KeyInfo struct {
 
 // DefaultHash is the hash a signature with this key uses unless told
 // otherwise: SHA-384 for P-384 keys, SHA-256 for the others.
-func (k KeyInfo) DefaultHash() crypto.Hash {
-	if k.Type == "ecc-p384" {
-		return crypto.SHA384
-	}
-	return crypto.SHA256
-}
+func (k KeyInfo) DefaultHash() crypto.Hash { return catalog.DefaultHash(k.Type) }
 
 // DeriveRequest asks for a derived key: POST /v1/keys/derive.
 type DeriveRequest struct {

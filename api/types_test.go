@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/policy"
 )
@@ -28,7 +29,7 @@ func TestRequestsRoundTrip(t *testing.T) {
 		&SealRequest{Data: []byte("s"), PCRs: []int{7}, Signer: &key.PublicKey},
 		&SealRequest{Data: []byte("s"), Bank: policy.BankSHA256},
 		&ZeroizeOptions{SRK: true},
-		&DeriveRequest{Name: "k", Label: "l", Context: "c", Type: "ecc-p256", Usage: UsageSign},
+		&DeriveRequest{Name: "k", Label: "l", Context: "c", Type: "ecc-p256", Usage: catalog.UsageSign},
 	} {
 		b, err := json.Marshal(req)
 		if err != nil {

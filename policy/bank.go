@@ -2,16 +2,12 @@ package policy
 
 import (
 	"crypto"
-	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
-)
 
-// ErrNotApproved is returned for algorithms, key types or sizes that provd's
-// approved mode refuses (SHA-1, P-224, RSA below 3072 for policy signers, ...).
-// Callers test for it with errors.Is to tell a policy decision from a bug.
-var ErrNotApproved = errors.New("policy: algorithm not approved")
+	"github.com/provd/provd/catalog"
+)
 
 // Bank is a PCR hash bank. Only the approved banks exist as values; the zero
 // Bank is invalid so that a forgotten field is caught rather than defaulted.
@@ -24,7 +20,7 @@ const (
 )
 
 // ParseBank parses a bank name as used in files and flags ("sha256",
-// "sha384"). "sha1" and every other name are refused with ErrNotApproved, so a
+// "sha384"). "sha1" and every other name are refused with catalog.ErrNotApproved, so a
 // config cannot quietly fall back to a broken hash.
 func ParseBank(s string) (Bank, error) {
 	switch s {
@@ -33,7 +29,7 @@ func ParseBank(s string) (Bank, error) {
 	case "sha384":
 		return BankSHA384, nil
 	}
-	return 0, fmt.Errorf("policy: PCR bank %q: %w (use sha256 or sha384)", s, ErrNotApproved)
+	return 0, fmt.Errorf("policy: PCR bank %q: %w (use sha256 or sha384)", s, catalog.ErrNotApproved)
 }
 
 // String returns the bank's name as ParseBank accepts it.
@@ -68,7 +64,7 @@ func (b Bank) Hash() crypto.Hash {
 // MarshalText implements encoding.TextMarshaler so banks appear by name in JSON.
 func (b Bank) MarshalText() ([]byte, error) {
 	if !b.Valid() {
-		return nil, fmt.Errorf("policy: marshal %v: %w", b, ErrNotApproved)
+		return nil, fmt.Errorf("policy: marshal %v: %w", b, catalog.ErrNotApproved)
 	}
 	return []byte(b.String()), nil
 }
@@ -92,5 +88,5 @@ func sessionHash(alg tpm2.TPMIAlgHash) (crypto.Hash, error) {
 	case tpm2.TPMAlgSHA384:
 		return crypto.SHA384, nil
 	}
-	return 0, fmt.Errorf("policy: session hash algorithm 0x%04x: %w", uint16(alg), ErrNotApproved)
+	return 0, fmt.Errorf("policy: session hash algorithm 0x%04x: %w", uint16(alg), catalog.ErrNotApproved)
 }

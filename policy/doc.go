@@ -15,5 +15,5 @@
 //
 // Approved mode only: SHA-256/SHA-384 banks and session digests, ECDSA P-256 /
 // P-384 and RSA-PSS >= 3072 policy signers. Anything else is refused with
-// ErrNotApproved.
+// catalog.ErrNotApproved.
 package policy

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 // MaxPCR is the highest PCR index accepted. The PC Client profile mandates
@@ -112,7 +114,7 @@ func (raw pcrValuesJSON) values() (PCRValues, error) {
 // Validate checks what ParsePCRValues checks, for values built in code.
 func (v PCRValues) Validate() error {
 	if !v.Bank.Valid() {
-		return fmt.Errorf("policy: PCR values: bank %v: %w", v.Bank, ErrNotApproved)
+		return fmt.Errorf("policy: PCR values: bank %v: %w", v.Bank, catalog.ErrNotApproved)
 	}
 	if len(v.Values) == 0 {
 		return fmt.Errorf("policy: PCR values: no PCRs")

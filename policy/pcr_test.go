@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 func TestParseBank(t *testing.T) {
@@ -17,10 +19,10 @@ func TestParseBank(t *testing.T) {
 	}{
 		{"sha256", BankSHA256, nil},
 		{"sha384", BankSHA384, nil},
-		{"sha1", 0, ErrNotApproved},
-		{"sha512", 0, ErrNotApproved},
-		{"SHA256", 0, ErrNotApproved},
-		{"", 0, ErrNotApproved},
+		{"sha1", 0, catalog.ErrNotApproved},
+		{"sha512", 0, catalog.ErrNotApproved},
+		{"SHA256", 0, catalog.ErrNotApproved},
+		{"", 0, catalog.ErrNotApproved},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
@@ -89,7 +91,7 @@ var pcrValuesTests = []struct {
 }{
 	{"good", goodPCRJSON, true, nil},
 	{"sha384", `{"bank":"sha384","pcrs":{"23":"` + hexOf(0x11, 48) + `"}}`, true, nil},
-	{"sha1 bank", `{"bank":"sha1","pcrs":{"0":"` + hexOf(0, 20) + `"}}`, false, ErrNotApproved},
+	{"sha1 bank", `{"bank":"sha1","pcrs":{"0":"` + hexOf(0, 20) + `"}}`, false, catalog.ErrNotApproved},
 	{"short digest", `{"bank":"sha256","pcrs":{"0":"` + hexOf(0, 20) + `"}}`, false, nil},
 	{"sha384 digest in sha256 bank", `{"bank":"sha256","pcrs":{"0":"` + hexOf(0, 48) + `"}}`, false, nil},
 	{"index 24", `{"bank":"sha256","pcrs":{"24":"` + hexOf(0, 32) + `"}}`, false, nil},
@@ -183,7 +185,7 @@ func TestCompositeDigest(t *testing.T) {
 			}
 		}
 	}
-	if _, err := testValues(BankSHA256, 0).CompositeDigest(tpm2.TPMAlgSHA1); !errors.Is(err, ErrNotApproved) {
-		t.Errorf("SHA-1 session: err = %v, want ErrNotApproved", err)
+	if _, err := testValues(BankSHA256, 0).CompositeDigest(tpm2.TPMAlgSHA1); !errors.Is(err, catalog.ErrNotApproved) {
+		t.Errorf("SHA-1 session: err = %v, want catalog.ErrNotApproved", err)
 	}
 }

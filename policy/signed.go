@@ -17,6 +17,8 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 // ApprovedPolicyAlg is the hash algorithm of approved-policy digests, and so
@@ -320,7 +322,7 @@ func (sp *SignedPolicy) MarshalJSON() ([]byte, error) {
 		}
 		sig = signatureJSON{Alg: "rsapss", Hash: hashName(p.Hash), Sig: hex.EncodeToString(p.Sig.Buffer)}
 	default:
-		return nil, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(sp.Signature.SigAlg), ErrNotApproved)
+		return nil, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(sp.Signature.SigAlg), catalog.ErrNotApproved)
 	}
 	ref := hex.EncodeToString(sp.PolicyRef)
 	version := sp.Version
@@ -414,7 +416,7 @@ func (s signatureJSON) toTPM() (tpm2.TPMTSignature, error) {
 	case "sha384":
 		hash = tpm2.TPMAlgSHA384
 	default:
-		return tpm2.TPMTSignature{}, fmt.Errorf("hash %q: %w", s.Hash, ErrNotApproved)
+		return tpm2.TPMTSignature{}, fmt.Errorf("hash %q: %w", s.Hash, catalog.ErrNotApproved)
 	}
 	switch s.Alg {
 	case "ecdsa":
@@ -440,7 +442,7 @@ func (s signatureJSON) toTPM() (tpm2.TPMTSignature, error) {
 		}
 		return rsapssSignature(hash, sig), nil
 	}
-	return tpm2.TPMTSignature{}, fmt.Errorf("algorithm %q: %w", s.Alg, ErrNotApproved)
+	return tpm2.TPMTSignature{}, fmt.Errorf("algorithm %q: %w", s.Alg, catalog.ErrNotApproved)
 }
 
 // parseHandle reads a handle written as "0x" and exactly 8 hex digits.

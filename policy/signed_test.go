@@ -19,6 +19,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 func TestSignVerifyRoundTrip(t *testing.T) {
@@ -147,31 +149,31 @@ func TestSignerRejected(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := SignerPublic(tc.pub); !errors.Is(err, ErrNotApproved) {
-				t.Errorf("SignerPublic: %v, want ErrNotApproved", err)
+			if _, err := SignerPublic(tc.pub); !errors.Is(err, catalog.ErrNotApproved) {
+				t.Errorf("SignerPublic: %v, want catalog.ErrNotApproved", err)
 			}
-			if _, err := (Policy{Authorize{Signer: tc.pub}}).Digest(tpm2.TPMAlgSHA256); !errors.Is(err, ErrNotApproved) {
-				t.Errorf("Authorize digest: %v, want ErrNotApproved", err)
+			if _, err := (Policy{Authorize{Signer: tc.pub}}).Digest(tpm2.TPMAlgSHA256); !errors.Is(err, catalog.ErrNotApproved) {
+				t.Errorf("Authorize digest: %v, want catalog.ErrNotApproved", err)
 			}
 			if tc.signer == nil {
 				return
 			}
-			if _, err := SignPolicy(tc.signer, testValues(BankSHA256, 7), 1, nil, testCounter); !errors.Is(err, ErrNotApproved) {
-				t.Errorf("SignPolicy: %v, want ErrNotApproved", err)
+			if _, err := SignPolicy(tc.signer, testValues(BankSHA256, 7), 1, nil, testCounter); !errors.Is(err, catalog.ErrNotApproved) {
+				t.Errorf("SignPolicy: %v, want catalog.ErrNotApproved", err)
 			}
 			der, err := x509.MarshalPKCS8PrivateKey(tc.signer)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := ParseSignerPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); !errors.Is(err, ErrNotApproved) {
-				t.Errorf("ParseSignerPEM: %v, want ErrNotApproved", err)
+			if _, err := ParseSignerPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); !errors.Is(err, catalog.ErrNotApproved) {
+				t.Errorf("ParseSignerPEM: %v, want catalog.ErrNotApproved", err)
 			}
 			pubDER, err := x509.MarshalPKIXPublicKey(tc.pub)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := ParsePublicKeyPEM(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})); !errors.Is(err, ErrNotApproved) {
-				t.Errorf("ParsePublicKeyPEM: %v, want ErrNotApproved", err)
+			if _, err := ParsePublicKeyPEM(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})); !errors.Is(err, catalog.ErrNotApproved) {
+				t.Errorf("ParsePublicKeyPEM: %v, want catalog.ErrNotApproved", err)
 			}
 		})
 	}
@@ -326,36 +328,39 @@ func TestParseSignedPolicyRejects(t *testing.T) {
 		name   string
 		mutate func(m map[string]any)
 		raw    string
+		// is is the sentinel the refusal matches; nil where the format
+		// error has none.
+		is error
 	}{
 		{name: "format 2", mutate: func(m map[string]any) { m["format"] = 2 }},
 		{name: "format missing", mutate: func(m map[string]any) { delete(m, "format") }},
-		{name: "version changed", mutate: func(m map[string]any) { m["version"] = 5 }},
+		{name: "version changed", is: ErrBadSignature, mutate: func(m map[string]any) { m["version"] = 5 }},
 		{name: "version missing", mutate: func(m map[string]any) { delete(m, "version") }},
 		{name: "version negative", mutate: func(m map[string]any) { m["version"] = -1 }},
-		{name: "policy_ref changed", mutate: func(m map[string]any) { m["policy_ref"] = "6678" }},
+		{name: "policy_ref changed", is: ErrBadSignature, mutate: func(m map[string]any) { m["policy_ref"] = "6678" }},
 		{name: "policy_ref missing", mutate: func(m map[string]any) { delete(m, "policy_ref") }},
-		{name: "pcr value changed", mutate: func(m map[string]any) {
+		{name: "pcr value changed", is: ErrBadSignature, mutate: func(m map[string]any) {
 			m["pcr_values"].(map[string]any)["pcrs"].(map[string]any)["7"] = hexOf(0xee, 32)
 		}},
-		{name: "pcr added", mutate: func(m map[string]any) {
+		{name: "pcr added", is: ErrBadSignature, mutate: func(m map[string]any) {
 			m["pcr_values"].(map[string]any)["pcrs"].(map[string]any)["8"] = hexOf(0xee, 32)
 		}},
-		{name: "bank sha1", mutate: func(m map[string]any) { m["pcr_values"].(map[string]any)["bank"] = "sha1" }},
+		{name: "bank sha1", is: catalog.ErrNotApproved, mutate: func(m map[string]any) { m["pcr_values"].(map[string]any)["bank"] = "sha1" }},
 		{name: "counter handle not NV", mutate: func(m map[string]any) { m["counter"].(map[string]any)["handle"] = "0x81500010" }},
 		{name: "counter handle short", mutate: func(m map[string]any) { m["counter"].(map[string]any)["handle"] = "0x1500010" }},
-		{name: "counter name changed", mutate: func(m map[string]any) {
+		{name: "counter name changed", is: ErrBadSignature, mutate: func(m map[string]any) {
 			m["counter"].(map[string]any)["name"] = "000b" + hexOf(0xc1, 32)
 		}},
-		{name: "approved digest changed", mutate: func(m map[string]any) { m["approved_policy"] = hexOf(0, 32) }},
-		{name: "signer swapped", mutate: func(m map[string]any) { m["signer"] = otherMap["signer"] }},
-		{name: "signer name wrong", mutate: func(m map[string]any) {
+		{name: "approved digest changed", is: ErrBadSignature, mutate: func(m map[string]any) { m["approved_policy"] = hexOf(0, 32) }},
+		{name: "signer swapped", is: ErrBadSignature, mutate: func(m map[string]any) { m["signer"] = otherMap["signer"] }},
+		{name: "signer name wrong", is: ErrBadSignature, mutate: func(m map[string]any) {
 			m["signer"].(map[string]any)["name"] = otherMap["signer"].(map[string]any)["name"]
 		}},
-		{name: "signature from other key", mutate: func(m map[string]any) { m["signature"] = otherMap["signature"] }},
-		{name: "signature r changed", mutate: func(m map[string]any) { m["signature"].(map[string]any)["r"] = hexOf(1, 32) }},
+		{name: "signature from other key", is: ErrBadSignature, mutate: func(m map[string]any) { m["signature"] = otherMap["signature"] }},
+		{name: "signature r changed", is: ErrBadSignature, mutate: func(m map[string]any) { m["signature"].(map[string]any)["r"] = hexOf(1, 32) }},
 		{name: "signature alg rsapss", mutate: func(m map[string]any) { m["signature"].(map[string]any)["alg"] = "rsapss" }},
-		{name: "signature hash sha1", mutate: func(m map[string]any) { m["signature"].(map[string]any)["hash"] = "sha1" }},
-		{name: "signature hash sha384", mutate: func(m map[string]any) { m["signature"].(map[string]any)["hash"] = "sha384" }},
+		{name: "signature hash sha1", is: catalog.ErrNotApproved, mutate: func(m map[string]any) { m["signature"].(map[string]any)["hash"] = "sha1" }},
+		{name: "signature hash sha384", is: ErrBadSignature, mutate: func(m map[string]any) { m["signature"].(map[string]any)["hash"] = "sha384" }},
 		{name: "unknown field", mutate: func(m map[string]any) { m["comment"] = "hi" }},
 		{name: "unknown nested field", mutate: func(m map[string]any) { m["signer"].(map[string]any)["x"] = "1" }},
 		{name: "duplicate key", raw: `{"format":1,"format":1}`},
@@ -373,8 +378,12 @@ func TestParseSignedPolicyRejects(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := ParseSignedPolicy(data); err == nil {
+			_, err := ParseSignedPolicy(data)
+			if err == nil {
 				t.Fatalf("accepted:\n%s", data)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("error %v is not %v", err, tc.is)
 			}
 		})
 	}

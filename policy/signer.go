@@ -11,14 +11,16 @@ import (
 	"math"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 // signerScheme is what an approved policy-signer key implies: the TPM
-// signature scheme, its hash, and (for ECC) the curve and coordinate size.
+// signature scheme, its hash and (for ECC) the size of a signature's
+// coordinates.
 type signerScheme struct {
 	sigAlg    tpm2.TPMAlgID // TPMAlgECDSA or TPMAlgRSAPSS
 	hash      tpm2.TPMIAlgHash
-	curve     tpm2.TPMECCCurve
 	coordSize int
 }
 
@@ -29,7 +31,7 @@ const signerNameAlg = tpm2.TPMAlgSHA256
 
 // schemeFor checks that pub is an approved policy signer: ECDSA P-256 or
 // P-384, or RSA with a 3072- or 4096-bit modulus and a public exponent the
-// TPM can hold. Everything else is ErrNotApproved.
+// TPM can hold. Everything else is catalog.ErrNotApproved.
 func schemeFor(pub crypto.PublicKey) (signerScheme, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -38,90 +40,46 @@ func schemeFor(pub crypto.PublicKey) (signerScheme, error) {
 		}
 		switch k.Curve {
 		case elliptic.P256():
-			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA256, curve: tpm2.TPMECCNistP256, coordSize: 32}, nil
+			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA256, coordSize: 32}, nil
 		case elliptic.P384():
-			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA384, curve: tpm2.TPMECCNistP384, coordSize: 48}, nil
+			return signerScheme{sigAlg: tpm2.TPMAlgECDSA, hash: tpm2.TPMAlgSHA384, coordSize: 48}, nil
 		}
-		return signerScheme{}, fmt.Errorf("policy: signer curve %s: %w (use P-256 or P-384)", k.Curve.Params().Name, ErrNotApproved)
+		return signerScheme{}, fmt.Errorf("policy: signer curve %s: %w (use P-256 or P-384)", k.Curve.Params().Name, catalog.ErrNotApproved)
 	case *rsa.PublicKey:
 		if k == nil || k.N == nil {
 			return signerScheme{}, fmt.Errorf("policy: nil RSA key")
 		}
 		if bits := k.N.BitLen(); bits != 3072 && bits != 4096 {
-			return signerScheme{}, fmt.Errorf("policy: RSA signer of %d bits: %w (use 3072 or 4096)", bits, ErrNotApproved)
+			return signerScheme{}, fmt.Errorf("policy: RSA signer of %d bits: %w (use 3072 or 4096)", bits, catalog.ErrNotApproved)
 		}
 		if k.E < 65537 || k.E > math.MaxUint32 || k.E%2 == 0 {
-			return signerScheme{}, fmt.Errorf("policy: RSA public exponent %d: %w", k.E, ErrNotApproved)
+			return signerScheme{}, fmt.Errorf("policy: RSA public exponent %d: %w", k.E, catalog.ErrNotApproved)
 		}
 		return signerScheme{sigAlg: tpm2.TPMAlgRSAPSS, hash: tpm2.TPMAlgSHA256}, nil
 	}
-	return signerScheme{}, fmt.Errorf("policy: signer key type %T: %w", pub, ErrNotApproved)
+	return signerScheme{}, fmt.Errorf("policy: signer key type %T: %w", pub, catalog.ErrNotApproved)
 }
 
 // SignerPublic returns the TPMT_PUBLIC under which the policy signer key is
 // loaded with TPM2_LoadExternal: nameAlg SHA-256, sign and userWithAuth set,
 // scheme ECDSA (with the curve's hash) or RSASSA-PSS with SHA-256. The same
 // structure yields the key's name, so it must be byte-for-byte what the TPM
-// is given at use: ECC coordinates are padded to the field size, and an RSA
-// exponent of 65537 is written as 0 (the TPM's default).
+// is given at use: catalog.Public writes it the one way the TPM would.
 func SignerPublic(pub crypto.PublicKey) (tpm2.TPMTPublic, error) {
 	sch, err := schemeFor(pub)
 	if err != nil {
 		return tpm2.TPMTPublic{}, err
 	}
-	attrs := tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true}
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		// ECDH() also checks that the point is on the curve.
-		ek, err := k.ECDH()
-		if err != nil {
-			return tpm2.TPMTPublic{}, fmt.Errorf("policy: ECDSA signer: %w", err)
-		}
-		raw := ek.Bytes() // 0x04 || X || Y, fixed size
-		x, y := raw[1:1+sch.coordSize], raw[1+sch.coordSize:]
-		return tpm2.TPMTPublic{
-			Type:             tpm2.TPMAlgECC,
-			NameAlg:          signerNameAlg,
-			ObjectAttributes: attrs,
-			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
-				Scheme: tpm2.TPMTECCScheme{
-					Scheme:  tpm2.TPMAlgECDSA,
-					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: sch.hash}),
-				},
-				CurveID: sch.curve,
-				KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
-			}),
-			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-				X: tpm2.TPM2BECCParameter{Buffer: x},
-				Y: tpm2.TPM2BECCParameter{Buffer: y},
-			}),
-		}, nil
-	case *rsa.PublicKey:
-		bits := k.N.BitLen()
-		exp := uint32(k.E)
-		if exp == 65537 {
-			exp = 0
-		}
-		return tpm2.TPMTPublic{
-			Type:             tpm2.TPMAlgRSA,
-			NameAlg:          signerNameAlg,
-			ObjectAttributes: attrs,
-			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
-				Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
-				Scheme: tpm2.TPMTRSAScheme{
-					Scheme:  tpm2.TPMAlgRSAPSS,
-					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: sch.hash}),
-				},
-				KeyBits:  tpm2.TPMKeyBits(bits),
-				Exponent: exp,
-			}),
-			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{
-				Buffer: k.N.FillBytes(make([]byte, bits/8)),
-			}),
-		}, nil
+	tp, err := catalog.Public(pub, catalog.PublicOptions{
+		NameAlg: signerNameAlg,
+		Attrs:   tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true},
+		Scheme:  sch.sigAlg,
+		Hash:    sch.hash,
+	})
+	if err != nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("policy: signer: %w", err)
 	}
-	panic("unreachable: schemeFor accepted an unknown key type")
+	return tp, nil
 }
 
 // SignerName returns the TPM name of the signer key as SignerPublic loads it:
@@ -199,7 +157,7 @@ func ParseSignerPEM(data []byte) (crypto.Signer, error) {
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {
-		return nil, fmt.Errorf("policy: private key type %T: %w", key, ErrNotApproved)
+		return nil, fmt.Errorf("policy: private key type %T: %w", key, catalog.ErrNotApproved)
 	}
 	if _, err := schemeFor(signer.Public()); err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/x509"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 )
 
 func (a *app) keyCmd() *cobra.Command {
@@ -70,6 +70,9 @@ encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.DeriveKey(cmd.Context(), req)
+				if errors.Is(err, catalog.ErrNotDerivable) {
+					return fmt.Errorf("%w; for a TPM-generated key: provd key create %s --type %s", err, req.Name, req.Type)
+				}
 				if err != nil {
 					return err
 				}
@@ -104,6 +107,9 @@ fixedParent and its policy has no duplication branch: it can never leave this TP
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.CreateKey(cmd.Context(), req)
+				if errors.Is(err, catalog.ErrNotCreatable) {
+					return fmt.Errorf("%w; derive it instead: provd key derive %s --label L --type %s", err, req.Name, req.Type)
+				}
 				if err != nil {
 					return err
 				}
@@ -115,21 +121,6 @@ fixedParent and its policy has no duplication branch: it can never leave this TP
 	c.Flags().StringVar(&req.Usage, "usage", "", "sign or decrypt (default sign)")
 	c.Flags().BoolVar(&req.Extractable, "extractable", false, "allow duplication to another TPM (decided now, forever)")
 	return c
-}
-
-// parseHash maps --hash to an approved hash; SHA-1 and others are refused.
-func parseHash(s string) (crypto.Hash, error) {
-	switch strings.ToLower(s) {
-	case "":
-		return 0, nil
-	case "sha256", "sha-256":
-		return crypto.SHA256, nil
-	case "sha384", "sha-384":
-		return crypto.SHA384, nil
-	case "sha1", "sha-1", "md5", "sha224", "sha512":
-		return 0, fmt.Errorf("%w: hash %s is not approved here (sha256, sha384)", api.ErrNotPermitted, s)
-	}
-	return 0, usageError(fmt.Errorf("--hash %q: want sha256 or sha384", s))
 }
 
 func (a *app) keySignCmd() *cobra.Command {
@@ -148,7 +139,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 			if (in == "") == (digestHex == "") {
 				return usageError(fmt.Errorf("give exactly one of --in and --digest"))
 			}
-			h, err := parseHash(hashName)
+			h, err := api.ParseHash(hashName)
 			if err != nil {
 				return err
 			}
@@ -352,7 +343,7 @@ open an envelope made by provd key encrypt. The plaintext goes to --out (mode
 			if in == "" {
 				return usageError(fmt.Errorf("--in is required"))
 			}
-			h, err := parseHash(hashName)
+			h, err := api.ParseHash(hashName)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,120 @@
+package catalog
+
+import (
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Template is the public area of an operational key of this type and usage
+// with authPolicy, before the origin attributes (which differ between derived
+// and created keys) are set. Schemes are TPM_ALG_NULL so that each use names
+// its (approved) scheme and hash.
+func (kt Type) Template(usage string, authPolicy []byte) tpm2.TPMTPublic {
+	attrs := tpm2.TPMAObject{
+		UserWithAuth:    false,
+		AdminWithPolicy: true,
+		NoDA:            true,
+		SignEncrypt:     usage == UsageSign || usage == UsageHMAC,
+		Decrypt:         usage == UsageDecrypt || usage == UsageECDH,
+	}
+	null := tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
+	t := tpm2.TPMTPublic{
+		Type:             kt.Alg,
+		NameAlg:          tpm2.TPMAlgSHA256,
+		ObjectAttributes: attrs,
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
+	}
+	switch kt.Alg {
+	case tpm2.TPMAlgECC:
+		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: null,
+			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			CurveID:   kt.Curve,
+			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		})
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{})
+	case tpm2.TPMAlgRSA:
+		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: null,
+			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+			KeyBits:   tpm2.TPMKeyBits(kt.Bits),
+		})
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{})
+	case tpm2.TPMAlgKeyedHash:
+		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+			Scheme: tpm2.TPMTKeyedHashScheme{
+				Scheme:  tpm2.TPMAlgHMAC,
+				Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC, &tpm2.TPMSSchemeHMAC{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+		})
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{})
+	case tpm2.TPMAlgSymCipher:
+		// Both directions of TPM2_EncryptDecrypt2: sign allows encryption,
+		// decrypt allows decryption.
+		t.ObjectAttributes.SignEncrypt = true
+		t.ObjectAttributes.Decrypt = true
+		t.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgSymCipher, &tpm2.TPMSSymCipherParms{
+			Sym: tpm2.TPMTSymDefObject{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(kt.Bits)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+		})
+		t.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgSymCipher, &tpm2.TPM2BDigest{})
+	}
+	return t
+}
+
+// CreatedTemplate is the public area provd sends to TPM2_Create for a
+// created key of this type and usage with authPolicy: the TPM generates the
+// private part (sensitiveDataOrigin); not extractable: fixedTPM|fixedParent;
+// extractable: both clear and encryptedDuplication set.
+func (kt Type) CreatedTemplate(usage string, authPolicy []byte, extractable bool) tpm2.TPMTPublic {
+	t := kt.Template(usage, authPolicy)
+	t.ObjectAttributes.SensitiveDataOrigin = true
+	t.ObjectAttributes.FixedTPM = !extractable
+	t.ObjectAttributes.FixedParent = !extractable
+	t.ObjectAttributes.EncryptedDuplication = extractable
+	return t
+}
+
+// TypeOf recognizes the approved type and the usage of a public area (an
+// imported key), or refuses it: ErrNotApproved for a type outside the
+// catalog, ErrUsage for a key that both signs and decrypts (or neither).
+func TypeOf(pub tpm2.TPMTPublic) (Type, string, error) {
+	var name string
+	switch pub.Type {
+	case tpm2.TPMAlgECC:
+		p, err := pub.Parameters.ECCDetail()
+		if err != nil {
+			return Type{}, "", err
+		}
+		switch p.CurveID {
+		case tpm2.TPMECCNistP256:
+			name = "ecc-p256"
+		case tpm2.TPMECCNistP384:
+			name = "ecc-p384"
+		}
+	case tpm2.TPMAlgRSA:
+		p, err := pub.Parameters.RSADetail()
+		if err != nil {
+			return Type{}, "", err
+		}
+		name = fmt.Sprintf("rsa-%d", p.KeyBits)
+	}
+	kt, err := Lookup(name, false)
+	if err != nil {
+		return kt, "", fmt.Errorf("a %v key: %w", pub.Type, ErrNotApproved)
+	}
+	a := pub.ObjectAttributes
+	switch {
+	case a.SignEncrypt && !a.Decrypt:
+		return kt, UsageSign, nil
+	case a.Decrypt && !a.SignEncrypt && kt.Alg == tpm2.TPMAlgECC:
+		return kt, UsageECDH, nil
+	case a.Decrypt && !a.SignEncrypt:
+		return kt, UsageDecrypt, nil
+	}
+	return kt, "", fmt.Errorf("%w: the key is both sign and decrypt (or neither); provd keeps usages apart", ErrUsage)
+}
