@@ -23,6 +23,13 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
+// tpm.PolicySession is what Policy.Apply drives, and it tells Apply its
+// hash. (Checked here: tpm imports nothing of policy, not even in tests.)
+var (
+	_ policy.Session        = (*tpm.PolicySession)(nil)
+	_ policy.SessionHashAlg = (*tpm.PolicySession)(nil)
+)
+
 // NV handles the tests define (owner range); each test undefines its own.
 const (
 	counterHandle tpm2.TPMHandle = 0x01500010

@@ -10,15 +10,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
-)
-
-// PolicySession is what policy.Apply drives, and it tells Apply its hash.
-var (
-	_ policy.Session        = (*tpm.PolicySession)(nil)
-	_ policy.SessionHashAlg = (*tpm.PolicySession)(nil)
 )
 
 // A failing policy step leaves no session behind: more failures than the TPM
@@ -66,9 +59,30 @@ func TestPolicyAuthorizeBadSignatureFlushesKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := policy.SignerPublic(&k.PublicKey)
+	ek, err := k.PublicKey.ECDH()
 	if err != nil {
 		t.Fatal(err)
+	}
+	point := ek.Bytes() // 04 || X || Y
+	// The signer's public area, written here by hand: tpm's tests import
+	// nothing of provd's above tpm (policy.SignerPublic builds the same).
+	pub := tpm2.TPMTPublic{
+		Type:             tpm2.TPMAlgECC,
+		NameAlg:          tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme: tpm2.TPMTECCScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: point[1:33]},
+			Y: tpm2.TPM2BECCParameter{Buffer: point[33:]},
+		}),
 	}
 	approved := sha256.Sum256([]byte("approved"))
 	other := sha256.Sum256([]byte("something else"))
