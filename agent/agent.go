@@ -1,7 +1,12 @@
 // Package agent is the device side of provd: provisioning, sealing, keys, the
 // audit trail and zeroization, on top of the tpm package (the only one that
-// talks to the TPM), the state store and the policy package. The CLI calls it
-// in-process; the daemon serves the same functions over its API.
+// talks to the TPM), the state store, the policy package and the key catalog.
+//
+// It exists so that one place orchestrates them for a device and every path
+// enforces the same rules: the CLI calls an *Agent in-process, the daemon
+// (agent/server) serves the same api.Service to every local caller, and a
+// check made here (a policy re-run at every key use, an audit record written
+// before an operation counts) cannot be skipped by taking the other path.
 package agent
 
 import (

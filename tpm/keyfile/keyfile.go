@@ -2,7 +2,9 @@
 // KEY" PEM format of tpm2-tools (tpm2_encodeobject), tpm2-openssl and
 // openssl_tpm2_engine: a TPM-wrapped key (its TPM2B_PUBLIC and TPM2B_PRIVATE)
 // with the handle of the parent it loads under. The private part is encrypted
-// by the parent inside the TPM: a key file is no secret on its own.
+// by the parent inside the TPM: a key file is no secret on its own. It lives
+// beside tpm, with no TPM I/O, so that the fleet endpoint and offline tools
+// read and write key files without the agent.
 //
 //	TPMKey ::= SEQUENCE {
 //	    type        OBJECT IDENTIFIER,        -- 2.23.133.10.1.3 loadable key
