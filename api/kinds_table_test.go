@@ -98,6 +98,7 @@ var notOnTheWire = map[string]string{
 	"policy.ErrNoSignedPolicy": "travels inside *api.PolicyError, which is policy_not_satisfied",
 	"policy.ErrBadSignature":   "policy install maps it to api.ErrNotPermitted (not_permitted, exit 5)",
 	"catalog.ErrUsage":         "the agent wraps it in api.ErrBadInput (bad_input, exit 2)",
+	"catalog.ErrUnknownHash":   "api.ParseHash wraps it in api.ErrBadInput (bad_input, exit 2)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in

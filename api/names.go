@@ -3,6 +3,7 @@ package api
 import (
 	"crypto"
 	"crypto/ecdh"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -21,40 +22,33 @@ const (
 	SchemeRSAPSS = "rsapss"
 )
 
-// HashName is the name of a hash ("" for 0).
+// HashName is the wire name of a hash ("" for 0, the key's default).
 func HashName(h crypto.Hash) string {
-	switch h {
-	case 0:
+	if h == 0 {
 		return ""
-	case crypto.SHA256:
-		return "sha256"
-	case crypto.SHA384:
-		return "sha384"
-	case crypto.SHA512:
-		return "sha512"
+	}
+	if x, err := catalog.HashOf(h); err == nil {
+		return x.Name
 	}
 	return fmt.Sprintf("hash-%d", int(h))
 }
 
-// ParseHash reads HashName's names, in any case and with or without the
-// dash (sha-256); "" is 0 (the key's default). A hash known to be outside
-// approved mode (SHA-1, SHA-224, MD5) is not permitted (exit 5); a name that
-// is no hash is ErrBadInput. SHA-512 parses: the agent decides where it is
-// approved.
+// ParseHash reads a hash name (catalog.HashByName), in any case and with or
+// without the dash (sha-256); "" is 0 (the key's default). A hash outside
+// approved mode (SHA-1, SHA-512, ...) is not permitted (exit 5); a name that
+// is no hash is ErrBadInput.
 func ParseHash(s string) (crypto.Hash, error) {
-	switch strings.ReplaceAll(strings.ToLower(s), "-", "") {
-	case "":
+	if s == "" {
 		return 0, nil
-	case "sha256":
-		return crypto.SHA256, nil
-	case "sha384":
-		return crypto.SHA384, nil
-	case "sha512":
-		return crypto.SHA512, nil
-	case "sha1", "sha224", "md5":
-		return 0, fmt.Errorf("%w: hash %s: %w (sha256, sha384)", ErrNotPermitted, s, catalog.ErrNotApproved)
 	}
-	return 0, fmt.Errorf("%w: hash %q: want sha256 or sha384", ErrBadInput, s)
+	h, err := catalog.HashByName(strings.ReplaceAll(strings.ToLower(s), "-", ""))
+	switch {
+	case errors.Is(err, catalog.ErrNotApproved):
+		return 0, fmt.Errorf("%w: %w", ErrNotPermitted, err)
+	case err != nil:
+		return 0, fmt.Errorf("%w: %w", ErrBadInput, err)
+	}
+	return h.Crypto, nil
 }
 
 // CurveName is the name of an ECDH curve.

@@ -139,11 +139,73 @@ func DefaultHash(name string) crypto.Hash {
 // TPMHash maps an approved hash to the TPM's algorithm; any other is
 // ErrNotApproved.
 func TPMHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
-	switch h {
-	case crypto.SHA256:
-		return tpm2.TPMAlgSHA256, nil
-	case crypto.SHA384:
-		return tpm2.TPMAlgSHA384, nil
+	x, err := HashOf(h)
+	return x.Alg, err
+}
+
+// Hash is an approved hash under its three names: the one files, flags and
+// the wire use, the TPM's algorithm and Go's.
+type Hash struct {
+	Name   string
+	Alg    tpm2.TPMIAlgHash
+	Crypto crypto.Hash
+}
+
+// hashes are the approved hashes.
+var hashes = []Hash{
+	{"sha256", tpm2.TPMAlgSHA256, crypto.SHA256},
+	{"sha384", tpm2.TPMAlgSHA384, crypto.SHA384},
+}
+
+// unapprovedHashes are hash names provd knows and refuses: a file or flag
+// that names one gets ErrNotApproved, not "unknown".
+var unapprovedHashes = []string{"sha1", "sha224", "sha512", "md5"}
+
+// ErrUnknownHash: a hash name that names no hash at all.
+var ErrUnknownHash = errors.New("unknown hash name")
+
+// HashByName finds an approved hash by its canonical name ("sha256",
+// "sha384"): a known hash outside approved mode is ErrNotApproved, anything
+// else ErrUnknownHash. Names are exact; a front end that accepts other
+// spellings normalizes them first.
+func HashByName(s string) (Hash, error) {
+	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Name == s }); i >= 0 {
+		return hashes[i], nil
 	}
-	return 0, fmt.Errorf("hash %v: %w (sha256, sha384)", h, ErrNotApproved)
+	if slices.Contains(unapprovedHashes, s) {
+		return Hash{}, fmt.Errorf("hash %s: %w (sha256, sha384)", s, ErrNotApproved)
+	}
+	return Hash{}, fmt.Errorf("%w %q (sha256, sha384)", ErrUnknownHash, s)
+}
+
+// HashByAlg finds an approved hash by its TPM algorithm (ErrNotApproved).
+func HashByAlg(alg tpm2.TPMIAlgHash) (Hash, error) {
+	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Alg == alg }); i >= 0 {
+		return hashes[i], nil
+	}
+	return Hash{}, fmt.Errorf("hash algorithm 0x%04x: %w", uint16(alg), ErrNotApproved)
+}
+
+// HashOf finds an approved hash by Go's identifier (ErrNotApproved).
+func HashOf(h crypto.Hash) (Hash, error) {
+	if i := slices.IndexFunc(hashes, func(x Hash) bool { return x.Crypto == h }); i >= 0 {
+		return hashes[i], nil
+	}
+	return Hash{}, fmt.Errorf("hash %v: %w (sha256, sha384)", h, ErrNotApproved)
+}
+
+// HashName is the name of a TPM hash algorithm, approved or not (sha1 for
+// an event log's SHA-1 bank), else its number (0x0012), for messages and
+// files that echo it. Naming a hash approves nothing.
+func HashName(alg tpm2.TPMIAlgHash) string {
+	if h, err := HashByAlg(alg); err == nil {
+		return h.Name
+	}
+	switch alg {
+	case tpm2.TPMAlgSHA1:
+		return "sha1"
+	case tpm2.TPMAlgSHA512:
+		return "sha512"
+	}
+	return fmt.Sprintf("0x%04x", uint16(alg))
 }

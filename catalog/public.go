@@ -59,12 +59,24 @@ func PublicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
 			e = 65537
 		}
 		k := &rsa.PublicKey{N: new(big.Int).SetBytes(n.Buffer), E: e}
+		if k.N.BitLen() != int(parms.KeyBits) {
+			return nil, fmt.Errorf("RSA modulus of %d bits in a %d-bit key", k.N.BitLen(), parms.KeyBits)
+		}
 		if err := checkRSA(k); err != nil {
 			return nil, err
 		}
 		return k, nil
 	}
 	return nil, fmt.Errorf("a %v key has no public key: %w", pub.Type, ErrNotApproved)
+}
+
+// CheckPublicKey accepts a Go public key of approved mode: ECDSA on P-256
+// or P-384 (on its curve), RSA of 2048 bits or more with an odd public
+// exponent of at least 65537 that the TPM can hold. Anything else is
+// ErrNotApproved (a malformed key, another error).
+func CheckPublicKey(pub crypto.PublicKey) error {
+	_, err := Public(pub, PublicOptions{NameAlg: tpm2.TPMAlgSHA256})
+	return err
 }
 
 // checkRSA refuses an RSA key outside approved mode: a modulus under 2048

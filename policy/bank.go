@@ -23,22 +23,17 @@ const (
 // "sha384"). "sha1" and every other name are refused with catalog.ErrNotApproved, so a
 // config cannot quietly fall back to a broken hash.
 func ParseBank(s string) (Bank, error) {
-	switch s {
-	case "sha256":
-		return BankSHA256, nil
-	case "sha384":
-		return BankSHA384, nil
+	h, err := catalog.HashByName(s)
+	if err != nil {
+		return 0, fmt.Errorf("policy: PCR bank %q: %w (use sha256 or sha384)", s, catalog.ErrNotApproved)
 	}
-	return 0, fmt.Errorf("policy: PCR bank %q: %w (use sha256 or sha384)", s, catalog.ErrNotApproved)
+	return Bank(h.Alg), nil
 }
 
 // String returns the bank's name as ParseBank accepts it.
 func (b Bank) String() string {
-	switch b {
-	case BankSHA256:
-		return "sha256"
-	case BankSHA384:
-		return "sha384"
+	if h, err := catalog.HashByAlg(tpm2.TPMIAlgHash(b)); err == nil {
+		return h.Name
 	}
 	return fmt.Sprintf("Bank(0x%04x)", uint16(b))
 }
@@ -52,13 +47,8 @@ func (b Bank) Alg() tpm2.TPMIAlgHash { return tpm2.TPMIAlgHash(b) }
 // Hash returns the Go hash of the bank; it is crypto.Hash(0) for an invalid
 // bank, which has no Size and so cannot be mistaken for a real one.
 func (b Bank) Hash() crypto.Hash {
-	switch b {
-	case BankSHA256:
-		return crypto.SHA256
-	case BankSHA384:
-		return crypto.SHA384
-	}
-	return 0
+	h, _ := catalog.HashByAlg(tpm2.TPMIAlgHash(b))
+	return h.Crypto
 }
 
 // MarshalText implements encoding.TextMarshaler so banks appear by name in JSON.
@@ -82,11 +72,9 @@ func (b *Bank) UnmarshalText(text []byte) error {
 // sessionHash returns the Go hash for a policy session (digest) algorithm,
 // refusing everything but SHA-256 and SHA-384.
 func sessionHash(alg tpm2.TPMIAlgHash) (crypto.Hash, error) {
-	switch alg {
-	case tpm2.TPMAlgSHA256:
-		return crypto.SHA256, nil
-	case tpm2.TPMAlgSHA384:
-		return crypto.SHA384, nil
+	h, err := catalog.HashByAlg(alg)
+	if err != nil {
+		return 0, fmt.Errorf("policy: session %w", err)
 	}
-	return 0, fmt.Errorf("policy: session hash algorithm 0x%04x: %w", uint16(alg), catalog.ErrNotApproved)
+	return h.Crypto, nil
 }

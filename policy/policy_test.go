@@ -76,7 +76,7 @@ func TestStepDigestKAT(t *testing.T) {
 				h(t, alg, h(t, alg, zero, u32(ccPolicyDupSelect), parentName, []byte{0}), u32(ccPolicyCommandCode), u32(ccDuplicate))},
 		}
 		for _, tc := range tests {
-			t.Run(hashName(alg)+"/"+tc.name, func(t *testing.T) {
+			t.Run(catalog.HashName(alg)+"/"+tc.name, func(t *testing.T) {
 				got, err := tc.policy.Digest(alg)
 				if err != nil {
 					t.Fatal(err)
@@ -201,7 +201,7 @@ func TestApplyMatchesDigest(t *testing.T) {
 			if tc.sha256Only && alg != tpm2.TPMAlgSHA256 {
 				continue
 			}
-			t.Run(tc.name+"/"+hashName(alg), func(t *testing.T) {
+			t.Run(tc.name+"/"+catalog.HashName(alg), func(t *testing.T) {
 				want, err := tc.policy.Digest(alg)
 				if err != nil {
 					t.Fatal(err)

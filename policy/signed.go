@@ -314,13 +314,13 @@ func (sp *SignedPolicy) MarshalJSON() ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("policy: signature: %w", err)
 		}
-		sig = signatureJSON{Alg: "ecdsa", Hash: hashName(e.Hash), R: hex.EncodeToString(e.SignatureR.Buffer), S: hex.EncodeToString(e.SignatureS.Buffer)}
+		sig = signatureJSON{Alg: "ecdsa", Hash: catalog.HashName(e.Hash), R: hex.EncodeToString(e.SignatureR.Buffer), S: hex.EncodeToString(e.SignatureS.Buffer)}
 	case tpm2.TPMAlgRSAPSS:
 		p, err := sp.Signature.Signature.RSAPSS()
 		if err != nil {
 			return nil, fmt.Errorf("policy: signature: %w", err)
 		}
-		sig = signatureJSON{Alg: "rsapss", Hash: hashName(p.Hash), Sig: hex.EncodeToString(p.Sig.Buffer)}
+		sig = signatureJSON{Alg: "rsapss", Hash: catalog.HashName(p.Hash), Sig: hex.EncodeToString(p.Sig.Buffer)}
 	default:
 		return nil, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(sp.Signature.SigAlg), catalog.ErrNotApproved)
 	}
@@ -336,16 +336,6 @@ func (sp *SignedPolicy) MarshalJSON() ([]byte, error) {
 		Signer:         &signerJSON{PublicKey: string(pemKey), Name: hex.EncodeToString(sp.SignerName)},
 		Signature:      &sig,
 	})
-}
-
-func hashName(h tpm2.TPMIAlgHash) string {
-	switch h {
-	case tpm2.TPMAlgSHA256:
-		return "sha256"
-	case tpm2.TPMAlgSHA384:
-		return "sha384"
-	}
-	return fmt.Sprintf("0x%04x", uint16(h))
 }
 
 // ParseSignedPolicy parses policy.json strictly: only format 1, no unknown or
@@ -409,15 +399,11 @@ func ParseSignedPolicy(data []byte) (*SignedPolicy, error) {
 }
 
 func (s signatureJSON) toTPM() (tpm2.TPMTSignature, error) {
-	var hash tpm2.TPMIAlgHash
-	switch s.Hash {
-	case "sha256":
-		hash = tpm2.TPMAlgSHA256
-	case "sha384":
-		hash = tpm2.TPMAlgSHA384
-	default:
+	h, err := catalog.HashByName(s.Hash)
+	if err != nil {
 		return tpm2.TPMTSignature{}, fmt.Errorf("hash %q: %w", s.Hash, catalog.ErrNotApproved)
 	}
+	hash := h.Alg
 	switch s.Alg {
 	case "ecdsa":
 		if s.Sig != "" {
