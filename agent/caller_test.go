@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// Concurrent operations by different callers on one Agent each reach the
+// audit trail under their own uid: the caller travels in the request's
+// context, so no interleaving can record one caller's operation under
+// another's identity. An operation whose context names no caller records
+// Config.UID.
+func TestCallerPerRequest(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a.uid = 4242 // Config.UID: the in-process caller
+	const callers = 6
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for uid := 1000; uid < 1000+callers; uid++ {
+		wg.Go(func() {
+			ctx := api.WithCaller(context.Background(), api.Caller{UID: uid})
+			_, err := a.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("k%d", uid), Label: "l", Type: "ecc-p256"})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.DeriveKey(context.Background(), api.DeriveRequest{Name: "mine", Label: "l", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := a.AuditRecords(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, r := range recs {
+		if r.Op != "key-derive" {
+			continue
+		}
+		seen++
+		name := r.Objects["key"]
+		want := a.uid
+		if n, ok := strings.CutPrefix(name, "k"); ok {
+			want, _ = strconv.Atoi(n)
+		}
+		if r.UID != want {
+			t.Errorf("key %s derived by uid %d recorded as uid %d", name, want, r.UID)
+		}
+	}
+	if seen != callers+1 {
+		t.Errorf("%d key-derive records, want %d", seen, callers+1)
+	}
+}
