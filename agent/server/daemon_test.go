@@ -15,6 +15,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -98,7 +99,7 @@ func TestStopWaitsForTheOperationInTheQueue(t *testing.T) {
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: api.UsageSign}); err != nil {
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ag.Close(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -236,8 +238,8 @@ func TestHealthWhileAnOperationHoldsTheQueue(t *testing.T) {
 	}
 	// Stuck: no TPM answer for longer than the stall limit.
 	time.Sleep(ts.stallAfter + 100*time.Millisecond)
-	if err := ts.Health(ctx); err == nil {
-		t.Error("healthy while an operation held the queue past the stall limit with no TPM command answered")
+	if err := ts.Health(ctx); !errors.Is(err, api.ErrBusy) {
+		t.Errorf("held past the stall limit with no TPM command answered: Health = %v, want ErrBusy", err)
 	}
 	release()
 	if err := ts.Health(ctx); err != nil {
@@ -289,7 +291,7 @@ func TestStatusCached(t *testing.T) {
 	}
 
 	// A key derived through the daemon shows at once.
-	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: api.UsageSign}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: catalog.UsageSign}); code != http.StatusOK {
 		t.Fatalf("derive: HTTP %d %s", code, b)
 	}
 	if st := status(); st.Keys != first.Keys+1 || st.AuditLines <= first.AuditLines {

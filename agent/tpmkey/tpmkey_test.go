@@ -13,6 +13,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -33,7 +34,7 @@ func TestConcurrentUse(t *testing.T) {
 	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "ec", Label: "ec", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "rsa", Type: "rsa-2048", Usage: api.UsageDecrypt}); err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "rsa", Type: "rsa-2048", Usage: catalog.UsageDecrypt}); err != nil {
 		t.Fatal(err)
 	}
 	ec, err := New(ctx, ag, "ec")

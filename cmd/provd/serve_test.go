@@ -23,6 +23,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -154,7 +155,7 @@ func TestServe(t *testing.T) {
 		t.Fatalf("provision: %v", err)
 	}
 	for i := range nKeys {
-		if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: api.UsageSign}); err != nil {
+		if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
 			t.Fatalf("derive: %v", err)
 		}
 	}
