@@ -30,6 +30,10 @@
 // whose files were made durable in step 2. Files left behind by a crash (temp
 // files, unreferenced generations) are zeroed and removed by the next Open,
 // View or Update once the manifest has been read successfully.
+//
+// Wipe renames manifest.json to a temp name before it zeroes anything, so an
+// interrupted Wipe leaves the old state or an empty one, never a manifest
+// that does not parse.
 package store
 
 import (
@@ -96,7 +100,7 @@ type Options struct {
 	LockTimeout time.Duration
 
 	// hook, when set (tests only), is called at each durability step of a
-	// commit so a test can stop the process exactly there.
+	// commit or a Wipe so a test can stop the process exactly there.
 	hook func(step string)
 }
 
@@ -330,12 +334,11 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 
 	// The manifest goes first: a crash after it leaves an empty, valid store
 	// (the next Open collects the blob files no manifest names), whereas a
-	// manifest naming blobs already shredded would be corrupt (exit 8).
-	if err := shred(filepath.Join(s.dir, ManifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// manifest naming blobs already shredded would be corrupt (exit 8). It is
+	// renamed away before it is zeroed, so that no crash can leave a zeroed
+	// manifest.json behind (ErrCorrupt as well).
+	if err := s.removeThenShred(ManifestFile); err != nil {
 		return fmt.Errorf("store: wipe: %w", err)
-	}
-	if err := syncDir(s.dir); err != nil {
-		return err
 	}
 	bdir := filepath.Join(s.dir, BlobDir)
 	ents, err := os.ReadDir(bdir)
@@ -352,6 +355,7 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 		if err != nil {
 			return fmt.Errorf("store: wipe: %w", err)
 		}
+		s.step("wipe-blob-removed")
 	}
 	if err := os.Remove(bdir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("store: wipe: %w", err)
@@ -368,11 +372,50 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 		}
 	}
 	if opts.Audit {
-		if err := shred(filepath.Join(s.dir, AuditLogFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// Renamed away first too: a zeroed audit.log would read as a
+		// tampered trail.
+		if err := s.removeThenShred(AuditLogFile); err != nil {
 			return fmt.Errorf("store: wipe: %w", err)
 		}
 	}
 	return syncDir(s.dir)
+}
+
+// removeThenShred takes the file name out of the state directory by renaming
+// it to a fresh temp name, makes the rename durable, and only then zeroes and
+// unlinks the temp file. A crash at any point leaves name either intact or
+// absent, never zeroed or torn; a temp file left behind is collected by the
+// next transaction (collectGarbage). A missing name is not an error.
+func (s *Store) removeThenShred(name string) error {
+	p := filepath.Join(s.dir, name)
+	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// CreateTemp reserves a name no other file has (O_EXCL); the rename then
+	// replaces that empty file atomically.
+	f, err := os.CreateTemp(s.dir, tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	s.step("wipe-temp-created")
+	if err := os.Rename(p, tmp); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	s.step("wipe-renamed")
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
+	s.step("wipe-renamed-synced")
+	if err := shred(tmp); err != nil {
+		return err
+	}
+	s.step("wipe-shredded")
+	return nil
 }
 
 // shred overwrites a regular file with zeros, fsyncs it and unlinks it. On

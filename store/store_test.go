@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -168,8 +170,8 @@ func TestOpenRefusesInsecureDir(t *testing.T) {
 	}
 	f := filepath.Join(dir, "file")
 	must(t, os.WriteFile(f, nil, 0o600))
-	if _, err := Open(f); err == nil {
-		t.Error("Open(regular file) succeeded")
+	if _, err := Open(f); !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("Open(regular file) = %v, want ENOTDIR", err)
 	}
 }
 
@@ -552,6 +554,22 @@ func TestHelperProcess(t *testing.T) {
 		if err := crashUpdate(s); err != nil {
 			fail(err)
 		}
+	case "wipe-step":
+		// Exit abruptly at the k-th step of a Wipe that also removes the
+		// audit log.
+		k, _ := strconv.Atoi(os.Getenv("PROVD_STORE_STEP"))
+		seen := 0
+		s, err := OpenOptions(dir, Options{hook: func(string) {
+			if seen++; seen == k {
+				os.Exit(3)
+			}
+		}})
+		if err != nil {
+			fail(err)
+		}
+		if err := s.Wipe(bg, WipeOptions{Audit: true}); err != nil {
+			fail(err)
+		}
 	default:
 		fail(fmt.Errorf("unknown mode %q", mode))
 	}
@@ -787,8 +805,9 @@ func assertOnlyLiveFiles(t *testing.T, s *Store, foreign ...string) {
 	}
 }
 
-// A Wipe interrupted after its first step (the manifest) leaves a valid, empty
-// store: the leftover blob files are collected, never reported as corrupt.
+// A Wipe interrupted right after its first step (the manifest renamed to a
+// temp name) leaves a valid, empty store: the renamed manifest and the
+// leftover blob files are collected, never reported as corrupt.
 func TestWipeInterruptedAfterManifest(t *testing.T) {
 	dir := stateDir(t)
 	s := mustOpen(t, dir)
@@ -798,10 +817,9 @@ func TestWipeInterruptedAfterManifest(t *testing.T) {
 		}
 		return tx.WriteBlob("pk", []byte("wrapped"))
 	}))
-	// What Wipe does first, then a crash.
-	if err := shred(filepath.Join(dir, ManifestFile)); err != nil {
-		t.Fatal(err)
-	}
+	// The state Wipe's first step leaves, then a crash.
+	renamed := filepath.Join(dir, tmpPrefix+"wipe")
+	must(t, os.Rename(filepath.Join(dir, ManifestFile), renamed))
 	s2 := mustOpen(t, dir)
 	must(t, s2.View(bg, func(tx *Tx) error {
 		if len(tx.Objects()) != 0 || len(tx.Blobs()) != 0 {
@@ -811,5 +829,56 @@ func TestWipeInterruptedAfterManifest(t *testing.T) {
 	}))
 	if ents, _ := os.ReadDir(filepath.Join(dir, BlobDir)); len(ents) != 0 {
 		t.Errorf("blob files left: %v", ents)
+	}
+	if _, err := os.Stat(renamed); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("renamed manifest not collected: %v", err)
+	}
+}
+
+// TestWipeCrashAtEachStep stops a child at every step of a Wipe in turn and
+// checks that the store opens afterwards, holding the old generation or
+// nothing, that no temp file survives the Open, and that the audit log is
+// intact or gone, never zeroed.
+func TestWipeCrashAtEachStep(t *testing.T) {
+	base := t.TempDir()
+	auditLine := []byte(`{"seq":1}` + "\n")
+	for k := 1; ; k++ {
+		if k > 100 {
+			t.Fatal("wipe never completed")
+		}
+		dir := filepath.Join(base, strconv.Itoa(k))
+		s := mustOpen(t, dir)
+		for range 3 {
+			must(t, crashUpdate(s))
+		}
+		auditPath := filepath.Join(dir, AuditLogFile)
+		must(t, os.WriteFile(auditPath, auditLine, 0o600))
+		err := helperCmd("wipe-step", dir, "PROVD_STORE_STEP="+strconv.Itoa(k)).Run()
+		gen := checkConsistent(t, dir)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tmpPrefix) {
+				t.Errorf("step %d: %s left after Open", k, e.Name())
+			}
+		}
+		if b, rerr := os.ReadFile(auditPath); rerr == nil && !bytes.Equal(b, auditLine) {
+			t.Errorf("step %d: audit log is %q, want intact or absent", k, b)
+		} else if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			t.Fatal(rerr)
+		}
+		if err == nil {
+			if gen != 0 {
+				t.Fatalf("completed wipe left generation %d", gen)
+			}
+			t.Logf("%d crash points checked", k-1)
+			return
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Fatalf("step %d: child: %v", k, err)
+		}
+		if gen != 3 && gen != 0 {
+			t.Fatalf("step %d: generation %d, want 3 or 0", k, gen)
+		}
 	}
 }
