@@ -24,6 +24,12 @@ import (
 	"github.com/provd/provd/tpm/swtpm"
 )
 
+// Retry schedule for TPM warnings: the first delay, doubled at each retry.
+const (
+	retryBackoff = 20 * time.Millisecond
+	maxRetries   = 8
+)
+
 // Device paths tried, in order, when no TPM is named. The resource manager
 // (/dev/tpmrm0) comes first: it virtualizes the 3 object slots and flushes what a
 // crashed client left behind.
@@ -50,6 +56,11 @@ type Options struct {
 	// Wrap, when set, wraps the raw channel below provd's counting and retry
 	// layer. Tests use it to record or split the bytes on the wire.
 	Wrap func(transport.TPM) transport.TPM
+	// RetrySleep waits before a command is resent after a TPM warning
+	// (RETRY, YIELDED, TESTING, NV_RATE); it is given 20ms, doubled at each
+	// retry, up to 8 retries. nil is time.Sleep. Tests inject one that
+	// records the delays instead of waiting them out.
+	RetrySleep func(time.Duration)
 }
 
 // TPM is an open TPM. It implements go-tpm's transport.TPM, so go-tpm commands
@@ -88,8 +99,12 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 	if opts.Wrap != nil {
 		raw = opts.Wrap(raw)
 	}
+	sleep := opts.RetrySleep
+	if sleep == nil {
+		sleep = time.Sleep
+	}
 	t := &TPM{
-		counting: &counting{next: raw, backoff: 20 * time.Millisecond, maxRetries: 8},
+		counting: &counting{next: raw, backoff: retryBackoff, maxRetries: maxRetries, sleep: sleep},
 		spec:     spec,
 		closer:   closer,
 		sim:      sim,

@@ -121,12 +121,8 @@ func TestPCRExtendAndUpdateCounter(t *testing.T) {
 		t.Fatalf("pcrUpdateCounter stayed at %d after extending PCR 15", c1)
 	}
 	// A digest of the wrong size and a bad PCR index are refused before the TPM.
-	if err := tp.PCRExtend(16, tpm2.TPMAlgSHA256, d[:20]); err == nil {
-		t.Error("PCRExtend accepted a 20-byte digest in sha256")
-	}
-	if err := tp.PCRExtend(24, tpm2.TPMAlgSHA256, d[:]); err == nil {
-		t.Error("PCRExtend accepted PCR 24")
-	}
+	wantProvdRefusal(t, tp.PCRExtend(16, tpm2.TPMAlgSHA256, d[:20]), "PCRExtend of a 20-byte digest in sha256")
+	wantProvdRefusal(t, tp.PCRExtend(24, tpm2.TPMAlgSHA256, d[:]), "PCRExtend of PCR 24")
 }
 
 // pcrReadCC is TPM_CC_PCR_Read.

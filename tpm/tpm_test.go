@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +211,21 @@ func TestTransportReassemblesSplitResponses(t *testing.T) {
 	}
 }
 
+// wantProvdRefusal fails the test unless err is a refusal of provd's own
+// argument checks: these have no sentinel, but they are never a *tpm.Error,
+// which only a TPM response code becomes, so a check that was skipped and
+// left the refusal to the TPM is caught.
+func wantProvdRefusal(t *testing.T, err error, what string) {
+	t.Helper()
+	var te *tpm.Error
+	switch {
+	case err == nil:
+		t.Errorf("%s: accepted", what)
+	case errors.As(err, &te):
+		t.Errorf("%s: refused by the TPM (%v), want provd to refuse it before sending", what, err)
+	}
+}
+
 func TestTypedErrors(t *testing.T) {
 	env := swtpmtest.Start(t)
 	_, err := env.TPM.ReadPublic(0x81000123)
@@ -346,18 +362,19 @@ func TestLeftoversSeePolicySessions(t *testing.T) {
 	}
 }
 
-// warnOnce answers the first command with code cc by a warning, as a busy
-// hardware TPM would, then passes everything through.
-type warnOnce struct {
-	next   transport.TPM
-	cc     uint32
-	rc     tpm2.TPMRC
-	warned bool
+// warner answers the first n commands with code cc by rc, as a busy hardware
+// TPM would, then passes everything through.
+type warner struct {
+	next transport.TPM
+	cc   uint32
+	rc   tpm2.TPMRC
+	n    int
+	sent int
 }
 
-func (w *warnOnce) Send(cmd []byte) ([]byte, error) {
-	if !w.warned && len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == w.cc {
-		w.warned = true
+func (w *warner) Send(cmd []byte) ([]byte, error) {
+	if w.sent < w.n && len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == w.cc {
+		w.sent++
 		rsp := make([]byte, 10)
 		binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
 		binary.BigEndian.PutUint32(rsp[2:6], 10)
@@ -367,17 +384,63 @@ func (w *warnOnce) Send(cmd []byte) ([]byte, error) {
 	return w.next.Send(cmd)
 }
 
-// Warnings after which the same command succeeds are retried; errors are not.
+// Warnings after which the same command succeeds are retried after delays
+// that start at 20ms and double; a TPM that keeps warning gets 8 retries, then
+// its warning is returned; errors are not retried. The delays are recorded,
+// not slept.
 func TestWarningsAreRetried(t *testing.T) {
-	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting, tpm2.TPMRCNVRate} {
-		w := &warnOnce{cc: uint32(tpm2.TPMCCGetRandom), rc: rc}
-		env := swtpmtest.Start(t, swtpmtest.WithWrap(func(n transport.TPM) transport.TPM { w.next = n; return w }))
-		before := env.TPM.Stats()
-		if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(env.TPM); err != nil {
-			t.Fatalf("after %v: %v", rc, err)
+	env := swtpmtest.Start(t)
+	env.CloseTPM() // each case opens its own connection; swtpm serves one at a time
+	t.Cleanup(env.Reopen)
+	ms := func(ds ...int) []time.Duration {
+		var out []time.Duration
+		for _, d := range ds {
+			out = append(out, time.Duration(d)*time.Millisecond)
 		}
-		if d := env.TPM.Stats().Sub(before); !w.warned || d.Retries != 1 || d.Commands != 2 {
-			t.Fatalf("after %v: %+v", rc, d)
+		return out
+	}
+	for _, tc := range []struct {
+		rc       tpm2.TPMRC
+		n        int // commands answered with rc
+		delays   []time.Duration
+		finalErr bool // the command ends with rc
+	}{
+		{rc: tpm2.TPMRCRetry, n: 1, delays: ms(20)},
+		{rc: tpm2.TPMRCYielded, n: 1, delays: ms(20)},
+		{rc: tpm2.TPMRCTesting, n: 1, delays: ms(20)},
+		{rc: tpm2.TPMRCNVRate, n: 1, delays: ms(20)},
+		{rc: tpm2.TPMRCRetry, n: 3, delays: ms(20, 40, 80)},
+		{rc: tpm2.TPMRCRetry, n: 100, delays: ms(20, 40, 80, 160, 320, 640, 1280, 2560), finalErr: true},
+		{rc: tpm2.TPMRCFailure, n: 1, finalErr: true},
+	} {
+		w := &warner{cc: uint32(tpm2.TPMCCGetRandom), rc: tc.rc, n: tc.n}
+		var slept []time.Duration
+		tp, err := tpm.Open(t.Context(), tpm.Options{
+			Spec:       env.Spec,
+			Wrap:       func(n transport.TPM) transport.TPM { w.next = n; return w },
+			RetrySleep: func(d time.Duration) { slept = append(slept, d) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := tp.Stats()
+		_, err = (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
+		d := tp.Stats().Sub(before)
+		if cerr := tp.Close(); cerr != nil {
+			t.Fatal(cerr)
+		}
+		if tc.finalErr {
+			if !errors.Is(err, tc.rc) {
+				t.Errorf("%v x%d: error %v, want %v", tc.rc, tc.n, err, tc.rc)
+			}
+		} else if err != nil {
+			t.Errorf("%v x%d: %v", tc.rc, tc.n, err)
+		}
+		if !slices.Equal(slept, tc.delays) {
+			t.Errorf("%v x%d: delays %v, want %v", tc.rc, tc.n, slept, tc.delays)
+		}
+		if want := int64(len(tc.delays)); d.Retries != want || d.Commands != want+1 {
+			t.Errorf("%v x%d: %+v, want %d retries", tc.rc, tc.n, d, want)
 		}
 	}
 }

@@ -92,6 +92,8 @@ type counting struct {
 	// backoff is the first delay before a retry; it doubles up to maxRetries.
 	backoff    time.Duration
 	maxRetries int
+	// sleep waits out one delay (Options.RetrySleep; time.Sleep by default).
+	sleep func(time.Duration)
 }
 
 func (c *counting) Send(cmd []byte) ([]byte, error) {
@@ -114,7 +116,7 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 			return rsp, nil
 		}
 		c.retries.Add(1)
-		time.Sleep(delay)
+		c.sleep(delay)
 		delay *= 2
 	}
 }
