@@ -16,6 +16,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,23 @@ import (
 	"github.com/provd/provd/tpm/swtpm"
 )
 
-var device = flag.String("provd.device", "", "run TPM tests against this TPM device instead of a fresh swtpm")
+var (
+	device = flag.String("provd.device", "", "run TPM tests against this TPM device instead of a fresh swtpm")
+	seed   = flag.Uint64("provd.seed", 0, "seed of the tests that act at random moments (kill tests); 0 picks a fresh one")
+)
+
+// Seed returns the seed for a test that acts at random moments: -provd.seed
+// when given, else a fresh random one. It logs the seed first, so that a
+// failure can be replayed with -provd.seed=N.
+func Seed(t testing.TB) uint64 {
+	t.Helper()
+	s := *seed
+	for s == 0 {
+		s = rand.Uint64()
+	}
+	t.Logf("seed %d (replay with -provd.seed=%d)", s, s)
+	return s
+}
 
 // Env is one test's TPM.
 type Env struct {
@@ -81,22 +98,30 @@ func Start(t testing.TB, opts ...Option) *Env {
 	e := &Env{t: t, opts: o}
 	if *device != "" {
 		e.Spec = *device
-		e.open()
-		return e
+	} else {
+		e.manufactureAndStart()
 	}
-	dir := t.TempDir()
+	// One registration for both modes, after the temp dirs' own clean-ups so
+	// that it runs before them: the leak check and Close matter on a real
+	// device as much as on swtpm (on /dev/tpm0 a leaked handle stays for the
+	// next test).
+	t.Cleanup(e.cleanup)
+	e.open()
+	return e
+}
+
+func (e *Env) manufactureAndStart() {
+	e.t.Helper()
+	dir := e.t.TempDir()
 	e.StateDir = filepath.Join(dir, "state")
 	e.CADir = filepath.Join(dir, "ca")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := swtpm.Manufacture(ctx, e.StateDir, e.CADir); err != nil {
-		t.Fatalf("swtpm: %v (run `make test`, which installs swtpm and swtpm-tools)", err)
+		e.t.Fatalf("swtpm: %v (run `make test`, which installs swtpm and swtpm-tools)", err)
 	}
 	e.CABundle = swtpm.CABundle(e.CADir)
 	e.startProcess()
-	t.Cleanup(e.cleanup)
-	e.open()
-	return e
 }
 
 func (e *Env) startProcess() {
