@@ -78,6 +78,8 @@ step "The keys" \
 printf '\n\033[1m== Approved mode: RSA-1024 and SHA-1 are refused (exit 5)\033[0m\n'
 expect 5 "$bin" key create weak --type rsa-1024
 expect 5 "$bin" key sign tls --in "$demo/firmware.bin" --hash sha1
+printf '\n\033[1m== A TPM cannot derive RSA: the refusal (exit 5) names the command to use\033[0m\n'
+expect 5 "$bin" key derive rsa --label rsa --type rsa-2048
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
 printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'
