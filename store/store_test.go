@@ -539,8 +539,9 @@ func TestHelperProcess(t *testing.T) {
 				fail(err)
 			}
 		}
-	case "step":
-		// Exit abruptly at the k-th durability step of one update.
+	case "step", "wipe-step":
+		// Exit abruptly at the k-th durability step of one update, or of a
+		// Wipe that also removes the audit log.
 		k, _ := strconv.Atoi(os.Getenv("PROVD_STORE_STEP"))
 		seen := 0
 		s, err := OpenOptions(dir, Options{hook: func(string) {
@@ -551,23 +552,12 @@ func TestHelperProcess(t *testing.T) {
 		if err != nil {
 			fail(err)
 		}
-		if err := crashUpdate(s); err != nil {
-			fail(err)
+		if mode == "wipe-step" {
+			err = s.Wipe(bg, WipeOptions{Audit: true})
+		} else {
+			err = crashUpdate(s)
 		}
-	case "wipe-step":
-		// Exit abruptly at the k-th step of a Wipe that also removes the
-		// audit log.
-		k, _ := strconv.Atoi(os.Getenv("PROVD_STORE_STEP"))
-		seen := 0
-		s, err := OpenOptions(dir, Options{hook: func(string) {
-			if seen++; seen == k {
-				os.Exit(3)
-			}
-		}})
 		if err != nil {
-			fail(err)
-		}
-		if err := s.Wipe(bg, WipeOptions{Audit: true}); err != nil {
 			fail(err)
 		}
 	default:
