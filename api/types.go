@@ -31,22 +31,15 @@ type ProvisionRequest struct {
 // provisionJSON is ProvisionRequest on the wire: pcr_values in the file form
 // of docs/policy.md, policy_signer a PEM public key.
 type provisionJSON struct {
-	Bank      string          `json:"bank,omitempty"`
-	PCRs      []int           `json:"pcrs,omitempty"`
-	PCRValues json.RawMessage `json:"pcr_values,omitempty"`
-	Signer    string          `json:"policy_signer,omitempty"`
-	Force     bool            `json:"force,omitempty"`
+	Bank   string            `json:"bank,omitempty"`
+	PCRs   []int             `json:"pcrs,omitempty"`
+	Values *policy.PCRValues `json:"pcr_values,omitempty"`
+	Signer string            `json:"policy_signer,omitempty"`
+	Force  bool              `json:"force,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
-	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Force: r.Force}
-	if r.Values != nil {
-		b, err := r.Values.MarshalJSON()
-		if err != nil {
-			return nil, err
-		}
-		w.PCRValues = b
-	}
+	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -60,17 +53,10 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 	if err := strictjson.Decode(b, &w); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
-	*r = ProvisionRequest{PCRs: w.PCRs, Force: w.Force}
+	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
-	}
-	if len(w.PCRValues) > 0 {
-		v, err := policy.ParsePCRValues(w.PCRValues)
-		if err != nil {
-			return fmt.Errorf("%w: pcr_values: %v", ErrBadInput, err)
-		}
-		r.Values = &v
 	}
 	r.Signer, err = parseSigner(w.Signer)
 	return err

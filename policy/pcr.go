@@ -140,6 +140,17 @@ func (v PCRValues) MarshalJSON() ([]byte, error) {
 	return json.Marshal(raw)
 }
 
+// UnmarshalJSON parses the file form strictly (ParsePCRValues), so a
+// document that embeds PCR values refuses bad ones while it is decoded.
+func (v *PCRValues) UnmarshalJSON(b []byte) error {
+	p, err := ParsePCRValues(b)
+	if err != nil {
+		return err
+	}
+	*v = p
+	return nil
+}
+
 func (v PCRValues) toJSON() (pcrValuesJSON, error) {
 	if err := v.Validate(); err != nil {
 		return pcrValuesJSON{}, err

@@ -78,6 +78,9 @@ func TestBodiesAndRoutes(t *testing.T) {
 		{"trailing data", "POST", "/v1/seal", `{"data":"AA=="} {}`, 400, "bad_input"},
 		{"not JSON", "POST", "/v1/keys/sign", `sign please`, 400, "bad_input"},
 		{"empty body", "POST", "/v1/provision", ``, 400, "bad_input"},
+		{"nested 800,000 deep", "POST", "/v1/seal", `{"data":"AA==","bank":` + strings.Repeat(`{"a":`, 800_000), 400, "bad_input"},
+		{"nested in pcr_values", "POST", "/v1/provision", `{"pcr_values":` + strings.Repeat(`[`, 100) + strings.Repeat(`]`, 100) + `}`, 400, "bad_input"},
+		{"duplicate key in pcr_values", "POST", "/v1/provision", `{"pcr_values":{"bank":"sha256","bank":"sha384","pcrs":{"7":"` + strings.Repeat("00", 32) + `"}}}`, 400, "bad_input"},
 		{"too large", "POST", "/v1/seal", `{"data":"` + strings.Repeat("A", MaxRequestBody) + `"}`, 413, "bad_input"},
 		{"no such endpoint", "GET", "/v1/nothing", ``, 404, "not_found"},
 	} {

@@ -14,13 +14,15 @@ import (
 )
 
 // Decode decodes one JSON value into v, refusing unknown fields,
-// duplicate object keys and trailing data. Policy files decide what a TPM will
+// duplicate object keys, nesting deeper than MaxDepth and trailing data. On
+// an error v may hold part of the input: a caller that decodes secrets
+// clears v either way. Policy files decide what a TPM will
 // accept, so two parsers must never read the same bytes differently (Go's
 // decoder otherwise lets the last duplicate key win silently).
 func Decode(data []byte, v any) error {
-	if err := checkDuplicateKeys(data); err != nil {
-		return err
-	}
+	// The standard decoder first: it refuses most bad input (wrong types,
+	// unknown fields, syntax) at the cost of one pass, before the token walk
+	// that finds duplicate keys, which costs more per byte.
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -29,20 +31,29 @@ func Decode(data []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("trailing data after JSON value")
 	}
-	return nil
+	return checkDuplicateKeys(data)
 }
 
+// MaxDepth bounds how deeply arrays and objects may nest. provd's documents
+// nest four levels at most; the bound keeps a hostile body of nested
+// brackets from costing memory in proportion to its depth (encoding/json
+// alone stops only at 10,000).
+const MaxDepth = 64
+
 // checkDuplicateKeys walks the token stream and fails on a repeated key in
-// any object.
+// any object, or on nesting deeper than MaxDepth. An object's key set is made
+// only at its second key, so a body of many small objects costs little.
 func checkDuplicateKeys(data []byte) error {
 	type frame struct {
 		obj       bool
 		expectKey bool
-		keys      map[string]bool
+		first     string          // the object's first key
+		keys      map[string]bool // its keys, from the second on
+		n         int             // keys seen
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	var stack []*frame
+	var stack []frame
 	// valueDone marks that the enclosing object's current value was consumed.
 	valueDone := func() {
 		if n := len(stack); n > 0 && stack[n-1].obj {
@@ -67,23 +78,31 @@ func checkDuplicateKeys(data []byte) error {
 		switch t := tok.(type) {
 		case json.Delim:
 			switch t {
-			case '{':
+			case '{', '[':
+				if len(stack) == MaxDepth {
+					return fmt.Errorf("JSON nested deeper than %d levels", MaxDepth)
+				}
 				valueDone()
-				stack = append(stack, &frame{obj: true, expectKey: true, keys: map[string]bool{}})
-			case '[':
-				valueDone()
-				stack = append(stack, &frame{})
+				stack = append(stack, frame{obj: t == '{', expectKey: t == '{'})
 			default:
 				stack = stack[:len(stack)-1]
 			}
 		case string:
 			if n := len(stack); n > 0 && stack[n-1].obj && stack[n-1].expectKey {
-				f := stack[n-1]
+				f := &stack[n-1]
 				k := fold(t)
-				if f.keys[k] {
+				switch {
+				case f.n == 0:
+					f.first = k
+				case k == f.first || f.keys[k]:
 					return fmt.Errorf("duplicate JSON key %q", t)
+				default:
+					if f.keys == nil {
+						f.keys = map[string]bool{}
+					}
+					f.keys[k] = true
 				}
-				f.keys[k] = true
+				f.n++
 				f.expectKey = false
 				continue
 			}
