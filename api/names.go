@@ -27,8 +27,8 @@ func HashName(h crypto.Hash) string {
 	if h == 0 {
 		return ""
 	}
-	if x, err := catalog.HashOf(h); err == nil {
-		return x.Name
+	if name := catalog.CryptoHashName(h); name != "" {
+		return name
 	}
 	return fmt.Sprintf("hash-%d", int(h))
 }

@@ -143,26 +143,36 @@ func TPMHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 	return x.Alg, err
 }
 
-// Hash is an approved hash under its three names: the one files, flags and
-// the wire use, the TPM's algorithm and Go's.
+// Hash is a hash under its three names: the one files, flags and the wire
+// use, the TPM's algorithm and Go's. Approved says whether provd uses it.
 type Hash struct {
-	Name   string
-	Alg    tpm2.TPMIAlgHash
-	Crypto crypto.Hash
+	Name     string
+	Alg      tpm2.TPMIAlgHash
+	Crypto   crypto.Hash
+	Approved bool
 }
 
-// hashes are the approved hashes.
+// hashes are the hashes provd knows: the approved ones, and the ones it
+// names in order to refuse them (ErrNotApproved, not "unknown").
 var hashes = []Hash{
-	{"sha256", tpm2.TPMAlgSHA256, crypto.SHA256},
-	{"sha384", tpm2.TPMAlgSHA384, crypto.SHA384},
+	{"sha256", tpm2.TPMAlgSHA256, crypto.SHA256, true},
+	{"sha384", tpm2.TPMAlgSHA384, crypto.SHA384, true},
+	{"sha1", tpm2.TPMAlgSHA1, crypto.SHA1, false},
+	{"sha512", tpm2.TPMAlgSHA512, crypto.SHA512, false},
+	{"sha224", tpm2.TPMAlgNull, crypto.SHA224, false},
+	{"md5", tpm2.TPMAlgNull, crypto.MD5, false},
 }
-
-// unapprovedHashes are hash names provd knows and refuses: a file or flag
-// that names one gets ErrNotApproved, not "unknown".
-var unapprovedHashes = []string{"sha1", "sha224", "sha512", "md5"}
 
 // ErrUnknownHash: a hash name that names no hash at all.
 var ErrUnknownHash = errors.New("unknown hash name")
+
+// approved returns h when it is approved, else ErrNotApproved.
+func (h Hash) approved() (Hash, error) {
+	if !h.Approved {
+		return Hash{}, fmt.Errorf("hash %s: %w (sha256, sha384)", h.Name, ErrNotApproved)
+	}
+	return h, nil
+}
 
 // HashByName finds an approved hash by its canonical name ("sha256",
 // "sha384"): a known hash outside approved mode is ErrNotApproved, anything
@@ -170,18 +180,15 @@ var ErrUnknownHash = errors.New("unknown hash name")
 // spellings normalizes them first.
 func HashByName(s string) (Hash, error) {
 	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Name == s }); i >= 0 {
-		return hashes[i], nil
-	}
-	if slices.Contains(unapprovedHashes, s) {
-		return Hash{}, fmt.Errorf("hash %s: %w (sha256, sha384)", s, ErrNotApproved)
+		return hashes[i].approved()
 	}
 	return Hash{}, fmt.Errorf("%w %q (sha256, sha384)", ErrUnknownHash, s)
 }
 
 // HashByAlg finds an approved hash by its TPM algorithm (ErrNotApproved).
 func HashByAlg(alg tpm2.TPMIAlgHash) (Hash, error) {
-	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Alg == alg }); i >= 0 {
-		return hashes[i], nil
+	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Alg == alg && alg != tpm2.TPMAlgNull }); i >= 0 {
+		return hashes[i].approved()
 	}
 	return Hash{}, fmt.Errorf("hash algorithm 0x%04x: %w", uint16(alg), ErrNotApproved)
 }
@@ -189,7 +196,7 @@ func HashByAlg(alg tpm2.TPMIAlgHash) (Hash, error) {
 // HashOf finds an approved hash by Go's identifier (ErrNotApproved).
 func HashOf(h crypto.Hash) (Hash, error) {
 	if i := slices.IndexFunc(hashes, func(x Hash) bool { return x.Crypto == h }); i >= 0 {
-		return hashes[i], nil
+		return hashes[i].approved()
 	}
 	return Hash{}, fmt.Errorf("hash %v: %w (sha256, sha384)", h, ErrNotApproved)
 }
@@ -198,14 +205,18 @@ func HashOf(h crypto.Hash) (Hash, error) {
 // an event log's SHA-1 bank), else its number (0x0012), for messages and
 // files that echo it. Naming a hash approves nothing.
 func HashName(alg tpm2.TPMIAlgHash) string {
-	if h, err := HashByAlg(alg); err == nil {
-		return h.Name
-	}
-	switch alg {
-	case tpm2.TPMAlgSHA1:
-		return "sha1"
-	case tpm2.TPMAlgSHA512:
-		return "sha512"
+	if i := slices.IndexFunc(hashes, func(h Hash) bool { return h.Alg == alg && alg != tpm2.TPMAlgNull }); i >= 0 {
+		return hashes[i].Name
 	}
 	return fmt.Sprintf("0x%04x", uint16(alg))
+}
+
+// CryptoHashName is the name of a Go hash, approved or not, so that a
+// refusal travels by name (sha512) and is refused the same way on the other
+// side; "" for one provd does not know.
+func CryptoHashName(h crypto.Hash) string {
+	if i := slices.IndexFunc(hashes, func(x Hash) bool { return x.Crypto == h }); i >= 0 {
+		return hashes[i].Name
+	}
+	return ""
 }
