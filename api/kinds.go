@@ -224,7 +224,9 @@ func (e *Error) Unwrap() []error {
 
 // DecodeError rebuilds the error of a response with a non-200 status. A
 // body that is not an ErrorBody (a proxy's, a crash's) is still an *Error,
-// with the status and the start of the body as its message.
+// with the status and the start of the body as its message. The daemon's
+// exit code is taken when it is one a process can exit with for an error
+// (1..255); otherwise the kinds decide.
 func DecodeError(status int, body []byte) *Error {
 	var eb ErrorBody
 	if err := json.Unmarshal(body, &eb); err != nil || eb.Error.Message == "" {
@@ -232,6 +234,18 @@ func DecodeError(status int, body []byte) *Error {
 	}
 	d := eb.Error
 	e := &Error{Message: d.Message, Kinds: d.Kinds, Code: d.ExitCode, Status: status}
+	if e.Code < 1 || e.Code > 255 {
+		// An error never exits 0, and a code outside 1..255 would wrap
+		// around in the exit status: decide from the kinds this version
+		// knows, else ExitError.
+		e.Code = ExitError
+		for _, k := range d.Kinds {
+			if err := KindError(k); err != nil {
+				e.Code = ExitCode(err)
+				break
+			}
+		}
+	}
 	if d.Policy != nil {
 		e.policy = &PolicyError{Differ: d.Policy.Differ, Bank: d.Policy.Bank, Reason: d.Policy.Reason, Err: errors.New(d.Message)}
 	}

@@ -238,6 +238,32 @@ func TestKindsDocumented(t *testing.T) {
 		t.Fatal(err)
 	}
 	doc := string(b)
+	// The HTTP statuses: "- NNN: `kind`, ..." lists every kind whose status
+	// is not 500, under its status, in table order.
+	wantStatus := map[int][]string{}
+	for _, k := range api.Kinds() {
+		if k.HTTP != 500 {
+			wantStatus[k.HTTP] = append(wantStatus[k.HTTP], k.Name)
+		}
+	}
+	statusLine := regexp.MustCompile("(?m)^- ([0-9]{3}): (`.*)$")
+	gotStatus := map[int][]string{}
+	for _, m := range statusLine.FindAllStringSubmatch(doc, -1) {
+		code, _ := strconv.Atoi(m[1])
+		for _, k := range tick.FindAllStringSubmatch(m[2], -1) {
+			gotStatus[code] = append(gotStatus[code], k[1])
+		}
+	}
+	for code, names := range wantStatus {
+		if !slices.Equal(gotStatus[code], names) {
+			t.Errorf("docs/api.md, HTTP %d: kinds %v, want %v", code, gotStatus[code], names)
+		}
+	}
+	for code, names := range gotStatus {
+		if _, ok := wantStatus[code]; !ok {
+			t.Errorf("docs/api.md, HTTP %d: kinds %v that the table does not give it", code, names)
+		}
+	}
 	i := strings.Index(doc, "- `kinds`: every sentinel")
 	j := strings.Index(doc, "The client rebuilds an")
 	if i < 0 || j < i {

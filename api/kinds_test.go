@@ -39,6 +39,21 @@ func TestErrorKindsRoundTrip(t *testing.T) {
 	if got.ExitCode() != 10 || len(got.Unwrap()) != 0 {
 		t.Errorf("unknown kind: %#v", got)
 	}
+	// An exit code that is no error's (0, or one that wraps around) is not
+	// taken: the kinds decide, else ExitError.
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"error":{"message":"m","kinds":["refused"],"exit_code":0}}`, ExitNotPermitted},
+		{`{"error":{"message":"m","kinds":["refused"],"exit_code":256}}`, ExitNotPermitted},
+		{`{"error":{"message":"m","kinds":["from_the_future","not_found"],"exit_code":-1}}`, ExitNotFound},
+		{`{"error":{"message":"m","kinds":[],"exit_code":0}}`, ExitError},
+	} {
+		if got := DecodeError(http.StatusForbidden, []byte(tc.body)); got.ExitCode() != tc.want || ExitCode(got) != tc.want {
+			t.Errorf("%s: exit %d, want %d", tc.body, got.ExitCode(), tc.want)
+		}
+	}
 	// A body that is no error body (a proxy's) is still an error, exit 1.
 	if got := DecodeError(http.StatusBadGateway, []byte("<html>")); got.ExitCode() != ExitError || got.Status != http.StatusBadGateway {
 		t.Errorf("foreign body: %#v", got)
