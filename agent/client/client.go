@@ -32,7 +32,15 @@ const maxResponse = 64 << 20
 type Client struct {
 	path string
 	hc   *http.Client
+	// Timeout bounds a call whose context has no deadline, so that a
+	// wedged daemon cannot hold a caller forever (DefaultTimeout).
+	Timeout time.Duration
 }
+
+// DefaultTimeout is above the longest a healthy daemon takes: its queue
+// wait (30 s by default, configurable) and its bound on one operation
+// (10 min).
+const DefaultTimeout = 15 * time.Minute
 
 var _ api.Service = (*Client)(nil)
 
@@ -48,7 +56,7 @@ func New(path string) *Client {
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 4,
 	}
-	return &Client{path: path, hc: &http.Client{Transport: tr}}
+	return &Client{path: path, hc: &http.Client{Transport: tr}, Timeout: DefaultTimeout}
 }
 
 // Answers reports whether something accepts connections on path: the CLI
@@ -77,6 +85,11 @@ func (c *Client) Close() error {
 
 // call sends req (nil: none) and decodes the answer into res.
 func (c *Client) call(ctx context.Context, r api.Route, req, res any) error {
+	if _, ok := ctx.Deadline(); !ok && c.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+	}
 	var body io.Reader
 	var reqBytes []byte
 	if req != nil {

@@ -1,22 +1,35 @@
 package tpmkey
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"fmt"
+	"io"
 	"strings"
 )
 
-// CSR makes a PKCS#10 certificate request for signer's key, signed by it
-// (inside the TPM for a *Key): the subject, DNS names, and the signature
-// algorithm that suits the key (ECDSA with SHA-256 for P-256, SHA-384 for
-// P-384, RSA PKCS#1 v1.5 with SHA-256).
-func CSR(signer crypto.Signer, subject pkix.Name, dns []string) ([]byte, error) {
+// CSR builds a PKCS#10 certificate request for subject and DNS names,
+// signed inside the TPM by k; the signature ends with ctx.
+func CSR(ctx context.Context, k *Key, subject pkix.Name, dns []string) ([]byte, error) {
 	tmpl := &x509.CertificateRequest{Subject: subject, DNSNames: dns}
-	return x509.CreateCertificateRequest(rand.Reader, tmpl, signer)
+	return x509.CreateCertificateRequest(rand.Reader, tmpl, contextSigner{ctx, k})
+}
+
+// contextSigner lends one call's context to the crypto.Signer that x509
+// drives; it lives for that call only.
+type contextSigner struct {
+	ctx context.Context
+	k   *Key
+}
+
+func (s contextSigner) Public() crypto.PublicKey { return s.k.Public() }
+
+func (s contextSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return s.k.SignContext(s.ctx, digest, opts)
 }
 
 // Attribute types ParseSubject knows.

@@ -14,9 +14,10 @@
 // to the daemon, which serializes TPM work through its queue. Any other
 // Backend must be safe for concurrent use too.
 //
-// crypto.Signer and crypto.Decrypter take no context: a call is bounded by
-// the backend's own limits (each TPM command's timeout in-process, the
-// daemon's request timeout over the socket).
+// crypto.Signer and crypto.Decrypter take no context, so a Key holds none:
+// Sign and Decrypt are each bounded by the Key's timeout (DefaultTimeout,
+// WithTimeout), and SignContext and DecryptContext take the caller's context
+// for callers that have one (CSR does).
 package tpmkey
 
 import (
@@ -26,6 +27,7 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/provd/provd/api"
 )
@@ -43,10 +45,28 @@ var _ Backend = (api.Service)(nil)
 // Key is a TPM-resident provd key usable as a crypto.Signer (sign keys) or a
 // crypto.Decrypter (RSA decrypt keys).
 type Key struct {
-	ag   Backend
-	name string
-	pub  crypto.PublicKey
-	info api.KeyInfo
+	ag      Backend
+	name    string
+	pub     crypto.PublicKey
+	info    api.KeyInfo
+	timeout time.Duration
+}
+
+// DefaultTimeout bounds one Sign or Decrypt made through the context-free
+// crypto interfaces: above one TPM command's timeout, so that it ends a call
+// only when the backend is stuck (a wedged daemon), not a slow key.
+const DefaultTimeout = 3 * time.Minute
+
+// Option configures a Key.
+type Option func(*Key)
+
+// WithTimeout bounds each Sign and Decrypt of the Key (d > 0).
+func WithTimeout(d time.Duration) Option {
+	return func(k *Key) {
+		if d > 0 {
+			k.timeout = d
+		}
+	}
 }
 
 // Compile-time guards.
@@ -56,12 +76,21 @@ var (
 )
 
 // New returns key name of ag; ctx bounds looking the key up.
-func New(ctx context.Context, ag Backend, name string) (*Key, error) {
+func New(ctx context.Context, ag Backend, name string, opts ...Option) (*Key, error) {
 	pub, info, err := ag.KeyPublic(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	return &Key{ag: ag, name: name, pub: pub, info: info}, nil
+	k := &Key{ag: ag, name: name, pub: pub, info: info, timeout: DefaultTimeout}
+	for _, o := range opts {
+		o(k)
+	}
+	return k, nil
+}
+
+// bounded is a context for one call through the context-free interfaces.
+func (k *Key) bounded() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), k.timeout)
 }
 
 // Info describes the key.
@@ -76,6 +105,13 @@ func (k *Key) Public() crypto.PublicKey { return k.pub }
 // PSSSaltLengthAuto and PSSSaltLengthEqualsHash are accepted). rand is
 // ignored: the TPM draws its own randomness.
 func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	ctx, cancel := k.bounded()
+	defer cancel()
+	return k.SignContext(ctx, digest, opts)
+}
+
+// SignContext is Sign for a caller with a context: the call ends with ctx.
+func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	so := api.SignOptions{Hash: opts.HashFunc()}
 	switch k.pub.(type) {
 	case *ecdsa.PublicKey:
@@ -91,13 +127,21 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 			so.Scheme = api.SchemeRSAPSS
 		}
 	}
-	return k.ag.Sign(context.Background(), k.name, digest, so)
+	return k.ag.Sign(ctx, k.name, digest, so)
 }
 
 // Decrypt decrypts an RSA-OAEP ciphertext inside the TPM. opts must be
 // *rsa.OAEPOptions with SHA-256 or SHA-384, the same MGF1 hash and no label;
 // PKCS#1 v1.5 decryption is not an approved scheme and is refused.
 func (k *Key) Decrypt(_ io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	ctx, cancel := k.bounded()
+	defer cancel()
+	return k.DecryptContext(ctx, msg, opts)
+}
+
+// DecryptContext is Decrypt for a caller with a context: the call ends with
+// ctx.
+func (k *Key) DecryptContext(ctx context.Context, msg []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	o, ok := opts.(*rsa.OAEPOptions)
 	if !ok {
 		return nil, fmt.Errorf("%w: only RSA-OAEP decryption (*rsa.OAEPOptions)", api.ErrNotPermitted)
@@ -105,5 +149,5 @@ func (k *Key) Decrypt(_ io.Reader, msg []byte, opts crypto.DecrypterOpts) ([]byt
 	if len(o.Label) != 0 || (o.MGFHash != 0 && o.MGFHash != o.Hash) {
 		return nil, fmt.Errorf("%w: OAEP with a label or another MGF1 hash", api.ErrNotPermitted)
 	}
-	return k.ag.Decrypt(context.Background(), k.name, msg, o.Hash)
+	return k.ag.Decrypt(ctx, k.name, msg, o.Hash)
 }

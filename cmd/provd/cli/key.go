@@ -475,7 +475,7 @@ func (a *app) keyCSRCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				der, err := tpmkey.CSR(k, name, dns)
+				der, err := tpmkey.CSR(cmd.Context(), k, name, dns)
 				if err != nil {
 					return err
 				}
