@@ -19,8 +19,11 @@ type listed struct {
 	TestImports  []string
 	XTestImports []string
 	Deps         []string
-	Error        *struct{ Err string }
-	DepsErrors   []struct{ Err string }
+	// IgnoredGoFiles are files a build constraint leaves out of the
+	// default build, whose imports these rules would not see.
+	IgnoredGoFiles []string
+	Error          *struct{ Err string }
+	DepsErrors     []struct{ Err string }
 }
 
 // goList runs `go list -e -json=fields args...` and decodes its stream of
@@ -63,7 +66,7 @@ func goList(fields string, args ...string) ([]listed, error) {
 //     for ImportPath and Imports. Test-only imports (say a mocking library)
 //     are in no package's Deps, which is why call 1 alone is not enough.
 func load(module string) (graph, []string, error) {
-	ours, err := goList("ImportPath,Imports,TestImports,XTestImports,Deps,Error,DepsErrors",
+	ours, err := goList("ImportPath,Imports,TestImports,XTestImports,Deps,IgnoredGoFiles,Error,DepsErrors",
 		"-test=false", module+"/...")
 	if err != nil {
 		return nil, nil, err
@@ -81,9 +84,18 @@ func load(module string) (graph, []string, error) {
 			problems = append(problems, fmt.Sprintf("go list: %s: dependency: %s", p.ImportPath, e.Err))
 		}
 	}
+	listedHere := map[string]bool{}
+	for _, p := range ours {
+		listedHere[p.ImportPath] = true
+	}
 	outside := map[string]bool{}
 	for _, p := range ours {
 		noteErrors(p)
+		// A file behind a build constraint (a tag, another OS) is not in
+		// the default build, and its imports are in no field above.
+		for _, f := range p.IgnoredGoFiles {
+			problems = append(problems, fmt.Sprintf("graph: %s: %s is left out by a build constraint, so these rules cannot see its imports", p.ImportPath, f))
+		}
 		g[p.ImportPath] = &node{
 			Imports:      cgo(p.Imports),
 			TestImports:  cgo(p.TestImports),
@@ -92,6 +104,12 @@ func load(module string) (graph, []string, error) {
 		for _, imps := range [][]string{p.Imports, p.TestImports, p.XTestImports} {
 			for _, imp := range cgo(imps) {
 				if !match(module, "...", imp) {
+					outside[imp] = true
+				} else if !listedHere[imp] {
+					// module/... does not list testdata or _-prefixed
+					// directories: a package there is a way around the
+					// rules, and it is refused as such.
+					problems = append(problems, fmt.Sprintf("graph: %s imports %s, which %s/... does not list (testdata or _ directory): the rules cannot see it", p.ImportPath, imp, module))
 					outside[imp] = true
 				}
 			}
