@@ -95,6 +95,11 @@ type Options struct {
 	// AllowSHA1 lets event-log replay use the SHA-1 bank and quotes select
 	// SHA-1 PCRs. Signatures and names never use SHA-1, whatever this says.
 	AllowSHA1 bool
+	// RequirePCRs are the PCRs, bank by bank, that a quote must cover for
+	// VerifyQuote to accept it. The device chooses what it quotes; a
+	// verifier that relies on PCR 7 requires PCR 7, or a quote of PCR 23
+	// alone would vouch for a log that claims anything about PCR 7.
+	RequirePCRs map[tpm2.TPMIAlgHash][]int
 }
 
 func (o Options) now() time.Time {

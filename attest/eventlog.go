@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -35,6 +36,10 @@ const (
 const (
 	MaxEventLogSize  = 16 << 20
 	MaxEventDataSize = 1 << 20
+	// MaxEvents bounds the events of one log: a firmware log has hundreds
+	// to a few thousand, and each parsed event costs memory beyond its
+	// bytes, so a log of tiny events must not cost many times its size.
+	MaxEvents        = 1 << 16
 	maxLogAlgorithms = 8
 	maxDigestSize    = 64
 )
@@ -315,6 +320,9 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	}
 	l := &EventLog{specID: bytes.Clone(spec), algs: algs}
 	for r.left() > 0 {
+		if len(l.Events) == MaxEvents {
+			return nil, fmt.Errorf("%w: more than %d events", ErrBadEvidence, MaxEvents)
+		}
 		at := r.off
 		e, err := parseEvent2(r, l)
 		if err != nil {
@@ -354,9 +362,14 @@ func parseSpecID(b []byte) ([]logAlg, error) {
 			return nil, fmt.Errorf("%w: %s digests of %d bytes", ErrBadEvidence, catalog.HashName(a.alg), a.size)
 		}
 		// An algorithm this package knows must have its own digest size; an
-		// unknown one is parsed by its declared size and never replayed.
+		// unknown one is parsed by its declared size and never replayed, and
+		// that size must be a hash's (20, 32, 48 or 64 bytes), not a way to
+		// make events tiny.
 		if h, err := a.alg.Hash(); err == nil && h.Size() != a.size {
 			return nil, fmt.Errorf("%w: %s digests declared %d bytes, want %d", ErrBadEvidence, catalog.HashName(a.alg), a.size, h.Size())
+		}
+		if !slices.Contains([]int{20, 32, 48, 64}, a.size) {
+			return nil, fmt.Errorf("%w: %s digests of %d bytes: no hash has that size", ErrBadEvidence, catalog.HashName(a.alg), a.size)
 		}
 		for _, o := range algs {
 			if o.alg == a.alg {

@@ -75,6 +75,8 @@ func malformedLogs() []logCase {
 	}
 	return []logCase{
 		{"empty", nil},
+		{"unknown algorithm of 1-byte digests", header(specID(2, 0x7000, 1))},
+		{"unknown algorithm of 17-byte digests", header(specID(2, 0x7000, 17))},
 		{"header truncated", header(sha256Spec)[:20]},
 		{"header in PCR 1", badHeader(func(b []byte) { b[0] = 1 })},
 		{"header not EV_NO_ACTION", badHeader(func(b []byte) { b[4] = 1 })},
@@ -421,5 +423,19 @@ func TestAppendEventChecked(t *testing.T) {
 	var zero attest.EventLog
 	if _, err := zero.Append(0, attest.EVPostCode, nil); !errors.Is(err, attest.ErrBadEvidence) {
 		t.Errorf("Append to a zero EventLog = %v", err)
+	}
+}
+
+// A log of more than MaxEvents events is refused: each parsed event costs
+// memory beyond its bytes, and no firmware log has that many.
+func TestEventLogEventLimit(t *testing.T) {
+	ev := event2(7, 4, 1, sha256Zero, nil)
+	log := cat(header(sha256Spec), bytes.Repeat(ev, attest.MaxEvents))
+	l, err := attest.ParseEventLog(log)
+	if err != nil || len(l.Events) != attest.MaxEvents {
+		t.Fatalf("%d events: %v", attest.MaxEvents, err)
+	}
+	if _, err := attest.ParseEventLog(append(log, ev...)); !errors.Is(err, attest.ErrBadEvidence) {
+		t.Errorf("%d events: %v, want ErrBadEvidence", attest.MaxEvents+1, err)
 	}
 }

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
@@ -33,8 +34,8 @@ type Quote struct {
 // size: rsp.Quoted.Bytes() in go-tpm), sig the marshalled TPMT_SIGNATURE,
 // nonce the qualifying data the caller sent. It checks what VerifyCertify
 // checks of the signer, signature and nonce, and that the selection names
-// only PCRs 0..23 of approved banks (SHA-1 only with opts.AllowSHA1), each
-// bank once.
+// at least one PCR, only PCRs 0..23 of approved banks (SHA-1 only with
+// opts.AllowSHA1), each bank once, and every PCR of opts.RequirePCRs.
 //
 // The quote vouches for a digest, not for values: Quote.CheckPCRs tells
 // whether claimed PCR values are the quoted ones.
@@ -49,6 +50,15 @@ func VerifyQuote(ak tpm2.TPMTPublic, attest, sig, nonce []byte, opts Options) (*
 	}
 	if err := checkSelection(info.PCRSelect, opts.AllowSHA1); err != nil {
 		return nil, err
+	}
+	q := &Quote{Selection: info.PCRSelect}
+	if len(q.Selected()) == 0 {
+		return nil, fmt.Errorf("%w: the quote selects no PCR and vouches for nothing", ErrBadEvidence)
+	}
+	for bank, pcrs := range opts.RequirePCRs {
+		if err := q.Covers(bank, pcrs...); err != nil {
+			return nil, err
+		}
 	}
 	h, _ := bankHash(hash, false) // verifyAttest approved it
 	if len(info.PCRDigest.Buffer) != h.Size() {
@@ -71,6 +81,29 @@ func checkSelection(sel tpm2.TPMLPCRSelection, allowSHA1 bool) error {
 		seen[s.Hash] = true
 		if len(s.PCRSelect) > maxSelectBytes {
 			return fmt.Errorf("%w: PCR bitmap of %d bytes (limit %d)", ErrBadEvidence, len(s.PCRSelect), maxSelectBytes)
+		}
+	}
+	return nil
+}
+
+// Selected lists the quoted PCRs, bank by bank.
+func (q *Quote) Selected() map[tpm2.TPMIAlgHash][]int {
+	out := map[tpm2.TPMIAlgHash][]int{}
+	for _, s := range q.Selection.PCRSelections {
+		if pcrs := selectedPCRs(s.PCRSelect); len(pcrs) > 0 {
+			out[s.Hash] = pcrs
+		}
+	}
+	return out
+}
+
+// Covers tells whether the quote covers every one of pcrs in bank; a PCR it
+// does not quote is ErrPCRMismatch, named.
+func (q *Quote) Covers(bank tpm2.TPMIAlgHash, pcrs ...int) error {
+	have := q.Selected()[bank]
+	for _, i := range pcrs {
+		if !slices.Contains(have, i) {
+			return fmt.Errorf("%w: %s PCR %d is not quoted", ErrPCRMismatch, catalog.HashName(bank), i)
 		}
 	}
 	return nil
@@ -149,10 +182,12 @@ func (e *PCRMismatchError) Error() string {
 func (e *PCRMismatchError) Unwrap() error { return ErrPCRMismatch }
 
 // ComparePCRs compares, for every PCR that sel selects (a verified quote's
-// Selection), the quoted value (checked with Quote.CheckPCRs) with the value
+// Selection) and for no other, the quoted value (checked with Quote.CheckPCRs) with the value
 // an event-log replay gives. It returns nil when all are equal, else a
 // *PCRMismatchError naming each PCR that differs. A selected PCR missing from
-// quoted is ErrBadEvidence: CheckPCRs would have refused such values.
+// quoted is ErrBadEvidence: CheckPCRs would have refused such values. What
+// the replay says of a PCR the quote does not select is vouched for by
+// nothing: require the PCRs a decision rests on (Options.RequirePCRs).
 func ComparePCRs(sel tpm2.TPMLPCRSelection, quoted, replayed PCRValues) error {
 	var diffs []PCRMismatch
 	for _, s := range sel.PCRSelections {

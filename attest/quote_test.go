@@ -358,3 +358,40 @@ func TestNewNonce(t *testing.T) {
 		t.Fatalf("default nonces %x %x", a, b)
 	}
 }
+
+// The device chooses what it quotes: a quote of no PCR is refused, and a
+// verifier that rests a decision on PCRs 0 and 7 requires them, so a quote
+// of PCR 23 alone cannot vouch for a log's claims about them.
+func TestQuoteMustCoverRequiredPCRs(t *testing.T) {
+	ak := newECCAK(t, elliptic.P256(), tpm2.TPMAlgSHA256)
+	nonce := mustNonce(t)
+	zero := make([]byte, 32)
+	quote := func(sel tpm2.TPMLPCRSelection, vals ...[]byte) []byte {
+		return tpm2.Marshal(attestFor(t, ak, nonce, tpm2.TPMSTAttestQuote, quoteInfo(sel, pcrDigest(t, crypto.SHA256, vals...))))
+	}
+	require := attest.Options{RequirePCRs: map[tpm2.TPMIAlgHash][]int{tpm2.TPMAlgSHA256: {0, 7}}}
+	for _, tc := range []struct {
+		name string
+		a    []byte
+		opts attest.Options
+		want error
+	}{
+		{"no PCR selected", quote(tpm2.TPMLPCRSelection{}), attest.Options{}, attest.ErrBadEvidence},
+		{"PCR 23 only, 0 and 7 required", quote(selection(tpm2.TPMAlgSHA256, 23), zero), require, attest.ErrPCRMismatch},
+		{"PCR 0 only, 0 and 7 required", quote(selection(tpm2.TPMAlgSHA256, 0), zero), require, attest.ErrPCRMismatch},
+		{"PCRs 0 and 7, required", quote(selection(tpm2.TPMAlgSHA256, 0, 7), zero, zero), require, nil},
+	} {
+		q, err := attest.VerifyQuote(ak.pub, tc.a, ak.sign(t, tc.a, 0), nonce, tc.opts)
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if err == nil {
+			if err := q.Covers(tpm2.TPMAlgSHA256, 7); err != nil {
+				t.Errorf("%s: Covers(7): %v", tc.name, err)
+			}
+			if err := q.Covers(tpm2.TPMAlgSHA384, 7); !errors.Is(err, attest.ErrPCRMismatch) {
+				t.Errorf("%s: Covers(sha384 7): %v", tc.name, err)
+			}
+		}
+	}
+}
