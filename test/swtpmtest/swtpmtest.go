@@ -13,6 +13,7 @@
 package swtpmtest
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,6 +91,15 @@ func WithUnixSocket() Option {
 
 // Start manufactures and starts a swtpm for t, opens it, and registers clean-up:
 // the handle-leak check, closing, and stopping swtpm by pid.
+//
+// Manufacturing (swtpm_setup with EK certificates from a local CA) costs
+// about a second, most of a TPM test's time, so the first Env of a test
+// starts from a copy of one manufactured state per test binary, written into
+// the test's own temp dir: each test still gets its own swtpm process and
+// state, and Envs of different tests share only their manufactured identity
+// (seeds, EK and its certificate), which no test compares across tests. A
+// second Env in the same test is manufactured afresh, so the TPMs one test
+// talks to are always distinct TPMs (a peer, "another TPM").
 func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	var o options
@@ -115,13 +126,117 @@ func (e *Env) manufactureAndStart() {
 	dir := e.t.TempDir()
 	e.StateDir = filepath.Join(dir, "state")
 	e.CADir = filepath.Join(dir, "ca")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := swtpm.Manufacture(ctx, e.StateDir, e.CADir); err != nil {
+	var err error
+	if firstOf(e.t) {
+		err = sharedTemplate.copyTo(e.t, e.StateDir, e.CADir)
+	} else {
+		err = manufacture(e.StateDir, e.CADir)
+	}
+	if err != nil {
 		e.t.Fatalf("swtpm: %v (run `make test`, which installs swtpm and swtpm-tools)", err)
 	}
 	e.CABundle = swtpm.CABundle(e.CADir)
 	e.startProcess()
+}
+
+func manufacture(stateDir, caDir string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return swtpm.Manufacture(ctx, stateDir, caDir)
+}
+
+// started records the tests that have an Env already.
+var started struct {
+	sync.Mutex
+	tests map[testing.TB]bool
+}
+
+// firstOf reports whether t starts its first Env, and remembers that it did.
+func firstOf(t testing.TB) bool {
+	started.Lock()
+	defer started.Unlock()
+	if started.tests[t] {
+		return false
+	}
+	if started.tests == nil {
+		started.tests = map[testing.TB]bool{}
+	}
+	started.tests[t] = true
+	t.Cleanup(func() {
+		started.Lock()
+		defer started.Unlock()
+		delete(started.tests, t)
+	})
+	return true
+}
+
+// template is one manufactured state and its CA, kept in memory (no file
+// outlives the test that made it) and written out for each test.
+type template struct {
+	once      sync.Once
+	err       error
+	caDir     string            // where it was made: the CA's config names it
+	state, ca map[string][]byte // file name -> contents
+}
+
+var sharedTemplate template
+
+// copyTo writes the template into stateDir and caDir, manufacturing it in
+// t's temp dir first if this is the binary's first Env.
+func (tp *template) copyTo(t testing.TB, stateDir, caDir string) error {
+	tp.once.Do(func() {
+		dir := t.TempDir()
+		tp.caDir = filepath.Join(dir, "ca")
+		if tp.err = manufacture(filepath.Join(dir, "state"), tp.caDir); tp.err != nil {
+			return
+		}
+		if tp.state, tp.err = readFiles(filepath.Join(dir, "state")); tp.err != nil {
+			return
+		}
+		tp.ca, tp.err = readFiles(tp.caDir)
+	})
+	if tp.err != nil {
+		return tp.err
+	}
+	if err := writeFiles(stateDir, tp.state, "", ""); err != nil {
+		return err
+	}
+	// The CA's configuration names its own directory.
+	return writeFiles(caDir, tp.ca, tp.caDir, caDir)
+}
+
+func readFiles(dir string) (map[string][]byte, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		out[e.Name()] = b
+	}
+	return out, nil
+}
+
+func writeFiles(dir string, files map[string][]byte, from, to string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, b := range files {
+		if from != "" {
+			b = bytes.ReplaceAll(b, []byte(from), []byte(to))
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (e *Env) startProcess() {
