@@ -43,6 +43,8 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/catalog"
 )
 
 // Sentinel errors. Every error of a verifier or parser wraps at least one of
@@ -147,16 +149,12 @@ const numPCRs = 24
 // SHA-1 passes only when allowSHA1 is set (event-log and PCR banks, never
 // signatures or names).
 func bankHash(alg tpm2.TPMIAlgHash, allowSHA1 bool) (crypto.Hash, error) {
-	switch alg {
-	case tpm2.TPMAlgSHA256:
-		return crypto.SHA256, nil
-	case tpm2.TPMAlgSHA384:
-		return crypto.SHA384, nil
-	case tpm2.TPMAlgSHA1:
-		if allowSHA1 {
-			return crypto.SHA1, nil
-		}
-		return 0, fmt.Errorf("%w: SHA-1", ErrUnsupportedAlgorithm)
+	if alg == tpm2.TPMAlgSHA1 && allowSHA1 {
+		return crypto.SHA1, nil
 	}
-	return 0, fmt.Errorf("%w: hash algorithm 0x%04x", ErrUnsupportedAlgorithm, uint16(alg))
+	h, err := catalog.HashByAlg(alg)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnsupportedAlgorithm, err)
+	}
+	return h.Crypto, nil
 }
