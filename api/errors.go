@@ -26,6 +26,10 @@ var (
 	// check (exit code 14).
 	ErrTampered = errors.New("integrity check failed")
 
+	// ErrUntrustedTPM: the TPM's identity is not verified: its EK
+	// certificate chains to no trusted manufacturer (exit code 15).
+	ErrUntrustedTPM = errors.New("TPM identity not verified")
+
 	// ErrRefused: the daemon refused a request because the caller's role
 	// does not allow the operation. It is an ErrNotPermitted (exit code 5).
 	ErrRefused = fmt.Errorf("%w: the caller's role does not allow it", ErrNotPermitted)

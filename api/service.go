@@ -22,6 +22,7 @@ type Service interface {
 	Unseal(ctx context.Context, blob []byte) ([]byte, error)
 	Status(ctx context.Context) (Status, error)
 	TPMInfo(ctx context.Context) (TPMInfo, error)
+	TPMIdentity(ctx context.Context, req IdentityRequest) (Identity, error)
 	AuditRecords(ctx context.Context) ([]audit.Record, error)
 	AuditVerify(ctx context.Context) (audit.Report, error)
 	AuditRepair(ctx context.Context, anchorLast bool) (audit.Report, error)
@@ -71,6 +72,7 @@ type Route struct {
 var (
 	RouteStatus         = Route{"GET", "/v1/status", "status"}
 	RouteTPMInfo        = Route{"GET", "/v1/tpm/info", "tpm-info"}
+	RouteTPMIdentity    = Route{"POST", "/v1/tpm/identity", "tpm-identity"}
 	RoutePolicyShow     = Route{"GET", "/v1/policy", "policy-show"}
 	RouteAuditVerify    = Route{"GET", "/v1/audit/verify", "audit-verify"}
 	RouteAuditShow      = Route{"GET", "/v1/audit", "audit-show"}

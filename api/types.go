@@ -177,6 +177,46 @@ type TPMInfo struct {
 	GoFIPS140 bool `json:"go_fips140"`
 }
 
+// IdentityRequest is POST /v1/tpm/identity: how to trust the TPM's
+// endorsement key.
+type IdentityRequest struct {
+	// EKCA is a PEM bundle of the manufacturer certificates that vouch for
+	// EK certificates (roots and issuing CAs).
+	EKCA []byte `json:"ek_ca,omitempty"`
+	// EKCert is the EK certificate (DER or PEM) of a TPM that keeps none in
+	// NV (firmware TPMs); empty: read it from NV.
+	EKCert []byte `json:"ek_cert,omitempty"`
+	// TrustOnFirstUse accepts an EK certificate no manufacturer in EKCA
+	// vouches for; the identity then says so.
+	TrustOnFirstUse bool `json:"trust_on_first_use,omitempty"`
+}
+
+// Trust levels of an Identity.
+const (
+	TrustManufacturer = "manufacturer"       // the EK certificate chains to EKCA
+	TrustOnFirstUse   = "trust-on-first-use" // nothing vouched for it
+)
+
+// Identity is the TPM as provd establishes it at first contact: the EK from
+// its certificate, never from the bus, and the SRK as the TPM stated it in a
+// response authenticated by a session salted to that EK.
+type Identity struct {
+	Trust        string   `json:"trust"`
+	EKCertSource string   `json:"ek_cert_source"` // "nv 0x01c00002", or "file"
+	EKCertSHA256 string   `json:"ek_cert_sha256"`
+	EKKey        string   `json:"ek_key"` // "RSA 2048", "ECC P-256"
+	Subject      string   `json:"subject"`
+	Issuer       string   `json:"issuer"`
+	Manufacturer string   `json:"tpm_manufacturer,omitempty"`
+	Model        string   `json:"tpm_model,omitempty"`
+	Version      string   `json:"tpm_version,omitempty"`
+	Chain        []string `json:"chain,omitempty"` // subjects, the EK's issuer to the root
+	// SRKName is the SRK's TPM name, authenticated; SRKPersistent says
+	// whether 0x81000001 holds that SRK (false: absent, or another key).
+	SRKName       string `json:"srk_name"`
+	SRKPersistent bool   `json:"srk_persistent"`
+}
+
 // ZeroizeOptions says how far zeroize goes: POST /v1/zeroize.
 type ZeroizeOptions struct {
 	// SRK also evicts the SRK (it is recreated identically by the next

@@ -58,6 +58,36 @@ func oidEKCertificateEKU() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{
 // Trailing 0x00 or 0xFF bytes, with which some TPMs pad the NV index, are
 // ignored; any other trailing data is refused.
 func VerifyEKCertificate(der []byte, opts Options) (*EKCertificate, error) {
+	ek, err := ParseEKCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	cert := ek.Cert
+	if opts.Roots == nil {
+		// x509 would fall back to the system roots, which never vouch for a TPM.
+		return nil, fmt.Errorf("%w: no EK roots configured", ErrUntrustedEK)
+	}
+	chains, err := cert.Verify(x509.VerifyOptions{
+		Roots:         opts.Roots,
+		Intermediates: opts.Intermediates,
+		CurrentTime:   opts.now(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		if len(cert.UnhandledCriticalExtensions) > 0 {
+			return nil, fmt.Errorf("%w: %w: %v", ErrUntrustedEK, err, cert.UnhandledCriticalExtensions)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUntrustedEK, err)
+	}
+	ek.Chain = chains[0]
+	return ek, nil
+}
+
+// ParseEKCertificate reads an EK certificate strictly (as VerifyEKCertificate
+// does: size, padding, approved key, the TCG SAN) without deciding whether
+// any manufacturer vouches for it: for trust on first use, where the caller
+// records that no chain was verified. Chain is nil.
+func ParseEKCertificate(der []byte) (*EKCertificate, error) {
 	if len(der) > maxEKCertSize {
 		return nil, fmt.Errorf("%w: EK certificate of %d bytes (limit %d)", ErrBadEvidence, len(der), maxEKCertSize)
 	}
@@ -76,23 +106,6 @@ func VerifyEKCertificate(der []byte, opts Options) (*EKCertificate, error) {
 	if err := ek.takeTCGSAN(); err != nil {
 		return nil, err
 	}
-	if opts.Roots == nil {
-		// x509 would fall back to the system roots, which never vouch for a TPM.
-		return nil, fmt.Errorf("%w: no EK roots configured", ErrUntrustedEK)
-	}
-	chains, err := cert.Verify(x509.VerifyOptions{
-		Roots:         opts.Roots,
-		Intermediates: opts.Intermediates,
-		CurrentTime:   opts.now(),
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	})
-	if err != nil {
-		if len(cert.UnhandledCriticalExtensions) > 0 {
-			return nil, fmt.Errorf("%w: %w: %v", ErrUntrustedEK, err, cert.UnhandledCriticalExtensions)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrUntrustedEK, err)
-	}
-	ek.Chain = chains[0]
 	return ek, nil
 }
 

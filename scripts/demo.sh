@@ -22,6 +22,12 @@ expect() { # expect CODE CMD...: run, show, and check the exit code
 }
 json_num() { grep -o "\"$1\": [0-9]*" | head -1 | grep -o '[0-9]*$'; }
 
+printf '\n\033[1m== Who is this TPM? Without the manufacturer certificates it is not trusted (exit 15)\033[0m\n'
+expect 15 "$bin" tpm identity
+cat "$demo/state/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state/swtpm/ca/issuercert.pem" > "$demo/ek-ca.pem"
+step "With them: the EK certificate verified, the SRK authenticated through a session salted to the certified EK" \
+  "$bin" tpm identity --ek-ca "$demo/ek-ca.pem"
+
 step "Provision: the PK is born in the TPM, sealed to PCRs 7 and 15 as they are now" \
   "$bin" provision --pcrs 7,15
 step "Seal a secret under the PK" \

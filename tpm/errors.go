@@ -3,6 +3,7 @@ package tpm
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -35,7 +36,15 @@ var (
 	// ErrSRKMismatch: the persistent handle 0x81000001 holds a key that is not
 	// the TCG ECC P-256 SRK; provd refuses to build on a foreign key.
 	ErrSRKMismatch = errors.New("persistent SRK handle holds a foreign key")
+	// ErrResponseForged: a response failed its session's HMAC check: it is
+	// not what the TPM sent (something on the bus changed or invented it).
+	ErrResponseForged = errors.New("a TPM response failed its session HMAC: something between provd and the TPM changed it")
 )
+
+// goTPMBadResponseHMAC is how go-tpm v0.9.8 reports a response whose HMAC
+// does not verify; it has no sentinel for it. The forged-response test fails
+// if a new go-tpm words it otherwise.
+const goTPMBadResponseHMAC = "incorrect authorization HMAC"
 
 // Error is a failure the TPM reported for one command. It unwraps to the kind
 // sentinel above (when one applies) and to the raw tpm2.TPMRC, so both
@@ -73,6 +82,9 @@ func Wrap(command string, err error) error {
 	}
 	var rc tpm2.TPMRC
 	if !errors.As(err, &rc) {
+		if strings.Contains(err.Error(), goTPMBadResponseHMAC) {
+			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, err)
+		}
 		return fmt.Errorf("%s: %w", command, err)
 	}
 	return &Error{Command: command, RC: rc, Kind: classify(rc)}

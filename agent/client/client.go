@@ -172,6 +172,11 @@ func (c *Client) TPMInfo(ctx context.Context) (api.TPMInfo, error) {
 	return res, c.call(ctx, api.RouteTPMInfo, nil, &res)
 }
 
+func (c *Client) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.Identity, error) {
+	var res api.Identity
+	return res, c.call(ctx, api.RouteTPMIdentity, req, &res)
+}
+
 func (c *Client) AuditRecords(ctx context.Context) ([]audit.Record, error) {
 	var res []audit.Record
 	return res, c.call(ctx, api.RouteAuditShow, nil, &res)

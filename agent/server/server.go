@@ -254,6 +254,7 @@ type endpoint struct {
 var Endpoints = []endpoint{
 	{api.RouteStatus, RoleAny},
 	{api.RouteTPMInfo, RoleAny},
+	{api.RouteTPMIdentity, RoleAny},
 	{api.RoutePolicyShow, RoleAny},
 	{api.RouteAuditVerify, RoleAny},
 	{api.RouteAuditShow, RoleOfficer},
@@ -286,6 +287,8 @@ func (s *Server) routes() {
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.Status, error) { return s.ag.Status(ctx) })
 		case "tpm-info":
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.TPMInfo, error) { return s.ag.TPMInfo(ctx) })
+		case "tpm-identity":
+			h = handle(s, ep, s.ag.TPMIdentity)
 		case "policy-show":
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
 		case "audit-verify":

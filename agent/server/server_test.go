@@ -145,7 +145,7 @@ func TestMethodNotAllowed(t *testing.T) {
 func TestEndpointRoles(t *testing.T) {
 	officer := map[string]bool{"provision": true, "policy-install": true, "zeroize": true, "audit-show": true, "audit-repair": true,
 		"key-derive": true, "key-create": true, "key-delete": true, "key-export-blob": true, "key-import-blob": true}
-	any := map[string]bool{"status": true, "tpm-info": true, "policy-show": true, "audit-verify": true}
+	any := map[string]bool{"status": true, "tpm-info": true, "tpm-identity": true, "policy-show": true, "audit-verify": true}
 	seen := map[string]bool{}
 	for _, ep := range Endpoints {
 		if seen[ep.Method+ep.Path] {

@@ -51,9 +51,9 @@ func (a *app) versionCmd() *cobra.Command {
 func (a *app) tpmCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "tpm",
-		Short: "Inspect the TPM: info, PCRs",
+		Short: "Inspect the TPM: info, identity, PCRs",
 	}
-	c.AddCommand(a.pcrCmd())
+	c.AddCommand(a.pcrCmd(), a.tpmIdentityCmd())
 	c.AddCommand(&cobra.Command{
 		Use:   "info",
 		Short: "Show the TPM's vendor, firmware, algorithms, PCR banks, lockout state, SRK and EK certificates",

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/tpm"
+)
+
+// TPMIdentity establishes who the TPM is, at first contact: the EK
+// certificate (from NV, or req.EKCert for a TPM that keeps none), verified
+// against the manufacturer certificates in req.EKCA (or, with
+// req.TrustOnFirstUse, taken on trust and said so); the EK's public key
+// from that certificate, never from the bus; and the SRK as the TPM states
+// it through a session salted to that key, so that its response HMAC
+// authenticates it. An interposer that substitutes the EK makes the
+// session fail; one that substitutes the SRK's public fails the response
+// HMAC. It changes nothing in the TPM but a transient EK where none is
+// persistent.
+func (a *Agent) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.Identity, error) {
+	defer a.lock()()
+	var id api.Identity
+	der, source, err := a.ekCertificate(req.EKCert)
+	if err != nil {
+		return id, err
+	}
+	id.EKCertSource = source
+	sum := sha256.Sum256(der)
+	id.EKCertSHA256 = hex.EncodeToString(sum[:])
+
+	ek, err := verifyEK(der, req, a.now)
+	if err != nil {
+		return id, err
+	}
+	id.Trust = api.TrustOnFirstUse
+	if ek.Chain != nil {
+		id.Trust = api.TrustManufacturer
+		for _, c := range ek.Chain[1:] {
+			id.Chain = append(id.Chain, c.Subject.String())
+		}
+	}
+	id.Subject, id.Issuer = ek.Cert.Subject.String(), ek.Cert.Issuer.String()
+	id.Manufacturer, id.Model, id.Version = ek.Manufacturer, ek.Model, ek.Version
+
+	handle, pub, template, keyName, err := ekPublic(ek.PublicKey)
+	if err != nil {
+		return id, err
+	}
+	id.EKKey = keyName
+	srk, err := a.t.AuthenticatedSRK(handle, pub, template)
+	switch {
+	case errors.Is(err, tpm2.TPMRCValue):
+		// The salt did not decrypt: the key at the EK's handle is not the
+		// certified key (another TPM, or an interposer's key).
+		return id, fmt.Errorf("%w: the TPM's EK is not the certified key: %w", api.ErrUntrustedTPM, err)
+	case errors.Is(err, tpm.ErrResponseForged):
+		return id, fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
+	}
+	if err != nil {
+		return id, err
+	}
+	id.SRKName = hex.EncodeToString(srk.Name.Buffer)
+	if persisted, err := a.t.ReadPublic(tpm.SRKHandle); err == nil {
+		id.SRKPersistent = string(persisted.Name.Buffer) == string(srk.Name.Buffer)
+	} else if !errors.Is(err, tpm.ErrNotFound) {
+		return id, err
+	}
+	return id, nil
+}
+
+// ekCertificate is the EK certificate to use: the caller's (DER or PEM), or
+// the first of the TCG NV indices this version can salt to (RSA 2048, ECC
+// P-256).
+func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
+	if len(given) > 0 {
+		if b, _ := pem.Decode(given); b != nil {
+			if b.Type != "CERTIFICATE" {
+				return nil, "", fmt.Errorf("%w: EK certificate: a PEM %q block, want CERTIFICATE", api.ErrBadInput, b.Type)
+			}
+			given = b.Bytes
+		}
+		return given, "file", nil
+	}
+	for _, c := range tpm.EKCertIndices[:2] {
+		der, err := a.t.ReadNV(c.Handle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return der, fmt.Sprintf("nv 0x%08x", uint32(c.Handle)), nil
+	}
+	return nil, "", fmt.Errorf("%w: no RSA 2048 or ECC P-256 EK certificate in NV (0x01c00002, 0x01c0000a): give the TPM's EK certificate as a file", api.ErrNotFound)
+}
+
+// verifyEK checks the certificate against the manufacturer certificates of
+// req, or parses it alone on trust on first use.
+func verifyEK(der []byte, req api.IdentityRequest, now func() time.Time) (*attest.EKCertificate, error) {
+	if len(req.EKCA) > 0 {
+		roots, err := attest.CertPoolFromPEM(req.EKCA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: EK CA bundle: %v", api.ErrBadInput, err)
+		}
+		ek, err := attest.VerifyEKCertificate(der, attest.Options{Roots: roots, Now: now})
+		if err == nil || !req.TrustOnFirstUse {
+			if errors.Is(err, attest.ErrUntrustedEK) {
+				err = fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
+			}
+			return ek, err
+		}
+	} else if !req.TrustOnFirstUse {
+		return nil, fmt.Errorf("%w: no manufacturer certificates to verify the EK certificate with (give them, or trust on first use)", api.ErrUntrustedTPM)
+	}
+	ek, err := attest.ParseEKCertificate(der)
+	if errors.Is(err, attest.ErrBadEvidence) || errors.Is(err, attest.ErrUnsupportedAlgorithm) {
+		err = fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
+	}
+	return ek, err
+}
+
+// ekPublic is the persistent handle and the public area of the TCG default
+// EK with key, and the template a TPM without a persistent EK makes it from.
+func ekPublic(key any) (tpm2.TPMHandle, tpm2.TPMTPublic, tpm2.TPMTPublic, string, error) {
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() != 2048 || k.E != 65537 {
+			break
+		}
+		tmpl := tpm2.RSAEKTemplate
+		tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)})
+		pub := tmpl
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.FillBytes(make([]byte, 256))})
+		return tpm.RSAEKHandle, pub, tmpl, "RSA 2048", nil
+	case *ecdsa.PublicKey:
+		ek, err := k.ECDH()
+		if err != nil || len(ek.Bytes()) != 65 {
+			break
+		}
+		raw := ek.Bytes()
+		tmpl := tpm2.ECCEKTemplate
+		tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}})
+		pub := tmpl
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]}})
+		return tpm.ECCP256EKHandle, pub, tmpl, "ECC P-256", nil
+	}
+	return 0, tpm2.TPMTPublic{}, tpm2.TPMTPublic{}, "", fmt.Errorf("%w: an EK certificate for a %T key other than RSA 2048 or ECC P-256: provd cannot yet salt to it", api.ErrNotPermitted, key)
+}

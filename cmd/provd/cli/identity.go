@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/api"
+)
+
+func (a *app) tpmIdentityCmd() *cobra.Command {
+	var caFile, certFile string
+	var tofu bool
+	c := &cobra.Command{
+		Use:   "identity [--ek-ca BUNDLE] [--ek-cert FILE] [--trust-on-first-use]",
+		Short: "Establish who the TPM is: its EK certificate verified, its SRK authenticated through the EK",
+		Long: `Establish the TPM's identity as a first contact must, trusting nothing that
+arrives over the TPM bus until it is authenticated:
+
+  1. the EK certificate is read from NV (RSA 2048 0x01c00002, else ECC P-256
+     0x01c0000a), or from --ek-cert for a TPM that keeps none;
+  2. it is verified against the manufacturer certificates in --ek-ca (roots and
+     issuing CAs, PEM); without them, or when they do not vouch for it, the TPM is
+     refused (exit 15) unless --trust-on-first-use is given, and then the output
+     says so;
+  3. the EK's public key is taken from the certificate, never from the TPM;
+  4. a session is salted to that key, and the SRK is created through it, so the
+     TPM's response HMAC, keyed by a salt only the certified EK can decrypt,
+     authenticates the SRK's public area. A TPM (or something on the bus) whose
+     EK is not the certified key fails here (exit 15).
+
+The SRK name shown is the authenticated one; "persistent" says whether
+0x81000001 holds that SRK. Nothing is written to the TPM (a TPM without a
+persistent EK gets a transient one, flushed after).`,
+		Example: `  provd --tpm sim tpm identity --ek-ca /var/lib/provd/swtpm/ca/issuercert.pem
+  provd tpm identity --ek-ca /etc/provd/ek-roots.pem -o json
+  provd tpm identity --ek-cert ek.der --trust-on-first-use`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var req api.IdentityRequest
+			req.TrustOnFirstUse = tofu
+			var err error
+			if caFile != "" {
+				if req.EKCA, err = os.ReadFile(caFile); err != nil {
+					return usageError(fmt.Errorf("--ek-ca: %w", err))
+				}
+			}
+			if certFile != "" {
+				if req.EKCert, err = os.ReadFile(certFile); err != nil {
+					return usageError(fmt.Errorf("--ek-cert: %w", err))
+				}
+			}
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				id, err := ag.TPMIdentity(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return a.emit(id, func(w io.Writer) { printIdentity(w, id) })
+			})
+		},
+	}
+	c.Flags().StringVar(&caFile, "ek-ca", "", "PEM bundle of the manufacturer certificates that vouch for EK certificates")
+	c.Flags().StringVar(&certFile, "ek-cert", "", "the TPM's EK certificate (DER or PEM), for a TPM that keeps none in NV")
+	c.Flags().BoolVar(&tofu, "trust-on-first-use", false, "accept an EK certificate no manufacturer vouches for (said in the output)")
+	return c
+}
+
+func printIdentity(w io.Writer, id api.Identity) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+	trust := "verified: the EK certificate chains to a trusted manufacturer"
+	if id.Trust == api.TrustOnFirstUse {
+		trust = "TRUST ON FIRST USE: no manufacturer vouched for the EK certificate"
+	}
+	row("Trust", trust)
+	row("EK certificate", fmt.Sprintf("%s (%s), sha256 %s", id.EKCertSource, id.EKKey, id.EKCertSHA256))
+	row("Subject", id.Subject)
+	row("Issuer", id.Issuer)
+	if len(id.Chain) > 0 {
+		row("Chain", strings.Join(id.Chain, " <- "))
+	}
+	if id.Manufacturer != "" {
+		row("TPM", fmt.Sprintf("manufacturer %s, model %s, version %s", id.Manufacturer, id.Model, id.Version))
+	}
+	persistent := "persistent at 0x81000001"
+	if !id.SRKPersistent {
+		persistent = "not persistent at 0x81000001"
+	}
+	row("SRK (authenticated)", fmt.Sprintf("%s, %s", id.SRKName, persistent))
+	tw.Flush()
+}
