@@ -108,3 +108,33 @@ func TestSealUnsealSecretNeverOnTheBus(t *testing.T) {
 		t.Fatalf("secret bytes %d..%d crossed the TPM interface in plaintext", i, i+8)
 	}
 }
+
+// HMAC data and the MAC cross the bus only encrypted, on the one-shot path
+// and on the sequence path (more than one TPM buffer).
+func TestHMACNeverOnTheBus(t *testing.T) {
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{64, 3000} {
+		data := make([]byte, n)
+		rand.Read(data)
+		rec.Reset()
+		mac, err := ag.HMAC(ctx, "mac", data)
+		if err != nil || len(mac) != 32 {
+			t.Fatalf("HMAC of %d bytes: %v", n, err)
+		}
+		if i := rec.Leak(data); i >= 0 {
+			t.Errorf("HMAC of %d bytes: data bytes %d..%d crossed the bus in plaintext", n, i, i+8)
+		}
+		if i := rec.Leak(mac); i >= 0 {
+			t.Errorf("HMAC of %d bytes: the MAC crossed the bus in plaintext", n)
+		}
+	}
+}

@@ -97,37 +97,58 @@ const MaxBuffer = 1024
 // take one TPM2_HMAC; longer data goes through an HMAC sequence
 // (HMAC_Start, SequenceUpdate per MaxBuffer bytes, SequenceComplete), which
 // takes one object slot while it runs. auth authorizes the key; it is used
-// once (HMAC or HMAC_Start).
+// once (HMAC or HMAC_Start). The data and the MAC cross the bus only inside
+// salted sessions (the data may be a secret, and a MAC an interposer reads
+// is a MAC it can replay): one session encrypting both ways for TPM2_HMAC
+// and SequenceComplete, one encrypting the input for SequenceUpdate (whose
+// response has no parameter to encrypt).
 func (t *TPM) HMAC(key Object, auth tpm2.Session, alg tpm2.TPMIAlgHash, data []byte) ([]byte, error) {
+	var mac []byte
 	if len(data) <= MaxBuffer {
-		rsp, err := (tpm2.Hmac{
-			Handle:  key.Auth(auth),
-			Buffer:  tpm2.TPM2BMaxBuffer{Buffer: data},
-			HashAlg: alg,
-		}).Execute(t)
-		if err != nil {
-			return nil, Wrap("TPM2_HMAC", err)
-		}
-		return rsp.OutHMAC.Buffer, nil
+		err := t.WithEncryptSession(EncryptInOut, func(enc tpm2.Session) error {
+			rsp, err := (tpm2.Hmac{
+				Handle:  key.Auth(auth),
+				Buffer:  tpm2.TPM2BMaxBuffer{Buffer: data},
+				HashAlg: alg,
+			}).Execute(t, enc)
+			if err != nil {
+				return Wrap("TPM2_HMAC", err)
+			}
+			mac = rsp.OutHMAC.Buffer
+			return nil
+		})
+		return mac, err
 	}
 	seq, err := (tpm2.HmacStart{Handle: key.Auth(auth), HashAlg: alg}).Execute(t)
 	if err != nil {
 		return nil, Wrap("TPM2_HMAC_Start", err)
 	}
 	sh := tpm2.AuthHandle{Handle: seq.SequenceHandle, Auth: tpm2.PasswordAuth(nil)}
-	for len(data) > MaxBuffer {
-		if _, err := (tpm2.SequenceUpdate{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data[:MaxBuffer]}}).Execute(t); err != nil {
-			return nil, errors.Join(Wrap("TPM2_SequenceUpdate", err), t.Flush(seq.SequenceHandle))
+	err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+		for len(data) > MaxBuffer {
+			if _, err := (tpm2.SequenceUpdate{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data[:MaxBuffer]}}).Execute(t, enc); err != nil {
+				return Wrap("TPM2_SequenceUpdate", err)
+			}
+			data = data[MaxBuffer:]
 		}
-		data = data[MaxBuffer:]
+		return nil
+	})
+	if err == nil {
+		// A successful SequenceComplete ends the sequence object; after a
+		// failure it is still loaded and is flushed below.
+		err = t.WithEncryptSession(EncryptInOut, func(enc tpm2.Session) error {
+			done, err := (tpm2.SequenceComplete{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, Hierarchy: tpm2.TPMRHNull}).Execute(t, enc)
+			if err != nil {
+				return Wrap("TPM2_SequenceComplete", err)
+			}
+			mac = done.Result.Buffer
+			return nil
+		})
 	}
-	// A successful SequenceComplete ends the sequence object; after a
-	// failure it is still loaded and is flushed here.
-	done, err := (tpm2.SequenceComplete{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data}, Hierarchy: tpm2.TPMRHNull}).Execute(t)
 	if err != nil {
-		return nil, errors.Join(Wrap("TPM2_SequenceComplete", err), t.Flush(seq.SequenceHandle))
+		return nil, errors.Join(err, t.Flush(seq.SequenceHandle))
 	}
-	return done.Result.Buffer, nil
+	return mac, nil
 }
 
 // ECDHZGen multiplies the peer's public point by the key's private scalar and
