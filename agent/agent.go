@@ -91,6 +91,11 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
 		keys: objcache.New(cfg.TPM, objcache.Options{})}
+	// The TPM the state was provisioned on: from here on the SRK is the
+	// pinned one, never what the bus says.
+	if _, _, err := a.pinIdentity(context.Background()); err != nil {
+		return nil, fmt.Errorf("the state's TPM identity: %w", err)
+	}
 	return a, nil
 }
 

@@ -38,14 +38,14 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	res, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7, 16}})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7, 16}})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	if res.PolicyKind != agent.PolicyPCR || res.DName == "" {
 		t.Fatalf("result %+v", res)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{}); !errors.Is(err, api.ErrAlreadyProvisioned) {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true}); !errors.Is(err, api.ErrAlreadyProvisioned) {
 		t.Fatalf("second provision: %v", err)
 	}
 	for _, size := range []int{16, 128, 129, 5000} {
@@ -91,7 +91,7 @@ func TestSealUnsealSecretNeverOnTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	secret := make([]byte, 64)
@@ -116,7 +116,7 @@ func TestHMACNeverOnTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {

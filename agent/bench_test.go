@@ -41,7 +41,7 @@ func BenchmarkProvision(b *testing.B) {
 	before := env.TPM.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -49,7 +49,7 @@ func BenchmarkProvision(b *testing.B) {
 }
 
 func BenchmarkSeal(b *testing.B) {
-	env, ag := benchAgent(b, api.ProvisionRequest{PCRs: []int{7}})
+	env, ag := benchAgent(b, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	ctx := context.Background()
 	before := env.TPM.Stats()
 	b.ResetTimer()
@@ -64,7 +64,7 @@ func BenchmarkSeal(b *testing.B) {
 func BenchmarkUnseal(b *testing.B) {
 	for _, size := range []int{32, 4096} {
 		b.Run(map[int]string{32: "32B", 4096: "4KiB-envelope"}[size], func(b *testing.B) {
-			env, ag := benchAgent(b, api.ProvisionRequest{PCRs: []int{7}})
+			env, ag := benchAgent(b, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 			ctx := context.Background()
 			blob, err := ag.Seal(ctx, api.SealRequest{Data: make([]byte, size)})
 			if err != nil {

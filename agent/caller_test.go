@@ -19,7 +19,7 @@ import (
 // Config.UID.
 func TestCallerPerRequest(t *testing.T) {
 	env := swtpmtest.Start(t)
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	a.uid = 4242 // Config.UID: the in-process caller
 	const callers = 6
 	var wg sync.WaitGroup

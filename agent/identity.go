@@ -15,6 +15,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 
@@ -30,10 +31,16 @@ import (
 // persistent.
 func (a *Agent) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.Identity, error) {
 	defer a.lock()()
-	var id api.Identity
+	id, _, err := a.establish(req)
+	return id, err
+}
+
+// establish is TPMIdentity's work; it also returns the authenticated SRK, for
+// provision to pin.
+func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Object, err error) {
 	der, source, err := a.ekCertificate(req.EKCert)
 	if err != nil {
-		return id, err
+		return id, srk, err
 	}
 	id.EKCertSource = source
 	sum := sha256.Sum256(der)
@@ -41,7 +48,7 @@ func (a *Agent) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.I
 
 	ek, err := verifyEK(der, req, a.now)
 	if err != nil {
-		return id, err
+		return id, srk, err
 	}
 	id.Trust = api.TrustOnFirstUse
 	if ek.Chain != nil {
@@ -55,28 +62,102 @@ func (a *Agent) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.I
 
 	handle, pub, template, keyName, err := ekPublic(ek.PublicKey)
 	if err != nil {
-		return id, err
+		return id, srk, err
 	}
 	id.EKKey = keyName
-	srk, err := a.t.AuthenticatedSRK(handle, pub, template)
+	srk, err = a.t.AuthenticatedSRK(handle, pub, template)
 	switch {
 	case errors.Is(err, tpm2.TPMRCValue):
 		// The salt did not decrypt: the key at the EK's handle is not the
 		// certified key (another TPM, or an interposer's key).
-		return id, fmt.Errorf("%w: the TPM's EK is not the certified key: %w", api.ErrUntrustedTPM, err)
+		return id, srk, fmt.Errorf("%w: the TPM's EK is not the certified key: %w", api.ErrUntrustedTPM, err)
 	case errors.Is(err, tpm.ErrResponseForged):
-		return id, fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
-	}
-	if err != nil {
-		return id, err
+		return id, srk, fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
+	case err != nil:
+		return id, srk, err
 	}
 	id.SRKName = hex.EncodeToString(srk.Name.Buffer)
 	if persisted, err := a.t.ReadPublic(tpm.SRKHandle); err == nil {
 		id.SRKPersistent = string(persisted.Name.Buffer) == string(srk.Name.Buffer)
 	} else if !errors.Is(err, tpm.ErrNotFound) {
-		return id, err
+		return id, srk, err
 	}
-	return id, nil
+	return id, srk, nil
+}
+
+// recIdentity is the manifest record that pins the TPM provd was provisioned
+// on (identityRecord).
+const recIdentity = "identity"
+
+// identityRecord is the TPM's identity as established at first contact: the
+// SRK public area it authenticated, which every later session is salted to
+// and the persistent SRK is checked against, and how the EK was trusted.
+type identityRecord struct {
+	SRKPublic    []byte    `json:"srk_public"` // TPMT_PUBLIC
+	SRKName      string    `json:"srk_name"`
+	EKCertSHA256 string    `json:"ek_cert_sha256"`
+	Trust        string    `json:"trust"`
+	At           time.Time `json:"established_at"`
+}
+
+// public is the pinned SRK's public area; a record whose area does not give
+// its name is ErrTampered.
+func (r identityRecord) public() (tpm2.TPMTPublic, error) {
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](r.SRKPublic)
+	if err != nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: identity record: %v", api.ErrTampered, err)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil || hex.EncodeToString(name.Buffer) != r.SRKName {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: identity record: the SRK public area is not the recorded name's", api.ErrTampered)
+	}
+	return *pub, nil
+}
+
+// readIdentity returns the pinned identity, if the state has one.
+func (a *Agent) readIdentity(ctx context.Context) (identityRecord, bool, error) {
+	var r identityRecord
+	err := a.st.View(ctx, func(tx *store.Tx) error { return tx.Get(recIdentity, &r) })
+	if errors.Is(err, store.ErrNotFound) {
+		return r, false, nil
+	}
+	return r, err == nil, err
+}
+
+// pinIdentity pins the SRK the state records into the TPM connection, so
+// that every session is salted to it, and checks the persistent SRK against
+// it at once: on another TPM nothing of the state is used, the audit trail
+// included. A state without one pins nothing.
+func (a *Agent) pinIdentity(ctx context.Context) (identityRecord, bool, error) {
+	r, ok, err := a.readIdentity(ctx)
+	if err != nil || !ok {
+		return r, ok, err
+	}
+	pub, err := r.public()
+	if err != nil {
+		return r, ok, err
+	}
+	if err := a.t.PinSRK(pub); err != nil {
+		return r, ok, err
+	}
+	_, err = a.t.SRK()
+	return r, ok, err
+}
+
+// firstContact establishes and pins the TPM's identity for provisioning,
+// unless the state pins one already (provision --force keeps its TPM).
+func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (identityRecord, error) {
+	r, ok, err := a.pinIdentity(ctx)
+	if err != nil || ok {
+		return r, err
+	}
+	id, srk, err := a.establish(req)
+	if err != nil {
+		return r, err
+	}
+	r = identityRecord{SRKPublic: tpm2.Marshal(srk.Public), SRKName: id.SRKName, EKCertSHA256: id.EKCertSHA256,
+		Trust: id.Trust, At: a.now().UTC()}
+	return r, a.t.PinSRK(srk.Public)
 }
 
 // ekCertificate is the EK certificate to use: the caller's (DER or PEM), or

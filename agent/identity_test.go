@@ -63,7 +63,7 @@ func foreignCA(t *testing.T) []byte {
 func TestTPMIdentity(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}}) // the SRK is persistent
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}) // the SRK is persistent
 	id, err := a.TPMIdentity(ctx, api.IdentityRequest{EKCA: caBundle(t, env)})
 	if err != nil {
 		t.Fatal(err)

@@ -124,7 +124,7 @@ func TestCheckImportPublic(t *testing.T) {
 func TestImportRefusesForeignOrigin(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}

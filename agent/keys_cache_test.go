@@ -37,7 +37,7 @@ func checkCache(t *testing.T, a *Agent) {
 func TestCacheReplacedRecordFlushes(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	for _, n := range []string{"k1", "k2"} {
 		if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
 			t.Fatal(err)
@@ -89,7 +89,7 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

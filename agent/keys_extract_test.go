@@ -69,7 +69,7 @@ func TestNotExtractableForever(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	if _, err := a.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range []api.CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {

@@ -73,7 +73,7 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		return fault
 	}))
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}

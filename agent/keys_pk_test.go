@@ -18,7 +18,7 @@ import (
 func TestSwappedPKBlobIsTampered(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}

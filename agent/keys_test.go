@@ -32,7 +32,7 @@ func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
 	if len(pcrs) == 0 {
 		pcrs = []int{7, 16}
 	}
-	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{PCRs: pcrs}); err != nil {
+	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{TrustOnFirstUse: true, PCRs: pcrs}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 }
@@ -477,7 +477,7 @@ func TestSignedPolicyKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 
 	env.Reopen()
 	withAgent(t, env, dir, "after the kills", func(ag *agent.Agent) {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			t.Fatalf("provision after the kills: %v", err)
 		}
 		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("after the storm")})
@@ -148,7 +148,7 @@ func provisionUntilKilled() {
 		fail(err)
 	}
 	for {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			fail(err)
 		}
 		os.Stdout.WriteString(".")

@@ -48,7 +48,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

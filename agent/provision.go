@@ -98,10 +98,18 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}); err != nil {
 		return res, err
 	}
+	if provisioned && !req.Force {
+		return res, api.ErrAlreadyProvisioned
+	}
+	// Who the TPM is comes first: nothing is created in a TPM that is not
+	// verified, and every session from here on is salted to the pinned SRK.
+	identity, err := a.firstContact(ctx, req.Identity())
+	if err != nil {
+		return res, err
+	}
+	objects["srk"] = identity.SRKName
+	objects["tpm_trust"] = identity.Trust
 	if provisioned {
-		if !req.Force {
-			return res, api.ErrAlreadyProvisioned
-		}
 		if err := a.zeroize(ctx, api.ZeroizeOptions{}); err != nil {
 			return res, fmt.Errorf("zeroize before provisioning again: %w", err)
 		}
@@ -155,6 +163,9 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		dMarshalled = dBlob.Marshal()
 	}
 	err = a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.Put(recIdentity, identity); err != nil {
+			return err
+		}
 		if err := tx.Put(recPK, st); err != nil {
 			return err
 		}

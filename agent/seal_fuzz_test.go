@@ -18,7 +18,7 @@ func sealedSeeds(t testing.TB) [][]byte {
 		t.Fatal(err)
 	}
 	defer ag.Close()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	var seeds [][]byte

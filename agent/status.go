@@ -26,6 +26,12 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			return err
 		}
 		s.Provisioned = true
+		var id identityRecord
+		if err := tx.Get(recIdentity, &id); err == nil {
+			s.TPMTrust = id.Trust
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		for _, name := range tx.Objects() {
 			if len(name) > len(keyPrefix) && name[:len(keyPrefix)] == keyPrefix {
 				s.Keys++

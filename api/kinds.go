@@ -35,7 +35,7 @@ const (
 	ExitConflict       = 12 // already exists (provisioned, key name taken); use --force where offered
 	ExitNotProvisioned = 13 // `provd provision` has not run
 	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
-	ExitIdentity       = 15 // the TPM's identity is not verified, or something on the bus answered for it
+	ExitIdentity       = 15 // the TPM's identity is not verified or not the pinned one, or something on the bus answered for it
 	ExitInterrupted    = 130
 )
 
@@ -64,6 +64,7 @@ var kinds = []Kind{
 	{"tampered", ErrTampered, ExitTampered, http.StatusInternalServerError},
 	{"untrusted_tpm", ErrUntrustedTPM, ExitIdentity, http.StatusForbidden},
 	{"tpm_response_forged", tpm.ErrResponseForged, ExitIdentity, http.StatusBadGateway},
+	{"tpm_identity_mismatch", tpm.ErrIdentityMismatch, ExitIdentity, http.StatusBadGateway},
 	{"audit_unanchored", audit.ErrUnanchored, ExitTampered, http.StatusInternalServerError},
 	{"audit_tampered", audit.ErrTampered, ExitTampered, http.StatusInternalServerError},
 	{"audit_torn_tail", audit.ErrTornTail, ExitTampered, http.StatusInternalServerError},

@@ -26,6 +26,18 @@ type ProvisionRequest struct {
 	Signer crypto.PublicKey
 	// Force zeroizes an existing PK first.
 	Force bool
+	// EKCA, EKCert and TrustOnFirstUse establish the TPM's identity at first
+	// contact, as IdentityRequest says; the SRK it yields is pinned in the
+	// state. A TPM already pinned (provision --force) keeps its pin and
+	// needs none of them.
+	EKCA            []byte
+	EKCert          []byte
+	TrustOnFirstUse bool
+}
+
+// Identity is the first-contact part of r.
+func (r ProvisionRequest) Identity() IdentityRequest {
+	return IdentityRequest{EKCA: r.EKCA, EKCert: r.EKCert, TrustOnFirstUse: r.TrustOnFirstUse}
 }
 
 // provisionJSON is ProvisionRequest on the wire: pcr_values in the file form
@@ -36,10 +48,14 @@ type provisionJSON struct {
 	Values *policy.PCRValues `json:"pcr_values,omitempty"`
 	Signer string            `json:"policy_signer,omitempty"`
 	Force  bool              `json:"force,omitempty"`
+	EKCA   []byte            `json:"ek_ca,omitempty"`
+	EKCert []byte            `json:"ek_cert,omitempty"`
+	TOFU   bool              `json:"trust_on_first_use,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
-	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force}
+	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force,
+		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -53,7 +69,8 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 	if err := strictjson.Decode(b, &w); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
-	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force}
+	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force,
+		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
@@ -166,6 +183,9 @@ type Status struct {
 	AuditLines   int          `json:"audit_lines"`
 	AuditHead    string       `json:"audit_head,omitempty"`
 	AuditError   string       `json:"audit_error,omitempty"`
+	// TPMTrust is how the pinned TPM identity was established (Identity's
+	// Trust); "" when none is pinned.
+	TPMTrust string `json:"tpm_trust,omitempty"`
 }
 
 // TPMInfo is what `provd tpm info` shows: the TPM as it was opened, what it

@@ -27,8 +27,9 @@ expect 15 "$bin" tpm identity
 cat "$demo/state/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state/swtpm/ca/issuercert.pem" > "$demo/ek-ca.pem"
 step "With them: the EK certificate verified, the SRK authenticated through a session salted to the certified EK" \
   "$bin" tpm identity --ek-ca "$demo/ek-ca.pem"
+export PROVD_EK_CA="$demo/ek-ca.pem" # provision establishes the identity the same way, and pins the SRK
 
-step "Provision: the PK is born in the TPM, sealed to PCRs 7 and 15 as they are now" \
+step "Provision: the TPM's identity verified and pinned; the PK is born in the TPM, sealed to PCRs 7 and 15 as they are now" \
   "$bin" provision --pcrs 7,15
 step "Seal a secret under the PK" \
   sh -c "printf 'disk-unlock-key' | '$bin' seal --in - --out '$demo/secret.sealed'"

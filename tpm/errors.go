@@ -36,6 +36,9 @@ var (
 	// ErrSRKMismatch: the persistent handle 0x81000001 holds a key that is not
 	// the TCG ECC P-256 SRK; provd refuses to build on a foreign key.
 	ErrSRKMismatch = errors.New("persistent SRK handle holds a foreign key")
+	// ErrIdentityMismatch: the TPM is not the one provd pinned (its SRK has
+	// another name), or something on the bus answers for it.
+	ErrIdentityMismatch = errors.New("the TPM is not the one provd was provisioned on, or something on the bus is lying")
 	// ErrResponseForged: a response failed its session's HMAC check: it is
 	// not what the TPM sent (something on the bus changed or invented it).
 	ErrResponseForged = errors.New("a TPM response failed its session HMAC: something between provd and the TPM changed it")

@@ -68,11 +68,22 @@ func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
 // SRKTemplate gives under this TPM's owner seed (same name); anything else is
 // refused with ErrSRKMismatch rather than used. The result is cached for the
 // life of t.
+//
+// With a pinned SRK (PinSRK) the SRK is what was pinned: the persistent key's
+// name must be the pinned name (ErrIdentityMismatch otherwise), and its public
+// area, which sessions are salted to, is the pinned one, never the one the
+// bus returns. An interposer that answers ReadPublic with the pinned name
+// but holds another key gains nothing: a salt encrypted to the pinned key
+// does not decrypt in its TPM, nor in the real one if the real SRK was
+// replaced.
 func (t *TPM) SRK() (srk Object, err error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
 	if t.srk != nil {
 		return *t.srk, nil
+	}
+	if t.pinned != nil {
+		return t.pinnedSRK()
 	}
 	persisted, err := t.ReadPublic(SRKHandle)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -101,6 +112,54 @@ func (t *TPM) SRK() (srk Object, err error) {
 	}
 	srk = primary
 	srk.Handle = SRKHandle
+	t.srk = &srk
+	return srk, nil
+}
+
+// PinSRK makes pub the SRK from now on: established at first contact
+// (AuthenticatedSRK) and kept by the caller, it replaces what the bus says.
+// The next SRK call checks the persistent key against it.
+func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
+	name, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		return fmt.Errorf("pinned SRK: %w", err)
+	}
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	t.pinned = &Object{Handle: SRKHandle, Name: *name, Public: pub}
+	t.srk = nil
+	return nil
+}
+
+// pinnedSRK checks the persistent SRK against the pin, creating and
+// persisting it where the handle is empty (the SRK is a primary: the owner
+// seed gives the same key again). Called with srkMu held.
+func (t *TPM) pinnedSRK() (Object, error) {
+	persisted, err := t.ReadPublic(SRKHandle)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		primary, err := t.createPrimary(tpm2.TPMRHOwner, SRKTemplate)
+		if err != nil {
+			return Object{}, err
+		}
+		if !nameEqual(primary.Name, t.pinned.Name) {
+			return Object{}, errors.Join(fmt.Errorf("%w: the owner hierarchy gives an SRK named %x, the pinned one is %x",
+				ErrIdentityMismatch, primary.Name.Buffer, t.pinned.Name.Buffer), t.Flush(primary.Handle))
+		}
+		_, err = (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: primary.Named(), PersistentHandle: SRKHandle}).Execute(t)
+		if ferr := t.Flush(primary.Handle); err == nil && ferr != nil {
+			return Object{}, ferr
+		}
+		if err != nil {
+			return Object{}, Wrap("TPM2_EvictControl", err)
+		}
+	case err != nil:
+		return Object{}, err
+	case !nameEqual(persisted.Name, t.pinned.Name):
+		return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the pinned SRK is %x",
+			ErrIdentityMismatch, uint32(SRKHandle), persisted.Name.Buffer, t.pinned.Name.Buffer)
+	}
+	srk := *t.pinned
 	t.srk = &srk
 	return srk, nil
 }

@@ -77,6 +77,8 @@ type TPM struct {
 
 	srkMu sync.Mutex
 	srk   *Object // verified SRK, cached
+	// pinned is the SRK established at first contact (PinSRK), or nil.
+	pinned *Object
 }
 
 var _ transport.TPM = (*TPM)(nil)

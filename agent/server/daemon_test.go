@@ -96,7 +96,7 @@ func TestStopWaitsForTheOperationInTheQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {

@@ -17,7 +17,7 @@ import (
 // name, and both give the same kinds and exit code (5).
 func TestUnapprovedHashSameBothWays(t *testing.T) {
 	ts := serveTPM(t)
-	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{PCRs: []int{7}}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); code != http.StatusOK {
 		t.Fatalf("provision: HTTP %d %s", code, b)
 	}
 	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "l", Type: "ecc-p256", Usage: catalog.UsageSign}); code != http.StatusOK {

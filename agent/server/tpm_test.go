@@ -266,7 +266,7 @@ func TestStatusCached(t *testing.T) {
 		}
 		return st
 	}
-	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{PCRs: []int{7}}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); code != http.StatusOK {
 		t.Fatalf("provision: HTTP %d %s", code, b)
 	}
 	first := status()

@@ -28,7 +28,7 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ag.Close()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "ec", Label: "ec", Type: "ecc-p256"}); err != nil {

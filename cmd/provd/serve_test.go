@@ -151,7 +151,7 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	for i := range nKeys {

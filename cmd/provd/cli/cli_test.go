@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -23,6 +25,25 @@ func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr st
 		Getenv: func(k string) string { return env[k] },
 	})
 	return out.String(), errb.String(), code
+}
+
+// ekCAFile writes the harness's EK CA bundle to a file, as an operator
+// passes it to --ek-ca.
+func ekCAFile(t *testing.T, env *swtpmtest.Env) string {
+	t.Helper()
+	var bundle []byte
+	for _, f := range env.CABundle {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle = append(bundle, b...)
+	}
+	p := filepath.Join(t.TempDir(), "ek-ca.pem")
+	if err := os.WriteFile(p, bundle, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestTPMInfoOverSwtpm(t *testing.T) {

@@ -12,9 +12,38 @@ import (
 	"github.com/provd/provd/api"
 )
 
+// ekFlags are how a command trusts the TPM's endorsement key at first
+// contact: tpm identity and provision take the same three.
+type ekFlags struct {
+	caFile, certFile string
+	tofu             bool
+}
+
+func (f *ekFlags) add(a *app, c *cobra.Command) {
+	c.Flags().StringVar(&f.caFile, "ek-ca", a.deps.Getenv("PROVD_EK_CA"), "PEM bundle of the manufacturer certificates that vouch for EK certificates (env PROVD_EK_CA)")
+	c.Flags().StringVar(&f.certFile, "ek-cert", "", "the TPM's EK certificate (DER or PEM), for a TPM that keeps none in NV")
+	c.Flags().BoolVar(&f.tofu, "trust-on-first-use", false, "accept an EK certificate no manufacturer vouches for (recorded and shown)")
+}
+
+// request reads the files the flags name.
+func (f *ekFlags) request() (api.IdentityRequest, error) {
+	req := api.IdentityRequest{TrustOnFirstUse: f.tofu}
+	var err error
+	if f.caFile != "" {
+		if req.EKCA, err = os.ReadFile(f.caFile); err != nil {
+			return req, usageError(fmt.Errorf("--ek-ca: %w", err))
+		}
+	}
+	if f.certFile != "" {
+		if req.EKCert, err = os.ReadFile(f.certFile); err != nil {
+			return req, usageError(fmt.Errorf("--ek-cert: %w", err))
+		}
+	}
+	return req, nil
+}
+
 func (a *app) tpmIdentityCmd() *cobra.Command {
-	var caFile, certFile string
-	var tofu bool
+	var ek ekFlags
 	c := &cobra.Command{
 		Use:   "identity [--ek-ca BUNDLE] [--ek-cert FILE] [--trust-on-first-use]",
 		Short: "Establish who the TPM is: its EK certificate verified, its SRK authenticated through the EK",
@@ -41,18 +70,9 @@ persistent EK gets a transient one, flushed after).`,
   provd tpm identity --ek-cert ek.der --trust-on-first-use`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var req api.IdentityRequest
-			req.TrustOnFirstUse = tofu
-			var err error
-			if caFile != "" {
-				if req.EKCA, err = os.ReadFile(caFile); err != nil {
-					return usageError(fmt.Errorf("--ek-ca: %w", err))
-				}
-			}
-			if certFile != "" {
-				if req.EKCert, err = os.ReadFile(certFile); err != nil {
-					return usageError(fmt.Errorf("--ek-cert: %w", err))
-				}
+			req, err := ek.request()
+			if err != nil {
+				return err
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				id, err := ag.TPMIdentity(cmd.Context(), req)
@@ -63,9 +83,7 @@ persistent EK gets a transient one, flushed after).`,
 			})
 		},
 	}
-	c.Flags().StringVar(&caFile, "ek-ca", "", "PEM bundle of the manufacturer certificates that vouch for EK certificates")
-	c.Flags().StringVar(&certFile, "ek-cert", "", "the TPM's EK certificate (DER or PEM), for a TPM that keeps none in NV")
-	c.Flags().BoolVar(&tofu, "trust-on-first-use", false, "accept an EK certificate no manufacturer vouches for (said in the output)")
+	ek.add(a, c)
 	return c
 }
 

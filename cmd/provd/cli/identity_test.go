@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
 )
 
 // `provd tpm identity`: exit 15 with nothing to verify the EK with, the
@@ -14,18 +15,7 @@ import (
 // first use said in the output.
 func TestTPMIdentityCommand(t *testing.T) {
 	c := newCLIEnv(t)
-	var bundle []byte
-	for _, f := range c.swtpm.CABundle {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle = append(bundle, b...)
-	}
-	ca := filepath.Join(t.TempDir(), "ek-ca.pem")
-	if err := os.WriteFile(ca, bundle, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := ekCAFile(t, c.swtpm)
 	if _, stderr, code := c.run("tpm", "identity"); code != api.ExitIdentity {
 		t.Errorf("without --ek-ca: exit %d (%s), want %d", code, stderr, api.ExitIdentity)
 	}
@@ -44,5 +34,34 @@ func TestTPMIdentityCommand(t *testing.T) {
 	}
 	if _, _, code := c.run("tpm", "identity", "--ek-ca", filepath.Join(t.TempDir(), "missing.pem")); code != api.ExitUsage {
 		t.Errorf("a missing --ek-ca file: exit %d, want 2", code)
+	}
+}
+
+// provision pins the TPM it established; a state pinned to another TPM is
+// refused on that TPM with exit 15, before anything is sent to it.
+func TestProvisionPinsTheTPM(t *testing.T) {
+	c := newCLIEnv(t)
+	if _, _, code := c.run("provision", "--pcrs", "7"); code != api.ExitIdentity {
+		t.Errorf("provision with nothing to trust the EK by: exit %d, want %d", code, api.ExitIdentity)
+	}
+	c.must("provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, c.swtpm))
+	var st api.Status
+	if err := json.Unmarshal([]byte(c.must("status", "-o", "json")), &st); err != nil || st.TPMTrust != api.TrustManufacturer {
+		t.Fatalf("status after provision: %+v %v", st, err)
+	}
+	// provision --force keeps the pin: no EK trust needed again.
+	c.must("provision", "--pcrs", "7", "--force")
+
+	// The same state on another TPM (a swap, or an interposer answering
+	// with another key): the persistent SRK is not the pinned one.
+	other := swtpmtest.Start(t) // a distinct TPM: the harness manufactures it afresh
+	other.CloseTPM()
+	t.Cleanup(other.Reopen)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := run(t, nil, "--tpm", other.Spec, "--state-dir", c.dir, "seal", "--in", secret, "--out", secret+".sealed"); code != api.ExitIdentity {
+		t.Errorf("the state on another TPM: exit %d (%s), want %d", code, stderr, api.ExitIdentity)
 	}
 }

@@ -77,6 +77,7 @@ func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
 	var valuesFile, signerFile string
 	var force bool
+	var ek ekFlags
 	c := &cobra.Command{
 		Use:   "provision",
 		Short: "Generate the provisioning key inside the TPM, sealed to a PCR policy",
@@ -92,8 +93,14 @@ The PK's policy is one of:
                          later with signed policies (provd policy sign/install),
                          so keys survive firmware updates without re-provisioning
 
-Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
-		Example: `  provd provision --pcrs 0,2,4,7
+First, the TPM's identity is established as ` + "`provd tpm identity`" + ` does (its EK
+certificate verified against --ek-ca, or --trust-on-first-use), and the SRK it
+authenticates is pinned in the state: every later session is salted to it, and
+a TPM whose SRK is not the pinned one is refused (exit 15).
+
+Provisioning twice is refused unless --force, which zeroizes the old PK first
+and keeps the pinned TPM identity.`,
+		Example: `  provd provision --ek-ca /etc/provd/ek-roots.pem --pcrs 0,2,4,7
   provd provision --pcr-values golden.json
   provd provision --policy-signer signer.pub.pem`,
 		Args: noArgs,
@@ -102,7 +109,11 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
 			if err != nil {
 				return err
 			}
-			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force}
+			id, err := ek.request()
+			if err != nil {
+				return err
+			}
+			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force, EKCA: id.EKCA, EKCert: id.EKCert, TrustOnFirstUse: id.TrustOnFirstUse}
 			if valuesFile != "" && signerFile != "" {
 				return usageError(fmt.Errorf("--pcr-values and --policy-signer exclude each other"))
 			}
@@ -147,6 +158,7 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first.`,
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "seal to golden PCR values from FILE (JSON, docs/policy.md)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
 	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
+	ek.add(a, c)
 	return c
 }
 

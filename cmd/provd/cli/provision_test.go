@@ -49,7 +49,7 @@ func (c *cliEnv) must(args ...string) string {
 // With PCR 16 changed, every use of the PK fails with exit 3 naming PCR 16.
 func TestPCRChangeLocksThePKExit3(t *testing.T) {
 	c := newCLIEnv(t)
-	c.must("provision", "--pcrs", "7,16")
+	c.must("provision", "--pcrs", "7,16", "--trust-on-first-use")
 	secret := filepath.Join(t.TempDir(), "secret")
 	sealed := filepath.Join(t.TempDir(), "sealed")
 	if err := os.WriteFile(secret, []byte("top secret"), 0o600); err != nil {
@@ -85,7 +85,7 @@ func TestPCRChangeLocksThePKExit3(t *testing.T) {
 // audit verify detects an edited, a truncated and a reordered log (exit 14).
 func TestAuditVerifyDetectsTampering(t *testing.T) {
 	c := newCLIEnv(t)
-	c.must("provision", "--pcrs", "7")
+	c.must("provision", "--pcrs", "7", "--trust-on-first-use")
 	secret := filepath.Join(t.TempDir(), "s")
 	os.WriteFile(secret, []byte("x"), 0o600)
 	for i := 0; i < 3; i++ {
@@ -167,7 +167,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 		}
 	}
 	t.Logf("%d kills: %d left a provisioned state, %d needed an audit repair", kills, provisioned, repairs)
-	c.must("provision", "--force", "--pcrs", "7")
+	c.must("provision", "--force", "--pcrs", "7", "--trust-on-first-use")
 	secret := filepath.Join(t.TempDir(), "s")
 	os.WriteFile(secret, []byte("after the storm"), 0o600)
 	c.must("seal", "--in", secret, "--out", secret+".sealed")
@@ -181,7 +181,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 func provisionLoop() {
 	for {
 		var out, errb bytes.Buffer
-		cli.Main(context.Background(), []string{"provision", "--force", "--pcrs", "7"}, cli.Deps{
+		cli.Main(context.Background(), []string{"provision", "--force", "--pcrs", "7", "--trust-on-first-use"}, cli.Deps{
 			Stdout: &out, Stderr: &errb, Getenv: os.Getenv,
 		})
 	}
@@ -191,7 +191,7 @@ func provisionLoop() {
 // stale temp file with loose permissions cannot redirect or expose a secret.
 func TestUnsealOutputFileIsPrivate(t *testing.T) {
 	c := newCLIEnv(t)
-	c.must("provision", "--pcrs", "7")
+	c.must("provision", "--pcrs", "7", "--trust-on-first-use")
 	dir := t.TempDir()
 	secret, sealed, out := filepath.Join(dir, "s"), filepath.Join(dir, "sealed"), filepath.Join(dir, "out")
 	os.WriteFile(secret, []byte("private"), 0o600)

@@ -25,6 +25,14 @@ func (a *app) statusCmd() *cobra.Command {
 						fmt.Fprintln(w, "provisioned: no (provd provision)")
 					} else {
 						fmt.Fprintf(w, "provisioned: yes\nPK name:     %s\n", s.PKName)
+						switch s.TPMTrust {
+						case "":
+							fmt.Fprintln(w, "TPM:         identity NOT pinned (provisioned before provd pinned it; provision --force --ek-ca to pin)")
+						case api.TrustOnFirstUse:
+							fmt.Fprintln(w, "TPM:         identity pinned on TRUST ON FIRST USE (no manufacturer vouched for its EK)")
+						default:
+							fmt.Fprintln(w, "TPM:         identity pinned, EK certified by a trusted manufacturer")
+						}
 						if s.DName != "" {
 							fmt.Fprintf(w, "derivation parent: %s\n", s.DName)
 						}
