@@ -168,3 +168,54 @@ func (f forger) Send(cmd []byte) ([]byte, error) {
 	}
 	return rsp, err
 }
+
+// An interposer answers ReadPublic of the SRK with a key of its own (here:
+// another name). The state pins the SRK provision authenticated, so opening
+// it on this bus fails with ErrIdentityMismatch before any session is salted
+// to the interposer's key or any secret is sent.
+func TestPinnedSRKRefusesAnInterposer(t *testing.T) {
+	var lie atomic.Bool
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
+		return srkLiar{next: next, on: &lie}
+	}))
+	dir := t.TempDir() + "/state"
+	a, err := New(Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Provision(context.Background(), api.ProvisionRequest{PCRs: []int{7}, EKCA: caBundle(t, env)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lie.Store(true)
+	defer lie.Store(false)
+	_, err = New(Config{TPM: env.TPM, StateDir: dir})
+	if !errors.Is(err, tpm.ErrIdentityMismatch) || api.ExitCode(err) != api.ExitIdentity {
+		t.Fatalf("opening the state through a lying bus: %v (exit %d), want ErrIdentityMismatch (15)", err, api.ExitCode(err))
+	}
+}
+
+// srkLiar changes the name in every TPM2_ReadPublic response for the SRK
+// handle while on is set, as an interposer answering with its own key would.
+type srkLiar struct {
+	next transport.TPM
+	on   *atomic.Bool
+}
+
+func (l srkLiar) Send(cmd []byte) ([]byte, error) {
+	rsp, err := l.next.Send(cmd)
+	if err != nil || !l.on.Load() || len(cmd) < 14 || len(rsp) < 16 ||
+		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCReadPublic ||
+		tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != tpm.SRKHandle || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		return rsp, err
+	}
+	forged := append([]byte(nil), rsp...)
+	// outPublic (TPM2B), then name (TPM2B): flip the name's last byte.
+	pubSize := int(binary.BigEndian.Uint16(forged[10:12]))
+	nameAt := 12 + pubSize
+	nameSize := int(binary.BigEndian.Uint16(forged[nameAt : nameAt+2]))
+	forged[nameAt+2+nameSize-1] ^= 0x01
+	return forged, nil
+}
