@@ -219,3 +219,44 @@ func (l srkLiar) Send(cmd []byte) ([]byte, error) {
 	forged[nameAt+2+nameSize-1] ^= 0x01
 	return forged, nil
 }
+
+// An interposer changes the PCR values provision reads to seal the PK to
+// (values it could reproduce on a bad boot): the read runs in an audit
+// session salted to the pinned SRK, so the changed response fails its HMAC
+// and nothing is provisioned.
+func TestProvisionRefusesForgedPCRValues(t *testing.T) {
+	var forge atomic.Bool
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
+		return pcrForger{next: next, on: &forge}
+	}))
+	a := testAgent(t, env, nil)
+	forge.Store(true)
+	_, err := a.Provision(context.Background(), api.ProvisionRequest{PCRs: []int{0, 7}, EKCA: caBundle(t, env)})
+	forge.Store(false)
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Fatalf("provision through a bus that changes PCR values: %v (exit %d), want ErrResponseForged (15)", err, api.ExitCode(err))
+	}
+	if st, err := a.Status(context.Background()); err != nil || st.Provisioned {
+		t.Errorf("after the refusal: provisioned %v (%v)", st.Provisioned, err)
+	}
+}
+
+// pcrForger flips the last byte of the response parameters (the last PCR
+// value) of every successful TPM2_PCR_Read that carries sessions.
+type pcrForger struct {
+	next transport.TPM
+	on   *atomic.Bool
+}
+
+func (f pcrForger) Send(cmd []byte) ([]byte, error) {
+	rsp, err := f.next.Send(cmd)
+	if err != nil || !f.on.Load() || len(cmd) < 10 || len(rsp) < 14 ||
+		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCPCRRead ||
+		binary.BigEndian.Uint16(rsp[0:2]) != uint16(tpm2.TPMSTSessions) || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		return rsp, err
+	}
+	forged := append([]byte(nil), rsp...)
+	paramSize := int(binary.BigEndian.Uint32(forged[10:14]))
+	forged[14+paramSize-1] ^= 0x01
+	return forged, nil
+}

@@ -210,7 +210,7 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 		if len(pcrs) == 0 {
 			pcrs = api.DefaultPCRs
 		}
-		cur, err := a.t.PCRRead(bank.Alg(), pcrs)
+		cur, err := a.t.PCRReadAuthenticated(bank.Alg(), pcrs)
 		if err != nil {
 			return policyRecord{}, err
 		}

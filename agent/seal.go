@@ -77,7 +77,7 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			if bank == 0 {
 				bank = policy.BankSHA256
 			}
-			cur, err := a.t.PCRRead(bank.Alg(), req.PCRs)
+			cur, err := a.t.PCRReadAuthenticated(bank.Alg(), req.PCRs)
 			if err != nil {
 				return err
 			}

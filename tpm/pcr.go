@@ -40,6 +40,40 @@ func (t *TPM) PCRRead(bank tpm2.TPMIAlgHash, pcrs []int) (map[int][]byte, error)
 	}
 }
 
+// PCRReadAuthenticated is PCRRead with every TPM2_PCR_Read in an audit
+// session salted to the SRK (the pinned one, when pinned): the response HMAC,
+// keyed by a salt only the TPM can decrypt, covers the values, so an
+// interposer cannot choose the PCR values provd seals to. A changed response
+// is ErrResponseForged. It costs a StartAuthSession and a FlushContext.
+func (t *TPM) PCRReadAuthenticated(bank tpm2.TPMIAlgHash, pcrs []int) (vals map[int][]byte, err error) {
+	want, err := checkPCRs(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	srk, err := t.SRK()
+	if err != nil {
+		return nil, err
+	}
+	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit())
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	defer func() {
+		if cerr := Wrap("TPM2_FlushContext", closer()); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for attempt := 0; ; attempt++ {
+		vals, moved, err := t.pcrReadOnce(bank, want, s)
+		if err != nil || !moved {
+			return vals, err
+		}
+		if attempt+1 >= pcrReadAttempts {
+			return nil, fmt.Errorf("TPM2_PCR_Read: PCRs kept changing while being read (%d attempts)", pcrReadAttempts)
+		}
+	}
+}
+
 // PCRUpdateCounter returns the TPM's pcrUpdateCounter. It changes when a PCR
 // changes, except PCRs 16 and 23 (the PC Client profile exempts them: measured
 // on swtpm, extending either leaves the counter as it was). So two equal
@@ -57,13 +91,13 @@ func (t *TPM) PCRUpdateCounter() (uint32, error) {
 
 // pcrReadOnce reads want (sorted, unique) in as many calls as needed. moved
 // reports that the update counter changed between calls.
-func (t *TPM) pcrReadOnce(bank tpm2.TPMIAlgHash, want []int) (vals map[int][]byte, moved bool, err error) {
+func (t *TPM) pcrReadOnce(bank tpm2.TPMIAlgHash, want []int, sessions ...tpm2.Session) (vals map[int][]byte, moved bool, err error) {
 	vals = make(map[int][]byte, len(want))
 	var counter uint32
 	first := true
 	for missing := want; len(missing) > 0; {
 		ask := missing[:min(len(missing), pcrReadBatch)]
-		rsp, err := (tpm2.PCRRead{PCRSelectionIn: pcrSelection(bank, ask)}).Execute(t)
+		rsp, err := (tpm2.PCRRead{PCRSelectionIn: pcrSelection(bank, ask)}).Execute(t, sessions...)
 		if err != nil {
 			return nil, false, Wrap("TPM2_PCR_Read", err)
 		}
