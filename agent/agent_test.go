@@ -38,7 +38,7 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7, 16}})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7, 16}, AllowResettable: true})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
@@ -136,5 +136,46 @@ func TestHMACNeverOnTheBus(t *testing.T) {
 		if i := rec.Leak(mac); i >= 0 {
 			t.Errorf("HMAC of %d bytes: the MAC crossed the bus in plaintext", n)
 		}
+	}
+}
+
+// Why PCRs 16..23 are refused in policies: software resets them. Sealed to
+// PCR 16 (allowed explicitly), a secret locked by an extend of PCR 16 is
+// unlocked again by TPM2_PCR_Reset, from any process. Without
+// AllowResettable, provision and seal refuse such a policy before any TPM
+// command.
+func TestResettablePCRsAreRefused(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	for _, pcrs := range [][]int{{7, 16}, {23}, {17}} {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: pcrs}); !errors.Is(err, api.ErrNotPermitted) {
+			t.Errorf("provision over PCRs %v: %v, want not permitted", pcrs, err)
+		}
+	}
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s"), PCRs: []int{16}}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Errorf("seal to PCR 16: %v, want not permitted", err)
+	}
+
+	// The attack the refusal prevents.
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("locked by PCR 16"), PCRs: []int{16}, AllowResettable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("a bad boot"))
+	if err := env.TPM.PCRExtend(16, tpm2.TPMAlgSHA256, d[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.Unseal(ctx, blob); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+		t.Fatalf("unseal after PCR 16 moved: %v", err)
+	}
+	if _, err := (tpm2.PCRReset{PCRHandle: tpm2.AuthHandle{Handle: 16, Auth: tpm2.PasswordAuth(nil)}}).Execute(env.TPM); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "locked by PCR 16" {
+		t.Fatalf("after a PCR reset: %q %v (the reset should have unlocked it: that is why 16 is refused)", got, err)
 	}
 }

@@ -32,7 +32,7 @@ func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
 	if len(pcrs) == 0 {
 		pcrs = []int{7, 16}
 	}
-	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{TrustOnFirstUse: true, PCRs: pcrs}); err != nil {
+	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{TrustOnFirstUse: true, PCRs: pcrs, AllowResettable: true}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 }

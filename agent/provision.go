@@ -210,6 +210,9 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 		if len(pcrs) == 0 {
 			pcrs = api.DefaultPCRs
 		}
+		if err := checkResettable(pcrs, req.AllowResettable); err != nil {
+			return policyRecord{}, err
+		}
 		cur, err := a.t.PCRReadAuthenticated(bank.Alg(), pcrs)
 		if err != nil {
 			return policyRecord{}, err
@@ -218,6 +221,9 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 	}
 	if err := vals.Validate(); err != nil {
 		return policyRecord{}, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+	}
+	if err := checkResettable(vals.Indices(), req.AllowResettable); err != nil {
+		return policyRecord{}, err
 	}
 	res.Bank, res.PCRs = vals.Bank.String(), vals.Indices()
 	return newPCRRecord(vals)
@@ -248,4 +254,14 @@ func (a *Agent) withLoaded(parent tpm.Object, blob tpm.Blob, fn func(tpm.Object)
 	}
 	defer a.flush(&err, obj.Handle)
 	return fn(obj)
+}
+
+// checkResettable refuses a policy over PCRs that software can reset, unless
+// allowed: a reset and a replay of the recorded extends would satisfy it
+// again (what locked a secret after a bad boot would unlock it).
+func checkResettable(pcrs []int, allow bool) error {
+	if r := policy.Resettable(pcrs); len(r) > 0 && !allow {
+		return fmt.Errorf("%w: PCRs %v can be reset by software, so a policy over them protects nothing; allow resettable PCRs only for tests and demonstrations", api.ErrNotPermitted, r)
+	}
+	return nil
 }

@@ -77,6 +77,9 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			if bank == 0 {
 				bank = policy.BankSHA256
 			}
+			if err := checkResettable(req.PCRs, req.AllowResettable); err != nil {
+				return err
+			}
 			cur, err := a.t.PCRReadAuthenticated(bank.Alg(), req.PCRs)
 			if err != nil {
 				return err

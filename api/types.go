@@ -26,6 +26,9 @@ type ProvisionRequest struct {
 	Signer crypto.PublicKey
 	// Force zeroizes an existing PK first.
 	Force bool
+	// AllowResettable admits PCRs that software can reset (16..23,
+	// policy.PCRValues.Resettable): for tests and demonstrations only.
+	AllowResettable bool
 	// EKCA, EKCert and TrustOnFirstUse establish the TPM's identity at first
 	// contact, as IdentityRequest says; the SRK it yields is pinned in the
 	// state. A TPM already pinned (provision --force) keeps its pin and
@@ -51,11 +54,12 @@ type provisionJSON struct {
 	EKCA   []byte            `json:"ek_ca,omitempty"`
 	EKCert []byte            `json:"ek_cert,omitempty"`
 	TOFU   bool              `json:"trust_on_first_use,omitempty"`
+	Reset  bool              `json:"allow_resettable,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
 	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force,
-		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse}
+		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -70,7 +74,7 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force,
-		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU}
+		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
@@ -105,6 +109,9 @@ type SealRequest struct {
 	Bank   policy.Bank
 	PCRs   []int
 	Signer crypto.PublicKey
+	// AllowResettable admits PCRs that software can reset, as for
+	// ProvisionRequest.
+	AllowResettable bool
 }
 
 type sealJSON struct {
@@ -112,10 +119,11 @@ type sealJSON struct {
 	Bank   string `json:"bank,omitempty"`
 	PCRs   []int  `json:"pcrs,omitempty"`
 	Signer string `json:"policy_signer,omitempty"`
+	Reset  bool   `json:"allow_resettable,omitempty"`
 }
 
 func (r SealRequest) MarshalJSON() ([]byte, error) {
-	w := sealJSON{Data: r.Data, Bank: bankName(r.Bank), PCRs: r.PCRs}
+	w := sealJSON{Data: r.Data, Bank: bankName(r.Bank), PCRs: r.PCRs, Reset: r.AllowResettable}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -130,7 +138,7 @@ func (r *SealRequest) UnmarshalJSON(b []byte) error {
 		clear(w.Data)
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
-	*r = SealRequest{Data: w.Data, PCRs: w.PCRs}
+	*r = SealRequest{Data: w.Data, PCRs: w.PCRs, AllowResettable: w.Reset}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err

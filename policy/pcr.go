@@ -232,3 +232,22 @@ func (v PCRValues) clone() PCRValues {
 	}
 	return out
 }
+
+// Resettable lists the PCRs of values that software can reset without a
+// reboot (TCG PC Client Platform Firmware Profile: 16, the debug PCR, and 23,
+// the application PCR, from any locality; 17..22, the dynamic-launch PCRs,
+// from localities 3 and 4). A policy over them is only as strong as the
+// control of whoever may reset them: a reset and a replay of the recorded
+// extends satisfies it again.
+func (v PCRValues) Resettable() []int { return Resettable(v.Indices()) }
+
+// Resettable lists those of pcrs that software can reset (PCRValues.Resettable).
+func Resettable(pcrs []int) []int {
+	var out []int
+	for _, i := range pcrs {
+		if i >= 16 && i <= 23 {
+			out = append(out, i)
+		}
+	}
+	return out
+}

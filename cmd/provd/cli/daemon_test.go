@@ -109,7 +109,7 @@ func TestCLIBothWays(t *testing.T) {
 	b.same(api.ExitOK, "status")
 	b.same(api.ExitNotProvisioned, "policy", "show")
 	b.same(api.ExitOK, "tpm", "info", "-o", "json")
-	if r := b.daemon("provision", "--pcrs", "7,16", "--trust-on-first-use"); r.code != 0 {
+	if r := b.daemon("provision", "--pcrs", "7,16", "--trust-on-first-use", "--allow-resettable"); r.code != 0 {
 		t.Fatalf("provision through the daemon: exit %d %s", r.code, r.err)
 	}
 	b.same(api.ExitConflict, "provision")

@@ -44,7 +44,7 @@ func TestKeyCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	provd(0, "provision", "--pcrs", "7,16", "--ek-ca", ekCAFile(t, env))
+	provd(0, "provision", "--pcrs", "7,16", "--ek-ca", ekCAFile(t, env), "--allow-resettable")
 	provd(0, "key", "derive", "tls", "--label", "tls", "--context", "device-42", "--type", "ecc-p256")
 	provd(0, "key", "pub", "tls", "--out", p("tls.pub"))
 	provd(0, "key", "sign", "tls", "--in", p("msg"), "--out", p("msg.sig"))

@@ -76,7 +76,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
 	var valuesFile, signerFile string
-	var force bool
+	var force, allowResettable bool
 	var ek ekFlags
 	c := &cobra.Command{
 		Use:   "provision",
@@ -113,7 +113,8 @@ and keeps the pinned TPM identity.`,
 			if err != nil {
 				return err
 			}
-			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force, EKCA: id.EKCA, EKCert: id.EKCert, TrustOnFirstUse: id.TrustOnFirstUse}
+			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force, AllowResettable: allowResettable,
+				EKCA: id.EKCA, EKCert: id.EKCert, TrustOnFirstUse: id.TrustOnFirstUse}
 			if valuesFile != "" && signerFile != "" {
 				return usageError(fmt.Errorf("--pcr-values and --policy-signer exclude each other"))
 			}
@@ -158,6 +159,7 @@ and keeps the pinned TPM identity.`,
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "seal to golden PCR values from FILE (JSON, docs/policy.md)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
 	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
+	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
 	ek.add(a, c)
 	return c
 }

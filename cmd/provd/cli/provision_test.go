@@ -49,7 +49,7 @@ func (c *cliEnv) must(args ...string) string {
 // With PCR 16 changed, every use of the PK fails with exit 3 naming PCR 16.
 func TestPCRChangeLocksThePKExit3(t *testing.T) {
 	c := newCLIEnv(t)
-	c.must("provision", "--pcrs", "7,16", "--trust-on-first-use")
+	c.must("provision", "--pcrs", "7,16", "--trust-on-first-use", "--allow-resettable")
 	secret := filepath.Join(t.TempDir(), "secret")
 	sealed := filepath.Join(t.TempDir(), "sealed")
 	if err := os.WriteFile(secret, []byte("top secret"), 0o600); err != nil {

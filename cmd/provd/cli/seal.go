@@ -13,6 +13,7 @@ import (
 func (a *app) sealCmd() *cobra.Command {
 	var pf pcrFlags
 	var in, out, signerFile string
+	var allowResettable bool
 	c := &cobra.Command{
 		Use:   "seal",
 		Short: "Seal a secret under the PK to a PCR policy",
@@ -38,7 +39,7 @@ docs/formats.md.`,
 				return err
 			}
 			defer clear(data)
-			req := api.SealRequest{Data: data, Bank: bank, PCRs: pcrs}
+			req := api.SealRequest{Data: data, Bank: bank, PCRs: pcrs, AllowResettable: allowResettable}
 			if signerFile != "" {
 				if req.Signer, err = readSignerPub(signerFile); err != nil {
 					return err
@@ -65,6 +66,7 @@ docs/formats.md.`,
 	c.Flags().StringVar(&in, "in", "", "secret to seal (FILE, or - for stdin)")
 	c.Flags().StringVar(&out, "out", "", "sealed blob (FILE, or - for stdout)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM)")
+	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
 	return c
 }
 
