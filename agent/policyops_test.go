@@ -25,9 +25,22 @@ type sessionCounter struct {
 	n    atomic.Int64
 }
 
+// Send counts the policy sessions started (TPM_SE_POLICY); the salted HMAC
+// sessions that guard Create and Load on the bus are not policy runs.
 func (c *sessionCounter) Send(cmd []byte) ([]byte, error) {
-	if len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == uint32(tpm2.TPMCCStartAuthSession) {
-		c.n.Add(1)
+	if len(cmd) >= 22 && binary.BigEndian.Uint32(cmd[6:10]) == uint32(tpm2.TPMCCStartAuthSession) {
+		// Two handles, then nonceCaller and encryptedSalt (TPM2Bs), then
+		// the session type.
+		at := 18
+		for range 2 {
+			if at+2 > len(cmd) {
+				return c.next.Send(cmd)
+			}
+			at += 2 + int(binary.BigEndian.Uint16(cmd[at:at+2]))
+		}
+		if at < len(cmd) && tpm2.TPMSE(cmd[at]) == tpm2.TPMSEPolicy {
+			c.n.Add(1)
+		}
 	}
 	return c.next.Send(cmd)
 }

@@ -39,11 +39,20 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
-	rsp, err := (tpm2.CreateLoaded{
-		ParentHandle: parent.Auth(parentAuth),
-		InPublic:     tpm2.New2BTemplate(&tmpl),
-	}).Execute(t)
+	// A session salted to the SRK binds the template to the command and the
+	// object that comes back to the response (see Create).
+	var rsp *tpm2.CreateLoadedResponse
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) (err error) {
+		rsp, err = (tpm2.CreateLoaded{
+			ParentHandle: parent.Auth(parentAuth),
+			InPublic:     tpm2.New2BTemplate(&tmpl),
+		}).Execute(t, enc)
+		return err
+	})
 	if err != nil {
+		if rsp != nil { // created, then the session's flush failed
+			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
+		}
 		return Object{}, Wrap("TPM2_CreateLoaded", err)
 	}
 	pub, err := rsp.OutPublic.Contents()

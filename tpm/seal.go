@@ -50,17 +50,26 @@ func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []
 }
 
 // Load loads a blob under parent and returns the loaded object; the caller
-// flushes it.
+// flushes it. Like Create, it runs with a session salted to the SRK: the
+// command HMAC binds the blob that is loaded, and the response HMAC the
+// handle and name that come back (see Create).
 func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
-	rsp, err := (tpm2.Load{
-		ParentHandle: parent.Auth(parentAuth),
-		InPrivate:    b.Private,
-		InPublic:     b.Public,
-	}).Execute(t)
+	var rsp *tpm2.LoadResponse
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) (err error) {
+		rsp, err = (tpm2.Load{
+			ParentHandle: parent.Auth(parentAuth),
+			InPrivate:    b.Private,
+			InPublic:     b.Public,
+		}).Execute(t, enc)
+		return err
+	})
 	if err != nil {
+		if rsp != nil { // loaded, then the session's flush failed
+			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
+		}
 		return Object{}, Wrap("TPM2_Load", err)
 	}
 	pub, err := b.Public.Contents()
@@ -165,6 +174,14 @@ func (b Blob) Name() (tpm2.TPM2BName, error) {
 // Create creates an object from tmpl under parent (authorized by parentAuth)
 // and returns its blob. sensitive, when not nil, carries data (a secret)
 // into the TPM inside an encrypted session.
+//
+// The session is there even without a secret: salted to the SRK, its
+// command HMAC covers the template, and its response HMAC the public and
+// private areas that come back. An interposer on the bus can recompute the
+// HMAC of the parent's own authorization (a password, or an unsalted policy
+// session: their keys are no secret) and, without this session, would set
+// userWithAuth in the template of the PK, D or a key and use them later
+// without their policy (found by review; agent tests mount it).
 func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, sensitive []byte) (Blob, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
@@ -174,16 +191,6 @@ func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPubli
 		cmd.InSensitive = tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: sensitive}),
 		}}
-	}
-	if sensitive == nil {
-		// Nothing secret crosses the bus (the TPM generates the key, and
-		// outPrivate is already encrypted under the parent): no salted
-		// session, which would cost 2 commands and an ECDH in the TPM.
-		rsp, err := cmd.Execute(t)
-		if err != nil {
-			return Blob{}, Wrap("TPM2_Create", err)
-		}
-		return Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}, nil
 	}
 	var blob Blob
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
