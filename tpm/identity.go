@@ -48,6 +48,7 @@ func (t *TPM) AuthenticatedSRK(ekHandle tpm2.TPMHandle, ekPub, template tpm2.TPM
 	if err != nil {
 		return Object{}, Wrap("TPM2_StartAuthSession (salted to the certified EK)", err)
 	}
+	closer = t.sessionCloser(s, closer)
 	defer func() {
 		if cerr := Wrap("TPM2_FlushContext", closer()); cerr != nil && err == nil {
 			err = cerr

@@ -58,6 +58,7 @@ func (t *TPM) PCRReadAuthenticated(bank tpm2.TPMIAlgHash, pcrs []int) (vals map[
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
+	closer = t.sessionCloser(s, closer)
 	defer func() {
 		if cerr := Wrap("TPM2_FlushContext", closer()); cerr != nil && err == nil {
 			err = cerr

@@ -46,7 +46,7 @@ func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: closer, alg: tpm2.TPMAlgSHA256, trial: trial}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256, trial: trial}, nil
 }
 
 // StartSecretPolicySession starts a SHA-256 policy session that is also
@@ -63,7 +63,7 @@ func (t *TPM) StartSecretPolicySession(dir Direction) (*PolicySession, error) {
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: closer, alg: tpm2.TPMAlgSHA256}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256}, nil
 }
 
 // Close flushes the session. It is safe to call more than once.

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"errors"
 	"github.com/google/go-tpm/tpm2"
 )
 
@@ -51,7 +52,27 @@ func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error,
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
+	closer = t.sessionCloser(s, closer)
 	return s, func() error { return Wrap("TPM2_FlushContext", closer()) }, nil
+}
+
+// sessionCloser returns the flush of session s, started with go-tpm's
+// closer: it flushes the handle s had when it started. go-tpm forgets a
+// session's handle when a response says the session ended (continueSession
+// clear), before it checks that response's HMAC; after a forged response its
+// own closer would flush TPM_RH_NULL and leave the session loaded, one of
+// three slots on a TPM without a resource manager (found by review).
+func (t *TPM) sessionCloser(s tpm2.Session, closer func() error) func() error {
+	h := s.Handle()
+	return func() error {
+		if s.Handle() == h {
+			return closer()
+		}
+		if err := t.Flush(h); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		return nil
+	}
 }
 
 // WithEncryptSession runs fn with an encryption session and flushes it after,
