@@ -187,7 +187,9 @@ func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
 }
 
 // verifyEK checks the certificate against the manufacturer certificates of
-// req, or parses it alone on trust on first use.
+// req. Trust on first use applies only when there are none: given
+// certificates that do not vouch for the TPM are a refusal, never a silent
+// fall back to trusting it.
 func verifyEK(der []byte, req api.IdentityRequest, now func() time.Time) (*attest.EKCertificate, error) {
 	if len(req.EKCA) > 0 {
 		roots, err := attest.CertPoolFromPEM(req.EKCA)
@@ -195,13 +197,12 @@ func verifyEK(der []byte, req api.IdentityRequest, now func() time.Time) (*attes
 			return nil, fmt.Errorf("%w: EK CA bundle: %v", api.ErrBadInput, err)
 		}
 		ek, err := attest.VerifyEKCertificate(der, attest.Options{Roots: roots, Now: now})
-		if err == nil || !req.TrustOnFirstUse {
-			if errors.Is(err, attest.ErrUntrustedEK) {
-				err = fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
-			}
-			return ek, err
+		if errors.Is(err, attest.ErrUntrustedEK) {
+			err = fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
 		}
-	} else if !req.TrustOnFirstUse {
+		return ek, err
+	}
+	if !req.TrustOnFirstUse {
 		return nil, fmt.Errorf("%w: no manufacturer certificates to verify the EK certificate with (give them, or trust on first use)", api.ErrUntrustedTPM)
 	}
 	ek, err := attest.ParseEKCertificate(der)

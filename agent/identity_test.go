@@ -80,16 +80,16 @@ func TestTPMIdentity(t *testing.T) {
 	for name, req := range map[string]api.IdentityRequest{
 		"no CA":      {},
 		"foreign CA": {EKCA: foreignCA(t)},
+		"foreign CA, even with trust on first use": {EKCA: foreignCA(t), TrustOnFirstUse: true},
 	} {
 		_, err := a.TPMIdentity(ctx, req)
 		if !errors.Is(err, api.ErrUntrustedTPM) || api.ExitCode(err) != api.ExitIdentity {
 			t.Errorf("%s: %v (exit %d), want untrusted (15)", name, err, api.ExitCode(err))
 		}
-		req.TrustOnFirstUse = true
-		tofu, err := a.TPMIdentity(ctx, req)
-		if err != nil || tofu.Trust != api.TrustOnFirstUse || tofu.SRKName != id.SRKName {
-			t.Errorf("%s, trust on first use: %+v %v", name, tofu, err)
-		}
+	}
+	tofu, err := a.TPMIdentity(ctx, api.IdentityRequest{TrustOnFirstUse: true})
+	if err != nil || tofu.Trust != api.TrustOnFirstUse || tofu.SRKName != id.SRKName {
+		t.Errorf("trust on first use: %+v %v", tofu, err)
 	}
 
 	// A certificate given as a file (PEM), as for a TPM that keeps none.

@@ -180,7 +180,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
-	res.PKName, res.DName = st.Name, st.DName
+	res.PKName, res.DName, res.TPMTrust = st.Name, st.DName, identity.Trust
 	return res, nil
 }
 

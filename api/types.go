@@ -100,6 +100,9 @@ type ProvisionResult struct {
 	// policies for this device need a version >= Counter.
 	Counter       *uint64 `json:"policy_counter,omitempty"`
 	CounterHandle string  `json:"policy_counter_handle,omitempty"`
+	// TPMTrust is how the pinned TPM identity was established (Identity's
+	// Trust).
+	TPMTrust string `json:"tpm_trust"`
 }
 
 // SealRequest says what to seal and to which policy: POST /v1/seal. With
@@ -214,8 +217,9 @@ type IdentityRequest struct {
 	// EKCert is the EK certificate (DER or PEM) of a TPM that keeps none in
 	// NV (firmware TPMs); empty: read it from NV.
 	EKCert []byte `json:"ek_cert,omitempty"`
-	// TrustOnFirstUse accepts an EK certificate no manufacturer in EKCA
-	// vouches for; the identity then says so.
+	// TrustOnFirstUse accepts the EK certificate with nothing to verify it
+	// by (no EKCA); the identity then says so. With EKCA given, a
+	// certificate it does not vouch for is refused all the same.
 	TrustOnFirstUse bool `json:"trust_on_first_use,omitempty"`
 }
 
@@ -240,7 +244,8 @@ type Identity struct {
 	Version      string   `json:"tpm_version,omitempty"`
 	Chain        []string `json:"chain,omitempty"` // subjects, the EK's issuer to the root
 	// SRKName is the SRK's TPM name, authenticated; SRKPersistent says
-	// whether 0x81000001 holds that SRK (false: absent, or another key).
+	// whether 0x81000001 holds that SRK (false: absent, or another key), as
+	// an unauthenticated ReadPublic says: provision checks it for real.
 	SRKName       string `json:"srk_name"`
 	SRKPersistent bool   `json:"srk_persistent"`
 }

@@ -22,7 +22,7 @@ type ekFlags struct {
 func (f *ekFlags) add(a *app, c *cobra.Command) {
 	c.Flags().StringVar(&f.caFile, "ek-ca", a.deps.Getenv("PROVD_EK_CA"), "PEM bundle of the manufacturer certificates that vouch for EK certificates (env PROVD_EK_CA)")
 	c.Flags().StringVar(&f.certFile, "ek-cert", "", "the TPM's EK certificate (DER or PEM), for a TPM that keeps none in NV")
-	c.Flags().BoolVar(&f.tofu, "trust-on-first-use", false, "accept an EK certificate no manufacturer vouches for (recorded and shown)")
+	c.Flags().BoolVar(&f.tofu, "trust-on-first-use", false, "with no --ek-ca, accept the EK certificate unverified (recorded and shown); never overrides a refusal by --ek-ca")
 }
 
 // request reads the files the flags name.
@@ -104,10 +104,11 @@ func printIdentity(w io.Writer, id api.Identity) {
 	if id.Manufacturer != "" {
 		row("TPM", fmt.Sprintf("manufacturer %s, model %s, version %s", id.Manufacturer, id.Model, id.Version))
 	}
-	persistent := "persistent at 0x81000001"
+	row("SRK name (authenticated)", id.SRKName)
+	persistent := "yes"
 	if !id.SRKPersistent {
-		persistent = "not persistent at 0x81000001"
+		persistent = "no"
 	}
-	row("SRK (authenticated)", fmt.Sprintf("%s, %s", id.SRKName, persistent))
+	row("Persistent at 0x81000001", persistent+" (as ReadPublic says: not authenticated)")
 	tw.Flush()
 }

@@ -141,6 +141,11 @@ and keeps the pinned TPM identity.`,
 				}
 				return a.emit(res, func(w io.Writer) {
 					fmt.Fprintf(w, "provisioned\nPK name:       %s\npolicy:        %s %s\n", res.PKName, res.PolicyKind, res.PolicyDigest)
+					if res.TPMTrust == api.TrustOnFirstUse {
+						fmt.Fprintln(w, "TPM identity:  pinned on TRUST ON FIRST USE (no manufacturer vouched for its EK)")
+					} else {
+						fmt.Fprintln(w, "TPM identity:  pinned, EK certified by a trusted manufacturer")
+					}
 					if res.DName != "" {
 						fmt.Fprintf(w, "derivation parent: %s\n", res.DName)
 					}
