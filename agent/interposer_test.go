@@ -173,8 +173,9 @@ func TestInterposerCannotChangeWhatTheTPMMakes(t *testing.T) {
 	on.Store(true)
 	_, err = a.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, EKCA: caBundle(t, env)})
 	on.Store(false)
-	if flipped.Load() == 0 || !errors.Is(err, tpm2.TPMRCBadAuth) {
-		t.Fatalf("provision through an interposer that changed %d templates: %v, want TPM_RC_BAD_AUTH", flipped.Load(), err)
+	if flipped.Load() == 0 || !errors.Is(err, tpm2.TPMRCBadAuth) || !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Fatalf("provision through an interposer that changed %d templates: %v (exit %d), want TPM_RC_BAD_AUTH in the guard session: forged (15)",
+			flipped.Load(), err, api.ExitCode(err))
 	}
 	if st, err := a.Status(ctx); err != nil || st.Provisioned {
 		t.Fatalf("after the refusal: provisioned %v (%v)", st.Provisioned, err)
@@ -188,8 +189,8 @@ func TestInterposerCannotChangeWhatTheTPMMakes(t *testing.T) {
 	on.Store(true)
 	_, err = a.DeriveKey(ctx, api.DeriveRequest{Name: "k1", Label: "l", Type: "ecc-p256"})
 	on.Store(false)
-	if flipped.Load() == 0 || !errors.Is(err, tpm2.TPMRCBadAuth) {
-		t.Fatalf("derive through an interposer that changed %d templates: %v, want TPM_RC_BAD_AUTH", flipped.Load(), err)
+	if flipped.Load() == 0 || !errors.Is(err, tpm.ErrResponseForged) {
+		t.Fatalf("derive through an interposer that changed %d templates: %v, want forged", flipped.Load(), err)
 	}
 }
 

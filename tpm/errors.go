@@ -39,9 +39,11 @@ var (
 	// ErrIdentityMismatch: the TPM is not the one provd pinned (its SRK has
 	// another name), or something on the bus answers for it.
 	ErrIdentityMismatch = errors.New("the TPM is not the one provd was provisioned on, or something on the bus is lying")
-	// ErrResponseForged: a response failed its session's HMAC check: it is
-	// not what the TPM sent (something on the bus changed or invented it).
-	ErrResponseForged = errors.New("a TPM response failed its session HMAC: something between provd and the TPM changed it")
+	// ErrResponseForged: a response failed its session's HMAC check, or the
+	// TPM refused a command's HMAC in a session salted to the SRK: what
+	// crossed the bus is not what one end sent (something between them
+	// changed or invented it).
+	ErrResponseForged = errors.New("a TPM command or response failed its session HMAC: something between provd and the TPM changed it")
 )
 
 // goTPMBadResponseHMAC is how go-tpm v0.9.8 reports a response whose HMAC
@@ -123,4 +125,18 @@ func classify(rc tpm2.TPMRC) error {
 		return ErrUnsupported
 	}
 	return nil
+}
+
+// guarded maps the TPM's refusal of a command HMAC in the session salted to
+// the SRK (a guard session: provd's own key, which a caller never mistypes)
+// to ErrResponseForged: the command was changed on its way. index is the
+// guard session's position among the command's sessions (1-based).
+func guarded(command string, err error, index int) error {
+	var f1 tpm2.TPMFmt1Error
+	if errors.Is(err, tpm2.TPMRCBadAuth) && errors.As(err, &f1) {
+		if ok, i := f1.Session(); ok && i == index {
+			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, Wrap(command, err))
+		}
+	}
+	return Wrap(command, err)
 }

@@ -53,7 +53,7 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 		if rsp != nil { // created, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
 		}
-		return Object{}, Wrap("TPM2_CreateLoaded", err)
+		return Object{}, guarded("TPM2_CreateLoaded", err, 2)
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {

@@ -70,7 +70,7 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
 		}
-		return Object{}, Wrap("TPM2_Load", err)
+		return Object{}, guarded("TPM2_Load", err, 2)
 	}
 	pub, err := b.Public.Contents()
 	if err != nil {
@@ -196,7 +196,7 @@ func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPubli
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
 		rsp, err := cmd.Execute(t, enc)
 		if err != nil {
-			return Wrap("TPM2_Create", err)
+			return guarded("TPM2_Create", err, 2)
 		}
 		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
 		return nil
