@@ -491,7 +491,7 @@ func TestSignedPolicyKeys(t *testing.T) {
 	}
 	install := func(version uint64) {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, currentValues(t, env.TPM, 7, 16), version)
+		sp, err := agent.SignPKPolicy(signer, currentValues(t, env.TPM, 7, 16), version, "")
 		if err != nil {
 			t.Fatal(err)
 		}

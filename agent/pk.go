@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -29,6 +30,25 @@ const (
 // pkPolicyRef is the policyRef signed policies for the PK carry, so that a
 // signature made for another purpose by the same signer cannot unlock the PK.
 var pkPolicyRef = []byte("provd/pk")
+
+// maxClass bounds a device class so that its policyRef fits the 32 bytes
+// PolicyAuthorize takes.
+const maxClass = 32 - len("provd/pk/")
+
+// PolicyRef is the policyRef of signed policies for devices of class: the
+// fleet or device class provisioned with them ("provd/pk/" + class), or
+// "provd/pk" for none. PolicyAuthorize checks it in the TPM, so a policy
+// signed for one class does not unlock a device of another. A class is 1..23
+// of a-z, 0-9, '.', '_' and '-'.
+func PolicyRef(class string) ([]byte, error) {
+	if class == "" {
+		return pkPolicyRef, nil
+	}
+	if len(class) > maxClass || strings.Trim(class, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
+		return nil, fmt.Errorf("%w: device class %q: 1..%d of a-z, 0-9, '.', '_', '-'", api.ErrBadInput, class, maxClass)
+	}
+	return append(slices.Clone(pkPolicyRef), "/"+class...), nil
+}
 
 // pkState is the manifest record of the provisioning key.
 type pkState struct {

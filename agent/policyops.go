@@ -19,11 +19,16 @@ import (
 // writes wear a hardware TPM, and a version far ahead is more likely a typo.
 const maxCounterSteps = 64
 
-// SignPKPolicy signs, offline, a policy approving vals for devices whose PK was
-// provisioned with signer's public key. version must be at least each device's
+// SignPKPolicy signs, offline, a policy approving vals for devices of class
+// whose PK was provisioned with signer's public key ("" for devices
+// provisioned without a class). version must be at least each device's
 // policy counter; installing it revokes every older version on that device.
-func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64) (*policy.SignedPolicy, error) {
-	return policy.SignPolicy(signer, vals, version, pkPolicyRef, CounterRef())
+func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64, class string) (*policy.SignedPolicy, error) {
+	ref, err := PolicyRef(class)
+	if err != nil {
+		return nil, err
+	}
+	return policy.SignPolicy(signer, vals, version, ref, CounterRef())
 }
 
 // InstallPolicy installs a signed policy for the PK: it checks the signature
@@ -69,7 +74,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return res, fmt.Errorf("%w: not signed by the PK's policy signer: %v", api.ErrNotPermitted, err)
 	}
 	if hex.EncodeToString(sp.PolicyRef) != st.Policy.PolicyRef {
-		return res, fmt.Errorf("%w: policy is for another purpose (policyRef %q)", api.ErrNotPermitted, sp.PolicyRef)
+		return res, fmt.Errorf("%w: policy is for another device class or purpose (policyRef %q)", api.ErrNotPermitted, sp.PolicyRef)
 	}
 	want := CounterRef()
 	if sp.Counter.Handle != want.Handle || string(sp.Counter.Name) != string(want.Name) {

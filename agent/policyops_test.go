@@ -71,7 +71,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	}
 	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
 	signed := func(version uint64) []byte {
-		sp, err := SignPKPolicy(signer, vals, version)
+		sp, err := SignPKPolicy(signer, vals, version, "")
 		if err != nil {
 			t.Fatal(err)
 		}

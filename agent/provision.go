@@ -196,7 +196,11 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 		}
 		res.Counter = &c
 		res.CounterHandle = fmt.Sprintf("0x%08x", uint32(PolicyCounterHandle))
-		return newSignedRecord(req.Signer, pkPolicyRef)
+		ref, err := PolicyRef(req.PolicyClass)
+		if err != nil {
+			return policyRecord{}, err
+		}
+		return newSignedRecord(req.Signer, ref)
 	}
 	var vals policy.PCRValues
 	if req.Values != nil {

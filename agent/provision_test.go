@@ -54,7 +54,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	}
 	install := func(version uint64, vals policy.PCRValues) (api.PolicyInstallResult, error) {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, vals, version)
+		sp, err := agent.SignPKPolicy(signer, vals, version, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +91,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	}
 	// A policy signed by someone else is refused.
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	sp, _ := agent.SignPKPolicy(other, v2, c+5)
+	sp, _ := agent.SignPKPolicy(other, v2, c+5, "")
 	b, _ := sp.MarshalJSON()
 	if _, err := ag.InstallPolicy(ctx, b); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("foreign signer: %v", err)

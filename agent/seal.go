@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,7 +65,11 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			// installed for the PK, so only the PK's own signer can be
 			// named: any other signer's policies could never be installed
 			// and the secret could never be unsealed.
-			r, err := newSignedRecord(req.Signer, pkPolicyRef)
+			ref, err := hex.DecodeString(l.rec.PolicyRef)
+			if err != nil {
+				return fmt.Errorf("%w: the PK's policyRef: %v", api.ErrTampered, err)
+			}
+			r, err := newSignedRecord(req.Signer, ref)
 			if err != nil {
 				return fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 			}

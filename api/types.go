@@ -26,6 +26,10 @@ type ProvisionRequest struct {
 	Signer crypto.PublicKey
 	// Force zeroizes an existing PK first.
 	Force bool
+	// PolicyClass, with Signer, names the fleet or device class signed
+	// policies must be made for (agent.PolicyRef): a policy signed for
+	// another class does not unlock this device.
+	PolicyClass string
 	// AllowResettable admits PCRs that software can reset (16..23,
 	// policy.PCRValues.Resettable): for tests and demonstrations only.
 	AllowResettable bool
@@ -55,11 +59,12 @@ type provisionJSON struct {
 	EKCert []byte            `json:"ek_cert,omitempty"`
 	TOFU   bool              `json:"trust_on_first_use,omitempty"`
 	Reset  bool              `json:"allow_resettable,omitempty"`
+	Class  string            `json:"policy_class,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
 	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force,
-		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable}
+		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable, Class: r.PolicyClass}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -74,7 +79,7 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force,
-		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset}
+		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset, PolicyClass: w.Class}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err

@@ -25,7 +25,7 @@ func (a *app) policyCmd() *cobra.Command {
 }
 
 func (a *app) policySignCmd() *cobra.Command {
-	var signerFile, valuesFile, out string
+	var signerFile, valuesFile, out, class string
 	var version uint64
 	c := &cobra.Command{
 		Use:   "sign",
@@ -61,7 +61,7 @@ PKCS#1), unencrypted.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", valuesFile, err)
 			}
-			sp, err := agent.SignPKPolicy(signer, vals, version)
+			sp, err := agent.SignPKPolicy(signer, vals, version, class)
 			if err != nil {
 				return err
 			}
@@ -88,6 +88,7 @@ PKCS#1), unencrypted.`,
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "PCR values to approve (JSON, docs/policy.md)")
 	c.Flags().Uint64Var(&version, "version", 0, "policy version (>= the device's policy counter)")
 	c.Flags().StringVar(&out, "out", "", "where to write policy.json (- for stdout)")
+	c.Flags().StringVar(&class, "class", "", "the device class the policy is for (as given to provision --policy-class); a policy for one class does not unlock another")
 	return c
 }
 

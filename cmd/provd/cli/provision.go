@@ -75,7 +75,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 
 func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
-	var valuesFile, signerFile string
+	var valuesFile, signerFile, class string
 	var force, allowResettable bool
 	var ek ekFlags
 	c := &cobra.Command{
@@ -113,7 +113,10 @@ and keeps the pinned TPM identity.`,
 			if err != nil {
 				return err
 			}
-			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force, AllowResettable: allowResettable,
+			if class != "" && signerFile == "" {
+				return usageError(fmt.Errorf("--policy-class goes with --policy-signer"))
+			}
+			req := api.ProvisionRequest{Bank: bank, PCRs: pcrs, Force: force, AllowResettable: allowResettable, PolicyClass: class,
 				EKCA: id.EKCA, EKCert: id.EKCert, TrustOnFirstUse: id.TrustOnFirstUse}
 			if valuesFile != "" && signerFile != "" {
 				return usageError(fmt.Errorf("--pcr-values and --policy-signer exclude each other"))
@@ -162,6 +165,7 @@ and keeps the pinned TPM identity.`,
 	}
 	pf.add(c, "0,2,4,7")
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "seal to golden PCR values from FILE (JSON, docs/policy.md)")
+	c.Flags().StringVar(&class, "policy-class", "", "with --policy-signer: the fleet or device class signed policies must name (provd policy sign --class)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
 	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
 	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
