@@ -19,8 +19,10 @@ import (
 
 // A device provisioned for class "prod" takes policies signed for "prod"
 // only: a policy the same signer made for "lab" is refused at install, and
-// written into the state behind provd's back it unlocks nothing, since the
-// policyRef is part of what PolicyAuthorize checks.
+// written into the state behind provd's back it unlocks nothing (provd finds
+// no policy for this PK; were it sent, the TPM would refuse the signature:
+// PolicyAuthorize's aHash covers the policyRef, and a signature over another
+// digest is TPM_RC_SIGNATURE, tpm.TestPolicyAuthorizeBadSignatureFlushesKey).
 func TestPolicyClassSeparatesFleets(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
@@ -62,7 +64,8 @@ func TestPolicyClassSeparatesFleets(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.signed.reset()
-	if _, err := a.Seal(ctx, api.SealRequest{Data: []byte("s")}); !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+	_, err = a.Seal(ctx, api.SealRequest{Data: []byte("s")})
+	if !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 		t.Fatalf("seal under a lab policy written into the state: %v, want policy not satisfied", err)
 	}
 	if _, err := PolicyRef("Prod Fleet!"); !errors.Is(err, api.ErrBadInput) {
