@@ -15,6 +15,7 @@ package swtpmtest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -270,6 +271,12 @@ func (e *Env) open() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	t, err := tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second})
+	// A swtpm just started may accept its command port a moment after its
+	// control port: a refused connection is retried for a short while.
+	for wait := 10 * time.Millisecond; errors.Is(err, tpm.ErrNoTPM) && wait < time.Second; wait *= 2 {
+		time.Sleep(wait)
+		t, err = tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second})
+	}
 	if err != nil {
 		e.t.Fatalf("open %s: %v", e.Spec, err)
 	}

@@ -204,6 +204,15 @@ func run(ctx context.Context, bin, stateDir, server, ctrl, ctrlNet, ctrlAddr str
 		c, err := net.DialTimeout(ctrlNet, ctrlAddr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
+			// The control port answering is not proof that this swtpm
+			// runs: between the free-port probe and the bind another
+			// process may have taken the ports (then ours exits at once,
+			// and the answer was someone else's). Give it a moment to die.
+			select {
+			case <-p.done:
+				return nil, fmt.Errorf("swtpm exited at start: %s", lastLines([]byte(stderr.String()), 3))
+			case <-time.After(50 * time.Millisecond):
+			}
 			return p, nil
 		}
 		if time.Now().After(deadline) {
