@@ -64,3 +64,17 @@ func TestCallerPerRequest(t *testing.T) {
 		t.Errorf("%d key-derive records, want %d", seen, callers+1)
 	}
 }
+
+// status warns about an owner hierarchy without authorization (swtpm has
+// none): what it allows is what the audit anchor and policy counter rest on.
+func TestStatusWarnsWithoutOwnerAuth(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	st, err := a.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Warnings) != 1 || st.TPMTrust != api.TrustOnFirstUse {
+		t.Errorf("status warnings %q, trust %q: want one (owner authorization)", st.Warnings, st.TPMTrust)
+	}
+}

@@ -56,6 +56,19 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	if err != nil {
 		s.AuditError = err.Error()
 	}
+	ownerAuth, err := a.t.OwnerAuthSet()
+	if err != nil {
+		return s, err
+	}
+	if !ownerAuth {
+		s.Warnings = append(s.Warnings, "the TPM's owner hierarchy has no authorization: any local process with TPM access "+
+			"can undefine and redefine NV indices in the owner range (provd's policy counter and audit anchor among them) "+
+			"and evict persistent objects (provd does not yet gate its indices with a policy of its own)")
+	}
+	if s.Provisioned && s.TPMTrust == "" {
+		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it): "+
+			"sessions are salted to the SRK as the bus reports it; provision --force --ek-ca BUNDLE pins it")
+	}
 	return s, nil
 }
 

@@ -202,6 +202,10 @@ type Status struct {
 	// TPMTrust is how the pinned TPM identity was established (Identity's
 	// Trust); "" when none is pinned.
 	TPMTrust string `json:"tpm_trust,omitempty"`
+	// Warnings name what weakens the device's protection now, each with
+	// what it allows (the owner hierarchy without authorization, an
+	// unpinned TPM).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // TPMInfo is what `provd tpm info` shows: the TPM as it was opened, what it

@@ -121,6 +121,19 @@ func (t *TPM) Info() (Info, error) {
 	return in, nil
 }
 
+// OwnerAuthSet reports whether the owner hierarchy has an authorization
+// value (TPMA_PERMANENT.ownerAuthSet). Without one, any process that can
+// send TPM commands may act as the owner: define and undefine NV indices in
+// the owner range (provd's counter and audit anchor among them), evict
+// persistent objects, create primaries.
+func (t *TPM) OwnerAuthSet() (bool, error) {
+	p, err := t.properties(tpm2.TPMPTPermanent, 1)
+	if err != nil {
+		return false, err
+	}
+	return p[tpm2.TPMPTPermanent]&1 != 0, nil
+}
+
 // properties reads count TPM properties starting at first.
 func (t *TPM) properties(first tpm2.TPMPT, count uint32) (map[tpm2.TPMPT]uint32, error) {
 	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(first), PropertyCount: count}).Execute(t)

@@ -27,7 +27,7 @@ func (a *app) statusCmd() *cobra.Command {
 						fmt.Fprintf(w, "provisioned: yes\nPK name:     %s\n", s.PKName)
 						switch s.TPMTrust {
 						case "":
-							fmt.Fprintln(w, "TPM:         identity NOT pinned (provisioned before provd pinned it; provision --force --ek-ca to pin)")
+							fmt.Fprintln(w, "TPM:         identity NOT pinned")
 						case api.TrustOnFirstUse:
 							fmt.Fprintln(w, "TPM:         identity pinned on TRUST ON FIRST USE (no manufacturer vouched for its EK)")
 						default:
@@ -44,6 +44,9 @@ func (a *app) statusCmd() *cobra.Command {
 						fmt.Fprintf(w, " (%s)", s.AuditError)
 					}
 					fmt.Fprintln(w)
+					for _, warning := range s.Warnings {
+						fmt.Fprintf(w, "WARNING:     %s\n", warning)
+					}
 				})
 			})
 		},
