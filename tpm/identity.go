@@ -34,26 +34,32 @@ const (
 // the persistent SRK's, or pins it.
 func (t *TPM) AuthenticatedSRK(ekHandle tpm2.TPMHandle, ekPub, template tpm2.TPMTPublic) (srk Object, err error) {
 	ek := ekHandle
-	if _, err := t.ReadPublic(ekHandle); errors.Is(err, ErrNotFound) {
+	_, err = t.ReadPublic(ekHandle)
+	switch {
+	case errors.Is(err, ErrNotFound):
 		obj, err := t.createPrimary(tpm2.TPMRHEndorsement, template)
 		if err != nil {
 			return Object{}, fmt.Errorf("creating the EK: %w", err)
 		}
-		defer t.flushInto(&err, obj.Handle)
 		ek = obj.Handle
-	} else if err != nil {
+		defer func() {
+			if ferr := t.Flush(obj.Handle); ferr != nil && err == nil {
+				err = ferr
+			}
+		}()
+	case err != nil:
 		return Object{}, err
 	}
-	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, tpm2.Salted(ek, ekPub))
-	if err != nil {
-		return Object{}, Wrap("TPM2_StartAuthSession (salted to the certified EK)", err)
-	}
-	closer = t.sessionCloser(s, closer)
-	defer func() {
-		if cerr := Wrap("TPM2_FlushContext", closer()); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
+	err = t.withHMACSession(func(s tpm2.Session) error {
+		srk, err = t.createSRKThrough(s)
+		return err
+	}, tpm2.Salted(ek, ekPub))
+	return srk, err
+}
+
+// createSRKThrough creates the SRK under the owner hierarchy authorized by s,
+// checks that the name the TPM states is the public area's, and flushes it.
+func (t *TPM) createSRKThrough(s tpm2.Session) (srk Object, err error) {
 	// A response that fails its HMAC check reaches no caller, yet the TPM
 	// made the object: the transient handles before the command tell which
 	// one to flush then.

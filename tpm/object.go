@@ -100,15 +100,8 @@ func (t *TPM) SRK() (srk Object, err error) {
 			return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the ECC SRK template gives %x",
 				ErrSRKMismatch, uint32(SRKHandle), persisted.Name.Buffer, primary.Name.Buffer)
 		}
-	} else {
-		_, err := (tpm2.EvictControl{
-			Auth:             tpm2.TPMRHOwner,
-			ObjectHandle:     primary.Named(),
-			PersistentHandle: SRKHandle,
-		}).Execute(t)
-		if err != nil {
-			return Object{}, Wrap("TPM2_EvictControl", err)
-		}
+	} else if err := t.persistSRK(primary); err != nil {
+		return Object{}, err
 	}
 	srk = primary
 	srk.Handle = SRKHandle
@@ -131,6 +124,13 @@ func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
 	return nil
 }
 
+// persistSRK makes primary (a fresh SRK) persistent at SRKHandle; the caller
+// flushes the transient copy.
+func (t *TPM) persistSRK(primary Object) error {
+	_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: primary.Named(), PersistentHandle: SRKHandle}).Execute(t)
+	return Wrap("TPM2_EvictControl", err)
+}
+
 // pinnedSRK checks the persistent SRK against the pin, creating and
 // persisting it where the handle is empty (the SRK is a primary: the owner
 // seed gives the same key again). Called with srkMu held.
@@ -146,12 +146,8 @@ func (t *TPM) pinnedSRK() (Object, error) {
 			return Object{}, errors.Join(fmt.Errorf("%w: the owner hierarchy gives an SRK named %x, the pinned one is %x",
 				ErrIdentityMismatch, primary.Name.Buffer, t.pinned.Name.Buffer), t.Flush(primary.Handle))
 		}
-		_, err = (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: primary.Named(), PersistentHandle: SRKHandle}).Execute(t)
-		if ferr := t.Flush(primary.Handle); err == nil && ferr != nil {
-			return Object{}, ferr
-		}
-		if err != nil {
-			return Object{}, Wrap("TPM2_EvictControl", err)
+		if err := errors.Join(t.persistSRK(primary), t.Flush(primary.Handle)); err != nil {
+			return Object{}, err
 		}
 	case err != nil:
 		return Object{}, err

@@ -29,15 +29,7 @@ func (t *TPM) PCRRead(bank tpm2.TPMIAlgHash, pcrs []int) (map[int][]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		vals, moved, err := t.pcrReadOnce(bank, want)
-		if err != nil || !moved {
-			return vals, err
-		}
-		if attempt+1 >= pcrReadAttempts {
-			return nil, fmt.Errorf("TPM2_PCR_Read: PCRs kept changing while being read (%d attempts)", pcrReadAttempts)
-		}
-	}
+	return t.pcrRead(bank, want)
 }
 
 // PCRReadAuthenticated is PCRRead with every TPM2_PCR_Read in an audit
@@ -54,18 +46,18 @@ func (t *TPM) PCRReadAuthenticated(bank tpm2.TPMIAlgHash, pcrs []int) (vals map[
 	if err != nil {
 		return nil, err
 	}
-	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit())
-	if err != nil {
-		return nil, Wrap("TPM2_StartAuthSession", err)
-	}
-	closer = t.sessionCloser(s, closer)
-	defer func() {
-		if cerr := Wrap("TPM2_FlushContext", closer()); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
+	err = t.withHMACSession(func(s tpm2.Session) (err error) {
+		vals, err = t.pcrRead(bank, want, s)
+		return err
+	}, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit())
+	return vals, err
+}
+
+// pcrRead reads want (checked) as one snapshot: it starts over when the PCR
+// update counter moves between calls, pcrReadAttempts times at most.
+func (t *TPM) pcrRead(bank tpm2.TPMIAlgHash, want []int, sessions ...tpm2.Session) (map[int][]byte, error) {
 	for attempt := 0; ; attempt++ {
-		vals, moved, err := t.pcrReadOnce(bank, want, s)
+		vals, moved, err := t.pcrReadOnce(bank, want, sessions...)
 		if err != nil || !moved {
 			return vals, err
 		}

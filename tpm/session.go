@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"errors"
+
 	"github.com/google/go-tpm/tpm2"
 )
 
@@ -46,14 +47,34 @@ func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error,
 	if err != nil {
 		return nil, nil, err
 	}
-	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16,
-		tpm2.Salted(srk.Handle, srk.Public),
-		dir.option())
+	return t.startHMACSession(tpm2.Salted(srk.Handle, srk.Public), dir.option())
+}
+
+// startHMACSession starts a SHA-256 HMAC session with opts and returns it
+// with its flush, which flushes the handle the session started with
+// (sessionCloser) and names the command that failed.
+func (t *TPM) startHMACSession(opts ...tpm2.AuthOption) (tpm2.Session, func() error, error) {
+	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, opts...)
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	closer = t.sessionCloser(s, closer)
 	return s, func() error { return Wrap("TPM2_FlushContext", closer()) }, nil
+}
+
+// withHMACSession runs fn with an HMAC session started with opts and flushes
+// it after, reporting a flush failure when fn succeeded.
+func (t *TPM) withHMACSession(fn func(s tpm2.Session) error, opts ...tpm2.AuthOption) (err error) {
+	s, closer, err := t.startHMACSession(opts...)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closer(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return fn(s)
 }
 
 // sessionCloser returns the flush of session s, started with go-tpm's
@@ -77,15 +98,10 @@ func (t *TPM) sessionCloser(s tpm2.Session, closer func() error) func() error {
 
 // WithEncryptSession runs fn with an encryption session and flushes it after,
 // reporting a flush failure when fn succeeded.
-func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) (err error) {
-	s, closer, err := t.EncryptSession(dir)
+func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) error {
+	srk, err := t.SRK()
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cerr := closer(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	return fn(s)
+	return t.withHMACSession(fn, tpm2.Salted(srk.Handle, srk.Public), dir.option())
 }
