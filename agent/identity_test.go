@@ -133,7 +133,7 @@ func TestTPMIdentityOtherTPMsCertificate(t *testing.T) {
 func TestTPMIdentityForgedSRKResponse(t *testing.T) {
 	var forge atomic.Bool
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
-		return forger{next: next, on: &forge}
+		return rspMangler{next: next, on: &forge, cc: tpm2.TPMCCCreatePrimary, fn: flipPublicKey}
 	}))
 	a := testAgent(t, env, nil)
 	forge.Store(true)
@@ -146,27 +146,13 @@ func TestTPMIdentityForgedSRKResponse(t *testing.T) {
 	// the objects and the session were flushed all the same.
 }
 
-// forger flips a byte inside the outPublic of every successful
-// TPM2_CreatePrimary response while on is set.
-type forger struct {
-	next transport.TPM
-	on   *atomic.Bool
-}
-
-func (f forger) Send(cmd []byte) ([]byte, error) {
-	rsp, err := f.next.Send(cmd)
-	if err != nil || !f.on.Load() || len(cmd) < 10 || len(rsp) < 30 {
-		return rsp, err
-	}
-	if tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCCreatePrimary && binary.BigEndian.Uint32(rsp[6:10]) == 0 {
-		forged := append([]byte(nil), rsp...)
-		// Header (10), object handle (4), parameterSize (4), TPM2B_PUBLIC
-		// size (2), then the public area: flip a byte near its end (the key).
-		pubSize := int(binary.BigEndian.Uint16(forged[18:20]))
-		forged[20+pubSize-5] ^= 0x01
-		return forged, nil
-	}
-	return rsp, err
+// flipPublicKey flips a byte near the end (the key) of the outPublic of a
+// response with one handle: header (10), object handle (4), parameterSize
+// (4), the TPM2B_PUBLIC's size (2), then the public area.
+func flipPublicKey(_, rsp []byte) []byte {
+	pubSize := int(binary.BigEndian.Uint16(rsp[18:20]))
+	rsp[20+pubSize-5] ^= 0x01
+	return rsp
 }
 
 // An interposer answers ReadPublic of the SRK with a key of its own (here:
@@ -227,7 +213,7 @@ func (l srkLiar) Send(cmd []byte) ([]byte, error) {
 func TestProvisionRefusesForgedPCRValues(t *testing.T) {
 	var forge atomic.Bool
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
-		return pcrForger{next: next, on: &forge}
+		return rspMangler{next: next, on: &forge, cc: tpm2.TPMCCPCRRead, fn: flipLastParameter}
 	}))
 	a := testAgent(t, env, nil)
 	forge.Store(true)
@@ -241,22 +227,10 @@ func TestProvisionRefusesForgedPCRValues(t *testing.T) {
 	}
 }
 
-// pcrForger flips the last byte of the response parameters (the last PCR
-// value) of every successful TPM2_PCR_Read that carries sessions.
-type pcrForger struct {
-	next transport.TPM
-	on   *atomic.Bool
-}
-
-func (f pcrForger) Send(cmd []byte) ([]byte, error) {
-	rsp, err := f.next.Send(cmd)
-	if err != nil || !f.on.Load() || len(cmd) < 10 || len(rsp) < 14 ||
-		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCPCRRead ||
-		binary.BigEndian.Uint16(rsp[0:2]) != uint16(tpm2.TPMSTSessions) || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-		return rsp, err
-	}
-	forged := append([]byte(nil), rsp...)
-	paramSize := int(binary.BigEndian.Uint32(forged[10:14]))
-	forged[14+paramSize-1] ^= 0x01
-	return forged, nil
+// flipLastParameter flips the last byte of a response's parameters (of a
+// PCR_Read: the last PCR value).
+func flipLastParameter(_, rsp []byte) []byte {
+	paramSize := int(binary.BigEndian.Uint32(rsp[10:14]))
+	rsp[14+paramSize-1] ^= 0x01
+	return rsp
 }
