@@ -12,6 +12,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -38,14 +39,14 @@ func TestProvisionSealUnsealPCR16(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7, 16}, AllowResettable: true})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7, 16}, AllowResettable: true})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	if res.PolicyKind != agent.PolicyPCR || res.DName == "" {
 		t.Fatalf("result %+v", res)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true}); !errors.Is(err, api.ErrAlreadyProvisioned) {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true}); !errors.Is(err, api.ErrAlreadyProvisioned) {
 		t.Fatalf("second provision: %v", err)
 	}
 	for _, size := range []int{16, 128, 129, 5000} {
@@ -91,7 +92,7 @@ func TestSealUnsealSecretNeverOnTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	secret := make([]byte, 64)
@@ -116,10 +117,10 @@ func TestHMACNeverOnTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
+	if _, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []int{64, 3000} {
@@ -149,11 +150,11 @@ func TestResettablePCRsAreRefused(t *testing.T) {
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
 	for _, pcrs := range [][]int{{7, 16}, {23}, {17}} {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: pcrs}); !errors.Is(err, api.ErrNotPermitted) {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: pcrs}); !errors.Is(err, api.ErrNotPermitted) {
 			t.Errorf("provision over PCRs %v: %v, want not permitted", pcrs, err)
 		}
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s"), PCRs: []int{16}}); !errors.Is(err, api.ErrNotPermitted) {

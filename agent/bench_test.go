@@ -6,6 +6,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -41,7 +42,7 @@ func BenchmarkProvision(b *testing.B) {
 	before := env.TPM.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -49,7 +50,7 @@ func BenchmarkProvision(b *testing.B) {
 }
 
 func BenchmarkSeal(b *testing.B) {
-	env, ag := benchAgent(b, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	env, ag := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 	ctx := context.Background()
 	before := env.TPM.Stats()
 	b.ResetTimer()
@@ -64,7 +65,7 @@ func BenchmarkSeal(b *testing.B) {
 func BenchmarkUnseal(b *testing.B) {
 	for _, size := range []int{32, 4096} {
 		b.Run(map[int]string{32: "32B", 4096: "4KiB-envelope"}[size], func(b *testing.B) {
-			env, ag := benchAgent(b, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+			env, ag := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 			ctx := context.Background()
 			blob, err := ag.Seal(ctx, api.SealRequest{Data: make([]byte, size)})
 			if err != nil {

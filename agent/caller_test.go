@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -19,7 +20,7 @@ import (
 // Config.UID.
 func TestCallerPerRequest(t *testing.T) {
 	env := swtpmtest.Start(t)
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 	a.uid = 4242 // Config.UID: the in-process caller
 	const callers = 6
 	var wg sync.WaitGroup
@@ -27,7 +28,7 @@ func TestCallerPerRequest(t *testing.T) {
 	for uid := 1000; uid < 1000+callers; uid++ {
 		wg.Go(func() {
 			ctx := api.WithCaller(context.Background(), api.Caller{UID: uid})
-			_, err := a.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("k%d", uid), Label: "l", Type: "ecc-p256"})
+			_, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: fmt.Sprintf("k%d", uid), Label: fmt.Sprintf("l%d", uid), Type: "ecc-p256"})
 			errs <- err
 		})
 	}
@@ -38,7 +39,7 @@ func TestCallerPerRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := a.DeriveKey(context.Background(), api.DeriveRequest{Name: "mine", Label: "l", Type: "ecc-p256"}); err != nil {
+	if _, err := officertest.Derive(t, context.Background(), a, api.DeriveRequest{Name: "mine", Label: "mine", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := a.AuditRecords(context.Background())
@@ -69,7 +70,7 @@ func TestCallerPerRequest(t *testing.T) {
 // none): what it allows is what the audit anchor and policy counter rest on.
 func TestStatusWarnsWithoutOwnerAuth(t *testing.T) {
 	env := swtpmtest.Start(t)
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 	st, err := a.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)

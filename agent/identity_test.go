@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -63,7 +64,7 @@ func foreignCA(t *testing.T) []byte {
 func TestTPMIdentity(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}) // the SRK is persistent
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}) // the SRK is persistent
 	id, err := a.TPMIdentity(ctx, api.IdentityRequest{EKCA: caBundle(t, env)})
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +170,7 @@ func TestPinnedSRKRefusesAnInterposer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Provision(context.Background(), api.ProvisionRequest{PCRs: []int{7}, EKCA: caBundle(t, env)}); err != nil {
+	if _, err := a.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{7}, EKCA: caBundle(t, env)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Close(); err != nil {
@@ -217,7 +218,7 @@ func TestProvisionRefusesForgedPCRValues(t *testing.T) {
 	}))
 	a := testAgent(t, env, nil)
 	forge.Store(true)
-	_, err := a.Provision(context.Background(), api.ProvisionRequest{PCRs: []int{0, 7}, EKCA: caBundle(t, env)})
+	_, err := a.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{0, 7}, EKCA: caBundle(t, env)})
 	forge.Store(false)
 	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
 		t.Fatalf("provision through a bus that changes PCR values: %v (exit %d), want ErrResponseForged (15)", err, api.ExitCode(err))

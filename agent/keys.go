@@ -14,6 +14,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -50,6 +51,9 @@ type keyRecord struct {
 	Public      []byte    `json:"public"`      // TPM2B_PUBLIC of the key
 	Policy      string    `json:"policy"`      // hex authPolicy
 	CreatedAt   time.Time `json:"created_at"`
+	// Approval is the crypto officer's approval of a derived key's recipe:
+	// every derivation (each load of the key) needs it.
+	Approval *policy.Approval `json:"approval,omitempty"`
 }
 
 func keyRecName(name string) string { return keyPrefix + name }
@@ -76,19 +80,30 @@ func (r keyRecord) public() (tpm2.TPMTPublic, error) {
 }
 
 // keyPolicy is an operational key's policy: the PK's own (so each use
-// re-checks the platform); with a duplication branch when extractable:
-// Or(pk, pk + PolicyCommandCode(TPM2_Duplicate)).
-func keyPolicy(pk policy.Policy, extractable bool) policy.Policy {
+// re-checks the platform); with a duplication branch when extractable, which
+// only the crypto officer's approval of one destination satisfies:
+// Or(pk, PolicyAuthorize(officer, "provd/dup")) (officer.go). An extractable
+// key needs an officer.
+func keyPolicy(in pkInputs, extractable bool) (policy.Policy, error) {
 	if !extractable {
-		return pk
+		return in.expr, nil
 	}
-	dup := append(slices.Clone(pk), policy.CommandCode{CC: tpm2.TPMCCDuplicate})
-	return policy.Policy{policy.Or{Branches: []policy.Policy{pk, dup}}}
+	if in.officer == nil {
+		return nil, errNoOfficer("an extractable key")
+	}
+	dup := policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}}
+	return policy.Policy{policy.Or{Branches: []policy.Policy{in.expr, dup}}}, nil
+}
+
+// errNoOfficer refuses what needs the crypto officer on a PK provisioned
+// without one.
+func errNoOfficer(what string) error {
+	return fmt.Errorf("%w: %s needs the crypto officer's approval, and this device was provisioned without an officer key (provd provision --officer-key)", api.ErrNotPermitted, what)
 }
 
 // checkKeyName validates a key name (it becomes a store record name).
 func checkKeyName(name string) error {
-	if !store.ValidName(keyRecName(name)) || strings.HasPrefix(name, ".") {
+	if name == "" || !store.ValidName(keyRecName(name)) || strings.HasPrefix(name, ".") {
 		return fmt.Errorf("%w: key name %q: want 1-120 of [A-Za-z0-9._-], not starting with '.' or '-'", api.ErrBadInput, name)
 	}
 	if name[0] == '-' {
@@ -96,9 +111,6 @@ func checkKeyName(name string) error {
 	}
 	return nil
 }
-
-// maxLabel is the size of TPM2B_LABEL (LABEL_MAX_BUFFER).
-const maxLabel = 32
 
 // DeriveKey derives a key inside the TPM from the derivation parent with
 // (label, context) and records its recipe under req.Name. Deriving again
@@ -111,13 +123,14 @@ func (a *Agent) DeriveKey(ctx context.Context, req api.DeriveRequest) (api.KeyIn
 	})
 }
 
-// newKey checks a new key's name, type and usage, and reads the state it is
-// made in (the PK's inputs), refusing a name already taken.
-func (a *Agent) newKey(ctx context.Context, name, typ, usageName string, derived bool) (keyState, catalog.Type, string, error) {
+// newKey checks a new created key's name, type and usage, and reads the
+// state it is made in (the PK's inputs), refusing a name already taken.
+// (Derived keys check their recipe: officer.Recipe.Check.)
+func (a *Agent) newKey(ctx context.Context, name, typ, usageName string) (keyState, catalog.Type, string, error) {
 	if err := checkKeyName(name); err != nil {
 		return keyState{}, catalog.Type{}, "", err
 	}
-	kt, err := lookupType(typ, derived)
+	kt, err := lookupType(typ, false)
 	if err != nil {
 		return keyState{}, catalog.Type{}, "", err
 	}
@@ -162,25 +175,40 @@ func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error
 }
 
 func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects map[string]string) (api.KeyInfo, error) {
-	if req.Label == "" || len(req.Label) > maxLabel || len(req.Context) > maxLabel {
-		return api.KeyInfo{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", api.ErrBadInput, maxLabel, maxLabel)
+	if err := checkKeyName(req.Name); err != nil {
+		return api.KeyInfo{}, err
 	}
-	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, true)
+	r, kt, err := officer.Recipe{Type: req.Type, Usage: req.Usage, Label: req.Label, Context: req.Context}.Check()
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: kt.Name, Usage: usage,
-		Label: req.Label, Context: req.Context, CreatedAt: a.now().UTC()}
+	ks, err := a.freshKeyState(ctx, req.Name)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if ks.pk.officer == nil {
+		return api.KeyInfo{}, errNoOfficer("a derived key")
+	}
+	if err := a.recipeFree(ctx, r); err != nil {
+		return api.KeyInfo{}, err
+	}
+	pkDigest := ks.pk.state.Policy.digest()
+	if req.Approval == nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: a derived key needs the crypto officer's approval of its recipe: provd key approve --pk-policy %x --type %s --usage %s --label %q --context %q (offline, with the officer's key), then --approval FILE",
+			api.ErrNotPermitted, pkDigest, r.Type, r.Usage, r.Label, r.Context)
+	}
+	approved, err := officer.DeriveApproved(kt, r, pkDigest)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if err := checkApproval(req.Approval, ks.pk.officer, approved, officer.DeriveRef); err != nil {
+		return api.KeyInfo{}, err
+	}
+	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: r.Type, Usage: r.Usage,
+		Label: r.Label, Context: r.Context, CreatedAt: a.now().UTC(), Approval: req.Approval}
 	rec.PK = ks.pk.state.Name
-	digest, err := keyPolicy(ks.pk.expr, false).Digest(tpm2.TPMAlgSHA256)
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	rec.Policy = hex.EncodeToString(digest)
-	tmpl := kt.Template(usage, digest)
-	tmpl.ObjectAttributes.FixedParent = true // the TPM requires both for derived objects
-	tmpl.ObjectAttributes.SensitiveDataOrigin = false
-	rec.Template = tpm2.Marshal(tmpl)
+	rec.Policy = hex.EncodeToString(pkDigest)
+	rec.Template = tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest))
 	ks.rec = rec
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
@@ -199,6 +227,26 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 	return rec.info(), nil
 }
 
+// recipeFree refuses a recipe another key name already derives: two names
+// for one key would let one be deleted, or described, as if it were another.
+func (a *Agent) recipeFree(ctx context.Context, r officer.Recipe) error {
+	return a.st.View(ctx, func(tx *store.Tx) error {
+		for _, o := range tx.Objects() {
+			if !strings.HasPrefix(o, keyPrefix) {
+				continue
+			}
+			var k keyRecord
+			if err := tx.Get(o, &k); err != nil {
+				return err
+			}
+			if k.Kind == api.KindDerived && k.Type == r.Type && k.Usage == r.Usage && k.Label == r.Label && k.Context == r.Context {
+				return fmt.Errorf("%w: key %q already derives this recipe", api.ErrKeyExists, k.Name)
+			}
+		}
+		return nil
+	})
+}
+
 // CreateKey generates a key inside the TPM under the PK and stores its
 // TPM-wrapped blob. Not extractable: fixedTPM|fixedParent, and no
 // duplication branch in its policy. Extractable: both clear,
@@ -215,11 +263,15 @@ func (a *Agent) CreateKey(ctx context.Context, req api.CreateRequest) (api.KeyIn
 }
 
 func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects map[string]string) (api.KeyInfo, error) {
-	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage, false)
+	ks, kt, usage, err := a.newKey(ctx, req.Name, req.Type, req.Usage)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	digest, err := keyPolicy(ks.pk.expr, req.Extractable).Digest(tpm2.TPMAlgSHA256)
+	expr, err := keyPolicy(ks.pk, req.Extractable)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	digest, err := expr.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}

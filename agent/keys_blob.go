@@ -13,7 +13,6 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 	"github.com/provd/provd/tpm/keyfile"
@@ -102,7 +101,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	kt, usage, tmpl, err := checkImportPublic(*pub, ks.pk.expr)
+	kt, usage, tmpl, err := checkImportPublic(*pub, ks.pk)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -140,13 +139,17 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 // createKey would have recorded). Extractable is read from fixedTPM; every
 // other attribute, the nameAlg, the parameters and the policy must then
 // match.
-func checkImportPublic(pub tpm2.TPMTPublic, pkExpr policy.Policy) (catalog.Type, string, tpm2.TPMTPublic, error) {
+func checkImportPublic(pub tpm2.TPMTPublic, pk pkInputs) (catalog.Type, string, tpm2.TPMTPublic, error) {
 	kt, usage, err := catalog.TypeOf(pub)
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: key blob: %w", api.ErrNotPermitted, err)
 	}
 	extractable := !pub.ObjectAttributes.FixedTPM
-	digest, err := keyPolicy(pkExpr, extractable).Digest(tpm2.TPMAlgSHA256)
+	expr, err := keyPolicy(pk, extractable)
+	if err != nil {
+		return kt, "", tpm2.TPMTPublic{}, err
+	}
+	digest, err := expr.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, err
 	}

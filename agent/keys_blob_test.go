@@ -13,6 +13,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm/keyfile"
 )
@@ -28,9 +29,13 @@ func TestCheckImportPublic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk := policy.Policy{policy.Authorize{Signer: signer.Public(), PolicyRef: pkPolicyRef}}
+	pk := pkInputs{expr: policy.Policy{policy.Authorize{Signer: signer.Public(), PolicyRef: pkPolicyRef}}, officer: officertest.Public()}
 	digest := func(extractable bool) []byte {
-		d, err := keyPolicy(pk, extractable).Digest(tpm2.TPMAlgSHA256)
+		expr, err := keyPolicy(pk, extractable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := expr.Digest(tpm2.TPMAlgSHA256)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +129,7 @@ func TestCheckImportPublic(t *testing.T) {
 func TestImportRefusesForeignOrigin(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}

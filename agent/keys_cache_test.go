@@ -14,6 +14,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm/objcache"
 )
@@ -37,9 +38,9 @@ func checkCache(t *testing.T, a *Agent) {
 func TestCacheReplacedRecordFlushes(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 	for _, n := range []string{"k1", "k2"} {
-		if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
+		if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: n, Label: n, Type: "ecc-p256"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -89,7 +90,7 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 		}
 	}
 	install(*res.Counter)
-	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	signed := func() *policy.SignedPolicy {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,17 +11,31 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 	"github.com/provd/provd/tpm/keyfile"
 )
 
 // duplicate tries TPM2_Duplicate of key name to the SRK (inner AES-128-CFB
-// wrapper, outer wrapper to the SRK) through the key's duplication branch:
-// what an export would do.
+// wrapper, outer wrapper to the SRK) through the key's duplication branch,
+// with the officer's approval of that destination: what an export would do.
 func duplicate(t *testing.T, a *Agent, name string) error {
+	t.Helper()
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	return duplicateTo(t, a, name, srk.Named(), srk.Name.Buffer, officertest.Key())
+}
+
+// duplicateTo tries TPM2_Duplicate of key name to newParent through the
+// key's duplication branch, satisfied with an approval by approver of the
+// destination approvedParent (a name, which need not be newParent's).
+func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle, approvedParent []byte, approver crypto.Signer) error {
 	t.Helper()
 	ctx := context.Background()
 	ks, err := a.readKeyState(ctx, name, true)
@@ -31,22 +46,25 @@ func duplicate(t *testing.T, a *Agent, name string) error {
 	if err != nil {
 		return err
 	}
-	// The duplication branch as an extractable key has it; a fixed key's
-	// policy has no such branch, so the session cannot match it.
-	dup := append(ks.pk.expr[:len(ks.pk.expr):len(ks.pk.expr)], policy.CommandCode{CC: tpm2.TPMCCDuplicate})
-	expr, opts := dup, ks.pk.opts
+	// The duplication branch as an extractable key has it (with the
+	// officer as approver; another approver makes another branch, which
+	// the TPM's PolicyOR list cannot hold); a fixed key's policy has no
+	// such branch, so the session cannot match it.
+	branch := policy.Policy{policy.Authorize{Signer: approver.Public(), PolicyRef: officer.DupRef}}
+	expr, opts := branch, ks.pk.opts
 	if ks.rec.Extractable {
-		expr = keyPolicy(ks.pk.expr, true)
+		expr = policy.Policy{policy.Or{Branches: []policy.Policy{ks.pk.expr, branch}}}
 		opts.Branches = []int{1}
 	}
-	srk, err := a.t.SRK()
+	ap, err := officer.ApproveDuplication(approver, ks.pk.state.Policy.digest(), obj.Name.Buffer, approvedParent)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
+	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, obj.Name.Buffer, approvedParent), Approval: ap}}
 	return a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
 		_, err := (tpm2.Duplicate{
 			ObjectHandle:    obj.Auth(s),
-			NewParentHandle: srk.Named(),
+			NewParentHandle: newParent,
 			Symmetric: tpm2.TPMTSymDef{
 				Algorithm: tpm2.TPMAlgAES,
 				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
@@ -69,7 +87,7 @@ func TestNotExtractableForever(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	if _, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range []api.CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {
@@ -98,13 +116,10 @@ func TestNotExtractableForever(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkExpr := policy.Policy{}
+	var pkIn pkInputs
 	if err := st.View(ctx, func(tx *store.Tx) error {
-		var pk pkState
-		if err := tx.Get(recPK, &pk); err != nil {
-			return err
-		}
-		if pkExpr, err = pk.Policy.expr(); err != nil {
+		var err error
+		if pkIn, err = a.readPKInputs(tx); err != nil {
 			return err
 		}
 		if err := tx.Get(keyRecName("fixed"), &rec); err != nil {
@@ -122,7 +137,11 @@ func TestNotExtractableForever(t *testing.T) {
 	pub, _ := blob.Public.Contents()
 	pub.ObjectAttributes.FixedTPM, pub.ObjectAttributes.FixedParent = false, false
 	pub.ObjectAttributes.EncryptedDuplication = true
-	extDigest, _ := keyPolicy(pkExpr, true).Digest(tpm2.TPMAlgSHA256)
+	extExpr, err := keyPolicy(pkIn, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extDigest, _ := extExpr.Digest(tpm2.TPMAlgSHA256)
 	pub.AuthPolicy = tpm2.TPM2BDigest{Buffer: extDigest}
 	blob.Public = tpm2.New2B(*pub)
 	name, _ := blob.Name()

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -73,8 +74,8 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		return fault
 	}))
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
-	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "created", Type: "ecc-p256"}); err != nil {
@@ -88,7 +89,7 @@ func TestFailedFlushLeaksNothing(t *testing.T) {
 		{"sign derived", func(int) error { _, err := a.Sign(ctx, "derived", d[:], api.SignOptions{}); return err }},
 		{"sign created", func(int) error { _, err := a.Sign(ctx, "created", d[:], api.SignOptions{}); return err }},
 		{"derive", func(i int) error {
-			_, err := a.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprint("d", i), Label: fmt.Sprint("d", i), Type: "ecc-p256"})
+			_, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: fmt.Sprint("d", i), Label: fmt.Sprint("d", i), Type: "ecc-p256"})
 			return err
 		}},
 		{"import", func(i int) error {

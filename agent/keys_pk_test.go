@@ -8,6 +8,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -18,8 +19,8 @@ import (
 func TestSwappedPKBlobIsTampered(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	a := testAgent(t, env, &api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
-	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "k", Label: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.keys.Close(); err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdh"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -65,16 +67,34 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 }
 
 // deriveObject derives ks.rec's key under D: load the PK, load D through
-// the PK's policy, CreateLoaded through D's (the same) policy. The caller
-// owns the returned object; on error nothing stays loaded.
+// the PK's policy, CreateLoaded through D's: the officer's approval of this
+// recipe (the PK's policy, then PolicyTemplate of exactly this template).
+// The caller owns the returned object; on error nothing stays loaded.
 func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, error) {
 	if ks.pk.state.DName == "" {
+		if ks.pk.officer == nil {
+			return tpm.Object{}, errNoOfficer("a derived key")
+		}
 		return tpm.Object{}, &api.PolicyError{Reason: "no derivation parent yet: it is created when the first signed policy is installed (provd policy install)", Err: policy.ErrNoSignedPolicy}
 	}
-	tmplp, err := tpm2.Unmarshal[tpm2.TPMTPublic](ks.rec.Template)
-	if err != nil {
-		return tpm.Object{}, fmt.Errorf("key %s: template: %w", ks.rec.Name, err)
+	if ks.rec.Approval == nil {
+		return tpm.Object{}, fmt.Errorf("%w: key %q has no officer approval in the state", api.ErrTampered, ks.rec.Name)
 	}
+	r, kt, err := officer.Recipe{Type: ks.rec.Type, Usage: ks.rec.Usage, Label: ks.rec.Label, Context: ks.rec.Context}.Check()
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("key %s: %w", ks.rec.Name, err)
+	}
+	pkDigest := ks.pk.state.Policy.digest()
+	tmpl := officer.DerivedTemplate(kt, r, pkDigest)
+	if !bytes.Equal(ks.rec.Template, tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest))) {
+		return tpm.Object{}, fmt.Errorf("%w: key %q: its recorded template is not the one its recipe gives", api.ErrTampered, ks.rec.Name)
+	}
+	approved, err := officer.DeriveApprovedExpr(ks.pk.expr, kt, r, pkDigest)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	opts := ks.pk.opts
+	opts.Approved = []policy.Approved{{Policy: approved, Approval: ks.rec.Approval}}
 	var obj tpm.Object
 	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
 		d, err := a.loadD(ctx, l)
@@ -85,12 +105,8 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 		if hex.EncodeToString(d.Name.Buffer) != ks.pk.state.DName {
 			return fmt.Errorf("%w: derivation parent blob does not match the state", api.ErrTampered)
 		}
-		tmpl := *tmplp
-		// A derived object's fixedTPM must equal its parent's.
-		tmpl.ObjectAttributes.FixedTPM = d.Public.ObjectAttributes.FixedTPM
-		// D carries the PK's policy.
-		return a.withPKPolicy(l, func(s tpm2.Session) (err error) {
-			obj, err = a.t.CreateLoaded(d, s, tpm.DeriveTemplate(tmpl, []byte(ks.rec.Label), []byte(ks.rec.Context)))
+		return a.withPolicySession(l.rec, officer.DerivePolicy(ks.pk.officer), opts, func(s tpm2.Session) (err error) {
+			obj, err = a.t.CreateLoaded(d, s, tmpl)
 			return err
 		})
 	})
@@ -156,7 +172,10 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err != nil {
 		return err
 	}
-	expr := keyPolicy(ks.pk.expr, ks.rec.Extractable)
+	expr, err := keyPolicy(ks.pk, ks.rec.Extractable)
+	if err != nil {
+		return err
+	}
 	opts := ks.pk.opts
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the usage branch

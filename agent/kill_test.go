@@ -14,6 +14,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -75,7 +76,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 
 	env.Reopen()
 	withAgent(t, env, dir, "after the kills", func(ag *agent.Agent) {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			t.Fatalf("provision after the kills: %v", err)
 		}
 		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("after the storm")})
@@ -148,7 +149,7 @@ func provisionUntilKilled() {
 		fail(err)
 	}
 	for {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 			fail(err)
 		}
 		os.Stdout.WriteString(".")

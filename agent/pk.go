@@ -52,10 +52,14 @@ func PolicyRef(class string) ([]byte, error) {
 
 // pkState is the manifest record of the provisioning key.
 type pkState struct {
-	Name      string       `json:"name"`   // hex TPM name of the PK
-	DName     string       `json:"d_name"` // hex TPM name of the derivation parent
-	Policy    policyRecord `json:"policy"`
-	CreatedAt time.Time    `json:"created_at"`
+	Name   string       `json:"name"`   // hex TPM name of the PK
+	DName  string       `json:"d_name"` // hex TPM name of the derivation parent
+	Policy policyRecord `json:"policy"`
+	// Officer is the crypto officer's approval key (PEM), when one was named
+	// at provisioning: D's policy and extractable keys' duplication branch
+	// name it (officer.go).
+	Officer   string    `json:"officer,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // policyRecord says how an object's authPolicy was built, so it can be applied
@@ -173,10 +177,11 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 // installed signed policy (if any). Every path that loads the PK reads them
 // with readPKInputs and loads with withLoadedPK.
 type pkInputs struct {
-	state pkState
-	blob  []byte
-	expr  policy.Policy
-	opts  policy.ApplyOptions
+	state   pkState
+	blob    []byte
+	expr    policy.Policy
+	opts    policy.ApplyOptions
+	officer crypto.PublicKey // nil when none was named
 }
 
 // readPKInputs reads the PK's inputs in tx, or api.ErrNotProvisioned.
@@ -191,6 +196,9 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	}
 	if in.expr, err = in.state.Policy.expr(); err != nil {
 		return in, err
+	}
+	if in.officer, err = in.state.officerKey(); err != nil {
+		return in, fmt.Errorf("officer key in state: %w", err)
 	}
 	if in.state.Policy.Kind != PolicySigned {
 		return in, nil

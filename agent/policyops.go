@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -107,8 +108,8 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	// a session run for the answer alone.
 	err = a.withPK(ctx, func(l *loadedPK) error {
 		var err error
-		if l.state.DName == "" {
-			err = a.createD(ctx, l, objects)
+		if l.state.DName == "" && l.state.Officer != "" {
+			err = a.recordD(ctx, l, objects)
 		} else {
 			err = a.withPKPolicy(l, func(tpm2.Session) error { return nil })
 		}
@@ -126,10 +127,23 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	return res, err
 }
 
-// createD creates the derivation parent under the PK (through its policy)
-// and records it.
-func (a *Agent) createD(ctx context.Context, l *loadedPK, objects map[string]string) error {
-	dBlob, err := a.createUnderPK(l, dTemplate(l.rec.digest()), nil)
+// createD creates the derivation parent under the loaded PK (through its
+// policy), with the officer's recipes as its policy.
+func (a *Agent) createD(l *loadedPK, key crypto.PublicKey) (tpm.Blob, error) {
+	d, err := officer.DerivePolicy(key).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	return a.createUnderPK(l, dTemplate(d), nil)
+}
+
+// recordD creates the derivation parent under the PK and records it.
+func (a *Agent) recordD(ctx context.Context, l *loadedPK, objects map[string]string) error {
+	officer, err := l.state.officerKey()
+	if err != nil {
+		return err
+	}
+	dBlob, err := a.createD(l, officer)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -61,7 +62,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}

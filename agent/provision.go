@@ -52,8 +52,9 @@ func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
 
 // dTemplate is the derivation parent: a keyedHash restricted-decrypt key with
 // the XOR scheme and KDF1-SP800-108, from which operational keys are derived
-// with TPM2_CreateLoaded. It carries the PK's policy too, so every derivation
-// re-checks the platform, even with D already loaded.
+// with TPM2_CreateLoaded. Its policy is officer.DerivePolicy: only a recipe the
+// crypto officer approved, each approval containing the PK's policy, so every
+// derivation re-checks the platform, even with D already loaded.
 func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:             tpm2.TPMAlgKeyedHash,
@@ -134,13 +135,23 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		return res, err
 	}
 	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC()}
+	if req.Officer != nil {
+		pemBytes, err := policy.MarshalPublicKeyPEM(req.Officer)
+		if err != nil {
+			return res, err
+		}
+		st.Officer = string(pemBytes)
+		res.Officer = officerName(req.Officer)
+		objects["officer"] = res.Officer
+	}
 	var dMarshalled []byte
 	objects["pk"] = st.Name
 
-	// Create D under the freshly created PK, through the PK's policy. With a
-	// signed policy nothing approves a PCR state yet: D is created when the
-	// first signed policy that holds is installed.
-	if rec.Kind != PolicySigned {
+	// Create D under the freshly created PK, through the PK's policy, when
+	// an officer can approve recipes for it. With a signed policy nothing
+	// approves a PCR state yet: D is created when the first signed policy
+	// that holds is installed.
+	if rec.Kind != PolicySigned && req.Officer != nil {
 		l := &loadedPK{state: st, rec: rec}
 		if l.expr, err = rec.expr(); err != nil {
 			return res, err
@@ -149,7 +160,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		if err := a.withLoaded(srk, pkBlob, func(pk tpm.Object) error {
 			l.pk = pk
 			var err error
-			dBlob, err = a.createUnderPK(l, dTemplate(rec.digest()), nil)
+			dBlob, err = a.createD(l, req.Officer)
 			return err
 		}); err != nil {
 			return res, err
@@ -186,6 +197,11 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 
 // provisionPolicy builds the PK's policy record for req.
 func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (policyRecord, error) {
+	if req.Officer != nil {
+		if _, err := policy.SignerPublic(req.Officer); err != nil {
+			return policyRecord{}, fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
+		}
+	}
 	if req.Signer != nil {
 		if _, err := policy.SignerPublic(req.Signer); err != nil {
 			return policyRecord{}, fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)

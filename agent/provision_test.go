@@ -17,6 +17,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -40,7 +41,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
@@ -109,7 +110,7 @@ func TestPKSurvivesRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{0, 7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{0, 7}}); err != nil {
 		t.Fatal(err)
 	}
 	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("kept")})
@@ -137,7 +138,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()}); err != nil {
 		t.Fatal(err)
 	}
 	getcap := func(what string) string {
@@ -179,7 +180,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	}
 	// Provisioning again works from scratch.
 	ag = newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatalf("provision after zeroize: %v", err)
 	}
 }
@@ -190,7 +191,7 @@ func TestSealSignerMustBeThePKs(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -206,7 +207,7 @@ func TestAuditedOperationRefusedOnTamperedTrail(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	ag.Close()

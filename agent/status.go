@@ -44,6 +44,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	}
 	if s.Provisioned {
 		s.PKName, s.DName, s.PolicyKind, s.PolicyDigest = st.Name, st.DName, st.Policy.Kind, st.Policy.Digest
+		if k, err := st.officerKey(); err == nil {
+			s.Officer = officerName(k)
+		}
 		ps, err := a.showPolicy(ctx)
 		if err != nil {
 			return s, err

@@ -24,6 +24,13 @@ type ProvisionRequest struct {
 	// Signer, when set, makes the PK's policy PolicyAuthorize(Signer): the
 	// signer approves PCR values later with signed policies.
 	Signer crypto.PublicKey
+	// Officer, when set, is the crypto officer's approval key (offline;
+	// ECDSA P-256/P-384 or RSA >= 3072, as for policy signers). The TPM then
+	// derives only the key recipes the officer approved (DeriveRequest.
+	// Approval), and an extractable key leaves only with the officer's
+	// approval of its destination. Without it the device has no derived
+	// and no extractable keys.
+	Officer crypto.PublicKey
 	// Force zeroizes an existing PK first.
 	Force bool
 	// PolicyClass, with Signer, names the fleet or device class signed
@@ -50,16 +57,17 @@ func (r ProvisionRequest) Identity() IdentityRequest {
 // provisionJSON is ProvisionRequest on the wire: pcr_values in the file form
 // of docs/policy.md, policy_signer a PEM public key.
 type provisionJSON struct {
-	Bank   string            `json:"bank,omitempty"`
-	PCRs   []int             `json:"pcrs,omitempty"`
-	Values *policy.PCRValues `json:"pcr_values,omitempty"`
-	Signer string            `json:"policy_signer,omitempty"`
-	Force  bool              `json:"force,omitempty"`
-	EKCA   []byte            `json:"ek_ca,omitempty"`
-	EKCert []byte            `json:"ek_cert,omitempty"`
-	TOFU   bool              `json:"trust_on_first_use,omitempty"`
-	Reset  bool              `json:"allow_resettable,omitempty"`
-	Class  string            `json:"policy_class,omitempty"`
+	Bank    string            `json:"bank,omitempty"`
+	PCRs    []int             `json:"pcrs,omitempty"`
+	Values  *policy.PCRValues `json:"pcr_values,omitempty"`
+	Signer  string            `json:"policy_signer,omitempty"`
+	Force   bool              `json:"force,omitempty"`
+	EKCA    []byte            `json:"ek_ca,omitempty"`
+	EKCert  []byte            `json:"ek_cert,omitempty"`
+	TOFU    bool              `json:"trust_on_first_use,omitempty"`
+	Reset   bool              `json:"allow_resettable,omitempty"`
+	Class   string            `json:"policy_class,omitempty"`
+	Officer string            `json:"officer_key,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
@@ -67,6 +75,9 @@ func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
 		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable, Class: r.PolicyClass}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
+		return nil, err
+	}
+	if w.Officer, err = signerPEM(r.Officer); err != nil {
 		return nil, err
 	}
 	return json.Marshal(w)
@@ -84,7 +95,10 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
 	}
-	r.Signer, err = parseSigner(w.Signer)
+	if r.Signer, err = parseSigner(w.Signer); err != nil {
+		return err
+	}
+	r.Officer, err = parseSigner(w.Officer)
 	return err
 }
 
@@ -108,6 +122,9 @@ type ProvisionResult struct {
 	// TPMTrust is how the pinned TPM identity was established (Identity's
 	// Trust).
 	TPMTrust string `json:"tpm_trust"`
+	// Officer is the TPM name of the crypto officer's approval key, when one
+	// was named.
+	Officer string `json:"officer,omitempty"`
 }
 
 // SealRequest says what to seal and to which policy: POST /v1/seal. With
@@ -194,6 +211,7 @@ type Status struct {
 	DName        string       `json:"derivation_parent_name,omitempty"`
 	PolicyKind   string       `json:"policy_kind,omitempty"`
 	PolicyDigest string       `json:"policy_digest,omitempty"`
+	Officer      string       `json:"officer,omitempty"` // TPM name of the crypto officer's approval key
 	Policy       *PolicyState `json:"policy,omitempty"`
 	Keys         int          `json:"keys"`
 	AuditLines   int          `json:"audit_lines"`
@@ -305,6 +323,9 @@ type DeriveRequest struct {
 	Context string `json:"context,omitempty"`
 	Type    string `json:"type,omitempty"`
 	Usage   string `json:"usage,omitempty"`
+	// Approval is the crypto officer's approval of this recipe under this
+	// PK's policy (provd key approve): the TPM derives nothing else.
+	Approval *policy.Approval `json:"approval,omitempty"`
 }
 
 // CreateRequest asks for a TPM-generated key under the PK: POST

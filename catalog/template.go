@@ -118,3 +118,21 @@ func TypeOf(pub tpm2.TPMTPublic) (Type, string, error) {
 	}
 	return kt, "", fmt.Errorf("%w: the key is both sign and decrypt (or neither); provd keeps usages apart", ErrUsage)
 }
+
+// DeriveTemplate is the TPMT_TEMPLATE of a derived object: tmpl's type,
+// nameAlg, attributes, policy and parameters, with TPMS_DERIVE{label, context}
+// in the unique field. A derivation parent refuses an ordinary TPMT_PUBLIC
+// (TPM_RC_INSUFFICIENT).
+func DeriveTemplate(tmpl tpm2.TPMTPublic, label, context []byte) tpm2.TPMTTemplate {
+	return tpm2.TPMTTemplate{
+		Type:             tmpl.Type,
+		NameAlg:          tmpl.NameAlg,
+		ObjectAttributes: tmpl.ObjectAttributes,
+		AuthPolicy:       tmpl.AuthPolicy,
+		Parameters:       tmpl.Parameters,
+		Unique: tpm2.TPMSDerive{
+			Label:   tpm2.TPM2BLabel{Buffer: label},
+			Context: tpm2.TPM2BLabel{Buffer: context},
+		},
+	}
+}

@@ -61,6 +61,12 @@ type ApplyOptions struct {
 	// several match it uses the highest Version, the one most likely to pass
 	// the NV counter check.
 	Signed []*SignedPolicy
+
+	// Approved are the other approvals available to Authorize steps (a crypto
+	// officer's, for example), each with the expression it approves. An
+	// Authorize step with no matching signed policy uses the one with its
+	// signer's name and policyRef.
+	Approved []Approved
 }
 
 // executor is the state of one Apply call.
@@ -68,6 +74,7 @@ type executor struct {
 	alg      tpm2.TPMIAlgHash
 	branches []int
 	signed   []*SignedPolicy
+	approved []Approved
 }
 
 func (x *executor) nextBranch(n int) (int, error) {
@@ -149,7 +156,7 @@ func (p Policy) Apply(s Session, opts ApplyOptions) error {
 	if _, err := p.Digest(alg); err != nil {
 		return err
 	}
-	x := &executor{alg: alg, branches: opts.Branches, signed: opts.Signed}
+	x := &executor{alg: alg, branches: opts.Branches, signed: opts.Signed, approved: opts.Approved}
 	if err := p.execute(s, x); err != nil {
 		return err
 	}
@@ -185,6 +192,8 @@ func stepName(st Step) string {
 		return "PolicyNV"
 	case Authorize, *Authorize:
 		return "PolicyAuthorize"
+	case Template, *Template:
+		return "PolicyTemplate"
 	}
 	return fmt.Sprintf("%T", st)
 }
@@ -343,6 +352,56 @@ func (st DuplicationSelect) execute(s Session, _ *executor) error {
 	return s.PolicyDuplicationSelect(st.ObjectName, st.NewParentName, st.IncludeObject)
 }
 
+// Template is TPM2_PolicyTemplate: the session may only authorize
+// TPM2_Create, CreatePrimary or CreateLoaded of the one template whose digest
+// is Hash (TemplateHash: the session's hash over the marshalled TPMT_PUBLIC
+// or TPMT_TEMPLATE sent, its unique field included). Under a derivation
+// parent that is the one key type, attribute set, policy, label and context
+// the digest was made of: the TPM derives nothing else through this session.
+type Template struct {
+	Hash []byte
+}
+
+func (st Template) check(alg tpm2.TPMIAlgHash) error {
+	h, err := sessionHash(alg)
+	if err != nil {
+		return err
+	}
+	if len(st.Hash) != h.Size() {
+		return fmt.Errorf("template hash is %d bytes, the session's hash has %d", len(st.Hash), h.Size())
+	}
+	return nil
+}
+
+// Update implements Step.
+func (st Template) Update(c *tpm2.PolicyCalculator) error {
+	if err := st.check(calcAlg(c)); err != nil {
+		return err
+	}
+	return c.Update(tpm2.TPMCCPolicyTemplate, st.Hash)
+}
+
+func (st Template) execute(s Session, x *executor) error {
+	if err := st.check(x.alg); err != nil {
+		return err
+	}
+	return s.PolicyTemplate(st.Hash)
+}
+
+// TemplateHash is the digest TPM2_PolicyTemplate binds for a template sent
+// as tmpl (a tpm2.TPMTPublic, or a tpm2.TPMTTemplate for a derived object):
+// the hash over its marshalled bytes, as the TPM hashes the command's
+// inPublic.
+func TemplateHash(alg tpm2.TPMIAlgHash, tmpl tpm2.Marshallable) ([]byte, error) {
+	h, err := sessionHash(alg)
+	if err != nil {
+		return nil, err
+	}
+	d := h.New()
+	d.Write(tpm2.Marshal(tmpl))
+	return d.Sum(nil), nil
+}
+
 // NV is TPM2_PolicyNV: the NV index's contents at Offset, compared with
 // OperandB by Op, must hold. The digest depends on the index's name (and so on
 // its attributes), not on its handle; the handle is needed to execute.
@@ -446,7 +505,7 @@ func (st Authorize) execute(s Session, x *executor) error {
 		}
 	}
 	if sp == nil {
-		return ErrNoSignedPolicy
+		return st.executeApproved(s, x, name)
 	}
 	// Check offline first: a bad signature or a policy that does not match
 	// its digest is our error to report, not a TPM_RC_SIGNATURE to decode.
@@ -464,6 +523,31 @@ func (st Authorize) execute(s Session, x *executor) error {
 		return fmt.Errorf("approved policy version %d: %w", sp.Version, err)
 	}
 	return s.PolicyAuthorize(pub, bytes.Clone(sp.ApprovedPolicy), bytes.Clone(st.PolicyRef), sp.Signature)
+}
+
+// executeApproved runs the Approved entry for this step's signer and
+// policyRef: its expression, then PolicyAuthorize with its signature.
+func (st Authorize) executeApproved(s Session, x *executor, name []byte) error {
+	for _, a := range x.approved {
+		if a.Approval == nil || !bytes.Equal(a.Approval.SignerName, name) || !bytes.Equal(a.Approval.PolicyRef, st.PolicyRef) {
+			continue
+		}
+		if err := a.check(st.Signer); err != nil {
+			return err
+		}
+		if x.alg != ApprovedPolicyAlg {
+			return fmt.Errorf("approvals are for SHA-256 sessions, session uses 0x%04x", uint16(x.alg))
+		}
+		pub, err := SignerPublic(st.Signer)
+		if err != nil {
+			return err
+		}
+		if err := a.Policy.execute(s, x); err != nil {
+			return fmt.Errorf("approved policy: %w", err)
+		}
+		return s.PolicyAuthorize(pub, bytes.Clone(a.Approval.ApprovedPolicy), bytes.Clone(st.PolicyRef), a.Approval.Signature)
+	}
+	return ErrNoSignedPolicy
 }
 
 // checkName accepts a TPM name: nameAlg (SHA-256 or SHA-384) followed by a

@@ -94,6 +94,12 @@ func (r *Recorder) PolicyDuplicationSelect(objectName, newParentName []byte, inc
 	}.Update(r.calc)
 }
 
+// PolicyTemplate implements Session.
+func (r *Recorder) PolicyTemplate(templateHash []byte) error {
+	r.Calls = append(r.Calls, tpm2.TPMCCPolicyTemplate)
+	return r.calc.Update(tpm2.TPMCCPolicyTemplate, templateHash)
+}
+
 // PolicyNV implements Session. It cannot read NV, so the comparison is
 // assumed to hold.
 func (r *Recorder) PolicyNV(index tpm2.TPMHandle, indexName []byte, operandB []byte, offset uint16, op tpm2.TPMEO) error {

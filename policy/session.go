@@ -20,6 +20,9 @@ type Session interface {
 	PolicyCommandCode(cc tpm2.TPMCC) error
 	PolicyDuplicationSelect(objectName, newParentName []byte, includeObject bool) error
 	PolicyNV(index tpm2.TPMHandle, indexName []byte, operandB []byte, offset uint16, op tpm2.TPMEO) error
+	// PolicyTemplate binds the session to the one creation template whose
+	// digest (with the session's hash) is templateHash.
+	PolicyTemplate(templateHash []byte) error
 	// PolicyAuthorize loads signer into the owner hierarchy, verifies sig over
 	// aHash = H_nameAlg(approvedPolicy || policyRef) with TPM2_VerifySignature
 	// and runs TPM2_PolicyAuthorize with the ticket.

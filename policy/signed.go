@@ -145,31 +145,39 @@ func SignPolicy(signer crypto.Signer, values PCRValues, version uint64, policyRe
 	if sp.ApprovedPolicy, err = sp.Policy().Digest(ApprovedPolicyAlg); err != nil {
 		return nil, err
 	}
-	digest := aHash(sp.ApprovedPolicy, sp.PolicyRef)
-	switch sch.sigAlg {
-	case tpm2.TPMAlgECDSA:
-		der, err := signer.Sign(rand.Reader, digest, crypto.SHA256)
-		if err != nil {
-			return nil, fmt.Errorf("policy: sign: %w", err)
-		}
-		var rs struct{ R, S *big.Int }
-		rest, err := asn1.Unmarshal(der, &rs)
-		if err != nil || len(rest) != 0 || rs.R == nil || rs.S == nil || rs.R.Sign() <= 0 || rs.S.Sign() <= 0 ||
-			rs.R.BitLen() > sch.coordSize*8 || rs.S.BitLen() > sch.coordSize*8 {
-			return nil, fmt.Errorf("policy: sign: signer returned a malformed ECDSA signature")
-		}
-		sp.Signature = ecdsaSignature(sch.hash, rs.R.FillBytes(make([]byte, sch.coordSize)), rs.S.FillBytes(make([]byte, sch.coordSize)))
-	case tpm2.TPMAlgRSAPSS:
-		sig, err := signer.Sign(rand.Reader, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
-		if err != nil {
-			return nil, fmt.Errorf("policy: sign: %w", err)
-		}
-		sp.Signature = rsapssSignature(sch.hash, sig)
+	if sp.Signature, err = signAHash(signer, sch, aHash(sp.ApprovedPolicy, sp.PolicyRef)); err != nil {
+		return nil, err
 	}
 	if err := sp.Verify(pub); err != nil {
 		return nil, fmt.Errorf("policy: signer produced a signature that does not verify: %w", err)
 	}
 	return sp, nil
+}
+
+// signAHash signs an aHash (SHA-256) with signer, in the TPMT_SIGNATURE form
+// TPM2_VerifySignature takes for the signer's scheme sch.
+func signAHash(signer crypto.Signer, sch signerScheme, digest []byte) (tpm2.TPMTSignature, error) {
+	switch sch.sigAlg {
+	case tpm2.TPMAlgECDSA:
+		der, err := signer.Sign(rand.Reader, digest, crypto.SHA256)
+		if err != nil {
+			return tpm2.TPMTSignature{}, fmt.Errorf("policy: sign: %w", err)
+		}
+		var rs struct{ R, S *big.Int }
+		rest, err := asn1.Unmarshal(der, &rs)
+		if err != nil || len(rest) != 0 || rs.R == nil || rs.S == nil || rs.R.Sign() <= 0 || rs.S.Sign() <= 0 ||
+			rs.R.BitLen() > sch.coordSize*8 || rs.S.BitLen() > sch.coordSize*8 {
+			return tpm2.TPMTSignature{}, fmt.Errorf("policy: sign: signer returned a malformed ECDSA signature")
+		}
+		return ecdsaSignature(sch.hash, rs.R.FillBytes(make([]byte, sch.coordSize)), rs.S.FillBytes(make([]byte, sch.coordSize))), nil
+	case tpm2.TPMAlgRSAPSS:
+		sig, err := signer.Sign(rand.Reader, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
+		if err != nil {
+			return tpm2.TPMTSignature{}, fmt.Errorf("policy: sign: %w", err)
+		}
+		return rsapssSignature(sch.hash, sig), nil
+	}
+	return tpm2.TPMTSignature{}, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(sch.sigAlg), catalog.ErrNotApproved)
 }
 
 func ecdsaSignature(hash tpm2.TPMIAlgHash, r, s []byte) tpm2.TPMTSignature {
@@ -307,22 +315,9 @@ func (sp *SignedPolicy) MarshalJSON() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sig signatureJSON
-	switch sp.Signature.SigAlg {
-	case tpm2.TPMAlgECDSA:
-		e, err := sp.Signature.Signature.ECDSA()
-		if err != nil {
-			return nil, fmt.Errorf("policy: signature: %w", err)
-		}
-		sig = signatureJSON{Alg: "ecdsa", Hash: catalog.HashName(e.Hash), R: hex.EncodeToString(e.SignatureR.Buffer), S: hex.EncodeToString(e.SignatureS.Buffer)}
-	case tpm2.TPMAlgRSAPSS:
-		p, err := sp.Signature.Signature.RSAPSS()
-		if err != nil {
-			return nil, fmt.Errorf("policy: signature: %w", err)
-		}
-		sig = signatureJSON{Alg: "rsapss", Hash: catalog.HashName(p.Hash), Sig: hex.EncodeToString(p.Sig.Buffer)}
-	default:
-		return nil, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(sp.Signature.SigAlg), catalog.ErrNotApproved)
+	sig, err := signatureToJSON(sp.Signature)
+	if err != nil {
+		return nil, err
 	}
 	ref := hex.EncodeToString(sp.PolicyRef)
 	version := sp.Version
@@ -334,8 +329,28 @@ func (sp *SignedPolicy) MarshalJSON() ([]byte, error) {
 		Counter:        &counterJSON{Handle: fmt.Sprintf("0x%08x", uint32(sp.Counter.Handle)), Name: hex.EncodeToString(sp.Counter.Name)},
 		ApprovedPolicy: hex.EncodeToString(sp.ApprovedPolicy),
 		Signer:         &signerJSON{PublicKey: string(pemKey), Name: hex.EncodeToString(sp.SignerName)},
-		Signature:      &sig,
+		Signature:      sig,
 	})
+}
+
+// signatureToJSON is the file form of a TPMT_SIGNATURE (signatureJSON.toTPM
+// reads it back).
+func signatureToJSON(s tpm2.TPMTSignature) (*signatureJSON, error) {
+	switch s.SigAlg {
+	case tpm2.TPMAlgECDSA:
+		e, err := s.Signature.ECDSA()
+		if err != nil {
+			return nil, fmt.Errorf("policy: signature: %w", err)
+		}
+		return &signatureJSON{Alg: "ecdsa", Hash: catalog.HashName(e.Hash), R: hex.EncodeToString(e.SignatureR.Buffer), S: hex.EncodeToString(e.SignatureS.Buffer)}, nil
+	case tpm2.TPMAlgRSAPSS:
+		p, err := s.Signature.RSAPSS()
+		if err != nil {
+			return nil, fmt.Errorf("policy: signature: %w", err)
+		}
+		return &signatureJSON{Alg: "rsapss", Hash: catalog.HashName(p.Hash), Sig: hex.EncodeToString(p.Sig.Buffer)}, nil
+	}
+	return nil, fmt.Errorf("policy: signature algorithm 0x%04x: %w", uint16(s.SigAlg), catalog.ErrNotApproved)
 }
 
 // ParseSignedPolicy parses policy.json strictly: only format 1, no unknown or

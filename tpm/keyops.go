@@ -13,24 +13,6 @@ import (
 // that authorizes the key (a policy session: provd's keys have userWithAuth
 // clear); outputs that are secrets come back inside an encrypted session.
 
-// DeriveTemplate is the TPMT_TEMPLATE of a derived object: tmpl's type,
-// nameAlg, attributes, policy and parameters, with TPMS_DERIVE{label, context}
-// in the unique field. A derivation parent refuses an ordinary TPMT_PUBLIC
-// (TPM_RC_INSUFFICIENT).
-func DeriveTemplate(tmpl tpm2.TPMTPublic, label, context []byte) tpm2.TPMTTemplate {
-	return tpm2.TPMTTemplate{
-		Type:             tmpl.Type,
-		NameAlg:          tmpl.NameAlg,
-		ObjectAttributes: tmpl.ObjectAttributes,
-		AuthPolicy:       tmpl.AuthPolicy,
-		Parameters:       tmpl.Parameters,
-		Unique: tpm2.TPMSDerive{
-			Label:   tpm2.TPM2BLabel{Buffer: label},
-			Context: tpm2.TPM2BLabel{Buffer: context},
-		},
-	}
-}
-
 // CreateLoaded derives (or creates) an object from tmpl under parent,
 // authorized by parentAuth, and returns it loaded; the caller flushes it. A
 // derived object has no private blob: keep it loaded, context-save it, or

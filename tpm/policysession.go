@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -164,6 +165,17 @@ func (p *PolicySession) PolicyDuplicationSelect(objectName, newParentName []byte
 		IncludeObject: tpm2.TPMIYesNo(includeObject),
 	}).Execute(p.t)
 	return Wrap("TPM2_PolicyDuplicationSelect", err)
+}
+
+// PolicyTemplate runs TPM2_PolicyTemplate (sent raw: go-tpm v0.9.8 lacks
+// it). The session then authorizes only a Create, CreatePrimary or
+// CreateLoaded whose template hashes to templateHash; any other template, or
+// any other command, fails in the TPM (TPM_RC_POLICY_FAIL).
+func (p *PolicySession) PolicyTemplate(templateHash []byte) error {
+	params := binary.BigEndian.AppendUint16(nil, uint16(len(templateHash)))
+	params = append(params, templateHash...)
+	_, err := rawCommand{cc: ccPolicyTemplate, handles: []tpm2.TPMHandle{p.s.Handle()}, params: params}.run(p.t)
+	return Wrap("TPM2_PolicyTemplate", err)
 }
 
 // PolicyNV runs TPM2_PolicyNV, reading the index with its own (empty)

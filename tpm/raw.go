@@ -15,6 +15,7 @@ const (
 	ccNVExtend                  tpm2.TPMCC = 0x0136
 	ccSetCommandCodeAuditStatus tpm2.TPMCC = 0x0140
 	ccGetCommandAuditDigest     tpm2.TPMCC = 0x0133
+	ccPolicyTemplate            tpm2.TPMCC = 0x0190
 )
 
 // rawCommand is a TPM command built by hand. Handles listed in authHandles are

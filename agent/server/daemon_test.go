@@ -16,6 +16,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -96,10 +97,10 @@ func TestStopWaitsForTheOperationInTheQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
+	if _, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: "sig", Label: "drain", Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
 		t.Fatal(err)
 	}
 	if err := ag.Close(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/test/officertest"
 )
 
 // A hash outside approved mode is refused alike in-process and through the
@@ -17,10 +18,17 @@ import (
 // name, and both give the same kinds and exit code (5).
 func TestUnapprovedHashSameBothWays(t *testing.T) {
 	ts := serveTPM(t)
-	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); code != http.StatusOK {
+	code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if code != http.StatusOK {
 		t.Fatalf("provision: HTTP %d %s", code, b)
 	}
-	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "l", Type: "ecc-p256", Usage: catalog.UsageSign}); code != http.StatusOK {
+	var res api.ProvisionResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	req := api.DeriveRequest{Name: "k", Label: "l", Type: "ecc-p256", Usage: catalog.UsageSign}
+	req.Approval = officertest.Approve(t, res.PolicyDigest, req)
+	if code, b := ts.call(t, "POST", "/v1/keys/derive", req); code != http.StatusOK {
 		t.Fatalf("derive: HTTP %d %s", code, b)
 	}
 	for _, h := range []crypto.Hash{crypto.SHA512, crypto.SHA1} {

@@ -15,7 +15,7 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 	switch ep.Op {
 	case "key-derive":
 		return handle(s, ep, func(ctx context.Context, w api.DeriveRequest) (api.KeyInfo, error) {
-			return ag.DeriveKey(ctx, api.DeriveRequest{Name: w.Name, Label: w.Label, Context: w.Context, Type: w.Type, Usage: w.Usage})
+			return ag.DeriveKey(ctx, w)
 		})
 	case "key-create":
 		return handle(s, ep, func(ctx context.Context, w api.CreateRequest) (api.KeyInfo, error) {

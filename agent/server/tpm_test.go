@@ -20,6 +20,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -266,7 +267,7 @@ func TestStatusCached(t *testing.T) {
 		}
 		return st
 	}
-	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); code != http.StatusOK {
+	if code, b := ts.call(t, "POST", "/v1/provision", api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); code != http.StatusOK {
 		t.Fatalf("provision: HTTP %d %s", code, b)
 	}
 	first := status()
@@ -291,7 +292,9 @@ func TestStatusCached(t *testing.T) {
 	}
 
 	// A key derived through the daemon shows at once.
-	if code, b := ts.call(t, "POST", "/v1/keys/derive", api.DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: catalog.UsageSign}); code != http.StatusOK {
+	req := api.DeriveRequest{Name: "k", Label: "cache", Type: "ecc-p256", Usage: catalog.UsageSign}
+	req.Approval = officertest.Approve(t, first.PolicyDigest, req)
+	if code, b := ts.call(t, "POST", "/v1/keys/derive", req); code != http.StatusOK {
 		t.Fatalf("derive: HTTP %d %s", code, b)
 	}
 	if st := status(); st.Keys != first.Keys+1 || st.AuditLines <= first.AuditLines {

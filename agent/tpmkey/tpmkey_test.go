@@ -14,6 +14,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -28,10 +29,10 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ag.Close()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: "ec", Label: "ec", Type: "ecc-p256"}); err != nil {
+	if _, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: "ec", Label: "ec", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "rsa", Type: "rsa-2048", Usage: catalog.UsageDecrypt}); err != nil {

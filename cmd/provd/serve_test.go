@@ -24,6 +24,7 @@ import (
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -151,11 +152,11 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	for i := range nKeys {
-		if _, err := ag.DeriveKey(ctx, api.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
+		if _, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: fmt.Sprintf("sign-%d", i), Label: "serve-test", Context: strconv.Itoa(i), Type: "ecc-p256", Usage: catalog.UsageSign}); err != nil {
 			t.Fatalf("derive: %v", err)
 		}
 	}

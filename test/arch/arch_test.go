@@ -63,6 +63,13 @@ var rules = []rule{
 			"only its tests use a TPM, to compare digests with a real one",
 	},
 	{
+		name:   "officer-without-the-agent",
+		from:   []string{"officer/..."},
+		forbid: []string{"agent/...", "cmd/...", "systemd", yaml},
+		why: "what the crypto officer approves is computed offline, on the officer's host as on the device, " +
+			"by a tool or a fleet service that links neither the agent nor the CLI",
+	},
+	{
 		name:   "api-is-the-wire-contract",
 		from:   []string{"api/..."},
 		forbid: []string{"agent/...", "cmd/...", "systemd", yaml},
@@ -108,7 +115,7 @@ var rules = []rule{
 	{
 		name: "core-without-cli-or-systemd",
 		from: []string{"agent/...", "tpm/...", "attest/...", "policy/...",
-			"api/...", "audit/...", "store/...", "catalog/..."},
+			"api/...", "audit/...", "store/...", "catalog/...", "officer/..."},
 		forbid: cliAndSystemd,
 		why:    "only cmd and systemd use cobra and go-systemd; the core runs under any front end, tests included",
 	},

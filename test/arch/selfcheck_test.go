@@ -42,7 +42,9 @@ func target() map[string]*spec {
 		"store":               {imports: "internal/strictjson", test: "audit"},
 		"attest":              {imports: "api policy catalog", xtest: "attest tpm test/swtpmtest"}, // evidence from a TPM in tests
 		"attest/fleet":        {imports: "attest api audit store"},
-		"agent":               {imports: "api audit store catalog policy tpm tpm/keyfile tpm/objcache", test: "test/swtpmtest"},
+		"officer":             {imports: "api catalog policy"},
+		"test/officertest":    {imports: "officer api policy"},
+		"agent":               {imports: "api audit store catalog officer policy tpm tpm/keyfile tpm/objcache", test: "test/swtpmtest test/officertest"},
 		"agent/client":        {imports: "api", test: "api gopkg.in/yaml.v3", xtest: "agent/client"}, // yaml in tests, foo_test imports foo
 		"agent/server":        {imports: "agent api gopkg.in/yaml.v3", xtest: "agent/server agent/client test/swtpmtest"},
 		"agent/tpmkey":        {imports: "agent"},

@@ -3,6 +3,7 @@ package cli_test
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/provd/provd/agent/server"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -109,7 +111,8 @@ func TestCLIBothWays(t *testing.T) {
 	b.same(api.ExitOK, "status")
 	b.same(api.ExitNotProvisioned, "policy", "show")
 	b.same(api.ExitOK, "tpm", "info", "-o", "json")
-	if r := b.daemon("provision", "--pcrs", "7,16", "--trust-on-first-use", "--allow-resettable"); r.code != 0 {
+	officerKey, officerPub := officertest.Files(t, dir)
+	if r := b.daemon("provision", "--pcrs", "7,16", "--trust-on-first-use", "--allow-resettable", "--officer-key", officerPub); r.code != 0 {
 		t.Fatalf("provision through the daemon: exit %d %s", r.code, r.err)
 	}
 	b.same(api.ExitConflict, "provision")
@@ -134,10 +137,22 @@ func TestCLIBothWays(t *testing.T) {
 
 	// Keys: derived through the daemon; the same list, public key, HMAC
 	// (deterministic) and refusals both ways; signatures verify both ways.
-	if r := b.daemon("key", "derive", "tls", "--label", "tls", "--context", "dev-1", "--type", "ecc-p256"); r.code != 0 {
+	var st struct {
+		PolicyDigest string `json:"policy_digest"`
+	}
+	if r := b.inProcess("status", "-o", "json"); r.code != 0 || json.Unmarshal([]byte(r.out), &st) != nil {
+		t.Fatalf("status: exit %d %s", r.code, r.err)
+	}
+	for _, a := range [][]string{{"tls", "tls", "dev-1", "ecc-p256"}, {"mac", "mac", "", "hmac-sha256"}} {
+		if r := b.inProcess("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--out", file(a[0]+".approval"),
+			"--label", a[1], "--context", a[2], "--type", a[3]); r.code != 0 {
+			t.Fatalf("key approve: exit %d %s", r.code, r.err)
+		}
+	}
+	if r := b.daemon("key", "derive", "tls", "--label", "tls", "--context", "dev-1", "--type", "ecc-p256", "--approval", file("tls.approval")); r.code != 0 {
 		t.Fatalf("key derive through the daemon: exit %d %s", r.code, r.err)
 	}
-	if r := b.inProcess("key", "derive", "mac", "--label", "mac", "--type", "hmac-sha256"); r.code != 0 {
+	if r := b.inProcess("key", "derive", "mac", "--label", "mac", "--type", "hmac-sha256", "--approval", file("mac.approval")); r.code != 0 {
 		t.Fatalf("key derive in-process: exit %d %s", r.code, r.err)
 	}
 	b.same(api.ExitOK, "key", "hmac", "mac", "--in", file("secret"), "-o", "json")

@@ -18,6 +18,8 @@ import (
 	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
 )
 
 func (a *app) keyCmd() *cobra.Command {
@@ -37,7 +39,7 @@ Every use checks the provisioning key's policy again inside the TPM: when the PC
 no longer satisfy it, every key use fails with exit code 3. Only approved
 algorithms are accepted (exit code 5 otherwise). See docs/keys.md.`,
 	}
-	c.AddCommand(a.keyDeriveCmd(), a.keyCreateCmd(), a.keySignCmd(), a.keyHMACCmd(), a.keyECDHCmd(),
+	c.AddCommand(a.keyDeriveCmd(), a.keyApproveCmd(), a.keyCreateCmd(), a.keySignCmd(), a.keyHMACCmd(), a.keyECDHCmd(),
 		a.keyEncryptCmd(), a.keyDecryptCmd(), a.keyPubCmd(), a.keyListCmd(), a.keyDeleteCmd(), a.keyCSRCmd(),
 		a.keyExportBlobCmd(), a.keyImportBlobCmd())
 	return c
@@ -53,20 +55,40 @@ func printKey(w io.Writer, k api.KeyInfo) {
 
 func (a *app) keyDeriveCmd() *cobra.Command {
 	var req api.DeriveRequest
+	var approvalFile string
 	c := &cobra.Command{
-		Use:   "derive NAME --label L [--context C] --type TYPE [--usage USAGE]",
-		Short: "Derive a key inside the TPM from the derivation parent (same label and context, same key)",
+		Use:   "derive NAME --label L [--context C] --type TYPE [--usage USAGE] --approval FILE",
+		Short: "Derive a key inside the TPM from the derivation parent (same recipe, same key)",
 		Long: `Derive a key inside the TPM from the derivation parent under the PK with
-TPM2_CreateLoaded (label and context up to 32 bytes each). Types: ecc-p256,
-ecc-p384 (usage sign or ecdh), hmac-sha256 (hmac), aes-256 (decrypt: key
-encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
-		Example: `  provd key derive tls --label tls --context device-42 --type ecc-p256
-  provd key derive mac --label telemetry --type hmac-sha256`,
+TPM2_CreateLoaded. Types: ecc-p256, ecc-p384 (usage sign or ecdh), hmac-sha256
+(hmac), aes-256 (decrypt: key encrypt/decrypt). RSA keys cannot be derived by a
+TPM: use provd key create.
+
+The recipe is the type, usage, label (1-32 bytes) and context (0-32 bytes,
+printable text): the same recipe gives the same key on every boot, and on a peer
+that received the PK; a signing key and an ECDH key with one label are
+different keys. The TPM derives only recipes the crypto officer approved
+(--approval, made offline with provd key approve for the PK policy digest that
+provd status shows): whoever satisfies the PK's policy still cannot derive the
+key's secret in another form and read it (docs/key-hierarchy.md).`,
+		Example: `  provd key approve --officer officer.key.pem --pk-policy $(provd status -o json | jq -r .policy_digest) \
+      --type ecc-p256 --label tls --context device-42 --out tls.approval.json
+  provd key derive tls --label tls --context device-42 --type ecc-p256 --approval tls.approval.json`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
 			if req.Label == "" || req.Type == "" {
 				return usageError(fmt.Errorf("--label and --type are required"))
+			}
+			if approvalFile != "" {
+				b, err := os.ReadFile(approvalFile)
+				if err != nil {
+					return usageError(err)
+				}
+				req.Approval = new(policy.Approval)
+				if err := req.Approval.UnmarshalJSON(b); err != nil {
+					return fmt.Errorf("%s: %w", approvalFile, err)
+				}
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.DeriveKey(cmd.Context(), req)
@@ -84,6 +106,73 @@ encrypt/decrypt). RSA keys cannot be derived by a TPM: use provd key create.`,
 	c.Flags().StringVar(&req.Context, "context", "", "derivation context (0-32 bytes)")
 	c.Flags().StringVar(&req.Type, "type", "", "ecc-p256, ecc-p384, hmac-sha256 or aes-256")
 	c.Flags().StringVar(&req.Usage, "usage", "", "sign, ecdh, decrypt or hmac (default: the type's first)")
+	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's approval of this recipe (provd key approve)")
+	return c
+}
+
+func (a *app) keyApproveCmd() *cobra.Command {
+	var r officer.Recipe
+	var officerFile, pkPolicy, out string
+	c := &cobra.Command{
+		Use:   "approve --officer KEY.pem --pk-policy DIGEST --type TYPE [--usage U] --label L [--context C] --out FILE",
+		Short: "Approve a derivation recipe as the crypto officer (offline, no TPM)",
+		Long: `Sign, offline, the crypto officer's approval of one derivation recipe for devices
+whose PK policy digest is --pk-policy (provd status shows it; devices provisioned
+with one policy signer, or one set of golden PCR values, share it). The approval
+covers exactly the key's TPM template: its type, usage, attributes and policy,
+and the label and context. provd key derive --approval FILE then derives that
+key, and the TPM refuses any other template under the derivation parent.
+
+The officer key is the private half of provision --officer-key: ECDSA P-256,
+P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
+		Example: `  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --type hmac-sha256 --label telemetry --out mac.approval.json`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if officerFile == "" || pkPolicy == "" || r.Type == "" || r.Label == "" || out == "" {
+				return usageError(errors.New("--officer, --pk-policy, --type, --label and --out are required"))
+			}
+			digest, err := hex.DecodeString(pkPolicy)
+			if err != nil {
+				return usageError(fmt.Errorf("--pk-policy: %w", err))
+			}
+			kb, err := os.ReadFile(officerFile)
+			if err != nil {
+				return usageError(err)
+			}
+			key, err := policy.ParseSignerPEM(kb)
+			clear(kb)
+			if err != nil {
+				return fmt.Errorf("%s: %w", officerFile, err)
+			}
+			ap, err := officer.ApproveDerive(key, digest, r)
+			if err != nil {
+				return err
+			}
+			b, err := ap.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, out, b, 0o644); err != nil {
+				return err
+			}
+			res := struct {
+				Out            string `json:"out"`
+				ApprovedPolicy string `json:"approved_policy"`
+			}{out, hex.EncodeToString(ap.ApprovedPolicy)}
+			return a.emit(res, func(w io.Writer) {
+				if out != "-" {
+					fmt.Fprintf(w, "approved %s recipe label %q context %q: %s\n", r.Type, r.Label, r.Context, out)
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&officerFile, "officer", "", "the crypto officer's private key (PEM)")
+	c.Flags().StringVar(&pkPolicy, "pk-policy", "", "the devices' PK policy digest, hex (provd status)")
+	c.Flags().StringVar(&r.Type, "type", "", "ecc-p256, ecc-p384, hmac-sha256 or aes-256")
+	c.Flags().StringVar(&r.Usage, "usage", "", "sign, ecdh, decrypt or hmac (default: the type's first)")
+	c.Flags().StringVar(&r.Label, "label", "", "derivation label (1-32 bytes)")
+	c.Flags().StringVar(&r.Context, "context", "", "derivation context (0-32 bytes)")
+	c.Flags().StringVar(&out, "out", "", "where to write the approval (- for stdout)")
 	return c
 }
 

@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm/keyfile"
 )
@@ -44,8 +46,28 @@ func TestKeyCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	provd(0, "provision", "--pcrs", "7,16", "--ek-ca", ekCAFile(t, env), "--allow-resettable")
-	provd(0, "key", "derive", "tls", "--label", "tls", "--context", "device-42", "--type", "ecc-p256")
+	officerKey, officerPub := officertest.Files(t, dir)
+	provd(0, "provision", "--pcrs", "7,16", "--ek-ca", ekCAFile(t, env), "--allow-resettable", "--officer-key", officerPub)
+	// The officer approves each recipe offline, for the PK policy digest
+	// status shows; derive takes the approval.
+	var st struct {
+		PolicyDigest string `json:"policy_digest"`
+		Officer      string `json:"officer"`
+	}
+	if err := json.Unmarshal([]byte(provd(0, "status", "-o", "json")), &st); err != nil || st.Officer == "" {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	derive := func(name, label, context, typ string) {
+		t.Helper()
+		ap := p(name + ".approval.json")
+		provd(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--type", typ, "--label", label, "--context", context, "--out", ap)
+		provd(0, "key", "derive", name, "--label", label, "--context", context, "--type", typ, "--approval", ap)
+	}
+	// Without an approval: refused, and the error says what to run.
+	if out := provd(api.ExitNotPermitted, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256"); out != "" {
+		t.Errorf("refused derive printed %q", out)
+	}
+	derive("tls", "tls", "device-42", "ecc-p256")
 	provd(0, "key", "pub", "tls", "--out", p("tls.pub"))
 	provd(0, "key", "sign", "tls", "--in", p("msg"), "--out", p("msg.sig"))
 	openssl("dgst", "-sha256", "-verify", p("tls.pub"), "-signature", p("msg.sig"), p("msg"))
@@ -64,12 +86,12 @@ func TestKeyCommands(t *testing.T) {
 		t.Errorf("CSR public key differs from key pub:\n%s\n%s", csrPub, pub)
 	}
 
-	provd(0, "key", "derive", "mac", "--label", "mac", "--type", "hmac-sha256")
+	derive("mac", "mac", "", "hmac-sha256")
 	mac1 := provd(0, "key", "hmac", "mac", "--in", p("msg"))
 	if mac2 := provd(0, "key", "hmac", "mac", "--in", p("msg")); mac1 != mac2 || len(strings.TrimSpace(mac1)) != 64 {
 		t.Errorf("hmac: %q %q", mac1, mac2)
 	}
-	provd(0, "key", "derive", "data", "--label", "data", "--type", "aes-256")
+	derive("data", "data", "", "aes-256")
 	provd(0, "key", "encrypt", "data", "--in", p("msg"), "--out", p("msg.enc"))
 	provd(0, "key", "decrypt", "data", "--in", p("msg.enc"), "--out", p("msg.dec"))
 	if b, _ := os.ReadFile(p("msg.dec")); string(b) != "firmware image" {

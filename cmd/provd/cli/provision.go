@@ -75,7 +75,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 
 func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
-	var valuesFile, signerFile, class string
+	var valuesFile, signerFile, officerFile, class string
 	var force, allowResettable bool
 	var ek ekFlags
 	c := &cobra.Command{
@@ -83,7 +83,15 @@ func (a *app) provisionCmd() *cobra.Command {
 		Short: "Generate the provisioning key inside the TPM, sealed to a PCR policy",
 		Long: `Generate the provisioning key (PK) inside the TPM under the SRK: an ECC P-256
 restricted storage key that never leaves the TPM, usable only while its policy
-holds. Under it, a derivation parent from which operational keys are derived.
+holds.
+
+--officer-key PUB names the crypto officer's approval key (offline; ECDSA
+P-256/P-384 or RSA >= 3072). Only with it does the device get a derivation
+parent, and then the TPM derives only the recipes the officer approved (provd
+key approve); and only with it can keys be created --extractable, because such
+a key leaves only to a destination the officer approved. Without it, anyone
+who satisfies the PK's policy (root on a good boot) could re-derive a derived
+key as plain data and read it (docs/key-hierarchy.md).
 
 The PK's policy is one of:
   (default)              PolicyPCR over the current values of --pcrs
@@ -102,7 +110,7 @@ Provisioning twice is refused unless --force, which zeroizes the old PK first
 and keeps the pinned TPM identity.`,
 		Example: `  provd provision --ek-ca /etc/provd/ek-roots.pem --pcrs 0,2,4,7
   provd provision --pcr-values golden.json
-  provd provision --policy-signer signer.pub.pem`,
+  provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			bank, pcrs, err := pf.parse()
@@ -137,6 +145,11 @@ and keeps the pinned TPM identity.`,
 					return err
 				}
 			}
+			if officerFile != "" {
+				if req.Officer, err = readSignerPub(officerFile); err != nil {
+					return err
+				}
+			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				res, err := ag.Provision(cmd.Context(), req)
 				if err != nil {
@@ -148,6 +161,11 @@ and keeps the pinned TPM identity.`,
 						fmt.Fprintln(w, "TPM identity:  pinned on TRUST ON FIRST USE (no manufacturer vouched for its EK)")
 					} else {
 						fmt.Fprintln(w, "TPM identity:  pinned, EK certified by a trusted manufacturer")
+					}
+					if res.Officer != "" {
+						fmt.Fprintf(w, "officer:       %s (derivations and exports need its approval)\n", res.Officer)
+					} else {
+						fmt.Fprintln(w, "officer:       none (no derived and no extractable keys: provision --officer-key)")
 					}
 					if res.DName != "" {
 						fmt.Fprintf(w, "derivation parent: %s\n", res.DName)
@@ -167,6 +185,7 @@ and keeps the pinned TPM identity.`,
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "seal to golden PCR values from FILE (JSON, docs/policy.md)")
 	c.Flags().StringVar(&class, "policy-class", "", "with --policy-signer: the fleet or device class signed policies must name (provd policy sign --class)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
+	c.Flags().StringVar(&officerFile, "officer-key", "", "the crypto officer's public approval key (PEM): enables derived and extractable keys, each approved by the officer")
 	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
 	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
 	ek.add(a, c)
