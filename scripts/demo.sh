@@ -46,8 +46,10 @@ step "policy show says what the policy needs and what differs" \
 printf '\n\033[1m== Signed policies: keys that survive firmware updates\033[0m\n'
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$demo/signer.key.pem" 2>/dev/null
 openssl pkey -in "$demo/signer.key.pem" -pubout -out "$demo/signer.pub.pem"
-step "Provision again (--force zeroizes the old PK) with PolicyAuthorize(signer)" \
-  "$bin" provision --force --policy-signer "$demo/signer.pub.pem"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$demo/officer.key.pem" 2>/dev/null
+openssl pkey -in "$demo/officer.key.pem" -pubout -out "$demo/officer.pub.pem"
+step "Provision again (--force zeroizes the old PK) with PolicyAuthorize(signer), naming the crypto officer's approval key" \
+  "$bin" provision --force --policy-signer "$demo/signer.pub.pem" --officer-key "$demo/officer.pub.pem"
 counter=$("$bin" policy show -o json | json_num policy_counter)
 "$bin" tpm pcr read --pcrs 7,15 -o json > "$demo/pcrs-now.json"
 step "The signer approves today's PCR values (offline), version $counter" \
@@ -70,8 +72,13 @@ printf '\n\033[1m== The old policy cannot be replayed: it is revoked in the TPM\
 expect 3 "$bin" policy install "$demo/policy-v1.json"
 
 printf '\n\033[1m== Operational keys: derived inside the TPM, used through the PK policy\033[0m\n'
-step "Derive a TLS key from the derivation parent (same label and context, same key on every boot)" \
-  "$bin" key derive tls --label tls --context device-42 --type ecc-p256
+printf '\n\033[1m== Without the crypto officer'"'"'s approval of the recipe, the TPM derives nothing (exit 5)\033[0m\n'
+expect 5 "$bin" key derive tls --label tls --context device-42 --type ecc-p256
+pkpolicy=$("$bin" status -o json | grep -o '"policy_digest": *"[0-9a-f]*"' | head -1 | grep -o '[0-9a-f]\{64\}')
+step "The officer approves the recipe offline, for this fleet's PK policy digest (the exact TPM template)" \
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --type ecc-p256 --label tls --context device-42 --out "$demo/tls.approval.json"
+step "Derive the TLS key (same recipe, same key on every boot; any other template under D fails in the TPM)" \
+  "$bin" key derive tls --label tls --context device-42 --type ecc-p256 --approval "$demo/tls.approval.json"
 printf 'firmware v2 image\n' > "$demo/firmware.bin"
 "$bin" key pub tls --out "$demo/tls.pub.pem"
 step "Sign with it inside the TPM; openssl verifies with the public key" \
