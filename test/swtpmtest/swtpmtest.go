@@ -79,9 +79,18 @@ type options struct {
 // Option changes how Start opens the TPM.
 type Option func(*options)
 
-// WithWrap wraps the raw channel (recorders, proxies).
+// WithWrap wraps the raw channel (recorders, proxies). Wraps given
+// together stack in order: the first is next to the TPM, the last next to
+// provd (a recorder given last sees what provd sends and receives).
 func WithWrap(w func(transport.TPM) transport.TPM) Option {
-	return func(o *options) { o.wrap = w }
+	return func(o *options) {
+		inner := o.wrap
+		if inner == nil {
+			o.wrap = w
+			return
+		}
+		o.wrap = func(next transport.TPM) transport.TPM { return w(inner(next)) }
+	}
 }
 
 // WithUnixSocket serves the TPM on a unix socket (Spec unix:///PATH) instead
