@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/provd/provd/attest"
 )
 
 // DefaultConfigPath is the daemon's configuration file.
@@ -32,6 +34,13 @@ type Config struct {
 	// MaxWaiting bounds the requests waiting for the TPM queue; more are
 	// refused at once with ErrBusy instead of piling up goroutines.
 	MaxWaiting int
+	// EKCA is the PEM bundle of manufacturer certificates (ek_ca, read and
+	// checked when the file is loaded) that first contact verifies the EK
+	// certificate with when a provision or tpm identity request brings
+	// none; a request's own bundle wins. nil: none configured. EKCAPath is
+	// the file it was read from.
+	EKCA     []byte
+	EKCAPath string
 }
 
 // SocketConfig is where the daemon listens when not socket-activated.
@@ -191,6 +200,19 @@ func ParseConfig(name string, data []byte, lk Lookup) (Config, error) {
 		}
 		cfg.MaxWaiting = n
 	}
+	if v := f.EKCA; v.set {
+		if !strings.HasPrefix(v.s, "/") {
+			return fail(v.line, "ek_ca %q: want an absolute path to a PEM bundle", v.s)
+		}
+		b, err := os.ReadFile(v.s)
+		if err != nil {
+			return fail(v.line, "ek_ca: %v", err)
+		}
+		if _, err := attest.CertPoolFromPEM(b); err != nil {
+			return fail(v.line, "ek_ca %s: %v", v.s, strings.TrimPrefix(err.Error(), "attest: "))
+		}
+		cfg.EKCA, cfg.EKCAPath = b, v.s
+	}
 	if f.Roles == nil {
 		// No roles section: the default mapping (line 0: not in the file).
 		f.Roles = &rolesConfig{
@@ -298,6 +320,7 @@ type fileConfig struct {
 		RequestTimeout scalar `yaml:"request_timeout"`
 		MaxWaiting     scalar `yaml:"max_waiting"`
 	} `yaml:"limits"`
+	EKCA  scalar       `yaml:"ek_ca"`
 	Roles *rolesConfig `yaml:"roles"` // nil: the default mapping
 }
 

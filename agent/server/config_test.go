@@ -1,14 +1,24 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/provd/provd/api"
 )
 
 // fakeLookup knows root, provd and provd-admin.
@@ -110,6 +120,9 @@ func TestConfigErrors(t *testing.T) {
 		{"empty device", "tpm:\n  device: \"\"\n", 2, "empty"},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n", 3, "second"},
 		{"not yaml", "tpm: {device: [\n", 1, ""},
+		{"relative ek_ca", "log:\n  level: info\nek_ca: ek-roots.pem\n", 3, "absolute"},
+		{"missing ek_ca", "ek_ca: /nonexistent/ek-roots.pem\n", 1, "ek_ca"},
+		{"ek_ca a list", "ek_ca: [/a.pem, /b.pem]\n", 1, "single value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig("provd.yaml", []byte(tc.yaml), fakeLookup{})
@@ -134,5 +147,75 @@ func TestDefaultConfig(t *testing.T) {
 	_, err := LoadConfig(t.TempDir()+"/none.yaml", fakeLookup{})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// ek_ca names the PEM bundle of manufacturer certificates; it is read and
+// checked at load (the certificates every request without its own will be
+// verified with), and a file that holds no certificate, or something else,
+// is refused with the line.
+func TestConfigEKCA(t *testing.T) {
+	dir := t.TempDir()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "EK CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	bundle := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	good := write("ek-roots.pem", bundle)
+	cfg, err := ParseConfig("provd.yaml", []byte("ek_ca: "+good+"\n"), fakeLookup{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg.EKCA) != string(bundle) || cfg.EKCAPath != good {
+		t.Errorf("ek_ca: %q from %q", cfg.EKCA, cfg.EKCAPath)
+	}
+	if cfg, err := ParseConfig("provd.yaml", []byte("log:\n  level: info\n"), fakeLookup{}); err != nil || cfg.EKCA != nil {
+		t.Errorf("without ek_ca: %q, %v", cfg.EKCA, err)
+	}
+	for name, b := range map[string][]byte{
+		"empty":             nil,
+		"not PEM":           []byte("not a certificate"),
+		"a private key":     pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1}}),
+		"a broken block":    append(append([]byte(nil), bundle...), "-----BEGIN CERTIFICATE-----\n!!\n"...),
+		"not a certificate": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0}}),
+	} {
+		p := write(strings.ReplaceAll(name, " ", "-")+".pem", b)
+		_, err := ParseConfig("provd.yaml", []byte("log:\n  level: info\nek_ca: "+p+"\n"), fakeLookup{})
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "provd.yaml:3:") {
+			t.Errorf("ek_ca %s: %v, want ErrConfig at line 3", name, err)
+		}
+	}
+}
+
+// The configured EK CA fills requests that bring none, never one that
+// brings its own; a reload (Reconfigure) swaps it for new requests.
+func TestEKCADefault(t *testing.T) {
+	s := newServer(Options{Roles: &Roles{}, EKCA: []byte("configured")})
+	if got := s.withEKCA(api.IdentityRequest{}); string(got.EKCA) != "configured" {
+		t.Errorf("a request without a bundle gets %q", got.EKCA)
+	}
+	if got := s.withEKCA(api.IdentityRequest{EKCA: []byte("own")}); string(got.EKCA) != "own" {
+		t.Errorf("a request with its own bundle gets %q", got.EKCA)
+	}
+	s.Reconfigure(&Roles{}, time.Second, []byte("reloaded"))
+	if got := s.withEKCA(api.IdentityRequest{}); string(got.EKCA) != "reloaded" {
+		t.Errorf("after a reload: %q", got.EKCA)
+	}
+	s.Reconfigure(&Roles{}, time.Second, nil)
+	if got := s.withEKCA(api.IdentityRequest{TrustOnFirstUse: true}); got.EKCA != nil || !got.TrustOnFirstUse {
+		t.Errorf("with none configured: %+v", got)
 	}
 }

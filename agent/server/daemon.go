@@ -128,7 +128,7 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		return err
 	}
 	srv, err := New(Options{Agent: ag, TPM: t, Roles: cfg.Roles, RequestTimeout: cfg.RequestTimeout,
-		MaxWaiting: cfg.MaxWaiting, ExitCode: dc.ExitCode, Logger: log})
+		MaxWaiting: cfg.MaxWaiting, EKCA: cfg.EKCA, ExitCode: dc.ExitCode, Logger: log})
 	if err != nil {
 		ln.Close()
 		return err
@@ -239,7 +239,7 @@ func reload(srv *Server, dc DaemonConfig, n Notifier, log *slog.Logger, status f
 	if cfg.TPM != dc.Config.TPM || cfg.Socket != dc.Config.Socket {
 		log.Warn("tpm and socket settings take effect at the next start")
 	}
-	srv.Reconfigure(cfg.Roles, cfg.RequestTimeout)
+	srv.Reconfigure(cfg.Roles, cfg.RequestTimeout, cfg.EKCA)
 	if dc.LogLevel != nil {
 		dc.LogLevel.Set(cfg.LogLevel)
 	}

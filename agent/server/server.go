@@ -74,6 +74,9 @@ type Options struct {
 	// DefaultRequestTimeout); MaxWaiting bounds the waiting requests.
 	RequestTimeout time.Duration
 	MaxWaiting     int
+	// EKCA is the PEM bundle first contact (provision, tpm identity) uses
+	// when a request brings none (Config.EKCA).
+	EKCA []byte
 	// ExitCode is the CLI's exit code for an error, sent with every error
 	// so that clients exit as the in-process CLI would. nil: api.ExitCode,
 	// the kinds table's code.
@@ -91,6 +94,7 @@ type Server struct {
 	q        *queue
 	roles    atomic.Pointer[Roles]
 	timeout  atomic.Int64 // time.Duration
+	ekCA     atomic.Pointer[[]byte]
 	hs       *http.Server
 	mux      *http.ServeMux
 
@@ -137,7 +141,7 @@ func newServer(o Options) *Server {
 	}
 	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux(),
 		healthWait: healthTimeout, stallAfter: stallTimeout}
-	s.Reconfigure(o.Roles, o.RequestTimeout)
+	s.Reconfigure(o.Roles, o.RequestTimeout, o.EKCA)
 	s.routes()
 	s.hs = &http.Server{
 		Handler:           s.mux,
@@ -152,11 +156,22 @@ func newServer(o Options) *Server {
 	return s
 }
 
-// Reconfigure swaps the role mapping and the request timeout (SIGHUP);
-// requests already admitted keep the ones they started with.
-func (s *Server) Reconfigure(roles *Roles, requestTimeout time.Duration) {
+// Reconfigure swaps the role mapping, the request timeout and the default
+// EK CA bundle (SIGHUP); requests already admitted keep the ones they
+// started with.
+func (s *Server) Reconfigure(roles *Roles, requestTimeout time.Duration, ekCA []byte) {
 	s.roles.Store(roles)
 	s.timeout.Store(int64(requestTimeout))
+	s.ekCA.Store(&ekCA)
+}
+
+// withEKCA is req with the configured EK CA bundle when it brings none of
+// its own: the request's bundle wins.
+func (s *Server) withEKCA(req api.IdentityRequest) api.IdentityRequest {
+	if len(req.EKCA) == 0 {
+		req.EKCA = *s.ekCA.Load()
+	}
+	return req
 }
 
 // Serve accepts connections on ln until Shutdown; it returns nil then.
@@ -288,7 +303,9 @@ func (s *Server) routes() {
 		case "tpm-info":
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.TPMInfo, error) { return s.ag.TPMInfo(ctx) })
 		case "tpm-identity":
-			h = handle(s, ep, s.ag.TPMIdentity)
+			h = handle(s, ep, func(ctx context.Context, req api.IdentityRequest) (api.Identity, error) {
+				return s.ag.TPMIdentity(ctx, s.withEKCA(req))
+			})
 		case "policy-show":
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
 		case "audit-verify":
@@ -296,7 +313,10 @@ func (s *Server) routes() {
 		case "audit-show":
 			h = handle(s, ep, func(ctx context.Context, _ empty) ([]audit.Record, error) { return s.ag.AuditRecords(ctx) })
 		case "provision":
-			h = handle(s, ep, s.ag.Provision)
+			h = handle(s, ep, func(ctx context.Context, req api.ProvisionRequest) (api.ProvisionResult, error) {
+				req.EKCA = s.withEKCA(req.Identity()).EKCA
+				return s.ag.Provision(ctx, req)
+			})
 		case "policy-install":
 			h = handle(s, ep, func(ctx context.Context, w api.PolicyInstallRequest) (api.PolicyInstallResult, error) {
 				return s.ag.InstallPolicy(ctx, w.Policy)
