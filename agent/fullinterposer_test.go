@@ -8,6 +8,7 @@ import (
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -21,6 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -33,9 +35,12 @@ import (
 // the salt provd encrypted to the attacker's key is decrypted by the TPM
 // with the same key, both ends derive the same session key, response HMACs
 // verify, and the attacker, who derives that key too, decrypts every
-// parameter the session encrypts. Everything it decrypts is kept in seen.
-// It never changes a session salted to any other handle (the EK's): it
-// cannot decrypt that salt.
+// parameter the session encrypts. Where a command names the SRK, provd's
+// HMACs cover the attacker's name for it and the TPM's the real one: the
+// attacker checks provd's HMAC under its key (then it shares the session
+// with provd) and signs the real cpHash. Everything it decrypts is kept in
+// seen. It never changes a session salted to any other handle (the EK's):
+// it cannot decrypt that salt.
 type loadExternalInterposer struct {
 	next transport.TPM
 	on   *atomic.Bool
@@ -43,12 +48,14 @@ type loadExternalInterposer struct {
 	pub  tpm2.TPMTPublic // the SRK template with the attacker's point
 	name tpm2.TPM2BName
 
-	mu       sync.Mutex
-	sessions map[uint32]*stolenSession
-	seen     bytes.Buffer // every parameter decrypted with a stolen session key
-	forged   int          // ReadPublic and CreatePrimary responses given its key
-	hijacked int          // sessions the TPM started with the attacker's key
-	failed   []error      // attacks that could not be mounted
+	mu        sync.Mutex
+	sessions  map[uint32]*stolenSession
+	seen      bytes.Buffer // every parameter decrypted with a stolen session key
+	forged    int          // ReadPublic and CreatePrimary responses given its key
+	hijacked  int          // sessions the TPM started with the attacker's key
+	rewritten int          // command HMACs it recomputed over the SRK's real name
+	notShared int          // command HMACs of its sessions that do not verify under its key: provd salted elsewhere
+	failed    []error      // attacks that could not be mounted
 }
 
 // stolenSession is what the attacker knows of a session it hijacked.
@@ -104,6 +111,7 @@ type cmdSession struct {
 	handle uint32
 	nonce  []byte
 	attrs  byte
+	hmacAt int // offset of the HMAC's buffer in the command
 }
 
 func (x *loadExternalInterposer) Send(cmd []byte) ([]byte, error) {
@@ -121,6 +129,7 @@ func (x *loadExternalInterposer) Send(cmd []byte) ([]byte, error) {
 		delete(x.sessions, uint32(first))
 	}
 	ss := x.readCommand(cc, cmd)
+	cmd = x.rewriteHMACs(cc, cmd, ss)
 	rsp, err := x.next.Send(cmd)
 	if err != nil || len(rsp) < 10 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
 		return rsp, err
@@ -223,6 +232,7 @@ func (x *loadExternalInterposer) readCommand(cc tpm2.TPMCC, cmd []byte) []cmdSes
 		s.nonce = tpm2B(cmd, &off)
 		s.attrs = cmd[off]
 		off++
+		s.hmacAt = off + 2
 		tpm2B(cmd, &off)
 		ss = append(ss, s)
 	}
@@ -232,6 +242,104 @@ func (x *loadExternalInterposer) readCommand(cc tpm2.TPMCC, cmd []byte) []cmdSes
 		}
 	}
 	return ss
+}
+
+// rewriteHMACs recomputes the command HMAC of every stolen session in a
+// command that names the SRK: provd computed it over the attacker's name for
+// the SRK, the TPM checks it over the real one. The attacker knows the
+// session key, so it signs the real cpHash (Part 1, 19.6.5); response HMACs
+// cover no names and need nothing.
+func (x *loadExternalInterposer) rewriteHMACs(cc tpm2.TPMCC, cmd []byte, ss []cmdSession) []byte {
+	nh := cmdHandles[cc]
+	names := false
+	for i := range nh {
+		names = names || tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10+4*i:])) == tpm.SRKHandle
+	}
+	if !names || len(ss) == 0 {
+		return cmd
+	}
+	// cpHash as provd computed it (the attacker's name for the SRK) and as
+	// the TPM will (the real one).
+	provds, real := sha256.New(), sha256.New()
+	provds.Write(cmd[6:10])
+	real.Write(cmd[6:10])
+	for i := range nh {
+		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10+4*i:]))
+		name, err := x.realName(h)
+		if err != nil {
+			x.failed = append(x.failed, err)
+			return cmd
+		}
+		real.Write(name)
+		if h == tpm.SRKHandle {
+			name = x.name.Buffer
+		}
+		provds.Write(name)
+	}
+	off := 10 + 4*nh
+	params := cmd[off+4+int(binary.BigEndian.Uint32(cmd[off:])):]
+	provds.Write(params)
+	real.Write(params)
+	provdsCP, realCP := provds.Sum(nil), real.Sum(nil)
+	c := append([]byte(nil), cmd...)
+	for i, sess := range ss {
+		st := x.sessions[sess.handle]
+		if st == nil {
+			continue
+		}
+		var extra []byte
+		if i == 0 { // the first session's HMAC covers the nonces of the decrypt and encrypt sessions
+			for _, o := range ss[1:] {
+				if o.attrs&0x60 == 0 {
+					continue
+				}
+				ost := x.sessions[o.handle]
+				if ost == nil {
+					x.failed = append(x.failed, fmt.Errorf("cc 0x%x: an encryption session it does not know", uint32(cc)))
+					return cmd
+				}
+				extra = append(extra, ost.nonceTPM...)
+			}
+		}
+		mac := func(cpHash []byte) []byte {
+			m := hmac.New(sha256.New, st.key)
+			m.Write(cpHash)
+			m.Write(sess.nonce)
+			m.Write(st.nonceTPM)
+			m.Write(extra)
+			m.Write([]byte{sess.attrs})
+			return m.Sum(nil)
+		}
+		// Only where provd's HMAC verifies under the attacker's key does
+		// it share the session with provd (provd salted to its key);
+		// otherwise rewriting gains it nothing.
+		if !hmac.Equal(mac(provdsCP), c[sess.hmacAt:sess.hmacAt+sha256.Size]) {
+			x.notShared++
+			continue
+		}
+		copy(c[sess.hmacAt:], mac(realCP))
+		x.rewritten++
+	}
+	return c
+}
+
+// realName is the name the TPM gives handle h.
+func (x *loadExternalInterposer) realName(h tpm2.TPMHandle) ([]byte, error) {
+	switch h >> 24 {
+	case 0x80, 0x81:
+		rp, err := (tpm2.ReadPublic{ObjectHandle: h}).Execute(x.next)
+		if err != nil {
+			return nil, fmt.Errorf("ReadPublic 0x%x: %w", uint32(h), err)
+		}
+		return rp.Name.Buffer, nil
+	case 0x01:
+		rp, err := (tpm2.NVReadPublic{NVIndex: h}).Execute(x.next)
+		if err != nil {
+			return nil, fmt.Errorf("NV_ReadPublic 0x%x: %w", uint32(h), err)
+		}
+		return rp.NVName.Buffer, nil
+	}
+	return binary.BigEndian.AppendUint32(nil, uint32(h)), nil
 }
 
 // readResponse decrypts the first response parameter for each stolen
@@ -394,8 +502,9 @@ func (b *fullBus) noPlaintext(t *testing.T, secrets map[string][]byte) {
 			t.Errorf("%s: the attacker decrypted bytes %d..%d", name, i, i+8)
 		}
 	}
-	t.Logf("recorded %d bytes on provd's side, %d on the TPM's; the attacker answered %d reads with its key, hijacked %d sessions, decrypted %d bytes",
-		b.provdSide.Len(), b.tpmSide.Len(), b.x.forged, b.x.hijacked, len(seen))
+	t.Logf("recorded %d bytes on provd's side, %d on the TPM's; the attacker answered %d reads with its key, hijacked %d sessions, "+
+		"recomputed %d command HMACs (%d of its sessions were not provd's), decrypted %d bytes",
+		b.provdSide.Len(), b.tpmSide.Len(), b.x.forged, b.x.hijacked, b.x.rewritten, b.x.notShared, len(seen))
 }
 
 // The sealed secret and the ECDH peer every run uses: distinctive bytes
@@ -507,12 +616,15 @@ func reopen(env *swtpmtest.Env, dir string) func() (*Agent, func(), error) {
 
 // The full interposer of the trust issue (part 1's done-when), on every
 // operation, at both times it can appear: at first contact and after
-// provisioning (and in the middle of a run). A control shows that the
-// attack itself works where nothing is pinned: the TPM starts the session
-// with the attacker's key, the response HMAC verifies, and the attacker
-// reads a parameter that crossed the bus encrypted. With provd's pinning it
-// is refused (exit 15) wherever it acts and decrypts nothing; without it,
-// the same sequence succeeds and no secret crosses the bus in plaintext.
+// provisioning (and in the middle of a run). Two controls show that the
+// attack itself works where nothing is pinned: on a bare connection the
+// TPM starts the session with the attacker's key, the response HMAC
+// verifies, and the attacker reads a parameter that crossed the bus
+// encrypted; on a state without its identity record the whole sequence
+// succeeds, provd notices nothing, and the attacker decrypts the sealed
+// secret and the ECDH shared secret. With provd's pinning it is refused
+// (exit 15) wherever it acts and decrypts nothing; without it, the same
+// sequence succeeds and no secret crosses the bus in plaintext.
 func TestFullInterposer(t *testing.T) {
 	ctx := context.Background()
 
@@ -551,6 +663,47 @@ func TestFullInterposer(t *testing.T) {
 		seen := b.x.Seen()
 		if leakIn(seen, controlSecret) != 0 || !bytes.Contains(seen, want[:]) {
 			t.Fatalf("the attacker did not decrypt the command and the response: the attack does not work (%x)", seen)
+		}
+	})
+
+	t.Run("control: an unpinned state gives it every secret", func(t *testing.T) {
+		// A state without its identity record (provisioned before pinning,
+		// or the record deleted by root: status says "NOT pinned") on a
+		// fresh connection: provd takes the SRK from the bus.
+		b := startFullBus(t)
+		dir := t.TempDir() + "/state"
+		a, err := New(Config{TPM: b.env.TPM, StateDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer := ecdhPeer(t)
+		blob, secrets := prepare(ctx, t, a, caBundle(t, b.env), peer)
+		if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.Delete(recIdentity) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b.env.Reopen() // a connection that pins nothing, as a new process has
+		b.on.Store(true)
+		errs := fullSequence(ctx, t, reopen(b.env, dir), blob, peer, secrets["ECDH shared secret"])
+		b.on.Store(false)
+		for op, err := range errs {
+			if err != nil {
+				t.Errorf("%s on the unpinned state through the attacker: %v; want it to notice nothing", op, err)
+			}
+		}
+		seen := b.x.Seen()
+		t.Logf("the attacker answered %d reads with its key, hijacked %d sessions, recomputed %d command HMACs, decrypted %d bytes",
+			b.x.forged, b.x.hijacked, b.x.rewritten, len(seen))
+		for name, secret := range secrets {
+			if i := b.provdSide.Leak(secret); i >= 0 {
+				t.Errorf("%s crossed the bus in plaintext (bytes %d..): the control proves nothing", name, i)
+			}
+			if leakIn(seen, secret) < 0 {
+				t.Errorf("the attacker did not decrypt the %s: the attack does not work (hijacked %d, rewrote %d HMACs, failures %v)",
+					name, b.x.hijacked, b.x.rewritten, b.x.failed)
+			}
 		}
 	})
 
@@ -606,6 +759,7 @@ func TestFullInterposer(t *testing.T) {
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
 		}
+		b.env.Reopen() // a new connection, as a new process has: only the state pins
 		b.on.Store(true)
 		errs := fullSequence(ctx, t, reopen(b.env, dir), blob, peer, secrets["ECDH shared secret"])
 		errs["provision --force"] = func() error {
