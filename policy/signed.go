@@ -116,38 +116,25 @@ func aHash(approvedPolicy, policyRef []byte) []byte {
 // TPMT_SIGNATURE still names SHA-384, the key's scheme hash): the signer is
 // called with crypto.SHA256 and a 32-byte digest.
 func SignPolicy(signer crypto.Signer, values PCRValues, version uint64, policyRef []byte, counter NVCounterRef) (*SignedPolicy, error) {
-	if signer == nil {
-		return nil, fmt.Errorf("policy: nil signer")
-	}
-	pub := signer.Public()
-	sch, err := schemeFor(pub)
-	if err != nil {
-		return nil, err
-	}
-	name, err := SignerName(pub)
-	if err != nil {
-		return nil, err
-	}
-	if len(policyRef) > maxPolicyRef {
-		return nil, fmt.Errorf("policy: policyRef is %d bytes, at most %d", len(policyRef), maxPolicyRef)
-	}
 	if err := counter.Validate(); err != nil {
 		return nil, err
 	}
 	sp := &SignedPolicy{
-		Version:    version,
-		PolicyRef:  bytes.Clone(policyRef),
-		Values:     values.clone(),
-		Counter:    NVCounterRef{Handle: counter.Handle, Name: bytes.Clone(counter.Name)},
-		Signer:     pub,
-		SignerName: name,
+		Version:   version,
+		PolicyRef: bytes.Clone(policyRef),
+		Values:    values.clone(),
+		Counter:   NVCounterRef{Handle: counter.Handle, Name: bytes.Clone(counter.Name)},
 	}
-	if sp.ApprovedPolicy, err = sp.Policy().Digest(ApprovedPolicyAlg); err != nil {
+	d, err := sp.Policy().Digest(ApprovedPolicyAlg)
+	if err != nil {
 		return nil, err
 	}
-	if sp.Signature, err = signAHash(signer, sch, aHash(sp.ApprovedPolicy, sp.PolicyRef)); err != nil {
+	ap, err := ApproveDigest(signer, d, policyRef)
+	if err != nil {
 		return nil, err
 	}
+	sp.ApprovedPolicy, sp.Signer, sp.SignerName, sp.Signature = ap.ApprovedPolicy, ap.Signer, ap.SignerName, ap.Signature
+	pub := ap.Signer
 	if err := sp.Verify(pub); err != nil {
 		return nil, fmt.Errorf("policy: signer produced a signature that does not verify: %w", err)
 	}

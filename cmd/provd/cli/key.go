@@ -135,14 +135,9 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if err != nil {
 				return usageError(fmt.Errorf("--pk-policy: %w", err))
 			}
-			kb, err := os.ReadFile(officerFile)
+			key, err := readSigner(officerFile)
 			if err != nil {
-				return usageError(err)
-			}
-			key, err := policy.ParseSignerPEM(kb)
-			clear(kb)
-			if err != nil {
-				return fmt.Errorf("%s: %w", officerFile, err)
+				return err
 			}
 			ap, err := officer.ApproveDerive(key, digest, r)
 			if err != nil {

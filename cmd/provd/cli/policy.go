@@ -44,14 +44,9 @@ PKCS#1), unencrypted.`,
 			if signerFile == "" || valuesFile == "" || out == "" || !cmd.Flags().Changed("version") {
 				return usageError(errors.New("--signer, --pcr-values, --version and --out are required"))
 			}
-			kb, err := os.ReadFile(signerFile)
+			signer, err := readSigner(signerFile)
 			if err != nil {
-				return usageError(err)
-			}
-			signer, err := policy.ParseSignerPEM(kb)
-			clear(kb)
-			if err != nil {
-				return fmt.Errorf("%s: %w", signerFile, err)
+				return err
 			}
 			vb, err := os.ReadFile(valuesFile)
 			if err != nil {

@@ -61,6 +61,21 @@ func (p *pcrFlags) parse() (policy.Bank, []int, error) {
 	return bank, pcrs, nil
 }
 
+// readSigner reads an offline signing key (a policy signer's, the crypto
+// officer's) from a PEM file, clearing the file's bytes after parsing.
+func readSigner(path string) (crypto.Signer, error) {
+	kb, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	signer, err := policy.ParseSignerPEM(kb)
+	clear(kb)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return signer, nil
+}
+
 func readSignerPub(path string) (crypto.PublicKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
