@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -70,6 +71,20 @@ func TestKeyCommands(t *testing.T) {
 	derive("tls", "tls", "device-42", "ecc-p256")
 	provd(0, "key", "pub", "tls", "--out", p("tls.pub"))
 	provd(0, "key", "sign", "tls", "--in", p("msg"), "--out", p("msg.sig"))
+	// --out never replaces what is not a regular file (store.WriteOutput):
+	// devices made here, in the test's own directory.
+	if err := syscall.Mknod(p("null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mknod(p("full"), syscall.S_IFCHR|0o666, 1<<8|7); err != nil {
+		t.Fatal(err)
+	}
+	provd(0, "key", "sign", "tls", "--in", p("msg"), "--out", p("null"))
+	if fi, err := os.Lstat(p("null")); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Fatalf("--out to a null device replaced it: %v %v", fi.Mode(), err)
+	}
+	provd(1, "key", "sign", "tls", "--in", p("msg"), "--out", p("full"))
+	provd(api.ExitUsage, "key", "sign", "tls", "--in", p("msg"), "--out", dir)
 	openssl("dgst", "-sha256", "-verify", p("tls.pub"), "-signature", p("msg.sig"), p("msg"))
 	d := sha256.Sum256([]byte("firmware image"))
 	if hexSig := strings.TrimSpace(provd(0, "key", "sign", "tls", "--digest", strings.ToLower(bytesHex(d[:])))); len(hexSig) < 140 {

@@ -192,11 +192,17 @@ func readIn(a *app, path string) ([]byte, error) {
 	return b, nil
 }
 
-// writeOut writes FILE atomically with mode (see store.WriteFile), or stdout ("-").
+// writeOut writes a command's output to path (store.WriteOutput: a regular
+// file atomically with mode; a device, FIFO or socket written to, never
+// replaced), or to stdout ("-"). A refused path is a usage error.
 func writeOut(a *app, path string, b []byte, mode os.FileMode) error {
 	if path == "-" {
 		_, err := a.deps.Stdout.Write(b)
 		return err
 	}
-	return store.WriteFile(path, b, mode)
+	err := store.WriteOutput(path, b, mode)
+	if errors.Is(err, store.ErrOutput) {
+		return usageError(err)
+	}
+	return err
 }

@@ -1,0 +1,105 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// ErrOutput is a path the CLI will not write its output to: a directory, a
+// block device, or a symlink it does not trust. Its message says why.
+var ErrOutput = errors.New("output path refused")
+
+// WriteOutput writes a command's output (an unsealed secret, a signature, a
+// key file) to path, as a user who names a path expects, and never by
+// replacing something that is not a regular file:
+//   - nothing there, or a regular file: WriteFile (atomic, durable, mode set
+//     before the first byte);
+//   - a character device or a FIFO (/dev/null, /dev/stdout, a pipe): opened
+//     and written to, no create, no rename; a short write or an error such
+//     as ENOSPC (/dev/full) is reported;
+//   - a unix socket: connected to and written to;
+//   - a symlink: followed when it belongs to the caller or to root (the way
+//     the kernel's protected_symlinks trusts them in sticky directories), and
+//     the rules above apply to what it points to; another user's symlink is
+//     refused, so it cannot steer a secret elsewhere;
+//   - a directory or a block device: refused (ErrOutput).
+func WriteOutput(path string, data []byte, mode os.FileMode) error {
+	target, err := outputTarget(path)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return userPath(path, WriteFile(target, data, mode))
+	}
+	if err != nil {
+		return err
+	}
+	switch t := fi.Mode().Type(); {
+	case t == 0:
+		return userPath(path, WriteFile(target, data, mode))
+	case t&fs.ModeDir != 0:
+		return fmt.Errorf("%w: %s is a directory", ErrOutput, path)
+	case t&fs.ModeDevice != 0 && t&fs.ModeCharDevice == 0:
+		return fmt.Errorf("%w: %s is a block device", ErrOutput, path)
+	case t&fs.ModeSocket != 0:
+		c, err := net.Dial("unix", target)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		_, err = c.Write(data)
+		return errors.Join(err, c.Close())
+	default: // character device, FIFO
+		f, err := os.OpenFile(target, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.Write(data)
+		return errors.Join(err, f.Close())
+	}
+}
+
+// userPath names the path the user gave in err, not the temporary file
+// WriteFile made beside it.
+func userPath(path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", path, pe.Err)
+	}
+	return err
+}
+
+// outputTarget resolves path when it is a symlink the caller may follow
+// (owned by the caller or root, at every step), and returns path otherwise.
+func outputTarget(path string) (string, error) {
+	for range 40 { // ELOOP's bound
+		fi, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return path, nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode().Type()&fs.ModeSymlink == 0 {
+			return path, nil
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || (st.Uid != 0 && int(st.Uid) != os.Getuid()) {
+			return "", fmt.Errorf("%w: %s is a symlink owned by another user (uid %d)", ErrOutput, path, st.Uid)
+		}
+		dest, err := os.Readlink(path)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(dest) {
+			dest = filepath.Join(filepath.Dir(path), dest)
+		}
+		path = dest
+	}
+	return "", fmt.Errorf("%s: %w", path, syscall.ELOOP)
+}
