@@ -399,6 +399,12 @@ func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h c
 		if obj.Public.Type != tpm2.TPMAlgRSA {
 			return fmt.Errorf("%w: key %q is a %s key: RSA-OAEP needs an RSA key (an AES key decrypts envelopes: DecryptData)", api.ErrBadInput, name, rec.Type)
 		}
+		// The TPM takes a ciphertext of exactly the modulus' size; anything
+		// else is refused here, before a byte is sent (found by review: 100 KB
+		// broke the transport for every caller).
+		if rp, err := obj.Public.Parameters.RSADetail(); err == nil && len(ciphertext) != int(rp.KeyBits)/8 {
+			return fmt.Errorf("%w: an RSA-OAEP ciphertext for a %d-bit key is %d bytes, not %d", api.ErrBadInput, rp.KeyBits, rp.KeyBits/8, len(ciphertext))
+		}
 		var err error
 		out, err = a.t.RSADecryptOAEP(obj, auth, alg, ciphertext)
 		return err

@@ -89,6 +89,7 @@ var kinds = []Kind{
 	{"tpm_lockout", tpm.ErrLockout, ExitLockout, http.StatusLocked},
 	{"no_tpm", tpm.ErrNoTPM, ExitNoTPM, http.StatusServiceUnavailable},
 	{"tpm_failure", tpm.ErrFailureMode, ExitTPMFailure, http.StatusInternalServerError},
+	{"tpm_command_failed", tpm.ErrCommandFailed, ExitError, http.StatusUnprocessableEntity},
 	{"tpm_no_memory", tpm.ErrNoMemory, ExitTPMResources, http.StatusServiceUnavailable},
 	{"tpm_bad_auth", tpm.ErrBadAuth, ExitBadAuth, http.StatusInternalServerError},
 	{"tpm_not_found", tpm.ErrNotFound, ExitNotFound, http.StatusNotFound},

@@ -16,6 +16,10 @@ var (
 	// ErrFailureMode: the TPM failed its self-test or is in failure mode; it
 	// must not be used until it is reset or replaced.
 	ErrFailureMode = errors.New("TPM is in failure mode")
+	// ErrCommandFailed: one command answered TPM_RC_FAILURE while the TPM's
+	// self-test result says it is not in failure mode (swtpm answers a bad
+	// RSA-OAEP ciphertext so): that command's input, not the TPM.
+	ErrCommandFailed = errors.New("the TPM could not complete the command (its self-test passes: this is not failure mode)")
 	// ErrPolicyNotSatisfied: the object's policy (PCR values, signed policy) is
 	// not met on this platform now.
 	ErrPolicyNotSatisfied = errors.New("TPM policy not satisfied")
@@ -125,6 +129,23 @@ func classify(rc tpm2.TPMRC) error {
 		return ErrUnsupported
 	}
 	return nil
+}
+
+// notFailureMode decides TPM_RC_FAILURE by the TPM's own test result
+// (TPM2_GetTestResult), not by one command's code: when the TPM says it is
+// fine, err is ErrCommandFailed instead of ErrFailureMode.
+func (t *TPM) notFailureMode(err error) error {
+	var e *Error
+	if !errors.Is(err, ErrFailureMode) || !errors.As(err, &e) {
+		return err
+	}
+	rc, terr := t.testResult()
+	if terr != nil || rc != tpm2.TPMRCSuccess {
+		return err
+	}
+	c := *e
+	c.Kind = ErrCommandFailed
+	return &c
 }
 
 // guarded maps the TPM's refusal of a command HMAC in the session salted to

@@ -186,6 +186,9 @@ func (t *TPM) RSADecryptOAEP(key Object, auth tpm2.Session, alg tpm2.TPMIAlgHash
 		out = rsp.Message.Buffer
 		return nil
 	})
+	if err = t.notFailureMode(err); errors.Is(err, ErrCommandFailed) {
+		err = fmt.Errorf("decryption failed: wrong key, OAEP hash or label (openssl needs -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 for the default hash): %w", err)
+	}
 	return out, err
 }
 

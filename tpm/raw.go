@@ -87,6 +87,12 @@ func (t *TPM) selfTest() (tpm2.TPMRC, error) {
 	if _, err := (rawCommand{cc: ccSelfTest, params: []byte{1}}).run(t); err != nil {
 		return 0, Wrap("TPM2_SelfTest", err)
 	}
+	return t.testResult()
+}
+
+// testResult is TPM2_GetTestResult's testResult: TPM_RC_SUCCESS when the TPM
+// is not in failure mode.
+func (t *TPM) testResult() (tpm2.TPMRC, error) {
 	out, err := rawCommand{cc: ccGetTestResult}.run(t)
 	if err != nil {
 		return 0, Wrap("TPM2_GetTestResult", err)
