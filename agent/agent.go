@@ -132,6 +132,15 @@ func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
 	return a.record(ctx, op, map[string]string{"refused": why}, fmt.Errorf("%w: %s", api.ErrRefused, why))
 }
 
+// RecordFault writes to the audit trail that operation op failed on a bug
+// (a panic the daemon recovered from): what reaches it is a defect to fix,
+// and the trail must show that the operation did not complete. what is the
+// panic's value, never request data.
+func (a *Agent) RecordFault(ctx context.Context, op, what string) error {
+	defer a.lock()()
+	return a.record(ctx, op, map[string]string{"fault": what}, fmt.Errorf("internal error: %s", what))
+}
+
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
 	defer a.lock()()

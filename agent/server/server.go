@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -479,7 +480,7 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 				octx = api.WithCaller(octx, api.Caller{UID: c.UID})
 				before := s.t.Stats().Commands
 				var err error
-				res, err = call(octx, req)
+				res, err = recovered(s, octx, ep.Op, func() (Res, error) { return call(octx, req) })
 				cmds = s.t.Stats().Commands - before
 				if err == nil {
 					s.reads.put(ep.Op, res)
@@ -517,6 +518,26 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		s.log.LogAttrs(r.Context(), level, "request", attrs...)
 		s.writeJSON(w, http.StatusOK, res)
 	}
+}
+
+// recovered runs call; a panic in it (a bug: no input may reach one) is
+// logged with its stack, written to the audit trail, and answered as an
+// internal error (500), so that one request cannot take the daemon down and
+// the trail shows what did not complete. The agent's lock is released by its
+// deferred unlock as the panic unwinds.
+func recovered[Res any](s *Server, ctx context.Context, op string, call func() (Res, error)) (res Res, err error) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		s.log.Error("request panicked", "operation", op, "panic", p, "stack", string(debug.Stack()))
+		err = fmt.Errorf("internal error in %s: a bug, reported in the daemon's log and the audit trail", op)
+		if aerr := s.ag.RecordFault(ctx, op, fmt.Sprint(p)); aerr != nil {
+			s.log.Error("fault not audited", "operation", op, "err", aerr)
+		}
+	}()
+	return call()
 }
 
 // refuse answers 403 and writes the refusal to the audit trail.
