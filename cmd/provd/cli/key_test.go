@@ -163,6 +163,20 @@ func TestKeyCommands(t *testing.T) {
 	provd(api.ExitNotPermitted, "key", "export-blob", "tls", "--out", p("x.pem"))
 	provd(api.ExitNotFound, "key", "sign", "nope", "--in", p("msg"))
 	provd(api.ExitConflict, "key", "derive", "tls", "--label", "tls", "--type", "ecc-p256")
+	// An empty key name is a usage error everywhere (found by review: it
+	// panicked in checkKeyName, and the daemon's client got EOF).
+	for _, args := range [][]string{
+		{"key", "derive", "", "--label", "e", "--type", "ecc-p256"},
+		{"key", "create", "", "--type", "ecc-p256"},
+		{"key", "sign", "", "--in", p("msg")},
+		{"key", "pub", ""},
+		{"key", "delete", ""},
+		{"key", "export-blob", "", "--out", p("e.pem")},
+		{"key", "import-blob", "", "--in", p("msg")},
+		{"key", "csr", "", "--subject", "CN=x"},
+	} {
+		provd(api.ExitUsage, args...)
+	}
 	provd(api.ExitUsage, "key", "sign", "tls")
 
 	// PCR 16 changes: every key use exits 3.
