@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"testing"
 
@@ -68,5 +69,35 @@ func TestDecryptRefusesBadCiphertexts(t *testing.T) {
 	}
 	if pt, err := ag.Decrypt(ctx, "oaep", ct, crypto.SHA256); err != nil || string(pt) != "for this key" {
 		t.Fatalf("after the failures: %q %v", pt, err)
+	}
+}
+
+// A bit flipped in a sealed blob's TPM object is tampering (exit 14), as a
+// flip in its envelope is, not an unnamed error (exit 1).
+func TestSealedObjectFlipIsTampering(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s3cret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(blob, &raw); err != nil {
+		t.Fatal(err)
+	}
+	var obj []byte
+	if err := json.Unmarshal(raw["object"], &obj); err != nil {
+		t.Fatal(err)
+	}
+	obj[len(obj)-1] ^= 1 // inside the private area's encrypted sensitive part
+	raw["object"], _ = json.Marshal(obj)
+	flipped, _ := json.Marshal(raw)
+	_, err = ag.Unseal(ctx, flipped)
+	if !errors.Is(err, tpm.ErrIntegrity) || api.ExitCode(err) != api.ExitTampered {
+		t.Fatalf("unseal of a flipped object: %v (exit %d), want tpm_integrity (14)", err, api.ExitCode(err))
 	}
 }

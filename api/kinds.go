@@ -90,6 +90,7 @@ var kinds = []Kind{
 	{"no_tpm", tpm.ErrNoTPM, ExitNoTPM, http.StatusServiceUnavailable},
 	{"tpm_failure", tpm.ErrFailureMode, ExitTPMFailure, http.StatusInternalServerError},
 	{"tpm_command_failed", tpm.ErrCommandFailed, ExitError, http.StatusUnprocessableEntity},
+	{"tpm_integrity", tpm.ErrIntegrity, ExitTampered, http.StatusInternalServerError},
 	{"tpm_no_memory", tpm.ErrNoMemory, ExitTPMResources, http.StatusServiceUnavailable},
 	{"tpm_bad_auth", tpm.ErrBadAuth, ExitBadAuth, http.StatusInternalServerError},
 	{"tpm_not_found", tpm.ErrNotFound, ExitNotFound, http.StatusNotFound},

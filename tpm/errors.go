@@ -16,6 +16,10 @@ var (
 	// ErrFailureMode: the TPM failed its self-test or is in failure mode; it
 	// must not be used until it is reset or replaced.
 	ErrFailureMode = errors.New("TPM is in failure mode")
+	// ErrIntegrity: a TPM-wrapped object (a blob, a sealed secret) failed the
+	// TPM's integrity check at load: it was changed, or it was wrapped under
+	// another parent (another PK, another TPM).
+	ErrIntegrity = errors.New("a TPM-wrapped object failed the TPM's integrity check: it was changed, or wrapped under another parent")
 	// ErrCommandFailed: one command answered TPM_RC_FAILURE while the TPM's
 	// self-test result says it is not in failure mode (swtpm answers a bad
 	// RSA-OAEP ciphertext so): that command's input, not the TPM.
@@ -124,6 +128,8 @@ func classify(rc tpm2.TPMRC) error {
 		return ErrNotFound
 	case is(tpm2.TPMRCFailure):
 		return ErrFailureMode
+	case is(tpm2.TPMRCIntegrity):
+		return ErrIntegrity
 	case is(tpm2.TPMRCCurve, tpm2.TPMRCAsymmetric, tpm2.TPMRCHash, tpm2.TPMRCScheme, tpm2.TPMRCKDF,
 		tpm2.TPMRCCommandCode, tpm2.TPMRCKeySize, tpm2.TPMRCMode):
 		return ErrUnsupported

@@ -115,6 +115,15 @@ func TestExitCodes(t *testing.T) {
 		{"no TPM", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "info"}, api.ExitNoTPM},
 		{"bad spec", []string{"--tpm", "tcp:foo", "tpm", "info"}, api.ExitError},
 		{"version", []string{"version", "-o", "json"}, api.ExitOK},
+		// Found by review: these exited 1 (or 0, extending nothing asked for).
+		{"unknown command", []string{"nosuch"}, api.ExitUsage},
+		{"unknown subcommand", []string{"key", "nosuch"}, api.ExitUsage},
+		{"unknown nested subcommand", []string{"tpm", "pcr", "nosuch"}, api.ExitUsage},
+		{"group alone prints help", []string{"key"}, api.ExitOK},
+		{"PCR out of range", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "pcr", "extend", "99", "--data", "x"}, api.ExitUsage},
+		{"extend without data", []string{"--tpm", "swtpm://127.0.0.1:1", "tpm", "pcr", "extend", "16"}, api.ExitUsage},
+		{"policy signer not PEM", []string{"--tpm", "swtpm://127.0.0.1:1", "provision", "--policy-signer", "cli_test.go"}, api.ExitUsage},
+		{"officer key not PEM", []string{"--tpm", "swtpm://127.0.0.1:1", "provision", "--officer-key", "cli_test.go"}, api.ExitUsage},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := run(t, nil, tc.args...)

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -60,9 +59,13 @@ func (a *app) pcrCmd() *cobra.Command {
 		Short: "Extend a PCR with the digest of TEXT (for tests and demos; measured boot does this on devices)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			idx, err := strconv.Atoi(args[0])
-			if err != nil {
-				return usageError(fmt.Errorf("PCR %q: %w", args[0], err))
+			pcrs, err := policy.ParsePCRList(args[0])
+			if err != nil || len(pcrs) != 1 {
+				return usageError(fmt.Errorf("PCR %q: want one decimal 0..%d", args[0], policy.MaxPCR))
+			}
+			idx := pcrs[0]
+			if !cmd.Flags().Changed("data") {
+				return usageError(fmt.Errorf("--data is required: the text whose digest is extended (an extend cannot be undone)"))
 			}
 			b, err := policy.ParseBank(ebank)
 			if err != nil {
@@ -88,7 +91,12 @@ func (a *app) pcrCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(map[string]string{"pcr": args[0], "bank": b.String(), "value": hex.EncodeToString(vals[idx])}, func(w io.Writer) {
+			res := struct {
+				PCR   int    `json:"pcr"`
+				Bank  string `json:"bank"`
+				Value string `json:"value"`
+			}{idx, b.String(), hex.EncodeToString(vals[idx])}
+			return a.emit(res, func(w io.Writer) {
 				fmt.Fprintf(w, "%s:%d extended, now %x\n", b, idx, vals[idx])
 			})
 		},

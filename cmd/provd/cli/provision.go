@@ -71,7 +71,7 @@ func readSigner(path string) (crypto.Signer, error) {
 	signer, err := policy.ParseSignerPEM(kb)
 	clear(kb)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, usageError(fmt.Errorf("%s: %w", path, err))
 	}
 	return signer, nil
 }
@@ -83,7 +83,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 	}
 	pub, err := policy.ParsePublicKeyPEM(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, usageError(fmt.Errorf("%s: %w", path, err))
 	}
 	return pub, nil
 }

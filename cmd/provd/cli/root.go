@@ -129,7 +129,28 @@ the key's policy.`,
 		a.serveCmd(),
 		a.manCmd(root),
 	)
+	groupsRefuseUnknown(root)
 	return root
+}
+
+// groupsRefuseUnknown makes every command that only groups others (provd,
+// provd key, provd tpm, …) print its help when called alone and refuse an
+// unknown subcommand with a usage error (exit 2); cobra would print the help
+// and exit 0, or exit 1.
+func groupsRefuseUnknown(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		groupsRefuseUnknown(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageError(fmt.Errorf("unknown command %q for %q (%s --help lists them)", args[0], cmd.CommandPath(), cmd.CommandPath()))
+		}
+		return cmd.Help()
+	}
 }
 
 // openTPM opens the TPM the flags name. The caller closes it; with -v the
