@@ -477,11 +477,20 @@ func aesAAD(hdr, keyName []byte) []byte {
 // modified envelope, or one for another key, is api.ErrTampered.
 func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byte, error) {
 	defer a.lock()()
+	// The key first: an ECC key given here is the wrong key, whatever the
+	// input is (found by review: it was called "not a provd AES envelope").
+	rec, err := a.keyRecord(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Type != "aes-256" {
+		return nil, fmt.Errorf("%w: key %q is a %s key: envelopes are decrypted with an aes-256 key (and RSA-OAEP ciphertexts with an RSA decrypt key)", api.ErrNotPermitted, name, rec.Type)
+	}
 	if len(env) < aesHeader+16 || string(env[:8]) != aesMagic {
 		return nil, fmt.Errorf("%w: not a provd AES envelope", api.ErrBadInput)
 	}
 	var out []byte
-	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
+	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if obj.Public.Type != tpm2.TPMAlgSymCipher {
 			return fmt.Errorf("%w: key %q is a %s key, not aes-256", api.ErrNotPermitted, name, rec.Type)
 		}

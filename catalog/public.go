@@ -67,7 +67,11 @@ func PublicKey(pub tpm2.TPMTPublic) (crypto.PublicKey, error) {
 		}
 		return k, nil
 	}
-	return nil, fmt.Errorf("a %v key has no public key: %w", pub.Type, ErrNotApproved)
+	what := "symmetric"
+	if kt, _, err := TypeOf(pub); err == nil {
+		what = kt.Name
+	}
+	return nil, fmt.Errorf("a %s key is symmetric: it has no public key: %w", what, ErrNotApproved)
 }
 
 // CheckPublicKey accepts a Go public key of approved mode: ECDSA on P-256
