@@ -27,7 +27,11 @@ type rawCommand struct {
 	handles []tpm2.TPMHandle
 	// auths holds one password per handle that needs authorization, in handle
 	// order; nil means no authorization area (TPM_ST_NO_SESSIONS).
-	auths  [][]byte
+	auths [][]byte
+	// policy, when set, authorizes the one handle that needs authorization
+	// with this policy session instead (continueSession set: the caller
+	// flushes it). The policy must not need an HMAC (no PolicyAuthValue).
+	policy tpm2.TPMHandle
 	params []byte
 }
 
@@ -40,7 +44,17 @@ func (c rawCommand) run(t *TPM) ([]byte, error) {
 	for _, h := range c.handles {
 		body = binary.BigEndian.AppendUint32(body, uint32(h))
 	}
-	if c.auths != nil {
+	switch {
+	case c.policy != 0:
+		tag = tpm2.TPMSTSessions
+		var area []byte
+		area = binary.BigEndian.AppendUint32(area, uint32(c.policy))
+		area = binary.BigEndian.AppendUint16(area, 0) // nonceCaller
+		area = append(area, 1)                        // continueSession
+		area = binary.BigEndian.AppendUint16(area, 0) // no HMAC
+		body = binary.BigEndian.AppendUint32(body, uint32(len(area)))
+		body = append(body, area...)
+	case c.auths != nil:
 		tag = tpm2.TPMSTSessions
 		var area []byte
 		for _, pw := range c.auths {
