@@ -120,9 +120,10 @@ var zeroHead = strings.Repeat("0", 64)
 // chain is the running state of a replay: last line's hash and sequence number,
 // and the anchor value the replayed heads produce.
 type chain struct {
-	seq  uint64
-	head []byte // nil before the first line
-	acc  []byte
+	seq   uint64
+	head  []byte // nil before the first line
+	acc   []byte
+	reset uint64 // seq of the last OpAnchor line, 0 if none
 }
 
 func newChain() chain { return chain{acc: make([]byte, sha256.Size)} }
@@ -151,6 +152,12 @@ func (c *chain) next(line []byte) (Record, string) {
 		return rec, fmt.Sprintf("seq %d, want %d", rec.Seq, c.seq+1)
 	}
 	h := sha256.Sum256(line)
+	if rec.Op == OpAnchor {
+		// A new anchor starts from 32 zero bytes at this line; the line's
+		// prev ties it to every line before.
+		c.acc = make([]byte, sha256.Size)
+		c.reset = rec.Seq
+	}
 	c.seq, c.head, c.acc = rec.Seq, h[:], extend(c.acc, h[:])
 	return rec, ""
 }
@@ -210,9 +217,6 @@ func verify(data, anchor []byte) (Report, chain, error) {
 	// matched is the number of lines after which the replay equals the
 	// anchor; an anchor never extended covers zero lines.
 	matched := -1
-	if anchor == nil {
-		matched = 0
-	}
 	n := 0
 	for len(complete) > 0 {
 		i := bytes.IndexByte(complete, '\n')
@@ -225,6 +229,16 @@ func verify(data, anchor []byte) (Report, chain, error) {
 		rep.Lines, rep.Head = n, c.head
 		if anchor != nil && bytes.Equal(c.acc, anchor) {
 			matched = n
+		}
+	}
+	if anchor == nil {
+		// Never extended: no line is covered, except that the lines before
+		// the last OpAnchor line are tied to it by its prev (a crash between
+		// a new anchor's definition and its first extend leaves only that
+		// line uncovered).
+		matched = 0
+		if c.reset > 0 {
+			matched = int(c.reset) - 1
 		}
 	}
 	if covered := (anchor == nil && n == 0) || (anchor != nil && bytes.Equal(c.acc, anchor)); !covered {
@@ -354,6 +368,9 @@ func (l *Log) Append(rec Record) error {
 	if rec.Result != "ok" && !strings.HasPrefix(rec.Result, "error: ") {
 		return fmt.Errorf("%w: result must be \"ok\" or \"error: ...\"", ErrInvalidRecord)
 	}
+	if rec.Op == OpAnchor {
+		return fmt.Errorf("%w: %s records are written by Reanchor", ErrInvalidRecord, OpAnchor)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
@@ -380,7 +397,12 @@ func (l *Log) Append(rec Record) error {
 			Reason: "the anchor does not match the log; run audit verify"}
 		return l.err
 	}
+	return l.write(rec)
+}
 
+// write appends rec as the next line of l's chain and extends the anchor,
+// with the lock held and the chain caught up.
+func (l *Log) write(rec Record) error {
 	rec.Seq = l.c.seq + 1
 	rec.Prev = l.c.prevHex()
 	if rec.Time.IsZero() {

@@ -1,0 +1,98 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// OpAnchor is the op of a record that starts a new anchor: the anchor an
+// Anchor holds from then on is the extend chain of the heads from this line
+// on, starting at 32 zero bytes. The line's prev ties it to every line
+// before, so the new anchor still pins the whole log: changing an earlier
+// line changes this line's prev, hence its head, hence the anchor. Only
+// Reanchor writes it (Append refuses it), after the caller replaced the
+// anchor (a new TPM index) in its reset function.
+const OpAnchor = "audit-anchor"
+
+// VerifyLinks replays the hash chain of the log at path without an anchor:
+// the lines link up (no line edited, removed, inserted or reordered, except
+// at the end) and none is torn. It says nothing about the tail: only an
+// anchor does.
+func VerifyLinks(path string) (Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return Report{}, fmt.Errorf("audit: %w", err)
+	}
+	rep, _, err := verify(data, nil)
+	if errors.Is(err, ErrUnanchored) {
+		err = nil
+	}
+	if err == nil && rep.TornBytes > 0 {
+		err = &VerifyError{Line: rep.Lines + 1, Kind: ErrTornTail, Reason: fmt.Sprintf("%d bytes without a newline", rep.TornBytes)}
+	}
+	return rep, err
+}
+
+// Reanchor appends an OpAnchor record to the log at path (created if
+// missing) and extends opts.Anchor with it, after reset has replaced the
+// anchor. The log's lines must link up (VerifyLinks): a log whose chain is
+// broken is returned as the *VerifyError, untouched, and reset is not called.
+// The anchor is not compared with the log: that is the point (a new trail, a
+// trail moved to a new anchor, an anchor that another process replaced). The
+// objects reset returns are added to rec.Objects, which should say why and
+// what the old anchor held. Options.LockTimeout and Now apply.
+func Reanchor(path string, opts Options, rec Record, reset func() (map[string]string, error)) (Report, error) {
+	if opts.Anchor == nil {
+		return Report{}, errors.New("audit: Options.Anchor is required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 5 * time.Second
+	}
+	f, err := openFile(path)
+	if err != nil {
+		return Report{}, err
+	}
+	l := &Log{f: f, path: path, opts: opts}
+	defer l.Close()
+	if err := l.lock(); err != nil {
+		return Report{}, err
+	}
+	defer l.unlock()
+	data, err := readAll(f)
+	if err != nil {
+		return Report{}, err
+	}
+	rep, c, verr := verify(data, nil)
+	if errors.Is(verr, ErrUnanchored) {
+		verr = nil
+	}
+	if verr == nil && rep.TornBytes > 0 {
+		verr = &VerifyError{Line: rep.Lines + 1, Kind: ErrTornTail, Reason: fmt.Sprintf("%d bytes without a newline", rep.TornBytes)}
+	}
+	if verr != nil {
+		return rep, verr
+	}
+	l.c, l.size = c, int64(len(data))
+	objs, err := reset()
+	if err != nil {
+		return rep, fmt.Errorf("audit: new anchor: %w", err)
+	}
+	if rec.Objects == nil {
+		rec.Objects = map[string]string{}
+	}
+	for k, v := range objs {
+		rec.Objects[k] = v
+	}
+	rec.Op, rec.Result = OpAnchor, "ok"
+	if err := l.write(rec); err != nil {
+		return rep, err
+	}
+	rep.Lines, rep.Head = int(l.c.seq), l.c.head
+	rep.Anchor, _ = readAnchor(opts.Anchor)
+	return rep, nil
+}
