@@ -68,6 +68,8 @@ type Agent struct {
 	dir    string
 	keys   *objcache.Cache // operational keys kept loaded or context-saved
 	signed signedCache     // the installed signed policy, parsed and verified
+	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
+	heldGate *tpm.Object
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.
@@ -151,29 +153,6 @@ func (a *Agent) Close() error {
 	return err
 }
 
-// anchor is the audit anchor in the TPM's NV, defined on first use. Reading
-// an index that does not exist yet, or was never extended, is an empty anchor.
-type anchor struct{ t *tpm.TPM }
-
-func (an anchor) Extend(head []byte) error {
-	err := an.t.NVExtend(AuditAnchorHandle, head)
-	if errors.Is(err, tpm.ErrNotFound) {
-		if _, err := an.t.DefineExtendIndex(AuditAnchorHandle); err != nil {
-			return err
-		}
-		err = an.t.NVExtend(AuditAnchorHandle, head)
-	}
-	return err
-}
-
-func (an anchor) Read() ([]byte, error) {
-	v, err := an.t.Anchor(AuditAnchorHandle).Read()
-	if errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrNVUninitialized) {
-		return nil, audit.ErrAnchorEmpty
-	}
-	return v, err
-}
-
 func (a *Agent) auditPath() string { return filepath.Join(a.dir, audit.FileName) }
 
 // openAudit opens the audit trail for appending, verifying it against the
@@ -184,7 +163,7 @@ func (a *Agent) openAudit() error {
 	if a.audit != nil {
 		return nil
 	}
-	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: anchor{a.t}, Now: a.now})
+	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
 			err = errors.Join(api.ErrTampered, err)
@@ -199,6 +178,9 @@ func (a *Agent) openAudit() error {
 // operation's report: an operation that cannot be audited must be visible.
 func (a *Agent) record(ctx context.Context, op string, objects map[string]string, opErr error) error {
 	if err := a.openAudit(); err != nil {
+		return err
+	}
+	if err := a.ensureGated(ctx); err != nil {
 		return err
 	}
 	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}

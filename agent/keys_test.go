@@ -296,8 +296,11 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 	}
 	// The officer's approval of the recipe adds 5: LoadExternal of the
 	// officer's key, VerifySignature, PolicyTemplate, PolicyAuthorize, flush.
-	if derCost > 25 {
-		t.Errorf("derive costs %d TPM commands, want <= 25", derCost)
+	// derive is audited: its record's gated anchor extend costs 5 commands
+	// more than an ungated one (LoadGate, StartAuthSession, PolicySecret,
+	// PolicyCommandCode, FlushContext of the gate; NV_Extend ends the session).
+	if derCost > 30 {
+		t.Errorf("derive costs %d TPM commands, want <= 30", derCost)
 	}
 	if err := ag.Close(); err != nil {
 		t.Fatal(err)

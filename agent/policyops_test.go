@@ -130,8 +130,9 @@ func TestInstallPolicyRefusals(t *testing.T) {
 		if err != nil || !r.Satisfied {
 			t.Fatalf("install %d: %+v %v", i, r, err)
 		}
-		if n := sc.n.Load() - before; n != 1 {
-			t.Errorf("install %d: %d sessions started, want 1", i, n)
+		// One for the policy, one for the audit anchor's gate.
+		if n := sc.n.Load() - before; n != 2 {
+			t.Errorf("install %d: %d sessions started, want 2", i, n)
 		}
 	}
 }

@@ -111,6 +111,10 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	objects["srk"] = identity.SRKName
 	objects["tpm_trust"] = identity.Trust
 	if provisioned {
+		// As zeroize: nothing is destroyed unless the trail takes a record.
+		if err := a.record(ctx, "zeroize-start", map[string]string{"by": "provision --force"}, nil); err != nil {
+			return res, fmt.Errorf("provision --force refused, nothing destroyed: %w", err)
+		}
 		if err := a.zeroize(ctx, api.ZeroizeOptions{}); err != nil {
 			return res, fmt.Errorf("zeroize before provisioning again: %w", err)
 		}

@@ -53,7 +53,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 		}
 		s.Policy = &ps
 	}
-	rep, err := audit.Verify(a.auditPath(), anchor{a.t})
+	rep, err := audit.Verify(a.auditPath(), a.trailAnchor())
 	s.AuditLines = rep.Lines
 	s.AuditHead = hex.EncodeToString(rep.Head)
 	if err != nil {
@@ -101,7 +101,7 @@ func (a *Agent) AuditVerify(context.Context) (audit.Report, error) {
 }
 
 func (a *Agent) auditVerify() (audit.Report, error) {
-	rep, err := audit.Verify(a.auditPath(), anchor{a.t})
+	rep, err := audit.Verify(a.auditPath(), a.trailAnchor())
 	if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
 		return rep, errors.Join(api.ErrTampered, err)
 	}
@@ -120,7 +120,7 @@ func (a *Agent) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report,
 		}
 		a.audit = nil
 	}
-	rep, err := audit.Repair(a.auditPath(), anchor{a.t}, audit.RepairOptions{AnchorLast: anchorLast, UID: a.callerUID(ctx), Now: a.now})
+	rep, err := audit.Repair(a.auditPath(), a.trailAnchor(), audit.RepairOptions{AnchorLast: anchorLast, UID: a.callerUID(ctx), Now: a.now})
 	if errors.Is(err, audit.ErrTampered) {
 		return rep, errors.Join(api.ErrTampered, err)
 	}

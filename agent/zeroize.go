@@ -22,10 +22,30 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, AuditAnchorHandle}
 // never existed outside the TPM. The zeroization is recorded in the audit
 // trail; then the trail's anchor index is removed too and the log is archived
 // beside the state (audit-<unixnano>.log), its last line the zeroize record.
+//
+// Nothing is destroyed unless the trail can take a record first: a
+// zeroize-start record is written (and anchored) before anything else, and
+// when that fails zeroize is refused (the audit trail's error, exit 14 for a
+// tampered trail or a moved anchor) with everything left in place.
 func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.ZeroizeResult, err error) {
 	defer a.lock()()
+	objects := map[string]string{"srk": fmt.Sprint(opts.SRK)}
+	if err := a.record(ctx, "zeroize-start", objects, nil); err != nil {
+		return res, fmt.Errorf("zeroize refused, nothing destroyed: %w", err)
+	}
+	// The last record needs the gate key when the SRK it loads under is
+	// already evicted: it is loaded now and survives the flush of leftovers.
+	if err := a.holdGate(); err != nil {
+		return res, fmt.Errorf("zeroize refused, nothing destroyed: audit gate: %w", err)
+	}
+	defer func() {
+		if ferr := a.t.Flush(a.heldGate.Handle); ferr != nil && err == nil {
+			err = ferr
+		}
+		a.heldGate = nil
+	}()
 	err = a.zeroizeTPMAndState(ctx, opts, &res)
-	if aerr := a.record(ctx, "zeroize", map[string]string{"srk": fmt.Sprint(opts.SRK)}, err); aerr != nil && err == nil {
+	if aerr := a.record(ctx, "zeroize", objects, err); aerr != nil && err == nil {
 		err = aerr
 	}
 	if err != nil {
@@ -42,6 +62,11 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		return res, err
 	}
 	res.NVIndices = append(res.NVIndices, fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle)))
+	// The gate key guarded the anchor only; with the anchor gone it guards
+	// nothing, and the next record starts a new trail with a new gate.
+	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return res, err
+	}
 	if fileExists(a.auditPath()) {
 		archived := filepath.Join(a.dir, fmt.Sprintf("audit-%d.log", a.now().UnixNano()))
 		if err := os.Rename(a.auditPath(), archived); err != nil {
@@ -66,6 +91,9 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 	left, err := a.t.Leftovers()
 	errs = append(errs, err)
 	for _, h := range left {
+		if a.heldGate != nil && h == a.heldGate.Handle {
+			continue
+		}
 		if err := a.t.Flush(h); err == nil {
 			res.Flushed++
 		}
@@ -90,4 +118,23 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 	}
 	errs = append(errs, a.st.Wipe(ctx, store.WipeOptions{}))
 	return errors.Join(errs...)
+}
+
+// holdGate loads the audit gate key into a.heldGate, for records written
+// while the SRK may be gone.
+func (a *Agent) holdGate() error {
+	an := a.trailAnchor()
+	g, err := an.gate()
+	if err != nil {
+		return err
+	}
+	if g == nil {
+		return errors.New("the trail has no gate")
+	}
+	gk, err := an.loadGate(g)
+	if err != nil {
+		return err
+	}
+	a.heldGate = &gk
+	return nil
 }

@@ -26,6 +26,7 @@ type Service interface {
 	AuditRecords(ctx context.Context) ([]audit.Record, error)
 	AuditVerify(ctx context.Context) (audit.Report, error)
 	AuditRepair(ctx context.Context, anchorLast bool) (audit.Report, error)
+	AuditReanchor(ctx context.Context) (AuditReanchorResult, error)
 	Zeroize(ctx context.Context, opts ZeroizeOptions) (ZeroizeResult, error)
 
 	DeriveKey(ctx context.Context, req DeriveRequest) (KeyInfo, error)
@@ -80,6 +81,7 @@ var (
 	RoutePolicyInstall  = Route{"POST", "/v1/policy/install", "policy-install"}
 	RouteZeroize        = Route{"POST", "/v1/zeroize", "zeroize"}
 	RouteAuditRepair    = Route{"POST", "/v1/audit/repair", "audit-repair"}
+	RouteAuditReanchor  = Route{"POST", "/v1/audit/reanchor", "audit-reanchor"}
 	RouteSeal           = Route{"POST", "/v1/seal", "seal"}
 	RouteUnseal         = Route{"POST", "/v1/unseal", "unseal"}
 	RouteKeyDerive      = Route{"POST", "/v1/keys/derive", "key-derive"}

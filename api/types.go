@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/policy"
@@ -290,6 +291,18 @@ type ZeroizeResult struct {
 	Flushed    int      `json:"transient_handles_flushed"`
 	SRKEvicted bool     `json:"srk_evicted"`
 	AuditLog   string   `json:"audit_log_archived,omitempty"`
+}
+
+// AuditReanchorResult is what audit reanchor did: the trail's length and
+// head after its audit-anchor record, that record (what the TPM held and
+// what the trail expected), what verification found before, and where a
+// trail whose lines no longer linked up was archived.
+type AuditReanchorResult struct {
+	Lines       int          `json:"lines"`
+	Head        string       `json:"head"`
+	Found       string       `json:"found,omitempty"`
+	ArchivedLog string       `json:"archived_log,omitempty"`
+	Record      audit.Record `json:"record"`
 }
 
 // Key kinds.

@@ -19,6 +19,15 @@ type Anchor interface {
 	Read() ([]byte, error) // current anchor value; ErrAnchorEmpty before the first extend
 }
 
+// Preparer is an Anchor whose extend needs fallible work first (loading a
+// key, starting a policy session). Log calls Prepare before it writes a line,
+// so that a failure there leaves no line the anchor does not cover; extend
+// then does only the extend itself, and release (called on every path after
+// Prepare succeeded) frees what Prepare took.
+type Preparer interface {
+	Prepare() (extend func(head []byte) error, release func() error, err error)
+}
+
 // ErrAnchorEmpty is returned by Anchor.Read before the first Extend (for a TPM
 // NV index: not yet written, TPM_RC_NV_UNINITIALIZED).
 var ErrAnchorEmpty = errors.New("audit: anchor never extended")

@@ -402,7 +402,20 @@ func (l *Log) Append(rec Record) error {
 
 // write appends rec as the next line of l's chain and extends the anchor,
 // with the lock held and the chain caught up.
-func (l *Log) write(rec Record) error {
+func (l *Log) write(rec Record) (err error) {
+	extend := l.opts.Anchor.Extend
+	if p, ok := l.opts.Anchor.(Preparer); ok {
+		ext, release, perr := p.Prepare()
+		if perr != nil {
+			return fmt.Errorf("audit: anchor: %w", perr)
+		}
+		defer func() {
+			if rerr := release(); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}()
+		extend = ext
+	}
 	rec.Seq = l.c.seq + 1
 	rec.Prev = l.c.prevHex()
 	if rec.Time.IsZero() {
@@ -431,7 +444,7 @@ func (l *Log) write(rec Record) error {
 		l.err = fmt.Errorf("audit: internal: own line does not chain: %s", reason)
 		return l.err
 	}
-	if err := l.opts.Anchor.Extend(next.head); err != nil {
+	if err := extend(next.head); err != nil {
 		l.err = fmt.Errorf("audit: line %d written but not anchored (run audit repair): %w", next.seq, err)
 		l.c, l.size = next, l.size+int64(len(buf))
 		return l.err

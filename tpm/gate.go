@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 
@@ -152,30 +153,92 @@ func joinClose(err error, s *PolicySession) error {
 	return err
 }
 
-// NVExtendGated extends data into the gated extend index at h, proving the
-// loaded gate's authorization in a policy session (TPM2_NV_Extend is sent raw:
-// go-tpm v0.9.8 lacks it). It costs 5 commands: StartAuthSession,
-// PolicySecret, PolicyCommandCode, NV_Extend, FlushContext.
-func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Object) (err error) {
+// GatedExtend is a policy session that satisfies GatePolicy(gate,
+// NV_Extend) for one extend of one index: prepared (3 commands:
+// StartAuthSession, PolicySecret, PolicyCommandCode) before the caller
+// commits to anything, so that the extend itself is one command that the TPM
+// ends the session with. Close it on every path; after a successful Extend
+// it sends nothing.
+type GatedExtend struct {
+	t *TPM
+	h tpm2.TPMHandle
+	s *PolicySession
+}
+
+// PrepareGatedExtend starts the session for one extend of the gated index at
+// h, proving the loaded gate's authorization. The gate may be flushed as soon
+// as this returns: the session holds the proof.
+func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Object) (*GatedExtend, error) {
 	if err := checkNVIndexHandle(h); err != nil {
-		return err
+		return nil, err
+	}
+	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend)
+	if err != nil {
+		return nil, err
+	}
+	return &GatedExtend{t: t, h: h, s: s}, nil
+}
+
+// Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) authorized by
+// the session, with continueSession clear: on success the TPM flushes the
+// session. A policy the index does not accept (another gate: the index was
+// redefined) is ErrPolicyNotSatisfied.
+func (g *GatedExtend) Extend(data []byte) error {
+	if g.s.closed {
+		return errors.New("NV extend: the gate session is used up")
 	}
 	if len(data) > math.MaxUint16 {
 		return fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
 	}
-	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend)
+	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
+	params = append(params, data...)
+	_, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.h, g.h}, policy: g.s.Handle(), endSession: true, params: params}).run(g.t)
+	if err != nil {
+		return notSatisfied("TPM2_NV_Extend", err, tpm2.TPMRCPolicyFail)
+	}
+	g.s.closed = true // the TPM ended it
+	return nil
+}
+
+// Close flushes the session unless the TPM already ended it.
+func (g *GatedExtend) Close() error { return g.s.Close() }
+
+// NVExtendGated is PrepareGatedExtend, Extend and Close: 5 commands with
+// the gate loaded.
+func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Object) (err error) {
+	g, err := t.PrepareGatedExtend(h, gate)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if cerr := s.Close(); cerr != nil && err == nil {
+		if cerr := g.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
-	params = append(params, data...)
-	if _, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{h, h}, policy: s.Handle(), params: params}).run(t); err != nil {
-		return nvWrap("TPM2_NV_Extend", err)
+	return g.Extend(data)
+}
+
+// LoadGate loads a gate key's blob under parent with a password session:
+// one command, where Load spends three on a session salted to the SRK. That
+// session keeps an interposer from changing what is loaded; for a gate it
+// buys nothing, because the gate is only ever used to satisfy a policy whose
+// digest holds the gate's name, which the TPM computes from what it loaded.
+// A response naming another object is refused here all the same.
+func (t *TPM) LoadGate(parent Object, b Blob) (Object, error) {
+	want, err := b.Name()
+	if err != nil {
+		return Object{}, err
 	}
-	return nil
+	rsp, err := (tpm2.Load{ParentHandle: parent.Auth(tpm2.PasswordAuth(nil)), InPrivate: b.Private, InPublic: b.Public}).Execute(t)
+	if err != nil {
+		return Object{}, Wrap("TPM2_Load", err)
+	}
+	pub, err := b.Public.Contents()
+	if err != nil {
+		return Object{}, errors.Join(err, t.Flush(rsp.ObjectHandle))
+	}
+	if !nameEqual(rsp.Name, want) {
+		return Object{}, errors.Join(fmt.Errorf("%w: TPM2_Load of a gate returned name %x, the blob's is %x", ErrResponseForged, rsp.Name.Buffer, want.Buffer), t.Flush(rsp.ObjectHandle))
+	}
+	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
 }

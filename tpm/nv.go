@@ -250,9 +250,16 @@ func (a *NVAnchor) Read() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return a.t.ReadExtendIndex(x)
+}
+
+// ReadExtendIndex reads the value of the SHA-256 extend index x (as read by
+// ReadNVPublic) with its empty password; ErrNVUninitialized before its first
+// extend. Any other kind of index is refused rather than trusted.
+func (t *TPM) ReadExtendIndex(x NVIndex) ([]byte, error) {
 	p := x.Public
 	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
-		return nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(a.h))
+		return nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(x.Handle))
 	}
-	return a.t.nvRead(x, extendSize)
+	return t.nvRead(x, extendSize)
 }

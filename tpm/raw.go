@@ -30,9 +30,11 @@ type rawCommand struct {
 	auths [][]byte
 	// policy, when set, authorizes the one handle that needs authorization
 	// with this policy session instead (continueSession set: the caller
-	// flushes it). The policy must not need an HMAC (no PolicyAuthValue).
-	policy tpm2.TPMHandle
-	params []byte
+	// flushes it) unless endSession. The policy must not need an HMAC (no
+	// PolicyAuthValue).
+	policy     tpm2.TPMHandle
+	endSession bool
+	params     []byte
 }
 
 // run sends the command and returns the response parameters (after the
@@ -50,7 +52,11 @@ func (c rawCommand) run(t *TPM) ([]byte, error) {
 		var area []byte
 		area = binary.BigEndian.AppendUint32(area, uint32(c.policy))
 		area = binary.BigEndian.AppendUint16(area, 0) // nonceCaller
-		area = append(area, 1)                        // continueSession
+		if c.endSession {
+			area = append(area, 0)
+		} else {
+			area = append(area, 1) // continueSession
+		}
 		area = binary.BigEndian.AppendUint16(area, 0) // no HMAC
 		body = binary.BigEndian.AppendUint32(body, uint32(len(area)))
 		body = append(body, area...)

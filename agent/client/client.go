@@ -197,6 +197,11 @@ func (c *Client) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report
 	return res, c.call(ctx, api.RouteAuditRepair, api.AuditRepairRequest{AnchorLast: anchorLast}, &res)
 }
 
+func (c *Client) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
+	var res api.AuditReanchorResult
+	return res, c.call(ctx, api.RouteAuditReanchor, nil, &res)
+}
+
 func (c *Client) DeriveKey(ctx context.Context, req api.DeriveRequest) (api.KeyInfo, error) {
 	var res api.KeyInfo
 	return res, c.call(ctx, api.RouteKeyDerive, req, &res)

@@ -278,6 +278,7 @@ var Endpoints = []endpoint{
 	{api.RoutePolicyInstall, RoleOfficer},
 	{api.RouteZeroize, RoleOfficer},
 	{api.RouteAuditRepair, RoleOfficer},
+	{api.RouteAuditReanchor, RoleOfficer},
 	{api.RouteSeal, RoleUser},
 	{api.RouteUnseal, RoleUser},
 	{api.RouteKeyDerive, RoleOfficer},
@@ -311,6 +312,8 @@ func (s *Server) routes() {
 			h = handle(s, ep, func(ctx context.Context, _ empty) (api.PolicyState, error) { return s.ag.ShowPolicy(ctx) })
 		case "audit-verify":
 			h = handle(s, ep, func(ctx context.Context, _ empty) (audit.Report, error) { return s.ag.AuditVerify(ctx) })
+		case "audit-reanchor":
+			h = handle(s, ep, func(ctx context.Context, _ empty) (api.AuditReanchorResult, error) { return s.ag.AuditReanchor(ctx) })
 		case "audit-show":
 			h = handle(s, ep, func(ctx context.Context, _ empty) ([]audit.Record, error) { return s.ag.AuditRecords(ctx) })
 		case "provision":

@@ -143,7 +143,7 @@ func TestMethodNotAllowed(t *testing.T) {
 // Every endpoint names a role; the user role never reaches an officer's
 // operation and the reverse.
 func TestEndpointRoles(t *testing.T) {
-	officer := map[string]bool{"provision": true, "policy-install": true, "zeroize": true, "audit-show": true, "audit-repair": true,
+	officer := map[string]bool{"provision": true, "policy-install": true, "zeroize": true, "audit-show": true, "audit-repair": true, "audit-reanchor": true,
 		"key-derive": true, "key-create": true, "key-delete": true, "key-export-blob": true, "key-import-blob": true}
 	any := map[string]bool{"status": true, "tpm-info": true, "tpm-identity": true, "policy-show": true, "audit-verify": true}
 	seen := map[string]bool{}

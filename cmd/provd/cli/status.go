@@ -56,7 +56,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) auditCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "audit",
-		Short: "The tamper-evident audit trail: show, verify, repair",
+		Short: "The tamper-evident audit trail: show, verify, repair, reanchor",
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "show",
@@ -120,5 +120,46 @@ else is tampering: refused, exit 14. The repair itself is recorded.`,
 	}
 	repair.Flags().BoolVar(&anchorLast, "anchor-last", false, "accept an unanchored last line as genuine")
 	c.AddCommand(repair)
+	c.AddCommand(&cobra.Command{
+		Use:   "reanchor",
+		Short: "Move the audit trail to a new TPM anchor after its anchor was removed or replaced, recording what was found (crypto officer)",
+		Long: `The audit trail is pinned by an NV extend index (0x01707601) that only this
+state directory's gate key can extend. Another process cannot extend it, but
+where the TPM's owner hierarchy has no password it can undefine it or define
+another index at its handle. provd then refuses audited operations (exit 14)
+rather than act without a record, and audit verify says what it found.
+
+reanchor is the way out, for the crypto officer after investigating:
+  - it writes an audit-anchor record saying what verify found, what the TPM
+    held at the handle (name and value) and how many lines there were;
+  - it replaces the index with a new gated one under a new gate key;
+  - the record's prev ties the new anchor to every earlier line, so lines
+    before it can still not be changed unseen.
+A trail whose lines no longer link up (a line edited, removed or reordered) is
+not blessed: it is kept as audit-<unixnano>.log beside the state, and a new
+trail starts whose first record names it and its SHA-256.
+
+Set an owner password on production TPMs (tpm2_changeauth -c owner): then no
+other process can remove the anchor at all.`,
+		Example: "  provd audit verify          # what is wrong\n  provd audit reanchor        # record it, anchor anew\n  provd audit show -o json    # the audit-anchor record",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				res, err := ag.AuditReanchor(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return a.emit(res, func(w io.Writer) {
+					if res.Found != "" {
+						fmt.Fprintf(w, "found: %s\n", res.Found)
+					}
+					if res.ArchivedLog != "" {
+						fmt.Fprintf(w, "the old trail's lines no longer linked up: kept as %s\n", res.ArchivedLog)
+					}
+					fmt.Fprintf(w, "audit trail re-anchored: %d records, head %s; record %d (audit-anchor) says what the TPM held\n", res.Lines, res.Head, res.Record.Seq)
+				})
+			})
+		},
+	})
 	return c
 }

@@ -1,0 +1,369 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// gateFile, beside the audit log, holds the audit anchor's gate: the blob of
+// a key under the SRK that only this state directory holds, whose
+// authorization (TPM2_PolicySecret) the anchor's authPolicy requires for
+// TPM2_NV_Extend. It is not in the manifest: records are written before a
+// PK exists, and zeroize wipes the manifest before its last record.
+const gateFile = "audit.gate"
+
+// gateRecord is audit.gate's content.
+type gateRecord struct {
+	Version int    `json:"version"`
+	Handle  uint32 `json:"nv_index"`
+	Blob    string `json:"gate_blob"` // hex of tpm.Blob.Marshal
+	Name    string `json:"gate_name"` // hex
+}
+
+// errAnchorMoved: the index at the anchor's handle is not the trail's own
+// gated index (removed, or replaced by an index with another policy). It is
+// tampering; the way out is the officer's audit reanchor.
+var errAnchorMoved = errors.New("the audit anchor is not this trail's own NV index any more (removed, or redefined by another process); " +
+	"provd audit verify says what it found; provd audit reanchor (crypto officer) records it and moves the trail to a new anchor")
+
+// trailAnchor is the audit trail's audit.Anchor: the gated NV extend index
+// named by audit.gate. It reads audit.gate at every use, so a reanchor by
+// another provd process is seen at once.
+//
+// Without audit.gate the trail has no gated anchor yet: a new trail (nothing
+// at the handle is its own: Read is empty) or, when the log already has
+// lines (legacy), a trail of a provd that anchored in an ungated index, read
+// as it was until record() moves the trail to a gated anchor.
+type trailAnchor struct {
+	t      *tpm.TPM
+	dir    string
+	legacy bool
+	// held is the gate key zeroize loads before it evicts the SRK, for its
+	// last record; nil otherwise (the gate is loaded per record).
+	held **tpm.Object
+}
+
+var (
+	_ audit.Anchor   = (*trailAnchor)(nil)
+	_ audit.Preparer = (*trailAnchor)(nil)
+)
+
+func (a *Agent) trailAnchor() *trailAnchor {
+	fi, err := os.Stat(a.auditPath())
+	return &trailAnchor{t: a.t, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate}
+}
+
+// gate reads audit.gate; nil when there is none.
+func (an *trailAnchor) gate() (*gateRecord, error) {
+	b, err := os.ReadFile(filepath.Join(an.dir, gateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var g gateRecord
+	if err := json.Unmarshal(b, &g); err != nil || g.Version != 1 || tpm2.TPMHandle(g.Handle) != AuditAnchorHandle {
+		return nil, fmt.Errorf("%w: %s is not a provd audit gate", api.ErrTampered, gateFile)
+	}
+	return &g, nil
+}
+
+func (g *gateRecord) name() ([]byte, error) { return hex.DecodeString(g.Name) }
+
+// expectedNames are the anchor's names, unwritten and written: the gated
+// public area with the gate's name in its authPolicy. An index recreated
+// with another policy or other attributes has another name.
+func (g *gateRecord) expectedNames() (unwritten, written []byte, err error) {
+	gn, err := g.name()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, w := range []bool{false, true} {
+		pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, w)
+		if err != nil {
+			return nil, nil, err
+		}
+		n, err := tpm.NVPublicName(pub)
+		if err != nil {
+			return nil, nil, err
+		}
+		if w {
+			written = n
+		} else {
+			unwritten = n
+		}
+	}
+	return unwritten, written, nil
+}
+
+func (an *trailAnchor) Read() ([]byte, error) {
+	g, err := an.gate()
+	if err != nil {
+		return nil, err
+	}
+	if g == nil {
+		if !an.legacy {
+			return nil, audit.ErrAnchorEmpty
+		}
+		v, err := an.t.Anchor(AuditAnchorHandle).Read()
+		if errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrNVUninitialized) {
+			return nil, audit.ErrAnchorEmpty
+		}
+		return v, err
+	}
+	unwritten, written, err := g.expectedNames()
+	if err != nil {
+		return nil, err
+	}
+	x, err := an.t.ReadNVPublic(AuditAnchorHandle)
+	if errors.Is(err, tpm.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w (NV index 0x%08x is gone)", api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle))
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case string(x.Name.Buffer) == string(unwritten):
+		return nil, audit.ErrAnchorEmpty
+	case string(x.Name.Buffer) != string(written):
+		return nil, fmt.Errorf("%w: %w (NV index 0x%08x has name %x, this trail's anchor is %x)",
+			api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer, written)
+	}
+	return an.t.ReadExtendIndex(x)
+}
+
+// Prepare readies one gated extend before the log writes its line: the
+// gate key is loaded under the SRK (one command: tpm.LoadGate), proves its
+// authorization in a policy session (3 commands) and is flushed (1); the
+// extend is then one command that also ends the session. 6 commands per
+// record, where the ungated index took 1. Without a gate only a legacy
+// trail's ungated index is extended (record() gives every trail a gate
+// before it appends).
+func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() error, err error) {
+	g, err := an.gate()
+	if err != nil {
+		return nil, nil, err
+	}
+	if g == nil {
+		if !an.legacy {
+			return nil, nil, errors.New("audit: the trail has no anchor yet")
+		}
+		return func(head []byte) error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
+	}
+	gk, held := tpm.Object{}, *an.held != nil
+	if held {
+		gk = **an.held
+	} else if gk, err = an.loadGate(g); err != nil {
+		return nil, nil, err
+	}
+	ge, err := an.t.PrepareGatedExtend(AuditAnchorHandle, gk)
+	if !held {
+		if ferr := an.t.Flush(gk.Handle); ferr != nil {
+			if ge != nil {
+				ferr = errors.Join(ferr, ge.Close())
+			}
+			return nil, nil, errors.Join(err, ferr)
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	extend = func(head []byte) error {
+		err := ge.Extend(head)
+		if errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+			return fmt.Errorf("%w: %w: %v", api.ErrTampered, errAnchorMoved, err)
+		}
+		return err
+	}
+	return extend, ge.Close, nil
+}
+
+// Extend is Prepare, extend and release in one (audit repair --anchor-last).
+func (an *trailAnchor) Extend(head []byte) (err error) {
+	extend, release, err := an.Prepare()
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, release()) }()
+	return extend(head)
+}
+
+func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Object, error) {
+	raw, err := hex.DecodeString(g.Blob)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+	}
+	srk, err := an.t.SRK()
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	gk, err := an.t.LoadGate(srk, blob)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("audit gate key: %w", err)
+	}
+	if want, _ := g.name(); string(gk.Name.Buffer) != string(want) {
+		return tpm.Object{}, errors.Join(fmt.Errorf("%w: %s names another key", api.ErrTampered, gateFile), an.t.Flush(gk.Handle))
+	}
+	return gk, nil
+}
+
+// newGatedAnchor replaces whatever is at the anchor's handle with a new
+// gated extend index under a new gate key, and writes audit.gate. It returns
+// what the audit-anchor record says: the new index and gate, and the name and
+// value of the index it replaced (the evidence of whatever was there).
+func (a *Agent) newGatedAnchor() (map[string]string, error) {
+	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
+	if old, err := a.t.ReadNVPublic(AuditAnchorHandle); err == nil {
+		objects["replaced_nv_name"] = hex.EncodeToString(old.Name.Buffer)
+		if v, err := a.t.Anchor(AuditAnchorHandle).Read(); err == nil {
+			objects["replaced_nv_value"] = hex.EncodeToString(v)
+		}
+		if err := a.t.UndefineNV(AuditAnchorHandle); err != nil {
+			return nil, fmt.Errorf("remove the index at the anchor's handle: %w", err)
+		}
+	} else if !errors.Is(err, tpm.ErrNotFound) {
+		return nil, err
+	}
+	srk, err := a.t.SRK()
+	if err != nil {
+		return nil, err
+	}
+	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("audit gate key: %w", err)
+	}
+	gn, err := blob.Name()
+	if err != nil {
+		return nil, err
+	}
+	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn.Buffer, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.t.DefineNV(pub); err != nil {
+		return nil, err
+	}
+	g := gateRecord{Version: 1, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer)}
+	b, err := json.Marshal(g)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.WriteFile(filepath.Join(a.dir, gateFile), b, 0o600); err != nil {
+		return nil, err
+	}
+	_, written, err := g.expectedNames()
+	if err != nil {
+		return nil, err
+	}
+	objects["nv_name"] = hex.EncodeToString(written)
+	objects["gate_key"] = g.Name
+	return objects, nil
+}
+
+// anchorTrail moves the trail to a new gated anchor with an audit-anchor
+// record (why says why; objects go into the record too). The open log is
+// closed first and reopened after.
+func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]string) (audit.Report, error) {
+	if a.audit != nil {
+		if err := a.audit.Close(); err != nil {
+			return audit.Report{}, err
+		}
+		a.audit = nil
+	}
+	if objects == nil {
+		objects = map[string]string{}
+	}
+	objects["reason"] = why
+	rec := audit.Record{UID: a.callerUID(ctx), Objects: objects}
+	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now}, rec, a.newGatedAnchor)
+	if err != nil {
+		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
+	}
+	return rep, a.openAudit()
+}
+
+// ensureGated gives a trail without a gate (a new one, or one anchored by a
+// provd before gates, verified by openAudit) its gated anchor. The first
+// record of a new trail is then its audit-anchor record.
+func (a *Agent) ensureGated(ctx context.Context) error {
+	g, err := a.trailAnchor().gate()
+	if err != nil || g != nil {
+		return err
+	}
+	why := "new trail"
+	if a.trailAnchor().legacy {
+		why = "moved from an ungated anchor"
+	}
+	_, err = a.anchorTrail(ctx, why, nil)
+	return err
+}
+
+// AuditReanchor is the way out when the anchor moved under provd's feet (an
+// index removed or redefined by another process, or a trail whose anchor
+// cannot be written): it records what the TPM now holds and what the trail
+// expected, and moves the trail to a new gated anchor. A trail whose lines
+// no longer link up (edited, removed or reordered lines) is not blessed: it
+// is archived beside the state as audit-<unixnano>.log, as evidence, and a
+// new trail starts whose first record names it and its SHA-256. The daemon
+// allows it to the crypto officer only.
+func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
+	defer a.lock()()
+	var res api.AuditReanchorResult
+	if a.audit != nil {
+		if err := a.audit.Close(); err != nil {
+			return res, err
+		}
+		a.audit = nil
+	}
+	objects := map[string]string{}
+	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
+	if verr != nil {
+		objects["verify_error"] = verr.Error()
+		res.Found = verr.Error()
+	}
+	if _, err := audit.VerifyLinks(a.auditPath()); err != nil {
+		data, rerr := os.ReadFile(a.auditPath())
+		if rerr != nil {
+			return res, rerr
+		}
+		archived := filepath.Join(a.dir, fmt.Sprintf("audit-%d.log", a.now().UnixNano()))
+		if err := os.Rename(a.auditPath(), archived); err != nil {
+			return res, err
+		}
+		sum := sha256.Sum256(data)
+		objects["archived_log"] = filepath.Base(archived)
+		objects["archived_sha256"] = hex.EncodeToString(sum[:])
+		objects["archived_because"] = err.Error()
+		res.ArchivedLog = archived
+	} else {
+		objects["lines_before"] = fmt.Sprint(vrep.Lines)
+	}
+	rep, err := a.anchorTrail(ctx, "reanchor", objects)
+	if err != nil {
+		return res, err
+	}
+	res.Lines, res.Head = rep.Lines, hex.EncodeToString(rep.Head)
+	recs, err := audit.ReadRecords(a.auditPath())
+	if err == nil && len(recs) > 0 {
+		res.Record = recs[len(recs)-1]
+	}
+	return res, err
+}
