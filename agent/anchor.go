@@ -317,13 +317,13 @@ func (a *Agent) ensureGated(ctx context.Context) error {
 }
 
 // AuditReanchor is the way out when the anchor moved under provd's feet (an
-// index removed or redefined by another process, or a trail whose anchor
-// cannot be written): it records what the TPM now holds and what the trail
-// expected, and moves the trail to a new gated anchor. A trail whose lines
-// no longer link up (edited, removed or reordered lines) is not blessed: it
-// is archived beside the state as audit-<unixnano>.log, as evidence, and a
-// new trail starts whose first record names it and its SHA-256. The daemon
-// allows it to the crypto officer only.
+// index removed or redefined by another process): it records what verify
+// found and what the TPM now holds at the handle, and moves the trail to a
+// new gated anchor. A trail whose own anchor disagrees with it (a line
+// edited, removed or added) or whose lines no longer link up is not blessed:
+// it is archived beside the state as audit-<unixnano>.log, as evidence, and
+// a new trail starts whose first record names it and its SHA-256. The
+// daemon allows it to the crypto officer only.
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
 	defer a.lock()()
 	var res api.AuditReanchorResult
@@ -339,7 +339,16 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		objects["verify_error"] = verr.Error()
 		res.Found = verr.Error()
 	}
-	if _, err := audit.VerifyLinks(a.auditPath()); err != nil {
+	// Lines are kept in place only when the anchor itself moved (the index
+	// is not the trail's own: nothing in the TPM can say which lines are
+	// genuine, so the record says what was found) and they link up. When the
+	// trail's own anchor disagrees with the log, the log changed: it is
+	// archived, never blessed.
+	_, lerr := audit.VerifyLinks(a.auditPath())
+	if verr != nil && !errors.Is(verr, errAnchorMoved) && lerr == nil {
+		lerr = verr
+	}
+	if err := lerr; err != nil {
 		data, rerr := os.ReadFile(a.auditPath())
 		if rerr != nil {
 			return res, rerr

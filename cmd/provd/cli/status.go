@@ -135,9 +135,10 @@ reanchor is the way out, for the crypto officer after investigating:
   - it replaces the index with a new gated one under a new gate key;
   - the record's prev ties the new anchor to every earlier line, so lines
     before it can still not be changed unseen.
-A trail whose lines no longer link up (a line edited, removed or reordered) is
-not blessed: it is kept as audit-<unixnano>.log beside the state, and a new
-trail starts whose first record names it and its SHA-256.
+A trail that its own anchor contradicts (a line edited, removed or added while
+the anchor stayed) or whose lines no longer link up is not blessed: it is kept
+as audit-<unixnano>.log beside the state, and a new trail starts whose first
+record names it and its SHA-256.
 
 Set an owner password on production TPMs (tpm2_changeauth -c owner): then no
 other process can remove the anchor at all.`,
