@@ -115,3 +115,109 @@ func mustName(t *testing.T, p tpm2.TPMSNVPublic) []byte {
 	}
 	return n
 }
+
+const (
+	testGatedCounter    tpm2.TPMHandle = 0x01500013
+	testGatedAuthorizer tpm2.TPMHandle = 0x01500014
+)
+
+// rawPasswordIncrement is tpm2_nvincrement with the index's empty password.
+func rawPasswordIncrement(t *testing.T, tp *tpm.TPM, h tpm2.TPMHandle) tpm2.TPMRC {
+	t.Helper()
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTSessions))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMCCNVIncrement))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, 9)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMRSPW))
+	b = append(b, 0, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
+	rsp, err := tp.Send(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
+}
+
+// A gated counter has the name computed offline from its handle and its
+// authorizer's handle alone, whatever the gate (so the same on every
+// device); only the gate's holder increments it; the authorizer, locked,
+// cannot be rewritten; PolicyNV still reads the counter.
+func TestGatedCounter(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names [][]byte
+	var gate tpm.Object
+	for i := range 2 { // two gates, as on two devices
+		blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			tp.Flush(gate.Handle)
+		}
+		if gate, err = tp.LoadGate(srk, blob); err != nil {
+			t.Fatal(err)
+		}
+		x, err := tp.DefineGatedCounter(testGatedCounter, testGatedAuthorizer, gate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, x.Name.Buffer)
+	}
+	defer tp.Flush(gate.Handle)
+	undefineAtEnd(t, tp, testGatedCounter)
+	undefineAtEnd(t, tp, testGatedAuthorizer)
+	pub, err := tpm.GatedCounterPublic(testGatedCounter, testGatedAuthorizer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := mustName(t, pub); !bytes.Equal(names[0], want) || !bytes.Equal(names[1], want) {
+		t.Fatalf("counter names %x, offline %x", names, want)
+	}
+
+	before, err := tp.ReadCounter(testGatedCounter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := rawPasswordIncrement(t, tp, testGatedCounter); rc == tpm2.TPMRCSuccess {
+		t.Fatal("an empty-password increment of a gated counter succeeded")
+	} else {
+		t.Logf("empty-password increment: %v", rc)
+	}
+	// Rewriting the authorizer with a policy of one's own: locked.
+	ax, err := tp.ReadNVPublic(testGatedAuthorizer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.NVWrite{AuthHandle: tpm2.AuthHandle{Handle: ax.Handle, Name: ax.Name, Auth: tpm2.PasswordAuth(nil)},
+		NVIndex: tpm2.NamedHandle{Handle: ax.Handle, Name: ax.Name}, Data: tpm2.TPM2BMaxNVBuffer{Buffer: make([]byte, 34)}}).Execute(tp); err == nil {
+		t.Fatal("the locked authorizer was rewritten")
+	}
+	if err := tp.IncrementGated(testGatedCounter, testGatedAuthorizer, gate); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tp.ReadCounter(testGatedCounter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != before+1 {
+		t.Fatalf("counter %d -> %d, want one increment (the intruder's refused)", before, after)
+	}
+	// PolicyNV reads it with the empty password.
+	s, err := tp.StartPolicySession(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	op := binary.BigEndian.AppendUint64(nil, after)
+	if err := s.PolicyNV(testGatedCounter, names[1], op, 0, tpm2.TPMEOUnsignedLE); err != nil {
+		t.Fatalf("PolicyNV on the gated counter: %v", err)
+	}
+}
