@@ -38,6 +38,10 @@ const (
 	// AuditAnchorHandle is the NV extend index the audit chain head is extended
 	// into after each append.
 	AuditAnchorHandle tpm2.TPMHandle = 0x01707601
+	// CounterAuthorizerHandle holds, write-locked, the policy that gates the
+	// policy counter's increments on this device (tpm.DefineGatedCounter):
+	// the counter's authPolicy names it by its fleet-constant name.
+	CounterAuthorizerHandle tpm2.TPMHandle = 0x01707602
 )
 
 // Config is what an Agent needs. TPM is opened by the caller, who closes it.

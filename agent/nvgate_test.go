@@ -3,6 +3,9 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -17,6 +20,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -362,4 +366,142 @@ func TestReanchorArchivesABrokenTrail(t *testing.T) {
 	if _, err := ag.AuditVerify(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The policy counter takes increments only from provd: an empty-password
+// increment (tpm2_nvincrement by another process) is refused, and provd's
+// policy install still moves it. Its name stays the one computed offline
+// (agent.CounterRef), which fleet-wide signed policies embed.
+//
+// What a gate cannot stop, shown here: where the owner hierarchy has no
+// password, another process undefines the authorizer and the counter,
+// defines them again with the same public areas (the same fleet-constant
+// names: no authPolicy that is the same on every device can name what only
+// this device holds) but a policy of its own in the authorizer, and
+// increments: the installed signed policy is revoked early. It can only move
+// the counter forward (never bring an old policy back), and provd notices
+// (its own increment fails). With an owner password set, neither index can
+// be undefined and the counter is provd's alone.
+func TestCounterIncrementsOnlyByProvd(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := env.TPM
+	if name, err := tp.NVName(agent.PolicyCounterHandle); err != nil || !bytes.Equal(name.Buffer, agent.CounterRef().Name) {
+		t.Fatalf("counter name %x, CounterRef %x (%v)", name.Buffer, agent.CounterRef().Name, err)
+	}
+	cur, err := tp.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := func(v uint64) error {
+		t.Helper()
+		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := sp.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ag.InstallPolicy(ctx, b)
+		return err
+	}
+	c0 := *res.Counter
+	if err := install(c0 + 1); err != nil {
+		t.Fatal(err)
+	}
+	if rc := rawIncrement(t, tp, agent.PolicyCounterHandle); rc == tpm2.TPMRCSuccess {
+		t.Fatal("an empty-password increment of the policy counter succeeded")
+	}
+	if c, err := tp.ReadCounter(agent.PolicyCounterHandle); err != nil || c != c0+1 {
+		t.Fatalf("counter %d (%v), want %d: only provd's install moved it", c, err, c0+1)
+	}
+	if err := install(c0 + 2); err != nil {
+		t.Fatalf("install after the refused increment: %v", err)
+	}
+
+	// The owner hierarchy open: the intruder re-creates both indices with
+	// its own policy in the authorizer and increments.
+	x := intruder{t, tp}
+	authPub := tpm.AuthorizerPublic(agent.CounterAuthorizerHandle, false)
+	cntPub, err := tpm.GatedCounterPublic(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cntPub.Attributes.Written = false
+	x.redefine(agent.PolicyCounterHandle, cntPub)
+	x.redefine(agent.CounterAuthorizerHandle, authPub)
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := tp.LoadGate(srk, blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Flush(own.Handle)
+	if _, err := tp.DefineGatedCounter(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, own); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.IncrementGated(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, own); err != nil {
+		t.Fatal(err)
+	}
+	c, err := tp.ReadCounter(agent.PolicyCounterHandle)
+	if err != nil || c <= c0+2 {
+		t.Fatalf("counter after the intruder: %d (%v); a counter never goes back", c, err)
+	}
+	if err := install(c + 1); err == nil {
+		t.Fatal("provd incremented a counter gated by the intruder's authorizer")
+	}
+
+	// With an owner password, the indices cannot be undefined.
+	if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth: tpm2.TPM2BAuth{Buffer: []byte("owner secret")}}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []tpm2.TPMHandle{agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, agent.AuditAnchorHandle} {
+		cur, err := tp.ReadNVPublic(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: tpm2.NamedHandle{Handle: h, Name: cur.Name}}).Execute(tp); err == nil {
+			t.Fatalf("0x%08x undefined without the owner password", uint32(h))
+		}
+	}
+	if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth([]byte("owner secret"))}}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rawIncrement is tpm2_nvincrement with the index's empty password.
+func rawIncrement(t *testing.T, tp *tpm.TPM, h tpm2.TPMHandle) tpm2.TPMRC {
+	t.Helper()
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTSessions))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMCCNVIncrement))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, 9)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMRSPW))
+	b = append(b, 0, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
+	rsp, err := tp.Send(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
 }

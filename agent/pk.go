@@ -60,6 +60,10 @@ type pkState struct {
 	// name it (officer.go).
 	Officer   string    `json:"officer,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// CounterGate is the blob (hex) of the key that gates the policy
+	// counter's increments (signed policies; empty for a counter defined
+	// before gates, incremented with its empty password).
+	CounterGate string `json:"counter_gate,omitempty"`
 }
 
 // policyRecord says how an object's authPolicy was built, so it can be applied
@@ -145,10 +149,13 @@ func (r policyRecord) digest() []byte {
 // computed offline from the index's public area, which is the same on every
 // device provd provisions: one signed policy serves a whole fleet.
 func CounterRef() policy.NVCounterRef {
-	pub := tpm.CounterPublic(PolicyCounterHandle)
-	name, err := tpm2.NVName(&pub)
+	pub, err := tpm.GatedCounterPublic(PolicyCounterHandle, CounterAuthorizerHandle)
 	if err != nil {
 		panic(err) // a constant public area always has a name
+	}
+	name, err := tpm2.NVName(&pub)
+	if err != nil {
+		panic(err)
 	}
 	return policy.NVCounterRef{Handle: PolicyCounterHandle, Name: name.Buffer}
 }

@@ -97,11 +97,10 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return res, err
 	}
 	a.signed.reset()
-	for ; c < sp.Version; c++ {
-		if err := a.t.Increment(PolicyCounterHandle); err != nil {
-			return res, err
-		}
+	if err := a.incrementCounter(st, sp.Version-c); err != nil {
+		return res, err
 	}
+	c = sp.Version
 	res.Version, res.Counter = sp.Version, c
 	// Whether the policy holds now is one policy session: the one that
 	// creates the derivation parent (under the first policy that holds), or

@@ -76,8 +76,10 @@ func dTemplate(authPolicy []byte) tpm2.TPMTPublic {
 // Provision generates the PK inside the TPM under the SRK, sealed to the
 // requested policy, and the derivation parent under it, and records their
 // TPM-wrapped blobs. Nothing persistent is created in the TPM before the state
-// commit except the SRK and, for signed policies, the policy counter, both of
-// which a retry reuses: a crash at any moment leaves the old state or the new.
+// commit except the SRK (which a retry reuses) and, for signed policies, the
+// policy counter and its authorizer (which a retry replaces; the counter's
+// value only moves forward): a crash at any moment leaves the old state or
+// the new.
 func (a *Agent) Provision(ctx context.Context, req api.ProvisionRequest) (api.ProvisionResult, error) {
 	defer a.lock()()
 	objects := map[string]string{}
@@ -120,7 +122,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		}
 	}
 
-	rec, err := a.provisionPolicy(req, &res)
+	rec, counterGate, err := a.provisionPolicy(req, &res)
 	if err != nil {
 		return res, err
 	}
@@ -138,7 +140,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
-	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC()}
+	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate}
 	if req.Officer != nil {
 		pemBytes, err := policy.MarshalPublicKeyPEM(req.Officer)
 		if err != nil {
@@ -199,28 +201,30 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	return res, nil
 }
 
-// provisionPolicy builds the PK's policy record for req.
-func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (policyRecord, error) {
+// provisionPolicy builds the PK's policy record for req and, for a signed
+// policy, defines the gated policy counter and returns its gate's blob (hex).
+func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (rec policyRecord, counterGate string, err error) {
 	if req.Officer != nil {
 		if _, err := policy.SignerPublic(req.Officer); err != nil {
-			return policyRecord{}, fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
+			return policyRecord{}, "", fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
 		}
 	}
 	if req.Signer != nil {
 		if _, err := policy.SignerPublic(req.Signer); err != nil {
-			return policyRecord{}, fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
+			return policyRecord{}, "", fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 		}
-		c, err := a.ensureCounter()
+		c, gate, err := a.ensureCounter()
 		if err != nil {
-			return policyRecord{}, err
+			return policyRecord{}, "", err
 		}
 		res.Counter = &c
 		res.CounterHandle = fmt.Sprintf("0x%08x", uint32(PolicyCounterHandle))
 		ref, err := PolicyRef(req.PolicyClass)
 		if err != nil {
-			return policyRecord{}, err
+			return policyRecord{}, "", err
 		}
-		return newSignedRecord(req.Signer, ref)
+		rec, err := newSignedRecord(req.Signer, ref)
+		return rec, gate, err
 	}
 	var vals policy.PCRValues
 	if req.Values != nil {
@@ -235,39 +239,88 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 			pcrs = api.DefaultPCRs
 		}
 		if err := checkResettable(pcrs, req.AllowResettable); err != nil {
-			return policyRecord{}, err
+			return policyRecord{}, "", err
 		}
 		cur, err := a.t.PCRReadAuthenticated(bank.Alg(), pcrs)
 		if err != nil {
-			return policyRecord{}, err
+			return policyRecord{}, "", err
 		}
 		vals = policy.PCRValues{Bank: bank, Values: cur}
 	}
 	if err := vals.Validate(); err != nil {
-		return policyRecord{}, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		return policyRecord{}, "", fmt.Errorf("%w: %v", api.ErrBadInput, err)
 	}
 	if err := checkResettable(vals.Indices(), req.AllowResettable); err != nil {
-		return policyRecord{}, err
+		return policyRecord{}, "", err
 	}
 	res.Bank, res.PCRs = vals.Bank.String(), vals.Indices()
-	return newPCRRecord(vals)
+	rec, err = newPCRRecord(vals)
+	return rec, "", err
 }
 
-// ensureCounter defines the policy counter if absent and returns its value;
-// an index at the handle that is not provd's counter is refused.
-func (a *Agent) ensureCounter() (uint64, error) {
-	want := CounterRef()
-	x, err := a.t.ReadNVPublic(PolicyCounterHandle)
-	if errors.Is(err, tpm.ErrNotFound) {
-		x, err = a.t.DefineCounter(PolicyCounterHandle)
+// ensureCounter defines the policy counter, gated by a new key under the
+// SRK (tpm.DefineGatedCounter), and returns its value and the gate's blob
+// (hex) for the state. Whatever was at the counter's handles is replaced: a
+// counter never goes back, even across undefine and define, so a retry or a
+// counter left by another state can only move the version forward.
+func (a *Agent) ensureCounter() (uint64, string, error) {
+	srk, err := a.t.SRK()
+	if err != nil {
+		return 0, "", err
+	}
+	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), nil)
+	if err != nil {
+		return 0, "", fmt.Errorf("counter gate key: %w", err)
+	}
+	gate, err := a.t.LoadGate(srk, blob)
+	if err != nil {
+		return 0, "", err
+	}
+	_, err = a.t.DefineGatedCounter(PolicyCounterHandle, CounterAuthorizerHandle, gate)
+	if ferr := a.t.Flush(gate.Handle); ferr != nil && err == nil {
+		err = ferr
 	}
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	if string(x.Name.Buffer) != string(want.Name) {
-		return 0, fmt.Errorf("NV index 0x%08x is not provd's policy counter (name %x)", uint32(PolicyCounterHandle), x.Name.Buffer)
+	c, err := a.t.ReadCounter(PolicyCounterHandle)
+	return c, hex.EncodeToString(blob.Marshal()), err
+}
+
+// incrementCounter moves the policy counter n steps with the state's gate
+// (a counter defined before gates takes its empty password).
+func (a *Agent) incrementCounter(st pkState, n uint64) (err error) {
+	if st.CounterGate == "" {
+		for ; n > 0; n-- {
+			if err := a.t.Increment(PolicyCounterHandle); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	return a.t.ReadCounter(PolicyCounterHandle)
+	raw, err := hex.DecodeString(st.CounterGate)
+	if err != nil {
+		return fmt.Errorf("%w: counter gate: %v", api.ErrTampered, err)
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return fmt.Errorf("%w: counter gate: %v", api.ErrTampered, err)
+	}
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	gate, err := a.t.LoadGate(srk, blob)
+	if err != nil {
+		return fmt.Errorf("counter gate key: %w", err)
+	}
+	defer a.flush(&err, gate.Handle)
+	for ; n > 0; n-- {
+		if err := a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // withLoaded loads blob under parent (empty password), runs fn, flushes.

@@ -15,7 +15,7 @@ import (
 )
 
 // provdNV lists the NV indices provd defines.
-var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, AuditAnchorHandle}
+var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, AuditAnchorHandle}
 
 // Zeroize removes every TPM object and NV index provd created and overwrites
 // and removes the state's blob files. The PK's blob gone, the PK is gone: it
