@@ -65,8 +65,10 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	}
 	if !ownerAuth {
 		s.Warnings = append(s.Warnings, "the TPM's owner hierarchy has no authorization: any local process with TPM access "+
-			"can undefine and redefine NV indices in the owner range (provd's policy counter and audit anchor among them) "+
-			"and evict persistent objects (provd does not yet gate its indices with a policy of its own)")
+			"can undefine and redefine NV indices in the owner range and evict persistent objects. provd's indices take writes "+
+			"only from provd, but removing them stays possible: a removed or replaced audit anchor stops audited operations "+
+			"until provd audit reanchor, a re-created policy counter revokes signed policies early. Set an owner password "+
+			"after provisioning (tpm2_changeauth -c owner)")
 	}
 	if s.Provisioned && s.TPMTrust == "" {
 		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it): "+

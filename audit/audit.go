@@ -7,8 +7,12 @@
 // (the chain breaks at the first line whose "prev" no longer matches), lines
 // removed from the end or a tail rewritten consistently (the replayed anchor
 // differs from the anchor), and lines appended without the anchor. What it does
-// not: deleting the whole log together with resetting the anchor, which needs
-// owner authorisation on the TPM, and an attacker who can extend the anchor.
+// not: an attacker who can extend the anchor (provd gates its anchor so that
+// only the holder of its state directory can), and one who can replace both
+// the log and what pins the anchor (provd's state directory): against them
+// only a witness off the device helps. Replacing the anchor itself shows:
+// the agent checks the index's name (see OpAnchor for moving a trail to a
+// new anchor).
 //
 // Records never carry secrets: Record has no field for key material, PINs,
 // passwords or seeds, only operation names, object names, a uid and a result.

@@ -149,7 +149,7 @@ func ignoreNotFound(err error) error {
 // IncrementGated adds one to the gated counter at h: the loaded gate proves
 // its authorization, the session's digest is checked against the
 // authorizer's content (PolicyAuthorizeNV), and NV_Increment runs in that
-// session. 7 commands: ReadNVPublic (twice), StartAuthSession, PolicySecret,
+// session. 8 commands: ReadNVPublic (twice), StartAuthSession, PolicySecret,
 // PolicyCommandCode, PolicyAuthorizeNV, NV_Increment, FlushContext.
 func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object) (err error) {
 	x, err := t.ReadNVPublic(h)
