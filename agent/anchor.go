@@ -335,6 +335,9 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	}
 	objects := map[string]string{}
 	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
+	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) {
+		return res, verr // not the trail's fault (the TPM, the file system): nothing to record yet
+	}
 	if verr != nil {
 		objects["verify_error"] = verr.Error()
 		res.Found = verr.Error()
@@ -348,11 +351,17 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	if verr != nil && !errors.Is(verr, errAnchorMoved) && lerr == nil {
 		lerr = verr
 	}
+	data, rerr := os.ReadFile(a.auditPath())
+	if errors.Is(rerr, os.ErrNotExist) {
+		// The log itself is gone (the anchor says there was one): nothing
+		// to archive; the record names what the anchor held.
+		objects["log_missing"] = "true"
+		lerr, rerr = nil, nil
+	}
+	if rerr != nil {
+		return res, rerr
+	}
 	if err := lerr; err != nil {
-		data, rerr := os.ReadFile(a.auditPath())
-		if rerr != nil {
-			return res, rerr
-		}
 		archived := filepath.Join(a.dir, fmt.Sprintf("audit-%d.log", a.now().UnixNano()))
 		if err := os.Rename(a.auditPath(), archived); err != nil {
 			return res, err

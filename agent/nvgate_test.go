@@ -505,3 +505,98 @@ func rawIncrement(t *testing.T, tp *tpm.TPM, h tpm2.TPMHandle) tpm2.TPMRC {
 	}
 	return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
 }
+
+// legacyAnchor is the ungated anchor of a provd from before gates.
+type legacyAnchor struct{ tp *tpm.TPM }
+
+func (l legacyAnchor) Extend(head []byte) error { return l.tp.NVExtend(agent.AuditAnchorHandle, head) }
+func (l legacyAnchor) Read() ([]byte, error) {
+	v, err := l.tp.Anchor(agent.AuditAnchorHandle).Read()
+	if errors.Is(err, tpm.ErrNVUninitialized) {
+		return nil, audit.ErrAnchorEmpty
+	}
+	return v, err
+}
+
+// legacyTrail writes a trail of n records anchored the way provd did before
+// gates (an ungated extend index at the anchor's handle) into dir.
+func legacyTrail(t *testing.T, tp *tpm.TPM, dir string, n int) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.DefineExtendIndex(agent.AuditAnchorHandle); err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.Open(filepath.Join(dir, audit.FileName), audit.Options{Anchor: legacyAnchor{tp}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for range n {
+		if err := l.Append(audit.Record{Op: "seal", Result: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A trail anchored in the ungated index of a provd before gates moves to a
+// gated anchor at its next record, which says so; one that a stray extend
+// broke (what made every audited operation exit 14 until a manual undefine)
+// is refused, and audit reanchor archives it and starts a gated trail; a
+// deleted log is reanchored too, not a dead end.
+func TestLegacyTrailsMoveToTheGate(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	tp := env.TPM
+
+	dir := stateDir(t)
+	legacyTrail(t, tp, dir, 2)
+	ag := newAgent(t, env, dir)
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatalf("provision on a legacy trail: %v", err)
+	}
+	recs, err := ag.AuditRecords(ctx)
+	if err != nil || len(recs) != 4 || recs[2].Op != audit.OpAnchor || recs[2].Objects["replaced_nv_value"] == "" {
+		t.Fatalf("legacy trail after provision: %+v %v", recs, err)
+	}
+	if rc := (intruder{t, tp}).extend(agent.AuditAnchorHandle, []byte("stray")); rc == tpm2.TPMRCSuccess {
+		t.Fatal("stray extend of the moved trail's anchor succeeded")
+	}
+	ag.Close()
+
+	// A legacy trail broken by a stray extend.
+	if err := tp.UndefineNV(agent.AuditAnchorHandle); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	legacyTrail(t, tp, dir2, 2)
+	if err := tp.NVExtend(agent.AuditAnchorHandle, []byte("stray")); err != nil {
+		t.Fatal(err)
+	}
+	ag2 := newAgent(t, env, dir2)
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); !errors.Is(err, api.ErrTampered) {
+		t.Fatalf("provision on a legacy trail broken by a stray extend: %v, want ErrTampered", err)
+	}
+	res, err := ag2.AuditReanchor(ctx)
+	if err != nil || res.ArchivedLog == "" {
+		t.Fatalf("reanchor of the broken legacy trail: %+v %v", res, err)
+	}
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatalf("provision after reanchor: %v", err)
+	}
+
+	// The log deleted while the anchor stays.
+	if err := os.Remove(filepath.Join(dir2, audit.FileName)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag2.AuditVerify(ctx); !errors.Is(err, api.ErrTampered) {
+		t.Fatalf("verify of a deleted log: %v", err)
+	}
+	if res, err = ag2.AuditReanchor(ctx); err != nil || res.Record.Objects["log_missing"] != "true" {
+		t.Fatalf("reanchor of a deleted log: %+v %v", res, err)
+	}
+	if _, err := ag2.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
