@@ -114,7 +114,8 @@ func (t *TPM) defineNV(h tpm2.TPMHandle, nt tpm2.TPMNT, size uint16) error {
 // undefine and define. Read it with ReadCounter.
 //
 // Anyone may increment it (empty password): that can only revoke signed
-// policies early, never bring an old one back.
+// policies early, never bring an old one back. provd's own policy counter is
+// gated instead (DefineGatedCounter); this one serves tests and tools.
 func (t *TPM) DefineCounter(h tpm2.TPMHandle) (x NVIndex, err error) {
 	if err := t.defineNV(h, tpm2.TPMNTCounter, counterSize); err != nil {
 		return NVIndex{}, err

@@ -20,9 +20,10 @@ func nvPublic(h tpm2.TPMHandle, nt tpm2.TPMNT, size uint16) tpm2.TPMSNVPublic {
 	}
 }
 
-// CounterPublic is the public area of a provd policy counter at h once written
-// (TPMA_NV_WRITTEN set, as after DefineCounter). Its name, computed offline from
-// this, is what signed policies bind to: the same on every device.
+// CounterPublic is the public area of an ungated counter at h once written
+// (TPMA_NV_WRITTEN set, as after DefineCounter): provd's policy counter before
+// gates. provd's counter is now GatedCounterPublic's, whose name signed
+// policies bind to.
 func CounterPublic(h tpm2.TPMHandle) tpm2.TPMSNVPublic {
 	p := nvPublic(h, tpm2.TPMNTCounter, counterSize)
 	p.Attributes.Written = true
