@@ -456,7 +456,7 @@ func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	if _, err := tp.DefineGatedCounter(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, own); err != nil {
 		t.Fatal(err)
 	}
-	if err := tp.IncrementGated(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, own); err != nil {
+	if err := tp.IncrementGated(agent.PolicyCounterHandle, agent.CounterAuthorizerHandle, own, 1); err != nil {
 		t.Fatal(err)
 	}
 	c, err := tp.ReadCounter(agent.PolicyCounterHandle)

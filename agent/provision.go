@@ -290,6 +290,9 @@ func (a *Agent) ensureCounter() (uint64, string, error) {
 // incrementCounter moves the policy counter n steps with the state's gate
 // (a counter defined before gates takes its empty password).
 func (a *Agent) incrementCounter(st pkState, n uint64) (err error) {
+	if n == 0 {
+		return nil
+	}
 	if st.CounterGate == "" {
 		for ; n > 0; n-- {
 			if err := a.t.Increment(PolicyCounterHandle); err != nil {
@@ -315,12 +318,7 @@ func (a *Agent) incrementCounter(st pkState, n uint64) (err error) {
 		return fmt.Errorf("counter gate key: %w", err)
 	}
 	defer a.flush(&err, gate.Handle)
-	for ; n > 0; n-- {
-		if err := a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate); err != nil {
-			return err
-		}
-	}
-	return nil
+	return a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate, n)
 }
 
 // withLoaded loads blob under parent (empty password), runs fn, flushes.

@@ -200,15 +200,15 @@ func TestGatedCounter(t *testing.T) {
 		NVIndex: tpm2.NamedHandle{Handle: ax.Handle, Name: ax.Name}, Data: tpm2.TPM2BMaxNVBuffer{Buffer: make([]byte, 34)}}).Execute(tp); err == nil {
 		t.Fatal("the locked authorizer was rewritten")
 	}
-	if err := tp.IncrementGated(testGatedCounter, testGatedAuthorizer, gate); err != nil {
+	if err := tp.IncrementGated(testGatedCounter, testGatedAuthorizer, gate, 3); err != nil {
 		t.Fatal(err)
 	}
 	after, err := tp.ReadCounter(testGatedCounter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after != before+1 {
-		t.Fatalf("counter %d -> %d, want one increment (the intruder's refused)", before, after)
+	if after != before+3 {
+		t.Fatalf("counter %d -> %d, want three increments (the intruder's refused)", before, after)
 	}
 	// PolicyNV reads it with the empty password.
 	s, err := tp.StartPolicySession(false)

@@ -123,7 +123,7 @@ func (t *TPM) DefineGatedCounter(h, authorizer tpm2.TPMHandle, gate Object) (x N
 	if _, err := t.DefineNV(unwritten); err != nil {
 		return NVIndex{}, err
 	}
-	if err := t.IncrementGated(h, authorizer, gate); err != nil {
+	if err := t.IncrementGated(h, authorizer, gate, 1); err != nil {
 		return NVIndex{}, err
 	}
 	if x, err = t.ReadNVPublic(h); err != nil {
@@ -146,12 +146,17 @@ func ignoreNotFound(err error) error {
 	return err
 }
 
-// IncrementGated adds one to the gated counter at h: the loaded gate proves
-// its authorization, the session's digest is checked against the
-// authorizer's content (PolicyAuthorizeNV), and NV_Increment runs in that
-// session. 8 commands: ReadNVPublic (twice), StartAuthSession, PolicySecret,
-// PolicyCommandCode, PolicyAuthorizeNV, NV_Increment, FlushContext.
-func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object) (err error) {
+// IncrementGated adds n to the gated counter at h, one step at a time: the
+// loaded gate proves its authorization, the session's digest is checked
+// against the authorizer's content (PolicyAuthorizeNV), and NV_Increment runs
+// in that session (the TPM resets the session's digest after each command,
+// so each step runs the policy again). 2 commands (ReadNVPublic of both
+// indices), then 4 per step (PolicySecret, PolicyCommandCode,
+// PolicyAuthorizeNV, NV_Increment), plus StartAuthSession and FlushContext.
+func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object, n uint64) (err error) {
+	if n == 0 {
+		return nil
+	}
 	x, err := t.ReadNVPublic(h)
 	if err != nil {
 		return err
@@ -172,11 +177,27 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object) (err err
 			err = cerr
 		}
 	}()
-	if _, err := (tpm2.PolicyAuthorizeNV{AuthHandle: ax.auth(), NVIndex: ax.named(), PolicySession: s.Handle()}).Execute(t); err != nil {
-		return notSatisfied("TPM2_PolicyAuthorizeNV", err, tpm2.TPMRCValue, tpm2.TPMRCPolicy)
-	}
-	if _, err := (tpm2.NVIncrement{AuthHandle: tpm2.AuthHandle{Handle: h, Name: x.Name, Auth: s.Session()}, NVIndex: x.named()}).Execute(t); err != nil {
-		return notSatisfied("TPM2_NV_Increment", err, tpm2.TPMRCPolicyFail)
+	for i := uint64(0); i < n; i++ {
+		if i > 0 {
+			if err := s.PolicySecret(gate, nil); err != nil {
+				return err
+			}
+			if err := s.PolicyCommandCode(tpm2.TPMCCNVIncrement); err != nil {
+				return err
+			}
+		}
+		if _, err := (tpm2.PolicyAuthorizeNV{AuthHandle: ax.auth(), NVIndex: ax.named(), PolicySession: s.Handle()}).Execute(t); err != nil {
+			return notSatisfied("TPM2_PolicyAuthorizeNV", err, tpm2.TPMRCValue, tpm2.TPMRCPolicy)
+		}
+		if _, err := (tpm2.NVIncrement{AuthHandle: tpm2.AuthHandle{Handle: h, Name: x.Name, Auth: s.Session()}, NVIndex: x.named()}).Execute(t); err != nil {
+			return notSatisfied("TPM2_NV_Increment", err, tpm2.TPMRCPolicyFail)
+		}
+		// The first increment writes the counter: its name changes once.
+		if i == 0 && !x.Public.Attributes.Written {
+			if x, err = t.ReadNVPublic(h); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
