@@ -31,6 +31,11 @@ type gateRecord struct {
 	Handle  uint32 `json:"nv_index"`
 	Blob    string `json:"gate_blob"` // hex of tpm.Blob.Marshal
 	Name    string `json:"gate_name"` // hex
+	// SRK is the name (hex) of the pinned SRK the gate key was created
+	// through, "" when none was pinned: before first contact the SRK is what
+	// the bus says, and an interposer then could have changed the gate's
+	// creation. Provision makes a new gate when this is not its pinned SRK.
+	SRK string `json:"srk_name,omitempty"`
 }
 
 // errAnchorMoved: the index at the anchor's handle is not the trail's own
@@ -261,7 +266,8 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	if _, err := a.t.DefineNV(pub); err != nil {
 		return nil, err
 	}
-	g := gateRecord{Version: 1, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer)}
+	g := gateRecord{Version: 1, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
+		SRK: hex.EncodeToString(a.t.PinnedSRKName())}
 	b, err := json.Marshal(g)
 	if err != nil {
 		return nil, err
@@ -313,6 +319,23 @@ func (a *Agent) ensureGated(ctx context.Context) error {
 		why = "moved from an ungated anchor"
 	}
 	_, err = a.anchorTrail(ctx, why, nil)
+	return err
+}
+
+// gateThroughPinnedSRK moves the trail to a new gate when its gate key was
+// not created through the SRK pinned now (a trail begun before first
+// contact, where the bus named the SRK): provision calls it once the
+// identity is pinned.
+func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
+	g, err := a.trailAnchor().gate()
+	if err != nil {
+		return err
+	}
+	pinned := hex.EncodeToString(a.t.PinnedSRKName())
+	if g == nil || pinned == "" || g.SRK == pinned {
+		return nil
+	}
+	_, err = a.anchorTrail(ctx, "a gate created through the TPM identity pinned at provisioning", nil)
 	return err
 }
 

@@ -112,6 +112,9 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	objects["srk"] = identity.SRKName
 	objects["tpm_trust"] = identity.Trust
+	if err := a.gateThroughPinnedSRK(ctx); err != nil {
+		return res, err
+	}
 	if provisioned {
 		// As zeroize: nothing is destroyed unless the trail takes a record.
 		if err := a.record(ctx, "zeroize-start", map[string]string{"by": "provision --force"}, nil); err != nil {

@@ -124,6 +124,17 @@ func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
 	return nil
 }
 
+// PinnedSRKName is the name of the pinned SRK, or nil when none is pinned
+// (sessions are then salted to the SRK the bus reports).
+func (t *TPM) PinnedSRKName() []byte {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if t.pinned == nil {
+		return nil
+	}
+	return t.pinned.Name.Buffer
+}
+
 // persistSRK makes primary (a fresh SRK) persistent at SRKHandle; the caller
 // flushes the transient copy.
 func (t *TPM) persistSRK(primary Object) error {
