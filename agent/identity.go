@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -71,7 +72,9 @@ func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Obj
 		// The salt did not decrypt: the key at the EK's handle is not the
 		// certified key (another TPM, or an interposer's key).
 		return id, srk, fmt.Errorf("%w: the TPM's EK is not the certified key: %w", api.ErrUntrustedTPM, err)
-	case errors.Is(err, tpm.ErrResponseForged):
+	case errors.Is(err, tpm.ErrResponseForged), errors.Is(err, tpm.ErrIdentityMismatch):
+		// The TPM (or the bus) presents another EK than the certified
+		// key, or the TPM derived another session key from the salt.
 		return id, srk, fmt.Errorf("%w: %w", api.ErrUntrustedTPM, err)
 	case err != nil:
 		return id, srk, err
@@ -161,8 +164,9 @@ func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (iden
 }
 
 // ekCertificate is the EK certificate to use: the caller's (DER or PEM), or
-// the first of the TCG NV indices this version can salt to (RSA 2048, ECC
-// P-256).
+// the first of the TCG NV indices in the order of tpm.EKCertIndices: RSA
+// 2048 and ECC P-256 (the low-range templates every TPM has) before ECC
+// P-384 (high range).
 func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
 	if len(given) > 0 {
 		if b, _ := pem.Decode(given); b != nil {
@@ -173,7 +177,7 @@ func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
 		}
 		return given, "file", nil
 	}
-	for _, c := range tpm.EKCertIndices[:2] {
+	for _, c := range tpm.EKCertIndices {
 		der, err := a.t.ReadNV(c.Handle)
 		if errors.Is(err, tpm.ErrNotFound) {
 			continue
@@ -183,7 +187,7 @@ func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
 		}
 		return der, fmt.Sprintf("nv 0x%08x", uint32(c.Handle)), nil
 	}
-	return nil, "", fmt.Errorf("%w: no RSA 2048 or ECC P-256 EK certificate in NV (0x01c00002, 0x01c0000a): give the TPM's EK certificate as a file", api.ErrNotFound)
+	return nil, "", fmt.Errorf("%w: no RSA 2048, ECC P-256 or ECC P-384 EK certificate in NV (0x01c00002, 0x01c0000a, 0x01c00016): give the TPM's EK certificate as a file", api.ErrNotFound)
 }
 
 // verifyEK checks the certificate against the manufacturer certificates of
@@ -212,8 +216,12 @@ func verifyEK(der []byte, req api.IdentityRequest, now func() time.Time) (*attes
 	return ek, err
 }
 
-// ekPublic is the persistent handle and the public area of the TCG default
-// EK with key, and the template a TPM without a persistent EK makes it from.
+// ekPublic is the persistent handle and the public area of the TCG EK with
+// key, and the template a TPM without a persistent EK makes it from. The
+// public area, which the salt is encrypted to, is the template's with the
+// certificate's key: its nameAlg (the salt KDF's hash: SHA-256 for the
+// low-range templates L-1 and L-2, SHA-384 for H-3) and curve come from the
+// template the certificate's NV index names, nothing from the bus.
 func ekPublic(key any) (tpm2.TPMHandle, tpm2.TPMTPublic, tpm2.TPMTPublic, string, error) {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
@@ -227,17 +235,32 @@ func ekPublic(key any) (tpm2.TPMHandle, tpm2.TPMTPublic, tpm2.TPMTPublic, string
 		return tpm.RSAEKHandle, pub, tmpl, "RSA 2048", nil
 	case *ecdsa.PublicKey:
 		ek, err := k.ECDH()
-		if err != nil || len(ek.Bytes()) != 65 {
+		if err != nil {
 			break
 		}
-		raw := ek.Bytes()
-		tmpl := tpm2.ECCEKTemplate
-		tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}})
+		var (
+			tmpl   tpm2.TPMTPublic
+			handle tpm2.TPMHandle
+			desc   string
+		)
+		raw := ek.Bytes() // 04 || X || Y
+		switch ek.Curve() {
+		case ecdh.P256():
+			// L-2: the unique field is zero-filled to the curve's size.
+			tmpl, handle, desc = tpm2.ECCEKTemplate, tpm.ECCP256EKHandle, "ECC P-256"
+			tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+				X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}})
+		case ecdh.P384():
+			// H-3: the unique field is empty.
+			tmpl, handle, desc = tpm.ECCP384EKTemplate, tpm.ECCP384EKHandle, "ECC P-384"
+		default:
+			return 0, tpm2.TPMTPublic{}, tpm2.TPMTPublic{}, "", fmt.Errorf("%w: an EK certificate for an ECC key on %s: provd salts to RSA 2048, ECC P-256 and ECC P-384 EKs", api.ErrNotPermitted, k.Curve.Params().Name)
+		}
+		n := (len(raw) - 1) / 2
 		pub := tmpl
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]}})
-		return tpm.ECCP256EKHandle, pub, tmpl, "ECC P-256", nil
+			X: tpm2.TPM2BECCParameter{Buffer: raw[1 : 1+n]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[1+n:]}})
+		return handle, pub, tmpl, desc, nil
 	}
-	return 0, tpm2.TPMTPublic{}, tpm2.TPMTPublic{}, "", fmt.Errorf("%w: an EK certificate for a %T key other than RSA 2048 or ECC P-256: provd cannot yet salt to it", api.ErrNotPermitted, key)
+	return 0, tpm2.TPMTPublic{}, tpm2.TPMTPublic{}, "", fmt.Errorf("%w: an EK certificate for a %T key other than RSA 2048, ECC P-256 or ECC P-384: provd cannot salt to it", api.ErrNotPermitted, key)
 }

@@ -109,22 +109,164 @@ func TestTPMIdentity(t *testing.T) {
 	}
 }
 
-// The EK certificate of another TPM, verified by the same CA: the salt is
-// encrypted to a key this TPM does not hold, so the session cannot start,
-// and nothing the TPM (or an interposer) answers is taken for an identity.
+// The EK certificate of another TPM (RSA 2048 and ECC P-384), verified by
+// that TPM's CA: the key at this TPM's EK handle is not the certified key,
+// so the identity is refused before any session (ErrIdentityMismatch). An
+// interposer that answers ReadPublic of the EK handle with the certified
+// key to get past that check gains nothing: the salt is encrypted to a key
+// this TPM does not hold, so the TPM cannot decrypt it (RSA: TPM_RC_VALUE at
+// StartAuthSession) or derives another session key and refuses provd's
+// command HMAC (ECC: TPM_RC_BAD_AUTH, forged). Either way no identity is
+// reported (untrusted, exit 15).
 func TestTPMIdentityOtherTPMsCertificate(t *testing.T) {
-	env := swtpmtest.Start(t)
+	var lie atomic.Bool
+	var liar ekLiar
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
+		liar.next, liar.on = next, &lie
+		return &liar
+	}))
 	other := swtpmtest.Start(t) // a distinct TPM (the harness manufactures it afresh)
-	der, err := other.TPM.ReadNV(0x01c00002)
+	a := testAgent(t, env, nil)
+	for _, c := range []struct {
+		nv         tpm2.TPMHandle
+		key        string
+		tpmRefusal error
+	}{
+		{0x01c00002, "RSA 2048", tpm2.TPMRCValue},
+		{0x01c00016, "ECC P-384", tpm.ErrResponseForged},
+	} {
+		der, err := other.TPM.ReadNV(c.nv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := api.IdentityRequest{EKCert: der, EKCA: caBundle(t, other)}
+		_, err = a.TPMIdentity(context.Background(), req)
+		if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm.ErrIdentityMismatch) || api.ExitCode(err) != api.ExitIdentity {
+			t.Errorf("%s: identity with another TPM's EK certificate: %v (exit %d), want untrusted: not the certified key (15)", c.key, err, api.ExitCode(err))
+		}
+
+		cert, err := tpm.ParseEKCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, pub, _, _, err := ekPublic(cert.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		liar.handle, liar.pub = handle, pub
+		lie.Store(true)
+		_, err = a.TPMIdentity(context.Background(), req)
+		lie.Store(false)
+		if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, c.tpmRefusal) || api.ExitCode(err) != api.ExitIdentity {
+			t.Errorf("%s: identity with another TPM's EK certificate, the bus claiming its key: %v (exit %d), want untrusted, %v (15)",
+				c.key, err, api.ExitCode(err), c.tpmRefusal)
+		}
+		if liar.answered == 0 {
+			t.Errorf("%s: the interposer never answered", c.key)
+		}
+		liar.answered = 0
+	}
+}
+
+// ekLiar answers TPM2_ReadPublic of handle with pub (and its name) while on
+// is set, as an interposer that claims the certified key is the TPM's EK.
+type ekLiar struct {
+	next     transport.TPM
+	on       *atomic.Bool
+	handle   tpm2.TPMHandle
+	pub      tpm2.TPMTPublic
+	answered int
+}
+
+func (l *ekLiar) Send(cmd []byte) ([]byte, error) {
+	rsp, err := l.next.Send(cmd)
+	if err != nil || !l.on.Load() || len(cmd) < 14 || len(rsp) < 10 ||
+		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCReadPublic ||
+		tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != l.handle || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		return rsp, err
+	}
+	name, err := tpm2.ObjectName(&l.pub)
+	if err != nil {
+		return nil, err
+	}
+	l.answered++
+	out := append([]byte(nil), rsp[:10]...)
+	out = append(out, tpm2.Marshal(tpm2.New2B(l.pub))...)
+	out = append(out, tpm2.Marshal(*name)...)
+	out = append(out, tpm2.Marshal(*name)...) // qualifiedName: provd does not read it
+	binary.BigEndian.PutUint32(out[2:6], uint32(len(out)))
+	return out, nil
+}
+
+// First contact through the ECC P-384 EK (TCG high-range template H-3,
+// certificate at NV 0x01c00016, persistent at 0x81010016, as swtpm_setup
+// makes it): given as a file, the CA verifies it and the SRK comes back
+// through the session salted to the certificate's point, the same SRK as
+// through the RSA EK. With no RSA or P-256 certificate in NV the search
+// finds the P-384 one; with no persistent P-384 EK provd creates it from
+// H-3 and flushes it. Provisioning through it pins the TPM.
+func TestTPMIdentityP384(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator() // removes an EK certificate and evicts the EK
+	ctx := context.Background()
+	ekca := caBundle(t, env)
+	a := testAgent(t, env, nil)
+	rsa, err := a.TPMIdentity(ctx, api.IdentityRequest{EKCA: ekca})
+	if err != nil || rsa.EKKey != "RSA 2048" || rsa.EKCertSource != "nv 0x01c00002" {
+		t.Fatalf("with RSA and P-384 certificates in NV: %+v %v, want the RSA one", rsa, err)
+	}
+	der, err := env.TPM.ReadNV(0x01c00016)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := testAgent(t, env, nil)
-	// The other TPM's CA differs too; trust on first use gets past the
-	// chain, to the TPM's own refusal.
-	_, err = a.TPMIdentity(context.Background(), api.IdentityRequest{EKCert: der, TrustOnFirstUse: true})
-	if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm2.TPMRCValue) {
-		t.Fatalf("identity with another TPM's EK certificate: %v, want untrusted (TPM_RC_VALUE at StartAuthSession)", err)
+	id, err := a.TPMIdentity(ctx, api.IdentityRequest{EKCA: ekca, EKCert: der})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Trust != api.TrustManufacturer || id.EKKey != "ECC P-384" || id.EKCertSource != "file" || id.SRKName != rsa.SRKName {
+		t.Errorf("through the P-384 EK: %+v; want manufacturer trust and SRK %s", id, rsa.SRKName)
+	}
+
+	// Only the P-384 certificate in NV: the platform removes the RSA one.
+	nv, err := (tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(0x01c00002)}).Execute(env.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHPlatform, NVIndex: tpm2.NamedHandle{Handle: 0x01c00002, Name: nv.NVName}}).Execute(env.TPM); err != nil {
+		t.Fatal(err)
+	}
+	id, err = a.TPMIdentity(ctx, api.IdentityRequest{EKCA: ekca})
+	if err != nil || id.EKKey != "ECC P-384" || id.EKCertSource != "nv 0x01c00016" || id.SRKName != rsa.SRKName {
+		t.Errorf("with only the P-384 certificate in NV: %+v %v", id, err)
+	}
+
+	// No persistent P-384 EK: created from H-3 (the leak check at the end
+	// shows it was flushed).
+	ek, err := env.TPM.ReadPublic(tpm.ECCP384EKHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evicted := false
+	for _, auth := range []tpm2.TPMHandle{tpm2.TPMRHOwner, tpm2.TPMRHPlatform} {
+		_, err := (tpm2.EvictControl{Auth: auth, ObjectHandle: ek.Named(), PersistentHandle: tpm.ECCP384EKHandle}).Execute(env.TPM)
+		if evicted = err == nil; evicted {
+			break
+		}
+	}
+	if !evicted {
+		t.Fatalf("could not evict the P-384 EK")
+	}
+	id, err = a.TPMIdentity(ctx, api.IdentityRequest{EKCA: ekca})
+	if err != nil || id.EKKey != "ECC P-384" || id.SRKName != rsa.SRKName {
+		t.Errorf("with the P-384 EK created from H-3: %+v %v", id, err)
+	}
+
+	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{7}, EKCA: ekca})
+	if err != nil || res.TPMTrust != api.TrustManufacturer {
+		t.Fatalf("provision through the P-384 EK: %+v %v", res, err)
+	}
+	if st, err := a.Status(ctx); err != nil || st.TPMTrust != api.TrustManufacturer || len(st.Warnings) > 1 {
+		t.Errorf("status after provisioning through the P-384 EK: %+v %v", st, err)
 	}
 }
 

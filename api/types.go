@@ -264,7 +264,7 @@ type Identity struct {
 	Trust        string   `json:"trust"`
 	EKCertSource string   `json:"ek_cert_source"` // "nv 0x01c00002", or "file"
 	EKCertSHA256 string   `json:"ek_cert_sha256"`
-	EKKey        string   `json:"ek_key"` // "RSA 2048", "ECC P-256"
+	EKKey        string   `json:"ek_key"` // "RSA 2048", "ECC P-256", "ECC P-384"
 	Subject      string   `json:"subject"`
 	Issuer       string   `json:"issuer"`
 	Manufacturer string   `json:"tpm_manufacturer,omitempty"`

@@ -51,12 +51,15 @@ func (a *app) tpmIdentityCmd() *cobra.Command {
 arrives over the TPM bus until it is authenticated:
 
   1. the EK certificate is read from NV (RSA 2048 0x01c00002, else ECC P-256
-     0x01c0000a), or from --ek-cert for a TPM that keeps none;
+     0x01c0000a, else ECC P-384 0x01c00016), or from --ek-cert for a TPM that
+     keeps none or to choose another of its EKs;
   2. it is verified against the manufacturer certificates in --ek-ca (roots and
      issuing CAs, PEM); without them, or when they do not vouch for it, the TPM is
      refused (exit 15) unless --trust-on-first-use is given, and then the output
      says so;
-  3. the EK's public key is taken from the certificate, never from the TPM;
+  3. the EK's public key is taken from the certificate, never from the TPM; the
+     TPM's EK (persistent at 0x81010001, 0x81010002 or 0x81010016, else
+     created from the TCG template) must be that key (exit 15 otherwise);
   4. a session is salted to that key, and the SRK is created through it, so the
      TPM's response HMAC, keyed by a salt only the certified EK can decrypt,
      authenticates the SRK's public area. A TPM (or something on the bus) whose
