@@ -35,6 +35,23 @@ func TestTPMIdentityCommand(t *testing.T) {
 	if _, _, code := c.run("tpm", "identity", "--ek-ca", filepath.Join(t.TempDir(), "missing.pem")); code != api.ExitUsage {
 		t.Errorf("a missing --ek-ca file: exit %d, want 2", code)
 	}
+
+	// Through the ECC P-384 EK, its certificate given as a file.
+	c.swtpm.Reopen()
+	der, err := c.swtpm.TPM.ReadNV(0x01c00016)
+	c.swtpm.CloseTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := filepath.Join(t.TempDir(), "ek384.der")
+	if err := os.WriteFile(cert, der, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var id api.Identity
+	out := c.must("tpm", "identity", "-o", "json", "--ek-ca", ca, "--ek-cert", cert)
+	if err := json.Unmarshal([]byte(out), &id); err != nil || id.Trust != api.TrustManufacturer || id.EKKey != "ECC P-384" || id.EKCertSource != "file" {
+		t.Errorf("--ek-cert with the P-384 EK's certificate: %s (%v)", out, err)
+	}
 }
 
 // provision pins the TPM it established; a state pinned to another TPM is
