@@ -560,14 +560,20 @@ func fullSequence(ctx context.Context, t *testing.T, open func() (*Agent, func()
 }
 
 // prepare provisions honestly, with the attacker off, creates the keys the
-// sequence uses and seals the secret; it returns the sealed blob and the
-// secrets to look for: the sealed one and the ECDH shared secret of "dh"
-// with peer.
+// sequence uses and seals the secret (keysAndSecret).
 func prepare(ctx context.Context, t *testing.T, a *Agent, ekca []byte, peer *ecdh.PrivateKey) ([]byte, map[string][]byte) {
 	t.Helper()
 	if _, err := a.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, EKCA: ekca}); err != nil {
 		t.Fatal(err)
 	}
+	return keysAndSecret(ctx, t, a, peer)
+}
+
+// keysAndSecret creates the keys the sequence uses on a provisioned state
+// and seals the secret; it returns the sealed blob and the secrets to look
+// for: the sealed one and the ECDH shared secret of "dh" with peer.
+func keysAndSecret(ctx context.Context, t *testing.T, a *Agent, peer *ecdh.PrivateKey) ([]byte, map[string][]byte) {
+	t.Helper()
 	for _, k := range []api.CreateRequest{{Name: "sig", Type: "ecc-p256"}, {Name: "dh", Type: "ecc-p256", Usage: "ecdh"}} {
 		if _, err := a.CreateKey(ctx, k); err != nil {
 			t.Fatal(err)
@@ -590,6 +596,73 @@ func prepare(ctx context.Context, t *testing.T, a *Agent, ekca []byte, peer *ecd
 		t.Fatal(err)
 	}
 	return blob, map[string][]byte{"sealed secret": interposerSealed, "ECDH shared secret": z}
+}
+
+// unpinnedState is a state provisioned honestly, with keys and a sealed
+// secret, whose identity record is then deleted (as root could, or as a
+// state provisioned before pinning has none), closed and left on a fresh
+// connection, as a new process finds it.
+func unpinnedState(ctx context.Context, t *testing.T, b *fullBus) (dir string, blob []byte, secrets map[string][]byte, peer *ecdh.PrivateKey) {
+	t.Helper()
+	dir = t.TempDir() + "/state"
+	a, err := New(Config{TPM: b.env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer = ecdhPeer(t)
+	blob, secrets = prepare(ctx, t, a, caBundle(t, b.env), peer)
+	if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.Delete(recIdentity) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.env.Reopen() // a connection that pins nothing, as a new process has
+	return dir, blob, secrets, peer
+}
+
+// attackBareConnection mounts the attack on b's connection as it is (the
+// SRK taken from the bus): the TPM starts the session with the attacker's
+// key, the response HMAC verifies, and the attacker reads a parameter that
+// crossed the bus encrypted. It is the control that shows the attacker's
+// machinery works.
+func attackBareConnection(t *testing.T, b *fullBus) {
+	t.Helper()
+	hijacked := b.x.hijacked
+	b.on.Store(true)
+	defer b.on.Store(false)
+	srk, err := b.env.TPM.SRK() // ReadPublic and CreatePrimary, as before pinning
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(srk.Name.Buffer, b.x.name.Buffer) {
+		t.Fatalf("the SRK is %x, not the attacker's %x: the forgery was not taken", srk.Name.Buffer, b.x.name.Buffer)
+	}
+	var digest []byte
+	err = b.env.TPM.WithEncryptSession(tpm.EncryptInOut, func(s tpm2.Session) error {
+		rsp, err := (tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: controlSecret}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHNull}).Execute(b.env.TPM, s)
+		if err == nil {
+			digest = rsp.OutHash.Buffer
+		}
+		return err
+	})
+	want := sha256.Sum256(controlSecret)
+	// The TPM hashed what provd sent: it decrypted the parameter with
+	// the session key of the attacker's salt; go-tpm verified the
+	// response HMAC.
+	if err != nil || !bytes.Equal(digest, want[:]) {
+		t.Fatalf("Hash in a session salted to the attacker's key: %x, %v", digest, err)
+	}
+	if b.x.hijacked != hijacked+1 || len(b.x.failed) > 0 {
+		t.Fatalf("hijacked %d sessions, failures %v", b.x.hijacked-hijacked, b.x.failed)
+	}
+	if i := b.provdSide.Leak(controlSecret); i >= 0 {
+		t.Fatalf("the control's plaintext crossed the bus unencrypted (bytes %d..): the control proves nothing", i)
+	}
+	seen := b.x.Seen()
+	if leakIn(seen, controlSecret) < 0 || !bytes.Contains(seen, want[:]) {
+		t.Fatalf("the attacker did not decrypt the command and the response: the attack does not work (%x)", seen)
+	}
 }
 
 // ecdhPeer is a software peer for the ECDH step.
@@ -616,93 +689,115 @@ func reopen(env *swtpmtest.Env, dir string) func() (*Agent, func(), error) {
 
 // The full interposer of the trust issue (part 1's done-when), on every
 // operation, at both times it can appear: at first contact and after
-// provisioning (and in the middle of a run). Two controls show that the
+// provisioning (and in the middle of a run). A control shows that the
 // attack itself works where nothing is pinned: on a bare connection the
 // TPM starts the session with the attacker's key, the response HMAC
 // verifies, and the attacker reads a parameter that crossed the bus
-// encrypted; on a state without its identity record the whole sequence
-// succeeds, provd notices nothing, and the attacker decrypts the sealed
-// secret and the ECDH shared secret. With provd's pinning it is refused
-// (exit 15) wherever it acts and decrypts nothing; without it, the same
-// sequence succeeds and no secret crosses the bus in plaintext.
+// encrypted (where provd took the SRK from the bus, on a state without its
+// identity record, it also recomputed the command HMACs that name the SRK
+// and decrypted the sealed secret and the ECDH shared secret). A state
+// without its identity record now refuses every operation before any
+// session (exit 15), the same attacker then shown live on the same bus;
+// provision --force is its way out, refused through the attacker and
+// pinning the TPM on an honest bus. With provd's pinning the attacker is
+// refused (exit 15) wherever it acts and decrypts nothing; without it, the
+// same sequence succeeds and no secret crosses the bus in plaintext.
 func TestFullInterposer(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("control: the attack works on a connection that pins nothing", func(t *testing.T) {
 		b := startFullBus(t)
-		b.on.Store(true)
-		srk, err := b.env.TPM.SRK() // ReadPublic and CreatePrimary, as before pinning
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(srk.Name.Buffer, b.x.name.Buffer) {
-			t.Fatalf("the SRK is %x, not the attacker's %x: the forgery was not taken", srk.Name.Buffer, b.x.name.Buffer)
-		}
-		var digest []byte
-		err = b.env.TPM.WithEncryptSession(tpm.EncryptInOut, func(s tpm2.Session) error {
-			rsp, err := (tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: controlSecret}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHNull}).Execute(b.env.TPM, s)
-			if err == nil {
-				digest = rsp.OutHash.Buffer
-			}
-			return err
-		})
-		b.on.Store(false)
-		want := sha256.Sum256(controlSecret)
-		// The TPM hashed what provd sent: it decrypted the parameter with
-		// the session key of the attacker's salt; go-tpm verified the
-		// response HMAC.
-		if err != nil || !bytes.Equal(digest, want[:]) {
-			t.Fatalf("Hash in a session salted to the attacker's key: %x, %v", digest, err)
-		}
-		if b.x.hijacked != 1 || len(b.x.failed) > 0 {
-			t.Fatalf("hijacked %d sessions, failures %v", b.x.hijacked, b.x.failed)
-		}
-		if i := b.provdSide.Leak(controlSecret); i >= 0 {
-			t.Fatalf("the control's plaintext crossed the bus unencrypted (bytes %d..): the control proves nothing", i)
-		}
-		seen := b.x.Seen()
-		if leakIn(seen, controlSecret) != 0 || !bytes.Contains(seen, want[:]) {
-			t.Fatalf("the attacker did not decrypt the command and the response: the attack does not work (%x)", seen)
-		}
+		attackBareConnection(t, b)
 	})
 
-	t.Run("control: an unpinned state gives it every secret", func(t *testing.T) {
+	t.Run("an unpinned state refuses every operation that carries a secret", func(t *testing.T) {
 		// A state without its identity record (provisioned before pinning,
-		// or the record deleted by root: status says "NOT pinned") on a
-		// fresh connection: provd takes the SRK from the bus.
+		// or the record deleted by root) on a fresh connection: provd
+		// would take the SRK from the bus, so it refuses before any
+		// session (exit 15) and names the way out.
 		b := startFullBus(t)
-		dir := t.TempDir() + "/state"
-		a, err := New(Config{TPM: b.env.TPM, StateDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		peer := ecdhPeer(t)
-		blob, secrets := prepare(ctx, t, a, caBundle(t, b.env), peer)
-		if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.Delete(recIdentity) }); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Close(); err != nil {
-			t.Fatal(err)
-		}
-		b.env.Reopen() // a connection that pins nothing, as a new process has
+		dir, blob, secrets, peer := unpinnedState(ctx, t, b)
 		b.on.Store(true)
 		errs := fullSequence(ctx, t, reopen(b.env, dir), blob, peer, secrets["ECDH shared secret"])
 		b.on.Store(false)
 		for op, err := range errs {
-			if err != nil {
-				t.Errorf("%s on the unpinned state through the attacker: %v; want it to notice nothing", op, err)
+			if !errors.Is(err, errNotPinned) || api.ExitCode(err) != api.ExitIdentity {
+				t.Errorf("%s on the unpinned state through the attacker: %v (exit %d), want not pinned (15)", op, err, api.ExitCode(err))
 			}
 		}
-		seen := b.x.Seen()
-		t.Logf("the attacker answered %d reads with its key, hijacked %d sessions, recomputed %d command HMACs, decrypted %d bytes",
-			b.x.forged, b.x.hijacked, b.x.rewritten, len(seen))
-		for name, secret := range secrets {
-			if i := b.provdSide.Leak(secret); i >= 0 {
-				t.Errorf("%s crossed the bus in plaintext (bytes %d..): the control proves nothing", name, i)
+		if b.x.hijacked != 0 || len(b.x.failed) > 0 {
+			t.Errorf("the attacker hijacked %d sessions (failures %v); want none given to its key", b.x.hijacked, b.x.failed)
+		}
+		b.noPlaintext(t, secrets)
+		// The same attacker on the same bus, on a connection that salts to
+		// the SRK as the bus states it (what provd did on such a state):
+		// it is live and wins.
+		attackBareConnection(t, b)
+	})
+
+	t.Run("an unpinned state: provision --force is the way out", func(t *testing.T) {
+		b := startFullBus(t)
+		dir, _, _, peer := unpinnedState(ctx, t, b)
+		ekca := caBundle(t, b.env)
+		force := func() (api.ProvisionResult, error) {
+			a, done, err := reopen(b.env, dir)()
+			if err != nil {
+				return api.ProvisionResult{}, err
 			}
-			if leakIn(seen, secret) < 0 {
-				t.Errorf("the attacker did not decrypt the %s: the attack does not work (hijacked %d, rewrote %d HMACs, failures %v)",
-					name, b.x.hijacked, b.x.rewritten, b.x.failed)
+			defer done()
+			return a.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true, EKCA: ekca})
+		}
+		// Through the attacker, first contact refuses: nothing is pinned
+		// to its key and the state stays as it was.
+		b.on.Store(true)
+		_, err := force()
+		b.on.Store(false)
+		if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+			t.Fatalf("provision --force on the unpinned state through the attacker: %v (exit %d), want untrusted, forged (15)", err, api.ExitCode(err))
+		}
+		if b.x.hijacked != 0 {
+			t.Errorf("the attacker hijacked %d sessions", b.x.hijacked)
+		}
+		a, done, err := reopen(b.env, dir)()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := a.Status(ctx); err != nil || !st.Provisioned || st.TPMTrust != "" {
+			t.Errorf("after the refused provision --force: provisioned %v, trust %q (%v); want the unpinned state unchanged", st.Provisioned, st.TPMTrust, err)
+		}
+		done()
+
+		// On an honest bus it establishes and pins the identity.
+		res, err := force()
+		if err != nil || res.TPMTrust != api.TrustManufacturer {
+			t.Fatalf("provision --force on the unpinned state: %+v %v", res, err)
+		}
+		a, done, err = reopen(b.env, dir)()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := a.Status(ctx)
+		if err != nil || st.TPMTrust != api.TrustManufacturer || st.Policy == nil || st.Keys != 0 {
+			t.Errorf("status after the way out: %+v %v; want pinned by the manufacturer's EK, the policy checked, no keys", st, err)
+		}
+		blob, secrets := keysAndSecret(ctx, t, a, peer)
+		done()
+
+		// Pinned: the attacker is refused at every open, as after any
+		// provisioning, and without it everything works.
+		b.env.Reopen()
+		b.on.Store(true)
+		errs := fullSequence(ctx, t, reopen(b.env, dir), blob, peer, secrets["ECDH shared secret"])
+		b.on.Store(false)
+		for op, err := range errs {
+			if !errors.Is(err, tpm.ErrIdentityMismatch) || api.ExitCode(err) != api.ExitIdentity {
+				t.Errorf("%s after the way out, through the attacker: %v (exit %d), want the identity mismatch (15)", op, err, api.ExitCode(err))
+			}
+		}
+		b.noPlaintext(t, secrets)
+		for op, err := range fullSequence(ctx, t, reopen(b.env, dir), blob, peer, secrets["ECDH shared secret"]) {
+			if err != nil {
+				t.Errorf("%s after the way out: %v", op, err)
 			}
 		}
 	})

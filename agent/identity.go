@@ -127,6 +127,29 @@ func (a *Agent) readIdentity(ctx context.Context) (identityRecord, bool, error) 
 	return r, err == nil, err
 }
 
+// errNotPinned refuses an operation on a provisioned state that pins no
+// TPM identity (provisioned before provd pinned it, or its record deleted):
+// its sessions would be salted to whatever the bus says the SRK is, and an
+// interposer that answers with its own key reads every secret they carry
+// (agent.TestFullInterposer). Only first contact gets out of it.
+var errNotPinned = fmt.Errorf("%w: the state is provisioned but pins no TPM identity (provisioned before provd pinned it, "+
+	"or its identity record was removed), so provd cannot tell the TPM from something on the bus answering for it and "+
+	"refuses every operation that loads, creates or uses keys or secrets; run `provd provision --force --ek-ca BUNDLE` "+
+	"(or --trust-on-first-use on a bench you control) to establish and pin the TPM's identity: it provisions a new PK, "+
+	"and what was sealed or kept under the old one is lost", api.ErrUntrustedTPM)
+
+// requirePinned is errNotPinned when the state in tx records no identity.
+// Every path that loads the PK calls it (readPKInputs), before any TPM
+// command.
+func requirePinned(tx *store.Tx) error {
+	var r identityRecord
+	err := tx.Get(recIdentity, &r)
+	if errors.Is(err, store.ErrNotFound) {
+		return errNotPinned
+	}
+	return err
+}
+
 // pinIdentity pins the SRK the state records into the TPM connection, so
 // that every session is salted to it, and checks the persistent SRK against
 // it at once: on another TPM nothing of the state is used, the audit trail

@@ -198,6 +198,9 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	if in.state, err = a.readPK(tx); err != nil {
 		return in, err
 	}
+	if err := requirePinned(tx); err != nil {
+		return in, err
+	}
 	if in.blob, err = tx.ReadBlob(blobPK); err != nil {
 		return in, err
 	}

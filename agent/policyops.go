@@ -59,8 +59,11 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	objects["version"] = fmt.Sprint(sp.Version)
 	var st pkState
 	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
-		st, err = a.readPK(tx)
-		return err
+		if st, err = a.readPK(tx); err != nil {
+			return err
+		}
+		// It moves the policy counter and may create D under the PK.
+		return requirePinned(tx)
 	}); err != nil {
 		return res, err
 	}

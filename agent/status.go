@@ -47,6 +47,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 		if k, err := st.officerKey(); err == nil {
 			s.Officer = officerName(k)
 		}
+	}
+	// Checking the policy loads the PK, which an unpinned state refuses.
+	if s.Provisioned && s.TPMTrust != "" {
 		ps, err := a.showPolicy(ctx)
 		if err != nil {
 			return s, err
@@ -71,8 +74,10 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			"after provisioning (tpm2_changeauth -c owner)")
 	}
 	if s.Provisioned && s.TPMTrust == "" {
-		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it): "+
-			"sessions are salted to the SRK as the bus reports it; provision --force --ek-ca BUNDLE pins it")
+		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it, or its record was removed): "+
+			"provd refuses to seal, unseal, install policies and create, derive or use keys (exit 15) until "+
+			"`provision --force --ek-ca BUNDLE` establishes and pins it (a new PK: what the old one kept is lost); "+
+			"the PK's policy is not checked")
 	}
 	return s, nil
 }

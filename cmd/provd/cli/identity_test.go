@@ -1,12 +1,15 @@
 package cli_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -52,6 +55,39 @@ func TestTPMIdentityCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &id); err != nil || id.Trust != api.TrustManufacturer || id.EKKey != "ECC P-384" || id.EKCertSource != "file" {
 		t.Errorf("--ek-cert with the P-384 EK's certificate: %s (%v)", out, err)
 	}
+}
+
+// A provisioned state without its identity record refuses to seal (exit
+// 15) and says how to get out; status still works and says it is not
+// pinned; provision --force with --ek-ca pins the TPM, and sealing works
+// again.
+func TestUnpinnedStateWayOut(t *testing.T) {
+	c := newCLIEnv(t)
+	ca := ekCAFile(t, c.swtpm)
+	c.must("provision", "--pcrs", "7", "--ek-ca", ca)
+	st, err := store.Open(c.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(context.Background(), func(tx *store.Tx) error { return tx.Delete("identity") }); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := c.run("seal", "--in", secret, "--out", secret+".sealed"); code != api.ExitIdentity || !strings.Contains(stderr, "provision --force") {
+		t.Errorf("seal on the unpinned state: exit %d (%s), want %d naming provision --force", code, stderr, api.ExitIdentity)
+	}
+	if out := c.must("status"); !strings.Contains(out, "identity NOT pinned") || !strings.Contains(out, "not checked") {
+		t.Errorf("status on the unpinned state:\n%s", out)
+	}
+	c.must("provision", "--pcrs", "7", "--force", "--ek-ca", ca)
+	var s api.Status
+	if err := json.Unmarshal([]byte(c.must("status", "-o", "json")), &s); err != nil || s.TPMTrust != api.TrustManufacturer || s.Policy == nil {
+		t.Fatalf("status after provision --force: %+v %v", s, err)
+	}
+	c.must("seal", "--in", secret, "--out", secret+".sealed")
 }
 
 // provision pins the TPM it established; a state pinned to another TPM is

@@ -36,7 +36,11 @@ func (a *app) statusCmd() *cobra.Command {
 						if s.DName != "" {
 							fmt.Fprintf(w, "derivation parent: %s\n", s.DName)
 						}
-						printPolicy(w, *s.Policy)
+						if s.Policy != nil {
+							printPolicy(w, *s.Policy)
+						} else {
+							fmt.Fprintf(w, "policy:      %s, not checked (identity NOT pinned)\n", s.PolicyKind)
+						}
 						fmt.Fprintf(w, "keys:        %d\n", s.Keys)
 					}
 					fmt.Fprintf(w, "audit:       %d records, head %s", s.AuditLines, s.AuditHead)
