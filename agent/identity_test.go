@@ -141,6 +141,7 @@ func TestTPMIdentityOtherTPMsCertificate(t *testing.T) {
 		}
 		req := api.IdentityRequest{EKCert: der, EKCA: caBundle(t, other)}
 		_, err = a.TPMIdentity(context.Background(), req)
+		t.Logf("%s, an honest bus: %v", c.key, err)
 		if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm.ErrIdentityMismatch) || api.ExitCode(err) != api.ExitIdentity {
 			t.Errorf("%s: identity with another TPM's EK certificate: %v (exit %d), want untrusted: not the certified key (15)", c.key, err, api.ExitCode(err))
 		}
@@ -157,6 +158,7 @@ func TestTPMIdentityOtherTPMsCertificate(t *testing.T) {
 		lie.Store(true)
 		_, err = a.TPMIdentity(context.Background(), req)
 		lie.Store(false)
+		t.Logf("%s, the bus claiming the certified key: %v", c.key, err)
 		if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, c.tpmRefusal) || api.ExitCode(err) != api.ExitIdentity {
 			t.Errorf("%s: identity with another TPM's EK certificate, the bus claiming its key: %v (exit %d), want untrusted, %v (15)",
 				c.key, err, api.ExitCode(err), c.tpmRefusal)
