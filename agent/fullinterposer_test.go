@@ -805,6 +805,10 @@ func TestFullInterposer(t *testing.T) {
 	t.Run("at first contact: provision refuses", func(t *testing.T) {
 		b := startFullBus(t)
 		ekca := caBundle(t, b.env)
+		ek384, err := b.env.TPM.ReadNV(0x01c00016)
+		if err != nil {
+			t.Fatal(err)
+		}
 		b.on.Store(true)
 		dir := t.TempDir() + "/state"
 		a, err := New(Config{TPM: b.env.TPM, StateDir: dir})
@@ -812,8 +816,10 @@ func TestFullInterposer(t *testing.T) {
 			t.Fatal(err)
 		}
 		for name, req := range map[string]api.ProvisionRequest{
-			"EK CA":              {PCRs: []int{7}, EKCA: ekca},
-			"trust on first use": {PCRs: []int{7}, TrustOnFirstUse: true},
+			"EK CA":               {PCRs: []int{7}, EKCA: ekca},
+			"trust on first use":  {PCRs: []int{7}, TrustOnFirstUse: true},
+			"EK CA, the P-384 EK": {PCRs: []int{7}, EKCA: ekca, EKCert: ek384},
+			"TOFU, the P-384 EK":  {PCRs: []int{7}, TrustOnFirstUse: true, EKCert: ek384},
 		} {
 			_, err := a.Provision(ctx, req)
 			if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
