@@ -144,9 +144,22 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			return err
 		},
 	}
-	// What a refused operation may send: audit anchor and reads of NV.
+	// What a refused operation may send: reads of NV and what writing its
+	// audit record sends (the gated anchor: the gate's load and policy
+	// session, NV_Extend), measured here on a record of its own.
 	mayAsk := map[tpm2.TPMCC]bool{tpm2.TPMCCNVReadPublic: true, tpm2.TPMCCNVRead: true, tpm2.TPMCCNVExtend: true}
 	log.take()
+	if err := a.RecordRefusal(ctx, "probe", "the audit record's own commands"); err != nil {
+		t.Fatal(err)
+	}
+	for _, cc := range log.take() {
+		mayAsk[cc] = true
+	}
+	for _, cc := range []tpm2.TPMCC{tpm2.TPMCCCreate, tpm2.TPMCCCreateLoaded, tpm2.TPMCCUnseal, tpm2.TPMCCSign, tpm2.TPMCCECDHZGen, tpm2.TPMCCRSADecrypt, tpm2.TPMCCEncryptDecrypt2, tpm2.TPMCCHMAC} {
+		if mayAsk[cc] {
+			t.Fatalf("an audit record sends %v", cc)
+		}
+	}
 	for name, op := range refused {
 		err := op()
 		if !errors.Is(err, errNotPinned) || !errors.Is(err, api.ErrUntrustedTPM) || api.ExitCode(err) != api.ExitIdentity {
@@ -185,6 +198,10 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 		// The way out: agent.TestFullInterposer ("provision --force is the
 		// way out"), cli.TestUnpinnedStateWayOut.
 		"Provision": nil,
+		// The audit trail's own way out (agent.TestStrayWritesAndTheWayOut):
+		// it carries no secret; its gate is made again through the pinned
+		// SRK at the next provisioning (TestGateRemadeThroughThePinnedSRK).
+		"AuditReanchor": nil,
 	}
 	for _, name := range []string{"Status", "TPMInfo", "TPMIdentity", "AuditRecords", "AuditVerify", "AuditRepair",
 		"ListKeys", "KeyPublic", "ExportKeyBlob", "DeleteKey", "Zeroize"} {
