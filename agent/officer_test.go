@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -331,4 +332,30 @@ func mustDigests(t *testing.T, ps []policy.Policy) [][]byte {
 		out = append(out, d)
 	}
 	return out
+}
+
+// A state whose derivation parent predates the officer (a D with the PK's
+// own policy, which anyone satisfying it can derive anything from) is named
+// in status, with the way out.
+func TestStatusWarnsOfALegacyDerivationParent(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if err := a.st.Update(ctx, func(tx *store.Tx) error {
+		var st pkState
+		if err := tx.Get(recPK, &st); err != nil {
+			return err
+		}
+		st.Officer = "" // as a provd before officer approvals recorded it
+		return tx.Put(recPK, st)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(st.Warnings, "\n"), "predates the crypto officer") {
+		t.Fatalf("status warnings %q", st.Warnings)
+	}
 }

@@ -47,6 +47,11 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 		if k, err := st.officerKey(); err == nil {
 			s.Officer = officerName(k)
 		}
+		if st.DName != "" && st.Officer == "" {
+			s.Warnings = append(s.Warnings, "this PK's derivation parent predates the crypto officer's approvals: "+
+				"whoever satisfies the PK's policy can derive its keys' secrets in another form and read them; "+
+				"provision --force --officer-key PUB replaces it (a new PK)")
+		}
 	}
 	// Checking the policy loads the PK, which an unpinned state refuses.
 	if s.Provisioned && s.TPMTrust != "" {
