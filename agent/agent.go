@@ -144,8 +144,11 @@ func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
 // panic's value, never request data.
 func (a *Agent) RecordFault(ctx context.Context, op, what string) error {
 	defer a.lock()()
-	return a.record(ctx, op, map[string]string{"fault": what}, fmt.Errorf("internal error: %s", what))
+	return a.record(ctx, op, map[string]string{"fault": what}, fmt.Errorf("%w: %s", errFault, what))
 }
+
+// errFault marks a recovered panic's record: always written.
+var errFault = errors.New("internal error")
 
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
@@ -181,6 +184,9 @@ func (a *Agent) openAudit() error {
 // record appends one line to the audit trail. A failure to audit fails the
 // operation's report: an operation that cannot be audited must be visible.
 func (a *Agent) record(ctx context.Context, op string, objects map[string]string, opErr error) error {
+	if a.nothingToActOn(ctx, op, opErr) {
+		return nil
+	}
 	if err := a.openAudit(); err != nil {
 		return err
 	}
@@ -192,6 +198,33 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 		return fmt.Errorf("audit trail: %w", err)
 	}
 	return nil
+}
+
+// nothingToActOn: the operation failed on a state with nothing to act on (not
+// provisioned: fresh, or zeroized) and no trail: writing a record would begin
+// a trail, and define an NV index in the TPM, for nothing (found by review:
+// key delete after zeroize --srk recreated both). Refusals of callers and
+// faults and failed provisioning (first contact refusing a TPM) are always
+// recorded.
+func (a *Agent) nothingToActOn(ctx context.Context, op string, opErr error) bool {
+	if opErr == nil || errors.Is(opErr, api.ErrRefused) || errors.Is(opErr, errFault) || op == "provision" {
+		return false
+	}
+	if fi, err := os.Stat(a.auditPath()); err == nil && fi.Size() > 0 {
+		return false
+	}
+	if g, err := a.trailAnchor().gate(); err != nil || g != nil {
+		return false
+	}
+	provisioned := true
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		_, err := a.readPK(tx)
+		provisioned = !errors.Is(err, api.ErrNotProvisioned)
+		return nil
+	}); err != nil {
+		return false
+	}
+	return !provisioned
 }
 
 // audited runs op and records its outcome; the operation's own error wins.
