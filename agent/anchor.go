@@ -344,7 +344,7 @@ func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
 // found and what the TPM now holds at the handle, and moves the trail to a
 // new gated anchor. A trail whose own anchor disagrees with it (a line
 // edited, removed or added) or whose lines no longer link up is not blessed:
-// it is archived beside the state as audit-<unixnano>.log, as evidence, and
+// it is archived beside the state as audit-<UTC time>.log, as evidence, and
 // a new trail starts whose first record names it and its SHA-256. The
 // daemon allows it to the crypto officer only.
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
@@ -385,7 +385,7 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		return res, rerr
 	}
 	if err := lerr; err != nil {
-		archived := filepath.Join(a.dir, fmt.Sprintf("audit-%d.log", a.now().UnixNano()))
+		archived := a.archiveName()
 		if err := os.Rename(a.auditPath(), archived); err != nil {
 			return res, err
 		}

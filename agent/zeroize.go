@@ -21,7 +21,7 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, Aud
 // and removes the state's blob files. The PK's blob gone, the PK is gone: it
 // never existed outside the TPM. The zeroization is recorded in the audit
 // trail; then the trail's anchor index is removed too and the log is archived
-// beside the state (audit-<unixnano>.log), its last line the zeroize record.
+// beside the state (audit-<UTC time>.log), its last line the zeroize record.
 //
 // Nothing is destroyed unless the trail can take a record first: a
 // zeroize-start record is written (and anchored) before anything else, and
@@ -68,7 +68,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		return res, err
 	}
 	if fileExists(a.auditPath()) {
-		archived := filepath.Join(a.dir, fmt.Sprintf("audit-%d.log", a.now().UnixNano()))
+		archived := a.archiveName()
 		if err := os.Rename(a.auditPath(), archived); err != nil {
 			return res, err
 		}
@@ -137,4 +137,11 @@ func (a *Agent) holdGate() error {
 	}
 	a.heldGate = &gk
 	return nil
+}
+
+// archiveName is where an archived audit trail goes: beside the state, named
+// by the UTC time to the nanosecond (audit-20261204T172800.123456789Z.log),
+// readable and in order when listed.
+func (a *Agent) archiveName() string {
+	return filepath.Join(a.dir, "audit-"+a.now().UTC().Format("20060102T150405.000000000Z")+".log")
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"os"
+	"regexp"
 	"testing"
 
 	"github.com/provd/provd/api"
@@ -23,8 +24,13 @@ func TestNothingWrittenAfterZeroize(t *testing.T) {
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Zeroize(ctx, api.ZeroizeOptions{SRK: true}); err != nil {
+	res, err := a.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The archive is named by a readable UTC time.
+	if !regexp.MustCompile(`/audit-\d{8}T\d{6}\.\d{9}Z\.log$`).MatchString(res.AuditLog) {
+		t.Errorf("archived trail %q", res.AuditLog)
 	}
 	d := sha256.Sum256(nil)
 	for name, op := range map[string]func() error{

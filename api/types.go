@@ -316,9 +316,9 @@ type KeyInfo struct {
 	Name        string    `json:"name"`
 	Kind        string    `json:"kind"`
 	Type        string    `json:"type"`
-	Usage       string    `json:"usage"` // catalog.UsageSign, ...
-	Label       string    `json:"label,omitempty"`
-	Context     string    `json:"context,omitempty"`
+	Usage       string    `json:"usage"`   // catalog.UsageSign, ...
+	Label       string    `json:"label"`   // derived keys; "" for created ones
+	Context     string    `json:"context"` // derived keys; may be ""
 	Extractable bool      `json:"extractable"`
 	ObjectName  string    `json:"object_name"`
 	Policy      string    `json:"policy_digest"`

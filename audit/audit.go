@@ -119,6 +119,45 @@ type Report struct {
 	TornBytes int
 }
 
+// reportJSON is Report's JSON form (audit verify -o json, the daemon's
+// answer): snake_case names, hashes in hex, as everywhere in provd.
+type reportJSON struct {
+	Lines     int    `json:"lines"`
+	Head      string `json:"head"`
+	Anchor    string `json:"anchor"`
+	TornBytes int    `json:"torn_bytes,omitempty"`
+}
+
+// MarshalJSON writes the form UnmarshalJSON reads.
+func (r Report) MarshalJSON() ([]byte, error) {
+	return json.Marshal(reportJSON{Lines: r.Lines, Head: hex.EncodeToString(r.Head), Anchor: hex.EncodeToString(r.Anchor), TornBytes: r.TornBytes})
+}
+
+// UnmarshalJSON reads MarshalJSON's form.
+func (r *Report) UnmarshalJSON(b []byte) error {
+	var w reportJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	head, err := hex.DecodeString(w.Head)
+	if err != nil {
+		return fmt.Errorf("audit report: head: %w", err)
+	}
+	anchor, err := hex.DecodeString(w.Anchor)
+	if err != nil {
+		return fmt.Errorf("audit report: anchor: %w", err)
+	}
+	*r = Report{Lines: w.Lines, Head: nilIfEmpty(head), Anchor: nilIfEmpty(anchor), TornBytes: w.TornBytes}
+	return nil
+}
+
+func nilIfEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
 var zeroHead = strings.Repeat("0", 64)
 
 // chain is the running state of a replay: last line's hash and sequence number,

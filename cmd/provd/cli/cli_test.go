@@ -103,6 +103,16 @@ func TestTPMInfoSim(t *testing.T) {
 	}
 }
 
+// Under -o json an error is JSON on stderr, in the daemon's form.
+func TestJSONErrors(t *testing.T) {
+	_, stderr, code := run(t, nil, "-o", "json", "--tpm", "swtpm://127.0.0.1:1", "tpm", "info")
+	var body api.ErrorBody
+	if err := json.Unmarshal([]byte(stderr), &body); err != nil || code != api.ExitNoTPM || body.Error.ExitCode != api.ExitNoTPM ||
+		len(body.Error.Kinds) != 1 || body.Error.Kinds[0] != "no_tpm" {
+		t.Fatalf("exit %d, stderr %q (%v)", code, stderr, err)
+	}
+}
+
 func TestExitCodes(t *testing.T) {
 	for _, tc := range []struct {
 		name string

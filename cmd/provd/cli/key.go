@@ -291,7 +291,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 // secretOut writes a secret to --out (mode 0600) or prints it in hex.
 func (a *app) secretOut(out, field string, b []byte) error {
 	if out != "" {
-		return writeOut(a, out, b, 0o600)
+		return a.outputTo(out, b, 0o600, nil)
 	}
 	return a.emit(map[string]string{field: hex.EncodeToString(b)}, func(w io.Writer) {
 		fmt.Fprintln(w, hex.EncodeToString(b))
@@ -403,7 +403,7 @@ One TPM use per file, any size up to 64 MiB. Format: docs/formats.md.`,
 				if err != nil {
 					return err
 				}
-				return writeOut(a, out, env, 0o644)
+				return a.outputTo(out, env, 0o644, map[string]any{"key": args[0]})
 			})
 		},
 	}
@@ -455,7 +455,10 @@ open an envelope made by provd key encrypt. The plaintext goes to --out (mode
 				if out == "" {
 					out = "-"
 				}
-				return writeOut(a, out, plain, 0o600)
+				if out == "-" && a.output == "json" {
+					return a.emit(map[string]string{"key": args[0], "plaintext_hex": hex.EncodeToString(plain)}, nil)
+				}
+				return a.outputTo(out, plain, 0o600, map[string]any{"key": args[0]})
 			})
 		},
 	}
@@ -482,8 +485,8 @@ func (a *app) keyPubCmd() *cobra.Command {
 					return err
 				}
 				p := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
-				if out != "" {
-					return writeOut(a, out, p, 0o644)
+				if out != "" && out != "-" {
+					return a.outputTo(out, p, 0o644, map[string]any{"key": args[0]})
 				}
 				return a.emit(map[string]string{"key": args[0], "public_pem": string(p)}, func(w io.Writer) { w.Write(p) })
 			})

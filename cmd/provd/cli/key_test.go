@@ -102,6 +102,19 @@ func TestKeyCommands(t *testing.T) {
 	}
 
 	derive("mac", "mac", "", "hmac-sha256")
+	// No command is silent under -o json: one that wrote a file says so.
+	for _, args := range [][]string{
+		{"key", "pub", "tls", "--out", p("tls2.pub")},
+		{"key", "hmac", "mac", "--in", p("msg"), "--out", p("msg.mac")},
+	} {
+		var res struct {
+			Out   string `json:"out"`
+			Bytes int    `json:"bytes"`
+		}
+		if err := json.Unmarshal([]byte(provd(0, append([]string{"-o", "json"}, args...)...)), &res); err != nil || res.Out != args[len(args)-1] || res.Bytes == 0 {
+			t.Errorf("provd -o json %s: %+v %v", strings.Join(args, " "), res, err)
+		}
+	}
 	mac1 := provd(0, "key", "hmac", "mac", "--in", p("msg"))
 	if mac2 := provd(0, "key", "hmac", "mac", "--in", p("msg")); mac1 != mac2 || len(strings.TrimSpace(mac1)) != 64 {
 		t.Errorf("hmac: %q %q", mac1, mac2)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"sort"
 
@@ -190,6 +191,22 @@ func readIn(a *app, path string) ([]byte, error) {
 		return nil, usageError(fmt.Errorf("%s: more than %d bytes", path, maxInput))
 	}
 	return b, nil
+}
+
+// outputTo writes b to out (writeOut) and, with -o json and out a file,
+// reports it: {"out", "bytes"} and fields (names and hex, never the bytes):
+// no command is silent under -o json. In text a file written is silent, as
+// Unix tools are, and "-" carries the bytes themselves.
+func (a *app) outputTo(out string, b []byte, mode os.FileMode, fields map[string]any) error {
+	if err := writeOut(a, out, b, mode); err != nil {
+		return err
+	}
+	if out == "-" || a.output != "json" {
+		return nil
+	}
+	res := map[string]any{"out": out, "bytes": len(b)}
+	maps.Copy(res, fields)
+	return a.emit(res, nil)
 }
 
 // writeOut writes a command's output to path (store.WriteOutput: a regular

@@ -53,6 +53,15 @@ func Main(ctx context.Context, args []string, deps Deps) int {
 	if err == nil {
 		return api.ExitOK
 	}
+	// Under -o json the error is JSON too, on stderr, in the daemon's form
+	// (docs/api.md): {"error": {"message", "kinds", "exit_code", "policy"}}.
+	if o, _ := root.PersistentFlags().GetString("output"); o == "json" {
+		enc := json.NewEncoder(deps.Stderr)
+		enc.SetIndent("", "  ")
+		if enc.Encode(api.NewErrorBody(err, ExitCode)) == nil {
+			return ExitCode(err)
+		}
+	}
 	fmt.Fprintf(deps.Stderr, "provd: %v\n", err)
 	return ExitCode(err)
 }

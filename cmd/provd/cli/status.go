@@ -3,6 +3,10 @@ package cli
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -32,6 +36,11 @@ func (a *app) statusCmd() *cobra.Command {
 							fmt.Fprintln(w, "TPM:         identity pinned on TRUST ON FIRST USE (no manufacturer vouched for its EK)")
 						default:
 							fmt.Fprintln(w, "TPM:         identity pinned, EK certified by a trusted manufacturer")
+						}
+						if s.Officer != "" {
+							fmt.Fprintf(w, "officer:     %s (derivations and exports need its approval)\n", s.Officer)
+						} else {
+							fmt.Fprintln(w, "officer:     none (no derived and no extractable keys)")
 						}
 						if s.DName != "" {
 							fmt.Fprintf(w, "derivation parent: %s\n", s.DName)
@@ -76,7 +85,7 @@ func (a *app) auditCmd() *cobra.Command {
 				}
 				if eerr := a.emit(recs, func(w io.Writer) {
 					for _, r := range recs {
-						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s %v\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, r.Op, r.Result, r.Objects)
+						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s%s\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, r.Op, r.Result, objectsText(r.Objects))
 					}
 				}); eerr != nil {
 					return eerr
@@ -141,7 +150,7 @@ reanchor is the way out, for the crypto officer after investigating:
     before it can still not be changed unseen.
 A trail that its own anchor contradicts (a line edited, removed or added while
 the anchor stayed) or whose lines no longer link up is not blessed: it is kept
-as audit-<unixnano>.log beside the state, and a new trail starts whose first
+as audit-<UTC time>.log beside the state, and a new trail starts whose first
 record names it and its SHA-256.
 
 Set an owner password on production TPMs (tpm2_changeauth -c owner): then no
@@ -167,4 +176,18 @@ other process can remove the anchor at all.`,
 		},
 	})
 	return c
+}
+
+// objectsText is an audit record's objects as " key=value", sorted by key,
+// values quoted when they hold a space or are empty.
+func objectsText(objects map[string]string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(objects)) {
+		v := objects[k]
+		if v == "" || strings.ContainsAny(v, " \t\"=") {
+			v = strconv.Quote(v)
+		}
+		fmt.Fprintf(&b, " %s=%s", k, v)
+	}
+	return b.String()
 }
