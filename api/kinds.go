@@ -78,6 +78,7 @@ var kinds = []Kind{
 	{"not_approved", catalog.ErrNotApproved, ExitNotPermitted, http.StatusForbidden},
 	{"not_found", ErrNotFound, ExitNotFound, http.StatusNotFound},
 	{"bad_input", ErrBadInput, ExitUsage, http.StatusBadRequest},
+	{"tpm_command_too_large", tpm.ErrCommandTooLarge, ExitUsage, http.StatusRequestEntityTooLarge},
 	{"busy", ErrBusy, ExitTPMResources, http.StatusServiceUnavailable},
 	{"state_locked", store.ErrLocked, ExitState, http.StatusServiceUnavailable},
 	{"audit_locked", audit.ErrLocked, ExitState, http.StatusServiceUnavailable},

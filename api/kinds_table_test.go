@@ -125,7 +125,7 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"audit.ErrLocked": audit.ErrLocked,
 		"store.ErrLocked": store.ErrLocked, "store.ErrUnknownSchema": store.ErrUnknownSchema, "store.ErrCorrupt": store.ErrCorrupt,
 		"store.ErrInsecureDir": store.ErrInsecureDir, "store.ErrInvalidName": store.ErrInvalidName, "store.ErrNotFound": store.ErrNotFound,
-		"tpm.ErrNoTPM": tpm.ErrNoTPM, "tpm.ErrFailureMode": tpm.ErrFailureMode, "tpm.ErrCommandFailed": tpm.ErrCommandFailed, "tpm.ErrIntegrity": tpm.ErrIntegrity, "tpm.ErrPolicyNotSatisfied": tpm.ErrPolicyNotSatisfied,
+		"tpm.ErrNoTPM": tpm.ErrNoTPM, "tpm.ErrFailureMode": tpm.ErrFailureMode, "tpm.ErrCommandFailed": tpm.ErrCommandFailed, "tpm.ErrIntegrity": tpm.ErrIntegrity, "tpm.ErrCommandTooLarge": tpm.ErrCommandTooLarge, "tpm.ErrPolicyNotSatisfied": tpm.ErrPolicyNotSatisfied,
 		"tpm.ErrLockout": tpm.ErrLockout, "tpm.ErrBadAuth": tpm.ErrBadAuth, "tpm.ErrNoMemory": tpm.ErrNoMemory,
 		"tpm.ErrNotFound": tpm.ErrNotFound, "tpm.ErrUnsupported": tpm.ErrUnsupported, "tpm.ErrSRKMismatch": tpm.ErrSRKMismatch,
 		"catalog.ErrNotApproved": catalog.ErrNotApproved, "catalog.ErrNotDerivable": catalog.ErrNotDerivable,

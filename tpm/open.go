@@ -195,7 +195,10 @@ func dialStream(ctx context.Context, network, addr string, timeout time.Duration
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoTPM, err)
 	}
-	return &streamTransport{conn: conn, timeout: timeout}, nil
+	// A reconnect outlives the context of the open (a daemon's TPM lives
+	// for the daemon's life).
+	redial := func() (net.Conn, error) { return d.Dial(network, addr) }
+	return &streamTransport{conn: conn, redial: redial, timeout: timeout}, nil
 }
 
 // exclusive reports whether provd is the TPM's only client on this transport:

@@ -31,12 +31,39 @@ var ErrTransport = errors.New("TPM transport")
 // socket). It reads the 10-byte response header and then exactly the size the
 // header announces: a response can arrive in pieces, and go-tpm's stock TCP
 // transport does a single Read and fails when it does.
+//
+// After any I/O or framing failure the stream may be out of step with the
+// TPM (bytes of a command unread, or of a response unconsumed): every later
+// response would answer an earlier command (found by review: one oversized
+// command broke the daemon for every caller until restart). The connection
+// is then closed and the next command dials a new one; the TPM's state
+// (loaded objects, sessions) lives on in the TPM, not in the connection.
 type streamTransport struct {
-	conn    net.Conn
+	conn    net.Conn // nil after a failure, until the next Send dials again
+	redial  func() (net.Conn, error)
 	timeout time.Duration
+	// Reconnects counts the connections dialed again after a failure.
+	reconnects atomic.Int64
 }
 
 func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
+	if s.conn == nil {
+		conn, err := s.redial()
+		if err != nil {
+			return nil, fmt.Errorf("%w: reconnect: %v", ErrTransport, err)
+		}
+		s.conn = conn
+		s.reconnects.Add(1)
+	}
+	rsp, err := s.send(cmd)
+	if err != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	return rsp, err
+}
+
+func (s *streamTransport) send(cmd []byte) ([]byte, error) {
 	if s.timeout > 0 {
 		if err := s.conn.SetDeadline(time.Now().Add(s.timeout)); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrTransport, err)
@@ -48,7 +75,12 @@ func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
 	return readFramed(s.conn)
 }
 
-func (s *streamTransport) Close() error { return s.conn.Close() }
+func (s *streamTransport) Close() error {
+	if s.conn == nil {
+		return nil
+	}
+	return s.conn.Close()
+}
 
 // readFramed reads one TPM response: header first, then the announced rest.
 func readFramed(r io.Reader) ([]byte, error) {
@@ -94,11 +126,16 @@ type counting struct {
 	maxRetries int
 	// sleep waits out one delay (Options.RetrySleep; time.Sleep by default).
 	sleep func(time.Duration)
+	// maxCommand is TPM_PT_MAX_COMMAND_SIZE, read when first needed.
+	maxCommand int
 }
 
 func (c *counting) Send(cmd []byte) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.checkSize(cmd); err != nil {
+		return nil, err
+	}
 	delay := c.backoff
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
@@ -119,6 +156,44 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 		c.sleep(delay)
 		delay *= 2
 	}
+}
+
+// ErrCommandTooLarge: a command larger than the TPM accepts
+// (TPM_PT_MAX_COMMAND_SIZE) was refused before it was sent: the input it
+// carries is too large for the TPM.
+var ErrCommandTooLarge = errors.New("command larger than the TPM accepts")
+
+// minCommandSize is the size every TPM provd knows accepts (4096 on swtpm and
+// the hardware we know); a larger command asks the TPM its own limit.
+const minCommandSize = 4096
+
+// checkSize refuses a command larger than the TPM accepts, or one whose
+// header does not state its own length: sent, either would put the stream
+// out of step. The TPM's limit is read once, raw (the lock is held), and only
+// when a command exceeds minCommandSize.
+func (c *counting) checkSize(cmd []byte) error {
+	if len(cmd) < headerSize || binary.BigEndian.Uint32(cmd[2:6]) != uint32(len(cmd)) {
+		return fmt.Errorf("%w: a command whose header does not state its length", ErrTransport)
+	}
+	if len(cmd) <= minCommandSize {
+		return nil
+	}
+	if c.maxCommand == 0 {
+		rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTMaxCommandSize), PropertyCount: 1}).Execute(c.next)
+		c.commands.Add(1)
+		if err != nil {
+			return Wrap("TPM2_GetCapability", err)
+		}
+		props, err := rsp.CapabilityData.Data.TPMProperties()
+		if err != nil || len(props.TPMProperty) == 0 || props.TPMProperty[0].Property != tpm2.TPMPTMaxCommandSize {
+			return fmt.Errorf("TPM2_GetCapability: no TPM_PT_MAX_COMMAND_SIZE (%v)", err)
+		}
+		c.maxCommand = int(props.TPMProperty[0].Value)
+	}
+	if len(cmd) > c.maxCommand {
+		return fmt.Errorf("%w: %d bytes, the TPM takes at most %d", ErrCommandTooLarge, len(cmd), c.maxCommand)
+	}
+	return nil
 }
 
 // retryable reports the warnings after which the same command may succeed:
