@@ -124,3 +124,37 @@ func FuzzParseApproval(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseKeyPEM: public and private key files either parse into an approved
+// key or are refused; never a panic, and a public key parsed marshals back to
+// a PEM that parses to the same key.
+func FuzzParseKeyPEM(f *testing.F) {
+	p256, _, _ := testKeys(f)
+	pub, err := MarshalPublicKeyPEM(p256.Public())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(pub)
+	f.Add([]byte("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"))
+	f.Add([]byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, _ = ParseSignerPEM(data)
+		k, err := ParsePublicKeyPEM(data)
+		if err != nil {
+			return
+		}
+		again, err := MarshalPublicKeyPEM(k)
+		if err != nil {
+			t.Fatalf("a parsed key does not marshal: %v", err)
+		}
+		k2, err := ParsePublicKeyPEM(again)
+		if err != nil {
+			t.Fatalf("a marshalled key does not parse: %v", err)
+		}
+		n1, err1 := SignerName(k)
+		n2, err2 := SignerName(k2)
+		if err1 != nil || err2 != nil || string(n1) != string(n2) {
+			t.Fatalf("round trip changed the key: %v %v", err1, err2)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -218,4 +219,26 @@ func TestEKCADefault(t *testing.T) {
 	if got := s.withEKCA(api.IdentityRequest{TrustOnFirstUse: true}); got.EKCA != nil || !got.TrustOnFirstUse {
 		t.Errorf("with none configured: %+v", got)
 	}
+}
+
+// FuzzParseConfig: provd.yaml parses into a config or is refused with an
+// error; never a panic, and a config it accepts parses again to the same.
+func FuzzParseConfig(f *testing.F) {
+	if b, err := os.ReadFile("../../systemd/provd.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("roles:\n  officer:\n    users: [root]\n"))
+	f.Add([]byte("request_timeout: 30s\nek_ca: /nonexistent\n"))
+	f.Add([]byte("- a\n- b\n"))
+	f.Add([]byte("{"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig("fuzz.yaml", data, fakeLookup{})
+		if err != nil {
+			return
+		}
+		again, err := ParseConfig("fuzz.yaml", data, fakeLookup{})
+		if err != nil || !reflect.DeepEqual(cfg, again) {
+			t.Fatalf("the same config parsed twice differs: %v", err)
+		}
+	})
 }
