@@ -42,7 +42,7 @@ func TestPolicyClassSeparatesFleets(t *testing.T) {
 	}
 	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
 	signed := func(class string) []byte {
-		sp, err := SignPKPolicy(signer, vals, *res.Counter, class)
+		sp, err := SignPKPolicy(signer, vals, *res.Counter, class, true)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -100,7 +100,7 @@ func TestSignedPolicyParsedOnce(t *testing.T) {
 	}
 	install := func(v uint64) {
 		t.Helper()
-		sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "")
+		sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}

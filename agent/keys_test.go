@@ -502,7 +502,7 @@ func TestSignedPolicyKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,7 +511,7 @@ func TestSignedPolicyKeys(t *testing.T) {
 	}
 	install := func(version uint64) {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, currentValues(t, env.TPM, 7, 16), version, "")
+		sp, err := agent.SignPKPolicy(signer, currentValues(t, env.TPM, 7, 16), version, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}

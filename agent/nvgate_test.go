@@ -404,7 +404,7 @@ func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	}
 	install := func(v uint64) error {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "")
+		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -60,6 +60,10 @@ type pkState struct {
 	// name it (officer.go).
 	Officer   string    `json:"officer,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// AllowResettable: provisioned with --allow-resettable (tests and
+	// demonstrations); only then does policy install accept a signed policy
+	// over PCRs software can reset.
+	AllowResettable bool `json:"allow_resettable,omitempty"`
 	// CounterGate is the blob (hex) of the key that gates the policy
 	// counter's increments (signed policies; empty for a counter defined
 	// before gates, incremented with its empty password).

@@ -24,7 +24,10 @@ const maxCounterSteps = 64
 // whose PK was provisioned with signer's public key ("" for devices
 // provisioned without a class). version must be at least each device's
 // policy counter; installing it revokes every older version on that device.
-func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64, class string) (*policy.SignedPolicy, error) {
+func SignPKPolicy(signer crypto.Signer, vals policy.PCRValues, version uint64, class string, allowResettable bool) (*policy.SignedPolicy, error) {
+	if err := checkResettable(vals.Indices(), allowResettable); err != nil {
+		return nil, err
+	}
 	ref, err := PolicyRef(class)
 	if err != nil {
 		return nil, err
@@ -69,6 +72,11 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	}
 	if st.Policy.Kind != PolicySigned {
 		return res, fmt.Errorf("%w: the PK was provisioned with a plain PCR policy; signed policies need a PK provisioned with a policy signer", api.ErrNotPermitted)
+	}
+	// A signed policy over PCRs software can reset protects nothing (found
+	// by review: one over PCR 23 installed, and PCR_Reset unlocked the PK).
+	if err := checkResettable(sp.Values.Indices(), st.AllowResettable); err != nil {
+		return res, fmt.Errorf("%w (the PK was provisioned without --allow-resettable)", err)
 	}
 	signer, err := policy.ParsePublicKeyPEM([]byte(st.Policy.Signer))
 	if err != nil {

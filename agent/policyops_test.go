@@ -72,7 +72,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	}
 	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
 	signed := func(version uint64) []byte {
-		sp, err := SignPKPolicy(signer, vals, version, "")
+		sp, err := SignPKPolicy(signer, vals, version, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,5 +135,45 @@ func TestInstallPolicyRefusals(t *testing.T) {
 		if n := sc.n.Load() - before; n != int64(2+i) {
 			t.Errorf("install %d: %d sessions started, want %d", i, n, 2+i)
 		}
+	}
+}
+
+// A signed policy over PCRs software can reset is refused when signed
+// without --allow-resettable, and at install on a PK provisioned without it
+// (found by review: one over PCR 23 installed, and PCR_Reset unlocked the PK).
+func TestSignedPolicyOverResettablePCRsRefused(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	a := testAgent(t, env, nil)
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7, 23})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
+	if _, err := SignPKPolicy(signer, vals, *res.Counter, "", false); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("signing over PCR 23 without --allow-resettable: %v", err)
+	}
+	sp, err := SignPKPolicy(signer, vals, *res.Counter, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sp.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := a.t.ReadCounter(PolicyCounterHandle)
+	if _, err := a.InstallPolicy(ctx, b); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("install over PCR 23 on a PK provisioned without --allow-resettable: %v", err)
+	}
+	if after, _ := a.t.ReadCounter(PolicyCounterHandle); after != before {
+		t.Fatalf("the refused install moved the counter %d -> %d", before, after)
 	}
 }

@@ -144,6 +144,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		return res, err
 	}
 	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate}
+	st.AllowResettable = req.AllowResettable
 	if req.Officer != nil {
 		pemBytes, err := policy.MarshalPublicKeyPEM(req.Officer)
 		if err != nil {

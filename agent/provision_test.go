@@ -41,7 +41,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
+	res, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
 	if err != nil {
 		t.Fatalf("provision: %v", err)
 	}
@@ -55,7 +55,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	}
 	install := func(version uint64, vals policy.PCRValues) (api.PolicyInstallResult, error) {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, vals, version, "")
+		sp, err := agent.SignPKPolicy(signer, vals, version, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +92,7 @@ func TestSignedPolicyLifecycle(t *testing.T) {
 	}
 	// A policy signed by someone else is refused.
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	sp, _ := agent.SignPKPolicy(other, v2, c+5, "")
+	sp, _ := agent.SignPKPolicy(other, v2, c+5, "", true)
 	b, _ := sp.MarshalJSON()
 	if _, err := ag.InstallPolicy(ctx, b); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("foreign signer: %v", err)
@@ -138,7 +138,7 @@ func TestZeroizeLeavesNothing(t *testing.T) {
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()}); err != nil {
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true}); err != nil {
 		t.Fatal(err)
 	}
 	getcap := func(what string) string {

@@ -105,7 +105,7 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{7: make([]byte, 32)}}, 1, "")
+	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{7: make([]byte, 32)}}, 1, "", true)
 	if err != nil {
 		t.Fatal(err)
 	}

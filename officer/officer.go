@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -87,15 +85,14 @@ func (r Recipe) Check() (Recipe, catalog.Type, error) {
 	return r, kt, nil
 }
 
-// checkRecipeText refuses what makes two recipes look alike: invalid UTF-8
-// and control characters (so "tls" and "tls\x00" cannot both exist).
+// checkRecipeText refuses what lets two recipes look alike: only printable
+// ASCII without space is taken (found by review: control characters, then
+// zero-width, format, separator and homoglyph characters made "tls" and a
+// look-alike two keys of one look).
 func checkRecipeText(s string) error {
-	if !utf8.ValidString(s) {
-		return fmt.Errorf("not valid UTF-8")
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("control character %U", r)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c > 0x7e {
+			return fmt.Errorf("byte 0x%02x at %d: labels and contexts are printable ASCII without spaces", c, i)
 		}
 	}
 	return nil

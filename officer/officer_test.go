@@ -73,7 +73,7 @@ func TestRecipes(t *testing.T) {
 		{Type: "ecc-p256", Usage: catalog.UsageECDH, Label: "tls"},
 		{Type: "ecc-p384", Label: "tls"},
 		{Type: "ecc-p256", Label: "tl", Context: "s"},
-		{Type: "ecc-p256", Label: "tls", Context: " "},
+		{Type: "ecc-p256", Label: "tls", Context: "x"},
 	} {
 		if bytes.Equal(label(base), label(other)) {
 			t.Errorf("%v and %v derive with one label", base, other)
@@ -89,6 +89,11 @@ func TestRecipes(t *testing.T) {
 		{Type: "ecc-p256"}, {Type: "ecc-p256", Label: string(bytes.Repeat([]byte{'a'}, 33))},
 		{Type: "ecc-p256", Label: "tls\x00"}, {Type: "ecc-p256", Label: "a", Context: "\u0085"},
 		{Type: "ecc-p256", Label: "\xff"}, {Type: "ecc-p256", Usage: catalog.UsageHMAC, Label: "a"},
+		// Look-alikes (found by review): zero-width, format, separator and
+		// homoglyph characters, and spaces.
+		{Type: "ecc-p256", Label: "tls\u200b"}, {Type: "ecc-p256", Label: "tls\u2060"}, {Type: "ecc-p256", Label: "t\u202els"},
+		{Type: "ecc-p256", Label: "tls\u00a0"}, {Type: "ecc-p256", Label: "tls\ufeff"}, {Type: "ecc-p256", Label: "tl\u0455"},
+		{Type: "ecc-p256", Label: "tls "}, {Type: "ecc-p256", Label: "a", Context: "b c"},
 	} {
 		if _, _, err := bad.Check(); !errors.Is(err, api.ErrBadInput) {
 			t.Errorf("%q: %v, want ErrBadInput", bad, err)

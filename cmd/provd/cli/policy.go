@@ -28,6 +28,7 @@ func (a *app) policyCmd() *cobra.Command {
 func (a *app) policySignCmd() *cobra.Command {
 	var signerFile, valuesFile, out, class string
 	var version uint64
+	var allowResettable bool
 	c := &cobra.Command{
 		Use:   "sign",
 		Short: "Sign a policy approving PCR values (offline, no TPM)",
@@ -57,7 +58,7 @@ PKCS#1), unencrypted.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", valuesFile, err)
 			}
-			sp, err := agent.SignPKPolicy(signer, vals, version, class)
+			sp, err := agent.SignPKPolicy(signer, vals, version, class, allowResettable)
 			if err != nil {
 				return err
 			}
@@ -84,6 +85,7 @@ PKCS#1), unencrypted.`,
 	c.Flags().StringVar(&valuesFile, "pcr-values", "", "PCR values to approve (JSON, docs/policy.md)")
 	c.Flags().Uint64Var(&version, "version", 0, "policy version (>= the device's policy counter)")
 	c.Flags().StringVar(&out, "out", "", "where to write policy.json (- for stdout)")
+	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "approve PCRs 16..23, which software can reset (tests and demonstrations; devices refuse such a policy unless provisioned with --allow-resettable)")
 	c.Flags().StringVar(&class, "class", "", "the device class the policy is for (as given to provision --policy-class); a policy for one class does not unlock another")
 	return c
 }
