@@ -251,7 +251,7 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		return nil, fmt.Errorf("audit gate key: %w", err)
 	}

@@ -85,14 +85,15 @@ func (r keyRecord) public() (tpm2.TPMTPublic, error) {
 // Or(pk, PolicyAuthorize(officer, "provd/dup")) (officer.go). An extractable
 // key needs an officer.
 func keyPolicy(in pkInputs, extractable bool) (policy.Policy, error) {
+	use := officer.ObjectPolicy(in.expr)
 	if !extractable {
-		return in.expr, nil
+		return use, nil
 	}
 	if in.officer == nil {
 		return nil, errNoOfficer("an extractable key")
 	}
-	dup := policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}}
-	return policy.Policy{policy.Or{Branches: []policy.Policy{in.expr, dup}}}, nil
+	dup := policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}, policy.AuthValue{}}
+	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}, nil
 }
 
 // errNoOfficer refuses what needs the crypto officer on a PK provisioned
@@ -207,7 +208,7 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 	rec := keyRecord{Name: req.Name, Kind: api.KindDerived, Type: r.Type, Usage: r.Usage,
 		Label: r.Label, Context: r.Context, CreatedAt: a.now().UTC(), Approval: req.Approval}
 	rec.PK = ks.pk.state.Name
-	rec.Policy = hex.EncodeToString(pkDigest)
+	rec.Policy = hex.EncodeToString(officer.ObjectPolicyDigest(pkDigest))
 	rec.Template = tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest))
 	ks.rec = rec
 	if err := a.keys.EvictResident(); err != nil {

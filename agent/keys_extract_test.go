@@ -50,10 +50,10 @@ func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle
 	// officer as approver; another approver makes another branch, which
 	// the TPM's PolicyOR list cannot hold); a fixed key's policy has no
 	// such branch, so the session cannot match it.
-	branch := policy.Policy{policy.Authorize{Signer: approver.Public(), PolicyRef: officer.DupRef}}
+	branch := policy.Policy{policy.Authorize{Signer: approver.Public(), PolicyRef: officer.DupRef}, policy.AuthValue{}}
 	expr, opts := branch, ks.pk.opts
 	if ks.rec.Extractable {
-		expr = policy.Policy{policy.Or{Branches: []policy.Policy{ks.pk.expr, branch}}}
+		expr = policy.Policy{policy.Or{Branches: []policy.Policy{officer.ObjectPolicy(ks.pk.expr), branch}}}
 		opts.Branches = []int{1}
 	}
 	ap, err := officer.ApproveDuplication(approver, ks.pk.state.Policy.digest(), obj.Name.Buffer, approvedParent)
@@ -61,7 +61,7 @@ func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle
 		t.Fatal(err)
 	}
 	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, obj.Name.Buffer, approvedParent), Approval: ap}}
-	return a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
+	return a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) error {
 		_, err := (tpm2.Duplicate{
 			ObjectHandle:    obj.Auth(s),
 			NewParentHandle: newParent,

@@ -31,7 +31,7 @@ func TestSwappedPKBlobIsTampered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := a.t.Create(srk, nil, tpm.SealTemplate(nil), []byte("x"))
+	other, err := a.t.Create(srk, nil, tpm.SealTemplate(nil), tpm.Sensitive{Data: []byte("x")})
 	if err != nil {
 		t.Fatal(err)
 	}

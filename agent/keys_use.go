@@ -105,8 +105,8 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 		if hex.EncodeToString(d.Name.Buffer) != ks.pk.state.DName {
 			return fmt.Errorf("%w: derivation parent blob does not match the state", api.ErrTampered)
 		}
-		return a.withPolicySession(l.rec, officer.DerivePolicy(ks.pk.officer), opts, func(s tpm2.Session) (err error) {
-			obj, err = a.t.CreateLoaded(d, s, tmpl)
+		return a.withPolicySession(l.rec, officer.DerivePolicy(ks.pk.officer), opts, l.auth, func(s tpm2.Session) (err error) {
+			obj, err = a.t.CreateLoaded(d, s, tmpl, tpm.Sensitive{UserAuth: l.auth})
 			return err
 		})
 	})
@@ -189,7 +189,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			return fmt.Errorf("%w: key %q has another policy than recorded", api.ErrTampered, name)
 		}
 		ran := false
-		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, func(s tpm2.Session) error {
+		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) error {
 			ran = true
 			return fn(ks.rec, obj, s)
 		})

@@ -211,7 +211,7 @@ func TestAnchorHistoryRewriteIsCaught(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := env.TPM.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := env.TPM.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,7 +444,7 @@ func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // rederive is the attacker of the derivation parent: root on a good boot,
@@ -43,8 +44,11 @@ func rederive(t *testing.T, a *Agent, tmpl tpm2.TPMTTemplate, signer crypto.Publ
 			t.Fatal(err)
 		}
 		defer a.flush(&err, d.Handle)
-		return a.withPolicySession(l.rec, policy.Policy{policy.Authorize{Signer: signer, PolicyRef: officer.DeriveRef}}, opts, func(s tpm2.Session) error {
-			obj, err := a.t.CreateLoaded(d, s, tmpl)
+		// D's policy, with the objects' authValue: this attacker has the
+		// state directory.
+		d2 := policy.Policy{policy.Authorize{Signer: signer, PolicyRef: officer.DeriveRef}, policy.AuthValue{}}
+		return a.withPolicySession(l.rec, d2, opts, in.auth, func(s tpm2.Session) error {
+			obj, err := a.t.CreateLoaded(d, s, tmpl, tpm.Sensitive{})
 			if err == nil {
 				return errors.Join(errors.New("derived"), a.t.Flush(obj.Handle))
 			}
@@ -310,7 +314,7 @@ func TestExtractableGoesOnlyWhereTheOfficerSays(t *testing.T) {
 			t.Fatal("the key's policy still has the branch PK AND PolicyCommandCode(Duplicate)")
 		}
 	}
-	ps, err := a.satisfy(ks.pk.state.Policy, old, ks.pk.opts)
+	ps, err := a.satisfy(ks.pk.state.Policy, old, ks.pk.opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -60,6 +61,11 @@ type pkState struct {
 	// name it (officer.go).
 	Officer   string    `json:"officer,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// ObjectAuth (hex) is the authValue of the PK and every object under it
+	// (D, keys, sealed objects), whose policies end in PolicyAuthValue
+	// (officer.ObjectPolicy): random, made at provisioning, sent to the TPM
+	// only inside encrypted sessions, and otherwise only in this state.
+	ObjectAuth string `json:"object_auth"`
 	// AllowResettable: provisioned with --allow-resettable (tests and
 	// demonstrations); only then does policy install accept a signed policy
 	// over PCRs software can reset.
@@ -169,8 +175,24 @@ type loadedPK struct {
 	state pkState
 	pk    tpm.Object
 	rec   policyRecord
-	expr  policy.Policy
+	expr  policy.Policy // P; the PK itself carries officer.ObjectPolicy(P)
 	opts  policy.ApplyOptions
+	auth  []byte
+}
+
+// objectAuthSize is the size of the objects' authValue: a SHA-256 digest's,
+// the most an authValue of a SHA-256 object may be.
+const objectAuthSize = 32
+
+// objectAuth decodes the objects' authValue; a state without one was
+// provisioned before objects had one, and its objects could be used by
+// anyone who satisfies the PK's policy: refused, with the way out.
+func (s pkState) objectAuth() ([]byte, error) {
+	auth, err := hex.DecodeString(s.ObjectAuth)
+	if err != nil || len(auth) != objectAuthSize {
+		return nil, fmt.Errorf("%w: this PK was provisioned by an earlier provd, whose objects anyone satisfying the PK's policy can use (no authorization value); provision --force replaces it (a new PK)", api.ErrNotPermitted)
+	}
+	return auth, nil
 }
 
 // readPK reads the PK's state, or api.ErrNotProvisioned.
@@ -190,9 +212,10 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 type pkInputs struct {
 	state   pkState
 	blob    []byte
-	expr    policy.Policy
+	expr    policy.Policy // the PK's policy P; objects carry officer.ObjectPolicy(P)
 	opts    policy.ApplyOptions
 	officer crypto.PublicKey // nil when none was named
+	auth    []byte           // the objects' authValue (pkState.ObjectAuth)
 }
 
 // readPKInputs reads the PK's inputs in tx, or api.ErrNotProvisioned.
@@ -213,6 +236,9 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	}
 	if in.officer, err = in.state.officerKey(); err != nil {
 		return in, fmt.Errorf("officer key in state: %w", err)
+	}
+	if in.auth, err = in.state.objectAuth(); err != nil {
+		return in, err
 	}
 	if in.state.Policy.Kind != PolicySigned {
 		return in, nil
@@ -262,7 +288,7 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 	if err != nil {
 		return fmt.Errorf("PK blob: %w", err)
 	}
-	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts}
+	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
 	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
 		return err
 	}
@@ -279,8 +305,8 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 // error wins. Every "policy session, one command, close" in the agent goes
 // through it. When the flush fails after fn loaded an object, the caller
 // still owns that object and must flush it (loadedOrFlush).
-func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, fn func(s tpm2.Session) error) (err error) {
-	ps, err := a.satisfy(rec, expr, opts)
+func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (err error) {
+	ps, err := a.satisfy(rec, expr, opts, auth)
 	if err != nil {
 		return err
 	}
@@ -292,10 +318,11 @@ func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts pol
 	return fn(ps.Session())
 }
 
-// withPKPolicy is withPolicySession for the PK's policy: fn's one command
-// uses the PK (or D, which carries the PK's policy) as parent.
+// withPKPolicy is withPolicySession for the PK's own policy
+// (officer.ObjectPolicy(P), with the objects' authValue): fn's one command
+// uses the PK as parent.
 func (a *Agent) withPKPolicy(l *loadedPK, fn func(s tpm2.Session) error) error {
-	return a.withPolicySession(l.rec, l.expr, l.opts, fn)
+	return a.withPolicySession(l.rec, officer.ObjectPolicy(l.expr), l.opts, l.auth, fn)
 }
 
 // loadedOrFlush ends every function that returns a loaded object: with err
@@ -313,10 +340,11 @@ func (a *Agent) loadedOrFlush(obj tpm.Object, err error) (tpm.Object, error) {
 	return tpm.Object{}, err
 }
 
-// satisfy runs expr in a fresh policy session. On failure the session is
+// satisfy runs expr in a fresh policy session, keyed by auth (the objects'
+// authValue; expr then holds PolicyAuthValue). On failure the session is
 // flushed and the error says which PCRs differ.
-func (a *Agent) satisfy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions) (*tpm.PolicySession, error) {
-	ps, err := a.t.StartPolicySession(false)
+func (a *Agent) satisfy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte) (*tpm.PolicySession, error) {
+	ps, err := a.t.StartAuthPolicySession(auth)
 	if err != nil {
 		return nil, err
 	}
@@ -401,11 +429,13 @@ func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (tpm.Object, error) {
 	return a.loadedOrFlush(obj, err)
 }
 
-// createUnderPK creates an object under the PK, satisfying the PK's policy.
-func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, sensitive []byte) (tpm.Blob, error) {
+// createUnderPK creates an object under the PK, satisfying the PK's policy;
+// the object's authValue is the objects' (its policy ends in
+// PolicyAuthValue), data its sealed data if any.
+func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, data []byte) (tpm.Blob, error) {
 	var blob tpm.Blob
 	err := a.withPKPolicy(l, func(s tpm2.Session) (err error) {
-		blob, err = a.t.Create(l.pk, s, tmpl, sensitive)
+		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: l.auth, Data: data})
 		return err
 	})
 	return blob, err

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -135,7 +136,12 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
-	pkBlob, err := a.t.Create(srk, nil, pkTemplate(rec.digest()), nil)
+	objectAuth, err := tpm.RandomAuth(objectAuthSize)
+	if err != nil {
+		return res, err
+	}
+	defer clear(objectAuth)
+	pkBlob, err := a.t.Create(srk, nil, pkTemplate(officer.ObjectPolicyDigest(rec.digest())), tpm.Sensitive{UserAuth: objectAuth})
 	if err != nil {
 		return res, err
 	}
@@ -144,6 +150,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		return res, err
 	}
 	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate}
+	st.ObjectAuth = hex.EncodeToString(objectAuth)
 	st.AllowResettable = req.AllowResettable
 	if req.Officer != nil {
 		pemBytes, err := policy.MarshalPublicKeyPEM(req.Officer)
@@ -162,7 +169,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	// approves a PCR state yet: D is created when the first signed policy
 	// that holds is installed.
 	if rec.Kind != PolicySigned && req.Officer != nil {
-		l := &loadedPK{state: st, rec: rec}
+		l := &loadedPK{state: st, rec: rec, auth: objectAuth}
 		if l.expr, err = rec.expr(); err != nil {
 			return res, err
 		}
@@ -272,7 +279,7 @@ func (a *Agent) ensureCounter() (uint64, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		return 0, "", fmt.Errorf("counter gate key: %w", err)
 	}

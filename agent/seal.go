@@ -11,6 +11,7 @@ import (
 	"fmt"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
@@ -106,7 +107,7 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			defer clear(dek)
 			secret = dek
 		}
-		obj, err := a.createUnderPK(l, tpm.SealTemplate(rec.digest()), secret)
+		obj, err := a.createUnderPK(l, tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest())), secret)
 		if err != nil {
 			return err
 		}
@@ -211,7 +212,7 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		// the load, the TPM resets the session after it, the object's own
 		// policy authorizes the unseal, and the session encrypts the secret
 		// on its way out. 9 TPM commands with the PK load, not 13.
-		ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut)
+		ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, l.auth)
 		if err != nil {
 			return err
 		}
@@ -220,7 +221,7 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 				err = cerr
 			}
 		}()
-		if err := a.apply(ps, l.rec, l.expr, l.opts); err != nil {
+		if err := a.apply(ps, l.rec, officer.ObjectPolicy(l.expr), l.opts); err != nil {
 			return err
 		}
 		obj, err := a.t.Load(l.pk, ps.Session(), blob)
@@ -228,7 +229,7 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 			return err
 		}
 		defer a.flush(&err, obj.Handle)
-		if err := a.apply(ps, b.Policy, expr, l.opts); err != nil {
+		if err := a.apply(ps, b.Policy, officer.ObjectPolicy(expr), l.opts); err != nil {
 			return err
 		}
 		secret, err := a.t.UnsealWith(obj, ps.Session())

@@ -136,7 +136,7 @@ func loadUnderSRK(t *testing.T, tp *tpm.TPM, tmpl tpm2.TPMTPublic) tpm.Object {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tmpl, nil)
+	blob, err := tp.Create(srk, nil, tmpl, tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,9 +48,26 @@ var (
 	DupRef    = []byte("provd/dup")
 )
 
-// DerivePolicy is D's policy: a recipe the officer approved.
+// DerivePolicy is D's policy: a recipe the officer approved, then D's
+// authValue (PolicyAuthValue: every object under the PK is used only by who
+// holds the state's object secret, see ObjectPolicy).
 func DerivePolicy(officer crypto.PublicKey) policy.Policy {
-	return policy.Policy{policy.Authorize{Signer: officer, PolicyRef: DeriveRef}}
+	return policy.Policy{policy.Authorize{Signer: officer, PolicyRef: DeriveRef}, policy.AuthValue{}}
+}
+
+// ObjectPolicy is the policy of an object under the PK whose use rests on
+// the PK's policy p: p, then PolicyAuthValue. p says the platform is in a
+// good state, which anyone with access to the TPM or its bus can satisfy
+// too (found by review: a bus interposer replayed provd's PolicyPCR into a
+// session of its own and used provd's loaded keys); the authValue, random and
+// kept in the state, says the caller is provd.
+func ObjectPolicy(p policy.Policy) policy.Policy {
+	return append(slices.Clone(p), policy.AuthValue{})
+}
+
+// ObjectPolicyDigest is ObjectPolicy's digest from p's digest.
+func ObjectPolicyDigest(p []byte) []byte {
+	return extendPolicy(p, cc(tpm2.TPMCCPolicyAuthValue))
 }
 
 // MaxLabel is the size of TPM2B_LABEL (LABEL_MAX_BUFFER): a recipe's label
@@ -114,11 +131,11 @@ func deriveLabel(r Recipe) []byte {
 }
 
 // DerivedPublic is the public area of a derived key of kt and usage under a
-// PK whose policy digest is pkDigest: the key carries the PK's policy;
+// PK whose policy digest is pkDigest: the key carries ObjectPolicy(the PK's policy);
 // fixedTPM|fixedParent as D (provd's D is always fixedTPM), and
 // sensitiveDataOrigin clear, as the TPM requires of derived objects.
 func DerivedPublic(kt catalog.Type, usage string, pkDigest []byte) tpm2.TPMTPublic {
-	tmpl := kt.Template(usage, pkDigest)
+	tmpl := kt.Template(usage, ObjectPolicyDigest(pkDigest))
 	tmpl.ObjectAttributes.FixedTPM = true
 	tmpl.ObjectAttributes.FixedParent = true
 	tmpl.ObjectAttributes.SensitiveDataOrigin = false

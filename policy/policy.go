@@ -194,6 +194,8 @@ func stepName(st Step) string {
 		return "PolicyAuthorize"
 	case Template, *Template:
 		return "PolicyTemplate"
+	case AuthValue, *AuthValue:
+		return "PolicyAuthValue"
 	}
 	return fmt.Sprintf("%T", st)
 }
@@ -351,6 +353,19 @@ func (st DuplicationSelect) execute(s Session, _ *executor) error {
 	}
 	return s.PolicyDuplicationSelect(st.ObjectName, st.NewParentName, st.IncludeObject)
 }
+
+// AuthValue is TPM2_PolicyAuthValue: the session's HMAC must be keyed with
+// the authorized object's authValue as well, so only who knows it can use
+// the object, whatever else of the policy anyone on the bus can satisfy (a
+// PCR policy says what the platform is, not who is asking).
+type AuthValue struct{}
+
+// Update implements Step.
+func (AuthValue) Update(c *tpm2.PolicyCalculator) error {
+	return c.Update(tpm2.TPMCCPolicyAuthValue)
+}
+
+func (AuthValue) execute(s Session, _ *executor) error { return s.PolicyAuthValue() }
 
 // Template is TPM2_PolicyTemplate: the session may only authorize
 // TPM2_Create, CreatePrimary or CreateLoaded of the one template whose digest

@@ -94,6 +94,12 @@ func (r *Recorder) PolicyDuplicationSelect(objectName, newParentName []byte, inc
 	}.Update(r.calc)
 }
 
+// PolicyAuthValue implements Session.
+func (r *Recorder) PolicyAuthValue() error {
+	r.Calls = append(r.Calls, tpm2.TPMCCPolicyAuthValue)
+	return r.calc.Update(tpm2.TPMCCPolicyAuthValue)
+}
+
 // PolicyTemplate implements Session.
 func (r *Recorder) PolicyTemplate(templateHash []byte) error {
 	r.Calls = append(r.Calls, tpm2.TPMCCPolicyTemplate)

@@ -23,6 +23,9 @@ type Session interface {
 	// PolicyTemplate binds the session to the one creation template whose
 	// digest (with the session's hash) is templateHash.
 	PolicyTemplate(templateHash []byte) error
+	// PolicyAuthValue requires the authorized object's authValue in the
+	// session's HMAC: whoever uses the object must know it.
+	PolicyAuthValue() error
 	// PolicyAuthorize loads signer into the owner hierarchy, verifies sig over
 	// aHash = H_nameAlg(approvedPolicy || policyRef) with TPM2_VerifySignature
 	// and runs TPM2_PolicyAuthorize with the ticket.

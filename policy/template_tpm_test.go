@@ -9,6 +9,7 @@ import (
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // derivationParent is a keyedHash derivation parent (XOR, KDF1-SP800-108)
@@ -79,7 +80,7 @@ func TestPolicyTemplateBindsDerivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, derivationParent(digest), nil)
+	blob, err := tp.Create(srk, nil, derivationParent(digest), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestPolicyTemplateBindsDerivation(t *testing.T) {
 		if err := pol.Apply(ps, policy.ApplyOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		obj, err := tp.CreateLoaded(d, ps.Session(), tmpl)
+		obj, err := tp.CreateLoaded(d, ps.Session(), tmpl, tpm.Sensitive{})
 		if err == nil {
 			tp.Flush(obj.Handle)
 		}

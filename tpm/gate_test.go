@@ -49,7 +49,7 @@ func TestGatedExtendIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestGatedExtendIndex(t *testing.T) {
 	}
 
 	// Another key under the same SRK (anyone can make one) does not pass.
-	other, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+	other, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestGatedCounter(t *testing.T) {
 	var names [][]byte
 	var gate tpm.Object
 	for i := range 2 { // two gates, as on two devices
-		blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+		blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ import (
 // authorized by parentAuth, and returns it loaded; the caller flushes it. A
 // derived object has no private blob: keep it loaded, context-save it, or
 // derive it again.
-func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTTemplate) (Object, error) {
+func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTTemplate, in Sensitive) (Object, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
@@ -27,6 +27,7 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) (err error) {
 		rsp, err = (tpm2.CreateLoaded{
 			ParentHandle: parent.Auth(parentAuth),
+			InSensitive:  in.create(),
 			InPublic:     tpm2.New2BTemplate(&tmpl),
 		}).Execute(t, enc)
 		return err

@@ -50,17 +50,34 @@ func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
 	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256, trial: trial}, nil
 }
 
+// StartAuthPolicySession starts a SHA-256 policy session for an object whose
+// policy holds PolicyAuthValue: auth (the object's authValue) keys the
+// command and response HMACs, so whoever does not know it can neither use
+// the object through such a session nor forge its answers.
+func (t *TPM) StartAuthPolicySession(auth []byte) (*PolicySession, error) {
+	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, tpm2.Auth(auth))
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256}, nil
+}
+
 // StartSecretPolicySession starts a SHA-256 policy session that is also
 // salted with the SRK and encrypts parameters in direction dir, so one session
 // both authorizes a command that carries a secret and protects the secret on
 // the bus: it saves the separate encryption session (2 commands) on unseal.
-func (t *TPM) StartSecretPolicySession(dir Direction) (*PolicySession, error) {
+// auth is the authValue of the objects it authorizes (their policies hold
+// PolicyAuthValue), nil for none.
+func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySession, error) {
 	srk, err := t.SRK()
 	if err != nil {
 		return nil, err
 	}
-	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize,
-		tpm2.Salted(srk.Handle, srk.Public), dir.option())
+	opts := []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public), dir.option()}
+	if auth != nil {
+		opts = append(opts, tpm2.Auth(auth))
+	}
+	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
@@ -165,6 +182,14 @@ func (p *PolicySession) PolicyDuplicationSelect(objectName, newParentName []byte
 		IncludeObject: tpm2.TPMIYesNo(includeObject),
 	}).Execute(p.t)
 	return Wrap("TPM2_PolicyDuplicationSelect", err)
+}
+
+// PolicyAuthValue runs TPM2_PolicyAuthValue. The session must have been
+// started with the object's authValue (StartAuthPolicySession), which keys
+// its HMACs from then on.
+func (p *PolicySession) PolicyAuthValue() error {
+	_, err := (tpm2.PolicyAuthValue{PolicySession: p.s.Handle()}).Execute(p.t)
+	return Wrap("TPM2_PolicyAuthValue", err)
 }
 
 // PolicyTemplate runs TPM2_PolicyTemplate (sent raw: go-tpm v0.9.8 lacks

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 
@@ -39,6 +40,48 @@ func SealTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	}
 }
 
+// Sensitive is what TPM2_Create and CreateLoaded take besides the template:
+// the new object's authValue (UserAuth) and, for a sealed data object, its
+// data. Both cross the bus only inside the encrypted salted session.
+type Sensitive struct {
+	UserAuth []byte
+	Data     []byte
+}
+
+func (in Sensitive) create() tpm2.TPM2BSensitiveCreate {
+	if in.UserAuth == nil && in.Data == nil {
+		return tpm2.TPM2BSensitiveCreate{}
+	}
+	sc := &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: in.UserAuth}}
+	if in.Data != nil {
+		sc.Data = tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: in.Data})
+	}
+	return tpm2.TPM2BSensitiveCreate{Sensitive: sc}
+}
+
+// RandomAuth returns n random bytes for an authValue, none of them zero.
+// go-tpm v0.9.8 cuts an authValue at its last zero byte when it keys a
+// session's HMAC (hmacKeyFromAuthValue strips every zero from the end
+// backwards, not only trailing ones), while the TPM strips trailing zeros
+// only: with a zero inside, about one random 32-byte value in eight, every
+// HMAC would fail (TPM_RC_BAD_AUTH). Each byte is drawn from 1..255.
+func RandomAuth(n int) ([]byte, error) {
+	out := make([]byte, 0, n)
+	buf := make([]byte, n)
+	for len(out) < n {
+		if _, err := rand.Read(buf); err != nil {
+			return nil, err
+		}
+		for _, b := range buf {
+			if b != 0 && len(out) < n {
+				out = append(out, b)
+			}
+		}
+	}
+	clear(buf)
+	return out, nil
+}
+
 // Seal creates a sealed data object under parent holding secret (see
 // SealTemplate). parentAuth authorizes the parent (nil: empty password). The
 // secret crosses the bus only inside an encrypted session.
@@ -46,7 +89,7 @@ func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []
 	if len(secret) == 0 || len(secret) > MaxSealedSize {
 		return Blob{}, fmt.Errorf("seal: secret of %d bytes, want 1..%d", len(secret), MaxSealedSize)
 	}
-	return t.Create(parent, parentAuth, SealTemplate(authPolicy), secret)
+	return t.Create(parent, parentAuth, SealTemplate(authPolicy), Sensitive{Data: secret})
 }
 
 // Load loads a blob under parent and returns the loaded object; the caller
@@ -182,16 +225,11 @@ func (b Blob) Name() (tpm2.TPM2BName, error) {
 // session: their keys are no secret) and, without this session, would set
 // userWithAuth in the template of the PK, D or a key and use them later
 // without their policy (found by review; agent tests mount it).
-func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, sensitive []byte) (Blob, error) {
+func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, in Sensitive) (Blob, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
-	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl)}
-	if sensitive != nil {
-		cmd.InSensitive = tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: sensitive}),
-		}}
-	}
+	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl), InSensitive: in.create()}
 	var blob Blob
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
 		rsp, err := cmd.Execute(t, enc)

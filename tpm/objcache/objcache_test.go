@@ -33,7 +33,7 @@ func load(t *testing.T, tp *tpm.TPM, n int) []tpm.Object {
 	}
 	var objs []tpm.Object
 	for range n {
-		b, err := tp.Create(srk, nil, eccKey, nil)
+		b, err := tp.Create(srk, nil, eccKey, tpm.Sensitive{})
 		if err != nil {
 			t.Fatal(err)
 		}
