@@ -210,3 +210,67 @@ func TestInterposerCannotUseProvdsObjects(t *testing.T) {
 }
 
 type bigInt = big.Int
+
+// seqThief is the same interposer against provd's HMAC sequences: when
+// provd feeds a sequence, it first tries to complete that sequence itself
+// over data of its own, authorized as an empty-auth sequence would be.
+type seqThief struct {
+	next  transport.TPM
+	on    atomic.Bool
+	tried atomic.Int32
+	got   atomic.Int32
+	errs  []error
+	mu    sync.Mutex
+}
+
+func (x *seqThief) wrap(next transport.TPM) transport.TPM { x.next = next; return x }
+
+func (x *seqThief) Send(cmd []byte) ([]byte, error) {
+	if x.on.Load() && len(cmd) >= 14 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCSequenceUpdate {
+		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
+		x.tried.Add(1)
+		_, err := (tpm2.SequenceComplete{SequenceHandle: tpm2.AuthHandle{Handle: h, Auth: tpm2.PasswordAuth(nil)},
+			Buffer: tpm2.TPM2BMaxBuffer{Buffer: attackerData}, Hierarchy: tpm2.TPMRHNull}).Execute(x.next)
+		if err == nil {
+			x.got.Add(1)
+		} else {
+			x.mu.Lock()
+			x.errs = append(x.errs, err)
+			x.mu.Unlock()
+		}
+	}
+	return x.next.Send(cmd)
+}
+
+// An HMAC sequence object has a random authValue, sent encrypted, and every
+// command on it an HMAC session keyed by it: the interposer cannot complete
+// provd's sequence over data of its own (found by review: with an empty
+// authValue anyone on the bus could feed or complete it).
+func TestInterposerCannotUseProvdsHMACSequence(t *testing.T) {
+	x := &seqThief{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
+	ctx := context.Background()
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{7}, 3000) // the sequence path
+	want, err := a.HMAC(ctx, "mac", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.on.Store(true)
+	got, err := a.HMAC(ctx, "mac", data)
+	x.on.Store(false)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("provd's HMAC with the thief on: %x %v, want %x", got, err, want)
+	}
+	if x.tried.Load() == 0 || x.got.Load() != 0 {
+		t.Fatalf("the thief tried %d times and completed %d sequences (%v)", x.tried.Load(), x.got.Load(), x.errs)
+	}
+	for _, err := range x.errs {
+		if !errors.Is(err, tpm2.TPMRCBadAuth) && !errors.Is(err, tpm2.TPMRCAuthFail) && !errors.Is(err, tpm2.TPMRCAuthUnavailable) {
+			t.Errorf("the thief failed otherwise than by authorization: %v", err)
+		}
+	}
+}

@@ -111,11 +111,23 @@ func (t *TPM) HMAC(key Object, auth tpm2.Session, alg tpm2.TPMIAlgHash, data []b
 		})
 		return mac, err
 	}
-	seq, err := (tpm2.HmacStart{Handle: key.Auth(auth), HashAlg: alg}).Execute(t)
+	// The sequence object gets a random authValue, sent encrypted, and every
+	// command on it an HMAC session keyed by it: with an empty one anyone on
+	// the bus could feed provd's running sequence, or complete it over data
+	// of its own (found by review).
+	seqAuth, err := RandomAuth(32)
+	if err != nil {
+		return nil, err
+	}
+	var seq *tpm2.HmacStartResponse
+	err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) (err error) {
+		seq, err = (tpm2.HmacStart{Handle: key.Auth(auth), Auth: tpm2.TPM2BAuth{Buffer: seqAuth}, HashAlg: alg}).Execute(t, enc)
+		return err
+	})
 	if err != nil {
 		return nil, Wrap("TPM2_HMAC_Start", err)
 	}
-	sh := tpm2.AuthHandle{Handle: seq.SequenceHandle, Auth: tpm2.PasswordAuth(nil)}
+	sh := tpm2.AuthHandle{Handle: seq.SequenceHandle, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(seqAuth))}
 	err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
 		for len(data) > MaxBuffer {
 			if _, err := (tpm2.SequenceUpdate{SequenceHandle: sh, Buffer: tpm2.TPM2BMaxBuffer{Buffer: data[:MaxBuffer]}}).Execute(t, enc); err != nil {
