@@ -73,7 +73,7 @@ type Agent struct {
 	keys   *objcache.Cache // operational keys kept loaded or context-saved
 	signed signedCache     // the installed signed policy, parsed and verified
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
-	heldGate *tpm.Object
+	heldGate *tpm.Gate
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,18 +20,24 @@ import (
 )
 
 // gateFile, beside the audit log, holds the audit anchor's gate: the blob of
-// a key under the SRK that only this state directory holds, whose
-// authorization (TPM2_PolicySecret) the anchor's authPolicy requires for
-// TPM2_NV_Extend. It is not in the manifest: records are written before a
+// a key under the SRK and its authorization value, which only this state
+// directory holds; the anchor's authPolicy requires that authorization
+// (TPM2_PolicySecret) for TPM2_NV_Extend. It is not in the manifest: records are written before a
 // PK exists, and zeroize wipes the manifest before its last record.
 const gateFile = "audit.gate"
 
-// gateRecord is audit.gate's content.
+// gateRecord is audit.gate's content. Version 2 has the gate key's
+// authorization value; a version 1 gate has none (its blob, which crosses
+// the bus at every load, was enough to use it) and is replaced at the next
+// record (ensureGated).
 type gateRecord struct {
 	Version int    `json:"version"`
 	Handle  uint32 `json:"nv_index"`
 	Blob    string `json:"gate_blob"` // hex of tpm.Blob.Marshal
 	Name    string `json:"gate_name"` // hex
+	// Auth is the gate key's authorization value (hex), a secret: it goes
+	// to the TPM only inside encrypted or HMAC sessions.
+	Auth string `json:"gate_auth,omitempty"`
 	// SRK is the name (hex) of the pinned SRK the gate key was created
 	// through, "" when none was pinned: before first contact the SRK is what
 	// the bus says, and an interposer then could have changed the gate's
@@ -58,7 +65,7 @@ type trailAnchor struct {
 	legacy bool
 	// held is the gate key zeroize loads before it evicts the SRK, for its
 	// last record; nil otherwise (the gate is loaded per record).
-	held **tpm.Object
+	held **tpm.Gate
 }
 
 var (
@@ -81,10 +88,24 @@ func (an *trailAnchor) gate() (*gateRecord, error) {
 		return nil, err
 	}
 	var g gateRecord
-	if err := json.Unmarshal(b, &g); err != nil || g.Version != 1 || tpm2.TPMHandle(g.Handle) != AuditAnchorHandle {
+	if err := json.Unmarshal(b, &g); err != nil || tpm2.TPMHandle(g.Handle) != AuditAnchorHandle ||
+		(g.Version != 1 || g.Auth != "") && (g.Version != gateVersion || len(g.Auth) != 2*tpm.GateAuthSize) {
 		return nil, fmt.Errorf("%w: %s is not a provd audit gate", api.ErrTampered, gateFile)
 	}
 	return &g, nil
+}
+
+// gateVersion is the version of audit.gate provd writes: a gate with an
+// authorization value.
+const gateVersion = 2
+
+// auth is the gate key's authorization value; empty for a version 1 gate.
+func (g *gateRecord) auth() ([]byte, error) {
+	a, err := hex.DecodeString(g.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+	}
+	return a, nil
 }
 
 func (g *gateRecord) name() ([]byte, error) { return hex.DecodeString(g.Name) }
@@ -124,7 +145,15 @@ func (an *trailAnchor) Read() ([]byte, error) {
 		if !an.legacy {
 			return nil, audit.ErrAnchorEmpty
 		}
-		v, err := an.t.Anchor(AuditAnchorHandle).Read()
+		var v []byte
+		err := an.t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
+			x, err := r.ReadPublic(AuditAnchorHandle)
+			if err != nil {
+				return err
+			}
+			v, err = r.ReadExtendIndex(x)
+			return err
+		})
 		if errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrNVUninitialized) {
 			return nil, audit.ErrAnchorEmpty
 		}
@@ -134,28 +163,38 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	x, err := an.t.ReadNVPublic(AuditAnchorHandle)
-	if errors.Is(err, tpm.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %w (NV index 0x%08x is gone)", api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle))
-	}
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case string(x.Name.Buffer) == string(unwritten):
-		return nil, audit.ErrAnchorEmpty
-	case string(x.Name.Buffer) != string(written):
-		return nil, fmt.Errorf("%w: %w (NV index 0x%08x has name %x, this trail's anchor is %x)",
-			api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer, written)
-	}
-	return an.t.ReadExtendIndex(x)
+	// Read in an audit session salted to the pinned SRK: what verify and
+	// every record compare the trail with is the TPM's, not the bus's.
+	var v []byte
+	err = an.t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
+		x, err := r.ReadPublic(AuditAnchorHandle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			return fmt.Errorf("%w: %w (NV index 0x%08x is gone)", api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle))
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case string(x.Name.Buffer) == string(unwritten):
+			return audit.ErrAnchorEmpty
+		case string(x.Name.Buffer) != string(written):
+			return fmt.Errorf("%w: %w (NV index 0x%08x has name %x, this trail's anchor is %x)",
+				api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer, written)
+		}
+		v, err = r.ReadExtendIndex(x)
+		return err
+	})
+	return v, err
 }
 
 // Prepare readies one gated extend before the log writes its line: the
-// gate key is loaded under the SRK (one command: tpm.LoadGate), proves its
-// authorization in a policy session (3 commands) and is flushed (1); the
-// extend is then one command that also ends the session. 6 commands per
-// record, where the ungated index took 1. Without a gate only a legacy
+// gate key is loaded under the SRK (one command: tpm.LoadGate), the anchor's
+// public is read (1), the gate proves its authorization in a policy session
+// salted to the pinned SRK (4: two StartAuthSession, PolicySecret in a
+// one-use HMAC session keyed by the gate's authorization value,
+// PolicyCommandCode) and is flushed (1); the extend is then one command, its
+// response authenticated by the salted session, and release flushes the
+// session (1). 9 commands per record, where the ungated index took 1. Without a gate only a legacy
 // trail's ungated index is extended (record() gives every trail a gate
 // before it appends).
 func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() error, err error) {
@@ -169,7 +208,7 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 		}
 		return func(head []byte) error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
-	gk, held := tpm.Object{}, *an.held != nil
+	gk, held := tpm.Gate{}, *an.held != nil
 	if held {
 		gk = **an.held
 	} else if gk, err = an.loadGate(g); err != nil {
@@ -207,25 +246,29 @@ func (an *trailAnchor) Extend(head []byte) (err error) {
 	return extend(head)
 }
 
-func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Object, error) {
+func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 	raw, err := hex.DecodeString(g.Blob)
 	if err != nil {
-		return tpm.Object{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+		return tpm.Gate{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
 	}
 	blob, err := tpm.UnmarshalBlob(raw)
 	if err != nil {
-		return tpm.Object{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+		return tpm.Gate{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+	}
+	auth, err := g.auth()
+	if err != nil {
+		return tpm.Gate{}, err
 	}
 	srk, err := an.t.SRK()
 	if err != nil {
-		return tpm.Object{}, err
+		return tpm.Gate{}, err
 	}
-	gk, err := an.t.LoadGate(srk, blob)
+	gk, err := an.t.LoadGate(srk, blob, auth)
 	if err != nil {
-		return tpm.Object{}, fmt.Errorf("audit gate key: %w", err)
+		return tpm.Gate{}, fmt.Errorf("audit gate key: %w", err)
 	}
 	if want, _ := g.name(); string(gk.Name.Buffer) != string(want) {
-		return tpm.Object{}, errors.Join(fmt.Errorf("%w: %s names another key", api.ErrTampered, gateFile), an.t.Flush(gk.Handle))
+		return tpm.Gate{}, errors.Join(fmt.Errorf("%w: %s names another key", api.ErrTampered, gateFile), an.t.Flush(gk.Handle))
 	}
 	return gk, nil
 }
@@ -251,7 +294,11 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	auth, err := tpm.NewGateAuth(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	blob, err := a.t.CreateGate(srk, auth)
 	if err != nil {
 		return nil, fmt.Errorf("audit gate key: %w", err)
 	}
@@ -266,8 +313,8 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	if _, err := a.t.DefineNV(pub); err != nil {
 		return nil, err
 	}
-	g := gateRecord{Version: 1, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
-		SRK: hex.EncodeToString(a.t.PinnedSRKName())}
+	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
+		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName())}
 	b, err := json.Marshal(g)
 	if err != nil {
 		return nil, err
@@ -308,14 +355,20 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 
 // ensureGated gives a trail without a gate (a new one, or one anchored by a
 // provd before gates, verified by openAudit) its gated anchor. The first
-// record of a new trail is then its audit-anchor record.
+// record of a new trail is then its audit-anchor record. A trail whose gate
+// has no authorization value (version 1: anyone who recorded the gate's
+// load on the bus could extend the anchor), verified by openAudit, moves to
+// a new gate the same way.
 func (a *Agent) ensureGated(ctx context.Context) error {
 	g, err := a.trailAnchor().gate()
-	if err != nil || g != nil {
+	if err != nil || g != nil && g.Version == gateVersion {
 		return err
 	}
 	why := "new trail"
-	if a.trailAnchor().legacy {
+	switch {
+	case g != nil:
+		why = "moved from a gate without an authorization value"
+	case a.trailAnchor().legacy:
 		why = "moved from an ungated anchor"
 	}
 	_, err = a.anchorTrail(ctx, why, nil)

@@ -211,11 +211,12 @@ func TestAnchorHistoryRewriteIsCaught(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := env.TPM.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	ownAuth, _ := tpm.NewGateAuth(rand.Reader)
+	blob, err := env.TPM.CreateGate(srk, ownAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
-	own, err := env.TPM.LoadGate(srk, blob)
+	own, err := env.TPM.LoadGate(srk, blob, ownAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,11 +445,12 @@ func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	ownAuth, _ := tpm.NewGateAuth(rand.Reader)
+	blob, err := tp.CreateGate(srk, ownAuth)
 	if err != nil {
 		t.Fatal(err)
 	}
-	own, err := tp.LoadGate(srk, blob)
+	own, err := tp.LoadGate(srk, blob, ownAuth)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,6 +74,9 @@ type pkState struct {
 	// counter's increments (signed policies; empty for a counter defined
 	// before gates, incremented with its empty password).
 	CounterGate string `json:"counter_gate,omitempty"`
+	// CounterGateAuth is the counter gate's authorization value (hex); empty
+	// for a gate from before gates had one (replaced at the next increment).
+	CounterGateAuth string `json:"counter_gate_auth,omitempty"`
 }
 
 // policyRecord says how an object's authPolicy was built, so it can be applied
@@ -394,7 +397,7 @@ func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) e
 		}
 	}
 	if len(pe.Differ) == 0 && rec.Kind == PolicySigned && len(opts.Signed) > 0 {
-		if c, cerr := a.t.ReadCounter(PolicyCounterHandle); cerr == nil && c > opts.Signed[0].Version {
+		if c, cerr := a.readCounter(); cerr == nil && c > opts.Signed[0].Version {
 			pe.Reason = fmt.Sprintf("the installed signed policy (version %d) is revoked: the policy counter is at %d", opts.Signed[0].Version, c)
 		}
 	}

@@ -92,7 +92,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	if sp.Counter.Handle != want.Handle || string(sp.Counter.Name) != string(want.Name) {
 		return res, fmt.Errorf("%w: policy names another counter", api.ErrNotPermitted)
 	}
-	c, err := a.t.ReadCounter(PolicyCounterHandle)
+	c, err := a.readCounter()
 	if err != nil {
 		return res, err
 	}
@@ -108,7 +108,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return res, err
 	}
 	a.signed.reset()
-	if err := a.incrementCounter(st, sp.Version-c); err != nil {
+	if err := a.moveCounter(ctx, &st, c, sp.Version); err != nil {
 		return res, err
 	}
 	c = sp.Version
@@ -201,7 +201,7 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 				return err
 			}
 			info.Signer = hex.EncodeToString(name)
-			if info.Counter, err = a.t.ReadCounter(PolicyCounterHandle); err != nil {
+			if info.Counter, err = a.readCounter(); err != nil {
 				return err
 			}
 			if len(l.opts.Signed) > 0 {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -149,7 +150,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
-	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate}
+	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate.Blob, CounterGateAuth: counterGate.Auth}
 	st.ObjectAuth = hex.EncodeToString(objectAuth)
 	st.AllowResettable = req.AllowResettable
 	if req.Officer != nil {
@@ -213,26 +214,26 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 }
 
 // provisionPolicy builds the PK's policy record for req and, for a signed
-// policy, defines the gated policy counter and returns its gate's blob (hex).
-func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (rec policyRecord, counterGate string, err error) {
+// policy, defines the gated policy counter and returns its gate.
+func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (rec policyRecord, counterGate counterGateState, err error) {
 	if req.Officer != nil {
 		if _, err := policy.SignerPublic(req.Officer); err != nil {
-			return policyRecord{}, "", fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
+			return policyRecord{}, counterGateState{}, fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
 		}
 	}
 	if req.Signer != nil {
 		if _, err := policy.SignerPublic(req.Signer); err != nil {
-			return policyRecord{}, "", fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
+			return policyRecord{}, counterGateState{}, fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
 		}
 		c, gate, err := a.ensureCounter()
 		if err != nil {
-			return policyRecord{}, "", err
+			return policyRecord{}, counterGateState{}, err
 		}
 		res.Counter = &c
 		res.CounterHandle = fmt.Sprintf("0x%08x", uint32(PolicyCounterHandle))
 		ref, err := PolicyRef(req.PolicyClass)
 		if err != nil {
-			return policyRecord{}, "", err
+			return policyRecord{}, counterGateState{}, err
 		}
 		rec, err := newSignedRecord(req.Signer, ref)
 		return rec, gate, err
@@ -250,68 +251,124 @@ func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResu
 			pcrs = api.DefaultPCRs
 		}
 		if err := checkResettable(pcrs, req.AllowResettable); err != nil {
-			return policyRecord{}, "", err
+			return policyRecord{}, counterGateState{}, err
 		}
 		cur, err := a.t.PCRReadAuthenticated(bank.Alg(), pcrs)
 		if err != nil {
-			return policyRecord{}, "", err
+			return policyRecord{}, counterGateState{}, err
 		}
 		vals = policy.PCRValues{Bank: bank, Values: cur}
 	}
 	if err := vals.Validate(); err != nil {
-		return policyRecord{}, "", fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		return policyRecord{}, counterGateState{}, fmt.Errorf("%w: %v", api.ErrBadInput, err)
 	}
 	if err := checkResettable(vals.Indices(), req.AllowResettable); err != nil {
-		return policyRecord{}, "", err
+		return policyRecord{}, counterGateState{}, err
 	}
 	res.Bank, res.PCRs = vals.Bank.String(), vals.Indices()
 	rec, err = newPCRRecord(vals)
-	return rec, "", err
+	return rec, counterGateState{}, err
 }
 
+// counterGateState is the policy counter's gate as the PK record keeps it
+// (hex): its blob and its authorization value.
+type counterGateState struct{ Blob, Auth string }
+
 // ensureCounter defines the policy counter, gated by a new key under the
-// SRK (tpm.DefineGatedCounter), and returns its value and the gate's blob
-// (hex) for the state. Whatever was at the counter's handles is replaced: a
-// counter never goes back, even across undefine and define, so a retry or a
-// counter left by another state can only move the version forward.
-func (a *Agent) ensureCounter() (uint64, string, error) {
+// SRK with a new authorization value (tpm.DefineGatedCounter), and returns
+// its value, read through an authenticated path, and the gate for the
+// state. Whatever was at the counter's handles is replaced: a counter never
+// goes back, even across undefine and define, so a retry or a counter left
+// by another state can only move the version forward.
+func (a *Agent) ensureCounter() (uint64, counterGateState, error) {
 	srk, err := a.t.SRK()
 	if err != nil {
-		return 0, "", err
+		return 0, counterGateState{}, err
 	}
-	blob, err := a.t.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	auth, err := tpm.NewGateAuth(rand.Reader)
 	if err != nil {
-		return 0, "", fmt.Errorf("counter gate key: %w", err)
+		return 0, counterGateState{}, err
 	}
-	gate, err := a.t.LoadGate(srk, blob)
+	defer clear(auth)
+	blob, err := a.t.CreateGate(srk, auth)
 	if err != nil {
-		return 0, "", err
+		return 0, counterGateState{}, fmt.Errorf("counter gate key: %w", err)
+	}
+	gate, err := a.t.LoadGate(srk, blob, auth)
+	if err != nil {
+		return 0, counterGateState{}, err
 	}
 	_, err = a.t.DefineGatedCounter(PolicyCounterHandle, CounterAuthorizerHandle, gate)
 	if ferr := a.t.Flush(gate.Handle); ferr != nil && err == nil {
 		err = ferr
 	}
 	if err != nil {
-		return 0, "", err
+		return 0, counterGateState{}, err
 	}
-	c, err := a.t.ReadCounter(PolicyCounterHandle)
-	return c, hex.EncodeToString(blob.Marshal()), err
+	c, err := a.readCounter()
+	return c, counterGateState{Blob: hex.EncodeToString(blob.Marshal()), Auth: hex.EncodeToString(auth)}, err
 }
 
-// incrementCounter moves the policy counter n steps with the state's gate
-// (a counter defined before gates takes its empty password).
-func (a *Agent) incrementCounter(st pkState, n uint64) (err error) {
-	if n == 0 {
+// readCounter is the policy counter's value as the TPM states it in an
+// audit session salted to the pinned SRK: what provd decides on (the
+// install's starting value, whether a policy is revoked) is never the bus's
+// word.
+func (a *Agent) readCounter() (uint64, error) {
+	c, _, err := a.t.ReadCounterAuthenticated(PolicyCounterHandle)
+	return c, err
+}
+
+// moveCounter moves the policy counter from from to to (from < to) with the
+// state's gate (a counter defined before gates takes its empty password),
+// then reads it back through an authenticated path: a counter that is not at
+// to (an increment dropped on the bus and answered with success) is
+// ErrResponseForged, and the install is not reported done. A gate without an
+// authorization value (a PK record from before gates had one) is replaced
+// first: the counter and its authorizer are defined again under a new gate
+// (same names: signed policies still name it), which moves the counter one
+// step at least, and st is stored with the new gate.
+func (a *Agent) moveCounter(ctx context.Context, st *pkState, from, to uint64) (err error) {
+	if to <= from {
 		return nil
 	}
-	if st.CounterGate == "" {
-		for ; n > 0; n-- {
+	switch {
+	case st.CounterGate == "":
+		for n := to - from; n > 0; n-- {
 			if err := a.t.Increment(PolicyCounterHandle); err != nil {
 				return err
 			}
 		}
-		return nil
+	default:
+		if st.CounterGateAuth == "" {
+			c, g, err := a.ensureCounter()
+			if err != nil {
+				return fmt.Errorf("policy counter: replacing its gate, which has no authorization value: %w", err)
+			}
+			st.CounterGate, st.CounterGateAuth = g.Blob, g.Auth
+			if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.Put(recPK, *st) }); err != nil {
+				return err
+			}
+			if c > to {
+				return &api.PolicyError{Reason: fmt.Sprintf("signed policy version %d is revoked: the policy counter, defined again under a new gate, is at %d", to, c), Err: tpm.ErrPolicyNotSatisfied}
+			}
+			from = c
+		}
+		if err := a.incrementGated(*st, to-from); err != nil {
+			return err
+		}
 	}
+	got, err := a.readCounter()
+	if err != nil {
+		return err
+	}
+	if got != to {
+		return fmt.Errorf("%w: the policy counter is at %d after the increments, not %d: an increment was dropped or added on the way to the TPM", tpm.ErrResponseForged, got, to)
+	}
+	return nil
+}
+
+// incrementGated moves the policy counter n steps with the state's gate.
+func (a *Agent) incrementGated(st pkState, n uint64) (err error) {
 	raw, err := hex.DecodeString(st.CounterGate)
 	if err != nil {
 		return fmt.Errorf("%w: counter gate: %v", api.ErrTampered, err)
@@ -320,11 +377,16 @@ func (a *Agent) incrementCounter(st pkState, n uint64) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w: counter gate: %v", api.ErrTampered, err)
 	}
+	auth, err := hex.DecodeString(st.CounterGateAuth)
+	if err != nil || len(auth) != tpm.GateAuthSize {
+		return fmt.Errorf("%w: counter gate authorization value", api.ErrTampered)
+	}
+	defer clear(auth)
 	srk, err := a.t.SRK()
 	if err != nil {
 		return err
 	}
-	gate, err := a.t.LoadGate(srk, blob)
+	gate, err := a.t.LoadGate(srk, blob, auth)
 	if err != nil {
 		return fmt.Errorf("counter gate key: %w", err)
 	}

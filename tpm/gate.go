@@ -4,29 +4,83 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/google/go-tpm/tpm2"
 )
 
-// A gate is a key whose blob only its owner holds (provd keeps it in its state
-// directory, mode 0700) and whose private part never leaves the TPM
-// (fixedTPM|fixedParent). An NV index is gated when its writes need a policy
-// session that proved the gate's authorization (TPM2_PolicySecret) for one
-// command code: GatePolicy(gate's name, NV_Extend) as its authPolicy,
-// TPMA_NV_AUTHWRITE clear and TPMA_NV_POLICYWRITE set. Another process can
-// still read the index (its password is empty, so PolicyNV works too) but
-// cannot write it: it has no blob to load, and a key of its own has another
-// name. Undefining the index stays possible for whoever holds the owner
-// authorization, and an index redefined with the same public area has the
-// same name: a gate keeps others from writing, a pinned name (the gate's
+// A gate is a key whose authorization value only its owner knows (provd
+// keeps it, with the key's blob, in its state directory, mode 0700) and whose
+// private part never leaves the TPM (fixedTPM|fixedParent). An NV index is
+// gated when its writes need a policy session that proved the gate's
+// authorization (TPM2_PolicySecret) for one command code: GatePolicy(gate's
+// name, NV_Extend) as its authPolicy, TPMA_NV_AUTHWRITE clear and
+// TPMA_NV_POLICYWRITE set. Another process can still read the index (its
+// password is empty, so PolicyNV works too) but cannot write it: the blob
+// crosses the bus at every load and can be replayed, but PolicySecret needs
+// the authorization value, which crosses the bus only encrypted (inside
+// TPM2_Create's inSensitive) and is proven by HMAC; a key of its own has
+// another name. Undefining the index stays possible for whoever holds the
+// owner authorization, and an index redefined with the same public area has
+// the same name: a gate keeps others from writing, a pinned name (the gate's
 // name is inside it) makes a redefinition with another policy visible.
+
+// GateAuthSize is the size of a gate's authorization value: the digest size
+// of its nameAlg (SHA-256), the most the TPM takes.
+const GateAuthSize = 32
+
+// NewGateAuth draws a gate's authorization value from rand. No byte is zero:
+// go-tpm v0.9.8 cuts an HMAC key at its first zero byte (the TPM trims only
+// trailing zeros), so a zero inside would make every HMAC differ from the
+// TPM's. That leaves 32 bytes of 255 values each (255.8 bits).
+func NewGateAuth(rand io.Reader) ([]byte, error) {
+	return nonZeroAuth(rand, GateAuthSize)
+}
+
+// nonZeroAuth draws n bytes from rand, none zero (see NewGateAuth).
+func nonZeroAuth(rand io.Reader, n int) ([]byte, error) {
+	auth := make([]byte, n)
+	for i := range auth {
+		for auth[i] == 0 {
+			if _, err := io.ReadFull(rand, auth[i:i+1]); err != nil {
+				return nil, fmt.Errorf("authorization value: %w", err)
+			}
+		}
+	}
+	return auth, nil
+}
+
+// Gate is a loaded gate key with its authorization value (empty for a gate
+// created before gates had one). It prints without the value.
+type Gate struct {
+	Object
+	auth []byte
+}
+
+// String names the gate by its handle and name, never its value.
+func (g Gate) String() string {
+	return fmt.Sprintf("gate 0x%08x (name %x)", uint32(g.Handle), g.Name.Buffer)
+}
+
+// GoString is String, for %#v.
+func (g Gate) GoString() string { return g.String() }
+
+// CreateGate creates a gate key under parent (empty password) whose
+// authorization value is auth: it goes into the TPM only as inSensitive's
+// userAuth, encrypted by a session salted to the SRK (Create).
+func (t *TPM) CreateGate(parent Object, auth []byte) (Blob, error) {
+	if len(auth) != GateAuthSize {
+		return Blob{}, fmt.Errorf("gate authorization value of %d bytes, want %d", len(auth), GateAuthSize)
+	}
+	return t.Create(parent, nil, GateTemplate(), Sensitive{UserAuth: auth})
+}
 
 // GateTemplate is the public area of a gate key: ECC P-256, restricted
 // signing (so it signs only attestation structures the TPM produced, such as
 // TPM2_NV_Certify's, never a digest handed to it), born in the TPM and never
-// leaving it, used with an empty password: whoever can load it may use it, and
-// only the holder of the blob can load it.
+// leaving it, used with its authorization value (userWithAuth): whoever can
+// load it must also know that value to use it (CreateGate).
 func GateTemplate() tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgECC,
@@ -119,11 +173,18 @@ func (t *TPM) DefineNV(pub tpm2.TPMSNVPublic) (NVIndex, error) {
 	return t.ReadNVPublic(pub.NVIndex)
 }
 
-// PolicySecret runs TPM2_PolicySecret with obj's empty password: the session
-// then proves that its holder could use obj.
-func (p *PolicySession) PolicySecret(obj Object, policyRef []byte) error {
-	_, err := (tpm2.PolicySecret{
-		AuthHandle:    obj.Auth(tpm2.PasswordAuth(nil)),
+// PolicySecret runs TPM2_PolicySecret for gate: the session then proves
+// that its holder knew the gate's authorization value. The value is proven
+// in a one-use HMAC session (keyed by it, salted to the SRK when one is
+// pinned): it never crosses the bus. A wrong value is ErrBadAuth.
+func (p *PolicySession) PolicySecret(gate Gate, policyRef []byte) error {
+	opts, err := p.t.pinnedSalt()
+	if err != nil {
+		return err
+	}
+	opts = append(opts, tpm2.Auth(gate.auth))
+	_, err = (tpm2.PolicySecret{
+		AuthHandle:    gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)),
 		PolicySession: p.s.Handle(),
 		NonceTPM:      p.s.NonceTPM(),
 		PolicyRef:     tpm2.TPM2BNonce{Buffer: policyRef},
@@ -131,12 +192,37 @@ func (p *PolicySession) PolicySecret(obj Object, policyRef []byte) error {
 	return Wrap("TPM2_PolicySecret", err)
 }
 
-// gateSession starts a policy session that satisfies GatePolicy(gate, cc).
-func (t *TPM) gateSession(gate Object, cc tpm2.TPMCC) (*PolicySession, error) {
-	s, err := t.StartPolicySession(false)
+// pinnedSalt is the option that salts a session to the pinned SRK, none
+// when no SRK is pinned (before first contact the SRK is only what the bus
+// says, and asking for it would create one) or it was evicted.
+func (t *TPM) pinnedSalt() ([]tpm2.AuthOption, error) {
+	if !t.saltToPin() {
+		return nil, nil
+	}
+	srk, err := t.SRK()
 	if err != nil {
 		return nil, err
 	}
+	return []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public)}, nil
+}
+
+// gateSession starts a policy session that satisfies GatePolicy(gate, cc),
+// salted to the pinned SRK when one is pinned: the TPM then checks the
+// command HMAC of the command it authorizes (keyed by the salt, which only
+// the TPM and provd know; measured on swtpm: an empty HMAC there is
+// TPM_RC_BAD_AUTH, where the unsalted session took it), so a session
+// prepared by provd cannot be used for another command, and the response
+// HMAC says the command ran.
+func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC) (*PolicySession, error) {
+	opts, err := t.pinnedSalt()
+	if err != nil {
+		return nil, err
+	}
+	ss, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	s := &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss, closer), alg: tpm2.TPMAlgSHA256}
 	if err := s.PolicySecret(gate, nil); err != nil {
 		return nil, joinClose(err, s)
 	}
@@ -154,35 +240,38 @@ func joinClose(err error, s *PolicySession) error {
 }
 
 // GatedExtend is a policy session that satisfies GatePolicy(gate,
-// NV_Extend) for one extend of one index: prepared (3 commands:
-// StartAuthSession, PolicySecret, PolicyCommandCode) before the caller
-// commits to anything, so that the extend itself is one command that the TPM
-// ends the session with. Close it on every path; after a successful Extend
-// it sends nothing.
+// NV_Extend) for one extend of one index: prepared (the index's public, then
+// StartAuthSession, StartAuthSession and PolicySecret, PolicyCommandCode)
+// before the caller commits to anything, so that the extend itself is one
+// command. Close it on every path (a FlushContext).
 type GatedExtend struct {
 	t *TPM
-	h tpm2.TPMHandle
+	x NVIndex
 	s *PolicySession
 }
 
 // PrepareGatedExtend starts the session for one extend of the gated index at
 // h, proving the loaded gate's authorization. The gate may be flushed as soon
 // as this returns: the session holds the proof.
-func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Object) (*GatedExtend, error) {
-	if err := checkNVIndexHandle(h); err != nil {
+func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate) (*GatedExtend, error) {
+	// The index's name goes into the extend's command HMAC: a name the bus
+	// changed here makes the TPM refuse the extend.
+	x, err := t.ReadNVPublic(h)
+	if err != nil {
 		return nil, err
 	}
 	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend)
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, h: h, s: s}, nil
+	return &GatedExtend{t: t, x: x, s: s}, nil
 }
 
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) authorized by
-// the session, with continueSession clear: on success the TPM flushes the
-// session. A policy the index does not accept (another gate: the index was
-// redefined) is ErrPolicyNotSatisfied.
+// the session. With the session salted (an SRK is pinned) the command and
+// response HMACs are checked: a response the bus invented or changed, or a
+// command it changed, is ErrResponseForged. A policy the index does not
+// accept (another gate: the index was redefined) is ErrPolicyNotSatisfied.
 func (g *GatedExtend) Extend(data []byte) error {
 	if g.s.closed {
 		return errors.New("NV extend: the gate session is used up")
@@ -192,20 +281,22 @@ func (g *GatedExtend) Extend(data []byte) error {
 	}
 	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
 	params = append(params, data...)
-	_, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.h, g.h}, policy: g.s.Handle(), endSession: true, params: params}).run(g.t)
+	_, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.x.Handle, g.x.Handle},
+		session: g.s.Session(), names: []tpm2.TPM2BName{g.x.Name, g.x.Name}, params: params}).run(g.t)
 	if err != nil {
-		return notSatisfied("TPM2_NV_Extend", err, tpm2.TPMRCPolicyFail)
+		if errors.Is(err, ErrResponseForged) {
+			return fmt.Errorf("TPM2_NV_Extend: %w", err)
+		}
+		return notSatisfied("TPM2_NV_Extend", guarded("TPM2_NV_Extend", err, 1), tpm2.TPMRCPolicyFail)
 	}
-	g.s.closed = true // the TPM ended it
 	return nil
 }
 
-// Close flushes the session unless the TPM already ended it.
+// Close flushes the session.
 func (g *GatedExtend) Close() error { return g.s.Close() }
 
-// NVExtendGated is PrepareGatedExtend, Extend and Close: 5 commands with
-// the gate loaded.
-func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Object) (err error) {
+// NVExtendGated is PrepareGatedExtend, Extend and Close.
+func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Gate) (err error) {
 	g, err := t.PrepareGatedExtend(h, gate)
 	if err != nil {
 		return err
@@ -218,27 +309,33 @@ func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Object) (err err
 	return g.Extend(data)
 }
 
-// LoadGate loads a gate key's blob under parent with a password session:
-// one command, where Load spends three on a session salted to the SRK. That
-// session keeps an interposer from changing what is loaded; for a gate it
-// buys nothing, because the gate is only ever used to satisfy a policy whose
-// digest holds the gate's name, which the TPM computes from what it loaded.
-// A response naming another object is refused here all the same.
-func (t *TPM) LoadGate(parent Object, b Blob) (Object, error) {
+// LoadGate loads a gate key's blob under parent with a password session (one
+// command, where Load spends three on a session salted to the SRK) and
+// returns it with its authorization value auth. The blob crosses the bus in
+// clear and anyone who records it can load it again; that gives nothing
+// without auth, which only the state directory holds (a gate created before
+// gates had one, auth empty, gives it: such gates are replaced). A response
+// naming another object is refused here, and the TPM computes the policy
+// digest from the name of what it loaded.
+func (t *TPM) LoadGate(parent Object, b Blob, auth []byte) (Gate, error) {
 	want, err := b.Name()
 	if err != nil {
-		return Object{}, err
+		return Gate{}, err
 	}
 	rsp, err := (tpm2.Load{ParentHandle: parent.Auth(tpm2.PasswordAuth(nil)), InPrivate: b.Private, InPublic: b.Public}).Execute(t)
 	if err != nil {
-		return Object{}, Wrap("TPM2_Load", err)
+		return Gate{}, Wrap("TPM2_Load", err)
 	}
 	pub, err := b.Public.Contents()
 	if err != nil {
-		return Object{}, errors.Join(err, t.Flush(rsp.ObjectHandle))
+		return Gate{}, errors.Join(err, t.Flush(rsp.ObjectHandle))
 	}
 	if !nameEqual(rsp.Name, want) {
-		return Object{}, errors.Join(fmt.Errorf("%w: TPM2_Load of a gate returned name %x, the blob's is %x", ErrResponseForged, rsp.Name.Buffer, want.Buffer), t.Flush(rsp.ObjectHandle))
+		return Gate{}, errors.Join(fmt.Errorf("%w: TPM2_Load of a gate returned name %x, the blob's is %x", ErrResponseForged, rsp.Name.Buffer, want.Buffer), t.Flush(rsp.ObjectHandle))
 	}
-	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
+	return Gate{Object: Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, auth: auth}, nil
 }
+
+// GateOf is a gate already loaded (obj) with its authorization value: for
+// tests and tools that load gates themselves.
+func GateOf(obj Object, auth []byte) Gate { return Gate{Object: obj, auth: auth} }

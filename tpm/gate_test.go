@@ -2,6 +2,7 @@ package tpm_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -49,11 +50,12 @@ func TestGatedExtendIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	auth := newGateAuth(t)
+	blob, err := tp.CreateGate(srk, auth)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gate, err := tp.Load(srk, nil, blob)
+	gate, err := tp.LoadGate(srk, blob, auth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,11 +95,12 @@ func TestGatedExtendIndex(t *testing.T) {
 	}
 
 	// Another key under the same SRK (anyone can make one) does not pass.
-	other, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+	oauth := newGateAuth(t)
+	other, err := tp.CreateGate(srk, oauth)
 	if err != nil {
 		t.Fatal(err)
 	}
-	og, err := tp.Load(srk, nil, other)
+	og, err := tp.LoadGate(srk, other, oauth)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +108,80 @@ func TestGatedExtendIndex(t *testing.T) {
 	if err := tp.NVExtendGated(testGatedHandle, d[:], og); !errors.Is(err, tpm.ErrPolicyNotSatisfied) && !errors.Is(err, tpm2.TPMRCPolicyFail) {
 		t.Fatalf("extend with another key: %v, want a policy failure", err)
 	}
+}
+
+func newGateAuth(t *testing.T) []byte {
+	t.Helper()
+	auth, err := tpm.NewGateAuth(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return auth
+}
+
+// A gate's blob is no gate without its authorization value: loaded again
+// (anyone who recorded the bus can), it satisfies PolicySecret only with the
+// value, which never crossed the bus. With the SRK pinned, the gated extend
+// runs in a salted session: a command changed on the bus is refused by the
+// TPM.
+func TestGateNeedsItsAuthValue(t *testing.T) {
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.PinSRK(srk.Public); err != nil {
+		t.Fatal(err)
+	}
+	auth := newGateAuth(t)
+	blob, err := tp.CreateGate(srk, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tpm.GatedExtendPublic(testGatedHandle, mustBlobName(t, blob), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.DefineNV(pub); err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testGatedHandle)
+	for _, tc := range []struct {
+		name string
+		auth []byte
+	}{{"no value (the blob alone)", nil}, {"another value", newGateAuth(t)}} {
+		g, err := tp.LoadGate(srk, blob, tc.auth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = tp.NVExtendGated(testGatedHandle, make([]byte, 32), g)
+		tp.Flush(g.Handle)
+		if !errors.Is(err, tpm.ErrBadAuth) {
+			t.Fatalf("%s: extend gave %v, want ErrBadAuth", tc.name, err)
+		}
+	}
+	g, err := tp.LoadGate(srk, blob, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Flush(g.Handle)
+	if err := tp.NVExtendGated(testGatedHandle, make([]byte, 32), g); err != nil {
+		t.Fatal(err)
+	}
+	if n := rec.Leak(auth); n >= 0 {
+		t.Fatalf("the gate's authorization value crossed the bus (bytes %d..%d)", n, n+8)
+	}
+}
+
+func mustBlobName(t *testing.T, b tpm.Blob) []byte {
+	t.Helper()
+	n, err := b.Name()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Buffer
 }
 
 func mustName(t *testing.T, p tpm2.TPMSNVPublic) []byte {
@@ -153,16 +230,17 @@ func TestGatedCounter(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names [][]byte
-	var gate tpm.Object
+	var gate tpm.Gate
 	for i := range 2 { // two gates, as on two devices
-		blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
+		auth := newGateAuth(t)
+		blob, err := tp.CreateGate(srk, auth)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if i == 1 {
 			tp.Flush(gate.Handle)
 		}
-		if gate, err = tp.LoadGate(srk, blob); err != nil {
+		if gate, err = tp.LoadGate(srk, blob, auth); err != nil {
 			t.Fatal(err)
 		}
 		x, err := tp.DefineGatedCounter(testGatedCounter, testGatedAuthorizer, gate)

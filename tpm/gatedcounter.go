@@ -72,7 +72,7 @@ func GatedCounterPublic(h, authorizer tpm2.TPMHandle) (tpm2.TPMSNVPublic, error)
 // across undefine and define, so replacing it can only move it forward. It
 // returns the counter as the TPM states it; its name is checked against the
 // one computed offline.
-func (t *TPM) DefineGatedCounter(h, authorizer tpm2.TPMHandle, gate Object) (x NVIndex, err error) {
+func (t *TPM) DefineGatedCounter(h, authorizer tpm2.TPMHandle, gate Gate) (x NVIndex, err error) {
 	for _, old := range []tpm2.TPMHandle{h, authorizer} {
 		if err := t.UndefineNV(old); err != nil && !errors.Is(err, ErrNotFound) {
 			return NVIndex{}, err
@@ -102,13 +102,21 @@ func (t *TPM) DefineGatedCounter(h, authorizer tpm2.TPMHandle, gate Object) (x N
 	if _, err := (tpm2.NVWriteLock{AuthHandle: ax.auth(), NVIndex: ax.named()}).Execute(t); err != nil {
 		return NVIndex{}, nvWrap("TPM2_NV_WriteLock", err)
 	}
-	// Another process may have written between define and lock: what is
-	// locked in must be provd's.
-	if ax, err = t.ReadNVPublic(authorizer); err != nil {
-		return NVIndex{}, err
-	}
-	got, err := t.nvRead(ax, authorizerSize)
-	if err != nil {
+	// Another process may have written between define and lock, or an
+	// interposer changed the write: what is locked in must be provd's, as
+	// the TPM states it in an authenticated read.
+	var got []byte
+	if err := t.WithAuthenticatedNV(func(r *AuthenticatedNV) error {
+		ax, err := r.ReadPublic(authorizer)
+		if err != nil {
+			return err
+		}
+		if !nameEqual(ax.Name, tpm2.TPM2BName{Buffer: mustNVName(AuthorizerPublic(authorizer, true))}) {
+			return fmt.Errorf("NV index 0x%08x is not provd's locked authorizer (name %x)", uint32(authorizer), ax.Name.Buffer)
+		}
+		got, err = r.Read(ax, authorizerSize)
+		return err
+	}); err != nil {
 		return NVIndex{}, err
 	}
 	if !bytes.Equal(got, content) {
@@ -139,6 +147,14 @@ func (t *TPM) DefineGatedCounter(h, authorizer tpm2.TPMHandle, gate Object) (x N
 	return x, nil
 }
 
+func mustNVName(p tpm2.TPMSNVPublic) []byte {
+	n, err := NVPublicName(p)
+	if err != nil {
+		return nil
+	}
+	return n
+}
+
 func ignoreNotFound(err error) error {
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -151,9 +167,15 @@ func ignoreNotFound(err error) error {
 // against the authorizer's content (PolicyAuthorizeNV), and NV_Increment runs
 // in that session (the TPM resets the session's digest after each command,
 // so each step runs the policy again). 2 commands (ReadNVPublic of both
-// indices), then 4 per step (PolicySecret, PolicyCommandCode,
-// PolicyAuthorizeNV, NV_Increment), plus StartAuthSession and FlushContext.
-func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object, n uint64) (err error) {
+// indices), then 5 per step (StartAuthSession of the one-use HMAC session and
+// PolicySecret, PolicyCommandCode, PolicyAuthorizeNV, NV_Increment), plus
+// StartAuthSession and FlushContext of the policy session. With an SRK
+// pinned the policy session is salted to it, so the TPM checks
+// NV_Increment's command HMAC and go-tpm its response HMAC: an increment
+// dropped on the bus and answered with success is ErrResponseForged. The
+// caller still reads the counter back through an authenticated path
+// (ReadCounterAuthenticated).
+func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) (err error) {
 	if n == 0 {
 		return nil
 	}
@@ -190,7 +212,7 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Object, n uint64
 			return notSatisfied("TPM2_PolicyAuthorizeNV", err, tpm2.TPMRCValue, tpm2.TPMRCPolicy)
 		}
 		if _, err := (tpm2.NVIncrement{AuthHandle: tpm2.AuthHandle{Handle: h, Name: x.Name, Auth: s.Session()}, NVIndex: x.named()}).Execute(t); err != nil {
-			return notSatisfied("TPM2_NV_Increment", err, tpm2.TPMRCPolicyFail)
+			return notSatisfied("TPM2_NV_Increment", guarded("TPM2_NV_Increment", err, 1), tpm2.TPMRCPolicyFail)
 		}
 		// The first increment writes the counter: its name changes once.
 		if i == 0 && !x.Public.Attributes.Written {

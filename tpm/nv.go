@@ -264,3 +264,110 @@ func (t *TPM) ReadExtendIndex(x NVIndex) ([]byte, error) {
 	}
 	return t.nvRead(x, extendSize)
 }
+
+// AuthenticatedNV reads NV indices in an audit session salted to the pinned
+// SRK: the response HMAC, keyed by a salt only the
+// TPM can decrypt, covers what the TPM answers, and the command HMAC covers
+// the names of the indices read, so an interposer can neither change a
+// public area or a value nor answer for an index the TPM does not hold as
+// stated (see ReadPublic). A changed response is ErrResponseForged. It is
+// what provd decides on: the policy counter's value, the audit anchor.
+type AuthenticatedNV struct {
+	t *TPM
+	s tpm2.Session
+}
+
+// WithAuthenticatedNV runs fn with the audit session (StartAuthSession
+// before, FlushContext after: 2 commands). Where no SRK is pinned (before
+// first contact) there is no key to salt to that an interposer could not
+// have chosen, and asking the TPM for one would create it: the reads then go
+// without a session, as plain reads.
+func (t *TPM) WithAuthenticatedNV(fn func(r *AuthenticatedNV) error) error {
+	opts, err := t.pinnedSalt()
+	if err != nil {
+		return err
+	}
+	if opts == nil {
+		return fn(&AuthenticatedNV{t: t})
+	}
+	return t.withHMACSession(func(s tpm2.Session) error {
+		return fn(&AuthenticatedNV{t: t, s: s})
+	}, append(opts, tpm2.Audit())...)
+}
+
+func (r *AuthenticatedNV) sessions() []tpm2.Session {
+	if r.s == nil {
+		return nil
+	}
+	return []tpm2.Session{r.s}
+}
+
+// ReadPublic is TPM2_NV_ReadPublic, outside the session: the command
+// names the index by the name it asks for, so it cannot be authenticated
+// itself. Its answer is checked for consistency (the name is the public
+// area's), and a Read that follows authenticates it: the TPM computes the
+// read's command HMAC over the name it holds, so a name the bus changed
+// makes the TPM refuse the read (ErrResponseForged).
+func (r *AuthenticatedNV) ReadPublic(h tpm2.TPMHandle) (NVIndex, error) {
+	x, err := r.t.ReadNVPublic(h)
+	if err != nil {
+		return NVIndex{}, err
+	}
+	if n, err := tpm2.NVName(&x.Public); err != nil || !nameEqual(*n, x.Name) {
+		return NVIndex{}, fmt.Errorf("%w: TPM2_NV_ReadPublic of 0x%08x: the name does not match the public area", ErrResponseForged, uint32(h))
+	}
+	return x, nil
+}
+
+// Read reads size bytes of x at offset 0 (its empty password, the audit
+// session beside it).
+func (r *AuthenticatedNV) Read(x NVIndex, size uint16) ([]byte, error) {
+	rsp, err := (tpm2.NVRead{AuthHandle: x.auth(), NVIndex: x.named(), Size: size}).Execute(r.t, r.sessions()...)
+	if err != nil {
+		var rc tpm2.TPMRC
+		if errors.As(err, &rc) {
+			return nil, nvWrap("TPM2_NV_Read", guarded("TPM2_NV_Read", err, 2))
+		}
+		return nil, Wrap("TPM2_NV_Read", err)
+	}
+	if len(rsp.Data.Buffer) != int(size) {
+		return nil, fmt.Errorf("TPM2_NV_Read: %d bytes returned, %d asked", len(rsp.Data.Buffer), size)
+	}
+	return rsp.Data.Buffer, nil
+}
+
+// ReadCounter returns the value of the counter x (as ReadPublic returned
+// it); ErrNVUninitialized before its first increment.
+func (r *AuthenticatedNV) ReadCounter(x NVIndex) (uint64, error) {
+	if x.Public.Attributes.NT != tpm2.TPMNTCounter || x.Public.DataSize != counterSize {
+		return 0, fmt.Errorf("NV index 0x%08x is not a counter", uint32(x.Handle))
+	}
+	b, err := r.Read(x, counterSize)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// ReadExtendIndex is TPM.ReadExtendIndex in the audit session.
+func (r *AuthenticatedNV) ReadExtendIndex(x NVIndex) ([]byte, error) {
+	p := x.Public
+	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
+		return nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(x.Handle))
+	}
+	return r.Read(x, extendSize)
+}
+
+// ReadCounterAuthenticated returns the counter at h and its index (its
+// name authenticated by the read): 4 commands (NV_ReadPublic,
+// StartAuthSession, NV_Read, FlushContext) where ReadCounter takes 2.
+func (t *TPM) ReadCounterAuthenticated(h tpm2.TPMHandle) (v uint64, x NVIndex, err error) {
+	err = t.WithAuthenticatedNV(func(r *AuthenticatedNV) error {
+		if x, err = r.ReadPublic(h); err != nil {
+			return err
+		}
+		v, err = r.ReadCounter(x)
+		return err
+	})
+	return v, x, err
+}

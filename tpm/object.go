@@ -105,7 +105,7 @@ func (t *TPM) SRK() (srk Object, err error) {
 	}
 	srk = primary
 	srk.Handle = SRKHandle
-	t.srk = &srk
+	t.srk, t.srkEvicted = &srk, false
 	return srk, nil
 }
 
@@ -120,8 +120,18 @@ func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
 	t.pinned = &Object{Handle: SRKHandle, Name: *name, Public: pub}
-	t.srk = nil
+	t.srk, t.srkEvicted = nil, false
 	return nil
+}
+
+// saltToPin reports whether sessions that need an authenticated SRK are
+// salted to the pinned one: an SRK is pinned and EvictSRK has not removed it
+// since (the audit trail's last records after zeroize --srk then go
+// unsalted rather than create the SRK again).
+func (t *TPM) saltToPin() bool {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	return t.pinned != nil && !t.srkEvicted
 }
 
 // PinnedSRKName is the name of the pinned SRK, or nil when none is pinned
@@ -167,7 +177,7 @@ func (t *TPM) pinnedSRK() (Object, error) {
 			ErrIdentityMismatch, uint32(SRKHandle), persisted.Name.Buffer, t.pinned.Name.Buffer)
 	}
 	srk := *t.pinned
-	t.srk = &srk
+	t.srk, t.srkEvicted = &srk, false
 	return srk, nil
 }
 
@@ -204,6 +214,7 @@ func (t *TPM) EvictSRK() error {
 		return Wrap("TPM2_EvictControl", err)
 	}
 	t.srk = nil
+	t.srkEvicted = true
 	return nil
 }
 

@@ -79,6 +79,9 @@ type TPM struct {
 	srk   *Object // verified SRK, cached
 	// pinned is the SRK established at first contact (PinSRK), or nil.
 	pinned *Object
+	// srkEvicted: EvictSRK removed the SRK (zeroize --srk); sessions are no
+	// longer salted to the pin, whose key is gone, rather than recreate it.
+	srkEvicted bool
 }
 
 var _ transport.TPM = (*TPM)(nil)

@@ -34,7 +34,13 @@ type rawCommand struct {
 	// PolicyAuthValue).
 	policy     tpm2.TPMHandle
 	endSession bool
-	params     []byte
+	// session, when set, authorizes the one handle that needs
+	// authorization as go-tpm would: its command HMAC over names (the
+	// handles' names) and params, and its response HMAC checked
+	// (ErrResponseForged when it fails).
+	session tpm2.Session
+	names   []tpm2.TPM2BName
+	params  []byte
 }
 
 // run sends the command and returns the response parameters (after the
@@ -47,6 +53,18 @@ func (c rawCommand) run(t *TPM) ([]byte, error) {
 		body = binary.BigEndian.AppendUint32(body, uint32(h))
 	}
 	switch {
+	case c.session != nil:
+		tag = tpm2.TPMSTSessions
+		if err := c.session.NewNonceCaller(); err != nil {
+			return nil, err
+		}
+		auth, err := c.session.Authorize(c.cc, c.params, nil, c.names, 0)
+		if err != nil {
+			return nil, err
+		}
+		area := tpm2.Marshal(auth)
+		body = binary.BigEndian.AppendUint32(body, uint32(len(area)))
+		body = append(body, area...)
 	case c.policy != 0:
 		tag = tpm2.TPMSTSessions
 		var area []byte
@@ -96,9 +114,33 @@ func (c rawCommand) run(t *TPM) ([]byte, error) {
 		if int(n) > len(out)-4 {
 			return nil, fmt.Errorf("%w: bad parameter size in response to command 0x%x", ErrTransport, uint32(c.cc))
 		}
+		rest := out[4+n:]
 		out = out[4 : 4+n]
+		if c.session != nil {
+			if err := c.validate(rest, out); err != nil {
+				return nil, err
+			}
+		}
+	} else if c.session != nil {
+		return nil, fmt.Errorf("%w: response to command 0x%x without its session", ErrResponseForged, uint32(c.cc))
 	}
 	return out, nil
+}
+
+// validate checks the response session area rest of a successful command
+// against its parameters.
+func (c rawCommand) validate(rest, params []byte) error {
+	auth, err := tpm2.Unmarshal[tpm2.TPMSAuthResponse](rest)
+	if err != nil {
+		return fmt.Errorf("%w: response session of command 0x%x: %v", ErrTransport, uint32(c.cc), err)
+	}
+	if len(tpm2.Marshal(auth)) != len(rest) {
+		return fmt.Errorf("%w: trailing bytes after the response session of command 0x%x", ErrTransport, uint32(c.cc))
+	}
+	if err := c.session.Validate(tpm2.TPMRCSuccess, c.cc, params, c.names, 0, auth); err != nil {
+		return fmt.Errorf("%w: command 0x%x: %v", ErrResponseForged, uint32(c.cc), err)
+	}
+	return nil
 }
 
 // selfTest runs TPM2_SelfTest(fullTest) and TPM2_GetTestResult, the power-on

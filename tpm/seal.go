@@ -59,28 +59,13 @@ func (in Sensitive) create() tpm2.TPM2BSensitiveCreate {
 	return tpm2.TPM2BSensitiveCreate{Sensitive: sc}
 }
 
-// RandomAuth returns n random bytes for an authValue, none of them zero.
+// RandomAuth returns n random bytes for an authValue, none of them zero:
 // go-tpm v0.9.8 cuts an authValue at its last zero byte when it keys a
 // session's HMAC (hmacKeyFromAuthValue strips every zero from the end
 // backwards, not only trailing ones), while the TPM strips trailing zeros
-// only: with a zero inside, about one random 32-byte value in eight, every
-// HMAC would fail (TPM_RC_BAD_AUTH). Each byte is drawn from 1..255.
-func RandomAuth(n int) ([]byte, error) {
-	out := make([]byte, 0, n)
-	buf := make([]byte, n)
-	for len(out) < n {
-		if _, err := rand.Read(buf); err != nil {
-			return nil, err
-		}
-		for _, b := range buf {
-			if b != 0 && len(out) < n {
-				out = append(out, b)
-			}
-		}
-	}
-	clear(buf)
-	return out, nil
-}
+// only; with a zero inside, about one random 32-byte value in eight, every
+// HMAC would fail (TPM_RC_BAD_AUTH).
+func RandomAuth(n int) ([]byte, error) { return nonZeroAuth(rand.Reader, n) }
 
 // Seal creates a sealed data object under parent holding secret (see
 // SealTemplate). parentAuth authorizes the parent (nil: empty password). The
