@@ -30,7 +30,7 @@ func legacyGate(t *testing.T, tp *tpm.TPM) (tpm.Blob, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), nil)
+	blob, err := tp.Create(srk, nil, tpm.GateTemplate(), tpm.Sensitive{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestCounterGateWithoutAuthValueIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	signed := func(v uint64) []byte {
-		sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "")
+		sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func TestRecordedGateBlobsAreUseless(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, _ := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, *res.Counter+1, "")
+	sp, _ := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, *res.Counter+1, "", true)
 	b, _ := sp.MarshalJSON()
 	if _, err := ag.InstallPolicy(ctx, b); err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestInterposerCannotFreezeRevocation(t *testing.T) {
 	}
 	cur, _ := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
 	signed := func(v uint64) []byte {
-		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "")
+		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
 		if err != nil {
 			t.Fatal(err)
 		}
