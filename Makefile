@@ -17,7 +17,7 @@ DEB_BINS  := swtpm swtpm_setup tpm2_getcap openssl systemd-analyze systemd-socke
 RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build test demo bench lint vulncheck man install deps fuzz clean
+.PHONY: all build test demo bench lint vulncheck reliability man install deps fuzz clean
 
 all: build
 
@@ -47,6 +47,12 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+# The long form of the reliability instruments (make test runs a short one):
+# kill -9 at random moments of every state-changing operation, KILLS times.
+KILLS ?= 200
+reliability: deps
+	PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^TestKillAtAnyMomentLeavesValidState$$' ./agent/ | grep -E 'seed|kills:|^(---|ok|FAIL)'
 
 # Known vulnerabilities in the code paths provd uses. It needs the Go
 # vulnerability database (vuln.go.dev, or GOVULNDB=file:///path to a copy):

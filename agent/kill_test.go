@@ -3,17 +3,20 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -25,16 +28,21 @@ const (
 	killChildEnv = "PROVD_AGENT_KILL_CHILD"
 	killTPMEnv   = "PROVD_AGENT_KILL_TPM"
 	killDirEnv   = "PROVD_AGENT_KILL_DIR"
+	killSeedEnv  = "PROVD_AGENT_KILL_SEED"
 )
 
-// kill -9 at any moment of a provision --force through the in-process agent
-// leaves a state that opens, a status that works, an audit trail that
-// verifies (after the repair a crash between a line's fsync and its anchor
-// calls for), and a TPM on which provision, seal and unseal work. The kill
-// moments come from -provd.seed, which is logged so that a failure replays.
-func TestKillDuringProvisionLeavesValidState(t *testing.T) {
+// kill -9 at any moment of any state-changing operation through the
+// in-process agent (provision, provision --force, derive, create, seal,
+// delete, export and import of a key file, zeroize; each with its audit
+// record) leaves a state that opens, a status that works, an audit trail
+// that verifies (after the repair a crash between a line's fsync and its
+// anchor calls for), and a TPM on which provision, seal and unseal work. The
+// kill moments and the child's choice of operations come from -provd.seed,
+// which is logged so that a failure replays. PROVD_KILLS sets the number of
+// kills (12 here; make reliability runs 200).
+func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 	if os.Getenv(killChildEnv) != "" {
-		provisionUntilKilled()
+		operateUntilKilled()
 		return
 	}
 	env := swtpmtest.Start(t)
@@ -42,11 +50,15 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 	env.CloseTPM() // the child connects; swtpm serves one client at a time
 	dir := stateDir(t)
 	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(swtpmtest.Seed(t), 1))
-	const kills = 12
+	seed := swtpmtest.Seed(t)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	kills := 12
+	if n, err := strconv.Atoi(os.Getenv("PROVD_KILLS")); err == nil && n > 0 {
+		kills = n
+	}
 	provisioned, repairs, completed := 0, 0, 0
 	for i := 1; i <= kills; i++ {
-		completed += runAndKill(t, env.Spec, dir, time.Duration(50+rng.IntN(400))*time.Millisecond)
+		completed += runAndKill(t, env.Spec, dir, time.Duration(50+rng.IntN(400))*time.Millisecond, rng.Uint64())
 
 		env.Reopen()
 		withAgent(t, env, dir, fmt.Sprintf("after kill %d", i), func(ag *agent.Agent) {
@@ -71,7 +83,7 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 		})
 		env.CloseTPM()
 	}
-	t.Logf("%d kills: %d provisions completed in the children, %d kills left a provisioned state, %d needed an audit repair",
+	t.Logf("%d kills: %d operations completed in the children, %d kills left a provisioned state, %d needed an audit repair, 0 corrupt states",
 		kills, completed, provisioned, repairs)
 
 	env.Reopen()
@@ -95,10 +107,10 @@ func TestKillDuringProvisionLeavesValidState(t *testing.T) {
 // runAndKill starts the child on the TPM at spec and state dir, kills it with
 // SIGKILL after d, and returns how many provisions it completed. A child
 // that ends on its own failed: its error fails the test.
-func runAndKill(t *testing.T, spec, dir string, d time.Duration) int {
+func runAndKill(t *testing.T, spec, dir string, d time.Duration, seed uint64) int {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestKillDuringProvisionLeavesValidState$", "-test.count=1")
-	cmd.Env = append(os.Environ(), killChildEnv+"=1", killTPMEnv+"="+spec, killDirEnv+"="+dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKillAtAnyMomentLeavesValidState$", "-test.count=1")
+	cmd.Env = append(os.Environ(), killChildEnv+"=1", killTPMEnv+"="+spec, killDirEnv+"="+dir, killSeedEnv+"="+strconv.FormatUint(seed, 10))
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Start(); err != nil {
@@ -131,26 +143,84 @@ func withAgent(t *testing.T, env *swtpmtest.Env, dir, when string, fn func(*agen
 	fn(ag)
 }
 
-// provisionUntilKilled is the child: one TPM connection, one agent,
-// provision --force forever, a dot on stdout after each one. An error ends
-// it with exit status 2, which the parent reports.
-func provisionUntilKilled() {
+// operateUntilKilled is the child: one TPM connection, one agent, and state-
+// changing operations chosen by its seed forever, a dot on stdout after each
+// one. An error that is not a refusal the operation may meet (a name taken,
+// nothing to delete) ends it with exit status 2, which the parent reports.
+func operateUntilKilled() {
 	ctx := context.Background()
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "kill-test child:", err)
+	fail := func(what string, err error) {
+		fmt.Fprintf(os.Stderr, "kill-test child: %s: %v\n", what, err)
 		os.Exit(2)
 	}
+	seed, _ := strconv.ParseUint(os.Getenv(killSeedEnv), 10, 64)
+	rng := rand.New(rand.NewPCG(seed, 2))
 	tp, err := tpm.Open(ctx, tpm.Options{Spec: os.Getenv(killTPMEnv)})
 	if err != nil {
-		fail(err)
+		fail("open", err)
 	}
 	ag, err := agent.New(agent.Config{TPM: tp, StateDir: os.Getenv(killDirEnv)})
 	if err != nil {
-		fail(err)
+		fail("agent", err)
 	}
-	for {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
-			fail(err)
+	provision := func(force bool) {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: force}); err != nil {
+			fail("provision", err)
+		}
+	}
+	expected := func(err error) bool {
+		return err == nil || errors.Is(err, api.ErrKeyExists) || errors.Is(err, api.ErrNotFound)
+	}
+	for n := 0; ; n++ {
+		st, err := ag.Status(ctx)
+		if err != nil {
+			fail("status", err)
+		}
+		// A key made before the kill under another officer key (another
+		// child's) cannot be derived again: its approval is not this
+		// officer's. Start from a PK of this child's own.
+		if !st.Provisioned || n == 0 {
+			provision(st.Provisioned)
+			os.Stdout.WriteString(".")
+			continue
+		}
+		name := fmt.Sprintf("k%d", rng.IntN(6))
+		switch op := rng.IntN(20); {
+		case op < 4:
+			req := api.DeriveRequest{Name: name, Label: name + strconv.Itoa(rng.IntN(1000)), Type: "ecc-p256"}
+			d, _ := hex.DecodeString(st.PolicyDigest)
+			if req.Approval, err = officer.ApproveDerive(officertest.Key(), d, officer.Recipe{Type: req.Type, Label: req.Label}); err != nil {
+				fail("approve", err)
+			}
+			_, err = ag.DeriveKey(ctx, req)
+		case op < 8:
+			_, err = ag.CreateKey(ctx, api.CreateRequest{Name: name, Type: "ecc-p256"})
+		case op < 12:
+			var blob []byte
+			if blob, err = ag.Seal(ctx, api.SealRequest{Data: []byte("kill test secret")}); err == nil {
+				var got []byte
+				if got, err = ag.Unseal(ctx, blob); err == nil && string(got) != "kill test secret" {
+					err = fmt.Errorf("unsealed %q", got)
+				}
+			}
+		case op < 15:
+			err = ag.DeleteKey(ctx, name)
+		case op < 18:
+			var pemData []byte
+			if pemData, err = ag.ExportKeyBlob(ctx, name); err == nil {
+				_, err = ag.ImportKeyBlob(ctx, name+"i"+strconv.Itoa(rng.IntN(1000)), pemData)
+			} else if errors.Is(err, api.ErrNotPermitted) {
+				err = nil // a derived key has no blob
+			}
+		case op < 19:
+			provision(true)
+		default:
+			if _, err = ag.Zeroize(ctx, api.ZeroizeOptions{}); err == nil {
+				provision(false)
+			}
+		}
+		if !expected(err) {
+			fail("operation", err)
 		}
 		os.Stdout.WriteString(".")
 	}
