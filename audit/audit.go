@@ -326,18 +326,27 @@ type Log struct {
 	err error
 }
 
-// Open opens (creating, mode 0600) the log at path and verifies it against
-// opts.Anchor. A log that does not verify, torn tail included, is refused
-// with the *VerifyError: appending to it would bury the evidence (see Repair).
-func Open(path string, opts Options) (*Log, error) {
+// withDefaults checks opts and fills in Now and LockTimeout.
+func (opts Options) withDefaults() (Options, error) {
 	if opts.Anchor == nil {
-		return nil, errors.New("audit: Options.Anchor is required")
+		return opts, errors.New("audit: Options.Anchor is required")
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = 5 * time.Second
+	}
+	return opts, nil
+}
+
+// Open opens (creating, mode 0600) the log at path and verifies it against
+// opts.Anchor. A log that does not verify, torn tail included, is refused
+// with the *VerifyError: appending to it would bury the evidence (see Repair).
+func Open(path string, opts Options) (*Log, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	f, err := openFile(path)
 	if err != nil {

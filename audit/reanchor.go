@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 )
 
 // OpAnchor is the op of a record that starts a new anchor: the anchor an
@@ -44,14 +43,9 @@ func VerifyLinks(path string) (Report, error) {
 // objects reset returns are added to rec.Objects, which should say why and
 // what the old anchor held. Options.LockTimeout and Now apply.
 func Reanchor(path string, opts Options, rec Record, reset func() (map[string]string, error)) (Report, error) {
-	if opts.Anchor == nil {
-		return Report{}, errors.New("audit: Options.Anchor is required")
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.LockTimeout <= 0 {
-		opts.LockTimeout = 5 * time.Second
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return Report{}, err
 	}
 	f, err := openFile(path)
 	if err != nil {
