@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -75,7 +76,35 @@ func TestStatusWarnsWithoutOwnerAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Warnings) != 1 || st.TPMTrust != api.TrustOnFirstUse {
-		t.Errorf("status warnings %q, trust %q: want one (owner authorization)", st.Warnings, st.TPMTrust)
+	if len(st.Warnings) != 2 || !strings.Contains(st.Warnings[0], "owner hierarchy") || !strings.Contains(st.Warnings[1], "TPM2_Clear") ||
+		st.TPMTrust != api.TrustOnFirstUse {
+		t.Errorf("status warnings %q, trust %q: want two (owner authorization, clear)", st.Warnings, st.TPMTrust)
+	}
+}
+
+// With a lockout authorization set, the warning about TPM2_Clear goes away
+// (found by review: an empty lockout authorization lets any process clear
+// the TPM, owner password or not). The state it reads is authenticated.
+func TestStatusWarnsOfAnOpenClear(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	if _, err := (tpm2.HierarchyChangeAuth{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("lockout secret")},
+	}).Execute(a.t); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range st.Warnings {
+		if strings.Contains(w, "TPM2_Clear") || strings.Contains(w, "without authentication") {
+			t.Errorf("status warns %q with a lockout authorization set and the SRK pinned", w)
+		}
+	}
+	p, err := a.t.PermanentState()
+	if err != nil || !p.Authenticated || !p.LockoutAuthSet || p.OwnerAuthSet {
+		t.Fatalf("permanent state %+v %v", p, err)
 	}
 }

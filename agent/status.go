@@ -67,16 +67,28 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	if err != nil {
 		s.AuditError = err.Error()
 	}
-	ownerAuth, err := a.t.OwnerAuthSet()
+	perm, err := a.t.PermanentState()
 	if err != nil {
 		return s, err
 	}
-	if !ownerAuth {
+	if !perm.OwnerAuthSet {
 		s.Warnings = append(s.Warnings, "the TPM's owner hierarchy has no authorization: any local process with TPM access "+
 			"can undefine and redefine NV indices in the owner range and evict persistent objects. provd's indices take writes "+
 			"only from provd, but removing them stays possible: a removed or replaced audit anchor stops audited operations "+
 			"until provd audit reanchor, a re-created policy counter revokes signed policies early. Set an owner password "+
 			"after provisioning (tpm2_changeauth -c owner)")
+	}
+	// Found by review: with an empty lockout authorization any local
+	// process can send TPM2_Clear, which beats the owner password: a new
+	// owner seed, the SRK, the PK and every key gone for good.
+	if !perm.LockoutAuthSet && !perm.DisableClear {
+		s.Warnings = append(s.Warnings, "the TPM's lockout hierarchy has no authorization and TPM2_Clear is not disabled: "+
+			"any local process can clear the TPM (a new owner seed: the SRK, the PK and every key and sealed secret are lost "+
+			"for good, whatever the owner password). Set a lockout password (tpm2_changeauth -c lockout) or disable clear "+
+			"(tpm2_clearcontrol -C l s)")
+	}
+	if s.Provisioned && !perm.Authenticated {
+		s.Warnings = append(s.Warnings, "the TPM's authorization state above was read without authentication (no pinned SRK)")
 	}
 	if s.Provisioned && s.TPMTrust == "" {
 		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it, or its record was removed): "+

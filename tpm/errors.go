@@ -46,7 +46,7 @@ var (
 	ErrSRKMismatch = errors.New("persistent SRK handle holds a foreign key")
 	// ErrIdentityMismatch: the TPM is not the one provd pinned (its SRK has
 	// another name), or something on the bus answers for it.
-	ErrIdentityMismatch = errors.New("the TPM is not the one provd was provisioned on, or something on the bus is lying")
+	ErrIdentityMismatch = errors.New("the TPM is not the one provd was provisioned on, it was cleared (TPM2_Clear: a new owner seed, so a new SRK), or something on the bus is lying")
 	// ErrResponseForged: a response failed its session's HMAC check, or the
 	// TPM refused a command's HMAC in a session salted to the SRK: what
 	// crossed the bus is not what one end sent (something between them

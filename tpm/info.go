@@ -134,6 +134,51 @@ func (t *TPM) OwnerAuthSet() (bool, error) {
 	return p[tpm2.TPMPTPermanent]&1 != 0, nil
 }
 
+// Permanent is what TPMA_PERMANENT says about who may act on the TPM.
+type Permanent struct {
+	OwnerAuthSet   bool // the owner hierarchy has an authorization value
+	LockoutAuthSet bool // the lockout hierarchy has one
+	DisableClear   bool // TPM2_Clear is disabled (TPM2_ClearControl)
+	InLockout      bool // dictionary-attack lockout
+	// Authenticated: read in an audit session salted to the pinned SRK, so
+	// the response HMAC covers it (found by review: an interposer could hide
+	// the warnings status derives from it). False when no SRK is pinned.
+	Authenticated bool
+}
+
+// PermanentState reads TPMA_PERMANENT, authenticated when an SRK is pinned.
+func (t *TPM) PermanentState() (Permanent, error) {
+	var v uint32
+	read := func(sessions ...tpm2.Session) error {
+		rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTPermanent), PropertyCount: 1}).Execute(t, sessions...)
+		if err != nil {
+			return Wrap("TPM2_GetCapability", err)
+		}
+		props, err := rsp.CapabilityData.Data.TPMProperties()
+		if err != nil || len(props.TPMProperty) == 0 || props.TPMProperty[0].Property != tpm2.TPMPTPermanent {
+			return fmt.Errorf("TPM2_GetCapability: no TPMA_PERMANENT (%v)", err)
+		}
+		v = props.TPMProperty[0].Value
+		return nil
+	}
+	var p Permanent
+	if t.PinnedSRKName() != nil {
+		srk, err := t.SRK()
+		if err != nil {
+			return p, err
+		}
+		if err := t.withHMACSession(func(s tpm2.Session) error { return read(s) }, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit()); err != nil {
+			return p, err
+		}
+		p.Authenticated = true
+	} else if err := read(); err != nil {
+		return p, err
+	}
+	p.OwnerAuthSet, p.LockoutAuthSet = v&(1<<0) != 0, v&(1<<2) != 0
+	p.DisableClear, p.InLockout = v&(1<<8) != 0, v&(1<<9) != 0
+	return p, nil
+}
+
 // properties reads count TPM properties starting at first.
 func (t *TPM) properties(first tpm2.TPMPT, count uint32) (map[tpm2.TPMPT]uint32, error) {
 	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(first), PropertyCount: count}).Execute(t)
