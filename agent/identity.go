@@ -16,6 +16,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -168,6 +169,22 @@ func (a *Agent) pinIdentity(ctx context.Context) (identityRecord, bool, error) {
 	}
 	_, err = a.t.SRK()
 	return r, ok, err
+}
+
+// ReadPCRs reads PCRs for an operator (provd tpm pcr read: the values golden
+// policies are signed over). With the TPM's identity pinned by the state they
+// are read in an audit session salted to the pinned SRK, whose response HMAC
+// covers them, and authenticated is true; without, they are the bus's word
+// (found by review: an interposer on a reference device chose the values an
+// operator then signed for the whole fleet).
+func (a *Agent) ReadPCRs(ctx context.Context, bank policy.Bank, pcrs []int) (vals map[int][]byte, authenticated bool, err error) {
+	defer a.lock()()
+	if a.t.PinnedSRKName() == nil {
+		vals, err = a.t.PCRRead(bank.Alg(), pcrs)
+		return vals, false, err
+	}
+	vals, err = a.t.PCRReadAuthenticated(bank.Alg(), pcrs)
+	return vals, err == nil, err
 }
 
 // firstContact establishes and pins the TPM's identity for provisioning,

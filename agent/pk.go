@@ -386,7 +386,7 @@ func (a *Agent) explain(rec policyRecord, opts policy.ApplyOptions, err error) e
 	}
 	pe := &api.PolicyError{Bank: want.Bank.String(), Err: err}
 	if len(want.Values) > 0 {
-		cur, rerr := a.t.PCRRead(want.Bank.Alg(), want.Indices())
+		cur, rerr := a.t.PCRReadAuthenticated(want.Bank.Alg(), want.Indices())
 		if rerr != nil {
 			return errors.Join(pe, rerr)
 		}

@@ -121,7 +121,11 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		if l.state.DName == "" && l.state.Officer != "" {
 			err = a.recordD(ctx, l, objects)
 		} else {
-			err = a.withPKPolicy(l, func(tpm2.Session) error { return nil })
+			var differ []int
+			var reason string
+			if _, differ, reason, err = a.policyHoldsNow(l); err == nil && (len(differ) > 0 || reason != "") {
+				err = &api.PolicyError{Differ: differ, Reason: reason, Err: tpm.ErrPolicyNotSatisfied}
+			}
 		}
 		var pe *api.PolicyError
 		if errors.As(err, &pe) {
@@ -135,6 +139,49 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		return nil
 	})
 	return res, err
+}
+
+// policyHoldsNow says whether the PK's policy holds now, from authenticated
+// reads only: the PCRs read in an audit session salted to the pinned SRK, the
+// policy counter likewise (readCounter). It returns the current values of
+// the PCRs the policy needs, the PCRs that differ, and a reason when no PCR
+// does (no signed policy installed, or the installed one revoked). Found by
+// review: a policy session run for the answer alone is the bus's word, since
+// PolicyPCR's response carries no HMAC, and status said "satisfied" on a
+// platform that was not.
+func (a *Agent) policyHoldsNow(l *loadedPK) (cur map[int][]byte, differ []int, reason string, err error) {
+	var need policy.PCRValues
+	switch l.rec.Kind {
+	case PolicyPCR:
+		if need, err = policy.ParsePCRValues(l.rec.Values); err != nil {
+			return nil, nil, "", err
+		}
+	case PolicySigned:
+		if len(l.opts.Signed) == 0 {
+			return nil, nil, "no signed policy installed (provd policy install)", nil
+		}
+		sp := l.opts.Signed[0]
+		need = sp.Values
+		c, err := a.readCounter()
+		if err != nil {
+			return nil, nil, "", err
+		}
+		if c > sp.Version {
+			reason = fmt.Sprintf("the installed signed policy (version %d) is revoked: the policy counter is at %d", sp.Version, c)
+		}
+	}
+	if len(need.Values) == 0 {
+		return nil, nil, reason, nil
+	}
+	if cur, err = a.t.PCRReadAuthenticated(need.Bank.Alg(), need.Indices()); err != nil {
+		return nil, nil, "", err
+	}
+	for _, i := range need.Indices() {
+		if string(cur[i]) != string(need.Values[i]) {
+			differ = append(differ, i)
+		}
+	}
+	return cur, differ, reason, nil
 }
 
 // createD creates the derivation parent under the loaded PK (through its
@@ -210,11 +257,11 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 			}
 			ps.Signed = info
 		}
+		cur, differ, reason, err := a.policyHoldsNow(l)
+		if err != nil {
+			return err
+		}
 		if len(need.Values) > 0 {
-			cur, err := a.t.PCRRead(need.Bank.Alg(), need.Indices())
-			if err != nil {
-				return err
-			}
 			ps.Bank = need.Bank.String()
 			ps.Needed, ps.Current = map[int]string{}, map[int]string{}
 			for _, i := range need.Indices() {
@@ -222,16 +269,8 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 				ps.Current[i] = hex.EncodeToString(cur[i])
 			}
 		}
-		err := a.withPKPolicy(l, func(tpm2.Session) error { return nil })
-		var pe *api.PolicyError
-		if errors.As(err, &pe) {
-			ps.Differ, ps.Reason = pe.Differ, pe.Reason
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		ps.Satisfied = true
+		ps.Differ, ps.Reason = differ, reason
+		ps.Satisfied = len(differ) == 0 && reason == ""
 		return nil
 	})
 	if ps.Differ == nil {

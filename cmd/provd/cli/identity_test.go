@@ -97,7 +97,16 @@ func TestProvisionPinsTheTPM(t *testing.T) {
 	if _, _, code := c.run("provision", "--pcrs", "7"); code != api.ExitIdentity {
 		t.Errorf("provision with nothing to trust the EK by: exit %d, want %d", code, api.ExitIdentity)
 	}
+	// Golden values are read authenticated only once the TPM is pinned
+	// (found by review: an interposer chose the values an operator signed).
+	if _, _, code := c.run("tpm", "pcr", "read", "--pcrs", "7", "-o", "json"); code != api.ExitIdentity {
+		t.Errorf("pcr read -o json with nothing pinned: exit %d, want %d", code, api.ExitIdentity)
+	}
+	c.must("tpm", "pcr", "read", "--pcrs", "7", "-o", "json", "--unauthenticated")
 	c.must("provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, c.swtpm))
+	if out := c.must("tpm", "pcr", "read", "--pcrs", "7", "-o", "json"); !strings.Contains(out, `"7"`) {
+		t.Errorf("pcr read -o json after provisioning: %s", out)
+	}
 	var st api.Status
 	if err := json.Unmarshal([]byte(c.must("status", "-o", "json")), &st); err != nil || st.TPMTrust != api.TrustManufacturer {
 		t.Fatalf("status after provision: %+v %v", st, err)
