@@ -22,16 +22,24 @@ const (
 // (PolicySessions: 0x03... asks for sessions context-saved but not loaded),
 // persistent objects (0x81...) or NV indices (0x01...).
 func (t *TPM) Handles(first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
+	return t.handles(first, func(c tpm2.GetCapability) (*tpm2.GetCapabilityResponse, error) {
+		rsp, err := c.Execute(t)
+		return rsp, Wrap("TPM2_GetCapability", err)
+	})
+}
+
+// handles pages through TPM_CAP_HANDLES from first, each page sent by get.
+func (t *TPM) handles(first tpm2.TPMHandle, get func(tpm2.GetCapability) (*tpm2.GetCapabilityResponse, error)) ([]tpm2.TPMHandle, error) {
 	var out []tpm2.TPMHandle
 	prop := uint32(first)
 	for {
-		rsp, err := (tpm2.GetCapability{
+		rsp, err := get(tpm2.GetCapability{
 			Capability:    tpm2.TPMCapHandles,
 			Property:      prop,
 			PropertyCount: 64,
-		}).Execute(t)
+		})
 		if err != nil {
-			return nil, Wrap("TPM2_GetCapability", err)
+			return nil, err
 		}
 		hs, err := rsp.CapabilityData.Data.Handles()
 		if err != nil {
