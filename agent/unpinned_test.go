@@ -194,7 +194,15 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 		"KeyPublic":     func() error { _, _, err := a.KeyPublic(ctx, "sig"); return err },
 		"ExportKeyBlob": func() error { _, err := a.ExportKeyBlob(ctx, "sig"); return err },
 		"DeleteKey":     func() error { return a.DeleteKey(ctx, "sig") },
-		"Zeroize":       func() error { _, err := a.Zeroize(ctx, api.ZeroizeOptions{}); return err },
+		"Zeroize": func() error {
+			// No SRK pinned: nothing the bus cannot have chosen to salt
+			// the witness to, and the result says so.
+			res, err := a.Zeroize(ctx, api.ZeroizeOptions{})
+			if err == nil && res.Authenticated {
+				return errors.New("zeroize of an unpinned state says the TPM authenticated its result")
+			}
+			return err
+		},
 		// The way out: agent.TestFullInterposer ("provision --force is the
 		// way out"), cli.TestUnpinnedStateWayOut.
 		"Provision": nil,

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -44,7 +47,20 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		}
 		a.heldGate = nil
 	}()
-	err = a.zeroizeTPMAndState(ctx, opts, &res)
+	// The witness is started while the pinned SRK is still there and lives
+	// until the anchor is gone: it authenticates the eviction of the SRK
+	// it was salted to, and the anchor's removal after that.
+	w, err := a.t.OpenWitness()
+	if err != nil {
+		return res, fmt.Errorf("zeroize refused, nothing destroyed: %w", err)
+	}
+	defer func() {
+		if cerr := w.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	err = a.zeroizeTPMAndState(ctx, opts, &res, w)
+	maps.Copy(objects, verifiedObjects(res))
 	if aerr := a.record(ctx, "zeroize", objects, err); aerr != nil && err == nil {
 		err = aerr
 	}
@@ -58,10 +74,11 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		}
 		a.audit = nil
 	}
-	if err := a.t.UndefineNV(AuditAnchorHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
+	res.NVIndices = append(res.NVIndices, removed...)
+	if err != nil {
 		return res, err
 	}
-	res.NVIndices = append(res.NVIndices, fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle)))
 	// The gate key guarded the anchor only; with the anchor gone it guards
 	// nothing, and the next record starts a new trail with a new gate.
 	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -77,47 +94,157 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	return res, nil
 }
 
-// zeroize is Zeroize without the audit trail: provision --force zeroizes
-// the old PK, and the trail and its anchor go on.
-func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) error {
-	var res api.ZeroizeResult
-	return a.zeroizeTPMAndState(ctx, opts, &res)
+// verifiedObjects is what the zeroize record says the TPM confirmed (or,
+// where no SRK is pinned, what the bus said: tpm_authenticated false).
+func verifiedObjects(res api.ZeroizeResult) map[string]string {
+	return map[string]string{
+		"tpm_authenticated":         fmt.Sprint(res.Authenticated),
+		"nv_indices_removed":        strings.Join(res.NVIndices, ","),
+		"transient_handles_flushed": fmt.Sprint(res.Flushed),
+		"srk_evicted":               fmt.Sprint(res.SRKEvicted),
+	}
 }
 
-func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult) error {
+// zeroize is Zeroize without the audit trail: provision --force zeroizes
+// the old PK, and the trail and its anchor go on.
+func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) (err error) {
+	w, err := a.t.OpenWitness()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := w.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	var res api.ZeroizeResult
+	return a.zeroizeTPMAndState(ctx, opts, &res, w)
+}
+
+// zeroizeTPMAndState flushes, undefines and evicts through the witness and
+// reports in res only what the TPM confirmed: a removal whose response the
+// witness authenticated and whose absence an authenticated read-back shows
+// (TPM2_FlushContext takes no session: a flush counts once the read-back
+// no longer lists the handle). A read-back that contradicts what the bus
+// answered is ErrResponseForged. Without a pinned SRK nothing is
+// authenticated (res.Authenticated false) and res is what the bus said.
+func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult, w *tpm.Witness) error {
+	res.Authenticated = w.Authenticated()
 	errs := []error{a.keys.Close()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.
-	left, err := a.t.Leftovers()
+	left, err := w.Leftovers()
 	errs = append(errs, err)
+	var flushed []tpm2.TPMHandle
 	for _, h := range left {
 		if a.heldGate != nil && h == a.heldGate.Handle {
 			continue
 		}
 		if err := a.t.Flush(h); err == nil {
+			flushed = append(flushed, h)
+		}
+	}
+	var nv []tpm2.TPMHandle
+	for _, h := range provdNV {
+		if h != AuditAnchorHandle { // removed after the zeroize record
+			nv = append(nv, h)
+		}
+	}
+	removed, err := a.undefineVerified(w, nv)
+	res.NVIndices = append(res.NVIndices, removed...)
+	errs = append(errs, err)
+	if opts.SRK {
+		evicted, err := evictSRKVerified(w)
+		res.SRKEvicted = evicted
+		errs = append(errs, err)
+	}
+	errs = append(errs, a.st.Wipe(ctx, store.WipeOptions{}))
+	if !w.Authenticated() {
+		res.Flushed = len(flushed)
+		return errors.Join(errs...)
+	}
+	after, err := w.Leftovers()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	var still []string
+	for _, h := range flushed {
+		if slices.Contains(after, h) {
+			still = append(still, fmt.Sprintf("0x%08x", uint32(h)))
+		} else {
 			res.Flushed++
 		}
 	}
-	for _, h := range provdNV {
-		if h == AuditAnchorHandle {
-			continue // removed after the zeroize record
-		}
-		err := a.t.UndefineNV(h)
-		if err == nil {
-			res.NVIndices = append(res.NVIndices, fmt.Sprintf("0x%08x", uint32(h)))
-		} else if !errors.Is(err, tpm.ErrNotFound) {
-			errs = append(errs, err)
-		}
+	if len(still) > 0 {
+		errs = append(errs, fmt.Errorf("%w: TPM2_FlushContext answered success, yet the TPM still holds %s", tpm.ErrResponseForged, strings.Join(still, " ")))
 	}
-	if opts.SRK {
-		if err := a.t.EvictSRK(); err != nil {
-			errs = append(errs, err)
-		} else {
-			res.SRKEvicted = true
-		}
-	}
-	errs = append(errs, a.st.Wipe(ctx, store.WipeOptions{}))
 	return errors.Join(errs...)
+}
+
+// undefineVerified undefines the indices hs through the witness and returns
+// those the TPM confirmed removed: the witness authenticated the
+// NV_UndefineSpace and, read back in the witness, the index is gone. An
+// index the read-back still lists is ErrResponseForged (its removal was
+// answered by the bus, or NV_ReadPublic denied it exists); one whose
+// removal failed is that failure. Without a pinned
+// SRK it returns what the bus answered.
+func (a *Agent) undefineVerified(w *tpm.Witness, hs []tpm2.TPMHandle) ([]string, error) {
+	var errs []error
+	var done, failed []tpm2.TPMHandle
+	for _, h := range hs {
+		err := w.UndefineNV(h)
+		if err == nil {
+			done = append(done, h)
+		} else if !errors.Is(err, tpm.ErrNotFound) {
+			// Refused (an owner password, say): the index stays, and
+			// that is no contradiction.
+			failed = append(failed, h)
+			errs = append(errs, err)
+		}
+	}
+	if w.Authenticated() {
+		defined, err := w.Handles(tpm.NVIndices)
+		if err != nil {
+			return nil, errors.Join(append(errs, err)...)
+		}
+		var still []string
+		for _, h := range hs {
+			if slices.Contains(defined, h) && !slices.Contains(failed, h) {
+				still = append(still, fmt.Sprintf("0x%08x", uint32(h)))
+				done = slices.DeleteFunc(done, func(d tpm2.TPMHandle) bool { return d == h })
+			}
+		}
+		if len(still) > 0 {
+			errs = append(errs, fmt.Errorf("%w: after zeroize the TPM still holds NV indices %s", tpm.ErrResponseForged, strings.Join(still, " ")))
+		}
+	}
+	out := make([]string, len(done))
+	for i, h := range done {
+		out[i] = fmt.Sprintf("0x%08x", uint32(h))
+	}
+	return out, errors.Join(errs...)
+}
+
+// evictSRKVerified evicts the SRK through the witness and reports it
+// evicted when the TPM confirms 0x81000001 is empty (the witness, salted to
+// the SRK before it went, authenticates the read-back). Without a pinned SRK
+// it reports what the bus answered.
+func evictSRKVerified(w *tpm.Witness) (bool, error) {
+	err := w.EvictSRK()
+	if err != nil && !errors.Is(err, tpm.ErrNotFound) {
+		return false, err
+	}
+	if !w.Authenticated() {
+		return true, nil
+	}
+	persistent, rerr := w.Handles(tpm.PersistentHandles)
+	if rerr != nil {
+		return false, rerr
+	}
+	if slices.Contains(persistent, tpm.SRKHandle) {
+		return false, fmt.Errorf("%w: after zeroize --srk the TPM still holds the SRK at 0x%08x", tpm.ErrResponseForged, uint32(tpm.SRKHandle))
+	}
+	return true, nil
 }
 
 // holdGate loads the audit gate key into a.heldGate, for records written

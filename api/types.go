@@ -285,12 +285,17 @@ type ZeroizeOptions struct {
 	SRK bool `json:"srk,omitempty"`
 }
 
-// ZeroizeResult lists what was removed.
+// ZeroizeResult lists what was removed. With Authenticated it is what the
+// TPM confirmed in a session salted to the pinned SRK (each removal's
+// response, then a read-back of the handles); without it (no SRK pinned) it
+// is what the TPM's answers said, which an interposer on the bus could have
+// written.
 type ZeroizeResult struct {
-	NVIndices  []string `json:"nv_indices_removed"`
-	Flushed    int      `json:"transient_handles_flushed"`
-	SRKEvicted bool     `json:"srk_evicted"`
-	AuditLog   string   `json:"audit_log_archived,omitempty"`
+	NVIndices     []string `json:"nv_indices_removed"`
+	Flushed       int      `json:"transient_handles_flushed"`
+	SRKEvicted    bool     `json:"srk_evicted"`
+	Authenticated bool     `json:"tpm_authenticated"`
+	AuditLog      string   `json:"audit_log_archived,omitempty"`
 }
 
 // AuditReanchorResult is what audit reanchor did: the trail's length and

@@ -229,6 +229,11 @@ The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
 				return a.emit(res, func(w io.Writer) {
 					fmt.Fprintf(w, "zeroized: NV indices %s removed, %d transient handles flushed, SRK evicted: %v\n",
 						strings.Join(res.NVIndices, " "), res.Flushed, res.SRKEvicted)
+					if res.Authenticated {
+						fmt.Fprintln(w, "confirmed by the TPM (responses and read-back authenticated by a session salted to the pinned SRK)")
+					} else {
+						fmt.Fprintln(w, "NOT authenticated: no SRK is pinned, so what the TPM answered could have been written by anything on the bus")
+					}
 					if res.AuditLog != "" {
 						fmt.Fprintf(w, "audit trail archived: %s\n", res.AuditLog)
 					}
