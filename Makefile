@@ -52,7 +52,7 @@ lint:
 # kill -9 at random moments of every state-changing operation, KILLS times.
 KILLS ?= 200
 reliability: deps
-	PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^TestKillAtAnyMomentLeavesValidState$$' ./agent/ | grep -E 'seed|kills:|^(---|ok|FAIL)'
+	PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^TestKillAtAnyMomentLeavesValidState$$' ./agent/ | grep -E 'seed|kills:|_test.go:|child|^(---|ok|FAIL)'
 
 # Known vulnerabilities in the code paths provd uses. It needs the Go
 # vulnerability database (vuln.go.dev, or GOVULNDB=file:///path to a copy):
