@@ -244,11 +244,7 @@ func TestInterposerCannotFreezeRevocation(t *testing.T) {
 	x := &dropper{cc: tpm2.TPMCCNVIncrement, index: agent.PolicyCounterHandle}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := newAgent(t, env, stateDir(t))
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
 	if err != nil {
@@ -311,16 +307,12 @@ func TestInterposerCannotDropAnAnchorExtend(t *testing.T) {
 	x := &dropper{cc: tpm2.TPMCCNVExtend, index: agent.AuditAnchorHandle}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := newAgent(t, env, stateDir(t))
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	x.on.Store(true)
-	_, err = ag.Seal(ctx, api.SealRequest{Data: []byte("x")})
+	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x")})
 	x.on.Store(false)
 	if x.dropped.Load() == 0 {
 		t.Fatal("no extend dropped: the attack is not mounted")
@@ -364,16 +356,12 @@ func TestAnchorReadIsAuthenticated(t *testing.T) {
 	f := &forger{index: agent.AuditAnchorHandle}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(f.wrap))
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := newAgent(t, env, stateDir(t))
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	f.on.Store(true)
-	_, err = ag.AuditVerify(ctx)
+	_, err := ag.AuditVerify(ctx)
 	f.on.Store(false)
 	if f.hits.Load() == 0 {
 		t.Fatal("no anchor read changed: the attack is not mounted")

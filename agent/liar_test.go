@@ -11,7 +11,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
@@ -87,11 +86,7 @@ func TestPolicyShowIsTheTPMsWord(t *testing.T) {
 	x := &busLiar{pcr: evil}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := newAgent(t, env, stateDir(t))
 	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{0: evil, 7: evil}}
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Values: &vals}); err != nil {
 		t.Fatal(err)

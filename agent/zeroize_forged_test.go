@@ -178,11 +178,7 @@ func TestZeroizeFlushesAreReadBack(t *testing.T) {
 	x := &zeroizeLiar{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
+	ag := newAgent(t, env, stateDir(t))
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
