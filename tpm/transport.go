@@ -149,6 +149,16 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: short response (%d bytes)", ErrTransport, len(rsp))
 		}
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
+		if rc == tpm2.TPMRCInitialize && attempt == 0 {
+			// The TPM was power-cycled under us (found by the fault
+			// instrument: swtpm killed and started again): start it up
+			// as firmware would (CLEAR: transient objects, sessions and
+			// PCRs are gone anyway) and send the command once more.
+			if err := c.startup(); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if !retryable(rc) || attempt >= c.maxRetries {
 			return rsp, nil
 		}
@@ -156,6 +166,16 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 		c.sleep(delay)
 		delay *= 2
 	}
+}
+
+// startup sends TPM2_Startup(CLEAR) on the raw channel, the lock held.
+func (c *counting) startup() error {
+	_, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(c.next)
+	c.commands.Add(1)
+	if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+		return Wrap("TPM2_Startup (after a power cycle)", err)
+	}
+	return nil
 }
 
 // ErrCommandTooLarge: a command larger than the TPM accepts

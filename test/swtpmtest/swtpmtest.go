@@ -338,6 +338,25 @@ func (e *Env) Restart(state bool) {
 	e.open()
 }
 
+// PowerCut kills swtpm under the open TPM connection and starts it again on
+// the same address and state, without TPM2_Startup: a power cycle under a
+// running provd, which must notice (its connection broke), dial again, and
+// find a TPM that answers TPM_RC_INITIALIZE until someone starts it up.
+// Transient objects and sessions are gone; persistent ones and NV stay.
+func (e *Env) PowerCut() {
+	e.t.Helper()
+	e.RequireSimulator()
+	addr := e.proc.Addr
+	if err := e.proc.Kill(); err != nil {
+		e.t.Fatalf("kill swtpm: %v", err)
+	}
+	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
+	if err != nil {
+		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
+	}
+	e.proc = p
+}
+
 // RequireSimulator skips a test that would disturb a real TPM's platform state.
 func (e *Env) RequireSimulator() {
 	e.t.Helper()

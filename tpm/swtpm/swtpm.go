@@ -136,6 +136,30 @@ func Start(ctx context.Context, stateDir string) (*Process, error) {
 	return nil, lastErr
 }
 
+// StartOn runs swtpm on stateDir serving TPM commands on addr, a loopback
+// host:port a Process had (its control channel on the next port), as the
+// same TPM coming back on the same address after a power cut. It does not
+// send TPM2_Startup.
+func StartOn(ctx context.Context, stateDir, addr string) (*Process, error) {
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	_, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		return nil, err
+	}
+	return start(ctx, bin, stateDir, port)
+}
+
 // StartUnix runs swtpm on stateDir serving TPM commands on the unix socket
 // sock (swtpm --server type=unixio), its control channel on sock+".ctrl".
 func StartUnix(ctx context.Context, stateDir, sock string) (*Process, error) {
