@@ -74,14 +74,21 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		}
 		a.audit = nil
 	}
-	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
-	res.NVIndices = append(res.NVIndices, removed...)
-	if err != nil {
+	// In an order a crash at any step leaves a state the next record
+	// repairs by itself (found by the kill test: the anchor removed first
+	// and the log kept left a trail whose anchor was gone, refused until an
+	// officer's reanchor):
+	//  1. the gate file goes: a crash here leaves the log and its anchor, a
+	//     trail of the ungated kind that the next record moves to a new gate;
+	//  2. the log is archived: a crash here leaves no trail and an anchor
+	//     index nobody's, which the next trail replaces (and records);
+	//  3. the anchor index goes.
+	// The gate key guarded the anchor only; the next record starts a new
+	// trail with a new gate.
+	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return res, err
 	}
-	// The gate key guarded the anchor only; with the anchor gone it guards
-	// nothing, and the next record starts a new trail with a new gate.
-	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := store.SyncDir(a.dir); err != nil {
 		return res, err
 	}
 	if fileExists(a.auditPath()) {
@@ -89,9 +96,14 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		if err := os.Rename(a.auditPath(), archived); err != nil {
 			return res, err
 		}
+		if err := store.SyncDir(a.dir); err != nil {
+			return res, err
+		}
 		res.AuditLog = archived
 	}
-	return res, nil
+	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
+	res.NVIndices = append(res.NVIndices, removed...)
+	return res, err
 }
 
 // verifiedObjects is what the zeroize record says the TPM confirmed (or,

@@ -516,6 +516,10 @@ func writeFileMode(dir, name string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
+// SyncDir makes renames and unlinks in dir durable, for callers that order
+// several (zeroize: the audit gate, then the log).
+func SyncDir(dir string) error { return syncDir(dir) }
+
 // syncDir makes renames and unlinks in dir durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
