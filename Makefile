@@ -63,8 +63,11 @@ vulncheck:
 man: build
 	$(BIN) man man/
 
-install: build
+install: build man
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/provd
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man7
+	install -m 0644 man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 0644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/
 	install -D -m 0644 systemd/provd.service $(DESTDIR)/lib/systemd/system/provd.service
 	install -D -m 0644 systemd/provd.socket $(DESTDIR)/lib/systemd/system/provd.socket
 	install -D -m 0644 systemd/provd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/provd.conf

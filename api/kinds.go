@@ -39,6 +39,38 @@ const (
 	ExitInterrupted    = 130
 )
 
+// ExitCodeInfo is one documented exit code: what it means in a sentence.
+type ExitCodeInfo struct {
+	Code    int
+	Name    string
+	Meaning string
+}
+
+// ExitCodes lists the documented exit codes, in order (the man page
+// provd-exit-codes(7) is made from it; docs/exit-codes.md says the same at
+// length).
+func ExitCodes() []ExitCodeInfo {
+	return []ExitCodeInfo{
+		{ExitOK, "ok", "success"},
+		{ExitError, "error", "anything not listed below"},
+		{ExitUsage, "usage", "bad flags, arguments or input"},
+		{ExitPolicy, "policy", "the PCRs (or the signed policy) do not satisfy the key's policy; the message names the PCRs that differ"},
+		{ExitLockout, "lockout", "the TPM's dictionary-attack protection is locked out"},
+		{ExitNotPermitted, "not permitted", "refused: not an approved algorithm, not allowed for the caller's role, or not approved by the crypto officer"},
+		{ExitNoTPM, "no TPM", "no TPM reachable"},
+		{ExitNotFound, "not found", "a key, blob, state or TPM object does not exist"},
+		{ExitState, "state", "the state directory or audit log is locked, corrupt or of an unknown schema"},
+		{ExitTPMFailure, "TPM failure", "the TPM failed its self-test or is in failure mode"},
+		{ExitTPMResources, "TPM resources", "the TPM has no free object or session slot, or the daemon's queue is full"},
+		{ExitBadAuth, "bad auth", "a TPM authorization value was wrong (it counts against lockout)"},
+		{ExitConflict, "conflict", "already exists (provisioned, key name taken); --force where offered"},
+		{ExitNotProvisioned, "not provisioned", "provd provision has not run"},
+		{ExitTampered, "tampered", "the audit trail or a blob failed its integrity check"},
+		{ExitIdentity, "identity", "the TPM's identity is not verified or not the pinned one, or something on the bus answered for it"},
+		{ExitInterrupted, "interrupted", "SIGINT or SIGTERM"},
+	}
+}
+
 // Kind is one sentinel error as it travels: Name on the wire (an API
 // error's kinds), Err the sentinel, Exit the CLI's exit code for it, HTTP
 // the daemon's status when it is an error's first kind (for humans with

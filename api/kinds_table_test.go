@@ -284,3 +284,30 @@ func TestKindsDocumented(t *testing.T) {
 		t.Errorf("docs/api.md lists kinds %v, want %v", listed, order)
 	}
 }
+
+// Every exit code the kinds give, and every one docs/exit-codes.md lists, has
+// a line in ExitCodes (provd-exit-codes(7) is made from it), once.
+func TestExitCodesListed(t *testing.T) {
+	listed := map[int]bool{}
+	for _, c := range api.ExitCodes() {
+		if listed[c.Code] || c.Name == "" || c.Meaning == "" {
+			t.Errorf("exit code %d listed twice or without a name and meaning", c.Code)
+		}
+		listed[c.Code] = true
+	}
+	for _, k := range api.Kinds() {
+		if !listed[k.Exit] {
+			t.Errorf("kind %s gives exit %d, which ExitCodes does not list", k.Name, k.Exit)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join("..", "docs", "exit-codes.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^\| (\d+) \|`).FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.Atoi(m[1])
+		if !listed[n] {
+			t.Errorf("docs/exit-codes.md lists %d, which ExitCodes does not", n)
+		}
+	}
+}

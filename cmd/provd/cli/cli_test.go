@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,5 +142,26 @@ func TestExitCodes(t *testing.T) {
 				t.Errorf("exit %d, want %d (%s)", code, tc.code, stderr)
 			}
 		})
+	}
+}
+
+// provd man writes a page per command and provd-exit-codes(7), which names
+// every exit code (make install puts them in man8 and man7).
+func TestManPages(t *testing.T) {
+	dir := t.TempDir()
+	if _, stderr, code := run(t, nil, "man", dir); code != 0 {
+		t.Fatalf("provd man: exit %d %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "provd.8")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "provd-exit-codes.7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range api.ExitCodes() {
+		if !strings.Contains(string(b), fmt.Sprintf(".B %d\n", c.Code)) {
+			t.Errorf("provd-exit-codes.7 lacks exit code %d", c.Code)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -144,7 +145,33 @@ func (a *app) manCmd(root *cobra.Command) *cobra.Command {
 				return err
 			}
 			root.DisableAutoGenTag = true
-			return doc.GenManTree(root, &doc.GenManHeader{Title: "PROVD", Section: "8", Source: "provd " + a.version().Version}, args[0])
+			if err := doc.GenManTree(root, &doc.GenManHeader{Title: "PROVD", Section: "8", Source: "provd " + a.version().Version}, args[0]); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(args[0], "provd-exit-codes.7"), exitCodesMan(a.version().Version), 0o644)
 		},
 	}
+}
+
+// exitCodesMan is provd-exit-codes(7): every exit code, what it means and the
+// error kinds that give it (api.ExitCodes, api.Kinds).
+func exitCodesMan(version string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, ".TH PROVD-EXIT-CODES 7 \"\" \"provd %s\" \"provd\"\n", version)
+	b.WriteString(".SH NAME\nprovd-exit-codes \\- what provd's exit codes mean\n")
+	b.WriteString(".SH DESCRIPTION\nEvery provd command exits with one of these codes, in-process and through the daemon alike. " +
+		"With -o json an error is also printed on stderr as JSON with its kinds and exit_code.\n")
+	kinds := map[int][]string{}
+	for _, k := range api.Kinds() {
+		kinds[k.Exit] = append(kinds[k.Exit], k.Name)
+	}
+	for _, c := range api.ExitCodes() {
+		fmt.Fprintf(&b, ".TP\n.B %d\n%s: %s", c.Code, c.Name, c.Meaning)
+		if ks := kinds[c.Code]; len(ks) > 0 {
+			fmt.Fprintf(&b, " (kinds: %s)", strings.Join(ks, ", "))
+		}
+		b.WriteString(".\n")
+	}
+	b.WriteString(".SH SEE ALSO\nprovd(8)\n")
+	return []byte(b.String())
 }
