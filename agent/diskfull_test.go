@@ -58,7 +58,10 @@ func TestDiskFullLosesNothing(t *testing.T) {
 	d := sha256.Sum256([]byte("m"))
 	failed := 0
 	for name, op := range map[string]func() error{
-		"create": func() error { _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "during", Type: "ecc-p256"}); return err },
+		"create": func() error {
+			_, err := ag.CreateKey(ctx, api.CreateRequest{Name: "during", Type: "ecc-p256"})
+			return err
+		},
 		"derive": func() error {
 			_, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: "derived", Label: "d", Type: "ecc-p256"})
 			return err
