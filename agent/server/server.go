@@ -434,7 +434,15 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		if wp, ok := any(&req).(wiper); ok {
 			defer wp.Wipe()
 		}
-		if _, isEmpty := any(req).(empty); !isEmpty {
+		if _, isEmpty := any(req).(empty); isEmpty {
+			// An endpoint that takes no body takes none: a body there is a
+			// client's mistake or a probe, never ignored (found by the flood
+			// test: garbage posted to audit/reanchor re-anchored the trail).
+			if extra, _ := io.ReadAll(io.LimitReader(r.Body, 1)); len(extra) > 0 {
+				s.writeError(w, http.StatusBadRequest, fmt.Errorf("%w: %s takes no request body", api.ErrBadInput, ep.Op))
+				return
+			}
+		} else {
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
 			defer clear(body)
 			if err != nil {
