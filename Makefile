@@ -49,10 +49,11 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 # The long form of the reliability instruments (make test runs a short one):
-# kill -9 at random moments of every state-changing operation, KILLS times.
+# kill -9, and TPM power cuts, at random moments of every state-changing
+# operation, KILLS times each.
 KILLS ?= 200
 reliability: deps
-	PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^TestKillAtAnyMomentLeavesValidState$$' ./agent/ | grep -E 'seed|kills:|_test.go:|child|^(---|ok|FAIL)'
+	PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^(TestKillAtAnyMomentLeavesValidState|TestTPMPowerCutAtAnyMomentLeavesValidState)$$' ./agent/ | grep -E 'seed|_test.go:|child|^(---|ok|FAIL)'
 
 # Known vulnerabilities in the code paths provd uses. It needs the Go
 # vulnerability database (vuln.go.dev, or GOVULNDB=file:///path to a copy):

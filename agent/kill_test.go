@@ -29,6 +29,9 @@ const (
 	killTPMEnv   = "PROVD_AGENT_KILL_TPM"
 	killDirEnv   = "PROVD_AGENT_KILL_DIR"
 	killSeedEnv  = "PROVD_AGENT_KILL_SEED"
+	// killFaultsEnv: the TPM is power-cut under the child; an operation may
+	// fail, the child goes on with the next one.
+	killFaultsEnv = "PROVD_AGENT_KILL_FAULTS"
 )
 
 // kill -9 at any moment of any state-changing operation through the
@@ -45,6 +48,23 @@ func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 		operateUntilKilled()
 		return
 	}
+	killsLeaveValidState(t, false)
+}
+
+// A power cut of the TPM at any moment of any state-changing operation (the
+// same child, swtpm killed and started again under it, then the child
+// killed): the operation in flight may fail, the state is the old or the new
+// one, and the checks after each round are those of the kill test.
+// PROVD_KILLS sets the rounds too.
+func TestTPMPowerCutAtAnyMomentLeavesValidState(t *testing.T) {
+	if os.Getenv(killChildEnv) != "" {
+		operateUntilKilled()
+		return
+	}
+	killsLeaveValidState(t, true)
+}
+
+func killsLeaveValidState(t *testing.T, powerCuts bool) {
 	env := swtpmtest.Start(t)
 	env.RequireSimulator()
 	env.CloseTPM() // the child connects; swtpm serves one client at a time
@@ -58,7 +78,11 @@ func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 	}
 	provisioned, repairs, completed := 0, 0, 0
 	for i := 1; i <= kills; i++ {
-		completed += runAndKill(t, env.Spec, dir, time.Duration(50+rng.IntN(400))*time.Millisecond, rng.Uint64())
+		var cut func()
+		if powerCuts {
+			cut = env.PowerCut
+		}
+		completed += runAndKill(t, env.Spec, dir, time.Duration(50+rng.IntN(400))*time.Millisecond, rng.Uint64(), cut)
 
 		env.Reopen()
 		withAgent(t, env, dir, fmt.Sprintf("after kill %d", i), func(ag *agent.Agent) {
@@ -83,8 +107,12 @@ func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 		})
 		env.CloseTPM()
 	}
-	t.Logf("%d kills: %d operations completed in the children, %d kills left a provisioned state, %d needed an audit repair, 0 corrupt states",
-		kills, completed, provisioned, repairs)
+	what := "kills"
+	if powerCuts {
+		what = "TPM power cuts (each then a kill)"
+	}
+	t.Logf("%d %s: %d operations completed in the children, %d left a provisioned state, %d needed an audit repair, 0 corrupt states",
+		kills, what, completed, provisioned, repairs)
 
 	env.Reopen()
 	withAgent(t, env, dir, "after the kills", func(ag *agent.Agent) {
@@ -107,16 +135,25 @@ func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 // runAndKill starts the child on the TPM at spec and state dir, kills it with
 // SIGKILL after d, and returns how many provisions it completed. A child
 // that ends on its own failed: its error fails the test.
-func runAndKill(t *testing.T, spec, dir string, d time.Duration, seed uint64) int {
+func runAndKill(t *testing.T, spec, dir string, d time.Duration, seed uint64, cut func()) int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestKillAtAnyMomentLeavesValidState$", "-test.count=1")
 	cmd.Env = append(os.Environ(), killChildEnv+"=1", killTPMEnv+"="+spec, killDirEnv+"="+dir, killSeedEnv+"="+strconv.FormatUint(seed, 10))
+	if cut != nil {
+		cmd.Env = append(cmd.Env, killFaultsEnv+"=1")
+	}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(d)
+	if cut != nil {
+		// The TPM goes first; the child carries on a while on the TPM that
+		// came back, then is killed too.
+		cut()
+		time.Sleep(d / 2)
+	}
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	err := cmd.Wait()
 	var ee *exec.ExitError
@@ -163,17 +200,23 @@ func operateUntilKilled() {
 	if err != nil {
 		fail("agent", err)
 	}
+	faults := os.Getenv(killFaultsEnv) != ""
 	provision := func(force bool) {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: force}); err != nil {
+		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: force}); err != nil && !faults {
 			fail("provision", err)
 		}
 	}
 	expected := func(err error) bool {
-		return err == nil || errors.Is(err, api.ErrKeyExists) || errors.Is(err, api.ErrNotFound)
+		// Under power cuts any operation may fail (the one in flight, the
+		// next on a connection that broke); the parent checks the state.
+		return err == nil || errors.Is(err, api.ErrKeyExists) || errors.Is(err, api.ErrNotFound) || faults
 	}
 	for n := 0; ; n++ {
 		st, err := ag.Status(ctx)
 		if err != nil {
+			if faults {
+				continue
+			}
 			fail("status", err)
 		}
 		// A key made before the kill under another officer key (another

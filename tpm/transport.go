@@ -149,7 +149,7 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: short response (%d bytes)", ErrTransport, len(rsp))
 		}
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
-		if rc == tpm2.TPMRCInitialize && attempt == 0 {
+		if rc == tpm2.TPMRCInitialize && attempt == 0 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCStartup {
 			// The TPM was power-cycled under us (found by the fault
 			// instrument: swtpm killed and started again): start it up
 			// as firmware would (CLEAR: transient objects, sessions and
