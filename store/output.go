@@ -35,14 +35,14 @@ func WriteOutput(path string, data []byte, mode os.FileMode) error {
 	}
 	fi, err := os.Stat(target)
 	if errors.Is(err, fs.ErrNotExist) {
-		return userPath(path, WriteFile(target, data, mode))
+		return WriteFile(target, data, mode)
 	}
 	if err != nil {
 		return err
 	}
 	switch t := fi.Mode().Type(); {
 	case t == 0:
-		return userPath(path, WriteFile(target, data, mode))
+		return WriteFile(target, data, mode)
 	case t&fs.ModeDir != 0:
 		return fmt.Errorf("%w: %s is a directory", ErrOutput, path)
 	case t&fs.ModeDevice != 0 && t&fs.ModeCharDevice == 0:
@@ -62,16 +62,6 @@ func WriteOutput(path string, data []byte, mode os.FileMode) error {
 		_, err = f.Write(data)
 		return errors.Join(err, f.Close())
 	}
-}
-
-// userPath names the path the user gave in err, not the temporary file
-// WriteFile made beside it.
-func userPath(path string, err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return fmt.Errorf("%s: %w", path, pe.Err)
-	}
-	return err
 }
 
 // outputTarget resolves path when it is a symlink the caller may follow

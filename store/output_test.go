@@ -152,7 +152,7 @@ func mkdev(major, minor uint32) uint64 {
 func TestWriteOutputNamesTheUsersPath(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "missing", "out.sig")
 	err := WriteOutput(path, []byte("x"), 0o600)
-	if !errors.Is(err, os.ErrNotExist) || err.Error() != path+": no such file or directory" {
+	if !errors.Is(err, os.ErrNotExist) || err.Error() != "write "+path+": no such file or directory" {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -484,6 +484,19 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 }
 
 func writeFileMode(dir, name string, data []byte, mode os.FileMode) error {
+	// Errors name the file being written, not the temporary file beside it
+	// (found by review: "write .../.tmp-23830812: no space left on device").
+	if err := writeFileTemp(dir, name, data, mode); err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("write %s: %w", filepath.Join(dir, name), pe.Err)
+		}
+		return err
+	}
+	return nil
+}
+
+func writeFileTemp(dir, name string, data []byte, mode os.FileMode) error {
 	f, err := os.CreateTemp(dir, tmpPrefix+"*")
 	if err != nil {
 		return err
