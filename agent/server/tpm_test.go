@@ -32,6 +32,7 @@ type tpmServer struct {
 	hc    *http.Client
 	logs  *lockedBuffer
 	state string
+	sock  string // the unix socket it serves on
 }
 
 type lockedBuffer struct {
@@ -54,7 +55,7 @@ func (l *lockedBuffer) String() string {
 // serveTPM starts a swtpm, an agent on it and a Server for both; the caller
 // holds both roles. Clean-up stops the server and closes the agent before
 // the swtpm harness checks for leaked handles.
-func serveTPM(t *testing.T) *tpmServer {
+func serveTPM(t *testing.T, configure ...func(*Server)) *tpmServer {
 	t.Helper()
 	env := swtpmtest.Start(t)
 	ts := &tpmServer{env: env, logs: &lockedBuffer{}, state: filepath.Join(t.TempDir(), "state")}
@@ -69,7 +70,11 @@ func serveTPM(t *testing.T) *tpmServer {
 		t.Fatal(err)
 	}
 	ts.Server = s
+	for _, c := range configure {
+		c(s)
+	}
 	sock := filepath.Join(t.TempDir(), "s.sock")
+	ts.sock = sock
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
