@@ -12,7 +12,7 @@ PREFIX    ?= /usr
 # tools for the unit checks and socket activation.
 DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd
 # One binary each package above must provide.
-DEB_BINS  := swtpm swtpm_setup tpm2_getcap openssl systemd-analyze systemd-socket-activate
+DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze systemd-socket-activate
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -355,6 +356,50 @@ func (e *Env) PowerCut() {
 		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
 	}
 	e.proc = p
+}
+
+// Migrate stops swtpm under the open connection and starts it again on the
+// same address with its volatile state (swtpm_ioctl -v, then -i), as a
+// hypervisor moving a VM's TPM does: the connection breaks, but the TPM is
+// not reset, its loaded objects and sessions are where they were.
+func (e *Env) Migrate() {
+	e.t.Helper()
+	e.RequireSimulator()
+	e.ioctl("-v")
+	addr := e.proc.Addr
+	if err := e.proc.Kill(); err != nil {
+		e.t.Fatalf("kill swtpm: %v", err)
+	}
+	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
+	if err != nil {
+		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
+	}
+	e.proc = p
+	e.ioctl("-i")
+}
+
+// ioctl sends one swtpm_ioctl command on the control channel.
+func (e *Env) ioctl(cmd string) {
+	e.t.Helper()
+	args := []string{cmd, "--tcp", e.proc.CtrlAddr}
+	if e.opts.unix {
+		args = []string{cmd, "--unix", e.proc.CtrlAddr}
+	}
+	if out, err := exec.Command("swtpm_ioctl", args...).CombinedOutput(); err != nil {
+		e.t.Fatalf("swtpm_ioctl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Reset resets the TPM under the open connection, as a platform reset the
+// host survives would (swtpm's control channel: a hardware TPM_Init): the
+// connection to the command channel stays up, so provd sees no I/O error,
+// only a TPM that answers TPM_RC_INITIALIZE until someone starts it up, with
+// every transient object and session gone and their handle numbers free to
+// be handed out again.
+func (e *Env) Reset() {
+	e.t.Helper()
+	e.RequireSimulator()
+	e.ioctl("-i")
 }
 
 // RequireSimulator skips a test that would disturb a real TPM's platform state.
