@@ -8,10 +8,12 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+	"golang.org/x/sys/unix"
 )
 
 // Sizes of the TPM 2.0 command/response header: tag (2), size (4), code (4).
@@ -47,10 +49,17 @@ type streamTransport struct {
 }
 
 func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
+	if s.conn != nil && !alive(s.conn) {
+		// The TPM closed the connection while idle (it restarted): the
+		// command has not left yet, so dialing again and sending it is
+		// safe, and the caller never sees the old connection's end.
+		s.conn.Close()
+		s.conn = nil
+	}
 	if s.conn == nil {
-		conn, err := s.redial()
+		conn, err := s.dialAgain()
 		if err != nil {
-			return nil, fmt.Errorf("%w: reconnect: %v", ErrTransport, err)
+			return nil, err
 		}
 		s.conn = conn
 		s.reconnects.Add(1)
@@ -59,8 +68,61 @@ func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
 	if err != nil {
 		s.conn.Close()
 		s.conn = nil
+		// Whether the TPM ran the command is not known: it is not
+		// resent (it may have changed state), the caller is told.
+		return nil, fmt.Errorf("%w (the connection is closed; whether the TPM ran the command is not known; the next command connects again)", err)
 	}
-	return rsp, err
+	return rsp, nil
+}
+
+// redialFor is how long a lost TPM is dialed again before a command fails:
+// a TPM that restarts (swtpm after a power cut, a VM's TPM migrated) takes
+// a moment to listen again, and no command has left yet, so waiting is safe.
+const redialFor = 3 * time.Second
+
+// dialAgain dials the TPM again, retrying a refused connection for up to
+// redialFor; after that the TPM is not there (ErrNoTPM).
+func (s *streamTransport) dialAgain() (net.Conn, error) {
+	deadline := time.Now().Add(redialFor)
+	wait := 5 * time.Millisecond
+	for {
+		conn, err := s.redial()
+		if err == nil {
+			return conn, nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return nil, fmt.Errorf("%w: the connection to the TPM was lost, and dialing it again failed for %v: %v", ErrNoTPM, redialFor, err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// alive reports whether conn is still open and in step, without waiting: a
+// TPM answers only commands, so between them an idle connection has nothing
+// to read. A peek that would block means alive; end of file or an error
+// means the other side closed it; bytes nobody asked for mean it is out of
+// step. (A read deadline in the past cannot ask this: Go returns the timeout
+// without reading.) A connection that cannot be asked is taken as alive.
+func alive(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	live := true
+	var b [1]byte
+	if err := raw.Read(func(fd uintptr) bool {
+		n, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		live = n < 0 && errors.Is(rerr, unix.EAGAIN)
+		return true // never wait for readiness
+	}); err != nil {
+		return false
+	}
+	return live
 }
 
 func (s *streamTransport) send(cmd []byte) ([]byte, error) {

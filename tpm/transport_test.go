@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -45,9 +47,13 @@ func TestOversizedCommandIsNotSent(t *testing.T) {
 	}
 }
 
-// dropper is a TCP proxy to target that cuts the first connection after the
-// first response and forwards later connections whole.
-func startDropper(t *testing.T, target string) (addr string, conns *atomic.Int32) {
+// startDropper is a TCP proxy to target. Its first connection forwards
+// Open's commands and their answers, then is cut: while idle (closed right
+// after an answer), or in flight (closed once it has read the next command,
+// which it drops unanswered and unforwarded). Later connections are
+// forwarded whole.
+// firstClosed is closed once the first connection is.
+func startDropper(t *testing.T, target string, inFlight bool) (addr string, conns *atomic.Int32, arm func(), firstClosed <-chan struct{}) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,6 +61,8 @@ func startDropper(t *testing.T, target string) (addr string, conns *atomic.Int32
 	}
 	t.Cleanup(func() { l.Close() })
 	conns = new(atomic.Int32)
+	cut := make(chan struct{})
+	closed := make(chan struct{})
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -67,64 +75,107 @@ func startDropper(t *testing.T, target string) (addr string, conns *atomic.Int32
 				c.Close()
 				return
 			}
-			go func() { _, _ = copyBuffer(u, c, 4096, 0); u.Close() }()
+			if n > 1 {
+				go func() { _, _ = copyBuffer(u, c, 4096, 0); u.Close() }()
+				go func() { _, _ = copyBuffer(c, u, 4096, 0); c.Close() }()
+				continue
+			}
 			go func() {
-				if n == 1 {
-					buf := make([]byte, 4096)
-					k, _ := u.Read(buf)
-					_, _ = c.Write(buf[:k])
-					c.Close()
-					return
+				// One command at a time, until the test arms the cut.
+				defer close(closed)
+				defer u.Close()
+				defer c.Close()
+				buf := make([]byte, 8192)
+				for {
+					k, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if inFlight {
+						select {
+						case <-cut:
+							return // the command read, dropped
+						default:
+						}
+					}
+					if _, err := u.Write(buf[:k]); err != nil {
+						return
+					}
+					k, err = u.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(buf[:k]); err != nil {
+						return
+					}
+					if !inFlight {
+						select {
+						case <-cut:
+							return // idle: closed after an answer
+						default:
+						}
+					}
 				}
-				_, _ = copyBuffer(c, u, 4096, 0)
-				c.Close()
 			}()
 		}
 	}()
-	return l.Addr().String(), conns
+	var once sync.Once
+	return l.Addr().String(), conns, func() { once.Do(func() { close(cut) }) }, closed
 }
 
-// A broken connection fails the command in flight, then the next command
-// dials again and works: the stream is never used out of step.
+// A connection the TPM closed while idle (it restarted; here a proxy cuts
+// it after an answer) is noticed before the next command is written: that
+// command goes out on a new connection, and the caller sees no error.
+func TestTransportRedialsAnIdleConnectionClosed(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	env.CloseTPM()
+	proxy, conns, arm, firstClosed := startDropper(t, env.Spec[len("swtpm://"):], false)
+	tp, err := tpm.Open(t.Context(), tpm.Options{Spec: "swtpm://" + proxy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	arm()
+	// The next answer is the connection's last.
+	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); err != nil {
+		t.Fatalf("the last command on the first connection: %v", err)
+	}
+	<-firstClosed // idle: closed before the next command
+	for i := range 3 {
+		if rsp, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); err != nil || len(rsp.RandomBytes.Buffer) != 8 {
+			t.Fatalf("command %d after the connection closed: %v", i, err)
+		}
+	}
+	if conns.Load() != 2 {
+		t.Fatalf("%d connections, want 2", conns.Load())
+	}
+}
+
+// A connection cut while a command is in flight fails that command (whether
+// the TPM ran it is not known, so it is not resent); the next command dials
+// again and works: the stream is never used out of step.
 func TestTransportReconnectsAfterAFailure(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.RequireSimulator()
 	env.CloseTPM()
-	proxy, conns := startDropper(t, env.Spec[len("swtpm://"):])
+	proxy, conns, arm, _ := startDropper(t, env.Spec[len("swtpm://"):], true)
 	tp, err := tpm.Open(t.Context(), tpm.Options{Spec: "swtpm://" + proxy})
-	if err == nil {
-		defer tp.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Open's first command got its answer, then the connection was cut: a
-	// later command of Open, or the first one here, fails; after that the
-	// transport dials again.
-	var failed bool
-	for range 3 {
-		if tp == nil {
-			break
-		}
-		_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
-		if errors.Is(err, tpm.ErrTransport) {
-			failed = true
-			continue
-		}
-		if err != nil {
-			t.Fatalf("after the cut: %v", err)
+	defer tp.Close()
+	arm()
+	_, err = (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
+	if !errors.Is(err, tpm.ErrTransport) || !strings.Contains(err.Error(), "whether the TPM ran the command is not known") {
+		t.Fatalf("the command in flight at the cut: %v, want a transport error that says so", err)
+	}
+	for i := range 3 {
+		if rsp, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); err != nil || len(rsp.RandomBytes.Buffer) != 8 {
+			t.Fatalf("command %d after the cut: %v", i, err)
 		}
 	}
-	if tp == nil {
-		// Open itself met the cut: open again, through a new connection.
-		if tp, err = tpm.Open(t.Context(), tpm.Options{Spec: "swtpm://" + proxy}); err != nil {
-			t.Fatalf("open after a cut connection: %v", err)
-		}
-		defer tp.Close()
-		failed = true
-	}
-	if rsp, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); err != nil || len(rsp.RandomBytes.Buffer) != 8 {
-		t.Fatalf("after reconnecting: %v", err)
-	}
-	t.Logf("opened %v, connections %d", tp != nil, conns.Load())
-	if !failed || conns.Load() < 2 {
-		t.Fatalf("failed %v, connections %d: the cut was not met, or no new connection was made", failed, conns.Load())
+	if conns.Load() != 2 {
+		t.Fatalf("%d connections, want 2", conns.Load())
 	}
 }
