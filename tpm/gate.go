@@ -218,11 +218,11 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC) (*PolicySession, error) {
 	if err != nil {
 		return nil, err
 	}
-	ss, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	s := &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss, closer), alg: tpm2.TPMAlgSHA256}
+	s := &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256}
 	if err := s.PolicySecret(gate, nil); err != nil {
 		return nil, joinClose(err, s)
 	}

@@ -43,11 +43,11 @@ func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
 	}
 	// tpm2.PolicySession, not tpm2.Policy: the latter runs the policy in a
 	// callback and leaks the session when a step fails.
-	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256, trial: trial}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, trial: trial}, nil
 }
 
 // StartAuthPolicySession starts a SHA-256 policy session for an object whose
@@ -55,11 +55,11 @@ func (t *TPM) StartPolicySession(trial bool) (*PolicySession, error) {
 // command and response HMACs, so whoever does not know it can neither use
 // the object through such a session nor forge its answers.
 func (t *TPM) StartAuthPolicySession(auth []byte) (*PolicySession, error) {
-	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, tpm2.Auth(auth))
+	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, tpm2.Auth(auth))
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256}, nil
 }
 
 // StartSecretPolicySession starts a SHA-256 policy session that is also
@@ -77,11 +77,11 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 	if auth != nil {
 		opts = append(opts, tpm2.Auth(auth))
 	}
-	s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s, closer), alg: tpm2.TPMAlgSHA256}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256}, nil
 }
 
 // Close flushes the session. It is safe to call more than once.
@@ -90,7 +90,7 @@ func (p *PolicySession) Close() error {
 		return nil
 	}
 	p.closed = true
-	return Wrap("TPM2_FlushContext", p.closer())
+	return p.closer()
 }
 
 // Session returns the session for use as the authorization of a go-tpm command

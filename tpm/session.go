@@ -1,8 +1,6 @@
 package tpm
 
 import (
-	"errors"
-
 	"github.com/google/go-tpm/tpm2"
 )
 
@@ -54,12 +52,11 @@ func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error,
 // with its flush, which flushes the handle the session started with
 // (sessionCloser) and names the command that failed.
 func (t *TPM) startHMACSession(opts ...tpm2.AuthOption) (tpm2.Session, func() error, error) {
-	s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, opts...)
+	s, _, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, opts...)
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	closer = t.sessionCloser(s, closer)
-	return s, func() error { return Wrap("TPM2_FlushContext", closer()) }, nil
+	return s, t.sessionCloser(s), nil
 }
 
 // withHMACSession runs fn with an HMAC session started with opts and flushes
@@ -77,23 +74,17 @@ func (t *TPM) withHMACSession(fn func(s tpm2.Session) error, opts ...tpm2.AuthOp
 	return fn(s)
 }
 
-// sessionCloser returns the flush of session s, started with go-tpm's
+// sessionCloser returns the flush of session s, in place of go-tpm's
 // closer: it flushes the handle s had when it started. go-tpm forgets a
 // session's handle when a response says the session ended (continueSession
 // clear), before it checks that response's HMAC; after a forged response its
 // own closer would flush TPM_RH_NULL and leave the session loaded, one of
 // three slots on a TPM without a resource manager (found by review).
-func (t *TPM) sessionCloser(s tpm2.Session, closer func() error) func() error {
+// A session the TPM no longer holds (a reset under provd) is already
+// flushed, not an error (t.Flush).
+func (t *TPM) sessionCloser(s tpm2.Session) func() error {
 	h := s.Handle()
-	return func() error {
-		if s.Handle() == h {
-			return closer()
-		}
-		if err := t.Flush(h); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		return nil
-	}
+	return func() error { return t.Flush(h) }
 }
 
 // WithEncryptSession runs fn with an encryption session and flushes it after,
