@@ -195,7 +195,27 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	}
 	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
 	if err := a.audit.Append(rec); err != nil {
-		return fmt.Errorf("audit trail: %w", err)
+		// The operation has run: its record is tried once more (found
+		// by the daemon's fault test: a TPM reset or power cut between
+		// an operation and its record left a key deleted with no line
+		// for it). Safe: Append fails before it writes (the anchor read,
+		// here), takes back a line it could not write whole, or keeps
+		// returning its error once a line may be out of step with the
+		// anchor, so a second try adds at most the one line.
+		if err := a.audit.Append(rec); err != nil {
+			// The log refuses appends once a line may be out of step
+			// with its anchor (an extend whose outcome is not known):
+			// it is opened again by the next operation, which verifies
+			// it against the anchor. If the TPM did extend, work goes
+			// on; if not, the trail's last line is unanchored and
+			// every audited operation is refused until an officer's
+			// audit repair (found by the daemon's fault test: the
+			// stuck log refused every request even when the extend
+			// had happened).
+			_ = a.audit.Close()
+			a.audit = nil
+			return fmt.Errorf("audit trail: %w", err)
+		}
 	}
 	return nil
 }

@@ -206,7 +206,7 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 		if !an.legacy {
 			return nil, nil, errors.New("audit: the trail has no anchor yet")
 		}
-		return func(head []byte) error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
+		return func(head []byte) error { return notExtended(an.t.NVExtend(AuditAnchorHandle, head)) }, func() error { return nil }, nil
 	}
 	gk, held := tpm.Gate{}, *an.held != nil
 	if held {
@@ -231,9 +231,23 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 		if errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 			return fmt.Errorf("%w: %w: %v", api.ErrTampered, errAnchorMoved, err)
 		}
-		return err
+		return notExtended(err)
 	}
 	return extend, ge.Close, nil
+}
+
+// notExtended marks an extend the TPM answered with an error code: it did
+// not move the anchor (a failed command changes nothing), so the audit log
+// extends once more (found by the daemon's fault test: an extend refused
+// after a TPM reset, its session gone, left a line for an officer's
+// repair). A transport failure or a response that fails its HMAC leaves the
+// outcome unknown and is passed on as it is.
+func notExtended(err error) error {
+	var te *tpm.Error
+	if err != nil && errors.As(err, &te) && !errors.Is(err, tpm.ErrResponseForged) {
+		return fmt.Errorf("%w: %w", audit.ErrNotExtended, err)
+	}
+	return err
 }
 
 // Extend is Prepare, extend and release in one (audit repair --anchor-last).

@@ -14,6 +14,10 @@ import (
 // can write the file can also cut its tail or rewrite it from any point on with
 // a consistent chain. The anchor lives where that writer cannot reach, and can
 // only move forward, so it pins the chain's full length and content.
+//
+// Extend returns an error wrapping ErrNotExtended when it knows the anchor
+// did not move (the TPM answered the extend with an error code: a command
+// that fails changes nothing); any other error leaves that unknown.
 type Anchor interface {
 	Extend(head []byte) error
 	Read() ([]byte, error) // current anchor value; ErrAnchorEmpty before the first extend
@@ -27,6 +31,12 @@ type Anchor interface {
 type Preparer interface {
 	Prepare() (extend func(head []byte) error, release func() error, err error)
 }
+
+// ErrNotExtended marks an Extend error after which the anchor is taken not to
+// have moved: Log then extends once more (a fresh Extend), and only if that
+// fails too leaves the line unanchored for audit repair, as after any other
+// Extend error.
+var ErrNotExtended = errors.New("audit: the anchor was not extended")
 
 // ErrAnchorEmpty is returned by Anchor.Read before the first Extend (for a TPM
 // NV index: not yet written, TPM_RC_NV_UNINITIALIZED).

@@ -496,7 +496,17 @@ func (l *Log) write(rec Record) (err error) {
 		l.err = fmt.Errorf("audit: internal: own line does not chain: %s", reason)
 		return l.err
 	}
-	if err := extend(next.head); err != nil {
+	err = extend(next.head)
+	if errors.Is(err, ErrNotExtended) {
+		// The anchor did not move (the TPM refused the extend: after a
+		// reset, its session was gone): extended once more, prepared
+		// afresh. The line is never taken back: the error may be forged
+		// by someone on the bus who passed the extend on, and then the
+		// second extend shows at the next verify, where a line taken
+		// back would hide an operation that ran.
+		err = l.opts.Anchor.Extend(next.head)
+	}
+	if err != nil {
 		l.err = fmt.Errorf("audit: line %d written but not anchored (run audit repair): %w", next.seq, err)
 		l.c, l.size = next, l.size+int64(len(buf))
 		return l.err
