@@ -63,10 +63,10 @@ func TestDaemonFaultsDuringOperations(t *testing.T) {
 	}
 
 	var (
-		mu       sync.Mutex
+		mu         sync.Mutex
 		ok, fail   int
 		unanchored int
-		failures []string
+		failures   []string
 	)
 	stop := make(chan struct{})
 	done := make(chan error, 1)
