@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -20,7 +22,9 @@ import (
 // threshold of 3 tries, a workload of every operation, successes and the
 // refusals a user meets (a wrong approval, a ciphertext for another key, a
 // tampered sealed blob, a revoked signed policy), leaves the counter at 0.
-// Its objects are noDA, and it never guesses an authorization value.
+// Its objects are noDA, and it never guesses an authorization value. Once
+// someone else has locked the TPM out, status says so and provd's work goes
+// on.
 func TestProvdNeverCountsTowardLockout(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
@@ -104,5 +108,33 @@ func TestProvdNeverCountsTowardLockout(t *testing.T) {
 	}
 	if info, err := tp.Info(); err != nil || info.Lockout.Counter != 1 {
 		t.Fatalf("the control: counter %d after one wrong password (%v), want 1", info.Lockout.Counter, err)
+	}
+
+	// An existing lockout (someone else's wrong passwords): status says
+	// so, and provd's own work goes on (its objects are noDA).
+	for i := 0; i < 5; i++ {
+		if info, err := tp.Info(); err != nil || info.Lockout.InLockout {
+			break
+		}
+		_, _ = (tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: o.Handle, Name: o.Name, Auth: tpm2.PasswordAuth([]byte("wrong"))}}).Execute(tp)
+	}
+	if info, err := tp.Info(); err != nil || !info.Lockout.InLockout {
+		t.Fatalf("the TPM did not lock out: %+v %v", info.Lockout, err)
+	}
+	st, err := ag.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(st.Warnings, func(w string) bool { return strings.Contains(w, "dictionary-attack lockout") }) {
+		t.Errorf("status under lockout does not say so: %q", st.Warnings)
+	}
+	if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
+		t.Errorf("sign under lockout: %v", err)
+	}
+	if _, err := ag.HMAC(ctx, "mac", []byte("x")); err != nil {
+		t.Errorf("HMAC under lockout: %v", err)
+	}
+	if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "s" {
+		t.Errorf("unseal under lockout: %q %v", got, err)
 	}
 }

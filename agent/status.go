@@ -87,6 +87,11 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			"for good, whatever the owner password). Set a lockout password (tpm2_changeauth -c lockout) or disable clear "+
 			"(tpm2_clearcontrol -C l s)")
 	}
+	if perm.InLockout {
+		s.Warnings = append(s.Warnings, "the TPM is in dictionary-attack lockout (too many wrong authorization values, none of them provd's): "+
+			"provd's keys and sealed secrets are unaffected (they are noDA), but the TPM refuses DA-protected objects of other "+
+			"software until it recovers (provd tpm info: lockout) or the lockout hierarchy resets it (tpm2_dictionarylockout -c)")
+	}
 	if s.Provisioned && !perm.Authenticated {
 		s.Warnings = append(s.Warnings, "the TPM's authorization state above was read without authentication (no pinned SRK)")
 	}

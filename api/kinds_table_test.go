@@ -50,6 +50,8 @@ func TestExitCodeOfSentinels(t *testing.T) {
 		{api.ErrBadInput, api.ExitUsage},
 		{store.ErrCorrupt, api.ExitState},
 		{tpm.ErrLockout, api.ExitLockout},
+		{tpm.ErrBadAuth, api.ExitBadAuth},
+		{tpm.ErrFailureMode, api.ExitTPMFailure},
 		{tpm.ErrNoTPM, api.ExitNoTPM},
 		{tpm.ErrNoMemory, api.ExitTPMResources},
 		{tpm.ErrSRKMismatch, api.ExitConflict},
