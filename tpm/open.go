@@ -196,6 +196,11 @@ func dialStream(ctx context.Context, network, addr string, timeout time.Duration
 	d := net.Dialer{Timeout: 10 * time.Second}
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Interrupted (SIGINT, SIGTERM), not a missing TPM (found by
+			// the exit-code walk: a canceled open exited 6).
+			return nil, fmt.Errorf("dial the TPM: %w", ctx.Err())
+		}
 		return nil, fmt.Errorf("%w: %v", ErrNoTPM, err)
 	}
 	// A reconnect outlives the context of the open (a daemon's TPM lives

@@ -278,8 +278,9 @@ func TestOpenFlushesStaleHandles(t *testing.T) {
 	}
 }
 
-// A wrong password is ErrBadAuth and is never retried; enough of them lock the
-// TPM out, and the lockout is reported as ErrLockout.
+// A wrong password is ErrBadAuth (exit 11: api's kinds table) and is never
+// retried; enough of them lock the TPM out, and the lockout is reported as
+// ErrLockout (exit 4).
 func TestBadAuthAndLockoutAreTyped(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.RequireSimulator()
