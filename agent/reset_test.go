@@ -19,17 +19,21 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// A TPM reset the connection survives (swtpm's TPM_Init on its control
-// channel, as a platform reset under a running provd): no I/O error tells
-// provd, only TPM_RC_INITIALIZE, and every handle it holds in its key cache
-// is gone, its number free for the next object loaded (under a signed PK
-// policy, the policy signer's key, loaded and flushed in each key use). Every
-// operation after the reset succeeds at once; the only errors the TPM gave
-// are the ones that tell provd what happened (INITIALIZE; the cached key's
-// handle not loaded; its saved context refused), never an authorization
-// failure from a command sent to another object at a reused handle, and the
-// lockout counter stays 0; nothing is left loaded.
-func TestResetUnderProvd(t *testing.T) {
+// TPM faults between provd's operations, each a different way for the
+// TPM's volatile state to go: a reset the connection survives (swtpm's
+// TPM_Init on its control channel: no I/O error tells provd, only
+// TPM_RC_INITIALIZE), a graceful restart resumed by firmware's
+// Startup(STATE) or left for provd's Startup(CLEAR), a migration (the
+// connection breaks, the TPM's volatile state comes back), a power cut.
+// Every handle provd holds in its key cache may be gone, its number free
+// for the next object loaded (under a signed PK policy, the policy signer's
+// key, loaded and flushed in each key use). Every operation after each fault
+// succeeds at once; the only errors the TPM gave are the ones that tell
+// provd what happened (INITIALIZE; the cached key's handle not loaded; its
+// saved context refused), never an authorization failure from a command
+// sent to another object at a reused handle; the lockout counter stays 0;
+// nothing is left loaded.
+func TestTPMFaultsUnderProvd(t *testing.T) {
 	codes := &rcLog{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { codes.next = next; return codes }))
 	env.RequireSimulator()
@@ -69,7 +73,18 @@ func TestResetUnderProvd(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := sha256.Sum256([]byte("m"))
-	for round := range 3 {
+	for round, fault := range []struct {
+		name  string
+		cause func()
+		wipes bool // PCRs read zero after it
+	}{
+		{"reset", env.Reset, true},
+		{"reset", env.Reset, true},
+		{"hibernation, resumed (Startup(STATE))", func() { env.Hibernate(true) }, false},
+		{"hibernation, not resumed (provd's Startup(CLEAR))", func() { env.Hibernate(false) }, true},
+		{"migration", env.Migrate, false},
+		{"power cut", env.PowerCut, true},
+	} {
 		// One key resident, the other context-saved, at the reset.
 		if _, err := ag.HMAC(ctx, "mac", []byte("x")); err != nil {
 			t.Fatal(err)
@@ -78,40 +93,40 @@ func TestResetUnderProvd(t *testing.T) {
 			t.Fatal(err)
 		}
 		mark := sha256.Sum256([]byte("before the reset"))
-		if err := env.TPM.PCRExtend(23, tpm2.TPMAlgSHA256, mark[:]); err != nil {
+		if err := env.TPM.PCRExtend(14, tpm2.TPMAlgSHA256, mark[:]); err != nil {
 			t.Fatal(err)
 		}
 		codes.reset()
-		env.Reset()
+		fault.cause()
 		if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
-			t.Fatalf("round %d: sign after the reset: %v", round, err)
+			t.Fatalf("round %d, %s: sign after it: %v", round, fault.name, err)
 		}
 		if _, err := ag.HMAC(ctx, "mac", []byte("x")); err != nil {
-			t.Fatalf("round %d: HMAC after the reset: %v", round, err)
+			t.Fatalf("round %d, %s: HMAC after it: %v", round, fault.name, err)
 		}
 		if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "across the reset" {
-			t.Fatalf("round %d: unseal: %q %v", round, got, err)
+			t.Fatalf("round %d, %s: unseal: %q %v", round, fault.name, got, err)
 		}
 		if _, err := ag.AuditVerify(ctx); err != nil {
-			t.Fatalf("round %d: audit verify: %v", round, err)
+			t.Fatalf("round %d, %s: audit verify: %v", round, fault.name, err)
 		}
 		for _, rc := range codes.failures() {
 			switch {
 			case rc == tpm2.TPMRCInitialize, rc == tpm2.TPMRCReferenceH0, rc&0xBF == tpm2.TPMRCIntegrity: // format 1 without its parameter number
 			default:
-				t.Errorf("round %d: the TPM answered %v after the reset", round, rc)
+				t.Errorf("round %d, %s: the TPM answered %v after it", round, fault.name, rc)
 			}
 		}
-		vals, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{23})
-		if err != nil || string(vals[23]) != string(make([]byte, 32)) {
-			t.Fatalf("round %d: PCR 23 is %x (%v): the TPM was not reset", round, vals[23], err)
+		vals, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{14})
+		if err != nil || (string(vals[14]) == string(make([]byte, 32))) != fault.wipes {
+			t.Fatalf("round %d, %s: PCR 14 is %x (%v): the fault was not the one named", round, fault.name, vals[14], err)
 		}
 		info, err := env.TPM.Info()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if info.Lockout.Counter != 0 {
-			t.Fatalf("round %d: the lockout counter is %d after the reset", round, info.Lockout.Counter)
+			t.Fatalf("round %d, %s: the lockout counter is %d after it", round, fault.name, info.Lockout.Counter)
 		}
 	}
 	if err := ag.Close(); err != nil {

@@ -30,6 +30,14 @@ func TestDaemonSurvivesAMigration(t *testing.T) {
 	daemonSurvives(t, "migration", func(ts *tpmServer) { ts.env.Migrate() })
 }
 
+// A graceful restart under the daemon (TPM2_Shutdown(STATE), swtpm stopped
+// and started again), resumed by firmware's TPM2_Startup(STATE) or left for
+// the daemon to start up.
+func TestDaemonSurvivesAHibernation(t *testing.T) {
+	daemonSurvives(t, "hibernation, resumed", func(ts *tpmServer) { ts.env.Hibernate(true) })
+	daemonSurvives(t, "hibernation, not resumed", func(ts *tpmServer) { ts.env.Hibernate(false) })
+}
+
 func daemonSurvives(t *testing.T, what string, fault func(*tpmServer)) {
 	ts := serveTPM(t)
 	ts.env.RequireSimulator()

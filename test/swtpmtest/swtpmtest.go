@@ -15,10 +15,13 @@ package swtpmtest
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,6 +379,54 @@ func (e *Env) Migrate() {
 	}
 	e.proc = p
 	e.ioctl("-i")
+}
+
+// Hibernate is a graceful restart under a running provd, between its
+// operations: TPM2_Shutdown(STATE) on the open connection (as the OS sends
+// before hibernation), swtpm stopped (SIGTERM) and started again on the same
+// address; with resume, firmware's TPM2_Startup(STATE) on a connection of
+// its own, closed before provd dials again (PCRs and saved contexts come
+// back), else none (provd meets TPM_RC_INITIALIZE and starts it up itself,
+// with CLEAR).
+func (e *Env) Hibernate(resume bool) {
+	e.t.Helper()
+	e.RequireSimulator()
+	if err := e.TPM.Shutdown(true); err != nil {
+		e.t.Fatalf("shutdown(STATE): %v", err)
+	}
+	addr := e.proc.Addr
+	if err := e.proc.Stop(); err != nil {
+		e.t.Fatalf("stop swtpm: %v", err)
+	}
+	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
+	if err != nil {
+		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
+	}
+	e.proc = p
+	if !resume {
+		return
+	}
+	network := "tcp"
+	if e.opts.unix {
+		network = "unix"
+	}
+	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	if err != nil {
+		e.t.Fatalf("resume: %v", err)
+	}
+	defer c.Close()
+	// TPM2_Startup(STATE): tag, size 12, TPM_CC_Startup, TPM_SU_STATE.
+	cmd := []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 1}
+	rsp := make([]byte, 10)
+	if _, err := c.Write(cmd); err != nil {
+		e.t.Fatalf("resume: %v", err)
+	}
+	if _, err := io.ReadFull(c, rsp); err != nil {
+		e.t.Fatalf("resume: %v", err)
+	}
+	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
+		e.t.Fatalf("resume: TPM2_Startup(STATE) answered 0x%x", rc)
+	}
 }
 
 // ioctl sends one swtpm_ioctl command on the control channel.
