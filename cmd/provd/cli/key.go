@@ -268,7 +268,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 				}
 				res := map[string]any{"key": args[0], "hash": strings.ToLower(strings.ReplaceAll(h.String(), "-", "")), "signature_hex": hex.EncodeToString(sig)}
 				if out != "" {
-					res["out"] = out
+					res["out"], res["bytes"] = out, len(sig)
 				}
 				return a.emit(res, func(w io.Writer) {
 					if out != "" {
@@ -571,7 +571,7 @@ func (a *app) keyCSRCmd() *cobra.Command {
 					if err := writeOut(a, out, p, 0o644); err != nil {
 						return err
 					}
-					return a.emit(map[string]string{"key": args[0], "out": out}, func(w io.Writer) { fmt.Fprintf(w, "CSR written to %s\n", out) })
+					return a.emit(map[string]any{"key": args[0], "out": out, "bytes": len(p)}, func(w io.Writer) { fmt.Fprintf(w, "CSR written to %s\n", out) })
 				}
 				return a.emit(map[string]string{"key": args[0], "csr_pem": string(p)}, func(w io.Writer) { w.Write(p) })
 			})

@@ -56,7 +56,7 @@ docs/formats.md.`,
 				if out == "-" {
 					return nil
 				}
-				return a.emit(map[string]any{"out": out, "bytes": len(data)}, func(w io.Writer) {
+				return a.emit(map[string]any{"out": out, "bytes": len(blob)}, func(w io.Writer) {
 					fmt.Fprintf(w, "sealed %d bytes to %s\n", len(data), out)
 				})
 			})
@@ -93,7 +93,9 @@ func (a *app) unsealCmd() *cobra.Command {
 				if out == "-" && a.output == "json" {
 					return a.emit(map[string]string{"secret_hex": hex.EncodeToString(secret)}, nil)
 				}
-				return writeOut(a, out, secret, 0o600)
+				// Found by the JSON walk: with a file, -o json printed
+				// nothing.
+				return a.outputTo(out, secret, 0o600, nil)
 			})
 		},
 	}
