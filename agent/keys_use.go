@@ -209,7 +209,7 @@ func wantUsage(rec keyRecord, usages ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: key %q is a %s key for %s, not %s", api.ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
+	return fmt.Errorf("%w: key %q is of type %s, for %s, not %s", api.ErrNotPermitted, rec.Name, rec.Type, rec.Usage, usages[0])
 }
 
 // approvedHash maps an approved hash to the TPM's algorithm
@@ -397,7 +397,7 @@ func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h c
 			return err
 		}
 		if obj.Public.Type != tpm2.TPMAlgRSA {
-			return fmt.Errorf("%w: key %q is a %s key: RSA-OAEP needs an RSA key (an AES key decrypts envelopes: DecryptData)", api.ErrBadInput, name, rec.Type)
+			return fmt.Errorf("%w: key %q is of type %s: RSA-OAEP needs an RSA key (an AES key decrypts envelopes: DecryptData)", api.ErrBadInput, name, rec.Type)
 		}
 		// The TPM takes a ciphertext of exactly the modulus' size; anything
 		// else is refused here, before a byte is sent (found by review: 100 KB
@@ -434,7 +434,7 @@ func (a *Agent) EncryptData(ctx context.Context, name string, plain []byte) ([]b
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if obj.Public.Type != tpm2.TPMAlgSymCipher {
-			return fmt.Errorf("%w: key %q is a %s key, not aes-256", api.ErrNotPermitted, name, rec.Type)
+			return fmt.Errorf("%w: key %q is of type %s, not aes-256", api.ErrNotPermitted, name, rec.Type)
 		}
 		dek := make([]byte, 32)
 		defer clear(dek)
@@ -484,7 +484,7 @@ func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byt
 		return nil, err
 	}
 	if rec.Type != "aes-256" {
-		return nil, fmt.Errorf("%w: key %q is a %s key: envelopes are decrypted with an aes-256 key (and RSA-OAEP ciphertexts with an RSA decrypt key)", api.ErrNotPermitted, name, rec.Type)
+		return nil, fmt.Errorf("%w: key %q is of type %s: envelopes are decrypted with an aes-256 key (and RSA-OAEP ciphertexts with an RSA decrypt key)", api.ErrNotPermitted, name, rec.Type)
 	}
 	if len(env) < aesHeader+16 || string(env[:8]) != aesMagic {
 		return nil, fmt.Errorf("%w: not a provd AES envelope", api.ErrBadInput)
@@ -492,7 +492,7 @@ func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byt
 	var out []byte
 	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if obj.Public.Type != tpm2.TPMAlgSymCipher {
-			return fmt.Errorf("%w: key %q is a %s key, not aes-256", api.ErrNotPermitted, name, rec.Type)
+			return fmt.Errorf("%w: key %q is of type %s, not aes-256", api.ErrNotPermitted, name, rec.Type)
 		}
 		dek, err := a.t.SymCrypt(obj, auth, true, tpm2.TPMAlgCFB, env[8:24], env[24:56])
 		if err != nil {

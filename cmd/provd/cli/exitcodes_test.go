@@ -53,6 +53,7 @@ func TestEveryExitCode(t *testing.T) {
 	expect(api.ExitNotPermitted, "key", "create", "k", "--type", "rsa-1024")
 	expect(api.ExitNotFound, "key", "pub", "nope")
 	expect(api.ExitOK, "seal", "--in", secret, "--out", sealed)
+	expect(api.ExitUsage, "seal", "--in", secret, "--out", filepath.Join(tmp, "nosuch", "sealed")) // exited 1
 	expect(api.ExitOK, "tpm", "pcr", "extend", "16", "--data", "x")
 	expect(api.ExitPolicy, "unseal", "--in", sealed, "--out", "-")
 	expect(api.ExitUsage, "unseal", "--in", filepath.Join(tmp, "nosuch"), "--out", "-")

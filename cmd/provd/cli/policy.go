@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"sort"
@@ -220,7 +221,9 @@ func writeOut(a *app, path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	err := store.WriteOutput(path, b, mode)
-	if errors.Is(err, store.ErrOutput) {
+	if errors.Is(err, store.ErrOutput) || errors.Is(err, fs.ErrNotExist) {
+		// A refused path, or one whose directory does not exist: the
+		// user's to fix, as a missing --in is.
 		return usageError(err)
 	}
 	return err
