@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -35,9 +37,9 @@ const (
 )
 
 // kill -9 at any moment of any state-changing operation through the
-// in-process agent (provision, provision --force, derive, create, seal,
-// delete, export and import of a key file, zeroize; each with its audit
-// record) leaves a state that opens, a status that works, an audit trail
+// in-process agent (provision, provision --force, with a PCR or a signed
+// policy, policy install, derive, create, seal, delete, export and import of
+// a key file, zeroize; each with its audit record) leaves a state that opens, a status that works, an audit trail
 // that verifies (after the repair a crash between a line's fsync and its
 // anchor calls for), and a TPM on which provision, seal and unseal work. The
 // kill moments and the child's choice of operations come from -provd.seed,
@@ -201,10 +203,51 @@ func operateUntilKilled() {
 		fail("agent", err)
 	}
 	faults := os.Getenv(killFaultsEnv) != ""
-	provision := func(force bool) {
-		if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: force}); err != nil && !faults {
-			fail("provision", err)
+	// installPolicy signs a policy over the current PCR 7 for the PK's
+	// counter (or the next version, revoking the older) and installs it.
+	installPolicy := func(counter uint64) error {
+		v, err := tp.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+		if err != nil {
+			return err
 		}
+		sp, err := agent.SignPKPolicy(officertest.Key(), policy.PCRValues{Bank: policy.BankSHA256, Values: v}, counter+uint64(rng.IntN(2)), "", false)
+		if err != nil {
+			fail("sign policy", err)
+		}
+		b, err := sp.MarshalJSON()
+		if err != nil {
+			fail("sign policy", err)
+		}
+		_, err = ag.InstallPolicy(ctx, b)
+		return err
+	}
+	// Half the PKs are sealed to a signed policy (the officer's key signs
+	// them here), so that policy install is among the operations killed.
+	provision := func(force bool) {
+		req := api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: force}
+		if rng.IntN(2) == 0 {
+			req.Signer = officertest.Public()
+		}
+		res, err := ag.Provision(ctx, req)
+		if err != nil {
+			if !faults {
+				fail("provision", err)
+			}
+			return
+		}
+		if res.Counter != nil {
+			if err := installPolicy(*res.Counter); err != nil && !faults {
+				fail("policy install", err)
+			}
+		}
+	}
+	// signedCounter is the policy counter of a signed PK, and whether a
+	// policy is installed.
+	signedCounter := func(st api.Status) (counter uint64, signed, installed bool) {
+		if st.PolicyKind != agent.PolicySigned || st.Policy == nil || st.Policy.Signed == nil {
+			return 0, st.PolicyKind == agent.PolicySigned, false
+		}
+		return st.Policy.Signed.Counter, true, st.Policy.Signed.Installed
 	}
 	expected := func(err error) bool {
 		// Under power cuts any operation may fail (the one in flight, the
@@ -227,8 +270,17 @@ func operateUntilKilled() {
 			os.Stdout.WriteString(".")
 			continue
 		}
+		counter, signed, installed := signedCounter(st)
+		if signed && !installed {
+			// A kill between provision and its first install.
+			if err := installPolicy(counter); err != nil && !faults {
+				fail("policy install", err)
+			}
+			os.Stdout.WriteString(".")
+			continue
+		}
 		name := fmt.Sprintf("k%d", rng.IntN(6))
-		switch op := rng.IntN(20); {
+		switch op := rng.IntN(22); {
 		case op < 4:
 			req := api.DeriveRequest{Name: name, Label: name + strconv.Itoa(rng.IntN(1000)), Type: "ecc-p256"}
 			d, _ := hex.DecodeString(st.PolicyDigest)
@@ -257,6 +309,10 @@ func operateUntilKilled() {
 			}
 		case op < 19:
 			provision(true)
+		case op < 21:
+			if signed {
+				err = installPolicy(counter)
+			}
 		default:
 			if _, err = ag.Zeroize(ctx, api.ZeroizeOptions{}); err == nil {
 				provision(false)

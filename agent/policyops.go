@@ -248,7 +248,16 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 				return err
 			}
 			info.Signer = hex.EncodeToString(name)
-			if info.Counter, err = a.readCounter(); err != nil {
+			if info.Counter, err = a.readCounter(); errors.Is(err, tpm.ErrNotFound) {
+				// Removed under provd (A2 where the owner hierarchy
+				// has no password): a state to report, not to fail
+				// status on. Nothing under this PK can be used.
+				ps.Signed = info
+				ps.Reason = fmt.Sprintf("the policy counter (NV 0x%08x) is gone: removed by another process "+
+					"(the owner hierarchy has no password?); no signed policy can be checked; provision --force makes a new PK and counter",
+					uint32(PolicyCounterHandle))
+				return nil
+			} else if err != nil {
 				return err
 			}
 			if len(l.opts.Signed) > 0 {

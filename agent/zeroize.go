@@ -156,6 +156,12 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 			flushed = append(flushed, h)
 		}
 	}
+	// The state first, the TPM's indices after: a crash in between leaves
+	// a state with no PK and indices nothing refers to, which the next
+	// provision replaces (ensureCounter). The other order left a PK whose
+	// policy counter was gone, and status failed on it (found by the kill
+	// test once signed PKs and policy install were among its operations).
+	errs = append(errs, a.st.Wipe(ctx, store.WipeOptions{}))
 	var nv []tpm2.TPMHandle
 	for _, h := range provdNV {
 		if h != AuditAnchorHandle { // removed after the zeroize record
@@ -170,7 +176,6 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 		res.SRKEvicted = evicted
 		errs = append(errs, err)
 	}
-	errs = append(errs, a.st.Wipe(ctx, store.WipeOptions{}))
 	if !w.Authenticated() {
 		res.Flushed = len(flushed)
 		return errors.Join(errs...)
