@@ -128,6 +128,13 @@ step "Provision again, through the daemon (the caller's role comes from its uid)
   "$bin" provision --pcrs 7
 step "Seal and unseal through the daemon" \
   sh -c "printf 'via-the-daemon' | '$bin' seal --in - --out '$demo/daemon.sealed' && '$bin' unseal --in '$demo/daemon.sealed' --out -; echo"
+step "An RSA key for decryption, made in the TPM" \
+  "$bin" key create fw --type rsa-2048 --usage decrypt
+head -c 100000 /dev/urandom > "$demo/big.bin"
+step "Hostile input: a 100,000-byte ciphertext is refused before anything reaches the TPM (exit 2), and the daemon serves on" \
+  sh -c "'$bin' key decrypt fw --in '$demo/big.bin' --out '$demo/big.out'; echo \"exit \$?\"; '$bin' key list"
+step "For scripts: under -o json an error is JSON on stderr, with its kind and exit code (provd man: provd-exit-codes(7))" \
+  sh -c "'$bin' -o json key pub nosuch; echo \"exit \$?\""
 step "The audit trail records the daemon's callers by uid" \
   sh -c "'$bin' audit show | tail -3"
 step "Stop it: SIGTERM drains the requests, flushes handles and sends TPM2_Shutdown(STATE)" \
