@@ -350,9 +350,17 @@ func (e *Env) Restart(state bool) {
 func (e *Env) PowerCut() {
 	e.t.Helper()
 	e.RequireSimulator()
+	e.restartOnSameAddress(e.proc.Kill)
+}
+
+// restartOnSameAddress ends swtpm with stop (Kill: a power cut; Stop:
+// SIGTERM) and starts it again on the same address and state, without
+// TPM2_Startup.
+func (e *Env) restartOnSameAddress(stop func() error) {
+	e.t.Helper()
 	addr := e.proc.Addr
-	if err := e.proc.Kill(); err != nil {
-		e.t.Fatalf("kill swtpm: %v", err)
+	if err := stop(); err != nil {
+		e.t.Fatalf("stop swtpm: %v", err)
 	}
 	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
 	if err != nil {
@@ -369,15 +377,7 @@ func (e *Env) Migrate() {
 	e.t.Helper()
 	e.RequireSimulator()
 	e.ioctl("-v")
-	addr := e.proc.Addr
-	if err := e.proc.Kill(); err != nil {
-		e.t.Fatalf("kill swtpm: %v", err)
-	}
-	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
-	if err != nil {
-		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
-	}
-	e.proc = p
+	e.restartOnSameAddress(e.proc.Kill)
 	e.ioctl("-i")
 }
 
@@ -394,15 +394,7 @@ func (e *Env) Hibernate(resume bool) {
 	if err := e.TPM.Shutdown(true); err != nil {
 		e.t.Fatalf("shutdown(STATE): %v", err)
 	}
-	addr := e.proc.Addr
-	if err := e.proc.Stop(); err != nil {
-		e.t.Fatalf("stop swtpm: %v", err)
-	}
-	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
-	if err != nil {
-		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
-	}
-	e.proc = p
+	e.restartOnSameAddress(e.proc.Stop)
 	if !resume {
 		return
 	}
@@ -410,7 +402,7 @@ func (e *Env) Hibernate(resume bool) {
 	if e.opts.unix {
 		network = "unix"
 	}
-	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	c, err := net.DialTimeout(network, e.proc.Addr, 10*time.Second)
 	if err != nil {
 		e.t.Fatalf("resume: %v", err)
 	}
