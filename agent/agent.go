@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,7 +112,43 @@ var _ api.Service = (*Agent)(nil)
 // every exported method starts with defer a.lock()().
 func (a *Agent) lock() func() {
 	a.mu.Lock()
-	return a.mu.Unlock
+	return func() {
+		if a.t.NeedsSweep() {
+			a.sweepLeaks()
+		}
+		a.mu.Unlock()
+	}
+}
+
+// sweepLeaks runs after an operation in which a handle may have leaked (a
+// command that makes one failed, or the slots ran out: tpm.NeedsSweep),
+// once the operation's own handles are flushed: on a TPM provd talks to
+// alone, every transient object or session it does not hold (its cache's
+// resident keys, the held audit gate) is a leak and is flushed (found by
+// review: an error forged on the bus after the TPM had made a session left
+// it loaded; eight filled the slots, and provd failed until restart). It
+// costs three TPM2_GetCapability on such failure paths only.
+func (a *Agent) sweepLeaks() {
+	if !a.t.Exclusive() {
+		return
+	}
+	left, err := a.t.Leftovers()
+	if err != nil {
+		return
+	}
+	held := a.keys.Handles()
+	if a.heldGate != nil {
+		held = append(held, a.heldGate.Handle)
+	}
+	n := 0
+	for _, h := range left {
+		if !slices.Contains(held, h) && a.t.Flush(h) == nil {
+			n++
+		}
+	}
+	if n > 0 {
+		a.log.Warn("flushed TPM handles provd did not hold, after the TPM ran out of slots", "count", n)
+	}
 }
 
 // callerUID is the uid the audit trail records for an operation run with ctx.

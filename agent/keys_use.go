@@ -193,9 +193,15 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			ran = true
 			return fn(ks.rec, obj, s)
 		})
-		if ran && cached && attempt == 0 && errors.Is(err, tpm.ErrNotFound) {
+		if ran && cached && attempt == 0 && (errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrBadAuth)) {
 			// The cached handle is gone (TPM reset, flushed by someone
-			// else): forget it and load the key again.
+			// else), or names another object now, whose authorization
+			// ours fails (found by review: someone on provd's own
+			// connection put a DA-protected object at the number, and
+			// every later use failed there and counted toward lockout):
+			// forget it, never flush it (not ours), and load the key
+			// again. provd's own objects are noDA, so the retry cannot
+			// count.
 			a.keys.Forget(name)
 			continue
 		}

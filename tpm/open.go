@@ -101,6 +101,7 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
+	stream := raw
 	if opts.Wrap != nil {
 		raw = opts.Wrap(raw)
 	}
@@ -114,6 +115,10 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 		closer:   closer,
 		sim:      sim,
 		log:      log,
+	}
+	if st, ok := stream.(*streamTransport); ok {
+		st.onLost = func() { t.counting.generation.Add(1) }
+		t.counting.probe = st.probe
 	}
 	if err := t.startup(sim != nil); err != nil {
 		_ = t.Close()
@@ -208,6 +213,11 @@ func dialStream(ctx context.Context, network, addr string, timeout time.Duration
 	redial := func() (net.Conn, error) { return d.Dial(network, addr) }
 	return &streamTransport{conn: conn, redial: redial, timeout: timeout}, nil
 }
+
+// Exclusive reports whether provd is the TPM's only client on this
+// connection (exclusive): any transient handle it does not hold itself was
+// left by a client that died, or leaked, and may be flushed.
+func (t *TPM) Exclusive() bool { return exclusive(t.spec) }
 
 // exclusive reports whether provd is the TPM's only client on this transport:
 // swtpm serves one connection at a time and /dev/tpm0 opens once, so anything

@@ -44,18 +44,40 @@ type streamTransport struct {
 	conn    net.Conn // nil after a failure, until the next Send dials again
 	redial  func() (net.Conn, error)
 	timeout time.Duration
+	// onLost is called whenever the connection is given up (closed by the
+	// TPM while idle, or failed in flight): the TPM's generation moves
+	// (counting.generation), since whatever it held may be gone or another
+	// client's by the time provd is back.
+	onLost func()
 	// Reconnects counts the connections dialed again after a failure.
 	reconnects atomic.Int64
+	// downSince is when dialing again last failed for redialFor; zero
+	// while the TPM answers.
+	downSince time.Time
+}
+
+// probe closes the connection when the TPM closed its end while idle (it
+// restarted): the next command dials again.
+func (s *streamTransport) probe() {
+	if s.conn != nil && !alive(s.conn) {
+		s.lose()
+	}
+}
+
+// lose gives the connection up.
+func (s *streamTransport) lose() {
+	s.conn.Close()
+	s.conn = nil
+	if s.onLost != nil {
+		s.onLost()
+	}
 }
 
 func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
-	if s.conn != nil && !alive(s.conn) {
-		// The TPM closed the connection while idle (it restarted): the
-		// command has not left yet, so dialing again and sending it is
-		// safe, and the caller never sees the old connection's end.
-		s.conn.Close()
-		s.conn = nil
-	}
+	// The TPM closed the connection while idle (it restarted): the command
+	// has not left yet, so dialing again and sending it is safe, and the
+	// caller never sees the old connection's end.
+	s.probe()
 	if s.conn == nil {
 		conn, err := s.dialAgain()
 		if err != nil {
@@ -66,8 +88,7 @@ func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
 	}
 	rsp, err := s.send(cmd)
 	if err != nil {
-		s.conn.Close()
-		s.conn = nil
+		s.lose()
 		// Whether the TPM ran the command is not known: it is not
 		// resent (it may have changed state), the caller is told.
 		return nil, fmt.Errorf("%w (the connection is closed; whether the TPM ran the command is not known; the next command connects again)", err)
@@ -81,8 +102,19 @@ func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
 const redialFor = 3 * time.Second
 
 // dialAgain dials the TPM again, retrying a refused connection for up to
-// redialFor; after that the TPM is not there (ErrNoTPM).
+// redialFor; after that the TPM is not there (ErrNoTPM), and until it
+// answers again each command tries one dial and fails at once (found by
+// review: with the TPM gone, every queued request waited out the window in
+// turn, holding the queue, whatever its deadline).
 func (s *streamTransport) dialAgain() (net.Conn, error) {
+	if !s.downSince.IsZero() {
+		conn, err := s.redial()
+		if err != nil {
+			return nil, fmt.Errorf("%w: the TPM has not answered since %s: %v", ErrNoTPM, s.downSince.UTC().Format(time.RFC3339), err)
+		}
+		s.downSince = time.Time{}
+		return conn, nil
+	}
 	deadline := time.Now().Add(redialFor)
 	wait := 5 * time.Millisecond
 	for {
@@ -91,6 +123,7 @@ func (s *streamTransport) dialAgain() (net.Conn, error) {
 			return conn, nil
 		}
 		if time.Now().Add(wait).After(deadline) {
+			s.downSince = time.Now()
 			return nil, fmt.Errorf("%w: the connection to the TPM was lost, and dialing it again failed for %v: %v", ErrNoTPM, redialFor, err)
 		}
 		time.Sleep(wait)
@@ -190,6 +223,57 @@ type counting struct {
 	sleep func(time.Duration)
 	// maxCommand is TPM_PT_MAX_COMMAND_SIZE, read when first needed.
 	maxCommand int
+	// generation moves whenever transient handles provd holds may have
+	// changed hands: the connection was lost, or provd started the TPM up
+	// after a power cycle (Generation).
+	generation atomic.Uint64
+	// sweep is set when a handle may have leaked (NeedsSweep).
+	sweep atomic.Bool
+	// probe checks the connection for a close while idle (streamTransport),
+	// the lock held; nil for devices.
+	probe func()
+}
+
+// NeedsSweep reports, once, whether since the last call a handle may have
+// been left in the TPM that nobody holds: a command that makes one failed
+// (its error may be forged on the bus after the TPM made it, or its answer
+// lost), or the TPM's slots ran out. The owner of the connection then
+// flushes what it does not hold.
+func (c *counting) NeedsSweep() bool { return c.sweep.Swap(false) }
+
+// mayLeak reports whether a failure of command cc (rc: its answer; 0: no
+// answer) may leave a handle nobody holds: a command that makes a
+// transient object or session and failed, or any command refused for want
+// of slots.
+func mayLeak(rc tpm2.TPMRC, cc tpm2.TPMCC) bool {
+	switch rc {
+	case tpm2.TPMRCObjectMemory, tpm2.TPMRCSessionMemory, tpm2.TPMRCObjectHandles, tpm2.TPMRCSessionHandles:
+		return true
+	}
+	switch cc {
+	case tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary,
+		tpm2.TPMCCContextLoad, tpm2.TPMCCCreateLoaded, tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart:
+		return true
+	}
+	return false
+}
+
+// Generation moves whenever the handles of loaded objects may no longer
+// name what they named: the connection to the TPM was lost (the TPM may
+// have restarted, and another client may load objects at the old numbers
+// before provd is back), or provd started the TPM up. A cache
+// of loaded objects checks its handles again when it changes.
+//
+// It first asks the connection whether the TPM closed it while idle (a
+// peek, no command), so that a restart nobody has sent a command through
+// yet is seen before a handle is used.
+func (c *counting) Generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.probe != nil {
+		c.probe()
+	}
+	return c.generation.Load()
 }
 
 func (c *counting) Send(cmd []byte) ([]byte, error) {
@@ -205,19 +289,35 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 		c.wait.Add(int64(time.Since(start)))
 		c.commands.Add(1)
 		if err != nil {
+			if mayLeak(0, tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))) {
+				c.sweep.Store(true)
+			}
 			return nil, err
 		}
 		if len(rsp) < headerSize {
 			return nil, fmt.Errorf("%w: short response (%d bytes)", ErrTransport, len(rsp))
 		}
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
+		if rc != tpm2.TPMRCSuccess && mayLeak(rc, tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))) {
+			c.sweep.Store(true)
+		}
 		if rc == tpm2.TPMRCInitialize && attempt == 0 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCStartup {
 			// The TPM was power-cycled under us (found by the fault
 			// instrument: swtpm killed and started again): start it up
 			// as firmware would (CLEAR: transient objects, sessions and
-			// PCRs are gone anyway) and send the command once more.
-			if err := c.startup(); err != nil {
+			// PCRs are gone anyway) and send the command once more,
+			// but only when the Startup shows the TPM needed one. A
+			// TPM that answers it "already started" did not refuse
+			// the command for that: the answer was forged, by someone
+			// on the bus who may have passed the command on (found by
+			// review: resent, each forgery left a session or object
+			// loaded until the slots were full), and it is returned.
+			started, err := c.startup()
+			if err != nil {
 				return nil, err
+			}
+			if !started {
+				return rsp, nil
 			}
 			continue
 		}
@@ -230,14 +330,20 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 	}
 }
 
-// startup sends TPM2_Startup(CLEAR) on the raw channel, the lock held.
-func (c *counting) startup() error {
-	_, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(c.next)
+// startup sends TPM2_Startup(CLEAR) on the raw channel, the lock held, and
+// reports whether it started the TPM (false: the TPM was started already).
+// A TPM provd started has lost every transient handle: the generation moves.
+func (c *counting) startup() (started bool, err error) {
+	_, err = (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(c.next)
 	c.commands.Add(1)
-	if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
-		return Wrap("TPM2_Startup (after a power cycle)", err)
+	switch {
+	case err == nil:
+		c.generation.Add(1)
+		return true, nil
+	case errors.Is(err, tpm2.TPMRCInitialize):
+		return false, nil
 	}
-	return nil
+	return false, Wrap("TPM2_Startup (after a power cycle)", err)
 }
 
 // ErrCommandTooLarge: a command larger than the TPM accepts

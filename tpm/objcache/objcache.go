@@ -53,6 +53,9 @@ type Cache struct {
 	opts    Options
 	entries map[string]*entry
 	order   []string // least recently used first
+	// gen is the TPM's generation when the resident handles were last
+	// known to name their objects (tpm.TPM.Generation).
+	gen uint64
 }
 
 type entry struct {
@@ -69,7 +72,32 @@ func New(t *tpm.TPM, opts Options) *Cache {
 	if opts.MaxSaved <= 0 {
 		opts.MaxSaved = DefaultMaxSaved
 	}
-	return &Cache{t: t, opts: opts, entries: map[string]*entry{}}
+	return &Cache{t: t, opts: opts, entries: map[string]*entry{}, gen: t.Generation()}
+}
+
+// recheck runs when the TPM's generation has moved (a new connection, or a
+// TPM that provd started up after a power cycle): a resident handle may be
+// gone, or name an object someone else loaded at its number while provd was
+// away (found by review: a command sent there failed the authorization of
+// that object, counted toward the TPM's lockout, and kept failing). Each
+// resident handle is read back (TPM2_ReadPublic) and kept only if it names
+// the object cached; the others are forgotten, never flushed (not provd's).
+// Saved contexts need no check: the TPM loads only the contexts it saved.
+func (c *Cache) recheck() {
+	gen := c.t.Generation()
+	if gen == c.gen {
+		return
+	}
+	for n, e := range c.entries {
+		if e.saved != nil {
+			continue
+		}
+		o, err := c.t.ReadPublic(e.obj.Handle)
+		if err != nil || string(o.Name.Buffer) != string(e.obj.Name.Buffer) {
+			c.Forget(n)
+		}
+	}
+	c.gen = gen
 }
 
 // Get returns the object cached as name when it is the object id names,
@@ -80,6 +108,7 @@ func New(t *tpm.TPM, opts Options) *Cache {
 // takes (saved before a TPM reset: TPM_RC_INTEGRITY). The caller then loads
 // the object and Puts it. The returned object stays the cache's.
 func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
+	c.recheck()
 	e := c.entries[name]
 	if e == nil {
 		return obj, false, nil
@@ -130,6 +159,7 @@ func (c *Cache) Put(name, id string, obj tpm.Object) {
 // their slots. An object whose context cannot be saved is flushed and
 // forgotten.
 func (c *Cache) EvictResident() error {
+	c.recheck()
 	var errs []error
 	for n, e := range c.entries {
 		if e.saved != nil {
@@ -176,6 +206,7 @@ func (c *Cache) Forget(name string) {
 
 // Close flushes every resident object and forgets everything.
 func (c *Cache) Close() error {
+	c.recheck()
 	var errs []error
 	for n := range c.entries {
 		if err := c.Drop(n); err != nil {
@@ -184,6 +215,17 @@ func (c *Cache) Close() error {
 	}
 	c.entries, c.order = map[string]*entry{}, nil
 	return errors.Join(errs...)
+}
+
+// Handles lists the handles the cache holds loaded.
+func (c *Cache) Handles() []tpm2.TPMHandle {
+	var hs []tpm2.TPMHandle
+	for _, e := range c.entries {
+		if e.saved == nil {
+			hs = append(hs, e.obj.Handle)
+		}
+	}
+	return hs
 }
 
 // Names lists the cached names, least recently used first.
