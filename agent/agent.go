@@ -230,31 +230,42 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	if err := a.ensureGated(ctx); err != nil {
 		return err
 	}
-	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
-	if err := a.audit.Append(rec); err != nil {
-		// The operation has run: its record is tried once more (found
-		// by the daemon's fault test: a TPM reset or power cut between
-		// an operation and its record left a key deleted with no line
-		// for it). Safe: Append fails before it writes (the anchor read,
-		// here), takes back a line it could not write whole, or keeps
-		// returning its error once a line may be out of step with the
-		// anchor, so a second try adds at most the one line.
-		if err := a.audit.Append(rec); err != nil {
-			// The log refuses appends once a line may be out of step
-			// with its anchor (an extend whose outcome is not known):
-			// it is opened again by the next operation, which verifies
-			// it against the anchor. If the TPM did extend, work goes
-			// on; if not, the trail's last line is unanchored and
-			// every audited operation is refused until an officer's
-			// audit repair (found by the daemon's fault test: the
-			// stuck log refused every request even when the extend
-			// had happened).
-			_ = a.audit.Close()
-			a.audit = nil
-			return fmt.Errorf("audit trail: %w", err)
-		}
+	if err := a.writePending(); err != nil {
+		return err
 	}
-	return nil
+	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
+	err := a.audit.Append(rec)
+	if errors.Is(err, audit.ErrNotWritten) {
+		// The operation has run, and its line is not in the log: tried
+		// once more (found by the daemon's fault test: a TPM reset or
+		// power cut between an operation and its record left a key
+		// deleted with no line for it).
+		err = a.audit.Append(rec)
+	}
+	if err == nil {
+		return nil
+	}
+	// The log refuses appends once a line may be out of step with its
+	// anchor (an extend whose outcome is not known): it is opened again by
+	// the next operation, which verifies it against the anchor. If the TPM
+	// did extend, work goes on; if not, the trail's last line is
+	// unanchored and every audited operation is refused until an officer's
+	// audit repair (found by the daemon's fault test: the stuck log
+	// refused every request even when the extend had happened).
+	_ = a.audit.Close()
+	a.audit = nil
+	if errors.Is(err, audit.ErrNotWritten) {
+		// Still no line for the operation (found by review: two answers
+		// forged on the bus left a key deleted with no trace, and audit
+		// verify passed): its record waits in the pending file, which the
+		// next audited operation writes into the trail first, or is
+		// refused.
+		if perr := a.keepPending(rec); perr != nil {
+			return fmt.Errorf("audit trail: %w (and keeping the record for later failed: %v)", err, perr)
+		}
+		return fmt.Errorf("audit trail: %w (the record is kept, and written before the next audited operation)", err)
+	}
+	return fmt.Errorf("audit trail: %w", err)
 }
 
 // nothingToActOn: the operation failed on a state with nothing to act on (not
@@ -288,6 +299,9 @@ func (a *Agent) nothingToActOn(ctx context.Context, op string, opErr error) bool
 // It refuses to run op when the audit trail cannot take a record.
 func (a *Agent) audited(ctx context.Context, op string, objects map[string]string, fn func() error) error {
 	if err := a.openAudit(); err != nil {
+		return err
+	}
+	if err := a.writePending(); err != nil {
 		return err
 	}
 	err := fn()

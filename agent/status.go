@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"os"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
@@ -62,6 +63,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 		s.Policy = &ps
 	}
 	rep, err := audit.Verify(a.auditPath(), a.trailAnchor())
+	if err == nil {
+		err = a.pendingError()
+	}
 	s.AuditLines = rep.Lines
 	s.AuditHead = hex.EncodeToString(rep.Head)
 	if err != nil {
@@ -131,6 +135,9 @@ func (a *Agent) AuditVerify(context.Context) (audit.Report, error) {
 
 func (a *Agent) auditVerify() (audit.Report, error) {
 	rep, err := audit.Verify(a.auditPath(), a.trailAnchor())
+	if err == nil {
+		err = a.pendingError()
+	}
 	if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
 		return rep, errors.Join(api.ErrTampered, err)
 	}
@@ -153,5 +160,18 @@ func (a *Agent) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report,
 	if errors.Is(err, audit.ErrTampered) {
 		return rep, errors.Join(api.ErrTampered, err)
 	}
-	return rep, err
+	if err != nil {
+		return rep, err
+	}
+	// Records of operations that ran and wait to be written go in now.
+	if _, perr := os.Stat(a.pendingPath()); perr == nil {
+		if err := a.openAudit(); err != nil {
+			return rep, err
+		}
+		if err := a.writePending(); err != nil {
+			return rep, err
+		}
+		return a.auditVerify()
+	}
+	return rep, nil
 }

@@ -85,6 +85,10 @@ var (
 	ErrTornTail = errors.New("audit: last line is incomplete (interrupted append)")
 	// ErrInvalidRecord means Append was given a record it will not write.
 	ErrInvalidRecord = errors.New("audit: invalid record")
+	// ErrNotWritten marks an Append that failed before its line reached
+	// the log (or took back what it wrote): the record may be kept and
+	// appended later without appearing twice.
+	ErrNotWritten = errors.New("audit: record not written")
 	// ErrLocked means another process kept the log locked past the timeout.
 	ErrLocked = errors.New("audit: another provd process holds the audit log lock")
 )
@@ -413,7 +417,17 @@ func (l *Log) unlock() { syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN) }
 // the line's hash. It refuses when the anchor is not where this log's chain
 // says it should be, and after any failure that could leave the file and the
 // anchor out of step (see Repair).
-func (l *Log) Append(rec Record) error {
+func (l *Log) Append(rec Record) (err error) {
+	// Whether rec's line reached the file decides what the caller may do
+	// after a failure: nothing written (ErrNotWritten), it may keep the
+	// record and try again later; written, the line is in the log (its
+	// anchor unknown) and must not be written twice.
+	wrote := false
+	defer func() {
+		if err != nil && !wrote {
+			err = fmt.Errorf("%w: %w", ErrNotWritten, err)
+		}
+	}()
 	if rec.Op == "" {
 		return fmt.Errorf("%w: empty op", ErrInvalidRecord)
 	}
@@ -449,12 +463,15 @@ func (l *Log) Append(rec Record) error {
 			Reason: "the anchor does not match the log; run audit verify"}
 		return l.err
 	}
-	return l.write(rec)
+	return l.write(rec, &wrote)
 }
 
 // write appends rec as the next line of l's chain and extends the anchor,
 // with the lock held and the chain caught up.
-func (l *Log) write(rec Record) (err error) {
+func (l *Log) write(rec Record, wrote *bool) (err error) {
+	if wrote == nil {
+		wrote = new(bool)
+	}
 	extend := l.opts.Anchor.Extend
 	if p, ok := l.opts.Anchor.(Preparer); ok {
 		ext, release, perr := p.Prepare()
@@ -485,11 +502,12 @@ func (l *Log) write(rec Record) (err error) {
 	// complete-looking line without its end.
 	buf := append(line, '\n')
 	if _, err := l.f.Write(buf); err != nil {
-		return l.undo(fmt.Errorf("audit: write: %w", err))
+		return l.undo(fmt.Errorf("audit: write: %w", err), wrote)
 	}
 	if err := l.f.Sync(); err != nil {
-		return l.undo(fmt.Errorf("audit: fsync: %w", err))
+		return l.undo(fmt.Errorf("audit: fsync: %w", err), wrote)
 	}
+	*wrote = true
 	next := l.c
 	if _, reason := next.next(line); reason != "" {
 		// Cannot happen: we just built the line from this chain.
@@ -517,13 +535,15 @@ func (l *Log) write(rec Record) (err error) {
 
 // undo cuts a failed write back to the last good line, so that the failure does
 // not leave a torn line; if even that fails the log stops accepting appends.
-func (l *Log) undo(err error) error {
+func (l *Log) undo(err error, wrote *bool) error {
 	if terr := l.f.Truncate(l.size); terr != nil {
 		l.err = fmt.Errorf("%w; truncating the partial line also failed: %v", err, terr)
+		*wrote = true // part of it may stay
 		return l.err
 	}
 	if serr := l.f.Sync(); serr != nil {
 		l.err = fmt.Errorf("%w; fsync after truncation failed: %v", err, serr)
+		*wrote = true // part of it may stay
 		return l.err
 	}
 	return err

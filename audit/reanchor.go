@@ -83,7 +83,7 @@ func Reanchor(path string, opts Options, rec Record, reset func() (map[string]st
 		rec.Objects[k] = v
 	}
 	rec.Op, rec.Result = OpAnchor, "ok"
-	if err := l.write(rec); err != nil {
+	if err := l.write(rec, nil); err != nil {
 		return rep, err
 	}
 	rep.Lines, rep.Head = int(l.c.seq), l.c.head

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/strictjson"
+	"github.com/provd/provd/store"
+)
+
+// pendingFile keeps the audit records of operations that ran but whose
+// line the trail could not take (its anchor unreachable, or refused on the
+// bus twice in a row): found by review, such an operation left no trace and
+// `audit verify` passed. The record waits here, and the next audited
+// operation writes it into the trail first (marked recorded_late), or is
+// refused: an operation whose record cannot be written must not happen.
+const pendingFile = "audit.pending"
+
+// maxPending bounds the file: more records than this waiting means the
+// trail has been unwritable for long; the file is refused rather than read.
+const maxPending = 1 << 20
+
+func (a *Agent) pendingPath() string { return filepath.Join(a.dir, pendingFile) }
+
+// keepPending adds rec to the pending records (fsynced before it returns).
+func (a *Agent) keepPending(rec audit.Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(a.pendingPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// readPending parses the pending records; a file that does not parse is
+// tampered with (provd writes it whole, a line at a time, fsynced).
+func readPending(data []byte) ([]audit.Record, error) {
+	var recs []audit.Record
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64<<10), maxPending)
+	for sc.Scan() {
+		var r audit.Record
+		if err := strictjson.Decode(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%w: %s: record %d: %v", api.ErrTampered, pendingFile, len(recs)+1, err)
+		}
+		if r.Op == "" || r.Op == audit.OpAnchor {
+			return nil, fmt.Errorf("%w: %s: record %d: op %q", api.ErrTampered, pendingFile, len(recs)+1, r.Op)
+		}
+		recs = append(recs, r)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", api.ErrTampered, pendingFile, err)
+	}
+	return recs, nil
+}
+
+// pendingError is audit.ErrUnanchored when records of operations that ran
+// wait in the pending file: the trail verifies, but is not the whole story
+// yet. nil when none wait.
+func (a *Agent) pendingError() error {
+	data, err := os.ReadFile(a.pendingPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	n := bytes.Count(data, []byte{'\n'})
+	return fmt.Errorf("%w: %d record(s) of operations that ran wait in %s, not yet in the trail (the TPM did not take their anchor): "+
+		"the next audited operation, or audit repair, writes them", audit.ErrUnanchored, n, pendingFile)
+}
+
+// writePending appends the pending records to the open trail, in order,
+// each marked recorded_late, and removes the file once all are in; a
+// record that fails stays, with those after it.
+func (a *Agent) writePending() error {
+	data, err := os.ReadFile(a.pendingPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if len(data) > maxPending {
+		return fmt.Errorf("%w: %s: %d bytes", api.ErrTampered, pendingFile, len(data))
+	}
+	recs, err := readPending(data)
+	if err != nil {
+		return err
+	}
+	for i, r := range recs {
+		r.Seq, r.Prev = 0, ""
+		if r.Objects == nil {
+			r.Objects = map[string]string{}
+		}
+		r.Objects["recorded_late"] = "true"
+		if err := a.audit.Append(r); err != nil {
+			rest := data
+			for range i {
+				rest = rest[bytes.IndexByte(rest, '\n')+1:]
+			}
+			if werr := store.WriteFile(a.pendingPath(), rest, 0o600); werr != nil {
+				err = errors.Join(err, werr)
+			}
+			return fmt.Errorf("audit trail: %d record(s) of operations that ran wait to be written: %w", len(recs)-i, err)
+		}
+	}
+	return os.Remove(a.pendingPath())
+}
