@@ -48,8 +48,9 @@ type gateRecord struct {
 // errAnchorMoved: the index at the anchor's handle is not the trail's own
 // gated index (removed, or replaced by an index with another policy). It is
 // tampering; the way out is the officer's audit reanchor.
-var errAnchorMoved = errors.New("the audit anchor is not this trail's own NV index any more (removed, or redefined by another process); " +
-	"provd audit verify says what it found; provd audit reanchor (crypto officer) records it and moves the trail to a new anchor")
+var errAnchorMoved = errors.New("the audit anchor refused the extend: it is not this trail's own NV index any more (removed, or redefined by another process), " +
+	"or the extend's policy session was disturbed on the bus; provd audit verify says which: an unanchored last line is accepted with " +
+	"provd audit repair --anchor-last, a replaced index is recorded and the trail moved to a new anchor with provd audit reanchor (crypto officer)")
 
 // trailAnchor is the audit trail's audit.Anchor: the gated NV extend index
 // named by audit.gate. It reads audit.gate at every use, so a reanchor by
