@@ -137,7 +137,7 @@ func Start(t testing.TB, opts ...Option) *Env {
 
 func (e *Env) manufactureAndStart() {
 	e.t.Helper()
-	dir := e.t.TempDir()
+	dir := swtpmDir(e.t)
 	e.StateDir = filepath.Join(dir, "state")
 	e.CADir = filepath.Join(dir, "ca")
 	var err error
@@ -195,11 +195,29 @@ type template struct {
 
 var sharedTemplate template
 
+// swtpmDir is t's temp dir for a swtpm's state and CA, unless its path has
+// a comma: swtpm's options separate their values with commas (--tpmstate
+// dir=PATH,...), so a subtest named "a, b" broke every TPM test of the
+// binary after it. Then a directory of the test's own under the system's
+// temp dir, removed with the test.
+func swtpmDir(t testing.TB) string {
+	dir := t.TempDir()
+	if !strings.Contains(dir, ",") {
+		return dir
+	}
+	dir, err := os.MkdirTemp("", "provd-swtpmtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // copyTo writes the template into stateDir and caDir, manufacturing it in
 // t's temp dir first if this is the binary's first Env.
 func (tp *template) copyTo(t testing.TB, stateDir, caDir string) error {
 	tp.once.Do(func() {
-		dir := t.TempDir()
+		dir := swtpmDir(t)
 		tp.caDir = filepath.Join(dir, "ca")
 		if tp.err = manufacture(filepath.Join(dir, "state"), tp.caDir); tp.err != nil {
 			return
