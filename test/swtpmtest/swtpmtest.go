@@ -380,7 +380,16 @@ func (e *Env) restartOnSameAddress(stop func() error) {
 	if err := stop(); err != nil {
 		e.t.Fatalf("stop swtpm: %v", err)
 	}
-	p, err := swtpm.StartOn(context.Background(), e.StateDir, addr)
+	var p *swtpm.Process
+	var err error
+	if e.opts.unix {
+		// The socket files a killed swtpm leaves stand in the way.
+		_ = os.Remove(addr)
+		_ = os.Remove(e.proc.CtrlAddr)
+		p, err = swtpm.StartUnix(context.Background(), e.StateDir, addr)
+	} else {
+		p, err = swtpm.StartOn(context.Background(), e.StateDir, addr)
+	}
 	if err != nil {
 		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
 	}
