@@ -224,16 +224,17 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	if a.nothingToActOn(ctx, op, opErr) {
 		return nil
 	}
-	if err := a.openAudit(); err != nil {
-		return err
+	// The operation's time, kept if the record must wait.
+	rec := audit.Record{Time: a.now(), Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
+	for _, step := range []func() error{a.openAudit, func() error { return a.ensureGated(ctx) }, a.writePending} {
+		if err := step(); err != nil {
+			// The trail cannot take a line now: the record waits, so
+			// that a refusal or fault recorded here is not lost (found
+			// by review: two forged answers erased the record of a
+			// refused caller).
+			return a.pendRecord(rec, err)
+		}
 	}
-	if err := a.ensureGated(ctx); err != nil {
-		return err
-	}
-	if err := a.writePending(); err != nil {
-		return err
-	}
-	rec := audit.Record{Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
 	err := a.audit.Append(rec)
 	if errors.Is(err, audit.ErrNotWritten) {
 		// The operation has run, and its line is not in the log: tried
@@ -260,12 +261,18 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 		// verify passed): its record waits in the pending file, which the
 		// next audited operation writes into the trail first, or is
 		// refused.
-		if perr := a.keepPending(rec); perr != nil {
-			return fmt.Errorf("audit trail: %w (and keeping the record for later failed: %v)", err, perr)
-		}
-		return fmt.Errorf("audit trail: %w (the record is kept, and written before the next audited operation)", err)
+		return a.pendRecord(rec, err)
 	}
 	return fmt.Errorf("audit trail: %w", err)
+}
+
+// pendRecord keeps rec for the next audited operation (keepPending) after
+// err kept it from the trail, and reports both.
+func (a *Agent) pendRecord(rec audit.Record, err error) error {
+	if perr := a.keepPending(rec); perr != nil {
+		return fmt.Errorf("audit trail: %w (and keeping the record for later failed: %v)", err, perr)
+	}
+	return fmt.Errorf("audit trail: %w (the record is kept, and written before the next audited operation)", err)
 }
 
 // nothingToActOn: the operation failed on a state with nothing to act on (not

@@ -193,20 +193,36 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			ran = true
 			return fn(ks.rec, obj, s)
 		})
-		if ran && cached && attempt == 0 && (errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrBadAuth)) {
+		if ran && cached && attempt == 0 && staleHandle(err) {
 			// The cached handle is gone (TPM reset, flushed by someone
 			// else), or names another object now, whose authorization
-			// ours fails (found by review: someone on provd's own
-			// connection put a DA-protected object at the number, and
-			// every later use failed there and counted toward lockout):
-			// forget it, never flush it (not ours), and load the key
-			// again. provd's own objects are noDA, so the retry cannot
-			// count.
-			a.keys.Forget(name)
+			// ours fails or which cannot be authorized at all (found by
+			// review: an object with the key's policy and another
+			// authValue, or the key's public area loaded alone, at the
+			// number; every later use failed there, the first counting
+			// toward lockout, until restart): flushed (on a TPM provd
+			// talks to alone whatever sits there is a leak or a plant;
+			// on a resource manager the handle is provd's own, and
+			// dropping it without a flush leaked its slot when the
+			// failure was forged) and the key loaded again. provd's own
+			// objects are noDA, so the retry cannot count.
+			if errors.Is(err, tpm.ErrNotFound) {
+				a.keys.Forget(name) // nothing there to flush
+			} else if err := a.keys.Drop(name); err != nil {
+				return err
+			}
 			continue
 		}
 		return err
 	}
+}
+
+// staleHandle reports whether err, from a command on a cached key's handle,
+// says the handle does not hold that key (any more): not loaded, another
+// object's authorization, or an object that cannot be authorized.
+func staleHandle(err error) bool {
+	return errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrBadAuth) ||
+		errors.Is(err, tpm2.TPMRCAuthUnavailable) || errors.Is(err, tpm2.TPMRCKey) || errors.Is(err, tpm2.TPMRCHandle)
 }
 
 func wantUsage(rec keyRecord, usages ...string) error {

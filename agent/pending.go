@@ -39,6 +39,10 @@ func (a *Agent) keepPending(rec audit.Record) error {
 	if err != nil {
 		return err
 	}
+	if fi, err := f.Stat(); err != nil || fi.Size()+int64(len(b))+1 > maxPending {
+		f.Close()
+		return fmt.Errorf("%s is full (%d bytes at most): the trail has not taken a record for long", pendingFile, maxPending)
+	}
 	if _, err := f.Write(append(b, '\n')); err != nil {
 		f.Close()
 		return err
@@ -54,12 +58,18 @@ func (a *Agent) keepPending(rec audit.Record) error {
 // tampered with (provd writes it whole, a line at a time, fsynced).
 func readPending(data []byte) ([]audit.Record, error) {
 	var recs []audit.Record
+	// A last line without its newline is a record whose write a crash cut
+	// short: its caller was never told it was kept (keepPending fsyncs
+	// before it returns), so it is not one (found by review: a torn line
+	// refused every audited operation, zeroize included).
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 64<<10), maxPending)
 	for sc.Scan() {
 		var r audit.Record
 		if err := strictjson.Decode(sc.Bytes(), &r); err != nil {
-			return nil, fmt.Errorf("%w: %s: record %d: %v", api.ErrTampered, pendingFile, len(recs)+1, err)
+			return nil, fmt.Errorf("%w: %s: record %d: %v (provd writes each record whole: read the file, "+
+				"and remove it to drop the records waiting there)", api.ErrTampered, pendingFile, len(recs)+1, err)
 		}
 		if r.Op == "" || r.Op == audit.OpAnchor {
 			return nil, fmt.Errorf("%w: %s: record %d: op %q", api.ErrTampered, pendingFile, len(recs)+1, r.Op)
@@ -76,16 +86,15 @@ func readPending(data []byte) ([]audit.Record, error) {
 // wait in the pending file: the trail verifies, but is not the whole story
 // yet. nil when none wait.
 func (a *Agent) pendingError() error {
-	data, err := os.ReadFile(a.pendingPath())
+	fi, err := os.Stat(a.pendingPath())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	n := bytes.Count(data, []byte{'\n'})
-	return fmt.Errorf("%w: %d record(s) of operations that ran wait in %s, not yet in the trail (the TPM did not take their anchor): "+
-		"the next audited operation, or audit repair, writes them", audit.ErrUnanchored, n, pendingFile)
+	return fmt.Errorf("%w: records of operations that ran wait in %s (%d bytes), not yet in the trail (the TPM did not take their anchor): "+
+		"the next audited operation, or audit repair, writes them", audit.ErrUnanchored, pendingFile, fi.Size())
 }
 
 // writePending appends the pending records to the open trail, in order,
@@ -113,14 +122,29 @@ func (a *Agent) writePending() error {
 		}
 		r.Objects["recorded_late"] = "true"
 		if err := a.audit.Append(r); err != nil {
+			// What stays pending: this record and those after it, or
+			// only those after it when its line reached the log (found
+			// by review: kept, a record whose extend answer was lost
+			// went into the trail twice). A log that may be out of step
+			// with its anchor is opened again by the next operation,
+			// as in record.
+			from := i
+			if !errors.Is(err, audit.ErrNotWritten) {
+				from = i + 1
+				_ = a.audit.Close()
+				a.audit = nil
+			}
 			rest := data
-			for range i {
+			for range from {
 				rest = rest[bytes.IndexByte(rest, '\n')+1:]
 			}
-			if werr := store.WriteFile(a.pendingPath(), rest, 0o600); werr != nil {
-				err = errors.Join(err, werr)
+			var werr error
+			if len(rest) == 0 {
+				werr = os.Remove(a.pendingPath())
+			} else {
+				werr = store.WriteFile(a.pendingPath(), rest, 0o600)
 			}
-			return fmt.Errorf("audit trail: %d record(s) of operations that ran wait to be written: %w", len(recs)-i, err)
+			return fmt.Errorf("audit trail: %d record(s) of operations that ran wait to be written: %w", len(recs)-from, errors.Join(err, werr))
 		}
 	}
 	return os.Remove(a.pendingPath())
