@@ -226,7 +226,7 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	}
 	// The operation's time, kept if the record must wait.
 	rec := audit.Record{Time: a.now(), Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
-	for _, step := range []func() error{a.openAudit, func() error { return a.ensureGated(ctx) }, a.writePending} {
+	for _, step := range []func() error{a.openAudit, func() error { return a.ensureGated(ctx) }, func() error { return a.writePending(ctx) }} {
 		if err := step(); err != nil {
 			// The trail cannot take a line now: the record waits, so
 			// that a refusal or fault recorded here is not lost (found
@@ -308,7 +308,7 @@ func (a *Agent) audited(ctx context.Context, op string, objects map[string]strin
 	if err := a.openAudit(); err != nil {
 		return err
 	}
-	if err := a.writePending(); err != nil {
+	if err := a.writePending(ctx); err != nil {
 		return err
 	}
 	err := fn()

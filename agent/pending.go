@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,12 +101,18 @@ func (a *Agent) pendingError() error {
 // writePending appends the pending records to the open trail, in order,
 // each marked recorded_late, and removes the file once all are in; a
 // record that fails stays, with those after it.
-func (a *Agent) writePending() error {
+func (a *Agent) writePending(ctx context.Context) error {
 	data, err := os.ReadFile(a.pendingPath())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
+		return err
+	}
+	// The trail may have no anchor yet: a record kept because its
+	// anchor could not be made (found by the power-cut test: the record
+	// then waited for ever, and repair could not write it).
+	if err := a.ensureGated(ctx); err != nil {
 		return err
 	}
 	if len(data) > maxPending {

@@ -349,3 +349,48 @@ func TestPendingFileTornOrGarbled(t *testing.T) {
 		t.Fatalf("zeroize once the file is removed: %v", err)
 	}
 }
+
+// A record kept while the trail had no anchor yet (its anchor could not be
+// made: found by the power-cut test, where such a record waited for ever and
+// repair could not write it): audit repair, or the next audited operation,
+// makes the anchor first and writes it.
+func TestPendingRecordBeforeTheTrailHasAnAnchor(t *testing.T) {
+	for _, via := range []string{"repair", "provision"} {
+		t.Run(via, func(t *testing.T) {
+			env := swtpmtest.Start(t)
+			ctx := context.Background()
+			dir := stateDir(t)
+			ag := newAgent(t, env, dir)
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			rec := `{"seq":0,"time":"2026-12-04T19:00:00Z","op":"provision","uid":0,"objects":{},"result":"error: power cut","prev":""}` + "\n"
+			if err := os.WriteFile(filepath.Join(dir, "audit.pending"), []byte(rec), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if via == "repair" {
+				_, err = ag.AuditRepair(ctx, false)
+			} else {
+				_, err = ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+			}
+			if err != nil {
+				t.Fatalf("%s with a record waiting and no anchor: %v", via, err)
+			}
+			if _, err := ag.AuditVerify(ctx); err != nil {
+				t.Fatalf("audit verify: %v", err)
+			}
+			recs, err := ag.AuditRecords(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			late := false
+			for _, r := range recs {
+				late = late || (r.Result == "error: power cut" && r.Objects["recorded_late"] == "true")
+			}
+			if !late {
+				t.Fatalf("the waiting record is not in the trail: %+v", recs)
+			}
+		})
+	}
+}

@@ -168,7 +168,7 @@ func (a *Agent) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report,
 		if err := a.openAudit(); err != nil {
 			return rep, err
 		}
-		if err := a.writePending(); err != nil {
+		if err := a.writePending(ctx); err != nil {
 			return rep, err
 		}
 		return a.auditVerify()
