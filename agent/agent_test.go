@@ -27,6 +27,22 @@ func newAgent(t *testing.T, env *swtpmtest.Env, dir string) *agent.Agent {
 	return ag
 }
 
+// signingAgent is newAgent on a fresh state, provisioned (PCR 7, the test
+// officer, trust on first use) with one ECC P-256 signing key, "sig": what
+// the fault tests start from.
+func signingAgent(t *testing.T, env *swtpmtest.Env) *agent.Agent {
+	t.Helper()
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	return ag
+}
+
 func extend16(t *testing.T, tp *tpm.TPM) {
 	t.Helper()
 	d := sha256.Sum256([]byte("debug event"))

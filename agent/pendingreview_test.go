@@ -198,13 +198,7 @@ func TestPublicOnlyPlantAtACachedHandle(t *testing.T) {
 	env.RequireSimulator()
 	env.NoLeakCheck()
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag := signingAgent(t, env)
 	d := sha256.Sum256([]byte("m"))
 	if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
 		t.Fatal(err)
@@ -262,13 +256,7 @@ func TestForgedBadAuthLeaksNoSlot(t *testing.T) {
 	b := &evilBus{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag := signingAgent(t, env)
 	d := sha256.Sum256([]byte("m"))
 	if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
 		t.Fatal(err)

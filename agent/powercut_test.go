@@ -20,13 +20,7 @@ func TestPowerCutUnderProvd(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.RequireSimulator()
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag := signingAgent(t, env)
 	if _, err := officertest.Derive(t, ctx, ag, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -27,13 +26,7 @@ func TestTPMGoneFailsFast(t *testing.T) {
 	env.RequireSimulator()
 	env.NoLeakCheck() // the TPM is gone: there is nothing to check
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag := signingAgent(t, env)
 	if err := syscall.Kill(env.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -16,13 +15,7 @@ func TestTPMFaultsOverUnixSocket(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithUnixSocket())
 	env.RequireSimulator()
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag := signingAgent(t, env)
 	d := sha256.Sum256([]byte("m"))
 	for _, f := range []struct {
 		name  string
