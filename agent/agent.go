@@ -147,7 +147,7 @@ func (a *Agent) sweepLeaks() {
 		}
 	}
 	if n > 0 {
-		a.log.Warn("flushed TPM handles provd did not hold, after the TPM ran out of slots", "count", n)
+		a.log.Warn("flushed TPM handles provd did not hold (left by a failed command, or a client before it)", "count", n)
 	}
 }
 
@@ -226,7 +226,11 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	}
 	// The operation's time, kept if the record must wait.
 	rec := audit.Record{Time: a.now(), Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
-	for _, step := range []func() error{a.openAudit, func() error { return a.ensureGated(ctx) }, func() error { return a.writePending(ctx) }} {
+	for _, step := range []func() error{
+		a.openAudit, // its errors name the trail already
+		func() error { return wrapTrail(a.ensureGated(ctx)) },
+		func() error { return a.writePending(ctx) }, // likewise
+	} {
 		if err := step(); err != nil {
 			// The trail cannot take a line now: the record waits, so
 			// that a refusal or fault recorded here is not lost (found
@@ -261,7 +265,15 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 		// verify passed): its record waits in the pending file, which the
 		// next audited operation writes into the trail first, or is
 		// refused.
-		return a.pendRecord(rec, err)
+		return a.pendRecord(rec, wrapTrail(err))
+	}
+	return wrapTrail(err)
+}
+
+// wrapTrail names the audit trail in err (nil stays nil).
+func wrapTrail(err error) error {
+	if err == nil {
+		return nil
 	}
 	return fmt.Errorf("audit trail: %w", err)
 }
@@ -270,9 +282,9 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 // err kept it from the trail, and reports both.
 func (a *Agent) pendRecord(rec audit.Record, err error) error {
 	if perr := a.keepPending(rec); perr != nil {
-		return fmt.Errorf("audit trail: %w (and keeping the record for later failed: %v)", err, perr)
+		return fmt.Errorf("%w (and keeping the record for later failed: %v)", err, perr)
 	}
-	return fmt.Errorf("audit trail: %w (the record is kept, and written before the next audited operation)", err)
+	return fmt.Errorf("%w (the record is kept, and written before the next audited operation)", err)
 }
 
 // nothingToActOn: the operation failed on a state with nothing to act on (not
