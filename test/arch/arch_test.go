@@ -98,6 +98,14 @@ var rules = []rule{
 			"and without the agent; its tests may use a TPM (tpm, test/swtpmtest) to produce evidence",
 	},
 	{
+		name:   "keywrap-is-pure",
+		from:   []string{"keywrap/..."},
+		forbid: []string{"..."},
+		allow:  []string{"keywrap/..."},
+		why: "key wrap, KCVs and key components are computed the same on the device and on an air-gapped " +
+			"recovery host (provd key recover), with the standard library alone",
+	},
+	{
 		name:   "below-the-agent",
 		from:   []string{"audit/...", "store/...", "catalog/..."},
 		forbid: []string{"agent/...", "cmd/...", "systemd", "api/..."},

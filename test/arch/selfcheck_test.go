@@ -31,6 +31,7 @@ func target() map[string]*spec {
 	return map[string]*spec{
 		"internal/strictjson": {},
 		"catalog":             {imports: "internal/strictjson"},
+		"keywrap":             {xtest: "keywrap"},
 		"tpm/swtpm":           {},
 		"tpm":                 {imports: "tpm/swtpm github.com/google/go-tpm/tpm2", xtest: "tpm test/swtpmtest"}, // the harness in tests
 		"tpm/keyfile":         {imports: "tpm", xtest: "tpm/keyfile test/swtpmtest"},

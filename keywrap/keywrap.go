@@ -1,0 +1,195 @@
+// Package keywrap is the key material of an HSM-style key ceremony, in pure
+// Go with no TPM and no state: AES key wrap with padding (RFC 5649, NIST SP
+// 800-38F KWP, what PKCS#11's CKM_AES_KEY_WRAP_PAD and OpenSSL's
+// id-aes256-wrap-pad speak), the key check values custodians compare (the
+// first 3 bytes of AES-ECB(key, zero block), as HSMs print them), and the
+// XOR of key components.
+//
+// It exists apart from the agent so that an air-gapped recovery host (provd
+// key recover) and the device compute exactly the same bytes, and so that a
+// test can hold it against OpenSSL and another HSM byte for byte. Callers
+// own every buffer they pass and get back, and clear the secret ones.
+package keywrap
+
+import (
+	"crypto/aes"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Errors: a wrapped key that fails its integrity check, and input that is
+// not a key of an accepted size.
+var (
+	ErrIntegrity = errors.New("keywrap: integrity check failed (wrong KEK, or the wrapped key was changed)")
+	ErrSize      = errors.New("keywrap: bad size")
+)
+
+// aiv is RFC 5649's alternative initial value, before the 32-bit length.
+const aiv = 0xA65959A6
+
+// MaxPlaintext bounds what Wrap takes: a PKCS#8 RSA-4096 key is about 2.4 KB;
+// 64 KiB is far above every key and far below anything that would make the
+// wrap's 6n block operations a burden.
+const MaxPlaintext = 64 << 10
+
+// checkKEK accepts AES-128 and AES-256 keys (the approved sizes provd uses).
+func checkKEK(kek []byte) error {
+	if len(kek) != 16 && len(kek) != 32 {
+		return fmt.Errorf("%w: a KEK is 16 or 32 bytes (AES-128 or AES-256), not %d", ErrSize, len(kek))
+	}
+	return nil
+}
+
+// Wrap wraps plaintext (1..MaxPlaintext bytes) under kek with AES key wrap
+// with padding (RFC 5649 section 4.1).
+func Wrap(kek, plaintext []byte) ([]byte, error) {
+	if err := checkKEK(kek); err != nil {
+		return nil, err
+	}
+	return wrap(kek, plaintext)
+}
+
+func wrap(kek, plaintext []byte) ([]byte, error) {
+	if len(plaintext) == 0 || len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: wraps 1..%d bytes, not %d", ErrSize, MaxPlaintext, len(plaintext))
+	}
+	b, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	padded := (len(plaintext) + 7) / 8 * 8
+	out := make([]byte, 8+padded)
+	binary.BigEndian.PutUint32(out[0:4], aiv)
+	binary.BigEndian.PutUint32(out[4:8], uint32(len(plaintext)))
+	copy(out[8:], plaintext)
+	if padded == 8 {
+		// One block: a single AES encryption of AIV || P (section 4.1).
+		b.Encrypt(out, out)
+		return out, nil
+	}
+	var block [16]byte
+	defer clear(block[:])
+	n := padded / 8
+	for j := range 6 {
+		for i := 1; i <= n; i++ {
+			copy(block[:8], out[:8])
+			copy(block[8:], out[8*i:8*i+8])
+			b.Encrypt(block[:], block[:])
+			t := uint64(n*j + i)
+			binary.BigEndian.PutUint64(out[:8], binary.BigEndian.Uint64(block[:8])^t)
+			copy(out[8*i:], block[8:])
+		}
+	}
+	return out, nil
+}
+
+// Unwrap reverses Wrap: it checks the integrity value, the length and the
+// zero padding, and returns the plaintext (to be cleared by the caller), or
+// ErrIntegrity with nothing of it.
+func Unwrap(kek, wrapped []byte) ([]byte, error) {
+	if err := checkKEK(kek); err != nil {
+		return nil, err
+	}
+	return unwrap(kek, wrapped)
+}
+
+func unwrap(kek, wrapped []byte) ([]byte, error) {
+	if len(wrapped) < 16 || len(wrapped)%8 != 0 || len(wrapped) > MaxPlaintext+16 {
+		return nil, fmt.Errorf("%w: a wrapped key is 16..%d bytes in 8-byte steps, not %d", ErrSize, MaxPlaintext+16, len(wrapped))
+	}
+	b, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, len(wrapped))
+	copy(buf, wrapped)
+	n := len(buf)/8 - 1
+	if n == 1 {
+		b.Decrypt(buf, buf)
+	} else {
+		var block [16]byte
+		defer clear(block[:])
+		for j := 5; j >= 0; j-- {
+			for i := n; i >= 1; i-- {
+				t := uint64(n*j + i)
+				binary.BigEndian.PutUint64(block[:8], binary.BigEndian.Uint64(buf[:8])^t)
+				copy(block[8:], buf[8*i:8*i+8])
+				b.Decrypt(block[:], block[:])
+				copy(buf[:8], block[:8])
+				copy(buf[8*i:], block[8:])
+			}
+		}
+	}
+	// Section 4.2: the AIV, a length in the last block's reach, zero padding;
+	// judged together, so that a failure says nothing of which.
+	mli := int(binary.BigEndian.Uint32(buf[4:8]))
+	var want [4]byte
+	binary.BigEndian.PutUint32(want[:], aiv)
+	ok := subtle.ConstantTimeCompare(buf[0:4], want[:])
+	lenOK := mli > 8*(n-1) && mli <= 8*n
+	if lenOK {
+		var pad byte
+		for _, c := range buf[8+mli:] {
+			pad |= c
+		}
+		lenOK = pad == 0
+	}
+	if ok != 1 || !lenOK {
+		clear(buf)
+		return nil, ErrIntegrity
+	}
+	out := make([]byte, mli)
+	copy(out, buf[8:8+mli])
+	clear(buf)
+	return out, nil
+}
+
+// KCV is the key check value of an AES key as HSMs print it: the first 3
+// bytes of AES-ECB(key, zero block).
+func KCV(key []byte) ([3]byte, error) {
+	var kcv [3]byte
+	if err := checkKEK(key); err != nil {
+		return kcv, err
+	}
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return kcv, err
+	}
+	var block [16]byte
+	b.Encrypt(block[:], block[:])
+	copy(kcv[:], block[:3])
+	return kcv, nil
+}
+
+// Combine XORs key components into the key they share (split knowledge:
+// no custodian alone knows it). It takes two or more components of one
+// size, 16 or 32 bytes, and refuses a result of all zeros (two equal
+// components, say). The caller clears the components and the result.
+func Combine(components [][]byte) ([]byte, error) {
+	if len(components) < 2 {
+		return nil, fmt.Errorf("%w: a key from components takes two or more, not %d", ErrSize, len(components))
+	}
+	size := len(components[0])
+	if err := checkKEK(components[0]); err != nil {
+		return nil, err
+	}
+	key := make([]byte, size)
+	for i, c := range components {
+		if len(c) != size {
+			clear(key)
+			return nil, fmt.Errorf("%w: component %d is %d bytes, the first %d", ErrSize, i+1, len(c), size)
+		}
+		subtle.XORBytes(key, key, c)
+	}
+	var zero byte
+	for _, c := range key {
+		zero |= c
+	}
+	if zero == 0 {
+		clear(key)
+		return nil, fmt.Errorf("%w: the components combine to a key of all zeros", ErrSize)
+	}
+	return key, nil
+}
