@@ -13,6 +13,7 @@ package keywrap
 
 import (
 	"crypto/aes"
+	"crypto/cipher"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
@@ -42,6 +43,29 @@ func checkKEK(kek []byte) error {
 	return nil
 }
 
+// Block is the AES block cipher a wrap runs on, one 16-byte block per call:
+// crypto/aes in software (Wrap, Unwrap), or a KEK that never leaves a TPM
+// (one TPM2_EncryptDecrypt2 in ECB mode per block). A wrap of n 8-byte
+// blocks takes 6n calls, one after the other.
+type Block interface {
+	Encrypt(dst, src []byte) error
+	Decrypt(dst, src []byte) error
+}
+
+// softBlock is a software AES key as a Block.
+type softBlock struct{ b cipher.Block }
+
+func (s softBlock) Encrypt(dst, src []byte) error { s.b.Encrypt(dst, src); return nil }
+func (s softBlock) Decrypt(dst, src []byte) error { s.b.Decrypt(dst, src); return nil }
+
+func newSoft(kek []byte) (Block, error) {
+	b, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	return softBlock{b}, nil
+}
+
 // Wrap wraps plaintext (1..MaxPlaintext bytes) under kek with AES key wrap
 // with padding (RFC 5649 section 4.1).
 func Wrap(kek, plaintext []byte) ([]byte, error) {
@@ -52,12 +76,17 @@ func Wrap(kek, plaintext []byte) ([]byte, error) {
 }
 
 func wrap(kek, plaintext []byte) ([]byte, error) {
-	if len(plaintext) == 0 || len(plaintext) > MaxPlaintext {
-		return nil, fmt.Errorf("%w: wraps 1..%d bytes, not %d", ErrSize, MaxPlaintext, len(plaintext))
-	}
-	b, err := aes.NewCipher(kek)
+	b, err := newSoft(kek)
 	if err != nil {
 		return nil, err
+	}
+	return WrapBlock(b, plaintext)
+}
+
+// WrapBlock is Wrap with the KEK as a Block.
+func WrapBlock(b Block, plaintext []byte) ([]byte, error) {
+	if len(plaintext) == 0 || len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: wraps 1..%d bytes, not %d", ErrSize, MaxPlaintext, len(plaintext))
 	}
 	padded := (len(plaintext) + 7) / 8 * 8
 	out := make([]byte, 8+padded)
@@ -66,7 +95,10 @@ func wrap(kek, plaintext []byte) ([]byte, error) {
 	copy(out[8:], plaintext)
 	if padded == 8 {
 		// One block: a single AES encryption of AIV || P (section 4.1).
-		b.Encrypt(out, out)
+		if err := b.Encrypt(out, out); err != nil {
+			clear(out)
+			return nil, err
+		}
 		return out, nil
 	}
 	var block [16]byte
@@ -76,7 +108,10 @@ func wrap(kek, plaintext []byte) ([]byte, error) {
 		for i := 1; i <= n; i++ {
 			copy(block[:8], out[:8])
 			copy(block[8:], out[8*i:8*i+8])
-			b.Encrypt(block[:], block[:])
+			if err := b.Encrypt(block[:], block[:]); err != nil {
+				clear(out)
+				return nil, err
+			}
 			t := uint64(n*j + i)
 			binary.BigEndian.PutUint64(out[:8], binary.BigEndian.Uint64(block[:8])^t)
 			copy(out[8*i:], block[8:])
@@ -96,18 +131,35 @@ func Unwrap(kek, wrapped []byte) ([]byte, error) {
 }
 
 func unwrap(kek, wrapped []byte) ([]byte, error) {
-	if len(wrapped) < 16 || len(wrapped)%8 != 0 || len(wrapped) > MaxPlaintext+16 {
-		return nil, fmt.Errorf("%w: a wrapped key is 16..%d bytes in 8-byte steps, not %d", ErrSize, MaxPlaintext+16, len(wrapped))
-	}
-	b, err := aes.NewCipher(kek)
+	b, err := newSoft(kek)
 	if err != nil {
+		return nil, err
+	}
+	return UnwrapBlock(b, wrapped)
+}
+
+// CheckWrapped refuses what cannot be an RFC 5649 output before any block
+// operation: under 16 bytes, not whole 8-byte blocks, or above the bound.
+func CheckWrapped(wrapped []byte) error {
+	if len(wrapped) < 16 || len(wrapped)%8 != 0 || len(wrapped) > MaxPlaintext+16 {
+		return fmt.Errorf("%w: a wrapped key is 16..%d bytes in 8-byte steps, not %d", ErrSize, MaxPlaintext+16, len(wrapped))
+	}
+	return nil
+}
+
+// UnwrapBlock is Unwrap with the KEK as a Block.
+func UnwrapBlock(b Block, wrapped []byte) ([]byte, error) {
+	if err := CheckWrapped(wrapped); err != nil {
 		return nil, err
 	}
 	buf := make([]byte, len(wrapped))
 	copy(buf, wrapped)
 	n := len(buf)/8 - 1
 	if n == 1 {
-		b.Decrypt(buf, buf)
+		if err := b.Decrypt(buf, buf); err != nil {
+			clear(buf)
+			return nil, err
+		}
 	} else {
 		var block [16]byte
 		defer clear(block[:])
@@ -116,7 +168,10 @@ func unwrap(kek, wrapped []byte) ([]byte, error) {
 				t := uint64(n*j + i)
 				binary.BigEndian.PutUint64(block[:8], binary.BigEndian.Uint64(buf[:8])^t)
 				copy(block[8:], buf[8*i:8*i+8])
-				b.Decrypt(block[:], block[:])
+				if err := b.Decrypt(block[:], block[:]); err != nil {
+					clear(buf)
+					return nil, err
+				}
 				copy(buf[:8], block[:8])
 				copy(buf[8*i:], block[8:])
 			}
@@ -153,12 +208,21 @@ func KCV(key []byte) ([3]byte, error) {
 	if err := checkKEK(key); err != nil {
 		return kcv, err
 	}
-	b, err := aes.NewCipher(key)
+	b, err := newSoft(key)
 	if err != nil {
 		return kcv, err
 	}
+	return KCVBlock(b)
+}
+
+// KCVBlock is KCV of a KEK held as a Block: for a key inside a TPM, the
+// proof that the TPM holds the key the custodians combined.
+func KCVBlock(b Block) ([3]byte, error) {
+	var kcv [3]byte
 	var block [16]byte
-	b.Encrypt(block[:], block[:])
+	if err := b.Encrypt(block[:], block[:]); err != nil {
+		return kcv, err
+	}
 	copy(kcv[:], block[:3])
 	return kcv, nil
 }

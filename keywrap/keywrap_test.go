@@ -211,3 +211,53 @@ func FuzzUnwrap(f *testing.F) {
 		}
 	})
 }
+
+// failingBlock fails its nth call.
+type failingBlock struct {
+	inner keywrap.Block
+	n     int
+}
+
+func (f *failingBlock) Encrypt(dst, src []byte) error {
+	if f.n--; f.n == 0 {
+		return errors.New("the TPM went away")
+	}
+	return f.inner.Encrypt(dst, src)
+}
+
+func (f *failingBlock) Decrypt(dst, src []byte) error {
+	if f.n--; f.n == 0 {
+		return errors.New("the TPM went away")
+	}
+	return f.inner.Decrypt(dst, src)
+}
+
+// TestBlockFailureGivesNothing: a Block that fails part way (a TPM KEK
+// whose TPM went away) makes the wrap or unwrap fail with its error and
+// return nothing, at every step; a Block that works gives Wrap's bytes.
+func TestBlockFailureGivesNothing(t *testing.T) {
+	kek := bytes.Repeat([]byte{3}, 32)
+	plain := bytes.Repeat([]byte("secret!"), 5)
+	want, err := keywrap.Wrap(kek, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	soft := keywrap.SoftBlock(t, kek)
+	got, err := keywrap.WrapBlock(soft, plain)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("WrapBlock differs from Wrap: %v", err)
+	}
+	steps := 6 * (len(want)/8 - 1)
+	for n := 1; n <= steps; n++ {
+		if out, err := keywrap.WrapBlock(&failingBlock{soft, n}, plain); err == nil || out != nil {
+			t.Fatalf("wrap failing at step %d: %x, %v", n, out, err)
+		}
+		if out, err := keywrap.UnwrapBlock(&failingBlock{soft, n}, want); err == nil || out != nil {
+			t.Fatalf("unwrap failing at step %d: %x, %v", n, out, err)
+		}
+	}
+	kcv, err := keywrap.KCVBlock(soft)
+	if want, _ := keywrap.KCV(kek); err != nil || kcv != want {
+		t.Fatalf("KCVBlock %x, KCV %x, %v", kcv, want, err)
+	}
+}
