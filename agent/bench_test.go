@@ -1,11 +1,15 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"fmt"
 	"testing"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -83,4 +87,76 @@ func BenchmarkUnseal(b *testing.B) {
 			report(b, env.TPM, before)
 		})
 	}
+}
+
+// BenchmarkKeyExport and BenchmarkKeyImport: a PKCS#8 backup under a KEK in
+// the TPM, whose wrap runs one TPM2_EncryptDecrypt2 per AES block (6n for n
+// 8-byte blocks of PKCS#8): the command count grows with the key's size.
+func BenchmarkKeyExport(b *testing.B) {
+	for _, typ := range []string{"ecc-p256", "ecc-p384", "rsa-2048", "rsa-3072"} {
+		b.Run(typ, func(b *testing.B) {
+			env, ag, wrapped := benchBackup(b, typ)
+			_ = wrapped
+			ctx := context.Background()
+			ap := officertest.ApproveExport(b, ctx, ag, "k")
+			before := env.TPM.Stats()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: ap}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			report(b, env.TPM, before)
+		})
+	}
+}
+
+func BenchmarkKeyImport(b *testing.B) {
+	for _, typ := range []string{"ecc-p256", "rsa-2048", "rsa-3072"} {
+		b.Run(typ, func(b *testing.B) {
+			env, ag, wrapped := benchBackup(b, typ)
+			ctx := context.Background()
+			before := env.TPM.Stats()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				name := fmt.Sprintf("imp%d", i)
+				if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: name, KEK: "kek", Wrapped: wrapped}); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := ag.DeleteKey(ctx, name); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			report(b, env.TPM, before)
+		})
+	}
+}
+
+// benchBackup is an agent with an AES-256 KEK "kek" and an extractable key
+// "k" of typ, and k's backup.
+func benchBackup(b *testing.B, typ string) (*swtpmtest.Env, *agent.Agent, []byte) {
+	env, ag := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	ctx := context.Background()
+	comps := [][]byte{bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)}
+	req := api.KEKImportRequest{Name: "kek", Components: comps}
+	for _, c := range comps {
+		k, _ := keywrap.KCV(c)
+		req.KCVs = append(req.KCVs, hex.EncodeToString(k[:]))
+	}
+	key, _ := keywrap.Combine(comps)
+	k, _ := keywrap.KCV(key)
+	req.KCV = hex.EncodeToString(k[:])
+	if _, err := ag.ImportKEK(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "k", Type: typ, Extractable: true}); err != nil {
+		b.Fatal(err)
+	}
+	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: officertest.ApproveExport(b, ctx, ag, "k")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return env, ag, wrapped
 }

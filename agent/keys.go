@@ -51,6 +51,8 @@ type keyRecord struct {
 	Public      []byte    `json:"public"`      // TPM2B_PUBLIC of the key
 	Policy      string    `json:"policy"`      // hex authPolicy
 	CreatedAt   time.Time `json:"created_at"`
+	// KCV is a KEK's key check value (hex).
+	KCV string `json:"kcv,omitempty"`
 	// Approval is the crypto officer's approval of a derived key's recipe:
 	// every derivation (each load of the key) needs it.
 	Approval *policy.Approval `json:"approval,omitempty"`
@@ -64,7 +66,7 @@ func (r keyRecord) cacheID() string { return r.PK + "/" + r.Object }
 
 func (r keyRecord) info() api.KeyInfo {
 	return api.KeyInfo{Name: r.Name, Kind: r.Kind, Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context,
-		Extractable: r.Extractable, ObjectName: r.Object, Policy: r.Policy, CreatedAt: r.CreatedAt}
+		Extractable: r.Extractable, ObjectName: r.Object, Policy: r.Policy, CreatedAt: r.CreatedAt, KCV: r.KCV}
 }
 
 func (r keyRecord) public() (tpm2.TPMTPublic, error) {
@@ -250,9 +252,10 @@ func (a *Agent) recipeFree(ctx context.Context, r officer.Recipe) error {
 
 // CreateKey generates a key inside the TPM under the PK and stores its
 // TPM-wrapped blob. Not extractable: fixedTPM|fixedParent, and no
-// duplication branch in its policy. Extractable: both clear,
-// encryptedDuplication set (a duplicate always has an inner wrapper and a
-// real new parent), and Or(usage, usage + PolicyCommandCode(Duplicate)).
+// duplication branch in its policy. Extractable: both clear, and a
+// duplication branch that only the officer's approval of one destination
+// (a peer's storage key, or TPM_RH_NULL for a backup) satisfies
+// (keyPolicy).
 // Either is fixed for the key's life: the attributes and policy are in the
 // public area, which the TPM binds to the private part at every Load.
 func (a *Agent) CreateKey(ctx context.Context, req api.CreateRequest) (api.KeyInfo, error) {

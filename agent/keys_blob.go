@@ -63,7 +63,7 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 // key's public area must be, its unique field aside, exactly the one provd
 // creates for a key of its type and usage under this PK (catalog.Type.CreatedTemplate):
 // approved type, one usage, userWithAuth clear, adminWithPolicy, noDA,
-// sensitiveDataOrigin, fixedTPM|fixedParent or encryptedDuplication, null
+// sensitiveDataOrigin, fixedTPM|fixedParent or neither, null
 // schemes, and the policy provd gives such a key (the PK's, with a
 // duplication branch exactly when it is extractable). So importing cannot
 // smuggle in a key that skips the PCR check at use, that is more extractable

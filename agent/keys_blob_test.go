@@ -79,9 +79,9 @@ func TestCheckImportPublic(t *testing.T) {
 		{"userWithAuth", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.UserWithAuth = true; return p }},
 		{"restricted", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.Restricted = true; return p }},
 		{"fixedTPM without fixedParent", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.FixedParent = false; return p }},
-		{"extractable without encryptedDuplication", func() tpm2.TPMTPublic {
+		{"extractable with encryptedDuplication (an earlier provd's)", func() tpm2.TPMTPublic {
 			p := ext()
-			p.ObjectAttributes.EncryptedDuplication = false
+			p.ObjectAttributes.EncryptedDuplication = true
 			return p
 		}},
 		{"fixed with encryptedDuplication", func() tpm2.TPMTPublic {

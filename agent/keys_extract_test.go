@@ -37,6 +37,20 @@ func duplicate(t *testing.T, a *Agent, name string) error {
 // destination approvedParent (a name, which need not be newParent's).
 func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle, approvedParent []byte, approver crypto.Signer) error {
 	t.Helper()
+	return duplicateApproving(t, a, name, "", newParent, approvedParent, approver)
+}
+
+// duplicateToApprovedFor tries TPM2_Duplicate of key name to newParent
+// with the officer's approval of duplicating key approvedKey there.
+func duplicateToApprovedFor(t *testing.T, a *Agent, name, approvedKey string, newParent tpm2.NamedHandle) error {
+	t.Helper()
+	return duplicateApproving(t, a, name, approvedKey, newParent, newParent.Name.Buffer, officertest.Key())
+}
+
+// duplicateApproving is duplicateTo with the approval made for key
+// approvedKey's name ("": name's own).
+func duplicateApproving(t *testing.T, a *Agent, name, approvedKey string, newParent tpm2.NamedHandle, approvedParent []byte, approver crypto.Signer) error {
+	t.Helper()
 	ctx := context.Background()
 	ks, err := a.readKeyState(ctx, name, true)
 	if err != nil {
@@ -45,6 +59,16 @@ func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle
 	obj, _, err := a.keyObject(ctx, ks)
 	if err != nil {
 		return err
+	}
+	approvedName := obj.Name.Buffer
+	if approvedKey != "" {
+		other, err := a.readKeyState(ctx, approvedKey, true)
+		if err != nil {
+			return err
+		}
+		if approvedName, err = hex.DecodeString(other.rec.Object); err != nil {
+			return err
+		}
 	}
 	// The duplication branch as an extractable key has it (with the
 	// officer as approver; another approver makes another branch, which
@@ -56,11 +80,11 @@ func duplicateTo(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle
 		expr = policy.Policy{policy.Or{Branches: []policy.Policy{officer.ObjectPolicy(ks.pk.expr), branch}}}
 		opts.Branches = []int{1}
 	}
-	ap, err := officer.ApproveDuplication(approver, ks.pk.state.Policy.digest(), obj.Name.Buffer, approvedParent)
+	ap, err := officer.ApproveDuplication(approver, ks.pk.state.Policy.digest(), approvedName, approvedParent)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, obj.Name.Buffer, approvedParent), Approval: ap}}
+	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, approvedName, approvedParent), Approval: ap}}
 	return a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) error {
 		_, err := (tpm2.Duplicate{
 			ObjectHandle:    obj.Auth(s),
@@ -136,7 +160,6 @@ func TestNotExtractableForever(t *testing.T) {
 	}
 	pub, _ := blob.Public.Contents()
 	pub.ObjectAttributes.FixedTPM, pub.ObjectAttributes.FixedParent = false, false
-	pub.ObjectAttributes.EncryptedDuplication = true
 	extExpr, err := keyPolicy(pkIn, true)
 	if err != nil {
 		t.Fatal(err)

@@ -52,7 +52,7 @@ func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keySt
 			return err
 		}
 		ks.exists = true
-		if ks.rec.Kind == api.KindCreated {
+		if ks.rec.Kind != api.KindDerived {
 			ks.keyBlob, err = tx.ReadBlob(keyRecName(name))
 		}
 		return err
@@ -148,8 +148,10 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 	switch ks.rec.Kind {
 	case api.KindDerived:
 		obj, err = a.deriveObject(ctx, ks)
-	case api.KindCreated:
+	case api.KindCreated, api.KindImported:
 		obj, err = a.loadCreated(ks)
+	case api.KindKEK:
+		err = errKEKOnly(name)
 	default:
 		err = fmt.Errorf("key %q: unknown kind %q in state", name, ks.rec.Kind)
 	}

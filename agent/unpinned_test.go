@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -8,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"reflect"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
@@ -135,6 +138,25 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 		"DecryptData":   func() error { _, err := a.DecryptData(ctx, "aes", envelope); return err },
 		"InstallPolicy": func() error { _, err := a.InstallPolicy(ctx, signed); return err },
 		"ShowPolicy":    func() error { _, err := a.ShowPolicy(ctx); return err },
+		"ImportKEK": func() error {
+			c := [][]byte{bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)}
+			req := api.KEKImportRequest{Name: "kek", Components: c}
+			for _, comp := range append(c, bytes.Repeat([]byte{3}, 16)) {
+				k, _ := keywrap.KCV(comp)
+				req.KCVs = append(req.KCVs, hex.EncodeToString(k[:]))
+			}
+			req.KCV, req.KCVs = req.KCVs[2], req.KCVs[:2]
+			_, err := a.ImportKEK(ctx, req)
+			return err
+		},
+		"ExportKey": func() error {
+			_, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "sig", KEK: "kek"})
+			return err
+		},
+		"ImportKey": func() error {
+			_, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "k3", KEK: "kek", Wrapped: make([]byte, 24)})
+			return err
+		},
 		"ImportKeyBlob": func() error {
 			pemData, err := a.ExportKeyBlob(ctx, "sig")
 			if err != nil {

@@ -20,6 +20,10 @@ var (
 	// ErrNotExtractable: the key was not created extractable, so nothing can
 	// take it out of the TPM; that was decided at its creation.
 	ErrNotExtractable = fmt.Errorf("%w: key is not extractable", ErrNotPermitted)
+	// ErrKCVMismatch: a key component or the key the components make does
+	// not have the key check value the custodians gave; nothing was
+	// imported (exit code 16).
+	ErrKCVMismatch = errors.New("key check value mismatch")
 	// ErrKeyExists: a key of that name exists already.
 	ErrKeyExists = errors.New("key name already taken")
 	// ErrTampered: a blob, the state or the audit trail failed its integrity

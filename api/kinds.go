@@ -11,6 +11,7 @@ import (
 
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -36,6 +37,7 @@ const (
 	ExitNotProvisioned = 13 // `provd provision` has not run
 	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
 	ExitIdentity       = 15 // the TPM's identity is not verified or not the pinned one, or something on the bus answered for it
+	ExitKCV            = 16 // a key component or combined key does not match its key check value; nothing was imported
 	ExitInterrupted    = 130
 )
 
@@ -67,6 +69,7 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitNotProvisioned, "not provisioned", "provd provision has not run"},
 		{ExitTampered, "tampered", "the audit trail or a blob failed its integrity check"},
 		{ExitIdentity, "identity", "the TPM's identity is not verified or not the pinned one, or something on the bus answered for it"},
+		{ExitKCV, "kcv", "a key component or the combined key does not match the key check value the custodians gave; nothing was imported"},
 		{ExitInterrupted, "interrupted", "SIGINT or SIGTERM"},
 	}
 }
@@ -100,6 +103,8 @@ var kinds = []Kind{
 	{"audit_unanchored", audit.ErrUnanchored, ExitTampered, http.StatusInternalServerError},
 	{"audit_tampered", audit.ErrTampered, ExitTampered, http.StatusInternalServerError},
 	{"audit_torn_tail", audit.ErrTornTail, ExitTampered, http.StatusInternalServerError},
+	{"kcv_mismatch", ErrKCVMismatch, ExitKCV, http.StatusUnprocessableEntity},
+	{"key_unwrap_integrity", keywrap.ErrIntegrity, ExitTampered, http.StatusUnprocessableEntity},
 	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned, http.StatusPreconditionFailed},
 	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},
 	{"key_exists", ErrKeyExists, ExitConflict, http.StatusConflict},

@@ -18,6 +18,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -107,6 +108,9 @@ var notOnTheWire = map[string]string{
 	"policy.ErrBadSignature":   "policy install maps it to api.ErrNotPermitted (not_permitted, exit 5)",
 	"catalog.ErrUsage":         "the agent wraps it in api.ErrBadInput (bad_input, exit 2)",
 	"catalog.ErrUnknownHash":   "api.ParseHash wraps it in api.ErrBadInput (bad_input, exit 2)",
+	"catalog.ErrKeyMismatch":   "the agent wraps it in api.ErrTampered (a duplicate whose private part is not the key's)",
+	"tpm.ErrDuplicate":         "the agent wraps it in api.ErrTampered (tampered, exit 14)",
+	"keywrap.ErrSize":          "the agent and the CLI wrap it in api.ErrBadInput (bad_input, exit 2)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in
@@ -134,9 +138,10 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"tpm.ErrNotFound": tpm.ErrNotFound, "tpm.ErrUnsupported": tpm.ErrUnsupported, "tpm.ErrSRKMismatch": tpm.ErrSRKMismatch,
 		"catalog.ErrNotApproved": catalog.ErrNotApproved, "catalog.ErrNotDerivable": catalog.ErrNotDerivable,
 		"catalog.ErrNotCreatable": catalog.ErrNotCreatable,
+		"api.ErrKCVMismatch":      api.ErrKCVMismatch, "keywrap.ErrIntegrity": keywrap.ErrIntegrity,
 	}
 	found := map[string]bool{}
-	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy", "catalog": "catalog"} {
+	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy", "catalog": "catalog", "keywrap": "keywrap"} {
 		for _, name := range sentinelsIn(t, filepath.Join(root, dir)) {
 			q := pkg + "." + name
 			found[q] = true

@@ -42,6 +42,9 @@ type Service interface {
 	DecryptData(ctx context.Context, name string, envelope []byte) ([]byte, error)
 	ExportKeyBlob(ctx context.Context, name string) ([]byte, error)
 	ImportKeyBlob(ctx context.Context, name string, pemData []byte) (KeyInfo, error)
+	ImportKEK(ctx context.Context, req KEKImportRequest) (KeyInfo, error)
+	ExportKey(ctx context.Context, req KeyExportRequest) ([]byte, error)
+	ImportKey(ctx context.Context, req KeyImportRequest) (KeyInfo, error)
 }
 
 // Caller is who asked for an operation, as the audit trail records it: the
@@ -89,6 +92,9 @@ var (
 	RouteKeyDelete      = Route{"POST", "/v1/keys/delete", "key-delete"}
 	RouteKeyExportBlob  = Route{"POST", "/v1/keys/export-blob", "key-export-blob"}
 	RouteKeyImportBlob  = Route{"POST", "/v1/keys/import-blob", "key-import-blob"}
+	RouteKEKImport      = Route{"POST", "/v1/kek/import", "kek-import"}
+	RouteKeyExport      = Route{"POST", "/v1/keys/export", "key-export"}
+	RouteKeyImport      = Route{"POST", "/v1/keys/import", "key-import"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

@@ -314,6 +314,14 @@ type AuditReanchorResult struct {
 const (
 	KindDerived = "derived"
 	KindCreated = "created"
+	// KindImported is a key brought in from a PKCS#8 backup (provd key
+	// import): stored TPM-wrapped like a created key, but not born in this
+	// TPM.
+	KindImported = "imported"
+	// KindKEK is an AES key-encryption key entered from custodians'
+	// components (provd kek import): it wraps and unwraps backups inside
+	// the TPM and never leaves it.
+	KindKEK = "kek"
 )
 
 // KeyInfo describes an operational key.
@@ -328,6 +336,8 @@ type KeyInfo struct {
 	ObjectName  string    `json:"object_name"`
 	Policy      string    `json:"policy_digest"`
 	CreatedAt   time.Time `json:"created_at"`
+	// KCV is a KEK's key check value (hex, 6 digits); "" for other keys.
+	KCV string `json:"kcv,omitempty"`
 }
 
 // DefaultHash is the hash a signature with this key uses unless told
@@ -351,6 +361,45 @@ type DeriveRequest struct {
 type CreateRequest struct {
 	Name        string `json:"name"`
 	Type        string `json:"type,omitempty"`
+	Usage       string `json:"usage,omitempty"`
+	Extractable bool   `json:"extractable,omitempty"`
+}
+
+// KEKImportRequest enters an AES KEK from custodians' components: POST
+// /v1/kek/import. Each component (16 or 32 bytes, all of one size) comes
+// with its key check value and the combined key's KCV is what the
+// custodians confirmed; the agent checks all of them before the TPM sees
+// anything. Components are secret: whoever holds a request clears it.
+type KEKImportRequest struct {
+	Name       string   `json:"name"`
+	Components [][]byte `json:"components"`
+	KCVs       []string `json:"kcvs"` // hex, one per component
+	KCV        string   `json:"kcv"`  // hex, the combined key's
+}
+
+// Wipe clears the components.
+func (r *KEKImportRequest) Wipe() {
+	for _, c := range r.Components {
+		clear(c)
+	}
+}
+
+// KeyExportRequest asks for an extractable key as PKCS#8 under AES key wrap
+// with padding (RFC 5649) with a KEK in the TPM: POST /v1/keys/export.
+// Approval is the crypto officer's approval of this key's export
+// (provd key approve --export): the TPM duplicates nothing without it.
+type KeyExportRequest struct {
+	Name     string           `json:"name"`
+	KEK      string           `json:"kek"`
+	Approval *policy.Approval `json:"approval"`
+}
+
+// KeyImportRequest brings a PKCS#8 key wrapped under a KEK (RFC 5649) into
+// the TPM: POST /v1/keys/import. The key is not extractable unless asked.
+type KeyImportRequest struct {
+	Name        string `json:"name"`
+	KEK         string `json:"kek"`
+	Wrapped     []byte `json:"wrapped"`
 	Usage       string `json:"usage,omitempty"`
 	Extractable bool   `json:"extractable,omitempty"`
 }

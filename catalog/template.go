@@ -69,13 +69,16 @@ func (kt Type) Template(usage string, authPolicy []byte) tpm2.TPMTPublic {
 // CreatedTemplate is the public area provd sends to TPM2_Create for a
 // created key of this type and usage with authPolicy: the TPM generates the
 // private part (sensitiveDataOrigin); not extractable: fixedTPM|fixedParent;
-// extractable: both clear and encryptedDuplication set.
+// extractable: both clear. encryptedDuplication stays clear so that the
+// officer can approve an export as a backup (a duplicate to TPM_RH_NULL,
+// which encryptedDuplication refuses); which parents a key may go to is its
+// policy's say (PolicyDuplicationSelect in the officer's approval), and
+// provd always wraps a duplicate it makes with an inner wrapper.
 func (kt Type) CreatedTemplate(usage string, authPolicy []byte, extractable bool) tpm2.TPMTPublic {
 	t := kt.Template(usage, authPolicy)
 	t.ObjectAttributes.SensitiveDataOrigin = true
 	t.ObjectAttributes.FixedTPM = !extractable
 	t.ObjectAttributes.FixedParent = !extractable
-	t.ObjectAttributes.EncryptedDuplication = extractable
 	return t
 }
 
@@ -135,4 +138,51 @@ func DeriveTemplate(tmpl tpm2.TPMTPublic, label, context []byte) tpm2.TPMTTempla
 			Context: tpm2.TPM2BLabel{Buffer: context},
 		},
 	}
+}
+
+// UsageWrap is a key-encryption key's one usage: AES key wrap (RFC 5649).
+const UsageWrap = "wrap"
+
+// KEKTemplate is the public area of an AES key-encryption key of bits (128
+// or 256) entered from custodians' components: mode ECB only (the block
+// cipher under AES key wrap, never a data cipher), fixedTPM|fixedParent (it
+// never leaves the TPM), sensitiveDataOrigin clear (its bits came from
+// outside), userWithAuth, so that one HMAC session keyed by its authValue
+// serves the 6n block operations of a wrap; it loads only through the PK's
+// policy, which is where the platform is checked. authPolicy is empty:
+// with adminWithPolicy clear, nothing but the authValue's holder can act on
+// it, and no policy can let it be duplicated (fixedParent).
+func KEKTemplate(bits int) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgSymCipher,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:     true,
+			FixedParent:  true,
+			UserWithAuth: true,
+			NoDA:         true,
+			Decrypt:      true,
+			SignEncrypt:  true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgSymCipher, &tpm2.TPMSSymCipherParms{
+			Sym: tpm2.TPMTSymDefObject{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(bits)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgECB),
+			},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgSymCipher, &tpm2.TPM2BDigest{}),
+	}
+}
+
+// MinKEKBits is the smallest AES KEK that may wrap a key of this type, as
+// the FIPS key-output rules ask (a wrapping key at least as strong as the
+// key it wraps, SP 800-57 part 1 table 2): AES-128 for RSA-2048 and P-256,
+// AES-256 for RSA-3072 and up and for P-384.
+func (kt Type) MinKEKBits() int {
+	switch {
+	case kt.Alg == tpm2.TPMAlgRSA && kt.Bits >= 3072, kt.Alg == tpm2.TPMAlgECC && kt.Bits > 256:
+		return 256
+	}
+	return 128
 }

@@ -216,6 +216,20 @@ func DupApprovedExpr(pk policy.Policy, objectName, newParent []byte) policy.Poli
 		policy.CommandCode{CC: tpm2.TPMCCDuplicate})
 }
 
+// ExportParent is the new parent's name in an approval to export a key as
+// a backup: TPM_RH_NULL's name (its handle). TPM2_Duplicate to TPM_RH_NULL
+// gives a duplicate without an outer wrapper, which only its caller (who
+// chose the inner wrapper's key) can open; the TPM checks this name against
+// the approved PolicyDuplicationSelect like any other parent's.
+var ExportParent = binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHNull))
+
+// ApproveExport is the crypto officer's approval to export the extractable
+// key with TPM name objectName, under a PK with policy digest pkPolicy, as a
+// backup (provd key export): a duplication to ExportParent.
+func ApproveExport(officer crypto.Signer, pkPolicy, objectName []byte) (*policy.Approval, error) {
+	return ApproveDuplication(officer, pkPolicy, objectName, ExportParent)
+}
+
 // ApproveDuplication is the crypto officer's approval to duplicate the
 // extractable key with TPM name objectName, under a PK with policy digest
 // pkPolicy, to the storage key with TPM name newParent, and to nothing else.

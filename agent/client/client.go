@@ -282,3 +282,20 @@ func (c *Client) ImportKeyBlob(ctx context.Context, name string, pemData []byte)
 	var res api.KeyInfo
 	return res, c.call(ctx, api.RouteKeyImportBlob, api.ImportBlobRequest{Name: name, PEM: pemData}, &res)
 }
+
+// ImportKEK sends the components to the daemon over its socket (the
+// caller clears the request).
+func (c *Client) ImportKEK(ctx context.Context, req api.KEKImportRequest) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteKEKImport, req, &res)
+}
+
+// ExportKey returns the key wrapped under the KEK (RFC 5649).
+func (c *Client) ExportKey(ctx context.Context, req api.KeyExportRequest) ([]byte, error) {
+	return c.data(ctx, api.RouteKeyExport, req)
+}
+
+func (c *Client) ImportKey(ctx context.Context, req api.KeyImportRequest) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteKeyImport, req, &res)
+}

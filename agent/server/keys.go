@@ -34,6 +34,19 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 		return handle(s, ep, func(ctx context.Context, w api.ImportBlobRequest) (api.KeyInfo, error) {
 			return ag.ImportKeyBlob(ctx, w.Name, w.PEM)
 		})
+	case "kek-import":
+		return handle(s, ep, func(ctx context.Context, w api.KEKImportRequest) (api.KeyInfo, error) {
+			return ag.ImportKEK(ctx, w)
+		})
+	case "key-export":
+		return handle(s, ep, func(ctx context.Context, w api.KeyExportRequest) (api.DataResponse, error) {
+			p, err := ag.ExportKey(ctx, w)
+			return api.DataResponse{Data: p}, err
+		})
+	case "key-import":
+		return handle(s, ep, func(ctx context.Context, w api.KeyImportRequest) (api.KeyInfo, error) {
+			return ag.ImportKey(ctx, w)
+		})
 	case "key-list":
 		return handle(s, ep, func(ctx context.Context, _ empty) ([]api.KeyInfo, error) {
 			keys, err := ag.ListKeys(ctx)

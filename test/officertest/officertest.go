@@ -87,3 +87,27 @@ func Derive(t testing.TB, ctx context.Context, svc api.Service, req api.DeriveRe
 	req.Approval = Approve(t, st.PolicyDigest, req)
 	return svc.DeriveKey(ctx, req)
 }
+
+// ApproveExport is the officer's approval to export key name from svc as a
+// backup (provd key approve --export), for svc's PK and the key's TPM name.
+func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name string) *policy.Approval {
+	t.Helper()
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, info, err := svc.KeyPublic(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err1 := hex.DecodeString(st.PolicyDigest)
+	obj, err2 := hex.DecodeString(info.ObjectName)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("status policy digest %q, object name %q", st.PolicyDigest, info.ObjectName)
+	}
+	ap, err := officer.ApproveExport(Key(), pk, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}

@@ -2,8 +2,11 @@ package swtpmtest
 
 import (
 	"bytes"
+	"encoding/binary"
+	"slices"
 	"sync"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
@@ -13,6 +16,7 @@ type Recorder struct {
 	next transport.TPM
 	mu   sync.Mutex
 	wire bytes.Buffer
+	ccs  []tpm2.TPMCC
 }
 
 // WithRecorder records the raw channel into rec.
@@ -29,6 +33,9 @@ func (r *Recorder) Send(cmd []byte) ([]byte, error) {
 	r.mu.Lock()
 	r.wire.Write(cmd)
 	r.wire.Write(rsp)
+	if len(cmd) >= 10 {
+		r.ccs = append(r.ccs, tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])))
+	}
 	r.mu.Unlock()
 	return rsp, err
 }
@@ -44,7 +51,16 @@ func (r *Recorder) Len() int {
 func (r *Recorder) Reset() {
 	r.mu.Lock()
 	r.wire.Reset()
+	r.ccs = nil
 	r.mu.Unlock()
+}
+
+// Sent reports whether a command with code cc was sent since the last
+// Reset.
+func (r *Recorder) Sent(cc tpm2.TPMCC) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Contains(r.ccs, cc)
 }
 
 // Leak returns the offset of the first 8-byte window of secret seen on the

@@ -52,6 +52,8 @@ func TestEveryExitCode(t *testing.T) {
 	expect(api.ExitUsage, "key", "pub") // no name
 	expect(api.ExitNotPermitted, "key", "create", "k", "--type", "rsa-1024")
 	expect(api.ExitNotFound, "key", "pub", "nope")
+	cust := newCustodians(t, 2, 16)
+	expect(api.ExitKCV, append([]string{"kek", "import", "k", "--components", "2", "--kcv", "000000"}, cust.fds(t, nil)...)...)
 	expect(api.ExitOK, "seal", "--in", secret, "--out", sealed)
 	expect(api.ExitUsage, "seal", "--in", secret, "--out", filepath.Join(tmp, "nosuch", "sealed")) // exited 1
 	expect(api.ExitOK, "tpm", "pcr", "extend", "16", "--data", "x")

@@ -158,6 +158,20 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd("key", "derive", "data", "--label", "data", "--type", "aes-256", "--approval", p("data.approval"))
 	provd("key", "create", "fw", "--type", "rsa-2048", "--usage", "decrypt")
 	provd("key", "create", "ec", "--type", "ecc-p256", "--usage", "decrypt")
+	// The custodians' ceremony and a backup.
+	cust := newCustodians(t, 2, 32)
+	provd(append([]string{"kek", "import", "backup", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...)
+	provd("key", "create", "bk", "--type", "ecc-p256", "--extractable")
+	var bk struct {
+		ObjectName string `json:"object_name"`
+	}
+	if err := json.Unmarshal([]byte(provd("key", "pub", "bk")), &bk); err != nil {
+		t.Fatal(err)
+	}
+	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--out", p("bk.approval"))
+	provd("key", "export", "bk", "--kek", "backup", "--approval", p("bk.approval"), "--out", p("bk.kwp"))
+	provd("key", "import", "bk2", "--kek", "backup", "--in", p("bk.kwp"))
+	provd(append([]string{"key", "recover", "--in", p("bk.kwp"), "--components", "2", "--kcv", cust.kcv, "--out", p("bk.p8")}, cust.fds(t, nil)...)...)
 	for _, args := range [][]string{
 		{"key", "pub", "tls"},
 		{"key", "pub", "tls", "--out", p("tls.pub")},

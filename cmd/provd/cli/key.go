@@ -41,7 +41,7 @@ algorithms are accepted (exit code 5 otherwise). See docs/keys.md.`,
 	}
 	c.AddCommand(a.keyDeriveCmd(), a.keyApproveCmd(), a.keyCreateCmd(), a.keySignCmd(), a.keyHMACCmd(), a.keyECDHCmd(),
 		a.keyEncryptCmd(), a.keyDecryptCmd(), a.keyPubCmd(), a.keyListCmd(), a.keyDeleteCmd(), a.keyCSRCmd(),
-		a.keyExportBlobCmd(), a.keyImportBlobCmd())
+		a.keyExportBlobCmd(), a.keyImportBlobCmd(), a.keyExportCmd(), a.keyImportCmd(), a.keyRecoverCmd())
 	return c
 }
 
@@ -112,10 +112,11 @@ key's secret in another form and read it (docs/key-hierarchy.md).`,
 
 func (a *app) keyApproveCmd() *cobra.Command {
 	var r officer.Recipe
-	var officerFile, pkPolicy, out string
+	var officerFile, pkPolicy, out, objectName string
+	var export bool
 	c := &cobra.Command{
-		Use:   "approve --officer KEY.pem --pk-policy DIGEST --type TYPE [--usage U] --label L [--context C] --out FILE",
-		Short: "Approve a derivation recipe as the crypto officer (offline, no TPM)",
+		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME) --out FILE",
+		Short: "Approve a derivation recipe or a key's export, as the crypto officer (offline, no TPM)",
 		Long: `Sign, offline, the crypto officer's approval of one derivation recipe for devices
 whose PK policy digest is --pk-policy (provd status shows it; devices provisioned
 with one policy signer, or one set of golden PCR values, share it). The approval
@@ -123,13 +124,25 @@ covers exactly the key's TPM template: its type, usage, attributes and policy,
 and the label and context. provd key derive --approval FILE then derives that
 key, and the TPM refuses any other template under the derivation parent.
 
+With --export, the approval is of one extractable key's export as a backup
+(provd key export): --object-name is the key's TPM name (provd key pub NAME -o
+json, .object_name), which covers its public key, attributes and policy. The
+TPM checks the approval in the key's duplication branch; it exports nothing else.
+
 The officer key is the private half of provision --officer-key: ECDSA P-256,
 P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
-		Example: `  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --type hmac-sha256 --label telemetry --out mac.approval.json`,
-		Args:    noArgs,
+		Example: `  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --type hmac-sha256 --label telemetry --out mac.approval.json
+  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --export --object-name 000b4c…9a --out signer.export.json`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if officerFile == "" || pkPolicy == "" || r.Type == "" || r.Label == "" || out == "" {
-				return usageError(errors.New("--officer, --pk-policy, --type, --label and --out are required"))
+			if officerFile == "" || pkPolicy == "" || out == "" {
+				return usageError(errors.New("--officer, --pk-policy and --out are required"))
+			}
+			if export != (objectName != "") || export == (r.Type != "" || r.Label != "") {
+				return usageError(errors.New("approve either a recipe (--type and --label) or an export (--export --object-name), one of them"))
+			}
+			if !export && (r.Type == "" || r.Label == "") {
+				return usageError(errors.New("a recipe's approval needs --type and --label"))
 			}
 			digest, err := hex.DecodeString(pkPolicy)
 			if err != nil {
@@ -139,8 +152,17 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if err != nil {
 				return err
 			}
-			ap, err := officer.ApproveDerive(key, digest, r)
-			if err != nil {
+			var ap *policy.Approval
+			if export {
+				name, err := hex.DecodeString(objectName)
+				if err != nil || len(name) != 34 {
+					return usageError(fmt.Errorf("--object-name: want the key's TPM name, 68 hex digits (provd key pub NAME -o json)"))
+				}
+				ap, err = officer.ApproveExport(key, digest, name)
+				if err != nil {
+					return err
+				}
+			} else if ap, err = officer.ApproveDerive(key, digest, r); err != nil {
 				return err
 			}
 			b, err := ap.MarshalJSON()
@@ -155,7 +177,11 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				ApprovedPolicy string `json:"approved_policy"`
 			}{out, hex.EncodeToString(ap.ApprovedPolicy)}
 			return a.emit(res, func(w io.Writer) {
-				if out != "-" {
+				switch {
+				case out == "-":
+				case export:
+					fmt.Fprintf(w, "approved the export of key %s: %s\n", objectName, out)
+				default:
 					fmt.Fprintf(w, "approved %s recipe label %q context %q: %s\n", r.Type, r.Label, r.Context, out)
 				}
 			})
@@ -168,6 +194,8 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().StringVar(&r.Label, "label", "", "derivation label (1-32 bytes)")
 	c.Flags().StringVar(&r.Context, "context", "", "derivation context (0-32 bytes)")
 	c.Flags().StringVar(&out, "out", "", "where to write the approval (- for stdout)")
+	c.Flags().BoolVar(&export, "export", false, "approve a key's export as a backup (provd key export) instead of a recipe")
+	c.Flags().StringVar(&objectName, "object-name", "", "with --export: the key's TPM name, hex")
 	return c
 }
 
@@ -476,7 +504,7 @@ func (a *app) keyPubCmd() *cobra.Command {
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
-				pub, _, err := ag.KeyPublic(cmd.Context(), args[0])
+				pub, info, err := ag.KeyPublic(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
@@ -486,9 +514,9 @@ func (a *app) keyPubCmd() *cobra.Command {
 				}
 				p := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 				if out != "" && out != "-" {
-					return a.outputTo(out, p, 0o644, map[string]any{"key": args[0]})
+					return a.outputTo(out, p, 0o644, map[string]any{"key": args[0], "object_name": info.ObjectName})
 				}
-				return a.emit(map[string]string{"key": args[0], "public_pem": string(p)}, func(w io.Writer) { w.Write(p) })
+				return a.emit(map[string]string{"key": args[0], "object_name": info.ObjectName, "public_pem": string(p)}, func(w io.Writer) { w.Write(p) })
 			})
 		},
 	}

@@ -135,6 +135,7 @@ the key's policy.`,
 		a.auditCmd(),
 		a.zeroizeCmd(),
 		a.keyCmd(),
+		a.kekCmd(),
 		a.serveCmd(),
 		a.manCmd(root),
 	)

@@ -1,0 +1,438 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/keywrap"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// Key ceremonies as HSM custodians run them (docs/transfer.md):
+//
+//   - ImportKEK: an AES key-encryption key entered from custodians'
+//     components, each checked against its key check value (KCV), combined
+//     by XOR in memory, created in the TPM under the PK (the key bits cross
+//     the bus inside the session salted to the pinned SRK) and checked
+//     there: the TPM's own KCV of the key must be the custodians'.
+//   - ExportKey: an extractable key as PKCS#8 under AES key wrap with
+//     padding (RFC 5649) with that KEK. The private part leaves the TPM only
+//     through the key's duplication branch with the crypto officer's
+//     approval of exactly this export (a duplicate to TPM_RH_NULL, opened
+//     by provd); the wrap runs block by block inside the TPM, so the KEK
+//     never leaves it. The plaintext lives in provd's memory for the call.
+//   - ImportKey: a PKCS#8 backup unwrapped inside the TPM and brought in
+//     under the PK with TPM2_Import; not extractable unless asked.
+
+// errKEKOnly refuses a KEK where a key that signs or decrypts is needed.
+func errKEKOnly(name string) error {
+	return fmt.Errorf("%w: %q is a KEK: it only wraps and unwraps key backups (provd key export/import --kek)", api.ErrNotPermitted, name)
+}
+
+// ImportKEK enters an AES KEK from custodians' components: every KCV is
+// checked before the TPM sees anything, and a mismatch imports nothing
+// (api.ErrKCVMismatch). The audit record names each component's KCV and
+// the combined key's, never a component.
+func (a *Agent) ImportKEK(ctx context.Context, req api.KEKImportRequest) (api.KeyInfo, error) {
+	defer a.lock()()
+	objects := map[string]string{"key": req.Name, "kcv": req.KCV, "components": fmt.Sprint(len(req.Components))}
+	for i, k := range req.KCVs {
+		objects[fmt.Sprintf("component_%d_kcv", i+1)] = k
+	}
+	return auditedResult(ctx, a, "kek-import", objects, func() (api.KeyInfo, error) {
+		return a.importKEK(ctx, req, objects)
+	})
+}
+
+// parseKCV reads a KCV as custodians write it: 6 hex digits.
+func parseKCV(s string) ([3]byte, error) {
+	var kcv [3]byte
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != len(kcv) {
+		return kcv, fmt.Errorf("%w: a key check value is 6 hex digits, not %q", api.ErrBadInput, s)
+	}
+	copy(kcv[:], b)
+	return kcv, nil
+}
+
+// CombineComponents checks each component against its KCV and the combined
+// key against kcv, and returns the combined key (the caller clears it). It
+// is the one check the CLI runs at entry, provd key recover runs offline and
+// the agent runs again before the TPM.
+func CombineComponents(components [][]byte, kcvs []string, kcv string) ([]byte, error) {
+	if len(kcvs) != len(components) {
+		return nil, fmt.Errorf("%w: %d components and %d key check values", api.ErrBadInput, len(components), len(kcvs))
+	}
+	for i, c := range components {
+		if err := CheckComponent(i, c, kcvs[i]); err != nil {
+			return nil, err
+		}
+	}
+	want, err := parseKCV(kcv)
+	if err != nil {
+		return nil, err
+	}
+	key, err := keywrap.Combine(components)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrBadInput, err)
+	}
+	if got, _ := keywrap.KCV(key); got != want {
+		clear(key)
+		return nil, fmt.Errorf("%w: the combined key's KCV is not %s (a component was mistyped or swapped); nothing was imported", api.ErrKCVMismatch, kcv)
+	}
+	return key, nil
+}
+
+// CheckComponent checks component i (0-based) against its KCV.
+func CheckComponent(i int, component []byte, kcv string) error {
+	want, err := parseKCV(kcv)
+	if err != nil {
+		return err
+	}
+	got, err := keywrap.KCV(component)
+	if err != nil {
+		return fmt.Errorf("%w: component %d: %w", api.ErrBadInput, i+1, err)
+	}
+	if got != want {
+		return fmt.Errorf("%w: component %d does not match its KCV %s; nothing was imported", api.ErrKCVMismatch, i+1, kcv)
+	}
+	return nil
+}
+
+func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects map[string]string) (api.KeyInfo, error) {
+	if err := checkKeyName(req.Name); err != nil {
+		return api.KeyInfo{}, err
+	}
+	key, err := CombineComponents(req.Components, req.KCVs, req.KCV)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	defer clear(key)
+	ks, err := a.freshKeyState(ctx, req.Name)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	bits := 8 * len(key)
+	tmpl := catalog.KEKTemplate(bits)
+	rec := keyRecord{Name: req.Name, Kind: api.KindKEK, Type: fmt.Sprintf("aes-%d", bits), Usage: catalog.UsageWrap,
+		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC(), KCV: strings.ToLower(strings.TrimSpace(req.KCV))}
+	if err := a.keys.EvictResident(); err != nil {
+		return api.KeyInfo{}, err
+	}
+	var blob tpm.Blob
+	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
+		if blob, err = a.createUnderPK(l, tmpl, key); err != nil {
+			return err
+		}
+		// The TPM's own KCV of what it holds: the custodians' key, or
+		// nothing is recorded.
+		obj, err := a.loadUnderPK(l, blob)
+		if err != nil {
+			return err
+		}
+		defer a.flush(&err, obj.Handle)
+		return a.withKEKBlock(obj, l.auth, func(b keywrap.Block) error {
+			got, err := keywrap.KCVBlock(b)
+			if err == nil && hex.EncodeToString(got[:]) != rec.KCV {
+				err = fmt.Errorf("%w: the TPM's KEK has KCV %x, not the custodians' %s", api.ErrKCVMismatch, got, rec.KCV)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	rec.Object = hex.EncodeToString(name.Buffer)
+	rec.Public = tpm2.Marshal(blob.Public)
+	objects["object_name"] = rec.Object
+	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
+		return api.KeyInfo{}, err
+	}
+	return rec.info(), nil
+}
+
+// withKEKBlock runs fn with the loaded KEK obj as a keywrap.Block (one HMAC
+// session salted to the SRK, keyed by auth) and closes the session.
+func (a *Agent) withKEKBlock(obj tpm.Object, auth []byte, fn func(b keywrap.Block) error) (err error) {
+	b, err := a.t.KEKBlock(obj, auth)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := b.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return fn(b)
+}
+
+// kekState reads KEK name and checks that it is one, of at least minBits.
+func (a *Agent) kekState(ctx context.Context, name string, minBits int) (keyState, int, error) {
+	if err := checkKeyName(name); err != nil {
+		return keyState{}, 0, err
+	}
+	ks, err := a.readKeyState(ctx, name, true)
+	if err != nil {
+		return ks, 0, err
+	}
+	if ks.rec.Kind != api.KindKEK {
+		return ks, 0, fmt.Errorf("%w: %q is not a KEK (provd kek import makes one)", api.ErrBadInput, name)
+	}
+	bits := 0
+	switch ks.rec.Type {
+	case "aes-128":
+		bits = 128
+	case "aes-256":
+		bits = 256
+	default:
+		return ks, 0, fmt.Errorf("%w: KEK %q of type %q", api.ErrTampered, name, ks.rec.Type)
+	}
+	if bits < minBits {
+		return ks, 0, fmt.Errorf("%w: KEK %q is AES-%d, and this key needs a KEK at least as strong as itself: AES-%d", api.ErrNotPermitted, name, bits, minBits)
+	}
+	return ks, bits, nil
+}
+
+// withKEK loads KEK ks and runs fn with it as a Block, then flushes it. The
+// KEK's public area must be exactly a KEK's: fixed to this TPM, ECB.
+func (a *Agent) withKEK(ks keyState, bits int, fn func(b keywrap.Block) error) (err error) {
+	if err := a.keys.EvictResident(); err != nil {
+		return err
+	}
+	obj, err := a.loadCreated(ks)
+	if err != nil {
+		return err
+	}
+	defer a.flush(&err, obj.Handle)
+	got := obj.Public
+	got.Unique = catalog.KEKTemplate(bits).Unique // the TPM's digest of the key
+	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(catalog.KEKTemplate(bits))) {
+		return fmt.Errorf("%w: KEK %q's public area is not a KEK's", api.ErrTampered, ks.rec.Name)
+	}
+	return a.withKEKBlock(obj, ks.pk.auth, fn)
+}
+
+// ExportKey writes extractable key req.Name as PKCS#8 PrivateKeyInfo under
+// AES key wrap with padding with KEK req.KEK, with the crypto officer's
+// approval of this export, which the TPM checks (PolicyAuthorize in the
+// key's duplication branch): a key created without --extractable has no
+// such branch and is refused before the TPM is asked.
+func (a *Agent) ExportKey(ctx context.Context, req api.KeyExportRequest) ([]byte, error) {
+	defer a.lock()()
+	objects := map[string]string{"key": req.Name, "kek": req.KEK}
+	return auditedResult(ctx, a, "key-export", objects, func() ([]byte, error) {
+		return a.exportKey(ctx, req, objects)
+	})
+}
+
+func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects map[string]string) ([]byte, error) {
+	if err := checkKeyName(req.Name); err != nil {
+		return nil, err
+	}
+	ks, err := a.readKeyState(ctx, req.Name, true)
+	if err != nil {
+		return nil, err
+	}
+	if ks.rec.Kind == api.KindKEK {
+		return nil, fmt.Errorf("%w: %q is a KEK, which never leaves its TPM", api.ErrNotExtractable, req.Name)
+	}
+	if !ks.rec.Extractable {
+		return nil, fmt.Errorf("%w: %q was not created --extractable; it never leaves its TPM", api.ErrNotExtractable, req.Name)
+	}
+	kt, err := lookupType(ks.rec.Type, false)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := ks.rec.public()
+	if err != nil {
+		return nil, err
+	}
+	if pub.ObjectAttributes.EncryptedDuplication {
+		return nil, fmt.Errorf("%w: %q was created by an earlier provd with encryptedDuplication, which refuses a backup export; it can still move to a peer TPM", api.ErrNotPermitted, req.Name)
+	}
+	kek, bits, err := a.kekState(ctx, req.KEK, kt.MinKEKBits())
+	if err != nil {
+		return nil, err
+	}
+	objects["kek_kcv"] = kek.rec.KCV
+	if ks.pk.officer == nil {
+		return nil, errNoOfficer("exporting a key")
+	}
+	if req.Approval == nil {
+		return nil, fmt.Errorf("%w: exporting %q needs the crypto officer's approval (provd key approve --export --object-name %s)", api.ErrNotPermitted, req.Name, ks.rec.Object)
+	}
+	objName, err := hex.DecodeString(ks.rec.Object)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q's object name", api.ErrTampered, req.Name)
+	}
+	pkDigest := ks.pk.state.Policy.digest()
+	if err := checkApproval(req.Approval, ks.pk.officer, officer.DupApproved(pkDigest, objName, officer.ExportParent), officer.DupRef); err != nil {
+		return nil, err
+	}
+	expr, err := keyPolicy(ks.pk, true)
+	if err != nil {
+		return nil, err
+	}
+	opts := ks.pk.opts
+	opts.Branches = []int{1} // the duplication branch
+	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, officer.ExportParent), Approval: req.Approval}}
+	obj, _, err := a.keyObject(ctx, ks)
+	if err != nil {
+		return nil, err
+	}
+	var sens *tpm2.TPMTSensitive
+	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) (err error) {
+		sens, err = a.t.ExportSensitive(obj, s)
+		return err
+	})
+	defer tpm.ClearSensitive(sens)
+	if errors.Is(err, tpm.ErrDuplicate) {
+		return nil, fmt.Errorf("%w: key %q: %w", api.ErrTampered, req.Name, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	priv, err := catalog.PrivateKey(obj.Public, sens)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %w", api.ErrTampered, req.Name, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(der)
+	var out []byte
+	err = a.withKEK(kek, bits, func(b keywrap.Block) (err error) {
+		out, err = keywrap.WrapBlock(b, der)
+		return err
+	})
+	return out, err
+}
+
+// ImportKey brings a PKCS#8 backup wrapped under KEK req.KEK into the TPM
+// under the PK as key req.Name: unwrapped inside the TPM (a wrong KEK or a
+// changed file fails the wrap's integrity check and imports nothing), then
+// TPM2_Import. The TPM requires an imported key's fixedTPM and fixedParent
+// clear; whether it can leave again is its policy's say: a duplication
+// branch only with req.Extractable.
+func (a *Agent) ImportKey(ctx context.Context, req api.KeyImportRequest) (api.KeyInfo, error) {
+	defer a.lock()()
+	objects := map[string]string{"key": req.Name, "kek": req.KEK, "extractable": fmt.Sprint(req.Extractable)}
+	return auditedResult(ctx, a, "key-import", objects, func() (api.KeyInfo, error) {
+		return a.importKey(ctx, req, objects)
+	})
+}
+
+func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects map[string]string) (api.KeyInfo, error) {
+	if err := checkKeyName(req.Name); err != nil {
+		return api.KeyInfo{}, err
+	}
+	if err := keywrap.CheckWrapped(req.Wrapped); err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrBadInput, err)
+	}
+	ks, err := a.freshKeyState(ctx, req.Name)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	kek, bits, err := a.kekState(ctx, req.KEK, 0)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	objects["kek_kcv"] = kek.rec.KCV
+	var der []byte
+	err = a.withKEK(kek, bits, func(b keywrap.Block) (err error) {
+		der, err = keywrap.UnwrapBlock(b, req.Wrapped)
+		return err
+	})
+	defer clear(der)
+	if errors.Is(err, keywrap.ErrIntegrity) {
+		return api.KeyInfo{}, fmt.Errorf("not a key wrapped under KEK %q (KCV %s), or the file was changed: %w", req.KEK, kek.rec.KCV, err)
+	}
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	priv, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: the unwrapped key is not PKCS#8 (RFC 5208/5958)", api.ErrBadInput)
+	}
+	kt, sens, unique, err := catalog.FromPrivate(priv)
+	defer tpm.ClearSensitive(sens)
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
+	}
+	if bits < kt.MinKEKBits() {
+		return api.KeyInfo{}, fmt.Errorf("%w: a %s key wrapped under an AES-%d KEK, weaker than the key (AES-%d at least)", api.ErrNotPermitted, kt.Name, bits, kt.MinKEKBits())
+	}
+	usage, err := kt.Usage(req.Usage)
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrBadInput, err)
+	}
+	expr, err := keyPolicy(ks.pk, req.Extractable)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	digest, err := expr.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	tmpl := kt.CreatedTemplate(usage, digest, true)
+	tmpl.ObjectAttributes.SensitiveDataOrigin = false
+	rec := keyRecord{Name: req.Name, Kind: api.KindImported, Type: kt.Name, Usage: usage, Extractable: req.Extractable,
+		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
+	tmpl.Unique = unique
+	sens.AuthValue = tpm2.TPM2BAuth{Buffer: bytes.Clone(ks.pk.auth)}
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		return api.KeyInfo{}, err
+	}
+	sens.SeedValue = tpm2.TPM2BDigest{Buffer: seed}
+	if err := a.keys.EvictResident(); err != nil {
+		return api.KeyInfo{}, err
+	}
+	var blob tpm.Blob
+	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
+		err = a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+			blob, err = a.t.ImportSensitive(l.pk, s, tmpl, sens)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		// Loading proves the TPM took it under this PK.
+		obj, err := a.loadUnderPK(l, blob)
+		if err != nil {
+			return err
+		}
+		return a.t.Flush(obj.Handle)
+	})
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	rec.Object = hex.EncodeToString(name.Buffer)
+	rec.Public = tpm2.Marshal(blob.Public)
+	objects["object_name"] = rec.Object
+	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
+		return api.KeyInfo{}, err
+	}
+	return rec.info(), nil
+}

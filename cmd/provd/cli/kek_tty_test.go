@@ -1,0 +1,132 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// openPTY opens a pseudo-terminal pair in the test's process: the master,
+// where the test types and reads what the terminal shows, and the slave,
+// the command's stdin.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); m.Close() })
+	return m, s
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while the command writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestCustodiansAtTheTerminal: on a terminal, each custodian's component is
+// read with echo off (the terminal never shows it), its KCV checked at once,
+// and the combined KCV shown for confirmation; answering anything but y
+// imports nothing (exit 16), y imports the KEK.
+func TestCustodiansAtTheTerminal(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.CloseTPM()
+	state := filepath.Join(t.TempDir(), "state")
+	if _, stderr, code := run(t, nil, "--tpm", env.Spec, "--state-dir", state, "provision", "--pcrs", "7", "--trust-on-first-use"); code != 0 {
+		t.Fatal(stderr)
+	}
+	c := newCustodians(t, 2, 16)
+	for _, answer := range []string{"n", "y"} {
+		master, slave := openPTY(t)
+		shown := &lockedBuffer{}
+		go func() {
+			buf := make([]byte, 256)
+			for {
+				n, err := master.Read(buf)
+				shown.Write(buf[:n])
+				if err != nil {
+					return
+				}
+			}
+		}()
+		var stderr lockedBuffer
+		var stdout bytes.Buffer
+		done := make(chan int)
+		go func() {
+			done <- cli.Main(context.Background(), []string{"--tpm", env.Spec, "--state-dir", state, "kek", "import", "tty-kek", "--components", "2"},
+				cli.Deps{Stdin: slave, Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }})
+		}()
+		// Type each line once the prompt for it is on stderr.
+		typeAfter := func(prompt, line string) {
+			t.Helper()
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(stderr.String(), prompt) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no prompt %q; stderr:\n%s", prompt, stderr.String())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if _, err := master.Write([]byte(line + "\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, part := range c.parts {
+			typeAfter(fmt.Sprintf("custodian %d of 2: component", i+1), fmt.Sprintf("%x", part))
+			typeAfter(fmt.Sprintf("custodian %d of 2: the component's KCV", i+1), c.kcvs[i])
+		}
+		typeAfter("does it match the key's record? [y/N]", answer)
+		code := <-done
+		want := map[string]int{"n": api.ExitKCV, "y": 0}[answer]
+		if code != want {
+			t.Fatalf("answer %q: exit %d, want %d\n%s", answer, code, want, stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond) // the last echo
+		for i, part := range c.parts {
+			if strings.Contains(strings.ToLower(shown.String()), fmt.Sprintf("%x", part)[:8]) {
+				t.Fatalf("the terminal showed component %d:\n%q", i+1, shown.String())
+			}
+			if !strings.Contains(shown.String(), c.kcvs[i]) {
+				t.Errorf("the terminal did not show KCV %d (typed with echo on): %q", i+1, shown.String())
+			}
+		}
+		if !strings.Contains(stderr.String(), "combined key KCV: "+c.kcv) {
+			t.Errorf("the combined KCV was not shown: %s", stderr.String())
+		}
+	}
+}

@@ -1,0 +1,220 @@
+package tpm
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Moving key material in and out of the TPM: a KEK that wraps inside the
+// TPM (KEKBlock), an extractable key's private part brought out for a
+// PKCS#8 backup (ExportSensitive), and a private key brought in under a
+// parent (ImportSensitive). Every secret crosses the bus encrypted: inside
+// a session salted to the SRK, or under a wrapper whose key the bus never
+// sees in the clear.
+
+// KEKBlock is a symmetric key loaded in the TPM used as an AES block cipher
+// (ECB, one block per TPM2_EncryptDecrypt2), for AES key wrap: the key never
+// leaves the TPM. One HMAC session, keyed by the key's authValue and salted
+// to the SRK, authorizes every block and encrypts it both ways, so the bus
+// sees neither the blocks (key material on the first pass) nor a way to use
+// the key. Close flushes the session.
+type KEKBlock struct {
+	t     *TPM
+	key   Object
+	s     tpm2.Session
+	close func() error
+	// Calls counts the TPM commands sent (one per block).
+	Calls int
+}
+
+// KEKBlock starts the session for key (an AES key of mode ECB, userWithAuth
+// with authValue).
+func (t *TPM) KEKBlock(key Object, authValue []byte) (*KEKBlock, error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return nil, err
+	}
+	s, closer, err := t.startHMACSession(tpm2.Auth(authValue), tpm2.Salted(srk.Handle, srk.Public),
+		tpm2.AESEncryption(128, tpm2.EncryptInOut))
+	if err != nil {
+		return nil, err
+	}
+	return &KEKBlock{t: t, key: key, s: s, close: closer}, nil
+}
+
+// Encrypt encrypts one 16-byte block.
+func (k *KEKBlock) Encrypt(dst, src []byte) error { return k.crypt(false, dst, src) }
+
+// Decrypt decrypts one 16-byte block.
+func (k *KEKBlock) Decrypt(dst, src []byte) error { return k.crypt(true, dst, src) }
+
+func (k *KEKBlock) crypt(decrypt bool, dst, src []byte) error {
+	if len(src) != aes.BlockSize || len(dst) < aes.BlockSize {
+		return fmt.Errorf("KEK block: %d bytes, want %d", len(src), aes.BlockSize)
+	}
+	k.Calls++
+	rsp, err := (tpm2.EncryptDecrypt2{
+		KeyHandle: k.key.Auth(k.s),
+		Message:   tpm2.TPM2BMaxBuffer{Buffer: src},
+		Decrypt:   tpm2.TPMIYesNo(decrypt),
+		Mode:      tpm2.TPMAlgECB,
+	}).Execute(k.t)
+	if err != nil {
+		return Wrap("TPM2_EncryptDecrypt2", err)
+	}
+	defer clear(rsp.OutData.Buffer)
+	if len(rsp.OutData.Buffer) != aes.BlockSize {
+		return fmt.Errorf("TPM2_EncryptDecrypt2: %d bytes back for one block", len(rsp.OutData.Buffer))
+	}
+	copy(dst, rsp.OutData.Buffer)
+	return nil
+}
+
+// Close flushes the session.
+func (k *KEKBlock) Close() error { return k.close() }
+
+// ExportSensitive brings obj's private part out of the TPM: TPM2_Duplicate
+// to TPM_RH_NULL with an inner AES-128-CFB wrapper under a random key that
+// goes to the TPM inside the salted session, so the bus carries only the
+// wrapped duplicate; provd then opens the wrapper and checks its integrity.
+// auth must satisfy obj's duplication policy (which the TPM checks: a key
+// that is not extractable has no such branch). The caller clears the
+// result's secrets (ClearSensitive).
+func (t *TPM) ExportSensitive(obj Object, auth tpm2.Session) (*tpm2.TPMTSensitive, error) {
+	inner := make([]byte, 16)
+	if _, err := rand.Read(inner); err != nil {
+		return nil, err
+	}
+	defer clear(inner)
+	var dup []byte
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+		rsp, err := (tpm2.Duplicate{
+			ObjectHandle:    obj.Auth(auth),
+			NewParentHandle: tpm2.TPMRHNull,
+			EncryptionKeyIn: tpm2.TPM2BData{Buffer: inner},
+			Symmetric: tpm2.TPMTSymDef{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+		}).Execute(t, enc)
+		if err != nil {
+			return Wrap("TPM2_Duplicate", err)
+		}
+		dup = rsp.Duplicate.Buffer
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return OpenInnerDuplicate(inner, obj.Name.Buffer, dup)
+}
+
+// ErrDuplicate: a duplicate whose inner wrapper does not open to the object
+// it names.
+var ErrDuplicate = errors.New("the duplicate's inner integrity check failed (wrong key or name, or changed on the bus)")
+
+// OpenInnerDuplicate opens an inner duplication wrapper (TPM 2.0 Part 1,
+// 23.3.2.3, SHA-256 name algorithm, AES-128-CFB with a zero IV): the
+// plaintext is a TPM2B integrity digest, SHA-256(TPM2B_SENSITIVE || name),
+// then the TPM2B_SENSITIVE. It checks the digest in constant time and returns
+// the sensitive area, or ErrDuplicate with nothing.
+func OpenInnerDuplicate(key, name, dup []byte) (*tpm2.TPMTSensitive, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	plain := make([]byte, len(dup))
+	defer clear(plain)
+	//lint:ignore SA1019 the TPM's inner duplication wrapper is AES-CFB (Part 1, 23.3.2.3); its integrity is the digest checked below
+	cipher.NewCFBDecrypter(b, make([]byte, aes.BlockSize)).XORKeyStream(plain, dup)
+	if len(plain) < 2+sha256.Size || int(binary.BigEndian.Uint16(plain)) != sha256.Size {
+		return nil, ErrDuplicate
+	}
+	integrity, rest := plain[2:2+sha256.Size], plain[2+sha256.Size:]
+	h := sha256.New()
+	h.Write(rest)
+	h.Write(name)
+	if subtle.ConstantTimeCompare(h.Sum(nil), integrity) != 1 {
+		return nil, ErrDuplicate
+	}
+	s2b, err := tpm2.Unmarshal[tpm2.TPM2BSensitive](rest)
+	if err != nil || len(tpm2.Marshal(s2b)) != len(rest) {
+		return nil, ErrDuplicate
+	}
+	sens, err := s2b.Contents()
+	if err != nil {
+		return nil, ErrDuplicate
+	}
+	return sens, nil
+}
+
+// ClearSensitive clears the secrets of a sensitive area: authValue, seed
+// and the private key.
+func ClearSensitive(s *tpm2.TPMTSensitive) {
+	if s == nil {
+		return
+	}
+	clear(s.AuthValue.Buffer)
+	clear(s.SeedValue.Buffer)
+	if p, err := s.Sensitive.RSA(); err == nil {
+		clear(p.Buffer)
+	}
+	if p, err := s.Sensitive.ECC(); err == nil {
+		clear(p.Buffer)
+	}
+	if p, err := s.Sensitive.Bits(); err == nil {
+		clear(p.Buffer)
+	}
+	if p, err := s.Sensitive.Sym(); err == nil {
+		clear(p.Buffer)
+	}
+}
+
+// ImportSensitive brings a private key into the TPM under parent, a storage
+// key whose public area the caller authenticated: the sensitive area goes
+// in an outer duplication wrapper made in software to parent's public key
+// (only parent's TPM can open it), then TPM2_Import gives the blob that
+// parent loads. The TPM requires fixedTPM and fixedParent clear in pub;
+// whether the key can leave again is its policy's say.
+func (t *TPM) ImportSensitive(parent Object, parentAuth tpm2.Session, pub tpm2.TPMTPublic, sens *tpm2.TPMTSensitive) (Blob, error) {
+	name, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		return Blob{}, err
+	}
+	ek, err := tpm2.ImportEncapsulationKey(&parent.Public)
+	if err != nil {
+		return Blob{}, fmt.Errorf("import parent: %w", err)
+	}
+	raw := tpm2.Marshal(sens)
+	defer clear(raw)
+	dup, seed, err := tpm2.CreateDuplicate(rand.Reader, ek, name.Buffer, raw)
+	if err != nil {
+		return Blob{}, err
+	}
+	// The salted session authenticates the response (the private blob).
+	var blob Blob
+	err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+		rsp, err := (tpm2.Import{
+			ParentHandle: parent.Auth(parentAuth),
+			ObjectPublic: tpm2.New2B(pub),
+			Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
+			InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seed},
+			Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
+		}).Execute(t, enc)
+		if err != nil {
+			return Wrap("TPM2_Import", err)
+		}
+		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
+		return nil
+	})
+	return blob, err
+}
