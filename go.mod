@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/google/go-tpm v0.9.8
+	github.com/miekg/pkcs11 v1.1.2
 	github.com/spf13/cobra v1.10.2
 	golang.org/x/sys v0.50.0
 	gopkg.in/yaml.v3 v3.0.1
