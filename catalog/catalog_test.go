@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"math/big"
 	"testing"
@@ -178,4 +179,48 @@ func FuzzPublicKey(f *testing.F) {
 			t.Fatalf("accepted %x as %T, which does not convert back: %v", b, pub, err)
 		}
 	})
+}
+
+// FuzzFromPKCS8: what a backup unwraps to (PKCS#8 from another HSM, or
+// garbage under the right KEK) never panics the conversion to a TPM
+// sensitive area, and an accepted RSA or ECC key round-trips: the
+// sensitive area and unique field give back the same private key.
+func FuzzFromPKCS8(f *testing.F) {
+	for _, k := range testKeys(f) {
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(der)
+	}
+	f.Fuzz(func(t *testing.T, der []byte) {
+		k, err := x509.ParsePKCS8PrivateKey(der)
+		if err != nil {
+			return
+		}
+		kt, sens, unique, err := FromPrivate(k)
+		if err != nil {
+			return
+		}
+		pub := kt.CreatedTemplate(UsageSign, nil, true)
+		pub.Unique = unique
+		back, err := PrivateKey(pub, sens)
+		if err != nil {
+			t.Fatalf("an accepted %s key does not come back from its sensitive area: %v", kt.Name, err)
+		}
+		if !back.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(k.(crypto.Signer).Public()) {
+			t.Fatal("the key that comes back is another")
+		}
+	})
+}
+
+// testKeys are an RSA-2048, a P-256 and a P-384 key.
+func testKeys(f *testing.F) []crypto.Signer {
+	r, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		f.Fatal(err)
+	}
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	return []crypto.Signer{r, p256, p384}
 }
