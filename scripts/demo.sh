@@ -94,6 +94,53 @@ expect 5 "$bin" key create weak --type rsa-1024
 expect 5 "$bin" key sign tls --in "$demo/firmware.bin" --hash sha1
 printf '\n\033[1m== A TPM cannot derive RSA: the refusal (exit 5) names the command to use\033[0m\n'
 expect 5 "$bin" key derive rsa --label rsa --type rsa-2048
+printf '\n\033[1m== Key ceremony: three custodians enter an AES-256 KEK as components, each with its key check value\033[0m\n'
+kcv_of() { head -c 16 /dev/zero | openssl enc -aes-256-ecb -K "$1" -nopad | head -c 3 | od -An -tx1 | tr -d ' \n'; }
+combined=""
+for i in 1 2 3; do
+  comp=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  printf '%s\n%s\n' "$comp" "$(kcv_of "$comp")" > "$demo/custodian$i.txt"
+  if [ -z "$combined" ]; then combined=$comp; else
+    x=""; for o in 0 8 16 24 32 40 48 56; do x+=$(printf '%08x' $(( 0x${combined:$o:8} ^ 0x${comp:$o:8} ))); done; combined=$x
+  fi
+  printf 'custodian %d: component %s… KCV %s\n' "$i" "${comp:0:8}" "$(kcv_of "$comp")"
+done
+kcv=$(kcv_of "$combined")
+printf '\n\033[1m== A KCV read off the wrong sheet: nothing is imported (exit 16)\033[0m\n'
+expect 16 sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv 000000 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt'"
+step "The right ones: each KCV checked, the KEK made in the TPM, and the TPM's own KCV of it is the custodians' ($kcv)" \
+  sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt'"
+step "An RSA key born extractable (decided now, forever)" \
+  "$bin" key create backup-me --type rsa-2048 --extractable
+printf '\n\033[1m== Without the officer'"'"'s approval of this export, a key does not leave; one never born extractable never does (exit 5)\033[0m\n'
+objname=$("$bin" key pub backup-me -o json | grep -o '"object_name": "[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
+step "The officer approves exporting exactly this key (offline; the TPM checks it in the key's duplication branch)" \
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --export --object-name "$objname" --out "$demo/backup-me.export.json"
+expect 5 "$bin" key export fw-sign --kek backup-kek --approval "$demo/backup-me.export.json" --out "$demo/fw-sign.kwp"
+step "Export it: PKCS#8 under AES key wrap with padding (RFC 5649), wrapped inside the TPM with the KEK" \
+  "$bin" key export backup-me --kek backup-kek --approval "$demo/backup-me.export.json" --out "$demo/backup-me.p8.kwp"
+step "openssl unwraps it with the combined key; its public key is the TPM key's" \
+  bash -c "openssl enc -d -id-aes256-wrap-pad -K $combined -iv A65959A6 -in '$demo/backup-me.p8.kwp' | openssl pkey -inform DER -pubout | diff - <('$bin' key pub backup-me) && echo 'public keys match'"
+step "Recovery on an air-gapped host: the custodians' components, no TPM, no state" \
+  sh -c "'$bin' --state-dir /nonexistent key recover --in '$demo/backup-me.p8.kwp' --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv --out '$demo/recovered.p8' 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' && openssl pkey -inform DER -in '$demo/recovered.p8' -noout -text | head -1"
+"$bin" key pub backup-me --out "$demo/backup-me.pub.pem"
+printf '\n\033[1m== A second TPM (its own swtpm and state) takes the backup: the same ceremony there, then key import\033[0m\n'
+(
+  export PROVD_STATE_DIR="$demo/state-b"
+  "$bin" tpm info >/dev/null # manufactures the second swtpm
+  cat "$demo/state-b/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state-b/swtpm/ca/issuercert.pem" > "$demo/ek-ca-b.pem"
+  step "Provision TPM B (its identity verified against its own manufacturer CA)" \
+    "$bin" provision --pcrs 7 --ek-ca "$demo/ek-ca-b.pem" --officer-key "$demo/officer.pub.pem"
+  step "The custodians enter the KEK on B" \
+    sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' | grep -i kcv"
+  step "Import the backup on B (unwrapped inside B's TPM; not extractable there)" \
+    "$bin" key import backup-me --in "$demo/backup-me.p8.kwp" --kek backup-kek
+  step "B signs; openssl verifies with A's public key" \
+    sh -c "'$bin' key sign backup-me --in '$demo/firmware.bin' --out '$demo/b.sig' && openssl dgst -sha256 -verify '$demo/backup-me.pub.pem' -signature '$demo/b.sig' '$demo/firmware.bin'"
+  printf '\n\033[1m== A changed backup imports nothing (exit 14)\033[0m\n'
+  cp "$demo/backup-me.p8.kwp" "$demo/changed.kwp"; printf 'x' | dd of="$demo/changed.kwp" bs=1 seek=100 conv=notrunc 2>/dev/null
+  expect 14 "$bin" key import other --in "$demo/changed.kwp" --kek backup-kek
+)
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
 printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'
