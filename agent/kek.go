@@ -292,12 +292,16 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	opts := ks.pk.opts
 	opts.Branches = []int{1} // the duplication branch
 	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, officer.ExportParent), Approval: req.Approval}}
+	auth, err := ks.objectAuth()
+	if err != nil {
+		return nil, err
+	}
 	obj, _, err := a.keyObject(ctx, ks)
 	if err != nil {
 		return nil, err
 	}
 	var sens *tpm2.TPMTSensitive
-	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) (err error) {
+	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) (err error) {
 		sens, err = a.t.ExportSensitive(obj, s)
 		return err
 	})
@@ -396,7 +400,14 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	rec := keyRecord{Name: req.Name, Kind: api.KindImported, Type: kt.Name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
 	tmpl.Unique = unique
-	sens.AuthValue = tpm2.TPM2BAuth{Buffer: bytes.Clone(ks.pk.auth)}
+	auth := ks.pk.auth
+	if req.Extractable { // its own, which travels with it
+		if auth, err = tpm.RandomAuth(objectAuthSize); err != nil {
+			return api.KeyInfo{}, err
+		}
+		rec.Auth = hex.EncodeToString(auth)
+	}
+	sens.AuthValue = tpm2.TPM2BAuth{Buffer: bytes.Clone(auth)}
 	seed := make([]byte, 32)
 	if _, err := rand.Read(seed); err != nil {
 		return api.KeyInfo{}, err

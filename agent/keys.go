@@ -51,6 +51,10 @@ type keyRecord struct {
 	Public      []byte    `json:"public"`      // TPM2B_PUBLIC of the key
 	Policy      string    `json:"policy"`      // hex authPolicy
 	CreatedAt   time.Time `json:"created_at"`
+	// Auth is an extractable key's own authValue (hex, secret like the PK's
+	// object_auth beside it): it travels with the key to a peer TPM, the
+	// objects' authValue under the PK does not. "" for the others.
+	Auth string `json:"auth,omitempty"`
 	// KCV is a KEK's key check value (hex).
 	KCV string `json:"kcv,omitempty"`
 	// Approval is the crypto officer's approval of a derived key's recipe:
@@ -285,10 +289,18 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
+	var auth []byte // the objects' authValue, unless extractable
+	if req.Extractable {
+		if auth, err = tpm.RandomAuth(objectAuthSize); err != nil {
+			return api.KeyInfo{}, err
+		}
+		defer clear(auth)
+		rec.Auth = hex.EncodeToString(auth)
+	}
 	var blob tpm.Blob
 	if err := a.withLoadedPK(ks.pk, func(l *loadedPK) error {
 		var err error
-		blob, err = a.createUnderPK(l, tmpl, nil)
+		blob, err = a.createUnderPKWith(l, tmpl, auth, nil)
 		return err
 	}); err != nil {
 		return api.KeyInfo{}, err

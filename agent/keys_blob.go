@@ -37,8 +37,17 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 			return err
 		}
 		objects["object_name"] = r.Object
-		if r.Kind != api.KindCreated {
+		switch {
+		case r.Kind == api.KindDerived:
 			return fmt.Errorf("%w: %q is a derived key: it has no blob (derive it again from its label and context)", api.ErrNotPermitted, name)
+		case r.Kind != api.KindCreated:
+			return fmt.Errorf("%w: %q is a %s key: it has no key file", api.ErrNotPermitted, name, r.Kind)
+		case r.Auth != "":
+			// An extractable key's authValue is its own (it travels with
+			// the key to a peer; the PK's objects' does not), and a key file
+			// has no place for it that would not put it on disk beside the
+			// blob.
+			return fmt.Errorf("%w: %q is extractable, with an authorization value of its own that a key file cannot carry: back it up with provd key export (PKCS#8 under a KEK)", api.ErrNotPermitted, name)
 		}
 		var raw []byte
 		if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
@@ -47,16 +56,25 @@ func (a *Agent) ExportKeyBlob(ctx context.Context, name string) (out []byte, err
 		}); err != nil {
 			return err
 		}
-		b, err := tpm.UnmarshalBlob(raw)
+		out, err = blobKeyFile(raw)
 		if err != nil {
 			return fmt.Errorf("key %s blob: %w", name, err)
 		}
-		k := keyfile.Key{EmptyAuth: true, Parent: keyfile.ParentOwner,
-			Public: tpm2.Marshal(b.Public), Private: tpm2.Marshal(b.Private)}
-		out, err = k.EncodePEM()
-		return err
+		return nil
 	})
 	return out, err
+}
+
+// blobKeyFile is a key blob (tpm.Blob.Marshal) as a TSS2 PRIVATE KEY file
+// under the PK, the owner hierarchy's key.
+func blobKeyFile(raw []byte) ([]byte, error) {
+	b, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return nil, err
+	}
+	k := keyfile.Key{EmptyAuth: true, Parent: keyfile.ParentOwner,
+		Public: tpm2.Marshal(b.Public), Private: tpm2.Marshal(b.Private)}
+	return k.EncodePEM()
 }
 
 // ImportKeyBlob records the key in a "TSS2 PRIVATE KEY" file as key name. The

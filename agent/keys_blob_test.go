@@ -133,7 +133,14 @@ func TestImportRefusesForeignOrigin(t *testing.T) {
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}
-	pemData, err := a.ExportKeyBlob(ctx, "ext")
+	// An extractable key has no key file (its authValue is its own):
+	// the file is made here from its blob, as an attacker with the state
+	// would.
+	ks, err := a.readKeyState(ctx, "ext", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemData, err := blobKeyFile(ks.keyBlob)
 	if err != nil {
 		t.Fatal(err)
 	}

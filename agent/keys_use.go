@@ -32,6 +32,19 @@ type keyState struct {
 	keyBlob []byte // created keys
 }
 
+// objectAuth is the key's authValue: its own (an extractable key's, which
+// travels with it to a peer without the PK's), or the objects' under the PK.
+func (ks keyState) objectAuth() ([]byte, error) {
+	if ks.rec.Auth == "" {
+		return ks.pk.auth, nil
+	}
+	auth, err := hex.DecodeString(ks.rec.Auth)
+	if err != nil || len(auth) != objectAuthSize {
+		return nil, fmt.Errorf("%w: key %q: its authorization value in the state is not %d bytes of hex", api.ErrTampered, ks.rec.Name, objectAuthSize)
+	}
+	return auth, nil
+}
+
 // readKeyState reads the PK's inputs and key name's record and blob. With
 // must, a missing key is api.ErrNotFound.
 func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
@@ -190,8 +203,12 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
 			return fmt.Errorf("%w: key %q has another policy than recorded", api.ErrTampered, name)
 		}
+		auth, err := ks.objectAuth()
+		if err != nil {
+			return err
+		}
 		ran := false
-		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, ks.pk.auth, func(s tpm2.Session) error {
+		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
 			ran = true
 			return fn(ks.rec, obj, s)
 		})

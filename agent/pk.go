@@ -436,9 +436,18 @@ func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (tpm.Object, error) {
 // the object's authValue is the objects' (its policy ends in
 // PolicyAuthValue), data its sealed data if any.
 func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, data []byte) (tpm.Blob, error) {
+	return a.createUnderPKWith(l, tmpl, nil, data)
+}
+
+// createUnderPKWith is createUnderPK with the object's own authValue auth
+// (nil: the objects').
+func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data []byte) (tpm.Blob, error) {
+	if auth == nil {
+		auth = l.auth
+	}
 	var blob tpm.Blob
 	err := a.withPKPolicy(l, func(s tpm2.Session) (err error) {
-		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: l.auth, Data: data})
+		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: auth, Data: data})
 		return err
 	})
 	return blob, err
