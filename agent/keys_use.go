@@ -163,6 +163,8 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 		obj, err = a.deriveObject(ctx, ks)
 	case api.KindCreated, api.KindImported:
 		obj, err = a.loadCreated(ks)
+	case api.KindTransferred:
+		obj, err = a.loadTransferred(ctx, ks)
 	case api.KindKEK:
 		err = errKEKOnly(name)
 	default:

@@ -157,6 +157,15 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			_, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "k3", KEK: "kek", Wrapped: make([]byte, 24)})
 			return err
 		},
+		"PeerIdentity": func() error { _, err := a.PeerIdentity(ctx); return err },
+		"DupExport": func() error {
+			_, err := a.DupExport(ctx, api.DupExportRequest{Name: "sig"})
+			return err
+		},
+		"DupImport": func() error {
+			_, err := a.DupImport(ctx, api.DupImportRequest{Name: "k4", Dup: api.DupFile{Format: api.DupFormat}})
+			return err
+		},
 		"ImportKeyBlob": func() error {
 			pemData, err := a.ExportKeyBlob(ctx, "sig")
 			if err != nil {

@@ -45,6 +45,9 @@ type Service interface {
 	ImportKEK(ctx context.Context, req KEKImportRequest) (KeyInfo, error)
 	ExportKey(ctx context.Context, req KeyExportRequest) ([]byte, error)
 	ImportKey(ctx context.Context, req KeyImportRequest) (KeyInfo, error)
+	PeerIdentity(ctx context.Context) (PeerIdentity, error)
+	DupExport(ctx context.Context, req DupExportRequest) (DupFile, error)
+	DupImport(ctx context.Context, req DupImportRequest) (KeyInfo, error)
 }
 
 // Caller is who asked for an operation, as the audit trail records it: the
@@ -95,6 +98,9 @@ var (
 	RouteKEKImport      = Route{"POST", "/v1/kek/import", "kek-import"}
 	RouteKeyExport      = Route{"POST", "/v1/keys/export", "key-export"}
 	RouteKeyImport      = Route{"POST", "/v1/keys/import", "key-import"}
+	RoutePeerIdentity   = Route{"POST", "/v1/peer/identity", "peer-identity"}
+	RouteDupExport      = Route{"POST", "/v1/dup/export", "dup-export"}
+	RouteDupImport      = Route{"POST", "/v1/dup/import", "dup-import"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

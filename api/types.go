@@ -318,6 +318,9 @@ const (
 	// import): stored TPM-wrapped like a created key, but not born in this
 	// TPM.
 	KindImported = "imported"
+	// KindTransferred is a key duplicated to this TPM from a peer (provd
+	// dup import): under the transfer key, with its own authValue.
+	KindTransferred = "transferred"
 	// KindKEK is an AES key-encryption key entered from custodians'
 	// components (provd kek import): it wraps and unwraps backups inside
 	// the TPM and never leaves it.
@@ -404,9 +407,106 @@ type KeyImportRequest struct {
 	Extractable bool   `json:"extractable,omitempty"`
 }
 
+// PeerIdentity is what a device tells a peer that will send it keys (provd
+// peer identity; docs/formats.md): its EK certificates, the public area of
+// its transfer key (what keys are duplicated to), and what a key must be
+// bound to to work on it. Nothing in it is secret; nothing in it is
+// trusted until the sender has verified an EK certificate against the
+// manufacturer's roots, and the duplicate's inner key is bound, through a
+// credential, to that EK and the transfer key's name.
+type PeerIdentity struct {
+	Format         int       `json:"format"`
+	EKCertificates [][]byte  `json:"ek_certificates"` // DER
+	Parent         []byte    `json:"parent"`          // TPM2B_PUBLIC of the transfer key
+	ParentName     string    `json:"parent_name"`     // its TPM name, hex
+	PKPolicy       string    `json:"pk_policy"`       // the device's PK policy digest, hex
+	Officer        string    `json:"officer"`         // the TPM name of its officer key, hex
+	CreatedAt      time.Time `json:"created_at"`
+}
+
+// PeerFormat is PeerIdentity's format number.
+const PeerFormat = 1
+
+// DupExportRequest duplicates extractable key Name to the peer: POST
+// /v1/dup/export. EKCA is the manufacturer roots the peer's EK certificate
+// must chain to (the daemon's ek_ca when none); Approval is the crypto
+// officer's approval of this key's duplication to the peer's transfer key.
+type DupExportRequest struct {
+	Name     string           `json:"name"`
+	Peer     PeerIdentity     `json:"peer"`
+	Approval *policy.Approval `json:"approval"`
+	EKCA     []byte           `json:"ek_ca,omitempty"`
+}
+
+// DupFile is a key duplicated to a peer (provd dup export; docs/formats.md):
+// TPM2_Duplicate's output with an inner wrapper whose key, with the key's
+// authValue, is a credential to the peer's EK for its transfer key's name:
+// only that TPM, with that key loaded by the device's provd, recovers it.
+type DupFile struct {
+	Format           int       `json:"format"`
+	Key              string    `json:"key"` // the key's name on the origin
+	Type             string    `json:"type"`
+	Usage            string    `json:"usage"`
+	Public           []byte    `json:"public"` // TPM2B_PUBLIC
+	Duplicate        []byte    `json:"duplicate"`
+	Seed             []byte    `json:"seed"`
+	CredentialBlob   []byte    `json:"credential_blob"`
+	CredentialSecret []byte    `json:"credential_secret"`
+	ParentName       string    `json:"parent_name"`
+	PKPolicy         string    `json:"pk_policy"`
+	Officer          string    `json:"officer"`
+	EKCertSHA256     string    `json:"ek_cert_sha256"`
+	CreatedAt        time.Time `json:"created_at"`
+}
+
+// DupFormat is DupFile's format number.
+const DupFormat = 1
+
+// DupImportRequest imports a duplicate made for this device as key Name:
+// POST /v1/dup/import.
+type DupImportRequest struct {
+	Name string  `json:"name"`
+	Dup  DupFile `json:"dup"`
+}
+
 // SignOptions choose the scheme and hash; zero values pick the key's
 // defaults (ECDSA; RSASSA-PKCS1-v1_5; SHA-256, SHA-384 for P-384).
 type SignOptions struct {
 	Scheme string
 	Hash   crypto.Hash
+}
+
+// maxTransferFile bounds a peer identity or duplicate file: EK certificates
+// and an RSA-4096 duplicate are a few KB.
+const maxTransferFile = 64 << 10
+
+// ParsePeerIdentity reads a peer identity file (provd peer identity)
+// strictly: one JSON object, no unknown or duplicate keys, this format.
+func ParsePeerIdentity(b []byte) (PeerIdentity, error) {
+	var p PeerIdentity
+	if len(b) > maxTransferFile {
+		return p, fmt.Errorf("%w: a peer identity of %d bytes (at most %d)", ErrBadInput, len(b), maxTransferFile)
+	}
+	if err := strictjson.Decode(b, &p); err != nil {
+		return p, fmt.Errorf("%w: peer identity: %v", ErrBadInput, err)
+	}
+	if p.Format != PeerFormat {
+		return p, fmt.Errorf("%w: peer identity format %d, this provd reads %d", ErrBadInput, p.Format, PeerFormat)
+	}
+	return p, nil
+}
+
+// ParseDupFile reads a duplicate file (provd dup export) strictly.
+func ParseDupFile(b []byte) (DupFile, error) {
+	var d DupFile
+	if len(b) > maxTransferFile {
+		return d, fmt.Errorf("%w: a duplicate of %d bytes (at most %d)", ErrBadInput, len(b), maxTransferFile)
+	}
+	if err := strictjson.Decode(b, &d); err != nil {
+		return d, fmt.Errorf("%w: duplicate: %v", ErrBadInput, err)
+	}
+	if d.Format != DupFormat {
+		return d, fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)
+	}
+	return d, nil
 }

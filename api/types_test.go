@@ -110,3 +110,28 @@ func FuzzDecodeRequests(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseTransferFiles: a peer identity or a duplicate from a file never
+// panics its parser, and what it accepts is of this format and re-encodes.
+func FuzzParseTransferFiles(f *testing.F) {
+	f.Add([]byte(`{"format":1,"ek_certificates":["AA=="],"parent":"AA==","parent_name":"00","pk_policy":"00","officer":"00","created_at":"2026-12-04T00:00:00Z"}`))
+	f.Add([]byte(`{"format":1,"key":"k","type":"ecc-p256","usage":"sign","public":"AA==","duplicate":"AA==","seed":"AA==","credential_blob":"AA==","credential_secret":"AA==","parent_name":"00","pk_policy":"00","officer":"00","ek_cert_sha256":"00","created_at":"2026-12-04T00:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if p, err := ParsePeerIdentity(b); err == nil {
+			if p.Format != PeerFormat {
+				t.Fatalf("accepted format %d", p.Format)
+			}
+			if _, err := json.Marshal(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d, err := ParseDupFile(b); err == nil {
+			if d.Format != DupFormat {
+				t.Fatalf("accepted format %d", d.Format)
+			}
+			if _, err := json.Marshal(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

@@ -186,3 +186,49 @@ func (kt Type) MinKEKBits() int {
 	}
 	return 128
 }
+
+// TransferTemplate is the public area of a device's transfer key, the
+// parent that keys duplicated to it from a peer are imported under (provd
+// peer identity): an ECC P-256 storage key (restricted decrypt, AES-128-CFB)
+// born in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin), used with
+// its own authValue (userWithAuth) and no policy, adminWithPolicy clear.
+// The last is what makes a credential bound to its name proof of
+// residency: TPM2_ActivateCredential authorizes the object in the ADMIN
+// role, and with adminWithPolicy clear only its authValue does, which a
+// copy of its public area loaded with TPM2_LoadExternal does not have
+// (TPM_RC_AUTH_UNAVAILABLE, measured on swtpm), and which only the device's
+// state holds.
+func TransferTemplate() tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        true,
+			NoDA:                true,
+			Restricted:          true,
+			Decrypt:             true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{
+				Algorithm: tpm2.TPMAlgAES,
+				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+			},
+			Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			CurveID: tpm2.TPMECCNistP256,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{}),
+	}
+}
+
+// IsTransferKey reports whether pub is a transfer key's public area: the
+// template with any unique field.
+func IsTransferKey(pub tpm2.TPMTPublic) bool {
+	want := TransferTemplate()
+	pub.Unique = want.Unique
+	return string(tpm2.Marshal(pub)) == string(tpm2.Marshal(want))
+}

@@ -213,3 +213,27 @@ func (t *TPM) flushNew(before []tpm2.TPMHandle) error {
 	}
 	return errors.Join(errs...)
 }
+
+// EK returns the endorsement key whose public area the caller took from its
+// certificate (pub; template, to make it when it is not persistent at
+// handle), checked against what the TPM holds, and its flush (a no-op for
+// the persistent one).
+func (t *TPM) EK(handle tpm2.TPMHandle, pub, template tpm2.TPMTPublic) (Object, func() error, error) {
+	noop := func() error { return nil }
+	ek, err := t.ReadPublic(handle)
+	flush := noop
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if ek, err = t.createPrimary(tpm2.TPMRHEndorsement, template); err != nil {
+			return Object{}, nil, fmt.Errorf("creating the EK: %w", err)
+		}
+		h := ek.Handle
+		flush = func() error { return t.Flush(h) }
+	case err != nil:
+		return Object{}, nil, err
+	}
+	if err := sameSaltKey(ek.Public, pub); err != nil {
+		return Object{}, nil, errors.Join(fmt.Errorf("%w: the EK at 0x%08x is not the certified key: %v", ErrIdentityMismatch, uint32(handle), err), flush())
+	}
+	return ek, flush, nil
+}

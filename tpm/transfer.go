@@ -89,33 +89,158 @@ func (k *KEKBlock) Close() error { return k.close() }
 // that is not extractable has no such branch). The caller clears the
 // result's secrets (ClearSensitive).
 func (t *TPM) ExportSensitive(obj Object, auth tpm2.Session) (*tpm2.TPMTSensitive, error) {
-	inner := make([]byte, 16)
-	if _, err := rand.Read(inner); err != nil {
+	d, err := t.Duplicate(obj, auth, tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.TPM2BName{Buffer: nullName}})
+	if err != nil {
 		return nil, err
 	}
-	defer clear(inner)
-	var dup []byte
+	defer clear(d.InnerKey)
+	return OpenInnerDuplicate(d.InnerKey, obj.Name.Buffer, d.Duplicate)
+}
+
+// nullName is TPM_RH_NULL's name (its handle).
+var nullName = []byte{0x40, 0, 0, 7}
+
+// Duplicated is what TPM2_Duplicate gave: the duplicate (inner wrapper, and
+// the outer one to the new parent unless TPM_RH_NULL), the seed encrypted
+// to the new parent, and the inner wrapper's key, which the caller clears
+// and protects for the receiver.
+type Duplicated struct {
+	Duplicate, Seed, InnerKey []byte
+}
+
+// Duplicate is TPM2_Duplicate of obj to newParent with an inner
+// AES-128-CFB wrapper under a random key that goes to the TPM inside a
+// session salted to the SRK. auth must satisfy obj's duplication policy.
+func (t *TPM) Duplicate(obj Object, auth tpm2.Session, newParent tpm2.NamedHandle) (Duplicated, error) {
+	inner := make([]byte, 16)
+	if _, err := rand.Read(inner); err != nil {
+		return Duplicated{}, err
+	}
+	var d Duplicated
 	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
 		rsp, err := (tpm2.Duplicate{
 			ObjectHandle:    obj.Auth(auth),
-			NewParentHandle: tpm2.TPMRHNull,
+			NewParentHandle: newParent,
 			EncryptionKeyIn: tpm2.TPM2BData{Buffer: inner},
-			Symmetric: tpm2.TPMTSymDef{
-				Algorithm: tpm2.TPMAlgAES,
-				KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
-				Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
-			},
+			Symmetric:       innerWrapper,
 		}).Execute(t, enc)
 		if err != nil {
 			return Wrap("TPM2_Duplicate", err)
 		}
-		dup = rsp.Duplicate.Buffer
+		d = Duplicated{Duplicate: rsp.Duplicate.Buffer, Seed: rsp.OutSymSeed.Buffer, InnerKey: inner}
 		return nil
 	})
 	if err != nil {
+		clear(inner)
+	}
+	return d, err
+}
+
+// innerWrapper is the inner duplication wrapper provd uses: AES-128-CFB.
+var innerWrapper = tpm2.TPMTSymDef{
+	Algorithm: tpm2.TPMAlgAES,
+	KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+	Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+}
+
+// LoadPublic loads a public area alone (TPM2_LoadExternal, NULL
+// hierarchy): a peer's storage key, as the new parent of a duplication.
+// The caller flushes it.
+func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
+	want, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		return Object{}, err
+	}
+	rsp, err := (tpm2.LoadExternal{InPublic: tpm2.New2B(pub), Hierarchy: tpm2.TPMRHNull}).Execute(t)
+	if err != nil {
+		return Object{}, Wrap("TPM2_LoadExternal", err)
+	}
+	if !nameEqual(rsp.Name, *want) {
+		// The name the policy session binds is provd's own; one the bus
+		// made up is refused here, and would fail the session's HMAC.
+		return Object{}, errors.Join(fmt.Errorf("%w: TPM2_LoadExternal answered another name", ErrResponseForged), t.Flush(rsp.ObjectHandle))
+	}
+	return Object{Handle: rsp.ObjectHandle, Name: *want, Public: pub}, nil
+}
+
+// ActivateCredential recovers a credential's secret (TPM2_MakeCredential,
+// or go-tpm's CreateCredential, to the EK ek for the name of activate):
+// only the TPM holding ek's private key, with activate loaded and its
+// authValue given, gets it. ek's policy must be PolicySecret(endorsement)
+// (the TCG EK templates L-1 and L-2). The secret comes back inside the
+// session salted to the SRK; the caller clears it.
+func (t *TPM) ActivateCredential(activate Object, activateAuth []byte, ek Object, idObject, encSecret []byte) ([]byte, error) {
+	srk, err := t.SRK()
+	if err != nil {
 		return nil, err
 	}
-	return OpenInnerDuplicate(inner, obj.Name.Buffer, dup)
+	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	defer t.sessionCloser(ps)()
+	if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		PolicySession: ps.Handle()}).Execute(t); err != nil {
+		return nil, Wrap("TPM2_PolicySecret", err)
+	}
+	var secret []byte
+	err = t.withHMACSession(func(s tpm2.Session) error {
+		rsp, err := (tpm2.ActivateCredential{
+			ActivateHandle: activate.Auth(s),
+			KeyHandle:      ek.Auth(ps),
+			CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
+			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
+		}).Execute(t)
+		if err != nil {
+			return Wrap("TPM2_ActivateCredential", err)
+		}
+		secret = rsp.CertInfo.Buffer
+		return nil
+	}, tpm2.Auth(activateAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+	return secret, err
+}
+
+// ImportDuplicate imports a duplicate made by TPM2_Duplicate with provd's
+// inner wrapper (innerKey, which goes to the TPM inside the session salted
+// to the SRK) under parent, authorized by parentAuth (the parent's
+// authValue, in an HMAC session that also authenticates the response).
+func (t *TPM) ImportDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated) (Blob, error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return Blob{}, err
+	}
+	var blob Blob
+	err = t.withHMACSession(func(s tpm2.Session) error {
+		rsp, err := (tpm2.Import{
+			ParentHandle:  parent.Auth(s),
+			EncryptionKey: tpm2.TPM2BData{Buffer: d.InnerKey},
+			ObjectPublic:  tpm2.New2B(pub),
+			Duplicate:     tpm2.TPM2BPrivate{Buffer: d.Duplicate},
+			InSymSeed:     tpm2.TPM2BEncryptedSecret{Buffer: d.Seed},
+			Symmetric:     innerWrapper,
+		}).Execute(t)
+		if err != nil {
+			return Wrap("TPM2_Import", err)
+		}
+		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
+		return nil
+	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
+	return blob, err
+}
+
+// LoadWithAuth loads blob under parent, authorized by the parent's
+// authValue in a session salted to the SRK.
+func (t *TPM) LoadWithAuth(parent Object, parentAuth []byte, b Blob) (Object, error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return Object{}, err
+	}
+	var obj Object
+	err = t.withHMACSession(func(s tpm2.Session) (err error) {
+		obj, err = t.Load(parent, s, b)
+		return err
+	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public))
+	return obj, err
 }
 
 // ErrDuplicate: a duplicate whose inner wrapper does not open to the object

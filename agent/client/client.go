@@ -299,3 +299,19 @@ func (c *Client) ImportKey(ctx context.Context, req api.KeyImportRequest) (api.K
 	var res api.KeyInfo
 	return res, c.call(ctx, api.RouteKeyImport, req, &res)
 }
+
+// PeerIdentity asks the daemon for this device's peer identity.
+func (c *Client) PeerIdentity(ctx context.Context) (api.PeerIdentity, error) {
+	var res api.PeerIdentity
+	return res, c.call(ctx, api.RoutePeerIdentity, nil, &res)
+}
+
+func (c *Client) DupExport(ctx context.Context, req api.DupExportRequest) (api.DupFile, error) {
+	var res api.DupFile
+	return res, c.call(ctx, api.RouteDupExport, req, &res)
+}
+
+func (c *Client) DupImport(ctx context.Context, req api.DupImportRequest) (api.KeyInfo, error) {
+	var res api.KeyInfo
+	return res, c.call(ctx, api.RouteDupImport, req, &res)
+}

@@ -47,6 +47,21 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 		return handle(s, ep, func(ctx context.Context, w api.KeyImportRequest) (api.KeyInfo, error) {
 			return ag.ImportKey(ctx, w)
 		})
+	case "peer-identity":
+		return handle(s, ep, func(ctx context.Context, _ empty) (api.PeerIdentity, error) {
+			return ag.PeerIdentity(ctx)
+		})
+	case "dup-export":
+		return handle(s, ep, func(ctx context.Context, w api.DupExportRequest) (api.DupFile, error) {
+			if len(w.EKCA) == 0 {
+				w.EKCA = *s.ekCA.Load()
+			}
+			return ag.DupExport(ctx, w)
+		})
+	case "dup-import":
+		return handle(s, ep, func(ctx context.Context, w api.DupImportRequest) (api.KeyInfo, error) {
+			return ag.DupImport(ctx, w)
+		})
 	case "key-list":
 		return handle(s, ep, func(ctx context.Context, _ empty) ([]api.KeyInfo, error) {
 			keys, err := ag.ListKeys(ctx)

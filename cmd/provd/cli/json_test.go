@@ -172,6 +172,12 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd("key", "export", "bk", "--kek", "backup", "--approval", p("bk.approval"), "--out", p("bk.kwp"))
 	provd("key", "import", "bk2", "--kek", "backup", "--in", p("bk.kwp"))
 	provd(append([]string{"key", "recover", "--in", p("bk.kwp"), "--components", "2", "--kcv", cust.kcv, "--out", p("bk.p8")}, cust.fds(t, nil)...)...)
+	// Module to module, to this same TPM as its own peer (the commands'
+	// JSON is what is checked here; two TPMs: TestDupCLI).
+	provd("peer", "identity", "--out", p("peer.json"))
+	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
+	provd("dup", "export", "bk", "--to", p("peer.json"), "--approval", p("bk.dup.approval"), "--ek-ca", ca, "--out", p("bk.dup"))
+	provd("dup", "import", "bk3", "--in", p("bk.dup"))
 	for _, args := range [][]string{
 		{"key", "pub", "tls"},
 		{"key", "pub", "tls", "--out", p("tls.pub")},

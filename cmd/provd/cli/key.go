@@ -112,11 +112,11 @@ key's secret in another form and read it (docs/key-hierarchy.md).`,
 
 func (a *app) keyApproveCmd() *cobra.Command {
 	var r officer.Recipe
-	var officerFile, pkPolicy, out, objectName string
+	var officerFile, pkPolicy, out, objectName, dupTo string
 	var export bool
 	c := &cobra.Command{
-		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME) --out FILE",
-		Short: "Approve a derivation recipe or a key's export, as the crypto officer (offline, no TPM)",
+		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME | --dup-to PEER.json --object-name NAME) --out FILE",
+		Short: "Approve a derivation recipe, or a key's export or duplication to a peer, as the crypto officer (offline, no TPM)",
 		Long: `Sign, offline, the crypto officer's approval of one derivation recipe for devices
 whose PK policy digest is --pk-policy (provd status shows it; devices provisioned
 with one policy signer, or one set of golden PCR values, share it). The approval
@@ -128,6 +128,8 @@ With --export, the approval is of one extractable key's export as a backup
 (provd key export): --object-name is the key's TPM name (provd key pub NAME -o
 json, .object_name), which covers its public key, attributes and policy. The
 TPM checks the approval in the key's duplication branch; it exports nothing else.
+With --dup-to PEER.json instead, the approval is of the key's duplication to that
+peer's transfer key (provd dup export): the TPM duplicates it to no other.
 
 The officer key is the private half of provision --officer-key: ECDSA P-256,
 P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
@@ -138,10 +140,11 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if officerFile == "" || pkPolicy == "" || out == "" {
 				return usageError(errors.New("--officer, --pk-policy and --out are required"))
 			}
-			if export != (objectName != "") || export == (r.Type != "" || r.Label != "") {
-				return usageError(errors.New("approve either a recipe (--type and --label) or an export (--export --object-name), one of them"))
+			move := export || dupTo != ""
+			if export && dupTo != "" || move != (objectName != "") || move == (r.Type != "" || r.Label != "") {
+				return usageError(errors.New("approve one of: a recipe (--type and --label), an export (--export --object-name), a duplication (--dup-to --object-name)"))
 			}
-			if !export && (r.Type == "" || r.Label == "") {
+			if !move && (r.Type == "" || r.Label == "") {
 				return usageError(errors.New("a recipe's approval needs --type and --label"))
 			}
 			digest, err := hex.DecodeString(pkPolicy)
@@ -153,13 +156,18 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				return err
 			}
 			var ap *policy.Approval
-			if export {
+			if move {
 				name, err := hex.DecodeString(objectName)
 				if err != nil || len(name) != 34 {
 					return usageError(fmt.Errorf("--object-name: want the key's TPM name, 68 hex digits (provd key pub NAME -o json)"))
 				}
-				ap, err = officer.ApproveExport(key, digest, name)
-				if err != nil {
+				parent := officer.ExportParent
+				if dupTo != "" {
+					if parent, err = readPeerParent(a, dupTo); err != nil {
+						return err
+					}
+				}
+				if ap, err = officer.ApproveDuplication(key, digest, name, parent); err != nil {
 					return err
 				}
 			} else if ap, err = officer.ApproveDerive(key, digest, r); err != nil {
@@ -181,6 +189,8 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				case out == "-":
 				case export:
 					fmt.Fprintf(w, "approved the export of key %s: %s\n", objectName, out)
+				case move:
+					fmt.Fprintf(w, "approved the duplication of key %s to the peer of %s: %s\n", objectName, dupTo, out)
 				default:
 					fmt.Fprintf(w, "approved %s recipe label %q context %q: %s\n", r.Type, r.Label, r.Context, out)
 				}
@@ -195,7 +205,8 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().StringVar(&r.Context, "context", "", "derivation context (0-32 bytes)")
 	c.Flags().StringVar(&out, "out", "", "where to write the approval (- for stdout)")
 	c.Flags().BoolVar(&export, "export", false, "approve a key's export as a backup (provd key export) instead of a recipe")
-	c.Flags().StringVar(&objectName, "object-name", "", "with --export: the key's TPM name, hex")
+	c.Flags().StringVar(&objectName, "object-name", "", "with --export or --dup-to: the key's TPM name, hex")
+	c.Flags().StringVar(&dupTo, "dup-to", "", "approve a key's duplication to this peer (provd peer identity output) instead of a recipe")
 	return c
 }
 

@@ -136,6 +136,8 @@ the key's policy.`,
 		a.zeroizeCmd(),
 		a.keyCmd(),
 		a.kekCmd(),
+		a.peerCmd(),
+		a.dupCmd(),
 		a.serveCmd(),
 		a.manCmd(root),
 	)

@@ -1,0 +1,525 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// Module-to-module transfer (docs/transfer.md). The receiver has a
+// transfer key T under its PK: a storage key with an authValue of its own
+// and adminWithPolicy clear (catalog.TransferTemplate). provd peer identity
+// publishes T's public area with the device's EK certificates. The sender
+// verifies an EK certificate against the manufacturer's roots, duplicates
+// the key to T through its officer-approved duplication branch (the TPM
+// checks PolicyDuplicationSelect(key, T)) with an inner wrapper, and makes
+// the inner wrapper's key and the key's authValue a credential to the EK
+// for T's name. Only the TPM holding that EK, with T loaded by whoever
+// holds T's authValue (the receiver's provd), recovers them
+// (TPM2_ActivateCredential): a peer identity with a T that is not resident
+// in that TPM, or an EK that is not a TPM's, gets nothing usable.
+
+// transferRecord is the state record "transfer" (its blob: "transfer").
+type transferRecord struct {
+	Name      string    `json:"name"` // T's TPM name, hex
+	PK        string    `json:"pk"`   // the PK it lives under
+	Auth      string    `json:"auth"` // T's authValue, hex (secret, like the PK's object_auth)
+	CreatedAt time.Time `json:"created_at"`
+}
+
+const transferRec = "transfer"
+
+// credentialSecret is what the credential carries: the inner wrapper's key
+// (16 bytes) and the key's authValue (32).
+const credentialSecret = 16 + objectAuthSize
+
+// readTransfer reads the transfer key's record and blob under the current
+// PK; ok is false when there is none (or it belongs to a replaced PK).
+func (a *Agent) readTransfer(ctx context.Context) (pk pkInputs, tr transferRecord, blob []byte, ok bool, err error) {
+	err = a.st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		if pk, err = a.readPKInputs(tx); err != nil {
+			return err
+		}
+		err = tx.Get(transferRec, &tr)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if blob, err = tx.ReadBlob(transferRec); err != nil {
+			return err
+		}
+		ok = tr.PK == pk.state.Name
+		return nil
+	})
+	return pk, tr, blob, ok, err
+}
+
+func (tr transferRecord) auth() ([]byte, error) {
+	b, err := hex.DecodeString(tr.Auth)
+	if err != nil || len(b) != objectAuthSize {
+		return nil, fmt.Errorf("%w: the transfer key's authorization value in the state", api.ErrTampered)
+	}
+	return b, nil
+}
+
+// PeerIdentity makes the transfer key if there is none and returns what a
+// peer needs to send keys here.
+func (a *Agent) PeerIdentity(ctx context.Context) (api.PeerIdentity, error) {
+	defer a.lock()()
+	objects := map[string]string{}
+	return auditedResult(ctx, a, "peer-identity", objects, func() (api.PeerIdentity, error) {
+		return a.peerIdentity(ctx, objects)
+	})
+}
+
+func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (api.PeerIdentity, error) {
+	pk, tr, raw, ok, err := a.readTransfer(ctx)
+	if err != nil {
+		return api.PeerIdentity{}, err
+	}
+	if pk.officer == nil {
+		return api.PeerIdentity{}, errNoOfficer("receiving keys from a peer")
+	}
+	if !ok {
+		if tr, raw, err = a.newTransferKey(ctx, pk); err != nil {
+			return api.PeerIdentity{}, err
+		}
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return api.PeerIdentity{}, fmt.Errorf("transfer key blob: %w", err)
+	}
+	var certs [][]byte
+	for _, c := range tpm.EKCertIndices {
+		der, err := a.t.ReadNV(c.Handle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return api.PeerIdentity{}, err
+		}
+		certs = append(certs, der)
+	}
+	if len(certs) == 0 {
+		return api.PeerIdentity{}, fmt.Errorf("%w: no EK certificate in NV: a peer cannot verify this TPM", api.ErrNotFound)
+	}
+	objects["transfer_key"] = tr.Name
+	return api.PeerIdentity{Format: api.PeerFormat, EKCertificates: certs, Parent: tpm2.Marshal(blob.Public),
+		ParentName: tr.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: a.now().UTC()}, nil
+}
+
+// newTransferKey creates T under the PK and records it.
+func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord, []byte, error) {
+	auth, err := tpm.RandomAuth(objectAuthSize)
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	defer clear(auth)
+	if err := a.keys.EvictResident(); err != nil {
+		return transferRecord{}, nil, err
+	}
+	var blob tpm.Blob
+	if err := a.withLoadedPK(pk, func(l *loadedPK) (err error) {
+		blob, err = a.createUnderPKWith(l, catalog.TransferTemplate(), auth, nil)
+		return err
+	}); err != nil {
+		return transferRecord{}, nil, err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), CreatedAt: a.now().UTC()}
+	raw := blob.Marshal()
+	err = a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(transferRec, raw); err != nil {
+			return err
+		}
+		return tx.Put(transferRec, tr)
+	})
+	return tr, raw, err
+}
+
+// loadTransfer loads T under the PK (through its policy) and returns it
+// with its authValue; the PK is flushed. The caller flushes T.
+func (a *Agent) loadTransfer(pk pkInputs, tr transferRecord, raw []byte) (tpm.Object, []byte, error) {
+	auth, err := tr.auth()
+	if err != nil {
+		return tpm.Object{}, nil, err
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return tpm.Object{}, nil, fmt.Errorf("transfer key blob: %w", err)
+	}
+	var t tpm.Object
+	err = a.withLoadedPK(pk, func(l *loadedPK) (err error) {
+		t, err = a.loadUnderPK(l, blob)
+		return err
+	})
+	if err == nil && (hex.EncodeToString(t.Name.Buffer) != tr.Name || !catalog.IsTransferKey(t.Public)) {
+		err = fmt.Errorf("%w: the transfer key's blob is not the recorded transfer key", api.ErrTampered)
+	}
+	obj, err := a.loadedOrFlush(t, err)
+	return obj, auth, err
+}
+
+// checkPeer validates a peer identity and returns the transfer key's
+// public area and name. Nothing in it is trusted yet.
+func checkPeer(p api.PeerIdentity) (tpm2.TPMTPublic, []byte, error) {
+	bad := func(what string) (tpm2.TPMTPublic, []byte, error) {
+		return tpm2.TPMTPublic{}, nil, fmt.Errorf("%w: peer identity: %s", api.ErrBadInput, what)
+	}
+	if p.Format != api.PeerFormat {
+		return bad(fmt.Sprintf("format %d, this provd reads %d", p.Format, api.PeerFormat))
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](p.Parent)
+	if err != nil || len(tpm2.Marshal(p2b)) != len(p.Parent) {
+		return bad("the transfer key's public area does not parse")
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return bad("the transfer key's public area does not parse")
+	}
+	if !catalog.IsTransferKey(*pub) {
+		return bad("the parent is not a provd transfer key (ECC P-256 storage key, fixedTPM, its own authValue, adminWithPolicy clear)")
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return bad(err.Error())
+	}
+	if hex.EncodeToString(name.Buffer) != p.ParentName {
+		return bad("the parent's name is not its public area's")
+	}
+	if len(p.EKCertificates) == 0 || len(p.EKCertificates) > 4 {
+		return bad("1 to 4 EK certificates")
+	}
+	return *pub, name.Buffer, nil
+}
+
+// peerEK verifies the peer's EK certificates against roots and returns the
+// first that chains and whose EK can receive a credential (RSA 2048 or ECC
+// P-256, the TCG templates whose policy is PolicySecret(endorsement)): its
+// public area as the template gives it, and its certificate's SHA-256.
+func (a *Agent) peerEK(certs [][]byte, roots []byte) (tpm2.TPMTPublic, string, error) {
+	if len(roots) == 0 {
+		return tpm2.TPMTPublic{}, "", fmt.Errorf("%w: no manufacturer certificates to verify the peer's EK with (--ek-ca, or ek_ca in provd.yaml); a peer is never trusted on first use", api.ErrUntrustedTPM)
+	}
+	var errs []error
+	for _, der := range certs {
+		ek, err := verifyEK(der, api.IdentityRequest{EKCA: roots}, a.now)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		switch k := ek.PublicKey.(type) {
+		case *rsa.PublicKey:
+		case *ecdsa.PublicKey:
+			if k.Curve != elliptic.P256() {
+				errs = append(errs, fmt.Errorf("%w: an ECC %s EK: its policy is not PolicySecret(endorsement) alone", api.ErrNotPermitted, k.Curve.Params().Name))
+				continue
+			}
+		}
+		_, pub, _, _, err := ekPublic(ek.PublicKey)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sum := sha256.Sum256(ek.Cert.Raw)
+		return pub, hex.EncodeToString(sum[:]), nil
+	}
+	err := errors.Join(errs...)
+	if !errors.Is(err, api.ErrUntrustedTPM) && !errors.Is(err, attest.ErrUntrustedEK) {
+		return tpm2.TPMTPublic{}, "", err
+	}
+	why := strings.TrimPrefix(errs[0].Error(), api.ErrUntrustedTPM.Error()+": ")
+	return tpm2.TPMTPublic{}, "", fmt.Errorf("%w: the peer's EK certificate does not chain to the manufacturer roots given, nothing was wrapped (%s)", api.ErrUntrustedTPM, why)
+}
+
+// DupExport duplicates extractable key req.Name to the peer req.Peer: only
+// after its EK certificate chains to req.EKCA, and only with the crypto
+// officer's approval of exactly this key to exactly the peer's transfer key,
+// which the TPM checks.
+func (a *Agent) DupExport(ctx context.Context, req api.DupExportRequest) (api.DupFile, error) {
+	defer a.lock()()
+	objects := map[string]string{"key": req.Name, "peer_transfer_key": req.Peer.ParentName}
+	return auditedResult(ctx, a, "dup-export", objects, func() (api.DupFile, error) {
+		return a.dupExport(ctx, req, objects)
+	})
+}
+
+func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects map[string]string) (api.DupFile, error) {
+	if err := checkKeyName(req.Name); err != nil {
+		return api.DupFile{}, err
+	}
+	ks, err := a.readKeyState(ctx, req.Name, true)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	if ks.rec.Kind == api.KindKEK || ks.rec.Kind == api.KindDerived || !ks.rec.Extractable {
+		return api.DupFile{}, fmt.Errorf("%w: %q was not created --extractable; it never leaves its TPM", api.ErrNotExtractable, req.Name)
+	}
+	parentPub, parentName, err := checkPeer(req.Peer)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	if req.Peer.PKPolicy != ks.pk.state.Policy.Digest || req.Peer.Officer != officerName(ks.pk.officer) {
+		return api.DupFile{}, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s… and officer %.16s…, the peer's are %.16s… and %.16s… (one fleet: one policy signer, or the same golden values, and one officer)",
+			api.ErrNotPermitted, ks.pk.state.Policy.Digest, officerName(ks.pk.officer), req.Peer.PKPolicy, req.Peer.Officer)
+	}
+	ekPub, ekSum, err := a.peerEK(req.Peer.EKCertificates, req.EKCA)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	objects["peer_ek_cert_sha256"] = ekSum
+	if req.Approval == nil {
+		return api.DupFile{}, fmt.Errorf("%w: duplicating %q needs the crypto officer's approval of this peer (provd key approve --dup-to PEER.json --object-name %s)", api.ErrNotPermitted, req.Name, ks.rec.Object)
+	}
+	objName, err := hex.DecodeString(ks.rec.Object)
+	if err != nil {
+		return api.DupFile{}, fmt.Errorf("%w: key %q's object name", api.ErrTampered, req.Name)
+	}
+	pkDigest := ks.pk.state.Policy.digest()
+	if err := checkApproval(req.Approval, ks.pk.officer, officer.DupApproved(pkDigest, objName, parentName), officer.DupRef); err != nil {
+		return api.DupFile{}, err
+	}
+	expr, err := keyPolicy(ks.pk, true)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	opts := ks.pk.opts
+	opts.Branches = []int{1} // the duplication branch
+	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, parentName), Approval: req.Approval}}
+	auth, err := ks.objectAuth()
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	obj, _, err := a.keyObject(ctx, ks)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	parent, err := a.t.LoadPublic(parentPub)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	var d tpm.Duplicated
+	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) (err error) {
+		d, err = a.t.Duplicate(obj, s, parent.Named())
+		return err
+	})
+	defer clear(d.InnerKey)
+	if ferr := a.t.Flush(parent.Handle); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	secret := append(bytes.Clone(d.InnerKey), auth...)
+	defer clear(secret)
+	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, parentName, secret)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	return api.DupFile{Format: api.DupFormat, Key: req.Name, Type: ks.rec.Type, Usage: ks.rec.Usage,
+		Public: tpm2.Marshal(tpm2.New2B(obj.Public)), Duplicate: d.Duplicate, Seed: d.Seed,
+		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
+		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
+		CreatedAt: a.now().UTC()}, nil
+}
+
+// DupImport imports a key duplicated to this device's transfer key as
+// req.Name: the credential activated with the EK and T (which only this
+// TPM, with T loaded by provd, can do), TPM2_Import under T with the inner
+// key, and a load that proves it.
+func (a *Agent) DupImport(ctx context.Context, req api.DupImportRequest) (api.KeyInfo, error) {
+	defer a.lock()()
+	objects := map[string]string{"key": req.Name, "origin_key": req.Dup.Key}
+	return auditedResult(ctx, a, "dup-import", objects, func() (api.KeyInfo, error) {
+		return a.dupImport(ctx, req, objects)
+	})
+}
+
+func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects map[string]string) (_ api.KeyInfo, err error) {
+	if err := checkKeyName(req.Name); err != nil {
+		return api.KeyInfo{}, err
+	}
+	f := req.Dup
+	if f.Format != api.DupFormat {
+		return api.KeyInfo{}, fmt.Errorf("%w: duplicate format %d, this provd reads %d", api.ErrBadInput, f.Format, api.DupFormat)
+	}
+	ks, err := a.freshKeyState(ctx, req.Name)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	_, tr, traw, ok, err := a.readTransfer(ctx)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if !ok {
+		return api.KeyInfo{}, fmt.Errorf("%w: this device has no transfer key: run provd peer identity, and send the sender that file", api.ErrNotFound)
+	}
+	if f.ParentName != tr.Name {
+		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate was made for another transfer key (%.16s…), this device's is %.16s…", api.ErrNotPermitted, f.ParentName, tr.Name)
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](f.Public)
+	if err != nil || len(tpm2.Marshal(p2b)) != len(f.Public) {
+		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate's public area does not parse", api.ErrBadInput)
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate's public area does not parse", api.ErrBadInput)
+	}
+	kt, usage, err := catalog.TypeOf(*pub)
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
+	}
+	expr, err := keyPolicy(ks.pk, true)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	digest, err := expr.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	want := kt.CreatedTemplate(usage, digest, true)
+	got := *pub
+	got.Unique = want.Unique
+	want.ObjectAttributes.SensitiveDataOrigin = got.ObjectAttributes.SensitiveDataOrigin // born here or brought in at the origin
+	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
+		return api.KeyInfo{}, fmt.Errorf("%w: the duplicated key is not an extractable %s %s key with this device's policy (the fleet's PK policy and officer)", api.ErrNotPermitted, kt.Name, usage)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	objects["object_name"] = hex.EncodeToString(name.Buffer)
+	cert, err := a.ekCertBySum(f.EKCertSHA256)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	ekHandle, ekPub, ekTmpl, _, err := ekPublic(cert)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		return api.KeyInfo{}, err
+	}
+	t, tauth, err := a.loadTransfer(ks.pk, tr, traw)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	defer a.flush(&err, t.Handle)
+	defer clear(tauth)
+	ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	secret, err := a.t.ActivateCredential(t, tauth, ek, f.CredentialBlob, f.CredentialSecret)
+	if ferr := flushEK(); err == nil {
+		err = ferr
+	}
+	defer clear(secret)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if len(secret) != credentialSecret {
+		return api.KeyInfo{}, fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
+	}
+	inner, keyAuth := secret[:16], secret[16:]
+	blob, err := a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner})
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	obj, err := a.t.LoadWithAuth(t, tauth, blob)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if err = a.t.Flush(obj.Handle); err != nil {
+		return api.KeyInfo{}, err
+	}
+	tmpl := want
+	tmpl.Unique = kt.CreatedTemplate(usage, digest, true).Unique
+	rec := keyRecord{Name: req.Name, Kind: api.KindTransferred, Type: kt.Name, Usage: usage, Extractable: true,
+		PK: ks.pk.state.Name, Object: hex.EncodeToString(name.Buffer), Template: tpm2.Marshal(tmpl), Public: f.Public,
+		Policy: hex.EncodeToString(digest), Auth: hex.EncodeToString(keyAuth), CreatedAt: a.now().UTC()}
+	if err = a.commitKey(ctx, rec, blob.Marshal()); err != nil {
+		return api.KeyInfo{}, err
+	}
+	return rec.info(), nil
+}
+
+// ekCertBySum is this TPM's EK certificate with SHA-256 sum, as a
+// duplicate names the one its credential was made to, and its key.
+func (a *Agent) ekCertBySum(sum string) (any, error) {
+	for _, c := range tpm.EKCertIndices {
+		der, err := a.t.ReadNV(c.Handle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if s := sha256.Sum256(der); hex.EncodeToString(s[:]) == sum {
+			ek, err := attest.ParseEKCertificate(der)
+			if err != nil {
+				return nil, err
+			}
+			return ek.PublicKey, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: the duplicate was made for an EK certificate this TPM does not hold (another device)", api.ErrNotPermitted)
+}
+
+// loadTransferred loads a key duplicated here: under T, with T's
+// authValue. The caller owns the returned object.
+func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, error) {
+	_, tr, traw, ok, err := a.readTransfer(ctx)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	if !ok {
+		return tpm.Object{}, fmt.Errorf("%w: key %q lives under the transfer key, which the state no longer has", api.ErrNotFound, ks.rec.Name)
+	}
+	blob, err := tpm.UnmarshalBlob(ks.keyBlob)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
+	}
+	t, tauth, err := a.loadTransfer(ks.pk, tr, traw)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	defer clear(tauth)
+	obj, err := a.t.LoadWithAuth(t, tauth, blob)
+	if ferr := a.t.Flush(t.Handle); err == nil {
+		err = ferr
+	}
+	if err == nil && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
+		err = fmt.Errorf("%w: key %q blob is not the recorded key", api.ErrTampered, ks.rec.Name)
+	}
+	return a.loadedOrFlush(obj, err)
+}

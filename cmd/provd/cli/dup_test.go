@@ -1,0 +1,87 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// TestDupCLI moves a key module to module through the command tree: B
+// publishes its peer identity; A's officer approves the duplication of one
+// key to B; A refuses a peer whose EK does not chain to the roots given
+// (exit 15) and a key not born extractable (exit 5); B imports the
+// duplicate, and its signature verifies with A's public key (openssl).
+func TestDupCLI(t *testing.T) {
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	envA.CloseTPM()
+	envB.CloseTPM()
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	on := func(env *swtpmtest.Env, state string) func(want int, args ...string) string {
+		return func(want int, args ...string) string {
+			t.Helper()
+			out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", p(state)}, args...)...)
+			if code != want {
+				t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
+			}
+			return out
+		}
+	}
+	a, b := on(envA, "a"), on(envB, "b")
+	caA, caB := ekCAFile(t, envA), ekCAFile(t, envB)
+	officerKey, officerPub := officertest.Files(t, dir)
+	a(0, "provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub)
+	b(0, "provision", "--pcrs", "7", "--ek-ca", caB, "--officer-key", officerPub)
+	b(0, "peer", "identity", "--out", p("b.peer.json"))
+
+	a(0, "key", "create", "signer", "--type", "ecc-p256", "--extractable")
+	a(0, "key", "create", "fixed", "--type", "ecc-p256")
+	var st struct {
+		PolicyDigest string `json:"policy_digest"`
+	}
+	if err := json.Unmarshal([]byte(a(0, "status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	objName := func(key string) string {
+		var pub struct {
+			ObjectName string `json:"object_name"`
+		}
+		if err := json.Unmarshal([]byte(a(0, "key", "pub", key, "-o", "json")), &pub); err != nil {
+			t.Fatal(err)
+		}
+		return pub.ObjectName
+	}
+	for _, k := range []string{"signer", "fixed"} {
+		a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName(k), "--out", p(k+".dup-b.json"))
+	}
+	// B's EK does not chain to A's manufacturer CA: nothing is wrapped.
+	a(api.ExitIdentity, "dup", "export", "signer", "--to", p("b.peer.json"), "--approval", p("signer.dup-b.json"), "--ek-ca", caA, "--out", p("x.dup"))
+	a(api.ExitNotPermitted, "dup", "export", "fixed", "--to", p("b.peer.json"), "--approval", p("fixed.dup-b.json"), "--ek-ca", caB, "--out", p("x.dup"))
+	if _, err := os.Stat(p("x.dup")); err == nil {
+		t.Fatal("a refused duplication wrote a file")
+	}
+	a(0, "dup", "export", "signer", "--to", p("b.peer.json"), "--approval", p("signer.dup-b.json"), "--ek-ca", caB, "--out", p("signer.dup"))
+	// A duplicate is not a peer identity, nor the other way round.
+	b(api.ExitUsage, "dup", "import", "signer", "--in", p("b.peer.json"))
+	b(0, "dup", "import", "signer", "--in", p("signer.dup"))
+
+	a(0, "key", "pub", "signer", "--out", p("signer.pub.pem"))
+	if err := os.WriteFile(p("msg"), []byte("signed on B"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b(0, "key", "sign", "signer", "--in", p("msg"), "--out", p("msg.sig"))
+	out, err := exec.Command("openssl", "dgst", "-sha256", "-verify", p("signer.pub.pem"), "-signature", p("msg.sig"), p("msg")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("B's signature with the moved key does not verify with A's public key: %v\n%s", err, out)
+	}
+	if list := b(0, "key", "list", "-o", "json"); !strings.Contains(list, `"kind": "transferred"`) {
+		t.Fatalf("key list on B:\n%s", list)
+	}
+}

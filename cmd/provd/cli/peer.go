@@ -1,0 +1,219 @@
+package cli
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/policy"
+)
+
+func (a *app) peerCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "peer",
+		Short: "This device as the receiver of keys moved module to module",
+		Long: `A device that receives keys from another TPM (provd dup export on the sender,
+provd dup import here) publishes its peer identity: its EK certificates and the
+public area of its transfer key, the storage key under which keys sent to it are
+imported. See docs/transfer.md.`,
+	}
+	c.AddCommand(a.peerIdentityCmd())
+	return c
+}
+
+func (a *app) peerIdentityCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "identity --out peer.json",
+		Short: "Write this device's peer identity (EK certificates and transfer key) for a sender",
+		Long: `Write this device's peer identity: its EK certificates (from the TPM's NV), the
+public area and name of its transfer key (made under the provisioning key the
+first time, then the same), its PK policy digest and its officer's name. Nothing
+in it is secret.
+
+The sender verifies an EK certificate against the manufacturer's roots before it
+wraps anything, and binds the duplicate's inner key, with a credential, to that
+EK and this transfer key's name: only this TPM, with the transfer key loaded by
+this device's provd, can import what it sends. A key works here only if the
+sender's PK policy digest and officer are this device's (one fleet: one policy
+signer or the same golden values, one officer); the sender checks.`,
+		Example: `  provd peer identity --out device-b.peer.json`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageError(errors.New("--out is required"))
+			}
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				p, err := ag.PeerIdentity(cmd.Context())
+				if err != nil {
+					return err
+				}
+				b, err := json.MarshalIndent(p, "", "  ")
+				if err != nil {
+					return err
+				}
+				if err := writeOut(a, out, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
+				if out == "-" {
+					return nil
+				}
+				res := map[string]any{"out": out, "parent_name": p.ParentName, "ek_certificates": len(p.EKCertificates)}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "peer identity written to %s\ntransfer key: %s\nEK certificates: %d\n", out, p.ParentName, len(p.EKCertificates))
+				})
+			})
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "where to write the peer identity (- for stdout)")
+	return c
+}
+
+func (a *app) dupCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "dup",
+		Short: "Move extractable keys module to module, to a peer TPM proven genuine",
+		Long: `Duplicate an extractable key to a peer TPM (provd dup export, on the sender) and
+import it there (provd dup import, on the receiver). The key leaves only to a
+peer whose EK certificate chains to the manufacturer's roots, and only with the
+crypto officer's approval of this key to this peer's transfer key, which the TPM
+itself checks (PolicyDuplicationSelect). See docs/transfer.md.`,
+	}
+	c.AddCommand(a.dupExportCmd(), a.dupImportCmd())
+	return c
+}
+
+func (a *app) dupExportCmd() *cobra.Command {
+	var req api.DupExportRequest
+	var to, approvalFile, out, ekCA string
+	c := &cobra.Command{
+		Use:   "export NAME --to peer.json --approval FILE --ek-ca BUNDLE --out NAME.dup",
+		Short: "Duplicate an extractable key to a peer TPM",
+		Long: `Duplicate extractable key NAME to the peer whose identity is --to (provd peer
+identity on the receiver):
+
+  1. the peer's EK certificate must chain to --ek-ca (or the daemon's ek_ca):
+     otherwise nothing is wrapped (exit 15); a peer is never trusted on first use;
+  2. the crypto officer's approval of this key to the peer's transfer key
+     (provd key approve --dup-to), checked here and by the TPM;
+  3. TPM2_Duplicate with an inner AES wrapper and the outer wrapper to the peer's
+     transfer key; the inner key and the key's authorization value go to the
+     peer as a credential to its EK for its transfer key's name.
+
+A key not born extractable is refused (exit 5), as is one whose policy would
+not work on the peer (another PK policy or officer).`,
+		Example: `  provd key approve --officer officer.key.pem --pk-policy $(provd status -o json | jq -r .policy_digest) \
+      --dup-to device-b.peer.json --object-name $(provd key pub signer -o json | jq -r .object_name) --out signer.dup-b.json
+  provd dup export signer --to device-b.peer.json --approval signer.dup-b.json --ek-ca manufacturers.pem --out signer.dup`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if to == "" || approvalFile == "" || out == "" {
+				return usageError(errors.New("--to, --approval and --out are required"))
+			}
+			b, err := readIn(a, to)
+			if err != nil {
+				return err
+			}
+			if req.Peer, err = api.ParsePeerIdentity(b); err != nil {
+				return err
+			}
+			if b, err = readIn(a, approvalFile); err != nil {
+				return err
+			}
+			req.Approval = new(policy.Approval)
+			if err := req.Approval.UnmarshalJSON(b); err != nil {
+				return usageError(fmt.Errorf("--approval: %w", err))
+			}
+			if ekCA != "" {
+				if req.EKCA, err = readIn(a, ekCA); err != nil {
+					return err
+				}
+			}
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				d, err := ag.DupExport(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				b, err := json.MarshalIndent(d, "", "  ")
+				if err != nil {
+					return err
+				}
+				if err := writeOut(a, out, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
+				if out == "-" {
+					return nil
+				}
+				res := map[string]any{"key": req.Name, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "%s duplicated to transfer key %.16s… (EK certificate %.16s…): %s\n", req.Name, d.ParentName, d.EKCertSHA256, out)
+				})
+			})
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "the peer's identity (provd peer identity)")
+	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's approval of this duplication (provd key approve --dup-to)")
+	c.Flags().StringVar(&ekCA, "ek-ca", "", "the manufacturer certificates (PEM bundle) the peer's EK must chain to (default: the daemon's ek_ca)")
+	c.Flags().StringVar(&out, "out", "", "where to write the duplicate (- for stdout)")
+	return c
+}
+
+func (a *app) dupImportCmd() *cobra.Command {
+	var in string
+	c := &cobra.Command{
+		Use:   "import NAME --in NAME.dup",
+		Short: "Import a key duplicated to this device",
+		Long: `Import a key a peer duplicated to this device's transfer key: the credential is
+activated with this TPM's EK and the transfer key (only this TPM can), then
+TPM2_Import under the transfer key. The key keeps its policy (the fleet's PK
+policy, and the officer's duplication branch: it can move on only with an
+approval), and signs with the same public key as on the origin.`,
+		Example: `  provd dup import signer --in signer.dup`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if in == "" {
+				return usageError(errors.New("--in is required"))
+			}
+			b, err := readIn(a, in)
+			if err != nil {
+				return err
+			}
+			d, err := api.ParseDupFile(b)
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				k, err := ag.DupImport(cmd.Context(), api.DupImportRequest{Name: args[0], Dup: d})
+				if err != nil {
+					return err
+				}
+				return a.emit(k, func(w io.Writer) { printKey(w, k) })
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "in", "", "the duplicate (provd dup export)")
+	return c
+}
+
+// readPeerParent is the transfer key's name from a peer identity file.
+func readPeerParent(a *app, path string) ([]byte, error) {
+	b, err := readIn(a, path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := api.ParsePeerIdentity(b)
+	if err != nil {
+		return nil, err
+	}
+	name, err := hex.DecodeString(p.ParentName)
+	if err != nil || len(name) != 34 {
+		return nil, fmt.Errorf("%w: %s: the transfer key's name", api.ErrBadInput, path)
+	}
+	return name, nil
+}
