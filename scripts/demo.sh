@@ -125,12 +125,20 @@ step "Recovery on an air-gapped host: the custodians' components, no TPM, no sta
   sh -c "'$bin' --state-dir /nonexistent key recover --in '$demo/backup-me.p8.kwp' --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv --out '$demo/recovered.p8' 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' && openssl pkey -inform DER -in '$demo/recovered.p8' -noout -text | head -1"
 "$bin" key pub backup-me --out "$demo/backup-me.pub.pem"
 printf '\n\033[1m== A second TPM (its own swtpm and state) takes the backup: the same ceremony there, then key import\033[0m\n'
+"$bin" key create mover --type ecc-p256 --extractable >/dev/null
+"$bin" key pub mover --out "$demo/mover.pub.pem"
+mover=$("$bin" key pub mover -o json | grep -o '"object_name": "[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
 (
   export PROVD_STATE_DIR="$demo/state-b"
   "$bin" tpm info >/dev/null # manufactures the second swtpm
   cat "$demo/state-b/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state-b/swtpm/ca/issuercert.pem" > "$demo/ek-ca-b.pem"
-  step "Provision TPM B (its identity verified against its own manufacturer CA)" \
-    "$bin" provision --pcrs 7 --ek-ca "$demo/ek-ca-b.pem" --officer-key "$demo/officer.pub.pem"
+  step "Provision TPM B in the same fleet: the same policy signer and officer, its identity verified against its own manufacturer CA" \
+    "$bin" provision --policy-signer "$demo/signer.pub.pem" --officer-key "$demo/officer.pub.pem" --ek-ca "$demo/ek-ca-b.pem"
+  counter_b=$("$bin" policy show -o json | json_num policy_counter)
+  "$bin" tpm pcr read --pcrs 7,15 -o json > "$demo/pcrs-b.json"
+  "$bin" policy sign --signer "$demo/signer.key.pem" --pcr-values "$demo/pcrs-b.json" --version "$counter_b" --out "$demo/policy-b.json" >/dev/null
+  step "The signer approves B's PCR values; B installs the policy" \
+    "$bin" policy install "$demo/policy-b.json"
   step "The custodians enter the KEK on B" \
     sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' | grep -i kcv"
   step "Import the backup on B (unwrapped inside B's TPM; not extractable there)" \
@@ -140,6 +148,20 @@ printf '\n\033[1m== A second TPM (its own swtpm and state) takes the backup: the
   printf '\n\033[1m== A changed backup imports nothing (exit 14)\033[0m\n'
   cp "$demo/backup-me.p8.kwp" "$demo/changed.kwp"; printf 'x' | dd of="$demo/changed.kwp" bs=1 seek=100 conv=notrunc 2>/dev/null
   expect 14 "$bin" key import other --in "$demo/changed.kwp" --kek backup-kek
+
+  printf '\n\033[1m== Module to module: TPM A sends a key to TPM B, only to a genuine TPM, only where the officer approved\033[0m\n'
+  step "B publishes its peer identity: EK certificates and its transfer key" \
+    "$bin" peer identity --out "$demo/b.peer.json"
+  step "The officer approves moving key 'mover' to B's transfer key (offline)" \
+    "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.peer.json" --object-name "$mover" --out "$demo/mover.dup-b.json"
+  printf '\n\033[1m== Against the wrong manufacturer roots, B is not a proven TPM: nothing is wrapped (exit 15)\033[0m\n'
+  expect 15 env PROVD_STATE_DIR="$demo/state" "$bin" dup export mover --to "$demo/b.peer.json" --approval "$demo/mover.dup-b.json" --ek-ca "$demo/ek-ca.pem" --out "$demo/mover.dup"
+  step "A duplicates it: TPM2_Duplicate to B's transfer key, the inner key a credential to B's EK" \
+    env PROVD_STATE_DIR="$demo/state" "$bin" dup export mover --to "$demo/b.peer.json" --approval "$demo/mover.dup-b.json" --ek-ca "$demo/ek-ca-b.pem" --out "$demo/mover.dup"
+  step "B imports it (only B's TPM can activate the credential) and signs; openssl verifies with A's public key" \
+    sh -c "'$bin' dup import mover --in '$demo/mover.dup' >/dev/null && '$bin' key sign mover --in '$demo/firmware.bin' --out '$demo/m.sig' && openssl dgst -sha256 -verify '$demo/mover.pub.pem' -signature '$demo/m.sig' '$demo/firmware.bin'"
+  step "B's keys" \
+    "$bin" key list
 )
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
