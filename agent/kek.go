@@ -36,6 +36,9 @@ import (
 //   - ImportKey: a PKCS#8 backup unwrapped inside the TPM and brought in
 //     under the PK with TPM2_Import; not extractable unless asked.
 
+// maxBackup bounds a wrapped key that key import takes.
+const maxBackup = 8 << 10
+
 // errKEKOnly refuses a KEK where a key that signs or decrypts is needed.
 func errKEKOnly(name string) error {
 	return fmt.Errorf("%w: %q is a KEK: it only wraps and unwraps key backups (provd key export/import --kek)", api.ErrNotPermitted, name)
@@ -124,10 +127,24 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
+	usage := req.Usage
+	switch usage {
+	case "":
+		usage = catalog.UsageWrap
+	case catalog.UsageWrap, catalog.UsageUnwrap:
+	default:
+		return api.KeyInfo{}, fmt.Errorf("%w: a KEK's usage is wrap (provd key export) or unwrap (provd key import), not %q", api.ErrBadInput, usage)
+	}
+	objects["usage"] = usage
+	check, err := keywrap.CheckValue(key)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
 	bits := 8 * len(key)
-	tmpl := catalog.KEKTemplate(bits)
-	rec := keyRecord{Name: req.Name, Kind: api.KindKEK, Type: fmt.Sprintf("aes-%d", bits), Usage: catalog.UsageWrap,
-		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC(), KCV: strings.ToLower(strings.TrimSpace(req.KCV))}
+	tmpl := catalog.KEKTemplate(bits, usage)
+	rec := keyRecord{Name: req.Name, Kind: api.KindKEK, Type: fmt.Sprintf("aes-%d", bits), Usage: usage,
+		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC(),
+		KCV: hex.EncodeToString(check[:3]), Check: hex.EncodeToString(check[:])}
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -136,7 +153,7 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 		if blob, err = a.createUnderPK(l, tmpl, key); err != nil {
 			return err
 		}
-		// The TPM's own KCV of what it holds: the custodians' key, or
+		// The TPM's own check of what it holds: the custodians' key, or
 		// nothing is recorded.
 		obj, err := a.loadUnderPK(l, blob)
 		if err != nil {
@@ -144,11 +161,7 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 		}
 		defer a.flush(&err, obj.Handle)
 		return a.withKEKBlock(obj, l.auth, func(b keywrap.Block) error {
-			got, err := keywrap.KCVBlock(b)
-			if err == nil && hex.EncodeToString(got[:]) != rec.KCV {
-				err = fmt.Errorf("%w: the TPM's KEK has KCV %x, not the custodians' %s", api.ErrKCVMismatch, got, rec.KCV)
-			}
-			return err
+			return checkKEK(b, rec, api.ErrKCVMismatch)
 		})
 	})
 	if err != nil {
@@ -182,8 +195,41 @@ func (a *Agent) withKEKBlock(obj tpm.Object, auth []byte, fn func(b keywrap.Bloc
 	return fn(b)
 }
 
-// kekState reads KEK name and checks that it is one, of at least minBits.
-func (a *Agent) kekState(ctx context.Context, name string, minBits int) (keyState, int, error) {
+// checkKEK has the TPM prove that the KEK b holds is the custodians': a
+// wrapping KEK encrypts the zero block to the recorded check value, an
+// unwrapping one decrypts the check value to the zero block (128 bits,
+// where a KCV has 24). A mismatch is sentinel (a KCV mismatch at import; a
+// KEK swapped in the state, later).
+func checkKEK(b keywrap.Block, rec keyRecord, sentinel error) error {
+	want, err := hex.DecodeString(rec.Check)
+	if err != nil || len(want) != 16 {
+		return fmt.Errorf("%w: KEK %q has no check value in the state", api.ErrTampered, rec.Name)
+	}
+	var block [16]byte
+	var zero [16]byte
+	ok := false
+	switch rec.Usage {
+	case catalog.UsageWrap:
+		err = b.Encrypt(block[:], zero[:])
+		ok = bytes.Equal(block[:], want)
+	case catalog.UsageUnwrap:
+		err = b.Decrypt(block[:], want)
+		ok = block == zero
+	default:
+		return fmt.Errorf("%w: KEK %q of usage %q", api.ErrTampered, rec.Name, rec.Usage)
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: the key in the TPM for KEK %q is not the custodians' (KCV %s): its check value differs", sentinel, rec.Name, rec.KCV)
+	}
+	return nil
+}
+
+// kekState reads KEK name and checks that it is one, of usage, of at least
+// minBits.
+func (a *Agent) kekState(ctx context.Context, name, usage string, minBits int) (keyState, int, error) {
 	if err := checkKeyName(name); err != nil {
 		return keyState{}, 0, err
 	}
@@ -206,12 +252,18 @@ func (a *Agent) kekState(ctx context.Context, name string, minBits int) (keyStat
 	if bits < minBits {
 		return ks, 0, fmt.Errorf("%w: KEK %q is AES-%d, and this key needs a KEK at least as strong as itself: AES-%d", api.ErrNotPermitted, name, bits, minBits)
 	}
+	if ks.rec.Usage != usage {
+		return ks, 0, fmt.Errorf("%w: KEK %q is for %s, this needs one for %s (provd kek import --usage %s: a KEK that wraps cannot open a backup, and one that unwraps cannot make one)", api.ErrNotPermitted, name, ks.rec.Usage, usage, usage)
+	}
 	return ks, bits, nil
 }
 
 // withKEK loads KEK ks and runs fn with it as a Block, then flushes it. The
-// KEK's public area must be exactly a KEK's: fixed to this TPM, ECB.
-func (a *Agent) withKEK(ks keyState, bits int, fn func(b keywrap.Block) error) (err error) {
+// KEK's public area must be exactly a KEK's of its usage (fixed to this TPM,
+// ECB, one direction), and the TPM must show that it holds the custodians'
+// key (checkKEK): a KEK swapped in the state for one of the attacker's is
+// refused (found by review), and the audit record names the KEK object.
+func (a *Agent) withKEK(ks keyState, bits int, objects map[string]string, fn func(b keywrap.Block) error) (err error) {
 	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
@@ -220,12 +272,20 @@ func (a *Agent) withKEK(ks keyState, bits int, fn func(b keywrap.Block) error) (
 		return err
 	}
 	defer a.flush(&err, obj.Handle)
+	want := catalog.KEKTemplate(bits, ks.rec.Usage)
 	got := obj.Public
-	got.Unique = catalog.KEKTemplate(bits).Unique // the TPM's digest of the key
-	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(catalog.KEKTemplate(bits))) {
+	got.Unique = want.Unique // the TPM's digest of the key
+	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
 		return fmt.Errorf("%w: KEK %q's public area is not a KEK's", api.ErrTampered, ks.rec.Name)
 	}
-	return a.withKEKBlock(obj, ks.pk.auth, fn)
+	objects["kek_object"] = hex.EncodeToString(obj.Name.Buffer)
+	objects["kek_kcv"] = ks.rec.KCV
+	return a.withKEKBlock(obj, ks.pk.auth, func(b keywrap.Block) error {
+		if err := checkKEK(b, ks.rec, api.ErrTampered); err != nil {
+			return err
+		}
+		return fn(b)
+	})
 }
 
 // ExportKey writes extractable key req.Name as PKCS#8 PrivateKeyInfo under
@@ -266,11 +326,10 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if pub.ObjectAttributes.EncryptedDuplication {
 		return nil, fmt.Errorf("%w: %q was created by an earlier provd with encryptedDuplication, which refuses a backup export; it can still move to a peer TPM", api.ErrNotPermitted, req.Name)
 	}
-	kek, bits, err := a.kekState(ctx, req.KEK, kt.MinKEKBits())
+	kek, bits, err := a.kekState(ctx, req.KEK, catalog.UsageWrap, kt.MinKEKBits())
 	if err != nil {
 		return nil, err
 	}
-	objects["kek_kcv"] = kek.rec.KCV
 	if ks.pk.officer == nil {
 		return nil, errNoOfficer("exporting a key")
 	}
@@ -300,6 +359,13 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if err != nil {
 		return nil, err
 	}
+	// The type the KEK's strength was judged by, and the policy, are the
+	// loaded key's, not only the record's (found by review: a P-384 key
+	// relabelled ecc-p256 in the state went under an AES-128 KEK).
+	if got, _, err := catalog.TypeOf(obj.Public); err != nil || got.Name != ks.rec.Type ||
+		hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
+		return nil, fmt.Errorf("%w: key %q is not of the type or policy its record says", api.ErrTampered, req.Name)
+	}
 	var sens *tpm2.TPMTSensitive
 	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) (err error) {
 		sens, err = a.t.ExportSensitive(obj, s)
@@ -322,7 +388,7 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	}
 	defer clear(der)
 	var out []byte
-	err = a.withKEK(kek, bits, func(b keywrap.Block) (err error) {
+	err = a.withKEK(kek, bits, objects, func(b keywrap.Block) (err error) {
 		out, err = keywrap.WrapBlock(b, der)
 		return err
 	})
@@ -350,17 +416,21 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	if err := keywrap.CheckWrapped(req.Wrapped); err != nil {
 		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrBadInput, err)
 	}
+	if len(req.Wrapped) > maxBackup {
+		// Every block costs a TPM command: a 64 KiB file would hold the
+		// TPM for 49,000 of them before failing (found by review).
+		return api.KeyInfo{}, fmt.Errorf("%w: a key backup is at most %d bytes (an RSA-4096 PKCS#8 key wraps to about 2,400), not %d", api.ErrBadInput, maxBackup, len(req.Wrapped))
+	}
 	ks, err := a.freshKeyState(ctx, req.Name)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	kek, bits, err := a.kekState(ctx, req.KEK, 0)
+	kek, bits, err := a.kekState(ctx, req.KEK, catalog.UsageUnwrap, 0)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	objects["kek_kcv"] = kek.rec.KCV
 	var der []byte
-	err = a.withKEK(kek, bits, func(b keywrap.Block) (err error) {
+	err = a.withKEK(kek, bits, objects, func(b keywrap.Block) (err error) {
 		der, err = keywrap.UnwrapBlock(b, req.Wrapped)
 		return err
 	})

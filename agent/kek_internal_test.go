@@ -51,7 +51,11 @@ func TestExportIsTheTPMsToRefuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "fixed", KEK: "kek", Wrapped: wrapped}); err != nil {
+	req.Name, req.Usage = "kek-u", "unwrap" // the same components, the other direction
+	if _, err := a.ImportKEK(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "fixed", KEK: "kek-u", Wrapped: wrapped}); err != nil {
 		t.Fatal(err)
 	}
 	null := tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.TPM2BName{Buffer: officer.ExportParent}}

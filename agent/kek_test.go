@@ -56,7 +56,12 @@ func newCeremony(t *testing.T, n, size int) ceremony {
 // request is the import request; each call gets its own copy of the
 // components (the agent's caller clears them).
 func (c ceremony) request(name string) api.KEKImportRequest {
-	req := api.KEKImportRequest{Name: name, KCVs: append([]string(nil), c.kcvs...), KCV: c.kcv}
+	return c.requestFor(name, "")
+}
+
+// requestFor is request for a KEK of usage ("": wrap).
+func (c ceremony) requestFor(name, usage string) api.KEKImportRequest {
+	req := api.KEKImportRequest{Name: name, KCVs: append([]string(nil), c.kcvs...), KCV: c.kcv, Usage: usage}
 	for _, comp := range c.components {
 		req.Components = append(req.Components, bytes.Clone(comp))
 	}
@@ -145,10 +150,11 @@ func TestExportImportBetweenTwoTPMs(t *testing.T) {
 	ctx := context.Background()
 	a, b := signingAgent(t, envA), signingAgent(t, envB)
 	c := newCeremony(t, 3, 32)
-	for _, ag := range []*agent.Agent{a, b} {
-		if _, err := ag.ImportKEK(ctx, c.request("kek")); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := a.ImportKEK(ctx, c.request("kek")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ImportKEK(ctx, c.requestFor("kek", "unwrap")); err != nil {
+		t.Fatal(err)
 	}
 	for _, typ := range []string{"ecc-p256", "ecc-p384", "rsa-2048"} {
 		t.Run(typ, func(t *testing.T) {
@@ -265,12 +271,11 @@ func TestExportRefusals(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()
 	ag := signingAgent(t, env)
-	if _, err := ag.ImportKEK(ctx, newCeremony(t, 2, 16).request("kek128")); err != nil {
-		t.Fatal(err)
-	}
-	c256 := newCeremony(t, 2, 32)
-	if _, err := ag.ImportKEK(ctx, c256.request("kek256")); err != nil {
-		t.Fatal(err)
+	c128, c256 := newCeremony(t, 2, 16), newCeremony(t, 2, 32)
+	for _, r := range []api.KEKImportRequest{c128.request("kek128"), c256.request("kek256"), c128.requestFor("kek128u", "unwrap"), c256.requestFor("kek256u", "unwrap")} {
+		if _, err := ag.ImportKEK(ctx, r); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, r := range []api.CreateRequest{{Name: "p384", Type: "ecc-p384", Extractable: true}, {Name: "p256", Type: "ecc-p256", Extractable: true}} {
 		if _, err := ag.CreateKey(ctx, r); err != nil {
@@ -303,19 +308,27 @@ func TestExportRefusals(t *testing.T) {
 	before := keyNames(t, ag)
 	bad := bytes.Clone(wrapped)
 	bad[len(bad)/2] ^= 1
-	for what, w := range map[string][]byte{"changed": bad, "short": wrapped[:8], "ragged": wrapped[:len(wrapped)-3]} {
-		if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128", Wrapped: w}); err == nil {
+	for what, w := range map[string][]byte{"changed": bad, "short": wrapped[:8], "ragged": wrapped[:len(wrapped)-3], "huge": make([]byte, 64<<10)} {
+		if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128u", Wrapped: w}); err == nil {
 			t.Fatalf("a %s backup was imported", what)
 		}
 	}
-	_, err = ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek256", Wrapped: wrapped})
+	// A KEK works in its one direction: one that wraps does not open a
+	// backup, one that unwraps does not make one.
+	if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128", Wrapped: wrapped}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("import under a wrapping KEK: %v", err)
+	}
+	if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek128u", Approval: officertest.ApproveExport(t, ctx, ag, "p256")}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("export under an unwrapping KEK: %v", err)
+	}
+	_, err = ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek256u", Wrapped: wrapped})
 	if !errors.Is(err, keywrap.ErrIntegrity) || api.ExitCode(err) != api.ExitTampered {
 		t.Fatalf("a backup under another KEK: %v (exit %d)", err, api.ExitCode(err))
 	}
 	if got := keyNames(t, ag); len(got) != len(before) {
 		t.Fatalf("keys %v after refused imports, before %v", got, before)
 	}
-	if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128", Wrapped: wrapped, Extractable: true}); err != nil {
+	if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128u", Wrapped: wrapped, Extractable: true}); err != nil {
 		t.Fatal(err)
 	}
 	// Imported --extractable, it can be backed up again, and it is the

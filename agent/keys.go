@@ -55,8 +55,11 @@ type keyRecord struct {
 	// object_auth beside it): it travels with the key to a peer TPM, the
 	// objects' authValue under the PK does not. "" for the others.
 	Auth string `json:"auth,omitempty"`
-	// KCV is a KEK's key check value (hex).
-	KCV string `json:"kcv,omitempty"`
+	// KCV is a KEK's key check value (hex), and Check the whole block it is
+	// cut from, AES-ECB(key, zero block), which the TPM is held to at
+	// every use of the KEK.
+	KCV   string `json:"kcv,omitempty"`
+	Check string `json:"check,omitempty"`
 	// Approval is the crypto officer's approval of a derived key's recipe:
 	// every derivation (each load of the key) needs it.
 	Approval *policy.Approval `json:"approval,omitempty"`

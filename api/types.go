@@ -378,6 +378,9 @@ type KEKImportRequest struct {
 	Components [][]byte `json:"components"`
 	KCVs       []string `json:"kcvs"` // hex, one per component
 	KCV        string   `json:"kcv"`  // hex, the combined key's
+	// Usage is "wrap" (the default: provd key export) or "unwrap" (provd
+	// key import): the TPM holds a KEK to one direction.
+	Usage string `json:"usage,omitempty"`
 }
 
 // Wipe clears the components.

@@ -224,3 +224,37 @@ func testKeys(f *testing.F) []crypto.Signer {
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	return []crypto.Signer{r, p256, p384}
 }
+
+// TestFromPrivateRefusesUnbalancedPrimes: an RSA-2048 key whose primes are
+// not 1024 bits each (found by review: 256/1792, 768/1280, 1000/1048 bits
+// reached the TPM, which refused them with TPM_RC_SIZE) is refused before
+// the TPM; a balanced one passes.
+func TestFromPrivateRefusesUnbalancedPrimes(t *testing.T) {
+	build := func(pBits, qBits int) *rsa.PrivateKey {
+		for {
+			p, _ := rand.Prime(rand.Reader, pBits)
+			q, _ := rand.Prime(rand.Reader, qBits)
+			n := new(big.Int).Mul(p, q)
+			if n.BitLen() != 2048 {
+				continue
+			}
+			one := big.NewInt(1)
+			phi := new(big.Int).Mul(new(big.Int).Sub(p, one), new(big.Int).Sub(q, one))
+			d := new(big.Int).ModInverse(big.NewInt(65537), phi)
+			if d == nil {
+				continue
+			}
+			k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n, E: 65537}, D: d, Primes: []*big.Int{p, q}}
+			k.Precompute()
+			return k
+		}
+	}
+	for _, bits := range [][2]int{{256, 1792}, {768, 1280}, {1000, 1048}} {
+		if _, _, _, err := FromPrivate(build(bits[0], bits[1])); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("primes of %d and %d bits: %v", bits[0], bits[1], err)
+		}
+	}
+	if _, _, _, err := FromPrivate(build(1024, 1024)); err != nil {
+		t.Errorf("balanced primes: %v", err)
+	}
+}

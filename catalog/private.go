@@ -88,6 +88,12 @@ func FromPrivate(k crypto.PrivateKey) (Type, *tpm2.TPMTSensitive, tpm2.TPMUPubli
 		if err != nil || len(k.Primes) != 2 {
 			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: an RSA key of %d bits with %d primes", ErrNotApproved, k.N.BitLen(), len(k.Primes))
 		}
+		// FIPS 186-5 primes are half the modulus each, and a TPM keeps one
+		// of them in a buffer of that size (found by review: unbalanced
+		// primes reached the TPM, which refused them).
+		if k.Primes[0].BitLen() != kt.Bits/2 || k.Primes[1].BitLen() != kt.Bits/2 {
+			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: an RSA-%d key whose primes are %d and %d bits, not %d each", ErrNotApproved, kt.Bits, k.Primes[0].BitLen(), k.Primes[1].BitLen(), kt.Bits/2)
+		}
 		if k.E != 65537 {
 			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: RSA public exponent %d (provd's keys use 65537)", ErrNotApproved, k.E)
 		}

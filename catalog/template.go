@@ -140,19 +140,28 @@ func DeriveTemplate(tmpl tpm2.TPMTPublic, label, context []byte) tpm2.TPMTTempla
 	}
 }
 
-// UsageWrap is a key-encryption key's one usage: AES key wrap (RFC 5649).
-const UsageWrap = "wrap"
+// A key-encryption key's usages: it wraps (AES encryption only: provd key
+// export) or it unwraps (AES decryption only: provd key import), never
+// both, and the TPM holds it to that (TPM2_EncryptDecrypt2 refuses the other
+// direction with TPM_RC_ATTRIBUTES). A device that only backs keys up holds
+// no key that can open a backup (found by review: one KEK that did both let
+// root on any device decrypt every backup made under it).
+const (
+	UsageWrap   = "wrap"
+	UsageUnwrap = "unwrap"
+)
 
 // KEKTemplate is the public area of an AES key-encryption key of bits (128
-// or 256) entered from custodians' components: mode ECB only (the block
-// cipher under AES key wrap, never a data cipher), fixedTPM|fixedParent (it
-// never leaves the TPM), sensitiveDataOrigin clear (its bits came from
-// outside), userWithAuth, so that one HMAC session keyed by its authValue
-// serves the 6n block operations of a wrap; it loads only through the PK's
-// policy, which is where the platform is checked. authPolicy is empty:
-// with adminWithPolicy clear, nothing but the authValue's holder can act on
-// it, and no policy can let it be duplicated (fixedParent).
-func KEKTemplate(bits int) tpm2.TPMTPublic {
+// or 256) and usage (UsageWrap: encrypt only; UsageUnwrap: decrypt only)
+// entered from custodians' components: mode ECB only (the block cipher
+// under AES key wrap, never a data cipher), fixedTPM|fixedParent (it never
+// leaves the TPM), sensitiveDataOrigin clear (its bits came from outside),
+// userWithAuth, so that one HMAC session keyed by its authValue serves the
+// 6n block operations of a wrap; it loads only through the PK's policy,
+// which is where the platform is checked. authPolicy is empty: with
+// adminWithPolicy clear, nothing but the authValue's holder can act on it,
+// and no policy can let it be duplicated (fixedParent).
+func KEKTemplate(bits int, usage string) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgSymCipher,
 		NameAlg: tpm2.TPMAlgSHA256,
@@ -161,8 +170,8 @@ func KEKTemplate(bits int) tpm2.TPMTPublic {
 			FixedParent:  true,
 			UserWithAuth: true,
 			NoDA:         true,
-			Decrypt:      true,
-			SignEncrypt:  true,
+			Decrypt:      usage == UsageUnwrap,
+			SignEncrypt:  usage == UsageWrap,
 		},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgSymCipher, &tpm2.TPMSSymCipherParms{
 			Sym: tpm2.TPMTSymDefObject{

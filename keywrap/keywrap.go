@@ -215,6 +215,20 @@ func KCV(key []byte) ([3]byte, error) {
 	return KCVBlock(b)
 }
 
+// CheckValue is the whole block a KCV is cut from: AES-ECB(key, zero
+// block). Kept with a KEK, it lets a KEK that only decrypts be checked too
+// (its decryption must give the zero block), with 128 bits where a KCV has
+// 24.
+func CheckValue(key []byte) ([16]byte, error) {
+	var block [16]byte
+	b, err := newSoft(key)
+	if err != nil {
+		return block, err
+	}
+	err = b.Encrypt(block[:], block[:])
+	return block, err
+}
+
 // KCVBlock is KCV of a KEK held as a Block: for a key inside a TPM, the
 // proof that the TPM holds the key the custodians combined.
 func KCVBlock(b Block) ([3]byte, error) {

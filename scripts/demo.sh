@@ -139,8 +139,8 @@ mover=$("$bin" key pub mover -o json | grep -o '"object_name": "[0-9a-f]*"' | gr
   "$bin" policy sign --signer "$demo/signer.key.pem" --pcr-values "$demo/pcrs-b.json" --version "$counter_b" --out "$demo/policy-b.json" >/dev/null
   step "The signer approves B's PCR values; B installs the policy" \
     "$bin" policy install "$demo/policy-b.json"
-  step "The custodians enter the KEK on B" \
-    sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' | grep -i kcv"
+  step "The custodians enter the KEK on B, for unwrapping only (the TPM holds it to that direction; the KEK on A only wraps)" \
+    sh -c "'$bin' kek import backup-kek --usage unwrap --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt' | grep -i kcv"
   step "Import the backup on B (unwrapped inside B's TPM; not extractable there)" \
     "$bin" key import backup-me --in "$demo/backup-me.p8.kwp" --kek backup-kek
   step "B signs; openssl verifies with A's public key" \

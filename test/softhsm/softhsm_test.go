@@ -136,10 +136,12 @@ func (tk *token) sign(t *testing.T, key pkcs11.ObjectHandle, ecc bool, msg []byt
 	return sig
 }
 
-func ceremony(t *testing.T, ag *agent.Agent) []byte {
+// ceremony enters a random 3-component AES-256 KEK "kek" of usage (wrap
+// or unwrap) on ag and returns the combined key.
+func ceremony(t *testing.T, ag *agent.Agent, usage string) []byte {
 	t.Helper()
 	comps := make([][]byte, 3)
-	req := api.KEKImportRequest{Name: "kek"}
+	req := api.KEKImportRequest{Name: "kek", Usage: usage}
 	for i := range comps {
 		comps[i] = make([]byte, 32)
 		rand.Read(comps[i])
@@ -173,7 +175,7 @@ func TestSoftHSMTakesProvdsBackup(t *testing.T) {
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	key := ceremony(t, ag)
+	key := ceremony(t, ag, "wrap")
 	tk := newToken(t)
 	kek, kcv := tk.importKEK(t, key)
 	if info, err := ag.ListKeys(ctx); err != nil || info[0].KCV != kcv {
@@ -238,7 +240,7 @@ func TestProvdTakesSoftHSMsBackup(t *testing.T) {
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	key := ceremony(t, ag)
+	key := ceremony(t, ag, "unwrap")
 	tk := newToken(t)
 	kek, _ := tk.importKEK(t, key)
 	pubH, privH, err := tk.p.GenerateKeyPair(tk.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},

@@ -170,7 +170,8 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	}
 	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--out", p("bk.approval"))
 	provd("key", "export", "bk", "--kek", "backup", "--approval", p("bk.approval"), "--out", p("bk.kwp"))
-	provd("key", "import", "bk2", "--kek", "backup", "--in", p("bk.kwp"))
+	provd(append([]string{"kek", "import", "backup-u", "--usage", "unwrap", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...)
+	provd("key", "import", "bk2", "--kek", "backup-u", "--in", p("bk.kwp"))
 	provd(append([]string{"key", "recover", "--in", p("bk.kwp"), "--components", "2", "--kcv", cust.kcv, "--out", p("bk.p8")}, cust.fds(t, nil)...)...)
 	// Module to module, to this same TPM as its own peer (the commands'
 	// JSON is what is checked here; two TPMs: TestDupCLI).

@@ -39,9 +39,9 @@ removes one. See docs/transfer.md.`,
 
 func (a *app) kekImportCmd() *cobra.Command {
 	var src componentSource
-	var kcv string
+	var kcv, usage string
 	c := &cobra.Command{
-		Use:   "import NAME --components N [--component-fd FD]... [--kcv KCV]",
+		Use:   "import NAME --components N [--component-fd FD]... [--kcv KCV] [--usage wrap|unwrap]",
 		Short: "Enter a KEK from N custodians' components, each checked against its KCV",
 		Long: `Enter an AES KEK from N (2 or more) components of 16 or 32 bytes.
 
@@ -56,7 +56,14 @@ its KCV; --kcv is then required. Components are never taken from flags, named
 files or the environment.
 
 Nothing is imported unless every KCV matches (exit code 16). The audit trail
-records each component's KCV and the combined KCV, never a component.`,
+records each component's KCV and the combined KCV, never a component.
+
+--usage decides the one direction the TPM lets the KEK work in: wrap (the
+default) makes backups (provd key export) and cannot open one; unwrap opens
+backups (provd key import) and cannot make one. Enter an unwrapping KEK only on
+the device that imports, for the time of the import, and delete it after
+(provd key delete): a device that only makes backups then holds nothing that
+opens them.`,
 		Example: `  provd kek import backup-kek --components 3
   provd kek import backup-kek --components 2 --component-fd 3 --component-fd 4 --kcv 5d6e1f \
       3<custodian1.txt 4<custodian2.txt`,
@@ -71,7 +78,7 @@ records each component's KCV and the combined KCV, never a component.`,
 			if err != nil {
 				return err
 			}
-			req := api.KEKImportRequest{Name: args[0], Components: comps.parts, KCVs: comps.kcvs, KCV: combined}
+			req := api.KEKImportRequest{Name: args[0], Components: comps.parts, KCVs: comps.kcvs, KCV: combined, Usage: usage}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.ImportKEK(cmd.Context(), req)
 				if err != nil {
@@ -87,6 +94,7 @@ records each component's KCV and the combined KCV, never a component.`,
 	c.Flags().IntVar(&src.n, "components", 0, "how many components (custodians), 2 or more")
 	c.Flags().IntSliceVar(&src.fds, "component-fd", nil, "read one custodian's component and KCV from this file descriptor (repeat per component)")
 	c.Flags().StringVar(&kcv, "kcv", "", "the combined key's KCV (6 hex digits), required without a terminal")
+	c.Flags().StringVar(&usage, "usage", "wrap", "wrap (make backups: key export) or unwrap (open them: key import)")
 	return c
 }
 
@@ -98,7 +106,7 @@ func (a *app) keyExportCmd() *cobra.Command {
 		Short: "Back up an extractable key as PKCS#8 under AES key wrap with padding (RFC 5649)",
 		Long: `Write an extractable RSA or ECC key as PKCS#8 PrivateKeyInfo (RFC 5208/5958)
 wrapped with AES key wrap with padding (RFC 5649, NIST SP 800-38F KWP) under a KEK
-in the TPM (provd kek import): what an HSM's C_UnwrapKey with
+in the TPM (provd kek import, usage wrap): what an HSM's C_UnwrapKey with
 CKM_AES_KEY_WRAP_PAD takes, and what
 
   openssl enc -d -id-aes256-wrap-pad -K <KEK hex> -iv A65959A6 -in NAME.p8.kwp
@@ -159,7 +167,9 @@ func (a *app) keyImportCmd() *cobra.Command {
 		Use:   "import NAME --in FILE --kek KEK [--usage sign|decrypt] [--extractable]",
 		Short: "Bring a PKCS#8 key wrapped under a KEK (RFC 5649) into the TPM",
 		Long: `Unwrap a PKCS#8 backup (provd key export, or another HSM's C_WrapKey with
-CKM_AES_KEY_WRAP_PAD) inside the TPM with the KEK, and import the key under the
+CKM_AES_KEY_WRAP_PAD) inside the TPM with the KEK (provd kek import --usage
+unwrap, from the same components as the one that wrapped it), and import the
+key under the
 provisioning key. A file not wrapped under that KEK, or changed, imports nothing
 (exit code 14). Approved types only: RSA 2048-4096 with exponent 65537, ECC
 P-256 and P-384.

@@ -149,7 +149,7 @@ func TestKeyCeremonyCLI(t *testing.T) {
 	if want := opensslKCV(t, c.key); kek.KCV != want || kek.Kind != api.KindKEK {
 		t.Fatalf("KEK %+v, openssl's KCV of the combined key %s", kek, want)
 	}
-	b(0, append([]string{"kek", "import", "backup", "--components", "3", "--kcv", c.kcv}, c.fds(t, nil)...)...)
+	b(0, append([]string{"kek", "import", "backup", "--usage", "unwrap", "--components", "3", "--kcv", c.kcv}, c.fds(t, nil)...)...)
 
 	a(0, "key", "create", "signer", "--type", "rsa-2048", "--extractable")
 	a(0, "key", "create", "fixed", "--type", "ecc-p256")
