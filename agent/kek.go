@@ -323,6 +323,9 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if err != nil {
 		return nil, err
 	}
+	if ks.rec.DupTo != "" || ks.rec.DupBy != "" {
+		return nil, fmt.Errorf("%w: %q was born to move to peers only (--duplicable-to or --duplicable-by): it is never backed up", api.ErrNotPermitted, req.Name)
+	}
 	if pub.ObjectAttributes.EncryptedDuplication {
 		return nil, fmt.Errorf("%w: %q was created by an earlier provd with encryptedDuplication, which refuses a backup export; it can still move to a peer TPM", api.ErrNotPermitted, req.Name)
 	}

@@ -55,6 +55,11 @@ type keyRecord struct {
 	// object_auth beside it): it travels with the key to a peer TPM, the
 	// objects' authValue under the PK does not. "" for the others.
 	Auth string `json:"auth,omitempty"`
+	// DupTo and DupBy are an extractable key's duplication rule (dupRule):
+	// the bound peer's transfer key name (hex), or the authority's public
+	// key (PEM); both "": the officer's approvals.
+	DupTo string `json:"dup_to,omitempty"`
+	DupBy string `json:"dup_by,omitempty"`
 	// KCV is a KEK's key check value (hex), and Check the whole block it is
 	// cut from, AES-ECB(key, zero block), which the TPM is held to at
 	// every use of the KEK.
@@ -94,14 +99,67 @@ func (r keyRecord) public() (tpm2.TPMTPublic, error) {
 // Or(pk, PolicyAuthorize(officer, "provd/dup")) (officer.go). An extractable
 // key needs an officer.
 func keyPolicy(in pkInputs, extractable bool) (policy.Policy, error) {
+	return keyPolicyFor(in, extractable, dupRule{}, nil)
+}
+
+// dupRule is who decides where an extractable key may go, fixed at its
+// birth: the crypto officer (the zero rule), one peer's transfer key bound
+// in the policy (To, its TPM name: no approval needed, and no other
+// destination), or an authority other than the officer (By: its approvals,
+// through PolicyAuthorize, for peers only). Keys with To or By set
+// encryptedDuplication: the TPM then refuses a duplicate without an inner
+// wrapper or to TPM_RH_NULL, so they are never backed up in plaintext form
+// (a backup is the officer's to approve).
+type dupRule struct {
+	To []byte           // a peer's transfer key name
+	By crypto.PublicKey // the authority's approval key
+}
+
+func (r dupRule) set() bool { return r.To != nil || r.By != nil }
+
+// rule is the key's duplication rule from its record.
+func (r keyRecord) rule() (dupRule, error) {
+	var d dupRule
+	if r.DupTo != "" {
+		b, err := hex.DecodeString(r.DupTo)
+		if err != nil || len(b) != 34 {
+			return d, fmt.Errorf("%w: key %q: its bound peer's name in the state", api.ErrTampered, r.Name)
+		}
+		d.To = b
+	}
+	if r.DupBy != "" {
+		k, err := policy.ParsePublicKeyPEM([]byte(r.DupBy))
+		if err != nil {
+			return d, fmt.Errorf("%w: key %q: its duplication authority in the state", api.ErrTampered, r.Name)
+		}
+		d.By = k
+	}
+	return d, nil
+}
+
+// keyPolicyFor is keyPolicy for a key whose duplication branch follows rule:
+// the officer's approval (the zero rule), PolicyDuplicationSelect of the
+// bound peer's transfer key then PolicyCommandCode(Duplicate) (To; objName,
+// the key's own name, is needed to execute it, not for the digest), or the
+// authority's approval (By).
+func keyPolicyFor(in pkInputs, extractable bool, rule dupRule, objName []byte) (policy.Policy, error) {
 	use := officer.ObjectPolicy(in.expr)
 	if !extractable {
 		return use, nil
 	}
-	if in.officer == nil {
-		return nil, errNoOfficer("an extractable key")
+	var dup policy.Policy
+	switch {
+	case rule.To != nil:
+		dup = policy.Policy{policy.DuplicationSelect{NewParentName: rule.To, ObjectName: objName},
+			policy.CommandCode{CC: tpm2.TPMCCDuplicate}, policy.AuthValue{}}
+	case rule.By != nil:
+		dup = policy.Policy{policy.Authorize{Signer: rule.By, PolicyRef: officer.DupRef}, policy.AuthValue{}}
+	default:
+		if in.officer == nil {
+			return nil, errNoOfficer("an extractable key")
+		}
+		dup = policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}, policy.AuthValue{}}
 	}
-	dup := policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}, policy.AuthValue{}}
 	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}, nil
 }
 
@@ -278,7 +336,14 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	expr, err := keyPolicy(ks.pk, req.Extractable)
+	rule, err := a.birthRule(ks.pk, req, objects)
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	if rule.set() {
+		req.Extractable = true
+	}
+	expr, err := keyPolicyFor(ks.pk, req.Extractable, rule, nil)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -287,8 +352,13 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 		return api.KeyInfo{}, err
 	}
 	tmpl := kt.CreatedTemplate(usage, digest, req.Extractable)
+	tmpl.ObjectAttributes.EncryptedDuplication = rule.set()
 	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.Name, Usage: usage, Extractable: req.Extractable,
-		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC()}
+		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC(),
+		DupBy: req.DuplicableBy}
+	if rule.To != nil {
+		rec.DupTo = hex.EncodeToString(rule.To)
+	}
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}

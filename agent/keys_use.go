@@ -189,7 +189,11 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err != nil {
 		return err
 	}
-	expr, err := keyPolicy(ks.pk, ks.rec.Extractable)
+	rule, err := ks.rec.rule()
+	if err != nil {
+		return err
+	}
+	expr, err := keyPolicyFor(ks.pk, ks.rec.Extractable, rule, nil)
 	if err != nil {
 		return err
 	}

@@ -284,33 +284,52 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 	if err != nil {
 		return api.DupFile{}, err
 	}
-	if req.Peer.PKPolicy != ks.pk.state.Policy.Digest || req.Peer.Officer != officerName(ks.pk.officer) {
+	rule, err := ks.rec.rule()
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	officerWanted := officerName(ks.pk.officer)
+	if rule.set() {
+		officerWanted = req.Peer.Officer // the officer is not in such a key's policy
+	}
+	if req.Peer.PKPolicy != ks.pk.state.Policy.Digest || req.Peer.Officer != officerWanted {
 		return api.DupFile{}, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s… and officer %.16s…, the peer's are %.16s… and %.16s… (one fleet: one policy signer, or the same golden values, and one officer)",
 			api.ErrNotPermitted, ks.pk.state.Policy.Digest, officerName(ks.pk.officer), req.Peer.PKPolicy, req.Peer.Officer)
+	}
+	if rule.To != nil && !bytes.Equal(rule.To, parentName) {
+		return api.DupFile{}, fmt.Errorf("%w: %q was bound at birth to the transfer key %.16s…, not this peer's (%.16s…)", api.ErrNotPermitted, req.Name, ks.rec.DupTo, req.Peer.ParentName)
 	}
 	ekPub, ekSum, err := a.peerEK(req.Peer.EKCertificates, req.EKCA)
 	if err != nil {
 		return api.DupFile{}, err
 	}
 	objects["peer_ek_cert_sha256"] = ekSum
-	if req.Approval == nil {
-		return api.DupFile{}, fmt.Errorf("%w: duplicating %q needs the crypto officer's approval of this peer (provd key approve --dup-to PEER.json --object-name %s)", api.ErrNotPermitted, req.Name, ks.rec.Object)
-	}
 	objName, err := hex.DecodeString(ks.rec.Object)
 	if err != nil {
 		return api.DupFile{}, fmt.Errorf("%w: key %q's object name", api.ErrTampered, req.Name)
 	}
-	pkDigest := ks.pk.state.Policy.digest()
-	if err := checkApproval(req.Approval, ks.pk.officer, officer.DupApproved(pkDigest, objName, parentName), officer.DupRef); err != nil {
-		return api.DupFile{}, err
-	}
-	expr, err := keyPolicy(ks.pk, true)
+	expr, err := keyPolicyFor(ks.pk, true, rule, objName)
 	if err != nil {
 		return api.DupFile{}, err
 	}
 	opts := ks.pk.opts
 	opts.Branches = []int{1} // the duplication branch
-	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, parentName), Approval: req.Approval}}
+	if rule.To == nil {
+		// The officer's approval, or the authority's, of this key to
+		// this peer.
+		approver, who := ks.pk.officer, "crypto officer"
+		if rule.By != nil {
+			approver, who = rule.By, "duplication authority"
+		}
+		if req.Approval == nil {
+			return api.DupFile{}, fmt.Errorf("%w: duplicating %q needs the %s's approval of this peer (provd key approve --dup-to PEER.json --object-name %s)", api.ErrNotPermitted, req.Name, who, ks.rec.Object)
+		}
+		pkDigest := ks.pk.state.Policy.digest()
+		if err := checkApproval(req.Approval, approver, officer.DupApproved(pkDigest, objName, parentName), officer.DupRef); err != nil {
+			return api.DupFile{}, err
+		}
+		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, parentName), Approval: req.Approval}}
+	}
 	auth, err := ks.objectAuth()
 	if err != nil {
 		return api.DupFile{}, err
@@ -349,7 +368,7 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		Public: tpm2.Marshal(tpm2.New2B(obj.Public)), Duplicate: d.Duplicate, Seed: d.Seed,
 		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
 		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
-		CreatedAt: a.now().UTC()}, nil
+		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, CreatedAt: a.now().UTC()}, nil
 }
 
 // DupImport imports a key duplicated to this device's transfer key as
@@ -398,7 +417,14 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
 	}
-	expr, err := keyPolicy(ks.pk, true)
+	rule, err := keyRecord{Name: req.Name, DupTo: f.DupTo, DupBy: f.DupBy}.rule()
+	if err != nil {
+		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate's duplication rule: %w", api.ErrBadInput, err)
+	}
+	if rule.To != nil && f.DupTo != tr.Name {
+		return api.KeyInfo{}, fmt.Errorf("%w: the key was bound at birth to another transfer key", api.ErrNotPermitted)
+	}
+	expr, err := keyPolicyFor(ks.pk, true, rule, nil)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -407,6 +433,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, err
 	}
 	want := kt.CreatedTemplate(usage, digest, true)
+	want.ObjectAttributes.EncryptedDuplication = rule.set()
 	got := *pub
 	got.Unique = want.Unique
 	want.ObjectAttributes.SensitiveDataOrigin = got.ObjectAttributes.SensitiveDataOrigin // born here or brought in at the origin
@@ -466,7 +493,8 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	tmpl.Unique = kt.CreatedTemplate(usage, digest, true).Unique
 	rec := keyRecord{Name: req.Name, Kind: api.KindTransferred, Type: kt.Name, Usage: usage, Extractable: true,
 		PK: ks.pk.state.Name, Object: hex.EncodeToString(name.Buffer), Template: tpm2.Marshal(tmpl), Public: f.Public,
-		Policy: hex.EncodeToString(digest), Auth: hex.EncodeToString(keyAuth), CreatedAt: a.now().UTC()}
+		Policy: hex.EncodeToString(digest), Auth: hex.EncodeToString(keyAuth), CreatedAt: a.now().UTC(),
+		DupTo: f.DupTo, DupBy: f.DupBy}
 	if err = a.commitKey(ctx, rec, blob.Marshal()); err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -522,4 +550,39 @@ func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, e
 		err = fmt.Errorf("%w: key %q blob is not the recorded key", api.ErrTampered, ks.rec.Name)
 	}
 	return a.loadedOrFlush(obj, err)
+}
+
+// birthRule is the duplication rule a new key asks for (dupRule): bound to
+// a peer whose EK certificate chains to req.EKCA, or approved by an
+// authority; the zero rule otherwise.
+func (a *Agent) birthRule(pk pkInputs, req api.CreateRequest, objects map[string]string) (dupRule, error) {
+	var r dupRule
+	if req.DuplicableTo != nil && req.DuplicableBy != "" {
+		return r, fmt.Errorf("%w: a key is bound to a peer or approved by an authority, not both", api.ErrBadInput)
+	}
+	if req.DuplicableTo != nil {
+		_, name, err := checkPeer(*req.DuplicableTo)
+		if err != nil {
+			return r, err
+		}
+		if req.DuplicableTo.PKPolicy != pk.state.Policy.Digest {
+			return r, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s…, the peer's is %.16s…", api.ErrNotPermitted, pk.state.Policy.Digest, req.DuplicableTo.PKPolicy)
+		}
+		_, sum, err := a.peerEK(req.DuplicableTo.EKCertificates, req.EKCA)
+		if err != nil {
+			return r, err
+		}
+		r.To = name
+		objects["duplicable_to"] = hex.EncodeToString(name)
+		objects["duplicable_to_ek_cert_sha256"] = sum
+	}
+	if req.DuplicableBy != "" {
+		k, err := policy.ParsePublicKeyPEM([]byte(req.DuplicableBy))
+		if err != nil {
+			return r, fmt.Errorf("%w: the duplication authority's key: %v", api.ErrBadInput, err)
+		}
+		r.By = k
+		objects["duplicable_by"] = officerName(k)
+	}
+	return r, nil
 }

@@ -366,6 +366,16 @@ type CreateRequest struct {
 	Type        string `json:"type,omitempty"`
 	Usage       string `json:"usage,omitempty"`
 	Extractable bool   `json:"extractable,omitempty"`
+	// DuplicableTo binds the key at birth to one peer's transfer key (it
+	// goes there without an approval, and nowhere else); DuplicableBy
+	// (PEM) names an authority whose approvals, not the officer's, send it
+	// to peers. Either makes the key extractable, to peers only: it is
+	// never backed up (docs/transfer.md). EKCA is the manufacturer roots
+	// the peer's EK certificate must chain to (the daemon's ek_ca when
+	// none).
+	DuplicableTo *PeerIdentity `json:"duplicable_to,omitempty"`
+	DuplicableBy string        `json:"duplicable_by,omitempty"`
+	EKCA         []byte        `json:"ek_ca,omitempty"`
 }
 
 // KEKImportRequest enters an AES KEK from custodians' components: POST
@@ -446,20 +456,26 @@ type DupExportRequest struct {
 // authValue, is a credential to the peer's EK for its transfer key's name:
 // only that TPM, with that key loaded by the device's provd, recovers it.
 type DupFile struct {
-	Format           int       `json:"format"`
-	Key              string    `json:"key"` // the key's name on the origin
-	Type             string    `json:"type"`
-	Usage            string    `json:"usage"`
-	Public           []byte    `json:"public"` // TPM2B_PUBLIC
-	Duplicate        []byte    `json:"duplicate"`
-	Seed             []byte    `json:"seed"`
-	CredentialBlob   []byte    `json:"credential_blob"`
-	CredentialSecret []byte    `json:"credential_secret"`
-	ParentName       string    `json:"parent_name"`
-	PKPolicy         string    `json:"pk_policy"`
-	Officer          string    `json:"officer"`
-	EKCertSHA256     string    `json:"ek_cert_sha256"`
-	CreatedAt        time.Time `json:"created_at"`
+	Format           int    `json:"format"`
+	Key              string `json:"key"` // the key's name on the origin
+	Type             string `json:"type"`
+	Usage            string `json:"usage"`
+	Public           []byte `json:"public"` // TPM2B_PUBLIC
+	Duplicate        []byte `json:"duplicate"`
+	Seed             []byte `json:"seed"`
+	CredentialBlob   []byte `json:"credential_blob"`
+	CredentialSecret []byte `json:"credential_secret"`
+	ParentName       string `json:"parent_name"`
+	PKPolicy         string `json:"pk_policy"`
+	Officer          string `json:"officer"`
+	EKCertSHA256     string `json:"ek_cert_sha256"`
+	// DupTo and DupBy are the key's duplication rule when it was born with
+	// one (--duplicable-to: the bound transfer key's name; --duplicable-by:
+	// the authority's PEM public key): the receiver needs them to satisfy
+	// the key's policy.
+	DupTo     string    `json:"dup_to,omitempty"`
+	DupBy     string    `json:"dup_by,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // DupFormat is DupFile's format number.

@@ -19,7 +19,10 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 		})
 	case "key-create":
 		return handle(s, ep, func(ctx context.Context, w api.CreateRequest) (api.KeyInfo, error) {
-			return ag.CreateKey(ctx, api.CreateRequest{Name: w.Name, Type: w.Type, Usage: w.Usage, Extractable: w.Extractable})
+			if w.DuplicableTo != nil && len(w.EKCA) == 0 {
+				w.EKCA = *s.ekCA.Load()
+			}
+			return ag.CreateKey(ctx, w)
 		})
 	case "key-delete":
 		return handle(s, ep, func(ctx context.Context, w api.KeyName) (api.Empty, error) {

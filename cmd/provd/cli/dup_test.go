@@ -84,4 +84,9 @@ func TestDupCLI(t *testing.T) {
 	if list := b(0, "key", "list", "-o", "json"); !strings.Contains(list, `"kind": "transferred"`) {
 		t.Fatalf("key list on B:\n%s", list)
 	}
+	// Bound to B at birth: no approval, and never a backup.
+	a(api.ExitIdentity, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caA)
+	a(0, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caB)
+	a(0, "dup", "export", "bound", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("bound.dup"))
+	b(0, "dup", "import", "bound", "--in", p("bound.dup"))
 }

@@ -212,14 +212,28 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 
 func (a *app) keyCreateCmd() *cobra.Command {
 	var req api.CreateRequest
+	var dupTo, dupBy, ekCA string
 	c := &cobra.Command{
-		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable]",
+		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable | --duplicable-to PEER.json --ek-ca BUNDLE | --duplicable-by AUTHORITY.pub]",
 		Short: "Generate a random key inside the TPM under the PK, stored TPM-wrapped",
 		Long: `Generate a key inside the TPM under the provisioning key. Types: rsa-2048,
 rsa-3072, rsa-4096 (usage sign or decrypt: RSA-OAEP), ecc-p256, ecc-p384 (usage
 sign, or decrypt meaning ECDH). Without --extractable the key is fixedTPM and
 fixedParent and its policy has no duplication branch: it can never leave this TPM.
---extractable is decided now and can never be turned on later.`,
+--extractable is decided now and can never be turned on later: such a key leaves
+only where the crypto officer approves, one key and one destination at a time (a
+peer TPM, provd dup export; or a backup, provd key export).
+
+Two other rules, also for life, for keys that go to peer TPMs only and are never
+backed up (encryptedDuplication: the TPM refuses a duplicate without an inner
+wrapper or a real parent):
+  --duplicable-to PEER.json   bound to one peer's transfer key (provd peer
+                              identity; its EK certificate must chain to --ek-ca):
+                              it goes there with no approval, and nowhere else
+  --duplicable-by AUTH.pub    approvals by this authority, not the officer, send
+                              it to peers (provd key approve --officer AUTH.key
+                              --dup-to ...), for example a fleet service that
+                              approves a peer after it attests`,
 		Example: `  provd key create fw-sign --type rsa-3072
   provd key create transport --type rsa-2048 --usage decrypt`,
 		Args: exactArgs(1),
@@ -227,6 +241,32 @@ fixedParent and its policy has no duplication branch: it can never leave this TP
 			req.Name = args[0]
 			if req.Type == "" {
 				return usageError(fmt.Errorf("--type is required"))
+			}
+			if dupTo != "" && dupBy != "" {
+				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
+			}
+			if dupTo != "" {
+				b, err := readIn(a, dupTo)
+				if err != nil {
+					return err
+				}
+				p, err := api.ParsePeerIdentity(b)
+				if err != nil {
+					return err
+				}
+				req.DuplicableTo = &p
+				if ekCA != "" {
+					if req.EKCA, err = readIn(a, ekCA); err != nil {
+						return err
+					}
+				}
+			}
+			if dupBy != "" {
+				b, err := readIn(a, dupBy)
+				if err != nil {
+					return err
+				}
+				req.DuplicableBy = string(b)
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.CreateKey(cmd.Context(), req)
@@ -242,7 +282,10 @@ fixedParent and its policy has no duplication branch: it can never leave this TP
 	}
 	c.Flags().StringVar(&req.Type, "type", "", "rsa-2048, rsa-3072, rsa-4096, ecc-p256 or ecc-p384")
 	c.Flags().StringVar(&req.Usage, "usage", "", "sign or decrypt (default sign)")
-	c.Flags().BoolVar(&req.Extractable, "extractable", false, "allow duplication to another TPM (decided now, forever)")
+	c.Flags().BoolVar(&req.Extractable, "extractable", false, "let it leave with the crypto officer's approval of each destination (decided now, forever)")
+	c.Flags().StringVar(&dupTo, "duplicable-to", "", "bind it to this peer's transfer key (provd peer identity output): peers only, no backup")
+	c.Flags().StringVar(&ekCA, "ek-ca", "", "with --duplicable-to: the manufacturer certificates the peer's EK must chain to (default: the daemon's ek_ca)")
+	c.Flags().StringVar(&dupBy, "duplicable-by", "", "let this authority's approvals (PEM public key) send it to peers: peers only, no backup")
 	return c
 }
 

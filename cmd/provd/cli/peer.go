@@ -92,7 +92,7 @@ func (a *app) dupExportCmd() *cobra.Command {
 	var req api.DupExportRequest
 	var to, approvalFile, out, ekCA string
 	c := &cobra.Command{
-		Use:   "export NAME --to peer.json --approval FILE --ek-ca BUNDLE --out NAME.dup",
+		Use:   "export NAME --to peer.json [--approval FILE] --ek-ca BUNDLE --out NAME.dup",
 		Short: "Duplicate an extractable key to a peer TPM",
 		Long: `Duplicate extractable key NAME to the peer whose identity is --to (provd peer
 identity on the receiver):
@@ -100,7 +100,9 @@ identity on the receiver):
   1. the peer's EK certificate must chain to --ek-ca (or the daemon's ek_ca):
      otherwise nothing is wrapped (exit 15); a peer is never trusted on first use;
   2. the crypto officer's approval of this key to the peer's transfer key
-     (provd key approve --dup-to), checked here and by the TPM;
+     (provd key approve --dup-to), checked here and by the TPM; or, for a key
+     created --duplicable-by, its authority's approval; a key created
+     --duplicable-to that peer needs none, and goes to no other;
   3. TPM2_Duplicate with an inner AES wrapper and the outer wrapper to the peer's
      transfer key; the inner key and the key's authorization value go to the
      peer as a credential to its EK for its transfer key's name.
@@ -113,8 +115,8 @@ not work on the peer (another PK policy or officer).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
-			if to == "" || approvalFile == "" || out == "" {
-				return usageError(errors.New("--to, --approval and --out are required"))
+			if to == "" || out == "" {
+				return usageError(errors.New("--to and --out are required"))
 			}
 			b, err := readIn(a, to)
 			if err != nil {
@@ -123,12 +125,14 @@ not work on the peer (another PK policy or officer).`,
 			if req.Peer, err = api.ParsePeerIdentity(b); err != nil {
 				return err
 			}
-			if b, err = readIn(a, approvalFile); err != nil {
-				return err
-			}
-			req.Approval = new(policy.Approval)
-			if err := req.Approval.UnmarshalJSON(b); err != nil {
-				return usageError(fmt.Errorf("--approval: %w", err))
+			if approvalFile != "" {
+				if b, err = readIn(a, approvalFile); err != nil {
+					return err
+				}
+				req.Approval = new(policy.Approval)
+				if err := req.Approval.UnmarshalJSON(b); err != nil {
+					return usageError(fmt.Errorf("--approval: %w", err))
+				}
 			}
 			if ekCA != "" {
 				if req.EKCA, err = readIn(a, ekCA); err != nil {
@@ -158,7 +162,7 @@ not work on the peer (another PK policy or officer).`,
 		},
 	}
 	c.Flags().StringVar(&to, "to", "", "the peer's identity (provd peer identity)")
-	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's approval of this duplication (provd key approve --dup-to)")
+	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's (or the key's authority's) approval of this duplication (provd key approve --dup-to); none for a key bound to this peer at birth")
 	c.Flags().StringVar(&ekCA, "ek-ca", "", "the manufacturer certificates (PEM bundle) the peer's EK must chain to (default: the daemon's ek_ca)")
 	c.Flags().StringVar(&out, "out", "", "where to write the duplicate (- for stdout)")
 	return c
