@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/provd/provd/agent"
@@ -164,4 +165,51 @@ func benchBackup(b *testing.B, typ string) (*swtpmtest.Env, *agent.Agent, []byte
 		b.Fatal(err)
 	}
 	return env, ag, wrapped
+}
+
+// BenchmarkDupExport and BenchmarkDupImport: a P-256 key moved module to
+// module (officer-approved), sender and receiver halves.
+func BenchmarkDupExport(b *testing.B) {
+	envA, a := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	envB, rcv := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	ctx := context.Background()
+	peer, err := rcv.PeerIdentity(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", DuplicableTo: &peer, EKCA: benchCA(b, envB)}); err != nil {
+		b.Fatal(err)
+	}
+	var dup api.DupFile
+	before := envA.TPM.Stats()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if dup, err = a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, EKCA: benchCA(b, envB)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	report(b, envA.TPM, before)
+	b.StopTimer()
+	before = envB.TPM.Stats()
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("k%d", i)
+		if _, err := rcv.DupImport(ctx, api.DupImportRequest{Name: name, Dup: dup}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d := envB.TPM.Stats().Sub(before)
+	b.ReportMetric(float64(d.Commands)/3, "import-tpm-cmds/op")
+}
+
+// benchCA is env's EK CA bundle.
+func benchCA(b *testing.B, env *swtpmtest.Env) []byte {
+	var out []byte
+	for _, f := range env.CABundle {
+		p, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, p...)
+	}
+	return out
 }
