@@ -140,6 +140,7 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
+	objects["check"] = hex.EncodeToString(check[:])
 	bits := 8 * len(key)
 	tmpl := catalog.KEKTemplate(bits, usage)
 	rec := keyRecord{Name: req.Name, Kind: api.KindKEK, Type: fmt.Sprintf("aes-%d", bits), Usage: usage,
@@ -204,6 +205,12 @@ func checkKEK(b keywrap.Block, rec keyRecord, sentinel error) error {
 	want, err := hex.DecodeString(rec.Check)
 	if err != nil || len(want) != 16 {
 		return fmt.Errorf("%w: KEK %q has no check value in the state", api.ErrTampered, rec.Name)
+	}
+	// The KCV shown (key list, the audit) is the check value's head: one
+	// cannot be changed without the other showing (found by review: a
+	// KEK swapped with its check value kept the custodians' KCV).
+	if hex.EncodeToString(want[:3]) != rec.KCV {
+		return fmt.Errorf("%w: KEK %q's check value is not its KCV's", api.ErrTampered, rec.Name)
 	}
 	var block [16]byte
 	var zero [16]byte

@@ -159,6 +159,17 @@ func TestSwappedKEKIsRefused(t *testing.T) {
 	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: ap}); !errors.Is(err, api.ErrTampered) {
 		t.Fatalf("export under a swapped KEK: %v, want it refused as tampered", err)
 	}
+	// One more edit (found by the second review): the check value made
+	// A4's too, the KCV shown left the custodians'. The KCV is the check
+	// value's head, so one does not change without the other showing.
+	check, _ := keywrap.CheckValue(mine)
+	rec.Check = hex.EncodeToString(check[:])
+	if err := st.Update(ctx, func(tx *store.Tx) error { return tx.Put(keyRecName("kek"), rec) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: ap}); !errors.Is(err, api.ErrTampered) {
+		t.Fatalf("export under a swapped KEK with its check value: %v, want it refused as tampered", err)
+	}
 	recs, err := a.AuditRecords(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -368,7 +368,7 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		Public: tpm2.Marshal(tpm2.New2B(obj.Public)), Duplicate: d.Duplicate, Seed: d.Seed,
 		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
 		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
-		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, CreatedAt: a.now().UTC()}, nil
+		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, Approval: req.Approval, CreatedAt: a.now().UTC()}, nil
 }
 
 // DupImport imports a key duplicated to this device's transfer key as
@@ -445,6 +445,36 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, err
 	}
 	objects["object_name"] = hex.EncodeToString(name.Buffer)
+	// Nothing in a duplicate says where it came from: anyone with the peer
+	// file can make one of a key of their own with the fleet's policy
+	// (found by review). The receiver takes a key only with its own
+	// officer's approval of that key to its transfer key: the sender's,
+	// when it was the officer's, or one given here.
+	tName, _ := hex.DecodeString(tr.Name)
+	wantApproval := officer.DupApproved(ks.pk.state.Policy.digest(), name.Buffer, tName)
+	approved := false
+	for _, ap := range []*policy.Approval{f.Approval, req.Approval} {
+		if ap != nil && checkApproval(ap, ks.pk.officer, wantApproval, officer.DupRef) == nil {
+			approved = true
+		}
+	}
+	if !approved {
+		return api.KeyInfo{}, fmt.Errorf("%w: this device takes a key only with its crypto officer's approval of that key to its transfer key (provd key approve --dup-to PEER.json --object-name %s; dup import --approval)", api.ErrNotPermitted, objects["object_name"])
+	}
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		for _, o := range tx.Objects() {
+			var k keyRecord
+			if !strings.HasPrefix(o, keyPrefix) || tx.Get(o, &k) != nil {
+				continue
+			}
+			if k.Object == objects["object_name"] {
+				return fmt.Errorf("%w: this device holds the key already, as %q", api.ErrKeyExists, k.Name)
+			}
+		}
+		return nil
+	}); err != nil {
+		return api.KeyInfo{}, err
+	}
 	cert, err := a.ekCertBySum(f.EKCertSHA256)
 	if err != nil {
 		return api.KeyInfo{}, err
@@ -478,6 +508,11 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
 	}
 	inner, keyAuth := secret[:16], secret[16:]
+	if bytes.IndexByte(keyAuth, 0) >= 0 {
+		// provd's authValues have no zero byte (tpm.RandomAuth): go-tpm
+		// would cut the HMAC key there, and the key would never work.
+		return api.KeyInfo{}, fmt.Errorf("%w: the key's authorization value in the credential is not one provd makes", api.ErrTampered)
+	}
 	blob, err := a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner})
 	if err != nil {
 		return api.KeyInfo{}, err

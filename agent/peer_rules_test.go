@@ -133,7 +133,12 @@ func TestKeyBoundAtBirth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "bound", Dup: dup}); err != nil {
+	// B takes it only with its officer's approval of this key to its
+	// transfer key (the file carries none: a bound key needs none to go).
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "bound", Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("import without the receiver's officer's approval: %v", err)
+	}
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "bound", Dup: dup, Approval: approveDup(t, a, "bound", peerB)}); err != nil {
 		t.Fatal(err)
 	}
 	signVerifies(t, a, b, "bound")
@@ -178,7 +183,11 @@ func TestKeyApprovedByAnAuthority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); err != nil {
+	// The authority's approval sends it; B's officer's takes it.
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("import with the authority's approval alone: %v", err)
+	}
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup, Approval: byOfficer}); err != nil {
 		t.Fatal(err)
 	}
 	signVerifies(t, a, b, "k")

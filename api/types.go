@@ -473,9 +473,14 @@ type DupFile struct {
 	// one (--duplicable-to: the bound transfer key's name; --duplicable-by:
 	// the authority's PEM public key): the receiver needs them to satisfy
 	// the key's policy.
-	DupTo     string    `json:"dup_to,omitempty"`
-	DupBy     string    `json:"dup_by,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	DupTo string `json:"dup_to,omitempty"`
+	DupBy string `json:"dup_by,omitempty"`
+	// Approval is the approval the sender duplicated with (the officer's,
+	// or the key's authority's); the receiver takes the key only with its
+	// own officer's approval of it to its transfer key, this one or one
+	// given at import.
+	Approval  *policy.Approval `json:"approval,omitempty"`
+	CreatedAt time.Time        `json:"created_at"`
 }
 
 // DupFormat is DupFile's format number.
@@ -486,6 +491,10 @@ const DupFormat = 1
 type DupImportRequest struct {
 	Name string  `json:"name"`
 	Dup  DupFile `json:"dup"`
+	// Approval is the receiver's crypto officer's approval of this key to
+	// this device's transfer key, when the file does not carry one (keys
+	// born --duplicable-to or --duplicable-by).
+	Approval *policy.Approval `json:"approval,omitempty"`
 }
 
 // SignOptions choose the scheme and hash; zero values pick the key's

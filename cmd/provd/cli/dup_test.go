@@ -88,5 +88,7 @@ func TestDupCLI(t *testing.T) {
 	a(api.ExitIdentity, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caA)
 	a(0, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caB)
 	a(0, "dup", "export", "bound", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("bound.dup"))
-	b(0, "dup", "import", "bound", "--in", p("bound.dup"))
+	b(api.ExitNotPermitted, "dup", "import", "bound", "--in", p("bound.dup"))
+	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName("bound"), "--out", p("bound.take.json"))
+	b(0, "dup", "import", "bound", "--in", p("bound.dup"), "--approval", p("bound.take.json"))
 }

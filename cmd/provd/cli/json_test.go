@@ -178,6 +178,7 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd("peer", "identity", "--out", p("peer.json"))
 	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
 	provd("dup", "export", "bk", "--to", p("peer.json"), "--approval", p("bk.dup.approval"), "--ek-ca", ca, "--out", p("bk.dup"))
+	provd("key", "delete", "bk") // a device holds a key once
 	provd("dup", "import", "bk3", "--in", p("bk.dup"))
 	for _, args := range [][]string{
 		{"key", "pub", "tls"},

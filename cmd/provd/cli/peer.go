@@ -169,15 +169,20 @@ not work on the peer (another PK policy or officer).`,
 }
 
 func (a *app) dupImportCmd() *cobra.Command {
-	var in string
+	var in, approvalFile string
 	c := &cobra.Command{
-		Use:   "import NAME --in NAME.dup",
+		Use:   "import NAME --in NAME.dup [--approval FILE]",
 		Short: "Import a key duplicated to this device",
 		Long: `Import a key a peer duplicated to this device's transfer key: the credential is
 activated with this TPM's EK and the transfer key (only this TPM can), then
 TPM2_Import under the transfer key. The key keeps its policy (the fleet's PK
 policy, and the officer's duplication branch: it can move on only with an
-approval), and signs with the same public key as on the origin.`,
+approval), and signs with the same public key as on the origin.
+
+Nothing in a duplicate proves where it came from, so this device takes a key
+only with its crypto officer's approval of that key to its transfer key: the
+one the sender used (carried in the file) when the key goes by the officer's
+approvals, or --approval for a key born --duplicable-to or --duplicable-by.`,
 		Example: `  provd dup import signer --in signer.dup`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -192,8 +197,18 @@ approval), and signs with the same public key as on the origin.`,
 			if err != nil {
 				return err
 			}
+			req := api.DupImportRequest{Name: args[0], Dup: d}
+			if approvalFile != "" {
+				if b, err = readIn(a, approvalFile); err != nil {
+					return err
+				}
+				req.Approval = new(policy.Approval)
+				if err := req.Approval.UnmarshalJSON(b); err != nil {
+					return usageError(fmt.Errorf("--approval: %w", err))
+				}
+			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
-				k, err := ag.DupImport(cmd.Context(), api.DupImportRequest{Name: args[0], Dup: d})
+				k, err := ag.DupImport(cmd.Context(), req)
 				if err != nil {
 					return err
 				}
@@ -202,6 +217,7 @@ approval), and signs with the same public key as on the origin.`,
 		},
 	}
 	c.Flags().StringVar(&in, "in", "", "the duplicate (provd dup export)")
+	c.Flags().StringVar(&approvalFile, "approval", "", "this device's crypto officer's approval of the key to its transfer key, when the file carries none")
 	return c
 }
 
