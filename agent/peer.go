@@ -102,6 +102,13 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 	if pk.officer == nil {
 		return api.PeerIdentity{}, errNoOfficer("receiving keys from a peer")
 	}
+	pkName, _ := hex.DecodeString(pk.state.Name)
+	if ok {
+		// One made before transfer keys named their PK is made again.
+		b, err := tpm.UnmarshalBlob(raw)
+		pub, perr := b.Public.Contents()
+		ok = err == nil && perr == nil && catalog.IsTransferKey(*pub, pkName)
+	}
 	if !ok {
 		if tr, raw, err = a.newTransferKey(ctx, pk); err != nil {
 			return api.PeerIdentity{}, err
@@ -127,7 +134,7 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 	}
 	objects["transfer_key"] = tr.Name
 	return api.PeerIdentity{Format: api.PeerFormat, EKCertificates: certs, Parent: tpm2.Marshal(blob.Public),
-		ParentName: tr.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: a.now().UTC()}, nil
+		ParentName: tr.Name, PKName: pk.state.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: a.now().UTC()}, nil
 }
 
 // newTransferKey creates T under the PK and records it.
@@ -140,9 +147,13 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	if err := a.keys.EvictResident(); err != nil {
 		return transferRecord{}, nil, err
 	}
+	pkName, err := hex.DecodeString(pk.state.Name)
+	if err != nil {
+		return transferRecord{}, nil, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
+	}
 	var blob tpm.Blob
 	if err := a.withLoadedPK(pk, func(l *loadedPK) (err error) {
-		blob, err = a.createUnderPKWith(l, catalog.TransferTemplate(), auth, nil)
+		blob, err = a.createUnderPKWith(l, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), auth, nil)
 		return err
 	}); err != nil {
 		return transferRecord{}, nil, err
@@ -162,60 +173,36 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	return tr, raw, err
 }
 
-// loadTransfer loads T under the PK (through its policy) and returns it
-// with its authValue; the PK is flushed. The caller flushes T.
-func (a *Agent) loadTransfer(pk pkInputs, tr transferRecord, raw []byte) (tpm.Object, []byte, error) {
+// withTransfer loads T under the PK (through its policy) and runs fn with
+// the PK and T loaded and T's authValue; then flushes both.
+func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, fn func(l *loadedPK, t tpm.Object, tauth []byte) error) error {
 	auth, err := tr.auth()
 	if err != nil {
-		return tpm.Object{}, nil, err
+		return err
 	}
+	defer clear(auth)
 	blob, err := tpm.UnmarshalBlob(raw)
 	if err != nil {
-		return tpm.Object{}, nil, fmt.Errorf("transfer key blob: %w", err)
+		return fmt.Errorf("transfer key blob: %w", err)
 	}
-	var t tpm.Object
-	err = a.withLoadedPK(pk, func(l *loadedPK) (err error) {
-		t, err = a.loadUnderPK(l, blob)
-		return err
+	pkName, _ := hex.DecodeString(pk.state.Name)
+	return a.withLoadedPK(pk, func(l *loadedPK) (err error) {
+		t, err := a.loadUnderPK(l, blob)
+		if err != nil {
+			return err
+		}
+		defer a.flush(&err, t.Handle)
+		if hex.EncodeToString(t.Name.Buffer) != tr.Name || !catalog.IsTransferKey(t.Public, pkName) {
+			return fmt.Errorf("%w: the transfer key's blob is not the recorded transfer key of this PK", api.ErrTampered)
+		}
+		return fn(l, t, auth)
 	})
-	if err == nil && (hex.EncodeToString(t.Name.Buffer) != tr.Name || !catalog.IsTransferKey(t.Public)) {
-		err = fmt.Errorf("%w: the transfer key's blob is not the recorded transfer key", api.ErrTampered)
-	}
-	obj, err := a.loadedOrFlush(t, err)
-	return obj, auth, err
 }
 
 // checkPeer validates a peer identity and returns the transfer key's
 // public area and name. Nothing in it is trusted yet.
 func checkPeer(p api.PeerIdentity) (tpm2.TPMTPublic, []byte, error) {
-	bad := func(what string) (tpm2.TPMTPublic, []byte, error) {
-		return tpm2.TPMTPublic{}, nil, fmt.Errorf("%w: peer identity: %s", api.ErrBadInput, what)
-	}
-	if p.Format != api.PeerFormat {
-		return bad(fmt.Sprintf("format %d, this provd reads %d", p.Format, api.PeerFormat))
-	}
-	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](p.Parent)
-	if err != nil || len(tpm2.Marshal(p2b)) != len(p.Parent) {
-		return bad("the transfer key's public area does not parse")
-	}
-	pub, err := p2b.Contents()
-	if err != nil {
-		return bad("the transfer key's public area does not parse")
-	}
-	if !catalog.IsTransferKey(*pub) {
-		return bad("the parent is not a provd transfer key (ECC P-256 storage key, fixedTPM, its own authValue, adminWithPolicy clear)")
-	}
-	name, err := tpm2.ObjectName(pub)
-	if err != nil {
-		return bad(err.Error())
-	}
-	if hex.EncodeToString(name.Buffer) != p.ParentName {
-		return bad("the parent's name is not its public area's")
-	}
-	if len(p.EKCertificates) == 0 || len(p.EKCertificates) > 4 {
-		return bad("1 to 4 EK certificates")
-	}
-	return *pub, name.Buffer, nil
+	return p.TransferKey()
 }
 
 // peerEK verifies the peer's EK certificates against roots and returns the
@@ -486,42 +473,57 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
 	}
-	t, tauth, err := a.loadTransfer(ks.pk, tr, traw)
+	var blob tpm.Blob
+	var keyAuth []byte
+	defer func() { clear(keyAuth) }()
+	err = a.withTransfer(ks.pk, tr, traw, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+		// T's ADMIN role, which activation needs, is its policy's:
+		// PolicySecret(this PK), which only provd can satisfy, then
+		// PolicyCommandCode(ActivateCredential).
+		ps, err := a.t.StartPolicySession(false)
+		if err != nil {
+			return err
+		}
+		defer ps.Close()
+		if err := a.withPKPolicy(l, func(s tpm2.Session) error { return ps.PolicySecretOf(l.pk, s) }); err != nil {
+			return err
+		}
+		if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {
+			return err
+		}
+		ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
+		if err != nil {
+			return err
+		}
+		secret, err := a.t.ActivateCredential(t, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
+		if ferr := flushEK(); err == nil {
+			err = ferr
+		}
+		defer clear(secret)
+		if err != nil {
+			return err
+		}
+		if len(secret) != credentialSecret {
+			return fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
+		}
+		inner := secret[:16]
+		keyAuth = bytes.Clone(secret[16:])
+		if bytes.IndexByte(keyAuth, 0) >= 0 {
+			// provd's authValues have no zero byte (tpm.RandomAuth):
+			// go-tpm would cut the HMAC key there, and the key would
+			// never work.
+			return fmt.Errorf("%w: the key's authorization value in the credential is not one provd makes", api.ErrTampered)
+		}
+		if blob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner}); err != nil {
+			return err
+		}
+		obj, err := a.t.LoadWithAuth(t, tauth, blob)
+		if err != nil {
+			return err
+		}
+		return a.t.Flush(obj.Handle)
+	})
 	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	defer a.flush(&err, t.Handle)
-	defer clear(tauth)
-	ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	secret, err := a.t.ActivateCredential(t, tauth, ek, f.CredentialBlob, f.CredentialSecret)
-	if ferr := flushEK(); err == nil {
-		err = ferr
-	}
-	defer clear(secret)
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	if len(secret) != credentialSecret {
-		return api.KeyInfo{}, fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
-	}
-	inner, keyAuth := secret[:16], secret[16:]
-	if bytes.IndexByte(keyAuth, 0) >= 0 {
-		// provd's authValues have no zero byte (tpm.RandomAuth): go-tpm
-		// would cut the HMAC key there, and the key would never work.
-		return api.KeyInfo{}, fmt.Errorf("%w: the key's authorization value in the credential is not one provd makes", api.ErrTampered)
-	}
-	blob, err := a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner})
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	obj, err := a.t.LoadWithAuth(t, tauth, blob)
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	if err = a.t.Flush(obj.Handle); err != nil {
 		return api.KeyInfo{}, err
 	}
 	tmpl := want
@@ -572,15 +574,11 @@ func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, e
 	if err != nil {
 		return tpm.Object{}, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
 	}
-	t, tauth, err := a.loadTransfer(ks.pk, tr, traw)
-	if err != nil {
-		return tpm.Object{}, err
-	}
-	defer clear(tauth)
-	obj, err := a.t.LoadWithAuth(t, tauth, blob)
-	if ferr := a.t.Flush(t.Handle); err == nil {
-		err = ferr
-	}
+	var obj tpm.Object
+	err = a.withTransfer(ks.pk, tr, traw, func(_ *loadedPK, t tpm.Object, tauth []byte) (err error) {
+		obj, err = a.t.LoadWithAuth(t, tauth, blob)
+		return err
+	})
 	if err == nil && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {
 		err = fmt.Errorf("%w: key %q blob is not the recorded key", api.ErrTampered, ks.rec.Name)
 	}

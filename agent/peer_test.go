@@ -163,14 +163,17 @@ func TestDupToAPeer(t *testing.T) {
 }
 
 // TestDupToAForgedTransferKey: someone between the devices replaces the
-// peer identity's transfer key with a key of their own, made to look like a
-// transfer key, and gets the officer to approve it. The sender wraps (the
-// EK certificate is genuine), and the attacker can open the outer wrapper;
-// the inner wrapper's key is a credential to B's EK for the forged key's
-// name, and B's TPM releases it to nobody: not for the public area loaded
-// alone (no authValue), not with the private part (a fixedTPM key cannot be
-// loaded from outside), not for a look-alike with fixedTPM clear (another
-// name).
+// peer identity's transfer key with a key of their own, made to look like
+// B's transfer key (its policy names B's PK), and gets the officer to
+// approve it. The sender wraps (the EK certificate is genuine), and the
+// attacker can open the outer wrapper; the inner wrapper's key is a
+// credential to B's EK for the forged key's name, and B's TPM releases it to
+// nobody: not for the public area loaded alone, not with the private part
+// (a fixedTPM key cannot be loaded from outside), not for a look-alike
+// with fixedTPM clear (another name), and not for a real look-alike that
+// another process made in B's TPM under the SRK (found by the second
+// review, when a transfer key was activated with its own authValue): the
+// policy wants PolicySecret(B's PK), which only B's provd can give.
 func TestDupToAForgedTransferKey(t *testing.T) {
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
@@ -185,7 +188,8 @@ func TestDupToAForgedTransferKey(t *testing.T) {
 	evil, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	evilDH, _ := evil.ECDH()
 	pt := evilDH.PublicKey().Bytes()
-	fake := catalog.TransferTemplate()
+	pkB, _ := hex.DecodeString(peer.PKName)
+	fake := catalog.TransferTemplate(catalog.TransferPolicy(pkB))
 	fake.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: pt[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: pt[33:]}})
 	fakeName, _ := tpm2.ObjectName(&fake)
 	forged := peer
@@ -210,13 +214,25 @@ func TestDupToAForgedTransferKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer flushEK()
+	// What the attacker can put in the ADMIN session: the command code, and
+	// anything else but PolicySecret(B's PK); or the object's authValue.
 	activate := func(what string, obj tpm.Object, auth []byte) {
 		t.Helper()
 		defer tp.Flush(obj.Handle)
-		if secret, err := tp.ActivateCredential(obj, auth, ek, dup.CredentialBlob, dup.CredentialSecret); err == nil {
-			t.Fatalf("%s: B's TPM released the credential (%d bytes)", what, len(secret))
-		} else {
-			t.Logf("%s: %v", what, err)
+		ps, err := tp.StartPolicySession(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ps.Close()
+		if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range []tpm2.Session{ps.Session(), tpm2.PasswordAuth(auth)} {
+			if secret, err := tp.ActivateCredential(obj, s, ek, dup.CredentialBlob, dup.CredentialSecret); err == nil {
+				t.Fatalf("%s: B's TPM released the credential (%d bytes)", what, len(secret))
+			} else {
+				t.Logf("%s (%s): %v", what, []string{"policy without the PK", "authValue"}[i], err)
+			}
 		}
 	}
 	// 1. The forged public area alone: no authValue to authorize ADMIN.
@@ -244,6 +260,31 @@ func TestDupToAForgedTransferKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	activate("a look-alike with fixedTPM clear", tpm.Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: nonRestricted}, []byte("x"))
+	// 4. Another process on B makes a real look-alike in B's TPM (the
+	// SRK's authorization is empty), with an authValue of its own, and
+	// that is what the swapped peer file names.
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := []byte("another process's authValue")
+	tb, err := tp.Create(srk, nil, catalog.TransferTemplate(catalog.TransferPolicy(pkB)), tpm.Sensitive{UserAuth: mine})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tObj, err := tp.Load(srk, nil, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := peer
+	theirs.Parent = tpm2.Marshal(tb.Public)
+	theirs.ParentName = hex.EncodeToString(tObj.Name.Buffer)
+	dup, err = a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: theirs, Approval: approveDup(t, a, "k", theirs), EKCA: caBundle(t, envB)})
+	if err != nil {
+		tp.Flush(tObj.Handle)
+		t.Fatalf("the sender wraps to a genuine EK: %v", err)
+	}
+	activate("a look-alike another process made in B's TPM", tObj, mine)
 	// And B itself refuses it: not its transfer key.
 	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("B imported a duplicate for another transfer key: %v", err)

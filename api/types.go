@@ -2,10 +2,12 @@ package api
 
 import (
 	"crypto"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
@@ -432,6 +434,7 @@ type PeerIdentity struct {
 	EKCertificates [][]byte  `json:"ek_certificates"` // DER
 	Parent         []byte    `json:"parent"`          // TPM2B_PUBLIC of the transfer key
 	ParentName     string    `json:"parent_name"`     // its TPM name, hex
+	PKName         string    `json:"pk_name"`         // the device's PK, which the transfer key's policy names, hex
 	PKPolicy       string    `json:"pk_policy"`       // the device's PK policy digest, hex
 	Officer        string    `json:"officer"`         // the TPM name of its officer key, hex
 	CreatedAt      time.Time `json:"created_at"`
@@ -537,4 +540,44 @@ func ParseDupFile(b []byte) (DupFile, error) {
 		return d, fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)
 	}
 	return d, nil
+}
+
+// TransferKey checks a peer identity's shape and returns its transfer key's
+// public area and name: exactly a provd transfer key whose policy names
+// the PK the file names (catalog.IsTransferKey), under its stated name, with
+// 1 to 4 EK certificates. Nothing in it is trusted yet: the EK certificate
+// must still chain, and the PK must be the one enrolled for the device.
+func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
+	bad := func(what string) (tpm2.TPMTPublic, []byte, error) {
+		return tpm2.TPMTPublic{}, nil, fmt.Errorf("%w: peer identity: %s", ErrBadInput, what)
+	}
+	if p.Format != PeerFormat {
+		return bad(fmt.Sprintf("format %d, this provd reads %d", p.Format, PeerFormat))
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](p.Parent)
+	if err != nil || len(tpm2.Marshal(p2b)) != len(p.Parent) {
+		return bad("the transfer key's public area does not parse")
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return bad("the transfer key's public area does not parse")
+	}
+	pkName, err := hex.DecodeString(p.PKName)
+	if err != nil || len(pkName) != 34 {
+		return bad("the PK's name")
+	}
+	if !catalog.IsTransferKey(*pub, pkName) {
+		return bad("the parent is not the transfer key of the PK it names (an ECC P-256 storage key whose policy is PolicySecret(that PK))")
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return bad(err.Error())
+	}
+	if hex.EncodeToString(name.Buffer) != p.ParentName {
+		return bad("the parent's name is not its public area's")
+	}
+	if len(p.EKCertificates) == 0 || len(p.EKCertificates) > 4 {
+		return bad("1 to 4 EK certificates")
+	}
+	return *pub, name.Buffer, nil
 }

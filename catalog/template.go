@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -198,16 +200,12 @@ func (kt Type) MinKEKBits() int {
 
 // TransferTemplate is the public area of a device's transfer key, the
 // parent that keys duplicated to it from a peer are imported under (provd
-// peer identity): an ECC P-256 storage key (restricted decrypt, AES-128-CFB)
-// born in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin), used with
-// its own authValue (userWithAuth) and no policy, adminWithPolicy clear.
-// The last is what makes a credential bound to its name proof of
-// residency: TPM2_ActivateCredential authorizes the object in the ADMIN
-// role, and with adminWithPolicy clear only its authValue does, which a
-// copy of its public area loaded with TPM2_LoadExternal does not have
-// (TPM_RC_AUTH_UNAVAILABLE, measured on swtpm), and which only the device's
-// state holds.
-func TransferTemplate() tpm2.TPMTPublic {
+// peer identity), bound to the device's PK by its policy (TransferPolicy):
+// an ECC P-256 storage key (restricted decrypt, AES-128-CFB) born in the TPM
+// (fixedTPM, fixedParent, sensitiveDataOrigin), used as a parent with its
+// own authValue (userWithAuth), and in the ADMIN role, which
+// TPM2_ActivateCredential needs, only through its policy (adminWithPolicy).
+func TransferTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgECC,
 		NameAlg: tpm2.TPMAlgSHA256,
@@ -216,10 +214,12 @@ func TransferTemplate() tpm2.TPMTPublic {
 			FixedParent:         true,
 			SensitiveDataOrigin: true,
 			UserWithAuth:        true,
+			AdminWithPolicy:     true,
 			NoDA:                true,
 			Restricted:          true,
 			Decrypt:             true,
 		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{
 				Algorithm: tpm2.TPMAlgAES,
@@ -234,10 +234,36 @@ func TransferTemplate() tpm2.TPMTPublic {
 	}
 }
 
-// IsTransferKey reports whether pub is a transfer key's public area: the
-// template with any unique field.
-func IsTransferKey(pub tpm2.TPMTPublic) bool {
-	want := TransferTemplate()
+// TransferPolicy is a transfer key's policy for the device whose PK has TPM
+// name pkName: PolicySecret(the PK) then
+// PolicyCommandCode(TPM2_ActivateCredential). A credential bound to the
+// transfer key's name then opens only for whoever can authorize the PK (its
+// policy and the state's authValue: the device's provd) in the TPM that
+// holds both (found by review: with an authValue of its own, any process
+// with TPM access could make a transfer-key look-alike, and a peer file
+// naming it received the key). The name binds the policy, so a look-alike
+// with another policy has another name, and one with this policy is of no
+// use without the PK.
+func TransferPolicy(pkName []byte) []byte {
+	h := sha256.New()
+	h.Write(make([]byte, sha256.Size))
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCPolicySecret)))
+	h.Write(pkName)
+	d := h.Sum(nil)
+	h.Reset()
+	h.Write(d) // then the (empty) policyRef
+	d = h.Sum(nil)
+	h.Reset()
+	h.Write(d)
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCPolicyCommandCode)))
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCActivateCredential)))
+	return h.Sum(nil)
+}
+
+// IsTransferKey reports whether pub is the transfer key of the device
+// whose PK is pkName: the template with that policy and any unique field.
+func IsTransferKey(pub tpm2.TPMTPublic, pkName []byte) bool {
+	want := TransferTemplate(TransferPolicy(pkName))
 	pub.Unique = want.Unique
 	return string(tpm2.Marshal(pub)) == string(tpm2.Marshal(want))
 }

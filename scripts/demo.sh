@@ -152,8 +152,9 @@ mover=$("$bin" key pub mover -o json | grep -o '"object_name": "[0-9a-f]*"' | gr
   printf '\n\033[1m== Module to module: TPM A sends a key to TPM B, only to a genuine TPM, only where the officer approved\033[0m\n'
   step "B publishes its peer identity: EK certificates and its transfer key" \
     "$bin" peer identity --out "$demo/b.peer.json"
-  step "The officer approves moving key 'mover' to B's transfer key (offline)" \
-    "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.peer.json" --object-name "$mover" --out "$demo/mover.dup-b.json"
+  pk_b=$("$bin" status -o json | grep -o '"pk_name": "[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
+  step "The officer approves moving key 'mover' to B's transfer key (offline), checking that it is bound to the PK enrolled for B" \
+    "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.peer.json" --peer-pk "$pk_b" --object-name "$mover" --out "$demo/mover.dup-b.json"
   printf '\n\033[1m== Against the wrong manufacturer roots, B is not a proven TPM: nothing is wrapped (exit 15)\033[0m\n'
   expect 15 env PROVD_STATE_DIR="$demo/state" "$bin" dup export mover --to "$demo/b.peer.json" --approval "$demo/mover.dup-b.json" --ek-ca "$demo/ek-ca.pem" --out "$demo/mover.dup"
   step "A duplicates it: TPM2_Duplicate to B's transfer key, the inner key a credential to B's EK" \

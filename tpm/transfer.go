@@ -165,15 +165,12 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 
 // ActivateCredential recovers a credential's secret (TPM2_MakeCredential,
 // or go-tpm's CreateCredential, to the EK ek for the name of activate):
-// only the TPM holding ek's private key, with activate loaded and its
-// authValue given, gets it. ek's policy must be PolicySecret(endorsement)
-// (the TCG EK templates L-1 and L-2). The secret comes back inside the
-// session salted to the SRK; the caller clears it.
-func (t *TPM) ActivateCredential(activate Object, activateAuth []byte, ek Object, idObject, encSecret []byte) ([]byte, error) {
-	srk, err := t.SRK()
-	if err != nil {
-		return nil, err
-	}
+// only the TPM holding ek's private key, with activate loaded and
+// authorized in the ADMIN role by activateAuth (a policy session the caller
+// satisfied), gets it. ek's policy must be PolicySecret(endorsement) (the
+// TCG EK templates L-1 and L-2). The secret comes back inside a session
+// salted to the SRK; the caller clears it.
+func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek Object, idObject, encSecret []byte) ([]byte, error) {
 	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
@@ -184,13 +181,13 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth []byte, ek Object
 		return nil, Wrap("TPM2_PolicySecret", err)
 	}
 	var secret []byte
-	err = t.withHMACSession(func(s tpm2.Session) error {
+	err = t.WithEncryptSession(EncryptOut, func(enc tpm2.Session) error {
 		rsp, err := (tpm2.ActivateCredential{
-			ActivateHandle: activate.Auth(s),
+			ActivateHandle: activate.Auth(activateAuth),
 			KeyHandle:      ek.Auth(ps),
 			CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
 			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
-		}).Execute(t)
+		}).Execute(t, enc)
 		if err != nil {
 			// swtpm answers a changed credential with TPM_RC_FAILURE
 			// for that command alone (found by review): not failure mode.
@@ -198,8 +195,16 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth []byte, ek Object
 		}
 		secret = rsp.CertInfo.Buffer
 		return nil
-	}, tpm2.Auth(activateAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+	})
 	return secret, err
+}
+
+// PolicySecretOf extends the session with TPM2_PolicySecret of object o,
+// authorized by auth (o's own authorization, for one command): the
+// session's policy then says that its user could authorize o.
+func (p *PolicySession) PolicySecretOf(o Object, auth tpm2.Session) error {
+	_, err := (tpm2.PolicySecret{AuthHandle: o.Auth(auth), PolicySession: p.s.Handle(), NonceTPM: p.s.NonceTPM()}).Execute(p.t)
+	return Wrap("TPM2_PolicySecret", err)
 }
 
 // ImportDuplicate imports a duplicate made by TPM2_Duplicate with provd's

@@ -40,6 +40,13 @@ func TestDupCLI(t *testing.T) {
 	a(0, "provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub)
 	b(0, "provision", "--pcrs", "7", "--ek-ca", caB, "--officer-key", officerPub)
 	b(0, "peer", "identity", "--out", p("b.peer.json"))
+	// The PK name provisioning reported on B: what the fleet enrolled.
+	var stB struct {
+		PKName string `json:"pk_name"`
+	}
+	if err := json.Unmarshal([]byte(b(0, "status", "-o", "json")), &stB); err != nil || stB.PKName == "" {
+		t.Fatalf("B's status: %+v %v", stB, err)
+	}
 
 	a(0, "key", "create", "signer", "--type", "ecc-p256", "--extractable")
 	a(0, "key", "create", "fixed", "--type", "ecc-p256")
@@ -58,8 +65,18 @@ func TestDupCLI(t *testing.T) {
 		}
 		return pub.ObjectName
 	}
+	// A peer file that is not bound to the PK enrolled for B (here: A's)
+	// is not approved.
+	var stA struct {
+		PKName string `json:"pk_name"`
+	}
+	if err := json.Unmarshal([]byte(a(0, "status", "-o", "json")), &stA); err != nil {
+		t.Fatal(err)
+	}
+	a(api.ExitNotPermitted, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stA.PKName, "--object-name", objName("signer"), "--out", p("x.json"))
+	a(api.ExitUsage, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName("signer"), "--out", p("x.json"))
 	for _, k := range []string{"signer", "fixed"} {
-		a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName(k), "--out", p(k+".dup-b.json"))
+		a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName(k), "--out", p(k+".dup-b.json"))
 	}
 	// B's EK does not chain to A's manufacturer CA: nothing is wrapped.
 	a(api.ExitIdentity, "dup", "export", "signer", "--to", p("b.peer.json"), "--approval", p("signer.dup-b.json"), "--ek-ca", caA, "--out", p("x.dup"))
@@ -85,10 +102,10 @@ func TestDupCLI(t *testing.T) {
 		t.Fatalf("key list on B:\n%s", list)
 	}
 	// Bound to B at birth: no approval, and never a backup.
-	a(api.ExitIdentity, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caA)
-	a(0, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--ek-ca", caB)
+	a(api.ExitIdentity, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caA)
+	a(0, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB)
 	a(0, "dup", "export", "bound", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("bound.dup"))
 	b(api.ExitNotPermitted, "dup", "import", "bound", "--in", p("bound.dup"))
-	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName("bound"), "--out", p("bound.take.json"))
+	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("bound"), "--out", p("bound.take.json"))
 	b(0, "dup", "import", "bound", "--in", p("bound.dup"), "--approval", p("bound.take.json"))
 }

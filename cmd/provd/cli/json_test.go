@@ -145,6 +145,7 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd("policy", "show")
 	var st struct {
 		PolicyDigest string `json:"policy_digest"`
+		PKName       string `json:"pk_name"`
 	}
 	if err := json.Unmarshal([]byte(provd("status")), &st); err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	// Module to module, to this same TPM as its own peer (the commands'
 	// JSON is what is checked here; two TPMs: TestDupCLI).
 	provd("peer", "identity", "--out", p("peer.json"))
-	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
+	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--peer-pk", st.PKName, "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
 	provd("dup", "export", "bk", "--to", p("peer.json"), "--approval", p("bk.dup.approval"), "--ek-ca", ca, "--out", p("bk.dup"))
 	provd("key", "delete", "bk") // a device holds a key once
 	provd("dup", "import", "bk3", "--in", p("bk.dup"))

@@ -112,7 +112,7 @@ key's secret in another form and read it (docs/key-hierarchy.md).`,
 
 func (a *app) keyApproveCmd() *cobra.Command {
 	var r officer.Recipe
-	var officerFile, pkPolicy, out, objectName, dupTo string
+	var officerFile, pkPolicy, out, objectName, dupTo, peerPK string
 	var export bool
 	c := &cobra.Command{
 		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME | --dup-to PEER.json --object-name NAME) --out FILE",
@@ -130,6 +130,9 @@ json, .object_name), which covers its public key, attributes and policy. The
 TPM checks the approval in the key's duplication branch; it exports nothing else.
 With --dup-to PEER.json instead, the approval is of the key's duplication to that
 peer's transfer key (provd dup export): the TPM duplicates it to no other.
+--peer-pk is the PK name enrolled for that device (provd status on it, when it
+was provisioned): the peer file's transfer key must be bound to it, which is
+what says the key is that device's provd's and not a look-alike.
 
 The officer key is the private half of provision --officer-key: ECDSA P-256,
 P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
@@ -163,7 +166,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				}
 				parent := officer.ExportParent
 				if dupTo != "" {
-					if parent, err = readPeerParent(a, dupTo); err != nil {
+					if _, parent, err = readPeer(a, dupTo, peerPK); err != nil {
 						return err
 					}
 				}
@@ -207,12 +210,13 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().BoolVar(&export, "export", false, "approve a key's export as a backup (provd key export) instead of a recipe")
 	c.Flags().StringVar(&objectName, "object-name", "", "with --export or --dup-to: the key's TPM name, hex")
 	c.Flags().StringVar(&dupTo, "dup-to", "", "approve a key's duplication to this peer (provd peer identity output) instead of a recipe")
+	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --dup-to: the PK name enrolled for the peer device, hex")
 	return c
 }
 
 func (a *app) keyCreateCmd() *cobra.Command {
 	var req api.CreateRequest
-	var dupTo, dupBy, ekCA string
+	var dupTo, dupBy, ekCA, peerPK string
 	c := &cobra.Command{
 		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable | --duplicable-to PEER.json --ek-ca BUNDLE | --duplicable-by AUTHORITY.pub]",
 		Short: "Generate a random key inside the TPM under the PK, stored TPM-wrapped",
@@ -228,8 +232,10 @@ Two other rules, also for life, for keys that go to peer TPMs only and are never
 backed up (encryptedDuplication: the TPM refuses a duplicate without an inner
 wrapper or a real parent):
   --duplicable-to PEER.json   bound to one peer's transfer key (provd peer
-                              identity; its EK certificate must chain to --ek-ca):
-                              it goes there with no approval, and nowhere else
+                              identity; its EK certificate must chain to --ek-ca,
+                              and it must be bound to the PK enrolled for that
+                              device, --peer-pk): it goes there with no
+                              approval, and nowhere else
   --duplicable-by AUTH.pub    approvals by this authority, not the officer, send
                               it to peers (provd key approve --officer AUTH.key
                               --dup-to ...), for example a fleet service that
@@ -246,11 +252,7 @@ wrapper or a real parent):
 				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
 			}
 			if dupTo != "" {
-				b, err := readIn(a, dupTo)
-				if err != nil {
-					return err
-				}
-				p, err := api.ParsePeerIdentity(b)
+				p, _, err := readPeer(a, dupTo, peerPK)
 				if err != nil {
 					return err
 				}
@@ -286,6 +288,7 @@ wrapper or a real parent):
 	c.Flags().StringVar(&dupTo, "duplicable-to", "", "bind it to this peer's transfer key (provd peer identity output): peers only, no backup")
 	c.Flags().StringVar(&ekCA, "ek-ca", "", "with --duplicable-to: the manufacturer certificates the peer's EK must chain to (default: the daemon's ek_ca)")
 	c.Flags().StringVar(&dupBy, "duplicable-by", "", "let this authority's approvals (PEM public key) send it to peers: peers only, no backup")
+	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --duplicable-to: the PK name enrolled for the peer device, hex")
 	return c
 }
 

@@ -1,11 +1,12 @@
 package cli
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -221,19 +222,30 @@ approvals, or --approval for a key born --duplicable-to or --duplicable-by.`,
 	return c
 }
 
-// readPeerParent is the transfer key's name from a peer identity file.
-func readPeerParent(a *app, path string) ([]byte, error) {
+// readPeer reads a peer identity file and checks that its transfer key is
+// the one of the PK enrolled for the device (peerPK, hex: what provisioning
+// reported on the device, kept with the fleet's records). provd can check
+// that the EK is a genuine TPM's; only this comparison says the transfer
+// key is the device's provd's, not a look-alike another process made in
+// the same TPM, or a whole peer file swapped on the way.
+func readPeer(a *app, path, peerPK string) (api.PeerIdentity, []byte, error) {
 	b, err := readIn(a, path)
 	if err != nil {
-		return nil, err
+		return api.PeerIdentity{}, nil, err
 	}
 	p, err := api.ParsePeerIdentity(b)
 	if err != nil {
-		return nil, err
+		return p, nil, err
 	}
-	name, err := hex.DecodeString(p.ParentName)
-	if err != nil || len(name) != 34 {
-		return nil, fmt.Errorf("%w: %s: the transfer key's name", api.ErrBadInput, path)
+	_, name, err := p.TransferKey()
+	if err != nil {
+		return p, nil, err
 	}
-	return name, nil
+	if peerPK == "" {
+		return p, nil, usageError(errors.New("--peer-pk is required: the PK name enrolled for the peer device (provd status on it, at provisioning), which its transfer key must be bound to"))
+	}
+	if !strings.EqualFold(strings.TrimSpace(peerPK), p.PKName) {
+		return p, nil, fmt.Errorf("%w: %s names PK %.16s…, not the enrolled %.16s…: it is not that device's (a look-alike, or a file swapped on the way); nothing done", api.ErrNotPermitted, path, p.PKName, peerPK)
+	}
+	return p, name, nil
 }
