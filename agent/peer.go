@@ -480,7 +480,11 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		// T's ADMIN role, which activation needs, is its policy's:
 		// PolicySecret(this PK), which only provd can satisfy, then
 		// PolicyCommandCode(ActivateCredential).
-		ps, err := a.t.StartPolicySession(false)
+		// Salted to the SRK: satisfied here and used three commands
+		// later, it must be of no use to whoever watched (found by
+		// review: an unsalted one was used first by an attacker's
+		// TPM2_ActivateCredential, which read the secret).
+		ps, err := a.t.StartSaltedPolicySession()
 		if err != nil {
 			return err
 		}
@@ -597,6 +601,9 @@ func (a *Agent) birthRule(pk pkInputs, req api.CreateRequest, objects map[string
 		_, name, err := checkPeer(*req.DuplicableTo)
 		if err != nil {
 			return r, err
+		}
+		if req.PeerPK == "" || !strings.EqualFold(strings.TrimSpace(req.PeerPK), req.DuplicableTo.PKName) {
+			return r, fmt.Errorf("%w: a key bound to a peer at birth needs the PK name enrolled for that device, and the peer file's transfer key must be bound to it (it names %.16s…)", api.ErrNotPermitted, req.DuplicableTo.PKName)
 		}
 		if req.DuplicableTo.PKPolicy != pk.state.Policy.Digest {
 			return r, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s…, the peer's is %.16s…", api.ErrNotPermitted, pk.state.Policy.Digest, req.DuplicableTo.PKPolicy)

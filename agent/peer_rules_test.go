@@ -90,10 +90,13 @@ func TestKeyBoundAtBirth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, EKCA: caBundle(t, envA)}); !errors.Is(err, api.ErrUntrustedTPM) {
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerB.PKName, EKCA: caBundle(t, envA)}); !errors.Is(err, api.ErrUntrustedTPM) {
 		t.Fatalf("bound to a peer whose EK does not chain: %v", err)
 	}
-	info, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, EKCA: caBundle(t, envB)})
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerC.PKName, EKCA: caBundle(t, envB)}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("bound to a peer file that is not the enrolled PK's: %v", err)
+	}
+	info, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerB.PKName, EKCA: caBundle(t, envB)})
 	if err != nil {
 		t.Fatal(err)
 	}

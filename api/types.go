@@ -376,8 +376,12 @@ type CreateRequest struct {
 	// the peer's EK certificate must chain to (the daemon's ek_ca when
 	// none).
 	DuplicableTo *PeerIdentity `json:"duplicable_to,omitempty"`
-	DuplicableBy string        `json:"duplicable_by,omitempty"`
-	EKCA         []byte        `json:"ek_ca,omitempty"`
+	// PeerPK is the PK name enrolled for the DuplicableTo device, which the
+	// peer file's transfer key must be bound to (found by review: the check
+	// lived only in the CLI).
+	PeerPK       string `json:"peer_pk,omitempty"`
+	DuplicableBy string `json:"duplicable_by,omitempty"`
+	EKCA         []byte `json:"ek_ca,omitempty"`
 }
 
 // KEKImportRequest enters an AES KEK from custodians' components: POST

@@ -84,6 +84,27 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256}, nil
 }
 
+// StartSaltedPolicySession starts a SHA-256 policy session salted to the
+// SRK, without parameter encryption: its HMAC key is secret, so a session
+// satisfied now and used a few commands later is of no use to whoever
+// watched it being satisfied (found by review: an unsalted one was used
+// first by a command of the attacker's). Not for encryption: the TPM keys a
+// policy session's parameter encryption with the authorized object's
+// authValue even when the policy has no PolicyAuthValue, and its HMAC
+// without it, which one go-tpm session cannot follow (measured on swtpm:
+// TPM_RC_SIZE on the encrypted parameter); use an extra encryption session.
+func (t *TPM) StartSaltedPolicySession() (*PolicySession, error) {
+	srk, err := t.SRK()
+	if err != nil {
+		return nil, err
+	}
+	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, tpm2.Salted(srk.Handle, srk.Public))
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256}, nil
+}
+
 // Close flushes the session. It is safe to call more than once.
 func (p *PolicySession) Close() error {
 	if p.closed {

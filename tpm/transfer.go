@@ -166,16 +166,21 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 // ActivateCredential recovers a credential's secret (TPM2_MakeCredential,
 // or go-tpm's CreateCredential, to the EK ek for the name of activate):
 // only the TPM holding ek's private key, with activate loaded and
-// authorized in the ADMIN role by activateAuth (a policy session the caller
-// satisfied), gets it. ek's policy must be PolicySecret(endorsement) (the
-// TCG EK templates L-1 and L-2). The secret comes back inside a session
-// salted to the SRK; the caller clears it.
+// authorized in the ADMIN role by activateAuth, gets it. activateAuth must
+// be a policy session the caller satisfied that is salted to the SRK
+// (StartSaltedPolicySession): its HMAC key is then secret, so nobody who
+// watched it being satisfied can use it first (found by review: with an
+// unsalted session, anyone on the bus or sharing the handle space sent its
+// own TPM2_ActivateCredential through provd's satisfied session and read the
+// secret). ek's policy must be PolicySecret(endorsement) (the TCG EK
+// templates L-1 and L-2); that session is salted too. The secret comes back
+// in a session salted to the SRK; the caller clears it.
 func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek Object, idObject, encSecret []byte) ([]byte, error) {
-	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
+	ps, err := t.StartSaltedPolicySession()
 	if err != nil {
-		return nil, Wrap("TPM2_StartAuthSession", err)
+		return nil, err
 	}
-	defer t.sessionCloser(ps)()
+	defer ps.Close()
 	if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
 		PolicySession: ps.Handle()}).Execute(t); err != nil {
 		return nil, Wrap("TPM2_PolicySecret", err)
@@ -184,7 +189,7 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 	err = t.WithEncryptSession(EncryptOut, func(enc tpm2.Session) error {
 		rsp, err := (tpm2.ActivateCredential{
 			ActivateHandle: activate.Auth(activateAuth),
-			KeyHandle:      ek.Auth(ps),
+			KeyHandle:      ek.Auth(ps.Session()),
 			CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
 			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
 		}).Execute(t, enc)

@@ -256,7 +256,7 @@ wrapper or a real parent):
 				if err != nil {
 					return err
 				}
-				req.DuplicableTo = &p
+				req.DuplicableTo, req.PeerPK = &p, peerPK
 				if ekCA != "" {
 					if req.EKCA, err = readIn(a, ekCA); err != nil {
 						return err
