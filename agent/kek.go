@@ -168,17 +168,7 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	name, err := blob.Name()
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	rec.Object = hex.EncodeToString(name.Buffer)
-	rec.Public = tpm2.Marshal(blob.Public)
-	objects["object_name"] = rec.Object
-	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
-		return api.KeyInfo{}, err
-	}
-	return rec.info(), nil
+	return a.commitBlobKey(ctx, rec, blob, objects)
 }
 
 // withKEKBlock runs fn with the loaded KEK obj as a keywrap.Block (one HMAC
@@ -515,15 +505,5 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	name, err := blob.Name()
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	rec.Object = hex.EncodeToString(name.Buffer)
-	rec.Public = tpm2.Marshal(blob.Public)
-	objects["object_name"] = rec.Object
-	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
-		return api.KeyInfo{}, err
-	}
-	return rec.info(), nil
+	return a.commitBlobKey(ctx, rec, blob, objects)
 }

@@ -106,17 +106,8 @@ func TestWrappingKEKOpensNoBackup(t *testing.T) {
 // the recorded check value, and the export is refused as tampered instead
 // of going under A4's key. The audit record names the KEK object it used.
 func TestSwappedKEKIsRefused(t *testing.T) {
-	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	dir := t.TempDir() + "/state"
-	a, err := New(Config{TPM: env.TPM, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	a, dir := stateAgent(t, swtpmtest.Start(t))
 	kekCeremony(t, a, "kek", "wrap", 32)
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
@@ -184,17 +175,8 @@ func TestSwappedKEKIsRefused(t *testing.T) {
 // its record to back it up under an AES-128 KEK: the loaded key's public
 // area says P-384, and the export is refused as tampered.
 func TestRelabelledKeyKeepsItsKEKRule(t *testing.T) {
-	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	dir := t.TempDir() + "/state"
-	a, err := New(Config{TPM: env.TPM, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if _, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	a, dir := stateAgent(t, swtpmtest.Start(t))
 	kekCeremony(t, a, "kek128", "wrap", 16)
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "p384", Type: "ecc-p384", Extractable: true}); err != nil {
 		t.Fatal(err)
@@ -250,4 +232,20 @@ func TestKEKImportNeverOnTheBus(t *testing.T) {
 			t.Errorf("secret %d (the components, then the key, then the objects' authValue) on the bus at %d", i, off)
 		}
 	}
+}
+
+// stateAgent is a provisioned agent (the test officer, PCR 7) on env and
+// its state directory, for tests that edit the state as A4 would.
+func stateAgent(t *testing.T, env *swtpmtest.Env) (*Agent, string) {
+	t.Helper()
+	dir := t.TempDir() + "/state"
+	a, err := New(Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if _, err := a.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	return a, dir
 }

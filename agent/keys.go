@@ -226,6 +226,22 @@ func (a *Agent) freshKeyState(ctx context.Context, name string) (keyState, error
 	return ks, nil
 }
 
+// commitBlobKey records a new key made as blob (created, imported, a KEK):
+// its TPM name and public area from the blob, then commitKey.
+func (a *Agent) commitBlobKey(ctx context.Context, rec keyRecord, blob tpm.Blob, objects map[string]string) (api.KeyInfo, error) {
+	name, err := blob.Name()
+	if err != nil {
+		return api.KeyInfo{}, err
+	}
+	rec.Object = hex.EncodeToString(name.Buffer)
+	rec.Public = tpm2.Marshal(blob.Public)
+	objects["object_name"] = rec.Object
+	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
+		return api.KeyInfo{}, err
+	}
+	return rec.info(), nil
+}
+
 // commitKey records a new key (and, for created keys, its blob), refusing a
 // name taken meanwhile by another process.
 func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error {
@@ -378,17 +394,7 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	}); err != nil {
 		return api.KeyInfo{}, err
 	}
-	name, err := blob.Name()
-	if err != nil {
-		return api.KeyInfo{}, err
-	}
-	rec.Object = hex.EncodeToString(name.Buffer)
-	rec.Public = tpm2.Marshal(blob.Public)
-	objects["object_name"] = rec.Object
-	if err := a.commitKey(ctx, rec, blob.Marshal()); err != nil {
-		return api.KeyInfo{}, err
-	}
-	return rec.info(), nil
+	return a.commitBlobKey(ctx, rec, blob, objects)
 }
 
 // DeleteKey removes a key's record (and blob). A derived key can be derived

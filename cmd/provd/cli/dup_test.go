@@ -19,22 +19,8 @@ import (
 // (exit 15) and a key not born extractable (exit 5); B imports the
 // duplicate, and its signature verifies with A's public key (openssl).
 func TestDupCLI(t *testing.T) {
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
-	envA.CloseTPM()
-	envB.CloseTPM()
-	dir := t.TempDir()
+	envA, envB, a, b, dir := twoDevices(t)
 	p := func(name string) string { return filepath.Join(dir, name) }
-	on := func(env *swtpmtest.Env, state string) func(want int, args ...string) string {
-		return func(want int, args ...string) string {
-			t.Helper()
-			out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", p(state)}, args...)...)
-			if code != want {
-				t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
-			}
-			return out
-		}
-	}
-	a, b := on(envA, "a"), on(envB, "b")
 	caA, caB := ekCAFile(t, envA), ekCAFile(t, envB)
 	officerKey, officerPub := officertest.Files(t, dir)
 	a(0, "provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub)
@@ -108,4 +94,29 @@ func TestDupCLI(t *testing.T) {
 	b(api.ExitNotPermitted, "dup", "import", "bound", "--in", p("bound.dup"))
 	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("bound"), "--out", p("bound.take.json"))
 	b(0, "dup", "import", "bound", "--in", p("bound.dup"), "--approval", p("bound.take.json"))
+}
+
+// device runs provd on one swtpm and state: want is the exit code the call
+// must end with, and it returns stdout.
+type device func(want int, args ...string) string
+
+// twoDevices starts two swtpms (the CLI takes each one's connection) and
+// returns them with a provd on each, states under dir.
+func twoDevices(t *testing.T) (envA, envB *swtpmtest.Env, a, b device, dir string) {
+	t.Helper()
+	envA, envB = swtpmtest.Start(t), swtpmtest.Start(t)
+	envA.CloseTPM()
+	envB.CloseTPM()
+	dir = t.TempDir()
+	on := func(env *swtpmtest.Env, state string) device {
+		return func(want int, args ...string) string {
+			t.Helper()
+			out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", filepath.Join(dir, state)}, args...)...)
+			if code != want {
+				t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
+			}
+			return out
+		}
+	}
+	return envA, envB, on(envA, "a"), on(envB, "b"), dir
 }

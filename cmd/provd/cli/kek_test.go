@@ -16,7 +16,6 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/test/officertest"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // custodians are a KEK's components, as the custodians' sheets print them.
@@ -95,22 +94,8 @@ func opensslKCV(t *testing.T, key []byte) string {
 // there, where it signs what A's public key verifies; a key created without
 // --extractable is refused (exit 5).
 func TestKeyCeremonyCLI(t *testing.T) {
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
-	envA.CloseTPM()
-	envB.CloseTPM()
-	dir := t.TempDir()
+	envA, envB, a, b, dir := twoDevices(t)
 	p := func(name string) string { return filepath.Join(dir, name) }
-	on := func(env *swtpmtest.Env, state string) func(want int, args ...string) string {
-		return func(want int, args ...string) string {
-			t.Helper()
-			out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", p(state)}, args...)...)
-			if code != want {
-				t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
-			}
-			return out
-		}
-	}
-	a, b := on(envA, "a"), on(envB, "b")
 	openssl := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command("openssl", args...).CombinedOutput()
