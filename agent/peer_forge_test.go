@@ -127,20 +127,8 @@ func cfbEncrypt(key, plain []byte) []byte {
 // imports, once (a second import of the same key under another name is
 // refused).
 func TestForgedDupIsRefused(t *testing.T) {
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	genuine, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, _, peer, genuine := movedKey(t)
 	forged := forgeDup(t, genuine, peer)
 	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: forged}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("a forged duplicate: %v, want it refused", err)
@@ -151,4 +139,28 @@ func TestForgedDupIsRefused(t *testing.T) {
 	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k2", Dup: genuine}); !errors.Is(err, api.ErrKeyExists) {
 		t.Fatalf("the same key again under another name: %v", err)
 	}
+}
+
+// movedKey is two provisioned agents, A and B (B's swtpm started with
+// optsB), B's peer identity, and A's extractable P-256 key "k" duplicated to
+// B with the officer's approval: the start of the tests that attack the
+// receiving side.
+func movedKey(t *testing.T, optsB ...swtpmtest.Option) (envB *swtpmtest.Env, b, a *Agent, peer api.PeerIdentity, dup api.DupFile) {
+	t.Helper()
+	ctx := context.Background()
+	envA := swtpmtest.Start(t)
+	envB = swtpmtest.Start(t, optsB...)
+	a, b = provisioned(t, envA), provisioned(t, envB)
+	peer, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	dup, err = a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envB, b, a, peer, dup
 }

@@ -144,23 +144,10 @@ func (x *activationThief) steal(cmd []byte) ([]byte, error) {
 // (TPM_RC_BAD_AUTH), and provd's own activation and import succeed.
 func TestActivationSessionIsProvdsOnly(t *testing.T) {
 	x := &activationThief{nonces: map[uint32][]byte{}}
-	envA := swtpmtest.Start(t)
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(x.wrap))
 	ctx := context.Background()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, a, _, dup := movedKey(t, swtpmtest.WithWrap(x.wrap))
 	x.on.Store(true)
-	_, err = b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
+	_, err := b.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
 	x.on.Store(false)
 	if x.stolen != nil || x.err == nil {
 		t.Fatalf("the thief's activation went through (%d bytes)", len(x.stolen))

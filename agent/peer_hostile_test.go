@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // TestHostileDupLeavesNothing: someone in transit alters the parts
@@ -16,20 +15,8 @@ import (
 // checks at cleanup), without failure mode, and the genuine file must
 // import afterwards.
 func TestHostileDupLeavesNothing(t *testing.T) {
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, _, _, dup := movedKey(t)
 	fields := map[string]func(*api.DupFile) *[]byte{
 		"credential_blob":   func(f *api.DupFile) *[]byte { return &f.CredentialBlob },
 		"credential_secret": func(f *api.DupFile) *[]byte { return &f.CredentialSecret },
