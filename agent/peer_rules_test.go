@@ -114,14 +114,7 @@ func TestKeyBoundAtBirth(t *testing.T) {
 		t.Fatalf("a backup: %v", err)
 	}
 	// Around provd: the TPM refuses C's transfer key and TPM_RH_NULL.
-	cPub, _, err := checkPeer(peerC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cParent, err := envA.TPM.LoadPublic(cPub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cParent := loadPeerParent(t, envA, peerC)
 	err = dupThrough(t, a, "bound", cParent.Named(), nil, nil)
 	envA.TPM.Flush(cParent.Handle)
 	if !errors.Is(err, tpm2.TPMRCPolicyFail) {

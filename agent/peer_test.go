@@ -96,14 +96,7 @@ func TestDupToAPeer(t *testing.T) {
 	// Around provd, to the TPM itself: the officer's approval of B's
 	// transfer key does not take the key to C's; the TPM refuses at
 	// TPM2_Duplicate (PolicyDuplicationSelect names B's).
-	cPub, _, err := checkPeer(peerC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cParent, err := envA.TPM.LoadPublic(cPub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cParent := loadPeerParent(t, envA, peerC)
 	bName, _ := hex.DecodeString(peerB.ParentName)
 	err = duplicateTo(t, a, "p256", cParent.Named(), bName, officertest.Key())
 	envA.TPM.Flush(cParent.Handle)
@@ -295,4 +288,19 @@ func TestDupToAForgedTransferKey(t *testing.T) {
 func ecdhBytes(t *testing.T, k *ecdh.PrivateKey) []byte {
 	t.Helper()
 	return k.Bytes()
+}
+
+// loadPeerParent loads a peer's transfer key's public area into env's TPM,
+// as a new parent for TPM2_Duplicate; the caller flushes it.
+func loadPeerParent(t *testing.T, env *swtpmtest.Env, peer api.PeerIdentity) tpm.Object {
+	t.Helper()
+	pub, _, err := checkPeer(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := env.TPM.LoadPublic(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
 }

@@ -165,16 +165,8 @@ func ceremony(t *testing.T, ag *agent.Agent, usage string) []byte {
 // and P-256 key, unwrapped by SoftHSM2 under the same KEK
 // (CKM_AES_KEY_WRAP_PAD), signs what provd's public key verifies.
 func TestSoftHSMTakesProvdsBackup(t *testing.T) {
-	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	ag := provisioned(t)
 	key := ceremony(t, ag, "wrap")
 	tk := newToken(t)
 	kek, kcv := tk.importKEK(t, key)
@@ -230,16 +222,8 @@ func TestSoftHSMTakesProvdsBackup(t *testing.T) {
 // with provd key import, and provd's signature verifies with SoftHSM's
 // public key; a key SoftHSM wrapped under another KEK imports nothing.
 func TestProvdTakesSoftHSMsBackup(t *testing.T) {
-	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ag.Close()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	ag := provisioned(t)
 	key := ceremony(t, ag, "unwrap")
 	tk := newToken(t)
 	kek, _ := tk.importKEK(t, key)
@@ -298,4 +282,20 @@ func TestProvdTakesSoftHSMsBackup(t *testing.T) {
 	if err := rsa.VerifyPKCS1v15(hsmPub, crypto.SHA256, d[:], sig); err != nil {
 		t.Fatalf("provd's signature does not verify with SoftHSM's public key: %v", err)
 	}
+}
+
+// provisioned is an agent on a fresh swtpm, provisioned with the test
+// officer and PCR 7.
+func provisioned(t *testing.T) *agent.Agent {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Close() })
+	if _, err := ag.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	return ag
 }
