@@ -170,6 +170,41 @@ func TestCLIBothWays(t *testing.T) {
 		}
 	}
 
+	// The ceremony and a backup through the daemon, a KEK each way: the
+	// daemon's with a note that the components crossed its socket.
+	cust := newCustodians(t, 2, 32)
+	if r := b.daemon(append([]string{"kek", "import", "kek-w", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...); r.code != 0 || !strings.Contains(r.err, "note: the components go to the daemon") {
+		t.Fatalf("kek import through the daemon: exit %d %s", r.code, r.err)
+	}
+	if r := b.inProcess(append([]string{"kek", "import", "kek-u", "--usage", "unwrap", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...); r.code != 0 || strings.Contains(r.err, "note:") {
+		t.Fatalf("kek import in-process: exit %d %s", r.code, r.err)
+	}
+	if r := b.daemon("key", "create", "bk", "--type", "ecc-p256", "--extractable"); r.code != 0 {
+		t.Fatalf("key create: %s", r.err)
+	}
+	var bk struct {
+		ObjectName string `json:"object_name"`
+	}
+	if r := b.inProcess("key", "pub", "bk", "-o", "json"); r.code != 0 || json.Unmarshal([]byte(r.out), &bk) != nil {
+		t.Fatalf("key pub: %s", r.err)
+	}
+	if r := b.inProcess("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--out", file("bk.export")); r.code != 0 {
+		t.Fatalf("key approve --export: %s", r.err)
+	}
+	if r := b.daemon("key", "export", "bk", "--kek", "kek-w", "--approval", file("bk.export"), "--out", file("bk.kwp")); r.code != 0 {
+		t.Fatalf("key export through the daemon: %s", r.err)
+	}
+	if r := b.daemon("key", "import", "bk2", "--kek", "kek-u", "--in", file("bk.kwp")); r.code != 0 {
+		t.Fatalf("key import through the daemon: %s", r.err)
+	}
+	if p1, p2 := b.same(api.ExitOK, "key", "pub", "bk"), b.same(api.ExitOK, "key", "pub", "bk2"); p1.out != p2.out {
+		t.Error("the key imported through the daemon is not the one exported")
+	}
+	if r := b.daemon("peer", "identity", "--out", "-"); r.code != 0 || !strings.Contains(r.out, `"parent_name"`) {
+		t.Errorf("peer identity through the daemon: exit %d %s", r.code, r.err)
+	}
+	b.same(api.ExitNotPermitted, "key", "export", "tls", "--kek", "kek-w", "--approval", file("bk.export"), "--out", file("x.kwp"))
+
 	// PCR 16 moves: both ways refuse with exit 3, naming PCR 16.
 	if env.TPM == nil {
 		env.Reopen()

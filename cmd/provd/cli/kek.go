@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/policy"
@@ -80,6 +81,9 @@ opens them.`,
 			}
 			req := api.KEKImportRequest{Name: args[0], Components: comps.parts, KCVs: comps.kcvs, KCV: combined, Usage: usage}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				if _, viaDaemon := ag.(*client.Client); viaDaemon {
+					fmt.Fprintln(a.deps.Stderr, "provd: note: the components go to the daemon over its socket, and Go's JSON decoding there leaves copies in its memory that provd cannot clear (docs/threat-model.md); for a ceremony, --tpm runs it in this process")
+				}
 				k, err := ag.ImportKEK(cmd.Context(), req)
 				if err != nil {
 					return err
