@@ -16,7 +16,6 @@ import (
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
 
@@ -26,7 +25,7 @@ import (
 //     components, each checked against its key check value (KCV), combined
 //     by XOR in memory, created in the TPM under the PK (the key bits cross
 //     the bus inside the session salted to the pinned SRK) and checked
-//     there: the TPM's own KCV of the key must be the custodians'.
+//     there: the TPM must reproduce the key's check value, AES(key, 0).
 //   - ExportKey: an extractable key as PKCS#8 under AES key wrap with
 //     padding (RFC 5649) with that KEK. The private part leaves the TPM only
 //     through the key's duplication branch with the crypto officer's
@@ -50,13 +49,28 @@ func errKEKOnly(name string) error {
 // the combined key's, never a component.
 func (a *Agent) ImportKEK(ctx context.Context, req api.KEKImportRequest) (api.KeyInfo, error) {
 	defer a.lock()()
-	objects := map[string]string{"key": req.Name, "kcv": req.KCV, "components": fmt.Sprint(len(req.Components))}
-	for i, k := range req.KCVs {
-		objects[fmt.Sprintf("component_%d_kcv", i+1)] = k
+	objects := map[string]string{"key": req.Name, "kcv": auditKCV(req.KCV), "components": fmt.Sprint(len(req.Components))}
+	if len(req.KCVs) <= MaxComponents {
+		for i, k := range req.KCVs {
+			objects[fmt.Sprintf("component_%d_kcv", i+1)] = auditKCV(k)
+		}
 	}
 	return auditedResult(ctx, a, "kek-import", objects, func() (api.KeyInfo, error) {
 		return a.importKEK(ctx, req, objects)
 	})
+}
+
+// MaxComponents bounds how many custodians a key is split among.
+const MaxComponents = 16
+
+// auditKCV is a KCV as the audit trail records it: what the caller sent
+// when it is one, "invalid" otherwise (the trail does not take arbitrary
+// strings from a request).
+func auditKCV(s string) string {
+	if _, err := parseKCV(s); err != nil {
+		return "invalid"
+	}
+	return strings.ToLower(strings.TrimSpace(s))
 }
 
 // parseKCV reads a KCV as custodians write it: 6 hex digits.
@@ -77,6 +91,9 @@ func parseKCV(s string) ([3]byte, error) {
 func CombineComponents(components [][]byte, kcvs []string, kcv string) ([]byte, error) {
 	if len(kcvs) != len(components) {
 		return nil, fmt.Errorf("%w: %d components and %d key check values", api.ErrBadInput, len(components), len(kcvs))
+	}
+	if len(components) > MaxComponents {
+		return nil, fmt.Errorf("%w: a key from at most %d components, not %d", api.ErrBadInput, MaxComponents, len(components))
 	}
 	for i, c := range components {
 		if err := CheckComponent(i, c, kcvs[i]); err != nil {
@@ -330,44 +347,10 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if err != nil {
 		return nil, err
 	}
-	if ks.pk.officer == nil {
-		return nil, errNoOfficer("exporting a key")
-	}
-	if req.Approval == nil {
-		return nil, fmt.Errorf("%w: exporting %q needs the crypto officer's approval (provd key approve --export --object-name %s)", api.ErrNotPermitted, req.Name, ks.rec.Object)
-	}
-	objName, err := hex.DecodeString(ks.rec.Object)
-	if err != nil {
-		return nil, fmt.Errorf("%w: key %q's object name", api.ErrTampered, req.Name)
-	}
-	pkDigest := ks.pk.state.Policy.digest()
-	if err := checkApproval(req.Approval, ks.pk.officer, officer.DupApproved(pkDigest, objName, officer.ExportParent), officer.DupRef); err != nil {
-		return nil, err
-	}
-	expr, err := keyPolicy(ks.pk, true)
-	if err != nil {
-		return nil, err
-	}
-	opts := ks.pk.opts
-	opts.Branches = []int{1} // the duplication branch
-	opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, officer.ExportParent), Approval: req.Approval}}
-	auth, err := ks.objectAuth()
-	if err != nil {
-		return nil, err
-	}
-	obj, _, err := a.keyObject(ctx, ks)
-	if err != nil {
-		return nil, err
-	}
-	// The type the KEK's strength was judged by, and the policy, are the
-	// loaded key's, not only the record's (found by review: a P-384 key
-	// relabelled ecc-p256 in the state went under an AES-128 KEK).
-	if got, _, err := catalog.TypeOf(obj.Public); err != nil || got.Name != ks.rec.Type ||
-		hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
-		return nil, fmt.Errorf("%w: key %q is not of the type or policy its record says", api.ErrTampered, req.Name)
-	}
 	var sens *tpm2.TPMTSensitive
-	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) (err error) {
+	var pub2 tpm2.TPMTPublic
+	err = a.withDupBranch(ctx, ks, officer.ExportParent, req.Approval, "--export", func(obj tpm.Object, s tpm2.Session) (err error) {
+		pub2 = obj.Public
 		sens, err = a.t.ExportSensitive(obj, s)
 		return err
 	})
@@ -378,7 +361,7 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if err != nil {
 		return nil, err
 	}
-	priv, err := catalog.PrivateKey(obj.Public, sens)
+	priv, err := catalog.PrivateKey(pub2, sens)
 	if err != nil {
 		return nil, fmt.Errorf("%w: key %q: %w", api.ErrTampered, req.Name, err)
 	}
@@ -424,6 +407,9 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	ks, err := a.freshKeyState(ctx, req.Name)
 	if err != nil {
 		return api.KeyInfo{}, err
+	}
+	if req.Extractable && ks.pk.officer == nil {
+		return api.KeyInfo{}, errNoOfficer("an extractable key")
 	}
 	kek, bits, err := a.kekState(ctx, req.KEK, catalog.UsageUnwrap, 0)
 	if err != nil {
@@ -475,6 +461,7 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 		if auth, err = tpm.RandomAuth(objectAuthSize); err != nil {
 			return api.KeyInfo{}, err
 		}
+		defer clear(auth)
 		rec.Auth = hex.EncodeToString(auth)
 	}
 	sens.AuthValue = tpm2.TPM2BAuth{Buffer: bytes.Clone(auth)}

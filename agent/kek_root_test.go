@@ -18,6 +18,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -248,4 +249,48 @@ func stateAgent(t *testing.T, env *swtpmtest.Env) (*Agent, string) {
 		t.Fatal(err)
 	}
 	return a, dir
+}
+
+// TestKEKNeverLeaves: A4 loads the KEK and asks the TPM to duplicate it, to
+// TPM_RH_NULL (its bits in the clear) and to the SRK, with a policy session
+// that holds PolicyCommandCode(Duplicate) and with the KEK's authValue: the
+// TPM refuses every time (fixedParent, and no policy to satisfy).
+func TestKEKNeverLeaves(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	kekCeremony(t, a, "kek", "wrap", 32)
+	ks, err := a.readKeyState(context.Background(), "kek", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := a.loadCreated(ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.t.Flush(obj.Handle)
+	srk, err := a.t.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	null := tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.TPM2BName{Buffer: officer.ExportParent}}
+	for _, parent := range []tpm2.NamedHandle{null, srk.Named()} {
+		ps, err := a.t.StartPolicySession(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ps.PolicyCommandCode(tpm2.TPMCCDuplicate); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range []tpm2.Session{ps.Session(), tpm2.PasswordAuth(ks.pk.auth)} {
+			d, err := a.t.Duplicate(obj, s, parent)
+			if err == nil {
+				t.Fatalf("the TPM duplicated the KEK to 0x%08x (%d bytes)", uint32(parent.Handle), len(d.Duplicate))
+			}
+			t.Logf("to 0x%08x, %s: %v", uint32(parent.Handle), []string{"policy session", "authValue"}[i], err)
+		}
+		ps.Close()
+	}
 }

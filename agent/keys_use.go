@@ -558,3 +558,65 @@ func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byt
 	})
 	return out, err
 }
+
+// withDupBranch runs fn with key ks loaded and a policy session that
+// satisfies its duplication branch toward the parent named newParent, for
+// one command (TPM2_Duplicate). The branch is the key's rule (dupRule): its
+// bound peer, or the approval of that destination by the officer or the
+// key's authority, checked here for a clear refusal before the TPM checks
+// it again (hint names the approve flag to ask for). The loaded key's type
+// and policy must be its record's: a record edited to make the key look
+// weaker is refused as tampered (found by review: a P-384 key relabelled
+// ecc-p256 went under an AES-128 KEK).
+func (a *Agent) withDupBranch(ctx context.Context, ks keyState, newParent []byte, approval *policy.Approval, hint string, fn func(obj tpm.Object, s tpm2.Session) error) error {
+	rule, err := ks.rec.rule()
+	if err != nil {
+		return err
+	}
+	objName, err := hex.DecodeString(ks.rec.Object)
+	if err != nil {
+		return fmt.Errorf("%w: key %q's object name", api.ErrTampered, ks.rec.Name)
+	}
+	expr, err := keyPolicyFor(ks.pk, true, rule, objName)
+	if err != nil {
+		return err
+	}
+	opts := ks.pk.opts
+	opts.Branches = []int{1} // the duplication branch
+	switch {
+	case rule.To != nil:
+		if !bytes.Equal(rule.To, newParent) {
+			return fmt.Errorf("%w: %q was bound at birth to another parent", api.ErrNotPermitted, ks.rec.Name)
+		}
+	default:
+		approver, who := ks.pk.officer, "crypto officer"
+		if rule.By != nil {
+			approver, who = rule.By, "duplication authority"
+		}
+		if approver == nil {
+			return errNoOfficer("moving a key")
+		}
+		if approval == nil {
+			return fmt.Errorf("%w: moving %q there needs the %s's approval (provd key approve %s --object-name %s)", api.ErrNotPermitted, ks.rec.Name, who, hint, ks.rec.Object)
+		}
+		if err := checkApproval(approval, approver, officer.DupApproved(ks.pk.state.Policy.digest(), objName, newParent), officer.DupRef); err != nil {
+			return err
+		}
+		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, newParent), Approval: approval}}
+	}
+	auth, err := ks.objectAuth()
+	if err != nil {
+		return err
+	}
+	obj, _, err := a.keyObject(ctx, ks)
+	if err != nil {
+		return err
+	}
+	if got, _, err := catalog.TypeOf(obj.Public); err != nil || got.Name != ks.rec.Type ||
+		hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
+		return fmt.Errorf("%w: key %q is not of the type or policy its record says", api.ErrTampered, ks.rec.Name)
+	}
+	return a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
+		return fn(obj, s)
+	})
+}

@@ -291,37 +291,7 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		return api.DupFile{}, err
 	}
 	objects["peer_ek_cert_sha256"] = ekSum
-	objName, err := hex.DecodeString(ks.rec.Object)
-	if err != nil {
-		return api.DupFile{}, fmt.Errorf("%w: key %q's object name", api.ErrTampered, req.Name)
-	}
-	expr, err := keyPolicyFor(ks.pk, true, rule, objName)
-	if err != nil {
-		return api.DupFile{}, err
-	}
-	opts := ks.pk.opts
-	opts.Branches = []int{1} // the duplication branch
-	if rule.To == nil {
-		// The officer's approval, or the authority's, of this key to
-		// this peer.
-		approver, who := ks.pk.officer, "crypto officer"
-		if rule.By != nil {
-			approver, who = rule.By, "duplication authority"
-		}
-		if req.Approval == nil {
-			return api.DupFile{}, fmt.Errorf("%w: duplicating %q needs the %s's approval of this peer (provd key approve --dup-to PEER.json --object-name %s)", api.ErrNotPermitted, req.Name, who, ks.rec.Object)
-		}
-		pkDigest := ks.pk.state.Policy.digest()
-		if err := checkApproval(req.Approval, approver, officer.DupApproved(pkDigest, objName, parentName), officer.DupRef); err != nil {
-			return api.DupFile{}, err
-		}
-		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(ks.pk.expr, objName, parentName), Approval: req.Approval}}
-	}
 	auth, err := ks.objectAuth()
-	if err != nil {
-		return api.DupFile{}, err
-	}
-	obj, _, err := a.keyObject(ctx, ks)
 	if err != nil {
 		return api.DupFile{}, err
 	}
@@ -330,7 +300,9 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		return api.DupFile{}, err
 	}
 	var d tpm.Duplicated
-	err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) (err error) {
+	var pub tpm2.TPMTPublic
+	err = a.withDupBranch(ctx, ks, parentName, req.Approval, "--dup-to PEER.json", func(obj tpm.Object, s tpm2.Session) (err error) {
+		pub = obj.Public
 		d, err = a.t.Duplicate(obj, s, parent.Named())
 		return err
 	})
@@ -352,7 +324,7 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		return api.DupFile{}, err
 	}
 	return api.DupFile{Format: api.DupFormat, Key: req.Name, Type: ks.rec.Type, Usage: ks.rec.Usage,
-		Public: tpm2.Marshal(tpm2.New2B(obj.Public)), Duplicate: d.Duplicate, Seed: d.Seed,
+		Public: tpm2.Marshal(tpm2.New2B(pub)), Duplicate: d.Duplicate, Seed: d.Seed,
 		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
 		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
 		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, Approval: req.Approval, CreatedAt: a.now().UTC()}, nil
@@ -364,7 +336,13 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 // key, and a load that proves it.
 func (a *Agent) DupImport(ctx context.Context, req api.DupImportRequest) (api.KeyInfo, error) {
 	defer a.lock()()
-	objects := map[string]string{"key": req.Name, "origin_key": req.Dup.Key}
+	// The origin's key name is the file's word (nothing authenticates it):
+	// recorded only when it is a key name at all.
+	origin := req.Dup.Key
+	if checkKeyName(origin) != nil {
+		origin = "invalid"
+	}
+	objects := map[string]string{"key": req.Name, "origin_key": origin}
 	return auditedResult(ctx, a, "dup-import", objects, func() (api.KeyInfo, error) {
 		return a.dupImport(ctx, req, objects)
 	})
@@ -602,8 +580,8 @@ func (a *Agent) birthRule(pk pkInputs, req api.CreateRequest, objects map[string
 		if err != nil {
 			return r, err
 		}
-		if req.PeerPK == "" || !strings.EqualFold(strings.TrimSpace(req.PeerPK), req.DuplicableTo.PKName) {
-			return r, fmt.Errorf("%w: a key bound to a peer at birth needs the PK name enrolled for that device, and the peer file's transfer key must be bound to it (it names %.16s…)", api.ErrNotPermitted, req.DuplicableTo.PKName)
+		if err := req.DuplicableTo.EnrolledAs(req.PeerPK); err != nil {
+			return r, err
 		}
 		if req.DuplicableTo.PKPolicy != pk.state.Policy.Digest {
 			return r, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s…, the peer's is %.16s…", api.ErrNotPermitted, pk.state.Policy.Digest, req.DuplicableTo.PKPolicy)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -584,4 +585,20 @@ func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
 		return bad("1 to 4 EK certificates")
 	}
 	return *pub, name.Buffer, nil
+}
+
+// EnrolledAs checks that the peer identity's transfer key is bound to the
+// PK enrolled for the device (enrolled, hex, as provisioning reported it on
+// the device). provd can check that the EK is a genuine TPM's; only this
+// comparison says the transfer key is the device's provd's, not a look-alike
+// another process made in the same TPM, or a whole peer file swapped on the
+// way. It assumes TransferKey passed.
+func (p PeerIdentity) EnrolledAs(enrolled string) error {
+	if enrolled == "" {
+		return fmt.Errorf("%w: the PK name enrolled for the peer device is needed (provd status on it, at provisioning): its transfer key must be bound to it", ErrNotPermitted)
+	}
+	if !strings.EqualFold(strings.TrimSpace(enrolled), p.PKName) {
+		return fmt.Errorf("%w: the peer identity names PK %.16s…, not the enrolled %.16s…: it is not that device's (a look-alike, or a file swapped on the way); nothing done", ErrNotPermitted, p.PKName, enrolled)
+	}
+	return nil
 }

@@ -76,17 +76,45 @@ func rsaFromPrime(pub *rsa.PublicKey, p *big.Int) (*rsa.PrivateKey, error) {
 	return k, nil
 }
 
+// PrivateType is the approved catalog type of a private key (PKCS#8 from a
+// backup), or ErrNotApproved.
+func PrivateType(k crypto.PrivateKey) (Type, error) {
+	var name, what string
+	switch k := k.(type) {
+	case *rsa.PrivateKey:
+		name, what = fmt.Sprintf("rsa-%d", k.N.BitLen()), fmt.Sprintf("an RSA key of %d bits", k.N.BitLen())
+	case *ecdsa.PrivateKey:
+		switch k.Curve.Params().Name {
+		case "P-256":
+			name = "ecc-p256"
+		case "P-384":
+			name = "ecc-p384"
+		}
+		what = "an ECC key on " + k.Curve.Params().Name
+	default:
+		what = fmt.Sprintf("a %T key", k)
+	}
+	kt, err := Lookup(name, false)
+	if err != nil {
+		return Type{}, fmt.Errorf("%w: %s", ErrNotApproved, what)
+	}
+	return kt, nil
+}
+
 // FromPrivate is the catalog type of a private key (PKCS#8 from a backup),
 // with the sensitive area and the unique field of its public area that
 // TPM2_Import takes: RSA keeps one prime, ECC the scalar. Only approved
 // types pass (ErrNotApproved); RSA's exponent must be 65537, the only one
 // provd's templates carry. The caller clears the sensitive area.
 func FromPrivate(k crypto.PrivateKey) (Type, *tpm2.TPMTSensitive, tpm2.TPMUPublicID, error) {
+	kt, err := PrivateType(k)
+	if err != nil {
+		return Type{}, nil, tpm2.TPMUPublicID{}, err
+	}
 	switch k := k.(type) {
 	case *rsa.PrivateKey:
-		kt, err := Lookup(fmt.Sprintf("rsa-%d", k.N.BitLen()), false)
-		if err != nil || len(k.Primes) != 2 {
-			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: an RSA key of %d bits with %d primes", ErrNotApproved, k.N.BitLen(), len(k.Primes))
+		if len(k.Primes) != 2 {
+			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: an RSA key with %d primes", ErrNotApproved, len(k.Primes))
 		}
 		// FIPS 186-5 primes are half the modulus each, and a TPM keeps one
 		// of them in a buffer of that size (found by review: unbalanced
@@ -107,17 +135,6 @@ func FromPrivate(k crypto.PrivateKey) (Type, *tpm2.TPMTSensitive, tpm2.TPMUPubli
 		}
 		return kt, sens, tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: leftPad(k.N.Bytes(), size)}), nil
 	case *ecdsa.PrivateKey:
-		var name string
-		switch k.Curve.Params().Name {
-		case "P-256":
-			name = "ecc-p256"
-		case "P-384":
-			name = "ecc-p384"
-		}
-		kt, err := Lookup(name, false)
-		if err != nil {
-			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: an ECC key on %s", ErrNotApproved, k.Curve.Params().Name)
-		}
 		d, err := k.Bytes()
 		if err != nil {
 			return Type{}, nil, tpm2.TPMUPublicID{}, fmt.Errorf("%w: %v", ErrKeyMismatch, err)

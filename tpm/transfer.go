@@ -31,8 +31,6 @@ type KEKBlock struct {
 	key   Object
 	s     tpm2.Session
 	close func() error
-	// Calls counts the TPM commands sent (one per block).
-	Calls int
 }
 
 // KEKBlock starts the session for key (an AES key of mode ECB, userWithAuth
@@ -60,7 +58,6 @@ func (k *KEKBlock) crypt(decrypt bool, dst, src []byte) error {
 	if len(src) != aes.BlockSize || len(dst) < aes.BlockSize {
 		return fmt.Errorf("KEK block: %d bytes, want %d", len(src), aes.BlockSize)
 	}
-	k.Calls++
 	rsp, err := (tpm2.EncryptDecrypt2{
 		KeyHandle: k.key.Auth(k.s),
 		Message:   tpm2.TPM2BMaxBuffer{Buffer: src},
@@ -98,7 +95,7 @@ func (t *TPM) ExportSensitive(obj Object, auth tpm2.Session) (*tpm2.TPMTSensitiv
 }
 
 // nullName is TPM_RH_NULL's name (its handle).
-var nullName = []byte{0x40, 0, 0, 7}
+var nullName = binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHNull))
 
 // Duplicated is what TPM2_Duplicate gave: the duplicate (inner wrapper, and
 // the outer one to the new parent unless TPM_RH_NULL), the seed encrypted
@@ -348,7 +345,7 @@ func (t *TPM) ImportSensitive(parent Object, parentAuth tpm2.Session, pub tpm2.T
 			Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
 		}).Execute(t, enc)
 		if err != nil {
-			return Wrap("TPM2_Import", err)
+			return t.notFailureMode(Wrap("TPM2_Import", err))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
 		return nil

@@ -64,19 +64,16 @@ func parseComponent(s []byte) ([]byte, error) {
 	return out, nil
 }
 
-// read enters the components: from the fds, or from the terminal.
+// readComponents enters the components: from the fds, or from the
+// terminal, each checked against its KCV as it comes.
 func (a *app) readComponents(src componentSource) (*components, error) {
-	if src.n < 2 {
-		return nil, usageError(errors.New("--components is 2 or more (split knowledge: no custodian alone knows the key)"))
+	if src.n < 2 || src.n > agent.MaxComponents {
+		return nil, usageError(fmt.Errorf("--components is 2 to %d (split knowledge: no custodian alone knows the key)", agent.MaxComponents))
 	}
 	if len(src.fds) != 0 && len(src.fds) != src.n {
 		return nil, usageError(fmt.Errorf("%d --component-fd for --components %d", len(src.fds), src.n))
 	}
-	tty, isTTY := a.deps.Stdin.(*os.File)
-	if isTTY {
-		_, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-		isTTY = err == nil
-	}
+	tty, isTTY := a.terminal()
 	if len(src.fds) == 0 && !isTTY {
 		return nil, usageError(errors.New("components are entered on a terminal (without echo) or through --component-fd, never from flags, files named on the command line or the environment"))
 	}
@@ -90,13 +87,15 @@ func (a *app) readComponents(src componentSource) (*components, error) {
 		} else {
 			part, kcv, err = a.promptComponent(tty, i, src.n)
 		}
-		if err == nil {
-			err = agent.CheckComponent(i, part, kcv)
+		if err != nil {
+			err = fmt.Errorf("component %d: %w", i+1, err)
+		} else {
+			err = agent.CheckComponent(i, part, kcv) // names the component
 		}
 		if err != nil {
 			clear(part)
 			c.wipe()
-			return nil, fmt.Errorf("component %d: %w", i+1, err)
+			return nil, err
 		}
 		c.parts = append(c.parts, part)
 		c.kcvs = append(c.kcvs, strings.ToLower(kcv))
@@ -105,6 +104,16 @@ func (a *app) readComponents(src componentSource) (*components, error) {
 		}
 	}
 	return c, nil
+}
+
+// terminal is stdin when it is a terminal.
+func (a *app) terminal() (*os.File, bool) {
+	tty, ok := a.deps.Stdin.(*os.File)
+	if !ok {
+		return nil, false
+	}
+	_, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	return tty, err == nil
 }
 
 // readComponentFD reads one custodian's entry from file descriptor fd:
@@ -201,11 +210,7 @@ func (a *app) combinedKCV(c *components, given string) (string, error) {
 	if given != "" {
 		return given, nil
 	}
-	tty, ok := a.deps.Stdin.(*os.File)
-	if ok {
-		_, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-		ok = err == nil
-	}
+	tty, ok := a.terminal()
 	if !ok {
 		return "", usageError(errors.New("--kcv is required without a terminal: the combined key's KCV from its record sheet, which provd checks"))
 	}

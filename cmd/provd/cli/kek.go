@@ -1,23 +1,19 @@
 package cli
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
-	"github.com/provd/provd/policy"
 )
 
 func (a *app) kekCmd() *cobra.Command {
@@ -132,27 +128,17 @@ least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 			if req.KEK == "" || out == "" || approvalFile == "" {
 				return usageError(errors.New("--kek, --approval and --out are required"))
 			}
-			b, err := readIn(a, approvalFile)
-			if err != nil {
+			var err error
+			if req.Approval, err = readApproval(a, approvalFile); err != nil {
 				return err
-			}
-			req.Approval = new(policy.Approval)
-			if err := req.Approval.UnmarshalJSON(b); err != nil {
-				return usageError(fmt.Errorf("--approval: %w", err))
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				wrapped, err := ag.ExportKey(cmd.Context(), req)
 				if err != nil {
 					return err
 				}
-				if err := writeOut(a, out, wrapped, 0o600); err != nil {
-					return err
-				}
-				if out == "-" {
-					return nil
-				}
 				res := map[string]any{"key": req.Name, "kek": req.KEK, "out": out, "bytes": len(wrapped)}
-				return a.emit(res, func(w io.Writer) {
+				return a.writeReport(out, wrapped, 0o600, res, func(w io.Writer) {
 					fmt.Fprintf(w, "%s exported under KEK %s to %s (%d bytes, PKCS#8 in RFC 5649 key wrap)\n", req.Name, req.KEK, out, len(wrapped))
 				})
 			})
@@ -261,14 +247,14 @@ a plaintext private key: write it only where the recovery procedure says.`,
 				outBytes = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 				defer clear(outBytes)
 			}
-			if err := writeOut(a, out, outBytes, 0o600); err != nil {
-				return err
+			// Recovery writes what the backup holds, approved type or not
+			// (another HSM's backup may hold any): the type is only named.
+			typeName := fmt.Sprintf("%T", k)
+			if kt, err := catalog.PrivateType(k); err == nil {
+				typeName = kt.Name
 			}
-			if out == "-" {
-				return nil
-			}
-			res := map[string]any{"in": in, "out": out, "key_type": keyTypeName(k)}
-			return a.emit(res, func(w io.Writer) {
+			res := map[string]any{"in": in, "out": out, "key_type": typeName}
+			return a.writeReport(out, outBytes, 0o600, res, func(w io.Writer) {
 				fmt.Fprintf(w, "PKCS#8 private key written to %s (mode 0600)\n", out)
 			})
 		},
@@ -280,15 +266,4 @@ a plaintext private key: write it only where the recovery procedure says.`,
 	c.Flags().IntSliceVar(&src.fds, "component-fd", nil, "read one custodian's component and KCV from this file descriptor (repeat per component)")
 	c.Flags().StringVar(&kcv, "kcv", "", "the KEK's KCV (6 hex digits), required without a terminal")
 	return c
-}
-
-// keyTypeName names a private key's type as the catalog does.
-func keyTypeName(k crypto.PrivateKey) string {
-	switch k := k.(type) {
-	case *rsa.PrivateKey:
-		return fmt.Sprintf("rsa-%d", k.N.BitLen())
-	case *ecdsa.PrivateKey:
-		return "ecc-" + strings.ToLower(strings.ReplaceAll(k.Curve.Params().Name, "-", ""))
-	}
-	return fmt.Sprintf("%T", k)
 }

@@ -6,12 +6,9 @@ import (
 	"fmt"
 	"io"
 
-	"strings"
-
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/policy"
 )
 
 func (a *app) peerCmd() *cobra.Command {
@@ -58,14 +55,8 @@ signer or the same golden values, one officer); the sender checks.`,
 				if err != nil {
 					return err
 				}
-				if err := writeOut(a, out, append(b, '\n'), 0o644); err != nil {
-					return err
-				}
-				if out == "-" {
-					return nil
-				}
 				res := map[string]any{"out": out, "parent_name": p.ParentName, "ek_certificates": len(p.EKCertificates)}
-				return a.emit(res, func(w io.Writer) {
+				return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
 					fmt.Fprintf(w, "peer identity written to %s\ntransfer key: %s\nEK certificates: %d\n", out, p.ParentName, len(p.EKCertificates))
 				})
 			})
@@ -126,14 +117,8 @@ not work on the peer (another PK policy or officer).`,
 			if req.Peer, err = api.ParsePeerIdentity(b); err != nil {
 				return err
 			}
-			if approvalFile != "" {
-				if b, err = readIn(a, approvalFile); err != nil {
-					return err
-				}
-				req.Approval = new(policy.Approval)
-				if err := req.Approval.UnmarshalJSON(b); err != nil {
-					return usageError(fmt.Errorf("--approval: %w", err))
-				}
+			if req.Approval, err = readApproval(a, approvalFile); err != nil {
+				return err
 			}
 			if ekCA != "" {
 				if req.EKCA, err = readIn(a, ekCA); err != nil {
@@ -149,14 +134,8 @@ not work on the peer (another PK policy or officer).`,
 				if err != nil {
 					return err
 				}
-				if err := writeOut(a, out, append(b, '\n'), 0o644); err != nil {
-					return err
-				}
-				if out == "-" {
-					return nil
-				}
 				res := map[string]any{"key": req.Name, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
-				return a.emit(res, func(w io.Writer) {
+				return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
 					fmt.Fprintf(w, "%s duplicated to transfer key %.16s… (EK certificate %.16s…): %s\n", req.Name, d.ParentName, d.EKCertSHA256, out)
 				})
 			})
@@ -199,14 +178,8 @@ approvals, or --approval for a key born --duplicable-to or --duplicable-by.`,
 				return err
 			}
 			req := api.DupImportRequest{Name: args[0], Dup: d}
-			if approvalFile != "" {
-				if b, err = readIn(a, approvalFile); err != nil {
-					return err
-				}
-				req.Approval = new(policy.Approval)
-				if err := req.Approval.UnmarshalJSON(b); err != nil {
-					return usageError(fmt.Errorf("--approval: %w", err))
-				}
+			if req.Approval, err = readApproval(a, approvalFile); err != nil {
+				return err
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.DupImport(cmd.Context(), req)
@@ -244,8 +217,8 @@ func readPeer(a *app, path, peerPK string) (api.PeerIdentity, []byte, error) {
 	if peerPK == "" {
 		return p, nil, usageError(errors.New("--peer-pk is required: the PK name enrolled for the peer device (provd status on it, at provisioning), which its transfer key must be bound to"))
 	}
-	if !strings.EqualFold(strings.TrimSpace(peerPK), p.PKName) {
-		return p, nil, fmt.Errorf("%w: %s names PK %.16s…, not the enrolled %.16s…: it is not that device's (a look-alike, or a file swapped on the way); nothing done", api.ErrNotPermitted, path, p.PKName, peerPK)
+	if err := p.EnrolledAs(peerPK); err != nil {
+		return p, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return p, name, nil
 }

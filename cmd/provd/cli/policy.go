@@ -212,6 +212,35 @@ func (a *app) outputTo(out string, b []byte, mode os.FileMode, fields map[string
 	return a.emit(res, nil)
 }
 
+// writeReport writes b to out (writeOut) and, unless it went to stdout,
+// reports what was written: res under -o json, text otherwise.
+func (a *app) writeReport(out string, b []byte, mode os.FileMode, res map[string]any, text func(w io.Writer)) error {
+	if err := writeOut(a, out, b, mode); err != nil {
+		return err
+	}
+	if out == "-" {
+		return nil
+	}
+	return a.emit(res, text)
+}
+
+// readApproval reads an officer's approval (provd key approve output) from
+// path ("-": stdin); "" is none.
+func readApproval(a *app, path string) (*policy.Approval, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := readIn(a, path)
+	if err != nil {
+		return nil, err
+	}
+	ap := new(policy.Approval)
+	if err := ap.UnmarshalJSON(b); err != nil {
+		return nil, usageError(fmt.Errorf("--approval: %w", err))
+	}
+	return ap, nil
+}
+
 // writeOut writes a command's output to path (store.WriteOutput: a regular
 // file atomically with mode; a device, FIFO or socket written to, never
 // replaced), or to stdout ("-"). A refused path is a usage error.
