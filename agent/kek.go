@@ -159,7 +159,7 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 	}
 	objects["check"] = hex.EncodeToString(check[:])
 	bits := 8 * len(key)
-	tmpl := catalog.KEKTemplate(bits, usage)
+	tmpl := ks.pk.state.child(catalog.KEKTemplate(bits, usage))
 	rec := keyRecord{Name: req.Name, Kind: api.KindKEK, Type: fmt.Sprintf("aes-%d", bits), Usage: usage,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), CreatedAt: a.now().UTC(),
 		KCV: hex.EncodeToString(check[:3]), Check: hex.EncodeToString(check[:])}
@@ -286,7 +286,7 @@ func (a *Agent) withKEK(ks keyState, bits int, objects map[string]string, fn fun
 		return err
 	}
 	defer a.flush(&err, obj.Handle)
-	want := catalog.KEKTemplate(bits, ks.rec.Usage)
+	want := ks.pk.state.child(catalog.KEKTemplate(bits, ks.rec.Usage))
 	got := obj.Public
 	got.Unique = want.Unique // the TPM's digest of the key
 	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
@@ -315,6 +315,14 @@ func (a *Agent) ExportKey(ctx context.Context, req api.KeyExportRequest) ([]byte
 	})
 }
 
+// errMovableBackup refuses PKCS#8 backups on a device whose PK is movable:
+// every duplicable object under it carries encryptedDuplication (the TPM
+// requires it, catalog.UnderMovable), so the TPM refuses a duplicate to
+// TPM_RH_NULL (an export), and TPM2_Import of a key into it needs an inner
+// wrapper, which provd does not make in software. The PK itself moves, to a
+// peer TPM: it is the backup of every key under it.
+var errMovableBackup = fmt.Errorf("%w: this device's PK is movable, and under it every key carries encryptedDuplication, so the TPM neither exports one as a backup nor imports one from a backup; the PK itself moves to a backup TPM (provd dup export --pk), with every key under it", api.ErrNotPermitted)
+
 func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects map[string]string) ([]byte, error) {
 	if err := checkKeyName(req.Name); err != nil {
 		return nil, err
@@ -328,6 +336,9 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	}
 	if !ks.rec.Extractable {
 		return nil, fmt.Errorf("%w: %q was not created --extractable; it never leaves its TPM", api.ErrNotExtractable, req.Name)
+	}
+	if ks.pk.state.movable() {
+		return nil, errMovableBackup
 	}
 	kt, err := lookupType(ks.rec.Type, false)
 	if err != nil {
@@ -410,6 +421,9 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	}
 	if req.Extractable && ks.pk.officer == nil {
 		return api.KeyInfo{}, errNoOfficer("an extractable key")
+	}
+	if ks.pk.state.movable() {
+		return api.KeyInfo{}, errMovableBackup
 	}
 	kek, bits, err := a.kekState(ctx, req.KEK, catalog.UsageUnwrap, 0)
 	if err != nil {

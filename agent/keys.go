@@ -147,20 +147,28 @@ func keyPolicyFor(in pkInputs, extractable bool, rule dupRule, objName []byte) (
 	if !extractable {
 		return use, nil
 	}
-	var dup policy.Policy
-	switch {
-	case rule.To != nil:
-		dup = policy.Policy{policy.DuplicationSelect{NewParentName: rule.To, ObjectName: objName},
-			policy.CommandCode{CC: tpm2.TPMCCDuplicate}, policy.AuthValue{}}
-	case rule.By != nil:
-		dup = policy.Policy{policy.Authorize{Signer: rule.By, PolicyRef: officer.DupRef}, policy.AuthValue{}}
-	default:
-		if in.officer == nil {
-			return nil, errNoOfficer("an extractable key")
-		}
-		dup = policy.Policy{policy.Authorize{Signer: in.officer, PolicyRef: officer.DupRef}, policy.AuthValue{}}
+	dup, err := dupBranch(rule, in.officer, objName)
+	if err != nil {
+		return nil, err
 	}
 	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}, nil
+}
+
+// dupBranch is the duplication branch of an object whose rule is rule:
+// PolicyDuplicationSelect of the bound transfer key then
+// PolicyCommandCode(Duplicate) (To), the authority's approval (By), or the
+// officer's (the zero rule); each ends in PolicyAuthValue.
+func dupBranch(rule dupRule, officerKey crypto.PublicKey, objName []byte) (policy.Policy, error) {
+	switch {
+	case rule.To != nil:
+		return policy.Policy{policy.DuplicationSelect{NewParentName: rule.To, ObjectName: objName},
+			policy.CommandCode{CC: tpm2.TPMCCDuplicate}, policy.AuthValue{}}, nil
+	case rule.By != nil:
+		return policy.Policy{policy.Authorize{Signer: rule.By, PolicyRef: officer.DupRef}, policy.AuthValue{}}, nil
+	case officerKey == nil:
+		return nil, errNoOfficer("an extractable key")
+	}
+	return policy.Policy{policy.Authorize{Signer: officerKey, PolicyRef: officer.DupRef}, policy.AuthValue{}}, nil
 }
 
 // errNoOfficer refuses what needs the crypto officer on a PK provisioned
@@ -277,9 +285,14 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 		return api.KeyInfo{}, err
 	}
 	pkDigest := ks.pk.state.Policy.digest()
+	r.Movable = ks.pk.state.movable()
 	if req.Approval == nil {
-		return api.KeyInfo{}, fmt.Errorf("%w: a derived key needs the crypto officer's approval of its recipe: provd key approve --pk-policy %x --type %s --usage %s --label %q --context %q (offline, with the officer's key), then --approval FILE",
-			api.ErrNotPermitted, pkDigest, r.Type, r.Usage, r.Label, r.Context)
+		movable := ""
+		if r.Movable {
+			movable = " --movable"
+		}
+		return api.KeyInfo{}, fmt.Errorf("%w: a derived key needs the crypto officer's approval of its recipe: provd key approve --pk-policy %x%s --type %s --usage %s --label %q --context %q (offline, with the officer's key), then --approval FILE",
+			api.ErrNotPermitted, pkDigest, movable, r.Type, r.Usage, r.Label, r.Context)
 	}
 	approved, err := officer.DeriveApproved(kt, r, pkDigest)
 	if err != nil {
@@ -292,7 +305,7 @@ func (a *Agent) deriveKey(ctx context.Context, req api.DeriveRequest, objects ma
 		Label: r.Label, Context: r.Context, CreatedAt: a.now().UTC(), Approval: req.Approval}
 	rec.PK = ks.pk.state.Name
 	rec.Policy = hex.EncodeToString(officer.ObjectPolicyDigest(pkDigest))
-	rec.Template = tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest))
+	rec.Template = tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest, r.Movable))
 	ks.rec = rec
 	if err := a.keys.EvictResident(); err != nil {
 		return api.KeyInfo{}, err
@@ -352,7 +365,8 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	rule, err := a.birthRule(ks.pk, req, objects)
+	rule, err := a.birthRule(birthRuleRequest{PKPolicy: ks.pk.state.Policy.Digest, DuplicableTo: req.DuplicableTo,
+		PeerPK: req.PeerPK, DuplicableBy: req.DuplicableBy, EKCA: req.EKCA}, objects)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -369,6 +383,7 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	}
 	tmpl := kt.CreatedTemplate(usage, digest, req.Extractable)
 	tmpl.ObjectAttributes.EncryptedDuplication = rule.set()
+	tmpl = ks.pk.state.child(tmpl)
 	rec := keyRecord{Name: req.Name, Kind: api.KindCreated, Type: kt.Name, Usage: usage, Extractable: req.Extractable,
 		PK: ks.pk.state.Name, Template: tpm2.Marshal(tmpl), Policy: hex.EncodeToString(digest), CreatedAt: a.now().UTC(),
 		DupBy: req.DuplicableBy}

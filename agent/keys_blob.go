@@ -123,7 +123,7 @@ func (a *Agent) importKeyBlob(ctx context.Context, name string, pemData []byte, 
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
-	extractable := !tmpl.ObjectAttributes.FixedTPM
+	extractable := !tmpl.ObjectAttributes.FixedParent
 	objName, err := blob.Name()
 	if err != nil {
 		return api.KeyInfo{}, err
@@ -162,7 +162,7 @@ func checkImportPublic(pub tpm2.TPMTPublic, pk pkInputs) (catalog.Type, string, 
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: key blob: %w", api.ErrNotPermitted, err)
 	}
-	extractable := !pub.ObjectAttributes.FixedTPM
+	extractable := !pub.ObjectAttributes.FixedParent
 	expr, err := keyPolicy(pk, extractable)
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, err
@@ -171,7 +171,7 @@ func checkImportPublic(pub tpm2.TPMTPublic, pk pkInputs) (catalog.Type, string, 
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, err
 	}
-	want := kt.CreatedTemplate(usage, digest, extractable)
+	want := pk.state.child(kt.CreatedTemplate(usage, digest, extractable))
 	got := pub
 	got.Unique = want.Unique
 	if bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {

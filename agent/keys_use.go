@@ -98,8 +98,9 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 		return tpm.Object{}, fmt.Errorf("key %s: %w", ks.rec.Name, err)
 	}
 	pkDigest := ks.pk.state.Policy.digest()
+	r.Movable = ks.pk.state.movable()
 	tmpl := officer.DerivedTemplate(kt, r, pkDigest)
-	if !bytes.Equal(ks.rec.Template, tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest))) {
+	if !bytes.Equal(ks.rec.Template, tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest, r.Movable))) {
 		return tpm.Object{}, fmt.Errorf("%w: key %q: its recorded template is not the one its recipe gives", api.ErrTampered, ks.rec.Name)
 	}
 	approved, err := officer.DeriveApprovedExpr(ks.pk.expr, kt, r, pkDigest)

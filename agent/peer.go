@@ -40,11 +40,18 @@ import (
 
 // transferRecord is the state record "transfer" (its blob: "transfer").
 type transferRecord struct {
-	Name      string    `json:"name"` // T's TPM name, hex
-	PK        string    `json:"pk"`   // the PK it lives under
-	Auth      string    `json:"auth"` // T's authValue, hex (secret, like the PK's object_auth)
+	Name string `json:"name"` // T's TPM name, hex
+	PK   string `json:"pk"`   // the PK it lives under
+	Auth string `json:"auth"` // T's authValue, hex (secret, like the PK's object_auth)
+	// Parent is "srk" for a T under the SRK (every T made since PKs can
+	// move: a T under a movable PK cannot be fixedTPM, and its residency
+	// argument needs fixedTPM); "" for one under the PK.
+	Parent    string    `json:"parent,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
+
+// transferUnderSRK is transferRecord.Parent for a T under the SRK.
+const transferUnderSRK = "srk"
 
 const transferRec = "transfer"
 
@@ -151,18 +158,21 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	if err != nil {
 		return transferRecord{}, nil, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
 	}
-	var blob tpm.Blob
-	if err := a.withLoadedPK(pk, func(l *loadedPK) (err error) {
-		blob, err = a.createUnderPKWith(l, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), auth, nil)
-		return err
-	}); err != nil {
+	// Under the SRK: T is fixedTPM, which no child of a movable PK can be,
+	// and it is bound to the PK by its policy, not by its parent.
+	srk, err := a.t.SRK()
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	blob, err := a.t.Create(srk, nil, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
+	if err != nil {
 		return transferRecord{}, nil, err
 	}
 	name, err := blob.Name()
 	if err != nil {
 		return transferRecord{}, nil, err
 	}
-	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), CreatedAt: a.now().UTC()}
+	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: a.now().UTC()}
 	raw := blob.Marshal()
 	err = a.st.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(transferRec, raw); err != nil {
@@ -187,7 +197,16 @@ func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, fn func
 	}
 	pkName, _ := hex.DecodeString(pk.state.Name)
 	return a.withLoadedPK(pk, func(l *loadedPK) (err error) {
-		t, err := a.loadUnderPK(l, blob)
+		var t tpm.Object
+		if tr.Parent == transferUnderSRK {
+			var srk tpm.Object
+			if srk, err = a.t.SRK(); err != nil {
+				return err
+			}
+			t, err = a.t.Load(srk, nil, blob)
+		} else {
+			t, err = a.loadUnderPK(l, blob)
+		}
 		if err != nil {
 			return err
 		}
@@ -398,8 +417,9 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, err
 	}
 	want := kt.CreatedTemplate(usage, digest, true)
-	want.ObjectAttributes.EncryptedDuplication = rule.set()
 	got := *pub
+	// Set by a rule, or by the origin's movable PK (catalog.UnderMovable).
+	want.ObjectAttributes.EncryptedDuplication = rule.set() || got.ObjectAttributes.EncryptedDuplication
 	got.Unique = want.Unique
 	want.ObjectAttributes.SensitiveDataOrigin = got.ObjectAttributes.SensitiveDataOrigin // born here or brought in at the origin
 	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
@@ -455,38 +475,10 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	var keyAuth []byte
 	defer func() { clear(keyAuth) }()
 	err = a.withTransfer(ks.pk, tr, traw, func(l *loadedPK, t tpm.Object, tauth []byte) error {
-		// T's ADMIN role, which activation needs, is its policy's:
-		// PolicySecret(this PK), which only provd can satisfy, then
-		// PolicyCommandCode(ActivateCredential).
-		// Salted to the SRK: satisfied here and used three commands
-		// later, it must be of no use to whoever watched (found by
-		// review: an unsalted one was used first by an attacker's
-		// TPM2_ActivateCredential, which read the secret).
-		ps, err := a.t.StartSaltedPolicySession()
-		if err != nil {
-			return err
-		}
-		defer ps.Close()
-		if err := a.withPKPolicy(l, func(s tpm2.Session) error { return ps.PolicySecretOf(l.pk, s) }); err != nil {
-			return err
-		}
-		if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {
-			return err
-		}
-		ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
-		if err != nil {
-			return err
-		}
-		secret, err := a.t.ActivateCredential(t, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
-		if ferr := flushEK(); err == nil {
-			err = ferr
-		}
+		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
 		defer clear(secret)
 		if err != nil {
 			return err
-		}
-		if len(secret) != credentialSecret {
-			return fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
 		}
 		inner := secret[:16]
 		keyAuth = bytes.Clone(secret[16:])
@@ -518,6 +510,47 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, err
 	}
 	return rec.info(), nil
+}
+
+// activate recovers what a duplicate's credential carries (the inner
+// wrapper's key, then the key's authValue or the moved PK's state key):
+// TPM2_ActivateCredential with this TPM's EK and T, loaded with the PK l,
+// which T's policy names. The caller clears the secret.
+func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekPub, ekTmpl tpm2.TPMTPublic, f api.DupFile) ([]byte, error) {
+	// T's ADMIN role, which activation needs, is its policy's:
+	// PolicySecret(this PK), which only provd can satisfy, then
+	// PolicyCommandCode(ActivateCredential).
+	// Salted to the SRK: satisfied here and used three commands
+	// later, it must be of no use to whoever watched (found by
+	// review: an unsalted one was used first by an attacker's
+	// TPM2_ActivateCredential, which read the secret).
+	ps, err := a.t.StartSaltedPolicySession()
+	if err != nil {
+		return nil, err
+	}
+	defer ps.Close()
+	if err := a.withPKPolicy(l, func(s tpm2.Session) error { return ps.PolicySecretOf(l.pk, s) }); err != nil {
+		return nil, err
+	}
+	if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {
+		return nil, err
+	}
+	ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := a.t.ActivateCredential(t, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
+	if ferr := flushEK(); err == nil {
+		err = ferr
+	}
+	if err == nil && len(secret) != credentialSecret {
+		err = fmt.Errorf("%w: the credential carries %d bytes, want %d", api.ErrTampered, len(secret), credentialSecret)
+	}
+	if err != nil {
+		clear(secret)
+		return nil, err
+	}
+	return secret, nil
 }
 
 // ekCertBySum is this TPM's EK certificate with SHA-256 sum, as a
@@ -567,10 +600,21 @@ func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, e
 	return a.loadedOrFlush(obj, err)
 }
 
-// birthRule is the duplication rule a new key asks for (dupRule): bound to
-// a peer whose EK certificate chains to req.EKCA, or approved by an
-// authority; the zero rule otherwise.
-func (a *Agent) birthRule(pk pkInputs, req api.CreateRequest, objects map[string]string) (dupRule, error) {
+// birthRuleRequest is what a new key or PK asks for its duplication rule
+// (CreateRequest's and ProvisionRequest's fields of the same names), and
+// the PK policy digest it is made under (the peer's must be the same).
+type birthRuleRequest struct {
+	PKPolicy     string
+	DuplicableTo *api.PeerIdentity
+	PeerPK       string
+	DuplicableBy string
+	EKCA         []byte
+}
+
+// birthRule is the duplication rule a new key or PK asks for (dupRule):
+// bound to a peer enrolled as req.PeerPK whose EK certificate chains to
+// req.EKCA, or approved by an authority; the zero rule otherwise.
+func (a *Agent) birthRule(req birthRuleRequest, objects map[string]string) (dupRule, error) {
 	var r dupRule
 	if req.DuplicableTo != nil && req.DuplicableBy != "" {
 		return r, fmt.Errorf("%w: a key is bound to a peer or approved by an authority, not both", api.ErrBadInput)
@@ -583,8 +627,8 @@ func (a *Agent) birthRule(pk pkInputs, req api.CreateRequest, objects map[string
 		if err := req.DuplicableTo.EnrolledAs(req.PeerPK); err != nil {
 			return r, err
 		}
-		if req.DuplicableTo.PKPolicy != pk.state.Policy.Digest {
-			return r, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s…, the peer's is %.16s…", api.ErrNotPermitted, pk.state.Policy.Digest, req.DuplicableTo.PKPolicy)
+		if req.DuplicableTo.PKPolicy != req.PKPolicy {
+			return r, fmt.Errorf("%w: the key would not work on the peer: its policy names this device's PK policy %.16s…, the peer's is %.16s…", api.ErrNotPermitted, req.PKPolicy, req.DuplicableTo.PKPolicy)
 		}
 		_, sum, err := a.peerEK(req.DuplicableTo.EKCertificates, req.EKCA)
 		if err != nil {

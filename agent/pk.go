@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -77,6 +78,37 @@ type pkState struct {
 	// CounterGateAuth is the counter gate's authorization value (hex); empty
 	// for a gate from before gates had one (replaced at the next increment).
 	CounterGateAuth string `json:"counter_gate_auth,omitempty"`
+	// DupTo and DupBy make the PK movable (provision --duplicable-to,
+	// --duplicable-by; docs/transfer.md): its duplication rule, as a key
+	// record's (dupRule). Both "": the PK never leaves its TPM.
+	DupTo string `json:"dup_to,omitempty"`
+	DupBy string `json:"dup_by,omitempty"`
+	// Parent is the PK's parent when it is not the SRK: the transfer key
+	// of this device that a moved PK was imported under (provision
+	// --from).
+	Parent *pkParent `json:"parent,omitempty"`
+}
+
+// pkParent is the transfer key a moved PK lives under: a storage key under
+// the SRK (fixedTPM, born in this TPM), used as a parent with its
+// authValue, which is as secret as the PK's own.
+type pkParent struct {
+	Name string `json:"name"` // hex TPM name
+	Blob string `json:"blob"` // hex, under the SRK
+	Auth string `json:"auth"` // hex authValue
+}
+
+// rule is the PK's duplication rule (the zero rule: not movable).
+func (s pkState) rule() (dupRule, error) {
+	return keyRecord{Name: "the PK", DupTo: s.DupTo, DupBy: s.DupBy}.rule()
+}
+
+// movable reports whether the PK was provisioned movable.
+func (s pkState) movable() bool { return s.DupTo != "" || s.DupBy != "" }
+
+// child is template t for an object under this PK (catalog.UnderMovable).
+func (s pkState) child(t tpm2.TPMTPublic) tpm2.TPMTPublic {
+	return catalog.UnderMovable(t, s.movable())
 }
 
 // policyRecord says how an object's authPolicy was built, so it can be applied
@@ -171,6 +203,19 @@ func CounterRef() policy.NVCounterRef {
 		panic(err)
 	}
 	return policy.NVCounterRef{Handle: PolicyCounterHandle, Name: name.Buffer}
+}
+
+// pkPolicy is the PK's own policy: officer.ObjectPolicy(p), or for a
+// movable PK PolicyOR of that (every use, branch 0) and its duplication
+// branch (dupBranch of the PK's rule; objName, the PK's name, is needed to
+// execute a bound branch, not for the digest).
+func pkPolicy(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
+	use := officer.ObjectPolicy(p)
+	if !rule.set() {
+		return use
+	}
+	dup, _ := dupBranch(rule, nil, objName) // a set rule needs no officer
+	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}
 }
 
 // loadedPK is the PK and, when asked, the derivation parent, loaded.
@@ -292,7 +337,12 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 		return fmt.Errorf("PK blob: %w", err)
 	}
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
-	if l.pk, err = a.t.Load(srk, nil, blob); err != nil {
+	if in.state.Parent == nil {
+		l.pk, err = a.t.Load(srk, nil, blob)
+	} else {
+		l.pk, err = a.loadUnderPKParent(srk, *in.state.Parent, blob)
+	}
+	if err != nil {
 		return err
 	}
 	defer a.flush(&err, l.pk.Handle)
@@ -300,6 +350,35 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 		return fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered)
 	}
 	return fn(l)
+}
+
+// loadUnderPKParent loads a moved PK's blob under the transfer key it was
+// imported under (pkState.Parent), which it loads under the SRK and
+// flushes once the PK is loaded.
+func (a *Agent) loadUnderPKParent(srk tpm.Object, p pkParent, blob tpm.Blob) (pk tpm.Object, err error) {
+	raw, err := hex.DecodeString(p.Blob)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("%w: the PK's parent in the state", api.ErrTampered)
+	}
+	pb, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return tpm.Object{}, fmt.Errorf("%w: the PK's parent in the state: %v", api.ErrTampered, err)
+	}
+	auth, err := hex.DecodeString(p.Auth)
+	if err != nil || len(auth) != objectAuthSize {
+		return tpm.Object{}, fmt.Errorf("%w: the PK's parent's authorization value in the state", api.ErrTampered)
+	}
+	defer clear(auth)
+	parent, err := a.t.Load(srk, nil, pb)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	defer a.flush(&err, parent.Handle)
+	if hex.EncodeToString(parent.Name.Buffer) != p.Name {
+		return tpm.Object{}, fmt.Errorf("%w: the PK's parent's blob is not the recorded transfer key", api.ErrTampered)
+	}
+	pk, err = a.t.LoadWithAuth(parent, auth, blob)
+	return a.loadedOrFlush(pk, err)
 }
 
 // withPolicySession runs fn with a fresh policy session that satisfies expr
@@ -325,7 +404,26 @@ func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts pol
 // (officer.ObjectPolicy(P), with the objects' authValue): fn's one command
 // uses the PK as parent.
 func (a *Agent) withPKPolicy(l *loadedPK, fn func(s tpm2.Session) error) error {
-	return a.withPolicySession(l.rec, officer.ObjectPolicy(l.expr), l.opts, l.auth, fn)
+	expr, opts, err := l.usePolicy()
+	if err != nil {
+		return err
+	}
+	return a.withPolicySession(l.rec, expr, opts, l.auth, fn)
+}
+
+// usePolicy is the PK's policy and the options that satisfy it for a use
+// of the PK (a movable PK's branch 0): every use of the PK as a parent
+// goes through it.
+func (l *loadedPK) usePolicy() (policy.Policy, policy.ApplyOptions, error) {
+	rule, err := l.state.rule()
+	if err != nil {
+		return nil, policy.ApplyOptions{}, err
+	}
+	opts := l.opts
+	if rule.set() {
+		opts.Branches = []int{0}
+	}
+	return pkPolicy(l.expr, rule, nil), opts, nil
 }
 
 // loadedOrFlush ends every function that returns a loaded object: with err

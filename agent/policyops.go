@@ -191,7 +191,7 @@ func (a *Agent) createD(l *loadedPK, key crypto.PublicKey) (tpm.Blob, error) {
 	if err != nil {
 		return tpm.Blob{}, err
 	}
-	return a.createUnderPK(l, dTemplate(d), nil)
+	return a.createUnderPK(l, l.state.child(dTemplate(d)), nil)
 }
 
 // recordD creates the derivation parent under the PK and records it.

@@ -10,7 +10,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -35,11 +34,20 @@ var gatedParentAttrs = tpm2.TPMAObject{
 // key born in the TPM (sensitiveDataOrigin), fixedTPM|fixedParent so it can never
 // leave, usable only through its policy (userWithAuth clear, adminWithPolicy
 // set).
-func pkTemplate(authPolicy []byte) tpm2.TPMTPublic {
+//
+// A movable PK (provision --duplicable-to/--duplicable-by) has fixedTPM and
+// fixedParent clear, so that its policy's duplication branch can move it,
+// and encryptedDuplication set: the TPM then duplicates it only with an
+// inner wrapper and never to TPM_RH_NULL, whatever an approval says.
+func pkTemplate(authPolicy []byte, movable bool) tpm2.TPMTPublic {
+	attrs := gatedParentAttrs
+	if movable {
+		attrs.FixedTPM, attrs.FixedParent, attrs.EncryptedDuplication = false, false, true
+	}
 	return tpm2.TPMTPublic{
 		Type:             tpm2.TPMAlgECC,
 		NameAlg:          tpm2.TPMAlgSHA256,
-		ObjectAttributes: gatedParentAttrs,
+		ObjectAttributes: attrs,
 		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{
@@ -117,6 +125,12 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err := a.gateThroughPinnedSRK(ctx); err != nil {
 		return res, err
 	}
+	// A movable PK's rule is checked before anything is destroyed or
+	// defined (software only: the peer's file, its EK chain).
+	rule, err := a.pkRule(req, objects)
+	if err != nil {
+		return res, err
+	}
 	if provisioned {
 		// As zeroize: nothing is destroyed unless the trail takes a record.
 		if err := a.record(ctx, "zeroize-start", map[string]string{"by": "provision --force"}, nil); err != nil {
@@ -133,6 +147,14 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	res.PolicyKind, res.PolicyDigest = rec.Kind, rec.Digest
 
+	expr, err := rec.expr()
+	if err != nil {
+		return res, err
+	}
+	pkDigest, err := pkPolicy(expr, rule, nil).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return res, err
+	}
 	srk, err := a.t.SRK()
 	if err != nil {
 		return res, err
@@ -142,7 +164,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		return res, err
 	}
 	defer clear(objectAuth)
-	pkBlob, err := a.t.Create(srk, nil, pkTemplate(officer.ObjectPolicyDigest(rec.digest())), tpm.Sensitive{UserAuth: objectAuth})
+	pkBlob, err := a.t.Create(srk, nil, pkTemplate(pkDigest, rule.set()), tpm.Sensitive{UserAuth: objectAuth})
 	if err != nil {
 		return res, err
 	}
@@ -153,6 +175,11 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	st := pkState{Name: hex.EncodeToString(pkName.Buffer), Policy: rec, CreatedAt: a.now().UTC(), CounterGate: counterGate.Blob, CounterGateAuth: counterGate.Auth}
 	st.ObjectAuth = hex.EncodeToString(objectAuth)
 	st.AllowResettable = req.AllowResettable
+	if rule.To != nil {
+		st.DupTo = hex.EncodeToString(rule.To)
+	}
+	st.DupBy = req.DuplicableBy
+	res.Movable = st.movableDesc()
 	if req.Officer != nil {
 		pemBytes, err := policy.MarshalPublicKeyPEM(req.Officer)
 		if err != nil {

@@ -107,7 +107,7 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			defer clear(dek)
 			secret = dek
 		}
-		obj, err := a.createUnderPK(l, tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest())), secret)
+		obj, err := a.createUnderPK(l, l.state.child(tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest()))), secret)
 		if err != nil {
 			return err
 		}
@@ -221,7 +221,11 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 				err = cerr
 			}
 		}()
-		if err := a.apply(ps, l.rec, officer.ObjectPolicy(l.expr), l.opts); err != nil {
+		use, useOpts, err := l.usePolicy()
+		if err != nil {
+			return err
+		}
+		if err := a.apply(ps, l.rec, use, useOpts); err != nil {
 			return err
 		}
 		obj, err := a.t.Load(l.pk, ps.Session(), blob)

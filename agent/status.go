@@ -45,6 +45,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	}
 	if s.Provisioned {
 		s.PKName, s.DName, s.PolicyKind, s.PolicyDigest = st.Name, st.DName, st.Policy.Kind, st.Policy.Digest
+		s.Movable = st.movableDesc()
 		if k, err := st.officerKey(); err == nil {
 			s.Officer = officerName(k)
 		}

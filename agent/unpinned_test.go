@@ -166,6 +166,14 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			_, err := a.DupImport(ctx, api.DupImportRequest{Name: "k4", Dup: api.DupFile{Format: api.DupFormat}})
 			return err
 		},
+		"PKExport": func() error {
+			_, err := a.PKExport(ctx, api.PKExportRequest{})
+			return err
+		},
+		"ProvisionFrom": func() error {
+			_, err := a.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: api.DupFile{Format: api.DupFormat, Type: api.DupTypePK}})
+			return err
+		},
 		"ImportKeyBlob": func() error {
 			pemData, err := a.ExportKeyBlob(ctx, "sig")
 			if err != nil {

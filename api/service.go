@@ -48,6 +48,8 @@ type Service interface {
 	PeerIdentity(ctx context.Context) (PeerIdentity, error)
 	DupExport(ctx context.Context, req DupExportRequest) (DupFile, error)
 	DupImport(ctx context.Context, req DupImportRequest) (KeyInfo, error)
+	PKExport(ctx context.Context, req PKExportRequest) (DupFile, error)
+	ProvisionFrom(ctx context.Context, req PKAdoptRequest) (ProvisionResult, error)
 }
 
 // Caller is who asked for an operation, as the audit trail records it: the
@@ -101,6 +103,8 @@ var (
 	RoutePeerIdentity   = Route{"POST", "/v1/peer/identity", "peer-identity"}
 	RouteDupExport      = Route{"POST", "/v1/dup/export", "dup-export"}
 	RouteDupImport      = Route{"POST", "/v1/dup/import", "dup-import"}
+	RoutePKExport       = Route{"POST", "/v1/pk/export", "pk-export"}
+	RouteProvisionFrom  = Route{"POST", "/v1/provision/from", "provision-from"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

@@ -51,6 +51,15 @@ type ProvisionRequest struct {
 	EKCA            []byte
 	EKCert          []byte
 	TrustOnFirstUse bool
+	// DuplicableTo, PeerPK and DuplicableBy make the PK movable, as a
+	// created key's (CreateRequest): bound at birth to one peer's transfer
+	// key (enrolled as PeerPK, its EK chaining to EKCA), or approved later
+	// by an authority. Only with Signer and Officer: a PCR-bound PK works
+	// only where the PCRs match, and the receiver takes a PK only with the
+	// officer's approval. Without them the PK never leaves its TPM.
+	DuplicableTo *PeerIdentity
+	PeerPK       string
+	DuplicableBy string // PEM
 }
 
 // Identity is the first-contact part of r.
@@ -72,11 +81,15 @@ type provisionJSON struct {
 	Reset   bool              `json:"allow_resettable,omitempty"`
 	Class   string            `json:"policy_class,omitempty"`
 	Officer string            `json:"officer_key,omitempty"`
+	DupTo   *PeerIdentity     `json:"duplicable_to,omitempty"`
+	PeerPK  string            `json:"peer_pk,omitempty"`
+	DupBy   string            `json:"duplicable_by,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
 	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force,
-		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable, Class: r.PolicyClass}
+		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable, Class: r.PolicyClass,
+		DupTo: r.DuplicableTo, PeerPK: r.PeerPK, DupBy: r.DuplicableBy}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -94,7 +107,8 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force,
-		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset, PolicyClass: w.Class}
+		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset, PolicyClass: w.Class,
+		DuplicableTo: w.DupTo, PeerPK: w.PeerPK, DuplicableBy: w.DupBy}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
@@ -129,6 +143,12 @@ type ProvisionResult struct {
 	// Officer is the TPM name of the crypto officer's approval key, when one
 	// was named.
 	Officer string `json:"officer,omitempty"`
+	// Movable says where a movable PK may go: "to <transfer key name>" or
+	// "by <authority name>"; empty: it never leaves its TPM.
+	Movable string `json:"movable,omitempty"`
+	// Adopted: the PK was moved here from a peer (provision --from); its
+	// name is the origin's.
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 // SealRequest says what to seal and to which policy: POST /v1/seal. With
@@ -210,17 +230,20 @@ type SignedPolicyInfo struct {
 
 // Status is what `provd status` reports.
 type Status struct {
-	Provisioned  bool         `json:"provisioned"`
-	PKName       string       `json:"pk_name,omitempty"`
-	DName        string       `json:"derivation_parent_name,omitempty"`
-	PolicyKind   string       `json:"policy_kind,omitempty"`
-	PolicyDigest string       `json:"policy_digest,omitempty"`
-	Officer      string       `json:"officer,omitempty"` // TPM name of the crypto officer's approval key
-	Policy       *PolicyState `json:"policy,omitempty"`
-	Keys         int          `json:"keys"`
-	AuditLines   int          `json:"audit_lines"`
-	AuditHead    string       `json:"audit_head,omitempty"`
-	AuditError   string       `json:"audit_error,omitempty"`
+	Provisioned  bool   `json:"provisioned"`
+	PKName       string `json:"pk_name,omitempty"`
+	DName        string `json:"derivation_parent_name,omitempty"`
+	PolicyKind   string `json:"policy_kind,omitempty"`
+	PolicyDigest string `json:"policy_digest,omitempty"`
+	Officer      string `json:"officer,omitempty"` // TPM name of the crypto officer's approval key
+	// Movable says where a movable PK may go (ProvisionResult.Movable);
+	// recipes for it are approved with key approve --movable.
+	Movable    string       `json:"movable,omitempty"`
+	Policy     *PolicyState `json:"policy,omitempty"`
+	Keys       int          `json:"keys"`
+	AuditLines int          `json:"audit_lines"`
+	AuditHead  string       `json:"audit_head,omitempty"`
+	AuditError string       `json:"audit_error,omitempty"`
 	// TPMTrust is how the pinned TPM identity was established (Identity's
 	// Trust); "" when none is pinned.
 	TPMTrust string `json:"tpm_trust,omitempty"`
@@ -487,12 +510,41 @@ type DupFile struct {
 	// or the key's authority's); the receiver takes the key only with its
 	// own officer's approval of it to its transfer key, this one or one
 	// given at import.
-	Approval  *policy.Approval `json:"approval,omitempty"`
-	CreatedAt time.Time        `json:"created_at"`
+	Approval *policy.Approval `json:"approval,omitempty"`
+	// State is, for a moved PK (Type "pk"), everything under it that the
+	// receiver adopts (the PK's record with its authValue, the derivation
+	// parent, the keys, each with its blob), sealed with AES-256-GCM under
+	// a key that travels in the credential (docs/formats.md).
+	State     []byte    `json:"state,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // DupFormat is DupFile's format number.
 const DupFormat = 1
+
+// DupTypePK is DupFile.Type for a moved PK (provd dup export --pk).
+const DupTypePK = "pk"
+
+// PKExportRequest moves a movable PK, with everything under it, to a peer:
+// POST /v1/pk/export. PeerPK is the PK name enrolled for the peer (its
+// transfer key must be bound to it); Approval is the duplication
+// authority's approval of the PK to the peer's transfer key (a PK
+// provisioned --duplicable-by), or the officer's, which the receiver wants.
+type PKExportRequest struct {
+	Peer     PeerIdentity     `json:"peer"`
+	PeerPK   string           `json:"peer_pk"`
+	Approval *policy.Approval `json:"approval,omitempty"`
+	EKCA     []byte           `json:"ek_ca,omitempty"`
+}
+
+// PKAdoptRequest makes the PK moved here in Dup this device's, with
+// everything under it, replacing this device's own PK: POST
+// /v1/provision/from. Approval is the crypto officer's approval of that PK
+// to this device's transfer key, when the file does not carry one.
+type PKAdoptRequest struct {
+	Dup      DupFile          `json:"dup"`
+	Approval *policy.Approval `json:"approval,omitempty"`
+}
 
 // DupImportRequest imports a duplicate made for this device as key Name:
 // POST /v1/dup/import.
@@ -516,6 +568,10 @@ type SignOptions struct {
 // and an RSA-4096 duplicate are a few KB.
 const maxTransferFile = 64 << 10
 
+// maxPKFile bounds a moved PK's file: its state holds every key under it
+// (about 1 KB each), well under the daemon's request limit.
+const maxPKFile = 2 << 20
+
 // ParsePeerIdentity reads a peer identity file (provd peer identity)
 // strictly: one JSON object, no unknown or duplicate keys, this format.
 func ParsePeerIdentity(b []byte) (PeerIdentity, error) {
@@ -535,11 +591,14 @@ func ParsePeerIdentity(b []byte) (PeerIdentity, error) {
 // ParseDupFile reads a duplicate file (provd dup export) strictly.
 func ParseDupFile(b []byte) (DupFile, error) {
 	var d DupFile
-	if len(b) > maxTransferFile {
-		return d, fmt.Errorf("%w: a duplicate of %d bytes (at most %d)", ErrBadInput, len(b), maxTransferFile)
+	if len(b) > maxPKFile {
+		return d, fmt.Errorf("%w: a duplicate of %d bytes (at most %d)", ErrBadInput, len(b), maxPKFile)
 	}
 	if err := strictjson.Decode(b, &d); err != nil {
 		return d, fmt.Errorf("%w: duplicate: %v", ErrBadInput, err)
+	}
+	if d.Type != DupTypePK && len(b) > maxTransferFile {
+		return d, fmt.Errorf("%w: a duplicate of %d bytes (at most %d)", ErrBadInput, len(b), maxTransferFile)
 	}
 	if d.Format != DupFormat {
 		return d, fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)

@@ -84,6 +84,21 @@ func (kt Type) CreatedTemplate(usage string, authPolicy []byte, extractable bool
 	return t
 }
 
+// UnderMovable is template t as a child of a movable PK (provision
+// --duplicable-to/--duplicable-by) when movable is true, t otherwise. The
+// TPM refuses a fixedTPM object under a parent without fixedTPM, and a
+// child of a parent with encryptedDuplication that lacks it (unless it is
+// fixedTPM): so such a child has fixedTPM clear and encryptedDuplication
+// set. Its fixedParent is unchanged: a key not born extractable still
+// never leaves but with the PK, to where the PK may go.
+func UnderMovable(t tpm2.TPMTPublic, movable bool) tpm2.TPMTPublic {
+	if movable {
+		t.ObjectAttributes.FixedTPM = false
+		t.ObjectAttributes.EncryptedDuplication = true
+	}
+	return t
+}
+
 // TypeOf recognizes the approved type and the usage of a public area (an
 // imported key), or refuses it: ErrNotApproved for a type outside the
 // catalog, ErrUsage for a key that both signs and decrypts (or neither).

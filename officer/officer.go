@@ -79,6 +79,11 @@ const MaxLabel = 32
 // (0..32 bytes) are printable UTF-8.
 type Recipe struct {
 	Type, Usage, Label, Context string
+	// Movable: the device's PK is movable, so the derived key has
+	// fixedTPM clear and encryptedDuplication set (catalog.UnderMovable);
+	// its template, and so the approval, differ. The key itself, from the
+	// same label and context, does not.
+	Movable bool
 }
 
 // Check validates r and fills in the default usage.
@@ -132,19 +137,19 @@ func deriveLabel(r Recipe) []byte {
 
 // DerivedPublic is the public area of a derived key of kt and usage under a
 // PK whose policy digest is pkDigest: the key carries ObjectPolicy(the PK's policy);
-// fixedTPM|fixedParent as D (provd's D is always fixedTPM), and
+// fixedTPM|fixedParent as D (a movable PK's D and keys: catalog.UnderMovable), and
 // sensitiveDataOrigin clear, as the TPM requires of derived objects.
-func DerivedPublic(kt catalog.Type, usage string, pkDigest []byte) tpm2.TPMTPublic {
+func DerivedPublic(kt catalog.Type, usage string, pkDigest []byte, movable bool) tpm2.TPMTPublic {
 	tmpl := kt.Template(usage, ObjectPolicyDigest(pkDigest))
 	tmpl.ObjectAttributes.FixedTPM = true
 	tmpl.ObjectAttributes.FixedParent = true
 	tmpl.ObjectAttributes.SensitiveDataOrigin = false
-	return tmpl
+	return catalog.UnderMovable(tmpl, movable)
 }
 
 // DerivedTemplate is the TPMT_TEMPLATE sent to CreateLoaded for recipe r.
 func DerivedTemplate(kt catalog.Type, r Recipe, pkDigest []byte) tpm2.TPMTTemplate {
-	return catalog.DeriveTemplate(DerivedPublic(kt, r.Usage, pkDigest), deriveLabel(r), nil)
+	return catalog.DeriveTemplate(DerivedPublic(kt, r.Usage, pkDigest, r.Movable), deriveLabel(r), nil)
 }
 
 // extendPolicy is one TPM policy extend, digest' = SHA-256(digest || parts):

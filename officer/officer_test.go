@@ -96,7 +96,7 @@ func TestRecipes(t *testing.T) {
 		{Type: "ecc-p256", Label: "tls "}, {Type: "ecc-p256", Label: "a", Context: "b c"},
 	} {
 		if _, _, err := bad.Check(); !errors.Is(err, api.ErrBadInput) {
-			t.Errorf("%q: %v, want ErrBadInput", bad, err)
+			t.Errorf("%+v: %v, want ErrBadInput", bad, err)
 		}
 	}
 	if _, _, err := (Recipe{Type: "rsa-2048", Label: "a"}).Check(); !errors.Is(err, catalog.ErrNotDerivable) || !errors.Is(err, api.ErrNotPermitted) {

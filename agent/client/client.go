@@ -315,3 +315,15 @@ func (c *Client) DupImport(ctx context.Context, req api.DupImportRequest) (api.K
 	var res api.KeyInfo
 	return res, c.call(ctx, api.RouteDupImport, req, &res)
 }
+
+// PKExport moves the movable PK to a peer (POST /v1/pk/export).
+func (c *Client) PKExport(ctx context.Context, req api.PKExportRequest) (api.DupFile, error) {
+	var res api.DupFile
+	return res, c.call(ctx, api.RoutePKExport, req, &res)
+}
+
+// ProvisionFrom adopts a PK moved here (POST /v1/provision/from).
+func (c *Client) ProvisionFrom(ctx context.Context, req api.PKAdoptRequest) (api.ProvisionResult, error) {
+	var res api.ProvisionResult
+	return res, c.call(ctx, api.RouteProvisionFrom, req, &res)
+}

@@ -61,6 +61,17 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 			}
 			return ag.DupExport(ctx, w)
 		})
+	case "pk-export":
+		return handle(s, ep, func(ctx context.Context, w api.PKExportRequest) (api.DupFile, error) {
+			if len(w.EKCA) == 0 {
+				w.EKCA = *s.ekCA.Load()
+			}
+			return ag.PKExport(ctx, w)
+		})
+	case "provision-from":
+		return handle(s, ep, func(ctx context.Context, w api.PKAdoptRequest) (api.ProvisionResult, error) {
+			return ag.ProvisionFrom(ctx, w)
+		})
 	case "dup-import":
 		return handle(s, ep, func(ctx context.Context, w api.DupImportRequest) (api.KeyInfo, error) {
 			return ag.DupImport(ctx, w)

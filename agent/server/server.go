@@ -292,6 +292,8 @@ var Endpoints = []endpoint{
 	{api.RoutePeerIdentity, RoleOfficer},
 	{api.RouteDupExport, RoleOfficer},
 	{api.RouteDupImport, RoleOfficer},
+	{api.RoutePKExport, RoleOfficer},
+	{api.RouteProvisionFrom, RoleOfficer},
 	{api.RouteKeyList, RoleUser},
 	{api.RouteKeyPublic, RoleUser},
 	{api.RouteKeySign, RoleUser},

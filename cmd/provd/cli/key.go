@@ -150,6 +150,9 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if !move && (r.Type == "" || r.Label == "") {
 				return usageError(errors.New("a recipe's approval needs --type and --label"))
 			}
+			if move && r.Movable {
+				return usageError(errors.New("--movable goes with a recipe"))
+			}
 			digest, err := hex.DecodeString(pkPolicy)
 			if err != nil {
 				return usageError(fmt.Errorf("--pk-policy: %w", err))
@@ -206,6 +209,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().StringVar(&r.Usage, "usage", "", "sign, ecdh, decrypt or hmac (default: the type's first)")
 	c.Flags().StringVar(&r.Label, "label", "", "derivation label (1-32 bytes)")
 	c.Flags().StringVar(&r.Context, "context", "", "derivation context (0-32 bytes)")
+	c.Flags().BoolVar(&r.Movable, "movable", false, "the recipe is for devices whose PK is movable (provd status says; their derived keys' template differs, the keys do not)")
 	c.Flags().StringVar(&out, "out", "", "where to write the approval (- for stdout)")
 	c.Flags().BoolVar(&export, "export", false, "approve a key's export as a backup (provd key export) instead of a recipe")
 	c.Flags().StringVar(&objectName, "object-name", "", "with --export or --dup-to: the key's TPM name, hex")

@@ -82,9 +82,10 @@ itself checks (PolicyDuplicationSelect). See docs/transfer.md.`,
 
 func (a *app) dupExportCmd() *cobra.Command {
 	var req api.DupExportRequest
-	var to, approvalFile, out, ekCA string
+	var to, approvalFile, out, ekCA, peerPK string
+	var pk bool
 	c := &cobra.Command{
-		Use:   "export NAME --to peer.json [--approval FILE] --ek-ca BUNDLE --out NAME.dup",
+		Use:   "export (NAME | --pk --peer-pk NAME) --to peer.json [--approval FILE] --ek-ca BUNDLE --out FILE",
 		Short: "Duplicate an extractable key to a peer TPM",
 		Long: `Duplicate extractable key NAME to the peer whose identity is --to (provd peer
 identity on the receiver):
@@ -100,16 +101,32 @@ identity on the receiver):
      peer as a credential to its EK for its transfer key's name.
 
 A key not born extractable is refused (exit 5), as is one whose policy would
-not work on the peer (another PK policy or officer).`,
+not work on the peer (another PK policy or officer).
+
+--pk moves the PK itself, with everything under it (the derivation parent, the
+keys, each key's authorization value), to a peer: a replacement or backup TPM,
+where the same labels then derive the same keys (provd provision --from on the
+peer). Only a PK provisioned --duplicable-to that peer, or --duplicable-by an
+authority whose approval is --approval; --peer-pk is the PK name enrolled for
+the peer. A PK provisioned without either never leaves its TPM (exit 5). The
+state travels sealed (AES-256-GCM) under a key that only the peer's TPM
+recovers, with the inner wrapper's key, from the credential.`,
 		Example: `  provd key approve --officer officer.key.pem --pk-policy $(provd status -o json | jq -r .policy_digest) \
       --dup-to device-b.peer.json --object-name $(provd key pub signer -o json | jq -r .object_name) --out signer.dup-b.json
-  provd dup export signer --to device-b.peer.json --approval signer.dup-b.json --ek-ca manufacturers.pem --out signer.dup`,
-		Args: exactArgs(1),
+  provd dup export signer --to device-b.peer.json --approval signer.dup-b.json --ek-ca manufacturers.pem --out signer.dup
+  provd dup export --pk --to backup.peer.json --peer-pk 000b9e…41 --ek-ca manufacturers.pem --out pk.dup`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req.Name = args[0]
+			if pk == (len(args) == 1) {
+				return usageError(errors.New("give a key NAME, or --pk for the PK"))
+			}
 			if to == "" || out == "" {
 				return usageError(errors.New("--to and --out are required"))
 			}
+			if pk {
+				return a.pkExport(cmd, to, peerPK, approvalFile, ekCA, out)
+			}
+			req.Name = args[0]
 			b, err := readIn(a, to)
 			if err != nil {
 				return err
@@ -145,7 +162,40 @@ not work on the peer (another PK policy or officer).`,
 	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's (or the key's authority's) approval of this duplication (provd key approve --dup-to); none for a key bound to this peer at birth")
 	c.Flags().StringVar(&ekCA, "ek-ca", "", "the manufacturer certificates (PEM bundle) the peer's EK must chain to (default: the daemon's ek_ca)")
 	c.Flags().StringVar(&out, "out", "", "where to write the duplicate (- for stdout)")
+	c.Flags().BoolVar(&pk, "pk", false, "move the PK, with everything under it (a PK provisioned --duplicable-to or --duplicable-by)")
+	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --pk: the PK name enrolled for the peer (provd status on it)")
 	return c
+}
+
+// pkExport is dup export --pk.
+func (a *app) pkExport(cmd *cobra.Command, to, peerPK, approvalFile, ekCA, out string) error {
+	p, _, err := readPeer(a, to, peerPK)
+	if err != nil {
+		return err
+	}
+	req := api.PKExportRequest{Peer: p, PeerPK: peerPK}
+	if req.Approval, err = readApproval(a, approvalFile); err != nil {
+		return err
+	}
+	if ekCA != "" {
+		if req.EKCA, err = readIn(a, ekCA); err != nil {
+			return err
+		}
+	}
+	return a.withAgent(cmd.Context(), func(ag api.Service) error {
+		d, err := ag.PKExport(cmd.Context(), req)
+		if err != nil {
+			return err
+		}
+		b, err := json.MarshalIndent(d, "", "  ")
+		if err != nil {
+			return err
+		}
+		res := map[string]any{"pk": true, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
+		return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
+			fmt.Fprintf(w, "PK duplicated, with everything under it, to transfer key %.16s… (EK certificate %.16s…): %s\nthe peer adopts it with provd provision --from %s\n", d.ParentName, d.EKCertSHA256, out, out)
+		})
+	})
 }
 
 func (a *app) dupImportCmd() *cobra.Command {

@@ -3,12 +3,15 @@ package cli
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
@@ -91,6 +94,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
 	var valuesFile, signerFile, officerFile, class string
+	var dupTo, peerPK, dupBy, from, approvalFile string
 	var force, allowResettable bool
 	var ek ekFlags
 	c := &cobra.Command{
@@ -122,12 +126,43 @@ authenticates is pinned in the state: every later session is salted to it, and
 a TPM whose SRK is not the pinned one is refused (exit 15).
 
 Provisioning twice is refused unless --force, which zeroizes the old PK first
-and keeps the pinned TPM identity.`,
+and keeps the pinned TPM identity.
+
+A movable PK (docs/transfer.md) can move, with everything under it, to a
+replacement or backup TPM, where the same labels derive the same keys:
+  --duplicable-to PEER.json --peer-pk NAME   to that peer only (provd peer
+                         identity on it; its EK must chain to --ek-ca), bound
+                         by the PK's own policy
+  --duplicable-by AUTHORITY.pub              to any peer the authority approves,
+                         one at a time (provd key approve --dup-to)
+Only with --policy-signer and --officer-key. Its keys then carry
+encryptedDuplication, so they move only with the PK or to peers (no PKCS#8
+backups): the PK is their backup. Without these flags the PK never leaves.
+
+--from PK.dup adopts a PK moved here (provd dup export --pk on the origin) in
+place of this device's own: the device must be provisioned for the same fleet
+(policy signer, class, officer), hold no keys, and have a transfer key (provd
+peer identity); it takes the PK only with the officer's approval of it to this
+transfer key (in the file, or --approval). The device keeps its TPM identity,
+policy counter and audit trail; the PK, its derivation parent and its keys
+become the origin's.`,
 		Example: `  provd provision --ek-ca /etc/provd/ek-roots.pem --pcrs 0,2,4,7
   provd provision --pcr-values golden.json
-  provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem`,
+  provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem
+  provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem --ek-ca roots.pem \
+      --duplicable-to backup.peer.json --peer-pk 000b9e…41
+  provd provision --from pk.dup --approval pk.dup-approval.json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from != "" {
+				if others := otherFlagsSet(cmd, "from", "approval"); len(others) > 0 {
+					return usageError(fmt.Errorf("--from takes only --approval, not --%s: the device's own policy, officer and identity stay", others[0]))
+				}
+				return a.provisionFrom(cmd, from, approvalFile)
+			}
+			if approvalFile != "" {
+				return usageError(errors.New("--approval goes with --from"))
+			}
 			bank, pcrs, err := pf.parse()
 			if err != nil {
 				return err
@@ -165,6 +200,23 @@ and keeps the pinned TPM identity.`,
 					return err
 				}
 			}
+			if dupTo != "" && dupBy != "" {
+				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
+			}
+			if dupTo != "" {
+				p, _, err := readPeer(a, dupTo, peerPK)
+				if err != nil {
+					return err
+				}
+				req.DuplicableTo, req.PeerPK = &p, peerPK
+			}
+			if dupBy != "" {
+				b, err := readIn(a, dupBy)
+				if err != nil {
+					return err
+				}
+				req.DuplicableBy = string(b)
+			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				res, err := ag.Provision(cmd.Context(), req)
 				if err != nil {
@@ -185,6 +237,9 @@ and keeps the pinned TPM identity.`,
 					if res.DName != "" {
 						fmt.Fprintf(w, "derivation parent: %s\n", res.DName)
 					}
+					if res.Movable != "" {
+						fmt.Fprintf(w, "movable:       %s (provd dup export --pk)\n", res.Movable)
+					}
 					if len(res.PCRs) > 0 {
 						fmt.Fprintf(w, "PCRs:          %s %s\n", res.Bank, joinInts(res.PCRs))
 					}
@@ -203,8 +258,51 @@ and keeps the pinned TPM identity.`,
 	c.Flags().StringVar(&officerFile, "officer-key", "", "the crypto officer's public approval key (PEM): enables derived and extractable keys, each approved by the officer")
 	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
 	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
+	c.Flags().StringVar(&dupTo, "duplicable-to", "", "make the PK movable to this peer only (provd peer identity on it)")
+	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --duplicable-to: the PK name enrolled for the peer, hex")
+	c.Flags().StringVar(&dupBy, "duplicable-by", "", "make the PK movable to peers this authority approves (PEM public key)")
+	c.Flags().StringVar(&from, "from", "", "adopt the PK moved here in this file (provd dup export --pk), in place of this device's")
+	c.Flags().StringVar(&approvalFile, "approval", "", "with --from: the officer's approval of that PK to this device's transfer key, when the file carries none")
 	ek.add(a, c)
 	return c
+}
+
+// provisionFrom is provision --from.
+func (a *app) provisionFrom(cmd *cobra.Command, from, approvalFile string) error {
+	b, err := readIn(a, from)
+	if err != nil {
+		return err
+	}
+	d, err := api.ParseDupFile(b)
+	if err != nil {
+		return err
+	}
+	req := api.PKAdoptRequest{Dup: d}
+	if req.Approval, err = readApproval(a, approvalFile); err != nil {
+		return err
+	}
+	return a.withAgent(cmd.Context(), func(ag api.Service) error {
+		res, err := ag.ProvisionFrom(cmd.Context(), req)
+		if err != nil {
+			return err
+		}
+		return a.emit(res, func(w io.Writer) {
+			fmt.Fprintf(w, "adopted the PK %s with everything under it\npolicy:        %s %s\nderivation parent: %s\nmovable:       %s\n",
+				res.PKName, res.PolicyKind, res.PolicyDigest, res.DName, res.Movable)
+		})
+	})
+}
+
+// otherFlagsSet lists cmd's own flags set on the command line other than
+// names.
+func otherFlagsSet(cmd *cobra.Command, names ...string) []string {
+	var set []string
+	cmd.LocalNonPersistentFlags().Visit(func(f *pflag.Flag) {
+		if !slices.Contains(names, f.Name) {
+			set = append(set, f.Name)
+		}
+	})
+	return set
 }
 
 func (a *app) zeroizeCmd() *cobra.Command {

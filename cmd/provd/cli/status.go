@@ -45,6 +45,9 @@ func (a *app) statusCmd() *cobra.Command {
 						if s.DName != "" {
 							fmt.Fprintf(w, "derivation parent: %s\n", s.DName)
 						}
+						if s.Movable != "" {
+							fmt.Fprintf(w, "movable:     %s (recipes: key approve --movable)\n", s.Movable)
+						}
 						if s.Policy != nil {
 							printPolicy(w, *s.Policy)
 						} else {

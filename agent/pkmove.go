@@ -1,0 +1,554 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// A movable PK (docs/transfer.md, "A movable PK"). Provisioned
+// --duplicable-to PEER.json or --duplicable-by AUTHORITY.pub, with a signed
+// policy and an officer, the PK has fixedTPM and fixedParent clear,
+// encryptedDuplication set, and the policy PolicyOR(ObjectPolicy(P), its
+// duplication branch); every use of it takes branch 0 (withPKPolicy). Its
+// children have fixedTPM clear and encryptedDuplication set
+// (catalog.UnderMovable), and keep fixedParent: they leave only with the
+// PK. PKExport duplicates the PK to a peer's transfer key T, as DupExport
+// does a key, and seals everything under it (the PK's record with its
+// authValue, D, the keys) with a fresh AES-256 key that travels with the
+// inner wrapper's key in the credential to the peer's EK for T. The peer
+// adopts it with ProvisionFrom: its officer's approval of that PK to its T,
+// activation, TPM2_Import under T, and the state is the origin's, under
+// this device's identity, counter and audit trail. The same labels then
+// derive the same keys.
+
+// movedState is what travels, sealed, with a moved PK (DupFile.State).
+type movedState struct {
+	PK   pkState    `json:"pk"` // with its authValue; no counter gate, no parent
+	D    []byte     `json:"d"`  // D's blob under the PK
+	Keys []carriedKey `json:"keys"`
+}
+
+// carriedKey is one key record and its blob under the PK.
+type carriedKey struct {
+	Record keyRecord `json:"record"`
+	Blob   []byte    `json:"blob,omitempty"`
+}
+
+// stateKeySize is the size of the key that seals a moved PK's state: with
+// the inner wrapper's key (16) it fills the credential, as a key's
+// authValue does for a key (credentialSecret).
+const stateKeySize = credentialSecret - 16
+
+// movedAAD binds the sealed state to the PK and the transfer key it was
+// made for.
+func movedAAD(pkName, parentName string) []byte {
+	return []byte("provd pk move v1\x00" + pkName + "\x00" + parentName)
+}
+
+// sealMoved seals ms under key (AES-256-GCM, a random nonce before the
+// ciphertext).
+func sealMoved(key []byte, ms movedState, aad []byte) ([]byte, error) {
+	plain, err := json.Marshal(ms)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(plain)
+	gcm, err := stateGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, gcm.NonceSize(), gcm.NonceSize()+len(plain)+gcm.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return gcm.Seal(nonce, nonce, plain, aad), nil
+}
+
+// openMoved opens a sealed state; anything changed is ErrTampered.
+func openMoved(key, sealed, aad []byte) (movedState, error) {
+	var ms movedState
+	gcm, err := stateGCM(key)
+	if err != nil {
+		return ms, err
+	}
+	if len(sealed) < gcm.NonceSize() {
+		return ms, fmt.Errorf("%w: the moved PK's state is cut short", api.ErrTampered)
+	}
+	plain, err := gcm.Open(nil, sealed[:gcm.NonceSize()], sealed[gcm.NonceSize():], aad)
+	if err != nil {
+		return ms, fmt.Errorf("%w: the moved PK's state fails authentication (changed, or made for another PK or transfer key)", api.ErrTampered)
+	}
+	defer clear(plain)
+	if err := strictJSON(plain, &ms); err != nil {
+		return ms, fmt.Errorf("%w: the moved PK's state: %v", api.ErrTampered, err)
+	}
+	return ms, nil
+}
+
+func stateGCM(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// pkRule is the duplication rule a movable PK asks for at provisioning,
+// checked as a key's (birthRule), refused without a signed policy and an
+// officer.
+func (a *Agent) pkRule(req api.ProvisionRequest, objects map[string]string) (dupRule, error) {
+	if req.DuplicableTo == nil && req.DuplicableBy == "" {
+		return dupRule{}, nil
+	}
+	if req.Signer == nil {
+		return dupRule{}, fmt.Errorf("%w: a movable PK needs a signed policy (--policy-signer): a PK sealed to PCR values works only where those values are", api.ErrNotPermitted)
+	}
+	if req.Officer == nil {
+		return dupRule{}, fmt.Errorf("%w: a movable PK needs the crypto officer (--officer-key): a peer adopts a PK only with the officer's approval", api.ErrNotPermitted)
+	}
+	ref, err := PolicyRef(req.PolicyClass)
+	if err != nil {
+		return dupRule{}, err
+	}
+	rec, err := newSignedRecord(req.Signer, ref) // provisionPolicy's, made again
+	if err != nil {
+		return dupRule{}, err
+	}
+	rule, err := a.birthRule(birthRuleRequest{PKPolicy: rec.Digest, DuplicableTo: req.DuplicableTo, PeerPK: req.PeerPK,
+		DuplicableBy: req.DuplicableBy, EKCA: req.EKCA}, objects)
+	if err != nil {
+		return rule, err
+	}
+	objects["pk_movable"] = "true"
+	return rule, nil
+}
+
+// movableDesc says where a movable PK may go, for results and status.
+func (s pkState) movableDesc() string {
+	switch {
+	case s.DupTo != "":
+		return "to " + s.DupTo
+	case s.DupBy != "":
+		k, err := policy.ParsePublicKeyPEM([]byte(s.DupBy))
+		if err != nil {
+			return "by an authority (unreadable key in the state)"
+		}
+		return "by " + officerName(k)
+	}
+	return ""
+}
+
+// PKExport duplicates the movable PK, with everything under it, to the
+// peer req.Peer.
+func (a *Agent) PKExport(ctx context.Context, req api.PKExportRequest) (api.DupFile, error) {
+	defer a.lock()()
+	objects := map[string]string{"peer_transfer_key": req.Peer.ParentName}
+	return auditedResult(ctx, a, "pk-export", objects, func() (api.DupFile, error) {
+		return a.pkExport(ctx, req, objects)
+	})
+}
+
+func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects map[string]string) (api.DupFile, error) {
+	var in pkInputs
+	ms := movedState{}
+	var left []string
+	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		if in, err = a.readPKInputs(tx); err != nil {
+			return err
+		}
+		if !in.state.movable() {
+			return fmt.Errorf("%w: this device's PK was not provisioned movable (--duplicable-to or --duplicable-by); it never leaves its TPM", api.ErrNotExtractable)
+		}
+		if in.state.DName == "" {
+			return fmt.Errorf("%w: the PK has no derivation parent yet (it is made when the first signed policy is installed: provd policy install); move it once it has, so that the peer derives the same keys", api.ErrNotPermitted)
+		}
+		if ms.D, err = tx.ReadBlob(blobD); err != nil {
+			return err
+		}
+		for _, o := range tx.Objects() {
+			if !strings.HasPrefix(o, keyPrefix) {
+				continue
+			}
+			var k keyRecord
+			if err := tx.Get(o, &k); err != nil {
+				return err
+			}
+			if k.Kind == api.KindTransferred || k.PK != in.state.Name {
+				left = append(left, k.Name) // under this device's transfer key, or a stale PK's
+				continue
+			}
+			blob, err := tx.ReadBlob(o)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			ms.Keys = append(ms.Keys, carriedKey{Record: k, Blob: blob})
+		}
+		return nil
+	}); err != nil {
+		return api.DupFile{}, err
+	}
+	objects["pk"] = in.state.Name
+	objects["keys"] = fmt.Sprint(len(ms.Keys))
+	if len(left) > 0 {
+		objects["keys_left"] = strings.Join(left, ",")
+	}
+	parentPub, parentName, err := checkPeer(req.Peer)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	if err := req.Peer.EnrolledAs(req.PeerPK); err != nil {
+		return api.DupFile{}, err
+	}
+	if req.Peer.PKPolicy != in.state.Policy.Digest || req.Peer.Officer != officerName(in.officer) {
+		return api.DupFile{}, fmt.Errorf("%w: the PK would not work on the peer: its policy %.16s… and officer %.16s… are not the peer's %.16s… and %.16s… (one fleet: one policy signer and class, one officer)",
+			api.ErrNotPermitted, in.state.Policy.Digest, officerName(in.officer), req.Peer.PKPolicy, req.Peer.Officer)
+	}
+	rule, err := in.state.rule()
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	pkName, err := hex.DecodeString(in.state.Name)
+	if err != nil {
+		return api.DupFile{}, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
+	}
+	opts := in.opts
+	opts.Branches = []int{1} // the duplication branch
+	switch {
+	case rule.To != nil:
+		if !bytes.Equal(rule.To, parentName) {
+			return api.DupFile{}, fmt.Errorf("%w: the PK was bound at provisioning to the transfer key %.16s…, not this peer's (%.16s…)", api.ErrNotPermitted, in.state.DupTo, req.Peer.ParentName)
+		}
+	default:
+		if req.Approval == nil {
+			return api.DupFile{}, fmt.Errorf("%w: moving the PK needs its duplication authority's approval of it to the peer (provd key approve --officer AUTHORITY.key --pk-policy %s --dup-to PEER.json --peer-pk NAME --object-name %s)", api.ErrNotPermitted, in.state.Policy.Digest, in.state.Name)
+		}
+		if err := checkApproval(req.Approval, rule.By, officer.DupApproved(in.state.Policy.digest(), pkName, parentName), officer.DupRef); err != nil {
+			return api.DupFile{}, err
+		}
+		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(in.expr, pkName, parentName), Approval: req.Approval}}
+	}
+	ekPub, ekSum, err := a.peerEK(req.Peer.EKCertificates, req.EKCA)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	objects["peer_ek_cert_sha256"] = ekSum
+	// What travels: the PK's record as it is here, but for what belongs to
+	// this TPM (the policy counter's gate) or to this device's hierarchy
+	// (the PK's parent here).
+	ms.PK = in.state
+	ms.PK.CounterGate, ms.PK.CounterGateAuth, ms.PK.Parent = "", "", nil
+	if err := a.keys.EvictResident(); err != nil {
+		return api.DupFile{}, err
+	}
+	parent, err := a.t.LoadPublic(parentPub)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	var d tpm.Duplicated
+	var pub tpm2.TPMTPublic
+	err = a.withLoadedPK(in, func(l *loadedPK) error {
+		pub = l.pk.Public
+		return a.withPolicySession(in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
+			d, err = a.t.Duplicate(l.pk, s, parent.Named())
+			return err
+		})
+	})
+	defer clear(d.InnerKey)
+	if ferr := a.t.Flush(parent.Handle); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	stateKey := make([]byte, stateKeySize)
+	defer clear(stateKey)
+	if _, err := rand.Read(stateKey); err != nil {
+		return api.DupFile{}, err
+	}
+	sealed, err := sealMoved(stateKey, ms, movedAAD(in.state.Name, req.Peer.ParentName))
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	secret := append(bytes.Clone(d.InnerKey), stateKey...)
+	defer clear(secret)
+	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, parentName, secret)
+	if err != nil {
+		return api.DupFile{}, err
+	}
+	return api.DupFile{Format: api.DupFormat, Type: api.DupTypePK, Public: tpm2.Marshal(tpm2.New2B(pub)),
+		Duplicate: d.Duplicate, Seed: d.Seed, CredentialBlob: idObject, CredentialSecret: encSecret,
+		ParentName: req.Peer.ParentName, PKPolicy: in.state.Policy.Digest, Officer: officerName(in.officer),
+		EKCertSHA256: ekSum, DupTo: in.state.DupTo, DupBy: in.state.DupBy, Approval: req.Approval,
+		State: sealed, CreatedAt: a.now().UTC()}, nil
+}
+
+// ProvisionFrom adopts the PK moved here in req.Dup, with everything under
+// it, in place of this device's own PK.
+func (a *Agent) ProvisionFrom(ctx context.Context, req api.PKAdoptRequest) (api.ProvisionResult, error) {
+	defer a.lock()()
+	objects := map[string]string{}
+	return auditedResult(ctx, a, "provision-from", objects, func() (api.ProvisionResult, error) {
+		return a.provisionFrom(ctx, req, objects)
+	})
+}
+
+func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objects map[string]string) (api.ProvisionResult, error) {
+	var res api.ProvisionResult
+	f := req.Dup
+	if f.Format != api.DupFormat || f.Type != api.DupTypePK {
+		return res, fmt.Errorf("%w: not a moved PK (provd dup export --pk writes one)", api.ErrBadInput)
+	}
+	in, tr, traw, ok, err := a.readTransfer(ctx)
+	if err != nil {
+		return res, err
+	}
+	if in.officer == nil {
+		return res, errNoOfficer("adopting a PK")
+	}
+	if !ok || tr.Parent != transferUnderSRK {
+		return res, fmt.Errorf("%w: this device has no transfer key under its SRK: run provd peer identity, and send the sender that file", api.ErrNotFound)
+	}
+	if f.ParentName != tr.Name {
+		return res, fmt.Errorf("%w: the PK was sent to another transfer key (%.16s…), this device's is %.16s…", api.ErrNotPermitted, f.ParentName, tr.Name)
+	}
+	if f.PKPolicy != in.state.Policy.Digest || f.Officer != officerName(in.officer) {
+		return res, fmt.Errorf("%w: the PK's policy and officer (%.16s…, %.16s…) are not this device's (%.16s…, %.16s…): provision this device for the same fleet (policy signer, class and officer) first",
+			api.ErrNotPermitted, f.PKPolicy, f.Officer, in.state.Policy.Digest, officerName(in.officer))
+	}
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		var held []string
+		for _, o := range tx.Objects() {
+			if strings.HasPrefix(o, keyPrefix) {
+				held = append(held, strings.TrimPrefix(o, keyPrefix))
+			}
+		}
+		if len(held) > 0 {
+			return fmt.Errorf("%w: adopting a PK replaces this device's, and it holds keys (%s): a device receives a PK before it has keys of its own", api.ErrNotPermitted, strings.Join(held, ", "))
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](f.Public)
+	if err != nil || len(tpm2.Marshal(p2b)) != len(f.Public) {
+		return res, fmt.Errorf("%w: the PK's public area does not parse", api.ErrBadInput)
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return res, fmt.Errorf("%w: the PK's public area does not parse", api.ErrBadInput)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return res, err
+	}
+	pkName := hex.EncodeToString(name.Buffer)
+	objects["pk"] = pkName
+	rule, err := pkState{DupTo: f.DupTo, DupBy: f.DupBy}.rule()
+	if err != nil || !rule.set() {
+		return res, fmt.Errorf("%w: the moved PK's duplication rule", api.ErrBadInput)
+	}
+	// The PK must be a movable provd PK of this fleet's policy: a movable
+	// PK's template with PolicyOR(ObjectPolicy(P), its duplication branch).
+	digest, err := pkPolicy(in.expr, rule, nil).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return res, err
+	}
+	want := pkTemplate(digest, true)
+	got := *pub
+	got.Unique = want.Unique
+	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
+		return res, fmt.Errorf("%w: the moved key is not a movable provd PK with this fleet's policy", api.ErrNotPermitted)
+	}
+	// Nothing in the file says where it came from: anyone with this
+	// device's peer identity can make a PK of their own with the fleet's
+	// policy. The device takes one only with its officer's approval of
+	// that PK to its transfer key.
+	tName, _ := hex.DecodeString(tr.Name)
+	wantApproval := officer.DupApproved(in.state.Policy.digest(), name.Buffer, tName)
+	approved := false
+	for _, ap := range []*policy.Approval{f.Approval, req.Approval} {
+		if ap != nil && checkApproval(ap, in.officer, wantApproval, officer.DupRef) == nil {
+			approved = true
+		}
+	}
+	if !approved {
+		return res, fmt.Errorf("%w: this device adopts a PK only with its crypto officer's approval of that PK to its transfer key (provd key approve --dup-to PEER.json --peer-pk NAME --object-name %s; provision --from --approval)", api.ErrNotPermitted, pkName)
+	}
+	cert, err := a.ekCertBySum(f.EKCertSHA256)
+	if err != nil {
+		return res, err
+	}
+	ekHandle, ekPub, ekTmpl, _, err := ekPublic(cert)
+	if err != nil {
+		return res, err
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		return res, err
+	}
+	var pkBlob tpm.Blob
+	var ms movedState
+	err = a.withTransfer(in, tr, traw, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
+		defer clear(secret)
+		if err != nil {
+			return err
+		}
+		if ms, err = openMoved(secret[16:], f.State, movedAAD(pkName, tr.Name)); err != nil {
+			return err
+		}
+		if pkBlob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: secret[:16]}); err != nil {
+			return err
+		}
+		obj, err := a.t.LoadWithAuth(t, tauth, pkBlob)
+		if err != nil {
+			return err
+		}
+		return a.t.Flush(obj.Handle)
+	})
+	if err != nil {
+		return res, err
+	}
+	st, err := adoptedState(in, ms, pkName, f)
+	if err != nil {
+		return res, err
+	}
+	st.Parent = &pkParent{Name: tr.Name, Blob: hex.EncodeToString(traw), Auth: tr.Auth}
+	// The PK works here before anything is replaced: it loads under T
+	// and takes its policy (D loads under it).
+	next := in
+	next.state, next.blob = st, pkBlob.Marshal()
+	if next.auth, err = st.objectAuth(); err != nil {
+		return res, err
+	}
+	defer clear(next.auth)
+	if err := a.withLoadedPK(next, func(l *loadedPK) error {
+		b, err := tpm.UnmarshalBlob(ms.D)
+		if err != nil {
+			return fmt.Errorf("%w: the moved derivation parent: %v", api.ErrTampered, err)
+		}
+		d, err := a.loadUnderPK(l, b)
+		if err != nil {
+			return err
+		}
+		return a.t.Flush(d.Handle)
+	}); err != nil {
+		return res, fmt.Errorf("the moved PK does not work on this device yet, nothing was replaced: %w", err)
+	}
+	err = a.st.Update(ctx, func(tx *store.Tx) error {
+		for _, o := range tx.Objects() {
+			if strings.HasPrefix(o, keyPrefix) {
+				return fmt.Errorf("%w: this device took a key meanwhile (%s)", api.ErrNotPermitted, o)
+			}
+		}
+		if err := tx.Put(recPK, st); err != nil {
+			return err
+		}
+		if err := tx.WriteBlob(blobPK, next.blob); err != nil {
+			return err
+		}
+		if err := tx.WriteBlob(blobD, ms.D); err != nil {
+			return err
+		}
+		for _, k := range ms.Keys {
+			if k.Blob != nil {
+				if err := tx.WriteBlob(keyRecName(k.Record.Name), k.Blob); err != nil {
+					return err
+				}
+			}
+			if err := tx.Put(keyRecName(k.Record.Name), k.Record); err != nil {
+				return err
+			}
+		}
+		// T is now the PK's parent (in its record); a new peer identity
+		// makes a new T bound to this PK.
+		if err := tx.Delete(transferRec); err != nil {
+			return err
+		}
+		return tx.RemoveBlob(transferRec)
+	})
+	if err != nil {
+		return res, err
+	}
+	objects["keys"] = fmt.Sprint(len(ms.Keys))
+	objects["derivation_parent"] = st.DName
+	id, _, err := a.readIdentity(ctx)
+	if err != nil {
+		return res, err
+	}
+	res = api.ProvisionResult{PKName: st.Name, DName: st.DName, PolicyKind: st.Policy.Kind, PolicyDigest: st.Policy.Digest,
+		TPMTrust: id.Trust, Officer: officerName(in.officer), Movable: st.movableDesc(), Adopted: true}
+	return res, nil
+}
+
+// adoptedState checks the moved state against what this device knows (its
+// own PK's policy and officer, the file's PK and rule) and returns the
+// PK record to keep: the origin's, with this device's policy counter gate.
+// Every blob in it is checked again by the TPM when it loads.
+func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkState, error) {
+	bad := func(what string) (pkState, error) {
+		return pkState{}, fmt.Errorf("%w: the moved PK's state: %s", api.ErrTampered, what)
+	}
+	st := ms.PK
+	switch {
+	case st.Name != pkName:
+		return bad("it names another PK")
+	case st.Policy.Digest != in.state.Policy.Digest || st.Policy.Kind != in.state.Policy.Kind:
+		return bad("its policy is not this device's")
+	case st.Officer == "" || st.Officer != in.state.Officer:
+		return bad("its officer is not this device's")
+	case st.DupTo != f.DupTo || st.DupBy != f.DupBy:
+		return bad("its duplication rule is not the file's")
+	case st.Parent != nil || st.CounterGate != "":
+		return bad("it carries another device's parent or counter")
+	}
+	if _, err := st.objectAuth(); err != nil {
+		return pkState{}, err
+	}
+	d, err := tpm.UnmarshalBlob(ms.D)
+	if err != nil {
+		return bad("its derivation parent does not parse")
+	}
+	if dn, err := d.Name(); err != nil || hex.EncodeToString(dn.Buffer) != st.DName {
+		return bad("its derivation parent is not the one it names")
+	}
+	seen := map[string]bool{}
+	for _, k := range ms.Keys {
+		r := k.Record
+		if checkKeyName(r.Name) != nil || seen[r.Name] || r.PK != pkName || r.Kind == api.KindTransferred {
+			return bad(fmt.Sprintf("key %q", r.Name))
+		}
+		seen[r.Name] = true
+		if k.Blob != nil {
+			b, err := tpm.UnmarshalBlob(k.Blob)
+			if err != nil {
+				return bad(fmt.Sprintf("key %q's blob", r.Name))
+			}
+			if n, err := b.Name(); err != nil || hex.EncodeToString(n.Buffer) != r.Object {
+				return bad(fmt.Sprintf("key %q's blob is not the key it names", r.Name))
+			}
+		}
+	}
+	st.CounterGate, st.CounterGateAuth = in.state.CounterGate, in.state.CounterGateAuth
+	st.AllowResettable = in.state.AllowResettable
+	return st, nil
+}

@@ -1,0 +1,397 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// fleetSigner is the policy signer of the fleet in these tests.
+func fleetSigner(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// fleetDevice provisions a device of the fleet signed by signer (with the
+// test officer), with req's movable fields, and installs a signed policy
+// over its PCR 7, which creates D.
+func fleetDevice(t *testing.T, env *swtpmtest.Env, signer *ecdsa.PrivateKey, req api.ProvisionRequest) *Agent {
+	t.Helper()
+	req.Officer, req.Signer, req.TrustOnFirstUse = officertest.Public(), signer.Public(), len(req.EKCA) == 0
+	a := testAgent(t, env, nil)
+	res, err := a.Provision(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installFleetPolicy(t, a, signer, *res.Counter)
+	return a
+}
+
+func installFleetPolicy(t *testing.T, a *Agent, signer crypto.Signer, version uint64) {
+	t.Helper()
+	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, version, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := sp.MarshalJSON()
+	if r, err := a.InstallPolicy(context.Background(), b); err != nil || !r.Satisfied {
+		t.Fatalf("install: %+v %v", r, err)
+	}
+}
+
+// approveRecipe is the officer's approval of a recipe on a, movable or not
+// as a's PK is.
+func approveRecipe(t *testing.T, a *Agent, r officer.Recipe) *policy.Approval {
+	t.Helper()
+	st, err := a.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := hex.DecodeString(st.PolicyDigest)
+	r.Movable = st.Movable != ""
+	ap, err := officer.ApproveDerive(officertest.Key(), d, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+// approvePK is the officer's approval of a's PK to the peer's transfer key.
+func approvePK(t *testing.T, a *Agent, peer api.PeerIdentity, by crypto.Signer) *policy.Approval {
+	t.Helper()
+	st, err := a.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := hex.DecodeString(st.PolicyDigest)
+	pk, _ := hex.DecodeString(st.PKName)
+	parent, _ := hex.DecodeString(peer.ParentName)
+	ap, err := officer.ApproveDuplication(by, d, pk, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap
+}
+
+// duplicatePK tries TPM2_Duplicate of a's PK to newParent through its
+// duplication branch, around provd (what root with the state could do),
+// with approval for a PK approved by an authority.
+func duplicatePK(t *testing.T, a *Agent, newParent tpm2.NamedHandle, approval *policy.Approval, approvedParent []byte) error {
+	t.Helper()
+	var in pkInputs
+	if err := a.st.View(context.Background(), func(tx *store.Tx) (err error) {
+		in, err = a.readPKInputs(tx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rule, err := in.state.rule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkName, _ := hex.DecodeString(in.state.Name)
+	opts := in.opts
+	opts.Branches = []int{1}
+	if approval != nil {
+		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(in.expr, pkName, approvedParent), Approval: approval}}
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	return a.withLoadedPK(in, func(l *loadedPK) error {
+		return a.withPolicySession(in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) error {
+			d, err := a.t.Duplicate(l.pk, s, newParent)
+			clear(d.InnerKey)
+			return err
+		})
+	})
+}
+
+// TestMovablePK: a PK provisioned --duplicable-to B moves from A to B with
+// everything under it, and on B the same labels derive the same keys, the
+// keys born on A sign there with A's public keys, and what A sealed
+// unseals. It goes nowhere else: not to another peer's transfer key nor
+// to TPM_RH_NULL (the TPM refuses both at TPM2_Duplicate), and a key born
+// under it not extractable cannot be duplicated on its own. B adopts it
+// only with its officer's approval, only when it holds no keys, and not
+// when the sealed state was changed; each refusal leaves B as it was.
+func TestMovablePK(t *testing.T) {
+	envA, envB, envC := swtpmtest.Start(t), swtpmtest.Start(t), swtpmtest.Start(t)
+	ctx := context.Background()
+	signer := fleetSigner(t)
+	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	c := fleetDevice(t, envC, signer, api.ProvisionRequest{})
+	peerB, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerC, err := c.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootsA, rootsB := caBundle(t, envA), caBundle(t, envB)
+
+	// Only with a signed policy and an officer.
+	authPEM, _ := policy.MarshalPublicKeyPEM(officertest.Public())
+	bad := testAgent(t, envA, nil)
+	for _, req := range []api.ProvisionRequest{
+		{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, DuplicableBy: string(authPEM)},
+		{Signer: signer.Public(), TrustOnFirstUse: true, DuplicableBy: string(authPEM)},
+	} {
+		if _, err := bad.Provision(ctx, req); !errors.Is(err, api.ErrNotPermitted) {
+			t.Fatalf("a movable PK without a signed policy or an officer: %v", err)
+		}
+	}
+	bad.Close()
+
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName,
+		EKCA: append(append([]byte(nil), rootsA...), rootsB...)})
+	stA, err := a.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stA.Movable != "to "+peerB.ParentName {
+		t.Fatalf("status movable %q", stA.Movable)
+	}
+	// Keys of every kind under it.
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "telemetry", Type: "ecc-p256",
+		Approval: approveRecipe(t, a, officer.Recipe{Type: "ecc-p256", Label: "telemetry"})}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []api.CreateRequest{{Name: "fixed", Type: "ecc-p256"}, {Name: "ext", Type: "ecc-p256", Extractable: true}} {
+		if _, err := a.CreateKey(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sealed, err := a.Seal(ctx, api.SealRequest{Data: []byte("sealed on A")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Under a movable PK every key carries encryptedDuplication: no
+	// backup as PKCS#8 (the TPM would refuse TPM_RH_NULL).
+	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "none"}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("a backup of a key under a movable PK: %v", err)
+	}
+
+	// The TPM itself, around provd: the PK's branch names B's transfer
+	// key; C's and TPM_RH_NULL are refused at TPM2_Duplicate.
+	cParent := loadPeerParent(t, envA, peerC)
+	err = duplicatePK(t, a, cParent.Named(), nil, nil)
+	envA.TPM.Flush(cParent.Handle)
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("the PK duplicated to C's transfer key: %v, want TPM_RC_POLICY_FAIL", err)
+	}
+	null := tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.HandleName(tpm2.TPMRHNull)}
+	if err := duplicatePK(t, a, null, nil, nil); err == nil {
+		t.Fatal("the PK duplicated to TPM_RH_NULL")
+	}
+	// A key not born extractable stays with its PK: the TPM refuses to
+	// duplicate it, with its policy satisfied.
+	ks, err := a.readKeyState(ctx, "fixed", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := a.keyObject(ctx, ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srk, _ := a.t.SRK()
+	err = a.withPolicySession(ks.pk.state.Policy, officer.ObjectPolicy(ks.pk.expr), ks.pk.opts, ks.pk.auth, func(s tpm2.Session) error {
+		_, err := a.t.Duplicate(obj, s, srk.Named())
+		return err
+	})
+	// Its policy has no duplication branch (TPM_RC_POLICY_FAIL), and it is
+	// fixedParent (TPM_RC_ATTRIBUTES): either is the TPM's refusal.
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.Is(err, tpm2.TPMRCAttributes) {
+		t.Fatalf("duplicating a non-extractable key of a movable PK: %v, want the TPM to refuse", err)
+	}
+	// provd refuses C, and a peer it cannot verify.
+	if _, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: caBundle(t, envC)}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("PK export to C: %v", err)
+	}
+	if _, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerB, PeerPK: peerB.PKName, EKCA: rootsA}); !errors.Is(err, api.ErrUntrustedTPM) {
+		t.Fatalf("PK export to a B whose EK does not chain: %v", err)
+	}
+
+	dup, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerB, PeerPK: peerB.PKName, EKCA: rootsB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stB, err := b.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		now, err := b.Status(ctx)
+		if err != nil || now.PKName != stB.PKName || now.Keys != stB.Keys {
+			t.Fatalf("%s changed B: %+v %v", what, now, err)
+		}
+	}
+	// B takes it only with its officer's approval of this PK to its T.
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("adopted without the officer's approval: %v", err)
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerB, other)}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("adopted with another key's approval: %v", err)
+	}
+	unchanged("refused adoptions")
+	ap := approvePK(t, a, peerB, officertest.Key())
+	// C cannot take what was made for B.
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key())}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("C adopted B's PK: %v", err)
+	}
+	// A changed state is refused after activation, and nothing changes.
+	forged := dup
+	forged.State = bytes.Clone(dup.State)
+	forged.State[len(forged.State)/2] ^= 1
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: forged, Approval: ap}); !errors.Is(err, api.ErrTampered) {
+		t.Fatalf("a changed state: %v", err)
+	}
+	unchanged("a changed state")
+	// B must hold no keys of its own.
+	if _, err := b.CreateKey(ctx, api.CreateRequest{Name: "mine", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("adopted over keys of its own: %v", err)
+	}
+	if err := b.DeleteKey(ctx, "mine"); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PKName != stA.PKName || res.DName != stA.DName || !res.Adopted {
+		t.Fatalf("adopted %+v, A is %+v", res, stA)
+	}
+	// The same keys on B: derived again from the same label, born on A,
+	// and a new recipe derived on both.
+	for _, name := range []string{"dk", "fixed", "ext"} {
+		signVerifies(t, a, b, name)
+	}
+	for _, dev := range []*Agent{a, b} {
+		if _, err := dev.DeriveKey(ctx, api.DeriveRequest{Name: "later", Label: "later", Type: "ecc-p256",
+			Approval: approveRecipe(t, dev, officer.Recipe{Type: "ecc-p256", Label: "later"})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pa, _, err := a.KeyPublic(ctx, "later")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, _, err := b.KeyPublic(ctx, "later")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pa.(*ecdsa.PublicKey).Equal(pb) {
+		t.Fatal("the same label derives another key on B")
+	}
+	got, err := b.Unseal(ctx, sealed)
+	if err != nil || string(got) != "sealed on A" {
+		t.Fatalf("A's sealed secret on B: %q %v", got, err)
+	}
+	// B receives keys again, under a transfer key bound to the PK it has
+	// now, and its trail verifies.
+	if p, err := b.PeerIdentity(ctx); err != nil || p.PKName != stA.PKName || p.ParentName == peerB.ParentName {
+		t.Fatalf("B's peer identity after adoption: %+v %v", p, err)
+	}
+	if rep, err := b.AuditVerify(ctx); err != nil {
+		t.Fatalf("B's audit trail: %+v %v", rep, err)
+	}
+	// A second adoption of the same file: B has keys now.
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); err == nil {
+		t.Fatal("adopted twice")
+	}
+	d := sha256.Sum256([]byte("x"))
+	if _, err := b.Sign(ctx, "dk", d[:], api.SignOptions{}); err != nil {
+		t.Fatalf("B after a refused second adoption: %v", err)
+	}
+}
+
+// TestMovablePKByAuthority: a PK provisioned --duplicable-by an authority
+// moves to the peer the authority approves, one at a time: without an
+// approval provd refuses, and with the approval of one peer the TPM
+// refuses another. A PK provisioned without either flag never leaves.
+func TestMovablePKByAuthority(t *testing.T) {
+	envA, envB, envC := swtpmtest.Start(t), swtpmtest.Start(t), swtpmtest.Start(t)
+	ctx := context.Background()
+	signer, authority := fleetSigner(t), fleetSigner(t)
+	authPEM, err := policy.MarshalPublicKeyPEM(authority.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	c := fleetDevice(t, envC, signer, api.ProvisionRequest{})
+	peerB, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerC, err := c.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootsC := caBundle(t, envC)
+	// B's PK was provisioned without the flags: it never leaves.
+	if _, err := b.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: rootsC}); !errors.Is(err, api.ErrNotExtractable) {
+		t.Fatalf("a PK not provisioned movable: %v", err)
+	}
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableBy: string(authPEM)})
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "fleet", Type: "ecc-p256",
+		Approval: approveRecipe(t, a, officer.Recipe{Type: "ecc-p256", Label: "fleet"})}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: rootsC}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("no approval: %v", err)
+	}
+	if _, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: rootsC, Approval: approvePK(t, a, peerC, officertest.Key())}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("the officer's approval where the authority's is needed: %v", err)
+	}
+	toB := approvePK(t, a, peerB, authority)
+	cParent := loadPeerParent(t, envA, peerC)
+	bName, _ := hex.DecodeString(peerB.ParentName)
+	err = duplicatePK(t, a, cParent.Named(), toB, bName)
+	envA.TPM.Flush(cParent.Handle)
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("the PK duplicated to C with the approval of B: %v, want TPM_RC_POLICY_FAIL", err)
+	}
+	dup, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: rootsC, Approval: approvePK(t, a, peerC, authority)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The file carries the authority's approval; C wants its officer's.
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("adopted on the authority's approval alone: %v", err)
+	}
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key())}); err != nil {
+		t.Fatal(err)
+	}
+	signVerifies(t, a, c, "dk")
+}
