@@ -39,8 +39,8 @@ import (
 
 // movedState is what travels, sealed, with a moved PK (DupFile.State).
 type movedState struct {
-	PK   pkState    `json:"pk"` // with its authValue; no counter gate, no parent
-	D    []byte     `json:"d"`  // D's blob under the PK
+	PK   pkState      `json:"pk"` // with its authValue; no counter gate, no parent
+	D    []byte       `json:"d"`  // D's blob under the PK
 	Keys []carriedKey `json:"keys"`
 }
 

@@ -164,6 +164,47 @@ mover=$("$bin" key pub mover -o json | grep -o '"object_name": "[0-9a-f]*"' | gr
   step "B's keys" \
     "$bin" key list
 )
+printf '\n\033[1m== A movable PK: it moves, with everything under it, to a backup TPM, where the same labels derive the same keys\033[0m\n'
+name_of() { grep -o "\"$1\": \"[0-9a-f]*\"" | head -1 | grep -o '[0-9a-f]\{20,\}'; }
+fleet() { # fleet CA-FILE [provision flags]: provision for the fleet, install a signed policy
+  "$bin" provision --policy-signer "$demo/signer.pub.pem" --officer-key "$demo/officer.pub.pem" --ek-ca "$@"
+  local c; c=$("$bin" policy show -o json | json_num policy_counter)
+  "$bin" tpm pcr read --pcrs 7,15 -o json > "$PROVD_STATE_DIR.pcrs.json"
+  "$bin" policy sign --signer "$demo/signer.key.pem" --pcr-values "$PROVD_STATE_DIR.pcrs.json" --version "$c" --out "$PROVD_STATE_DIR.policy.json" >/dev/null
+  "$bin" policy install "$PROVD_STATE_DIR.policy.json" >/dev/null
+}
+(
+  export PROVD_STATE_DIR="$demo/state-c" # the backup TPM
+  "$bin" tpm info >/dev/null
+  cat "$demo/state-c/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state-c/swtpm/ca/issuercert.pem" > "$demo/ek-ca-c.pem"
+  fleet "$demo/ek-ca-c.pem" >/dev/null
+  step "Backup TPM C, provisioned for the fleet, publishes its peer identity" \
+    "$bin" peer identity --out "$demo/c.peer.json"
+)
+pk_c=$(PROVD_STATE_DIR="$demo/state-c" "$bin" status -o json | name_of pk_name)
+(
+  export PROVD_STATE_DIR="$demo/state-d" # a device whose PK can move
+  "$bin" tpm info >/dev/null
+  cat "$demo/state-d/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state-d/swtpm/ca/issuercert.pem" "$demo/ek-ca-c.pem" > "$demo/ek-ca-dc.pem"
+  step "Device D's PK is born movable: its own policy binds it to C's transfer key, and nowhere else (C's EK verified)" \
+    fleet "$demo/ek-ca-dc.pem" --duplicable-to "$demo/c.peer.json" --peer-pk "$pk_c"
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --movable --type ecc-p256 --label telemetry --out "$demo/d-telemetry.approval.json" >/dev/null
+  step "D derives a key from an approved recipe" \
+    "$bin" key derive telemetry --type ecc-p256 --label telemetry --approval "$demo/d-telemetry.approval.json"
+  "$bin" key pub telemetry --out "$demo/d-telemetry.pub.pem"
+  step "D sends its PK to C: TPM2_Duplicate through the PK's own policy; D's state sealed under a key only C's TPM recovers" \
+    "$bin" dup export --pk --to "$demo/c.peer.json" --peer-pk "$pk_c" --ek-ca "$demo/ek-ca-c.pem" --out "$demo/pk.dup"
+)
+pk_d=$(PROVD_STATE_DIR="$demo/state-d" "$bin" status -o json | name_of pk_name)
+step "The officer approves C taking D's PK (offline)" \
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/c.peer.json" --peer-pk "$pk_c" --object-name "$pk_d" --out "$demo/pk.take-c.json"
+(
+  export PROVD_STATE_DIR="$demo/state-c"
+  step "C adopts D's PK in place of its own" \
+    "$bin" provision --from "$demo/pk.dup" --approval "$demo/pk.take-c.json"
+  step "C signs with the key D derived; openssl verifies with D's public key" \
+    sh -c "'$bin' key sign telemetry --in '$demo/firmware.bin' --out '$demo/c.sig' && openssl dgst -sha256 -verify '$demo/d-telemetry.pub.pem' -signature '$demo/c.sig' '$demo/firmware.bin'"
+)
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
 printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'

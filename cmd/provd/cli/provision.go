@@ -297,8 +297,8 @@ func (a *app) provisionFrom(cmd *cobra.Command, from, approvalFile string) error
 // names.
 func otherFlagsSet(cmd *cobra.Command, names ...string) []string {
 	var set []string
-	cmd.LocalNonPersistentFlags().Visit(func(f *pflag.Flag) {
-		if !slices.Contains(names, f.Name) {
+	cmd.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed && !slices.Contains(names, f.Name) {
 			set = append(set, f.Name)
 		}
 	})
