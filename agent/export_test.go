@@ -10,7 +10,7 @@ import (
 
 // testAgent is an Agent on env's TPM with a fresh state directory, closed at
 // the end of the test; provisioned with req when req is not nil.
-func testAgent(t *testing.T, env *swtpmtest.Env, req *api.ProvisionRequest) *Agent {
+func testAgent(t testing.TB, env *swtpmtest.Env, req *api.ProvisionRequest) *Agent {
 	t.Helper()
 	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
 	if err != nil {

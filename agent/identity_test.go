@@ -27,7 +27,7 @@ import (
 )
 
 // caBundle is the harness's EK CA, as an operator passes it to --ek-ca.
-func caBundle(t *testing.T, env *swtpmtest.Env) []byte {
+func caBundle(t testing.TB, env *swtpmtest.Env) []byte {
 	t.Helper()
 	var b []byte
 	for _, f := range env.CABundle {

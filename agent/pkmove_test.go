@@ -23,7 +23,7 @@ import (
 )
 
 // fleetSigner is the policy signer of the fleet in these tests.
-func fleetSigner(t *testing.T) *ecdsa.PrivateKey {
+func fleetSigner(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -35,7 +35,7 @@ func fleetSigner(t *testing.T) *ecdsa.PrivateKey {
 // fleetDevice provisions a device of the fleet signed by signer (with the
 // test officer), with req's movable fields, and installs a signed policy
 // over its PCR 7, which creates D.
-func fleetDevice(t *testing.T, env *swtpmtest.Env, signer *ecdsa.PrivateKey, req api.ProvisionRequest) *Agent {
+func fleetDevice(t testing.TB, env *swtpmtest.Env, signer *ecdsa.PrivateKey, req api.ProvisionRequest) *Agent {
 	t.Helper()
 	req.Officer, req.Signer, req.TrustOnFirstUse = officertest.Public(), signer.Public(), len(req.EKCA) == 0
 	a := testAgent(t, env, nil)
@@ -47,7 +47,7 @@ func fleetDevice(t *testing.T, env *swtpmtest.Env, signer *ecdsa.PrivateKey, req
 	return a
 }
 
-func installFleetPolicy(t *testing.T, a *Agent, signer crypto.Signer, version uint64) {
+func installFleetPolicy(t testing.TB, a *Agent, signer crypto.Signer, version uint64) {
 	t.Helper()
 	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
 	if err != nil {
@@ -65,7 +65,7 @@ func installFleetPolicy(t *testing.T, a *Agent, signer crypto.Signer, version ui
 
 // approveRecipe is the officer's approval of a recipe on a, movable or not
 // as a's PK is.
-func approveRecipe(t *testing.T, a *Agent, r officer.Recipe) *policy.Approval {
+func approveRecipe(t testing.TB, a *Agent, r officer.Recipe) *policy.Approval {
 	t.Helper()
 	st, err := a.Status(context.Background())
 	if err != nil {
@@ -81,7 +81,7 @@ func approveRecipe(t *testing.T, a *Agent, r officer.Recipe) *policy.Approval {
 }
 
 // approvePK is the officer's approval of a's PK to the peer's transfer key.
-func approvePK(t *testing.T, a *Agent, peer api.PeerIdentity, by crypto.Signer) *policy.Approval {
+func approvePK(t testing.TB, a *Agent, peer api.PeerIdentity, by crypto.Signer) *policy.Approval {
 	t.Helper()
 	st, err := a.Status(context.Background())
 	if err != nil {
@@ -394,4 +394,43 @@ func TestMovablePKByAuthority(t *testing.T) {
 		t.Fatal(err)
 	}
 	signVerifies(t, a, c, "dk")
+}
+
+// BenchmarkPKMove: a movable PK with one derived key sent to a peer
+// (tpm-cmds/op, the origin's), and its adoption there
+// (adopt-tpm-cmds/op, measured once: a device adopts a PK once).
+func BenchmarkPKMove(b *testing.B) {
+	envA, envB := swtpmtest.Start(b), swtpmtest.Start(b)
+	ctx := context.Background()
+	signer := fleetSigner(b)
+	rcv := fleetDevice(b, envB, signer, api.ProvisionRequest{})
+	peer, err := rcv.PeerIdentity(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rootsB := caBundle(b, envB)
+	a := fleetDevice(b, envA, signer, api.ProvisionRequest{DuplicableTo: &peer, PeerPK: peer.PKName,
+		EKCA: append(caBundle(b, envA), rootsB...)})
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "l", Type: "ecc-p256",
+		Approval: approveRecipe(b, a, officer.Recipe{Type: "ecc-p256", Label: "l"})}); err != nil {
+		b.Fatal(err)
+	}
+	var dup api.DupFile
+	before := envA.TPM.Stats()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if dup, err = a.PKExport(ctx, api.PKExportRequest{Peer: peer, PeerPK: peer.PKName, EKCA: rootsB}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d := envA.TPM.Stats().Sub(before)
+	b.StopTimer()
+	b.ReportMetric(float64(d.Commands)/float64(b.N), "tpm-cmds/op")
+	b.ReportMetric(float64(d.Wait.Microseconds())/float64(b.N), "tpm-µs/op")
+	ap := approvePK(b, a, peer, officertest.Key())
+	before = envB.TPM.Stats()
+	if _, err := rcv.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(envB.TPM.Stats().Sub(before).Commands), "adopt-tpm-cmds/op")
 }
