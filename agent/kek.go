@@ -144,6 +144,9 @@ func (a *Agent) importKEK(ctx context.Context, req api.KEKImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
+	if ks.pk.state.movable() {
+		return api.KeyInfo{}, errMovableBackup // a KEK serves backups, which keys under a movable PK do not have
+	}
 	usage := req.Usage
 	switch usage {
 	case "":

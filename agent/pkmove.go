@@ -325,8 +325,11 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	if in.officer == nil {
 		return res, errNoOfficer("adopting a PK")
 	}
-	if !ok || tr.Parent != transferUnderSRK {
-		return res, fmt.Errorf("%w: this device has no transfer key under its SRK: run provd peer identity, and send the sender that file", api.ErrNotFound)
+	if !ok {
+		return res, fmt.Errorf("%w: this device has no transfer key: run provd peer identity, and send the sender that file", api.ErrNotFound)
+	}
+	if tr.Parent != transferUnderSRK {
+		return res, fmt.Errorf("%w: this device's transfer key was made under its PK by an earlier provd, and a moved PK cannot live under it: provision --force (this device holds no keys to lose), then peer identity again", api.ErrNotPermitted)
 	}
 	if f.ParentName != tr.Name {
 		return res, fmt.Errorf("%w: the PK was sent to another transfer key (%.16s…), this device's is %.16s…", api.ErrNotPermitted, f.ParentName, tr.Name)

@@ -10,11 +10,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -192,9 +194,26 @@ func TestMovablePK(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Under a movable PK every key carries encryptedDuplication: no
-	// backup as PKCS#8 (the TPM would refuse TPM_RH_NULL).
-	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "none"}); !errors.Is(err, api.ErrNotPermitted) {
+	// backup as PKCS#8 (the TPM would refuse TPM_RH_NULL), so no KEK
+	// either; the PK is the keys' backup.
+	movableRefusal := func(err error) bool { return errors.Is(err, api.ErrNotPermitted) && strings.Contains(err.Error(), "movable") }
+	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "none"}); !movableRefusal(err) {
 		t.Fatalf("a backup of a key under a movable PK: %v", err)
+	}
+	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "imp", KEK: "none", Wrapped: make([]byte, 40)}); !movableRefusal(err) {
+		t.Fatalf("a backup imported under a movable PK: %v", err)
+	}
+	comps := [][]byte{bytes.Repeat([]byte{0x5a}, 16), bytes.Repeat([]byte{0x3c}, 16)}
+	kek := api.KEKImportRequest{Name: "kek", Components: comps}
+	for _, c := range comps {
+		k, _ := keywrap.KCV(c)
+		kek.KCVs = append(kek.KCVs, hex.EncodeToString(k[:]))
+	}
+	combined, _ := keywrap.Combine(comps)
+	kcv, _ := keywrap.KCV(combined)
+	kek.KCV = hex.EncodeToString(kcv[:])
+	if _, err := a.ImportKEK(ctx, kek); !movableRefusal(err) {
+		t.Fatalf("a KEK under a movable PK: %v", err)
 	}
 
 	// The TPM itself, around provd: the PK's branch names B's transfer
@@ -333,6 +352,13 @@ func TestMovablePK(t *testing.T) {
 	d := sha256.Sum256([]byte("x"))
 	if _, err := b.Sign(ctx, "dk", d[:], api.SignOptions{}); err != nil {
 		t.Fatalf("B after a refused second adoption: %v", err)
+	}
+	// Zeroization takes the adopted PK, its parent and every key.
+	if _, err := b.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := b.Status(ctx); err != nil || st.Provisioned {
+		t.Fatalf("B after zeroize: %+v %v", st, err)
 	}
 }
 
