@@ -208,13 +208,21 @@ func CounterRef() policy.NVCounterRef {
 // pkPolicy is the PK's own policy: officer.ObjectPolicy(p), or for a
 // movable PK PolicyOR of that (every use, branch 0) and its duplication
 // branch (dupBranch of the PK's rule; objName, the PK's name, is needed to
-// execute a bound branch, not for the digest).
+// execute a bound branch, not for the digest). A bound branch starts with
+// p: a key's is checked when the key loads under the PK, through the PK's
+// policy, but the PK loads under its parent with no policy at all, so its
+// branch is where the platform is checked (found by review: without p, the
+// PK left on a bad boot). An authority's branch holds p in its approvals
+// (officer.DupApproved).
 func pkPolicy(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
 	use := officer.ObjectPolicy(p)
 	if !rule.set() {
 		return use
 	}
 	dup, _ := dupBranch(rule, nil, objName) // a set rule needs no officer
+	if rule.To != nil {
+		dup = append(slices.Clone(p), dup...)
+	}
 	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}
 }
 

@@ -318,6 +318,11 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	if f.Format != api.DupFormat || f.Type != api.DupTypePK {
 		return res, fmt.Errorf("%w: not a moved PK (provd dup export --pk writes one)", api.ErrBadInput)
 	}
+	if !req.Force {
+		// Found by review: what this device sealed under its own PK
+		// (files outside the state) would silently stop unsealing.
+		return res, fmt.Errorf("%w: adopting a PK replaces this device's own, and what was sealed under it no longer unseals: pass --force", api.ErrAlreadyProvisioned)
+	}
 	in, tr, traw, ok, err := a.readTransfer(ctx)
 	if err != nil {
 		return res, err
@@ -551,6 +556,27 @@ func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkS
 			}
 		}
 	}
+	// D must be a movable PK's D with the officer's recipes as its policy
+	// (found by review: an origin's root could have put a D of its own
+	// there, whose policy restricts nothing).
+	dPolicy, err := officer.DerivePolicy(in.officer).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return pkState{}, err
+	}
+	dPub, err := d.Public.Contents()
+	if err != nil {
+		return bad("its derivation parent does not parse")
+	}
+	want := st.child(dTemplate(dPolicy))
+	got := *dPub
+	got.Unique = want.Unique
+	if !bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want)) {
+		return bad("its derivation parent is not a movable PK's, with the officer's recipes as its policy")
+	}
+	// What this device knows stays its own: the policy record (the
+	// digest is checked equal; its parts are what provd rebuilds the
+	// policy from), the counter gate, the resettable choice.
+	st.Policy = in.state.Policy
 	st.CounterGate, st.CounterGateAuth = in.state.CounterGate, in.state.CounterGateAuth
 	st.AllowResettable = in.state.AllowResettable
 	return st, nil

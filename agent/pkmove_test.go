@@ -22,6 +22,7 @@ import (
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // fleetSigner is the policy signer of the fleet in these tests.
@@ -271,25 +272,29 @@ func TestMovablePK(t *testing.T) {
 			t.Fatalf("%s changed B: %+v %v", what, now, err)
 		}
 	}
+	// Adopting replaces B's own PK: only with --force.
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerB, officertest.Key())}); !errors.Is(err, api.ErrAlreadyProvisioned) {
+		t.Fatalf("adopted without force: %v", err)
+	}
 	// B takes it only with its officer's approval of this PK to its T.
-	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Force: true}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("adopted without the officer's approval: %v", err)
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerB, other)}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerB, other), Force: true}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("adopted with another key's approval: %v", err)
 	}
 	unchanged("refused adoptions")
 	ap := approvePK(t, a, peerB, officertest.Key())
 	// C cannot take what was made for B.
-	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key())}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key()), Force: true}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("C adopted B's PK: %v", err)
 	}
 	// A changed state is refused after activation, and nothing changes.
 	forged := dup
 	forged.State = bytes.Clone(dup.State)
 	forged.State[len(forged.State)/2] ^= 1
-	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: forged, Approval: ap}); !errors.Is(err, api.ErrTampered) {
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: forged, Approval: ap, Force: true}); !errors.Is(err, api.ErrTampered) {
 		t.Fatalf("a changed state: %v", err)
 	}
 	unchanged("a changed state")
@@ -297,14 +302,14 @@ func TestMovablePK(t *testing.T) {
 	if _, err := b.CreateKey(ctx, api.CreateRequest{Name: "mine", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap, Force: true}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("adopted over keys of its own: %v", err)
 	}
 	if err := b.DeleteKey(ctx, "mine"); err != nil {
 		t.Fatal(err)
 	}
 
-	res, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap})
+	res, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap, Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +351,7 @@ func TestMovablePK(t *testing.T) {
 		t.Fatalf("B's audit trail: %+v %v", rep, err)
 	}
 	// A second adoption of the same file: B has keys now.
-	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); err == nil {
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap, Force: true}); err == nil {
 		t.Fatal("adopted twice")
 	}
 	d := sha256.Sum256([]byte("x"))
@@ -413,13 +418,49 @@ func TestMovablePKByAuthority(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The file carries the authority's approval; C wants its officer's.
-	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Force: true}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("adopted on the authority's approval alone: %v", err)
 	}
-	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key())}); err != nil {
+	if _, err := c.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerC, officertest.Key()), Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	signVerifies(t, a, c, "dk")
+}
+
+// TestMovablePKStaysOnABadBoot: after a bad boot nothing under the PK
+// loads, and the PK does not leave either: its bound branch starts with
+// the platform policy (found by review: without it, TPM2_Duplicate through
+// branch 1, around provd, and dup export --pk moved the PK on a bad boot,
+// and its keys signed on the peer).
+func TestMovablePKStaysOnABadBoot(t *testing.T) {
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	ctx := context.Background()
+	signer := fleetSigner(t)
+	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	peerB, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootsB := caBundle(t, envB)
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName,
+		EKCA: append(caBundle(t, envA), rootsB...)})
+	// Control on a good boot: the TPM duplicates it to B's T.
+	parent := loadPeerParent(t, envA, peerB)
+	if err := duplicatePK(t, a, parent.Named(), nil, nil); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	m := sha256.Sum256([]byte("bad boot"))
+	if err := envA.TPM.PCRExtend(7, tpm2.TPMAlgSHA256, m[:]); err != nil {
+		t.Fatal(err)
+	}
+	err = duplicatePK(t, a, parent.Named(), nil, nil)
+	envA.TPM.Flush(parent.Handle)
+	if !errors.Is(err, tpm.ErrPolicyNotSatisfied) && !errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.Is(err, tpm2.TPMRCValue) {
+		t.Fatalf("TPM2_Duplicate of the bound PK on a bad boot: %v, want the TPM to refuse", err)
+	}
+	if _, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerB, PeerPK: peerB.PKName, EKCA: rootsB}); api.ExitCode(err) != api.ExitPolicy {
+		t.Fatalf("dup export --pk on a bad boot: %v, want exit %d", err, api.ExitPolicy)
+	}
 }
 
 // BenchmarkPKMove: a movable PK with one derived key sent to a peer
@@ -455,7 +496,7 @@ func BenchmarkPKMove(b *testing.B) {
 	b.ReportMetric(float64(d.Wait.Microseconds())/float64(b.N), "tpm-µs/op")
 	ap := approvePK(b, a, peer, officertest.Key())
 	before = envB.TPM.Stats()
-	if _, err := rcv.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap}); err != nil {
+	if _, err := rcv.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap, Force: true}); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(envB.TPM.Stats().Sub(before).Commands), "adopt-tpm-cmds/op")

@@ -544,6 +544,9 @@ type PKExportRequest struct {
 type PKAdoptRequest struct {
 	Dup      DupFile          `json:"dup"`
 	Approval *policy.Approval `json:"approval,omitempty"`
+	// Force acknowledges that this device's own PK is replaced: what it
+	// sealed under it no longer unseals (as provision --force).
+	Force bool `json:"force,omitempty"`
 }
 
 // DupImportRequest imports a duplicate made for this device as key Name:

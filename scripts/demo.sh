@@ -200,8 +200,8 @@ step "The officer approves C taking D's PK (offline)" \
   "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/c.peer.json" --peer-pk "$pk_c" --object-name "$pk_d" --out "$demo/pk.take-c.json"
 (
   export PROVD_STATE_DIR="$demo/state-c"
-  step "C adopts D's PK in place of its own" \
-    "$bin" provision --from "$demo/pk.dup" --approval "$demo/pk.take-c.json"
+  step "C adopts D's PK in place of its own (--force: what C sealed under its own PK is lost)" \
+    "$bin" provision --from "$demo/pk.dup" --approval "$demo/pk.take-c.json" --force
   step "C signs with the key D derived; openssl verifies with D's public key" \
     sh -c "'$bin' key sign telemetry --in '$demo/firmware.bin' --out '$demo/c.sig' && openssl dgst -sha256 -verify '$demo/d-telemetry.pub.pem' -signature '$demo/c.sig' '$demo/firmware.bin'"
 )

@@ -87,9 +87,10 @@ func TestPKMoveCLI(t *testing.T) {
 	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName,
 		"--object-name", stA.PKName, "--out", p("pk.take.json"))
 
-	b(api.ExitNotPermitted, "provision", "--from", p("pk.dup"))
-	b(api.ExitUsage, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--pcrs", "7")
-	b(0, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"))
+	b(api.ExitNotPermitted, "provision", "--from", p("pk.dup"), "--force")
+	b(api.ExitUsage, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--force", "--pcrs", "7")
+	b(api.ExitCode(api.ErrAlreadyProvisioned), "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"))
+	b(0, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--force")
 	var now status
 	if err := json.Unmarshal([]byte(b(0, "status", "-o", "json")), &now); err != nil || now.PKName != stA.PKName || now.Movable != stA.Movable {
 		t.Fatalf("B after adoption: %+v (A: %+v) %v", now, stA, err)

@@ -139,11 +139,12 @@ Only with --policy-signer and --officer-key. Its keys then carry
 encryptedDuplication, so they move only with the PK or to peers (no PKCS#8
 backups): the PK is their backup. Without these flags the PK never leaves.
 
---from PK.dup adopts a PK moved here (provd dup export --pk on the origin) in
+--from PK.dup --force adopts a PK moved here (provd dup export --pk on the origin) in
 place of this device's own: the device must be provisioned for the same fleet
 (policy signer, class, officer), hold no keys, and have a transfer key (provd
 peer identity); it takes the PK only with the officer's approval of it to this
-transfer key (in the file, or --approval). The device keeps its TPM identity,
+transfer key (in the file, or --approval). --force says yes to losing what
+was sealed under this device's own PK. The device keeps its TPM identity,
 policy counter and audit trail; the PK, its derivation parent and its keys
 become the origin's.`,
 		Example: `  provd provision --ek-ca /etc/provd/ek-roots.pem --pcrs 0,2,4,7
@@ -151,14 +152,14 @@ become the origin's.`,
   provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem
   provd provision --policy-signer signer.pub.pem --officer-key officer.pub.pem --ek-ca roots.pem \
       --duplicable-to backup.peer.json --peer-pk 000b9e…41
-  provd provision --from pk.dup --approval pk.dup-approval.json`,
+  provd provision --from pk.dup --approval pk.dup-approval.json --force`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from != "" {
-				if others := otherFlagsSet(cmd, "from", "approval"); len(others) > 0 {
-					return usageError(fmt.Errorf("--from takes only --approval, not --%s: the device's own policy, officer and identity stay", others[0]))
+				if others := otherFlagsSet(cmd, "from", "approval", "force"); len(others) > 0 {
+					return usageError(fmt.Errorf("--from takes only --approval and --force, not --%s: the device's own policy, officer and identity stay", others[0]))
 				}
-				return a.provisionFrom(cmd, from, approvalFile)
+				return a.provisionFrom(cmd, from, approvalFile, force)
 			}
 			if approvalFile != "" {
 				return usageError(errors.New("--approval goes with --from"))
@@ -268,7 +269,7 @@ become the origin's.`,
 }
 
 // provisionFrom is provision --from.
-func (a *app) provisionFrom(cmd *cobra.Command, from, approvalFile string) error {
+func (a *app) provisionFrom(cmd *cobra.Command, from, approvalFile string, force bool) error {
 	b, err := readIn(a, from)
 	if err != nil {
 		return err
@@ -277,7 +278,7 @@ func (a *app) provisionFrom(cmd *cobra.Command, from, approvalFile string) error
 	if err != nil {
 		return err
 	}
-	req := api.PKAdoptRequest{Dup: d}
+	req := api.PKAdoptRequest{Dup: d, Force: force}
 	if req.Approval, err = readApproval(a, approvalFile); err != nil {
 		return err
 	}
