@@ -197,7 +197,9 @@ func TestMovablePK(t *testing.T) {
 	// Under a movable PK every key carries encryptedDuplication: no
 	// backup as PKCS#8 (the TPM would refuse TPM_RH_NULL), so no KEK
 	// either; the PK is the keys' backup.
-	movableRefusal := func(err error) bool { return errors.Is(err, api.ErrNotPermitted) && strings.Contains(err.Error(), "movable") }
+	movableRefusal := func(err error) bool {
+		return errors.Is(err, api.ErrNotPermitted) && strings.Contains(err.Error(), "movable")
+	}
 	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "none"}); !movableRefusal(err) {
 		t.Fatalf("a backup of a key under a movable PK: %v", err)
 	}
