@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
@@ -178,7 +179,16 @@ func BenchmarkDupExport(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", DuplicableTo: &peer, PeerPK: peer.PKName, EKCA: benchCA(b, envB)}); err != nil {
+	chal, err := agent.NewPeerChallenge(peer, benchCA(b, envB), time.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	proof, err := rcv.PeerProve(ctx, chal)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", DuplicableTo: &peer, PeerPK: peer.PKName, EKCA: benchCA(b, envB),
+		Residency: &api.Residency{Challenge: chal, Proof: proof}}); err != nil {
 		b.Fatal(err)
 	}
 	var dup api.DupFile

@@ -366,7 +366,7 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 		return api.KeyInfo{}, err
 	}
 	rule, err := a.birthRule(birthRuleRequest{PKPolicy: ks.pk.state.Policy.Digest, DuplicableTo: req.DuplicableTo,
-		PeerPK: req.PeerPK, DuplicableBy: req.DuplicableBy, EKCA: req.EKCA}, objects)
+		PeerPK: req.PeerPK, DuplicableBy: req.DuplicableBy, EKCA: req.EKCA, Residency: req.Residency}, objects)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}

@@ -229,12 +229,16 @@ func checkPeer(p api.PeerIdentity) (tpm2.TPMTPublic, []byte, error) {
 // P-256, the TCG templates whose policy is PolicySecret(endorsement)): its
 // public area as the template gives it, and its certificate's SHA-256.
 func (a *Agent) peerEK(certs [][]byte, roots []byte) (tpm2.TPMTPublic, string, error) {
+	return peerEK(certs, roots, a.now)
+}
+
+func peerEK(certs [][]byte, roots []byte, now func() time.Time) (tpm2.TPMTPublic, string, error) {
 	if len(roots) == 0 {
 		return tpm2.TPMTPublic{}, "", fmt.Errorf("%w: no manufacturer certificates to verify the peer's EK with (--ek-ca, or ek_ca in provd.yaml); a peer is never trusted on first use", api.ErrUntrustedTPM)
 	}
 	var errs []error
 	for _, der := range certs {
-		ek, err := verifyEK(der, api.IdentityRequest{EKCA: roots}, a.now)
+		ek, err := verifyEK(der, api.IdentityRequest{EKCA: roots}, now)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -609,6 +613,7 @@ type birthRuleRequest struct {
 	PeerPK       string
 	DuplicableBy string
 	EKCA         []byte
+	Residency    *api.Residency
 }
 
 // birthRule is the duplication rule a new key or PK asks for (dupRule):
@@ -632,6 +637,15 @@ func (a *Agent) birthRule(req birthRuleRequest, objects map[string]string) (dupR
 		}
 		_, sum, err := a.peerEK(req.DuplicableTo.EKCertificates, req.EKCA)
 		if err != nil {
+			return r, err
+		}
+		if req.Residency == nil {
+			return r, fmt.Errorf("%w: binding to a peer needs proof that its transfer key lives in its TPM: provd peer challenge (you), provd peer prove (on the peer), then --challenge and --proof", api.ErrNotPermitted)
+		}
+		if req.Residency.Challenge.EKCertSHA256 != sum {
+			return r, fmt.Errorf("%w: the residency challenge was made to another EK certificate than the one that chains", api.ErrNotPermitted)
+		}
+		if err := req.Residency.Challenge.Proven(req.Residency.Proof, *req.DuplicableTo); err != nil {
 			return r, err
 		}
 		r.To = name

@@ -96,7 +96,12 @@ func TestKeyBoundAtBirth(t *testing.T) {
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerC.PKName, EKCA: caBundle(t, envB)}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("bound to a peer file that is not the enrolled PK's: %v", err)
 	}
-	info, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerB.PKName, EKCA: caBundle(t, envB)})
+	// Not without proof that B's transfer key lives in B's TPM.
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerB.PKName, EKCA: caBundle(t, envB)}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("bound without a residency proof: %v", err)
+	}
+	info, err := a.CreateKey(ctx, api.CreateRequest{Name: "bound", Type: "ecc-p256", DuplicableTo: &peerB, PeerPK: peerB.PKName, EKCA: caBundle(t, envB),
+		Residency: provenTo(t, b, peerB, caBundle(t, envB))})
 	if err != nil {
 		t.Fatal(err)
 	}

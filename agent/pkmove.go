@@ -131,7 +131,7 @@ func (a *Agent) pkRule(req api.ProvisionRequest, objects map[string]string) (dup
 		return dupRule{}, err
 	}
 	rule, err := a.birthRule(birthRuleRequest{PKPolicy: rec.Digest, DuplicableTo: req.DuplicableTo, PeerPK: req.PeerPK,
-		DuplicableBy: req.DuplicableBy, EKCA: req.EKCA}, objects)
+		DuplicableBy: req.DuplicableBy, EKCA: req.EKCA, Residency: req.Residency}, objects)
 	if err != nil {
 		return rule, err
 	}
@@ -318,14 +318,14 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	if f.Format != api.DupFormat || f.Type != api.DupTypePK {
 		return res, fmt.Errorf("%w: not a moved PK (provd dup export --pk writes one)", api.ErrBadInput)
 	}
+	in, tr, traw, ok, err := a.readTransfer(ctx)
+	if err != nil {
+		return res, err
+	}
 	if !req.Force {
 		// Found by review: what this device sealed under its own PK
 		// (files outside the state) would silently stop unsealing.
 		return res, fmt.Errorf("%w: adopting a PK replaces this device's own, and what was sealed under it no longer unseals: pass --force", api.ErrAlreadyProvisioned)
-	}
-	in, tr, traw, ok, err := a.readTransfer(ctx)
-	if err != nil {
-		return res, err
 	}
 	if in.officer == nil {
 		return res, errNoOfficer("adopting a PK")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,10 +13,12 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
@@ -24,6 +27,21 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
+
+// provenTo is the residency of peer's transfer key, as a verifier that
+// trusts roots challenges it and rcv (the peer) proves it.
+func provenTo(t testing.TB, rcv *Agent, peer api.PeerIdentity, roots []byte) *api.Residency {
+	t.Helper()
+	c, err := NewPeerChallenge(peer, roots, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := rcv.PeerProve(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &api.Residency{Challenge: c, Proof: p}
+}
 
 // fleetSigner is the policy signer of the fleet in these tests.
 func fleetSigner(t testing.TB) *ecdsa.PrivateKey {
@@ -105,6 +123,12 @@ func approvePK(t testing.TB, a *Agent, peer api.PeerIdentity, by crypto.Signer) 
 // with approval for a PK approved by an authority.
 func duplicatePK(t *testing.T, a *Agent, newParent tpm2.NamedHandle, approval *policy.Approval, approvedParent []byte) error {
 	t.Helper()
+	return duplicatePKBranch(t, a, newParent, approval, approvedParent, 1)
+}
+
+// duplicatePKBranch is duplicatePK through branch of the PK's policy.
+func duplicatePKBranch(t *testing.T, a *Agent, newParent tpm2.NamedHandle, approval *policy.Approval, approvedParent []byte, branch int) error {
+	t.Helper()
 	var in pkInputs
 	if err := a.st.View(context.Background(), func(tx *store.Tx) (err error) {
 		in, err = a.readPKInputs(tx)
@@ -118,7 +142,7 @@ func duplicatePK(t *testing.T, a *Agent, newParent tpm2.NamedHandle, approval *p
 	}
 	pkName, _ := hex.DecodeString(in.state.Name)
 	opts := in.opts
-	opts.Branches = []int{1}
+	opts.Branches = []int{branch}
 	if approval != nil {
 		opts.Approved = []policy.Approved{{Policy: officer.DupApprovedExpr(in.expr, pkName, approvedParent), Approval: approval}}
 	}
@@ -171,7 +195,7 @@ func TestMovablePK(t *testing.T) {
 	}
 	bad.Close()
 
-	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName,
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
 		EKCA: append(append([]byte(nil), rootsA...), rootsB...)})
 	stA, err := a.Status(ctx)
 	if err != nil {
@@ -226,6 +250,13 @@ func TestMovablePK(t *testing.T) {
 	envA.TPM.Flush(cParent.Handle)
 	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
 		t.Fatalf("the PK duplicated to C's transfer key: %v, want TPM_RC_POLICY_FAIL", err)
+	}
+	// The use branch (P, PolicyAuthValue: every use of the PK) does not
+	// authorize TPM2_Duplicate to a parent of root's choosing: the DUP
+	// role needs the command code in the policy.
+	srkA, _ := a.t.SRK()
+	if err := duplicatePKBranch(t, a, srkA.Named(), nil, nil, 0); !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("the PK duplicated through its use branch: %v, want TPM_RC_POLICY_FAIL", err)
 	}
 	null := tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.HandleName(tpm2.TPMRHNull)}
 	if err := duplicatePK(t, a, null, nil, nil); err == nil {
@@ -429,6 +460,83 @@ func TestMovablePKByAuthority(t *testing.T) {
 	signVerifies(t, a, c, "dk")
 }
 
+// TestUnprovenTransferKeyIsNotBound: a peer file with the peer's genuine
+// EK certificates and PK name around a transfer key of someone else's (a
+// software key whose private part they hold) passes every check a file
+// alone allows; bound to it, a PK or key would go where root on the
+// sender, choosing the inner key, opens it in software (found by review:
+// the PK's private key and then every key under it). So nothing is bound
+// to a transfer key that was not proven resident: the peer's TPM does not
+// answer a challenge for the forged key, and its answer for its own does
+// not prove the forged one.
+func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	ctx := context.Background()
+	signer := fleetSigner(t)
+	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	peerB, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootsB := caBundle(t, envB)
+	evil, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt := evil.PublicKey().Bytes()
+	pkB, _ := hex.DecodeString(peerB.PKName)
+	fake := catalog.TransferTemplate(catalog.TransferPolicy(pkB))
+	fake.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: pt[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: pt[33:]}})
+	fakeName, _ := tpm2.ObjectName(&fake)
+	forged := peerB
+	forged.Parent = tpm2.Marshal(tpm2.New2B(fake))
+	forged.ParentName = hex.EncodeToString(fakeName.Buffer)
+	if _, _, err := checkPeer(forged); err != nil {
+		t.Fatalf("the forged file should pass the file's own checks: %v", err)
+	}
+	a := testAgent(t, envA, nil)
+	req := api.ProvisionRequest{Officer: officertest.Public(), Signer: signer.Public(), TrustOnFirstUse: true,
+		DuplicableTo: &forged, PeerPK: peerB.PKName, EKCA: append(caBundle(t, envA), rootsB...)}
+	if _, err := a.Provision(ctx, req); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("bound without proof: %v", err)
+	}
+	chal, err := NewPeerChallenge(forged, rootsB, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.PeerProve(ctx, chal); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("B proved a transfer key it does not hold: %v", err)
+	}
+	// B's genuine proof, for its own key, does not prove the forged one.
+	req.Residency = provenTo(t, b, peerB, rootsB)
+	if _, err := a.Provision(ctx, req); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("bound with the proof of another transfer key: %v", err)
+	}
+	if st, err := a.Status(ctx); err != nil || st.Provisioned {
+		t.Fatalf("a refused provisioning left %+v %v", st, err)
+	}
+	// B's TPM is no oracle: a credential that is not a challenge (a
+	// duplicate's: an inner key and an authValue) is not answered.
+	dupLike, err := NewPeerChallenge(peerB, rootsB, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekPub, _, err := peerEK(peerB.EKCertificates, rootsB, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encap, _ := tpm2.ImportEncapsulationKey(&ekPub)
+	tName, _ := hex.DecodeString(peerB.ParentName)
+	secret := bytes.Repeat([]byte{0x42}, len(api.ChallengePrefix)+api.ChallengeAnswerSize)
+	dupLike.CredentialBlob, dupLike.CredentialSecret, err = tpm2.CreateCredential(rand.Reader, encap, tName, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.PeerProve(ctx, dupLike); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("B answered a credential that is not a challenge: %v", err)
+	}
+}
+
 // TestMovablePKStaysOnABadBoot: after a bad boot nothing under the PK
 // loads, and the PK does not leave either: its bound branch starts with
 // the platform policy (found by review: without it, TPM2_Duplicate through
@@ -444,7 +552,7 @@ func TestMovablePKStaysOnABadBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	rootsB := caBundle(t, envB)
-	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName,
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
 		EKCA: append(caBundle(t, envA), rootsB...)})
 	// Control on a good boot: the TPM duplicates it to B's T.
 	parent := loadPeerParent(t, envA, peerB)
@@ -478,7 +586,7 @@ func BenchmarkPKMove(b *testing.B) {
 		b.Fatal(err)
 	}
 	rootsB := caBundle(b, envB)
-	a := fleetDevice(b, envA, signer, api.ProvisionRequest{DuplicableTo: &peer, PeerPK: peer.PKName,
+	a := fleetDevice(b, envA, signer, api.ProvisionRequest{DuplicableTo: &peer, PeerPK: peer.PKName, Residency: provenTo(b, rcv, peer, rootsB),
 		EKCA: append(caBundle(b, envA), rootsB...)})
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "l", Type: "ecc-p256",
 		Approval: approveRecipe(b, a, officer.Recipe{Type: "ecc-p256", Label: "l"})}); err != nil {

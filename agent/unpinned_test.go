@@ -166,6 +166,10 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			_, err := a.DupImport(ctx, api.DupImportRequest{Name: "k4", Dup: api.DupFile{Format: api.DupFormat}})
 			return err
 		},
+		"PeerProve": func() error {
+			_, err := a.PeerProve(ctx, api.PeerChallenge{Format: api.ChallengeFormat})
+			return err
+		},
 		"PKExport": func() error {
 			_, err := a.PKExport(ctx, api.PKExportRequest{})
 			return err

@@ -48,6 +48,7 @@ type Service interface {
 	PeerIdentity(ctx context.Context) (PeerIdentity, error)
 	DupExport(ctx context.Context, req DupExportRequest) (DupFile, error)
 	DupImport(ctx context.Context, req DupImportRequest) (KeyInfo, error)
+	PeerProve(ctx context.Context, c PeerChallenge) (PeerProof, error)
 	PKExport(ctx context.Context, req PKExportRequest) (DupFile, error)
 	ProvisionFrom(ctx context.Context, req PKAdoptRequest) (ProvisionResult, error)
 }
@@ -103,6 +104,7 @@ var (
 	RoutePeerIdentity   = Route{"POST", "/v1/peer/identity", "peer-identity"}
 	RouteDupExport      = Route{"POST", "/v1/dup/export", "dup-export"}
 	RouteDupImport      = Route{"POST", "/v1/dup/import", "dup-import"}
+	RoutePeerProve      = Route{"POST", "/v1/peer/prove", "peer-prove"}
 	RoutePKExport       = Route{"POST", "/v1/pk/export", "pk-export"}
 	RouteProvisionFrom  = Route{"POST", "/v1/provision/from", "provision-from"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}

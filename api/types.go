@@ -60,6 +60,9 @@ type ProvisionRequest struct {
 	DuplicableTo *PeerIdentity
 	PeerPK       string
 	DuplicableBy string // PEM
+	// Residency proves DuplicableTo's transfer key resident in its TPM
+	// (api.PeerChallenge): required with DuplicableTo.
+	Residency *Residency
 }
 
 // Identity is the first-contact part of r.
@@ -84,12 +87,13 @@ type provisionJSON struct {
 	DupTo   *PeerIdentity     `json:"duplicable_to,omitempty"`
 	PeerPK  string            `json:"peer_pk,omitempty"`
 	DupBy   string            `json:"duplicable_by,omitempty"`
+	Proven  *Residency        `json:"residency,omitempty"`
 }
 
 func (r ProvisionRequest) MarshalJSON() ([]byte, error) {
 	w := provisionJSON{Bank: bankName(r.Bank), PCRs: r.PCRs, Values: r.Values, Force: r.Force,
 		EKCA: r.EKCA, EKCert: r.EKCert, TOFU: r.TrustOnFirstUse, Reset: r.AllowResettable, Class: r.PolicyClass,
-		DupTo: r.DuplicableTo, PeerPK: r.PeerPK, DupBy: r.DuplicableBy}
+		DupTo: r.DuplicableTo, PeerPK: r.PeerPK, DupBy: r.DuplicableBy, Proven: r.Residency}
 	var err error
 	if w.Signer, err = signerPEM(r.Signer); err != nil {
 		return nil, err
@@ -108,7 +112,7 @@ func (r *ProvisionRequest) UnmarshalJSON(b []byte) error {
 	}
 	*r = ProvisionRequest{PCRs: w.PCRs, Values: w.Values, Force: w.Force,
 		EKCA: w.EKCA, EKCert: w.EKCert, TrustOnFirstUse: w.TOFU, AllowResettable: w.Reset, PolicyClass: w.Class,
-		DuplicableTo: w.DupTo, PeerPK: w.PeerPK, DuplicableBy: w.DupBy}
+		DuplicableTo: w.DupTo, PeerPK: w.PeerPK, DuplicableBy: w.DupBy, Residency: w.Proven}
 	var err error
 	if r.Bank, err = parseBank(w.Bank); err != nil {
 		return err
@@ -405,7 +409,10 @@ type CreateRequest struct {
 	// lived only in the CLI).
 	PeerPK       string `json:"peer_pk,omitempty"`
 	DuplicableBy string `json:"duplicable_by,omitempty"`
-	EKCA         []byte `json:"ek_ca,omitempty"`
+	// Residency proves DuplicableTo's transfer key resident in its TPM
+	// (api.PeerChallenge): required with DuplicableTo.
+	Residency *Residency `json:"residency,omitempty"`
+	EKCA      []byte     `json:"ek_ca,omitempty"`
 }
 
 // KEKImportRequest enters an AES KEK from custodians' components: POST

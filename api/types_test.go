@@ -4,6 +4,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -133,5 +135,52 @@ func FuzzParseTransferFiles(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
+		c, cerr := ParsePeerChallenge(b)
+		p, perr := ParsePeerProof(b)
+		if cerr == nil && perr == nil {
+			// Whatever parses, a proof is checked against the
+			// commitment, never taken on its word.
+			if c.Proven(p, PeerIdentity{ParentName: c.ParentName}) == nil {
+				t.Fatal("a proof held for a peer file without the challenge's EK certificate")
+			}
+		}
 	})
+}
+
+// TestProvenNeedsTheCommittedAnswer: a proof holds only with the answer
+// the verifier's challenge committed to, for the peer file's transfer key
+// and one of its EK certificates.
+func TestProvenNeedsTheCommittedAnswer(t *testing.T) {
+	answer := make([]byte, ChallengeAnswerSize)
+	answer[0] = 1
+	sum := sha256.Sum256(answer)
+	cert := []byte("an EK certificate")
+	cs := sha256.Sum256(cert)
+	peer := PeerIdentity{ParentName: "000bt", EKCertificates: [][]byte{cert}}
+	c := PeerChallenge{Format: ChallengeFormat, ParentName: "000bt", EKCertSHA256: hex.EncodeToString(cs[:]), Commitment: hex.EncodeToString(sum[:])}
+	p := PeerProof{Format: ChallengeFormat, ParentName: "000bt", Answer: answer}
+	if err := c.Proven(p, peer); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	other := append([]byte(nil), answer...)
+	other[1] = 2
+	forged := peer
+	forged.ParentName = "000bx"
+	noCert := peer
+	noCert.EKCertificates = [][]byte{[]byte("another")}
+	for name, tc := range map[string]struct {
+		c    PeerChallenge
+		p    PeerProof
+		peer PeerIdentity
+	}{
+		"another answer":        {c, PeerProof{Format: ChallengeFormat, ParentName: "000bt", Answer: other}, peer},
+		"a short answer":        {c, PeerProof{Format: ChallengeFormat, ParentName: "000bt", Answer: answer[:4]}, peer},
+		"another transfer key":  {c, p, forged},
+		"the proof's own claim": {c, PeerProof{Format: ChallengeFormat, ParentName: "000bx", Answer: answer}, forged},
+		"an EK not in the file": {c, p, noCert},
+	} {
+		if err := tc.c.Proven(tc.p, tc.peer); !errors.Is(err, ErrNotPermitted) && !errors.Is(err, ErrBadInput) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }

@@ -153,8 +153,12 @@ mover=$("$bin" key pub mover -o json | grep -o '"object_name": "[0-9a-f]*"' | gr
   step "B publishes its peer identity: EK certificates and its transfer key" \
     "$bin" peer identity --out "$demo/b.peer.json"
   pk_b=$("$bin" status -o json | grep -o '"pk_name": "[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
-  step "The officer approves moving key 'mover' to B's transfer key (offline), checking that it is bound to the PK enrolled for B" \
-    "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.peer.json" --peer-pk "$pk_b" --object-name "$mover" --out "$demo/mover.dup-b.json"
+  step "The officer challenges B (offline): a credential to B's EK for its transfer key's name" \
+    "$bin" peer challenge --to "$demo/b.peer.json" --ek-ca "$demo/ek-ca-b.pem" --out "$demo/b.challenge.json"
+  step "B proves its transfer key lives in its TPM: only B's TPM, with that key loaded by B's provd, opens it" \
+    "$bin" peer prove --challenge "$demo/b.challenge.json" --out "$demo/b.proof.json"
+  step "The officer approves moving key 'mover' to B's transfer key (offline): proven resident, bound to the PK enrolled for B" \
+    "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.peer.json" --peer-pk "$pk_b" --challenge "$demo/b.challenge.json" --proof "$demo/b.proof.json" --object-name "$mover" --out "$demo/mover.dup-b.json"
   printf '\n\033[1m== Against the wrong manufacturer roots, B is not a proven TPM: nothing is wrapped (exit 15)\033[0m\n'
   expect 15 env PROVD_STATE_DIR="$demo/state" "$bin" dup export mover --to "$demo/b.peer.json" --approval "$demo/mover.dup-b.json" --ek-ca "$demo/ek-ca.pem" --out "$demo/mover.dup"
   step "A duplicates it: TPM2_Duplicate to B's transfer key, the inner key a credential to B's EK" \
@@ -180,6 +184,9 @@ fleet() { # fleet CA-FILE [provision flags]: provision for the fleet, install a 
   fleet "$demo/ek-ca-c.pem" >/dev/null
   step "Backup TPM C, provisioned for the fleet, publishes its peer identity" \
     "$bin" peer identity --out "$demo/c.peer.json"
+  "$bin" peer challenge --to "$demo/c.peer.json" --ek-ca "$demo/ek-ca-c.pem" --out "$demo/c.challenge.json" >/dev/null
+  step "C answers the officer's challenge: its transfer key lives in its TPM" \
+    "$bin" peer prove --challenge "$demo/c.challenge.json" --out "$demo/c.proof.json"
 )
 pk_c=$(PROVD_STATE_DIR="$demo/state-c" "$bin" status -o json | name_of pk_name)
 (
@@ -187,7 +194,7 @@ pk_c=$(PROVD_STATE_DIR="$demo/state-c" "$bin" status -o json | name_of pk_name)
   "$bin" tpm info >/dev/null
   cat "$demo/state-d/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/state-d/swtpm/ca/issuercert.pem" "$demo/ek-ca-c.pem" > "$demo/ek-ca-dc.pem"
   step "Device D's PK is born movable: its own policy binds it to C's transfer key, and nowhere else (C's EK verified)" \
-    fleet "$demo/ek-ca-dc.pem" --duplicable-to "$demo/c.peer.json" --peer-pk "$pk_c"
+    fleet "$demo/ek-ca-dc.pem" --duplicable-to "$demo/c.peer.json" --peer-pk "$pk_c" --challenge "$demo/c.challenge.json" --proof "$demo/c.proof.json"
   "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --movable --type ecc-p256 --label telemetry --out "$demo/d-telemetry.approval.json" >/dev/null
   step "D derives a key from an approved recipe" \
     "$bin" key derive telemetry --type ecc-p256 --label telemetry --approval "$demo/d-telemetry.approval.json"
@@ -197,7 +204,7 @@ pk_c=$(PROVD_STATE_DIR="$demo/state-c" "$bin" status -o json | name_of pk_name)
 )
 pk_d=$(PROVD_STATE_DIR="$demo/state-d" "$bin" status -o json | name_of pk_name)
 step "The officer approves C taking D's PK (offline)" \
-  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/c.peer.json" --peer-pk "$pk_c" --object-name "$pk_d" --out "$demo/pk.take-c.json"
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/c.peer.json" --peer-pk "$pk_c" --challenge "$demo/c.challenge.json" --proof "$demo/c.proof.json" --object-name "$pk_d" --out "$demo/pk.take-c.json"
 (
   export PROVD_STATE_DIR="$demo/state-c"
   step "C adopts D's PK in place of its own (--force: what C sealed under its own PK is lost)" \

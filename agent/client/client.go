@@ -327,3 +327,9 @@ func (c *Client) ProvisionFrom(ctx context.Context, req api.PKAdoptRequest) (api
 	var res api.ProvisionResult
 	return res, c.call(ctx, api.RouteProvisionFrom, req, &res)
 }
+
+// PeerProve answers a residency challenge (POST /v1/peer/prove).
+func (c *Client) PeerProve(ctx context.Context, ch api.PeerChallenge) (api.PeerProof, error) {
+	var res api.PeerProof
+	return res, c.call(ctx, api.RoutePeerProve, ch, &res)
+}

@@ -61,6 +61,10 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 			}
 			return ag.DupExport(ctx, w)
 		})
+	case "peer-prove":
+		return handle(s, ep, func(ctx context.Context, c api.PeerChallenge) (api.PeerProof, error) {
+			return ag.PeerProve(ctx, c)
+		})
 	case "pk-export":
 		return handle(s, ep, func(ctx context.Context, w api.PKExportRequest) (api.DupFile, error) {
 			if len(w.EKCA) == 0 {

@@ -292,6 +292,7 @@ var Endpoints = []endpoint{
 	{api.RoutePeerIdentity, RoleOfficer},
 	{api.RouteDupExport, RoleOfficer},
 	{api.RouteDupImport, RoleOfficer},
+	{api.RoutePeerProve, RoleOfficer},
 	{api.RoutePKExport, RoleOfficer},
 	{api.RouteProvisionFrom, RoleOfficer},
 	{api.RouteKeyList, RoleUser},

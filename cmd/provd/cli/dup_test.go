@@ -26,6 +26,13 @@ func TestDupCLI(t *testing.T) {
 	a(0, "provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub)
 	b(0, "provision", "--pcrs", "7", "--ek-ca", caB, "--officer-key", officerPub)
 	b(0, "peer", "identity", "--out", p("b.peer.json"))
+	// The officer proves B's transfer key resident before approving
+	// anything to it: a challenge B's TPM alone answers.
+	a(0, "peer", "challenge", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("b.challenge.json"))
+	a(api.ExitIdentity, "peer", "challenge", "--to", p("b.peer.json"), "--ek-ca", caA, "--out", p("x.json"))
+	b(0, "peer", "prove", "--challenge", p("b.challenge.json"), "--out", p("b.proof.json"))
+	a(api.ExitNotFound, "peer", "prove", "--challenge", p("b.challenge.json"), "--out", p("x.json")) // A has no transfer key
+	proven := []string{"--challenge", p("b.challenge.json"), "--proof", p("b.proof.json")}
 	// The PK name provisioning reported on B: what the fleet enrolled.
 	var stB struct {
 		PKName string `json:"pk_name"`
@@ -61,8 +68,10 @@ func TestDupCLI(t *testing.T) {
 	}
 	a(api.ExitNotPermitted, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stA.PKName, "--object-name", objName("signer"), "--out", p("x.json"))
 	a(api.ExitUsage, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--object-name", objName("signer"), "--out", p("x.json"))
+	// Not without the proof of residency.
+	a(api.ExitUsage, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("signer"), "--out", p("x.json"))
 	for _, k := range []string{"signer", "fixed"} {
-		a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName(k), "--out", p(k+".dup-b.json"))
+		a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName(k), "--out", p(k+".dup-b.json")}, proven...)...)
 	}
 	// B's EK does not chain to A's manufacturer CA: nothing is wrapped.
 	a(api.ExitIdentity, "dup", "export", "signer", "--to", p("b.peer.json"), "--approval", p("signer.dup-b.json"), "--ek-ca", caA, "--out", p("x.dup"))
@@ -88,11 +97,11 @@ func TestDupCLI(t *testing.T) {
 		t.Fatalf("key list on B:\n%s", list)
 	}
 	// Bound to B at birth: no approval, and never a backup.
-	a(api.ExitIdentity, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caA)
-	a(0, "key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB)
+	a(api.ExitIdentity, append([]string{"key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caA}, proven...)...)
+	a(0, append([]string{"key", "create", "bound", "--type", "ecc-p256", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB}, proven...)...)
 	a(0, "dup", "export", "bound", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("bound.dup"))
 	b(api.ExitNotPermitted, "dup", "import", "bound", "--in", p("bound.dup"))
-	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("bound"), "--out", p("bound.take.json"))
+	a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("bound"), "--out", p("bound.take.json")}, proven...)...)
 	b(0, "dup", "import", "bound", "--in", p("bound.dup"), "--approval", p("bound.take.json"))
 }
 

@@ -177,7 +177,10 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	// Module to module, to this same TPM as its own peer (the commands'
 	// JSON is what is checked here; two TPMs: TestDupCLI).
 	provd("peer", "identity", "--out", p("peer.json"))
-	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--peer-pk", st.PKName, "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
+	provd("peer", "challenge", "--to", p("peer.json"), "--ek-ca", ca, "--out", p("peer.challenge"))
+	provd("peer", "prove", "--challenge", p("peer.challenge"), "--out", p("peer.proof"))
+	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("peer.json"), "--peer-pk", st.PKName,
+		"--challenge", p("peer.challenge"), "--proof", p("peer.proof"), "--object-name", bk.ObjectName, "--out", p("bk.dup.approval"))
 	provd("dup", "export", "bk", "--to", p("peer.json"), "--approval", p("bk.dup.approval"), "--ek-ca", ca, "--out", p("bk.dup"))
 	provd("key", "delete", "bk") // a device holds a key once
 	provd("dup", "import", "bk3", "--in", p("bk.dup"))

@@ -112,10 +112,10 @@ key's secret in another form and read it (docs/key-hierarchy.md).`,
 
 func (a *app) keyApproveCmd() *cobra.Command {
 	var r officer.Recipe
-	var officerFile, pkPolicy, out, objectName, dupTo, peerPK string
+	var officerFile, pkPolicy, out, objectName, dupTo, peerPK, challenge, proof string
 	var export bool
 	c := &cobra.Command{
-		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME | --dup-to PEER.json --object-name NAME) --out FILE",
+		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME | --dup-to PEER.json --peer-pk PK --challenge C --proof P --object-name NAME) [--movable] --out FILE",
 		Short: "Approve a derivation recipe, or a key's export or duplication to a peer, as the crypto officer (offline, no TPM)",
 		Long: `Sign, offline, the crypto officer's approval of one derivation recipe for devices
 whose PK policy digest is --pk-policy (provd status shows it; devices provisioned
@@ -132,7 +132,13 @@ With --dup-to PEER.json instead, the approval is of the key's duplication to tha
 peer's transfer key (provd dup export): the TPM duplicates it to no other.
 --peer-pk is the PK name enrolled for that device (provd status on it, when it
 was provisioned): the peer file's transfer key must be bound to it, which is
-what says the key is that device's provd's and not a look-alike.
+what says the key is that device's provd's and not a look-alike. --challenge
+(yours, from provd peer challenge) and --proof (the peer's answer, provd peer
+prove) show that the transfer key lives in the peer's TPM: a peer file alone
+could carry a software key of someone else's, and whoever runs the sender's TPM
+could then duplicate the key to it with an inner key of their choice. The same
+approval of the PK's name (--object-name from provd status) lets a device adopt
+a moved PK (provd provision --from).
 
 The officer key is the private half of provision --officer-key: ECDSA P-256,
 P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
@@ -169,7 +175,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				}
 				parent := officer.ExportParent
 				if dupTo != "" {
-					if _, parent, err = readPeer(a, dupTo, peerPK); err != nil {
+					if _, parent, _, err = readProvenPeer(a, dupTo, peerPK, challenge, proof); err != nil {
 						return err
 					}
 				}
@@ -215,14 +221,16 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().StringVar(&objectName, "object-name", "", "with --export or --dup-to: the key's TPM name, hex")
 	c.Flags().StringVar(&dupTo, "dup-to", "", "approve a key's duplication to this peer (provd peer identity output) instead of a recipe")
 	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --dup-to: the PK name enrolled for the peer device, hex")
+	c.Flags().StringVar(&challenge, "challenge", "", "with --dup-to: your challenge to the peer (provd peer challenge)")
+	c.Flags().StringVar(&proof, "proof", "", "with --dup-to: the peer's answer (provd peer prove)")
 	return c
 }
 
 func (a *app) keyCreateCmd() *cobra.Command {
 	var req api.CreateRequest
-	var dupTo, dupBy, ekCA, peerPK string
+	var dupTo, dupBy, ekCA, peerPK, challenge, proof string
 	c := &cobra.Command{
-		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable | --duplicable-to PEER.json --ek-ca BUNDLE | --duplicable-by AUTHORITY.pub]",
+		Use:   "create NAME --type TYPE [--usage sign|decrypt] [--extractable | --duplicable-to PEER.json --peer-pk PK --challenge C --proof P --ek-ca BUNDLE | --duplicable-by AUTHORITY.pub]",
 		Short: "Generate a random key inside the TPM under the PK, stored TPM-wrapped",
 		Long: `Generate a key inside the TPM under the provisioning key. Types: rsa-2048,
 rsa-3072, rsa-4096 (usage sign or decrypt: RSA-OAEP), ecc-p256, ecc-p384 (usage
@@ -238,8 +246,10 @@ wrapper or a real parent):
   --duplicable-to PEER.json   bound to one peer's transfer key (provd peer
                               identity; its EK certificate must chain to --ek-ca,
                               and it must be bound to the PK enrolled for that
-                              device, --peer-pk): it goes there with no
-                              approval, and nowhere else
+                              device, --peer-pk, and proven resident in its
+                              TPM, --challenge and --proof: provd peer
+                              challenge, provd peer prove): it goes there
+                              with no approval, and nowhere else
   --duplicable-by AUTH.pub    approvals by this authority, not the officer, send
                               it to peers (provd key approve --officer AUTH.key
                               --dup-to ...), for example a fleet service that
@@ -256,11 +266,11 @@ wrapper or a real parent):
 				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
 			}
 			if dupTo != "" {
-				p, _, err := readPeer(a, dupTo, peerPK)
+				p, _, proven, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
 				if err != nil {
 					return err
 				}
-				req.DuplicableTo, req.PeerPK = &p, peerPK
+				req.DuplicableTo, req.PeerPK, req.Residency = &p, peerPK, proven
 				if ekCA != "" {
 					if req.EKCA, err = readIn(a, ekCA); err != nil {
 						return err
@@ -293,6 +303,8 @@ wrapper or a real parent):
 	c.Flags().StringVar(&ekCA, "ek-ca", "", "with --duplicable-to: the manufacturer certificates the peer's EK must chain to (default: the daemon's ek_ca)")
 	c.Flags().StringVar(&dupBy, "duplicable-by", "", "let this authority's approvals (PEM public key) send it to peers: peers only, no backup")
 	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --duplicable-to: the PK name enrolled for the peer device, hex")
+	c.Flags().StringVar(&challenge, "challenge", "", "with --duplicable-to: your challenge to the peer (provd peer challenge)")
+	c.Flags().StringVar(&proof, "proof", "", "with --duplicable-to: the peer's answer (provd peer prove)")
 	return c
 }
 

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 )
 
@@ -20,8 +22,140 @@ provd dup import here) publishes its peer identity: its EK certificates and the
 public area of its transfer key, the storage key under which keys sent to it are
 imported. See docs/transfer.md.`,
 	}
-	c.AddCommand(a.peerIdentityCmd())
+	c.AddCommand(a.peerIdentityCmd(), a.peerChallengeCmd(), a.peerProveCmd())
 	return c
+}
+
+func (a *app) peerChallengeCmd() *cobra.Command {
+	var to, ekCA, out string
+	c := &cobra.Command{
+		Use:   "challenge --to peer.json --ek-ca BUNDLE --out CHALLENGE.json",
+		Short: "Challenge a peer to prove its transfer key lives in its TPM (offline)",
+		Long: `Make a challenge for the peer whose identity is --to: a credential to its EK
+(whose certificate must chain to --ek-ca) for its transfer key's name, and the
+SHA-256 of the answer it carries. Offline: no TPM, no state.
+
+A peer identity file proves nothing by itself: its transfer key could be a
+software key of someone else's, around the peer's genuine EK certificates. Only
+the peer's TPM, with that transfer key loaded and authorized by the peer's provd,
+opens the credential (provd peer prove on the peer). Keep this file: binding a
+key or a PK to the peer (--duplicable-to) and approving a duplication to it (key
+approve --dup-to) take it with the peer's proof (--challenge, --proof), and a
+challenge someone else hands you proves nothing.`,
+		Example: `  provd peer challenge --to device-b.peer.json --ek-ca manufacturers.pem --out device-b.challenge.json
+  # on device B: provd peer prove --challenge device-b.challenge.json --out device-b.proof.json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to == "" || ekCA == "" || out == "" {
+				return usageError(errors.New("--to, --ek-ca and --out are required"))
+			}
+			b, err := readIn(a, to)
+			if err != nil {
+				return err
+			}
+			p, err := api.ParsePeerIdentity(b)
+			if err != nil {
+				return err
+			}
+			roots, err := readIn(a, ekCA)
+			if err != nil {
+				return err
+			}
+			ch, err := agent.NewPeerChallenge(p, roots, time.Now)
+			if err != nil {
+				return err
+			}
+			j, err := json.MarshalIndent(ch, "", "  ")
+			if err != nil {
+				return err
+			}
+			res := map[string]any{"out": out, "parent_name": ch.ParentName, "ek_cert_sha256": ch.EKCertSHA256}
+			return a.writeReport(out, append(j, '\n'), 0o644, res, func(w io.Writer) {
+				fmt.Fprintf(w, "challenge for transfer key %.16s… (EK certificate %.16s…): %s\n", ch.ParentName, ch.EKCertSHA256, out)
+			})
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "the peer's identity (provd peer identity)")
+	c.Flags().StringVar(&ekCA, "ek-ca", "", "the manufacturer certificates (PEM bundle) the peer's EK must chain to")
+	c.Flags().StringVar(&out, "out", "", "where to write the challenge (- for stdout)")
+	return c
+}
+
+func (a *app) peerProveCmd() *cobra.Command {
+	var in, out string
+	c := &cobra.Command{
+		Use:   "prove --challenge CHALLENGE.json --out PROOF.json",
+		Short: "Answer a challenge: prove this device's transfer key lives in its TPM",
+		Long: `Activate the challenge's credential with this TPM's EK and this device's transfer
+key (authorized through the PK, as for an import) and write the answer it
+carries. Only a challenge is answered: a credential that is not one (a
+duplicate's) is refused, so this is no oracle for what duplicates carry.`,
+		Example: `  provd peer prove --challenge device-b.challenge.json --out device-b.proof.json`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if in == "" || out == "" {
+				return usageError(errors.New("--challenge and --out are required"))
+			}
+			b, err := readIn(a, in)
+			if err != nil {
+				return err
+			}
+			ch, err := api.ParsePeerChallenge(b)
+			if err != nil {
+				return err
+			}
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				p, err := ag.PeerProve(cmd.Context(), ch)
+				if err != nil {
+					return err
+				}
+				j, err := json.MarshalIndent(p, "", "  ")
+				if err != nil {
+					return err
+				}
+				res := map[string]any{"out": out, "parent_name": p.ParentName}
+				return a.writeReport(out, append(j, '\n'), 0o644, res, func(w io.Writer) {
+					fmt.Fprintf(w, "proof for transfer key %.16s…: %s\n", p.ParentName, out)
+				})
+			})
+		},
+	}
+	c.Flags().StringVar(&in, "challenge", "", "the challenge (provd peer challenge)")
+	c.Flags().StringVar(&out, "out", "", "where to write the proof (- for stdout)")
+	return c
+}
+
+// readProvenPeer is readPeer for a destination that will be bound or
+// approved: it also reads the verifier's own challenge and the peer's
+// proof, and checks that the proof answers the challenge for this peer's
+// transfer key (api.PeerChallenge.Proven).
+func readProvenPeer(a *app, path, peerPK, challenge, proof string) (api.PeerIdentity, []byte, *api.Residency, error) {
+	p, name, err := readPeer(a, path, peerPK)
+	if err != nil {
+		return p, nil, nil, err
+	}
+	if challenge == "" || proof == "" {
+		return p, nil, nil, usageError(errors.New("--challenge and --proof are required: the peer's transfer key must be proven resident in its TPM (provd peer challenge, then provd peer prove on the peer)"))
+	}
+	cb, err := readIn(a, challenge)
+	if err != nil {
+		return p, nil, nil, err
+	}
+	var r api.Residency
+	if r.Challenge, err = api.ParsePeerChallenge(cb); err != nil {
+		return p, nil, nil, err
+	}
+	pb, err := readIn(a, proof)
+	if err != nil {
+		return p, nil, nil, err
+	}
+	if r.Proof, err = api.ParsePeerProof(pb); err != nil {
+		return p, nil, nil, err
+	}
+	if err := r.Challenge.Proven(r.Proof, p); err != nil {
+		return p, nil, nil, err
+	}
+	return p, name, &r, nil
 }
 
 func (a *app) peerIdentityCmd() *cobra.Command {

@@ -69,11 +69,15 @@ func TestPKMoveCLI(t *testing.T) {
 	}
 	stB := fleet(b, "b", "--ek-ca", caB)
 	b(0, "peer", "identity", "--out", p("b.peer.json"))
+	a(0, "peer", "challenge", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("b.challenge.json"))
+	b(0, "peer", "prove", "--challenge", p("b.challenge.json"), "--out", p("b.proof.json"))
+	proven := []string{"--challenge", p("b.challenge.json"), "--proof", p("b.proof.json")}
 
 	// Movable only with a signed policy, and bound to an enrolled peer.
-	a(api.ExitNotPermitted, "provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub, "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName)
+	a(api.ExitNotPermitted, append([]string{"provision", "--pcrs", "7", "--ek-ca", caA, "--officer-key", officerPub, "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName}, proven...)...)
 	a(api.ExitUsage, "provision", "--policy-signer", signerPub, "--officer-key", officerPub, "--ek-ca", caAB, "--duplicable-to", p("b.peer.json"))
-	stA := fleet(a, "a", "--ek-ca", caAB, "--force", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName)
+	a(api.ExitUsage, "provision", "--policy-signer", signerPub, "--officer-key", officerPub, "--ek-ca", caAB, "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName)
+	stA := fleet(a, "a", append([]string{"--ek-ca", caAB, "--force", "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName}, proven...)...)
 	if !strings.HasPrefix(stA.Movable, "to ") {
 		t.Fatalf("A's status: %+v", stA)
 	}
@@ -84,8 +88,8 @@ func TestPKMoveCLI(t *testing.T) {
 	a(api.ExitUsage, "dup", "export", "dk", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB, "--out", p("pk.dup"))
 	a(api.ExitIdentity, "dup", "export", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caA, "--out", p("pk.dup"))
 	a(0, "dup", "export", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB, "--out", p("pk.dup"))
-	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName,
-		"--object-name", stA.PKName, "--out", p("pk.take.json"))
+	a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName,
+		"--object-name", stA.PKName, "--out", p("pk.take.json")}, proven...)...)
 
 	b(api.ExitNotPermitted, "provision", "--from", p("pk.dup"), "--force")
 	b(api.ExitUsage, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--force", "--pcrs", "7")

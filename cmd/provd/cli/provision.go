@@ -94,7 +94,7 @@ func readSignerPub(path string) (crypto.PublicKey, error) {
 func (a *app) provisionCmd() *cobra.Command {
 	var pf pcrFlags
 	var valuesFile, signerFile, officerFile, class string
-	var dupTo, peerPK, dupBy, from, approvalFile string
+	var dupTo, peerPK, dupBy, from, approvalFile, challenge, proof string
 	var force, allowResettable bool
 	var ek ekFlags
 	c := &cobra.Command{
@@ -205,11 +205,11 @@ become the origin's.`,
 				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
 			}
 			if dupTo != "" {
-				p, _, err := readPeer(a, dupTo, peerPK)
+				p, _, proven, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
 				if err != nil {
 					return err
 				}
-				req.DuplicableTo, req.PeerPK = &p, peerPK
+				req.DuplicableTo, req.PeerPK, req.Residency = &p, peerPK, proven
 			}
 			if dupBy != "" {
 				b, err := readIn(a, dupBy)
@@ -261,6 +261,8 @@ become the origin's.`,
 	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
 	c.Flags().StringVar(&dupTo, "duplicable-to", "", "make the PK movable to this peer only (provd peer identity on it)")
 	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --duplicable-to: the PK name enrolled for the peer, hex")
+	c.Flags().StringVar(&challenge, "challenge", "", "with --duplicable-to: your challenge to the peer (provd peer challenge)")
+	c.Flags().StringVar(&proof, "proof", "", "with --duplicable-to: the peer's answer (provd peer prove)")
 	c.Flags().StringVar(&dupBy, "duplicable-by", "", "make the PK movable to peers this authority approves (PEM public key)")
 	c.Flags().StringVar(&from, "from", "", "adopt the PK moved here in this file (provd dup export --pk), in place of this device's")
 	c.Flags().StringVar(&approvalFile, "approval", "", "with --from: the officer's approval of that PK to this device's transfer key, when the file carries none")
