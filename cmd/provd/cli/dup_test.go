@@ -71,7 +71,7 @@ func TestDupCLI(t *testing.T) {
 	// Not without the proof of residency.
 	a(api.ExitUsage, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName("signer"), "--out", p("x.json"))
 	for _, k := range []string{"signer", "fixed"} {
-		a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName(k), "--out", p(k+".dup-b.json")}, proven...)...)
+		a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName, "--object-name", objName(k), "--out", p(k + ".dup-b.json")}, proven...)...)
 	}
 	// B's EK does not chain to A's manufacturer CA: nothing is wrapped.
 	a(api.ExitIdentity, "dup", "export", "signer", "--to", p("b.peer.json"), "--approval", p("signer.dup-b.json"), "--ek-ca", caA, "--out", p("x.dup"))
