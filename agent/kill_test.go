@@ -194,15 +194,31 @@ func operateUntilKilled() {
 	}
 	seed, _ := strconv.ParseUint(os.Getenv(killSeedEnv), 10, 64)
 	rng := rand.New(rand.NewPCG(seed, 2))
-	tp, err := tpm.Open(ctx, tpm.Options{Spec: os.Getenv(killTPMEnv)})
-	if err != nil {
-		fail("open", err)
-	}
-	ag, err := agent.New(agent.Config{TPM: tp, StateDir: os.Getenv(killDirEnv)})
-	if err != nil {
-		fail("agent", err)
-	}
 	faults := os.Getenv(killFaultsEnv) != ""
+	// Under power cuts the cut can come while this process is still
+	// starting (a slow, loaded machine: found in make test): opening the
+	// TPM and the state again is what a real service would do.
+	var tp *tpm.TPM
+	var ag *agent.Agent
+	var err error
+	for {
+		if tp, err = tpm.Open(ctx, tpm.Options{Spec: os.Getenv(killTPMEnv)}); err != nil {
+			if faults {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			fail("open", err)
+		}
+		if ag, err = agent.New(agent.Config{TPM: tp, StateDir: os.Getenv(killDirEnv)}); err != nil {
+			if faults {
+				tp.Close()
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			fail("agent", err)
+		}
+		break
+	}
 	// installPolicy signs a policy over the current PCR 7 for the PK's
 	// counter (or the next version, revoking the older) and installs it.
 	installPolicy := func(counter uint64) error {

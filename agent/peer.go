@@ -336,13 +336,9 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 	if err != nil {
 		return api.DupFile{}, err
 	}
-	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
-	if err != nil {
-		return api.DupFile{}, err
-	}
 	secret := append(bytes.Clone(d.InnerKey), auth...)
 	defer clear(secret)
-	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, parentName, secret)
+	idObject, encSecret, err := credentialTo(ekPub, parentName, secret)
 	if err != nil {
 		return api.DupFile{}, err
 	}
@@ -351,6 +347,17 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
 		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
 		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, Approval: req.Approval, CreatedAt: a.now().UTC()}, nil
+}
+
+// credentialTo makes secret a credential to the EK ekPub for the object
+// named name (TPM2_MakeCredential in software): only that TPM, with that
+// object loaded and authorized in the ADMIN role, recovers it.
+func credentialTo(ekPub tpm2.TPMTPublic, name, secret []byte) (idObject, encSecret []byte, err error) {
+	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tpm2.CreateCredential(rand.Reader, encap, name, secret)
 }
 
 // DupImport imports a key duplicated to this device's transfer key as

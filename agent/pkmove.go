@@ -285,13 +285,9 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 	if err != nil {
 		return api.DupFile{}, err
 	}
-	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
-	if err != nil {
-		return api.DupFile{}, err
-	}
 	secret := append(bytes.Clone(d.InnerKey), stateKey...)
 	defer clear(secret)
-	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, parentName, secret)
+	idObject, encSecret, err := credentialTo(ekPub, parentName, secret)
 	if err != nil {
 		return api.DupFile{}, err
 	}

@@ -537,6 +537,23 @@ func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
 	}
 }
 
+// movablePair is a fleet device on envB and one on envA whose PK is
+// movable, bound to B's proven transfer key: A, B, B's peer identity and
+// B's EK roots.
+func movablePair(t testing.TB, envA, envB *swtpmtest.Env) (a, b *Agent, peerB api.PeerIdentity, rootsB []byte) {
+	t.Helper()
+	signer := fleetSigner(t)
+	b = fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	peerB, err := b.PeerIdentity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootsB = caBundle(t, envB)
+	a = fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
+		EKCA: append(caBundle(t, envA), rootsB...)})
+	return a, b, peerB, rootsB
+}
+
 // TestMovablePKStaysOnABadBoot: after a bad boot nothing under the PK
 // loads, and the PK does not leave either: its bound branch starts with
 // the platform policy (found by review: without it, TPM2_Duplicate through
@@ -545,15 +562,7 @@ func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
 func TestMovablePKStaysOnABadBoot(t *testing.T) {
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
-	signer := fleetSigner(t)
-	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
-	peerB, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootsB := caBundle(t, envB)
-	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
-		EKCA: append(caBundle(t, envA), rootsB...)})
+	a, _, peerB, rootsB := movablePair(t, envA, envB)
 	// Control on a good boot: the TPM duplicates it to B's T.
 	parent := loadPeerParent(t, envA, peerB)
 	if err := duplicatePK(t, a, parent.Named(), nil, nil); err != nil {
@@ -563,7 +572,7 @@ func TestMovablePKStaysOnABadBoot(t *testing.T) {
 	if err := envA.TPM.PCRExtend(7, tpm2.TPMAlgSHA256, m[:]); err != nil {
 		t.Fatal(err)
 	}
-	err = duplicatePK(t, a, parent.Named(), nil, nil)
+	err := duplicatePK(t, a, parent.Named(), nil, nil)
 	envA.TPM.Flush(parent.Handle)
 	if !errors.Is(err, tpm.ErrPolicyNotSatisfied) && !errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.Is(err, tpm2.TPMRCValue) {
 		t.Fatalf("TPM2_Duplicate of the bound PK on a bad boot: %v, want the TPM to refuse", err)
@@ -579,20 +588,13 @@ func TestMovablePKStaysOnABadBoot(t *testing.T) {
 func BenchmarkPKMove(b *testing.B) {
 	envA, envB := swtpmtest.Start(b), swtpmtest.Start(b)
 	ctx := context.Background()
-	signer := fleetSigner(b)
-	rcv := fleetDevice(b, envB, signer, api.ProvisionRequest{})
-	peer, err := rcv.PeerIdentity(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rootsB := caBundle(b, envB)
-	a := fleetDevice(b, envA, signer, api.ProvisionRequest{DuplicableTo: &peer, PeerPK: peer.PKName, Residency: provenTo(b, rcv, peer, rootsB),
-		EKCA: append(caBundle(b, envA), rootsB...)})
+	a, rcv, peer, rootsB := movablePair(b, envA, envB)
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "l", Type: "ecc-p256",
 		Approval: approveRecipe(b, a, officer.Recipe{Type: "ecc-p256", Label: "l"})}); err != nil {
 		b.Fatal(err)
 	}
 	var dup api.DupFile
+	var err error
 	before := envA.TPM.Stats()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/tpm"
 )
@@ -36,11 +34,7 @@ func NewPeerChallenge(peer api.PeerIdentity, roots []byte, now func() time.Time)
 	}
 	defer clear(secret)
 	commit := sha256.Sum256(secret[len(api.ChallengePrefix):])
-	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
-	if err != nil {
-		return api.PeerChallenge{}, err
-	}
-	idObject, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, name, secret)
+	idObject, encSecret, err := credentialTo(ekPub, name, secret)
 	if err != nil {
 		return api.PeerChallenge{}, err
 	}

@@ -262,27 +262,15 @@ wrapper or a real parent):
 			if req.Type == "" {
 				return usageError(fmt.Errorf("--type is required"))
 			}
-			if dupTo != "" && dupBy != "" {
-				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
+			r, err := readBirthRule(a, dupTo, dupBy, peerPK, challenge, proof)
+			if err != nil {
+				return err
 			}
-			if dupTo != "" {
-				p, _, proven, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
-				if err != nil {
+			req.DuplicableTo, req.PeerPK, req.Residency, req.DuplicableBy = r.to, peerPK, r.proven, r.by
+			if dupTo != "" && ekCA != "" {
+				if req.EKCA, err = readIn(a, ekCA); err != nil {
 					return err
 				}
-				req.DuplicableTo, req.PeerPK, req.Residency = &p, peerPK, proven
-				if ekCA != "" {
-					if req.EKCA, err = readIn(a, ekCA); err != nil {
-						return err
-					}
-				}
-			}
-			if dupBy != "" {
-				b, err := readIn(a, dupBy)
-				if err != nil {
-					return err
-				}
-				req.DuplicableBy = string(b)
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := ag.CreateKey(cmd.Context(), req)

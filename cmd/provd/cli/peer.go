@@ -11,6 +11,7 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/policy"
 )
 
 func (a *app) peerCmd() *cobra.Command {
@@ -123,6 +124,39 @@ duplicate's) is refused, so this is no oracle for what duplicates carry.`,
 	c.Flags().StringVar(&in, "challenge", "", "the challenge (provd peer challenge)")
 	c.Flags().StringVar(&out, "out", "", "where to write the proof (- for stdout)")
 	return c
+}
+
+// birthRule is a duplication rule asked for at birth (key create,
+// provision): --duplicable-to's proven peer, or --duplicable-by's
+// authority (PEM).
+type birthRule struct {
+	to     *api.PeerIdentity
+	proven *api.Residency
+	by     string
+}
+
+// readBirthRule reads --duplicable-to (with --peer-pk, --challenge,
+// --proof) or --duplicable-by; neither is the zero rule.
+func readBirthRule(a *app, dupTo, dupBy, peerPK, challenge, proof string) (birthRule, error) {
+	var r birthRule
+	if dupTo != "" && dupBy != "" {
+		return r, usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
+	}
+	if dupTo != "" {
+		p, _, proven, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
+		if err != nil {
+			return r, err
+		}
+		r.to, r.proven = &p, proven
+	}
+	if dupBy != "" {
+		b, err := readIn(a, dupBy)
+		if err != nil {
+			return r, err
+		}
+		r.by = string(b)
+	}
+	return r, nil
 }
 
 // readProvenPeer is readPeer for a destination that will be bound or
@@ -268,27 +302,15 @@ recovers, with the inner wrapper's key, from the credential.`,
 			if req.Peer, err = api.ParsePeerIdentity(b); err != nil {
 				return err
 			}
-			if req.Approval, err = readApproval(a, approvalFile); err != nil {
+			if req.Approval, req.EKCA, err = readApprovalCA(a, approvalFile, ekCA); err != nil {
 				return err
-			}
-			if ekCA != "" {
-				if req.EKCA, err = readIn(a, ekCA); err != nil {
-					return err
-				}
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				d, err := ag.DupExport(cmd.Context(), req)
 				if err != nil {
 					return err
 				}
-				b, err := json.MarshalIndent(d, "", "  ")
-				if err != nil {
-					return err
-				}
-				res := map[string]any{"key": req.Name, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
-				return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
-					fmt.Fprintf(w, "%s duplicated to transfer key %.16s… (EK certificate %.16s…): %s\n", req.Name, d.ParentName, d.EKCertSHA256, out)
-				})
+				return a.writeDup(out, d, "key", req.Name, req.Name+" duplicated")
 			})
 		},
 	}
@@ -308,27 +330,42 @@ func (a *app) pkExport(cmd *cobra.Command, to, peerPK, approvalFile, ekCA, out s
 		return err
 	}
 	req := api.PKExportRequest{Peer: p, PeerPK: peerPK}
-	if req.Approval, err = readApproval(a, approvalFile); err != nil {
+	if req.Approval, req.EKCA, err = readApprovalCA(a, approvalFile, ekCA); err != nil {
 		return err
-	}
-	if ekCA != "" {
-		if req.EKCA, err = readIn(a, ekCA); err != nil {
-			return err
-		}
 	}
 	return a.withAgent(cmd.Context(), func(ag api.Service) error {
 		d, err := ag.PKExport(cmd.Context(), req)
 		if err != nil {
 			return err
 		}
-		b, err := json.MarshalIndent(d, "", "  ")
-		if err != nil {
-			return err
+		return a.writeDup(out, d, "pk", true, "PK duplicated, with everything under it,")
+	})
+}
+
+// readApprovalCA reads dup export's --approval and --ek-ca (either may be
+// absent: none, and the daemon's ek_ca).
+func readApprovalCA(a *app, approvalFile, ekCA string) (*policy.Approval, []byte, error) {
+	ap, err := readApproval(a, approvalFile)
+	if err != nil || ekCA == "" {
+		return ap, nil, err
+	}
+	roots, err := readIn(a, ekCA)
+	return ap, roots, err
+}
+
+// writeDup writes a duplicate file and reports it (dup export, dup export
+// --pk): what is in the JSON report, under key what, and the text.
+func (a *app) writeDup(out string, d api.DupFile, what string, value any, text string) error {
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return err
+	}
+	res := map[string]any{what: value, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
+	return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s to transfer key %.16s… (EK certificate %.16s…): %s\n", text, d.ParentName, d.EKCertSHA256, out)
+		if d.Type == api.DupTypePK {
+			fmt.Fprintf(w, "the peer adopts it with provd provision --from %s --force\n", out)
 		}
-		res := map[string]any{"pk": true, "out": out, "parent_name": d.ParentName, "ek_cert_sha256": d.EKCertSHA256}
-		return a.writeReport(out, append(b, '\n'), 0o644, res, func(w io.Writer) {
-			fmt.Fprintf(w, "PK duplicated, with everything under it, to transfer key %.16s… (EK certificate %.16s…): %s\nthe peer adopts it with provd provision --from %s\n", d.ParentName, d.EKCertSHA256, out, out)
-		})
 	})
 }
 

@@ -201,23 +201,11 @@ become the origin's.`,
 					return err
 				}
 			}
-			if dupTo != "" && dupBy != "" {
-				return usageError(errors.New("--duplicable-to or --duplicable-by, not both"))
+			r, err := readBirthRule(a, dupTo, dupBy, peerPK, challenge, proof)
+			if err != nil {
+				return err
 			}
-			if dupTo != "" {
-				p, _, proven, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
-				if err != nil {
-					return err
-				}
-				req.DuplicableTo, req.PeerPK, req.Residency = &p, peerPK, proven
-			}
-			if dupBy != "" {
-				b, err := readIn(a, dupBy)
-				if err != nil {
-					return err
-				}
-				req.DuplicableBy = string(b)
-			}
+			req.DuplicableTo, req.PeerPK, req.Residency, req.DuplicableBy = r.to, peerPK, r.proven, r.by
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				res, err := ag.Provision(cmd.Context(), req)
 				if err != nil {
