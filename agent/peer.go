@@ -655,6 +655,11 @@ func (a *Agent) birthRule(req birthRuleRequest, objects map[string]string) (dupR
 		if err := req.Residency.Challenge.Proven(req.Residency.Proof, *req.DuplicableTo); err != nil {
 			return r, err
 		}
+		// The caller is the verifier: which challenge it proved with is
+		// on the record (found by review: the daemon cannot tell a
+		// challenge of the caller's own making from the officer's).
+		objects["residency_commitment"] = req.Residency.Challenge.Commitment
+		objects["residency_challenge_at"] = req.Residency.Challenge.CreatedAt.UTC().Format(time.RFC3339)
 		r.To = name
 		objects["duplicable_to"] = hex.EncodeToString(name)
 		objects["duplicable_to_ek_cert_sha256"] = sum

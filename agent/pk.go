@@ -212,8 +212,9 @@ func CounterRef() policy.NVCounterRef {
 // p: a key's is checked when the key loads under the PK, through the PK's
 // policy, but the PK loads under its parent with no policy at all, so its
 // branch is where the platform is checked (found by review: without p, the
-// PK left on a bad boot). An authority's branch holds p in its approvals
-// (officer.DupApproved).
+// PK left on a bad boot). An authority's branch holds p only as its
+// approvals do (officer.DupApproved, which refuses a zero digest): a stolen
+// authority key moves the PK anywhere, on any boot (docs/transfer.md).
 func pkPolicy(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
 	use := officer.ObjectPolicy(p)
 	if !rule.set() {

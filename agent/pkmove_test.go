@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,7 +17,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
@@ -203,6 +201,16 @@ func TestMovablePK(t *testing.T) {
 	}
 	if stA.Movable != "to "+peerB.ParentName {
 		t.Fatalf("status movable %q", stA.Movable)
+	}
+	// What enrollment checks: the PK's public area, whose name is the PK
+	// name, says it moves and to where (its policy).
+	pkPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](stA.PKPublic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkContents, _ := pkPub.Contents()
+	if n, _ := tpm2.ObjectName(pkContents); hex.EncodeToString(n.Buffer) != stA.PKName || pkContents.ObjectAttributes.FixedTPM || !pkContents.ObjectAttributes.EncryptedDuplication {
+		t.Fatalf("status pk_public: %+v", pkContents.ObjectAttributes)
 	}
 	// Keys of every kind under it.
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "telemetry", Type: "ecc-p256",
@@ -479,21 +487,7 @@ func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	rootsB := caBundle(t, envB)
-	evil, err := ecdh.P256().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pt := evil.PublicKey().Bytes()
-	pkB, _ := hex.DecodeString(peerB.PKName)
-	fake := catalog.TransferTemplate(catalog.TransferPolicy(pkB))
-	fake.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: pt[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: pt[33:]}})
-	fakeName, _ := tpm2.ObjectName(&fake)
-	forged := peerB
-	forged.Parent = tpm2.Marshal(tpm2.New2B(fake))
-	forged.ParentName = hex.EncodeToString(fakeName.Buffer)
-	if _, _, err := checkPeer(forged); err != nil {
-		t.Fatalf("the forged file should pass the file's own checks: %v", err)
-	}
+	forged, _ := forgedPeer(t, peerB)
 	a := testAgent(t, envA, nil)
 	req := api.ProvisionRequest{Officer: officertest.Public(), Signer: signer.Public(), TrustOnFirstUse: true,
 		DuplicableTo: &forged, PeerPK: peerB.PKName, EKCA: append(caBundle(t, envA), rootsB...)}

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
 )
 
 // api.Status reports the provisioning state, the PCR state against the policy,
@@ -36,6 +38,11 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 		for _, name := range tx.Objects() {
 			if len(name) > len(keyPrefix) && name[:len(keyPrefix)] == keyPrefix {
 				s.Keys++
+			}
+		}
+		if raw, err := tx.ReadBlob(blobPK); err == nil {
+			if b, err := tpm.UnmarshalBlob(raw); err == nil {
+				s.PKPublic = tpm2.Marshal(b.Public)
 			}
 		}
 		return nil

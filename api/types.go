@@ -242,7 +242,11 @@ type Status struct {
 	Officer      string `json:"officer,omitempty"` // TPM name of the crypto officer's approval key
 	// Movable says where a movable PK may go (ProvisionResult.Movable);
 	// recipes for it are approved with key approve --movable.
-	Movable    string       `json:"movable,omitempty"`
+	Movable string `json:"movable,omitempty"`
+	// PKPublic is the PK's public area (TPM2B_PUBLIC), whose name is
+	// PKName: its attributes and policy say whether and where it can move,
+	// which whoever enrolls the device checks (docs/transfer.md).
+	PKPublic   []byte       `json:"pk_public,omitempty"`
 	Policy     *PolicyState `json:"policy,omitempty"`
 	Keys       int          `json:"keys"`
 	AuditLines int          `json:"audit_lines"`

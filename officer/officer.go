@@ -1,6 +1,7 @@
 package officer
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"encoding/binary"
@@ -191,8 +192,8 @@ func DeriveApprovedExpr(pk policy.Policy, kt catalog.Type, r Recipe, pkDigest []
 // provisioned with one signer or golden values). It runs offline: provd key
 // approve.
 func ApproveDerive(officer crypto.Signer, pkPolicy []byte, r Recipe) (*policy.Approval, error) {
-	if len(pkPolicy) != sha256.Size {
-		return nil, fmt.Errorf("%w: PK policy digest is %d bytes, want 32", api.ErrBadInput, len(pkPolicy))
+	if err := checkPKPolicy(pkPolicy); err != nil {
+		return nil, err
 	}
 	r, kt, err := r.Check()
 	if err != nil {
@@ -239,8 +240,22 @@ func ApproveExport(officer crypto.Signer, pkPolicy, objectName []byte) (*policy.
 // extractable key with TPM name objectName, under a PK with policy digest
 // pkPolicy, to the storage key with TPM name newParent, and to nothing else.
 func ApproveDuplication(officer crypto.Signer, pkPolicy, objectName, newParent []byte) (*policy.Approval, error) {
-	if len(pkPolicy) != sha256.Size {
-		return nil, fmt.Errorf("%w: PK policy digest is %d bytes, want 32", api.ErrBadInput, len(pkPolicy))
+	if err := checkPKPolicy(pkPolicy); err != nil {
+		return nil, err
 	}
 	return policy.ApproveDigest(officer, DupApproved(pkPolicy, objectName, newParent), DupRef)
+}
+
+// checkPKPolicy refuses a PK policy digest that is not one: 32 bytes, and
+// not all zero, which is a fresh session's digest, so an approval over it
+// would hold with no platform check at all (found by review: an authority
+// approval made with --pk-policy 00…00 moved a PK on a bad boot).
+func checkPKPolicy(d []byte) error {
+	if len(d) != sha256.Size {
+		return fmt.Errorf("%w: PK policy digest is %d bytes, want 32", api.ErrBadInput, len(d))
+	}
+	if bytes.Equal(d, make([]byte, sha256.Size)) {
+		return fmt.Errorf("%w: a PK policy digest of zeros is no policy: the approval would hold on any platform state", api.ErrBadInput)
+	}
+	return nil
 }

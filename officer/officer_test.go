@@ -135,3 +135,25 @@ func TestApprovalRoundTrip(t *testing.T) {
 		t.Errorf("short PK digest: %v", err)
 	}
 }
+
+// TestNoApprovalWithoutAPKPolicy: a PK policy digest of zeros is a fresh
+// session's, so an approval over it would hold on any platform state
+// (found by review: an authority approval so made moved a movable PK on a
+// bad boot): refused for every kind of approval.
+func TestNoApprovalWithoutAPKPolicy(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := make([]byte, 32)
+	name := append([]byte{0, 0x0b}, make([]byte, 32)...)
+	if _, err := ApproveDuplication(k, zero, name, name); !errors.Is(err, api.ErrBadInput) {
+		t.Errorf("duplication: %v", err)
+	}
+	if _, err := ApproveExport(k, zero, name); !errors.Is(err, api.ErrBadInput) {
+		t.Errorf("export: %v", err)
+	}
+	if _, err := ApproveDerive(k, zero, Recipe{Type: "ecc-p256", Label: "a"}); !errors.Is(err, api.ErrBadInput) {
+		t.Errorf("derive: %v", err)
+	}
+}
