@@ -11,6 +11,7 @@ import (
 
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -38,6 +39,9 @@ const (
 	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
 	ExitIdentity       = 15 // the TPM's identity is not verified or not the pinned one, or something on the bus answered for it
 	ExitKCV            = 16 // a key component or combined key does not match its key check value; nothing was imported
+	ExitFWSignature    = 17 // a firmware manifest's signature does not verify, or its signer is not the anchored one
+	ExitFWDigest       = 18 // a firmware image's size or digest is not the manifest's
+	ExitFWMissing      = 19 // a firmware image the manifest lists is missing
 	ExitInterrupted    = 130
 )
 
@@ -70,6 +74,9 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitTampered, "tampered", "the audit trail or a blob failed its integrity check"},
 		{ExitIdentity, "identity", "the TPM's identity is not verified or not the pinned one, or something on the bus answered for it"},
 		{ExitKCV, "kcv", "a key component or the combined key does not match the key check value the custodians gave; nothing was imported"},
+		{ExitFWSignature, "firmware signature", "a firmware manifest's signature does not verify, or its signer is not the anchored one"},
+		{ExitFWDigest, "firmware digest", "a firmware image's size or digest is not the one its manifest lists"},
+		{ExitFWMissing, "firmware image missing", "a firmware image its manifest lists is missing"},
 		{ExitInterrupted, "interrupted", "SIGINT or SIGTERM"},
 	}
 }
@@ -104,6 +111,10 @@ var kinds = []Kind{
 	{"audit_tampered", audit.ErrTampered, ExitTampered, http.StatusInternalServerError},
 	{"audit_torn_tail", audit.ErrTornTail, ExitTampered, http.StatusInternalServerError},
 	{"kcv_mismatch", ErrKCVMismatch, ExitKCV, http.StatusUnprocessableEntity},
+	{"firmware_signature", firmware.ErrBadSignature, ExitFWSignature, http.StatusUnprocessableEntity},
+	{"firmware_digest", firmware.ErrDigest, ExitFWDigest, http.StatusUnprocessableEntity},
+	{"firmware_missing_image", firmware.ErrMissingImage, ExitFWMissing, http.StatusUnprocessableEntity},
+	{"firmware_manifest", firmware.ErrBadManifest, ExitUsage, http.StatusBadRequest},
 	{"key_unwrap_integrity", keywrap.ErrIntegrity, ExitTampered, http.StatusUnprocessableEntity},
 	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned, http.StatusPreconditionFailed},
 	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},

@@ -212,6 +212,18 @@ step "The officer approves C taking D's PK (offline)" \
   step "C signs with the key D derived; openssl verifies with D's public key" \
     sh -c "'$bin' key sign telemetry --in '$demo/firmware.bin' --out '$demo/c.sig' && openssl dgst -sha256 -verify '$demo/d-telemetry.pub.pem' -signature '$demo/c.sig' '$demo/firmware.bin'"
 )
+printf '\n\033[1m== Firmware: the vendor signs a manifest of the images, offline (no TPM, no state)\033[0m\n'
+mkdir -p "$demo/images/efi"; printf 'bootloader' > "$demo/images/bootloader.bin"; head -c 65536 /dev/urandom > "$demo/images/efi/grubx64.efi"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out "$demo/fw-signer.key.pem" 2>/dev/null
+step "Sign version 42 for device class 'gateway'" \
+  "$bin" fw sign --key "$demo/fw-signer.key.pem" --images "$demo/images" --version 42 --class gateway --out "$demo/fw.manifest"
+step "What it says, its signature checked" \
+  "$bin" fw manifest show "$demo/fw.manifest"
+payload=$(grep -o '"manifest": "[^"]*"' "$demo/fw.manifest" | sed 's/.*: "//; s/"$//')
+older=$(printf '%s' "$payload" | base64 -d | sed 's/"version":42/"version":43/' | base64 -w0)
+sed "s|$payload|$older|" "$demo/fw.manifest" > "$demo/fw-changed.manifest"
+printf '\n\033[1m== The same manifest with its version raised after signing: the signature does not verify (exit 17)\033[0m\n'
+expect 17 "$bin" fw manifest show "$demo/fw-changed.manifest"
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
 printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'

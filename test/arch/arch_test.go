@@ -106,6 +106,14 @@ var rules = []rule{
 			"recovery host (provd key recover), with the standard library alone",
 	},
 	{
+		name:   "firmware-before-the-agent",
+		from:   []string{"firmware/..."},
+		forbid: []string{"..."},
+		allow:  []string{"firmware/...", "policy/...", "catalog/...", "internal/..."},
+		why: "the boot hook authenticates firmware before the daemon starts, on a device that may never have " +
+			"been provisioned: the manifest and its check need the signer's key and the images, nothing of the agent or its state",
+	},
+	{
 		name:   "below-the-agent",
 		from:   []string{"audit/...", "store/...", "catalog/..."},
 		forbid: []string{"agent/...", "cmd/...", "systemd", "api/..."},
@@ -123,7 +131,7 @@ var rules = []rule{
 	{
 		name: "core-without-cli-or-systemd",
 		from: []string{"agent/...", "tpm/...", "attest/...", "policy/...",
-			"api/...", "audit/...", "store/...", "catalog/...", "officer/..."},
+			"api/...", "audit/...", "store/...", "catalog/...", "officer/...", "firmware/..."},
 		forbid: cliAndSystemd,
 		why:    "only cmd and systemd use cobra and go-systemd; the core runs under any front end, tests included",
 	},

@@ -38,7 +38,8 @@ func target() map[string]*spec {
 		"tpm/objcache":        {imports: "tpm", test: "test/swtpmtest"},
 		"test/swtpmtest":      {imports: "tpm tpm/swtpm"},
 		"policy":              {imports: "internal/strictjson catalog", xtest: "policy tpm test/swtpmtest"}, // a real TPM in tests
-		"api":                 {xtest: "api"},
+		"api":                 {imports: "firmware", xtest: "api"},
+		"firmware":            {imports: "policy catalog internal/strictjson"},
 		"audit":               {imports: "internal/strictjson"},
 		"store":               {imports: "internal/strictjson", test: "audit"},
 		"attest":              {imports: "api policy catalog", xtest: "attest tpm test/swtpmtest"}, // evidence from a TPM in tests

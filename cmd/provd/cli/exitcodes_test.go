@@ -22,6 +22,10 @@ var walkedElsewhere = map[int]string{
 	api.ExitTPMResources: "a CLI command flushes what a dead client left before it starts (tpm.TestOpenFlushesStaleHandles " +
 		"fills the slots); the daemon's full queue: server.TestQueueDeadlineAndLimit",
 	api.ExitBadAuth: "provd's authorization values come from its state, never from a user: tpm.TestBadAuthAndLockoutAreTyped",
+	api.ExitFWDigest: "drawn by fw verify, which lands with the TPM anchor (issue 12): firmware.TestManifestVerifies " +
+		"(a tampered and a longer image), its exit code: api.TestExitCodeOfSentinels",
+	api.ExitFWMissing: "drawn by fw verify, which lands with the TPM anchor (issue 12): firmware.TestManifestVerifies " +
+		"(a missing image), its exit code: api.TestExitCodeOfSentinels",
 }
 
 // Every documented exit code, drawn through the real command tree against a
@@ -74,6 +78,8 @@ func TestEveryExitCode(t *testing.T) {
 	if err := os.WriteFile(log, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A firmware manifest changed after signing.
+	expect(api.ExitFWSignature, "fw", "manifest", "show", changedManifest(t, tmp))
 	// The state, broken.
 	if err := os.WriteFile(filepath.Join(c.dir, store.ManifestFile), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)

@@ -176,6 +176,12 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd(append([]string{"key", "recover", "--in", p("bk.kwp"), "--components", "2", "--kcv", cust.kcv, "--out", p("bk.p8")}, cust.fds(t, nil)...)...)
 	// Module to module, to this same TPM as its own peer (the commands'
 	// JSON is what is checked here; two TPMs: TestDupCLI).
+	if err := os.MkdirAll(p("images"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write("images/bootloader.bin", []byte("bootloader"))
+	provd("fw", "sign", "--key", signerKey, "--images", p("images"), "--version", "1", "--class", "demo", "--out", p("fw.manifest"))
+	provd("fw", "manifest", "show", p("fw.manifest"))
 	provd("peer", "identity", "--out", p("peer.json"))
 	provd("peer", "challenge", "--to", p("peer.json"), "--ek-ca", ca, "--out", p("peer.challenge"))
 	provd("peer", "prove", "--challenge", p("peer.challenge"), "--out", p("peer.proof"))

@@ -138,6 +138,7 @@ the key's policy.`,
 		a.kekCmd(),
 		a.peerCmd(),
 		a.dupCmd(),
+		a.fwCmd(),
 		a.serveCmd(),
 		a.manCmd(root),
 	)

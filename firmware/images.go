@@ -1,0 +1,122 @@
+package firmware
+
+import (
+	"crypto"
+	_ "crypto/sha256" // the image hashes
+	_ "crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// readBuffer is the read size: large enough that the hash, not the
+// system calls, sets the pace (docs/benchmarks.md).
+const readBuffer = 1 << 20
+
+// HashImages lists every regular file under dir (recursively, by name) as
+// an image hashed with hash ("sha256" or "sha384"): what fw sign signs.
+func HashImages(dir, hash string) ([]Image, error) {
+	h, err := imageHash(hash)
+	if err != nil {
+		return nil, err
+	}
+	var images []Image
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s: not a regular file (an image directory holds images only)", path)
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(rel)
+		if err := checkName(name); err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		sum, n, err := digestReader(f, h, -1)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		images = append(images, Image{Name: name, Size: n, Hash: hash, Digest: hex.EncodeToString(sum)})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(images) == 0 {
+		return nil, fmt.Errorf("%s: no images", dir)
+	}
+	sort.Slice(images, func(i, j int) bool { return images[i].Name < images[j].Name })
+	return images, nil
+}
+
+// VerifyImages checks every image of m under root in one streaming pass
+// each: present (ErrMissingImage), of its size and digest (ErrDigest).
+// Files under root the manifest does not list are not looked at.
+func (m Manifest) VerifyImages(root string) error {
+	for _, im := range m.Images {
+		if err := verifyImage(root, im); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func verifyImage(root string, im Image) error {
+	h, err := imageHash(im.Hash)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadManifest, err)
+	}
+	f, err := os.Open(filepath.Join(root, filepath.FromSlash(im.Name)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrMissingImage, im.Name)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", ErrDigest, im.Name)
+	}
+	if st.Size() != im.Size {
+		return fmt.Errorf("%w: %s is %d bytes, the manifest says %d", ErrDigest, im.Name, st.Size(), im.Size)
+	}
+	sum, n, err := digestReader(f, h, im.Size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", im.Name, err)
+	}
+	if n != im.Size || hex.EncodeToString(sum) != im.Digest {
+		return fmt.Errorf("%w: %s: its digest is not the manifest's", ErrDigest, im.Name)
+	}
+	return nil
+}
+
+// digestReader hashes r to its end, or, with limit >= 0, its first
+// limit+1 bytes at most (so that a file grown since its size was read is
+// seen as longer); it returns the digest and the bytes read.
+func digestReader(r io.Reader, h crypto.Hash, limit int64) ([]byte, int64, error) {
+	d := h.New()
+	if limit >= 0 {
+		r = io.LimitReader(r, limit+1)
+	}
+	r = struct{ io.Reader }{r} // our buffer, not *os.File's WriteTo and its 32 KiB
+	n, err := io.CopyBuffer(d, r, make([]byte, readBuffer))
+	return d.Sum(nil), n, err
+}
