@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 )
 
 // readBuffer is the read size: large enough that the hash, not the
@@ -41,7 +42,7 @@ func HashImages(dir, hash string) ([]Image, error) {
 		if err := checkName(name); err != nil {
 			return err
 		}
-		f, err := os.Open(path)
+		f, _, err := openRegular(path)
 		if err != nil {
 			return err
 		}
@@ -80,21 +81,17 @@ func verifyImage(root string, im Image) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadManifest, err)
 	}
-	f, err := os.Open(filepath.Join(root, filepath.FromSlash(im.Name)))
+	f, st, err := openRegular(filepath.Join(root, filepath.FromSlash(im.Name)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: %s", ErrMissingImage, im.Name)
+	}
+	if errors.Is(err, errNotRegular) {
+		return fmt.Errorf("%w: %s is not a regular file", ErrDigest, im.Name)
 	}
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%w: %s is not a regular file", ErrDigest, im.Name)
-	}
 	if st.Size() != im.Size {
 		return fmt.Errorf("%w: %s is %d bytes, the manifest says %d", ErrDigest, im.Name, st.Size(), im.Size)
 	}
@@ -106,6 +103,27 @@ func verifyImage(root string, im Image) error {
 		return fmt.Errorf("%w: %s: its digest is not the manifest's", ErrDigest, im.Name)
 	}
 	return nil
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens path for reading without blocking (a FIFO put in an
+// image's place would otherwise hold the boot hook until a writer came)
+// and refuses anything but a regular file, checked on the file opened.
+func openRegular(path string) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s: %w", path, errNotRegular)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, st, nil
 }
 
 // digestReader hashes r to its end, or, with limit >= 0, its first

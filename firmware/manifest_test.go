@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -91,6 +92,17 @@ func TestManifestVerifies(t *testing.T) {
 	missing := writeImages(t, map[string][]byte{"bootloader.bin": bytes.Repeat([]byte{1}, 5000), "empty": nil})
 	if err := s.Manifest.VerifyImages(missing); !errors.Is(err, ErrMissingImage) {
 		t.Fatalf("a missing image: %v", err)
+	}
+	// A FIFO in an image's place does not hold the hook: refused at once.
+	fifo := writeImages(t, map[string][]byte{"bootloader.bin": bytes.Repeat([]byte{1}, 5000), "kernel/Image": []byte("kernel")})
+	if err := syscall.Mkfifo(filepath.Join(fifo, "empty"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Manifest.VerifyImages(fifo); !errors.Is(err, ErrDigest) {
+		t.Fatalf("a FIFO: %v", err)
+	}
+	if _, err := HashImages(fifo, "sha256"); err == nil {
+		t.Fatal("signed a FIFO")
 	}
 }
 
