@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"sort"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // readBuffer is the read size: large enough that the hash, not the
@@ -81,15 +83,14 @@ func verifyImage(root string, im Image) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadManifest, err)
 	}
-	f, st, err := openRegular(filepath.Join(root, filepath.FromSlash(im.Name)))
-	if errors.Is(err, fs.ErrNotExist) {
+	f, st, err := openImage(root, im.Name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ENOTDIR):
 		return fmt.Errorf("%w: %s", ErrMissingImage, im.Name)
-	}
-	if errors.Is(err, errNotRegular) {
-		return fmt.Errorf("%w: %s is not a regular file", ErrDigest, im.Name)
-	}
-	if err != nil {
-		return err
+	case errors.Is(err, errNotRegular), errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return fmt.Errorf("%w: %s is not a regular file inside the image root (a symbolic link, a device, a FIFO)", ErrDigest, im.Name)
+	case err != nil:
+		return fmt.Errorf("%s: %w", im.Name, err)
 	}
 	defer f.Close()
 	if st.Size() != im.Size {
@@ -106,6 +107,44 @@ func verifyImage(root string, im Image) error {
 }
 
 var errNotRegular = errors.New("not a regular file")
+
+// openImage opens image name under root for reading (found by review:
+// a symbolic link in the root, or on the way, led out of it, and opening a
+// device can act, /dev/watchdog arms a reboot): resolved beneath root with
+// no symbolic link at any step (openat2, Linux 5.6), first as a path only,
+// whose type must be a regular file, then reopened through that very
+// descriptor, so nothing swapped in between is opened.
+func openImage(root, name string) (*os.File, fs.FileInfo, error) {
+	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: root, Err: err}
+	}
+	defer unix.Close(dir)
+	pfd, err := unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return nil, nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: reopen: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
+	}
+	return f, fi, nil
+}
 
 // openRegular opens path for reading without blocking (a FIFO put in an
 // image's place would otherwise hold the boot hook until a writer came)

@@ -33,7 +33,8 @@ var (
 // Format is the manifest file's and payload's format number.
 const Format = 1
 
-// MaxManifest bounds a manifest file: 4,096 images of long names fit.
+// MaxManifest bounds a manifest file: 4,096 images with SHA-256 digests and
+// names of about 60 bytes fit (Sign refuses what would not).
 const MaxManifest = 1 << 20
 
 // MaxImages bounds the images of one manifest.
@@ -106,6 +107,12 @@ func Sign(signer crypto.Signer, m Manifest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The file carries the payload in base64 and the signer's key: keep
+	// room for both under MaxManifest (found by review: Sign wrote what
+	// Parse refuses).
+	if len(payload)*4/3+8192 > MaxManifest {
+		return nil, fmt.Errorf("%w: a manifest of %d bytes, too large for a manifest file of %d", ErrBadManifest, len(payload), MaxManifest)
+	}
 	sig, err := policy.SignDigest(signer, signedDigest(payload))
 	if err != nil {
 		return nil, err
@@ -134,12 +141,6 @@ func Parse(b []byte) (*Signed, error) {
 		return nil, fmt.Errorf("%w: format %d, this provd reads %d", ErrBadManifest, f.Format, Format)
 	}
 	s := &Signed{Payload: f.Manifest, Signature: f.Signature}
-	if err := strictjson.Decode(f.Manifest, &s.Manifest); err != nil {
-		return nil, fmt.Errorf("%w: the signed manifest: %v", ErrBadManifest, err)
-	}
-	if err := s.Manifest.check(); err != nil {
-		return nil, err
-	}
 	var err error
 	if s.Signer, err = policy.ParsePublicKeyPEM([]byte(f.Signer)); err != nil {
 		return nil, fmt.Errorf("%w: signer: %v", ErrBadManifest, err)
@@ -147,8 +148,23 @@ func Parse(b []byte) (*Signed, error) {
 	if s.SignerName, err = policy.SignerName(s.Signer); err != nil {
 		return nil, fmt.Errorf("%w: signer: %v", ErrBadManifest, err)
 	}
+	// The signature first: a payload changed after signing is a bad
+	// signature whatever it now says (found by review: it read as a
+	// malformed manifest, exit 2).
 	if err := policy.VerifyDigest(s.Signer, signedDigest(s.Payload), s.Signature.TPMTSignature); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	if err := strictjson.Decode(f.Manifest, &s.Manifest); err != nil {
+		return nil, fmt.Errorf("%w: the signed manifest: %v", ErrBadManifest, err)
+	}
+	if err := s.Manifest.check(); err != nil {
+		return nil, err
+	}
+	// Exactly the bytes Sign writes for it: Go's decoder matches keys
+	// without regard to case (and folds "ſ" to "s"), so another reader of
+	// the same signed bytes could see other fields (found by review).
+	if canon, err := json.Marshal(s.Manifest); err != nil || !bytes.Equal(canon, s.Payload) {
+		return nil, fmt.Errorf("%w: the signed manifest is not in its canonical form (the one provd fw sign writes)", ErrBadManifest)
 	}
 	return s, nil
 }
@@ -189,10 +205,12 @@ func (m Manifest) check() error {
 		if err := checkName(im.Name); err != nil {
 			return bad("%v", err)
 		}
-		if seen[im.Name] {
-			return bad("image %q listed twice", im.Name)
+		// Names that differ only in case are one file on FAT (an EFI
+		// system partition): refused (found by review).
+		if seen[strings.ToLower(im.Name)] {
+			return bad("image %q listed twice (names are compared without case)", im.Name)
 		}
-		seen[im.Name] = true
+		seen[strings.ToLower(im.Name)] = true
 		if im.Size < 0 {
 			return bad("image %q: size %d", im.Name, im.Size)
 		}
