@@ -318,21 +318,16 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 	if err != nil {
 		return api.DupFile{}, err
 	}
-	parent, err := a.t.LoadPublic(parentPub)
-	if err != nil {
-		return api.DupFile{}, err
-	}
 	var d tpm.Duplicated
 	var pub tpm2.TPMTPublic
-	err = a.withDupBranch(ctx, ks, parentName, req.Approval, "--dup-to PEER.json", func(obj tpm.Object, s tpm2.Session) (err error) {
-		pub = obj.Public
-		d, err = a.t.Duplicate(obj, s, parent.Named())
-		return err
+	err = a.withPeerParent(parentPub, func(parent tpm2.NamedHandle) error {
+		return a.withDupBranch(ctx, ks, parentName, req.Approval, "--dup-to PEER.json", func(obj tpm.Object, s tpm2.Session) (err error) {
+			pub = obj.Public
+			d, err = a.t.Duplicate(obj, s, parent)
+			return err
+		})
 	})
 	defer clear(d.InnerKey)
-	if ferr := a.t.Flush(parent.Handle); err == nil {
-		err = ferr
-	}
 	if err != nil {
 		return api.DupFile{}, err
 	}
@@ -347,6 +342,20 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		CredentialBlob: idObject, CredentialSecret: encSecret, ParentName: req.Peer.ParentName,
 		PKPolicy: ks.pk.state.Policy.Digest, Officer: officerName(ks.pk.officer), EKCertSHA256: ekSum,
 		DupTo: ks.rec.DupTo, DupBy: ks.rec.DupBy, Approval: req.Approval, CreatedAt: a.now().UTC()}, nil
+}
+
+// withPeerParent loads a peer's transfer key's public area as the new
+// parent of a TPM2_Duplicate, runs fn with it, and flushes it.
+func (a *Agent) withPeerParent(pub tpm2.TPMTPublic, fn func(parent tpm2.NamedHandle) error) error {
+	parent, err := a.t.LoadPublic(pub)
+	if err != nil {
+		return err
+	}
+	err = fn(parent.Named())
+	if ferr := a.t.Flush(parent.Handle); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 // credentialTo makes secret a credential to the EK ekPub for the object

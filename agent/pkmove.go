@@ -256,23 +256,18 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 	if err := a.keys.EvictResident(); err != nil {
 		return api.DupFile{}, err
 	}
-	parent, err := a.t.LoadPublic(parentPub)
-	if err != nil {
-		return api.DupFile{}, err
-	}
 	var d tpm.Duplicated
 	var pub tpm2.TPMTPublic
-	err = a.withLoadedPK(in, func(l *loadedPK) error {
-		pub = l.pk.Public
-		return a.withPolicySession(in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
-			d, err = a.t.Duplicate(l.pk, s, parent.Named())
-			return err
+	err = a.withPeerParent(parentPub, func(parent tpm2.NamedHandle) error {
+		return a.withLoadedPK(in, func(l *loadedPK) error {
+			pub = l.pk.Public
+			return a.withPolicySession(in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
+				d, err = a.t.Duplicate(l.pk, s, parent)
+				return err
+			})
 		})
 	})
 	defer clear(d.InnerKey)
-	if ferr := a.t.Flush(parent.Handle); err == nil {
-		err = ferr
-	}
 	if err != nil {
 		return api.DupFile{}, err
 	}
