@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -183,9 +184,12 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	return tr, raw, err
 }
 
-// withTransfer loads T under the PK (through its policy) and runs fn with
-// the PK and T loaded and T's authValue; then flushes both.
-func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, fn func(l *loadedPK, t tpm.Object, tauth []byte) error) error {
+// withTransfer loads T (under the SRK, or under the PK through its policy
+// for a T made before PKs could move) and runs fn with T loaded and T's
+// authValue, and with the PK loaded when needPK (activation: T's ADMIN role
+// is PolicySecret(PK)) or T is under it (l is nil otherwise); then flushes
+// what it loaded.
+func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, needPK bool, fn func(l *loadedPK, t tpm.Object, tauth []byte) error) error {
 	auth, err := tr.auth()
 	if err != nil {
 		return err
@@ -196,7 +200,7 @@ func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, fn func
 		return fmt.Errorf("transfer key blob: %w", err)
 	}
 	pkName, _ := hex.DecodeString(pk.state.Name)
-	return a.withLoadedPK(pk, func(l *loadedPK) (err error) {
+	withT := func(l *loadedPK) (err error) {
 		var t tpm.Object
 		if tr.Parent == transferUnderSRK {
 			var srk tpm.Object
@@ -215,7 +219,13 @@ func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, fn func
 			return fmt.Errorf("%w: the transfer key's blob is not the recorded transfer key of this PK", api.ErrTampered)
 		}
 		return fn(l, t, auth)
-	})
+	}
+	if !needPK && tr.Parent == transferUnderSRK {
+		// Loading a key under T takes T's authValue alone: the key's own
+		// policy checks the platform at use.
+		return withT(nil)
+	}
+	return a.withLoadedPK(pk, withT)
 }
 
 // checkPeer validates a peer identity and returns the transfer key's
@@ -358,6 +368,19 @@ func (a *Agent) withPeerParent(pub tpm2.TPMTPublic, fn func(parent tpm2.NamedHan
 	return err
 }
 
+// dupApprovedBy reports whether one of approvals (the file's, the one
+// given at import; nil ones skipped) is officerKey's approval of want, a
+// duplication to this device's transfer key: what a receiver takes a key
+// or a PK on, since nothing in a duplicate says where it came from.
+func dupApprovedBy(officerKey crypto.PublicKey, want []byte, approvals ...*policy.Approval) bool {
+	for _, ap := range approvals {
+		if ap != nil && checkApproval(ap, officerKey, want, officer.DupRef) == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // credentialTo makes secret a credential to the EK ekPub for the object
 // named name (TPM2_MakeCredential in software): only that TPM, with that
 // object loaded and authorized in the ADMIN role, recovers it.
@@ -409,13 +432,9 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	if f.ParentName != tr.Name {
 		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate was made for another transfer key (%.16s…), this device's is %.16s…", api.ErrNotPermitted, f.ParentName, tr.Name)
 	}
-	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](f.Public)
-	if err != nil || len(tpm2.Marshal(p2b)) != len(f.Public) {
-		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate's public area does not parse", api.ErrBadInput)
-	}
-	pub, err := p2b.Contents()
+	pub, err := api.ParsePublicArea(f.Public)
 	if err != nil {
-		return api.KeyInfo{}, fmt.Errorf("%w: the duplicate's public area does not parse", api.ErrBadInput)
+		return api.KeyInfo{}, fmt.Errorf("the duplicate's key: %w", err)
 	}
 	kt, usage, err := catalog.TypeOf(*pub)
 	if err != nil {
@@ -457,13 +476,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	// when it was the officer's, or one given here.
 	tName, _ := hex.DecodeString(tr.Name)
 	wantApproval := officer.DupApproved(ks.pk.state.Policy.digest(), name.Buffer, tName)
-	approved := false
-	for _, ap := range []*policy.Approval{f.Approval, req.Approval} {
-		if ap != nil && checkApproval(ap, ks.pk.officer, wantApproval, officer.DupRef) == nil {
-			approved = true
-		}
-	}
-	if !approved {
+	if !dupApprovedBy(ks.pk.officer, wantApproval, f.Approval, req.Approval) {
 		return api.KeyInfo{}, fmt.Errorf("%w: this device takes a key only with its crypto officer's approval of that key to its transfer key (provd key approve --dup-to PEER.json --object-name %s; dup import --approval)", api.ErrNotPermitted, objects["object_name"])
 	}
 	if err := a.st.View(ctx, func(tx *store.Tx) error {
@@ -494,7 +507,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	var blob tpm.Blob
 	var keyAuth []byte
 	defer func() { clear(keyAuth) }()
-	err = a.withTransfer(ks.pk, tr, traw, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+	err = a.withTransfer(ks.pk, tr, traw, true, func(l *loadedPK, t tpm.Object, tauth []byte) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
 		defer clear(secret)
 		if err != nil {
@@ -610,7 +623,7 @@ func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, e
 		return tpm.Object{}, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
 	}
 	var obj tpm.Object
-	err = a.withTransfer(ks.pk, tr, traw, func(_ *loadedPK, t tpm.Object, tauth []byte) (err error) {
+	err = a.withTransfer(ks.pk, tr, traw, false, func(_ *loadedPK, t tpm.Object, tauth []byte) (err error) {
 		obj, err = a.t.LoadWithAuth(t, tauth, blob)
 		return err
 	})

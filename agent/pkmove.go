@@ -348,13 +348,9 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	}); err != nil {
 		return res, err
 	}
-	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](f.Public)
-	if err != nil || len(tpm2.Marshal(p2b)) != len(f.Public) {
-		return res, fmt.Errorf("%w: the PK's public area does not parse", api.ErrBadInput)
-	}
-	pub, err := p2b.Contents()
+	pub, err := api.ParsePublicArea(f.Public)
 	if err != nil {
-		return res, fmt.Errorf("%w: the PK's public area does not parse", api.ErrBadInput)
+		return res, fmt.Errorf("the moved PK: %w", err)
 	}
 	name, err := tpm2.ObjectName(pub)
 	if err != nil {
@@ -384,13 +380,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	// that PK to its transfer key.
 	tName, _ := hex.DecodeString(tr.Name)
 	wantApproval := officer.DupApproved(in.state.Policy.digest(), name.Buffer, tName)
-	approved := false
-	for _, ap := range []*policy.Approval{f.Approval, req.Approval} {
-		if ap != nil && checkApproval(ap, in.officer, wantApproval, officer.DupRef) == nil {
-			approved = true
-		}
-	}
-	if !approved {
+	if !dupApprovedBy(in.officer, wantApproval, f.Approval, req.Approval) {
 		return res, fmt.Errorf("%w: this device adopts a PK only with its crypto officer's approval of that PK to its transfer key (provd key approve --dup-to PEER.json --peer-pk NAME --object-name %s; provision --from --approval)", api.ErrNotPermitted, pkName)
 	}
 	cert, err := a.ekCertBySum(f.EKCertSHA256)
@@ -406,7 +396,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	}
 	var pkBlob tpm.Blob
 	var ms movedState
-	err = a.withTransfer(in, tr, traw, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+	err = a.withTransfer(in, tr, traw, true, func(l *loadedPK, t tpm.Object, tauth []byte) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
 		defer clear(secret)
 		if err != nil {
@@ -415,14 +405,9 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 		if ms, err = openMoved(secret[16:], f.State, movedAAD(pkName, tr.Name)); err != nil {
 			return err
 		}
-		if pkBlob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: secret[:16]}); err != nil {
-			return err
-		}
-		obj, err := a.t.LoadWithAuth(t, tauth, pkBlob)
-		if err != nil {
-			return err
-		}
-		return a.t.Flush(obj.Handle)
+		// Proven below: the PK loads under T, and D under it.
+		pkBlob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: secret[:16]})
+		return err
 	})
 	if err != nil {
 		return res, err

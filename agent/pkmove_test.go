@@ -435,6 +435,27 @@ func TestMovablePKByAuthority(t *testing.T) {
 	if _, err := b.PKExport(ctx, api.PKExportRequest{Peer: peerC, PeerPK: peerC.PKName, EKCA: rootsC}); !errors.Is(err, api.ErrNotExtractable) {
 		t.Fatalf("a PK not provisioned movable: %v", err)
 	}
+	// Around provd, to the TPM itself, with the PK's policy satisfied: it
+	// is fixedTPM and fixedParent, and its policy has no duplication
+	// branch; TPM2_Duplicate refuses.
+	var inB pkInputs
+	if err := b.st.View(ctx, func(tx *store.Tx) (err error) {
+		inB, err = b.readPKInputs(tx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cParentB := loadPeerParent(t, envB, peerC)
+	err = b.withLoadedPK(inB, func(l *loadedPK) error {
+		return b.withPKPolicy(l, func(s tpm2.Session) error {
+			_, err := b.t.Duplicate(l.pk, s, cParentB.Named())
+			return err
+		})
+	})
+	envB.TPM.Flush(cParentB.Handle)
+	if !errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.Is(err, tpm2.TPMRCAttributes) {
+		t.Fatalf("TPM2_Duplicate of a PK not provisioned movable: %v, want the TPM to refuse", err)
+	}
 	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableBy: string(authPEM)})
 	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "fleet", Type: "ecc-p256",
 		Approval: approveRecipe(t, a, officer.Recipe{Type: "ecc-p256", Label: "fleet"})}); err != nil {

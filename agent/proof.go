@@ -80,7 +80,7 @@ func (a *Agent) peerProve(ctx context.Context, c api.PeerChallenge) (api.PeerPro
 		return api.PeerProof{}, err
 	}
 	var answer []byte
-	err = a.withTransfer(pk, tr, traw, func(l *loadedPK, t tpm.Object, _ []byte) error {
+	err = a.withTransfer(pk, tr, traw, true, func(l *loadedPK, t tpm.Object, _ []byte) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, api.DupFile{CredentialBlob: c.CredentialBlob, CredentialSecret: c.CredentialSecret})
 		defer clear(secret)
 		if err != nil {

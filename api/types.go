@@ -632,11 +632,7 @@ func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
 	if p.Format != PeerFormat {
 		return bad(fmt.Sprintf("format %d, this provd reads %d", p.Format, PeerFormat))
 	}
-	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](p.Parent)
-	if err != nil || len(tpm2.Marshal(p2b)) != len(p.Parent) {
-		return bad("the transfer key's public area does not parse")
-	}
-	pub, err := p2b.Contents()
+	pub, err := ParsePublicArea(p.Parent)
 	if err != nil {
 		return bad("the transfer key's public area does not parse")
 	}
@@ -674,4 +670,18 @@ func (p PeerIdentity) EnrolledAs(enrolled string) error {
 		return fmt.Errorf("%w: the peer identity names PK %.16s…, not the enrolled %.16s…: it is not that device's (a look-alike, or a file swapped on the way); nothing done", ErrNotPermitted, p.PKName, enrolled)
 	}
 	return nil
+}
+
+// ParsePublicArea reads a TPM2B_PUBLIC from a file (a peer identity, a
+// duplicate) strictly: it must parse and be all of b.
+func ParsePublicArea(b []byte) (*tpm2.TPMTPublic, error) {
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](b)
+	if err != nil || len(tpm2.Marshal(p2b)) != len(b) {
+		return nil, fmt.Errorf("%w: a public area that does not parse", ErrBadInput)
+	}
+	pub, err := p2b.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("%w: a public area that does not parse", ErrBadInput)
+	}
+	return pub, nil
 }

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,7 +43,7 @@ func HashImages(dir, hash string) ([]Image, error) {
 		if err := checkName(name); err != nil {
 			return err
 		}
-		f, _, err := openRegular(path)
+		f, _, err := openImage(dir, name)
 		if err != nil {
 			return err
 		}
@@ -144,25 +143,6 @@ func openImage(root, name string) (*os.File, fs.FileInfo, error) {
 		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
 	}
 	return f, fi, nil
-}
-
-// openRegular opens path for reading without blocking (a FIFO put in an
-// image's place would otherwise hold the boot hook until a writer came)
-// and refuses anything but a regular file, checked on the file opened.
-func openRegular(path string) (*os.File, fs.FileInfo, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := f.Stat()
-	if err == nil && !st.Mode().IsRegular() {
-		err = fmt.Errorf("%s: %w", path, errNotRegular)
-	}
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, st, nil
 }
 
 // digestReader hashes r to its end, or, with limit >= 0, its first
