@@ -42,6 +42,9 @@ const (
 	ExitFWSignature    = 17 // a firmware manifest's signature does not verify, or its signer is not the anchored one
 	ExitFWDigest       = 18 // a firmware image's size or digest is not the manifest's
 	ExitFWMissing      = 19 // a firmware image the manifest lists is missing
+	ExitFWRollback     = 20 // a firmware manifest's version is below the anti-rollback counter's
+	ExitFWNoAnchor     = 21 // no firmware signer is anchored in the TPM (provd fw anchor set)
+	ExitFWAnchor       = 22 // the TPM's firmware anchor or counter is not one provd defined (replaced by another process)
 	ExitInterrupted    = 130
 )
 
@@ -77,6 +80,9 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitFWSignature, "firmware signature", "a firmware manifest's signature does not verify, or its signer is not the anchored one"},
 		{ExitFWDigest, "firmware digest", "a firmware image's size or digest is not the one its manifest lists"},
 		{ExitFWMissing, "firmware image missing", "a firmware image its manifest lists is missing"},
+		{ExitFWRollback, "firmware rollback", "a firmware manifest's version is below the lowest the TPM's anti-rollback counter accepts"},
+		{ExitFWNoAnchor, "firmware anchor missing", "no firmware signer is anchored in the TPM (provd fw anchor set), or its anti-rollback counter is missing"},
+		{ExitFWAnchor, "firmware anchor untrusted", "the TPM's firmware anchor or counter is not one provd defined: another process replaced it"},
 		{ExitInterrupted, "interrupted", "SIGINT or SIGTERM"},
 	}
 }
@@ -115,6 +121,9 @@ var kinds = []Kind{
 	{"firmware_digest", firmware.ErrDigest, ExitFWDigest, http.StatusUnprocessableEntity},
 	{"firmware_missing_image", firmware.ErrMissingImage, ExitFWMissing, http.StatusUnprocessableEntity},
 	{"firmware_manifest", firmware.ErrBadManifest, ExitUsage, http.StatusBadRequest},
+	{"firmware_rollback", firmware.ErrRollback, ExitFWRollback, http.StatusUnprocessableEntity},
+	{"firmware_no_anchor", firmware.ErrNoAnchor, ExitFWNoAnchor, http.StatusPreconditionFailed},
+	{"firmware_anchor_untrusted", firmware.ErrAnchorUntrusted, ExitFWAnchor, http.StatusUnprocessableEntity},
 	{"key_unwrap_integrity", keywrap.ErrIntegrity, ExitTampered, http.StatusUnprocessableEntity},
 	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned, http.StatusPreconditionFailed},
 	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},

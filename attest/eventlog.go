@@ -30,6 +30,51 @@ const (
 	EVEFIPlatformFirmwareBlob EventType = 0x80000008
 )
 
+// eventTypeNames are the names the TCG PC Client Platform Firmware Profile
+// gives the event types firmware logs carry.
+var eventTypeNames = map[EventType]string{
+	0x00000000:                "EV_PREBOOT_CERT",
+	EVPostCode:                "EV_POST_CODE",
+	0x00000002:                "EV_UNUSED",
+	EVNoAction:                "EV_NO_ACTION",
+	EVSeparator:               "EV_SEPARATOR",
+	EVAction:                  "EV_ACTION",
+	EVEventTag:                "EV_EVENT_TAG",
+	EVSCRTMContents:           "EV_S_CRTM_CONTENTS",
+	EVSCRTMVersion:            "EV_S_CRTM_VERSION",
+	0x00000009:                "EV_CPU_MICROCODE",
+	0x0000000a:                "EV_PLATFORM_CONFIG_FLAGS",
+	0x0000000b:                "EV_TABLE_OF_DEVICES",
+	0x0000000c:                "EV_COMPACT_HASH",
+	EVIPL:                     "EV_IPL",
+	0x0000000e:                "EV_IPL_PARTITION_DATA",
+	0x0000000f:                "EV_NONHOST_CODE",
+	0x00000010:                "EV_NONHOST_CONFIG",
+	0x00000011:                "EV_NONHOST_INFO",
+	0x00000012:                "EV_OMIT_BOOT_DEVICE_EVENTS",
+	0x80000001:                "EV_EFI_VARIABLE_DRIVER_CONFIG",
+	0x80000002:                "EV_EFI_VARIABLE_BOOT",
+	0x80000003:                "EV_EFI_BOOT_SERVICES_APPLICATION",
+	0x80000004:                "EV_EFI_BOOT_SERVICES_DRIVER",
+	0x80000005:                "EV_EFI_RUNTIME_SERVICES_DRIVER",
+	0x80000006:                "EV_EFI_GPT_EVENT",
+	EVEFIAction:               "EV_EFI_ACTION",
+	EVEFIPlatformFirmwareBlob: "EV_EFI_PLATFORM_FIRMWARE_BLOB",
+	0x80000009:                "EV_EFI_HANDOFF_TABLES",
+	0x8000000a:                "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
+	0x8000000b:                "EV_EFI_HANDOFF_TABLES2",
+	0x8000000c:                "EV_EFI_VARIABLE_BOOT2",
+	0x800000e0:                "EV_EFI_VARIABLE_AUTHORITY",
+}
+
+// String is the event type's TCG name, or its number in hex.
+func (t EventType) String() string {
+	if n, ok := eventTypeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("0x%08x", uint32(t))
+}
+
 // Limits on an event log. The firmware logs Linux exports are tens of KB;
 // these bounds leave room for large ones and for provd's own log, and keep a
 // hostile log from making the parser allocate without end.

@@ -28,6 +28,16 @@ var (
 	ErrBadSignature = errors.New("firmware: the manifest's signature does not verify, or its signer is not the anchored one")
 	ErrDigest       = errors.New("firmware: an image does not match the manifest")
 	ErrMissingImage = errors.New("firmware: an image the manifest lists is missing")
+	// ErrRollback: the manifest's version is below the lowest the TPM's
+	// anti-rollback counter accepts.
+	ErrRollback = errors.New("firmware: the manifest's version is below the lowest the anti-rollback counter accepts")
+	// ErrNoAnchor: the TPM holds no signer anchor (or no anti-rollback
+	// counter): nothing can be authenticated.
+	ErrNoAnchor = errors.New("firmware: no firmware signer is anchored in the TPM")
+	// ErrAnchorUntrusted: the NV index at the anchor's (or the counter's)
+	// handle is not one provd defined: other attributes, another write
+	// policy, or content not in the anchor's form.
+	ErrAnchorUntrusted = errors.New("firmware: the TPM's signer anchor is not one provd defined")
 )
 
 // Format is the manifest file's and payload's format number.
@@ -95,6 +105,14 @@ func signedDigest(payload []byte) []byte {
 func (s *Signed) Digest() []byte {
 	d := sha256.Sum256(s.Payload)
 	return d[:]
+}
+
+// DigestFor is the manifest's measurement in a PCR bank of hash h: h of
+// the signed payload (Digest for SHA-256).
+func (s *Signed) DigestFor(h crypto.Hash) []byte {
+	hh := h.New()
+	hh.Write(s.Payload)
+	return hh.Sum(nil)
 }
 
 // Sign writes the manifest file for m, signed by signer.
@@ -181,8 +199,16 @@ func (s *Signed) SignedBy(anchored ...[]byte) error {
 	return fmt.Errorf("%w: signed by %x, which the anchor does not name", ErrBadSignature, s.SignerName)
 }
 
-// maxClass bounds a device class, as agent.PolicyRef does.
-const maxClass = 23
+// MaxClass bounds a device class, as agent.PolicyRef does.
+const MaxClass = 23
+
+// CheckClass accepts a device class: 1..MaxClass of a-z, 0-9, '.', '_', '-'.
+func CheckClass(c string) error {
+	if c == "" || len(c) > MaxClass || strings.Trim(c, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
+		return fmt.Errorf("%w: device class %q: 1..%d of a-z, 0-9, '.', '_', '-'", ErrBadManifest, c, MaxClass)
+	}
+	return nil
+}
 
 // check validates a manifest's fields: the format, a class of a-z, 0-9,
 // '.', '_', '-' (at most 23), 1..MaxImages images with distinct valid
@@ -194,8 +220,8 @@ func (m Manifest) check() error {
 	if m.Format != Format {
 		return bad("payload format %d, want %d", m.Format, Format)
 	}
-	if m.Class == "" || len(m.Class) > maxClass || strings.Trim(m.Class, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
-		return bad("device class %q: 1..%d of a-z, 0-9, '.', '_', '-'", m.Class, maxClass)
+	if err := CheckClass(m.Class); err != nil {
+		return err
 	}
 	if len(m.Images) == 0 || len(m.Images) > MaxImages {
 		return bad("%d images, want 1..%d", len(m.Images), MaxImages)

@@ -114,6 +114,14 @@ var rules = []rule{
 			"been provisioned: the manifest and its check need the signer's key and the images, nothing of the agent or its state",
 	},
 	{
+		name:      "boot-hook-without-the-agent",
+		from:      []string{"fwhook/..."},
+		forbid:    []string{"agent/...", "cmd/...", "api/...", "officer/...", "systemd", yaml},
+		testAllow: []string{"test/swtpmtest"},
+		why: "provd fw verify runs at boot before the daemon, on a device that may never have been provisioned: " +
+			"it reads the TPM's anchor and counter, the manifest and the images, and nothing of the agent or its state",
+	},
+	{
 		name:   "below-the-agent",
 		from:   []string{"audit/...", "store/...", "catalog/..."},
 		forbid: []string{"agent/...", "cmd/...", "systemd", "api/..."},
@@ -131,7 +139,7 @@ var rules = []rule{
 	{
 		name: "core-without-cli-or-systemd",
 		from: []string{"agent/...", "tpm/...", "attest/...", "policy/...",
-			"api/...", "audit/...", "store/...", "catalog/...", "officer/...", "firmware/..."},
+			"api/...", "audit/...", "store/...", "catalog/...", "officer/...", "firmware/...", "fwhook/..."},
 		forbid: cliAndSystemd,
 		why:    "only cmd and systemd use cobra and go-systemd; the core runs under any front end, tests included",
 	},

@@ -17,12 +17,15 @@ func (a *app) fwCmd() *cobra.Command {
 		Short: "Firmware authentication: signed manifests of firmware images (docs/firmware.md)",
 		Long: `The firmware signer signs, offline, a manifest of the firmware images: each
 image's name, size and SHA-256 or SHA-384 digest, a monotonic version and a device
-class (provd fw sign). A device authenticates the images against it at boot with
-the signer the TPM anchors (docs/firmware.md).`,
+class (provd fw sign). The crypto officer anchors the signer in the TPM (provd fw
+anchor set); at boot, provd fw verify authenticates the images against the
+manifest with that signer and the anti-rollback counter, and measures the verdict
+into a PCR and <state-dir>/measurements.log (provd fw log --replay)
+(docs/firmware.md).`,
 	}
 	manifest := &cobra.Command{Use: "manifest", Short: "Read firmware manifests"}
 	manifest.AddCommand(a.fwManifestShowCmd())
-	c.AddCommand(a.fwSignCmd(), manifest)
+	c.AddCommand(a.fwSignCmd(), manifest, a.fwAnchorCmd(), a.fwVerifyCmd(), a.fwLogCmd())
 	return c
 }
 

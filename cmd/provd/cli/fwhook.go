@@ -1,0 +1,417 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/fwhook"
+	"github.com/provd/provd/tpm"
+)
+
+// anchorJSON is fw anchor set|show's -o json form.
+type anchorJSON struct {
+	Officer       string `json:"officer"`
+	Class         string `json:"class"`
+	Signer        string `json:"signer"`
+	Next          string `json:"next_signer,omitempty"`
+	Base          uint64 `json:"counter_base"`
+	Counter       uint64 `json:"counter"`
+	Lowest        uint64 `json:"lowest_version"`
+	OwnerAuthSet  bool   `json:"owner_auth_set"`
+	Authenticated bool   `json:"authenticated"`
+}
+
+func (a *app) emitAnchor(in fwhook.Info, verb string) error {
+	j := anchorJSON{Officer: hex.EncodeToString(in.Officer), Class: in.Class, Signer: hex.EncodeToString(in.Current),
+		Next: hex.EncodeToString(in.Next), Base: in.Base, Counter: in.Counter, Lowest: in.Lowest,
+		OwnerAuthSet: in.OwnerAuthSet, Authenticated: in.Authenticated}
+	if !in.OwnerAuthSet {
+		fmt.Fprintln(a.deps.Stderr, "provd: warning: the owner hierarchy has no authorization value: a process with TPM access can undefine the anchor and define its own (docs/firmware.md)")
+	}
+	return a.emit(j, func(w io.Writer) {
+		fmt.Fprintf(w, "%s firmware anchor 0x%08x\nclass:          %s\nsigner:         %s\n", verb, uint32(fwhook.AnchorHandle), j.Class, j.Signer)
+		if j.Next != "" {
+			fmt.Fprintf(w, "next signer:    %s\n", j.Next)
+		}
+		fmt.Fprintf(w, "officer:        %s\nlowest version: %d (counter 0x%08x at %d, base %d)\nowner auth set: %v\n",
+			j.Officer, j.Lowest, uint32(fwhook.CounterHandle), j.Counter, j.Base, j.OwnerAuthSet)
+	})
+}
+
+func (a *app) fwAnchorCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "anchor",
+		Short: "The firmware signer anchored in TPM NV, and the anti-rollback counter",
+	}
+	var pubFile, nextFile, class, officerFile, ownerAuthFile string
+	set := &cobra.Command{
+		Use:   "set --pubkey signer.pub.pem [--next next.pub.pem] --class C --officer officer.pem [--owner-auth-file FILE]",
+		Short: "Anchor the firmware signer in the TPM (crypto officer)",
+		Long: `Write the firmware signer's TPM name, the next signer's during a rotation, and the
+device class into the anchor, NV index 0x01707603, and define the anti-rollback
+counter, 0x01707604, where it is missing.
+
+The anchor is written only through TPM2_PolicySigned by the crypto officer's key
+(--officer, the private half of provision --officer-key): the officer signs this
+one write (the TPM's nonce and the write's cpHash), so neither an edit of a file
+nor another local process, nor a replay of the signature, can change it. A device
+that was never provisioned can hold an anchor.
+
+The counter's value, less the base recorded in the anchor, is the lowest firmware
+version the device accepts; provd fw verify --commit raises it. Its write
+authorization is kept root-only in <state-dir>/fw-commit.auth.
+
+Rotation: set --pubkey CURRENT --next NEXT; devices accept both; once the fleet
+runs firmware signed by NEXT, set --pubkey NEXT. A rotation keeps the lowest
+accepted version.
+
+--owner-auth-file gives the owner hierarchy's authorization value (the file's
+bytes, one trailing newline dropped) when the device maker set one: only then can
+no process without it undefine the anchor and define its own. Without one, provd
+warns.`,
+		Example: `  provd fw anchor set --pubkey fw-signer.pub.pem --class gateway --officer officer.pem
+  provd fw anchor set --pubkey fw-signer.pub.pem --next fw-signer-2027.pub.pem --class gateway --officer officer.pem`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pubFile == "" || class == "" || officerFile == "" {
+				return usageError(errors.New("--pubkey, --class and --officer are required"))
+			}
+			req := fwhook.SetRequest{Class: class}
+			var err error
+			if req.Signer, err = readSignerPub(pubFile); err != nil {
+				return err
+			}
+			if nextFile != "" {
+				if req.Next, err = readSignerPub(nextFile); err != nil {
+					return err
+				}
+			}
+			if req.Officer, err = readSigner(officerFile); err != nil {
+				return err
+			}
+			if ownerAuthFile != "" {
+				b, err := os.ReadFile(ownerAuthFile)
+				if err != nil {
+					return usageError(err)
+				}
+				req.OwnerAuth = bytes.TrimSuffix(b, []byte("\n"))
+				defer clear(b)
+			}
+			dir, err := a.fwStateDir()
+			if err != nil {
+				return err
+			}
+			req.CommitAuthPath = filepath.Join(dir, fwhook.CommitAuthName)
+			t, done, err := a.openTPM(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			in, err := fwhook.Set(t, req)
+			if err != nil {
+				return err
+			}
+			return a.emitAnchor(in, "set")
+		},
+	}
+	set.Flags().StringVar(&pubFile, "pubkey", "", "the firmware signer's public key (PEM)")
+	set.Flags().StringVar(&nextFile, "next", "", "the next firmware signer's public key (PEM), during a rotation")
+	set.Flags().StringVar(&class, "class", "", "the device class (as fw sign --class)")
+	set.Flags().StringVar(&officerFile, "officer", "", "the crypto officer's private approval key (PEM)")
+	set.Flags().StringVar(&ownerAuthFile, "owner-auth-file", "", "the owner hierarchy's authorization value, when it has one")
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Show the anchored firmware signer and the lowest accepted version",
+		Long: `Read the anchor and the counter from the TPM and check that both are the indices
+provd defines (exit 22 when another process replaced one, 21 when none is set).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, done, err := a.openTPM(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			in, err := fwhook.Read(t)
+			if err != nil {
+				return err
+			}
+			return a.emitAnchor(in, "the")
+		},
+	}
+	c.AddCommand(set, show)
+	return c
+}
+
+// fwStateDir is the state directory, made (root-only) when missing: the
+// hook runs on devices never provisioned.
+func (a *app) fwStateDir() (string, error) {
+	dir, err := filepath.Abs(a.stateDir)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+func (a *app) fwVerifyCmd() *cobra.Command {
+	var manifest, root string
+	var pcr int
+	var commit bool
+	c := &cobra.Command{
+		Use:   "verify --manifest M [--root DIR] [--pcr 12] [--commit]",
+		Short: "Authenticate the firmware images at boot and measure the verdict into a PCR",
+		Long: `The boot hook (systemd/provd-fw-verify.service), in-process, with nothing of
+provd's state but the TPM's anchor and counter:
+
+  1. read the anchor and the counter from the TPM (exit 21 none, 22 not provd's);
+  2. verify the manifest's signature, its signer against the anchor and its class
+     (exit 17);
+  3. each image's size and digest, in one streaming pass (exit 18 changed, 19
+     missing);
+  4. the version against the counter (exit 20 rolled back);
+
+then extend the PCR (--pcr, default 12) in every active bank with the manifest's
+digest (the bank's hash of the signed payload) and append a TCG_PCR_EVENT2 to
+<state-dir>/measurements.log. On any failure it extends a fixed "verification
+failed" measurement instead, so keys sealed to the good value stay locked, and
+exits with the failure's code. A TPM failure is exit 9 (6 when no TPM answers).
+
+--commit, after a good verification, raises the counter so that this version
+becomes the lowest accepted; it never lowers it.`,
+		Example: `  provd fw verify --manifest /boot/fw.manifest --root /boot/firmware --commit`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if manifest == "" {
+				return usageError(errors.New("--manifest is required"))
+			}
+			if pcr < 0 || pcr > 16 && pcr != 23 {
+				return usageError(fmt.Errorf("--pcr %d: want 0..16 or 23 (17..22 are not extendable from the OS)", pcr))
+			}
+			m, err := readIn(a, manifest)
+			if err != nil {
+				return err
+			}
+			dir, err := a.fwStateDir()
+			if err != nil {
+				return err
+			}
+			t, done, err := a.openTPM(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			res, err := fwhook.Verify(t, fwhook.VerifyRequest{Manifest: m, Root: root, PCR: pcr,
+				LogPath: filepath.Join(dir, fwhook.LogName), Commit: commit, CommitAuthPath: filepath.Join(dir, fwhook.CommitAuthName)})
+			if err != nil {
+				var te *tpm.Error
+				if ExitCode(err) == api.ExitError && errors.As(err, &te) {
+					err = &codedError{code: api.ExitTPMFailure, err: err}
+				}
+				if a.output == "json" {
+					_ = a.emit(res, nil)
+				}
+				return err
+			}
+			return a.emit(res, func(w io.Writer) {
+				fmt.Fprintf(w, "firmware verified: class %s, version %d, manifest sha256 %s\nPCR %d extended: %s\n", res.Class, res.Version, res.ManifestSHA256, res.PCR, pcrLine(res.PCRValues))
+				if res.Committed {
+					fmt.Fprintf(w, "committed: the lowest accepted version is now %d\n", res.Lowest)
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&manifest, "manifest", "", "the signed firmware manifest")
+	c.Flags().StringVar(&root, "root", ".", "the directory the manifest's image names are under")
+	c.Flags().IntVar(&pcr, "pcr", fwhook.DefaultPCR, "the PCR to extend")
+	c.Flags().BoolVar(&commit, "commit", false, "after a good verification, raise the anti-rollback counter to this version")
+	return c
+}
+
+func pcrLine(v map[string]string) string {
+	var parts []string
+	for bank, val := range v {
+		parts = append(parts, bank+":"+val)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// eventJSON is one event of fw log -o json.
+type eventJSON struct {
+	PCR     int               `json:"pcr"`
+	Type    string            `json:"type"`
+	Digests map[string]string `json:"digests"`
+	Text    string            `json:"text,omitempty"`
+	Data    string            `json:"data,omitempty"`
+}
+
+func (a *app) fwLogCmd() *cobra.Command {
+	var logFile string
+	var replay bool
+	c := &cobra.Command{
+		Use:   "log [--log FILE] [--replay]",
+		Short: "Print a TCG event log (provd's measurements, or the firmware's) and replay it against the PCRs",
+		Long: `Print the events of a TCG PC Client crypto-agile event log: provd's
+<state-dir>/measurements.log by default, or --log FILE, such as the kernel's
+firmware log /sys/kernel/security/tpm0/binary_bios_measurements (the same parser
+reads both). --replay recomputes every PCR the log extends, in each bank both the
+log and the TPM have, and compares with the TPM: exit 14 names the PCRs that
+differ (something extended them without a logged event, or the log was edited).`,
+		Example: `  provd fw log --replay
+  provd fw log --log /sys/kernel/security/tpm0/binary_bios_measurements --replay -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if logFile == "" {
+				dir, err := filepath.Abs(a.stateDir)
+				if err != nil {
+					return err
+				}
+				logFile = filepath.Join(dir, fwhook.LogName)
+			}
+			l, err := fwhook.ReadLogFile(logFile)
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("%w: %v", api.ErrNotFound, err)
+				}
+				return usageError(err)
+			}
+			out := struct {
+				Log      string        `json:"log"`
+				Events   []eventJSON   `json:"events"`
+				Replayed []replayedPCR `json:"replayed,omitempty"`
+				Match    *bool         `json:"match,omitempty"`
+			}{Log: logFile, Events: []eventJSON{}}
+			for _, e := range l.Events {
+				j := eventJSON{PCR: e.PCR, Type: e.Type.String(), Digests: map[string]string{}, Text: fwhook.EventText(e)}
+				if j.Text == "" {
+					j.Data = hex.EncodeToString(e.Data)
+				}
+				for _, d := range e.Digests {
+					j.Digests[catalog.HashName(d.HashAlg)] = hex.EncodeToString(d.Digest)
+				}
+				out.Events = append(out.Events, j)
+			}
+			var cmpErr error
+			if replay {
+				t, done, err := a.openTPM(cmd.Context())
+				if err != nil {
+					return err
+				}
+				defer done()
+				out.Replayed, cmpErr = replayAgainstTPM(t, l)
+				if cmpErr != nil && !errors.Is(cmpErr, api.ErrTampered) {
+					return cmpErr
+				}
+				match := cmpErr == nil
+				out.Match = &match
+			}
+			if err := a.emit(out, func(w io.Writer) {
+				for _, e := range out.Events {
+					desc := e.Text
+					if desc == "" {
+						desc = shortHex(e.Data)
+					}
+					fmt.Fprintf(w, "PCR %-2d %-34s %s  %s\n", e.PCR, e.Type, shortHex(e.Digests["sha256"]), desc)
+				}
+				if replay && cmpErr == nil {
+					fmt.Fprintf(w, "replayed: the log accounts for every PCR it extends (%d values)\n", len(out.Replayed))
+				}
+			}); err != nil {
+				return err
+			}
+			return cmpErr
+		},
+	}
+	c.Flags().StringVar(&logFile, "log", "", "the event log (default <state-dir>/measurements.log)")
+	c.Flags().BoolVar(&replay, "replay", false, "replay the log and compare with the TPM's PCRs")
+	return c
+}
+
+func shortHex(s string) string {
+	if len(s) > 16 {
+		return s[:16] + "…"
+	}
+	return s
+}
+
+// replayedPCR is one PCR value a log replays to, as fw log -o json shows it.
+type replayedPCR struct {
+	Bank  string `json:"bank"`
+	PCR   int    `json:"pcr"`
+	Value string `json:"value"`
+	Match bool   `json:"match"`
+}
+
+// replayAgainstTPM replays l and compares every PCR it extends, in each
+// bank the TPM has, with the TPM's value. It returns the replayed values
+// compared; a mismatch is api.ErrTampered naming them.
+func replayAgainstTPM(t *tpm.TPM, l *attest.EventLog) ([]replayedPCR, error) {
+	vals, err := l.Replay(attest.Options{AllowSHA1: true})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", api.ErrTampered, err)
+	}
+	banks, err := t.PCRBanks()
+	if err != nil {
+		return nil, err
+	}
+	touched := map[int]bool{}
+	for _, e := range l.Events {
+		if e.Type != attest.EVNoAction {
+			touched[e.PCR] = true
+		}
+	}
+	var pcrs []int
+	for i := range touched {
+		pcrs = append(pcrs, i)
+	}
+	sort.Ints(pcrs)
+	var out []replayedPCR
+	var diffs []string
+	for _, b := range banks {
+		rep, ok := vals[b]
+		if !ok || len(pcrs) == 0 {
+			continue
+		}
+		got, err := t.PCRRead(b, pcrs)
+		if err != nil {
+			return nil, err
+		}
+		for _, i := range pcrs {
+			match := bytes.Equal(got[i], rep[i])
+			out = append(out, replayedPCR{Bank: catalog.HashName(b), PCR: i, Value: hex.EncodeToString(rep[i]), Match: match})
+			if !match {
+				diffs = append(diffs, fmt.Sprintf("%s PCR %d is %x, the log replays to %x", catalog.HashName(b), i, got[i], rep[i]))
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: the log has no bank the TPM has (%v)", api.ErrTampered, banksOf(banks))
+	}
+	if len(diffs) > 0 {
+		return out, fmt.Errorf("%w: the log does not account for the PCRs: %s", api.ErrTampered, strings.Join(diffs, "; "))
+	}
+	return out, nil
+}
+
+func banksOf(b []tpm2.TPMIAlgHash) []string {
+	var s []string
+	for _, x := range b {
+		s = append(s, catalog.HashName(x))
+	}
+	return s
+}

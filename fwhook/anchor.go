@@ -1,0 +1,429 @@
+// Package fwhook is the firmware-authentication hook at boot (provd fw
+// verify) and the two TPM NV indices it trusts: the signer anchor, which
+// only the crypto officer's signature over one exact write can change, and
+// the anti-rollback counter. It runs in-process before the daemon, on a
+// device that may never have been provisioned, so it reads nothing of the
+// agent's state: the anchor and counter in the TPM, the manifest and the
+// images, and the counter's write authorization when it commits
+// (docs/firmware.md). It measures its verdict into a PCR and into a TCG
+// event log that attest replays, as a fleet verifier does.
+package fwhook
+
+import (
+	"bytes"
+	"crypto"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// The hook's NV indices, beside the agent's (0x01707600-02).
+const (
+	AnchorHandle  tpm2.TPMHandle = 0x01707603
+	CounterHandle tpm2.TPMHandle = 0x01707604
+)
+
+// AnchorRef is the policyRef of the officer's signature over an anchor
+// write: no other signature by the officer's key opens the anchor.
+var AnchorRef = []byte("provd/fw-anchor")
+
+// The anchor's content: a magic, the officer's TPM name (whose
+// PolicySigned is the index's write policy), the device class
+// (NUL-padded), the current and next signers' TPM names (next all zero when
+// none), and the counter value that stands for version 0.
+const (
+	anchorMagic = "pfa1"
+	nameSize    = 2 + 32 // a SHA-256 TPM name
+	classSize   = firmware.MaxClass + 1
+	// AnchorSize is the anchor index's size.
+	AnchorSize = len(anchorMagic) + nameSize + classSize + 2*nameSize + 8
+)
+
+// Anchor is what the anchor index holds.
+type Anchor struct {
+	Officer []byte // the officer's TPM name
+	Class   string
+	Current []byte // the signer's TPM name
+	Next    []byte // the next signer's TPM name during a rotation; nil when none
+	Base    uint64 // the counter's value for version 0
+}
+
+// Marshal is the index's content.
+func (a Anchor) Marshal() ([]byte, error) {
+	if err := checkName(a.Officer); err != nil {
+		return nil, fmt.Errorf("anchor officer: %w", err)
+	}
+	if err := checkName(a.Current); err != nil {
+		return nil, fmt.Errorf("anchor signer: %w", err)
+	}
+	if a.Next != nil {
+		if err := checkName(a.Next); err != nil {
+			return nil, fmt.Errorf("anchor next signer: %w", err)
+		}
+	}
+	if err := firmware.CheckClass(a.Class); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, AnchorSize)
+	b = append(b, anchorMagic...)
+	b = append(b, a.Officer...)
+	class := make([]byte, classSize)
+	copy(class, a.Class)
+	b = append(b, class...)
+	b = append(b, a.Current...)
+	if a.Next != nil {
+		b = append(b, a.Next...)
+	} else {
+		b = append(b, make([]byte, nameSize)...)
+	}
+	return binary.BigEndian.AppendUint64(b, a.Base), nil
+}
+
+// ParseAnchor reads an anchor index's content strictly: its size, magic,
+// names of SHA-256, a valid class with zero padding. Anything else is
+// ErrAnchorUntrusted.
+func ParseAnchor(b []byte) (Anchor, error) {
+	bad := func(format string, args ...any) (Anchor, error) {
+		return Anchor{}, fmt.Errorf("%w: %s", firmware.ErrAnchorUntrusted, fmt.Sprintf(format, args...))
+	}
+	if len(b) != AnchorSize {
+		return bad("anchor of %d bytes, want %d", len(b), AnchorSize)
+	}
+	if string(b[:4]) != anchorMagic {
+		return bad("anchor magic %q", b[:4])
+	}
+	b = b[4:]
+	take := func(n int) []byte { v := bytes.Clone(b[:n]); b = b[n:]; return v }
+	a := Anchor{Officer: take(nameSize)}
+	class := take(classSize)
+	a.Current = take(nameSize)
+	a.Next = take(nameSize)
+	a.Base = binary.BigEndian.Uint64(b)
+	i := bytes.IndexByte(class, 0)
+	if i < 0 || bytes.Count(class[i:], []byte{0}) != len(class)-i {
+		return bad("anchor class is not NUL-padded")
+	}
+	a.Class = string(class[:i])
+	if err := firmware.CheckClass(a.Class); err != nil {
+		return bad("anchor class: %v", err)
+	}
+	if err := checkName(a.Officer); err != nil {
+		return bad("anchor officer: %v", err)
+	}
+	if err := checkName(a.Current); err != nil {
+		return bad("anchor signer: %v", err)
+	}
+	if bytes.Equal(a.Next, make([]byte, nameSize)) {
+		a.Next = nil
+	} else if err := checkName(a.Next); err != nil {
+		return bad("anchor next signer: %v", err)
+	}
+	return a, nil
+}
+
+func checkName(n []byte) error {
+	if len(n) != nameSize || binary.BigEndian.Uint16(n) != uint16(tpm2.TPMAlgSHA256) {
+		return fmt.Errorf("TPM name %x: want SHA-256 (%d bytes)", n, nameSize)
+	}
+	return nil
+}
+
+// AnchorPublic is the anchor index's public area for officer (its TPM
+// name): written only through PolicySigned(officer, AnchorRef) and whole
+// (WRITEALL), read by anyone with the empty password, no DA counting.
+// written says whether TPMA_NV_WRITTEN is set (the name changes with it).
+func AnchorPublic(officer []byte, written bool) (tpm2.TPMSNVPublic, error) {
+	pol, err := tpm.SignedWritePolicy(officer, AnchorRef)
+	if err != nil {
+		return tpm2.TPMSNVPublic{}, err
+	}
+	return tpm2.TPMSNVPublic{
+		NVIndex: AnchorHandle,
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{
+			NT:          tpm2.TPMNTOrdinary,
+			PolicyWrite: true,
+			WriteAll:    true,
+			AuthRead:    true,
+			NoDA:        true,
+			Written:     written,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: pol},
+		DataSize:   uint16(AnchorSize),
+	}, nil
+}
+
+// CounterPublic is the anti-rollback counter's public area: incremented
+// only with its authValue (kept root-only in the state directory, never on
+// the bus), read by anyone through PolicyCommandCode(NV_Read), no DA
+// counting.
+func CounterPublic(written bool) tpm2.TPMSNVPublic {
+	return tpm2.TPMSNVPublic{
+		NVIndex: CounterHandle,
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{
+			NT:         tpm2.TPMNTCounter,
+			AuthWrite:  true,
+			PolicyRead: true,
+			NoDA:       true,
+			Written:    written,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: tpm.CommandPolicy(tpm2.TPMCCNVRead)},
+		DataSize:   8,
+	}
+}
+
+// Info is the anchor as the TPM holds it, with the counter.
+type Info struct {
+	Anchor
+	// Counter is the anti-rollback counter's value; Lowest = Counter -
+	// Base is the lowest version accepted.
+	Counter uint64
+	Lowest  uint64
+	// OwnerAuthSet: the owner hierarchy has an authorization value, so no
+	// process without it can undefine and redefine the anchor.
+	OwnerAuthSet bool
+	// Authenticated: read through a session salted to a pinned SRK (never at
+	// boot, where no state is read: the values are then the bus's word).
+	Authenticated bool
+}
+
+// Read reads and checks the anchor and the counter: both must be exactly
+// the indices provd defines (attributes, policies, and for the anchor the
+// officer its content names), else ErrAnchorUntrusted; a missing one is
+// ErrNoAnchor.
+func Read(t *tpm.TPM) (Info, error) {
+	var in Info
+	var cx tpm.NVIndex
+	err := t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
+		x, err := r.ReadPublic(AnchorHandle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			return fmt.Errorf("%w: no NV index at 0x%08x (provd fw anchor set)", firmware.ErrNoAnchor, uint32(AnchorHandle))
+		}
+		if err != nil {
+			return err
+		}
+		// The shape before the read: the index's own password must be
+		// what reads it (AUTHREAD, empty), and it must be the anchor's size.
+		shape, _ := AnchorPublic(make([]byte, nameSize), x.Public.Attributes.Written)
+		shape.AuthPolicy = x.Public.AuthPolicy
+		if n, err := tpm.NVPublicName(shape); err != nil || !bytes.Equal(n, x.Name.Buffer) {
+			return fmt.Errorf("%w: NV index 0x%08x has other attributes or size than provd's anchor", firmware.ErrAnchorUntrusted, uint32(AnchorHandle))
+		}
+		if !x.Public.Attributes.Written {
+			return fmt.Errorf("%w: the anchor index at 0x%08x was defined but never written (provd fw anchor set)", firmware.ErrNoAnchor, uint32(AnchorHandle))
+		}
+		b, err := r.Read(x, uint16(AnchorSize))
+		if err != nil {
+			return err
+		}
+		if in.Anchor, err = ParseAnchor(b); err != nil {
+			return err
+		}
+		want, err := AnchorPublic(in.Officer, true)
+		if err != nil {
+			return err
+		}
+		if n, err := tpm.NVPublicName(want); err != nil || !bytes.Equal(n, x.Name.Buffer) {
+			return fmt.Errorf("%w: the anchor's write policy is not the officer's it names (%x)", firmware.ErrAnchorUntrusted, in.Officer)
+		}
+		if cx, err = r.ReadPublic(CounterHandle); errors.Is(err, tpm.ErrNotFound) {
+			return fmt.Errorf("%w: no anti-rollback counter at 0x%08x (provd fw anchor set)", firmware.ErrNoAnchor, uint32(CounterHandle))
+		} else if err != nil {
+			return err
+		}
+		if n, err := tpm.NVPublicName(CounterPublic(true)); err != nil || !bytes.Equal(n, cx.Name.Buffer) {
+			return fmt.Errorf("%w: NV index 0x%08x is not provd's anti-rollback counter", firmware.ErrAnchorUntrusted, uint32(CounterHandle))
+		}
+		return nil
+	})
+	if err != nil {
+		return Info{}, err
+	}
+	in.Authenticated = t.PinnedSRKName() != nil
+	if in.Counter, err = t.ReadCounterByPolicy(cx); err != nil {
+		return Info{}, err
+	}
+	if in.Counter < in.Base {
+		return Info{}, fmt.Errorf("%w: the counter (%d) is below the anchor's base (%d)", firmware.ErrAnchorUntrusted, in.Counter, in.Base)
+	}
+	in.Lowest = in.Counter - in.Base
+	if in.OwnerAuthSet, err = t.OwnerAuthSet(); err != nil {
+		return Info{}, err
+	}
+	return in, nil
+}
+
+// SetRequest is what fw anchor set writes.
+type SetRequest struct {
+	// Officer signs the write (the crypto officer's approval key, ECDSA
+	// P-256 as for provd's other approvals); its name becomes the
+	// anchor's write policy.
+	Officer crypto.Signer
+	// Signer and Next are the firmware signers' public keys (Next nil
+	// when no rotation is under way).
+	Signer, Next crypto.PublicKey
+	Class        string
+	// OwnerAuth is the owner hierarchy's authorization value, nil when it
+	// has none.
+	OwnerAuth []byte
+	// CommitAuthPath keeps the counter's authValue (root-only): written
+	// when the counter is (re)defined, read by fw verify --commit.
+	CommitAuthPath string
+}
+
+// Set writes the anchor, defining the anchor index and the counter where
+// they are missing or not provd's. An existing counter of provd's shape
+// whose authValue is at CommitAuthPath is kept with the lowest version the
+// old anchor gave it; otherwise a new counter starts at version 0 (a
+// counter's value never goes back, even across undefine and define: the new
+// one starts at or above the highest any counter of this TPM reached). The
+// anchor is written with the officer's signature over this one write.
+func Set(t *tpm.TPM, r SetRequest) (Info, error) {
+	if r.Officer == nil || r.Signer == nil || r.CommitAuthPath == "" {
+		return Info{}, errors.New("anchor: officer, signer and commit authorization path are required")
+	}
+	officerPub, err := policy.SignerPublic(r.Officer.Public())
+	if err != nil {
+		return Info{}, fmt.Errorf("officer key: %w", err)
+	}
+	a := Anchor{Class: r.Class}
+	if a.Officer, err = policy.SignerName(r.Officer.Public()); err != nil {
+		return Info{}, fmt.Errorf("officer key: %w", err)
+	}
+	if a.Current, err = policy.SignerName(r.Signer); err != nil {
+		return Info{}, fmt.Errorf("firmware signer: %w", err)
+	}
+	if r.Next != nil {
+		if a.Next, err = policy.SignerName(r.Next); err != nil {
+			return Info{}, fmt.Errorf("next firmware signer: %w", err)
+		}
+	}
+	if _, err := a.Marshal(); err != nil { // validate before any TPM write
+		return Info{}, err
+	}
+	old, oldErr := Read(t)
+	cx, fresh, err := ensureCounter(t, r)
+	if err != nil {
+		return Info{}, err
+	}
+	counter, err := t.ReadCounterByPolicy(cx)
+	if err != nil {
+		return Info{}, err
+	}
+	a.Base = counter
+	if oldErr == nil && !fresh && old.Base <= counter {
+		a.Base = old.Base // a rotation keeps the lowest accepted version
+	}
+	content, err := a.Marshal()
+	if err != nil {
+		return Info{}, err
+	}
+	x, err := ensureAnchorIndex(t, a.Officer, r.OwnerAuth)
+	if err != nil {
+		return Info{}, err
+	}
+	sign := func(aHash []byte) (tpm2.TPMTSignature, error) { return policy.SignDigest(r.Officer, aHash) }
+	if err := t.NVWriteSigned(x, content, officerPub, AnchorRef, sign); err != nil {
+		return Info{}, fmt.Errorf("writing the anchor: %w", err)
+	}
+	in, err := Read(t)
+	if err != nil {
+		return Info{}, err
+	}
+	if got, _ := in.Anchor.Marshal(); !bytes.Equal(got, content) {
+		return Info{}, fmt.Errorf("%w: the anchor read back is not the one written", firmware.ErrAnchorUntrusted)
+	}
+	return in, nil
+}
+
+// ensureCounter returns provd's counter, defining it (and writing its new
+// authValue to r.CommitAuthPath first) when it is missing, not provd's, or
+// its authValue is not on disk. fresh says it was defined now.
+func ensureCounter(t *tpm.TPM, r SetRequest) (x tpm.NVIndex, fresh bool, err error) {
+	x, err = t.ReadNVPublic(CounterHandle)
+	switch {
+	case err == nil:
+		want, _ := tpm.NVPublicName(CounterPublic(true))
+		if auth, rerr := readCommitAuth(r.CommitAuthPath); rerr == nil && bytes.Equal(want, x.Name.Buffer) {
+			clear(auth)
+			return x, false, nil
+		}
+		if err := t.UndefineNVAuth(CounterHandle, r.OwnerAuth); err != nil {
+			return tpm.NVIndex{}, false, err
+		}
+	case !errors.Is(err, tpm.ErrNotFound):
+		return tpm.NVIndex{}, false, err
+	}
+	auth, err := tpm.NewGateAuth(randReader)
+	if err != nil {
+		return tpm.NVIndex{}, false, err
+	}
+	defer clear(auth)
+	if err := store.WriteFile(r.CommitAuthPath, auth, 0o600); err != nil {
+		return tpm.NVIndex{}, false, fmt.Errorf("the counter's authorization: %w", err)
+	}
+	if x, err = t.DefineNVAuth(CounterPublic(false), auth, r.OwnerAuth); err != nil {
+		return tpm.NVIndex{}, false, err
+	}
+	if err := t.IncrementAuth(x, auth); err != nil {
+		return tpm.NVIndex{}, false, err
+	}
+	x, err = t.ReadNVPublic(CounterHandle)
+	return x, true, err
+}
+
+// ensureAnchorIndex returns the anchor index for officer, defining it
+// (after removing whatever else sits at its handle) when needed.
+func ensureAnchorIndex(t *tpm.TPM, officer, ownerAuth []byte) (tpm.NVIndex, error) {
+	x, err := t.ReadNVPublic(AnchorHandle)
+	switch {
+	case err == nil:
+		want, err := AnchorPublic(officer, x.Public.Attributes.Written)
+		if err != nil {
+			return tpm.NVIndex{}, err
+		}
+		if n, err := tpm.NVPublicName(want); err == nil && bytes.Equal(n, x.Name.Buffer) {
+			return x, nil
+		}
+		if err := t.UndefineNVAuth(AnchorHandle, ownerAuth); err != nil {
+			return tpm.NVIndex{}, err
+		}
+	case !errors.Is(err, tpm.ErrNotFound):
+		return tpm.NVIndex{}, err
+	}
+	pub, err := AnchorPublic(officer, false)
+	if err != nil {
+		return tpm.NVIndex{}, err
+	}
+	return t.DefineNVAuth(pub, nil, ownerAuth)
+}
+
+// readCommitAuth reads the counter's authValue: a file of exactly
+// tpm.GateAuthSize bytes.
+func readCommitAuth(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, tpm.GateAuthSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) != tpm.GateAuthSize {
+		n := len(b)
+		clear(b)
+		return nil, fmt.Errorf("%s: not a counter authorization (%d bytes)", path, n)
+	}
+	return b, nil
+}
