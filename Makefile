@@ -76,6 +76,7 @@ install: build man
 	install -m 0644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/
 	install -D -m 0644 systemd/provd.service $(DESTDIR)/lib/systemd/system/provd.service
 	install -D -m 0644 systemd/provd.socket $(DESTDIR)/lib/systemd/system/provd.socket
+	install -D -m 0644 systemd/provd-fw-verify.service $(DESTDIR)/lib/systemd/system/provd-fw-verify.service
 	install -D -m 0644 systemd/provd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/provd.conf
 	test -e $(DESTDIR)/etc/provd/provd.yaml || install -D -m 0640 systemd/provd.yaml $(DESTDIR)/etc/provd/provd.yaml
 

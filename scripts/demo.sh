@@ -224,6 +224,43 @@ older=$(printf '%s' "$payload" | base64 -d | sed 's/"version":42/"version":43/' 
 sed "s|$payload|$older|" "$demo/fw.manifest" > "$demo/fw-changed.manifest"
 printf '\n\033[1m== The same manifest with its version raised after signing: the signature does not verify (exit 17)\033[0m\n'
 expect 17 "$bin" fw manifest show "$demo/fw-changed.manifest"
+printf '\n\033[1m== The boot hook on a new gateway: a device never provisioned authenticates its firmware at boot\033[0m\n'
+openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem"
+(
+  export PROVD_STATE_DIR="$demo/gw"
+  step "The crypto officer anchors the firmware signer in the gateway's TPM: NV written only with the officer's signature over that one write" \
+    "$bin" fw anchor set --pubkey "$demo/fw-signer.pub.pem" --class gateway --officer "$demo/officer.key.pem"
+  step "Boot 1: power on, and provd-fw-verify.service runs fw verify (and commits version 42 as the lowest accepted)" \
+    sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' --commit"
+  step "The measurement log accounts for PCR 12" \
+    "$bin" fw log --replay
+  cat "$demo/gw/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/gw/swtpm/ca/issuercert.pem" > "$demo/ek-ca-gw.pem"
+  step "Provision the gateway with its PK sealed to PCR 12 as this good boot left it, and seal the disk key" \
+    sh -c "'$bin' provision --pcrs 12 --ek-ca '$demo/ek-ca-gw.pem' >/dev/null && printf 'gateway-disk-key' | '$bin' seal --in - --out '$demo/gw-disk.sealed' && '$bin' unseal --in '$demo/gw-disk.sealed' --out -"
+  echo
+  cp "$demo/images/bootloader.bin" "$demo/bootloader.good"
+  printf 'bootkit' > "$demo/images/bootloader.bin"
+  printf '\n\033[1m== Boot 2: the bootloader image was changed; fw verify fails (exit 18) and measures "verification failed"\033[0m\n'
+  "$bin" tpm reboot >/dev/null
+  expect 18 "$bin" fw verify --manifest "$demo/fw.manifest" --root "$demo/images"
+  step "The log says what PCR 12 holds" \
+    "$bin" fw log --replay
+  printf '\n\033[1m== The disk key stays locked after the bad boot (exit 3)\033[0m\n'
+  expect 3 "$bin" unseal --in "$demo/gw-disk.sealed" --out -
+  cp "$demo/bootloader.good" "$demo/images/bootloader.bin"
+  step "Boot 3: the good image back; the firmware verifies and the disk key unseals" \
+    sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' >/dev/null && '$bin' unseal --in '$demo/gw-disk.sealed' --out -"
+  echo
+  "$bin" fw sign --key "$demo/fw-signer.key.pem" --images "$demo/images" --version 41 --class gateway --out "$demo/fw-41.manifest" >/dev/null
+  printf '\n\033[1m== Boot 4: an older release, properly signed, is refused: the counter accepts 42 and above (exit 20)\033[0m\n'
+  "$bin" tpm reboot >/dev/null
+  expect 20 "$bin" fw verify --manifest "$demo/fw-41.manifest" --root "$demo/images"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$demo/not-the-vendor.pem" 2>/dev/null
+  "$bin" fw sign --key "$demo/not-the-vendor.pem" --images "$demo/images" --version 43 --class gateway --out "$demo/fw-other.manifest" >/dev/null
+  printf '\n\033[1m== Boot 5: a manifest signed by a key the anchor does not name is refused (exit 17)\033[0m\n'
+  "$bin" tpm reboot >/dev/null
+  expect 17 "$bin" fw verify --manifest "$demo/fw-other.manifest" --root "$demo/images"
+)
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
 printf '\n\033[1m== Every key use is checked against the PK policy again: exit 3\033[0m\n'

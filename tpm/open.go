@@ -82,6 +82,9 @@ type TPM struct {
 	// srkEvicted: EvictSRK removed the SRK (zeroize --srk); sessions are no
 	// longer salted to the pin, whose key is gone, rather than recreate it.
 	srkEvicted bool
+	// powerCycled: PowerCycle asked that the sim stop without
+	// Shutdown(STATE), so its next start is a reboot.
+	powerCycled bool
 }
 
 var _ transport.TPM = (*TPM)(nil)
@@ -265,7 +268,7 @@ func (t *TPM) Close() error {
 	}
 	t.closed = true
 	var errs []error
-	if t.sim != nil {
+	if t.sim != nil && !t.powerCycled {
 		if err := t.Shutdown(true); err != nil {
 			errs = append(errs, err)
 		}
@@ -277,6 +280,21 @@ func (t *TPM) Close() error {
 		errs = append(errs, t.sim.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// PowerCycle makes the next start of the sim TPM a reboot: Close stops it
+// after TPM2_Shutdown(CLEAR) instead of STATE, so the next TPM2_Startup is
+// CLEAR (PCRs at their reset values, sessions and saved contexts gone). Only
+// for the sim; a real TPM reboots with its machine.
+func (t *TPM) PowerCycle() error {
+	if t.sim == nil {
+		return fmt.Errorf("%w: only the sim TPM (--tpm sim) is power-cycled by provd; %s reboots with its machine", ErrUnsupported, t.spec)
+	}
+	if err := t.Shutdown(false); err != nil {
+		return err
+	}
+	t.powerCycled = true
+	return nil
 }
 
 // Shutdown sends TPM2_Shutdown: STATE (state true) keeps PCRs and saved contexts

@@ -104,6 +104,46 @@ func TestTPMInfoSim(t *testing.T) {
 	}
 }
 
+// TestTPMRebootSim: tpm reboot power-cycles the sim, so a PCR extended
+// before it is back at its reset value after, where a plain second command
+// resumes it (Shutdown(STATE)). A TPM that is not the sim is exit 2.
+func TestTPMRebootSim(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"PROVD_TPM": "sim", "PROVD_STATE_DIR": dir}
+	pcr12 := func() string {
+		t.Helper()
+		out, stderr, code := run(t, env, "tpm", "pcr", "read", "--pcrs", "12")
+		if code != 0 {
+			t.Fatalf("pcr read: exit %d: %s", code, stderr)
+		}
+		return out
+	}
+	zero := pcr12()
+	if _, stderr, code := run(t, env, "tpm", "pcr", "extend", "12", "--data", "x"); code != 0 {
+		t.Fatalf("extend: %s", stderr)
+	}
+	extended := pcr12()
+	if extended == zero {
+		t.Fatal("the extend did not survive to the next command")
+	}
+	out, stderr, code := run(t, env, "tpm", "reboot", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"rebooted": true`) {
+		t.Fatalf("reboot: exit %d: %s%s", code, out, stderr)
+	}
+	if got := pcr12(); got != zero {
+		t.Fatalf("after reboot PCR 12 is\n%s, want\n%s", got, zero)
+	}
+	swtpm := swtpmtest.Start(t)
+	swtpm.CloseTPM()
+	defer swtpm.Reopen()
+	if _, _, code := run(t, nil, "--tpm", swtpm.Spec, "tpm", "reboot"); code != api.ExitUsage {
+		t.Fatalf("reboot of a TPM that is not the sim: exit %d", code)
+	}
+}
+
 // Under -o json an error is JSON on stderr, in the daemon's form.
 func TestJSONErrors(t *testing.T) {
 	_, stderr, code := run(t, nil, "-o", "json", "--tpm", "swtpm://127.0.0.1:1", "tpm", "info")

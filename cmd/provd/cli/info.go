@@ -54,7 +54,29 @@ func (a *app) tpmCmd() *cobra.Command {
 		Use:   "tpm",
 		Short: "Inspect the TPM: info, identity, PCRs",
 	}
-	c.AddCommand(a.pcrCmd(), a.tpmIdentityCmd())
+	c.AddCommand(a.pcrCmd(), a.tpmIdentityCmd(), &cobra.Command{
+		Use:   "reboot",
+		Short: "Power-cycle the sim TPM (--tpm sim): the next command finds it freshly booted",
+		Long: `Stop the simulator that --tpm sim runs as after a power cycle: the next command
+starts it with TPM2_Startup(CLEAR), PCRs at their reset values, as a machine finds
+its TPM after a reboot (the boot hook's demo uses it). Only for the sim: a real TPM
+reboots with its machine (exit 2 otherwise).`,
+		Example: `  provd --tpm sim tpm reboot`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, done, err := a.openTPM(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := t.PowerCycle(); err != nil {
+				return usageError(err)
+			}
+			return a.emit(map[string]any{"rebooted": true}, func(w io.Writer) {
+				fmt.Fprintln(w, "the sim TPM is off; the next command boots it (PCRs reset)")
+			})
+		},
+	})
 	c.AddCommand(&cobra.Command{
 		Use:   "info",
 		Short: "Show the TPM's vendor, firmware, algorithms, PCR banks, lockout state, SRK and EK certificates",
