@@ -15,8 +15,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -279,15 +277,20 @@ type SetRequest struct {
 	// CommitAuthPath keeps the counter's authValue (root-only): written
 	// when the counter is (re)defined, read by fw verify --commit.
 	CommitAuthPath string
+	// Lowest, when set, is the lowest version to accept from now on: at or
+	// above the current one (a set never lowers it); required when the
+	// previous anchor is gone but an index remains (see setFloor).
+	Lowest *uint64
 }
 
 // Set writes the anchor, defining the anchor index and the counter where
-// they are missing or not provd's. An existing counter of provd's shape
-// whose authValue is at CommitAuthPath is kept with the lowest version the
-// old anchor gave it; otherwise a new counter starts at version 0 (a
-// counter's value never goes back, even across undefine and define: the new
-// one starts at or above the highest any counter of this TPM reached). The
-// anchor is written with the officer's signature over this one write.
+// they are missing or not provd's (an existing counter of provd's shape
+// whose authValue is at CommitAuthPath is kept). The lowest accepted
+// version is kept, raised to r.Lowest, never lowered (setFloor); the base
+// is the counter's value less it (a counter never goes back, even across
+// undefine and define: a new one starts at or above the highest any
+// counter of this TPM reached). The anchor is written with the officer's
+// signature over this one write.
 func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	if r.Officer == nil || r.Signer == nil || r.CommitAuthPath == "" {
 		return Info{}, errors.New("anchor: officer, signer and commit authorization path are required")
@@ -311,19 +314,36 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	if _, err := a.Marshal(); err != nil { // validate before any TPM write
 		return Info{}, err
 	}
-	old, oldErr := Read(t)
-	cx, fresh, err := ensureCounter(t, r)
+	floor, err := setFloor(t, r.Lowest)
 	if err != nil {
 		return Info{}, err
 	}
+	cx, auth, err := ensureCounter(t, r)
+	if err != nil {
+		return Info{}, err
+	}
+	defer clear(auth)
 	counter, err := t.ReadCounterByPolicy(cx)
 	if err != nil {
 		return Info{}, err
 	}
-	a.Base = counter
-	if oldErr == nil && !fresh && old.Base <= counter {
-		a.Base = old.Base // a rotation keeps the lowest accepted version
+	if counter < floor {
+		if floor-counter > maxCommitSteps {
+			return Info{}, fmt.Errorf("anchor: a lowest version of %d needs %d increments of the counter, more than %d", floor, floor-counter, maxCommitSteps)
+		}
+		for range floor - counter {
+			if err := t.IncrementAuth(cx, auth); err != nil {
+				return Info{}, err
+			}
+		}
+		if counter, err = t.ReadCounterByPolicy(cx); err != nil {
+			return Info{}, err
+		}
+		if counter < floor {
+			return Info{}, fmt.Errorf("%w: the counter is %d after the increments, want at least %d", firmware.ErrAnchorUntrusted, counter, floor)
+		}
 	}
+	a.Base = counter - floor
 	content, err := a.Marshal()
 	if err != nil {
 		return Info{}, err
@@ -346,40 +366,79 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	return in, nil
 }
 
-// ensureCounter returns provd's counter, defining it (and writing its new
-// authValue to r.CommitAuthPath first) when it is missing, not provd's, or
-// its authValue is not on disk. fresh says it was defined now.
-func ensureCounter(t *tpm.TPM, r SetRequest) (x tpm.NVIndex, fresh bool, err error) {
-	x, err = t.ReadNVPublic(CounterHandle)
+// setFloor is the lowest accepted version a set leaves: never below what a
+// trusted anchor says now (the counter may be replaced under it: the base
+// is recomputed so the floor stays), want when given. A first set (nothing
+// at either handle) starts at want or 0. An anchor missing or not provd's
+// while something remains at one of the handles leaves the floor unknown:
+// an attacker who removed the anchor must not get a rollback out of the
+// officer's next set, so the officer says the floor (want).
+func setFloor(t *tpm.TPM, want *uint64) (uint64, error) {
+	old, err := Read(t)
+	if err == nil {
+		if want != nil && *want < old.Lowest {
+			return 0, fmt.Errorf("anchor: the lowest accepted version is %d; a set never lowers it (asked %d)", old.Lowest, *want)
+		}
+		if want != nil {
+			return *want, nil
+		}
+		return old.Lowest, nil
+	}
+	if !errors.Is(err, firmware.ErrNoAnchor) && !errors.Is(err, firmware.ErrAnchorUntrusted) {
+		return 0, err
+	}
+	if want != nil {
+		return *want, nil
+	}
+	for _, h := range []tpm2.TPMHandle{AnchorHandle, CounterHandle} {
+		if _, herr := t.ReadNVPublic(h); herr == nil {
+			return 0, fmt.Errorf("%w: the lowest accepted version is unknown (%v); after an incident the officer gives it (--lowest-version)", firmware.ErrAnchorUntrusted, err)
+		} else if !errors.Is(herr, tpm.ErrNotFound) {
+			return 0, herr
+		}
+	}
+	return 0, nil
+}
+
+// ensureCounter returns provd's counter and its authValue (the caller
+// clears it), defining the counter (and writing its new authValue to
+// r.CommitAuthPath first) when it is missing, not provd's, or its
+// authValue is not on disk.
+func ensureCounter(t *tpm.TPM, r SetRequest) (tpm.NVIndex, []byte, error) {
+	x, err := t.ReadNVPublic(CounterHandle)
 	switch {
 	case err == nil:
 		want, _ := tpm.NVPublicName(CounterPublic(true))
 		if auth, rerr := readCommitAuth(r.CommitAuthPath); rerr == nil && bytes.Equal(want, x.Name.Buffer) {
-			clear(auth)
-			return x, false, nil
+			return x, auth, nil
 		}
 		if err := t.UndefineNVAuth(CounterHandle, r.OwnerAuth); err != nil {
-			return tpm.NVIndex{}, false, err
+			return tpm.NVIndex{}, nil, err
 		}
 	case !errors.Is(err, tpm.ErrNotFound):
-		return tpm.NVIndex{}, false, err
+		return tpm.NVIndex{}, nil, err
 	}
 	auth, err := tpm.NewGateAuth(randReader)
 	if err != nil {
-		return tpm.NVIndex{}, false, err
+		return tpm.NVIndex{}, nil, err
 	}
-	defer clear(auth)
 	if err := store.WriteFile(r.CommitAuthPath, auth, 0o600); err != nil {
-		return tpm.NVIndex{}, false, fmt.Errorf("the counter's authorization: %w", err)
+		clear(auth)
+		return tpm.NVIndex{}, nil, fmt.Errorf("the counter's authorization: %w", err)
 	}
 	if x, err = t.DefineNVAuth(CounterPublic(false), auth, r.OwnerAuth); err != nil {
-		return tpm.NVIndex{}, false, err
+		clear(auth)
+		return tpm.NVIndex{}, nil, err
 	}
 	if err := t.IncrementAuth(x, auth); err != nil {
-		return tpm.NVIndex{}, false, err
+		clear(auth)
+		return tpm.NVIndex{}, nil, err
 	}
-	x, err = t.ReadNVPublic(CounterHandle)
-	return x, true, err
+	if x, err = t.ReadNVPublic(CounterHandle); err != nil {
+		clear(auth)
+		return tpm.NVIndex{}, nil, err
+	}
+	return x, auth, nil
 }
 
 // ensureAnchorIndex returns the anchor index for officer, defining it
@@ -408,15 +467,10 @@ func ensureAnchorIndex(t *tpm.TPM, officer, ownerAuth []byte) (tpm.NVIndex, erro
 	return t.DefineNVAuth(pub, nil, ownerAuth)
 }
 
-// readCommitAuth reads the counter's authValue: a file of exactly
+// readCommitAuth reads the counter's authValue: a regular file of exactly
 // tpm.GateAuthSize bytes.
 func readCommitAuth(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, tpm.GateAuthSize+1))
+	b, err := readRegular(path, tpm.GateAuthSize)
 	if err != nil {
 		return nil, err
 	}

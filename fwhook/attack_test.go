@@ -7,8 +7,11 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -151,7 +154,8 @@ func TestAnchorReplaced(t *testing.T) {
 	if err := tp.UndefineNV(fwhook.AnchorHandle); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: evil, Signer: evil.Public(), Class: "gateway", CommitAuthPath: f.authPath()}); err != nil {
+	zero := uint64(0)
+	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: evil, Signer: evil.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &zero}); err != nil {
 		t.Fatal(err)
 	}
 	// Its firmware: other bytes (the same images signed by another key
@@ -243,5 +247,54 @@ func TestCounterAttacks(t *testing.T) {
 	}
 	if _, err := f.verify(f.manifest(t, f.signer, 3, "gateway"), false); !errors.Is(err, firmware.ErrRollback) {
 		t.Fatalf("version 3 after the redefinition: %v", err)
+	}
+}
+
+// TestHostileStateFiles: a FIFO at the measurement log does not hang the
+// hook (a boot that never ends), and a symbolic link at the counter's
+// authorization is not followed.
+func TestHostileStateFiles(t *testing.T) {
+	f := newFixture(t)
+	f.set(t, f.signer.Public(), nil)
+	m := f.manifest(t, f.signer, 2, "gateway")
+	if _, err := f.verify(m, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(f.logPath()); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(f.logPath(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := f.verify(m, false); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("verify with a FIFO at the log: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("verify hangs on a FIFO at the measurement log")
+	}
+	if fi, err := os.Lstat(f.logPath()); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("the log after: %v %v", fi, err)
+	}
+	auth, err := os.ReadFile(f.authPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(f.dir, "elsewhere")
+	if err := os.WriteFile(moved, auth, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(f.authPath()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(moved, f.authPath()); err != nil {
+		t.Fatal(err)
+	}
+	f.reboot()
+	if res, err := f.verify(f.manifest(t, f.signer, 3, "gateway"), true); err == nil || res.Committed {
+		t.Fatalf("commit through a symbolic link: %+v %v", res, err)
 	}
 }

@@ -279,6 +279,31 @@ func TestCommit(t *testing.T) {
 	if err != nil || in.Lowest != 7 {
 		t.Fatalf("%+v %v", in, err)
 	}
+	// The officer's next set keeps the floor, even when the counter's
+	// authorization was deleted (a new counter is defined under it), and
+	// refuses to lower it.
+	if err := os.Remove(f.authPath()); err != nil {
+		t.Fatal(err)
+	}
+	if in := f.set(t, f.signer.Public(), nil); in.Lowest != 7 {
+		t.Fatalf("after a new counter: lowest %d, want 7", in.Lowest)
+	}
+	three := uint64(3)
+	if _, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &three}); err == nil {
+		t.Fatal("a set lowered the floor")
+	}
+	// An attacker removes the anchor: the officer's next set does not
+	// quietly start over at 0; it needs the floor said.
+	if err := f.env.TPM.UndefineNV(fwhook.AnchorHandle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath()}); !errors.Is(err, firmware.ErrAnchorUntrusted) {
+		t.Fatalf("set after the anchor was removed, no floor given: %v", err)
+	}
+	seven := uint64(7)
+	if in, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &seven}); err != nil || in.Lowest != 7 {
+		t.Fatalf("set with the floor said: %+v %v", in, err)
+	}
 	// Rotation keeps the lowest accepted version.
 	next := newKey(t)
 	if in := f.set(t, f.signer.Public(), next.Public()); in.Lowest != 7 || in.Next == nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -294,19 +295,35 @@ func bankName(b tpm2.TPMIAlgHash) string {
 	return fmt.Sprintf("0x%04x", uint16(b))
 }
 
-// ReadLog reads an event log file, at most attest.MaxEventLogSize bytes.
+// readLog reads an event log file, at most attest.MaxEventLogSize bytes.
 func readLog(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	return readRegular(path, attest.MaxEventLogSize)
+}
+
+// readRegular reads the regular file at path, at most limit bytes, without
+// following a symbolic link at its last component and without blocking: a
+// FIFO, a device or a link planted at the hook's paths is refused, not read
+// (a FIFO would hang the boot).
+func readRegular(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, attest.MaxEventLogSize+1))
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > attest.MaxEventLogSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, attest.MaxEventLogSize)
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		clear(b)
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
 	}
 	return b, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
 	"github.com/provd/provd/fwhook"
 )
 
@@ -172,4 +173,34 @@ func TestFWBootCLI(t *testing.T) {
 	c.swtpm.CloseTPM()
 	verify(api.ExitFWAnchor, v2)
 	code(api.ExitFWAnchor, "fw", "anchor", "show")
+
+	// A firmware log in the kernel's layout (SHA-1 and SHA-256 banks, EFI
+	// event types): fw log reads it with the same parser; this swtpm's
+	// PCRs 0-7 were never measured by firmware, so --replay says so.
+	l, err := attest.NewEventLog(tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		pcr int
+		typ attest.EventType
+	}{{0, attest.EVSCRTMVersion}, {0, attest.EVEFIPlatformFirmwareBlob}, {7, 0x80000001}, {4, 0x80000003}, {5, attest.EVEFIAction}} {
+		if _, err := l.Append(e.pcr, e.typ, []byte("event")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("bios.bin"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := code(0, "fw", "log", "--log", p("bios.bin"))
+	for _, want := range []string{"EV_S_CRTM_VERSION", "EV_EFI_PLATFORM_FIRMWARE_BLOB", "EV_EFI_VARIABLE_DRIVER_CONFIG", "EV_EFI_BOOT_SERVICES_APPLICATION", "EV_EFI_ACTION"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fw log --log: no %s in\n%s", want, out)
+		}
+	}
+	code(api.ExitTampered, "fw", "log", "--log", p("bios.bin"), "--replay")
 }

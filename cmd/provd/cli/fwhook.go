@@ -57,8 +57,9 @@ func (a *app) fwAnchorCmd() *cobra.Command {
 		Short: "The firmware signer anchored in TPM NV, and the anti-rollback counter",
 	}
 	var pubFile, nextFile, class, officerFile, ownerAuthFile string
+	var lowest uint64
 	set := &cobra.Command{
-		Use:   "set --pubkey signer.pub.pem [--next next.pub.pem] --class C --officer officer.pem [--owner-auth-file FILE]",
+		Use:   "set --pubkey signer.pub.pem [--next next.pub.pem] --class C --officer officer.pem [--lowest-version N] [--owner-auth-file FILE]",
 		Short: "Anchor the firmware signer in the TPM (crypto officer)",
 		Long: `Write the firmware signer's TPM name, the next signer's during a rotation, and the
 device class into the anchor, NV index 0x01707603, and define the anti-rollback
@@ -75,8 +76,11 @@ version the device accepts; provd fw verify --commit raises it. Its write
 authorization is kept root-only in <state-dir>/fw-commit.auth.
 
 Rotation: set --pubkey CURRENT --next NEXT; devices accept both; once the fleet
-runs firmware signed by NEXT, set --pubkey NEXT. A rotation keeps the lowest
-accepted version.
+runs firmware signed by NEXT, set --pubkey NEXT. A set keeps the lowest accepted
+version, or raises it to --lowest-version; it never lowers it. When the previous
+anchor is gone or not provd's (another process removed it) the lowest version is
+unknown and --lowest-version is required: an attacker who removes the anchor
+gets no rollback from the officer's next set.
 
 --owner-auth-file gives the owner hierarchy's authorization value (the file's
 bytes, one trailing newline dropped) when the device maker set one: only then can
@@ -90,6 +94,9 @@ warns.`,
 				return usageError(errors.New("--pubkey, --class and --officer are required"))
 			}
 			req := fwhook.SetRequest{Class: class}
+			if cmd.Flags().Changed("lowest-version") {
+				req.Lowest = &lowest
+			}
 			var err error
 			if req.Signer, err = readSignerPub(pubFile); err != nil {
 				return err
@@ -132,6 +139,7 @@ warns.`,
 	set.Flags().StringVar(&class, "class", "", "the device class (as fw sign --class)")
 	set.Flags().StringVar(&officerFile, "officer", "", "the crypto officer's private approval key (PEM)")
 	set.Flags().StringVar(&ownerAuthFile, "owner-auth-file", "", "the owner hierarchy's authorization value, when it has one")
+	set.Flags().Uint64Var(&lowest, "lowest-version", 0, "the lowest firmware version to accept from now on (never below the current one; required when the previous anchor is gone)")
 	show := &cobra.Command{
 		Use:   "show",
 		Short: "Show the anchored firmware signer and the lowest accepted version",
