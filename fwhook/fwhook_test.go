@@ -387,3 +387,12 @@ func TestSealedToGoodBoot(t *testing.T) {
 		t.Fatalf("after a good boot: %q, %v", got, err)
 	}
 }
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
