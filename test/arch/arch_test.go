@@ -116,7 +116,7 @@ var rules = []rule{
 	{
 		name:      "boot-hook-without-the-agent",
 		from:      []string{"fwhook/..."},
-		forbid:    []string{"agent/...", "cmd/...", "api/...", "officer/...", "systemd", yaml},
+		forbid:    []string{"agent/...", "cmd/...", "officer/...", "systemd", yaml},
 		testAllow: []string{"test/swtpmtest"},
 		why: "provd fw verify runs at boot before the daemon, on a device that may never have been provisioned: " +
 			"it reads the TPM's anchor and counter, the manifest and the images, and nothing of the agent or its state",
