@@ -10,11 +10,13 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -237,7 +239,7 @@ func measure(t *tpm.TPM, pcr int, path string, ev attest.Event) (map[string]stri
 	var log *attest.EventLog
 	if !fresh {
 		if b, err := readLog(path); err == nil {
-			if l, err := attest.ParseEventLog(b); err == nil && equalBanks(l.Banks(), banks) {
+			if l, err := attest.ParseEventLog(b); err == nil && slices.Equal(l.Banks(), banks) {
 				log = l
 			}
 		}
@@ -264,35 +266,9 @@ func measure(t *tpm.TPM, pcr int, path string, ev attest.Event) (map[string]stri
 		if err != nil {
 			return nil, err
 		}
-		out[bankName(bank)] = hex.EncodeToString(v[pcr])
+		out[catalog.HashName(bank)] = hex.EncodeToString(v[pcr])
 	}
 	return out, nil
-}
-
-func equalBanks(a, b []tpm2.TPMIAlgHash) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func bankName(b tpm2.TPMIAlgHash) string {
-	switch b {
-	case tpm2.TPMAlgSHA1:
-		return "sha1"
-	case tpm2.TPMAlgSHA256:
-		return "sha256"
-	case tpm2.TPMAlgSHA384:
-		return "sha384"
-	case tpm2.TPMAlgSHA512:
-		return "sha512"
-	}
-	return fmt.Sprintf("0x%04x", uint16(b))
 }
 
 // readLog reads an event log file, at most attest.MaxEventLogSize bytes.
