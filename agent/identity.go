@@ -40,7 +40,17 @@ func (a *Agent) TPMIdentity(ctx context.Context, req api.IdentityRequest) (api.I
 // establish is TPMIdentity's work; it also returns the authenticated SRK, for
 // provision to pin.
 func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Object, err error) {
-	der, source, err := a.ekCertificate(req.EKCert)
+	return Establish(a.t, req, a.now)
+}
+
+// Establish authenticates the TPM t as first contact does (TPMIdentity),
+// with no state: the EK certificate verified against req, the SRK created
+// through a session salted to the certified EK. It returns the identity and
+// the authenticated SRK, which the caller pins (t.PinSRK) so that what
+// follows is authenticated too: the firmware anchor's ceremony on a device
+// that may never have been provisioned.
+func Establish(t *tpm.TPM, req api.IdentityRequest, now func() time.Time) (id api.Identity, srk tpm.Object, err error) {
+	der, source, err := ekCertificate(t, req.EKCert)
 	if err != nil {
 		return id, srk, err
 	}
@@ -48,7 +58,7 @@ func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Obj
 	sum := sha256.Sum256(der)
 	id.EKCertSHA256 = hex.EncodeToString(sum[:])
 
-	ek, err := verifyEK(der, req, a.now)
+	ek, err := verifyEK(der, req, now)
 	if err != nil {
 		return id, srk, err
 	}
@@ -67,7 +77,7 @@ func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Obj
 		return id, srk, err
 	}
 	id.EKKey = keyName
-	srk, err = a.t.AuthenticatedSRK(handle, pub, template)
+	srk, err = t.AuthenticatedSRK(handle, pub, template)
 	switch {
 	case errors.Is(err, tpm2.TPMRCValue):
 		// The salt did not decrypt: the key at the EK's handle is not the
@@ -81,7 +91,7 @@ func (a *Agent) establish(req api.IdentityRequest) (id api.Identity, srk tpm.Obj
 		return id, srk, err
 	}
 	id.SRKName = hex.EncodeToString(srk.Name.Buffer)
-	if persisted, err := a.t.ReadPublic(tpm.SRKHandle); err == nil {
+	if persisted, err := t.ReadPublic(tpm.SRKHandle); err == nil {
 		id.SRKPersistent = string(persisted.Name.Buffer) == string(srk.Name.Buffer)
 	} else if !errors.Is(err, tpm.ErrNotFound) {
 		return id, srk, err
@@ -207,7 +217,7 @@ func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (iden
 // the first of the TCG NV indices in the order of tpm.EKCertIndices: RSA
 // 2048 and ECC P-256 (the low-range templates every TPM has) before ECC
 // P-384 (high range).
-func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
+func ekCertificate(t *tpm.TPM, given []byte) ([]byte, string, error) {
 	if len(given) > 0 {
 		if b, _ := pem.Decode(given); b != nil {
 			if b.Type != "CERTIFICATE" {
@@ -218,7 +228,7 @@ func (a *Agent) ekCertificate(given []byte) ([]byte, string, error) {
 		return given, "file", nil
 	}
 	for _, c := range tpm.EKCertIndices {
-		der, err := a.t.ReadNV(c.Handle)
+		der, err := t.ReadNV(c.Handle)
 		if errors.Is(err, tpm.ErrNotFound) {
 			continue
 		}

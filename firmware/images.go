@@ -43,7 +43,7 @@ func HashImages(dir, hash string) ([]Image, error) {
 		if err := checkName(name); err != nil {
 			return err
 		}
-		f, _, err := openImage(dir, name)
+		f, _, err := OpenBeneath(dir, name)
 		if err != nil {
 			return err
 		}
@@ -82,7 +82,7 @@ func verifyImage(root string, im Image) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadManifest, err)
 	}
-	f, st, err := openImage(root, im.Name)
+	f, st, err := OpenBeneath(root, im.Name)
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ENOTDIR):
 		return fmt.Errorf("%w: %s", ErrMissingImage, im.Name)
@@ -105,15 +105,18 @@ func verifyImage(root string, im Image) error {
 	return nil
 }
 
+// errNotRegular: what OpenBeneath found is not a regular file.
 var errNotRegular = errors.New("not a regular file")
 
-// openImage opens image name under root for reading (found by review:
+// OpenBeneath opens name under root for reading (found by review:
 // a symbolic link in the root, or on the way, led out of it, and opening a
 // device can act, /dev/watchdog arms a reboot): resolved beneath root with
 // no symbolic link at any step (openat2, Linux 5.6), first as a path only,
 // whose type must be a regular file, then reopened through that very
-// descriptor, so nothing swapped in between is opened.
-func openImage(root, name string) (*os.File, fs.FileInfo, error) {
+// descriptor, so nothing swapped in between is opened. The boot hook opens
+// its own files (the manifest, the measurement log, the counter's
+// authorization) the same way.
+func OpenBeneath(root, name string) (*os.File, fs.FileInfo, error) {
 	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, &fs.PathError{Op: "open", Path: root, Err: err}

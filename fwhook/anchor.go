@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -221,6 +222,11 @@ func Read(t *tpm.TPM) (Info, error) {
 			return fmt.Errorf("%w: the anchor index at 0x%08x was defined but never written (provd fw anchor set)", firmware.ErrNoAnchor, uint32(AnchorHandle))
 		}
 		b, err := r.Read(x, uint16(AnchorSize))
+		if errors.Is(err, tpm.ErrBadAuth) {
+			// The name does not cover the authValue: provd's shape with
+			// an authValue of someone else's (found by review).
+			return fmt.Errorf("%w: the anchor at 0x%08x does not read with the empty password: %v", firmware.ErrAnchorUntrusted, uint32(AnchorHandle), err)
+		}
 		if err != nil {
 			return err
 		}
@@ -281,6 +287,12 @@ type SetRequest struct {
 	// above the current one (a set never lowers it); required when the
 	// previous anchor is gone but an index remains (see setFloor).
 	Lowest *uint64
+	// Unauthenticated lets Set run on a TPM connection with no pinned SRK:
+	// what it reads (the current floor, the counter) is then the bus's
+	// word, and an interposer could make the officer sign a lower floor
+	// (found by review). Benches only; fw anchor set authenticates the TPM
+	// by its EK certificate first.
+	Unauthenticated bool
 }
 
 // Set writes the anchor, defining the anchor index and the counter where
@@ -294,6 +306,9 @@ type SetRequest struct {
 func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	if r.Officer == nil || r.Signer == nil || r.CommitAuthPath == "" {
 		return Info{}, errors.New("anchor: officer, signer and commit authorization path are required")
+	}
+	if t.PinnedSRKName() == nil && !r.Unauthenticated {
+		return Info{}, fmt.Errorf("%w: anchor: the TPM's identity is not authenticated, so the floor and the counter read now would be the bus's word; authenticate it first (its EK certificate: --ek-ca)", api.ErrUntrustedTPM)
 	}
 	officerPub, err := policy.SignerPublic(r.Officer.Public())
 	if err != nil {
@@ -410,7 +425,18 @@ func ensureCounter(t *tpm.TPM, r SetRequest) (tpm.NVIndex, []byte, error) {
 	case err == nil:
 		want, _ := tpm.NVPublicName(CounterPublic(true))
 		if auth, rerr := readCommitAuth(r.CommitAuthPath); rerr == nil && bytes.Equal(want, x.Name.Buffer) {
-			return x, auth, nil
+			// The value on disk must be the counter's (a state directory
+			// restored from elsewhere, or a counter redefined, leaves one
+			// that is not): one increment proves it and costs nothing, the
+			// base being computed after.
+			ierr := t.IncrementAuth(x, auth)
+			if ierr == nil {
+				return x, auth, nil
+			}
+			clear(auth)
+			if !errors.Is(ierr, tpm.ErrBadAuth) {
+				return tpm.NVIndex{}, nil, ierr
+			}
 		}
 		if err := t.UndefineNVAuth(CounterHandle, r.OwnerAuth); err != nil {
 			return tpm.NVIndex{}, nil, err
@@ -470,7 +496,7 @@ func ensureAnchorIndex(t *tpm.TPM, officer, ownerAuth []byte) (tpm.NVIndex, erro
 // readCommitAuth reads the counter's authValue: a regular file of exactly
 // tpm.GateAuthSize bytes.
 func readCommitAuth(path string) ([]byte, error) {
-	b, err := readRegular(path, tpm.GateAuthSize)
+	b, err := readFile(path, tpm.GateAuthSize)
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ func (r *recordingSigner) Sign(rand io.Reader, digest []byte, opts crypto.Signer
 func TestAnchorWriteRefused(t *testing.T) {
 	f := newFixture(t)
 	rec := &recordingSigner{Signer: f.officer}
+	f.pin(t)
 	if _, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: rec, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath()}); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +156,7 @@ func TestAnchorReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	zero := uint64(0)
-	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: evil, Signer: evil.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &zero}); err != nil {
+	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: evil, Signer: evil.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &zero, Unauthenticated: true}); err != nil {
 		t.Fatal(err)
 	}
 	// Its firmware: other bytes (the same images signed by another key
@@ -167,7 +168,7 @@ func TestAnchorReplaced(t *testing.T) {
 		t.Fatalf("imitation: %v", err)
 	}
 	writeFile(t, filepath.Join(f.images, "efi/app.efi"), []byte("app"))
-	goodPCR := extend(make([]byte, 32), payloadDigest(t, good))
+	goodPCR := f.good(t, good)
 	if bytes.Equal(f.pcr(t), goodPCR) {
 		t.Fatal("the attacker's firmware left the good PCR value")
 	}
@@ -176,12 +177,14 @@ func TestAnchorReplaced(t *testing.T) {
 	// undefined by whoever lacks it.
 	f.reboot()
 	tp = f.env.TPM
+	f.pin(t) // the SRK is persistent: its creation needed the owner, its use does not
 	ownerAuth := []byte("owner secret of the device maker")
 	if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
 		NewAuth: tpm2.TPM2BAuth{Buffer: ownerAuth}}).Execute(tp); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", OwnerAuth: ownerAuth, CommitAuthPath: f.authPath()}); err != nil {
+	zero = 0 // the imitation's floor stands until the officer says otherwise
+	if _, err := fwhook.Set(tp, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", OwnerAuth: ownerAuth, CommitAuthPath: f.authPath(), Lowest: &zero}); err != nil {
 		t.Fatalf("set with the owner's authorization: %v", err)
 	}
 	if err := tp.UndefineNV(fwhook.AnchorHandle); !errors.Is(err, tpm.ErrBadAuth) {

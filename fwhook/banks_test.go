@@ -8,6 +8,8 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/fwhook"
 )
 
 // allocateBanks sends TPM2_PCR_Allocate (platform authorization, empty on
@@ -59,7 +61,7 @@ func TestVerifyEveryBank(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := l.Banks(); len(got) != 3 || len(l.Events) != 1 || len(l.Events[0].Digests) != 3 {
+	if got := l.Banks(); len(got) != 3 || len(l.Events) != 2 || len(l.Events[0].Digests) != 3 {
 		t.Fatalf("log banks %v, events %d", got, len(l.Events))
 	}
 	rep, err := l.Replay(attest.Options{AllowSHA1: true})
@@ -73,6 +75,11 @@ func TestVerifyEveryBank(t *testing.T) {
 		}
 		if !bytes.Equal(v[12], rep[b][12]) || bytes.Equal(v[12], make([]byte, len(v[12]))) {
 			t.Errorf("bank 0x%04x: PCR 12 %x, log %x", uint16(b), v[12], rep[b][12])
+		}
+		h, _ := b.Hash()
+		s, _ := firmware.Parse(m)
+		if want := fwhook.GoodPCR(h, mustName(t, f.officer.Public()), "gateway", s.Payload); !bytes.Equal(v[12], want) {
+			t.Errorf("bank 0x%04x: PCR 12 %x, GoodPCR %x", uint16(b), v[12], want)
 		}
 	}
 	if _, err := f.verify(f.manifest(t, newKey(t), 1, "gateway"), false); err == nil {

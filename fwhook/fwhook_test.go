@@ -60,8 +60,26 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) authPath() string { return filepath.Join(f.dir, fwhook.CommitAuthName) }
 func (f *fixture) logPath() string  { return filepath.Join(f.dir, fwhook.LogName) }
 
+// pin authenticates the TPM connection as fw anchor set does before a set
+// (here by pinning the SRK the TPM reports, the harness's TPM being the
+// real one): Set refuses an unauthenticated connection.
+func (f *fixture) pin(t *testing.T) {
+	t.Helper()
+	if f.env.TPM.PinnedSRKName() != nil {
+		return
+	}
+	srk, err := f.env.TPM.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.env.TPM.PinSRK(srk.Public); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (f *fixture) set(t *testing.T, signer, next crypto.PublicKey) fwhook.Info {
 	t.Helper()
+	f.pin(t)
 	in, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: signer, Next: next, Class: "gateway", CommitAuthPath: f.authPath()})
 	if err != nil {
 		t.Fatalf("anchor set: %v", err)
@@ -106,6 +124,16 @@ func extend(pcr, d []byte) []byte {
 	return h.Sum(nil)
 }
 
+// good is the PCR value a good verification of m leaves after reset.
+func (f *fixture) good(t *testing.T, m []byte) []byte {
+	t.Helper()
+	s, err := firmware.Parse(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fwhook.GoodPCR(crypto.SHA256, mustName(t, f.officer.Public()), s.Manifest.Class, s.Payload)
+}
+
 func payloadDigest(t *testing.T, m []byte) []byte {
 	t.Helper()
 	s, err := firmware.Parse(m)
@@ -148,7 +176,7 @@ func TestVerifyGood(t *testing.T) {
 	if err != nil || !res.OK || res.Event != "verified" {
 		t.Fatalf("verify: %+v, %v", res, err)
 	}
-	want := extend(make([]byte, 32), payloadDigest(t, m))
+	want := f.good(t, m)
 	if got := f.pcr(t); !bytes.Equal(got, want) || !bytes.Equal(f.replayed(t), want) {
 		t.Fatalf("PCR 12 %x, log replays %x, want %x", got, f.replayed(t), want)
 	}
@@ -156,8 +184,13 @@ func TestVerifyGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Events) != 1 || l.Events[0].PCR != 12 || l.Events[0].Type != attest.EVEventTag || fwhook.EventText(l.Events[0]) == "" {
-		t.Fatalf("log: %+v", l.Events)
+	if len(l.Events) != 2 {
+		t.Fatalf("log: %d events, want the anchor's and the manifest's", len(l.Events))
+	}
+	for _, e := range l.Events {
+		if e.PCR != 12 || e.Type != attest.EVEventTag || fwhook.EventText(e) == "" || fwhook.CheckEvent(e) != nil {
+			t.Fatalf("event %+v: %v", e, fwhook.CheckEvent(e))
+		}
 	}
 	// A second run in the same boot appends; the log still accounts for the PCR.
 	if _, err := f.verify(m, false); err != nil {
@@ -229,7 +262,7 @@ func TestVerifyFailures(t *testing.T) {
 			if _, err := f.verify(good, false); err != nil {
 				t.Fatal(err)
 			}
-			if got := f.pcr(t); bytes.Equal(got, extend(make([]byte, 32), payloadDigest(t, good))) {
+			if got := f.pcr(t); bytes.Equal(got, f.good(t, good)) {
 				t.Fatal("a failure then a success reads as a good boot")
 			}
 		})
@@ -289,6 +322,7 @@ func TestCommit(t *testing.T) {
 		t.Fatalf("after a new counter: lowest %d, want 7", in.Lowest)
 	}
 	three := uint64(3)
+	f.pin(t)
 	if _, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath(), Lowest: &three}); err == nil {
 		t.Fatal("a set lowered the floor")
 	}
@@ -320,7 +354,7 @@ func TestSealedToGoodBoot(t *testing.T) {
 	f := newFixture(t)
 	f.set(t, f.signer.Public(), nil)
 	good := f.manifest(t, f.signer, 1, "gateway")
-	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{12: extend(make([]byte, 32), payloadDigest(t, good))}}
+	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{12: f.good(t, good)}}
 	pol := policy.Policy{policy.PCR{Values: vals}}
 	digest, err := pol.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {

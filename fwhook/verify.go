@@ -2,6 +2,7 @@ package fwhook
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -10,8 +11,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
-	"syscall"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -52,10 +54,18 @@ const maxCommitSteps = 1 << 16
 
 // VerifyRequest is one run of the hook.
 type VerifyRequest struct {
-	Manifest []byte // the manifest file's bytes
-	Root     string // the image root
-	PCR      int
-	LogPath  string // the measurement log (<state-dir>/measurements.log)
+	// ManifestPath is the manifest file, read by Verify itself (a regular
+	// file, no symbolic link at its last component, without blocking), so
+	// that a manifest that cannot be read is a measured failure too;
+	// Manifest, when ManifestPath is empty, is its bytes.
+	ManifestPath string
+	Manifest     []byte
+	Root         string // the image root
+	// PCR is 8..15: an operating-system PCR that no locality-0 command can
+	// reset (16 and 23 can be reset by anyone, which would undo a failed
+	// measurement).
+	PCR     int
+	LogPath string // the measurement log (<state-dir>/measurements.log)
 	// Commit raises the counter to the manifest's version after a good
 	// verification, with the authValue at CommitAuthPath.
 	Commit         bool
@@ -87,16 +97,19 @@ type Result struct {
 // joined to it.
 func Verify(t *tpm.TPM, r VerifyRequest) (Result, error) {
 	res := Result{PCR: r.PCR, Log: r.LogPath}
-	s, verr := verdict(t, r, &res)
+	if err := CheckPCR(r.PCR); err != nil {
+		return res, err
+	}
+	s, in, verr := verdict(t, r, &res)
 	banks, err := t.PCRBanks()
 	if err != nil {
 		return res, errors.Join(verr, err)
 	}
-	ev, err := event(banks, s, verr)
+	evs, err := events(banks, in, s, verr)
 	if err != nil {
 		return res, errors.Join(verr, err)
 	}
-	if res.PCRValues, err = measure(t, r.PCR, r.LogPath, ev); err != nil {
+	if res.PCRValues, err = measure(t, r.PCR, r.LogPath, evs); err != nil {
 		return res, errors.Join(verr, fmt.Errorf("measuring the verdict: %w", err))
 	}
 	res.Event = "verified"
@@ -113,61 +126,174 @@ func Verify(t *tpm.TPM, r VerifyRequest) (Result, error) {
 	return res, nil
 }
 
+// CheckPCR accepts the PCRs the hook extends: 8..15.
+func CheckPCR(pcr int) error {
+	if pcr < 8 || pcr > 15 {
+		return fmt.Errorf("PCR %d: the hook extends one of 8..15 (0..7 are the firmware's; 16 and 23 are reset by anyone, 17..22 are not for locality 0)", pcr)
+	}
+	return nil
+}
+
 // verdict is every check, in the order of the exit codes' documentation:
-// anchor, signature and signer, class, images, version.
-func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, error) {
+// anchor, manifest (read, parsed, signature and signer, class), images,
+// version. It returns the anchor it trusted, for the measurement.
+func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info, error) {
 	in, err := Read(t)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	res.Lowest, res.OwnerAuthSet = in.Lowest, in.OwnerAuthSet
-	s, err := firmware.Parse(r.Manifest)
+	m := r.Manifest
+	if r.ManifestPath != "" {
+		if m, err = readFile(r.ManifestPath, firmware.MaxManifest); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", firmware.ErrBadManifest, err)
+		}
+	}
+	s, err := firmware.Parse(m)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	res.Class, res.Version = s.Manifest.Class, s.Manifest.Version
 	res.ManifestSHA256, res.Signer = hex.EncodeToString(s.Digest()), hex.EncodeToString(s.SignerName)
 	if err := s.SignedBy(in.Current, in.Next); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if s.Manifest.Class != in.Class {
-		return nil, fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
+		return nil, nil, fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
 	}
 	if err := s.Manifest.VerifyImages(r.Root); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if s.Manifest.Version < in.Lowest {
-		return nil, fmt.Errorf("%w: version %d, the counter accepts %d and above", firmware.ErrRollback, s.Manifest.Version, in.Lowest)
+		return nil, nil, fmt.Errorf("%w: version %d, the counter accepts %d and above", firmware.ErrRollback, s.Manifest.Version, in.Lowest)
 	}
-	return s, nil
+	return s, &in, nil
 }
 
-// event is the TCG_PCR_EVENT2 of a verdict, with a digest for each bank.
-func event(banks []tpm2.TPMIAlgHash, s *firmware.Signed, verr error) (attest.Event, error) {
-	ev := attest.Event{PCR: 0, Type: attest.EVEventTag}
-	var text string
-	if verr == nil {
-		text = fmt.Sprintf("provd firmware verified: class %s, version %d, manifest sha256:%x", s.Manifest.Class, s.Manifest.Version, s.Digest())
-	} else {
-		text = "provd firmware verification failed: " + failureKind(verr)
+// The texts of provd's events (the data after the tagged event's header).
+const (
+	anchorText   = "provd firmware anchor: officer "
+	verifiedText = "provd firmware verified: manifest sha256:"
+	failedText   = "provd firmware verification failed: "
+)
+
+// anchorPrefix separates the anchor's measurement from anything else hashed.
+var anchorPrefix = []byte("provd firmware anchor v1\x00")
+
+// AnchorMeasurement is what a good verification extends first, in a bank
+// of hash h: h("provd firmware anchor v1\0" || the officer's TPM name ||
+// the class). It pins the root of trust into the PCR: an anchor another
+// process put in place (its own officer) cannot lead to the good value,
+// whatever firmware it lets through (found by review: an imitation naming
+// the genuine signer let an old genuine release reach its good value).
+func AnchorMeasurement(h crypto.Hash, officer []byte, class string) []byte {
+	hh := h.New()
+	hh.Write(anchorPrefix)
+	hh.Write(officer)
+	hh.Write([]byte(class))
+	return hh.Sum(nil)
+}
+
+// GoodPCR is the value a good verification leaves in its PCR when it is
+// the first extend after reset, in a bank of hash h: the extend of the
+// anchor's measurement, then of the manifest's (h of the signed payload).
+// A fleet computes it from its officer, the class and the manifest alone.
+func GoodPCR(h crypto.Hash, officer []byte, class string, payload []byte) []byte {
+	v := make([]byte, h.Size())
+	for _, d := range [][]byte{AnchorMeasurement(h, officer, class), hashOf(h, payload)} {
+		hh := h.New()
+		hh.Write(v)
+		hh.Write(d)
+		v = hh.Sum(nil)
 	}
-	ev.Data = taggedEvent(text)
-	for _, b := range banks {
+	return v
+}
+
+func hashOf(h crypto.Hash, b []byte) []byte {
+	hh := h.New()
+	hh.Write(b)
+	return hh.Sum(nil)
+}
+
+// events are the TCG_PCR_EVENT2s of a verdict, with a digest for each
+// bank: on success the anchor's measurement and then the manifest's; on
+// failure the one failed measurement.
+func events(banks []tpm2.TPMIAlgHash, in *Info, s *firmware.Signed, verr error) ([]attest.Event, error) {
+	hashes := make([]crypto.Hash, len(banks))
+	for i, b := range banks {
 		h, err := b.Hash()
 		if err != nil || !h.Available() {
-			return attest.Event{}, fmt.Errorf("PCR bank 0x%04x: %w", uint16(b), tpm.ErrUnsupported)
+			return nil, fmt.Errorf("PCR bank 0x%04x: %w", uint16(b), tpm.ErrUnsupported)
 		}
-		var d []byte
-		if verr == nil {
-			d = s.DigestFor(h)
-		} else {
-			hh := h.New()
-			hh.Write(failedMeasurement)
-			d = hh.Sum(nil)
-		}
-		ev.Digests = append(ev.Digests, tpm2.TPMTHA{HashAlg: b, Digest: d})
+		hashes[i] = h
 	}
-	return ev, nil
+	ev := func(text string, digest func(h crypto.Hash) []byte) attest.Event {
+		e := attest.Event{Type: attest.EVEventTag, Data: taggedEvent(text)}
+		for i, b := range banks {
+			e.Digests = append(e.Digests, tpm2.TPMTHA{HashAlg: b, Digest: digest(hashes[i])})
+		}
+		return e
+	}
+	if verr != nil {
+		return []attest.Event{ev(failedText+failureKind(verr), func(h crypto.Hash) []byte { return hashOf(h, failedMeasurement) })}, nil
+	}
+	return []attest.Event{
+		ev(fmt.Sprintf("%s%x, class %s", anchorText, in.Officer, in.Class), func(h crypto.Hash) []byte { return AnchorMeasurement(h, in.Officer, in.Class) }),
+		ev(fmt.Sprintf("%s%x", verifiedText, s.Digest()), s.DigestFor),
+	}, nil
+}
+
+// CheckEvent checks that one of provd's events says what its digests are:
+// a "failed" event carries the failed measurement in every bank, an anchor
+// event the measurement of the officer and class its text names, a
+// "verified" event the manifest digest its text names (SHA-256 bank; other
+// banks need the manifest itself). Events that are not provd's pass. The
+// text says no more than that: the digests are what the PCR vouches for,
+// and a log whose text lies about them is refused here (found by review: a
+// failed boot's event rewritten to read "verified" replayed clean).
+func CheckEvent(e attest.Event) error {
+	text := EventText(e)
+	if text == "" {
+		if e.Type == attest.EVEventTag && len(e.Data) >= 4 && binary.LittleEndian.Uint32(e.Data) == EventTagID {
+			return fmt.Errorf("%w: a provd event whose tagged data is malformed", attest.ErrBadEvidence)
+		}
+		return nil
+	}
+	var want func(h crypto.Hash) []byte
+	switch {
+	case strings.HasPrefix(text, failedText):
+		want = func(h crypto.Hash) []byte { return hashOf(h, failedMeasurement) }
+	case strings.HasPrefix(text, anchorText):
+		officerHex, class, ok := strings.Cut(strings.TrimPrefix(text, anchorText), ", class ")
+		officer, err := hex.DecodeString(officerHex)
+		if !ok || err != nil {
+			return fmt.Errorf("%w: provd anchor event %q", attest.ErrBadEvidence, text)
+		}
+		want = func(h crypto.Hash) []byte { return AnchorMeasurement(h, officer, class) }
+	case strings.HasPrefix(text, verifiedText):
+		d, err := hex.DecodeString(strings.TrimPrefix(text, verifiedText))
+		if err != nil || len(d) != 32 {
+			return fmt.Errorf("%w: provd event %q", attest.ErrBadEvidence, text)
+		}
+		want = func(h crypto.Hash) []byte {
+			if h == crypto.SHA256 {
+				return d
+			}
+			return nil // not checkable without the manifest
+		}
+	default:
+		return fmt.Errorf("%w: provd event %q of no known kind", attest.ErrBadEvidence, text)
+	}
+	for _, d := range e.Digests {
+		h, err := d.HashAlg.Hash()
+		if err != nil {
+			return fmt.Errorf("%w: provd event with a digest of algorithm 0x%04x", attest.ErrBadEvidence, uint16(d.HashAlg))
+		}
+		if w := want(h); w != nil && !bytes.Equal(w, d.Digest) {
+			return fmt.Errorf("%w: provd event %q: its %s digest is not what the text says", attest.ErrBadEvidence, text, catalog.HashName(d.HashAlg))
+		}
+	}
+	return nil
 }
 
 // failureKind names a failure for the event's text: which check failed,
@@ -210,35 +336,38 @@ func EventText(e attest.Event) string {
 	return string(e.Data[8:])
 }
 
-// measure extends pcr with ev's digests and appends ev to the log at path.
-// A PCR at its reset value in every bank means a new boot: the log starts
-// afresh. Otherwise the event is appended to the log there (a log that
-// does not parse, or whose banks differ, is replaced: fw log --replay then
-// shows that it no longer accounts for the PCR). The extend comes first:
-// the PCR is the truth, the log its description. It returns the PCR's
-// values after the extend.
-func measure(t *tpm.TPM, pcr int, path string, ev attest.Event) (map[string]string, error) {
+// measure extends pcr with each event's digests, in order, and appends
+// the events to the log at path (its directory made root-only when
+// missing). A PCR at its reset value in every bank means a new boot: the
+// log starts afresh. Otherwise the events are appended to the log there (a
+// log that does not parse, or whose banks differ, is replaced: fw log
+// --replay then shows that it no longer accounts for the PCR). The extends
+// come first: the PCR is the truth, the log its description. It returns
+// the PCR's values after.
+func measure(t *tpm.TPM, pcr int, path string, evs []attest.Event) (map[string]string, error) {
+	var banks []tpm2.TPMIAlgHash
+	for _, d := range evs[0].Digests {
+		banks = append(banks, d.HashAlg)
+	}
 	fresh := true
-	for _, d := range ev.Digests {
-		v, err := t.PCRRead(d.HashAlg, []int{pcr})
+	for _, b := range banks {
+		v, err := t.PCRRead(b, []int{pcr})
 		if err != nil {
 			return nil, err
 		}
-		if !bytes.Equal(v[pcr], make([]byte, len(d.Digest))) {
+		if !bytes.Equal(v[pcr], make([]byte, len(v[pcr]))) {
 			fresh = false
 		}
 	}
-	ev.PCR = pcr
-	if err := t.PCRExtendAll(pcr, ev.Digests); err != nil {
-		return nil, err
-	}
-	var banks []tpm2.TPMIAlgHash
-	for _, d := range ev.Digests {
-		banks = append(banks, d.HashAlg)
+	for i := range evs {
+		evs[i].PCR = pcr
+		if err := t.PCRExtendAll(pcr, evs[i].Digests); err != nil {
+			return nil, err
+		}
 	}
 	var log *attest.EventLog
 	if !fresh {
-		if b, err := readLog(path); err == nil {
+		if b, err := readFile(path, attest.MaxEventLogSize); err == nil {
 			if l, err := attest.ParseEventLog(b); err == nil && slices.Equal(l.Banks(), banks) {
 				log = l
 			}
@@ -250,11 +379,16 @@ func measure(t *tpm.TPM, pcr int, path string, ev attest.Event) (map[string]stri
 			return nil, err
 		}
 	}
-	if err := log.AppendEvent(ev); err != nil {
-		return nil, err
+	for _, e := range evs {
+		if err := log.AppendEvent(e); err != nil {
+			return nil, err
+		}
 	}
 	b, err := log.MarshalBinary()
 	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
 	if err := store.WriteFile(path, b, 0o644); err != nil {
@@ -271,28 +405,16 @@ func measure(t *tpm.TPM, pcr int, path string, ev attest.Event) (map[string]stri
 	return out, nil
 }
 
-// readLog reads an event log file, at most attest.MaxEventLogSize bytes.
-func readLog(path string) ([]byte, error) {
-	return readRegular(path, attest.MaxEventLogSize)
-}
-
-// readRegular reads the regular file at path, at most limit bytes, without
-// following a symbolic link at its last component and without blocking: a
-// FIFO, a device or a link planted at the hook's paths is refused, not read
-// (a FIFO would hang the boot).
-func readRegular(path string, limit int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+// readFile reads the regular file at path, at most limit bytes, opened as
+// the images are (firmware.OpenBeneath: no symbolic link at its last
+// component, not a FIFO or device, without blocking): nothing planted at
+// the hook's paths hangs the boot or is read in place of the file.
+func readFile(path string, limit int64) ([]byte, error) {
+	f, _, err := firmware.OpenBeneath(filepath.Dir(path), filepath.Base(path))
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err
@@ -350,7 +472,7 @@ func commit(t *tpm.TPM, authPath string, version uint64, res *Result) error {
 // ReadLogFile reads and parses an event log file (provd's measurement
 // log, or the kernel's binary_bios_measurements).
 func ReadLogFile(path string) (*attest.EventLog, error) {
-	b, err := readLog(path)
+	b, err := readFile(path, attest.MaxEventLogSize)
 	if err != nil {
 		return nil, err
 	}

@@ -228,13 +228,15 @@ printf '\n\033[1m== The boot hook on a new gateway: a device never provisioned a
 openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem"
 (
   export PROVD_STATE_DIR="$demo/gw"
-  step "The crypto officer anchors the firmware signer in the gateway's TPM: NV written only with the officer's signature over that one write" \
+  "$bin" tpm info >/dev/null # the gateway's TPM, manufactured with its EK certificates
+  cat "$demo/gw/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/gw/swtpm/ca/issuercert.pem" > "$demo/ek-ca-gw.pem"
+  export PROVD_EK_CA="$demo/ek-ca-gw.pem"
+  step "The crypto officer anchors the firmware signer in the gateway's TPM (authenticated by its EK certificate): NV written only with the officer's signature over that one write" \
     "$bin" fw anchor set --pubkey "$demo/fw-signer.pub.pem" --class gateway --officer "$demo/officer.key.pem"
   step "Boot 1: power on, and provd-fw-verify.service runs fw verify (and commits version 42 as the lowest accepted)" \
     sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' --commit"
   step "The measurement log accounts for PCR 12" \
     "$bin" fw log --replay
-  cat "$demo/gw/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/gw/swtpm/ca/issuercert.pem" > "$demo/ek-ca-gw.pem"
   step "Provision the gateway with its PK sealed to PCR 12 as this good boot left it, and seal the disk key" \
     sh -c "'$bin' provision --pcrs 12 --ek-ca '$demo/ek-ca-gw.pem' >/dev/null && printf 'gateway-disk-key' | '$bin' seal --in - --out '$demo/gw-disk.sealed' && '$bin' unseal --in '$demo/gw-disk.sealed' --out -"
   echo

@@ -40,7 +40,7 @@ func target() map[string]*spec {
 		"policy":              {imports: "internal/strictjson catalog", xtest: "policy tpm test/swtpmtest"}, // a real TPM in tests
 		"api":                 {imports: "firmware", xtest: "api"},
 		"firmware":            {imports: "policy catalog internal/strictjson"},
-		"fwhook":              {imports: "firmware attest policy store tpm", xtest: "fwhook test/swtpmtest"},
+		"fwhook":              {imports: "api firmware attest catalog policy store tpm", xtest: "fwhook test/swtpmtest"},
 		"audit":               {imports: "internal/strictjson"},
 		"store":               {imports: "internal/strictjson", test: "audit"},
 		"attest":              {imports: "api policy catalog", xtest: "attest tpm test/swtpmtest"}, // evidence from a TPM in tests

@@ -5,18 +5,23 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
 )
 
@@ -79,7 +84,10 @@ func TestFWBootCLI(t *testing.T) {
 
 	verify(api.ExitFWNoAnchor, v2)
 	code(api.ExitUsage, "fw", "anchor", "set", "--pubkey", p("signer.pub.pem"), "--class", "gateway")
-	code(0, "fw", "anchor", "set", "--pubkey", p("signer.pub.pem"), "--class", "gateway", "--officer", p("officer.pem"))
+	// The TPM is authenticated first: without the manufacturer's
+	// certificates the set is refused before anything is read.
+	code(api.ExitIdentity, "fw", "anchor", "set", "--pubkey", p("signer.pub.pem"), "--class", "gateway", "--officer", p("officer.pem"))
+	code(0, "fw", "anchor", "set", "--pubkey", p("signer.pub.pem"), "--class", "gateway", "--officer", p("officer.pem"), "--ek-ca", ekCAFile(t, c.swtpm))
 	var anchor struct {
 		Class  string `json:"class"`
 		Lowest uint64 `json:"lowest_version"`
@@ -203,4 +211,113 @@ func TestFWBootCLI(t *testing.T) {
 		}
 	}
 	code(api.ExitTampered, "fw", "log", "--log", p("bios.bin"), "--replay")
+}
+
+// fwSetup: keys, images, a v2 manifest, the anchor set, one reboot.
+func fwSetup(t *testing.T) (c *cliEnv, p func(string) string, code func(int, ...string) string, v2 string) {
+	t.Helper()
+	c = newCLIEnv(t)
+	dir := t.TempDir()
+	p = func(name string) string { return filepath.Join(dir, name) }
+	writeKeyPair(t, dir, "officer")
+	writeKeyPair(t, dir, "signer")
+	if err := os.MkdirAll(p("images"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{3}, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code = func(want int, args ...string) string {
+		t.Helper()
+		out, stderr, got := c.run(args...)
+		if got != want {
+			t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), got, want, out, stderr)
+		}
+		return out
+	}
+	code(0, "fw", "sign", "--key", p("signer.pem"), "--images", p("images"), "--version", "2", "--class", "gateway", "--out", p("v2.manifest"))
+	code(0, "fw", "anchor", "set", "--pubkey", p("signer.pub.pem"), "--class", "gateway", "--officer", p("officer.pem"), "--ek-ca", ekCAFile(t, c.swtpm))
+	c.swtpm.Restart(false)
+	c.swtpm.CloseTPM()
+	return c, p, code, p("v2.manifest")
+}
+
+func pcr12(t *testing.T, c *cliEnv) []byte {
+	t.Helper()
+	c.swtpm.Reopen()
+	defer c.swtpm.CloseTPM()
+	v, err := c.swtpm.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v[12]
+}
+
+// TestFWVerifyUnreadableManifest: a manifest that is missing, a directory
+// or a FIFO is a measured failure, not an exit before the TPM (found by
+// review: PCR 12 stayed at its reset value, and a hand extend of the good
+// digest later reached the good value; a FIFO hung the boot).
+func TestFWVerifyUnreadableManifest(t *testing.T) {
+	c, p, code, _ := fwSetup(t)
+	d := sha256.Sum256([]byte("provd firmware verification failed\x00"))
+	failed := sha256.Sum256(append(make([]byte, 32), d[:]...))
+	for _, tc := range []struct {
+		name  string
+		setup func(path string) error
+	}{
+		{"missing", func(string) error { return nil }},
+		{"directory", func(path string) error { return os.Mkdir(path, 0o755) }},
+		{"fifo", func(path string) error { return syscall.Mkfifo(path, 0o644) }},
+	} {
+		m := p("unreadable-" + tc.name + ".manifest")
+		if err := tc.setup(m); err != nil {
+			t.Fatal(err)
+		}
+		code(api.ExitUsage, "fw", "verify", "--manifest", m, "--root", p("images"))
+		if got := pcr12(t, c); !bytes.Equal(got, failed[:]) {
+			t.Fatalf("%s: PCR 12 %x, want the failed state", tc.name, got)
+		}
+		c.swtpm.Restart(false)
+		c.swtpm.CloseTPM()
+	}
+}
+
+// TestFWLogTextChecked: after a failed boot, the failed event's text
+// rewritten to read "verified" with the good manifest's digest: fw log
+// refuses the log, exit 14 (found by review: --replay passed it, the text
+// not being covered by the PCR).
+func TestFWLogTextChecked(t *testing.T) {
+	c, p, code, v2 := fwSetup(t)
+	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	code(0, "fw", "log", "--replay")
+	mb, err := os.ReadFile(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := firmware.Parse(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(c.dir, fwhook.LogName)
+	l, err := fwhook.ReadLogFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := &l.Events[len(l.Events)-1]
+	text := fmt.Sprintf("provd firmware verified: manifest sha256:%x", s.Digest())
+	d := binary.LittleEndian.AppendUint32(nil, fwhook.EventTagID)
+	d = binary.LittleEndian.AppendUint32(d, uint32(len(text)))
+	last.Data = append(d, text...)
+	b, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitTampered, "fw", "log", "--replay")
+	code(api.ExitTampered, "fw", "log")
 }

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/spf13/cobra"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/catalog"
@@ -58,12 +60,18 @@ func (a *app) fwAnchorCmd() *cobra.Command {
 	}
 	var pubFile, nextFile, class, officerFile, ownerAuthFile string
 	var lowest uint64
+	var ek ekFlags
 	set := &cobra.Command{
-		Use:   "set --pubkey signer.pub.pem [--next next.pub.pem] --class C --officer officer.pem [--lowest-version N] [--owner-auth-file FILE]",
+		Use:   "set --pubkey signer.pub.pem [--next next.pub.pem] --class C --officer officer.pem --ek-ca BUNDLE [--lowest-version N] [--owner-auth-file FILE]",
 		Short: "Anchor the firmware signer in the TPM (crypto officer)",
 		Long: `Write the firmware signer's TPM name, the next signer's during a rotation, and the
 device class into the anchor, NV index 0x01707603, and define the anti-rollback
 counter, 0x01707604, where it is missing.
+
+The TPM is authenticated first, as provd tpm identity does (--ek-ca, default
+$PROVD_EK_CA: its EK certificate verified, the SRK created through a session
+salted to the certified EK), and the whole set runs in sessions salted to that
+SRK: nothing on the bus can change what the officer signs.
 
 The anchor is written only through TPM2_PolicySigned by the crypto officer's key
 (--officer, the private half of provision --officer-key): the officer signs this
@@ -122,11 +130,26 @@ warns.`,
 				return err
 			}
 			req.CommitAuthPath = filepath.Join(dir, fwhook.CommitAuthName)
+			idReq, err := ek.request()
+			if err != nil {
+				return err
+			}
 			t, done, err := a.openTPM(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
+			// The TPM authenticated first (found by review: an interposer
+			// forged the counter's value and the officer signed a floor of
+			// 0): every read and write of the set then runs in sessions
+			// salted to the SRK the certified EK vouched for.
+			_, srk, err := agent.Establish(t, idReq, time.Now)
+			if err != nil {
+				return err
+			}
+			if err := t.PinSRK(srk.Public); err != nil {
+				return err
+			}
 			in, err := fwhook.Set(t, req)
 			if err != nil {
 				return err
@@ -139,6 +162,7 @@ warns.`,
 	set.Flags().StringVar(&class, "class", "", "the device class (as fw sign --class)")
 	set.Flags().StringVar(&officerFile, "officer", "", "the crypto officer's private approval key (PEM)")
 	set.Flags().StringVar(&ownerAuthFile, "owner-auth-file", "", "the owner hierarchy's authorization value, when it has one")
+	ek.add(a, set)
 	set.Flags().Uint64Var(&lowest, "lowest-version", 0, "the lowest firmware version to accept from now on (never below the current one; required when the previous anchor is gone)")
 	show := &cobra.Command{
 		Use:   "show",
@@ -193,8 +217,9 @@ provd's state but the TPM's anchor and counter:
      missing);
   4. the version against the counter (exit 20 rolled back);
 
-then extend the PCR (--pcr, default 12) in every active bank with the manifest's
-digest (the bank's hash of the signed payload) and append a TCG_PCR_EVENT2 to
+then extend the PCR (--pcr, default 12; one of 8..15) in every active bank with
+the anchor's measurement (its officer and class) and the manifest's digest (the
+bank's hash of the signed payload), and append the TCG_PCR_EVENT2s to
 <state-dir>/measurements.log. On any failure it extends a fixed "verification
 failed" measurement instead, so keys sealed to the good value stay locked, and
 exits with the failure's code. A TPM failure is exit 9 (6 when no TPM answers).
@@ -207,23 +232,22 @@ becomes the lowest accepted; it never lowers it.`,
 			if manifest == "" {
 				return usageError(errors.New("--manifest is required"))
 			}
-			if pcr < 0 || pcr > 16 && pcr != 23 {
-				return usageError(fmt.Errorf("--pcr %d: want 0..16 or 23 (17..22 are not extendable from the OS)", pcr))
+			if err := fwhook.CheckPCR(pcr); err != nil {
+				return usageError(fmt.Errorf("--pcr: %w", err))
 			}
-			m, err := readIn(a, manifest)
+			dir, err := filepath.Abs(a.stateDir)
 			if err != nil {
 				return err
 			}
-			dir, err := a.fwStateDir()
-			if err != nil {
-				return err
-			}
+			// The TPM first, then everything else inside the hook: a
+			// manifest that cannot be read is a measured failure too
+			// (found by review: a missing manifest left the PCR as it was).
 			t, done, err := a.openTPM(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
-			res, err := fwhook.Verify(t, fwhook.VerifyRequest{Manifest: m, Root: root, PCR: pcr,
+			res, err := fwhook.Verify(t, fwhook.VerifyRequest{ManifestPath: manifest, Root: root, PCR: pcr,
 				LogPath: filepath.Join(dir, fwhook.LogName), Commit: commit, CommitAuthPath: filepath.Join(dir, fwhook.CommitAuthName)})
 			if err != nil {
 				var te *tpm.Error
@@ -277,9 +301,12 @@ func (a *app) fwLogCmd() *cobra.Command {
 		Long: `Print the events of a TCG PC Client crypto-agile event log: provd's
 <state-dir>/measurements.log by default, or --log FILE, such as the kernel's
 firmware log /sys/kernel/security/tpm0/binary_bios_measurements (the same parser
-reads both). --replay recomputes every PCR the log extends, in each bank both the
-log and the TPM have, and compares with the TPM: exit 14 names the PCRs that
-differ (something extended them without a logged event, or the log was edited).`,
+reads both). provd's own events are checked against their digests (a text that
+says "verified" over the failed measurement is exit 14); the digests, not the
+text, are what the PCR vouches for. --replay recomputes every PCR the log
+extends, in each bank both the log and the TPM have, and compares with the TPM:
+exit 14 names the PCRs that differ (something extended them without a logged
+event, or the log was edited).`,
 		Example: `  provd fw log --replay
   provd fw log --log /sys/kernel/security/tpm0/binary_bios_measurements --replay -o json`,
 		Args: noArgs,
@@ -304,6 +331,12 @@ differ (something extended them without a logged event, or the log was edited).`
 				Replayed []replayedPCR `json:"replayed,omitempty"`
 				Match    *bool         `json:"match,omitempty"`
 			}{Log: logFile, Events: []eventJSON{}}
+			var lies []string
+			for i, e := range l.Events {
+				if err := fwhook.CheckEvent(e); err != nil {
+					lies = append(lies, fmt.Sprintf("event %d: %v", i, err))
+				}
+			}
 			for _, e := range l.Events {
 				j := eventJSON{PCR: e.PCR, Type: e.Type.String(), Digests: map[string]string{}, Text: fwhook.EventText(e)}
 				if j.Text == "" {
@@ -315,7 +348,10 @@ differ (something extended them without a logged event, or the log was edited).`
 				out.Events = append(out.Events, j)
 			}
 			var cmpErr error
-			if replay {
+			if len(lies) > 0 {
+				cmpErr = fmt.Errorf("%w: the log's text does not match its digests: %s", api.ErrTampered, strings.Join(lies, "; "))
+			}
+			if replay && cmpErr == nil {
 				t, done, err := a.openTPM(cmd.Context())
 				if err != nil {
 					return err

@@ -184,7 +184,7 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	write("images/bootloader.bin", []byte("bootloader"))
 	provd("fw", "sign", "--key", signerKey, "--images", p("images"), "--version", "1", "--class", "demo", "--out", p("fw.manifest"))
 	provd("fw", "manifest", "show", p("fw.manifest"))
-	provd("fw", "anchor", "set", "--pubkey", signerPub, "--class", "demo", "--officer", officerKey)
+	provd("fw", "anchor", "set", "--pubkey", signerPub, "--class", "demo", "--officer", officerKey, "--ek-ca", ca)
 	provd("fw", "anchor", "show")
 	provd("fw", "verify", "--manifest", p("fw.manifest"), "--root", p("images"), "--commit")
 	provd("fw", "log", "--replay")
