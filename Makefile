@@ -11,10 +11,11 @@ PREFIX    ?= /usr
 # Packages the tests and the demo drive: the simulator, its manufacturing
 # tools, tpm2-tools and openssl as independent interop checkers, systemd's
 # tools for the unit checks and socket activation, SoftHSM2 as another HSM for
-# key backups (its PKCS#11 client in the test needs cgo: gcc).
-DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd softhsm2 gcc libc6-dev
+# key backups (its PKCS#11 client in the test needs cgo: gcc), PostgreSQL for the
+# fleet store's conformance suite (test/pgtest starts its own server).
+DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd softhsm2 gcc libc6-dev postgresql
 # One binary each package above must provide.
-DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze systemd-socket-activate softhsm2-util gcc
+DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze systemd-socket-activate softhsm2-util gcc pg_ctlcluster
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m

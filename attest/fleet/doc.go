@@ -1,0 +1,20 @@
+// Package fleet is the fleet attestation endpoint's core (provd fleet
+// serve): enrollment by EK certificate and credential activation of the
+// device's AK, single-use challenges, the appraisal of quotes and event
+// logs against a device class's golden policy, and the store that keeps
+// them (SQLite embedded, or PostgreSQL shared by replicas). It verifies
+// with package attest and sends no TPM command: the endpoint has no TPM
+// (docs/attestation.md).
+package fleet
+
+// Reason is why an appraisal failed, or a note on a pass: a code a program
+// decides on, and where it applies (which PCR in which bank, which event of
+// which log).
+type Reason struct {
+	Code   string `json:"code"`
+	Bank   string `json:"bank,omitempty"`
+	PCR    *int   `json:"pcr,omitempty"`
+	Log    string `json:"log,omitempty"`
+	Event  *int   `json:"event,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}

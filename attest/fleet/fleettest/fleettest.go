@@ -1,0 +1,268 @@
+// Package fleettest is the fleet store's conformance suite: one set of
+// tests that every Store implementation passes, run on SQLite and on a real
+// PostgreSQL (attest/fleet's store_test.go).
+package fleettest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/attest/fleet"
+)
+
+// Opener opens a fresh, empty store for one test; the same URL opened
+// twice must reach the same database (replicas).
+type Opener func(t *testing.T) (url string)
+
+var t0 = time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+
+func open(t *testing.T, url string) fleet.Store {
+	t.Helper()
+	s, err := fleet.Open(context.Background(), url)
+	if err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func device(id string) fleet.Device {
+	secret := sha256.Sum256([]byte("secret of " + id))
+	return fleet.Device{ID: id, Class: "gateway", EKPublic: []byte("ek " + id), EKCert: []byte("cert " + id), AKPublic: []byte("ak " + id),
+		SecretHash: secret[:], EnrolledAt: t0}
+}
+
+// Run runs the suite; newURL gives a fresh database for each test.
+func Run(t *testing.T, newURL Opener) {
+	ctx := context.Background()
+	t.Run("enrollment", func(t *testing.T) {
+		s := open(t, newURL(t))
+		d := device("d1")
+		if err := s.PutPending(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Device(ctx, "d1")
+		if err != nil || got.State != fleet.StatePending || !bytes.Equal(got.AKPublic, d.AKPublic) || !got.EnrolledAt.Equal(t0) {
+			t.Fatalf("%+v %v", got, err)
+		}
+		// A retried enrollment replaces the pending record.
+		d.AKPublic = []byte("ak again")
+		if err := s.PutPending(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Activate(ctx, "d1", []byte("wrong"), t0); !errors.Is(err, fleet.ErrWrongSecret) {
+			t.Fatalf("wrong secret: %v", err)
+		}
+		if got, _ := s.Device(ctx, "d1"); got.State != fleet.StatePending {
+			t.Fatalf("a wrong secret changed the state: %s", got.State)
+		}
+		act, err := s.Activate(ctx, "d1", d.SecretHash, t0.Add(time.Second))
+		if err != nil || act.State != fleet.StateEnrolled || !bytes.Equal(act.AKPublic, []byte("ak again")) {
+			t.Fatalf("activate: %+v %v", act, err)
+		}
+		if _, err := s.Activate(ctx, "d1", d.SecretHash, t0); !errors.Is(err, fleet.ErrExists) {
+			t.Fatalf("activate twice: %v", err)
+		}
+		if err := s.PutPending(ctx, device("d1")); !errors.Is(err, fleet.ErrExists) {
+			t.Fatalf("enroll over an enrolled device: %v", err)
+		}
+		if _, err := s.Device(ctx, "nobody"); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("unknown device: %v", err)
+		}
+		if _, err := s.Activate(ctx, "nobody", nil, t0); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("activate unknown: %v", err)
+		}
+		if err := s.Revoke(ctx, "d1", t0); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Device(ctx, "d1"); got.State != fleet.StateRevoked {
+			t.Fatalf("revoked: %s", got.State)
+		}
+		if err := s.PutPending(ctx, device("d1")); !errors.Is(err, fleet.ErrExists) {
+			t.Fatalf("enroll over a revoked device: %v", err)
+		}
+		if err := s.Revoke(ctx, "nobody", t0); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("revoke unknown: %v", err)
+		}
+	})
+	t.Run("list", func(t *testing.T) {
+		s := open(t, newURL(t))
+		for i := range 25 {
+			if err := s.PutPending(ctx, device(fmt.Sprintf("d%02d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var all []string
+		after := ""
+		for {
+			page, err := s.Devices(ctx, after, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, d := range page {
+				all = append(all, d.ID)
+			}
+			after = page[len(page)-1].ID
+		}
+		if len(all) != 25 || all[0] != "d00" || all[24] != "d24" {
+			t.Fatalf("listed %v", all)
+		}
+	})
+	t.Run("nonces", func(t *testing.T) {
+		s := open(t, newURL(t))
+		n := fleet.Nonce{Nonce: []byte("nonce-1"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
+		if err := s.PutNonce(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.TakeNonce(ctx, "d2", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("another device's nonce: %v", err)
+		}
+		if err := s.TakeNonce(ctx, "d1", n.Nonce, t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.TakeNonce(ctx, "d1", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("a nonce used twice: %v", err)
+		}
+		old := fleet.Nonce{Nonce: []byte("nonce-2"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
+		if err := s.PutNonce(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0.Add(time.Minute)); !errors.Is(err, fleet.ErrNonceExpired) {
+			t.Fatalf("an expired nonce: %v", err)
+		}
+		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("an expired nonce is consumed too: %v", err)
+		}
+		// Many takers at once: exactly one wins.
+		race := fleet.Nonce{Nonce: []byte("nonce-3"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
+		if err := s.PutNonce(ctx, race); err != nil {
+			t.Fatal(err)
+		}
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if s.TakeNonce(ctx, "d1", race.Nonce, t0) == nil {
+					wins.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("%d takers won one nonce", wins.Load())
+		}
+	})
+	t.Run("appraisals", func(t *testing.T) {
+		s := open(t, newURL(t))
+		if err := s.PutPending(ctx, device("d1")); err != nil {
+			t.Fatal(err)
+		}
+		pcr := 7
+		for i, pass := range []bool{true, false} {
+			a := fleet.Appraisal{ID: fmt.Sprintf("a%d", i), DeviceID: "d1", At: t0.Add(time.Duration(i) * time.Second), Pass: pass,
+				PCRs: map[string]map[int]string{"sha256": {7: "00"}}}
+			if !pass {
+				a.Reasons = []fleet.Reason{{Code: "pcr_policy", Bank: "sha256", PCR: &pcr}}
+			}
+			if err := s.RecordAppraisal(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h, err := s.Appraisals(ctx, "d1", 10)
+		if err != nil || len(h) != 2 || h[0].ID != "a1" || h[0].Pass || len(h[0].Reasons) != 1 || *h[0].Reasons[0].PCR != 7 || h[1].PCRs["sha256"][7] != "00" {
+			t.Fatalf("history %+v %v", h, err)
+		}
+		d, err := s.Device(ctx, "d1")
+		if err != nil || d.LastVerdict != "fail" || !d.LastAt.Equal(t0.Add(time.Second)) {
+			t.Fatalf("last verdict: %+v %v", d, err)
+		}
+	})
+	t.Run("policies", func(t *testing.T) {
+		s := open(t, newURL(t))
+		if _, err := s.Policy(ctx, "gateway"); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("no policy: %v", err)
+		}
+		base := fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{"sha256": {0: "aa"}}, TOFU: true, UpdatedAt: t0}
+		// Concurrent first quotes: one baseline is stored, all see it.
+		var stored atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := base
+				p.PCRs = map[string]map[int]string{"sha256": {0: fmt.Sprintf("%02x", i)}}
+				got, ok, err := s.Baseline(ctx, p)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					stored.Add(1)
+				}
+				if !got.TOFU || len(got.PCRs["sha256"]) != 1 {
+					t.Errorf("baseline read back: %+v", got)
+				}
+			}()
+		}
+		wg.Wait()
+		if stored.Load() != 1 {
+			t.Fatalf("%d baselines stored", stored.Load())
+		}
+		set := fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{"sha256": {7: "bb"}}, Manifests: []string{"cc"}, UpdatedAt: t0}
+		if err := s.SetPolicy(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Policy(ctx, "gateway")
+		if err != nil || got.TOFU || got.PCRs["sha256"][7] != "bb" || len(got.Manifests) != 1 {
+			t.Fatalf("%+v %v", got, err)
+		}
+		if _, ok, err := s.Baseline(ctx, base); err != nil || ok {
+			t.Fatalf("a baseline over a set policy: %v %v", ok, err)
+		}
+	})
+	t.Run("replicas", func(t *testing.T) {
+		url := newURL(t)
+		// Two replicas start at once on one empty database: the schema is
+		// made once, both serve.
+		var wg sync.WaitGroup
+		stores := make([]fleet.Store, 4)
+		errs := make([]error, 4)
+		for i := range stores {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				stores[i], errs[i] = fleet.Open(ctx, url)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("replica %d: %v", i, err)
+			}
+			t.Cleanup(func() { stores[i].Close() })
+		}
+		n := fleet.Nonce{Nonce: []byte("shared"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
+		if err := stores[0].PutNonce(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if err := stores[1].TakeNonce(ctx, "d1", n.Nonce, t0); err != nil {
+			t.Fatalf("a nonce issued by one replica, taken by another: %v", err)
+		}
+		if err := stores[0].TakeNonce(ctx, "d1", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("the same nonce again, on the first replica: %v", err)
+		}
+	})
+}

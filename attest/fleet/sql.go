@@ -1,0 +1,482 @@
+package fleet
+
+import (
+	"context"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+)
+
+// dialect is what differs between SQLite and PostgreSQL: the driver, the
+// placeholder syntax, and how migrations are serialized between replicas.
+type dialect struct {
+	name   string
+	driver string
+	// lock runs inside the migration transaction before anything is read:
+	// PostgreSQL takes a transaction-scoped advisory lock, so two replicas
+	// starting at once apply each migration once; SQLite's transactions
+	// are IMMEDIATE (the DSN), which locks the file the same way.
+	lock string
+}
+
+var (
+	sqliteDialect   = dialect{name: "sqlite", driver: "sqlite"}
+	postgresDialect = dialect{name: "postgres", driver: "pgx", lock: "SELECT pg_advisory_xact_lock(7072767) "}
+)
+
+var placeholder = regexp.MustCompile(`\$([0-9]+)`)
+
+// q writes a query's $N placeholders as the dialect wants them: SQLite
+// binds ?N by number ($N would bind by first appearance).
+func (d dialect) q(query string) string {
+	if d.name == "sqlite" {
+		return placeholder.ReplaceAllString(query, "?$1")
+	}
+	return query
+}
+
+// migrations are the schema's versions, applied in order at Open. A
+// migration is never edited once released: a change is a new one. Types
+// are the ones both databases read the same: TEXT (hex, base64, JSON),
+// BIGINT (Unix milliseconds, booleans as 0/1).
+var migrations = []string{
+	// 1: the fleet.
+	`CREATE TABLE devices (
+		id TEXT PRIMARY KEY,
+		class TEXT NOT NULL,
+		state TEXT NOT NULL,
+		ek_public TEXT NOT NULL,
+		ek_cert TEXT NOT NULL,
+		ak_public TEXT NOT NULL,
+		secret_hash TEXT NOT NULL,
+		enrolled_at BIGINT NOT NULL,
+		updated_at BIGINT NOT NULL,
+		last_verdict TEXT NOT NULL,
+		last_at BIGINT NOT NULL
+	);
+	CREATE TABLE nonces (
+		nonce TEXT PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		expires_at BIGINT NOT NULL
+	);
+	CREATE INDEX nonces_expiry ON nonces (expires_at);
+	CREATE TABLE appraisals (
+		id TEXT PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		at BIGINT NOT NULL,
+		pass BIGINT NOT NULL,
+		reasons TEXT NOT NULL,
+		pcrs TEXT NOT NULL
+	);
+	CREATE INDEX appraisals_device ON appraisals (device_id, at);
+	CREATE TABLE policies (
+		class TEXT PRIMARY KEY,
+		pcrs TEXT NOT NULL,
+		manifests TEXT NOT NULL,
+		tofu BIGINT NOT NULL,
+		updated_at BIGINT NOT NULL
+	);`,
+}
+
+// sqlStore is the Store over database/sql, for both dialects.
+type sqlStore struct {
+	db *sql.DB
+	d  dialect
+}
+
+// Open opens the store a URL names and applies pending migrations:
+// sqlite:///path/fleet.db (created, mode 0600) or postgres://... (pgx).
+func Open(ctx context.Context, rawURL string) (Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: database URL: %w", err)
+	}
+	var s *sqlStore
+	switch u.Scheme {
+	case "sqlite":
+		if u.Path == "" || u.Host != "" {
+			return nil, fmt.Errorf("fleet: %q: want sqlite:///absolute/path.db", rawURL)
+		}
+		dsn := "file:" + u.Path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+		db, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, err
+		}
+		s = &sqlStore{db: db, d: sqliteDialect}
+	case "postgres", "postgresql":
+		db, err := sql.Open("pgx", rawURL)
+		if err != nil {
+			return nil, err
+		}
+		db.SetMaxOpenConns(32)
+		s = &sqlStore{db: db, d: postgresDialect}
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrUnknownDriver, u.Scheme)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// migrate applies the migrations the database lacks, each in one
+// transaction under the dialect's lock, so that replicas starting together
+// apply each once; a database newer than this binary is refused.
+func (s *sqlStore) migrate(ctx context.Context) error {
+	for {
+		done, err := s.migrateOne(ctx)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+func (s *sqlStore) migrateOne(ctx context.Context) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if s.d.lock != "" {
+		if _, err := tx.ExecContext(ctx, s.d.lock); err != nil {
+			return false, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)`); err != nil {
+		return false, err
+	}
+	var version int
+	switch err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version); {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return false, err
+		}
+	case err != nil:
+		return false, err
+	}
+	if version > len(migrations) {
+		return false, fmt.Errorf("%w: version %d, this provd knows %d", ErrSchemaTooNew, version, len(migrations))
+	}
+	if version == len(migrations) {
+		return true, tx.Commit()
+	}
+	for _, stmt := range strings.Split(migrations[version], ";") {
+		if strings.TrimSpace(stmt) == "" {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return false, fmt.Errorf("fleet: migration %d: %w", version+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, s.d.q(`UPDATE schema_version SET version = $1`), version+1); err != nil {
+		return false, err
+	}
+	return false, tx.Commit()
+}
+
+func (s *sqlStore) Close() error { return s.db.Close() }
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+var b64 = base64.StdEncoding
+
+const deviceCols = `id, class, state, ek_public, ek_cert, ak_public, secret_hash, enrolled_at, updated_at, last_verdict, last_at`
+
+func scanDevice(row interface{ Scan(...any) error }) (Device, error) {
+	var d Device
+	var ek, cert, ak, secret string
+	var enrolled, updated, last int64
+	if err := row.Scan(&d.ID, &d.Class, &d.State, &ek, &cert, &ak, &secret, &enrolled, &updated, &d.LastVerdict, &last); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return Device{}, ErrNotFound
+		}
+		return Device{}, err
+	}
+	var err error
+	for _, f := range []struct {
+		in  string
+		out *[]byte
+	}{{ek, &d.EKPublic}, {cert, &d.EKCert}, {ak, &d.AKPublic}, {secret, &d.SecretHash}} {
+		if *f.out, err = b64.DecodeString(f.in); err != nil {
+			return Device{}, fmt.Errorf("fleet: device %s: %w", d.ID, err)
+		}
+	}
+	if len(d.SecretHash) == 0 {
+		d.SecretHash = nil
+	}
+	d.EnrolledAt, d.UpdatedAt, d.LastAt = fromMS(enrolled), fromMS(updated), fromMS(last)
+	return d, nil
+}
+
+func (s *sqlStore) PutPending(ctx context.Context, d Device) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	old, err := scanDevice(tx.QueryRowContext(ctx, s.d.q(`SELECT `+deviceCols+` FROM devices WHERE id = $1`), d.ID))
+	switch {
+	case err == nil && old.State != StatePending:
+		return fmt.Errorf("%w: device %s is %s", ErrExists, d.ID, old.State)
+	case err == nil:
+		if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM devices WHERE id = $1`), d.ID); err != nil {
+			return err
+		}
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
+	_, err = tx.ExecContext(ctx, s.d.q(`INSERT INTO devices (`+deviceCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`),
+		d.ID, d.Class, StatePending, b64.EncodeToString(d.EKPublic), b64.EncodeToString(d.EKCert), b64.EncodeToString(d.AKPublic),
+		b64.EncodeToString(d.SecretHash), ms(d.EnrolledAt), ms(d.EnrolledAt), "", int64(0))
+	if err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *sqlStore) Activate(ctx context.Context, id string, secretHash []byte, now time.Time) (Device, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return Device{}, err
+	}
+	defer tx.Rollback()
+	d, err := scanDevice(tx.QueryRowContext(ctx, s.d.q(`SELECT `+deviceCols+` FROM devices WHERE id = $1`), id))
+	if err != nil {
+		return Device{}, err
+	}
+	if d.State != StatePending {
+		return Device{}, fmt.Errorf("%w: device %s is %s", ErrExists, id, d.State)
+	}
+	if len(d.SecretHash) == 0 || subtle.ConstantTimeCompare(d.SecretHash, secretHash) != 1 {
+		return Device{}, ErrWrongSecret
+	}
+	res, err := tx.ExecContext(ctx, s.d.q(`UPDATE devices SET state = $1, secret_hash = '', updated_at = $2 WHERE id = $3 AND state = $4`),
+		StateEnrolled, ms(now), id, StatePending)
+	if err != nil {
+		return Device{}, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return Device{}, fmt.Errorf("%w: device %s changed under the activation", ErrExists, id)
+	}
+	if err := tx.Commit(); err != nil {
+		return Device{}, err
+	}
+	d.State, d.SecretHash, d.UpdatedAt = StateEnrolled, nil, now
+	return d, nil
+}
+
+func (s *sqlStore) Device(ctx context.Context, id string) (Device, error) {
+	return scanDevice(s.db.QueryRowContext(ctx, s.d.q(`SELECT `+deviceCols+` FROM devices WHERE id = $1`), id))
+}
+
+func (s *sqlStore) Devices(ctx context.Context, after string, limit int) ([]Device, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT `+deviceCols+` FROM devices WHERE id > $1 ORDER BY id LIMIT $2`), after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) Revoke(ctx context.Context, id string, now time.Time) error {
+	res, err := s.db.ExecContext(ctx, s.d.q(`UPDATE devices SET state = $1, secret_hash = '', updated_at = $2 WHERE id = $3`), StateRevoked, ms(now), id)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("%w: device %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+func (s *sqlStore) PutNonce(ctx context.Context, n Nonce) error {
+	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3)`),
+		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
+	return err
+}
+
+func (s *sqlStore) TakeNonce(ctx context.Context, deviceID string, nonce []byte, now time.Time) error {
+	// One statement: the row goes on whichever replica asks first; the
+	// other finds nothing. Expired nonces of anyone are swept on the way.
+	var expires int64
+	err := s.db.QueryRowContext(ctx, s.d.q(`DELETE FROM nonces WHERE nonce = $1 AND device_id = $2 RETURNING expires_at`),
+		b64.EncodeToString(nonce), deviceID).Scan(&expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNonceUnknown
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now)); err != nil {
+		return err
+	}
+	if !now.Before(fromMS(expires)) {
+		return ErrNonceExpired
+	}
+	return nil
+}
+
+func (s *sqlStore) RecordAppraisal(ctx context.Context, a Appraisal) error {
+	reasons, err := json.Marshal(a.Reasons)
+	if err != nil {
+		return err
+	}
+	pcrs, err := json.Marshal(a.PCRs)
+	if err != nil {
+		return err
+	}
+	verdict := "fail"
+	pass := int64(0)
+	if a.Pass {
+		verdict, pass = "pass", 1
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, s.d.q(`INSERT INTO appraisals (id, device_id, at, pass, reasons, pcrs) VALUES ($1, $2, $3, $4, $5, $6)`),
+		a.ID, a.DeviceID, ms(a.At), pass, string(reasons), string(pcrs)); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, s.d.q(`UPDATE devices SET last_verdict = $1, last_at = $2 WHERE id = $3`), verdict, ms(a.At), a.DeviceID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *sqlStore) Appraisals(ctx context.Context, deviceID string, limit int) ([]Appraisal, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT id, device_id, at, pass, reasons, pcrs FROM appraisals WHERE device_id = $1 ORDER BY at DESC, id LIMIT $2`), deviceID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Appraisal
+	for rows.Next() {
+		var a Appraisal
+		var at, pass int64
+		var reasons, pcrs string
+		if err := rows.Scan(&a.ID, &a.DeviceID, &at, &pass, &reasons, &pcrs); err != nil {
+			return nil, err
+		}
+		a.At, a.Pass = fromMS(at), pass == 1
+		if err := json.Unmarshal([]byte(reasons), &a.Reasons); err != nil {
+			return nil, fmt.Errorf("fleet: appraisal %s: %w", a.ID, err)
+		}
+		if err := json.Unmarshal([]byte(pcrs), &a.PCRs); err != nil {
+			return nil, fmt.Errorf("fleet: appraisal %s: %w", a.ID, err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func policyRow(p Policy) (pcrs, manifests string, tofu int64, err error) {
+	b, err := json.Marshal(p.PCRs)
+	if err != nil {
+		return "", "", 0, err
+	}
+	m := p.Manifests
+	if m == nil {
+		m = []string{}
+	}
+	mb, err := json.Marshal(m)
+	if err != nil {
+		return "", "", 0, err
+	}
+	if p.TOFU {
+		tofu = 1
+	}
+	return string(b), string(mb), tofu, nil
+}
+
+func (s *sqlStore) SetPolicy(ctx context.Context, p Policy) error {
+	pcrs, manifests, tofu, err := policyRow(p)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (class) DO UPDATE SET pcrs = excluded.pcrs, manifests = excluded.manifests, tofu = excluded.tofu, updated_at = excluded.updated_at`),
+		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt))
+	return err
+}
+
+func (s *sqlStore) Policy(ctx context.Context, class string) (Policy, error) {
+	p := Policy{Class: class}
+	var pcrs, manifests string
+	var tofu, updated int64
+	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT pcrs, manifests, tofu, updated_at FROM policies WHERE class = $1`), class).Scan(&pcrs, &manifests, &tofu, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Policy{}, ErrNotFound
+	}
+	if err != nil {
+		return Policy{}, err
+	}
+	if err := json.Unmarshal([]byte(pcrs), &p.PCRs); err != nil {
+		return Policy{}, fmt.Errorf("fleet: policy %s: %w", class, err)
+	}
+	if err := json.Unmarshal([]byte(manifests), &p.Manifests); err != nil {
+		return Policy{}, fmt.Errorf("fleet: policy %s: %w", class, err)
+	}
+	p.TOFU, p.UpdatedAt = tofu == 1, fromMS(updated)
+	return p, nil
+}
+
+func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error) {
+	pcrs, manifests, tofu, err := policyRow(p)
+	if err != nil {
+		return Policy{}, false, err
+	}
+	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (class) DO NOTHING`),
+		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt))
+	if err != nil {
+		return Policy{}, false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return Policy{}, false, err
+	}
+	cur, err := s.Policy(ctx, p.Class)
+	return cur, n == 1, err
+}

@@ -1,0 +1,108 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Store errors, told apart with errors.Is.
+var (
+	ErrNotFound      = errors.New("fleet: not found")
+	ErrExists        = errors.New("fleet: already exists")
+	ErrNonceUnknown  = errors.New("fleet: nonce unknown or already used")
+	ErrNonceExpired  = errors.New("fleet: nonce expired")
+	ErrWrongSecret   = errors.New("fleet: the activation secret is not the credential's")
+	ErrRevoked       = errors.New("fleet: device revoked")
+	ErrSchemaTooNew  = errors.New("fleet: the database's schema is newer than this provd")
+	ErrUnknownDriver = errors.New("fleet: unknown database URL scheme (sqlite:// or postgres://)")
+)
+
+// Device states.
+const (
+	StatePending  = "pending"  // enrolled, its AK not yet activated
+	StateEnrolled = "enrolled" // its AK proven to live with its EK
+	StateRevoked  = "revoked"
+)
+
+// Device is one enrolled TPM. Its ID is the hex SHA-256 of its EK's
+// public area (TPMT_PUBLIC): the same TPM enrolls to the same ID.
+type Device struct {
+	ID       string
+	Class    string
+	State    string
+	EKPublic []byte // TPMT_PUBLIC
+	EKCert   []byte // DER
+	AKPublic []byte // TPMT_PUBLIC
+	// SecretHash is SHA-256 of the credential's secret while pending.
+	SecretHash  []byte
+	EnrolledAt  time.Time
+	UpdatedAt   time.Time
+	LastVerdict string // "pass", "fail" or ""
+	LastAt      time.Time
+}
+
+// Nonce is one issued challenge: single use, until ExpiresAt.
+type Nonce struct {
+	Nonce     []byte
+	DeviceID  string
+	ExpiresAt time.Time
+}
+
+// Appraisal is one attestation's verdict.
+type Appraisal struct {
+	ID       string
+	DeviceID string
+	At       time.Time
+	Pass     bool
+	// Reasons are why it failed (or, for a pass, notes such as a baseline
+	// taken on first use), as JSON.
+	Reasons []Reason
+	// PCRs are the quoted values, bank name -> index -> hex.
+	PCRs map[string]map[int]string
+}
+
+// Policy is a device class's golden values: PCR values per bank, and the
+// firmware manifests (SHA-256 of the signed payload, as fw manifest show
+// prints) a device may report verified. TOFU marks a baseline taken from the
+// class's first verified quote rather than set by an operator.
+type Policy struct {
+	Class     string
+	PCRs      map[string]map[int]string
+	Manifests []string
+	TOFU      bool
+	UpdatedAt time.Time
+}
+
+// Store is where the endpoint keeps its state: one interface, SQLite
+// embedded or PostgreSQL for replicas (sql.go), one conformance suite
+// (fleettest). Every method is safe for concurrent use, and across
+// replicas sharing one database.
+type Store interface {
+	// PutPending records a device whose AK is not yet activated; a pending
+	// record of the same ID is replaced (a retried enrollment). An
+	// enrolled or revoked device is ErrExists.
+	PutPending(ctx context.Context, d Device) error
+	// Activate moves a pending device to enrolled when secretHash is its
+	// credential's (ErrWrongSecret otherwise), and clears the hash.
+	Activate(ctx context.Context, id string, secretHash []byte, now time.Time) (Device, error)
+	Device(ctx context.Context, id string) (Device, error)
+	// Devices lists devices by ID, after the given one, at most limit.
+	Devices(ctx context.Context, after string, limit int) ([]Device, error)
+	Revoke(ctx context.Context, id string, now time.Time) error
+	PutNonce(ctx context.Context, n Nonce) error
+	// TakeNonce consumes the nonce for the device: once, on whichever
+	// replica; ErrNonceUnknown when it was never issued to it or was used,
+	// ErrNonceExpired when it expired (it is consumed all the same).
+	TakeNonce(ctx context.Context, deviceID string, nonce []byte, now time.Time) error
+	// RecordAppraisal stores an appraisal and the device's last verdict.
+	RecordAppraisal(ctx context.Context, a Appraisal) error
+	Appraisals(ctx context.Context, deviceID string, limit int) ([]Appraisal, error)
+	SetPolicy(ctx context.Context, p Policy) error
+	Policy(ctx context.Context, class string) (Policy, error)
+	// Baseline stores p as the class's policy only if the class has none
+	// (trust on first use, across replicas), and returns the class's policy
+	// as it is after, with whether p was the one stored.
+	Baseline(ctx context.Context, p Policy) (Policy, bool, error)
+	Close() error
+}
