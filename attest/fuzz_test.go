@@ -147,3 +147,17 @@ func FuzzVerifyEKCertificate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckEvent: a provd event's data comes from a log anyone with root may
+// edit: CheckEvent never panics, and refuses with attest.ErrBadEvidence.
+func FuzzCheckEvent(f *testing.F) {
+	f.Add([]byte("FDVP\x10\x00\x00\x00provd firmware v"), []byte{1})
+	f.Add([]byte("FDVP\x2a\x00\x00\x00provd firmware anchor: officer 00, class a"), make([]byte, 32))
+	f.Add([]byte("FDVP\x00\x00\x00\x00"), make([]byte, 32))
+	f.Fuzz(func(t *testing.T, data, digest []byte) {
+		e := attest.Event{PCR: 12, Type: attest.EVEventTag, Data: data, Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: digest}}}
+		if err := attest.CheckProvdEvent(e); err != nil && !errors.Is(err, attest.ErrBadEvidence) {
+			t.Fatalf("error without ErrBadEvidence: %v", err)
+		}
+	})
+}

@@ -170,8 +170,13 @@ func CounterPublic(written bool) tpm2.TPMSNVPublic {
 		NVIndex: CounterHandle,
 		NameAlg: tpm2.TPMAlgSHA256,
 		Attributes: tpm2.TPMANV{
-			NT:         tpm2.TPMNTCounter,
-			AuthWrite:  true,
+			NT:        tpm2.TPMNTCounter,
+			AuthWrite: true,
+			// AUTHREAD too, only so that TPM2_PolicySecret can prove the
+			// authValue without changing anything (ensureCounter):
+			// PolicySecret is TPM_RC_AUTH_UNAVAILABLE for an index
+			// written with its authValue but not read with it (probed).
+			AuthRead:   true,
 			PolicyRead: true,
 			NoDA:       true,
 			Written:    written,
@@ -261,9 +266,13 @@ func Read(t *tpm.TPM) (Info, error) {
 		return Info{}, fmt.Errorf("%w: the counter (%d) is below the anchor's base (%d)", firmware.ErrAnchorUntrusted, in.Counter, in.Base)
 	}
 	in.Lowest = in.Counter - in.Base
-	if in.OwnerAuthSet, err = t.OwnerAuthSet(); err != nil {
+	// Authenticated when an SRK is pinned (found by review: the bit was
+	// the bus's word during an authenticated set).
+	perm, err := t.PermanentState()
+	if err != nil {
 		return Info{}, err
 	}
+	in.OwnerAuthSet = perm.OwnerAuthSet
 	return in, nil
 }
 
@@ -329,7 +338,7 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	if _, err := a.Marshal(); err != nil { // validate before any TPM write
 		return Info{}, err
 	}
-	floor, err := setFloor(t, r.Lowest)
+	floor, err := setFloor(t, r.Lowest, r.Unauthenticated)
 	if err != nil {
 		return Info{}, err
 	}
@@ -383,14 +392,28 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 
 // setFloor is the lowest accepted version a set leaves: never below what a
 // trusted anchor says now (the counter may be replaced under it: the base
-// is recomputed so the floor stays), want when given. A first set (nothing
-// at either handle) starts at want or 0. An anchor missing or not provd's
-// while something remains at one of the handles leaves the floor unknown:
-// an attacker who removed the anchor must not get a rollback out of the
-// officer's next set, so the officer says the floor (want).
-func setFloor(t *tpm.TPM, want *uint64) (uint64, error) {
+// is recomputed so the floor stays), want when given. Whether the indices
+// exist is taken only from the TPM's authenticated list (tpm.NVDefined),
+// never from a lookup's "not found", which the bus can forge (found by
+// review). An anchor that exists but does not read as provd's stops the
+// set: the floor it held is unknown, and guessing it would hand a rollback
+// to whoever made the read fail. No anchor but a counter: the officer says
+// the floor (want). Neither: a first set, at want or 0.
+func setFloor(t *tpm.TPM, want *uint64, unauthenticated bool) (uint64, error) {
+	defined, err := t.NVDefined(AnchorHandle, CounterHandle)
+	if err != nil && unauthenticated && t.PinnedSRKName() == nil {
+		// A bench (SetRequest.Unauthenticated): the bus's word.
+		defined = map[tpm2.TPMHandle]bool{}
+		for _, h := range []tpm2.TPMHandle{AnchorHandle, CounterHandle} {
+			_, rerr := t.ReadNVPublic(h)
+			defined[h] = rerr == nil
+		}
+	} else if err != nil {
+		return 0, err
+	}
 	old, err := Read(t)
-	if err == nil {
+	switch {
+	case err == nil:
 		if want != nil && *want < old.Lowest {
 			return 0, fmt.Errorf("anchor: the lowest accepted version is %d; a set never lowers it (asked %d)", old.Lowest, *want)
 		}
@@ -398,19 +421,14 @@ func setFloor(t *tpm.TPM, want *uint64) (uint64, error) {
 			return *want, nil
 		}
 		return old.Lowest, nil
-	}
-	if !errors.Is(err, firmware.ErrNoAnchor) && !errors.Is(err, firmware.ErrAnchorUntrusted) {
-		return 0, err
-	}
-	if want != nil {
+	case defined[AnchorHandle]:
+		return 0, fmt.Errorf("%w: the NV index at 0x%08x exists but does not read as provd's anchor (%w): the lowest accepted version it held is unknown; "+
+			"if another process put it there, remove it with the owner's authorization (tpm2_nvundefine 0x%08x) and set again with --lowest-version",
+			firmware.ErrAnchorUntrusted, uint32(AnchorHandle), err, uint32(AnchorHandle))
+	case want != nil:
 		return *want, nil
-	}
-	for _, h := range []tpm2.TPMHandle{AnchorHandle, CounterHandle} {
-		if _, herr := t.ReadNVPublic(h); herr == nil {
-			return 0, fmt.Errorf("%w: the lowest accepted version is unknown (%v); after an incident the officer gives it (--lowest-version)", firmware.ErrAnchorUntrusted, err)
-		} else if !errors.Is(herr, tpm.ErrNotFound) {
-			return 0, herr
-		}
+	case defined[CounterHandle]:
+		return 0, fmt.Errorf("%w: the anchor is gone but the counter remains: the lowest accepted version is unknown; after an incident the officer gives it (--lowest-version)", firmware.ErrAnchorUntrusted)
 	}
 	return 0, nil
 }
@@ -427,15 +445,16 @@ func ensureCounter(t *tpm.TPM, r SetRequest) (tpm.NVIndex, []byte, error) {
 		if auth, rerr := readCommitAuth(r.CommitAuthPath); rerr == nil && bytes.Equal(want, x.Name.Buffer) {
 			// The value on disk must be the counter's (a state directory
 			// restored from elsewhere, or a counter redefined, leaves one
-			// that is not): one increment proves it and costs nothing, the
-			// base being computed after.
-			ierr := t.IncrementAuth(x, auth)
-			if ierr == nil {
+			// that is not). PolicySecret proves it and changes nothing
+			// (found by review: proving it by an increment raised the
+			// floor by one at every set that failed later).
+			perr := t.ProveNVAuth(x, auth)
+			if perr == nil {
 				return x, auth, nil
 			}
 			clear(auth)
-			if !errors.Is(ierr, tpm.ErrBadAuth) {
-				return tpm.NVIndex{}, nil, ierr
+			if !errors.Is(perr, tpm.ErrBadAuth) {
+				return tpm.NVIndex{}, nil, perr
 			}
 		}
 		if err := t.UndefineNVAuth(CounterHandle, r.OwnerAuth); err != nil {

@@ -131,7 +131,7 @@ func (f *fixture) good(t *testing.T, m []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fwhook.GoodPCR(crypto.SHA256, mustName(t, f.officer.Public()), s.Manifest.Class, s.Payload)
+	return attest.GoodPCR(crypto.SHA256, mustName(t, f.officer.Public()), s.Manifest.Class, s.Payload)
 }
 
 func payloadDigest(t *testing.T, m []byte) []byte {
@@ -184,12 +184,12 @@ func TestVerifyGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Events) != 2 {
-		t.Fatalf("log: %d events, want the anchor's and the manifest's", len(l.Events))
+	if len(l.Events) != 1 {
+		t.Fatalf("log: %d events, want the verdict's", len(l.Events))
 	}
 	for _, e := range l.Events {
-		if e.PCR != 12 || e.Type != attest.EVEventTag || fwhook.EventText(e) == "" || fwhook.CheckEvent(e) != nil {
-			t.Fatalf("event %+v: %v", e, fwhook.CheckEvent(e))
+		if e.PCR != 12 || e.Type != attest.EVEventTag || attest.ProvdEventText(e) == "" || attest.CheckProvdEvent(e) != nil {
+			t.Fatalf("event %+v: %v", e, attest.CheckProvdEvent(e))
 		}
 	}
 	// A second run in the same boot appends; the log still accounts for the PCR.

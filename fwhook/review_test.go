@@ -5,12 +5,15 @@ package fwhook_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -184,5 +187,179 @@ func TestAnchorWithAuthValue(t *testing.T) {
 	f.reboot()
 	if _, err := f.verify(f.manifest(t, f.signer, 1, "gateway"), false); !errors.Is(err, firmware.ErrAnchorUntrusted) || !bytes.Equal(f.pcr(t), failed) {
 		t.Fatalf("verify: %v, PCR %x", err, f.pcr(t))
+	}
+}
+
+// hider answers TPM2_NV_ReadPublic of the anchor and the counter with
+// TPM_RC_HANDLE (parameter 1: "no such index") a given number of times while
+// active. NV_ReadPublic runs outside any session: no HMAC covers its answer,
+// an error answer least of all.
+type hider struct {
+	next   transport.TPM
+	active atomic.Bool
+	mu     sync.Mutex
+	budget map[uint32]int // handle -> answers still to forge
+	forged atomic.Int32
+}
+
+func (p *hider) Send(cmd []byte) ([]byte, error) {
+	if p.active.Load() && len(cmd) >= 14 && binary.BigEndian.Uint32(cmd[6:]) == uint32(tpm2.TPMCCNVReadPublic) {
+		h := binary.BigEndian.Uint32(cmd[10:])
+		p.mu.Lock()
+		n := p.budget[h]
+		if n > 0 {
+			p.budget[h] = n - 1
+		}
+		p.mu.Unlock()
+		if n > 0 {
+			p.forged.Add(1)
+			rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
+			rsp = binary.BigEndian.AppendUint32(rsp, 10)
+			return binary.BigEndian.AppendUint32(rsp, uint32(tpm2.TPMRCHandle)+0x100), nil // TPM_RC_HANDLE + RC_1 (handle 1), as swtpm answers
+		}
+	}
+	return p.next.Send(cmd)
+}
+
+// hiderFixture is a device whose bus runs through ip, with version 5
+// committed by an authenticated set.
+func hiderFixture(t *testing.T, ip *hider) *fixture {
+	t.Helper()
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(n transport.TPM) transport.TPM { ip.next = n; return ip }))
+	f := &fixture{env: env, dir: t.TempDir(), officer: newKey(t), signer: newKey(t)}
+	f.images = filepath.Join(f.dir, "images")
+	if err := os.MkdirAll(f.images, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(f.images, "boot.bin"), []byte("boot"))
+	f.set(t, f.signer.Public(), nil)
+	if res, err := f.verify(f.manifest(t, f.signer, 5, "gateway"), true); err != nil || res.Lowest != 5 {
+		t.Fatalf("commit v5: %+v %v", res, err)
+	}
+	return f
+}
+
+// TestHiddenAnchorAtSet: during an authenticated set, an interposer
+// answers the anchor's and the counter's NV_ReadPublic with "no such
+// index" (an error answer carries no HMAC). Found by a second review: the
+// set took it for a first one and signed a floor of 0 over a committed 5;
+// with one forged answer a --lowest-version below the floor passed. Now
+// absence is read from the TPM's authenticated handle list, and an anchor
+// that exists but does not read as provd's stops the set: nothing is
+// written, the floor stays.
+func TestHiddenAnchorAtSet(t *testing.T) {
+	three := uint64(3)
+	for _, c := range []struct {
+		name   string
+		budget map[uint32]int
+		lowest *uint64
+	}{
+		{"first set", map[uint32]int{uint32(fwhook.AnchorHandle): 2, uint32(fwhook.CounterHandle): 1}, nil},
+		{"lower floor", map[uint32]int{uint32(fwhook.AnchorHandle): 1}, &three},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ip := &hider{}
+			f := hiderFixture(t, ip)
+			ip.budget = c.budget
+			ip.active.Store(true)
+			_, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Next: newKey(t).Public(),
+				Class: "gateway", CommitAuthPath: f.authPath(), Lowest: c.lowest})
+			ip.active.Store(false)
+			if err == nil || ip.forged.Load() == 0 {
+				t.Fatalf("a set through the hiding interposer: %v (forged %d)", err, ip.forged.Load())
+			}
+			if in, err := fwhook.Read(f.env.TPM); err != nil || in.Lowest != 5 || in.Next != nil {
+				t.Fatalf("the anchor after: %+v %v", in, err)
+			}
+		})
+	}
+}
+
+// failingSigner is the officer's key on a token that refuses to sign (a
+// removed smartcard, a PIN prompt cancelled, an HSM timeout).
+type failingSigner struct{ crypto.Signer }
+
+func (failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("token: operation cancelled")
+}
+
+// TestFailedSetKeepsFloor: sets that fail after the counter was checked
+// (the officer's token refuses to sign) change nothing. Found by a second
+// review: proving the counter's authorization by an increment raised the
+// floor by one per failed attempt, until the running release was refused.
+// It is now proven by PolicySecret, which changes nothing.
+func TestFailedSetKeepsFloor(t *testing.T) {
+	f := newFixture(t)
+	f.set(t, f.signer.Public(), nil)
+	v2 := f.manifest(t, f.signer, 2, "gateway")
+	if res, err := f.verify(v2, true); err != nil || res.Lowest != 2 {
+		t.Fatalf("commit v2: %+v %v", res, err)
+	}
+	before, err := fwhook.Read(f.env.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: failingSigner{f.officer}, Signer: f.signer.Public(),
+			Next: newKey(t).Public(), Class: "gateway", CommitAuthPath: f.authPath()}); err == nil {
+			t.Fatal("a set with a failing token succeeded")
+		}
+	}
+	after, err := fwhook.Read(f.env.TPM)
+	if err != nil || after.Lowest != 2 || after.Counter != before.Counter {
+		t.Fatalf("after three failed sets: %+v %v (counter was %d)", after, err, before.Counter)
+	}
+	// A wrong authorization on disk is found without an increment, and a
+	// new counter takes over with the floor kept.
+	writeFile(t, f.authPath(), bytes.Repeat([]byte{0x5a}, 32))
+	if in := f.set(t, f.signer.Public(), nil); in.Lowest != 2 {
+		t.Fatalf("after a new counter: %+v", in)
+	}
+	if res, err := f.verify(f.manifest(t, f.signer, 3, "gateway"), true); err != nil || res.Lowest != 3 {
+		t.Fatalf("a commit with the new counter's authorization: %+v %v", res, err)
+	}
+}
+
+// permLiar sets TPMA_PERMANENT.ownerAuthSet in unauthenticated
+// GetCapability(TPM_PT_PERMANENT) answers.
+type permLiar struct {
+	next   transport.TPM
+	active atomic.Bool
+}
+
+func (p *permLiar) Send(cmd []byte) ([]byte, error) {
+	rsp, err := p.next.Send(cmd)
+	if err != nil || !p.active.Load() || len(cmd) < 22 || binary.BigEndian.Uint32(cmd[6:]) != uint32(tpm2.TPMCCGetCapability) ||
+		binary.BigEndian.Uint16(rsp) != uint16(tpm2.TPMSTNoSessions) || len(rsp) < 27 || binary.BigEndian.Uint32(rsp[6:]) != 0 {
+		return rsp, err
+	}
+	if binary.BigEndian.Uint32(rsp[11:]) == uint32(tpm2.TPMCapTPMProperties) {
+		n := int(binary.BigEndian.Uint32(rsp[15:]))
+		for i := 0; i < n && 19+8*i+8 <= len(rsp); i++ {
+			if binary.BigEndian.Uint32(rsp[19+8*i:]) == uint32(tpm2.TPMPTPermanent) {
+				rsp[19+8*i+7] |= 1
+			}
+		}
+	}
+	return rsp, err
+}
+
+// TestOwnerAuthSetAuthenticated: whether the owner has an authorization
+// (and so whether another process can replace the anchor) is read in a
+// session salted to the pinned SRK: an interposer cannot hide the warning
+// from the officer (found by a second review).
+func TestOwnerAuthSetAuthenticated(t *testing.T) {
+	ip := &permLiar{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(n transport.TPM) transport.TPM { ip.next = n; return ip }))
+	f := &fixture{env: env, dir: t.TempDir(), officer: newKey(t), signer: newKey(t)}
+	f.pin(t)
+	ip.active.Store(true)
+	in, err := fwhook.Set(f.env.TPM, fwhook.SetRequest{Officer: f.officer, Signer: f.signer.Public(), Class: "gateway", CommitAuthPath: f.authPath()})
+	ip.active.Store(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.OwnerAuthSet || !in.Authenticated {
+		t.Fatalf("owner_auth_set %v, authenticated %v, on a TPM whose owner has no authorization", in.OwnerAuthSet, in.Authenticated)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -37,15 +35,6 @@ const (
 	LogName        = "measurements.log"
 	CommitAuthName = "fw-commit.auth"
 )
-
-// EventTagID is the taggedEventID of provd's events (EV_EVENT_TAG,
-// TCG_PCClientTaggedEvent): "PVDF".
-const EventTagID = 0x50564446
-
-// failedMeasurement is what a failed verification extends, in every bank
-// its hash: one fixed value whatever failed, so that the PCR's "failed"
-// state is one known value and never the good one.
-var failedMeasurement = []byte("provd firmware verification failed\x00")
 
 // maxCommitSteps bounds one commit: each step is a TPM2_NV_Increment (2
 // commands, milliseconds on a real TPM). Versions are security version
@@ -170,54 +159,10 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 	return s, &in, nil
 }
 
-// The texts of provd's events (the data after the tagged event's header).
-const (
-	anchorText   = "provd firmware anchor: officer "
-	verifiedText = "provd firmware verified: manifest sha256:"
-	failedText   = "provd firmware verification failed: "
-)
-
-// anchorPrefix separates the anchor's measurement from anything else hashed.
-var anchorPrefix = []byte("provd firmware anchor v1\x00")
-
-// AnchorMeasurement is what a good verification extends first, in a bank
-// of hash h: h("provd firmware anchor v1\0" || the officer's TPM name ||
-// the class). It pins the root of trust into the PCR: an anchor another
-// process put in place (its own officer) cannot lead to the good value,
-// whatever firmware it lets through (found by review: an imitation naming
-// the genuine signer let an old genuine release reach its good value).
-func AnchorMeasurement(h crypto.Hash, officer []byte, class string) []byte {
-	hh := h.New()
-	hh.Write(anchorPrefix)
-	hh.Write(officer)
-	hh.Write([]byte(class))
-	return hh.Sum(nil)
-}
-
-// GoodPCR is the value a good verification leaves in its PCR when it is
-// the first extend after reset, in a bank of hash h: the extend of the
-// anchor's measurement, then of the manifest's (h of the signed payload).
-// A fleet computes it from its officer, the class and the manifest alone.
-func GoodPCR(h crypto.Hash, officer []byte, class string, payload []byte) []byte {
-	v := make([]byte, h.Size())
-	for _, d := range [][]byte{AnchorMeasurement(h, officer, class), hashOf(h, payload)} {
-		hh := h.New()
-		hh.Write(v)
-		hh.Write(d)
-		v = hh.Sum(nil)
-	}
-	return v
-}
-
-func hashOf(h crypto.Hash, b []byte) []byte {
-	hh := h.New()
-	hh.Write(b)
-	return hh.Sum(nil)
-}
-
 // events are the TCG_PCR_EVENT2s of a verdict, with a digest for each
-// bank: on success the anchor's measurement and then the manifest's; on
-// failure the one failed measurement.
+// bank: on success the measurement of the anchor's officer and class and
+// the manifest (attest.VerifiedMeasurement), on failure the failed
+// measurement: one event, one extend, either way.
 func events(banks []tpm2.TPMIAlgHash, in *Info, s *firmware.Signed, verr error) ([]attest.Event, error) {
 	hashes := make([]crypto.Hash, len(banks))
 	for i, b := range banks {
@@ -228,72 +173,18 @@ func events(banks []tpm2.TPMIAlgHash, in *Info, s *firmware.Signed, verr error) 
 		hashes[i] = h
 	}
 	ev := func(text string, digest func(h crypto.Hash) []byte) attest.Event {
-		e := attest.Event{Type: attest.EVEventTag, Data: taggedEvent(text)}
+		e := attest.Event{Type: attest.EVEventTag, Data: attest.TaggedEvent(text)}
 		for i, b := range banks {
 			e.Digests = append(e.Digests, tpm2.TPMTHA{HashAlg: b, Digest: digest(hashes[i])})
 		}
 		return e
 	}
 	if verr != nil {
-		return []attest.Event{ev(failedText+failureKind(verr), func(h crypto.Hash) []byte { return hashOf(h, failedMeasurement) })}, nil
+		return []attest.Event{ev(attest.FailedText+failureKind(verr), func(h crypto.Hash) []byte { return attest.FailedMeasurement(h) })}, nil
 	}
-	return []attest.Event{
-		ev(fmt.Sprintf("%s%x, class %s", anchorText, in.Officer, in.Class), func(h crypto.Hash) []byte { return AnchorMeasurement(h, in.Officer, in.Class) }),
-		ev(fmt.Sprintf("%s%x", verifiedText, s.Digest()), s.DigestFor),
-	}, nil
-}
-
-// CheckEvent checks that one of provd's events says what its digests are:
-// a "failed" event carries the failed measurement in every bank, an anchor
-// event the measurement of the officer and class its text names, a
-// "verified" event the manifest digest its text names (SHA-256 bank; other
-// banks need the manifest itself). Events that are not provd's pass. The
-// text says no more than that: the digests are what the PCR vouches for,
-// and a log whose text lies about them is refused here (found by review: a
-// failed boot's event rewritten to read "verified" replayed clean).
-func CheckEvent(e attest.Event) error {
-	text := EventText(e)
-	if text == "" {
-		if e.Type == attest.EVEventTag && len(e.Data) >= 4 && binary.LittleEndian.Uint32(e.Data) == EventTagID {
-			return fmt.Errorf("%w: a provd event whose tagged data is malformed", attest.ErrBadEvidence)
-		}
-		return nil
-	}
-	var want func(h crypto.Hash) []byte
-	switch {
-	case strings.HasPrefix(text, failedText):
-		want = func(h crypto.Hash) []byte { return hashOf(h, failedMeasurement) }
-	case strings.HasPrefix(text, anchorText):
-		officerHex, class, ok := strings.Cut(strings.TrimPrefix(text, anchorText), ", class ")
-		officer, err := hex.DecodeString(officerHex)
-		if !ok || err != nil {
-			return fmt.Errorf("%w: provd anchor event %q", attest.ErrBadEvidence, text)
-		}
-		want = func(h crypto.Hash) []byte { return AnchorMeasurement(h, officer, class) }
-	case strings.HasPrefix(text, verifiedText):
-		d, err := hex.DecodeString(strings.TrimPrefix(text, verifiedText))
-		if err != nil || len(d) != 32 {
-			return fmt.Errorf("%w: provd event %q", attest.ErrBadEvidence, text)
-		}
-		want = func(h crypto.Hash) []byte {
-			if h == crypto.SHA256 {
-				return d
-			}
-			return nil // not checkable without the manifest
-		}
-	default:
-		return fmt.Errorf("%w: provd event %q of no known kind", attest.ErrBadEvidence, text)
-	}
-	for _, d := range e.Digests {
-		h, err := d.HashAlg.Hash()
-		if err != nil {
-			return fmt.Errorf("%w: provd event with a digest of algorithm 0x%04x", attest.ErrBadEvidence, uint16(d.HashAlg))
-		}
-		if w := want(h); w != nil && !bytes.Equal(w, d.Digest) {
-			return fmt.Errorf("%w: provd event %q: its %s digest is not what the text says", attest.ErrBadEvidence, text, catalog.HashName(d.HashAlg))
-		}
-	}
-	return nil
+	return []attest.Event{ev(attest.VerifiedEventText(in.Officer, in.Class, s.Digest()), func(h crypto.Hash) []byte {
+		return attest.VerifiedMeasurement(h, in.Officer, in.Class, s.DigestFor(h))
+	})}, nil
 }
 
 // failureKind names a failure for the event's text: which check failed,
@@ -316,24 +207,6 @@ func failureKind(err error) string {
 		}
 	}
 	return "TPM or I/O error"
-}
-
-// taggedEvent is a TCG_PCClientTaggedEvent: taggedEventID,
-// taggedEventDataSize, then the text.
-func taggedEvent(text string) []byte {
-	b := binary.LittleEndian.AppendUint32(nil, EventTagID)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(text)))
-	return append(b, text...)
-}
-
-// EventText is the text of one of provd's tagged events, or "" when e is
-// not one.
-func EventText(e attest.Event) string {
-	if e.Type != attest.EVEventTag || len(e.Data) < 8 || binary.LittleEndian.Uint32(e.Data) != EventTagID ||
-		int(binary.LittleEndian.Uint32(e.Data[4:])) != len(e.Data)-8 {
-		return ""
-	}
-	return string(e.Data[8:])
 }
 
 // measure extends pcr with each event's digests, in order, and appends

@@ -97,6 +97,24 @@ func (t *TPM) IncrementAuth(x NVIndex, auth []byte) error {
 	return nil
 }
 
+// ProveNVAuth proves that auth is the authValue of the index x (which must
+// have AUTHREAD) without changing anything: TPM2_PolicySecret of x in a
+// trial session, the value proven by HMAC (salted to the pinned SRK when one
+// is pinned). A wrong value is ErrBadAuth.
+func (t *TPM) ProveNVAuth(x NVIndex, auth []byte) error {
+	opts, err := t.pinnedSalt()
+	if err != nil {
+		return err
+	}
+	s, err := t.StartPolicySession(true)
+	if err != nil {
+		return err
+	}
+	_, err = (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(auth))...)},
+		PolicySession: s.Handle(), NonceTPM: s.s.NonceTPM()}).Execute(t)
+	return closeInto(nvWrap("TPM2_PolicySecret", err), s)
+}
+
 // CommandPolicy is the policy digest PolicyCommandCode(cc) alone: the
 // authPolicy of an index anyone may read (POLICYREAD) whose authValue gates
 // its write.
@@ -243,4 +261,38 @@ func (t *TPM) PCRExtendAll(pcr int, digests []tpm2.TPMTHA) error {
 		return Wrap("TPM2_PCR_Extend", err)
 	}
 	return nil
+}
+
+// NVDefined says, for each handle, whether an NV index is defined there,
+// from TPM_CAP_HANDLES read in an audit session salted to the pinned SRK:
+// the response HMAC covers the answer, so nothing on the bus can hide an
+// index or invent one. A lookup's "no such handle" (TPM_RC_HANDLE from
+// NV_ReadPublic) is an error response, which carries no HMAC: absence is
+// proven only this way (found by review: an interposer answered "no anchor"
+// and an authenticated set took it for a first one). Without a pinned SRK
+// it is refused.
+func (t *TPM) NVDefined(hs ...tpm2.TPMHandle) (map[tpm2.TPMHandle]bool, error) {
+	opts, err := t.pinnedSalt()
+	if err != nil {
+		return nil, err
+	}
+	if opts == nil {
+		return nil, fmt.Errorf("%w: no SRK is pinned to authenticate the TPM's list of NV indices", ErrIdentityMismatch)
+	}
+	out := make(map[tpm2.TPMHandle]bool, len(hs))
+	err = t.withHMACSession(func(s tpm2.Session) error {
+		for _, h := range hs {
+			rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(h), PropertyCount: 1}).Execute(t, s)
+			if err != nil {
+				return Wrap("TPM2_GetCapability", err)
+			}
+			list, err := rsp.CapabilityData.Data.Handles()
+			if err != nil {
+				return fmt.Errorf("TPM2_GetCapability: %w", err)
+			}
+			out[h] = len(list.Handle) > 0 && list.Handle[0] == h
+		}
+		return nil
+	}, append(opts, tpm2.Audit())...)
+	return out, err
 }

@@ -2,9 +2,11 @@ package cli_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
@@ -23,6 +25,7 @@ import (
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
+	"github.com/provd/provd/policy"
 )
 
 // writeKeyPair writes an ECDSA P-256 key as dir/name.pem (PKCS#8) and
@@ -308,7 +311,7 @@ func TestFWLogTextChecked(t *testing.T) {
 	}
 	last := &l.Events[len(l.Events)-1]
 	text := fmt.Sprintf("provd firmware verified: manifest sha256:%x", s.Digest())
-	d := binary.LittleEndian.AppendUint32(nil, fwhook.EventTagID)
+	d := binary.LittleEndian.AppendUint32(nil, attest.EventTagID)
 	d = binary.LittleEndian.AppendUint32(d, uint32(len(text)))
 	last.Data = append(d, text...)
 	b, err := l.MarshalBinary()
@@ -320,4 +323,119 @@ func TestFWLogTextChecked(t *testing.T) {
 	}
 	code(api.ExitTampered, "fw", "log", "--replay")
 	code(api.ExitTampered, "fw", "log")
+}
+
+// TestFWLogMissingBank and TestFWLogOtherPCR: logs that lie, found by a
+// second review: a SHA-1-only log saying "verified" on a TPM with a SHA-256
+// bank, and provd's good verdict moved to PCR 14 (extended there by hand)
+// while PCR 12 holds the failure. fw log refuses both (exit 14).
+
+// TestFWLogMissingBank: on a TPM with SHA-1 and SHA-256 banks
+// (common on PCs), after a failed boot, A4 rewrites measurements.log as a
+// log of the SHA-1 bank only whose one event reads "verified" over the good
+// manifest's digest, its SHA-1 digest the failed measurement's. CheckEvent
+// checks a "verified" text only in the SHA-256 bank, and --replay compares
+// only the banks the log has: exit 0, "provd firmware verified". Only the
+// file is edited; nothing is extended.
+func TestFWLogMissingBank(t *testing.T) {
+	c, p, code, v2 := fwSetup(t)
+	c.swtpm.Reopen()
+	params := binary.BigEndian.AppendUint32(nil, 2)
+	for _, alg := range []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256} {
+		params = binary.BigEndian.AppendUint16(params, uint16(alg))
+		params = append(params, 3, 0xff, 0xff, 0xff)
+	}
+	auth := binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRSPW))
+	auth = append(auth, 0, 0, 0, 0, 0)
+	cmd := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(10+4+4+len(auth)+len(params)))
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMCCPCRAllocate))
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRHPlatform))
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(len(auth)))
+	cmd = append(cmd, auth...)
+	cmd = append(cmd, params...)
+	rsp, err := c.swtpm.TPM.Send(cmd)
+	if err != nil || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		t.Fatalf("PCR_Allocate: %x %v", rsp, err)
+	}
+	c.swtpm.Restart(false)
+	c.swtpm.CloseTPM()
+
+	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	s, err := firmware.Parse(mustReadFile(t, v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := attest.NewEventLog(tpm2.TPMAlgSHA1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := sha1.Sum([]byte("provd firmware verification failed\x00"))
+	if err := l.AppendEvent(attest.Event{PCR: 12, Type: attest.EVEventTag,
+		Data:    attest.TaggedEvent(attest.VerifiedEventText(make([]byte, 34), "gateway", s.Digest())),
+		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA1, Digest: failed[:]}}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := l.MarshalBinary()
+	if err := os.WriteFile(filepath.Join(c.dir, fwhook.LogName), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitTampered, "fw", "log", "--replay")
+}
+
+// TestFWLogOtherPCR: after a failed boot, A4 (TPM access, writes
+// the state directory) replaces the log by provd's two good events (the
+// genuine officer and class, the good manifest's digest) at PCR 14 and
+// extends PCR 14 with them by hand. CheckEvent ignores the PCR index and
+// --replay compares only the PCRs the log names: PCR 12's failure is gone
+// from the log, exit 0, "provd firmware verified".
+func TestFWLogOtherPCR(t *testing.T) {
+	c, p, code, v2 := fwSetup(t)
+	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	s, err := firmware.Parse(mustReadFile(t, v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	officer, err := policy.ParseSignerPEM(mustReadFile(t, p("officer.pem")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, err := policy.SignerName(officer.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := attest.NewEventLog(tpm2.TPMAlgSHA256)
+	evs := []attest.Event{{PCR: 14, Type: attest.EVEventTag, Data: attest.TaggedEvent(attest.VerifiedEventText(on, "gateway", s.Digest())),
+		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: attest.VerifiedMeasurement(crypto.SHA256, on, "gateway", s.Digest())}}}}
+	c.swtpm.Reopen()
+	for _, e := range evs {
+		if err := l.AppendEvent(e); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.swtpm.TPM.PCRExtendAll(14, e.Digests); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.swtpm.CloseTPM()
+	b, _ := l.MarshalBinary()
+	if err := os.WriteFile(filepath.Join(c.dir, fwhook.LogName), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code(api.ExitTampered, "fw", "log", "--replay")
+	code(api.ExitTampered, "fw", "log")
+}
+
+func mustReadFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

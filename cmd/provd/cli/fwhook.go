@@ -295,8 +295,9 @@ type eventJSON struct {
 func (a *app) fwLogCmd() *cobra.Command {
 	var logFile string
 	var replay bool
+	var pcr int
 	c := &cobra.Command{
-		Use:   "log [--log FILE] [--replay]",
+		Use:   "log [--log FILE] [--replay] [--pcr 12]",
 		Short: "Print a TCG event log (provd's measurements, or the firmware's) and replay it against the PCRs",
 		Long: `Print the events of a TCG PC Client crypto-agile event log: provd's
 <state-dir>/measurements.log by default, or --log FILE, such as the kernel's
@@ -311,6 +312,16 @@ event, or the log was edited).`,
   provd fw log --log /sys/kernel/security/tpm0/binary_bios_measurements --replay -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := fwhook.CheckPCR(pcr); err != nil {
+				return usageError(fmt.Errorf("--pcr: %w", err))
+			}
+			// provd's own log always answers for the hook's PCR, even
+			// when it has no event there (found by review: a log that
+			// left PCR 12 out replayed clean after a failed boot).
+			hookPCR := -1
+			if logFile == "" || cmd.Flags().Changed("pcr") {
+				hookPCR = pcr
+			}
 			if logFile == "" {
 				dir, err := filepath.Abs(a.stateDir)
 				if err != nil {
@@ -333,12 +344,14 @@ event, or the log was edited).`,
 			}{Log: logFile, Events: []eventJSON{}}
 			var lies []string
 			for i, e := range l.Events {
-				if err := fwhook.CheckEvent(e); err != nil {
+				if err := attest.CheckProvdEvent(e); err != nil {
 					lies = append(lies, fmt.Sprintf("event %d: %v", i, err))
+				} else if attest.ProvdEventText(e) != "" && e.PCR != pcr {
+					lies = append(lies, fmt.Sprintf("event %d: a provd verdict in PCR %d, the hook's is %d", i, e.PCR, pcr))
 				}
 			}
 			for _, e := range l.Events {
-				j := eventJSON{PCR: e.PCR, Type: e.Type.String(), Digests: map[string]string{}, Text: fwhook.EventText(e)}
+				j := eventJSON{PCR: e.PCR, Type: e.Type.String(), Digests: map[string]string{}, Text: attest.ProvdEventText(e)}
 				if j.Text == "" {
 					j.Data = hex.EncodeToString(e.Data)
 				}
@@ -357,7 +370,7 @@ event, or the log was edited).`,
 					return err
 				}
 				defer done()
-				out.Replayed, cmpErr = replayAgainstTPM(t, l)
+				out.Replayed, cmpErr = replayAgainstTPM(t, l, hookPCR)
 				if cmpErr != nil && !errors.Is(cmpErr, api.ErrTampered) {
 					return cmpErr
 				}
@@ -383,6 +396,7 @@ event, or the log was edited).`,
 	}
 	c.Flags().StringVar(&logFile, "log", "", "the event log (default <state-dir>/measurements.log)")
 	c.Flags().BoolVar(&replay, "replay", false, "replay the log and compare with the TPM's PCRs")
+	c.Flags().IntVar(&pcr, "pcr", fwhook.DefaultPCR, "the hook's PCR: provd's verdicts must be there, and provd's log always answers for it")
 	return c
 }
 
@@ -401,10 +415,13 @@ type replayedPCR struct {
 	Match bool   `json:"match"`
 }
 
-// replayAgainstTPM replays l and compares every PCR it extends, in each
-// bank the TPM has, with the TPM's value. It returns the replayed values
-// compared; a mismatch is api.ErrTampered naming them.
-func replayAgainstTPM(t *tpm.TPM, l *attest.EventLog) ([]replayedPCR, error) {
+// replayAgainstTPM replays l and compares every PCR it extends, and
+// alwaysPCR when >= 0, in every bank the TPM has active, with the TPM's
+// value: a log that lacks an active bank is refused (found by review: a
+// SHA-1-only log said "verified" over a failed boot's SHA-256 value). It
+// returns the replayed values compared; a mismatch is api.ErrTampered
+// naming them.
+func replayAgainstTPM(t *tpm.TPM, l *attest.EventLog, alwaysPCR int) ([]replayedPCR, error) {
 	vals, err := l.Replay(attest.Options{AllowSHA1: true})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", api.ErrTampered, err)
@@ -413,7 +430,15 @@ func replayAgainstTPM(t *tpm.TPM, l *attest.EventLog) ([]replayedPCR, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, b := range banks {
+		if _, ok := vals[b]; !ok {
+			return nil, fmt.Errorf("%w: the log has no %s bank, which the TPM has active: it accounts for nothing there", api.ErrTampered, catalog.HashName(b))
+		}
+	}
 	touched := map[int]bool{}
+	if alwaysPCR >= 0 {
+		touched[alwaysPCR] = true
+	}
 	for _, e := range l.Events {
 		if e.Type != attest.EVNoAction {
 			touched[e.PCR] = true
