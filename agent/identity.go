@@ -275,13 +275,12 @@ func verifyEK(der []byte, req api.IdentityRequest, now func() time.Time) (*attes
 func ekPublic(key any) (tpm2.TPMHandle, tpm2.TPMTPublic, tpm2.TPMTPublic, string, error) {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
-		if k.N.BitLen() != 2048 || k.E != 65537 {
+		pub, err := attest.EKPublic(k)
+		if err != nil {
 			break
 		}
 		tmpl := tpm2.RSAEKTemplate
 		tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)})
-		pub := tmpl
-		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.FillBytes(make([]byte, 256))})
 		return tpm.RSAEKHandle, pub, tmpl, "RSA 2048", nil
 	case *ecdsa.PublicKey:
 		ek, err := k.ECDH()
@@ -305,6 +304,10 @@ func ekPublic(key any) (tpm2.TPMHandle, tpm2.TPMTPublic, tpm2.TPMTPublic, string
 			tmpl, handle, desc = tpm.ECCP384EKTemplate, tpm.ECCP384EKHandle, "ECC P-384"
 		default:
 			return 0, tpm2.TPMTPublic{}, tpm2.TPMTPublic{}, "", fmt.Errorf("%w: an EK certificate for an ECC key on %s: provd salts to RSA 2048, ECC P-256 and ECC P-384 EKs", api.ErrNotPermitted, k.Curve.Params().Name)
+		}
+		if ek.Curve() == ecdh.P256() {
+			pub, err := attest.EKPublic(k)
+			return handle, pub, tmpl, desc, err
 		}
 		n := (len(raw) - 1) / 2
 		pub := tmpl

@@ -126,19 +126,9 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 	if err != nil {
 		return api.PeerIdentity{}, fmt.Errorf("transfer key blob: %w", err)
 	}
-	var certs [][]byte
-	for _, c := range tpm.EKCertIndices {
-		der, err := a.t.ReadNV(c.Handle)
-		if errors.Is(err, tpm.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return api.PeerIdentity{}, err
-		}
-		certs = append(certs, der)
-	}
-	if len(certs) == 0 {
-		return api.PeerIdentity{}, fmt.Errorf("%w: no EK certificate in NV: a peer cannot verify this TPM", api.ErrNotFound)
+	certs, err := a.ekCertificates()
+	if err != nil {
+		return api.PeerIdentity{}, err
 	}
 	objects["transfer_key"] = tr.Name
 	return api.PeerIdentity{Format: api.PeerFormat, EKCertificates: certs, Parent: tpm2.Marshal(blob.Public),

@@ -45,6 +45,7 @@ const (
 	ExitFWRollback     = 20 // a firmware manifest's version is below the anti-rollback counter's
 	ExitFWNoAnchor     = 21 // no firmware signer is anchored in the TPM (provd fw anchor set)
 	ExitFWAnchor       = 22 // the TPM's firmware anchor or counter is not one provd defined (replaced by another process)
+	ExitAttestFailed   = 23 // the fleet endpoint appraised the device's evidence and it did not pass
 	ExitInterrupted    = 130
 )
 
@@ -83,6 +84,7 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitFWRollback, "firmware rollback", "a firmware manifest's version is below the lowest the TPM's anti-rollback counter accepts"},
 		{ExitFWNoAnchor, "firmware anchor missing", "no firmware signer is anchored in the TPM (provd fw anchor set), or its anti-rollback counter is missing"},
 		{ExitFWAnchor, "firmware anchor untrusted", "the TPM's firmware anchor or counter is not one provd defined: another process replaced it"},
+		{ExitAttestFailed, "attestation failed", "the fleet endpoint appraised the device's evidence and it did not pass; the verdict's reasons say why"},
 		{ExitInterrupted, "interrupted", "SIGINT or SIGTERM"},
 	}
 }
@@ -124,6 +126,7 @@ var kinds = []Kind{
 	{"firmware_rollback", firmware.ErrRollback, ExitFWRollback, http.StatusUnprocessableEntity},
 	{"firmware_no_anchor", firmware.ErrNoAnchor, ExitFWNoAnchor, http.StatusPreconditionFailed},
 	{"firmware_anchor_untrusted", firmware.ErrAnchorUntrusted, ExitFWAnchor, http.StatusUnprocessableEntity},
+	{"attestation_failed", ErrAttestationFailed, ExitAttestFailed, http.StatusUnprocessableEntity},
 	{"key_unwrap_integrity", keywrap.ErrIntegrity, ExitTampered, http.StatusUnprocessableEntity},
 	{"not_provisioned", ErrNotProvisioned, ExitNotProvisioned, http.StatusPreconditionFailed},
 	{"already_provisioned", ErrAlreadyProvisioned, ExitConflict, http.StatusConflict},

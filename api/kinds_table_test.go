@@ -138,7 +138,7 @@ func TestEverySentinelHasAKind(t *testing.T) {
 		"tpm.ErrNotFound": tpm.ErrNotFound, "tpm.ErrUnsupported": tpm.ErrUnsupported, "tpm.ErrSRKMismatch": tpm.ErrSRKMismatch,
 		"catalog.ErrNotApproved": catalog.ErrNotApproved, "catalog.ErrNotDerivable": catalog.ErrNotDerivable,
 		"catalog.ErrNotCreatable": catalog.ErrNotCreatable,
-		"api.ErrKCVMismatch":      api.ErrKCVMismatch, "keywrap.ErrIntegrity": keywrap.ErrIntegrity,
+		"api.ErrKCVMismatch":      api.ErrKCVMismatch, "api.ErrAttestationFailed": api.ErrAttestationFailed, "keywrap.ErrIntegrity": keywrap.ErrIntegrity,
 	}
 	found := map[string]bool{}
 	for pkg, dir := range map[string]string{"api": "api", "agent": "agent", "audit": "audit", "store": "store", "tpm": "tpm", "policy": "policy", "catalog": "catalog", "keywrap": "keywrap"} {

@@ -6,15 +6,3 @@
 // with package attest and sends no TPM command: the endpoint has no TPM
 // (docs/attestation.md).
 package fleet
-
-// Reason is why an appraisal failed, or a note on a pass: a code a program
-// decides on, and where it applies (which PCR in which bank, which event of
-// which log).
-type Reason struct {
-	Code   string `json:"code"`
-	Bank   string `json:"bank,omitempty"`
-	PCR    *int   `json:"pcr,omitempty"`
-	Log    string `json:"log,omitempty"`
-	Event  *int   `json:"event,omitempty"`
-	Detail string `json:"detail,omitempty"`
-}

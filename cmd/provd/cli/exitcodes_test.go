@@ -21,12 +21,13 @@ var walkedElsewhere = map[int]string{
 	api.ExitTPMFailure: "swtpm does not enter failure mode on request: tpm.TestFailureModeIsTyped answers as one; the kind's exit code: api.TestExitCodeOfSentinels",
 	api.ExitTPMResources: "a CLI command flushes what a dead client left before it starts (tpm.TestOpenFlushesStaleHandles " +
 		"fills the slots); the daemon's full queue: server.TestQueueDeadlineAndLimit",
-	api.ExitBadAuth:    "provd's authorization values come from its state, never from a user: tpm.TestBadAuthAndLockoutAreTyped",
-	api.ExitFWDigest:   "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
-	api.ExitFWMissing:  "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
-	api.ExitFWRollback: "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
-	api.ExitFWNoAnchor: "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
-	api.ExitFWAnchor:   "drawn by fw verify and fw anchor show after another process replaced the anchor: TestFWBootCLI",
+	api.ExitBadAuth:      "provd's authorization values come from its state, never from a user: tpm.TestBadAuthAndLockoutAreTyped",
+	api.ExitFWDigest:     "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
+	api.ExitFWMissing:    "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
+	api.ExitFWRollback:   "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
+	api.ExitFWNoAnchor:   "drawn by fw verify on its own swtpm and boots: TestFWBootCLI",
+	api.ExitFWAnchor:     "drawn by fw verify and fw anchor show after another process replaced the anchor: TestFWBootCLI",
+	api.ExitAttestFailed: "drawn by attest now against a fleet endpoint: TestFleetEndToEnd",
 }
 
 // Every documented exit code, drawn through the real command tree against a

@@ -27,6 +27,8 @@ var notSpokenHere = map[string]string{
 	"man":        "writes man pages",
 	"help":       "cobra's help",
 	"tpm reboot": "sim only (this test's TPM is a swtpm): TestTPMRebootSim checks its -o json",
+	"attest":     "needs a fleet endpoint: TestFleetEndToEnd checks every attest and fleet command's -o json",
+	"fleet":      "a fleet endpoint and its operators: TestFleetEndToEnd checks the operators' -o json; fleet serve is a server",
 }
 
 var (
@@ -36,7 +38,7 @@ var (
 	// Keys whose values are digests, chain heads or TPM names: hex, lower
 	// case (a key's own "name" and a "hash" algorithm's name are words).
 	hexKey = regexp.MustCompile(`(digest|head|sha256|sha384|_name|_hex)$`)
-	pcrMap = regexp.MustCompile(`\.pcrs(_[a-z]+)?$`)
+	pcrMap = regexp.MustCompile(`\.pcrs(_[a-z]+)?(\.sha(1|256|384|512))?$`) // by index, or by bank then index
 )
 
 // checkJSON fails t unless out is one JSON value whose object keys are all

@@ -139,6 +139,8 @@ the key's policy.`,
 		a.peerCmd(),
 		a.dupCmd(),
 		a.fwCmd(),
+		a.attestCmd(),
+		a.fleetCmd(),
 		a.serveCmd(),
 		a.manCmd(root),
 	)

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/tpm"
+)
+
+// The device's side of fleet attestation (docs/attestation.md): an
+// attestation key (AK) under the SRK, proven to live with the EK by
+// activating the endpoint's credential, and quotes with it. The agent does
+// the TPM's part; provd attest enroll|now carry it to the endpoint (the
+// daemon has no network).
+
+// attestKeyRec names the AK's record and blob in the state.
+const attestKeyRec = "attest_key"
+
+type attestKeyRecord struct {
+	Name      string    `json:"name"` // the AK's TPM name, hex
+	Auth      string    `json:"auth"` // its authValue, hex (secret)
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AttestIdentity returns what enrollment sends: the TPM's EK certificates
+// and the AK's public area, the AK created once (under the SRK the state
+// pins, with a random authValue kept in the state).
+func (a *Agent) AttestIdentity(ctx context.Context) (fleetapi.EnrollRequest, error) {
+	defer a.lock()()
+	objects := map[string]string{}
+	return auditedResult(ctx, a, "attest-identity", objects, func() (fleetapi.EnrollRequest, error) {
+		pub, err := a.attestKey(ctx, objects)
+		if err != nil {
+			return fleetapi.EnrollRequest{}, err
+		}
+		certs, err := a.ekCertificates()
+		if err != nil {
+			return fleetapi.EnrollRequest{}, err
+		}
+		return fleetapi.EnrollRequest{EKCertificates: certs, AKPublic: tpm2.Marshal(pub)}, nil
+	})
+}
+
+// attestKey returns the AK's public area, creating the AK when the state
+// has none.
+func (a *Agent) attestKey(ctx context.Context, objects map[string]string) (tpm2.TPMTPublic, error) {
+	if a.t.PinnedSRKName() == nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: the state pins no TPM identity: provision (or provd tpm identity --ek-ca, then provision) before attesting", api.ErrUntrustedTPM)
+	}
+	_, blob, err := a.readAttestKey(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		blob, err = a.newAttestKey(ctx)
+	}
+	if err != nil {
+		return tpm2.TPMTPublic{}, err
+	}
+	pub, err := blob.Public.Contents()
+	if err != nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: the attestation key's blob", api.ErrTampered)
+	}
+	if name, err := blob.Name(); err == nil {
+		objects["attestation_key"] = hex.EncodeToString(name.Buffer)
+	}
+	return *pub, nil
+}
+
+func (a *Agent) readAttestKey(ctx context.Context) (attestKeyRecord, tpm.Blob, error) {
+	var rec attestKeyRecord
+	var raw []byte
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		if err := tx.Get(attestKeyRec, &rec); err != nil {
+			return err
+		}
+		var err error
+		raw, err = tx.ReadBlob(attestKeyRec)
+		return err
+	})
+	if err != nil {
+		return rec, tpm.Blob{}, err
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return rec, tpm.Blob{}, fmt.Errorf("%w: the attestation key's blob: %v", api.ErrTampered, err)
+	}
+	if name, err := blob.Name(); err != nil || hex.EncodeToString(name.Buffer) != rec.Name {
+		return rec, tpm.Blob{}, fmt.Errorf("%w: the attestation key's blob is not the recorded key", api.ErrTampered)
+	}
+	return rec, blob, nil
+}
+
+func (a *Agent) newAttestKey(ctx context.Context) (tpm.Blob, error) {
+	auth, err := tpm.RandomAuth(objectAuthSize)
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	defer clear(auth)
+	srk, err := a.t.SRK()
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	blob, err := a.t.Create(srk, nil, tpm.AKTemplate(), tpm.Sensitive{UserAuth: auth})
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return tpm.Blob{}, err
+	}
+	rec := attestKeyRecord{Name: hex.EncodeToString(name.Buffer), Auth: hex.EncodeToString(auth), CreatedAt: a.now().UTC()}
+	return blob, a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(attestKeyRec, blob.Marshal()); err != nil {
+			return err
+		}
+		return tx.Put(attestKeyRec, rec)
+	})
+}
+
+// withAttestKey loads the AK and runs fn with it and its authValue.
+func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth []byte) error) error {
+	if a.t.PinnedSRKName() == nil {
+		return fmt.Errorf("%w: the state pins no TPM identity", api.ErrUntrustedTPM)
+	}
+	rec, blob, err := a.readAttestKey(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: no attestation key: run provd attest enroll first", api.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	auth, err := hex.DecodeString(rec.Auth)
+	if err != nil || len(auth) != objectAuthSize {
+		return fmt.Errorf("%w: the attestation key's authorization value in the state", api.ErrTampered)
+	}
+	defer clear(auth)
+	if err := a.keys.EvictResident(); err != nil {
+		return err
+	}
+	srk, err := a.t.SRK()
+	if err != nil {
+		return err
+	}
+	ak, err := a.t.Load(srk, nil, blob)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = a.t.Flush(ak.Handle) }()
+	return fn(ak, auth)
+}
+
+// AttestActivate activates the enrollment's credential with this TPM's EK
+// (the certificate the endpoint named) and the AK: only this TPM, with this
+// AK loaded by whoever holds its authValue, recovers the secret. The
+// caller sends it back and clears it.
+func (a *Agent) AttestActivate(ctx context.Context, e fleetapi.Enrollment) ([]byte, error) {
+	defer a.lock()()
+	return auditedResult(ctx, a, "attest-activate", map[string]string{"device_id": e.DeviceID}, func() ([]byte, error) {
+		key, err := a.ekCertBySum(e.EKCertSHA256)
+		if err != nil {
+			return nil, err
+		}
+		ekHandle, ekPub, ekTmpl, _, err := ekPublic(key)
+		if err != nil {
+			return nil, err
+		}
+		var secret []byte
+		err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
+			opts := []tpm2.AuthOption{tpm2.Auth(auth)}
+			if srk, err := a.t.SRK(); err == nil {
+				opts = append(opts, tpm2.Salted(srk.Handle, srk.Public))
+			}
+			ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = flushEK() }()
+			secret, err = a.t.ActivateCredential(ak, tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...), ek, e.CredentialBlob, e.CredentialSecret)
+			return err
+		})
+		return secret, err
+	})
+}
+
+// AttestQuote quotes the PCRs pcrs names (bank name -> indices) with the
+// AK over nonce, and reads their values in a session salted to the pinned
+// SRK (again if they moved between the two: the endpoint checks the quote's
+// digest against them).
+func (a *Agent) AttestQuote(ctx context.Context, nonce []byte, pcrs map[string][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
+	defer a.lock()()
+	var sel tpm2.TPMLPCRSelection
+	banks := map[tpm2.TPMIAlgHash][]int{}
+	for name, idx := range pcrs {
+		b, err := policy.ParseBank(name)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		}
+		v := policy.PCRValues{Bank: b, Values: map[int][]byte{}}
+		for _, i := range idx {
+			if i < 0 || i > policy.MaxPCR {
+				return nil, nil, nil, fmt.Errorf("%w: PCR %d", api.ErrBadInput, i)
+			}
+			v.Values[i] = make([]byte, b.Hash().Size())
+		}
+		sel.PCRSelections = append(sel.PCRSelections, v.Selection().PCRSelections...)
+		banks[b.Alg()] = idx
+	}
+	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
+		for range 3 {
+			before, err := a.t.PCRUpdateCounter()
+			if err != nil {
+				return err
+			}
+			if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
+				return err
+			}
+			values = map[string]map[string]string{}
+			for b, idx := range banks {
+				v, err := a.t.PCRReadAuthenticated(b, idx)
+				if err != nil {
+					return err
+				}
+				m := map[string]string{}
+				for i, d := range v {
+					m[strconv.Itoa(i)] = hex.EncodeToString(d)
+				}
+				values[policy.Bank(b).String()] = m
+			}
+			after, err := a.t.PCRUpdateCounter()
+			if err != nil {
+				return err
+			}
+			if before == after {
+				return nil
+			}
+		}
+		return errors.New("the PCRs kept changing while they were quoted")
+	})
+	return quote, sig, values, err
+}
+
+// ekCertificates are the EK certificates in the TPM's NV (tpm.EKCertIndices).
+func (a *Agent) ekCertificates() ([][]byte, error) {
+	var certs [][]byte
+	for _, c := range tpm.EKCertIndices {
+		der, err := a.t.ReadNV(c.Handle)
+		if errors.Is(err, tpm.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, der)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%w: no EK certificate in NV: the TPM cannot be verified", api.ErrNotFound)
+	}
+	return certs, nil
+}

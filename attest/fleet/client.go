@@ -1,0 +1,144 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/internal/strictjson"
+)
+
+// Client talks to a fleet endpoint: a device's calls (enroll, activate,
+// challenge, attest) and, with Token, an operator's.
+type Client struct {
+	BaseURL string
+	Token   string
+	HTTP    *http.Client
+}
+
+// NewClient returns a client for the endpoint at baseURL (https://...),
+// trusting only the certificates in caPEM (the endpoint's self-signed
+// certificate, pinned) when given, else the system's roots; TLS 1.3 only.
+func NewClient(baseURL string, caPEM []byte, token string) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("endpoint %q: want https://HOST:PORT", baseURL)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13}
+	if len(caPEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, errors.New("--ca-cert: no PEM certificate")
+		}
+		cfg.RootCAs = pool
+	}
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token,
+		HTTP: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}, nil
+}
+
+// APIError is the endpoint's error answer.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("fleet endpoint: %s (HTTP %d): %s", e.Code, e.Status, e.Message)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	rsp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer rsp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(rsp.Body, MaxBody+1))
+	if err != nil {
+		return err
+	}
+	if rsp.StatusCode != http.StatusOK {
+		var e ErrorBody
+		if json.Unmarshal(b, &e) == nil && e.Error.Code != "" {
+			return &APIError{Status: rsp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+		}
+		return &APIError{Status: rsp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+	}
+	return strictjson.Decode(b, out)
+}
+
+// Enroll sends an enrollment.
+func (c *Client) Enroll(ctx context.Context, req fleetapi.EnrollRequest) (res fleetapi.Enrollment, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/enroll", req, &res)
+}
+
+// Activate returns the credential's secret.
+func (c *Client) Activate(ctx context.Context, req fleetapi.ActivateRequest) (res fleetapi.Device, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/activate", req, &res)
+}
+
+// Challenge asks for a nonce.
+func (c *Client) Challenge(ctx context.Context, req fleetapi.ChallengeRequest) (res fleetapi.Challenge, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/challenge", req, &res)
+}
+
+// Attest sends evidence and returns the verdict.
+func (c *Client) Attest(ctx context.Context, req fleetapi.AttestRequest) (res fleetapi.Verdict, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/attest", req, &res)
+}
+
+// Devices lists devices (operator).
+func (c *Client) Devices(ctx context.Context) (res []fleetapi.Device, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/devices", nil, &res)
+}
+
+// Device shows one device (operator).
+func (c *Client) Device(ctx context.Context, id string) (res fleetapi.Device, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/devices/"+url.PathEscape(id), nil, &res)
+}
+
+// Appraisals is a device's appraisal history, newest first (operator).
+func (c *Client) Appraisals(ctx context.Context, id string) (res []fleetapi.Verdict, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/devices/"+url.PathEscape(id)+"/appraisals", nil, &res)
+}
+
+// Revoke revokes a device (operator).
+func (c *Client) Revoke(ctx context.Context, id string) (res fleetapi.Device, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/revoke", nil, &res)
+}
+
+// SetPolicy sets a class's policy (operator).
+func (c *Client) SetPolicy(ctx context.Context, p fleetapi.Policy) (res fleetapi.Policy, err error) {
+	return res, c.do(ctx, http.MethodPut, "/v1/policies/"+url.PathEscape(p.Class), p, &res)
+}
+
+// Policy shows a class's policy (operator).
+func (c *Client) Policy(ctx context.Context, class string) (res fleetapi.Policy, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(class), nil, &res)
+}

@@ -1,0 +1,561 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/policy"
+)
+
+// Reason is an appraisal's reason (fleetapi.Reason).
+type Reason = fleetapi.Reason
+
+// Reason codes (docs/attestation.md).
+const (
+	CodeDeviceUnknown    = "device_unknown"
+	CodeNotActivated     = "device_not_activated"
+	CodeRevoked          = "device_revoked"
+	CodeNonceUnknown     = "nonce_unknown"
+	CodeNonceExpired     = "nonce_expired"
+	CodeQuoteSignature   = "quote_signature"
+	CodeQuoteNonce       = "quote_nonce"
+	CodeQuoteMalformed   = "quote_malformed"
+	CodeQuoteUncovered   = "quote_pcrs_missing"
+	CodePCRDigest        = "pcr_digest"
+	CodeLogMalformed     = "log_malformed"
+	CodeLogReplay        = "log_replay"
+	CodeLogUnquoted      = "log_unquoted"
+	CodeLogOverlap       = "log_overlap"
+	CodeLogEvent         = "log_event"
+	CodePCRPolicy        = "pcr_policy"
+	CodeFirmwareFailed   = "firmware_failed"
+	CodeFirmwareManifest = "firmware_manifest"
+	CodeBaseline         = "baseline_tofu"
+)
+
+// ErrRejected is a request the endpoint refuses before any appraisal (a
+// malformed enrollment, an untrusted EK): its message says why.
+var ErrRejected = errors.New("fleet: rejected")
+
+// Config is an endpoint's configuration.
+type Config struct {
+	Store Store
+	// Roots and Intermediates are the EK manufacturers' certificates:
+	// nothing else vouches for a device.
+	Roots, Intermediates *x509.CertPool
+	// NonceTTL is how long a challenge stays valid (default 2 minutes).
+	NonceTTL time.Duration
+	// DefaultPCRs are what a class without a policy quotes (default
+	// sha256 0..7 and 12: the firmware's and the boot hook's).
+	DefaultPCRs map[string][]int
+	Now         func() time.Time
+	Rand        io.Reader
+}
+
+// Endpoint is the fleet's appraisal logic over a store: stateless apart
+// from the store, so replicas scale out behind any load balancer.
+type Endpoint struct {
+	cfg Config
+}
+
+// New returns an endpoint.
+func New(cfg Config) *Endpoint {
+	if cfg.NonceTTL == 0 {
+		cfg.NonceTTL = 2 * time.Minute
+	}
+	if cfg.DefaultPCRs == nil {
+		cfg.DefaultPCRs = map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7, 12}}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	return &Endpoint{cfg: cfg}
+}
+
+func (e *Endpoint) now() time.Time { return e.cfg.Now().UTC() }
+
+func rejected(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
+}
+
+// Limits on what a device sends.
+const (
+	maxEKCerts    = 4
+	maxEKCertSize = 16 << 10
+)
+
+// parsePublic reads a TPMT_PUBLIC strictly: it must marshal back to the
+// same bytes.
+func parsePublic(b []byte) (tpm2.TPMTPublic, error) {
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](b)
+	if err != nil {
+		return tpm2.TPMTPublic{}, err
+	}
+	if !bytes.Equal(tpm2.Marshal(pub), b) {
+		return tpm2.TPMTPublic{}, errors.New("trailing or non-canonical bytes")
+	}
+	return *pub, nil
+}
+
+// DeviceID is the ID of the TPM whose EK has public area ek: hex SHA-256 of
+// its TPMT_PUBLIC.
+func DeviceID(ek tpm2.TPMTPublic) string {
+	sum := sha256.Sum256(tpm2.Marshal(ek))
+	return hex.EncodeToString(sum[:])
+}
+
+// Enroll verifies a device's EK certificate against the manufacturers'
+// roots and its AK's attributes, and answers with a credential to that EK
+// for the AK's name (TPM2_MakeCredential in software): the device proves
+// the AK lives with the EK by activating it (Activate). The device is kept
+// pending until then.
+func (e *Endpoint) Enroll(ctx context.Context, req fleetapi.EnrollRequest) (fleetapi.Enrollment, error) {
+	if err := firmware.CheckClass(req.Class); err != nil {
+		return fleetapi.Enrollment{}, rejected("class: %v", err)
+	}
+	ak, err := parsePublic(req.AKPublic)
+	if err != nil {
+		return fleetapi.Enrollment{}, rejected("AK public area: %v", err)
+	}
+	if err := attest.CheckAKPublic(ak); err != nil {
+		return fleetapi.Enrollment{}, rejected("AK: %v", err)
+	}
+	if !ak.ObjectAttributes.FixedTPM || !ak.ObjectAttributes.FixedParent || !ak.ObjectAttributes.SensitiveDataOrigin {
+		return fleetapi.Enrollment{}, rejected("AK: not born in the TPM and bound to it")
+	}
+	akName, err := tpm2.ObjectName(&ak)
+	if err != nil {
+		return fleetapi.Enrollment{}, rejected("AK name: %v", err)
+	}
+	if len(req.EKCertificates) == 0 || len(req.EKCertificates) > maxEKCerts {
+		return fleetapi.Enrollment{}, rejected("%d EK certificates, want 1..%d", len(req.EKCertificates), maxEKCerts)
+	}
+	var ekPub tpm2.TPMTPublic
+	var ekDER []byte
+	var errs []error
+	for _, der := range req.EKCertificates {
+		if len(der) > maxEKCertSize {
+			errs = append(errs, fmt.Errorf("an EK certificate of %d bytes", len(der)))
+			continue
+		}
+		cert, err := attest.VerifyEKCertificate(der, attest.Options{Roots: e.cfg.Roots, Intermediates: e.cfg.Intermediates, Now: e.cfg.Now})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ekPub, err = attest.EKPublic(cert.PublicKey); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ekDER = der
+		break
+	}
+	if ekDER == nil {
+		return fleetapi.Enrollment{}, rejected("no EK certificate verifies against the manufacturers' certificates: %v", errors.Join(errs...))
+	}
+	encap, err := tpm2.ImportEncapsulationKey(&ekPub)
+	if err != nil {
+		return fleetapi.Enrollment{}, rejected("EK: %v", err)
+	}
+	secret := make([]byte, 32)
+	if _, err := io.ReadFull(e.cfg.Rand, secret); err != nil {
+		return fleetapi.Enrollment{}, err
+	}
+	defer clear(secret)
+	idObject, encSecret, err := tpm2.CreateCredential(e.cfg.Rand, encap, akName.Buffer, secret)
+	if err != nil {
+		return fleetapi.Enrollment{}, err
+	}
+	sum := sha256.Sum256(secret)
+	id := DeviceID(ekPub)
+	d := Device{ID: id, Class: req.Class, EKPublic: tpm2.Marshal(ekPub), EKCert: ekDER, AKPublic: req.AKPublic, SecretHash: sum[:], EnrolledAt: e.now()}
+	if err := e.cfg.Store.PutPending(ctx, d); err != nil {
+		return fleetapi.Enrollment{}, err
+	}
+	certSum := sha256.Sum256(ekDER)
+	return fleetapi.Enrollment{DeviceID: id, EKCertSHA256: hex.EncodeToString(certSum[:]), CredentialBlob: idObject, CredentialSecret: encSecret}, nil
+}
+
+// Activate completes an enrollment with the credential's secret.
+func (e *Endpoint) Activate(ctx context.Context, req fleetapi.ActivateRequest) (fleetapi.Device, error) {
+	sum := sha256.Sum256(req.Secret)
+	d, err := e.cfg.Store.Activate(ctx, req.DeviceID, sum[:], e.now())
+	if err != nil {
+		return fleetapi.Device{}, err
+	}
+	return deviceView(d), nil
+}
+
+func deviceView(d Device) fleetapi.Device {
+	return fleetapi.Device{DeviceID: d.ID, Class: d.Class, State: d.State, EnrolledAt: d.EnrolledAt, LastVerdict: d.LastVerdict, LastAt: d.LastAt}
+}
+
+// selection is what a device of class quotes: its policy's PCRs (and the
+// boot hook's PCR when the policy names manifests), else the default.
+func (e *Endpoint) selection(p *Policy) map[string][]int {
+	if p == nil || len(p.PCRs) == 0 {
+		return e.cfg.DefaultPCRs
+	}
+	out := map[string][]int{}
+	for bank, vals := range p.PCRs {
+		for i := range vals {
+			out[bank] = append(out[bank], i)
+		}
+		sort.Ints(out[bank])
+	}
+	if len(p.Manifests) > 0 && !contains(out["sha256"], 12) {
+		out["sha256"] = append(out["sha256"], 12)
+		sort.Ints(out["sha256"])
+	}
+	return out
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Endpoint) policy(ctx context.Context, class string) (*Policy, error) {
+	p, err := e.cfg.Store.Policy(ctx, class)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Challenge issues a single-use nonce to an enrolled device, with the PCRs
+// to quote.
+func (e *Endpoint) Challenge(ctx context.Context, req fleetapi.ChallengeRequest) (fleetapi.Challenge, error) {
+	d, err := e.cfg.Store.Device(ctx, req.DeviceID)
+	if err != nil {
+		return fleetapi.Challenge{}, err
+	}
+	if d.State != StateEnrolled {
+		return fleetapi.Challenge{}, rejected("device %s is %s", d.ID, d.State)
+	}
+	nonce, err := attest.NewNonce(attest.Options{Rand: e.cfg.Rand})
+	if err != nil {
+		return fleetapi.Challenge{}, err
+	}
+	p, err := e.policy(ctx, d.Class)
+	if err != nil {
+		return fleetapi.Challenge{}, err
+	}
+	n := Nonce{Nonce: nonce, DeviceID: d.ID, ExpiresAt: e.now().Add(e.cfg.NonceTTL)}
+	if err := e.cfg.Store.PutNonce(ctx, n); err != nil {
+		return fleetapi.Challenge{}, err
+	}
+	return fleetapi.Challenge{Nonce: nonce, ExpiresAt: n.ExpiresAt, PCRs: e.selection(p)}, nil
+}
+
+func pcrReason(code string, bank tpm2.TPMIAlgHash, pcr int, detail string) Reason {
+	return Reason{Code: code, Bank: catalog.HashName(bank), PCR: &pcr, Detail: detail}
+}
+
+// Attest appraises a device's evidence: the device enrolled and active, the
+// nonce issued to it and unused, the quote signed by its AK over that nonce
+// and covering the PCRs its class needs, the reported PCR values the quoted
+// ones, the event logs replaying to them, then PCRs and provd's firmware
+// verdicts against the class's policy (or, for a class without one, the
+// quote taken as its baseline: trust on first use, said in the record).
+// Evidence is verified before anything of it is kept. A failing appraisal is
+// a verdict with its reasons, recorded; an error is the endpoint's own
+// trouble (the store).
+func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (fleetapi.Verdict, error) {
+	v := fleetapi.Verdict{DeviceID: req.DeviceID, At: e.now()}
+	d, err := e.cfg.Store.Device(ctx, req.DeviceID)
+	if errors.Is(err, ErrNotFound) {
+		v.Reasons = []Reason{{Code: CodeDeviceUnknown}}
+		return v, nil // nothing to record it under
+	}
+	if err != nil {
+		return v, err
+	}
+	reasons, pcrs, err := e.appraise(ctx, d, req)
+	if err != nil {
+		return v, err
+	}
+	v.Reasons, v.Pass = reasons, true
+	for _, r := range reasons {
+		if r.Code != CodeBaseline {
+			v.Pass = false
+		}
+	}
+	if v.Reasons == nil {
+		v.Reasons = []Reason{}
+	}
+	id := make([]byte, 16)
+	if _, err := io.ReadFull(e.cfg.Rand, id); err != nil {
+		return v, err
+	}
+	v.AppraisalID = hex.EncodeToString(id)
+	if err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRequest) ([]Reason, map[string]map[int]string, error) {
+	switch d.State {
+	case StatePending:
+		return []Reason{{Code: CodeNotActivated}}, nil, nil
+	case StateRevoked:
+		return []Reason{{Code: CodeRevoked}}, nil, nil
+	}
+	switch err := e.cfg.Store.TakeNonce(ctx, d.ID, req.Nonce, e.now()); {
+	case errors.Is(err, ErrNonceUnknown):
+		return []Reason{{Code: CodeNonceUnknown}}, nil, nil
+	case errors.Is(err, ErrNonceExpired):
+		return []Reason{{Code: CodeNonceExpired}}, nil, nil
+	case err != nil:
+		return nil, nil, err
+	}
+	p, err := e.policy(ctx, d.Class)
+	if err != nil {
+		return nil, nil, err
+	}
+	ak, err := parsePublic(d.AKPublic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
+	}
+	require := map[tpm2.TPMIAlgHash][]int{}
+	for bank, idx := range e.selection(p) {
+		b, err := policy.ParseBank(bank)
+		if err != nil {
+			return nil, nil, fmt.Errorf("fleet: class %s: %w", d.Class, err)
+		}
+		require[b.Alg()] = idx
+	}
+	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, req.Nonce, attest.Options{RequirePCRs: require})
+	switch {
+	case errors.Is(err, attest.ErrSignature):
+		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, nil
+	case errors.Is(err, attest.ErrNonce):
+		return []Reason{{Code: CodeQuoteNonce, Detail: err.Error()}}, nil, nil
+	case errors.Is(err, attest.ErrPCRMismatch):
+		return []Reason{{Code: CodeQuoteUncovered, Detail: err.Error()}}, nil, nil
+	case err != nil:
+		return []Reason{{Code: CodeQuoteMalformed, Detail: err.Error()}}, nil, nil
+	}
+	quoted, view, bad := reportedPCRs(req.PCRs)
+	if bad != nil {
+		return []Reason{*bad}, nil, nil
+	}
+	if err := q.CheckPCRs(quoted); err != nil {
+		return []Reason{{Code: CodePCRDigest, Detail: err.Error()}}, nil, nil
+	}
+	// From here on the PCR values are the TPM's: kept with the verdict.
+	reasons, verdicts := checkLogs(q, quoted, req)
+	if len(reasons) > 0 {
+		return reasons, view, nil
+	}
+	if p == nil {
+		base := Policy{Class: d.Class, PCRs: view, TOFU: true, UpdatedAt: e.now()}
+		cur, stored, err := e.cfg.Store.Baseline(ctx, base)
+		if err != nil {
+			return nil, nil, err
+		}
+		if stored {
+			return []Reason{{Code: CodeBaseline, Detail: "no golden values for class " + d.Class + ": this quote's PCRs are its baseline"}}, view, nil
+		}
+		p = &cur
+	}
+	return comparePolicy(p, quoted, verdicts), view, nil
+}
+
+// reportedPCRs reads the device's PCR values (bank name -> index -> hex).
+func reportedPCRs(in map[string]map[string]string) (attest.PCRValues, map[string]map[int]string, *Reason) {
+	out := attest.PCRValues{}
+	view := map[string]map[int]string{}
+	for bank, vals := range in {
+		b, err := policy.ParseBank(bank)
+		if err != nil {
+			return nil, nil, &Reason{Code: CodeQuoteMalformed, Detail: err.Error()}
+		}
+		out[b.Alg()] = map[int][]byte{}
+		view[bank] = map[int]string{}
+		for k, h := range vals {
+			i, err := strconv.Atoi(k)
+			v, herr := hex.DecodeString(h)
+			if err != nil || herr != nil || i < 0 || i > 23 || len(v) != b.Hash().Size() {
+				return nil, nil, &Reason{Code: CodeQuoteMalformed, Detail: fmt.Sprintf("PCR %q of bank %s", k, bank)}
+			}
+			out[b.Alg()][i] = v
+			view[bank][i] = hex.EncodeToString(v)
+		}
+	}
+	return out, view, nil
+}
+
+// checkLogs replays the firmware's log and provd's measurement log: every
+// PCR either extends must be quoted and equal to the replay, and no PCR may
+// be extended by both. It returns provd's firmware verdicts found in the
+// measurement log, in order.
+func checkLogs(q *attest.Quote, quoted attest.PCRValues, req fleetapi.AttestRequest) ([]Reason, []provdVerdict) {
+	var reasons []Reason
+	var verdicts []provdVerdict
+	touched := map[tpm2.TPMIAlgHash]map[int]string{}
+	for _, lg := range []struct {
+		name string
+		raw  []byte
+	}{{"firmware", req.FirmwareLog}, {"measurement", req.MeasurementLog}} {
+		if len(lg.raw) == 0 {
+			continue
+		}
+		l, err := attest.ParseEventLog(lg.raw)
+		if err != nil {
+			reasons = append(reasons, Reason{Code: CodeLogMalformed, Log: lg.name, Detail: err.Error()})
+			continue
+		}
+		replayed, err := l.Replay(attest.Options{})
+		if err != nil {
+			reasons = append(reasons, Reason{Code: CodeLogMalformed, Log: lg.name, Detail: err.Error()})
+			continue
+		}
+		for i, ev := range l.Events {
+			if err := attest.CheckProvdEvent(ev); err != nil {
+				n := i
+				reasons = append(reasons, Reason{Code: CodeLogEvent, Log: lg.name, Event: &n, Detail: err.Error()})
+				continue
+			}
+			if text := attest.ProvdEventText(ev); text != "" {
+				v, ok := attest.VerifiedBy(ev)
+				verdicts = append(verdicts, provdVerdict{event: i, pcr: ev.PCR, ok: ok, verdict: v})
+			}
+		}
+		for bank, vals := range replayed {
+			if touched[bank] == nil {
+				touched[bank] = map[int]string{}
+			}
+			for _, ev := range l.Events {
+				if ev.Type == attest.EVNoAction {
+					continue
+				}
+				if other, ok := touched[bank][ev.PCR]; ok && other != lg.name {
+					reasons = append(reasons, pcrReason(CodeLogOverlap, bank, ev.PCR, "extended by both the "+other+" and the "+lg.name+" log"))
+					continue
+				}
+				touched[bank][ev.PCR] = lg.name
+			}
+			for pcr, by := range touched[bank] {
+				if by != lg.name {
+					continue
+				}
+				got, ok := quoted[bank][pcr]
+				if !ok {
+					reasons = append(reasons, pcrReason(CodeLogUnquoted, bank, pcr, "the "+lg.name+" log extends it, the quote does not cover it"))
+					continue
+				}
+				if !bytes.Equal(got, vals[pcr]) {
+					reasons = append(reasons, pcrReason(CodeLogReplay, bank, pcr, fmt.Sprintf("the %s log replays to %x, the quote says %x", lg.name, vals[pcr], got)))
+				}
+			}
+		}
+	}
+	sort.SliceStable(reasons, func(i, j int) bool { return reasonKey(reasons[i]) < reasonKey(reasons[j]) })
+	return dedupe(reasons), verdicts
+}
+
+func reasonKey(r Reason) string {
+	k := r.Code + "/" + r.Bank + "/" + r.Log
+	if r.PCR != nil {
+		k += fmt.Sprintf("/%02d", *r.PCR)
+	}
+	return k
+}
+
+func dedupe(rs []Reason) []Reason {
+	var out []Reason
+	seen := map[string]bool{}
+	for _, r := range rs {
+		k := reasonKey(r) + "/" + r.Detail
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// provdVerdict is one of provd's boot-hook events in the measurement log.
+type provdVerdict struct {
+	event   int
+	pcr     int
+	ok      bool // "verified" (else failed)
+	verdict attest.Verdict
+}
+
+// comparePolicy checks the quoted PCRs against the policy's golden values
+// and provd's firmware verdicts against its allowed manifests.
+func comparePolicy(p *Policy, quoted attest.PCRValues, verdicts []provdVerdict) []Reason {
+	var reasons []Reason
+	banks := make([]string, 0, len(p.PCRs))
+	for b := range p.PCRs {
+		banks = append(banks, b)
+	}
+	sort.Strings(banks)
+	for _, bank := range banks {
+		b, err := policy.ParseBank(bank)
+		if err != nil {
+			reasons = append(reasons, Reason{Code: CodePCRPolicy, Bank: bank, Detail: "the policy names an unknown bank"})
+			continue
+		}
+		idx := make([]int, 0, len(p.PCRs[bank]))
+		for i := range p.PCRs[bank] {
+			idx = append(idx, i)
+		}
+		sort.Ints(idx)
+		for _, i := range idx {
+			want := p.PCRs[bank][i]
+			got := hex.EncodeToString(quoted[b.Alg()][i])
+			if got != want {
+				reasons = append(reasons, pcrReason(CodePCRPolicy, b.Alg(), i, fmt.Sprintf("quoted %s, the policy says %s", got, want)))
+			}
+		}
+	}
+	if len(p.Manifests) > 0 {
+		allowed := map[string]bool{}
+		for _, m := range p.Manifests {
+			allowed[m] = true
+		}
+		if len(verdicts) == 0 {
+			reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Detail: "no firmware verdict of provd's boot hook in the measurement log"})
+		}
+		for _, v := range verdicts {
+			n := v.event
+			switch {
+			case !v.ok:
+				reasons = append(reasons, Reason{Code: CodeFirmwareFailed, Log: "measurement", Event: &n, Detail: "the boot hook's verification failed"})
+			case !allowed[hex.EncodeToString(v.verdict.ManifestSHA256)]:
+				reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Event: &n, Detail: fmt.Sprintf("manifest %x is not one the policy allows", v.verdict.ManifestSHA256)})
+			}
+		}
+	}
+	return reasons
+}

@@ -1,0 +1,266 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/internal/strictjson"
+	"github.com/provd/provd/policy"
+)
+
+// MaxBody bounds a request body: an attestation carries two event logs
+// (firmware logs are tens of KB) and a quote.
+const MaxBody = 4 << 20
+
+// Operators authenticate with bearer tokens (docs/attestation.md): the
+// server keeps only their SHA-256. Devices never present one: they
+// authenticate through their AK (enrollment by EK, attestations by quote).
+
+// TokenHash is what a server keeps of an operator token.
+func TokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+// Server is the endpoint's HTTP API.
+type Server struct {
+	E *Endpoint
+	// Operators are the SHA-256 of the operator tokens; none: no operator
+	// endpoint answers.
+	Operators [][32]byte
+	Log       *slog.Logger
+}
+
+// Handler routes the API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/enroll", device(s, s.E.Enroll))
+	mux.HandleFunc("POST /v1/activate", device(s, s.E.Activate))
+	mux.HandleFunc("POST /v1/challenge", device(s, s.E.Challenge))
+	mux.HandleFunc("POST /v1/attest", device(s, s.E.Attest))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := s.E.cfg.Store.Policy(r.Context(), "readyz-probe"); err != nil && !errors.Is(err, ErrNotFound) {
+			writeError(w, http.StatusServiceUnavailable, "store", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("GET /v1/devices", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		ds, err := s.E.cfg.Store.Devices(r.Context(), r.URL.Query().Get("after"), limit)
+		out := []fleetapi.Device{}
+		for _, d := range ds {
+			out = append(out, deviceView(d))
+		}
+		return out, err
+	}))
+	mux.HandleFunc("GET /v1/devices/{id}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		d, err := s.E.cfg.Store.Device(r.Context(), r.PathValue("id"))
+		return deviceView(d), err
+	}))
+	mux.HandleFunc("GET /v1/devices/{id}/appraisals", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		as, err := s.E.cfg.Store.Appraisals(r.Context(), r.PathValue("id"), 100)
+		out := []fleetapi.Verdict{}
+		for _, a := range as {
+			out = append(out, fleetapi.Verdict{AppraisalID: a.ID, DeviceID: a.DeviceID, Pass: a.Pass, Reasons: a.Reasons, At: a.At})
+		}
+		return out, err
+	}))
+	mux.HandleFunc("POST /v1/devices/{id}/revoke", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		if err := s.E.cfg.Store.Revoke(r.Context(), r.PathValue("id"), s.E.now()); err != nil {
+			return nil, err
+		}
+		d, err := s.E.cfg.Store.Device(r.Context(), r.PathValue("id"))
+		return deviceView(d), err
+	}))
+	mux.HandleFunc("GET /v1/policies/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		p, err := s.E.cfg.Store.Policy(r.Context(), r.PathValue("class"))
+		return policyView(p), err
+	}))
+	mux.HandleFunc("PUT /v1/policies/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var in fleetapi.Policy
+		if err := decode(r, &in); err != nil {
+			return nil, err
+		}
+		if in.Class != r.PathValue("class") {
+			return nil, rejected("the body's class %q is not the path's %q", in.Class, r.PathValue("class"))
+		}
+		p, err := policyFrom(in)
+		if err != nil {
+			return nil, err
+		}
+		p.UpdatedAt = s.E.now()
+		if err := s.E.cfg.Store.SetPolicy(r.Context(), p); err != nil {
+			return nil, err
+		}
+		return policyView(p), nil
+	}))
+	return mux
+}
+
+// policyFrom checks an operator's policy: a valid class, approved banks,
+// PCR indices 0..23 with values of the bank's size, manifest digests of 32
+// bytes in lower-case hex.
+func policyFrom(in fleetapi.Policy) (Policy, error) {
+	p := Policy{Class: in.Class, PCRs: map[string]map[int]string{}, Manifests: in.Manifests}
+	if err := checkClass(in.Class); err != nil {
+		return p, err
+	}
+	for bank, vals := range in.PCRs {
+		b, err := policy.ParseBank(bank)
+		if err != nil {
+			return p, rejected("%v", err)
+		}
+		p.PCRs[b.String()] = map[int]string{}
+		for k, v := range vals {
+			i, err := strconv.Atoi(k)
+			if err != nil || i < 0 || i > 23 || len(v) != 2*b.Hash().Size() || strings.ToLower(v) != v || !isHex(v) {
+				return p, rejected("PCR %q of bank %s: %q", k, bank, v)
+			}
+			p.PCRs[b.String()][i] = v
+		}
+	}
+	for _, m := range in.Manifests {
+		if len(m) != 64 || strings.ToLower(m) != m || !isHex(m) {
+			return p, rejected("manifest digest %q: want 64 lower-case hex digits (fw manifest show's manifest_sha256)", m)
+		}
+	}
+	return p, nil
+}
+
+func isHex(s string) bool {
+	return strings.Trim(s, "0123456789abcdef") == ""
+}
+
+func policyView(p Policy) fleetapi.Policy {
+	out := fleetapi.Policy{Class: p.Class, PCRs: map[string]map[string]string{}, Manifests: p.Manifests, TOFU: p.TOFU, UpdatedAt: p.UpdatedAt}
+	for bank, vals := range p.PCRs {
+		out.PCRs[bank] = map[string]string{}
+		for i, v := range vals {
+			out.PCRs[bank][strconv.Itoa(i)] = v
+		}
+	}
+	return out
+}
+
+// device serves one of the devices' endpoints: no operator credential, the
+// body read strictly and bounded.
+func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if err := decode(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", err)
+			return
+		}
+		res, err := fn(r.Context(), req)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}
+}
+
+// operator serves an operator endpoint: a valid bearer token first, or 401
+// and nothing else is looked at.
+func (s *Server) operator(fn func(http.ResponseWriter, *http.Request) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="provd fleet"`)
+			writeError(w, http.StatusUnauthorized, "unauthenticated", errors.New("an operator token is required (Authorization: Bearer ...)"))
+			return
+		}
+		res, err := fn(w, r)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	}
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return false
+	}
+	h := TokenHash(token)
+	match := 0
+	for _, want := range s.Operators {
+		match |= subtle.ConstantTimeCompare(h[:], want[:])
+	}
+	return match == 1
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrRejected):
+		writeError(w, http.StatusUnprocessableEntity, "rejected", err)
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err)
+	case errors.Is(err, ErrExists):
+		writeError(w, http.StatusConflict, "conflict", err)
+	case errors.Is(err, ErrWrongSecret):
+		writeError(w, http.StatusForbidden, "wrong_secret", err)
+	default:
+		if s.Log != nil {
+			s.Log.Error("request failed", "path", r.URL.Path, "err", err)
+		}
+		writeError(w, http.StatusInternalServerError, "internal", errors.New("internal error"))
+	}
+}
+
+func decode(r *http.Request, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+	if err != nil {
+		return err
+	}
+	if len(b) > MaxBody {
+		return fmt.Errorf("a body of more than %d bytes", MaxBody)
+	}
+	return strictjson.Decode(b, v)
+}
+
+// ErrorBody is the endpoint's error answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code string, err error) {
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, err.Error()
+	writeJSON(w, status, b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// checkClass is firmware.CheckClass as a rejection.
+func checkClass(c string) error {
+	if err := firmware.CheckClass(c); err != nil {
+		return rejected("class: %v", err)
+	}
+	return nil
+}
+
+// ServerTimeouts are the http.Server timeouts provd fleet serve uses.
+var ServerTimeouts = struct{ ReadHeader, Read, Write, Idle time.Duration }{10 * time.Second, 30 * time.Second, 30 * time.Second, 120 * time.Second}

@@ -1,0 +1,104 @@
+// Package fleetapi is the fleet endpoint's JSON API (provd fleet serve,
+// docs/attestation.md): what a device sends and gets back, and what an
+// operator reads. It stands apart from api, the daemon's contract, so that
+// the endpoint, which has no TPM, links nothing of provd's TPM code; the
+// agent, which does a device's part, links none of the endpoint's. []byte
+// fields are base64, as encoding/json writes them.
+package fleetapi
+
+import "time"
+
+// EnrollRequest is a device's enrollment: its EK certificates (DER) and
+// a new AK's public area (TPMT_PUBLIC), for a device class.
+type EnrollRequest struct {
+	EKCertificates [][]byte `json:"ek_certificates"`
+	AKPublic       []byte   `json:"ak_public"`
+	Class          string   `json:"class"`
+}
+
+// Enrollment is the endpoint's answer: the device's ID (hex SHA-256 of
+// its EK's TPMT_PUBLIC) and a credential to its EK for the AK's name, which
+// only that TPM, with that AK loaded, can activate.
+type Enrollment struct {
+	DeviceID         string `json:"device_id"`
+	EKCertSHA256     string `json:"ek_cert_sha256"` // the EK certificate the credential is to
+	CredentialBlob   []byte `json:"credential_blob"`
+	CredentialSecret []byte `json:"credential_secret"`
+}
+
+// ActivateRequest returns the credential's secret: the AK lives with
+// the EK.
+type ActivateRequest struct {
+	DeviceID string `json:"device_id"`
+	Secret   []byte `json:"secret"`
+}
+
+// Device is a device as the endpoint keeps it.
+type Device struct {
+	DeviceID    string    `json:"device_id"`
+	Class       string    `json:"class"`
+	State       string    `json:"state"`
+	EnrolledAt  time.Time `json:"enrolled_at"`
+	LastVerdict string    `json:"last_verdict,omitempty"`
+	LastAt      time.Time `json:"last_at,omitzero"`
+}
+
+// ChallengeRequest asks for a nonce.
+type ChallengeRequest struct {
+	DeviceID string `json:"device_id"`
+}
+
+// Challenge is a single-use nonce and the PCRs to quote (bank name ->
+// indices), valid until ExpiresAt on any replica.
+type Challenge struct {
+	Nonce     []byte           `json:"nonce"`
+	ExpiresAt time.Time        `json:"expires_at"`
+	PCRs      map[string][]int `json:"pcrs"`
+}
+
+// AttestRequest is a device's evidence: the quote (TPMS_ATTEST and
+// TPMT_SIGNATURE as the TPM returned them) over the challenge's nonce, the
+// PCR values it covers (bank -> index -> hex), the firmware's event log
+// and provd's measurement log (either may be empty).
+type AttestRequest struct {
+	DeviceID       string                       `json:"device_id"`
+	Nonce          []byte                       `json:"nonce"`
+	Quote          []byte                       `json:"quote"`
+	Signature      []byte                       `json:"signature"`
+	PCRs           map[string]map[string]string `json:"pcrs"`
+	FirmwareLog    []byte                       `json:"firmware_log,omitempty"`
+	MeasurementLog []byte                       `json:"measurement_log,omitempty"`
+}
+
+// Reason is why an appraisal failed, or a note on a pass: a code a
+// program decides on (docs/attestation.md lists them), and where it
+// applies: which PCR in which bank, which event of which log.
+type Reason struct {
+	Code   string `json:"code"`
+	Bank   string `json:"bank,omitempty"`
+	PCR    *int   `json:"pcr,omitempty"`
+	Log    string `json:"log,omitempty"`
+	Event  *int   `json:"event,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Verdict is an appraisal's outcome.
+type Verdict struct {
+	AppraisalID string    `json:"appraisal_id"`
+	DeviceID    string    `json:"device_id"`
+	Pass        bool      `json:"pass"`
+	Reasons     []Reason  `json:"reasons"`
+	At          time.Time `json:"at"`
+}
+
+// Policy is a device class's golden values: PCR values (bank -> index
+// -> hex) and the firmware manifests (manifest_sha256 as fw manifest show
+// prints) a device may report verified by its boot hook (empty: any). TOFU
+// marks a baseline taken from the class's first verified quote.
+type Policy struct {
+	Class     string                       `json:"class"`
+	PCRs      map[string]map[string]string `json:"pcrs"`
+	Manifests []string                     `json:"manifests,omitempty"`
+	TOFU      bool                         `json:"tofu"`
+	UpdatedAt time.Time                    `json:"updated_at,omitzero"`
+}

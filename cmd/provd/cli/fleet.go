@@ -1,0 +1,629 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/fwhook"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+)
+
+// attestState is what provd attest enroll leaves for attest now, in the
+// state directory (not secret).
+type attestState struct {
+	Endpoint string `json:"endpoint"`
+	DeviceID string `json:"device_id"`
+	Class    string `json:"class"`
+}
+
+const attestStateFile = "attest.json"
+
+// endpointFlags are how a command reaches the fleet endpoint.
+type endpointFlags struct {
+	url, caCert, tokenFile string
+}
+
+func (f *endpointFlags) add(a *app, c *cobra.Command, operator bool) {
+	c.Flags().StringVar(&f.url, "endpoint", a.deps.Getenv("PROVD_FLEET"), "the fleet endpoint, https://HOST:PORT (env PROVD_FLEET)")
+	c.Flags().StringVar(&f.caCert, "ca-cert", a.deps.Getenv("PROVD_FLEET_CA"), "the endpoint's certificate (PEM) to pin, e.g. <state-dir>/fleet/tls.crt of fleet serve (env PROVD_FLEET_CA)")
+	if operator {
+		c.Flags().StringVar(&f.tokenFile, "token-file", a.deps.Getenv("PROVD_FLEET_TOKEN_FILE"), "a file holding an operator token (env PROVD_FLEET_TOKEN_FILE)")
+	}
+}
+
+func (f *endpointFlags) client() (*fleet.Client, error) {
+	if f.url == "" {
+		return nil, usageError(errors.New("--endpoint is required"))
+	}
+	var ca []byte
+	if f.caCert != "" {
+		var err error
+		if ca, err = os.ReadFile(f.caCert); err != nil {
+			return nil, usageError(err)
+		}
+	}
+	var token string
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, usageError(err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	c, err := fleet.NewClient(f.url, ca, token)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return c, nil
+}
+
+// localAgent opens the agent on the state directory, in this process (the
+// daemon has no network; provd attest does the TPM's part here).
+func (a *app) localAgent(ctx context.Context, fn func(ag *agent.Agent) error) error {
+	t, done, err := a.openTPM(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ag, err := agent.New(agent.Config{TPM: t, StateDir: a.stateDir, Logger: a.log, UID: os.Getuid()})
+	if err != nil {
+		return err
+	}
+	defer ag.Close()
+	return fn(ag)
+}
+
+func (a *app) attestCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "attest",
+		Short: "Enroll with a fleet endpoint and attest this device to it (docs/attestation.md)",
+	}
+	var ef endpointFlags
+	var class string
+	enroll := &cobra.Command{
+		Use:   "enroll --endpoint URL [--ca-cert PEM] --class C",
+		Short: "Enroll this TPM: its EK certificates and a new attestation key, proven to live with the EK",
+		Long: `Send the TPM's EK certificates and the public area of an attestation key (AK: a
+restricted signing key born in this TPM under the SRK the state pins) to the
+fleet endpoint. The endpoint verifies the EK certificate against the
+manufacturers' roots and answers with a credential to that EK for the AK's name;
+this TPM activates it (only the TPM holding that EK, with this AK loaded, can) and
+the secret goes back: the endpoint then registers the device, its ID the SHA-256
+of the EK's public area. Needs a provisioned state (a pinned TPM identity).`,
+		Example: `  provd attest enroll --endpoint https://fleet.example:8443 --ca-cert fleet-ca.pem --class gateway`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if class == "" {
+				return usageError(errors.New("--class is required"))
+			}
+			cl, err := ef.client()
+			if err != nil {
+				return err
+			}
+			var dev fleetapi.Device
+			err = a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
+				req, err := ag.AttestIdentity(cmd.Context())
+				if err != nil {
+					return err
+				}
+				req.Class = class
+				e, err := cl.Enroll(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				secret, err := ag.AttestActivate(cmd.Context(), e)
+				if err != nil {
+					return err
+				}
+				defer clear(secret)
+				if dev, err = cl.Activate(cmd.Context(), fleetapi.ActivateRequest{DeviceID: e.DeviceID, Secret: secret}); err != nil {
+					return err
+				}
+				b, _ := json.MarshalIndent(attestState{Endpoint: ef.url, DeviceID: dev.DeviceID, Class: class}, "", "  ")
+				return store.WriteFile(filepath.Join(a.stateDir, attestStateFile), append(b, '\n'), 0o600)
+			})
+			if err != nil {
+				return err
+			}
+			return a.emit(dev, func(w io.Writer) {
+				fmt.Fprintf(w, "enrolled: device %s, class %s, %s\n", dev.DeviceID, dev.Class, dev.State)
+			})
+		},
+	}
+	ef.add(a, enroll, false)
+	enroll.Flags().StringVar(&class, "class", "", "the device class (its policy at the endpoint)")
+
+	var nf endpointFlags
+	var fwLog, measLog string
+	now := &cobra.Command{
+		Use:   "now [--endpoint URL] [--ca-cert PEM] [--firmware-log FILE]",
+		Short: "Attest now: a quote over the endpoint's nonce, with the event logs; print the verdict",
+		Long: `Fetch a single-use nonce from the fleet endpoint, quote the PCRs it asks for with
+the attestation key (TPM2_Quote), and send the quote, the PCR values, the
+firmware's event log (/sys/kernel/security/tpm0/binary_bios_measurements when
+present, or --firmware-log) and provd's measurement log (<state-dir>/
+measurements.log, the boot hook's). Prints the verdict and its reasons; exit 23
+when it did not pass. The endpoint and device ID are those of attest enroll
+unless given.`,
+		Example: `  provd attest now
+  provd attest now -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st attestState
+			if b, err := os.ReadFile(filepath.Join(a.stateDir, attestStateFile)); err == nil {
+				if err := json.Unmarshal(b, &st); err != nil {
+					return fmt.Errorf("%w: %s: %v", api.ErrTampered, attestStateFile, err)
+				}
+			}
+			if st.DeviceID == "" {
+				return fmt.Errorf("%w: this device is not enrolled (provd attest enroll)", api.ErrNotFound)
+			}
+			if nf.url == "" {
+				nf.url = st.Endpoint
+			}
+			cl, err := nf.client()
+			if err != nil {
+				return err
+			}
+			req := fleetapi.AttestRequest{DeviceID: st.DeviceID}
+			if fwLog == "" {
+				if _, err := os.Stat(defaultFirmwareLog); err == nil {
+					fwLog = defaultFirmwareLog
+				}
+			}
+			if fwLog != "" {
+				if req.FirmwareLog, err = readBounded(fwLog, attest.MaxEventLogSize); err != nil {
+					return err
+				}
+			}
+			if measLog == "" {
+				measLog = filepath.Join(a.stateDir, fwhook.LogName)
+			}
+			if b, err := readBounded(measLog, attest.MaxEventLogSize); err == nil {
+				req.MeasurementLog = b
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			ch, err := cl.Challenge(cmd.Context(), fleetapi.ChallengeRequest{DeviceID: st.DeviceID})
+			var ae *fleet.APIError
+			if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
+				// The endpoint refuses to challenge this device (revoked,
+				// not activated): no attestation can pass.
+				return fmt.Errorf("%w: %w", api.ErrAttestationFailed, err)
+			}
+			if err != nil {
+				return err
+			}
+			req.Nonce = ch.Nonce
+			if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
+				req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(cmd.Context(), ch.Nonce, ch.PCRs)
+				return err
+			}); err != nil {
+				return err
+			}
+			v, err := cl.Attest(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if err := a.emit(v, func(w io.Writer) {
+				verdict := "PASS"
+				if !v.Pass {
+					verdict = "FAIL"
+				}
+				fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, v.DeviceID, v.AppraisalID)
+				for _, r := range v.Reasons {
+					fmt.Fprintf(w, "  %s\n", reasonLine(r))
+				}
+			}); err != nil {
+				return err
+			}
+			if !v.Pass {
+				return fmt.Errorf("%w: %s", api.ErrAttestationFailed, reasonLine(v.Reasons[0]))
+			}
+			return nil
+		},
+	}
+	nf.add(a, now, false)
+	now.Flags().StringVar(&fwLog, "firmware-log", "", "the firmware's TCG event log (default "+defaultFirmwareLog+" when present)")
+	now.Flags().StringVar(&measLog, "measurement-log", "", "provd's measurement log (default <state-dir>/measurements.log)")
+	c.AddCommand(enroll, now)
+	return c
+}
+
+const defaultFirmwareLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+func reasonLine(r fleetapi.Reason) string {
+	var b strings.Builder
+	b.WriteString(r.Code)
+	if r.Bank != "" && r.PCR != nil {
+		fmt.Fprintf(&b, " %s PCR %d", r.Bank, *r.PCR)
+	}
+	if r.Log != "" {
+		fmt.Fprintf(&b, " (%s log", r.Log)
+		if r.Event != nil {
+			fmt.Fprintf(&b, ", event %d", *r.Event)
+		}
+		b.WriteString(")")
+	}
+	if r.Detail != "" {
+		b.WriteString(": " + r.Detail)
+	}
+	return b.String()
+}
+
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, usageError(fmt.Errorf("%s: more than %d bytes", path, limit))
+	}
+	return b, nil
+}
+
+func (a *app) fleetCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "fleet",
+		Short: "The fleet attestation endpoint: serve it, and operate it (docs/attestation.md)",
+	}
+	var listen, db, ekCA, tokenFile string
+	serve := &cobra.Command{
+		Use:   "serve --listen ADDR [--db URL] --ek-ca BUNDLE [--operator-token-file FILE]",
+		Short: "Serve the fleet endpoint: enrollment, challenges, appraisals, the operators' API",
+		Long: `Serve the fleet attestation endpoint over HTTPS (TLS 1.3). Devices enroll by EK
+certificate (verified against --ek-ca) and AK activation, fetch single-use nonces
+and send quotes and event logs, which are appraised against their class's policy
+(golden PCR values, allowed firmware manifests; a class without one takes its
+first verified quote as baseline, marked trust on first use).
+
+--db is sqlite:///path (default sqlite://<state-dir>/fleet/fleet.db) or
+postgres://... for replicas sharing one database. The TLS certificate is
+<state-dir>/fleet/tls.crt (self-signed, made on first start for localhost, the
+host name and --listen's host; devices pin it with --ca-cert), its key beside it.
+Operators authenticate with bearer tokens: the lines of --operator-token-file, or
+one made on first start in <state-dir>/fleet/operator.token.`,
+		Example: `  provd fleet serve --listen :8443 --ek-ca ek-roots.pem
+  provd fleet serve --listen :8443 --db postgres://fleet@db/fleet --ek-ca ek-roots.pem`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if listen == "" || ekCA == "" {
+				return usageError(errors.New("--listen and --ek-ca are required"))
+			}
+			dir, err := filepath.Abs(filepath.Join(a.stateDir, "fleet"))
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			bundle, err := os.ReadFile(ekCA)
+			if err != nil {
+				return usageError(err)
+			}
+			roots, err := attest.CertPoolFromPEM(bundle)
+			if err != nil {
+				return usageError(fmt.Errorf("--ek-ca: %w", err))
+			}
+			if db == "" {
+				db = "sqlite://" + filepath.Join(dir, "fleet.db")
+			}
+			st, err := fleet.Open(cmd.Context(), db)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tokens, err := operatorTokens(dir, tokenFile)
+			if err != nil {
+				return err
+			}
+			cert, err := fleetTLS(dir, listen)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			srv := &http.Server{
+				Handler:           (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: roots}), Operators: tokens, Log: a.log}).Handler(),
+				TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+				ReadHeaderTimeout: fleet.ServerTimeouts.ReadHeader, ReadTimeout: fleet.ServerTimeouts.Read,
+				WriteTimeout: fleet.ServerTimeouts.Write, IdleTimeout: fleet.ServerTimeouts.Idle,
+				MaxHeaderBytes: 64 << 10,
+			}
+			fmt.Fprintf(a.deps.Stderr, "provd fleet: serving https://%s (certificate %s)\n", ln.Addr(), filepath.Join(dir, "tls.crt"))
+			errc := make(chan error, 1)
+			go func() { errc <- srv.ServeTLS(ln, "", "") }()
+			select {
+			case err := <-errc:
+				return err
+			case <-cmd.Context().Done():
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				return srv.Shutdown(ctx)
+			}
+		},
+	}
+	serve.Flags().StringVar(&listen, "listen", "", "address to listen on, HOST:PORT")
+	serve.Flags().StringVar(&db, "db", "", "sqlite:///PATH or postgres://... (default sqlite://<state-dir>/fleet/fleet.db)")
+	serve.Flags().StringVar(&ekCA, "ek-ca", a.deps.Getenv("PROVD_EK_CA"), "PEM bundle of the TPM manufacturers' certificates (env PROVD_EK_CA)")
+	serve.Flags().StringVar(&tokenFile, "operator-token-file", "", "operator tokens, one per line (default: one made in <state-dir>/fleet/operator.token)")
+
+	var of endpointFlags
+	devices := &cobra.Command{
+		Use:   "devices",
+		Short: "List the fleet's devices and their last verdicts (operator)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := of.client()
+			if err != nil {
+				return err
+			}
+			ds, err := cl.Devices(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.emit(ds, func(w io.Writer) {
+				for _, d := range ds {
+					fmt.Fprintf(w, "%s  %-10s %-9s %s\n", d.DeviceID, d.Class, d.State, d.LastVerdict)
+				}
+			})
+		},
+	}
+	of.add(a, devices, true)
+	device := &cobra.Command{Use: "device", Short: "One device (operator)"}
+	var sf endpointFlags
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a device and its appraisal history",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := sf.client()
+			if err != nil {
+				return err
+			}
+			d, err := cl.Device(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			h, err := cl.Appraisals(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			res := struct {
+				fleetapi.Device
+				Appraisals []fleetapi.Verdict `json:"appraisals"`
+			}{d, h}
+			return a.emit(res, func(w io.Writer) {
+				fmt.Fprintf(w, "device %s, class %s, %s\n", d.DeviceID, d.Class, d.State)
+				for _, v := range h {
+					fmt.Fprintf(w, "  %s pass=%v\n", v.At.Format(time.RFC3339), v.Pass)
+					for _, r := range v.Reasons {
+						fmt.Fprintf(w, "    %s\n", reasonLine(r))
+					}
+				}
+			})
+		},
+	}
+	sf.add(a, show, true)
+	var rf endpointFlags
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a device: its attestations fail from now on",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := rf.client()
+			if err != nil {
+				return err
+			}
+			d, err := cl.Revoke(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(d, func(w io.Writer) { fmt.Fprintf(w, "device %s: %s\n", d.DeviceID, d.State) })
+		},
+	}
+	rf.add(a, revoke, true)
+	device.AddCommand(show, revoke)
+
+	pol := &cobra.Command{Use: "policy", Short: "A device class's golden values (operator)"}
+	var pf endpointFlags
+	var pclass, pcrFile string
+	var manifests []string
+	set := &cobra.Command{
+		Use:   "set --class C [--pcr-values FILE] [--manifest SHA256]...",
+		Short: "Set a class's golden PCR values and allowed firmware manifests",
+		Long: `Set the policy devices of --class are appraised against: --pcr-values, a golden
+PCR file as provd tpm pcr read -o json writes it, and --manifest, the
+manifest_sha256 of each firmware release the boot hook may have verified (as fw
+manifest show prints it). A class without a policy takes its first verified
+quote as baseline (trust on first use).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pclass == "" {
+				return usageError(errors.New("--class is required"))
+			}
+			p := fleetapi.Policy{Class: pclass, PCRs: map[string]map[string]string{}, Manifests: manifests}
+			if pcrFile != "" {
+				b, err := os.ReadFile(pcrFile)
+				if err != nil {
+					return usageError(err)
+				}
+				v, err := policy.ParsePCRValues(b)
+				if err != nil {
+					return usageError(fmt.Errorf("--pcr-values: %w", err))
+				}
+				m := map[string]string{}
+				for i, d := range v.Values {
+					m[fmt.Sprint(i)] = hex.EncodeToString(d)
+				}
+				p.PCRs[v.Bank.String()] = m
+			}
+			cl, err := pf.client()
+			if err != nil {
+				return err
+			}
+			got, err := cl.SetPolicy(cmd.Context(), p)
+			if err != nil {
+				return err
+			}
+			return a.emit(got, func(w io.Writer) { fmt.Fprintf(w, "policy of class %s set\n", got.Class) })
+		},
+	}
+	pf.add(a, set, true)
+	set.Flags().StringVar(&pclass, "class", "", "the device class")
+	set.Flags().StringVar(&pcrFile, "pcr-values", "", "golden PCR values (provd tpm pcr read -o json)")
+	set.Flags().StringArrayVar(&manifests, "manifest", nil, "an allowed firmware manifest's manifest_sha256 (repeatable)")
+	var gf endpointFlags
+	var gclass string
+	get := &cobra.Command{
+		Use:   "show --class C",
+		Short: "Show a class's policy",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if gclass == "" {
+				return usageError(errors.New("--class is required"))
+			}
+			cl, err := gf.client()
+			if err != nil {
+				return err
+			}
+			p, err := cl.Policy(cmd.Context(), gclass)
+			if err != nil {
+				return err
+			}
+			return a.emit(p, func(w io.Writer) {
+				fmt.Fprintf(w, "class %s (trust on first use: %v)\n", p.Class, p.TOFU)
+				for bank, vals := range p.PCRs {
+					for i, v := range vals {
+						fmt.Fprintf(w, "  %s:%s %s\n", bank, i, v)
+					}
+				}
+				for _, m := range p.Manifests {
+					fmt.Fprintf(w, "  manifest %s\n", m)
+				}
+			})
+		},
+	}
+	gf.add(a, get, true)
+	get.Flags().StringVar(&gclass, "class", "", "the device class")
+	pol.AddCommand(set, get)
+	c.AddCommand(serve, devices, device, pol)
+	return c
+}
+
+// operatorTokens reads the operators' tokens (hashed), making one in dir
+// on first start when no file is given.
+func operatorTokens(dir, file string) ([][32]byte, error) {
+	if file == "" {
+		file = filepath.Join(dir, "operator.token")
+		if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+			b := make([]byte, 32)
+			if _, err := rand.Read(b); err != nil {
+				return nil, err
+			}
+			if err := store.WriteFile(file, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+				return nil, err
+			}
+		}
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var out [][32]byte
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			out = append(out, fleet.TokenHash(line))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no operator token", file)
+	}
+	return out, nil
+}
+
+// fleetTLS loads the endpoint's certificate, making a self-signed one on
+// first start.
+func fleetTLS(dir, listen string) (tls.Certificate, error) {
+	crt, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if c, err := tls.LoadX509KeyPair(crt, key); err == nil {
+		return c, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, err
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "provd fleet endpoint"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(10, 0, 0),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		tmpl.DNSNames = append(tmpl.DNSNames, h)
+	}
+	if host, _, err := net.SplitHostPort(listen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, host)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	defer clear(kder)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	defer clear(keyPEM)
+	if err := store.WriteFile(key, keyPEM, 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := store.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(bytes.Clone(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), keyPEM)
+}

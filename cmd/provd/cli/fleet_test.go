@@ -1,0 +1,366 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/test/pgtest"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// endpoint is a fleet endpoint in this process over TLS 1.3, its
+// certificate in a PEM file for --ca-cert.
+type endpoint struct {
+	srv   *httptest.Server
+	ca    string
+	token string
+	store fleet.Store
+}
+
+func startEndpoint(t *testing.T, dbURL string, roots ...*swtpmtest.Env) *endpoint {
+	t.Helper()
+	var bundle []byte
+	for _, env := range roots {
+		for _, f := range env.CABundle {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bundle = append(bundle, b...)
+		}
+	}
+	pool, err := attest.CertPoolFromPEM(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fleet.Open(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := &endpoint{token: "operator-secret-token", store: st}
+	h := (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: pool}), Operators: [][32]byte{fleet.TokenHash(e.token)}}).Handler()
+	e.srv = httptest.NewUnstartedServer(h)
+	e.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	e.srv.StartTLS()
+	t.Cleanup(e.srv.Close)
+	e.ca = filepath.Join(t.TempDir(), "fleet-ca.pem")
+	if err := os.WriteFile(e.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *endpoint) client(t *testing.T, token string) *fleet.Client {
+	t.Helper()
+	ca, err := os.ReadFile(e.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := fleet.NewClient(e.srv.URL, ca, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// fleetDevice is a provisioned device.
+func fleetDevice(t *testing.T) *cliEnv {
+	t.Helper()
+	c := newCLIEnv(t)
+	if _, stderr, code := c.run("provision", "--ek-ca", ekCAFile(t, c.swtpm)); code != 0 {
+		t.Fatalf("provision: %s", stderr)
+	}
+	return c
+}
+
+func (c *cliEnv) expect(t *testing.T, want int, args ...string) string {
+	t.Helper()
+	out, stderr, got := c.run(args...)
+	if got != want {
+		t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), got, want, out, stderr)
+	}
+	return out
+}
+
+// evidence makes an attestation request for device c as attest now does,
+// against nonce.
+func evidence(t *testing.T, c *cliEnv, deviceID string, ch fleetapi.Challenge) fleetapi.AttestRequest {
+	t.Helper()
+	c.swtpm.Reopen()
+	defer c.swtpm.CloseTPM()
+	ag, err := agent.New(agent.Config{TPM: c.swtpm.TPM, StateDir: c.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	req := fleetapi.AttestRequest{DeviceID: deviceID, Nonce: ch.Nonce}
+	if req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(context.Background(), ch.Nonce, ch.PCRs); err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func deviceID(t *testing.T, c *cliEnv) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.dir, "attest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		DeviceID string `json:"device_id"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.DeviceID
+}
+
+func hasReason(v fleetapi.Verdict, code string) bool {
+	for _, r := range v.Reasons {
+		if r.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// TestFleetEndToEnd: two swtpm devices enroll (EK certificate, AK
+// activated); the first attests and passes (its quote the class's baseline,
+// trust on first use); the second passes, then after a PCR extend fails
+// with a reason naming the PCR (exit 23). A replayed nonce, a quote signed by
+// another AK, a tampered measurement log, an EK certificate from an
+// untrusted CA and an operator request without credentials are each
+// rejected with their reason.
+func TestFleetEndToEnd(t *testing.T) {
+	a, b := fleetDevice(t), fleetDevice(t)
+	e := startEndpoint(t, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"), a.swtpm, b.swtpm)
+	for _, d := range []*cliEnv{a, b} {
+		var dev fleetapi.Device
+		out := d.expect(t, 0, "attest", "enroll", "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--class", "gateway", "-o", "json")
+		checkJSON(t, "attest enroll", out)
+		if err := json.Unmarshal([]byte(out), &dev); err != nil || dev.State != fleet.StateEnrolled {
+			t.Fatalf("enroll: %+v %v", dev, err)
+		}
+	}
+	idA, idB := deviceID(t, a), deviceID(t, b)
+	if idA == idB {
+		t.Fatal("two TPMs, one ID")
+	}
+	var v fleetapi.Verdict
+	out := a.expect(t, 0, "attest", "now", "--ca-cert", e.ca, "-o", "json")
+	checkJSON(t, "attest now", out)
+	if err := json.Unmarshal([]byte(out), &v); err != nil || !v.Pass || !hasReason(v, fleet.CodeBaseline) {
+		t.Fatalf("A's first attestation: %+v %v", v, err)
+	}
+	b.expect(t, 0, "attest", "now", "--ca-cert", e.ca)
+	b.expect(t, 0, "tpm", "pcr", "extend", "7", "--data", "a changed boot")
+	out = b.expect(t, api.ExitAttestFailed, "attest", "now", "--ca-cert", e.ca)
+	if !strings.Contains(out, "pcr_policy sha256 PCR 7") {
+		t.Fatalf("B after the extend:\n%s", out)
+	}
+
+	ctx := context.Background()
+	dev := e.client(t, "")
+	// A replayed nonce.
+	ch, err := dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: idA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := evidence(t, a, idA, ch)
+	if v, err := dev.Attest(ctx, req); err != nil || !v.Pass {
+		t.Fatalf("fresh evidence: %+v %v", v, err)
+	}
+	if v, err := dev.Attest(ctx, req); err != nil || v.Pass || !hasReason(v, fleet.CodeNonceUnknown) {
+		t.Fatalf("replayed: %+v %v", v, err)
+	}
+	// A quote signed by another AK (B's TPM, over A's nonce).
+	ch, _ = dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: idA})
+	other := evidence(t, b, idA, ch)
+	if v, err := dev.Attest(ctx, other); err != nil || v.Pass || !hasReason(v, fleet.CodeQuoteSignature) {
+		t.Fatalf("another AK's quote: %+v %v", v, err)
+	}
+	// A tampered measurement log: one that claims PCR 12 was extended.
+	ch, _ = dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: idA})
+	req = evidence(t, a, idA, ch)
+	l, _ := attest.NewEventLog(0x000b)
+	if _, err := l.Append(12, attest.EVEventTag, []byte("not what happened")); err != nil {
+		t.Fatal(err)
+	}
+	req.MeasurementLog, _ = l.MarshalBinary()
+	if v, err := dev.Attest(ctx, req); err != nil || v.Pass || !hasReason(v, fleet.CodeLogReplay) {
+		t.Fatalf("tampered log: %+v %v", v, err)
+	}
+	// An EK certificate from a CA the endpoint does not trust.
+	other2 := startEndpoint(t, "sqlite://"+filepath.Join(t.TempDir(), "other.db"), b.swtpm)
+	_, stderr, code := a.run("attest", "enroll", "--endpoint", other2.srv.URL, "--ca-cert", other2.ca, "--class", "gateway")
+	if code == 0 || !strings.Contains(stderr, "rejected") || !strings.Contains(stderr, "EK certificate") {
+		t.Fatalf("enroll with an untrusted EK CA: exit %d: %s", code, stderr)
+	}
+	// Operators: nothing without a valid token.
+	for _, token := range []string{"", "wrong"} {
+		_, err := e.client(t, token).Devices(ctx)
+		var ae *fleet.APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Fatalf("devices with token %q: %v", token, err)
+		}
+		if _, err := e.client(t, token).SetPolicy(ctx, fleetapi.Policy{Class: "gateway"}); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Fatalf("policy set with token %q: %v", token, err)
+		}
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	op := []string{"--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile}
+	var list []fleetapi.Device
+	out = a.expect(t, 0, append([]string{"fleet", "devices", "-o", "json"}, op...)...)
+	checkJSON(t, "fleet devices", out)
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 2 {
+		t.Fatalf("devices: %+v %v", list, err)
+	}
+	for _, args := range [][]string{
+		{"fleet", "device", "show", idB},
+		{"fleet", "policy", "show", "--class", "gateway"},
+		{"fleet", "policy", "set", "--class", "camera", "--manifest", strings.Repeat("ab", 32)},
+	} {
+		checkJSON(t, strings.Join(args[:3], " "), a.expect(t, 0, append(append(args, "-o", "json"), op...)...))
+	}
+	if out := a.expect(t, 0, append([]string{"fleet", "device", "show", idB}, op...)...); !strings.Contains(out, "pcr_policy sha256 PCR 7") {
+		t.Fatalf("device show:\n%s", out)
+	}
+	a.expect(t, 0, append([]string{"fleet", "policy", "show", "--class", "gateway"}, op...)...)
+	checkJSON(t, "fleet device revoke", a.expect(t, 0, append([]string{"fleet", "device", "revoke", idA, "-o", "json"}, op...)...))
+	if _, stderr, code := a.run("attest", "now", "--ca-cert", e.ca); code != api.ExitAttestFailed || !strings.Contains(stderr, "revoked") {
+		t.Fatalf("revoked: exit %d: %s", code, stderr)
+	}
+	// Evidence for a nonce issued before the revocation fails too.
+	if v, err := dev.Attest(ctx, req); err != nil || v.Pass || !hasReason(v, fleet.CodeRevoked) {
+		t.Fatalf("revoked device's evidence: %+v %v", v, err)
+	}
+}
+
+// TestFleetReplicasPostgres: two endpoint replicas on one PostgreSQL (a
+// real server the test starts) serve one fleet: a device enrolled through
+// one attests through the other, and a nonce issued by one is accepted
+// once by the other, never again by either.
+func TestFleetReplicasPostgres(t *testing.T) {
+	pg := pgtest.Start(t)
+	d := fleetDevice(t)
+	r1 := startEndpoint(t, pg.URL, d.swtpm)
+	r2 := startEndpoint(t, pg.URL, d.swtpm)
+	d.expect(t, 0, "attest", "enroll", "--endpoint", r1.srv.URL, "--ca-cert", r1.ca, "--class", "gateway")
+	id := deviceID(t, d)
+	ctx := context.Background()
+	c1, c2 := r1.client(t, ""), r2.client(t, "")
+	ch, err := c1.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := evidence(t, d, id, ch)
+	if v, err := c2.Attest(ctx, req); err != nil || !v.Pass {
+		t.Fatalf("a nonce of replica 1 at replica 2: %+v %v", v, err)
+	}
+	for _, c := range []*fleet.Client{c1, c2} {
+		if v, err := c.Attest(ctx, req); err != nil || v.Pass || !hasReason(v, fleet.CodeNonceUnknown) {
+			t.Fatalf("the same nonce again: %+v %v", v, err)
+		}
+	}
+	// The CLI against the other replica: the device's history is one.
+	d.expect(t, 0, "attest", "now", "--endpoint", r2.srv.URL, "--ca-cert", r2.ca)
+	h, err := r1.client(t, r1.token).Appraisals(ctx, id)
+	if err != nil || len(h) != 4 {
+		t.Fatalf("history seen from replica 1: %d appraisals, %v", len(h), err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestFleetServeCLI: provd fleet serve as an operator runs it: a
+// self-signed TLS 1.3 certificate and an operator token made on first
+// start under the state directory, SQLite by default; a device enrolls and
+// attests against it pinning that certificate; the operator lists devices
+// with the token; SIGTERM (the context) shuts it down cleanly.
+func TestFleetServeCLI(t *testing.T) {
+	d := fleetDevice(t)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- cli.Main(ctx, []string{"--state-dir", dir, "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ekCAFile(t, d.swtpm)},
+			cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &stderr, Getenv: func(string) string { return "" }})
+	}()
+	var url string
+	for i := 0; url == ""; i++ {
+		if i > 200 {
+			t.Fatalf("fleet serve did not come up: %s", stderr.String())
+		}
+		if _, after, ok := strings.Cut(stderr.String(), "serving "); ok {
+			url, _, _ = strings.Cut(after, " ")
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	ca := filepath.Join(dir, "fleet", "tls.crt")
+	d.expect(t, 0, "attest", "enroll", "--endpoint", url, "--ca-cert", ca, "--class", "gateway")
+	d.expect(t, 0, "attest", "now", "--ca-cert", ca)
+	op := []string{"--endpoint", url, "--ca-cert", ca, "--token-file", filepath.Join(dir, "fleet", "operator.token")}
+	if out := d.expect(t, 0, append([]string{"fleet", "devices"}, op...)...); !strings.Contains(out, deviceID(t, d)) {
+		t.Fatalf("devices:\n%s", out)
+	}
+	// Without the pinned certificate the device does not talk to it.
+	if _, _, code := d.run("attest", "now"); code == 0 {
+		t.Fatal("attest now without --ca-cert trusted a self-signed endpoint")
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("fleet serve exited %d: %s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("fleet serve did not stop")
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "fleet", "tls.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("tls.key: %v %v", fi, err)
+	}
+}
