@@ -262,6 +262,28 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
   printf '\n\033[1m== Boot 5: a manifest signed by a key the anchor does not name is refused (exit 17)\033[0m\n'
   "$bin" tpm reboot >/dev/null
   expect 17 "$bin" fw verify --manifest "$demo/fw-other.manifest" --root "$demo/images"
+
+  printf '\n\033[1m== The fleet: an attestation endpoint on this machine (TLS 1.3, a self-signed certificate made on first start, SQLite)\033[0m\n'
+  "$bin" --state-dir "$demo/endpoint" fleet serve --listen 127.0.0.1:0 --ek-ca "$demo/ek-ca-gw.pem" 2> "$demo/endpoint.log" &
+  endpoint_pid=$!
+  trap 'kill $endpoint_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do grep -q serving "$demo/endpoint.log" 2>/dev/null && break; sleep 0.1; done
+  url=$(grep -o 'https://[0-9.:]*' "$demo/endpoint.log" | head -1)
+  echo "endpoint: $url (pid $endpoint_pid); devices pin $demo/endpoint/fleet/tls.crt"
+  export PROVD_FLEET_CA="$demo/endpoint/fleet/tls.crt"
+  step "Boot 6: good firmware again; the gateway enrolls: its EK certificate verified, a new attestation key proven to live with the EK" \
+    sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' >/dev/null && '$bin' attest enroll --endpoint '$url' --class gateway"
+  step "It attests: a quote over the endpoint's nonce, with the measurement log; the class has no golden values yet, so this quote becomes its baseline (trust on first use, said so)" \
+    "$bin" attest now
+  step "Something changes the boot (PCR 7)" \
+    "$bin" tpm pcr extend 7 --data "Secure Boot turned off"
+  printf '\n\033[1m== The next attestation fails, naming the PCR (exit 23)\033[0m\n'
+  expect 23 "$bin" attest now
+  step "The operator (bearer token made on first start) sees the fleet and the device's history" \
+    sh -c "'$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' && '$bin' fleet device show \$('$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' -o json | grep -o '\"device_id\": \"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token'"
+  printf '\n\033[1m== Without the operator token: refused\033[0m\n'
+  printf '$ provd fleet devices --endpoint %s\n' "$url"; set +e; "$bin" fleet devices --endpoint "$url"; echo "(exit $?)"; set -e
+  kill "$endpoint_pid"; wait "$endpoint_pid" 2>/dev/null || true; trap - EXIT
 )
 step "The boot chain changes again (PCR 15)" \
   "$bin" tpm pcr extend 15 --data "unsigned firmware"
