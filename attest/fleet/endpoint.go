@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -268,7 +269,7 @@ func (e *Endpoint) Challenge(ctx context.Context, req fleetapi.ChallengeRequest)
 		return fleetapi.Challenge{}, err
 	}
 	n := Nonce{Nonce: nonce, DeviceID: d.ID, ExpiresAt: e.now().Add(e.cfg.NonceTTL)}
-	if err := e.cfg.Store.PutNonce(ctx, n); err != nil {
+	if err := e.cfg.Store.PutNonce(ctx, n, e.now()); err != nil {
 		return fleetapi.Challenge{}, err
 	}
 	return fleetapi.Challenge{Nonce: nonce, ExpiresAt: n.ExpiresAt, PCRs: e.selection(p)}, nil
@@ -297,7 +298,7 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 	if err != nil {
 		return v, err
 	}
-	reasons, pcrs, err := e.appraise(ctx, d, req)
+	reasons, pcrs, authenticated, err := e.appraise(ctx, d, req)
 	if err != nil {
 		return v, err
 	}
@@ -315,84 +316,103 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 		return v, err
 	}
 	v.AppraisalID = hex.EncodeToString(id)
+	// Only evidence the device's AK signed over a nonce issued to it is
+	// recorded (found by review: anyone could write failing appraisals for
+	// any device, flipping its last verdict and flooding its history).
+	if !authenticated {
+		v.AppraisalID = ""
+		return v, nil
+	}
 	if err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); err != nil {
 		return v, err
 	}
 	return v, nil
 }
 
-func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRequest) ([]Reason, map[string]map[int]string, error) {
+// appraise returns the reasons, the quoted PCR values, and whether the
+// evidence was authenticated (the nonce issued to the device and taken,
+// the quote signed by its AK over it): only then is the verdict recorded.
+func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRequest) ([]Reason, map[string]map[int]string, bool, error) {
 	switch d.State {
 	case StatePending:
-		return []Reason{{Code: CodeNotActivated}}, nil, nil
+		return []Reason{{Code: CodeNotActivated}}, nil, false, nil
 	case StateRevoked:
-		return []Reason{{Code: CodeRevoked}}, nil, nil
+		return []Reason{{Code: CodeRevoked}}, nil, false, nil
 	}
 	switch err := e.cfg.Store.TakeNonce(ctx, d.ID, req.Nonce, e.now()); {
 	case errors.Is(err, ErrNonceUnknown):
-		return []Reason{{Code: CodeNonceUnknown}}, nil, nil
+		return []Reason{{Code: CodeNonceUnknown}}, nil, false, nil
 	case errors.Is(err, ErrNonceExpired):
-		return []Reason{{Code: CodeNonceExpired}}, nil, nil
+		return []Reason{{Code: CodeNonceExpired}}, nil, false, nil
 	case err != nil:
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	p, err := e.policy(ctx, d.Class)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	ak, err := parsePublic(d.AKPublic)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
+		return nil, nil, false, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
 	}
 	require := map[tpm2.TPMIAlgHash][]int{}
 	for bank, idx := range e.selection(p) {
 		b, err := policy.ParseBank(bank)
 		if err != nil {
-			return nil, nil, fmt.Errorf("fleet: class %s: %w", d.Class, err)
+			return nil, nil, false, fmt.Errorf("fleet: class %s: %w", d.Class, err)
 		}
 		require[b.Alg()] = idx
 	}
-	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, req.Nonce, attest.Options{RequirePCRs: require})
+	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, req.Nonce, attest.Options{})
 	switch {
 	case errors.Is(err, attest.ErrSignature):
-		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, nil
+		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, false, nil
 	case errors.Is(err, attest.ErrNonce):
-		return []Reason{{Code: CodeQuoteNonce, Detail: err.Error()}}, nil, nil
-	case errors.Is(err, attest.ErrPCRMismatch):
-		return []Reason{{Code: CodeQuoteUncovered, Detail: err.Error()}}, nil, nil
+		return []Reason{{Code: CodeQuoteNonce, Detail: err.Error()}}, nil, false, nil
 	case err != nil:
-		return []Reason{{Code: CodeQuoteMalformed, Detail: err.Error()}}, nil, nil
+		return []Reason{{Code: CodeQuoteMalformed, Detail: err.Error()}}, nil, false, nil
 	}
-	quoted, view, bad := reportedPCRs(req.PCRs)
+	// Signed by the device's AK over its nonce: recorded from here on.
+	for bank, idx := range require {
+		if err := q.Covers(bank, idx...); err != nil {
+			return []Reason{{Code: CodeQuoteUncovered, Detail: err.Error()}}, nil, true, nil
+		}
+	}
+	quoted, view, bad := reportedPCRs(req.PCRs, q)
 	if bad != nil {
-		return []Reason{*bad}, nil, nil
+		return []Reason{*bad}, nil, true, nil
 	}
 	if err := q.CheckPCRs(quoted); err != nil {
-		return []Reason{{Code: CodePCRDigest, Detail: err.Error()}}, nil, nil
+		return []Reason{{Code: CodePCRDigest, Detail: err.Error()}}, nil, true, nil
 	}
-	// From here on the PCR values are the TPM's: kept with the verdict.
-	reasons, verdicts := checkLogs(q, quoted, req)
+	// From here on the PCR values are the TPM's (only the quoted ones are
+	// kept): recorded with the verdict.
+	reasons, verdicts := checkLogs(quoted, req)
 	if len(reasons) > 0 {
-		return reasons, view, nil
+		return reasons, view, true, nil
 	}
 	if p == nil {
 		base := Policy{Class: d.Class, PCRs: view, TOFU: true, UpdatedAt: e.now()}
 		cur, stored, err := e.cfg.Store.Baseline(ctx, base)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, true, err
 		}
 		if stored {
-			return []Reason{{Code: CodeBaseline, Detail: "no golden values for class " + d.Class + ": this quote's PCRs are its baseline"}}, view, nil
+			return []Reason{{Code: CodeBaseline, Detail: "no golden values for class " + d.Class + ": this quote's PCRs are its baseline"}}, view, true, nil
 		}
 		p = &cur
 	}
-	return comparePolicy(p, quoted, verdicts), view, nil
+	return comparePolicy(p, d.Class, quoted, verdicts), view, true, nil
 }
 
-// reportedPCRs reads the device's PCR values (bank name -> index -> hex).
-func reportedPCRs(in map[string]map[string]string) (attest.PCRValues, map[string]map[int]string, *Reason) {
+// reportedPCRs reads the device's PCR values (bank name -> index -> hex):
+// exactly the PCRs the quote selects, no other (found by review: values
+// the quote did not cover were believed, by the log check and in the
+// trust-on-first-use baseline).
+func reportedPCRs(in map[string]map[string]string, q *attest.Quote) (attest.PCRValues, map[string]map[int]string, *Reason) {
 	out := attest.PCRValues{}
 	view := map[string]map[int]string{}
+	selected := q.Selected()
 	for bank, vals := range in {
 		b, err := policy.ParseBank(bank)
 		if err != nil {
@@ -403,8 +423,11 @@ func reportedPCRs(in map[string]map[string]string) (attest.PCRValues, map[string
 		for k, h := range vals {
 			i, err := strconv.Atoi(k)
 			v, herr := hex.DecodeString(h)
-			if err != nil || herr != nil || i < 0 || i > 23 || len(v) != b.Hash().Size() {
+			if err != nil || herr != nil || i < 0 || i > 23 || len(v) != b.Hash().Size() || strconv.Itoa(i) != k {
 				return nil, nil, &Reason{Code: CodeQuoteMalformed, Detail: fmt.Sprintf("PCR %q of bank %s", k, bank)}
+			}
+			if !contains(selected[b.Alg()], i) {
+				return nil, nil, &Reason{Code: CodeQuoteMalformed, Bank: bank, PCR: &i, Detail: "a PCR value the quote does not cover"}
 			}
 			out[b.Alg()][i] = v
 			view[bank][i] = hex.EncodeToString(v)
@@ -413,11 +436,17 @@ func reportedPCRs(in map[string]map[string]string) (attest.PCRValues, map[string
 	return out, view, nil
 }
 
+// HookPCR is the PCR provd's boot hook measures its verdicts into.
+const HookPCR = 12
+
 // checkLogs replays the firmware's log and provd's measurement log: every
 // PCR either extends must be quoted and equal to the replay, and no PCR may
-// be extended by both. It returns provd's firmware verdicts found in the
-// measurement log, in order.
-func checkLogs(q *attest.Quote, quoted attest.PCRValues, req fleetapi.AttestRequest) ([]Reason, []provdVerdict) {
+// be extended by both. The measurement log holds provd's verdicts only, in
+// HookPCR, and answers for HookPCR whenever it is quoted, even if it names
+// no event there (found by review: a verdict extended into another PCR, or
+// a log that left PCR 12 out, passed a manifests-only policy). It returns
+// provd's verdicts, in order.
+func checkLogs(quoted attest.PCRValues, req fleetapi.AttestRequest) ([]Reason, []provdVerdict) {
 	var reasons []Reason
 	var verdicts []provdVerdict
 	touched := map[tpm2.TPMIAlgHash]map[int]string{}
@@ -439,34 +468,41 @@ func checkLogs(q *attest.Quote, quoted attest.PCRValues, req fleetapi.AttestRequ
 			continue
 		}
 		for i, ev := range l.Events {
+			n := i
 			if err := attest.CheckProvdEvent(ev); err != nil {
-				n := i
 				reasons = append(reasons, Reason{Code: CodeLogEvent, Log: lg.name, Event: &n, Detail: err.Error()})
 				continue
 			}
-			if text := attest.ProvdEventText(ev); text != "" {
+			provd := attest.ProvdEventText(ev) != ""
+			switch {
+			case lg.name == "firmware" && provd:
+				reasons = append(reasons, Reason{Code: CodeLogEvent, Log: lg.name, Event: &n, Detail: "a verdict of provd's boot hook in the firmware's log"})
+			case lg.name == "measurement" && (!provd || ev.PCR != HookPCR):
+				reasons = append(reasons, Reason{Code: CodeLogEvent, Log: lg.name, Event: &n, Detail: fmt.Sprintf("the measurement log holds provd's verdicts in PCR %d only", HookPCR)})
+			case provd:
 				v, ok := attest.VerifiedBy(ev)
-				verdicts = append(verdicts, provdVerdict{event: i, pcr: ev.PCR, ok: ok, verdict: v})
+				verdicts = append(verdicts, provdVerdict{event: i, ok: ok, verdict: v})
 			}
 		}
 		for bank, vals := range replayed {
 			if touched[bank] == nil {
 				touched[bank] = map[int]string{}
 			}
+			own := map[int]bool{}
 			for _, ev := range l.Events {
-				if ev.Type == attest.EVNoAction {
-					continue
+				if ev.Type != attest.EVNoAction {
+					own[ev.PCR] = true
 				}
-				if other, ok := touched[bank][ev.PCR]; ok && other != lg.name {
-					reasons = append(reasons, pcrReason(CodeLogOverlap, bank, ev.PCR, "extended by both the "+other+" and the "+lg.name+" log"))
-					continue
-				}
-				touched[bank][ev.PCR] = lg.name
 			}
-			for pcr, by := range touched[bank] {
-				if by != lg.name {
+			if _, ok := quoted[bank][HookPCR]; ok && lg.name == "measurement" {
+				own[HookPCR] = true
+			}
+			for pcr := range own {
+				if other, ok := touched[bank][pcr]; ok && other != lg.name {
+					reasons = append(reasons, pcrReason(CodeLogOverlap, bank, pcr, "extended by both the "+other+" and the "+lg.name+" log"))
 					continue
 				}
+				touched[bank][pcr] = lg.name
 				got, ok := quoted[bank][pcr]
 				if !ok {
 					reasons = append(reasons, pcrReason(CodeLogUnquoted, bank, pcr, "the "+lg.name+" log extends it, the quote does not cover it"))
@@ -503,17 +539,20 @@ func dedupe(rs []Reason) []Reason {
 	return out
 }
 
-// provdVerdict is one of provd's boot-hook events in the measurement log.
+// provdVerdict is one of provd's boot-hook verdicts in the measurement log.
 type provdVerdict struct {
 	event   int
-	pcr     int
 	ok      bool // "verified" (else failed)
 	verdict attest.Verdict
 }
 
 // comparePolicy checks the quoted PCRs against the policy's golden values
-// and provd's firmware verdicts against its allowed manifests.
-func comparePolicy(p *Policy, quoted attest.PCRValues, verdicts []provdVerdict) []Reason {
+// and, when the policy lists manifests, provd's boot-hook verdict: the
+// measurement log (which replays to the quoted HookPCR) must hold exactly
+// one verdict, verified, for this device's class and an allowed manifest:
+// HookPCR then holds that verdict's good value, the first extend after
+// reset.
+func comparePolicy(p *Policy, class string, quoted attest.PCRValues, verdicts []provdVerdict) []Reason {
 	var reasons []Reason
 	banks := make([]string, 0, len(p.PCRs))
 	for b := range p.PCRs {
@@ -539,22 +578,31 @@ func comparePolicy(p *Policy, quoted attest.PCRValues, verdicts []provdVerdict) 
 			}
 		}
 	}
-	if len(p.Manifests) > 0 {
-		allowed := map[string]bool{}
-		for _, m := range p.Manifests {
-			allowed[m] = true
-		}
-		if len(verdicts) == 0 {
-			reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Detail: "no firmware verdict of provd's boot hook in the measurement log"})
-		}
-		for _, v := range verdicts {
-			n := v.event
-			switch {
-			case !v.ok:
-				reasons = append(reasons, Reason{Code: CodeFirmwareFailed, Log: "measurement", Event: &n, Detail: "the boot hook's verification failed"})
-			case !allowed[hex.EncodeToString(v.verdict.ManifestSHA256)]:
-				reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Event: &n, Detail: fmt.Sprintf("manifest %x is not one the policy allows", v.verdict.ManifestSHA256)})
-			}
+	if len(p.Manifests) == 0 {
+		return reasons
+	}
+	allowed := map[string]bool{}
+	for _, m := range p.Manifests {
+		allowed[m] = true
+	}
+	if len(verdicts) != 1 {
+		return append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement",
+			Detail: fmt.Sprintf("%d verdicts of provd's boot hook in PCR %d, want exactly one (the first extend after reset)", len(verdicts), HookPCR)})
+	}
+	v := verdicts[0]
+	n := v.event
+	switch {
+	case !v.ok:
+		reasons = append(reasons, Reason{Code: CodeFirmwareFailed, Log: "measurement", Event: &n, Detail: "the boot hook's verification failed"})
+	case v.verdict.Class != class:
+		reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Event: &n, Detail: fmt.Sprintf("a verdict for class %q, the device is %q", v.verdict.Class, class)})
+	case !allowed[hex.EncodeToString(v.verdict.ManifestSHA256)]:
+		reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Log: "measurement", Event: &n, Detail: fmt.Sprintf("manifest %x is not one the policy allows", v.verdict.ManifestSHA256)})
+	default:
+		want := attest.HashOf(crypto.SHA256, append(make([]byte, 32), attest.VerifiedMeasurement(crypto.SHA256, v.verdict.Officer, v.verdict.Class, v.verdict.ManifestSHA256)...))
+		if got := quoted[tpm2.TPMAlgSHA256][HookPCR]; !bytes.Equal(got, want) {
+			pcr := HookPCR
+			reasons = append(reasons, Reason{Code: CodeFirmwareManifest, Bank: "sha256", PCR: &pcr, Detail: "the PCR does not hold the verdict's good value (not the first extend after reset)"})
 		}
 	}
 	return reasons

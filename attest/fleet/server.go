@@ -52,7 +52,10 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := s.E.cfg.Store.Policy(r.Context(), "readyz-probe"); err != nil && !errors.Is(err, ErrNotFound) {
-			writeError(w, http.StatusServiceUnavailable, "store", err)
+			if s.Log != nil {
+				s.Log.Error("readyz: store", "err", err)
+			}
+			writeError(w, http.StatusServiceUnavailable, "store", errors.New("the store does not answer"))
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"database/sql"
@@ -87,6 +88,15 @@ var migrations = []string{
 		updated_at BIGINT NOT NULL
 	);`,
 }
+
+// PendingTTL is how long a pending enrollment holds its device ID against
+// an enrollment of another AK.
+const PendingTTL = 10 * time.Minute
+
+// MaxNoncesPerDevice bounds the outstanding challenges of one device: a
+// new one beyond it replaces the oldest (found by review: challenges for
+// anyone, never taken, grew the table without end).
+const MaxNoncesPerDevice = 8
 
 // sqlStore is the Store over database/sql, for both dialects.
 type sqlStore struct {
@@ -245,6 +255,10 @@ func (s *sqlStore) PutPending(ctx context.Context, d Device) error {
 	switch {
 	case err == nil && old.State != StatePending:
 		return fmt.Errorf("%w: device %s is %s", ErrExists, d.ID, old.State)
+	case err == nil && !bytes.Equal(old.AKPublic, d.AKPublic) && d.EnrolledAt.Before(old.EnrolledAt.Add(PendingTTL)):
+		// Found by review: EK certificates are public, and anyone could
+		// replace a victim's pending enrollment with an AK of their own.
+		return fmt.Errorf("%w: device %s has a pending enrollment of another AK until %s", ErrExists, d.ID, old.EnrolledAt.Add(PendingTTL).Format(time.RFC3339))
 	case err == nil:
 		if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM devices WHERE id = $1`), d.ID); err != nil {
 			return err
@@ -277,8 +291,13 @@ func (s *sqlStore) Activate(ctx context.Context, id string, secretHash []byte, n
 	if len(d.SecretHash) == 0 || subtle.ConstantTimeCompare(d.SecretHash, secretHash) != 1 {
 		return Device{}, ErrWrongSecret
 	}
-	res, err := tx.ExecContext(ctx, s.d.q(`UPDATE devices SET state = $1, secret_hash = '', updated_at = $2 WHERE id = $3 AND state = $4`),
-		StateEnrolled, ms(now), id, StatePending)
+	// Conditional on the very record checked (found by review: on
+	// PostgreSQL, READ COMMITTED, an UPDATE on id and state alone matched
+	// a pending record another enrollment wrote in between, and enrolled
+	// its AK under the victim's activation).
+	res, err := tx.ExecContext(ctx, s.d.q(`UPDATE devices SET state = $1, secret_hash = '', updated_at = $2
+		WHERE id = $3 AND state = $4 AND secret_hash = $5 AND ak_public = $6 AND enrolled_at = $7`),
+		StateEnrolled, ms(now), id, StatePending, b64.EncodeToString(d.SecretHash), b64.EncodeToString(d.AKPublic), ms(d.EnrolledAt))
 	if err != nil {
 		return Device{}, err
 	}
@@ -327,10 +346,24 @@ func (s *sqlStore) Revoke(ctx context.Context, id string, now time.Time) error {
 	return nil
 }
 
-func (s *sqlStore) PutNonce(ctx context.Context, n Nonce) error {
-	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3)`),
-		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
-	return err
+func (s *sqlStore) PutNonce(ctx context.Context, n Nonce, now time.Time) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now)); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3)`),
+		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt)); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE device_id = $1 AND nonce NOT IN
+		(SELECT nonce FROM nonces WHERE device_id = $1 ORDER BY expires_at DESC, nonce LIMIT $2)`), n.DeviceID, MaxNoncesPerDevice); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 func (s *sqlStore) TakeNonce(ctx context.Context, deviceID string, nonce []byte, now time.Time) error {

@@ -80,7 +80,8 @@ type Policy struct {
 // replicas sharing one database.
 type Store interface {
 	// PutPending records a device whose AK is not yet activated; a pending
-	// record of the same ID is replaced (a retried enrollment). An
+	// record of the same ID is replaced by a retried enrollment of the same
+	// AK, or of another once PendingTTL has passed (ErrExists before). An
 	// enrolled or revoked device is ErrExists.
 	PutPending(ctx context.Context, d Device) error
 	// Activate moves a pending device to enrolled when secretHash is its
@@ -90,7 +91,9 @@ type Store interface {
 	// Devices lists devices by ID, after the given one, at most limit.
 	Devices(ctx context.Context, after string, limit int) ([]Device, error)
 	Revoke(ctx context.Context, id string, now time.Time) error
-	PutNonce(ctx context.Context, n Nonce) error
+	// PutNonce issues a nonce; expired ones are swept, and a device keeps
+	// at most MaxNoncesPerDevice (the oldest go).
+	PutNonce(ctx context.Context, n Nonce, now time.Time) error
 	// TakeNonce consumes the nonce for the device: once, on whichever
 	// replica; ErrNonceUnknown when it was never issued to it or was used,
 	// ErrNonceExpired when it expired (it is consumed all the same).

@@ -52,8 +52,13 @@ func Run(t *testing.T, newURL Opener) {
 		if err != nil || got.State != fleet.StatePending || !bytes.Equal(got.AKPublic, d.AKPublic) || !got.EnrolledAt.Equal(t0) {
 			t.Fatalf("%+v %v", got, err)
 		}
-		// A retried enrollment replaces the pending record.
+		// Another AK cannot take a pending enrollment over before it
+		// expires; a retry of the same AK, or another after PendingTTL, can.
 		d.AKPublic = []byte("ak again")
+		if err := s.PutPending(ctx, d); !errors.Is(err, fleet.ErrExists) {
+			t.Fatalf("another AK over a pending enrollment: %v", err)
+		}
+		d.EnrolledAt = t0.Add(fleet.PendingTTL)
 		if err := s.PutPending(ctx, d); err != nil {
 			t.Fatal(err)
 		}
@@ -63,7 +68,7 @@ func Run(t *testing.T, newURL Opener) {
 		if got, _ := s.Device(ctx, "d1"); got.State != fleet.StatePending {
 			t.Fatalf("a wrong secret changed the state: %s", got.State)
 		}
-		act, err := s.Activate(ctx, "d1", d.SecretHash, t0.Add(time.Second))
+		act, err := s.Activate(ctx, "d1", d.SecretHash, t0.Add(fleet.PendingTTL+time.Second))
 		if err != nil || act.State != fleet.StateEnrolled || !bytes.Equal(act.AKPublic, []byte("ak again")) {
 			t.Fatalf("activate: %+v %v", act, err)
 		}
@@ -121,7 +126,7 @@ func Run(t *testing.T, newURL Opener) {
 	t.Run("nonces", func(t *testing.T) {
 		s := open(t, newURL(t))
 		n := fleet.Nonce{Nonce: []byte("nonce-1"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, n); err != nil {
+		if err := s.PutNonce(ctx, n, t0); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.TakeNonce(ctx, "d2", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
@@ -134,7 +139,7 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("a nonce used twice: %v", err)
 		}
 		old := fleet.Nonce{Nonce: []byte("nonce-2"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, old); err != nil {
+		if err := s.PutNonce(ctx, old, t0); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0.Add(time.Minute)); !errors.Is(err, fleet.ErrNonceExpired) {
@@ -143,9 +148,23 @@ func Run(t *testing.T, newURL Opener) {
 		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
 			t.Fatalf("an expired nonce is consumed too: %v", err)
 		}
+		// A device keeps at most MaxNoncesPerDevice challenges; issuing
+		// more drops the oldest, and expired ones of anyone are swept.
+		for i := range fleet.MaxNoncesPerDevice + 5 {
+			n := fleet.Nonce{Nonce: []byte(fmt.Sprintf("flood-%02d", i)), DeviceID: "flood", ExpiresAt: t0.Add(time.Duration(i+1) * time.Second)}
+			if err := s.PutNonce(ctx, n, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.TakeNonce(ctx, "flood", []byte("flood-00"), t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("the oldest of a flood is still there: %v", err)
+		}
+		if err := s.TakeNonce(ctx, "flood", []byte(fmt.Sprintf("flood-%02d", fleet.MaxNoncesPerDevice+4)), t0); err != nil {
+			t.Fatalf("the newest of a flood: %v", err)
+		}
 		// Many takers at once: exactly one wins.
 		race := fleet.Nonce{Nonce: []byte("nonce-3"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, race); err != nil {
+		if err := s.PutNonce(ctx, race, t0); err != nil {
 			t.Fatal(err)
 		}
 		var wins atomic.Int32
@@ -255,7 +274,7 @@ func Run(t *testing.T, newURL Opener) {
 			t.Cleanup(func() { stores[i].Close() })
 		}
 		n := fleet.Nonce{Nonce: []byte("shared"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := stores[0].PutNonce(ctx, n); err != nil {
+		if err := stores[0].PutNonce(ctx, n, t0); err != nil {
 			t.Fatal(err)
 		}
 		if err := stores[1].TakeNonce(ctx, "d1", n.Nonce, t0); err != nil {
