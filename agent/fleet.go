@@ -265,3 +265,161 @@ func (a *Agent) ekCertificates() ([][]byte, error) {
 	}
 	return certs, nil
 }
+
+// deliveryRec names a delivered secret's record and blob in the state.
+func deliveryRec(name string) string { return "delivery-" + name }
+
+type deliveryRecord struct {
+	Name         string    `json:"name"`
+	EKCertSHA256 string    `json:"ek_cert_sha256"`
+	PCRs         []int     `json:"pcrs"` // SHA-256 PCRs it is bound to
+	InstalledAt  time.Time `json:"installed_at"`
+}
+
+// AttestInstall imports secrets the fleet endpoint delivered: each a sealed
+// data object in an outer wrapper to this TPM's EK, which TPM2_Import under
+// the EK opens (a wrapper made to another TPM fails its integrity check).
+// The blob the TPM returns (wrapped under the EK: no plaintext on disk) is
+// kept in the state; AttestSecret unseals it while the PCRs hold the values
+// of the appraisal that delivered it.
+func (a *Agent) AttestInstall(ctx context.Context, ds []fleetapi.Delivery) ([]string, error) {
+	defer a.lock()()
+	objects := map[string]string{"deliveries": strconv.Itoa(len(ds))}
+	return auditedResult(ctx, a, "attest-install", objects, func() ([]string, error) {
+		var names []string
+		for _, d := range ds {
+			if err := a.installDelivery(ctx, d); err != nil {
+				return names, fmt.Errorf("delivery %q: %w", d.Name, err)
+			}
+			names = append(names, d.Name)
+		}
+		return names, nil
+	})
+}
+
+func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error {
+	if err := fleetapi.CheckSecretName(d.Name); err != nil {
+		return fmt.Errorf("%w: %v", api.ErrBadInput, err)
+	}
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](d.Public)
+	if err != nil {
+		return fmt.Errorf("%w: public area: %v", api.ErrBadInput, err)
+	}
+	if pub.Type != tpm2.TPMAlgKeyedHash || pub.ObjectAttributes.UserWithAuth || pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Decrypt || len(pub.AuthPolicy.Buffer) == 0 {
+		return fmt.Errorf("%w: not a sealed data object usable by policy only", api.ErrBadInput)
+	}
+	pcrs := d.PCRs["sha256"]
+	if len(d.PCRs) != 1 || len(pcrs) == 0 {
+		return fmt.Errorf("%w: a delivery bound to %v, want SHA-256 PCRs", api.ErrBadInput, d.PCRs)
+	}
+	for _, i := range pcrs {
+		if i < 0 || i > policy.MaxPCR {
+			return fmt.Errorf("%w: PCR %d", api.ErrBadInput, i)
+		}
+	}
+	if a.t.PinnedSRKName() == nil {
+		return fmt.Errorf("%w: the state pins no TPM identity", api.ErrUntrustedTPM)
+	}
+	var blob tpm.Blob
+	if err := a.withEK(d.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) (err error) {
+		blob, err = a.t.ImportWrapped(ek, auth, *pub, d.Duplicate, d.Seed)
+		return err
+	}); err != nil {
+		return err
+	}
+	rec := deliveryRecord{Name: d.Name, EKCertSHA256: d.EKCertSHA256, PCRs: pcrs, InstalledAt: a.now().UTC()}
+	return a.st.Update(ctx, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(deliveryRec(d.Name), blob.Marshal()); err != nil {
+			return err
+		}
+		return tx.Put(deliveryRec(d.Name), rec)
+	})
+}
+
+// withEK loads (or finds) the EK the certificate with SHA-256 sum names and
+// runs fn with it and a session for its USER role (PolicySecret
+// endorsement, salted to the SRK).
+func (a *Agent) withEK(sum string, fn func(ek tpm.Object, auth tpm2.Session) error) error {
+	key, err := a.ekCertBySum(sum)
+	if err != nil {
+		return err
+	}
+	handle, pub, tmpl, _, err := ekPublic(key)
+	if err != nil {
+		return err
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		return err
+	}
+	ek, flushEK, err := a.t.EK(handle, pub, tmpl)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = flushEK() }()
+	ps, err := a.t.EKPolicySession()
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	return fn(ek, ps.Session())
+}
+
+// AttestSecret unseals a delivered secret: loaded under the EK, then
+// TPM2_Unseal in a policy session salted to the SRK that encrypts the
+// answer, after PolicyPCR (the PCRs as they are now, which must be those
+// of the appraisal that delivered it) and PolicyCommandCode(Unseal). The
+// caller clears the result.
+func (a *Agent) AttestSecret(ctx context.Context, name string) ([]byte, error) {
+	defer a.lock()()
+	return auditedResult(ctx, a, "attest-secret", map[string]string{"secret": name}, func() ([]byte, error) {
+		if err := fleetapi.CheckSecretName(name); err != nil {
+			return nil, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		}
+		var rec deliveryRecord
+		var raw []byte
+		err := a.st.View(ctx, func(tx *store.Tx) error {
+			if err := tx.Get(deliveryRec(name), &rec); err != nil {
+				return err
+			}
+			var err error
+			raw, err = tx.ReadBlob(deliveryRec(name))
+			return err
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%w: no delivered secret %q (provd attest fetch)", api.ErrNotFound, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		blob, err := tpm.UnmarshalBlob(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: delivered secret %q: %v", api.ErrTampered, name, err)
+		}
+		sel := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{}}
+		for _, i := range rec.PCRs {
+			sel.Values[i] = make([]byte, 32)
+		}
+		var secret []byte
+		err = a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
+			obj, err := a.t.Load(ek, auth, blob)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = a.t.Flush(obj.Handle) }()
+			ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, nil)
+			if err != nil {
+				return err
+			}
+			defer ps.Close()
+			if err := ps.PolicyPCR(sel.Selection(), nil); err != nil {
+				return err
+			}
+			if err := ps.PolicyCommandCode(tpm2.TPMCCUnseal); err != nil {
+				return err
+			}
+			secret, err = a.t.UnsealWith(obj, ps.Session())
+			return err
+		})
+		return secret, err
+	})
+}

@@ -275,10 +275,19 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
     sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' >/dev/null && '$bin' attest enroll --endpoint '$url' --class gateway"
   step "It attests: a quote over the endpoint's nonce, with the measurement log; the class has no golden values yet, so this quote becomes its baseline (trust on first use, said so)" \
     "$bin" attest now
+  printf 'wifi-passphrase-of-the-fleet' > "$demo/wifi.secret"
+  step "The operator hands the endpoint a secret for the class (kept at the endpoint; listed by name only)" \
+    "$bin" fleet secret put --class gateway --name wifi --in "$demo/wifi.secret" --endpoint "$url" --token-file "$demo/endpoint/fleet/operator.token"
+  step "The gateway attests and fetches: the secret comes sealed to its TPM (a wrapper to its EK) and to the PCR values that passed" \
+    "$bin" attest fetch
+  step "It unseals it, inside the TPM" \
+    "$bin" attest secret wifi
+  echo
   step "Something changes the boot (PCR 7)" \
     "$bin" tpm pcr extend 7 --data "Secure Boot turned off"
-  printf '\n\033[1m== The next attestation fails, naming the PCR (exit 23)\033[0m\n'
+  printf '\n\033[1m== The next attestation fails, naming the PCR (exit 23), and the delivered secret stays sealed (exit 3)\033[0m\n'
   expect 23 "$bin" attest now
+  expect 3 "$bin" attest secret wifi
   step "The operator (bearer token made on first start) sees the fleet and the device's history" \
     sh -c "'$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' && '$bin' fleet device show \$('$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' -o json | grep -o '\"device_id\": \"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token'"
   printf '\n\033[1m== Without the operator token: refused\033[0m\n'

@@ -201,6 +201,21 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 	return secret, err
 }
 
+// EKPolicySession starts a policy session salted to the SRK that satisfies
+// the TCG EK templates' policy, PolicySecret(endorsement): the EK's USER
+// role, for TPM2_Import and TPM2_Load under it. The caller closes it.
+func (t *TPM) EKPolicySession() (*PolicySession, error) {
+	ps, err := t.StartSaltedPolicySession()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		PolicySession: ps.Handle()}).Execute(t); err != nil {
+		return nil, joinClose(Wrap("TPM2_PolicySecret", err), ps)
+	}
+	return ps, nil
+}
+
 // PolicySecretOf extends the session with TPM2_PolicySecret of object o,
 // authorized by auth (o's own authorization, for one command): the
 // session's policy then says that its user could authorize o.
@@ -334,9 +349,18 @@ func (t *TPM) ImportSensitive(parent Object, parentAuth tpm2.Session, pub tpm2.T
 	if err != nil {
 		return Blob{}, err
 	}
+	return t.ImportWrapped(parent, parentAuth, pub, dup, seed)
+}
+
+// ImportWrapped imports an object whose sensitive area comes in an outer
+// duplication wrapper only (dup, seed: made by tpm2.CreateDuplicate to
+// parent's public key, here or by a fleet endpoint) under parent, authorized
+// by parentAuth: the blob parent loads. A wrapper made to another key fails
+// its integrity check in the TPM.
+func (t *TPM) ImportWrapped(parent Object, parentAuth tpm2.Session, pub tpm2.TPMTPublic, dup, seed []byte) (Blob, error) {
 	// The salted session authenticates the response (the private blob).
 	var blob Blob
-	err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
 		rsp, err := (tpm2.Import{
 			ParentHandle: parent.Auth(parentAuth),
 			ObjectPublic: tpm2.New2B(pub),

@@ -144,3 +144,13 @@ func (c *Client) SetPolicy(ctx context.Context, p fleetapi.Policy) (res fleetapi
 func (c *Client) Policy(ctx context.Context, class string) (res fleetapi.Policy, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(class), nil, &res)
 }
+
+// PutSecret stores a secret for a class (operator).
+func (c *Client) PutSecret(ctx context.Context, class, name string, value []byte) (res fleetapi.SecretInfo, err error) {
+	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), fleetapi.SecretRequest{Value: value}, &res)
+}
+
+// Secrets lists a class's secrets, names only (operator).
+func (c *Client) Secrets(ctx context.Context, class string) (res []fleetapi.SecretInfo, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/secrets/"+url.PathEscape(class), nil, &res)
+}

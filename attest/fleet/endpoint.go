@@ -326,6 +326,11 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 	if err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); err != nil {
 		return v, err
 	}
+	if v.Pass && req.Fetch {
+		if v.Deliveries, err = e.deliver(ctx, d, pcrs); err != nil {
+			return v, err
+		}
+	}
 	return v, nil
 }
 

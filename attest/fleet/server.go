@@ -110,6 +110,36 @@ func (s *Server) Handler() http.Handler {
 		}
 		return policyView(p), nil
 	}))
+	mux.HandleFunc("PUT /v1/secrets/{class}/{name}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var in fleetapi.SecretRequest
+		if err := decode(r, &in); err != nil {
+			return nil, err
+		}
+		sec := Secret{Class: r.PathValue("class"), Name: r.PathValue("name"), Value: in.Value, UpdatedAt: s.E.now()}
+		defer clear(in.Value)
+		if err := checkClass(sec.Class); err != nil {
+			return nil, err
+		}
+		if err := fleetapi.CheckSecretName(sec.Name); err != nil {
+			return nil, rejected("%v", err)
+		}
+		if len(sec.Value) == 0 || len(sec.Value) > MaxSecret {
+			return nil, rejected("a secret of %d bytes, want 1..%d", len(sec.Value), MaxSecret)
+		}
+		if err := s.E.cfg.Store.PutSecret(r.Context(), sec); err != nil {
+			return nil, err
+		}
+		return fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, UpdatedAt: sec.UpdatedAt}, nil
+	}))
+	mux.HandleFunc("GET /v1/secrets/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		secs, err := s.E.cfg.Store.Secrets(r.Context(), r.PathValue("class"))
+		out := []fleetapi.SecretInfo{}
+		for _, sec := range secs {
+			clear(sec.Value)
+			out = append(out, fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, UpdatedAt: sec.UpdatedAt})
+		}
+		return out, err
+	}))
 	return mux
 }
 

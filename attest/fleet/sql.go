@@ -87,6 +87,14 @@ var migrations = []string{
 		tofu BIGINT NOT NULL,
 		updated_at BIGINT NOT NULL
 	);`,
+	// 2: secrets delivered to attested devices.
+	`CREATE TABLE secrets (
+		class TEXT NOT NULL,
+		name TEXT NOT NULL,
+		value TEXT NOT NULL,
+		updated_at BIGINT NOT NULL,
+		PRIMARY KEY (class, name)
+	);`,
 }
 
 // PendingTTL is how long a pending enrollment holds its device ID against
@@ -512,4 +520,34 @@ func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error)
 	}
 	cur, err := s.Policy(ctx, p.Class)
 	return cur, n == 1, err
+}
+
+func (s *sqlStore) PutSecret(ctx context.Context, sec Secret) error {
+	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO secrets (class, name, value, updated_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (class, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`),
+		sec.Class, sec.Name, b64.EncodeToString(sec.Value), ms(sec.UpdatedAt))
+	return err
+}
+
+func (s *sqlStore) Secrets(ctx context.Context, class string) ([]Secret, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT name, value, updated_at FROM secrets WHERE class = $1 ORDER BY name`), class)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Secret
+	for rows.Next() {
+		sec := Secret{Class: class}
+		var v string
+		var at int64
+		if err := rows.Scan(&sec.Name, &v, &at); err != nil {
+			return nil, err
+		}
+		if sec.Value, err = b64.DecodeString(v); err != nil {
+			return nil, fmt.Errorf("fleet: secret %s/%s: %w", class, sec.Name, err)
+		}
+		sec.UpdatedAt = fromMS(at)
+		out = append(out, sec)
+	}
+	return out, rows.Err()
 }

@@ -74,6 +74,15 @@ type Policy struct {
 	UpdatedAt time.Time
 }
 
+// Secret is an operator's secret for a class: delivered, sealed to each
+// device's TPM, after a passing attestation (attest fetch).
+type Secret struct {
+	Class     string
+	Name      string
+	Value     []byte
+	UpdatedAt time.Time
+}
+
 // Store is where the endpoint keeps its state: one interface, SQLite
 // embedded or PostgreSQL for replicas (sql.go), one conformance suite
 // (fleettest). Every method is safe for concurrent use, and across
@@ -107,5 +116,10 @@ type Store interface {
 	// (trust on first use, across replicas), and returns the class's policy
 	// as it is after, with whether p was the one stored.
 	Baseline(ctx context.Context, p Policy) (Policy, bool, error)
+	// PutSecret stores (or replaces) a secret delivered to the devices of
+	// its class that pass.
+	PutSecret(ctx context.Context, s Secret) error
+	// Secrets lists a class's secrets, by name.
+	Secrets(ctx context.Context, class string) ([]Secret, error)
 	Close() error
 }

@@ -6,7 +6,11 @@
 // fields are base64, as encoding/json writes them.
 package fleetapi
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // EnrollRequest is a device's enrollment: its EK certificates (DER) and
 // a new AK's public area (TPMT_PUBLIC), for a device class.
@@ -68,6 +72,36 @@ type AttestRequest struct {
 	PCRs           map[string]map[string]string `json:"pcrs"`
 	FirmwareLog    []byte                       `json:"firmware_log,omitempty"`
 	MeasurementLog []byte                       `json:"measurement_log,omitempty"`
+	// Fetch asks for the secrets the endpoint holds for the device's
+	// class, delivered only when this attestation passes.
+	Fetch bool `json:"fetch,omitempty"`
+}
+
+// Delivery is one secret sealed to the device's TPM: a sealed data object
+// (Public, TPMT_PUBLIC) in an outer duplication wrapper to its EK (the
+// certificate EKCertSHA256 names) that only that TPM can import, usable
+// only while the PCRs PCRs selects hold the values of the appraisal that
+// passed, and only to be unsealed (PolicyPCR, then
+// PolicyCommandCode(Unseal)).
+type Delivery struct {
+	Name         string           `json:"name"`
+	EKCertSHA256 string           `json:"ek_cert_sha256"`
+	Public       []byte           `json:"public"`
+	Duplicate    []byte           `json:"duplicate"`
+	Seed         []byte           `json:"seed"`
+	PCRs         map[string][]int `json:"pcrs"`
+}
+
+// SecretRequest is an operator's secret for a class (1..128 bytes).
+type SecretRequest struct {
+	Value []byte `json:"value"`
+}
+
+// SecretInfo names a secret the endpoint holds; never its value.
+type SecretInfo struct {
+	Class     string    `json:"class"`
+	Name      string    `json:"name"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Reason is why an appraisal failed, or a note on a pass: a code a
@@ -84,11 +118,12 @@ type Reason struct {
 
 // Verdict is an appraisal's outcome.
 type Verdict struct {
-	AppraisalID string    `json:"appraisal_id"`
-	DeviceID    string    `json:"device_id"`
-	Pass        bool      `json:"pass"`
-	Reasons     []Reason  `json:"reasons"`
-	At          time.Time `json:"at"`
+	AppraisalID string     `json:"appraisal_id"`
+	DeviceID    string     `json:"device_id"`
+	Pass        bool       `json:"pass"`
+	Reasons     []Reason   `json:"reasons"`
+	At          time.Time  `json:"at"`
+	Deliveries  []Delivery `json:"deliveries,omitempty"`
 }
 
 // Policy is a device class's golden values: PCR values (bank -> index
@@ -101,4 +136,13 @@ type Policy struct {
 	Manifests []string                     `json:"manifests,omitempty"`
 	TOFU      bool                         `json:"tofu"`
 	UpdatedAt time.Time                    `json:"updated_at,omitzero"`
+}
+
+// CheckSecretName accepts a secret's name: 1..32 of a-z, 0-9, '.', '_',
+// '-' (the endpoint and the device both check it).
+func CheckSecretName(name string) error {
+	if name == "" || len(name) > 32 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
+		return fmt.Errorf("secret name %q: 1..32 of a-z, 0-9, '.', '_', '-'", name)
+	}
+	return nil
 }

@@ -252,6 +252,20 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("a baseline over a set policy: %v %v", ok, err)
 		}
 	})
+	t.Run("secrets", func(t *testing.T) {
+		s := open(t, newURL(t))
+		for _, sec := range []fleet.Secret{{Class: "gateway", Name: "wifi", Value: []byte("v1"), UpdatedAt: t0},
+			{Class: "gateway", Name: "api", Value: []byte("a"), UpdatedAt: t0}, {Class: "camera", Name: "wifi", Value: []byte("c"), UpdatedAt: t0},
+			{Class: "gateway", Name: "wifi", Value: []byte("v2"), UpdatedAt: t0.Add(time.Second)}} {
+			if err := s.PutSecret(ctx, sec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.Secrets(ctx, "gateway")
+		if err != nil || len(got) != 2 || got[0].Name != "api" || got[1].Name != "wifi" || string(got[1].Value) != "v2" {
+			t.Fatalf("%+v %v", got, err)
+		}
+	})
 	t.Run("replicas", func(t *testing.T) {
 		url := newURL(t)
 		// Two replicas start at once on one empty database: the schema is

@@ -176,85 +176,154 @@ unless given.`,
   provd attest now -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st attestState
-			if b, err := os.ReadFile(filepath.Join(a.stateDir, attestStateFile)); err == nil {
-				if err := json.Unmarshal(b, &st); err != nil {
-					return fmt.Errorf("%w: %s: %v", api.ErrTampered, attestStateFile, err)
-				}
-			}
-			if st.DeviceID == "" {
-				return fmt.Errorf("%w: this device is not enrolled (provd attest enroll)", api.ErrNotFound)
-			}
-			if nf.url == "" {
-				nf.url = st.Endpoint
-			}
-			cl, err := nf.client()
-			if err != nil {
-				return err
-			}
-			req := fleetapi.AttestRequest{DeviceID: st.DeviceID}
-			if fwLog == "" {
-				if _, err := os.Stat(defaultFirmwareLog); err == nil {
-					fwLog = defaultFirmwareLog
-				}
-			}
-			if fwLog != "" {
-				if req.FirmwareLog, err = readBounded(fwLog, attest.MaxEventLogSize); err != nil {
-					return err
-				}
-			}
-			if measLog == "" {
-				measLog = filepath.Join(a.stateDir, fwhook.LogName)
-			}
-			if b, err := readBounded(measLog, attest.MaxEventLogSize); err == nil {
-				req.MeasurementLog = b
-			} else if !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-			ch, err := cl.Challenge(cmd.Context(), fleetapi.ChallengeRequest{DeviceID: st.DeviceID})
-			var ae *fleet.APIError
-			if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
-				// The endpoint refuses to challenge this device (revoked,
-				// not activated): no attestation can pass.
-				return fmt.Errorf("%w: %w", api.ErrAttestationFailed, err)
-			}
-			if err != nil {
-				return err
-			}
-			req.Nonce = ch.Nonce
-			if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
-				req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(cmd.Context(), ch.Nonce, ch.PCRs)
-				return err
-			}); err != nil {
-				return err
-			}
-			v, err := cl.Attest(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			if err := a.emit(v, func(w io.Writer) {
-				verdict := "PASS"
-				if !v.Pass {
-					verdict = "FAIL"
-				}
-				fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, v.DeviceID, v.AppraisalID)
-				for _, r := range v.Reasons {
-					fmt.Fprintf(w, "  %s\n", reasonLine(r))
-				}
-			}); err != nil {
-				return err
-			}
-			if !v.Pass {
-				return fmt.Errorf("%w: %s", api.ErrAttestationFailed, reasonLine(v.Reasons[0]))
-			}
-			return nil
+			return a.attestOnce(cmd, &nf, fwLog, measLog, false)
 		},
 	}
 	nf.add(a, now, false)
 	now.Flags().StringVar(&fwLog, "firmware-log", "", "the firmware's TCG event log (default "+defaultFirmwareLog+" when present)")
 	now.Flags().StringVar(&measLog, "measurement-log", "", "provd's measurement log (default <state-dir>/measurements.log)")
-	c.AddCommand(enroll, now)
+	var ff endpointFlags
+	var ffw, fmeas string
+	fetch := &cobra.Command{
+		Use:   "fetch [--endpoint URL] [--ca-cert PEM]",
+		Short: "Attest, and install the secrets the endpoint delivers after a pass, sealed to this TPM",
+		Long: `Attest as provd attest now does and ask for this device's deliveries: after a
+passing appraisal the endpoint seals each secret of the device's class to this
+TPM (a sealed data object in an outer duplication wrapper to its EK, usable only
+while the PCRs hold the values it just appraised, and only to be unsealed).
+TPM2_Import under the EK opens it (on any other TPM it fails); the blob the TPM
+returns, wrapped under the EK, is kept in the state. provd attest secret NAME
+unseals one.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.attestOnce(cmd, &ff, ffw, fmeas, true)
+		},
+	}
+	ff.add(a, fetch, false)
+	fetch.Flags().StringVar(&ffw, "firmware-log", "", "the firmware's TCG event log (default "+defaultFirmwareLog+" when present)")
+	fetch.Flags().StringVar(&fmeas, "measurement-log", "", "provd's measurement log (default <state-dir>/measurements.log)")
+	var out string
+	secret := &cobra.Command{
+		Use:   "secret NAME [--out FILE]",
+		Short: "Unseal a secret the fleet endpoint delivered (attest fetch)",
+		Long: `Unseal a delivered secret: loaded under the EK, unsealed in a session that
+encrypts the answer, while the PCRs hold the values of the appraisal that
+delivered it (exit 3 otherwise).`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var v []byte
+			if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) (err error) {
+				v, err = ag.AttestSecret(cmd.Context(), args[0])
+				return err
+			}); err != nil {
+				return err
+			}
+			defer clear(v)
+			if err := writeOut(a, out, v, 0o600); err != nil {
+				return err
+			}
+			if out == "-" {
+				return nil
+			}
+			return a.emit(map[string]any{"out": out, "bytes": len(v)}, func(w io.Writer) {
+				fmt.Fprintf(w, "unsealed %d bytes to %s\n", len(v), out)
+			})
+		},
+	}
+	secret.Flags().StringVar(&out, "out", "-", "where to write it (- for stdout)")
+	c.AddCommand(enroll, now, fetch, secret)
 	return c
+}
+
+// attestOnce is attest now (and, with fetch, attest fetch): a challenge, a
+// quote, the logs, the verdict; with fetch, the secrets delivered after a
+// pass are installed.
+func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog string, fetch bool) error {
+	var st attestState
+	if b, err := os.ReadFile(filepath.Join(a.stateDir, attestStateFile)); err == nil {
+		if err := json.Unmarshal(b, &st); err != nil {
+			return fmt.Errorf("%w: %s: %v", api.ErrTampered, attestStateFile, err)
+		}
+	}
+	if st.DeviceID == "" {
+		return fmt.Errorf("%w: this device is not enrolled (provd attest enroll)", api.ErrNotFound)
+	}
+	if ef.url == "" {
+		ef.url = st.Endpoint
+	}
+	cl, err := ef.client()
+	if err != nil {
+		return err
+	}
+	req := fleetapi.AttestRequest{DeviceID: st.DeviceID}
+	if fwLog == "" {
+		if _, err := os.Stat(defaultFirmwareLog); err == nil {
+			fwLog = defaultFirmwareLog
+		}
+	}
+	if fwLog != "" {
+		if req.FirmwareLog, err = readBounded(fwLog, attest.MaxEventLogSize); err != nil {
+			return err
+		}
+	}
+	if measLog == "" {
+		measLog = filepath.Join(a.stateDir, fwhook.LogName)
+	}
+	if b, err := readBounded(measLog, attest.MaxEventLogSize); err == nil {
+		req.MeasurementLog = b
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ch, err := cl.Challenge(cmd.Context(), fleetapi.ChallengeRequest{DeviceID: st.DeviceID})
+	var ae *fleet.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
+		// The endpoint refuses to challenge this device (revoked,
+		// not activated): no attestation can pass.
+		return fmt.Errorf("%w: %w", api.ErrAttestationFailed, err)
+	}
+	if err != nil {
+		return err
+	}
+	req.Nonce = ch.Nonce
+	if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
+		req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(cmd.Context(), ch.Nonce, ch.PCRs)
+		return err
+	}); err != nil {
+		return err
+	}
+	req.Fetch = fetch
+	v, err := cl.Attest(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+	var installed []string
+	if fetch && v.Pass && len(v.Deliveries) > 0 {
+		if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) (err error) {
+			installed, err = ag.AttestInstall(cmd.Context(), v.Deliveries)
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if err := a.emit(v, func(w io.Writer) {
+		verdict := "PASS"
+		if !v.Pass {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, v.DeviceID, v.AppraisalID)
+		for _, r := range v.Reasons {
+			fmt.Fprintf(w, "  %s\n", reasonLine(r))
+		}
+		for _, n := range installed {
+			fmt.Fprintf(w, "installed secret %s (sealed to this TPM and these PCRs: provd attest secret %s)\n", n, n)
+		}
+	}); err != nil {
+		return err
+	}
+	if !v.Pass {
+		return fmt.Errorf("%w: %s", api.ErrAttestationFailed, reasonLine(v.Reasons[0]))
+	}
+	return nil
 }
 
 const defaultFirmwareLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
@@ -541,7 +610,67 @@ quote as baseline (trust on first use).`,
 	gf.add(a, get, true)
 	get.Flags().StringVar(&gclass, "class", "", "the device class")
 	pol.AddCommand(set, get)
-	c.AddCommand(serve, devices, device, pol)
+
+	sec := &cobra.Command{Use: "secret", Short: "Secrets delivered to a class's devices after a passing attestation (operator)"}
+	var xf endpointFlags
+	var xclass, xname, xin string
+	put := &cobra.Command{
+		Use:   "put --class C --name N --in FILE",
+		Short: "Hand the endpoint a secret (1..128 bytes) for the devices of a class",
+		Long: `Store a secret at the endpoint for the devices of --class: each device that passes
+an attestation with provd attest fetch gets it sealed to its own TPM, bound to
+the PCR values that passed. The endpoint keeps it in its database.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if xclass == "" || xname == "" || xin == "" {
+				return usageError(errors.New("--class, --name and --in are required"))
+			}
+			v, err := readIn(a, xin)
+			if err != nil {
+				return err
+			}
+			defer clear(v)
+			cl, err := xf.client()
+			if err != nil {
+				return err
+			}
+			info, err := cl.PutSecret(cmd.Context(), xclass, xname, v)
+			if err != nil {
+				return err
+			}
+			return a.emit(info, func(w io.Writer) { fmt.Fprintf(w, "secret %s of class %s stored\n", info.Name, info.Class) })
+		},
+	}
+	xf.add(a, put, true)
+	put.Flags().StringVar(&xclass, "class", "", "the device class")
+	put.Flags().StringVar(&xname, "name", "", "the secret's name (1..32 of a-z, 0-9, '.', '_', '-')")
+	put.Flags().StringVar(&xin, "in", "", "the secret (FILE, or - for stdin)")
+	var lf endpointFlags
+	var lclass string
+	list := &cobra.Command{
+		Use:   "list --class C",
+		Short: "List a class's secrets (names, never values)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := lf.client()
+			if err != nil {
+				return err
+			}
+			ls, err := cl.Secrets(cmd.Context(), lclass)
+			if err != nil {
+				return err
+			}
+			return a.emit(ls, func(w io.Writer) {
+				for _, x := range ls {
+					fmt.Fprintf(w, "%s  %s\n", x.Name, x.UpdatedAt.Format(time.RFC3339))
+				}
+			})
+		},
+	}
+	lf.add(a, list, true)
+	list.Flags().StringVar(&lclass, "class", "", "the device class")
+	sec.AddCommand(put, list)
+	c.AddCommand(serve, devices, device, pol, sec)
 	return c
 }
 

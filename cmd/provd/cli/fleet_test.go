@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -17,14 +18,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/pgtest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // endpoint is a fleet endpoint in this process over TLS 1.3, its
@@ -413,4 +418,150 @@ func TestFleetFirmwarePolicy(t *testing.T) {
 	}
 	boot("images")
 	c.expect(t, 0, "attest", "now", "--ca-cert", e.ca)
+}
+
+// TestFleetDelivery: after a passing attestation, attest fetch installs the
+// class's secret sealed to the device's TPM, and attest secret unseals it;
+// nothing on the wire holds it in the clear; the same delivery imports on
+// no other TPM (the TPM refuses the wrapper); after a PCR change the secret
+// stays sealed (exit 3); a failing device gets nothing; and root on the
+// device cannot duplicate the delivered object out of its TPM.
+func TestFleetDelivery(t *testing.T) {
+	a, b := fleetDevice(t), fleetDevice(t)
+	e := startEndpoint(t, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"), a.swtpm, b.swtpm)
+	for _, d := range []*cliEnv{a, b} {
+		d.expect(t, 0, "attest", "enroll", "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--class", "gateway")
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(e.token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretFile := filepath.Join(t.TempDir(), "wifi")
+	secret := []byte("correct horse battery staple")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	op := []string{"--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile}
+	a.expect(t, 0, append([]string{"fleet", "secret", "put", "--class", "gateway", "--name", "wifi", "--in", secretFile}, op...)...)
+	if out := a.expect(t, 0, append([]string{"fleet", "secret", "list", "--class", "gateway", "-o", "json"}, op...)...); !strings.Contains(out, `"wifi"`) || strings.Contains(out, "horse") {
+		t.Fatalf("secret list:\n%s", out)
+	}
+	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed secret wifi") {
+		t.Fatalf("fetch:\n%s", out)
+	}
+	if got := a.expect(t, 0, "attest", "secret", "wifi"); got != string(secret) {
+		t.Fatalf("unsealed %q", got)
+	}
+
+	// The evidence and the delivery on the wire, as the device gets it.
+	ctx := context.Background()
+	dev := e.client(t, "")
+	idA := deviceID(t, a)
+	ch, err := dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: idA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := evidence(t, a, idA, ch)
+	req.Fetch = true
+	v, err := dev.Attest(ctx, req)
+	if err != nil || !v.Pass || len(v.Deliveries) != 1 {
+		t.Fatalf("%+v %v", v, err)
+	}
+	wire, _ := json.Marshal(v)
+	if bytes.Contains(wire, secret) || bytes.Contains(wire, []byte(base64.StdEncoding.EncodeToString(secret))) {
+		t.Fatal("the secret is in the clear in the endpoint's answer")
+	}
+	// On B's TPM, with B's EK: the TPM refuses the wrapper.
+	dl := v.Deliveries[0]
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](dl.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.swtpm.Reopen()
+	tb := b.swtpm.TPM
+	ekB, flush, err := tb.EK(tpm.RSAEKHandle, rsaEKPublic(t, tb), tpm2.RSAEKTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := tb.EKPolicySession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.ImportWrapped(ekB, ps.Session(), *pub, dl.Duplicate, dl.Seed); err == nil {
+		t.Fatal("A's delivery imported on B's TPM")
+	}
+	ps.Close()
+	flush()
+	b.swtpm.CloseTPM()
+	// Root on A: TPM2_Duplicate of the delivered object, through a session
+	// that satisfies its PCRs and names Duplicate: the policy is not the
+	// object's, the TPM refuses.
+	a.swtpm.Reopen()
+	ta := a.swtpm.TPM
+	ekA, flushA, err := ta.EK(tpm.RSAEKHandle, rsaEKPublic(t, ta), tpm2.RSAEKTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err = ta.EKPolicySession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := ta.ImportWrapped(ekA, ps.Session(), *pub, dl.Duplicate, dl.Seed)
+	ps.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, _ = ta.EKPolicySession()
+	obj, err := ta.Load(ekA, ps.Session(), blob)
+	ps.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup, err := ta.StartPolicySession(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{}}
+	for _, i := range dl.PCRs["sha256"] {
+		sel.Values[i] = make([]byte, 32)
+	}
+	if err := dup.PolicyPCR(sel.Selection(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dup.PolicyCommandCode(tpm2.TPMCCDuplicate); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.Duplicate{ObjectHandle: obj.Auth(dup.Session()), NewParentHandle: tpm2.NamedHandle{Handle: tpm2.TPMRHNull},
+		Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}}).Execute(ta); err == nil {
+		t.Fatal("the delivered secret was duplicated out of the TPM")
+	}
+	dup.Close()
+	ta.Flush(obj.Handle)
+	flushA()
+	a.swtpm.CloseTPM()
+
+	// A changed boot: the secret stays sealed; the device fails and gets
+	// nothing new.
+	a.expect(t, 0, "tpm", "pcr", "extend", "7", "--data", "changed")
+	a.expect(t, api.ExitPolicy, "attest", "secret", "wifi")
+	a.expect(t, api.ExitAttestFailed, "attest", "fetch", "--ca-cert", e.ca)
+}
+
+// rsaEKPublic is the RSA EK public area of the open TPM tp, from its
+// certificate.
+func rsaEKPublic(t *testing.T, tp *tpm.TPM) tpm2.TPMTPublic {
+	t.Helper()
+	der, err := tp.ReadNV(0x01c00002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := attest.ParseEKCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := attest.EKPublic(cert.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }
