@@ -12,10 +12,11 @@ PREFIX    ?= /usr
 # tools, tpm2-tools and openssl as independent interop checkers, systemd's
 # tools for the unit checks and socket activation, SoftHSM2 as another HSM for
 # key backups (its PKCS#11 client in the test needs cgo: gcc), PostgreSQL for the
-# fleet store's conformance suite (test/pgtest starts its own server).
-DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd softhsm2 gcc libc6-dev postgresql
+# fleet store's conformance suite (test/pgtest starts its own server), Chromium
+# and ChromeDriver for the operators' page in a real headless browser.
+DEB_PKGS  := swtpm swtpm-tools tpm2-tools openssl systemd softhsm2 gcc libc6-dev postgresql chromium chromium-driver
 # One binary each package above must provide.
-DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze systemd-socket-activate softhsm2-util gcc pg_ctlcluster
+DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze systemd-socket-activate softhsm2-util gcc pg_ctlcluster chromedriver
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m

@@ -290,6 +290,7 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
   expect 3 "$bin" attest secret wifi
   step "The operator (bearer token made on first start) sees the fleet and the device's history" \
     sh -c "'$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' && '$bin' fleet device show \$('$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' -o json | grep -o '\"device_id\": \"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token'"
+  echo "operators' page: $url/ui/ (sign in with the token in $demo/endpoint/fleet/operator.token; metrics: $url/metrics)"
   printf '\n\033[1m== Without the operator token: refused\033[0m\n'
   printf '$ provd fleet devices --endpoint %s\n' "$url"; set +e; "$bin" fleet devices --endpoint "$url"; echo "(exit $?)"; set -e
   kill "$endpoint_pid"; wait "$endpoint_pid" 2>/dev/null || true; trap - EXIT

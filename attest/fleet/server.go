@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -38,11 +39,29 @@ type Server struct {
 	// endpoint answers.
 	Operators [][32]byte
 	Log       *slog.Logger
+	// Metrics, made by Handler when nil.
+	Metrics *Metrics
+
+	perDevice, perClient *limiter
 }
+
+// Rate limits, per replica: a device's challenges, attestations and
+// activation (by its ID), and enrollments (by the client's address).
+const (
+	DeviceRate, DeviceBurst = 1.0, 20.0
+	ClientRate, ClientBurst = 1.0, 10.0
+)
 
 // Handler routes the API.
 func (s *Server) Handler() http.Handler {
+	if s.Metrics == nil {
+		s.Metrics = NewMetrics()
+	}
+	s.perDevice = newLimiter(DeviceRate, DeviceBurst, s.E.cfg.Now)
+	s.perClient = newLimiter(ClientRate, ClientBurst, s.E.cfg.Now)
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.Metrics.Handler())
+	s.uiRoutes(mux)
 	mux.HandleFunc("POST /v1/enroll", device(s, s.E.Enroll))
 	mux.HandleFunc("POST /v1/activate", device(s, s.E.Activate))
 	mux.HandleFunc("POST /v1/challenge", device(s, s.E.Challenge))
@@ -197,13 +216,71 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			writeError(w, http.StatusBadRequest, "bad_request", err)
 			return
 		}
+		route, key := "enroll", clientAddr(r)
+		switch v := any(&req).(type) {
+		case *fleetapi.ChallengeRequest:
+			route, key = "challenge", v.DeviceID
+		case *fleetapi.AttestRequest:
+			route, key = "attest", v.DeviceID
+		case *fleetapi.ActivateRequest:
+			route, key = "activate", v.DeviceID
+		}
+		lim := s.perDevice
+		if route == "enroll" {
+			lim = s.perClient
+		}
+		if !lim.allow(route + "/" + key) {
+			s.Metrics.limited.WithLabelValues(route).Inc()
+			writeError(w, http.StatusTooManyRequests, "rate_limited", fmt.Errorf("too many %s requests; retry later", route))
+			return
+		}
+		start := time.Now()
 		res, err := fn(r.Context(), req)
+		s.count(route, any(res), err, time.Since(start))
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
 	}
+}
+
+// count updates the metrics for one device request.
+func (s *Server) count(route string, res any, err error, took time.Duration) {
+	switch route {
+	case "enroll":
+		result := "pending"
+		if err != nil {
+			result = "rejected"
+		}
+		s.Metrics.enrollments.WithLabelValues(result).Inc()
+	case "activate":
+		if err == nil {
+			s.Metrics.enrollments.WithLabelValues("enrolled").Inc()
+		}
+	case "attest":
+		v, ok := res.(fleetapi.Verdict)
+		if err != nil || !ok {
+			return
+		}
+		result, reason := "pass", "none"
+		if !v.Pass {
+			result = "fail"
+		}
+		if len(v.Reasons) > 0 {
+			reason = v.Reasons[0].Code
+		}
+		s.Metrics.appraisals.WithLabelValues(result, reason).Inc()
+		s.Metrics.latency.Observe(took.Seconds())
+	}
+}
+
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // operator serves an operator endpoint: a valid bearer token first, or 401
@@ -226,7 +303,13 @@ func (s *Server) operator(fn func(http.ResponseWriter, *http.Request) (any, erro
 
 func (s *Server) authorized(r *http.Request) bool {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	return ok && s.tokenValid(token)
+}
+
+// tokenValid compares token's SHA-256 with every operator's, in constant
+// time.
+func (s *Server) tokenValid(token string) bool {
+	if token == "" {
 		return false
 	}
 	h := TokenHash(token)

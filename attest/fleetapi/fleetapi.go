@@ -146,3 +146,24 @@ func CheckSecretName(name string) error {
 	}
 	return nil
 }
+
+// String is the reason as one line: its code, where (bank and PCR, log and
+// event), and its detail.
+func (r Reason) String() string {
+	var b strings.Builder
+	b.WriteString(r.Code)
+	if r.Bank != "" && r.PCR != nil {
+		fmt.Fprintf(&b, " %s PCR %d", r.Bank, *r.PCR)
+	}
+	if r.Log != "" {
+		fmt.Fprintf(&b, " (%s log", r.Log)
+		if r.Event != nil {
+			fmt.Fprintf(&b, ", event %d", *r.Event)
+		}
+		b.WriteString(")")
+	}
+	if r.Detail != "" {
+		b.WriteString(": " + r.Detail)
+	}
+	return b.String()
+}

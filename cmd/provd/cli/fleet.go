@@ -312,7 +312,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		}
 		fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, v.DeviceID, v.AppraisalID)
 		for _, r := range v.Reasons {
-			fmt.Fprintf(w, "  %s\n", reasonLine(r))
+			fmt.Fprintf(w, "  %s\n", r.String())
 		}
 		for _, n := range installed {
 			fmt.Fprintf(w, "installed secret %s (sealed to this TPM and these PCRs: provd attest secret %s)\n", n, n)
@@ -321,31 +321,12 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	if !v.Pass {
-		return fmt.Errorf("%w: %s", api.ErrAttestationFailed, reasonLine(v.Reasons[0]))
+		return fmt.Errorf("%w: %s", api.ErrAttestationFailed, v.Reasons[0].String())
 	}
 	return nil
 }
 
 const defaultFirmwareLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
-
-func reasonLine(r fleetapi.Reason) string {
-	var b strings.Builder
-	b.WriteString(r.Code)
-	if r.Bank != "" && r.PCR != nil {
-		fmt.Fprintf(&b, " %s PCR %d", r.Bank, *r.PCR)
-	}
-	if r.Log != "" {
-		fmt.Fprintf(&b, " (%s log", r.Log)
-		if r.Event != nil {
-			fmt.Fprintf(&b, ", event %d", *r.Event)
-		}
-		b.WriteString(")")
-	}
-	if r.Detail != "" {
-		b.WriteString(": " + r.Detail)
-	}
-	return b.String()
-}
 
 func readBounded(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
@@ -501,7 +482,7 @@ one made on first start in <state-dir>/fleet/operator.token.`,
 				for _, v := range h {
 					fmt.Fprintf(w, "  %s pass=%v\n", v.At.Format(time.RFC3339), v.Pass)
 					for _, r := range v.Reasons {
-						fmt.Fprintf(w, "    %s\n", reasonLine(r))
+						fmt.Fprintf(w, "    %s\n", r.String())
 					}
 				}
 			})
