@@ -161,7 +161,12 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 // (the certificate the endpoint named) and the AK: only this TPM, with this
 // AK loaded by whoever holds its authValue, recovers the secret. The
 // caller sends it back and clears it.
-func (a *Agent) AttestActivate(ctx context.Context, e fleetapi.Enrollment) ([]byte, error) {
+func (a *Agent) AttestActivate(ctx context.Context, e fleetapi.Enrollment) (api.AttestActivateResult, error) {
+	secret, err := a.attestActivate(ctx, e)
+	return api.AttestActivateResult{Secret: secret}, err
+}
+
+func (a *Agent) attestActivate(ctx context.Context, e fleetapi.Enrollment) ([]byte, error) {
 	defer a.lock()()
 	return auditedResult(ctx, a, "attest-activate", map[string]string{"device_id": e.DeviceID}, func() ([]byte, error) {
 		key, err := a.ekCertBySum(e.EKCertSHA256)
@@ -194,7 +199,12 @@ func (a *Agent) AttestActivate(ctx context.Context, e fleetapi.Enrollment) ([]by
 // AK over nonce, and reads their values in a session salted to the pinned
 // SRK (again if they moved between the two: the endpoint checks the quote's
 // digest against them).
-func (a *Agent) AttestQuote(ctx context.Context, nonce []byte, pcrs map[string][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
+func (a *Agent) AttestQuote(ctx context.Context, req api.AttestQuoteRequest) (api.AttestQuoteResult, error) {
+	q, sig, vals, err := a.attestQuote(ctx, req.Nonce, req.PCRs)
+	return api.AttestQuoteResult{Quote: q, Signature: sig, PCRs: vals}, err
+}
+
+func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
 	defer a.lock()()
 	var sel tpm2.TPMLPCRSelection
 	banks := map[tpm2.TPMIAlgHash][]int{}
@@ -282,7 +292,12 @@ type deliveryRecord struct {
 // The blob the TPM returns (wrapped under the EK: no plaintext on disk) is
 // kept in the state; AttestSecret unseals it while the PCRs hold the values
 // of the appraisal that delivered it.
-func (a *Agent) AttestInstall(ctx context.Context, ds []fleetapi.Delivery) ([]string, error) {
+func (a *Agent) AttestInstall(ctx context.Context, req api.AttestInstallRequest) (api.AttestInstallResult, error) {
+	names, err := a.attestInstall(ctx, req.Deliveries)
+	return api.AttestInstallResult{Installed: names}, err
+}
+
+func (a *Agent) attestInstall(ctx context.Context, ds []fleetapi.Delivery) ([]string, error) {
 	defer a.lock()()
 	objects := map[string]string{"deliveries": strconv.Itoa(len(ds))}
 	return auditedResult(ctx, a, "attest-install", objects, func() ([]string, error) {
@@ -369,7 +384,12 @@ func (a *Agent) withEK(sum string, fn func(ek tpm.Object, auth tpm2.Session) err
 // answer, after PolicyPCR (the PCRs as they are now, which must be those
 // of the appraisal that delivered it) and PolicyCommandCode(Unseal). The
 // caller clears the result.
-func (a *Agent) AttestSecret(ctx context.Context, name string) ([]byte, error) {
+func (a *Agent) AttestSecret(ctx context.Context, req api.AttestSecretRequest) (api.AttestSecretResult, error) {
+	secret, err := a.attestSecret(ctx, req.Name)
+	return api.AttestSecretResult{Secret: secret}, err
+}
+
+func (a *Agent) attestSecret(ctx context.Context, name string) ([]byte, error) {
 	defer a.lock()()
 	return auditedResult(ctx, a, "attest-secret", map[string]string{"secret": name}, func() ([]byte, error) {
 		if err := fleetapi.CheckSecretName(name); err != nil {

@@ -1,8 +1,59 @@
 package api
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/provd/provd/attest/fleetapi"
+)
 
 // ErrAttestationFailed: the fleet endpoint appraised this device's evidence
 // and it did not pass; the verdict's reasons say why (exit 23). The fleet
 // API's types are in attest/fleetapi.
 var ErrAttestationFailed = errors.New("attestation failed")
+
+// AttestActivateResult is the activated credential's secret (the caller
+// sends it to the endpoint and clears it).
+type AttestActivateResult struct {
+	Secret []byte `json:"secret"`
+}
+
+// Wipe clears the secret.
+func (r *AttestActivateResult) Wipe() { clear(r.Secret) }
+
+// AttestQuoteRequest asks for a quote of PCRs (bank name -> indices) over a
+// nonce.
+type AttestQuoteRequest struct {
+	Nonce []byte           `json:"nonce"`
+	PCRs  map[string][]int `json:"pcrs"`
+}
+
+// AttestQuoteResult is a quote (TPMS_ATTEST), its signature
+// (TPMT_SIGNATURE) and the PCR values it covers (bank -> index -> hex).
+type AttestQuoteResult struct {
+	Quote     []byte                       `json:"quote"`
+	Signature []byte                       `json:"signature"`
+	PCRs      map[string]map[string]string `json:"pcrs"`
+}
+
+// AttestInstallRequest carries the endpoint's deliveries.
+type AttestInstallRequest struct {
+	Deliveries []fleetapi.Delivery `json:"deliveries"`
+}
+
+// AttestInstallResult names the secrets installed.
+type AttestInstallResult struct {
+	Installed []string `json:"installed"`
+}
+
+// AttestSecretRequest names a delivered secret to unseal.
+type AttestSecretRequest struct {
+	Name string `json:"name"`
+}
+
+// AttestSecretResult is a delivered secret, unsealed.
+type AttestSecretResult struct {
+	Secret []byte `json:"secret"`
+}
+
+// Wipe clears the secret.
+func (r *AttestSecretResult) Wipe() { clear(r.Secret) }

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdh"
 
+	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/audit"
 )
 
@@ -51,6 +52,13 @@ type Service interface {
 	PeerProve(ctx context.Context, c PeerChallenge) (PeerProof, error)
 	PKExport(ctx context.Context, req PKExportRequest) (DupFile, error)
 	ProvisionFrom(ctx context.Context, req PKAdoptRequest) (ProvisionResult, error)
+	// The device's side of fleet attestation (docs/attestation.md): the
+	// TPM's part, which provd attest carries to the endpoint.
+	AttestIdentity(ctx context.Context) (fleetapi.EnrollRequest, error)
+	AttestActivate(ctx context.Context, e fleetapi.Enrollment) (AttestActivateResult, error)
+	AttestQuote(ctx context.Context, req AttestQuoteRequest) (AttestQuoteResult, error)
+	AttestInstall(ctx context.Context, req AttestInstallRequest) (AttestInstallResult, error)
+	AttestSecret(ctx context.Context, req AttestSecretRequest) (AttestSecretResult, error)
 }
 
 // Caller is who asked for an operation, as the audit trail records it: the
@@ -107,6 +115,11 @@ var (
 	RoutePeerProve      = Route{"POST", "/v1/peer/prove", "peer-prove"}
 	RoutePKExport       = Route{"POST", "/v1/pk/export", "pk-export"}
 	RouteProvisionFrom  = Route{"POST", "/v1/provision/from", "provision-from"}
+	RouteAttestIdentity = Route{"POST", "/v1/attest/identity", "attest-identity"}
+	RouteAttestActivate = Route{"POST", "/v1/attest/activate", "attest-activate"}
+	RouteAttestQuote    = Route{"POST", "/v1/attest/quote", "attest-quote"}
+	RouteAttestInstall  = Route{"POST", "/v1/attest/install", "attest-install"}
+	RouteAttestSecret   = Route{"POST", "/v1/attest/secret", "attest-secret"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/audit"
 )
 
@@ -332,4 +333,34 @@ func (c *Client) ProvisionFrom(ctx context.Context, req api.PKAdoptRequest) (api
 func (c *Client) PeerProve(ctx context.Context, ch api.PeerChallenge) (api.PeerProof, error) {
 	var res api.PeerProof
 	return res, c.call(ctx, api.RoutePeerProve, ch, &res)
+}
+
+// AttestIdentity is the TPM's enrollment (POST /v1/attest/identity).
+func (c *Client) AttestIdentity(ctx context.Context) (fleetapi.EnrollRequest, error) {
+	var res fleetapi.EnrollRequest
+	return res, c.call(ctx, api.RouteAttestIdentity, nil, &res)
+}
+
+// AttestActivate activates an enrollment's credential (POST /v1/attest/activate).
+func (c *Client) AttestActivate(ctx context.Context, e fleetapi.Enrollment) (api.AttestActivateResult, error) {
+	var res api.AttestActivateResult
+	return res, c.call(ctx, api.RouteAttestActivate, e, &res)
+}
+
+// AttestQuote quotes PCRs over a nonce (POST /v1/attest/quote).
+func (c *Client) AttestQuote(ctx context.Context, req api.AttestQuoteRequest) (api.AttestQuoteResult, error) {
+	var res api.AttestQuoteResult
+	return res, c.call(ctx, api.RouteAttestQuote, req, &res)
+}
+
+// AttestInstall installs deliveries (POST /v1/attest/install).
+func (c *Client) AttestInstall(ctx context.Context, req api.AttestInstallRequest) (api.AttestInstallResult, error) {
+	var res api.AttestInstallResult
+	return res, c.call(ctx, api.RouteAttestInstall, req, &res)
+}
+
+// AttestSecret unseals a delivered secret (POST /v1/attest/secret).
+func (c *Client) AttestSecret(ctx context.Context, req api.AttestSecretRequest) (api.AttestSecretResult, error) {
+	var res api.AttestSecretResult
+	return res, c.call(ctx, api.RouteAttestSecret, req, &res)
 }

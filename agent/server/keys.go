@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/audit"
 )
 
@@ -61,6 +62,18 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 			}
 			return ag.DupExport(ctx, w)
 		})
+	case "attest-identity":
+		return handle(s, ep, func(ctx context.Context, _ empty) (fleetapi.EnrollRequest, error) {
+			return ag.AttestIdentity(ctx)
+		})
+	case "attest-activate":
+		return handle(s, ep, ag.AttestActivate)
+	case "attest-quote":
+		return handle(s, ep, ag.AttestQuote)
+	case "attest-install":
+		return handle(s, ep, ag.AttestInstall)
+	case "attest-secret":
+		return handle(s, ep, ag.AttestSecret)
 	case "peer-prove":
 		return handle(s, ep, func(ctx context.Context, c api.PeerChallenge) (api.PeerProof, error) {
 			return ag.PeerProve(ctx, c)

@@ -25,7 +25,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleet"
@@ -84,22 +83,6 @@ func (f *endpointFlags) client() (*fleet.Client, error) {
 	return c, nil
 }
 
-// localAgent opens the agent on the state directory, in this process (the
-// daemon has no network; provd attest does the TPM's part here).
-func (a *app) localAgent(ctx context.Context, fn func(ag *agent.Agent) error) error {
-	t, done, err := a.openTPM(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	ag, err := agent.New(agent.Config{TPM: t, StateDir: a.stateDir, Logger: a.log, UID: os.Getuid()})
-	if err != nil {
-		return err
-	}
-	defer ag.Close()
-	return fn(ag)
-}
-
 func (a *app) attestCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "attest",
@@ -128,7 +111,7 @@ of the EK's public area. Needs a provisioned state (a pinned TPM identity).`,
 				return err
 			}
 			var dev fleetapi.Device
-			err = a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
+			err = a.withAgent(cmd.Context(), func(ag api.Service) error {
 				req, err := ag.AttestIdentity(cmd.Context())
 				if err != nil {
 					return err
@@ -138,12 +121,12 @@ of the EK's public area. Needs a provisioned state (a pinned TPM identity).`,
 				if err != nil {
 					return err
 				}
-				secret, err := ag.AttestActivate(cmd.Context(), e)
+				act, err := ag.AttestActivate(cmd.Context(), e)
 				if err != nil {
 					return err
 				}
-				defer clear(secret)
-				if dev, err = cl.Activate(cmd.Context(), fleetapi.ActivateRequest{DeviceID: e.DeviceID, Secret: secret}); err != nil {
+				defer act.Wipe()
+				if dev, err = cl.Activate(cmd.Context(), fleetapi.ActivateRequest{DeviceID: e.DeviceID, Secret: act.Secret}); err != nil {
 					return err
 				}
 				b, _ := json.MarshalIndent(attestState{Endpoint: ef.url, DeviceID: dev.DeviceID, Class: class}, "", "  ")
@@ -211,14 +194,15 @@ encrypts the answer, while the PCRs hold the values of the appraisal that
 delivered it (exit 3 otherwise).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var v []byte
-			if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) (err error) {
-				v, err = ag.AttestSecret(cmd.Context(), args[0])
+			var res api.AttestSecretResult
+			if err := a.withAgent(cmd.Context(), func(ag api.Service) (err error) {
+				res, err = ag.AttestSecret(cmd.Context(), api.AttestSecretRequest{Name: args[0]})
 				return err
 			}); err != nil {
 				return err
 			}
-			defer clear(v)
+			defer res.Wipe()
+			v := res.Secret
 			if err := writeOut(a, out, v, 0o600); err != nil {
 				return err
 			}
@@ -285,8 +269,9 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	req.Nonce = ch.Nonce
-	if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) error {
-		req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(cmd.Context(), ch.Nonce, ch.PCRs)
+	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
+		q, err := ag.AttestQuote(cmd.Context(), api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
+		req.Quote, req.Signature, req.PCRs = q.Quote, q.Signature, q.PCRs
 		return err
 	}); err != nil {
 		return err
@@ -298,8 +283,9 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 	}
 	var installed []string
 	if fetch && v.Pass && len(v.Deliveries) > 0 {
-		if err := a.localAgent(cmd.Context(), func(ag *agent.Agent) (err error) {
-			installed, err = ag.AttestInstall(cmd.Context(), v.Deliveries)
+		if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
+			res, err := ag.AttestInstall(cmd.Context(), api.AttestInstallRequest{Deliveries: v.Deliveries})
+			installed = res.Installed
 			return err
 		}); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/agent"
+	"github.com/provd/provd/agent/server"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleet"
@@ -119,9 +121,11 @@ func evidence(t *testing.T, c *cliEnv, deviceID string, ch fleetapi.Challenge) f
 	}
 	defer ag.Close()
 	req := fleetapi.AttestRequest{DeviceID: deviceID, Nonce: ch.Nonce}
-	if req.Quote, req.Signature, req.PCRs, err = ag.AttestQuote(context.Background(), ch.Nonce, ch.PCRs); err != nil {
+	q, err := ag.AttestQuote(context.Background(), api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
+	if err != nil {
 		t.Fatal(err)
 	}
+	req.Quote, req.Signature, req.PCRs = q.Quote, q.Signature, q.PCRs
 	return req
 }
 
@@ -564,4 +568,66 @@ func rsaEKPublic(t *testing.T, tp *tpm.TPM) tpm2.TPMTPublic {
 		t.Fatal(err)
 	}
 	return pub
+}
+
+// TestFleetThroughDaemon: with provd serve running (it holds the state and
+// the TPM), attest enroll, now, fetch and secret do the TPM's part through
+// the daemon's API, as root (the officer) on a device.
+func TestFleetThroughDaemon(t *testing.T) {
+	d := fleetDevice(t)
+	e := startEndpoint(t, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"), d.swtpm)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(e.token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretFile := filepath.Join(t.TempDir(), "s")
+	if err := os.WriteFile(secretFile, []byte("through the daemon"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.expect(t, 0, "fleet", "secret", "put", "--class", "gateway", "--name", "s", "--in", secretFile, "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile)
+
+	d.swtpm.Reopen()
+	ag, err := agent.New(agent.Config{TPM: d.swtpm.TPM, StateDir: d.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := server.RoleMembers{UIDs: []int{0}}
+	srv, err := server.New(server.Options{Agent: ag, TPM: d.swtpm.TPM, Roles: &server.Roles{Officer: root, User: root}, ExitCode: cli.ExitCode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "provd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	env := map[string]string{"PROVD_SOCKET": sock, "PROVD_STATE_DIR": d.dir}
+	daemon := func(want int, args ...string) string {
+		t.Helper()
+		out, stderr, code := run(t, env, args...)
+		if code != want {
+			t.Fatalf("provd %s through the daemon: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
+		}
+		return out
+	}
+	daemon(0, "attest", "enroll", "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--class", "gateway")
+	daemon(0, "attest", "now", "--ca-cert", e.ca)
+	if out := daemon(0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed secret s") {
+		t.Fatalf("fetch:\n%s", out)
+	}
+	if out := daemon(0, "attest", "secret", "s"); out != "through the daemon" {
+		t.Fatalf("secret: %q", out)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d.swtpm.CloseTPM()
 }
