@@ -79,6 +79,8 @@ install: build man
 	install -D -m 0644 systemd/provd.service $(DESTDIR)/lib/systemd/system/provd.service
 	install -D -m 0644 systemd/provd.socket $(DESTDIR)/lib/systemd/system/provd.socket
 	install -D -m 0644 systemd/provd-fw-verify.service $(DESTDIR)/lib/systemd/system/provd-fw-verify.service
+	install -D -m 0644 systemd/provd-attest.service $(DESTDIR)/lib/systemd/system/provd-attest.service
+	install -D -m 0644 systemd/provd-attest.timer $(DESTDIR)/lib/systemd/system/provd-attest.timer
 	install -D -m 0644 systemd/provd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/provd.conf
 	test -e $(DESTDIR)/etc/provd/provd.yaml || install -D -m 0640 systemd/provd.yaml $(DESTDIR)/etc/provd/provd.yaml
 

@@ -443,3 +443,32 @@ func (a *Agent) attestSecret(ctx context.Context, name string) ([]byte, error) {
 		return secret, err
 	})
 }
+
+// attestVerdictRec names the last fleet verdict's record.
+const attestVerdictRec = "attest_verdict"
+
+// AttestRecord keeps the fleet endpoint's last verdict for status (audited
+// like every change of the state).
+func (a *Agent) AttestRecord(ctx context.Context, v api.AttestVerdict) (api.AttestVerdict, error) {
+	defer a.lock()()
+	pass := "fail"
+	if v.Pass {
+		pass = "pass"
+	}
+	return auditedResult(ctx, a, "attest-record", map[string]string{"device_id": v.DeviceID, "verdict": pass}, func() (api.AttestVerdict, error) {
+		if len(v.Reasons) > 64 || len(v.Endpoint) > 512 || len(v.DeviceID) > 64 {
+			return api.AttestVerdict{}, fmt.Errorf("%w: a verdict record too large", api.ErrBadInput)
+		}
+		return v, a.st.Update(ctx, func(tx *store.Tx) error { return tx.Put(attestVerdictRec, v) })
+	})
+}
+
+// lastVerdict is the recorded fleet verdict, nil when none.
+func lastVerdict(tx *store.Tx) (*api.AttestVerdict, error) {
+	var v api.AttestVerdict
+	err := tx.Get(attestVerdictRec, &v)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	return &v, err
+}

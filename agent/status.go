@@ -40,6 +40,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 				s.Keys++
 			}
 		}
+		if s.Attestation, err = lastVerdict(tx); err != nil {
+			return err
+		}
 		if raw, err := tx.ReadBlob(blobPK); err == nil {
 			if b, err := tpm.UnmarshalBlob(raw); err == nil {
 				s.PKPublic = tpm2.Marshal(b.Public)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"time"
 
 	"github.com/provd/provd/attest/fleetapi"
 )
@@ -57,3 +58,15 @@ type AttestSecretResult struct {
 
 // Wipe clears the secret.
 func (r *AttestSecretResult) Wipe() { clear(r.Secret) }
+
+// AttestVerdict is the fleet endpoint's last verdict on this device, kept
+// in the state for status (what the endpoint answered; the endpoint's own
+// record is the authority).
+type AttestVerdict struct {
+	Endpoint    string            `json:"endpoint"`
+	DeviceID    string            `json:"device_id"`
+	AppraisalID string            `json:"appraisal_id,omitempty"`
+	Pass        bool              `json:"pass"`
+	Reasons     []fleetapi.Reason `json:"reasons"`
+	At          time.Time         `json:"at"`
+}

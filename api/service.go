@@ -59,6 +59,7 @@ type Service interface {
 	AttestQuote(ctx context.Context, req AttestQuoteRequest) (AttestQuoteResult, error)
 	AttestInstall(ctx context.Context, req AttestInstallRequest) (AttestInstallResult, error)
 	AttestSecret(ctx context.Context, req AttestSecretRequest) (AttestSecretResult, error)
+	AttestRecord(ctx context.Context, v AttestVerdict) (AttestVerdict, error)
 }
 
 // Caller is who asked for an operation, as the audit trail records it: the
@@ -120,6 +121,7 @@ var (
 	RouteAttestQuote    = Route{"POST", "/v1/attest/quote", "attest-quote"}
 	RouteAttestInstall  = Route{"POST", "/v1/attest/install", "attest-install"}
 	RouteAttestSecret   = Route{"POST", "/v1/attest/secret", "attest-secret"}
+	RouteAttestRecord   = Route{"POST", "/v1/attest/record", "attest-record"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

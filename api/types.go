@@ -259,6 +259,9 @@ type Status struct {
 	// what it allows (the owner hierarchy without authorization, an
 	// unpinned TPM).
 	Warnings []string `json:"warnings,omitempty"`
+	// Attestation is the fleet endpoint's last verdict on this device, as
+	// provd attest now recorded it (docs/attestation.md).
+	Attestation *AttestVerdict `json:"attestation,omitempty"`
 }
 
 // TPMInfo is what `provd tpm info` shows: the TPM as it was opened, what it

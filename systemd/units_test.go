@@ -35,6 +35,7 @@ func analyze(t *testing.T, args ...string) (string, error) {
 var execStarts = map[string]string{
 	"provd.service":           "/usr/bin/provd serve",
 	"provd-fw-verify.service": "/usr/bin/provd fw verify --manifest ${PROVD_FW_MANIFEST} --root ${PROVD_FW_ROOT} --commit",
+	"provd-attest.service":    "/usr/bin/provd attest now",
 }
 
 // testUnits copies the units to a temp dir with ExecStart pointing at
@@ -43,7 +44,7 @@ var execStarts = map[string]string{
 func testUnits(t *testing.T) (service, socket, fwVerify string) {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{"provd.service", "provd.socket", "provd-fw-verify.service"} {
+	for _, name := range []string{"provd.service", "provd.socket", "provd-fw-verify.service", "provd-attest.service", "provd-attest.timer"} {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
@@ -64,7 +65,8 @@ func testUnits(t *testing.T) (service, socket, fwVerify string) {
 
 func TestUnitsVerify(t *testing.T) {
 	service, socket, fwVerify := testUnits(t)
-	out, err := analyze(t, "verify", service, socket, fwVerify)
+	dir := filepath.Dir(service)
+	out, err := analyze(t, "verify", service, socket, fwVerify, filepath.Join(dir, "provd-attest.service"), filepath.Join(dir, "provd-attest.timer"))
 	if err != nil || strings.TrimSpace(out) != "" {
 		// verify exits 0 on some warnings; any output is a finding.
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
@@ -75,7 +77,7 @@ var exposureRE = regexp.MustCompile(`Overall exposure level for [a-z-]+\.service
 
 func TestUnitsSecurityExposure(t *testing.T) {
 	service, _, fwVerify := testUnits(t)
-	for _, unit := range []string{service, fwVerify} {
+	for _, unit := range []string{service, fwVerify, filepath.Join(filepath.Dir(service), "provd-attest.service")} {
 		threshold := strconv.Itoa(int(maxExposure * 10))
 		out, err := analyze(t, "security", "--no-pager", "--offline=true", "--threshold="+threshold, unit)
 		m := exposureRE.FindStringSubmatch(out)

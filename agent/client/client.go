@@ -364,3 +364,9 @@ func (c *Client) AttestSecret(ctx context.Context, req api.AttestSecretRequest) 
 	var res api.AttestSecretResult
 	return res, c.call(ctx, api.RouteAttestSecret, req, &res)
 }
+
+// AttestRecord keeps the endpoint's last verdict (POST /v1/attest/record).
+func (c *Client) AttestRecord(ctx context.Context, v api.AttestVerdict) (api.AttestVerdict, error) {
+	var res api.AttestVerdict
+	return res, c.call(ctx, api.RouteAttestRecord, v, &res)
+}

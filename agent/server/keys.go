@@ -74,6 +74,8 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 		return handle(s, ep, ag.AttestInstall)
 	case "attest-secret":
 		return handle(s, ep, ag.AttestSecret)
+	case "attest-record":
+		return handle(s, ep, ag.AttestRecord)
 	case "peer-prove":
 		return handle(s, ep, func(ctx context.Context, c api.PeerChallenge) (api.PeerProof, error) {
 			return ag.PeerProve(ctx, c)

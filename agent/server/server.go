@@ -300,6 +300,7 @@ var Endpoints = []endpoint{
 	{api.RouteAttestQuote, RoleOfficer},
 	{api.RouteAttestInstall, RoleOfficer},
 	{api.RouteAttestSecret, RoleUser},
+	{api.RouteAttestRecord, RoleOfficer},
 	{api.RouteKeyList, RoleUser},
 	{api.RouteKeyPublic, RoleUser},
 	{api.RouteKeySign, RoleUser},

@@ -147,7 +147,7 @@ func TestEndpointRoles(t *testing.T) {
 		"key-derive": true, "key-create": true, "key-delete": true, "key-export-blob": true, "key-import-blob": true,
 		"kek-import": true, "key-export": true, "key-import": true,
 		"peer-identity": true, "dup-export": true, "dup-import": true, "pk-export": true, "peer-prove": true, "provision-from": true,
-		"attest-identity": true, "attest-activate": true, "attest-quote": true, "attest-install": true}
+		"attest-identity": true, "attest-activate": true, "attest-quote": true, "attest-install": true, "attest-record": true}
 	any := map[string]bool{"status": true, "tpm-info": true, "tpm-identity": true, "policy-show": true, "audit-verify": true}
 	seen := map[string]bool{}
 	for _, ep := range Endpoints {

@@ -282,14 +282,19 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	var installed []string
-	if fetch && v.Pass && len(v.Deliveries) > 0 {
-		if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
+	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
+		if _, err := ag.AttestRecord(cmd.Context(), api.AttestVerdict{Endpoint: ef.url, DeviceID: v.DeviceID, AppraisalID: v.AppraisalID,
+			Pass: v.Pass, Reasons: v.Reasons, At: v.At}); err != nil {
+			return err
+		}
+		if fetch && v.Pass && len(v.Deliveries) > 0 {
 			res, err := ag.AttestInstall(cmd.Context(), api.AttestInstallRequest{Deliveries: v.Deliveries})
 			installed = res.Installed
 			return err
-		}); err != nil {
-			return err
 		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	if err := a.emit(v, func(w io.Writer) {
 		verdict := "PASS"

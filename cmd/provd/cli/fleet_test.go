@@ -620,6 +620,10 @@ func TestFleetThroughDaemon(t *testing.T) {
 	if out := daemon(0, "attest", "secret", "s"); out != "through the daemon" {
 		t.Fatalf("secret: %q", out)
 	}
+	// status shows the last verdict the daemon recorded.
+	if out := daemon(0, "status"); !strings.Contains(out, "attestation: pass") {
+		t.Fatalf("status:\n%s", out)
+	}
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

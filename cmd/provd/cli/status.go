@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,6 +61,16 @@ func (a *app) statusCmd() *cobra.Command {
 						fmt.Fprintf(w, " (%s)", s.AuditError)
 					}
 					fmt.Fprintln(w)
+					if v := s.Attestation; v != nil {
+						verdict := "fail"
+						if v.Pass {
+							verdict = "pass"
+						}
+						fmt.Fprintf(w, "attestation: %s at %s (%s, device %.16s…)\n", verdict, v.At.Format(time.RFC3339), v.Endpoint, v.DeviceID)
+						for _, r := range v.Reasons {
+							fmt.Fprintf(w, "             %s\n", r.String())
+						}
+					}
 					for _, warning := range s.Warnings {
 						fmt.Fprintf(w, "WARNING:     %s\n", warning)
 					}
