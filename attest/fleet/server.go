@@ -159,7 +159,33 @@ func (s *Server) Handler() http.Handler {
 		}
 		return out, err
 	}))
-	return mux
+	return s.logged(mux)
+}
+
+// statusWriter remembers the status a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// logged logs one structured line per request: the route pattern (never
+// the path, which may hold a device ID), the status and the duration;
+// never a body, a token or a header.
+func (s *Server) logged(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		mux.ServeHTTP(sw, r)
+		if s.Log != nil {
+			_, pattern := mux.Handler(r)
+			s.Log.Info("request", "route", pattern, "status", sw.status, "duration", time.Since(start))
+		}
+	})
 }
 
 // policyFrom checks an operator's policy: a valid class, approved banks,

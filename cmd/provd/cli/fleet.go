@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -399,7 +400,8 @@ one made on first start in <state-dir>/fleet/operator.token.`,
 				return err
 			}
 			srv := &http.Server{
-				Handler:           (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: roots}), Operators: tokens, Log: a.log}).Handler(),
+				Handler: (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: roots}), Operators: tokens,
+					Log: slog.New(slog.NewJSONHandler(a.deps.Stderr, nil))}).Handler(),
 				TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
 				ReadHeaderTimeout: fleet.ServerTimeouts.ReadHeader, ReadTimeout: fleet.ServerTimeouts.Read,
 				WriteTimeout: fleet.ServerTimeouts.Write, IdleTimeout: fleet.ServerTimeouts.Idle,

@@ -370,6 +370,10 @@ func TestFleetServeCLI(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("fleet serve did not stop")
 	}
+	// One structured line per request, by route: never a device ID.
+	if log := stderr.String(); !strings.Contains(log, `"route":"POST /v1/attest"`) || strings.Contains(log, deviceID(t, d)) {
+		t.Fatalf("request log:\n%s", log)
+	}
 	if fi, err := os.Stat(filepath.Join(dir, "fleet", "tls.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("tls.key: %v %v", fi, err)
 	}
