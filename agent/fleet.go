@@ -54,8 +54,8 @@ func (a *Agent) AttestIdentity(ctx context.Context) (fleetapi.EnrollRequest, err
 // attestKey returns the AK's public area, creating the AK when the state
 // has none.
 func (a *Agent) attestKey(ctx context.Context, objects map[string]string) (tpm2.TPMTPublic, error) {
-	if a.t.PinnedSRKName() == nil {
-		return tpm2.TPMTPublic{}, fmt.Errorf("%w: the state pins no TPM identity: provision (or provd tpm identity --ek-ca, then provision) before attesting", api.ErrUntrustedTPM)
+	if err := a.requireIdentity(ctx); err != nil {
+		return tpm2.TPMTPublic{}, err
 	}
 	_, blob, err := a.readAttestKey(ctx)
 	if errors.Is(err, store.ErrNotFound) {
@@ -127,8 +127,8 @@ func (a *Agent) newAttestKey(ctx context.Context) (tpm.Blob, error) {
 
 // withAttestKey loads the AK and runs fn with it and its authValue.
 func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth []byte) error) error {
-	if a.t.PinnedSRKName() == nil {
-		return fmt.Errorf("%w: the state pins no TPM identity", api.ErrUntrustedTPM)
+	if err := a.requireIdentity(ctx); err != nil {
+		return err
 	}
 	rec, blob, err := a.readAttestKey(ctx)
 	if errors.Is(err, store.ErrNotFound) {
@@ -169,6 +169,9 @@ func (a *Agent) AttestActivate(ctx context.Context, e fleetapi.Enrollment) (api.
 func (a *Agent) attestActivate(ctx context.Context, e fleetapi.Enrollment) ([]byte, error) {
 	defer a.lock()()
 	return auditedResult(ctx, a, "attest-activate", map[string]string{"device_id": e.DeviceID}, func() ([]byte, error) {
+		if err := a.requireIdentity(ctx); err != nil {
+			return nil, err
+		}
 		key, err := a.ekCertBySum(e.EKCertSHA256)
 		if err != nil {
 			return nil, err
@@ -301,6 +304,9 @@ func (a *Agent) attestInstall(ctx context.Context, ds []fleetapi.Delivery) ([]st
 	defer a.lock()()
 	objects := map[string]string{"deliveries": strconv.Itoa(len(ds))}
 	return auditedResult(ctx, a, "attest-install", objects, func() ([]string, error) {
+		if err := a.requireIdentity(ctx); err != nil {
+			return nil, err
+		}
 		var names []string
 		for _, d := range ds {
 			if err := a.installDelivery(ctx, d); err != nil {
@@ -331,9 +337,6 @@ func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error 
 		if i < 0 || i > policy.MaxPCR {
 			return fmt.Errorf("%w: PCR %d", api.ErrBadInput, i)
 		}
-	}
-	if a.t.PinnedSRKName() == nil {
-		return fmt.Errorf("%w: the state pins no TPM identity", api.ErrUntrustedTPM)
 	}
 	var blob tpm.Blob
 	if err := a.withEK(d.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) (err error) {
@@ -394,6 +397,9 @@ func (a *Agent) attestSecret(ctx context.Context, name string) ([]byte, error) {
 	return auditedResult(ctx, a, "attest-secret", map[string]string{"secret": name}, func() ([]byte, error) {
 		if err := fleetapi.CheckSecretName(name); err != nil {
 			return nil, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		}
+		if err := a.requireIdentity(ctx); err != nil {
+			return nil, err
 		}
 		var rec deliveryRecord
 		var raw []byte
@@ -471,4 +477,17 @@ func lastVerdict(tx *store.Tx) (*api.AttestVerdict, error) {
 		return nil, nil
 	}
 	return &v, err
+}
+
+// requireIdentity refuses, before any TPM command, a state that pins no
+// TPM identity (errNotPinned), or a connection without the pin: every
+// attestation operation's sessions are salted to the pinned SRK.
+func (a *Agent) requireIdentity(ctx context.Context) error {
+	if err := a.st.View(ctx, func(tx *store.Tx) error { return requirePinned(tx) }); err != nil {
+		return err
+	}
+	if a.t.PinnedSRKName() == nil {
+		return errNotPinned
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -178,6 +179,23 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			_, err := a.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: api.DupFile{Format: api.DupFormat, Type: api.DupTypePK}})
 			return err
 		},
+		"AttestIdentity": func() error { _, err := a.AttestIdentity(ctx); return err },
+		"AttestActivate": func() error {
+			_, err := a.AttestActivate(ctx, fleetapi.Enrollment{DeviceID: "d"})
+			return err
+		},
+		"AttestQuote": func() error {
+			_, err := a.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: make([]byte, 32), PCRs: map[string][]int{"sha256": {0}}})
+			return err
+		},
+		"AttestInstall": func() error {
+			_, err := a.AttestInstall(ctx, api.AttestInstallRequest{Deliveries: []fleetapi.Delivery{{Name: "x"}}})
+			return err
+		},
+		"AttestSecret": func() error {
+			_, err := a.AttestSecret(ctx, api.AttestSecretRequest{Name: "x"})
+			return err
+		},
 		"ImportKeyBlob": func() error {
 			pemData, err := a.ExportKeyBlob(ctx, "sig")
 			if err != nil {
@@ -237,6 +255,8 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 		"KeyPublic":     func() error { _, _, err := a.KeyPublic(ctx, "sig"); return err },
 		"ExportKeyBlob": func() error { _, err := a.ExportKeyBlob(ctx, "sig"); return err },
 		"DeleteKey":     func() error { return a.DeleteKey(ctx, "sig") },
+		// The endpoint's verdict, kept for status: no TPM, no secret.
+		"AttestRecord": func() error { _, err := a.AttestRecord(ctx, api.AttestVerdict{DeviceID: "d"}); return err },
 		"Zeroize": func() error {
 			// No SRK pinned: nothing the bus cannot have chosen to salt
 			// the witness to, and the result says so.
@@ -255,7 +275,7 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 		"AuditReanchor": nil,
 	}
 	for _, name := range []string{"Status", "TPMInfo", "TPMIdentity", "AuditRecords", "AuditVerify", "AuditRepair",
-		"ListKeys", "KeyPublic", "ExportKeyBlob", "DeleteKey", "Zeroize"} {
+		"ListKeys", "KeyPublic", "ExportKeyBlob", "DeleteKey", "Zeroize", "AttestRecord"} {
 		if err := allowed[name](); err != nil {
 			t.Errorf("%s on the unpinned state: %v", name, err)
 		}
