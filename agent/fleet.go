@@ -426,25 +426,36 @@ func (a *Agent) attestSecret(ctx context.Context, name string) ([]byte, error) {
 			sel.Values[i] = make([]byte, 32)
 		}
 		var secret []byte
-		err = a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
-			obj, err := a.t.Load(ek, auth, blob)
-			if err != nil {
+		// The AK proves provd holds the state: its authValue, in a salted
+		// HMAC session, satisfies the delivery's PolicySecret(AK).
+		err = a.withAttestKey(ctx, func(ak tpm.Object, akAuth []byte) error {
+			return a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
+				obj, err := a.t.Load(ek, auth, blob)
+				if err != nil {
+					return err
+				}
+				defer func() { _ = a.t.Flush(obj.Handle) }()
+				ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, nil)
+				if err != nil {
+					return err
+				}
+				defer ps.Close()
+				if err := ps.PolicyPCR(sel.Selection(), nil); err != nil {
+					return err
+				}
+				opts := []tpm2.AuthOption{tpm2.Auth(akAuth)}
+				if srk, err := a.t.SRK(); err == nil {
+					opts = append(opts, tpm2.Salted(srk.Handle, srk.Public))
+				}
+				if err := ps.PolicySecretOf(ak, tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)); err != nil {
+					return err
+				}
+				if err := ps.PolicyCommandCode(tpm2.TPMCCUnseal); err != nil {
+					return err
+				}
+				secret, err = a.t.UnsealWith(obj, ps.Session())
 				return err
-			}
-			defer func() { _ = a.t.Flush(obj.Handle) }()
-			ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, nil)
-			if err != nil {
-				return err
-			}
-			defer ps.Close()
-			if err := ps.PolicyPCR(sel.Selection(), nil); err != nil {
-				return err
-			}
-			if err := ps.PolicyCommandCode(tpm2.TPMCCUnseal); err != nil {
-				return err
-			}
-			secret, err = a.t.UnsealWith(obj, ps.Session())
-			return err
+			})
 		})
 		return secret, err
 	})

@@ -275,6 +275,9 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
     sh -c "'$bin' tpm reboot >/dev/null && '$bin' fw verify --manifest '$demo/fw.manifest' --root '$demo/images' >/dev/null && '$bin' attest enroll --endpoint '$url' --class gateway"
   step "It attests: a quote over the endpoint's nonce, with the measurement log; the class has no golden values yet, so this quote becomes its baseline (trust on first use, said so)" \
     "$bin" attest now
+  "$bin" tpm pcr read --pcrs 0,1,2,3,4,5,6,7,12 -o json > "$demo/gateway-golden.json"
+  step "The operator sets the class's golden values from this known-good gateway (secrets go only to devices appraised against values an operator set, never a first-use baseline)" \
+    "$bin" fleet policy set --class gateway --pcr-values "$demo/gateway-golden.json" --endpoint "$url" --token-file "$demo/endpoint/fleet/operator.token"
   printf 'wifi-passphrase-of-the-fleet' > "$demo/wifi.secret"
   step "The operator hands the endpoint a secret for the class (kept at the endpoint; listed by name only)" \
     "$bin" fleet secret put --class gateway --name wifi --in "$demo/wifi.secret" --endpoint "$url" --token-file "$demo/endpoint/fleet/operator.token"

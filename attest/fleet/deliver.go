@@ -26,17 +26,39 @@ import (
 // MaxSecret is the largest secret: what a sealed data object holds.
 const MaxSecret = 128
 
-// DeliveryPolicy is the authPolicy of a delivered secret bound to the SHA-256
-// PCR values vals: PolicyPCR, then PolicyCommandCode(Unseal), so that the
-// object can be unsealed while the PCRs hold those values and used for
-// nothing else (not duplicated again: that needs PolicyCommandCode
-// (Duplicate)).
-func DeliveryPolicy(vals map[int][]byte) (policy.Policy, error) {
+// DeliveryPolicy is the authPolicy of a delivered secret bound to the
+// SHA-256 PCR values vals and to the device's AK (its TPM name ak):
+// PolicyPCR, then PolicySecret(AK), then PolicyCommandCode(Unseal). The
+// PCRs must hold the values that passed; only who proves the AK's
+// authValue, which only provd's state holds, can use it (found by review:
+// without PolicySecret, any process with TPM access imported a recorded
+// delivery under the EK and unsealed it); and it can be unsealed only, not
+// duplicated again.
+func DeliveryPolicy(vals map[int][]byte, ak []byte) ([]byte, error) {
 	v := policy.PCRValues{Bank: policy.BankSHA256, Values: vals}
 	if err := v.Validate(); err != nil {
 		return nil, err
 	}
-	return policy.Policy{policy.PCR{Values: v}, policy.CommandCode{CC: tpm2.TPMCCUnseal}}, nil
+	d, err := v.CompositeDigest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+	c, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+	for _, step := range []interface {
+		Update(*tpm2.PolicyCalculator) error
+	}{
+		tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: d}, Pcrs: v.Selection()},
+		tpm2.PolicySecret{AuthHandle: tpm2.NamedHandle{Name: tpm2.TPM2BName{Buffer: ak}}},
+		tpm2.PolicyCommandCode{Code: tpm2.TPMCCUnseal},
+	} {
+		if err := step.Update(c); err != nil {
+			return nil, err
+		}
+	}
+	return c.Hash().Digest, nil
 }
 
 // DeliveryPublic is the public area of a delivered secret: a sealed data
@@ -78,11 +100,15 @@ func (e *Endpoint) deliver(ctx context.Context, d Device, view map[string]map[in
 		return nil, fmt.Errorf("fleet: device %s: no SHA-256 PCRs quoted to bind its secrets to", d.ID)
 	}
 	slices.Sort(idx)
-	pol, err := DeliveryPolicy(vals)
+	akPub, err := parsePublic(d.AKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
+	}
+	akName, err := tpm2.ObjectName(&akPub)
 	if err != nil {
 		return nil, err
 	}
-	digest, err := pol.Digest(tpm2.TPMAlgSHA256)
+	digest, err := DeliveryPolicy(vals, akName.Buffer)
 	if err != nil {
 		return nil, err
 	}

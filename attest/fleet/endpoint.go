@@ -48,7 +48,29 @@ const (
 	CodeFirmwareFailed   = "firmware_failed"
 	CodeFirmwareManifest = "firmware_manifest"
 	CodeBaseline         = "baseline_tofu"
+	// CodeWithheld notes a pass whose deliveries were withheld (not a
+	// failure).
+	CodeWithheld = "deliveries_withheld"
 )
+
+// withhold says why a passing device gets no secrets, "" when it does: only
+// against golden values an operator set (found by review: a trust-on-first-
+// use pass delivered the class's secrets to whichever device attested first,
+// whatever its boot), values that cover more than the boot hook's PCR (a
+// manifests-only policy does not say which OS ran the hook, and an OS that
+// skips it extends PCR 12's good value by hand: found by review), and
+// SHA-256 values to bind the secret to.
+func withhold(p *Policy, quoted map[string]map[int]string) string {
+	switch {
+	case p == nil || p.TOFU:
+		return "the class's golden values are a trust-on-first-use baseline: secrets go only to devices appraised against values an operator set (provd fleet policy set)"
+	case len(p.PCRs["sha256"]) == 0 || len(p.PCRs["sha256"]) == 1 && p.PCRs["sha256"][HookPCR] != "":
+		return "the class's policy names no SHA-256 golden value beyond the boot hook's PCR: it does not say which OS ran the hook; add the PCRs that measure it"
+	case len(quoted["sha256"]) == 0:
+		return "no SHA-256 PCR was quoted to bind the secrets to"
+	}
+	return ""
+}
 
 // ErrRejected is a request the endpoint refuses before any appraisal (a
 // malformed enrollment, an untrusted EK): its message says why.
@@ -327,6 +349,14 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 		return v, err
 	}
 	if v.Pass && req.Fetch {
+		p, err := e.policy(ctx, d.Class)
+		if err != nil {
+			return v, err
+		}
+		if why := withhold(p, pcrs); why != "" {
+			v.Reasons = append(v.Reasons, Reason{Code: CodeWithheld, Detail: why})
+			return v, nil
+		}
 		if v.Deliveries, err = e.deliver(ctx, d, pcrs); err != nil {
 			return v, err
 		}

@@ -72,6 +72,11 @@ func (l *limiter) allow(key string) bool {
 	if !ok {
 		if len(l.buckets) >= maxBuckets {
 			l.sweep(now)
+			if len(l.buckets) >= maxBuckets {
+				// Full of active buckets: a new key waits rather than
+				// everyone's limits being reset (found by review).
+				return false
+			}
 		}
 		b = &bucket{tokens: l.burst, last: now}
 		l.buckets[key] = b
@@ -93,8 +98,5 @@ func (l *limiter) sweep(now time.Time) {
 		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
 			delete(l.buckets, k)
 		}
-	}
-	if len(l.buckets) >= maxBuckets {
-		clear(l.buckets) // everyone full again rather than memory without end
 	}
 }

@@ -43,6 +43,7 @@ type Server struct {
 	Metrics *Metrics
 
 	perDevice, perClient *limiter
+	ui                   sessions
 }
 
 // Rate limits, per replica: a device's challenges, attestations and
@@ -254,6 +255,17 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 		lim := s.perDevice
 		if route == "enroll" {
 			lim = s.perClient
+		} else {
+			// A device ID is 64 lower-case hex digits; anything else is
+			// refused before it costs memory (found by review: megabyte
+			// IDs filled the limiter). The bucket is the device's from this
+			// client: someone else's junk requests under a device's ID do
+			// not lock the device out (found by review).
+			if !isDeviceID(key) {
+				writeError(w, http.StatusBadRequest, "bad_request", errors.New("device_id: want 64 lower-case hex digits"))
+				return
+			}
+			key += "/" + clientAddr(r)
 		}
 		if !lim.allow(route + "/" + key) {
 			s.Metrics.limited.WithLabelValues(route).Inc()
@@ -300,6 +312,8 @@ func (s *Server) count(route string, res any, err error, took time.Duration) {
 		s.Metrics.latency.Observe(took.Seconds())
 	}
 }
+
+func isDeviceID(s string) bool { return len(s) == 64 && isHex(s) }
 
 func clientAddr(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)

@@ -28,7 +28,8 @@ func TestMetricsAndLimits(t *testing.T) {
 	}
 	defer st.Close()
 	now := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
-	for _, id := range []string{"d1", "d2"} {
+	d1, d2 := strings.Repeat("d1", 32), strings.Repeat("d2", 32)
+	for _, id := range []string{d1, d2} {
 		secret := sha256.Sum256([]byte(id))
 		if err := st.PutPending(ctx, fleet.Device{ID: id, Class: "gateway", EKPublic: []byte{1}, EKCert: []byte{1}, AKPublic: []byte{1}, SecretHash: secret[:], EnrolledAt: now}); err != nil {
 			t.Fatal(err)
@@ -50,17 +51,21 @@ func TestMetricsAndLimits(t *testing.T) {
 		return rsp.StatusCode
 	}
 	for i := range int(fleet.DeviceBurst) {
-		if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: "d1"}); code != http.StatusOK {
+		if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: d1}); code != http.StatusOK {
 			t.Fatalf("challenge %d: %d", i, code)
 		}
 	}
-	if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: "d1"}); code != http.StatusTooManyRequests {
+	if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: d1}); code != http.StatusTooManyRequests {
 		t.Fatalf("beyond the burst: %d", code)
 	}
-	if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: "d2"}); code != http.StatusOK {
+	if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: d2}); code != http.StatusOK {
 		t.Fatalf("another device: %d", code)
 	}
-	if code := post("/v1/attest", fleetapi.AttestRequest{DeviceID: "d2", Nonce: []byte("never issued")}); code != http.StatusOK {
+	// A device ID that is not one is refused before it costs anything.
+	if code := post("/v1/challenge", fleetapi.ChallengeRequest{DeviceID: strings.Repeat("x", 1<<20)}); code != http.StatusBadRequest {
+		t.Fatalf("a megabyte device ID: %d", code)
+	}
+	if code := post("/v1/attest", fleetapi.AttestRequest{DeviceID: d2, Nonce: []byte("never issued")}); code != http.StatusOK {
 		t.Fatalf("attest: %d", code)
 	}
 	rsp, err := http.Get(srv.URL + "/metrics")
@@ -74,7 +79,7 @@ func TestMetricsAndLimits(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	if strings.Contains(string(b), "d1") || strings.Contains(string(b), "d2") {
+	if strings.Contains(string(b), d1) || strings.Contains(string(b), d2) {
 		t.Error("metrics name a device")
 	}
 }

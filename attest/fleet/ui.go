@@ -1,10 +1,13 @@
 package fleet
 
 import (
+	"crypto/rand"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"html/template"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/provd/provd/attest/fleetapi"
@@ -36,7 +39,58 @@ var uiTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 	"reason": fleetapi.Reason.String,
 }).ParseFS(uiFiles, "ui/*.html"))
 
-const uiCookie = "provd_operator"
+// uiCookie is the sign-in session's cookie: a random session ID, never the
+// token (found by review: a cookie holding the token outlived sign-out and
+// worked as a bearer token). __Host-: Secure, Path=/, no Domain.
+const uiCookie = "__Host-provd_session"
+
+// uiSessionTTL is how long a sign-in lasts.
+const uiSessionTTL = 8 * time.Hour
+
+// maxUISessions bounds the sessions one replica keeps.
+const maxUISessions = 1024
+
+// sessions are the operators' page sign-ins, in memory per replica.
+type sessions struct {
+	mu  sync.Mutex
+	ids map[string]time.Time // ID -> expiry
+}
+
+func (ss *sessions) add(now time.Time) (string, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.ids == nil {
+		ss.ids = map[string]time.Time{}
+	}
+	for id, exp := range ss.ids {
+		if !now.Before(exp) {
+			delete(ss.ids, id)
+		}
+	}
+	if len(ss.ids) >= maxUISessions {
+		return "", false
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", false
+	}
+	id := hex.EncodeToString(b)
+	ss.ids[id] = now.Add(uiSessionTTL)
+	return id, true
+}
+
+func (ss *sessions) valid(id string, now time.Time) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	exp, ok := ss.ids[id]
+	return ok && now.Before(exp)
+}
+
+func (ss *sessions) remove(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.ids, id)
+}
 
 func (s *Server) uiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ui/", func(w http.ResponseWriter, r *http.Request) {
@@ -87,18 +141,26 @@ func (s *Server) uiRoutes(mux *http.ServeMux) {
 			s.render(w, http.StatusUnauthorized, "login.html", map[string]any{"Failed": true})
 			return
 		}
-		http.SetCookie(w, &http.Cookie{Name: uiCookie, Value: token, Path: "/ui/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: 8 * 3600})
+		id, ok := s.ui.add(s.E.now())
+		if !ok {
+			s.render(w, http.StatusServiceUnavailable, "login.html", map[string]any{"Failed": true})
+			return
+		}
+		http.SetCookie(w, &http.Cookie{Name: uiCookie, Value: id, Path: "/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: int(uiSessionTTL.Seconds())})
 		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 	})
 	mux.HandleFunc("POST /ui/logout", func(w http.ResponseWriter, r *http.Request) {
-		http.SetCookie(w, &http.Cookie{Name: uiCookie, Value: "", Path: "/ui/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+		if c, err := r.Cookie(uiCookie); err == nil {
+			s.ui.remove(c.Value)
+		}
+		http.SetCookie(w, &http.Cookie{Name: uiCookie, Value: "", Path: "/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 	})
 }
 
 func (s *Server) uiAuthorized(r *http.Request) bool {
 	c, err := r.Cookie(uiCookie)
-	return err == nil && s.tokenValid(c.Value)
+	return err == nil && s.ui.valid(c.Value, s.E.now())
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, data map[string]any) {

@@ -81,8 +81,8 @@ type AttestRequest struct {
 // (Public, TPMT_PUBLIC) in an outer duplication wrapper to its EK (the
 // certificate EKCertSHA256 names) that only that TPM can import, usable
 // only while the PCRs PCRs selects hold the values of the appraisal that
-// passed, and only to be unsealed (PolicyPCR, then
-// PolicyCommandCode(Unseal)).
+// passed, only by who proves the device's AK's authValue, and only to be
+// unsealed (PolicyPCR, PolicySecret(AK), PolicyCommandCode(Unseal)).
 type Delivery struct {
 	Name         string           `json:"name"`
 	EKCertSHA256 string           `json:"ek_cert_sha256"`

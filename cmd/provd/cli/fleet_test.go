@@ -451,6 +451,16 @@ func TestFleetDelivery(t *testing.T) {
 	}
 	op := []string{"--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile}
 	a.expect(t, 0, append([]string{"fleet", "secret", "put", "--class", "gateway", "--name", "wifi", "--in", secretFile}, op...)...)
+	// Under a trust-on-first-use baseline nothing is delivered: the
+	// operator sets the class's golden values first (here from A's boot).
+	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, fleet.CodeWithheld) || strings.Contains(out, "installed") {
+		t.Fatalf("fetch under a baseline:\n%s", out)
+	}
+	golden := filepath.Join(t.TempDir(), "golden.json")
+	if err := os.WriteFile(golden, []byte(a.expect(t, 0, "tpm", "pcr", "read", "--pcrs", "0,1,2,3,4,5,6,7,12", "-o", "json")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.expect(t, 0, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden}, op...)...)
 	if out := a.expect(t, 0, append([]string{"fleet", "secret", "list", "--class", "gateway", "-o", "json"}, op...)...); !strings.Contains(out, `"wifi"`) || strings.Contains(out, "horse") {
 		t.Fatalf("secret list:\n%s", out)
 	}
@@ -589,6 +599,11 @@ func TestFleetThroughDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.expect(t, 0, "fleet", "secret", "put", "--class", "gateway", "--name", "s", "--in", secretFile, "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile)
+	golden := filepath.Join(t.TempDir(), "golden.json")
+	if err := os.WriteFile(golden, []byte(d.expect(t, 0, "tpm", "pcr", "read", "--pcrs", "0,1,2,3,4,5,6,7,12", "-o", "json")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.expect(t, 0, "fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden, "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--token-file", tokenFile)
 
 	d.swtpm.Reopen()
 	ag, err := agent.New(agent.Config{TPM: d.swtpm.TPM, StateDir: d.dir})
