@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -53,6 +56,18 @@ const (
 	CodeWithheld = "deliveries_withheld"
 )
 
+// coversBoot says whether golden values name a PCR that measures the boot
+// and that no process can reset: 0..11 or 13..15 (found by review: a
+// policy of PCR 12 and the resettable PCR 16 counted as covering the OS).
+func coversBoot(vals map[int]string) bool {
+	for i := range vals {
+		if i >= 0 && i <= 15 && i != HookPCR {
+			return true
+		}
+	}
+	return false
+}
+
 // withhold says why a passing device gets no secrets, "" when it does: only
 // against golden values an operator set (found by review: a trust-on-first-
 // use pass delivered the class's secrets to whichever device attested first,
@@ -64,8 +79,8 @@ func withhold(p *Policy, quoted map[string]map[int]string) string {
 	switch {
 	case p == nil || p.TOFU:
 		return "the class's golden values are a trust-on-first-use baseline: secrets go only to devices appraised against values an operator set (provd fleet policy set)"
-	case len(p.PCRs["sha256"]) == 0 || len(p.PCRs["sha256"]) == 1 && p.PCRs["sha256"][HookPCR] != "":
-		return "the class's policy names no SHA-256 golden value beyond the boot hook's PCR: it does not say which OS ran the hook; add the PCRs that measure it"
+	case !coversBoot(p.PCRs["sha256"]):
+		return "the class's policy names no SHA-256 golden value of a PCR that measures the boot (0..11, 13..15; not the hook's 12, not the resettable 16..23): it does not say which OS ran the hook; add the PCRs that measure it"
 	case len(quoted["sha256"]) == 0:
 		return "no SHA-256 PCR was quoted to bind the secrets to"
 	}
@@ -95,6 +110,9 @@ type Config struct {
 // from the store, so replicas scale out behind any load balancer.
 type Endpoint struct {
 	cfg Config
+
+	keyMu sync.Mutex
+	key   []byte // the nonce key, once read from the store
 }
 
 // New returns an endpoint.
@@ -282,19 +300,84 @@ func (e *Endpoint) Challenge(ctx context.Context, req fleetapi.ChallengeRequest)
 	if d.State != StateEnrolled {
 		return fleetapi.Challenge{}, rejected("device %s is %s", d.ID, d.State)
 	}
-	nonce, err := attest.NewNonce(attest.Options{Rand: e.cfg.Rand})
-	if err != nil {
-		return fleetapi.Challenge{}, err
-	}
 	p, err := e.policy(ctx, d.Class)
 	if err != nil {
 		return fleetapi.Challenge{}, err
 	}
-	n := Nonce{Nonce: nonce, DeviceID: d.ID, ExpiresAt: e.now().Add(e.cfg.NonceTTL)}
-	if err := e.cfg.Store.PutNonce(ctx, n, e.now()); err != nil {
+	expires := e.now().Add(e.cfg.NonceTTL)
+	nonce, err := e.newNonce(ctx, d.ID, expires)
+	if err != nil {
 		return fleetapi.Challenge{}, err
 	}
-	return fleetapi.Challenge{Nonce: nonce, ExpiresAt: n.ExpiresAt, PCRs: e.selection(p)}, nil
+	return fleetapi.Challenge{Nonce: nonce, ExpiresAt: expires, PCRs: e.selection(p)}, nil
+}
+
+// Nonces are authenticated by the endpoint, not stored at challenge time
+// (found by review: a stored nonce per challenge let anyone who knows a
+// device's public ID flood challenges under it and evict the device's own;
+// and an unbounded table, or a cap, was the price): version 1, the expiry
+// (Unix milliseconds), 16 random bytes, and the first 16 bytes of
+// HMAC-SHA256(the replicas' shared key, label || device ID || the rest).
+// A nonce is stored only when used, until it expires, so it is accepted
+// once on any replica.
+const (
+	nonceVersion = 1
+	nonceBody    = 1 + 8 + 16
+	nonceSize    = nonceBody + 16
+)
+
+var nonceLabel = []byte("provd fleet nonce v1\x00")
+
+func (e *Endpoint) nonceKey(ctx context.Context) ([]byte, error) {
+	e.keyMu.Lock()
+	defer e.keyMu.Unlock()
+	if e.key == nil {
+		k, err := e.cfg.Store.NonceKey(ctx)
+		if err != nil {
+			return nil, err
+		}
+		e.key = k
+	}
+	return e.key, nil
+}
+
+func nonceTag(key []byte, deviceID string, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(nonceLabel)
+	m.Write([]byte(deviceID))
+	m.Write(body)
+	return m.Sum(nil)[:16]
+}
+
+func (e *Endpoint) newNonce(ctx context.Context, deviceID string, expires time.Time) ([]byte, error) {
+	key, err := e.nonceKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := make([]byte, nonceBody, nonceSize)
+	n[0] = nonceVersion
+	binary.BigEndian.PutUint64(n[1:9], uint64(expires.UnixMilli()))
+	if _, err := io.ReadFull(e.cfg.Rand, n[9:nonceBody]); err != nil {
+		return nil, err
+	}
+	return append(n, nonceTag(key, deviceID, n)...), nil
+}
+
+// useNonce checks that nonce is one this endpoint (any replica) issued to
+// deviceID, unexpired, and marks it used: once.
+func (e *Endpoint) useNonce(ctx context.Context, deviceID string, nonce []byte) error {
+	key, err := e.nonceKey(ctx)
+	if err != nil {
+		return err
+	}
+	if len(nonce) != nonceSize || nonce[0] != nonceVersion || !hmac.Equal(nonce[nonceBody:], nonceTag(key, deviceID, nonce[:nonceBody])) {
+		return ErrNonceUnknown
+	}
+	expires := time.UnixMilli(int64(binary.BigEndian.Uint64(nonce[1:9]))).UTC()
+	if !e.now().Before(expires) {
+		return ErrNonceExpired
+	}
+	return e.cfg.Store.UseNonce(ctx, Nonce{Nonce: nonce, DeviceID: deviceID, ExpiresAt: expires}, e.now())
 }
 
 func pcrReason(code string, bank tpm2.TPMIAlgHash, pcr int, detail string) Reason {
@@ -374,7 +457,7 @@ func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRe
 	case StateRevoked:
 		return []Reason{{Code: CodeRevoked}}, nil, false, nil
 	}
-	switch err := e.cfg.Store.TakeNonce(ctx, d.ID, req.Nonce, e.now()); {
+	switch err := e.useNonce(ctx, d.ID, req.Nonce); {
 	case errors.Is(err, ErrNonceUnknown):
 		return []Reason{{Code: CodeNonceUnknown}}, nil, false, nil
 	case errors.Is(err, ErrNonceExpired):

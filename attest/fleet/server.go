@@ -265,6 +265,16 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 				writeError(w, http.StatusBadRequest, "bad_request", errors.New("device_id: want 64 lower-case hex digits"))
 				return
 			}
+			// A bucket only for a device the store knows (found by
+			// review: random IDs filled the limiter, which then refused
+			// every device).
+			if _, err := s.E.cfg.Store.Device(r.Context(), key); errors.Is(err, ErrNotFound) {
+				writeError(w, http.StatusNotFound, "not_found", errors.New("no such device"))
+				return
+			} else if err != nil {
+				s.fail(w, r, err)
+				return
+			}
 			key += "/" + clientAddr(r)
 		}
 		if !lim.allow(route + "/" + key) {

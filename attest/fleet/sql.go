@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"database/sql"
 	"encoding/base64"
@@ -95,16 +96,18 @@ var migrations = []string{
 		updated_at BIGINT NOT NULL,
 		PRIMARY KEY (class, name)
 	);`,
+	// 3: the replicas' shared settings (the nonce key); nonces are no
+	// longer stored at challenge time, only once used.
+	`CREATE TABLE settings (
+		name TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	);
+	DELETE FROM nonces;`,
 }
 
 // PendingTTL is how long a pending enrollment holds its device ID against
 // an enrollment of another AK.
 const PendingTTL = 10 * time.Minute
-
-// MaxNoncesPerDevice bounds the outstanding challenges of one device: a
-// new one beyond it replaces the oldest (found by review: challenges for
-// anyone, never taken, grew the table without end).
-const MaxNoncesPerDevice = 8
 
 // sqlStore is the Store over database/sql, for both dialects.
 type sqlStore struct {
@@ -354,45 +357,39 @@ func (s *sqlStore) Revoke(ctx context.Context, id string, now time.Time) error {
 	return nil
 }
 
-func (s *sqlStore) PutNonce(ctx context.Context, n Nonce, now time.Time) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now)); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3)`),
-		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt)); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE device_id = $1 AND nonce NOT IN
-		(SELECT nonce FROM nonces WHERE device_id = $1 ORDER BY expires_at DESC, nonce LIMIT $2)`), n.DeviceID, MaxNoncesPerDevice); err != nil {
-		return err
-	}
-	return tx.Commit()
-}
-
-func (s *sqlStore) TakeNonce(ctx context.Context, deviceID string, nonce []byte, now time.Time) error {
-	// One statement: the row goes on whichever replica asks first; the
-	// other finds nothing. Expired nonces of anyone are swept on the way.
-	var expires int64
-	err := s.db.QueryRowContext(ctx, s.d.q(`DELETE FROM nonces WHERE nonce = $1 AND device_id = $2 RETURNING expires_at`),
-		b64.EncodeToString(nonce), deviceID).Scan(&expires)
-	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNonceUnknown
-	}
-	if err != nil {
-		return err
-	}
+func (s *sqlStore) UseNonce(ctx context.Context, n Nonce, now time.Time) error {
 	if _, err := s.db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now)); err != nil {
 		return err
 	}
-	if !now.Before(fromMS(expires)) {
-		return ErrNonceExpired
+	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`),
+		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
+	if err != nil {
+		return err
+	}
+	if k, err := res.RowsAffected(); err != nil || k != 1 {
+		return ErrNonceUnknown
 	}
 	return nil
+}
+
+func (s *sqlStore) NonceKey(ctx context.Context) ([]byte, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if _, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`),
+		"nonce_key", b64.EncodeToString(key)); err != nil {
+		return nil, err
+	}
+	var v string
+	if err := s.db.QueryRowContext(ctx, s.d.q(`SELECT value FROM settings WHERE name = $1`), "nonce_key").Scan(&v); err != nil {
+		return nil, err
+	}
+	k, err := b64.DecodeString(v)
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("fleet: the stored nonce key is not 32 bytes")
+	}
+	return k, nil
 }
 
 func (s *sqlStore) RecordAppraisal(ctx context.Context, a Appraisal) error {

@@ -100,13 +100,14 @@ type Store interface {
 	// Devices lists devices by ID, after the given one, at most limit.
 	Devices(ctx context.Context, after string, limit int) ([]Device, error)
 	Revoke(ctx context.Context, id string, now time.Time) error
-	// PutNonce issues a nonce; expired ones are swept, and a device keeps
-	// at most MaxNoncesPerDevice (the oldest go).
-	PutNonce(ctx context.Context, n Nonce, now time.Time) error
-	// TakeNonce consumes the nonce for the device: once, on whichever
-	// replica; ErrNonceUnknown when it was never issued to it or was used,
-	// ErrNonceExpired when it expired (it is consumed all the same).
-	TakeNonce(ctx context.Context, deviceID string, nonce []byte, now time.Time) error
+	// UseNonce marks a nonce used, once across replicas: ErrNonceUnknown
+	// when it was used before. Challenges store nothing (the endpoint
+	// authenticates its nonces itself, Endpoint.Challenge); a used nonce is
+	// kept until n.ExpiresAt, and expired ones are swept on the way.
+	UseNonce(ctx context.Context, n Nonce, now time.Time) error
+	// NonceKey is the replicas' shared key for authenticating nonces,
+	// made once (the first replica to ask) and kept in the store.
+	NonceKey(ctx context.Context) ([]byte, error)
 	// RecordAppraisal stores an appraisal and the device's last verdict.
 	RecordAppraisal(ctx context.Context, a Appraisal) error
 	Appraisals(ctx context.Context, deviceID string, limit int) ([]Appraisal, error)

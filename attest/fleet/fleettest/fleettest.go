@@ -126,61 +126,41 @@ func Run(t *testing.T, newURL Opener) {
 	t.Run("nonces", func(t *testing.T) {
 		s := open(t, newURL(t))
 		n := fleet.Nonce{Nonce: []byte("nonce-1"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, n, t0); err != nil {
+		if err := s.UseNonce(ctx, n, t0); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.TakeNonce(ctx, "d2", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
-			t.Fatalf("another device's nonce: %v", err)
-		}
-		if err := s.TakeNonce(ctx, "d1", n.Nonce, t0); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.TakeNonce(ctx, "d1", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+		if err := s.UseNonce(ctx, n, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
 			t.Fatalf("a nonce used twice: %v", err)
 		}
-		old := fleet.Nonce{Nonce: []byte("nonce-2"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, old, t0); err != nil {
+		// Expired ones are swept: the table holds only what can still be
+		// replayed.
+		if err := s.UseNonce(ctx, fleet.Nonce{Nonce: []byte("nonce-2"), DeviceID: "d1", ExpiresAt: t0.Add(2 * time.Minute)}, t0.Add(time.Minute+time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0.Add(time.Minute)); !errors.Is(err, fleet.ErrNonceExpired) {
-			t.Fatalf("an expired nonce: %v", err)
-		}
-		if err := s.TakeNonce(ctx, "d1", old.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
-			t.Fatalf("an expired nonce is consumed too: %v", err)
-		}
-		// A device keeps at most MaxNoncesPerDevice challenges; issuing
-		// more drops the oldest, and expired ones of anyone are swept.
-		for i := range fleet.MaxNoncesPerDevice + 5 {
-			n := fleet.Nonce{Nonce: []byte(fmt.Sprintf("flood-%02d", i)), DeviceID: "flood", ExpiresAt: t0.Add(time.Duration(i+1) * time.Second)}
-			if err := s.PutNonce(ctx, n, t0); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := s.TakeNonce(ctx, "flood", []byte("flood-00"), t0); !errors.Is(err, fleet.ErrNonceUnknown) {
-			t.Fatalf("the oldest of a flood is still there: %v", err)
-		}
-		if err := s.TakeNonce(ctx, "flood", []byte(fmt.Sprintf("flood-%02d", fleet.MaxNoncesPerDevice+4)), t0); err != nil {
-			t.Fatalf("the newest of a flood: %v", err)
-		}
-		// Many takers at once: exactly one wins.
+		// Many users of one nonce at once: exactly one wins.
 		race := fleet.Nonce{Nonce: []byte("nonce-3"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := s.PutNonce(ctx, race, t0); err != nil {
-			t.Fatal(err)
-		}
 		var wins atomic.Int32
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if s.TakeNonce(ctx, "d1", race.Nonce, t0) == nil {
+				if s.UseNonce(ctx, race, t0) == nil {
 					wins.Add(1)
 				}
 			}()
 		}
 		wg.Wait()
 		if wins.Load() != 1 {
-			t.Fatalf("%d takers won one nonce", wins.Load())
+			t.Fatalf("%d users won one nonce", wins.Load())
+		}
+		// The nonce key: made once, the same on every call.
+		k1, err := s.NonceKey(ctx)
+		if err != nil || len(k1) != 32 {
+			t.Fatalf("%x %v", k1, err)
+		}
+		if k2, err := s.NonceKey(ctx); err != nil || !bytes.Equal(k1, k2) {
+			t.Fatalf("a second nonce key: %v", err)
 		}
 	})
 	t.Run("appraisals", func(t *testing.T) {
@@ -287,15 +267,25 @@ func Run(t *testing.T, newURL Opener) {
 			}
 			t.Cleanup(func() { stores[i].Close() })
 		}
+		// Replicas share one nonce key, and a nonce used on one is used on
+		// all.
+		keys := map[string]bool{}
+		for _, st := range stores {
+			k, err := st.NonceKey(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[string(k)] = true
+		}
+		if len(keys) != 1 {
+			t.Fatalf("%d nonce keys among the replicas", len(keys))
+		}
 		n := fleet.Nonce{Nonce: []byte("shared"), DeviceID: "d1", ExpiresAt: t0.Add(time.Minute)}
-		if err := stores[0].PutNonce(ctx, n, t0); err != nil {
-			t.Fatal(err)
+		if err := stores[1].UseNonce(ctx, n, t0); err != nil {
+			t.Fatalf("a nonce used on one replica: %v", err)
 		}
-		if err := stores[1].TakeNonce(ctx, "d1", n.Nonce, t0); err != nil {
-			t.Fatalf("a nonce issued by one replica, taken by another: %v", err)
-		}
-		if err := stores[0].TakeNonce(ctx, "d1", n.Nonce, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
-			t.Fatalf("the same nonce again, on the first replica: %v", err)
+		if err := stores[0].UseNonce(ctx, n, t0); !errors.Is(err, fleet.ErrNonceUnknown) {
+			t.Fatalf("the same nonce again, on another replica: %v", err)
 		}
 	})
 }
