@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/provd/provd/api/errkind"
 	"github.com/provd/provd/tpm"
 )
 
@@ -13,9 +14,9 @@ import (
 var (
 	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
 	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
-	ErrNotPermitted       = errors.New("not permitted")
+	ErrNotPermitted       = errkind.NotPermitted
 	ErrNotFound           = errors.New("not found")
-	ErrBadInput           = errors.New("bad input")
+	ErrBadInput           = errkind.BadInput
 
 	// ErrNotExtractable: the key was not created extractable, so nothing can
 	// take it out of the TPM; that was decided at its creation.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
 )
 
@@ -51,15 +52,12 @@ type PeerProof struct {
 // ChallengeFormat is PeerChallenge's and PeerProof's format number.
 const ChallengeFormat = 1
 
-// ChallengePrefix starts a challenge credential's secret, and a peer
-// answers only a credential that starts with it: provd peer prove is then
-// no oracle for the credentials of duplicates (an inner key and an
-// authValue), which never start so.
-var ChallengePrefix = []byte("provd peer proof v1\x00")
+// ChallengePrefix and ChallengeAnswerSize are catalog's (the fleet
+// endpoint makes challenges too, without api).
+var ChallengePrefix = catalog.ChallengePrefix
 
-// ChallengeAnswerSize is the answer's size: with the prefix, the 48 bytes
-// of a duplicate's credential.
-const ChallengeAnswerSize = 48 - 20
+// ChallengeAnswerSize is catalog.ChallengeAnswerSize.
+const ChallengeAnswerSize = catalog.ChallengeAnswerSize
 
 // Proven checks that p answers c for peer: c and p name the peer's
 // transfer key, c's credential was to one of the peer's EK certificates,

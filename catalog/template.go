@@ -275,6 +275,18 @@ func TransferPolicy(pkName []byte) []byte {
 	return h.Sum(nil)
 }
 
+// ChallengePrefix starts the secret of a credential that challenges a
+// transfer key to prove itself resident (provd peer challenge, or the
+// fleet endpoint before it approves duplications to it), and a peer answers
+// only a credential that starts with it: provd peer prove is then no oracle
+// for the credentials of duplicates (an inner key and an authValue), which
+// never start so.
+var ChallengePrefix = []byte("provd peer proof v1\x00")
+
+// ChallengeAnswerSize is the answer's size: with the prefix, the 48 bytes
+// of a duplicate's credential.
+const ChallengeAnswerSize = 48 - 20
+
 // IsTransferKey reports whether pub is the transfer key of the device
 // whose PK is pkName: the template with that policy and any unique field.
 func IsTransferKey(pub tpm2.TPMTPublic, pkName []byte) bool {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/api"
+	"github.com/provd/provd/api/errkind"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 )
@@ -90,19 +90,19 @@ type Recipe struct {
 // Check validates r and fills in the default usage.
 func (r Recipe) Check() (Recipe, catalog.Type, error) {
 	if r.Label == "" || len(r.Label) > MaxLabel || len(r.Context) > MaxLabel {
-		return r, catalog.Type{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", api.ErrBadInput, MaxLabel, MaxLabel)
+		return r, catalog.Type{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", errkind.BadInput, MaxLabel, MaxLabel)
 	}
 	for what, s := range map[string]string{"label": r.Label, "context": r.Context} {
 		if err := checkRecipeText(s); err != nil {
-			return r, catalog.Type{}, fmt.Errorf("%w: %s: %v", api.ErrBadInput, what, err)
+			return r, catalog.Type{}, fmt.Errorf("%w: %s: %v", errkind.BadInput, what, err)
 		}
 	}
 	kt, err := catalog.Lookup(r.Type, true)
 	if err != nil {
-		return r, kt, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
+		return r, kt, fmt.Errorf("%w: %w", errkind.NotPermitted, err)
 	}
 	if r.Usage, err = kt.Usage(r.Usage); err != nil {
-		return r, kt, fmt.Errorf("%w: %w", api.ErrBadInput, err)
+		return r, kt, fmt.Errorf("%w: %w", errkind.BadInput, err)
 	}
 	r.Type = kt.Name
 	return r, kt, nil
@@ -252,10 +252,10 @@ func ApproveDuplication(officer crypto.Signer, pkPolicy, objectName, newParent [
 // approval made with --pk-policy 00…00 moved a PK on a bad boot).
 func checkPKPolicy(d []byte) error {
 	if len(d) != sha256.Size {
-		return fmt.Errorf("%w: PK policy digest is %d bytes, want 32", api.ErrBadInput, len(d))
+		return fmt.Errorf("%w: PK policy digest is %d bytes, want 32", errkind.BadInput, len(d))
 	}
 	if bytes.Equal(d, make([]byte, sha256.Size)) {
-		return fmt.Errorf("%w: a PK policy digest of zeros is no policy: the approval would hold on any platform state", api.ErrBadInput)
+		return fmt.Errorf("%w: a PK policy digest of zeros is no policy: the approval would hold on any platform state", errkind.BadInput)
 	}
 	return nil
 }

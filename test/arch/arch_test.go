@@ -98,6 +98,14 @@ var rules = []rule{
 			"and without the agent; its tests may use a TPM (tpm, test/swtpmtest) to produce evidence",
 	},
 	{
+		name:      "officer-is-pure",
+		from:      []string{"officer"},
+		forbid:    []string{"agent/...", "tpm/...", "cmd/...", "systemd"},
+		testAllow: []string{"tpm/..."}, // its tests check approvals on a TPM
+		why: "what the crypto officer (or the fleet endpoint as the duplication authority) approves is computed " +
+			"offline, with no TPM and no state: the fleet endpoint signs approvals with it",
+	},
+	{
 		name:   "keywrap-is-pure",
 		from:   []string{"keywrap/..."},
 		forbid: []string{"..."},
