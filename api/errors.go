@@ -15,7 +15,7 @@ var (
 	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
 	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
 	ErrNotPermitted       = errkind.NotPermitted
-	ErrNotFound           = errors.New("not found")
+	ErrNotFound           = errkind.NotFound
 	ErrBadInput           = errkind.BadInput
 
 	// ErrNotExtractable: the key was not created extractable, so nothing can

@@ -1,8 +1,10 @@
-// Package errkind holds the two most general sentinels of the wire
-// contract, bad input and not permitted, apart from api: api links the TPM
+// Package errkind holds the most general sentinels of the wire contract,
+// bad input, not permitted and not found, apart from api: api links the TPM
 // package, and packages that must stay pure (officer, which the fleet
 // endpoint uses to sign duplication approvals without a TPM) wrap these.
-// api.ErrBadInput and api.ErrNotPermitted are these values, so errors.Is
+// The fleet endpoint's client maps its HTTP statuses to them, so that
+// provd fleet and attest commands exit as every other command does.
+// api.ErrBadInput, api.ErrNotPermitted and api.ErrNotFound are these values, so errors.Is
 // and the kinds table (api/kinds.go) see one error either way.
 package errkind
 
@@ -13,4 +15,6 @@ var (
 	BadInput = errors.New("bad input")
 	// NotPermitted is api.ErrNotPermitted.
 	NotPermitted = errors.New("not permitted")
+	// NotFound is api.ErrNotFound.
+	NotFound = errors.New("not found")
 )

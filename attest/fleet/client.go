@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provd/provd/api/errkind"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/internal/strictjson"
 )
@@ -57,6 +58,21 @@ type APIError struct {
 
 func (e *APIError) Error() string {
 	return fmt.Sprintf("fleet endpoint: %s (HTTP %d): %s", e.Code, e.Status, e.Message)
+}
+
+// Unwrap gives the error's kind (api/errkind) by its status, so that
+// commands exit as for the same refusal anywhere else: 400 bad input;
+// 401, 403 and 422 not permitted; 404 not found.
+func (e *APIError) Unwrap() error {
+	switch e.Status {
+	case http.StatusBadRequest:
+		return errkind.BadInput
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusUnprocessableEntity:
+		return errkind.NotPermitted
+	case http.StatusNotFound:
+		return errkind.NotFound
+	}
+	return nil
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
@@ -113,6 +129,22 @@ func (c *Client) Challenge(ctx context.Context, req fleetapi.ChallengeRequest) (
 // Attest sends evidence and returns the verdict.
 func (c *Client) Attest(ctx context.Context, req fleetapi.AttestRequest) (res fleetapi.Verdict, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/attest", req, &res)
+}
+
+// ProvePeer answers a residency challenge and registers the transfer key.
+func (c *Client) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest) (res fleetapi.PeerRegistration, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/attest/peer", req, &res)
+}
+
+// Authority returns the endpoint's duplication authority key.
+func (c *Client) Authority(ctx context.Context) (res fleetapi.Authority, err error) {
+	return res, c.do(ctx, http.MethodGet, "/v1/authority", nil, &res)
+}
+
+// ApproveDuplication asks for the endpoint's approval of a key's
+// duplication to a device's transfer key (operator).
+func (c *Client) ApproveDuplication(ctx context.Context, id string, req fleetapi.DupApprovalRequest) (res fleetapi.DupApproval, err error) {
+	return res, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/dup-approval", req, &res)
 }
 
 // Devices lists devices (operator).

@@ -104,6 +104,13 @@ type Config struct {
 	DefaultPCRs map[string][]int
 	Now         func() time.Time
 	Rand        io.Reader
+	// Authority signs duplication approvals (ApproveDuplication): the
+	// key whose public part keys and movable PKs are born
+	// --duplicable-by. None: the endpoint approves nothing.
+	Authority crypto.Signer
+	// ApprovalMaxAge is how recent a device's last passing attestation
+	// must be for an approval to it (default 1 hour).
+	ApprovalMaxAge time.Duration
 }
 
 // Endpoint is the fleet's appraisal logic over a store: stateless apart
@@ -125,6 +132,9 @@ func New(cfg Config) *Endpoint {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ApprovalMaxAge == 0 {
+		cfg.ApprovalMaxAge = time.Hour
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
@@ -431,6 +441,20 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 	if err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); err != nil {
 		return v, err
 	}
+	if v.Pass && len(req.Peer) > 0 {
+		p, err := e.policy(ctx, d.Class)
+		if err != nil {
+			return v, err
+		}
+		ch, why, err := e.peerChallenge(ctx, d, p, pcrs, req.Peer)
+		if err != nil {
+			return v, err
+		}
+		if why != nil {
+			v.Reasons = append(v.Reasons, *why)
+		}
+		v.PeerChallenge = ch
+	}
 	if v.Pass && req.Fetch {
 		p, err := e.policy(ctx, d.Class)
 		if err != nil {
@@ -481,7 +505,12 @@ func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRe
 		}
 		require[b.Alg()] = idx
 	}
-	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, req.Nonce, attest.Options{})
+	// A quote that registers a peer file vouches for it too.
+	qualifying := req.Nonce
+	if len(req.Peer) > 0 {
+		qualifying = fleetapi.PeerQualifying(req.Nonce, req.Peer)
+	}
+	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, qualifying, attest.Options{})
 	switch {
 	case errors.Is(err, attest.ErrSignature):
 		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, false, nil

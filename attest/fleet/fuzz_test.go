@@ -1,12 +1,17 @@
 package fleet_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 
 	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/catalog"
 )
 
 // FuzzAttest: whatever a device sends as evidence (quote, signature, PCR
@@ -63,6 +69,62 @@ func FuzzAttest(f *testing.F) {
 		}
 		if v2, err := e.Attest(ctx, req); err != nil || v2.Pass || v2.Reasons[0].Code != fleet.CodeNonceUnknown {
 			t.Fatalf("the nonce again: %+v %v", v2, err)
+		}
+	})
+}
+
+// FuzzPeerFile: whatever peer identity file a device's quote vouches for,
+// the endpoint's check refuses it with ErrRejected or accepts one whose
+// transfer key is exactly a provd transfer key bound to the PK it names,
+// under that key's name; never a panic.
+func FuzzPeerFile(f *testing.F) {
+	pkName := append([]byte{0, 0x0b}, make([]byte, 32)...)
+	pub := catalog.TransferTemplate(catalog.TransferPolicy(pkName))
+	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}})
+	name, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, err := json.Marshal(map[string]any{"format": 1, "ek_certificates": [][]byte{{1}}, "parent": tpm2.Marshal(tpm2.New2B(pub)),
+		"parent_name": hex.EncodeToString(name.Buffer), "pk_name": hex.EncodeToString(pkName), "pk_policy": strings.Repeat("42", 32),
+		"officer": hex.EncodeToString(pkName), "created_at": time.Now().UTC()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if _, _, err := fleet.CheckPeerFile(good); err != nil {
+		f.Fatalf("the seed: %v", err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"format":1}`))
+	f.Add([]byte(`{"format":1,"format":1}`))
+	f.Add(append(bytes.Clone(good), ' ', '{', '}'))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, tName, err := fleet.CheckPeerFile(b)
+		if err != nil {
+			if !errors.Is(err, fleet.ErrRejected) {
+				t.Fatalf("an error that is not a rejection: %v", err)
+			}
+			return
+		}
+		var f struct {
+			Parent []byte `json:"parent"`
+			PKName string `json:"pk_name"`
+		}
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("accepted a file that does not parse: %v", err)
+		}
+		pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](f.Parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := pub2b.Contents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk, _ := hex.DecodeString(f.PKName)
+		n, err := tpm2.ObjectName(pub)
+		if err != nil || !catalog.IsTransferKey(*pub, pk) || !bytes.Equal(n.Buffer, tName) || p.ParentName != hex.EncodeToString(tName) {
+			t.Fatalf("accepted a transfer key that is not one: %x", f.Parent)
 		}
 	})
 }

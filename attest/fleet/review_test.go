@@ -42,9 +42,10 @@ import (
 // with go-tpm directly: the device's owner is the attacker where it says so.
 
 type reviewFleet struct {
-	e    *fleet.Endpoint
-	st   fleet.Store
-	path string
+	e     *fleet.Endpoint
+	st    fleet.Store
+	path  string
+	roots *x509.CertPool
 }
 
 func reviewEndpoint(t *testing.T, envs ...*swtpmtest.Env) *reviewFleet {
@@ -77,7 +78,7 @@ func reviewEndpointWith(t *testing.T, extra *x509.Certificate, envs ...*swtpmtes
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return &reviewFleet{e: fleet.New(fleet.Config{Store: st, Roots: pool}), st: st, path: path}
+	return &reviewFleet{e: fleet.New(fleet.Config{Store: st, Roots: pool}), st: st, path: path, roots: pool}
 }
 
 type reviewDevice struct {
@@ -139,17 +140,28 @@ func (d *reviewDevice) enroll(f *reviewFleet, class string, certs [][]byte) (str
 }
 
 func (d *reviewDevice) activate(enr fleetapi.Enrollment) []byte {
+	d.t.Helper()
+	secret, err := d.activateWith(enr.EKCertSHA256, tpm2.AuthHandle{Handle: d.ak, Name: d.name, Auth: tpm2.PasswordAuth(nil)}, enr.CredentialBlob, enr.CredentialSecret)
+	if err != nil {
+		d.t.Fatalf("ActivateCredential: %v", err)
+	}
+	return secret
+}
+
+// activateWith activates a credential with the EK whose certificate has
+// SHA-256 ekSum and the object activate names.
+func (d *reviewDevice) activateWith(ekSum string, activate tpm2.AuthHandle, blob, encSecret []byte) ([]byte, error) {
 	t := d.t
 	t.Helper()
 	var cert *x509.Certificate
 	for _, der := range d.certs {
 		sum := sha256.Sum256(der)
-		if hex.EncodeToString(sum[:]) == enr.EKCertSHA256 {
+		if hex.EncodeToString(sum[:]) == ekSum {
 			cert, _ = x509.ParseCertificate(der)
 		}
 	}
 	if cert == nil {
-		t.Fatal("the enrollment names none of this TPM's EK certificates")
+		t.Fatal("the credential names none of this TPM's EK certificates")
 	}
 	var tmpl tpm2.TPMTPublic
 	switch cert.PublicKey.(type) {
@@ -167,19 +179,19 @@ func (d *reviewDevice) activate(enr fleetapi.Enrollment) []byte {
 	}
 	defer (tpm2.FlushContext{FlushHandle: ek.ObjectHandle}).Execute(d.env.TPM)
 	rsp, err := (tpm2.ActivateCredential{
-		ActivateHandle: tpm2.AuthHandle{Handle: d.ak, Name: d.name, Auth: tpm2.PasswordAuth(nil)},
+		ActivateHandle: activate,
 		KeyHandle: tpm2.AuthHandle{Handle: ek.ObjectHandle, Name: ek.Name,
 			Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, n tpm2.TPM2BNonce) error {
 				_, err := (tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: h, NonceTPM: n}).Execute(tp)
 				return err
 			})},
-		CredentialBlob: tpm2.TPM2BIDObject{Buffer: enr.CredentialBlob},
-		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: enr.CredentialSecret},
+		CredentialBlob: tpm2.TPM2BIDObject{Buffer: blob},
+		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
 	}).Execute(d.env.TPM)
 	if err != nil {
-		t.Fatalf("ActivateCredential: %v", err)
+		return nil, err
 	}
-	return rsp.CertInfo.Buffer
+	return rsp.CertInfo.Buffer, nil
 }
 
 // extend extends one SHA-256 digest into a PCR (root on the device can).

@@ -67,6 +67,15 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/activate", device(s, s.E.Activate))
 	mux.HandleFunc("POST /v1/challenge", device(s, s.E.Challenge))
 	mux.HandleFunc("POST /v1/attest", device(s, s.E.Attest))
+	mux.HandleFunc("POST /v1/attest/peer", device(s, s.E.ProvePeer))
+	mux.HandleFunc("GET /v1/authority", func(w http.ResponseWriter, _ *http.Request) {
+		pemKey, err := s.E.AuthorityPEM()
+		if err != nil {
+			writeError(w, http.StatusNotFound, "not_found", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, fleetapi.Authority{PublicKey: pemKey})
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -107,6 +116,13 @@ func (s *Server) Handler() http.Handler {
 		}
 		d, err := s.E.cfg.Store.Device(r.Context(), r.PathValue("id"))
 		return deviceView(d), err
+	}))
+	mux.HandleFunc("POST /v1/devices/{id}/dup-approval", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var in fleetapi.DupApprovalRequest
+		if err := decode(r, &in); err != nil {
+			return nil, rejected("%v", err)
+		}
+		return s.E.ApproveDuplication(r.Context(), r.PathValue("id"), in)
 	}))
 	mux.HandleFunc("GET /v1/policies/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		p, err := s.E.cfg.Store.Policy(r.Context(), r.PathValue("class"))
@@ -251,6 +267,8 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			route, key = "attest", v.DeviceID
 		case *fleetapi.ActivateRequest:
 			route, key = "activate", v.DeviceID
+		case *fleetapi.PeerProveRequest:
+			route, key = "peer", v.DeviceID
 		}
 		lim := s.perDevice
 		if route == "enroll" {

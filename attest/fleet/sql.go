@@ -103,6 +103,16 @@ var migrations = []string{
 		value TEXT NOT NULL
 	);
 	DELETE FROM nonces;`,
+	// 4: devices' transfer keys, for the endpoint as the duplication
+	// authority.
+	`CREATE TABLE peers (
+		device_id TEXT PRIMARY KEY,
+		identity TEXT NOT NULL,
+		parent_name TEXT NOT NULL,
+		pk_name TEXT NOT NULL,
+		pk_policy TEXT NOT NULL,
+		registered_at BIGINT NOT NULL
+	);`,
 }
 
 // PendingTTL is how long a pending enrollment holds its device ID against
@@ -144,7 +154,19 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownDriver, u.Scheme)
 	}
-	if err := s.migrate(ctx); err != nil {
+	err = s.migrate(ctx)
+	// SQLite answers SQLITE_BUSY without waiting when replicas open a new
+	// database at once and one switches it to WAL (seen in the replicas
+	// test, rarely): the switch is made once, so a retry finds it done.
+	for i := 0; i < 20 && err != nil && s.d.name == "sqlite" && strings.Contains(err.Error(), "SQLITE_BUSY"); i++ {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+			err = s.migrate(ctx)
+		}
+	}
+	if err != nil {
 		s.db.Close()
 		return nil, err
 	}
@@ -547,4 +569,42 @@ func (s *sqlStore) Secrets(ctx context.Context, class string) ([]Secret, error) 
 		out = append(out, sec)
 	}
 	return out, rows.Err()
+}
+
+func (s *sqlStore) PutPeer(ctx context.Context, p Peer) error {
+	// One statement, so that a device revoked meanwhile (or never
+	// enrolled) gets no row: the insert selects from its enrolled record.
+	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO peers (device_id, identity, parent_name, pk_name, pk_policy, registered_at)
+		SELECT id, $2, $3, $4, $5, $6 FROM devices WHERE id = $1 AND state = $7
+		ON CONFLICT (device_id) DO UPDATE SET identity = excluded.identity, parent_name = excluded.parent_name,
+			pk_name = excluded.pk_name, pk_policy = excluded.pk_policy, registered_at = excluded.registered_at`),
+		p.DeviceID, b64.EncodeToString(p.Identity), p.ParentName, p.PKName, p.PKPolicy, ms(p.RegisteredAt), StateEnrolled)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *sqlStore) Peer(ctx context.Context, deviceID string) (Peer, error) {
+	p := Peer{DeviceID: deviceID}
+	var id string
+	var at int64
+	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT identity, parent_name, pk_name, pk_policy, registered_at FROM peers WHERE device_id = $1`), deviceID).
+		Scan(&id, &p.ParentName, &p.PKName, &p.PKPolicy, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Peer{}, ErrNotFound
+	}
+	if err != nil {
+		return Peer{}, err
+	}
+	if p.Identity, err = b64.DecodeString(id); err != nil {
+		return Peer{}, fmt.Errorf("fleet: peer %s: %w", deviceID, err)
+	}
+	p.RegisteredAt = fromMS(at)
+	return p, nil
 }

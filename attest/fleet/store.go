@@ -83,6 +83,22 @@ type Secret struct {
 	UpdatedAt time.Time
 }
 
+// Peer is a device's transfer key as the endpoint holds it, for approving
+// duplications to it (Endpoint.ApproveDuplication): vouched for by a quote
+// of the device's AK that passed appraisal, and proven resident in the TPM
+// the device enrolled.
+type Peer struct {
+	DeviceID string
+	// Identity is the peer identity file served to senders (JSON, as
+	// provd peer identity writes it), naming only the enrolled EK
+	// certificate.
+	Identity     []byte
+	ParentName   string // the transfer key's TPM name, hex
+	PKName       string // the device's PK, which the transfer key's policy names, hex
+	PKPolicy     string // its policy digest, hex
+	RegisteredAt time.Time
+}
+
 // Store is where the endpoint keeps its state: one interface, SQLite
 // embedded or PostgreSQL for replicas (sql.go), one conformance suite
 // (fleettest). Every method is safe for concurrent use, and across
@@ -122,5 +138,10 @@ type Store interface {
 	PutSecret(ctx context.Context, s Secret) error
 	// Secrets lists a class's secrets, by name.
 	Secrets(ctx context.Context, class string) ([]Secret, error)
+	// PutPeer stores (or replaces) a device's transfer key: ErrNotFound
+	// when the device is not enrolled.
+	PutPeer(ctx context.Context, p Peer) error
+	// Peer is a device's transfer key, ErrNotFound when none.
+	Peer(ctx context.Context, deviceID string) (Peer, error)
 	Close() error
 }

@@ -7,6 +7,8 @@
 package fleetapi
 
 import (
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -75,6 +77,87 @@ type AttestRequest struct {
 	// Fetch asks for the secrets the endpoint holds for the device's
 	// class, delivered only when this attestation passes.
 	Fetch bool `json:"fetch,omitempty"`
+	// Peer, when set, is the device's peer identity file (provd peer
+	// identity): the device asks the endpoint, the fleet's duplication
+	// authority, to approve duplications to its transfer key. The quote's
+	// qualifying data is then PeerQualifying(Nonce, Peer): the AK vouches
+	// for the file. A pass answers with a PeerChallenge.
+	Peer []byte `json:"peer,omitempty"`
+}
+
+// peerLabel separates a quote that vouches for a peer identity file from
+// every other use of the AK.
+var peerLabel = []byte("provd fleet peer v1\x00")
+
+// PeerQualifying is the qualifying data of a quote that registers a peer
+// identity file: SHA-256(label || nonce || SHA-256(peer)).
+func PeerQualifying(nonce, peer []byte) []byte {
+	ps := sha256.Sum256(peer)
+	h := sha256.New()
+	h.Write(peerLabel)
+	h.Write(nonce)
+	h.Write(ps[:])
+	return h.Sum(nil)
+}
+
+// PeerChallenge asks the device to prove its transfer key resident in the
+// TPM it enrolled: a credential to its enrolled EK (the certificate
+// EKCertSHA256 names) for the transfer key's name, whose secret is
+// catalog.ChallengePrefix then the answer (provd peer prove's). Only that
+// TPM, with that key loaded and authorized through its PK, opens it.
+type PeerChallenge struct {
+	ParentName       string    `json:"parent_name"`
+	EKCertSHA256     string    `json:"ek_cert_sha256"`
+	CredentialBlob   []byte    `json:"credential_blob"`
+	CredentialSecret []byte    `json:"credential_secret"`
+	ExpiresAt        time.Time `json:"expires_at"`
+}
+
+// PeerProveRequest answers a PeerChallenge: POST /v1/attest/peer. Peer
+// and ExpiresAt are the attestation's and the challenge's, unchanged.
+type PeerProveRequest struct {
+	DeviceID  string    `json:"device_id"`
+	Peer      []byte    `json:"peer"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Answer    []byte    `json:"answer"`
+}
+
+// PeerRegistration is a device's transfer key as the endpoint holds it,
+// proven resident and vouched for by an attestation that passed.
+type PeerRegistration struct {
+	DeviceID     string    `json:"device_id"`
+	ParentName   string    `json:"parent_name"`
+	PKName       string    `json:"pk_name"`
+	PKPolicy     string    `json:"pk_policy"`
+	RegisteredAt time.Time `json:"registered_at"`
+}
+
+// Authority is the endpoint's duplication authority key: GET
+// /v1/authority. Keys and movable PKs born --duplicable-by this PEM public
+// key move only where the endpoint approves.
+type Authority struct {
+	PublicKey string `json:"public_key"`
+}
+
+// DupApprovalRequest is an operator's request for the endpoint's approval
+// of one key's duplication to a device's transfer key: POST
+// /v1/devices/{id}/dup-approval. ObjectName is the key's TPM name (hex; a
+// movable PK's name to move the PK).
+type DupApprovalRequest struct {
+	ObjectName string `json:"object_name"`
+}
+
+// DupApproval is what the sender needs to move the key: the approval file
+// (as provd key approve writes it, signed by the endpoint's authority key)
+// and the device's peer identity file, naming only its enrolled EK
+// certificate (provd dup export --to PEER --approval APPROVAL --peer-pk
+// PKName).
+type DupApproval struct {
+	DeviceID   string          `json:"device_id"`
+	ObjectName string          `json:"object_name"`
+	PKName     string          `json:"pk_name"`
+	Approval   json.RawMessage `json:"approval"`
+	Peer       json.RawMessage `json:"peer"`
 }
 
 // Delivery is one secret sealed to the device's TPM: a sealed data object
@@ -124,6 +207,9 @@ type Verdict struct {
 	Reasons     []Reason   `json:"reasons"`
 	At          time.Time  `json:"at"`
 	Deliveries  []Delivery `json:"deliveries,omitempty"`
+	// PeerChallenge answers a passing attestation that carried a peer
+	// identity file.
+	PeerChallenge *PeerChallenge `json:"peer_challenge,omitempty"`
 }
 
 // Policy is a device class's golden values: PCR values (bank -> index

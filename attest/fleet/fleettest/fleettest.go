@@ -246,6 +246,43 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("%+v %v", got, err)
 		}
 	})
+	t.Run("peers", func(t *testing.T) {
+		s := open(t, newURL(t))
+		p := fleet.Peer{DeviceID: "d1", Identity: []byte(`{"format":1}`), ParentName: "000b01", PKName: "000b02", PKPolicy: "aa", RegisteredAt: t0}
+		if err := s.PutPeer(ctx, p); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("a peer for an unknown device: %v", err)
+		}
+		d := device("d1")
+		if err := s.PutPending(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutPeer(ctx, p); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("a peer for a pending device: %v", err)
+		}
+		if _, err := s.Activate(ctx, "d1", d.SecretHash, t0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Peer(ctx, "d1"); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("no peer yet: %v", err)
+		}
+		if err := s.PutPeer(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		p.ParentName, p.RegisteredAt = "000b03", t0.Add(time.Second)
+		if err := s.PutPeer(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Peer(ctx, "d1")
+		if err != nil || got.ParentName != "000b03" || !bytes.Equal(got.Identity, p.Identity) || got.PKName != "000b02" || got.PKPolicy != "aa" || !got.RegisteredAt.Equal(p.RegisteredAt) {
+			t.Fatalf("%+v %v", got, err)
+		}
+		if err := s.Revoke(ctx, "d1", t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutPeer(ctx, p); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("a peer for a revoked device: %v", err)
+		}
+	})
 	t.Run("replicas", func(t *testing.T) {
 		url := newURL(t)
 		// Two replicas start at once on one empty database: the schema is

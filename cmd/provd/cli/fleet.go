@@ -26,6 +26,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleet"
@@ -160,7 +161,7 @@ unless given.`,
   provd attest now -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.attestOnce(cmd, &nf, fwLog, measLog, false)
+			return a.attestOnce(cmd, &nf, fwLog, measLog, attestNow)
 		},
 	}
 	nf.add(a, now, false)
@@ -180,7 +181,7 @@ returns, wrapped under the EK, is kept in the state. provd attest secret NAME
 unseals one.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.attestOnce(cmd, &ff, ffw, fmeas, true)
+			return a.attestOnce(cmd, &ff, ffw, fmeas, attestFetch)
 		},
 	}
 	ff.add(a, fetch, false)
@@ -216,14 +217,48 @@ delivered it (exit 3 otherwise).`,
 		},
 	}
 	secret.Flags().StringVar(&out, "out", "-", "where to write it (- for stdout)")
-	c.AddCommand(enroll, now, fetch, secret)
+	var pf endpointFlags
+	var pfw, pmeas string
+	peer := &cobra.Command{
+		Use:   "peer [--endpoint URL] [--ca-cert PEM]",
+		Short: "Register this device's transfer key with the endpoint, so that it approves duplications to it",
+		Long: `Attest as provd attest now does, with this device's peer identity (provd peer
+identity: its transfer key, bound to its PK) riding in the quote: the quote's
+qualifying data covers the file, so the AK vouches for it. After a pass against
+golden values an operator set, the endpoint answers with a credential to the EK
+this device enrolled for the transfer key's name; this TPM activates it (as provd
+peer prove does) and the answer goes back: the endpoint then holds the transfer
+key as this device's, proven resident, and approves duplications to it
+(provd fleet approve) while the device keeps attesting.`,
+		Example: `  provd attest peer
+  provd attest peer -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.attestOnce(cmd, &pf, pfw, pmeas, attestPeer)
+		},
+	}
+	pf.add(a, peer, false)
+	peer.Flags().StringVar(&pfw, "firmware-log", "", "the firmware's TCG event log (default "+defaultFirmwareLog+" when present)")
+	peer.Flags().StringVar(&pmeas, "measurement-log", "", "provd's measurement log (default <state-dir>/measurements.log)")
+	c.AddCommand(enroll, now, fetch, secret, peer)
 	return c
 }
 
-// attestOnce is attest now (and, with fetch, attest fetch): a challenge, a
-// quote, the logs, the verdict; with fetch, the secrets delivered after a
-// pass are installed.
-func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog string, fetch bool) error {
+// attestMode is what an attestation is for.
+type attestMode int
+
+const (
+	attestNow   attestMode = iota // the verdict only
+	attestFetch                   // and the secrets delivered after a pass
+	attestPeer                    // and the transfer key registered after a pass
+)
+
+// attestOnce is attest now, fetch and peer: a challenge, a quote, the
+// logs, the verdict; for fetch, the secrets delivered after a pass are
+// installed; for peer, the quote vouches for this device's peer identity
+// and the endpoint's residency challenge is answered after a pass.
+func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog string, mode attestMode) error {
+	fetch := mode == attestFetch
 	var st attestState
 	if b, err := os.ReadFile(filepath.Join(a.stateDir, attestStateFile)); err == nil {
 		if err := json.Unmarshal(b, &st); err != nil {
@@ -271,7 +306,18 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 	}
 	req.Nonce = ch.Nonce
 	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
-		q, err := ag.AttestQuote(cmd.Context(), api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
+		qualifying := ch.Nonce
+		if mode == attestPeer {
+			pi, err := ag.PeerIdentity(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if req.Peer, err = json.MarshalIndent(pi, "", "  "); err != nil {
+				return err
+			}
+			qualifying = fleetapi.PeerQualifying(ch.Nonce, req.Peer)
+		}
+		q, err := ag.AttestQuote(cmd.Context(), api.AttestQuoteRequest{Nonce: qualifying, PCRs: ch.PCRs})
 		req.Quote, req.Signature, req.PCRs = q.Quote, q.Signature, q.PCRs
 		return err
 	}); err != nil {
@@ -283,6 +329,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	var installed []string
+	var reg *fleetapi.PeerRegistration
 	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
 		if _, err := ag.AttestRecord(cmd.Context(), api.AttestVerdict{Endpoint: ef.url, DeviceID: v.DeviceID, AppraisalID: v.AppraisalID,
 			Pass: v.Pass, Reasons: v.Reasons, At: v.At}); err != nil {
@@ -292,6 +339,19 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 			res, err := ag.AttestInstall(cmd.Context(), api.AttestInstallRequest{Deliveries: v.Deliveries})
 			installed = res.Installed
 			return err
+		}
+		if mode == attestPeer && v.Pass && v.PeerChallenge != nil {
+			pc := v.PeerChallenge
+			proof, err := ag.PeerProve(cmd.Context(), api.PeerChallenge{Format: api.ChallengeFormat, ParentName: pc.ParentName,
+				EKCertSHA256: pc.EKCertSHA256, CredentialBlob: pc.CredentialBlob, CredentialSecret: pc.CredentialSecret})
+			if err != nil {
+				return err
+			}
+			r, err := cl.ProvePeer(cmd.Context(), fleetapi.PeerProveRequest{DeviceID: v.DeviceID, Peer: req.Peer, ExpiresAt: pc.ExpiresAt, Answer: proof.Answer})
+			if err != nil {
+				return err
+			}
+			reg = &r
 		}
 		return nil
 	}); err != nil {
@@ -309,11 +369,22 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		for _, n := range installed {
 			fmt.Fprintf(w, "installed secret %s (sealed to this TPM and these PCRs: provd attest secret %s)\n", n, n)
 		}
+		if reg != nil {
+			fmt.Fprintf(w, "registered transfer key %s (PK %s) with the endpoint: it approves duplications to it while this device attests\n", reg.ParentName, reg.PKName)
+		}
 	}); err != nil {
 		return err
 	}
 	if !v.Pass {
 		return fmt.Errorf("%w: %s", api.ErrAttestationFailed, v.Reasons[0].String())
+	}
+	if mode == attestPeer && reg == nil {
+		for _, r := range v.Reasons {
+			if r.Code == fleet.CodePeerRefused {
+				return fmt.Errorf("%w: the endpoint did not take the transfer key: %s", api.ErrNotPermitted, r.Detail)
+			}
+		}
+		return fmt.Errorf("%w: the endpoint sent no residency challenge", api.ErrNotPermitted)
 	}
 	return nil
 }
@@ -341,7 +412,7 @@ func (a *app) fleetCmd() *cobra.Command {
 		Use:   "fleet",
 		Short: "The fleet attestation endpoint: serve it, and operate it (docs/attestation.md)",
 	}
-	var listen, db, ekCA, tokenFile string
+	var listen, db, ekCA, tokenFile, authorityKey string
 	serve := &cobra.Command{
 		Use:   "serve --listen ADDR [--db URL] --ek-ca BUNDLE [--operator-token-file FILE]",
 		Short: "Serve the fleet endpoint: enrollment, challenges, appraisals, the operators' API",
@@ -356,7 +427,12 @@ postgres://... for replicas sharing one database. The TLS certificate is
 <state-dir>/fleet/tls.crt (self-signed, made on first start for localhost, the
 host name and --listen's host; devices pin it with --ca-cert), its key beside it.
 Operators authenticate with bearer tokens: the lines of --operator-token-file, or
-one made on first start in <state-dir>/fleet/operator.token.`,
+one made on first start in <state-dir>/fleet/operator.token.
+
+With --authority-key NAME the endpoint is the fleet's duplication authority: it
+signs, with that key of this host's provd (in its TPM, never exported), the
+approval of a key's duplication to a device's transfer key, only for a device
+that registered it (provd attest peer) and attests (provd fleet approve).`,
 		Example: `  provd fleet serve --listen :8443 --ek-ca ek-roots.pem
   provd fleet serve --listen :8443 --db postgres://fleet@db/fleet --ek-ca ek-roots.pem`,
 		Args: noArgs,
@@ -395,35 +471,111 @@ one made on first start in <state-dir>/fleet/operator.token.`,
 			if err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return err
+			if authorityKey == "" {
+				return a.serveFleet(cmd, listen, dir, fleet.Config{Store: st, Roots: roots}, tokens, cert)
 			}
-			srv := &http.Server{
-				Handler: (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: roots}), Operators: tokens,
-					Log: slog.New(slog.NewJSONHandler(a.deps.Stderr, nil))}).Handler(),
-				TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
-				ReadHeaderTimeout: fleet.ServerTimeouts.ReadHeader, ReadTimeout: fleet.ServerTimeouts.Read,
-				WriteTimeout: fleet.ServerTimeouts.Write, IdleTimeout: fleet.ServerTimeouts.Idle,
-				MaxHeaderBytes: 64 << 10,
-			}
-			fmt.Fprintf(a.deps.Stderr, "provd fleet: serving https://%s (certificate %s)\n", ln.Addr(), filepath.Join(dir, "tls.crt"))
-			errc := make(chan error, 1)
-			go func() { errc <- srv.ServeTLS(ln, "", "") }()
-			select {
-			case err := <-errc:
-				return err
-			case <-cmd.Context().Done():
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				return srv.Shutdown(ctx)
-			}
+			// The authority key is a provd key of this host, in its TPM:
+			// every approval is one signature through the agent.
+			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+				k, err := tpmkey.New(cmd.Context(), ag, authorityKey)
+				if err != nil {
+					return err
+				}
+				if k.Info().Extractable {
+					return fmt.Errorf("%w: --authority-key %s was born extractable: the fleet's duplication authority must never leave the TPM", api.ErrNotPermitted, authorityKey)
+				}
+				if _, ok := k.Public().(*ecdsa.PublicKey); !ok {
+					return usageError(fmt.Errorf("--authority-key %s: want an ECC signing key (provd key create %s --type ecc-p256)", authorityKey, authorityKey))
+				}
+				return a.serveFleet(cmd, listen, dir, fleet.Config{Store: st, Roots: roots, Authority: k}, tokens, cert)
+			})
 		},
 	}
 	serve.Flags().StringVar(&listen, "listen", "", "address to listen on, HOST:PORT")
 	serve.Flags().StringVar(&db, "db", "", "sqlite:///PATH or postgres://... (default sqlite://<state-dir>/fleet/fleet.db)")
 	serve.Flags().StringVar(&ekCA, "ek-ca", a.deps.Getenv("PROVD_EK_CA"), "PEM bundle of the TPM manufacturers' certificates (env PROVD_EK_CA)")
 	serve.Flags().StringVar(&tokenFile, "operator-token-file", "", "operator tokens, one per line (default: one made in <state-dir>/fleet/operator.token)")
+	serve.Flags().StringVar(&authorityKey, "authority-key", "", "a non-extractable ECC sign key of this host's provd (provd key create NAME --type ecc-p256): the endpoint signs duplication approvals with it (provd fleet approve)")
+
+	var af endpointFlags
+	var authOut string
+	authority := &cobra.Command{
+		Use:   "authority [--out FILE]",
+		Short: "Print the endpoint's duplication authority key (PEM): create keys --duplicable-by it",
+		Long: `Fetch the public key the endpoint signs duplication approvals with (fleet serve
+--authority-key). Keys created with provd key create --duplicable-by this file, and
+PKs provisioned --duplicable-by it, move only to devices the endpoint approves.`,
+		Example: `  provd fleet authority --out fleet-authority.pem
+  provd key create db-key --type ecc-p256 --extractable --duplicable-by fleet-authority.pem`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := af.client()
+			if err != nil {
+				return err
+			}
+			res, err := cl.Authority(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, authOut, []byte(res.PublicKey), 0o644); err != nil {
+				return err
+			}
+			if authOut == "-" {
+				return nil
+			}
+			return a.emit(map[string]string{"out": authOut}, func(w io.Writer) { fmt.Fprintf(w, "authority key: %s\n", authOut) })
+		},
+	}
+	af.add(a, authority, false)
+	authority.Flags().StringVar(&authOut, "out", "-", "where to write it (- for stdout)")
+
+	var apf endpointFlags
+	var objectName, approvalOut, peerOut string
+	approve := &cobra.Command{
+		Use:   "approve DEVICE --object-name HEX --out APPROVAL --peer-out PEER",
+		Short: "Have the endpoint approve a key's duplication to a device that attests (operator)",
+		Long: `Ask the endpoint, the fleet's duplication authority (fleet serve --authority-key),
+to approve the duplication of one key (its TPM name: provd key pub NAME -o json on
+the sender; a movable PK's name to move the PK) to DEVICE's transfer key. The
+endpoint signs only when DEVICE registered its transfer key (provd attest peer),
+proven resident in the TPM it enrolled, and its last attestation passed, within
+the approval window (one hour), against golden values an operator set and the
+class's current policy. The approval is for the PK policy DEVICE registered.
+
+Writes the approval (--out) and DEVICE's peer identity file (--peer-out, naming
+only its enrolled EK certificate) for the sender:
+  provd dup export KEY --to PEER --approval APPROVAL --ek-ca BUNDLE
+and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
+		Example: `  provd fleet approve 3f5a…e1 --object-name 000b9c… --out approval.json --peer-out peer.json`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if objectName == "" || approvalOut == "" || peerOut == "" {
+				return usageError(errors.New("--object-name, --out and --peer-out are required"))
+			}
+			cl, err := apf.client()
+			if err != nil {
+				return err
+			}
+			res, err := cl.ApproveDuplication(cmd.Context(), args[0], fleetapi.DupApprovalRequest{ObjectName: objectName})
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, approvalOut, append(bytes.Clone(res.Approval), '\n'), 0o644); err != nil {
+				return err
+			}
+			if err := writeOut(a, peerOut, append(bytes.Clone(res.Peer), '\n'), 0o644); err != nil {
+				return err
+			}
+			out := map[string]string{"device_id": res.DeviceID, "object_name": res.ObjectName, "pk_name": res.PKName, "approval": approvalOut, "peer": peerOut}
+			return a.emit(out, func(w io.Writer) {
+				fmt.Fprintf(w, "approved key %s to device %s: %s (peer file %s; its PK %s)\n", res.ObjectName, res.DeviceID, approvalOut, peerOut, res.PKName)
+			})
+		},
+	}
+	apf.add(a, approve, true)
+	approve.Flags().StringVar(&objectName, "object-name", "", "the key's TPM name, hex (provd key pub NAME -o json on the sender)")
+	approve.Flags().StringVar(&approvalOut, "out", "", "where to write the approval")
+	approve.Flags().StringVar(&peerOut, "peer-out", "", "where to write the device's peer identity file")
 
 	var of endpointFlags
 	devices := &cobra.Command{
@@ -644,8 +796,35 @@ the PCR values that passed. The endpoint keeps it in its database.`,
 	lf.add(a, list, true)
 	list.Flags().StringVar(&lclass, "class", "", "the device class")
 	sec.AddCommand(put, list)
-	c.AddCommand(serve, devices, device, pol, sec)
+	c.AddCommand(serve, devices, device, pol, sec, authority, approve)
 	return c
+}
+
+// serveFleet serves the endpoint until the command's context ends.
+func (a *app) serveFleet(cmd *cobra.Command, listen, dir string, cfg fleet.Config, tokens [][32]byte, cert tls.Certificate) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler: (&fleet.Server{E: fleet.New(cfg), Operators: tokens,
+			Log: slog.New(slog.NewJSONHandler(a.deps.Stderr, nil))}).Handler(),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: fleet.ServerTimeouts.ReadHeader, ReadTimeout: fleet.ServerTimeouts.Read,
+		WriteTimeout: fleet.ServerTimeouts.Write, IdleTimeout: fleet.ServerTimeouts.Idle,
+		MaxHeaderBytes: 64 << 10,
+	}
+	fmt.Fprintf(a.deps.Stderr, "provd fleet: serving https://%s (certificate %s)\n", ln.Addr(), filepath.Join(dir, "tls.crt"))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return err
+	case <-cmd.Context().Done():
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return srv.Shutdown(ctx)
+	}
 }
 
 // operatorTokens reads the operators' tokens (hashed), making one in dir

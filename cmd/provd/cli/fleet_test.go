@@ -30,6 +30,7 @@ import (
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/pgtest"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -44,6 +45,12 @@ type endpoint struct {
 }
 
 func startEndpoint(t *testing.T, dbURL string, roots ...*swtpmtest.Env) *endpoint {
+	t.Helper()
+	return startEndpointWith(t, dbURL, nil, roots...)
+}
+
+// startEndpointWith starts an endpoint whose configuration cfg adjusts.
+func startEndpointWith(t *testing.T, dbURL string, cfg func(*fleet.Config), roots ...*swtpmtest.Env) *endpoint {
 	t.Helper()
 	var bundle []byte
 	for _, env := range roots {
@@ -65,7 +72,11 @@ func startEndpoint(t *testing.T, dbURL string, roots ...*swtpmtest.Env) *endpoin
 	}
 	t.Cleanup(func() { st.Close() })
 	e := &endpoint{token: "operator-secret-token", store: st}
-	h := (&fleet.Server{E: fleet.New(fleet.Config{Store: st, Roots: pool}), Operators: [][32]byte{fleet.TokenHash(e.token)}}).Handler()
+	c := fleet.Config{Store: st, Roots: pool}
+	if cfg != nil {
+		cfg(&c)
+	}
+	h := (&fleet.Server{E: fleet.New(c), Operators: [][32]byte{fleet.TokenHash(e.token)}}).Handler()
 	e.srv = httptest.NewUnstartedServer(h)
 	e.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
 	e.srv.StartTLS()
@@ -332,24 +343,7 @@ func TestFleetServeCLI(t *testing.T) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- cli.Main(ctx, []string{"--state-dir", dir, "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ekCAFile(t, d.swtpm)},
-			cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &stderr, Getenv: func(string) string { return "" }})
-	}()
-	var url string
-	for i := 0; url == ""; i++ {
-		if i > 200 {
-			t.Fatalf("fleet serve did not come up: %s", stderr.String())
-		}
-		if _, after, ok := strings.Cut(stderr.String(), "serving "); ok {
-			url, _, _ = strings.Cut(after, " ")
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	url, stop, stderr := serveFleetCLI(t, "--state-dir", dir, "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ekCAFile(t, d.swtpm))
 	ca := filepath.Join(dir, "fleet", "tls.crt")
 	d.expect(t, 0, "attest", "enroll", "--endpoint", url, "--ca-cert", ca, "--class", "gateway")
 	d.expect(t, 0, "attest", "now", "--ca-cert", ca)
@@ -361,14 +355,8 @@ func TestFleetServeCLI(t *testing.T) {
 	if _, _, code := d.run("attest", "now"); code == 0 {
 		t.Fatal("attest now without --ca-cert trusted a self-signed endpoint")
 	}
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("fleet serve exited %d: %s", code, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("fleet serve did not stop")
+	if code := stop(); code != 0 {
+		t.Fatalf("fleet serve exited %d: %s", code, stderr.String())
 	}
 	// One structured line per request, by route: never a device ID.
 	if log := stderr.String(); !strings.Contains(log, `"route":"POST /v1/attest"`) || strings.Contains(log, deviceID(t, d)) {
@@ -376,6 +364,74 @@ func TestFleetServeCLI(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "fleet", "tls.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("tls.key: %v %v", fi, err)
+	}
+}
+
+// serveFleetCLI runs provd with args (fleet serve) in this process until
+// stop, which returns its exit code; url is where it serves.
+func serveFleetCLI(t *testing.T, args ...string) (url string, stop func() int, stderr *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stderr = new(syncBuffer)
+	done := make(chan int, 1)
+	go func() {
+		done <- cli.Main(ctx, args, cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: stderr, Getenv: func(string) string { return "" }})
+	}()
+	stop = func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(30 * time.Second):
+			t.Fatal("fleet serve did not stop")
+			return -1
+		}
+	}
+	for i := 0; ; i++ {
+		select {
+		case code := <-done:
+			t.Fatalf("fleet serve exited %d: %s", code, stderr.String())
+		default:
+		}
+		if i > 400 {
+			t.Fatalf("fleet serve did not come up: %s", stderr.String())
+		}
+		if _, after, ok := strings.Cut(stderr.String(), "serving "); ok {
+			url, _, _ = strings.Cut(after, " ")
+			return url, stop, stderr
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// TestFleetServeAuthorityKey: fleet serve --authority-key signs with a
+// key of the host's provd, in its TPM; fleet authority serves that key's
+// public part; an extractable key, or none, is refused before serving.
+func TestFleetServeAuthorityKey(t *testing.T) {
+	h := newCLIEnv(t)
+	_, officerPub := officertest.Files(t, t.TempDir())
+	h.must("provision", "--ek-ca", ekCAFile(t, h.swtpm), "--officer-key", officerPub)
+	h.must("key", "create", "fleet-authority", "--type", "ecc-p256")
+	h.must("key", "create", "movable", "--type", "ecc-p256", "--extractable")
+	ca := ekCAFile(t, h.swtpm)
+	serve := []string{"--tpm", h.swtpm.Spec, "--state-dir", h.dir, "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ca, "--authority-key"}
+	for key, want := range map[string]int{"movable": api.ExitNotPermitted, "nosuch": api.ExitNotFound} {
+		if _, stderr, code := run(t, nil, append(serve, key)...); code != want {
+			t.Fatalf("--authority-key %s: exit %d, want %d\n%s", key, code, want, stderr)
+		}
+	}
+	url, stop, stderr := serveFleetCLI(t, append(serve, "fleet-authority")...)
+	tlsCA := filepath.Join(h.dir, "fleet", "tls.crt")
+	out, errOut, code := run(t, nil, "fleet", "authority", "--endpoint", url, "--ca-cert", tlsCA)
+	if code != 0 {
+		t.Fatalf("fleet authority: %s", errOut)
+	}
+	if c := stop(); c != 0 {
+		t.Fatalf("fleet serve exited %d: %s", c, stderr.String())
+	}
+	want := h.must("key", "pub", "fleet-authority")
+	if strings.TrimSpace(out) != strings.TrimSpace(want) {
+		t.Fatalf("fleet authority:\n%s\nkey pub:\n%s", out, want)
 	}
 }
 

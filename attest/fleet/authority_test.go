@@ -1,0 +1,408 @@
+package fleet_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// authorityFleet is an endpoint with a duplication authority key and a
+// clock the test moves.
+type authorityFleet struct {
+	*reviewFleet
+	key *ecdsa.PrivateKey
+	now time.Time
+}
+
+func newAuthorityFleet(t *testing.T, env *swtpmtest.Env, withKey bool) *authorityFleet {
+	t.Helper()
+	base := reviewEndpoint(t, env)
+	f := &authorityFleet{reviewFleet: base, now: time.Now().UTC()}
+	cfg := fleet.Config{Store: base.st, Roots: base.roots, Now: func() time.Time { return f.now }}
+	if withKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.key, cfg.Authority = k, k
+	}
+	f.e = fleet.New(cfg)
+	return f
+}
+
+// transferKey is a device's PK and its transfer key, both resident in the
+// device's TPM (primaries in the owner hierarchy, made as provd makes the
+// transfer key: its template, its policy naming the PK).
+type transferKey struct {
+	pk, t         tpm2.TPMHandle
+	pkName, tName tpm2.TPM2BName
+	pkAuth        []byte
+	pub           tpm2.TPMTPublic
+}
+
+func newTransferKey(t *testing.T, tp transport.TPM) *transferKey {
+	t.Helper()
+	k := &transferKey{pkAuth: []byte("the PK's authValue")}
+	pk, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate),
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: k.pkAuth}}}}).Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.pk, k.pkName = persist(t, tp, pk.ObjectHandle, pk.Name, 0x81000100), pk.Name
+	tr, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(catalog.TransferTemplate(catalog.TransferPolicy(pk.Name.Buffer)))}).Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tr.OutPublic.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.t, k.tName, k.pub = persist(t, tp, tr.ObjectHandle, tr.Name, 0x81000101), tr.Name, *pub
+	return k
+}
+
+// persist makes a transient object persistent at handle and flushes it:
+// swtpm has three object slots, and an activation needs the EK, T and the
+// PK beside the device's AK.
+func persist(t *testing.T, tp transport.TPM, h tpm2.TPMHandle, name tpm2.TPM2BName, at tpm2.TPMHandle) tpm2.TPMHandle {
+	t.Helper()
+	if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: &tpm2.NamedHandle{Handle: h, Name: name}, PersistentHandle: at}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// parked runs fn with the device's AK out of the TPM's object slots.
+func (d *reviewDevice) parked(fn func()) {
+	d.t.Helper()
+	saved, err := (tpm2.ContextSave{SaveHandle: d.ak}).Execute(d.env.TPM)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if _, err := (tpm2.FlushContext{FlushHandle: d.ak}).Execute(d.env.TPM); err != nil {
+		d.t.Fatal(err)
+	}
+	defer func() {
+		rsp, err := (tpm2.ContextLoad{Context: saved.Context}).Execute(d.env.TPM)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		d.ak = rsp.LoadedHandle
+	}()
+	fn()
+}
+
+// admin is T's ADMIN role as provd satisfies it: PolicySecret(its PK),
+// PolicyCommandCode(ActivateCredential).
+func (k *transferKey) admin(handle tpm2.TPMHandle, name tpm2.TPM2BName) tpm2.AuthHandle {
+	return tpm2.AuthHandle{Handle: handle, Name: name, Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, n tpm2.TPM2BNonce) error {
+		if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: k.pk, Name: k.pkName, Auth: tpm2.PasswordAuth(k.pkAuth)}, PolicySession: h, NonceTPM: n}).Execute(tp); err != nil {
+			return err
+		}
+		_, err := (tpm2.PolicyCommandCode{PolicySession: h, Code: tpm2.TPMCCActivateCredential}).Execute(tp)
+		return err
+	})}
+}
+
+// peerFile is the device's peer identity file for transfer key pub.
+func peerFileFor(t *testing.T, certs [][]byte, pub tpm2.TPMTPublic, pkName []byte) []byte {
+	t.Helper()
+	name, err := tpm2.ObjectName(&pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkPolicy := make([]byte, 32)
+	pkPolicy[0] = 0x42
+	b, err := json.Marshal(map[string]any{"format": 1, "ek_certificates": certs, "parent": tpm2.Marshal(tpm2.New2B(pub)),
+		"parent_name": hex.EncodeToString(name.Buffer), "pk_name": hex.EncodeToString(pkName), "pk_policy": hex.EncodeToString(pkPolicy),
+		"officer": hex.EncodeToString(append([]byte{0, 0x0b}, make([]byte, 32)...)), "created_at": time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// attestPeer attests with peer riding in the quote (qualifying data
+// PeerQualifying(nonce, quoted)); mutate may change the request after.
+func (f *authorityFleet) attestPeer(t *testing.T, d *reviewDevice, id string, quoted, sent []byte) fleetapi.Verdict {
+	t.Helper()
+	ctx := context.Background()
+	ch, err := f.e.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := ch
+	if quoted != nil {
+		q.Nonce = fleetapi.PeerQualifying(ch.Nonce, quoted)
+	}
+	req := d.evidence(id, q)
+	req.Nonce, req.Peer = ch.Nonce, sent
+	v, err := f.e.Attest(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (f *authorityFleet) setGolden(t *testing.T, d *reviewDevice, class string) {
+	t.Helper()
+	vals := map[int]string{}
+	for i := 0; i <= 7; i++ {
+		vals[i] = hex.EncodeToString(d.pcr(i))
+	}
+	if err := f.st.SetPolicy(context.Background(), fleet.Policy{Class: class, PCRs: map[string]map[int]string{"sha256": vals}, UpdatedAt: f.now}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPeerRegistration: a transfer key is registered only from a quote
+// that covers its peer file, after a pass against golden values, and only
+// with the answer that the enrolled TPM recovers with that very key
+// resident; a software transfer key (its public area loaded from outside)
+// cannot recover it; an answer for another file, device or after expiry is
+// refused; the file kept names only the enrolled EK certificate.
+func TestPeerRegistration(t *testing.T) {
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tk := newTransferKey(t, env.TPM)
+	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
+
+	// Under the trust-on-first-use baseline: no challenge.
+	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+		t.Fatalf("a peer under a baseline: %+v", v)
+	}
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	// The file must be what the AK quoted.
+	if v := f.attestPeer(t, d, id, nil, peer); v.Pass || !hasReason(v, fleet.CodeQuoteNonce) || v.PeerChallenge != nil {
+		t.Fatalf("a peer file the quote does not cover: %+v", v)
+	}
+	other := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer[:33:33])
+	if v := f.attestPeer(t, d, id, peer, other); v.Pass || !hasReason(v, fleet.CodeQuoteNonce) {
+		t.Fatalf("a peer file swapped after the quote: %+v", v)
+	}
+	// A file whose transfer key is not bound to the PK it names.
+	unbound := peerFileFor(t, d.certs, tk.pub, append([]byte{0, 0x0b}, make([]byte, 32)...))
+	if v := f.attestPeer(t, d, id, unbound, unbound); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+		t.Fatalf("an unbound transfer key: %+v", v)
+	}
+
+	v := f.attestPeer(t, d, id, peer, peer)
+	if !v.Pass || v.PeerChallenge == nil {
+		t.Fatalf("%+v", v)
+	}
+	pc := v.PeerChallenge
+	// A software transfer key of the same shape, loaded from outside:
+	// the TPM does not let it be authorized, so its credential stays shut.
+	soft, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	softPub := catalog.TransferTemplate(catalog.TransferPolicy(tk.pkName.Buffer))
+	softPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: soft.X.FillBytes(make([]byte, 32))}, Y: tpm2.TPM2BECCParameter{Buffer: soft.Y.FillBytes(make([]byte, 32))}})
+	softFile := peerFileFor(t, d.certs, softPub, tk.pkName.Buffer)
+	sv := f.attestPeer(t, d, id, softFile, softFile)
+	if !sv.Pass || sv.PeerChallenge == nil {
+		t.Fatalf("%+v", sv)
+	}
+	d.parked(func() {
+		ext, err := (tpm2.LoadExternal{InPublic: tpm2.New2B(softPub), Hierarchy: tpm2.TPMRHOwner}).Execute(env.TPM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = d.activateWith(sv.PeerChallenge.EKCertSHA256, tk.admin(ext.ObjectHandle, ext.Name), sv.PeerChallenge.CredentialBlob, sv.PeerChallenge.CredentialSecret)
+		if err == nil {
+			t.Fatal("a software transfer key loaded from outside activated the residency credential")
+		}
+		if strings.Contains(err.Error(), "MEMORY") {
+			t.Fatalf("the attempt failed for want of TPM memory, not by the TPM's refusal: %v", err)
+		}
+		t.Logf("a software transfer key: %v", err)
+		_, _ = (tpm2.FlushContext{FlushHandle: ext.ObjectHandle}).Execute(env.TPM)
+		// Nor does the resident key open another key's credential.
+		if _, err := d.activateWith(sv.PeerChallenge.EKCertSHA256, tk.admin(tk.t, tk.tName), sv.PeerChallenge.CredentialBlob, sv.PeerChallenge.CredentialSecret); err == nil || strings.Contains(err.Error(), "MEMORY") {
+			t.Fatalf("the resident transfer key and the credential made for another: %v", err)
+		}
+	})
+	if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: softFile, ExpiresAt: sv.PeerChallenge.ExpiresAt, Answer: make([]byte, catalog.ChallengeAnswerSize)}); !errors.Is(err, fleet.ErrRejected) {
+		t.Fatalf("a guessed answer: %v", err)
+	}
+
+	var secret []byte
+	d.parked(func() { secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret) })
+	if err != nil {
+		t.Fatalf("the resident transfer key: %v", err)
+	}
+	if !strings.HasPrefix(string(secret), string(catalog.ChallengePrefix)) {
+		t.Fatal("the credential is not a residency challenge")
+	}
+	answer := secret[len(catalog.ChallengePrefix):]
+	good := fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: answer}
+	for name, bad := range map[string]fleetapi.PeerProveRequest{
+		"another file":   {DeviceID: id, Peer: softFile, ExpiresAt: pc.ExpiresAt, Answer: answer},
+		"another expiry": {DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt.Add(time.Hour), Answer: answer},
+	} {
+		if _, err := f.e.ProvePeer(ctx, bad); !errors.Is(err, fleet.ErrRejected) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: strings.Repeat("ab", 32), Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: answer}); !errors.Is(err, fleet.ErrNotFound) {
+		t.Fatalf("another device: %v", err)
+	}
+	saved := f.now
+	f.now = pc.ExpiresAt
+	if _, err := f.e.ProvePeer(ctx, good); !errors.Is(err, fleet.ErrRejected) {
+		t.Fatalf("after expiry: %v", err)
+	}
+	if _, err := f.st.Peer(ctx, id); !errors.Is(err, fleet.ErrNotFound) {
+		t.Fatalf("a refused answer registered a transfer key: %v", err)
+	}
+	f.now = saved
+	reg, err := f.e.ProvePeer(ctx, good)
+	if err != nil || reg.ParentName != hex.EncodeToString(tk.tName.Buffer) || reg.PKName != hex.EncodeToString(tk.pkName.Buffer) {
+		t.Fatalf("%+v %v", reg, err)
+	}
+	stored, err := f.st.Peer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served struct {
+		EKCertificates [][]byte `json:"ek_certificates"`
+	}
+	if err := json.Unmarshal(stored.Identity, &served); err != nil || len(served.EKCertificates) != 1 {
+		t.Fatalf("the served peer file: %v %d certificates", err, len(served.EKCertificates))
+	}
+}
+
+// TestDupApproval: the endpoint's approval is exactly officer.DupApproved
+// of the registered PK policy, the key and the registered transfer key,
+// signed by its authority key; it is refused without an authority key,
+// for a device that registered nothing, for a bad name, once the last
+// passing attestation is older than the window, after the class's policy
+// changed, after a failing attestation, and for a revoked device.
+func TestDupApproval(t *testing.T) {
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	keyName := "000b" + strings.Repeat("5a", 32)
+	req := fleetapi.DupApprovalRequest{ObjectName: keyName}
+	refused := func(what, want string) {
+		t.Helper()
+		_, err := f.e.ApproveDuplication(ctx, id, req)
+		if !errors.Is(err, fleet.ErrRejected) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	refused("nothing registered", "registered no transfer key")
+
+	tk := newTransferKey(t, env.TPM)
+	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	register := func() {
+		t.Helper()
+		v := f.attestPeer(t, d, id, peer, peer)
+		if !v.Pass || v.PeerChallenge == nil {
+			t.Fatalf("%+v", v)
+		}
+		pc := v.PeerChallenge
+		var secret []byte
+		var err error
+		d.parked(func() { secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	register()
+
+	ap, err := f.e.ApproveDuplication(ctx, id, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := new(policy.Approval)
+	if err := got.UnmarshalJSON(ap.Approval); err != nil {
+		t.Fatal(err)
+	}
+	if err := got.Verify(&f.key.PublicKey); err != nil {
+		t.Fatalf("the approval does not verify with the authority key: %v", err)
+	}
+	pkPolicy := make([]byte, 32)
+	pkPolicy[0] = 0x42
+	name, _ := hex.DecodeString(keyName)
+	if want := officer.DupApproved(pkPolicy, name, tk.tName.Buffer); hex.EncodeToString(got.ApprovedPolicy) != hex.EncodeToString(want) || string(got.PolicyRef) != string(officer.DupRef) {
+		t.Fatalf("approved %x ref %q, want %x %q", got.ApprovedPolicy, got.PolicyRef, want, officer.DupRef)
+	}
+
+	for _, bad := range []string{"", "000b00", "0004" + strings.Repeat("5a", 32), strings.Repeat("zz", 34)} {
+		if _, err := f.e.ApproveDuplication(ctx, id, fleetapi.DupApprovalRequest{ObjectName: bad}); !errors.Is(err, fleet.ErrRejected) {
+			t.Fatalf("object name %q: %v", bad, err)
+		}
+	}
+	f.now = f.now.Add(time.Hour + time.Second)
+	refused("a stale attestation", "attest it again")
+	f.attest(t, d, id, nil)
+	if _, err := f.e.ApproveDuplication(ctx, id, req); err != nil {
+		t.Fatalf("after attesting again: %v", err)
+	}
+	f.now = f.now.Add(time.Second)
+	f.setGolden(t, d, "gateway")
+	refused("the class's policy changed", "policy changed")
+	f.now = f.now.Add(time.Second)
+	d.extend(7, make([]byte, 32))
+	if v := f.attest(t, d, id, nil); v.Pass {
+		t.Fatal("an extended PCR 7 passed")
+	}
+	refused("a failing attestation", "did not pass")
+	if err := f.st.Revoke(ctx, id, f.now); err != nil {
+		t.Fatal(err)
+	}
+	refused("a revoked device", "revoked")
+
+	bare := newAuthorityFleet(t, env, false)
+	if _, err := bare.e.ApproveDuplication(ctx, id, req); !errors.Is(err, fleet.ErrRejected) {
+		t.Fatalf("no authority key: %v", err)
+	}
+}
+
+func hasReason(v fleetapi.Verdict, code string) bool {
+	for _, r := range v.Reasons {
+		if r.Code == code {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,4 @@
+package fleet
+
+// CheckPeerFile is checkPeerFile, for the fuzz target.
+var CheckPeerFile = checkPeerFile
