@@ -255,7 +255,9 @@ func TestPeerRegistration(t *testing.T) {
 	}
 
 	var secret []byte
-	d.parked(func() { secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret) })
+	d.parked(func() {
+		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
+	})
 	if err != nil {
 		t.Fatalf("the resident transfer key: %v", err)
 	}
@@ -339,7 +341,9 @@ func TestDupApproval(t *testing.T) {
 		pc := v.PeerChallenge
 		var secret []byte
 		var err error
-		d.parked(func() { secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret) })
+		d.parked(func() {
+			secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
+		})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -29,8 +29,8 @@ import (
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/policy"
-	"github.com/provd/provd/test/pgtest"
 	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/pgtest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
