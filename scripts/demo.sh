@@ -264,7 +264,16 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
   expect 17 "$bin" fw verify --manifest "$demo/fw-other.manifest" --root "$demo/images"
 
   printf '\n\033[1m== The fleet: an attestation endpoint on this machine (TLS 1.3, a self-signed certificate made on first start, SQLite)\033[0m\n'
-  "$bin" --state-dir "$demo/endpoint" fleet serve --listen 127.0.0.1:0 --ek-ca "$demo/ek-ca-gw.pem" 2> "$demo/endpoint.log" &
+  (
+    export PROVD_STATE_DIR="$demo/endpoint" # the endpoint's host has a TPM and a provd of its own
+    "$bin" tpm info >/dev/null
+    cat "$demo/endpoint/swtpm/ca/swtpm-localca-rootca-cert.pem" "$demo/endpoint/swtpm/ca/issuercert.pem" > "$demo/ek-ca-endpoint.pem"
+    "$bin" provision --ek-ca "$demo/ek-ca-endpoint.pem" >/dev/null
+    step "The endpoint's host makes the fleet's duplication authority key in its TPM (never exportable)" \
+      "$bin" key create fleet-authority --type ecc-p256
+  )
+  cat "$demo/ek-ca-gw.pem" "$demo/ek-ca-b.pem" > "$demo/ek-ca-fleet.pem"
+  PROVD_STATE_DIR="$demo/endpoint" "$bin" fleet serve --listen 127.0.0.1:0 --ek-ca "$demo/ek-ca-fleet.pem" --authority-key fleet-authority 2> "$demo/endpoint.log" &
   endpoint_pid=$!
   trap 'kill $endpoint_pid 2>/dev/null || true' EXIT
   for _ in $(seq 100); do grep -q serving "$demo/endpoint.log" 2>/dev/null && break; sleep 0.1; done
@@ -285,6 +294,41 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
     "$bin" attest fetch
   step "It unseals it, inside the TPM" \
     "$bin" attest secret wifi
+  echo
+  printf '\n\033[1m== The endpoint as the duplication authority: a key moves to TPM B only while B attests\033[0m\n'
+  op="--endpoint $url --token-file $demo/endpoint/fleet/operator.token"
+  (
+    export PROVD_STATE_DIR="$demo/state-b"
+    "$bin" attest enroll --endpoint "$url" --class edge >/dev/null
+    "$bin" tpm pcr read --pcrs 0,1,2,3,4,5,6,7 -o json > "$demo/edge-golden.json"
+    # shellcheck disable=SC2086
+    "$bin" fleet policy set --class edge --pcr-values "$demo/edge-golden.json" $op >/dev/null
+    step "B (enrolled, class 'edge' with golden values) registers its transfer key: its peer file in the quote, then the endpoint's credential to B's enrolled EK, which only B's TPM opens" \
+      "$bin" attest peer
+  )
+  id_b=$(name_of device_id < "$demo/state-b/attest.json")
+  pk_b_fleet=$(PROVD_STATE_DIR="$demo/state-b" "$bin" status -o json | name_of pk_name)
+  (
+    export PROVD_STATE_DIR="$demo/state"
+    "$bin" fleet authority --endpoint "$url" --out "$demo/fleet-authority.pem" >/dev/null
+    step "A creates a key movable only where the fleet's authority approves" \
+      "$bin" key create fleet-moved --type ecc-p256 --extractable --duplicable-by "$demo/fleet-authority.pem"
+    "$bin" key pub fleet-moved --out "$demo/fleet-moved.pub.pem"
+  )
+  moved=$(PROVD_STATE_DIR="$demo/state" "$bin" key pub fleet-moved -o json | name_of object_name)
+  # shellcheck disable=SC2086
+  step "The operator asks the endpoint to approve it to B: signed in the endpoint's TPM because B's last attestation passed" \
+    "$bin" fleet approve "$id_b" --object-name "$moved" --out "$demo/fleet-moved.approval.json" --peer-out "$demo/b.fleet-peer.json" $op
+  step "A duplicates it to B with the endpoint's approval (A's TPM checks the authority's signature)" \
+    env PROVD_STATE_DIR="$demo/state" "$bin" dup export fleet-moved --to "$demo/b.fleet-peer.json" --approval "$demo/fleet-moved.approval.json" --ek-ca "$demo/ek-ca-b.pem" --out "$demo/fleet-moved.dup"
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --dup-to "$demo/b.fleet-peer.json" --peer-pk "$pk_b_fleet" --challenge "$demo/b.challenge.json" --proof "$demo/b.proof.json" --object-name "$moved" --out "$demo/fleet-moved.take-b.json" >/dev/null
+  step "B imports it with its own officer's approval and signs; openssl verifies with A's public key" \
+    env PROVD_STATE_DIR="$demo/state-b" sh -c "'$bin' dup import fleet-moved --in '$demo/fleet-moved.dup' --approval '$demo/fleet-moved.take-b.json' >/dev/null && '$bin' key sign fleet-moved --in '$demo/firmware.bin' --out '$demo/fm.sig' && openssl dgst -sha256 -verify '$demo/fleet-moved.pub.pem' -signature '$demo/fm.sig' '$demo/firmware.bin'"
+  PROVD_STATE_DIR="$demo/state-b" "$bin" tpm pcr extend 7 --data "B's boot changed" >/dev/null
+  PROVD_STATE_DIR="$demo/state-b" "$bin" attest now >/dev/null 2>&1 || true
+  printf '\n\033[1m== B'"'"'s boot changed and its attestation failed: the endpoint approves nothing more to B (exit 5)\033[0m\n'
+  # shellcheck disable=SC2086
+  expect 5 "$bin" fleet approve "$id_b" --object-name "$moved" --out "$demo/x.json" --peer-out "$demo/x.peer.json" $op
   echo
   step "Something changes the boot (PCR 7)" \
     "$bin" tpm pcr extend 7 --data "Secure Boot turned off"
