@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -284,6 +288,7 @@ func deliveryRec(name string) string { return "delivery-" + name }
 
 type deliveryRecord struct {
 	Name         string    `json:"name"`
+	Kind         string    `json:"kind,omitempty"` // "secret" (also when empty) or "key"
 	EKCertSHA256 string    `json:"ek_cert_sha256"`
 	PCRs         []int     `json:"pcrs"` // SHA-256 PCRs it is bound to
 	InstalledAt  time.Time `json:"installed_at"`
@@ -326,8 +331,9 @@ func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error 
 	if err != nil {
 		return fmt.Errorf("%w: public area: %v", api.ErrBadInput, err)
 	}
-	if pub.Type != tpm2.TPMAlgKeyedHash || pub.ObjectAttributes.UserWithAuth || pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Decrypt || len(pub.AuthPolicy.Buffer) == 0 {
-		return fmt.Errorf("%w: not a sealed data object usable by policy only", api.ErrBadInput)
+	kind, err := deliveryKind(*pub)
+	if err != nil {
+		return err
 	}
 	pcrs := d.PCRs["sha256"]
 	if len(d.PCRs) != 1 || len(pcrs) == 0 {
@@ -345,13 +351,40 @@ func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error 
 	}); err != nil {
 		return err
 	}
-	rec := deliveryRecord{Name: d.Name, EKCertSHA256: d.EKCertSHA256, PCRs: pcrs, InstalledAt: a.now().UTC()}
+	rec := deliveryRecord{Name: d.Name, Kind: kind, EKCertSHA256: d.EKCertSHA256, PCRs: pcrs, InstalledAt: a.now().UTC()}
 	return a.st.Update(ctx, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(deliveryRec(d.Name), blob.Marshal()); err != nil {
 			return err
 		}
 		return tx.Put(deliveryRec(d.Name), rec)
 	})
+}
+
+// deliveryKind says what a delivery's public area is, from the area
+// itself: a sealed data object ("secret") or a signing key ("key") of an
+// approved type, either usable by policy only (no userWithAuth), never a
+// decryption or restricted key.
+func deliveryKind(pub tpm2.TPMTPublic) (string, error) {
+	at := pub.ObjectAttributes
+	if at.UserWithAuth || at.Decrypt || at.Restricted || len(pub.AuthPolicy.Buffer) != 32 {
+		return "", fmt.Errorf("%w: a delivery usable other than by its policy, or a decryption key", api.ErrBadInput)
+	}
+	switch pub.Type {
+	case tpm2.TPMAlgKeyedHash:
+		if at.SignEncrypt {
+			return "", fmt.Errorf("%w: a delivered HMAC key", api.ErrBadInput)
+		}
+		return "secret", nil
+	case tpm2.TPMAlgECC, tpm2.TPMAlgRSA:
+		if !at.SignEncrypt {
+			return "", fmt.Errorf("%w: a delivered key that does not sign", api.ErrBadInput)
+		}
+		if _, err := publicKey(pub); err != nil {
+			return "", fmt.Errorf("%w: a delivered key: %v", api.ErrBadInput, err)
+		}
+		return "key", nil
+	}
+	return "", fmt.Errorf("%w: a delivery of type %v", api.ErrBadInput, pub.Type)
 }
 
 // withEK loads (or finds) the EK the certificate with SHA-256 sum names and
@@ -395,69 +428,112 @@ func (a *Agent) AttestSecret(ctx context.Context, req api.AttestSecretRequest) (
 func (a *Agent) attestSecret(ctx context.Context, name string) ([]byte, error) {
 	defer a.lock()()
 	return auditedResult(ctx, a, "attest-secret", map[string]string{"secret": name}, func() ([]byte, error) {
-		if err := fleetapi.CheckSecretName(name); err != nil {
-			return nil, fmt.Errorf("%w: %v", api.ErrBadInput, err)
-		}
-		if err := a.requireIdentity(ctx); err != nil {
-			return nil, err
-		}
-		var rec deliveryRecord
-		var raw []byte
-		err := a.st.View(ctx, func(tx *store.Tx) error {
-			if err := tx.Get(deliveryRec(name), &rec); err != nil {
-				return err
-			}
-			var err error
-			raw, err = tx.ReadBlob(deliveryRec(name))
+		var secret []byte
+		err := a.withDelivery(ctx, name, "secret", tpm2.TPMCCUnseal, func(obj tpm.Object, auth tpm2.Session) (err error) {
+			secret, err = a.t.UnsealWith(obj, auth)
 			return err
 		})
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w: no delivered secret %q (provd attest fetch)", api.ErrNotFound, name)
-		}
-		if err != nil {
-			return nil, err
-		}
-		blob, err := tpm.UnmarshalBlob(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: delivered secret %q: %v", api.ErrTampered, name, err)
-		}
-		sel := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{}}
-		for _, i := range rec.PCRs {
-			sel.Values[i] = make([]byte, 32)
-		}
-		var secret []byte
-		// The AK proves provd holds the state: its authValue, in a salted
-		// HMAC session, satisfies the delivery's PolicySecret(AK).
-		err = a.withAttestKey(ctx, func(ak tpm.Object, akAuth []byte) error {
-			return a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
-				obj, err := a.t.Load(ek, auth, blob)
-				if err != nil {
-					return err
-				}
-				defer func() { _ = a.t.Flush(obj.Handle) }()
-				ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, nil)
-				if err != nil {
-					return err
-				}
-				defer ps.Close()
-				if err := ps.PolicyPCR(sel.Selection(), nil); err != nil {
-					return err
-				}
-				opts := []tpm2.AuthOption{tpm2.Auth(akAuth)}
-				if srk, err := a.t.SRK(); err == nil {
-					opts = append(opts, tpm2.Salted(srk.Handle, srk.Public))
-				}
-				if err := ps.PolicySecretOf(ak, tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)); err != nil {
-					return err
-				}
-				if err := ps.PolicyCommandCode(tpm2.TPMCCUnseal); err != nil {
-					return err
-				}
-				secret, err = a.t.UnsealWith(obj, ps.Session())
-				return err
-			})
-		})
 		return secret, err
+	})
+}
+
+// AttestSign signs digest with a key the fleet endpoint delivered (attest
+// fetch), as Sign does with provd's keys: in a policy session as for a
+// secret, ending in PolicyCommandCode(Sign); the signature is verified
+// against the key's public area. The default hash is the key's (SHA-384
+// for P-384, else SHA-256).
+func (a *Agent) AttestSign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
+	defer a.lock()()
+	return auditedResult(ctx, a, "attest-sign", map[string]string{"key": name}, func() ([]byte, error) {
+		var sig []byte
+		err := a.withDelivery(ctx, name, "key", tpm2.TPMCCSign, func(obj tpm.Object, auth tpm2.Session) (err error) {
+			def := crypto.SHA256
+			if p, perr := publicKey(obj.Public); perr == nil {
+				if ec, ok := p.(*ecdsa.PublicKey); ok && ec.Curve == elliptic.P384() {
+					def = crypto.SHA384
+				}
+			}
+			sig, err = a.signDigest(name, obj, auth, obj.Public.Type, def, digest, opts)
+			return err
+		})
+		return sig, err
+	})
+}
+
+// withDelivery loads the delivered object name of kind under the EK and
+// runs fn with it and a policy session for command cc, salted to the SRK
+// (encrypting the answer of an Unseal),
+// after PolicyPCR (the PCRs as they are now, which must be those of the
+// appraisal that delivered it) and PolicySecret(the AK: its authValue,
+// which only provd's state holds, in a salted HMAC session).
+func (a *Agent) withDelivery(ctx context.Context, name, kind string, cc tpm2.TPMCC, fn func(obj tpm.Object, auth tpm2.Session) error) error {
+	if err := fleetapi.CheckSecretName(name); err != nil {
+		return fmt.Errorf("%w: %v", api.ErrBadInput, err)
+	}
+	if err := a.requireIdentity(ctx); err != nil {
+		return err
+	}
+	var rec deliveryRecord
+	var raw []byte
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		if err := tx.Get(deliveryRec(name), &rec); err != nil {
+			return err
+		}
+		var err error
+		raw, err = tx.ReadBlob(deliveryRec(name))
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: no delivered %s %q (provd attest fetch)", api.ErrNotFound, kind, name)
+	}
+	if err != nil {
+		return err
+	}
+	if got := cmp.Or(rec.Kind, "secret"); got != kind {
+		return fmt.Errorf("%w: %q is a delivered %s, not a %s", api.ErrNotPermitted, name, got, kind)
+	}
+	blob, err := tpm.UnmarshalBlob(raw)
+	if err != nil {
+		return fmt.Errorf("%w: delivered %s %q: %v", api.ErrTampered, kind, name, err)
+	}
+	sel := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{}}
+	for _, i := range rec.PCRs {
+		sel.Values[i] = make([]byte, 32)
+	}
+	return a.withAttestKey(ctx, func(ak tpm.Object, akAuth []byte) error {
+		return a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
+			obj, err := a.t.Load(ek, auth, blob)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = a.t.Flush(obj.Handle) }()
+			// Unseal's answer is the secret: the session encrypts it. A
+			// signature is no secret, and TPM2_Sign's answer cannot be
+			// encrypted (TPM_RC_ATTRIBUTES): salted only.
+			start := a.t.StartSaltedPolicySession
+			if cc == tpm2.TPMCCUnseal {
+				start = func() (*tpm.PolicySession, error) { return a.t.StartSecretPolicySession(tpm.EncryptOut, nil) }
+			}
+			ps, err := start()
+			if err != nil {
+				return err
+			}
+			defer ps.Close()
+			if err := ps.PolicyPCR(sel.Selection(), nil); err != nil {
+				return err
+			}
+			opts := []tpm2.AuthOption{tpm2.Auth(akAuth)}
+			if srk, err := a.t.SRK(); err == nil {
+				opts = append(opts, tpm2.Salted(srk.Handle, srk.Public))
+			}
+			if err := ps.PolicySecretOf(ak, tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)); err != nil {
+				return err
+			}
+			if err := ps.PolicyCommandCode(cc); err != nil {
+				return err
+			}
+			return fn(obj, ps.Session())
+		})
 	})
 }
 

@@ -286,85 +286,98 @@ func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.S
 		if err != nil {
 			return err
 		}
-		h := opts.Hash
-		if h == 0 {
-			h = kt.Hash
-		}
-		alg, err := approvedHash(h)
-		if err != nil {
-			return err
-		}
-		if len(digest) != h.Size() {
-			return fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
-		}
-		scheme := opts.Scheme
-		var sch tpm2.TPMTSigScheme
-		switch kt.Alg {
-		case tpm2.TPMAlgECC:
-			if scheme == "" {
-				scheme = api.SchemeECDSA
-			}
-			if scheme != api.SchemeECDSA {
-				return fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
-			}
-			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
-		case tpm2.TPMAlgRSA:
-			switch scheme {
-			case "", api.SchemeRSASSA:
-				scheme = api.SchemeRSASSA
-				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
-			case api.SchemeRSAPSS:
-				sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
-			default:
-				return fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
-			}
-		default:
+		if kt.Alg != tpm2.TPMAlgECC && kt.Alg != tpm2.TPMAlgRSA {
 			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", api.ErrNotPermitted, rec.Type)
 		}
-		sig, err := a.t.Sign(obj, auth, digest, sch)
-		if err != nil {
-			return err
-		}
-		pub, err := publicKey(obj.Public)
-		if err != nil {
-			return err
-		}
-		switch scheme {
-		case api.SchemeECDSA:
-			e, err := sig.Signature.ECDSA()
-			if err != nil {
-				return err
-			}
-			out, err = asn1.Marshal(struct{ R, S *big.Int }{
-				new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
-			if err != nil {
-				return err
-			}
-			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, out) {
-				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
-			}
-		case api.SchemeRSASSA:
-			r, err := sig.Signature.RSASSA()
-			if err != nil {
-				return err
-			}
-			out = r.Sig.Buffer
-			if err := rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, out); err != nil {
-				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
-			}
-		case api.SchemeRSAPSS:
-			r, err := sig.Signature.RSAPSS()
-			if err != nil {
-				return err
-			}
-			out = r.Sig.Buffer
-			if err := rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}); err != nil {
-				return fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
-			}
-		}
-		return nil
+		out, err = a.signDigest(name, obj, auth, kt.Alg, kt.Hash, digest, opts)
+		return err
 	})
 	return out, err
+}
+
+// signDigest signs digest with a loaded signing key of algorithm keyAlg
+// (its default hash defHash) in the TPM, authorized by auth, and verifies
+// the signature against the key's public area: ECDSA as ASN.1 DER, RSA as
+// the raw signature.
+func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAlg tpm2.TPMAlgID, defHash crypto.Hash, digest []byte, opts api.SignOptions) ([]byte, error) {
+	var out []byte
+	h := opts.Hash
+	if h == 0 {
+		h = defHash
+	}
+	alg, err := approvedHash(h)
+	if err != nil {
+		return nil, err
+	}
+	if len(digest) != h.Size() {
+		return nil, fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
+	}
+	scheme := opts.Scheme
+	var sch tpm2.TPMTSigScheme
+	switch keyAlg {
+	case tpm2.TPMAlgECC:
+		if scheme == "" {
+			scheme = api.SchemeECDSA
+		}
+		if scheme != api.SchemeECDSA {
+			return nil, fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
+		}
+		sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+	case tpm2.TPMAlgRSA:
+		switch scheme {
+		case "", api.SchemeRSASSA:
+			scheme = api.SchemeRSASSA
+			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+		case api.SchemeRSAPSS:
+			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
+		default:
+			return nil, fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
+		}
+	default:
+		return nil, fmt.Errorf("%w: this key does not sign", api.ErrNotPermitted)
+	}
+	sig, err := a.t.Sign(obj, auth, digest, sch)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := publicKey(obj.Public)
+	if err != nil {
+		return nil, err
+	}
+	switch scheme {
+	case api.SchemeECDSA:
+		e, err := sig.Signature.ECDSA()
+		if err != nil {
+			return nil, err
+		}
+		out, err = asn1.Marshal(struct{ R, S *big.Int }{
+			new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
+		if err != nil {
+			return nil, err
+		}
+		if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, out) {
+			return nil, fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+		}
+	case api.SchemeRSASSA:
+		r, err := sig.Signature.RSASSA()
+		if err != nil {
+			return nil, err
+		}
+		out = r.Sig.Buffer
+		if err := rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, out); err != nil {
+			return nil, fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+		}
+	case api.SchemeRSAPSS:
+		r, err := sig.Signature.RSAPSS()
+		if err != nil {
+			return nil, err
+		}
+		out = r.Sig.Buffer
+		if err := rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}); err != nil {
+			return nil, fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+		}
+	}
+	return out, nil
 }
 
 // MaxDataInput bounds what hmac, encrypt and decrypt take (64 MiB).

@@ -59,6 +59,7 @@ type Service interface {
 	AttestQuote(ctx context.Context, req AttestQuoteRequest) (AttestQuoteResult, error)
 	AttestInstall(ctx context.Context, req AttestInstallRequest) (AttestInstallResult, error)
 	AttestSecret(ctx context.Context, req AttestSecretRequest) (AttestSecretResult, error)
+	AttestSign(ctx context.Context, name string, digest []byte, opts SignOptions) ([]byte, error)
 	AttestRecord(ctx context.Context, v AttestVerdict) (AttestVerdict, error)
 }
 
@@ -122,6 +123,7 @@ var (
 	RouteAttestInstall  = Route{"POST", "/v1/attest/install", "attest-install"}
 	RouteAttestSecret   = Route{"POST", "/v1/attest/secret", "attest-secret"}
 	RouteAttestRecord   = Route{"POST", "/v1/attest/record", "attest-record"}
+	RouteAttestSign     = Route{"POST", "/v1/attest/sign", "attest-sign"}
 	RouteKeyList        = Route{"GET", "/v1/keys", "key-list"}
 	RouteKeyPublic      = Route{"POST", "/v1/keys/public", "key-public"}
 	RouteKeySign        = Route{"POST", "/v1/keys/sign", "key-sign"}

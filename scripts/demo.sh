@@ -294,6 +294,12 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
     "$bin" attest fetch
   step "It unseals it, inside the TPM" \
     "$bin" attest secret wifi
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$demo/fleet-ec.pem" 2>/dev/null
+  openssl pkey -in "$demo/fleet-ec.pem" -pubout -out "$demo/fleet-ec.pub.pem"
+  step "The operator hands the endpoint a signing key for the class; the gateway fetches it, wrapped to its EK, usable only to sign" \
+    sh -c "'$bin' fleet key put --class gateway --name fleet-ec --in '$demo/fleet-ec.pem' --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' >/dev/null && '$bin' attest fetch"
+  step "The gateway signs with it inside its TPM; openssl verifies with the operator's public key" \
+    sh -c "'$bin' attest sign fleet-ec --in '$demo/firmware.bin' --out '$demo/fleet-ec.sig' && openssl dgst -sha256 -verify '$demo/fleet-ec.pub.pem' -signature '$demo/fleet-ec.sig' '$demo/firmware.bin'"
   echo
   printf '\n\033[1m== The endpoint as the duplication authority: a key moves to TPM B only while B attests\033[0m\n'
   op="--endpoint $url --token-file $demo/endpoint/fleet/operator.token"
@@ -302,7 +308,7 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
     "$bin" attest enroll --endpoint "$url" --class edge >/dev/null
     "$bin" tpm pcr read --pcrs 0,1,2,3,4,5,6,7 -o json > "$demo/edge-golden.json"
     # shellcheck disable=SC2086
-    "$bin" fleet policy set --class edge --pcr-values "$demo/edge-golden.json" $op >/dev/null
+    "$bin" fleet policy set --class edge --pcr-values "$demo/edge-golden.json" --pk-policy "$pkpolicy" $op >/dev/null
     step "B (enrolled, class 'edge' with golden values) registers its transfer key: its peer file in the quote, then the endpoint's credential to B's enrolled EK, which only B's TPM opens" \
       "$bin" attest peer
   )
@@ -335,6 +341,7 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
   printf '\n\033[1m== The next attestation fails, naming the PCR (exit 23), and the delivered secret stays sealed (exit 3)\033[0m\n'
   expect 23 "$bin" attest now
   expect 3 "$bin" attest secret wifi
+  expect 3 "$bin" attest sign fleet-ec --in "$demo/firmware.bin"
   step "The operator (bearer token made on first start) sees the fleet and the device's history" \
     sh -c "'$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' && '$bin' fleet device show \$('$bin' fleet devices --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token' -o json | grep -o '\"device_id\": \"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --endpoint '$url' --token-file '$demo/endpoint/fleet/operator.token'"
   echo "operators' page: $url/ui/ (sign in with the token in $demo/endpoint/fleet/operator.token; metrics: $url/metrics)"

@@ -359,6 +359,11 @@ func (c *Client) AttestInstall(ctx context.Context, req api.AttestInstallRequest
 	return res, c.call(ctx, api.RouteAttestInstall, req, &res)
 }
 
+// AttestSign signs with a delivered key (POST /v1/attest/sign).
+func (c *Client) AttestSign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
+	return c.data(ctx, api.RouteAttestSign, api.SignRequest{Name: name, Digest: digest, Scheme: opts.Scheme, Hash: api.HashName(opts.Hash)})
+}
+
 // AttestSecret unseals a delivered secret (POST /v1/attest/secret).
 func (c *Client) AttestSecret(ctx context.Context, req api.AttestSecretRequest) (api.AttestSecretResult, error) {
 	var res api.AttestSecretResult

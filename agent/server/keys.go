@@ -76,6 +76,15 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 		return handle(s, ep, ag.AttestSecret)
 	case "attest-record":
 		return handle(s, ep, ag.AttestRecord)
+	case "attest-sign":
+		return handle(s, ep, func(ctx context.Context, w api.SignRequest) (api.DataResponse, error) {
+			h, err := api.ParseHash(w.Hash)
+			if err != nil {
+				return api.DataResponse{}, err
+			}
+			sig, err := ag.AttestSign(ctx, w.Name, w.Digest, api.SignOptions{Scheme: w.Scheme, Hash: h})
+			return api.DataResponse{Data: sig}, err
+		})
 	case "peer-prove":
 		return handle(s, ep, func(ctx context.Context, c api.PeerChallenge) (api.PeerProof, error) {
 			return ag.PeerProve(ctx, c)

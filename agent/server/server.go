@@ -301,6 +301,7 @@ var Endpoints = []endpoint{
 	{api.RouteAttestInstall, RoleOfficer},
 	{api.RouteAttestSecret, RoleUser},
 	{api.RouteAttestRecord, RoleOfficer},
+	{api.RouteAttestSign, RoleUser},
 	{api.RouteKeyList, RoleUser},
 	{api.RouteKeyPublic, RoleUser},
 	{api.RouteKeySign, RoleUser},

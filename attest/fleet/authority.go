@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -37,9 +38,12 @@ import (
 //     authorized through its PK opens (provd peer prove's);
 //
 // and only while the device's last attestation passed, recently, against
-// the class's current policy. The PK policy in the approval is the one the
-// device registered (never an operator's input: an approval over a weak
-// policy, all zeros, moved a PK on a bad boot, found by an earlier review).
+// the class's current policy. The PK policy in the approval is one the
+// operator set for the class (Policy.PKPolicies), which the device's file
+// must name: never a digest the device or the approving operator chose
+// (found by review: a device registered PolicyAuthValue's digest, and the
+// approval then moved a key from a sender on a bad boot; an earlier review:
+// an approval over all zeros moved a PK on a bad boot).
 
 // CodePeerRefused notes a passing attestation whose peer identity file the
 // endpoint did not take (not a failure of the appraisal).
@@ -84,6 +88,11 @@ func checkPeerFile(b []byte) (peerFile, []byte, error) {
 	pub, err := parsePublic2B(f.Parent)
 	if err != nil {
 		return bad("the transfer key's public area: %v", err)
+	}
+	for what, v := range map[string]string{"pk_name": f.PKName, "pk_policy": f.PKPolicy, "officer": f.Officer, "parent_name": f.ParentName} {
+		if strings.ToLower(v) != v {
+			return bad("%s: lower-case hex", what)
+		}
 	}
 	pkName, err := hex.DecodeString(f.PKName)
 	if err != nil || len(pkName) != 34 {
@@ -146,9 +155,12 @@ func (e *Endpoint) peerChallenge(ctx context.Context, d Device, p *Policy, pcrs 
 	if why := withhold(p, pcrs); why != "" {
 		return nil, &Reason{Code: CodePeerRefused, Detail: why}, nil
 	}
-	_, tName, err := checkPeerFile(peer)
+	f, tName, err := checkPeerFile(peer)
 	if err != nil {
 		return nil, &Reason{Code: CodePeerRefused, Detail: err.Error()}, nil
+	}
+	if why := pkPolicyAllowed(p, f.PKPolicy); why != "" {
+		return nil, &Reason{Code: CodePeerRefused, Detail: why}, nil
 	}
 	ek, err := parsePublic(d.EKPublic)
 	if err != nil {
@@ -202,6 +214,13 @@ func (e *Endpoint) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest)
 	if err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
+	pol, err := e.policy(ctx, d.Class)
+	if err != nil {
+		return fleetapi.PeerRegistration{}, err
+	}
+	if why := pkPolicyAllowed(pol, f.PKPolicy); why != "" {
+		return fleetapi.PeerRegistration{}, rejected("%s", why)
+	}
 	f.EKCertificates = [][]byte{d.EKCert}
 	served, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -249,8 +268,13 @@ func (e *Endpoint) ApproveDuplication(ctx context.Context, id string, req fleeta
 	if len(last) == 0 || !last[0].Pass {
 		return fleetapi.DupApproval{}, rejected("device %s: its last attestation did not pass", d.ID)
 	}
-	if age := e.now().Sub(last[0].At); age > e.cfg.ApprovalMaxAge {
+	switch age := e.now().Sub(last[0].At); {
+	case age > e.cfg.ApprovalMaxAge:
 		return fleetapi.DupApproval{}, rejected("device %s: its last passing attestation is %s old, at most %s: attest it again (provd attest now)", d.ID, age.Round(time.Second), e.cfg.ApprovalMaxAge)
+	case age < -time.Minute:
+		// Recorded by a replica whose clock runs ahead (found by
+		// review: a future time passed the age check).
+		return fleetapi.DupApproval{}, rejected("device %s: its last attestation is dated %s in the future: the replicas' clocks disagree", d.ID, (-age).Round(time.Second))
 	}
 	p, err := e.policy(ctx, d.Class)
 	if err != nil {
@@ -261,6 +285,14 @@ func (e *Endpoint) ApproveDuplication(ctx context.Context, id string, req fleeta
 	}
 	if last[0].At.Before(p.UpdatedAt) {
 		return fleetapi.DupApproval{}, rejected("device %s: the class's policy changed after its last attestation: attest it again", d.ID)
+	}
+	// The registration too (found by review: a transfer key vouched for
+	// under golden values since withdrawn stayed approvable).
+	if peer.RegisteredAt.Before(p.UpdatedAt) {
+		return fleetapi.DupApproval{}, rejected("device %s: the class's policy changed after it registered its transfer key: provd attest peer on it again", d.ID)
+	}
+	if why := pkPolicyAllowed(p, peer.PKPolicy); why != "" {
+		return fleetapi.DupApproval{}, rejected("device %s: %s", d.ID, why)
 	}
 	pkPolicy, err := hex.DecodeString(peer.PKPolicy)
 	if err != nil {
@@ -291,4 +323,18 @@ func (e *Endpoint) AuthorityPEM() (string, error) {
 		return "", err
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), nil
+}
+
+// pkPolicyAllowed says why a PK policy digest may not be approved over
+// for the class, "" when it may: it must be one the operator set.
+func pkPolicyAllowed(p *Policy, digest string) string {
+	if p == nil || len(p.PKPolicies) == 0 {
+		return "the class names no PK policy its devices may register (provd fleet policy set --pk-policy, the fleet's policy_digest): the endpoint signs approvals over no digest a device chose"
+	}
+	for _, d := range p.PKPolicies {
+		if d == digest {
+			return ""
+		}
+	}
+	return fmt.Sprintf("PK policy %.16s… is not one the class's policy allows", digest)
 }

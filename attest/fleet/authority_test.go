@@ -124,17 +124,25 @@ func (k *transferKey) admin(handle tpm2.TPMHandle, name tpm2.TPM2BName) tpm2.Aut
 	})}
 }
 
-// peerFile is the device's peer identity file for transfer key pub.
+// testPKPolicy is the PK policy digest the tests' class allows.
+var testPKPolicy = "42" + strings.Repeat("00", 31)
+
+// peerFileFor is the device's peer identity file for transfer key pub.
 func peerFileFor(t *testing.T, certs [][]byte, pub tpm2.TPMTPublic, pkName []byte) []byte {
+	t.Helper()
+	return peerFileWith(t, certs, pub, hex.EncodeToString(pkName), testPKPolicy)
+}
+
+// peerFileWith is a peer identity file with the PK name and policy the
+// device claims, as written.
+func peerFileWith(t *testing.T, certs [][]byte, pub tpm2.TPMTPublic, pkName, pkPolicy string) []byte {
 	t.Helper()
 	name, err := tpm2.ObjectName(&pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkPolicy := make([]byte, 32)
-	pkPolicy[0] = 0x42
 	b, err := json.Marshal(map[string]any{"format": 1, "ek_certificates": certs, "parent": tpm2.Marshal(tpm2.New2B(pub)),
-		"parent_name": hex.EncodeToString(name.Buffer), "pk_name": hex.EncodeToString(pkName), "pk_policy": hex.EncodeToString(pkPolicy),
+		"parent_name": hex.EncodeToString(name.Buffer), "pk_name": pkName, "pk_policy": pkPolicy,
 		"officer": hex.EncodeToString(append([]byte{0, 0x0b}, make([]byte, 32)...)), "created_at": time.Now().UTC()})
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +178,8 @@ func (f *authorityFleet) setGolden(t *testing.T, d *reviewDevice, class string) 
 	for i := 0; i <= 7; i++ {
 		vals[i] = hex.EncodeToString(d.pcr(i))
 	}
-	if err := f.st.SetPolicy(context.Background(), fleet.Policy{Class: class, PCRs: map[string]map[int]string{"sha256": vals}, UpdatedAt: f.now}); err != nil {
+	if err := f.st.SetPolicy(context.Background(), fleet.Policy{Class: class, PCRs: map[string]map[int]string{"sha256": vals},
+		PKPolicies: []string{testPKPolicy}, UpdatedAt: f.now}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -364,8 +373,7 @@ func TestDupApproval(t *testing.T) {
 	if err := got.Verify(&f.key.PublicKey); err != nil {
 		t.Fatalf("the approval does not verify with the authority key: %v", err)
 	}
-	pkPolicy := make([]byte, 32)
-	pkPolicy[0] = 0x42
+	pkPolicy, _ := hex.DecodeString(testPKPolicy)
 	name, _ := hex.DecodeString(keyName)
 	if want := officer.DupApproved(pkPolicy, name, tk.tName.Buffer); hex.EncodeToString(got.ApprovedPolicy) != hex.EncodeToString(want) || string(got.PolicyRef) != string(officer.DupRef) {
 		t.Fatalf("approved %x ref %q, want %x %q", got.ApprovedPolicy, got.PolicyRef, want, officer.DupRef)
@@ -409,4 +417,101 @@ func hasReason(v fleetapi.Verdict, code string) bool {
 		}
 	}
 	return false
+}
+
+// registerPeer registers tk for device d through a passing attestation
+// and the residency answer.
+func (f *authorityFleet) registerPeer(t *testing.T, d *reviewDevice, id string, tk *transferKey, peer []byte) fleetapi.PeerRegistration {
+	t.Helper()
+	v := f.attestPeer(t, d, id, peer, peer)
+	if !v.Pass || v.PeerChallenge == nil {
+		t.Fatalf("%+v", v)
+	}
+	pc := v.PeerChallenge
+	var secret []byte
+	var err error
+	d.parked(func() {
+		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := f.e.ProvePeer(context.Background(), fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// TestPeerPKPolicyIsTheOperators: the PK policy an approval is signed
+// over is one the operator set for the class, never the device's choice
+// (found by review: a device registered PolicyAuthValue's digest, and the
+// endpoint's approval then let root on a sender duplicate after a bad
+// boot); a class that names none registers nothing; hex that is not
+// lower-case is refused; and a registration made before the class's
+// policy changed is not approved over (found by review: it outlived the
+// golden values it was vouched for under).
+func TestPeerPKPolicyIsTheOperators(t *testing.T) {
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tk := newTransferKey(t, env.TPM)
+	pkName := hex.EncodeToString(tk.pkName.Buffer)
+	weak, err := policy.Policy{policy.AuthValue{}}.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	for what, file := range map[string][]byte{
+		"the device's own PK policy": peerFileWith(t, d.certs, tk.pub, pkName, hex.EncodeToString(weak)),
+		"upper-case hex":             peerFileWith(t, d.certs, tk.pub, strings.ToUpper(pkName), testPKPolicy),
+	} {
+		if v := f.attestPeer(t, d, id, file, file); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+			t.Fatalf("%s: %+v", what, v)
+		}
+	}
+	// A class without PK policies registers nothing.
+	vals := map[int]string{}
+	for i := 0; i <= 7; i++ {
+		vals[i] = hex.EncodeToString(d.pcr(i))
+	}
+	if err := f.st.SetPolicy(ctx, fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{"sha256": vals}, UpdatedAt: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	f.now = f.now.Add(time.Second)
+	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
+	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+		t.Fatalf("a class without PK policies: %+v", v)
+	}
+
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	f.registerPeer(t, d, id, tk, peer)
+	req := fleetapi.DupApprovalRequest{ObjectName: "000b" + strings.Repeat("5a", 32)}
+	if _, err := f.e.ApproveDuplication(ctx, id, req); err != nil {
+		t.Fatal(err)
+	}
+	// The operator replaces the golden values; the device passes the new
+	// ones, but its registration predates them.
+	f.now = f.now.Add(time.Minute)
+	d.extend(7, make([]byte, 32))
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	if v := f.attest(t, d, id, nil); !v.Pass {
+		t.Fatalf("%+v", v)
+	}
+	if _, err := f.e.ApproveDuplication(ctx, id, req); !errors.Is(err, fleet.ErrRejected) || !strings.Contains(err.Error(), "after it registered") {
+		t.Fatalf("a registration older than the policy: %v", err)
+	}
+	f.now = f.now.Add(time.Second)
+	f.registerPeer(t, d, id, tk, peer)
+	if _, err := f.e.ApproveDuplication(ctx, id, req); err != nil {
+		t.Fatalf("registered again: %v", err)
+	}
 }

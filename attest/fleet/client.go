@@ -177,9 +177,10 @@ func (c *Client) Policy(ctx context.Context, class string) (res fleetapi.Policy,
 	return res, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(class), nil, &res)
 }
 
-// PutSecret stores a secret for a class (operator).
-func (c *Client) PutSecret(ctx context.Context, class, name string, value []byte) (res fleetapi.SecretInfo, err error) {
-	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), fleetapi.SecretRequest{Value: value}, &res)
+// PutSecret stores a secret (kind fleet.KindSecret) or a key (KindKey,
+// PKCS#8 DER) for a class (operator).
+func (c *Client) PutSecret(ctx context.Context, class, name, kind string, value []byte) (res fleetapi.SecretInfo, err error) {
+	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), fleetapi.SecretRequest{Kind: kind, Value: value}, &res)
 }
 
 // Secrets lists a class's secrets, names only (operator).

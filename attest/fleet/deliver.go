@@ -3,7 +3,12 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -15,10 +20,11 @@ import (
 	"github.com/provd/provd/policy"
 )
 
-// Secrets an operator hands the endpoint are delivered to the devices of a
-// class after each passing attestation that asks (attest fetch): each as a
-// sealed data object in an outer duplication wrapper to the device's EK,
-// made here in software (tpm2.CreateDuplicate). Nothing crosses the network
+// Secrets and keys an operator hands the endpoint are delivered to the
+// devices of a class after each passing attestation that asks (attest
+// fetch): each as a sealed data object (a key: a signing key) in an outer
+// duplication wrapper to the device's EK, made here in software
+// (tpm2.CreateDuplicate). Nothing crosses the network
 // in the clear but the TLS; the wrapper opens only in the TPM holding that
 // EK; the object is usable only while the PCRs hold the values the passing
 // appraisal saw, and only to be unsealed.
@@ -35,6 +41,17 @@ const MaxSecret = 128
 // delivery under the EK and unsealed it); and it can be unsealed only, not
 // duplicated again.
 func DeliveryPolicy(vals map[int][]byte, ak []byte) ([]byte, error) {
+	return deliveryPolicy(vals, ak, tpm2.TPMCCUnseal)
+}
+
+// KeyDeliveryPolicy is the authPolicy of a delivered key: as
+// DeliveryPolicy's, ending in PolicyCommandCode(Sign): it signs, and does
+// nothing else (no unseal, no duplication, no certification).
+func KeyDeliveryPolicy(vals map[int][]byte, ak []byte) ([]byte, error) {
+	return deliveryPolicy(vals, ak, tpm2.TPMCCSign)
+}
+
+func deliveryPolicy(vals map[int][]byte, ak []byte, cc tpm2.TPMCC) ([]byte, error) {
 	v := policy.PCRValues{Bank: policy.BankSHA256, Values: vals}
 	if err := v.Validate(); err != nil {
 		return nil, err
@@ -52,7 +69,7 @@ func DeliveryPolicy(vals map[int][]byte, ak []byte) ([]byte, error) {
 	}{
 		tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: d}, Pcrs: v.Selection()},
 		tpm2.PolicySecret{AuthHandle: tpm2.NamedHandle{Name: tpm2.TPM2BName{Buffer: ak}}},
-		tpm2.PolicyCommandCode{Code: tpm2.TPMCCUnseal},
+		tpm2.PolicyCommandCode{Code: cc},
 	} {
 		if err := step.Update(c); err != nil {
 			return nil, err
@@ -77,6 +94,75 @@ func DeliveryPublic(authPolicy, seed, data []byte) tpm2.TPMTPublic {
 		Parameters:       tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
 		Unique:           tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: h.Sum(nil)}),
 	}
+}
+
+// ParseDeliveryKey reads a key an operator hands the endpoint: PKCS#8
+// (DER), an approved signing key: ECDSA P-256 or P-384, or RSA 2048 to
+// 4096 bits with exponent 65537 (what a TPM imports).
+func ParseDeliveryKey(der []byte) (crypto.Signer, error) {
+	k, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, rejected("key: not a PKCS#8 private key")
+	}
+	switch k := k.(type) {
+	case *ecdsa.PrivateKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return nil, rejected("key: ECDSA on %s, want P-256 or P-384", k.Curve.Params().Name)
+		}
+		return k, nil
+	case *rsa.PrivateKey:
+		if n := k.N.BitLen(); n < 2048 || n > 4096 || n%1024 != 0 || k.E != 65537 || len(k.Primes) != 2 {
+			return nil, rejected("key: RSA of %d bits (exponent %d, %d primes), want 2048, 3072 or 4096 bits, exponent 65537, two primes", n, k.E, len(k.Primes))
+		}
+		return k, nil
+	}
+	return nil, rejected("key: %T, want ECDSA or RSA", k)
+}
+
+// deliveredKey is the public area and sensitive part of a delivered key
+// with authPolicy: a signing key (not restricted, no decrypt), usable
+// through its policy only (userWithAuth and adminWithPolicy: no authValue
+// ever counts), fixedTPM and fixedParent clear as TPM2_Import requires.
+func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPMTSensitive, error) {
+	pub := tpm2.TPMTPublic{
+		NameAlg:          tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{SignEncrypt: true, AdminWithPolicy: true, NoDA: true},
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
+	}
+	switch k := k.(type) {
+	case *ecdsa.PrivateKey:
+		curve, hash, size := tpm2.TPMECCNistP256, tpm2.TPMAlgSHA256, 32
+		if k.Curve == elliptic.P384() {
+			curve, hash, size = tpm2.TPMECCNistP384, tpm2.TPMAlgSHA384, 48
+		}
+		ecdh, err := k.ECDH()
+		if err != nil {
+			return pub, tpm2.TPMTSensitive{}, err
+		}
+		point := ecdh.PublicKey().Bytes() // 04 || X || Y
+		pub.Type = tpm2.TPMAlgECC
+		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: hash})},
+			CurveID:   curve,
+			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		})
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1 : 1+size])}, Y: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1+size:])}})
+		return pub, tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC,
+			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: k.D.FillBytes(make([]byte, size))})}, nil
+	case *rsa.PrivateKey:
+		pub.Type = tpm2.TPMAlgRSA
+		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+			KeyBits:   tpm2.TPMKeyBits(k.N.BitLen()),
+		})
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.Bytes()})
+		return pub, tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgRSA,
+			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgRSA, &tpm2.TPM2BPrivateKeyRSA{Buffer: k.Primes[0].Bytes()})}, nil
+	}
+	return pub, tpm2.TPMTSensitive{}, fmt.Errorf("fleet: a delivered key of type %T", k)
 }
 
 // deliver seals the class's secrets to device d's EK, bound to the SHA-256
@@ -112,6 +198,10 @@ func (e *Endpoint) deliver(ctx context.Context, d Device, view map[string]map[in
 	if err != nil {
 		return nil, err
 	}
+	keyDigest, err := KeyDeliveryPolicy(vals, akName.Buffer)
+	if err != nil {
+		return nil, err
+	}
 	ekPub, err := parsePublic(d.EKPublic)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: device %s: stored EK: %w", d.ID, err)
@@ -123,19 +213,32 @@ func (e *Endpoint) deliver(ctx context.Context, d Device, view map[string]map[in
 	certSum := sha256.Sum256(d.EKCert)
 	var out []fleetapi.Delivery
 	for _, s := range secrets {
-		seed := make([]byte, 32)
-		if _, err := io.ReadFull(e.cfg.Rand, seed); err != nil {
-			return nil, err
+		var pub tpm2.TPMTPublic
+		var sens tpm2.TPMTSensitive
+		if s.Kind == KindKey {
+			k, err := ParseDeliveryKey(s.Value)
+			if err != nil {
+				return nil, fmt.Errorf("fleet: class %s: stored key %s: %w", d.Class, s.Name, err)
+			}
+			if pub, sens, err = deliveredKey(k, keyDigest); err != nil {
+				return nil, err
+			}
+		} else {
+			seed := make([]byte, 32)
+			if _, err := io.ReadFull(e.cfg.Rand, seed); err != nil {
+				return nil, err
+			}
+			pub = DeliveryPublic(digest, seed, s.Value)
+			sens = tpm2.TPMTSensitive{
+				SensitiveType: tpm2.TPMAlgKeyedHash,
+				SeedValue:     tpm2.TPM2BDigest{Buffer: seed},
+				Sensitive:     tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BSensitiveData{Buffer: bytes.Clone(s.Value)}),
+			}
 		}
-		pub := DeliveryPublic(digest, seed, s.Value)
+		clear(s.Value)
 		name, err := tpm2.ObjectName(&pub)
 		if err != nil {
 			return nil, err
-		}
-		sens := tpm2.TPMTSensitive{
-			SensitiveType: tpm2.TPMAlgKeyedHash,
-			SeedValue:     tpm2.TPM2BDigest{Buffer: seed},
-			Sensitive:     tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BSensitiveData{Buffer: bytes.Clone(s.Value)}),
 		}
 		raw := tpm2.Marshal(sens)
 		dup, wrapped, err := tpm2.CreateDuplicate(e.cfg.Rand, encap, name.Buffer, raw)

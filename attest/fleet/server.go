@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -151,7 +153,7 @@ func (s *Server) Handler() http.Handler {
 		if err := decode(r, &in); err != nil {
 			return nil, err
 		}
-		sec := Secret{Class: r.PathValue("class"), Name: r.PathValue("name"), Value: in.Value, UpdatedAt: s.E.now()}
+		sec := Secret{Class: r.PathValue("class"), Name: r.PathValue("name"), Kind: in.Kind, Value: in.Value, UpdatedAt: s.E.now()}
 		defer clear(in.Value)
 		if err := checkClass(sec.Class); err != nil {
 			return nil, err
@@ -159,20 +161,33 @@ func (s *Server) Handler() http.Handler {
 		if err := fleetapi.CheckSecretName(sec.Name); err != nil {
 			return nil, rejected("%v", err)
 		}
-		if len(sec.Value) == 0 || len(sec.Value) > MaxSecret {
-			return nil, rejected("a secret of %d bytes, want 1..%d", len(sec.Value), MaxSecret)
+		switch sec.Kind {
+		case "", KindSecret:
+			sec.Kind = KindSecret
+			if len(sec.Value) == 0 || len(sec.Value) > MaxSecret {
+				return nil, rejected("a secret of %d bytes, want 1..%d", len(sec.Value), MaxSecret)
+			}
+		case KindKey:
+			if len(sec.Value) > MaxKey {
+				return nil, rejected("a key of %d bytes, at most %d", len(sec.Value), MaxKey)
+			}
+			if _, err := ParseDeliveryKey(sec.Value); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, rejected("kind %q, want secret or key", sec.Kind)
 		}
 		if err := s.E.cfg.Store.PutSecret(r.Context(), sec); err != nil {
 			return nil, err
 		}
-		return fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, UpdatedAt: sec.UpdatedAt}, nil
+		return secretInfo(sec), nil
 	}))
 	mux.HandleFunc("GET /v1/secrets/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		secs, err := s.E.cfg.Store.Secrets(r.Context(), r.PathValue("class"))
 		out := []fleetapi.SecretInfo{}
 		for _, sec := range secs {
+			out = append(out, secretInfo(sec))
 			clear(sec.Value)
-			out = append(out, fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, UpdatedAt: sec.UpdatedAt})
 		}
 		return out, err
 	}))
@@ -232,6 +247,12 @@ func policyFrom(in fleetapi.Policy) (Policy, error) {
 			return p, rejected("manifest digest %q: want 64 lower-case hex digits (fw manifest show's manifest_sha256)", m)
 		}
 	}
+	for _, d := range in.PKPolicies {
+		if len(d) != 64 || strings.ToLower(d) != d || !isHex(d) || d == strings.Repeat("0", 64) {
+			return p, rejected("PK policy digest %q: want 64 lower-case hex digits, not zeros (provd status's policy_digest)", d)
+		}
+	}
+	p.PKPolicies = in.PKPolicies
 	return p, nil
 }
 
@@ -240,7 +261,7 @@ func isHex(s string) bool {
 }
 
 func policyView(p Policy) fleetapi.Policy {
-	out := fleetapi.Policy{Class: p.Class, PCRs: map[string]map[string]string{}, Manifests: p.Manifests, TOFU: p.TOFU, UpdatedAt: p.UpdatedAt}
+	out := fleetapi.Policy{Class: p.Class, PCRs: map[string]map[string]string{}, Manifests: p.Manifests, PKPolicies: p.PKPolicies, TOFU: p.TOFU, UpdatedAt: p.UpdatedAt}
 	for bank, vals := range p.PCRs {
 		out.PCRs[bank] = map[string]string{}
 		for i, v := range vals {
@@ -448,3 +469,20 @@ func checkClass(c string) error {
 
 // ServerTimeouts are the http.Server timeouts provd fleet serve uses.
 var ServerTimeouts = struct{ ReadHeader, Read, Write, Idle time.Duration }{10 * time.Second, 30 * time.Second, 30 * time.Second, 120 * time.Second}
+
+// MaxKey bounds a delivered key's PKCS#8: an RSA-4096 key is about 2.4 KB.
+const MaxKey = 8 << 10
+
+// secretInfo describes a secret or key without its value: a key's public
+// part, PEM.
+func secretInfo(sec Secret) fleetapi.SecretInfo {
+	info := fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, Kind: sec.Kind, UpdatedAt: sec.UpdatedAt}
+	if sec.Kind == KindKey {
+		if k, err := ParseDeliveryKey(sec.Value); err == nil {
+			if der, err := x509.MarshalPKIXPublicKey(k.Public()); err == nil {
+				info.PublicKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+			}
+		}
+	}
+	return info
+}

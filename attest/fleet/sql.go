@@ -113,6 +113,11 @@ var migrations = []string{
 		pk_policy TEXT NOT NULL,
 		registered_at BIGINT NOT NULL
 	);`,
+	// 5: keys delivered beside secrets.
+	`ALTER TABLE secrets ADD COLUMN kind TEXT NOT NULL DEFAULT 'secret';`,
+	// 6: the PK policy digests a class's devices may register (the
+	// duplication authority signs over nothing else).
+	`ALTER TABLE policies ADD COLUMN pk_policies TEXT NOT NULL DEFAULT '[]';`,
 }
 
 // PendingTTL is how long a pending enrollment holds its device ID against
@@ -496,17 +501,26 @@ func (s *sqlStore) SetPolicy(ctx context.Context, p Policy) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (class) DO UPDATE SET pcrs = excluded.pcrs, manifests = excluded.manifests, tofu = excluded.tofu, updated_at = excluded.updated_at`),
-		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt))
+	pk := p.PKPolicies
+	if pk == nil {
+		pk = []string{}
+	}
+	pkj, err := json.Marshal(pk)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at, pk_policies) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (class) DO UPDATE SET pcrs = excluded.pcrs, manifests = excluded.manifests, tofu = excluded.tofu, updated_at = excluded.updated_at,
+			pk_policies = excluded.pk_policies`),
+		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt), string(pkj))
 	return err
 }
 
 func (s *sqlStore) Policy(ctx context.Context, class string) (Policy, error) {
 	p := Policy{Class: class}
-	var pcrs, manifests string
+	var pcrs, manifests, pk string
 	var tofu, updated int64
-	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT pcrs, manifests, tofu, updated_at FROM policies WHERE class = $1`), class).Scan(&pcrs, &manifests, &tofu, &updated)
+	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT pcrs, manifests, tofu, updated_at, pk_policies FROM policies WHERE class = $1`), class).Scan(&pcrs, &manifests, &tofu, &updated, &pk)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Policy{}, ErrNotFound
 	}
@@ -518,6 +532,12 @@ func (s *sqlStore) Policy(ctx context.Context, class string) (Policy, error) {
 	}
 	if err := json.Unmarshal([]byte(manifests), &p.Manifests); err != nil {
 		return Policy{}, fmt.Errorf("fleet: policy %s: %w", class, err)
+	}
+	if err := json.Unmarshal([]byte(pk), &p.PKPolicies); err != nil {
+		return Policy{}, fmt.Errorf("fleet: policy %s: %w", class, err)
+	}
+	if len(p.PKPolicies) == 0 {
+		p.PKPolicies = nil
 	}
 	p.TOFU, p.UpdatedAt = tofu == 1, fromMS(updated)
 	return p, nil
@@ -542,14 +562,18 @@ func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error)
 }
 
 func (s *sqlStore) PutSecret(ctx context.Context, sec Secret) error {
-	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO secrets (class, name, value, updated_at) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (class, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`),
-		sec.Class, sec.Name, b64.EncodeToString(sec.Value), ms(sec.UpdatedAt))
+	kind := sec.Kind
+	if kind == "" {
+		kind = KindSecret
+	}
+	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO secrets (class, name, kind, value, updated_at) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (class, name) DO UPDATE SET kind = excluded.kind, value = excluded.value, updated_at = excluded.updated_at`),
+		sec.Class, sec.Name, kind, b64.EncodeToString(sec.Value), ms(sec.UpdatedAt))
 	return err
 }
 
 func (s *sqlStore) Secrets(ctx context.Context, class string) ([]Secret, error) {
-	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT name, value, updated_at FROM secrets WHERE class = $1 ORDER BY name`), class)
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT name, kind, value, updated_at FROM secrets WHERE class = $1 ORDER BY name`), class)
 	if err != nil {
 		return nil, err
 	}
@@ -559,7 +583,7 @@ func (s *sqlStore) Secrets(ctx context.Context, class string) ([]Secret, error) 
 		sec := Secret{Class: class}
 		var v string
 		var at int64
-		if err := rows.Scan(&sec.Name, &v, &at); err != nil {
+		if err := rows.Scan(&sec.Name, &sec.Kind, &v, &at); err != nil {
 			return nil, err
 		}
 		if sec.Value, err = b64.DecodeString(v); err != nil {

@@ -70,18 +70,33 @@ type Policy struct {
 	Class     string
 	PCRs      map[string]map[int]string
 	Manifests []string
-	TOFU      bool
-	UpdatedAt time.Time
+	// PKPolicies are the PK policy digests (hex) the class's devices may
+	// register with their transfer keys: the endpoint, as the duplication
+	// authority, signs approvals over one of these only, never over a
+	// digest a device chose.
+	PKPolicies []string
+	TOFU       bool
+	UpdatedAt  time.Time
 }
 
-// Secret is an operator's secret for a class: delivered, sealed to each
-// device's TPM, after a passing attestation (attest fetch).
+// Secret is an operator's secret or key for a class: delivered, sealed to
+// each device's TPM, after a passing attestation (attest fetch).
 type Secret struct {
-	Class     string
-	Name      string
+	Class string
+	Name  string
+	// Kind is KindSecret (Value is the secret, delivered as a sealed data
+	// object) or KindKey (Value is a PKCS#8 private key, delivered as a
+	// signing key).
+	Kind      string
 	Value     []byte
 	UpdatedAt time.Time
 }
+
+// Kinds of what the endpoint delivers.
+const (
+	KindSecret = "secret"
+	KindKey    = "key"
+)
 
 // Peer is a device's transfer key as the endpoint holds it, for approving
 // duplications to it (Endpoint.ApproveDuplication): vouched for by a quote

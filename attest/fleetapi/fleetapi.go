@@ -175,15 +175,21 @@ type Delivery struct {
 	PCRs         map[string][]int `json:"pcrs"`
 }
 
-// SecretRequest is an operator's secret for a class (1..128 bytes).
+// SecretRequest is an operator's secret for a class (1..128 bytes), or
+// with Kind "key" a signing key (PKCS#8 DER: ECDSA P-256 or P-384, RSA
+// 2048 to 4096 bits), delivered as a TPM key that only signs.
 type SecretRequest struct {
+	Kind  string `json:"kind,omitempty"`
 	Value []byte `json:"value"`
 }
 
-// SecretInfo names a secret the endpoint holds; never its value.
+// SecretInfo names a secret or key the endpoint holds; never its value
+// (for a key, its public part, PEM).
 type SecretInfo struct {
 	Class     string    `json:"class"`
 	Name      string    `json:"name"`
+	Kind      string    `json:"kind"`
+	PublicKey string    `json:"public_key,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -220,8 +226,12 @@ type Policy struct {
 	Class     string                       `json:"class"`
 	PCRs      map[string]map[string]string `json:"pcrs"`
 	Manifests []string                     `json:"manifests,omitempty"`
-	TOFU      bool                         `json:"tofu"`
-	UpdatedAt time.Time                    `json:"updated_at,omitzero"`
+	// PKPolicies are the PK policy digests (hex, provd status's
+	// policy_digest on a known-good device) the class's devices may
+	// register for duplication approvals (provd attest peer).
+	PKPolicies []string  `json:"pk_policies,omitempty"`
+	TOFU       bool      `json:"tofu"`
+	UpdatedAt  time.Time `json:"updated_at,omitzero"`
 }
 
 // CheckSecretName accepts a secret's name: 1..32 of a-z, 0-9, '.', '_',

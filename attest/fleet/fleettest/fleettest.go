@@ -242,7 +242,15 @@ func Run(t *testing.T, newURL Opener) {
 			}
 		}
 		got, err := s.Secrets(ctx, "gateway")
-		if err != nil || len(got) != 2 || got[0].Name != "api" || got[1].Name != "wifi" || string(got[1].Value) != "v2" {
+		if err != nil || len(got) != 2 || got[0].Name != "api" || got[1].Name != "wifi" || string(got[1].Value) != "v2" || got[1].Kind != fleet.KindSecret {
+			t.Fatalf("%+v %v", got, err)
+		}
+		// A key under a secret's name replaces it, kind and all.
+		if err := s.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Kind: fleet.KindKey, Value: []byte("pkcs8"), UpdatedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+		got, err = s.Secrets(ctx, "gateway")
+		if err != nil || len(got) != 2 || got[1].Kind != fleet.KindKey || string(got[1].Value) != "pkcs8" {
 			t.Fatalf("%+v %v", got, err)
 		}
 	})

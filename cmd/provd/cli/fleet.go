@@ -217,6 +217,66 @@ delivered it (exit 3 otherwise).`,
 		},
 	}
 	secret.Flags().StringVar(&out, "out", "-", "where to write it (- for stdout)")
+	var sin, sout, shash string
+	sign := &cobra.Command{
+		Use:   "sign NAME --in FILE [--out SIG] [--hash sha256|sha384]",
+		Short: "Sign with a key the fleet endpoint delivered (attest fetch)",
+		Long: `Sign FILE (hashed here with --hash, default sha256; give sha384 for a P-384
+key) with a key the endpoint delivered after a passing attestation: loaded under
+the EK and used in a policy session that needs the PCR values of the appraisal
+that delivered it and provd's attestation key, for TPM2_Sign only (exit 3 after a
+change of those PCRs). ECDSA signatures are ASN.1 DER, RSA the raw octets
+(RSASSA-PKCS1-v1_5), as openssl dgst -verify takes them. Without --out the
+signature is printed in hex.`,
+		Example: `  provd attest sign fleet-tls --in csr-body.bin --out csr-body.sig`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if sin == "" {
+				return usageError(errors.New("--in is required"))
+			}
+			h, err := api.ParseHash(shash)
+			if err != nil {
+				return err
+			}
+			data, err := readIn(a, sin)
+			if err != nil {
+				return err
+			}
+			hh := h.New()
+			hh.Write(data)
+			digest := hh.Sum(nil)
+			var sig []byte
+			if err := a.withAgent(cmd.Context(), func(ag api.Service) (err error) {
+				sig, err = ag.AttestSign(cmd.Context(), args[0], digest, api.SignOptions{Hash: h})
+				return err
+			}); err != nil {
+				return err
+			}
+			if sout != "" {
+				if err := writeOut(a, sout, sig, 0o644); err != nil {
+					return err
+				}
+				if sout == "-" {
+					return nil
+				}
+			}
+			res := map[string]any{"key": args[0], "signature_hex": hex.EncodeToString(sig)}
+			if sout != "" {
+				res["out"] = sout
+			}
+			return a.emit(res, func(w io.Writer) {
+				if sout != "" {
+					fmt.Fprintf(w, "signature (%d bytes) written to %s\n", len(sig), sout)
+					return
+				}
+				fmt.Fprintln(w, hex.EncodeToString(sig))
+			})
+		},
+	}
+	sign.Flags().StringVar(&sin, "in", "", "the file to sign (- for stdin)")
+	sign.Flags().StringVar(&sout, "out", "", "where to write the signature (- for stdout)")
+	sign.Flags().StringVar(&shash, "hash", "sha256", "sha256 or sha384")
+
 	var pf endpointFlags
 	var pfw, pmeas string
 	peer := &cobra.Command{
@@ -240,7 +300,7 @@ key as this device's, proven resident, and approves duplications to it
 	pf.add(a, peer, false)
 	peer.Flags().StringVar(&pfw, "firmware-log", "", "the firmware's TCG event log (default "+defaultFirmwareLog+" when present)")
 	peer.Flags().StringVar(&pmeas, "measurement-log", "", "provd's measurement log (default <state-dir>/measurements.log)")
-	c.AddCommand(enroll, now, fetch, secret, peer)
+	c.AddCommand(enroll, now, fetch, secret, sign, peer)
 	return c
 }
 
@@ -367,7 +427,10 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 			fmt.Fprintf(w, "  %s\n", r.String())
 		}
 		for _, n := range installed {
-			fmt.Fprintf(w, "installed secret %s (sealed to this TPM and these PCRs: provd attest secret %s)\n", n, n)
+			fmt.Fprintf(w, "installed %s (sealed to this TPM and the PCR values that passed)\n", n)
+		}
+		if len(installed) > 0 {
+			fmt.Fprintln(w, "use them with provd attest secret NAME, or provd attest sign NAME for a key")
 		}
 		if reg != nil {
 			fmt.Fprintf(w, "registered transfer key %s (PK %s) with the endpoint: it approves duplications to it while this device attests\n", reg.ParentName, reg.PKName)
@@ -475,14 +538,27 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 				return a.serveFleet(cmd, listen, dir, fleet.Config{Store: st, Roots: roots}, tokens, cert)
 			}
 			// The authority key is a provd key of this host, in its TPM:
-			// every approval is one signature through the agent.
+			// every approval is one signature through an agent in this
+			// process, which holds the state's lock while it serves. Never
+			// through a daemon: the daemon signs with any key for every
+			// member of the provd group (found by review: any of them was
+			// then the fleet's duplication authority).
+			if c := a.daemon(cmd.Context()); c != nil {
+				c.Close()
+				return fmt.Errorf("%w: a provd daemon answers on %s: it would sign with the authority key for every member of its group; serve the endpoint where this state's provd runs no daemon (docs/attestation.md)", api.ErrNotPermitted, a.socket)
+			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := tpmkey.New(cmd.Context(), ag, authorityKey)
 				if err != nil {
 					return err
 				}
-				if k.Info().Extractable {
-					return fmt.Errorf("%w: --authority-key %s was born extractable: the fleet's duplication authority must never leave the TPM", api.ErrNotPermitted, authorityKey)
+				if info := k.Info(); info.Extractable || info.Kind != api.KindCreated {
+					return fmt.Errorf("%w: --authority-key %s is %s (extractable: %v): the fleet's duplication authority must be born in this TPM and never leave it (provd key create NAME --type ecc-p256)", api.ErrNotPermitted, authorityKey, info.Kind, info.Extractable)
+				}
+				if st, err := ag.Status(cmd.Context()); err != nil {
+					return err
+				} else if st.Movable != "" {
+					return fmt.Errorf("%w: this host's PK is movable (%s): the authority key would move with it", api.ErrNotPermitted, st.Movable)
 				}
 				if _, ok := k.Public().(*ecdsa.PublicKey); !ok {
 					return usageError(fmt.Errorf("--authority-key %s: want an ECC signing key (provd key create %s --type ecc-p256)", authorityKey, authorityKey))
@@ -657,7 +733,7 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 	pol := &cobra.Command{Use: "policy", Short: "A device class's golden values (operator)"}
 	var pf endpointFlags
 	var pclass, pcrFile string
-	var manifests []string
+	var manifests, pkPolicies []string
 	set := &cobra.Command{
 		Use:   "set --class C [--pcr-values FILE] [--manifest SHA256]...",
 		Short: "Set a class's golden PCR values and allowed firmware manifests",
@@ -665,13 +741,16 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 PCR file as provd tpm pcr read -o json writes it, and --manifest, the
 manifest_sha256 of each firmware release the boot hook may have verified (as fw
 manifest show prints it). A class without a policy takes its first verified
-quote as baseline (trust on first use).`,
+quote as baseline (trust on first use). --pk-policy names the PK policy digest
+(provd status's policy_digest) the class's devices may register their transfer
+keys under (provd attest peer): the endpoint, as the duplication authority,
+signs approvals over those digests only.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pclass == "" {
 				return usageError(errors.New("--class is required"))
 			}
-			p := fleetapi.Policy{Class: pclass, PCRs: map[string]map[string]string{}, Manifests: manifests}
+			p := fleetapi.Policy{Class: pclass, PCRs: map[string]map[string]string{}, Manifests: manifests, PKPolicies: pkPolicies}
 			if pcrFile != "" {
 				b, err := os.ReadFile(pcrFile)
 				if err != nil {
@@ -702,6 +781,7 @@ quote as baseline (trust on first use).`,
 	set.Flags().StringVar(&pclass, "class", "", "the device class")
 	set.Flags().StringVar(&pcrFile, "pcr-values", "", "golden PCR values (provd tpm pcr read -o json)")
 	set.Flags().StringArrayVar(&manifests, "manifest", nil, "an allowed firmware manifest's manifest_sha256 (repeatable)")
+	set.Flags().StringArrayVar(&pkPolicies, "pk-policy", nil, "a PK policy digest the class's devices may register for duplication approvals (provd status's policy_digest; repeatable)")
 	var gf endpointFlags
 	var gclass string
 	get := &cobra.Command{
@@ -760,7 +840,7 @@ the PCR values that passed. The endpoint keeps it in its database.`,
 			if err != nil {
 				return err
 			}
-			info, err := cl.PutSecret(cmd.Context(), xclass, xname, v)
+			info, err := cl.PutSecret(cmd.Context(), xclass, xname, fleet.KindSecret, v)
 			if err != nil {
 				return err
 			}
@@ -775,7 +855,7 @@ the PCR values that passed. The endpoint keeps it in its database.`,
 	var lclass string
 	list := &cobra.Command{
 		Use:   "list --class C",
-		Short: "List a class's secrets (names, never values)",
+		Short: "List a class's secrets and keys (names and kinds, a key's public part; never values)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := lf.client()
@@ -788,15 +868,68 @@ the PCR values that passed. The endpoint keeps it in its database.`,
 			}
 			return a.emit(ls, func(w io.Writer) {
 				for _, x := range ls {
-					fmt.Fprintf(w, "%s  %s\n", x.Name, x.UpdatedAt.Format(time.RFC3339))
+					fmt.Fprintf(w, "%s  %-6s %s\n", x.Name, x.Kind, x.UpdatedAt.Format(time.RFC3339))
 				}
 			})
 		},
 	}
 	lf.add(a, list, true)
 	list.Flags().StringVar(&lclass, "class", "", "the device class")
+	keyCmd := &cobra.Command{Use: "key", Short: "Keys delivered to a class's devices after a passing attestation (operator)"}
+	var kf endpointFlags
+	var kclass, kname, kin string
+	kput := &cobra.Command{
+		Use:   "put --class C --name N --in KEY.pem",
+		Short: "Hand the endpoint a signing key for the devices of a class",
+		Long: `Store a signing key at the endpoint for the devices of --class: a PKCS#8 private
+key (PEM or DER), ECDSA P-256 or P-384, or RSA 2048 to 4096 bits. Each device that
+passes an attestation with provd attest fetch gets it as a TPM key wrapped to its
+own EK, usable only to sign (provd attest sign), only by provd, only while the
+PCRs hold the values that passed. The endpoint keeps it in its database (as the
+key's source; see docs/attestation.md). fleet secret list shows its public key.`,
+		Example: `  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out fleet-tls.pem
+  provd fleet key put --class gateway --name fleet-tls --in fleet-tls.pem`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kclass == "" || kname == "" || kin == "" {
+				return usageError(errors.New("--class, --name and --in are required"))
+			}
+			v, err := readIn(a, kin)
+			if err != nil {
+				return err
+			}
+			defer clear(v)
+			der := v
+			if b, _ := pem.Decode(v); b != nil {
+				if b.Type != "PRIVATE KEY" {
+					return usageError(fmt.Errorf("--in: a PEM %q block, want PRIVATE KEY (PKCS#8: openssl pkcs8 -topk8 -nocrypt)", b.Type))
+				}
+				der = b.Bytes
+				defer clear(der)
+			}
+			if _, err := x509.ParsePKCS8PrivateKey(der); err != nil {
+				return usageError(fmt.Errorf("--in: not a PKCS#8 private key (PEM PRIVATE KEY or DER): %v", err))
+			}
+			cl, err := kf.client()
+			if err != nil {
+				return err
+			}
+			info, err := cl.PutSecret(cmd.Context(), kclass, kname, fleet.KindKey, der)
+			if err != nil {
+				return err
+			}
+			return a.emit(info, func(w io.Writer) {
+				fmt.Fprintf(w, "key %s of class %s stored\n%s", info.Name, info.Class, info.PublicKey)
+			})
+		},
+	}
+	kf.add(a, kput, true)
+	kput.Flags().StringVar(&kclass, "class", "", "the device class")
+	kput.Flags().StringVar(&kname, "name", "", "the key's name (1..32 of a-z, 0-9, '.', '_', '-'; one namespace with the class's secrets)")
+	kput.Flags().StringVar(&kin, "in", "", "the private key, PKCS#8 PEM or DER (FILE, or - for stdin)")
+	keyCmd.AddCommand(kput)
 	sec.AddCommand(put, list)
-	c.AddCommand(serve, devices, device, pol, sec, authority, approve)
+	c.AddCommand(serve, devices, device, pol, sec, keyCmd, authority, approve)
 	return c
 }
 

@@ -520,7 +520,7 @@ func TestFleetDelivery(t *testing.T) {
 	if out := a.expect(t, 0, append([]string{"fleet", "secret", "list", "--class", "gateway", "-o", "json"}, op...)...); !strings.Contains(out, `"wifi"`) || strings.Contains(out, "horse") {
 		t.Fatalf("secret list:\n%s", out)
 	}
-	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed secret wifi") {
+	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed wifi") {
 		t.Fatalf("fetch:\n%s", out)
 	}
 	if got := a.expect(t, 0, "attest", "secret", "wifi"); got != string(secret) {
@@ -689,7 +689,7 @@ func TestFleetThroughDaemon(t *testing.T) {
 	}
 	daemon(0, "attest", "enroll", "--endpoint", e.srv.URL, "--ca-cert", e.ca, "--class", "gateway")
 	daemon(0, "attest", "now", "--ca-cert", e.ca)
-	if out := daemon(0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed secret s") {
+	if out := daemon(0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed s") {
 		t.Fatalf("fetch:\n%s", out)
 	}
 	if out := daemon(0, "attest", "secret", "s"); out != "through the daemon" {
@@ -698,6 +698,12 @@ func TestFleetThroughDaemon(t *testing.T) {
 	// status shows the last verdict the daemon recorded.
 	if out := daemon(0, "status"); !strings.Contains(out, "attestation: pass") {
 		t.Fatalf("status:\n%s", out)
+	}
+	// The endpoint's authority key is never used through a daemon, which
+	// signs with any key for every member of its group (found by review).
+	daemon(0, "key", "create", "fleet-authority", "--type", "ecc-p256")
+	if _, stderr, code := run(t, env, "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ekCAFile(t, d.swtpm), "--authority-key", "fleet-authority"); code != api.ExitNotPermitted || !strings.Contains(stderr, "daemon answers") {
+		t.Fatalf("fleet serve --authority-key beside a daemon: exit %d\n%s", code, stderr)
 	}
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

@@ -79,7 +79,19 @@ func TestFleetAuthority(t *testing.T) {
 	if err := os.WriteFile(golden, []byte(b.expect(t, 0, "tpm", "pcr", "read", "--pcrs", "0,1,2,3,4,5,6,7,12", "-o", "json")), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Golden values alone register nothing: the class must name the PK
+	// policy its devices may register (the approval is signed over it).
 	b.expect(t, 0, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden}, op...)...)
+	if _, stderr, code := b.run("attest", "peer", "--ca-cert", e.ca); code != api.ExitNotPermitted || !strings.Contains(stderr, "names no PK policy") {
+		t.Fatalf("attest peer without a PK policy: exit %d\n%s", code, stderr)
+	}
+	var pol struct {
+		PolicyDigest string `json:"policy_digest"`
+	}
+	if err := json.Unmarshal([]byte(b.expect(t, 0, "status", "-o", "json")), &pol); err != nil {
+		t.Fatal(err)
+	}
+	b.expect(t, 0, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden, "--pk-policy", pol.PolicyDigest}, op...)...)
 	if out := b.expect(t, 0, "attest", "peer", "--ca-cert", e.ca); !strings.Contains(out, "registered transfer key") {
 		t.Fatalf("attest peer:\n%s", out)
 	}
