@@ -300,19 +300,40 @@ func (e *Endpoint) policy(ctx context.Context, class string) (*Policy, error) {
 	return &p, nil
 }
 
+// looked is a device and its class's policy read once per request (the
+// server's rate limiter reads it; the endpoint takes it from the context).
+type looked struct {
+	d Device
+	p *Policy
+}
+
+type lookedKey struct{}
+
+// WithDevice returns ctx carrying device d and its class's policy p, as
+// read by Store.DeviceWithPolicy, for the endpoint's method serving this
+// request: the appraisal then reads nothing more.
+func WithDevice(ctx context.Context, d Device, p *Policy) context.Context {
+	return context.WithValue(ctx, lookedKey{}, looked{d, p})
+}
+
+// lookup is device id and its class's policy: from the request's context
+// when the server read them, else one read of the store.
+func (e *Endpoint) lookup(ctx context.Context, id string) (Device, *Policy, error) {
+	if l, ok := ctx.Value(lookedKey{}).(looked); ok && l.d.ID == id {
+		return l.d, l.p, nil
+	}
+	return e.cfg.Store.DeviceWithPolicy(ctx, id)
+}
+
 // Challenge issues a single-use nonce to an enrolled device, with the PCRs
 // to quote.
 func (e *Endpoint) Challenge(ctx context.Context, req fleetapi.ChallengeRequest) (fleetapi.Challenge, error) {
-	d, err := e.cfg.Store.Device(ctx, req.DeviceID)
+	d, p, err := e.lookup(ctx, req.DeviceID)
 	if err != nil {
 		return fleetapi.Challenge{}, err
 	}
 	if d.State != StateEnrolled {
 		return fleetapi.Challenge{}, rejected("device %s is %s", d.ID, d.State)
-	}
-	p, err := e.policy(ctx, d.Class)
-	if err != nil {
-		return fleetapi.Challenge{}, err
 	}
 	expires := e.now().Add(e.cfg.NonceTTL)
 	nonce, err := e.newNonce(ctx, d.ID, expires)
@@ -328,8 +349,9 @@ func (e *Endpoint) Challenge(ctx context.Context, req fleetapi.ChallengeRequest)
 // and an unbounded table, or a cap, was the price): version 1, the expiry
 // (Unix milliseconds), 16 random bytes, and the first 16 bytes of
 // HMAC-SHA256(the replicas' shared key, label || device ID || the rest).
-// A nonce is stored only when used, until it expires, so it is accepted
-// once on any replica.
+// A nonce is stored when the verdict it answered is recorded, in the same
+// transaction, until it expires, so one verdict is recorded per nonce on
+// any replica.
 const (
 	nonceVersion = 1
 	nonceBody    = 1 + 8 + 16
@@ -373,21 +395,22 @@ func (e *Endpoint) newNonce(ctx context.Context, deviceID string, expires time.T
 	return append(n, nonceTag(key, deviceID, n)...), nil
 }
 
-// useNonce checks that nonce is one this endpoint (any replica) issued to
-// deviceID, unexpired, and marks it used: once.
-func (e *Endpoint) useNonce(ctx context.Context, deviceID string, nonce []byte) error {
+// checkNonce checks that nonce is one this endpoint (any replica) issued
+// to deviceID, unexpired; the record of the appraisal takes it, once
+// across replicas (Appraisal.Nonce), in the same transaction.
+func (e *Endpoint) checkNonce(ctx context.Context, deviceID string, nonce []byte) (*Nonce, error) {
 	key, err := e.nonceKey(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(nonce) != nonceSize || nonce[0] != nonceVersion || !hmac.Equal(nonce[nonceBody:], nonceTag(key, deviceID, nonce[:nonceBody])) {
-		return ErrNonceUnknown
+		return nil, ErrNonceUnknown
 	}
 	expires := time.UnixMilli(int64(binary.BigEndian.Uint64(nonce[1:9]))).UTC()
 	if !e.now().Before(expires) {
-		return ErrNonceExpired
+		return nil, ErrNonceExpired
 	}
-	return e.cfg.Store.UseNonce(ctx, Nonce{Nonce: nonce, DeviceID: deviceID, ExpiresAt: expires}, e.now())
+	return &Nonce{Nonce: nonce, DeviceID: deviceID, ExpiresAt: expires}, nil
 }
 
 func pcrReason(code string, bank tpm2.TPMIAlgHash, pcr int, detail string) Reason {
@@ -405,7 +428,7 @@ func pcrReason(code string, bank tpm2.TPMIAlgHash, pcr int, detail string) Reaso
 // trouble (the store).
 func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (fleetapi.Verdict, error) {
 	v := fleetapi.Verdict{DeviceID: req.DeviceID, At: e.now()}
-	d, err := e.cfg.Store.Device(ctx, req.DeviceID)
+	d, p, err := e.lookup(ctx, req.DeviceID)
 	if errors.Is(err, ErrNotFound) {
 		v.Reasons = []Reason{{Code: CodeDeviceUnknown}}
 		return v, nil // nothing to record it under
@@ -413,7 +436,7 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 	if err != nil {
 		return v, err
 	}
-	reasons, pcrs, authenticated, err := e.appraise(ctx, d, req)
+	reasons, pcrs, nonce, p, err := e.appraise(ctx, d, p, req)
 	if err != nil {
 		return v, err
 	}
@@ -434,18 +457,20 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 	// Only evidence the device's AK signed over a nonce issued to it is
 	// recorded (found by review: anyone could write failing appraisals for
 	// any device, flipping its last verdict and flooding its history).
-	if !authenticated {
+	if nonce == nil {
 		v.AppraisalID = ""
 		return v, nil
 	}
-	if err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); err != nil {
+	// One transaction takes the nonce and records the verdict: evidence
+	// replayed, even while the first is being appraised on another
+	// replica, is refused here and recorded nowhere.
+	switch err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, Nonce: nonce, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); {
+	case errors.Is(err, ErrNonceUnknown):
+		return fleetapi.Verdict{DeviceID: req.DeviceID, At: v.At, Reasons: []Reason{{Code: CodeNonceUnknown}}}, nil
+	case err != nil:
 		return v, err
 	}
 	if v.Pass && len(req.Peer) > 0 {
-		p, err := e.policy(ctx, d.Class)
-		if err != nil {
-			return v, err
-		}
 		ch, why, err := e.peerChallenge(ctx, d, p, pcrs, req.Peer)
 		if err != nil {
 			return v, err
@@ -456,10 +481,6 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 		v.PeerChallenge = ch
 	}
 	if v.Pass && req.Fetch {
-		p, err := e.policy(ctx, d.Class)
-		if err != nil {
-			return v, err
-		}
 		if why := withhold(p, pcrs); why != "" {
 			v.Reasons = append(v.Reasons, Reason{Code: CodeWithheld, Detail: why})
 			return v, nil
@@ -474,34 +495,31 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 // appraise returns the reasons, the quoted PCR values, and whether the
 // evidence was authenticated (the nonce issued to the device and taken,
 // the quote signed by its AK over it): only then is the verdict recorded.
-func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRequest) ([]Reason, map[string]map[int]string, bool, error) {
+func (e *Endpoint) appraise(ctx context.Context, d Device, p *Policy, req fleetapi.AttestRequest) ([]Reason, map[string]map[int]string, *Nonce, *Policy, error) {
 	switch d.State {
 	case StatePending:
-		return []Reason{{Code: CodeNotActivated}}, nil, false, nil
+		return []Reason{{Code: CodeNotActivated}}, nil, nil, p, nil
 	case StateRevoked:
-		return []Reason{{Code: CodeRevoked}}, nil, false, nil
+		return []Reason{{Code: CodeRevoked}}, nil, nil, p, nil
 	}
-	switch err := e.useNonce(ctx, d.ID, req.Nonce); {
+	n, err := e.checkNonce(ctx, d.ID, req.Nonce)
+	switch {
 	case errors.Is(err, ErrNonceUnknown):
-		return []Reason{{Code: CodeNonceUnknown}}, nil, false, nil
+		return []Reason{{Code: CodeNonceUnknown}}, nil, nil, p, nil
 	case errors.Is(err, ErrNonceExpired):
-		return []Reason{{Code: CodeNonceExpired}}, nil, false, nil
+		return []Reason{{Code: CodeNonceExpired}}, nil, nil, p, nil
 	case err != nil:
-		return nil, nil, false, err
-	}
-	p, err := e.policy(ctx, d.Class)
-	if err != nil {
-		return nil, nil, false, err
+		return nil, nil, nil, nil, err
 	}
 	ak, err := parsePublic(d.AKPublic)
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
+		return nil, nil, nil, nil, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
 	}
 	require := map[tpm2.TPMIAlgHash][]int{}
 	for bank, idx := range e.selection(p) {
 		b, err := policy.ParseBank(bank)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("fleet: class %s: %w", d.Class, err)
+			return nil, nil, nil, nil, fmt.Errorf("fleet: class %s: %w", d.Class, err)
 		}
 		require[b.Alg()] = idx
 	}
@@ -513,43 +531,43 @@ func (e *Endpoint) appraise(ctx context.Context, d Device, req fleetapi.AttestRe
 	q, err := attest.VerifyQuote(ak, req.Quote, req.Signature, qualifying, attest.Options{})
 	switch {
 	case errors.Is(err, attest.ErrSignature):
-		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, false, nil
+		return []Reason{{Code: CodeQuoteSignature, Detail: err.Error()}}, nil, nil, p, nil
 	case errors.Is(err, attest.ErrNonce):
-		return []Reason{{Code: CodeQuoteNonce, Detail: err.Error()}}, nil, false, nil
+		return []Reason{{Code: CodeQuoteNonce, Detail: err.Error()}}, nil, nil, p, nil
 	case err != nil:
-		return []Reason{{Code: CodeQuoteMalformed, Detail: err.Error()}}, nil, false, nil
+		return []Reason{{Code: CodeQuoteMalformed, Detail: err.Error()}}, nil, nil, p, nil
 	}
 	// Signed by the device's AK over its nonce: recorded from here on.
 	for bank, idx := range require {
 		if err := q.Covers(bank, idx...); err != nil {
-			return []Reason{{Code: CodeQuoteUncovered, Detail: err.Error()}}, nil, true, nil
+			return []Reason{{Code: CodeQuoteUncovered, Detail: err.Error()}}, nil, n, p, nil
 		}
 	}
 	quoted, view, bad := reportedPCRs(req.PCRs, q)
 	if bad != nil {
-		return []Reason{*bad}, nil, true, nil
+		return []Reason{*bad}, nil, n, p, nil
 	}
 	if err := q.CheckPCRs(quoted); err != nil {
-		return []Reason{{Code: CodePCRDigest, Detail: err.Error()}}, nil, true, nil
+		return []Reason{{Code: CodePCRDigest, Detail: err.Error()}}, nil, n, p, nil
 	}
 	// From here on the PCR values are the TPM's (only the quoted ones are
 	// kept): recorded with the verdict.
 	reasons, verdicts := checkLogs(quoted, req)
 	if len(reasons) > 0 {
-		return reasons, view, true, nil
+		return reasons, view, n, p, nil
 	}
 	if p == nil {
 		base := Policy{Class: d.Class, PCRs: view, TOFU: true, UpdatedAt: e.now()}
 		cur, stored, err := e.cfg.Store.Baseline(ctx, base)
 		if err != nil {
-			return nil, nil, true, err
+			return nil, nil, nil, nil, err
 		}
 		if stored {
-			return []Reason{{Code: CodeBaseline, Detail: "no golden values for class " + d.Class + ": this quote's PCRs are its baseline"}}, view, true, nil
+			return []Reason{{Code: CodeBaseline, Detail: "no golden values for class " + d.Class + ": this quote's PCRs are its baseline"}}, view, n, p, nil
 		}
 		p = &cur
 	}
-	return comparePolicy(p, d.Class, quoted, verdicts), view, true, nil
+	return comparePolicy(p, d.Class, quoted, verdicts), view, n, p, nil
 }
 
 // reportedPCRs reads the device's PCR values (bank name -> index -> hex):

@@ -280,6 +280,7 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			writeError(w, http.StatusBadRequest, "bad_request", err)
 			return
 		}
+		ctx := r.Context()
 		route, key := "enroll", clientAddr(r)
 		switch v := any(&req).(type) {
 		case *fleetapi.ChallengeRequest:
@@ -307,13 +308,17 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			// A bucket only for a device the store knows (found by
 			// review: random IDs filled the limiter, which then refused
 			// every device).
-			if _, err := s.E.cfg.Store.Device(r.Context(), key); errors.Is(err, ErrNotFound) {
+			d, p, err := s.E.cfg.Store.DeviceWithPolicy(r.Context(), key)
+			if errors.Is(err, ErrNotFound) {
 				writeError(w, http.StatusNotFound, "not_found", errors.New("no such device"))
 				return
 			} else if err != nil {
 				s.fail(w, r, err)
 				return
 			}
+			// The endpoint reads nothing more (one indexed read per
+			// appraisal).
+			ctx = WithDevice(ctx, d, p)
 			key += "/" + clientAddr(r)
 		}
 		if !lim.allow(route + "/" + key) {
@@ -322,7 +327,7 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			return
 		}
 		start := time.Now()
-		res, err := fn(r.Context(), req)
+		res, err := fn(ctx, req)
 		s.count(route, any(res), err, time.Since(start))
 		if err != nil {
 			s.fail(w, r, err)

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
@@ -128,6 +129,8 @@ const PendingTTL = 10 * time.Minute
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
+	// lastSweep is when this store last deleted expired nonces (Unix ms).
+	lastSweep atomic.Int64
 }
 
 // Open opens the store a URL names and applies pending migrations:
@@ -349,6 +352,37 @@ func (s *sqlStore) Activate(ctx context.Context, id string, secretHash []byte, n
 	return d, nil
 }
 
+func (s *sqlStore) DeviceWithPolicy(ctx context.Context, id string) (Device, *Policy, error) {
+	var pcrs, manifests, pk sql.NullString
+	var tofu, updated sql.NullInt64
+	var d Device
+	row := s.db.QueryRowContext(ctx, s.d.q(`SELECT d.id, d.class, d.state, d.ek_public, d.ek_cert, d.ak_public, d.secret_hash, d.enrolled_at, d.updated_at, d.last_verdict, d.last_at,
+		p.pcrs, p.manifests, p.tofu, p.updated_at, p.pk_policies
+		FROM devices d LEFT JOIN policies p ON p.class = d.class WHERE d.id = $1`), id)
+	d, err := scanDevice(scanWith(row, &pcrs, &manifests, &tofu, &updated, &pk))
+	if err != nil {
+		return Device{}, nil, err
+	}
+	if !pcrs.Valid {
+		return d, nil, nil
+	}
+	p, err := policyFromRow(d.Class, pcrs.String, manifests.String, pk.String, tofu.Int64, updated.Int64)
+	if err != nil {
+		return Device{}, nil, err
+	}
+	return d, &p, nil
+}
+
+// scanWith scans a row whose first columns are a device's and whose
+// extra columns go to extra.
+func scanWith(row interface{ Scan(...any) error }, extra ...any) interface{ Scan(...any) error } {
+	return scanFunc(func(dest ...any) error { return row.Scan(append(dest, extra...)...) })
+}
+
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
 func (s *sqlStore) Device(ctx context.Context, id string) (Device, error) {
 	return scanDevice(s.db.QueryRowContext(ctx, s.d.q(`SELECT `+deviceCols+` FROM devices WHERE id = $1`), id))
 }
@@ -385,10 +419,20 @@ func (s *sqlStore) Revoke(ctx context.Context, id string, now time.Time) error {
 }
 
 func (s *sqlStore) UseNonce(ctx context.Context, n Nonce, now time.Time) error {
-	if _, err := s.db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now)); err != nil {
+	if err := s.sweep(ctx, s.db, now, true); err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`),
+	return s.takeNonce(ctx, s.db, n)
+}
+
+// execer is a database or a transaction.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// takeNonce stores a used nonce: ErrNonceUnknown when it was taken before.
+func (s *sqlStore) takeNonce(ctx context.Context, db execer, n Nonce) error {
+	res, err := db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`),
 		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
 	if err != nil {
 		return err
@@ -397,6 +441,23 @@ func (s *sqlStore) UseNonce(ctx context.Context, n Nonce, now time.Time) error {
 		return ErrNonceUnknown
 	}
 	return nil
+}
+
+// sweepEvery is how often a store deletes expired nonces on the hot path.
+const sweepEvery = time.Second
+
+// sweep deletes the expired used nonces: always when force, else at most
+// once per sweepEvery on this store (the table holds the nonces of the
+// last NonceTTL; one indexed range delete a second keeps it so).
+func (s *sqlStore) sweep(ctx context.Context, db execer, now time.Time, force bool) error {
+	if !force {
+		last := s.lastSweep.Load()
+		if now.UnixMilli()-last < sweepEvery.Milliseconds() || !s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
+			return nil
+		}
+	}
+	_, err := db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now))
+	return err
 }
 
 func (s *sqlStore) NonceKey(ctx context.Context) ([]byte, error) {
@@ -438,6 +499,14 @@ func (s *sqlStore) RecordAppraisal(ctx context.Context, a Appraisal) error {
 		return err
 	}
 	defer tx.Rollback()
+	if a.Nonce != nil {
+		if err := s.sweep(ctx, tx, a.At, false); err != nil {
+			return err
+		}
+		if err := s.takeNonce(ctx, tx, *a.Nonce); err != nil {
+			return err
+		}
+	}
 	if _, err := tx.ExecContext(ctx, s.d.q(`INSERT INTO appraisals (id, device_id, at, pass, reasons, pcrs) VALUES ($1, $2, $3, $4, $5, $6)`),
 		a.ID, a.DeviceID, ms(a.At), pass, string(reasons), string(pcrs)); err != nil {
 		return err
@@ -517,7 +586,6 @@ func (s *sqlStore) SetPolicy(ctx context.Context, p Policy) error {
 }
 
 func (s *sqlStore) Policy(ctx context.Context, class string) (Policy, error) {
-	p := Policy{Class: class}
 	var pcrs, manifests, pk string
 	var tofu, updated int64
 	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT pcrs, manifests, tofu, updated_at, pk_policies FROM policies WHERE class = $1`), class).Scan(&pcrs, &manifests, &tofu, &updated, &pk)
@@ -527,6 +595,12 @@ func (s *sqlStore) Policy(ctx context.Context, class string) (Policy, error) {
 	if err != nil {
 		return Policy{}, err
 	}
+	return policyFromRow(class, pcrs, manifests, pk, tofu, updated)
+}
+
+// policyFromRow reads a policies row's columns.
+func policyFromRow(class, pcrs, manifests, pk string, tofu, updated int64) (Policy, error) {
+	p := Policy{Class: class}
 	if err := json.Unmarshal([]byte(pcrs), &p.PCRs); err != nil {
 		return Policy{}, fmt.Errorf("fleet: policy %s: %w", class, err)
 	}

@@ -53,8 +53,12 @@ type Nonce struct {
 type Appraisal struct {
 	ID       string
 	DeviceID string
-	At       time.Time
-	Pass     bool
+	// Nonce, when set, is the nonce the evidence answered: taken in the
+	// same transaction as the record, once across replicas
+	// (ErrNonceUnknown, and nothing recorded, when it was taken before).
+	Nonce *Nonce
+	At    time.Time
+	Pass  bool
 	// Reasons are why it failed (or, for a pass, notes such as a baseline
 	// taken on first use), as JSON.
 	Reasons []Reason
@@ -128,6 +132,9 @@ type Store interface {
 	// credential's (ErrWrongSecret otherwise), and clears the hash.
 	Activate(ctx context.Context, id string, secretHash []byte, now time.Time) (Device, error)
 	Device(ctx context.Context, id string) (Device, error)
+	// DeviceWithPolicy is the device and its class's policy (nil when the
+	// class has none), in one indexed read: an appraisal's only read.
+	DeviceWithPolicy(ctx context.Context, id string) (Device, *Policy, error)
 	// Devices lists devices by ID, after the given one, at most limit.
 	Devices(ctx context.Context, after string, limit int) ([]Device, error)
 	Revoke(ctx context.Context, id string, now time.Time) error
@@ -139,7 +146,9 @@ type Store interface {
 	// NonceKey is the replicas' shared key for authenticating nonces,
 	// made once (the first replica to ask) and kept in the store.
 	NonceKey(ctx context.Context) ([]byte, error)
-	// RecordAppraisal stores an appraisal and the device's last verdict.
+	// RecordAppraisal takes a.Nonce (when set), stores the appraisal and
+	// the device's last verdict, in one transaction: an appraisal's only
+	// write. Expired nonces are swept now and then on the way.
 	RecordAppraisal(ctx context.Context, a Appraisal) error
 	Appraisals(ctx context.Context, deviceID string, limit int) ([]Appraisal, error)
 	SetPolicy(ctx context.Context, p Policy) error

@@ -187,6 +187,42 @@ func Run(t *testing.T, newURL Opener) {
 		if err != nil || d.LastVerdict != "fail" || !d.LastAt.Equal(t0.Add(time.Second)) {
 			t.Fatalf("last verdict: %+v %v", d, err)
 		}
+		// The record takes its nonce in the same transaction: of 16
+		// concurrent records answering one nonce, one is kept, and the
+		// others change nothing.
+		n := fleet.Nonce{Nonce: []byte("appraised-nonce"), DeviceID: "d1", ExpiresAt: t0.Add(time.Hour)}
+		var wg sync.WaitGroup
+		var kept atomic.Int32
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a := fleet.Appraisal{ID: fmt.Sprintf("r%d", i), DeviceID: "d1", Nonce: &n, At: t0.Add(time.Minute), Pass: true, PCRs: map[string]map[int]string{}}
+				switch err := s.RecordAppraisal(ctx, a); {
+				case err == nil:
+					kept.Add(1)
+				case !errors.Is(err, fleet.ErrNonceUnknown):
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if h, err := s.Appraisals(ctx, "d1", 100); kept.Load() != 1 || err != nil || len(h) != 3 {
+			t.Fatalf("%d records kept of one nonce, history of %d: %v", kept.Load(), len(h), err)
+		}
+		// One read gives the device and its class's policy.
+		if d, p, err := s.DeviceWithPolicy(ctx, "d1"); err != nil || d.ID != "d1" || p != nil {
+			t.Fatalf("without a policy: %+v %+v %v", d, p, err)
+		}
+		if err := s.SetPolicy(ctx, fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{"sha256": {7: "ab"}}, PKPolicies: []string{"cd"}, UpdatedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+		if d, p, err := s.DeviceWithPolicy(ctx, "d1"); err != nil || d.LastVerdict != "pass" || p == nil || p.PCRs["sha256"][7] != "ab" || p.PKPolicies[0] != "cd" || !p.UpdatedAt.Equal(t0) {
+			t.Fatalf("with a policy: %+v %+v %v", d, p, err)
+		}
+		if _, _, err := s.DeviceWithPolicy(ctx, "nobody"); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("unknown: %v", err)
+		}
 	})
 	t.Run("policies", func(t *testing.T) {
 		s := open(t, newURL(t))
