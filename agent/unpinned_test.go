@@ -196,6 +196,10 @@ func TestUnpinnedStateRefusesSecrets(t *testing.T) {
 			_, err := a.AttestSecret(ctx, api.AttestSecretRequest{Name: "x"})
 			return err
 		},
+		"AttestSign": func() error {
+			_, err := a.AttestSign(ctx, "x", make([]byte, 32), api.SignOptions{})
+			return err
+		},
 		"ImportKeyBlob": func() error {
 			pemData, err := a.ExportKeyBlob(ctx, "sig")
 			if err != nil {

@@ -116,12 +116,9 @@ func checkPeerFile(b []byte) (peerFile, []byte, error) {
 
 // parsePublic2B reads a TPM2B_PUBLIC that must be all of b.
 func parsePublic2B(b []byte) (tpm2.TPMTPublic, error) {
-	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](b)
+	p2b, err := unmarshalExact[tpm2.TPM2BPublic](b)
 	if err != nil {
 		return tpm2.TPMTPublic{}, err
-	}
-	if !bytes.Equal(tpm2.Marshal(p2b), b) {
-		return tpm2.TPMTPublic{}, errors.New("trailing or non-canonical bytes")
 	}
 	pub, err := p2b.Contents()
 	if err != nil {

@@ -341,26 +341,7 @@ func TestDupApproval(t *testing.T) {
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
 	f.setGolden(t, d, "gateway")
 	f.now = f.now.Add(time.Second)
-	register := func() {
-		t.Helper()
-		v := f.attestPeer(t, d, id, peer, peer)
-		if !v.Pass || v.PeerChallenge == nil {
-			t.Fatalf("%+v", v)
-		}
-		pc := v.PeerChallenge
-		var secret []byte
-		var err error
-		d.parked(func() {
-			secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	register()
+	f.registerPeer(t, d, id, tk, peer)
 
 	ap, err := f.e.ApproveDuplication(ctx, id, req)
 	if err != nil {

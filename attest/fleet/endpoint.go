@@ -157,14 +157,27 @@ const (
 // parsePublic reads a TPMT_PUBLIC strictly: it must marshal back to the
 // same bytes.
 func parsePublic(b []byte) (tpm2.TPMTPublic, error) {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](b)
+	pub, err := unmarshalExact[tpm2.TPMTPublic](b)
 	if err != nil {
 		return tpm2.TPMTPublic{}, err
 	}
-	if !bytes.Equal(tpm2.Marshal(pub), b) {
-		return tpm2.TPMTPublic{}, errors.New("trailing or non-canonical bytes")
-	}
 	return *pub, nil
+}
+
+// unmarshalExact reads a TPM structure that must marshal back to exactly
+// b: no trailing bytes, no non-canonical encoding.
+func unmarshalExact[T tpm2.Marshallable, P interface {
+	*T
+	tpm2.Unmarshallable
+}](b []byte) (*T, error) {
+	v, err := tpm2.Unmarshal[T, P](b)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tpm2.Marshal(*v), b) {
+		return nil, errors.New("trailing or non-canonical bytes")
+	}
+	return v, nil
 }
 
 // DeviceID is the ID of the TPM whose EK has public area ek: hex SHA-256 of

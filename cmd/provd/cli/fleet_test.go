@@ -528,19 +528,7 @@ func TestFleetDelivery(t *testing.T) {
 	}
 
 	// The evidence and the delivery on the wire, as the device gets it.
-	ctx := context.Background()
-	dev := e.client(t, "")
-	idA := deviceID(t, a)
-	ch, err := dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: idA})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := evidence(t, a, idA, ch)
-	req.Fetch = true
-	v, err := dev.Attest(ctx, req)
-	if err != nil || !v.Pass || len(v.Deliveries) != 1 {
-		t.Fatalf("%+v %v", v, err)
-	}
+	v := fetchOnWire(t, e, a, 1)
 	wire, _ := json.Marshal(v)
 	if bytes.Contains(wire, secret) || bytes.Contains(wire, []byte(base64.StdEncoding.EncodeToString(secret))) {
 		t.Fatal("the secret is in the clear in the endpoint's answer")
@@ -570,27 +558,7 @@ func TestFleetDelivery(t *testing.T) {
 	// Root on A: TPM2_Duplicate of the delivered object, through a session
 	// that satisfies its PCRs and names Duplicate: the policy is not the
 	// object's, the TPM refuses.
-	a.swtpm.Reopen()
-	ta := a.swtpm.TPM
-	ekA, flushA, err := ta.EK(tpm.RSAEKHandle, rsaEKPublic(t, ta), tpm2.RSAEKTemplate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err = ta.EKPolicySession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := ta.ImportWrapped(ekA, ps.Session(), *pub, dl.Duplicate, dl.Seed)
-	ps.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, _ = ta.EKPolicySession()
-	obj, err := ta.Load(ekA, ps.Session(), blob)
-	ps.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ta, obj, done := importAsRoot(t, a, dl)
 	dup, err := ta.StartPolicySession(false)
 	if err != nil {
 		t.Fatal(err)
@@ -610,9 +578,7 @@ func TestFleetDelivery(t *testing.T) {
 		t.Fatal("the delivered secret was duplicated out of the TPM")
 	}
 	dup.Close()
-	ta.Flush(obj.Handle)
-	flushA()
-	a.swtpm.CloseTPM()
+	done()
 
 	// A changed boot: the secret stays sealed; the device fails and gets
 	// nothing new.
@@ -715,4 +681,64 @@ func TestFleetThroughDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.swtpm.CloseTPM()
+}
+
+// fetchOnWire attests device c with fetch as attest fetch does and returns
+// the endpoint's verdict as it crosses the wire, with want deliveries.
+func fetchOnWire(t *testing.T, e *endpoint, c *cliEnv, want int) fleetapi.Verdict {
+	t.Helper()
+	ctx := context.Background()
+	dev := e.client(t, "")
+	id := deviceID(t, c)
+	ch, err := dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := evidence(t, c, id, ch)
+	req.Fetch = true
+	v, err := dev.Attest(ctx, req)
+	if err != nil || !v.Pass || len(v.Deliveries) != want {
+		t.Fatalf("%+v %v", v, err)
+	}
+	return v
+}
+
+// importAsRoot imports delivery dl on c's TPM under its RSA EK and loads
+// it, as root on the device can without provd: the TPM, the object, and
+// what flushes both and closes the TPM.
+func importAsRoot(t *testing.T, c *cliEnv, dl fleetapi.Delivery) (*tpm.TPM, tpm.Object, func()) {
+	t.Helper()
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](dl.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.swtpm.Reopen()
+	tp := c.swtpm.TPM
+	ek, flushEK, err := tp.EK(tpm.RSAEKHandle, rsaEKPublic(t, tp), tpm2.RSAEKTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := tp.EKPolicySession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tp.ImportWrapped(ek, ps.Session(), *pub, dl.Duplicate, dl.Seed)
+	ps.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err = tp.EKPolicySession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := tp.Load(ek, ps.Session(), blob)
+	ps.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tp, obj, func() {
+		_ = tp.Flush(obj.Handle)
+		_ = flushEK()
+		c.swtpm.CloseTPM()
+	}
 }

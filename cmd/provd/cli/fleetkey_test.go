@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,9 +19,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/policy"
-	"github.com/provd/provd/tpm"
 )
 
 // TestFleetKeyDelivery: keys, as secrets, go only to devices that pass:
@@ -106,19 +103,7 @@ func TestFleetKeyDelivery(t *testing.T) {
 	// on the wire, imported under the EK, then TPM2_Unseal, TPM2_Duplicate
 	// and TPM2_Sign through sessions that satisfy its PCRs and name each
 	// command but lack provd's AK: the TPM refuses every one.
-	ctx := context.Background()
-	dev := e.client(t, "")
-	id := deviceID(t, a)
-	ch, err := dev.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := evidence(t, a, id, ch)
-	req.Fetch = true
-	v, err := dev.Attest(ctx, req)
-	if err != nil || !v.Pass || len(v.Deliveries) != 2 {
-		t.Fatalf("%+v %v", v, err)
-	}
+	v := fetchOnWire(t, e, a, 2)
 	wire, _ := json.Marshal(v)
 	if strings.Contains(string(wire), base64.StdEncoding.EncodeToString(ecKey.D.Bytes())) {
 		t.Fatal("the private key is in the clear in the endpoint's answer")
@@ -128,27 +113,7 @@ func TestFleetKeyDelivery(t *testing.T) {
 	if err != nil || pub.Type != tpm2.TPMAlgECC {
 		t.Fatalf("delivery %s: %v %v", dl.Name, pub, err)
 	}
-	a.swtpm.Reopen()
-	ta := a.swtpm.TPM
-	ekA, flushA, err := ta.EK(tpm.RSAEKHandle, rsaEKPublic(t, ta), tpm2.RSAEKTemplate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := ta.EKPolicySession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := ta.ImportWrapped(ekA, ps.Session(), *pub, dl.Duplicate, dl.Seed)
-	ps.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, _ = ta.EKPolicySession()
-	obj, err := ta.Load(ekA, ps.Session(), blob)
-	ps.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ta, obj, done := importAsRoot(t, a, dl)
 	sel := policy.PCRValues{Bank: policy.BankSHA256, Values: map[int][]byte{}}
 	for _, i := range dl.PCRs["sha256"] {
 		sel.Values[i] = make([]byte, 32)
@@ -184,9 +149,7 @@ func TestFleetKeyDelivery(t *testing.T) {
 		Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256})}); err == nil {
 		t.Fatal("the delivered key signed with a password session")
 	}
-	ta.Flush(obj.Handle)
-	flushA()
-	a.swtpm.CloseTPM()
+	done()
 
 	a.expect(t, 0, "tpm", "pcr", "extend", "7", "--data", "changed")
 	a.expect(t, api.ExitPolicy, "attest", "sign", "fleet-ec", "--in", p("msg"))
