@@ -14,9 +14,9 @@ import (
 var (
 	ErrNotProvisioned     = errors.New("not provisioned: run `provd provision` first")
 	ErrAlreadyProvisioned = errors.New("already provisioned (use --force to zeroize and provision again)")
-	ErrNotPermitted       = errkind.NotPermitted
-	ErrNotFound           = errkind.NotFound
-	ErrBadInput           = errkind.BadInput
+	ErrNotPermitted       = errkind.ErrNotPermitted
+	ErrNotFound           = errkind.ErrNotFound
+	ErrBadInput           = errkind.ErrBadInput
 
 	// ErrNotExtractable: the key was not created extractable, so nothing can
 	// take it out of the TPM; that was decided at its creation.

@@ -90,19 +90,19 @@ type Recipe struct {
 // Check validates r and fills in the default usage.
 func (r Recipe) Check() (Recipe, catalog.Type, error) {
 	if r.Label == "" || len(r.Label) > MaxLabel || len(r.Context) > MaxLabel {
-		return r, catalog.Type{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", errkind.BadInput, MaxLabel, MaxLabel)
+		return r, catalog.Type{}, fmt.Errorf("%w: a derived key's label is 1-%d bytes and its context 0-%d bytes", errkind.ErrBadInput, MaxLabel, MaxLabel)
 	}
 	for what, s := range map[string]string{"label": r.Label, "context": r.Context} {
 		if err := checkRecipeText(s); err != nil {
-			return r, catalog.Type{}, fmt.Errorf("%w: %s: %v", errkind.BadInput, what, err)
+			return r, catalog.Type{}, fmt.Errorf("%w: %s: %v", errkind.ErrBadInput, what, err)
 		}
 	}
 	kt, err := catalog.Lookup(r.Type, true)
 	if err != nil {
-		return r, kt, fmt.Errorf("%w: %w", errkind.NotPermitted, err)
+		return r, kt, fmt.Errorf("%w: %w", errkind.ErrNotPermitted, err)
 	}
 	if r.Usage, err = kt.Usage(r.Usage); err != nil {
-		return r, kt, fmt.Errorf("%w: %w", errkind.BadInput, err)
+		return r, kt, fmt.Errorf("%w: %w", errkind.ErrBadInput, err)
 	}
 	r.Type = kt.Name
 	return r, kt, nil
@@ -252,10 +252,10 @@ func ApproveDuplication(officer crypto.Signer, pkPolicy, objectName, newParent [
 // approval made with --pk-policy 00…00 moved a PK on a bad boot).
 func checkPKPolicy(d []byte) error {
 	if len(d) != sha256.Size {
-		return fmt.Errorf("%w: PK policy digest is %d bytes, want 32", errkind.BadInput, len(d))
+		return fmt.Errorf("%w: PK policy digest is %d bytes, want 32", errkind.ErrBadInput, len(d))
 	}
 	if bytes.Equal(d, make([]byte, sha256.Size)) {
-		return fmt.Errorf("%w: a PK policy digest of zeros is no policy: the approval would hold on any platform state", errkind.BadInput)
+		return fmt.Errorf("%w: a PK policy digest of zeros is no policy: the approval would hold on any platform state", errkind.ErrBadInput)
 	}
 	return nil
 }

@@ -11,10 +11,10 @@ package errkind
 import "errors"
 
 var (
-	// BadInput is api.ErrBadInput.
-	BadInput = errors.New("bad input")
-	// NotPermitted is api.ErrNotPermitted.
-	NotPermitted = errors.New("not permitted")
-	// NotFound is api.ErrNotFound.
-	NotFound = errors.New("not found")
+	// ErrBadInput is api.ErrBadInput.
+	ErrBadInput = errors.New("bad input")
+	// ErrNotPermitted is api.ErrNotPermitted.
+	ErrNotPermitted = errors.New("not permitted")
+	// ErrNotFound is api.ErrNotFound.
+	ErrNotFound = errors.New("not found")
 )

@@ -66,11 +66,11 @@ func (e *APIError) Error() string {
 func (e *APIError) Unwrap() error {
 	switch e.Status {
 	case http.StatusBadRequest:
-		return errkind.BadInput
+		return errkind.ErrBadInput
 	case http.StatusUnauthorized, http.StatusForbidden, http.StatusUnprocessableEntity:
-		return errkind.NotPermitted
+		return errkind.ErrNotPermitted
 	case http.StatusNotFound:
-		return errkind.NotFound
+		return errkind.ErrNotFound
 	}
 	return nil
 }

@@ -135,11 +135,14 @@ func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPM
 		if k.Curve == elliptic.P384() {
 			curve, hash, size = tpm2.TPMECCNistP384, tpm2.TPMAlgSHA384, 48
 		}
-		ecdh, err := k.ECDH()
+		point, err := k.PublicKey.Bytes() // 04 || X || Y
 		if err != nil {
 			return pub, tpm2.TPMTSensitive{}, err
 		}
-		point := ecdh.PublicKey().Bytes() // 04 || X || Y
+		d, err := k.Bytes()
+		if err != nil {
+			return pub, tpm2.TPMTSensitive{}, err
+		}
 		pub.Type = tpm2.TPMAlgECC
 		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
@@ -150,7 +153,7 @@ func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPM
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
 			X: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1 : 1+size])}, Y: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1+size:])}})
 		return pub, tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC,
-			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: k.D.FillBytes(make([]byte, size))})}, nil
+			Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: d})}, nil
 	case *rsa.PrivateKey:
 		pub.Type = tpm2.TPMAlgRSA
 		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
