@@ -301,27 +301,36 @@ type deliveryRecord struct {
 // kept in the state; AttestSecret unseals it while the PCRs hold the values
 // of the appraisal that delivered it.
 func (a *Agent) AttestInstall(ctx context.Context, req api.AttestInstallRequest) (api.AttestInstallResult, error) {
-	names, err := a.attestInstall(ctx, req.Deliveries)
-	return api.AttestInstallResult{Installed: names}, err
-}
-
-func (a *Agent) attestInstall(ctx context.Context, ds []fleetapi.Delivery) ([]string, error) {
 	defer a.lock()()
-	objects := map[string]string{"deliveries": strconv.Itoa(len(ds))}
-	return auditedResult(ctx, a, "attest-install", objects, func() ([]string, error) {
+	objects := map[string]string{"deliveries": strconv.Itoa(len(req.Deliveries))}
+	return auditedResult(ctx, a, "attest-install", objects, func() (api.AttestInstallResult, error) {
+		var res api.AttestInstallResult
 		if err := a.requireIdentity(ctx); err != nil {
-			return nil, err
+			return res, err
 		}
-		var names []string
-		for _, d := range ds {
+		if len(req.Deliveries) > maxDeliveries {
+			return res, fmt.Errorf("%w: %d deliveries, at most %d", api.ErrBadInput, len(req.Deliveries), maxDeliveries)
+		}
+		for _, d := range req.Deliveries {
 			if err := a.installDelivery(ctx, d); err != nil {
-				return names, fmt.Errorf("delivery %q: %w", d.Name, err)
+				if ctx.Err() != nil {
+					return res, err
+				}
+				if res.Failed == nil {
+					res.Failed = map[string]string{}
+				}
+				res.Failed[d.Name] = err.Error()
+				objects["failed"] = strconv.Itoa(len(res.Failed))
+				continue
 			}
-			names = append(names, d.Name)
+			res.Installed = append(res.Installed, d.Name)
 		}
-		return names, nil
+		return res, nil
 	})
 }
+
+// maxDeliveries bounds one install: a class's secrets and keys.
+const maxDeliveries = 256
 
 func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error {
 	if err := fleetapi.CheckSecretName(d.Name); err != nil {

@@ -41,9 +41,13 @@ type AttestInstallRequest struct {
 	Deliveries []fleetapi.Delivery `json:"deliveries"`
 }
 
-// AttestInstallResult names the secrets installed.
+// AttestInstallResult names the secrets and keys installed, and why each
+// other was not: one delivery the TPM refuses does not keep the others
+// out (found by review: a key no TPM imports kept every later delivery of
+// the class from every device).
 type AttestInstallResult struct {
-	Installed []string `json:"installed"`
+	Installed []string          `json:"installed"`
+	Failed    map[string]string `json:"failed,omitempty"`
 }
 
 // AttestSecretRequest names a delivered secret to unseal.

@@ -164,6 +164,34 @@ func checkPrivate(dir string) error {
 	return nil
 }
 
+// ServeLockFile is the lock a server of this state holds for as long as it
+// serves: provd serve (the daemon) and provd fleet serve --authority-key
+// take it, so the two never serve one state at once (found by review: a
+// daemon beside the fleet endpoint signed with its authority key for every
+// member of the provd group).
+const ServeLockFile = ".serve.lock"
+
+// HoldServeLock takes the exclusive serve lock of dir without waiting,
+// making dir (0700) if needed: ErrLocked when another process serves this
+// state. The returned function releases it.
+func HoldServeLock(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ServeLockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: open serve lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if err == syscall.EWOULDBLOCK {
+			return nil, fmt.Errorf("%w: another process serves %s (provd serve, or provd fleet serve --authority-key)", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("store: flock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}
+
 // lock takes the in-process semaphore and then the exclusive flock, polling
 // with LOCK_NB until the deadline so a stuck peer produces ErrLocked rather
 // than a hang. The returned function releases both.

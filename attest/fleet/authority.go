@@ -132,7 +132,13 @@ var peerProofLabel = []byte("provd fleet peer proof v1\x00")
 // peerAnswer is the answer a residency challenge carries: not stored, but
 // recomputed when the device answers, from what the challenge binds (the
 // device, its peer file, the expiry) under the replicas' shared key.
-func (e *Endpoint) peerAnswer(ctx context.Context, deviceID string, peer []byte, expires time.Time) ([]byte, error) {
+//
+// It binds the class's policy as it was when the file was vouched for (its
+// UpdatedAt): an answer that arrives after the operator changed the policy
+// registers nothing (found by review: a file vouched for under golden
+// values withdrawn a minute later was registered after the change, and so
+// dated after it).
+func (e *Endpoint) peerAnswer(ctx context.Context, deviceID string, peer []byte, expires, policyUpdated time.Time) ([]byte, error) {
 	key, err := e.nonceKey(ctx)
 	if err != nil {
 		return nil, err
@@ -143,6 +149,7 @@ func (e *Endpoint) peerAnswer(ctx context.Context, deviceID string, peer []byte,
 	m.Write([]byte(deviceID))
 	m.Write(ps[:])
 	m.Write(binary.BigEndian.AppendUint64(nil, uint64(expires.UnixMilli())))
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(policyUpdated.UnixMilli())))
 	return m.Sum(nil)[:catalog.ChallengeAnswerSize], nil
 }
 
@@ -169,7 +176,7 @@ func (e *Endpoint) peerChallenge(ctx context.Context, d Device, p *Policy, pcrs 
 	}
 	// Milliseconds, as the answer binds it.
 	expires := time.UnixMilli(e.now().Add(e.cfg.NonceTTL).UnixMilli()).UTC()
-	answer, err := e.peerAnswer(ctx, d.ID, peer, expires)
+	answer, err := e.peerAnswer(ctx, d.ID, peer, expires, p.UpdatedAt)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,21 +204,25 @@ func (e *Endpoint) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest)
 	if d.State != StateEnrolled {
 		return fleetapi.PeerRegistration{}, rejected("device %s is %s", d.ID, d.State)
 	}
-	want, err := e.peerAnswer(ctx, d.ID, req.Peer, req.ExpiresAt)
+	pol, err := e.policy(ctx, d.Class)
+	if err != nil {
+		return fleetapi.PeerRegistration{}, err
+	}
+	var updated time.Time
+	if pol != nil {
+		updated = pol.UpdatedAt
+	}
+	want, err := e.peerAnswer(ctx, d.ID, req.Peer, req.ExpiresAt, updated)
 	if err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
 	if !hmac.Equal(want, req.Answer) {
-		return fleetapi.PeerRegistration{}, rejected("the answer is not the residency challenge's (another TPM, another transfer key, or another challenge)")
+		return fleetapi.PeerRegistration{}, rejected("the answer is not the residency challenge's (another TPM, another transfer key, another challenge, or the class's policy changed since: attest peer again)")
 	}
 	if !e.now().Before(req.ExpiresAt) {
 		return fleetapi.PeerRegistration{}, rejected("the residency challenge expired at %s: attest again", req.ExpiresAt.Format(time.RFC3339))
 	}
 	f, _, err := checkPeerFile(req.Peer)
-	if err != nil {
-		return fleetapi.PeerRegistration{}, err
-	}
-	pol, err := e.policy(ctx, d.Class)
 	if err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
@@ -223,7 +234,13 @@ func (e *Endpoint) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest)
 	if err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
-	p := Peer{DeviceID: d.ID, Identity: append(served, '\n'), ParentName: f.ParentName, PKName: f.PKName, PKPolicy: f.PKPolicy, RegisteredAt: e.now()}
+	// Dated when the file was vouched for (the challenge's issue, which
+	// the answer binds through its expiry), not when the answer came:
+	// compared with the policy's last change, that is the time that counts
+	// (found by review: an answer dated on arrival, or by a replica whose
+	// clock runs ahead, post-dated a policy change it preceded).
+	vouched := req.ExpiresAt.Add(-e.cfg.NonceTTL)
+	p := Peer{DeviceID: d.ID, Identity: append(served, '\n'), ParentName: f.ParentName, PKName: f.PKName, PKPolicy: f.PKPolicy, RegisteredAt: vouched}
 	if err := e.cfg.Store.PutPeer(ctx, p); err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
@@ -285,6 +302,9 @@ func (e *Endpoint) ApproveDuplication(ctx context.Context, id string, req fleeta
 	}
 	// The registration too (found by review: a transfer key vouched for
 	// under golden values since withdrawn stayed approvable).
+	if peer.RegisteredAt.After(e.now().Add(time.Minute)) {
+		return fleetapi.DupApproval{}, rejected("device %s: its transfer key's registration is dated in the future: the replicas' clocks disagree", d.ID)
+	}
 	if peer.RegisteredAt.Before(p.UpdatedAt) {
 		return fleetapi.DupApproval{}, rejected("device %s: the class's policy changed after it registered its transfer key: provd attest peer on it again", d.ID)
 	}

@@ -496,3 +496,94 @@ func TestPeerPKPolicyIsTheOperators(t *testing.T) {
 		t.Fatalf("registered again: %v", err)
 	}
 }
+
+// TestProveAfterPolicyChange (found by review): a residency challenge
+// issued under the class's old golden values and answered after the
+// operator replaced them registers nothing: the answer binds the policy as
+// it was.
+func TestProveAfterPolicyChange(t *testing.T) {
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tk := newTransferKey(t, env.TPM)
+	f.setGolden(t, d, "gateway") // old golden values (boot A)
+	f.now = f.now.Add(time.Second)
+	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
+	v := f.attestPeer(t, d, id, peer, peer) // vouched for on boot A
+	if !v.Pass || v.PeerChallenge == nil {
+		t.Fatalf("%+v", v)
+	}
+	pc := v.PeerChallenge
+	var secret []byte
+	d.parked(func() {
+		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The operator withdraws boot A's values (boot B now).
+	f.now = f.now.Add(10 * time.Second)
+	d.extend(7, make([]byte, 32))
+	f.setGolden(t, d, "gateway")
+	policyAt := f.now
+	// The answer to the old challenge, after the change.
+	f.now = f.now.Add(10 * time.Second)
+	if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]}); !errors.Is(err, fleet.ErrRejected) {
+		t.Fatalf("an answer vouched for under the policy changed at %s: %v", policyAt, err)
+	}
+	if _, err := f.st.Peer(ctx, id); !errors.Is(err, fleet.ErrNotFound) {
+		t.Fatalf("registered: %v", err)
+	}
+}
+
+// TestRegistrationDatedWhenVouched (found by review): a registration is
+// dated when its file was vouched for, not when the answer landed (on a
+// replica whose clock runs ahead): a later policy change then voids it.
+func TestRegistrationDatedWhenVouched(t *testing.T) {
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tk := newTransferKey(t, env.TPM)
+	f.setGolden(t, d, "gateway")
+	f.now = f.now.Add(time.Second)
+	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
+	real := f.now
+	v := f.attestPeer(t, d, id, peer, peer) // on a correct replica
+	if !v.Pass || v.PeerChallenge == nil {
+		t.Fatalf("%+v", v)
+	}
+	pc := v.PeerChallenge
+	var secret []byte
+	d.parked(func() {
+		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The answer lands on a replica whose clock runs 100s ahead (the lead
+	// is bounded by the nonce TTL: the expiry is checked on that clock).
+	f.now = real.Add(100 * time.Second)
+	if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]}); err != nil {
+		t.Fatal(err)
+	}
+	f.now = real.Add(30 * time.Second) // back on a correct replica
+	d.extend(7, make([]byte, 32))
+	f.setGolden(t, d, "gateway") // values withdrawn
+	f.now = f.now.Add(time.Second)
+	if v := f.attest(t, d, id, nil); !v.Pass {
+		t.Fatalf("%+v", v)
+	}
+	if _, err := f.e.ApproveDuplication(ctx, id, fleetapi.DupApprovalRequest{ObjectName: "000b" + strings.Repeat("5a", 32)}); !errors.Is(err, fleet.ErrRejected) || !strings.Contains(err.Error(), "after it registered") {
+		t.Fatalf("a registration that preceded the policy change: %v", err)
+	}
+}

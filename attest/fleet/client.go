@@ -183,6 +183,12 @@ func (c *Client) PutSecret(ctx context.Context, class, name, kind string, value 
 	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), fleetapi.SecretRequest{Kind: kind, Value: value}, &res)
 }
 
+// DeleteSecret removes a class's secret or key (operator).
+func (c *Client) DeleteSecret(ctx context.Context, class, name string) error {
+	var res map[string]string
+	return c.do(ctx, http.MethodDelete, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), nil, &res)
+}
+
 // Secrets lists a class's secrets, names only (operator).
 func (c *Client) Secrets(ctx context.Context, class string) (res []fleetapi.SecretInfo, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/secrets/"+url.PathEscape(class), nil, &res)

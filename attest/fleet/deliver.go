@@ -97,8 +97,8 @@ func DeliveryPublic(authPolicy, seed, data []byte) tpm2.TPMTPublic {
 }
 
 // ParseDeliveryKey reads a key an operator hands the endpoint: PKCS#8
-// (DER), an approved signing key: ECDSA P-256 or P-384, or RSA 2048 to
-// 4096 bits with exponent 65537 (what a TPM imports).
+// (DER), an approved signing key: ECDSA P-256 or P-384, or RSA 2048 or
+// 3072 bits with exponent 65537 and balanced primes (what a TPM imports).
 func ParseDeliveryKey(der []byte) (crypto.Signer, error) {
 	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
@@ -111,8 +111,13 @@ func ParseDeliveryKey(der []byte) (crypto.Signer, error) {
 		}
 		return k, nil
 	case *rsa.PrivateKey:
-		if n := k.N.BitLen(); n < 2048 || n > 4096 || n%1024 != 0 || k.E != 65537 || len(k.Primes) != 2 {
-			return nil, rejected("key: RSA of %d bits (exponent %d, %d primes), want 2048, 3072 or 4096 bits, exponent 65537, two primes", n, k.E, len(k.Primes))
+		// What a TPM imports: the sensitive part is one prime, of half the
+		// modulus's size (found by review: a valid key with uneven primes,
+		// or an RSA-4096 key, which swtpm and most TPMs refuse, failed on
+		// every device of the class).
+		n := k.N.BitLen()
+		if (n != 2048 && n != 3072) || k.E != 65537 || len(k.Primes) != 2 || k.Primes[0].BitLen() != n/2 || k.Primes[1].BitLen() != n/2 {
+			return nil, rejected("key: RSA of %d bits (exponent %d, %d primes), want 2048 or 3072 bits, exponent 65537, two primes of half the modulus each", n, k.E, len(k.Primes))
 		}
 		return k, nil
 	}
@@ -131,9 +136,9 @@ func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPM
 	}
 	switch k := k.(type) {
 	case *ecdsa.PrivateKey:
-		curve, hash, size := tpm2.TPMECCNistP256, tpm2.TPMAlgSHA256, 32
+		curve, size := tpm2.TPMECCNistP256, 32
 		if k.Curve == elliptic.P384() {
-			curve, hash, size = tpm2.TPMECCNistP384, tpm2.TPMAlgSHA384, 48
+			curve, size = tpm2.TPMECCNistP384, 48
 		}
 		point, err := k.PublicKey.Bytes() // 04 || X || Y
 		if err != nil {
@@ -146,9 +151,12 @@ func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPM
 		pub.Type = tpm2.TPMAlgECC
 		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
-			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: hash})},
-			CurveID:   curve,
-			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+			// No fixed scheme: TPM2_Sign names ECDSA and the hash (found
+			// by review: a P-384 key fixed to SHA-384 refused the CLI's
+			// default SHA-256 with a misleading error).
+			Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			CurveID: curve,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
 		})
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
 			X: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1 : 1+size])}, Y: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(point[1+size:])}})

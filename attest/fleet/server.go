@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/internal/strictjson"
@@ -182,6 +184,12 @@ func (s *Server) Handler() http.Handler {
 		}
 		return secretInfo(sec), nil
 	}))
+	mux.HandleFunc("DELETE /v1/secrets/{class}/{name}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		if err := s.E.cfg.Store.DeleteSecret(r.Context(), r.PathValue("class"), r.PathValue("name")); err != nil {
+			return nil, err
+		}
+		return map[string]string{"class": r.PathValue("class"), "name": r.PathValue("name"), "deleted": "true"}, nil
+	}))
 	mux.HandleFunc("GET /v1/secrets/{class}", s.operator(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		secs, err := s.E.cfg.Store.Secrets(r.Context(), r.PathValue("class"))
 		out := []fleetapi.SecretInfo{}
@@ -250,6 +258,9 @@ func policyFrom(in fleetapi.Policy) (Policy, error) {
 	for _, d := range in.PKPolicies {
 		if len(d) != 64 || strings.ToLower(d) != d || !isHex(d) || d == strings.Repeat("0", 64) {
 			return p, rejected("PK policy digest %q: want 64 lower-case hex digits, not zeros (provd status's policy_digest)", d)
+		}
+		if d == authValueOnly {
+			return p, rejected("PK policy digest %q is PolicyAuthValue's alone: it checks no platform state (copy policy_digest from provd status on a known-good device, never a device's claim)", d)
 		}
 	}
 	p.PKPolicies = in.PKPolicies
@@ -491,3 +502,14 @@ func secretInfo(sec Secret) fleetapi.SecretInfo {
 	}
 	return info
 }
+
+// authValueOnly is the digest of PolicyAuthValue (and PolicyPassword)
+// alone, from a fresh session: a PK "policy" any session on any boot
+// satisfies (found by review: a device registered it).
+var authValueOnly = func() string {
+	d, err := policy.Policy{policy.AuthValue{}}.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(d)
+}()

@@ -706,3 +706,16 @@ func (s *sqlStore) Peer(ctx context.Context, deviceID string) (Peer, error) {
 	p.RegisteredAt = fromMS(at)
 	return p, nil
 }
+
+func (s *sqlStore) DeleteSecret(ctx context.Context, class, name string) error {
+	res, err := s.db.ExecContext(ctx, s.d.q(`DELETE FROM secrets WHERE class = $1 AND name = $2`), class, name)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

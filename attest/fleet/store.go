@@ -115,6 +115,8 @@ type Peer struct {
 	ParentName   string // the transfer key's TPM name, hex
 	PKName       string // the device's PK, which the transfer key's policy names, hex
 	PKPolicy     string // its policy digest, hex
+	// RegisteredAt is when the file was vouched for: the attestation that
+	// carried it passed and its residency challenge was issued.
 	RegisteredAt time.Time
 }
 
@@ -162,6 +164,8 @@ type Store interface {
 	PutSecret(ctx context.Context, s Secret) error
 	// Secrets lists a class's secrets, by name.
 	Secrets(ctx context.Context, class string) ([]Secret, error)
+	// DeleteSecret removes a class's secret or key: ErrNotFound when none.
+	DeleteSecret(ctx context.Context, class, name string) error
 	// PutPeer stores (or replaces) a device's transfer key: ErrNotFound
 	// when the device is not enrolled.
 	PutPeer(ctx context.Context, p Peer) error

@@ -289,6 +289,18 @@ func Run(t *testing.T, newURL Opener) {
 		if err != nil || len(got) != 2 || got[1].Kind != fleet.KindKey || string(got[1].Value) != "pkcs8" {
 			t.Fatalf("%+v %v", got, err)
 		}
+		if err := s.DeleteSecret(ctx, "gateway", "wifi"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeleteSecret(ctx, "gateway", "wifi"); !errors.Is(err, fleet.ErrNotFound) {
+			t.Fatalf("delete twice: %v", err)
+		}
+		if got, err := s.Secrets(ctx, "gateway"); err != nil || len(got) != 1 || got[0].Name != "api" {
+			t.Fatalf("after delete: %+v %v", got, err)
+		}
+		if got, err := s.Secrets(ctx, "camera"); err != nil || len(got) != 1 {
+			t.Fatalf("another class's: %+v %v", got, err)
+		}
 	})
 	t.Run("peers", func(t *testing.T) {
 		s := open(t, newURL(t))

@@ -16,16 +16,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
@@ -389,6 +392,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	var installed []string
+	var failed map[string]string
 	var reg *fleetapi.PeerRegistration
 	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
 		if _, err := ag.AttestRecord(cmd.Context(), api.AttestVerdict{Endpoint: ef.url, DeviceID: v.DeviceID, AppraisalID: v.AppraisalID,
@@ -397,7 +401,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		}
 		if fetch && v.Pass && len(v.Deliveries) > 0 {
 			res, err := ag.AttestInstall(cmd.Context(), api.AttestInstallRequest{Deliveries: v.Deliveries})
-			installed = res.Installed
+			installed, failed = res.Installed, res.Failed
 			return err
 		}
 		if mode == attestPeer && v.Pass && v.PeerChallenge != nil {
@@ -432,6 +436,9 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		if len(installed) > 0 {
 			fmt.Fprintln(w, "use them with provd attest secret NAME, or provd attest sign NAME for a key")
 		}
+		for _, n := range slices.Sorted(maps.Keys(failed)) {
+			fmt.Fprintf(w, "NOT installed %s: %s\n", n, failed[n])
+		}
 		if reg != nil {
 			fmt.Fprintf(w, "registered transfer key %s (PK %s) with the endpoint: it approves duplications to it while this device attests\n", reg.ParentName, reg.PKName)
 		}
@@ -440,6 +447,9 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 	}
 	if !v.Pass {
 		return fmt.Errorf("%w: %s", api.ErrAttestationFailed, v.Reasons[0].String())
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%w: %d of %d deliveries not installed (the others are)", api.ErrBadInput, len(failed), len(failed)+len(installed))
 	}
 	if mode == attestPeer && reg == nil {
 		for _, r := range v.Reasons {
@@ -539,12 +549,20 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 			}
 			// The authority key is a provd key of this host, in its TPM:
 			// every approval is one signature through an agent in this
-			// process, which holds the state's lock while it serves. Never
-			// through a daemon: the daemon signs with any key for every
+			// process, which holds the state's serve lock while it serves.
+			// Never through a daemon: the daemon signs with any key for every
 			// member of the provd group (found by review: any of them was
 			// then the fleet's duplication authority).
-			if c := a.daemon(cmd.Context()); c != nil {
-				c.Close()
+			// The serve lock, for as long as the endpoint serves: no
+			// daemon starts on this state meanwhile (found by review: a
+			// check at start alone was skipped with --tpm, and missed a
+			// daemon started later by socket activation).
+			release, err := store.HoldServeLock(a.stateDir)
+			if err != nil {
+				return fmt.Errorf("%w: %w: a provd daemon serving this state would sign with the authority key for every member of its group; serve the endpoint where this state's provd runs no daemon (docs/attestation.md)", api.ErrNotPermitted, err)
+			}
+			defer release()
+			if client.Answers(cmd.Context(), a.socket) {
 				return fmt.Errorf("%w: a provd daemon answers on %s: it would sign with the authority key for every member of its group; serve the endpoint where this state's provd runs no daemon (docs/attestation.md)", api.ErrNotPermitted, a.socket)
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
@@ -742,15 +760,19 @@ PCR file as provd tpm pcr read -o json writes it, and --manifest, the
 manifest_sha256 of each firmware release the boot hook may have verified (as fw
 manifest show prints it). A class without a policy takes its first verified
 quote as baseline (trust on first use). --pk-policy names the PK policy digest
-(provd status's policy_digest) the class's devices may register their transfer
-keys under (provd attest peer): the endpoint, as the duplication authority,
-signs approvals over those digests only.`,
+(provd status's policy_digest on a known-good device) the class's devices may
+register their transfer keys under (provd attest peer): the endpoint, as the
+duplication authority, signs approvals over those digests only. Without
+--pk-policy the class keeps the ones it has; --pk-policy none removes them.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pclass == "" {
 				return usageError(errors.New("--class is required"))
 			}
 			p := fleetapi.Policy{Class: pclass, PCRs: map[string]map[string]string{}, Manifests: manifests, PKPolicies: pkPolicies}
+			if len(pkPolicies) == 1 && pkPolicies[0] == "none" {
+				p.PKPolicies = nil
+			}
 			if pcrFile != "" {
 				b, err := os.ReadFile(pcrFile)
 				if err != nil {
@@ -769,6 +791,20 @@ signs approvals over those digests only.`,
 			cl, err := pf.client()
 			if err != nil {
 				return err
+			}
+			if !cmd.Flags().Changed("pk-policy") {
+				// New golden values keep the class's PK policies (found
+				// by review: a policy set without them silently stopped
+				// every duplication approval).
+				cur, err := cl.Policy(cmd.Context(), pclass)
+				var ae *fleet.APIError
+				switch {
+				case err == nil:
+					p.PKPolicies = cur.PKPolicies
+				case errors.As(err, &ae) && ae.Status == http.StatusNotFound:
+				default:
+					return err
+				}
 			}
 			got, err := cl.SetPolicy(cmd.Context(), p)
 			if err != nil {
@@ -928,7 +964,35 @@ key's source; see docs/attestation.md). fleet secret list shows its public key.`
 	kput.Flags().StringVar(&kname, "name", "", "the key's name (1..32 of a-z, 0-9, '.', '_', '-'; one namespace with the class's secrets)")
 	kput.Flags().StringVar(&kin, "in", "", "the private key, PKCS#8 PEM or DER (FILE, or - for stdin)")
 	keyCmd.AddCommand(kput)
-	sec.AddCommand(put, list)
+	var df endpointFlags
+	var dclass, dname string
+	del := &cobra.Command{
+		Use:   "delete --class C --name N",
+		Short: "Remove a class's secret or key from the endpoint: no device gets it from now on",
+		Long: `Remove a secret or key the endpoint delivers to --class. Devices that installed
+it keep it (it is in their TPM, bound to the PCR values that passed); replace a
+key by putting a new one and rotating what trusts the old.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dclass == "" || dname == "" {
+				return usageError(errors.New("--class and --name are required"))
+			}
+			cl, err := df.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.DeleteSecret(cmd.Context(), dclass, dname); err != nil {
+				return err
+			}
+			return a.emit(map[string]string{"class": dclass, "name": dname}, func(w io.Writer) {
+				fmt.Fprintf(w, "%s of class %s deleted\n", dname, dclass)
+			})
+		},
+	}
+	df.add(a, del, true)
+	del.Flags().StringVar(&dclass, "class", "", "the device class")
+	del.Flags().StringVar(&dname, "name", "", "the secret's or key's name")
+	sec.AddCommand(put, list, del)
 	c.AddCommand(serve, devices, device, pol, sec, keyCmd, authority, approve)
 	return c
 }

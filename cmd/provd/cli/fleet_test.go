@@ -420,7 +420,31 @@ func TestFleetServeAuthorityKey(t *testing.T) {
 			t.Fatalf("--authority-key %s: exit %d, want %d\n%s", key, code, want, stderr)
 		}
 	}
+	// A daemon answering on the socket: refused, with --tpm too (found by
+	// review: the check was skipped when --tpm was given).
+	sock := filepath.Join(t.TempDir(), "provd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if _, stderr, code := run(t, nil, append([]string{"--socket", sock}, append(serve, "fleet-authority")...)...); code != api.ExitNotPermitted || !strings.Contains(stderr, "daemon answers") {
+		t.Fatalf("--authority-key beside a daemon, with --tpm: exit %d\n%s", code, stderr)
+	}
+	ln.Close()
 	url, stop, stderr := serveFleetCLI(t, append(serve, "fleet-authority")...)
+	// While it serves, no daemon starts on this state (the serve lock).
+	if _, errOut, code := run(t, nil, "--tpm", h.swtpm.Spec, "--state-dir", h.dir, "serve", "--socket", filepath.Join(t.TempDir(), "d.sock"), "--socket-group", ""); code != api.ExitState || !strings.Contains(errOut, "another process serves") {
+		t.Fatalf("a daemon beside fleet serve --authority-key: exit %d\n%s", code, errOut)
+	}
 	tlsCA := filepath.Join(h.dir, "fleet", "tls.crt")
 	out, errOut, code := run(t, nil, "fleet", "authority", "--endpoint", url, "--ca-cert", tlsCA)
 	if code != 0 {

@@ -92,6 +92,14 @@ func TestFleetAuthority(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.expect(t, 0, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden, "--pk-policy", pol.PolicyDigest}, op...)...)
+	// New golden values keep the PK policy; PolicyAuthValue's digest, which
+	// checks no platform state, is refused (found by review).
+	b.expect(t, 0, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden}, op...)...)
+	if out := b.expect(t, 0, append([]string{"fleet", "policy", "show", "--class", "gateway", "-o", "json"}, op...)...); !strings.Contains(out, pol.PolicyDigest) {
+		t.Fatalf("the PK policy was dropped:\n%s", out)
+	}
+	b.expect(t, api.ExitNotPermitted, append([]string{"fleet", "policy", "set", "--class", "gateway", "--pcr-values", golden,
+		"--pk-policy", "8fcd2169ab92694e0c633f1ab772842b8241bbc20288981fc7ac1eddc1fddb0e"}, op...)...)
 	if out := b.expect(t, 0, "attest", "peer", "--ca-cert", e.ca); !strings.Contains(out, "registered transfer key") {
 		t.Fatalf("attest peer:\n%s", out)
 	}

@@ -1,16 +1,19 @@
 package cli_test
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 )
@@ -60,6 +64,14 @@ func TestFleetKeyDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsa3072, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeKey := func(name string, k crypto.Signer) string {
 		der, err := x509.MarshalPKCS8PrivateKey(k)
 		if err != nil {
@@ -72,7 +84,13 @@ func TestFleetKeyDelivery(t *testing.T) {
 	}
 	a.expect(t, 0, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "fleet-ec", "--in", writeKey("ec.pem", ecKey)}, op...)...)
 	a.expect(t, 0, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "fleet-rsa", "--in", writeKey("rsa.pem", rsaKey)}, op...)...)
+	a.expect(t, 0, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "fleet-p384", "--in", writeKey("p384.pem", p384)}, op...)...)
+	a.expect(t, 0, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "fleet-rsa3072", "--in", writeKey("rsa3072.pem", rsa3072)}, op...)...)
 	a.expect(t, api.ExitNotPermitted, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "weak", "--in", writeKey("small.pem", small)}, op...)...)
+	// Keys no TPM imports are refused at the endpoint (found by review: a
+	// valid RSA key with uneven primes, or RSA-4096, failed on every
+	// device of the class).
+	a.expect(t, api.ExitNotPermitted, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "uneven", "--in", writeKey("uneven.pem", unbalancedRSA(t))}, op...)...)
 	a.expect(t, api.ExitUsage, append([]string{"fleet", "key", "put", "--class", "gateway", "--name", "x", "--in", golden}, op...)...)
 	list := a.expect(t, 0, append([]string{"fleet", "secret", "list", "--class", "gateway", "-o", "json"}, op...)...)
 	ecDER, _ := x509.MarshalPKCS8PrivateKey(ecKey)
@@ -80,7 +98,8 @@ func TestFleetKeyDelivery(t *testing.T) {
 		t.Fatalf("secret list:\n%s", list)
 	}
 
-	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed fleet-ec") || !strings.Contains(out, "installed fleet-rsa") {
+	if out := a.expect(t, 0, "attest", "fetch", "--ca-cert", e.ca); !strings.Contains(out, "installed fleet-ec") || !strings.Contains(out, "installed fleet-rsa") ||
+		!strings.Contains(out, "installed fleet-p384") || !strings.Contains(out, "installed fleet-rsa3072") {
 		t.Fatalf("fetch:\n%s", out)
 	}
 	msg := []byte("signed by a key the fleet delivered")
@@ -96,6 +115,22 @@ func TestFleetKeyDelivery(t *testing.T) {
 	if sig, _ := os.ReadFile(p("rsa.sig")); rsa.VerifyPKCS1v15(&rsaKey.PublicKey, crypto.SHA256, digest[:], sig) != nil {
 		t.Fatal("the delivered RSA key's signature does not verify with the operator's public key")
 	}
+	// A P-384 key signs with the default SHA-256 and with SHA-384 (found
+	// by review: a scheme fixed to SHA-384 refused the default); RSA-3072
+	// signs.
+	digest384 := sha512.Sum384(msg)
+	a.expect(t, 0, "attest", "sign", "fleet-p384", "--in", p("msg"), "--out", p("p384.sig"))
+	a.expect(t, 0, "attest", "sign", "fleet-p384", "--in", p("msg"), "--hash", "sha384", "--out", p("p384-384.sig"))
+	if sig, _ := os.ReadFile(p("p384.sig")); !ecdsa.VerifyASN1(&p384.PublicKey, digest[:], sig) {
+		t.Fatal("the P-384 key's SHA-256 signature does not verify")
+	}
+	if sig, _ := os.ReadFile(p("p384-384.sig")); !ecdsa.VerifyASN1(&p384.PublicKey, digest384[:], sig) {
+		t.Fatal("the P-384 key's SHA-384 signature does not verify")
+	}
+	a.expect(t, 0, "attest", "sign", "fleet-rsa3072", "--in", p("msg"), "--out", p("rsa3072.sig"))
+	if sig, _ := os.ReadFile(p("rsa3072.sig")); rsa.VerifyPKCS1v15(&rsa3072.PublicKey, crypto.SHA256, digest[:], sig) != nil {
+		t.Fatal("the RSA-3072 key's signature does not verify")
+	}
 	a.expect(t, api.ExitNotPermitted, "attest", "secret", "fleet-ec")
 	a.expect(t, api.ExitNotFound, "attest", "sign", "nosuch", "--in", p("msg"))
 
@@ -103,7 +138,7 @@ func TestFleetKeyDelivery(t *testing.T) {
 	// on the wire, imported under the EK, then TPM2_Unseal, TPM2_Duplicate
 	// and TPM2_Sign through sessions that satisfy its PCRs and name each
 	// command but lack provd's AK: the TPM refuses every one.
-	v := fetchOnWire(t, e, a, 2)
+	v := fetchOnWire(t, e, a, 4)
 	wire, _ := json.Marshal(v)
 	if d, _ := ecKey.Bytes(); strings.Contains(string(wire), base64.StdEncoding.EncodeToString(d)) {
 		t.Fatal("the private key is in the clear in the endpoint's answer")
@@ -151,6 +186,51 @@ func TestFleetKeyDelivery(t *testing.T) {
 	}
 	done()
 
+	// One delivery the TPM refuses keeps none of the others out (found by
+	// review): the first one's wrapper changed on the way, the others
+	// install, and the refused one is named.
+	v.Deliveries[0].Duplicate[len(v.Deliveries[0].Duplicate)-1] ^= 1
+	a.swtpm.Reopen()
+	ag, err := agent.New(agent.Config{TPM: a.swtpm.TPM, StateDir: a.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ag.AttestInstall(context.Background(), api.AttestInstallRequest{Deliveries: v.Deliveries})
+	ag.Close()
+	a.swtpm.CloseTPM()
+	if err != nil || len(res.Installed) != len(v.Deliveries)-1 || res.Failed[v.Deliveries[0].Name] == "" {
+		t.Fatalf("install with one bad delivery: %+v %v", res, err)
+	}
+	// The operator removes a key: no device gets it from now on.
+	a.expect(t, 0, append([]string{"fleet", "secret", "delete", "--class", "gateway", "--name", "fleet-rsa3072"}, op...)...)
+	a.expect(t, api.ExitNotFound, append([]string{"fleet", "secret", "delete", "--class", "gateway", "--name", "fleet-rsa3072"}, op...)...)
+	fetchOnWire(t, e, a, 3)
+
 	a.expect(t, 0, "tpm", "pcr", "extend", "7", "--data", "changed")
 	a.expect(t, api.ExitPolicy, "attest", "sign", "fleet-ec", "--in", p("msg"))
+}
+
+// unbalancedRSA is a valid RSA-2048 key (Go validates it) whose primes are
+// 1000 and 1048 bits: the endpoint sends Primes[0] (1000 bits, 125 bytes)
+// as the TPM sensitive, which a TPM refuses for a 2048-bit modulus.
+func unbalancedRSA(t *testing.T) *rsa.PrivateKey {
+	for {
+		p, _ := rand.Prime(rand.Reader, 1000)
+		q, _ := rand.Prime(rand.Reader, 1048)
+		n := new(big.Int).Mul(p, q)
+		if n.BitLen() != 2048 {
+			continue
+		}
+		phi := new(big.Int).Mul(new(big.Int).Sub(p, big.NewInt(1)), new(big.Int).Sub(q, big.NewInt(1)))
+		d := new(big.Int).ModInverse(big.NewInt(65537), phi)
+		if d == nil {
+			continue
+		}
+		k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n, E: 65537}, D: d, Primes: []*big.Int{p, q}}
+		k.Precompute()
+		if err := k.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/systemd"
 )
 
@@ -95,6 +96,11 @@ in-process provd --tpm on the same swtpm waits.`,
 			if err != nil {
 				return err
 			}
+			release, err := store.HoldServeLock(a.stateDir)
+			if err != nil {
+				return err
+			}
+			defer release()
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
