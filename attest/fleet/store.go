@@ -111,10 +111,10 @@ type Peer struct {
 	// Identity is the peer identity file served to senders (JSON, as
 	// provd peer identity writes it), naming only the enrolled EK
 	// certificate.
-	Identity     []byte
-	ParentName   string // the transfer key's TPM name, hex
-	PKName       string // the device's PK, which the transfer key's policy names, hex
-	PKPolicy     string // its policy digest, hex
+	Identity   []byte
+	ParentName string // the transfer key's TPM name, hex
+	PKName     string // the device's PK, which the transfer key's policy names, hex
+	PKPolicy   string // its policy digest, hex
 	// RegisteredAt is when the file was vouched for: the attestation that
 	// carried it passed and its residency challenge was issued.
 	RegisteredAt time.Time
