@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -311,7 +313,7 @@ func (a *Agent) AttestInstall(ctx context.Context, req api.AttestInstallRequest)
 		if len(req.Deliveries) > maxDeliveries {
 			return res, fmt.Errorf("%w: %d deliveries, at most %d", api.ErrBadInput, len(req.Deliveries), maxDeliveries)
 		}
-		for _, d := range req.Deliveries {
+		for i, d := range req.Deliveries {
 			if err := a.installDelivery(ctx, d); err != nil {
 				if ctx.Err() != nil {
 					return res, err
@@ -319,7 +321,15 @@ func (a *Agent) AttestInstall(ctx context.Context, req api.AttestInstallRequest)
 				if res.Failed == nil {
 					res.Failed = map[string]string{}
 				}
-				res.Failed[d.Name] = err.Error()
+				// The name as the endpoint sent it, quoted and cut: no
+				// control characters reach a terminal or a log, and no
+				// megabyte of it the answer (found by review).
+				res.Failed[fmt.Sprintf("#%d %s", i+1, strconv.Quote(cut(d.Name, 64)))] = strings.Map(func(r rune) rune {
+					if unicode.IsControl(r) {
+						return '?'
+					}
+					return r
+				}, cut(err.Error(), 256))
 				objects["failed"] = strconv.Itoa(len(res.Failed))
 				continue
 			}
@@ -586,4 +596,13 @@ func (a *Agent) requireIdentity(ctx context.Context) error {
 		return errNotPinned
 	}
 	return nil
+}
+
+// cut is s at most n bytes long (not splitting a UTF-8 sequence matters
+// not: the caller quotes it).
+func cut(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

@@ -240,7 +240,8 @@ func (e *Endpoint) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest)
 	// (found by review: an answer dated on arrival, or by a replica whose
 	// clock runs ahead, post-dated a policy change it preceded).
 	vouched := req.ExpiresAt.Add(-e.cfg.NonceTTL)
-	p := Peer{DeviceID: d.ID, Identity: append(served, '\n'), ParentName: f.ParentName, PKName: f.PKName, PKPolicy: f.PKPolicy, RegisteredAt: vouched}
+	p := Peer{DeviceID: d.ID, Identity: append(served, '\n'), ParentName: f.ParentName, PKName: f.PKName, PKPolicy: f.PKPolicy,
+		RegisteredAt: vouched, PolicyAt: updated}
 	if err := e.cfg.Store.PutPeer(ctx, p); err != nil {
 		return fleetapi.PeerRegistration{}, err
 	}
@@ -305,6 +306,12 @@ func (e *Endpoint) ApproveDuplication(ctx context.Context, id string, req fleeta
 	if peer.RegisteredAt.After(e.now().Add(time.Minute)) {
 		return fleetapi.DupApproval{}, rejected("device %s: its transfer key's registration is dated in the future: the replicas' clocks disagree", d.ID)
 	}
+	// The version of the class's policy the file was vouched for, which
+	// the answer bound: no clock decides (found by review: a replica whose
+	// clock ran ahead dated a registration after a change it preceded).
+	if !peer.PolicyAt.Equal(p.UpdatedAt) {
+		return fleetapi.DupApproval{}, rejected("device %s: the class's policy changed after it registered its transfer key: provd attest peer on it again", d.ID)
+	}
 	if peer.RegisteredAt.Before(p.UpdatedAt) {
 		return fleetapi.DupApproval{}, rejected("device %s: the class's policy changed after it registered its transfer key: provd attest peer on it again", d.ID)
 	}
@@ -347,6 +354,9 @@ func (e *Endpoint) AuthorityPEM() (string, error) {
 func pkPolicyAllowed(p *Policy, digest string) string {
 	if p == nil || len(p.PKPolicies) == 0 {
 		return "the class names no PK policy its devices may register (provd fleet policy set --pk-policy, the fleet's policy_digest): the endpoint signs approvals over no digest a device chose"
+	}
+	if digest == authValueOnly {
+		return "the PK policy is PolicyAuthValue's alone: it checks no platform state"
 	}
 	for _, d := range p.PKPolicies {
 		if d == digest {

@@ -145,6 +145,15 @@ func (s *Server) Handler() http.Handler {
 			return nil, err
 		}
 		p.UpdatedAt = s.E.now()
+		// Every change a new version, later than the last (found by
+		// review: two changes in one millisecond, or one from a replica
+		// whose clock runs behind, looked like no change to what binds
+		// the policy's version).
+		if cur, err := s.E.cfg.Store.Policy(r.Context(), p.Class); err == nil && !p.UpdatedAt.After(cur.UpdatedAt) {
+			p.UpdatedAt = cur.UpdatedAt.Add(time.Millisecond)
+		} else if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
 		if err := s.E.cfg.Store.SetPolicy(r.Context(), p); err != nil {
 			return nil, err
 		}

@@ -118,6 +118,9 @@ type Peer struct {
 	// RegisteredAt is when the file was vouched for: the attestation that
 	// carried it passed and its residency challenge was issued.
 	RegisteredAt time.Time
+	// PolicyAt is the class policy's UpdatedAt when the file was vouched
+	// for (the answer binds it): approvals need the policy unchanged since.
+	PolicyAt time.Time
 }
 
 // Store is where the endpoint keeps its state: one interface, SQLite

@@ -68,6 +68,9 @@ type Env struct {
 	CABundle []string
 	// Pid of the swtpm process (0 on a real device).
 	Pid int
+	// Addr and CtrlAddr are swtpm's command and control channels (TCP;
+	// empty on a real device or a unix socket), e.g. for test/tpmproxy.
+	Addr, CtrlAddr string
 
 	t    testing.TB
 	proc *swtpm.Process
@@ -294,6 +297,8 @@ func (e *Env) startProcess() {
 	e.Spec = "swtpm://" + p.Addr
 	if e.opts.unix {
 		e.Spec = "unix://" + p.Addr
+	} else {
+		e.Addr, e.CtrlAddr = p.Addr, p.CtrlAddr
 	}
 }
 

@@ -565,7 +565,7 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 			if client.Answers(cmd.Context(), a.socket) {
 				return fmt.Errorf("%w: a provd daemon answers on %s: it would sign with the authority key for every member of its group; serve the endpoint where this state's provd runs no daemon (docs/attestation.md)", api.ErrNotPermitted, a.socket)
 			}
-			return a.withAgent(cmd.Context(), func(ag api.Service) error {
+			return a.withLocalAgent(cmd.Context(), func(ag api.Service) error {
 				k, err := tpmkey.New(cmd.Context(), ag, authorityKey)
 				if err != nil {
 					return err

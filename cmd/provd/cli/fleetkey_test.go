@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -198,7 +199,7 @@ func TestFleetKeyDelivery(t *testing.T) {
 	res, err := ag.AttestInstall(context.Background(), api.AttestInstallRequest{Deliveries: v.Deliveries})
 	ag.Close()
 	a.swtpm.CloseTPM()
-	if err != nil || len(res.Installed) != len(v.Deliveries)-1 || res.Failed[v.Deliveries[0].Name] == "" {
+	if err != nil || len(res.Installed) != len(v.Deliveries)-1 || res.Failed["#1 "+strconv.Quote(v.Deliveries[0].Name)] == "" {
 		t.Fatalf("install with one bad delivery: %+v %v", res, err)
 	}
 	// The operator removes a key: no device gets it from now on.

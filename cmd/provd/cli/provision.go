@@ -26,6 +26,11 @@ func (a *app) withAgent(ctx context.Context, fn func(api.Service) error) error {
 		defer c.Close()
 		return fn(c)
 	}
+	return a.withLocalAgent(ctx, fn)
+}
+
+// withLocalAgent runs fn with an agent in this process, never the daemon.
+func (a *app) withLocalAgent(ctx context.Context, fn func(api.Service) error) error {
 	t, done, err := a.openTPM(ctx)
 	if err != nil {
 		return err
