@@ -39,8 +39,9 @@ test: deps
 demo: deps build
 	@scripts/demo.sh $(BIN)
 
-bench: deps
+bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./test/benchdriver -provd $(BIN) -runs 10 -hardware-runs 5 -update docs/benchmarks.md
 
 # Each fuzz target for a short while; FUZZTIME=5m for a longer hunt.
 FUZZTIME ?= 20s
