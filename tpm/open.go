@@ -61,6 +61,15 @@ type Options struct {
 	// retry, up to 8 retries. nil is time.Sleep. Tests inject one that
 	// records the delays instead of waiting them out.
 	RetrySleep func(time.Duration)
+	// FullSelfTest runs TPM2_SelfTest(fullTest=YES) at open, as the daemon
+	// does once at start and provd tpm selftest does on demand. Otherwise
+	// an open asks TPM2_GetTestResult only, and runs TPM2_SelfTest(NO) (the
+	// algorithms not yet tested) when the TPM says a test is needed: the
+	// TPM tests itself at power-on and each algorithm before its first use
+	// (TPM 2.0 Part 1, "Self-test"), and a full test costs a one-shot
+	// command most of its time (23-33 ms on swtpm, about a second on some
+	// chips: issue 14). docs/threat-model.md, "Self-tests".
+	FullSelfTest bool
 }
 
 // TPM is an open TPM. It implements go-tpm's transport.TPM, so go-tpm commands
@@ -123,7 +132,7 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 		st.onLost = func() { t.counting.generation.Add(1) }
 		t.counting.probe = st.probe
 	}
-	if err := t.startup(sim != nil); err != nil {
+	if err := t.startup(sim != nil, opts.FullSelfTest); err != nil {
 		_ = t.Close()
 		return nil, err
 	}
@@ -312,9 +321,10 @@ func (t *TPM) Shutdown(state bool) error {
 }
 
 // startup sends TPM2_Startup when nobody has (TPM_RC_INITIALIZE means it is
-// started already), then the power-on self-test FIPS 140-3 asks for, and refuses a
-// TPM in failure mode. resume tries Startup(STATE) first, for the sim.
-func (t *TPM) startup(resume bool) error {
+// started already), then the self-test (full, or the result and what the
+// TPM says it needs: Options.FullSelfTest), and refuses a TPM in failure
+// mode. resume tries Startup(STATE) first, for the sim.
+func (t *TPM) startup(resume, full bool) error {
 	started := false
 	if resume {
 		_, err := (tpm2.Startup{StartupType: tpm2.TPMSUState}).Execute(t)
@@ -326,11 +336,19 @@ func (t *TPM) startup(resume bool) error {
 			return Wrap("TPM2_Startup", err)
 		}
 	}
-	rc, err := t.selfTest()
+	var rc tpm2.TPMRC
+	var err error
+	if full {
+		rc, err = t.SelfTest(true)
+	} else if rc, err = t.testResult(); err == nil && rc == tpm2.TPMRCNeedsTest {
+		rc, err = t.SelfTest(false)
+	}
 	if err != nil {
 		return err
 	}
-	if rc != tpm2.TPMRCSuccess {
+	// TESTING: the TPM is running its tests; a command that needs an
+	// algorithm still under test is answered TESTING and retried.
+	if rc != tpm2.TPMRCSuccess && rc != tpm2.TPMRCTesting {
 		return fmt.Errorf("%w: self-test result 0x%x", ErrFailureMode, uint32(rc))
 	}
 	return nil

@@ -143,10 +143,16 @@ func (c rawCommand) validate(rest, params []byte) error {
 	return nil
 }
 
-// selfTest runs TPM2_SelfTest(fullTest) and TPM2_GetTestResult, the power-on
-// self-test FIPS 140-3 asks a module to run before it provides services.
-func (t *TPM) selfTest() (tpm2.TPMRC, error) {
-	if _, err := (rawCommand{cc: ccSelfTest, params: []byte{1}}).run(t); err != nil {
+// SelfTest runs TPM2_SelfTest (fullTest YES when full: every algorithm,
+// else NO: those not yet tested) and returns TPM2_GetTestResult's result,
+// TPM_RC_SUCCESS when the TPM is not in failure mode. provd runs the full
+// one at daemon start and with provd tpm selftest (Options.FullSelfTest).
+func (t *TPM) SelfTest(full bool) (tpm2.TPMRC, error) {
+	yes := byte(0)
+	if full {
+		yes = 1
+	}
+	if _, err := (rawCommand{cc: ccSelfTest, params: []byte{yes}}).run(t); err != nil {
 		return 0, Wrap("TPM2_SelfTest", err)
 	}
 	return t.testResult()

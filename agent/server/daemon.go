@@ -93,7 +93,9 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 	}
 
 	status("opening the TPM")
-	t, err := tpm.Open(ctx, tpm.Options{Spec: cfg.TPM, StateDir: dc.StateDir, Logger: log})
+	// The full self-test once, at start (one-shot commands ask the result
+	// only: tpm.Options.FullSelfTest).
+	t, err := tpm.Open(ctx, tpm.Options{Spec: cfg.TPM, StateDir: dc.StateDir, Logger: log, FullSelfTest: true})
 	if err != nil {
 		status("failed: " + err.Error())
 		return err

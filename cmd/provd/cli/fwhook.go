@@ -242,7 +242,9 @@ becomes the lowest accepted; it never lowers it.`,
 			// The TPM first, then everything else inside the hook: a
 			// manifest that cannot be read is a measured failure too
 			// (found by review: a missing manifest left the PCR as it was).
-			t, done, err := a.openTPM(cmd.Context())
+			// With the full self-test: the hook runs once per boot, before
+			// the daemon.
+			t, done, err := a.openTPMWith(cmd.Context(), true)
 			if err != nil {
 				return err
 			}

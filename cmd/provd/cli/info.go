@@ -10,7 +10,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 
@@ -55,6 +57,35 @@ func (a *app) tpmCmd() *cobra.Command {
 		Short: "Inspect the TPM: info, identity, PCRs",
 	}
 	c.AddCommand(a.pcrCmd(), a.tpmIdentityCmd(), &cobra.Command{
+		Use:   "selftest",
+		Short: "Run the TPM's full self-test (TPM2_SelfTest fullTest=YES) and print its result",
+		Long: `Ask the TPM to test every algorithm it implements (TPM2_SelfTest with fullTest=YES)
+and print TPM2_GetTestResult's result. The daemon runs it once at start; a
+one-shot command asks the result only and runs the tests the TPM says it still
+needs (docs/threat-model.md, "Self-tests"). Exit 9 when the TPM is in failure
+mode.`,
+		Example: `  provd tpm selftest`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, done, err := a.openTPMWith(cmd.Context(), false)
+			if err != nil {
+				return err
+			}
+			defer done()
+			start := time.Now()
+			rc, err := t.SelfTest(true)
+			if err != nil {
+				return err
+			}
+			took := time.Since(start)
+			if rc != tpm2.TPMRCSuccess {
+				return fmt.Errorf("%w: self-test result 0x%x", tpm.ErrFailureMode, uint32(rc))
+			}
+			return a.emit(map[string]any{"result": "success", "ms": took.Milliseconds()}, func(w io.Writer) {
+				fmt.Fprintf(w, "full self-test passed (%d ms)\n", took.Milliseconds())
+			})
+		},
+	}, &cobra.Command{
 		Use:   "reboot",
 		Short: "Power-cycle the sim TPM (--tpm sim): the next command finds it freshly booted",
 		Long: `Stop the simulator that --tpm sim runs as after a power cycle: the next command

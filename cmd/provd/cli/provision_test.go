@@ -217,3 +217,14 @@ func TestUnsealOutputFileIsPrivate(t *testing.T) {
 		t.Fatalf("out = %q", b)
 	}
 }
+
+// provd tpm selftest runs the TPM's full self-test on demand and says so.
+func TestTPMSelftest(t *testing.T) {
+	c := newCLIEnv(t)
+	if out := c.must("tpm", "selftest"); !strings.Contains(out, "full self-test passed") {
+		t.Fatalf("tpm selftest:\n%s", out)
+	}
+	if out := c.must("tpm", "selftest", "-o", "json"); !strings.Contains(out, `"result": "success"`) {
+		t.Fatalf("tpm selftest -o json:\n%s", out)
+	}
+}

@@ -171,11 +171,17 @@ func groupsRefuseUnknown(c *cobra.Command) {
 // openTPM opens the TPM the flags name. The caller closes it; with -v the
 // command count and time spent in the TPM are printed at close.
 func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
+	return a.openTPMWith(ctx, false)
+}
+
+// openTPMWith opens the TPM, with the full self-test when full (the boot
+// hook, once per boot; tpm.Options.FullSelfTest).
+func (a *app) openTPMWith(ctx context.Context, full bool) (*tpm.TPM, func(), error) {
 	stateDir, err := filepath.Abs(a.stateDir)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := tpm.Open(ctx, tpm.Options{Spec: a.tpmSpec, StateDir: stateDir, Logger: a.log})
+	t, err := tpm.Open(ctx, tpm.Options{Spec: a.tpmSpec, StateDir: stateDir, Logger: a.log, FullSelfTest: full})
 	if err != nil {
 		return nil, nil, err
 	}
