@@ -244,3 +244,32 @@ func benchCA(b *testing.B, env *swtpmtest.Env) []byte {
 	}
 	return out
 }
+
+// BenchmarkSignKeys: a warm sign with one key while the state holds 5 or
+// 57 keys (issue 14: the daemon re-read and re-parsed the state's manifest
+// on every request, so throughput fell with the number of keys).
+func BenchmarkSignKeys(b *testing.B) {
+	for _, n := range []int{5, 57} {
+		b.Run(fmt.Sprintf("%d-keys", n), func(b *testing.B) {
+			env, ag := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+			ctx := context.Background()
+			for i := range n {
+				if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: fmt.Sprintf("k%02d", i), Type: "ecc-p256"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			digest := make([]byte, 32)
+			if _, err := ag.Sign(ctx, "k00", digest, api.SignOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			before := env.TPM.Stats()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := ag.Sign(ctx, "k00", digest, api.SignOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			report(b, env.TPM, before)
+		})
+	}
+}

@@ -112,6 +112,23 @@ type Store struct {
 	// sem serialises transactions of this process before they compete for the
 	// flock, so goroutines queue instead of polling.
 	sem chan struct{}
+	// cached is the last manifest read and parsed, and the identity of the
+	// file it came from (read under the flock, so only one run at a time
+	// touches them): a read-only transaction on an unchanged manifest
+	// neither parses it again nor copies it (issue 14: the daemon spent most
+	// of its CPU re-parsing manifest.json on every request, and more with
+	// more keys).
+	cached   *manifest
+	cachedID fileID
+}
+
+// fileID identifies a version of manifest.json: a commit renames a new
+// file in (another inode), and a write in place changes its size or ctime
+// (which no utimes can set back).
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64
 }
 
 // Open opens (creating with mode 0700 if absent) the state directory dir,
@@ -269,17 +286,25 @@ func (s *Store) run(ctx context.Context, write bool, fn func(*Tx) error) (err er
 	}
 	defer unlock()
 
-	m, err := s.readManifest()
+	m, changed, err := s.readManifest()
 	if err != nil {
 		return err
 	}
 	// Only once the manifest parsed may unreferenced files be removed: with an
-	// unreadable or newer manifest we cannot tell what is garbage.
-	if err := s.collectGarbage(m); err != nil {
-		return err
+	// unreadable or newer manifest we cannot tell what is garbage. Before a
+	// write, or when the manifest changed: garbage (an interrupted commit's)
+	// is harmless to a reader.
+	if write || changed {
+		if err := s.collectGarbage(m); err != nil {
+			return err
+		}
 	}
-	tx := &Tx{s: s, write: write, base: m, next: m.clone()}
-	tx.next.Generation = m.Generation + 1
+	next := m // a read-only Tx never changes it
+	if write {
+		next = m.clone()
+		next.Generation = m.Generation + 1
+	}
+	tx := &Tx{s: s, write: write, base: m, next: next}
 	defer func() {
 		if err != nil {
 			tx.discard()
@@ -294,16 +319,39 @@ func (s *Store) run(ctx context.Context, write bool, fn func(*Tx) error) (err er
 	return tx.commit()
 }
 
-// readManifest reads manifest.json; a missing file is the empty generation 0.
-func (s *Store) readManifest() (*manifest, error) {
-	b, err := os.ReadFile(filepath.Join(s.dir, ManifestFile))
+// readManifest reads manifest.json, or returns the one parsed last when
+// the file is the same (changed says which); a missing file is the empty
+// generation 0. The caller holds the flock and must not change what it
+// returns.
+func (s *Store) readManifest() (m *manifest, changed bool, err error) {
+	f, err := os.Open(filepath.Join(s.dir, ManifestFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		return newManifest(), nil
+		s.cached = nil
+		return newManifest(), true, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: read manifest: %w", err)
+		return nil, false, fmt.Errorf("store: read manifest: %w", err)
 	}
-	return parseManifest(b)
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, false, fmt.Errorf("store: read manifest: %w", err)
+	}
+	id := fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size,
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+	if s.cached != nil && id == s.cachedID {
+		return s.cached, false, nil
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, false, fmt.Errorf("store: read manifest: %w", err)
+	}
+	if m, err = parseManifest(b); err != nil {
+		s.cached = nil
+		return nil, false, err
+	}
+	s.cached, s.cachedID = m, id
+	return m, true, nil
 }
 
 // collectGarbage zeroes and removes files an interrupted commit left behind:

@@ -777,7 +777,7 @@ func assertGeneration(t *testing.T, s *Store, want uint64) {
 // the named foreign ones).
 func assertOnlyLiveFiles(t *testing.T, s *Store, foreign ...string) {
 	t.Helper()
-	m, err := s.readManifest()
+	m, _, err := s.readManifest()
 	must(t, err)
 	want := slices.Clone(foreign)
 	for _, r := range m.Blobs {
@@ -870,5 +870,57 @@ func TestWipeCrashAtEachStep(t *testing.T) {
 		if gen != 3 && gen != 0 {
 			t.Fatalf("step %d: generation %d, want 3 or 0", k, gen)
 		}
+	}
+}
+
+// TestManifestCacheSeesEveryChange (issue 14): reads on an unchanged
+// manifest use the one parsed last, but a commit by another process, and
+// a change written in place with its modification time set back (as only
+// the file's owner can), are read again: the cache never hides a change.
+func TestManifestCacheSeesEveryChange(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := mustOpen(t, dir)
+	put := func(st *Store, v string) {
+		t.Helper()
+		must(t, st.Update(bg, func(tx *Tx) error { return tx.Put("k", v) }))
+	}
+	get := func() (string, error) {
+		var v string
+		err := s.View(bg, func(tx *Tx) error { return tx.Get("k", &v) })
+		return v, err
+	}
+	put(s, "aaaa")
+	for range 3 {
+		if v, err := get(); err != nil || v != "aaaa" {
+			t.Fatalf("%q %v", v, err)
+		}
+	}
+	put(mustOpen(t, dir), "bbbb") // another process's commit
+	if v, err := get(); err != nil || v != "bbbb" {
+		t.Fatalf("after another store's commit: %q %v", v, err)
+	}
+	path := filepath.Join(dir, ManifestFile)
+	fi, err := os.Stat(path)
+	must(t, err)
+	b, err := os.ReadFile(path)
+	must(t, err)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(bytes.Replace(b, []byte(`"bbbb"`), []byte(`"cccc"`), 1), 0)
+	must(t, err)
+	must(t, f.Close())
+	must(t, os.Chtimes(path, fi.ModTime(), fi.ModTime()))
+	if v, err := get(); err != nil || v != "cccc" {
+		t.Fatalf("after a change in place, mtime set back: %q %v", v, err)
+	}
+	// A read-only transaction cannot change what later ones read.
+	must(t, s.View(bg, func(tx *Tx) error {
+		if err := tx.Put("k", "dddd"); !errors.Is(err, ErrReadOnly) {
+			t.Errorf("Put in a View: %v", err)
+		}
+		return nil
+	}))
+	if v, err := get(); err != nil || v != "cccc" {
+		t.Fatalf("%q %v", v, err)
 	}
 }
