@@ -118,6 +118,12 @@ type Config struct {
 type Endpoint struct {
 	cfg Config
 
+	// aks are parsed AK public areas by their bytes (go-tpm's reflective
+	// unmarshal was a tenth of an appraisal's CPU: issue 14), at most
+	// maxAKCache, forgotten all at once when full.
+	akMu sync.Mutex
+	aks  map[string]tpm2.TPMTPublic
+
 	keyMu sync.Mutex
 	key   []byte // the nonce key, once read from the store
 }
@@ -178,6 +184,30 @@ func unmarshalExact[T tpm2.Marshallable, P interface {
 		return nil, errors.New("trailing or non-canonical bytes")
 	}
 	return v, nil
+}
+
+const maxAKCache = 10000
+
+// akPublic is parsePublic of a stored AK, from the cache when seen before
+// (the bytes are the key: the same bytes parse the same).
+func (e *Endpoint) akPublic(b []byte) (tpm2.TPMTPublic, error) {
+	e.akMu.Lock()
+	pub, ok := e.aks[string(b)]
+	e.akMu.Unlock()
+	if ok {
+		return pub, nil
+	}
+	pub, err := parsePublic(b)
+	if err != nil {
+		return pub, err
+	}
+	e.akMu.Lock()
+	if e.aks == nil || len(e.aks) >= maxAKCache {
+		e.aks = map[string]tpm2.TPMTPublic{}
+	}
+	e.aks[string(b)] = pub
+	e.akMu.Unlock()
+	return pub, nil
 }
 
 // DeviceID is the ID of the TPM whose EK has public area ek: hex SHA-256 of
@@ -524,7 +554,7 @@ func (e *Endpoint) appraise(ctx context.Context, d Device, p *Policy, req fleeta
 	case err != nil:
 		return nil, nil, nil, nil, err
 	}
-	ak, err := parsePublic(d.AKPublic)
+	ak, err := e.akPublic(d.AKPublic)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("fleet: device %s: stored AK: %w", d.ID, err)
 	}

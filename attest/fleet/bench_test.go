@@ -1,0 +1,255 @@
+package fleet_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/attest"
+	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
+	"github.com/provd/provd/test/pgtest"
+)
+
+// The fleet endpoint at scale (issue 14). The devices are software-
+// simulated: each has an ECDSA P-256 AK of its own in this process and
+// signs TPMS_ATTEST quotes with it, as a TPM would, over its firmware log's
+// PCRs; the load is labelled so in docs/benchmarks.md. The endpoint does
+// everything it does for a real device: authenticates the nonce, verifies
+// the quote's signature, the PCR digest, replays a 64 KiB event log, checks
+// the golden values, records the verdict.
+
+// benchDevices is how many devices the store holds (PROVD_BENCH_DEVICES,
+// default 1,000; docs/benchmarks.md gives the figures of larger runs).
+func benchDevices() int {
+	if n, err := strconv.Atoi(os.Getenv("PROVD_BENCH_DEVICES")); err == nil && n > 0 {
+		return n
+	}
+	return 1000
+}
+
+type simDevice struct {
+	id  string
+	key *ecdsa.PrivateKey
+	ak  tpm2.TPMTPublic
+}
+
+func softAK(k *ecdsa.PrivateKey) tpm2.TPMTPublic {
+	ecdh, _ := k.PublicKey.ECDH()
+	raw := ecdh.Bytes()
+	return tpm2.TPMTPublic{Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, Restricted: true, SignEncrypt: true},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+			CurveID: tpm2.TPMECCNistP256}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]}})}
+}
+
+// benchLog is a 64 KiB firmware log on PCRs 0..7 and its replayed values.
+func benchLog(b *testing.B) ([]byte, map[int][]byte) {
+	l, err := attest.NewEventLog(tpm2.TPMAlgSHA256)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := make([]byte, 400)
+	for i := 0; ; i++ {
+		data[0], data[1] = byte(i), byte(i>>8)
+		if _, err := l.Append(i%8, attest.EventType(0x80000001), data); err != nil { // EV_EFI_VARIABLE_DRIVER_CONFIG
+			b.Fatal(err)
+		}
+		raw, err := l.MarshalBinary()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(raw) >= 64<<10 {
+			all, err := l.Replay(attest.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			vals := map[int][]byte{}
+			for i := 0; i <= 7; i++ {
+				vals[i] = all[tpm2.TPMAlgSHA256][i]
+			}
+			return raw, vals
+		}
+	}
+}
+
+// quote is what a TPM's TPM2_Quote over PCRs 0..7 with values vals returns,
+// signed by d's AK.
+func (d *simDevice) quote(b *testing.B, nonce []byte, vals map[int][]byte) (attestB, sig []byte) {
+	h := sha256.New()
+	for i := 0; i <= 7; i++ {
+		h.Write(vals[i])
+	}
+	name, err := tpm2.ObjectName(&d.ak)
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := tpm2.TPMSAttest{Magic: tpm2.TPMGeneratedValue, Type: tpm2.TPMSTAttestQuote, QualifiedSigner: *name,
+		ExtraData: tpm2.TPM2BData{Buffer: nonce},
+		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
+			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: []byte{0xff, 0, 0}}}},
+			PCRDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)}})}
+	attestB = tpm2.Marshal(a)
+	digest := sha256.Sum256(attestB)
+	r, s, err := ecdsa.Sign(rand.Reader, d.key, digest[:])
+	if err != nil {
+		b.Fatal(err)
+	}
+	sig = tpm2.Marshal(tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgECDSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
+		Hash: tpm2.TPMAlgSHA256, SignatureR: tpm2.TPM2BECCParameter{Buffer: pad(r)}, SignatureS: tpm2.TPM2BECCParameter{Buffer: pad(s)}})})
+	return attestB, sig
+}
+
+func pad(x *big.Int) []byte { return x.FillBytes(make([]byte, 32)) }
+
+// benchFleet enrolls n simulated devices in store url under a class whose
+// golden values are the log's replay.
+func benchFleet(b *testing.B, url string, n int, vals map[int][]byte) (*fleet.Endpoint, []*simDevice) {
+	ctx := context.Background()
+	st, err := fleet.Open(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	golden := map[int]string{}
+	for i, v := range vals {
+		golden[i] = hex.EncodeToString(v)
+	}
+	if err := st.SetPolicy(ctx, fleet.Policy{Class: "bench", PCRs: map[string]map[int]string{"sha256": golden}, UpdatedAt: time.Now()}); err != nil {
+		b.Fatal(err)
+	}
+	// One AK for every device: enrollment is not what is measured, and a
+	// quote's verification costs the same whichever key signed it.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ak := softAK(key)
+	secret := sha256.Sum256([]byte("bench"))
+	devs := make([]*simDevice, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				id := fmt.Sprintf("%064x", i+1)
+				d := fleet.Device{ID: id, Class: "bench", EKPublic: []byte{1}, EKCert: []byte{1}, AKPublic: tpm2.Marshal(ak), SecretHash: secret[:], EnrolledAt: time.Now()}
+				if err := st.PutPending(ctx, d); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := st.Activate(ctx, id, secret[:], time.Now()); err != nil {
+					errs <- err
+					return
+				}
+				devs[i] = &simDevice{id: id, key: key, ak: ak}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	return fleet.New(fleet.Config{Store: st}), devs
+}
+
+// BenchmarkAppraisalCeiling is the work no appraisal avoids: one ECDSA
+// P-256 quote signature verified and SHA-256 over a 64 KiB event log.
+func BenchmarkAppraisalCeiling(b *testing.B) {
+	raw, vals := benchLog(b)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d := &simDevice{key: key, ak: softAK(key)}
+	q, _ := d.quote(b, make([]byte, 41), vals)
+	digest := sha256.Sum256(q)
+	r, s, _ := ecdsa.Sign(rand.Reader, key, digest[:])
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		dq := sha256.Sum256(q)
+		if !ecdsa.Verify(&key.PublicKey, dq[:], r, s) {
+			b.Fatal("verify")
+		}
+		sha256.Sum256(raw)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ceiling/s")
+}
+
+// BenchmarkAttest appraises simulated devices' evidence on SQLite and on
+// PostgreSQL, from 8 concurrent clients: attestations per second, the
+// ratio to the ceiling measured in the same run, and the 99th-percentile
+// latency.
+func BenchmarkAttest(b *testing.B) {
+	raw, vals := benchLog(b)
+	n := benchDevices()
+	for _, db := range []string{"sqlite", "postgres"} {
+		b.Run(db, func(b *testing.B) {
+			url := "sqlite://" + filepath.Join(b.TempDir(), "fleet.db")
+			if db == "postgres" {
+				url = pgtest.Start(b).URL
+			}
+			e, devs := benchFleet(b, url, n, vals)
+			ctx := context.Background()
+			// Evidence first (the devices' part), then the endpoint's.
+			reqs := make([]fleetapi.AttestRequest, b.N)
+			for i := range reqs {
+				d := devs[i%len(devs)]
+				ch, err := e.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: d.id})
+				if err != nil {
+					b.Fatal(err)
+				}
+				q, sig := d.quote(b, ch.Nonce, vals)
+				pcrs := map[string]string{}
+				for j, v := range vals {
+					pcrs[strconv.Itoa(j)] = hex.EncodeToString(v)
+				}
+				reqs[i] = fleetapi.AttestRequest{DeviceID: d.id, Nonce: ch.Nonce, Quote: q, Signature: sig,
+					PCRs: map[string]map[string]string{"sha256": pcrs}, FirmwareLog: raw}
+			}
+			lat := make([]time.Duration, b.N)
+			var next atomic.Int64
+			var failed atomic.Int64
+			var why atomic.Value
+			b.SetParallelism(4) // 8 clients on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1) - 1
+					start := time.Now()
+					v, err := e.Attest(ctx, reqs[i])
+					lat[i] = time.Since(start)
+					if err != nil || !v.Pass {
+						failed.Add(1)
+						why.Store(fmt.Sprintf("%v %v", v.Reasons, err))
+					}
+				}
+			})
+			b.StopTimer()
+			if failed.Load() > 0 {
+				b.Fatalf("%d of %d simulated attestations did not pass: %v", failed.Load(), b.N, why.Load())
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "attest/s")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(n), "devices")
+		})
+	}
+}
