@@ -34,9 +34,10 @@ func main() {
 	provd := flag.String("provd", "bin/provd", "the provd binary")
 	runs := flag.Int("runs", 10, "runs of each measured step, per tool (medians)")
 	hwRuns := flag.Int("hardware-runs", 5, "runs on the hardware model (each costs seconds)")
+	daemonRequests := flag.Int("daemon-requests", 20000, "signs through the daemon, from 32 clients over 4 keys (0: skip)")
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
 	flag.Parse()
-	if err := run(*provd, *runs, *hwRuns, *update); err != nil {
+	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update); err != nil {
 		fmt.Fprintln(os.Stderr, "benchdriver:", err)
 		os.Exit(1)
 	}
@@ -269,7 +270,7 @@ func scenarios(provd string) []scenario {
 	}
 }
 
-func run(provd string, runs, hwRuns int, update string) error {
+func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
 	ctx := context.Background()
 	if _, err := os.Stat(provd); err != nil {
 		return fmt.Errorf("%s: %w (make build)", provd, err)
@@ -321,6 +322,26 @@ func run(provd string, runs, hwRuns int, update string) error {
 			}
 			b.WriteString("\n")
 		}
+	}
+	if daemonRequests > 0 {
+		dir := filepath.Join(root, "daemon")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		for _, keys := range []int{1, 4} {
+			d, err := runDaemon(ctx, dir+strconv.Itoa(keys), provd, daemonRequests, 32, keys)
+			if err != nil {
+				return fmt.Errorf("daemon: %w", err)
+			}
+			if keys == 1 {
+				fmt.Fprintf(&b, "The daemon (`provd serve`, plain swtpm; binary %.1f MB): start to READY=1 %.0f ms (%d TPM commands); RSS idle %.1f MB.\n\n",
+					float64(d.binaryBytes)/(1<<20), d.readyMS, d.startupCommands, float64(d.rssIdleKB)/1024)
+				b.WriteString("| signs through the daemon | signs/s | TPM commands/request | RSS after |\n| --- | --- | --- | --- |\n")
+			}
+			fmt.Fprintf(&b, "| %d from %d clients over %d key(s) | %.0f | %.2f | %.1f MB |\n", d.requests, d.clients, d.keys, d.signsPerSec, d.cmdsPerRequest, float64(d.rssAfterKB)/1024)
+			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, RSS %d -> %d kB, ready %.0f ms\n", keys, d.signsPerSec, d.cmdsPerRequest, d.rssIdleKB, d.rssAfterKB, d.readyMS)
+		}
+		b.WriteString("\n")
 	}
 	if update == "" {
 		_, err := io.WriteString(os.Stdout, b.String())

@@ -9,8 +9,8 @@ import (
 )
 
 // TestScenarios runs every scenario once, for both tools, on plain
-// swtpm: the scripts the benchmark times keep working, and each tool's
-// commands are counted.
+// swtpm, and the daemon's measurement with a few requests: the scripts the
+// benchmark times keep working, and each tool's commands are counted.
 func TestScenarios(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "provd")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/provd").CombinedOutput(); err != nil {
@@ -28,5 +28,12 @@ func TestScenarios(t *testing.T) {
 		if r.provdCmds == 0 || r.toolsCmds == 0 || r.provdMS <= 0 || r.toolsMS <= 0 {
 			t.Fatalf("%s: %+v", sc.name, r)
 		}
+	}
+	d, err := runDaemon(context.Background(), filepath.Join(t.TempDir(), "d"), bin, 200, 4, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.readyMS <= 0 || d.signsPerSec <= 0 || d.rssIdleKB <= 0 || d.rssAfterKB <= 0 || d.cmdsPerRequest < 1 {
+		t.Fatalf("daemon: %+v", d)
 	}
 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/provd/provd/agent/client"
+	"github.com/provd/provd/api"
+)
+
+// daemonResult is the daemon's footprint and throughput.
+type daemonResult struct {
+	readyMS         float64
+	rssIdleKB       int
+	rssAfterKB      int
+	requests        int
+	clients, keys   int
+	signsPerSec     float64
+	cmdsPerRequest  float64
+	binaryBytes     int64
+	startupCommands int
+}
+
+// runDaemon starts provd serve on a fresh swtpm behind the proxy (plain),
+// measures start to READY=1 and its RSS idle, then signs with keys keys
+// from clients clients, requests in all, and measures RSS after.
+func runDaemon(ctx context.Context, root, provd string, requests, clients, keys int) (daemonResult, error) {
+	res := daemonResult{requests: requests, clients: clients, keys: keys}
+	if fi, err := os.Stat(provd); err == nil {
+		res.binaryBytes = fi.Size()
+	}
+	w, err := newWorkspace(ctx, root, "daemon")
+	if err != nil {
+		return res, err
+	}
+	defer w.close()
+	if err := w.exec([]string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}); err != nil {
+		return res, err
+	}
+	for i := range keys {
+		if err := w.exec([]string{provd, "--tpm", "{tpm}", "key", "create", fmt.Sprintf("k%d", i), "--type", "ecc-p256"}); err != nil {
+			return res, err
+		}
+	}
+	notify := filepath.Join(w.dir, "notify.sock")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		return res, err
+	}
+	defer nl.Close()
+	sock := filepath.Join(w.dir, "provd.sock")
+	w.proxy.Reset()
+	cmd := exec.Command(provd, "--tpm", "swtpm://"+w.proxy.Addr, "--state-dir", filepath.Join(w.dir, "state"), "serve", "--socket", sock, "--socket-group", "")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+	}()
+	buf := make([]byte, 4096)
+	_ = nl.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for {
+		n, _, err := nl.ReadFromUnix(buf)
+		if err != nil {
+			return res, fmt.Errorf("provd serve sent no READY=1: %w", err)
+		}
+		if strings.Contains(string(buf[:n]), "READY=1") {
+			break
+		}
+	}
+	res.readyMS = float64(time.Since(start).Microseconds()) / 1000
+	res.startupCommands = w.proxy.Total()
+	time.Sleep(200 * time.Millisecond)
+	if res.rssIdleKB, err = rssKB(cmd.Process.Pid); err != nil {
+		return res, err
+	}
+	digest := sha256.Sum256([]byte("daemon"))
+	// Warm every key once, then measure.
+	c := client.New(sock)
+	for i := range keys {
+		if _, err := c.Sign(ctx, fmt.Sprintf("k%d", i), digest[:], api.SignOptions{}); err != nil {
+			return res, err
+		}
+	}
+	c.Close()
+	w.proxy.Reset()
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for g := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := client.New(sock)
+			defer c.Close()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(requests) {
+					return
+				}
+				if _, err := c.Sign(ctx, "k"+strconv.Itoa(int(i+int64(g))%keys), digest[:], api.SignOptions{}); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return res, err
+	}
+	elapsed := time.Since(t0)
+	res.signsPerSec = float64(requests) / elapsed.Seconds()
+	res.cmdsPerRequest = float64(w.proxy.Total()) / float64(requests)
+	res.rssAfterKB, err = rssKB(cmd.Process.Pid)
+	return res, err
+}
+
+// rssKB reads VmRSS of pid.
+func rssKB(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
