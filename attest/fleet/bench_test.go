@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,7 +36,8 @@ import (
 // the golden values, records the verdict.
 
 // benchDevices is how many devices the store holds (PROVD_BENCH_DEVICES,
-// default 1,000; docs/benchmarks.md gives the figures of larger runs).
+// default 1,000; docs/benchmarks.md gives the figures of larger runs);
+// PROVD_BENCH_STORES picks the stores (sqlite,postgres).
 func benchDevices() int {
 	if n, err := strconv.Atoi(os.Getenv("PROVD_BENCH_DEVICES")); err == nil && n > 0 {
 		return n
@@ -200,13 +202,21 @@ func BenchmarkAppraisalCeiling(b *testing.B) {
 func BenchmarkAttest(b *testing.B) {
 	raw, vals := benchLog(b)
 	n := benchDevices()
-	for _, db := range []string{"sqlite", "postgres"} {
+	stores := []string{"sqlite", "postgres"}
+	if v := os.Getenv("PROVD_BENCH_STORES"); v != "" {
+		stores = strings.Split(v, ",")
+	}
+	for _, db := range stores {
+		// The fleet once per store, not per b.N (a million devices take
+		// minutes to enroll).
+		url := "sqlite://" + filepath.Join(b.TempDir(), "fleet.db")
+		if db == "postgres" {
+			url = pgtest.Start(b).URL
+		}
+		start := time.Now()
+		e, devs := benchFleet(b, url, n, vals)
+		enrolled := time.Since(start)
 		b.Run(db, func(b *testing.B) {
-			url := "sqlite://" + filepath.Join(b.TempDir(), "fleet.db")
-			if db == "postgres" {
-				url = pgtest.Start(b).URL
-			}
-			e, devs := benchFleet(b, url, n, vals)
 			ctx := context.Background()
 			// Evidence first (the devices' part), then the endpoint's.
 			reqs := make([]fleetapi.AttestRequest, b.N)
@@ -250,6 +260,7 @@ func BenchmarkAttest(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "attest/s")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 			b.ReportMetric(float64(n), "devices")
+			b.ReportMetric(float64(n)/enrolled.Seconds(), "enrolled/s")
 		})
 	}
 }
