@@ -37,6 +37,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -112,23 +113,18 @@ type Store struct {
 	// sem serialises transactions of this process before they compete for the
 	// flock, so goroutines queue instead of polling.
 	sem chan struct{}
-	// cached is the last manifest read and parsed, and the identity of the
-	// file it came from (read under the flock, so only one run at a time
-	// touches them): a read-only transaction on an unchanged manifest
-	// neither parses it again nor copies it (issue 14: the daemon spent most
-	// of its CPU re-parsing manifest.json on every request, and more with
-	// more keys).
-	cached   *manifest
-	cachedID fileID
-}
-
-// fileID identifies a version of manifest.json: a commit renames a new
-// file in (another inode), and a write in place changes its size or ctime
-// (which no utimes can set back).
-type fileID struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime int64
+	// cached is the last manifest read and parsed, and the bytes it was
+	// parsed from (read under the flock, so only one run at a time touches
+	// them): a transaction that reads the same bytes again does not parse
+	// them again, and a read-only one does not copy the result (issue 14:
+	// the daemon spent most of its CPU parsing manifest.json on every
+	// request, and more with more keys). The bytes, not the file's
+	// identity, decide: on a filesystem with coarse timestamps a commit
+	// reused the inode, size and times of the one before (found by review:
+	// a daemon then acted on a stale manifest, and shredded a new blob as
+	// garbage).
+	cached    *manifest
+	cachedRaw []byte
 }
 
 // Open opens (creating with mode 0700 if absent) the state directory dir,
@@ -319,38 +315,27 @@ func (s *Store) run(ctx context.Context, write bool, fn func(*Tx) error) (err er
 	return tx.commit()
 }
 
-// readManifest reads manifest.json, or returns the one parsed last when
-// the file is the same (changed says which); a missing file is the empty
-// generation 0. The caller holds the flock and must not change what it
-// returns.
+// readManifest reads manifest.json, and parses it unless its bytes are
+// those parsed last (changed says whether they differ); a missing file is
+// the empty generation 0. The caller holds the flock and must not change
+// what it returns.
 func (s *Store) readManifest() (m *manifest, changed bool, err error) {
-	f, err := os.Open(filepath.Join(s.dir, ManifestFile))
+	b, err := os.ReadFile(filepath.Join(s.dir, ManifestFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		s.cached = nil
+		s.cached, s.cachedRaw = nil, nil
 		return newManifest(), true, nil
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("store: read manifest: %w", err)
 	}
-	defer f.Close()
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, false, fmt.Errorf("store: read manifest: %w", err)
-	}
-	id := fileID{dev: uint64(st.Dev), ino: st.Ino, size: st.Size,
-		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
-	if s.cached != nil && id == s.cachedID {
+	if s.cached != nil && bytes.Equal(b, s.cachedRaw) {
 		return s.cached, false, nil
 	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, false, fmt.Errorf("store: read manifest: %w", err)
-	}
 	if m, err = parseManifest(b); err != nil {
-		s.cached = nil
+		s.cached, s.cachedRaw = nil, nil
 		return nil, false, err
 	}
-	s.cached, s.cachedID = m, id
+	s.cached, s.cachedRaw = m, b
 	return m, true, nil
 }
 
@@ -407,6 +392,7 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 		return err
 	}
 	defer unlock()
+	s.cached, s.cachedRaw = nil, nil
 
 	// The manifest goes first: a crash after it leaves an empty, valid store
 	// (the next Open collects the blob files no manifest names), whereas a

@@ -145,7 +145,7 @@ func (t *TPM) notFailureMode(err error) error {
 	if !errors.Is(err, ErrFailureMode) || !errors.As(err, &e) {
 		return err
 	}
-	rc, terr := t.testResult()
+	rc, terr := t.TestResult()
 	if terr != nil || rc != tpm2.TPMRCSuccess {
 		return err
 	}

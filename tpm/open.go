@@ -340,7 +340,7 @@ func (t *TPM) startup(resume, full bool) error {
 	var err error
 	if full {
 		rc, err = t.SelfTest(true)
-	} else if rc, err = t.testResult(); err == nil && rc == tpm2.TPMRCNeedsTest {
+	} else if rc, err = t.TestResult(); err == nil && rc == tpm2.TPMRCNeedsTest {
 		rc, err = t.SelfTest(false)
 	}
 	if err != nil {

@@ -155,12 +155,12 @@ func (t *TPM) SelfTest(full bool) (tpm2.TPMRC, error) {
 	if _, err := (rawCommand{cc: ccSelfTest, params: []byte{yes}}).run(t); err != nil {
 		return 0, Wrap("TPM2_SelfTest", err)
 	}
-	return t.testResult()
+	return t.TestResult()
 }
 
-// testResult is TPM2_GetTestResult's testResult: TPM_RC_SUCCESS when the TPM
-// is not in failure mode.
-func (t *TPM) testResult() (tpm2.TPMRC, error) {
+// TestResult is TPM2_GetTestResult's testResult: TPM_RC_SUCCESS when the
+// TPM is not in failure mode, TPM_RC_TESTING while its tests run.
+func (t *TPM) TestResult() (tpm2.TPMRC, error) {
 	out, err := rawCommand{cc: ccGetTestResult}.run(t)
 	if err != nil {
 		return 0, Wrap("TPM2_GetTestResult", err)
