@@ -191,15 +191,9 @@ func (f *authorityFleet) setGolden(t *testing.T, d *reviewDevice, class string) 
 // cannot recover it; an answer for another file, device or after expiry is
 // refused; the file kept names only the enrolled EK certificate.
 func TestPeerRegistration(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk, env := p.authorityFleet, p.d, p.id, p.tk, p.env
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
 
 	// Under the trust-on-first-use baseline: no challenge.
@@ -400,9 +394,32 @@ func hasReason(v fleetapi.Verdict, code string) bool {
 	return false
 }
 
-// registerPeer registers tk for device d through a passing attestation
-// and the residency answer.
-func (f *authorityFleet) registerPeer(t *testing.T, d *reviewDevice, id string, tk *transferKey, peer []byte) fleetapi.PeerRegistration {
+// peerFixture is an authority fleet with one device enrolled in class
+// gateway and a transfer key resident in its TPM.
+type peerFixture struct {
+	*authorityFleet
+	env *swtpmtest.Env
+	d   *reviewDevice
+	id  string
+	tk  *transferKey
+}
+
+func newPeerFixture(t *testing.T) *peerFixture {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	f := newAuthorityFleet(t, env, true)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &peerFixture{authorityFleet: f, env: env, d: d, id: id, tk: newTransferKey(t, env.TPM)}
+}
+
+// answer attests with peer in the quote and activates the residency
+// credential the pass carries, as the device's TPM does: the challenge,
+// and the credential's secret (prefix and answer).
+func (f *authorityFleet) answer(t *testing.T, d *reviewDevice, id string, tk *transferKey, peer []byte) (*fleetapi.PeerChallenge, []byte) {
 	t.Helper()
 	v := f.attestPeer(t, d, id, peer, peer)
 	if !v.Pass || v.PeerChallenge == nil {
@@ -417,6 +434,14 @@ func (f *authorityFleet) registerPeer(t *testing.T, d *reviewDevice, id string, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pc, secret
+}
+
+// registerPeer registers tk for device d through a passing attestation
+// and the residency answer.
+func (f *authorityFleet) registerPeer(t *testing.T, d *reviewDevice, id string, tk *transferKey, peer []byte) fleetapi.PeerRegistration {
+	t.Helper()
+	pc, secret := f.answer(t, d, id, tk, peer)
 	reg, err := f.e.ProvePeer(context.Background(), fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]})
 	if err != nil {
 		t.Fatal(err)
@@ -433,15 +458,9 @@ func (f *authorityFleet) registerPeer(t *testing.T, d *reviewDevice, id string, 
 // policy changed is not approved over (found by review: it outlived the
 // golden values it was vouched for under).
 func TestPeerPKPolicyIsTheOperators(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk := p.authorityFleet, p.d, p.id, p.tk
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	pkName := hex.EncodeToString(tk.pkName.Buffer)
 	weak, err := policy.Policy{policy.AuthValue{}}.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
@@ -502,30 +521,13 @@ func TestPeerPKPolicyIsTheOperators(t *testing.T) {
 // operator replaced them registers nothing: the answer binds the policy as
 // it was.
 func TestProveAfterPolicyChange(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk := p.authorityFleet, p.d, p.id, p.tk
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	f.setGolden(t, d, "gateway") // old golden values (boot A)
 	f.now = f.now.Add(time.Second)
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
-	v := f.attestPeer(t, d, id, peer, peer) // vouched for on boot A
-	if !v.Pass || v.PeerChallenge == nil {
-		t.Fatalf("%+v", v)
-	}
-	pc := v.PeerChallenge
-	var secret []byte
-	d.parked(func() {
-		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, secret := f.answer(t, d, id, tk, peer)
 	// The operator withdraws boot A's values (boot B now).
 	f.now = f.now.Add(10 * time.Second)
 	d.extend(7, make([]byte, 32))
@@ -545,31 +547,14 @@ func TestProveAfterPolicyChange(t *testing.T) {
 // dated when its file was vouched for, not when the answer landed (on a
 // replica whose clock runs ahead): a later policy change then voids it.
 func TestRegistrationDatedWhenVouched(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk := p.authorityFleet, p.d, p.id, p.tk
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	f.setGolden(t, d, "gateway")
 	f.now = f.now.Add(time.Second)
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
 	real := f.now
-	v := f.attestPeer(t, d, id, peer, peer) // on a correct replica
-	if !v.Pass || v.PeerChallenge == nil {
-		t.Fatalf("%+v", v)
-	}
-	pc := v.PeerChallenge
-	var secret []byte
-	d.parked(func() {
-		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, secret := f.answer(t, d, id, tk, peer)
 	// The answer lands on a replica whose clock runs 100s ahead (the lead
 	// is bounded by the nonce TTL: the expiry is checked on that clock).
 	f.now = real.Add(100 * time.Second)

@@ -13,7 +13,6 @@ import (
 	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/policy"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // TestStoredAuthValuePKPolicyRefused (found by review): PolicyAuthValue's
@@ -21,15 +20,9 @@ import (
 // by any other writer of the store), registers nothing and gets no
 // approval: registration and approval refuse it too.
 func TestStoredAuthValuePKPolicyRefused(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk := p.authorityFleet, p.d, p.id, p.tk
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	weak, _ := policy.Policy{policy.AuthValue{}}.Digest(tpm2.TPMAlgSHA256)
 	vals := map[int]string{}
 	for i := 0; i <= 7; i++ {

@@ -10,7 +10,6 @@ import (
 	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/catalog"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // TestRegistrationBindsThePolicyVersion (found by review): a challenge
@@ -20,32 +19,15 @@ import (
 // answer bound, and an approval needs that version to be the current one:
 // no clock decides.
 func TestRegistrationBindsThePolicyVersion(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := newAuthorityFleet(t, env, true)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f.reviewFleet, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPeerFixture(t)
+	f, d, id, tk := p.authorityFleet, p.d, p.id, p.tk
 	ctx := context.Background()
-	tk := newTransferKey(t, env.TPM)
 	real := f.now
 	f.setGolden(t, d, "gateway") // boot A's values, at real
 	// Issued and answered on a replica 50s ahead, at real+1s.
 	f.now = real.Add(51 * time.Second)
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
-	v := f.attestPeer(t, d, id, peer, peer)
-	if !v.Pass || v.PeerChallenge == nil {
-		t.Fatalf("%+v", v)
-	}
-	pc := v.PeerChallenge
-	var secret []byte
-	d.parked(func() {
-		secret, err = d.activateWith(pc.EKCertSHA256, tk.admin(tk.t, tk.tName), pc.CredentialBlob, pc.CredentialSecret)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, secret := f.answer(t, d, id, tk, peer)
 	if _, err := f.e.ProvePeer(ctx, fleetapi.PeerProveRequest{DeviceID: id, Peer: peer, ExpiresAt: pc.ExpiresAt, Answer: secret[len(catalog.ChallengePrefix):]}); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +41,7 @@ func TestRegistrationBindsThePolicyVersion(t *testing.T) {
 		t.Fatalf("%+v", v)
 	}
 	f.now = f.now.Add(time.Second)
-	_, err = f.e.ApproveDuplication(ctx, id, fleetapi.DupApprovalRequest{ObjectName: "000b" + "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"})
+	_, err := f.e.ApproveDuplication(ctx, id, fleetapi.DupApprovalRequest{ObjectName: "000b" + "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"})
 	if !errors.Is(err, fleet.ErrRejected) || !strings.Contains(err.Error(), "after it registered") {
 		t.Fatalf("an approval over a transfer key vouched for under withdrawn golden values: %v", err)
 	}

@@ -686,15 +686,7 @@ func (s *sqlStore) PutPeer(ctx context.Context, p Peer) error {
 		ON CONFLICT (device_id) DO UPDATE SET identity = excluded.identity, parent_name = excluded.parent_name,
 			pk_name = excluded.pk_name, pk_policy = excluded.pk_policy, registered_at = excluded.registered_at, policy_at = excluded.policy_at`),
 		p.DeviceID, b64.EncodeToString(p.Identity), p.ParentName, p.PKName, p.PKPolicy, ms(p.RegisteredAt), StateEnrolled, ms(p.PolicyAt))
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return touchedOne(res, err)
 }
 
 func (s *sqlStore) Peer(ctx context.Context, deviceID string) (Peer, error) {
@@ -718,6 +710,11 @@ func (s *sqlStore) Peer(ctx context.Context, deviceID string) (Peer, error) {
 
 func (s *sqlStore) DeleteSecret(ctx context.Context, class, name string) error {
 	res, err := s.db.ExecContext(ctx, s.d.q(`DELETE FROM secrets WHERE class = $1 AND name = $2`), class, name)
+	return touchedOne(res, err)
+}
+
+// touchedOne is ErrNotFound when a statement changed no row.
+func touchedOne(res sql.Result, err error) error {
 	if err != nil {
 		return err
 	}
