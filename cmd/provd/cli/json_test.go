@@ -136,6 +136,7 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 
 	provd("version")
 	provd("tpm", "info")
+	provd("tpm", "selftest")
 	provd("tpm", "identity", "--ek-ca", ca)
 	golden := write("golden.json", []byte(provd("tpm", "pcr", "read", "--pcrs", "7,16", "--unauthenticated")))
 	var prov struct {
