@@ -65,16 +65,18 @@ func TestResettablePCRDoesNotCountAsOS(t *testing.T) {
 		t.Logf("held: %+v", v)
 		return
 	}
-	got := review4Unseal(t, d, v.Deliveries[0])
+	got := unsealDelivery(t, d, v.Deliveries[0])
 	if string(got) == string(secret) {
 		t.Fatalf("policy {12, 16}: an OS that skipped the hook (PCR 4 changed, PCR 12 by hand, PCR 16 reset and replayed) passed, got %q sealed to PCRs %v of that boot and unsealed %q", v.Deliveries[0].Name, v.Deliveries[0].PCRs, got)
 	}
 }
 
-// review4Unseal is unsealDelivery with the delivery policy's
-// PolicySecret(AK) (the review device's AK has an empty authValue; on a
-// provd device root reads it from the state).
-func review4Unseal(t *testing.T, d *reviewDevice, dl fleetapi.Delivery) []byte {
+// unsealDelivery imports a delivery under the device's RSA EK and unseals
+// it with PolicyPCR (the PCRs as they are now), PolicySecret(its AK: the
+// review device's has an empty authValue; on a provd device root reads it
+// from the state) and PolicyCommandCode(Unseal), with go-tpm directly: what
+// root on that device can do.
+func unsealDelivery(t *testing.T, d *reviewDevice, dl fleetapi.Delivery) []byte {
 	t.Helper()
 	tp := d.env.TPM
 	if _, err := x509.ParseCertificate(d.certs[0]); err != nil {

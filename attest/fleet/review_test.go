@@ -122,6 +122,20 @@ func newReviewDevice(t *testing.T, env *swtpmtest.Env) *reviewDevice {
 	return d
 }
 
+// enrolledDevice is an endpoint and a device enrolled in class gateway on
+// a swtpm of its own.
+func enrolledDevice(t *testing.T) (*reviewFleet, *reviewDevice, string) {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	f := reviewEndpoint(t, env)
+	d := newReviewDevice(t, env)
+	id, err := d.enroll(f, "gateway", d.certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, d, id
+}
+
 // enroll enrolls with the given EK certificates and activates the
 // credential with this TPM's EK and AK, as provd attest enroll does.
 func (d *reviewDevice) enroll(f *reviewFleet, class string, certs [][]byte) (string, error) {
@@ -298,13 +312,7 @@ func extendSHA256(old, digest []byte) []byte {
 // by the enrolled AK over a fresh nonce; the endpoint accepts a verdict
 // from PCR 7 and never asks the log to explain PCR 12.
 func TestVerdictOutsidePCR12(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := reviewEndpoint(t, env)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, d, id := enrolledDevice(t)
 	manifest := sha256.Sum256([]byte("the allowed release"))
 	if err := f.st.SetPolicy(context.Background(), fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{}, Manifests: []string{hex.EncodeToString(manifest[:])}}); err != nil {
 		t.Fatal(err)
@@ -333,13 +341,7 @@ func TestVerdictOutsidePCR12(t *testing.T) {
 // device also reports PCR 13 = the log's replay. No TPM extend needed: the
 // whole verdict is made up.
 func TestUnquotedReportedPCR(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := reviewEndpoint(t, env)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, d, id := enrolledDevice(t)
 	manifest := sha256.Sum256([]byte("the allowed release"))
 	if err := f.st.SetPolicy(context.Background(), fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{}, Manifests: []string{hex.EncodeToString(manifest[:])}}); err != nil {
 		t.Fatal(err)
@@ -435,13 +437,7 @@ func TestPendingHijack(t *testing.T) {
 // nonce, no quote. The device's last verdict turns from pass to fail, and
 // its history (the operator reads the last 100) fills with junk.
 func TestUnauthenticatedFailRecorded(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := reviewEndpoint(t, env)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, d, id := enrolledDevice(t)
 	if v := f.attest(t, d, id, nil); !v.Pass {
 		t.Fatalf("first: %+v", v)
 	}
@@ -471,13 +467,7 @@ func TestUnauthenticatedFailRecorded(t *testing.T) {
 // enrolled device's ID, each a row, and expired rows are swept only when
 // some device's nonce is taken: no bound, no rate limit.
 func TestNonceTableGrows(t *testing.T) {
-	env := swtpmtest.Start(t)
-	f := reviewEndpoint(t, env)
-	d := newReviewDevice(t, env)
-	id, err := d.enroll(f, "gateway", d.certs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, _, id := enrolledDevice(t)
 	ctx := context.Background()
 	const n = 5000
 	for range n {

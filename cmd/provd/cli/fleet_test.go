@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -314,24 +313,6 @@ func TestFleetReplicasPostgres(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestFleetServeCLI: provd fleet serve as an operator runs it: a
 // self-signed TLS 1.3 certificate and an operator token made on first
 // start under the state directory, SQLite by default; a device enrolls and
@@ -369,10 +350,10 @@ func TestFleetServeCLI(t *testing.T) {
 
 // serveFleetCLI runs provd with args (fleet serve) in this process until
 // stop, which returns its exit code; url is where it serves.
-func serveFleetCLI(t *testing.T, args ...string) (url string, stop func() int, stderr *syncBuffer) {
+func serveFleetCLI(t *testing.T, args ...string) (url string, stop func() int, stderr *lockedBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stderr = new(syncBuffer)
+	stderr = new(lockedBuffer)
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Main(ctx, args, cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: stderr, Getenv: func(string) string { return "" }})
