@@ -220,6 +220,30 @@ func scenarios(provd string) []scenario {
 			minimum: "Sign (a loaded key, a password or kept session): 1; one-shot: + load and a policy session",
 		},
 		{
+			name: "create an RSA-2048 key and sign one digest",
+			provd: side{
+				setup: [][]string{provision},
+				step: [][]string{{"sh", "-c", provd + " --tpm {tpm} key create r$$ --type rsa-2048 >/dev/null && " +
+					provd + " --tpm {tpm} key sign r$$ --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig"}},
+			},
+			tools: side{
+				setup: [][]string{
+					{"tpm2_startup", "-c"},
+					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/prim.ctx", "0x81000001"},
+					{"tpm2_flushcontext", "-t"},
+				},
+				files: map[string][]byte{"digest": digest[:]},
+				step: [][]string{
+					{"tpm2_create", "-C", "0x81000001", "-G", "rsa2048", "-u", "{dir}/r.pub", "-r", "{dir}/r.priv"},
+					{"tpm2_load", "-C", "0x81000001", "-u", "{dir}/r.pub", "-r", "{dir}/r.priv", "-c", "{dir}/r.ctx"},
+					{"tpm2_sign", "-c", "{dir}/r.ctx", "-g", "sha256", "-d", "-o", "{dir}/sig", "{dir}/digest"},
+					{"tpm2_flushcontext", "-t"},
+				},
+			},
+			minimum: "Create (under a resident SRK), Load, Sign, Flush: 4",
+		},
+		{
 			name: "seal 32 B to PCRs 7 and 16",
 			provd: side{
 				setup: [][]string{provision, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}},
