@@ -36,12 +36,19 @@ func main() {
 	hwRuns := flag.Int("hardware-runs", 5, "runs on the hardware model (each costs seconds)")
 	daemonRequests := flag.Int("daemon-requests", 20000, "signs through the daemon, from 32 clients over 4 keys (0: skip)")
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
+	sequence := flag.Bool("sequence", false, "print each tool's TPM commands in order (first run of each scenario) on stderr")
 	flag.Parse()
+	if *sequence {
+		sequenceOut = os.Stderr
+	}
 	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update); err != nil {
 		fmt.Fprintln(os.Stderr, "benchdriver:", err)
 		os.Exit(1)
 	}
 }
+
+// sequenceOut, when set (-sequence), receives each tool's commands in order.
+var sequenceOut io.Writer
 
 // A tool's side of a scenario: setup (untimed, on plain swtpm speed) and
 // the measured step, each a list of commands (argv) run in order.
@@ -176,6 +183,9 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 			d, n, err := ws[i].measure(sides[i].step)
 			if err != nil {
 				return res, err
+			}
+			if sequenceOut != nil && r == 0 {
+				fmt.Fprintf(sequenceOut, "%s, %s (%d): %v\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, ws[i].proxy.Sequence())
 			}
 			if i == 0 {
 				res.provdMix = tpmproxy.Mix(ws[i].proxy.Counts())
@@ -318,6 +328,9 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
 		model *tpmproxy.Model
 		runs  int
 	}{{nil, runs}, {&tpmproxy.Hardware, hwRuns}} {
+		if m.runs == 0 {
+			continue
+		}
 		name := "plain swtpm"
 		if m.model != nil {
 			name = "the hardware model"

@@ -59,6 +59,7 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	counts map[tpm2.TPMCC]int
+	seq    []Step
 	held   time.Duration
 	conns  map[net.Conn]bool
 	wg     sync.WaitGroup
@@ -149,6 +150,9 @@ func (p *Proxy) relayCommands(client, tpm net.Conn) error {
 		}
 		p.mu.Lock()
 		p.counts[cc]++
+		if len(p.seq) < maxSeq {
+			p.seq = append(p.seq, Step{CC: cc, RC: tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))})
+		}
 		if hold > 0 {
 			p.held += hold
 		}
@@ -199,6 +203,30 @@ func (p *Proxy) Counts() map[tpm2.TPMCC]int {
 	return out
 }
 
+// Step is one command that crossed, with the response code it got.
+type Step struct {
+	CC tpm2.TPMCC
+	RC tpm2.TPMRC
+}
+
+// String is the command's name, with the response code when it failed.
+func (s Step) String() string {
+	if s.RC != tpm2.TPMRCSuccess {
+		return fmt.Sprintf("%s(rc=%#x)", Name(s.CC), uint32(s.RC))
+	}
+	return Name(s.CC)
+}
+
+// maxSeq bounds the recorded sequence; a benchmark's long runs only count.
+const maxSeq = 4096
+
+// Sequence is the commands since the last Reset, in order (the first 4096).
+func (p *Proxy) Sequence() []Step {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Step(nil), p.seq...)
+}
+
 // Total is the number of commands since the last Reset.
 func (p *Proxy) Total() int {
 	n := 0
@@ -219,7 +247,7 @@ func (p *Proxy) Held() time.Duration {
 func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.counts, p.held = map[tpm2.TPMCC]int{}, 0
+	p.counts, p.seq, p.held = map[tpm2.TPMCC]int{}, nil, 0
 }
 
 // Close stops listening and ends every relayed connection.
