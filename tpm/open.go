@@ -320,20 +320,21 @@ func (t *TPM) Shutdown(state bool) error {
 	return nil
 }
 
-// startup sends TPM2_Startup when nobody has (TPM_RC_INITIALIZE means it is
-// started already), then the self-test (full, or the result and what the
-// TPM says it needs: Options.FullSelfTest), and refuses a TPM in failure
-// mode. resume tries Startup(STATE) first, for the sim.
+// startup brings the TPM to a tested state: the self-test (full, or the
+// result and what the TPM says it needs: Options.FullSelfTest), and a
+// refusal of a TPM in failure mode. A TPM nobody has started answers the
+// first of these TPM_RC_INITIALIZE, and the channel (counting.Send) starts
+// it with Startup(CLEAR) and sends the command again; a started TPM (every
+// device: the kernel starts it) costs no Startup at all (issue 14: one
+// command fewer on every open). resume tries Startup(STATE) first, for the
+// sim, whose state was saved at its last stop.
 func (t *TPM) startup(resume, full bool) error {
-	started := false
 	if resume {
 		_, err := (tpm2.Startup{StartupType: tpm2.TPMSUState}).Execute(t)
-		started = err == nil || errors.Is(err, tpm2.TPMRCInitialize)
-	}
-	if !started {
-		_, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t)
 		if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
-			return Wrap("TPM2_Startup", err)
+			// No state to resume (a first start, or the state was
+			// cleared): the first command below starts it afresh.
+			t.log.Debug("TPM2_Startup(STATE) refused; starting with CLEAR", "err", err)
 		}
 	}
 	var rc tpm2.TPMRC
