@@ -529,7 +529,7 @@ func (a *Agent) withDelivery(ctx context.Context, name, kind string, cc tpm2.TPM
 			// Unseal's answer is the secret: the session encrypts it. A
 			// signature is no secret, and TPM2_Sign's answer cannot be
 			// encrypted (TPM_RC_ATTRIBUTES): salted only.
-			start := a.t.StartSaltedPolicySession
+			start := func() (*tpm.PolicySession, error) { return a.t.StartSaltedPolicySession(nil) }
 			if cc == tpm2.TPMCCUnseal {
 				start = func() (*tpm.PolicySession, error) { return a.t.StartSecretPolicySession(tpm.EncryptOut, nil) }
 			}

@@ -547,7 +547,7 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 	// later, it must be of no use to whoever watched (found by
 	// review: an unsalted one was used first by an attacker's
 	// TPM2_ActivateCredential, which read the secret).
-	ps, err := a.t.StartSaltedPolicySession()
+	ps, err := a.t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err
 	}

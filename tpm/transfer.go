@@ -173,7 +173,7 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 // templates L-1 and L-2); that session is salted too. The secret comes back
 // in a session salted to the SRK; the caller clears it.
 func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek Object, idObject, encSecret []byte) ([]byte, error) {
-	ps, err := t.StartSaltedPolicySession()
+	ps, err := t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 // the TCG EK templates' policy, PolicySecret(endorsement): the EK's USER
 // role, for TPM2_Import and TPM2_Load under it. The caller closes it.
 func (t *TPM) EKPolicySession() (*PolicySession, error) {
-	ps, err := t.StartSaltedPolicySession()
+	ps, err := t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err
 	}
