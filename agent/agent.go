@@ -55,6 +55,9 @@ type Config struct {
 	UID int
 	// Now is the clock (tests inject one).
 	Now func() time.Time
+	// KeepSession keeps the key uses' policy session between operations
+	// (opSession): for a process that lives, the daemon.
+	KeepSession bool
 }
 
 // Agent performs provd's operations. It is safe for concurrent use: one
@@ -75,6 +78,11 @@ type Agent struct {
 	signed signedCache     // the installed signed policy, parsed and verified
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
 	heldGate *tpm.Gate
+	// op is the key uses' policy session (opSession); hot says the running
+	// operation is a key use, keepOp that op outlives it (KeepSession).
+	op     *opSession
+	hot    bool
+	keepOp bool
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.
@@ -97,7 +105,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
-		keys: objcache.New(cfg.TPM, objcache.Options{})}
+		keys: objcache.New(cfg.TPM, objcache.Options{}), keepOp: cfg.KeepSession}
 	// The TPM the state was provisioned on: from here on the SRK is the
 	// pinned one, never what the bus says.
 	if _, _, err := a.pinIdentity(context.Background()); err != nil {
@@ -109,15 +117,38 @@ func New(cfg Config) (*Agent, error) {
 var _ api.Service = (*Agent)(nil)
 
 // lock takes the Agent for one operation and returns its release:
-// every exported method starts with defer a.lock()().
+// every exported method starts with defer a.lock()() (a key use, or an
+// operation that sends the TPM nothing, with lockKeep). Any other operation
+// starts by flushing the key uses' kept session (opSession), so that every
+// session slot is its own.
 func (a *Agent) lock() func() {
 	a.mu.Lock()
-	return func() {
-		if a.t.NeedsSweep() {
-			a.sweepLeaks()
-		}
-		a.mu.Unlock()
+	if err := a.dropOp(); err != nil {
+		a.log.Debug("flush of the kept policy session failed", "err", err)
 	}
+	return a.unlock
+}
+
+// lockKeep is lock for a key use, which may use and keep the operation's
+// policy session (opSession), and for an operation that sends the TPM
+// nothing (KeyPublic, which the CLI asks before a sign), which leaves it be.
+func (a *Agent) lockKeep() func() {
+	a.mu.Lock()
+	a.hot = true
+	return a.unlock
+}
+
+func (a *Agent) unlock() {
+	a.hot = false
+	if !a.keepOp {
+		if err := a.dropOp(); err != nil {
+			a.log.Debug("flush of the operation's policy session failed", "err", err)
+		}
+	}
+	if a.t.NeedsSweep() {
+		a.sweepLeaks()
+	}
+	a.mu.Unlock()
 }
 
 // sweepLeaks runs after an operation in which a handle may have leaked (a
@@ -139,6 +170,9 @@ func (a *Agent) sweepLeaks() {
 	held := a.keys.Handles()
 	if a.heldGate != nil {
 		held = append(held, a.heldGate.Handle)
+	}
+	if h := a.opHandle(); h != 0 {
+		held = append(held, h)
 	}
 	n := 0
 	for _, h := range left {
@@ -189,7 +223,7 @@ var errFault = errors.New("internal error")
 
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
-	defer a.lock()()
+	defer a.lock()() // flushes the kept policy session
 	err := a.keys.Close()
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())

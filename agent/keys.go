@@ -465,7 +465,7 @@ func (a *Agent) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
 // and description, from the state alone. Symmetric keys have none
 // (api.ErrNotPermitted).
 func (a *Agent) KeyPublic(ctx context.Context, name string) (crypto.PublicKey, api.KeyInfo, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	r, err := a.keyRecord(ctx, name)
 	if err != nil {
 		return nil, api.KeyInfo{}, err

@@ -289,10 +289,13 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 		t.Errorf("hot sign costs %d TPM commands, want <= 5 (StartAuthSession, PolicyPCR, PolicyAuthValue, Sign, FlushContext)", hotCost)
 	}
 	// Every Load, Create and CreateLoaded runs with a session salted to
-	// the SRK (2 commands each), so that an interposer cannot change what
-	// the TPM makes or loads: a cold use loads two or three objects.
-	if warmCost > 22 {
-		t.Errorf("a key use costs up to %d TPM commands, want <= 22", warmCost)
+	// the SRK, so that an interposer cannot change what the TPM makes or
+	// loads: the key use's own salted policy session (opSession) for the
+	// loads under the PK, an extra one (2 commands) for the PK's load under
+	// the SRK's empty password, and for CreateLoaded's secret. Issue 14
+	// took the costliest use here from 22 commands to 13 (measured).
+	if warmCost > 13 {
+		t.Errorf("a key use costs up to %d TPM commands, want <= 13", warmCost)
 	}
 	// The officer's approval of the recipe adds 5: LoadExternal of the
 	// officer's key, VerifySignature, PolicyTemplate, PolicyAuthorize, flush.

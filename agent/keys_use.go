@@ -276,7 +276,7 @@ func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 // signature is verified on the host against the recorded public key before it
 // is returned.
 func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if err := wantUsage(rec, catalog.UsageSign); err != nil {
@@ -385,7 +385,7 @@ const MaxDataInput = 64 << 20
 
 // HMAC returns HMAC-SHA-256 of data under key name, computed in the TPM.
 func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	if len(data) > MaxDataInput {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", api.ErrBadInput, len(data), MaxDataInput)
 	}
@@ -404,7 +404,7 @@ func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, err
 // ECDH returns the ECDH shared secret (the X coordinate, the size of the
 // curve's field) of key name and peer. The caller clears it.
 func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	var out []byte
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if err := wantUsage(rec, catalog.UsageECDH); err != nil {
@@ -444,7 +444,7 @@ func (a *Agent) ECDH(ctx context.Context, name string, peer *ecdh.PublicKey) ([]
 // Decrypt decrypts an RSA-OAEP ciphertext (hash h, empty label) with key
 // name in the TPM. The caller clears the result.
 func (a *Agent) Decrypt(ctx context.Context, name string, ciphertext []byte, h crypto.Hash) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	if h == 0 {
 		h = crypto.SHA256
 	}
@@ -488,7 +488,7 @@ const aesHeader = len(aesMagic) + 16 + 32 + 12
 // EncryptData encrypts plain under AES key name (envelope above): one TPM
 // use per call, whatever the size.
 func (a *Agent) EncryptData(ctx context.Context, name string, plain []byte) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	if len(plain) > MaxDataInput {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", api.ErrBadInput, len(plain), MaxDataInput)
 	}
@@ -537,7 +537,7 @@ func aesAAD(hdr, keyName []byte) []byte {
 // DecryptData opens an AES envelope made by EncryptData with key name. A
 // modified envelope, or one for another key, is api.ErrTampered.
 func (a *Agent) DecryptData(ctx context.Context, name string, env []byte) ([]byte, error) {
-	defer a.lock()()
+	defer a.lockKeep()()
 	// The key first: an ECC key given here is the wrong key, whatever the
 	// input is (found by review: it was called "not a provd AES envelope").
 	rec, err := a.keyRecord(ctx, name)

@@ -390,13 +390,16 @@ func (a *Agent) loadUnderPKParent(srk tpm.Object, p pkParent, blob tpm.Blob) (pk
 	return a.loadedOrFlush(pk, err)
 }
 
-// withPolicySession runs fn with a fresh policy session that satisfies expr
+// withPolicySession runs fn with a policy session that satisfies expr
 // (rec explains a failure: which PCRs differ), for exactly one command (the
-// TPM resets the session after use), then flushes the session; the first
-// error wins. Every "policy session, one command, close" in the agent goes
+// TPM resets the session after use): in a key use, the operation's own
+// (opSession); otherwise a fresh one, flushed after; the first error wins. Every "policy session, one command, close" in the agent goes
 // through it. When the flush fails after fn loaded an object, the caller
 // still owns that object and must flush it (loadedOrFlush).
 func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (err error) {
+	if ok, err := a.withOpPolicy(rec, expr, opts, auth, fn); ok {
+		return err
+	}
 	ps, err := a.satisfy(rec, expr, opts, auth)
 	if err != nil {
 		return err

@@ -109,7 +109,7 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 			err = cerr
 		}
 	}()
-	ag, err := agent.New(agent.Config{TPM: t, StateDir: dc.StateDir, Logger: log, UID: os.Getuid()})
+	ag, err := agent.New(agent.Config{TPM: t, StateDir: dc.StateDir, Logger: log, UID: os.Getuid(), KeepSession: true})
 	if err != nil {
 		status("failed: " + err.Error())
 		return err

@@ -1,0 +1,120 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/tpm"
+)
+
+// opSession is the one policy session a key use (Sign, HMAC, ECDH, Decrypt,
+// EncryptData, DecryptData) authorizes all its commands with, where each
+// used to start and flush its own (issue 14): loading the key under the PK,
+// deriving it, and the use itself. It is salted to the pinned SRK and keyed
+// by the objects' authValue (PolicyAuthValue), so its HMACs are secret to
+// anyone on the bus and its answers are the TPM's own; that also spares
+// TPM2_Load its separate salted session (tpm.TPM.Load).
+//
+// Reuse gives the TPM nothing it would not give a fresh session: the TPM
+// resets a policy session's digest after each command it authorizes, so
+// every command satisfies its policy afresh, as with a new session. A
+// session that saw any failure (a policy step, the command, a forged answer)
+// is flushed, never reused: its digest or nonces may be out of step.
+//
+// A one-shot process flushes it when the operation ends. The daemon keeps
+// it between key uses (Config.KeepSession): a warm sign is then PolicyPCR,
+// PolicyAuthValue and Sign, three commands where five were. Every other
+// operation flushes it first (lock), so it never holds a session slot that
+// operation needs; a TPM reset under it drops it (its handle is gone).
+type opSession struct {
+	ps   *tpm.PolicySession
+	auth []byte // the authValue it is keyed with
+	gen  uint64 // the TPM's generation (tpm.TPM.Generation) it started in
+}
+
+// opPolicy returns the operation's session for objects whose authValue is
+// auth, starting it when there is none (fresh); nil (and no error) when the
+// operation is not a key use, or its session is keyed with another
+// authValue (an extractable key's own): the caller then starts its own.
+func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err error) {
+	if !a.hot || auth == nil {
+		return nil, false, nil
+	}
+	if a.op != nil && a.op.gen != a.t.Generation() {
+		// A new connection, or a TPM reset: the session is gone, or (a
+		// migrated TPM keeps its sessions) another connection's leftover;
+		// flushed either way (t.Flush takes "not there" as flushed) and
+		// never used again.
+		if err := a.dropOp(); err != nil {
+			a.log.Debug("flush of the policy session after a TPM reset failed", "err", err)
+		}
+	}
+	if a.op != nil {
+		if bytes.Equal(a.op.auth, auth) {
+			return a.op.ps, false, nil
+		}
+		return nil, false, nil
+	}
+	gen := a.t.Generation()
+	ps, err = a.t.StartSaltedPolicySession(auth)
+	if err != nil {
+		return nil, false, err
+	}
+	a.op = &opSession{ps: ps, auth: bytes.Clone(auth), gen: gen}
+	return ps, true, nil
+}
+
+// withOpPolicy runs fn in the operation's session, satisfying expr first;
+// ok false says there is none for auth (opPolicy) and nothing was done. Any
+// failure flushes the session. A kept session whose policy the TPM finds
+// unsatisfied is tried once more afresh: its digest may have been moved by
+// someone else's policy commands between two requests (an interposer
+// cannot use it, TestKeptSessionUselessToOthers, but it can spoil it), and
+// the fresh session's answer is the platform's.
+func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
+	for {
+		ps, fresh, err := a.opPolicy(auth)
+		if err != nil || ps == nil {
+			return err != nil, err
+		}
+		err = a.apply(ps, rec, expr, opts)
+		if err == nil {
+			err = fn(ps.Session())
+		}
+		if err == nil {
+			return true, nil
+		}
+		err = errors.Join(err, a.dropOp())
+		if fresh || !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
+			return true, err
+		}
+	}
+}
+
+// dropOp flushes the operation's session, if any.
+func (a *Agent) dropOp() error {
+	if a.op == nil {
+		return nil
+	}
+	ps := a.op.ps
+	a.forgetOp()
+	return ps.Close()
+}
+
+// forgetOp forgets the operation's session without a flush.
+func (a *Agent) forgetOp() {
+	clear(a.op.auth)
+	a.op = nil
+}
+
+// opHandle is the operation session's handle, for the leak sweep; 0 when
+// there is none.
+func (a *Agent) opHandle() tpm2.TPMHandle {
+	if a.op == nil {
+		return 0
+	}
+	return a.op.ps.Handle()
+}
