@@ -4,12 +4,18 @@
 // It exists because a TPM without a resource manager (swtpm, /dev/tpm0) has
 // three transient object slots, and provd's other operations need up to
 // three of them (the PK, a child, a policy signer's key during
-// PolicyAuthorize). So at most MaxResident objects stay loaded between calls;
-// the others are context-saved (TPM2_ContextSave: encrypted and
-// integrity-protected by the TPM, useless elsewhere and after a TPM reset)
-// and loaded again with one TPM2_ContextLoad. An operation that needs every
-// slot calls EvictResident first, so the cache never holds a slot another
-// operation needs.
+// PolicyAuthorize). So at most MaxResident objects (one by default: a key
+// use may need two slots more, an HMAC sequence and the SRK the TPM loads
+// into a slot to start a salted session; measured on swtpm, where a second
+// resident key made TPM2_StartAuthSession fail TPM_RC_OBJECT_MEMORY) stay
+// loaded between calls; the others are context-saved (TPM2_ContextSave:
+// encrypted and integrity-protected by the TPM, useless elsewhere and after a
+// TPM reset) and loaded again with one TPM2_ContextLoad. A saved context is
+// kept while its object is loaded again (the TPM loads an object's context as
+// often as asked), so evicting that object again costs only its flush. The
+// least recently used resident object makes room for another. An operation
+// that needs every slot calls EvictResident first, so the cache never holds a
+// slot another operation needs.
 //
 // The cache holds no authority: a cached object is only a handle. Whoever
 // uses one still satisfies its policy in a fresh session, so caching changes
@@ -59,9 +65,10 @@ type Cache struct {
 }
 
 type entry struct {
-	id    string
-	obj   tpm.Object
-	saved *tpm2.TPMSContext // nil while resident
+	id       string
+	obj      tpm.Object
+	resident bool              // obj.Handle is loaded
+	saved    *tpm2.TPMSContext // its saved context, once saved (kept while resident)
 }
 
 // New returns an empty cache for t.
@@ -89,7 +96,7 @@ func (c *Cache) recheck() {
 		return
 	}
 	for n, e := range c.entries {
-		if e.saved != nil {
+		if !e.resident {
 			continue
 		}
 		o, err := c.t.ReadPublic(e.obj.Handle)
@@ -116,7 +123,7 @@ func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
 	if e.id != id {
 		return obj, false, c.Drop(name)
 	}
-	if e.saved == nil {
+	if e.resident {
 		c.touch(name)
 		return e.obj, true, nil
 	}
@@ -128,8 +135,9 @@ func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
 		c.Forget(name)
 		return obj, false, nil
 	}
-	e.obj.Handle = h
-	c.Put(name, id, e.obj)
+	c.claim(name, h)
+	e.obj.Handle, e.resident = h, true
+	c.touch(name)
 	return e.obj, true, nil
 }
 
@@ -138,15 +146,11 @@ func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
 // object was flushed behind the cache's back, e.g. by a TPM reset) and loses
 // it.
 func (c *Cache) Put(name, id string, obj tpm.Object) {
-	for n, e := range c.entries {
-		if n != name && e.saved == nil && e.obj.Handle == obj.Handle {
-			c.Forget(n)
-		}
-	}
-	c.entries[name] = &entry{id: id, obj: obj}
+	c.claim(name, obj.Handle)
+	c.entries[name] = &entry{id: id, obj: obj, resident: true}
 	c.touch(name)
 	for len(c.entries) > c.opts.MaxSaved {
-		i := slices.IndexFunc(c.order, func(n string) bool { return c.entries[n].saved != nil })
+		i := slices.IndexFunc(c.order, func(n string) bool { return !c.entries[n].resident })
 		if i < 0 {
 			break
 		}
@@ -155,42 +159,74 @@ func (c *Cache) Put(name, id string, obj tpm.Object) {
 	}
 }
 
-// EvictResident context-saves and flushes every resident object, freeing
-// their slots. An object whose context cannot be saved is flushed and
-// forgotten.
+// claim forgets every entry but name that holds handle h loaded: its object
+// was flushed behind the cache's back (a TPM reset), since the TPM gave h
+// to another.
+func (c *Cache) claim(name string, h tpm2.TPMHandle) {
+	for n, e := range c.entries {
+		if n != name && e.resident && e.obj.Handle == h {
+			c.Forget(n)
+		}
+	}
+}
+
+// EvictResident context-saves (once) and flushes every resident object,
+// freeing their slots. An object whose context cannot be saved is flushed
+// and forgotten.
 func (c *Cache) EvictResident() error {
 	c.recheck()
 	var errs []error
-	for n, e := range c.entries {
-		if e.saved != nil {
-			continue
-		}
-		s, err := c.t.ContextSave(e.obj.Handle)
-		if err == nil {
-			e.saved = &s
-		} else {
-			c.Forget(n)
-		}
-		if ferr := c.t.Flush(e.obj.Handle); ferr != nil && !errors.Is(ferr, tpm.ErrNotFound) {
-			errs = append(errs, ferr)
+	for _, n := range slices.Clone(c.order) {
+		if err := c.evict(n); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// makeRoom evicts resident objects until one more fits MaxResident.
-func (c *Cache) makeRoom() error {
-	if c.Resident() < c.opts.MaxResident {
+// evict frees name's slot, if it holds one: its context saved unless saved
+// already, then flushed.
+func (c *Cache) evict(name string) error {
+	e := c.entries[name]
+	if e == nil || !e.resident {
 		return nil
 	}
-	return c.EvictResident()
+	if e.saved == nil {
+		s, err := c.t.ContextSave(e.obj.Handle)
+		if err == nil {
+			e.saved = &s
+		}
+	}
+	e.resident = false
+	if e.saved == nil {
+		c.Forget(name)
+	}
+	if err := c.t.Flush(e.obj.Handle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// makeRoom evicts the least recently used resident objects until one more
+// fits MaxResident.
+func (c *Cache) makeRoom() error {
+	c.recheck()
+	for _, n := range slices.Clone(c.order) {
+		if c.Resident() < c.opts.MaxResident {
+			return nil
+		}
+		if err := c.evict(n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Drop forgets name, flushing its object when resident.
 func (c *Cache) Drop(name string) error {
 	e := c.entries[name]
 	c.Forget(name)
-	if e != nil && e.saved == nil {
+	if e != nil && e.resident {
 		if err := c.t.Flush(e.obj.Handle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
 			return err
 		}
@@ -221,7 +257,7 @@ func (c *Cache) Close() error {
 func (c *Cache) Handles() []tpm2.TPMHandle {
 	var hs []tpm2.TPMHandle
 	for _, e := range c.entries {
-		if e.saved == nil {
+		if e.resident {
 			hs = append(hs, e.obj.Handle)
 		}
 	}
@@ -235,7 +271,7 @@ func (c *Cache) Names() []string { return slices.Clone(c.order) }
 func (c *Cache) Resident() int {
 	n := 0
 	for _, e := range c.entries {
-		if e.saved == nil {
+		if e.resident {
 			n++
 		}
 	}

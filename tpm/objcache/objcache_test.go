@@ -52,7 +52,7 @@ func load(t *testing.T, tp *tpm.TPM, n int) []tpm.Object {
 // nothing in the TPM (the harness checks every handle at the end).
 func TestCache(t *testing.T) {
 	env := swtpmtest.Start(t)
-	c := objcache.New(env.TPM, objcache.Options{MaxSaved: 2})
+	c := objcache.New(env.TPM, objcache.Options{MaxSaved: 3, MaxResident: 2})
 	objs := load(t, env.TPM, 1)
 	c.Put("a", "id-a", objs[0])
 	if o, ok, err := c.Get("a", "id-a"); err != nil || !ok || o.Handle != objs[0].Handle {
@@ -75,25 +75,40 @@ func TestCache(t *testing.T) {
 		t.Fatalf("stale entry's handle left loaded: %x %v", left, err)
 	}
 
-	// MaxResident (1): putting b evicts nothing by itself, but serving a
-	// saved key makes room first.
-	objs = load(t, env.TPM, 2)
-	c.Put("b", "id-b", objs[0])
+	// MaxResident 2: serving a saved object evicts the least recently
+	// used resident one only, and an object whose context was saved once
+	// is evicted again by its flush alone (its context is kept).
+	for _, n := range []string{"b", "c", "d"} {
+		c.Put(n, "id-"+n, load(t, env.TPM, 1)[0])
+		if err := c.EvictResident(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"b", "c"} {
+		if _, ok, err := c.Get(n, "id-"+n); !ok || err != nil {
+			t.Fatalf("get %s: %v %v", n, ok, err)
+		}
+	}
+	before := env.TPM.Stats()
+	d, ok, err := c.Get("d", "id-d")
+	if !ok || err != nil || c.Resident() != 2 {
+		t.Fatalf("get d: %v %v, %d resident", ok, err, c.Resident())
+	}
+	if n := env.TPM.Stats().Sub(before).Commands; n != 2 {
+		t.Errorf("serving d took %d TPM commands, want 2 (FlushContext of b, ContextLoad of d)", n)
+	}
+	if hs := c.Handles(); !slices.Contains(hs, d.Handle) || len(hs) != 2 {
+		t.Errorf("resident %x, want c and d", hs)
+	}
+	// MaxSaved (3): a fourth entry pushes out the least recently used
+	// saved one (b).
 	if err := c.EvictResident(); err != nil {
 		t.Fatal(err)
 	}
-	c.Put("c", "id-c", objs[1])
-	if _, ok, err := c.Get("b", "id-b"); !ok || err != nil || c.Resident() != 1 {
-		t.Fatalf("get b: %v %v, %d resident", ok, err, c.Resident())
-	}
-	// MaxSaved (2): a third entry pushes out the least recently used saved one.
 	objs = load(t, env.TPM, 1)
-	if err := c.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	c.Put("d", "id-d", objs[0])
-	if names := c.Names(); len(names) != 2 || names[len(names)-1] != "d" {
-		t.Errorf("names %v, want 2 ending in d", names)
+	c.Put("e", "id-e", objs[0])
+	if names := c.Names(); !slices.Equal(names, []string{"c", "d", "e"}) {
+		t.Errorf("names %v, want c d e", names)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
