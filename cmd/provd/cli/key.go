@@ -328,11 +328,11 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 				}
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
-				_, info, err := ag.KeyPublic(cmd.Context(), args[0])
-				if err != nil {
-					return err
-				}
-				if h == 0 {
+				if h == 0 { // the key's default hash
+					_, info, err := ag.KeyPublic(cmd.Context(), args[0])
+					if err != nil {
+						return err
+					}
 					h = info.DefaultHash()
 				}
 				var digest []byte
