@@ -328,6 +328,13 @@ type Log struct {
 	// err, once set, makes every later Append fail: the log's state on disk is
 	// no longer known to be consistent with the anchor.
 	err error
+	// opened: the anchor was read when the log was opened (and found to
+	// hold the chain's value), and nothing was written or caught up since:
+	// the first Append compares with that read instead of reading the
+	// anchor again (issue 14: a one-shot audited operation opens the log
+	// and appends its record milliseconds apart; the read cost it 4 TPM
+	// commands). Any line written or caught up clears it.
+	opened bool
 }
 
 // withDefaults checks opts and fills in Now and LockTimeout.
@@ -450,10 +457,17 @@ func (l *Log) Append(rec Record) (err error) {
 	}
 	defer l.unlock()
 
+	size := l.size
 	if err := l.catchUp(); err != nil {
 		l.err = err
 		return err
 	}
+	if l.opened && l.size == size {
+		// The anchor was read at open, and matched this chain.
+		l.opened = false
+		return l.write(rec, &wrote)
+	}
+	l.opened = false
 	av, err := readAnchor(l.opts.Anchor)
 	if err != nil {
 		return err
@@ -469,6 +483,7 @@ func (l *Log) Append(rec Record) (err error) {
 // write appends rec as the next line of l's chain and extends the anchor,
 // with the lock held and the chain caught up.
 func (l *Log) write(rec Record, wrote *bool) (err error) {
+	l.opened = false
 	if wrote == nil {
 		wrote = new(bool)
 	}
@@ -729,6 +744,6 @@ func (l *Log) openVerified() (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	l.c, l.size = c, int64(len(data))
+	l.c, l.size, l.opened = c, int64(len(data)), true
 	return rep, nil
 }
