@@ -166,8 +166,28 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	}
 	// Read in an audit session salted to the pinned SRK: what verify and
 	// every record compare the trail with is the TPM's, not the bus's.
+	// First as the index it must be (written, gated by this gate): the
+	// TPM keys the session's command HMAC with the name it holds, so it
+	// answers only if the index is that one (issue 14: no NV_ReadPublic,
+	// 3 commands). Any failure is told apart by the full read below.
+	gn, err := g.name()
+	if err != nil {
+		return nil, err
+	}
+	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
+	if err != nil {
+		return nil, err
+	}
+	want := tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: written}, Public: pub}
 	var v []byte
 	err = an.t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
+		var err error
+		v, err = r.ReadExtendIndex(want)
+		var te *tpm.Error
+		if err == nil || !errors.As(err, &te) {
+			return err // read, or no answer of the TPM's to tell apart
+		}
+		// The TPM refused the read: tell why from the index it holds.
 		x, err := r.ReadPublic(AuditAnchorHandle)
 		if errors.Is(err, tpm.ErrNotFound) {
 			return fmt.Errorf("%w: %w (NV index 0x%08x is gone)", api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle))
