@@ -86,8 +86,14 @@ func TestKeptSessionWarmSign(t *testing.T) {
 	if left, err := env.TPM.Leftovers(); err != nil || slices.Contains(left, kept) {
 		t.Errorf("kept session %x still loaded after another operation: %x %v", kept, left, err)
 	}
+	// The status read no object: the key stayed resident, and the next
+	// sign only starts a session again.
+	before = env.TPM.Stats()
 	if _, err := signK(a); err != nil {
 		t.Fatal(err)
+	}
+	if n := env.TPM.Stats().Sub(before).Commands; n != 4 {
+		t.Errorf("sign after a status: %d TPM commands, want 4 (StartAuthSession, PolicyPCR, PolicyAuthValue, Sign)", n)
 	}
 	kept = a.opHandle()
 	if err := a.Close(); err != nil {

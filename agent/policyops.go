@@ -219,7 +219,8 @@ func (a *Agent) recordD(ctx context.Context, l *loadedPK, objects map[string]str
 }
 
 // ShowPolicy reports the PK's policy, the PCR values it needs, the current
-// ones and which differ. It runs the policy in a session to be sure.
+// ones and which differ, from PCRs and the policy counter read in audit
+// sessions salted to the pinned SRK (the TPM's word, not the bus's).
 func (a *Agent) ShowPolicy(ctx context.Context) (api.PolicyState, error) {
 	defer a.lock()()
 	return a.showPolicy(ctx)
@@ -227,7 +228,27 @@ func (a *Agent) ShowPolicy(ctx context.Context) (api.PolicyState, error) {
 
 func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 	var ps api.PolicyState
-	err := a.withPK(ctx, func(l *loadedPK) error {
+	// From the state and the TPM's authenticated PCR and counter reads; the
+	// PK is not loaded (issue 14: a status polled on the daemon evicted the
+	// hot key and cost a load).
+	var in pkInputs
+	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		in, err = a.readPKInputs(tx)
+		return err
+	}); err != nil {
+		return ps, err
+	}
+	// The PK's blob is still the state's PK (a swapped blob is tampering),
+	// read from its public area as the load would.
+	blob, err := tpm.UnmarshalBlob(in.blob)
+	if err != nil {
+		return ps, fmt.Errorf("PK blob: %w", err)
+	}
+	if n, err := blob.Name(); err != nil || hex.EncodeToString(n.Buffer) != in.state.Name {
+		return ps, fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered)
+	}
+	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts}
+	err = func() error {
 		ps.Kind, ps.Digest = l.rec.Kind, l.rec.Digest
 		var need policy.PCRValues
 		switch {
@@ -281,7 +302,7 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 		ps.Differ, ps.Reason = differ, reason
 		ps.Satisfied = len(differ) == 0 && reason == ""
 		return nil
-	})
+	}()
 	if ps.Differ == nil {
 		ps.Differ = []int{}
 	}
