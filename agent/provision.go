@@ -98,8 +98,7 @@ func (a *Agent) Provision(ctx context.Context, req api.ProvisionRequest) (api.Pr
 	})
 }
 
-func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects map[string]string) (api.ProvisionResult, error) {
-	var res api.ProvisionResult
+func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects map[string]string) (res api.ProvisionResult, err error) {
 	provisioned := false
 	if err := a.st.View(ctx, func(tx *store.Tx) error {
 		_, err := a.readPK(tx)
@@ -164,7 +163,26 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		return res, err
 	}
 	defer clear(objectAuth)
-	pkBlob, err := a.t.Create(srk, nil, pkTemplate(pkDigest, rule.set()), tpm.Sensitive{UserAuth: objectAuth})
+	// D is created under the PK at once when an officer can approve
+	// recipes for it (with a signed policy, nothing approves a PCR state
+	// yet: D is created when the first signed policy that holds is
+	// installed): the PK is then made loaded (CreateAndLoad, one command
+	// for Create and Load).
+	withD := rec.Kind != PolicySigned && req.Officer != nil
+	var pkBlob tpm.Blob
+	var pkObj tpm.Object
+	if withD {
+		pkObj, pkBlob, err = a.t.CreateAndLoad(srk, nil, pkTemplate(pkDigest, rule.set()), tpm.Sensitive{UserAuth: objectAuth})
+		if err == nil {
+			defer func() { // on the error paths; flushed below otherwise
+				if pkObj.Handle != 0 {
+					a.flush(&err, pkObj.Handle)
+				}
+			}()
+		}
+	} else {
+		pkBlob, err = a.t.Create(srk, nil, pkTemplate(pkDigest, rule.set()), tpm.Sensitive{UserAuth: objectAuth})
+	}
 	if err != nil {
 		return res, err
 	}
@@ -192,22 +210,22 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	var dMarshalled []byte
 	objects["pk"] = st.Name
 
-	// Create D under the freshly created PK, through the PK's policy, when
-	// an officer can approve recipes for it. With a signed policy nothing
-	// approves a PCR state yet: D is created when the first signed policy
-	// that holds is installed.
-	if rec.Kind != PolicySigned && req.Officer != nil {
-		l := &loadedPK{state: st, rec: rec, auth: objectAuth}
+	// Create D under the freshly created PK, through the PK's policy.
+	if withD {
+		if string(pkObj.Name.Buffer) != string(pkName.Buffer) {
+			return res, fmt.Errorf("%w: TPM2_CreateLoaded: the loaded PK's name is not its blob's", tpm.ErrResponseForged)
+		}
+		l := &loadedPK{state: st, rec: rec, auth: objectAuth, pk: pkObj}
 		if l.expr, err = rec.expr(); err != nil {
 			return res, err
 		}
-		var dBlob tpm.Blob
-		if err := a.withLoaded(srk, pkBlob, func(pk tpm.Object) error {
-			l.pk = pk
-			var err error
-			dBlob, err = a.createD(l, req.Officer)
-			return err
-		}); err != nil {
+		dBlob, err := a.createD(l, req.Officer)
+		if err != nil {
+			return res, err
+		}
+		h := pkObj.Handle
+		pkObj.Handle = 0
+		if err := a.t.Flush(h); err != nil {
 			return res, err
 		}
 		dName, err := dBlob.Name()
@@ -419,16 +437,6 @@ func (a *Agent) incrementGated(st pkState, n uint64) (err error) {
 	}
 	defer a.flush(&err, gate.Handle)
 	return a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate, n)
-}
-
-// withLoaded loads blob under parent (empty password), runs fn, flushes.
-func (a *Agent) withLoaded(parent tpm.Object, blob tpm.Blob, fn func(tpm.Object) error) (err error) {
-	obj, err := a.t.Load(parent, nil, blob)
-	if err != nil {
-		return err
-	}
-	defer a.flush(&err, obj.Handle)
-	return fn(obj)
 }
 
 // checkResettable refuses a policy over PCRs that software can reset, unless

@@ -18,6 +18,20 @@ import (
 // derived object has no private blob: keep it loaded, context-save it, or
 // derive it again.
 func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTTemplate, in Sensitive) (Object, error) {
+	obj, _, err := t.createLoaded(parent, parentAuth, tpm2.New2BTemplate(&tmpl), in)
+	return obj, err
+}
+
+// CreateAndLoad creates an object from tmpl under the storage parent
+// parent and returns it loaded, with its blob to keep: TPM2_Create and
+// TPM2_Load in one command (issue 14: provision loads the PK it just made;
+// 3 commands fewer than Create and Load, each in its salted session). The
+// caller flushes the object.
+func (t *TPM) CreateAndLoad(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, in Sensitive) (Object, Blob, error) {
+	return t.createLoaded(parent, parentAuth, tpm2.New2BTemplate(&tmpl), in)
+}
+
+func (t *TPM) createLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM2BTemplate, in Sensitive) (Object, Blob, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
@@ -28,7 +42,7 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 		rsp, err = (tpm2.CreateLoaded{
 			ParentHandle: parent.Auth(parentAuth),
 			InSensitive:  in.create(),
-			InPublic:     tpm2.New2BTemplate(&tmpl),
+			InPublic:     tmpl,
 		}).Execute(t, enc)
 		return err
 	})
@@ -36,13 +50,13 @@ func (t *TPM) CreateLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 		if rsp != nil { // created, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
 		}
-		return Object{}, guarded("TPM2_CreateLoaded", err, 2)
+		return Object{}, Blob{}, guarded("TPM2_CreateLoaded", err, 2)
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {
-		return Object{}, errors.Join(fmt.Errorf("TPM2_CreateLoaded: %w", err), t.Flush(rsp.ObjectHandle))
+		return Object{}, Blob{}, errors.Join(fmt.Errorf("TPM2_CreateLoaded: %w", err), t.Flush(rsp.ObjectHandle))
 	}
-	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, nil
+	return Object{Handle: rsp.ObjectHandle, Name: rsp.Name, Public: *pub}, Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}, nil
 }
 
 // ContextSave saves a loaded object's context (the TPM encrypts and
