@@ -243,7 +243,7 @@ func exclusive(spec string) bool {
 // TPM without a resource manager; with 3 slots, a single crash would otherwise
 // make every later command fail with TPM_RC_OBJECT_MEMORY.
 func (t *TPM) flushStale() error {
-	left, err := t.Leftovers()
+	left, err := t.openLeftovers()
 	if err != nil {
 		return err
 	}

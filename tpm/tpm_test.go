@@ -266,6 +266,19 @@ func TestOpenFlushesStaleHandles(t *testing.T) {
 	if loaded == 0 || loaded == 10 {
 		t.Fatalf("loaded %d objects before running out", loaded)
 	}
+	// And sessions: one loaded, one context-saved (it stays active).
+	for i := range 2 {
+		s, err := tp.StartPolicySession(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaded++
+		if i == 1 {
+			if _, err := (tpm2.ContextSave{SaveHandle: s.Handle()}).Execute(tp); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	env.NoLeakCheck() // this connection leaks on purpose, as a crashed client would
 	env.CloseTPM()
 	env.Reopen()
