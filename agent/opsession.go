@@ -15,8 +15,11 @@ import (
 // used to start and flush its own (issue 14): loading the key under the PK,
 // deriving it, and the use itself. It is salted to the pinned SRK and keyed
 // by the objects' authValue (PolicyAuthValue), so its HMACs are secret to
-// anyone on the bus and its answers are the TPM's own; that also spares
-// TPM2_Load its separate salted session (tpm.TPM.Load).
+// anyone on the bus and its answers are the TPM's own: that spares
+// TPM2_Load its separate salted session (tpm.TPM.Load). It does not
+// encrypt: the uses that carry secrets (HMAC, ECDH, decryption, a
+// derivation's sensitive area) add their own encryption session, and a
+// command takes one decrypting session only.
 //
 // Reuse gives the TPM nothing it would not give a fresh session: the TPM
 // resets a policy session's digest after each command it authorizes, so

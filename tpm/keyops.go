@@ -38,19 +38,27 @@ func (t *TPM) createLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 	// A session salted to the SRK binds the template to the command and the
 	// object that comes back to the response (see Create).
 	var rsp *tpm2.CreateLoadedResponse
-	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) (err error) {
+	create := func(extra ...tpm2.Session) (err error) {
 		rsp, err = (tpm2.CreateLoaded{
 			ParentHandle: parent.Auth(parentAuth),
 			InSensitive:  in.create(),
 			InPublic:     tmpl,
-		}).Execute(t, enc)
+		}).Execute(t, extra...)
 		return err
-	})
+	}
+	var err error
+	index := 1 // the session whose refused HMAC means a changed command
+	if sealsInput(parentAuth) {
+		err = create()
+	} else {
+		index = 2
+		err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return create(enc) })
+	}
 	if err != nil {
 		if rsp != nil { // created, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
 		}
-		return Object{}, Blob{}, guarded("TPM2_CreateLoaded", err, 2)
+		return Object{}, Blob{}, guarded("TPM2_CreateLoaded", err, index)
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {

@@ -98,16 +98,18 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 		return err
 	}
 	var err error
+	index := 1 // the salted session whose refused HMAC means a changed command
 	if authenticated(parentAuth) {
 		err = load()
 	} else {
+		index = 2
 		err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return load(enc) })
 	}
 	if err != nil {
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
 		}
-		return Object{}, guarded("TPM2_Load", err, 2)
+		return Object{}, guarded("TPM2_Load", err, index)
 	}
 	pub, err := b.Public.Contents()
 	if err != nil {
@@ -225,13 +227,24 @@ func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPubli
 	}
 	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl), InSensitive: in.create()}
 	var blob Blob
-	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error {
-		rsp, err := cmd.Execute(t, enc)
+	create := func(extra ...tpm2.Session) error {
+		rsp, err := cmd.Execute(t, extra...)
 		if err != nil {
-			return guarded("TPM2_Create", err, 2)
+			return guarded("TPM2_Create", err, 1+len(extra))
 		}
 		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
 		return nil
-	})
+	}
+	if sealsInput(parentAuth) {
+		return blob, create()
+	}
+	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return create(enc) })
 	return blob, err
 }
+
+// sealsInput reports whether the authorization s of a command that carries
+// a secret in its first parameter (Create's and CreateLoaded's sensitive
+// area) also encrypts it and authenticates the command and its answer: a
+// session salted to the SRK that decrypts (StartSecretPolicySession with
+// EncryptIn). No second session is then needed (issue 14: 2 commands).
+func sealsInput(s tpm2.Session) bool { return authenticated(s) && s.IsDecryption() }
