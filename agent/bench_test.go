@@ -26,8 +26,13 @@ func report(b *testing.B, tp *tpm.TPM, before tpm.Stats) {
 }
 
 func benchAgent(b *testing.B, req api.ProvisionRequest) (*swtpmtest.Env, *agent.Agent) {
+	return benchAgentWith(b, req, false)
+}
+
+// benchAgentWith is benchAgent; keep makes it the daemon's (KeepSession).
+func benchAgentWith(b *testing.B, req api.ProvisionRequest, keep bool) (*swtpmtest.Env, *agent.Agent) {
 	env := swtpmtest.Start(b)
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: b.TempDir() + "/state"})
+	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: b.TempDir() + "/state", KeepSession: keep})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -249,9 +254,16 @@ func benchCA(b *testing.B, env *swtpmtest.Env) []byte {
 // 57 keys (issue 14: the daemon re-read and re-parsed the state's manifest
 // on every request, so throughput fell with the number of keys).
 func BenchmarkSignKeys(b *testing.B) {
-	for _, n := range []int{5, 57} {
-		b.Run(fmt.Sprintf("%d-keys", n), func(b *testing.B) {
-			env, ag := benchAgent(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
+	for _, c := range []struct {
+		n    int
+		keep bool
+	}{{5, false}, {57, false}, {5, true}} {
+		n, name := c.n, fmt.Sprintf("%d-keys", c.n)
+		if c.keep {
+			name += "-kept-session" // as the daemon
+		}
+		b.Run(name, func(b *testing.B) {
+			env, ag := benchAgentWith(b, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}, c.keep)
 			ctx := context.Background()
 			for i := range n {
 				if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: fmt.Sprintf("k%02d", i), Type: "ecc-p256"}); err != nil {

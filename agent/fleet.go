@@ -472,8 +472,11 @@ func (a *Agent) AttestSign(ctx context.Context, name string, digest []byte, opts
 					def = crypto.SHA384
 				}
 			}
-			sig, err = a.signDigest(name, obj, auth, obj.Public.Type, def, digest, opts)
-			return err
+			var verify func() error
+			if sig, verify, err = a.signDigest(name, obj, auth, obj.Public.Type, def, digest, opts); err != nil {
+				return err
+			}
+			return verify()
 		})
 		return sig, err
 	})
