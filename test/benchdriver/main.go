@@ -20,12 +20,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/test/tpmproxy"
 	"github.com/provd/provd/tpm/swtpm"
 )
@@ -37,11 +39,17 @@ func main() {
 	daemonRequests := flag.Int("daemon-requests", 20000, "signs through the daemon, from 32 clients over 4 keys (0: skip)")
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
 	sequence := flag.Bool("sequence", false, "print each tool's TPM commands in order (first run of each scenario) on stderr")
+	only := flag.String("run", "", "only the scenarios whose name matches this regular expression")
 	flag.Parse()
 	if *sequence {
 		sequenceOut = os.Stderr
 	}
-	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update); err != nil {
+	filter, err := regexp.Compile(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchdriver: -run:", err)
+		os.Exit(2)
+	}
+	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update, filter); err != nil {
 		fmt.Fprintln(os.Stderr, "benchdriver:", err)
 		os.Exit(1)
 	}
@@ -51,7 +59,8 @@ func main() {
 var sequenceOut io.Writer
 
 // A tool's side of a scenario: setup (untimed, on plain swtpm speed) and
-// the measured step, each a list of commands (argv) run in order.
+// the measured step, each a list of commands (argv) run in order. A setup
+// command made by background runs until the scenario ends.
 type side struct {
 	files       map[string][]byte // written into the workspace first
 	setup, step [][]string
@@ -63,56 +72,138 @@ type scenario struct {
 	provd   side
 	tools   side
 	minimum string // the minimal command sequence, for the table
+	// twoTPMs gives each tool a second swtpm, {tpm2} and {port2}; the
+	// counts are both TPMs' commands together.
+	twoTPMs bool
 }
 
-// workspace is one tool's swtpm, proxy and files for one scenario.
-type workspace struct {
-	dir   string
+// backgroundMark starts a setup command that background made.
+const backgroundMark = "{background}"
+
+// background is a setup command that keeps running (a daemon, an
+// endpoint) until the scenario ends; its stdout and stderr go to log (a
+// path under {dir}), and setup goes on once that file holds ready.
+func background(log, ready string, argv ...string) []string {
+	return append([]string{backgroundMark, log, ready}, argv...)
+}
+
+// tpmEnd is one swtpm and the proxy in front of it.
+type tpmEnd struct {
 	proc  *swtpm.Process
 	proxy *tpmproxy.Proxy
 }
 
-func (w *workspace) close() {
-	if w.proxy != nil {
-		w.proxy.Close()
+func startTPM(ctx context.Context, dir string) (tpmEnd, error) {
+	var t tpmEnd
+	state, ca := filepath.Join(dir, "tpm"), filepath.Join(dir, "ca")
+	if err := swtpm.Manufacture(ctx, state, ca); err != nil {
+		return t, err
 	}
-	if w.proc != nil {
-		_ = w.proc.Stop()
+	var err error
+	if t.proc, err = swtpm.Start(ctx, state); err != nil {
+		return t, err
+	}
+	if t.proxy, err = tpmproxy.Start(t.proc.Addr, t.proc.CtrlAddr, nil); err != nil {
+		t.close()
+		return t, err
+	}
+	return t, nil
+}
+
+func (t tpmEnd) close() {
+	if t.proxy != nil {
+		t.proxy.Close()
+	}
+	if t.proc != nil {
+		_ = t.proc.Stop()
 	}
 }
 
-func newWorkspace(ctx context.Context, root, name string) (*workspace, error) {
+// workspace is one tool's swtpm (or two), proxies, background processes
+// and files for one scenario.
+type workspace struct {
+	dir  string
+	tpms []tpmEnd // the second, {tpm2}, when the scenario has two TPMs
+	bg   []process
+}
+
+// process is a background command and the end of its Wait.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// close stops the background processes (SIGINT, SIGKILL after 10 s), then
+// the TPMs.
+func (w *workspace) close() {
+	for i := len(w.bg) - 1; i >= 0; i-- {
+		stopProcess(w.bg[i])
+	}
+	for _, t := range w.tpms {
+		t.close()
+	}
+}
+
+// stopProcess interrupts p's process, waits for it, and kills it when it
+// has not ended within 10 s.
+func stopProcess(p process) {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+func newWorkspace(ctx context.Context, root, name string, tpms int) (*workspace, error) {
 	w := &workspace{dir: filepath.Join(root, name)}
-	state, ca := filepath.Join(w.dir, "tpm"), filepath.Join(w.dir, "ca")
-	if err := swtpm.Manufacture(ctx, state, ca); err != nil {
-		return nil, err
-	}
-	var err error
-	if w.proc, err = swtpm.Start(ctx, state); err != nil {
-		return nil, err
-	}
-	if w.proxy, err = tpmproxy.Start(w.proc.Addr, w.proc.CtrlAddr, nil); err != nil {
-		w.close()
-		return nil, err
+	for i := range tpms {
+		dir := w.dir
+		if i > 0 {
+			dir = filepath.Join(w.dir, "b")
+		}
+		t, err := startTPM(ctx, dir)
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		w.tpms = append(w.tpms, t)
 	}
 	return w, nil
 }
 
-// expand replaces {dir}, {tpm} (provd's --tpm) and {port} in argv.
+// expand replaces {dir}, {tpm} (provd's --tpm), {port} and, with a second
+// TPM, {dir2} (its directory, where its manufacturer CA is), {tpm2} and
+// {port2} in argv.
 func (w *workspace) expand(argv []string) []string {
+	t := w.tpms[0]
+	pairs := []string{"{dir2}", filepath.Join(w.dir, "b"), "{dir}", w.dir, "{tpm}", "swtpm://" + t.proxy.Addr, "{port}", strconv.Itoa(t.proxy.Port)}
+	if len(w.tpms) > 1 {
+		t2 := w.tpms[1]
+		pairs = append(pairs, "{tpm2}", "swtpm://"+t2.proxy.Addr, "{port2}", strconv.Itoa(t2.proxy.Port))
+	}
+	r := strings.NewReplacer(pairs...)
 	out := make([]string, len(argv))
-	r := strings.NewReplacer("{dir}", w.dir, "{tpm}", "swtpm://"+w.proxy.Addr, "{port}", strconv.Itoa(w.proxy.Port))
 	for i, a := range argv {
 		out[i] = r.Replace(a)
 	}
 	return out
 }
 
-func (w *workspace) exec(argv []string) error {
-	argv = w.expand(argv)
+func (w *workspace) command(argv []string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = w.dir
-	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port="+strconv.Itoa(w.proxy.Port), "PROVD_STATE_DIR="+filepath.Join(w.dir, "state"))
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port="+strconv.Itoa(w.tpms[0].proxy.Port), "PROVD_STATE_DIR="+filepath.Join(w.dir, "state"))
+	return cmd
+}
+
+func (w *workspace) exec(argv []string) error {
+	argv = w.expand(argv)
+	if argv[0] == backgroundMark {
+		return w.startBackground(argv[1], argv[2], argv[3:])
+	}
+	cmd := w.command(argv)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -121,16 +212,89 @@ func (w *workspace) exec(argv []string) error {
 	return nil
 }
 
+// startBackground starts argv with its output in log and waits (up to a
+// minute) until log holds ready; close stops it.
+func (w *workspace) startBackground(log, ready string, argv []string) error {
+	f, err := os.Create(log)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := w.command(argv)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	w.bg = append(w.bg, process{cmd, exited})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(log); bytes.Contains(b, []byte(ready)) {
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(log)
+			return fmt.Errorf("%s: ended before %q\n%s", strings.Join(argv, " "), ready, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s: no %q in %s within a minute", strings.Join(argv, " "), ready, log)
+}
+
+// reset zeroes every proxy's counters.
+func (w *workspace) reset() {
+	for _, t := range w.tpms {
+		t.proxy.Reset()
+	}
+}
+
+// total is the commands every TPM of w took since the last reset.
+func (w *workspace) total() int {
+	n := 0
+	for _, t := range w.tpms {
+		n += t.proxy.Total()
+	}
+	return n
+}
+
+// counts is the commands of every TPM by code since the last reset.
+func (w *workspace) counts() map[tpm2.TPMCC]int {
+	all := map[tpm2.TPMCC]int{}
+	for _, t := range w.tpms {
+		for cc, n := range t.proxy.Counts() {
+			all[cc] += n
+		}
+	}
+	return all
+}
+
+// sequence is each TPM's commands in order, the second's after "TPM B:".
+func (w *workspace) sequence() string {
+	s := fmt.Sprint(w.tpms[0].proxy.Sequence())
+	if len(w.tpms) > 1 {
+		s = "TPM A: " + s + "; TPM B: " + fmt.Sprint(w.tpms[1].proxy.Sequence())
+	}
+	return s
+}
+
+func (w *workspace) setModel(m *tpmproxy.Model) {
+	for _, t := range w.tpms {
+		t.proxy.SetModel(m)
+	}
+}
+
 // measure runs the step once and returns its wall time and TPM commands.
 func (w *workspace) measure(step [][]string) (time.Duration, int, error) {
-	w.proxy.Reset()
+	w.reset()
 	start := time.Now()
 	for _, argv := range step {
 		if err := w.exec(argv); err != nil {
 			return 0, 0, err
 		}
 	}
-	return time.Since(start), w.proxy.Total(), nil
+	return time.Since(start), w.total(), nil
 }
 
 // result is one scenario on one model: medians per tool.
@@ -149,9 +313,13 @@ func median(ds []time.Duration) float64 {
 
 func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.Model, runs int) (result, error) {
 	res := result{name: sc.name, minimum: sc.minimum, provdRuns: runs, toolsRuns: runs}
+	tpms := 1
+	if sc.twoTPMs {
+		tpms = 2
+	}
 	var ws [2]*workspace
 	for i, name := range []string{"provd", "tools"} {
-		w, err := newWorkspace(ctx, root, name) // root is the scenario's: no comma in swtpm's paths
+		w, err := newWorkspace(ctx, root, name, tpms) // root is the scenario's: no comma in swtpm's paths
 		if err != nil {
 			return res, err
 		}
@@ -170,7 +338,7 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 				return res, fmt.Errorf("%s setup: %w", sc.name, err)
 			}
 		}
-		ws[i].proxy.SetModel(model)
+		ws[i].setModel(model)
 	}
 	var times [2][]time.Duration
 	var cmds [2][]int
@@ -185,12 +353,12 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 				return res, err
 			}
 			if sequenceOut != nil && r == 0 {
-				fmt.Fprintf(sequenceOut, "%s, %s (%d): %v\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, ws[i].proxy.Sequence())
+				fmt.Fprintf(sequenceOut, "%s, %s (%d): %s\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, ws[i].sequence())
 			}
 			if i == 0 {
-				res.provdMix = tpmproxy.Mix(ws[i].proxy.Counts())
+				res.provdMix = tpmproxy.Mix(ws[i].counts())
 			} else {
-				res.toolsMix = tpmproxy.Mix(ws[i].proxy.Counts())
+				res.toolsMix = tpmproxy.Mix(ws[i].counts())
 			}
 			times[i] = append(times[i], d)
 			cmds[i] = append(cmds[i], n)
@@ -202,6 +370,11 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 	res.provdCmds, res.toolsCmds = cmds[0][len(cmds[0])/2], cmds[1][len(cmds[1])/2]
 	return res, nil
 }
+
+// toolsAnchorAttrs is an extend NV index as provd's audit anchor, written
+// with the owner's authorization where provd's is written through a gate
+// key's policy.
+const toolsAnchorAttrs = "nt=extend|ownerwrite|authread|ownerread|no_da"
 
 func scenarios(provd string) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
@@ -301,10 +474,41 @@ func scenarios(provd string) []scenario {
 			},
 			minimum: "Load, StartAuthSession, PolicyPCR, Unseal, Flush: 5 under a resident SRK",
 		},
+		{
+			// Both re-provision a TPM provisioned once in setup: provd a
+			// fresh state directory each run (it replaces the audit
+			// anchor the last one defined), tpm2-tools the same objects.
+			name: "provision again (a fresh state directory each run, the same TPM)",
+			provd: side{
+				setup: [][]string{provision},
+				step:  [][]string{{"sh", "-c", provd + " --tpm {tpm} --state-dir {dir}/s$$ provision --trust-on-first-use --pcrs 7 >/dev/null"}},
+			},
+			tools: side{
+				setup: [][]string{
+					{"tpm2_startup", "-c"},
+					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/prim.ctx", "0x81000001"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_nvdefine", "0x01707601", "-C", "o", "-s", "32", "-g", "sha256", "-a", toolsAnchorAttrs},
+				},
+				files: map[string][]byte{"record": digest[:]},
+				step: [][]string{
+					{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7"},
+					{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
+					{"tpm2_flushcontext", "-l"},
+					{"tpm2_create", "-C", "0x81000001", "-G", "ecc256", "-L", "{dir}/pol.bin", "-a", "fixedtpm|fixedparent|sensitivedataorigin|adminwithpolicy|restricted|decrypt|noda", "-u", "{dir}/pk.pub", "-r", "{dir}/pk.priv"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_nvundefine", "0x01707601", "-C", "o"},
+					{"tpm2_nvdefine", "0x01707601", "-C", "o", "-s", "32", "-g", "sha256", "-a", toolsAnchorAttrs},
+					{"tpm2_nvextend", "0x01707601", "-C", "o", "-i", "{dir}/record"},
+				},
+			},
+			minimum: "PCR_Read, Create (the PK under the persistent SRK), NV_UndefineSpace and NV_DefineSpace (the audit anchor), NV_Extend: 5 (on a fresh TPM + CreatePrimary, EvictControl of the SRK)",
+		},
 	}
 }
 
-func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
+func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *regexp.Regexp) error {
 	ctx := context.Background()
 	if _, err := os.Stat(provd); err != nil {
 		return fmt.Errorf("%s: %w (make build)", provd, err)
@@ -339,6 +543,9 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
 		b.WriteString("| operation | provd ms | provd TPM cmds | tpm2-tools ms | tpm2-tools TPM cmds | ratio (time) | minimal sequence |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 		var mixes []string
 		for i, sc := range scenarios(provd) {
+			if !filter.MatchString(sc.name) {
+				continue
+			}
 			dir := filepath.Join(root, fmt.Sprintf("m%d-s%d", len(b.String())%1000, i))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
