@@ -75,6 +75,8 @@ type scenario struct {
 	// twoTPMs gives each tool a second swtpm, {tpm2} and {port2}; the
 	// counts are both TPMs' commands together.
 	twoTPMs bool
+	// toolsNoTPM: the other side's job needs no TPM (0 commands).
+	toolsNoTPM bool
 }
 
 // backgroundMark starts a setup command that background made.
@@ -379,6 +381,7 @@ const toolsAnchorAttrs = "nt=extend|ownerwrite|authread|ownerread|no_da"
 func scenarios(provd string) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
 	provision := []string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}
+	images := []string{"sh", "-c", "mkdir -p {dir}/images && for i in 1 2 3 4; do head -c 16M /dev/urandom > {dir}/images/image$i.bin; done"}
 	return []scenario{
 		{
 			name: "sign, warm (ECC P-256, one digest)",
@@ -504,6 +507,26 @@ func scenarios(provd string) []scenario {
 				},
 			},
 			minimum: "PCR_Read, Create (the PK under the persistent SRK), NV_UndefineSpace and NV_DefineSpace (the audit anchor), NV_Extend: 5 (on a fresh TPM + CreatePrimary, EvictControl of the SRK)",
+		},
+		{
+			name: "fw verify: a signed manifest of four 16 MiB images, against sha256sum -c (no TPM)",
+			provd: side{
+				setup: [][]string{
+					images,
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "{dir}/officer.pem"},
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "{dir}/fw-signer.pem"},
+					{"openssl", "pkey", "-in", "{dir}/fw-signer.pem", "-pubout", "-out", "{dir}/fw-signer.pub.pem"},
+					{provd, "--tpm", "{tpm}", "fw", "anchor", "set", "--trust-on-first-use", "--pubkey", "{dir}/fw-signer.pub.pem", "--class", "bench", "--officer", "{dir}/officer.pem"},
+					{provd, "fw", "sign", "--key", "{dir}/fw-signer.pem", "--images", "{dir}/images", "--version", "1", "--class", "bench", "--out", "{dir}/fw.manifest"},
+				},
+				step: [][]string{{provd, "--tpm", "{tpm}", "fw", "verify", "--manifest", "{dir}/fw.manifest", "--root", "{dir}/images"}},
+			},
+			tools: side{
+				setup: [][]string{images, {"sh", "-c", "cd {dir}/images && sha256sum * > ../SHA256SUMS"}},
+				step:  [][]string{{"sh", "-c", "cd {dir}/images && sha256sum --quiet -c ../SHA256SUMS"}},
+			},
+			toolsNoTPM: true,
+			minimum:    "NV_Read (the anchor: signer and class), NV_Read (the anti-rollback counter), PCR_Extend: 3; the signature and the digests are software (provd's boot hook adds the full SelfTest by design)",
 		},
 	}
 }
