@@ -478,6 +478,38 @@ func scenarios(provd string) []scenario {
 			minimum: "Load, StartAuthSession, PolicyPCR, Unseal, Flush: 5 under a resident SRK",
 		},
 		{
+			// A script's loop: provd's CLI through the daemon's socket (the
+			// daemon keeps the key and its session), tpm2-tools on a
+			// persistent handle; each derives its key first (provd: an
+			// officer-approved recipe; tpm2-tools: a primary key, which the
+			// owner seed and the template determine) and drops it after.
+			name: "derive an ECC P-256 key and sign 100 digests: provd through its daemon (100 `key sign` processes), tpm2-tools on a persistent handle (100 `tpm2_sign`)",
+			provd: side{
+				setup: [][]string{
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "{dir}/officer.pem"},
+					{"openssl", "pkey", "-in", "{dir}/officer.pem", "-pubout", "-out", "{dir}/officer.pub.pem"},
+					append(provision, "--officer-key", "{dir}/officer.pub.pem"),
+					{"sh", "-c", provd + " key approve --officer {dir}/officer.pem --pk-policy $(" + provd + " --tpm {tpm} status -o json | grep -o '\"policy_digest\": *\"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --type ecc-p256 --label bench --context sign100 --out {dir}/k.approval.json"},
+					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
+				},
+				step: [][]string{{"sh", "-c", "k=k$$; " + provd + " --socket {dir}/provd.sock key derive $k --label bench --context sign100 --type ecc-p256 --approval {dir}/k.approval.json >/dev/null && " +
+					"for i in $(seq 100); do " + provd + " --socket {dir}/provd.sock key sign $k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done && " +
+					provd + " --socket {dir}/provd.sock key delete $k >/dev/null"}},
+			},
+			tools: side{
+				setup: [][]string{{"tpm2_startup", "-c"}},
+				files: map[string][]byte{"digest": digest[:]},
+				step: [][]string{
+					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:ecdsa-sha256", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign|noda", "-c", "{dir}/k.ctx"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
+					{"tpm2_flushcontext", "-t"},
+					{"sh", "-c", "for i in $(seq 100); do tpm2_sign -c 0x81000010 -g sha256 -d -o {dir}/sig {dir}/digest || exit 1; done"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "0x81000010"},
+				},
+			},
+			minimum: "CreateLoaded (or CreatePrimary), 100 Sign (password or a kept session), FlushContext: 102",
+		},
+		{
 			// Both re-provision a TPM provisioned once in setup: provd a
 			// fresh state directory each run (it replaces the audit
 			// anchor the last one defined), tpm2-tools the same objects.
