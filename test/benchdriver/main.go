@@ -510,6 +510,41 @@ func scenarios(provd string) []scenario {
 			minimum: "CreateLoaded (or CreatePrimary), 100 Sign (password or a kept session), FlushContext: 102",
 		},
 		{
+			// provd's quote goes to its fleet endpoint (on this machine,
+			// SQLite, TLS), which appraises it against the class's golden
+			// values; tpm2-tools quotes with a persistent AK and checks the
+			// quote with tpm2_checkquote, in software.
+			name: "quote and verify: provd `attest now` (nonce, quote, TLS round trips, the endpoint's appraisal), tpm2_quote + tpm2_checkquote",
+			provd: side{
+				setup: [][]string{
+					provision,
+					{"sh", "-c", "cat {dir}/ca/swtpm-localca-rootca-cert.pem {dir}/ca/issuercert.pem > {dir}/ek-ca.pem"},
+					background("{dir}/fleet.log", "serving", provd, "--state-dir", "{dir}/endpoint", "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", "{dir}/ek-ca.pem"),
+					{"sh", "-c", "grep -o 'https://[0-9.:]*' {dir}/fleet.log | head -1 > {dir}/url"},
+					{"sh", "-c", provd + " --tpm {tpm} attest enroll --endpoint $(cat {dir}/url) --ca-cert {dir}/endpoint/fleet/tls.crt --class bench"},
+					{"sh", "-c", provd + " --tpm {tpm} tpm pcr read --pcrs 0,1,2,3,4,5,6,7 -o json > {dir}/golden.json"},
+					{"sh", "-c", provd + " fleet policy set --class bench --pcr-values {dir}/golden.json --endpoint $(cat {dir}/url) --ca-cert {dir}/endpoint/fleet/tls.crt --token-file {dir}/endpoint/fleet/operator.token"},
+				},
+				step: [][]string{{provd, "--tpm", "{tpm}", "attest", "now", "--ca-cert", "{dir}/endpoint/fleet/tls.crt"}},
+			},
+			tools: side{
+				setup: [][]string{
+					{"tpm2_startup", "-c"},
+					{"tpm2_createek", "-c", "{dir}/ek.ctx", "-G", "rsa", "-u", "{dir}/ek.pub"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_createak", "-C", "{dir}/ek.ctx", "-c", "{dir}/ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u", "{dir}/ak.pub", "-f", "pem", "-n", "{dir}/ak.name"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_flushcontext", "-s"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/ak.ctx", "0x81010002"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_flushcontext", "-s"},
+				},
+				step: [][]string{{"sh", "-c", "n=$(openssl rand -hex 16) && tpm2_quote -c 0x81010002 -l sha256:0,1,2,3,4,5,6,7 -q $n -g sha256 -m {dir}/q.msg -s {dir}/q.sig -o {dir}/q.pcrs && " +
+					"tpm2_checkquote -u {dir}/ak.pub -m {dir}/q.msg -s {dir}/q.sig -f {dir}/q.pcrs -g sha256 -q $n >/dev/null"}},
+			},
+			minimum: "Quote (a persistent or loaded AK; 8 PCRs fit one quote): 1; verification is software",
+		},
+		{
 			// Both re-provision a TPM provisioned once in setup: provd a
 			// fresh state directory each run (it replaces the audit
 			// anchor the last one defined), tpm2-tools the same objects.
