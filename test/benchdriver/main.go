@@ -58,12 +58,13 @@ func main() {
 // sequenceOut, when set (-sequence), receives each tool's commands in order.
 var sequenceOut io.Writer
 
-// A tool's side of a scenario: setup (untimed, on plain swtpm speed) and
-// the measured step, each a list of commands (argv) run in order. A setup
-// command made by background runs until the scenario ends.
+// A tool's side of a scenario: setup (untimed, on plain swtpm speed), the
+// measured step, and what puts the TPM back after each step for the next
+// (untimed, uncounted), each a list of commands (argv) run in order. A
+// setup command made by background runs until the scenario ends.
 type side struct {
-	files       map[string][]byte // written into the workspace first
-	setup, step [][]string
+	files              map[string][]byte // written into the workspace first
+	setup, step, after [][]string
 }
 
 // scenario is one job both tools do.
@@ -354,13 +355,19 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 			if err != nil {
 				return res, err
 			}
+			seq, mix := ws[i].sequence(), tpmproxy.Mix(ws[i].counts())
+			for _, argv := range sides[i].after {
+				if err := ws[i].exec(argv); err != nil {
+					return res, fmt.Errorf("%s, after the step: %w", sc.name, err)
+				}
+			}
 			if sequenceOut != nil && r == 0 {
-				fmt.Fprintf(sequenceOut, "%s, %s (%d): %s\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, ws[i].sequence())
+				fmt.Fprintf(sequenceOut, "%s, %s (%d): %s\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, seq)
 			}
 			if i == 0 {
-				res.provdMix = tpmproxy.Mix(ws[i].counts())
+				res.provdMix = mix
 			} else {
-				res.toolsMix = tpmproxy.Mix(ws[i].counts())
+				res.toolsMix = mix
 			}
 			times[i] = append(times[i], d)
 			cmds[i] = append(cmds[i], n)
@@ -377,6 +384,49 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 // with the owner's authorization where provd's is written through a gate
 // key's policy.
 const toolsAnchorAttrs = "nt=extend|ownerwrite|authread|ownerread|no_da"
+
+// provdDupSetup is the ceremony of scripts/demo.sh for a key moved from
+// TPM A to TPM B: sh setup-dup.sh PROVD TPM-A TPM-B DIR DIR-B (DIR-B
+// holds B's manufacturer CA). A's state is the default one ($PROVD_STATE_DIR).
+const provdDupSetup = `set -eu
+provd=$1 a=$2 b=$3 dir=$4 dirb=$5
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/officer.pem" 2>/dev/null
+openssl pkey -in "$dir/officer.pem" -pubout -out "$dir/officer.pub.pem"
+cat "$dirb/ca/swtpm-localca-rootca-cert.pem" "$dirb/ca/issuercert.pem" > "$dir/ek-ca-b.pem"
+"$provd" --tpm "$a" provision --trust-on-first-use --pcrs 7 --officer-key "$dir/officer.pub.pem" >/dev/null
+"$provd" --tpm "$b" --state-dir "$dir/state-b" provision --ek-ca "$dir/ek-ca-b.pem" --pcrs 7 --officer-key "$dir/officer.pub.pem" >/dev/null
+"$provd" --tpm "$b" --state-dir "$dir/state-b" peer identity --out "$dir/b.peer.json"
+"$provd" peer challenge --to "$dir/b.peer.json" --ek-ca "$dir/ek-ca-b.pem" --out "$dir/b.challenge.json"
+"$provd" --tpm "$b" --state-dir "$dir/state-b" peer prove --challenge "$dir/b.challenge.json" --out "$dir/b.proof.json"
+hex() { grep -o "\"$1\": *\"[0-9a-f]*\"" | head -1 | grep -o '[0-9a-f]\{20,\}'; }
+pkb=$("$provd" --tpm "$b" --state-dir "$dir/state-b" status -o json | hex pk_name)
+pkpolicy=$("$provd" --tpm "$a" status -o json | hex policy_digest)
+"$provd" --tpm "$a" key create mover --type ecc-p256 --extractable >/dev/null
+mover=$("$provd" --tpm "$a" key pub mover -o json | hex object_name)
+"$provd" key approve --officer "$dir/officer.pem" --pk-policy "$pkpolicy" --dup-to "$dir/b.peer.json" --peer-pk "$pkb" \
+  --challenge "$dir/b.challenge.json" --proof "$dir/b.proof.json" --object-name "$mover" --out "$dir/mover.approval.json"
+`
+
+// toolsDupSetup makes, with tpm2-tools, a persistent storage key on each
+// TPM, B's public part for A, and on A a key that PolicyCommandCode
+// (Duplicate) lets leave: sh setup-dup.sh DIR B-PORT (A is $TPM2TOOLS_TCTI).
+const toolsDupSetup = `set -eu
+dir=$1 b="swtpm:host=127.0.0.1,port=$2"
+tpm2_startup -c
+tpm2_startup -c -T "$b"
+tpm2_createprimary -T "$b" -C o -g sha256 -G ecc256 -c "$dir/b-prim.ctx" >/dev/null
+tpm2_evictcontrol -T "$b" -C o -c "$dir/b-prim.ctx" 0x81000001 >/dev/null
+tpm2_flushcontext -T "$b" -t
+tpm2_readpublic -T "$b" -c 0x81000001 -o "$dir/b-srk.pub" >/dev/null
+tpm2_createprimary -C o -g sha256 -G ecc256 -c "$dir/prim.ctx" >/dev/null
+tpm2_evictcontrol -C o -c "$dir/prim.ctx" 0x81000001 >/dev/null
+tpm2_flushcontext -t
+tpm2_startauthsession -S "$dir/trial.ctx"
+tpm2_policycommandcode -S "$dir/trial.ctx" -L "$dir/dup.policy" TPM2_CC_Duplicate >/dev/null
+tpm2_flushcontext "$dir/trial.ctx"
+tpm2_create -C 0x81000001 -g sha256 -G ecc256 -L "$dir/dup.policy" -a "sensitivedataorigin|userwithauth|sign" -u "$dir/k.pub" -r "$dir/k.priv" >/dev/null
+tpm2_flushcontext -t
+`
 
 func scenarios(provd string) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
@@ -482,7 +532,8 @@ func scenarios(provd string) []scenario {
 			// daemon keeps the key and its session), tpm2-tools on a
 			// persistent handle; each derives its key first (provd: an
 			// officer-approved recipe; tpm2-tools: a primary key, which the
-			// owner seed and the template determine) and drops it after.
+			// owner seed and the template determine); each drops it after,
+			// untimed.
 			name: "derive an ECC P-256 key and sign 100 digests: provd through its daemon (100 `key sign` processes), tpm2-tools on a persistent handle (100 `tpm2_sign`)",
 			provd: side{
 				setup: [][]string{
@@ -492,9 +543,11 @@ func scenarios(provd string) []scenario {
 					{"sh", "-c", provd + " key approve --officer {dir}/officer.pem --pk-policy $(" + provd + " --tpm {tpm} status -o json | grep -o '\"policy_digest\": *\"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --type ecc-p256 --label bench --context sign100 --out {dir}/k.approval.json"},
 					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
 				},
-				step: [][]string{{"sh", "-c", "k=k$$; " + provd + " --socket {dir}/provd.sock key derive $k --label bench --context sign100 --type ecc-p256 --approval {dir}/k.approval.json >/dev/null && " +
-					"for i in $(seq 100); do " + provd + " --socket {dir}/provd.sock key sign $k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done && " +
-					provd + " --socket {dir}/provd.sock key delete $k >/dev/null"}},
+				step: [][]string{
+					{provd, "--socket", "{dir}/provd.sock", "key", "derive", "k", "--label", "bench", "--context", "sign100", "--type", "ecc-p256", "--approval", "{dir}/k.approval.json"},
+					{"sh", "-c", "for i in $(seq 100); do " + provd + " --socket {dir}/provd.sock key sign k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done"},
+				},
+				after: [][]string{{provd, "--socket", "{dir}/provd.sock", "key", "delete", "k"}},
 			},
 			tools: side{
 				setup: [][]string{{"tpm2_startup", "-c"}},
@@ -504,10 +557,10 @@ func scenarios(provd string) []scenario {
 					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
 					{"tpm2_flushcontext", "-t"},
 					{"sh", "-c", "for i in $(seq 100); do tpm2_sign -c 0x81000010 -g sha256 -d -o {dir}/sig {dir}/digest || exit 1; done"},
-					{"tpm2_evictcontrol", "-C", "o", "-c", "0x81000010"},
 				},
+				after: [][]string{{"tpm2_evictcontrol", "-C", "o", "-c", "0x81000010"}},
 			},
-			minimum: "CreateLoaded (or CreatePrimary), 100 Sign (password or a kept session), FlushContext: 102",
+			minimum: "CreateLoaded (or CreatePrimary), 100 Sign (password or a kept session): 101",
 		},
 		{
 			// provd's quote goes to its fleet endpoint (on this machine,
@@ -543,6 +596,46 @@ func scenarios(provd string) []scenario {
 					"tpm2_checkquote -u {dir}/ak.pub -m {dir}/q.msg -s {dir}/q.sig -f {dir}/q.pcrs -g sha256 -q $n >/dev/null"}},
 			},
 			minimum: "Quote (a persistent or loaded AK; 8 PCRs fit one quote): 1; verification is software",
+		},
+		{
+			// Each tool has two TPMs, A and B. provd: the ceremony of
+			// scripts/demo.sh in setup (B's identity, the officer's
+			// challenge, B's proof, the officer's approval of the key to
+			// B); the step exports on A and imports on B under a new name.
+			// tpm2-tools: a key whose policy is PolicyCommandCode(Duplicate),
+			// duplicated with an outer wrapper only (no inner symmetric
+			// key) to B's persistent storage key, imported and loaded on B.
+			name:    "duplicate a P-256 key from TPM A and import it on TPM B: provd `dup export` + `dup import`, tpm2_duplicate + tpm2_import (both TPMs' commands)",
+			twoTPMs: true,
+			provd: side{
+				files: map[string][]byte{"setup-dup.sh": []byte(provdDupSetup)},
+				setup: [][]string{{"sh", "{dir}/setup-dup.sh", provd, "{tpm}", "{tpm2}", "{dir}", "{dir2}"}},
+				step: [][]string{
+					{provd, "--tpm", "{tpm}", "dup", "export", "mover", "--to", "{dir}/b.peer.json", "--approval", "{dir}/mover.approval.json", "--ek-ca", "{dir}/ek-ca-b.pem", "--out", "{dir}/mover.dup"},
+					{provd, "--tpm", "{tpm2}", "--state-dir", "{dir}/state-b", "dup", "import", "moved", "--in", "{dir}/mover.dup"},
+				},
+				// B holds the key once: it refuses the same key again.
+				after: [][]string{{provd, "--tpm", "{tpm2}", "--state-dir", "{dir}/state-b", "key", "delete", "moved"}},
+			},
+			tools: side{
+				files: map[string][]byte{"setup-dup.sh": []byte(toolsDupSetup)},
+				setup: [][]string{{"sh", "{dir}/setup-dup.sh", "{dir}", "{port2}"}},
+				step: [][]string{
+					{"tpm2_load", "-C", "0x81000001", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv", "-c", "{dir}/k.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_loadexternal", "-C", "o", "-u", "{dir}/b-srk.pub", "-c", "{dir}/b-srk.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_startauthsession", "--policy-session", "-S", "{dir}/session.ctx"},
+					{"tpm2_policycommandcode", "-S", "{dir}/session.ctx", "TPM2_CC_Duplicate"},
+					{"tpm2_duplicate", "-C", "{dir}/b-srk.ctx", "-c", "{dir}/k.ctx", "-G", "null", "-p", "session:{dir}/session.ctx", "-r", "{dir}/dup.priv", "-s", "{dir}/dup.seed"},
+					{"tpm2_flushcontext", "{dir}/session.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_import", "-T", "swtpm:host=127.0.0.1,port={port2}", "-C", "0x81000001", "-u", "{dir}/k.pub", "-i", "{dir}/dup.priv", "-s", "{dir}/dup.seed", "-r", "{dir}/imported.priv"},
+					{"tpm2_load", "-T", "swtpm:host=127.0.0.1,port={port2}", "-C", "0x81000001", "-u", "{dir}/k.pub", "-r", "{dir}/imported.priv", "-c", "{dir}/imported.ctx"},
+					{"tpm2_flushcontext", "-T", "swtpm:host=127.0.0.1,port={port2}", "-t"},
+				},
+			},
+			minimum: "A: Load (the key), LoadExternal (B's parent), StartAuthSession, PolicyCommandCode, Duplicate, 2 flushes; B: Import, Load: 9 (provd adds the peer's EK check and an inner wrapper only B's EK opens: ActivateCredential and its sessions)",
 		},
 		{
 			// Both re-provision a TPM provisioned once in setup: provd a
