@@ -428,10 +428,19 @@ tpm2_create -C 0x81000001 -g sha256 -G ecc256 -L "$dir/dup.policy" -a "sensitive
 tpm2_flushcontext -t
 `
 
-func scenarios(provd string) []scenario {
+// size is how much work the scenarios whose job has a size do: the
+// benchmark's (fullSize) or a test's smaller one.
+type size struct {
+	signs    int // digests the key signs
+	imageMiB int // the size of each of four firmware images
+}
+
+var fullSize = size{signs: 100, imageMiB: 16}
+
+func scenarios(provd string, sz size) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
 	provision := []string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}
-	images := []string{"sh", "-c", "mkdir -p {dir}/images && for i in 1 2 3 4; do head -c 16M /dev/urandom > {dir}/images/image$i.bin; done"}
+	images := []string{"sh", "-c", fmt.Sprintf("mkdir -p {dir}/images && for i in 1 2 3 4; do head -c %dM /dev/urandom > {dir}/images/image$i.bin; done", sz.imageMiB)}
 	return []scenario{
 		{
 			name: "sign, warm (ECC P-256, one digest)",
@@ -534,7 +543,7 @@ func scenarios(provd string) []scenario {
 			// officer-approved recipe; tpm2-tools: a primary key, which the
 			// owner seed and the template determine); each drops it after,
 			// untimed.
-			name: "derive an ECC P-256 key and sign 100 digests: provd through its daemon (100 `key sign` processes), tpm2-tools on a persistent handle (100 `tpm2_sign`)",
+			name: fmt.Sprintf("derive an ECC P-256 key and sign %[1]d digests: provd through its daemon (%[1]d `key sign` processes), tpm2-tools on a persistent handle (%[1]d `tpm2_sign`)", sz.signs),
 			provd: side{
 				setup: [][]string{
 					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "{dir}/officer.pem"},
@@ -545,7 +554,7 @@ func scenarios(provd string) []scenario {
 				},
 				step: [][]string{
 					{provd, "--socket", "{dir}/provd.sock", "key", "derive", "k", "--label", "bench", "--context", "sign100", "--type", "ecc-p256", "--approval", "{dir}/k.approval.json"},
-					{"sh", "-c", "for i in $(seq 100); do " + provd + " --socket {dir}/provd.sock key sign k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done"},
+					{"sh", "-c", "for i in $(seq " + strconv.Itoa(sz.signs) + "); do " + provd + " --socket {dir}/provd.sock key sign k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done"},
 				},
 				after: [][]string{{provd, "--socket", "{dir}/provd.sock", "key", "delete", "k"}},
 			},
@@ -556,11 +565,11 @@ func scenarios(provd string) []scenario {
 					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:ecdsa-sha256", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign|noda", "-c", "{dir}/k.ctx"},
 					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
 					{"tpm2_flushcontext", "-t"},
-					{"sh", "-c", "for i in $(seq 100); do tpm2_sign -c 0x81000010 -g sha256 -d -o {dir}/sig {dir}/digest || exit 1; done"},
+					{"sh", "-c", "for i in $(seq " + strconv.Itoa(sz.signs) + "); do tpm2_sign -c 0x81000010 -g sha256 -d -o {dir}/sig {dir}/digest || exit 1; done"},
 				},
 				after: [][]string{{"tpm2_evictcontrol", "-C", "o", "-c", "0x81000010"}},
 			},
-			minimum: "CreateLoaded (or CreatePrimary), 100 Sign (password or a kept session): 101",
+			minimum: fmt.Sprintf("CreateLoaded (or CreatePrimary), %d Sign (password or a kept session): %d", sz.signs, sz.signs+1),
 		},
 		{
 			// provd's quote goes to its fleet endpoint (on this machine,
@@ -669,7 +678,7 @@ func scenarios(provd string) []scenario {
 			minimum: "PCR_Read, Create (the PK under the persistent SRK), NV_UndefineSpace and NV_DefineSpace (the audit anchor), NV_Extend: 5 (on a fresh TPM + CreatePrimary, EvictControl of the SRK)",
 		},
 		{
-			name: "fw verify: a signed manifest of four 16 MiB images, against sha256sum -c (no TPM)",
+			name: fmt.Sprintf("fw verify: a signed manifest of four %d MiB images, against sha256sum -c (no TPM)", sz.imageMiB),
 			provd: side{
 				setup: [][]string{
 					images,
@@ -725,7 +734,7 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 		fmt.Fprintf(&b, "On %s (medians of %d runs each, interleaved):\n\n", name, m.runs)
 		b.WriteString("| operation | provd ms | provd TPM cmds | tpm2-tools ms | tpm2-tools TPM cmds | ratio (time) | minimal sequence |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 		var mixes []string
-		for i, sc := range scenarios(provd) {
+		for i, sc := range scenarios(provd, fullSize) {
 			if !filter.MatchString(sc.name) {
 				continue
 			}
