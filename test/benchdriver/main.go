@@ -718,7 +718,7 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 	defer os.RemoveAll(root)
 	var b strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "Measured %s by `go run ./test/benchdriver` (`make bench`) on %s, %d cores, %s/%s; swtpm per tool behind test/tpmproxy; one-shot processes (each run a new provd or tpm2-tools process).\n\n",
+	fmt.Fprintf(&b, "Measured %s by `go run ./test/benchdriver` (`make bench`) on %s, %d cores, %s/%s; swtpm per tool behind test/tpmproxy (two for the duplication row); one-shot processes (each run a new provd or tpm2-tools process), provd's daemon and fleet endpoint started in the setup of the rows that use them. Other work shared the machine: expect noise of some percent.\n\n",
 		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	for _, m := range []struct {
 		model *tpmproxy.Model
