@@ -39,7 +39,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 	if fi, err := os.Stat(provd); err == nil {
 		res.binaryBytes = fi.Size()
 	}
-	w, err := newWorkspace(ctx, root, "daemon")
+	w, err := newWorkspace(ctx, root, "daemon", 1)
 	if err != nil {
 		return res, err
 	}
@@ -59,8 +59,8 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 	}
 	defer nl.Close()
 	sock := filepath.Join(w.dir, "provd.sock")
-	w.proxy.Reset()
-	cmd := exec.Command(provd, "--tpm", "swtpm://"+w.proxy.Addr, "--state-dir", filepath.Join(w.dir, "state"), "serve", "--socket", sock, "--socket-group", "")
+	w.reset()
+	cmd := exec.Command(provd, "--tpm", "swtpm://"+w.tpms[0].proxy.Addr, "--state-dir", filepath.Join(w.dir, "state"), "serve", "--socket", sock, "--socket-group", "")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -88,7 +88,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 		}
 	}
 	res.readyMS = float64(time.Since(start).Microseconds()) / 1000
-	res.startupCommands = w.proxy.Total()
+	res.startupCommands = w.total()
 	time.Sleep(200 * time.Millisecond)
 	if res.rssIdleKB, err = rssKB(cmd.Process.Pid); err != nil {
 		return res, err
@@ -102,7 +102,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 		}
 	}
 	c.Close()
-	w.proxy.Reset()
+	w.reset()
 	var next atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -131,7 +131,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 	}
 	elapsed := time.Since(t0)
 	res.signsPerSec = float64(requests) / elapsed.Seconds()
-	res.cmdsPerRequest = float64(w.proxy.Total()) / float64(requests)
+	res.cmdsPerRequest = float64(w.total()) / float64(requests)
 	res.rssAfterKB, err = rssKB(cmd.Process.Pid)
 	return res, err
 }

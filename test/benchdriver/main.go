@@ -20,12 +20,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/test/tpmproxy"
 	"github.com/provd/provd/tpm/swtpm"
 )
@@ -37,11 +39,17 @@ func main() {
 	daemonRequests := flag.Int("daemon-requests", 20000, "signs through the daemon, from 32 clients over 4 keys (0: skip)")
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
 	sequence := flag.Bool("sequence", false, "print each tool's TPM commands in order (first run of each scenario) on stderr")
+	only := flag.String("run", "", "only the scenarios whose name matches this regular expression")
 	flag.Parse()
 	if *sequence {
 		sequenceOut = os.Stderr
 	}
-	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update); err != nil {
+	filter, err := regexp.Compile(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchdriver: -run:", err)
+		os.Exit(2)
+	}
+	if err := run(*provd, *runs, *hwRuns, *daemonRequests, *update, filter); err != nil {
 		fmt.Fprintln(os.Stderr, "benchdriver:", err)
 		os.Exit(1)
 	}
@@ -50,11 +58,13 @@ func main() {
 // sequenceOut, when set (-sequence), receives each tool's commands in order.
 var sequenceOut io.Writer
 
-// A tool's side of a scenario: setup (untimed, on plain swtpm speed) and
-// the measured step, each a list of commands (argv) run in order.
+// A tool's side of a scenario: setup (untimed, on plain swtpm speed), the
+// measured step, and what puts the TPM back after each step for the next
+// (untimed, uncounted), each a list of commands (argv) run in order. A
+// setup command made by background runs until the scenario ends.
 type side struct {
-	files       map[string][]byte // written into the workspace first
-	setup, step [][]string
+	files              map[string][]byte // written into the workspace first
+	setup, step, after [][]string
 }
 
 // scenario is one job both tools do.
@@ -63,56 +73,140 @@ type scenario struct {
 	provd   side
 	tools   side
 	minimum string // the minimal command sequence, for the table
+	// twoTPMs gives each tool a second swtpm, {tpm2} and {port2}; the
+	// counts are both TPMs' commands together.
+	twoTPMs bool
+	// toolsNoTPM: the other side's job needs no TPM (0 commands).
+	toolsNoTPM bool
 }
 
-// workspace is one tool's swtpm, proxy and files for one scenario.
-type workspace struct {
-	dir   string
+// backgroundMark starts a setup command that background made.
+const backgroundMark = "{background}"
+
+// background is a setup command that keeps running (a daemon, an
+// endpoint) until the scenario ends; its stdout and stderr go to log (a
+// path under {dir}), and setup goes on once that file holds ready.
+func background(log, ready string, argv ...string) []string {
+	return append([]string{backgroundMark, log, ready}, argv...)
+}
+
+// tpmEnd is one swtpm and the proxy in front of it.
+type tpmEnd struct {
 	proc  *swtpm.Process
 	proxy *tpmproxy.Proxy
 }
 
-func (w *workspace) close() {
-	if w.proxy != nil {
-		w.proxy.Close()
+func startTPM(ctx context.Context, dir string) (tpmEnd, error) {
+	var t tpmEnd
+	state, ca := filepath.Join(dir, "tpm"), filepath.Join(dir, "ca")
+	if err := swtpm.Manufacture(ctx, state, ca); err != nil {
+		return t, err
 	}
-	if w.proc != nil {
-		_ = w.proc.Stop()
+	var err error
+	if t.proc, err = swtpm.Start(ctx, state); err != nil {
+		return t, err
+	}
+	if t.proxy, err = tpmproxy.Start(t.proc.Addr, t.proc.CtrlAddr, nil); err != nil {
+		t.close()
+		return t, err
+	}
+	return t, nil
+}
+
+func (t tpmEnd) close() {
+	if t.proxy != nil {
+		t.proxy.Close()
+	}
+	if t.proc != nil {
+		_ = t.proc.Stop()
 	}
 }
 
-func newWorkspace(ctx context.Context, root, name string) (*workspace, error) {
+// workspace is one tool's swtpm (or two), proxies, background processes
+// and files for one scenario.
+type workspace struct {
+	dir  string
+	tpms []tpmEnd // the second, {tpm2}, when the scenario has two TPMs
+	bg   []process
+}
+
+// process is a background command and the end of its Wait.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// close stops the background processes (SIGINT, SIGKILL after 10 s), then
+// the TPMs.
+func (w *workspace) close() {
+	for i := len(w.bg) - 1; i >= 0; i-- {
+		stopProcess(w.bg[i])
+	}
+	for _, t := range w.tpms {
+		t.close()
+	}
+}
+
+// stopProcess interrupts p's process, waits for it, and kills it when it
+// has not ended within 10 s.
+func stopProcess(p process) {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+func newWorkspace(ctx context.Context, root, name string, tpms int) (*workspace, error) {
 	w := &workspace{dir: filepath.Join(root, name)}
-	state, ca := filepath.Join(w.dir, "tpm"), filepath.Join(w.dir, "ca")
-	if err := swtpm.Manufacture(ctx, state, ca); err != nil {
-		return nil, err
-	}
-	var err error
-	if w.proc, err = swtpm.Start(ctx, state); err != nil {
-		return nil, err
-	}
-	if w.proxy, err = tpmproxy.Start(w.proc.Addr, w.proc.CtrlAddr, nil); err != nil {
-		w.close()
-		return nil, err
+	for i := range tpms {
+		dir := w.dir
+		if i > 0 {
+			dir = filepath.Join(w.dir, "b")
+		}
+		t, err := startTPM(ctx, dir)
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		w.tpms = append(w.tpms, t)
 	}
 	return w, nil
 }
 
-// expand replaces {dir}, {tpm} (provd's --tpm) and {port} in argv.
+// expand replaces {dir}, {tpm} (provd's --tpm), {port} and, with a second
+// TPM, {dir2} (its directory, where its manufacturer CA is), {tpm2} and
+// {port2} in argv.
 func (w *workspace) expand(argv []string) []string {
+	t := w.tpms[0]
+	pairs := []string{"{dir2}", filepath.Join(w.dir, "b"), "{dir}", w.dir, "{tpm}", "swtpm://" + t.proxy.Addr, "{port}", strconv.Itoa(t.proxy.Port)}
+	if len(w.tpms) > 1 {
+		t2 := w.tpms[1]
+		pairs = append(pairs, "{tpm2}", "swtpm://"+t2.proxy.Addr, "{port2}", strconv.Itoa(t2.proxy.Port))
+	}
+	r := strings.NewReplacer(pairs...)
 	out := make([]string, len(argv))
-	r := strings.NewReplacer("{dir}", w.dir, "{tpm}", "swtpm://"+w.proxy.Addr, "{port}", strconv.Itoa(w.proxy.Port))
 	for i, a := range argv {
 		out[i] = r.Replace(a)
 	}
 	return out
 }
 
-func (w *workspace) exec(argv []string) error {
-	argv = w.expand(argv)
+func (w *workspace) command(argv []string) *exec.Cmd {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = w.dir
-	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port="+strconv.Itoa(w.proxy.Port), "PROVD_STATE_DIR="+filepath.Join(w.dir, "state"))
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port="+strconv.Itoa(w.tpms[0].proxy.Port), "PROVD_STATE_DIR="+filepath.Join(w.dir, "state"))
+	return cmd
+}
+
+func (w *workspace) exec(argv []string) error {
+	argv = w.expand(argv)
+	if argv[0] == backgroundMark {
+		return w.startBackground(argv[1], argv[2], argv[3:])
+	}
+	cmd := w.command(argv)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -121,16 +215,89 @@ func (w *workspace) exec(argv []string) error {
 	return nil
 }
 
+// startBackground starts argv with its output in log and waits (up to a
+// minute) until log holds ready; close stops it.
+func (w *workspace) startBackground(log, ready string, argv []string) error {
+	f, err := os.Create(log)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := w.command(argv)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	w.bg = append(w.bg, process{cmd, exited})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(log); bytes.Contains(b, []byte(ready)) {
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(log)
+			return fmt.Errorf("%s: ended before %q\n%s", strings.Join(argv, " "), ready, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s: no %q in %s within a minute", strings.Join(argv, " "), ready, log)
+}
+
+// reset zeroes every proxy's counters.
+func (w *workspace) reset() {
+	for _, t := range w.tpms {
+		t.proxy.Reset()
+	}
+}
+
+// total is the commands every TPM of w took since the last reset.
+func (w *workspace) total() int {
+	n := 0
+	for _, t := range w.tpms {
+		n += t.proxy.Total()
+	}
+	return n
+}
+
+// counts is the commands of every TPM by code since the last reset.
+func (w *workspace) counts() map[tpm2.TPMCC]int {
+	all := map[tpm2.TPMCC]int{}
+	for _, t := range w.tpms {
+		for cc, n := range t.proxy.Counts() {
+			all[cc] += n
+		}
+	}
+	return all
+}
+
+// sequence is each TPM's commands in order, the second's after "TPM B:".
+func (w *workspace) sequence() string {
+	s := fmt.Sprint(w.tpms[0].proxy.Sequence())
+	if len(w.tpms) > 1 {
+		s = "TPM A: " + s + "; TPM B: " + fmt.Sprint(w.tpms[1].proxy.Sequence())
+	}
+	return s
+}
+
+func (w *workspace) setModel(m *tpmproxy.Model) {
+	for _, t := range w.tpms {
+		t.proxy.SetModel(m)
+	}
+}
+
 // measure runs the step once and returns its wall time and TPM commands.
 func (w *workspace) measure(step [][]string) (time.Duration, int, error) {
-	w.proxy.Reset()
+	w.reset()
 	start := time.Now()
 	for _, argv := range step {
 		if err := w.exec(argv); err != nil {
 			return 0, 0, err
 		}
 	}
-	return time.Since(start), w.proxy.Total(), nil
+	return time.Since(start), w.total(), nil
 }
 
 // result is one scenario on one model: medians per tool.
@@ -149,9 +316,13 @@ func median(ds []time.Duration) float64 {
 
 func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.Model, runs int) (result, error) {
 	res := result{name: sc.name, minimum: sc.minimum, provdRuns: runs, toolsRuns: runs}
+	tpms := 1
+	if sc.twoTPMs {
+		tpms = 2
+	}
 	var ws [2]*workspace
 	for i, name := range []string{"provd", "tools"} {
-		w, err := newWorkspace(ctx, root, name) // root is the scenario's: no comma in swtpm's paths
+		w, err := newWorkspace(ctx, root, name, tpms) // root is the scenario's: no comma in swtpm's paths
 		if err != nil {
 			return res, err
 		}
@@ -170,7 +341,7 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 				return res, fmt.Errorf("%s setup: %w", sc.name, err)
 			}
 		}
-		ws[i].proxy.SetModel(model)
+		ws[i].setModel(model)
 	}
 	var times [2][]time.Duration
 	var cmds [2][]int
@@ -184,13 +355,19 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 			if err != nil {
 				return res, err
 			}
+			seq, mix := ws[i].sequence(), tpmproxy.Mix(ws[i].counts())
+			for _, argv := range sides[i].after {
+				if err := ws[i].exec(argv); err != nil {
+					return res, fmt.Errorf("%s, after the step: %w", sc.name, err)
+				}
+			}
 			if sequenceOut != nil && r == 0 {
-				fmt.Fprintf(sequenceOut, "%s, %s (%d): %v\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, ws[i].proxy.Sequence())
+				fmt.Fprintf(sequenceOut, "%s, %s (%d): %s\n", sc.name, []string{"provd", "tpm2-tools"}[i], n, seq)
 			}
 			if i == 0 {
-				res.provdMix = tpmproxy.Mix(ws[i].proxy.Counts())
+				res.provdMix = mix
 			} else {
-				res.toolsMix = tpmproxy.Mix(ws[i].proxy.Counts())
+				res.toolsMix = mix
 			}
 			times[i] = append(times[i], d)
 			cmds[i] = append(cmds[i], n)
@@ -203,9 +380,67 @@ func runScenario(ctx context.Context, root string, sc scenario, model *tpmproxy.
 	return res, nil
 }
 
-func scenarios(provd string) []scenario {
+// toolsAnchorAttrs is an extend NV index as provd's audit anchor, written
+// with the owner's authorization where provd's is written through a gate
+// key's policy.
+const toolsAnchorAttrs = "nt=extend|ownerwrite|authread|ownerread|no_da"
+
+// provdDupSetup is the ceremony of scripts/demo.sh for a key moved from
+// TPM A to TPM B: sh setup-dup.sh PROVD TPM-A TPM-B DIR DIR-B (DIR-B
+// holds B's manufacturer CA). A's state is the default one ($PROVD_STATE_DIR).
+const provdDupSetup = `set -eu
+provd=$1 a=$2 b=$3 dir=$4 dirb=$5
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/officer.pem" 2>/dev/null
+openssl pkey -in "$dir/officer.pem" -pubout -out "$dir/officer.pub.pem"
+cat "$dirb/ca/swtpm-localca-rootca-cert.pem" "$dirb/ca/issuercert.pem" > "$dir/ek-ca-b.pem"
+"$provd" --tpm "$a" provision --trust-on-first-use --pcrs 7 --officer-key "$dir/officer.pub.pem" >/dev/null
+"$provd" --tpm "$b" --state-dir "$dir/state-b" provision --ek-ca "$dir/ek-ca-b.pem" --pcrs 7 --officer-key "$dir/officer.pub.pem" >/dev/null
+"$provd" --tpm "$b" --state-dir "$dir/state-b" peer identity --out "$dir/b.peer.json"
+"$provd" peer challenge --to "$dir/b.peer.json" --ek-ca "$dir/ek-ca-b.pem" --out "$dir/b.challenge.json"
+"$provd" --tpm "$b" --state-dir "$dir/state-b" peer prove --challenge "$dir/b.challenge.json" --out "$dir/b.proof.json"
+hex() { grep -o "\"$1\": *\"[0-9a-f]*\"" | head -1 | grep -o '[0-9a-f]\{20,\}'; }
+pkb=$("$provd" --tpm "$b" --state-dir "$dir/state-b" status -o json | hex pk_name)
+pkpolicy=$("$provd" --tpm "$a" status -o json | hex policy_digest)
+"$provd" --tpm "$a" key create mover --type ecc-p256 --extractable >/dev/null
+mover=$("$provd" --tpm "$a" key pub mover -o json | hex object_name)
+"$provd" key approve --officer "$dir/officer.pem" --pk-policy "$pkpolicy" --dup-to "$dir/b.peer.json" --peer-pk "$pkb" \
+  --challenge "$dir/b.challenge.json" --proof "$dir/b.proof.json" --object-name "$mover" --out "$dir/mover.approval.json"
+`
+
+// toolsDupSetup makes, with tpm2-tools, a persistent storage key on each
+// TPM, B's public part for A, and on A a key that PolicyCommandCode
+// (Duplicate) lets leave: sh setup-dup.sh DIR B-PORT (A is $TPM2TOOLS_TCTI).
+const toolsDupSetup = `set -eu
+dir=$1 b="swtpm:host=127.0.0.1,port=$2"
+tpm2_startup -c
+tpm2_startup -c -T "$b"
+tpm2_createprimary -T "$b" -C o -g sha256 -G ecc256 -c "$dir/b-prim.ctx" >/dev/null
+tpm2_evictcontrol -T "$b" -C o -c "$dir/b-prim.ctx" 0x81000001 >/dev/null
+tpm2_flushcontext -T "$b" -t
+tpm2_readpublic -T "$b" -c 0x81000001 -o "$dir/b-srk.pub" >/dev/null
+tpm2_createprimary -C o -g sha256 -G ecc256 -c "$dir/prim.ctx" >/dev/null
+tpm2_evictcontrol -C o -c "$dir/prim.ctx" 0x81000001 >/dev/null
+tpm2_flushcontext -t
+tpm2_startauthsession -S "$dir/trial.ctx"
+tpm2_policycommandcode -S "$dir/trial.ctx" -L "$dir/dup.policy" TPM2_CC_Duplicate >/dev/null
+tpm2_flushcontext "$dir/trial.ctx"
+tpm2_create -C 0x81000001 -g sha256 -G ecc256 -L "$dir/dup.policy" -a "sensitivedataorigin|userwithauth|sign" -u "$dir/k.pub" -r "$dir/k.priv" >/dev/null
+tpm2_flushcontext -t
+`
+
+// size is how much work the scenarios whose job has a size do: the
+// benchmark's (fullSize) or a test's smaller one.
+type size struct {
+	signs    int // digests the key signs
+	imageMiB int // the size of each of four firmware images
+}
+
+var fullSize = size{signs: 100, imageMiB: 16}
+
+func scenarios(provd string, sz size) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
 	provision := []string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}
+	images := []string{"sh", "-c", fmt.Sprintf("mkdir -p {dir}/images && for i in 1 2 3 4; do head -c %dM /dev/urandom > {dir}/images/image$i.bin; done", sz.imageMiB)}
 	return []scenario{
 		{
 			name: "sign, warm (ECC P-256, one digest)",
@@ -301,10 +536,171 @@ func scenarios(provd string) []scenario {
 			},
 			minimum: "Load, StartAuthSession, PolicyPCR, Unseal, Flush: 5 under a resident SRK",
 		},
+		{
+			// A script's loop: provd's CLI through the daemon's socket (the
+			// daemon keeps the key and its session), tpm2-tools on a
+			// persistent handle; each derives its key first (provd: an
+			// officer-approved recipe; tpm2-tools: a primary key, which the
+			// owner seed and the template determine); each drops it after,
+			// untimed.
+			name: fmt.Sprintf("derive an ECC P-256 key and sign %[1]d digests: provd through its daemon (%[1]d `key sign` processes), tpm2-tools on a persistent handle (%[1]d `tpm2_sign`)", sz.signs),
+			provd: side{
+				setup: [][]string{
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "{dir}/officer.pem"},
+					{"openssl", "pkey", "-in", "{dir}/officer.pem", "-pubout", "-out", "{dir}/officer.pub.pem"},
+					append(provision, "--officer-key", "{dir}/officer.pub.pem"),
+					{"sh", "-c", provd + " key approve --officer {dir}/officer.pem --pk-policy $(" + provd + " --tpm {tpm} status -o json | grep -o '\"policy_digest\": *\"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --type ecc-p256 --label bench --context sign100 --out {dir}/k.approval.json"},
+					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
+				},
+				step: [][]string{
+					{provd, "--socket", "{dir}/provd.sock", "key", "derive", "k", "--label", "bench", "--context", "sign100", "--type", "ecc-p256", "--approval", "{dir}/k.approval.json"},
+					{"sh", "-c", "for i in $(seq " + strconv.Itoa(sz.signs) + "); do " + provd + " --socket {dir}/provd.sock key sign k --digest " + hex.EncodeToString(digest[:]) + " --out {dir}/sig || exit 1; done"},
+				},
+				after: [][]string{{provd, "--socket", "{dir}/provd.sock", "key", "delete", "k"}},
+			},
+			tools: side{
+				setup: [][]string{{"tpm2_startup", "-c"}},
+				files: map[string][]byte{"digest": digest[:]},
+				step: [][]string{
+					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:ecdsa-sha256", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign|noda", "-c", "{dir}/k.ctx"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
+					{"tpm2_flushcontext", "-t"},
+					{"sh", "-c", "for i in $(seq " + strconv.Itoa(sz.signs) + "); do tpm2_sign -c 0x81000010 -g sha256 -d -o {dir}/sig {dir}/digest || exit 1; done"},
+				},
+				after: [][]string{{"tpm2_evictcontrol", "-C", "o", "-c", "0x81000010"}},
+			},
+			minimum: fmt.Sprintf("CreateLoaded (or CreatePrimary), %d Sign (password or a kept session): %d", sz.signs, sz.signs+1),
+		},
+		{
+			// provd's quote goes to its fleet endpoint (on this machine,
+			// SQLite, TLS), which appraises it against the class's golden
+			// values; tpm2-tools quotes with a persistent AK and checks the
+			// quote with tpm2_checkquote, in software.
+			name: "quote and verify: provd `attest now` (nonce, quote, TLS round trips, the endpoint's appraisal), tpm2_quote + tpm2_checkquote",
+			provd: side{
+				setup: [][]string{
+					provision,
+					{"sh", "-c", "cat {dir}/ca/swtpm-localca-rootca-cert.pem {dir}/ca/issuercert.pem > {dir}/ek-ca.pem"},
+					background("{dir}/fleet.log", "serving", provd, "--state-dir", "{dir}/endpoint", "fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", "{dir}/ek-ca.pem"),
+					{"sh", "-c", "grep -o 'https://[0-9.:]*' {dir}/fleet.log | head -1 > {dir}/url"},
+					{"sh", "-c", provd + " --tpm {tpm} attest enroll --endpoint $(cat {dir}/url) --ca-cert {dir}/endpoint/fleet/tls.crt --class bench"},
+					{"sh", "-c", provd + " --tpm {tpm} tpm pcr read --pcrs 0,1,2,3,4,5,6,7 -o json > {dir}/golden.json"},
+					{"sh", "-c", provd + " fleet policy set --class bench --pcr-values {dir}/golden.json --endpoint $(cat {dir}/url) --ca-cert {dir}/endpoint/fleet/tls.crt --token-file {dir}/endpoint/fleet/operator.token"},
+				},
+				step: [][]string{{provd, "--tpm", "{tpm}", "attest", "now", "--ca-cert", "{dir}/endpoint/fleet/tls.crt"}},
+			},
+			tools: side{
+				setup: [][]string{
+					{"tpm2_startup", "-c"},
+					{"tpm2_createek", "-c", "{dir}/ek.ctx", "-G", "rsa", "-u", "{dir}/ek.pub"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_createak", "-C", "{dir}/ek.ctx", "-c", "{dir}/ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u", "{dir}/ak.pub", "-f", "pem", "-n", "{dir}/ak.name"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_flushcontext", "-s"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/ak.ctx", "0x81010002"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_flushcontext", "-s"},
+				},
+				step: [][]string{{"sh", "-c", "n=$(openssl rand -hex 16) && tpm2_quote -c 0x81010002 -l sha256:0,1,2,3,4,5,6,7 -q $n -g sha256 -m {dir}/q.msg -s {dir}/q.sig -o {dir}/q.pcrs && " +
+					"tpm2_checkquote -u {dir}/ak.pub -m {dir}/q.msg -s {dir}/q.sig -f {dir}/q.pcrs -g sha256 -q $n >/dev/null"}},
+			},
+			minimum: "Quote (a persistent or loaded AK; 8 PCRs fit one quote): 1; verification is software",
+		},
+		{
+			// Each tool has two TPMs, A and B. provd: the ceremony of
+			// scripts/demo.sh in setup (B's identity, the officer's
+			// challenge, B's proof, the officer's approval of the key to
+			// B); the step exports on A and imports on B under a new name.
+			// tpm2-tools: a key whose policy is PolicyCommandCode(Duplicate),
+			// duplicated with an outer wrapper only (no inner symmetric
+			// key) to B's persistent storage key, imported and loaded on B.
+			name:    "duplicate a P-256 key from TPM A and import it on TPM B: provd `dup export` + `dup import`, tpm2_duplicate + tpm2_import (both TPMs' commands)",
+			twoTPMs: true,
+			provd: side{
+				files: map[string][]byte{"setup-dup.sh": []byte(provdDupSetup)},
+				setup: [][]string{{"sh", "{dir}/setup-dup.sh", provd, "{tpm}", "{tpm2}", "{dir}", "{dir2}"}},
+				step: [][]string{
+					{provd, "--tpm", "{tpm}", "dup", "export", "mover", "--to", "{dir}/b.peer.json", "--approval", "{dir}/mover.approval.json", "--ek-ca", "{dir}/ek-ca-b.pem", "--out", "{dir}/mover.dup"},
+					{provd, "--tpm", "{tpm2}", "--state-dir", "{dir}/state-b", "dup", "import", "moved", "--in", "{dir}/mover.dup"},
+				},
+				// B holds the key once: it refuses the same key again.
+				after: [][]string{{provd, "--tpm", "{tpm2}", "--state-dir", "{dir}/state-b", "key", "delete", "moved"}},
+			},
+			tools: side{
+				files: map[string][]byte{"setup-dup.sh": []byte(toolsDupSetup)},
+				setup: [][]string{{"sh", "{dir}/setup-dup.sh", "{dir}", "{port2}"}},
+				step: [][]string{
+					{"tpm2_load", "-C", "0x81000001", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv", "-c", "{dir}/k.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_loadexternal", "-C", "o", "-u", "{dir}/b-srk.pub", "-c", "{dir}/b-srk.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_startauthsession", "--policy-session", "-S", "{dir}/session.ctx"},
+					{"tpm2_policycommandcode", "-S", "{dir}/session.ctx", "TPM2_CC_Duplicate"},
+					{"tpm2_duplicate", "-C", "{dir}/b-srk.ctx", "-c", "{dir}/k.ctx", "-G", "null", "-p", "session:{dir}/session.ctx", "-r", "{dir}/dup.priv", "-s", "{dir}/dup.seed"},
+					{"tpm2_flushcontext", "{dir}/session.ctx"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_import", "-T", "swtpm:host=127.0.0.1,port={port2}", "-C", "0x81000001", "-u", "{dir}/k.pub", "-i", "{dir}/dup.priv", "-s", "{dir}/dup.seed", "-r", "{dir}/imported.priv"},
+					{"tpm2_load", "-T", "swtpm:host=127.0.0.1,port={port2}", "-C", "0x81000001", "-u", "{dir}/k.pub", "-r", "{dir}/imported.priv", "-c", "{dir}/imported.ctx"},
+					{"tpm2_flushcontext", "-T", "swtpm:host=127.0.0.1,port={port2}", "-t"},
+				},
+			},
+			minimum: "A: Load (the key), LoadExternal (B's parent), StartAuthSession, PolicyCommandCode, Duplicate, 2 flushes; B: Import, Load: 9 (provd adds the peer's EK check and an inner wrapper only B's EK opens: ActivateCredential and its sessions)",
+		},
+		{
+			// Both re-provision a TPM provisioned once in setup: provd a
+			// fresh state directory each run (it replaces the audit
+			// anchor the last one defined), tpm2-tools the same objects.
+			name: "provision again (a fresh state directory each run, the same TPM)",
+			provd: side{
+				setup: [][]string{provision},
+				step:  [][]string{{"sh", "-c", provd + " --tpm {tpm} --state-dir {dir}/s$$ provision --trust-on-first-use --pcrs 7 >/dev/null"}},
+			},
+			tools: side{
+				setup: [][]string{
+					{"tpm2_startup", "-c"},
+					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/prim.ctx", "0x81000001"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_nvdefine", "0x01707601", "-C", "o", "-s", "32", "-g", "sha256", "-a", toolsAnchorAttrs},
+				},
+				files: map[string][]byte{"record": digest[:]},
+				step: [][]string{
+					{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7"},
+					{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
+					{"tpm2_flushcontext", "-l"},
+					{"tpm2_create", "-C", "0x81000001", "-G", "ecc256", "-L", "{dir}/pol.bin", "-a", "fixedtpm|fixedparent|sensitivedataorigin|adminwithpolicy|restricted|decrypt|noda", "-u", "{dir}/pk.pub", "-r", "{dir}/pk.priv"},
+					{"tpm2_flushcontext", "-t"},
+					{"tpm2_nvundefine", "0x01707601", "-C", "o"},
+					{"tpm2_nvdefine", "0x01707601", "-C", "o", "-s", "32", "-g", "sha256", "-a", toolsAnchorAttrs},
+					{"tpm2_nvextend", "0x01707601", "-C", "o", "-i", "{dir}/record"},
+				},
+			},
+			minimum: "PCR_Read, Create (the PK under the persistent SRK), NV_UndefineSpace and NV_DefineSpace (the audit anchor), NV_Extend: 5 (on a fresh TPM + CreatePrimary, EvictControl of the SRK)",
+		},
+		{
+			name: fmt.Sprintf("fw verify: a signed manifest of four %d MiB images, against sha256sum -c (no TPM)", sz.imageMiB),
+			provd: side{
+				setup: [][]string{
+					images,
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "{dir}/officer.pem"},
+					{"openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "{dir}/fw-signer.pem"},
+					{"openssl", "pkey", "-in", "{dir}/fw-signer.pem", "-pubout", "-out", "{dir}/fw-signer.pub.pem"},
+					{provd, "--tpm", "{tpm}", "fw", "anchor", "set", "--trust-on-first-use", "--pubkey", "{dir}/fw-signer.pub.pem", "--class", "bench", "--officer", "{dir}/officer.pem"},
+					{provd, "fw", "sign", "--key", "{dir}/fw-signer.pem", "--images", "{dir}/images", "--version", "1", "--class", "bench", "--out", "{dir}/fw.manifest"},
+				},
+				step: [][]string{{provd, "--tpm", "{tpm}", "fw", "verify", "--manifest", "{dir}/fw.manifest", "--root", "{dir}/images"}},
+			},
+			tools: side{
+				setup: [][]string{images, {"sh", "-c", "cd {dir}/images && sha256sum * > ../SHA256SUMS"}},
+				step:  [][]string{{"sh", "-c", "cd {dir}/images && sha256sum --quiet -c ../SHA256SUMS"}},
+			},
+			toolsNoTPM: true,
+			minimum:    "NV_Read (the anchor: signer and class), NV_Read (the anti-rollback counter), PCR_Extend: 3; the signature and the digests are software (provd's boot hook adds the full SelfTest by design)",
+		},
 	}
 }
 
-func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
+func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *regexp.Regexp) error {
 	ctx := context.Background()
 	if _, err := os.Stat(provd); err != nil {
 		return fmt.Errorf("%s: %w (make build)", provd, err)
@@ -322,7 +718,7 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
 	defer os.RemoveAll(root)
 	var b strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "Measured %s by `go run ./test/benchdriver` (`make bench`) on %s, %d cores, %s/%s; swtpm per tool behind test/tpmproxy; one-shot processes (each run a new provd or tpm2-tools process).\n\n",
+	fmt.Fprintf(&b, "Measured %s by `go run ./test/benchdriver` (`make bench`) on %s, %d cores, %s/%s; swtpm per tool behind test/tpmproxy (two for the duplication row); one-shot processes (each run a new provd or tpm2-tools process), provd's daemon and fleet endpoint started in the setup of the rows that use them. Other work shared the machine: expect noise of some percent.\n\n",
 		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	for _, m := range []struct {
 		model *tpmproxy.Model
@@ -338,7 +734,10 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string) error {
 		fmt.Fprintf(&b, "On %s (medians of %d runs each, interleaved):\n\n", name, m.runs)
 		b.WriteString("| operation | provd ms | provd TPM cmds | tpm2-tools ms | tpm2-tools TPM cmds | ratio (time) | minimal sequence |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 		var mixes []string
-		for i, sc := range scenarios(provd) {
+		for i, sc := range scenarios(provd, fullSize) {
+			if !filter.MatchString(sc.name) {
+				continue
+			}
 			dir := filepath.Join(root, fmt.Sprintf("m%d-s%d", len(b.String())%1000, i))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err

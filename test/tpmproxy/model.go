@@ -50,6 +50,8 @@ var Hardware = Model{
 		tpm2.TPMCCNVWrite:            30 * time.Millisecond,
 		tpm2.TPMCCNVExtend:           30 * time.Millisecond,
 		tpm2.TPMCCNVIncrement:        30 * time.Millisecond,
+		tpm2.TPMCCNVDefineSpace:      30 * time.Millisecond, // NV writes, as NV_Write
+		tpm2.TPMCCNVUndefineSpace:    30 * time.Millisecond,
 		tpm2.TPMCCEvictControl:       50 * time.Millisecond,
 		tpm2.TPMCCHMAC:               10 * time.Millisecond,
 		tpm2.TPMCCEncryptDecrypt2:    10 * time.Millisecond,
@@ -119,6 +121,11 @@ var names = map[tpm2.TPMCC]string{
 	tpm2.TPMCCPolicyCommandCode: "PolicyCommandCode", tpm2.TPMCCPolicyOR: "PolicyOR", tpm2.TPMCCPolicyAuthorize: "PolicyAuthorize",
 	tpm2.TPMCCPolicyGetDigest: "PolicyGetDigest", tpm2.TPMCCPolicySigned: "PolicySigned", tpm2.TPMCCPolicyPassword: "PolicyPassword",
 	tpm2.TPMCCPolicyRestart: "PolicyRestart", tpm2.TPMCCHashSequenceStart: "HashSequenceStart",
+	tpm2.TPMCCNVDefineSpace: "NV_DefineSpace", tpm2.TPMCCNVUndefineSpace: "NV_UndefineSpace", tpm2.TPMCCNVWriteLock: "NV_WriteLock",
+	tpm2.TPMCCPolicyNV: "PolicyNV", tpm2.TPMCCPolicyAuthorizeNV: "PolicyAuthorizeNV", tpm2.TPMCCPolicyTemplate: "PolicyTemplate",
+	tpm2.TPMCCPolicyDuplicationSelect: "PolicyDuplicationSelect", tpm2.TPMCCPolicyNameHash: "PolicyNameHash", tpm2.TPMCCPolicyCpHash: "PolicyCpHash",
+	tpm2.TPMCCMakeCredential: "MakeCredential", tpm2.TPMCCObjectChangeAuth: "ObjectChangeAuth", tpm2.TPMCCHash: "Hash",
+	tpm2.TPMCCReadClock: "ReadClock", tpm2.TPMCCPCRReset: "PCR_Reset", tpm2.TPMCCTestParms: "TestParms",
 }
 
 // Name is command cc's name, as the TPM specification spells it without
