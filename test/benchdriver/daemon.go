@@ -16,6 +16,7 @@ import (
 
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/tpmproxy"
 )
 
 // daemonResult is the daemon's footprint and throughput.
@@ -23,6 +24,9 @@ type daemonResult struct {
 	readyMS         float64
 	rssIdleKB       int
 	rssAfterKB      int
+	anonAfterKB     int             // of rssAfterKB, anonymous memory (heap, stacks)
+	model           *tpmproxy.Model // the load's TPM speed (nil: swtpm's)
+	tpmShare        float64         // of the load's wall time, the TPM's (tpmproxy.Busy)
 	requests        int
 	clients, keys   int
 	signsPerSec     float64
@@ -34,8 +38,8 @@ type daemonResult struct {
 // runDaemon starts provd serve on a fresh swtpm behind the proxy (plain),
 // measures start to READY=1 and its RSS idle, then signs with keys keys
 // from clients clients, requests in all, and measures RSS after.
-func runDaemon(ctx context.Context, root, provd string, requests, clients, keys int) (daemonResult, error) {
-	res := daemonResult{requests: requests, clients: clients, keys: keys}
+func runDaemon(ctx context.Context, root, provd string, requests, clients, keys int, model *tpmproxy.Model) (daemonResult, error) {
+	res := daemonResult{requests: requests, clients: clients, keys: keys, model: model}
 	if fi, err := os.Stat(provd); err == nil {
 		res.binaryBytes = fi.Size()
 	}
@@ -102,6 +106,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 		}
 	}
 	c.Close()
+	w.tpms[0].proxy.SetModel(model) // the load only; set-up at swtpm's speed
 	w.reset()
 	var next atomic.Int64
 	var firstErr atomic.Value
@@ -132,20 +137,28 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 	elapsed := time.Since(t0)
 	res.signsPerSec = float64(requests) / elapsed.Seconds()
 	res.cmdsPerRequest = float64(w.total()) / float64(requests)
+	res.tpmShare = float64(w.tpms[0].proxy.Busy()) / float64(elapsed)
 	res.rssAfterKB, err = rssKB(cmd.Process.Pid)
+	if err == nil {
+		res.anonAfterKB, err = statusKB(cmd.Process.Pid, "RssAnon:")
+	}
 	return res, err
 }
 
 // rssKB reads VmRSS of pid.
-func rssKB(pid int) (int, error) {
+func rssKB(pid int) (int, error) { return statusKB(pid, "VmRSS:") }
+
+// statusKB reads the kB figure field (VmRSS:, RssAnon:, ...) of pid's
+// /proc status.
+func statusKB(pid int, field string) (int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 			return strconv.Atoi(f[1])
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", field, pid)
 }

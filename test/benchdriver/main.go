@@ -764,17 +764,25 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		for _, keys := range []int{1, 4} {
-			d, err := runDaemon(ctx, dir+strconv.Itoa(keys), provd, daemonRequests, 32, keys)
+		for _, run := range []struct {
+			keys, requests int
+			model          *tpmproxy.Model
+		}{{1, daemonRequests, nil}, {4, daemonRequests, nil}, {1, min(daemonRequests, 100), &tpmproxy.Hardware}} {
+			keys, first := run.keys, run.model == nil && run.keys == 1
+			d, err := runDaemon(ctx, dir+strconv.Itoa(keys)+map[bool]string{true: "hw"}[run.model != nil], provd, run.requests, 32, keys, run.model)
 			if err != nil {
 				return fmt.Errorf("daemon: %w", err)
 			}
-			if keys == 1 {
+			if first {
 				fmt.Fprintf(&b, "The daemon (`provd serve`, plain swtpm; binary %.1f MB): start to READY=1 %.0f ms (%d TPM commands); RSS idle %.1f MB.\n\n",
 					float64(d.binaryBytes)/(1<<20), d.readyMS, d.startupCommands, float64(d.rssIdleKB)/1024)
-				b.WriteString("| signs through the daemon | signs/s | TPM commands/request | RSS after |\n| --- | --- | --- | --- |\n")
+				b.WriteString("| signs through the daemon | signs/s | TPM commands/request | time inside the TPM | RSS after (anonymous) |\n| --- | --- | --- | --- | --- |\n")
 			}
-			fmt.Fprintf(&b, "| %d from %d clients over %d key(s) | %.0f | %.2f | %.1f MB |\n", d.requests, d.clients, d.keys, d.signsPerSec, d.cmdsPerRequest, float64(d.rssAfterKB)/1024)
+			on := ""
+			if d.model != nil {
+				on = ", on the hardware model"
+			}
+			fmt.Fprintf(&b, "| %d from %d clients over %d key(s)%s | %.0f | %.2f | %.0f%% | %.1f MB (%.1f MB) |\n", d.requests, d.clients, d.keys, on, d.signsPerSec, d.cmdsPerRequest, 100*d.tpmShare, float64(d.rssAfterKB)/1024, float64(d.anonAfterKB)/1024)
 			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, RSS %d -> %d kB, ready %.0f ms\n", keys, d.signsPerSec, d.cmdsPerRequest, d.rssIdleKB, d.rssAfterKB, d.readyMS)
 		}
 		b.WriteString("\n")

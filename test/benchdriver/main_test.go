@@ -37,7 +37,7 @@ func TestScenarios(t *testing.T) {
 	}
 	t.Run("daemon", func(t *testing.T) {
 		t.Parallel()
-		d, err := runDaemon(context.Background(), filepath.Join(root, "d"), bin, 200, 4, 2)
+		d, err := runDaemon(context.Background(), filepath.Join(root, "d"), bin, 200, 4, 2, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

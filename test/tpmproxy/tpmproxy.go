@@ -61,6 +61,7 @@ type Proxy struct {
 	counts map[tpm2.TPMCC]int
 	seq    []Step
 	held   time.Duration
+	busy   time.Duration // command sent to response read, holds included
 	conns  map[net.Conn]bool
 	wg     sync.WaitGroup
 }
@@ -150,6 +151,7 @@ func (p *Proxy) relayCommands(client, tpm net.Conn) error {
 		}
 		p.mu.Lock()
 		p.counts[cc]++
+		p.busy += time.Since(start)
 		if len(p.seq) < maxSeq {
 			p.seq = append(p.seq, Step{CC: cc, RC: tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))})
 		}
@@ -236,6 +238,15 @@ func (p *Proxy) Total() int {
 	return n
 }
 
+// Busy is how long the TPM had a command since the last Reset: from each
+// command sent to its response read (the model's hold included), so that
+// busy over wall time is the share of time spent inside the TPM.
+func (p *Proxy) Busy() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.busy
+}
+
 // Held is how long the model held responses since the last Reset.
 func (p *Proxy) Held() time.Duration {
 	p.mu.Lock()
@@ -247,7 +258,7 @@ func (p *Proxy) Held() time.Duration {
 func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.counts, p.seq, p.held = map[tpm2.TPMCC]int{}, nil, 0
+	p.counts, p.seq, p.held, p.busy = map[tpm2.TPMCC]int{}, nil, 0, 0
 }
 
 // Close stops listening and ends every relayed connection.
