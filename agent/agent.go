@@ -140,6 +140,9 @@ func (a *Agent) lockKeep() func() {
 
 func (a *Agent) unlock() {
 	a.hot = false
+	if a.audit != nil {
+		a.audit.ForgetOpenRead() // it stands for the anchor in this operation only
+	}
 	if !a.keepOp {
 		if err := a.dropOp(); err != nil {
 			a.log.Debug("flush of the operation's policy session failed", "err", err)

@@ -72,28 +72,31 @@ func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err er
 
 // withOpPolicy runs fn in the operation's session, satisfying expr first;
 // ok false says there is none for auth (opPolicy) and nothing was done. Any
-// failure flushes the session. A kept session whose policy the TPM finds
-// unsatisfied is tried once more afresh: its digest may have been moved by
-// someone else's policy commands between two requests (an interposer
-// cannot use it, TestKeptSessionUselessToOthers, but it can spoil it), and
-// the fresh session's answer is the platform's.
+// failure flushes the session. A kept session that fails while its policy
+// is satisfied, before fn's command is sent, is tried once more afresh: it
+// may have died with a TPM reset or resume the channel did not see (found
+// by review: the first use after a resume failed), and policy commands run
+// again change nothing. A failure of fn's command is never retried: an
+// error answer has no HMAC, so whoever sits on the bus can pass the command
+// on and answer a failure, and a retry would have the TPM run it twice
+// (found by review: two signatures, two loads, for one request).
 func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
 	for {
 		ps, fresh, err := a.opPolicy(auth)
 		if err != nil || ps == nil {
 			return err != nil, err
 		}
-		err = a.apply(ps, rec, expr, opts)
-		if err == nil {
-			err = fn(ps.Session())
+		if err := a.apply(ps, rec, expr, opts); err != nil {
+			err = errors.Join(err, a.dropOp())
+			if fresh {
+				return true, err
+			}
+			continue
 		}
-		if err == nil {
-			return true, nil
+		if err := fn(ps.Session()); err != nil {
+			return true, errors.Join(err, a.dropOp())
 		}
-		err = errors.Join(err, a.dropOp())
-		if fresh || !errors.Is(err, tpm.ErrPolicyNotSatisfied) {
-			return true, err
-		}
+		return true, nil
 	}
 }
 

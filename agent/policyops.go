@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/hex"
@@ -228,9 +229,13 @@ func (a *Agent) ShowPolicy(ctx context.Context) (api.PolicyState, error) {
 
 func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 	var ps api.PolicyState
-	// From the state and the TPM's authenticated PCR and counter reads; the
-	// PK is not loaded (issue 14: a status polled on the daemon evicted the
-	// hot key and cost a load).
+	// The PK is loaded (its blob must still load, and be the state's PK:
+	// found by review, a status that read only the blob's public part said
+	// "satisfied" over a PK no key could be loaded under any more), but the
+	// cached keys stay resident: nothing here needs more than one slot
+	// beside them (issue 14: a status polled on the daemon evicted the hot
+	// key). The verdict itself comes from the TPM's authenticated PCR and
+	// counter reads.
 	var in pkInputs
 	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
 		in, err = a.readPKInputs(tx)
@@ -238,73 +243,88 @@ func (a *Agent) showPolicy(ctx context.Context) (api.PolicyState, error) {
 	}); err != nil {
 		return ps, err
 	}
-	// The PK's blob is still the state's PK (a swapped blob is tampering),
-	// read from its public area as the load would.
-	blob, err := tpm.UnmarshalBlob(in.blob)
-	if err != nil {
-		return ps, fmt.Errorf("PK blob: %w", err)
+	err := a.withLoadedPK(in, func(l *loadedPK) error { return a.policyState(l, &ps) })
+	if errors.Is(err, tpm.ErrNoMemory) {
+		// The PK and the SRK it loads under need two slots: the cached
+		// keys make room after all (another client's object took one).
+		if err = a.keys.EvictResident(); err == nil {
+			err = a.withLoadedPK(in, func(l *loadedPK) error { return a.policyState(l, &ps) })
+		}
 	}
-	if n, err := blob.Name(); err != nil || hex.EncodeToString(n.Buffer) != in.state.Name {
-		return ps, fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered)
-	}
-	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts}
-	err = func() error {
-		ps.Kind, ps.Digest = l.rec.Kind, l.rec.Digest
-		var need policy.PCRValues
-		switch {
-		case l.rec.Kind == PolicyPCR:
-			v, err := policy.ParsePCRValues(l.rec.Values)
-			if err != nil {
-				return err
-			}
-			need = v
-		case l.rec.Kind == PolicySigned:
-			info := &api.SignedPolicyInfo{}
-			signer, err := policy.ParsePublicKeyPEM([]byte(l.rec.Signer))
-			if err != nil {
-				return err
-			}
-			name, err := policy.SignerName(signer)
-			if err != nil {
-				return err
-			}
-			info.Signer = hex.EncodeToString(name)
-			if info.Counter, err = a.readCounter(); errors.Is(err, tpm.ErrNotFound) {
-				// Removed under provd (A2 where the owner hierarchy
-				// has no password): a state to report, not to fail
-				// status on. Nothing under this PK can be used.
-				ps.Signed = info
-				ps.Reason = fmt.Sprintf("the policy counter (NV 0x%08x) is gone: removed by another process "+
-					"(the owner hierarchy has no password?); no signed policy can be checked; provision --force makes a new PK and counter",
-					uint32(PolicyCounterHandle))
-				return nil
-			} else if err != nil {
-				return err
-			}
-			if len(l.opts.Signed) > 0 {
-				info.Installed, info.Version = true, l.opts.Signed[0].Version
-				need = l.opts.Signed[0].Values
-			}
-			ps.Signed = info
-		}
-		cur, differ, reason, err := a.policyHoldsNow(l)
-		if err != nil {
-			return err
-		}
-		if len(need.Values) > 0 {
-			ps.Bank = need.Bank.String()
-			ps.Needed, ps.Current = map[int]string{}, map[int]string{}
-			for _, i := range need.Indices() {
-				ps.Needed[i] = hex.EncodeToString(need.Values[i])
-				ps.Current[i] = hex.EncodeToString(cur[i])
-			}
-		}
-		ps.Differ, ps.Reason = differ, reason
-		ps.Satisfied = len(differ) == 0 && reason == ""
-		return nil
-	}()
 	if ps.Differ == nil {
 		ps.Differ = []int{}
 	}
 	return ps, err
+}
+
+// policyState fills ps from the loaded PK l: its policy, the PCR values it
+// needs, the current ones (read authenticated) and which differ.
+func (a *Agent) policyState(l *loadedPK, ps *api.PolicyState) error {
+	// What the state says the PK needs is what the PK's policy is
+	// (found by review: PCR values edited in the state made status say
+	// "satisfied" on a platform whose PCRs the PK refuses).
+	rule, err := l.state.rule()
+	if err != nil {
+		return err
+	}
+	want, err := pkPolicy(l.expr, rule, nil).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(want, l.pk.Public.AuthPolicy.Buffer) {
+		return fmt.Errorf("%w: the state's policy record is not the PK's policy", api.ErrTampered)
+	}
+	ps.Kind, ps.Digest = l.rec.Kind, l.rec.Digest
+	var need policy.PCRValues
+	switch {
+	case l.rec.Kind == PolicyPCR:
+		v, err := policy.ParsePCRValues(l.rec.Values)
+		if err != nil {
+			return err
+		}
+		need = v
+	case l.rec.Kind == PolicySigned:
+		info := &api.SignedPolicyInfo{}
+		signer, err := policy.ParsePublicKeyPEM([]byte(l.rec.Signer))
+		if err != nil {
+			return err
+		}
+		name, err := policy.SignerName(signer)
+		if err != nil {
+			return err
+		}
+		info.Signer = hex.EncodeToString(name)
+		if info.Counter, err = a.readCounter(); errors.Is(err, tpm.ErrNotFound) {
+			// Removed under provd (A2 where the owner hierarchy
+			// has no password): a state to report, not to fail
+			// status on. Nothing under this PK can be used.
+			ps.Signed = info
+			ps.Reason = fmt.Sprintf("the policy counter (NV 0x%08x) is gone: removed by another process "+
+				"(the owner hierarchy has no password?); no signed policy can be checked; provision --force makes a new PK and counter",
+				uint32(PolicyCounterHandle))
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if len(l.opts.Signed) > 0 {
+			info.Installed, info.Version = true, l.opts.Signed[0].Version
+			need = l.opts.Signed[0].Values
+		}
+		ps.Signed = info
+	}
+	cur, differ, reason, err := a.policyHoldsNow(l)
+	if err != nil {
+		return err
+	}
+	if len(need.Values) > 0 {
+		ps.Bank = need.Bank.String()
+		ps.Needed, ps.Current = map[int]string{}, map[int]string{}
+		for _, i := range need.Indices() {
+			ps.Needed[i] = hex.EncodeToString(need.Values[i])
+			ps.Current[i] = hex.EncodeToString(cur[i])
+		}
+	}
+	ps.Differ, ps.Reason = differ, reason
+	ps.Satisfied = len(differ) == 0 && reason == ""
+	return nil
 }

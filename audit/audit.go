@@ -594,6 +594,17 @@ func (l *Log) catchUp() error {
 	return nil
 }
 
+// ForgetOpenRead ends the use of the anchor read made at Open: the next
+// Append reads the anchor again. The owner calls it when the operation
+// that opened the log ends (found by review: a daemon that opened the log
+// and wrote nothing, then appended hours later, compared with a read that
+// old, and a recreated anchor went unrefused).
+func (l *Log) ForgetOpenRead() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.opened = false
+}
+
 // Head returns the hash of the last line (the current chain head), or nil.
 func (l *Log) Head() []byte {
 	l.mu.Lock()

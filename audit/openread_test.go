@@ -44,6 +44,21 @@ func TestFirstAppendUsesOpenRead(t *testing.T) {
 	}
 	l.Close()
 
+	// The open's operation ended (ForgetOpenRead): the first Append reads.
+	l, err = Open(path, Options{Anchor: anchor})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.ForgetOpenRead()
+	reads := anchor.reads
+	if err := l.Append(Record{Op: "later", Result: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if anchor.reads != reads+1 {
+		t.Errorf("an Append after ForgetOpenRead did not read the anchor")
+	}
+	l.Close()
+
 	// Another writer's line between Open and Append: read again.
 	l, err = Open(path, Options{Anchor: anchor})
 	if err != nil {
@@ -57,7 +72,7 @@ func TestFirstAppendUsesOpenRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.Close()
-	reads := anchor.reads
+	reads = anchor.reads
 	if err := l.Append(Record{Op: "three", Result: "ok"}); err != nil {
 		t.Fatal(err)
 	}

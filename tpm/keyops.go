@@ -57,6 +57,8 @@ func (t *TPM) createLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 	if err != nil {
 		if rsp != nil { // created, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
+		} else {
+			t.unheld()
 		}
 		return Object{}, Blob{}, guarded("TPM2_CreateLoaded", err, index)
 	}

@@ -108,6 +108,8 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 	if err != nil {
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
+		} else {
+			t.unheld()
 		}
 		return Object{}, guarded("TPM2_Load", err, index)
 	}

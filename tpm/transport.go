@@ -241,6 +241,13 @@ type counting struct {
 // flushes what it does not hold.
 func (c *counting) NeedsSweep() bool { return c.sweep.Swap(false) }
 
+// unheld notes that a command that makes a handle failed after the TPM
+// answered it: the answer failed its HMAC, or could not be read, so the
+// handle the TPM made (if it made one) is nobody's (found by review: a
+// forged CreateLoaded answer at provision left the PK loaded). The owner's
+// sweep flushes it.
+func (c *counting) unheld() { c.sweep.Store(true) }
+
 // mayLeak reports whether a failure of command cc (rc: its answer; 0: no
 // answer) may leave a handle nobody holds: a command that makes a
 // transient object or session and failed, or any command refused for want

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"sync"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// Found by review of issue 14: an error answer carries no HMAC, so A1 can
+// pass provd's Sign (in the kept session) on to the TPM, which signs, and
+// answer TPM_RC_POLICY_FAIL; withOpPolicy took that for a spoiled kept
+// session and ran the use again in a fresh session, so the TPM signed twice
+// for one request. Now a failure of the authorized command is never retried:
+// the request fails, and the TPM signed once.
+func TestForgedFailureIsNotRunTwice(t *testing.T) {
+	b := &hookBus{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	a := keptAgent(t, env)
+	if _, err := signK(a); err != nil { // the kept session exists now
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	executed, forged := 0, 0
+	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if cmdCode(cmd) != tpm2.TPMCCSign {
+			return nil, nil, false
+		}
+		rsp, err := next.Send(cmd)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil && len(rsp) >= 10 && rsp[6]|rsp[7]|rsp[8]|rsp[9] == 0 {
+			executed++
+		}
+		if forged == 0 {
+			forged++
+			// TPM_RC_POLICY_FAIL (0x01D, format 1) | TPM_RC_S | TPM_RC_1
+			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9d}, nil, true
+		}
+		return rsp, err, true
+	})
+	_, err := signK(a)
+	b.set(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if err == nil || executed != 1 {
+		t.Fatalf("one request with a forged failure: %v, the TPM signed %d times; want the failure and 1", err, executed)
+	}
+	if _, err := signK(a); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+}
+
+// hookBus is an interposer on provd's channel (package agent's copy of the
+// external tests' evilBus).
+type hookBus struct {
+	next transport.TPM
+	mu   sync.Mutex
+	hook func(next transport.TPM, cmd []byte) ([]byte, error, bool)
+}
+
+func (b *hookBus) Send(cmd []byte) ([]byte, error) {
+	b.mu.Lock()
+	h := b.hook
+	b.mu.Unlock()
+	if h != nil {
+		if rsp, err, ok := h(b.next, cmd); ok {
+			return rsp, err
+		}
+	}
+	return b.next.Send(cmd)
+}
+
+func (b *hookBus) set(h func(next transport.TPM, cmd []byte) ([]byte, error, bool)) {
+	b.mu.Lock()
+	b.hook = h
+	b.mu.Unlock()
+}
+
+func cmdCode(cmd []byte) tpm2.TPMCC { return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) }
+
+// The same forgery on the TPM2_Load of a key under the PK, in the kept
+// session: the TPM loads the key once, provd hears the failure and does not
+// load again, and the operation's sweep flushes the copy nobody holds.
+func TestForgedLoadFailureIsNotRunTwice(t *testing.T) {
+	b := &hookBus{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	a := keptAgent(t, env)
+	ctx := t.Context()
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := a.dir
+	a.Close()
+	a2, err := New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	if _, err := signK(a2); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	loads, forged := 0, 0
+	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		// The load of a key under the PK (a transient parent), not the
+		// PK's own under the persistent SRK.
+		if cmdCode(cmd) != tpm2.TPMCCLoad || binary.BigEndian.Uint32(cmd[10:14]) == 0x81000001 {
+			return nil, nil, false
+		}
+		rsp, err := next.Send(cmd)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil && len(rsp) >= 14 && rsp[6]|rsp[7]|rsp[8]|rsp[9] == 0 {
+			loads++
+		}
+		if forged == 0 {
+			forged++
+			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9d}, nil, true
+		}
+		return rsp, err, true
+	})
+	d := sha256.Sum256([]byte("k2"))
+	_, err = a2.Sign(ctx, "k2", d[:], api.SignOptions{})
+	b.set(nil)
+	if err == nil || loads != 1 {
+		t.Fatalf("sign k2 with a forged load failure: %v, loads by the TPM %d; want the failure and 1", err, loads)
+	}
+	hs, err := env.TPM.Handles(tpm.TransientHandles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) > len(a2.keys.Handles()) {
+		t.Errorf("transient handles %x after the forged failure, the cache holds %x: the loaded copy leaked", hs, a2.keys.Handles())
+	}
+}
