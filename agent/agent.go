@@ -126,6 +126,12 @@ func (a *Agent) lock() func() {
 	if err := a.dropOp(); err != nil {
 		a.log.Debug("flush of the kept policy session failed", "err", err)
 	}
+	// At most one key stays loaded: the operation may need two object
+	// slots (an audit record loads the gate key, then starts a session
+	// salted to the SRK, which takes a slot while it starts).
+	if err := a.keys.Trim(1); err != nil {
+		a.log.Debug("eviction of a cached key failed", "err", err)
+	}
 	return a.unlock
 }
 

@@ -293,9 +293,10 @@ func TestKeysAgreeWithSoftware(t *testing.T) {
 	// loads: the key use's own salted policy session (opSession) for the
 	// loads under the PK, an extra one (2 commands) for the PK's load under
 	// the SRK's empty password, and for CreateLoaded's secret. Issue 14
-	// took the costliest use here from 22 commands to 13 (measured).
-	if warmCost > 13 {
-		t.Errorf("a key use costs up to %d TPM commands, want <= 13", warmCost)
+	// took the costliest use here from 22 commands to 13 (measured), 14
+	// when two keys are resident and both make room (a flush each).
+	if warmCost > 14 {
+		t.Errorf("a key use costs up to %d TPM commands, want <= 14", warmCost)
 	}
 	// The officer's approval of the recipe adds 5: LoadExternal of the
 	// officer's key, VerifySignature, PolicyTemplate, PolicyAuthorize, flush.

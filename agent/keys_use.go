@@ -204,6 +204,9 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	}
 	for attempt := 0; ; attempt++ {
 		obj, cached, err := a.keyObject(ctx, ks)
+		if roomMade := attempt == 0 && a.makeRoom(err); roomMade {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -219,6 +222,9 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			ran = true
 			return fn(ks.rec, obj, s)
 		})
+		if !ran && attempt == 0 && a.makeRoom(err) {
+			continue
+		}
 		if ran && cached && attempt == 0 && staleHandle(err) {
 			// The cached handle is gone (TPM reset, flushed by someone
 			// else), or names another object now, whose authorization
@@ -241,6 +247,19 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		}
 		return err
 	}
+}
+
+// makeRoom answers a key use that ran out of TPM slots before its command
+// (loading, or starting a session salted to the SRK, which the TPM loads
+// into a slot while it starts): when cached keys hold slots, they are
+// evicted (their contexts kept) and the use is made once more (found on
+// swtpm with two keys resident and another client's object loaded). The
+// command itself is never run twice: only failures before it come here.
+func (a *Agent) makeRoom(err error) bool {
+	if !errors.Is(err, tpm.ErrNoMemory) || a.keys.Resident() == 0 {
+		return false
+	}
+	return a.keys.EvictResident() == nil
 }
 
 // staleHandle reports whether err, from a command on a cached key's handle,
@@ -421,6 +440,13 @@ func (a *Agent) HMAC(ctx context.Context, name string, data []byte) ([]byte, err
 	err := a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if err := wantUsage(rec, catalog.UsageHMAC); err != nil {
 			return err
+		}
+		if len(data) > tpm.MaxBuffer {
+			// An HMAC sequence takes a slot, and its salted sessions
+			// another while they start: only this key stays loaded.
+			if err := a.keys.Trim(1); err != nil {
+				return err
+			}
 		}
 		var err error
 		out, err = a.t.HMAC(obj, auth, tpm2.TPMAlgSHA256, data)

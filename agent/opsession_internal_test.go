@@ -265,3 +265,56 @@ func TestKeptSessionHMACNeedsTheSalt(t *testing.T) {
 		t.Fatalf("provd's sign after the attempt: %v", err)
 	}
 }
+
+// Two keys stay loaded (objcache.DefaultMaxResident): the daemon's signs
+// alternating between them are 3 TPM commands each, no context moved.
+func TestTwoKeysStayResident(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := keptAgent(t, env)
+	ctx := context.Background()
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("two"))
+	// Both loaded (a cold load evicts every resident key first: a derived
+	// key needs the PK, D and itself loaded), then both resident.
+	for _, n := range []string{"k", "k2", "k"} {
+		if _, err := a.Sign(ctx, n, d[:], api.SignOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := env.TPM.Stats()
+	for range 3 {
+		for _, n := range []string{"k", "k2"} {
+			if _, err := a.Sign(ctx, n, d[:], api.SignOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := env.TPM.Stats().Sub(before).Commands; n != 6*3 {
+		t.Errorf("6 signs alternating between two keys: %d TPM commands, want 18", n)
+	}
+	// An HMAC sequence beside two resident keys trims the cache to its own
+	// key first (the sequence takes a slot, its salted sessions another
+	// while they start), and works, warm as cold.
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "mac", Label: "mac", Type: "hmac-sha256"}); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 3000)
+	for _, n := range []string{"k", "k2", "mac", "k", "k2", "mac"} {
+		var err error
+		if n == "mac" {
+			_, err = a.HMAC(ctx, n, big)
+		} else {
+			_, err = a.Sign(ctx, n, d[:], api.SignOptions{})
+		}
+		if err != nil {
+			t.Fatalf("%s beside two resident keys: %v", n, err)
+		}
+	}
+	// An audited operation trims the cache to one key first (the gate key
+	// and a salted session's start need two slots), and works.
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k3", Type: "ecc-p256"}); err != nil {
+		t.Fatalf("an audited operation beside two resident keys: %v", err)
+	}
+}

@@ -4,11 +4,14 @@
 // It exists because a TPM without a resource manager (swtpm, /dev/tpm0) has
 // three transient object slots, and provd's other operations need up to
 // three of them (the PK, a child, a policy signer's key during
-// PolicyAuthorize). So at most MaxResident objects (one by default: a key
-// use may need two slots more, an HMAC sequence and the SRK the TPM loads
-// into a slot to start a salted session; measured on swtpm, where a second
-// resident key made TPM2_StartAuthSession fail TPM_RC_OBJECT_MEMORY) stay
-// loaded between calls; the others are context-saved (TPM2_ContextSave:
+// PolicyAuthorize). So at most MaxResident objects (two: a key use needs
+// at most one slot more, for a policy signer's key or for the SRK, which the
+// TPM loads into a slot to start a session salted to it) stay loaded
+// between calls; an operation that may need two slots more (an HMAC
+// sequence, which then starts salted sessions; an audit record, which loads
+// the gate key) first trims the cache to one (Trim), and a key use that
+// runs out of slots before its command evicts and tries once more (another
+// client's object may hold one); the others are context-saved (TPM2_ContextSave:
 // encrypted and integrity-protected by the TPM, useless elsewhere and after a
 // TPM reset) and loaded again with one TPM2_ContextLoad. A saved context is
 // kept while its object is loaded again (the TPM loads an object's context as
@@ -37,7 +40,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultMaxResident = 1
+	DefaultMaxResident = 2
 	DefaultMaxSaved    = 64
 )
 
@@ -203,6 +206,21 @@ func (c *Cache) evict(name string) error {
 	}
 	if err := c.t.Flush(e.obj.Handle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
 		return err
+	}
+	return nil
+}
+
+// Trim evicts the least recently used resident objects until at most n
+// stay loaded.
+func (c *Cache) Trim(n int) error {
+	c.recheck()
+	for _, name := range slices.Clone(c.order) {
+		if c.Resident() <= n {
+			return nil
+		}
+		if err := c.evict(name); err != nil {
+			return err
+		}
 	}
 	return nil
 }

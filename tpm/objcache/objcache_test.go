@@ -100,6 +100,13 @@ func TestCache(t *testing.T) {
 	if hs := c.Handles(); !slices.Contains(hs, d.Handle) || len(hs) != 2 {
 		t.Errorf("resident %x, want c and d", hs)
 	}
+	// Trim keeps the most recently used.
+	if err := c.Trim(1); err != nil {
+		t.Fatal(err)
+	}
+	if hs := c.Handles(); len(hs) != 1 || hs[0] != d.Handle {
+		t.Errorf("after Trim(1) resident %x, want d's %x", hs, d.Handle)
+	}
 	// MaxSaved (3): a fourth entry pushes out the least recently used
 	// saved one (b).
 	if err := c.EvictResident(); err != nil {
