@@ -91,12 +91,19 @@ func startDropper(t *testing.T, target string, inFlight bool) (addr string, conn
 					if err != nil {
 						return
 					}
-					if inFlight {
-						select {
-						case <-cut:
-							return // the command read, dropped
-						default:
-						}
+					// Armed when the command is read: the answer to a
+					// command read before the test armed the cut is
+					// never the last (a race once the test ran under
+					// load: the cut came between an answer and its
+					// check, and the next command met a closed socket).
+					armed := false
+					select {
+					case <-cut:
+						armed = true
+					default:
+					}
+					if inFlight && armed {
+						return // the command read, dropped
 					}
 					if _, err := u.Write(buf[:k]); err != nil {
 						return
@@ -108,12 +115,8 @@ func startDropper(t *testing.T, target string, inFlight bool) (addr string, conn
 					if _, err := c.Write(buf[:k]); err != nil {
 						return
 					}
-					if !inFlight {
-						select {
-						case <-cut:
-							return // idle: closed after an answer
-						default:
-						}
+					if !inFlight && armed {
+						return // idle: closed after an answer
 					}
 				}
 			}()
