@@ -72,7 +72,8 @@ capture() {
   cp /sys/kernel/security/tpm0/binary_bios_measurements "$dir/bios_measurements.bin"
   tpm2_pcrread > "$dir/pcrread.yaml" 2>> "$log"
   # "sha256 7 <hex>" lines, for the host and the fixture.
-  awk '/^  [a-z0-9]+:$/ {bank=$1; sub(":","",bank)} /^    *[0-9]+ *: 0x/ {sub("0x","",$3); printf "%s %d %s\n", bank, $1, tolower($3)}' \
+  awk '/^  [a-z0-9]+:$/ {bank=$1; sub(":","",bank)}
+       /^ +[0-9]+ *: *0x/ {l=$0; gsub(/[ :]+/," ",l); split(l,f," "); sub("0x","",f[2]); printf "%s %d %s\n", bank, f[1], tolower(f[2])}' \
     "$dir/pcrread.yaml" > "$dir/pcrs.txt"
   if [ -s "$dir/pcrs.txt" ]; then pass "PCRs read: banks $(cut -d' ' -f1 "$dir/pcrs.txt" | sort -u | tr '\n' ' ')"; else fail "tpm2_pcrread"; fi
   check "firmware event log replays against the TPM (provd fw log --replay)" \

@@ -81,7 +81,15 @@ func run(logPath, pcrPath string) error {
 			}
 		}
 	}
-	fmt.Printf("replaycheck: %s: %d events, banks %v, PCRs %v replay to the TPM's values\n", logPath, len(l.Events), l.Banks(), idx)
+	var names []string
+	for _, b := range l.Banks() {
+		for n, v := range banks {
+			if v == b {
+				names = append(names, n)
+			}
+		}
+	}
+	fmt.Printf("replaycheck: %s: %d events, banks %v, PCRs %v replay to the TPM's values\n", logPath, len(l.Events), names, idx)
 	return nil
 }
 
