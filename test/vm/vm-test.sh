@@ -108,7 +108,17 @@ active_pcr_banks = sha1,sha256
 CONF
 swtpm_setup --tpm2 --tpmstate "$tpm" --create-ek-cert --create-platform-cert --config "$ca/swtpm_setup.conf" --overwrite \
   > "$run/swtpm_setup.log" 2>&1 || { cat "$run/swtpm_setup.log" >&2; die "swtpm_setup"; }
-cat "$ca/swtpm-localca-rootca-cert.pem" "$ca/issuercert.pem" > "$data/ek-ca.pem"
+cat "$ca/swtpm-localca-rootca-cert.pem" "$ca/issuercert.pem" > "$run/ek-ca.pem"
+cp "$run/ek-ca.pem" "$data/ek-ca.pem"
+
+# The guest's network, for the fleet endpoint on this host: qemu's user-mode
+# network, where 10.0.2.2 is this host's loopback; the guest reaches the
+# endpoint by this host's name, which its TLS certificate carries.
+fleet_host=$(hostname)
+[ -n "$fleet_host" ] || die "this host has no name for the fleet endpoint's certificate"
+printf '127.0.0.1 localhost\n127.0.1.1 provd-vm\n10.0.2.2 %s\n' "$fleet_host" > "$root/etc/hosts"
+printf '[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n' > "$root/etc/systemd/network/80-vm.network"
+systemctl --root="$root" enable systemd-networkd.service >> "$run/enable.log" 2>&1 || { cat "$run/enable.log" >&2; die "enable systemd-networkd"; }
 
 # 4. The disk (ext4 from the folder, no loop device), the kernel and initrd
 # for OVMF's direct kernel boot, this run's copy of the UEFI variables.
@@ -129,6 +139,17 @@ swtpm socket --tpm2 --tpmstate dir="$tpm" --ctrl type=unixio,path="$run/swtpm.so
 pids+=($!)
 for _ in $(seq 100); do [ -S "$run/swtpm.sock" ] && break; sleep 0.1; done
 [ -S "$run/swtpm.sock" ] || die "swtpm did not create its socket within 10s ($run/swtpm.log)"
+
+# The fleet endpoint the guest attests to at its last boot: this host's
+# provd fleet serve, on loopback, its certificate handed to the guest.
+mkdir -p "$run/share/fleet"
+PROVD_STATE_DIR="$run/endpoint" "$bin" fleet serve --listen 127.0.0.1:0 --ek-ca "$run/ek-ca.pem" 2> "$run/endpoint.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q 'serving https://' "$run/endpoint.log" 2>/dev/null && break; sleep 0.1; done
+port=$(grep -o 'serving https://127.0.0.1:[0-9]*' "$run/endpoint.log" | grep -o '[0-9]*$' || true)
+[ -n "$port" ] || die "provd fleet serve did not start within 10s: $(cat "$run/endpoint.log")"
+printf 'https://%s:%s\n' "$fleet_host" "$port" > "$run/share/fleet/url"
+cp "$run/endpoint/fleet/tls.crt" "$run/share/fleet/tls.crt"
 
 # KVM when /dev/kvm is usable and is the hardware-assisted kind (kvm_intel,
 # kvm_amd): other /dev/kvm providers (such as kvm_pvm in some sandboxes) run
@@ -160,6 +181,7 @@ qemu-system-x86_64 -nodefaults -machine q35 "${accel[@]}" -smp 2 -m 2048 \
   -drive file="$run/disk.img",format=raw,if=virtio \
   -chardev socket,id=chrtpm,path="$run/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0 \
   -virtfs local,path="$run/share",mount_tag=host,security_model=none,id=host \
+  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
   -display none -vga none -serial file:"$run/console.log" \
   > "$run/qemu.log" 2>&1 &
 qemu=$!
@@ -223,6 +245,11 @@ if [ "${PROVD_VM_FIXTURE:-0}" = 1 ]; then
   cp "$run/share/boot1/pcrs.txt" "$top/attest/testdata/ovmf-pcrs.txt"
   echo "vm-test: fixture written: attest/testdata/ovmf-bios-measurements.bin, ovmf-pcrs.txt"
 fi
+PROVD_FLEET_CA="$run/endpoint/fleet/tls.crt" "$bin" fleet devices --endpoint "https://127.0.0.1:$port" \
+  --token-file "$run/endpoint/fleet/operator.token" -o json > "$run/fleet-devices.json" \
+  || die "provd fleet devices: $(cat "$run/fleet-devices.json")"
+grep -q '"last_verdict": *"pass"' "$run/fleet-devices.json" || die "the fleet endpoint has no device whose last attestation passed: $(cat "$run/fleet-devices.json")"
+echo "vm-test: host: the fleet endpoint lists the VM: $(tr -d '\n' < "$run/fleet-devices.json" | head -c 400)"
 timing "vm-test in all" "$(since "$t_all")"
 echo "vm-test: $npass checks passed in the guest, 0 failed; host replay passed for 5 boots"
 ok=1

@@ -116,7 +116,7 @@ case "$phase:$mode" in
   check "daemon runs as root without capabilities" \
     sh -c "[ \"\$(stat -c %u /proc/$pid)\" = 0 ] && grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/$pid/status && grep -q '^CapBnd:[[:space:]]*0000000000000000$' /proc/$pid/status"
   check "socket /run/provd/provd.sock is root:provd 0660" test "$(stat -c '%U:%G %a' /run/provd/provd.sock)" = "root:provd 660"
-  for u in provd.service provd-fw-verify.service; do
+  for u in provd.service provd-fw-verify.service provd-attest.service; do
     systemd-analyze security "$u" > "$dir/security-$u.txt" 2>&1 || true
     say "phase=$phase EXPOSURE $u $(grep -o 'Overall exposure level for .*' "$dir/security-$u.txt" | sed 's/\x1b\[[0-9;]*m//g')"
   done
@@ -149,6 +149,7 @@ case "$phase:$mode" in
   runuser -u bob -- provd key sign vmkey --in "$data/message" --out - > /dev/null 2> "$dir/bob.err"; code=$?
   cat "$dir/bob.err" >> "$log"
   if [ "$code" != 0 ]; then pass "bob, outside group provd, is refused (exit $code: $(head -1 "$dir/bob.err"))"; else fail "bob signed"; fi
+  check "bob cannot write to the socket (0660 root:provd): the kernel stops him before provd" sh -c '! runuser -u bob -- test -w /run/provd/provd.sock' 
   # The watchdog: systemd's deadline, and pings arriving.
   check "WatchdogSec=30 in force" test "$(prop provd.service WatchdogUSec)" = 30s
   w1=$(prop provd.service WatchdogTimestampMonotonic)
@@ -200,6 +201,18 @@ case "$phase:$mode" in
   check "PCRs 0-7 and 12 as in boot 2 again" \
     diff <(grep -E ' ([0-7]|12) ' "$out/boot2/pcrs.txt") <(grep -E ' ([0-7]|12) ' "$dir/pcrs.txt")
   check "key sign after the good image is back" sign_and_verify root root
+  # The fleet: enroll with the endpoint on the host, then the shipped
+  # provd-attest.service sends a quote with the event logs.
+  url=$(cat "$out/fleet/url")
+  check "the network (systemd-networkd, DHCP from qemu)" /usr/lib/systemd/systemd-networkd-wait-online --timeout=60
+  check "attest enroll with the fleet endpoint on the host ($url)" \
+    provd attest enroll --endpoint "$url" --ca-cert "$out/fleet/tls.crt" --class vmtest
+  install -m 0644 "$out/fleet/tls.crt" /etc/provd/fleet-ca.pem
+  echo "PROVD_FLEET_CA=/etc/provd/fleet-ca.pem" > /etc/default/provd-attest
+  check "provd-attest.service as shipped (provd attest now): the endpoint accepts the quote and the logs" \
+    systemctl start provd-attest.service
+  systemctl status --no-pager provd-attest.service >> "$log" 2>&1
+  provd status >> "$log" 2>&1
   finish "done" poweroff
   ;;
 *)
