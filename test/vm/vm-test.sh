@@ -53,6 +53,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 t_all=$(now)
 echo "vm-test: run folder $run"
 
