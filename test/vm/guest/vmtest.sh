@@ -110,7 +110,8 @@ case "$phase:$mode" in
   check "provd.socket active" systemctl is-active provd.socket
   check "provd.service active" wait_for 60 provd.service systemctl is-active provd.service
   check "units as shipped: no drop-ins" test -z "$(prop provd.service DropInPaths)$(prop provd.socket DropInPaths)$(prop provd-fw-verify.service DropInPaths)"
-  sha256sum /lib/systemd/system/provd.service /lib/systemd/system/provd.socket /lib/systemd/system/provd-fw-verify.service /usr/lib/sysusers.d/provd.conf > "$dir/units.sha256"
+  sha256sum /lib/systemd/system/provd.service /lib/systemd/system/provd.socket /lib/systemd/system/provd-fw-verify.service \
+    /lib/systemd/system/provd-attest.service /usr/lib/sysusers.d/provd.conf > "$dir/units.sha256"
   check "groups provd and provd-admin from sysusers" getent group provd provd-admin
   pid=$(prop provd.service MainPID)
   check "daemon runs as root without capabilities" \
