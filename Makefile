@@ -21,7 +21,12 @@ DEB_BINS  := swtpm swtpm_setup swtpm_ioctl tpm2_getcap openssl systemd-analyze s
 RACE_PKGS := ./tpm/... ./agent/... ./store/... ./audit/... ./systemd/... ./cmd/...
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build test demo bench lint vulncheck reliability man install deps fuzz clean
+# The VM test bed (make vm-test): debootstrap, qemu, OVMF, swtpm and the
+# tools that build the disk image.
+VM_PKGS   := qemu-system-x86 ovmf debootstrap swtpm swtpm-tools e2fsprogs openssl
+VM_BINS   := qemu-system-x86_64 debootstrap swtpm swtpm_setup swtpm_localca mkfs.ext4 openssl /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd
+
+.PHONY: all build test demo bench lint vulncheck reliability man install deps vm-deps vm-test fuzz clean
 
 all: build
 
@@ -38,6 +43,14 @@ test: deps
 
 demo: deps build
 	@scripts/demo.sh $(BIN)
+
+# A long run, not part of make test: provd under systemd in a UEFI VM with a
+# swtpm as its TPM, five boots (README.md, "make vm-test"). As root.
+vm-deps:
+	@scripts/deps.sh $(VM_PKGS) -- $(VM_BINS)
+
+vm-test: vm-deps build
+	@test/vm/vm-test.sh $(BIN)
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./...

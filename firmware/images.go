@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -124,6 +125,14 @@ func OpenBeneath(root, name string) (*os.File, fs.FileInfo, error) {
 	defer unix.Close(dir)
 	pfd, err := unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	if errors.Is(err, unix.ENOSYS) {
+		// systemd's RestrictSUIDSGID=, which provd's units set, answers
+		// openat2 with ENOSYS (seccomp cannot look inside its struct
+		// for a set-id mode), and so may other sandboxes: walk the
+		// name one component at a time to the same rules (found by the
+		// VM test bed: the boot hook failed on its manifest at boot).
+		pfd, err = walkBeneath(dir, name)
+	}
 	if err != nil {
 		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
@@ -146,6 +155,57 @@ func OpenBeneath(root, name string) (*os.File, fs.FileInfo, error) {
 		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
 	}
 	return f, fi, nil
+}
+
+// walkBeneath opens name under the directory dir as O_PATH, as openat2 with
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS does, for kernels or sandboxes
+// without openat2: one openat(O_PATH|O_NOFOLLOW) per component, each
+// checked before the next is opened from it. An absolute name or a ".."
+// component is EXDEV (not beneath), a symbolic link at any step ELOOP, a
+// non-directory on the way ENOTDIR. The caller closes the descriptor.
+func walkBeneath(dir int, name string) (int, error) {
+	if name == "" || filepath.IsAbs(name) {
+		return -1, unix.EXDEV
+	}
+	var parts []string
+	for _, c := range strings.Split(name, "/") {
+		switch c {
+		case "", ".":
+		case "..":
+			return -1, unix.EXDEV
+		default:
+			parts = append(parts, c)
+		}
+	}
+	cur, err := unix.Dup(dir)
+	if err != nil {
+		return -1, err
+	}
+	if len(parts) == 0 {
+		return cur, nil
+	}
+	for i, c := range parts {
+		fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(cur)
+		if err != nil {
+			return -1, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			unix.Close(fd)
+			return -1, unix.ELOOP
+		case i < len(parts)-1 && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			unix.Close(fd)
+			return -1, unix.ENOTDIR
+		}
+		cur = fd
+	}
+	return cur, nil
 }
 
 // digestReader hashes r to its end, or, with limit >= 0, its first

@@ -100,7 +100,10 @@ type Config struct {
 	// NonceTTL is how long a challenge stays valid (default 2 minutes).
 	NonceTTL time.Duration
 	// DefaultPCRs are what a class without a policy quotes (default
-	// sha256 0..7 and 12: the firmware's and the boot hook's).
+	// sha256 0..9, 12 and 14: every PCR a PC Client firmware log extends,
+	// the boot loader's and the kernel's EFI stub's (Linux measures the
+	// initrd into PCR 9 through the firmware, so a real log always has
+	// it), shim's MOK lists, and the boot hook's).
 	DefaultPCRs map[string][]int
 	Now         func() time.Time
 	Rand        io.Reader
@@ -134,7 +137,7 @@ func New(cfg Config) *Endpoint {
 		cfg.NonceTTL = 2 * time.Minute
 	}
 	if cfg.DefaultPCRs == nil {
-		cfg.DefaultPCRs = map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7, 12}}
+		cfg.DefaultPCRs = map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14}}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
