@@ -239,7 +239,11 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 			// failure was forged) and the key loaded again. provd's own
 			// objects are noDA, so the retry cannot count.
 			if errors.Is(err, tpm.ErrNotFound) {
-				a.keys.Forget(name) // nothing there to flush
+				// Nothing there to flush, says the TPM's answer, which
+				// has no HMAC: if it was forged, the key stays loaded
+				// and the sweep flushes it (found by review).
+				a.keys.Forget(name)
+				a.t.Unheld()
 			} else if err := a.keys.Drop(name); err != nil {
 				return err
 			}

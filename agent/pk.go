@@ -307,7 +307,7 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	if err != nil {
 		return in, err
 	}
-	sp, err := a.signed.parse(signed)
+	sp, err := a.signed.parse(signed, in.state.Policy)
 	if err != nil {
 		return in, fmt.Errorf("installed signed policy: %w", err)
 	}

@@ -85,6 +85,7 @@ func (t *TPM) ContextSave(h tpm2.TPMHandle) (tpm2.TPMSContext, error) {
 func (t *TPM) ContextLoad(c tpm2.TPMSContext) (tpm2.TPMHandle, error) {
 	rsp, err := (tpm2.ContextLoad{Context: c}).Execute(t)
 	if err != nil {
+		t.unheld()
 		return 0, Wrap("TPM2_ContextLoad", err)
 	}
 	return rsp.LoadedHandle, nil
@@ -149,6 +150,9 @@ func (t *TPM) HMAC(key Object, auth tpm2.Session, alg tpm2.TPMIAlgHash, data []b
 		return err
 	})
 	if err != nil {
+		if seq == nil {
+			t.unheld()
+		}
 		return nil, Wrap("TPM2_HMAC_Start", err)
 	}
 	sh := tpm2.AuthHandle{Handle: seq.SequenceHandle, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(seqAuth))}

@@ -217,6 +217,7 @@ func (t *TPM) NVWriteSigned(x NVIndex, data []byte, signer tpm2.TPMTPublic, ref 
 	}
 	key, err := (tpm2.LoadExternal{InPublic: tpm2.New2B(signer), Hierarchy: tpm2.TPMRHOwner}).Execute(t)
 	if err != nil {
+		t.unheld()
 		return Wrap("TPM2_LoadExternal", err)
 	}
 	if _, err := (tpm2.PolicySigned{

@@ -259,6 +259,11 @@ func (t *TPM) flushStale() error {
 	return nil
 }
 
+// Unheld notes that a handle provd loaded may be left in the TPM with
+// nobody holding it (a cache forgot it on the bus's word that it is gone):
+// the owner's sweep (NeedsSweep) then flushes whatever it does not hold.
+func (t *TPM) Unheld() { t.counting.unheld() }
+
 // StaleFlushed is the number of leftover handles flushed at Open.
 func (t *TPM) StaleFlushed() int { return t.staleFlushed }
 

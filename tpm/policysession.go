@@ -298,6 +298,7 @@ func (p *PolicySession) PolicyAuthorize(signer tpm2.TPMTPublic, approvedPolicy, 
 		Hierarchy: tpm2.TPMRHOwner,
 	}).Execute(p.t)
 	if err != nil {
+		p.t.unheld()
 		return Wrap("TPM2_LoadExternal", err)
 	}
 	defer p.t.flushInto(&err, key.ObjectHandle)

@@ -150,6 +150,7 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 	}
 	rsp, err := (tpm2.LoadExternal{InPublic: tpm2.New2B(pub), Hierarchy: tpm2.TPMRHNull}).Execute(t)
 	if err != nil {
+		t.unheld()
 		return Object{}, Wrap("TPM2_LoadExternal", err)
 	}
 	if !nameEqual(rsp.Name, *want) {

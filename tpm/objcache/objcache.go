@@ -105,6 +105,7 @@ func (c *Cache) recheck() {
 		o, err := c.t.ReadPublic(e.obj.Handle)
 		if err != nil || string(o.Name.Buffer) != string(e.obj.Name.Buffer) {
 			c.Forget(n)
+			c.t.Unheld() // the answer has no HMAC: if forged, the sweep flushes it
 		}
 	}
 	c.gen = gen
@@ -138,6 +139,14 @@ func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
 		c.Forget(name)
 		return obj, false, nil
 	}
+	if c.holds(h) {
+		// The TPM gives a loaded object's handle to nothing else: the
+		// answer was forged, and the object it loaded is nobody's (found
+		// by review).
+		c.Forget(name)
+		c.t.Unheld()
+		return obj, false, nil
+	}
 	c.claim(name, h)
 	e.obj.Handle, e.resident = h, true
 	c.touch(name)
@@ -162,6 +171,16 @@ func (c *Cache) Put(name, id string, obj tpm.Object) {
 	}
 }
 
+// holds reports whether a resident entry holds handle h.
+func (c *Cache) holds(h tpm2.TPMHandle) bool {
+	for _, e := range c.entries {
+		if e.resident && e.obj.Handle == h {
+			return true
+		}
+	}
+	return false
+}
+
 // claim forgets every entry but name that holds handle h loaded: its object
 // was flushed behind the cache's back (a TPM reset), since the TPM gave h
 // to another.
@@ -169,6 +188,7 @@ func (c *Cache) claim(name string, h tpm2.TPMHandle) {
 	for n, e := range c.entries {
 		if n != name && e.resident && e.obj.Handle == h {
 			c.Forget(n)
+			c.t.Unheld() // unless the handle came forged: then the sweep flushes it
 		}
 	}
 }
