@@ -35,10 +35,11 @@ done
 run=$(mktemp -d "${TMPDIR:-/tmp}/provd-vm.XXXXXX")
 timings="$run/timings.txt"
 pids=()
+vm_pids=() # the running boot's swtpm and qemu (section 5)
 ok=0
 cleanup() {
   local p
-  for p in "${pids[@]}"; do
+  for p in "${vm_pids[@]}" "${pids[@]}"; do
     if kill -0 "$p" 2>/dev/null; then
       kill -TERM "$p" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -134,13 +135,21 @@ mkfs.ext4 -q -L provd-vm -d "$root" "$run/disk.img" || die "mkfs.ext4 -d"
 rm -rf "$root"
 timing "disk image (copy, install, mkfs)" "$(since "$t")"
 
-# 5. swtpm, then qemu. swtpm ends with qemu's connection (--terminate) and
-# keeps its state across the guest's reboots, as a TPM chip does.
-swtpm socket --tpm2 --tpmstate dir="$tpm" --ctrl type=unixio,path="$run/swtpm.sock" \
-  --log file="$run/swtpm.log",level=1 --terminate &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$run/swtpm.sock" ] && break; sleep 0.1; done
-[ -S "$run/swtpm.sock" ] || die "swtpm did not create its socket within 10s ($run/swtpm.log)"
+# 5. swtpm, then qemu, once a boot: the guest's reboot ends qemu
+# (-no-reboot), and the host starts both again on the same TPM state and
+# UEFI variables, as a power cycle (a warm reset of OVMF under TCG hung now
+# and then: no firmware output for 15 minutes after "reboot: machine
+# restart"). swtpm ends with qemu's connection (--terminate); its state
+# dir keeps the TPM's across the boots, as a TPM chip does. vm_pids holds
+# the running boot's processes only (the cleanup stops them too).
+start_swtpm() {
+  rm -f "$run/swtpm.sock"
+  swtpm socket --tpm2 --tpmstate dir="$tpm" --ctrl type=unixio,path="$run/swtpm.sock" \
+    --log file="$run/swtpm.log",level=1 --terminate &
+  vm_pids+=($!)
+  for _ in $(seq 100); do [ -S "$run/swtpm.sock" ] && break; sleep 0.1; done
+  [ -S "$run/swtpm.sock" ] || die "swtpm did not create its socket within 10s ($run/swtpm.log)"
+}
 
 # The fleet endpoint the guest attests to at its last boot: this host's
 # provd fleet serve, on loopback, its certificate handed to the guest.
@@ -174,20 +183,36 @@ esac
 check_limit=${PROVD_VM_CHECK_TIMEOUT:-$boot_limit}
 mkdir -p "$run/share"
 echo "vm-test: booting with ${accel[1]} (deadlines: ${boot_limit}s a boot, ${check_limit}s a boot's checks)"
+start_qemu() {
+  qemu-system-x86_64 -nodefaults -machine q35 "${accel[@]}" -smp 2 -m 2048 -no-reboot \
+    -drive if=pflash,format=raw,unit=0,readonly=on,file="$ovmf_code" \
+    -drive if=pflash,format=raw,unit=1,file="$run/OVMF_VARS.fd" \
+    -kernel "$run/vmlinuz" -initrd "$run/initrd.img" \
+    -append "console=ttyS0,115200 root=/dev/vda rw panic=-1 systemd.show_status=1" \
+    -drive file="$run/disk.img",format=raw,if=virtio \
+    -chardev socket,id=chrtpm,path="$run/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0 \
+    -virtfs local,path="$run/share",mount_tag=host,security_model=none,id=host \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+    -display none -vga none -chardev file,id=ser0,path="$run/console.log",append=on -serial chardev:ser0 \
+    >> "$run/qemu.log" 2>&1 &
+  qemu=$!
+  vm_pids+=("$qemu")
+}
+# stop_boot: qemu ends by itself (the guest rebooted or powered off), within
+# 60s of its checks; then swtpm with it.
+stop_boot() {
+  local p
+  for _ in $(seq 120); do kill -0 "$qemu" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$qemu" 2>/dev/null && die "the guest did not reboot or power off within 60s of its checks"
+  wait "$qemu" || die "qemu exited with status $?"
+  for p in "${vm_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  vm_pids=()
+}
 t_qemu=$(now)
-qemu-system-x86_64 -nodefaults -machine q35 "${accel[@]}" -smp 2 -m 2048 \
-  -drive if=pflash,format=raw,unit=0,readonly=on,file="$ovmf_code" \
-  -drive if=pflash,format=raw,unit=1,file="$run/OVMF_VARS.fd" \
-  -kernel "$run/vmlinuz" -initrd "$run/initrd.img" \
-  -append "console=ttyS0,115200 root=/dev/vda rw panic=-1 systemd.show_status=1" \
-  -drive file="$run/disk.img",format=raw,if=virtio \
-  -chardev socket,id=chrtpm,path="$run/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0 \
-  -virtfs local,path="$run/share",mount_tag=host,security_model=none,id=host \
-  -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-  -display none -vga none -serial file:"$run/console.log" \
-  > "$run/qemu.log" 2>&1 &
-qemu=$!
-pids=("$qemu" "${pids[@]}")
 
 # wait_console PATTERN SECONDS WHAT: the console shows PATTERN in time, or fail.
 wait_console() {
@@ -212,6 +237,8 @@ vm_report() {
 
 for p in 1 2 3 4 5; do
   t=$(now)
+  start_swtpm
+  start_qemu
   wait_console "VMTEST phase=$p begin" "$boot_limit" "boot $p"
   timing "boot $p: (re)start to the checks" "$(since "$t")"
   t=$(now)
@@ -220,10 +247,8 @@ for p in 1 2 3 4 5; do
   if grep -qaE "VMTEST phase=$p done failures=[1-9]" "$run/console.log"; then
     vm_report; die "boot $p's checks failed"
   fi
+  stop_boot
 done
-for _ in $(seq 120); do kill -0 "$qemu" 2>/dev/null || break; sleep 0.5; done
-kill -0 "$qemu" 2>/dev/null && die "the guest did not power off within 60s"
-wait "$qemu" || die "qemu exited with status $?"
 timing "qemu: five boots in all" "$(since "$t_qemu")"
 
 # 6. On the host: the guest's reports, the units it ran against the ones in
