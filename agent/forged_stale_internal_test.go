@@ -29,42 +29,17 @@ import (
 func TestForgedStaleHandleCostsOneMoreSignature(t *testing.T) {
 	for _, c := range []struct {
 		name string
-		rc   [2]byte
+		rc   uint16
 	}{
-		{"TPM_RC_HANDLE-h1", [2]byte{0x01, 0x8b}},
-		{"TPM_RC_BAD_AUTH-s1", [2]byte{0x09, 0xa2}},
+		{"TPM_RC_HANDLE-h1", 0x018b},
+		{"TPM_RC_BAD_AUTH-s1", 0x09a2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			b := &hookBus{}
-			env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
-			a := keptAgent(t, env)
-			if _, err := signK(a); err != nil { // k cached, session kept
-				t.Fatal(err)
-			}
-			var mu sync.Mutex
-			executed, forged := 0, 0
-			b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if cmdCode(cmd) != tpm2.TPMCCSign {
-					return nil, nil, false
-				}
-				rsp, err := next.Send(cmd)
-				mu.Lock()
-				defer mu.Unlock()
-				if err == nil && len(rsp) >= 10 && rsp[6]|rsp[7]|rsp[8]|rsp[9] == 0 {
-					executed++
-				}
-				if forged == 0 {
-					forged++
-					return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, c.rc[0], c.rc[1]}, nil, true
-				}
-				return rsp, err, true
-			})
+			b, env, a := busAgent(t) // k cached, session kept
+			ran := forgeOnce(b, isSign, c.rc)
 			_, err := signK(a)
 			b.set(nil)
-			mu.Lock()
-			n := executed
-			mu.Unlock()
-			if err != nil || n > 2 {
+			if n := ran(); err != nil || n > 2 {
 				t.Fatalf("one sign request with a forged %s after the TPM signed: %v, the TPM signed %d times; want success and at most 2", c.name, err, n)
 			}
 			hs, herr := env.TPM.Handles(tpm.TransientHandles)
@@ -128,36 +103,12 @@ func TestForgedHandleErrorLeaksNoSlot(t *testing.T) {
 // them (the policy session's digest was reset by the first Sign:
 // TPM_RC_POLICY_FAIL), which useKey does not retry. The TPM signed once.
 func TestForgedRetryIsNotRunTwice(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
-	a := keptAgent(t, env)
-	if _, err := signK(a); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	executed, forged := 0, 0
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCSign {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		mu.Lock()
-		defer mu.Unlock()
-		if err == nil && len(rsp) >= 10 && rsp[6]|rsp[7]|rsp[8]|rsp[9] == 0 {
-			executed++
-		}
-		if forged == 0 {
-			forged++
-			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x22}, nil, true
-		}
-		return rsp, err, true
-	})
+	b, _, a := busAgent(t)
+	ran := forgeOnce(b, isSign, 0x0922) // TPM_RC_RETRY
 	_, err := signK(a)
 	b.set(nil)
-	mu.Lock()
-	defer mu.Unlock()
-	if executed != 1 || err == nil {
-		t.Fatalf("a forged TPM_RC_RETRY: %v, the TPM signed %d times", err, executed)
+	if ran() != 1 || err == nil {
+		t.Fatalf("a forged TPM_RC_RETRY: %v, the TPM signed %d times", err, ran())
 	}
 	t.Logf("%v, the TPM signed once", err)
 	if _, err := signK(a); err != nil {

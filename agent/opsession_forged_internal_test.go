@@ -21,16 +21,41 @@ import (
 // for one request. Now a failure of the authorized command is never retried:
 // the request fails, and the TPM signed once.
 func TestForgedFailureIsNotRunTwice(t *testing.T) {
+	b, _, a := busAgent(t)
+	// TPM_RC_POLICY_FAIL (0x01D, format 1) | TPM_RC_S | TPM_RC_1
+	ran := forgeOnce(b, isSign, 0x099d)
+	_, err := signK(a)
+	b.set(nil)
+	if err == nil || ran() != 1 {
+		t.Fatalf("one request with a forged failure: %v, the TPM signed %d times; want the failure and 1", err, ran())
+	}
+	if _, err := signK(a); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+}
+
+// busAgent is keptAgent on a swtpm behind a hookBus, its key k signed with
+// once (cached, the session kept).
+func busAgent(t *testing.T) (*hookBus, *swtpmtest.Env, *Agent) {
+	t.Helper()
 	b := &hookBus{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
 	a := keptAgent(t, env)
-	if _, err := signK(a); err != nil { // the kept session exists now
+	if _, err := signK(a); err != nil {
 		t.Fatal(err)
 	}
+	return b, env, a
+}
+
+// forgeOnce has b pass every command match picks on to the TPM and answer
+// the first of them with the error code rc (format-1 bytes, as the TPM
+// would) in place of the TPM's answer: an interposer forging a failure over
+// a command the TPM ran. ran says how many of them the TPM ran with success.
+func forgeOnce(b *hookBus, match func(cmd []byte) bool, rc uint16) (ran func() int) {
 	var mu sync.Mutex
 	executed, forged := 0, 0
 	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCSign {
+		if !match(cmd) {
 			return nil, nil, false
 		}
 		rsp, err := next.Send(cmd)
@@ -41,22 +66,18 @@ func TestForgedFailureIsNotRunTwice(t *testing.T) {
 		}
 		if forged == 0 {
 			forged++
-			// TPM_RC_POLICY_FAIL (0x01D, format 1) | TPM_RC_S | TPM_RC_1
-			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9d}, nil, true
+			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, byte(rc >> 8), byte(rc)}, nil, true
 		}
 		return rsp, err, true
 	})
-	_, err := signK(a)
-	b.set(nil)
-	mu.Lock()
-	defer mu.Unlock()
-	if err == nil || executed != 1 {
-		t.Fatalf("one request with a forged failure: %v, the TPM signed %d times; want the failure and 1", err, executed)
-	}
-	if _, err := signK(a); err != nil {
-		t.Fatalf("the next sign: %v", err)
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return executed
 	}
 }
+
+func isSign(cmd []byte) bool { return cmdCode(cmd) == tpm2.TPMCCSign }
 
 // hookBus is an interposer on provd's channel (package agent's copy of the
 // external tests' evilBus).
@@ -107,31 +128,16 @@ func TestForgedLoadFailureIsNotRunTwice(t *testing.T) {
 	if _, err := signK(a2); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	loads, forged := 0, 0
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		// The load of a key under the PK (a transient parent), not the
-		// PK's own under the persistent SRK.
-		if cmdCode(cmd) != tpm2.TPMCCLoad || binary.BigEndian.Uint32(cmd[10:14]) == 0x81000001 {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		mu.Lock()
-		defer mu.Unlock()
-		if err == nil && len(rsp) >= 14 && rsp[6]|rsp[7]|rsp[8]|rsp[9] == 0 {
-			loads++
-		}
-		if forged == 0 {
-			forged++
-			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9d}, nil, true
-		}
-		return rsp, err, true
-	})
+	// The load of a key under the PK (a transient parent), not the PK's
+	// own under the persistent SRK.
+	ran := forgeOnce(b, func(cmd []byte) bool {
+		return cmdCode(cmd) == tpm2.TPMCCLoad && binary.BigEndian.Uint32(cmd[10:14]) != 0x81000001
+	}, 0x099d)
 	d := sha256.Sum256([]byte("k2"))
 	_, err = a2.Sign(ctx, "k2", d[:], api.SignOptions{})
 	b.set(nil)
-	if err == nil || loads != 1 {
-		t.Fatalf("sign k2 with a forged load failure: %v, loads by the TPM %d; want the failure and 1", err, loads)
+	if err == nil || ran() != 1 {
+		t.Fatalf("sign k2 with a forged load failure: %v, loads by the TPM %d; want the failure and 1", err, ran())
 	}
 	hs, err := env.TPM.Handles(tpm.TransientHandles)
 	if err != nil {
