@@ -204,7 +204,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	}
 	for attempt := 0; ; attempt++ {
 		obj, cached, err := a.keyObject(ctx, ks)
-		if roomMade := attempt == 0 && a.makeRoom(err); roomMade {
+		if attempt == 0 && a.makeRoom(err) {
 			continue
 		}
 		if err != nil {
@@ -395,7 +395,7 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 			return nil, nil, err
 		}
 		verify = func() error {
-			if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, out) {
+			if k, ok := pub.(*ecdsa.PublicKey); !ok || !ecdsa.VerifyASN1(k, digest, out) {
 				return bad
 			}
 			return nil
@@ -407,7 +407,7 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 		}
 		out = r.Sig.Buffer
 		verify = func() error {
-			if rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, out) != nil {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPKCS1v15(k, h, digest, out) != nil {
 				return bad
 			}
 			return nil
@@ -419,7 +419,7 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 		}
 		out = r.Sig.Buffer
 		verify = func() error {
-			if rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPSS(k, h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
 				return bad
 			}
 			return nil

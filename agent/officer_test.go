@@ -318,7 +318,7 @@ func TestExtractableGoesOnlyWhereTheOfficerSays(t *testing.T) {
 			t.Fatal("the key's policy still has the branch PK AND PolicyCommandCode(Duplicate)")
 		}
 	}
-	ps, err := a.satisfy(ks.pk.state.Policy, old, ks.pk.opts, nil)
+	ps, err := a.satisfy(a.t.StartAuthPolicySession, ks.pk.state.Policy, old, ks.pk.opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -400,7 +400,23 @@ func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts pol
 	if ok, err := a.withOpPolicy(rec, expr, opts, auth, fn); ok {
 		return err
 	}
-	ps, err := a.satisfy(rec, expr, opts, auth)
+	start := a.t.StartAuthPolicySession
+	if auth != nil {
+		// Salted to the pinned SRK: its HMACs guard the command and its
+		// answer, so TPM2_Load under it needs no session of its own
+		// (issue 14: 2 commands). Not encrypting: the command may carry
+		// its own encryption session, and takes one decrypting session
+		// only (createUnderPKWith encrypts through its policy session).
+		start = a.t.StartSaltedPolicySession
+	}
+	return a.withFreshSession(start, rec, expr, opts, auth, fn)
+}
+
+// withFreshSession runs fn with a policy session start makes (keyed by
+// auth) that satisfies expr, for one command, then flushes it; the first
+// error wins.
+func (a *Agent) withFreshSession(start func(auth []byte) (*tpm.PolicySession, error), rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (err error) {
+	ps, err := a.satisfy(start, rec, expr, opts, auth)
 	if err != nil {
 		return err
 	}
@@ -453,19 +469,10 @@ func (a *Agent) loadedOrFlush(obj tpm.Object, err error) (tpm.Object, error) {
 	return tpm.Object{}, err
 }
 
-// satisfy runs expr in a fresh policy session, keyed by auth (the objects'
-// authValue; expr then holds PolicyAuthValue). On failure the session is
-// flushed and the error says which PCRs differ.
-func (a *Agent) satisfy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte) (*tpm.PolicySession, error) {
-	start := a.t.StartAuthPolicySession
-	if auth != nil {
-		// Salted to the pinned SRK: its HMACs guard the command and its
-		// answer, so TPM2_Load under it needs no session of its own
-		// (issue 14: 2 commands). Not encrypting: the command may carry
-		// its own encryption session, and takes one decrypting session
-		// only (createUnderPKWith encrypts through its policy session).
-		start = a.t.StartSaltedPolicySession
-	}
+// satisfy runs expr in a fresh policy session that start makes, keyed by
+// auth (the objects' authValue; expr then holds PolicyAuthValue). On
+// failure the session is flushed and the error says which PCRs differ.
+func (a *Agent) satisfy(start func(auth []byte) (*tpm.PolicySession, error), rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte) (*tpm.PolicySession, error) {
 	ps, err := start(auth)
 	if err != nil {
 		return nil, err
@@ -571,17 +578,12 @@ func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data 
 	if err != nil {
 		return tpm.Blob{}, err
 	}
-	ps, err := a.t.StartSecretPolicySession(tpm.EncryptIn, l.auth)
-	if err != nil {
-		return tpm.Blob{}, err
+	secret := func(auth []byte) (*tpm.PolicySession, error) {
+		return a.t.StartSecretPolicySession(tpm.EncryptIn, auth)
 	}
-	defer func() {
-		if cerr := ps.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if err := a.apply(ps, l.rec, expr, opts); err != nil {
-		return tpm.Blob{}, err
-	}
-	return a.t.Create(l.pk, ps.Session(), tmpl, tpm.Sensitive{UserAuth: auth, Data: data})
+	err = a.withFreshSession(secret, l.rec, expr, opts, l.auth, func(s tpm2.Session) (err error) {
+		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: auth, Data: data})
+		return err
+	})
+	return blob, err
 }

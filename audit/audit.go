@@ -463,8 +463,8 @@ func (l *Log) Append(rec Record) (err error) {
 		return err
 	}
 	if l.opened && l.size == size {
-		// The anchor was read at open, and matched this chain.
-		l.opened = false
+		// The anchor was read at open, and matched this chain (write
+		// ends that: opened is cleared).
 		return l.write(rec, &wrote)
 	}
 	l.opened = false

@@ -46,14 +46,7 @@ func (t *TPM) createLoaded(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPM
 		}).Execute(t, extra...)
 		return err
 	}
-	var err error
-	index := 1 // the session whose refused HMAC means a changed command
-	if sealsInput(parentAuth) {
-		err = create()
-	} else {
-		index = 2
-		err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return create(enc) })
-	}
+	index, err := t.guarded(sealsInput(parentAuth), create)
 	if err != nil {
 		if rsp != nil { // created, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))

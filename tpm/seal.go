@@ -97,14 +97,7 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 		}).Execute(t, extra...)
 		return err
 	}
-	var err error
-	index := 1 // the salted session whose refused HMAC means a changed command
-	if authenticated(parentAuth) {
-		err = load()
-	} else {
-		index = 2
-		err = t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return load(enc) })
-	}
+	index, err := t.guarded(authenticated(parentAuth), load)
 	if err != nil {
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))
@@ -229,18 +222,14 @@ func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPubli
 	}
 	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl), InSensitive: in.create()}
 	var blob Blob
-	create := func(extra ...tpm2.Session) error {
+	_, err := t.guarded(sealsInput(parentAuth), func(extra ...tpm2.Session) error {
 		rsp, err := cmd.Execute(t, extra...)
 		if err != nil {
 			return guarded("TPM2_Create", err, 1+len(extra))
 		}
 		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
 		return nil
-	}
-	if sealsInput(parentAuth) {
-		return blob, create()
-	}
-	err := t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return create(enc) })
+	})
 	return blob, err
 }
 

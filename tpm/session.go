@@ -96,3 +96,16 @@ func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) e
 	}
 	return t.withHMACSession(fn, tpm2.Salted(srk.Handle, srk.Public), dir.option())
 }
+
+// guarded runs cmd guarded by a session salted to the SRK, whose HMACs bind
+// what goes in and what comes back: cmd's own authorization when enough
+// (self: a salted session, and one that also encrypts where cmd carries a
+// secret), otherwise an extra session salted to the SRK that encrypts the
+// input (issue 14: the extra one costs two commands). index is the session
+// whose refused command HMAC means the bus changed the command (guarded).
+func (t *TPM) guarded(self bool, cmd func(extra ...tpm2.Session) error) (index int, err error) {
+	if self {
+		return 1, cmd()
+	}
+	return 2, t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return cmd(enc) })
+}

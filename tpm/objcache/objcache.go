@@ -147,7 +147,6 @@ func (c *Cache) Get(name, id string) (obj tpm.Object, ok bool, err error) {
 		c.t.Unheld()
 		return obj, false, nil
 	}
-	c.claim(name, h)
 	e.obj.Handle, e.resident = h, true
 	c.touch(name)
 	return e.obj, true, nil
