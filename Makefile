@@ -5,6 +5,9 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin/provd
+# provd-fleet: provd with the fleet endpoint linked in; provd hands it
+# `fleet serve` and `man` (cmd/provd-fleet).
+FLEET_BIN := bin/provd-fleet
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
 PREFIX    ?= /usr
@@ -32,6 +35,7 @@ all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/provd
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(FLEET_BIN) ./cmd/provd-fleet
 
 deps:
 	@scripts/deps.sh $(DEB_PKGS) -- $(DEB_BINS)
@@ -87,6 +91,7 @@ man: build
 
 install: build man
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/provd
+	install -D -m 0755 $(FLEET_BIN) $(DESTDIR)$(PREFIX)/bin/provd-fleet
 	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man7
 	install -m 0644 man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -m 0644 man/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/

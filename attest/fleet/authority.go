@@ -45,10 +45,6 @@ import (
 // approval then moved a key from a sender on a bad boot; an earlier review:
 // an approval over all zeros moved a PK on a bad boot).
 
-// CodePeerRefused notes a passing attestation whose peer identity file the
-// endpoint did not take (not a failure of the appraisal).
-const CodePeerRefused = "peer_refused"
-
 // MaxPeerFile bounds a peer identity file: EK certificates and a public
 // area are a few KB.
 const MaxPeerFile = 64 << 10
@@ -157,14 +153,14 @@ func (e *Endpoint) peerAnswer(ctx context.Context, deviceID string, peer []byte,
 // a credential to the enrolled EK for T's name, or why not.
 func (e *Endpoint) peerChallenge(ctx context.Context, d Device, p *Policy, pcrs map[string]map[int]string, peer []byte) (*fleetapi.PeerChallenge, *Reason, error) {
 	if why := withhold(p, pcrs); why != "" {
-		return nil, &Reason{Code: CodePeerRefused, Detail: why}, nil
+		return nil, &Reason{Code: fleetapi.CodePeerRefused, Detail: why}, nil
 	}
 	f, tName, err := checkPeerFile(peer)
 	if err != nil {
-		return nil, &Reason{Code: CodePeerRefused, Detail: err.Error()}, nil
+		return nil, &Reason{Code: fleetapi.CodePeerRefused, Detail: err.Error()}, nil
 	}
 	if why := pkPolicyAllowed(p, f.PKPolicy); why != "" {
-		return nil, &Reason{Code: CodePeerRefused, Detail: why}, nil
+		return nil, &Reason{Code: fleetapi.CodePeerRefused, Detail: why}, nil
 	}
 	ek, err := parsePublic(d.EKPublic)
 	if err != nil {

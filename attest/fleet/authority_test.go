@@ -197,7 +197,7 @@ func TestPeerRegistration(t *testing.T) {
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
 
 	// Under the trust-on-first-use baseline: no challenge.
-	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 		t.Fatalf("a peer under a baseline: %+v", v)
 	}
 	f.setGolden(t, d, "gateway")
@@ -212,7 +212,7 @@ func TestPeerRegistration(t *testing.T) {
 	}
 	// A file whose transfer key is not bound to the PK it names.
 	unbound := peerFileFor(t, d.certs, tk.pub, append([]byte{0, 0x0b}, make([]byte, 32)...))
-	if v := f.attestPeer(t, d, id, unbound, unbound); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+	if v := f.attestPeer(t, d, id, unbound, unbound); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 		t.Fatalf("an unbound transfer key: %+v", v)
 	}
 
@@ -472,7 +472,7 @@ func TestPeerPKPolicyIsTheOperators(t *testing.T) {
 		"the device's own PK policy": peerFileWith(t, d.certs, tk.pub, pkName, hex.EncodeToString(weak)),
 		"upper-case hex":             peerFileWith(t, d.certs, tk.pub, strings.ToUpper(pkName), testPKPolicy),
 	} {
-		if v := f.attestPeer(t, d, id, file, file); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+		if v := f.attestPeer(t, d, id, file, file); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 			t.Fatalf("%s: %+v", what, v)
 		}
 	}
@@ -486,7 +486,7 @@ func TestPeerPKPolicyIsTheOperators(t *testing.T) {
 	}
 	f.now = f.now.Add(time.Second)
 	peer := peerFileFor(t, d.certs, tk.pub, tk.pkName.Buffer)
-	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 		t.Fatalf("a class without PK policies: %+v", v)
 	}
 

@@ -226,7 +226,7 @@ func (e *Endpoint) deliver(ctx context.Context, d Device, view map[string]map[in
 	for _, s := range secrets {
 		var pub tpm2.TPMTPublic
 		var sens tpm2.TPMTSensitive
-		if s.Kind == KindKey {
+		if s.Kind == fleetapi.KindKey {
 			k, err := ParseDeliveryKey(s.Value)
 			if err != nil {
 				return nil, fmt.Errorf("fleet: class %s: stored key %s: %w", d.Class, s.Name, err)

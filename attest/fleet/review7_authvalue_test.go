@@ -34,7 +34,7 @@ func TestStoredAuthValuePKPolicyRefused(t *testing.T) {
 	}
 	f.now = f.now.Add(time.Second)
 	peer := peerFileWith(t, d.certs, tk.pub, hex.EncodeToString(tk.pkName.Buffer), hex.EncodeToString(weak))
-	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleet.CodePeerRefused) {
+	if v := f.attestPeer(t, d, id, peer, peer); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 		t.Fatalf("a registration over PolicyAuthValue's digest, stored by an older endpoint: %+v", v)
 	}
 	if _, err := f.e.ApproveDuplication(ctx, id, fleetapi.DupApprovalRequest{ObjectName: "000b" + strings.Repeat("5a", 32)}); !errors.Is(err, fleet.ErrRejected) {

@@ -504,7 +504,7 @@ func TestTokenOverCleartext(t *testing.T) {
 		_, _ = w.Write([]byte("[]"))
 	}))
 	defer srv.Close()
-	c, err := fleet.NewClient(srv.URL, nil, "operator-secret-token")
+	c, err := fleetapi.NewClient(srv.URL, nil, "operator-secret-token")
 	if err != nil {
 		t.Logf("held: %v", err)
 		return

@@ -25,10 +25,6 @@ import (
 	"github.com/provd/provd/policy"
 )
 
-// MaxBody bounds a request body: an attestation carries two event logs
-// (firmware logs are tens of KB) and a quote.
-const MaxBody = 4 << 20
-
 // Operators authenticate with bearer tokens (docs/attestation.md): the
 // server keeps only their SHA-256. Devices never present one: they
 // authenticate through their AK (enrollment by EK, attestations by quote).
@@ -173,12 +169,12 @@ func (s *Server) Handler() http.Handler {
 			return nil, rejected("%v", err)
 		}
 		switch sec.Kind {
-		case "", KindSecret:
-			sec.Kind = KindSecret
+		case "", fleetapi.KindSecret:
+			sec.Kind = fleetapi.KindSecret
 			if len(sec.Value) == 0 || len(sec.Value) > MaxSecret {
 				return nil, rejected("a secret of %d bytes, want 1..%d", len(sec.Value), MaxSecret)
 			}
-		case KindKey:
+		case fleetapi.KindKey:
 			if len(sec.Value) > MaxKey {
 				return nil, rejected("a key of %d bytes, at most %d", len(sec.Value), MaxKey)
 			}
@@ -453,26 +449,18 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func decode(r *http.Request, v any) error {
-	b, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+	b, err := io.ReadAll(io.LimitReader(r.Body, fleetapi.MaxBody+1))
 	if err != nil {
 		return err
 	}
-	if len(b) > MaxBody {
-		return fmt.Errorf("a body of more than %d bytes", MaxBody)
+	if len(b) > fleetapi.MaxBody {
+		return fmt.Errorf("a body of more than %d bytes", fleetapi.MaxBody)
 	}
 	return strictjson.Decode(b, v)
 }
 
-// ErrorBody is the endpoint's error answer.
-type ErrorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 func writeError(w http.ResponseWriter, status int, code string, err error) {
-	var b ErrorBody
+	var b fleetapi.ErrorBody
 	b.Error.Code, b.Error.Message = code, err.Error()
 	writeJSON(w, status, b)
 }
@@ -502,7 +490,7 @@ const MaxKey = 8 << 10
 // part, PEM.
 func secretInfo(sec Secret) fleetapi.SecretInfo {
 	info := fleetapi.SecretInfo{Class: sec.Class, Name: sec.Name, Kind: sec.Kind, UpdatedAt: sec.UpdatedAt}
-	if sec.Kind == KindKey {
+	if sec.Kind == fleetapi.KindKey {
 		if k, err := ParseDeliveryKey(sec.Value); err == nil {
 			if der, err := x509.MarshalPKIXPublicKey(k.Public()); err == nil {
 				info.PublicKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))

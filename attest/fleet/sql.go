@@ -17,7 +17,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+	"github.com/provd/provd/attest/fleetapi"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite", pure Go
 )
 
 // dialect is what differs between SQLite and PostgreSQL: the driver, the
@@ -647,7 +648,7 @@ func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error)
 func (s *sqlStore) PutSecret(ctx context.Context, sec Secret) error {
 	kind := sec.Kind
 	if kind == "" {
-		kind = KindSecret
+		kind = fleetapi.KindSecret
 	}
 	_, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO secrets (class, name, kind, value, updated_at) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (class, name) DO UPDATE SET kind = excluded.kind, value = excluded.value, updated_at = excluded.updated_at`),

@@ -88,19 +88,13 @@ type Policy struct {
 type Secret struct {
 	Class string
 	Name  string
-	// Kind is KindSecret (Value is the secret, delivered as a sealed data
-	// object) or KindKey (Value is a PKCS#8 private key, delivered as a
+	// Kind is fleetapi.KindSecret (Value is the secret, delivered as a sealed data
+	// object) or fleetapi.KindKey (Value is a PKCS#8 private key, delivered as a
 	// signing key).
 	Kind      string
 	Value     []byte
 	UpdatedAt time.Time
 }
-
-// Kinds of what the endpoint delivers.
-const (
-	KindSecret = "secret"
-	KindKey    = "key"
-)
 
 // Peer is a device's transfer key as the endpoint holds it, for approving
 // duplications to it (Endpoint.ApproveDuplication): vouched for by a quote

@@ -1,9 +1,11 @@
 // Package fleetapi is the fleet endpoint's JSON API (provd fleet serve,
-// docs/attestation.md): what a device sends and gets back, and what an
-// operator reads. It stands apart from api, the daemon's contract, so that
-// the endpoint, which has no TPM, links nothing of provd's TPM code; the
-// agent, which does a device's part, links none of the endpoint's. []byte
-// fields are base64, as encoding/json writes them.
+// docs/attestation.md): what a device sends and gets back, what an
+// operator reads, and the HTTPS client both call it with. It stands apart
+// from api, the daemon's contract, so that the endpoint, which has no TPM,
+// links nothing of provd's TPM code; and apart from the endpoint (package
+// fleet), so that provd, the device's binary, links none of the endpoint's
+// store, drivers or metrics. []byte fields are base64, as encoding/json
+// writes them.
 package fleetapi
 
 import (
@@ -263,3 +265,25 @@ func (r Reason) String() string {
 	}
 	return b.String()
 }
+
+// MaxBody bounds a request body: an attestation carries two event logs
+// (firmware logs are tens of KB) and a quote.
+const MaxBody = 4 << 20
+
+// ErrorBody is the endpoint's error answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// Kinds of what the endpoint delivers (SecretRequest.Kind).
+const (
+	KindSecret = "secret"
+	KindKey    = "key"
+)
+
+// CodePeerRefused notes a passing attestation whose peer identity file the
+// endpoint did not take (not a failure of the appraisal).
+const CodePeerRefused = "peer_refused"

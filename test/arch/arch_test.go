@@ -137,6 +137,17 @@ var rules = []rule{
 			"without the agent, the CLI, systemd or the wire contract",
 	},
 	{
+		name: "device-binary-without-the-endpoint",
+		from: []string{"cmd/provd", "cmd/provd/cli"},
+		forbid: []string{"attest/fleet/...", "cmd/provd/cli/fleetserver",
+			"github.com/jackc/...", "modernc.org/...", "github.com/prometheus/...", "github.com/spf13/cobra/doc"},
+		testAllow: []string{"attest/fleet/...", "cmd/provd/cli/fleetserver",
+			"github.com/jackc/...", "modernc.org/...", "github.com/prometheus/...", "github.com/spf13/cobra/doc"}, // a ban on non-test files only
+		why: "provd is the binary every device runs (daemon, boot hook, one-shot commands): it links no database " +
+			"driver, metrics or man-page writer, and hands fleet serve and man to provd-fleet (cmd/provd-fleet); " +
+			"the device starts faster and keeps less resident (docs/benchmarks.md)",
+	},
+	{
 		name:       "cmd-is-the-top",
 		from:       []string{"..."},
 		fromExcept: []string{"cmd/..."},

@@ -29,38 +29,42 @@ type spec struct{ imports, test, xtest string }
 // allow but that look close to a violation (commented).
 func target() map[string]*spec {
 	return map[string]*spec{
-		"internal/strictjson": {},
-		"catalog":             {imports: "internal/strictjson"},
-		"keywrap":             {xtest: "keywrap"},
-		"tpm/swtpm":           {},
-		"tpm":                 {imports: "tpm/swtpm github.com/google/go-tpm/tpm2", xtest: "tpm test/swtpmtest"}, // the harness in tests
-		"tpm/keyfile":         {imports: "tpm", xtest: "tpm/keyfile test/swtpmtest"},
-		"tpm/objcache":        {imports: "tpm", test: "test/swtpmtest"},
-		"test/swtpmtest":      {imports: "tpm tpm/swtpm"},
-		"policy":              {imports: "internal/strictjson catalog", xtest: "policy tpm test/swtpmtest"}, // a real TPM in tests
-		"api":                 {imports: "firmware", xtest: "api"},
-		"firmware":            {imports: "policy catalog internal/strictjson"},
-		"fwhook":              {imports: "api firmware attest catalog policy store tpm", xtest: "fwhook test/swtpmtest"},
-		"audit":               {imports: "internal/strictjson"},
-		"store":               {imports: "internal/strictjson", test: "audit"},
-		"attest":              {imports: "api policy catalog", xtest: "attest tpm test/swtpmtest"}, // evidence from a TPM in tests
-		"attest/fleet":        {imports: "attest api audit store"},
-		"officer":             {imports: "api catalog policy"},
-		"test/officertest":    {imports: "officer api policy"},
-		"agent":               {imports: "api audit store catalog officer policy tpm tpm/keyfile tpm/objcache", test: "test/swtpmtest test/officertest"},
-		"agent/client":        {imports: "api", test: "api gopkg.in/yaml.v3", xtest: "agent/client"}, // yaml in tests, foo_test imports foo
-		"agent/server":        {imports: "agent api gopkg.in/yaml.v3", xtest: "agent/server agent/client test/swtpmtest"},
-		"agent/tpmkey":        {imports: "agent"},
-		"systemd":             {imports: "github.com/coreos/go-systemd/v22/daemon"},
-		"cmd/provd/cli":       {imports: "agent agent/client agent/server systemd github.com/spf13/cobra github.com/spf13/cobra/doc"},
-		"cmd/provd":           {imports: "cmd/provd/cli", test: "cmd/provd/cli test/swtpmtest"}, // cmd may import cmd
-		"test/arch":           {},
+		"internal/strictjson":       {},
+		"catalog":                   {imports: "internal/strictjson"},
+		"keywrap":                   {xtest: "keywrap"},
+		"tpm/swtpm":                 {},
+		"tpm":                       {imports: "tpm/swtpm github.com/google/go-tpm/tpm2", xtest: "tpm test/swtpmtest"}, // the harness in tests
+		"tpm/keyfile":               {imports: "tpm", xtest: "tpm/keyfile test/swtpmtest"},
+		"tpm/objcache":              {imports: "tpm", test: "test/swtpmtest"},
+		"test/swtpmtest":            {imports: "tpm tpm/swtpm"},
+		"policy":                    {imports: "internal/strictjson catalog", xtest: "policy tpm test/swtpmtest"}, // a real TPM in tests
+		"api":                       {imports: "firmware", xtest: "api"},
+		"firmware":                  {imports: "policy catalog internal/strictjson"},
+		"fwhook":                    {imports: "api firmware attest catalog policy store tpm", xtest: "fwhook test/swtpmtest"},
+		"audit":                     {imports: "internal/strictjson"},
+		"store":                     {imports: "internal/strictjson", test: "audit"},
+		"attest":                    {imports: "api policy catalog", xtest: "attest tpm test/swtpmtest"}, // evidence from a TPM in tests
+		"attest/fleetapi":           {},
+		"attest/fleet":              {imports: "attest attest/fleetapi api audit store github.com/jackc/pgx/v5/stdlib"},
+		"officer":                   {imports: "api catalog policy"},
+		"test/officertest":          {imports: "officer api policy"},
+		"agent":                     {imports: "api audit store catalog officer policy tpm tpm/keyfile tpm/objcache", test: "test/swtpmtest test/officertest"},
+		"agent/client":              {imports: "api", test: "api gopkg.in/yaml.v3", xtest: "agent/client"}, // yaml in tests, foo_test imports foo
+		"agent/server":              {imports: "agent api gopkg.in/yaml.v3", xtest: "agent/server agent/client test/swtpmtest"},
+		"agent/tpmkey":              {imports: "agent"},
+		"systemd":                   {imports: "github.com/coreos/go-systemd/v22/daemon"},
+		"cmd/provd/cli":             {imports: "agent agent/client agent/server attest/fleetapi systemd github.com/spf13/cobra", xtest: "cmd/provd/cli cmd/provd/cli/fleetserver attest/fleet"}, // the endpoint in tests
+		"cmd/provd/cli/fleetserver": {imports: "cmd/provd/cli attest/fleet github.com/spf13/cobra/doc"},
+		"cmd/provd":                 {imports: "cmd/provd/cli", test: "cmd/provd/cli test/swtpmtest"}, // cmd may import cmd
+		"cmd/provd-fleet":           {imports: "cmd/provd/cli cmd/provd/cli/fleetserver"},
+		"test/arch":                 {},
 		// Other modules.
 		"github.com/spf13/cobra":                  {imports: "github.com/spf13/pflag"},
 		"github.com/spf13/cobra/doc":              {imports: "github.com/spf13/cobra"},
 		"github.com/spf13/pflag":                  {},
 		"github.com/coreos/go-systemd/v22/daemon": {},
 		"github.com/google/go-tpm/tpm2":           {},
+		"github.com/jackc/pgx/v5/stdlib":          {},
 		"gopkg.in/yaml.v3":                        {},
 		"example.org/helper":                      {},
 	}
@@ -177,6 +181,14 @@ func TestPlantedViolationsAreFound(t *testing.T) {
 			"cmd-is-the-top: test files of agent/server import cmd/provd/cli",
 			"core-without-cli-or-systemd: test files of agent/server import github.com/spf13/cobra",
 			"core-without-cli-or-systemd: test files of agent/server import systemd",
+		},
+	}, {
+		name:  "the device's binary links the endpoint",
+		plant: func(s map[string]*spec) { add(&s["cmd/provd/cli"].imports, "attest/fleet") },
+		to:    "attest/fleet",
+		want: []string{
+			"device-binary-without-the-endpoint: cmd/provd/cli imports attest/fleet",
+			"device-binary-without-the-endpoint: cmd/provd imports attest/fleet", // through cli
 		},
 	}, {
 		name: "agent reaches cobra through another module",

@@ -14,9 +14,13 @@ import (
 // measurement with a few requests: the scripts the benchmark times keep
 // working, and each tool's commands are counted.
 func TestScenarios(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "provd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/provd").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "provd")
+	// provd-fleet beside provd: the quote row's fleet serve runs it.
+	for _, b := range []string{"provd", "provd-fleet"} {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, b), "../../cmd/"+b).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", b, err, out)
+		}
 	}
 	root := t.TempDir() // a subtest's would hold its name: commas (which swtpm's options split on) and length (a socket's path has 108 bytes)
 	for i, sc := range scenarios(bin, size{signs: 3, imageMiB: 1}) {

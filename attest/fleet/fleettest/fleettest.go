@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
 )
 
 // Opener opens a fresh, empty store for one test; the same URL opened
@@ -278,15 +279,15 @@ func Run(t *testing.T, newURL Opener) {
 			}
 		}
 		got, err := s.Secrets(ctx, "gateway")
-		if err != nil || len(got) != 2 || got[0].Name != "api" || got[1].Name != "wifi" || string(got[1].Value) != "v2" || got[1].Kind != fleet.KindSecret {
+		if err != nil || len(got) != 2 || got[0].Name != "api" || got[1].Name != "wifi" || string(got[1].Value) != "v2" || got[1].Kind != fleetapi.KindSecret {
 			t.Fatalf("%+v %v", got, err)
 		}
 		// A key under a secret's name replaces it, kind and all.
-		if err := s.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Kind: fleet.KindKey, Value: []byte("pkcs8"), UpdatedAt: t0}); err != nil {
+		if err := s.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Kind: fleetapi.KindKey, Value: []byte("pkcs8"), UpdatedAt: t0}); err != nil {
 			t.Fatal(err)
 		}
 		got, err = s.Secrets(ctx, "gateway")
-		if err != nil || len(got) != 2 || got[1].Kind != fleet.KindKey || string(got[1].Value) != "pkcs8" {
+		if err != nil || len(got) != 2 || got[1].Kind != fleetapi.KindKey || string(got[1].Value) != "pkcs8" {
 			t.Fatalf("%+v %v", got, err)
 		}
 		if err := s.DeleteSecret(ctx, "gateway", "wifi"); err != nil {

@@ -12,10 +12,13 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/cmd/provd/cli/fleetserver"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// run executes the real command tree in-process.
+// run executes the real command tree in-process, as provd-fleet has it
+// (fleet serve and man run here; provd hands them to provd-fleet:
+// TestHandOffToProvdFleet in cmd/provd).
 func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb bytes.Buffer
@@ -24,6 +27,7 @@ func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr st
 		Stdout: &out,
 		Stderr: &errb,
 		Getenv: func(k string) string { return env[k] },
+		Server: fleetserver.Server{},
 	})
 	return out.String(), errb.String(), code
 }

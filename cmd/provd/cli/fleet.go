@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -32,7 +31,6 @@ import (
 	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
-	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/fwhook"
 	"github.com/provd/provd/policy"
@@ -62,7 +60,7 @@ func (f *endpointFlags) add(a *app, c *cobra.Command, operator bool) {
 	}
 }
 
-func (f *endpointFlags) client() (*fleet.Client, error) {
+func (f *endpointFlags) client() (*fleetapi.Client, error) {
 	if f.url == "" {
 		return nil, usageError(errors.New("--endpoint is required"))
 	}
@@ -81,7 +79,7 @@ func (f *endpointFlags) client() (*fleet.Client, error) {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	c, err := fleet.NewClient(f.url, ca, token)
+	c, err := fleetapi.NewClient(f.url, ca, token)
 	if err != nil {
 		return nil, usageError(err)
 	}
@@ -358,7 +356,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	ch, err := cl.Challenge(cmd.Context(), fleetapi.ChallengeRequest{DeviceID: st.DeviceID})
-	var ae *fleet.APIError
+	var ae *fleetapi.APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity {
 		// The endpoint refuses to challenge this device (revoked,
 		// not activated): no attestation can pass.
@@ -453,7 +451,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 	}
 	if mode == attestPeer && reg == nil {
 		for _, r := range v.Reasons {
-			if r.Code == fleet.CodePeerRefused {
+			if r.Code == fleetapi.CodePeerRefused {
 				return fmt.Errorf("%w: the endpoint did not take the transfer key: %s", api.ErrNotPermitted, r.Detail)
 			}
 		}
@@ -513,6 +511,9 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 			if listen == "" || ekCA == "" {
 				return usageError(errors.New("--listen and --ek-ca are required"))
 			}
+			if a.deps.Server == nil {
+				return a.handOff(cmd)
+			}
 			dir, err := filepath.Abs(filepath.Join(a.stateDir, "fleet"))
 			if err != nil {
 				return err
@@ -531,11 +532,6 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 			if db == "" {
 				db = "sqlite://" + filepath.Join(dir, "fleet.db")
 			}
-			st, err := fleet.Open(cmd.Context(), db)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
 			tokens, err := operatorTokens(dir, tokenFile)
 			if err != nil {
 				return err
@@ -545,7 +541,7 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 				return err
 			}
 			if authorityKey == "" {
-				return a.serveFleet(cmd, listen, dir, fleet.Config{Store: st, Roots: roots}, tokens, cert)
+				return a.serveFleet(cmd, listen, dir, FleetConfig{DB: db, Roots: roots, Operators: tokens, Certificate: cert})
 			}
 			// The authority key is a provd key of this host, in its TPM:
 			// every approval is one signature through an agent in this
@@ -581,7 +577,7 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 				if _, ok := k.Public().(*ecdsa.PublicKey); !ok {
 					return usageError(fmt.Errorf("--authority-key %s: want an ECC signing key (provd key create %s --type ecc-p256)", authorityKey, authorityKey))
 				}
-				return a.serveFleet(cmd, listen, dir, fleet.Config{Store: st, Roots: roots, Authority: k}, tokens, cert)
+				return a.serveFleet(cmd, listen, dir, FleetConfig{DB: db, Roots: roots, Operators: tokens, Certificate: cert, Authority: k})
 			})
 		},
 	}
@@ -797,7 +793,7 @@ duplication authority, signs approvals over those digests only. Without
 				// by review: a policy set without them silently stopped
 				// every duplication approval).
 				cur, err := cl.Policy(cmd.Context(), pclass)
-				var ae *fleet.APIError
+				var ae *fleetapi.APIError
 				switch {
 				case err == nil:
 					p.PKPolicies = cur.PKPolicies
@@ -876,7 +872,7 @@ the PCR values that passed. The endpoint keeps it in its database.`,
 			if err != nil {
 				return err
 			}
-			info, err := cl.PutSecret(cmd.Context(), xclass, xname, fleet.KindSecret, v)
+			info, err := cl.PutSecret(cmd.Context(), xclass, xname, fleetapi.KindSecret, v)
 			if err != nil {
 				return err
 			}
@@ -950,7 +946,7 @@ key's source; see docs/attestation.md). fleet secret list shows its public key.`
 			if err != nil {
 				return err
 			}
-			info, err := cl.PutSecret(cmd.Context(), kclass, kname, fleet.KindKey, der)
+			info, err := cl.PutSecret(cmd.Context(), kclass, kname, fleetapi.KindKey, der)
 			if err != nil {
 				return err
 			}
@@ -998,35 +994,21 @@ key by putting a new one and rotating what trusts the old.`,
 }
 
 // serveFleet serves the endpoint until the command's context ends.
-func (a *app) serveFleet(cmd *cobra.Command, listen, dir string, cfg fleet.Config, tokens [][32]byte, cert tls.Certificate) error {
+func (a *app) serveFleet(cmd *cobra.Command, listen, dir string, c FleetConfig) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler: (&fleet.Server{E: fleet.New(cfg), Operators: tokens,
-			Log: slog.New(slog.NewJSONHandler(a.deps.Stderr, nil))}).Handler(),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
-		ReadHeaderTimeout: fleet.ServerTimeouts.ReadHeader, ReadTimeout: fleet.ServerTimeouts.Read,
-		WriteTimeout: fleet.ServerTimeouts.Write, IdleTimeout: fleet.ServerTimeouts.Idle,
-		MaxHeaderBytes: 64 << 10,
+	c.Log = slog.New(slog.NewJSONHandler(a.deps.Stderr, nil))
+	c.Serving = func() {
+		fmt.Fprintf(a.deps.Stderr, "provd fleet: serving https://%s (certificate %s)\n", ln.Addr(), filepath.Join(dir, "tls.crt"))
 	}
-	fmt.Fprintf(a.deps.Stderr, "provd fleet: serving https://%s (certificate %s)\n", ln.Addr(), filepath.Join(dir, "tls.crt"))
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case err := <-errc:
-		return err
-	case <-cmd.Context().Done():
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return srv.Shutdown(ctx)
-	}
+	return a.deps.Server.ServeFleet(cmd.Context(), ln, c)
 }
 
-// operatorTokens reads the operators' tokens (hashed), making one in dir
-// on first start when no file is given.
-func operatorTokens(dir, file string) ([][32]byte, error) {
+// operatorTokens reads the operators' tokens, making one in dir on first
+// start when no file is given.
+func operatorTokens(dir, file string) ([]string, error) {
 	if file == "" {
 		file = filepath.Join(dir, "operator.token")
 		if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
@@ -1043,10 +1025,10 @@ func operatorTokens(dir, file string) ([][32]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out [][32]byte
+	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
 		if line = strings.TrimSpace(line); line != "" {
-			out = append(out, fleet.TokenHash(line))
+			out = append(out, line)
 		}
 	}
 	if len(out) == 0 {

@@ -27,6 +27,7 @@ import (
 	"github.com/provd/provd/attest/fleet"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/cmd/provd/cli"
+	"github.com/provd/provd/cmd/provd/cli/fleetserver"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/pgtest"
@@ -87,13 +88,13 @@ func startEndpointWith(t *testing.T, dbURL string, cfg func(*fleet.Config), root
 	return e
 }
 
-func (e *endpoint) client(t *testing.T, token string) *fleet.Client {
+func (e *endpoint) client(t *testing.T, token string) *fleetapi.Client {
 	t.Helper()
 	ca, err := os.ReadFile(e.ca)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := fleet.NewClient(e.srv.URL, ca, token)
+	c, err := fleetapi.NewClient(e.srv.URL, ca, token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	// Operators: nothing without a valid token.
 	for _, token := range []string{"", "wrong"} {
 		_, err := e.client(t, token).Devices(ctx)
-		var ae *fleet.APIError
+		var ae *fleetapi.APIError
 		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 			t.Fatalf("devices with token %q: %v", token, err)
 		}
@@ -299,7 +300,7 @@ func TestFleetReplicasPostgres(t *testing.T) {
 	if v, err := c2.Attest(ctx, req); err != nil || !v.Pass {
 		t.Fatalf("a nonce of replica 1 at replica 2: %+v %v", v, err)
 	}
-	for _, c := range []*fleet.Client{c1, c2} {
+	for _, c := range []*fleetapi.Client{c1, c2} {
 		if v, err := c.Attest(ctx, req); err != nil || v.Pass || !hasReason(v, fleet.CodeNonceUnknown) {
 			t.Fatalf("the same nonce again: %+v %v", v, err)
 		}
@@ -356,7 +357,7 @@ func serveFleetCLI(t *testing.T, args ...string) (url string, stop func() int, s
 	stderr = new(lockedBuffer)
 	done := make(chan int, 1)
 	go func() {
-		done <- cli.Main(ctx, args, cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: stderr, Getenv: func(string) string { return "" }})
+		done <- cli.Main(ctx, args, cli.Deps{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: stderr, Getenv: func(string) string { return "" }, Server: fleetserver.Server{}})
 	}()
 	stop = func() int {
 		cancel()

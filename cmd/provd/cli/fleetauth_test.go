@@ -170,6 +170,6 @@ func TestFleetAuthority(t *testing.T) {
 }
 
 func isStatus(err error, status int) bool {
-	var ae *fleet.APIError
+	var ae *fleetapi.APIError
 	return errors.As(err, &ae) && ae.Status == status
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/spf13/cobra"
-	"github.com/spf13/cobra/doc"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/tpm"
@@ -204,11 +203,13 @@ func (a *app) manCmd(root *cobra.Command) *cobra.Command {
 		Hidden: true,
 		Args:   exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.deps.Server == nil {
+				return a.handOff(cmd)
+			}
 			if err := os.MkdirAll(args[0], 0o755); err != nil {
 				return err
 			}
-			root.DisableAutoGenTag = true
-			if err := doc.GenManTree(root, &doc.GenManHeader{Title: "PROVD", Section: "8", Source: "provd " + a.version().Version}, args[0]); err != nil {
+			if err := a.deps.Server.WriteMan(root, args[0], "provd "+a.version().Version); err != nil {
 				return err
 			}
 			return os.WriteFile(filepath.Join(args[0], "provd-exit-codes.7"), exitCodesMan(a.version().Version), 0o644)

@@ -26,6 +26,8 @@ type Deps struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Version        string
+	// Server is what only provd-fleet links (handoff.go); nil in provd.
+	Server Server
 }
 
 // DefaultStateDir is where provd keeps its state unless told otherwise.
@@ -43,11 +45,13 @@ type app struct {
 	output   string
 	verbose  bool
 	log      *slog.Logger
+	args     []string // as Main got them, for handOff
 }
 
 // Main runs provd with args and returns the process exit code.
 func Main(ctx context.Context, args []string, deps Deps) int {
-	root := NewRoot(deps)
+	root, a := newRoot(deps)
+	a.args = args
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -66,8 +70,8 @@ func Main(ctx context.Context, args []string, deps Deps) int {
 	return ExitCode(err)
 }
 
-// NewRoot builds the command tree.
-func NewRoot(deps Deps) *cobra.Command {
+// newRoot builds the command tree.
+func newRoot(deps Deps) (*cobra.Command, *app) {
 	if deps.Getenv == nil {
 		deps.Getenv = func(string) string { return "" }
 	}
@@ -145,7 +149,7 @@ the key's policy.`,
 		a.manCmd(root),
 	)
 	groupsRefuseUnknown(root)
-	return root
+	return root, a
 }
 
 // groupsRefuseUnknown makes every command that only groups others (provd,

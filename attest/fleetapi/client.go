@@ -1,4 +1,4 @@
-package fleet
+package fleetapi
 
 import (
 	"bytes"
@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/provd/provd/api/errkind"
-	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/internal/strictjson"
 )
 
@@ -112,75 +111,75 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 // Enroll sends an enrollment.
-func (c *Client) Enroll(ctx context.Context, req fleetapi.EnrollRequest) (res fleetapi.Enrollment, err error) {
+func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (res Enrollment, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/enroll", req, &res)
 }
 
 // Activate returns the credential's secret.
-func (c *Client) Activate(ctx context.Context, req fleetapi.ActivateRequest) (res fleetapi.Device, err error) {
+func (c *Client) Activate(ctx context.Context, req ActivateRequest) (res Device, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/activate", req, &res)
 }
 
 // Challenge asks for a nonce.
-func (c *Client) Challenge(ctx context.Context, req fleetapi.ChallengeRequest) (res fleetapi.Challenge, err error) {
+func (c *Client) Challenge(ctx context.Context, req ChallengeRequest) (res Challenge, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/challenge", req, &res)
 }
 
 // Attest sends evidence and returns the verdict.
-func (c *Client) Attest(ctx context.Context, req fleetapi.AttestRequest) (res fleetapi.Verdict, err error) {
+func (c *Client) Attest(ctx context.Context, req AttestRequest) (res Verdict, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/attest", req, &res)
 }
 
 // ProvePeer answers a residency challenge and registers the transfer key.
-func (c *Client) ProvePeer(ctx context.Context, req fleetapi.PeerProveRequest) (res fleetapi.PeerRegistration, err error) {
+func (c *Client) ProvePeer(ctx context.Context, req PeerProveRequest) (res PeerRegistration, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/attest/peer", req, &res)
 }
 
 // Authority returns the endpoint's duplication authority key.
-func (c *Client) Authority(ctx context.Context) (res fleetapi.Authority, err error) {
+func (c *Client) Authority(ctx context.Context) (res Authority, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/authority", nil, &res)
 }
 
 // ApproveDuplication asks for the endpoint's approval of a key's
 // duplication to a device's transfer key (operator).
-func (c *Client) ApproveDuplication(ctx context.Context, id string, req fleetapi.DupApprovalRequest) (res fleetapi.DupApproval, err error) {
+func (c *Client) ApproveDuplication(ctx context.Context, id string, req DupApprovalRequest) (res DupApproval, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/dup-approval", req, &res)
 }
 
 // Devices lists devices (operator).
-func (c *Client) Devices(ctx context.Context) (res []fleetapi.Device, err error) {
+func (c *Client) Devices(ctx context.Context) (res []Device, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/devices", nil, &res)
 }
 
 // Device shows one device (operator).
-func (c *Client) Device(ctx context.Context, id string) (res fleetapi.Device, err error) {
+func (c *Client) Device(ctx context.Context, id string) (res Device, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/devices/"+url.PathEscape(id), nil, &res)
 }
 
 // Appraisals is a device's appraisal history, newest first (operator).
-func (c *Client) Appraisals(ctx context.Context, id string) (res []fleetapi.Verdict, err error) {
+func (c *Client) Appraisals(ctx context.Context, id string) (res []Verdict, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/devices/"+url.PathEscape(id)+"/appraisals", nil, &res)
 }
 
 // Revoke revokes a device (operator).
-func (c *Client) Revoke(ctx context.Context, id string) (res fleetapi.Device, err error) {
+func (c *Client) Revoke(ctx context.Context, id string) (res Device, err error) {
 	return res, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/revoke", nil, &res)
 }
 
 // SetPolicy sets a class's policy (operator).
-func (c *Client) SetPolicy(ctx context.Context, p fleetapi.Policy) (res fleetapi.Policy, err error) {
+func (c *Client) SetPolicy(ctx context.Context, p Policy) (res Policy, err error) {
 	return res, c.do(ctx, http.MethodPut, "/v1/policies/"+url.PathEscape(p.Class), p, &res)
 }
 
 // Policy shows a class's policy (operator).
-func (c *Client) Policy(ctx context.Context, class string) (res fleetapi.Policy, err error) {
+func (c *Client) Policy(ctx context.Context, class string) (res Policy, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/policies/"+url.PathEscape(class), nil, &res)
 }
 
-// PutSecret stores a secret (kind fleet.KindSecret) or a key (KindKey,
+// PutSecret stores a secret (kind KindSecret) or a key (KindKey,
 // PKCS#8 DER) for a class (operator).
-func (c *Client) PutSecret(ctx context.Context, class, name, kind string, value []byte) (res fleetapi.SecretInfo, err error) {
-	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), fleetapi.SecretRequest{Kind: kind, Value: value}, &res)
+func (c *Client) PutSecret(ctx context.Context, class, name, kind string, value []byte) (res SecretInfo, err error) {
+	return res, c.do(ctx, http.MethodPut, "/v1/secrets/"+url.PathEscape(class)+"/"+url.PathEscape(name), SecretRequest{Kind: kind, Value: value}, &res)
 }
 
 // DeleteSecret removes a class's secret or key (operator).
@@ -190,6 +189,6 @@ func (c *Client) DeleteSecret(ctx context.Context, class, name string) error {
 }
 
 // Secrets lists a class's secrets, names only (operator).
-func (c *Client) Secrets(ctx context.Context, class string) (res []fleetapi.SecretInfo, err error) {
+func (c *Client) Secrets(ctx context.Context, class string) (res []SecretInfo, err error) {
 	return res, c.do(ctx, http.MethodGet, "/v1/secrets/"+url.PathEscape(class), nil, &res)
 }
