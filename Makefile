@@ -33,9 +33,12 @@ VM_BINS   := qemu-system-x86_64 debootstrap swtpm swtpm_setup swtpm_localca mkfs
 
 all: build
 
+# Static binaries (no cgo): no dynamic loader or libc at each start, which a
+# one-shot command pays every time; os/user then reads /etc/passwd and
+# /etc/group itself (systemd-sysusers writes provd's group there).
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/provd
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(FLEET_BIN) ./cmd/provd-fleet
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/provd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(FLEET_BIN) ./cmd/provd-fleet
 
 deps:
 	@scripts/deps.sh $(DEB_PKGS) -- $(DEB_BINS)
