@@ -442,6 +442,24 @@ type size struct {
 
 var fullSize = size{signs: 100, imageMiB: 16}
 
+// signTools is tpm2-tools' warm sign: tpm2_sign on a persistent P-256 key.
+func signTools(digest []byte) side {
+	return side{
+		setup: [][]string{
+			{"tpm2_startup", "-c"},
+			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_create", "-C", "{dir}/prim.ctx", "-G", "ecc256", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_load", "-C", "{dir}/prim.ctx", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv", "-c", "{dir}/k.ctx"},
+			{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
+			{"tpm2_flushcontext", "-t"},
+		},
+		files: map[string][]byte{"digest": digest},
+		step:  [][]string{{"tpm2_sign", "-c", "0x81000010", "-g", "sha256", "-d", "-o", "{dir}/sig", "{dir}/digest"}},
+	}
+}
+
 func scenarios(provd string, sz size) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
 	provision := []string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}
@@ -453,21 +471,23 @@ func scenarios(provd string, sz size) []scenario {
 				setup: [][]string{provision, {provd, "--tpm", "{tpm}", "key", "create", "k", "--type", "ecc-p256"}},
 				step:  [][]string{{provd, "--tpm", "{tpm}", "key", "sign", "k", "--digest", hex.EncodeToString(digest[:]), "--out", "{dir}/sig"}},
 			},
-			tools: side{
-				setup: [][]string{
-					{"tpm2_startup", "-c"},
-					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_create", "-C", "{dir}/prim.ctx", "-G", "ecc256", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_load", "-C", "{dir}/prim.ctx", "-u", "{dir}/k.pub", "-r", "{dir}/k.priv", "-c", "{dir}/k.ctx"},
-					{"tpm2_evictcontrol", "-C", "o", "-c", "{dir}/k.ctx", "0x81000010"},
-					{"tpm2_flushcontext", "-t"},
-				},
-				files: map[string][]byte{"digest": digest[:]},
-				step:  [][]string{{"tpm2_sign", "-c", "0x81000010", "-g", "sha256", "-d", "-o", "{dir}/sig", "{dir}/digest"}},
-			},
+			tools:   signTools(digest[:]),
 			minimum: "Sign (a loaded key, a password or kept session): 1; one-shot: + load and a policy session",
+		},
+		{
+			// The same job as a device runs it: provd.service serves, and
+			// `provd key sign` (no --tpm) goes through its socket, where the
+			// key and its policy session stay loaded between processes.
+			name: "sign, warm, as on a device: the `provd key sign` process through the running daemon, `tpm2_sign` on a persistent handle",
+			provd: side{
+				setup: [][]string{provision, {provd, "--tpm", "{tpm}", "key", "create", "k", "--type", "ecc-p256"},
+					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
+					{provd, "--socket", "{dir}/provd.sock", "key", "sign", "k", "--digest", hex.EncodeToString(digest[:]), "--out", "{dir}/sig"}, // loads the key: the daemon is warm
+				},
+				step: [][]string{{provd, "--socket", "{dir}/provd.sock", "key", "sign", "k", "--digest", hex.EncodeToString(digest[:]), "--out", "{dir}/sig"}},
+			},
+			tools:   signTools(digest[:]),
+			minimum: "Sign in a kept policy session: PolicyPCR, PolicyAuthValue, Sign: 3",
 		},
 		{
 			name: "create an RSA-2048 key and sign one digest",
