@@ -275,6 +275,8 @@ openssl pkey -in "$demo/fw-signer.key.pem" -pubout -out "$demo/fw-signer.pub.pem
       "$bin" key create fleet-authority --type ecc-p256
   )
   cat "$demo/ek-ca-gw.pem" "$demo/ek-ca-b.pem" > "$demo/ek-ca-fleet.pem"
+  step "The device's binary links no endpoint (no SQLite, PostgreSQL or metrics): provd fleet serve runs provd-fleet, installed beside it" \
+    sh -c "ls -lh '$bin' '$(dirname "$bin")/provd-fleet' | awk '{print \$5, \$NF}'"
   PROVD_STATE_DIR="$demo/endpoint" "$bin" fleet serve --listen 127.0.0.1:0 --ek-ca "$demo/ek-ca-fleet.pem" --authority-key fleet-authority 2> "$demo/endpoint.log" &
   endpoint_pid=$!
   trap 'kill $endpoint_pid 2>/dev/null || true' EXIT
