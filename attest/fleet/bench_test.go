@@ -63,7 +63,7 @@ func softAK(k *ecdsa.PrivateKey) tpm2.TPMTPublic {
 }
 
 // benchLog is a 64 KiB firmware log on PCRs 0..7 and its replayed values.
-func benchLog(b *testing.B) ([]byte, map[int][]byte) {
+func benchLog(b testing.TB) ([]byte, map[int][]byte) {
 	l, err := attest.NewEventLog(tpm2.TPMAlgSHA256)
 	if err != nil {
 		b.Fatal(err)
@@ -94,7 +94,7 @@ func benchLog(b *testing.B) ([]byte, map[int][]byte) {
 
 // quote is what a TPM's TPM2_Quote over PCRs 0..7 with values vals returns,
 // signed by d's AK.
-func (d *simDevice) quote(b *testing.B, nonce []byte, vals map[int][]byte) (attestB, sig []byte) {
+func (d *simDevice) quote(b testing.TB, nonce []byte, vals map[int][]byte) (attestB, sig []byte) {
 	h := sha256.New()
 	for i := 0; i <= 7; i++ {
 		h.Write(vals[i])
@@ -123,7 +123,7 @@ func pad(x *big.Int) []byte { return x.FillBytes(make([]byte, 32)) }
 
 // benchFleet enrolls n simulated devices in store url under a class whose
 // golden values are the log's replay.
-func benchFleet(b *testing.B, url string, n int, vals map[int][]byte) (*fleet.Endpoint, []*simDevice) {
+func benchFleet(b testing.TB, url string, n int, vals map[int][]byte) (*fleet.Endpoint, []*simDevice) {
 	ctx := context.Background()
 	st, err := fleet.Open(ctx, url)
 	if err != nil {
