@@ -135,6 +135,9 @@ type sqlStore struct {
 	lastSweep atomic.Int64
 	// group is SQLite's appraisal writer (record.go), nil on PostgreSQL.
 	group *groupCommit
+	// lookup is DeviceWithPolicy's query, prepared once: the appraisal's
+	// one read (SQLite's driver otherwise compiles the join every time).
+	lookup *sql.Stmt
 }
 
 // Open opens the store a URL names and applies pending migrations:
@@ -177,6 +180,9 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 		case <-time.After(50 * time.Millisecond):
 			err = s.migrate(ctx)
 		}
+	}
+	if err == nil {
+		s.lookup, err = s.db.PrepareContext(ctx, s.d.q(lookupQuery))
 	}
 	if err == nil && s.d.name == "sqlite" {
 		s.group, err = startGroupCommit(ctx, s)
@@ -250,6 +256,9 @@ func (s *sqlStore) migrateOne(ctx context.Context) (done bool, err error) {
 func (s *sqlStore) Close() error {
 	if s.group != nil {
 		s.group.close()
+	}
+	if s.lookup != nil {
+		s.lookup.Close()
 	}
 	return s.db.Close()
 }
@@ -364,13 +373,15 @@ func (s *sqlStore) Activate(ctx context.Context, id string, secretHash []byte, n
 	return d, nil
 }
 
+const lookupQuery = `SELECT d.id, d.class, d.state, d.ek_public, d.ek_cert, d.ak_public, d.secret_hash, d.enrolled_at, d.updated_at, d.last_verdict, d.last_at,
+		p.pcrs, p.manifests, p.tofu, p.updated_at, p.pk_policies
+		FROM devices d LEFT JOIN policies p ON p.class = d.class WHERE d.id = $1`
+
 func (s *sqlStore) DeviceWithPolicy(ctx context.Context, id string) (Device, *Policy, error) {
 	var pcrs, manifests, pk sql.NullString
 	var tofu, updated sql.NullInt64
 	var d Device
-	row := s.db.QueryRowContext(ctx, s.d.q(`SELECT d.id, d.class, d.state, d.ek_public, d.ek_cert, d.ak_public, d.secret_hash, d.enrolled_at, d.updated_at, d.last_verdict, d.last_at,
-		p.pcrs, p.manifests, p.tofu, p.updated_at, p.pk_policies
-		FROM devices d LEFT JOIN policies p ON p.class = d.class WHERE d.id = $1`), id)
+	row := s.lookup.QueryRowContext(ctx, id)
 	d, err := scanDevice(scanWith(row, &pcrs, &manifests, &tofu, &updated, &pk))
 	if err != nil {
 		return Device{}, nil, err
