@@ -475,6 +475,16 @@ func Run(t *testing.T, newURL Opener) {
 				t.Fatalf("%s: the nonce was taken by a failed record", id)
 			}
 		}
+		// A caller whose context has ended: an error, nothing kept.
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		n := nonce("cancelled")
+		if err := s.RecordAppraisal(done, fleet.Appraisal{ID: "cancelled", DeviceID: "d1", Nonce: n, At: t0, Pass: true}); err == nil {
+			t.Fatal("a record with its context ended")
+		}
+		if kept("cancelled") || !free(n) {
+			t.Fatal("a record with its context ended left something")
+		}
 		// Many at once, one of them failing at commit: every record
 		// answered nil is kept with its nonce taken, every error left
 		// nothing.
