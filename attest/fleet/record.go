@@ -198,6 +198,11 @@ func (g *groupCommit) close() {
 // over, the answer is the commit's, whatever ctx does meanwhile: an error
 // returned early could be a record that is committed after all.
 func (g *groupCommit) record(ctx context.Context, r record) error {
+	// An ended context is refused before the select, which would
+	// otherwise pick the hand-over or the refusal at random.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	p := &pending{r: r, done: make(chan error, 1)}
 	select {
 	case g.reqs <- p:
