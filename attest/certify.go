@@ -90,7 +90,7 @@ func verifyAttest(signer tpm2.TPMTPublic, attest, sig, nonce []byte, typ tpm2.TP
 	if err := verifySignature(key, attest, s); err != nil {
 		return nil, 0, err
 	}
-	a, err := unmarshalStrict[tpm2.TPMSAttest]("TPMS_ATTEST", attest)
+	a, err := parseAttest(attest)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -304,7 +304,7 @@ func (r *reader) take(n int) []byte {
 		r.bad = true
 		return nil
 	}
-	s := r.b[r.off : r.off+n]
+	s := r.b[r.off : r.off+n : r.off+n]
 	r.off += n
 	return s
 }
@@ -342,7 +342,10 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	if len(b) > MaxEventLogSize {
 		return nil, fmt.Errorf("%w: event log of %d bytes (limit %d)", ErrBadEvidence, len(b), MaxEventLogSize)
 	}
-	r := &reader{b: b}
+	// One copy of the whole log, which events' digests and data are
+	// capped slices of: the parser keeps nothing of the caller's buffer, in
+	// one allocation rather than two per event.
+	r := &reader{b: bytes.Clone(b)}
 	pcr, typ := r.u32(), EventType(r.u32())
 	sha1 := r.take(20)
 	size := r.u32()
@@ -363,7 +366,7 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &EventLog{specID: bytes.Clone(spec), algs: algs}
+	l := &EventLog{specID: spec, algs: algs}
 	for r.left() > 0 {
 		if len(l.Events) == MaxEvents {
 			return nil, fmt.Errorf("%w: more than %d events", ErrBadEvidence, MaxEvents)
@@ -453,16 +456,13 @@ func parseEvent2(r *reader, l *EventLog) (Event, error) {
 		if r.bad {
 			return Event{}, fmt.Errorf("%w: digest truncated", ErrBadEvidence)
 		}
-		e.Digests = append(e.Digests, tpm2.TPMTHA{HashAlg: alg, Digest: bytes.Clone(d)})
+		e.Digests = append(e.Digests, tpm2.TPMTHA{HashAlg: alg, Digest: d})
 	}
 	size := r.u32()
 	if r.bad || size > MaxEventDataSize || int(size) > r.left() {
 		return Event{}, fmt.Errorf("%w: event data truncated or too large", ErrBadEvidence)
 	}
-	e.Data = bytes.Clone(r.take(int(size)))
-	if e.Data == nil {
-		e.Data = []byte{}
-	}
+	e.Data = r.take(int(size))
 	// checkEvent catches a digest named twice (the count matched the banks).
 	if err := l.checkEvent(e); err != nil {
 		return Event{}, err
@@ -512,6 +512,7 @@ func (l *EventLog) replayBank(alg tpm2.TPMIAlgHash, h crypto.Hash) (map[int][]by
 		vals[i] = v
 	}
 	extended0, located := false, false
+	hh := h.New()
 	for i, e := range l.Events {
 		if err := l.checkEvent(e); err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
@@ -534,10 +535,10 @@ func (l *EventLog) replayBank(alg tpm2.TPMIAlgHash, h crypto.Hash) (map[int][]by
 			located = true
 			continue
 		}
-		hh := h.New()
+		hh.Reset()
 		hh.Write(vals[e.PCR])
 		hh.Write(e.Digest(alg))
-		vals[e.PCR] = hh.Sum(nil)
+		vals[e.PCR] = hh.Sum(vals[e.PCR][:0])
 		if e.PCR == 0 {
 			extended0 = true
 		}

@@ -147,14 +147,6 @@ func VerifySignature(pub crypto.PublicKey, signed, sig []byte) error {
 	return verifySignature(pub, signed, s)
 }
 
-// parseSignature parses a marshalled TPMT_SIGNATURE, strictly.
-func parseSignature(b []byte) (*tpm2.TPMTSignature, error) {
-	if len(b) > maxSignatureSize {
-		return nil, fmt.Errorf("%w: signature of %d bytes (limit %d)", ErrBadEvidence, len(b), maxSignatureSize)
-	}
-	return unmarshalStrict[tpm2.TPMTSignature]("TPMT_SIGNATURE", b)
-}
-
 // signatureHash returns the scheme's hash named in a signature.
 func signatureHash(s *tpm2.TPMTSignature) (tpm2.TPMIAlgHash, error) {
 	switch s.SigAlg {

@@ -7,8 +7,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -382,4 +384,179 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("the same nonce again, on another replica: %v", err)
 		}
 	})
+	t.Run("record replicas", func(t *testing.T) {
+		// One nonce answered at once through two replicas sharing the
+		// database, several callers on each: one record is kept.
+		url := newURL(t)
+		a, b := open(t, url), open(t, url)
+		if err := a.PutPending(ctx, device("d1")); err != nil {
+			t.Fatal(err)
+		}
+		for round := range 5 {
+			n := fleet.Nonce{Nonce: []byte(fmt.Sprint("replicated-", round)), DeviceID: "d1", ExpiresAt: t0.Add(time.Hour)}
+			var wg sync.WaitGroup
+			var kept atomic.Int32
+			for i := range 16 {
+				st := a
+				if i%2 == 1 {
+					st = b
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rec := fleet.Appraisal{ID: fmt.Sprintf("r%d-%d", round, i), DeviceID: "d1", Nonce: &n, At: t0, Pass: true, PCRs: map[string]map[int]string{}}
+					switch err := st.RecordAppraisal(ctx, rec); {
+					case err == nil:
+						kept.Add(1)
+					case !errors.Is(err, fleet.ErrNonceUnknown):
+						t.Error(err)
+					}
+				}()
+			}
+			wg.Wait()
+			if kept.Load() != 1 {
+				t.Fatalf("round %d: %d records kept of one nonce on two replicas", round, kept.Load())
+			}
+		}
+		if h, err := b.Appraisals(ctx, "d1", 100); err != nil || len(h) != 5 {
+			t.Fatalf("history of %d: %v", len(h), err)
+		}
+	})
+	t.Run("record failures", func(t *testing.T) {
+		// A record whose write fails answers an error and leaves nothing:
+		// no appraisal, the last verdict as it was, its nonce still free.
+		// Two traps: an insert refused by the database, and a constraint
+		// checked only at commit (which, in SQLite's group commit, fails
+		// every record committed with it).
+		url := newURL(t)
+		s := open(t, url)
+		if err := s.PutPending(ctx, device("d1")); err != nil {
+			t.Fatal(err)
+		}
+		trap(t, url)
+		rec := func(id string, n *fleet.Nonce) error {
+			return s.RecordAppraisal(ctx, fleet.Appraisal{ID: id, DeviceID: "d1", Nonce: n, At: t0.Add(time.Minute), Pass: true, PCRs: map[string]map[int]string{}})
+		}
+		nonce := func(v string) *fleet.Nonce {
+			return &fleet.Nonce{Nonce: []byte(v), DeviceID: "d1", ExpiresAt: t0.Add(time.Hour)}
+		}
+		// Kept returns whether record id is in the history (and fails the
+		// test when the device's last verdict disagrees).
+		kept := func(id string) bool {
+			h, err := s.Appraisals(ctx, "d1", 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range h {
+				if a.ID == id {
+					return true
+				}
+			}
+			return false
+		}
+		free := func(n *fleet.Nonce) bool {
+			err := s.UseNonce(ctx, *n, t0)
+			if err != nil && !errors.Is(err, fleet.ErrNonceUnknown) {
+				t.Fatal(err)
+			}
+			return err == nil
+		}
+		for _, id := range []string{"insert-fails", "commit-fails"} {
+			n := nonce(id)
+			if err := rec(id, n); err == nil || errors.Is(err, fleet.ErrNonceUnknown) {
+				t.Fatalf("%s: %v", id, err)
+			}
+			if kept(id) {
+				t.Fatalf("%s: recorded after an error", id)
+			}
+			if d, err := s.Device(ctx, "d1"); err != nil || d.LastVerdict != "" {
+				t.Fatalf("%s: the last verdict changed: %+v %v", id, d, err)
+			}
+			if !free(n) {
+				t.Fatalf("%s: the nonce was taken by a failed record", id)
+			}
+		}
+		// A caller whose context has ended: an error, nothing kept.
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		n := nonce("cancelled")
+		if err := s.RecordAppraisal(done, fleet.Appraisal{ID: "cancelled", DeviceID: "d1", Nonce: n, At: t0, Pass: true}); err == nil {
+			t.Fatal("a record with its context ended")
+		}
+		if kept("cancelled") || !free(n) {
+			t.Fatal("a record with its context ended left something")
+		}
+		// Many at once, one of them failing at commit: every record
+		// answered nil is kept with its nonce taken, every error left
+		// nothing.
+		for round := range 5 {
+			var wg sync.WaitGroup
+			errs := make([]error, 16)
+			ids := make([]string, 16)
+			nonces := make([]*fleet.Nonce, 16)
+			for i := range 16 {
+				ids[i] = fmt.Sprintf("batch-%d-%d", round, i)
+				if i == 7 {
+					ids[i] = fmt.Sprintf("commit-fails-%d", round)
+				}
+				nonces[i] = nonce(ids[i])
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = rec(ids[i], nonces[i])
+				}()
+			}
+			wg.Wait()
+			if errs[7] == nil {
+				t.Fatal("the trapped record passed")
+			}
+			for i, err := range errs {
+				if errors.Is(err, fleet.ErrNonceUnknown) {
+					t.Fatalf("%s: %v", ids[i], err)
+				}
+				if k := kept(ids[i]); k != (err == nil) {
+					t.Fatalf("%s answered %v, kept %v", ids[i], err, k)
+				}
+				if f := free(nonces[i]); f != (err != nil) {
+					t.Fatalf("%s answered %v, its nonce free %v", ids[i], err, f)
+				}
+			}
+		}
+	})
+}
+
+// trap makes the appraisals table refuse a record whose ID is
+// "insert-fails" (at its insert) or starts with "commit-fails" (at the
+// transaction's commit), by triggers the test adds to the store's
+// database.
+func trap(t *testing.T, url string) {
+	t.Helper()
+	var stmts []string
+	var db *sql.DB
+	var err error
+	switch {
+	case strings.HasPrefix(url, "sqlite://"):
+		db, err = sql.Open("sqlite", "file:"+strings.TrimPrefix(url, "sqlite://")+"?_pragma=busy_timeout(10000)")
+		stmts = []string{
+			`CREATE TABLE trap (device_id TEXT REFERENCES devices (id) DEFERRABLE INITIALLY DEFERRED)`,
+			`CREATE TRIGGER trap_insert BEFORE INSERT ON appraisals WHEN NEW.id = 'insert-fails' BEGIN SELECT RAISE(ABORT, 'trap'); END`,
+			`CREATE TRIGGER trap_commit AFTER INSERT ON appraisals WHEN NEW.id LIKE 'commit-fails%' BEGIN INSERT INTO trap VALUES ('no such device'); END`,
+		}
+	default:
+		db, err = sql.Open("pgx", url)
+		stmts = []string{
+			`CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'trap'; END $$`,
+			`CREATE TRIGGER trap_insert BEFORE INSERT ON appraisals FOR EACH ROW WHEN (NEW.id = 'insert-fails') EXECUTE FUNCTION trap()`,
+			`CREATE CONSTRAINT TRIGGER trap_commit AFTER INSERT ON appraisals DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.id LIKE 'commit-fails%') EXECUTE FUNCTION trap()`,
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
 }
