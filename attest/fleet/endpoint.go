@@ -441,6 +441,10 @@ func (e *Endpoint) newNonce(ctx context.Context, deviceID string, expires time.T
 	return append(n, nonceTag(key, deviceID, n)...), nil
 }
 
+// MaxRecordDelay is how long after its nonce's expiry an appraisal that
+// began before it may still be recorded (see NonceKeep).
+const MaxRecordDelay = time.Minute
+
 // checkNonce checks that nonce is one this endpoint (any replica) issued
 // to deviceID, unexpired; the record of the appraisal takes it, once
 // across replicas (Appraisal.Nonce), in the same transaction.
@@ -507,12 +511,20 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 		v.AppraisalID = ""
 		return v, nil
 	}
+	// An appraisal that ran past its nonce's expiry by more than
+	// MaxRecordDelay is not recorded: the store keeps a taken nonce only
+	// NonceKeep past its expiry (NonceKeep says why).
+	if !e.now().Before(nonce.ExpiresAt.Add(MaxRecordDelay)) {
+		return fleetapi.Verdict{DeviceID: req.DeviceID, At: v.At, Reasons: []Reason{{Code: CodeNonceExpired}}}, nil
+	}
 	// One transaction takes the nonce and records the verdict: evidence
 	// replayed, even while the first is being appraised on another
 	// replica, is refused here and recorded nowhere.
 	switch err := e.cfg.Store.RecordAppraisal(ctx, Appraisal{ID: v.AppraisalID, DeviceID: d.ID, Nonce: nonce, At: v.At, Pass: v.Pass, Reasons: v.Reasons, PCRs: pcrs}); {
 	case errors.Is(err, ErrNonceUnknown):
 		return fleetapi.Verdict{DeviceID: req.DeviceID, At: v.At, Reasons: []Reason{{Code: CodeNonceUnknown}}}, nil
+	case errors.Is(err, ErrNotEnrolled):
+		return fleetapi.Verdict{DeviceID: req.DeviceID, At: v.At, Reasons: []Reason{{Code: CodeRevoked}}}, nil
 	case err != nil:
 		return v, err
 	}

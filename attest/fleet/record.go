@@ -56,8 +56,12 @@ func newRecord(a Appraisal) (record, error) {
 
 const (
 	insertAppraisal = `INSERT INTO appraisals (id, device_id, at, pass, reasons, pcrs) VALUES ($1, $2, $3, $4, $5, $6)`
-	updateVerdict   = `UPDATE devices SET last_verdict = $1, last_at = $2 WHERE id = $3`
-	insertNonce     = `INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`
+	// The verdict is set only on an enrolled device, and the record stands
+	// or falls with it (ErrNotEnrolled): a revocation that committed while
+	// the appraisal ran wins (found by review: a revoked device's pass was
+	// recorded and its class's secrets delivered).
+	updateVerdict = `UPDATE devices SET last_verdict = $1, last_at = $2 WHERE id = $3 AND state = '` + StateEnrolled + `'`
+	insertNonce   = `INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`
 )
 
 // recordTx records r in a transaction of its own.
@@ -75,34 +79,42 @@ func (s *sqlStore) recordTx(ctx context.Context, r record) error {
 	if _, err := tx.ExecContext(ctx, s.d.q(insertAppraisal), r.a.ID, r.a.DeviceID, r.at, r.pass, r.reasons, r.pcrs); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, s.d.q(updateVerdict), r.verdict, r.at, r.a.DeviceID); err != nil {
+	res, err := tx.ExecContext(ctx, s.d.q(updateVerdict), r.verdict, r.at, r.a.DeviceID)
+	if err := verdictSet(res, err); err != nil {
 		return err
 	}
 	return tx.Commit()
 }
 
-// recordOneStatement is PostgreSQL's record: the nonce's insert, the
-// appraisal's and the verdict's update are one statement, so one
-// transaction. The appraisal and the verdict are written only from the
-// nonce's inserted row: a nonce taken before (or meanwhile, on another
-// replica: the insert waits for that transaction and then conflicts)
-// writes nothing and counts 0. Data-modifying WITH clauses run once and to
-// completion whether or not the outer query reads them.
+// recordOneStatement is PostgreSQL's record: the device's row locked if
+// it is enrolled, the nonce's insert, the appraisal's and the verdict's
+// update are one statement, so one transaction. The nonce is taken only
+// under the enrolled device's lock (a revocation committed meanwhile makes
+// FOR UPDATE see the revoked row: nothing is written), and the appraisal
+// and the verdict only from the nonce's inserted row: a nonce taken before
+// (or meanwhile, on another replica: the insert waits for that
+// transaction and then conflicts) writes nothing and counts 0.
+// Data-modifying WITH clauses run once and to completion whether or not
+// the outer query reads them.
 func (s *sqlStore) recordOneStatement(ctx context.Context, r record) error {
-	var taken int
-	err := s.db.QueryRowContext(ctx, `WITH n AS (
-			INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING RETURNING 1
+	var enrolled, taken int
+	err := s.db.QueryRowContext(ctx, `WITH d AS (
+			SELECT 1 FROM devices WHERE id = $5 AND state = '`+StateEnrolled+`' FOR UPDATE
+		), n AS (
+			INSERT INTO nonces (nonce, device_id, expires_at) SELECT $1, $2, $3 FROM d ON CONFLICT (nonce) DO NOTHING RETURNING 1
 		), a AS (
 			INSERT INTO appraisals (id, device_id, at, pass, reasons, pcrs) SELECT $4, $5, $6, $7, $8, $9 FROM n RETURNING 1
 		), v AS (
 			UPDATE devices SET last_verdict = $10, last_at = $6 WHERE id = $5 AND EXISTS (SELECT 1 FROM a) RETURNING 1
 		)
-		SELECT count(*) FROM n`,
-		r.nonce, r.a.Nonce.DeviceID, r.nexp, r.a.ID, r.a.DeviceID, r.at, r.pass, r.reasons, r.pcrs, r.verdict).Scan(&taken)
-	if err != nil {
+		SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM n)`,
+		r.nonce, r.a.Nonce.DeviceID, r.nexp, r.a.ID, r.a.DeviceID, r.at, r.pass, r.reasons, r.pcrs, r.verdict).Scan(&enrolled, &taken)
+	switch {
+	case err != nil:
 		return err
-	}
-	if taken != 1 {
+	case enrolled != 1:
+		return ErrNotEnrolled
+	case taken != 1:
 		return ErrNonceUnknown
 	}
 	return nil
@@ -287,7 +299,7 @@ func (g *groupCommit) commit(batch []*pending) {
 	if !sweepAt.IsZero() {
 		last := g.s.lastSweep.Load()
 		if now := ms(sweepAt); now-last >= sweepEvery.Milliseconds() && g.s.lastSweep.CompareAndSwap(last, now) {
-			_, _ = g.exec(ctx, stSweep, now)
+			_, _ = g.exec(ctx, stSweep, sweepCutoff(sweepAt))
 		}
 	}
 }
@@ -324,6 +336,19 @@ func (g *groupCommit) write(ctx context.Context, r record) error {
 	if _, err := g.exec(ctx, stAppraisal, r.a.ID, r.a.DeviceID, r.at, r.pass, r.reasons, r.pcrs); err != nil {
 		return err
 	}
-	_, err := g.exec(ctx, stVerdict, r.verdict, r.at, r.a.DeviceID)
-	return err
+	return verdictSet(g.exec(ctx, stVerdict, r.verdict, r.at, r.a.DeviceID))
+}
+
+// verdictSet is updateVerdict's outcome: ErrNotEnrolled when no enrolled
+// device took it.
+func verdictSet(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	if k, err := res.RowsAffected(); err != nil {
+		return err
+	} else if k != 1 {
+		return ErrNotEnrolled
+	}
+	return nil
 }

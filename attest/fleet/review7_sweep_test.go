@@ -41,10 +41,11 @@ func TestReplaysDoNotStopTheSweep(t *testing.T) {
 	if err := rec("first", "replayed", t0, t0.Add(2*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	// 100 seconds of legitimate appraisals (nonces of 1 minute), the
-	// replay arriving first in every second.
+	// 400 seconds of legitimate appraisals (nonces of 1 second), the
+	// replay arriving first in every step of 4 seconds. A taken nonce is
+	// kept fleet.NonceKeep past its expiry.
 	for i := 1; i <= 100; i++ {
-		at := t0.Add(time.Duration(i) * time.Second)
+		at := t0.Add(time.Duration(i) * 4 * time.Second)
 		if err := rec(fmt.Sprint("replay", i), "replayed", at, t0.Add(2*time.Minute)); !errors.Is(err, fleet.ErrNonceUnknown) {
 			t.Fatalf("replay: %v", err)
 		}
@@ -60,10 +61,10 @@ func TestReplaysDoNotStopTheSweep(t *testing.T) {
 	}
 	defer db.Close()
 	var expired int
-	if err := db.QueryRow(`SELECT count(*) FROM nonces WHERE expires_at < ?`, t0.Add(99*time.Second).UnixMilli()).Scan(&expired); err != nil {
+	if err := db.QueryRow(`SELECT count(*) FROM nonces WHERE expires_at < ?`, t0.Add(399*time.Second-fleet.NonceKeep).UnixMilli()).Scan(&expired); err != nil {
 		t.Fatal(err)
 	}
 	if expired != 0 {
-		t.Fatalf("%d expired nonces left after 100 s of appraisals, each second's first a replay", expired)
+		t.Fatalf("%d nonces expired longer than fleet.NonceKeep ago left after 400 s of appraisals, each step's first a replay", expired)
 	}
 }

@@ -475,9 +475,22 @@ func (s *sqlStore) takeNonce(ctx context.Context, db execer, n Nonce) error {
 // sweepEvery is how often a store deletes expired nonces on the hot path.
 const sweepEvery = time.Second
 
-// sweep deletes the expired used nonces: always when force, else at most
-// once per sweepEvery on this store (the table holds the nonces of the
-// last NonceTTL; one indexed range delete a second keeps it so).
+// NonceKeep is how long a taken nonce is kept past its expiry. The
+// endpoint refuses to record an appraisal later than MaxRecordDelay after
+// its nonce expired, by its own clock; a nonce swept by a replica whose
+// clock is ahead could otherwise be taken again by an appraisal that began
+// before the expiry on a replica behind, or that ran slow (found by
+// review: one nonce, two verdicts and two deliveries). So replicas' clocks
+// must agree within NonceKeep - MaxRecordDelay (4 minutes): docs/fleet.md.
+const NonceKeep = 5 * time.Minute
+
+// sweepCutoff is the expiry before which a taken nonce is deleted at now.
+func sweepCutoff(now time.Time) int64 { return ms(now.Add(-NonceKeep)) }
+
+// sweep deletes the used nonces expired more than NonceKeep ago: always
+// when force, else at most once per sweepEvery on this store (the table
+// holds the nonces of the last NonceTTL and NonceKeep; one indexed range
+// delete a second keeps it so).
 func (s *sqlStore) sweep(ctx context.Context, db execer, now time.Time, force bool) error {
 	if !force {
 		last := s.lastSweep.Load()
@@ -485,7 +498,7 @@ func (s *sqlStore) sweep(ctx context.Context, db execer, now time.Time, force bo
 			return nil
 		}
 	}
-	_, err := db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), ms(now))
+	_, err := db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), sweepCutoff(now))
 	return err
 }
 

@@ -8,10 +8,14 @@ import (
 
 // Store errors, told apart with errors.Is.
 var (
-	ErrNotFound      = errors.New("fleet: not found")
-	ErrExists        = errors.New("fleet: already exists")
-	ErrNonceUnknown  = errors.New("fleet: nonce unknown or already used")
-	ErrNonceExpired  = errors.New("fleet: nonce expired")
+	ErrNotFound     = errors.New("fleet: not found")
+	ErrExists       = errors.New("fleet: already exists")
+	ErrNonceUnknown = errors.New("fleet: nonce unknown or already used")
+	ErrNonceExpired = errors.New("fleet: nonce expired")
+	// ErrNotEnrolled is a record refused because its device was revoked
+	// (or is not enrolled) when the record was written: its appraisal ran
+	// while an operator revoked it.
+	ErrNotEnrolled   = errors.New("fleet: the device is no longer enrolled")
 	ErrWrongSecret   = errors.New("fleet: the activation secret is not the credential's")
 	ErrRevoked       = errors.New("fleet: device revoked")
 	ErrSchemaTooNew  = errors.New("fleet: the database's schema is newer than this provd")
@@ -140,14 +144,17 @@ type Store interface {
 	// UseNonce marks a nonce used, once across replicas: ErrNonceUnknown
 	// when it was used before. Challenges store nothing (the endpoint
 	// authenticates its nonces itself, Endpoint.Challenge); a used nonce is
-	// kept until n.ExpiresAt, and expired ones are swept on the way.
+	// kept until NonceKeep after n.ExpiresAt, and older ones are swept on
+	// the way.
 	UseNonce(ctx context.Context, n Nonce, now time.Time) error
 	// NonceKey is the replicas' shared key for authenticating nonces,
 	// made once (the first replica to ask) and kept in the store.
 	NonceKey(ctx context.Context) ([]byte, error)
 	// RecordAppraisal takes a.Nonce (when set), stores the appraisal and
 	// the device's last verdict, in one transaction: an appraisal's only
-	// write. Expired nonces are swept now and then on the way.
+	// write, made only while the device is enrolled (ErrNotEnrolled, with
+	// nothing kept, once it was revoked). Nonces expired more than
+	// NonceKeep ago are swept now and then on the way.
 	RecordAppraisal(ctx context.Context, a Appraisal) error
 	Appraisals(ctx context.Context, deviceID string, limit int) ([]Appraisal, error)
 	SetPolicy(ctx context.Context, p Policy) error

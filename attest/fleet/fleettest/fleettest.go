@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,19 @@ func device(id string) fleet.Device {
 	secret := sha256.Sum256([]byte("secret of " + id))
 	return fleet.Device{ID: id, Class: "gateway", EKPublic: []byte("ek " + id), EKCert: []byte("cert " + id), AKPublic: []byte("ak " + id),
 		SecretHash: secret[:], EnrolledAt: t0}
+}
+
+// enroll puts device id in the store, enrolled (its credential activated):
+// only an enrolled device's appraisals are recorded.
+func enroll(t *testing.T, s fleet.Store, id string) {
+	t.Helper()
+	d := device(id)
+	if err := s.PutPending(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Activate(context.Background(), id, d.SecretHash, t0); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Run runs the suite; newURL gives a fresh database for each test.
@@ -168,9 +182,7 @@ func Run(t *testing.T, newURL Opener) {
 	})
 	t.Run("appraisals", func(t *testing.T) {
 		s := open(t, newURL(t))
-		if err := s.PutPending(ctx, device("d1")); err != nil {
-			t.Fatal(err)
-		}
+		enroll(t, s, "d1")
 		pcr := 7
 		for i, pass := range []bool{true, false} {
 			a := fleet.Appraisal{ID: fmt.Sprintf("a%d", i), DeviceID: "d1", At: t0.Add(time.Duration(i) * time.Second), Pass: pass,
@@ -389,9 +401,7 @@ func Run(t *testing.T, newURL Opener) {
 		// database, several callers on each: one record is kept.
 		url := newURL(t)
 		a, b := open(t, url), open(t, url)
-		if err := a.PutPending(ctx, device("d1")); err != nil {
-			t.Fatal(err)
-		}
+		enroll(t, a, "d1")
 		for round := range 5 {
 			n := fleet.Nonce{Nonce: []byte(fmt.Sprint("replicated-", round)), DeviceID: "d1", ExpiresAt: t0.Add(time.Hour)}
 			var wg sync.WaitGroup
@@ -422,6 +432,46 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("history of %d: %v", len(h), err)
 		}
 	})
+	t.Run("records only while enrolled", func(t *testing.T) {
+		// A pending device, or one revoked while its appraisal ran: the
+		// record is refused with nothing kept and its nonce still free.
+		s := open(t, newURL(t))
+		d := device("d1")
+		if err := s.PutPending(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		rec := func(id string) (*fleet.Nonce, error) {
+			n := &fleet.Nonce{Nonce: []byte("nonce " + id), DeviceID: "d1", ExpiresAt: t0.Add(time.Hour)}
+			return n, s.RecordAppraisal(ctx, fleet.Appraisal{ID: id, DeviceID: "d1", Nonce: n, At: t0, Pass: true, PCRs: map[string]map[int]string{}})
+		}
+		refused := func(id, verdict string) {
+			t.Helper()
+			n, err := rec(id)
+			if !errors.Is(err, fleet.ErrNotEnrolled) {
+				t.Fatalf("%s: %v, want ErrNotEnrolled", id, err)
+			}
+			if h, err := s.Appraisals(ctx, "d1", 10); err != nil || slices.ContainsFunc(h, func(a fleet.Appraisal) bool { return a.ID == id }) {
+				t.Fatalf("%s: kept (%v)", id, err)
+			}
+			if got, err := s.Device(ctx, "d1"); err != nil || got.LastVerdict != verdict {
+				t.Fatalf("%s: last verdict %q (%v), want %q", id, got.LastVerdict, err, verdict)
+			}
+			if err := s.UseNonce(ctx, *n, t0); err != nil {
+				t.Fatalf("%s: the refused record took its nonce: %v", id, err)
+			}
+		}
+		refused("pending", "")
+		if _, err := s.Activate(ctx, "d1", d.SecretHash, t0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rec("enrolled"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Revoke(ctx, "d1", t0); err != nil {
+			t.Fatal(err)
+		}
+		refused("revoked", "pass")
+	})
 	t.Run("record failures", func(t *testing.T) {
 		// A record whose write fails answers an error and leaves nothing:
 		// no appraisal, the last verdict as it was, its nonce still free.
@@ -430,9 +480,7 @@ func Run(t *testing.T, newURL Opener) {
 		// every record committed with it).
 		url := newURL(t)
 		s := open(t, url)
-		if err := s.PutPending(ctx, device("d1")); err != nil {
-			t.Fatal(err)
-		}
+		enroll(t, s, "d1")
 		trap(t, url)
 		rec := func(id string, n *fleet.Nonce) error {
 			return s.RecordAppraisal(ctx, fleet.Appraisal{ID: id, DeviceID: "d1", Nonce: n, At: t0.Add(time.Minute), Pass: true, PCRs: map[string]map[int]string{}})
