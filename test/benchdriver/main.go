@@ -783,7 +783,7 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 				on = ", on the hardware model"
 			}
 			fmt.Fprintf(&b, "| %d from %d clients over %d key(s)%s | %.0f | %.2f | %.0f%% | %.1f MB (%.1f MB) |\n", d.requests, d.clients, d.keys, on, d.signsPerSec, d.cmdsPerRequest, 100*d.tpmShare, float64(d.rssAfterKB)/1024, float64(d.anonAfterKB)/1024)
-			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, RSS %d -> %d kB, ready %.0f ms\n", keys, d.signsPerSec, d.cmdsPerRequest, d.rssIdleKB, d.rssAfterKB, d.readyMS)
+			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, %.0f%% inside the TPM, RSS %d -> %d kB, ready %.0f ms\n  %s\n", keys, d.signsPerSec, d.cmdsPerRequest, 100*d.tpmShare, d.rssIdleKB, d.rssAfterKB, d.readyMS, d.breakdown())
 		}
 		b.WriteString("\n")
 	}
