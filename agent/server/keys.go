@@ -122,13 +122,13 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 			return api.KeyPublicResponse{Key: info, Public: der}, err
 		})
 	case "key-sign":
-		return handle(s, ep, func(ctx context.Context, w api.SignRequest) (api.DataResponse, error) {
+		return handleChecked(s, ep, func(ctx context.Context, w api.SignRequest) (api.DataResponse, func() error, error) {
 			h, err := api.ParseHash(w.Hash)
 			if err != nil {
-				return api.DataResponse{}, err
+				return api.DataResponse{}, nil, err
 			}
-			sig, err := ag.Sign(ctx, w.Name, w.Digest, api.SignOptions{Scheme: w.Scheme, Hash: h})
-			return api.DataResponse{Data: sig}, err
+			sig, check, err := ag.SignUnchecked(ctx, w.Name, w.Digest, api.SignOptions{Scheme: w.Scheme, Hash: h})
+			return api.DataResponse{Data: sig}, check, err
 		})
 	case "key-hmac":
 		return handle(s, ep, func(ctx context.Context, w api.DataRequest) (api.DataResponse, error) {
