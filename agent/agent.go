@@ -76,6 +76,7 @@ type Agent struct {
 	dir    string
 	keys   *objcache.Cache // operational keys kept loaded or context-saved
 	signed signedCache     // the installed signed policy, parsed and verified
+	states keyStates       // what key uses read from the state, per committed state
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
 	heldGate *tpm.Gate
 	// op is the key uses' policy session (opSession); hot says the running

@@ -30,7 +30,17 @@ type keyState struct {
 	exists  bool
 	rec     keyRecord
 	keyBlob []byte // created keys
+	// kept says it came from the agent's keyStates, not from this
+	// operation's read: good for a key the TPM holds, never for a load
+	// (keyObject: errReadForLoad).
+	kept bool
 }
+
+// errReadForLoad: a key use must load its key (or the PK) from blobs, and
+// its state is kept from an earlier read (keyStates); the use reads the
+// state again, so that every blob sent to the TPM is read and checked in
+// the operation that sends it.
+var errReadForLoad = errors.New("agent: the key is loaded from the state read again")
 
 // objectAuth is the key's authValue: its own (an extractable key's, which
 // travels with it to a peer without the PK's), or the objects' under the PK.
@@ -49,31 +59,61 @@ func (ks keyState) objectAuth() ([]byte, error) {
 // must, a missing key is api.ErrNotFound.
 func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
 	var ks keyState
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		if ks.pk, err = a.readPKInputs(tx); err != nil {
-			return err
-		}
-		err = tx.Get(keyRecName(name), &ks.rec)
-		if errors.Is(err, store.ErrNotFound) {
-			if must {
-				return fmt.Errorf("%w: key %q (provd key list)", api.ErrNotFound, name)
-			}
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		ks.exists = true
-		if ks.rec.Kind != api.KindDerived {
-			ks.keyBlob, err = tx.ReadBlob(keyRecName(name))
-		}
+	err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		ks, err = a.keyStateIn(tx, name, must)
 		return err
 	})
+	return ks, err
+}
+
+// useKeyState is readKeyState(ctx, name, true) for a key use, from the
+// agent's keyStates when the state read is the one they were read from
+// (unless fresh): the manifest is read under the store's lock as by every
+// transaction, and only what was parsed from it is kept (keyStates). What
+// it returns is shared with the cache: read it, never change it.
+func (a *Agent) useKeyState(ctx context.Context, name string, fresh bool) (keyState, error) {
+	var ks keyState
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		v := tx.Version()
+		var ok bool
+		if ks, ok = a.states.get(v, name); ok && !fresh {
+			ks.kept = true
+			return nil
+		}
+		var err error
+		if ks, err = a.keyStateIn(tx, name, true); err != nil {
+			return err
+		}
+		a.states.put(v, name, ks)
+		return nil
+	})
+	return ks, err
+}
+
+// keyStateIn is readKeyState in tx.
+func (a *Agent) keyStateIn(tx *store.Tx, name string, must bool) (keyState, error) {
+	var ks keyState
+	var err error
+	if ks.pk, err = a.readPKInputs(tx); err != nil {
+		return ks, err
+	}
+	err = tx.Get(keyRecName(name), &ks.rec)
+	if errors.Is(err, store.ErrNotFound) {
+		if must {
+			return ks, fmt.Errorf("%w: key %q (provd key list)", api.ErrNotFound, name)
+		}
+		return ks, nil
+	}
 	if err != nil {
 		return ks, err
 	}
-	if ks.exists && ks.rec.PK != ks.pk.state.Name {
+	ks.exists = true
+	if ks.rec.Kind != api.KindDerived {
+		if ks.keyBlob, err = tx.ReadBlob(keyRecName(name)); err != nil {
+			return ks, err
+		}
+	}
+	if ks.rec.PK != ks.pk.state.Name {
 		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", api.ErrNotFound, name, ks.rec.PK)
 	}
 	return ks, nil
@@ -156,6 +196,9 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 	if obj, ok, err := a.keys.Get(name, ks.rec.cacheID()); err != nil || ok {
 		return obj, ok, err
 	}
+	if ks.kept {
+		return obj, false, errReadForLoad
+	}
 	if err := a.keys.EvictResident(); err != nil {
 		return obj, false, err
 	}
@@ -186,10 +229,24 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err := checkKeyName(name); err != nil {
 		return err
 	}
-	ks, err := a.readKeyState(ctx, name, true)
+	ks, err := a.useKeyState(ctx, name, false)
 	if err != nil {
 		return err
 	}
+	err = a.useKeyIn(ctx, ks, fn)
+	if errors.Is(err, errReadForLoad) {
+		// Nothing was sent for the key yet.
+		if ks, err = a.useKeyState(ctx, name, true); err != nil {
+			return err
+		}
+		err = a.useKeyIn(ctx, ks, fn)
+	}
+	return err
+}
+
+// useKeyIn is useKey with the key's state read.
+func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
+	name := ks.rec.Name
 	rule, err := ks.rec.rule()
 	if err != nil {
 		return err
