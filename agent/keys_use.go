@@ -356,34 +356,21 @@ func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 // signature is verified on the host against the recorded public key before it
 // is returned.
 func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
-	out, verify, err := a.SignUnchecked(ctx, name, digest, opts)
+	finish, err := a.SignDeferred(ctx, name, digest, opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := verify(); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return finish()
 }
 
-// SignUnchecked is Sign without the host's check of the signature against
-// the key's public area: the caller runs check, and only a signature whose
-// check returned nil may go anywhere. The check is the host's alone, so it
-// runs once the agent is released and the TPM serves the next request
-// meanwhile: the daemon runs it after the request leaves its queue (issue
-// 14: a tenth of a warm sign's time in the daemon, and all of it in the
-// queue's turn when Sign ran it there).
-func (a *Agent) SignUnchecked(ctx context.Context, name string, digest []byte, opts api.SignOptions) (sig []byte, check func() error, err error) {
-	sig, check, err = a.sign(ctx, name, digest, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	return sig, check, nil
-}
-
-// sign is Sign in the TPM, under the agent's lock; verify checks the
-// signature against the key's public area.
-func (a *Agent) sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) (out []byte, verify func() error, err error) {
+// SignDeferred is Sign's part in the TPM: finish gives the signature, once
+// it has encoded it and checked it against the key's public area, and only
+// then. That part is the host's alone, so finish runs once the agent is
+// released and the TPM serves the next request meanwhile: the daemon runs
+// it after the request leaves its queue (issue 14: a tenth of a warm
+// sign's time in the daemon, and all of it in the queue's turn when Sign
+// ran it there).
+func (a *Agent) SignDeferred(ctx context.Context, name string, digest []byte, opts api.SignOptions) (finish func() ([]byte, error), err error) {
 	defer a.lockKeep()()
 	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if err := wantUsage(rec, catalog.UsageSign); err != nil {
@@ -396,28 +383,32 @@ func (a *Agent) sign(ctx context.Context, name string, digest []byte, opts api.S
 		if kt.Alg != tpm2.TPMAlgECC && kt.Alg != tpm2.TPMAlgRSA {
 			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", api.ErrNotPermitted, rec.Type)
 		}
-		out, verify, err = a.signDigest(name, obj, auth, kt.Alg, kt.Hash, digest, opts)
+		finish, err = a.signDigest(name, obj, auth, kt.Alg, kt.Hash, digest, opts)
 		return err
 	})
-	return out, verify, err
+	if err != nil {
+		return nil, err
+	}
+	return finish, nil
 }
 
 // signDigest signs digest with a loaded signing key of algorithm keyAlg
-// (its default hash defHash) in the TPM, authorized by auth: ECDSA as ASN.1
-// DER, RSA as the raw signature. verify checks the signature against the
-// key's public area; the caller runs it before the signature goes anywhere
-// (Sign, once the agent is released).
-func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAlg tpm2.TPMAlgID, defHash crypto.Hash, digest []byte, opts api.SignOptions) (out []byte, verify func() error, err error) {
+// (its default hash defHash) in the TPM, authorized by auth. finish gives
+// the signature (ECDSA as ASN.1 DER, RSA as the raw signature) once it has
+// checked it against the key's public area, and never before: what it does
+// is the host's alone, so a caller under the agent's lock runs it after
+// (SignDeferred).
+func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAlg tpm2.TPMAlgID, defHash crypto.Hash, digest []byte, opts api.SignOptions) (finish func() ([]byte, error), err error) {
 	h := opts.Hash
 	if h == 0 {
 		h = defHash
 	}
 	alg, err := approvedHash(h)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(digest) != h.Size() {
-		return nil, nil, fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
+		return nil, fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
 	}
 	scheme := opts.Scheme
 	var sch tpm2.TPMTSigScheme
@@ -427,7 +418,7 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 			scheme = api.SchemeECDSA
 		}
 		if scheme != api.SchemeECDSA {
-			return nil, nil, fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
+			return nil, fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
 		}
 		sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 	case tpm2.TPMAlgRSA:
@@ -438,66 +429,70 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 		case api.SchemeRSAPSS:
 			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 		default:
-			return nil, nil, fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
+			return nil, fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
 		}
 	default:
-		return nil, nil, fmt.Errorf("%w: this key does not sign", api.ErrNotPermitted)
+		return nil, fmt.Errorf("%w: this key does not sign", api.ErrNotPermitted)
 	}
 	sig, err := a.t.Sign(obj, auth, digest, sch)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	pub, err := publicKey(obj.Public)
-	if err != nil {
-		return nil, nil, err
-	}
+	// The public area is the loaded object's, copied: the key's public key
+	// is made from it in finish, after the agent is released.
+	public := obj.Public
 	bad := fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+	var check func(pub crypto.PublicKey) ([]byte, error)
 	switch scheme {
 	case api.SchemeECDSA:
 		e, err := sig.Signature.ECDSA()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out, err = asn1.Marshal(struct{ R, S *big.Int }{
-			new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
-		if err != nil {
-			return nil, nil, err
-		}
-		verify = func() error {
-			if k, ok := pub.(*ecdsa.PublicKey); !ok || !ecdsa.VerifyASN1(k, digest, out) {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			out, err := asn1.Marshal(struct{ R, S *big.Int }{
+				new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
+			if err != nil {
+				return nil, err
 			}
-			return nil
+			if k, ok := pub.(*ecdsa.PublicKey); !ok || !ecdsa.VerifyASN1(k, digest, out) {
+				return nil, bad
+			}
+			return out, nil
 		}
 	case api.SchemeRSASSA:
 		r, err := sig.Signature.RSASSA()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out = r.Sig.Buffer
-		verify = func() error {
-			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPKCS1v15(k, h, digest, out) != nil {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPKCS1v15(k, h, digest, r.Sig.Buffer) != nil {
+				return nil, bad
 			}
-			return nil
+			return r.Sig.Buffer, nil
 		}
 	case api.SchemeRSAPSS:
 		r, err := sig.Signature.RSAPSS()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out = r.Sig.Buffer
-		verify = func() error {
-			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPSS(k, h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPSS(k, h, digest, r.Sig.Buffer, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+				return nil, bad
 			}
-			return nil
+			return r.Sig.Buffer, nil
 		}
 	}
-	if verify == nil {
-		return nil, nil, fmt.Errorf("sign: no check for scheme %q", scheme)
+	if check == nil {
+		return nil, fmt.Errorf("sign: no check for scheme %q", scheme)
 	}
-	return out, verify, nil
+	return func() ([]byte, error) {
+		pub, err := publicKey(public)
+		if err != nil {
+			return nil, err
+		}
+		return check(pub)
+	}, nil
 }
 
 // MaxDataInput bounds what hmac, encrypt and decrypt take (64 MiB).

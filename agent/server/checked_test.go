@@ -14,10 +14,10 @@ import (
 	"github.com/provd/provd/api"
 )
 
-// A sign's result is checked by the host after the request has left the
-// queue (handleChecked, issue 14): the TPM serves the next request
-// meanwhile. A result whose check fails is never answered, whatever call
-// returned; one whose check passes is.
+// A sign's result is finished and checked by the host after the request
+// has left the queue (handleChecked, issue 14): the TPM serves the next
+// request meanwhile. A result whose check fails is never answered, even
+// when the check made it; one whose check passes is.
 func TestCheckedResultIsAnsweredOnlyWhenItsCheckPasses(t *testing.T) {
 	ts := serveTPM(t)
 	ep := endpoint{api.RouteKeySign, RoleUser}
@@ -29,9 +29,10 @@ func TestCheckedResultIsAnsweredOnlyWhenItsCheckPasses(t *testing.T) {
 	}{{"check fails", errors.New("TPM2_Sign: the signature does not verify"), http.StatusInternalServerError}, {"check passes", nil, http.StatusOK}} {
 		t.Run(tc.name, func(t *testing.T) {
 			inQueue := false
-			h := handleChecked(ts.Server, ep, func(context.Context, api.SignRequest) (api.DataResponse, func() error, error) {
-				// A copy: the handler wipes what it answered.
-				return api.DataResponse{Data: bytes.Clone(secretish)}, func() error {
+			h := handleChecked(ts.Server, ep, func(context.Context, api.SignRequest) (api.DataResponse, func(*api.DataResponse) error, error) {
+				return api.DataResponse{}, func(res *api.DataResponse) error {
+					// A copy: the handler wipes what it answered.
+					res.Data = bytes.Clone(secretish)
 					// The queue is free while the host checks.
 					select {
 					case ts.q.slot <- struct{}{}:
