@@ -40,7 +40,16 @@ func main() {
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
 	sequence := flag.Bool("sequence", false, "print each tool's TPM commands in order (first run of each scenario) on stderr")
 	only := flag.String("run", "", "only the scenarios whose name matches this regular expression")
+	floorAddr := flag.String(floorClientFlag, "", "(internal) run as the floor's client against this address")
+	floorN := flag.Int("floor-n", 0, "(internal) the floor client's commands")
 	flag.Parse()
+	if *floorAddr != "" {
+		if err := floorClient(*floorAddr, *floorN); err != nil {
+			fmt.Fprintln(os.Stderr, "benchdriver floor client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *sequence {
 		sequenceOut = os.Stderr
 	}
@@ -764,6 +773,12 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
+		fl, err := runFloor(ctx, root, daemonRequests)
+		if err != nil {
+			return fmt.Errorf("floor: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "floor: %d TPM2_GetRandom back to back from one process: at the TPM %.0f µs, gap before %.0f µs, %.0f%% inside the TPM\n",
+			fl.commands, float64(fl.atTPM.Nanoseconds())/1e3, float64(fl.gap.Nanoseconds())/1e3, 100*fl.share)
 		for _, run := range []struct {
 			keys, requests int
 			model          *tpmproxy.Model
