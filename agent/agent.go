@@ -121,9 +121,11 @@ var _ api.Service = (*Agent)(nil)
 // every exported method starts with defer a.lock()() (a key use, or an
 // operation that sends the TPM nothing, with lockKeep). Any other operation
 // starts by flushing the key uses' kept session (opSession), so that every
-// session slot is its own.
+// session slot is its own, and by dropping what key uses kept from the
+// state (keyStates: zeroize and Close leave no authValue behind them).
 func (a *Agent) lock() func() {
 	a.mu.Lock()
+	a.states.reset()
 	if err := a.dropOp(); err != nil {
 		a.log.Debug("flush of the kept policy session failed", "err", err)
 	}
