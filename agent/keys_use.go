@@ -235,7 +235,10 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	}
 	err = a.useKeyIn(ctx, ks, fn)
 	if errors.Is(err, errReadForLoad) {
-		// Nothing was sent for the key yet.
+		// Returned before anything was sent for the load. When the
+		// command already ran on a stale cached handle, this is
+		// useKeyIn's one retry after a command, made from the state read
+		// again: the key is loaded in it, so it is not retried again.
 		if ks, err = a.useKeyState(ctx, name, true); err != nil {
 			return err
 		}
