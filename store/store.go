@@ -359,7 +359,8 @@ func (s *Store) readFile(path string) ([]byte, error) {
 	defer f.Close()
 	b := s.scratch[:0]
 	if cap(b) < 4096 {
-		b = make([]byte, 0, 4096)
+		// Room for the bytes parsed last and some: one read still.
+		b = make([]byte, 0, max(4096, len(s.cachedRaw)+1024))
 	}
 	for {
 		if len(b) == cap(b) {
