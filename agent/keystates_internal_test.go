@@ -63,8 +63,12 @@ func TestNoSignAfterDeleteReturns(t *testing.T) {
 			}
 		}()
 	}
-	for signed.Load() < 20 {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(20 * time.Second); signed.Load() < 20; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("%d signs in 20 s before the delete", signed.Load())
+		}
 	}
 	if err := a.DeleteKey(context.Background(), "k"); err != nil {
 		t.Fatal(err)
