@@ -76,6 +76,7 @@ type Agent struct {
 	dir    string
 	keys   *objcache.Cache // operational keys kept loaded or context-saved
 	signed signedCache     // the installed signed policy, parsed and verified
+	states keyStates       // what key uses read from the state, per committed state
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
 	heldGate *tpm.Gate
 	// op is the key uses' policy session (opSession); hot says the running
@@ -120,9 +121,11 @@ var _ api.Service = (*Agent)(nil)
 // every exported method starts with defer a.lock()() (a key use, or an
 // operation that sends the TPM nothing, with lockKeep). Any other operation
 // starts by flushing the key uses' kept session (opSession), so that every
-// session slot is its own.
+// session slot is its own, and by dropping what key uses kept from the
+// state (keyStates: zeroize and Close leave no authValue behind them).
 func (a *Agent) lock() func() {
 	a.mu.Lock()
+	a.states.reset()
 	if err := a.dropOp(); err != nil {
 		a.log.Debug("flush of the kept policy session failed", "err", err)
 	}

@@ -472,11 +472,12 @@ func (a *Agent) AttestSign(ctx context.Context, name string, digest []byte, opts
 					def = crypto.SHA384
 				}
 			}
-			var verify func() error
-			if sig, verify, err = a.signDigest(name, obj, auth, obj.Public.Type, def, digest, opts); err != nil {
+			finish, err := a.signDigest(name, obj, auth, obj.Public.Type, def, digest, opts)
+			if err != nil {
 				return err
 			}
-			return verify()
+			sig, err = finish()
+			return err
 		})
 		return sig, err
 	})

@@ -30,7 +30,17 @@ type keyState struct {
 	exists  bool
 	rec     keyRecord
 	keyBlob []byte // created keys
+	// kept says it came from the agent's keyStates, not from this
+	// operation's read: good for a key the TPM holds, never for a load
+	// (keyObject: errReadForLoad).
+	kept bool
 }
+
+// errReadForLoad: a key use must load its key (or the PK) from blobs, and
+// its state is kept from an earlier read (keyStates); the use reads the
+// state again, so that every blob sent to the TPM is read and checked in
+// the operation that sends it.
+var errReadForLoad = errors.New("agent: the key is loaded from the state read again")
 
 // objectAuth is the key's authValue: its own (an extractable key's, which
 // travels with it to a peer without the PK's), or the objects' under the PK.
@@ -49,31 +59,61 @@ func (ks keyState) objectAuth() ([]byte, error) {
 // must, a missing key is api.ErrNotFound.
 func (a *Agent) readKeyState(ctx context.Context, name string, must bool) (keyState, error) {
 	var ks keyState
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		if ks.pk, err = a.readPKInputs(tx); err != nil {
-			return err
-		}
-		err = tx.Get(keyRecName(name), &ks.rec)
-		if errors.Is(err, store.ErrNotFound) {
-			if must {
-				return fmt.Errorf("%w: key %q (provd key list)", api.ErrNotFound, name)
-			}
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		ks.exists = true
-		if ks.rec.Kind != api.KindDerived {
-			ks.keyBlob, err = tx.ReadBlob(keyRecName(name))
-		}
+	err := a.st.View(ctx, func(tx *store.Tx) (err error) {
+		ks, err = a.keyStateIn(tx, name, must)
 		return err
 	})
+	return ks, err
+}
+
+// useKeyState is readKeyState(ctx, name, true) for a key use, from the
+// agent's keyStates when the state read is the one they were read from
+// (unless fresh): the manifest is read under the store's lock as by every
+// transaction, and only what was parsed from it is kept (keyStates). What
+// it returns is shared with the cache: read it, never change it.
+func (a *Agent) useKeyState(ctx context.Context, name string, fresh bool) (keyState, error) {
+	var ks keyState
+	err := a.st.View(ctx, func(tx *store.Tx) error {
+		v := tx.Version()
+		var ok bool
+		if ks, ok = a.states.get(v, name); ok && !fresh {
+			ks.kept = true
+			return nil
+		}
+		var err error
+		if ks, err = a.keyStateIn(tx, name, true); err != nil {
+			return err
+		}
+		a.states.put(v, name, ks)
+		return nil
+	})
+	return ks, err
+}
+
+// keyStateIn is readKeyState in tx.
+func (a *Agent) keyStateIn(tx *store.Tx, name string, must bool) (keyState, error) {
+	var ks keyState
+	var err error
+	if ks.pk, err = a.readPKInputs(tx); err != nil {
+		return ks, err
+	}
+	err = tx.Get(keyRecName(name), &ks.rec)
+	if errors.Is(err, store.ErrNotFound) {
+		if must {
+			return ks, fmt.Errorf("%w: key %q (provd key list)", api.ErrNotFound, name)
+		}
+		return ks, nil
+	}
 	if err != nil {
 		return ks, err
 	}
-	if ks.exists && ks.rec.PK != ks.pk.state.Name {
+	ks.exists = true
+	if ks.rec.Kind != api.KindDerived {
+		if ks.keyBlob, err = tx.ReadBlob(keyRecName(name)); err != nil {
+			return ks, err
+		}
+	}
+	if ks.rec.PK != ks.pk.state.Name {
 		return ks, fmt.Errorf("%w: key %q belongs to another provisioning key (%.16s…); provision replaced it", api.ErrNotFound, name, ks.rec.PK)
 	}
 	return ks, nil
@@ -156,6 +196,9 @@ func (a *Agent) keyObject(ctx context.Context, ks keyState) (obj tpm.Object, fro
 	if obj, ok, err := a.keys.Get(name, ks.rec.cacheID()); err != nil || ok {
 		return obj, ok, err
 	}
+	if ks.kept {
+		return obj, false, errReadForLoad
+	}
 	if err := a.keys.EvictResident(); err != nil {
 		return obj, false, err
 	}
@@ -186,10 +229,27 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err := checkKeyName(name); err != nil {
 		return err
 	}
-	ks, err := a.readKeyState(ctx, name, true)
+	ks, err := a.useKeyState(ctx, name, false)
 	if err != nil {
 		return err
 	}
+	err = a.useKeyIn(ctx, ks, fn)
+	if errors.Is(err, errReadForLoad) {
+		// Returned before anything was sent for the load. When the
+		// command already ran on a stale cached handle, this is
+		// useKeyIn's one retry after a command, made from the state read
+		// again: the key is loaded in it, so it is not retried again.
+		if ks, err = a.useKeyState(ctx, name, true); err != nil {
+			return err
+		}
+		err = a.useKeyIn(ctx, ks, fn)
+	}
+	return err
+}
+
+// useKeyIn is useKey with the key's state read.
+func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
+	name := ks.rec.Name
 	rule, err := ks.rec.rule()
 	if err != nil {
 		return err
@@ -299,22 +359,21 @@ func approvedHash(h crypto.Hash) (tpm2.TPMIAlgHash, error) {
 // signature is verified on the host against the recorded public key before it
 // is returned.
 func (a *Agent) Sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) ([]byte, error) {
-	out, verify, err := a.sign(ctx, name, digest, opts)
+	finish, err := a.SignDeferred(ctx, name, digest, opts)
 	if err != nil {
 		return nil, err
 	}
-	// Checked once the agent is released: the check is the host's alone,
-	// and the TPM serves the next request meanwhile (issue 14: a tenth of
-	// a warm sign's time in the daemon).
-	if err := verify(); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return finish()
 }
 
-// sign is Sign in the TPM, under the agent's lock; verify checks the
-// signature against the key's public area.
-func (a *Agent) sign(ctx context.Context, name string, digest []byte, opts api.SignOptions) (out []byte, verify func() error, err error) {
+// SignDeferred is Sign's part in the TPM: finish gives the signature, once
+// it has encoded it and checked it against the key's public area, and only
+// then. That part is the host's alone, so finish runs once the agent is
+// released and the TPM serves the next request meanwhile: the daemon runs
+// it after the request leaves its queue (issue 14: a tenth of a warm
+// sign's time in the daemon, and all of it in the queue's turn when Sign
+// ran it there).
+func (a *Agent) SignDeferred(ctx context.Context, name string, digest []byte, opts api.SignOptions) (finish func() ([]byte, error), err error) {
 	defer a.lockKeep()()
 	err = a.useKey(ctx, name, func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error {
 		if err := wantUsage(rec, catalog.UsageSign); err != nil {
@@ -327,28 +386,32 @@ func (a *Agent) sign(ctx context.Context, name string, digest []byte, opts api.S
 		if kt.Alg != tpm2.TPMAlgECC && kt.Alg != tpm2.TPMAlgRSA {
 			return fmt.Errorf("%w: %s keys do not sign (use key hmac)", api.ErrNotPermitted, rec.Type)
 		}
-		out, verify, err = a.signDigest(name, obj, auth, kt.Alg, kt.Hash, digest, opts)
+		finish, err = a.signDigest(name, obj, auth, kt.Alg, kt.Hash, digest, opts)
 		return err
 	})
-	return out, verify, err
+	if err != nil {
+		return nil, err
+	}
+	return finish, nil
 }
 
 // signDigest signs digest with a loaded signing key of algorithm keyAlg
-// (its default hash defHash) in the TPM, authorized by auth: ECDSA as ASN.1
-// DER, RSA as the raw signature. verify checks the signature against the
-// key's public area; the caller runs it before the signature goes anywhere
-// (Sign, once the agent is released).
-func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAlg tpm2.TPMAlgID, defHash crypto.Hash, digest []byte, opts api.SignOptions) (out []byte, verify func() error, err error) {
+// (its default hash defHash) in the TPM, authorized by auth. finish gives
+// the signature (ECDSA as ASN.1 DER, RSA as the raw signature) once it has
+// checked it against the key's public area, and never before: what it does
+// is the host's alone, so a caller under the agent's lock runs it after
+// (SignDeferred).
+func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAlg tpm2.TPMAlgID, defHash crypto.Hash, digest []byte, opts api.SignOptions) (finish func() ([]byte, error), err error) {
 	h := opts.Hash
 	if h == 0 {
 		h = defHash
 	}
 	alg, err := approvedHash(h)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(digest) != h.Size() {
-		return nil, nil, fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
+		return nil, fmt.Errorf("%w: digest of %d bytes for %v (want %d)", api.ErrBadInput, len(digest), h, h.Size())
 	}
 	scheme := opts.Scheme
 	var sch tpm2.TPMTSigScheme
@@ -358,7 +421,7 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 			scheme = api.SchemeECDSA
 		}
 		if scheme != api.SchemeECDSA {
-			return nil, nil, fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
+			return nil, fmt.Errorf("%w: scheme %q for an ECC key (approved: ecdsa)", api.ErrNotPermitted, scheme)
 		}
 		sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 	case tpm2.TPMAlgRSA:
@@ -369,66 +432,70 @@ func (a *Agent) signDigest(name string, obj tpm.Object, auth tpm2.Session, keyAl
 		case api.SchemeRSAPSS:
 			sch = tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSchemeHash{HashAlg: alg})}
 		default:
-			return nil, nil, fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
+			return nil, fmt.Errorf("%w: scheme %q for an RSA key (approved: rsassa, rsapss)", api.ErrNotPermitted, scheme)
 		}
 	default:
-		return nil, nil, fmt.Errorf("%w: this key does not sign", api.ErrNotPermitted)
+		return nil, fmt.Errorf("%w: this key does not sign", api.ErrNotPermitted)
 	}
 	sig, err := a.t.Sign(obj, auth, digest, sch)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	pub, err := publicKey(obj.Public)
-	if err != nil {
-		return nil, nil, err
-	}
+	// The public area is the loaded object's, copied: the key's public key
+	// is made from it in finish, after the agent is released.
+	public := obj.Public
 	bad := fmt.Errorf("TPM2_Sign: the signature does not verify under key %q's public key", name)
+	var check func(pub crypto.PublicKey) ([]byte, error)
 	switch scheme {
 	case api.SchemeECDSA:
 		e, err := sig.Signature.ECDSA()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out, err = asn1.Marshal(struct{ R, S *big.Int }{
-			new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
-		if err != nil {
-			return nil, nil, err
-		}
-		verify = func() error {
-			if k, ok := pub.(*ecdsa.PublicKey); !ok || !ecdsa.VerifyASN1(k, digest, out) {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			out, err := asn1.Marshal(struct{ R, S *big.Int }{
+				new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
+			if err != nil {
+				return nil, err
 			}
-			return nil
+			if k, ok := pub.(*ecdsa.PublicKey); !ok || !ecdsa.VerifyASN1(k, digest, out) {
+				return nil, bad
+			}
+			return out, nil
 		}
 	case api.SchemeRSASSA:
 		r, err := sig.Signature.RSASSA()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out = r.Sig.Buffer
-		verify = func() error {
-			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPKCS1v15(k, h, digest, out) != nil {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPKCS1v15(k, h, digest, r.Sig.Buffer) != nil {
+				return nil, bad
 			}
-			return nil
+			return r.Sig.Buffer, nil
 		}
 	case api.SchemeRSAPSS:
 		r, err := sig.Signature.RSAPSS()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		out = r.Sig.Buffer
-		verify = func() error {
-			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPSS(k, h, digest, out, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
-				return bad
+		check = func(pub crypto.PublicKey) ([]byte, error) {
+			if k, ok := pub.(*rsa.PublicKey); !ok || rsa.VerifyPSS(k, h, digest, r.Sig.Buffer, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) != nil {
+				return nil, bad
 			}
-			return nil
+			return r.Sig.Buffer, nil
 		}
 	}
-	if verify == nil {
-		return nil, nil, fmt.Errorf("sign: no check for scheme %q", scheme)
+	if check == nil {
+		return nil, fmt.Errorf("sign: no check for scheme %q", scheme)
 	}
-	return out, verify, nil
+	return func() ([]byte, error) {
+		pub, err := publicKey(public)
+		if err != nil {
+			return nil, err
+		}
+		return check(pub)
+	}, nil
 }
 
 // MaxDataInput bounds what hmac, encrypt and decrypt take (64 MiB).

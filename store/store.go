@@ -125,6 +125,9 @@ type Store struct {
 	// garbage).
 	cached    *manifest
 	cachedRaw []byte
+	// scratch is the buffer the next read of manifest.json goes into: a
+	// read that finds the bytes parsed last leaves it for the next one.
+	scratch []byte
 }
 
 // Open opens (creating with mode 0700 if absent) the state directory dir,
@@ -320,7 +323,7 @@ func (s *Store) run(ctx context.Context, write bool, fn func(*Tx) error) (err er
 // the empty generation 0. The caller holds the flock and must not change
 // what it returns.
 func (s *Store) readManifest() (m *manifest, changed bool, err error) {
-	b, err := os.ReadFile(filepath.Join(s.dir, ManifestFile))
+	b, err := s.readFile(filepath.Join(s.dir, ManifestFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		s.cached, s.cachedRaw = nil, nil
 		return newManifest(), true, nil
@@ -329,14 +332,49 @@ func (s *Store) readManifest() (m *manifest, changed bool, err error) {
 		return nil, false, fmt.Errorf("store: read manifest: %w", err)
 	}
 	if s.cached != nil && bytes.Equal(b, s.cachedRaw) {
+		s.scratch = b[:0] // not kept: the next read may use it
 		return s.cached, false, nil
 	}
+	// b is kept (cachedRaw) or dropped: never read into again.
+	s.scratch = nil
 	if m, err = parseManifest(b); err != nil {
 		s.cached, s.cachedRaw = nil, nil
 		return nil, false, err
 	}
 	s.cached, s.cachedRaw = m, b
 	return m, true, nil
+}
+
+// readFile reads the file at path into s.scratch (grown as needed) in as
+// few reads as it takes: os.ReadFile asks the file's size, then reads
+// until a read returns nothing; a regular file's read that returns less
+// than asked for has reached its end (issue 14: every transaction reads
+// the manifest, the daemon's on every request). The caller holds the
+// flock; the result is s.scratch's until the next call.
+func (s *Store) readFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := s.scratch[:0]
+	if cap(b) < 4096 {
+		// Room for the bytes parsed last and some: one read still.
+		b = make([]byte, 0, max(4096, len(s.cachedRaw)+1024))
+	}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow
+		}
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF || (err == nil && len(b) < cap(b) && n > 0) {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // collectGarbage zeroes and removes files an interrupted commit left behind:

@@ -25,6 +25,18 @@ type Tx struct {
 	committed bool
 }
 
+// Version names the committed state a transaction read, for callers that
+// keep what they derive from it: two transactions of one Store have equal
+// Versions only when both read the same manifest bytes and the Store parsed
+// no other manifest in between (a state that changed and changed back is a
+// new Version). Every transaction reads manifest.json under the lock and
+// compares its bytes, so a commit by any process, this one or another, is a
+// new Version. The zero Version equals no transaction's.
+type Version struct{ m *manifest }
+
+// Version is the committed state this transaction read (see Version).
+func (tx *Tx) Version() Version { return Version{tx.base} }
+
 // Generation is the committed generation this transaction started from (0 for
 // an empty store). A successful Update that changed something commits
 // Generation()+1.

@@ -122,13 +122,19 @@ func (s *Server) keyHandler(ep endpoint) http.HandlerFunc {
 			return api.KeyPublicResponse{Key: info, Public: der}, err
 		})
 	case "key-sign":
-		return handle(s, ep, func(ctx context.Context, w api.SignRequest) (api.DataResponse, error) {
+		return handleChecked(s, ep, func(ctx context.Context, w api.SignRequest) (api.DataResponse, func(*api.DataResponse) error, error) {
 			h, err := api.ParseHash(w.Hash)
 			if err != nil {
-				return api.DataResponse{}, err
+				return api.DataResponse{}, nil, err
 			}
-			sig, err := ag.Sign(ctx, w.Name, w.Digest, api.SignOptions{Scheme: w.Scheme, Hash: h})
-			return api.DataResponse{Data: sig}, err
+			finish, err := ag.SignDeferred(ctx, w.Name, w.Digest, api.SignOptions{Scheme: w.Scheme, Hash: h})
+			if err != nil {
+				return api.DataResponse{}, nil, err
+			}
+			return api.DataResponse{}, func(res *api.DataResponse) (err error) {
+				res.Data, err = finish()
+				return err
+			}, nil
 		})
 	case "key-hmac":
 		return handle(s, ep, func(ctx context.Context, w api.DataRequest) (api.DataResponse, error) {

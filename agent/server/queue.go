@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +59,13 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 	defer func() {
 		q.since.Store(0)
 		<-q.slot
+		if q.waiting.Load() > 0 {
+			// The request admitted now was made runnable on this
+			// thread, behind this one's answer (JSON, the write, a
+			// signature's check): it goes first, so that the TPM has
+			// its next command while this one answers (issue 14).
+			runtime.Gosched()
+		}
 	}()
 	return fn()
 }

@@ -434,6 +434,20 @@ func inputLen(req any) (int, bool) {
 // handle is one endpoint: check the caller's role (refusals are audited),
 // decode the body strictly, wait for the queue, run call, answer JSON.
 func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return handleChecked(s, ep, func(ctx context.Context, req Req) (Res, func(*Res) error, error) {
+		res, err := call(ctx, req)
+		return res, nil, err
+	})
+}
+
+// handleChecked is handle for an operation whose answer the host finishes
+// in software once the TPM's part is done (a signature, encoded and
+// checked against the key's public area): call returns check with its
+// result, and check, which completes the result and may refuse it, runs
+// once the request has left the queue, so that the TPM serves the next
+// request meanwhile. A result whose check fails is never answered. Not for
+// the operations readCache keeps (they are kept before check).
+func handleChecked[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req) (Res, func(*Res) error, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		c, cerr := callerFrom(r.Context())
@@ -486,6 +500,7 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.timeout.Load()))
 		defer cancel()
 		var res Res
+		var check func(*Res) error
 		var cmds int64
 		ran, cached := false, false
 		if v, ok := s.reads.get(ep.Op); ok {
@@ -507,13 +522,24 @@ func handle[Req, Res any](s *Server, ep endpoint, call func(context.Context, Req
 				octx = api.WithCaller(octx, api.Caller{UID: c.UID})
 				before := s.t.Stats().Commands
 				var err error
-				res, err = recovered(s, octx, ep.Op, func() (Res, error) { return call(octx, req) })
+				res, err = recovered(s, octx, ep.Op, func() (res Res, err error) {
+					res, check, err = call(octx, req)
+					return res, err
+				})
 				cmds = s.t.Stats().Commands - before
 				if err == nil {
 					s.reads.put(ep.Op, res)
 				}
 				return err
 			})
+		}
+		if err == nil && check != nil {
+			// Out of the queue: the host's work alone.
+			_, err = recovered(s, ctx, ep.Op, func() (struct{}, error) { return struct{}{}, check(&res) })
+			if err != nil {
+				var zero Res
+				res = zero
+			}
 		}
 		if wp, ok := any(&res).(wiper); ok {
 			defer wp.Wipe()

@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
@@ -33,6 +36,26 @@ type daemonResult struct {
 	cmdsPerRequest  float64
 	binaryBytes     int64
 	startupCommands int
+	// times is where the load's wall time went, per command: at the TPM,
+	// and the daemon's gap before each (tpmproxy.Times).
+	times map[tpm2.TPMCC]tpmproxy.Times
+}
+
+// breakdown is times as one line: per command, the mean time at the TPM
+// and the mean gap before it (the daemon's work and both hops), in µs.
+func (d daemonResult) breakdown() string {
+	ccs := make([]tpm2.TPMCC, 0, len(d.times))
+	for cc := range d.times {
+		ccs = append(ccs, cc)
+	}
+	sort.Slice(ccs, func(i, j int) bool { return d.times[ccs[i]].N > d.times[ccs[j]].N })
+	var parts []string
+	for _, cc := range ccs {
+		t := d.times[cc]
+		parts = append(parts, fmt.Sprintf("%s %d: at the TPM %.0f µs, gap before %.0f µs", tpmproxy.Name(cc), t.N,
+			float64(t.AtTPM.Microseconds())/float64(t.N), float64(t.Gap.Microseconds())/float64(t.N)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // runDaemon starts provd serve on a fresh swtpm behind the proxy (plain),
@@ -138,6 +161,7 @@ func runDaemon(ctx context.Context, root, provd string, requests, clients, keys 
 	res.signsPerSec = float64(requests) / elapsed.Seconds()
 	res.cmdsPerRequest = float64(w.total()) / float64(requests)
 	res.tpmShare = float64(w.tpms[0].proxy.Busy()) / float64(elapsed)
+	res.times = w.tpms[0].proxy.Times()
 	res.rssAfterKB, err = rssKB(cmd.Process.Pid)
 	if err == nil {
 		res.anonAfterKB, err = statusKB(cmd.Process.Pid, "RssAnon:")

@@ -40,7 +40,16 @@ func main() {
 	update := flag.String("update", "", "a markdown file whose section between the benchdriver markers is replaced (else stdout)")
 	sequence := flag.Bool("sequence", false, "print each tool's TPM commands in order (first run of each scenario) on stderr")
 	only := flag.String("run", "", "only the scenarios whose name matches this regular expression")
+	floorAddr := flag.String(floorClientFlag, "", "(internal) run as the floor's client against this address")
+	floorN := flag.Int("floor-n", 0, "(internal) the floor client's commands")
 	flag.Parse()
+	if *floorAddr != "" {
+		if err := floorClient(*floorAddr, *floorN); err != nil {
+			fmt.Fprintln(os.Stderr, "benchdriver floor client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *sequence {
 		sequenceOut = os.Stderr
 	}
@@ -797,6 +806,12 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
+		fl, err := runFloor(ctx, root, daemonRequests)
+		if err != nil {
+			return fmt.Errorf("floor: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "floor: %d TPM2_GetRandom back to back from one process: at the TPM %.0f µs, gap before %.0f µs, %.0f%% inside the TPM\n",
+			fl.commands, float64(fl.atTPM.Nanoseconds())/1e3, float64(fl.gap.Nanoseconds())/1e3, 100*fl.share)
 		for _, run := range []struct {
 			keys, requests int
 			model          *tpmproxy.Model
@@ -816,7 +831,7 @@ func run(provd string, runs, hwRuns, daemonRequests int, update string, filter *
 				on = ", on the hardware model"
 			}
 			fmt.Fprintf(&b, "| %d from %d clients over %d key(s)%s | %.0f | %.2f | %.0f%% | %.1f MB (%.1f MB) |\n", d.requests, d.clients, d.keys, on, d.signsPerSec, d.cmdsPerRequest, 100*d.tpmShare, float64(d.rssAfterKB)/1024, float64(d.anonAfterKB)/1024)
-			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, RSS %d -> %d kB, ready %.0f ms\n", keys, d.signsPerSec, d.cmdsPerRequest, d.rssIdleKB, d.rssAfterKB, d.readyMS)
+			fmt.Fprintf(os.Stderr, "daemon, %d keys: %.0f signs/s, %.2f cmds/request, %.0f%% inside the TPM, RSS %d -> %d kB, ready %.0f ms\n  %s\n", keys, d.signsPerSec, d.cmdsPerRequest, 100*d.tpmShare, d.rssIdleKB, d.rssAfterKB, d.readyMS, d.breakdown())
 		}
 		b.WriteString("\n")
 	}

@@ -62,15 +62,19 @@ type Proxy struct {
 	seq    []Step
 	held   time.Duration
 	busy   time.Duration // command sent to response read, holds included
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
+	// times are, per command code, the time at the TPM (busy's share) and
+	// the gap before the command: from the previous response written back
+	// to this command read in full, the client's time between them.
+	times map[tpm2.TPMCC]*Times
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
 }
 
 // Start listens on a free pair of loopback ports and relays them to
 // swtpm's command channel target and control channel ctrlTarget, holding
 // responses as model says (nil: not at all).
 func Start(target, ctrlTarget string, model *Model) (*Proxy, error) {
-	p := &Proxy{target: target, ctrlTarget: ctrlTarget, counts: map[tpm2.TPMCC]int{}, conns: map[net.Conn]bool{}}
+	p := &Proxy{target: target, ctrlTarget: ctrlTarget, counts: map[tpm2.TPMCC]int{}, times: map[tpm2.TPMCC]*Times{}, conns: map[net.Conn]bool{}}
 	p.model.Store(model)
 	var err error
 	for range 50 {
@@ -131,6 +135,7 @@ func (p *Proxy) track(c, t net.Conn, open bool) {
 // relayCommands passes one command at a time to the TPM and its response
 // back, counting the command and holding the response as the model says.
 func (p *Proxy) relayCommands(client, tpm net.Conn) error {
+	var answered time.Time // the previous response written back
 	for {
 		cmd, err := readFrame(client)
 		if err != nil {
@@ -138,6 +143,10 @@ func (p *Proxy) relayCommands(client, tpm net.Conn) error {
 		}
 		cc := tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
 		start := time.Now()
+		var gap time.Duration
+		if !answered.IsZero() {
+			gap = start.Sub(answered)
+		}
 		if _, err := tpm.Write(cmd); err != nil {
 			return err
 		}
@@ -151,7 +160,16 @@ func (p *Proxy) relayCommands(client, tpm net.Conn) error {
 		}
 		p.mu.Lock()
 		p.counts[cc]++
-		p.busy += time.Since(start)
+		at := time.Since(start)
+		p.busy += at
+		t := p.times[cc]
+		if t == nil {
+			t = &Times{}
+			p.times[cc] = t
+		}
+		t.N++
+		t.AtTPM += at
+		t.Gap += gap
 		if len(p.seq) < maxSeq {
 			p.seq = append(p.seq, Step{CC: cc, RC: tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))})
 		}
@@ -162,7 +180,32 @@ func (p *Proxy) relayCommands(client, tpm net.Conn) error {
 		if _, err := client.Write(rsp); err != nil {
 			return err
 		}
+		answered = time.Now()
 	}
+}
+
+// Times is where one command code's time went since the last Reset.
+type Times struct {
+	N int
+	// AtTPM is from the command sent to the TPM to its response read (the
+	// model's hold included): Busy's share.
+	AtTPM time.Duration
+	// Gap is the client's time before the command: from the response
+	// before it written back to the command read in full (the client's
+	// work between two commands of its connection, and both hops).
+	Gap time.Duration
+}
+
+// Times is, per command code, the time at the TPM and the gap before the
+// command since the last Reset: where a client's wall time went.
+func (p *Proxy) Times() map[tpm2.TPMCC]Times {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[tpm2.TPMCC]Times, len(p.times))
+	for k, v := range p.times {
+		out[k] = *v
+	}
+	return out
 }
 
 // readFrame reads one TPM command or response: a 10-byte header whose
@@ -259,6 +302,7 @@ func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.counts, p.seq, p.held, p.busy = map[tpm2.TPMCC]int{}, nil, 0, 0
+	p.times = map[tpm2.TPMCC]*Times{}
 }
 
 // Close stops listening and ends every relayed connection.
