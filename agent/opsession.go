@@ -108,14 +108,9 @@ func (a *Agent) dropOp() error {
 		return nil
 	}
 	ps := a.op.ps
-	a.forgetOp()
-	return ps.Close()
-}
-
-// forgetOp forgets the operation's session without a flush.
-func (a *Agent) forgetOp() {
 	clear(a.op.auth)
 	a.op = nil
+	return ps.Close() // clears the session's own copy
 }
 
 // opHandle is the operation session's handle, for the leak sweep; 0 when

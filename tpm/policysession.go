@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,6 +31,12 @@ type PolicySession struct {
 	// decrypts, so its response HMACs are the TPM's own word (Session marks
 	// it: authenticated).
 	salted bool
+	// auth is the session's own copy of the authValue it is keyed with
+	// (go-tpm keeps the slice it is given), cleared at Close: a caller's
+	// buffer cleared under a live session would key its next HMAC with
+	// zeros (found by the review of issue 14: the daemon's kept session
+	// failed with TPM_RC_BAD_AUTH after another process's commit).
+	auth []byte
 }
 
 // saltedAuth marks a session salted to the SRK when it authorizes a
@@ -119,14 +126,16 @@ func (t *TPM) StartSaltedPolicySession(auth []byte) (*PolicySession, error) {
 		return nil, err
 	}
 	opts := []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public)}
-	if auth != nil {
-		opts = append(opts, tpm2.Auth(auth))
+	own := bytes.Clone(auth)
+	if own != nil {
+		opts = append(opts, tpm2.Auth(own))
 	}
 	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
 	if err != nil {
+		clear(own)
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own}, nil
 }
 
 // Close flushes the session. It is safe to call more than once.
@@ -135,6 +144,7 @@ func (p *PolicySession) Close() error {
 		return nil
 	}
 	p.closed = true
+	defer clear(p.auth)
 	return p.closer()
 }
 
