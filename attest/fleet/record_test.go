@@ -49,6 +49,17 @@ func softEK(t *testing.T) tpm2.TPMTPublic {
 	return ek
 }
 
+// openStore opens the store at url for the test, closed at its end.
+func openStore(t *testing.T, url string) fleet.Store {
+	t.Helper()
+	s, err := fleet.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // recordFleet enrolls one simulated device under class "bench" with golden
 // values vals and a secret to deliver, in the store at url.
 func recordFleet(t *testing.T, st fleet.Store, vals map[int][]byte) *simDevice {
@@ -106,12 +117,8 @@ func TestReplayAcrossReplicas(t *testing.T) {
 			var eps [2]*fleet.Endpoint
 			var st fleet.Store
 			for i := range eps {
-				s, err := fleet.Open(ctx, url)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { s.Close() })
-				eps[i], st = fleet.New(fleet.Config{Store: s}), s
+				st = openStore(t, url)
+				eps[i] = fleet.New(fleet.Config{Store: st})
 			}
 			d := recordFleet(t, st, vals)
 			const rounds = 5
@@ -191,15 +198,7 @@ func TestVerdictDurableBeforeDelivery(t *testing.T) {
 	for name, url := range storeURLs(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			open := func() fleet.Store {
-				s, err := fleet.Open(ctx, url)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { s.Close() })
-				return s
-			}
-			st, other := open(), open()
+			st, other := openStore(t, url), openStore(t, url)
 			d := recordFleet(t, st, vals)
 			ds := &durableStore{Store: st, other: other, deviceID: d.id}
 			e := fleet.New(fleet.Config{Store: ds})

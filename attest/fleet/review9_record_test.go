@@ -61,11 +61,7 @@ func TestNonceReplayedAcrossItsExpiryIsRefused(t *testing.T) {
 	for name, url := range storeURLs(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			st, err := fleet.Open(ctx, url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
+			st := openStore(t, url)
 			d := recordFleet(t, st, vals)
 			c := &clock{}
 			c.ns.Store(time.Now().UnixNano())
@@ -113,15 +109,7 @@ func TestNonceReplayAcrossSkewedReplicasIsRefused(t *testing.T) {
 	raw, vals := benchLog(t)
 	url := storeURLs(t)["postgres"]
 	ctx := context.Background()
-	open := func() fleet.Store {
-		s, err := fleet.Open(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	sa, sb := open(), open()
+	sa, sb := openStore(t, url), openStore(t, url)
 	d := recordFleet(t, sa, vals)
 	behind := &clock{}
 	behind.ns.Store(time.Now().UnixNano())
@@ -211,11 +199,7 @@ func TestRevokedDuringAppraisalGetsNothing(t *testing.T) {
 	for name, url := range storeURLs(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			st, err := fleet.Open(ctx, url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
+			st := openStore(t, url)
 			d := recordFleet(t, st, vals)
 			e := fleet.New(fleet.Config{Store: &revokeDuringAppraisal{Store: st}})
 			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
@@ -240,11 +224,7 @@ func TestSlowAppraisalPastMaxRecordDelayIsNotRecorded(t *testing.T) {
 	for name, url := range storeURLs(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			st, err := fleet.Open(ctx, url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
+			st := openStore(t, url)
 			d := recordFleet(t, st, vals)
 			const ttl = 2 * time.Minute
 			c := &clock{}

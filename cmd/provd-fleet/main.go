@@ -6,10 +6,7 @@
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/provd/provd/cmd/provd/cli"
 	"github.com/provd/provd/cmd/provd/cli/fleetserver"
@@ -18,16 +15,4 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args[1:], cli.Deps{
-		Stdin:   os.Stdin,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		Getenv:  os.Getenv,
-		Version: version,
-		Server:  fleetserver.Server{},
-	})
-	stop()
-	os.Exit(code)
-}
+func main() { os.Exit(cli.Run(version, fleetserver.Server{})) }

@@ -1,12 +1,11 @@
-// Command provd is the TPM 2.0-backed provisioning agent. The command tree lives
-// in package cli; main only wires the process to it.
+// Command provd is the TPM 2.0-backed provisioning agent, the binary every
+// device runs. The command tree lives in package cli; main only wires the
+// process to it. It links no fleet endpoint: `fleet serve` and `man` run
+// provd-fleet, installed beside it (cmd/provd-fleet).
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/provd/provd/cmd/provd/cli"
 )
@@ -14,15 +13,4 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = ""
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args[1:], cli.Deps{
-		Stdin:   os.Stdin,
-		Stdout:  os.Stdout,
-		Stderr:  os.Stderr,
-		Getenv:  os.Getenv,
-		Version: version,
-	})
-	stop()
-	os.Exit(code)
-}
+func main() { os.Exit(cli.Run(version, nil)) }

@@ -11,7 +11,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -46,6 +48,16 @@ type app struct {
 	verbose  bool
 	log      *slog.Logger
 	args     []string // as Main got them, for handOff
+}
+
+// Run is a binary's main: the command tree on this process's arguments,
+// standard streams and environment, until SIGINT or SIGTERM. srv is what
+// the binary links beyond provd (provd-fleet: package fleetserver; nil in
+// provd, which hands those commands to provd-fleet).
+func Run(version string, srv Server) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Main(ctx, os.Args[1:], Deps{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Version: version, Server: srv})
 }
 
 // Main runs provd with args and returns the process exit code.
