@@ -179,7 +179,7 @@ func deliveredKey(k crypto.Signer, authPolicy []byte) (tpm2.TPMTPublic, tpm2.TPM
 // deliver seals the class's secrets to device d's EK, bound to the SHA-256
 // PCR values the passing appraisal quoted.
 func (e *Endpoint) deliver(ctx context.Context, d Device, view map[string]map[int]string) ([]fleetapi.Delivery, error) {
-	secrets, err := e.cfg.Store.Secrets(ctx, d.Class)
+	secrets, err := e.cfg.Store.SecretsFor(ctx, d.ID)
 	if err != nil || len(secrets) == 0 {
 		return nil, err
 	}

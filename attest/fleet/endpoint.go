@@ -543,7 +543,12 @@ func (e *Endpoint) Attest(ctx context.Context, req fleetapi.AttestRequest) (flee
 			v.Reasons = append(v.Reasons, Reason{Code: CodeWithheld, Detail: why})
 			return v, nil
 		}
-		if v.Deliveries, err = e.deliver(ctx, d, pcrs); err != nil {
+		switch v.Deliveries, err = e.deliver(ctx, d, pcrs); {
+		case errors.Is(err, ErrNotEnrolled):
+			// Revoked after the record: its verdict stands, nothing goes.
+			v.Deliveries = nil
+			v.Reasons = append(v.Reasons, Reason{Code: CodeWithheld, Detail: "the device was revoked"})
+		case err != nil:
 			return v, err
 		}
 	}

@@ -61,7 +61,15 @@ const (
 	// the appraisal ran wins (found by review: a revoked device's pass was
 	// recorded and its class's secrets delivered).
 	updateVerdict = `UPDATE devices SET last_verdict = $1, last_at = $2 WHERE id = $3 AND state = '` + StateEnrolled + `'`
-	insertNonce   = `INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`
+	// A nonce is taken only if no sweep could have deleted it: one that
+	// expires before the sweeps' mark (nonce_sweep) is refused, as if taken
+	// (found by review: a record stalled past a sweep took the swept nonce
+	// again, one nonce and two verdicts).
+	insertNonce = `INSERT INTO nonces (nonce, device_id, expires_at) SELECT $1, $2, $3
+		WHERE $3 >= (SELECT swept_before FROM nonce_sweep WHERE id = 1) ON CONFLICT (nonce) DO NOTHING`
+	// markSweep raises the mark before sweepNonces deletes below it.
+	markSweep   = `UPDATE nonce_sweep SET swept_before = $1 WHERE id = 1 AND swept_before < $1`
+	sweepNonces = `DELETE FROM nonces WHERE expires_at < $1`
 )
 
 // recordTx records r in a transaction of its own.
@@ -101,7 +109,8 @@ func (s *sqlStore) recordOneStatement(ctx context.Context, r record) error {
 	err := s.db.QueryRowContext(ctx, `WITH d AS (
 			SELECT 1 FROM devices WHERE id = $5 AND state = '`+StateEnrolled+`' FOR UPDATE
 		), n AS (
-			INSERT INTO nonces (nonce, device_id, expires_at) SELECT $1, $2, $3 FROM d ON CONFLICT (nonce) DO NOTHING RETURNING 1
+			INSERT INTO nonces (nonce, device_id, expires_at) SELECT $1, $2, $3 FROM d
+			WHERE $3 >= (SELECT swept_before FROM nonce_sweep WHERE id = 1) ON CONFLICT (nonce) DO NOTHING RETURNING 1
 		), a AS (
 			INSERT INTO appraisals (id, device_id, at, pass, reasons, pcrs) SELECT $4, $5, $6, $7, $8, $9 FROM n RETURNING 1
 		), v AS (
@@ -155,6 +164,7 @@ const (
 	stNonce
 	stAppraisal
 	stVerdict
+	stMarkSweep
 	stSweep
 )
 
@@ -168,7 +178,8 @@ var stmtSQL = []string{
 	stNonce:      insertNonce,
 	stAppraisal:  insertAppraisal,
 	stVerdict:    updateVerdict,
-	stSweep:      `DELETE FROM nonces WHERE expires_at < $1`,
+	stMarkSweep:  markSweep,
+	stSweep:      sweepNonces,
 }
 
 func startGroupCommit(ctx context.Context, s *sqlStore) (*groupCommit, error) {
@@ -299,7 +310,11 @@ func (g *groupCommit) commit(batch []*pending) {
 	if !sweepAt.IsZero() {
 		last := g.s.lastSweep.Load()
 		if now := ms(sweepAt); now-last >= sweepEvery.Milliseconds() && g.s.lastSweep.CompareAndSwap(last, now) {
-			_, _ = g.exec(ctx, stSweep, sweepCutoff(sweepAt))
+			// The mark first: the writer is SQLite's only one, so no
+			// record runs between the two.
+			if _, err := g.exec(ctx, stMarkSweep, sweepCutoff(sweepAt)); err == nil {
+				_, _ = g.exec(ctx, stSweep, sweepCutoff(sweepAt))
+			}
 		}
 	}
 }

@@ -169,12 +169,12 @@ type durableStore struct {
 	notStored atomic.Int32
 }
 
-func (s *durableStore) Secrets(ctx context.Context, class string) ([]fleet.Secret, error) {
+func (s *durableStore) SecretsFor(ctx context.Context, id string) ([]fleet.Secret, error) {
 	s.checked.Add(1)
 	if d, err := s.other.Device(ctx, s.deviceID); err != nil || d.LastVerdict != "pass" {
 		s.notStored.Add(1)
 	}
-	return s.Store.Secrets(ctx, class)
+	return s.Store.SecretsFor(ctx, id)
 }
 
 // failingStore counts the reads of secrets to deliver.
@@ -183,9 +183,9 @@ type failingStore struct {
 	secretsRead atomic.Int32
 }
 
-func (s *failingStore) Secrets(ctx context.Context, class string) ([]fleet.Secret, error) {
+func (s *failingStore) SecretsFor(ctx context.Context, id string) ([]fleet.Secret, error) {
 	s.secretsRead.Add(1)
-	return s.Store.Secrets(ctx, class)
+	return s.Store.SecretsFor(ctx, id)
 }
 
 // TestVerdictDurableBeforeDelivery: on both stores, the passing verdict

@@ -122,6 +122,13 @@ var migrations = []string{
 	`ALTER TABLE policies ADD COLUMN pk_policies TEXT NOT NULL DEFAULT '[]';`,
 	// 7: the version of the class's policy a transfer key was vouched for.
 	`ALTER TABLE peers ADD COLUMN policy_at BIGINT NOT NULL DEFAULT 0;`,
+	// 8: the expiry before which taken nonces may have been swept: a
+	// nonce expiring before it is never taken again (sweep, insertNonce).
+	`CREATE TABLE nonce_sweep (
+		id BIGINT PRIMARY KEY,
+		swept_before BIGINT NOT NULL
+	);
+	INSERT INTO nonce_sweep (id, swept_before) VALUES (1, 0);`,
 }
 
 // PendingTTL is how long a pending enrollment holds its device ID against
@@ -161,6 +168,16 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 		}
 		s = &sqlStore{db: db, d: sqliteDialect}
 	case "postgres", "postgresql":
+		// A lock wait inside a record's statement is bounded (30 s, unless
+		// the URL sets lock_timeout): the statement reads the sweep's mark
+		// when it starts, so it must end long before a sweep could delete
+		// a nonce it is about to take (NonceKeep - MaxRecordDelay; found
+		// by review: a record stalled for minutes took a swept nonce again).
+		if q := u.Query(); q.Get("lock_timeout") == "" {
+			q.Set("lock_timeout", "30000")
+			u.RawQuery = q.Encode()
+			rawURL = u.String()
+		}
 		db, err := sql.Open("pgx", rawURL)
 		if err != nil {
 			return nil, err
@@ -448,7 +465,7 @@ func (s *sqlStore) Revoke(ctx context.Context, id string, now time.Time) error {
 }
 
 func (s *sqlStore) UseNonce(ctx context.Context, n Nonce, now time.Time) error {
-	if err := s.sweep(ctx, s.db, now, true); err != nil {
+	if err := s.sweep(ctx, now, true); err != nil {
 		return err
 	}
 	return s.takeNonce(ctx, s.db, n)
@@ -459,10 +476,10 @@ type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-// takeNonce stores a used nonce: ErrNonceUnknown when it was taken before.
+// takeNonce stores a used nonce: ErrNonceUnknown when it was taken before
+// (or could have been, and swept since: insertNonce).
 func (s *sqlStore) takeNonce(ctx context.Context, db execer, n Nonce) error {
-	res, err := db.ExecContext(ctx, s.d.q(`INSERT INTO nonces (nonce, device_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (nonce) DO NOTHING`),
-		b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
+	res, err := db.ExecContext(ctx, s.d.q(insertNonce), b64.EncodeToString(n.Nonce), n.DeviceID, ms(n.ExpiresAt))
 	if err != nil {
 		return err
 	}
@@ -491,15 +508,26 @@ func sweepCutoff(now time.Time) int64 { return ms(now.Add(-NonceKeep)) }
 // when force, else at most once per sweepEvery on this store (the table
 // holds the nonces of the last NonceTTL and NonceKeep; one indexed range
 // delete a second keeps it so).
-func (s *sqlStore) sweep(ctx context.Context, db execer, now time.Time, force bool) error {
+func (s *sqlStore) sweep(ctx context.Context, now time.Time, force bool) error {
 	if !force {
 		last := s.lastSweep.Load()
 		if now.UnixMilli()-last < sweepEvery.Milliseconds() || !s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
 			return nil
 		}
 	}
-	_, err := db.ExecContext(ctx, s.d.q(`DELETE FROM nonces WHERE expires_at < $1`), sweepCutoff(now))
-	return err
+	cut := sweepCutoff(now)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, s.d.q(markSweep), cut); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, s.d.q(sweepNonces), cut); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 func (s *sqlStore) NonceKey(ctx context.Context) ([]byte, error) {
@@ -544,7 +572,7 @@ func (s *sqlStore) RecordAppraisal(ctx context.Context, a Appraisal) error {
 	// second's record sweeps again. SQLite's group commit sweeps in its
 	// writer.
 	if a.Nonce != nil && s.group == nil {
-		_ = s.sweep(ctx, s.db, a.At, false)
+		_ = s.sweep(ctx, a.At, false)
 	}
 	return nil
 }
@@ -699,6 +727,48 @@ func (s *sqlStore) Secrets(ctx context.Context, class string) ([]Secret, error) 
 		out = append(out, sec)
 	}
 	return out, rows.Err()
+}
+
+func (s *sqlStore) SecretsFor(ctx context.Context, id string) ([]Secret, error) {
+	// One statement, one snapshot: the device's state and its class's
+	// secrets as of the same moment (found by review: a revocation that
+	// committed after the record, and returned to the operator, was
+	// followed by the class's secrets delivered all the same).
+	rows, err := s.db.QueryContext(ctx, s.d.q(`SELECT d.state, d.class, s.name, s.kind, s.value, s.updated_at
+		FROM devices d LEFT JOIN secrets s ON s.class = d.class WHERE d.id = $1 ORDER BY s.name`), id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Secret
+	seen := false
+	for rows.Next() {
+		var state, class string
+		var name, kind, v sql.NullString
+		var at sql.NullInt64
+		if err := rows.Scan(&state, &class, &name, &kind, &v, &at); err != nil {
+			return nil, err
+		}
+		seen = true
+		if state != StateEnrolled {
+			return nil, ErrNotEnrolled
+		}
+		if !name.Valid {
+			continue // no secrets for the class
+		}
+		sec := Secret{Class: class, Name: name.String, Kind: kind.String, UpdatedAt: fromMS(at.Int64)}
+		if sec.Value, err = b64.DecodeString(v.String); err != nil {
+			return nil, fmt.Errorf("fleet: secret %s/%s: %w", class, sec.Name, err)
+		}
+		out = append(out, sec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if !seen {
+		return nil, ErrNotEnrolled
+	}
+	return out, nil
 }
 
 func (s *sqlStore) PutPeer(ctx context.Context, p Peer) error {

@@ -168,6 +168,9 @@ type Store interface {
 	PutSecret(ctx context.Context, s Secret) error
 	// Secrets lists a class's secrets, by name.
 	Secrets(ctx context.Context, class string) ([]Secret, error)
+	// SecretsFor lists the secrets of device id's class, by name, in one
+	// read with the device's state: ErrNotEnrolled once it is revoked.
+	SecretsFor(ctx context.Context, id string) ([]Secret, error)
 	// DeleteSecret removes a class's secret or key: ErrNotFound when none.
 	DeleteSecret(ctx context.Context, class, name string) error
 	// PutPeer stores (or replaces) a device's transfer key: ErrNotFound

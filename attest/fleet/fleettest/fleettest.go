@@ -460,10 +460,24 @@ func Run(t *testing.T, newURL Opener) {
 				t.Fatalf("%s: the refused record took its nonce: %v", id, err)
 			}
 		}
+		// The secrets to deliver come with the device's state, in one read.
+		secretsFor := func(want int, wantErr error) {
+			t.Helper()
+			got, err := s.SecretsFor(ctx, "d1")
+			if !errors.Is(err, wantErr) || len(got) != want {
+				t.Fatalf("SecretsFor: %d secrets, %v; want %d, %v", len(got), err, want, wantErr)
+			}
+		}
 		refused("pending", "")
+		secretsFor(0, fleet.ErrNotEnrolled)
 		if _, err := s.Activate(ctx, "d1", d.SecretHash, t0); err != nil {
 			t.Fatal(err)
 		}
+		secretsFor(0, nil)
+		if err := s.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Value: []byte("v"), UpdatedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+		secretsFor(1, nil)
 		if _, err := rec("enrolled"); err != nil {
 			t.Fatal(err)
 		}
@@ -471,6 +485,10 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatal(err)
 		}
 		refused("revoked", "pass")
+		secretsFor(0, fleet.ErrNotEnrolled)
+		if got, err := s.SecretsFor(ctx, "nobody"); !errors.Is(err, fleet.ErrNotEnrolled) || got != nil {
+			t.Fatalf("SecretsFor an unknown device: %v %v", got, err)
+		}
 	})
 	t.Run("record failures", func(t *testing.T) {
 		// A record whose write fails answers an error and leaves nothing:
