@@ -122,7 +122,9 @@ var _ api.Service = (*Agent)(nil)
 // operation that sends the TPM nothing, with lockKeep). Any other operation
 // starts by flushing the key uses' kept session (opSession), so that every
 // session slot is its own, and by dropping what key uses kept from the
-// state (keyStates: zeroize and Close leave no authValue behind them).
+// state (keyStates: zeroize and Close leave no decoded authValue behind
+// them; the hex text the state's JSON was parsed into is immutable, and
+// stays on the heap until collected, as every state read's does).
 func (a *Agent) lock() func() {
 	a.mu.Lock()
 	a.states.reset()

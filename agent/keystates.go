@@ -46,7 +46,19 @@ func (c *keyStates) put(v store.Version, name string, ks keyState) {
 	if c.keys == nil {
 		c.keys = map[string]keyState{}
 	}
+	// An entry replaced (the key read again for a load) takes its own
+	// decoded copy of the authValue with it, cleared: every read decodes
+	// its own, and the replaced one's operation has moved on to ks (found
+	// by the second review of issue 14: one uncleared copy per reload).
+	if old, ok := c.keys[name]; ok && !sameBytes(old.pk.auth, ks.pk.auth) {
+		clear(old.pk.auth)
+	}
 	c.keys[name] = ks
+}
+
+// sameBytes says whether a and b are the one buffer.
+func sameBytes(a, b []byte) bool {
+	return len(a) > 0 && len(b) > 0 && &a[0] == &b[0]
 }
 
 // reset drops every entry, and clears the authValues they held (the
