@@ -146,10 +146,11 @@ func TestPostgresRevokeHoldingTheRow(t *testing.T) {
 	}
 }
 
-// Held: replicas whose clocks differ by just under NonceKeep -
-// MaxRecordDelay (4 minutes). The replay reaches the replica behind at
-// the last moment MaxRecordDelay allows; the replica ahead has recorded
-// (and swept) with its clock; the nonce is still kept, the replay refused.
+// Replicas whose clocks differ by more than NonceKeep: the replay reaches
+// the replica behind at the last moment MaxRecordDelay allows, after the
+// replica ahead has recorded and swept the nonce with its clock; the
+// sweeps' mark refuses it (the second review held this at just under 4
+// minutes of skew, and it failed at 4 minutes 1 second before the mark).
 func TestReplicasSkewedBeyondNonceKeep(t *testing.T) {
 	raw, vals := benchLog(t)
 	url := storeURLs(t)["postgres"]
