@@ -23,16 +23,16 @@ import (
 // the PK stayed loaded after provision failed. A handle-making command whose
 // answer fails now marks the channel for the operation's sweep.
 func TestForgedCreateLoadedLeavesNothing(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a, err := New(Config{TPM: env.TPM, StateDir: t.TempDir() + "/state", KeepSession: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
 	hit := 0
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCCreateLoaded || binary.BigEndian.Uint32(cmd[10:14]) != 0x81000001 || hit > 0 {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreateLoaded || binary.BigEndian.Uint32(cmd[10:14]) != 0x81000001 || hit > 0 {
 			return nil, nil, false
 		}
 		rsp, err := next.Send(cmd)
@@ -45,7 +45,7 @@ func TestForgedCreateLoadedLeavesNothing(t *testing.T) {
 		return rsp, nil, true
 	})
 	_, perr := a.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
-	b.set(nil)
+	b.Set(nil)
 	if hit == 0 {
 		t.Fatal("no CreateLoaded of the PK seen: the attack is not mounted")
 	}
@@ -62,8 +62,8 @@ func TestForgedCreateLoadedLeavesNothing(t *testing.T) {
 // another object as the key) is refused by that session's response HMAC
 // (salt and authValue), and the key the TPM loaded is swept.
 func TestForgedLoadAnswerInKeptSession(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	ctx := context.Background()
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
@@ -79,8 +79,8 @@ func TestForgedLoadAnswerInKeptSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	hit := 0
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCLoad || binary.BigEndian.Uint32(cmd[10:14]) == 0x81000001 || hit > 0 {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad || binary.BigEndian.Uint32(cmd[10:14]) == 0x81000001 || hit > 0 {
 			return nil, nil, false
 		}
 		rsp, err := next.Send(cmd)
@@ -94,7 +94,7 @@ func TestForgedLoadAnswerInKeptSession(t *testing.T) {
 	})
 	d := [32]byte{1}
 	_, serr := a2.Sign(ctx, "k2", d[:], api.SignOptions{})
-	b.set(nil)
+	b.Set(nil)
 	if hit == 0 {
 		t.Fatal("attack not mounted")
 	}

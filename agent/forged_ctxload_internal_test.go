@@ -24,8 +24,8 @@ import (
 // the key's name), and the copy of k the TPM had loaded stayed, nobody's.
 // Either way the signature is k's; now nothing is left loaded.
 func TestForgedContextLoadHandle(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	ctx := context.Background()
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
@@ -54,8 +54,8 @@ func TestForgedContextLoadHandle(t *testing.T) {
 	k2h := hs[0]
 	var mu sync.Mutex
 	var real tpm2.TPMHandle
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCContextLoad {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
 			return nil, nil, false
 		}
 		mu.Lock()
@@ -72,7 +72,7 @@ func TestForgedContextLoadHandle(t *testing.T) {
 		return rsp, nil, true
 	})
 	sig, err := signK(a)
-	b.set(nil)
+	b.Set(nil)
 	if err != nil {
 		t.Fatalf("sign k: %v", err)
 	}

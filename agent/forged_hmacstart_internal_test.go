@@ -30,8 +30,8 @@ func TestForgedHMACStartAnswerLeavesNothing(t *testing.T) {
 		{"HMAC_Start-response-HMAC-flipped", tpm2.TPMCCHMACStart},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			b := &hookBus{}
-			env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+			b := &swtpmtest.Bus{}
+			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 			a := keptAgent(t, env)
 			ctx := context.Background()
 			if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "h", Label: "mac", Type: "hmac-sha256",
@@ -43,8 +43,8 @@ func TestForgedHMACStartAnswerLeavesNothing(t *testing.T) {
 			}
 			var mu sync.Mutex
 			made := tpm2.TPMHandle(0)
-			b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if cmdCode(cmd) != c.cc {
+			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if swtpmtest.CommandCode(cmd) != c.cc {
 					return nil, nil, false
 				}
 				mu.Lock()
@@ -62,7 +62,7 @@ func TestForgedHMACStartAnswerLeavesNothing(t *testing.T) {
 				return out, nil, true
 			})
 			_, err := a.HMAC(ctx, "h", bytes.Repeat([]byte{7}, 3000))
-			b.set(nil)
+			b.Set(nil)
 			left, lerr := env.TPM.Leftovers()
 			if lerr != nil {
 				t.Fatal(lerr)

@@ -38,7 +38,7 @@ func TestForgedStaleHandleCostsOneMoreSignature(t *testing.T) {
 			b, env, a := busAgent(t) // k cached, session kept
 			ran := forgeOnce(b, isSign, c.rc)
 			_, err := signK(a)
-			b.set(nil)
+			b.Set(nil)
 			if n := ran(); err != nil || n > 2 {
 				t.Fatalf("one sign request with a forged %s after the TPM signed: %v, the TPM signed %d times; want success and at most 2", c.name, err, n)
 			}
@@ -58,8 +58,8 @@ func TestForgedStaleHandleCostsOneMoreSignature(t *testing.T) {
 // word; the sweep marked with it flushes the object the TPM still holds,
 // and the next honest request works.
 func TestForgedHandleErrorLeaksNoSlot(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	ctx := context.Background()
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
@@ -69,8 +69,8 @@ func TestForgedHandleErrorLeaksNoSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	var once sync.Once
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cmdCode(cmd) != tpm2.TPMCCSign {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCSign {
 			return nil, nil, false
 		}
 		rsp, err := next.Send(cmd)
@@ -84,7 +84,7 @@ func TestForgedHandleErrorLeaksNoSlot(t *testing.T) {
 	if _, err := signK(a); err != nil {
 		t.Logf("forged sign: %v", err)
 	}
-	b.set(nil)
+	b.Set(nil)
 	hs, err := env.TPM.Handles(tpm.TransientHandles)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func TestForgedRetryIsNotRunTwice(t *testing.T) {
 	b, _, a := busAgent(t)
 	ran := forgeOnce(b, isSign, 0x0922) // TPM_RC_RETRY
 	_, err := signK(a)
-	b.set(nil)
+	b.Set(nil)
 	if ran() != 1 || err == nil {
 		t.Fatalf("a forged TPM_RC_RETRY: %v, the TPM signed %d times", err, ran())
 	}

@@ -27,15 +27,15 @@ import (
 // raced it had read: signers run in a loop while the key is deleted, and
 // the bus fails the test on any Sign after the delete returned.
 func TestNoSignAfterDeleteReturns(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	if _, err := signK(a); err != nil {
 		t.Fatal(err)
 	}
 	var deleted atomic.Bool
 	var late atomic.Int64
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		if isSign(cmd) && deleted.Load() {
 			late.Add(1)
 		}

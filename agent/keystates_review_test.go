@@ -42,7 +42,7 @@ func (b *failBus) Send(cmd []byte) ([]byte, error) {
 	if err == nil && len(rsp) >= 10 {
 		if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
 			b.mu.Lock()
-			b.fails = append(b.fails, fmt.Sprintf("%v: rc 0x%x", cmdCode(cmd), rc))
+			b.fails = append(b.fails, fmt.Sprintf("%v: rc 0x%x", swtpmtest.CommandCode(cmd), rc))
 			b.mu.Unlock()
 		}
 	}

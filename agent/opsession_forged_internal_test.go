@@ -25,7 +25,7 @@ func TestForgedFailureIsNotRunTwice(t *testing.T) {
 	// TPM_RC_POLICY_FAIL (0x01D, format 1) | TPM_RC_S | TPM_RC_1
 	ran := forgeOnce(b, isSign, 0x099d)
 	_, err := signK(a)
-	b.set(nil)
+	b.Set(nil)
 	if err == nil || ran() != 1 {
 		t.Fatalf("one request with a forged failure: %v, the TPM signed %d times; want the failure and 1", err, ran())
 	}
@@ -36,10 +36,10 @@ func TestForgedFailureIsNotRunTwice(t *testing.T) {
 
 // busAgent is keptAgent on a swtpm behind a hookBus, its key k signed with
 // once (cached, the session kept).
-func busAgent(t *testing.T) (*hookBus, *swtpmtest.Env, *Agent) {
+func busAgent(t *testing.T) (*swtpmtest.Bus, *swtpmtest.Env, *Agent) {
 	t.Helper()
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	if _, err := signK(a); err != nil {
 		t.Fatal(err)
@@ -51,10 +51,10 @@ func busAgent(t *testing.T) (*hookBus, *swtpmtest.Env, *Agent) {
 // the first of them with the error code rc (format-1 bytes, as the TPM
 // would) in place of the TPM's answer: an interposer forging a failure over
 // a command the TPM ran. ran says how many of them the TPM ran with success.
-func forgeOnce(b *hookBus, match func(cmd []byte) bool, rc uint16) (ran func() int) {
+func forgeOnce(b *swtpmtest.Bus, match func(cmd []byte) bool, rc uint16) (ran func() int) {
 	var mu sync.Mutex
 	executed, forged := 0, 0
-	b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		if !match(cmd) {
 			return nil, nil, false
 		}
@@ -77,42 +77,14 @@ func forgeOnce(b *hookBus, match func(cmd []byte) bool, rc uint16) (ran func() i
 	}
 }
 
-func isSign(cmd []byte) bool { return cmdCode(cmd) == tpm2.TPMCCSign }
-
-// hookBus is an interposer on provd's channel (package agent's copy of the
-// external tests' evilBus).
-type hookBus struct {
-	next transport.TPM
-	mu   sync.Mutex
-	hook func(next transport.TPM, cmd []byte) ([]byte, error, bool)
-}
-
-func (b *hookBus) Send(cmd []byte) ([]byte, error) {
-	b.mu.Lock()
-	h := b.hook
-	b.mu.Unlock()
-	if h != nil {
-		if rsp, err, ok := h(b.next, cmd); ok {
-			return rsp, err
-		}
-	}
-	return b.next.Send(cmd)
-}
-
-func (b *hookBus) set(h func(next transport.TPM, cmd []byte) ([]byte, error, bool)) {
-	b.mu.Lock()
-	b.hook = h
-	b.mu.Unlock()
-}
-
-func cmdCode(cmd []byte) tpm2.TPMCC { return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) }
+func isSign(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCSign }
 
 // The same forgery on the TPM2_Load of a key under the PK, in the kept
 // session: the TPM loads the key once, provd hears the failure and does not
 // load again, and the operation's sweep flushes the copy nobody holds.
 func TestForgedLoadFailureIsNotRunTwice(t *testing.T) {
-	b := &hookBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	a := keptAgent(t, env)
 	ctx := t.Context()
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
@@ -131,11 +103,11 @@ func TestForgedLoadFailureIsNotRunTwice(t *testing.T) {
 	// The load of a key under the PK (a transient parent), not the PK's
 	// own under the persistent SRK.
 	ran := forgeOnce(b, func(cmd []byte) bool {
-		return cmdCode(cmd) == tpm2.TPMCCLoad && binary.BigEndian.Uint32(cmd[10:14]) != 0x81000001
+		return swtpmtest.CommandCode(cmd) == tpm2.TPMCCLoad && binary.BigEndian.Uint32(cmd[10:14]) != 0x81000001
 	}, 0x099d)
 	d := sha256.Sum256([]byte("k2"))
 	_, err = a2.Sign(ctx, "k2", d[:], api.SignOptions{})
-	b.set(nil)
+	b.Set(nil)
 	if err == nil || ran() != 1 {
 		t.Fatalf("sign k2 with a forged load failure: %v, loads by the TPM %d; want the failure and 1", err, ran())
 	}

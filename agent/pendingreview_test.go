@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -20,40 +19,13 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// evilBus: hook sees every command; it may answer itself (handled).
-type evilBus struct {
-	next transport.TPM
-	mu   sync.Mutex
-	hook func(next transport.TPM, cmd []byte) ([]byte, error, bool)
-}
-
-func (b *evilBus) Send(cmd []byte) ([]byte, error) {
-	b.mu.Lock()
-	h := b.hook
-	b.mu.Unlock()
-	if h != nil {
-		if rsp, err, ok := h(b.next, cmd); ok {
-			return rsp, err
-		}
-	}
-	return b.next.Send(cmd)
-}
-
-func (b *evilBus) set(h func(next transport.TPM, cmd []byte) ([]byte, error, bool)) {
-	b.mu.Lock()
-	b.hook = h
-	b.mu.Unlock()
-}
-
-func ccOf(cmd []byte) tpm2.TPMCC { return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) }
-
 // refuseN answers the next n commands of cc with a forged SESSION_MEMORY, not passing them on.
 func refuseN(cc tpm2.TPMCC, n int) func(transport.TPM, []byte) ([]byte, error, bool) {
 	var mu sync.Mutex
 	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
-		if n > 0 && ccOf(cmd) == cc {
+		if n > 0 && swtpmtest.CommandCode(cmd) == cc {
 			n--
 			return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x03}, nil, true
 		}
@@ -67,7 +39,7 @@ func dropAnswerN(cc tpm2.TPMCC, n int) func(transport.TPM, []byte) ([]byte, erro
 	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
-		if n > 0 && ccOf(cmd) == cc {
+		if n > 0 && swtpmtest.CommandCode(cmd) == cc {
 			n--
 			_, _ = next.Send(cmd)
 			return nil, errors.New("answer lost on the bus"), true
@@ -83,8 +55,8 @@ func dropAnswerN(cc tpm2.TPMCC, n int) func(transport.TPM, []byte) ([]byte, erro
 // record leaves the pending file once its line is in, and the log is opened
 // again (the anchor decides): one line for it, and work goes on.
 func TestPendingRecordWrittenOnceWhenItsExtendAnswerIsLost(t *testing.T) {
-	b := &evilBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
@@ -96,7 +68,7 @@ func TestPendingRecordWrittenOnceWhenItsExtendAnswerIsLost(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.set(refuseN(tpm2.TPMCCStartAuthSession, 2))
+	b.Set(refuseN(tpm2.TPMCCStartAuthSession, 2))
 	if err := ag.DeleteKey(ctx, "victim"); err == nil {
 		t.Fatal("want a record failure")
 	}
@@ -104,10 +76,10 @@ func TestPendingRecordWrittenOnceWhenItsExtendAnswerIsLost(t *testing.T) {
 	t.Logf("pending after forged refusals: %d line(s)", strings.Count(string(p), "\n"))
 
 	// The next audited op writes the pending record; its extend's answer is lost.
-	b.set(dropAnswerN(tpm2.TPMCCNVExtend, 1))
+	b.Set(dropAnswerN(tpm2.TPMCCNVExtend, 1))
 	err := ag.DeleteKey(ctx, "other")
 	t.Logf("delete other (extend answer lost): %v", err)
-	b.set(nil)
+	b.Set(nil)
 	p, _ = os.ReadFile(filepath.Join(dir, "audit.pending"))
 	t.Logf("pending now: %d line(s)", strings.Count(string(p), "\n"))
 	if _, err := ag.AuditVerify(ctx); err != nil {
@@ -147,8 +119,8 @@ func TestPendingRecordWrittenOnceWhenItsExtendAnswerIsLost(t *testing.T) {
 // neither written nor kept: two forged answers erased the record of a
 // refused caller. Now it waits in audit.pending like any other.
 func TestRecordWaitsWhenTheTrailCannotTakeIt(t *testing.T) {
-	b := &evilBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
@@ -158,15 +130,15 @@ func TestRecordWaitsWhenTheTrailCannotTakeIt(t *testing.T) {
 	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "victim", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	b.set(refuseN(tpm2.TPMCCStartAuthSession, 2))
+	b.Set(refuseN(tpm2.TPMCCStartAuthSession, 2))
 	if err := ag.DeleteKey(ctx, "victim"); err == nil {
 		t.Fatal("want a record failure")
 	}
 	// A refusal of a caller, recorded while the pending write is refused.
-	b.set(refuseN(tpm2.TPMCCStartAuthSession, 2))
+	b.Set(refuseN(tpm2.TPMCCStartAuthSession, 2))
 	err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "role user may not delete keys")
 	t.Logf("record refusal: %v", err)
-	b.set(nil)
+	b.Set(nil)
 	if _, err := ag.AuditRepair(ctx, false); err != nil {
 		t.Logf("repair: %v", err)
 	}
@@ -253,8 +225,8 @@ func TestPublicOnlyPlantAtACachedHandle(t *testing.T) {
 // leaked a slot (one survived Close). Now the handle is flushed before the
 // key is loaded again; the harness's leak check holds.
 func TestForgedBadAuthLeaksNoSlot(t *testing.T) {
-	b := &evilBus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { b.next = next; return b }))
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
 	ag := signingAgent(t, env)
 	d := sha256.Sum256([]byte("m"))
@@ -265,8 +237,8 @@ func TestForgedBadAuthLeaksNoSlot(t *testing.T) {
 	var mu sync.Mutex
 	for round := range 3 {
 		forged := 1
-		b.set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-			if ccOf(cmd) != tpm2.TPMCCSign {
+		b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+			if swtpmtest.CommandCode(cmd) != tpm2.TPMCCSign {
 				return nil, nil, false
 			}
 			mu.Lock()
@@ -280,7 +252,7 @@ func TestForgedBadAuthLeaksNoSlot(t *testing.T) {
 			return nil, nil, false
 		})
 		_, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{})
-		b.set(nil)
+		b.Set(nil)
 		left, _ := env.TPM.Leftovers()
 		t.Logf("round %d: sign with forged BAD_AUTH: err=%v; TPM signed %d times so far; transient handles now %d", round, err, signs, len(left))
 		_, err = ag.Sign(ctx, "sig", d[:], api.SignOptions{})
