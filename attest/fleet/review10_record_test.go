@@ -153,20 +153,14 @@ func TestPostgresRevokeHoldingTheRow(t *testing.T) {
 // minutes of skew, and it failed at 4 minutes 1 second before the mark).
 func TestReplicasSkewedBeyondNonceKeep(t *testing.T) {
 	raw, vals := benchLog(t)
-	url := storeURLs(t)["postgres"]
 	ctx := context.Background()
-	sa, sb := openStore(t, url), openStore(t, url)
-	d := recordFleet(t, sa, vals)
-	behind := &clock{}
-	behind.ns.Store(time.Now().UnixNano())
 	// Beyond NonceKeep: the sweeps' mark (nonce_sweep) refuses the swept
 	// nonce whatever the replicas' clocks (the review first held this at
 	// just under 4 minutes, and it failed at 4 minutes 1 second).
 	skew := fleet.NonceKeep + time.Minute
-	ahead := func() time.Time { return behind.now().Add(skew) }
 	const ttl = 2 * time.Minute
-	ea := fleet.New(fleet.Config{Store: sa, Now: ahead, NonceTTL: ttl})
-	eb := fleet.New(fleet.Config{Store: sb, Now: behind.now, NonceTTL: ttl})
+	r := newSkewedReplicas(t, vals, ttl, skew)
+	d, behind, ea, eb, sb := r.d, r.behind, r.ahead, r.behindE, r.sb
 	req := d.evidence(t, eb, raw, vals)
 	if v, err := eb.Attest(ctx, req); err != nil || !v.Pass {
 		t.Fatalf("first attestation: %+v %v", v, err)

@@ -117,16 +117,10 @@ func replayAcrossExpiry(t *testing.T, url string, raw []byte, vals map[int][]byt
 // the replica behind, in the last seconds of its nonce's life, passes again.
 func TestNonceReplayAcrossSkewedReplicasIsRefused(t *testing.T) {
 	raw, vals := benchLog(t)
-	url := storeURLs(t)["postgres"]
 	ctx := context.Background()
-	sa, sb := openStore(t, url), openStore(t, url)
-	d := recordFleet(t, sa, vals)
-	behind := &clock{}
-	behind.ns.Store(time.Now().UnixNano())
-	ahead := func() time.Time { return behind.now().Add(5 * time.Second) }
 	const ttl = 2 * time.Minute
-	ea := fleet.New(fleet.Config{Store: sa, Now: ahead, NonceTTL: ttl})
-	eb := fleet.New(fleet.Config{Store: sb, Now: behind.now, NonceTTL: ttl})
+	r := newSkewedReplicas(t, vals, ttl, 5*time.Second)
+	d, behind, ea, eb := r.d, r.behind, r.ahead, r.behindE
 
 	req := d.evidence(t, eb, raw, vals)
 	if v, err := eb.Attest(ctx, req); err != nil || !v.Pass || len(v.Deliveries) != 1 {
@@ -265,4 +259,24 @@ func TestSlowAppraisalPastMaxRecordDelayIsNotRecorded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// skewedReplicas are two endpoints on one PostgreSQL database, one's clock
+// skew ahead of the other's (behind, moved by the test), and a device
+// enrolled there.
+type skewedReplicas struct {
+	d              *simDevice
+	behind         *clock
+	ahead, behindE *fleet.Endpoint
+	sb             fleet.Store
+}
+
+func newSkewedReplicas(t *testing.T, vals map[int][]byte, ttl, skew time.Duration) skewedReplicas {
+	url := storeURLs(t)["postgres"]
+	sa, sb := openStore(t, url), openStore(t, url)
+	r := skewedReplicas{d: recordFleet(t, sa, vals), behind: &clock{}, sb: sb}
+	r.behind.ns.Store(time.Now().UnixNano())
+	r.ahead = fleet.New(fleet.Config{Store: sa, Now: func() time.Time { return r.behind.now().Add(skew) }, NonceTTL: ttl})
+	r.behindE = fleet.New(fleet.Config{Store: sb, Now: r.behind.now, NonceTTL: ttl})
+	return r
 }
