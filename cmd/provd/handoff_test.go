@@ -70,13 +70,24 @@ func TestHandOffToProvdFleet(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "provd-fleet")); err != nil {
 		t.Fatal(err)
 	}
+	// A planted provd-fleet in $PATH and in the working directory is never
+	// run: only provd's own directory is searched.
+	planted := filepath.Join(dir, "planted")
+	ran := filepath.Join(dir, "planted-ran")
+	if err := os.MkdirAll(planted, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(planted, "provd-fleet"), []byte("#!/bin/sh\ntouch "+ran+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	fresh := filepath.Join(dir, "fresh")
 	for _, args := range [][]string{
 		{"fleet", "serve", "--listen", "127.0.0.1:0", "--ek-ca", ca},
 		{"man", filepath.Join(dir, "man2")},
 	} {
 		c := exec.Command(bin, args...)
-		c.Env = append(os.Environ(), "PROVD_STATE_DIR="+fresh)
+		c.Dir = planted
+		c.Env = append(os.Environ(), "PROVD_STATE_DIR="+fresh, "PATH="+planted+":"+os.Getenv("PATH"))
 		out, err := c.CombinedOutput()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != api.ExitNotFound {
@@ -86,7 +97,7 @@ func TestHandOffToProvdFleet(t *testing.T) {
 			t.Errorf("provd %s without provd-fleet: %q does not name provd-fleet", args[0], out)
 		}
 	}
-	for _, p := range []string{fresh, filepath.Join(dir, "man2")} {
+	for _, p := range []string{fresh, filepath.Join(dir, "man2"), ran} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s after a refused hand-off: %v, want nothing made", p, err)
 		}
