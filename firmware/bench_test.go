@@ -1,6 +1,7 @@
 package firmware
 
 import (
+	"context"
 	"crypto/rand"
 	"os"
 	"os/exec"
@@ -46,7 +47,7 @@ func BenchmarkVerifyImages(b *testing.B) {
 	b.Run("provd", func(b *testing.B) {
 		b.SetBytes(total << 20)
 		for range b.N {
-			if err := m.VerifyImages(dir); err != nil {
+			if err := m.VerifyImages(context.Background(), dir); err != nil {
 				b.Fatal(err)
 			}
 		}

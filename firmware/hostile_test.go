@@ -2,6 +2,8 @@ package firmware
 
 import (
 	"bytes"
+	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/big"
 	"os"
@@ -39,7 +42,7 @@ func TestHostileFIFOBlocksVerify(t *testing.T) {
 	}
 	m := Manifest{Format: 1, Class: "c", Version: 1, Images: []Image{rvImage("kernel", []byte("k"))}}
 	done := make(chan error, 1)
-	go func() { done <- m.VerifyImages(root) }()
+	go func() { done <- m.VerifyImages(context.Background(), root) }()
 	select {
 	case err := <-done:
 		if !errors.Is(err, ErrDigest) {
@@ -70,7 +73,7 @@ func TestHostileSymlinkFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := Manifest{Format: 1, Class: "c", Version: 1, Images: []Image{rvImage("boot/k", []byte("kernel"))}}
-	if err := m.VerifyImages(root); err == nil {
+	if err := m.VerifyImages(context.Background(), root); err == nil {
 		t.Fatal("an image reached through a symlink out of the root verified")
 	}
 }
@@ -83,7 +86,7 @@ func TestHostileENOTDIR(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := Manifest{Format: 1, Class: "c", Version: 1, Images: []Image{rvImage("kernel/Image", []byte("k"))}}
-	if err := m.VerifyImages(root); !errors.Is(err, ErrMissingImage) && !errors.Is(err, ErrDigest) {
+	if err := m.VerifyImages(context.Background(), root); !errors.Is(err, ErrMissingImage) && !errors.Is(err, ErrDigest) {
 		t.Fatalf("ENOTDIR maps to no firmware kind: %v", err)
 	}
 }
@@ -262,5 +265,43 @@ func TestHostileHashImagesSpecial(t *testing.T) {
 	dir4 := writeImages(t, map[string][]byte{"A": []byte("1"), "a": []byte("2")})
 	if ims, err := HashImages(dir4, "sha256"); err == nil {
 		t.Logf("case-colliding names signed: %s, %s (one file on a FAT ESP)", ims[0].Name, ims[1].Name)
+	}
+}
+
+// cancelAfterRead cancels its context once it has been read from.
+type cancelAfterRead struct {
+	r      io.Reader
+	cancel context.CancelFunc
+}
+
+func (c cancelAfterRead) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.cancel()
+	return n, err
+}
+
+// VerifyImages stops once its context is done: before it opens an image,
+// and within one, at the next read (the boot hook stops hashing a
+// manifest the anchor refused).
+func TestVerifyImagesStopsWhenCancelled(t *testing.T) {
+	content := bytes.Repeat([]byte{7}, 3*readBuffer)
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "kernel"), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := Manifest{Format: 1, Class: "c", Version: 1, Images: []Image{rvImage("kernel", content)}}
+	if err := m.VerifyImages(context.Background(), root); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.VerifyImages(ctx, root); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled verification: %v", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	_, n, err := digestReader(ctxReader{ctx, cancelAfterRead{bytes.NewReader(content), cancel}}, crypto.SHA256, -1)
+	if !errors.Is(err, context.Canceled) || n != readBuffer {
+		t.Fatalf("cancelled after the first read: %d bytes, %v", n, err)
 	}
 }

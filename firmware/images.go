@@ -1,6 +1,7 @@
 package firmware
 
 import (
+	"context"
 	"crypto"
 	_ "crypto/sha256" // the image hashes
 	_ "crypto/sha512"
@@ -68,17 +69,23 @@ func HashImages(dir, hash string) ([]Image, error) {
 
 // VerifyImages checks every image of m under root in one streaming pass
 // each: present (ErrMissingImage), of its size and digest (ErrDigest).
-// Files under root the manifest does not list are not looked at.
-func (m Manifest) VerifyImages(root string) error {
+// Files under root the manifest does not list are not looked at. Once ctx
+// is done it stops at the next read and returns ctx's error: the boot hook
+// hashes while the TPM reads the anchor, and stops when the anchor refuses
+// the manifest.
+func (m Manifest) VerifyImages(ctx context.Context, root string) error {
 	for _, im := range m.Images {
-		if err := verifyImage(root, im); err != nil {
+		if err := verifyImage(ctx, root, im); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func verifyImage(root string, im Image) error {
+func verifyImage(ctx context.Context, root string, im Image) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	h, err := imageHash(im.Hash)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadManifest, err)
@@ -96,7 +103,7 @@ func verifyImage(root string, im Image) error {
 	if st.Size() != im.Size {
 		return fmt.Errorf("%w: %s is %d bytes, the manifest says %d", ErrDigest, im.Name, st.Size(), im.Size)
 	}
-	sum, n, err := digestReader(f, h, im.Size)
+	sum, n, err := digestReader(ctxReader{ctx, f}, h, im.Size)
 	if err != nil {
 		return fmt.Errorf("%s: %w", im.Name, err)
 	}
@@ -206,6 +213,19 @@ func walkBeneath(dir int, name string) (int, error) {
 		cur = fd
 	}
 	return cur, nil
+}
+
+// ctxReader reads r until ctx is done, then fails with ctx's error.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // digestReader hashes r to its end, or, with limit >= 0, its first

@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -68,7 +69,7 @@ func TestManifestVerifies(t *testing.T) {
 		if s.Manifest.Version != 7 || s.Manifest.Class != "gateway" || len(s.Manifest.Images) != 3 || s.Manifest.Images[0].Name != "bootloader.bin" {
 			t.Fatalf("%+v", s.Manifest)
 		}
-		if err := s.Manifest.VerifyImages(dir); err != nil {
+		if err := s.Manifest.VerifyImages(context.Background(), dir); err != nil {
 			t.Fatal(err)
 		}
 		other := testSigner(t)
@@ -82,15 +83,15 @@ func TestManifestVerifies(t *testing.T) {
 	}
 	s, _ := Parse(signedImages(t, k, dir, "sha256"))
 	tampered := writeImages(t, map[string][]byte{"bootloader.bin": append(bytes.Repeat([]byte{1}, 4999), 2), "kernel/Image": []byte("kernel"), "empty": nil})
-	if err := s.Manifest.VerifyImages(tampered); !errors.Is(err, ErrDigest) {
+	if err := s.Manifest.VerifyImages(context.Background(), tampered); !errors.Is(err, ErrDigest) {
 		t.Fatalf("a tampered image: %v", err)
 	}
 	longer := writeImages(t, map[string][]byte{"bootloader.bin": bytes.Repeat([]byte{1}, 5001), "kernel/Image": []byte("kernel"), "empty": nil})
-	if err := s.Manifest.VerifyImages(longer); !errors.Is(err, ErrDigest) {
+	if err := s.Manifest.VerifyImages(context.Background(), longer); !errors.Is(err, ErrDigest) {
 		t.Fatalf("a longer image: %v", err)
 	}
 	missing := writeImages(t, map[string][]byte{"bootloader.bin": bytes.Repeat([]byte{1}, 5000), "empty": nil})
-	if err := s.Manifest.VerifyImages(missing); !errors.Is(err, ErrMissingImage) {
+	if err := s.Manifest.VerifyImages(context.Background(), missing); !errors.Is(err, ErrMissingImage) {
 		t.Fatalf("a missing image: %v", err)
 	}
 	// A FIFO in an image's place does not hold the hook: refused at once.
@@ -98,7 +99,7 @@ func TestManifestVerifies(t *testing.T) {
 	if err := syscall.Mkfifo(filepath.Join(fifo, "empty"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Manifest.VerifyImages(fifo); !errors.Is(err, ErrDigest) {
+	if err := s.Manifest.VerifyImages(context.Background(), fifo); !errors.Is(err, ErrDigest) {
 		t.Fatalf("a FIFO: %v", err)
 	}
 	if _, err := HashImages(fifo, "sha256"); err == nil {

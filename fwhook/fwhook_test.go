@@ -10,6 +10,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -429,4 +431,77 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestVerdictOrderWithHashing: the images are hashed while the TPM reads
+// the anchor (issue 14); when two checks fail, the one reported is the
+// first in the documented order, as when they ran one after another, and
+// the hashing of a manifest the anchor refused has ended when Verify
+// returns.
+func TestVerdictOrderWithHashing(t *testing.T) {
+	f := newFixture(t)
+	f.set(t, f.signer.Public(), nil)
+	if _, err := f.verify(f.manifest(t, f.signer, 5, "gateway"), true); err != nil {
+		t.Fatal(err)
+	}
+	other := newKey(t)
+	app := filepath.Join(f.images, "efi/app.efi")
+	tamper := func(t *testing.T) {
+		writeFile(t, app, []byte("apq"))
+		t.Cleanup(func() { writeFile(t, app, []byte("app")) })
+	}
+	for _, c := range []struct {
+		name string
+		m    func(t *testing.T) []byte
+		want error
+	}{
+		{"wrong signer and a tampered image", func(t *testing.T) []byte { m := f.manifest(t, other, 5, "gateway"); tamper(t); return m }, firmware.ErrBadSignature},
+		{"another class and a tampered image", func(t *testing.T) []byte { m := f.manifest(t, f.signer, 5, "camera"); tamper(t); return m }, firmware.ErrBadSignature},
+		{"a tampered image and rolled back", func(t *testing.T) []byte { m := f.manifest(t, f.signer, 4, "gateway"); tamper(t); return m }, firmware.ErrDigest},
+		{"a malformed manifest and a tampered image", func(t *testing.T) []byte { tamper(t); return []byte("{") }, firmware.ErrBadManifest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f.reboot()
+			if _, err := f.verify(c.m(t), false); !errors.Is(err, c.want) {
+				t.Fatalf("verify: %v, want %v", err, c.want)
+			}
+			if got := f.pcr(t); !bytes.Equal(got, failed) {
+				t.Fatalf("PCR 12 %x, want the failed state", got)
+			}
+		})
+	}
+	t.Run("a refused manifest's hashing has ended", func(t *testing.T) {
+		// 256 MiB named by a manifest another key signed: the signer
+		// fails at the anchor while the image is being hashed.
+		big := filepath.Join(f.images, "big.bin")
+		if err := os.WriteFile(big, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(big)
+		if err := os.Truncate(big, 256<<20); err != nil {
+			t.Fatal(err)
+		}
+		m, err := firmware.Sign(other, firmware.Manifest{Class: "gateway", Version: 5, Images: []firmware.Image{
+			{Name: "big.bin", Size: 256 << 20, Hash: "sha256", Digest: strings.Repeat("00", 32)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := runtime.NumGoroutine()
+		if _, err := f.verify(m, false); !errors.Is(err, firmware.ErrBadSignature) {
+			t.Fatalf("verify: %v", err)
+		}
+		if after := runtime.NumGoroutine(); after > before {
+			t.Fatalf("%d goroutines after Verify returned, %d before: the hashing outlived the verdict", after, before)
+		}
+	})
+	t.Run("no anchor and a tampered image", func(t *testing.T) {
+		f.reboot()
+		tamper(t)
+		if err := f.env.TPM.UndefineNV(fwhook.AnchorHandle); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.verify(f.manifest(t, f.signer, 5, "gateway"), false); !errors.Is(err, firmware.ErrNoAnchor) {
+			t.Fatalf("verify: %v", err)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package fwhook
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"encoding/hex"
@@ -126,21 +127,43 @@ func CheckPCR(pcr int) error {
 // verdict is every check, in the order of the exit codes' documentation:
 // anchor, manifest (read, parsed, signature and signer, class), images,
 // version. It returns the anchor it trusted, for the measurement.
+//
+// The images are hashed while the TPM reads the anchor and the counter
+// (issue 14: on a discrete TPM those reads take about as long as hashing
+// the images, and the hook runs on every boot's critical path). What is
+// hashed then is named by a manifest whose signature Parse has checked
+// but whose signer the anchor has yet to accept: a failure of the anchor,
+// the signer or the class stops the hashing at its next read and waits for
+// it, so a refused manifest costs at most the anchor's read in hashing,
+// and no goroutine outlives the verdict. The first failure in the order
+// above is the one returned, as when the checks ran one after another.
 func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info, error) {
+	s, merr := readManifest(r)
+	ctx, cancel := context.WithCancel(context.Background())
+	var images chan error
+	if merr == nil {
+		images = make(chan error, 1)
+		go func() { images <- s.Manifest.VerifyImages(ctx, r.Root) }()
+	}
+	hashed := func() error {
+		if images == nil {
+			return nil
+		}
+		err := <-images
+		images = nil
+		return err
+	}
+	defer func() {
+		cancel()
+		_ = hashed()
+	}()
 	in, err := Read(t)
 	if err != nil {
 		return nil, nil, err
 	}
 	res.Lowest, res.OwnerAuthSet = in.Lowest, in.OwnerAuthSet
-	m := r.Manifest
-	if r.ManifestPath != "" {
-		if m, err = readFile(r.ManifestPath, firmware.MaxManifest); err != nil {
-			return nil, nil, fmt.Errorf("%w: %v", firmware.ErrBadManifest, err)
-		}
-	}
-	s, err := firmware.Parse(m)
-	if err != nil {
-		return nil, nil, err
+	if merr != nil {
+		return nil, nil, merr
 	}
 	res.Class, res.Version = s.Manifest.Class, s.Manifest.Version
 	res.ManifestSHA256, res.Signer = hex.EncodeToString(s.Digest()), hex.EncodeToString(s.SignerName)
@@ -150,13 +173,26 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 	if s.Manifest.Class != in.Class {
 		return nil, nil, fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
 	}
-	if err := s.Manifest.VerifyImages(r.Root); err != nil {
+	if err := hashed(); err != nil {
 		return nil, nil, err
 	}
 	if s.Manifest.Version < in.Lowest {
 		return nil, nil, fmt.Errorf("%w: version %d, the counter accepts %d and above", firmware.ErrRollback, s.Manifest.Version, in.Lowest)
 	}
 	return s, &in, nil
+}
+
+// readManifest reads (ManifestPath) and parses the request's manifest: a
+// manifest that cannot be read is ErrBadManifest, measured as the others.
+func readManifest(r VerifyRequest) (*firmware.Signed, error) {
+	m := r.Manifest
+	if r.ManifestPath != "" {
+		var err error
+		if m, err = readFile(r.ManifestPath, firmware.MaxManifest); err != nil {
+			return nil, fmt.Errorf("%w: %v", firmware.ErrBadManifest, err)
+		}
+	}
+	return firmware.Parse(m)
 }
 
 // events are the TCG_PCR_EVENT2s of a verdict, with a digest for each
