@@ -33,8 +33,8 @@ func (r *ccRecorder) Send(cmd []byte) ([]byte, error) {
 }
 
 // TestOpenSelfTest (issue 14): an open asks TPM2_GetTestResult and runs
-// no full self-test; with FullSelfTest (the daemon at start, the boot hook,
-// provd tpm selftest) it runs TPM2_SelfTest(fullTest=YES) once.
+// no full self-test; with FullSelfTest (the daemon at start; provd tpm selftest
+// runs it itself) it runs TPM2_SelfTest(fullTest=YES) once.
 func TestOpenSelfTest(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.CloseTPM()

@@ -66,7 +66,7 @@ mode.`,
 		Example: `  provd tpm selftest`,
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			t, done, err := a.openTPMWith(cmd.Context(), false)
+			t, done, err := a.openTPM(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -186,18 +186,14 @@ func groupsRefuseUnknown(c *cobra.Command) {
 
 // openTPM opens the TPM the flags name. The caller closes it; with -v the
 // command count and time spent in the TPM are printed at close.
+// A one-shot open asks the self-test's result only (the daemon runs the
+// full test at start; provd tpm selftest on demand).
 func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
-	return a.openTPMWith(ctx, false)
-}
-
-// openTPMWith opens the TPM, with the full self-test when full (the boot
-// hook, once per boot; tpm.Options.FullSelfTest).
-func (a *app) openTPMWith(ctx context.Context, full bool) (*tpm.TPM, func(), error) {
 	stateDir, err := filepath.Abs(a.stateDir)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := tpm.Open(ctx, tpm.Options{Spec: a.tpmSpec, StateDir: stateDir, Logger: a.log, FullSelfTest: full})
+	t, err := tpm.Open(ctx, tpm.Options{Spec: a.tpmSpec, StateDir: stateDir, Logger: a.log})
 	if err != nil {
 		return nil, nil, err
 	}
