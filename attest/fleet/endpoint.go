@@ -621,7 +621,12 @@ func (e *Endpoint) appraise(ctx context.Context, d Device, p *Policy, req fleeta
 	}
 	if p == nil {
 		base := Policy{Class: d.Class, PCRs: view, TOFU: true, UpdatedAt: e.now()}
-		cur, stored, err := e.cfg.Store.Baseline(ctx, base)
+		cur, stored, err := e.cfg.Store.Baseline(ctx, d.ID, base)
+		if errors.Is(err, ErrNotEnrolled) {
+			// Revoked while this appraisal ran: its quote is no
+			// class's baseline, and nothing is recorded.
+			return []Reason{{Code: CodeRevoked}}, nil, nil, p, nil
+		}
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}

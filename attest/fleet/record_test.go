@@ -74,11 +74,17 @@ func recordFleet(t *testing.T, st fleet.Store, vals map[int][]byte) *simDevice {
 	if err := st.PutSecret(ctx, fleet.Secret{Class: "bench", Name: "wifi", Value: []byte("psk"), UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
+	return enrollSim(t, st, 1)
+}
+
+// enrollSim enrolls simulated device n of class "bench".
+func enrollSim(t *testing.T, st fleet.Store, n int) *simDevice {
+	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &simDevice{id: fmt.Sprintf("%064x", 1), key: key, ak: softAK(key)}
+	d := &simDevice{id: fmt.Sprintf("%064x", n), key: key, ak: softAK(key)}
 	secret := sha256.Sum256([]byte("record"))
 	if err := st.PutPending(ctx, fleet.Device{ID: d.id, Class: "bench", EKPublic: tpm2.Marshal(softEK(t)), EKCert: []byte{1},
 		AKPublic: tpm2.Marshal(d.ak), SecretHash: secret[:], EnrolledAt: time.Now()}); err != nil {

@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,60 @@ func TestRevokedDuringAppraisalGetsNothing(t *testing.T) {
 			if v.Pass || len(v.Deliveries) > 0 {
 				t.Fatalf("a device revoked during its appraisal: pass %v, %d deliveries; stored state %q, last verdict %q (%v)",
 					v.Pass, len(v.Deliveries), dev.State, dev.LastVerdict, derr)
+			}
+		})
+	}
+}
+
+// revokeAtBaseline revokes the device just before its quote would become
+// its class's trust-on-first-use baseline.
+type revokeAtBaseline struct {
+	fleet.Store
+	once sync.Once
+}
+
+func (s *revokeAtBaseline) Baseline(ctx context.Context, deviceID string, p fleet.Policy) (fleet.Policy, bool, error) {
+	s.once.Do(func() {
+		if err := s.Store.Revoke(ctx, deviceID, time.Now()); err != nil {
+			panic(err)
+		}
+	})
+	return s.Store.Baseline(ctx, deviceID, p)
+}
+
+// A device revoked while its appraisal ran, the first of a class without
+// golden values, does not make its quote the class's baseline (it was
+// stored before the record, which alone checked the device's state: the
+// revoked, perhaps compromised, device set what every later device of its
+// class was compared with). It is answered revoked, with nothing recorded.
+func TestRevokedDuringAppraisalSetsNoBaseline(t *testing.T) {
+	raw, vals := benchLog(t)
+	for name, url := range storeURLs(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := openStore(t, url)
+			d := enrollSim(t, st, 1)
+			// The simulated devices quote sha256 PCRs 0..7.
+			pcrs := map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7}}
+			e := fleet.New(fleet.Config{Store: &revokeAtBaseline{Store: st}, DefaultPCRs: pcrs})
+			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Pass || len(v.Reasons) != 1 || v.Reasons[0].Code != fleet.CodeRevoked {
+				t.Fatalf("verdict %+v, want revoked", v)
+			}
+			if p, err := st.Policy(ctx, "bench"); !errors.Is(err, fleet.ErrNotFound) {
+				t.Fatalf("the class's policy after a revoked device's appraisal: %+v, %v", p, err)
+			}
+			if h, err := st.Appraisals(ctx, d.id, 10); err != nil || len(h) != 0 {
+				t.Fatalf("history %+v %v, want nothing recorded", h, err)
+			}
+			// An enrolled device of the class still sets it.
+			d2 := enrollSim(t, st, 2)
+			e = fleet.New(fleet.Config{Store: st, DefaultPCRs: pcrs})
+			if v, err := e.Attest(ctx, d2.evidence(t, e, raw, vals)); err != nil || !v.Pass || v.Reasons[0].Code != fleet.CodeBaseline {
+				t.Fatalf("the next device: %+v, %v", v, err)
 			}
 		})
 	}

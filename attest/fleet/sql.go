@@ -677,13 +677,18 @@ func policyFromRow(class, pcrs, manifests, pk string, tofu, updated int64) (Poli
 	return p, nil
 }
 
-func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error) {
+func (s *sqlStore) Baseline(ctx context.Context, deviceID string, p Policy) (Policy, bool, error) {
 	pcrs, manifests, tofu, err := policyRow(p)
 	if err != nil {
 		return Policy{}, false, err
 	}
-	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (class) DO NOTHING`),
-		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt))
+	// The device's state is read in the insert's own statement (SQLite's
+	// upsert after INSERT ... SELECT needs the WHERE it has): a revocation
+	// that committed before it leaves the class without a baseline.
+	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at)
+		SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $6 AND class = $1 AND state = '`+StateEnrolled+`')
+		ON CONFLICT (class) DO NOTHING`),
+		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt), deviceID)
 	if err != nil {
 		return Policy{}, false, err
 	}
@@ -692,6 +697,9 @@ func (s *sqlStore) Baseline(ctx context.Context, p Policy) (Policy, bool, error)
 		return Policy{}, false, err
 	}
 	cur, err := s.Policy(ctx, p.Class)
+	if n == 0 && errors.Is(err, ErrNotFound) {
+		return Policy{}, false, ErrNotEnrolled
+	}
 	return cur, n == 1, err
 }
 

@@ -160,9 +160,12 @@ type Store interface {
 	SetPolicy(ctx context.Context, p Policy) error
 	Policy(ctx context.Context, class string) (Policy, error)
 	// Baseline stores p as the class's policy only if the class has none
-	// (trust on first use, across replicas), and returns the class's policy
-	// as it is after, with whether p was the one stored.
-	Baseline(ctx context.Context, p Policy) (Policy, bool, error)
+	// (trust on first use, across replicas) and device deviceID, of that
+	// class, is enrolled, in one write; it returns the class's policy as it
+	// is after, with whether p was the one stored. A class with no policy
+	// and a device that is not enrolled (revoked while its appraisal ran)
+	// is ErrNotEnrolled, with nothing stored.
+	Baseline(ctx context.Context, deviceID string, p Policy) (Policy, bool, error)
 	// PutSecret stores (or replaces) a secret delivered to the devices of
 	// its class that pass.
 	PutSecret(ctx context.Context, s Secret) error

@@ -245,6 +245,33 @@ func Run(t *testing.T, newURL Opener) {
 			t.Fatalf("no policy: %v", err)
 		}
 		base := fleet.Policy{Class: "gateway", PCRs: map[string]map[int]string{"sha256": {0: "aa"}}, TOFU: true, UpdatedAt: t0}
+		// Only an enrolled device of the class sets its baseline: not an
+		// unknown, pending or revoked one (revoked while its appraisal
+		// ran), nor one of another class.
+		pending, revoked, camera := device("pending"), device("revoked"), device("camera")
+		camera.Class = "camera"
+		for _, d := range []fleet.Device{pending, revoked, camera} {
+			if err := s.PutPending(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, d := range []fleet.Device{revoked, camera} {
+			if _, err := s.Activate(ctx, d.ID, d.SecretHash, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Revoke(ctx, revoked.ID, t0); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"unknown", pending.ID, revoked.ID, camera.ID} {
+			if _, ok, err := s.Baseline(ctx, id, base); !errors.Is(err, fleet.ErrNotEnrolled) || ok {
+				t.Fatalf("a baseline from %s: stored %v, %v; want ErrNotEnrolled", id, ok, err)
+			}
+			if _, err := s.Policy(ctx, "gateway"); !errors.Is(err, fleet.ErrNotFound) {
+				t.Fatalf("after a baseline from %s: %v, want no policy", id, err)
+			}
+		}
+		enroll(t, s, "d1")
 		// Concurrent first quotes: one baseline is stored, all see it.
 		var stored atomic.Int32
 		var wg sync.WaitGroup
@@ -254,7 +281,7 @@ func Run(t *testing.T, newURL Opener) {
 				defer wg.Done()
 				p := base
 				p.PCRs = map[string]map[int]string{"sha256": {0: fmt.Sprintf("%02x", i)}}
-				got, ok, err := s.Baseline(ctx, p)
+				got, ok, err := s.Baseline(ctx, "d1", p)
 				if err != nil {
 					t.Error(err)
 					return
@@ -279,8 +306,13 @@ func Run(t *testing.T, newURL Opener) {
 		if err != nil || got.TOFU || got.PCRs["sha256"][7] != "bb" || len(got.Manifests) != 1 {
 			t.Fatalf("%+v %v", got, err)
 		}
-		if _, ok, err := s.Baseline(ctx, base); err != nil || ok {
+		if _, ok, err := s.Baseline(ctx, "d1", base); err != nil || ok {
 			t.Fatalf("a baseline over a set policy: %v %v", ok, err)
+		}
+		// Over a policy, a revoked device gets the policy (its record is
+		// refused later), nothing stored.
+		if got, ok, err := s.Baseline(ctx, revoked.ID, base); err != nil || ok || got.TOFU {
+			t.Fatalf("a baseline from a revoked device over a set policy: %+v %v %v", got, ok, err)
 		}
 	})
 	t.Run("secrets", func(t *testing.T) {
