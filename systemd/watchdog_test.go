@@ -50,60 +50,111 @@ func startWatchdog(t *testing.T, healthy func() error) (stop func() error) {
 	}
 }
 
+// handTicker stands for RunWatchdog's ticker: the test ticks it by hand.
+type handTicker struct {
+	interval chan time.Duration
+	c        chan time.Time
+}
+
+func useHandTicker(t *testing.T) *handTicker {
+	h := &handTicker{interval: make(chan time.Duration, 1), c: make(chan time.Time)}
+	old := newTicker
+	newTicker = func(d time.Duration) (<-chan time.Time, func()) {
+		h.interval <- d
+		return h.c, func() {}
+	}
+	t.Cleanup(func() { newTicker = old })
+	return h
+}
+
+// tick delivers one tick (RunWatchdog waits for it, so this returns once
+// it was taken).
+func (h *handTicker) tick(t *testing.T) {
+	t.Helper()
+	select {
+	case h.c <- time.Now():
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunWatchdog did not wait for the next tick")
+	}
+}
+
+// ping waits for one WATCHDOG=1.
+func (f *fakeNotifySocket) ping() {
+	f.t.Helper()
+	msg, err := f.read(5 * time.Second)
+	if err != nil || msg != "WATCHDOG=1" {
+		f.t.Fatalf("want a ping: %q, %v", msg, err)
+	}
+}
+
+// The watchdog pings at once, then at every tick of a ticker at half of
+// WATCHDOG_USEC, and not after its context is cancelled. The ticker is
+// ticked by hand: no bound on the scheduler's timing (the 1-second count
+// this replaced failed under load).
 func TestRunWatchdogCadence(t *testing.T) {
 	sock := newFakeNotifySocket(t)
-	t.Setenv("WATCHDOG_USEC", "200000") // 200ms: a ping about every 100ms
+	h := useHandTicker(t)
+	t.Setenv("WATCHDOG_USEC", "200000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 
 	stop := startWatchdog(t, func() error { return nil })
-	got := sock.countPings(time.Second)
+	if d := <-h.interval; d != 100*time.Millisecond {
+		t.Fatalf("ticker interval %v with WATCHDOG_USEC=200000, want 100ms", d)
+	}
+	sock.ping()
+	for range 5 {
+		h.tick(t)
+		sock.ping()
+	}
+	// One ping per tick, none between.
+	if extra := sock.countPings(50 * time.Millisecond); extra != 0 {
+		t.Errorf("%d pings without a tick", extra)
+	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	// About 11 in one second; the bounds only catch "never", "at the full
-	// interval" and "in a tight loop", not scheduling noise.
-	if got < 6 || got > 20 {
-		t.Errorf("%d pings in 1s with WATCHDOG_USEC=200000, want about 10", got)
-	}
-	// Pings sent before RunWatchdog returned may still sit in the socket.
-	sock.countPings(10 * time.Millisecond)
-	if extra := sock.countPings(300 * time.Millisecond); extra != 0 {
+	if extra := sock.countPings(100 * time.Millisecond); extra != 0 {
 		t.Errorf("%d pings after cancel, want 0", extra)
 	}
 }
 
 // An unhealthy daemon (TPM not answering) must stop feeding the watchdog, so
-// that systemd restarts it.
+// that systemd restarts it; healthy is still asked at every tick, so a
+// recovery is seen.
 func TestRunWatchdogUnhealthy(t *testing.T) {
 	sock := newFakeNotifySocket(t)
+	h := useHandTicker(t)
 	t.Setenv("WATCHDOG_USEC", "200000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 
 	var sick atomic.Bool
-	var checks atomic.Int32
+	checks := make(chan struct{}, 16)
 	stop := startWatchdog(t, func() error {
-		checks.Add(1)
+		checks <- struct{}{}
 		if sick.Load() {
 			return errors.New("TPM does not answer")
 		}
 		return nil
 	})
-	if got := sock.countPings(500 * time.Millisecond); got < 2 {
-		t.Errorf("%d pings while healthy, want several", got)
-	}
+	<-h.interval
+	<-checks
+	sock.ping()
 	sick.Store(true)
-	sock.countPings(150 * time.Millisecond) // drain a ping already in flight
-	before := checks.Load()
-	if got := sock.countPings(500 * time.Millisecond); got != 0 {
+	for range 3 {
+		h.tick(t)
+		select {
+		case <-checks:
+		case <-time.After(5 * time.Second):
+			t.Fatal("healthy was not called again while unhealthy; recovery would never be seen")
+		}
+	}
+	if got := sock.countPings(50 * time.Millisecond); got != 0 {
 		t.Errorf("%d pings while unhealthy, want 0", got)
 	}
-	if checks.Load() == before {
-		t.Error("healthy was not called again while unhealthy; recovery would never be seen")
-	}
 	sick.Store(false)
-	if got := sock.countPings(500 * time.Millisecond); got < 2 {
-		t.Errorf("%d pings after recovery, want several", got)
-	}
+	h.tick(t)
+	<-checks
+	sock.ping()
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
