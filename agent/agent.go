@@ -84,6 +84,10 @@ type Agent struct {
 	op     *opSession
 	hot    bool
 	keepOp bool
+	// replaceAnchor lets a new trail replace an index it finds at the
+	// audit anchor's handle (another state directory's trail): set by a
+	// provision that found none, or was told --force, for its operation.
+	replaceAnchor bool
 }
 
 // New opens the state directory (creating it, mode 0700) and the audit log.
@@ -150,7 +154,7 @@ func (a *Agent) lockKeep() func() {
 }
 
 func (a *Agent) unlock() {
-	a.hot = false
+	a.hot, a.replaceAnchor = false, false
 	if a.audit != nil {
 		a.audit.ForgetOpenRead() // it stands for the anchor in this operation only
 	}
@@ -342,6 +346,10 @@ func (a *Agent) pendRecord(rec audit.Record, err error) error {
 // faults and failed provisioning (first contact refusing a TPM) are always
 // recorded.
 func (a *Agent) nothingToActOn(ctx context.Context, op string, opErr error) bool {
+	if errors.Is(opErr, errForeignAnchor) {
+		// A trail begun here would end the other state's (ensureGated).
+		return true
+	}
 	if opErr == nil || errors.Is(opErr, api.ErrRefused) || errors.Is(opErr, errFault) || op == "provision" {
 		return false
 	}

@@ -405,9 +405,54 @@ func (a *Agent) ensureGated(ctx context.Context) error {
 		why = "moved from a gate without an authorization value"
 	case a.trailAnchor().legacy:
 		why = "moved from an ungated anchor"
+	case !a.replaceAnchor:
+		if err := a.foreignAnchor(); err != nil {
+			return err
+		}
 	}
 	_, err = a.anchorTrail(ctx, why, nil)
 	return err
+}
+
+// errForeignAnchor: the TPM's audit anchor handle holds an index, and this
+// state directory has no trail of its own: another state's trail (or a
+// wiped one's) is anchored there.
+var errForeignAnchor = errors.New("the TPM's audit anchor belongs to another state directory's trail")
+
+// foreignAnchor refuses to begin a trail in this state directory over an
+// index at the anchor's handle (found by issue 14's review of provision: a
+// provision in a fresh state directory, or a refusal recorded in one,
+// replaced another state's anchor, and that trail no longer verified).
+// Only provision replaces it, when told --force (Agent.replaceAnchor); the
+// new trail's first record names what it replaced. The read is the bus's
+// word: an interposer can make provd refuse, and hiding the index only
+// lets newGatedAnchor replace it as before. A state directory with an
+// archived trail of its own (audit-<time>.log: zeroize, reanchor) takes
+// the index as its own leftover, which zeroize's crash window leaves for
+// the next trail to replace (and record).
+func (a *Agent) foreignAnchor() error {
+	if archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log")); err != nil || len(archived) > 0 {
+		return err
+	}
+	pub, err := a.t.ReadNVPublic(AuditAnchorHandle)
+	if errors.Is(err, tpm.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory; provisioning this one would end that trail's tamper evidence. Use the state directory it belongs to, or provision --force to replace it (the new trail records what it replaced)",
+		errForeignAnchor, uint32(AuditAnchorHandle), pub.Name.Buffer))
+}
+
+// foreignAnchorError is errForeignAnchor, and api.ErrAlreadyProvisioned for
+// its kind and exit code, without that error's advice to zeroize: nothing
+// of this state directory's would be.
+type foreignAnchorError string
+
+func (e foreignAnchorError) Error() string { return string(e) }
+func (e foreignAnchorError) Is(target error) bool {
+	return target == errForeignAnchor || target == api.ErrAlreadyProvisioned
 }
 
 // gateThroughPinnedSRK moves the trail to a new gate when its gate key was

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -314,13 +315,28 @@ func TestStrayWritesAndTheWayOut(t *testing.T) {
 		t.Fatalf("verify after reanchor: %v", err)
 	}
 
-	// A fresh state directory on the same TPM provisions: its new trail
-	// takes the handle over, naming what it replaced. One TPM holds one
-	// live trail: the first state's trail now reports its anchor moved.
+	// A fresh state directory on the same TPM provisions only when told
+	// --force (found by issue 14's review: it took the handle over
+	// silently, and the first state's trail no longer verified). Refused,
+	// it changes nothing: no trail begins in it, the first still verifies.
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
-	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatalf("provision into a fresh state directory: %v", err)
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); !errors.Is(err, api.ErrAlreadyProvisioned) || !strings.Contains(err.Error(), "another state directory") {
+		t.Fatalf("provision into a fresh state directory over another's trail: %v", err)
+	}
+	for _, f := range []string{"audit.gate", "audit.pending"} {
+		if _, err := os.Stat(filepath.Join(dir2, f)); err == nil {
+			t.Fatalf("the refused provision left %s: a trail begun, or waiting to", f)
+		}
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Fatalf("the first trail after a refused provision elsewhere: %v", err)
+	}
+	// With --force its new trail takes the handle over, naming what it
+	// replaced. One TPM holds one live trail: the first state's trail now
+	// reports its anchor moved.
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		t.Fatalf("provision --force into a fresh state directory: %v", err)
 	}
 	recs, err := ag2.AuditRecords(ctx)
 	if err != nil || len(recs) != 2 || recs[0].Op != audit.OpAnchor || recs[0].Objects["replaced_nv_value"] == "" {
@@ -328,6 +344,16 @@ func TestStrayWritesAndTheWayOut(t *testing.T) {
 	}
 	if _, err := ag.AuditVerify(ctx); !errors.Is(err, api.ErrTampered) {
 		t.Errorf("first trail after the second took the handle: %v", err)
+	}
+	// A refusal recorded in a third, fresh state directory (a daemon
+	// started on the wrong one) waits rather than begin a trail there over
+	// the second's anchor.
+	ag3 := newAgent(t, env, stateDir(t))
+	if err := ag3.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
+		t.Errorf("a refusal recorded in a fresh state directory over another's anchor: %v", err)
+	}
+	if _, err := ag2.AuditVerify(ctx); err != nil {
+		t.Fatalf("the second trail after a refusal recorded elsewhere: %v", err)
 	}
 
 	// zeroize on the second state: it can write its record, so it acts.

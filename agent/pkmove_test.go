@@ -193,7 +193,9 @@ func TestMovablePK(t *testing.T) {
 	}
 	bad.Close()
 
-	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
+	// The refused provisions began a trail in bad's state directory: A's
+	// own replaces its anchor (--force).
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{Force: true, DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
 		EKCA: append(append([]byte(nil), rootsA...), rootsB...)})
 	stA, err := a.Status(ctx)
 	if err != nil {

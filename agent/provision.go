@@ -113,6 +113,18 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if provisioned && !req.Force {
 		return res, api.ErrAlreadyProvisioned
 	}
+	if !provisioned && !req.Force {
+		if g, err := a.trailAnchor().gate(); err != nil {
+			return res, err
+		} else if g == nil && !a.trailAnchor().legacy {
+			if err := a.foreignAnchor(); err != nil {
+				return res, err
+			}
+		}
+	}
+	// This provision's trail may take the anchor's handle: nothing was
+	// there, or --force said to replace it.
+	a.replaceAnchor = true
 	// Who the TPM is comes first: nothing is created in a TPM that is not
 	// verified, and every session from here on is salted to the pinned SRK.
 	identity, err := a.firstContact(ctx, req.Identity())

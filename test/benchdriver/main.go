@@ -710,10 +710,10 @@ func scenarios(provd string, sz size) []scenario {
 			// Both re-provision a TPM provisioned once in setup: provd a
 			// fresh state directory each run (it replaces the audit
 			// anchor the last one defined), tpm2-tools the same objects.
-			name: "provision again (a fresh state directory each run, the same TPM)",
+			name: "provision again (a fresh state directory each run, the same TPM; --force, as the anchor is the last run's)",
 			provd: side{
 				setup: [][]string{provision},
-				step:  [][]string{{"sh", "-c", provd + " --tpm {tpm} --state-dir {dir}/s$$ provision --trust-on-first-use --pcrs 7 >/dev/null"}},
+				step:  [][]string{{"sh", "-c", provd + " --tpm {tpm} --state-dir {dir}/s$$ provision --trust-on-first-use --pcrs 7 --force >/dev/null"}},
 			},
 			tools: side{
 				setup: [][]string{

@@ -131,7 +131,10 @@ authenticates is pinned in the state: every later session is salted to it, and
 a TPM whose SRK is not the pinned one is refused (exit 15).
 
 Provisioning twice is refused unless --force, which zeroizes the old PK first
-and keeps the pinned TPM identity.
+and keeps the pinned TPM identity. So is provisioning a new state directory on
+a TPM whose audit anchor another state directory's trail holds (exit 12): its
+trail would no longer verify. Use that state directory, or --force to replace
+the anchor; the new trail's first record names what it replaced.
 
 A movable PK (docs/transfer.md) can move, with everything under it, to a
 replacement or backup TPM, where the same labels derive the same keys:
@@ -250,7 +253,7 @@ become the origin's.`,
 	c.Flags().StringVar(&class, "policy-class", "", "with --policy-signer: the fleet or device class signed policies must name (provd policy sign --class)")
 	c.Flags().StringVar(&signerFile, "policy-signer", "", "seal to PolicyAuthorize of this public key (PEM; ECDSA P-256/P-384 or RSA-PSS >= 3072)")
 	c.Flags().StringVar(&officerFile, "officer-key", "", "the crypto officer's public approval key (PEM): enables derived and extractable keys, each approved by the officer")
-	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again")
+	c.Flags().BoolVar(&force, "force", false, "zeroize an existing PK and provision again; in a new state directory, replace another state's audit anchor")
 	c.Flags().BoolVar(&allowResettable, "allow-resettable", false, "admit PCRs 16..23, which software can reset (tests and demonstrations only)")
 	c.Flags().StringVar(&dupTo, "duplicable-to", "", "make the PK movable to this peer only (provd peer identity on it)")
 	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --duplicable-to: the PK name enrolled for the peer, hex")

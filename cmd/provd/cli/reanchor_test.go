@@ -66,7 +66,13 @@ func TestAuditReanchorWayOut(t *testing.T) {
 	c.must("seal", "--in", secret, "--out", secret+".sealed")
 	c.must("audit", "verify")
 
+	// Another state directory on the same TPM does not end this trail
+	// unless told --force.
 	fresh := &cliEnv{t: t, swtpm: c.swtpm, dir: filepath.Join(t.TempDir(), "state2")}
-	fresh.must("provision", "--pcrs", "7", "--trust-on-first-use")
+	if _, stderr, code := fresh.run("provision", "--pcrs", "7", "--trust-on-first-use"); code != api.ExitConflict || !strings.Contains(stderr, "--force") {
+		t.Fatalf("provision in a fresh state directory over another's trail: exit %d, want %d naming --force: %s", code, api.ExitConflict, stderr)
+	}
+	c.must("audit", "verify")
+	fresh.must("provision", "--pcrs", "7", "--trust-on-first-use", "--force")
 	fresh.must("audit", "verify")
 }
