@@ -84,6 +84,8 @@ type Agent struct {
 	op     *opSession
 	hot    bool
 	keepOp bool
+	// pk is the PK's saved context, kept by the daemon (savedPK).
+	pk *savedPK
 	// replaceAnchor lets a new trail replace an index it finds at the
 	// audit anchor's handle (another state directory's trail): set by a
 	// provision that found none, or was told --force, for its operation.
@@ -242,6 +244,7 @@ var errFault = errors.New("internal error")
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
 	defer a.lock()() // flushes the kept policy session
+	a.pk = nil
 	err := a.keys.Close()
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())

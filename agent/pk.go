@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -336,29 +337,104 @@ func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
 
 // withLoadedPK loads the PK of in under the SRK, checks that it is the PK the
 // state names (api.ErrTampered otherwise), runs fn with it, and flushes it.
+// The daemon (Config.KeepSession) keeps the PK's saved context between
+// operations (savedPK) and loads it back with one TPM2_ContextLoad.
 func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
-	srk, err := a.t.SRK()
-	if err != nil {
-		return err
-	}
-	blob, err := tpm.UnmarshalBlob(in.blob)
-	if err != nil {
-		return fmt.Errorf("PK blob: %w", err)
-	}
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
-	if in.state.Parent == nil {
-		l.pk, err = a.t.Load(srk, nil, blob)
-	} else {
-		l.pk, err = a.loadUnderPKParent(srk, *in.state.Parent, blob)
-	}
-	if err != nil {
-		return err
+	id := pkContextID(in)
+	if l.pk = a.loadSavedPK(id); l.pk.Handle == 0 {
+		srk, err := a.t.SRK()
+		if err != nil {
+			return err
+		}
+		blob, err := tpm.UnmarshalBlob(in.blob)
+		if err != nil {
+			return fmt.Errorf("PK blob: %w", err)
+		}
+		if in.state.Parent == nil {
+			l.pk, err = a.t.Load(srk, nil, blob)
+		} else {
+			l.pk, err = a.loadUnderPKParent(srk, *in.state.Parent, blob)
+		}
+		if err != nil {
+			return err
+		}
+		if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
+			return errors.Join(fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered), a.t.Flush(l.pk.Handle))
+		}
+		a.savePK(id, l.pk)
 	}
 	defer a.flush(&err, l.pk.Handle)
-	if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
-		return fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered)
-	}
 	return fn(l)
+}
+
+// savedPK is the PK's context as the daemon keeps it between operations
+// (issue 14: a PK load is a session salted to the SRK, the load and the
+// session's flush, where TPM2_ContextLoad is one command; a warm unseal
+// through the daemon went from 13 commands to 11). The TPM encrypts and
+// integrity-protects a saved context with a key of its own: it is useless
+// on another TPM and after a TPM reset (ContextLoad fails, and the PK is
+// loaded from its blob again), and it holds no authority (every use of the
+// PK still satisfies its policy). It is never resident between operations,
+// so it holds no slot and no handle that another client could flush or
+// take. id binds it to the state's PK (its name, blob and parent).
+type savedPK struct {
+	id  string
+	ctx tpm2.TPMSContext
+	obj tpm.Object // the PK as first loaded (its Public and Name; no handle)
+}
+
+// pkContextID names the PK of in: its TPM name and the digest of its blob
+// and of its parent's.
+func pkContextID(in pkInputs) string {
+	h := sha256.New()
+	h.Write(in.blob)
+	if p := in.state.Parent; p != nil {
+		h.Write([]byte(p.Blob))
+	}
+	return in.state.Name + "/" + hex.EncodeToString(h.Sum(nil))
+}
+
+// loadSavedPK loads the kept PK context when it is id's; the zero Object
+// when there is none, or the TPM no longer takes it (it is dropped). An
+// answer that is no transient object's handle, or one provd holds (a
+// cached key's, the kept session's) is forged (the TPM gives a loaded
+// object's handle to nothing else, as objcache.Get checks): the context is
+// dropped and the PK loaded from its blob, so provd never flushes what it
+// holds as the PK's.
+func (a *Agent) loadSavedPK(id string) tpm.Object {
+	s := a.pk
+	if s == nil || s.id != id {
+		return tpm.Object{}
+	}
+	h, err := a.t.ContextLoad(s.ctx)
+	if err != nil || h>>24 != tpm2.TPMHandle(tpm2.TPMHTTransient) || h == a.opHandle() || slices.Contains(a.keys.Handles(), h) {
+		a.pk = nil
+		if err == nil {
+			a.t.Unheld()
+		}
+		return tpm.Object{}
+	}
+	obj := s.obj
+	obj.Handle = h
+	return obj
+}
+
+// savePK keeps pk's context as id's, in the daemon only (a one-shot
+// process would spend a command on a context it never uses); a PK whose
+// context the TPM does not save is loaded from its blob next time.
+func (a *Agent) savePK(id string, pk tpm.Object) {
+	a.pk = nil
+	if !a.keepOp {
+		return
+	}
+	ctx, err := a.t.ContextSave(pk.Handle)
+	if err != nil {
+		return
+	}
+	obj := pk
+	obj.Handle = 0
+	a.pk = &savedPK{id: id, ctx: ctx, obj: obj}
 }
 
 // loadUnderPKParent loads a moved PK's blob under the transfer key it was

@@ -142,6 +142,7 @@ func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) (err error
 // authenticated (res.Authenticated false) and res is what the bus said.
 func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult, w *tpm.Witness) error {
 	res.Authenticated = w.Authenticated()
+	a.pk = nil
 	errs := []error{a.keys.Close()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.
