@@ -496,6 +496,42 @@ func signTools(digest []byte) side {
 func scenarios(provd string, sz size) []scenario {
 	digest := sha256.Sum256([]byte("benchdriver"))
 	provision := []string{provd, "--tpm", "{tpm}", "provision", "--trust-on-first-use", "--pcrs", "7"}
+	// tpm2-tools' seal and unseal: a primary key made each time, a PCR
+	// policy over PCRs 7 and 16.
+	sealTools := side{
+		setup: [][]string{{"tpm2_startup", "-c"}, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}},
+		step: [][]string{
+			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7,16"},
+			{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7,16", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
+			{"tpm2_flushcontext", "-l"},
+			{"tpm2_create", "-C", "{dir}/prim.ctx", "-L", "{dir}/pol.bin", "-i", "{dir}/secret", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv"},
+			{"tpm2_flushcontext", "-t"},
+		},
+	}
+	unsealTools := side{
+		setup: [][]string{{"tpm2_startup", "-c"}, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"},
+			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7,16"},
+			{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7,16", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
+			{"tpm2_flushcontext", "-l"},
+			{"tpm2_create", "-C", "{dir}/prim.ctx", "-L", "{dir}/pol.bin", "-i", "{dir}/secret", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv"},
+			{"tpm2_flushcontext", "-t"}},
+		step: [][]string{
+			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_load", "-C", "{dir}/prim.ctx", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv", "-c", "{dir}/s.ctx"},
+			{"tpm2_flushcontext", "-t"},
+			{"sh", "-c", "tpm2_unseal -c {dir}/s.ctx -p pcr:sha256:7,16 > {dir}/out"},
+			{"tpm2_flushcontext", "-t"},
+			{"tpm2_flushcontext", "-l"},
+		},
+	}
+	// provd's daemon, as a device runs it: provd.service serves, and the
+	// CLI (no --tpm) goes through its socket.
+	serve := background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", "")
 	images := []string{"sh", "-c", fmt.Sprintf("mkdir -p {dir}/images && for i in 1 2 3 4; do head -c %dM /dev/urandom > {dir}/images/image$i.bin; done", sz.imageMiB)}
 	return []scenario{
 		{
@@ -514,7 +550,7 @@ func scenarios(provd string, sz size) []scenario {
 			name: "sign, warm, as on a device: the `provd key sign` process through the running daemon, `tpm2_sign` on a persistent handle",
 			provd: side{
 				setup: [][]string{provision, {provd, "--tpm", "{tpm}", "key", "create", "k", "--type", "ecc-p256"},
-					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
+					serve,
 					{provd, "--socket", "{dir}/provd.sock", "key", "sign", "k", "--digest", hex.EncodeToString(digest[:]), "--out", "{dir}/sig"}, // loads the key: the daemon is warm
 				},
 				step: [][]string{{provd, "--socket", "{dir}/provd.sock", "key", "sign", "k", "--digest", hex.EncodeToString(digest[:]), "--out", "{dir}/sig"}},
@@ -554,18 +590,7 @@ func scenarios(provd string, sz size) []scenario {
 				setup: [][]string{provision, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}},
 				step:  [][]string{{provd, "--tpm", "{tpm}", "seal", "--pcrs", "7,16", "--allow-resettable", "--in", "{dir}/secret", "--out", "{dir}/sealed"}},
 			},
-			tools: side{
-				setup: [][]string{{"tpm2_startup", "-c"}, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}},
-				step: [][]string{
-					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7,16"},
-					{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7,16", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
-					{"tpm2_flushcontext", "-l"},
-					{"tpm2_create", "-C", "{dir}/prim.ctx", "-L", "{dir}/pol.bin", "-i", "{dir}/secret", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv"},
-					{"tpm2_flushcontext", "-t"},
-				},
-			},
+			tools:   sealTools,
 			minimum: "CreatePrimary (or a resident parent), PCR_Read, Create, Flush: 3 under a resident SRK",
 		},
 		{
@@ -575,26 +600,29 @@ func scenarios(provd string, sz size) []scenario {
 					{provd, "--tpm", "{tpm}", "seal", "--pcrs", "7,16", "--allow-resettable", "--in", "{dir}/secret", "--out", "{dir}/sealed"}},
 				step: [][]string{{provd, "--tpm", "{tpm}", "unseal", "--in", "{dir}/sealed", "--out", "{dir}/out"}},
 			},
-			tools: side{
-				setup: [][]string{{"tpm2_startup", "-c"}, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"},
-					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7,16"},
-					{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7,16", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
-					{"tpm2_flushcontext", "-l"},
-					{"tpm2_create", "-C", "{dir}/prim.ctx", "-L", "{dir}/pol.bin", "-i", "{dir}/secret", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv"},
-					{"tpm2_flushcontext", "-t"}},
-				step: [][]string{
-					{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_load", "-C", "{dir}/prim.ctx", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv", "-c", "{dir}/s.ctx"},
-					{"tpm2_flushcontext", "-t"},
-					{"sh", "-c", "tpm2_unseal -c {dir}/s.ctx -p pcr:sha256:7,16 > {dir}/out"},
-					{"tpm2_flushcontext", "-t"},
-					{"tpm2_flushcontext", "-l"},
-				},
-			},
+			tools:   unsealTools,
 			minimum: "Load, StartAuthSession, PolicyPCR, Unseal, Flush: 5 under a resident SRK",
+		},
+		{
+			name: "seal 32 B to PCRs 7 and 16, as on a device: the `provd seal` process through the running daemon",
+			provd: side{
+				setup: [][]string{provision, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}, serve,
+					{provd, "--socket", "{dir}/provd.sock", "seal", "--pcrs", "7,16", "--allow-resettable", "--in", "{dir}/secret", "--out", "{dir}/sealed"}}, // the daemon is warm
+				step: [][]string{{provd, "--socket", "{dir}/provd.sock", "seal", "--pcrs", "7,16", "--allow-resettable", "--in", "{dir}/secret", "--out", "{dir}/sealed"}},
+			},
+			tools:   sealTools,
+			minimum: "PolicyPCR, PolicyAuthValue (the PK's policy), Create: 3 under a resident PK; provd also records it in the audit trail",
+		},
+		{
+			name: "unseal it, as on a device: the `provd unseal` process through the running daemon",
+			provd: side{
+				setup: [][]string{provision, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"}, serve,
+					{provd, "--socket", "{dir}/provd.sock", "seal", "--pcrs", "7,16", "--allow-resettable", "--in", "{dir}/secret", "--out", "{dir}/sealed"},
+					{provd, "--socket", "{dir}/provd.sock", "unseal", "--in", "{dir}/sealed", "--out", "{dir}/out"}}, // the daemon is warm
+				step: [][]string{{provd, "--socket", "{dir}/provd.sock", "unseal", "--in", "{dir}/sealed", "--out", "{dir}/out"}},
+			},
+			tools:   unsealTools,
+			minimum: "Load, StartAuthSession, PolicyPCR, Unseal, Flush: 5 under a resident SRK; under provd's PK, + the PK's policy (2)",
 		},
 		{
 			// A script's loop: provd's CLI through the daemon's socket (the
@@ -610,7 +638,7 @@ func scenarios(provd string, sz size) []scenario {
 					{"openssl", "pkey", "-in", "{dir}/officer.pem", "-pubout", "-out", "{dir}/officer.pub.pem"},
 					append(provision, "--officer-key", "{dir}/officer.pub.pem"),
 					{"sh", "-c", provd + " key approve --officer {dir}/officer.pem --pk-policy $(" + provd + " --tpm {tpm} status -o json | grep -o '\"policy_digest\": *\"[0-9a-f]*\"' | head -1 | grep -o '[0-9a-f]\\{64\\}') --type ecc-p256 --label bench --context sign100 --out {dir}/k.approval.json"},
-					background("{dir}/serve.log", "msg=ready", provd, "--tpm", "{tpm}", "serve", "--socket", "{dir}/provd.sock", "--socket-group", ""),
+					serve,
 				},
 				step: [][]string{
 					{provd, "--socket", "{dir}/provd.sock", "key", "derive", "k", "--label", "bench", "--context", "sign100", "--type", "ecc-p256", "--approval", "{dir}/k.approval.json"},
