@@ -511,14 +511,7 @@ func scenarios(provd string, sz size) []scenario {
 		},
 	}
 	unsealTools := side{
-		setup: [][]string{{"tpm2_startup", "-c"}, {"sh", "-c", "head -c 32 /dev/urandom > {dir}/secret"},
-			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
-			{"tpm2_flushcontext", "-t"},
-			{"tpm2_pcrread", "-o", "{dir}/pcr.bin", "sha256:7,16"},
-			{"tpm2_createpolicy", "--policy-pcr", "-l", "sha256:7,16", "-f", "{dir}/pcr.bin", "-L", "{dir}/pol.bin"},
-			{"tpm2_flushcontext", "-l"},
-			{"tpm2_create", "-C", "{dir}/prim.ctx", "-L", "{dir}/pol.bin", "-i", "{dir}/secret", "-u", "{dir}/s.pub", "-r", "{dir}/s.priv"},
-			{"tpm2_flushcontext", "-t"}},
+		setup: slices.Concat(sealTools.setup, sealTools.step), // sealed once
 		step: [][]string{
 			{"tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256", "-c", "{dir}/prim.ctx"},
 			{"tpm2_flushcontext", "-t"},
