@@ -34,8 +34,8 @@ func RunWatchdog(ctx context.Context, n, healthy func() error) error {
 	if interval <= 0 {
 		return nil
 	}
-	tick, stop := newTicker(interval / 2)
-	defer stop()
+	tick := time.NewTicker(interval / 2)
+	defer tick.Stop()
 	for ctx.Err() == nil {
 		if healthy() == nil {
 			_ = n()
@@ -43,16 +43,8 @@ func RunWatchdog(ctx context.Context, n, healthy func() error) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick:
+		case <-tick.C:
 		}
 	}
 	return nil
-}
-
-// newTicker makes RunWatchdog's ticker: its channel and its stop. Tests
-// replace it with one they tick by hand, so that no test depends on the
-// scheduler keeping time.
-var newTicker = func(d time.Duration) (<-chan time.Time, func()) {
-	t := time.NewTicker(d)
-	return t.C, t.Stop
 }

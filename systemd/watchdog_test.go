@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -32,131 +33,67 @@ func (f *fakeNotifySocket) countPings(d time.Duration) int {
 	}
 }
 
-func startWatchdog(t *testing.T, healthy func() error) (stop func() error) {
+// watch runs RunWatchdog inside a synctest bubble (the production ticker on
+// a fake clock: the cadence is exact, with no dependence on the scheduler;
+// the 1-second count this replaced failed under load) for d of fake time,
+// then cancels it and waits for it to return. It counts pings and health
+// checks; healthy decides each check by the number of checks before it.
+func watch(t *testing.T, d time.Duration, healthy func(check int32) error) (pings, checks int32) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	n := NewNotifier()
-	go func() { done <- RunWatchdog(ctx, n.Watchdog, healthy) }()
-	return func() error {
-		cancel()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(5 * time.Second):
-			t.Fatal("RunWatchdog did not return after cancel")
-			return nil
-		}
-	}
-}
-
-// handTicker stands for RunWatchdog's ticker: the test ticks it by hand.
-type handTicker struct {
-	interval chan time.Duration
-	c        chan time.Time
-}
-
-func useHandTicker(t *testing.T) *handTicker {
-	h := &handTicker{interval: make(chan time.Duration, 1), c: make(chan time.Time)}
-	old := newTicker
-	newTicker = func(d time.Duration) (<-chan time.Time, func()) {
-		h.interval <- d
-		return h.c, func() {}
-	}
-	t.Cleanup(func() { newTicker = old })
-	return h
-}
-
-// tick delivers one tick (RunWatchdog waits for it, so this returns once
-// it was taken).
-func (h *handTicker) tick(t *testing.T) {
-	t.Helper()
-	select {
-	case h.c <- time.Now():
-	case <-time.After(5 * time.Second):
-		t.Fatal("RunWatchdog did not wait for the next tick")
-	}
-}
-
-// ping waits for one WATCHDOG=1.
-func (f *fakeNotifySocket) ping() {
-	f.t.Helper()
-	msg, err := f.read(5 * time.Second)
-	if err != nil || msg != "WATCHDOG=1" {
-		f.t.Fatalf("want a ping: %q, %v", msg, err)
-	}
-}
-
-// The watchdog pings at once, then at every tick of a ticker at half of
-// WATCHDOG_USEC, and not after its context is cancelled. The ticker is
-// ticked by hand: no bound on the scheduler's timing (the 1-second count
-// this replaced failed under load).
-func TestRunWatchdogCadence(t *testing.T) {
-	sock := newFakeNotifySocket(t)
-	h := useHandTicker(t)
-	t.Setenv("WATCHDOG_USEC", "200000")
+	t.Setenv("WATCHDOG_USEC", "200000") // a ping every 100 ms
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	synctest.Test(t, func(t *testing.T) {
+		var p, c atomic.Int32
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- RunWatchdog(ctx, func() error { p.Add(1); return nil }, func() error { return healthy(c.Add(1) - 1) })
+		}()
+		time.Sleep(d)
+		synctest.Wait()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		// Nothing after the cancel: the bubble's fake time runs on.
+		before := p.Load()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if p.Load() != before {
+			t.Errorf("%d pings after cancel", p.Load()-before)
+		}
+		pings, checks = p.Load(), c.Load()
+	})
+	return pings, checks
+}
 
-	stop := startWatchdog(t, func() error { return nil })
-	if d := <-h.interval; d != 100*time.Millisecond {
-		t.Fatalf("ticker interval %v with WATCHDOG_USEC=200000, want 100ms", d)
-	}
-	sock.ping()
-	for range 5 {
-		h.tick(t)
-		sock.ping()
-	}
-	// One ping per tick, none between.
-	if extra := sock.countPings(50 * time.Millisecond); extra != 0 {
-		t.Errorf("%d pings without a tick", extra)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	if extra := sock.countPings(100 * time.Millisecond); extra != 0 {
-		t.Errorf("%d pings after cancel, want 0", extra)
+// The watchdog pings at once, then at every half of WATCHDOG_USEC, and not
+// after its context is cancelled.
+func TestRunWatchdogCadence(t *testing.T) {
+	pings, checks := watch(t, time.Second+50*time.Millisecond, func(int32) error { return nil })
+	if pings != 11 || checks != 11 {
+		t.Errorf("%d pings, %d checks in 1.05 s with WATCHDOG_USEC=200000, want 11 (one at start, one per 100 ms)", pings, checks)
 	}
 }
 
 // An unhealthy daemon (TPM not answering) must stop feeding the watchdog, so
-// that systemd restarts it; healthy is still asked at every tick, so a
-// recovery is seen.
+// that systemd restarts it, from the start too; healthy is still asked at
+// every tick, so a recovery is seen and the pings resume.
 func TestRunWatchdogUnhealthy(t *testing.T) {
-	sock := newFakeNotifySocket(t)
-	h := useHandTicker(t)
-	t.Setenv("WATCHDOG_USEC", "200000")
-	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
-
-	var sick atomic.Bool
-	checks := make(chan struct{}, 16)
-	stop := startWatchdog(t, func() error {
-		checks <- struct{}{}
-		if sick.Load() {
-			return errors.New("TPM does not answer")
+	sick := errors.New("TPM does not answer")
+	pings, checks := watch(t, 550*time.Millisecond, func(int32) error { return sick })
+	if pings != 0 || checks != 6 {
+		t.Errorf("unhealthy from the start: %d pings (want 0), %d checks (want 6)", pings, checks)
+	}
+	// Healthy, sick for checks 2..5, healthy again: pings at 0, 1, 6, 7.
+	pings, checks = watch(t, 750*time.Millisecond, func(c int32) error {
+		if c >= 2 && c <= 5 {
+			return sick
 		}
 		return nil
 	})
-	<-h.interval
-	<-checks
-	sock.ping()
-	sick.Store(true)
-	for range 3 {
-		h.tick(t)
-		select {
-		case <-checks:
-		case <-time.After(5 * time.Second):
-			t.Fatal("healthy was not called again while unhealthy; recovery would never be seen")
-		}
-	}
-	if got := sock.countPings(50 * time.Millisecond); got != 0 {
-		t.Errorf("%d pings while unhealthy, want 0", got)
-	}
-	sick.Store(false)
-	h.tick(t)
-	<-checks
-	sock.ping()
-	if err := stop(); err != nil {
-		t.Fatal(err)
+	if pings != 4 || checks != 8 {
+		t.Errorf("sick for four checks: %d pings (want 4), %d checks (want 8)", pings, checks)
 	}
 }
 
