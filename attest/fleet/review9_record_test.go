@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/attest/fleet"
+	"github.com/provd/provd/attest/fleetapi"
 )
 
 // Found by review (issue 14), now refused: a taken nonce is kept
@@ -269,6 +270,51 @@ func TestRevokedDuringAppraisalSetsNoBaseline(t *testing.T) {
 			e = fleet.New(fleet.Config{Store: st, DefaultPCRs: pcrs})
 			if v, err := e.Attest(ctx, d2.evidence(t, e, raw, vals)); err != nil || !v.Pass || v.Reasons[0].Code != fleet.CodeBaseline {
 				t.Fatalf("the next device: %+v, %v", v, err)
+			}
+		})
+	}
+}
+
+// A revocation committing while the first appraisal of a class stores its
+// baseline (its UPDATE done, its COMMIT in flight): the baseline waits for
+// it and stores nothing (found by review: on PostgreSQL the insert read the
+// device's row from before the revocation and did not wait, so the class's
+// baseline was the revoked device's quote while its record was refused).
+func TestBaselineWaitsForACommittingRevocation(t *testing.T) {
+	raw, vals := benchLog(t)
+	for name, url := range storeURLs(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := openStore(t, url)
+			d := enrollSim(t, st, 1)
+			e := fleet.New(fleet.Config{Store: st, DefaultPCRs: map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7}}})
+			ev := d.evidence(t, e, raw, vals)
+			tx, err := rawDB(t, url).BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE devices SET state = 'revoked', secret_hash = '' WHERE id = $1`, d.id); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			var v fleetapi.Verdict
+			go func() {
+				var err error
+				v, err = e.Attest(ctx, ev)
+				done <- err
+			}()
+			time.Sleep(300 * time.Millisecond) // the appraisal reaches the baseline
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if v.Pass {
+				t.Fatalf("verdict %+v for a device revoked during its appraisal", v)
+			}
+			if p, err := st.Policy(ctx, "bench"); !errors.Is(err, fleet.ErrNotFound) {
+				t.Fatalf("the class's baseline from a device revoked while it was stored: %+v (%v)", p, err)
 			}
 		})
 	}

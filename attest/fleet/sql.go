@@ -31,11 +31,17 @@ type dialect struct {
 	// starting at once apply each migration once; SQLite's transactions
 	// are IMMEDIATE (the DSN), which locks the file the same way.
 	lock string
+	// forShare ends a subquery whose row must not change before the
+	// statement commits: PostgreSQL's FOR SHARE waits for a write in
+	// flight and reads the row as committed (found by review: a baseline
+	// read a device's row from before a committing revocation). SQLite
+	// needs none: its one writer waits for the other's commit.
+	forShare string
 }
 
 var (
 	sqliteDialect   = dialect{name: "sqlite", driver: "sqlite"}
-	postgresDialect = dialect{name: "postgres", driver: "pgx", lock: "SELECT pg_advisory_xact_lock(7072767) "}
+	postgresDialect = dialect{name: "postgres", driver: "pgx", lock: "SELECT pg_advisory_xact_lock(7072767) ", forShare: " FOR SHARE"}
 )
 
 var placeholder = regexp.MustCompile(`\$([0-9]+)`)
@@ -683,10 +689,11 @@ func (s *sqlStore) Baseline(ctx context.Context, deviceID string, p Policy) (Pol
 		return Policy{}, false, err
 	}
 	// The device's state is read in the insert's own statement (SQLite's
-	// upsert after INSERT ... SELECT needs the WHERE it has): a revocation
-	// that committed before it leaves the class without a baseline.
+	// upsert after INSERT ... SELECT needs the WHERE it has), waiting for
+	// a revocation being committed (forShare): a revocation that committed,
+	// or was committing, before it leaves the class without a baseline.
 	res, err := s.db.ExecContext(ctx, s.d.q(`INSERT INTO policies (class, pcrs, manifests, tofu, updated_at)
-		SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $6 AND class = $1 AND state = '`+StateEnrolled+`')
+		SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $6 AND class = $1 AND state = '`+StateEnrolled+`'`+s.d.forShare+`)
 		ON CONFLICT (class) DO NOTHING`),
 		p.Class, pcrs, manifests, tofu, ms(p.UpdatedAt), deviceID)
 	if err != nil {
