@@ -206,9 +206,21 @@ type Info struct {
 // officer its content names), else ErrAnchorUntrusted; a missing one is
 // ErrNoAnchor.
 func Read(t *tpm.TPM) (Info, error) {
-	var in Info
-	var cx tpm.NVIndex
-	err := t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
+	in, cx, err := readAnchor(t)
+	if err != nil {
+		return Info{}, err
+	}
+	if err := in.readCounter(t, cx); err != nil {
+		return Info{}, err
+	}
+	return in, nil
+}
+
+// readAnchor is Read's first half: the anchor read and checked, and the
+// counter's public area (cx) checked, in one authenticated NV session; the
+// counter's value is readCounter's.
+func readAnchor(t *tpm.TPM) (in Info, cx tpm.NVIndex, err error) {
+	err = t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
 		x, err := r.ReadPublic(AnchorHandle)
 		if errors.Is(err, tpm.ErrNotFound) {
 			return fmt.Errorf("%w: no NV index at 0x%08x (provd fw anchor set)", firmware.ErrNoAnchor, uint32(AnchorHandle))
@@ -256,24 +268,31 @@ func Read(t *tpm.TPM) (Info, error) {
 		return nil
 	})
 	if err != nil {
-		return Info{}, err
+		return Info{}, cx, err
 	}
 	in.Authenticated = t.PinnedSRKName() != nil
+	return in, cx, nil
+}
+
+// readCounter is Read's second half: the counter's value (through its
+// policy), the lowest version it accepts, and whether the owner hierarchy
+// has an authorization value.
+func (in *Info) readCounter(t *tpm.TPM, cx tpm.NVIndex) (err error) {
 	if in.Counter, err = t.ReadCounterByPolicy(cx); err != nil {
-		return Info{}, err
+		return err
 	}
 	if in.Counter < in.Base {
-		return Info{}, fmt.Errorf("%w: the counter (%d) is below the anchor's base (%d)", firmware.ErrAnchorUntrusted, in.Counter, in.Base)
+		return fmt.Errorf("%w: the counter (%d) is below the anchor's base (%d)", firmware.ErrAnchorUntrusted, in.Counter, in.Base)
 	}
 	in.Lowest = in.Counter - in.Base
 	// Authenticated when an SRK is pinned (found by review: the bit was
 	// the bus's word during an authenticated set).
 	perm, err := t.PermanentState()
 	if err != nil {
-		return Info{}, err
+		return err
 	}
 	in.OwnerAuthSet = perm.OwnerAuthSet
-	return in, nil
+	return nil
 }
 
 // SetRequest is what fw anchor set writes.

@@ -125,25 +125,37 @@ func CheckPCR(pcr int) error {
 }
 
 // verdict is every check, in the order of the exit codes' documentation:
-// anchor, manifest (read, parsed, signature and signer, class), images,
-// version. It returns the anchor it trusted, for the measurement.
+// anchor (and counter), manifest (read, parsed, signature and signer,
+// class), images, version. It returns the anchor it trusted, for the
+// measurement.
 //
-// The images are hashed while the TPM reads the anchor and the counter
-// (issue 14: on a discrete TPM those reads take about as long as hashing
-// the images, and the hook runs on every boot's critical path). What is
-// hashed then is named by a manifest whose signature Parse has checked
-// but whose signer the anchor has yet to accept: a failure of the anchor,
-// the signer or the class stops the hashing at its next read and waits for
-// it, so a refused manifest costs at most the anchor's read in hashing,
-// and no goroutine outlives the verdict. The first failure in the order
-// above is the one returned, as when the checks ran one after another.
+// The images are hashed while the TPM reads the counter (issue 14: on a
+// discrete TPM the counter's read, a policy session and an NV read, takes
+// about as long as hashing the images, and the hook runs on every boot's
+// critical path), and only those of a manifest whose signature Parse
+// checked and whose signer and class the anchor accepts (found by review:
+// hashed before the anchor was read, a manifest signed by anyone could
+// hold the verdict on a stalled read). The verdict waits for the hashing,
+// so nothing reads on after it; the first failure in the order above is
+// the one returned, as when the checks ran one after another.
 func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info, error) {
+	in, cx, err := readAnchor(t)
+	if err != nil {
+		return nil, nil, err
+	}
 	s, merr := readManifest(r)
+	var serr error
+	if merr == nil {
+		serr = s.SignedBy(in.Current, in.Next)
+		if serr == nil && s.Manifest.Class != in.Class {
+			serr = fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var images chan error
-	if merr == nil {
+	if merr == nil && serr == nil {
 		images = make(chan error, 1)
-		go func() { images <- s.Manifest.VerifyImages(ctx, r.Root) }()
+		go func() { images <- verifyImages(ctx, s.Manifest, r.Root) }()
 	}
 	hashed := func() error {
 		if images == nil {
@@ -157,8 +169,7 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 		cancel()
 		_ = hashed()
 	}()
-	in, err := Read(t)
-	if err != nil {
+	if err := in.readCounter(t, cx); err != nil {
 		return nil, nil, err
 	}
 	res.Lowest, res.OwnerAuthSet = in.Lowest, in.OwnerAuthSet
@@ -167,11 +178,8 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 	}
 	res.Class, res.Version = s.Manifest.Class, s.Manifest.Version
 	res.ManifestSHA256, res.Signer = hex.EncodeToString(s.Digest()), hex.EncodeToString(s.SignerName)
-	if err := s.SignedBy(in.Current, in.Next); err != nil {
-		return nil, nil, err
-	}
-	if s.Manifest.Class != in.Class {
-		return nil, nil, fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
+	if serr != nil {
+		return nil, nil, serr
 	}
 	if err := hashed(); err != nil {
 		return nil, nil, err
@@ -180,6 +188,12 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 		return nil, nil, fmt.Errorf("%w: version %d, the counter accepts %d and above", firmware.ErrRollback, s.Manifest.Version, in.Lowest)
 	}
 	return s, &in, nil
+}
+
+// verifyImages is firmware.Manifest.VerifyImages; tests see which
+// manifests are hashed.
+var verifyImages = func(ctx context.Context, m firmware.Manifest, root string) error {
+	return m.VerifyImages(ctx, root)
 }
 
 // readManifest reads (ManifestPath) and parses the request's manifest: a
