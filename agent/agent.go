@@ -287,6 +287,12 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 		func() error { return a.writePending(ctx) }, // likewise
 	} {
 		if err := step(); err != nil {
+			if op == opZeroizeStart {
+				// Zeroize is refused, nothing destroyed: no record of
+				// a start that did not happen waits (found by the
+				// review: it entered the next trail, late).
+				return err
+			}
 			// The trail cannot take a line now: the record waits, so
 			// that a refusal or fault recorded here is not lost (found
 			// by review: two forged answers erased the record of a
@@ -379,7 +385,11 @@ func (a *Agent) audited(ctx context.Context, op string, objects map[string]strin
 	if err := a.openAudit(); err != nil {
 		return err
 	}
-	if err := a.writePending(ctx); err != nil {
+	if err := a.writePending(ctx); err != nil && (op != "provision" || !errors.Is(err, errForeignAnchor)) {
+		// A provision decides about another state's anchor itself
+		// (--force): records waiting in a fresh state directory are
+		// written after it, by its record (found by the review: a
+		// refusal waiting there refused provision --force for ever).
 		return err
 	}
 	err := fn()

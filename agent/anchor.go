@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -426,14 +427,14 @@ var errForeignAnchor = errors.New("the TPM's audit anchor belongs to another sta
 // Only provision replaces it, when told --force (Agent.replaceAnchor); the
 // new trail's first record names what it replaced. The read is the bus's
 // word: an interposer can make provd refuse, and hiding the index only
-// lets newGatedAnchor replace it as before. A state directory with an
-// archived trail of its own (audit-<time>.log: zeroize, reanchor) takes
-// the index as its own leftover, which zeroize's crash window leaves for
-// the next trail to replace (and record).
+// lets newGatedAnchor replace it as before. The one index a state
+// directory without a trail takes as its own is the one its newest
+// archived trail last anchored in (the last audit-anchor record's
+// nv_name): zeroize's crash window leaves it for the next trail to
+// replace (and record). Any archive was not enough (found by the review:
+// every completed zeroize leaves one, and such a state directory took
+// another state's anchor over).
 func (a *Agent) foreignAnchor() error {
-	if archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log")); err != nil || len(archived) > 0 {
-		return err
-	}
 	pub, err := a.t.ReadNVPublic(AuditAnchorHandle)
 	if errors.Is(err, tpm.ErrNotFound) {
 		return nil
@@ -441,8 +442,32 @@ func (a *Agent) foreignAnchor() error {
 	if err != nil {
 		return err
 	}
-	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory; provisioning this one would end that trail's tamper evidence. Use the state directory it belongs to, or provision --force to replace it (the new trail records what it replaced)",
+	if own, err := a.archivedAnchorName(); err == nil && own == hex.EncodeToString(pub.Name.Buffer) {
+		return nil
+	}
+	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory, and that trail would no longer verify. Use the state directory it belongs to; provision --force replaces it (the new trail records what it replaced)",
 		errForeignAnchor, uint32(AuditAnchorHandle), pub.Name.Buffer))
+}
+
+// archivedAnchorName is the anchor's name the newest archived trail
+// (audit-<UTC time>.log, which sort by time) last recorded: the nv_name of
+// its last audit-anchor record; "" when there is none.
+func (a *Agent) archivedAnchorName() (string, error) {
+	archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
+	if err != nil || len(archived) == 0 {
+		return "", err
+	}
+	slices.Sort(archived)
+	recs, err := audit.ReadRecords(archived[len(archived)-1])
+	if err != nil {
+		return "", err
+	}
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Op == audit.OpAnchor {
+			return recs[i].Objects["nv_name"], nil
+		}
+	}
+	return "", nil
 }
 
 // foreignAnchorError is errForeignAnchor, and api.ErrAlreadyProvisioned for
@@ -483,6 +508,17 @@ func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
 	defer a.lock()()
 	var res api.AuditReanchorResult
+	// A state directory with no trail at all (no gate, no log, nothing
+	// pending: a new or mistaken --state-dir) has nothing to reanchor, and
+	// does not take another state's anchor over (found by the review: it
+	// did, and that trail no longer verified).
+	if g, err := a.trailAnchor().gate(); err != nil {
+		return res, err
+	} else if g == nil && !a.trailAnchor().legacy && !fileExists(a.pendingPath()) {
+		if err := a.foreignAnchor(); err != nil {
+			return res, err
+		}
+	}
 	if a.audit != nil {
 		if err := a.audit.Close(); err != nil {
 			return res, err

@@ -122,9 +122,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 			}
 		}
 	}
-	// This provision's trail may take the anchor's handle: nothing was
-	// there, or --force said to replace it.
-	a.replaceAnchor = true
+
 	// Who the TPM is comes first: nothing is created in a TPM that is not
 	// verified, and every session from here on is salted to the pinned SRK.
 	identity, err := a.firstContact(ctx, req.Identity())
@@ -133,6 +131,11 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	objects["srk"] = identity.SRKName
 	objects["tpm_trust"] = identity.Trust
+	// This provision's trail may take the anchor's handle (nothing was
+	// there, or --force said to replace it), once the TPM is trusted: a
+	// provision that first contact refused replaces nothing (found by the
+	// review: its failure record began a trail over another state's).
+	a.replaceAnchor = true
 	if err := a.gateThroughPinnedSRK(ctx); err != nil {
 		return res, err
 	}
@@ -144,7 +147,7 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	if provisioned {
 		// As zeroize: nothing is destroyed unless the trail takes a record.
-		if err := a.record(ctx, "zeroize-start", map[string]string{"by": "provision --force"}, nil); err != nil {
+		if err := a.record(ctx, opZeroizeStart, map[string]string{"by": "provision --force"}, nil); err != nil {
 			return res, fmt.Errorf("provision --force refused, nothing destroyed: %w", err)
 		}
 		if err := a.zeroize(ctx, api.ZeroizeOptions{}); err != nil {

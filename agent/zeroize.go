@@ -17,6 +17,10 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
+// opZeroizeStart is the record a zeroize writes before it destroys
+// anything: when the trail cannot take it, zeroize is refused.
+const opZeroizeStart = "zeroize-start"
+
 // provdNV lists the NV indices provd defines.
 var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, AuditAnchorHandle}
 
@@ -33,7 +37,7 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, Aud
 func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.ZeroizeResult, err error) {
 	defer a.lock()()
 	objects := map[string]string{"srk": fmt.Sprint(opts.SRK)}
-	if err := a.record(ctx, "zeroize-start", objects, nil); err != nil {
+	if err := a.record(ctx, opZeroizeStart, objects, nil); err != nil {
 		return res, fmt.Errorf("zeroize refused, nothing destroyed: %w", err)
 	}
 	// The last record needs the gate key when the SRK it loads under is

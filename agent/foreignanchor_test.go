@@ -1,0 +1,211 @@
+package agent_test
+
+// Another state directory's audit anchor in the TPM (issue 14's review of
+// provision over it, and the review of that fix): each way a state
+// directory without a trail of its own could begin one over it, tried.
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// A state directory that was zeroized completely (its anchor index removed,
+// its trail archived as audit-<time>.log) is as unprovisioned as a new one.
+// Another state directory then provisions on the TPM and holds the anchor.
+// The zeroized directory's archive names the index it last anchored in,
+// not the other state's: a provision without --force there is refused
+// (found by the review: any archive made the index "its own leftover", and
+// the provision silently ended the other trail).
+func TestZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir1 := stateDir(t)
+	ag1 := newAgent(t, env, dir1)
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatalf("zeroize: %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir1, "audit-*.log")); len(m) == 0 {
+		t.Fatal("zeroize archived no trail")
+	}
+	// A second state directory provisions: no index is at the handle, so
+	// no --force is needed.
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatalf("provision of the second state: %v", err)
+	}
+	if _, err := ag2.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The zeroized first directory is provisioned again, without --force.
+	ag1b := newAgent(t, env, dir1)
+	_, perr := ag1b.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
+	_, verr := ag2.AuditVerify(ctx)
+	if perr == nil || verr != nil {
+		t.Fatalf("provision without --force in a zeroized state directory over another state's live anchor: provision err=%v; "+
+			"the other state's trail now: %v (want the provision refused and the other trail intact)", perr, verr)
+	}
+}
+
+// The same through a daemon left running on the zeroized directory: a
+// refusal of any local caller (A3, who cannot write the state directory)
+// waits rather than begin a trail there over the other state's anchor.
+func TestRefusalInZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir1 := stateDir(t)
+	ag1 := newAgent(t, env, dir1)
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatalf("zeroize: %v", err)
+	}
+	ag2 := newAgent(t, env, stateDir(t))
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatalf("provision of the second state: %v", err)
+	}
+	// The daemon still serving dir1 records a refused caller.
+	_ = ag1.RecordRefusal(ctx, "key sign", "not permitted")
+	if _, err := ag2.AuditVerify(ctx); err != nil {
+		t.Fatalf("the other state's trail after a refusal recorded by a daemon on a zeroized state directory: %v", err)
+	}
+}
+
+// A refusal recorded by a daemon on a fresh state directory waits in
+// audit.pending; provision --force there then writes it into its new trail
+// (found by the review: the pending record, written before provision ran,
+// refused provision --force for ever with the error that advises it).
+func TestPendingRefusalThenProvisionForce(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	if err := ag2.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
+		t.Fatalf("refusal on a fresh state: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir2, "audit.pending")); err != nil {
+		t.Fatalf("no pending record: %v", err)
+	}
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		t.Fatalf("provision --force in a fresh state directory whose daemon recorded a refusal: %v", err)
+	}
+	recs, err := ag2.AuditRecords(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := false
+	for _, r := range recs {
+		if r.Op == "key sign" && r.Objects["recorded_late"] == "true" {
+			late = true
+		}
+	}
+	if !late {
+		t.Errorf("the waiting refusal is not in the new trail: %+v", recs)
+	}
+}
+
+// zeroize in a fresh state directory over another state's anchor is
+// refused with nothing destroyed, and leaves no "zeroize-start" record
+// waiting for a zeroize that never started (found by the review: it
+// entered the next trail, late).
+func TestZeroizeInFreshStateLeavesNothingPending(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	if _, err := ag2.Zeroize(ctx, api.ZeroizeOptions{}); err == nil {
+		t.Fatal("zeroize in a fresh state directory over another's anchor acted")
+	}
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Fatalf("first trail: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir2, "audit.pending")); err == nil {
+		t.Errorf("the refused zeroize left a pending record of a zeroize that never started:\n%s", b)
+	}
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
+		t.Errorf("provision --force after the refused zeroize: %v", err)
+	}
+}
+
+// provision --force in a fresh state directory whose first contact refuses
+// the TPM (no --ek-ca, no trust on first use) replaces nothing: its failure
+// record waits (found by the review: it began a trail over the other
+// state's anchor, for a provision that did not happen).
+func TestFailedForceProvisionLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	_, perr := ag2.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}) // no EK trust
+	if perr == nil {
+		t.Fatal("provision without EK trust succeeded")
+	}
+	t.Logf("the failed provision: %v", perr)
+	_, gerr := os.Stat(filepath.Join(dir2, "audit.gate"))
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("a provision --force that failed (%v) ended the other state's trail: %v (a gate in the fresh directory: %v)", perr, err, gerr == nil)
+	}
+}
+
+// audit reanchor in a state directory that has no trail at all (a new or
+// mistaken --state-dir) is refused over another state's anchor (found by
+// the review: it replaced it, through the command every tampered-trail
+// message names).
+func TestReanchorInFreshStateLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	res, rerr := ag2.AuditReanchor(ctx)
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("audit reanchor in a state directory with no trail (result %+v, %v) ended another state's trail: %v", res.Record.Objects, rerr, err)
+	}
+}
+
+// An archive planted in a fresh state directory (A4) names no anchor: a
+// refusal recorded there still waits (found by the review: any file named
+// audit-*.log disabled the guard).
+func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	if err := os.WriteFile(filepath.Join(dir2, "audit-x.log"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = ag2.RecordRefusal(ctx, "key sign", "not permitted")
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("an empty planted audit-x.log let a refusal in a fresh directory end another state's trail: %v", err)
+	}
+}
