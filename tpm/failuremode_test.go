@@ -1,10 +1,12 @@
 package tpm_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -53,4 +55,21 @@ func TestFailureModeIsTyped(t *testing.T) {
 	if !errors.Is(err, tpm.ErrFailureMode) {
 		t.Fatalf("a TPM in failure mode: %v, want ErrFailureMode", err)
 	}
+}
+
+// A one-shot open (no full self-test: every open but the daemon's, the
+// boot hook's included since issue 14) refuses a TPM in failure mode, so
+// fw verify extends nothing on such a TPM (the review of that change).
+func TestOneShotOpenRefusesFailureMode(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.CloseTPM()
+	f := &failing{}
+	f.armed.Store(true)
+	_, err := tpm.Open(context.Background(), tpm.Options{Spec: env.Spec, Timeout: 30 * time.Second,
+		Wrap: func(next transport.TPM) transport.TPM { f.next = next; return f }})
+	if !errors.Is(err, tpm.ErrFailureMode) {
+		t.Fatalf("a one-shot open of a TPM in failure mode: %v, want ErrFailureMode", err)
+	}
+	f.armed.Store(false)
+	env.Reopen()
 }
