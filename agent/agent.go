@@ -368,15 +368,21 @@ func (a *Agent) nothingToActOn(ctx context.Context, op string, opErr error) bool
 	if g, err := a.trailAnchor().gate(); err != nil || g != nil {
 		return false
 	}
+	return !a.provisioned(ctx)
+}
+
+// provisioned reports whether the state holds a PK; true when the state
+// cannot be read (it may).
+func (a *Agent) provisioned(ctx context.Context) bool {
 	provisioned := true
 	if err := a.st.View(ctx, func(tx *store.Tx) error {
 		_, err := a.readPK(tx)
 		provisioned = !errors.Is(err, api.ErrNotProvisioned)
 		return nil
 	}); err != nil {
-		return false
+		return true
 	}
-	return !provisioned
+	return provisioned
 }
 
 // audited runs op and records its outcome; the operation's own error wins.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -428,12 +427,13 @@ var errForeignAnchor = errors.New("the TPM's audit anchor belongs to another sta
 // new trail's first record names what it replaced. The read is the bus's
 // word: an interposer can make provd refuse, and hiding the index only
 // lets newGatedAnchor replace it as before. The one index a state
-// directory without a trail takes as its own is the one its newest
-// archived trail last anchored in (the last audit-anchor record's
-// nv_name): zeroize's crash window leaves it for the next trail to
-// replace (and record). Any archive was not enough (found by the review:
-// every completed zeroize leaves one, and such a state directory took
-// another state's anchor over).
+// directory without a trail takes as its own is one its archived trails
+// last anchored in (an archive's last audit-anchor record's nv_name; each
+// trail's gate key is new, so its name is no other trail's): zeroize's
+// crash window leaves it for the next trail to replace (and record). Any
+// archive was not enough (found by the review: every completed zeroize
+// leaves one, and such a state directory took another state's anchor
+// over).
 func (a *Agent) foreignAnchor() error {
 	pub, err := a.t.ReadNVPublic(AuditAnchorHandle)
 	if errors.Is(err, tpm.ErrNotFound) {
@@ -442,32 +442,37 @@ func (a *Agent) foreignAnchor() error {
 	if err != nil {
 		return err
 	}
-	if own, err := a.archivedAnchorName(); err == nil && own == hex.EncodeToString(pub.Name.Buffer) {
+	if own, err := a.archivedAnchor(hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
 		return nil
 	}
 	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory, and that trail would no longer verify. Use the state directory it belongs to; provision --force replaces it (the new trail records what it replaced)",
 		errForeignAnchor, uint32(AuditAnchorHandle), pub.Name.Buffer))
 }
 
-// archivedAnchorName is the anchor's name the newest archived trail
-// (audit-<UTC time>.log, which sort by time) last recorded: the nv_name of
-// its last audit-anchor record; "" when there is none.
-func (a *Agent) archivedAnchorName() (string, error) {
+// archivedAnchor reports whether one of this state directory's archived
+// trails (audit-<UTC time>.log) last anchored in the index named name (the
+// nv_name of its last audit-anchor record). Every archive is read: their
+// names are times, and a clock that went back would put the newest first.
+func (a *Agent) archivedAnchor(name string) (bool, error) {
 	archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
-	if err != nil || len(archived) == 0 {
-		return "", err
-	}
-	slices.Sort(archived)
-	recs, err := audit.ReadRecords(archived[len(archived)-1])
 	if err != nil {
-		return "", err
+		return false, err
 	}
-	for i := len(recs) - 1; i >= 0; i-- {
-		if recs[i].Op == audit.OpAnchor {
-			return recs[i].Objects["nv_name"], nil
+	for _, p := range archived {
+		recs, err := audit.ReadRecords(p)
+		if err != nil {
+			continue
+		}
+		for i := len(recs) - 1; i >= 0; i-- {
+			if recs[i].Op == audit.OpAnchor {
+				if recs[i].Objects["nv_name"] == name {
+					return true, nil
+				}
+				break
+			}
 		}
 	}
-	return "", nil
+	return false, nil
 }
 
 // foreignAnchorError is errForeignAnchor, and api.ErrAlreadyProvisioned for
@@ -508,13 +513,15 @@ func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
 	defer a.lock()()
 	var res api.AuditReanchorResult
-	// A state directory with no trail at all (no gate, no log, nothing
-	// pending: a new or mistaken --state-dir) has nothing to reanchor, and
-	// does not take another state's anchor over (found by the review: it
-	// did, and that trail no longer verified).
+	// A state directory with no trail (no gate, no log) and no PK (a new
+	// or mistaken --state-dir: what waits in its pending file is no trail)
+	// has nothing to reanchor, and does not take another state's anchor
+	// over (found by the reviews: it did, and that trail no longer
+	// verified). A provisioned one whose trail files are gone reanchors:
+	// it is the way out the message names.
 	if g, err := a.trailAnchor().gate(); err != nil {
 		return res, err
-	} else if g == nil && !a.trailAnchor().legacy && !fileExists(a.pendingPath()) {
+	} else if g == nil && !a.trailAnchor().legacy && !a.provisioned(ctx) {
 		if err := a.foreignAnchor(); err != nil {
 			return res, err
 		}

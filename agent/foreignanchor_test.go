@@ -209,3 +209,143 @@ func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
 		t.Errorf("an empty planted audit-x.log let a refusal in a fresh directory end another state's trail: %v", err)
 	}
 }
+
+// A pending record reaches a fresh state directory without anyone writing
+// to it: a refusal a daemon on that directory records for any local caller
+// (A3), or the failure record of a provision --force whose first contact
+// refused the TPM. An officer's audit reanchor in that (new or mistaken)
+// --state-dir is still refused over another state's anchor (found by the
+// second review: the refusal was skipped when audit.pending existed).
+func TestReanchorAfterPendingRefusalLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	// A3 through a daemon serving dir2: a refused request.
+	if err := ag2.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
+		t.Fatalf("refusal on a fresh state: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir2, "audit.pending")); err != nil {
+		t.Fatalf("setup: no pending record: %v", err)
+	}
+	res, rerr := ag2.AuditReanchor(ctx)
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("audit reanchor in a state directory with no trail but a pending refusal (result %v, err %v) ended another state's trail: %v",
+			res.Record.Objects, rerr, err)
+	}
+}
+
+// The same with the pending record of a provision --force that first
+// contact refused (TestFailedForceProvisionLeavesTheOtherTrail's setup).
+func TestReanchorAfterFailedForceProvisionLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	if _, err := ag2.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err == nil { // no EK trust
+		t.Fatal("provision without EK trust succeeded")
+	}
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Fatalf("setup: %v", err)
+	}
+	res, rerr := ag2.AuditReanchor(ctx)
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("audit reanchor after a failed provision --force (result %v, err %v) ended another state's trail: %v",
+			res.Record.Objects, rerr, err)
+	}
+}
+
+// A provisioned state whose audit.log and audit.gate are gone (restored
+// from a backup without them, or removed) while the TPM still holds its
+// own anchor: the officer's audit reanchor moves the trail to a new anchor
+// and records it (found by the second review: refused as "another state
+// directory's" anchor, the way out left was provision --force, which
+// destroys the PK and everything under it).
+func TestReanchorOfProvisionedStateWithoutTrailFiles(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"audit.log", "audit.gate"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ag = newAgent(t, env, dir)
+	res, err := ag.AuditReanchor(ctx)
+	if err != nil {
+		t.Errorf("audit reanchor of a provisioned state whose log and gate were removed is refused: %v", err)
+	} else {
+		t.Logf("reanchored: %v", res.Record.Objects)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Errorf("verify after the reanchor: %v", err)
+	}
+}
+
+// With only audit.log deleted (audit.gate kept), the officer's reanchor
+// records the missing log and moves the trail on.
+func TestReanchorOfDeletedLog(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "audit.log")); err != nil {
+		t.Fatal(err)
+	}
+	ag = newAgent(t, env, dir)
+	if _, err := ag.AuditVerify(ctx); err == nil {
+		t.Error("verify of a deleted log passed")
+	}
+	res, err := ag.AuditReanchor(ctx)
+	if err != nil || res.Record.Objects["log_missing"] != "true" {
+		t.Fatalf("reanchor of a deleted log: %v %v", res.Record.Objects, err)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Errorf("verify after the reanchor: %v", err)
+	}
+}
+
+// A provision --force refused on its own request after first contact
+// trusted the TPM (here a movable PK asked without a signed policy, refused
+// before anything is made) leaves another state's anchor: only a provision
+// that happened takes it over (found by the second review: its failure
+// record began a trail over it).
+func TestFailedForceProvisionAfterFirstContactLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	ag2 := newAgent(t, env, stateDir(t))
+	_, perr := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true,
+		DuplicableBy: "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"})
+	if perr == nil {
+		t.Fatal("setup: a movable PK without a signed policy was provisioned")
+	}
+	t.Logf("the failed provision: %v", perr)
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("a provision --force refused on its request (%v) ended the other state's trail: %v", perr, err)
+	}
+}

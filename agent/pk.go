@@ -342,7 +342,16 @@ func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
 func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
 	id := pkContextID(in)
-	if l.pk = a.loadSavedPK(id); l.pk.Handle == 0 {
+	if l.pk = a.loadSavedPK(id, in.state.Name); l.pk.Handle != 0 {
+		// A failure with the kept context drops it: the next operation
+		// loads the PK from its blob (found by review: a context planted
+		// by A1 was kept for the daemon's life).
+		defer func() {
+			if err != nil {
+				a.pk = nil
+			}
+		}()
+	} else {
 		srk, err := a.t.SRK()
 		if err != nil {
 			return err
@@ -370,14 +379,20 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 
 // savedPK is the PK's context as the daemon keeps it between operations
 // (issue 14: a PK load is a session salted to the SRK, the load and the
-// session's flush, where TPM2_ContextLoad is one command; a warm unseal
-// through the daemon went from 13 commands to 11). The TPM encrypts and
-// integrity-protects a saved context with a key of its own: it is useless
-// on another TPM and after a TPM reset (ContextLoad fails, and the PK is
-// loaded from its blob again), and it holds no authority (every use of the
-// PK still satisfies its policy). It is never resident between operations,
-// so it holds no slot and no handle that another client could flush or
-// take. id binds it to the state's PK (its name, blob and parent).
+// session's flush, where TPM2_ContextLoad and a TPM2_ReadPublic of what it
+// loaded are two commands; a warm unseal through the daemon went from 13
+// commands to 12). The TPM encrypts and integrity-protects a saved context
+// with a key of its own: it is useless on another TPM and after a TPM reset
+// (ContextLoad fails, and the PK is loaded from its blob again), and it
+// holds no authority (every use of the PK still satisfies its policy). It
+// is never resident between operations, so it holds no slot and no handle
+// that another client could flush or take. id binds it to the state's PK
+// (its name, blob and parent). The ContextSave answer that gave it is the
+// bus's word: what a ContextLoad of it gives must read back with the PK's
+// name (found by review: A1 answered the save with the context of an
+// object of its own, with noDA clear, and left; every later PK use failed
+// its authorization, each counted toward the TPM's lockout, until
+// restart), and any failure of an operation that used it drops it.
 type savedPK struct {
 	id  string
 	ctx tpm2.TPMSContext
@@ -395,24 +410,34 @@ func pkContextID(in pkInputs) string {
 	return in.state.Name + "/" + hex.EncodeToString(h.Sum(nil))
 }
 
-// loadSavedPK loads the kept PK context when it is id's; the zero Object
-// when there is none, or the TPM no longer takes it (it is dropped). An
-// answer that is no transient object's handle, or one provd holds (a
-// cached key's, the kept session's) is forged (the TPM gives a loaded
-// object's handle to nothing else, as objcache.Get checks): the context is
-// dropped and the PK loaded from its blob, so provd never flushes what it
-// holds as the PK's.
-func (a *Agent) loadSavedPK(id string) tpm.Object {
+// loadSavedPK loads the kept PK context when it is id's, and reads back
+// what the TPM loaded: it must have the PK's name, the state's. The zero
+// Object when there is none, the TPM no longer takes it, or the answer is
+// not the PK's: the context is dropped and the PK loaded from its blob. A
+// handle that is no transient object's, or one a cached key holds, is a
+// forged answer (the TPM gives a loaded object's handle to nothing else,
+// as objcache.Get checks), and whatever another name reads back at is not
+// flushed as the PK (it may be provd's, or anyone's: the leak sweep
+// decides), so provd never flushes what it holds as the PK's. The
+// ReadPublic answer has no HMAC: A1 still on the bus can answer it too,
+// and then the PK's uses fail (their HMACs bind the PK's name) and the
+// context is dropped (withLoadedPK).
+func (a *Agent) loadSavedPK(id, name string) tpm.Object {
 	s := a.pk
 	if s == nil || s.id != id {
 		return tpm.Object{}
 	}
 	h, err := a.t.ContextLoad(s.ctx)
-	if err != nil || h>>24 != tpm2.TPMHandle(tpm2.TPMHTTransient) || h == a.opHandle() || slices.Contains(a.keys.Handles(), h) {
+	if err != nil || h>>24 != tpm2.TPMHandle(tpm2.TPMHTTransient) || slices.Contains(a.keys.Handles(), h) {
 		a.pk = nil
 		if err == nil {
 			a.t.Unheld()
 		}
+		return tpm.Object{}
+	}
+	if o, err := a.t.ReadPublic(h); err != nil || hex.EncodeToString(o.Name.Buffer) != name || hex.EncodeToString(s.obj.Name.Buffer) != name {
+		a.pk = nil
+		a.t.Unheld()
 		return tpm.Object{}
 	}
 	obj := s.obj

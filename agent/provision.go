@@ -94,7 +94,14 @@ func (a *Agent) Provision(ctx context.Context, req api.ProvisionRequest) (api.Pr
 	defer a.lock()()
 	objects := map[string]string{}
 	return auditedResult(ctx, a, "provision", objects, func() (api.ProvisionResult, error) {
-		return a.provision(ctx, req, objects)
+		res, err := a.provision(ctx, req, objects)
+		// Only a provision that happened takes the anchor's handle for
+		// its trail (nothing was there, or --force said to replace it):
+		// a failed one's record waits in the pending file (found by the
+		// reviews: a provision that first contact refused, or one refused
+		// on its own request, began a trail over another state's anchor).
+		a.replaceAnchor = err == nil
+		return res, err
 	})
 }
 
@@ -131,11 +138,6 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	objects["srk"] = identity.SRKName
 	objects["tpm_trust"] = identity.Trust
-	// This provision's trail may take the anchor's handle (nothing was
-	// there, or --force said to replace it), once the TPM is trusted: a
-	// provision that first contact refused replaces nothing (found by the
-	// review: its failure record began a trail over another state's).
-	a.replaceAnchor = true
 	if err := a.gateThroughPinnedSRK(ctx); err != nil {
 		return res, err
 	}

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"encoding/binary"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -13,6 +16,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // commandLog records the command codes that cross bus while on.
@@ -79,9 +83,10 @@ func unsealKeptPK(t *testing.T, a *Agent, blob []byte) {
 }
 
 // The daemon keeps the PK's saved context between operations (issue 14): a
-// warm unseal loads it with one TPM2_ContextLoad where a load took a salted
-// session, the load and the session's flush (11 commands, was 13); a
-// one-shot process saves no context it would never use.
+// warm unseal loads it with TPM2_ContextLoad and reads back its name, where
+// a load took a salted session, the load and the session's flush (12
+// commands, was 13); a one-shot process saves no context it would never
+// use.
 func TestSavedPKWarmUnseal(t *testing.T) {
 	log := &commandLog{}
 	bus := &swtpmtest.Bus{}
@@ -91,8 +96,8 @@ func TestSavedPKWarmUnseal(t *testing.T) {
 	log.start()
 	unsealKeptPK(t, a, blob)
 	cmds := log.stop()
-	if len(cmds) != 11 || cmds[0] != tpm2.TPMCCContextLoad || count(cmds, tpm2.TPMCCLoad) != 1 || count(cmds, tpm2.TPMCCContextSave) != 0 {
-		t.Fatalf("a warm unseal through the daemon: %d commands %v; want 11, the PK from its saved context", len(cmds), cmds)
+	if len(cmds) != 12 || cmds[0] != tpm2.TPMCCContextLoad || cmds[1] != tpm2.TPMCCReadPublic || count(cmds, tpm2.TPMCCLoad) != 1 || count(cmds, tpm2.TPMCCContextSave) != 0 {
+		t.Fatalf("a warm unseal through the daemon: %d commands %v; want 12, the PK from its saved context", len(cmds), cmds)
 	}
 
 	oneShot, err := New(Config{TPM: a.t, StateDir: a.dir})
@@ -221,5 +226,162 @@ func TestSavedPKLifetime(t *testing.T) {
 	unsealKeptPK(t, a, blob3)
 	if err := a.Close(); err != nil || a.pk != nil {
 		t.Fatalf("Close: %v; the PK's saved context kept: %v", err, a.pk != nil)
+	}
+}
+
+// setDAParams sets maxTries 3, recovery 1000 s, lockout recovery 1000 s
+// (TPM2_DictionaryAttackParameters, raw: go-tpm v0.9.8 lacks it).
+func setDAParams(t *testing.T, send func([]byte) ([]byte, error)) {
+	t.Helper()
+	cmd := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
+	cmd = binary.BigEndian.AppendUint32(cmd, 0)
+	cmd = binary.BigEndian.AppendUint32(cmd, 0x13A)
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRHLockout))
+	cmd = binary.BigEndian.AppendUint32(cmd, 9)
+	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRSPW))
+	cmd = append(cmd, 0, 0, 0, 0, 0)
+	for _, v := range []uint32{3, 1000, 1000} {
+		cmd = binary.BigEndian.AppendUint32(cmd, v)
+	}
+	binary.BigEndian.PutUint32(cmd[2:6], uint32(len(cmd)))
+	if rsp, err := send(cmd); err != nil || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		t.Fatalf("TPM2_DictionaryAttackParameters: %x %v", rsp, err)
+	}
+}
+
+// attackerContext loads, through next (the real TPM, as A1 on the bus),
+// an ECC key of the attacker's own in the NULL hierarchy whose authPolicy
+// is authPolicy and whose noDA is clear, saves its context and flushes it.
+func attackerContext(t *testing.T, next transport.TPM, authPolicy []byte) (tpm2.TPMSContext, error) {
+	k, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		return tpm2.TPMSContext{}, err
+	}
+	raw := k.PublicKey().Bytes()
+	sens := tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgECC,
+		AuthValue: tpm2.TPM2BAuth{Buffer: []byte("attacker")},
+		Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgECC, &tpm2.TPM2BECCParameter{Buffer: k.Bytes()})}
+	pub := tpm2.TPMTPublic{
+		Type: tpm2.TPMAlgECC, NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{Decrypt: true, UserWithAuth: true}, // noDA clear
+		AuthPolicy:       tpm2.TPM2BDigest{Buffer: authPolicy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			CurveID:   tpm2.TPMECCNistP256,
+			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: raw[1:33]}, Y: tpm2.TPM2BECCParameter{Buffer: raw[33:]}}),
+	}
+	le, err := (tpm2.LoadExternal{InPrivate: tpm2.New2B(sens), InPublic: tpm2.New2B(pub), Hierarchy: tpm2.TPMRHNull}).Execute(next)
+	if err != nil {
+		return tpm2.TPMSContext{}, err
+	}
+	defer (tpm2.FlushContext{FlushHandle: le.ObjectHandle}).Execute(next)
+	cs, err := (tpm2.ContextSave{SaveHandle: le.ObjectHandle}).Execute(next)
+	if err != nil {
+		return tpm2.TPMSContext{}, err
+	}
+	return cs.Context, nil
+}
+
+// plantContext plays A1 for two commands: a forged ContextLoad failure (as
+// after a TPM reset), so that provd loads the PK from its blob and saves
+// its context again, and an answer to that ContextSave with the context
+// made by plant, on the real TPM (next). Then it leaves the bus.
+func plantContext(t *testing.T, bus *swtpmtest.Bus, a *Agent, blob []byte, plant func(next transport.TPM) (tpm2.TPMSContext, error)) {
+	t.Helper()
+	var loads, saves atomic.Int32
+	var plantErr atomic.Value
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		switch swtpmtest.CommandCode(cmd) {
+		case tpm2.TPMCCContextLoad:
+			if loads.Add(1) == 1 {
+				rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
+				rsp = binary.BigEndian.AppendUint32(rsp, 10)
+				rsp = binary.BigEndian.AppendUint32(rsp, uint32(tpm2.TPMRCIntegrity))
+				return rsp, nil, true
+			}
+		case tpm2.TPMCCContextSave:
+			if saves.Add(1) == 1 {
+				rsp, err := next.Send(cmd) // provd's own save goes through, unused
+				if err != nil {
+					return rsp, err, true
+				}
+				c, err := plant(next)
+				if err != nil {
+					plantErr.Store(err)
+					return rsp, nil, true
+				}
+				body := tpm2.Marshal(c)
+				out := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
+				out = binary.BigEndian.AppendUint32(out, uint32(10+len(body)))
+				out = binary.BigEndian.AppendUint32(out, 0)
+				return append(out, body...), nil, true
+			}
+		}
+		return nil, nil, false
+	})
+	unsealKeptPK(t, a, blob) // through A1: the PK from its blob
+	bus.Set(nil)
+	if e := plantErr.Load(); e != nil {
+		t.Fatalf("planting: %v", e)
+	}
+	if loads.Load() != 1 || saves.Load() != 1 {
+		t.Fatalf("setup: ContextLoad forged %d times, ContextSave %d", loads.Load(), saves.Load())
+	}
+}
+
+// A ContextSave answer is the bus's word (found by review: A1, on the bus
+// for two commands, answered it with the context of an object of its own,
+// with the PK's authPolicy and noDA clear, and left; the daemon kept it for
+// its life, every PK use failed its authorization, and each failure
+// counted toward the TPM's lockout). What a ContextLoad of the kept
+// context gives must read back with the PK's name, and an operation that
+// fails with it drops it: after A1 left, the daemon works again at once
+// (an object of A1's own) or after one failure (the PK's public area
+// alone, which has the PK's name and no authValue), and provd never moves
+// the dictionary-attack counter.
+func TestForgedContextSaveIsNotKept(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		failures int
+		plant    func(next transport.TPM, pk tpm.Object) (tpm2.TPMSContext, error)
+	}{
+		{"an object of A1's own", 0, func(next transport.TPM, pk tpm.Object) (tpm2.TPMSContext, error) {
+			return attackerContext(t, next, pk.Public.AuthPolicy.Buffer)
+		}},
+		{"the PK's public area alone", 1, func(next transport.TPM, pk tpm.Object) (tpm2.TPMSContext, error) {
+			le, err := (tpm2.LoadExternal{InPublic: tpm2.New2B(pk.Public), Hierarchy: tpm2.TPMRHNull}).Execute(next)
+			if err != nil {
+				return tpm2.TPMSContext{}, err
+			}
+			defer (tpm2.FlushContext{FlushHandle: le.ObjectHandle}).Execute(next)
+			cs, err := (tpm2.ContextSave{SaveHandle: le.ObjectHandle}).Execute(next)
+			return cs.Context, err
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bus := &swtpmtest.Bus{}
+			env, a, blob := savedPKAgent(t, bus)
+			setDAParams(t, env.TPM.Send)
+			unsealKeptPK(t, a, blob)
+			pk := a.pk.obj
+			plantContext(t, bus, a, blob, func(next transport.TPM) (tpm2.TPMSContext, error) { return c.plant(next, pk) })
+			failed := 0
+			for range 3 {
+				if _, err := a.Unseal(t.Context(), blob); err != nil {
+					failed++
+				}
+			}
+			info, err := a.t.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if failed > c.failures || info.Lockout.Counter != 0 {
+				t.Fatalf("after A1 left: %d of 3 unseals failed (want at most %d), the lockout counter at %d", failed, c.failures, info.Lockout.Counter)
+			}
+		})
 	}
 }
