@@ -776,7 +776,7 @@ func scenarios(provd string, sz size) []scenario {
 				step:  [][]string{{"sh", "-c", "cd {dir}/images && sha256sum --quiet -c ../SHA256SUMS"}},
 			},
 			toolsNoTPM: true,
-			minimum:    "NV_Read (the anchor: signer and class), NV_Read (the anti-rollback counter), PCR_Extend: 3; the signature and the digests are software, and provd hashes the images while the TPM reads the anchor",
+			minimum:    "NV_Read (the anchor: signer and class), NV_Read (the anti-rollback counter), PCR_Extend: 3; the signature and the digests are software, and provd hashes the images while the TPM reads the counter",
 		},
 	}
 }
