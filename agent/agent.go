@@ -368,21 +368,22 @@ func (a *Agent) nothingToActOn(ctx context.Context, op string, opErr error) bool
 	if g, err := a.trailAnchor().gate(); err != nil || g != nil {
 		return false
 	}
-	return !a.provisioned(ctx)
+	has, err := a.hasPK(ctx)
+	return err == nil && !has // a state that cannot be read may hold one: recorded
 }
 
-// provisioned reports whether the state holds a PK; true when the state
-// cannot be read (it may).
-func (a *Agent) provisioned(ctx context.Context) bool {
-	provisioned := true
-	if err := a.st.View(ctx, func(tx *store.Tx) error {
+// hasPK reports whether the state holds a PK (a PK record, readable or
+// not); an error when the state cannot be read (locked by another process
+// past the store's timeout, or ctx done), which each caller decides
+// about.
+func (a *Agent) hasPK(ctx context.Context) (bool, error) {
+	has := true
+	err := a.st.View(ctx, func(tx *store.Tx) error {
 		_, err := a.readPK(tx)
-		provisioned = !errors.Is(err, api.ErrNotProvisioned)
+		has = !errors.Is(err, api.ErrNotProvisioned)
 		return nil
-	}); err != nil {
-		return true
-	}
-	return provisioned
+	})
+	return has, err
 }
 
 // audited runs op and records its outcome; the operation's own error wins.

@@ -518,12 +518,20 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	// has nothing to reanchor, and does not take another state's anchor
 	// over (found by the reviews: it did, and that trail no longer
 	// verified). A provisioned one whose trail files are gone reanchors:
-	// it is the way out the message names.
+	// it is the way out the message names. A state that cannot be read
+	// now (locked by another process, or the request given up) is
+	// refused: it may be either (found by the third review).
 	if g, err := a.trailAnchor().gate(); err != nil {
 		return res, err
-	} else if g == nil && !a.trailAnchor().legacy && !a.provisioned(ctx) {
-		if err := a.foreignAnchor(); err != nil {
+	} else if g == nil && !a.trailAnchor().legacy {
+		has, err := a.hasPK(ctx)
+		if err != nil {
 			return res, err
+		}
+		if !has {
+			if err := a.foreignAnchor(); err != nil {
+				return res, err
+			}
 		}
 	}
 	if a.audit != nil {

@@ -9,9 +9,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -347,5 +349,62 @@ func TestFailedForceProvisionAfterFirstContactLeavesTheOtherTrail(t *testing.T) 
 	t.Logf("the failed provision: %v", perr)
 	if _, err := ag1.AuditVerify(ctx); err != nil {
 		t.Errorf("a provision --force refused on its request (%v) ended the other state's trail: %v", perr, err)
+	}
+}
+
+// A fresh state directory (no trail, no PK) whose state lock another
+// process holds (a CLI command running beside, past the lock's timeout):
+// its state cannot be read, so reanchor is refused, not taken for a
+// provisioned one's (found by the third review: it replaced another
+// state's live anchor).
+func TestReanchorOfUnreadableStateLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dir2 := stateDir(t)
+	ag2 := newAgent(t, env, dir2)
+	// Control: without the lock held, the guard refuses.
+	if _, err := ag2.AuditReanchor(ctx); err == nil {
+		t.Fatal("control: reanchor in a fresh state directory was not refused")
+	}
+	// Another process holds the state's lock (flock on <dir>/.lock).
+	f, err := os.OpenFile(filepath.Join(dir2, store.LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	res, rerr := ag2.AuditReanchor(ctx)
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if _, err := ag1.AuditVerify(ctx); err != nil {
+		t.Errorf("audit reanchor in a fresh state directory whose lock was held (result %+v, err %v) ended another state's trail: %v", res.Record.Objects, rerr, err)
+	}
+}
+
+// The same through a canceled request context (a daemon's caller that gave
+// up while its request waited for the agent's lock): store.lock's select
+// picks the canceled context about half the time.
+func TestReanchorWithCanceledContextLeavesTheOtherTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag1 := newAgent(t, env, stateDir(t))
+	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	ag2 := newAgent(t, env, stateDir(t))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	for i := range 30 {
+		res, rerr := ag2.AuditReanchor(cctx)
+		if rerr == nil || !errors.Is(rerr, api.ErrAlreadyProvisioned) {
+			if _, err := ag1.AuditVerify(ctx); err != nil {
+				t.Fatalf("try %d: audit reanchor with a canceled context in a fresh state directory (result %+v, err %v) ended another state's trail: %v", i, res.Record.Objects, rerr, err)
+			}
+		}
 	}
 }

@@ -345,10 +345,15 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 	if l.pk = a.loadSavedPK(id, in.state.Name); l.pk.Handle != 0 {
 		// A failure with the kept context drops it: the next operation
 		// loads the PK from its blob (found by review: a context planted
-		// by A1 was kept for the daemon's life).
+		// by A1 was kept for the daemon's life); and the handles are swept
+		// after it, since what the ContextLoad loaded may not be the
+		// handle flushed (found by the third review: A1 passed the load
+		// on and answered another handle, and the PK stayed loaded, held
+		// by nobody).
 		defer func() {
 			if err != nil {
 				a.pk = nil
+				a.t.Unheld()
 			}
 		}()
 	} else {

@@ -385,3 +385,83 @@ func TestForgedContextSaveIsNotKept(t *testing.T) {
 		})
 	}
 }
+
+// A1 passes provd's ContextLoad of the kept PK on to the TPM (which loads
+// the PK at h) but answers it with another, free transient handle x, and
+// answers ReadPublic(x) with the TPM's genuine ReadPublic(h). provd takes x
+// for the PK, the key create fails, and provd flushes x: a failure with
+// the kept context sweeps the handles after it, so the PK loaded at h does
+// not stay loaded, held by nobody (found by the third review), and the
+// daemon works once A1 has left.
+func TestForwardedContextLoadLeavesNothingLoaded(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	_, a, blob := savedPKAgent(t, bus)
+	ctx := t.Context()
+	unsealKeptPK(t, a, blob)
+	if a.pk == nil {
+		t.Fatal("setup: no kept context")
+	}
+	var real, fake tpm2.TPMHandle
+	hook := func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		switch swtpmtest.CommandCode(cmd) {
+		case tpm2.TPMCCContextLoad:
+			rsp, err := next.Send(cmd)
+			if err != nil || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+				return rsp, err, true
+			}
+			real = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
+			fake = real + 7
+			out := slices.Clone(rsp)
+			binary.BigEndian.PutUint32(out[10:14], uint32(fake))
+			return out, nil, true
+		case tpm2.TPMCCReadPublic:
+			if fake != 0 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == fake {
+				c := slices.Clone(cmd)
+				binary.BigEndian.PutUint32(c[10:14], uint32(real))
+				rsp, err := next.Send(c)
+				return rsp, err, true
+			}
+		}
+		return nil, nil, false
+	}
+	var cerr error
+	for i := range 3 { // A1 for three key creates, each after a warm unseal
+		bus.Set(nil)
+		unsealKeptPK(t, a, blob)
+		bus.Set(hook)
+		_, cerr = a.CreateKey(ctx, api.CreateRequest{Name: "x" + string(rune('a'+i)), Type: "ecc-p256"})
+	}
+	bus.Set(nil)
+	if real == 0 {
+		t.Fatal("setup: no ContextLoad seen")
+	}
+	left, err := a.t.Leftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// what an unseal right after A1 left sees
+	_, uerr := a.Unseal(ctx, blob)
+	t.Logf("unseal right after A1 left: %v", uerr)
+	held := append(a.keys.Handles(), a.opHandle())
+	var stray []tpm2.TPMHandle
+	for _, h := range left {
+		if !slices.Contains(held, h) {
+			stray = append(stray, h)
+		}
+	}
+	t.Logf("key create under A1: %v; the PK loaded at 0x%08x, provd told 0x%08x", cerr, uint32(real), uint32(fake))
+	if len(stray) > 0 {
+		t.Errorf("after A1 left: handles nobody holds stay loaded: %x (the PK's own: %v)", stray, slices.Contains(stray, real))
+	}
+	// Does it heal without restart?
+	fails := 0
+	for i := range 4 {
+		if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k" + string(rune('a'+i)), Type: "ecc-p256"}); err != nil {
+			fails++
+			t.Logf("create %d after A1 left: %v", i, err)
+		}
+	}
+	if fails > 0 {
+		t.Errorf("%d of 4 key creates failed after A1 left", fails)
+	}
+}
