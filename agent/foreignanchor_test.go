@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
@@ -29,9 +30,7 @@ func TestZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
 	ctx := context.Background()
 	dir1 := stateDir(t)
 	ag1 := newAgent(t, env, dir1)
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	provision(t, ag1, 7)
 	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
 		t.Fatalf("zeroize: %v", err)
 	}
@@ -67,9 +66,7 @@ func TestRefusalInZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
 	ctx := context.Background()
 	dir1 := stateDir(t)
 	ag1 := newAgent(t, env, dir1)
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	provision(t, ag1, 7)
 	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
 		t.Fatalf("zeroize: %v", err)
 	}
@@ -89,12 +86,8 @@ func TestRefusalInZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
 // (found by the review: the pending record, written before provision ran,
 // refused provision --force for ever with the error that advises it).
 func TestPendingRefusalThenProvisionForce(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, _ := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	if err := ag2.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
@@ -126,12 +119,8 @@ func TestPendingRefusalThenProvisionForce(t *testing.T) {
 // waiting for a zeroize that never started (found by the review: it
 // entered the next trail, late).
 func TestZeroizeInFreshStateLeavesNothingPending(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	if _, err := ag2.Zeroize(ctx, api.ZeroizeOptions{}); err == nil {
@@ -153,12 +142,8 @@ func TestZeroizeInFreshStateLeavesNothingPending(t *testing.T) {
 // record waits (found by the review: it began a trail over the other
 // state's anchor, for a provision that did not happen).
 func TestFailedForceProvisionLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	_, perr := ag2.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}) // no EK trust
@@ -177,12 +162,8 @@ func TestFailedForceProvisionLeavesTheOtherTrail(t *testing.T) {
 // the review: it replaced it, through the command every tampered-trail
 // message names).
 func TestReanchorInFreshStateLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	res, rerr := ag2.AuditReanchor(ctx)
@@ -195,12 +176,8 @@ func TestReanchorInFreshStateLeavesTheOtherTrail(t *testing.T) {
 // refusal recorded there still waits (found by the review: any file named
 // audit-*.log disabled the guard).
 func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	if err := os.WriteFile(filepath.Join(dir2, "audit-x.log"), nil, 0o600); err != nil {
@@ -219,12 +196,8 @@ func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
 // --state-dir is still refused over another state's anchor (found by the
 // second review: the refusal was skipped when audit.pending existed).
 func TestReanchorAfterPendingRefusalLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	// A3 through a daemon serving dir2: a refused request.
@@ -244,12 +217,8 @@ func TestReanchorAfterPendingRefusalLeavesTheOtherTrail(t *testing.T) {
 // The same with the pending record of a provision --force that first
 // contact refused (TestFailedForceProvisionLeavesTheOtherTrail's setup).
 func TestReanchorAfterFailedForceProvisionLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	if _, err := ag2.Provision(ctx, api.ProvisionRequest{PCRs: []int{7}, Force: true}); err == nil { // no EK trust
@@ -276,9 +245,7 @@ func TestReanchorOfProvisionedStateWithoutTrailFiles(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	provision(t, ag, 7)
 	if err := ag.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -306,9 +273,7 @@ func TestReanchorOfDeletedLog(t *testing.T) {
 	ctx := context.Background()
 	dir := stateDir(t)
 	ag := newAgent(t, env, dir)
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
+	provision(t, ag, 7)
 	if err := ag.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -334,12 +299,8 @@ func TestReanchorOfDeletedLog(t *testing.T) {
 // that happened takes it over (found by the second review: its failure
 // record began a trail over it).
 func TestFailedForceProvisionAfterFirstContactLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	ag2 := newAgent(t, env, stateDir(t))
 	_, perr := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true,
 		DuplicableBy: "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"})
@@ -358,12 +319,8 @@ func TestFailedForceProvisionAfterFirstContactLeavesTheOtherTrail(t *testing.T) 
 // provisioned one's (found by the third review: it replaced another
 // state's live anchor).
 func TestReanchorOfUnreadableStateLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	dir2 := stateDir(t)
 	ag2 := newAgent(t, env, dir2)
 	// Control: without the lock held, the guard refuses.
@@ -390,12 +347,8 @@ func TestReanchorOfUnreadableStateLeavesTheOtherTrail(t *testing.T) {
 // up while its request waited for the agent's lock): store.lock's select
 // picks the canceled context about half the time.
 func TestReanchorWithCanceledContextLeavesTheOtherTrail(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	ag1 := newAgent(t, env, stateDir(t))
-	if _, err := ag1.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	ag2 := newAgent(t, env, stateDir(t))
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -407,4 +360,15 @@ func TestReanchorWithCanceledContextLeavesTheOtherTrail(t *testing.T) {
 			}
 		}
 	}
+}
+
+// anotherStatesTrail starts a TPM and provisions a first state directory
+// on it: the other state, whose trail the tests' state directories must
+// leave intact.
+func anotherStatesTrail(t *testing.T) (*swtpmtest.Env, *agent.Agent) {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7)
+	return env, ag
 }

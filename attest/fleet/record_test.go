@@ -77,6 +77,10 @@ func recordFleet(t *testing.T, st fleet.Store, vals map[int][]byte) *simDevice {
 	return enrollSim(t, st, 1)
 }
 
+// simPCRs are what the simulated devices quote (simDevice.quote): for an
+// endpoint whose class has no policy yet (Config.DefaultPCRs).
+var simPCRs = map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7}}
+
 // enrollSim enrolls simulated device n of class "bench".
 func enrollSim(t *testing.T, st fleet.Store, n int) *simDevice {
 	ctx := context.Background()

@@ -249,9 +249,7 @@ func TestRevokedDuringAppraisalSetsNoBaseline(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, url)
 			d := enrollSim(t, st, 1)
-			// The simulated devices quote sha256 PCRs 0..7.
-			pcrs := map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7}}
-			e := fleet.New(fleet.Config{Store: &revokeAtBaseline{Store: st}, DefaultPCRs: pcrs})
+			e := fleet.New(fleet.Config{Store: &revokeAtBaseline{Store: st}, DefaultPCRs: simPCRs})
 			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
 			if err != nil {
 				t.Fatal(err)
@@ -267,7 +265,7 @@ func TestRevokedDuringAppraisalSetsNoBaseline(t *testing.T) {
 			}
 			// An enrolled device of the class still sets it.
 			d2 := enrollSim(t, st, 2)
-			e = fleet.New(fleet.Config{Store: st, DefaultPCRs: pcrs})
+			e = fleet.New(fleet.Config{Store: st, DefaultPCRs: simPCRs})
 			if v, err := e.Attest(ctx, d2.evidence(t, e, raw, vals)); err != nil || !v.Pass || v.Reasons[0].Code != fleet.CodeBaseline {
 				t.Fatalf("the next device: %+v, %v", v, err)
 			}
@@ -287,7 +285,7 @@ func TestBaselineWaitsForACommittingRevocation(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, url)
 			d := enrollSim(t, st, 1)
-			e := fleet.New(fleet.Config{Store: st, DefaultPCRs: map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7}}})
+			e := fleet.New(fleet.Config{Store: st, DefaultPCRs: simPCRs})
 			ev := d.evidence(t, e, raw, vals)
 			tx, err := rawDB(t, url).BeginTx(ctx, nil)
 			if err != nil {
