@@ -88,7 +88,8 @@ type Agent struct {
 	pk *savedPK
 	// replaceAnchor lets a new trail replace an index it finds at the
 	// audit anchor's handle (another state directory's trail): set by a
-	// provision that found none, or was told --force, for its operation.
+	// provision that succeeded (having found none there, or been told
+	// --force), for its record.
 	replaceAnchor bool
 }
 

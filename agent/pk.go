@@ -338,7 +338,8 @@ func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
 // withLoadedPK loads the PK of in under the SRK, checks that it is the PK the
 // state names (api.ErrTampered otherwise), runs fn with it, and flushes it.
 // The daemon (Config.KeepSession) keeps the PK's saved context between
-// operations (savedPK) and loads it back with one TPM2_ContextLoad.
+// operations (savedPK) and loads it back with TPM2_ContextLoad, checked
+// with a TPM2_ReadPublic of what was loaded.
 func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
 	id := pkContextID(in)
