@@ -88,14 +88,7 @@ func TestRefusalInZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
 func TestPendingRefusalThenProvisionForce(t *testing.T) {
 	env, _ := anotherStatesTrail(t)
 	ctx := context.Background()
-	dir2 := stateDir(t)
-	ag2 := newAgent(t, env, dir2)
-	if err := ag2.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
-		t.Fatalf("refusal on a fresh state: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir2, "audit.pending")); err != nil {
-		t.Fatalf("no pending record: %v", err)
-	}
+	ag2 := pendingRefusal(t, env)
 	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 		t.Fatalf("provision --force in a fresh state directory whose daemon recorded a refusal: %v", err)
 	}
@@ -198,15 +191,7 @@ func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
 func TestReanchorAfterPendingRefusalLeavesTheOtherTrail(t *testing.T) {
 	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
-	dir2 := stateDir(t)
-	ag2 := newAgent(t, env, dir2)
-	// A3 through a daemon serving dir2: a refused request.
-	if err := ag2.RecordRefusal(ctx, "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
-		t.Fatalf("refusal on a fresh state: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir2, "audit.pending")); err != nil {
-		t.Fatalf("setup: no pending record: %v", err)
-	}
+	ag2 := pendingRefusal(t, env)
 	res, rerr := ag2.AuditReanchor(ctx)
 	if _, err := ag1.AuditVerify(ctx); err != nil {
 		t.Errorf("audit reanchor in a state directory with no trail but a pending refusal (result %v, err %v) ended another state's trail: %v",
@@ -371,4 +356,20 @@ func anotherStatesTrail(t *testing.T) (*swtpmtest.Env, *agent.Agent) {
 	ag := newAgent(t, env, stateDir(t))
 	provision(t, ag, 7)
 	return env, ag
+}
+
+// pendingRefusal is a fresh state directory on env's TPM in which a daemon
+// recorded a refused request (A3): the record waits in audit.pending, as
+// the TPM's anchor is another state's.
+func pendingRefusal(t *testing.T, env *swtpmtest.Env) *agent.Agent {
+	t.Helper()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	if err := ag.RecordRefusal(context.Background(), "key sign", "not permitted"); !errors.Is(err, api.ErrAlreadyProvisioned) {
+		t.Fatalf("a refusal on a fresh state directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "audit.pending")); err != nil {
+		t.Fatalf("no pending record: %v", err)
+	}
+	return ag
 }
