@@ -26,28 +26,8 @@ import (
 // (found by the review: any archive made the index "its own leftover", and
 // the provision silently ended the other trail).
 func TestZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
-	env := swtpmtest.Start(t)
+	env, dir1, _, ag2 := zeroizedBesideAnother(t)
 	ctx := context.Background()
-	dir1 := stateDir(t)
-	ag1 := newAgent(t, env, dir1)
-	provision(t, ag1, 7)
-	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
-		t.Fatalf("zeroize: %v", err)
-	}
-	if m, _ := filepath.Glob(filepath.Join(dir1, "audit-*.log")); len(m) == 0 {
-		t.Fatal("zeroize archived no trail")
-	}
-	// A second state directory provisions: no index is at the handle, so
-	// no --force is needed.
-	dir2 := stateDir(t)
-	ag2 := newAgent(t, env, dir2)
-	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatalf("provision of the second state: %v", err)
-	}
-	if _, err := ag2.AuditVerify(ctx); err != nil {
-		t.Fatal(err)
-	}
-
 	// The zeroized first directory is provisioned again, without --force.
 	ag1b := newAgent(t, env, dir1)
 	_, perr := ag1b.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}})
@@ -62,18 +42,8 @@ func TestZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
 // refusal of any local caller (A3, who cannot write the state directory)
 // waits rather than begin a trail there over the other state's anchor.
 func TestRefusalInZeroizedStateLeavesAnotherStatesAnchor(t *testing.T) {
-	env := swtpmtest.Start(t)
+	_, _, ag1, ag2 := zeroizedBesideAnother(t)
 	ctx := context.Background()
-	dir1 := stateDir(t)
-	ag1 := newAgent(t, env, dir1)
-	provision(t, ag1, 7)
-	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
-		t.Fatalf("zeroize: %v", err)
-	}
-	ag2 := newAgent(t, env, stateDir(t))
-	if _, err := ag2.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatalf("provision of the second state: %v", err)
-	}
 	// The daemon still serving dir1 records a refused caller.
 	_ = ag1.RecordRefusal(ctx, "key sign", "not permitted")
 	if _, err := ag2.AuditVerify(ctx); err != nil {
@@ -372,4 +342,29 @@ func pendingRefusal(t *testing.T, env *swtpmtest.Env) *agent.Agent {
 		t.Fatalf("no pending record: %v", err)
 	}
 	return ag
+}
+
+// zeroizedBesideAnother provisions a state directory (dir1, ag1) on a new
+// TPM and zeroizes it completely (its anchor index removed, its trail
+// archived); then a second state directory (ag2) provisions there and
+// holds the anchor, with no --force needed: the handle was empty.
+func zeroizedBesideAnother(t *testing.T) (env *swtpmtest.Env, dir1 string, ag1, ag2 *agent.Agent) {
+	t.Helper()
+	ctx := context.Background()
+	env = swtpmtest.Start(t)
+	dir1 = stateDir(t)
+	ag1 = newAgent(t, env, dir1)
+	provision(t, ag1, 7)
+	if _, err := ag1.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatalf("zeroize: %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir1, "audit-*.log")); len(m) == 0 {
+		t.Fatal("zeroize archived no trail")
+	}
+	ag2 = newAgent(t, env, stateDir(t))
+	provision(t, ag2, 7)
+	if _, err := ag2.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return env, dir1, ag1, ag2
 }
