@@ -283,3 +283,51 @@ func refuseAppraisals(store string) (refuse []string, allow string) {
 	return []string{`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$`,
 		`CREATE TRIGGER refuse BEFORE INSERT ON appraisals FOR EACH ROW EXECUTE FUNCTION refuse()`}, `DROP TRIGGER refuse ON appraisals`
 }
+
+// revokeAt is when a revoking store revokes the device, once: an
+// operator's revocation committing at that moment of an appraisal.
+type revokeAt int
+
+const (
+	revokeBeforeRecord revokeAt = iota // while the appraisal runs
+	revokeAfterRecord                  // right after the record commits, before Attest reads the secrets to deliver
+	revokeAtBaseline                   // just before its quote would be its class's baseline
+)
+
+// revoking is a store whose device is revoked at one moment of its
+// appraisal (at); revoked says it happened.
+type revoking struct {
+	fleet.Store
+	at      revokeAt
+	once    sync.Once
+	revoked bool
+}
+
+func (s *revoking) revoke(ctx context.Context, id string) {
+	s.once.Do(func() {
+		if err := s.Store.Revoke(ctx, id, time.Now()); err != nil {
+			panic(err)
+		}
+		s.revoked = true
+	})
+}
+
+func (s *revoking) RecordAppraisal(ctx context.Context, a fleet.Appraisal) error {
+	if s.at == revokeBeforeRecord {
+		s.revoke(ctx, a.DeviceID)
+	}
+	if err := s.Store.RecordAppraisal(ctx, a); err != nil {
+		return err
+	}
+	if s.at == revokeAfterRecord {
+		s.revoke(ctx, a.DeviceID)
+	}
+	return nil
+}
+
+func (s *revoking) Baseline(ctx context.Context, deviceID string, p fleet.Policy) (fleet.Policy, bool, error) {
+	if s.at == revokeAtBaseline {
+		s.revoke(ctx, deviceID)
+	}
+	return s.Store.Baseline(ctx, deviceID, p)
+}

@@ -14,29 +14,6 @@ import (
 
 // Review 2 of the fleet fixes (NonceKeep, MaxRecordDelay, ErrNotEnrolled).
 
-// revokeAfterRecord is an operator's revocation that commits right after
-// the device's record committed and before Attest reads the class's
-// secrets for the delivery: the revocation returns to the operator, and
-// the device is then handed the secrets all the same.
-type revokeAfterRecord struct {
-	fleet.Store
-	once    sync.Once
-	revoked bool
-}
-
-func (s *revokeAfterRecord) RecordAppraisal(ctx context.Context, a fleet.Appraisal) error {
-	if err := s.Store.RecordAppraisal(ctx, a); err != nil {
-		return err
-	}
-	s.once.Do(func() {
-		if err := s.Store.Revoke(ctx, a.DeviceID, time.Now()); err != nil {
-			panic(err)
-		}
-		s.revoked = true
-	})
-	return nil
-}
-
 // Found by the second review of issue 14, now refused (Store.SecretsFor
 // reads the secrets with the device's state): the delivery was read after a revocation that has committed (and
 // returned to the operator). Attest delivers from the Device it looked up
@@ -52,7 +29,7 @@ func TestRevokeCommittedBeforeDeliveryStopsIt(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, url)
 			d := recordFleet(t, st, vals)
-			ws := &revokeAfterRecord{Store: st}
+			ws := &revoking{Store: st, at: revokeAfterRecord}
 			e := fleet.New(fleet.Config{Store: ws})
 			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
 			if err != nil {

@@ -186,20 +186,6 @@ func TestEndedContextRecordIsNotKept(t *testing.T) {
 // revoked device's last verdict and the class's secrets delivered to it.
 // The one-statement record (PostgreSQL) and the group commit (SQLite) were
 // the place to make the write conditional on the device's state.
-type revokeDuringAppraisal struct {
-	fleet.Store
-	once sync.Once
-}
-
-func (s *revokeDuringAppraisal) RecordAppraisal(ctx context.Context, a fleet.Appraisal) error {
-	s.once.Do(func() {
-		if err := s.Store.Revoke(ctx, a.DeviceID, time.Now()); err != nil {
-			panic(err)
-		}
-	})
-	return s.Store.RecordAppraisal(ctx, a)
-}
-
 func TestRevokedDuringAppraisalGetsNothing(t *testing.T) {
 	raw, vals := benchLog(t)
 	for name, url := range storeURLs(t) {
@@ -207,7 +193,7 @@ func TestRevokedDuringAppraisalGetsNothing(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, url)
 			d := recordFleet(t, st, vals)
-			e := fleet.New(fleet.Config{Store: &revokeDuringAppraisal{Store: st}})
+			e := fleet.New(fleet.Config{Store: &revoking{Store: st, at: revokeBeforeRecord}})
 			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
 			if err != nil {
 				t.Fatal(err)
@@ -219,22 +205,6 @@ func TestRevokedDuringAppraisalGetsNothing(t *testing.T) {
 			}
 		})
 	}
-}
-
-// revokeAtBaseline revokes the device just before its quote would become
-// its class's trust-on-first-use baseline.
-type revokeAtBaseline struct {
-	fleet.Store
-	once sync.Once
-}
-
-func (s *revokeAtBaseline) Baseline(ctx context.Context, deviceID string, p fleet.Policy) (fleet.Policy, bool, error) {
-	s.once.Do(func() {
-		if err := s.Store.Revoke(ctx, deviceID, time.Now()); err != nil {
-			panic(err)
-		}
-	})
-	return s.Store.Baseline(ctx, deviceID, p)
 }
 
 // A device revoked while its appraisal ran, the first of a class without
@@ -249,7 +219,7 @@ func TestRevokedDuringAppraisalSetsNoBaseline(t *testing.T) {
 			ctx := context.Background()
 			st := openStore(t, url)
 			d := enrollSim(t, st, 1)
-			e := fleet.New(fleet.Config{Store: &revokeAtBaseline{Store: st}, DefaultPCRs: simPCRs})
+			e := fleet.New(fleet.Config{Store: &revoking{Store: st, at: revokeAtBaseline}, DefaultPCRs: simPCRs})
 			v, err := e.Attest(ctx, d.evidence(t, e, raw, vals))
 			if err != nil {
 				t.Fatal(err)
