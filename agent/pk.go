@@ -441,7 +441,7 @@ func (a *Agent) loadSavedPK(id, name string) tpm.Object {
 		}
 		return tpm.Object{}
 	}
-	if o, err := a.t.ReadPublic(h); err != nil || hex.EncodeToString(o.Name.Buffer) != name || hex.EncodeToString(s.obj.Name.Buffer) != name {
+	if o, err := a.t.ReadPublic(h); err != nil || hex.EncodeToString(o.Name.Buffer) != name {
 		a.pk = nil
 		a.t.Unheld()
 		return tpm.Object{}
