@@ -459,6 +459,11 @@ func (a *Agent) archivedAnchor(name string) (bool, error) {
 		return false, err
 	}
 	for _, p := range archived {
+		// Only regular files are read: a FIFO or a link planted under the
+		// name (A4) would hold the operation, or read without end.
+		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
 		recs, err := audit.ReadRecords(p)
 		if err != nil {
 			continue

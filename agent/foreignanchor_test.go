@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
@@ -146,7 +147,24 @@ func TestPlantedArchiveDoesNotDisableTheGuard(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir2, "audit-x.log"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_ = ag2.RecordRefusal(ctx, "key sign", "not permitted")
+	// A FIFO and a link to a device under the archives' names are not read
+	// (neither would end).
+	if err := syscall.Mkfifo(filepath.Join(dir2, "audit-fifo.log"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", filepath.Join(dir2, "audit-zero.log")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ag2.RecordRefusal(ctx, "key sign", "not permitted")
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("a refusal in a directory with a FIFO planted as an archive did not return")
+	}
 	if _, err := ag1.AuditVerify(ctx); err != nil {
 		t.Errorf("an empty planted audit-x.log let a refusal in a fresh directory end another state's trail: %v", err)
 	}
