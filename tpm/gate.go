@@ -267,6 +267,81 @@ func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate) (*GatedExtend, err
 	return &GatedExtend{t: t, x: x, s: s}, nil
 }
 
+// ErrNoSharedSession: ReadPrepareGatedExtend needs a pinned SRK to salt
+// its session to; without one the caller reads and prepares apart.
+var ErrNoSharedSession = errors.New("no SRK pinned to salt a shared session to")
+
+// ReadPrepareGatedExtend reads the SHA-256 extend index x, which must be
+// the index it names (its name goes into the read's command HMAC), and
+// prepares one extend of it with gate, in one session where Read and
+// PrepareGatedExtend take two: a session salted to the pinned SRK and bound
+// to x (x's empty password) authorizes the read (its response HMAC, keyed
+// by the salt, covers the value) and then proves the gate's authorization
+// in TPM2_PolicySecret (its HMAC keyed by the salt and the gate's value,
+// which never crosses the bus). 6 commands (StartAuthSession, NV_Read,
+// StartAuthSession, PolicySecret, PolicyCommandCode, FlushContext) where
+// the two took 8 (a second StartAuthSession and flush, an NV_ReadPublic).
+// A read the TPM refuses (x is not what the caller expects, or was never
+// written) returns the TPM's error, nothing prepared. The gate may be
+// flushed once this returns. Without a pinned SRK: ErrNoSharedSession.
+func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate) (value []byte, ge *GatedExtend, err error) {
+	p := x.Public
+	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
+		return nil, nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(x.Handle))
+	}
+	salt, err := t.pinnedSalt()
+	if err != nil {
+		return nil, nil, err
+	}
+	if salt == nil {
+		return nil, nil, ErrNoSharedSession
+	}
+	// Bound to x: authorizing its read, the session's HMAC key is the
+	// session key alone (x's password is empty); authorizing the gate, it
+	// is the session key and the gate's value (go-tpm and the TPM agree on
+	// both: TPM 2.0 Part 1, 19.6.8).
+	opts := append(salt, tpm2.Bound(x.Handle, x.Name, nil), tpm2.Auth(gate.auth))
+	s, closeS, err := t.startHMACSession(opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if cerr := closeS(); cerr != nil {
+			if ge != nil {
+				cerr = errors.Join(cerr, ge.Close())
+			}
+			value, ge, err = nil, nil, errors.Join(err, cerr)
+		}
+	}()
+	rsp, err := (tpm2.NVRead{AuthHandle: tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: s}, NVIndex: x.named(), Size: extendSize}).Execute(t)
+	if err != nil {
+		var rc tpm2.TPMRC
+		if errors.As(err, &rc) {
+			return nil, nil, nvWrap("TPM2_NV_Read", guarded("TPM2_NV_Read", err, 1))
+		}
+		return nil, nil, Wrap("TPM2_NV_Read", err)
+	}
+	if len(rsp.Data.Buffer) != extendSize {
+		return nil, nil, fmt.Errorf("TPM2_NV_Read: %d bytes returned, %d asked", len(rsp.Data.Buffer), extendSize)
+	}
+	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, salt...)
+	if err != nil {
+		return nil, nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	pol := &PolicySession{t: t, s: ps, closer: t.sessionCloser(ps), alg: tpm2.TPMAlgSHA256}
+	if _, err := (tpm2.PolicySecret{
+		AuthHandle:    gate.Auth(s),
+		PolicySession: ps.Handle(),
+		NonceTPM:      ps.NonceTPM(),
+	}).Execute(t); err != nil {
+		return nil, nil, joinClose(Wrap("TPM2_PolicySecret", err), pol)
+	}
+	if err := pol.PolicyCommandCode(tpm2.TPMCCNVExtend); err != nil {
+		return nil, nil, joinClose(err, pol)
+	}
+	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, s: pol}, nil
+}
+
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) authorized by
 // the session. With the session salted (an SRK is pinned) the command and
 // response HMACs are checked: a response the bus invented or changed, or a

@@ -1,0 +1,78 @@
+package tpm_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"testing"
+
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// One session reads the gated anchor and proves the gate for its next
+// extend (issue 14): 6 commands, then the extend and the policy session's
+// flush; the value read is the TPM's and the extend chains on it.
+func TestReadPrepareGatedExtend(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.PinSRK(srk.Public); err != nil {
+		t.Fatal(err)
+	}
+	auth := newGateAuth(t)
+	blob, err := tp.CreateGate(srk, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate, err := tp.LoadGate(srk, blob, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Flush(gate.Handle)
+	pub, err := tpm.GatedExtendPublic(testGatedHandle, gate.Name.Buffer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.DefineNV(pub); err != nil {
+		t.Fatal(err)
+	}
+	undefineAtEnd(t, tp, testGatedHandle)
+	d := sha256.Sum256([]byte("head"))
+	if err := tp.NVExtendGated(testGatedHandle, d[:], gate); err != nil {
+		t.Fatal(err)
+	}
+	x, err := tp.ReadNVPublic(testGatedHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := tp.Stats()
+	v, ge, err := tp.ReadPrepareGatedExtend(x, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := tp.Stats().Sub(before).Commands; n != 6 {
+		t.Errorf("read and prepare: %d commands, want 6", n)
+	}
+	want := sha256.Sum256(append(make([]byte, 32), d[:]...))
+	if !bytes.Equal(v, want[:]) {
+		t.Fatalf("read %x, want %x", v, want)
+	}
+	d2 := sha256.Sum256([]byte("next"))
+	if err := ge.Extend(d2[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := ge.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tp.Anchor(testGatedHandle).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want2 := sha256.Sum256(append(want[:], d2[:]...))
+	if !bytes.Equal(got, want2[:]) {
+		t.Fatalf("after the extend %x, want %x", got, want2)
+	}
+}
