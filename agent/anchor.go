@@ -215,7 +215,8 @@ func (an *trailAnchor) Read() ([]byte, error) {
 // one-use HMAC session keyed by the gate's authorization value,
 // PolicyCommandCode) and is flushed (1); the extend is then one command, its
 // response authenticated by the salted session, and release flushes the
-// session (1). 9 commands per record, where the ungated index took 1. Without a gate only a legacy
+// session (1). 9 commands per record, where the ungated index took 1
+// (ReadPrepare shares the anchor read's session). Without a gate only a legacy
 // trail's ungated index is extended (record() gives every trail a gate
 // before it appends).
 func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() error, err error) {
@@ -247,14 +248,98 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 	if err != nil {
 		return nil, nil, err
 	}
-	extend = func(head []byte) error {
+	return gatedExtend(ge), ge.Close, nil
+}
+
+// gatedExtend is the extend of a prepared gated extend: a policy the index
+// does not accept is the anchor moved (tampering).
+func gatedExtend(ge *tpm.GatedExtend) func([]byte) error {
+	return func(head []byte) error {
 		err := ge.Extend(head)
 		if errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 			return fmt.Errorf("%w: %w: %v", api.ErrTampered, errAnchorMoved, err)
 		}
 		return notExtended(err)
 	}
-	return extend, ge.Close, nil
+}
+
+// ReadPrepare is Read then Prepare in one session (issue 14): the gate
+// key's session reads the anchor as the index it must be, this trail's
+// written anchor, and proves the gate for the next extend
+// (tpm.ReadPrepareGatedExtend). A record in the daemon is then 8 commands
+// where Read and Prepare took 10: StartAuthSession, NV_Read,
+// StartAuthSession, PolicySecret, PolicyCommandCode, FlushContext, the
+// extend and the policy session's flush (and the gate's load and flush in
+// a process that does not hold it). When the TPM refuses that read (the
+// index was never extended, or is another: Read tells which), or no SRK is
+// pinned, it is Read then Prepare.
+func (an *trailAnchor) ReadPrepare() (value []byte, extend func([]byte) error, release func() error, err error) {
+	g, err := an.gate()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if g != nil {
+		value, ge, err := an.readPrepare(g)
+		if err == nil {
+			return value, gatedExtend(ge), ge.Close, nil
+		}
+		if !errors.Is(err, errReadApart) {
+			return nil, nil, nil, err
+		}
+	}
+	value, err = an.Read()
+	if errors.Is(err, audit.ErrAnchorEmpty) {
+		value, err = nil, nil
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	extend, release, err = an.Prepare()
+	return value, extend, release, err
+}
+
+// errReadApart: readPrepare left nothing loaded, and the anchor is to be
+// read and prepared apart.
+var errReadApart = errors.New("audit anchor: read apart")
+
+// readPrepare is ReadPrepare's shared session.
+func (an *trailAnchor) readPrepare(g *gateRecord) ([]byte, *tpm.GatedExtend, error) {
+	gn, err := g.name()
+	if err != nil {
+		return nil, nil, err
+	}
+	_, written, err := g.expectedNames()
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: written}, Public: pub}
+	gk, held := tpm.Gate{}, *an.held != nil
+	if held {
+		gk = **an.held
+	} else if gk, err = an.loadGate(g); err != nil {
+		return nil, nil, err
+	}
+	value, ge, err := an.t.ReadPrepareGatedExtend(want, gk)
+	if !held {
+		if ferr := an.t.Flush(gk.Handle); ferr != nil {
+			if ge != nil {
+				ferr = errors.Join(ferr, ge.Close())
+			}
+			return nil, nil, errors.Join(err, ferr)
+		}
+	}
+	// Only the TPM's refusal of the read sends the caller to Read, which
+	// tells why; a session it could not start, or a forged answer, is
+	// the record's failure as with Read.
+	var te *tpm.Error
+	if errors.Is(err, tpm.ErrNoSharedSession) || errors.As(err, &te) && te.Command == "TPM2_NV_Read" {
+		return nil, nil, errReadApart
+	}
+	return value, ge, err
 }
 
 // notExtended marks an extend the TPM answered with an error code: it did

@@ -32,6 +32,17 @@ type Preparer interface {
 	Prepare() (extend func(head []byte) error, release func() error, err error)
 }
 
+// ReadPreparer is a Preparer that reads its value and prepares its next
+// extend in one step, for less than Read and Prepare apart (a TPM anchor:
+// one session for both). Log.Append uses it when it must read the anchor
+// before it writes: value is Read's (nil before the first extend), and
+// extend and release are Prepare's, release called on every path after
+// ReadPrepare succeeded.
+type ReadPreparer interface {
+	Preparer
+	ReadPrepare() (value []byte, extend func(head []byte) error, release func() error, err error)
+}
+
 // ErrNotExtended marks an Extend error after which the anchor is taken not to
 // have moved: Log then extends once more (a fresh Extend), and only if that
 // fails too leaves the line unanchored for audit repair, as after any other

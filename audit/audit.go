@@ -468,37 +468,63 @@ func (l *Log) Append(rec Record) (err error) {
 		return l.write(rec, &wrote)
 	}
 	l.opened = false
+	if rp, ok := l.opts.Anchor.(ReadPreparer); ok {
+		av, ext, release, err := rp.ReadPrepare()
+		if err != nil {
+			return fmt.Errorf("audit: read anchor: %w", err)
+		}
+		if err := l.matches(av); err != nil {
+			return errors.Join(err, release())
+		}
+		return l.writeWith(rec, &wrote, ext, release)
+	}
 	av, err := readAnchor(l.opts.Anchor)
 	if err != nil {
 		return err
 	}
+	if err := l.matches(av); err != nil {
+		return err
+	}
+	return l.write(rec, &wrote)
+}
+
+// matches checks the anchor's value av (nil: never extended) against l's
+// chain; a mismatch stops the log's appends.
+func (l *Log) matches(av []byte) error {
 	if (l.c.head == nil && av != nil) || (l.c.head != nil && !bytes.Equal(av, l.c.acc)) {
 		l.err = &VerifyError{Line: int(l.c.seq), Kind: ErrTampered,
 			Reason: "the anchor does not match the log; run audit verify"}
 		return l.err
 	}
-	return l.write(rec, &wrote)
+	return nil
 }
 
 // write appends rec as the next line of l's chain and extends the anchor,
 // with the lock held and the chain caught up.
-func (l *Log) write(rec Record, wrote *bool) (err error) {
+func (l *Log) write(rec Record, wrote *bool) error {
+	extend, release := l.opts.Anchor.Extend, func() error { return nil }
+	if p, ok := l.opts.Anchor.(Preparer); ok {
+		ext, rel, err := p.Prepare()
+		if err != nil {
+			l.opened = false
+			return fmt.Errorf("audit: anchor: %w", err)
+		}
+		extend, release = ext, rel
+	}
+	return l.writeWith(rec, wrote, extend, release)
+}
+
+// writeWith is write with the anchor's extend prepared (extend), and
+// release, called on every path, freeing what its preparation took.
+func (l *Log) writeWith(rec Record, wrote *bool, extend func(head []byte) error, release func() error) (err error) {
+	defer func() {
+		if rerr := release(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	l.opened = false
 	if wrote == nil {
 		wrote = new(bool)
-	}
-	extend := l.opts.Anchor.Extend
-	if p, ok := l.opts.Anchor.(Preparer); ok {
-		ext, release, perr := p.Prepare()
-		if perr != nil {
-			return fmt.Errorf("audit: anchor: %w", perr)
-		}
-		defer func() {
-			if rerr := release(); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-		}()
-		extend = ext
 	}
 	rec.Seq = l.c.seq + 1
 	rec.Prev = l.c.prevHex()
