@@ -228,3 +228,39 @@ func TestParsedLogOwnsItsBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnedLogAppendsStayOut: a log parsed in place is slices of the
+// caller's buffer, capped: an event's data or digest grown by append never
+// writes into the buffer or the next event.
+func TestOwnedLogAppendsStayOut(t *testing.T) {
+	l, err := NewEventLog(tpm2.TPMAlgSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := l.Append(i, EventType(0x80000001), []byte{byte(i), 1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	was := bytes.Clone(raw)
+	p, err := ParseOwnedEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range p.Events {
+		_ = append(e.Data, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee, 0xee)
+		_ = append(e.Digests[0].Digest, 0xee)
+	}
+	if !bytes.Equal(raw, was) {
+		t.Fatal("an append to a parsed event wrote into the caller's buffer")
+	}
+	for i, e := range p.Events {
+		if !bytes.Equal(e.Data, l.Events[i].Data) || !bytes.Equal(e.Digest(tpm2.TPMAlgSHA256), l.Events[i].Digest(tpm2.TPMAlgSHA256)) {
+			t.Fatalf("event %d changed: %x", i, e.Data)
+		}
+	}
+}

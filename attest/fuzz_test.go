@@ -33,6 +33,9 @@ func FuzzParseEventLog(f *testing.F) {
 			if !errors.Is(err, attest.ErrBadEvidence) {
 				t.Fatalf("ParseEventLog error without a sentinel: %v", err)
 			}
+			if _, oerr := attest.ParseOwnedEventLog(bytes.Clone(b)); oerr == nil {
+				t.Fatal("ParseOwnedEventLog takes what ParseEventLog refuses")
+			}
 			return
 		}
 		// What parses marshals back to exactly the same bytes: nothing in
@@ -40,6 +43,14 @@ func FuzzParseEventLog(f *testing.F) {
 		again, err := l.MarshalBinary()
 		if err != nil || !bytes.Equal(again, b) {
 			t.Fatalf("round trip differs (%v)", err)
+		}
+		// Parsed in place, the same log.
+		owned, err := attest.ParseOwnedEventLog(bytes.Clone(b))
+		if err != nil {
+			t.Fatalf("ParseOwnedEventLog refuses what ParseEventLog takes: %v", err)
+		}
+		if again, err := owned.MarshalBinary(); err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("owned round trip differs (%v)", err)
 		}
 		for _, opts := range []attest.Options{{}, {AllowSHA1: true}} {
 			if vals, err := l.Replay(opts); err == nil {

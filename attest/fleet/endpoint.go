@@ -690,7 +690,8 @@ func checkLogs(quoted attest.PCRValues, req fleetapi.AttestRequest) ([]Reason, [
 		if len(lg.raw) == 0 {
 			continue
 		}
-		l, err := attest.ParseEventLog(lg.raw)
+		// The request's own bytes, which nothing else holds or changes.
+		l, err := attest.ParseOwnedEventLog(lg.raw)
 		if err != nil {
 			reasons = append(reasons, Reason{Code: CodeLogMalformed, Log: lg.name, Detail: err.Error()})
 			continue
