@@ -208,18 +208,18 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	return v, err
 }
 
-// Prepare readies one gated extend before the log writes its line: the
+// Prepare readies the gated extend of head before the log writes its line: the
 // gate key is loaded under the SRK (one command: tpm.LoadGate), the anchor's
 // public is read (1), the gate proves its authorization in a policy session
 // salted to the pinned SRK (4: two StartAuthSession, PolicySecret in a
-// one-use HMAC session keyed by the gate's authorization value,
-// PolicyCommandCode) and is flushed (1); the extend is then one command, its
+// one-use HMAC session keyed by the gate's authorization value, bound to
+// the extend of head by its cpHashA, PolicyCommandCode) and is flushed (1); the extend is then one command, its
 // response authenticated by the salted session, and release flushes the
 // session (1). 9 commands per record, where the ungated index took 1
 // (ReadPrepare shares the anchor read's session). Without a gate only a legacy
 // trail's ungated index is extended (record() gives every trail a gate
 // before it appends).
-func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() error, err error) {
+func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func() error, err error) {
 	g, err := an.gate()
 	if err != nil {
 		return nil, nil, err
@@ -228,7 +228,7 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 		if !an.legacy {
 			return nil, nil, errors.New("audit: the trail has no anchor yet")
 		}
-		return func(head []byte) error { return notExtended(an.t.NVExtend(AuditAnchorHandle, head)) }, func() error { return nil }, nil
+		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
 	gk, held := tpm.Gate{}, *an.held != nil
 	if held {
@@ -236,7 +236,7 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 	} else if gk, err = an.loadGate(g); err != nil {
 		return nil, nil, err
 	}
-	ge, err := an.t.PrepareGatedExtend(AuditAnchorHandle, gk)
+	ge, err := an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
 	if !held {
 		if ferr := an.t.Flush(gk.Handle); ferr != nil {
 			if ge != nil {
@@ -253,19 +253,19 @@ func (an *trailAnchor) Prepare() (extend func([]byte) error, release func() erro
 
 // gatedExtend is the extend of a prepared gated extend: a policy the index
 // does not accept is the anchor moved (tampering).
-func gatedExtend(ge *tpm.GatedExtend) func([]byte) error {
-	return func(head []byte) error {
-		err := ge.Extend(head)
+func gatedExtend(ge *tpm.GatedExtend) func() error {
+	return func() error {
+		err := ge.Extend()
 		if errors.Is(err, tpm.ErrPolicyNotSatisfied) {
 			return fmt.Errorf("%w: %w: %v", api.ErrTampered, errAnchorMoved, err)
 		}
-		return notExtended(err)
+		return err
 	}
 }
 
 // ReadPrepare is Read then Prepare in one session (issue 14): the gate
 // key's session reads the anchor as the index it must be, this trail's
-// written anchor, and proves the gate for the next extend
+// written anchor, and proves the gate for the extend of head
 // (tpm.ReadPrepareGatedExtend). A record in the daemon is then 8 commands
 // where Read and Prepare took 10: StartAuthSession, NV_Read,
 // StartAuthSession, PolicySecret, PolicyCommandCode, FlushContext, the
@@ -273,13 +273,13 @@ func gatedExtend(ge *tpm.GatedExtend) func([]byte) error {
 // a process that does not hold it). When the TPM refuses that read (the
 // index was never extended, or is another: Read tells which), or no SRK is
 // pinned, it is Read then Prepare.
-func (an *trailAnchor) ReadPrepare() (value []byte, extend func([]byte) error, release func() error, err error) {
+func (an *trailAnchor) ReadPrepare(head []byte) (value []byte, extend func() error, release func() error, err error) {
 	g, err := an.gate()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	if g != nil {
-		value, ge, err := an.readPrepare(g)
+		value, ge, err := an.readPrepare(g, head)
 		if err == nil {
 			return value, gatedExtend(ge), ge.Close, nil
 		}
@@ -294,7 +294,7 @@ func (an *trailAnchor) ReadPrepare() (value []byte, extend func([]byte) error, r
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	extend, release, err = an.Prepare()
+	extend, release, err = an.Prepare(head)
 	return value, extend, release, err
 }
 
@@ -303,7 +303,7 @@ func (an *trailAnchor) ReadPrepare() (value []byte, extend func([]byte) error, r
 var errReadApart = errors.New("audit anchor: read apart")
 
 // readPrepare is ReadPrepare's shared session.
-func (an *trailAnchor) readPrepare(g *gateRecord) ([]byte, *tpm.GatedExtend, error) {
+func (an *trailAnchor) readPrepare(g *gateRecord, head []byte) ([]byte, *tpm.GatedExtend, error) {
 	gn, err := g.name()
 	if err != nil {
 		return nil, nil, err
@@ -323,7 +323,7 @@ func (an *trailAnchor) readPrepare(g *gateRecord) ([]byte, *tpm.GatedExtend, err
 	} else if gk, err = an.loadGate(g); err != nil {
 		return nil, nil, err
 	}
-	value, ge, err := an.t.ReadPrepareGatedExtend(want, gk)
+	value, ge, err := an.t.ReadPrepareGatedExtend(want, gk, head)
 	if !held {
 		if ferr := an.t.Flush(gk.Handle); ferr != nil {
 			if ge != nil {
@@ -342,28 +342,14 @@ func (an *trailAnchor) readPrepare(g *gateRecord) ([]byte, *tpm.GatedExtend, err
 	return value, ge, err
 }
 
-// notExtended marks an extend the TPM answered with an error code: it did
-// not move the anchor (a failed command changes nothing), so the audit log
-// extends once more (found by the daemon's fault test: an extend refused
-// after a TPM reset, its session gone, left a line for an officer's
-// repair). A transport failure or a response that fails its HMAC leaves the
-// outcome unknown and is passed on as it is.
-func notExtended(err error) error {
-	var te *tpm.Error
-	if err != nil && errors.As(err, &te) && !errors.Is(err, tpm.ErrResponseForged) {
-		return fmt.Errorf("%w: %w", audit.ErrNotExtended, err)
-	}
-	return err
-}
-
 // Extend is Prepare, extend and release in one (audit repair --anchor-last).
 func (an *trailAnchor) Extend(head []byte) (err error) {
-	extend, release, err := an.Prepare()
+	extend, release, err := an.Prepare(head)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, release()) }()
-	return extend(head)
+	return extend()
 }
 
 func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {

@@ -98,7 +98,6 @@ func TestKindsTable(t *testing.T) {
 var notOnTheWire = map[string]string{
 	"audit.ErrAnchorEmpty":     "the agent's anchor reports it to package audit, which treats it as an empty log",
 	"audit.ErrInvalidRecord":   "a bug of the caller of Append, not a state a user can act on",
-	"audit.ErrNotExtended":     "between the agent's anchor and package audit, which extends once more; what reaches a user is the TPM's error",
 	"audit.ErrNotWritten":      "tells the agent a record may be kept for later (audit.pending); what reaches a user is the cause, and audit_unanchored while it waits",
 	"store.ErrReadOnly":        "a bug: a write inside View",
 	"store.ErrOutput":          "the CLI's own output path (store.WriteOutput): the CLI makes it a usage error, it never crosses the wire",

@@ -15,21 +15,22 @@ import (
 // a consistent chain. The anchor lives where that writer cannot reach, and can
 // only move forward, so it pins the chain's full length and content.
 //
-// Extend returns an error wrapping ErrNotExtended when it knows the anchor
-// did not move (the TPM answered the extend with an error code: a command
-// that fails changes nothing); any other error leaves that unknown.
+// After an Extend that fails, Log reads the anchor to learn whether it moved
+// (Log.extendAgain): Read must be as trustworthy as the anchor itself.
 type Anchor interface {
 	Extend(head []byte) error
 	Read() ([]byte, error) // current anchor value; ErrAnchorEmpty before the first extend
 }
 
 // Preparer is an Anchor whose extend needs fallible work first (loading a
-// key, starting a policy session). Log calls Prepare before it writes a line,
-// so that a failure there leaves no line the anchor does not cover; extend
-// then does only the extend itself, and release (called on every path after
-// Prepare succeeded) frees what Prepare took.
+// key, starting a policy session). Log calls Prepare with the head of the
+// line it is about to write, before it writes it, so that a failure there
+// leaves no line the anchor does not cover; extend then does only the
+// extend with that head (a TPM anchor's session is bound to it), and
+// release (called on every path after Prepare succeeded) frees what Prepare
+// took.
 type Preparer interface {
-	Prepare() (extend func(head []byte) error, release func() error, err error)
+	Prepare(head []byte) (extend func() error, release func() error, err error)
 }
 
 // ReadPreparer is a Preparer that reads its value and prepares its next
@@ -40,14 +41,8 @@ type Preparer interface {
 // ReadPrepare succeeded.
 type ReadPreparer interface {
 	Preparer
-	ReadPrepare() (value []byte, extend func(head []byte) error, release func() error, err error)
+	ReadPrepare(head []byte) (value []byte, extend func() error, release func() error, err error)
 }
-
-// ErrNotExtended marks an Extend error after which the anchor is taken not to
-// have moved: Log then extends once more (a fresh Extend), and only if that
-// fails too leaves the line unanchored for audit repair, as after any other
-// Extend error.
-var ErrNotExtended = errors.New("audit: the anchor was not extended")
 
 // ErrAnchorEmpty is returned by Anchor.Read before the first Extend (for a TPM
 // NV index: not yet written, TPM_RC_NV_UNINITIALIZED).

@@ -469,14 +469,18 @@ func (l *Log) Append(rec Record) (err error) {
 	}
 	l.opened = false
 	if rp, ok := l.opts.Anchor.(ReadPreparer); ok {
-		av, ext, release, err := rp.ReadPrepare()
+		line, next, err := l.line(rec)
+		if err != nil {
+			return err
+		}
+		av, ext, release, err := rp.ReadPrepare(next.head)
 		if err != nil {
 			return fmt.Errorf("audit: read anchor: %w", err)
 		}
 		if err := l.matches(av); err != nil {
 			return errors.Join(err, release())
 		}
-		return l.writeWith(rec, &wrote, ext, release)
+		return l.commit(line, next, &wrote, ext, release)
 	}
 	av, err := readAnchor(l.opts.Anchor)
 	if err != nil {
@@ -502,30 +506,26 @@ func (l *Log) matches(av []byte) error {
 // write appends rec as the next line of l's chain and extends the anchor,
 // with the lock held and the chain caught up.
 func (l *Log) write(rec Record, wrote *bool) error {
-	extend, release := l.opts.Anchor.Extend, func() error { return nil }
+	line, next, err := l.line(rec)
+	if err != nil {
+		return err
+	}
+	extend, release := func() error { return l.opts.Anchor.Extend(next.head) }, func() error { return nil }
 	if p, ok := l.opts.Anchor.(Preparer); ok {
-		ext, rel, err := p.Prepare()
+		// Prepared for this line's head: a TPM anchor's proof extends
+		// nothing else, whoever holds its session.
+		ext, rel, err := p.Prepare(next.head)
 		if err != nil {
 			l.opened = false
 			return fmt.Errorf("audit: anchor: %w", err)
 		}
 		extend, release = ext, rel
 	}
-	return l.writeWith(rec, wrote, extend, release)
+	return l.commit(line, next, wrote, extend, release)
 }
 
-// writeWith is write with the anchor's extend prepared (extend), and
-// release, called on every path, freeing what its preparation took.
-func (l *Log) writeWith(rec Record, wrote *bool, extend func(head []byte) error, release func() error) (err error) {
-	defer func() {
-		if rerr := release(); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}()
-	l.opened = false
-	if wrote == nil {
-		wrote = new(bool)
-	}
+// line is rec as the next line of l's chain, and the chain after it.
+func (l *Log) line(rec Record) ([]byte, chain, error) {
 	rec.Seq = l.c.seq + 1
 	rec.Prev = l.c.prevHex()
 	if rec.Time.IsZero() {
@@ -537,7 +537,29 @@ func (l *Log) writeWith(rec Record, wrote *bool, extend func(head []byte) error,
 	}
 	line, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("audit: encode record: %w", err)
+		return nil, chain{}, fmt.Errorf("audit: encode record: %w", err)
+	}
+	next := l.c
+	if _, reason := next.next(line); reason != "" {
+		// Cannot happen: the line is built from this chain.
+		l.err = fmt.Errorf("audit: internal: own line does not chain: %s", reason)
+		return nil, chain{}, l.err
+	}
+	return line, next, nil
+}
+
+// commit writes line, which takes l's chain to next, and extends the anchor
+// with extend (prepared for next's head); release, called on every path,
+// frees what the extend's preparation took.
+func (l *Log) commit(line []byte, next chain, wrote *bool, extend func() error, release func() error) (err error) {
+	defer func() {
+		if rerr := release(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	l.opened = false
+	if wrote == nil {
+		wrote = new(bool)
 	}
 	// One write call for line and newline, so concurrent readers never see a
 	// complete-looking line without its end.
@@ -549,21 +571,8 @@ func (l *Log) writeWith(rec Record, wrote *bool, extend func(head []byte) error,
 		return l.undo(fmt.Errorf("audit: fsync: %w", err), wrote)
 	}
 	*wrote = true
-	next := l.c
-	if _, reason := next.next(line); reason != "" {
-		// Cannot happen: we just built the line from this chain.
-		l.err = fmt.Errorf("audit: internal: own line does not chain: %s", reason)
-		return l.err
-	}
-	err = extend(next.head)
-	if errors.Is(err, ErrNotExtended) {
-		// The anchor did not move (the TPM refused the extend: after a
-		// reset, its session was gone): extended once more, prepared
-		// afresh. The line is never taken back: the error may be forged
-		// by someone on the bus who passed the extend on, and then the
-		// second extend shows at the next verify, where a line taken
-		// back would hide an operation that ran.
-		err = l.opts.Anchor.Extend(next.head)
+	if err = extend(); err != nil {
+		err = l.extendAgain(next, err)
 	}
 	if err != nil {
 		l.err = fmt.Errorf("audit: line %d written but not anchored (run audit repair): %w", next.seq, err)
@@ -572,6 +581,35 @@ func (l *Log) writeWith(rec Record, wrote *bool, extend func(head []byte) error,
 	}
 	l.c, l.size = next, l.size+int64(len(buf))
 	return nil
+}
+
+// extendAgain follows an extend that failed with err: the anchor is read
+// first, and its value tells what happened. At next's value the extend was
+// made all the same (its answer lost, or forged after the extend was passed
+// on; or a TPM session taken on the bus and used for this very extend, the
+// only one its proof allows: found by review), and nothing more is
+// extended. At its value before the line it did not move (after a TPM
+// reset the session was gone; or A1 answered in its place), and it is
+// extended once more, prepared afresh. Anything else, or a read that fails,
+// leaves the line unanchored. The line is never taken back: a line taken
+// back would hide an operation that ran.
+func (l *Log) extendAgain(next chain, err error) error {
+	av, rerr := readAnchor(l.opts.Anchor)
+	if rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	var before []byte // what the anchor holds before next's line: nothing for a new anchor
+	if l.c.head != nil && next.reset != next.seq {
+		before = l.c.acc
+	}
+	switch {
+	case bytes.Equal(av, next.acc):
+		return nil
+	case bytes.Equal(av, before):
+		return l.opts.Anchor.Extend(next.head)
+	default:
+		return errors.Join(err, fmt.Errorf("%w: the anchor holds neither the value before line %d nor the value after it", ErrTampered, next.seq))
+	}
 }
 
 // undo cuts a failed write back to the last good line, so that the failure does

@@ -1,6 +1,8 @@
 package tpm
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -174,22 +176,62 @@ func (t *TPM) DefineNV(pub tpm2.TPMSNVPublic) (NVIndex, error) {
 }
 
 // PolicySecret runs TPM2_PolicySecret for gate: the session then proves
-// that its holder knew the gate's authorization value. The value is proven
-// in a one-use HMAC session (keyed by it, salted to the SRK when one is
-// pinned): it never crosses the bus. A wrong value is ErrBadAuth.
-func (p *PolicySession) PolicySecret(gate Gate, policyRef []byte) error {
+// that its holder knew the gate's authorization value, for the one command
+// whose cpHash is cpHashA. The value is proven in a one-use HMAC session
+// (keyed by it, salted to the SRK when one is pinned): it never crosses the
+// bus. A wrong value is ErrBadAuth.
+//
+// cpHashA (commandCpHash) is what limits the proof to the command provd
+// means: StartAuthSession's answer has no HMAC, so the session handle the
+// proof goes into is the bus's word, and A1 answering it with a session of
+// its own would hold the gate's proof for any command the policy allows
+// (found by review: A1 extended the audit anchor with data of its own).
+// cpHashA is not part of the policy digest: the gated indices' policies
+// stay as they are.
+func (p *PolicySession) PolicySecret(gate Gate, cpHashA []byte) error {
 	opts, err := p.t.pinnedSalt()
 	if err != nil {
 		return err
 	}
 	opts = append(opts, tpm2.Auth(gate.auth))
-	_, err = (tpm2.PolicySecret{
-		AuthHandle:    gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)),
+	return p.policySecret(gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)), cpHashA)
+}
+
+// policySecret is TPM2_PolicySecret of the entity auth authorizes, into p,
+// for the command whose cpHash is cpHashA.
+func (p *PolicySession) policySecret(auth tpm2.AuthHandle, cpHashA []byte) error {
+	if len(cpHashA) != sha256.Size {
+		return errors.New("TPM2_PolicySecret: no command to bind the proof to")
+	}
+	_, err := (tpm2.PolicySecret{
+		AuthHandle:    auth,
 		PolicySession: p.s.Handle(),
 		NonceTPM:      p.s.NonceTPM(),
-		PolicyRef:     tpm2.TPM2BNonce{Buffer: policyRef},
+		CPHashA:       tpm2.TPM2BDigest{Buffer: cpHashA},
 	}).Execute(p.t)
 	return Wrap("TPM2_PolicySecret", err)
+}
+
+// commandCpHash is the SHA-256 cpHash of command cc on the entities named
+// names with parameters params (TPM 2.0 Part 1, 18.7): what its
+// authorization covers.
+func commandCpHash(cc tpm2.TPMCC, names []tpm2.TPM2BName, params []byte) []byte {
+	h := sha256.New()
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
+	for _, n := range names {
+		h.Write(n.Buffer)
+	}
+	h.Write(params)
+	return h.Sum(nil)
+}
+
+// extendParams are TPM2_NV_Extend's parameters: data as a TPM2B.
+func extendParams(data []byte) ([]byte, error) {
+	if len(data) > math.MaxUint16 {
+		return nil, fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
+	}
+	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
+	return append(params, data...), nil
 }
 
 // pinnedSalt is the option that salts a session to the pinned SRK, none
@@ -213,7 +255,9 @@ func (t *TPM) pinnedSalt() ([]tpm2.AuthOption, error) {
 // TPM_RC_BAD_AUTH, where the unsalted session took it), so a session
 // prepared by provd cannot be used for another command, and the response
 // HMAC says the command ran.
-func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC) (*PolicySession, error) {
+//
+// The proof is for the one command whose cpHash is cpHashA (PolicySecret).
+func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySession, error) {
 	opts, err := t.pinnedSalt()
 	if err != nil {
 		return nil, err
@@ -223,7 +267,7 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC) (*PolicySession, error) {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	s := &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256}
-	if err := s.PolicySecret(gate, nil); err != nil {
+	if err := s.PolicySecret(gate, cpHashA); err != nil {
 		return nil, joinClose(err, s)
 	}
 	if err := s.PolicyCommandCode(cc); err != nil {
@@ -240,31 +284,38 @@ func joinClose(err error, s *PolicySession) error {
 }
 
 // GatedExtend is a policy session that satisfies GatePolicy(gate,
-// NV_Extend) for one extend of one index: prepared (the index's public, then
-// StartAuthSession, StartAuthSession and PolicySecret, PolicyCommandCode)
-// before the caller commits to anything, so that the extend itself is one
-// command. Close it on every path (a FlushContext).
+// NV_Extend) for one extend of one index with one value: prepared (the
+// index's public, then StartAuthSession, StartAuthSession and
+// PolicySecret, PolicyCommandCode) before the caller commits to anything,
+// so that the extend itself is one command. The proof is bound to that
+// extend (PolicySecret's cpHashA): whoever holds the session, it extends
+// nothing else. Close it on every path (a FlushContext).
 type GatedExtend struct {
-	t *TPM
-	x NVIndex
-	s *PolicySession
+	t    *TPM
+	x    NVIndex
+	data []byte
+	s    *PolicySession
 }
 
-// PrepareGatedExtend starts the session for one extend of the gated index at
-// h, proving the loaded gate's authorization. The gate may be flushed as soon
-// as this returns: the session holds the proof.
-func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate) (*GatedExtend, error) {
-	// The index's name goes into the extend's command HMAC: a name the bus
-	// changed here makes the TPM refuse the extend.
+// PrepareGatedExtend starts the session for the extend of the gated index
+// at h with data, proving the loaded gate's authorization. The gate may be
+// flushed as soon as this returns: the session holds the proof.
+func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate, data []byte) (*GatedExtend, error) {
+	// The index's name goes into the extend's command HMAC and the proof's
+	// cpHashA: a name the bus changed here makes the TPM refuse the extend.
 	x, err := t.ReadNVPublic(h)
 	if err != nil {
 		return nil, err
 	}
-	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend)
+	params, err := extendParams(data)
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, x: x, s: s}, nil
+	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend, commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params))
+	if err != nil {
+		return nil, err
+	}
+	return &GatedExtend{t: t, x: x, data: bytes.Clone(data), s: s}, nil
 }
 
 // ErrNoSharedSession: ReadPrepareGatedExtend needs a pinned SRK to salt
@@ -284,10 +335,14 @@ var ErrNoSharedSession = errors.New("no SRK pinned to salt a shared session to")
 // A read the TPM refuses (x is not what the caller expects, or was never
 // written) returns the TPM's error, nothing prepared. The gate may be
 // flushed once this returns. Without a pinned SRK: ErrNoSharedSession.
-func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate) (value []byte, ge *GatedExtend, err error) {
+func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value []byte, ge *GatedExtend, err error) {
 	p := x.Public
 	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
 		return nil, nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(x.Handle))
+	}
+	params, err := extendParams(data)
+	if err != nil {
+		return nil, nil, err
 	}
 	salt, err := t.pinnedSalt()
 	if err != nil {
@@ -329,34 +384,30 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate) (value []byte, ge *Ga
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	pol := &PolicySession{t: t, s: ps, closer: t.sessionCloser(ps), alg: tpm2.TPMAlgSHA256}
-	if _, err := (tpm2.PolicySecret{
-		AuthHandle:    gate.Auth(s),
-		PolicySession: ps.Handle(),
-		NonceTPM:      ps.NonceTPM(),
-	}).Execute(t); err != nil {
-		return nil, nil, joinClose(Wrap("TPM2_PolicySecret", err), pol)
+	if err := pol.policySecret(gate.Auth(s), commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params)); err != nil {
+		return nil, nil, joinClose(err, pol)
 	}
 	if err := pol.PolicyCommandCode(tpm2.TPMCCNVExtend); err != nil {
 		return nil, nil, joinClose(err, pol)
 	}
-	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, s: pol}, nil
+	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, data: bytes.Clone(data), s: pol}, nil
 }
 
-// Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) authorized by
-// the session. With the session salted (an SRK is pinned) the command and
-// response HMACs are checked: a response the bus invented or changed, or a
-// command it changed, is ErrResponseForged. A policy the index does not
-// accept (another gate: the index was redefined) is ErrPolicyNotSatisfied.
-func (g *GatedExtend) Extend(data []byte) error {
+// Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) of the data
+// the session was prepared for, authorized by the session. With the session
+// salted (an SRK is pinned) the command and response HMACs are checked: a
+// response the bus invented or changed, or a command it changed, is
+// ErrResponseForged. A policy the index does not accept (another gate: the
+// index was redefined) is ErrPolicyNotSatisfied.
+func (g *GatedExtend) Extend() error {
 	if g.s.closed {
 		return errors.New("NV extend: the gate session is used up")
 	}
-	if len(data) > math.MaxUint16 {
-		return fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
+	params, err := extendParams(g.data)
+	if err != nil {
+		return err
 	}
-	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
-	params = append(params, data...)
-	_, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.x.Handle, g.x.Handle},
+	_, err = (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.x.Handle, g.x.Handle},
 		session: g.s.Session(), names: []tpm2.TPM2BName{g.x.Name, g.x.Name}, params: params}).run(g.t)
 	if err != nil {
 		if errors.Is(err, ErrResponseForged) {
@@ -372,7 +423,7 @@ func (g *GatedExtend) Close() error { return g.s.Close() }
 
 // NVExtendGated is PrepareGatedExtend, Extend and Close.
 func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Gate) (err error) {
-	g, err := t.PrepareGatedExtend(h, gate)
+	g, err := t.PrepareGatedExtend(h, gate, data)
 	if err != nil {
 		return err
 	}
@@ -381,7 +432,7 @@ func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Gate) (err error
 			err = cerr
 		}
 	}()
-	return g.Extend(data)
+	return g.Extend()
 }
 
 // LoadGate loads a gate key's blob under parent with a password session (one

@@ -48,8 +48,9 @@ func TestReadPrepareGatedExtend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d2 := sha256.Sum256([]byte("next"))
 	before := tp.Stats()
-	v, ge, err := tp.ReadPrepareGatedExtend(x, gate)
+	v, ge, err := tp.ReadPrepareGatedExtend(x, gate, d2[:])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,8 +61,7 @@ func TestReadPrepareGatedExtend(t *testing.T) {
 	if !bytes.Equal(v, want[:]) {
 		t.Fatalf("read %x, want %x", v, want)
 	}
-	d2 := sha256.Sum256([]byte("next"))
-	if err := ge.Extend(d2[:]); err != nil {
+	if err := ge.Extend(); err != nil {
 		t.Fatal(err)
 	}
 	if err := ge.Close(); err != nil {

@@ -190,7 +190,12 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 	if err != nil {
 		return err
 	}
-	s, err := t.gateSession(gate, tpm2.TPMCCNVIncrement)
+	// Each proof is for one increment of x (its name then: the first
+	// increment changes it).
+	incr := func() []byte {
+		return commandCpHash(tpm2.TPMCCNVIncrement, []tpm2.TPM2BName{x.Name, x.Name}, nil)
+	}
+	s, err := t.gateSession(gate, tpm2.TPMCCNVIncrement, incr())
 	if err != nil {
 		return err
 	}
@@ -201,7 +206,7 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 	}()
 	for i := uint64(0); i < n; i++ {
 		if i > 0 {
-			if err := s.PolicySecret(gate, nil); err != nil {
+			if err := s.PolicySecret(gate, incr()); err != nil {
 				return err
 			}
 			if err := s.PolicyCommandCode(tpm2.TPMCCNVIncrement); err != nil {
