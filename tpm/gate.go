@@ -450,6 +450,9 @@ func (t *TPM) LoadGate(parent Object, b Blob, auth []byte) (Gate, error) {
 	}
 	rsp, err := (tpm2.Load{ParentHandle: parent.Auth(tpm2.PasswordAuth(nil)), InPrivate: b.Private, InPublic: b.Public}).Execute(t)
 	if err != nil {
+		// An answer that does not parse may follow a load the TPM made
+		// (found by review: the gate stayed loaded, held by nobody).
+		t.unheld()
 		return Gate{}, Wrap("TPM2_Load", err)
 	}
 	pub, err := b.Public.Contents()

@@ -250,8 +250,10 @@ func (c *counting) unheld() { c.sweep.Store(true) }
 
 // mayLeak reports whether a failure of command cc (rc: its answer; 0: no
 // answer) may leave a handle nobody holds: a command that makes a
-// transient object or session and failed, or any command refused for want
-// of slots.
+// transient object or session and failed, a flush that failed (its error
+// may be forged, or the handle flushed the wrong one: an answer that made
+// the handle changed on the bus; found by review), or any command refused
+// for want of slots.
 func mayLeak(rc tpm2.TPMRC, cc tpm2.TPMCC) bool {
 	switch rc {
 	case tpm2.TPMRCObjectMemory, tpm2.TPMRCSessionMemory, tpm2.TPMRCObjectHandles, tpm2.TPMRCSessionHandles:
@@ -259,7 +261,8 @@ func mayLeak(rc tpm2.TPMRC, cc tpm2.TPMCC) bool {
 	}
 	switch cc {
 	case tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary,
-		tpm2.TPMCCContextLoad, tpm2.TPMCCCreateLoaded, tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart:
+		tpm2.TPMCCContextLoad, tpm2.TPMCCCreateLoaded, tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart,
+		tpm2.TPMCCFlushContext:
 		return true
 	}
 	return false
