@@ -3,9 +3,17 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
@@ -76,5 +84,109 @@ func TestSharedAnchorReadIsAuthenticated(t *testing.T) {
 	}
 	if _, err := ag.AuditVerify(ctx); err != nil {
 		t.Fatalf("verify on an honest bus: %v", err)
+	}
+}
+
+// The gate's authValue never crosses the bus when one session reads the
+// anchor and proves the gate (nor anything the session's bind could give
+// away: its key is the salt's), over a daemon's records and a verify
+// (checked by review).
+func TestGateAuthNeverCrossesTheBusInARecord(t *testing.T) {
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 100 + i}), "key-delete", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "audit.gate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g struct {
+		Auth string `json:"gate_auth"`
+	}
+	if err := json.Unmarshal(b, &g); err != nil {
+		t.Fatal(err)
+	}
+	auth, err := hex.DecodeString(g.Auth)
+	if err != nil || len(auth) != 32 {
+		t.Fatalf("gate auth %q: %v", g.Auth, err)
+	}
+	if off := rec.Leak(auth); off >= 0 {
+		t.Errorf("the gate's authValue crossed the bus (from byte %d)", off)
+	}
+}
+
+// A2 with the owner hierarchy open undefines the anchor and defines it
+// again with provd's exact public area (same policy, so the same name once
+// written) between a record's shared read and its extend. The extend goes
+// with the written name the read proved (no NV_ReadPublic), so the TPM
+// refuses it, and the read that follows finds the anchor neither before
+// nor after the line: the record is not reported written, and verify says
+// tampered, never intact on top of a recreated anchor (checked by review).
+func TestAnchorRecreatedBetweenReadAndExtend(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 1}), "key-delete", "warm"); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	done := false
+	var aerr error
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCNVExtend || tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != agent.AuditAnchorHandle {
+			return nil, nil, false
+		}
+		done = true
+		rp, err := (tpm2.NVReadPublic{NVIndex: agent.AuditAnchorHandle}).Execute(next)
+		if err != nil {
+			aerr = err
+			return nil, nil, false
+		}
+		pub, err := rp.NVPublic.Contents()
+		if err != nil {
+			aerr = err
+			return nil, nil, false
+		}
+		if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: tpm2.NamedHandle{Handle: agent.AuditAnchorHandle, Name: rp.NVName}}).Execute(next); err != nil {
+			aerr = err
+			return nil, nil, false
+		}
+		pub.Attributes.Written = false
+		if _, err := (tpm2.NVDefineSpace{AuthHandle: tpm2.TPMRHOwner, PublicInfo: tpm2.New2B(*pub)}).Execute(next); err != nil {
+			aerr = err
+		}
+		return nil, nil, false
+	})
+	err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "under attack")
+	b.Set(nil)
+	if aerr != nil || !done {
+		t.Fatalf("attack not mounted: %v", aerr)
+	}
+	t.Logf("record with the anchor recreated under it: %v", err)
+	_, verr := ag.AuditVerify(ctx)
+	t.Logf("verify: %v (exit %d)", verr, api.ExitCode(verr))
+	if err == nil {
+		t.Error("the record was reported written and anchored on a recreated anchor")
+	}
+	if !errors.Is(verr, api.ErrTampered) {
+		t.Errorf("verify after the anchor was recreated: %v, want tampered", verr)
 	}
 }
