@@ -3,8 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"sync"
@@ -18,91 +16,49 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// sessionTypeOf is the sessionType of a TPM2_StartAuthSession command.
-func sessionTypeOf(cmd []byte) (tpm2.TPMSE, bool) {
-	off := 10 + 8
-	for range 2 {
-		if len(cmd) < off+2 {
-			return 0, false
-		}
-		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
-	}
-	if len(cmd) <= off {
-		return 0, false
-	}
-	return tpm2.TPMSE(cmd[off]), true
-}
-
 // gateThief is A1 on a record's extend: after provd's read of the anchor
 // it answers the policy StartAuthSession with an unsalted session of its
-// own (the answer has no HMAC), so provd proves the gate into it; when
-// provd's NV_Extend comes in that session, A1 first extends the anchor
+// own (swtpmtest.PolicySessionThief), so provd proves the gate into it;
+// when provd's NV_Extend comes in that session, A1 first extends the anchor
 // through it, with data of its own (evil) or with provd's head read from
 // provd's command, then passes provd's command on.
 type gateThief struct {
-	mu      sync.Mutex
-	evil    bool
-	sawRead bool
-	stolen  tpm2.TPMHandle
-	used    bool
-	rc      tpm2.TPMRC
+	swtpmtest.PolicySessionThief
+	evil bool
+	mu   sync.Mutex
+	used bool
+	rc   tpm2.TPMRC
+}
+
+func newGateThief(evil bool) *gateThief {
+	g := &gateThief{evil: evil}
+	g.After = func(cmd []byte) bool {
+		return swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVRead && len(cmd) >= 14 &&
+			tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == agent.AuditAnchorHandle
+	}
+	return g
 }
 
 func (s *gateThief) hook(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	if rsp, err, ok := s.PolicySessionThief.Hook(next, cmd); ok {
+		return rsp, err, ok
+	}
+	stolen := s.Stolen()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch cc := swtpmtest.CommandCode(cmd); {
-	case cc == tpm2.TPMCCNVRead && len(cmd) >= 14 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == agent.AuditAnchorHandle:
-		s.sawRead = true
-	case cc == tpm2.TPMCCStartAuthSession && s.sawRead && s.stolen == 0:
-		if st, ok := sessionTypeOf(cmd); !ok || st != tpm2.TPMSEPolicy {
-			return nil, nil, false
-		}
-		nc := make([]byte, 16)
-		rand.Read(nc)
-		rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: nc},
-			SessionType: tpm2.TPMSEPolicy, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(next)
-		if err != nil {
-			return nil, err, true
-		}
-		s.stolen = rsp.SessionHandle
-		var b []byte
-		b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTNoSessions))
-		b = binary.BigEndian.AppendUint32(b, 0)
-		b = binary.BigEndian.AppendUint32(b, 0)
-		b = binary.BigEndian.AppendUint32(b, uint32(rsp.SessionHandle))
-		b = binary.BigEndian.AppendUint16(b, uint16(len(rsp.NonceTPM.Buffer)))
-		b = append(b, rsp.NonceTPM.Buffer...)
-		binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
-		return b, nil, true
-	case cc == tpm2.TPMCCNVExtend && s.stolen != 0 && !s.used && len(cmd) >= 26 &&
-		tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[22:26])) == s.stolen:
-		s.used = true
-		data := []byte("A1 was here, 32 bytes of its own")
-		if !s.evil {
-			// provd's head: the parameters after the authorization area.
-			p := 22 + int(binary.BigEndian.Uint32(cmd[18:22]))
-			data = cmd[p+2 : p+2+int(binary.BigEndian.Uint16(cmd[p:]))]
-		}
-		var b []byte
-		b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTSessions))
-		b = binary.BigEndian.AppendUint32(b, 0)
-		b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMCCNVExtend))
-		b = binary.BigEndian.AppendUint32(b, uint32(agent.AuditAnchorHandle))
-		b = binary.BigEndian.AppendUint32(b, uint32(agent.AuditAnchorHandle))
-		b = binary.BigEndian.AppendUint32(b, 9)
-		b = binary.BigEndian.AppendUint32(b, uint32(s.stolen))
-		b = append(b, 0, 0, 0, 0, 0) // continueSession clear: the TPM flushes it after use
-		b = binary.BigEndian.AppendUint16(b, uint16(len(data)))
-		b = append(b, data...)
-		binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
-		rsp, err := next.Send(b)
-		if err == nil && len(rsp) >= 10 {
-			s.rc = tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
-		}
-		return nil, nil, false // provd's own extend goes on
+	if stolen == 0 || s.used || swtpmtest.CommandCode(cmd) != tpm2.TPMCCNVExtend || len(cmd) < 26 ||
+		tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[22:26])) != stolen {
+		return nil, nil, false
 	}
-	return nil, nil, false
+	s.used = true
+	data := []byte("A1 was here, 32 bytes of its own")
+	if !s.evil {
+		// provd's head: the parameters after the authorization area.
+		p := 22 + int(binary.BigEndian.Uint32(cmd[18:22]))
+		data = cmd[p+2 : p+2+int(binary.BigEndian.Uint16(cmd[p:]))]
+	}
+	s.rc, _ = swtpmtest.OwnSessionExtend(next, agent.AuditAnchorHandle, stolen, data)
+	return nil, nil, false // provd's own extend goes on
 }
 
 // A1 holding the policy session of a daemon's record (found by review: it
@@ -128,11 +84,11 @@ func TestStolenRecordSessionExtendsNothingElse(t *testing.T) {
 			if _, err := ag.ImportKeyBlob(ctx, ".bad-name", nil); !errors.Is(err, api.ErrBadInput) {
 				t.Fatal(err)
 			}
-			thief := &gateThief{evil: evil}
+			thief := newGateThief(evil)
 			b.Set(thief.hook)
 			_, err := ag.ImportKeyBlob(ctx, ".bad-name", nil)
 			b.Set(nil)
-			if thief.stolen == 0 || !thief.used {
+			if thief.Stolen() == 0 || !thief.used {
 				t.Fatal("attack not mounted")
 			}
 			t.Logf("A1's extend through the stolen session: %v; the refusal's answer: %v", thief.rc, err)
@@ -159,7 +115,6 @@ func TestStolenRecordSessionExtendsNothingElse(t *testing.T) {
 			if _, err := ag.AuditVerify(ctx); err != nil {
 				t.Fatalf("verify after the next record: %v", err)
 			}
-			_ = sha256.Size
 		})
 	}
 }

@@ -198,10 +198,9 @@ func BenchmarkParseReplay(b *testing.B) {
 	}
 }
 
-// TestParsedLogOwnsItsBytes: the parsed log keeps nothing of the caller's
-// buffer, and an event's data or digest grown by append never runs into
-// the next event's (they are capped slices of one copy).
-func TestParsedLogOwnsItsBytes(t *testing.T) {
+// threeEventLog is a SHA-256 log of three small events, and its bytes.
+func threeEventLog(t *testing.T) (*EventLog, []byte) {
+	t.Helper()
 	l, err := NewEventLog(tpm2.TPMAlgSHA256)
 	if err != nil {
 		t.Fatal(err)
@@ -215,6 +214,14 @@ func TestParsedLogOwnsItsBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l, raw
+}
+
+// TestParsedLogOwnsItsBytes: the parsed log keeps nothing of the caller's
+// buffer, and an event's data or digest grown by append never runs into
+// the next event's (they are capped slices of one copy).
+func TestParsedLogOwnsItsBytes(t *testing.T) {
+	l, raw := threeEventLog(t)
 	p, err := ParseEventLog(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -233,19 +240,7 @@ func TestParsedLogOwnsItsBytes(t *testing.T) {
 // caller's buffer, capped: an event's data or digest grown by append never
 // writes into the buffer or the next event.
 func TestOwnedLogAppendsStayOut(t *testing.T) {
-	l, err := NewEventLog(tpm2.TPMAlgSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		if _, err := l.Append(i, EventType(0x80000001), []byte{byte(i), 1, 2, 3}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	raw, err := l.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, raw := threeEventLog(t)
 	was := bytes.Clone(raw)
 	p, err := ParseOwnedEventLog(raw)
 	if err != nil {

@@ -9,12 +9,11 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// One session reads the gated anchor and proves the gate for its next
-// extend (issue 14): 6 commands, then the extend and the policy session's
-// flush; the value read is the TPM's and the extend chains on it.
-func TestReadPrepareGatedExtend(t *testing.T) {
-	env := swtpmtest.Start(t)
-	tp := env.TPM
+// writtenGatedIndex defines a gated extend index at testGatedHandle under a
+// new gate, with the SRK pinned, extends it once with first, and returns
+// the loaded gate (flushed at the test's end) and the index as it is now.
+func writtenGatedIndex(t *testing.T, tp *tpm.TPM, first []byte) (tpm.Gate, tpm.NVIndex) {
+	t.Helper()
 	srk, err := tp.SRK()
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +30,7 @@ func TestReadPrepareGatedExtend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tp.Flush(gate.Handle)
+	t.Cleanup(func() { tp.Flush(gate.Handle) })
 	pub, err := tpm.GatedExtendPublic(testGatedHandle, gate.Name.Buffer, false)
 	if err != nil {
 		t.Fatal(err)
@@ -40,14 +39,24 @@ func TestReadPrepareGatedExtend(t *testing.T) {
 		t.Fatal(err)
 	}
 	undefineAtEnd(t, tp, testGatedHandle)
-	d := sha256.Sum256([]byte("head"))
-	if err := tp.NVExtendGated(testGatedHandle, d[:], gate); err != nil {
+	if err := tp.NVExtendGated(testGatedHandle, first, gate); err != nil {
 		t.Fatal(err)
 	}
 	x, err := tp.ReadNVPublic(testGatedHandle)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return gate, x
+}
+
+// One session reads the gated anchor and proves the gate for its next
+// extend (issue 14): 6 commands, then the extend and the policy session's
+// flush; the value read is the TPM's and the extend chains on it.
+func TestReadPrepareGatedExtend(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	d := sha256.Sum256([]byte("head"))
+	gate, x := writtenGatedIndex(t, tp, d[:])
 	d2 := sha256.Sum256([]byte("next"))
 	before := tp.Stats()
 	v, ge, err := tp.ReadPrepareGatedExtend(x, gate, d2[:])

@@ -1,7 +1,9 @@
 package swtpmtest
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
@@ -49,3 +51,106 @@ func (b *Bus) Set(h Hook) {
 // CommandCode is the command code of cmd, a TPM command of at least its
 // 10-byte header.
 func CommandCode(cmd []byte) tpm2.TPMCC { return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) }
+
+// SessionType is the sessionType of cmd, a TPM2_StartAuthSession command.
+func SessionType(cmd []byte) (tpm2.TPMSE, bool) {
+	off := 10 + 8 // header, tpmKey, bind
+	for range 2 { // nonceCaller, encryptedSalt
+		if len(cmd) < off+2 {
+			return 0, false
+		}
+		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
+	}
+	if len(cmd) <= off {
+		return 0, false
+	}
+	return tpm2.TPMSE(cmd[off]), true
+}
+
+// PolicySessionThief is A1 answering the next policy StartAuthSession it
+// sees with a session it started itself (unsalted: it needs no key to use
+// it; the answer has no HMAC), once After says the command before it was
+// seen (nil: at once). Stolen is that session's handle.
+type PolicySessionThief struct {
+	After  func(cmd []byte) bool
+	mu     sync.Mutex
+	ready  bool
+	stolen tpm2.TPMHandle
+}
+
+// Stolen is the handle of the session handed to provd, 0 before.
+func (s *PolicySessionThief) Stolen() tpm2.TPMHandle {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stolen
+}
+
+// Hook is s as a Bus hook; it steals one session.
+func (s *PolicySessionThief) Hook(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stolen != 0 {
+		return nil, nil, false
+	}
+	if s.After != nil && !s.ready {
+		s.ready = s.After(cmd)
+		return nil, nil, false
+	}
+	if CommandCode(cmd) != tpm2.TPMCCStartAuthSession {
+		return nil, nil, false
+	}
+	if st, ok := SessionType(cmd); !ok || st != tpm2.TPMSEPolicy {
+		return nil, nil, false
+	}
+	rsp, err := StartOwnPolicySession(next)
+	if err != nil {
+		return nil, err, true
+	}
+	s.stolen = rsp.SessionHandle
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTNoSessions))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(rsp.SessionHandle))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rsp.NonceTPM.Buffer)))
+	b = append(b, rsp.NonceTPM.Buffer...)
+	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
+	return b, nil, true
+}
+
+// StartOwnPolicySession starts an unsalted, unbound policy session, as A1
+// would for itself.
+func StartOwnPolicySession(t transport.TPM) (*tpm2.StartAuthSessionResponse, error) {
+	nc := make([]byte, 16)
+	if _, err := rand.Read(nc); err != nil {
+		return nil, err
+	}
+	return (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: nc},
+		SessionType: tpm2.TPMSEPolicy, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(t)
+}
+
+// OwnSessionExtend sends TPM2_NV_Extend of h with data, authorized by the
+// unsalted policy session ps with an empty HMAC and continueSession clear,
+// as A1 sends it; it returns the TPM's response code.
+func OwnSessionExtend(next transport.TPM, h, ps tpm2.TPMHandle, data []byte) (tpm2.TPMRC, error) {
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTSessions))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMCCNVExtend))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, uint32(h))
+	b = binary.BigEndian.AppendUint32(b, 4+2+1+2)
+	b = binary.BigEndian.AppendUint32(b, uint32(ps))
+	b = append(b, 0, 0, 0, 0, 0) // nonceCaller empty, attributes 0, empty HMAC
+	b = binary.BigEndian.AppendUint16(b, uint16(len(data)))
+	b = append(b, data...)
+	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
+	rsp, err := next.Send(b)
+	if err != nil {
+		return 0, err
+	}
+	if len(rsp) < 10 {
+		return 0, errors.New("short answer")
+	}
+	return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])), nil
+}
