@@ -28,7 +28,8 @@ type Anchor interface {
 // leaves no line the anchor does not cover; extend then does only the
 // extend with that head (a TPM anchor's session is bound to it), and
 // release (called on every path after Prepare succeeded) frees what Prepare
-// took.
+// took. After a failed extend, release returns nil only when the prepared
+// extend can no longer be made: Log then may prepare and make it again.
 type Preparer interface {
 	Prepare(head []byte) (extend func() error, release func() error, err error)
 }

@@ -552,7 +552,11 @@ func (l *Log) line(rec Record) ([]byte, chain, error) {
 // with extend (prepared for next's head); release, called on every path,
 // frees what the extend's preparation took.
 func (l *Log) commit(line []byte, next chain, wrote *bool, extend func() error, release func() error) (err error) {
+	released := false
 	defer func() {
+		if released {
+			return
+		}
 		if rerr := release(); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
@@ -572,7 +576,11 @@ func (l *Log) commit(line []byte, next chain, wrote *bool, extend func() error, 
 	}
 	*wrote = true
 	if err = extend(); err != nil {
-		err = l.extendAgain(next, err)
+		// Released first: the extend prepared for this line must be
+		// dead before another is made (Preparer).
+		released = true
+		rerr := release()
+		err = l.extendAgain(next, err, rerr)
 	}
 	if err != nil {
 		l.err = fmt.Errorf("audit: line %d written but not anchored (run audit repair): %w", next.seq, err)
@@ -583,20 +591,24 @@ func (l *Log) commit(line []byte, next chain, wrote *bool, extend func() error, 
 	return nil
 }
 
-// extendAgain follows an extend that failed with err: the anchor is read
-// first, and its value tells what happened. At next's value the extend was
-// made all the same (its answer lost, or forged after the extend was passed
-// on; or a TPM session taken on the bus and used for this very extend, the
-// only one its proof allows: found by review), and nothing more is
-// extended. At its value before the line it did not move (after a TPM
-// reset the session was gone; or A1 answered in its place), and it is
-// extended once more, prepared afresh. Anything else, or a read that fails,
-// leaves the line unanchored. The line is never taken back: a line taken
-// back would hide an operation that ran.
-func (l *Log) extendAgain(next chain, err error) error {
-	av, rerr := readAnchor(l.opts.Anchor)
-	if rerr != nil {
-		return errors.Join(err, rerr)
+// extendAgain follows an extend that failed with err, its preparation
+// released (rerr: the release's error). The anchor is read, and its value
+// tells what happened. At next's value the extend was made all the same
+// (its answer lost, or forged after the extend was passed on; or a TPM
+// session taken on the bus and used for this very extend, the only one
+// its proof allows: found by review), and nothing more is extended. At
+// its value before the line it has not moved, and it is extended once
+// more, prepared afresh, but only when the release says the first extend
+// can no longer be made (found by review: an extend held on the bus and
+// sent after the retry extended the anchor twice) and the anchor held
+// something before (a new anchor's "nothing" is told by an answer the bus
+// can forge: found by review). Anything else, or a read that fails, leaves
+// the line unanchored. The line is never taken back: a line taken back
+// would hide an operation that ran.
+func (l *Log) extendAgain(next chain, err, rerr error) error {
+	av, aerr := readAnchor(l.opts.Anchor)
+	if aerr != nil {
+		return errors.Join(err, rerr, aerr)
 	}
 	var before []byte // what the anchor holds before next's line: nothing for a new anchor
 	if l.c.head != nil && next.reset != next.seq {
@@ -605,10 +617,12 @@ func (l *Log) extendAgain(next chain, err error) error {
 	switch {
 	case bytes.Equal(av, next.acc):
 		return nil
-	case bytes.Equal(av, before):
+	case before != nil && bytes.Equal(av, before) && rerr == nil:
 		return l.opts.Anchor.Extend(next.head)
+	case before == nil || bytes.Equal(av, before):
+		return errors.Join(err, rerr)
 	default:
-		return errors.Join(err, fmt.Errorf("%w: the anchor holds neither the value before line %d nor the value after it", ErrTampered, next.seq))
+		return errors.Join(err, rerr, fmt.Errorf("%w: the anchor holds neither the value before line %d nor the value after it", ErrTampered, next.seq))
 	}
 }
 

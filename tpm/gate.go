@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -198,18 +200,80 @@ func (p *PolicySession) PolicySecret(gate Gate, cpHashA []byte) error {
 }
 
 // policySecret is TPM2_PolicySecret of the entity auth authorizes, into p,
-// for the command whose cpHash is cpHashA.
+// for the command whose cpHash is cpHashA, for gateProofLifetime.
 func (p *PolicySession) policySecret(auth tpm2.AuthHandle, cpHashA []byte) error {
 	if len(cpHashA) != sha256.Size {
 		return errors.New("TPM2_PolicySecret: no command to bind the proof to")
 	}
+	// From here on the proof may be in the TPM (an answer lost after the
+	// TPM ran the command): spend it on every path.
+	p.proofUntil = time.Now().Add(gateProofLifetime + time.Second)
 	_, err := (tpm2.PolicySecret{
 		AuthHandle:    auth,
 		PolicySession: p.s.Handle(),
 		NonceTPM:      p.s.NonceTPM(),
 		CPHashA:       tpm2.TPM2BDigest{Buffer: cpHashA},
+		Expiration:    int32(gateProofLifetime / time.Second),
 	}).Execute(p.t)
 	return Wrap("TPM2_PolicySecret", err)
+}
+
+// gateProofLifetime bounds how long a gate's proof lives in its policy
+// session (PolicySecret's expiration, counted from the session's nonce):
+// a command the proof authorizes, held on the bus, is refused by the TPM
+// after it.
+const gateProofLifetime = 10 * time.Second
+
+// newGateSession is the policy session ss, started for a gate's proof.
+func (t *TPM) newGateSession(ss tpm2.Session) *PolicySession {
+	return &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256, start: ss.Handle()}
+}
+
+// spend closes p so that the gate's proof in it, if it got one, can no
+// longer authorize anything (found by review: A1 held a gated extend or
+// increment and answered it as lost; provd's own retry ran, then the held
+// command, and the anchor was extended twice or the policy counter raised
+// later). p is flushed, and a witness (the TPM's handle lists in a salted
+// audit session) confirms that the TPM holds no session at its handle,
+// loaded or saved. Where that cannot be confirmed (the lists or the flush
+// kept from the TPM), spend waits until the proof has expired, and asks for
+// the sweep. Either way the proof is dead when it returns. Without a pinned
+// SRK (before first contact) nothing on the bus is authenticated, the
+// session is not salted, and spend only flushes.
+func (t *TPM) spend(p *PolicySession) error {
+	cerr := p.Close()
+	if p.proofUntil.IsZero() || !t.saltToPin() {
+		return cerr
+	}
+	if t.confirmGone(p.start) == nil {
+		return nil
+	}
+	t.unheld()
+	if d := time.Until(p.proofUntil); d > 0 {
+		time.Sleep(d)
+	}
+	return nil
+}
+
+// confirmGone returns nil when a witness confirms that the TPM holds no
+// session at h, loaded or saved.
+func (t *TPM) confirmGone(h tpm2.TPMHandle) (err error) {
+	w, err := t.OpenWitness()
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, w.Close()) }()
+	if !w.Authenticated() {
+		return errors.New("the SRK is no longer pinned: the TPM's handles are the bus's word")
+	}
+	left, err := w.Leftovers()
+	if err != nil {
+		return err
+	}
+	if slices.Contains(left, h) {
+		return fmt.Errorf("session 0x%08x is still in the TPM", uint32(h))
+	}
+	return nil
 }
 
 // commandCpHash is the SHA-256 cpHash of command cc on the entities named
@@ -266,12 +330,12 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	s := &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256}
+	s := t.newGateSession(ss)
 	if err := s.PolicySecret(gate, cpHashA); err != nil {
-		return nil, joinClose(err, s)
+		return nil, errors.Join(err, t.spend(s))
 	}
 	if err := s.PolicyCommandCode(cc); err != nil {
-		return nil, joinClose(err, s)
+		return nil, errors.Join(err, t.spend(s))
 	}
 	return s, nil
 }
@@ -295,6 +359,8 @@ type GatedExtend struct {
 	x    NVIndex
 	data []byte
 	s    *PolicySession
+	// done: the TPM answered the extend with success (authenticated).
+	done bool
 }
 
 // PrepareGatedExtend starts the session for the extend of the gated index
@@ -383,12 +449,12 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	pol := &PolicySession{t: t, s: ps, closer: t.sessionCloser(ps), alg: tpm2.TPMAlgSHA256}
+	pol := t.newGateSession(ps)
 	if err := pol.policySecret(gate.Auth(s), commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params)); err != nil {
-		return nil, nil, joinClose(err, pol)
+		return nil, nil, errors.Join(err, t.spend(pol))
 	}
 	if err := pol.PolicyCommandCode(tpm2.TPMCCNVExtend); err != nil {
-		return nil, nil, joinClose(err, pol)
+		return nil, nil, errors.Join(err, t.spend(pol))
 	}
 	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, data: bytes.Clone(data), s: pol}, nil
 }
@@ -415,11 +481,19 @@ func (g *GatedExtend) Extend() error {
 		}
 		return notSatisfied("TPM2_NV_Extend", guarded("TPM2_NV_Extend", err, 1), tpm2.TPMRCPolicyFail)
 	}
+	g.done = true
 	return nil
 }
 
-// Close flushes the session.
-func (g *GatedExtend) Close() error { return g.s.Close() }
+// Close flushes the session. Unless the extend succeeded it spends the
+// proof (TPM.spend): when Close returns, nothing can make the prepared
+// extend any more, so an extend that failed may be prepared and made again.
+func (g *GatedExtend) Close() error {
+	if g.done {
+		return g.s.Close()
+	}
+	return g.t.spend(g.s)
+}
 
 // NVExtendGated is PrepareGatedExtend, Extend and Close.
 func (t *TPM) NVExtendGated(h tpm2.TPMHandle, data []byte, gate Gate) (err error) {

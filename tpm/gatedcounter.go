@@ -200,7 +200,13 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 		return err
 	}
 	defer func() {
-		if cerr := s.Close(); cerr != nil && err == nil {
+		if err != nil {
+			// An increment held on the bus must not run later (found
+			// by review: it revoked the policy installed after).
+			err = errors.Join(err, t.spend(s))
+			return
+		}
+		if cerr := s.Close(); cerr != nil {
 			err = cerr
 		}
 	}()

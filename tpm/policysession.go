@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -37,6 +38,11 @@ type PolicySession struct {
 	// zeros (found by the review of issue 14: the daemon's kept session
 	// failed with TPM_RC_BAD_AUTH after another process's commit).
 	auth []byte
+	// start is the handle the session started with; proofUntil, once a
+	// gate's proof went into it (PolicySecret), is when that proof has
+	// surely expired (spend).
+	start      tpm2.TPMHandle
+	proofUntil time.Time
 }
 
 // saltedAuth marks a session salted to the SRK when it authorizes a
