@@ -9,10 +9,9 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// writtenGatedIndex defines a gated extend index at testGatedHandle under a
-// new gate, with the SRK pinned, extends it once with first, and returns
-// the loaded gate (flushed at the test's end) and the index as it is now.
-func writtenGatedIndex(t *testing.T, tp *tpm.TPM, first []byte) (tpm.Gate, tpm.NVIndex) {
+// pinnedGateBlob pins tp's SRK and creates a gate under it: the SRK, the
+// gate's blob and its authorization value.
+func pinnedGateBlob(t *testing.T, tp *tpm.TPM) (tpm.Object, tpm.Blob, []byte) {
 	t.Helper()
 	srk, err := tp.SRK()
 	if err != nil {
@@ -26,6 +25,15 @@ func writtenGatedIndex(t *testing.T, tp *tpm.TPM, first []byte) (tpm.Gate, tpm.N
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srk, blob, auth
+}
+
+// writtenGatedIndex defines a gated extend index at testGatedHandle under a
+// new gate, with the SRK pinned, extends it once with first, and returns
+// the loaded gate (flushed at the test's end) and the index as it is now.
+func writtenGatedIndex(t *testing.T, tp *tpm.TPM, first []byte) (tpm.Gate, tpm.NVIndex) {
+	t.Helper()
+	srk, blob, auth := pinnedGateBlob(t, tp)
 	gate, err := tp.LoadGate(srk, blob, auth)
 	if err != nil {
 		t.Fatal(err)

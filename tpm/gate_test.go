@@ -128,18 +128,7 @@ func TestGateNeedsItsAuthValue(t *testing.T) {
 	rec := &swtpmtest.Recorder{}
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	tp := env.TPM
-	srk, err := tp.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.PinSRK(srk.Public); err != nil {
-		t.Fatal(err)
-	}
-	auth := newGateAuth(t)
-	blob, err := tp.CreateGate(srk, auth)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srk, blob, auth := pinnedGateBlob(t, tp)
 	pub, err := tpm.GatedExtendPublic(testGatedHandle, mustBlobName(t, blob), false)
 	if err != nil {
 		t.Fatal(err)
