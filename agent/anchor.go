@@ -513,6 +513,13 @@ func (a *Agent) foreignAnchor() error {
 	if err != nil {
 		return err
 	}
+	// An index never extended anchors no trail (found by make reliability:
+	// a power cut during a new trail's NV_DefineSpace left the index
+	// defined and its gate unwritten; the state directory then refused its
+	// own next trail for good).
+	if !pub.Public.Attributes.Written {
+		return nil
+	}
 	if own, err := a.archivedAnchor(hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
 		return nil
 	}

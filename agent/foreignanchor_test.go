@@ -6,6 +6,8 @@ package agent_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -16,7 +18,9 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // A state directory that was zeroized completely (its anchor index removed,
@@ -385,4 +389,55 @@ func zeroizedBesideAnother(t *testing.T) (env *swtpmtest.Env, dir1 string, ag1, 
 		t.Fatal(err)
 	}
 	return env, dir1, ag1, ag2
+}
+
+// An index at the anchor's handle that was never extended anchors no trail
+// (found by make reliability: a power cut during a new trail's
+// NV_DefineSpace left the index defined and its gate unwritten, and the
+// state directory refused its own next trail for good): a provision in a
+// fresh state directory takes it without --force, records what it
+// replaced, and its trail verifies. A written index is still refused
+// (TestZeroizedStateLeavesAnotherStatesAnchor).
+func TestUnwrittenIndexAnchorsNoTrail(t *testing.T) {
+	env := swtpmtest.Start(t)
+	srk, err := env.TPM.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := tpm.NewGateAuth(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := env.TPM.CreateGate(srk, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gn, err := blob.Name()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tpm.GatedExtendPublic(agent.AuditAnchorHandle, gn.Buffer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := env.TPM.DefineNV(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatalf("provision over an index never extended: %v", err)
+	}
+	rep, err := ag.AuditVerify(ctx)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	recs, err := ag.AuditRecords(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 || recs[0].Objects["replaced_nv_name"] != hex.EncodeToString(x.Name.Buffer) {
+		t.Fatalf("the new trail's first record does not name the index it replaced (%x): %+v (%d lines)", x.Name.Buffer, recs, rep.Lines)
+	}
 }
