@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -177,11 +176,20 @@ func (t *TPM) DefineNV(pub tpm2.TPMSNVPublic) (NVIndex, error) {
 	return t.ReadNVPublic(pub.NVIndex)
 }
 
-// PolicySecret runs TPM2_PolicySecret for gate: the session then proves
-// that its holder knew the gate's authorization value, for the one command
-// whose cpHash is cpHashA. The value is proven in a one-use HMAC session
-// (keyed by it, salted to the SRK when one is pinned): it never crosses the
-// bus. A wrong value is ErrBadAuth.
+// gateAuth is gate authorized by a one-use HMAC session keyed by its
+// authorization value (salted to the SRK when one is pinned): the value
+// never crosses the bus. A wrong value is ErrBadAuth.
+func (t *TPM) gateAuth(gate Gate) (tpm2.AuthHandle, error) {
+	opts, err := t.pinnedSalt()
+	if err != nil {
+		return tpm2.AuthHandle{}, err
+	}
+	return gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(gate.auth))...)), nil
+}
+
+// prove satisfies GatePolicy(gate, cc) in p: TPM2_PolicySecret of the gate
+// (auth authorizes it), for the one command whose cpHash is cpHashA, then
+// TPM2_PolicyCommandCode(cc). The caller spends p if this fails (TPM.spend).
 //
 // cpHashA (commandCpHash) is what limits the proof to the command provd
 // means: StartAuthSession's answer has no HMAC, so the session handle the
@@ -190,13 +198,11 @@ func (t *TPM) DefineNV(pub tpm2.TPMSNVPublic) (NVIndex, error) {
 // (found by review: A1 extended the audit anchor with data of its own).
 // cpHashA is not part of the policy digest: the gated indices' policies
 // stay as they are.
-func (p *PolicySession) PolicySecret(gate Gate, cpHashA []byte) error {
-	opts, err := p.t.pinnedSalt()
-	if err != nil {
+func (p *PolicySession) prove(auth tpm2.AuthHandle, cc tpm2.TPMCC, cpHashA []byte) error {
+	if err := p.policySecret(auth, cpHashA); err != nil {
 		return err
 	}
-	opts = append(opts, tpm2.Auth(gate.auth))
-	return p.policySecret(gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, opts...)), cpHashA)
+	return p.PolicyCommandCode(cc)
 }
 
 // policySecret is TPM2_PolicySecret of the entity auth authorizes, into p,
@@ -300,13 +306,15 @@ func commandCpHash(cc tpm2.TPMCC, names []tpm2.TPM2BName, params []byte) []byte 
 	return h.Sum(nil)
 }
 
-// extendParams are TPM2_NV_Extend's parameters: data as a TPM2B.
-func extendParams(data []byte) ([]byte, error) {
+// extendProof is TPM2_NV_Extend's parameters for x with data (data as a
+// TPM2B), and the cpHash a gate's proof for that extend is bound to.
+func extendProof(x NVIndex, data []byte) (params, cpHash []byte, err error) {
 	if len(data) > math.MaxUint16 {
-		return nil, fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
+		return nil, nil, fmt.Errorf("NV extend: %d bytes of data is too much", len(data))
 	}
-	params := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
-	return append(params, data...), nil
+	params = binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(data)), uint16(len(data)))
+	params = append(params, data...)
+	return params, commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params), nil
 }
 
 // pinnedSalt is the option that salts a session to the pinned SRK, none
@@ -342,10 +350,11 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	s := t.newGateSession(ss)
-	if err := s.PolicySecret(gate, cpHashA); err != nil {
-		return nil, errors.Join(err, t.spend(s))
+	auth, err := t.gateAuth(gate)
+	if err == nil {
+		err = s.prove(auth, cc, cpHashA)
 	}
-	if err := s.PolicyCommandCode(cc); err != nil {
+	if err != nil {
 		return nil, errors.Join(err, t.spend(s))
 	}
 	return s, nil
@@ -366,10 +375,11 @@ func joinClose(err error, s *PolicySession) error {
 // extend (PolicySecret's cpHashA): whoever holds the session, it extends
 // nothing else. Close it on every path (a FlushContext).
 type GatedExtend struct {
-	t    *TPM
-	x    NVIndex
-	data []byte
-	s    *PolicySession
+	t *TPM
+	x NVIndex
+	// params are the extend's parameters, the data the proof is for.
+	params []byte
+	s      *PolicySession
 	// done: the TPM answered the extend with success (authenticated).
 	done bool
 }
@@ -384,15 +394,15 @@ func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate, data []byte) (*Gat
 	if err != nil {
 		return nil, err
 	}
-	params, err := extendParams(data)
+	params, cpHash, err := extendProof(x, data)
 	if err != nil {
 		return nil, err
 	}
-	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend, commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params))
+	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend, cpHash)
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, x: x, data: bytes.Clone(data), s: s}, nil
+	return &GatedExtend{t: t, x: x, params: params, s: s}, nil
 }
 
 // ErrNoSharedSession: ReadPrepareGatedExtend needs a pinned SRK to salt
@@ -417,7 +427,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if p.Attributes.NT != tpm2.TPMNTExtend || p.NameAlg != tpm2.TPMAlgSHA256 || p.DataSize != extendSize {
 		return nil, nil, fmt.Errorf("NV index 0x%08x is not a SHA-256 extend index", uint32(x.Handle))
 	}
-	params, err := extendParams(data)
+	params, cpHash, err := extendProof(x, data)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -461,13 +471,10 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	pol := t.newGateSession(ps)
-	if err := pol.policySecret(gate.Auth(s), commandCpHash(tpm2.TPMCCNVExtend, []tpm2.TPM2BName{x.Name, x.Name}, params)); err != nil {
+	if err := pol.prove(gate.Auth(s), tpm2.TPMCCNVExtend, cpHash); err != nil {
 		return nil, nil, errors.Join(err, t.spend(pol))
 	}
-	if err := pol.PolicyCommandCode(tpm2.TPMCCNVExtend); err != nil {
-		return nil, nil, errors.Join(err, t.spend(pol))
-	}
-	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, data: bytes.Clone(data), s: pol}, nil
+	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, params: params, s: pol}, nil
 }
 
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) of the data
@@ -480,12 +487,8 @@ func (g *GatedExtend) Extend() error {
 	if g.s.closed {
 		return errors.New("NV extend: the gate session is used up")
 	}
-	params, err := extendParams(g.data)
-	if err != nil {
-		return err
-	}
-	_, err = (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.x.Handle, g.x.Handle},
-		session: g.s.Session(), names: []tpm2.TPM2BName{g.x.Name, g.x.Name}, params: params}).run(g.t)
+	_, err := (rawCommand{cc: ccNVExtend, handles: []tpm2.TPMHandle{g.x.Handle, g.x.Handle},
+		session: g.s.Session(), names: []tpm2.TPM2BName{g.x.Name, g.x.Name}, params: g.params}).run(g.t)
 	if err != nil {
 		if errors.Is(err, ErrResponseForged) {
 			return fmt.Errorf("TPM2_NV_Extend: %w", err)

@@ -212,10 +212,11 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 	}()
 	for i := uint64(0); i < n; i++ {
 		if i > 0 {
-			if err := s.PolicySecret(gate, incr()); err != nil {
+			auth, err := t.gateAuth(gate)
+			if err != nil {
 				return err
 			}
-			if err := s.PolicyCommandCode(tpm2.TPMCCNVIncrement); err != nil {
+			if err := s.prove(auth, tpm2.TPMCCNVIncrement, incr()); err != nil {
 				return err
 			}
 		}
