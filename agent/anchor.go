@@ -111,6 +111,24 @@ func (g *gateRecord) auth() ([]byte, error) {
 
 func (g *gateRecord) name() ([]byte, error) { return hex.DecodeString(g.Name) }
 
+// writtenAnchor is the anchor as it must be once extended: gated by this
+// gate, its name the written one.
+func (g *gateRecord) writtenAnchor() (tpm.NVIndex, error) {
+	gn, err := g.name()
+	if err != nil {
+		return tpm.NVIndex{}, err
+	}
+	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
+	if err != nil {
+		return tpm.NVIndex{}, err
+	}
+	name, err := tpm.NVPublicName(pub)
+	if err != nil {
+		return tpm.NVIndex{}, err
+	}
+	return tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: name}, Public: pub}, nil
+}
+
 // expectedNames are the anchor's names, unwritten and written: the gated
 // public area with the gate's name in its authPolicy. An index recreated
 // with another policy or other attributes has another name.
@@ -170,15 +188,10 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	// TPM keys the session's command HMAC with the name it holds, so it
 	// answers only if the index is that one (issue 14: no NV_ReadPublic,
 	// 3 commands). Any failure is told apart by the full read below.
-	gn, err := g.name()
+	want, err := g.writtenAnchor()
 	if err != nil {
 		return nil, err
 	}
-	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
-	if err != nil {
-		return nil, err
-	}
-	want := tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: written}, Public: pub}
 	var v []byte
 	err = an.t.WithAuthenticatedNV(func(r *tpm.AuthenticatedNV) error {
 		var err error
@@ -230,25 +243,34 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		}
 		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
-	gk, held := tpm.Gate{}, *an.held != nil
-	if held {
-		gk = **an.held
-	} else if gk, err = an.loadGate(g); err != nil {
-		return nil, nil, err
-	}
-	ge, err := an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
-	if !held {
-		if ferr := an.t.Flush(gk.Handle); ferr != nil {
-			if ge != nil {
-				ferr = errors.Join(ferr, ge.Close())
-			}
-			return nil, nil, errors.Join(err, ferr)
-		}
-	}
+	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
+		return an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
+	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return gatedExtend(ge), ge.Close, nil
+}
+
+// withGate runs prepare with the gate key loaded (the one zeroize holds,
+// or loaded for it and flushed after: the prepared session holds the
+// proof). A failed flush fails the preparation, its session closed.
+func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.GatedExtend, error)) (*tpm.GatedExtend, error) {
+	if *an.held != nil {
+		return prepare(**an.held)
+	}
+	gk, err := an.loadGate(g)
+	if err != nil {
+		return nil, err
+	}
+	ge, err := prepare(gk)
+	if ferr := an.t.Flush(gk.Handle); ferr != nil {
+		if ge != nil {
+			ferr = errors.Join(ferr, ge.Close())
+		}
+		return nil, errors.Join(err, ferr)
+	}
+	return ge, err
 }
 
 // gatedExtend is the extend of a prepared gated extend: a policy the index
@@ -304,34 +326,15 @@ var errReadApart = errors.New("audit anchor: read apart")
 
 // readPrepare is ReadPrepare's shared session.
 func (an *trailAnchor) readPrepare(g *gateRecord, head []byte) ([]byte, *tpm.GatedExtend, error) {
-	gn, err := g.name()
+	want, err := g.writtenAnchor()
 	if err != nil {
 		return nil, nil, err
 	}
-	_, written, err := g.expectedNames()
-	if err != nil {
-		return nil, nil, err
-	}
-	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	want := tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: written}, Public: pub}
-	gk, held := tpm.Gate{}, *an.held != nil
-	if held {
-		gk = **an.held
-	} else if gk, err = an.loadGate(g); err != nil {
-		return nil, nil, err
-	}
-	value, ge, err := an.t.ReadPrepareGatedExtend(want, gk, head)
-	if !held {
-		if ferr := an.t.Flush(gk.Handle); ferr != nil {
-			if ge != nil {
-				ferr = errors.Join(ferr, ge.Close())
-			}
-			return nil, nil, errors.Join(err, ferr)
-		}
-	}
+	var value []byte
+	ge, err := an.withGate(g, func(gk tpm.Gate) (ge *tpm.GatedExtend, err error) {
+		value, ge, err = an.t.ReadPrepareGatedExtend(want, gk, head)
+		return ge, err
+	})
 	// Only the TPM's refusal of the read sends the caller to Read, which
 	// tells why; a session it could not start, or a forged answer, is
 	// the record's failure as with Read.
