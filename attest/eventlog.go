@@ -339,13 +339,10 @@ func (r *reader) left() int { return len(r.b) - r.off }
 // follow the last event. Sizes are bounded (MaxEventLogSize,
 // MaxEventDataSize); the parser copies what it keeps.
 func ParseEventLog(b []byte) (*EventLog, error) {
-	if len(b) > MaxEventLogSize {
-		return nil, fmt.Errorf("%w: event log of %d bytes (limit %d)", ErrBadEvidence, len(b), MaxEventLogSize)
-	}
 	// One copy of the whole log, which events' digests and data are
 	// capped slices of: the parser keeps nothing of the caller's buffer, in
 	// one allocation rather than two per event.
-	return parseEventLog(bytes.Clone(b))
+	return parseEventLog(b, true)
 }
 
 // ParseOwnedEventLog is ParseEventLog for a caller that gives b up: the
@@ -354,16 +351,17 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 // fleet endpoint parses each request's logs so, which nothing else holds:
 // one copy of up to MaxEventLogSize fewer per appraisal (a 64 KiB log: a
 // tenth of the endpoint's throughput, in its garbage collector).
-func ParseOwnedEventLog(b []byte) (*EventLog, error) {
+func ParseOwnedEventLog(b []byte) (*EventLog, error) { return parseEventLog(b, false) }
+
+// parseEventLog parses b, which the log keeps, or a copy of it.
+func parseEventLog(b []byte, copied bool) (*EventLog, error) {
 	if len(b) > MaxEventLogSize {
 		return nil, fmt.Errorf("%w: event log of %d bytes (limit %d)", ErrBadEvidence, len(b), MaxEventLogSize)
 	}
-	return parseEventLog(b[:len(b):len(b)])
-}
-
-// parseEventLog parses b, which the log keeps.
-func parseEventLog(b []byte) (*EventLog, error) {
-	r := &reader{b: b}
+	if copied {
+		b = bytes.Clone(b)
+	}
+	r := &reader{b: b[:len(b):len(b)]}
 	pcr, typ := r.u32(), EventType(r.u32())
 	sha1 := r.take(20)
 	size := r.u32()
