@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -206,8 +207,8 @@ func (a *Agent) attestActivate(ctx context.Context, e fleetapi.Enrollment) ([]by
 
 // AttestQuote quotes the PCRs pcrs names (bank name -> indices) with the
 // AK over nonce, and reads their values in a session salted to the pinned
-// SRK (again if they moved between the two: the endpoint checks the quote's
-// digest against them).
+// SRK; it quotes and reads again when the values do not hash to the
+// quote's digest (a PCR extended between the two), as the endpoint checks.
 func (a *Agent) AttestQuote(ctx context.Context, req api.AttestQuoteRequest) (api.AttestQuoteResult, error) {
 	q, sig, vals, err := a.attestQuote(ctx, req.Nonce, req.PCRs)
 	return api.AttestQuoteResult{Quote: q, Signature: sig, PCRs: vals}, err
@@ -217,6 +218,7 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 	defer a.lock()()
 	var sel tpm2.TPMLPCRSelection
 	banks := map[tpm2.TPMIAlgHash][]int{}
+	quoted := 0
 	for name, idx := range pcrs {
 		b, err := policy.ParseBank(name)
 		if err != nil {
@@ -231,35 +233,45 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		}
 		sel.PCRSelections = append(sel.PCRSelections, v.Selection().PCRSelections...)
 		banks[b.Alg()] = idx
+		quoted += len(idx)
+	}
+	if quoted == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: no PCR to quote", api.ErrBadInput)
 	}
 	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
 		for range 3 {
-			before, err := a.t.PCRUpdateCounter()
-			if err != nil {
-				return err
-			}
 			if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
 				return err
 			}
-			values = map[string]map[string]string{}
+			read := attest.PCRValues{}
 			for b, idx := range banks {
-				v, err := a.t.PCRReadAuthenticated(b, idx)
-				if err != nil {
+				if read[b], err = a.t.PCRReadAuthenticated(b, idx); err != nil {
 					return err
 				}
+			}
+			// The values sent are the quoted ones, checked here as the
+			// endpoint will: a PCR extended between the quote and the read
+			// is quoted again (where the PCRs' update counter read before
+			// and after took two commands more, issue 14).
+			q, err := attest.VerifyQuote(ak.Public, quote, sig, nonce, attest.Options{})
+			if err != nil {
+				return fmt.Errorf("%w: the TPM's quote does not verify with its own AK: %v", api.ErrTampered, err)
+			}
+			switch err := q.CheckPCRs(read); {
+			case errors.Is(err, attest.ErrPCRMismatch):
+				continue
+			case err != nil:
+				return fmt.Errorf("%w: the PCRs read do not fit the quote: %v", api.ErrTampered, err)
+			}
+			values = map[string]map[string]string{}
+			for b, v := range read {
 				m := map[string]string{}
 				for i, d := range v {
 					m[strconv.Itoa(i)] = hex.EncodeToString(d)
 				}
 				values[policy.Bank(b).String()] = m
 			}
-			after, err := a.t.PCRUpdateCounter()
-			if err != nil {
-				return err
-			}
-			if before == after {
-				return nil
-			}
+			return nil
 		}
 		return errors.New("the PCRs kept changing while they were quoted")
 	})
