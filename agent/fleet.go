@@ -216,13 +216,23 @@ func (a *Agent) AttestQuote(ctx context.Context, req api.AttestQuoteRequest) (ap
 
 func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
 	defer a.lock()()
+	// What the quote is checked against below (attest.VerifyQuote) is
+	// checked here first: a caller's bad input is not the TPM's tampering.
+	if len(nonce) < attest.MinNonceSize || len(nonce) > attest.MaxNonceSize {
+		return nil, nil, nil, fmt.Errorf("%w: a nonce of %d bytes (want %d..%d)", api.ErrBadInput, len(nonce), attest.MinNonceSize, attest.MaxNonceSize)
+	}
+	if len(pcrs) == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: no PCR to quote", api.ErrBadInput)
+	}
 	var sel tpm2.TPMLPCRSelection
 	banks := map[tpm2.TPMIAlgHash][]int{}
-	quoted := 0
 	for name, idx := range pcrs {
 		b, err := policy.ParseBank(name)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: %v", api.ErrBadInput, err)
+		}
+		if len(idx) == 0 {
+			return nil, nil, nil, fmt.Errorf("%w: no PCR of bank %s to quote", api.ErrBadInput, name)
 		}
 		v := policy.PCRValues{Bank: b, Values: map[int][]byte{}}
 		for _, i := range idx {
@@ -233,10 +243,6 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		}
 		sel.PCRSelections = append(sel.PCRSelections, v.Selection().PCRSelections...)
 		banks[b.Alg()] = idx
-		quoted += len(idx)
-	}
-	if quoted == 0 {
-		return nil, nil, nil, fmt.Errorf("%w: no PCR to quote", api.ErrBadInput)
 	}
 	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
 		for range 3 {

@@ -60,8 +60,8 @@ func VerifyCertify(signer tpm2.TPMTPublic, attest, sig, nonce []byte, certified 
 // over the raw bytes, then the parse, magic, type, signer and nonce. It
 // returns the structure and the hash of the signing scheme.
 func verifyAttest(signer tpm2.TPMTPublic, attest, sig, nonce []byte, typ tpm2.TPMST) (*tpm2.TPMSAttest, tpm2.TPMIAlgHash, error) {
-	if len(nonce) < MinNonceSize || len(nonce) > maxNonceSize {
-		return nil, 0, fmt.Errorf("%w: expected nonce of %d bytes (want %d..%d)", ErrNonce, len(nonce), MinNonceSize, maxNonceSize)
+	if len(nonce) < MinNonceSize || len(nonce) > MaxNonceSize {
+		return nil, 0, fmt.Errorf("%w: expected nonce of %d bytes (want %d..%d)", ErrNonce, len(nonce), MinNonceSize, MaxNonceSize)
 	}
 	if err := CheckAKPublic(signer); err != nil {
 		return nil, 0, err

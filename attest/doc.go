@@ -120,12 +120,12 @@ func (o Options) rand() io.Reader {
 
 // NonceSize is the size of the nonces NewNonce makes; MinNonceSize is the
 // shortest nonce a verifier accepts, so that a guessed or reused challenge
-// cannot make old evidence look fresh. The TPM takes at most 64 bytes
-// (TPM2B_DATA is sized for the largest digest).
+// cannot make old evidence look fresh. The TPM takes at most MaxNonceSize
+// bytes (TPM2B_DATA is sized for the largest digest).
 const (
 	NonceSize    = 32
 	MinNonceSize = 16
-	maxNonceSize = 64
+	MaxNonceSize = 64
 )
 
 // NewNonce returns a fresh challenge for a quote or certification, read from
