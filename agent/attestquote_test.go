@@ -34,15 +34,9 @@ func startQuoteEnv(t *testing.T) *quoteEnv {
 	t.Helper()
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	id, err := ag.AttestIdentity(ctx)
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7)
+	id, err := ag.AttestIdentity(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
