@@ -215,7 +215,6 @@ func (a *Agent) AttestQuote(ctx context.Context, req api.AttestQuoteRequest) (ap
 }
 
 func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
-	defer a.lock()()
 	// What the quote is checked against below (attest.VerifyQuote) is
 	// checked here first: a caller's bad input is not the TPM's tampering.
 	if len(nonce) < attest.MinNonceSize || len(nonce) > attest.MaxNonceSize {
@@ -244,6 +243,7 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		sel.PCRSelections = append(sel.PCRSelections, v.Selection().PCRSelections...)
 		banks[b.Alg()] = idx
 	}
+	defer a.lock()()
 	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
 		for range 3 {
 			if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
@@ -257,8 +257,9 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 			}
 			// The values sent are the quoted ones, checked here as the
 			// endpoint will: a PCR extended between the quote and the read
-			// is quoted again (where the PCRs' update counter read before
-			// and after took two commands more, issue 14).
+			// is quoted again. (The PCR update counter, read before and
+			// after, would take two commands more and not see PCRs 16 and
+			// 23 move.)
 			q, err := attest.VerifyQuote(ak.Public, quote, sig, nonce, attest.Options{})
 			if err != nil {
 				return fmt.Errorf("%w: the TPM's quote does not verify with its own AK: %v", api.ErrTampered, err)
