@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -67,6 +69,11 @@ type trailAnchor struct {
 	// held is the gate key zeroize loads before it evicts the SRK, for its
 	// last record; nil otherwise (the gate is loaded per record).
 	held **tpm.Gate
+	// proven is the written anchor the last Read read in its salted
+	// session (the TPM answered for that name), until Prepare takes it or
+	// ReadPrepare, which extends, drops it: Prepare then needs no
+	// NV_ReadPublic (issue 14).
+	proven atomic.Pointer[tpm.NVIndex]
 }
 
 var (
@@ -156,6 +163,7 @@ func (g *gateRecord) expectedNames() (unwritten, written []byte, err error) {
 }
 
 func (an *trailAnchor) Read() ([]byte, error) {
+	an.proven.Store(nil)
 	g, err := an.gate()
 	if err != nil {
 		return nil, err
@@ -218,18 +226,25 @@ func (an *trailAnchor) Read() ([]byte, error) {
 		v, err = r.ReadExtendIndex(x)
 		return err
 	})
+	if err == nil {
+		// Read as want, or as x of want's name: the TPM keyed the read's
+		// command HMAC with the name it holds.
+		an.proven.Store(&want)
+	}
 	return v, err
 }
 
 // Prepare readies the gated extend of head before the log writes its line: the
 // gate key is loaded under the SRK (one command: tpm.LoadGate), the anchor's
-// public is read (1), the gate proves its authorization in a policy session
-// salted to the pinned SRK (4: two StartAuthSession, PolicySecret in a
-// one-use HMAC session keyed by the gate's authorization value, bound to
-// the extend of head by its cpHashA, PolicyCommandCode) and is flushed (1); the extend is then one command, its
-// response authenticated by the salted session, and release flushes the
-// session (1). 9 commands per record, where the ungated index took 1
-// (ReadPrepare shares the anchor read's session). Without a gate only a legacy
+// public is read (1; none when the last Read proved the anchor, as a
+// one-shot command's record after the trail's open: provenAnchor), the
+// gate proves its authorization in a policy session salted to the pinned
+// SRK (4: two StartAuthSession, PolicySecret in a one-use HMAC session
+// keyed by the gate's authorization value, bound to the extend of head by
+// its cpHashA, PolicyCommandCode) and is flushed (1); the extend is then
+// one command, its response authenticated by the salted session, and
+// release flushes the session (1). 8 or 9 commands per record, where the
+// ungated index took 1 (ReadPrepare shares the anchor read's session). Without a gate only a legacy
 // trail's ungated index is extended (record() gives every trail a gate
 // before it appends).
 func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func() error, err error) {
@@ -243,13 +258,33 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		}
 		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
+	proven := an.provenAnchor(g)
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
+		if proven != nil {
+			return an.t.PrepareGatedExtendOf(*proven, gk, head)
+		}
 		return an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return gatedExtend(ge), ge.Close, nil
+}
+
+// provenAnchor takes the anchor the last Read proved, if it is still this
+// gate's written anchor (a new trail's gate has another); nil otherwise.
+// Whatever happened since, the proof Prepare makes is for that name: an
+// index recreated meanwhile refuses the extend (tampering, as it is).
+func (an *trailAnchor) provenAnchor(g *gateRecord) *tpm.NVIndex {
+	x := an.proven.Swap(nil)
+	if x == nil {
+		return nil
+	}
+	want, err := g.writtenAnchor()
+	if err != nil || !bytes.Equal(want.Name.Buffer, x.Name.Buffer) {
+		return nil
+	}
+	return x
 }
 
 // withGate runs prepare with the gate key loaded (the one zeroize holds,
@@ -296,6 +331,7 @@ func gatedExtend(ge *tpm.GatedExtend) func() error {
 // index was never extended, or is another: Read tells which), or no SRK is
 // pinned, it is Read then Prepare.
 func (an *trailAnchor) ReadPrepare(head []byte) (value []byte, extend func() error, release func() error, err error) {
+	an.proven.Store(nil)
 	g, err := an.gate()
 	if err != nil {
 		return nil, nil, nil, err

@@ -394,6 +394,15 @@ func (t *TPM) PrepareGatedExtend(h tpm2.TPMHandle, gate Gate, data []byte) (*Gat
 	if err != nil {
 		return nil, err
 	}
+	return t.PrepareGatedExtendOf(x, gate, data)
+}
+
+// PrepareGatedExtendOf is PrepareGatedExtend of x, whose name the caller
+// knows (an authenticated read just answered for it, or the index it
+// must be): no NV_ReadPublic. The proof is for x's name: if the index at
+// x's handle has another, the TPM refuses the extend (its cpHash is not
+// the proof's cpHashA) and nothing is extended.
+func (t *TPM) PrepareGatedExtendOf(x NVIndex, gate Gate, data []byte) (*GatedExtend, error) {
 	params, cpHash, err := extendProof(x, data)
 	if err != nil {
 		return nil, err
