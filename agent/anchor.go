@@ -69,10 +69,12 @@ type trailAnchor struct {
 	// held is the gate key zeroize loads before it evicts the SRK, for its
 	// last record; nil otherwise (the gate is loaded per record).
 	held **tpm.Gate
-	// proven is the written anchor the last Read read in its salted
-	// session (the TPM answered for that name), until Prepare takes it or
-	// ReadPrepare, which extends, drops it: Prepare then needs no
-	// NV_ReadPublic (issue 14).
+	// proven is the written anchor the last Read read, until Prepare
+	// takes it or ReadPrepare, which extends, drops it: Prepare then needs
+	// no NV_ReadPublic (issue 14). With an SRK pinned the read was in a
+	// salted session, so the TPM answered for that name; before first
+	// contact it proves nothing, and the extend's proof, bound to the name
+	// the gate gives, still lands on no other index.
 	proven atomic.Pointer[tpm.NVIndex]
 }
 

@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -35,5 +37,37 @@ func TestProvenAnchorIsThisGatesOnlyOnce(t *testing.T) {
 	}
 	if x := an.provenAnchor(cur); x != nil {
 		t.Fatal("one read served two extends")
+	}
+}
+
+// TestProvenAnchorDroppedByEveryReadAndReadPrepare: a Read that fails
+// (here: no gate, a new trail) and a ReadPrepare that fails before reading
+// (here: an unreadable gate file) leave no proven anchor for a later
+// Prepare (found by review: no test failed without either drop).
+func TestProvenAnchorDroppedByEveryReadAndReadPrepare(t *testing.T) {
+	g := &gateRecord{Name: "000b" + "0101010101010101010101010101010101010101010101010101010101010101"}
+	x, err := g.writtenAnchor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	an := &trailAnchor{dir: t.TempDir()}
+	an.proven.Store(&x)
+	if _, err := an.Read(); err == nil {
+		t.Fatal("a read without a gate succeeded")
+	}
+	if an.proven.Load() != nil {
+		t.Error("a failed Read left the earlier Read's proven anchor")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, gateFile), []byte("not a gate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	an = &trailAnchor{dir: dir}
+	an.proven.Store(&x)
+	if _, _, _, err := an.ReadPrepare([]byte("head")); err == nil {
+		t.Fatal("ReadPrepare with a broken gate file succeeded")
+	}
+	if an.proven.Load() != nil {
+		t.Error("a failed ReadPrepare left the earlier Read's proven anchor")
 	}
 }
