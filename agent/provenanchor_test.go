@@ -5,9 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
@@ -18,7 +15,6 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
 
 // oneShot is a provisioned state directory whose trail holds a record, and
@@ -231,54 +227,5 @@ func TestOneShotRecordUnderBusFaults(t *testing.T) {
 func oneShotRecordUnderFault(t *testing.T, f busFault) {
 	b := &swtpmtest.Bus{}
 	env, ag, dir := oneShot(t, b)
-	ctx := context.Background()
-	b.Set(f.hook())
-	err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "under attack")
-	b.Set(nil)
-	t.Logf("one-shot record under the fault: %v", err)
-	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) != 0 {
-		t.Errorf("left in the TPM after the faulted record: %x %v", left, lerr)
-	}
-	herr := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 5}), "key-delete", "honest")
-	_, verr := ag.AuditVerify(ctx)
-	repaired := false
-	if herr != nil || verr != nil {
-		t.Logf("honest record: %v; verify: %v", herr, verr)
-		if errors.Is(verr, audit.ErrUnanchored) || errors.Is(herr, audit.ErrUnanchored) {
-			_, rerr := ag.AuditRepair(ctx, false)
-			t.Logf("repair: %v", rerr)
-			if _, v2 := ag.AuditVerify(ctx); v2 != nil {
-				if _, rerr := ag.AuditRepair(ctx, true); rerr != nil {
-					t.Logf("repair --anchor-last: %v", rerr)
-				}
-				repaired = true
-			}
-			_ = ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 6}), "key-delete", "honest after repair")
-		}
-		_, verr = ag.AuditVerify(ctx)
-	}
-	if verr != nil {
-		t.Errorf("the trail does not verify on an honest bus after the fault (repaired: %v): %v", repaired, verr)
-	}
-	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
-	n := 0
-	for _, r := range recs {
-		if r.UID == 4242 {
-			n++
-		}
-	}
-	p, _ := os.ReadFile(filepath.Join(dir, "audit.pending"))
-	n += strings.Count(string(p), `"uid":4242`)
-	if n != 1 {
-		t.Errorf("the attacked record is in the trail or pending %d times, want 1", n)
-	}
-	if repaired && f.cc != tpm2.TPMCCNVExtend {
-		t.Errorf("a fault on %v (before any line was written) needed an officer's repair --anchor-last", f.cc)
-	}
-	if errors.Is(err, api.ErrTampered) && !errors.Is(err, tpm.ErrResponseForged) {
-		t.Logf("NOTE: a bus fault reported as tampering (exit %d)", api.ExitCode(err))
-	}
-	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) != 0 {
-		t.Errorf("left in the TPM at the end: %x %v", left, lerr)
-	}
+	checkRecordUnderFault(t, b, env, ag, dir, f)
 }

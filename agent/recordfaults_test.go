@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/test/swtpmtest"
@@ -139,6 +140,16 @@ func recordUnderFault(t *testing.T, f busFault) {
 	if err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 1}), "key-delete", "warm"); err != nil {
 		t.Fatal(err)
 	}
+	checkRecordUnderFault(t, b, env, ag, dir, f)
+}
+
+// checkRecordUnderFault records a refusal (UID 4242) with fault f on bus
+// b, then checks on an honest bus: nothing left loaded, the record in the
+// trail or pending exactly once, the trail verifying (repair
+// --anchor-last only after a fault on the extend itself).
+func checkRecordUnderFault(t *testing.T, b *swtpmtest.Bus, env *swtpmtest.Env, ag *agent.Agent, dir string, f busFault) {
+	t.Helper()
+	ctx := context.Background()
 	b.Set(f.hook())
 	err := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "under attack")
 	b.Set(nil)
