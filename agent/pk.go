@@ -674,27 +674,9 @@ func (a *Agent) createUnderPK(l *loadedPK, tmpl tpm2.TPMTPublic, data []byte) (t
 
 // createUnderPKWith is createUnderPK with the object's own authValue auth
 // (nil: the objects').
-func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data []byte) (tpm.Blob, error) {
-	return a.createUnder(l, tmpl, auth, data, nil)
-}
-
-// createWitnessed is createUnderPK for an object whose policy was made from
-// vals, read without a session: the TPM witnesses them in the creation's
-// authenticated answer (tpm.CreateWitnessed; tpm.ErrPCRsMoved when they
-// were not what it found).
-func (a *Agent) createWitnessed(l *loadedPK, tmpl tpm2.TPMTPublic, data []byte, vals policy.PCRValues) (tpm.Blob, error) {
-	return a.createUnder(l, tmpl, nil, data, &vals)
-}
-
-func (a *Agent) createUnder(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data []byte, witness *policy.PCRValues) (blob tpm.Blob, err error) {
+func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data []byte) (blob tpm.Blob, err error) {
 	if auth == nil {
 		auth = l.auth
-	}
-	var want []byte
-	if witness != nil {
-		if want, err = witness.CompositeDigest(tmpl.NameAlg); err != nil {
-			return tpm.Blob{}, err
-		}
 	}
 	// One policy session salted to the pinned SRK that also encrypts the
 	// sensitive area on its way in: TPM2_Create needs no session of its
@@ -707,12 +689,7 @@ func (a *Agent) createUnder(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data []byte
 		return a.t.StartSecretPolicySession(tpm.EncryptIn, auth)
 	}
 	err = a.withFreshSession(secret, l.rec, expr, opts, l.auth, func(s tpm2.Session) (err error) {
-		sens := tpm.Sensitive{UserAuth: auth, Data: data}
-		if witness != nil {
-			blob, err = a.t.CreateWitnessed(l.pk, s, tmpl, sens, witness.Selection(), want)
-		} else {
-			blob, err = a.t.Create(l.pk, s, tmpl, sens)
-		}
+		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: auth, Data: data})
 		return err
 	})
 	return blob, err

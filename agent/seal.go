@@ -60,7 +60,6 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 	var out []byte
 	err := a.withPK(ctx, func(l *loadedPK) error {
 		rec := l.rec
-		var pcrBank policy.Bank // sealed to the PCRs' current values: read with the creation
 		switch {
 		case req.Signer != nil:
 			// A secret's signed policy is satisfied by the signed policies
@@ -87,8 +86,17 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			if err := checkResettable(req.PCRs, req.AllowResettable); err != nil {
 				return err
 			}
-			pcrBank = bank
+			cur, err := a.t.PCRReadAuthenticated(bank.Alg(), req.PCRs)
+			if err != nil {
+				return err
+			}
+			r, err := newPCRRecord(policy.PCRValues{Bank: bank, Values: cur})
+			if err != nil {
+				return err
+			}
+			rec = r
 		}
+		b := sealedBlob{Format: sealedFormat, Version: sealedVersion, PK: l.state.Name, Policy: rec}
 		secret := req.Data
 		var dek []byte
 		if len(req.Data) > tpm.MaxSealedSize {
@@ -99,17 +107,10 @@ func (a *Agent) seal(ctx context.Context, req api.SealRequest, objects map[strin
 			defer clear(dek)
 			secret = dek
 		}
-		var obj tpm.Blob
-		var err error
-		if pcrBank != 0 {
-			obj, rec, err = a.sealToCurrentPCRs(l, pcrBank, req.PCRs, secret)
-		} else {
-			obj, err = a.createUnderPK(l, l.state.child(tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest()))), secret)
-		}
+		obj, err := a.createUnderPK(l, l.state.child(tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest()))), secret)
 		if err != nil {
 			return err
 		}
-		b := sealedBlob{Format: sealedFormat, Version: sealedVersion, PK: l.state.Name, Policy: rec}
 		name, err := obj.Name()
 		if err != nil {
 			return err
@@ -255,31 +256,4 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		*out = plain
 		return nil
 	})
-}
-
-// sealToCurrentPCRs creates the sealed object under the PK with a policy of
-// the current values of pcrs in bank. They are read without a session of
-// their own and witnessed by the TPM in the creation's answer, which the
-// PK's salted session authenticates (tpm.CreateWitnessed, issue 14: 2
-// commands fewer than a read in an audit session): values the bus changed,
-// or PCRs that moved after the read, make no object; they are read and the
-// object created again, 3 times at most.
-func (a *Agent) sealToCurrentPCRs(l *loadedPK, bank policy.Bank, pcrs []int, secret []byte) (tpm.Blob, policyRecord, error) {
-	for range 3 {
-		cur, err := a.t.PCRRead(bank.Alg(), pcrs)
-		if err != nil {
-			return tpm.Blob{}, policyRecord{}, err
-		}
-		vals := policy.PCRValues{Bank: bank, Values: cur}
-		rec, err := newPCRRecord(vals)
-		if err != nil {
-			return tpm.Blob{}, policyRecord{}, err
-		}
-		obj, err := a.createWitnessed(l, l.state.child(tpm.SealTemplate(officer.ObjectPolicyDigest(rec.digest()))), secret, vals)
-		if errors.Is(err, tpm.ErrPCRsMoved) {
-			continue
-		}
-		return obj, rec, err
-	}
-	return tpm.Blob{}, policyRecord{}, errors.New("the PCRs kept changing while they were sealed to (or their reads were changed on the bus)")
 }

@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -218,60 +217,20 @@ func (b Blob) Name() (tpm2.TPM2BName, error) {
 // userWithAuth in the template of the PK, D or a key and use them later
 // without their policy (found by review; agent tests mount it).
 func (t *TPM) Create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, in Sensitive) (Blob, error) {
-	blob, _, err := t.create(parent, parentAuth, tmpl, in, tpm2.TPMLPCRSelection{})
-	return blob, err
-}
-
-// ErrPCRsMoved: the PCRs an object's policy was made from did not hold
-// those values when the TPM created it (CreateWitnessed).
-var ErrPCRsMoved = errors.New("the PCRs did not hold the values the object's policy was made from when the TPM created it")
-
-// CreateWitnessed is Create for an object whose policy was made from PCR
-// values the caller read plainly (a PCR_Read without a session: the bus's
-// word). The TPM reports, in the creation data of its answer, the digest
-// of the PCRs of sel at the moment it created the object (with tmpl's
-// nameAlg), and the answer is authenticated by parentAuth, which must be a
-// session salted to the SRK that also encrypts the sensitive area
-// (sealsInput). The blob is returned only when that digest is want (the
-// values' digest the caller made the policy from); otherwise ErrPCRsMoved
-// (the PCRs moved after the read, or the read's answer was changed), and
-// the blob, never loaded, is dropped. Issue 14: where the values were read
-// in an audit session of their own, a StartAuthSession and a FlushContext.
-func (t *TPM) CreateWitnessed(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, in Sensitive, sel tpm2.TPMLPCRSelection, want []byte) (Blob, error) {
-	if !sealsInput(parentAuth) {
-		return Blob{}, errors.New("TPM2_Create: PCRs are witnessed only in a session salted to the SRK")
-	}
-	blob, cd, err := t.create(parent, parentAuth, tmpl, in, sel)
-	if err != nil {
-		return Blob{}, err
-	}
-	if !bytes.Equal(cd.PCRDigest.Buffer, want) {
-		return Blob{}, ErrPCRsMoved
-	}
-	return blob, nil
-}
-
-// create is TPM2_Create with creationPCR sel; it returns the answer's
-// creation data too.
-func (t *TPM) create(parent Object, parentAuth tpm2.Session, tmpl tpm2.TPMTPublic, in Sensitive, sel tpm2.TPMLPCRSelection) (Blob, *tpm2.TPMSCreationData, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
-	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl), InSensitive: in.create(), CreationPCR: sel}
+	cmd := tpm2.Create{ParentHandle: parent.Auth(parentAuth), InPublic: tpm2.New2B(tmpl), InSensitive: in.create()}
 	var blob Blob
-	var cd *tpm2.TPMSCreationData
 	_, err := t.guarded(sealsInput(parentAuth), func(extra ...tpm2.Session) error {
 		rsp, err := cmd.Execute(t, extra...)
 		if err != nil {
 			return guarded("TPM2_Create", err, 1+len(extra))
 		}
-		if cd, err = rsp.CreationData.Contents(); err != nil {
-			return fmt.Errorf("TPM2_Create: creation data: %w", err)
-		}
 		blob = Blob{Public: rsp.OutPublic, Private: rsp.OutPrivate}
 		return nil
 	})
-	return blob, cd, err
+	return blob, err
 }
 
 // sealsInput reports whether the authorization s of a command that carries
