@@ -159,7 +159,17 @@ func checkRecordUnderFault(t *testing.T, b *swtpmtest.Bus, env *swtpmtest.Env, a
 	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) != 0 {
 		t.Errorf("left in the TPM after the faulted record: %x %v", left, lerr)
 	}
-	// Honest bus from here on.
+	checkTrailAfterFault(t, env, ag, dir, f)
+}
+
+// checkTrailAfterFault checks, on an honest bus after an operation of UID
+// 4242 under fault f: the trail verifies (after the repairs an operator
+// would run; --anchor-last only after a fault on the extend itself), the
+// operation's record is in the trail or pending exactly once, and nothing
+// is left loaded.
+func checkTrailAfterFault(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir string, f busFault) {
+	t.Helper()
+	ctx := context.Background()
 	herr := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 5}), "key-delete", "honest")
 	_, verr := ag.AuditVerify(ctx)
 	repaired := false
