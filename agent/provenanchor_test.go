@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 
@@ -200,28 +199,12 @@ func TestRepairAnchorLastOfANewTrailsFirstLine(t *testing.T) {
 // trail verifies on an honest bus afterwards (repair --anchor-last only
 // where the extend's own outcome was unknown). Found missing by review.
 func TestOneShotRecordUnderBusFaults(t *testing.T) {
-	targets := []struct {
-		cc  tpm2.TPMCC
-		nth int
-	}{
+	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCStartAuthSession, 1}, {tpm2.TPMCCNVRead, 1}, {tpm2.TPMCCFlushContext, 1},
 		{tpm2.TPMCCLoad, 1}, {tpm2.TPMCCStartAuthSession, 2}, {tpm2.TPMCCPolicySecret, 1},
 		{tpm2.TPMCCPolicyCommandCode, 1}, {tpm2.TPMCCFlushContext, 2}, {tpm2.TPMCCNVExtend, 1},
 		{tpm2.TPMCCFlushContext, 3}, {tpm2.TPMCCNVReadPublic, 1},
-	}
-	for _, tg := range targets {
-		for _, kind := range []string{"forge", "passForge", "lose", "flip"} {
-			f := busFault{cc: tg.cc, nth: tg.nth, kind: kind}
-			name := fmt.Sprintf("%s%d-%s", faultCCName[tg.cc], tg.nth, kind)
-			if tg.cc == tpm2.TPMCCNVReadPublic {
-				name = fmt.Sprintf("NVReadPublic%d-%s", tg.nth, kind)
-			}
-			t.Run(name, func(t *testing.T) {
-				t.Parallel()
-				oneShotRecordUnderFault(t, f)
-			})
-		}
-	}
+	}, oneShotRecordUnderFault)
 }
 
 func oneShotRecordUnderFault(t *testing.T, f busFault) {

@@ -90,14 +90,26 @@ func (f busFault) hook() swtpmtest.Hook {
 // not parse left the session, the gate or the policy session loaded, with
 // no sweep asked for.
 func TestRecordUnderBusFaults(t *testing.T) {
-	targets := []struct {
-		cc  tpm2.TPMCC
-		nth int
-	}{
+	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCLoad, 1}, {tpm2.TPMCCStartAuthSession, 1}, {tpm2.TPMCCNVRead, 1}, {tpm2.TPMCCStartAuthSession, 2},
 		{tpm2.TPMCCPolicySecret, 1}, {tpm2.TPMCCPolicyCommandCode, 1}, {tpm2.TPMCCFlushContext, 1},
 		{tpm2.TPMCCFlushContext, 2}, {tpm2.TPMCCNVExtend, 1}, {tpm2.TPMCCFlushContext, 3},
-	}
+	}, recordUnderFault)
+}
+
+// faultTarget is the nth command of code cc an operation sends.
+type faultTarget struct {
+	cc  tpm2.TPMCC
+	nth int
+}
+
+// runFaultMatrix runs op, in parallel subtests, under each fault A1 can
+// put on each target: its answer forged (an error, or a warning), the
+// command passed on and a failure answered, the answer lost or changed,
+// and, for StartAuthSession and Load, another handle named; once, and on
+// every try but for flushes (A1 dropping every flush, the sweep's too,
+// fills the slots: nothing to learn).
+func runFaultMatrix(t *testing.T, targets []faultTarget, op func(*testing.T, busFault)) {
 	for _, tg := range targets {
 		kinds := []string{"forge", "forgeWarn", "passForge", "lose", "flip"}
 		if tg.cc == tpm2.TPMCCStartAuthSession || tg.cc == tpm2.TPMCCLoad {
@@ -106,7 +118,7 @@ func TestRecordUnderBusFaults(t *testing.T) {
 		for _, kind := range kinds {
 			for _, always := range []bool{false, true} {
 				if always && tg.cc == tpm2.TPMCCFlushContext {
-					continue // A1 dropping every flush, the sweep's too, fills the slots: nothing to learn
+					continue
 				}
 				f := busFault{cc: tg.cc, nth: tg.nth, kind: kind, always: always}
 				name := fmt.Sprintf("%s%d-%s", faultCCName[tg.cc], tg.nth, kind)
@@ -115,7 +127,7 @@ func TestRecordUnderBusFaults(t *testing.T) {
 				}
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
-					recordUnderFault(t, f)
+					op(t, f)
 				})
 			}
 		}
@@ -125,7 +137,9 @@ func TestRecordUnderBusFaults(t *testing.T) {
 var faultCCName = map[tpm2.TPMCC]string{
 	tpm2.TPMCCLoad: "Load", tpm2.TPMCCStartAuthSession: "StartAuthSession", tpm2.TPMCCNVRead: "NVRead",
 	tpm2.TPMCCPolicySecret: "PolicySecret", tpm2.TPMCCPolicyCommandCode: "PolicyCommandCode",
-	tpm2.TPMCCFlushContext: "Flush", tpm2.TPMCCNVExtend: "NVExtend",
+	tpm2.TPMCCFlushContext: "Flush", tpm2.TPMCCNVExtend: "NVExtend", tpm2.TPMCCNVReadPublic: "NVReadPublic",
+	tpm2.TPMCCPCRRead: "PCRRead", tpm2.TPMCCPolicyPCR: "PolicyPCR", tpm2.TPMCCPolicyAuthValue: "PolicyAuthValue",
+	tpm2.TPMCCCreate: "Create",
 }
 
 func recordUnderFault(t *testing.T, f busFault) {

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 
@@ -88,41 +87,11 @@ func TestChangedPCRReadSealsNothing(t *testing.T) {
 // record is in the trail or pending exactly once and the trail verifies
 // (found missing by the review of the witnessed seal).
 func TestSealUnderBusFaults(t *testing.T) {
-	targets := []struct {
-		cc  tpm2.TPMCC
-		nth int
-	}{
+	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCPCRRead, 1}, {tpm2.TPMCCStartAuthSession, 2}, {tpm2.TPMCCStartAuthSession, 3},
 		{tpm2.TPMCCPolicyPCR, 1}, {tpm2.TPMCCPolicyAuthValue, 1}, {tpm2.TPMCCCreate, 1},
 		{tpm2.TPMCCFlushContext, 2}, {tpm2.TPMCCFlushContext, 3}, {tpm2.TPMCCLoad, 1},
-	}
-	names := map[tpm2.TPMCC]string{
-		tpm2.TPMCCPCRRead: "PCRRead", tpm2.TPMCCStartAuthSession: "StartAuthSession", tpm2.TPMCCPolicyPCR: "PolicyPCR",
-		tpm2.TPMCCPolicyAuthValue: "PolicyAuthValue", tpm2.TPMCCCreate: "Create", tpm2.TPMCCFlushContext: "Flush",
-		tpm2.TPMCCLoad: "Load",
-	}
-	for _, tg := range targets {
-		kinds := []string{"forge", "forgeWarn", "passForge", "lose", "flip"}
-		if tg.cc == tpm2.TPMCCStartAuthSession || tg.cc == tpm2.TPMCCLoad {
-			kinds = append(kinds, "rehandle")
-		}
-		for _, kind := range kinds {
-			for _, always := range []bool{false, true} {
-				if always && tg.cc == tpm2.TPMCCFlushContext {
-					continue
-				}
-				f := busFault{cc: tg.cc, nth: tg.nth, kind: kind, always: always}
-				name := fmt.Sprintf("%s%d-%s", names[tg.cc], tg.nth, kind)
-				if always {
-					name += "-always"
-				}
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					sealUnderFault(t, f)
-				})
-			}
-		}
-	}
+	}, sealUnderFault)
 }
 
 func sealUnderFault(t *testing.T, f busFault) {
