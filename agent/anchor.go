@@ -246,9 +246,9 @@ func (an *trailAnchor) Read() ([]byte, error) {
 // its cpHashA, PolicyCommandCode) and is flushed (1); the extend is then
 // one command, its response authenticated by the salted session, and
 // release flushes the session (1). 8 or 9 commands per record, where the
-// ungated index took 1 (ReadPrepare shares the anchor read's session). Without a gate only a legacy
-// trail's ungated index is extended (record() gives every trail a gate
-// before it appends).
+// ungated index took 1 (ReadPrepare shares the anchor read's session).
+// Without a gate only a legacy trail's ungated index is extended (record()
+// gives every trail a gate before it appends).
 func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func() error, err error) {
 	g, err := an.gate()
 	if err != nil {
