@@ -196,10 +196,6 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 		if err != nil {
 			return nil, err
 		}
-		// As many kept idle as may be open: database/sql keeps 2 by
-		// default, and under load every connection beyond them was closed
-		// on release and dialled again (a new server process each time,
-		// with its TLS and authentication).
 		s = &sqlStore{db: db, d: postgresDialect}
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownDriver, u.Scheme)
