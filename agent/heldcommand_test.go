@@ -3,9 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"sync"
@@ -238,15 +235,7 @@ func TestHeldIncrementNeverRunsLater(t *testing.T) {
 			b := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 			ctx := context.Background()
-			ag := newAgent(t, env, stateDir(t))
-			signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ag, signer, res := signedPolicyAgent(t, env)
 			cur, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
 			if err != nil {
 				t.Fatal(err)

@@ -412,15 +412,7 @@ func TestReanchorArchivesABrokenTrail(t *testing.T) {
 func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ag, signer, res := signedPolicyAgent(t, env)
 	tp := env.TPM
 	if name, err := tp.NVName(agent.PolicyCounterHandle); err != nil || !bytes.Equal(name.Buffer, agent.CounterRef().Name) {
 		t.Fatalf("counter name %x, CounterRef %x (%v)", name.Buffer, agent.CounterRef().Name, err)
@@ -627,4 +619,20 @@ func TestLegacyTrailsMoveToTheGate(t *testing.T) {
 	if _, err := ag2.AuditVerify(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// signedPolicyAgent is a new agent on env, provisioned (trust on first
+// use) with a signed PK policy whose signer it returns, with the result.
+func signedPolicyAgent(t *testing.T, env *swtpmtest.Env) (*agent.Agent, *ecdsa.PrivateKey, api.ProvisionResult) {
+	t.Helper()
+	ag := newAgent(t, env, stateDir(t))
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ag.Provision(context.Background(), api.ProvisionRequest{TrustOnFirstUse: true, Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ag, signer, res
 }
