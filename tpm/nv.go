@@ -278,7 +278,8 @@ type AuthenticatedNV struct {
 }
 
 // WithAuthenticatedNV runs fn with the audit session (StartAuthSession
-// before, FlushContext after: 2 commands). Where no SRK is pinned (before
+// before, FlushContext after: 2 commands; none in an operation's shared
+// session, Share). Where no SRK is pinned (before
 // first contact) there is no key to salt to that an interposer could not
 // have chosen, and asking the TPM for one would create it: the reads then go
 // without a session, as plain reads.
@@ -290,9 +291,11 @@ func (t *TPM) WithAuthenticatedNV(fn func(r *AuthenticatedNV) error) error {
 	if opts == nil {
 		return fn(&AuthenticatedNV{t: t})
 	}
-	return t.withHMACSession(func(s tpm2.Session) error {
-		return fn(&AuthenticatedNV{t: t, s: s})
-	}, append(opts, tpm2.Audit())...)
+	read := func(s tpm2.Session) error { return fn(&AuthenticatedNV{t: t, s: s}) }
+	if ok, err := t.withSharedAudit(read); ok {
+		return err
+	}
+	return t.withHMACSession(read, append(opts, tpm2.Audit())...)
 }
 
 func (r *AuthenticatedNV) sessions() []tpm2.Session {

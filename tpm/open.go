@@ -94,6 +94,9 @@ type TPM struct {
 	// powerCycled: PowerCycle asked that the sim stop without
 	// Shutdown(STATE), so its next start is a reboot.
 	powerCycled bool
+	// share is the operation's shared audit session (Share), nil outside
+	// one.
+	share *shared
 }
 
 var _ transport.TPM = (*TPM)(nil)

@@ -36,20 +36,25 @@ func (t *TPM) PCRRead(bank tpm2.TPMIAlgHash, pcrs []int) (map[int][]byte, error)
 // session salted to the SRK (the pinned one, when pinned): the response HMAC,
 // keyed by a salt only the TPM can decrypt, covers the values, so an
 // interposer cannot choose the PCR values provd seals to. A changed response
-// is ErrResponseForged. It costs a StartAuthSession and a FlushContext.
+// is ErrResponseForged. It costs a StartAuthSession and a FlushContext, or
+// nothing in an operation's shared session (Share).
 func (t *TPM) PCRReadAuthenticated(bank tpm2.TPMIAlgHash, pcrs []int) (vals map[int][]byte, err error) {
 	want, err := checkPCRs(pcrs)
 	if err != nil {
 		return nil, err
 	}
+	read := func(s tpm2.Session) (err error) {
+		vals, err = t.pcrRead(bank, want, s)
+		return err
+	}
+	if ok, err := t.withSharedAudit(read); ok {
+		return vals, err
+	}
 	srk, err := t.SRK()
 	if err != nil {
 		return nil, err
 	}
-	err = t.withHMACSession(func(s tpm2.Session) (err error) {
-		vals, err = t.pcrRead(bank, want, s)
-		return err
-	}, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit())
+	err = t.withHMACSession(read, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit())
 	return vals, err
 }
 

@@ -97,7 +97,7 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 		}).Execute(t, extra...)
 		return err
 	}
-	index, err := t.guarded(authenticated(parentAuth), load)
+	index, err := t.guardedLoad(authenticated(parentAuth), load)
 	if err != nil {
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))

@@ -109,3 +109,16 @@ func (t *TPM) guarded(self bool, cmd func(extra ...tpm2.Session) error) (index i
 	}
 	return 2, t.WithEncryptSession(EncryptIn, func(enc tpm2.Session) error { return cmd(enc) })
 }
+
+// guardedLoad is guarded for a command that carries no secret in (a load:
+// the private area is the parent's ciphertext already): the extra session
+// is the operation's shared audit session when there is one (Share), whose
+// HMACs bind the command and its answer as the encrypting one's do.
+func (t *TPM) guardedLoad(self bool, cmd func(extra ...tpm2.Session) error) (index int, err error) {
+	if !self {
+		if ok, err := t.withSharedAudit(func(s tpm2.Session) error { return cmd(s) }); ok {
+			return 2, err
+		}
+	}
+	return t.guarded(self, cmd)
+}
