@@ -161,7 +161,15 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 		return err
 	}
 	defer func() { _ = a.t.Flush(ak.Handle) }()
-	return fn(ak, auth)
+	if err := fn(ak, auth); err != nil {
+		// The load's handle came in an answer with no HMAC: renamed on
+		// the bus, the AK's uses fail, the flush above names another
+		// handle, and the AK stays loaded; the sweep flushes it (found
+		// by review).
+		a.t.Unheld()
+		return err
+	}
+	return nil
 }
 
 // AttestActivate activates the enrollment's credential with this TPM's EK
