@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -18,40 +17,6 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
-
-// commandLog records the command codes that cross bus while on.
-type commandLog struct {
-	mu  sync.Mutex
-	on  bool
-	got []tpm2.TPMCC
-}
-
-func (l *commandLog) start() { l.mu.Lock(); l.on, l.got = true, nil; l.mu.Unlock() }
-func (l *commandLog) stop() []tpm2.TPMCC {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.on = false
-	return l.got
-}
-
-func (l *commandLog) hook(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-	l.mu.Lock()
-	if l.on {
-		l.got = append(l.got, swtpmtest.CommandCode(cmd))
-	}
-	l.mu.Unlock()
-	return nil, nil, false
-}
-
-func count(cmds []tpm2.TPMCC, cc tpm2.TPMCC) int {
-	n := 0
-	for _, c := range cmds {
-		if c == cc {
-			n++
-		}
-	}
-	return n
-}
 
 // savedPKAgent is a daemon's agent (KeepSession) on a TPM behind bus,
 // provisioned to PCR 7, with one sealed secret.
@@ -88,15 +53,15 @@ func unsealKeptPK(t *testing.T, a *Agent, blob []byte) {
 // commands, was 13); a one-shot process saves no context it would never
 // use.
 func TestSavedPKWarmUnseal(t *testing.T) {
-	log := &commandLog{}
+	log := &swtpmtest.CommandLog{}
 	bus := &swtpmtest.Bus{}
-	bus.Set(log.hook)
+	bus.Set(log.Hook)
 	_, a, blob := savedPKAgent(t, bus)
 	unsealKeptPK(t, a, blob)
-	log.start()
+	log.Start()
 	unsealKeptPK(t, a, blob)
-	cmds := log.stop()
-	if len(cmds) != 12 || cmds[0] != tpm2.TPMCCContextLoad || cmds[1] != tpm2.TPMCCReadPublic || count(cmds, tpm2.TPMCCLoad) != 1 || count(cmds, tpm2.TPMCCContextSave) != 0 {
+	cmds := log.Stop()
+	if len(cmds) != 12 || cmds[0] != tpm2.TPMCCContextLoad || cmds[1] != tpm2.TPMCCReadPublic || swtpmtest.Count(cmds, tpm2.TPMCCLoad) != 1 || swtpmtest.Count(cmds, tpm2.TPMCCContextSave) != 0 {
 		t.Fatalf("a warm unseal through the daemon: %d commands %v; want 12, the PK from its saved context", len(cmds), cmds)
 	}
 
@@ -105,10 +70,10 @@ func TestSavedPKWarmUnseal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer oneShot.Close()
-	log.start()
+	log.Start()
 	unsealKeptPK(t, oneShot, blob)
-	cmds = log.stop()
-	if count(cmds, tpm2.TPMCCContextSave) != 0 || count(cmds, tpm2.TPMCCContextLoad) != 0 || oneShot.pk != nil {
+	cmds = log.Stop()
+	if swtpmtest.Count(cmds, tpm2.TPMCCContextSave) != 0 || swtpmtest.Count(cmds, tpm2.TPMCCContextLoad) != 0 || oneShot.pk != nil {
 		t.Fatalf("a one-shot unseal saved or loaded a PK context: %v", cmds)
 	}
 }
@@ -173,17 +138,17 @@ func TestSavedPKForgedContextLoad(t *testing.T) {
 // and Close (dropped), another process's provision (another PK: its id
 // differs, and the old context is never loaded).
 func TestSavedPKLifetime(t *testing.T) {
-	log := &commandLog{}
+	log := &swtpmtest.CommandLog{}
 	bus := &swtpmtest.Bus{}
-	bus.Set(log.hook)
+	bus.Set(log.Hook)
 	env, a, blob := savedPKAgent(t, bus)
 	ctx := context.Background()
 	unsealKeptPK(t, a, blob)
 
 	env.Reset()
-	log.start()
+	log.Start()
 	unsealKeptPK(t, a, blob)
-	if cmds := log.stop(); count(cmds, tpm2.TPMCCLoad) != 2 || a.pk == nil {
+	if cmds := log.Stop(); swtpmtest.Count(cmds, tpm2.TPMCCLoad) != 2 || a.pk == nil {
 		t.Fatalf("after a TPM reset: %v, context kept %v; want the PK loaded from its blob and its new context kept", cmds, a.pk != nil)
 	}
 
@@ -197,11 +162,11 @@ func TestSavedPKLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.Close()
-	log.start()
+	log.Start()
 	if _, err := a.Unseal(ctx, blob); err == nil {
 		t.Fatal("a secret sealed under the zeroized PK unsealed")
 	}
-	if cmds := log.stop(); count(cmds, tpm2.TPMCCContextLoad) != 0 || a.pk == nil || a.pk.id == old {
+	if cmds := log.Stop(); swtpmtest.Count(cmds, tpm2.TPMCCContextLoad) != 0 || a.pk == nil || a.pk.id == old {
 		t.Fatalf("after another process's provision: %v; the old PK's context was loaded, or the new one's not kept", cmds)
 	}
 	blob2, err := a.Seal(ctx, api.SealRequest{Data: []byte("kept PK")})

@@ -3,47 +3,20 @@ package agent_test
 import (
 	"context"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// codeLog records the command codes sent behind a swtpmtest.Bus.
-type codeLog struct {
-	mu    sync.Mutex
-	codes []tpm2.TPMCC
-}
-
-func (l *codeLog) hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-	l.mu.Lock()
-	l.codes = append(l.codes, swtpmtest.CommandCode(cmd))
-	l.mu.Unlock()
-	return nil, nil, false
-}
-
-// upTo is the codes sent before the first cc.
-func (l *codeLog) upTo(cc tpm2.TPMCC) []tpm2.TPMCC {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if i := slices.Index(l.codes, cc); i >= 0 {
-		return slices.Clone(l.codes[:i])
+// upTo is the codes before the first cc.
+func upTo(cmds []tpm2.TPMCC, cc tpm2.TPMCC) []tpm2.TPMCC {
+	if i := slices.Index(cmds, cc); i >= 0 {
+		return cmds[:i]
 	}
-	return slices.Clone(l.codes)
-}
-
-func countOf(codes []tpm2.TPMCC, cc tpm2.TPMCC) int {
-	n := 0
-	for _, c := range codes {
-		if c == cc {
-			n++
-		}
-	}
-	return n
+	return cmds
 }
 
 // A one-shot seal reads the audit anchor, loads the PK and reads the PCRs
@@ -53,30 +26,32 @@ func countOf(codes []tpm2.TPMCC, cc tpm2.TPMCC) int {
 func TestOneShotSealSharesOneAuditSession(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env, ag, _ := oneShot(t, b)
-	log := &codeLog{}
-	b.Set(log.hook)
+	log := &swtpmtest.CommandLog{}
+	b.Set(log.Hook)
+	log.Start()
 	ctx := context.Background()
 	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("the disk key"), PCRs: []int{7, 16}, AllowResettable: true})
+	cmds := log.Stop()
 	b.Set(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := log.upTo(tpm2.TPMCCPolicyPCR)
-	if n := countOf(before, tpm2.TPMCCStartAuthSession); n != 2 {
+	before := upTo(cmds, tpm2.TPMCCPolicyPCR)
+	if n := swtpmtest.Count(before, tpm2.TPMCCStartAuthSession); n != 2 {
 		t.Errorf("before the creation's policy: %v; want 2 StartAuthSession (the shared one, the creation's)", before)
 	}
 	for _, cc := range []tpm2.TPMCC{tpm2.TPMCCNVRead, tpm2.TPMCCLoad, tpm2.TPMCCPCRRead} {
-		if countOf(before, cc) != 1 {
+		if swtpmtest.Count(before, cc) != 1 {
 			t.Errorf("before the creation's policy: %v; want one %v", before, cc)
 		}
 	}
-	if n := countOf(before, tpm2.TPMCCFlushContext); n != 0 {
+	if n := swtpmtest.Count(before, tpm2.TPMCCFlushContext); n != 0 {
 		t.Errorf("before the creation's policy: %v; want no flush (one session for the reads and the load)", before)
 	}
 	// 23 in a new process, with the open's four (GetTestResult, two
 	// GetCapability, the SRK's ReadPublic); the TPM is open here.
-	if n := len(log.codes); n != 19 {
-		t.Errorf("a one-shot seal sent %d commands, want 19: %v", n, log.codes)
+	if n := len(cmds); n != 19 {
+		t.Errorf("a one-shot seal sent %d commands, want 19: %v", n, cmds)
 	}
 	got, err := ag.Unseal(ctx, blob)
 	if err != nil || string(got) != "the disk key" {
@@ -95,16 +70,17 @@ func TestOneShotSealSharesOneAuditSession(t *testing.T) {
 // one, where three were (issue 14).
 func TestAttestQuoteSharesOneAuditSession(t *testing.T) {
 	q := startQuoteEnv(t)
-	log := &codeLog{}
-	q.bus.Set(log.hook)
+	log := &swtpmtest.CommandLog{}
+	q.bus.Set(log.Hook)
+	log.Start()
 	nonce := []byte("a nonce of twenty bytes.")
 	res, err := q.ag.AttestQuote(context.Background(), api.AttestQuoteRequest{Nonce: nonce, PCRs: map[string][]int{"sha256": {0, 7, 16}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	q.quoted(t, nonce, res)
-	if n := countOf(log.codes, tpm2.TPMCCStartAuthSession); n != 2 {
-		t.Errorf("attest quote: %v; want 2 StartAuthSession", log.codes)
+	if cmds := log.Stop(); swtpmtest.Count(cmds, tpm2.TPMCCStartAuthSession) != 2 {
+		t.Errorf("attest quote: %v; want 2 StartAuthSession", cmds)
 	}
 	q.noLeftovers(t)
 }

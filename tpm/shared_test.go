@@ -33,13 +33,7 @@ func (l *sessionLog) hook(next transport.TPM, cmd []byte) ([]byte, error, bool) 
 func (l *sessionLog) count(cc tpm2.TPMCC) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
-	for _, c := range l.codes {
-		if c == cc {
-			n++
-		}
-	}
-	return n
+	return swtpmtest.Count(l.codes, cc)
 }
 
 // sessionsOf is the sessions each command cc named, in order.

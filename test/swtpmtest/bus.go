@@ -154,3 +154,43 @@ func OwnSessionExtend(next transport.TPM, h, ps tpm2.TPMHandle, data []byte) (tp
 	}
 	return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])), nil
 }
+
+// CommandLog records the command codes that cross a Bus while it is on
+// (Start, Stop); set its Hook on the bus.
+type CommandLog struct {
+	mu  sync.Mutex
+	on  bool
+	got []tpm2.TPMCC
+}
+
+// Start clears the log and turns it on.
+func (l *CommandLog) Start() { l.mu.Lock(); l.on, l.got = true, nil; l.mu.Unlock() }
+
+// Stop turns the log off and returns what it recorded.
+func (l *CommandLog) Stop() []tpm2.TPMCC {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.on = false
+	return l.got
+}
+
+// Hook records cmd's code and passes it on.
+func (l *CommandLog) Hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+	l.mu.Lock()
+	if l.on {
+		l.got = append(l.got, CommandCode(cmd))
+	}
+	l.mu.Unlock()
+	return nil, nil, false
+}
+
+// Count is how many of cmds are cc.
+func Count(cmds []tpm2.TPMCC, cc tpm2.TPMCC) int {
+	n := 0
+	for _, c := range cmds {
+		if c == cc {
+			n++
+		}
+	}
+	return n
+}
