@@ -252,7 +252,7 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		banks[b.Alg()] = idx
 	}
 	defer a.lock()()
-	quoteRead := func(ak tpm.Object, auth []byte) error {
+	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
 		for range 3 {
 			if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
 				return err
@@ -289,9 +289,7 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 			return nil
 		}
 		return errors.New("the PCRs kept changing while they were quoted")
-	}
-	// The AK's load and the PCR reads share one audit session.
-	err = a.t.Share(func() error { return a.withAttestKey(ctx, quoteRead) })
+	})
 	return quote, sig, values, err
 }
 

@@ -547,13 +547,6 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 	// later, it must be of no use to whoever watched (found by
 	// review: an unsalted one was used first by an attacker's
 	// TPM2_ActivateCredential, which read the secret).
-	//
-	// Activation holds every session slot the TPM has (this session,
-	// the EK's policy session and the PK's, then the import's): the
-	// operation's shared reads end here (tpm.TPM.Unshare).
-	if err := a.t.Unshare(); err != nil {
-		return nil, err
-	}
 	ps, err := a.t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err

@@ -147,10 +147,7 @@ func (a *Agent) zeroize(ctx context.Context, opts api.ZeroizeOptions) (err error
 func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions, res *api.ZeroizeResult, w *tpm.Witness) error {
 	res.Authenticated = w.Authenticated()
 	a.pk = nil
-	// The operation's shared audit session first (tpm.TPM.Unshare): the
-	// flush below takes every session, and the operation's later reads
-	// go in sessions of their own.
-	errs := []error{a.t.Unshare(), a.keys.Close()}
+	errs := []error{a.keys.Close()}
 	// Transient objects and sessions: on a TPM without a resource manager
 	// these may be provd's from a crashed run.
 	left, err := w.Leftovers()

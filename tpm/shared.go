@@ -26,7 +26,6 @@ type shared struct {
 	close func() error
 	gen   uint64 // the TPM's generation it started in
 	inUse bool   // a read runs in it (its session is in the command)
-	off   bool   // Unshare: the reads go in sessions of their own again
 }
 
 // Share runs fn with one audit session for the authenticated reads and
@@ -36,10 +35,13 @@ type shared struct {
 // (the agent's lock), as for every session it holds. A Share inside
 // another is the outer one's.
 //
-// The session holds one of the TPM's session slots until fn returns. A
-// session started meanwhile that the TPM refuses for want of a slot
-// (TPM_RC_SESSION_MEMORY) has the shared one flushed and is sent again
-// (Send), so fn never needs a slot the operation had before sharing.
+// The session holds one of the TPM's session slots only while nothing else
+// starts one: any other StartAuthSession has it flushed first (Send), and
+// the next read starts a new one. So an operation never holds more
+// sessions at once than it did before sharing: the TPM's slots (3 on
+// swtpm) and the kernel resource manager's (3 per connection on
+// /dev/tpmrm0, where a fourth fails the device's write and flushes the
+// connection's every session) are as they were.
 func (t *TPM) Share(fn func() error) (err error) {
 	if t.share != nil {
 		return fn()
@@ -61,7 +63,7 @@ func (t *TPM) Share(fn func() error) (err error) {
 // its own. A failure of fn flushes the session.
 func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error) {
 	sh := t.share
-	if sh == nil || sh.inUse || sh.off {
+	if sh == nil || sh.inUse {
 		return false, nil
 	}
 	salt, err := t.pinnedSalt()
@@ -93,18 +95,6 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 	return true, nil
 }
 
-// Unshare flushes the shared session and shares none for the rest of the
-// operation's Share: for a step that needs every session slot the TPM has
-// (a duplicate's import holds three), where sharing would cost a refused
-// StartAuthSession and its sweep (Send).
-func (t *TPM) Unshare() error {
-	if t.share == nil {
-		return nil
-	}
-	t.share.off = true
-	return t.dropShared()
-}
-
 // dropShared flushes the shared session, if one is started.
 func (t *TPM) dropShared() error {
 	sh := t.share
@@ -116,32 +106,16 @@ func (t *TPM) dropShared() error {
 	return closer()
 }
 
-// sharedSlot reports whether an answer rsp to cmd is a StartAuthSession the
-// TPM refused for want of a session slot while the shared session holds
-// one it could give up: not in a command (its handle may be in the one
-// this session starts for).
-func (t *TPM) sharedSlot(cmd, rsp []byte) bool {
-	sh := t.share
-	if sh == nil || sh.s == nil || sh.inUse || len(cmd) < headerSize || len(rsp) < headerSize {
-		return false
-	}
-	return tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession &&
-		tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])) == tpm2.TPMRCSessionMemory
-}
-
-// Send sends cmd to the TPM (counting.Send). A StartAuthSession refused for
-// want of a slot that the operation's shared session holds (Share) is sent
-// again once that session is flushed: sharing never costs an operation a
-// slot it had. The refused command made nothing; a refusal forged on the
-// bus costs the shared session and one command, as any dropped answer
-// would.
+// Send sends cmd to the TPM (counting.Send). A StartAuthSession while the
+// shared session is started (its own comes before) has it flushed first,
+// while no command is using it (Share): sharing never holds a slot another session
+// needs. A flush that fails marks the sweep (counting), and the session
+// is never used again either way. A read in progress starts no session:
+// its session is the shared one.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
-	rsp, err := t.counting.Send(cmd)
-	if err != nil || !t.sharedSlot(cmd, rsp) {
-		return rsp, err
-	}
-	if err := t.dropShared(); err != nil {
-		return nil, err
+	if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && len(cmd) >= headerSize &&
+		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
+		_ = t.dropShared()
 	}
 	return t.counting.Send(cmd)
 }
