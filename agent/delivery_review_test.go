@@ -4,21 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/attest"
-	"github.com/provd/provd/attest/fleet"
-	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -67,71 +60,16 @@ func TestDeliveredSecretNeedsProvdsAK(t *testing.T) {
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
-	var bundle []byte
-	for _, f := range env.CABundle {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle = append(bundle, b...)
-	}
-	roots, err := attest.CertPoolFromPEM(bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := fleet.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	e := fleet.New(fleet.Config{Store: st, Roots: roots})
-	secret := []byte("fleet secret: the gateway's wifi psk")
-	if err := st.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Value: secret, UpdatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
 	// attest enroll, then attest fetch, as the CLI does them.
-	idReq, err := ag.AttestIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idReq.Class = "gateway"
-	enr, err := e.Enroll(ctx, idReq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	act, err := ag.AttestActivate(ctx, enr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Activate(ctx, fleetapi.ActivateRequest{DeviceID: enr.DeviceID, Secret: act.Secret}); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := e.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: enr.DeviceID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := ag.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The operator's golden values: this device's boot.
-	golden := map[string]map[int]string{"sha256": {}}
-	for k, h := range q.PCRs["sha256"] {
-		i, _ := strconv.Atoi(k)
-		golden["sha256"][i] = h
-	}
-	if err := st.SetPolicy(ctx, fleet.Policy{Class: "gateway", PCRs: golden, UpdatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	v, err := e.Attest(ctx, fleetapi.AttestRequest{DeviceID: enr.DeviceID, Nonce: ch.Nonce, Quote: q.Quote, Signature: q.Signature, PCRs: q.PCRs, Fetch: true})
-	if err != nil || !v.Pass || len(v.Deliveries) != 1 {
-		t.Fatalf("%+v %v", v, err)
-	}
-	if _, err := ag.AttestInstall(ctx, api.AttestInstallRequest{Deliveries: v.Deliveries}); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := ag.AttestSecret(ctx, api.AttestSecretRequest{Name: "wifi"}); err != nil || !bytes.Equal(got.Secret, secret) {
-		t.Fatalf("provd's own unseal: %q %v", got.Secret, err)
+	secret := []byte("fleet secret: the gateway's wifi psk")
+	v, got := fleetFlow(t, env, ag, secret, func(name string, fn func() error) {
+		t.Helper()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	})
+	if !bytes.Equal(got, secret) {
+		t.Fatalf("provd's own unseal: %q", got)
 	}
 	ag.Close()
 

@@ -42,15 +42,17 @@ type shared struct {
 // swtpm) and the kernel resource manager's (3 per connection on
 // /dev/tpmrm0, where a fourth fails the device's write and flushes the
 // connection's every session) are as they were.
-func (t *TPM) Share(fn func() error) (err error) {
+func (t *TPM) Share(fn func() error) error {
 	if t.share != nil {
 		return fn()
 	}
 	t.share = &shared{}
 	defer func() {
-		if ferr := t.dropShared(); ferr != nil && err == nil {
-			err = ferr
-		}
+		// fn's work is done, and may be committed: a flush of the shared
+		// session that fails is not fn's failure (found by review: a
+		// forged error there recorded a deleted key's delete as failed).
+		// A failed FlushContext has asked for the sweep (counting).
+		_ = t.dropShared()
 		t.share = nil
 	}()
 	return fn()
@@ -71,12 +73,7 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 		return err != nil, err
 	}
 	if sh.s != nil && sh.gen != t.Generation() {
-		// The connection was lost or the TPM started up since: the
-		// session is gone, or the handle is another client's. Flushed
-		// either way (not there counts as flushed), never used again.
-		if err := t.dropShared(); err != nil {
-			return true, err
-		}
+		_ = t.dropShared() // forgotten: its number may be another's
 	}
 	if sh.s == nil {
 		gen := t.Generation()
@@ -95,14 +92,24 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 	return true, nil
 }
 
-// dropShared flushes the shared session, if one is started.
+// dropShared gives the shared session up, if one is started: flushed, or,
+// when the TPM's generation moved since it started (the connection was
+// lost, or the TPM started up), forgotten. Its number is then handed out
+// again, and the flush would take whichever session holds it by now
+// (found by review: the operation's own policy session, in the same
+// slot); the sweep flushes it if it is still there (a migrated TPM keeps
+// its sessions).
 func (t *TPM) dropShared() error {
 	sh := t.share
 	if sh == nil || sh.s == nil {
 		return nil
 	}
-	closer := sh.close
+	closer, gen := sh.close, sh.gen
 	sh.s, sh.close = nil, nil
+	if gen != t.Generation() {
+		t.unheld()
+		return nil
+	}
 	return closer()
 }
 

@@ -194,3 +194,33 @@ func Count(cmds []tpm2.TPMCC, cc tpm2.TPMCC) int {
 	}
 	return n
 }
+
+// ErrorAnswer is a TPM answer of rc alone (a 10-byte header), as A1 forges
+// one.
+func ErrorAnswer(rc tpm2.TPMRC) []byte {
+	rsp := make([]byte, 10)
+	binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
+	binary.BigEndian.PutUint32(rsp[2:6], 10)
+	binary.BigEndian.PutUint32(rsp[6:10], uint32(rc))
+	return rsp
+}
+
+// LastSession is the handle of the last session in the authorization area
+// of cmd, a command with nh handles; 0 when it has no sessions.
+func LastSession(cmd []byte, nh int) tpm2.TPMHandle {
+	if tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) != tpm2.TPMSTSessions {
+		return 0
+	}
+	off := 10 + 4*nh
+	size := int(binary.BigEndian.Uint32(cmd[off : off+4]))
+	area := cmd[off+4 : off+4+size]
+	var last tpm2.TPMHandle
+	for len(area) >= 4 {
+		last = tpm2.TPMHandle(binary.BigEndian.Uint32(area))
+		nonce := int(binary.BigEndian.Uint16(area[4:6]))
+		rest := area[6+nonce+1:]
+		hmac := int(binary.BigEndian.Uint16(rest))
+		area = rest[2+hmac:]
+	}
+	return last
+}
