@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -239,15 +238,7 @@ func BenchmarkDupExport(b *testing.B) {
 
 // benchCA is env's EK CA bundle.
 func benchCA(b *testing.B, env *swtpmtest.Env) []byte {
-	var out []byte
-	for _, f := range env.CABundle {
-		p, err := os.ReadFile(f)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out = append(out, p...)
-	}
-	return out
+	return env.CAPEM()
 }
 
 // BenchmarkSignKeys: a warm sign with one key while the state holds 5 or

@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -26,15 +25,7 @@ import (
 func fleetFlow(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, secret []byte, step func(name string, fn func() error)) (fleetapi.Verdict, []byte) {
 	t.Helper()
 	ctx := context.Background()
-	var bundle []byte
-	for _, f := range env.CABundle {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle = append(bundle, b...)
-	}
-	roots, err := attest.CertPoolFromPEM(bundle)
+	roots, err := attest.CertPoolFromPEM(env.CAPEM())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"math/big"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,15 +28,7 @@ import (
 // caBundle is the harness's EK CA, as an operator passes it to --ek-ca.
 func caBundle(t testing.TB, env *swtpmtest.Env) []byte {
 	t.Helper()
-	var b []byte
-	for _, f := range env.CABundle {
-		pemBytes, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b = append(b, pemBytes...)
-	}
-	return b
+	return env.CAPEM()
 }
 
 // foreignCA is a CA that vouches for nothing of this TPM's.

@@ -5,14 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -28,17 +26,7 @@ func TestExportIsTheTPMsToRefuse(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
-	c := [][]byte{make([]byte, 32), make([]byte, 32)}
-	rand.Read(c[0])
-	rand.Read(c[1])
-	req := api.KEKImportRequest{Name: "kek", Components: c}
-	for _, comp := range c {
-		k, _ := keywrap.KCV(comp)
-		req.KCVs = append(req.KCVs, hex.EncodeToString(k[:]))
-	}
-	key, _ := keywrap.Combine(c)
-	kcv, _ := keywrap.KCV(key)
-	req.KCV = hex.EncodeToString(kcv[:])
+	req, _ := kekRequest(t, "kek", "", 32)
 	if _, err := a.ImportKEK(ctx, req); err != nil {
 		t.Fatal(err)
 	}

@@ -25,11 +25,12 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// kekCeremony imports KEK name of usage from two random 32-byte components
-// and returns the combined key (what the custodians know, not A4).
-func kekCeremony(t *testing.T, a *Agent, name, usage string, size int) []byte {
+// kekRequest is the import request of KEK name of usage from two random
+// components of size bytes, with their KCVs and the combined key's; key is
+// the combined key (what the custodians know, not A4).
+func kekRequest(t *testing.T, name, usage string, size int) (req api.KEKImportRequest, key []byte) {
 	t.Helper()
-	req := api.KEKImportRequest{Name: name, Usage: usage}
+	req = api.KEKImportRequest{Name: name, Usage: usage}
 	for range 2 {
 		c := make([]byte, size)
 		rand.Read(c)
@@ -43,6 +44,14 @@ func kekCeremony(t *testing.T, a *Agent, name, usage string, size int) []byte {
 	}
 	kcv, _ := keywrap.KCV(key)
 	req.KCV = hex.EncodeToString(kcv[:])
+	return req, key
+}
+
+// kekCeremony imports KEK name of usage from two random components of size
+// bytes and returns the combined key.
+func kekCeremony(t *testing.T, a *Agent, name, usage string, size int) []byte {
+	t.Helper()
+	req, key := kekRequest(t, name, usage, size)
 	if _, err := a.ImportKEK(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}

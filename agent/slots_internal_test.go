@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/keywrap"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -70,17 +67,7 @@ func TestNoOperationNeedsAFourthSession(t *testing.T) {
 		return err
 	})
 	step(lA, "key delete", func() error { return a.DeleteKey(ctx, "rsa") })
-	c := [][]byte{make([]byte, 32), make([]byte, 32)}
-	rand.Read(c[0])
-	rand.Read(c[1])
-	req := api.KEKImportRequest{Name: "kek", Components: c}
-	for _, comp := range c {
-		k, _ := keywrap.KCV(comp)
-		req.KCVs = append(req.KCVs, hex.EncodeToString(k[:]))
-	}
-	key, _ := keywrap.Combine(c)
-	kcv, _ := keywrap.KCV(key)
-	req.KCV = hex.EncodeToString(kcv[:])
+	req, _ := kekRequest(t, "kek", "", 32)
 	step(lA, "kek import", func() error { _, err := a.ImportKEK(ctx, req); return err })
 	var wrapped []byte
 	step(lA, "key export", func() (err error) {

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -57,13 +56,7 @@ func reviewEndpointWith(t *testing.T, extra *x509.Certificate, envs ...*swtpmtes
 	t.Helper()
 	var bundle []byte
 	for _, env := range envs {
-		for _, f := range env.CABundle {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bundle = append(bundle, b...)
-		}
+		bundle = append(bundle, env.CAPEM()...)
 	}
 	pool, err := attest.CertPoolFromPEM(bundle)
 	if err != nil {

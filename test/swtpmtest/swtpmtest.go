@@ -477,6 +477,21 @@ func (e *Env) Reset() {
 	e.ioctl("-i")
 }
 
+// CAPEM is the EK CA bundle's PEM (every file of CABundle), as an operator
+// passes it to --ek-ca or a fleet endpoint trusts it.
+func (e *Env) CAPEM() []byte {
+	e.t.Helper()
+	var out []byte
+	for _, f := range e.CABundle {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, b...)
+	}
+	return out
+}
+
 // RequireSimulator skips a test that would disturb a real TPM's platform state.
 func (e *Env) RequireSimulator() {
 	e.t.Helper()

@@ -36,14 +36,7 @@ func run(t *testing.T, env map[string]string, args ...string) (stdout, stderr st
 // passes it to --ek-ca.
 func ekCAFile(t *testing.T, env *swtpmtest.Env) string {
 	t.Helper()
-	var bundle []byte
-	for _, f := range env.CABundle {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle = append(bundle, b...)
-	}
+	bundle := env.CAPEM()
 	p := filepath.Join(t.TempDir(), "ek-ca.pem")
 	if err := os.WriteFile(p, bundle, 0o600); err != nil {
 		t.Fatal(err)

@@ -54,13 +54,7 @@ func startEndpointWith(t *testing.T, dbURL string, cfg func(*fleet.Config), root
 	t.Helper()
 	var bundle []byte
 	for _, env := range roots {
-		for _, f := range env.CABundle {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bundle = append(bundle, b...)
-		}
+		bundle = append(bundle, env.CAPEM()...)
 	}
 	pool, err := attest.CertPoolFromPEM(bundle)
 	if err != nil {
