@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
@@ -102,6 +104,44 @@ func TestAttestNeedsNoFourthSession(t *testing.T) {
 		}
 		if refused, cmds := l.Take(); refused > 0 {
 			t.Errorf("%s: %d refusals for want of a slot in %v", name, refused, cmds)
+		}
+	})
+	if string(got) != "psk" {
+		t.Fatalf("attest secret: %q", got)
+	}
+}
+
+// The VM's TPM is migrated (swtpm's volatile state moved: the connection
+// breaks, the TPM keeps its loaded objects and sessions) right after
+// attest activate's AK load, which ran in the operation's shared session.
+// The next StartAuthSession gives the shared session up: it answers for
+// itself and is flushed, and activation has its three sessions (found by
+// review: forgotten, the session held a slot, and activation failed with
+// TPM_RC_SESSION_MEMORY; before sharing the load's own session was flushed
+// right after the load).
+func TestMigrationAfterTheAKLoad(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7)
+	migrated := false
+	_, got := fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
+		t.Helper()
+		if name == "attest activate" {
+			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if migrated || swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad {
+					return nil, nil, false
+				}
+				rsp, err := next.Send(cmd)
+				migrated = true
+				env.Migrate()
+				return rsp, err, true
+			})
+		}
+		err := fn()
+		b.Set(nil)
+		if err != nil {
+			t.Fatalf("%s (migrated after the AK load: %v): %v", name, migrated, err)
 		}
 	})
 	if string(got) != "psk" {

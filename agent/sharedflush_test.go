@@ -1,7 +1,7 @@
 package agent_test
 
-// A1 forging the flush of an operation's shared audit session (issue 14)
-// after the operation's work, from its adversarial review.
+// A1 forging the flush of an operation's shared audit session (issue 14),
+// from its adversarial reviews.
 
 import (
 	"context"
@@ -19,8 +19,9 @@ import (
 // forgeSharedFlush is A1: it notes the audit session of the anchor's
 // NV_Read (the shared session: the trail's open is the Share's first
 // authenticated read) and answers that session's FlushContext with an
-// error after passing it on (so the TPM holds nothing more).
-func forgeSharedFlush(b *swtpmtest.Bus) *bool {
+// error, after passing it on (pass: the TPM holds nothing more) or not
+// (the session stays loaded).
+func forgeSharedFlush(b *swtpmtest.Bus, pass bool) *bool {
 	var shared tpm2.TPMHandle
 	forged := new(bool)
 	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
@@ -32,8 +33,10 @@ func forgeSharedFlush(b *swtpmtest.Bus) *bool {
 		case tpm2.TPMCCFlushContext:
 			if !*forged && shared != 0 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == shared {
 				*forged = true
-				if _, err := next.Send(cmd); err != nil {
-					return nil, err, true
+				if pass {
+					if _, err := next.Send(cmd); err != nil {
+						return nil, err, true
+					}
 				}
 				return swtpmtest.ErrorAnswer(tpm2.TPMRCValue), nil, true
 			}
@@ -75,7 +78,7 @@ func TestForgedSharedFlushAfterKeyDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	ag := newAgent(t, env, dir) // a new process: its trail's open reads the anchor
-	forged := forgeSharedFlush(b)
+	forged := forgeSharedFlush(b, true)
 	err := ag.DeleteKey(ctx, "k")
 	b.Set(nil)
 	if !*forged {
@@ -90,28 +93,35 @@ func TestForgedSharedFlushAfterKeyDelete(t *testing.T) {
 	}
 }
 
-// The same for a one-shot `key create`, whose shared session is flushed
-// when the creation's policy session starts (TPM.Send), in the middle of
-// the operation: the forged error there fails nothing either, and the key
-// is created, reported and recorded so.
-func TestForgedSharedFlushAfterKeyCreate(t *testing.T) {
-	b := &swtpmtest.Bus{}
-	_, ag, _ := oneShot(t, b)
-	ctx := context.Background()
-	forged := forgeSharedFlush(b)
-	_, err := ag.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"})
-	b.Set(nil)
-	if !*forged {
-		t.Fatal("the shared session's flush was not seen")
-	}
-	keys, lerr := ag.ListKeys(ctx)
-	if lerr != nil {
-		t.Fatal(lerr)
-	}
-	if last := lastResult(t, ag, "key-create"); err != nil || len(keys) != 1 || last != "ok" {
-		t.Errorf("CreateKey: %v; keys now %v; the trail records %q; want it created, reported and recorded so", err, keys, last)
-	}
-	if _, err := ag.Sign(ctx, "k", make([]byte, 32), api.SignOptions{}); err != nil {
-		t.Errorf("sign with the key: %v", err)
+// A1 answers with an error the flush that gives the shared session up
+// when a one-shot seal's creation starts its policy session (TPM.Send), in
+// the middle of the operation, after passing it on or dropping it (the
+// session stays loaded). Either way the seal is done, reported and
+// recorded ok, and nothing is left after the sweep.
+func TestForgedSharedFlushInTheSeal(t *testing.T) {
+	for _, pass := range []bool{true, false} {
+		t.Run(map[bool]string{true: "flush passed on", false: "flush dropped"}[pass], func(t *testing.T) {
+			b := &swtpmtest.Bus{}
+			env, ag, _ := oneShot(t, b)
+			forged := forgeSharedFlush(b, pass)
+			ctx := context.Background()
+			blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("k"), PCRs: []int{7}})
+			b.Set(nil)
+			if !*forged {
+				t.Fatal("the shared session's flush was not seen")
+			}
+			if err != nil {
+				t.Fatalf("seal: %v", err)
+			}
+			if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "k" {
+				t.Fatalf("unseal: %q %v", got, err)
+			}
+			if last := lastResult(t, ag, "seal"); last != "ok" {
+				t.Errorf("the trail records the seal as %q", last)
+			}
+			if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+				t.Errorf("left after the operations: %v (%v)", left, err)
+			}
+		})
 	}
 }

@@ -84,8 +84,10 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 		sh.s, sh.close, sh.gen = s, closer, gen
 	}
 	sh.inUse = true
-	err = fn(sh.s)
-	sh.inUse = false
+	err = func() error {
+		defer func() { sh.inUse = false }()
+		return fn(sh.s)
+	}()
 	if err != nil {
 		return true, errors.Join(err, t.dropShared())
 	}
@@ -104,9 +106,17 @@ func (t *TPM) dropShared() error {
 	if sh == nil || sh.s == nil {
 		return nil
 	}
-	closer, gen := sh.close, sh.gen
+	s, closer, gen := sh.s, sh.close, sh.gen
 	sh.s, sh.close = nil, nil
-	if gen != t.Generation() {
+	if now := t.Generation(); gen != now {
+		// Flushed only if an answer of the session, whose HMAC is keyed
+		// by its salt, shows that the session at its number is still
+		// this one, and the generation stays (a migrated TPM, or a lost
+		// connection, keeps it: found by review, forgotten it held a
+		// slot the operation needed).
+		if _, err := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, s); err == nil && t.Generation() == now {
+			return closer()
+		}
 		t.unheld()
 		return nil
 	}
@@ -120,9 +130,10 @@ func (t *TPM) dropShared() error {
 // is never used again either way. A read in progress starts no session:
 // its session is the shared one.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
-	if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && len(cmd) >= headerSize &&
-		tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
-		_ = t.dropShared()
+	if len(cmd) >= headerSize && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
+		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse {
+			_ = t.dropShared()
+		}
 	}
 	return t.counting.Send(cmd)
 }
