@@ -73,7 +73,7 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 		return err != nil, err
 	}
 	if sh.s != nil && sh.gen != t.Generation() {
-		_ = t.dropShared() // forgotten: its number may be another's
+		_ = t.dropShared() // flushed only if it answers for itself
 	}
 	if sh.s == nil {
 		gen := t.Generation()
@@ -94,13 +94,13 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 	return true, nil
 }
 
-// dropShared gives the shared session up, if one is started: flushed, or,
-// when the TPM's generation moved since it started (the connection was
-// lost, or the TPM started up), forgotten. Its number is then handed out
-// again, and the flush would take whichever session holds it by now
-// (found by review: the operation's own policy session, in the same
-// slot); the sweep flushes it if it is still there (a migrated TPM keeps
-// its sessions).
+// dropShared gives the shared session up, if one is started: flushed. When
+// the TPM's generation moved since it started (the connection was lost,
+// the TPM started up or was migrated), its number may be another
+// session's by now, and a flush by number would take that one (found by
+// review: the operation's own policy session, in the same slot): it is
+// flushed only once it answers for itself, otherwise forgotten, and the
+// sweep flushes it if it is still there.
 func (t *TPM) dropShared() error {
 	sh := t.share
 	if sh == nil || sh.s == nil {
@@ -125,10 +125,10 @@ func (t *TPM) dropShared() error {
 
 // Send sends cmd to the TPM (counting.Send). A StartAuthSession while the
 // shared session is started (its own comes before) has it flushed first,
-// while no command is using it (Share): sharing never holds a slot another session
-// needs. A flush that fails marks the sweep (counting), and the session
-// is never used again either way. A read in progress starts no session:
-// its session is the shared one.
+// while no command is using it (Share): sharing never holds a slot another
+// session needs. A flush that fails marks the sweep (counting), and the
+// session is never used again either way. A read in progress starts no
+// session: its session is the shared one.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	if len(cmd) >= headerSize && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
 		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse {

@@ -70,9 +70,7 @@ func TestShareChangedCommandIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	tp.NeedsSweep()
-	if left, err := tp.Leftovers(); err != nil || len(left) != 0 {
-		t.Fatalf("after Share: %v left (%v)", left, err)
-	}
+	nothingLeft(t, tp, "after Share")
 }
 
 // A1 cannot turn a finished operation into a failure with one forged

@@ -128,9 +128,7 @@ func TestSharePanicInARead(t *testing.T) {
 			return tp.WithAuthenticatedNV(func(*tpm.AuthenticatedNV) error { panic("bug") })
 		})
 	}()
-	if left, err := tp.Leftovers(); err != nil || len(left) != 0 {
-		t.Fatalf("after a panic in a shared read: %v left (%v)", left, err)
-	}
+	nothingLeft(t, tp, "after a panic in a shared read")
 	if err := tp.Share(func() error {
 		_, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7})
 		return err
@@ -205,12 +203,7 @@ func TestShareForgedInitialize(t *testing.T) {
 	if forged != 2 {
 		t.Fatalf("forged %d answers, want 2", forged)
 	}
-	if left, err := tp.Leftovers(); err != nil || len(left) != 0 {
-		t.Errorf("left after the Share: %v (%v)", left, err)
-		for _, h := range left {
-			_ = tp.Flush(h)
-		}
-	}
+	nothingLeft(t, tp, "after the Share")
 }
 
 // threeSessions starts three HMAC sessions on tp and flushes them; the
@@ -260,16 +253,7 @@ func TestShareAfterMigrationFlushesItsSession(t *testing.T) {
 			if err != nil {
 				t.Errorf("an operation that needs three sessions after a migration: %v", err)
 			}
-			left, lerr := tp.Leftovers()
-			if lerr != nil {
-				t.Fatal(lerr)
-			}
-			if len(left) > 0 {
-				t.Errorf("left in the TPM after the operation: %v", left)
-				for _, h := range left {
-					_ = tp.Flush(h)
-				}
-			}
+			nothingLeft(t, tp, "after the operation")
 		})
 	}
 }
