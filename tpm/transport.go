@@ -268,6 +268,37 @@ func mayLeak(rc tpm2.TPMRC, cc tpm2.TPMCC) bool {
 	return false
 }
 
+// madeHandle refuses the answer rsp of a command cc that makes a handle
+// when the handle is not of the kind cc makes: a load or creation makes a
+// transient object (0x80...), StartAuthSession a session (0x02..., 0x03...),
+// ContextLoad either. Handles have no HMAC, so only the bus can answer
+// another kind; a persistent one (0x81...), the SRK's, say, would be left
+// alone by the flush (TPM.Flush does not flush persistent handles), and
+// what the TPM made would stay loaded (found by review: A1 flipping one bit
+// of the AK load's answer left the AK loaded). The caller asks for the
+// sweep, which flushes what the TPM made.
+func madeHandle(cc tpm2.TPMCC, rsp []byte) error {
+	var ok func(kind byte) bool
+	switch cc {
+	case tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary, tpm2.TPMCCCreateLoaded,
+		tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart:
+		ok = func(kind byte) bool { return kind == 0x80 }
+	case tpm2.TPMCCStartAuthSession:
+		ok = func(kind byte) bool { return kind == 0x02 || kind == 0x03 }
+	case tpm2.TPMCCContextLoad:
+		ok = func(kind byte) bool { return kind == 0x80 || kind == 0x02 || kind == 0x03 }
+	default:
+		return nil
+	}
+	if len(rsp) < headerSize+4 {
+		return fmt.Errorf("%w: %v answered success without a handle", ErrResponseForged, cc)
+	}
+	if h := binary.BigEndian.Uint32(rsp[headerSize:]); !ok(byte(h >> 24)) {
+		return fmt.Errorf("%w: %v answered handle 0x%08x, which it cannot make", ErrResponseForged, cc, h)
+	}
+	return nil
+}
+
 // Generation moves whenever the handles of loaded objects may no longer
 // name what they named: the connection to the TPM was lost (the TPM may
 // have restarted, and another client may load objects at the old numbers
@@ -310,6 +341,12 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
 		if rc != tpm2.TPMRCSuccess && mayLeak(rc, tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))) {
 			c.sweep.Store(true)
+		}
+		if rc == tpm2.TPMRCSuccess {
+			if err := madeHandle(tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])), rsp); err != nil {
+				c.sweep.Store(true)
+				return nil, err
+			}
 		}
 		if rc == tpm2.TPMRCInitialize && attempt == 0 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != tpm2.TPMCCStartup {
 			// The TPM was power-cycled under us (found by the fault
