@@ -12,13 +12,25 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// A1 flips the top byte of the handle in the answer of a command that
+// A1 changes the top byte of the handle in the answer of a command that
 // makes one, so that it names a persistent object (0x81...: the SRK's
-// range), which a flush leaves alone: the answer is refused as forged, and
-// the sweep is asked for, which finds what the TPM made. Before, a load's
-// object or a session stayed loaded (found by review, with the AK's load).
+// range), which a flush leaves alone, or a session of the other kind: the
+// answer is refused as forged, and the sweep is asked for, which finds
+// what the TPM made. Before, a load's object or a session stayed loaded
+// (found by review, with the AK's load).
 func TestMadeHandleOfAnotherKindIsForged(t *testing.T) {
-	for name, cc := range map[string]tpm2.TPMCC{"Load": tpm2.TPMCCLoad, "StartAuthSession": tpm2.TPMCCStartAuthSession} {
+	for name, tc := range map[string]struct {
+		cc     tpm2.TPMCC
+		rename func(kind byte) byte
+	}{
+		"Load, persistent":             {tpm2.TPMCCLoad, func(byte) byte { return 0x81 }},
+		"StartAuthSession, persistent": {tpm2.TPMCCStartAuthSession, func(byte) byte { return 0x81 }},
+		// An HMAC session answered as a policy session (the same slot): the
+		// flush would work, but its use would fail as a stale handle
+		// (found by review).
+		"StartAuthSession, the other kind": {tpm2.TPMCCStartAuthSession, func(k byte) byte { return k ^ 0x01 }},
+	} {
+		cc := tc.cc
 		t.Run(name, func(t *testing.T) {
 			bus := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
@@ -36,7 +48,7 @@ func TestMadeHandleOfAnotherKindIsForged(t *testing.T) {
 				}
 				flipped = true
 				rsp = bytes.Clone(rsp)
-				rsp[10] = 0x81
+				rsp[10] = tc.rename(rsp[10])
 				return rsp, nil, true
 			})
 			var err error

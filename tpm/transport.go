@@ -268,35 +268,90 @@ func mayLeak(rc tpm2.TPMRC, cc tpm2.TPMCC) bool {
 	return false
 }
 
-// madeHandle refuses the answer rsp of a command cc that makes a handle
-// when the handle is not of the kind cc makes: a load or creation makes a
-// transient object (0x80...), StartAuthSession a session (0x02..., 0x03...),
-// ContextLoad either. Handles have no HMAC, so only the bus can answer
-// another kind; a persistent one (0x81...), the SRK's, say, would be left
-// alone by the flush (TPM.Flush does not flush persistent handles), and
-// what the TPM made would stay loaded (found by review: A1 flipping one bit
-// of the AK load's answer left the AK loaded). The caller asks for the
-// sweep, which flushes what the TPM made.
-func madeHandle(cc tpm2.TPMCC, rsp []byte) error {
-	var ok func(kind byte) bool
+// madeHandle refuses the answer rsp to cmd, a command that makes a handle,
+// when the handle is not what cmd makes: a load, a creation or a sequence
+// start makes a transient object (0x80...); StartAuthSession a session of
+// the type it asks for (HMAC 0x02..., policy or trial 0x03...);
+// ContextLoad a transient object for a saved object, and for a saved
+// session the session at its own handle. Handles have no HMAC, so only the
+// bus answers anything else: a persistent handle (0x81..., the SRK's, say)
+// would be left alone by every flush and what the TPM made stay loaded
+// (found by review: A1 flipping one bit of the AK load's answer left the
+// AK loaded), and a session's handle for a context-loaded key would be
+// kept as the key's (found by review: the key failed until restart). The
+// caller asks for the sweep, which flushes what the TPM made.
+func madeHandle(cmd, rsp []byte) error {
+	cc := tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
+	var ok func(h uint32) bool
+	transient := func(h uint32) bool { return h>>24 == 0x80 }
 	switch cc {
 	case tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary, tpm2.TPMCCCreateLoaded,
 		tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart:
-		ok = func(kind byte) bool { return kind == 0x80 }
+		ok = transient
 	case tpm2.TPMCCStartAuthSession:
-		ok = func(kind byte) bool { return kind == 0x02 || kind == 0x03 }
+		ok = func(h uint32) bool { return h>>24 == 0x02 || h>>24 == 0x03 }
+		if se, found := sessionType(cmd); found {
+			want := uint32(0x03)
+			if se == tpm2.TPMSEHMAC {
+				want = 0x02
+			}
+			ok = func(h uint32) bool { return h>>24 == want }
+		}
 	case tpm2.TPMCCContextLoad:
-		ok = func(kind byte) bool { return kind == 0x80 || kind == 0x02 || kind == 0x03 }
+		ok = transient
+		// TPMS_CONTEXT: sequence (8), then savedHandle.
+		if ctx := commandParams(cmd, 0); len(ctx) >= 12 {
+			if saved := binary.BigEndian.Uint32(ctx[8:]); saved>>24 == 0x02 || saved>>24 == 0x03 {
+				ok = func(h uint32) bool { return h == saved }
+			}
+		}
 	default:
 		return nil
 	}
 	if len(rsp) < headerSize+4 {
-		return fmt.Errorf("%w: %v answered success without a handle", ErrResponseForged, cc)
+		return fmt.Errorf("%w: command 0x%x answered success without a handle", ErrResponseForged, uint32(cc))
 	}
-	if h := binary.BigEndian.Uint32(rsp[headerSize:]); !ok(byte(h >> 24)) {
-		return fmt.Errorf("%w: %v answered handle 0x%08x, which it cannot make", ErrResponseForged, cc, h)
+	if h := binary.BigEndian.Uint32(rsp[headerSize:]); !ok(h) {
+		return fmt.Errorf("%w: command 0x%x answered handle 0x%08x, which it does not make", ErrResponseForged, uint32(cc), h)
 	}
 	return nil
+}
+
+// sessionType is the sessionType StartAuthSession command cmd asks for;
+// found false when cmd is too short to say.
+func sessionType(cmd []byte) (se tpm2.TPMSE, found bool) {
+	p := commandParams(cmd, 2) // tpmKey, bind
+	off := 0
+	for range 2 { // nonceCaller, encryptedSalt
+		if len(p) < off+2 {
+			return 0, false
+		}
+		off += 2 + int(binary.BigEndian.Uint16(p[off:]))
+	}
+	if len(p) <= off {
+		return 0, false
+	}
+	return tpm2.TPMSE(p[off]), true
+}
+
+// commandParams is the parameter area of cmd, a command with handles
+// handles: after them and the authorization area, if any; nil when cmd is
+// too short for either.
+func commandParams(cmd []byte, handles int) []byte {
+	off := headerSize + 4*handles
+	if len(cmd) < off {
+		return nil
+	}
+	if tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTSessions {
+		if len(cmd) < off+4 {
+			return nil
+		}
+		off += 4 + int(binary.BigEndian.Uint32(cmd[off:]))
+		if off < 0 || len(cmd) < off {
+			return nil
+		}
+	}
+	return cmd[off:]
 }
 
 // Generation moves whenever the handles of loaded objects may no longer
@@ -343,7 +398,7 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 			c.sweep.Store(true)
 		}
 		if rc == tpm2.TPMRCSuccess {
-			if err := madeHandle(tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])), rsp); err != nil {
+			if err := madeHandle(cmd, rsp); err != nil {
 				c.sweep.Store(true)
 				return nil, err
 			}
