@@ -3,13 +3,10 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
-	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
@@ -61,28 +58,10 @@ func TestContextLoadAnsweredWithASessionHandle(t *testing.T) {
 				t.Fatal("no kept policy session")
 			}
 			t.Logf("renaming ContextLoad answer to 0x%08x (op session 0x%08x)", uint32(to), uint32(a.opHandle()))
-			var mu sync.Mutex
-			var real tpm2.TPMHandle
-			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
-					return nil, nil, false
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if real != 0 {
-					return nil, nil, false
-				}
-				rsp, err := next.Send(cmd)
-				if err != nil || len(rsp) < 14 || rsp[6]|rsp[7]|rsp[8]|rsp[9] != 0 {
-					return rsp, err, true
-				}
-				real = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
-				binary.BigEndian.PutUint32(rsp[10:14], uint32(to))
-				return rsp, nil, true
-			})
+			real := renameContextLoad(b, to)
 			_, err := signK(a)
 			b.Set(nil)
-			if real == 0 {
+			if *real == 0 {
 				t.Fatal("the attack did not run")
 			}
 			t.Logf("first sign after the forgery: %v (forged: %v); cache holds %x", err, errors.Is(err, tpm.ErrResponseForged), a.keys.Handles())
@@ -91,8 +70,8 @@ func TestContextLoadAnsweredWithASessionHandle(t *testing.T) {
 				t.Fatal(lerr)
 			}
 			for _, h := range left {
-				if h == real && !containsH(a.keys.Handles(), h) {
-					t.Errorf("the TPM loaded k at 0x%08x, provd was told 0x%08x: still loaded after the operation, nobody's (transient %x, cache %x)", uint32(real), uint32(to), left, a.keys.Handles())
+				if h == *real && !containsHandle(a.keys.Handles(), h) {
+					t.Errorf("the TPM loaded k at 0x%08x, provd was told 0x%08x: still loaded after the operation, nobody's (transient %x, cache %x)", uint32(*real), uint32(to), left, a.keys.Handles())
 				}
 			}
 			if err != nil && !errors.Is(err, tpm.ErrResponseForged) {
@@ -108,13 +87,4 @@ func TestContextLoadAnsweredWithASessionHandle(t *testing.T) {
 			}
 		})
 	}
-}
-
-func containsH(hs []tpm2.TPMHandle, h tpm2.TPMHandle) bool {
-	for _, x := range hs {
-		if x == h {
-			return true
-		}
-	}
-	return false
 }

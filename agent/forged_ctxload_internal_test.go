@@ -52,25 +52,7 @@ func TestForgedContextLoadHandle(t *testing.T) {
 		t.Fatalf("resident after status: %x", hs)
 	}
 	k2h := hs[0]
-	var mu sync.Mutex
-	var real tpm2.TPMHandle
-	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
-			return nil, nil, false
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if real != 0 {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		if err != nil || len(rsp) < 14 || rsp[6]|rsp[7]|rsp[8]|rsp[9] != 0 {
-			return rsp, err, true
-		}
-		real = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
-		binary.BigEndian.PutUint32(rsp[10:14], uint32(k2h))
-		return rsp, nil, true
-	})
+	real := renameContextLoad(b, k2h)
 	sig, err := signK(a)
 	b.Set(nil)
 	if err != nil {
@@ -88,6 +70,32 @@ func TestForgedContextLoadHandle(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(left) > len(a.keys.Handles()) {
-		t.Errorf("the TPM loaded k at 0x%08x, provd was told 0x%08x (k2); transient handles now %x, the cache holds %x", uint32(real), uint32(k2h), left, a.keys.Handles())
+		t.Errorf("the TPM loaded k at 0x%08x, provd was told 0x%08x (k2); transient handles now %x, the cache holds %x", uint32(*real), uint32(k2h), left, a.keys.Handles())
 	}
+}
+
+// renameContextLoad arms b: the next ContextLoad the TPM answers with
+// success is answered to provd with handle to instead; *real is then the
+// handle the TPM gave.
+func renameContextLoad(b *swtpmtest.Bus, to tpm2.TPMHandle) (real *tpm2.TPMHandle) {
+	real = new(tpm2.TPMHandle)
+	var mu sync.Mutex
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
+			return nil, nil, false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if *real != 0 {
+			return nil, nil, false
+		}
+		rsp, err := next.Send(cmd)
+		if err != nil || len(rsp) < 14 || rsp[6]|rsp[7]|rsp[8]|rsp[9] != 0 {
+			return rsp, err, true
+		}
+		*real = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
+		binary.BigEndian.PutUint32(rsp[10:14], uint32(to))
+		return rsp, nil, true
+	})
+	return real
 }
