@@ -420,9 +420,10 @@ func pkContextID(in pkInputs) string {
 // what the TPM loaded: it must have the PK's name, the state's. The zero
 // Object when there is none, the TPM no longer takes it, or the answer is
 // not the PK's: the context is dropped and the PK loaded from its blob. A
-// handle that is no transient object's, or one a cached key holds, is a
-// forged answer (the TPM gives a loaded object's handle to nothing else,
-// as objcache.Get checks), and whatever another name reads back at is not
+// handle a cached key holds is a forged answer (the TPM gives a loaded
+// object's handle to nothing else, as objcache.Get checks; one that is no
+// transient object's the channel refuses, tpm.madeHandle), and whatever
+// another name reads back at is not
 // flushed as the PK (it may be provd's, or anyone's: the leak sweep
 // decides), so provd never flushes what it holds as the PK's. The
 // ReadPublic answer has no HMAC: A1 still on the bus can answer it too,
@@ -434,7 +435,7 @@ func (a *Agent) loadSavedPK(id, name string) tpm.Object {
 		return tpm.Object{}
 	}
 	h, err := a.t.ContextLoad(s.ctx)
-	if err != nil || h>>24 != tpm2.TPMHandle(tpm2.TPMHTTransient) || slices.Contains(a.keys.Handles(), h) {
+	if err != nil || slices.Contains(a.keys.Handles(), h) {
 		a.pk = nil
 		if err == nil {
 			a.t.Unheld()
