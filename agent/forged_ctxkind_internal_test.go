@@ -30,24 +30,9 @@ func TestContextLoadAnsweredWithASessionHandle(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &swtpmtest.Bus{}
-			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-			a := keptAgent(t, env)
+			env, a := kEvicted(t, b)
 			ctx := context.Background()
-			if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
 			d := sha256.Sum256([]byte("kept"))
-			for i := 0; i < 2; i++ {
-				if _, err := signK(a); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := a.Sign(ctx, "k2", d[:], api.SignOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if _, err := a.Status(ctx); err != nil { // k evicted, k2 resident
-				t.Fatal(err)
-			}
 			if tc.name == "kept-op-session" {
 				if _, err := a.Sign(ctx, "k2", d[:], api.SignOptions{}); err != nil {
 					t.Fatal(err)

@@ -25,28 +25,9 @@ import (
 // Either way the signature is k's; now nothing is left loaded.
 func TestForgedContextLoadHandle(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	a := keptAgent(t, env)
+	env, a := kEvicted(t, b)
 	ctx := context.Background()
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
 	d := sha256.Sum256([]byte("kept"))
-	if _, err := signK(a); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Sign(ctx, "k2", d[:], api.SignOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := signK(a); err != nil { // k from its saved context: both resident
-		t.Fatal(err)
-	}
-	if _, err := a.Sign(ctx, "k2", d[:], api.SignOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Status(ctx); err != nil { // Trim(1): k (least recent) evicted
-		t.Fatal(err)
-	}
 	hs := a.keys.Handles()
 	if len(hs) != 1 {
 		t.Fatalf("resident after status: %x", hs)
@@ -98,4 +79,30 @@ func renameContextLoad(b *swtpmtest.Bus, to tpm2.TPMHandle) (real *tpm2.TPMHandl
 		return rsp, nil, true
 	})
 	return real
+}
+
+// kEvicted is a daemon's agent (keptAgent) on a TPM behind b with keys k
+// and k2, each used twice (k's context saved), then a status: k is evicted
+// to its saved context, k2 resident, and k's next use is a ContextLoad.
+func kEvicted(t *testing.T, b *swtpmtest.Bus) (*swtpmtest.Env, *Agent) {
+	t.Helper()
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	a := keptAgent(t, env)
+	ctx := context.Background()
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("kept"))
+	for range 2 {
+		if _, err := signK(a); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Sign(ctx, "k2", d[:], api.SignOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Status(ctx); err != nil { // Trim(1): k (least recent) evicted
+		t.Fatal(err)
+	}
+	return env, a
 }

@@ -389,11 +389,7 @@ type warner struct {
 func (w *warner) Send(cmd []byte) ([]byte, error) {
 	if w.sent < w.n && len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:10]) == w.cc {
 		w.sent++
-		rsp := make([]byte, 10)
-		binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
-		binary.BigEndian.PutUint32(rsp[2:6], 10)
-		binary.BigEndian.PutUint32(rsp[6:10], uint32(w.rc))
-		return rsp, nil
+		return swtpmtest.ErrorAnswer(w.rc), nil
 	}
 	return w.next.Send(cmd)
 }
