@@ -1,11 +1,13 @@
 package store
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -534,6 +536,7 @@ func TestHelperProcess(t *testing.T) {
 		if err != nil {
 			fail(err)
 		}
+		fmt.Println(helperOpened) // the parent's kill timer starts now
 		for {
 			if err := crashUpdate(s); err != nil {
 				fail(err)
@@ -644,6 +647,20 @@ func checkConsistent(t *testing.T, dir string) uint64 {
 	return gen
 }
 
+// helperOpened is the line the "loop" child prints once it has opened the store.
+const helperOpened = "store opened"
+
+// waitLine reads r until a line equal to want (true) or its end (false).
+func waitLine(r io.Reader, want string) bool {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if sc.Text() == want {
+			return true
+		}
+	}
+	return false
+}
+
 // TestCrashKill kills a writer with SIGKILL at random moments. The page cache
 // survives SIGKILL, so this checks the protocol's ordering and the recovery
 // on Open, not power-loss durability (the fsyncs are for that).
@@ -658,10 +675,20 @@ func TestCrashKill(t *testing.T) {
 	for i := 0; i < 30 && time.Now().Before(deadline); i++ {
 		cmd := helperCmd("loop", dir)
 		cmd.Stderr = nil
+		opened, err := cmd.StdoutPipe()
+		must(t, err)
 		must(t, cmd.Start())
-		time.Sleep(time.Duration(5+rng.IntN(60)) * time.Millisecond)
+		// The kill lands at a random moment of the updates, counted from the
+		// child's Open: a child built with -race on a loaded machine can
+		// take longer to start than any fixed delay.
+		if !waitLine(opened, helperOpened) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("child did not open the store")
+		}
+		time.Sleep(time.Duration(rng.IntN(60)) * time.Millisecond)
 		must(t, cmd.Process.Signal(syscall.SIGKILL))
-		err := cmd.Wait()
+		err = cmd.Wait()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Fatalf("child ended with %v, not SIGKILL", err)
