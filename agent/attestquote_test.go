@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,16 +77,19 @@ func (q *quoteEnv) noLeftovers(t *testing.T) {
 	}
 }
 
-// pcrMover moves PCRs as a measurement landing between provd's quote and
-// its read of the values would: PCR 23 after each of the first afterQuote
-// quotes, PCR 16 after the first of each of the first afterBatch
-// authenticated reads of more than 8 PCRs (two PCR_Reads, between which the
-// update counter does not see PCR 16 move). It counts quotes and reads.
+// pcrMover moves PCRs as a measurement landing in the middle of provd's
+// read of the values and its quote would: PCR 23 after the last PCR_Read of
+// each of the first afterRead reads (between the read and the quote), PCR 16
+// after the first PCR_Read of each of the first afterBatch reads of PCRs 0-6,
+// 16 and 23 (between the read's two PCR_Reads: PCR 16 comes in the first,
+// and its move leaves the PCR update counter as it was), and PCR 23 after each of the first
+// afterQuote quotes (after the evidence is taken: harmless). It counts
+// quotes and PCR_Reads.
 type pcrMover struct {
-	mu                     sync.Mutex
-	afterQuote, afterBatch int
-	quotes, reads          int
-	err                    error
+	mu                                sync.Mutex
+	afterRead, afterBatch, afterQuote int
+	quotes, reads                     int
+	err                               error
 }
 
 func (m *pcrMover) hook(next transport.TPM, cmd []byte) ([]byte, error, bool) {
@@ -104,14 +108,18 @@ func (m *pcrMover) hook(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		}
 	case tpm2.TPMCCPCRRead:
 		m.reads++
-		// A read's first batch asks for 8 PCRs (a 3-byte bitmap of 0xff,
-		// ...); the second for the rest.
-		if m.afterBatch > 0 && bytes.Contains(cmd, []byte{0x03, 0xff}) {
+		// A read of PCRs 0-6, 16 and 23 asks for the first 8 (a 3-byte
+		// bitmap of 0x7f, 0x00, ...), then for PCR 23 alone.
+		first := bytes.Contains(cmd, []byte{0x03, 0x7f, 0x00})
+		switch {
+		case first && m.afterBatch > 0:
 			m.afterBatch, pcr = m.afterBatch-1, 16
+		case !first && m.afterRead > 0:
+			m.afterRead, pcr = m.afterRead-1, 23
 		}
 	}
 	if pcr != 0 {
-		d := sha256.Sum256([]byte("a measurement between the quote and the read " + strconv.Itoa(m.quotes+m.reads)))
+		d := sha256.Sum256([]byte("a measurement in the middle of the read and the quote " + strconv.Itoa(m.quotes+m.reads)))
 		_, m.err = tpm2.PCRExtend{
 			PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
 			Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
@@ -127,35 +135,36 @@ func (m *pcrMover) counts() (quotes, reads int, err error) {
 }
 
 // TestAttestQuoteSendsTheQuotedValues: `attest now` sends the PCR values the
-// quote vouches for. It reads them once after the quote (one PCR_Read per 8
-// PCRs, where the update counter read before and after took two more) and
-// checks them against the quote's digest itself: a PCR extended between the
-// quote and the read, or between a read's two PCR_Reads, is quoted again,
-// and a PCR that moves after every quote ends in an error rather than in
-// evidence the endpoint would refuse. PCRs 16 and 23 do not move the update
-// counter: with it, every one of these cases sent values the quote does
-// not vouch for.
+// quote vouches for. It reads them once, in the audit session that loaded
+// the AK, before the quote (one PCR_Read per 8 PCRs, where the update
+// counter read before and after took two more), and checks them against
+// the quote's digest itself: a PCR extended between the read and the
+// quote, or between a read's two PCR_Reads, is read and quoted again, and a
+// PCR that moves every time ends in an error rather than in evidence the
+// endpoint would refuse. PCRs 16 and 23 do not move the update counter:
+// with it, such cases sent values the quote does not vouch for.
 func TestAttestQuoteSendsTheQuotedValues(t *testing.T) {
 	q := startQuoteEnv(t)
 	ctx := context.Background()
 	nonce := sha256.Sum256([]byte("the endpoint's nonce"))
 	few := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {7, 16, 23}}}
-	many := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 7, 16, 23}}}
+	many := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 16, 23}}}
 
 	for _, tc := range []struct {
-		name                   string
-		req                    api.AttestQuoteRequest
-		afterQuote, afterBatch int
-		quotes, reads          int
+		name          string
+		req           api.AttestQuoteRequest
+		mover         *pcrMover
+		quotes, reads int
 	}{
-		{"nothing moves", few, 0, 0, 1, 1},
-		{"PCR 23 extended after the first quote", few, 1, 0, 2, 2},
-		{"PCR 23 extended after the first two quotes", few, 2, 0, 3, 3},
-		{"nothing moves, 10 PCRs", many, 0, 0, 1, 2},
-		{"PCR 16 extended between the first read's two PCR_Reads", many, 0, 1, 2, 4},
+		{"nothing moves", few, &pcrMover{}, 1, 1},
+		{"PCR 23 extended after the quote: the evidence is taken", few, &pcrMover{afterQuote: 1}, 1, 1},
+		{"PCR 23 extended after the first read", few, &pcrMover{afterRead: 1}, 2, 2},
+		{"PCR 23 extended after the first two reads", few, &pcrMover{afterRead: 2}, 3, 3},
+		{"nothing moves, 9 PCRs", many, &pcrMover{}, 1, 2},
+		{"PCR 16 extended between the first read's two PCR_Reads", many, &pcrMover{afterBatch: 1}, 2, 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := &pcrMover{afterQuote: tc.afterQuote, afterBatch: tc.afterBatch}
+			m := tc.mover
 			q.bus.Set(m.hook)
 			res, err := q.ag.AttestQuote(ctx, tc.req)
 			if err != nil {
@@ -176,7 +185,7 @@ func TestAttestQuoteSendsTheQuotedValues(t *testing.T) {
 	}
 
 	for name, m := range map[string]*pcrMover{
-		"PCR 23 extended after every quote": {afterQuote: 100},
+		"PCR 23 extended after every read":  {afterRead: 100},
 		"PCR 16 extended inside every read": {afterBatch: 100},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -310,4 +319,30 @@ func TestAttestQuoteTamperedAnswersGiveNothingFalse(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAttestQuoteSharesOneAuditSession: the AK's load and the PCRs' read
+// share one audit session, read before the quote, whose own session (one
+// use, ended by the TPM) starts after it is given up: 7 commands where the
+// read after the quote started a second audit session (9; issue 14). The
+// evidence verifies and nothing is left.
+func TestAttestQuoteSharesOneAuditSession(t *testing.T) {
+	q := startQuoteEnv(t)
+	nonce := sha256.Sum256([]byte("the endpoint's nonce"))
+	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7, 16, 23}}}
+	log := &swtpmtest.CommandLog{}
+	q.bus.Set(log.Hook)
+	log.Start()
+	res, err := q.ag.AttestQuote(context.Background(), req)
+	cmds := log.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tpm2.TPMCC{tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCPCRRead, tpm2.TPMCCFlushContext,
+		tpm2.TPMCCStartAuthSession, tpm2.TPMCCQuote, tpm2.TPMCCFlushContext}
+	if !slices.Equal(cmds, want) {
+		t.Errorf("AttestQuote sent %v, want %v", cmds, want)
+	}
+	q.quoted(t, nonce[:], res)
+	q.noLeftovers(t)
 }

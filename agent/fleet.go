@@ -252,45 +252,59 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		banks[b.Alg()] = idx
 	}
 	defer a.lock()()
-	err = a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) error {
-		for range 3 {
-			if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
-				return err
-			}
-			read := attest.PCRValues{}
-			for b, idx := range banks {
-				if read[b], err = a.t.PCRReadAuthenticated(b, idx); err != nil {
-					return err
-				}
-			}
-			// The values sent are the quoted ones, checked here as the
-			// endpoint will: a PCR extended between the quote and the read
-			// is quoted again. (The PCR update counter, read before and
-			// after, would take two commands more and not see PCRs 16 and
-			// 23 move.)
-			q, err := attest.VerifyQuote(ak.Public, quote, sig, nonce, attest.Options{})
-			if err != nil {
-				return fmt.Errorf("%w: the TPM's quote does not verify with its own AK: %v", api.ErrTampered, err)
-			}
-			switch err := q.CheckPCRs(read); {
-			case errors.Is(err, attest.ErrPCRMismatch):
-				continue
-			case err != nil:
-				return fmt.Errorf("%w: the PCRs read do not fit the quote: %v", api.ErrTampered, err)
-			}
-			values = map[string]map[string]string{}
-			for b, v := range read {
-				m := map[string]string{}
-				for i, d := range v {
-					m[strconv.Itoa(i)] = hex.EncodeToString(d)
-				}
-				values[policy.Bank(b).String()] = m
-			}
-			return nil
-		}
-		return errors.New("the PCRs kept changing while they were quoted")
+	// The AK's load and the PCRs' read share one audit session (Share),
+	// and the read comes before the quote: the quote's own session (one
+	// use, ended by the TPM) starts after the shared one is given up, so
+	// the read does not start a second (issue 14: 2 commands fewer).
+	err = a.t.Share(func() error {
+		return a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) (err error) {
+			quote, sig, values, err = a.readQuote(ak, auth, nonce, sel, banks)
+			return err
+		})
 	})
 	return quote, sig, values, err
+}
+
+// readQuote reads the PCRs banks names (in the operation's shared audit
+// session), then quotes sel over nonce with ak; it reads and quotes again
+// when the values do not hash to the quote's digest.
+func (a *Agent) readQuote(ak tpm.Object, auth, nonce []byte, sel tpm2.TPMLPCRSelection, banks map[tpm2.TPMIAlgHash][]int) (quote, sig []byte, values map[string]map[string]string, err error) {
+	for range 3 {
+		read := attest.PCRValues{}
+		for b, idx := range banks {
+			if read[b], err = a.t.PCRReadAuthenticated(b, idx); err != nil {
+				return nil, nil, nil, err
+			}
+		}
+		if quote, sig, err = a.t.Quote(ak, auth, nonce, sel); err != nil {
+			return nil, nil, nil, err
+		}
+		// The values sent are the quoted ones, checked here as the
+		// endpoint will: a PCR extended between the read and the quote is
+		// read and quoted again. (The PCR update counter, read before and
+		// after, would take two commands more and not see PCRs 16 and 23
+		// move.)
+		q, err := attest.VerifyQuote(ak.Public, quote, sig, nonce, attest.Options{})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: the TPM's quote does not verify with its own AK: %v", api.ErrTampered, err)
+		}
+		switch err := q.CheckPCRs(read); {
+		case errors.Is(err, attest.ErrPCRMismatch):
+			continue
+		case err != nil:
+			return nil, nil, nil, fmt.Errorf("%w: the PCRs read do not fit the quote: %v", api.ErrTampered, err)
+		}
+		values = map[string]map[string]string{}
+		for b, v := range read {
+			m := map[string]string{}
+			for i, d := range v {
+				m[strconv.Itoa(i)] = hex.EncodeToString(d)
+			}
+			values[policy.Bank(b).String()] = m
+		}
+		return quote, sig, values, nil
+	}
+	return nil, nil, nil, errors.New("the PCRs kept changing while they were quoted")
 }
 
 // ekCertificates are the EK certificates in the TPM's NV (tpm.EKCertIndices).
