@@ -390,35 +390,39 @@ func (a *Agent) hasPK(ctx context.Context) (bool, error) {
 // audited runs op and records its outcome; the operation's own error wins.
 // It refuses to run op when the audit trail cannot take a record.
 //
-// The trail's read and op share one audit session for their authenticated
-// reads and loads (tpm.TPM.Share: a one-shot seal's anchor read, PK load
-// and PCR read); it is flushed before the record, which needs its slot.
+// The trail's read, op and the record share one audit session for their
+// authenticated reads and loads (tpm.TPM.Share: a one-shot seal's anchor
+// read, PK load and PCR read; provision's reads of its new anchor before
+// its record). The record's gated extend starts its own sessions, and the
+// shared one gives its slot up first (tpm.TPM.Send).
 func (a *Agent) audited(ctx context.Context, op string, objects map[string]string, fn func() error) error {
-	ran := false
-	err := a.t.Share(func() error {
-		if err := a.openAudit(); err != nil {
+	return a.t.Share(func() error {
+		ran := false
+		err := func() error {
+			if err := a.openAudit(); err != nil {
+				return err
+			}
+			if err := a.writePending(ctx); err != nil && (op != "provision" || !errors.Is(err, errForeignAnchor)) {
+				// A provision decides about another state's anchor itself
+				// (--force): records waiting in a fresh state directory are
+				// written after it, by its record (found by the review: a
+				// refusal waiting there refused provision --force for ever).
+				return err
+			}
+			ran = true
+			return fn()
+		}()
+		if !ran {
 			return err
 		}
-		if err := a.writePending(ctx); err != nil && (op != "provision" || !errors.Is(err, errForeignAnchor)) {
-			// A provision decides about another state's anchor itself
-			// (--force): records waiting in a fresh state directory are
-			// written after it, by its record (found by the review: a
-			// refusal waiting there refused provision --force for ever).
-			return err
+		if aerr := a.record(ctx, op, objects, err); aerr != nil {
+			if err != nil {
+				return errors.Join(err, aerr)
+			}
+			return aerr
 		}
-		ran = true
-		return fn()
-	})
-	if !ran {
 		return err
-	}
-	if aerr := a.record(ctx, op, objects, err); aerr != nil {
-		if err != nil {
-			return errors.Join(err, aerr)
-		}
-		return aerr
-	}
-	return err
+	})
 }
 
 // auditedResult is audited for operations that return a result.

@@ -57,3 +57,54 @@ func TestOneShotSealSharesOneAuditSession(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// between is the codes after the i-th cc (0: the first) up to the next cc.
+func between(cmds []tpm2.TPMCC, cc tpm2.TPMCC, i int) []tpm2.TPMCC {
+	for n := 0; ; n++ {
+		j := slices.Index(cmds, cc)
+		if j < 0 {
+			return nil
+		}
+		cmds = cmds[j+1:]
+		if n == i {
+			return upTo(cmds, cc)
+		}
+	}
+}
+
+// Provision's record reads the trail's new anchor twice (the trail's open
+// and the waiting records' check), in the one audit session the operation
+// shares (tpm.TPM.Share spans the record: issue 14, 2 commands fewer than
+// a session each); the record's gated extend starts its own sessions after
+// it is given up. The trail verifies and nothing is left.
+func TestProvisionRecordSharesTheAuditSession(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ag := newAgent(t, env, stateDir(t))
+	log := &swtpmtest.CommandLog{}
+	b.Set(log.Hook)
+	log.Start()
+	provision(t, ag, 7)
+	cmds := log.Stop()
+	b.Set(nil)
+	// The anchor's first extend (the trail's first record, in the
+	// operation) and the provision's record (after it).
+	if n := swtpmtest.Count(cmds, tpm2.TPMCCNVExtend); n != 2 {
+		t.Fatalf("%d NV_Extends, want 2: %v", n, cmds)
+	}
+	record := upTo(between(cmds, tpm2.TPMCCNVExtend, 0), tpm2.TPMCCPolicySecret)
+	// The first extend's policy session flushed; the shared session
+	// started, both reads, the gate's load, the shared session given up
+	// as the gated extend's sessions start.
+	want := []tpm2.TPMCC{tpm2.TPMCCFlushContext, tpm2.TPMCCStartAuthSession, tpm2.TPMCCNVRead, tpm2.TPMCCNVRead, tpm2.TPMCCLoad,
+		tpm2.TPMCCFlushContext, tpm2.TPMCCStartAuthSession, tpm2.TPMCCStartAuthSession}
+	if !slices.Equal(record, want) {
+		t.Errorf("the record's commands before its PolicySecret: %v, want %v (one session for both reads)", record, want)
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("left in the TPM: %v (%v)", left, err)
+	}
+	if _, err := ag.AuditVerify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
