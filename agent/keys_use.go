@@ -755,7 +755,10 @@ func (a *Agent) withDupBranch(ctx context.Context, ks keyState, newParent []byte
 		hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
 		return fmt.Errorf("%w: key %q is not of the type or policy its record says", api.ErrTampered, ks.rec.Name)
 	}
-	return a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
+	// Every duplication branch ends in PolicyAuthValue (dupBranch): the
+	// session can encrypt TPM2_Duplicate's inner wrapper key on its way
+	// in, and the command needs no encryption session of its own.
+	return a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
 		return fn(obj, s)
 	})
 }

@@ -536,6 +536,15 @@ func (a *Agent) withFreshSession(start func(auth []byte) (*tpm.PolicySession, er
 	return fn(ps.Session())
 }
 
+// secretIn starts a policy session salted to the pinned SRK that also
+// encrypts its command's first parameter (a secret going in), keyed by
+// auth: for policies that hold PolicyAuthValue, with which the TPM keys
+// both the HMAC and the encryption (tpm.TPM.StartSaltedPolicySession says
+// why a policy without it cannot encrypt).
+func (a *Agent) secretIn(auth []byte) (*tpm.PolicySession, error) {
+	return a.t.StartSecretPolicySession(tpm.EncryptIn, auth)
+}
+
 // withPKPolicy is withPolicySession for the PK's own policy
 // (officer.ObjectPolicy(P), with the objects' authValue): fn's one command
 // uses the PK as parent.
@@ -686,10 +695,7 @@ func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data 
 	if err != nil {
 		return tpm.Blob{}, err
 	}
-	secret := func(auth []byte) (*tpm.PolicySession, error) {
-		return a.t.StartSecretPolicySession(tpm.EncryptIn, auth)
-	}
-	err = a.withFreshSession(secret, l.rec, expr, opts, l.auth, func(s tpm2.Session) (err error) {
+	err = a.withFreshSession(a.secretIn, l.rec, expr, opts, l.auth, func(s tpm2.Session) (err error) {
 		blob, err = a.t.Create(l.pk, s, tmpl, tpm.Sensitive{UserAuth: auth, Data: data})
 		return err
 	})

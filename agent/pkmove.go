@@ -261,7 +261,9 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 	err = a.withPeerParent(parentPub, func(parent tpm2.NamedHandle) error {
 		return a.withLoadedPK(in, func(l *loadedPK) error {
 			pub = l.pk.Public
-			return a.withPolicySession(in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
+			// The duplication branch ends in PolicyAuthValue (dupBranch):
+			// the session encrypts the inner wrapper key on its way in.
+			return a.withFreshSession(a.secretIn, in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
 				d, err = a.t.Duplicate(l.pk, s, parent)
 				return err
 			})
