@@ -511,11 +511,9 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 			// never work.
 			return fmt.Errorf("%w: the key's authorization value in the credential is not one provd makes", api.ErrTampered)
 		}
-		if blob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner}); err != nil {
-			return err
-		}
-		obj, err := a.t.LoadWithAuth(t, tauth, blob)
-		if err != nil {
+		// The load proves the blob works here.
+		var obj tpm.Object
+		if blob, obj, err = a.t.ImportAndLoad(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner}); err != nil {
 			return err
 		}
 		return a.t.Flush(obj.Handle)

@@ -239,11 +239,25 @@ func (p *PolicySession) PolicySecretOf(o Object, auth tpm2.Session) error {
 // to the SRK) under parent, authorized by parentAuth (the parent's
 // authValue, in an HMAC session that also authenticates the response).
 func (t *TPM) ImportDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated) (Blob, error) {
+	blob, _, err := t.importDuplicate(parent, parentAuth, pub, d, false)
+	return blob, err
+}
+
+// ImportAndLoad is ImportDuplicate, then TPM2_Load of what it made under
+// parent, in the same session (issue 14: 2 commands fewer than a session
+// each): the load proves the blob works here. The caller flushes the
+// object.
+func (t *TPM) ImportAndLoad(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated) (Blob, Object, error) {
+	return t.importDuplicate(parent, parentAuth, pub, d, true)
+}
+
+func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated, load bool) (Blob, Object, error) {
 	srk, err := t.SRK()
 	if err != nil {
-		return Blob{}, err
+		return Blob{}, Object{}, err
 	}
 	var blob Blob
+	var obj Object
 	err = t.withHMACSession(func(s tpm2.Session) error {
 		rsp, err := (tpm2.Import{
 			ParentHandle:  parent.Auth(s),
@@ -257,13 +271,28 @@ func (t *TPM) ImportDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 			return t.notFailureMode(Wrap("TPM2_Import", err))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
-		return nil
+		if load {
+			// The session's HMACs, keyed by the salt, bind the blob and
+			// the name that comes back (LoadWithAuth); that it encrypts
+			// the private area on its way in changes nothing: it is the
+			// parent's ciphertext already.
+			obj, err = t.Load(parent, saltedAuth{s}, blob)
+		}
+		return err
 	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
-	return blob, err
+	if err != nil && obj.Handle != 0 {
+		// Loaded, then the session's flush failed.
+		err = errors.Join(err, t.Flush(obj.Handle))
+		obj = Object{}
+	}
+	return blob, obj, err
 }
 
 // LoadWithAuth loads blob under parent, authorized by the parent's
-// authValue in a session salted to the SRK.
+// authValue in a session salted to the SRK. That session's HMACs, keyed by
+// the salt, bind the blob loaded and the name that comes back, as Load's
+// own guard would: Load starts no second session (issue 14: 2 commands
+// fewer for every load under a transfer key, an adopted PK's included).
 func (t *TPM) LoadWithAuth(parent Object, parentAuth []byte, b Blob) (Object, error) {
 	srk, err := t.SRK()
 	if err != nil {
@@ -271,7 +300,7 @@ func (t *TPM) LoadWithAuth(parent Object, parentAuth []byte, b Blob) (Object, er
 	}
 	var obj Object
 	err = t.withHMACSession(func(s tpm2.Session) (err error) {
-		obj, err = t.Load(parent, s, b)
+		obj, err = t.Load(parent, saltedAuth{s}, b)
 		return err
 	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public))
 	return obj, err

@@ -1,0 +1,130 @@
+package tpm_test
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// authParent creates and loads, under the pinned SRK, a storage key whose
+// authValue is auth (as a transfer key, or an adopted PK's parent), and a
+// child blob under it.
+func authParent(t *testing.T, tp *tpm.TPM) (parent tpm.Object, auth []byte, child tpm.Blob) {
+	t.Helper()
+	srk, _, _ := pinnedGateBlob(t, tp)
+	auth = newGateAuth(t)
+	pb, err := tp.Create(srk, nil, tpm.SRKTemplate, tpm.Sensitive{UserAuth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parent, err = tp.Load(srk, nil, pb); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tp.Flush(parent.Handle) })
+	if child, err = tp.Create(parent, tpm2.PasswordAuth(auth), tpm.GateTemplate(), tpm.Sensitive{UserAuth: newGateAuth(t)}); err != nil {
+		t.Fatal(err)
+	}
+	return parent, auth, child
+}
+
+// LoadWithAuth authorizes the load with the parent's authValue in one
+// session salted to the pinned SRK, whose HMACs also guard the command and
+// its answer: Load starts no second session (issue 14: StartAuthSession,
+// Load, FlushContext, where Load's own guard added a StartAuthSession and
+// a FlushContext). A1 changing the blob on its way in, or the name in the
+// answer, gets a refusal as forged, and nothing stays loaded once the
+// sweep that provd asks for has run.
+func TestLoadWithAuthOneSession(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	tp := env.TPM
+	parent, auth, child := authParent(t, tp)
+	want, err := child.Name()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	log := &swtpmtest.CommandLog{}
+	bus.Set(log.Hook)
+	log.Start()
+	obj, err := tp.LoadWithAuth(parent, auth, child)
+	cmds := log.Stop()
+	bus.Set(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(obj.Name.Buffer, want.Buffer) {
+		t.Fatalf("loaded %x, want %x", obj.Name.Buffer, want.Buffer)
+	}
+	if w := []tpm2.TPMCC{tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCFlushContext}; !slices.Equal(cmds, w) {
+		t.Errorf("LoadWithAuth sent %v, want %v", cmds, w)
+	}
+	if err := tp.Flush(obj.Handle); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, tamper := range map[string]func(cmd, rsp []byte) (newCmd, newRsp []byte){
+		"the blob changed on its way in": func(cmd, _ []byte) ([]byte, []byte) {
+			cmd = bytes.Clone(cmd)
+			cmd[len(cmd)-1] ^= 1 // the public area's last byte
+			return cmd, nil
+		},
+		"the name changed in the answer": func(_, rsp []byte) ([]byte, []byte) {
+			rsp = bytes.Clone(rsp)
+			// handle, parameterSize, then TPM2B_NAME: its last byte.
+			i := bytes.Index(rsp, want.Buffer)
+			if i < 0 {
+				return nil, rsp
+			}
+			rsp[i+len(want.Buffer)-1] ^= 1
+			return nil, rsp
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad {
+					return nil, nil, false
+				}
+				if c, _ := tamper(cmd, nil); c != nil {
+					rsp, err := next.Send(c)
+					return rsp, err, true
+				}
+				rsp, err := next.Send(cmd)
+				if err != nil {
+					return rsp, err, true
+				}
+				_, r := tamper(cmd, rsp)
+				return r, nil, true
+			})
+			obj, err := tp.LoadWithAuth(parent, auth, child)
+			bus.Set(nil)
+			if !errors.Is(err, tpm.ErrResponseForged) {
+				t.Fatalf("LoadWithAuth: %v (0x%08x), want forged", err, uint32(obj.Handle))
+			}
+			asked := tp.NeedsSweep()
+			left, err := tp.Leftovers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the owner's sweep flushes: all but what it holds.
+			for _, h := range left {
+				if h == parent.Handle {
+					continue
+				}
+				if !asked {
+					t.Errorf("0x%08x left in the TPM and no sweep asked for", uint32(h))
+				}
+				if err := tp.Flush(h); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
