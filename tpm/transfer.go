@@ -180,14 +180,10 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 // unsalted session, anyone on the bus or sharing the handle space sent its
 // own TPM2_ActivateCredential through provd's satisfied session and read the
 // secret). ek's policy must be PolicySecret(endorsement) (the TCG EK
-// templates L-1 and L-2); that session is salted too, and the secret comes
-// back encrypted by it: the TPM keys a policy session's parameter
-// encryption with the salt and the authorized object's authValue, which
-// for the EK is empty, as is what keys its HMAC (no PolicyAuthValue), so
-// one session does both (issue 14: no encryption session of its own, 2
-// commands fewer). The caller clears the secret.
+// templates L-1 and L-2); that session is salted too. The secret comes back
+// in a session salted to the SRK; the caller clears it.
 func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek Object, idObject, encSecret []byte) ([]byte, error) {
-	ps, err := t.StartSecretPolicySession(EncryptOut, nil)
+	ps, err := t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -196,18 +192,23 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 		PolicySession: ps.Handle()}).Execute(t); err != nil {
 		return nil, Wrap("TPM2_PolicySecret", err)
 	}
-	rsp, err := (tpm2.ActivateCredential{
-		ActivateHandle: activate.Auth(activateAuth),
-		KeyHandle:      ek.Auth(ps.Session()),
-		CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
-		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
-	}).Execute(t)
-	if err != nil {
-		// swtpm answers a changed credential with TPM_RC_FAILURE for
-		// that command alone (found by review): not failure mode.
-		return nil, t.notFailureMode(Wrap("TPM2_ActivateCredential", err))
-	}
-	return rsp.CertInfo.Buffer, nil
+	var secret []byte
+	err = t.WithEncryptSession(EncryptOut, func(enc tpm2.Session) error {
+		rsp, err := (tpm2.ActivateCredential{
+			ActivateHandle: activate.Auth(activateAuth),
+			KeyHandle:      ek.Auth(ps.Session()),
+			CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
+			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
+		}).Execute(t, enc)
+		if err != nil {
+			// swtpm answers a changed credential with TPM_RC_FAILURE
+			// for that command alone (found by review): not failure mode.
+			return t.notFailureMode(Wrap("TPM2_ActivateCredential", err))
+		}
+		secret = rsp.CertInfo.Buffer
+		return nil
+	})
+	return secret, err
 }
 
 // EKPolicySession starts a policy session salted to the SRK that satisfies
