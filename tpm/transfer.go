@@ -181,7 +181,13 @@ func (t *TPM) LoadPublic(pub tpm2.TPMTPublic) (Object, error) {
 // own TPM2_ActivateCredential through provd's satisfied session and read the
 // secret). ek's policy must be PolicySecret(endorsement) (the TCG EK
 // templates L-1 and L-2); that session is salted too. The secret comes back
-// in a session salted to the SRK; the caller clears it.
+// in a session salted to the SRK, of its own: the EK's policy session
+// cannot encrypt it, as the TPM keys a policy session's parameter
+// encryption with the authorized entity's authValue, and an EK's authValue
+// is whatever the one who created it chose (its key and name come from the
+// seed and the template alone; found by review: an EK re-created with an
+// authValue garbled the secret, and its HMAC still verified). The caller
+// clears it.
 func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek Object, idObject, encSecret []byte) ([]byte, error) {
 	ps, err := t.StartSaltedPolicySession(nil)
 	if err != nil {
