@@ -31,10 +31,10 @@ type quoteEnv struct {
 	ak  tpm2.TPMTPublic
 }
 
-func startQuoteEnv(t *testing.T) *quoteEnv {
+func startQuoteEnv(t *testing.T, opts ...swtpmtest.Option) *quoteEnv {
 	t.Helper()
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	env := swtpmtest.Start(t, append(opts, swtpmtest.WithBus(bus))...)
 	ag := newAgent(t, env, stateDir(t))
 	provision(t, ag, 7)
 	id, err := ag.AttestIdentity(context.Background())
