@@ -393,7 +393,18 @@ func (e *Env) restartOnSameAddress(stop func() error) {
 		_ = os.Remove(e.proc.CtrlAddr)
 		p, err = swtpm.StartUnix(context.Background(), e.StateDir, addr)
 	} else {
-		p, err = swtpm.StartOn(context.Background(), e.StateDir, addr)
+		// The port may still be held a moment after the kill (the
+		// killed process's sockets), or taken by another test's swtpm
+		// between the kill and this start (found by make reliability,
+		// beside other tests: "Address already in use"): tried again for
+		// up to two seconds.
+		for try := 0; ; try++ {
+			p, err = swtpm.StartOn(context.Background(), e.StateDir, addr)
+			if err == nil || try == 20 || !strings.Contains(err.Error(), "Address already in use") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	if err != nil {
 		e.t.Fatalf("start swtpm again on %s: %v", addr, err)
