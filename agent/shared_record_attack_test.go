@@ -9,12 +9,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -144,155 +146,105 @@ func TestAttestQuoteReplayedRead(t *testing.T) {
 	q.noLeftovers(t)
 }
 
-// TestResetBetweenOpAndRecord: a silent TPM reset (swtpm's TPM_Init,
-// the connection survives) before each command a daemon's seal sends after
-// its TPM2_Create (the operation's work is done: what follows is its
-// policy session's flush and its record, which since issue 14 runs in the
-// operation's shared audit session). The seal is a success, recorded once
+// sealAfterCreate is what ag's seal sends after its TPM2_Create, logged
+// behind b.
+func sealAfterCreate(t *testing.T, b *swtpmtest.Bus, ag *agent.Agent) []tpm2.TPMCC {
+	t.Helper()
+	log := &swtpmtest.CommandLog{}
+	b.Set(log.Hook)
+	log.Start()
+	_, err := ag.Seal(context.Background(), api.SealRequest{Data: []byte("count")})
+	cmds := log.Stop()
+	b.Set(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := slices.Index(cmds, tpm2.TPMCCCreate)
+	if created < 0 {
+		t.Fatalf("no TPM2_Create in %v", cmds)
+	}
+	return cmds[created+1:]
+}
+
+// sealAcrossReset seals with ag while a silent TPM reset (swtpm's
+// TPM_Init; the connection survives) comes before the k-th command (from
+// 0) after the seal's TPM2_Create, and checks what a done seal must leave:
+// a success, a blob that unseals, nothing in the TPM, a trail that
+// verifies.
+func sealAcrossReset(t *testing.T, env *swtpmtest.Env, b *swtpmtest.Bus, ag *agent.Agent, k int, before tpm2.TPMCC) {
+	t.Helper()
+	ctx := context.Background()
+	var mu sync.Mutex
+	seen, fired := -1, false // below 0: nothing counts before the Create
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen < 0 {
+			if swtpmtest.CommandCode(cmd) == tpm2.TPMCCCreate {
+				seen = 0
+			}
+			return nil, nil, false
+		}
+		if !fired && seen == k {
+			fired = true
+			env.Reset()
+		}
+		seen++
+		return nil, nil, false
+	})
+	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("across a reset")})
+	b.Set(nil)
+	if !fired {
+		t.Fatalf("k=%d: no reset", k)
+	}
+	if err != nil {
+		t.Errorf("k=%d (reset before %v): the seal, done, reported: exit %d: %v", k, before, api.ExitCode(err), err)
+	} else if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "across a reset" {
+		t.Errorf("k=%d: unseal: %q %v", k, got, err)
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) > 0 {
+		t.Errorf("k=%d: left %v %v", k, left, err)
+		for _, h := range left {
+			_ = env.TPM.Flush(h)
+		}
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Errorf("k=%d: audit verify: %v", k, err)
+	}
+}
+
+// A silent TPM reset before each command a daemon's seal sends after its
+// TPM2_Create (the operation's work is done: what follows is its policy
+// session's flush and its record, which since issue 14 runs in the
+// operation's shared audit session): the seal is a success, recorded once
 // or pending, the blob unseals, the trail verifies, nothing is left.
 func TestResetBetweenOpAndRecord(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	env.RequireSimulator()
-	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
 	provision(t, ag, 7)
-	// Warm (a first seal), then count what a seal sends after its Create.
-	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("warm")}); err != nil {
+	if _, err := ag.Seal(context.Background(), api.SealRequest{Data: []byte("warm")}); err != nil {
 		t.Fatal(err)
 	}
-	log := &swtpmtest.CommandLog{}
-	b.Set(log.Hook)
-	log.Start()
-	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("count")}); err != nil {
-		t.Fatal(err)
+	after := sealAfterCreate(t, b, ag)
+	for k, cc := range after {
+		sealAcrossReset(t, env, b, ag, k, cc)
 	}
-	cmds := log.Stop()
-	b.Set(nil)
-	created := -1
-	for i, c := range cmds {
-		if c == tpm2.TPMCCCreate {
-			created = i
-		}
-	}
-	if created < 0 {
-		t.Fatalf("no TPM2_Create in %v", cmds)
-	}
-	after := cmds[created+1:]
-	t.Logf("after the Create: %v", after)
-	failures := 0
-	for k := range after {
-		var mu sync.Mutex
-		seen, fired := -1, false
-		// seen starts below 0: nothing counts before the seal's Create.
-		b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-			mu.Lock()
-			defer mu.Unlock()
-			cc := swtpmtest.CommandCode(cmd)
-			if seen < 0 {
-				if cc == tpm2.TPMCCCreate {
-					seen = 0
-				}
-				return nil, nil, false
-			}
-			if fired {
-				return nil, nil, false
-			}
-			if seen == k {
-				fired = true
-				env.Reset()
-			}
-			seen++
-			return nil, nil, false
-		})
-		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("across a reset")})
-		b.Set(nil)
-		if !fired {
-			t.Fatalf("k=%d: no reset", k)
-		}
-		if err != nil {
-			failures++
-			t.Errorf("k=%d (reset before %v): the seal, done, reported: exit %d: %v", k, after[k], api.ExitCode(err), err)
-		} else if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "across a reset" {
-			t.Errorf("k=%d: unseal: %q %v", k, got, err)
-		}
-		if left, err := env.TPM.Leftovers(); err != nil || len(left) > 0 {
-			t.Errorf("k=%d: left %v %v", k, left, err)
-			for _, h := range left {
-				_ = env.TPM.Flush(h)
-			}
-		}
-		if _, err := ag.AuditVerify(ctx); err != nil {
-			t.Errorf("k=%d: audit verify: %v", k, err)
-		}
-	}
-	t.Logf("%d of %d reset points failed a done seal", failures, len(after))
 }
 
-// TestResetBetweenOpAndRecordOneShot is TestResetBetweenOpAndRecord
-// for a new process's first operation (its trail's open read in the shared
-// session before the operation, its record's extend reusing that read).
+// TestResetBetweenOpAndRecordOneShot is TestResetBetweenOpAndRecord for a
+// new process's first operation (its trail's open read in the shared
+// session before the operation, its record's extend reusing that read):
+// a fresh one for each reset point.
 func TestResetBetweenOpAndRecordOneShot(t *testing.T) {
-	ctx := context.Background()
-	// The commands a one-shot seal sends after its Create.
 	b0 := &swtpmtest.Bus{}
 	_, ag0, _ := oneShot(t, b0)
-	log := &swtpmtest.CommandLog{}
-	b0.Set(log.Hook)
-	log.Start()
-	if _, err := ag0.Seal(ctx, api.SealRequest{Data: []byte("count")}); err != nil {
-		t.Fatal(err)
-	}
-	cmds := log.Stop()
-	b0.Set(nil)
-	created := -1
-	for i, c := range cmds {
-		if c == tpm2.TPMCCCreate {
-			created = i
-		}
-	}
-	after := cmds[created+1:]
-	t.Logf("after the Create: %v", after)
-	for k := range after {
+	after := sealAfterCreate(t, b0, ag0)
+	for k, cc := range after {
 		b := &swtpmtest.Bus{}
 		env, ag, _ := oneShot(t, b)
 		env.RequireSimulator()
-		var mu sync.Mutex
-		seen, fired := -1, false
-		b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-			mu.Lock()
-			defer mu.Unlock()
-			if seen < 0 {
-				if swtpmtest.CommandCode(cmd) == tpm2.TPMCCCreate {
-					seen = 0
-				}
-				return nil, nil, false
-			}
-			if !fired && seen == k {
-				fired = true
-				env.Reset()
-			}
-			seen++
-			return nil, nil, false
-		})
-		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("across a reset")})
-		b.Set(nil)
-		if !fired {
-			t.Fatalf("k=%d: no reset", k)
-		}
-		if err != nil {
-			t.Errorf("k=%d (reset before %v): the seal, done, reported: exit %d: %v", k, after[k], api.ExitCode(err), err)
-		} else if got, err := ag.Unseal(ctx, blob); err != nil || string(got) != "across a reset" {
-			t.Errorf("k=%d: unseal: %q %v", k, got, err)
-		}
-		if left, err := env.TPM.Leftovers(); err != nil || len(left) > 0 {
-			t.Errorf("k=%d: left %v %v", k, left, err)
-			for _, h := range left {
-				_ = env.TPM.Flush(h)
-			}
-		}
-		if _, err := ag.AuditVerify(ctx); err != nil {
-			t.Errorf("k=%d: audit verify: %v", k, err)
-		}
+		sealAcrossReset(t, env, b, ag, k, cc)
 	}
 }
