@@ -179,20 +179,7 @@ func TestActivateCredentialChangedSessionBits(t *testing.T) {
 				if off := rec.Leak(secret); off >= 0 {
 					t.Errorf("the secret crossed the bus in the clear at %d", off)
 				}
-				asked := tp.NeedsSweep()
-				left, err := tp.Leftovers()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, h := range left {
-					if h == obj.Handle {
-						continue
-					}
-					if !asked {
-						t.Errorf("0x%08x left after a refused activation, and no sweep asked for", uint32(h))
-					}
-					_ = tp.Flush(h)
-				}
+				sweptAsAsked(t, tp, obj.Handle)
 			})
 		}
 	}

@@ -108,23 +108,30 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 			if !errors.Is(err, tpm.ErrResponseForged) {
 				t.Fatalf("LoadWithAuth: %v (0x%08x), want forged", err, uint32(obj.Handle))
 			}
-			asked := tp.NeedsSweep()
-			left, err := tp.Leftovers()
-			if err != nil {
-				t.Fatal(err)
-			}
-			// What the owner's sweep flushes: all but what it holds.
-			for _, h := range left {
-				if h == parent.Handle {
-					continue
-				}
-				if !asked {
-					t.Errorf("0x%08x left in the TPM and no sweep asked for", uint32(h))
-				}
-				if err := tp.Flush(h); err != nil {
-					t.Fatal(err)
-				}
-			}
+			sweptAsAsked(t, tp, parent.Handle)
 		})
+	}
+}
+
+// sweptAsAsked does what the owner's sweep does after a failed operation
+// (agent.sweepLeaks): it flushes every handle tp holds but held, and fails
+// t for each one left when no sweep was asked for (NeedsSweep).
+func sweptAsAsked(t *testing.T, tp *tpm.TPM, held ...tpm2.TPMHandle) {
+	t.Helper()
+	asked := tp.NeedsSweep()
+	left, err := tp.Leftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range left {
+		if slices.Contains(held, h) {
+			continue
+		}
+		if !asked {
+			t.Errorf("0x%08x left in the TPM and no sweep asked for", uint32(h))
+		}
+		if err := tp.Flush(h); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
