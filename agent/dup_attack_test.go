@@ -154,16 +154,17 @@ func TestDupImportUnderA1(t *testing.T) {
 	rec := &swtpmtest.Recorder{}
 	envB, b, _, _, dup := movedKey(t, swtpmtest.WithRecorder(rec), swtpmtest.WithBus(bus))
 	cases := []struct {
-		name  string
-		match func(r *onceHook, c tpm2.TPMCC) bool
-		fn    func(next transport.TPM, cmd []byte) ([]byte, error)
+		name   string
+		match  func(r *onceHook, c tpm2.TPMCC) bool
+		fn     func(next transport.TPM, cmd []byte) ([]byte, error)
+		forged bool // a command changed on its way: refused as forged (exit 15)
 	}{
 		{"Import: its session's decrypt attribute cleared (the inner key in the clear)", isCC(tpm2.TPMCCImport),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				cmd = bytes.Clone(cmd)
 				cmd[cmdSessionAttrOffset(cmd, 1, 0)] &^= 0x20
 				return next.Send(cmd)
-			}},
+			}, true},
 		{"Import: a byte of the answer's outPrivate changed", isCC(tpm2.TPMCCImport),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				rsp, err := next.Send(cmd)
@@ -172,13 +173,13 @@ func TestDupImportUnderA1(t *testing.T) {
 					rsp[20] ^= 1
 				}
 				return rsp, err
-			}},
+			}, false},
 		{"ActivateCredential: the encryption session's encrypt attribute cleared", isCC(tpm2.TPMCCActivateCredential),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				cmd = bytes.Clone(cmd)
 				cmd[cmdSessionAttrOffset(cmd, 2, 2)] &^= 0x40
 				return next.Send(cmd)
-			}},
+			}, true},
 		{"ActivateCredential: answered, then its last byte changed", isCC(tpm2.TPMCCActivateCredential),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				rsp, err := next.Send(cmd)
@@ -187,17 +188,17 @@ func TestDupImportUnderA1(t *testing.T) {
 					rsp[len(rsp)-1] ^= 1
 				}
 				return rsp, err
-			}},
+			}, false},
 		{"the proving Load: run, its answer a forged error", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				_, _ = next.Send(cmd)
 				return rcAnswer(0x9a2), nil
-			}},
+			}, false},
 		{"the proving Load: run, its answer lost", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				_, _ = next.Send(cmd)
 				return nil, errors.New("answer lost on the bus")
-			}},
+			}, false},
 		{"the proving Load: continueSession cleared in the answer", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				rsp, err := next.Send(cmd)
@@ -211,16 +212,16 @@ func TestDupImportUnderA1(t *testing.T) {
 					rsp[off] &^= 0x01
 				}
 				return rsp, err
-			}},
+			}, false},
 		{"the session's flush: run, a forged error", afterImport(tpm2.TPMCCFlushContext, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				_, _ = next.Send(cmd)
 				return rcAnswer(0x18b), nil // TPM_RC_HANDLE
-			}},
+			}, false},
 		{"the session's flush: dropped, a forged error", afterImport(tpm2.TPMCCFlushContext, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				return rcAnswer(0x18b), nil // TPM_RC_HANDLE, the flush never sent
-			}},
+			}, false},
 		{"the proving Load: its handle renamed to its parent's (T)", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				rsp, err := next.Send(cmd)
@@ -229,7 +230,7 @@ func TestDupImportUnderA1(t *testing.T) {
 					copy(rsp[10:14], cmd[10:14])
 				}
 				return rsp, err
-			}},
+			}, false},
 	}
 	imported := false
 	for i, c := range cases {
@@ -243,6 +244,9 @@ func TestDupImportUnderA1(t *testing.T) {
 				t.Fatal("the attack was not mounted")
 			}
 			t.Logf("dup import through A1: exit %d: %.200v", api.ExitCode(err), err)
+			if c.forged && api.ExitCode(err) != api.ExitIdentity {
+				t.Errorf("a command changed on the bus: exit %d, want %d (forged): %v", api.ExitCode(err), api.ExitIdentity, err)
+			}
 			left, lerr := envB.TPM.Leftovers()
 			if lerr != nil {
 				t.Fatal(lerr)

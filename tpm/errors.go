@@ -3,6 +3,7 @@ package tpm
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
@@ -158,11 +159,12 @@ func (t *TPM) notFailureMode(err error) error {
 // guarded maps the TPM's refusal of a command HMAC in the session salted to
 // the SRK (a guard session: provd's own key, which a caller never mistypes)
 // to ErrResponseForged: the command was changed on its way. index is the
-// guard session's position among the command's sessions (1-based).
-func guarded(command string, err error, index int) error {
+// guard session's position among the command's sessions (1-based); a
+// command whose every session is a guard names each.
+func guarded(command string, err error, index ...int) error {
 	var f1 tpm2.TPMFmt1Error
 	if errors.Is(err, tpm2.TPMRCBadAuth) && errors.As(err, &f1) {
-		if ok, i := f1.Session(); ok && i == index {
+		if ok, i := f1.Session(); ok && slices.Contains(index, i) {
 			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, Wrap(command, err))
 		}
 	}

@@ -209,7 +209,10 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 		if err != nil {
 			// swtpm answers a changed credential with TPM_RC_FAILURE
 			// for that command alone (found by review): not failure mode.
-			return t.notFailureMode(Wrap("TPM2_ActivateCredential", err))
+			// Every session is salted and keyed by provd's own values
+			// (the object's, the EK's policy, the encryption): a refused
+			// HMAC is a command changed on the bus.
+			return t.notFailureMode(guarded("TPM2_ActivateCredential", err, 1, 2, 3))
 		}
 		secret = rsp.CertInfo.Buffer
 		return nil
@@ -274,7 +277,9 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 			Symmetric:     innerWrapper,
 		}).Execute(t)
 		if err != nil {
-			return t.notFailureMode(Wrap("TPM2_Import", err))
+			// Its one session is salted and keyed by the parent's
+			// authValue, provd's own: a refused HMAC is the bus's doing.
+			return t.notFailureMode(guarded("TPM2_Import", err, 1))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
 		if load {
