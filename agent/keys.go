@@ -486,6 +486,11 @@ func (a *Agent) keyRecord(ctx context.Context, name string) (keyRecord, error) {
 	err := a.st.View(ctx, func(tx *store.Tx) error {
 		err := tx.Get(keyRecName(name), &r)
 		if errors.Is(err, store.ErrNotFound) {
+			// A state with no PK holds no key: that is the answer that
+			// helps (exit 13: provision first), not the key's absence.
+			if _, perr := a.readPK(tx); errors.Is(perr, api.ErrNotProvisioned) {
+				return perr
+			}
 			return fmt.Errorf("%w: key %q", api.ErrNotFound, name)
 		}
 		return err

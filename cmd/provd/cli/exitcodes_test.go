@@ -52,6 +52,10 @@ func TestEveryExitCode(t *testing.T) {
 		walked[code] = true
 	}
 	expect(api.ExitNotProvisioned, "seal", "--in", secret, "--out", sealed)
+	// A key asked for before provisioning: no state holds one yet, which
+	// is the answer that helps (it was "not found", exit 7).
+	expect(api.ExitNotProvisioned, "key", "pub", "k")
+	expect(api.ExitNotProvisioned, "key", "sign", "k", "--digest", strings.Repeat("00", 32))
 	expect(api.ExitIdentity, "provision", "--pcrs", "7,16", "--allow-resettable") // no --ek-ca, no --trust-on-first-use
 	expect(api.ExitOK, "provision", "--pcrs", "7,16", "--allow-resettable", "--trust-on-first-use")
 	expect(api.ExitConflict, "provision", "--pcrs", "7,16", "--allow-resettable", "--trust-on-first-use")
