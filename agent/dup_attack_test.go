@@ -123,25 +123,6 @@ func isCC(cc tpm2.TPMCC) func(r *onceHook, c tpm2.TPMCC) bool {
 	return func(_ *onceHook, c tpm2.TPMCC) bool { return c == cc }
 }
 
-func rcAnswer(rc uint16) []byte {
-	return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, byte(rc >> 8), byte(rc)}
-}
-
-// cmdSessionAttrOffset is the offset in cmd (nh handles) of session i's
-// (0-based) attributes byte.
-func cmdSessionAttrOffset(cmd []byte, nh, i int) int {
-	off := 10 + 4*nh + 4
-	for n := 0; ; n++ {
-		off += 4
-		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
-		if n == i {
-			return off
-		}
-		off++
-		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
-	}
-}
-
 // TestDupImportUnderA1: A1 on B's bus during dup import, on TPM2_Import
 // and its proving TPM2_Load in one session (ImportAndLoad) and the
 // activation's encryption session. Each attempt is refused or imports the
@@ -162,7 +143,7 @@ func TestDupImportUnderA1(t *testing.T) {
 		{"Import: its session's decrypt attribute cleared (the inner key in the clear)", isCC(tpm2.TPMCCImport),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				cmd = bytes.Clone(cmd)
-				cmd[cmdSessionAttrOffset(cmd, 1, 0)] &^= 0x20
+				cmd[swtpmtest.SessionAttrOffset(cmd, 1, 0)] &^= 0x20
 				return next.Send(cmd)
 			}, true},
 		{"Import: a byte of the answer's outPrivate changed", isCC(tpm2.TPMCCImport),
@@ -177,7 +158,7 @@ func TestDupImportUnderA1(t *testing.T) {
 		{"ActivateCredential: the encryption session's encrypt attribute cleared", isCC(tpm2.TPMCCActivateCredential),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				cmd = bytes.Clone(cmd)
-				cmd[cmdSessionAttrOffset(cmd, 2, 2)] &^= 0x40
+				cmd[swtpmtest.SessionAttrOffset(cmd, 2, 2)] &^= 0x40
 				return next.Send(cmd)
 			}, true},
 		{"ActivateCredential: answered, then its last byte changed", isCC(tpm2.TPMCCActivateCredential),
@@ -192,7 +173,7 @@ func TestDupImportUnderA1(t *testing.T) {
 		{"the proving Load: run, its answer a forged error", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				_, _ = next.Send(cmd)
-				return rcAnswer(0x9a2), nil
+				return swtpmtest.ErrorAnswer(0x9a2), nil // TPM_RC_BAD_AUTH, session 1
 			}, false},
 		{"the proving Load: run, its answer lost", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
@@ -216,11 +197,11 @@ func TestDupImportUnderA1(t *testing.T) {
 		{"the session's flush: run, a forged error", afterImport(tpm2.TPMCCFlushContext, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
 				_, _ = next.Send(cmd)
-				return rcAnswer(0x18b), nil // TPM_RC_HANDLE
+				return swtpmtest.ErrorAnswer(0x18b), nil // TPM_RC_HANDLE (handle 1)
 			}, false},
 		{"the session's flush: dropped, a forged error", afterImport(tpm2.TPMCCFlushContext, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
-				return rcAnswer(0x18b), nil // TPM_RC_HANDLE, the flush never sent
+				return swtpmtest.ErrorAnswer(0x18b), nil // TPM_RC_HANDLE (handle 1), the flush never sent
 			}, false},
 		{"the proving Load: its handle renamed to its parent's (T)", afterImport(tpm2.TPMCCLoad, 1),
 			func(next transport.TPM, cmd []byte) ([]byte, error) {
@@ -317,7 +298,7 @@ func TestDupExportDecryptBitCleared(t *testing.T) {
 	for _, mask := range []byte{0x20, 0x21, 0x60} {
 		h := &onceHook{match: isCC(tpm2.TPMCCDuplicate), fn: func(next transport.TPM, cmd []byte) ([]byte, error) {
 			cmd = bytes.Clone(cmd)
-			cmd[cmdSessionAttrOffset(cmd, 2, 0)] ^= mask
+			cmd[swtpmtest.SessionAttrOffset(cmd, 2, 0)] ^= mask
 			return next.Send(cmd)
 		}}
 		bus.Set(h.hook)

@@ -64,7 +64,7 @@ func TestAttestQuoteForgedSharedFlushes(t *testing.T) {
 	nonce := sha256.Sum256([]byte("the endpoint's nonce"))
 	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 1, 2, 3, 4, 5, 6, 16, 23}}}
 	for _, pass := range []bool{true, false} {
-		for _, rc := range []uint16{0x18b /* HANDLE: "already flushed" */, 0x9a2} {
+		for _, rc := range []tpm2.TPMRC{0x18b /* TPM_RC_HANDLE: "already flushed" */, 0x9a2 /* TPM_RC_BAD_AUTH, session 1 */} {
 			m := &pcrMover{afterRead: 2}
 			var mu sync.Mutex
 			forged := 0
@@ -76,7 +76,7 @@ func TestAttestQuoteForgedSharedFlushes(t *testing.T) {
 					if pass {
 						_, _ = next.Send(cmd)
 					}
-					return []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, byte(rc >> 8), byte(rc)}, nil, true
+					return swtpmtest.ErrorAnswer(rc), nil, true
 				}
 				return m.hook(next, cmd)
 			})

@@ -3,7 +3,6 @@ package tpm_test
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
@@ -113,21 +112,6 @@ func TestActivateCredentialWithAnEKAuthValue(t *testing.T) {
 	nothingLeft(t, tp, "after activation")
 }
 
-// sessionAttrOffset is the offset in cmd (nh handles) of session i's
-// (0-based) attributes byte.
-func sessionAttrOffset(cmd []byte, nh, i int) int {
-	off := 10 + 4*nh + 4
-	for n := 0; ; n++ {
-		off += 4 // session handle
-		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
-		if n == i {
-			return off
-		}
-		off++ // attributes
-		off += 2 + int(binary.BigEndian.Uint16(cmd[off:]))
-	}
-}
-
 // A1 flips the encrypt or continueSession bit of each of
 // TPM2_ActivateCredential's sessions (the object's authorization, the EK's
 // policy session, the encryption session), so that the TPM would answer
@@ -161,7 +145,7 @@ func TestActivateCredentialChangedSessionBits(t *testing.T) {
 						return nil, nil, false
 					}
 					cmd = bytes.Clone(cmd)
-					cmd[sessionAttrOffset(cmd, 2, session)] ^= bit
+					cmd[swtpmtest.SessionAttrOffset(cmd, 2, session)] ^= bit
 					changed = true
 					rsp, err := next.Send(cmd)
 					return rsp, err, true

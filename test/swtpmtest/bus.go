@@ -205,6 +205,22 @@ func ErrorAnswer(rc tpm2.TPMRC) []byte {
 	return rsp
 }
 
+// SessionAttrOffset is the offset, in cmd (a command with nh handles and
+// sessions), of session i's attributes byte (i from 0), as A1 finds it to
+// flip a bit.
+func SessionAttrOffset(cmd []byte, nh, i int) int {
+	off := 10 + 4*nh + 4 // header, handles, authorization size
+	for n := 0; ; n++ {
+		off += 4                                           // session handle
+		off += 2 + int(binary.BigEndian.Uint16(cmd[off:])) // nonce
+		if n == i {
+			return off
+		}
+		off++                                              // attributes
+		off += 2 + int(binary.BigEndian.Uint16(cmd[off:])) // hmac
+	}
+}
+
 // LastSession is the handle of the last session in the authorization area
 // of cmd, a command with nh handles; 0 when it has no sessions.
 func LastSession(cmd []byte, nh int) tpm2.TPMHandle {
