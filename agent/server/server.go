@@ -145,7 +145,7 @@ func newServer(o Options) *Server {
 	s.Reconfigure(o.Roles, o.RequestTimeout, o.EKCA)
 	s.routes()
 	s.hs = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.Handler(),
 		ConnContext:       withCaller,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -189,7 +189,18 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error { return s.hs.Shutdown(ctx) }
 
 // Handler is the API's handler, for tests that serve it themselves.
-func (s *Server) Handler() http.Handler { return s.mux }
+//
+// What a handler left of the request's body is read, to the bound every
+// endpoint has, before the answer leaves: a refusal decided before the
+// body was read (a role, a route) then reaches a client still writing it,
+// where Go's server would close the connection under the client, which
+// would see a broken pipe instead of the refusal.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mux.ServeHTTP(w, r)
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, MaxRequestBody))
+	})
+}
 
 // ConnContext is the http.Server hook that attaches the peer credentials; a
 // test serving Handler on its own http.Server sets it too.
@@ -464,30 +475,30 @@ func handleChecked[Req, Res any](s *Server, ep endpoint, call func(context.Conte
 		if wp, ok := any(&req).(wiper); ok {
 			defer wp.Wipe()
 		}
+		// One bounded read for every endpoint, those that take no body
+		// included: a body too large for them is 413 as everywhere.
+		body, rerr := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+		defer clear(body)
+		if rerr != nil {
+			status := http.StatusBadRequest
+			var mbe *http.MaxBytesError
+			if errors.As(rerr, &mbe) {
+				status = http.StatusRequestEntityTooLarge
+			}
+			s.writeError(w, status, fmt.Errorf("%w: request body: %v", api.ErrBadInput, rerr))
+			return
+		}
 		if _, isEmpty := any(req).(empty); isEmpty {
 			// An endpoint that takes no body takes none: a body there is a
 			// client's mistake or a probe, never ignored (found by the flood
 			// test: garbage posted to audit/reanchor re-anchored the trail).
-			if extra, _ := io.ReadAll(io.LimitReader(r.Body, 1)); len(extra) > 0 {
+			if len(body) > 0 {
 				s.writeError(w, http.StatusBadRequest, fmt.Errorf("%w: %s takes no request body", api.ErrBadInput, ep.Op))
 				return
 			}
-		} else {
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
-			defer clear(body)
-			if err != nil {
-				status := http.StatusBadRequest
-				var mbe *http.MaxBytesError
-				if errors.As(err, &mbe) {
-					status = http.StatusRequestEntityTooLarge
-				}
-				s.writeError(w, status, fmt.Errorf("%w: request body: %v", api.ErrBadInput, err))
-				return
-			}
-			if err := strictjson.Decode(body, &req); err != nil {
-				s.writeError(w, http.StatusBadRequest, fmt.Errorf("%w: request body: %v", api.ErrBadInput, err))
-				return
-			}
+		} else if err := strictjson.Decode(body, &req); err != nil {
+			s.writeError(w, http.StatusBadRequest, fmt.Errorf("%w: request body: %v", api.ErrBadInput, err))
+			return
 		}
 		if limit, ok := maxInput[ep.Op]; ok {
 			if n, ok := inputLen(req); ok && n > limit {
