@@ -419,7 +419,10 @@ func (t *TPM) ImportWrapped(parent Object, parentAuth tpm2.Session, pub tpm2.TPM
 			Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
 		}).Execute(t, enc)
 		if err != nil {
-			return t.notFailureMode(Wrap("TPM2_Import", err))
+			// The encryption session is salted to the pinned SRK and keyed
+			// by nothing a caller types: a refused HMAC there is the bus's
+			// doing. parentAuth's session is the caller's.
+			return t.notFailureMode(guarded("TPM2_Import", err, 2))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
 		return nil
