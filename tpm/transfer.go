@@ -402,6 +402,23 @@ func (t *TPM) ImportSensitive(parent Object, parentAuth tpm2.Session, pub tpm2.T
 	return t.ImportWrapped(parent, parentAuth, pub, dup, seed)
 }
 
+// importGuards are the sessions of ImportWrapped's TPM2_Import whose
+// refused HMAC is a command changed on the bus (guarded), or a TPM that no
+// longer holds the pinned SRK: the encryption session (2), salted to the
+// pinned SRK and keyed by nothing a caller types; and parentAuth (1) when it
+// is a session, not a password: provd's callers' sessions are salted to the
+// pinned SRK and keyed by provd's own values (the EK's policy session by the
+// salt alone, the PK's by the PK's authValue from the state), and the TPM
+// checks session 1 first, so a change to the parameters is refused there
+// (found by review: the callers' changed imports still said exit 11). A
+// password is the caller's to mistype.
+func importGuards(parentAuth tpm2.Session) []int {
+	if parentAuth.Handle() == tpm2.TPMRSPW {
+		return []int{2}
+	}
+	return []int{1, 2}
+}
+
 // ImportWrapped imports an object whose sensitive area comes in an outer
 // duplication wrapper only (dup, seed: made by tpm2.CreateDuplicate to
 // parent's public key, here or by a fleet endpoint) under parent, authorized
@@ -419,10 +436,7 @@ func (t *TPM) ImportWrapped(parent Object, parentAuth tpm2.Session, pub tpm2.TPM
 			Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
 		}).Execute(t, enc)
 		if err != nil {
-			// The encryption session is salted to the pinned SRK and keyed
-			// by nothing a caller types: a refused HMAC there is the bus's
-			// doing. parentAuth's session is the caller's.
-			return t.notFailureMode(guarded("TPM2_Import", err, 2))
+			return t.notFailureMode(guarded("TPM2_Import", err, importGuards(parentAuth)...))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
 		return nil
