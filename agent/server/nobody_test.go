@@ -9,6 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,5 +91,218 @@ func postWhole(t *testing.T, conn net.Conn, method, path string, status int, say
 		if rsp.StatusCode != status || !bytes.Contains(b, []byte(says)) {
 			t.Fatalf("request %d: %s %s, want %d %q", i, rsp.Status, b, status, says)
 		}
+	}
+}
+
+// countingListener counts the bytes the server reads from its connections.
+type countingListener struct {
+	net.Listener
+	read atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, n: &l.read}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+// SyscallConn lets PeerCredentials read SO_PEERCRED through the wrapper.
+func (c *countingConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// serveCounted serves a TPM-less server (decisions before the queue only)
+// on a counting listener, and returns it with the socket's path.
+func serveCounted(t *testing.T, roles *Roles) (*countingListener, string) {
+	t.Helper()
+	s := newServer(Options{Roles: roles, RequestTimeout: time.Second, MaxWaiting: 4, ExitCode: func(error) int { return 42 }})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	go s.hs.Serve(cl)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = s.hs.Shutdown(ctx)
+		_ = s.hs.Close()
+	})
+	return cl, sock
+}
+
+// A body over the bound is read to the bound, not further: the handler's
+// read and the drain after it share one budget (found by review: the drain
+// read up to 4 MiB more after the 413).
+func TestAnOversizeBodyIsReadToTheBound(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	cl, sock := serveCounted(t, &Roles{User: me})
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const size = 16 << 20
+	go func() {
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: provd\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", api.RouteSeal.Path, size)
+		chunk := bytes.Repeat([]byte("a"), 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := conn.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(40 * time.Second))
+	rsp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	rsp.Body.Close()
+	if rsp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want 413", rsp.StatusCode)
+	}
+	// The headers, and what the connection's reader had buffered.
+	if read := cl.read.Load(); read > MaxRequestBody+256<<10 {
+		t.Errorf("a body over the bound was read to %d bytes (%.2f times the bound)", read, float64(read)/MaxRequestBody)
+	}
+}
+
+// A client that sends Expect: 100-continue and waits for it before its
+// body (curl does, for bodies over 1 MiB) gets a refusal decided before the
+// body (no route, wrong method) at once: the daemon does not wait for a
+// body the client was never asked for (found by review: it waited the read
+// timeout, 30 s).
+func TestAnExpectContinueRefusalIsAnsweredAtOnce(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	_, sock := serveCounted(t, &Roles{User: me, Officer: me})
+	for _, path := range []string{"/v1/nothing", api.RouteStatus.Path} {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: provd\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", path, 2<<20)
+		// Far below the server's read timeout (30 s), far above a loaded
+		// machine's answer.
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rsp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("POST %s with Expect: 100-continue: no answer: %v", path, err)
+		}
+		if rsp.StatusCode != http.StatusNotFound && rsp.StatusCode != http.StatusMethodNotAllowed {
+			t.Fatalf("POST %s with Expect: 100-continue: %d, want the refusal", path, rsp.StatusCode)
+		}
+	}
+}
+
+// No request is smuggled on a kept-alive connection through a refused
+// body: the drain reads it through Go's framed body reader, so bytes inside
+// it that look like a request are never parsed as one (Content-Length,
+// chunked; a Content-Length lie makes the rest the same caller's next
+// request, decided by the same peer credentials: nothing gained).
+// Pipelined requests keep their order. From the review of the drain.
+func TestNoRequestSmuggledThroughTheDrain(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	_, sock := serveCounted(t, &Roles{User: me})
+	inner := "GET /v1/smuggled HTTP/1.1\r\nHost: provd\r\n\r\n"
+	pad := strings.Repeat("x", 300<<10) // over Go's own 256 KiB post-handler drain
+	for _, tc := range []struct {
+		name string
+		raw  string
+		want []int
+	}{
+		{"content-length body holding a request", fmt.Sprintf("POST /v1/nothing HTTP/1.1\r\nHost: provd\r\nContent-Length: %d\r\n\r\n%s%s", len(pad)+len(inner), pad, inner) +
+			"GET /v1/nothing2 HTTP/1.1\r\nHost: provd\r\n\r\n", []int{404, 404}},
+		{"chunked body holding a request", fmt.Sprintf("POST %s HTTP/1.1\r\nHost: provd\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s%s\r\n0\r\n\r\n", api.RouteStatus.Path, len(pad)+len(inner), pad, inner) +
+			"GET /v1/nothing2 HTTP/1.1\r\nHost: provd\r\n\r\n", []int{405, 404}},
+		{"no-body endpoint given a body", fmt.Sprintf("GET %s HTTP/1.1\r\nHost: provd\r\nContent-Length: %d\r\n\r\n%s%s", api.RouteStatus.Path, len(pad)+len(inner), pad, inner) +
+			"GET /v1/nothing2 HTTP/1.1\r\nHost: provd\r\n\r\n", []int{400, 404}},
+		{"content-length lie: the rest is this caller's next request", fmt.Sprintf("POST /v1/nothing HTTP/1.1\r\nHost: provd\r\nContent-Length: %d\r\n\r\n%s%s", len(pad), pad, inner), []int{404, 404}},
+		// Go frames by Transfer-Encoding and drops Content-Length: one request.
+		{"both content-length and chunked", fmt.Sprintf("POST /v1/nothing HTTP/1.1\r\nHost: provd\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(inner), inner), []int{404}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			go conn.Write([]byte(tc.raw))
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(conn)
+			var got []int
+			var bodies []string
+			for {
+				rsp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					break
+				}
+				b, _ := io.ReadAll(rsp.Body)
+				rsp.Body.Close()
+				got = append(got, rsp.StatusCode)
+				bodies = append(bodies, string(b))
+				if len(got) == len(tc.want) {
+					conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				}
+			}
+			t.Logf("answers %v", got)
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("answers %v, want %v: %q", got, tc.want, bodies)
+			}
+			for _, b := range bodies {
+				if strings.Contains(b, "smuggled") && !strings.Contains(tc.name, "lie") {
+					t.Errorf("a request inside a refused body was parsed: %s", b)
+				}
+			}
+		})
+	}
+}
+
+// A refusal whose answer is already on its way when the drain starts (a
+// 404 naming a 12 KiB path outgrows the response buffer, so the headers
+// leave while the handler runs) is read whole, and the client's write of
+// its body succeeds. From the review of the drain.
+func TestDrainAfterAnAnswerAlreadySent(t *testing.T) {
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	_, sock := serveCounted(t, &Roles{User: me})
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	path := "/v1/" + strings.Repeat("p", 12<<10)
+	body := bytes.Repeat([]byte("a"), MaxRequestBody)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: provd\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body)
+		wrote <- err
+	}()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rsp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(rsp.Body)
+	rsp.Body.Close()
+	werr := <-wrote
+	if rsp.StatusCode != 404 || err != nil || !bytes.Contains(b, []byte("no API endpoint")) {
+		t.Errorf("the refusal was not read whole: %d (%d bytes) %v", rsp.StatusCode, len(b), err)
+	}
+	if werr != nil {
+		t.Errorf("the client saw %v writing its body", werr)
 	}
 }
