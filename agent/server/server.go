@@ -35,10 +35,10 @@ const (
 	maxHeaderBytes    = 16 << 10
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 30 * time.Second
-	// expectTimeout is how long a refused body that came with Expect:
-	// 100-continue is read after the refusal left (Handler).
-	expectTimeout = 2 * time.Second
-	idleTimeout   = 2 * time.Minute
+	// drainTimeout is how long what a handler left of a body is read
+	// after the handler's end (Handler).
+	drainTimeout = 2 * time.Second
+	idleTimeout  = 2 * time.Minute
 	// opTimeout bounds an operation once it has the TPM; only the state
 	// store's lock waits honour it (a TPM command has its own timeout).
 	opTimeout = 10 * time.Minute
@@ -112,8 +112,8 @@ type Server struct {
 	lastCommands           int64
 	lastProgress           time.Time
 
-	// expectDrain is expectTimeout (tests lengthen it).
-	expectDrain time.Duration
+	// drainWait is drainTimeout (tests change it).
+	drainWait time.Duration
 }
 
 // Stats counts what the server did.
@@ -147,7 +147,7 @@ func newServer(o Options) *Server {
 		o.MaxWaiting = DefaultMaxWaiting
 	}
 	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux(),
-		healthWait: healthTimeout, stallAfter: stallTimeout, expectDrain: expectTimeout}
+		healthWait: healthTimeout, stallAfter: stallTimeout, drainWait: drainTimeout}
 	s.Reconfigure(o.Roles, o.RequestTimeout, o.EKCA)
 	s.routes()
 	s.hs = &http.Server{
@@ -201,15 +201,20 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.hs.Shutdown(ctx)
 // known length is read before the answer leaves: a refusal decided before
 // the body was read (a role, a route) then reaches a client still writing
 // it, where Go's server would close the connection under the client, which
-// would see a broken pipe instead of the refusal. A chunked body is not
-// read after its handler: its framing costs the wire more than its bytes
-// (found by review: 17 times, in 1-byte chunks with extensions), so Go's
-// own bound applies (256 KiB, then the connection closes). After Expect:
-// 100-continue the answer leaves first, and the body is read only for as
-// long as a client that sends it at once needs: one that waits for the
-// 100 Continue gets the refusal instead (found by review: the drain waited
-// the read timeout, 30 s, for a body that never came; skipping the drain
-// instead broke a client that sends its body without waiting).
+// would see a broken pipe instead of the refusal. That read has 2 s from
+// the handler's end (drainTimeout), whatever the handler took: a refusal
+// that waited for the TPM queue to audit it would otherwise find the
+// request's read deadline past. After an Expect (Go answers 417 to any
+// but 100-continue before a handler runs) the answer leaves first: its
+// client may be waiting for a 100 Continue that a refusal does not send,
+// or may send its body without waiting. A chunked body is not read after
+// its handler: its framing costs the wire more than its bytes, so Go's own
+// bound applies (256 KiB, then the connection closes). Found by three
+// reviews: the drain read 4 MiB more after a body over the bound, held an
+// Expect refusal for the 30 s read timeout, broke clients that send after
+// an Expect without waiting, read 17 times the bound in 1-byte chunks with
+// extensions, and broke a refusal that waited on the queue past the read
+// deadline.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A copy: Go's server decides what to do with the rest of the body
@@ -220,11 +225,11 @@ func (s *Server) Handler() http.Handler {
 		if r.ContentLength <= 0 {
 			return
 		}
-		if r.ProtoAtLeast(1, 1) && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
-			rc := http.NewResponseController(w)
+		rc := http.NewResponseController(w)
+		if r.ProtoAtLeast(1, 1) && r.Header.Get("Expect") != "" {
 			_ = rc.Flush()
-			_ = rc.SetReadDeadline(time.Now().Add(s.expectDrain))
 		}
+		_ = rc.SetReadDeadline(time.Now().Add(s.drainWait))
 		_, _ = io.Copy(io.Discard, rb.Body)
 	})
 }
