@@ -170,22 +170,7 @@ func TestImportChangedOnTheBusIsForged(t *testing.T) {
 		} {
 			t.Run(pc.name+"/"+what, func(t *testing.T) {
 				ran := false
-				bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-					if swtpmtest.CommandCode(cmd) != tpm2.TPMCCImport {
-						return nil, nil, false
-					}
-					ran = true
-					if c, _ := tamper(cmd, nil); c != nil {
-						rsp, err := next.Send(c)
-						return rsp, err, true
-					}
-					rsp, err := next.Send(cmd)
-					if err != nil {
-						return rsp, err, true
-					}
-					_, r := tamper(cmd, rsp)
-					return r, nil, true
-				})
+				bus.Set(tamperOn(tpm2.TPMCCImport, tamper, &ran))
 				s, done := pc.auth()
 				_, err := tp.ImportSensitive(pc.parent, s, pub, sens)
 				bus.Set(nil)

@@ -88,21 +88,7 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad {
-					return nil, nil, false
-				}
-				if c, _ := tamper(cmd, nil); c != nil {
-					rsp, err := next.Send(c)
-					return rsp, err, true
-				}
-				rsp, err := next.Send(cmd)
-				if err != nil {
-					return rsp, err, true
-				}
-				_, r := tamper(cmd, rsp)
-				return r, nil, true
-			})
+			bus.Set(tamperOn(tpm2.TPMCCLoad, tamper, nil))
 			obj, err := tp.LoadWithAuth(parent, auth, child)
 			bus.Set(nil)
 			if !errors.Is(err, tpm.ErrResponseForged) {
@@ -110,6 +96,32 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 			}
 			sweptAsAsked(t, tp, parent.Handle)
 		})
+	}
+}
+
+// tamperOn is A1 changing every command cc on its way to the TPM, or its
+// answer on the way back: tamper is called with the command and a nil
+// answer first, and a command it returns goes in its place; otherwise with
+// the TPM's answer, and the answer it returns comes back instead. ran, when
+// not nil, is set once a cc went by.
+func tamperOn(cc tpm2.TPMCC, tamper func(cmd, rsp []byte) (newCmd, newRsp []byte), ran *bool) swtpmtest.Hook {
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != cc {
+			return nil, nil, false
+		}
+		if ran != nil {
+			*ran = true
+		}
+		if c, _ := tamper(cmd, nil); c != nil {
+			rsp, err := next.Send(c)
+			return rsp, err, true
+		}
+		rsp, err := next.Send(cmd)
+		if err != nil {
+			return rsp, err, true
+		}
+		_, r := tamper(cmd, rsp)
+		return r, nil, true
 	}
 }
 
