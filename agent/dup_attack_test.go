@@ -287,14 +287,7 @@ func TestDupExportDecryptBitCleared(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	envA := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	envB := swtpmtest.Start(t)
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
+	a, _, peer := senderAndPeer(t, envA, envB)
 	for _, mask := range []byte{0x20, 0x21, 0x60} {
 		h := &onceHook{match: isCC(tpm2.TPMCCDuplicate), fn: func(next transport.TPM, cmd []byte) ([]byte, error) {
 			cmd = bytes.Clone(cmd)

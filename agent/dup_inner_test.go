@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/api"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
@@ -27,14 +26,7 @@ func TestDupInnerKeyNeverCrossesTheBus(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	peerEnv := swtpmtest.Start(t)
 	ctx := context.Background()
-	a, b := provisioned(t, env), provisioned(t, peerEnv)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
+	a, _, peer := senderAndPeer(t, env, peerEnv)
 	ks, err := a.readKeyState(ctx, "k", true)
 	if err != nil {
 		t.Fatal(err)

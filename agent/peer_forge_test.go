@@ -150,15 +150,8 @@ func movedKey(t *testing.T, optsB ...swtpmtest.Option) (envB *swtpmtest.Env, b, 
 	ctx := context.Background()
 	envA := swtpmtest.Start(t)
 	envB = swtpmtest.Start(t, optsB...)
-	a, b = provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	dup, err = a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
+	a, b, peer = senderAndPeer(t, envA, envB)
+	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
 	if err != nil {
 		t.Fatal(err)
 	}

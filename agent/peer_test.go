@@ -45,6 +45,23 @@ func provisioned(t *testing.T, env *swtpmtest.Env) *Agent {
 	return testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})
 }
 
+// senderAndPeer provisions A on envA and B on envB, and creates A's
+// extractable P-256 key "k": the start of every test that moves a key
+// module to module. It returns both agents and B's peer identity.
+func senderAndPeer(t *testing.T, envA, envB *swtpmtest.Env) (a, b *Agent, peer api.PeerIdentity) {
+	t.Helper()
+	ctx := context.Background()
+	a, b = provisioned(t, envA), provisioned(t, envB)
+	peer, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, peer
+}
+
 // TestDupToAPeer: an extractable key moves from TPM A to TPM B, module to
 // module, and signs there with the same public key; nothing of it crosses
 // either bus in the clear. A peer whose EK certificate does not chain to
@@ -170,14 +187,7 @@ func TestDupToAPeer(t *testing.T) {
 func TestDupToAForgedTransferKey(t *testing.T) {
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	peer, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
+	a, b, peer := senderAndPeer(t, envA, envB)
 	evil, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	evilDH, _ := evil.ECDH()
 	pt := evilDH.PublicKey().Bytes()

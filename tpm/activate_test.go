@@ -125,15 +125,7 @@ func TestActivateCredentialChangedSessionBits(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec), swtpmtest.WithBus(bus))
 	tp := env.TPM
 	srk, obj, auth := activateSetup(t, tp)
-	persisted, err := tp.ReadPublic(tpm.RSAEKHandle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ek, flush, err := tp.EK(tpm.RSAEKHandle, persisted.Public, rsaEKTemplate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer flush()
+	ek := persistedEK(t, tp)
 	secret := make([]byte, 48)
 	_, _ = rand.Read(secret)
 	for session, who := range []string{"the object's", "the EK's", "the encryption"} {
