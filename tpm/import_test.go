@@ -255,3 +255,15 @@ func TestImportUnderAnEKWithAnAuthValue(t *testing.T) {
 		t.Errorf("an import under an EK with an authValue: %v", err)
 	}
 }
+
+// An import with no authorization for its parent is refused with an error,
+// not a panic, whatever the TPM answers.
+func TestImportWithNoParentAuth(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	parent, _, _ := authParent(t, tp)
+	pub, sens := importable(t)
+	if _, err := tp.ImportSensitive(parent, nil, pub, sens); err == nil {
+		t.Fatal("an import with no parent authorization succeeded")
+	}
+}

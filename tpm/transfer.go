@@ -411,9 +411,9 @@ func (t *TPM) ImportSensitive(parent Object, parentAuth tpm2.Session, pub tpm2.T
 // salt alone, the PK's by the PK's authValue from the state), and the TPM
 // checks session 1 first, so a change to the parameters is refused there
 // (found by review: the callers' changed imports still said exit 11). A
-// password is the caller's to mistype.
+// password (or no authorization at all) is the caller's to mistype.
 func importGuards(parentAuth tpm2.Session) []int {
-	if parentAuth.Handle() == tpm2.TPMRSPW {
+	if parentAuth == nil || parentAuth.Handle() == tpm2.TPMRSPW {
 		return []int{2}
 	}
 	return []int{1, 2}
