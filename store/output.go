@@ -14,11 +14,31 @@ import (
 // block device, or a symlink it does not trust. Its message says why.
 var ErrOutput = errors.New("output path refused")
 
+// Durability is what a command's output file promises once the command has
+// said it is written.
+type Durability int
+
+const (
+	// Durable: the file and its directory are synced before WriteOutput
+	// returns, so a power cut after it loses nothing. For an output that is
+	// the only copy of something: a sealed blob, a wrapped backup, an
+	// exported key, an unsealed secret (the PCRs may not unseal it again).
+	Durable Durability = iota
+	// Remakeable: written as atomically (a reader sees the old file or the
+	// new, never a part of one), not synced, as openssl and tpm2-tools write
+	// their outputs. For an output the same command makes again from what
+	// the TPM and the state keep: a signature, a certificate request. A
+	// power cut soon after may leave the old file, an empty one or none,
+	// and running the command again makes it. The two syncs cost a one-shot
+	// sign 2 ms of its 25 on the benchmark machine's disk (issue 14).
+	Remakeable
+)
+
 // WriteOutput writes a command's output (an unsealed secret, a signature, a
 // key file) to path, as a user who names a path expects, and never by
 // replacing something that is not a regular file:
-//   - nothing there, or a regular file: WriteFile (atomic, durable, mode set
-//     before the first byte);
+//   - nothing there, or a regular file: WriteFile (atomic, mode set before
+//     the first byte; synced unless d is Remakeable);
 //   - a character device or a FIFO (/dev/null, /dev/stdout, a pipe): opened
 //     and written to, no create, no rename; a short write or an error such
 //     as ENOSPC (/dev/full) is reported;
@@ -28,21 +48,21 @@ var ErrOutput = errors.New("output path refused")
 //     the rules above apply to what it points to; another user's symlink is
 //     refused, so it cannot steer a secret elsewhere;
 //   - a directory or a block device: refused (ErrOutput).
-func WriteOutput(path string, data []byte, mode os.FileMode) error {
+func WriteOutput(path string, data []byte, mode os.FileMode, d Durability) error {
 	target, err := outputTarget(path)
 	if err != nil {
 		return err
 	}
 	fi, err := os.Stat(target)
 	if errors.Is(err, fs.ErrNotExist) {
-		return WriteFile(target, data, mode)
+		return writeFile(target, data, mode, d)
 	}
 	if err != nil {
 		return err
 	}
 	switch t := fi.Mode().Type(); {
 	case t == 0:
-		return WriteFile(target, data, mode)
+		return writeFile(target, data, mode, d)
 	case t&fs.ModeDir != 0:
 		return fmt.Errorf("%w: %s is a directory", ErrOutput, path)
 	case t&fs.ModeDevice != 0 && t&fs.ModeCharDevice == 0:

@@ -564,29 +564,38 @@ func writeZeros(w io.WriterAt, n int64) error {
 // writeFileAtomic writes data to dir/name through a temp file in dir, fsyncs
 // it and renames it into place. It does not fsync dir; callers batch that.
 func writeFileAtomic(dir, name string, data []byte) error {
-	return writeFileMode(dir, name, data, 0o600)
+	return writeFileMode(dir, name, data, 0o600, true)
 }
 
 // WriteFile writes data to path atomically and durably: a temp file created
 // in path's directory (O_EXCL, so no symlink or stale file is followed), mode
 // set before any byte is written, fsync, rename, fsync of the directory. A
-// crash leaves the old file or the new. The CLI writes its output files
-// (unsealed secrets, key files, policies) through it.
+// crash leaves the old file or the new. The CLI's output files are written
+// as it writes (WriteOutput), without its syncs for a Remakeable one.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return writeFile(path, data, mode, Durable)
+}
+
+func writeFile(path string, data []byte, mode os.FileMode, d Durability) error {
 	dir, name := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
-	if err := writeFileMode(dir, name, data, mode); err != nil {
+	if err := writeFileMode(dir, name, data, mode, d == Durable); err != nil {
 		return err
+	}
+	if d != Durable {
+		return nil
 	}
 	return syncDir(dir)
 }
 
-func writeFileMode(dir, name string, data []byte, mode os.FileMode) error {
+// writeFileMode writes dir/name through a temp file with mode, synced
+// before its rename when sync is set.
+func writeFileMode(dir, name string, data []byte, mode os.FileMode, sync bool) error {
 	// Errors name the file being written, not the temporary file beside it
 	// (found by review: "write .../.tmp-23830812: no space left on device").
-	if err := writeFileTemp(dir, name, data, mode); err != nil {
+	if err := writeFileTemp(dir, name, data, mode, sync); err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			return fmt.Errorf("write %s: %w", filepath.Join(dir, name), pe.Err)
@@ -596,7 +605,7 @@ func writeFileMode(dir, name string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-func writeFileTemp(dir, name string, data []byte, mode os.FileMode) error {
+func writeFileTemp(dir, name string, data []byte, mode os.FileMode, sync bool) error {
 	f, err := os.CreateTemp(dir, tmpPrefix+"*")
 	if err != nil {
 		return err
@@ -616,8 +625,10 @@ func writeFileTemp(dir, name string, data []byte, mode os.FileMode) error {
 	if _, err := f.Write(data); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if sync {
+		if err := syncFile(f); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -633,13 +644,16 @@ func writeFileTemp(dir, name string, data []byte, mode os.FileMode) error {
 // several (zeroize: the audit gate, then the log).
 func SyncDir(dir string) error { return syncDir(dir) }
 
+// syncFile is f.Sync; a test counts the syncs through it.
+var syncFile = (*os.File).Sync
+
 // syncDir makes renames and unlinks in dir durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("store: fsync dir: %w", err)
 	}
-	err = d.Sync()
+	err = syncFile(d)
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}

@@ -206,7 +206,7 @@ delivered it (exit 3 otherwise).`,
 			}
 			defer res.Wipe()
 			v := res.Secret
-			if err := writeOut(a, out, v, 0o600); err != nil {
+			if err := writeOut(a, out, v, 0o600, store.Durable); err != nil {
 				return err
 			}
 			if out == "-" {
@@ -254,7 +254,7 @@ signature is printed in hex.`,
 				return err
 			}
 			if sout != "" {
-				if err := writeOut(a, sout, sig, 0o644); err != nil {
+				if err := writeOut(a, sout, sig, 0o644, store.Remakeable); err != nil {
 					return err
 				}
 				if sout == "-" {
@@ -607,7 +607,7 @@ PKs provisioned --duplicable-by it, move only to devices the endpoint approves.`
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, authOut, []byte(res.PublicKey), 0o644); err != nil {
+			if err := writeOut(a, authOut, []byte(res.PublicKey), 0o644, store.Durable); err != nil {
 				return err
 			}
 			if authOut == "-" {
@@ -650,10 +650,10 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, approvalOut, append(bytes.Clone(res.Approval), '\n'), 0o644); err != nil {
+			if err := writeOut(a, approvalOut, append(bytes.Clone(res.Approval), '\n'), 0o644, store.Durable); err != nil {
 				return err
 			}
-			if err := writeOut(a, peerOut, append(bytes.Clone(res.Peer), '\n'), 0o644); err != nil {
+			if err := writeOut(a, peerOut, append(bytes.Clone(res.Peer), '\n'), 0o644, store.Durable); err != nil {
 				return err
 			}
 			out := map[string]string{"device_id": res.DeviceID, "object_name": res.ObjectName, "pk_name": res.PKName, "approval": approvalOut, "peer": peerOut}

@@ -20,6 +20,7 @@ import (
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
 )
 
 func (a *app) keyCmd() *cobra.Command {
@@ -189,7 +190,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, out, b, 0o644); err != nil {
+			if err := writeOut(a, out, b, 0o644, store.Durable); err != nil {
 				return err
 			}
 			res := struct {
@@ -348,7 +349,7 @@ sha256 otherwise. Without --out the signature is printed in hex.`,
 					return err
 				}
 				if out != "" {
-					if err := writeOut(a, out, sig, 0o644); err != nil {
+					if err := writeOut(a, out, sig, 0o644, store.Remakeable); err != nil {
 						return err
 					}
 					if out == "-" {
@@ -657,7 +658,7 @@ func (a *app) keyCSRCmd() *cobra.Command {
 				}
 				p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 				if out != "" && out != "-" {
-					if err := writeOut(a, out, p, 0o644); err != nil {
+					if err := writeOut(a, out, p, 0o644, store.Remakeable); err != nil {
 						return err
 					}
 					return a.emit(map[string]any{"key": args[0], "out": out, "bytes": len(p)}, func(w io.Writer) { fmt.Fprintf(w, "CSR written to %s\n", out) })
@@ -691,7 +692,7 @@ not an export of the key. Derived keys have no blob. See docs/keys.md.`,
 				if err != nil {
 					return err
 				}
-				if err := writeOut(a, out, p, 0o600); err != nil {
+				if err := writeOut(a, out, p, 0o600, store.Durable); err != nil {
 					return err
 				}
 				if out == "-" {

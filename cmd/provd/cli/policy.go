@@ -67,7 +67,7 @@ PKCS#1), unencrypted.`,
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, out, b, 0o644); err != nil {
+			if err := writeOut(a, out, b, 0o644, store.Durable); err != nil {
 				return err
 			}
 			res := struct {
@@ -201,7 +201,7 @@ func readIn(a *app, path string) ([]byte, error) {
 // no command is silent under -o json. In text a file written is silent, as
 // Unix tools are, and "-" carries the bytes themselves.
 func (a *app) outputTo(out string, b []byte, mode os.FileMode, fields map[string]any) error {
-	if err := writeOut(a, out, b, mode); err != nil {
+	if err := writeOut(a, out, b, mode, store.Durable); err != nil {
 		return err
 	}
 	if out == "-" || a.output != "json" {
@@ -215,7 +215,7 @@ func (a *app) outputTo(out string, b []byte, mode os.FileMode, fields map[string
 // writeReport writes b to out (writeOut) and, unless it went to stdout,
 // reports what was written: res under -o json, text otherwise.
 func (a *app) writeReport(out string, b []byte, mode os.FileMode, res map[string]any, text func(w io.Writer)) error {
-	if err := writeOut(a, out, b, mode); err != nil {
+	if err := writeOut(a, out, b, mode, store.Durable); err != nil {
 		return err
 	}
 	if out == "-" {
@@ -242,14 +242,15 @@ func readApproval(a *app, path string) (*policy.Approval, error) {
 }
 
 // writeOut writes a command's output to path (store.WriteOutput: a regular
-// file atomically with mode; a device, FIFO or socket written to, never
-// replaced), or to stdout ("-"). A refused path is a usage error.
-func writeOut(a *app, path string, b []byte, mode os.FileMode) error {
+// file atomically with mode, synced unless d is store.Remakeable; a device,
+// FIFO or socket written to, never replaced), or to stdout ("-"). A refused
+// path is a usage error.
+func writeOut(a *app, path string, b []byte, mode os.FileMode, d store.Durability) error {
 	if path == "-" {
 		_, err := a.deps.Stdout.Write(b)
 		return err
 	}
-	err := store.WriteOutput(path, b, mode)
+	err := store.WriteOutput(path, b, mode, d)
 	if errors.Is(err, store.ErrOutput) || errors.Is(err, fs.ErrNotExist) {
 		// A refused path, or one whose directory does not exist: the
 		// user's to fix, as a missing --in is.

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/store"
 )
 
 func (a *app) sealCmd() *cobra.Command {
@@ -50,7 +51,7 @@ docs/formats.md.`,
 				if err != nil {
 					return err
 				}
-				if err := writeOut(a, out, blob, 0o600); err != nil {
+				if err := writeOut(a, out, blob, 0o600, store.Durable); err != nil {
 					return err
 				}
 				if out == "-" {
