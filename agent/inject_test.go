@@ -71,9 +71,7 @@ func (x *injector) Send(cmd []byte) ([]byte, error) {
 
 // params returns the parameter area of a command with one handle and sessions.
 func params(cmd []byte) []byte {
-	off := 14
-	n := int(binary.BigEndian.Uint32(cmd[off:]))
-	return cmd[off+4+n:]
+	return cmd[swtpmtest.ParamsOffset(cmd, 1):]
 }
 
 func (x *injector) steal(cc tpm2.TPMCC, h tpm2.TPMHandle, cmd []byte) error {

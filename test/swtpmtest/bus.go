@@ -184,6 +184,22 @@ func (l *CommandLog) Hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
 	return nil, nil, false
 }
 
+// Answered passes cmd on and records its code unless the TPM answered it
+// with a warning that has it sent again (RETRY, YIELDED, TESTING,
+// NV_RATE: swtpm answers TPM2_Sign TPM_RC_RETRY at times): the commands as
+// the TPM took them, each once.
+func (l *CommandLog) Answered(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	rsp, err := next.Send(cmd)
+	if err == nil && len(rsp) >= 10 {
+		switch tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])) {
+		case tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting, tpm2.TPMRCNVRate:
+			return rsp, err, true
+		}
+	}
+	l.Hook(next, cmd)
+	return rsp, err, true
+}
+
 // Count is how many of cmds are cc.
 func Count(cmds []tpm2.TPMCC, cc tpm2.TPMCC) int {
 	n := 0
@@ -205,6 +221,13 @@ func ErrorAnswer(rc tpm2.TPMRC) []byte {
 	return rsp
 }
 
+// ParamsOffset is the offset, in cmd (a command with nh handles and
+// sessions), of its parameter area, which follows the authorization area.
+func ParamsOffset(cmd []byte, nh int) int {
+	off := 10 + 4*nh
+	return off + 4 + int(binary.BigEndian.Uint32(cmd[off:]))
+}
+
 // SessionAttrOffset is the offset, in cmd (a command with nh handles and
 // sessions), of session i's attributes byte (i from 0), as A1 finds it to
 // flip a bit.
@@ -224,19 +247,29 @@ func SessionAttrOffset(cmd []byte, nh, i int) int {
 // LastSession is the handle of the last session in the authorization area
 // of cmd, a command with nh handles; 0 when it has no sessions.
 func LastSession(cmd []byte, nh int) tpm2.TPMHandle {
-	if tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) != tpm2.TPMSTSessions {
+	s := Sessions(cmd, nh)
+	if len(s) == 0 {
 		return 0
+	}
+	return s[len(s)-1]
+}
+
+// Sessions are the handles of the sessions in the authorization area of
+// cmd, a command with nh handles, in order; none when it has no sessions.
+func Sessions(cmd []byte, nh int) []tpm2.TPMHandle {
+	if tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) != tpm2.TPMSTSessions {
+		return nil
 	}
 	off := 10 + 4*nh
 	size := int(binary.BigEndian.Uint32(cmd[off : off+4]))
 	area := cmd[off+4 : off+4+size]
-	var last tpm2.TPMHandle
+	var hs []tpm2.TPMHandle
 	for len(area) >= 4 {
-		last = tpm2.TPMHandle(binary.BigEndian.Uint32(area))
+		hs = append(hs, tpm2.TPMHandle(binary.BigEndian.Uint32(area)))
 		nonce := int(binary.BigEndian.Uint16(area[4:6]))
 		rest := area[6+nonce+1:]
 		hmac := int(binary.BigEndian.Uint16(rest))
 		area = rest[2+hmac:]
 	}
-	return last
+	return hs
 }
