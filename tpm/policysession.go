@@ -43,6 +43,9 @@ type PolicySession struct {
 	// surely expired (spend).
 	start      tpm2.TPMHandle
 	proofUntil time.Time
+	// keyed is the session of StartSaltedPolicySession, which can also
+	// guard a command it does not authorize (Guard); nil for the others.
+	keyed *keyedPolicy
 }
 
 // saltedAuth marks a session salted to the SRK when it authorizes a
@@ -115,33 +118,55 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 }
 
 // StartSaltedPolicySession starts a SHA-256 policy session salted to the
-// SRK, without parameter encryption: its HMAC key is secret, so a session
-// satisfied now and used a few commands later is of no use to whoever
-// watched it being satisfied (found by review: an unsalted one was used
-// first by a command of the attacker's), and its answers cannot be forged.
-// auth is the authValue of the objects it authorizes when their policies
-// hold PolicyAuthValue (it then keys the HMACs with the salt), nil when
-// they do not. Not for encryption: the TPM keys a policy session's
-// parameter encryption with the authorized object's authValue even when the
-// policy has no PolicyAuthValue, and its HMAC without it, which one go-tpm
-// session cannot follow (measured on swtpm: TPM_RC_SIZE on the encrypted
-// parameter); use an extra encryption session.
+// SRK, of provd's own making (keyedPolicy): its HMAC key is secret, so a
+// session satisfied now and used a few commands later is of no use to
+// whoever watched it being satisfied (found by review: an unsalted one was
+// used first by a command of the attacker's), and its answers cannot be
+// forged. auth is the authValue of the objects it authorizes when their
+// policies hold PolicyAuthValue (it then keys the HMACs with the salt), nil
+// when they do not. Authorizing, it encrypts nothing: the TPM keys a policy
+// session's parameter encryption with the authorized object's authValue
+// even when the policy has no PolicyAuthValue, and its HMAC without it
+// (measured on swtpm: TPM_RC_SIZE on the encrypted parameter); use an extra
+// encryption session.
 func (t *TPM) StartSaltedPolicySession(auth []byte) (*PolicySession, error) {
+	return t.startSaltedPolicy(auth, false)
+}
+
+// StartGuardingPolicySession is StartSaltedPolicySession for a session that
+// can also guard a command it does not authorize, as its extra session
+// (Guard: the PK's load under the SRK, before the session authorizes the
+// loads and uses under the PK). It is started with a cipher, which the
+// guard role needs.
+func (t *TPM) StartGuardingPolicySession(auth []byte) (*PolicySession, error) {
+	return t.startSaltedPolicy(auth, true)
+}
+
+func (t *TPM) startSaltedPolicy(auth []byte, guard bool) (*PolicySession, error) {
 	srk, err := t.SRK()
 	if err != nil {
 		return nil, err
 	}
-	opts := []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public)}
 	own := bytes.Clone(auth)
-	if own != nil {
-		opts = append(opts, tpm2.Auth(own))
-	}
-	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	k, err := t.startKeyedPolicy(srk, own, guard)
 	if err != nil {
 		clear(own)
-		return nil, Wrap("TPM2_StartAuthSession", err)
+		return nil, err
 	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own}, nil
+	s := policyAuth{k}
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own, keyed: k}, nil
+}
+
+// Guard returns the session for use as a command's extra session, which
+// guards a command it does not authorize: its HMACs, keyed by the session
+// key alone in that role, bind the command and its answer, and it encrypts
+// the command's first parameter (keyedPolicy). Only a session of
+// StartGuardingPolicySession has one: nil for the others.
+func (p *PolicySession) Guard() tpm2.Session {
+	if p.keyed == nil || !p.keyed.guard {
+		return nil
+	}
+	return policyGuard{p.keyed}
 }
 
 // Close flushes the session. It is safe to call more than once.
@@ -151,6 +176,9 @@ func (p *PolicySession) Close() error {
 	}
 	p.closed = true
 	defer clear(p.auth)
+	if p.keyed != nil {
+		defer clear(p.keyed.sessionKey)
+	}
 	return p.closer()
 }
 

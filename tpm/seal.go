@@ -85,6 +85,24 @@ func (t *TPM) Seal(parent Object, parentAuth tpm2.Session, secret, authPolicy []
 // StartSecretPolicySession), its own HMACs do both, and no second session
 // is started (issue 14: two TPM commands fewer per load).
 func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, error) {
+	return t.load(parent, parentAuth, b, nil)
+}
+
+// LoadGuarded loads a blob under parent, whose authorization is its empty
+// password (the SRK), guarded by guard (PolicySession.Guard of a session
+// from StartGuardingPolicySession) where Load starts a session of its own:
+// the session's HMACs, keyed by its salt, bind the blob loaded and the name
+// answered as Load's session's do, and the same session then authorizes
+// what is loaded under the object (issue 14: 2 commands fewer in a
+// one-shot key use). A changed command or answer is ErrResponseForged.
+func (t *TPM) LoadGuarded(parent Object, b Blob, guard tpm2.Session) (Object, error) {
+	if guard == nil {
+		return Object{}, errors.New("TPM2_Load: no guarding session")
+	}
+	return t.load(parent, nil, b, guard)
+}
+
+func (t *TPM) load(parent Object, parentAuth tpm2.Session, b Blob, guard tpm2.Session) (Object, error) {
 	if parentAuth == nil {
 		parentAuth = tpm2.PasswordAuth(nil)
 	}
@@ -97,7 +115,13 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 		}).Execute(t, extra...)
 		return err
 	}
-	index, err := t.guardedLoad(authenticated(parentAuth), load)
+	var index int
+	var err error
+	if guard != nil {
+		index, err = 2, load(guard)
+	} else {
+		index, err = t.guardedLoad(authenticated(parentAuth), load)
+	}
 	if err != nil {
 		if rsp != nil { // loaded, then the session's flush failed
 			err = errors.Join(err, t.Flush(rsp.ObjectHandle))

@@ -1,0 +1,253 @@
+package tpm
+
+import (
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// keyedPolicy is a SHA-256 policy session salted to the SRK, of provd's own
+// making, where go-tpm's keys every HMAC with the one authValue it started
+// with. The TPM keys a session's HMACs by the role it has in each command
+// (TPM 2.0 Part 1, 19.6.8 and 21.1):
+//   - authorizing an object whose policy holds PolicyAuthValue: the session
+//     key and the object's authValue (the auth role, policyAuth);
+//   - as a command's extra session, associated with no entity: the session
+//     key alone (the guard role, policyGuard).
+//
+// So one session can guard the load of the PK under the SRK (whose
+// authorization is its empty password) and then authorize the uses under
+// the PK, where go-tpm needs a second salted session for the load (issue
+// 14: 2 commands fewer in every one-shot key use). The salt is encrypted to
+// the pinned SRK, so only that TPM and provd know the session key, in
+// either role: nobody else on the bus can compute a command's HMAC or
+// forge an answer's.
+//
+// A policy session cannot audit, and the TPM refuses an extra session that
+// neither authorizes, audits nor encrypts (TPM_RC_ATTRIBUTES), so the guard
+// role also encrypts the command's first parameter (AES-128-CFB, keyed by
+// the session key alone as the HMAC is). The auth role encrypts nothing.
+type keyedPolicy struct {
+	handle      tpm2.TPMHandle
+	sessionKey  []byte
+	nonceCaller []byte
+	nonceTPM    []byte
+	// auth keys the auth role's HMACs (the session's own copy; cleared by
+	// PolicySession.Close through it), nil for none.
+	auth []byte
+	// guard: started with a cipher, so it may take the guard role.
+	guard bool
+}
+
+const (
+	keyedHash    = crypto.SHA256
+	keyedAESBits = 128
+)
+
+// startKeyedPolicy starts a keyedPolicy salted to srk, whose auth role is
+// keyed by auth (kept, not copied: PolicySession owns it). Only a session
+// started to guard (AES-128-CFB) may take the guard role: the TPM refuses
+// parameter encryption in a session started without a cipher
+// (TPM_RC_SYMMETRIC), before its HMAC.
+func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool) (*keyedPolicy, error) {
+	ek, err := tpm2.ImportEncapsulationKey(&srk.Public)
+	if err != nil {
+		return nil, fmt.Errorf("TPM2_StartAuthSession: the SRK's public key: %w", err)
+	}
+	salt, encSalt, err := tpm2.CreateEncryptedSalt(rand.Reader, ek)
+	if err != nil {
+		return nil, fmt.Errorf("TPM2_StartAuthSession: salt: %w", err)
+	}
+	defer clear(salt)
+	nonceCaller := make([]byte, policyNonceSize)
+	if _, err := rand.Read(nonceCaller); err != nil {
+		return nil, err
+	}
+	sym := tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}
+	if guard {
+		sym = tpm2.TPMTSymDef{
+			Algorithm: tpm2.TPMAlgAES,
+			KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(keyedAESBits)),
+			Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+		}
+	}
+	rsp, err := (tpm2.StartAuthSession{
+		TPMKey:        srk.Handle,
+		Bind:          tpm2.TPMRHNull,
+		NonceCaller:   tpm2.TPM2BNonce{Buffer: nonceCaller},
+		EncryptedSalt: tpm2.TPM2BEncryptedSecret{Buffer: encSalt},
+		SessionType:   tpm2.TPMSEPolicy,
+		Symmetric:     sym,
+		AuthHash:      tpm2.TPMAlgSHA256,
+	}).Execute(t)
+	if err != nil {
+		return nil, Wrap("TPM2_StartAuthSession", err)
+	}
+	k := &keyedPolicy{
+		handle:      rsp.SessionHandle,
+		nonceCaller: nonceCaller,
+		nonceTPM:    rsp.NonceTPM.Buffer,
+		auth:        auth,
+		guard:       guard,
+	}
+	k.sessionKey = tpm2.KDFa(keyedHash, salt, "ATH", k.nonceTPM, k.nonceCaller, keyedHash.Size()*8)
+	return k, nil
+}
+
+// hmacKey is the key of the session's HMACs in a role: the session key,
+// then (auth role) the authValue without its trailing zeros (Part 1,
+// 19.6.8).
+func (k *keyedPolicy) hmacKey(withAuth bool) []byte {
+	key := append([]byte(nil), k.sessionKey...)
+	if withAuth {
+		a := k.auth
+		for len(a) > 0 && a[len(a)-1] == 0 {
+			a = a[:len(a)-1]
+		}
+		key = append(key, a...)
+	}
+	return key
+}
+
+// mac is HMAC(key, pHash || nonceNewer || nonceOlder || addNonces ||
+// sessionAttributes) (Part 1, 19.6.8 for commands, 19.6.9 for responses).
+func (k *keyedPolicy) mac(key, pHash, nonceNewer, nonceOlder, addNonces []byte, attrs tpm2.TPMASession) []byte {
+	m := hmac.New(keyedHash.New, key)
+	m.Write(pHash)
+	m.Write(nonceNewer)
+	m.Write(nonceOlder)
+	m.Write(addNonces)
+	m.Write([]byte{attrsByte(attrs)})
+	return m.Sum(nil)
+}
+
+func attrsByte(a tpm2.TPMASession) byte {
+	var b byte
+	for i, set := range []bool{a.ContinueSession, a.AuditExclusive, a.AuditReset, false, false, a.Decrypt, a.Encrypt, a.Audit} {
+		if set {
+			b |= 1 << i
+		}
+	}
+	return b
+}
+
+// authorize is the command's session entry in a role.
+func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, attrs tpm2.TPMASession, withAuth bool) (*tpm2.TPMSAuthCommand, error) {
+	if k.handle == 0 || k.sessionKey == nil {
+		return nil, errors.New("policy session not started")
+	}
+	h := keyedHash.New()
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
+	for _, n := range names {
+		h.Write(n.Buffer)
+	}
+	h.Write(parms)
+	key := k.hmacKey(withAuth)
+	defer clear(key)
+	return &tpm2.TPMSAuthCommand{
+		Handle:        k.handle,
+		Nonce:         tpm2.TPM2BNonce{Buffer: k.nonceCaller},
+		Attributes:    attrs,
+		Authorization: tpm2.TPM2BData{Buffer: k.mac(key, h.Sum(nil), k.nonceCaller, k.nonceTPM, addNonces, attrs)},
+	}, nil
+}
+
+// validate checks the answer's session entry in a role and takes its
+// nonceTPM. Its HMAC covers the attributes and the nonce, so only the TPM
+// can have set them; the TPM keeps a session asked to continue, so an
+// answer that ends it is refused as well.
+func (k *keyedPolicy) validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, auth *tpm2.TPMSAuthResponse, withAuth bool) error {
+	h := keyedHash.New()
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(rc)))
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
+	h.Write(parms)
+	key := k.hmacKey(withAuth)
+	defer clear(key)
+	want := k.mac(key, h.Sum(nil), auth.Nonce.Buffer, k.nonceCaller, nil, auth.Attributes)
+	if !hmac.Equal(want, auth.Authorization.Buffer) {
+		return errors.New(goTPMBadResponseHMAC) // as go-tpm's sessions say it (Wrap)
+	}
+	if !auth.Attributes.ContinueSession {
+		return fmt.Errorf("%w: the answer ends a session asked to continue", ErrResponseForged)
+	}
+	k.nonceTPM = auth.Nonce.Buffer
+	return nil
+}
+
+// newNonceCaller draws the next command's nonceCaller.
+func (k *keyedPolicy) newNonceCaller() error {
+	n := make([]byte, policyNonceSize)
+	if _, err := rand.Read(n); err != nil {
+		return err
+	}
+	k.nonceCaller = n
+	return nil
+}
+
+// encrypt encrypts a command's first parameter in place with the guard
+// role's key: KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) gives the AES
+// key and IV (Part 1, 21.3).
+func (k *keyedPolicy) encrypt(parameter []byte) error {
+	const keyBytes = keyedAESBits / 8
+	keyIV := tpm2.KDFa(keyedHash, k.sessionKey, "CFB", k.nonceCaller, k.nonceTPM, (keyBytes+aes.BlockSize)*8)
+	defer clear(keyIV)
+	block, err := aes.NewCipher(keyIV[:keyBytes])
+	if err != nil {
+		return err
+	}
+	//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB (Part 1, 21.3)
+	cipher.NewCFBEncrypter(block, keyIV[keyBytes:]).XORKeyStream(parameter, parameter)
+	return nil
+}
+
+// policyAuth is a keyedPolicy authorizing a command: HMACs keyed by the
+// session key and the authValue; no parameter encryption.
+type policyAuth struct{ k *keyedPolicy }
+
+var authAttrs = tpm2.TPMASession{ContinueSession: true}
+
+func (s policyAuth) Init(transport.TPM) error           { return nil }
+func (s policyAuth) CleanupFailure(transport.TPM) error { return nil }
+func (s policyAuth) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonce{Buffer: s.k.nonceTPM} }
+func (s policyAuth) NewNonceCaller() error              { return s.k.newNonceCaller() }
+func (s policyAuth) IsEncryption() bool                 { return false }
+func (s policyAuth) IsDecryption() bool                 { return false }
+func (s policyAuth) Encrypt([]byte) error               { return nil }
+func (s policyAuth) Decrypt([]byte) error               { return nil }
+func (s policyAuth) Handle() tpm2.TPMHandle             { return s.k.handle }
+func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
+	return s.k.authorize(cc, parms, addNonces, names, authAttrs, s.k.auth != nil)
+}
+func (s policyAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
+	return s.k.validate(rc, cc, parms, auth, s.k.auth != nil)
+}
+
+// policyGuard is a keyedPolicy as a command's extra session: HMACs keyed
+// by the session key alone, the command's first parameter encrypted.
+type policyGuard struct{ k *keyedPolicy }
+
+var guardAttrs = tpm2.TPMASession{ContinueSession: true, Decrypt: true}
+
+func (s policyGuard) Init(transport.TPM) error           { return nil }
+func (s policyGuard) CleanupFailure(transport.TPM) error { return nil }
+func (s policyGuard) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonce{Buffer: s.k.nonceTPM} }
+func (s policyGuard) NewNonceCaller() error              { return s.k.newNonceCaller() }
+func (s policyGuard) IsEncryption() bool                 { return false }
+func (s policyGuard) IsDecryption() bool                 { return true }
+func (s policyGuard) Encrypt(parameter []byte) error     { return s.k.encrypt(parameter) }
+func (s policyGuard) Decrypt([]byte) error               { return nil }
+func (s policyGuard) Handle() tpm2.TPMHandle             { return s.k.handle }
+func (s policyGuard) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
+	return s.k.authorize(cc, parms, addNonces, names, guardAttrs, false)
+}
+func (s policyGuard) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
+	return s.k.validate(rc, cc, parms, auth, false)
+}
