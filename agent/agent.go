@@ -161,7 +161,11 @@ func (a *Agent) unlock() {
 	if a.audit != nil {
 		a.audit.ForgetOpenRead() // it stands for the anchor in this operation only
 	}
-	if !a.keepOp {
+	// A session no policy was applied in (it guarded the PK's load, then
+	// the operation failed) is not kept: only a session a key use went
+	// through is, so that a fresh one is always this operation's own
+	// (loadPK).
+	if !a.keepOp || (a.op != nil && !a.op.applied) {
 		if err := a.dropOp(); err != nil {
 			a.log.Debug("flush of the operation's policy session failed", "err", err)
 		}

@@ -13,10 +13,11 @@ import (
 // opSession is the one policy session a key use (Sign, HMAC, ECDH, Decrypt,
 // EncryptData, DecryptData) authorizes all its commands with, where each
 // used to start and flush its own (issue 14): loading the key under the PK,
-// deriving it, and the use itself. It is salted to the pinned SRK and keyed
-// by the objects' authValue (PolicyAuthValue), so its HMACs are secret to
-// anyone on the bus and its answers are the TPM's own: that spares
-// TPM2_Load its separate salted session (tpm.TPM.Load). It does not
+// deriving it, and the use itself; before those, as the extra session that
+// guards it, the PK's load under the SRK (loadPK). It is salted to the
+// pinned SRK and keyed by the objects' authValue (PolicyAuthValue), so its
+// HMACs are secret to anyone on the bus and its answers are the TPM's own:
+// that spares TPM2_Load its separate salted session (tpm.TPM.Load). It does not
 // encrypt: the uses that carry secrets (HMAC, ECDH, decryption, a
 // derivation's sensitive area) add their own encryption session, and a
 // command takes one decrypting session only.
@@ -36,12 +37,17 @@ type opSession struct {
 	ps   *tpm.PolicySession
 	auth []byte // the authValue it is keyed with
 	gen  uint64 // the TPM's generation (tpm.TPM.Generation) it started in
+	// applied: a policy was applied in it (withOpPolicy). Until then it
+	// is fresh: it may guard the PK's load (loadPK), and a failure of its
+	// first policy is final, as a new session's is.
+	applied bool
 }
 
 // opPolicy returns the operation's session for objects whose authValue is
-// auth, starting it when there is none (fresh); nil (and no error) when the
-// operation is not a key use, or its session is keyed with another
-// authValue (an extractable key's own): the caller then starts its own.
+// auth, starting it when there is none; fresh when no policy was applied
+// in it yet; nil (and no error) when the operation is not a key use, or its
+// session is keyed with another authValue (an extractable key's own): the
+// caller then starts its own.
 func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err error) {
 	if !a.hot || auth == nil {
 		return nil, false, nil
@@ -57,12 +63,12 @@ func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err er
 	}
 	if a.op != nil {
 		if bytes.Equal(a.op.auth, auth) {
-			return a.op.ps, false, nil
+			return a.op.ps, !a.op.applied, nil
 		}
 		return nil, false, nil
 	}
 	gen := a.t.Generation()
-	ps, err = a.t.StartSaltedPolicySession(auth)
+	ps, err = a.t.StartGuardingPolicySession(auth)
 	if err != nil {
 		return nil, false, err
 	}
@@ -88,6 +94,7 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 		if err != nil || ps == nil {
 			return err != nil, err
 		}
+		a.op.applied = true
 		if err := a.apply(ps, rec, expr, opts); err != nil {
 			err = errors.Join(err, a.dropOp())
 			if fresh {
@@ -100,6 +107,29 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 		}
 		return true, nil
 	}
+}
+
+// loadPK loads the PK's blob under the SRK. In a key use whose session is
+// fresh (opPolicy), that session guards the load (tpm.TPM.LoadGuarded: its
+// HMACs bind the blob and the name answered, as a session of the load's
+// own would) before it authorizes the loads and uses under the PK: 2
+// commands fewer than the load's own session (issue 14). Otherwise, and
+// in a session kept from an earlier operation (it may have died with a
+// TPM reset the channel did not see), the load has a session of its own
+// (tpm.TPM.Load). A failed guarded load flushes the session.
+func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte) (tpm.Object, error) {
+	ps, fresh, err := a.opPolicy(auth)
+	if err != nil {
+		return tpm.Object{}, err
+	}
+	if ps == nil || !fresh || ps.Guard() == nil {
+		return a.t.Load(srk, nil, blob)
+	}
+	pk, err := a.t.LoadGuarded(srk, blob, ps.Guard())
+	if err != nil {
+		return pk, errors.Join(err, a.dropOp())
+	}
+	return pk, nil
 }
 
 // dropOp flushes the operation's session, if any.

@@ -367,7 +367,7 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 			return fmt.Errorf("PK blob: %w", err)
 		}
 		if in.state.Parent == nil {
-			l.pk, err = a.t.Load(srk, nil, blob)
+			l.pk, err = a.loadPK(srk, blob, in.auth)
 		} else {
 			l.pk, err = a.loadUnderPKParent(srk, *in.state.Parent, blob)
 		}

@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// oneShotState provisions a state on env (PCRs 7 and 16, key "k") and
+// returns a maker of one-shot agents on it: each a new provd process,
+// nothing loaded or kept from an earlier one.
+func oneShotState(t *testing.T, env *swtpmtest.Env) func() *Agent {
+	t.Helper()
+	dir := t.TempDir() + "/state"
+	a, err := New(Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7, 16}, AllowResettable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return func() *Agent {
+		a, err := New(Config{TPM: env.TPM, StateDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+}
+
+// isPKLoad: a TPM2_Load under the persistent SRK, the PK's in a key use.
+func isPKLoad(cmd []byte) bool {
+	return swtpmtest.CommandCode(cmd) == tpm2.TPMCCLoad && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == tpm.SRKHandle
+}
+
+// A one-shot key use loads the PK guarded by its own policy session (the
+// session's extra role, keyed by its salt alone), then authorizes the
+// key's load and the use in it: one StartAuthSession in the operation,
+// where the PK's load had a salted session of its own (issue 14: a
+// one-shot sign 17 TPM commands to 15).
+func TestOneShotKeyUseLoadsThePKInItsSession(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a := oneShotState(t, env)()
+
+	var sessions [][]tpm2.TPMHandle // of each Load
+	log := &swtpmtest.CommandLog{}
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCLoad {
+			sessions = append(sessions, swtpmtest.Sessions(cmd, 1))
+		}
+		return log.Answered(next, cmd)
+	})
+	log.Start()
+	if _, err := signK(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil { // the process's end: the key's flush
+		t.Fatal(err)
+	}
+	cmds := log.Stop()
+	bus.Set(nil)
+	want := []tpm2.TPMCC{
+		tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, // the PK, guarded by the session
+		tpm2.TPMCCPolicyPCR, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCLoad, tpm2.TPMCCFlushContext, // the key, authorized by it
+		tpm2.TPMCCPolicyPCR, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCSign, // the use
+		tpm2.TPMCCFlushContext, tpm2.TPMCCFlushContext, // the key, the session
+	}
+	if !slices.Equal(cmds, want) {
+		t.Errorf("one-shot sign sent %v, want %v", cmds, want)
+	}
+	if len(sessions) != 2 || len(sessions[0]) != 2 || len(sessions[1]) != 1 || sessions[0][1] != sessions[1][0] {
+		t.Errorf("the loads' sessions %x: want the PK's load guarded (second session) by the session that authorizes the key's", sessions)
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Errorf("left in the TPM: %x %v", left, err)
+	}
+}
+
+// A1 on the PK's guarded load in a one-shot sign: a changed public area or
+// private area on its way in, or a changed name in the answer, is refused
+// as forged (exit 15), nothing signs, nothing stays loaded, and the next
+// sign works.
+func TestOneShotPKLoadChangedOnTheBusIsForged(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	newAgent := oneShotState(t, env)
+	for name, tamper := range map[string]func(cmd, rsp []byte) ([]byte, []byte){
+		"the public area": func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp != nil {
+				return nil, rsp
+			}
+			cmd = bytes.Clone(cmd)
+			cmd[len(cmd)-1] ^= 1
+			return cmd, nil
+		},
+		"the private area": func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp != nil {
+				return nil, rsp
+			}
+			cmd = bytes.Clone(cmd)
+			cmd[swtpmtest.ParamsOffset(cmd, 1)+2] ^= 1
+			return cmd, nil
+		},
+		"the name in the answer": func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp == nil {
+				return nil, nil
+			}
+			rsp = bytes.Clone(rsp)
+			// handle, parameterSize, TPM2B_NAME: its last byte.
+			n := int(binary.BigEndian.Uint16(rsp[18:20]))
+			rsp[20+n-1] ^= 1
+			return nil, rsp
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ran := false
+			bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if !isPKLoad(cmd) {
+					return nil, nil, false
+				}
+				ran = true
+				if c, _ := tamper(cmd, nil); c != nil {
+					rsp, err := next.Send(c)
+					return rsp, err, true
+				}
+				rsp, err := next.Send(cmd)
+				if err != nil {
+					return rsp, err, true
+				}
+				_, r := tamper(cmd, rsp)
+				return r, nil, true
+			})
+			a := newAgent()
+			sig, err := signK(a)
+			bus.Set(nil)
+			if cerr := a.Close(); cerr != nil {
+				t.Fatal(cerr)
+			}
+			if !ran {
+				t.Fatal("the attack did not run")
+			}
+			if !errors.Is(err, tpm.ErrResponseForged) || errors.Is(err, api.ErrTampered) {
+				t.Errorf("sign: %v (signature %x), want forged", err, sig)
+			}
+			if sig != nil {
+				t.Error("a signature came back")
+			}
+			if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+				t.Errorf("left in the TPM: %x %v", left, err)
+			}
+			a = newAgent()
+			defer a.Close()
+			if _, err := signK(a); err != nil {
+				t.Fatalf("the sign after it: %v", err)
+			}
+		})
+	}
+}
+
+// The daemon keeps only a session a key use went through: one that only
+// guarded the PK's load (the operation failed before any policy) is
+// flushed when the operation ends, so that a fresh session, which may
+// guard a load, is always the operation's own and never one a TPM reset
+// the channel did not see may have killed.
+func TestUnappliedSessionIsNotKept(t *testing.T) {
+	env := swtpmtest.Start(t)
+	a := keptAgent(t, env)
+	unlock := a.lockKeep()
+	ps, fresh, err := a.opPolicy([]byte("the objects' authValue"))
+	if err != nil || ps == nil || !fresh {
+		unlock()
+		t.Fatalf("opPolicy: %v %v %v", ps, fresh, err)
+	}
+	h := a.opHandle()
+	unlock()
+	if a.opHandle() != 0 {
+		t.Error("a session no policy was applied in was kept")
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || slices.Contains(left, h) {
+		t.Errorf("session %x still loaded: %x %v", h, left, err)
+	}
+	// The control: a sign's session is kept.
+	if _, err := signK(a); err != nil {
+		t.Fatal(err)
+	}
+	if a.opHandle() == 0 {
+		t.Error("the sign's session was not kept")
+	}
+}
