@@ -133,22 +133,7 @@ func TestOneShotPKLoadChangedOnTheBusIsForged(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			ran := false
-			bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if !isPKLoad(cmd) {
-					return nil, nil, false
-				}
-				ran = true
-				if c, _ := tamper(cmd, nil); c != nil {
-					rsp, err := next.Send(c)
-					return rsp, err, true
-				}
-				rsp, err := next.Send(cmd)
-				if err != nil {
-					return rsp, err, true
-				}
-				_, r := tamper(cmd, rsp)
-				return r, nil, true
-			})
+			bus.Set(swtpmtest.Tamper(isPKLoad, tamper, &ran))
 			a := newAgent()
 			sig, err := signK(a)
 			bus.Set(nil)

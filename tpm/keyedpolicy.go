@@ -17,7 +17,7 @@ import (
 // keyedPolicy is a SHA-256 policy session salted to the SRK, of provd's own
 // making, where go-tpm's keys every HMAC with the one authValue it started
 // with. The TPM keys a session's HMACs by the role it has in each command
-// (TPM 2.0 Part 1, 19.6.8 and 21.1):
+// (TPM 2.0 Part 1, 19.6, "Session-based authorization"):
 //   - authorizing an object whose policy holds PolicyAuthValue: the session
 //     key and the object's authValue (the auth role, policyAuth);
 //   - as a command's extra session, associated with no entity: the session
@@ -104,7 +104,7 @@ func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool) (*keyedPolic
 
 // hmacKey is the key of the session's HMACs in a role: the session key,
 // then (auth role) the authValue without its trailing zeros (Part 1,
-// 19.6.8).
+// 19.6).
 func (k *keyedPolicy) hmacKey(withAuth bool) []byte {
 	key := append([]byte(nil), k.sessionKey...)
 	if withAuth {
@@ -118,7 +118,7 @@ func (k *keyedPolicy) hmacKey(withAuth bool) []byte {
 }
 
 // mac is HMAC(key, pHash || nonceNewer || nonceOlder || addNonces ||
-// sessionAttributes) (Part 1, 19.6.8 for commands, 19.6.9 for responses).
+// sessionAttributes), the command's and the answer's (Part 1, 19.6).
 func (k *keyedPolicy) mac(key, pHash, nonceNewer, nonceOlder, addNonces []byte, attrs tpm2.TPMASession) []byte {
 	m := hmac.New(keyedHash.New, key)
 	m.Write(pHash)
@@ -194,7 +194,7 @@ func (k *keyedPolicy) newNonceCaller() error {
 
 // encrypt encrypts a command's first parameter in place with the guard
 // role's key: KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) gives the AES
-// key and IV (Part 1, 21.3).
+// key and IV (Part 1, 21, "Session-based encryption").
 func (k *keyedPolicy) encrypt(parameter []byte) error {
 	const keyBytes = keyedAESBits / 8
 	keyIV := tpm2.KDFa(keyedHash, k.sessionKey, "CFB", k.nonceCaller, k.nonceTPM, (keyBytes+aes.BlockSize)*8)
@@ -203,7 +203,7 @@ func (k *keyedPolicy) encrypt(parameter []byte) error {
 	if err != nil {
 		return err
 	}
-	//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB (Part 1, 21.3)
+	//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB (Part 1, 21)
 	cipher.NewCFBEncrypter(block, keyIV[keyBytes:]).XORKeyStream(parameter, parameter)
 	return nil
 }

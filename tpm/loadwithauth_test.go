@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -99,30 +98,9 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 	}
 }
 
-// tamperOn is A1 changing every command cc on its way to the TPM, or its
-// answer on the way back: tamper is called with the command and a nil
-// answer first, and a command it returns goes in its place; otherwise with
-// the TPM's answer, and the answer it returns comes back instead. ran, when
-// not nil, is set once a cc went by.
+// tamperOn is swtpmtest.Tamper on every command cc.
 func tamperOn(cc tpm2.TPMCC, tamper func(cmd, rsp []byte) (newCmd, newRsp []byte), ran *bool) swtpmtest.Hook {
-	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) != cc {
-			return nil, nil, false
-		}
-		if ran != nil {
-			*ran = true
-		}
-		if c, _ := tamper(cmd, nil); c != nil {
-			rsp, err := next.Send(c)
-			return rsp, err, true
-		}
-		rsp, err := next.Send(cmd)
-		if err != nil {
-			return rsp, err, true
-		}
-		_, r := tamper(cmd, rsp)
-		return r, nil, true
-	}
+	return swtpmtest.Tamper(func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == cc }, tamper, ran)
 }
 
 // sweptAsAsked does what the owner's sweep does after a failed operation

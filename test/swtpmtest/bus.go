@@ -184,6 +184,32 @@ func (l *CommandLog) Hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
 	return nil, nil, false
 }
 
+// Tamper is A1 changing every command match picks on its way to the TPM,
+// or its answer on the way back: tamper is called with the command and a
+// nil answer first, and a command it returns goes in its place; otherwise
+// with the TPM's answer, and the answer it returns comes back instead.
+// ran, when not nil, is set once a command was picked.
+func Tamper(match func(cmd []byte) bool, tamper func(cmd, rsp []byte) (newCmd, newRsp []byte), ran *bool) Hook {
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if !match(cmd) {
+			return nil, nil, false
+		}
+		if ran != nil {
+			*ran = true
+		}
+		if c, _ := tamper(cmd, nil); c != nil {
+			rsp, err := next.Send(c)
+			return rsp, err, true
+		}
+		rsp, err := next.Send(cmd)
+		if err != nil {
+			return rsp, err, true
+		}
+		_, r := tamper(cmd, rsp)
+		return r, nil, true
+	}
+}
+
 // Answered passes cmd on and records its code unless the TPM answered it
 // with a warning that has it sent again (RETRY, YIELDED, TESTING,
 // NV_RATE: swtpm answers TPM2_Sign TPM_RC_RETRY at times): the commands as
