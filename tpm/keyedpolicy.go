@@ -141,8 +141,11 @@ func attrsByte(a tpm2.TPMASession) byte {
 
 // authorize is the command's session entry in a role.
 func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, attrs tpm2.TPMASession, withAuth bool) (*tpm2.TPMSAuthCommand, error) {
-	if k.handle == 0 || k.sessionKey == nil {
-		return nil, errors.New("policy session not started")
+	if k.handle == 0 {
+		// Closed (end): its key is gone, and an HMAC keyed by nothing is
+		// one anyone can make, in a session anyone can start at the
+		// freed handle (found by review).
+		return nil, errors.New("policy session closed")
 	}
 	h := keyedHash.New()
 	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
@@ -180,6 +183,14 @@ func (k *keyedPolicy) validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, auth 
 	}
 	k.nonceTPM = auth.Nonce.Buffer
 	return nil
+}
+
+// end forgets the session once it is flushed: its key and authValue
+// cleared, its handle zero, so that nothing authorizes in it again.
+func (k *keyedPolicy) end() {
+	clear(k.sessionKey)
+	clear(k.auth)
+	k.sessionKey, k.auth, k.handle = nil, nil, 0
 }
 
 // newNonceCaller draws the next command's nonceCaller.

@@ -43,8 +43,9 @@ type PolicySession struct {
 	// surely expired (spend).
 	start      tpm2.TPMHandle
 	proofUntil time.Time
-	// keyed is the session of StartSaltedPolicySession, which can also
-	// guard a command it does not authorize (Guard); nil for the others.
+	// keyed is the session of StartSaltedPolicySession and
+	// StartGuardingPolicySession (provd's own type); only the latter's can
+	// guard a command it does not authorize (Guard). nil for the others.
 	keyed *keyedPolicy
 }
 
@@ -123,8 +124,8 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 // whoever watched it being satisfied (found by review: an unsalted one was
 // used first by a command of the attacker's), and its answers cannot be
 // forged. auth is the authValue of the objects it authorizes when their
-// policies hold PolicyAuthValue (it then keys the HMACs with the salt), nil
-// when they do not. Authorizing, it encrypts nothing: the TPM keys a policy
+// policies hold PolicyAuthValue (it then keys the HMACs with the session
+// key, which the salt gives), nil when they do not. Authorizing, it encrypts nothing: the TPM keys a policy
 // session's parameter encryption with the authorized object's authValue
 // even when the policy has no PolicyAuthValue, and its HMAC without it
 // (measured on swtpm: TPM_RC_SIZE on the encrypted parameter); use an extra
@@ -177,7 +178,7 @@ func (p *PolicySession) Close() error {
 	p.closed = true
 	defer clear(p.auth)
 	if p.keyed != nil {
-		defer clear(p.keyed.sessionKey)
+		defer p.keyed.end()
 	}
 	return p.closer()
 }

@@ -91,13 +91,16 @@ func (t *TPM) Load(parent Object, parentAuth tpm2.Session, b Blob) (Object, erro
 // LoadGuarded loads a blob under parent, whose authorization is its empty
 // password (the SRK), guarded by guard (PolicySession.Guard of a session
 // from StartGuardingPolicySession) where Load starts a session of its own:
-// the session's HMACs, keyed by its salt, bind the blob loaded and the name
-// answered as Load's session's do, and the same session then authorizes
-// what is loaded under the object (issue 14: 2 commands fewer in a
-// one-shot key use). A changed command or answer is ErrResponseForged.
+// the session's HMACs, keyed by its session key (from a salt only the
+// pinned SRK decrypts), bind the blob loaded and the name answered as
+// Load's session's do, and the same session then authorizes what is
+// loaded under the object (issue 14: 2 commands fewer in a one-shot key
+// use). A command changed on the bus is refused, by the TPM or, when its
+// guard was taken out, by provd at the answer; an answer that fails the
+// guard's HMAC, or has no guard's entry, is ErrResponseForged.
 func (t *TPM) LoadGuarded(parent Object, b Blob, guard tpm2.Session) (Object, error) {
-	if guard == nil {
-		return Object{}, errors.New("TPM2_Load: no guarding session")
+	if _, ok := guard.(policyGuard); !ok {
+		return Object{}, fmt.Errorf("TPM2_Load: %T is no guard (PolicySession.Guard)", guard)
 	}
 	return t.load(parent, nil, b, guard)
 }
@@ -118,6 +121,7 @@ func (t *TPM) load(parent Object, parentAuth tpm2.Session, b Blob, guard tpm2.Se
 	var index int
 	var err error
 	if guard != nil {
+		// The parent's password is session 1, the guard session 2.
 		index, err = 2, load(guard)
 	} else {
 		index, err = t.guardedLoad(authenticated(parentAuth), load)
