@@ -78,11 +78,12 @@ func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err er
 
 // withOpPolicy runs fn in the operation's session, satisfying expr first;
 // ok false says there is none for auth (opPolicy) and nothing was done. Any
-// failure flushes the session. A kept session that fails while its policy
-// is satisfied, before fn's command is sent, is tried once more afresh: it
-// may have died with a TPM reset or resume the channel did not see (found
-// by review: the first use after a resume failed), and policy commands run
-// again change nothing. A failure of fn's command is not retried here (the
+// failure flushes the session. A session a policy was applied in before
+// (kept from an earlier operation, or used earlier in this one) that fails
+// while its policy is satisfied, before fn's command is sent, is tried
+// once more afresh: it may have died with a TPM reset or resume the channel
+// did not see (found by review: the first use after a resume failed), and
+// policy commands run again change nothing. A failure of fn's command is not retried here (the
 // one retry after a command is useKey's, for a stale cached handle, at most
 // once: docs/threat-model.md): an error answer has no HMAC, so whoever sits
 // on the bus can pass the command
@@ -122,7 +123,7 @@ func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte) (tpm.Object, 
 	if err != nil {
 		return tpm.Object{}, err
 	}
-	if ps == nil || !fresh || ps.Guard() == nil {
+	if ps == nil || !fresh {
 		return a.t.Load(srk, nil, blob)
 	}
 	pk, err := a.t.LoadGuarded(srk, blob, ps.Guard())

@@ -27,10 +27,13 @@ const (
 	// Remakeable: written as atomically (a reader sees the old file or the
 	// new, never a part of one), not synced, as openssl and tpm2-tools write
 	// their outputs. For an output the same command makes again from what
-	// the TPM and the state keep: a signature, a certificate request. A
-	// power cut soon after may leave the old file, an empty one or none,
-	// and running the command again makes it. The two syncs cost a one-shot
-	// sign 2 ms of its 25 on the benchmark machine's disk (issue 14).
+	// the TPM and the state keep, while the key's policy holds: a
+	// signature, a certificate request. A power cut soon after may leave
+	// the old file, an empty one or none, and running the command again
+	// makes it (after a boot that measures the same; a delivered key's
+	// signature, after a new attestation if its PCRs changed). The two
+	// syncs cost a one-shot sign 2 ms of its 25 on the benchmark machine's
+	// disk (issue 14).
 	Remakeable
 )
 

@@ -48,12 +48,12 @@ var (
 	// ErrIdentityMismatch: the TPM is not the one provd pinned (its SRK has
 	// another name), or something on the bus answers for it.
 	ErrIdentityMismatch = errors.New("the TPM is not the one provd was provisioned on, it was cleared (TPM2_Clear: a new owner seed, so a new SRK), or something on the bus is lying")
-	// ErrResponseForged: a response failed its session's HMAC check, the
-	// TPM refused a command's HMAC in a session salted to the SRK, or an
-	// answer named a handle its command does not make (madeHandle): what
-	// crossed the bus is not what one end sent (something between them
-	// changed or invented it).
-	ErrResponseForged = errors.New("a TPM command or response was changed between provd and the TPM (a session HMAC failed, or an answer named a handle its command does not make)")
+	// ErrResponseForged: a response failed its session's HMAC check or
+	// lacks a session's entry, the TPM refused a command's HMAC in a
+	// session salted to the SRK, or an answer named a handle its command
+	// does not make (madeHandle): what crossed the bus is not what one end
+	// sent (something between them changed or invented it).
+	ErrResponseForged = errors.New("a TPM command or response was changed between provd and the TPM (a session HMAC failed, an answer lacks a session's entry, or an answer named a handle its command does not make)")
 )
 
 // goTPMBadResponseHMAC is how go-tpm v0.9.8 reports a response whose HMAC
