@@ -44,6 +44,19 @@ func importable(t *testing.T) (tpm2.TPMTPublic, *tpm2.TPMTSensitive) {
 	return pub, sens
 }
 
+// policyAuthValueTemplate is a storage key's template whose policy is
+// PolicyAuthValue alone, and which only a policy authorizes (a PK's policy
+// ends in PolicyAuthValue; userWithAuth clear).
+func policyAuthValueTemplate() tpm2.TPMTPublic {
+	var cc [4]byte
+	binary.BigEndian.PutUint32(cc[:], uint32(tpm2.TPMCCPolicyAuthValue))
+	d := sha256.Sum256(append(make([]byte, 32), cc[:]...))
+	tmpl := tpm.SRKTemplate
+	tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: d[:]}
+	tmpl.ObjectAttributes.UserWithAuth = false
+	return tmpl
+}
+
 // policyAuthValueParent is a storage key under the pinned SRK whose
 // policy is PolicyAuthValue, as the PK's policies end: its uses go in a
 // policy session salted to the SRK and keyed by auth (key import's case).
@@ -51,13 +64,7 @@ func policyAuthValueParent(t *testing.T, tp *tpm.TPM) (tpm.Object, []byte) {
 	t.Helper()
 	srk, _, _ := pinnedGateBlob(t, tp)
 	auth := newGateAuth(t)
-	var cc [4]byte
-	binary.BigEndian.PutUint32(cc[:], uint32(tpm2.TPMCCPolicyAuthValue))
-	d := sha256.Sum256(append(make([]byte, 32), cc[:]...))
-	tmpl := tpm.SRKTemplate
-	tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: d[:]}
-	tmpl.ObjectAttributes.UserWithAuth = false
-	pb, err := tp.Create(srk, nil, tmpl, tpm.Sensitive{UserAuth: auth})
+	pb, err := tp.Create(srk, nil, policyAuthValueTemplate(), tpm.Sensitive{UserAuth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}

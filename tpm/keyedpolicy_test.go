@@ -23,23 +23,8 @@ func guardedSetup(t *testing.T, tp *tpm.TPM) (srk tpm.Object, parent, child tpm.
 	t.Helper()
 	srk, _, _ = pinnedGateBlob(t, tp)
 	auth = newGateAuth(t)
-	trial, err := tp.StartPolicySession(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := trial.PolicyAuthValue(); err != nil {
-		t.Fatal(err)
-	}
-	digest, err := trial.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := trial.Close(); err != nil {
-		t.Fatal(err)
-	}
-	pt := tpm.SRKTemplate
-	pt.AuthPolicy = tpm2.TPM2BDigest{Buffer: digest}
-	pt.ObjectAttributes.UserWithAuth = false
+	pt := policyAuthValueTemplate()
+	var err error
 	if parent, err = tp.Create(srk, nil, pt, tpm.Sensitive{UserAuth: auth}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +47,7 @@ func guardedSetup(t *testing.T, tp *tpm.TPM) (srk tpm.Object, parent, child tpm.
 		ObjectAttributes: tpm2.TPMAObject{
 			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, SignEncrypt: true,
 		},
-		AuthPolicy: tpm2.TPM2BDigest{Buffer: digest},
+		AuthPolicy: pt.AuthPolicy,
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			CurveID: tpm2.TPMECCNistP256,
 			Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
