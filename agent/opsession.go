@@ -83,11 +83,11 @@ func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err er
 // while its policy is satisfied, before fn's command is sent, is tried
 // once more afresh: it may have died with a TPM reset or resume the channel
 // did not see (found by review: the first use after a resume failed), and
-// policy commands run again change nothing. A failure of fn's command is not retried here (the
-// one retry after a command is useKey's, for a stale cached handle, at most
-// once: docs/threat-model.md): an error answer has no HMAC, so whoever sits
-// on the bus can pass the command
-// on and answer a failure, and a retry would have the TPM run it twice
+// policy commands run again change nothing. A failure of fn's command is
+// not retried here (the one retry after a command is useKey's, for a stale
+// cached handle, at most once: docs/threat-model.md): an error answer has
+// no HMAC, so whoever sits on the bus can pass the command on and answer a
+// failure, and a retry would have the TPM run it twice
 // (found by review: two signatures, two loads, for one request).
 func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
 	for {

@@ -125,11 +125,12 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 // used first by a command of the attacker's), and its answers cannot be
 // forged. auth is the authValue of the objects it authorizes when their
 // policies hold PolicyAuthValue (it then keys the HMACs with the session
-// key, which the salt gives), nil when they do not. Authorizing, it encrypts nothing: the TPM keys a policy
-// session's parameter encryption with the authorized object's authValue
-// even when the policy has no PolicyAuthValue, and its HMAC without it
-// (measured on swtpm: TPM_RC_SIZE on the encrypted parameter); use an extra
-// encryption session.
+// key, which the salt gives), nil when they do not. Authorizing, it
+// encrypts nothing: the TPM keys a policy session's parameter encryption
+// with the authorized object's authValue even when the policy has no
+// PolicyAuthValue, and its HMAC without it (measured on swtpm:
+// TPM_RC_SIZE on the encrypted parameter); use an extra encryption
+// session.
 func (t *TPM) StartSaltedPolicySession(auth []byte) (*PolicySession, error) {
 	return t.startSaltedPolicy(auth, false)
 }
