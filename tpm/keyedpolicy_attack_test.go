@@ -5,6 +5,7 @@ package tpm_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -121,7 +122,7 @@ func rc(rsp []byte) tpm2.TPMRC { return tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6
 
 // guardedLoadUnder runs one LoadGuarded of parentBlob with hook on the bus
 // for its TPM2_Load, and returns what LoadGuarded returned.
-func guardedLoadUnder(t *testing.T, bus *swtpmtest.Bus, tp *tpm.TPM, srk tpm.Object, blob tpm.Blob, auth []byte, hook swtpmtest.Hook) (tpm.Object, error, *tpm.PolicySession) {
+func guardedLoadUnder(t *testing.T, bus *swtpmtest.Bus, tp *tpm.TPM, srk tpm.Object, blob tpm.Blob, auth []byte, hook swtpmtest.Hook) (tpm.Object, *tpm.PolicySession, error) {
 	t.Helper()
 	ps, err := tp.StartGuardingPolicySession(auth)
 	if err != nil {
@@ -140,7 +141,7 @@ func guardedLoadUnder(t *testing.T, bus *swtpmtest.Bus, tp *tpm.TPM, srk tpm.Obj
 	if !ran {
 		t.Fatal("the attack did not run")
 	}
-	return obj, err, ps
+	return obj, ps, err
 }
 
 // A1 swaps the two sessions of the guarded load: the guard first (as if
@@ -152,7 +153,7 @@ func TestGuardSwappedIntoSlot1IsRefused(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	tp := env.TPM
 	srk, parentBlob, _, auth := guardedSetup(t, tp)
-	obj, err, ps := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	obj, ps, err := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		h, s, p := splitCmd(cmd, 1)
 		if len(s) != 2 {
 			t.Errorf("%d sessions in the guarded load", len(s))
@@ -192,7 +193,7 @@ func TestGuardStrippedFromTheLoadIsForged(t *testing.T) {
 			name = "a guard entry of A1's own in the answer"
 		}
 		t.Run(name, func(t *testing.T) {
-			obj, err, ps := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+			obj, ps, err := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 				h, s, p := splitCmd(cmd, 1)
 				// Parameters: TPM2B_PRIVATE (encrypted), then TPM2B_PUBLIC.
 				privLen := 2 + int(binary.BigEndian.Uint16(p))
@@ -233,7 +234,7 @@ func TestGuardedLoadUnderAnotherParentIsRefused(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	tp := env.TPM
 	srk, parentBlob, _, auth := guardedSetup(t, tp)
-	obj, err, ps := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+	obj, ps, err := guardedLoadUnder(t, bus, tp, srk, parentBlob, auth, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		c := bytes.Clone(cmd)
 		binary.BigEndian.PutUint32(c[10:], 0x81010001)
 		rsp, err := next.Send(c)
@@ -250,15 +251,14 @@ func TestGuardedLoadUnderAnotherParentIsRefused(t *testing.T) {
 	sweptAsAsked(t, tp)
 }
 
-// kdfaCFB is the parameter encryption key and IV of a session whose
-// sessionKey is key (Part 1, 21.3).
+// cfbXOR encrypts data in place as a session whose session key is key
+// does a command's first parameter (Part 1, 21): A1's own session.
 func cfbXOR(key, nonceNewer, nonceOlder, data []byte) {
-	kiv := tpm2.KDFa(crypto256, key, "CFB", nonceNewer, nonceOlder, (16+16)*8)
+	kiv := tpm2.KDFa(crypto.SHA256, key, "CFB", nonceNewer, nonceOlder, (16+16)*8)
 	b, _ := aes.NewCipher(kiv[:16])
+	//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB: A1 encrypts as the TPM decrypts
 	cipher.NewCFBEncrypter(b, kiv[16:]).XORKeyStream(data, data)
 }
-
-const crypto256 = 5 // crypto.SHA256
 
 func cmdHMAC(key []byte, cc tpm2.TPMCC, names [][]byte, params, nonceCaller, nonceTPM []byte, attrs byte) []byte {
 	h := sha256.New()
