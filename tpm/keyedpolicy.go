@@ -34,7 +34,10 @@ import (
 // A policy session cannot audit, and the TPM refuses an extra session that
 // neither authorizes, audits nor encrypts (TPM_RC_ATTRIBUTES), so the guard
 // role also encrypts the command's first parameter (AES-128-CFB, keyed by
-// the session key alone as the HMAC is). The auth role encrypts nothing.
+// the session key alone as the HMAC is). The auth role encrypts in the
+// direction the session was started for (StartSecretPolicySession: the
+// secret an unseal answers, or a creation's sensitive area), keyed as its
+// HMAC is, by the session key and the authValue.
 type keyedPolicy struct {
 	handle      tpm2.TPMHandle
 	sessionKey  []byte
@@ -45,6 +48,8 @@ type keyedPolicy struct {
 	auth []byte
 	// guard: started with a cipher, so it may take the guard role.
 	guard bool
+	// dir is the auth role's parameter encryption, 0 for none.
+	dir Direction
 }
 
 const (
@@ -53,11 +58,13 @@ const (
 )
 
 // startKeyedPolicy starts a keyedPolicy salted to srk, whose auth role is
-// keyed by auth (kept, not copied: PolicySession owns it). Only a session
-// started to guard (AES-128-CFB) may take the guard role: the TPM refuses
-// parameter encryption in a session started without a cipher
+// keyed by auth (kept, not copied: PolicySession owns it) and encrypts in
+// direction dir (0: none). Only a session started with a cipher
+// (AES-128-CFB: to guard, or to encrypt) may take the guard role: the TPM
+// refuses parameter encryption in a session started without one
 // (TPM_RC_SYMMETRIC), before its HMAC.
-func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool) (*keyedPolicy, error) {
+func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool, dir Direction) (*keyedPolicy, error) {
+	guard = guard || dir != 0
 	ek, err := tpm2.ImportEncapsulationKey(&srk.Public)
 	if err != nil {
 		return nil, fmt.Errorf("TPM2_StartAuthSession: the SRK's public key: %w", err)
@@ -97,6 +104,7 @@ func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool) (*keyedPolic
 		nonceTPM:    rsp.NonceTPM.Buffer,
 		auth:        auth,
 		guard:       guard,
+		dir:         dir,
 	}
 	k.sessionKey = tpm2.KDFa(keyedHash, salt, "ATH", k.nonceTPM, k.nonceCaller, keyedHash.Size()*8)
 	return k, nil
@@ -203,39 +211,71 @@ func (k *keyedPolicy) newNonceCaller() error {
 	return nil
 }
 
-// encrypt encrypts a command's first parameter in place with the guard
-// role's key: KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) gives the AES
-// key and IV (Part 1, 21, "Session-based encryption").
-func (k *keyedPolicy) encrypt(parameter []byte) error {
+// cfb encrypts a command's first parameter, or decrypts an answer's, in
+// place, keyed as the role's HMACs are: KDFa(sessionValue, "CFB",
+// nonceNewer, nonceOlder) gives the AES key and IV, sessionValue being the
+// session key, then in the auth role the authValue (Part 1, 21,
+// "Session-based encryption"). In a command the newer nonce is the
+// caller's, in an answer the TPM's (which validate has just taken).
+func (k *keyedPolicy) cfb(parameter []byte, withAuth, command bool) error {
 	const keyBytes = keyedAESBits / 8
-	keyIV := tpm2.KDFa(keyedHash, k.sessionKey, "CFB", k.nonceCaller, k.nonceTPM, (keyBytes+aes.BlockSize)*8)
+	value := k.hmacKey(withAuth)
+	defer clear(value)
+	newer, older := k.nonceCaller, k.nonceTPM
+	if !command {
+		newer, older = k.nonceTPM, k.nonceCaller
+	}
+	keyIV := tpm2.KDFa(keyedHash, value, "CFB", newer, older, (keyBytes+aes.BlockSize)*8)
 	defer clear(keyIV)
 	block, err := aes.NewCipher(keyIV[:keyBytes])
 	if err != nil {
 		return err
 	}
-	//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB (Part 1, 21)
-	cipher.NewCFBEncrypter(block, keyIV[keyBytes:]).XORKeyStream(parameter, parameter)
+	if command {
+		//lint:ignore SA1019 the TPM's parameter encryption is AES-CFB (Part 1, 21)
+		cipher.NewCFBEncrypter(block, keyIV[keyBytes:]).XORKeyStream(parameter, parameter)
+	} else {
+		//lint:ignore SA1019 as above
+		cipher.NewCFBDecrypter(block, keyIV[keyBytes:]).XORKeyStream(parameter, parameter)
+	}
 	return nil
 }
 
 // policyAuth is a keyedPolicy authorizing a command: HMACs keyed by the
-// session key and the authValue; no parameter encryption.
+// session key and the authValue; parameter encryption in the session's
+// direction (dir), keyed the same way.
 type policyAuth struct{ k *keyedPolicy }
 
-var authAttrs = tpm2.TPMASession{ContinueSession: true}
+func (s policyAuth) attrs() tpm2.TPMASession {
+	d := s.k.dir
+	return tpm2.TPMASession{
+		ContinueSession: true,
+		Decrypt:         d == EncryptIn || d == EncryptInOut,
+		Encrypt:         d == EncryptOut || d == EncryptInOut,
+	}
+}
 
 func (s policyAuth) Init(transport.TPM) error           { return nil }
 func (s policyAuth) CleanupFailure(transport.TPM) error { return nil }
 func (s policyAuth) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonce{Buffer: s.k.nonceTPM} }
 func (s policyAuth) NewNonceCaller() error              { return s.k.newNonceCaller() }
-func (s policyAuth) IsEncryption() bool                 { return false }
-func (s policyAuth) IsDecryption() bool                 { return false }
-func (s policyAuth) Encrypt([]byte) error               { return nil }
-func (s policyAuth) Decrypt([]byte) error               { return nil }
+func (s policyAuth) IsEncryption() bool                 { return s.attrs().Encrypt }
+func (s policyAuth) IsDecryption() bool                 { return s.attrs().Decrypt }
 func (s policyAuth) Handle() tpm2.TPMHandle             { return s.k.handle }
+func (s policyAuth) Encrypt(parameter []byte) error {
+	if !s.IsDecryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, s.k.auth != nil, true)
+}
+func (s policyAuth) Decrypt(parameter []byte) error {
+	if !s.IsEncryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, s.k.auth != nil, false)
+}
 func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
-	return s.k.authorize(cc, parms, addNonces, names, authAttrs, s.k.auth != nil)
+	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth != nil)
 }
 func (s policyAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
 	return s.k.validate(rc, cc, parms, auth, s.k.auth != nil)
@@ -253,7 +293,7 @@ func (s policyGuard) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonc
 func (s policyGuard) NewNonceCaller() error              { return s.k.newNonceCaller() }
 func (s policyGuard) IsEncryption() bool                 { return false }
 func (s policyGuard) IsDecryption() bool                 { return true }
-func (s policyGuard) Encrypt(parameter []byte) error     { return s.k.encrypt(parameter) }
+func (s policyGuard) Encrypt(parameter []byte) error     { return s.k.cfb(parameter, false, true) }
 func (s policyGuard) Decrypt([]byte) error               { return nil }
 func (s policyGuard) Handle() tpm2.TPMHandle             { return s.k.handle }
 func (s policyGuard) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {

@@ -243,3 +243,75 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// A secret session (StartSecretPolicySession) guards its parent's load,
+// then authorizes the sealed object's load and the unseal, and decrypts the
+// secret the TPM encrypted on its way out, keyed by the session key and the
+// authValue without its trailing zeros as the TPM keys it: for authValues
+// with trailing zeros, a zero inside, all zeros, and none.
+func TestSecretSessionGuardsThenUnseals(t *testing.T) {
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
+	tp := env.TPM
+	srk, _, _ := pinnedGateBlob(t, tp)
+	secret := []byte("sealed under a parent with an odd authValue")
+	for name, auth := range map[string][]byte{
+		"random":         newGateAuth(t),
+		"trailing zeros": {1, 2, 3, 0, 0},
+		"a zero inside":  {1, 0, 2, 3},
+		"all zeros":      {0, 0, 0},
+		"empty":          {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			pt := policyAuthValueTemplate()
+			parentBlob, err := tp.Create(srk, nil, pt, tpm.Sensitive{UserAuth: auth})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := tp.Load(srk, nil, parentBlob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps, err := tp.StartSaltedPolicySession(auth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ps.PolicyAuthValue(); err != nil {
+				t.Fatal(err)
+			}
+			sealed, err := tp.Create(p, ps.Session(), tpm.SealTemplate(pt.AuthPolicy.Buffer), tpm.Sensitive{UserAuth: auth, Data: secret})
+			if err := errors.Join(err, ps.Close(), tp.Flush(p.Handle)); err != nil {
+				t.Fatal(err)
+			}
+
+			rec.Reset()
+			ps, err = tp.StartSecretPolicySession(tpm.EncryptOut, auth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ps.Close()
+			if p, err = tp.LoadGuarded(srk, parentBlob, ps.Guard()); err != nil {
+				t.Fatalf("guarded load: %v", err)
+			}
+			defer tp.Flush(p.Handle)
+			if err := ps.PolicyAuthValue(); err != nil {
+				t.Fatal(err)
+			}
+			obj, err := tp.Load(p, ps.Session(), sealed)
+			if err != nil {
+				t.Fatalf("the sealed object's load: %v", err)
+			}
+			defer tp.Flush(obj.Handle)
+			if err := ps.PolicyAuthValue(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := tp.UnsealWith(obj, ps.Session())
+			if err != nil || !bytes.Equal(got, secret) {
+				t.Fatalf("unseal: %q, %v", got, err)
+			}
+			if off := rec.Leak(secret); off >= 0 {
+				t.Errorf("the secret crossed the bus in the clear at %d", off)
+			}
+		})
+	}
+}

@@ -102,20 +102,15 @@ func (t *TPM) StartAuthPolicySession(auth []byte) (*PolicySession, error) {
 // the bus: it saves the separate encryption session (2 commands) on unseal.
 // auth is the authValue of the objects it authorizes (their policies hold
 // PolicyAuthValue), nil for none.
+//
+// It is provd's own session type (keyedPolicy), so that it can also guard
+// the PK's load before it authorizes anything (Guard, as a session of
+// StartGuardingPolicySession: an unseal, issue 14).
 func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySession, error) {
-	srk, err := t.SRK()
-	if err != nil {
-		return nil, err
+	if dir == 0 {
+		return nil, errors.New("StartSecretPolicySession: no direction")
 	}
-	opts := []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public), dir.option()}
-	if auth != nil {
-		opts = append(opts, tpm2.Auth(auth))
-	}
-	s, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
-	if err != nil {
-		return nil, Wrap("TPM2_StartAuthSession", err)
-	}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true}, nil
+	return t.startSaltedPolicy(auth, true, dir)
 }
 
 // StartSaltedPolicySession starts a SHA-256 policy session salted to the
@@ -132,7 +127,7 @@ func (t *TPM) StartSecretPolicySession(dir Direction, auth []byte) (*PolicySessi
 // TPM_RC_SIZE on the encrypted parameter); use an extra encryption
 // session.
 func (t *TPM) StartSaltedPolicySession(auth []byte) (*PolicySession, error) {
-	return t.startSaltedPolicy(auth, false)
+	return t.startSaltedPolicy(auth, false, 0)
 }
 
 // StartGuardingPolicySession is StartSaltedPolicySession for a session that
@@ -141,16 +136,16 @@ func (t *TPM) StartSaltedPolicySession(auth []byte) (*PolicySession, error) {
 // loads and uses under the PK). It is started with a cipher, which the
 // guard role needs.
 func (t *TPM) StartGuardingPolicySession(auth []byte) (*PolicySession, error) {
-	return t.startSaltedPolicy(auth, true)
+	return t.startSaltedPolicy(auth, true, 0)
 }
 
-func (t *TPM) startSaltedPolicy(auth []byte, guard bool) (*PolicySession, error) {
+func (t *TPM) startSaltedPolicy(auth []byte, guard bool, dir Direction) (*PolicySession, error) {
 	srk, err := t.SRK()
 	if err != nil {
 		return nil, err
 	}
 	own := bytes.Clone(auth)
-	k, err := t.startKeyedPolicy(srk, own, guard)
+	k, err := t.startKeyedPolicy(srk, own, guard, dir)
 	if err != nil {
 		clear(own)
 		return nil, err
@@ -163,7 +158,8 @@ func (t *TPM) startSaltedPolicy(auth []byte, guard bool) (*PolicySession, error)
 // guards a command it does not authorize: its HMACs, keyed by the session
 // key alone in that role, bind the command and its answer, and it encrypts
 // the command's first parameter (keyedPolicy). Only a session of
-// StartGuardingPolicySession has one: nil for the others.
+// StartGuardingPolicySession or StartSecretPolicySession has one: nil for
+// the others.
 func (p *PolicySession) Guard() tpm2.Session {
 	if p.keyed == nil || !p.keyed.guard {
 		return nil
