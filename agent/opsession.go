@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 
 	"github.com/google/go-tpm/tpm2"
@@ -119,6 +120,9 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 // TPM reset the channel did not see), the load has a session of its own
 // (tpm.TPM.Load). A failed guarded load flushes the session.
 func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte) (tpm.Object, error) {
+	if a.pkGuard != nil {
+		return a.t.LoadGuarded(srk, blob, a.pkGuard.Guard())
+	}
 	ps, fresh, err := a.opPolicy(auth)
 	if err != nil {
 		return tpm.Object{}, err
@@ -131,6 +135,34 @@ func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte) (tpm.Object, 
 		return pk, errors.Join(err, a.dropOp())
 	}
 	return pk, nil
+}
+
+// withPKGuarded is withPK for an operation that is no key use but runs in
+// one policy session of its own (an unseal): start makes the session,
+// keyed by the PK's objects' authValue, before the PK's load, which it
+// guards when the PK is loaded from its blob (loadPK; issue 14: 2
+// commands); fn runs with the PK and the session, which is flushed after,
+// the first error winning.
+func (a *Agent) withPKGuarded(ctx context.Context, start func(auth []byte) (*tpm.PolicySession, error), fn func(l *loadedPK, ps *tpm.PolicySession) error) (err error) {
+	in, err := a.pkInputs(ctx)
+	if err != nil {
+		return err
+	}
+	ps, err := start(in.auth)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		a.pkGuard = nil
+		if cerr := ps.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	a.pkGuard = ps
+	return a.withLoadedPK(in, func(l *loadedPK) error {
+		a.pkGuard = nil // it guarded the load, if there was one
+		return fn(l, ps)
+	})
 }
 
 // dropOp flushes the operation's session, if any.

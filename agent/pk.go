@@ -322,17 +322,24 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 // the object slots they hold; callers that read the PK's state in their own
 // transaction evict themselves and use readPKInputs and withLoadedPK.
 func (a *Agent) withPK(ctx context.Context, fn func(l *loadedPK) error) error {
-	if err := a.keys.EvictResident(); err != nil {
-		return err
-	}
-	var in pkInputs
-	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
-		in, err = a.readPKInputs(tx)
-		return err
-	}); err != nil {
+	in, err := a.pkInputs(ctx)
+	if err != nil {
 		return err
 	}
 	return a.withLoadedPK(in, fn)
+}
+
+// pkInputs evicts the resident keys (the operation may need every object
+// slot) and reads what loading the PK needs from the state.
+func (a *Agent) pkInputs(ctx context.Context) (in pkInputs, err error) {
+	if err := a.keys.EvictResident(); err != nil {
+		return pkInputs{}, err
+	}
+	err = a.st.View(ctx, func(tx *store.Tx) (err error) {
+		in, err = a.readPKInputs(tx)
+		return err
+	})
+	return in, err
 }
 
 // withLoadedPK loads the PK of in under the SRK, checks that it is the PK the

@@ -191,3 +191,123 @@ func TestUnappliedSessionIsNotKept(t *testing.T) {
 		t.Error("the sign's session was not kept")
 	}
 }
+
+// sealedOn seals a secret to PCR 7 with a one-shot agent on the state
+// newAgent makes agents on.
+func sealedOn(t *testing.T, newAgent func() *Agent, secret []byte) []byte {
+	t.Helper()
+	a := newAgent()
+	defer a.Close()
+	blob, err := a.Seal(context.Background(), api.SealRequest{Data: secret, PCRs: []int{7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob
+}
+
+// A one-shot unseal loads the PK guarded by the session that then
+// authorizes the sealed object's load and the unseal and encrypts the
+// secret on its way out: one StartAuthSession (issue 14: 17 TPM commands
+// to 15); the secret crosses the bus encrypted.
+func TestOneShotUnsealLoadsThePKInItsSession(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus), swtpmtest.WithRecorder(rec))
+	newAgent := oneShotState(t, env)
+	secret := []byte("the secret that the unseal answers, 32B")
+	blob := sealedOn(t, newAgent, secret)
+
+	a := newAgent()
+	var sessions [][]tpm2.TPMHandle // of each Load and the Unseal
+	log := &swtpmtest.CommandLog{}
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		switch swtpmtest.CommandCode(cmd) {
+		case tpm2.TPMCCLoad, tpm2.TPMCCUnseal:
+			sessions = append(sessions, swtpmtest.Sessions(cmd, 1))
+		}
+		return log.Answered(next, cmd)
+	})
+	log.Start()
+	rec.Reset()
+	got, err := a.Unseal(context.Background(), blob)
+	if cerr := a.Close(); cerr != nil {
+		t.Fatal(cerr)
+	}
+	cmds := log.Stop()
+	bus.Set(nil)
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("unseal: %q, %v", got, err)
+	}
+	want := []tpm2.TPMCC{
+		tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, // the PK, guarded by the session
+		tpm2.TPMCCPolicyPCR, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCLoad, // the sealed object, authorized by it
+		tpm2.TPMCCPolicyPCR, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCUnseal, // the unseal, encrypted out
+		tpm2.TPMCCFlushContext, tpm2.TPMCCFlushContext, tpm2.TPMCCFlushContext,
+	}
+	if !slices.Equal(cmds, want) {
+		t.Errorf("one-shot unseal sent %v, want %v", cmds, want)
+	}
+	if len(sessions) != 3 || len(sessions[0]) != 2 || sessions[0][1] != sessions[1][0] || sessions[1][0] != sessions[2][0] {
+		t.Errorf("the sessions %x: want the PK's load guarded by the session that authorizes the object's load and the unseal", sessions)
+	}
+	if off := rec.Leak(secret); off >= 0 {
+		t.Errorf("the secret crossed the bus in the clear at %d", off)
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Errorf("left in the TPM: %x %v", left, err)
+	}
+}
+
+// A1 on the PK's guarded load in a one-shot unseal: refused as forged, no
+// secret, nothing left, and the next unseal works.
+func TestOneShotUnsealPKLoadChangedOnTheBusIsForged(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	newAgent := oneShotState(t, env)
+	secret := []byte("unsealed only by the TPM's own answer")
+	blob := sealedOn(t, newAgent, secret)
+	for name, tamper := range map[string]func(cmd, rsp []byte) ([]byte, []byte){
+		"the public area": func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp != nil {
+				return nil, rsp
+			}
+			cmd = bytes.Clone(cmd)
+			cmd[len(cmd)-1] ^= 1
+			return cmd, nil
+		},
+		"the name in the answer": func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp == nil {
+				return nil, nil
+			}
+			rsp = bytes.Clone(rsp)
+			n := int(binary.BigEndian.Uint16(rsp[18:20]))
+			rsp[20+n-1] ^= 1
+			return nil, rsp
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ran := false
+			bus.Set(swtpmtest.Tamper(isPKLoad, tamper, &ran))
+			a := newAgent()
+			got, err := a.Unseal(context.Background(), blob)
+			bus.Set(nil)
+			if cerr := a.Close(); cerr != nil {
+				t.Fatal(cerr)
+			}
+			if !ran {
+				t.Fatal("the attack did not run")
+			}
+			if !errors.Is(err, tpm.ErrResponseForged) || got != nil {
+				t.Errorf("unseal: %q, %v; want forged and nothing", got, err)
+			}
+			if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+				t.Errorf("left in the TPM: %x %v", left, err)
+			}
+			a = newAgent()
+			defer a.Close()
+			if got, err := a.Unseal(context.Background(), blob); err != nil || !bytes.Equal(got, secret) {
+				t.Fatalf("the unseal after it: %q, %v", got, err)
+			}
+		})
+	}
+}

@@ -200,7 +200,15 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		return err
 	}
 	objects["sealed_object"] = fmt.Sprintf("%x", name.Buffer)
-	return a.withPK(ctx, func(l *loadedPK) (err error) {
+	// One salted policy session does it all: it guards the PK's load, the
+	// PK's policy authorizes the sealed object's load, the TPM resets the
+	// session after it, the object's own policy authorizes the unseal, and
+	// the session encrypts the secret on its way out. 7 TPM commands with
+	// the PK's load, not 13 (issue 14).
+	secretOut := func(auth []byte) (*tpm.PolicySession, error) {
+		return a.t.StartSecretPolicySession(tpm.EncryptOut, auth)
+	}
+	return a.withPKGuarded(ctx, secretOut, func(l *loadedPK, ps *tpm.PolicySession) (err error) {
 		if b.PK != l.state.Name {
 			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", api.ErrNotFound, b.PK)
 		}
@@ -208,19 +216,6 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		if err != nil {
 			return err
 		}
-		// One salted policy session does it all: the PK's policy authorizes
-		// the load, the TPM resets the session after it, the object's own
-		// policy authorizes the unseal, and the session encrypts the secret
-		// on its way out. 9 TPM commands with the PK load, not 13.
-		ps, err := a.t.StartSecretPolicySession(tpm.EncryptOut, l.auth)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if cerr := ps.Close(); cerr != nil && err == nil {
-				err = cerr
-			}
-		}()
 		use, useOpts, err := l.usePolicy()
 		if err != nil {
 			return err
