@@ -81,13 +81,9 @@ type Agent struct {
 	heldGate *tpm.Gate
 	// op is the key uses' policy session (opSession); hot says the running
 	// operation is a key use, keepOp that op outlives it (KeepSession).
-	op  *opSession
-	hot bool
-	// pkGuard, while an operation that is no key use runs withPKGuarded,
-	// is the session it started before the PK's load, to guard that load
-	// (loadPK).
-	pkGuard *tpm.PolicySession
-	keepOp  bool
+	op     *opSession
+	hot    bool
+	keepOp bool
 	// pk is the PK's saved context, kept by the daemon (savedPK).
 	pk *savedPK
 	// replaceAnchor lets a new trail replace an index it finds at the

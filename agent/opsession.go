@@ -111,17 +111,19 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 	}
 }
 
-// loadPK loads the PK's blob under the SRK. In a key use whose session is
-// fresh (opPolicy), that session guards the load (tpm.TPM.LoadGuarded: its
-// HMACs bind the blob and the name answered, as a session of the load's
-// own would) before it authorizes the loads and uses under the PK: 2
-// commands fewer than the load's own session (issue 14). Otherwise, and
-// in a session kept from an earlier operation (it may have died with a
-// TPM reset the channel did not see), the load has a session of its own
-// (tpm.TPM.Load). A failed guarded load flushes the session.
-func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte) (tpm.Object, error) {
-	if a.pkGuard != nil {
-		return a.t.LoadGuarded(srk, blob, a.pkGuard.Guard())
+// loadPK loads the PK's blob under the SRK, guarded by guard when there is
+// one (withPKGuarded's session, which the caller flushes). In a key use
+// whose session is fresh (opPolicy), that session guards the load
+// (tpm.TPM.LoadGuarded: its HMACs bind the blob and the name answered, as
+// a session of the load's own would) before it authorizes the loads and
+// uses under the PK: 2 commands fewer than the load's own session (issue
+// 14). Otherwise, and in a session kept from an earlier operation (it may
+// have died with a TPM reset the channel did not see), the load has a
+// session of its own (tpm.TPM.Load). A failed guarded load flushes the
+// key use's session.
+func (a *Agent) loadPK(srk tpm.Object, blob tpm.Blob, auth []byte, guard *tpm.PolicySession) (tpm.Object, error) {
+	if guard != nil {
+		return a.t.LoadGuarded(srk, blob, guard.Guard())
 	}
 	ps, fresh, err := a.opPolicy(auth)
 	if err != nil {
@@ -153,16 +155,11 @@ func (a *Agent) withPKGuarded(ctx context.Context, start func(auth []byte) (*tpm
 		return err
 	}
 	defer func() {
-		a.pkGuard = nil
 		if cerr := ps.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	a.pkGuard = ps
-	return a.withLoadedPK(in, func(l *loadedPK) error {
-		a.pkGuard = nil // it guarded the load, if there was one
-		return fn(l, ps)
-	})
+	return a.withLoadedPKGuard(in, ps, func(l *loadedPK) error { return fn(l, ps) })
 }
 
 // dropOp flushes the operation's session, if any.

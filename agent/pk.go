@@ -347,7 +347,13 @@ func (a *Agent) pkInputs(ctx context.Context) (in pkInputs, err error) {
 // The daemon (Config.KeepSession) keeps the PK's saved context between
 // operations (savedPK) and loads it back with TPM2_ContextLoad, checked
 // with a TPM2_ReadPublic of what was loaded.
-func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error) {
+func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) error {
+	return a.withLoadedPKGuard(in, nil, fn)
+}
+
+// withLoadedPKGuard is withLoadedPK with guard, when not nil, the session
+// that guards the PK's load from its blob (loadPK).
+func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func(l *loadedPK) error) (err error) {
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
 	id := pkContextID(in)
 	if l.pk = a.loadSavedPK(id, in.state.Name); l.pk.Handle != 0 {
@@ -374,7 +380,7 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) (err error
 			return fmt.Errorf("PK blob: %w", err)
 		}
 		if in.state.Parent == nil {
-			l.pk, err = a.loadPK(srk, blob, in.auth)
+			l.pk, err = a.loadPK(srk, blob, in.auth, guard)
 		} else {
 			l.pk, err = a.loadUnderPKParent(srk, *in.state.Parent, blob)
 		}

@@ -61,7 +61,9 @@ func TestSavedPKWarmUnseal(t *testing.T) {
 	log.Start()
 	unsealKeptPK(t, a, blob)
 	cmds := log.Stop()
-	if len(cmds) != 12 || cmds[0] != tpm2.TPMCCContextLoad || cmds[1] != tpm2.TPMCCReadPublic || swtpmtest.Count(cmds, tpm2.TPMCCLoad) != 1 || swtpmtest.Count(cmds, tpm2.TPMCCContextSave) != 0 {
+	// The unseal's session starts first (it would guard a load of the PK
+	// from its blob: withPKGuarded).
+	if len(cmds) != 12 || cmds[0] != tpm2.TPMCCStartAuthSession || cmds[1] != tpm2.TPMCCContextLoad || cmds[2] != tpm2.TPMCCReadPublic || swtpmtest.Count(cmds, tpm2.TPMCCLoad) != 1 || swtpmtest.Count(cmds, tpm2.TPMCCContextSave) != 0 {
 		t.Fatalf("a warm unseal through the daemon: %d commands %v; want 12, the PK from its saved context", len(cmds), cmds)
 	}
 

@@ -36,15 +36,21 @@ import (
 // role also encrypts the command's first parameter (AES-128-CFB, keyed by
 // the session key alone as the HMAC is). The auth role encrypts in the
 // direction the session was started for (StartSecretPolicySession: the
-// secret an unseal answers, or a creation's sensitive area), keyed as its
-// HMAC is, by the session key and the authValue.
+// secret an unseal answers, or a creation's sensitive area), keyed by the
+// session key and auth. The TPM keys that encryption with the authorized
+// object's authValue whether or not its policy holds PolicyAuthValue, and
+// the HMAC with it only when it does: auth is given for objects whose
+// policies hold it, and is nil only for objects whose authValue is empty
+// (a fleet delivery's), where both keys are the session key alone (found
+// by review: nil auth with an object's authValue unchecked by its policy
+// would decrypt to garbage with a verifying HMAC; no caller does that).
 type keyedPolicy struct {
 	handle      tpm2.TPMHandle
 	sessionKey  []byte
 	nonceCaller []byte
 	nonceTPM    []byte
-	// auth keys the auth role's HMACs (the session's own copy; cleared by
-	// PolicySession.Close through it), nil for none.
+	// auth keys the auth role's HMACs and encryption (the session's own
+	// copy; cleared by end), nil for objects with an empty authValue.
 	auth []byte
 	// guard: started with a cipher, so it may take the guard role.
 	guard bool
@@ -242,8 +248,8 @@ func (k *keyedPolicy) cfb(parameter []byte, withAuth, command bool) error {
 }
 
 // policyAuth is a keyedPolicy authorizing a command: HMACs keyed by the
-// session key and the authValue; parameter encryption in the session's
-// direction (dir), keyed the same way.
+// session key and auth; parameter encryption in the session's direction
+// (dir), keyed the same way (see keyedPolicy on nil auth).
 type policyAuth struct{ k *keyedPolicy }
 
 func (s policyAuth) attrs() tpm2.TPMASession {

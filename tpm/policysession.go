@@ -43,9 +43,10 @@ type PolicySession struct {
 	// surely expired (spend).
 	start      tpm2.TPMHandle
 	proofUntil time.Time
-	// keyed is the session of StartSaltedPolicySession and
-	// StartGuardingPolicySession (provd's own type); only the latter's can
-	// guard a command it does not authorize (Guard). nil for the others.
+	// keyed is the session of StartSaltedPolicySession,
+	// StartGuardingPolicySession and StartSecretPolicySession (provd's own
+	// type); those started with a cipher (the last two) can guard a
+	// command they do not authorize (Guard). nil for the others.
 	keyed *keyedPolicy
 }
 
@@ -101,7 +102,9 @@ func (t *TPM) StartAuthPolicySession(auth []byte) (*PolicySession, error) {
 // both authorizes a command that carries a secret and protects the secret on
 // the bus: it saves the separate encryption session (2 commands) on unseal.
 // auth is the authValue of the objects it authorizes (their policies hold
-// PolicyAuthValue), nil for none.
+// PolicyAuthValue), nil only for objects whose authValue is empty: the TPM
+// keys the encryption with the authorized object's authValue even where
+// its policy does not check it (keyedPolicy).
 //
 // It is provd's own session type (keyedPolicy), so that it can also guard
 // the PK's load before it authorizes anything (Guard, as a session of
