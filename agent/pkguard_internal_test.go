@@ -95,6 +95,38 @@ func TestOneShotKeyUseLoadsThePKInItsSession(t *testing.T) {
 	}
 }
 
+// pkLoadTamperings are A1's changes to the PK's load (swtpmtest.Tamper,
+// isPKLoad): the public area or the private area on its way in, the name
+// in the answer.
+var pkLoadTamperings = map[string]func(cmd, rsp []byte) ([]byte, []byte){
+	"the public area": func(cmd, rsp []byte) ([]byte, []byte) {
+		if rsp != nil {
+			return nil, rsp
+		}
+		cmd = bytes.Clone(cmd)
+		cmd[len(cmd)-1] ^= 1
+		return cmd, nil
+	},
+	"the private area": func(cmd, rsp []byte) ([]byte, []byte) {
+		if rsp != nil {
+			return nil, rsp
+		}
+		cmd = bytes.Clone(cmd)
+		cmd[swtpmtest.ParamsOffset(cmd, 1)+2] ^= 1
+		return cmd, nil
+	},
+	"the name in the answer": func(cmd, rsp []byte) ([]byte, []byte) {
+		if rsp == nil {
+			return nil, nil
+		}
+		rsp = bytes.Clone(rsp)
+		// handle, parameterSize, TPM2B_NAME: its last byte.
+		n := int(binary.BigEndian.Uint16(rsp[18:20]))
+		rsp[20+n-1] ^= 1
+		return nil, rsp
+	},
+}
+
 // A1 on the PK's guarded load in a one-shot sign: a changed public area or
 // private area on its way in, or a changed name in the answer, is refused
 // as forged (exit 15), nothing signs, nothing stays loaded, and the next
@@ -103,34 +135,7 @@ func TestOneShotPKLoadChangedOnTheBusIsForged(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	newAgent := oneShotState(t, env)
-	for name, tamper := range map[string]func(cmd, rsp []byte) ([]byte, []byte){
-		"the public area": func(cmd, rsp []byte) ([]byte, []byte) {
-			if rsp != nil {
-				return nil, rsp
-			}
-			cmd = bytes.Clone(cmd)
-			cmd[len(cmd)-1] ^= 1
-			return cmd, nil
-		},
-		"the private area": func(cmd, rsp []byte) ([]byte, []byte) {
-			if rsp != nil {
-				return nil, rsp
-			}
-			cmd = bytes.Clone(cmd)
-			cmd[swtpmtest.ParamsOffset(cmd, 1)+2] ^= 1
-			return cmd, nil
-		},
-		"the name in the answer": func(cmd, rsp []byte) ([]byte, []byte) {
-			if rsp == nil {
-				return nil, nil
-			}
-			rsp = bytes.Clone(rsp)
-			// handle, parameterSize, TPM2B_NAME: its last byte.
-			n := int(binary.BigEndian.Uint16(rsp[18:20]))
-			rsp[20+n-1] ^= 1
-			return nil, rsp
-		},
-	} {
+	for name, tamper := range pkLoadTamperings {
 		t.Run(name, func(t *testing.T) {
 			ran := false
 			bus.Set(swtpmtest.Tamper(isPKLoad, tamper, &ran))
@@ -266,25 +271,7 @@ func TestOneShotUnsealPKLoadChangedOnTheBusIsForged(t *testing.T) {
 	newAgent := oneShotState(t, env)
 	secret := []byte("unsealed only by the TPM's own answer")
 	blob := sealedOn(t, newAgent, secret)
-	for name, tamper := range map[string]func(cmd, rsp []byte) ([]byte, []byte){
-		"the public area": func(cmd, rsp []byte) ([]byte, []byte) {
-			if rsp != nil {
-				return nil, rsp
-			}
-			cmd = bytes.Clone(cmd)
-			cmd[len(cmd)-1] ^= 1
-			return cmd, nil
-		},
-		"the name in the answer": func(cmd, rsp []byte) ([]byte, []byte) {
-			if rsp == nil {
-				return nil, nil
-			}
-			rsp = bytes.Clone(rsp)
-			n := int(binary.BigEndian.Uint16(rsp[18:20]))
-			rsp[20+n-1] ^= 1
-			return nil, rsp
-		},
-	} {
+	for name, tamper := range pkLoadTamperings {
 		t.Run(name, func(t *testing.T) {
 			ran := false
 			bus.Set(swtpmtest.Tamper(isPKLoad, tamper, &ran))
