@@ -197,9 +197,6 @@ func TestSecretSessionBitsFlippedOnTheBus(t *testing.T) {
 	secret := []byte("the secret A1 wants in the clear!")
 	pav := policyAuthValueTemplate().AuthPolicy.Buffer
 	obj := sealedUnder(t, tp, parent, parentAuth, pav, parentAuth, secret)
-	isCC := func(cc tpm2.TPMCC) func([]byte) bool {
-		return func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == cc }
-	}
 	flipCmd := func(nh int, bit byte) func(cmd, rsp []byte) ([]byte, []byte) {
 		return func(cmd, rsp []byte) ([]byte, []byte) {
 			if rsp != nil {
@@ -243,7 +240,7 @@ func TestSecretSessionBitsFlippedOnTheBus(t *testing.T) {
 			}
 			ran := false
 			rec.Reset()
-			bus.Set(swtpmtest.Tamper(isCC(tpm2.TPMCCUnseal), tamper, &ran))
+			bus.Set(tamperOn(tpm2.TPMCCUnseal, tamper, &ran))
 			got, err := tp.UnsealWith(obj, ps.Session())
 			bus.Set(nil)
 			if !ran {
@@ -269,7 +266,7 @@ func TestSecretSessionBitsFlippedOnTheBus(t *testing.T) {
 		}
 		ran := false
 		rec.Reset()
-		bus.Set(swtpmtest.Tamper(isCC(tpm2.TPMCCCreate), flipCmd(1, decrypt), &ran))
+		bus.Set(tamperOn(tpm2.TPMCCCreate, flipCmd(1, decrypt), &ran))
 		blob, err := tp.Create(parent, ps.Session(), tpm.SealTemplate(pav), tpm.Sensitive{UserAuth: parentAuth, Data: secret})
 		bus.Set(nil)
 		if !ran {
