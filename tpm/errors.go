@@ -61,13 +61,14 @@ var (
 // if a new go-tpm words it otherwise.
 const goTPMBadResponseHMAC = "incorrect authorization HMAC"
 
-// goTPMSessionAreaErrors are how go-tpm v0.9.8 reports the sessions area of
-// a successful answer that does not hold one entry for each session of its
-// command: a session's entry missing or cut short, or bytes after the last.
-// A TPM answers each session of a command it ran, so such an answer is not
-// the TPM's (found by review: A1 took the guard out of a guarded load and
-// passed the TPM's answer on, one entry short).
-var goTPMSessionAreaErrors = []string{"reading auth session", "unaccounted-for bytes at the end of the TPM response"}
+// goTPMForgedAnswers are how go-tpm v0.9.8 reports an answer that is not
+// the TPM's: a response HMAC that does not verify, and a sessions area of a
+// successful answer that does not hold one entry for each session of its
+// command (a session's entry missing or cut short, or bytes after the
+// last; a TPM answers each session of a command it ran: found by review,
+// A1 took the guard out of a guarded load and passed the TPM's answer on,
+// one entry short).
+var goTPMForgedAnswers = []string{goTPMBadResponseHMAC, "reading auth session", "unaccounted-for bytes at the end of the TPM response"}
 
 // Error is a failure the TPM reported for one command. It unwraps to the kind
 // sentinel above (when one applies) and to the raw tpm2.TPMRC, so both
@@ -105,7 +106,8 @@ func Wrap(command string, err error) error {
 	}
 	var rc tpm2.TPMRC
 	if !errors.As(err, &rc) {
-		if msg := err.Error(); strings.Contains(msg, goTPMBadResponseHMAC) || slices.ContainsFunc(goTPMSessionAreaErrors, func(e string) bool { return strings.Contains(msg, e) }) {
+		msg := err.Error()
+		if slices.ContainsFunc(goTPMForgedAnswers, func(e string) bool { return strings.Contains(msg, e) }) {
 			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, err)
 		}
 		return fmt.Errorf("%s: %w", command, err)
