@@ -397,8 +397,10 @@ func (a *Agent) hasPK(ctx context.Context) (bool, error) {
 // The trail's read, op and the record share one audit session for their
 // authenticated reads and loads (tpm.TPM.Share: a one-shot seal's anchor
 // read, PK load and PCR read; provision's reads of its new anchor before
-// its record). The record's gated extend starts its own sessions, and the
-// shared one gives its slot up first (tpm.TPM.Send).
+// its record). The record's gated extend starts its policy session beside
+// the shared one, if it is still started, and proves the gate in it
+// (tpm.TPM.Send keeps it over that start); any other session's start has
+// the shared one give its slot up first.
 func (a *Agent) audited(ctx context.Context, op string, objects map[string]string, fn func() error) error {
 	return a.t.Share(func() error {
 		ran := false

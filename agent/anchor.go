@@ -243,10 +243,12 @@ func (an *trailAnchor) Read() ([]byte, error) {
 // gate proves its authorization in a policy session salted to the pinned
 // SRK (4: two StartAuthSession, PolicySecret in a one-use HMAC session
 // keyed by the gate's authorization value, bound to the extend of head by
-// its cpHashA, PolicyCommandCode) and is flushed (1); the extend is then
-// one command, its response authenticated by the salted session, and
-// release flushes the session (1). 8 or 9 commands per record, where the
-// ungated index took 1 (ReadPrepare shares the anchor read's session).
+// its cpHashA, PolicyCommandCode; 3 when the operation's shared session is
+// still started: the PolicySecret is authorized in it, tpm.TPM.proveGate)
+// and is flushed (1); the extend is then one command, its response
+// authenticated by the salted session, and release flushes the session
+// (1). 7 to 9 commands per record, where the ungated index took 1
+// (ReadPrepare shares the anchor read's session).
 // Without a gate only a legacy trail's ungated index is extended (record()
 // gives every trail a gate before it appends).
 func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func() error, err error) {

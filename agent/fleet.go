@@ -252,10 +252,9 @@ func (a *Agent) attestQuote(ctx context.Context, nonce []byte, pcrs map[string][
 		banks[b.Alg()] = idx
 	}
 	defer a.lock()()
-	// The AK's load and the PCRs' read share one audit session (Share),
-	// and the read comes before the quote: the quote's own session (one
-	// use, ended by the TPM) starts after the shared one is given up, so
-	// the read does not start a second (issue 14: 2 commands fewer).
+	// The AK's load, the PCRs' read and the quote share one session
+	// (Share; the quote authorized in it by the AK's authValue), the read
+	// before the quote (issue 14: 3 commands fewer than a session each).
 	err = a.t.Share(func() error {
 		return a.withAttestKey(ctx, func(ak tpm.Object, auth []byte) (err error) {
 			quote, sig, values, err = a.readQuote(ak, auth, nonce, sel, banks)

@@ -16,20 +16,29 @@ func AKTemplate() tpm2.TPMTPublic { return GateTemplate() }
 // Quote signs the PCRs sel selects with ak over nonce (TPM2_Quote): the
 // TPMS_ATTEST bytes and the TPMT_SIGNATURE, marshalled. ak is authorized by
 // its authValue in an HMAC session (salted to the pinned SRK when one is
-// pinned): the value never crosses the bus.
+// pinned; the operation's shared session when one is started): the value
+// never crosses the bus.
 func (t *TPM) Quote(ak Object, akAuth, nonce []byte, sel tpm2.TPMLPCRSelection) (attest, sig []byte, err error) {
-	opts, err := t.pinnedSalt()
+	var rsp *tpm2.QuoteResponse
+	quote := func(s tpm2.Session) (err error) {
+		rsp, err = (tpm2.Quote{
+			SignHandle:     ak.Auth(s),
+			QualifyingData: tpm2.TPM2BData{Buffer: nonce},
+			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+			PCRSelect:      sel,
+		}).Execute(t)
+		return Wrap("TPM2_Quote", err)
+	}
+	ok, err := t.withSharedAuth(akAuth, quote)
+	if !ok {
+		opts, perr := t.pinnedSalt()
+		if perr != nil {
+			return nil, nil, perr
+		}
+		err = quote(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(akAuth))...))
+	}
 	if err != nil {
 		return nil, nil, err
-	}
-	rsp, err := (tpm2.Quote{
-		SignHandle:     ak.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(akAuth))...)),
-		QualifyingData: tpm2.TPM2BData{Buffer: nonce},
-		InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
-		PCRSelect:      sel,
-	}).Execute(t)
-	if err != nil {
-		return nil, nil, Wrap("TPM2_Quote", err)
 	}
 	return rsp.Quoted.Bytes(), tpm2.Marshal(rsp.Signature), nil
 }

@@ -345,19 +345,37 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 	if err != nil {
 		return nil, err
 	}
+	kept := t.keepShared() // the proof below is made in it
 	ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+	kept()
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	s := t.newGateSession(ss)
-	auth, err := t.gateAuth(gate)
-	if err == nil {
-		err = s.prove(auth, cc, cpHashA)
-	}
-	if err != nil {
+	if err := t.proveGate(s, gate, cc, cpHashA); err != nil {
 		return nil, errors.Join(err, t.spend(s))
 	}
 	return s, nil
+}
+
+// proveGate satisfies GatePolicy(gate, cc) in p for the command whose
+// cpHash is cpHashA (prove), the gate authorized by the operation's shared
+// session keyed by its value (withSharedAuth) when one is started, by a
+// one-use session otherwise (gateAuth). The caller spends p if this fails.
+func (t *TPM) proveGate(p *PolicySession, gate Gate, cc tpm2.TPMCC, cpHashA []byte) error {
+	ok, err := t.withSharedAuth(gate.auth, func(s tpm2.Session) error {
+		return p.policySecret(gate.Auth(s), cpHashA)
+	})
+	if !ok {
+		var auth tpm2.AuthHandle
+		if auth, err = t.gateAuth(gate); err == nil {
+			err = p.policySecret(auth, cpHashA)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return p.PolicyCommandCode(cc)
 }
 
 func joinClose(err error, s *PolicySession) error {

@@ -16,7 +16,7 @@ import (
 
 // keyedPolicy is a SHA-256 policy session salted to the SRK, of provd's own
 // making, where go-tpm's keys every HMAC with the one authValue it started
-// with. The TPM keys a session's HMACs by the role it has in each command
+// with. (Of the HMAC kind it is the operation's shared session: keyedhmac.go.) The TPM keys a session's HMACs by the role it has in each command
 // (TPM 2.0 Part 1, 19.6, "Session-based authorization"):
 //   - authorizing an object whose policy holds PolicyAuthValue: the session
 //     key and the object's authValue (the auth role, policyAuth);
@@ -70,7 +70,12 @@ const (
 // refuses parameter encryption in a session started without one
 // (TPM_RC_SYMMETRIC), before its HMAC.
 func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool, dir Direction) (*keyedPolicy, error) {
-	guard = guard || dir != 0
+	return t.startKeyed(srk, tpm2.TPMSEPolicy, auth, guard || dir != 0, dir)
+}
+
+// startKeyed starts a keyedPolicy of session type kind (a policy session, or
+// an HMAC session: keyedHMAC) salted to srk.
+func (t *TPM) startKeyed(srk Object, kind tpm2.TPMSE, auth []byte, guard bool, dir Direction) (*keyedPolicy, error) {
 	ek, err := tpm2.ImportEncapsulationKey(&srk.Public)
 	if err != nil {
 		return nil, fmt.Errorf("TPM2_StartAuthSession: the SRK's public key: %w", err)
@@ -97,7 +102,7 @@ func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool, dir Directio
 		Bind:          tpm2.TPMRHNull,
 		NonceCaller:   tpm2.TPM2BNonce{Buffer: nonceCaller},
 		EncryptedSalt: tpm2.TPM2BEncryptedSecret{Buffer: encSalt},
-		SessionType:   tpm2.TPMSEPolicy,
+		SessionType:   kind,
 		Symmetric:     sym,
 		AuthHash:      tpm2.TPMAlgSHA256,
 	}).Execute(t)
@@ -117,18 +122,13 @@ func (t *TPM) startKeyedPolicy(srk Object, auth []byte, guard bool, dir Directio
 }
 
 // hmacKey is the key of the session's HMACs in a role: the session key,
-// then (auth role) the authValue without its trailing zeros (Part 1,
-// 19.6).
-func (k *keyedPolicy) hmacKey(withAuth bool) []byte {
-	key := append([]byte(nil), k.sessionKey...)
-	if withAuth {
-		a := k.auth
-		for len(a) > 0 && a[len(a)-1] == 0 {
-			a = a[:len(a)-1]
-		}
-		key = append(key, a...)
+// then the authValue of the entity the role authorizes (nil for none)
+// without its trailing zeros (Part 1, 19.6).
+func (k *keyedPolicy) hmacKey(auth []byte) []byte {
+	for len(auth) > 0 && auth[len(auth)-1] == 0 {
+		auth = auth[:len(auth)-1]
 	}
-	return key
+	return append(append([]byte(nil), k.sessionKey...), auth...)
 }
 
 // mac is HMAC(key, pHash || nonceNewer || nonceOlder || addNonces ||
@@ -154,12 +154,12 @@ func attrsByte(a tpm2.TPMASession) byte {
 }
 
 // authorize is the command's session entry in a role.
-func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, attrs tpm2.TPMASession, withAuth bool) (*tpm2.TPMSAuthCommand, error) {
+func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, attrs tpm2.TPMASession, auth []byte) (*tpm2.TPMSAuthCommand, error) {
 	if k.handle == 0 {
 		// Closed (end): its key is gone, and an HMAC keyed by nothing is
 		// one anyone can make, in a session anyone can start at the
 		// freed handle (found by review).
-		return nil, errors.New("policy session closed")
+		return nil, errors.New("session closed")
 	}
 	h := keyedHash.New()
 	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
@@ -167,7 +167,7 @@ func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []
 		h.Write(n.Buffer)
 	}
 	h.Write(parms)
-	key := k.hmacKey(withAuth)
+	key := k.hmacKey(auth)
 	defer clear(key)
 	return &tpm2.TPMSAuthCommand{
 		Handle:        k.handle,
@@ -181,12 +181,12 @@ func (k *keyedPolicy) authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []
 // nonceTPM. Its HMAC covers the attributes and the nonce, so only the TPM
 // can have set them; the TPM keeps a session asked to continue, so an
 // answer that ends it is refused as well.
-func (k *keyedPolicy) validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, auth *tpm2.TPMSAuthResponse, withAuth bool) error {
+func (k *keyedPolicy) validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, auth *tpm2.TPMSAuthResponse, value []byte) error {
 	h := keyedHash.New()
 	h.Write(binary.BigEndian.AppendUint32(nil, uint32(rc)))
 	h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
 	h.Write(parms)
-	key := k.hmacKey(withAuth)
+	key := k.hmacKey(value)
 	defer clear(key)
 	want := k.mac(key, h.Sum(nil), auth.Nonce.Buffer, k.nonceCaller, nil, auth.Attributes)
 	if !hmac.Equal(want, auth.Authorization.Buffer) {
@@ -223,9 +223,9 @@ func (k *keyedPolicy) newNonceCaller() error {
 // session key, then in the auth role the authValue (Part 1, 21,
 // "Session-based encryption"). In a command the newer nonce is the
 // caller's, in an answer the TPM's (which validate has just taken).
-func (k *keyedPolicy) cfb(parameter []byte, withAuth, command bool) error {
+func (k *keyedPolicy) cfb(parameter, auth []byte, command bool) error {
 	const keyBytes = keyedAESBits / 8
-	value := k.hmacKey(withAuth)
+	value := k.hmacKey(auth)
 	defer clear(value)
 	newer, older := k.nonceCaller, k.nonceTPM
 	if !command {
@@ -272,19 +272,19 @@ func (s policyAuth) Encrypt(parameter []byte) error {
 	if !s.IsDecryption() {
 		return nil
 	}
-	return s.k.cfb(parameter, s.k.auth != nil, true)
+	return s.k.cfb(parameter, s.k.auth, true)
 }
 func (s policyAuth) Decrypt(parameter []byte) error {
 	if !s.IsEncryption() {
 		return nil
 	}
-	return s.k.cfb(parameter, s.k.auth != nil, false)
+	return s.k.cfb(parameter, s.k.auth, false)
 }
 func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
-	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth != nil)
+	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth)
 }
 func (s policyAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
-	return s.k.validate(rc, cc, parms, auth, s.k.auth != nil)
+	return s.k.validate(rc, cc, parms, auth, s.k.auth)
 }
 
 // policyGuard is a keyedPolicy as a command's extra session: HMACs keyed
@@ -299,12 +299,12 @@ func (s policyGuard) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonc
 func (s policyGuard) NewNonceCaller() error              { return s.k.newNonceCaller() }
 func (s policyGuard) IsEncryption() bool                 { return false }
 func (s policyGuard) IsDecryption() bool                 { return true }
-func (s policyGuard) Encrypt(parameter []byte) error     { return s.k.cfb(parameter, false, true) }
+func (s policyGuard) Encrypt(parameter []byte) error     { return s.k.cfb(parameter, nil, true) }
 func (s policyGuard) Decrypt([]byte) error               { return nil }
 func (s policyGuard) Handle() tpm2.TPMHandle             { return s.k.handle }
 func (s policyGuard) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
-	return s.k.authorize(cc, parms, addNonces, names, guardAttrs, false)
+	return s.k.authorize(cc, parms, addNonces, names, guardAttrs, nil)
 }
 func (s policyGuard) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
-	return s.k.validate(rc, cc, parms, auth, false)
+	return s.k.validate(rc, cc, parms, auth, nil)
 }

@@ -21,11 +21,19 @@ import (
 // an earlier command. A command that fails in it, for any reason (the
 // TPM's error, an answer lost or changed on the bus, which may put the
 // nonces out of step), flushes it: the next read starts a new one.
+//
+// The session is provd's keyed HMAC session (keyedhmac.go): besides
+// auditing, it authorizes an entity whose authValue provd holds, the AK's
+// quote or a gate's proof (withSharedAuth), keyed by that value in that
+// command only.
 type shared struct {
-	s     tpm2.Session // nil until the first read, and after a failure
+	s     tpm2.Session // its audit role; nil until the first read, and after a failure
+	k     *keyedPolicy
 	close func() error
 	gen   uint64 // the TPM's generation it started in
 	inUse bool   // a read runs in it (its session is in the command)
+	// keep: the next StartAuthSession leaves it started (keepShared).
+	keep bool
 }
 
 // Share runs fn with one audit session for the authenticated reads and
@@ -68,30 +76,76 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 	if sh == nil || sh.inUse {
 		return false, nil
 	}
-	salt, err := t.pinnedSalt()
-	if err != nil || salt == nil {
-		return err != nil, err
+	if !t.saltToPin() {
+		return false, nil
 	}
 	if sh.s != nil && sh.gen != t.Generation() {
 		_ = t.dropShared() // flushed only if it answers for itself
 	}
 	if sh.s == nil {
-		gen := t.Generation()
-		s, closer, err := t.startHMACSession(append(salt, tpm2.Audit())...)
+		srk, err := t.SRK()
 		if err != nil {
 			return true, err
 		}
-		sh.s, sh.close, sh.gen = s, closer, gen
+		gen := t.Generation()
+		k, err := t.startKeyedHMAC(srk)
+		if err != nil {
+			return true, err
+		}
+		flush := t.sessionCloser(hmacAudit{k})
+		sh.s, sh.k, sh.gen = hmacAudit{k}, k, gen
+		sh.close = func() error {
+			defer k.end()
+			return flush()
+		}
 	}
+	return true, t.inShared(sh.s, fn)
+}
+
+// withSharedAuth runs fn with the operation's shared session authorizing
+// the entity whose authValue is auth (hmacAuth): fn puts it on that
+// entity's handle only. ok false: there is no shared session started in
+// this generation of the TPM, or it is in the command already; nothing was
+// sent, and the caller authorizes in a session of its own (starting the
+// shared one for this alone would cost its flush as well). A failure of fn
+// flushes the session.
+func (t *TPM) withSharedAuth(auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
+	sh := t.share
+	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
+		return false, nil
+	}
+	return true, t.inShared(hmacAuth{k: sh.k, auth: auth}, fn)
+}
+
+// inShared runs fn with s, a role of the shared session, marking the
+// session in use; a failure flushes it (its nonces may be out of step).
+func (t *TPM) inShared(s tpm2.Session, fn func(s tpm2.Session) error) error {
+	sh := t.share
 	sh.inUse = true
-	err = func() error {
+	err := func() error {
 		defer func() { sh.inUse = false }()
-		return fn(sh.s)
+		return fn(s)
 	}()
 	if err != nil {
-		return true, errors.Join(err, t.dropShared())
+		return errors.Join(err, t.dropShared())
 	}
-	return true, nil
+	return nil
+}
+
+// keepShared has the next StartAuthSession leave the shared session
+// started, when one is (in this generation), for a command after it that
+// the shared session authorizes (a gate's proof: gateSession starts the
+// policy session, then proves the gate in the shared one). The caller
+// calls the returned func once that start is sent. Slots: the shared
+// session then stands where the one-use session it saves stood, beside
+// the policy session, so no more sessions are held at once than before.
+func (t *TPM) keepShared() (done func()) {
+	sh := t.share
+	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
+		return func() {}
+	}
+	sh.keep = true
+	return func() { sh.keep = false }
 }
 
 // dropShared gives the shared session up, if one is started: flushed. When
@@ -106,8 +160,8 @@ func (t *TPM) dropShared() error {
 	if sh == nil || sh.s == nil {
 		return nil
 	}
-	s, closer, gen := sh.s, sh.close, sh.gen
-	sh.s, sh.close = nil, nil
+	s, k, closer, gen := sh.s, sh.k, sh.close, sh.gen
+	sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
 	if now := t.Generation(); gen != now {
 		// Flushed only if an answer of the session, whose HMAC is keyed
 		// by its salt, shows that the session at its number is still
@@ -117,6 +171,7 @@ func (t *TPM) dropShared() error {
 		if _, err := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, s); err == nil && t.Generation() == now {
 			return closer()
 		}
+		k.end()
 		t.unheld()
 		return nil
 	}
@@ -131,7 +186,7 @@ func (t *TPM) dropShared() error {
 // session: its session is the shared one.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	if len(cmd) >= headerSize && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
-		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse {
+		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep {
 			_ = t.dropShared()
 		}
 	}
