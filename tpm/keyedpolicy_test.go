@@ -116,13 +116,7 @@ func TestOnePolicySessionGuardsThenAuthorizes(t *testing.T) {
 	if w := []tpm2.TPMCC{tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCLoad, tpm2.TPMCCPolicyAuthValue, tpm2.TPMCCSign}; !slices.Equal(cmds, w) {
 		t.Errorf("sent %v, want %v", cmds, w)
 	}
-	pub, err := tpm2.ECDSAPub(must(child.Public.Parameters.ECCDetail()), must(child.Public.Unique.ECC()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecdsaSig := must(sig.Signature.ECDSA())
-	r, s := new(big.Int).SetBytes(ecdsaSig.SignatureR.Buffer), new(big.Int).SetBytes(ecdsaSig.SignatureS.Buffer)
-	if !ecdsa.Verify(pub, digest[:], r, s) {
+	if !ecdsaVerifies(t, child.Public, digest[:], sig) {
 		t.Error("the signature does not verify")
 	}
 	if off := rec.Leak(parentBlob.Private.Buffer); off >= 0 {
@@ -314,4 +308,16 @@ func TestSecretSessionGuardsThenUnseals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ecdsaVerifies reports whether sig is an ECDSA signature of digest by the
+// ECC key pub.
+func ecdsaVerifies(t *testing.T, pub tpm2.TPMTPublic, digest []byte, sig tpm2.TPMTSignature) bool {
+	t.Helper()
+	key, err := tpm2.ECDSAPub(must(pub.Parameters.ECCDetail()), must(pub.Unique.ECC()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := must(sig.Signature.ECDSA())
+	return ecdsa.Verify(key, digest, new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer))
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/provd/provd/attest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -88,8 +87,20 @@ func TestSharedSessionAuthorizesTheQuote(t *testing.T) {
 	if len(load) != 2 || len(quote) != 1 || load[1] != quote[0] {
 		t.Errorf("the load's sessions %v, the quote's %v: want the one shared session", load, quote)
 	}
-	if _, err := attest.VerifyQuote(ak.Public, q, sig, nonce[:], attest.Options{}); err != nil {
+	// The quote is the TPM's over the nonce, signed by the AK.
+	qa, err := tpm2.Unmarshal[tpm2.TPMSAttest](q)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !bytes.Equal(qa.ExtraData.Buffer, nonce[:]) {
+		t.Errorf("quoted over %x, want the nonce %x", qa.ExtraData.Buffer, nonce)
+	}
+	ts, err := tpm2.Unmarshal[tpm2.TPMTSignature](sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := sha256.Sum256(q); !ecdsaVerifies(t, ak.Public, d[:], *ts) {
+		t.Error("the quote's signature does not verify with the AK")
 	}
 	nothingLeft(t, tp, "after Share")
 }
