@@ -345,9 +345,11 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 	if err != nil {
 		return nil, err
 	}
-	kept := t.keepShared() // the proof below is made in it
-	ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
-	kept()
+	ss, err := func() (tpm2.Session, error) {
+		defer t.keepShared()() // the proof below is made in it
+		ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+		return ss, err
+	}()
 	if err != nil {
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
