@@ -11,33 +11,11 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
-
-// passOnThenRC is A1 passing the first command cc on (the TPM runs it) and
-// answering rc in place of the TPM's answer; the channel resends on a
-// warning, and A1 lets the resend through.
-func passOnThenRC(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) swtpmtest.Hook {
-	done := false
-	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) != cc {
-			return nil, nil, false
-		}
-		*sent++
-		if done {
-			return nil, nil, false
-		}
-		done = true
-		if _, err := next.Send(cmd); err != nil {
-			return nil, err, true
-		}
-		return swtpmtest.ErrorAnswer(rc), nil, true
-	}
-}
 
 // `attest now`: A1 passes the quote (authorized in the shared session by
 // the AK's value) on and answers TPM_RC_RETRY; the resend is refused by
@@ -51,7 +29,7 @@ func TestAttestQuoteForgedRetry(t *testing.T) {
 	nonce := sha256.Sum256([]byte("n"))
 	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}}
 	n := 0
-	q.bus.Set(passOnThenRC(tpm2.TPMCCQuote, tpm2.TPMRCRetry, &n))
+	q.bus.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCQuote, tpm2.TPMRCRetry, &n))
 	_, err := q.ag.AttestQuote(ctx, req)
 	q.bus.Set(nil)
 	t.Logf("attest after a forged RETRY of the quote (sent %d): %v; exit %d", n, err, api.ExitCode(err))
@@ -86,7 +64,7 @@ func TestRecordProofForgedRetry(t *testing.T) {
 	ag.Close()
 	ag = newAgent(t, env, dir) // one-shot: the trail opened afresh
 	n := 0
-	bus.Set(passOnThenRC(tpm2.TPMCCPolicySecret, tpm2.TPMRCRetry, &n))
+	bus.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCPolicySecret, tpm2.TPMRCRetry, &n))
 	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
 	bus.Set(nil)
 	t.Logf("seal, its record's PolicySecret answered a forged RETRY (sent %d): %v; exit %d", n, err, api.ExitCode(err))

@@ -210,6 +210,27 @@ func Tamper(match func(cmd []byte) bool, tamper func(cmd, rsp []byte) (newCmd, n
 	}
 }
 
+// RanThenAnswered is A1 passing the first command cc on (the TPM runs it)
+// and answering rc in place of the TPM's answer; the copies sent after it
+// (the channel resends on a warning) pass through. sent counts every copy.
+func RanThenAnswered(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) Hook {
+	done := false
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if CommandCode(cmd) != cc {
+			return nil, nil, false
+		}
+		*sent++
+		if done {
+			return nil, nil, false
+		}
+		done = true
+		if _, err := next.Send(cmd); err != nil {
+			return nil, err, true
+		}
+		return ErrorAnswer(rc), nil, true
+	}
+}
+
 // Answered passes cmd on and records its code unless the TPM answered it
 // with a warning that has it sent again (RETRY, YIELDED, TESTING,
 // NV_RATE: swtpm answers TPM2_Sign TPM_RC_RETRY at times): the commands as
