@@ -187,24 +187,6 @@ func (t *TPM) gateAuth(gate Gate) (tpm2.AuthHandle, error) {
 	return gate.Auth(tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(gate.auth))...)), nil
 }
 
-// prove satisfies GatePolicy(gate, cc) in p: TPM2_PolicySecret of the gate
-// (auth authorizes it), for the one command whose cpHash is cpHashA, then
-// TPM2_PolicyCommandCode(cc). The caller spends p if this fails (TPM.spend).
-//
-// cpHashA (commandCpHash) is what limits the proof to the command provd
-// means: StartAuthSession's answer has no HMAC, so the session handle the
-// proof goes into is the bus's word, and A1 answering it with a session of
-// its own would hold the gate's proof for any command the policy allows
-// (found by review: A1 extended the audit anchor with data of its own).
-// cpHashA is not part of the policy digest: the gated indices' policies
-// stay as they are.
-func (p *PolicySession) prove(auth tpm2.AuthHandle, cc tpm2.TPMCC, cpHashA []byte) error {
-	if err := p.policySecret(auth, cpHashA); err != nil {
-		return err
-	}
-	return p.PolicyCommandCode(cc)
-}
-
 // policySecret is TPM2_PolicySecret of the entity auth authorizes, into p,
 // for the command whose cpHash is cpHashA, for gateProofLifetime.
 func (p *PolicySession) policySecret(auth tpm2.AuthHandle, cpHashA []byte) error {
@@ -354,21 +336,36 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 		return nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	s := t.newGateSession(ss)
-	if err := t.proveGate(s, gate, cc, cpHashA); err != nil {
+	if err := t.proveGate(s, nil, gate, cc, cpHashA); err != nil {
 		return nil, errors.Join(err, t.spend(s))
 	}
 	return s, nil
 }
 
-// proveGate satisfies GatePolicy(gate, cc) in p for the command whose
-// cpHash is cpHashA (prove), the gate authorized by the operation's shared
-// session keyed by its value (withSharedAuth) when one is started, by a
-// one-use session otherwise (gateAuth). The caller spends p if this fails.
-func (t *TPM) proveGate(p *PolicySession, gate Gate, cc tpm2.TPMCC, cpHashA []byte) error {
-	ok, err := t.withSharedAuth(gate.auth, func(s tpm2.Session) error {
-		return p.policySecret(gate.Auth(s), cpHashA)
-	})
-	if !ok {
+// proveGate satisfies GatePolicy(gate, cc) in p: TPM2_PolicySecret of the
+// gate for the one command whose cpHash is cpHashA, then
+// TPM2_PolicyCommandCode(cc). The gate is authorized by k, a keyed HMAC
+// session of the caller's, when k is not nil; otherwise by the operation's
+// shared session (withSharedAuth) when one is started, by a one-use session
+// (gateAuth) when not; in a keyed session the value keys its HMAC, and a
+// refusal is told apart (authorizeChecked). The caller spends p if this
+// fails (TPM.spend).
+//
+// cpHashA (commandCpHash) is what limits the proof to the command provd
+// means: StartAuthSession's answer has no HMAC, so the session handle the
+// proof goes into is the bus's word, and A1 answering it with a session of
+// its own would hold the gate's proof for any command the policy allows
+// (found by review: A1 extended the audit anchor with data of its own).
+// cpHashA is not part of the policy digest: the gated indices' policies
+// stay as they are.
+func (t *TPM) proveGate(p *PolicySession, k *keyedPolicy, gate Gate, cc tpm2.TPMCC, cpHashA []byte) error {
+	secret := func(s tpm2.Session) error { return p.policySecret(gate.Auth(s), cpHashA) }
+	var err error
+	if k != nil {
+		err = t.authorizeChecked(k, gate.Object, gate.auth, secret)
+	} else if ok, serr := t.withSharedAuth(gate.Object, gate.auth, secret); ok {
+		err = serr
+	} else {
 		var auth tpm2.AuthHandle
 		if auth, err = t.gateAuth(gate); err == nil {
 			err = p.policySecret(auth, cpHashA)
@@ -441,11 +438,11 @@ var ErrNoSharedSession = errors.New("no SRK pinned to salt a shared session to")
 // ReadPrepareGatedExtend reads the SHA-256 extend index x, which must be
 // the index it names (its name goes into the read's command HMAC), and
 // prepares one extend of it with gate, in one session where Read and
-// PrepareGatedExtend take two: a session salted to the pinned SRK and bound
-// to x (x's empty password) authorizes the read (its response HMAC, keyed
-// by the salt, covers the value) and then proves the gate's authorization
-// in TPM2_PolicySecret (its HMAC keyed by the salt and the gate's value,
-// which never crosses the bus). 6 commands (StartAuthSession, NV_Read,
+// PrepareGatedExtend take two: provd's keyed HMAC session, salted to the
+// pinned SRK, authorizes the read by x's empty password (its response
+// HMAC, keyed by the salt, covers the value) and then proves the gate's
+// authorization in TPM2_PolicySecret (its HMAC keyed by the salt and the
+// gate's value, which never crosses the bus). 6 commands (StartAuthSession, NV_Read,
 // StartAuthSession, PolicySecret, PolicyCommandCode, FlushContext) where
 // the two took 8 (a second StartAuthSession and flush, an NV_ReadPublic).
 // A read the TPM refuses (x is not what the caller expects, or was never
@@ -467,14 +464,25 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if salt == nil {
 		return nil, nil, ErrNoSharedSession
 	}
-	// Bound to x: authorizing its read, the session's HMAC key is the
-	// session key alone (x's password is empty); authorizing the gate, it
-	// is the session key and the gate's value (go-tpm and the TPM agree on
-	// both: TPM 2.0 Part 1, 19.6.8).
-	opts := append(salt, tpm2.Bound(x.Handle, x.Name, nil), tpm2.Auth(gate.auth))
-	s, closeS, err := t.startHMACSession(opts...)
+	srk, err := t.SRK()
 	if err != nil {
 		return nil, nil, err
+	}
+	// provd's keyed HMAC session: authorizing x's read, its HMAC key is the
+	// session key alone (x's password is empty); authorizing the gate, the
+	// session key and the gate's value (TPM 2.0 Part 1, 19.6.8), and a
+	// refusal there is told apart as in the shared session
+	// (authorizeChecked: found by review, a forged warning before the
+	// resend was a wrong value here too).
+	k, err := t.startKeyedHMAC(srk)
+	if err != nil {
+		return nil, nil, err
+	}
+	s := hmacAuth{k: k}
+	flush := t.sessionCloser(s)
+	closeS := func() error {
+		defer k.end()
+		return flush()
 	}
 	defer func() {
 		if cerr := closeS(); cerr != nil {
@@ -500,7 +508,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
 	pol := t.newGateSession(ps)
-	if err := pol.prove(gate.Auth(s), tpm2.TPMCCNVExtend, cpHash); err != nil {
+	if err := t.proveGate(pol, k, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
 		return nil, nil, errors.Join(err, t.spend(pol))
 	}
 	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, params: params, s: pol}, nil

@@ -212,7 +212,7 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 	}()
 	for i := uint64(0); i < n; i++ {
 		if i > 0 {
-			if err := t.proveGate(s, gate, tpm2.TPMCCNVIncrement, incr()); err != nil {
+			if err := t.proveGate(s, nil, gate, tpm2.TPMCCNVIncrement, incr()); err != nil {
 				return err
 			}
 		}

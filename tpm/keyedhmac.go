@@ -1,6 +1,9 @@
 package tpm
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
@@ -79,4 +82,38 @@ func (s hmacAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2
 }
 func (s hmacAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
 	return s.k.validate(rc, cc, parms, auth, s.auth)
+}
+
+// authorizeChecked runs fn with k authorizing entity, whose authValue is
+// auth (hmacAuth). The TPM's refusal of that authorization (ErrBadAuth)
+// means a wrong value only if k is where provd left it and entity is at
+// its handle, which TPM2_ReadPublic of entity in k's audit role then tells
+// (its command HMAC covers the name provd expects at the handle, and the
+// TPM keys it with the nonce it holds):
+//   - it verifies: the value was wrong, ErrBadAuth;
+//   - the TPM refuses it, or its answer is forged: the session's nonces
+//     had moved (the TPM ran a copy of the command whose answer A1
+//     replaced, with a warning whose resend met the moved nonces), or
+//     another object is at the handle (the load's answer, which no HMAC
+//     covers, was renamed): ErrResponseForged (found by review: both were
+//     a wrong value, exit 11);
+//   - any other failure: neither, and the probe's error says what went
+//     wrong (a reset between the two, say).
+//
+// The caller gives k up after any failure.
+func (t *TPM) authorizeChecked(k *keyedPolicy, entity Object, auth []byte, fn func(s tpm2.Session) error) error {
+	err := fn(hmacAuth{k: k, auth: auth})
+	if !errors.Is(err, ErrBadAuth) {
+		return err
+	}
+	_, perr := (tpm2.ReadPublic{ObjectHandle: tpm2.NamedHandle{Handle: entity.Handle, Name: entity.Name}}).Execute(t, hmacAudit{k})
+	switch perr = Wrap("TPM2_ReadPublic", perr); {
+	case perr == nil:
+		return err
+	case errors.Is(perr, ErrBadAuth) || errors.Is(perr, ErrResponseForged):
+		return fmt.Errorf("%w: the TPM refused an authorization, and then the session it was made in or the object at 0x%08x (a command of it ran and its answer was replaced, or the load's answer named another object): %v",
+			ErrResponseForged, uint32(entity.Handle), err)
+	default:
+		return fmt.Errorf("the TPM refused an authorization (%v), and whether its value was wrong cannot be told: %w", err, perr)
+	}
 }

@@ -3,7 +3,6 @@ package tpm
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -104,35 +103,18 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 }
 
 // withSharedAuth runs fn with the operation's shared session authorizing
-// the entity whose authValue is auth (hmacAuth): fn puts it on that
-// entity's handle only. ok false: there is no shared session started in
-// this generation of the TPM, or it is in the command already; nothing was
-// sent, and the caller authorizes in a session of its own (starting the
-// shared one for this alone would cost its flush as well). A failure of fn
-// flushes the session.
-//
-// A refusal of the authorization (ErrBadAuth) is told apart by a command in
-// the session's audit role (TPM2_GetRandom): it verifies when the session's
-// nonces are where provd left them, and the value was wrong; refused, or
-// its answer forged, the TPM had run a copy of the command whose answer
-// provd never saw (A1 answered it with a warning, and the resend met the
-// moved nonces: found by review), and the refusal is ErrResponseForged.
-func (t *TPM) withSharedAuth(auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
+// entity, whose authValue is auth (hmacAuth, authorizeChecked): fn puts it
+// on that entity's handle only. ok false: there is no shared session
+// started in this generation of the TPM, or it is in the command already;
+// nothing was sent, and the caller authorizes in a session of its own
+// (starting the shared one for this alone would cost its flush as well). A
+// failure of fn flushes the session.
+func (t *TPM) withSharedAuth(entity Object, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
 	sh := t.share
 	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
 		return false, nil
 	}
-	return true, t.inShared(hmacAuth{k: sh.k, auth: auth}, func(s tpm2.Session) error {
-		err := fn(s)
-		if !errors.Is(err, ErrBadAuth) {
-			return err
-		}
-		_, perr := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, sh.s)
-		if perr = Wrap("TPM2_GetRandom", perr); errors.Is(perr, ErrBadAuth) || errors.Is(perr, ErrResponseForged) {
-			return fmt.Errorf("%w: the TPM refused an authorization in a session whose nonces had moved (a copy of the command ran, its answer kept from provd): %v", ErrResponseForged, err)
-		}
-		return err
-	})
+	return true, t.inShared(sh.s, func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, fn) })
 }
 
 // inShared runs fn with s, a role of the shared session, marking the

@@ -1,0 +1,235 @@
+package agent_test
+
+// Attacks on the probe of a refused authorization (tpm.authorizeChecked), end to end: the
+// exit codes of `provd attest now` (agent.AttestQuote) and of a one-shot
+// audited operation (Seal) when A1 works around the probe.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// isSessionReadPublic: cmd is a TPM2_ReadPublic with a session (the probe).
+func isSessionReadPublic(cmd []byte) bool {
+	return swtpmtest.CommandCode(cmd) == tpm2.TPMCCReadPublic &&
+		tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTSessions
+}
+
+// probeDodger is A1 passing every command cc on and answering it RETRY
+// (the channel resends it, the TPM refuses the copy: the nonces moved),
+// and answering every probe with probeRC (no HMAC in an error answer).
+// every false: only the first cc, and the first probe after it.
+func probeDodger(cc tpm2.TPMCC, probeRC tpm2.TPMRC, every bool, ran, probes *int) swtpmtest.Hook {
+	var mu sync.Mutex
+	armed := false // the last cc was answered RETRY; its resend passes
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case swtpmtest.CommandCode(cmd) == cc:
+			if armed || (!every && *ran > 0) {
+				armed = false
+				return nil, nil, false
+			}
+			*ran++
+			armed = true
+			if _, err := next.Send(cmd); err != nil {
+				return nil, err, true
+			}
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCRetry), nil, true
+		case isSessionReadPublic(cmd) && *ran > 0 && (every || *probes == 0):
+			*probes++
+			return swtpmtest.ErrorAnswer(probeRC), nil, true
+		}
+		return nil, nil, false
+	}
+}
+
+// `attest now`: A1 mounts the forged RETRY of TestAttestQuoteForgedRetry
+// (the TPM quotes, A1 keeps its answer) and answers the probe with an
+// error of its own. The attest fails, never with exit 11 ("a TPM
+// authorization value was wrong": the AK's value is right; found by
+// review, it was). Nothing is left, the next attest works.
+func TestProbeAttestForgedProbeIsNotBadAuth(t *testing.T) {
+	q := startQuoteEnv(t)
+	ctx := context.Background()
+	nonce := sha256.Sum256([]byte("n"))
+	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}}
+	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCSessionMemory, tpm2.TPMRCReferenceS0} {
+		t.Run(rc.Error(), func(t *testing.T) {
+			ran, probes := 0, 0
+			q.bus.Set(probeDodger(tpm2.TPMCCQuote, rc, false, &ran, &probes))
+			_, err := q.ag.AttestQuote(ctx, req)
+			q.bus.Set(nil)
+			t.Logf("attest, quote answered RETRY and the probe %v (quote %d, probe %d): %v; exit %d", rc, ran, probes, err, api.ExitCode(err))
+			if ran == 0 || probes == 0 {
+				t.Fatal("attack not mounted")
+			}
+			if err == nil {
+				t.Fatal("a quote returned")
+			}
+			if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
+				t.Errorf("A1's forged RETRY, the probe's answer forged too, reported as a wrong authorization value (exit %d)", api.ExitCode(err))
+			}
+			q.noLeftovers(t)
+			res, err := q.ag.AttestQuote(ctx, req)
+			if err != nil {
+				t.Fatalf("the next attest: %v", err)
+			}
+			q.quoted(t, nonce[:], res)
+		})
+	}
+}
+
+// `attest now`: A1 renames the AK's load (the answer's handle has no HMAC)
+// to an object of its own (a NULL-hierarchy primary with an authValue of
+// its choosing, noDA). The TPM refuses the quote honestly; the probe, a
+// ReadPublic of the AK's name at that handle, is refused: exit 15, forged
+// (found by review: the GetRandom probe verified, exit 11).
+func TestProbeAttestRenamedAKIsForged(t *testing.T) {
+	q := startQuoteEnv(t)
+	ctx := context.Background()
+	nonce := sha256.Sum256([]byte("n"))
+	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}}
+	// A1's decoy, made through the bus's own side.
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, NoDA: true, SignEncrypt: true}
+	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+		CurveID: tpm2.TPMECCNistP256,
+	})
+	decoy, err := (tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHNull,
+		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("A1")}}},
+		InPublic:      tpm2.New2B(tmpl),
+	}).Execute(q.bus.Next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var realAK tpm2.TPMHandle
+	q.bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad || realAK != 0 {
+			return nil, nil, false
+		}
+		rsp, err := next.Send(cmd)
+		if err != nil || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+			return rsp, err, true
+		}
+		realAK = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
+		r := append([]byte(nil), rsp...)
+		binary.BigEndian.PutUint32(r[10:14], uint32(decoy.ObjectHandle))
+		return r, nil, true
+	})
+	_, err = q.ag.AttestQuote(ctx, req)
+	q.bus.Set(nil)
+	t.Logf("attest with the AK's load renamed to A1's object: %v; exit %d", err, api.ExitCode(err))
+	if realAK == 0 {
+		t.Fatal("not mounted")
+	}
+	if err == nil {
+		t.Fatal("a quote returned")
+	}
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) == api.ExitBadAuth {
+		t.Errorf("the bus renamed the AK's handle: exit %d, want forged", api.ExitCode(err))
+	}
+	// provd flushed the handle it was given (A1's decoy); the AK itself is
+	// the sweep's (withAttestKey asks for it).
+	_, _ = (tpm2.FlushContext{FlushHandle: decoy.ObjectHandle}).Execute(q.bus.Next)
+	if left, _ := q.env.TPM.Leftovers(); len(left) > 0 {
+		t.Logf("left before the next operation's sweep: %x (the real AK 0x%08x)", left, uint32(realAK))
+	}
+	res, err := q.ag.AttestQuote(ctx, req)
+	if err != nil {
+		t.Fatalf("the next attest: %v", err)
+	}
+	q.quoted(t, nonce[:], res)
+	q.noLeftovers(t)
+}
+
+// A one-shot seal whose record's gate proof A1 answers RETRY after
+// passing it on, every time, and every probe with SESSION_MEMORY. The
+// record's first try proves the gate in a one-use session (the resend:
+// REFERENCE_S0); its second, agent.trailAnchor.ReadPrepare, in
+// tpm.ReadPrepareGatedExtend's own keyed HMAC session kept over the
+// anchor's read, where the probe now runs (found by review: there was none,
+// and the seal's error was ErrBadAuth, exit 11, though the gate's value is
+// right; the record pends). Never exit 11.
+func TestProbeSealRecordForgedEveryTime(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	ag.Close()
+	ag = newAgent(t, env, dir)
+	ran, probes := 0, 0
+	bus.Set(probeDodger(tpm2.TPMCCPolicySecret, tpm2.TPMRCSessionMemory, true, &ran, &probes))
+	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
+	bus.Set(nil)
+	t.Logf("seal, every record proof answered RETRY and every probe SESSION_MEMORY (proofs %d, probes %d): %v; exit %d", ran, probes, err, api.ExitCode(err))
+	if ran == 0 {
+		t.Fatal("not mounted")
+	}
+	if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
+		t.Errorf("A1's forgeries reported as a wrong authorization value (exit %d)", api.ExitCode(err))
+	}
+	ag.Close()
+	env.TPM.NeedsSweep()
+	if left, _ := env.TPM.Leftovers(); len(left) > 0 {
+		for _, h := range left {
+			_ = env.TPM.Flush(h)
+		}
+		t.Logf("swept %x", left)
+	}
+	ag = newAgent(t, env, dir)
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("y"), PCRs: []int{7}}); err != nil {
+		t.Fatalf("the next seal: %v", err)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Errorf("audit verify: %v", err)
+	}
+}
+
+// The same class outside the shared session: a one-shot key use, whose
+// TPM2_Sign is authorized in its policy session by the key's value. A1
+// passes the Sign on (the TPM signs) and forges RETRY; the resend meets
+// the policy session reset by the first run. Never a wrong authorization
+// value (exit 11), at most one more Sign sent. (It is reported as a policy
+// failure, exit 3, not as forged: the key use's policy session is reset by
+// the first run, and the resend fails its policy before any HMAC.)
+func TestProbeSignForgedRetryExit(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	ctx := context.Background()
+	ag := signingAgent(t, env)
+	d := sha256.Sum256([]byte("d"))
+	n := 0
+	bus.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCSign, tpm2.TPMRCRetry, &n))
+	_, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{})
+	bus.Set(nil)
+	t.Logf("sign, its Sign answered a forged RETRY (sent %d): %v; exit %d", n, err, api.ExitCode(err))
+	if n == 0 {
+		t.Fatal("not mounted")
+	}
+	if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
+		t.Errorf("A1's forged RETRY of a sign reported as a wrong authorization value (exit %d)", api.ExitCode(err))
+	}
+	if n > 2 {
+		t.Errorf("Sign sent %d times", n)
+	}
+}
