@@ -56,31 +56,48 @@ func probeDodger(cc tpm2.TPMCC, probeRC tpm2.TPMRC, every bool, ran, probes *int
 	}
 }
 
-// `attest now`: A1 mounts the forged RETRY of TestAttestQuoteForgedRetry
-// (the TPM quotes, A1 keeps its answer) and answers the probe with an
-// error of its own. The attest fails, never with exit 11 ("a TPM
-// authorization value was wrong": the AK's value is right; found by
-// review, it was). Nothing is left, the next attest works.
-func TestProbeAttestForgedProbeIsNotBadAuth(t *testing.T) {
+// `attest now`: A1 passes the quote (authorized in the shared session by
+// the AK's value) on and answers TPM_RC_RETRY; the resend is refused by
+// the TPM (the session's nonce moved). The probe then passes (forged: the
+// ReadPublic is refused), or A1 answers it with an error of its own. No
+// quote, never exit 11 ("a TPM authorization value was wrong": the AK's
+// value is right; found by two reviews, it was), nothing left, and the
+// next attest works.
+func TestAttestQuoteForgedRetry(t *testing.T) {
 	q := startQuoteEnv(t)
 	ctx := context.Background()
 	nonce := sha256.Sum256([]byte("n"))
 	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}}
-	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCSessionMemory, tpm2.TPMRCReferenceS0} {
-		t.Run(rc.Error(), func(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		probe  tpm2.TPMRC // A1's answer to the probe; 0: the TPM's
+		forged bool
+	}{
+		{"the probe passed on", 0, true},
+		{"the probe answered SESSION_MEMORY", tpm2.TPMRCSessionMemory, false},
+		{"the probe answered REFERENCE_S0", tpm2.TPMRCReferenceS0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			ran, probes := 0, 0
-			q.bus.Set(probeDodger(tpm2.TPMCCQuote, rc, false, &ran, &probes))
+			hook := swtpmtest.RanThenAnswered(tpm2.TPMCCQuote, tpm2.TPMRCRetry, &ran)
+			if c.probe != 0 {
+				hook = probeDodger(tpm2.TPMCCQuote, c.probe, false, &ran, &probes)
+			}
+			q.bus.Set(hook)
 			_, err := q.ag.AttestQuote(ctx, req)
 			q.bus.Set(nil)
-			t.Logf("attest, quote answered RETRY and the probe %v (quote %d, probe %d): %v; exit %d", rc, ran, probes, err, api.ExitCode(err))
-			if ran == 0 || probes == 0 {
+			t.Logf("attest, the quote answered RETRY, %s: %v; exit %d", c.name, err, api.ExitCode(err))
+			if ran == 0 || c.probe != 0 && probes == 0 {
 				t.Fatal("attack not mounted")
 			}
 			if err == nil {
 				t.Fatal("a quote returned")
 			}
 			if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
-				t.Errorf("A1's forged RETRY, the probe's answer forged too, reported as a wrong authorization value (exit %d)", api.ExitCode(err))
+				t.Errorf("A1's forged RETRY reported as a wrong authorization value (exit %d)", api.ExitCode(err))
+			}
+			if c.forged && !errors.Is(err, tpm.ErrResponseForged) {
+				t.Errorf("A1's forged RETRY, the probe refused by the TPM: %v, want forged", err)
 			}
 			q.noLeftovers(t)
 			res, err := q.ag.AttestQuote(ctx, req)
@@ -231,5 +248,45 @@ func TestProbeSignForgedRetryExit(t *testing.T) {
 	}
 	if n > 2 {
 		t.Errorf("Sign sent %d times", n)
+	}
+}
+
+// A one-shot operation's audit record proves its gate in the shared
+// session; A1 passes the PolicySecret on and answers TPM_RC_RETRY. The
+// record's proof fails; the trail's Append is tried once more
+// (agent.record), in a session of its own (ReadPrepare), and succeeds: the
+// seal succeeds, the trail verifies (the anchor extended once for the
+// line), nothing is left, and the next operation records. Had it failed,
+// the failure must not be a wrong authorization value.
+func TestRecordProofForgedRetry(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	ctx := context.Background()
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	ag.Close()
+	ag = newAgent(t, env, dir) // one-shot: the trail opened afresh
+	n := 0
+	bus.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCPolicySecret, tpm2.TPMRCRetry, &n))
+	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
+	bus.Set(nil)
+	t.Logf("seal, its record's PolicySecret answered a forged RETRY (sent %d): %v; exit %d", n, err, api.ExitCode(err))
+	if n == 0 {
+		t.Fatal("attack not mounted")
+	}
+	if err != nil && errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
+		t.Errorf("A1's forged RETRY reported as a wrong authorization value (exit %d): %v", api.ExitCode(err), err)
+	}
+	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) > 0 {
+		t.Errorf("left in the TPM: %x %v", left, lerr)
+	}
+	ag.Close()
+	ag = newAgent(t, env, dir)
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("y"), PCRs: []int{7}}); err != nil {
+		t.Fatalf("the next seal: %v", err)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Errorf("audit verify: %v", err)
 	}
 }
