@@ -283,25 +283,44 @@ func TestGateStartAnsweredWithSharedHandle(t *testing.T) {
 	}
 }
 
-// A1 passes the gate's PolicySecret, or the quote, made in the shared
-// session on to the TPM, which runs it, and answers TPM_RC_RETRY: the
-// channel sends the same bytes again, which the TPM refuses (the shared
-// session's nonce moved with the first run). Nothing is extended, the
-// index is as before, and nothing is left. The refusal is what A1 made
-// (ErrResponseForged), not a wrong authorization value (ErrBadAuth: the
-// state's value is right, and api maps it to tpm_bad_auth).
+// A1 passes the gate's PolicySecret, or the quote, on to the TPM, which
+// runs it, and answers TPM_RC_RETRY: the channel sends the same bytes
+// again. Made in the shared session, the TPM refuses the copy (the
+// session's nonce moved with the first run), and so the probe: the refusal
+// is what A1 made (ErrResponseForged). Made in a one-use HMAC session (no
+// Share), the TPM ended the session with the first copy, and the resend
+// names none (TPM_RC_REFERENCE_S0). Never a wrong authorization value
+// (ErrBadAuth: the state's value is right, and api maps it to
+// tpm_bad_auth); nothing extended, the index as before, nothing left.
 func TestForgedRetryAfterSharedAuth(t *testing.T) {
 	r := newSharedAuthEnv(t)
 	for _, c := range []struct {
-		name string
-		cc   tpm2.TPMCC
-		op   func(arm func()) error
+		name   string
+		cc     tpm2.TPMCC
+		op     func(arm func()) error
+		forged bool
 	}{
 		{"gate proof", tpm2.TPMCCPolicySecret, func(arm func()) error {
 			h := sha256.Sum256([]byte("head after a forged RETRY"))
 			return r.prove(h[:], arm)
-		}},
-		{"quote", tpm2.TPMCCQuote, r.quote},
+		}, true},
+		{"quote", tpm2.TPMCCQuote, r.quote, true},
+		{"quote, no Share", tpm2.TPMCCQuote, func(arm func()) error {
+			ak, err := r.tp.Load(r.srk, nil, r.akBlob)
+			if err != nil {
+				return err
+			}
+			defer r.tp.Flush(ak.Handle)
+			arm()
+			nonce := sha256.Sum256([]byte("nonce"))
+			_, _, err = r.tp.Quote(ak, r.akAuth, nonce[:], sharedAuthSel)
+			return err
+		}, false},
+		{"gated extend, no Share", tpm2.TPMCCPolicySecret, func(arm func()) error {
+			arm()
+			h := sha256.Sum256([]byte("h"))
+			return r.tp.NVExtendGated(r.x.Handle, h[:], r.gate)
+		}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			was := r.anchor(t)
@@ -313,19 +332,16 @@ func TestForgedRetryAfterSharedAuth(t *testing.T) {
 				t.Fatalf("the command was sent %d times, want it sent again", n)
 			}
 			if err == nil {
-				// Only possible if the TPM ran it twice; the gate's index
-				// would then show one extend.
-				t.Logf("succeeded")
-			} else {
-				if errors.Is(err, tpm.ErrBadAuth) {
-					t.Errorf("%s: A1's forged RETRY is reported as a wrong authorization value (ErrBadAuth): %v", c.name, err)
-				}
-				if !errors.Is(err, tpm.ErrResponseForged) {
-					t.Errorf("%s: A1's forged RETRY is not ErrResponseForged: %v", c.name, err)
-				}
-				if now := r.anchor(t); !bytes.Equal(now, was) {
-					t.Errorf("failed, yet the anchor moved: %x, was %x", now, was)
-				}
+				t.Fatal("succeeded: the TPM ran it twice")
+			}
+			if errors.Is(err, tpm.ErrBadAuth) {
+				t.Errorf("%s: A1's forged RETRY is reported as a wrong authorization value (ErrBadAuth): %v", c.name, err)
+			}
+			if c.forged && !errors.Is(err, tpm.ErrResponseForged) {
+				t.Errorf("%s: A1's forged RETRY is not ErrResponseForged: %v", c.name, err)
+			}
+			if now := r.anchor(t); !bytes.Equal(now, was) {
+				t.Errorf("failed, yet the anchor moved: %x, was %x", now, was)
 			}
 			sweptAsAsked(t, r.tp, r.gate.Handle)
 		})

@@ -514,54 +514,6 @@ func TestProbeOnlyAfterBadAuth(t *testing.T) {
 	}
 }
 
-// The forged RETRY after the TPM ran the command, where the authorization
-// is a one-use HMAC session (no Share; or a Share whose shared session is
-// not started, or from an older generation): the TPM ended the session
-// with the first copy, and the resend names none (TPM_RC_REFERENCE_S0).
-// Not a wrong authorization value; the anchor unchanged.
-func TestProbeForgedRetryInAOneUseSession(t *testing.T) {
-	r := newSharedAuthEnv(t)
-	for _, c := range []struct {
-		name string
-		cc   tpm2.TPMCC
-		run  func() error
-	}{
-		{"quote, no Share", tpm2.TPMCCQuote, func() error {
-			ak, err := r.tp.Load(r.srk, nil, r.akBlob)
-			if err != nil {
-				return err
-			}
-			defer r.tp.Flush(ak.Handle)
-			nonce := sha256.Sum256([]byte("nonce"))
-			_, _, err = r.tp.Quote(ak, r.akAuth, nonce[:], sharedAuthSel)
-			return err
-		}},
-		{"gated extend, no Share", tpm2.TPMCCPolicySecret, func() error {
-			h := sha256.Sum256([]byte("h"))
-			return r.tp.NVExtendGated(r.x.Handle, h[:], r.gate)
-		}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			was := r.anchor(t)
-			n := 0
-			r.bus.Set(swtpmtest.RanThenAnswered(c.cc, tpm2.TPMRCRetry, &n))
-			err := c.run()
-			r.bus.Set(nil)
-			t.Logf("%v (sent %d)", err, n)
-			if n < 2 {
-				t.Fatalf("sent %d times", n)
-			}
-			if errors.Is(err, tpm.ErrBadAuth) {
-				t.Errorf("A1's forged RETRY in a one-use session reported as a wrong authorization value: %v", err)
-			}
-			if now := r.anchor(t); !bytes.Equal(now, was) {
-				t.Errorf("the anchor moved")
-			}
-			sweptAsAsked(t, r.tp, r.gate.Handle)
-		})
-	}
-}
-
 // The forged RETRY on ReadPrepareGatedExtend (the daemon's record path,
 // and every record's second try: agent.trailAnchor's ReadPrepare): its own
 // keyed HMAC session, kept over the NV_Read, authorizes the gate's
