@@ -442,9 +442,10 @@ var ErrNoSharedSession = errors.New("no SRK pinned to salt a shared session to")
 // pinned SRK, authorizes the read by x's empty password (its response
 // HMAC, keyed by the salt, covers the value) and then proves the gate's
 // authorization in TPM2_PolicySecret (its HMAC keyed by the salt and the
-// gate's value, which never crosses the bus). 6 commands (StartAuthSession, NV_Read,
-// StartAuthSession, PolicySecret, PolicyCommandCode, FlushContext) where
-// the two took 8 (a second StartAuthSession and flush, an NV_ReadPublic).
+// gate's value, which never crosses the bus). 6 commands
+// (StartAuthSession, NV_Read, StartAuthSession, PolicySecret,
+// PolicyCommandCode, FlushContext) where the two took 8 (a second
+// StartAuthSession and flush, an NV_ReadPublic).
 // A read the TPM refuses (x is not what the caller expects, or was never
 // written) returns the TPM's error, nothing prepared. The gate may be
 // flushed once this returns. Without a pinned SRK: ErrNoSharedSession.
@@ -478,12 +479,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if err != nil {
 		return nil, nil, err
 	}
-	s := hmacAuth{k: k}
-	flush := t.sessionCloser(s)
-	closeS := func() error {
-		defer k.end()
-		return flush()
-	}
+	s, closeS := hmacAuth{k: k}, t.keyedCloser(k)
 	defer func() {
 		if cerr := closeS(); cerr != nil {
 			if ge != nil {

@@ -33,6 +33,16 @@ func (t *TPM) startKeyedHMAC(srk Object) (*keyedPolicy, error) {
 	return t.startKeyed(srk, tpm2.TPMSEHMAC, nil, false, 0)
 }
 
+// keyedCloser flushes k by the handle it started with (sessionCloser) and
+// then forgets its key (keyedPolicy.end), whether or not the flush worked.
+func (t *TPM) keyedCloser(k *keyedPolicy) func() error {
+	flush := t.sessionCloser(hmacAudit{k})
+	return func() error {
+		defer k.end()
+		return flush()
+	}
+}
+
 // hmacAudit is a keyed HMAC session auditing a command (the answer's HMAC
 // authenticates its parameters), or authorizing an entity whose authValue
 // is empty: HMACs keyed by the session key alone.

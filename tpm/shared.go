@@ -92,12 +92,7 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 		if err != nil {
 			return true, err
 		}
-		flush := t.sessionCloser(hmacAudit{k})
-		sh.s, sh.k, sh.gen = hmacAudit{k}, k, gen
-		sh.close = func() error {
-			defer k.end()
-			return flush()
-		}
+		sh.s, sh.k, sh.close, sh.gen = hmacAudit{k}, k, t.keyedCloser(k), gen
 	}
 	return true, t.inShared(sh.s, fn)
 }
