@@ -211,6 +211,18 @@ func (an *trailAnchor) Read() ([]byte, error) {
 			return err // read, or no answer of the TPM's to tell apart
 		}
 		// The TPM refused the read: tell why from the index it holds.
+		// An error answer has no HMAC, nor has NV_ReadPublic's: only
+		// what the TPM says in the session counts (found by review: A1
+		// answering the read NV_UNINITIALIZED and NV_ReadPublic with
+		// the written bit cleared made a genuine trail "tampered"). If
+		// the TPM says the index is the written anchor, the refusal
+		// was not the TPM's.
+		switch has, err := r.Has(want); {
+		case has:
+			return fmt.Errorf("%w: the audit anchor's read was refused, but the TPM holds it as written", tpm.ErrResponseForged)
+		case errors.Is(err, tpm.ErrResponseForged):
+			return err
+		}
 		x, err := r.ReadPublic(AuditAnchorHandle)
 		if errors.Is(err, tpm.ErrNotFound) {
 			return fmt.Errorf("%w: %w (NV index 0x%08x is gone)", api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle))
@@ -220,7 +232,13 @@ func (an *trailAnchor) Read() ([]byte, error) {
 		}
 		switch {
 		case string(x.Name.Buffer) == string(unwritten):
-			return audit.ErrAnchorEmpty
+			switch has, err := r.Has(x); {
+			case has || errors.Is(err, tpm.ErrNoSession):
+				return audit.ErrAnchorEmpty
+			case err != nil:
+				return err
+			}
+			return fmt.Errorf("%w: TPM2_NV_ReadPublic says the audit anchor is unwritten, the TPM does not", tpm.ErrResponseForged)
 		case string(x.Name.Buffer) != string(written):
 			return fmt.Errorf("%w: %w (NV index 0x%08x has name %x, this trail's anchor is %x)",
 				api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer, written)
@@ -303,6 +321,13 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		return nil, err
 	}
 	ge, err := prepare(gk)
+	if err != nil {
+		// The load's handle came in an answer with no HMAC: renamed on
+		// the bus, the proof fails, the flush below names another handle,
+		// and the gate stays loaded; the sweep flushes it (found by
+		// review, as for the AK).
+		an.t.Unheld()
+	}
 	if ferr := an.t.Flush(gk.Handle); ferr != nil {
 		if ge != nil {
 			ferr = errors.Join(ferr, ge.Close())

@@ -453,7 +453,15 @@ func (a *Agent) incrementGated(st pkState, n uint64) (err error) {
 		return fmt.Errorf("counter gate key: %w", err)
 	}
 	defer a.flush(&err, gate.Handle)
-	return a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate, n)
+	if err := a.t.IncrementGated(PolicyCounterHandle, CounterAuthorizerHandle, gate, n); err != nil {
+		// The load's handle came in an answer with no HMAC: renamed on
+		// the bus, the gate's proof fails, the flush above names another
+		// handle, and the gate stays loaded; the sweep flushes it (found
+		// by review, as for the AK).
+		a.t.Unheld()
+		return err
+	}
+	return nil
 }
 
 // checkResettable refuses a policy over PCRs that software can reset, unless

@@ -322,6 +322,34 @@ func (r *AuthenticatedNV) ReadPublic(h tpm2.TPMHandle) (NVIndex, error) {
 	return x, nil
 }
 
+// ErrNoSession: the read runs without a session (no SRK pinned), and what
+// the TPM says cannot be told from what the bus says.
+var ErrNoSession = errors.New("no session to authenticate the TPM's answer")
+
+// Has reports whether the index at x's handle is x, as the TPM says it in
+// the audit session: TPM2_NV_ReadPublic naming x's name, which the TPM
+// refuses (TPM_RC_BAD_AUTH) when the index it holds has another, as it
+// keys the command's HMAC with the name it holds; its answer's HMAC covers
+// the public area and the name. Only true is the TPM's word (an error
+// answer has no HMAC); a successful answer that names another is
+// ErrResponseForged. Without a session: ErrNoSession.
+func (r *AuthenticatedNV) Has(x NVIndex) (bool, error) {
+	if r.s == nil {
+		return false, ErrNoSession
+	}
+	rsp, err := (tpm2.NVReadPublic{NVIndex: x.named()}).Execute(r.t, r.s)
+	if errors.Is(err, tpm2.TPMRCBadAuth) {
+		return false, nil
+	}
+	if err != nil {
+		return false, Wrap("TPM2_NV_ReadPublic", err)
+	}
+	if !nameEqual(rsp.NVName, x.Name) {
+		return false, fmt.Errorf("%w: TPM2_NV_ReadPublic of 0x%08x named %x, asked for %x", ErrResponseForged, uint32(x.Handle), rsp.NVName.Buffer, x.Name.Buffer)
+	}
+	return true, nil
+}
+
 // Read reads size bytes of x at offset 0 (its empty password, the audit
 // session beside it).
 func (r *AuthenticatedNV) Read(x NVIndex, size uint16) ([]byte, error) {
