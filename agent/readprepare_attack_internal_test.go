@@ -556,3 +556,63 @@ func TestGenuineTrailMadeToLookTampered(t *testing.T) {
 		})
 	}
 }
+
+// A2 recreated the audit anchor as another index (its name neither the
+// trail's written anchor nor its unwritten form), and A1 answers every
+// NV_ReadPublic of it that carries no session with the trail's anchor,
+// written bit cleared: the unwritten form. provd's read, named for the
+// written anchor, is refused by the TPM; the TPM says in the session that
+// the index is not the written anchor, and not the unwritten one either
+// (TPM2_NV_ReadPublic naming it: refused), so the bus's "unwritten" is
+// forged (exit 15), where it would have been taken as an empty anchor.
+func TestAnchorCalledUnwrittenMustBeSoInTheSession(t *testing.T) {
+	env, b, a := recordingDaemon(t)
+	ctx := context.Background()
+	orig, err := env.TPM.ReadNVPublic(AuditAnchorHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A2: another index at the anchor's handle.
+	if err := env.TPM.UndefineNV(AuditAnchorHandle); err != nil {
+		t.Fatal(err)
+	}
+	other := orig.Public
+	other.Attributes.Written = false
+	other.Attributes.NoDA = !other.Attributes.NoDA
+	if _, err := env.TPM.DefineNV(other); err != nil {
+		t.Fatal(err)
+	}
+	lie := orig.Public
+	lie.Attributes.Written = false
+	name, err := tpm2.NVName(&lie)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := append(tpm2.Marshal(tpm2.New2B(lie)), tpm2.Marshal(*name)...)
+	hits := 0
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCNVReadPublic || tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTSessions ||
+			tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != AuditAnchorHandle {
+			return nil, nil, false
+		}
+		hits++
+		rsp := make([]byte, 10, 10+len(body))
+		binary.BigEndian.PutUint16(rsp[0:2], uint16(tpm2.TPMSTNoSessions))
+		rsp = append(rsp, body...)
+		binary.BigEndian.PutUint32(rsp[2:6], uint32(len(rsp)))
+		return rsp, nil, true
+	})
+	_, err = a.AuditVerify(ctx)
+	b.Set(nil)
+	t.Logf("audit verify, the anchor recreated and called unwritten on the bus (%d answers forged): %v; exit %d", hits, err, api.ExitCode(err))
+	if hits == 0 {
+		t.Fatal("not mounted")
+	}
+	if !errors.Is(err, tpm.ErrResponseForged) {
+		t.Errorf("the bus's unwritten anchor: %v, want forged", err)
+	}
+	// On an honest bus the recreated anchor is tampering.
+	if _, err := a.AuditVerify(ctx); !errors.Is(err, api.ErrTampered) {
+		t.Errorf("audit verify on an honest bus: %v, want tampered", err)
+	}
+}
