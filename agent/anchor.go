@@ -321,7 +321,7 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		return nil, err
 	}
 	ge, err := prepare(gk)
-	if err != nil {
+	if err != nil && !beforeTheGate(err) {
 		// The load's handle came in an answer with no HMAC: renamed on
 		// the bus, the proof fails, the flush below names another handle,
 		// and the gate stays loaded; the sweep flushes it (found by
@@ -335,6 +335,14 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		return nil, errors.Join(err, ferr)
 	}
 	return ge, err
+}
+
+// beforeTheGate: err came before the gate's proof used it (no SRK pinned to
+// read and prove in one session, or the TPM refused the anchor's read), so
+// a gate whose load's answer the bus renamed would not show in it.
+func beforeTheGate(err error) bool {
+	var te *tpm.Error
+	return errors.Is(err, tpm.ErrNoSharedSession) || errors.As(err, &te) && te.Command == "TPM2_NV_Read"
 }
 
 // gatedExtend is the extend of a prepared gated extend: a policy the index
