@@ -54,20 +54,7 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := tpm2.ECCSRKTemplate
-	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, NoDA: true, SignEncrypt: true}
-	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
-		CurveID: tpm2.TPMECCNistP256,
-	})
-	decoy, err := (tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.TPMRHNull,
-		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("A1")}}},
-		InPublic:      tpm2.New2B(tmpl),
-	}).Execute(b.Next)
-	if err != nil {
-		t.Fatal(err)
-	}
+	decoy := swtpmtest.Decoy(t, b.Next)
 	var mu sync.Mutex
 	var realGate tpm2.TPMHandle
 	increments := 0
@@ -90,14 +77,14 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 		}
 		realGate = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
 		r := slices.Clone(rsp)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy.ObjectHandle))
+		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
 		return r, nil, true
 	})
 	v := *res.Counter + 1
 	_, err = ag.InstallPolicy(ctx, signed(v))
 	b.Set(nil)
 	t.Logf("install with the counter gate's load renamed to A1's 0x%08x (the gate 0x%08x; increments sent %d): %v; exit %d",
-		uint32(decoy.ObjectHandle), uint32(realGate), increments, err, api.ExitCode(err))
+		uint32(decoy), uint32(realGate), increments, err, api.ExitCode(err))
 	if realGate == 0 {
 		t.Fatal("not mounted")
 	}
@@ -110,7 +97,7 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 	if n, err := env.TPM.ReadCounter(agent.PolicyCounterHandle); err != nil || n != *res.Counter {
 		t.Errorf("the counter at %d (%v), was %d", n, err, *res.Counter)
 	}
-	_, _ = (tpm2.FlushContext{FlushHandle: decoy.ObjectHandle}).Execute(b.Next)
+	_, _ = (tpm2.FlushContext{FlushHandle: decoy}).Execute(b.Next)
 	after, err := env.TPM.Leftovers()
 	if err != nil {
 		t.Fatal(err)

@@ -118,20 +118,7 @@ func TestRecordGateLoadRenamedLeavesNothing(t *testing.T) {
 func gateLoadRenamed(t *testing.T, b *swtpmtest.Bus, a *Agent) {
 	t.Helper()
 	ctx := context.Background()
-	tmpl := tpm2.ECCSRKTemplate
-	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, NoDA: true, SignEncrypt: true}
-	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
-		CurveID: tpm2.TPMECCNistP256,
-	})
-	decoy, err := (tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.TPMRHNull,
-		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("A1")}}},
-		InPublic:      tpm2.New2B(tmpl),
-	}).Execute(b.Next)
-	if err != nil {
-		t.Fatal(err)
-	}
+	decoy := swtpmtest.Decoy(t, b.Next)
 	var mu sync.Mutex
 	var realGate tpm2.TPMHandle
 	var log []string
@@ -150,13 +137,13 @@ func gateLoadRenamed(t *testing.T, b *swtpmtest.Bus, a *Agent) {
 		}
 		realGate = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
 		r := slices.Clone(rsp)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy.ObjectHandle))
+		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
 		return r, nil, true
 	})
-	err = a.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "gate-renamed")
+	err := a.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "gate-renamed")
 	b.Set(nil)
 	t.Logf("record with the gate's load renamed to A1's 0x%08x (the gate 0x%08x): %v; exit %d; commands %v",
-		uint32(decoy.ObjectHandle), uint32(realGate), err, api.ExitCode(err), log)
+		uint32(decoy), uint32(realGate), err, api.ExitCode(err), log)
 	if realGate == 0 {
 		t.Fatal("not mounted")
 	}
@@ -164,7 +151,7 @@ func gateLoadRenamed(t *testing.T, b *swtpmtest.Bus, a *Agent) {
 		t.Errorf("the renamed gate reported as a wrong gate value (exit %d)", api.ExitCode(err))
 	}
 	// A1 flushes its decoy if provd has not.
-	_, _ = (tpm2.FlushContext{FlushHandle: decoy.ObjectHandle}).Execute(b.Next)
+	_, _ = (tpm2.FlushContext{FlushHandle: decoy}).Execute(b.Next)
 	if left := unheldLeft(t, a); len(left) > 0 {
 		t.Errorf("after the operation (and its sweep, if asked for) the TPM holds %x that provd does not (the real gate 0x%08x)", left, uint32(realGate))
 		for _, h := range left {

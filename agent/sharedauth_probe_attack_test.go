@@ -120,20 +120,7 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 	nonce := sha256.Sum256([]byte("n"))
 	req := api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}}
 	// A1's decoy, made through the bus's own side.
-	tmpl := tpm2.ECCSRKTemplate
-	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, NoDA: true, SignEncrypt: true}
-	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
-		CurveID: tpm2.TPMECCNistP256,
-	})
-	decoy, err := (tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.TPMRHNull,
-		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("A1")}}},
-		InPublic:      tpm2.New2B(tmpl),
-	}).Execute(q.bus.Next)
-	if err != nil {
-		t.Fatal(err)
-	}
+	decoy := swtpmtest.Decoy(t, q.bus.Next)
 	var mu sync.Mutex
 	var realAK tpm2.TPMHandle
 	q.bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
@@ -148,10 +135,10 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 		}
 		realAK = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
 		r := append([]byte(nil), rsp...)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy.ObjectHandle))
+		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
 		return r, nil, true
 	})
-	_, err = q.ag.AttestQuote(ctx, req)
+	_, err := q.ag.AttestQuote(ctx, req)
 	q.bus.Set(nil)
 	t.Logf("attest with the AK's load renamed to A1's object: %v; exit %d", err, api.ExitCode(err))
 	if realAK == 0 {
@@ -165,7 +152,7 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 	}
 	// provd flushed the handle it was given (A1's decoy); the AK itself is
 	// the sweep's (withAttestKey asks for it).
-	_, _ = (tpm2.FlushContext{FlushHandle: decoy.ObjectHandle}).Execute(q.bus.Next)
+	_, _ = (tpm2.FlushContext{FlushHandle: decoy}).Execute(q.bus.Next)
 	if left, _ := q.env.TPM.Leftovers(); len(left) > 0 {
 		t.Logf("left before the next operation's sweep: %x (the real AK 0x%08x)", left, uint32(realAK))
 	}

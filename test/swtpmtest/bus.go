@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"sync"
+	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -229,6 +230,29 @@ func RanThenAnswered(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) Hook {
 		}
 		return ErrorAnswer(rc), nil, true
 	}
+}
+
+// Decoy is an object of A1's own, created straight on the TPM (tp: the
+// bus's side, Bus.Next) for A1 to rename a load's answer to: an ECC P-256
+// signing primary in the NULL hierarchy, userWithAuth with an authValue of
+// A1's choosing, noDA. The caller flushes it.
+func Decoy(t testing.TB, tp transport.TPM) tpm2.TPMHandle {
+	t.Helper()
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, NoDA: true, SignEncrypt: true}
+	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+		CurveID: tpm2.TPMECCNistP256,
+	})
+	rsp, err := (tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHNull,
+		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("A1")}}},
+		InPublic:      tpm2.New2B(tmpl),
+	}).Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rsp.ObjectHandle
 }
 
 // Answered passes cmd on and records its code unless the TPM answered it
