@@ -206,80 +206,99 @@ func sharedHandleRecorder(dst *tpm2.TPMHandle, mu *sync.Mutex, then swtpmtest.Ho
 	}
 }
 
-// A1 answers the gate policy session's StartAuthSession (the shared
-// session kept started over it) with the shared session's own number
-// (recorded from the read): as its HMAC handle (refused at the channel:
-// not a policy session's) and in its policy form (0x03, the same slot),
-// forged or with the real start passed on (the TPM's real policy session
-// is then nobody's). Nothing is extended, the leftovers are swept, and
-// the next proof works.
-func TestGateStartAnsweredWithSharedHandle(t *testing.T) {
-	for _, c := range []struct {
-		name    string
-		forward bool
-		policy  bool
-	}{
-		{"forged, its HMAC handle", false, false},
-		{"passed on, its HMAC handle", true, false},
-		{"forged, its slot as a policy handle", false, true},
-		{"passed on, its slot as a policy handle", true, true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			r := newSharedAuthEnv(t)
-			was := r.anchor(t)
-			var mu sync.Mutex
-			var shared tpm2.TPMHandle
-			var ran bool
-			var sent []tpm2.TPMCC
-			attack := func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				mu.Lock()
-				defer mu.Unlock()
-				if shared != 0 {
-					sent = append(sent, swtpmtest.CommandCode(cmd))
+// A1 answers the gate policy session's StartAuthSession with the number
+// of the session the proof is to be made in: the operation's shared
+// session (kept started over that start), or ReadPrepareGatedExtend's
+// record session; the number read from the NV_Read that session
+// authorized. As its HMAC handle it is refused at the channel (not a
+// policy session's); in its policy form (0x03, the same slot: the TPM
+// numbers sessions by slot) the TPM refuses PolicySecret
+// (TPM_RC_HANDLE); forged, or with the real start passed on (the TPM's
+// real policy session is then nobody's). Nothing is extended, nothing is
+// called a wrong value, whatever is left is swept as asked, and the next
+// proof extends the anchor once, by provd's head.
+func TestGateStartAnsweredWithItsOwnSession(t *testing.T) {
+	for _, session := range []string{"shared", "record"} {
+		for _, c := range []struct {
+			name    string
+			forward bool
+			policy  bool
+		}{
+			{"forged, its HMAC handle", false, false},
+			{"passed on, its HMAC handle", true, false},
+			{"forged, its slot as a policy handle", false, true},
+			{"passed on, its slot as a policy handle", true, true},
+		} {
+			t.Run(session+"/"+c.name, func(t *testing.T) {
+				r := newSharedAuthEnv(t)
+				prove := func(head []byte) error { return r.prove(head, nil) }
+				if session == "record" {
+					prove = func(head []byte) error { _, err := r.readPrepare(head); return err }
 				}
-				if ran || shared == 0 || !isPolicyStart(cmd) {
-					return nil, nil, false
-				}
-				ran = true
-				var rsp []byte
-				if c.forward {
-					var err error
-					if rsp, err = next.Send(cmd); err != nil {
-						return nil, err, true
+				was := r.anchor(t)
+				var mu sync.Mutex
+				var own tpm2.TPMHandle
+				var after []string
+				ran := false
+				r.bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+					mu.Lock()
+					defer mu.Unlock()
+					if isSessionNVRead(cmd) && own == 0 {
+						own = swtpmtest.LastSession(cmd, 2)
+						return nil, nil, false
 					}
-				} else {
-					rsp = make([]byte, 10+4+2+16)
-					binary.BigEndian.PutUint16(rsp, uint16(tpm2.TPMSTNoSessions))
-					binary.BigEndian.PutUint32(rsp[2:], uint32(len(rsp)))
-					binary.BigEndian.PutUint16(rsp[14:], 16)
+					if own != 0 {
+						after = append(after, ccName(swtpmtest.CommandCode(cmd)))
+					}
+					if ran || own == 0 || !isPolicyStart(cmd) {
+						return nil, nil, false
+					}
+					ran = true
+					var rsp []byte
+					if c.forward {
+						var err error
+						if rsp, err = next.Send(cmd); err != nil {
+							return nil, err, true
+						}
+					} else {
+						rsp = make([]byte, 10+4+2+16)
+						binary.BigEndian.PutUint16(rsp, uint16(tpm2.TPMSTNoSessions))
+						binary.BigEndian.PutUint32(rsp[2:], uint32(len(rsp)))
+						binary.BigEndian.PutUint16(rsp[14:], 16)
+					}
+					h := uint32(own)
+					if c.policy {
+						h = 0x03000000 | h&0x00ffffff
+					}
+					return withHandle(rsp, h), nil, true
+				})
+				head := sha256.Sum256([]byte("provd's head"))
+				err := prove(head[:])
+				r.bus.Set(nil)
+				t.Logf("%s session 0x%08x; %v; commands after the read: %v", session, uint32(own), err, after)
+				if !ran {
+					t.Fatal("not mounted")
 				}
-				h := uint32(shared)
-				if c.policy {
-					h = 0x03000000 | h&0x00ffffff
+				if err == nil {
+					t.Error("a proof into the session A1 named succeeded")
 				}
-				return withHandle(rsp, h), nil, true
-			}
-			r.bus.Set(sharedHandleRecorder(&shared, &mu, attack))
-			head := sha256.Sum256([]byte("provd's head"))
-			err := r.prove(head[:], nil)
-			r.bus.Set(nil)
-			t.Logf("shared 0x%08x; err %v; commands after the read %v", uint32(shared), err, sent)
-			if !ran {
-				t.Fatal("attack not mounted")
-			}
-			if err == nil {
-				t.Error("a proof into a session A1 named succeeded")
-			}
-			if now := r.anchor(t); !bytes.Equal(now, was) {
-				t.Errorf("the anchor moved: %x, was %x", now, was)
-			}
-			sweptAsAsked(t, r.tp, r.gate.Handle)
-			next := sha256.Sum256([]byte("next"))
-			if err := r.prove(next[:], nil); err != nil {
-				t.Fatalf("next proof: %v", err)
-			}
-			sweptAsAsked(t, r.tp, r.gate.Handle)
-		})
+				if errors.Is(err, tpm.ErrBadAuth) {
+					t.Errorf("A1's handle reported as a wrong gate value: %v", err)
+				}
+				if now := r.anchor(t); !bytes.Equal(now, was) {
+					t.Errorf("the anchor moved: %x, was %x", now, was)
+				}
+				sweptAsAsked(t, r.tp, r.gate.Handle)
+				next := sha256.Sum256([]byte("next"))
+				if err := prove(next[:]); err != nil {
+					t.Fatalf("the next proof: %v", err)
+				}
+				if now := r.anchor(t); !bytes.Equal(now, chained(was, next[:])) {
+					t.Errorf("the anchor after the next proof %x, want %x", now, chained(was, next[:]))
+				}
+				sweptAsAsked(t, r.tp, r.gate.Handle)
+			})
+		}
 	}
 }
 
