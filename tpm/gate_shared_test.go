@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -33,28 +35,36 @@ func pinnedGateBlob(t *testing.T, tp *tpm.TPM) (tpm.Object, tpm.Blob, []byte) {
 // the loaded gate (flushed at the test's end) and the index as it is now.
 func writtenGatedIndex(t *testing.T, tp *tpm.TPM, first []byte) (tpm.Gate, tpm.NVIndex) {
 	t.Helper()
+	gate, x, _, _ := gatedIndex(t, tp, testGatedHandle, first)
+	return gate, x
+}
+
+// gatedIndex is writtenGatedIndex at h, with the gate's blob and value
+// (for a test that loads the gate again, or knows its value).
+func gatedIndex(t *testing.T, tp *tpm.TPM, h tpm2.TPMHandle, first []byte) (tpm.Gate, tpm.NVIndex, tpm.Blob, []byte) {
+	t.Helper()
 	srk, blob, auth := pinnedGateBlob(t, tp)
 	gate, err := tp.LoadGate(srk, blob, auth)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tp.Flush(gate.Handle) })
-	pub, err := tpm.GatedExtendPublic(testGatedHandle, gate.Name.Buffer, false)
+	pub, err := tpm.GatedExtendPublic(h, gate.Name.Buffer, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tp.DefineNV(pub); err != nil {
 		t.Fatal(err)
 	}
-	undefineAtEnd(t, tp, testGatedHandle)
-	if err := tp.NVExtendGated(testGatedHandle, first, gate); err != nil {
+	undefineAtEnd(t, tp, h)
+	if err := tp.NVExtendGated(h, first, gate); err != nil {
 		t.Fatal(err)
 	}
-	x, err := tp.ReadNVPublic(testGatedHandle)
+	x, err := tp.ReadNVPublic(h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return gate, x
+	return gate, x, blob, auth
 }
 
 // One session reads the gated anchor and proves the gate for its next

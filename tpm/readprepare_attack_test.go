@@ -63,27 +63,13 @@ func newReloadableGateEnv(t *testing.T) (*sharedAuthEnv, tpm.Blob, []byte) {
 	r := &sharedAuthEnv{bus: &swtpmtest.Bus{}}
 	r.env = swtpmtest.Start(t, swtpmtest.WithBus(r.bus))
 	r.tp = r.env.TPM
-	srk, blob, auth := pinnedGateBlob(t, r.tp)
-	r.srk = srk
-	gate, err := r.tp.LoadGate(srk, blob, auth)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.gate = gate
-	t.Cleanup(func() { _ = r.tp.Flush(r.gate.Handle) }) // the gate loaded last
-	pub, err := tpm.GatedExtendPublic(testGatedHandle, gate.Name.Buffer, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.tp.DefineNV(pub); err != nil {
-		t.Fatal(err)
-	}
-	undefineAtEnd(t, r.tp, testGatedHandle)
 	first := sha256.Sum256([]byte("head"))
-	if err := r.tp.NVExtendGated(testGatedHandle, first[:], gate); err != nil {
-		t.Fatal(err)
-	}
-	if r.x, err = r.tp.ReadNVPublic(testGatedHandle); err != nil {
+	var blob tpm.Blob
+	var auth []byte
+	r.gate, r.x, blob, auth = gatedIndex(t, r.tp, testGatedHandle, first[:])
+	t.Cleanup(func() { _ = r.tp.Flush(r.gate.Handle) }) // the gate loaded last
+	var err error
+	if r.srk, err = r.tp.SRK(); err != nil {
 		t.Fatal(err)
 	}
 	return r, blob, auth

@@ -906,30 +906,11 @@ func TestSharedAuthValuesNeverOnTheBus(t *testing.T) {
 	rec := &swtpmtest.Recorder{}
 	r := newSharedAuthEnv(t, swtpmtest.WithRecorder(rec))
 	// A gate whose value the test knows, and its own gated index.
-	srk, blob, gateAuth := pinnedGateBlob(t, r.tp)
-	g, err := r.tp.LoadGate(srk, blob, gateAuth)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const h2 tpm2.TPMHandle = 0x01500031
-	pub, err := tpm.GatedExtendPublic(h2, g.Name.Buffer, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.tp.DefineNV(pub); err != nil {
-		t.Fatal(err)
-	}
-	undefineAtEnd(t, r.tp, h2)
 	first := sha256.Sum256([]byte("first"))
-	if err := r.tp.NVExtendGated(h2, first[:], g); err != nil {
-		t.Fatal(err)
-	}
-	x2, err := r.tp.ReadNVPublic(h2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, x2, _, gateAuth := gatedIndex(t, r.tp, h2, first[:])
 	rec.Reset()
-	err = r.tp.Share(func() error {
+	err := r.tp.Share(func() error {
 		if err := r.tp.WithAuthenticatedNV(func(a *tpm.AuthenticatedNV) error { _, err := a.ReadExtendIndex(x2); return err }); err != nil {
 			return err
 		}
