@@ -33,7 +33,7 @@ const (
 	ExitState          = 8  // the state directory or audit log is locked, corrupt or of an unknown schema
 	ExitTPMFailure     = 9  // the TPM failed its self-test or is in failure mode
 	ExitTPMResources   = 10 // the TPM has no free object or session slot, or the daemon's queue is full
-	ExitBadAuth        = 11 // a TPM authorization value was wrong (counts against lockout)
+	ExitBadAuth        = 11 // a TPM authorization value was wrong (provd's objects are noDA: it does not count against lockout)
 	ExitConflict       = 12 // already exists (provisioned, key name taken); use --force where offered
 	ExitNotProvisioned = 13 // `provd provision` has not run
 	ExitTampered       = 14 // the audit trail or a blob failed its integrity check
@@ -72,7 +72,7 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitState, "state", "the state directory or audit log is locked, corrupt or of an unknown schema"},
 		{ExitTPMFailure, "TPM failure", "the TPM failed its self-test or is in failure mode"},
 		{ExitTPMResources, "TPM resources", "the TPM has no free object or session slot, or the daemon's queue is full"},
-		{ExitBadAuth, "bad auth", "a TPM authorization value was wrong (it counts against lockout)"},
+		{ExitBadAuth, "bad auth", "a TPM authorization value was wrong, or the command was changed on its way to the TPM; it does not count against lockout (provd's objects and indices are noDA)"},
 		{ExitConflict, "conflict", "already exists (provisioned, key name taken); --force where offered"},
 		{ExitNotProvisioned, "not provisioned", "provd provision has not run"},
 		{ExitTampered, "tampered", "the audit trail or a blob failed its integrity check"},

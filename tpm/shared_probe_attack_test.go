@@ -366,19 +366,7 @@ func TestProbeRenamedLoadHandleIsForged(t *testing.T) {
 // A1's forged RETRY, repeated.
 func TestProbeRefusalsDoNotCount(t *testing.T) {
 	r := newSharedAuthEnv(t)
-	counter := func() uint32 {
-		t.Helper()
-		rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(r.bus.Next)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := rsp.CapabilityData.Data.TPMProperties()
-		if err != nil || len(p.TPMProperty) == 0 || p.TPMProperty[0].Property != tpm2.TPMPTLockoutCounter {
-			t.Fatalf("lockout counter: %v", err)
-		}
-		return p.TPMProperty[0].Value
-	}
-	before := counter()
+	before := lockoutCounter(t, r.bus)
 	for _, op := range probeOps() {
 		for range 3 {
 			n := 0
@@ -391,7 +379,7 @@ func TestProbeRefusalsDoNotCount(t *testing.T) {
 			sweptAsAsked(t, r.tp, r.gate.Handle)
 		}
 	}
-	if after := counter(); after != before {
+	if after := lockoutCounter(t, r.bus); after != before {
 		t.Errorf("lockout counter %d, was %d: the refusals counted", after, before)
 	}
 }
