@@ -97,6 +97,7 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 			return err != nil, err
 		}
 		a.op.applied = true
+		retries := a.t.Stats().Retries
 		if err := a.apply(ps, rec, expr, opts); err != nil {
 			err = errors.Join(err, a.dropOp())
 			if fresh {
@@ -104,7 +105,7 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 			}
 			continue
 		}
-		if err := fn(ps.Session()); err != nil {
+		if err := a.policyUse(retries, fn(ps.Session())); err != nil {
 			return true, errors.Join(err, a.dropOp())
 		}
 		return true, nil

@@ -537,6 +537,7 @@ func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts pol
 // auth) that satisfies expr, for one command, then flushes it; the first
 // error wins.
 func (a *Agent) withFreshSession(start func(auth []byte) (*tpm.PolicySession, error), rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (err error) {
+	retries := a.t.Stats().Retries
 	ps, err := a.satisfy(start, rec, expr, opts, auth)
 	if err != nil {
 		return err
@@ -546,7 +547,31 @@ func (a *Agent) withFreshSession(start func(auth []byte) (*tpm.PolicySession, er
 			err = cerr
 		}
 	}()
-	return fn(ps.Session())
+	return a.policyUse(retries, fn(ps.Session()))
+}
+
+// policyUse is err, the error of the one command a policy session
+// authorized once every step of its policy had passed, with a
+// TPM_RC_POLICY_FAIL told apart: the platform's state is compared at the
+// steps (PolicyPCR with the values, the counter's PolicyNV: their failures
+// name the PCRs, explain), so at the command the TPM compares only the
+// session's digest with the object's authPolicy, which is provd's. An
+// honest TPM that answers a warning (RETRY, YIELDED, TESTING, NV_RATE) has
+// not started the command: sent again, it meets the session as it was. A
+// POLICY_FAIL after a command was sent again since the steps began (retries
+// is the TPM's retry count then) means the session was used: a copy of
+// the command ran and its answer was replaced with a warning, or a step
+// ran twice. That is something on the bus answering for the TPM
+// (ErrResponseForged), not a platform that fails the policy (found by
+// review: exit 3 on a platform that satisfies it). An honest warning
+// followed by a POLICY_FAIL of provd's own making (a command its own policy
+// forbids, a bug) is reported the same way.
+func (a *Agent) policyUse(retries int64, err error) error {
+	var pe *api.PolicyError
+	if err == nil || !errors.Is(err, tpm2.TPMRCPolicyFail) || errors.As(err, &pe) || a.t.Stats().Retries == retries {
+		return err
+	}
+	return fmt.Errorf("%w: the TPM refused the policy session of a command it had accepted every step for, after a command was sent again for a warning: a copy of it ran first (%v)", tpm.ErrResponseForged, err)
 }
 
 // secretIn starts a policy session salted to the pinned SRK that also

@@ -9,12 +9,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -164,32 +166,130 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 	q.noLeftovers(t)
 }
 
-// The same class outside the shared session: a one-shot key use, whose
-// TPM2_Sign is authorized in its policy session by the key's value. A1
-// passes the Sign on (the TPM signs) and forges RETRY; the resend meets
-// the policy session reset by the first run. Never a wrong authorization
-// value (exit 11), at most one more Sign sent. (It is reported as a policy
-// failure, exit 3, not as forged: the key use's policy session is reset by
-// the first run, and the resend fails its policy before any HMAC.)
+// The same class outside the shared session: a key use, whose TPM2_Sign
+// is authorized in its policy session by the key's value. A1 passes a
+// command of the use on (the TPM runs it) and forges RETRY; the resend
+// meets the policy session used by the first run: the Sign's digest reset,
+// or a step extended twice. Reported as forged (exit 15), not as a wrong
+// value (exit 11) nor as a platform that fails the policy (exit 3: it was,
+// before agent.policyUse); at most one more copy sent. An honest RETRY
+// (the TPM never saw the command) is resent and the sign works.
 func TestProbeSignForgedRetryExit(t *testing.T) {
+	ctx := context.Background()
+	d := sha256.Sum256([]byte("d"))
+	// Each kind of agent on a TPM of its own: swtpm's three object slots
+	// hold one agent's PK and key.
+	for _, mode := range []string{"one-shot", "warm", "kept session"} {
+		t.Run(mode, func(t *testing.T) {
+			bus := &swtpmtest.Bus{}
+			env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+			dir := stateDir(t)
+			ag := newAgent(t, env, dir)
+			provision(t, ag, 7)
+			if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "kept session" {
+				ag.Close()
+				var err error
+				if ag, err = agent.New(agent.Config{TPM: env.TPM, StateDir: dir, KeepSession: true}); err != nil { // the daemon's
+					t.Fatal(err)
+				}
+				defer ag.Close()
+			}
+			for _, c := range []struct {
+				name string
+				cc   tpm2.TPMCC
+			}{{"Sign", tpm2.TPMCCSign}, {"PolicyPCR", tpm2.TPMCCPolicyPCR}, {"PolicyAuthValue", tpm2.TPMCCPolicyAuthValue}, {"Load", tpm2.TPMCCLoad}} {
+				for _, forged := range []bool{true, false} {
+					if c.cc == tpm2.TPMCCLoad && mode != "one-shot" {
+						continue // the key is loaded
+					}
+					t.Run(fmt.Sprintf("%s/forged=%v", c.name, forged), func(t *testing.T) {
+						ag := ag
+						if mode == "one-shot" {
+							ag.Close()
+							ag = newAgent(t, env, dir)
+						} else if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
+							t.Fatal(err) // the key resident
+						}
+						n := 0
+						hook := swtpmtest.RanThenAnswered(c.cc, tpm2.TPMRCRetry, &n)
+						if !forged {
+							hook = func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+								if swtpmtest.CommandCode(cmd) != c.cc {
+									return nil, nil, false
+								}
+								n++
+								if n > 1 {
+									return nil, nil, false
+								}
+								return swtpmtest.ErrorAnswer(tpm2.TPMRCRetry), nil, true
+							}
+						}
+						bus.Set(hook)
+						_, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{})
+						bus.Set(nil)
+						t.Logf("sent %d: %v; exit %d", n, err, api.ExitCode(err))
+						if n == 0 {
+							t.Fatal("not mounted")
+						}
+						if c.cc == tpm2.TPMCCSign && n > 2 {
+							t.Errorf("Sign sent %d times", n)
+						}
+						switch {
+						case !forged && err != nil:
+							t.Errorf("an honest RETRY: %v", err)
+						case forged && api.ExitCode(err) != api.ExitIdentity:
+							t.Errorf("A1's forged RETRY after the TPM ran %s: %v, exit %d, want %d (forged)", c.name, err, api.ExitCode(err), api.ExitIdentity)
+						}
+						if _, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{}); err != nil {
+							t.Fatalf("the next sign: %v", err)
+						}
+					})
+				}
+			}
+		})
+	}
+}
+
+// The same for a command whose policy session is a fresh one of its own
+// (agent.withFreshSession): a seal's TPM2_Create under the PK, which A1
+// passes on and answers RETRY. Forged (exit 15), nothing stored; an
+// honest RETRY is resent and the seal works.
+func TestProbeSealCreateForgedRetry(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	ctx := context.Background()
-	ag := signingAgent(t, env)
-	d := sha256.Sum256([]byte("d"))
-	n := 0
-	bus.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCSign, tpm2.TPMRCRetry, &n))
-	_, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{})
-	bus.Set(nil)
-	t.Logf("sign, its Sign answered a forged RETRY (sent %d): %v; exit %d", n, err, api.ExitCode(err))
-	if n == 0 {
-		t.Fatal("not mounted")
-	}
-	if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
-		t.Errorf("A1's forged RETRY of a sign reported as a wrong authorization value (exit %d)", api.ExitCode(err))
-	}
-	if n > 2 {
-		t.Errorf("Sign sent %d times", n)
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	for _, forged := range []bool{true, false} {
+		n := 0
+		hook := swtpmtest.RanThenAnswered(tpm2.TPMCCCreate, tpm2.TPMRCRetry, &n)
+		if !forged {
+			hook = func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
+					return nil, nil, false
+				}
+				if n++; n > 1 {
+					return nil, nil, false
+				}
+				return swtpmtest.ErrorAnswer(tpm2.TPMRCRetry), nil, true
+			}
+		}
+		bus.Set(hook)
+		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
+		bus.Set(nil)
+		t.Logf("forged=%v, Create sent %d: %v; exit %d", forged, n, err, api.ExitCode(err))
+		switch {
+		case n != 2:
+			t.Errorf("forged=%v: Create sent %d times, want 2", forged, n)
+		case !forged && err != nil:
+			t.Errorf("an honest RETRY: %v", err)
+		case forged && (api.ExitCode(err) != api.ExitIdentity || blob != nil):
+			t.Errorf("A1's forged RETRY after the TPM ran Create: %v (exit %d, a blob: %v), want exit %d and nothing", err, api.ExitCode(err), blob != nil, api.ExitIdentity)
+		}
 	}
 }
 
