@@ -366,6 +366,15 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		return err
 	}
 	req.Nonce = ch.Nonce
+	// One agent for the quote, the endpoint's appraisal and the record:
+	// one open of the TPM (GetTestResult, the handle scans, the SRK's
+	// check: 4 commands) where there were two (issue 14). The TPM stays
+	// open across the endpoint's round trip; the state directory's lock
+	// is taken only inside each operation.
+	var v fleetapi.Verdict
+	var installed []string
+	var failed map[string]string
+	var reg *fleetapi.PeerRegistration
 	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
 		qualifying := ch.Nonce
 		if mode == attestPeer {
@@ -379,20 +388,14 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 			qualifying = fleetapi.PeerQualifying(ch.Nonce, req.Peer)
 		}
 		q, err := ag.AttestQuote(cmd.Context(), api.AttestQuoteRequest{Nonce: qualifying, PCRs: ch.PCRs})
+		if err != nil {
+			return err
+		}
 		req.Quote, req.Signature, req.PCRs = q.Quote, q.Signature, q.PCRs
-		return err
-	}); err != nil {
-		return err
-	}
-	req.Fetch = fetch
-	v, err := cl.Attest(cmd.Context(), req)
-	if err != nil {
-		return err
-	}
-	var installed []string
-	var failed map[string]string
-	var reg *fleetapi.PeerRegistration
-	if err := a.withAgent(cmd.Context(), func(ag api.Service) error {
+		req.Fetch = fetch
+		if v, err = cl.Attest(cmd.Context(), req); err != nil {
+			return err
+		}
 		if _, err := ag.AttestRecord(cmd.Context(), api.AttestVerdict{Endpoint: ef.url, DeviceID: v.DeviceID, AppraisalID: v.AppraisalID,
 			Pass: v.Pass, Reasons: v.Reasons, At: v.At}); err != nil {
 			return err

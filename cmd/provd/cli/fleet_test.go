@@ -186,7 +186,11 @@ func TestFleetEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &v); err != nil || !v.Pass || !hasReason(v, fleet.CodeBaseline) {
 		t.Fatalf("A's first attestation: %+v %v", v, err)
 	}
-	b.expect(t, 0, "attest", "now", "--ca-cert", e.ca)
+	// One open of the TPM for the quote, the appraisal and its record
+	// (issue 14: there were two; -v prints one line at each close).
+	if _, stderr, code := b.run("-v", "attest", "now", "--ca-cert", e.ca); code != 0 || strings.Count(stderr, "provd: TPM ") != 1 {
+		t.Fatalf("attest now -v: exit %d, %d opens of the TPM:\n%s", code, strings.Count(stderr, "provd: TPM "), stderr)
+	}
 	b.expect(t, 0, "tpm", "pcr", "extend", "7", "--data", "a changed boot")
 	out = b.expect(t, api.ExitAttestFailed, "attest", "now", "--ca-cert", e.ca)
 	if !strings.Contains(out, "pcr_policy sha256 PCR 7") {
