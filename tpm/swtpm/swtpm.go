@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -284,22 +285,66 @@ func (p *Process) Exited() bool {
 	}
 }
 
-// freePortPair finds two consecutive free loopback ports (command, control).
+// freePortPair finds two consecutive free loopback ports (command, control),
+// below the kernel's ephemeral range where it can: the kernel hands a port
+// of that range to the local end of any connection (a dial to another
+// swtpm, a database client), so a swtpm killed and started again on its
+// own port (swtpmtest's power cuts and migrations) found it taken by
+// another test's connection (make test, once: "Address already in use"
+// for the two seconds it waits). Below that range only a bind takes a
+// port. Failing that, a port the kernel picks.
 func freePortPair() (int, error) {
+	lo, hi := 10000, ephemeralLow()-2
+	for i := 0; i < 50 && hi > lo; i++ {
+		port := lo + rand.IntN(hi-lo)
+		if bothFree(port) {
+			return port, nil
+		}
+	}
 	for i := 0; i < 20; i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, err
 		}
 		port := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
 		l.Close()
-		if err == nil {
-			l2.Close()
+		if bothFree(port) {
 			return port, nil
 		}
 	}
 	return 0, errors.New("no two consecutive free loopback ports")
+}
+
+// bothFree: port and port+1 can be bound on the loopback now.
+func bothFree(port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
+	if err != nil {
+		return false
+	}
+	return l2.Close() == nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range; 32768 when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n <= 0 {
+		return 32768
+	}
+	return n
 }
 
 func lastLines(b []byte, n int) string {
