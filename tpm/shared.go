@@ -43,13 +43,15 @@ type shared struct {
 // (the agent's lock), as for every session it holds. A Share inside
 // another is the outer one's.
 //
-// The session holds one of the TPM's session slots only while nothing else
-// starts one: any other StartAuthSession has it flushed first (Send), and
-// the next read starts a new one. So an operation never holds more
-// sessions at once than it did before sharing: the TPM's slots (3 on
-// swtpm) and the kernel resource manager's (3 per connection on
-// /dev/tpmrm0, where a fourth fails the device's write and flushes the
-// connection's every session) are as they were.
+// The session holds one of the TPM's session slots only while no other
+// session needs it: a StartAuthSession that would make the connection hold
+// more than maxSessions has it flushed first (Send, liveSessions), and the
+// next read starts a new one. So an operation never holds more sessions
+// at once than the TPM's slots (3 on swtpm) and the kernel resource
+// manager's (3 per connection on /dev/tpmrm0, where a fourth fails the
+// device's write and flushes the connection's every session) allow, and
+// an operation that starts one or two sessions of its own keeps the shared
+// one for its record (a one-use session fewer: issue 14).
 func (t *TPM) Share(fn func() error) error {
 	if t.share != nil {
 		return fn()
@@ -175,13 +177,14 @@ func (t *TPM) dropShared() error {
 
 // Send sends cmd to the TPM (counting.Send). A StartAuthSession while the
 // shared session is started (its own comes before) has it flushed first,
-// while no command is using it (Share): sharing never holds a slot another
+// while no command is using it (Share), when the connection holds as many
+// sessions as it may (liveSessions): sharing never holds a slot another
 // session needs. A flush that fails marks the sweep (counting), and the
 // session is never used again either way. A read in progress starts no
 // session: its session is the shared one.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	if len(cmd) >= headerSize && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
-		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep {
+		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep && !t.counting.roomForSession() {
 			_ = t.dropShared()
 		}
 	}

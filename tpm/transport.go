@@ -232,6 +232,16 @@ type counting struct {
 	// probe checks the connection for a close while idle (streamTransport),
 	// the lock held; nil for devices.
 	probe func()
+	// live is the sessions the connection holds (liveSessions).
+	live liveSessions
+}
+
+// roomForSession reports whether one more session can start while those
+// the connection holds stay loaded (maxSessions).
+func (c *counting) roomForSession() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.live)+1 <= maxSessions
 }
 
 // NeedsSweep reports, once, whether since the last call a handle may have
@@ -375,6 +385,18 @@ func (c *counting) Generation() uint64 {
 func (c *counting) Send(cmd []byte) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	rsp, err := c.send(cmd)
+	if err == nil {
+		if c.live == nil {
+			c.live = liveSessions{}
+		}
+		c.live.note(cmd, rsp)
+	}
+	return rsp, err
+}
+
+// send is Send with the lock held.
+func (c *counting) send(cmd []byte) ([]byte, error) {
 	if err := c.checkSize(cmd); err != nil {
 		return nil, err
 	}
@@ -441,6 +463,7 @@ func (c *counting) startup() (started bool, err error) {
 	switch {
 	case err == nil:
 		c.generation.Add(1)
+		clear(c.live) // a TPM reset ends every session
 		return true, nil
 	case errors.Is(err, tpm2.TPMRCInitialize):
 		return false, nil
