@@ -216,16 +216,7 @@ func TestProbeSignForgedRetryExit(t *testing.T) {
 						n := 0
 						hook := swtpmtest.RanThenAnswered(c.cc, tpm2.TPMRCRetry, &n)
 						if !forged {
-							hook = func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-								if swtpmtest.CommandCode(cmd) != c.cc {
-									return nil, nil, false
-								}
-								n++
-								if n > 1 {
-									return nil, nil, false
-								}
-								return swtpmtest.ErrorAnswer(tpm2.TPMRCRetry), nil, true
-							}
+							hook = swtpmtest.AnsweredOnce(c.cc, tpm2.TPMRCRetry, &n)
 						}
 						bus.Set(hook)
 						_, err := ag.Sign(ctx, "sig", d[:], api.SignOptions{})
@@ -268,15 +259,7 @@ func TestProbeSealCreateForgedRetry(t *testing.T) {
 		n := 0
 		hook := swtpmtest.RanThenAnswered(tpm2.TPMCCCreate, tpm2.TPMRCRetry, &n)
 		if !forged {
-			hook = func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
-					return nil, nil, false
-				}
-				if n++; n > 1 {
-					return nil, nil, false
-				}
-				return swtpmtest.ErrorAnswer(tpm2.TPMRCRetry), nil, true
-			}
+			hook = swtpmtest.AnsweredOnce(tpm2.TPMCCCreate, tpm2.TPMRCRetry, &n)
 		}
 		bus.Set(hook)
 		blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})

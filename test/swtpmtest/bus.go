@@ -232,6 +232,22 @@ func RanThenAnswered(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) Hook {
 	}
 }
 
+// AnsweredOnce is an honest warning: the first command cc is answered rc
+// in the TPM's place without reaching it (a TPM that answers RETRY has not
+// started the command); the copies sent after it pass through. sent counts
+// every copy.
+func AnsweredOnce(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) Hook {
+	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if CommandCode(cmd) != cc {
+			return nil, nil, false
+		}
+		if *sent++; *sent > 1 {
+			return nil, nil, false
+		}
+		return ErrorAnswer(rc), nil, true
+	}
+}
+
 // Decoy is an object of A1's own, created straight on the TPM (tp: the
 // bus's side, Bus.Next) for A1 to rename a load's answer to: an ECC P-256
 // signing primary in the NULL hierarchy, userWithAuth with an authValue of
