@@ -182,11 +182,32 @@ func (t *TPM) dropShared() error {
 // session needs. A flush that fails marks the sweep (counting), and the
 // session is never used again either way. A read in progress starts no
 // session: its session is the shared one.
+//
+// A FlushContext of the shared session's handle that someone else sends
+// (zeroize flushes every session it lists) ends it here too, once the TPM
+// says it is gone: the next read starts a new one (found by make test: a
+// provision --force flushed it, and its next read named a session no
+// longer loaded).
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
-	if len(cmd) >= headerSize && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession {
+	var cc tpm2.TPMCC
+	if len(cmd) >= headerSize {
+		cc = tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
+	}
+	if cc == tpm2.TPMCCStartAuthSession {
 		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep && !t.counting.roomForSession() {
 			_ = t.dropShared()
 		}
 	}
-	return t.counting.Send(cmd)
+	rsp, err := t.counting.Send(cmd)
+	if cc == tpm2.TPMCCFlushContext && err == nil && len(cmd) >= headerSize+4 && len(rsp) >= headerSize {
+		sh := t.share
+		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[headerSize:]))
+		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
+		if sh != nil && sh.s != nil && sh.k.handle == h && (rc == tpm2.TPMRCSuccess || errors.Is(rc, tpm2.TPMRCHandle)) {
+			k := sh.k
+			sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
+			k.end()
+		}
+	}
+	return rsp, err
 }

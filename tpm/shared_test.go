@@ -111,8 +111,9 @@ func TestShareOneSessionForReadsAndLoads(t *testing.T) {
 }
 
 // Sharing holds no slot another session needs: with the shared session
-// started, each other StartAuthSession has it flushed first, so three
-// sessions beside it start with no refusal for want of a slot (behind
+// started, the StartAuthSession that needs its slot (the third beside it)
+// has it flushed first, so three sessions start with no refusal for want
+// of a slot (behind
 // the kernel's resource manager a fourth session fails the device's write
 // and flushes the connection's every session); the next read starts a new
 // shared session.
@@ -171,6 +172,40 @@ func TestShareGivesUpItsSlot(t *testing.T) {
 	}
 	if most != 3 {
 		t.Errorf("at most %d sessions loaded at once, want 3 (the shared one gave its slot up)", most)
+	}
+	nothingLeft(t, tp, "after Share")
+}
+
+// Someone else flushes the shared session inside its Share (zeroize
+// flushes every session it lists, as on a TPM a crashed run left
+// sessions in): the next read starts a new one rather than name the
+// flushed handle (found by make test: provision --force failed with
+// TPM_RC_REFERENCE_S0), and nothing is left.
+func TestShareFlushedBySomeoneElse(t *testing.T) {
+	env := swtpmtest.Start(t)
+	tp := env.TPM
+	pinnedGateBlob(t, tp)
+	err := tp.Share(func() error {
+		for range 2 {
+			if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
+				return err
+			}
+			left, err := tp.Leftovers()
+			if err != nil {
+				return err
+			}
+			if len(left) != 1 {
+				return fmt.Errorf("%x loaded, want the shared session alone", left)
+			}
+			if err := tp.Flush(left[0]); err != nil {
+				return err
+			}
+		}
+		_, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("a read after the shared session was flushed: %v", err)
 	}
 	nothingLeft(t, tp, "after Share")
 }
