@@ -545,6 +545,7 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 	// later, it must be of no use to whoever watched (found by
 	// review: an unsalted one was used first by an attacker's
 	// TPM2_ActivateCredential, which read the secret).
+	retries := a.t.Stats().Retries
 	ps, err := a.t.StartSaltedPolicySession(nil)
 	if err != nil {
 		return nil, err
@@ -561,6 +562,7 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 		return nil, err
 	}
 	secret, err := a.t.ActivateCredential(t, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
+	err = a.policyUse(retries, err) // T's policy passed at its steps
 	if ferr := flushEK(); err == nil {
 		err = ferr
 	}

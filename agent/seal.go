@@ -209,7 +209,11 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 	secretOut := func(auth []byte) (*tpm.PolicySession, error) {
 		return a.t.StartSecretPolicySession(tpm.EncryptOut, auth)
 	}
-	return a.withPKGuarded(ctx, secretOut, func(l *loadedPK, ps *tpm.PolicySession) (err error) {
+	// The object's policy holds PCR values, compared at its PolicyPCR: a
+	// POLICY_FAIL of the load or the unseal after a resend is the bus's
+	// (policyUse; found by review).
+	retries := a.t.Stats().Retries
+	return a.policyUse(retries, a.withPKGuarded(ctx, secretOut, func(l *loadedPK, ps *tpm.PolicySession) (err error) {
 		if b.PK != l.state.Name {
 			return fmt.Errorf("%w: sealed under another provisioning key (%.16s…)", api.ErrNotFound, b.PK)
 		}
@@ -251,5 +255,5 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		}
 		*out = plain
 		return nil
-	})
+	}))
 }

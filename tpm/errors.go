@@ -34,9 +34,10 @@ var (
 	// ErrBadAuth: an authorization value was wrong (or the command was
 	// changed on the bus: the TPM's refusal cannot tell). provd never
 	// retries it. It does not count against the dictionary-attack lockout:
-	// every object and index provd creates is noDA, and the TPM exempts the
-	// owner hierarchy (TestWrongValuesDoNotCountAgainstLockout); a value of
-	// another's object without noDA would count.
+	// every object and index provd creates is noDA, and the TPM exempts its
+	// hierarchies, every permanent handle but the lockout authorization
+	// (TestWrongValuesDoNotCountAgainstLockout); a value of another's object
+	// without noDA would count.
 	ErrBadAuth = errors.New("TPM authorization failed")
 	// ErrNoMemory: the TPM has no free object or session slot. On a TPM without
 	// a resource manager this means some client left handles behind.

@@ -44,9 +44,9 @@ type shared struct {
 // another is the outer one's.
 //
 // The session holds one of the TPM's session slots only while no other
-// session needs it: a StartAuthSession that would make the connection hold
-// more than maxSessions has it flushed first (Send, liveSessions), and the
-// next read starts a new one. So an operation never holds more sessions
+// session needs it: a StartAuthSession that would leave the connection
+// holding maxSessions (no slot to spare; counting.roomForSession) has it
+// flushed first (Send, liveSessions), and the next read starts a new one. So an operation never holds more sessions
 // at once than the TPM's slots (3 on swtpm) and the kernel resource
 // manager's (3 per connection on /dev/tpmrm0, where a fourth fails the
 // device's write and flushes the connection's every session) allow, and
@@ -177,9 +177,9 @@ func (t *TPM) dropShared() error {
 
 // Send sends cmd to the TPM (counting.Send). A StartAuthSession while the
 // shared session is started (its own comes before) has it flushed first,
-// while no command is using it (Share), when the connection holds as many
-// sessions as it may (liveSessions): sharing never holds a slot another
-// session needs. A flush that fails marks the sweep (counting), and the
+// while no command is using it (Share), unless a slot stays spare beside
+// it (counting.roomForSession): sharing never holds a slot another session
+// needs. A flush that fails marks the sweep (counting), and the
 // session is never used again either way. A read in progress starts no
 // session: its session is the shared one.
 //

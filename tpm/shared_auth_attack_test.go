@@ -714,8 +714,8 @@ func TestSharedAuthSlots(t *testing.T) {
 // answer lost on the bus, or a panic under it (the bus's) that the caller
 // recovers inside the Share. keepShared ends with the start on every path
 // (deferred): the next StartAuthSession that needs the shared session's
-// slot (two sessions started beside it, then a third) has the idle shared
-// session flushed first, in the same Share and in the next.
+// slot (the second beside it, which would leave none spare) has the idle
+// shared session flushed first, in the same Share and in the next.
 func TestKeepEndsWithTheStart(t *testing.T) {
 	r := newSharedAuthEnv(t)
 	for _, c := range []struct {
@@ -803,8 +803,8 @@ func TestKeepEndsWithTheStart(t *testing.T) {
 			}
 			for n, i := 0, 0; n < 2; n++ {
 				i += slices.Index(log[i:], "--") + 1
-				if after := log[i:]; len(after) < 4 || !slices.Equal(after[:4], []string{"start", "start", "flush shared", "start"}) {
-					t.Errorf("in Share %d, the third StartAuthSession beside the shared session after the failed gate start did not flush it first: %v", n+1, log)
+				if after := log[i:]; len(after) < 4 || !slices.Equal(after[:4], []string{"start", "flush shared", "start", "start"}) {
+					t.Errorf("in Share %d, the second StartAuthSession beside the shared session after the failed gate start did not flush it first: %v", n+1, log)
 				}
 			}
 			sweptAsAsked(t, r.tp, r.gate.Handle)

@@ -199,7 +199,7 @@ func readFramed(r io.Reader) ([]byte, error) {
 // use it to pin the number of TPM commands an operation costs.
 type Stats struct {
 	Commands int64         // commands sent, retries included
-	Retries  int64         // commands resent after TPM_RC_RETRY/YIELDED/TESTING
+	Retries  int64         // commands resent after TPM_RC_RETRY/YIELDED/TESTING/NV_RATE, or after a power cycle provd started the TPM from
 	Wait     time.Duration // time spent waiting for the TPM
 }
 
@@ -237,11 +237,17 @@ type counting struct {
 }
 
 // roomForSession reports whether one more session can start while those
-// the connection holds stay loaded (maxSessions).
+// the connection holds stay loaded (maxSessions), with one slot to spare:
+// the count is built from answers, and a flush's answer has no HMAC, so
+// A1 can have it miss a session the TPM still holds (found by review: one
+// flush dropped and answered success, and eleven operations then met the
+// resource manager's limit). With the slot spared, a session the count
+// missed costs what it cost before the shared session was kept: a
+// two-session operation's room.
 func (c *counting) roomForSession() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.live)+1 <= maxSessions
+	return len(c.live)+1+1 <= maxSessions
 }
 
 // NeedsSweep reports, once, whether since the last call a handle may have
@@ -443,6 +449,10 @@ func (c *counting) send(cmd []byte) ([]byte, error) {
 			if !started {
 				return rsp, nil
 			}
+			// A resend as after a warning: if the Startup's answer was
+			// forged too, the command may have run, and what its copy
+			// meets says so (agent.policyUse; found by review).
+			c.retries.Add(1)
 			continue
 		}
 		if !retryable(rc) || attempt >= c.maxRetries {
