@@ -1,0 +1,55 @@
+package agent_test
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// Attestation after one dropped flush, as the review's
+// TestDroppedSessionFlushNeedsNoFourthSession does for everyOperation
+// (which the threat model cites for "every operation"): A1 drops the
+// first session flush of each attestation operation and answers it
+// success (a flush's answer has no HMAC), the session staying loaded.
+// What must hold: no operation meets the session limit.
+func TestAttestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
+	l := &swtpmtest.SessionLimit{}
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(l.Wrap), swtpmtest.WithBus(bus))
+	env.NoLeakCheck() // the session A1 kept is flushed below, by hand
+	ag := newAgent(t, env, stateDir(t))
+	provision(t, ag, 7)
+	l.Take()
+	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
+		t.Helper()
+		var kept tpm2.TPMHandle
+		bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+			if kept != 0 || swtpmtest.CommandCode(cmd) != tpm2.TPMCCFlushContext || len(cmd) < 14 {
+				return nil, nil, false
+			}
+			h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
+			if h>>24 != 0x02 && h>>24 != 0x03 {
+				return nil, nil, false
+			}
+			kept = h
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCSuccess), nil, true
+		})
+		err := fn()
+		bus.Set(nil)
+		refused, cmds := l.Take()
+		if kept != 0 {
+			_, _ = (tpm2.FlushContext{FlushHandle: kept}).Execute(bus.Next)
+		}
+		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
+		if refused > 0 {
+			t.Errorf("%s: after one dropped flush, %d refusals for want of a session slot: %v (%v)", name, refused, err, cmds)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	})
+}
