@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -9,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/officer"
@@ -175,6 +178,27 @@ func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 	return b, obj, nil
 }
 
+// checkSealedPolicy: the policy the blob's record gives, as unseal runs it,
+// is the authPolicy of the blob's object.
+func checkSealedPolicy(b sealedBlob, blob tpm.Blob) error {
+	expr, err := b.Policy.expr()
+	if err != nil {
+		return fmt.Errorf("%w: sealed blob policy: %v", api.ErrBadInput, err)
+	}
+	want, err := officer.ObjectPolicy(expr).Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return fmt.Errorf("%w: sealed blob policy: %v", api.ErrBadInput, err)
+	}
+	pub, err := blob.Public.Contents()
+	if err != nil {
+		return fmt.Errorf("%w: sealed blob: %v", api.ErrBadInput, err)
+	}
+	if !bytes.Equal(pub.AuthPolicy.Buffer, want) {
+		return fmt.Errorf("%w: the sealed blob's policy record is not its object's policy (edited, or another seal's)", api.ErrTampered)
+	}
+	return nil
+}
+
 // Unseal returns the secret of a sealed blob when the platform satisfies both
 // the PK's policy and the secret's own. The caller clears the result.
 func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err error) {
@@ -193,6 +217,14 @@ func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err err
 func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]string, out *[]byte) error {
 	b, blob, err := parseSealed(data)
 	if err != nil {
+		return err
+	}
+	// The policy provd will run must be the object's own, before the TPM
+	// sees anything: a blob whose record is another seal's (edited, or
+	// mixed up) is tampered (exit 14), not a platform that fails it, and
+	// not the bus's doing (found by review: after an honest warning,
+	// policyUse called it forged).
+	if err := checkSealedPolicy(b, blob); err != nil {
 		return err
 	}
 	name, err := blob.Name()

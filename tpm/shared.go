@@ -187,7 +187,7 @@ func (t *TPM) dropShared() error {
 // (zeroize flushes every session it lists) ends it here too, once the TPM
 // says it is gone: the next read starts a new one (found by make test: a
 // provision --force flushed it, and its next read named a session no
-// longer loaded).
+// longer loaded), and the sweep is asked for, in case the answer was A1's.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	var cc tpm2.TPMCC
 	if len(cmd) >= headerSize {
@@ -207,6 +207,10 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 			k := sh.k
 			sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
 			k.end()
+			// The flush's answer has no HMAC: if A1 answered it, the
+			// session is still loaded and now held by nobody (found by
+			// review). The owner's sweep flushes it.
+			t.counting.unheld()
 		}
 	}
 	return rsp, err
