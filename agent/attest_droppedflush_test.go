@@ -1,11 +1,9 @@
 package agent_test
 
 import (
-	"encoding/binary"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -35,25 +33,14 @@ func TestAttestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 	l.Take()
 	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
 		t.Helper()
-		var kept tpm2.TPMHandle
-		bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-			if kept != 0 || swtpmtest.CommandCode(cmd) != tpm2.TPMCCFlushContext || len(cmd) < 14 {
-				return nil, nil, false
-			}
-			h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
-			if h>>24 != 0x02 && h>>24 != 0x03 {
-				return nil, nil, false
-			}
-			kept = h
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCSuccess), nil, true
-		})
+		kept := swtpmtest.DropFirstSessionFlush(bus)
 		err := fn()
 		bus.Set(nil)
 		refused, cmds := l.Take()
-		if kept != 0 {
-			_, _ = (tpm2.FlushContext{FlushHandle: kept}).Execute(bus.Next)
+		if *kept != 0 {
+			_, _ = (tpm2.FlushContext{FlushHandle: *kept}).Execute(bus.Next)
 		}
-		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
+		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(*kept), err)
 		if (name == "attest activate" || name == "attest secret") && refused > 0 {
 			err = fn() // A1's session gone
 			if refused, _ = l.Take(); refused > 0 {

@@ -27,13 +27,8 @@ import (
 // beside the witness and the record's keyed HMAC session (three), and
 // holds; the rest hold two at most.
 func TestDroppedSessionFlushNeedsNoFourthSessionInTheOtherOperations(t *testing.T) {
-	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
-	bA, bB := &swtpmtest.Bus{}, &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap), swtpmtest.WithBus(bA))
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap), swtpmtest.WithBus(bB))
-	envA.NoLeakCheck() // the session A1 kept is flushed below, by hand
-	envB.NoLeakCheck()
-	a, b := provisioned(t, envA), provisioned(t, envB)
+	A, B := limitedPair(t)
+	a, b, envB := A.a, B.a, B.env
 	ctx := context.Background()
 	blob, err := a.Seal(ctx, api.SealRequest{Data: []byte("x")})
 	if err != nil {
@@ -46,16 +41,16 @@ func TestDroppedSessionFlushNeedsNoFourthSessionInTheOtherOperations(t *testing.
 	if err != nil {
 		t.Fatal(err)
 	}
-	lA.Take()
-	lB.Take()
+	A.l.Take()
+	B.l.Take()
 	step := func(onB bool, name string, fn func() error) {
 		threeOfItsOwn := name == "peer prove (B)"
 		t.Helper()
-		l, bus := lA, bA
+		l, bus := A.l, A.bus
 		if onB {
-			l, bus = lB, bB
+			l, bus = B.l, B.bus
 		}
-		kept := dropFirstSessionFlush(bus)
+		kept := swtpmtest.DropFirstSessionFlush(bus)
 		err := fn()
 		bus.Set(nil)
 		refused, cmds := l.Take()

@@ -1,33 +1,38 @@
 package agent
 
 import (
-	"encoding/binary"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// dropFirstSessionFlush arms b: the first TPM2_FlushContext of a session
-// is not passed on and is answered success (A1 drops it; a flush's answer
-// has no HMAC), the session staying loaded in the TPM. It reports the
-// handle it kept.
-func dropFirstSessionFlush(b *swtpmtest.Bus) *tpm2.TPMHandle {
-	kept := new(tpm2.TPMHandle)
-	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if *kept != 0 || swtpmtest.CommandCode(cmd) != tpm2.TPMCCFlushContext || len(cmd) < 14 {
-			return nil, nil, false
-		}
-		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
-		if h>>24 != 0x02 && h>>24 != 0x03 {
-			return nil, nil, false
-		}
-		*kept = h
-		return swtpmtest.ErrorAnswer(tpm2.TPMRCSuccess), nil, true
-	})
-	return kept
+// limitedSide is one of two provisioned TPMs behind
+// swtpmtest.SessionLimit (the kernel resource manager's three sessions
+// per connection), with A1's bus above the limit.
+type limitedSide struct {
+	l   *swtpmtest.SessionLimit
+	bus *swtpmtest.Bus
+	env *swtpmtest.Env
+	a   *Agent
+}
+
+// limitedPair starts A and B, provisioned, their leak checks off (what A1
+// kept is flushed by the tests, by hand), their refusals counted from now.
+func limitedPair(t *testing.T) (A, B limitedSide) {
+	t.Helper()
+	side := func() limitedSide {
+		s := limitedSide{l: &swtpmtest.SessionLimit{}, bus: &swtpmtest.Bus{}}
+		s.env = swtpmtest.Start(t, swtpmtest.WithWrap(s.l.Wrap), swtpmtest.WithBus(s.bus))
+		s.env.NoLeakCheck()
+		return s
+	}
+	A, B = side(), side()
+	A.a, B.a = provisioned(t, A.env), provisioned(t, B.env)
+	A.l.Take()
+	B.l.Take()
+	return A, B
 }
 
 // A1 drops one FlushContext of a session inside an operation and answers
@@ -48,21 +53,12 @@ func dropFirstSessionFlush(b *swtpmtest.Bus) *tpm2.TPMHandle {
 // other (tpm.counting.roomForSession: len(live)+2 <= maxSessions), which
 // keeps the seal's and provision's savings.
 func TestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
-	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
-	bA, bB := &swtpmtest.Bus{}, &swtpmtest.Bus{}
-	// The bus above the limit: A1's dropped flush reaches neither.
-	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap), swtpmtest.WithBus(bA))
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap), swtpmtest.WithBus(bB))
-	envA.NoLeakCheck() // the session A1 kept is flushed below, by hand
-	envB.NoLeakCheck()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	lA.Take()
-	lB.Take()
-	everyOperation(t, a, b, envB, func(onB bool, name string, fn func() error) {
+	A, B := limitedPair(t)
+	everyOperation(t, A.a, B.a, B.env, func(onB bool, name string, fn func() error) {
 		t.Helper()
-		l, bus := lA, bA
+		l, bus := A.l, A.bus
 		if onB {
-			l, bus = lB, bB
+			l, bus = B.l, B.bus
 		}
 		if name == "dup import (B)" {
 			// Holds three sessions of its own (its activation's): one
@@ -73,7 +69,7 @@ func TestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 			l.Take()
 			return
 		}
-		kept := dropFirstSessionFlush(bus)
+		kept := swtpmtest.DropFirstSessionFlush(bus)
 		err := fn()
 		bus.Set(nil)
 		refused, cmds := l.Take()

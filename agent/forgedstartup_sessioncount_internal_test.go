@@ -63,20 +63,12 @@ func forgeStartupWhileHolding(b *swtpmtest.Bus, min int) *bool {
 // no operation meets the session limit after this one A1 act (dup import,
 // which holds three of its own, is run without A1).
 func TestForgedStartupNeedsNoFourthSession(t *testing.T) {
-	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
-	bA, bB := &swtpmtest.Bus{}, &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap), swtpmtest.WithBus(bA))
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap), swtpmtest.WithBus(bB))
-	envA.NoLeakCheck() // a forged reset makes provd forget what it held
-	envB.NoLeakCheck()
-	a, b := provisioned(t, envA), provisioned(t, envB)
-	lA.Take()
-	lB.Take()
-	everyOperation(t, a, b, envB, func(onB bool, name string, fn func() error) {
+	A, B := limitedPair(t) // a forged reset makes provd forget what it held
+	everyOperation(t, A.a, B.a, B.env, func(onB bool, name string, fn func() error) {
 		t.Helper()
-		l, bus, env := lA, bA, envA
+		l, bus, env := A.l, A.bus, A.env
 		if onB {
-			l, bus, env = lB, bB, envB
+			l, bus, env = B.l, B.bus, B.env
 		}
 		if name == "dup import (B)" {
 			if err := fn(); err != nil {

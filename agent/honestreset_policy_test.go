@@ -79,6 +79,19 @@ func TestHonestResetMidOperationIsNotForged(t *testing.T) {
 			return err
 		},
 	}
+	// The commands each operation sends on this platform (it fails at a
+	// step: PCR 7 differs): the faults go before those only.
+	sent := map[string][]tpm2.TPMCC{}
+	for name, op := range ops {
+		a := newAgent(t, env, dir)
+		log := &swtpmtest.CommandLog{}
+		bus.Set(log.Hook)
+		log.Start()
+		_ = op(a)
+		sent[name] = log.Stop()
+		bus.Set(nil)
+		a.Close()
+	}
 	for _, c := range []struct {
 		name string
 		cut  bool
@@ -94,6 +107,9 @@ func TestHonestResetMidOperationIsNotForged(t *testing.T) {
 				{tpm2.TPMCCPolicyAuthValue, 1}, {tpm2.TPMCCPolicyAuthValue, 2},
 				{tpm2.TPMCCSign, 1}, {tpm2.TPMCCUnseal, 1}, {tpm2.TPMCCFlushContext, 1},
 			} {
+				if swtpmtest.Count(sent[opName], p.cc) < p.nth {
+					continue // not in this operation
+				}
 				t.Run(fmt.Sprintf("%s/%s/%v#%d", c.name, opName, p.cc, p.nth), func(t *testing.T) {
 					a := newAgent(t, env, dir) // one-shot
 					defer a.Close()
@@ -102,7 +118,7 @@ func TestHonestResetMidOperationIsNotForged(t *testing.T) {
 					err := ops[opName](a)
 					bus.Set(nil)
 					if !done {
-						t.Skip("no such command in this operation")
+						t.Fatalf("%v #%d, sent in the clean run, not reached", p.cc, p.nth)
 					}
 					t.Logf("%s before %v #%d: exit %d: %v", c.name, p.cc, p.nth, api.ExitCode(err), err)
 					if api.ExitCode(err) == api.ExitIdentity {

@@ -248,6 +248,26 @@ func AnsweredOnce(cc tpm2.TPMCC, rc tpm2.TPMRC, sent *int) Hook {
 	}
 }
 
+// DropFirstSessionFlush arms b: the first TPM2_FlushContext of a session
+// is not passed on and is answered success (A1 drops it; a flush's answer
+// has no HMAC), the session staying loaded in the TPM. It reports the
+// handle it kept (0 until then); the caller flushes it past the hook.
+func DropFirstSessionFlush(b *Bus) *tpm2.TPMHandle {
+	kept := new(tpm2.TPMHandle)
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if *kept != 0 || CommandCode(cmd) != tpm2.TPMCCFlushContext || len(cmd) < 14 {
+			return nil, nil, false
+		}
+		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
+		if h>>24 != 0x02 && h>>24 != 0x03 {
+			return nil, nil, false
+		}
+		*kept = h
+		return ErrorAnswer(tpm2.TPMRCSuccess), nil, true
+	})
+	return kept
+}
+
 // Decoy is an object of A1's own, created straight on the TPM (tp: the
 // bus's side, Bus.Next) for A1 to rename a load's answer to: an ECC P-256
 // signing primary in the NULL hierarchy, userWithAuth with an authValue of
