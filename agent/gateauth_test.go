@@ -250,15 +250,7 @@ func TestInterposerCannotFreezeRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur, _ := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	signed := func(v uint64) []byte {
-		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := sp.MarshalJSON()
-		return b
-	}
+	signed := signedPCR7(t, env, signer)
 	old := *res.Counter + 1
 	if _, err := ag.InstallPolicy(ctx, signed(old)); err != nil {
 		t.Fatal(err)

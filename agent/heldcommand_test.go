@@ -14,7 +14,6 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -236,25 +235,11 @@ func TestHeldIncrementNeverRunsLater(t *testing.T) {
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 			ctx := context.Background()
 			ag, signer, res := signedPolicyAgent(t, env)
-			cur, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-			if err != nil {
-				t.Fatal(err)
-			}
-			signed := func(v uint64) []byte {
-				sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, err := sp.MarshalJSON()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return b
-			}
+			signed := signedPCR7(t, env, signer)
 			v := *res.Counter + 1
 			h := &commandHolder{holding: c.how, cc: tpm2.TPMCCNVIncrement, index: agent.PolicyCounterHandle}
 			b.Set(h.hook)
-			_, err = ag.InstallPolicy(ctx, signed(v))
+			_, err := ag.InstallPolicy(ctx, signed(v))
 			b.Set(nil)
 			if h.held == nil || !h.dropped {
 				t.Fatalf("attack not mounted (held %v, flush forged %v): %v", h.held != nil, h.dropped, err)

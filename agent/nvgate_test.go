@@ -417,21 +417,10 @@ func TestCounterIncrementsOnlyByProvd(t *testing.T) {
 	if name, err := tp.NVName(agent.PolicyCounterHandle); err != nil || !bytes.Equal(name.Buffer, agent.CounterRef().Name) {
 		t.Fatalf("counter name %x, CounterRef %x (%v)", name.Buffer, agent.CounterRef().Name, err)
 	}
-	cur, err := tp.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	if err != nil {
-		t.Fatal(err)
-	}
+	signed := signedPCR7(t, env, signer)
 	install := func(v uint64) error {
 		t.Helper()
-		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := sp.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = ag.InstallPolicy(ctx, b)
+		_, err := ag.InstallPolicy(ctx, signed(v))
 		return err
 	}
 	c0 := *res.Counter
@@ -618,6 +607,28 @@ func TestLegacyTrailsMoveToTheGate(t *testing.T) {
 	}
 	if _, err := ag2.AuditVerify(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// signedPCR7 is a signed PK policy over PCR 7's value now, by signer, as
+// policy install takes it, for version v.
+func signedPCR7(t *testing.T, env *swtpmtest.Env, signer *ecdsa.PrivateKey) func(v uint64) []byte {
+	t.Helper()
+	cur, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(v uint64) []byte {
+		t.Helper()
+		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := sp.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -35,21 +34,7 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
 	ag, signer, res := signedPolicyAgent(t, env)
-	cur, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed := func(v uint64) []byte {
-		sp, err := agent.SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, v, "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := sp.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	signed := signedPCR7(t, env, signer)
 	before, err := env.TPM.Leftovers()
 	if err != nil {
 		t.Fatal(err)
