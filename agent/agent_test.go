@@ -32,15 +32,24 @@ func newAgent(t *testing.T, env *swtpmtest.Env, dir string) *agent.Agent {
 // the fault tests start from.
 func signingAgent(t *testing.T, env *swtpmtest.Env) *agent.Agent {
 	t.Helper()
+	ag, _ := signingState(t, env)
+	return ag
+}
+
+// signingState is signingAgent with its state directory, for a test that
+// opens it again as a one-shot process would.
+func signingState(t *testing.T, env *swtpmtest.Env) (*agent.Agent, string) {
+	t.Helper()
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
 	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
-	return ag
+	return ag, dir
 }
 
 func extend16(t *testing.T, tp *tpm.TPM) {

@@ -32,12 +32,7 @@ func TestForgedRetriesRunNoSecondCopy(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	ctx := context.Background()
-	dir := stateDir(t)
-	ag := newAgent(t, env, dir)
-	provision(t, ag, 7)
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag, dir := signingState(t, env)
 	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s")})
 	if err != nil {
 		t.Fatal(err)

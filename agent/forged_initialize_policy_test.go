@@ -29,12 +29,7 @@ func TestForgedInitializeResendIsForgedNotPolicy(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			bus := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-			dir := stateDir(t)
-			ag := newAgent(t, env, dir)
-			provision(t, ag, 7)
-			if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
+			ag, dir := signingState(t, env)
 			ag.Close()
 			ag = newAgent(t, env, dir) // one-shot
 			sent, startups, answered := 0, 0, false

@@ -57,12 +57,7 @@ func TestHonestResetMidOperationIsNotForged(t *testing.T) {
 		}
 	}
 	extend7()
-	dir := stateDir(t)
-	ag := newAgent(t, env, dir)
-	provision(t, ag, 7)
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
+	ag, dir := signingState(t, env)
 	blob, err := ag.Seal(ctx, api.SealRequest{Data: []byte("s")})
 	if err != nil {
 		t.Fatal(err)

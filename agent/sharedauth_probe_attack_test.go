@@ -183,12 +183,7 @@ func TestProbeSignForgedRetryExit(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			bus := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-			dir := stateDir(t)
-			ag := newAgent(t, env, dir)
-			provision(t, ag, 7)
-			if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
+			ag, dir := signingState(t, env)
 			if mode == "kept session" {
 				ag.Close()
 				var err error
