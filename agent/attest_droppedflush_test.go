@@ -3,8 +3,6 @@ package agent_test
 import (
 	"testing"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -33,14 +31,8 @@ func TestAttestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 	l.Take()
 	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
 		t.Helper()
-		kept := swtpmtest.DropFirstSessionFlush(bus)
-		err := fn()
-		bus.Set(nil)
-		refused, cmds := l.Take()
-		if *kept != 0 {
-			_, _ = (tpm2.FlushContext{FlushHandle: *kept}).Execute(bus.Next)
-		}
-		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(*kept), err)
+		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if (name == "attest activate" || name == "attest secret") && refused > 0 {
 			err = fn() // A1's session gone
 			if refused, _ = l.Take(); refused > 0 {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -50,14 +48,8 @@ func TestDroppedSessionFlushNeedsNoFourthSessionInTheOtherOperations(t *testing.
 		if onB {
 			l, bus = B.l, B.bus
 		}
-		kept := swtpmtest.DropFirstSessionFlush(bus)
-		err := fn()
-		bus.Set(nil)
-		refused, cmds := l.Take()
-		if *kept != 0 {
-			_, _ = (tpm2.FlushContext{FlushHandle: *kept}).Execute(bus.Next)
-		}
-		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(*kept), err)
+		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if refused > 0 && !threeOfItsOwn {
 			t.Errorf("%s: after one dropped flush, %d refusals for want of a session slot (a fourth session): %v (%v)", name, refused, err, cmds)
 		}

@@ -3,8 +3,6 @@ package agent
 import (
 	"testing"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -69,16 +67,8 @@ func TestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 			l.Take()
 			return
 		}
-		kept := swtpmtest.DropFirstSessionFlush(bus)
-		err := fn()
-		bus.Set(nil)
-		refused, cmds := l.Take()
-		if *kept != 0 {
-			// Whatever provd did after, the kept session is A1's leftover:
-			// flushed so that the next operation starts as the others.
-			_, _ = (tpm2.FlushContext{FlushHandle: *kept}).Execute(bus.Next)
-		}
-		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(*kept), err)
+		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if refused > 0 {
 			t.Errorf("%s: after one dropped flush, %d refusals for want of a session slot (a fourth session: /dev/tpmrm0 flushes every session of the connection): %v (%v)", name, refused, err, cmds)
 		}
