@@ -31,7 +31,7 @@ func TestAttestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 	l.Take()
 	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
 		t.Helper()
-		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		refused, cmds, kept, err := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
 		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if (name == "attest activate" || name == "attest secret") && refused > 0 {
 			err = fn() // A1's session gone

@@ -48,7 +48,7 @@ func TestDroppedSessionFlushNeedsNoFourthSessionInTheOtherOperations(t *testing.
 		if onB {
 			l, bus = B.l, B.bus
 		}
-		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		refused, cmds, kept, err := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
 		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if refused > 0 && !threeOfItsOwn {
 			t.Errorf("%s: after one dropped flush, %d refusals for want of a session slot (a fourth session): %v (%v)", name, refused, err, cmds)

@@ -67,7 +67,7 @@ func TestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
 			l.Take()
 			return
 		}
-		err, refused, cmds, kept := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
+		refused, cmds, kept, err := swtpmtest.DroppingFirstSessionFlush(bus, l, fn)
 		t.Logf("%s: flush of 0x%08x dropped; %v", name, uint32(kept), err)
 		if refused > 0 {
 			t.Errorf("%s: after one dropped flush, %d refusals for want of a session slot (a fourth session: /dev/tpmrm0 flushes every session of the connection): %v (%v)", name, refused, err, cmds)

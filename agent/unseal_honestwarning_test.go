@@ -93,7 +93,7 @@ func TestUnsealHonestWarningKeepsTheFailuresExit(t *testing.T) {
 	}
 	for _, c := range cases {
 		log := &swtpmtest.CommandLog{}
-		run := func(warn tpm2.TPMCC) (int, error, int) {
+		run := func(warn tpm2.TPMCC) (int, int, error) {
 			if c.before != nil {
 				c.before()
 				defer c.after()
@@ -109,9 +109,9 @@ func TestUnsealHonestWarningKeepsTheFailuresExit(t *testing.T) {
 			}
 			_, err := a.Unseal(ctx, c.blob)
 			bus.Set(nil)
-			return api.ExitCode(err), err, n
+			return api.ExitCode(err), n, err
 		}
-		base, berr, _ := run(0)
+		base, _, berr := run(0)
 		sent := log.Stop()
 		t.Logf("%s: exit %d: %v", c.name, base, berr)
 		if base == 0 || base == api.ExitIdentity {
@@ -122,7 +122,7 @@ func TestUnsealHonestWarningKeepsTheFailuresExit(t *testing.T) {
 				continue // the failure comes before this command kind
 			}
 			t.Run(fmt.Sprintf("%s/RETRY on %v", c.name, cc), func(t *testing.T) {
-				got, err, n := run(cc)
+				got, n, err := run(cc)
 				if n == 0 {
 					t.Fatalf("%v, sent without the warning, not sent with it", cc)
 				}

@@ -77,10 +77,10 @@ func (l *SessionLimit) Take() (refused int, commands []tpm2.TPMCC) {
 
 // DroppingFirstSessionFlush runs fn with the first TPM2_FlushContext of a
 // session dropped by A1 on b (DropFirstSessionFlush), l below it, and
-// returns fn's error, l's refusals and commands (Take), and the session
-// kept (0: none). The kept session, A1's leftover whatever fn did after,
+// returns l's refusals and commands (Take), the session kept (0: none)
+// and fn's error. The kept session, A1's leftover whatever fn did after,
 // is flushed past the hook, so that the next run starts as the others.
-func DroppingFirstSessionFlush(b *Bus, l *SessionLimit, fn func() error) (err error, refused int, commands []tpm2.TPMCC, kept tpm2.TPMHandle) {
+func DroppingFirstSessionFlush(b *Bus, l *SessionLimit, fn func() error) (refused int, commands []tpm2.TPMCC, kept tpm2.TPMHandle, err error) {
 	k := DropFirstSessionFlush(b)
 	err = fn()
 	b.Set(nil)
@@ -88,5 +88,5 @@ func DroppingFirstSessionFlush(b *Bus, l *SessionLimit, fn func() error) (err er
 	if kept = *k; kept != 0 {
 		_, _ = (tpm2.FlushContext{FlushHandle: kept}).Execute(b.Next)
 	}
-	return err, refused, commands, kept
+	return refused, commands, kept, err
 }
