@@ -6,7 +6,6 @@ package agent_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"slices"
 	"sync"
@@ -43,6 +42,7 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 	var mu sync.Mutex
 	var realGate tpm2.TPMHandle
 	increments := 0
+	rename := swtpmtest.RenamedLoad(func(cmd []byte) bool { return swtpmtest.LastSession(cmd, 1) == tpm2.TPMRSPW }, decoy, &realGate)
 	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -53,17 +53,7 @@ func TestCounterGateLoadRenamed(t *testing.T) {
 		// The counter gate's load: under the SRK's password, the first
 		// such load of the install (the audit gate's comes with the
 		// record, after the increment).
-		if cc != tpm2.TPMCCLoad || realGate != 0 || swtpmtest.LastSession(cmd, 1) != tpm2.TPMRSPW {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		if err != nil || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-			return rsp, err, true
-		}
-		realGate = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
-		r := slices.Clone(rsp)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
-		return r, nil, true
+		return rename(next, cmd)
 	})
 	v := *res.Counter + 1
 	_, err = ag.InstallPolicy(ctx, signed(v))

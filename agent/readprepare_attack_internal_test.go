@@ -122,23 +122,14 @@ func gateLoadRenamed(t *testing.T, b *swtpmtest.Bus, a *Agent) {
 	var mu sync.Mutex
 	var realGate tpm2.TPMHandle
 	var log []string
+	rename := swtpmtest.RenamedLoad(func(cmd []byte) bool { return swtpmtest.LastSession(cmd, 1) == tpm2.TPMRSPW }, decoy, &realGate)
 	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		cc := swtpmtest.CommandCode(cmd)
 		log = append(log, fmt.Sprintf("%#x", uint32(cc)))
 		// The gate's load: under the SRK's password (TPM_RS_PW).
-		if cc != tpm2.TPMCCLoad || realGate != 0 || swtpmtest.LastSession(cmd, 1) != tpm2.TPMRSPW {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		if err != nil || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-			return rsp, err, true
-		}
-		realGate = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
-		r := slices.Clone(rsp)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
-		return r, nil, true
+		return rename(next, cmd)
 	})
 	err := a.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", "gate-renamed")
 	b.Set(nil)

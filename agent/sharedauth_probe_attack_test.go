@@ -125,20 +125,11 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 	decoy := swtpmtest.Decoy(t, q.bus.Next)
 	var mu sync.Mutex
 	var realAK tpm2.TPMHandle
+	rename := swtpmtest.RenamedLoad(nil, decoy, &realAK)
 	q.bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
-		if swtpmtest.CommandCode(cmd) != tpm2.TPMCCLoad || realAK != 0 {
-			return nil, nil, false
-		}
-		rsp, err := next.Send(cmd)
-		if err != nil || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-			return rsp, err, true
-		}
-		realAK = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
-		r := append([]byte(nil), rsp...)
-		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
-		return r, nil, true
+		return rename(next, cmd)
 	})
 	_, err := q.ag.AttestQuote(ctx, req)
 	q.bus.Set(nil)

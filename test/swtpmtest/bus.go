@@ -291,6 +291,27 @@ func Decoy(t testing.TB, tp transport.TPM) tpm2.TPMHandle {
 	return rsp.ObjectHandle
 }
 
+// RenamedLoad is A1 renaming a load's answer (a TPM2_Load's handle has no
+// HMAC): the first TPM2_Load that match accepts (nil: any) is passed on,
+// the handle the TPM made is recorded in *made, and the answer names
+// decoy in its place. Later commands pass through. The caller serializes
+// the hook's calls with its reads of *made.
+func RenamedLoad(match func(cmd []byte) bool, decoy tpm2.TPMHandle, made *tpm2.TPMHandle) Hook {
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if CommandCode(cmd) != tpm2.TPMCCLoad || *made != 0 || (match != nil && !match(cmd)) {
+			return nil, nil, false
+		}
+		rsp, err := next.Send(cmd)
+		if err != nil || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+			return rsp, err, true
+		}
+		*made = tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[10:14]))
+		r := append([]byte(nil), rsp...)
+		binary.BigEndian.PutUint32(r[10:14], uint32(decoy))
+		return r, nil, true
+	}
+}
+
 // Answered passes cmd on and records its code unless the TPM answered it
 // with a warning that has it sent again (RETRY, YIELDED, TESTING,
 // NV_RATE: swtpm answers TPM2_Sign TPM_RC_RETRY at times): the commands as
