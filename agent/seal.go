@@ -153,7 +153,8 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// parseSealed validates a sealed blob's structure.
+// parseSealed validates a sealed blob's structure, and that its policy
+// record is its object's (checkSealedPolicy).
 func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 	var b sealedBlob
 	if err := strictJSON(data, &b); err != nil {
@@ -169,8 +170,8 @@ func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 	if err != nil {
 		return b, obj, fmt.Errorf("%w: sealed blob: %v", api.ErrBadInput, err)
 	}
-	if _, err := b.Policy.expr(); err != nil {
-		return b, obj, fmt.Errorf("%w: sealed blob policy: %v", api.ErrBadInput, err)
+	if err := checkSealedPolicy(b, obj); err != nil {
+		return b, obj, err
 	}
 	if b.Envelope != nil && (b.Envelope.Alg != "AES-256-GCM" || len(b.Envelope.Nonce) != 12) {
 		return b, obj, fmt.Errorf("%w: sealed blob envelope", api.ErrBadInput)
@@ -179,7 +180,11 @@ func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 }
 
 // checkSealedPolicy: the policy the blob's record gives, as unseal runs it,
-// is the authPolicy of the blob's object.
+// is the authPolicy of the blob's object. It must be before the TPM sees
+// anything: a blob whose record is another seal's (edited, or mixed up)
+// is tampered (exit 14), not a platform that fails it, and not the bus's
+// doing (found by review: after an honest warning, policyUse called it
+// forged).
 func checkSealedPolicy(b sealedBlob, blob tpm.Blob) error {
 	expr, err := b.Policy.expr()
 	if err != nil {
@@ -217,14 +222,6 @@ func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err err
 func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]string, out *[]byte) error {
 	b, blob, err := parseSealed(data)
 	if err != nil {
-		return err
-	}
-	// The policy provd will run must be the object's own, before the TPM
-	// sees anything: a blob whose record is another seal's (edited, or
-	// mixed up) is tampered (exit 14), not a platform that fails it, and
-	// not the bus's doing (found by review: after an honest warning,
-	// policyUse called it forged).
-	if err := checkSealedPolicy(b, blob); err != nil {
 		return err
 	}
 	name, err := blob.Name()

@@ -46,12 +46,13 @@ type shared struct {
 // The session holds one of the TPM's session slots only while no other
 // session needs it: a StartAuthSession that would leave the connection
 // holding maxSessions (no slot to spare; counting.roomForSession) has it
-// flushed first (Send, liveSessions), and the next read starts a new one. So an operation never holds more sessions
-// at once than the TPM's slots (3 on swtpm) and the kernel resource
-// manager's (3 per connection on /dev/tpmrm0, where a fourth fails the
-// device's write and flushes the connection's every session) allow, and
-// an operation that starts one or two sessions of its own keeps the shared
-// one for its record (a one-use session fewer: issue 14).
+// flushed first (Send, liveSessions), and the next read starts a new
+// one. So an operation never holds more sessions at once than the TPM's
+// slots (3 on swtpm) and the kernel resource manager's (3 per connection
+// on /dev/tpmrm0, where a fourth fails the device's write and flushes the
+// connection's every session) allow, and an operation that starts one
+// session of its own at a time keeps the shared one for its record (a
+// one-use session fewer: issue 14).
 func (t *TPM) Share(fn func() error) error {
 	if t.share != nil {
 		return fn()
