@@ -27,10 +27,12 @@ import (
 // compute a command's HMAC or forge an answer's, in either role, and the
 // authValue never crosses the bus.
 
-// startKeyedHMAC starts a keyed HMAC session salted to srk, without
-// parameter encryption.
+// startKeyedHMAC starts a keyed HMAC session salted to srk, with
+// AES-128-CFB for parameter encryption, which the guard role (hmacGuard)
+// uses and the other roles leave off: the TPM refuses parameter encryption
+// in a session started without a cipher (TPM_RC_SYMMETRIC).
 func (t *TPM) startKeyedHMAC(srk Object) (*keyedPolicy, error) {
-	return t.startKeyed(srk, tpm2.TPMSEHMAC, nil, false, 0)
+	return t.startKeyed(srk, tpm2.TPMSEHMAC, nil, true, 0)
 }
 
 // keyedCloser flushes k by the handle it started with (sessionCloser) and
@@ -63,6 +65,54 @@ func (s hmacAudit) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm
 	return s.k.authorize(cc, parms, addNonces, names, auditAttrs, nil)
 }
 func (s hmacAudit) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
+	return s.k.validate(rc, cc, parms, auth, nil)
+}
+
+// hmacGuard is a keyed HMAC session as a command's extra session that
+// encrypts its secret in direction dir (a creation's sensitive area in, an
+// unseal's secret out) and audits it: HMACs and encryption keyed by the
+// session key alone (Part 1, 19.6 and 21: the session authorizes no entity
+// in that command), as policyGuard's are. It stands where an encrypting
+// session of the command's own stood (WithEncryptSession): the salt is
+// the pinned SRK's either way, and the AES key and IV are drawn from that
+// command's two fresh nonces, so no two commands share a key stream.
+type hmacGuard struct {
+	k   *keyedPolicy
+	dir Direction
+}
+
+func (s hmacGuard) attrs() tpm2.TPMASession {
+	return tpm2.TPMASession{
+		ContinueSession: true,
+		Audit:           true,
+		Decrypt:         s.dir == EncryptIn || s.dir == EncryptInOut,
+		Encrypt:         s.dir == EncryptOut || s.dir == EncryptInOut,
+	}
+}
+
+func (s hmacGuard) Init(transport.TPM) error           { return nil }
+func (s hmacGuard) CleanupFailure(transport.TPM) error { return nil }
+func (s hmacGuard) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonce{Buffer: s.k.nonceTPM} }
+func (s hmacGuard) NewNonceCaller() error              { return s.k.newNonceCaller() }
+func (s hmacGuard) IsEncryption() bool                 { return s.attrs().Encrypt }
+func (s hmacGuard) IsDecryption() bool                 { return s.attrs().Decrypt }
+func (s hmacGuard) Handle() tpm2.TPMHandle             { return s.k.handle }
+func (s hmacGuard) Encrypt(parameter []byte) error {
+	if !s.IsDecryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, nil, true)
+}
+func (s hmacGuard) Decrypt(parameter []byte) error {
+	if !s.IsEncryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, nil, false)
+}
+func (s hmacGuard) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
+	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), nil)
+}
+func (s hmacGuard) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
 	return s.k.validate(rc, cc, parms, auth, nil)
 }
 

@@ -90,6 +90,9 @@ func (t *TPM) sessionCloser(s tpm2.Session) func() error {
 // WithEncryptSession runs fn with an encryption session and flushes it after,
 // reporting a flush failure when fn succeeded.
 func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) error {
+	if ok, err := t.withSharedGuard(dir, fn); ok {
+		return err
+	}
 	srk, err := t.SRK()
 	if err != nil {
 		return err

@@ -25,7 +25,9 @@ import (
 // The session is provd's keyed HMAC session (keyedhmac.go): besides
 // auditing, it authorizes an entity whose authValue provd holds, the AK's
 // quote or a gate's proof (withSharedAuth), keyed by that value in that
-// command only.
+// command only, and encrypts the secret a command carries in or out
+// (withSharedGuard, WithEncryptSession: a creation's sensitive area, an
+// unseal's answer), keyed by the salt alone.
 type shared struct {
 	s     tpm2.Session // its audit role; nil until the first read, and after a failure
 	k     *keyedPolicy
@@ -75,6 +77,22 @@ func (t *TPM) Share(fn func() error) error {
 // pinned to salt it to; nothing was sent, and the caller uses a session of
 // its own. A failure of fn flushes the session.
 func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error) {
+	return t.withShared(func(k *keyedPolicy) tpm2.Session { return hmacAudit{k} }, fn)
+}
+
+// withSharedGuard runs fn with the operation's shared session as an extra
+// session that encrypts in direction dir (hmacGuard), starting it if there
+// is none: WithEncryptSession's session, where each started and flushed
+// its own (issue 14: a StartAuthSession and a FlushContext fewer for every
+// secret that crosses the bus in an audited operation). ok false as for
+// withSharedAudit.
+func (t *TPM) withSharedGuard(dir Direction, fn func(s tpm2.Session) error) (ok bool, err error) {
+	return t.withShared(func(k *keyedPolicy) tpm2.Session { return hmacGuard{k: k, dir: dir} }, fn)
+}
+
+// withShared runs fn with the shared session in the role role gives it,
+// starting the session if there is none (withSharedAudit).
+func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error) (ok bool, err error) {
 	sh := t.share
 	if sh == nil || sh.inUse {
 		return false, nil
@@ -97,7 +115,7 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 		}
 		sh.s, sh.k, sh.close, sh.gen = hmacAudit{k}, k, t.keyedCloser(k), gen
 	}
-	return true, t.inShared(sh.s, fn)
+	return true, t.inShared(role(sh.k), fn)
 }
 
 // withSharedAuth runs fn with the operation's shared session authorizing
