@@ -69,12 +69,15 @@ type trailAnchor struct {
 	// held is the gate key zeroize loads before it evicts the SRK, for its
 	// last record; nil otherwise (the gate is loaded per record).
 	held **tpm.Gate
-	// proven is the written anchor the last Read read, until Prepare
-	// takes it or ReadPrepare, which extends, drops it: Prepare then needs
-	// no NV_ReadPublic (issue 14). With an SRK pinned the read was in a
+	// proven is the written anchor the last Read read, or the unwritten
+	// one newGatedAnchor has just defined, until Prepare takes it or
+	// ReadPrepare, which extends, drops it: Prepare then needs no
+	// NV_ReadPublic (issue 14). With an SRK pinned the read was in a
 	// salted session, so the TPM answered for that name; before first
-	// contact it proves nothing, and the extend's proof, bound to the name
-	// the gate gives, still lands on no other index.
+	// contact it proves nothing, nor does a define's answer (it has no
+	// HMAC), and the extend's proof, bound to the name the gate gives,
+	// still lands on no other index: the TPM refuses an extend whose
+	// cpHash is not the proof's.
 	proven atomic.Pointer[tpm.NVIndex]
 }
 
@@ -122,12 +125,17 @@ func (g *gateRecord) name() ([]byte, error) { return hex.DecodeString(g.Name) }
 
 // writtenAnchor is the anchor as it must be once extended: gated by this
 // gate, its name the written one.
-func (g *gateRecord) writtenAnchor() (tpm.NVIndex, error) {
+func (g *gateRecord) writtenAnchor() (tpm.NVIndex, error) { return g.anchorIndex(true) }
+
+// anchorIndex is the anchor as it must be, written or not: the gated public
+// area with the gate's name in its authPolicy. An index recreated with
+// another policy or other attributes has another name.
+func (g *gateRecord) anchorIndex(written bool) (tpm.NVIndex, error) {
 	gn, err := g.name()
 	if err != nil {
 		return tpm.NVIndex{}, err
 	}
-	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, true)
+	pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, written)
 	if err != nil {
 		return tpm.NVIndex{}, err
 	}
@@ -138,30 +146,17 @@ func (g *gateRecord) writtenAnchor() (tpm.NVIndex, error) {
 	return tpm.NVIndex{Handle: AuditAnchorHandle, Name: tpm2.TPM2BName{Buffer: name}, Public: pub}, nil
 }
 
-// expectedNames are the anchor's names, unwritten and written: the gated
-// public area with the gate's name in its authPolicy. An index recreated
-// with another policy or other attributes has another name.
+// expectedNames are the anchor's names, unwritten and written (anchorIndex).
 func (g *gateRecord) expectedNames() (unwritten, written []byte, err error) {
-	gn, err := g.name()
+	u, err := g.anchorIndex(false)
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, w := range []bool{false, true} {
-		pub, err := tpm.GatedExtendPublic(AuditAnchorHandle, gn, w)
-		if err != nil {
-			return nil, nil, err
-		}
-		n, err := tpm.NVPublicName(pub)
-		if err != nil {
-			return nil, nil, err
-		}
-		if w {
-			written = n
-		} else {
-			unwritten = n
-		}
+	w, err := g.anchorIndex(true)
+	if err != nil {
+		return nil, nil, err
 	}
-	return unwritten, written, nil
+	return u.Name.Buffer, w.Name.Buffer, nil
 }
 
 func (an *trailAnchor) Read() ([]byte, error) {
@@ -293,20 +288,22 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 	return gatedExtend(ge), ge.Close, nil
 }
 
-// provenAnchor takes the anchor the last Read proved, if it is still this
-// gate's written anchor (a new trail's gate has another); nil otherwise.
-// Whatever happened since, the proof Prepare makes is for that name: an
-// index recreated meanwhile refuses the extend (tampering, as it is).
+// provenAnchor takes the anchor the last Read proved or newGatedAnchor
+// defined (proven), if it is still this gate's anchor, written or not (a
+// new trail's gate has another); nil otherwise. Whatever happened since,
+// the proof Prepare makes is for that name: an index recreated meanwhile
+// refuses the extend (tampering, as it is).
 func (an *trailAnchor) provenAnchor(g *gateRecord) *tpm.NVIndex {
 	x := an.proven.Swap(nil)
 	if x == nil {
 		return nil
 	}
-	want, err := g.writtenAnchor()
-	if err != nil || !bytes.Equal(want.Name.Buffer, x.Name.Buffer) {
-		return nil
+	for _, written := range []bool{true, false} {
+		if want, err := g.anchorIndex(written); err == nil && bytes.Equal(want.Name.Buffer, x.Name.Buffer) {
+			return x
+		}
 	}
-	return x
+	return nil
 }
 
 // withGate runs prepare with the gate key loaded (the one zeroize holds,
@@ -458,15 +455,16 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // newGatedAnchor replaces whatever is at the anchor's handle with a new
 // gated extend index under a new gate key, and writes audit.gate. It returns
 // what the audit-anchor record says: the new index and gate, and the name and
-// value of the index it replaced (the evidence of whatever was there).
-func (a *Agent) newGatedAnchor() (map[string]string, error) {
+// value of the index it replaced (the evidence of whatever was there). The
+// index defined is an's to extend first (proven: no NV_ReadPublic).
+func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
 	if old, err := a.t.ReadNVPublic(AuditAnchorHandle); err == nil {
 		objects["replaced_nv_name"] = hex.EncodeToString(old.Name.Buffer)
-		if v, err := a.t.Anchor(AuditAnchorHandle).Read(); err == nil {
+		if v, err := a.t.ReadExtendIndex(old); err == nil {
 			objects["replaced_nv_value"] = hex.EncodeToString(v)
 		}
-		if err := a.t.UndefineNV(AuditAnchorHandle); err != nil {
+		if err := a.t.UndefineNVIndex(old); err != nil {
 			return nil, fmt.Errorf("remove the index at the anchor's handle: %w", err)
 		}
 	} else if !errors.Is(err, tpm.ErrNotFound) {
@@ -492,7 +490,8 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.t.DefineNV(pub); err != nil {
+	x, err := a.t.DefineNV(pub)
+	if err != nil {
 		return nil, err
 	}
 	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
@@ -510,6 +509,7 @@ func (a *Agent) newGatedAnchor() (map[string]string, error) {
 	}
 	objects["nv_name"] = hex.EncodeToString(written)
 	objects["gate_key"] = g.Name
+	an.proven.Store(&x)
 	return objects, nil
 }
 
@@ -528,7 +528,8 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 	}
 	objects["reason"] = why
 	rec := audit.Record{UID: a.callerUID(ctx), Objects: objects}
-	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now}, rec, a.newGatedAnchor)
+	an := a.trailAnchor()
+	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, func() (map[string]string, error) { return a.newGatedAnchor(an) })
 	if err != nil {
 		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
 	}

@@ -210,7 +210,16 @@ func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (iden
 	}
 	r = identityRecord{SRKPublic: tpm2.Marshal(srk.Public), SRKName: id.SRKName, EKCertSHA256: id.EKCertSHA256,
 		Trust: id.Trust, At: a.now().UTC()}
-	return r, a.t.PinSRK(srk.Public)
+	return r, PinEstablished(a.t, id, srk)
+}
+
+// PinEstablished pins srk, the SRK Establish authenticated as id: seen at
+// the persistent handle already when id says so (tpm.TPM.PinSeenSRK).
+func PinEstablished(t *tpm.TPM, id api.Identity, srk tpm.Object) error {
+	if id.SRKPersistent {
+		return t.PinSeenSRK(srk.Public)
+	}
+	return t.PinSRK(srk.Public)
 }
 
 // ekCertificate is the EK certificate to use: the caller's (DER or PEM), or

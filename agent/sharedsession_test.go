@@ -73,10 +73,10 @@ func between(cmds []tpm2.TPMCC, cc tpm2.TPMCC, i int) []tpm2.TPMCC {
 	}
 }
 
-// Provision's record reads the trail's new anchor twice (the trail's open
-// and the waiting records' check), in the one audit session the operation
-// shares (tpm.TPM.Share spans the record: issue 14, 2 commands fewer than
-// a session each), started before the first extend and kept beside its
+// Provision's record reads the trail's new anchor once (the trail's open
+// after its first record, which reads it no more: issue 14), in the one
+// audit session the operation shares (tpm.TPM.Share spans the record: a
+// session fewer), started before the first extend and kept beside its
 // policy session; the record's gated extend starts its policy session
 // beside it, and proves the gate in it (tpm.TPM.Send keeps it over that
 // start: a one-use session fewer). The trail verifies and nothing is left.
@@ -97,17 +97,68 @@ func TestProvisionRecordSharesTheAuditSession(t *testing.T) {
 	}
 	record := upTo(between(cmds, tpm2.TPMCCNVExtend, 0), tpm2.TPMCCPolicySecret)
 	// The first extend's policy session flushed; in the shared session
-	// (still started) both reads, the gate's load, the gated extend's
+	// (still started) the read, the gate's load, the gated extend's
 	// policy session started beside the shared one.
-	want := []tpm2.TPMCC{tpm2.TPMCCFlushContext, tpm2.TPMCCNVRead, tpm2.TPMCCNVRead, tpm2.TPMCCLoad,
+	want := []tpm2.TPMCC{tpm2.TPMCCFlushContext, tpm2.TPMCCNVRead, tpm2.TPMCCLoad,
 		tpm2.TPMCCStartAuthSession}
 	if !slices.Equal(record, want) {
-		t.Errorf("the record's commands before its PolicySecret: %v, want %v (one session for both reads)", record, want)
+		t.Errorf("the record's commands before its PolicySecret: %v, want %v (one read, in the shared session)", record, want)
 	}
 	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
 		t.Fatalf("left in the TPM: %v (%v)", left, err)
 	}
 	if _, err := ag.AuditVerify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Provision in a fresh state directory over another state's anchor (the
+// benchmark's "provision again", --force) sends each read once (issue 14):
+// the persistent SRK's public once (first contact saw it there: no second
+// read when it is pinned), the old anchor's public once (its value read
+// and the index removed by that read's name), the new anchor's not at all
+// (defined by its name, which the first extend's proof binds: the TPM
+// refuses an extend of any other index), and the anchor's value once after
+// the trail's first record. Every secret of the PK's and the gate's
+// creation is encrypted by the shared session: four StartAuthSessions (the
+// EK-salted one of first contact, the shared one, the two records' policy
+// sessions). The trail verifies and nothing is left.
+func TestProvisionForceReadsOnce(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	first := newAgent(t, env, stateDir(t))
+	ctx := context.Background()
+	req := api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}
+	if _, err := first.Provision(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	ag := newAgent(t, env, stateDir(t))
+	log := &swtpmtest.CommandLog{}
+	b.Set(log.Hook)
+	log.Start()
+	req.Force = true
+	_, err := ag.Provision(ctx, req)
+	cmds := log.Stop()
+	b.Set(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cc, want := range map[tpm2.TPMCC]int{
+		tpm2.TPMCCReadPublic:       2, // the EK, the SRK
+		tpm2.TPMCCNVReadPublic:     2, // the EK certificate's index, the old anchor
+		tpm2.TPMCCNVRead:           3, // the certificate, the old anchor, the new one
+		tpm2.TPMCCStartAuthSession: 4,
+		tpm2.TPMCCNVExtend:         2,
+	} {
+		if n := swtpmtest.Count(cmds, cc); n != want {
+			t.Errorf("%d of command 0x%x, want %d: %v", n, uint32(cc), want, cmds)
+		}
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("left in the TPM: %v (%v)", left, err)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -41,7 +41,9 @@ func VerifyLinks(path string) (Report, error) {
 // The anchor is not compared with the log: that is the point (a new trail, a
 // trail moved to a new anchor, an anchor that another process replaced). The
 // objects reset returns are added to rec.Objects, which should say why and
-// what the old anchor held. Options.LockTimeout and Now apply.
+// what the old anchor held. Options.LockTimeout and Now apply. The report
+// gives the lines and the head; not the anchor's value, which the caller's
+// Open reads as it verifies the trail.
 func Reanchor(path string, opts Options, rec Record, reset func() (map[string]string, error)) (Report, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -86,7 +88,8 @@ func Reanchor(path string, opts Options, rec Record, reset func() (map[string]st
 	if err := l.write(rec, nil); err != nil {
 		return rep, err
 	}
+	// rep.Anchor stays nil: the Open that follows reads the anchor and
+	// verifies the trail against it (issue 14: one read, not two).
 	rep.Lines, rep.Head = int(l.c.seq), l.c.head
-	rep.Anchor, _ = readAnchor(opts.Anchor)
 	return rep, nil
 }

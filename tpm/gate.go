@@ -165,15 +165,24 @@ func NVPublicName(p tpm2.TPMSNVPublic) ([]byte, error) {
 }
 
 // DefineNV defines the owner index described by pub (owner authorization:
-// the empty password, as everywhere provd defines indices).
+// the empty password, as everywhere provd defines indices) and returns it
+// as defined: its name computed from pub, not read back (issue 14: no
+// NV_ReadPublic). Neither the define's answer nor a read's has an HMAC, so
+// a read proved nothing more; a command that names the index in a session
+// (its HMAC, a proof's cpHashA) is refused by the TPM if the index at the
+// handle has another name.
 func (t *TPM) DefineNV(pub tpm2.TPMSNVPublic) (NVIndex, error) {
 	if err := checkNVIndexHandle(pub.NVIndex); err != nil {
 		return NVIndex{}, err
 	}
+	name, err := tpm2.NVName(&pub)
+	if err != nil {
+		return NVIndex{}, fmt.Errorf("NV index 0x%08x: %w", uint32(pub.NVIndex), err)
+	}
 	if _, err := (tpm2.NVDefineSpace{AuthHandle: tpm2.TPMRHOwner, PublicInfo: tpm2.New2B(pub)}).Execute(t); err != nil {
 		return NVIndex{}, Wrap("TPM2_NV_DefineSpace", err)
 	}
-	return t.ReadNVPublic(pub.NVIndex)
+	return NVIndex{Handle: pub.NVIndex, Name: *name, Public: pub}, nil
 }
 
 // gateAuth is gate authorized by a one-use HMAC session keyed by its

@@ -170,6 +170,12 @@ func (t *TPM) UndefineNV(h tpm2.TPMHandle) error {
 	if err != nil {
 		return err
 	}
+	return t.UndefineNVIndex(x)
+}
+
+// UndefineNVIndex is UndefineNV of x, as read by ReadNVPublic: no second
+// read.
+func (t *TPM) UndefineNVIndex(x NVIndex) error {
 	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: x.named()}).Execute(t); err != nil {
 		return Wrap("TPM2_NV_UndefineSpace", err)
 	}

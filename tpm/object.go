@@ -129,6 +129,23 @@ func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
 	return nil
 }
 
+// PinSeenSRK is PinSRK where the caller has just read the pinned SRK's
+// name at the persistent handle, on this connection (Establish:
+// SRKPersistent): the next SRK does not read it again (issue 14: one
+// TPM2_ReadPublic fewer at first contact). That read is the bus's word, as
+// the one SRK would make: a salt encrypted to the pinned key decrypts only
+// in the TPM that holds it, whatever the handle says.
+func (t *TPM) PinSeenSRK(pub tpm2.TPMTPublic) error {
+	if err := t.PinSRK(pub); err != nil {
+		return err
+	}
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	srk := *t.pinned
+	t.srk = &srk
+	return nil
+}
+
 // saltToPin reports whether sessions that need an authenticated SRK are
 // salted to the pinned one: an SRK is pinned and EvictSRK has not removed it
 // since (the audit trail's last records after zeroize --srk then go

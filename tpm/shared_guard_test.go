@@ -164,3 +164,65 @@ func TestSharedSessionEncryptionTamperedIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// PinSeenSRK takes the caller's word that the pinned SRK is at the
+// persistent handle (first contact read it there), as SRK would take the
+// bus's. A1 answering that read with the pinned name while another key is
+// at the handle gains nothing: the salt is encrypted to the pinned key, so
+// the key there derives another session key; the first command in the
+// session is refused (its HMAC), the secret the next would have carried is
+// never sent, and nothing is left without a sweep asked for.
+func TestPinSeenSRKWithAnotherKeyThere(t *testing.T) {
+	rec := &swtpmtest.Recorder{}
+	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.EvictSRK(); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := tpm.SRKTemplate
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
+		Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+	})
+	rsp, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tmpl)}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
+		PersistentHandle: tpm.SRKHandle}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Flush(rsp.ObjectHandle); err != nil {
+		t.Fatal(err)
+	}
+	env.Reopen() // a new process
+	tp = env.TPM
+	if err := tp.PinSeenSRK(srk.Public); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("pin seen test: THE SEALED DATA 0123456789")
+	rec.Reset()
+	err = tp.Share(func() error {
+		if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
+			return err
+		}
+		_, err := tp.Create(srk, nil, tpm.SealTemplate(nil), tpm.Sensitive{Data: secret})
+		return err
+	})
+	if err == nil {
+		t.Fatal("the session salted to the pinned SRK worked with another key at its handle")
+	}
+	t.Logf("refused: %v", err)
+	if rec.Sent(tpm2.TPMCCCreate) {
+		t.Error("the creation was sent after the session failed")
+	}
+	if off := rec.Leak(secret); off >= 0 {
+		t.Errorf("the secret crossed the bus in plaintext (from byte %d)", off)
+	}
+	sweptAsAsked(t, tp)
+}

@@ -143,11 +143,11 @@ warns.`,
 			// forged the counter's value and the officer signed a floor of
 			// 0): every read and write of the set then runs in sessions
 			// salted to the SRK the certified EK vouched for.
-			_, srk, err := agent.Establish(t, idReq, time.Now)
+			id, srk, err := agent.Establish(t, idReq, time.Now)
 			if err != nil {
 				return err
 			}
-			if err := t.PinSRK(srk.Public); err != nil {
+			if err := agent.PinEstablished(t, id, srk); err != nil {
 				return err
 			}
 			in, err := fwhook.Set(t, req)
