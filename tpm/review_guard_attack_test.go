@@ -224,3 +224,37 @@ func TestReviewGuardNestedUse(t *testing.T) {
 	}
 	nothingLeft(t, tp, "after Share")
 }
+
+// Review of the guard role (fails on 4a84356): A1 clears every bit that
+// gives the shared session a role in the guarded creation (decrypt and
+// audit; encrypt is clear already). The TPM refuses the session with
+// TPM_RC_ATTRIBUTES before it checks any HMAC, and provd reports that as
+// a plain TPM error: a command changed on the bus that is not
+// tpm_response_forged (exit 15). Nothing leaks (the TPM never decrypts),
+// but the error says the wrong thing. The same holds for the salted
+// session of its own this role replaced (its decrypt bit cleared), so it
+// predates fcb5300.
+func TestReviewGuardRoleBitsClearedIsForged(t *testing.T) {
+	e := newSharedGuardEnv(t)
+	auth := []byte("review guard: authValue 0123456")
+	data := []byte("review guard: THE SEALED DATA 0123456789abcdef")
+	ran := false
+	e.bus.Set(swtpmtest.Tamper(func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCCreate },
+		func(cmd, rsp []byte) ([]byte, []byte) {
+			if rsp != nil {
+				return nil, rsp
+			}
+			c := bytes.Clone(cmd)
+			c[swtpmtest.SessionAttrOffset(c, 1, 1)] &^= 0xa0 // decrypt, audit
+			return c, nil
+		}, &ran))
+	_, err := e.sealAndUnseal(t, auth, data)
+	e.bus.Set(nil)
+	if !ran {
+		t.Fatal("the attack did not run")
+	}
+	sweptAsAsked(t, e.tp)
+	if !errors.Is(err, tpm.ErrResponseForged) {
+		t.Fatalf("err = %v, want tpm_response_forged", err)
+	}
+}
