@@ -116,7 +116,7 @@ func TestReviewGuardAttributeBitsFlipped(t *testing.T) {
 			if n == 1 {
 				return off
 			}
-			off++                                                   // attributes
+			off++                                                  // attributes
 			off += 2 + int(uint16(rsp[off])<<8|uint16(rsp[off+1])) // hmac
 		}
 	}
