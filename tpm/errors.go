@@ -173,12 +173,16 @@ func (t *TPM) notFailureMode(err error) error {
 
 // guarded maps the TPM's refusal of a command HMAC in the session salted to
 // the SRK (a guard session: provd's own key, which a caller never mistypes)
-// to ErrResponseForged: the command was changed on its way. index is the
-// guard session's position among the command's sessions (1-based); a
-// command whose every session is a guard names each.
+// to ErrResponseForged: the command was changed on its way. So is its
+// refusal of the session's attributes (TPM_RC_ATTRIBUTES), which the TPM
+// checks before the HMAC: provd sends a guard's attributes consistent
+// with its command, so A1 changed them (found by review: the shared
+// session's decrypt and audit bits cleared in a creation, a plain TPM
+// error). index is the guard session's position among the command's
+// sessions (1-based); a command whose every session is a guard names each.
 func guarded(command string, err error, index ...int) error {
 	var f1 tpm2.TPMFmt1Error
-	if errors.Is(err, tpm2.TPMRCBadAuth) && errors.As(err, &f1) {
+	if (errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAttributes)) && errors.As(err, &f1) {
 		if ok, i := f1.Session(); ok && slices.Contains(index, i) {
 			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, Wrap(command, err))
 		}
