@@ -47,6 +47,56 @@ func TestRecordSharesOneSessionForReadAndGate(t *testing.T) {
 	}
 }
 
+// In a process that keeps its trail open (the daemon), an operation's
+// record reads the anchor and proves the gate in the operation's shared
+// session when it is still started (issue 14: no keyed session of the
+// record's own, its StartAuthSession and flush: 2 commands): a warm seal's
+// record reads the anchor in the session that read the PCRs it seals to,
+// and the seal starts three sessions (the shared one, the creation's
+// policy session, the gate's). The trail verifies and nothing is left.
+func TestWarmRecordReadsInTheSharedSession(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ctx := context.Background()
+	ag := newAgent(t, env, stateDir(t))
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var codes []tpm2.TPMCC
+	last := map[tpm2.TPMCC]tpm2.TPMHandle{}
+	b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		cc := swtpmtest.CommandCode(cmd)
+		codes = append(codes, cc)
+		if nh, ok := map[tpm2.TPMCC]int{tpm2.TPMCCPCRRead: 0, tpm2.TPMCCNVRead: 2}[cc]; ok {
+			last[cc] = swtpmtest.LastSession(cmd, nh)
+		}
+		return nil, nil, false
+	})
+	_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("the disk key"), PCRs: []int{7}})
+	b.Set(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if last[tpm2.TPMCCNVRead] == 0 || last[tpm2.TPMCCNVRead] != last[tpm2.TPMCCPCRRead] {
+		t.Errorf("the record read the anchor in session 0x%08x, the PCRs were read in 0x%08x: want the shared one",
+			uint32(last[tpm2.TPMCCNVRead]), uint32(last[tpm2.TPMCCPCRRead]))
+	}
+	if n := swtpmtest.Count(codes, tpm2.TPMCCStartAuthSession); n != 3 {
+		t.Errorf("%d StartAuthSessions, want 3: %v", n, codes)
+	}
+	if left, err := env.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("left in the TPM: %v (%v)", left, err)
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The shared session's read is the TPM's: a changed NV_Read answer fails
 // the record as forged (exit 15), extends nothing, and the trail verifies
 // on an honest bus with the refusal's record written late.

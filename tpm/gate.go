@@ -454,7 +454,9 @@ var ErrNoSharedSession = errors.New("no SRK pinned to salt a shared session to")
 // gate's value, which never crosses the bus). 6 commands
 // (StartAuthSession, NV_Read, StartAuthSession, PolicySecret,
 // PolicyCommandCode, FlushContext) where the two took 8 (a second
-// StartAuthSession and flush, an NV_ReadPublic).
+// StartAuthSession and flush, an NV_ReadPublic); in an operation's Share,
+// whose session reads and proves, 4 (NV_Read, StartAuthSession,
+// PolicySecret, PolicyCommandCode).
 // A read the TPM refuses (x is not what the caller expects, or was never
 // written) returns the TPM's error, nothing prepared. The gate may be
 // flushed once this returns. Without a pinned SRK: ErrNoSharedSession.
@@ -473,6 +475,38 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	}
 	if salt == nil {
 		return nil, nil, ErrNoSharedSession
+	}
+	read := func(s tpm2.Session) ([]byte, error) {
+		rsp, err := (tpm2.NVRead{AuthHandle: tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: s}, NVIndex: x.named(), Size: extendSize}).Execute(t)
+		if err != nil {
+			var rc tpm2.TPMRC
+			if errors.As(err, &rc) {
+				return nil, nvWrap("TPM2_NV_Read", guarded("TPM2_NV_Read", err, 1))
+			}
+			return nil, Wrap("TPM2_NV_Read", err)
+		}
+		if len(rsp.Data.Buffer) != extendSize {
+			return nil, fmt.Errorf("TPM2_NV_Read: %d bytes returned, %d asked", len(rsp.Data.Buffer), extendSize)
+		}
+		return rsp.Data.Buffer, nil
+	}
+	// In an operation's Share, the shared session reads (its audit role
+	// authorizes x's empty password, as in WithAuthenticatedNV) and then
+	// proves the gate, kept over the policy session's start (gateSession):
+	// the keyed session below, its StartAuthSession and its flush, is
+	// not needed (issue 14: 2 commands in the daemon's records).
+	if ok, err := t.withSharedAudit(func(s tpm2.Session) (err error) {
+		value, err = read(s)
+		return err
+	}); ok {
+		if err != nil {
+			return nil, nil, err
+		}
+		ge, err := t.PrepareGatedExtendOf(x, gate, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		return value, ge, nil
 	}
 	srk, err := t.SRK()
 	if err != nil {
@@ -497,16 +531,8 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 			value, ge, err = nil, nil, errors.Join(err, cerr)
 		}
 	}()
-	rsp, err := (tpm2.NVRead{AuthHandle: tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: s}, NVIndex: x.named(), Size: extendSize}).Execute(t)
-	if err != nil {
-		var rc tpm2.TPMRC
-		if errors.As(err, &rc) {
-			return nil, nil, nvWrap("TPM2_NV_Read", guarded("TPM2_NV_Read", err, 1))
-		}
-		return nil, nil, Wrap("TPM2_NV_Read", err)
-	}
-	if len(rsp.Data.Buffer) != extendSize {
-		return nil, nil, fmt.Errorf("TPM2_NV_Read: %d bytes returned, %d asked", len(rsp.Data.Buffer), extendSize)
+	if value, err = read(s); err != nil {
+		return nil, nil, err
 	}
 	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, salt...)
 	if err != nil {
@@ -516,7 +542,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if err := t.proveGate(pol, k, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
 		return nil, nil, errors.Join(err, t.spend(pol))
 	}
-	return rsp.Data.Buffer, &GatedExtend{t: t, x: x, params: params, s: pol}, nil
+	return value, &GatedExtend{t: t, x: x, params: params, s: pol}, nil
 }
 
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) of the data
