@@ -29,7 +29,7 @@ func (t *TPM) Quote(ak Object, akAuth, nonce []byte, sel tpm2.TPMLPCRSelection) 
 		}).Execute(t)
 		return Wrap("TPM2_Quote", err)
 	}
-	ok, err := t.withSharedAuth(ak, akAuth, quote)
+	ok, err := t.withSharedAuth(ak, akAuth, 0, quote)
 	if !ok {
 		opts, perr := t.pinnedSalt()
 		if perr != nil {

@@ -371,8 +371,8 @@ func (t *TPM) proveGate(p *PolicySession, k *keyedPolicy, gate Gate, cc tpm2.TPM
 	secret := func(s tpm2.Session) error { return p.policySecret(gate.Auth(s), cpHashA) }
 	var err error
 	if k != nil {
-		err = t.authorizeChecked(k, gate.Object, gate.auth, secret)
-	} else if ok, serr := t.withSharedAuth(gate.Object, gate.auth, secret); ok {
+		err = t.authorizeChecked(k, gate.Object, gate.auth, 0, secret)
+	} else if ok, serr := t.withSharedAuth(gate.Object, gate.auth, 0, secret); ok {
 		err = serr
 	} else {
 		var auth tpm2.AuthHandle

@@ -118,34 +118,54 @@ func (s hmacGuard) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2
 
 // hmacAuth is a keyed HMAC session authorizing the one entity whose
 // authValue is auth (the caller's, cleared by the caller): HMACs keyed by
-// the session key and auth. Use it only as the authorization of that
-// entity's handle: the TPM keys any other role by the session key alone,
-// and refuses the command (TPM_RC_BAD_AUTH or the like).
+// the session key and auth, and parameter encryption in direction dir (0:
+// none; an import's inner key in) keyed the same way (Part 1, 21: the
+// session key and the authorized entity's authValue). Use it only as the
+// authorization of that entity's handle: the TPM keys any other role by
+// the session key alone, and refuses the command (TPM_RC_BAD_AUTH or the
+// like).
 type hmacAuth struct {
 	k    *keyedPolicy
 	auth []byte
+	dir  Direction
 }
 
-var authAttrs = tpm2.TPMASession{ContinueSession: true}
+func (s hmacAuth) attrs() tpm2.TPMASession {
+	return tpm2.TPMASession{
+		ContinueSession: true,
+		Decrypt:         s.dir == EncryptIn || s.dir == EncryptInOut,
+		Encrypt:         s.dir == EncryptOut || s.dir == EncryptInOut,
+	}
+}
 
 func (s hmacAuth) Init(transport.TPM) error           { return nil }
 func (s hmacAuth) CleanupFailure(transport.TPM) error { return nil }
 func (s hmacAuth) NonceTPM() tpm2.TPM2BNonce          { return tpm2.TPM2BNonce{Buffer: s.k.nonceTPM} }
 func (s hmacAuth) NewNonceCaller() error              { return s.k.newNonceCaller() }
-func (s hmacAuth) IsEncryption() bool                 { return false }
-func (s hmacAuth) IsDecryption() bool                 { return false }
-func (s hmacAuth) Encrypt([]byte) error               { return nil }
-func (s hmacAuth) Decrypt([]byte) error               { return nil }
-func (s hmacAuth) Handle() tpm2.TPMHandle             { return s.k.handle }
+func (s hmacAuth) IsEncryption() bool                 { return s.attrs().Encrypt }
+func (s hmacAuth) IsDecryption() bool                 { return s.attrs().Decrypt }
+func (s hmacAuth) Encrypt(parameter []byte) error {
+	if !s.IsDecryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, s.auth, true)
+}
+func (s hmacAuth) Decrypt(parameter []byte) error {
+	if !s.IsEncryption() {
+		return nil
+	}
+	return s.k.cfb(parameter, s.auth, false)
+}
+func (s hmacAuth) Handle() tpm2.TPMHandle { return s.k.handle }
 func (s hmacAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
-	return s.k.authorize(cc, parms, addNonces, names, authAttrs, s.auth)
+	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.auth)
 }
 func (s hmacAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
 	return s.k.validate(rc, cc, parms, auth, s.auth)
 }
 
 // authorizeChecked runs fn with k authorizing entity, whose authValue is
-// auth (hmacAuth). The TPM's refusal of that authorization (ErrBadAuth)
+// auth (hmacAuth, encrypting in direction dir). The TPM's refusal of that authorization (ErrBadAuth)
 // means a wrong value only if k is where provd left it and entity is at
 // its handle, which TPM2_ReadPublic of entity in k's audit role then tells
 // (its command HMAC covers the name provd expects at the handle, and the
@@ -161,8 +181,8 @@ func (s hmacAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.
 //     wrong (a reset between the two, say).
 //
 // The caller gives k up after any failure.
-func (t *TPM) authorizeChecked(k *keyedPolicy, entity Object, auth []byte, fn func(s tpm2.Session) error) error {
-	err := fn(hmacAuth{k: k, auth: auth})
+func (t *TPM) authorizeChecked(k *keyedPolicy, entity Object, auth []byte, dir Direction, fn func(s tpm2.Session) error) error {
+	err := fn(hmacAuth{k: k, auth: auth, dir: dir})
 	if !errors.Is(err, ErrBadAuth) {
 		return err
 	}

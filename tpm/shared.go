@@ -119,18 +119,19 @@ func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.
 }
 
 // withSharedAuth runs fn with the operation's shared session authorizing
-// entity, whose authValue is auth (hmacAuth, authorizeChecked): fn puts it
-// on that entity's handle only. ok false: there is no shared session
+// entity, whose authValue is auth, and encrypting in direction dir (0:
+// none) keyed by it (hmacAuth, authorizeChecked): fn puts it on that
+// entity's handle only. ok false: there is no shared session
 // started in this generation of the TPM, or it is in the command already;
 // nothing was sent, and the caller authorizes in a session of its own
 // (starting the shared one for this alone would cost its flush as well). A
 // failure of fn flushes the session.
-func (t *TPM) withSharedAuth(entity Object, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
+func (t *TPM) withSharedAuth(entity Object, auth []byte, dir Direction, fn func(s tpm2.Session) error) (ok bool, err error) {
 	sh := t.share
 	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
 		return false, nil
 	}
-	return true, t.inShared(sh.s, func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, fn) })
+	return true, t.inShared(sh.s, func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, dir, fn) })
 }
 
 // inShared runs fn with s, a role of the shared session, marking the

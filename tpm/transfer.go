@@ -267,7 +267,7 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 	}
 	var blob Blob
 	var obj Object
-	err = t.withHMACSession(func(s tpm2.Session) error {
+	run := func(s tpm2.Session) error {
 		rsp, err := (tpm2.Import{
 			ParentHandle:  parent.Auth(s),
 			EncryptionKey: tpm2.TPM2BData{Buffer: d.InnerKey},
@@ -290,7 +290,15 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 			obj, err = t.Load(parent, saltedAuth{s}, blob)
 		}
 		return err
-	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
+	}
+	// The operation's shared session, when it is started, authorizes the
+	// parent by its value and encrypts the inner key (hmacAuth): a session
+	// of its own, its StartAuthSession and its flush, not needed (issue
+	// 14: 2 commands in a duplicate's import).
+	ok, err := t.withSharedAuth(parent, parentAuth, EncryptIn, run)
+	if !ok {
+		err = t.withHMACSession(run, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
+	}
 	if err != nil && obj.Handle != 0 {
 		// Loaded, then the session's flush failed.
 		err = errors.Join(err, t.Flush(obj.Handle))

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// A duplicate's TPM2_Import (and the proving load after it) is authorized
+// by the transfer key's value and encrypted in the operation's shared
+// session, which is still started there (issue 14: no salted session of
+// its own, its StartAuthSession and its flush): the Import's one session is
+// the one the record then reads the anchor in, it decrypts the command's
+// first parameter (the inner wrapper key), and the import works, which it
+// could not if the key were not encrypted as the TPM decrypts it. B starts
+// six sessions; the trail verifies; nothing is left.
+func TestDupImportInTheSharedSession(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	envA := swtpmtest.Start(t)
+	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ctx := context.Background()
+	a, pb, peer := senderAndPeer(t, envA, envB)
+	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var codes []tpm2.TPMCC
+	var importSessions []tpm2.TPMHandle
+	var importAttrs byte
+	var readSession tpm2.TPMHandle
+	b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		cc := swtpmtest.CommandCode(cmd)
+		codes = append(codes, cc)
+		switch cc {
+		case tpm2.TPMCCImport:
+			importSessions = swtpmtest.Sessions(cmd, 1)
+			importAttrs = cmd[swtpmtest.SessionAttrOffset(cmd, 1, 0)]
+		case tpm2.TPMCCNVRead:
+			if binary.BigEndian.Uint32(cmd[10:]) == uint32(AuditAnchorHandle) {
+				readSession = swtpmtest.LastSession(cmd, 2)
+			}
+		}
+		return nil, nil, false
+	})
+	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
+	b.Set(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(importSessions) != 1 || importSessions[0] != readSession || readSession>>24 != 0x02 {
+		t.Errorf("TPM2_Import's sessions %v, the record's read 0x%08x: want the one shared HMAC session", importSessions, uint32(readSession))
+	}
+	if importAttrs&0x20 == 0 {
+		t.Errorf("TPM2_Import's session attributes 0x%02x: the inner key is not encrypted", importAttrs)
+	}
+	if n := swtpmtest.Count(codes, tpm2.TPMCCStartAuthSession); n != 6 {
+		t.Errorf("%d StartAuthSessions, want 6: %v", n, codes)
+	}
+	if left, err := envB.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("left in the TPM: %v (%v)", left, err)
+	}
+	if _, err := pb.AuditVerify(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A1 flips a byte of the encrypted inner key in that TPM2_Import: the TPM
+// refuses the command (the shared session's HMAC covers it), the import
+// is tpm_response_forged (exit 15), nothing is imported or left, and the
+// next import of the same duplicate works.
+func TestDupImportSharedInnerKeyChanged(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	envA := swtpmtest.Start(t)
+	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ctx := context.Background()
+	a, pb, peer := senderAndPeer(t, envA, envB)
+	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := false
+	b.Set(swtpmtest.Tamper(func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCImport }, func(cmd, rsp []byte) ([]byte, []byte) {
+		if rsp != nil {
+			return nil, rsp
+		}
+		c := append([]byte(nil), cmd...)
+		c[swtpmtest.ParamsOffset(c, 1)+2] ^= 0x01 // encryptionKey's first byte
+		return c, nil
+	}, &ran))
+	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
+	b.Set(nil)
+	if !ran {
+		t.Fatal("no TPM2_Import went by")
+	}
+	if api.ExitCode(err) != api.ExitIdentity {
+		t.Fatalf("import with its inner key changed: %v (exit %d), want exit %d", err, api.ExitCode(err), api.ExitIdentity)
+	}
+	if _, _, err := pb.KeyPublic(ctx, "k"); err == nil {
+		t.Fatal("the key was imported")
+	}
+	if left, err := envB.TPM.Leftovers(); err != nil || len(left) != 0 {
+		t.Fatalf("left in the TPM: %v (%v)", left, err)
+	}
+	if _, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); err != nil {
+		t.Fatalf("the next import: %v", err)
+	}
+}
