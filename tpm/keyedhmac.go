@@ -81,14 +81,7 @@ type hmacGuard struct {
 	dir Direction
 }
 
-func (s hmacGuard) attrs() tpm2.TPMASession {
-	return tpm2.TPMASession{
-		ContinueSession: true,
-		Audit:           true,
-		Decrypt:         s.dir == EncryptIn || s.dir == EncryptInOut,
-		Encrypt:         s.dir == EncryptOut || s.dir == EncryptInOut,
-	}
-}
+func (s hmacGuard) attrs() tpm2.TPMASession { return s.dir.attrs(true) }
 
 func (s hmacGuard) Init(transport.TPM) error           { return nil }
 func (s hmacGuard) CleanupFailure(transport.TPM) error { return nil }
@@ -98,16 +91,10 @@ func (s hmacGuard) IsEncryption() bool                 { return s.attrs().Encryp
 func (s hmacGuard) IsDecryption() bool                 { return s.attrs().Decrypt }
 func (s hmacGuard) Handle() tpm2.TPMHandle             { return s.k.handle }
 func (s hmacGuard) Encrypt(parameter []byte) error {
-	if !s.IsDecryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, nil, true)
+	return s.k.crypt(s.attrs(), nil, parameter, true)
 }
 func (s hmacGuard) Decrypt(parameter []byte) error {
-	if !s.IsEncryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, nil, false)
+	return s.k.crypt(s.attrs(), nil, parameter, false)
 }
 func (s hmacGuard) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
 	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), nil)
@@ -130,13 +117,7 @@ type hmacAuth struct {
 	dir  Direction
 }
 
-func (s hmacAuth) attrs() tpm2.TPMASession {
-	return tpm2.TPMASession{
-		ContinueSession: true,
-		Decrypt:         s.dir == EncryptIn || s.dir == EncryptInOut,
-		Encrypt:         s.dir == EncryptOut || s.dir == EncryptInOut,
-	}
-}
+func (s hmacAuth) attrs() tpm2.TPMASession { return s.dir.attrs(false) }
 
 func (s hmacAuth) Init(transport.TPM) error           { return nil }
 func (s hmacAuth) CleanupFailure(transport.TPM) error { return nil }
@@ -145,16 +126,10 @@ func (s hmacAuth) NewNonceCaller() error              { return s.k.newNonceCalle
 func (s hmacAuth) IsEncryption() bool                 { return s.attrs().Encrypt }
 func (s hmacAuth) IsDecryption() bool                 { return s.attrs().Decrypt }
 func (s hmacAuth) Encrypt(parameter []byte) error {
-	if !s.IsDecryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, s.auth, true)
+	return s.k.crypt(s.attrs(), s.auth, parameter, true)
 }
 func (s hmacAuth) Decrypt(parameter []byte) error {
-	if !s.IsEncryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, s.auth, false)
+	return s.k.crypt(s.attrs(), s.auth, parameter, false)
 }
 func (s hmacAuth) Handle() tpm2.TPMHandle { return s.k.handle }
 func (s hmacAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {

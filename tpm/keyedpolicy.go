@@ -247,19 +247,33 @@ func (k *keyedPolicy) cfb(parameter, auth []byte, command bool) error {
 	return nil
 }
 
+// attrs are the attributes of a keyed session's role that encrypts in
+// direction d (0: none), audits when audit is set, and continues.
+func (d Direction) attrs(audit bool) tpm2.TPMASession {
+	return tpm2.TPMASession{
+		ContinueSession: true,
+		Audit:           audit,
+		Decrypt:         d == EncryptIn || d == EncryptInOut,
+		Encrypt:         d == EncryptOut || d == EncryptInOut,
+	}
+}
+
+// crypt is cfb of a command's first parameter (command) or an answer's,
+// keyed by auth, when attrs say the role encrypts that way; nothing
+// otherwise.
+func (k *keyedPolicy) crypt(attrs tpm2.TPMASession, auth, parameter []byte, command bool) error {
+	if command && !attrs.Decrypt || !command && !attrs.Encrypt {
+		return nil
+	}
+	return k.cfb(parameter, auth, command)
+}
+
 // policyAuth is a keyedPolicy authorizing a command: HMACs keyed by the
 // session key and auth; parameter encryption in the session's direction
 // (dir), keyed the same way (see keyedPolicy on nil auth).
 type policyAuth struct{ k *keyedPolicy }
 
-func (s policyAuth) attrs() tpm2.TPMASession {
-	d := s.k.dir
-	return tpm2.TPMASession{
-		ContinueSession: true,
-		Decrypt:         d == EncryptIn || d == EncryptInOut,
-		Encrypt:         d == EncryptOut || d == EncryptInOut,
-	}
-}
+func (s policyAuth) attrs() tpm2.TPMASession { return s.k.dir.attrs(false) }
 
 func (s policyAuth) Init(transport.TPM) error           { return nil }
 func (s policyAuth) CleanupFailure(transport.TPM) error { return nil }
@@ -269,16 +283,10 @@ func (s policyAuth) IsEncryption() bool                 { return s.attrs().Encry
 func (s policyAuth) IsDecryption() bool                 { return s.attrs().Decrypt }
 func (s policyAuth) Handle() tpm2.TPMHandle             { return s.k.handle }
 func (s policyAuth) Encrypt(parameter []byte) error {
-	if !s.IsDecryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, s.k.auth, true)
+	return s.k.crypt(s.attrs(), s.k.auth, parameter, true)
 }
 func (s policyAuth) Decrypt(parameter []byte) error {
-	if !s.IsEncryption() {
-		return nil
-	}
-	return s.k.cfb(parameter, s.k.auth, false)
+	return s.k.crypt(s.attrs(), s.k.auth, parameter, false)
 }
 func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tpm2.TPM2BName, _ int) (*tpm2.TPMSAuthCommand, error) {
 	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth)
