@@ -56,12 +56,8 @@ func TestRecordSharesOneSessionForReadAndGate(t *testing.T) {
 // policy session, the gate's). The trail verifies and nothing is left.
 func TestWarmRecordReadsInTheSharedSession(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	env, ag := auditedAgent(t, b)
 	ctx := context.Background()
-	ag := newAgent(t, env, stateDir(t))
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var codes []tpm2.TPMCC
 	last := map[tpm2.TPMCC]tpm2.TPMHandle{}

@@ -23,14 +23,8 @@ import (
 // import works.
 func TestDupImportActivateForgedRetryIsForged(t *testing.T) {
 	busB := &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t)
-	envB := swtpmtest.Start(t, swtpmtest.WithBus(busB))
+	_, b, dup := dupForPeer(t, busB)
 	ctx := context.Background()
-	a, b, peerB := senderAndPeer(t, envA, envB)
-	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peerB, Approval: approveDup(t, a, "k", peerB), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, forged := range []bool{true, false} {
 		n := 0
 		hook := swtpmtest.RanThenAnswered(tpm2.TPMCCActivateCredential, tpm2.TPMRCRetry, &n)

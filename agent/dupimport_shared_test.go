@@ -13,6 +13,20 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
+// dupForPeer is A's duplicate of an extractable P-256 key "k" for B, whose
+// TPM is behind bus b: B's TPM, B, and the duplicate.
+func dupForPeer(t *testing.T, b *swtpmtest.Bus) (*swtpmtest.Env, *Agent, api.DupFile) {
+	t.Helper()
+	envA := swtpmtest.Start(t)
+	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	a, pb, peer := senderAndPeer(t, envA, envB)
+	dup, err := a.DupExport(context.Background(), api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envB, pb, dup
+}
+
 // A duplicate's TPM2_Import (and the proving load after it) is authorized
 // by the transfer key's value and encrypted in the operation's shared
 // session, which is still started there (issue 14: no salted session of
@@ -23,14 +37,8 @@ import (
 // six sessions; the trail verifies; nothing is left.
 func TestDupImportInTheSharedSession(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t)
-	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	envB, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
-	a, pb, peer := senderAndPeer(t, envA, envB)
-	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var codes []tpm2.TPMCC
 	var importSessions []tpm2.TPMHandle
@@ -52,7 +60,7 @@ func TestDupImportInTheSharedSession(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
+	_, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
 	b.Set(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -82,14 +90,8 @@ func TestDupImportInTheSharedSession(t *testing.T) {
 // next import of the same duplicate works.
 func TestDupImportSharedInnerKeyChanged(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t)
-	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	envB, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
-	a, pb, peer := senderAndPeer(t, envA, envB)
-	dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ran := false
 	b.Set(swtpmtest.Tamper(func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCImport }, func(cmd, rsp []byte) ([]byte, []byte) {
 		if rsp != nil {
@@ -99,7 +101,7 @@ func TestDupImportSharedInnerKeyChanged(t *testing.T) {
 		c[swtpmtest.ParamsOffset(c, 1)+2] ^= 0x01 // encryptionKey's first byte
 		return c, nil
 	}, &ran))
-	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
+	_, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
 	b.Set(nil)
 	if !ran {
 		t.Fatal("no TPM2_Import went by")

@@ -35,19 +35,7 @@ func TestReviewGuardRetryOnTheGuardedCreation(t *testing.T) {
 		if !errors.Is(err, tpm.ErrResponseForged) {
 			t.Fatalf("err = %v, want tpm_response_forged", err)
 		}
-		if out != nil {
-			t.Fatalf("the unseal gave %q", out)
-		}
-		for name, v := range map[string][]byte{"authValue": auth, "data": data} {
-			if off := e.rec.Leak(v); off >= 0 {
-				t.Errorf("the %s crossed the bus in plaintext (from byte %d)", name, off)
-			}
-		}
-		sweptAsAsked(t, e.tp)
-		if out, err := e.sealAndUnseal(t, auth, data); err != nil || !bytes.Equal(out, data) {
-			t.Fatalf("the next operation: %q, %v", out, err)
-		}
-		nothingLeft(t, e.tp, "after the next operation")
+		e.afterRefusal(t, out, auth, data)
 	})
 	t.Run("honest", func(t *testing.T) {
 		e := newSharedGuardEnv(t)
@@ -159,19 +147,7 @@ func TestReviewGuardAttributeBitsFlipped(t *testing.T) {
 				t.Fatalf("the tampered operation worked (gave %q)", out)
 			}
 			t.Logf("refused: %v (forged: %v)", err, errors.Is(err, tpm.ErrResponseForged))
-			if out != nil {
-				t.Fatalf("the unseal gave %q", out)
-			}
-			for name, v := range map[string][]byte{"authValue": auth, "data": data} {
-				if off := e.rec.Leak(v); off >= 0 {
-					t.Errorf("the %s crossed the bus in plaintext (from byte %d)", name, off)
-				}
-			}
-			sweptAsAsked(t, e.tp)
-			if out, err := e.sealAndUnseal(t, auth, data); err != nil || !bytes.Equal(out, data) {
-				t.Fatalf("the next operation: %q, %v", out, err)
-			}
-			nothingLeft(t, e.tp, "after the next operation")
+			e.afterRefusal(t, out, auth, data)
 		})
 	}
 }

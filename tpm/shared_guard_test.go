@@ -61,6 +61,26 @@ func (e *sharedGuardEnv) sealAndUnseal(t *testing.T, auth, data []byte) ([]byte,
 	return out, err
 }
 
+// afterRefusal checks what a refused sealAndUnseal left: nothing given
+// (out), neither secret on the bus, nothing loaded without a sweep asked
+// for, and the next operation works.
+func (e *sharedGuardEnv) afterRefusal(t *testing.T, out, auth, data []byte) {
+	t.Helper()
+	if out != nil {
+		t.Fatalf("the unseal gave %q", out)
+	}
+	for name, v := range map[string][]byte{"authValue": auth, "data": data} {
+		if off := e.rec.Leak(v); off >= 0 {
+			t.Errorf("the %s crossed the bus in plaintext (from byte %d)", name, off)
+		}
+	}
+	sweptAsAsked(t, e.tp)
+	if out, err := e.sealAndUnseal(t, auth, data); err != nil || !bytes.Equal(out, data) {
+		t.Fatalf("the next operation: %q, %v", out, err)
+	}
+	nothingLeft(t, e.tp, "after the next operation")
+}
+
 // A secret that crosses the bus in an audited operation (a creation's
 // sensitive area in, an unseal's secret out) is encrypted by the
 // operation's shared session, salted to the pinned SRK, where each started
@@ -153,14 +173,7 @@ func TestSharedSessionEncryptionTamperedIsRefused(t *testing.T) {
 			if !errors.Is(err, tpm.ErrResponseForged) {
 				t.Fatalf("err = %v, want tpm_response_forged", err)
 			}
-			if out != nil {
-				t.Fatalf("the unseal gave %q", out)
-			}
-			sweptAsAsked(t, e.tp)
-			if out, err := e.sealAndUnseal(t, auth, data); err != nil || !bytes.Equal(out, data) {
-				t.Fatalf("the next operation: %q, %v", out, err)
-			}
-			nothingLeft(t, e.tp, "after the next operation")
+			e.afterRefusal(t, out, auth, data)
 		})
 	}
 }
@@ -176,30 +189,7 @@ func TestPinSeenSRKWithAnotherKeyThere(t *testing.T) {
 	rec := &swtpmtest.Recorder{}
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	tp := env.TPM
-	srk, err := tp.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.EvictSRK(); err != nil {
-		t.Fatal(err)
-	}
-	tmpl := tpm.SRKTemplate
-	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
-		Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-	})
-	rsp, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tmpl)}.Execute(tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner,
-		ObjectHandle:     tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
-		PersistentHandle: tpm.SRKHandle}).Execute(tp); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.Flush(rsp.ObjectHandle); err != nil {
-		t.Fatal(err)
-	}
+	srk := persistForeignSRK(t, tp)
 	env.Reopen() // a new process
 	tp = env.TPM
 	if err := tp.PinSeenSRK(srk.Public); err != nil {
@@ -207,7 +197,7 @@ func TestPinSeenSRKWithAnotherKeyThere(t *testing.T) {
 	}
 	secret := []byte("pin seen test: THE SEALED DATA 0123456789")
 	rec.Reset()
-	err = tp.Share(func() error {
+	err := tp.Share(func() error {
 		if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
 			return err
 		}

@@ -37,11 +37,10 @@ func TestOpenSelfTestAndSRK(t *testing.T) {
 	}
 }
 
-// A foreign key at 0x81000001 is refused, never used.
-func TestSRKMismatchRefused(t *testing.T) {
-	env := swtpmtest.Start(t)
-	env.RequireSimulator()
-	tp := env.TPM
+// persistForeignSRK replaces the SRK at 0x81000001 with a different
+// primary (another unique value) and returns the SRK it evicted.
+func persistForeignSRK(t *testing.T, tp *tpm.TPM) tpm.Object {
+	t.Helper()
 	srk, err := tp.SRK()
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +48,6 @@ func TestSRKMismatchRefused(t *testing.T) {
 	if err := tp.EvictSRK(); err != nil {
 		t.Fatal(err)
 	}
-	// Persist a different primary (another unique value) at the SRK handle.
 	tmpl := tpm.SRKTemplate
 	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
 		X: tpm2.TPM2BECCParameter{Buffer: bytes.Repeat([]byte{1}, 32)},
@@ -67,8 +65,17 @@ func TestSRKMismatchRefused(t *testing.T) {
 	if err := tp.Flush(rsp.ObjectHandle); err != nil {
 		t.Fatal(err)
 	}
+	return srk
+}
+
+// A foreign key at 0x81000001 is refused, never used.
+func TestSRKMismatchRefused(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	tp := env.TPM
+	srk := persistForeignSRK(t, tp)
 	env.Reopen() // a new process: no cached SRK
-	_, err = env.TPM.SRK()
+	_, err := env.TPM.SRK()
 	if !errors.Is(err, tpm.ErrSRKMismatch) {
 		t.Fatalf("SRK() = %v, want ErrSRKMismatch", err)
 	}
