@@ -27,27 +27,6 @@ func (d Direction) option() tpm2.AuthOption {
 	}
 }
 
-// EncryptSession starts a salted HMAC session with AES-128-CFB parameter
-// encryption in direction dir, salted with the SRK's public key. Use it as an
-// extra session on every command that carries a secret in or out (unseal,
-// import, create with sensitive data, duplicate): an interposer on the TPM bus
-// then sees only ciphertext, and cannot forge responses without the session key
-// that only the SRK's holder can compute. The caller must call close on every
-// path; it flushes the session.
-//
-// The session is salted, not also bound to the SRK: binding mixes the bind
-// entity's authValue into the session key, and the SRK's is empty, so it adds no
-// secret; and on swtpm a salted+bound session needs a second object slot for the
-// SRK at StartAuthSession, which fails with TPM_RC_OBJECT_MEMORY while the PK and
-// a sealed object are loaded (measured).
-func (t *TPM) EncryptSession(dir Direction) (s tpm2.Session, close func() error, err error) {
-	srk, err := t.SRK()
-	if err != nil {
-		return nil, nil, err
-	}
-	return t.startHMACSession(tpm2.Salted(srk.Handle, srk.Public), dir.option())
-}
-
 // startHMACSession starts a SHA-256 HMAC session with opts and returns it
 // with its flush, which flushes the handle the session started with
 // (sessionCloser) and names the command that failed.
@@ -87,8 +66,22 @@ func (t *TPM) sessionCloser(s tpm2.Session) func() error {
 	return func() error { return t.Flush(h) }
 }
 
-// WithEncryptSession runs fn with an encryption session and flushes it after,
-// reporting a flush failure when fn succeeded.
+// WithEncryptSession runs fn with an encryption session: a salted HMAC
+// session with AES-128-CFB parameter encryption in direction dir, salted
+// with the SRK's public key, flushed after (a flush failure reported when
+// fn succeeded); in an operation's Share, the shared session in its guard
+// role (withSharedGuard). Use it as an extra session on every command that
+// carries a secret in or out (unseal, import, create with sensitive data,
+// duplicate): an interposer on the TPM bus then sees only ciphertext, and
+// cannot forge responses without the session key that only the SRK's
+// holder can compute.
+//
+// The session is salted, not also bound to the SRK: binding mixes the bind
+// entity's authValue into the session key, and the SRK's is empty, so it
+// adds no secret; and on swtpm a salted+bound session needs a second object
+// slot for the SRK at StartAuthSession, which fails with
+// TPM_RC_OBJECT_MEMORY while the PK and a sealed object are loaded
+// (measured).
 func (t *TPM) WithEncryptSession(dir Direction, fn func(s tpm2.Session) error) error {
 	if ok, err := t.withSharedGuard(dir, fn); ok {
 		return err
