@@ -267,6 +267,7 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 	}
 	var blob Blob
 	var obj Object
+	probed := false // the shared session's authorizeChecked tells a refused value apart
 	run := func(s tpm2.Session) error {
 		rsp, err := (tpm2.Import{
 			ParentHandle:  parent.Auth(s),
@@ -277,8 +278,16 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 			Symmetric:     innerWrapper,
 		}).Execute(t)
 		if err != nil {
+			if probed {
+				// A refused value (ErrBadAuth) is a wrong one only if
+				// the probe then verifies: a transfer key's value changed
+				// in the state directory, exit 11 (found by review: it
+				// was reported forged, exit 15, with no bus involved).
+				return t.notFailureMode(Wrap("TPM2_Import", err))
+			}
 			// Its one session is salted and keyed by the parent's
-			// authValue, provd's own: a refused HMAC is the bus's doing.
+			// authValue, provd's own: a refused HMAC is the bus's doing,
+			// or the state's value is not the key's; nothing probes it.
 			return t.notFailureMode(guarded("TPM2_Import", err, 1))
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
@@ -295,8 +304,10 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 	// parent by its value and encrypts the inner key (hmacAuth): a session
 	// of its own, its StartAuthSession and its flush, not needed (issue
 	// 14: 2 commands in a duplicate's import).
+	probed = true
 	ok, err := t.withSharedAuth(parent, parentAuth, EncryptIn, run)
 	if !ok {
+		probed = false
 		err = t.withHMACSession(run, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
 	}
 	if err != nil && obj.Handle != 0 {
