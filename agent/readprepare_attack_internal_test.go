@@ -221,11 +221,15 @@ func TestRecordBadAuthInTheTPMsPlace(t *testing.T) {
 }
 
 // An honest reset, power cut or migration in a daemon's record right before each
-// command after the record session's NV_Read: the policy session's
-// start, the PolicySecret, the PolicyCommandCode, the extend. Never exit
-// 15 (forged) nor 11 (wrong value); the record is in the trail once (now,
-// or pending and written by the next operation); the trail verifies;
-// nothing is left that provd does not hold; the next sign works.
+// command after the record's NV_Read of the anchor: the policy session's
+// start, the PolicySecret, the PolicyCommandCode, the extend. The record
+// reads in a session of its own (an audited refusal: no operation before
+// it) or in the operation's shared session (a warm seal, 0618040: the
+// second review's TestReview2WarmSealRecordEventsAfterTheSharedRead).
+// Never exit 15 (forged) nor 11 (wrong value); the refusal's record is in
+// the trail once (now, or pending and written by the next operation); the
+// trail verifies; nothing is left that provd does not hold; the next
+// operation works.
 func TestDaemonRecordEventsBetweenReadAndProof(t *testing.T) {
 	points := []struct {
 		name string
@@ -239,62 +243,85 @@ func TestDaemonRecordEventsBetweenReadAndProof(t *testing.T) {
 		{"PolicyCommandCode", func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCPolicyCommandCode }},
 		{"extend", func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend }},
 	}
-	for _, ev := range []string{"reset", "power cut", "migrate"} {
-		for _, p := range points {
-			t.Run(ev+"/before "+p.name, func(t *testing.T) {
-				env, b, a := recordingDaemon(t)
-				ctx := context.Background()
-				if _, err := signK(a); err != nil {
-					t.Fatal(err)
-				}
-				var mu sync.Mutex
-				read, fired := false, false
-				b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-					mu.Lock()
-					defer mu.Unlock()
-					if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVRead && tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTSessions {
-						read = true
+	seal := func(a *Agent, data string) error {
+		_, err := a.Seal(context.Background(), api.SealRequest{Data: []byte(data), PCRs: []int{7}})
+		return err
+	}
+	ops := []struct {
+		name   string
+		warm   func(a *Agent) error                // before the event, and after it
+		run    func(a *Agent, marker string) error // the operation whose record meets it
+		marked bool                                // its record carries marker
+	}{
+		{"a refusal's record", func(a *Agent) error { _, err := signK(a); return err }, func(a *Agent, marker string) error {
+			return a.RecordRefusal(api.WithCaller(context.Background(), api.Caller{UID: 4242}), "key-delete", marker)
+		}, true},
+		{"a warm seal's record", func(a *Agent) error { return seal(a, "warm") }, func(a *Agent, _ string) error {
+			return seal(a, "the disk key")
+		}, false},
+	}
+	for _, op := range ops {
+		for _, ev := range []string{"reset", "power cut", "migrate"} {
+			for _, p := range points {
+				t.Run(op.name+"/"+ev+"/before "+p.name, func(t *testing.T) {
+					env, b, a := recordingDaemon(t)
+					ctx := context.Background()
+					if err := op.warm(a); err != nil {
+						t.Fatal(err)
 					}
-					if !read || fired || !p.at(cmd) {
+					var mu sync.Mutex
+					read, fired := false, false
+					b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+						mu.Lock()
+						defer mu.Unlock()
+						if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVRead && len(cmd) >= 14 &&
+							binary.BigEndian.Uint32(cmd[10:14]) == uint32(AuditAnchorHandle) &&
+							tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTSessions {
+							read = true
+						}
+						if !read || fired || !p.at(cmd) {
+							return nil, nil, false
+						}
+						fired = true
+						switch ev {
+						case "reset":
+							env.Reset()
+						case "power cut":
+							env.PowerCut()
+						default:
+							env.Migrate()
+						}
 						return nil, nil, false
+					})
+					marker := "event-" + ev
+					err := op.run(a, marker)
+					b.Set(nil)
+					t.Logf("%s with a %s before the %s: %v; exit %d", op.name, ev, p.name, err, api.ExitCode(err))
+					if !fired {
+						t.Fatal("not mounted")
 					}
-					fired = true
-					switch ev {
-					case "reset":
-						env.Reset()
-					case "power cut":
-						env.PowerCut()
-					default:
-						env.Migrate()
+					if errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) == api.ExitIdentity {
+						t.Errorf("an honest %s called forged (exit %d)", ev, api.ExitCode(err))
 					}
-					return nil, nil, false
+					if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
+						t.Errorf("an honest %s called a wrong value (exit %d)", ev, api.ExitCode(err))
+					}
+					if left := unheldLeft(t, a); len(left) > 0 {
+						t.Errorf("left after the operation: %x", left)
+					}
+					if err := op.warm(a); err != nil {
+						t.Errorf("the next operation: %v", err)
+					}
+					if op.marked {
+						if n := trailLines(t, a, marker); n != 1 {
+							t.Errorf("the record is in the trail %d times", n)
+						}
+					}
+					if _, err := a.AuditVerify(ctx); err != nil {
+						t.Errorf("audit verify: %v", err)
+					}
 				})
-				marker := "event-" + ev
-				err := a.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 4242}), "key-delete", marker)
-				b.Set(nil)
-				t.Logf("record with a %s before the %s: %v; exit %d", ev, p.name, err, api.ExitCode(err))
-				if !fired {
-					t.Fatal("not mounted")
-				}
-				if errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) == api.ExitIdentity {
-					t.Errorf("an honest %s called forged (exit %d)", ev, api.ExitCode(err))
-				}
-				if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
-					t.Errorf("an honest %s called a wrong value (exit %d)", ev, api.ExitCode(err))
-				}
-				if left := unheldLeft(t, a); len(left) > 0 {
-					t.Errorf("left after the operation: %x", left)
-				}
-				if _, err := signK(a); err != nil {
-					t.Errorf("the next sign: %v", err)
-				}
-				if n := trailLines(t, a, marker); n != 1 {
-					t.Errorf("the record is in the trail %d times", n)
-				}
-				if _, err := a.AuditVerify(ctx); err != nil {
-					t.Errorf("audit verify: %v", err)
-				}
-			})
+			}
 		}
 	}
 }
