@@ -19,13 +19,7 @@ import (
 func review2Dup(t *testing.T, opts ...swtpmtest.Option) (envB *swtpmtest.Env, b *swtpmtest.Bus, pb *Agent, dup api.DupFile) {
 	t.Helper()
 	b = &swtpmtest.Bus{}
-	envA := swtpmtest.Start(t)
-	envB = swtpmtest.Start(t, append([]swtpmtest.Option{swtpmtest.WithBus(b)}, opts...)...)
-	a, pb, peer := senderAndPeer(t, envA, envB)
-	dup, err := a.DupExport(context.Background(), api.DupExportRequest{Name: "k", Peer: peer, Approval: approveDup(t, a, "k", peer), EKCA: caBundle(t, envB)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	envB, pb, dup = dupForPeer(t, b, opts...)
 	return envB, b, pb, dup
 }
 
@@ -50,22 +44,12 @@ func review2AfterImport(withImport bool, h swtpmtest.Hook) swtpmtest.Hook {
 	}
 }
 
-func review2NothingImported(t *testing.T, pb *Agent, envB *swtpmtest.Env) {
-	t.Helper()
-	if _, _, err := pb.KeyPublic(context.Background(), "k"); err == nil {
-		t.Error("the key was imported")
-	}
-	if left := unheldLeft(t, pb); len(left) != 0 {
-		t.Errorf("left in the TPM after the import: %v", left)
-	}
-}
-
 // A1 passes B's TPM2_Import on (the TPM imports, the shared session's
 // nonces move) and answers TPM_RC_RETRY; provd resends the same bytes,
 // which meet the moved nonces. Forged (exit 15), not a wrong value, nothing
 // imported or left, and the next import works. An honest RETRY: imported.
 func TestReview2DupImportForgedRetryOnImport(t *testing.T) {
-	envB, b, pb, dup := review2Dup(t)
+	_, b, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	n := 0
 	b.Set(swtpmtest.RanThenAnswered(tpm2.TPMCCImport, tpm2.TPMRCRetry, &n))
@@ -78,7 +62,7 @@ func TestReview2DupImportForgedRetryOnImport(t *testing.T) {
 	if api.ExitCode(err) != api.ExitIdentity {
 		t.Errorf("forged RETRY after the TPM imported: exit %d, want %d", api.ExitCode(err), api.ExitIdentity)
 	}
-	review2NothingImported(t, pb, envB)
+	nothingImported(t, pb)
 	n = 0
 	b.Set(swtpmtest.AnsweredOnce(tpm2.TPMCCImport, tpm2.TPMRCRetry, &n))
 	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
@@ -92,7 +76,7 @@ func TestReview2DupImportForgedRetryOnImport(t *testing.T) {
 // session: the TPM loads, A1 answers RETRY, the resend is refused. Forged,
 // the object the first copy loaded swept, nothing imported.
 func TestReview2DupImportForgedRetryOnProvingLoad(t *testing.T) {
-	envB, b, pb, dup := review2Dup(t)
+	_, b, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	n := 0
 	b.Set(review2AfterImport(false, swtpmtest.RanThenAnswered(tpm2.TPMCCLoad, tpm2.TPMRCRetry, &n)))
@@ -105,7 +89,7 @@ func TestReview2DupImportForgedRetryOnProvingLoad(t *testing.T) {
 	if api.ExitCode(err) != api.ExitIdentity {
 		t.Errorf("forged RETRY after the TPM loaded: exit %d, want %d", api.ExitCode(err), api.ExitIdentity)
 	}
-	review2NothingImported(t, pb, envB)
+	nothingImported(t, pb)
 	n = 0
 	b.Set(review2AfterImport(false, swtpmtest.AnsweredOnce(tpm2.TPMCCLoad, tpm2.TPMRCRetry, &n)))
 	_, err = pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup})
@@ -139,7 +123,7 @@ func TestReview2DupImportSessionBitsFlipped(t *testing.T) {
 		{"load continueSession cleared", tpm2.TPMCCLoad, 1, 0x01, api.ExitIdentity},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			envB, b, pb, dup := review2Dup(t)
+			_, b, pb, dup := review2Dup(t)
 			ctx := context.Background()
 			ran := false
 			b.Set(review2AfterImport(true, swtpmtest.Tamper(func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == c.cc }, func(cmd, rsp []byte) ([]byte, []byte) {
@@ -162,7 +146,7 @@ func TestReview2DupImportSessionBitsFlipped(t *testing.T) {
 			if api.ExitCode(err) != c.exit {
 				t.Errorf("exit %d, want %d", api.ExitCode(err), c.exit)
 			}
-			review2NothingImported(t, pb, envB)
+			nothingImported(t, pb)
 			if _, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); err != nil {
 				t.Fatalf("the next import: %v", err)
 			}
@@ -182,7 +166,7 @@ func TestReview2DupImportSessionBitsFlipped(t *testing.T) {
 func TestReview2DupImportRenamedProvingLoad(t *testing.T) {
 	for _, to := range []string{"T", "free"} {
 		t.Run(to, func(t *testing.T) {
-			envB, b, pb, dup := review2Dup(t)
+			_, b, pb, dup := review2Dup(t)
 			ctx := context.Background()
 			var mu sync.Mutex
 			var made, renamed tpm2.TPMHandle
@@ -232,7 +216,7 @@ func TestReview2DupImportRenamedProvingLoad(t *testing.T) {
 				}
 			}
 			if err != nil {
-				review2NothingImported(t, pb, envB)
+				nothingImported(t, pb)
 			}
 		})
 	}

@@ -24,7 +24,7 @@ import (
 // TPM's answers are not the TPM's") but as a wrong value (exit 11) or
 // tampering (exit 14).
 func TestReview2DupImportWrongTransferAuthIsNotForged(t *testing.T) {
-	envB, _, pb, dup := review2Dup(t)
+	_, _, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	if err := pb.st.Update(ctx, func(tx *store.Tx) error {
 		var tr transferRecord
@@ -46,5 +46,5 @@ func TestReview2DupImportWrongTransferAuthIsNotForged(t *testing.T) {
 		t.Errorf("a wrong value in the state (no bus involved) reported as a forged TPM answer: exit %d, want %d (wrong value) or %d (tampered)",
 			api.ExitCode(err), api.ExitBadAuth, api.ExitTampered)
 	}
-	review2NothingImported(t, pb, envB)
+	nothingImported(t, pb)
 }
