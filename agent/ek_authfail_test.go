@@ -66,9 +66,7 @@ func flipSessionHMAC(cmd []byte, nh, i int) ([]byte, bool) {
 // the command (tpm.guarded).
 func TestEKAuthFailIsNotReportedAsUncounted(t *testing.T) {
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag, 7)
+	env, ag, _ := provisionedBehind(t, bus)
 	before := lockoutCount(t, bus.Next)
 	mounted := false
 	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {

@@ -19,9 +19,7 @@ import (
 func TestAttestSecretStaysEncryptedOnTheBus(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	rec := &swtpmtest.Recorder{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus), swtpmtest.WithRecorder(rec))
-	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag, 7)
+	env, ag, _ := provisionedBehind(t, bus, swtpmtest.WithRecorder(rec))
 	secret := []byte("the fleet's wifi pre-shared key, 40 bytes")
 	rec.Reset()
 	_, got := fleetFlow(t, env, ag, bytes.Clone(secret), func(name string, fn func() error) {

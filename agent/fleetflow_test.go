@@ -121,9 +121,7 @@ func TestAttestNeedsNoFourthSession(t *testing.T) {
 // right after the load).
 func TestMigrationAfterTheAKLoad(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag, 7)
+	env, ag, _ := provisionedBehind(t, b)
 	migrated := false
 	_, got := fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
 		t.Helper()

@@ -38,6 +38,18 @@ func provision(t *testing.T, ag *agent.Agent, pcrs ...int) {
 	}
 }
 
+// provisionedBehind starts a TPM behind bus b (with opts) and provisions a
+// fresh state directory on it (PCR 7, the test officer, trust on first
+// use): the TPM, the agent and its state directory.
+func provisionedBehind(t *testing.T, b *swtpmtest.Bus, opts ...swtpmtest.Option) (*swtpmtest.Env, *agent.Agent, string) {
+	t.Helper()
+	env := swtpmtest.Start(t, append([]swtpmtest.Option{swtpmtest.WithBus(b)}, opts...)...)
+	dir := stateDir(t)
+	ag := newAgent(t, env, dir)
+	provision(t, ag, 7)
+	return env, ag, dir
+}
+
 func derive(t *testing.T, ag *agent.Agent, name, label, ctxt, typ, usage string) {
 	t.Helper()
 	if _, err := officertest.Derive(t, context.Background(), ag, api.DeriveRequest{Name: name, Label: label, Context: ctxt, Type: typ, Usage: usage}); err != nil {

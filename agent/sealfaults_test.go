@@ -28,9 +28,7 @@ import (
 // the creation's data was reverted).
 func TestChangedPCRReadSealsNothing(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag, 7)
+	env, ag, _ := provisionedBehind(t, b)
 	var mu sync.Mutex
 	lied, creates := false, 0
 	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
@@ -96,11 +94,8 @@ func TestSealUnderBusFaults(t *testing.T) {
 
 func sealUnderFault(t *testing.T, f busFault) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	env, ag, dir := provisionedBehind(t, b)
 	ctx := context.Background()
-	dir := stateDir(t)
-	ag := newAgent(t, env, dir)
-	provision(t, ag, 7)
 	secret := []byte("the disk key under fault")
 	b.Set(f.hook())
 	blob, err := ag.Seal(api.WithCaller(ctx, api.Caller{UID: 4242}), api.SealRequest{Data: secret, PCRs: []int{7, 16}, AllowResettable: true})

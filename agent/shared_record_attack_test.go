@@ -220,10 +220,7 @@ func sealAcrossReset(t *testing.T, env *swtpmtest.Env, b *swtpmtest.Bus, ag *age
 // or pending, the blob unseals, the trail verifies, nothing is left.
 func TestResetBetweenOpAndRecord(t *testing.T) {
 	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	env.RequireSimulator()
-	ag := newAgent(t, env, stateDir(t))
-	provision(t, ag, 7)
+	env, ag, _ := provisionedBehind(t, b)
 	if _, err := ag.Seal(context.Background(), api.SealRequest{Data: []byte("warm")}); err != nil {
 		t.Fatal(err)
 	}

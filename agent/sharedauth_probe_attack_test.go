@@ -236,11 +236,8 @@ func TestProbeSignForgedRetryExit(t *testing.T) {
 // honest RETRY is resent and the seal works.
 func TestProbeSealCreateForgedRetry(t *testing.T) {
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	_, ag, _ := provisionedBehind(t, bus)
 	ctx := context.Background()
-	dir := stateDir(t)
-	ag := newAgent(t, env, dir)
-	provision(t, ag, 7)
 	for _, forged := range []bool{true, false} {
 		n := 0
 		hook := swtpmtest.RanThenAnswered(tpm2.TPMCCCreate, tpm2.TPMRCRetry, &n)
@@ -279,11 +276,8 @@ func TestRecordProofForgedRetry(t *testing.T) {
 	}{{"once", false}, {"every time, every probe answered SESSION_MEMORY", true}} {
 		t.Run(c.name, func(t *testing.T) {
 			bus := &swtpmtest.Bus{}
-			env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+			env, ag, dir := provisionedBehind(t, bus)
 			ctx := context.Background()
-			dir := stateDir(t)
-			ag := newAgent(t, env, dir)
-			provision(t, ag, 7)
 			ag.Close()
 			ag = newAgent(t, env, dir) // one-shot: the trail opened afresh
 			ran, probes := 0, 0

@@ -50,11 +50,8 @@ func ranThenRetryNth(cc tpm2.TPMCC, nth int, match func(cmd []byte) bool, forged
 // resent and the unseal works.
 func TestUnsealForgedRetryIsForgedNotPolicy(t *testing.T) {
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	env, ag, dir := provisionedBehind(t, bus)
 	ctx := context.Background()
-	dir := stateDir(t)
-	ag := newAgent(t, env, dir)
-	provision(t, ag, 7)
 	secret := []byte("a secret A1 answers RETRY for")
 	blob, err := ag.Seal(ctx, api.SealRequest{Data: secret, PCRs: []int{7}})
 	if err != nil {
