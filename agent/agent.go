@@ -431,6 +431,15 @@ func (a *Agent) audited(ctx context.Context, op string, objects map[string]strin
 	})
 }
 
+// Share runs fn, a sequence of this agent's operations, in one shared
+// session (tpm.TPM.Share), where each operation started and flushed its
+// own: attest now's quote and, after the endpoint's answer, its record
+// (issue 14: a StartAuthSession and a FlushContext fewer). Only for a
+// process that is the agent's one user, as a one-shot command is: the
+// session is the TPM connection's, and the daemon's requests run
+// concurrently, each in its own.
+func (a *Agent) Share(fn func() error) error { return a.t.Share(fn) }
+
 // auditedResult is audited for operations that return a result.
 func auditedResult[T any](ctx context.Context, a *Agent, op string, objects map[string]string, fn func() (T, error)) (T, error) {
 	var res T
