@@ -79,6 +79,9 @@ type Agent struct {
 	states keyStates       // what key uses read from the state, per committed state
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
 	heldGate *tpm.Gate
+	// gateKeep holds the new trail's gate and policy session from its
+	// first record to the record that follows (trailAnchor.kept).
+	gateKeep gateKeep
 	// op is the key uses' policy session (opSession); hot says the running
 	// operation is a key use, keepOp that op outlives it (KeepSession).
 	op     *opSession
@@ -196,6 +199,7 @@ func (a *Agent) sweepLeaks() {
 	if a.heldGate != nil {
 		held = append(held, a.heldGate.Handle)
 	}
+	held = append(held, a.gateKeep.handles()...)
 	if h := a.opHandle(); h != 0 {
 		held = append(held, h)
 	}
@@ -286,9 +290,12 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	}
 	// The operation's time, kept if the record must wait.
 	rec := audit.Record{Time: a.now(), Op: op, UID: a.callerUID(ctx), Objects: objects, Result: audit.Result(opErr)}
+	// A new trail's gate and policy session, kept from its first record
+	// (ensureGated), go when this one is written or fails.
+	defer a.gateKeep.drop(a.t, a.log)
 	for _, step := range []func() error{
 		a.openAudit, // its errors name the trail already
-		func() error { return wrapTrail(a.ensureGated(ctx)) },
+		func() error { return wrapTrail(a.ensureGated(ctx, true)) },
 		func() error { return a.writePending(ctx) }, // likewise
 	} {
 		if err := step(); err != nil {

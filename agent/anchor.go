@@ -69,6 +69,10 @@ type trailAnchor struct {
 	// held is the gate key zeroize loads before it evicts the SRK, for its
 	// last record; nil otherwise (the gate is loaded per record).
 	held **tpm.Gate
+	// kept keeps the gate and the last extend's policy session for the
+	// next record while it is on (a new trail's first record and the
+	// record after it: gateKeep).
+	kept *gateKeep
 	// proven is the written anchor the last Read read, or the unwritten
 	// one newGatedAnchor has just defined, until Prepare takes it or
 	// ReadPrepare, which extends, drops it: Prepare then needs no
@@ -88,7 +92,7 @@ var (
 
 func (a *Agent) trailAnchor() *trailAnchor {
 	fi, err := os.Stat(a.auditPath())
-	return &trailAnchor{t: a.t, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate}
+	return &trailAnchor{t: a.t, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate, kept: &a.gateKeep}
 }
 
 // gate reads audit.gate; nil when there is none.
@@ -276,6 +280,14 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
 	proven := an.provenAnchor(g)
+	if proven != nil {
+		switch ge, ok, err := an.kept.again(an.t, g, *proven, head); {
+		case err != nil:
+			return nil, nil, err
+		case ok:
+			return gatedExtend(ge), an.kept.release(an.t, ge), nil
+		}
+	}
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
 		if proven != nil {
 			return an.t.PrepareGatedExtendOf(*proven, gk, head)
@@ -285,7 +297,7 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 	if err != nil {
 		return nil, nil, err
 	}
-	return gatedExtend(ge), ge.Close, nil
+	return gatedExtend(ge), an.kept.release(an.t, ge), nil
 }
 
 // provenAnchor takes the anchor the last Read proved or newGatedAnchor
@@ -313,11 +325,17 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 	if *an.held != nil {
 		return prepare(**an.held)
 	}
+	if gk := an.kept.loaded(an.t, g); gk != nil {
+		return prepare(*gk)
+	}
 	gk, err := an.loadGate(g)
 	if err != nil {
 		return nil, err
 	}
 	ge, err := prepare(gk)
+	if err == nil && an.kept.keep(an.t, gk) {
+		return ge, nil
+	}
 	if err != nil && !beforeTheGate(err) {
 		// The load's handle came in an answer with no HMAC: renamed on
 		// the bus, the proof fails, the flush below names another handle,
@@ -541,8 +559,9 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 // record of a new trail is then its audit-anchor record. A trail whose gate
 // has no authorization value (version 1: anyone who recorded the gate's
 // load on the bus could extend the anchor), verified by openAudit, moves to
-// a new gate the same way.
-func (a *Agent) ensureGated(ctx context.Context) error {
+// a new gate the same way. forRecord: Agent.record asks, and writes a
+// record after the new trail's first (gateKeep).
+func (a *Agent) ensureGated(ctx context.Context, forRecord bool) error {
 	g, err := a.trailAnchor().gate()
 	if err != nil || g != nil && g.Version == gateVersion {
 		return err
@@ -558,6 +577,10 @@ func (a *Agent) ensureGated(ctx context.Context) error {
 			return err
 		}
 	}
+	// The new trail's first record and the record this is for prove the
+	// same gate one after the other: one load of it, one policy session
+	// (record drops them).
+	a.gateKeep.on = forRecord
 	_, err = a.anchorTrail(ctx, why, nil)
 	return err
 }

@@ -112,7 +112,7 @@ func (a *Agent) writePending(ctx context.Context) error {
 	// The trail may have no anchor yet: a record kept because its
 	// anchor could not be made (found by the power-cut test: the record
 	// then waited for ever, and repair could not write it).
-	if err := a.ensureGated(ctx); err != nil {
+	if err := a.ensureGated(ctx, false); err != nil {
 		return err
 	}
 	if len(data) > maxPending {

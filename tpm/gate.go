@@ -408,6 +408,12 @@ type GatedExtend struct {
 	s      *PolicySession
 	// done: the TPM answered the extend with success (authenticated).
 	done bool
+	// gen and started are the TPM's generation and the time before the
+	// session's start (PrepareGatedExtendAgain); passed: the session went
+	// on to the next extend's GatedExtend, and Close leaves it.
+	gen     uint64
+	started time.Time
+	passed  bool
 }
 
 // PrepareGatedExtend starts the session for the extend of the gated index
@@ -433,11 +439,42 @@ func (t *TPM) PrepareGatedExtendOf(x NVIndex, gate Gate, data []byte) (*GatedExt
 	if err != nil {
 		return nil, err
 	}
+	gen, started := t.Generation(), time.Now()
 	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend, cpHash)
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, x: x, params: params, s: s}, nil
+	return &GatedExtend{t: t, x: x, params: params, s: s, gen: gen, started: started}, nil
+}
+
+// PrepareGatedExtendAgain prepares one more extend, of x with data, in the
+// policy session of prev, whose extend the TPM made (Extend succeeded, so
+// the TPM reset the session's policy): the gate's proof again, bound to
+// that extend (PolicySecret, PolicyCommandCode), where
+// PrepareGatedExtendOf starts and later flushes a session of its own
+// (issue 14: 2 commands for a record after another in one operation, as
+// provision's after its new anchor's first). gate must be loaded.
+//
+// ok false, nothing sent: prev cannot go on (its extend not made, it was
+// closed or passed on, the TPM's generation moved since its start, or it
+// started more than half a proof's lifetime ago: a proof with a nonce
+// expires counting from the session's start, TPM 2.0 Part 3,
+// PolicySecret); the caller closes prev and prepares anew. Otherwise prev
+// is passed on (its Close does nothing) and, on an error, the session is
+// spent as PrepareGatedExtendOf's would be.
+func (t *TPM) PrepareGatedExtendAgain(prev *GatedExtend, x NVIndex, gate Gate, data []byte) (ge *GatedExtend, ok bool, err error) {
+	if !prev.done || prev.passed || prev.s.closed || prev.gen != t.Generation() || time.Since(prev.started) > gateProofLifetime/2 {
+		return nil, false, nil
+	}
+	params, cpHash, err := extendProof(x, data)
+	if err != nil {
+		return nil, false, err
+	}
+	prev.passed = true
+	if err := t.proveGate(prev.s, nil, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
+		return nil, true, errors.Join(err, t.spend(prev.s))
+	}
+	return &GatedExtend{t: t, x: x, params: params, s: prev.s, gen: prev.gen, started: prev.started}, true, nil
 }
 
 // ErrNoSharedSession: ReadPrepareGatedExtend needs a pinned SRK to salt
@@ -534,6 +571,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if value, err = read(s); err != nil {
 		return nil, nil, err
 	}
+	gen, started := t.Generation(), time.Now()
 	ps, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, salt...)
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
@@ -542,7 +580,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if err := t.proveGate(pol, k, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
 		return nil, nil, errors.Join(err, t.spend(pol))
 	}
-	return value, &GatedExtend{t: t, x: x, params: params, s: pol}, nil
+	return value, &GatedExtend{t: t, x: x, params: params, s: pol, gen: gen, started: started}, nil
 }
 
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) of the data
@@ -567,10 +605,21 @@ func (g *GatedExtend) Extend() error {
 	return nil
 }
 
+// Handle is the handle of the extend's policy session.
+func (g *GatedExtend) Handle() tpm2.TPMHandle { return g.s.start }
+
+// Done reports whether the TPM made the extend (an authenticated success).
+func (g *GatedExtend) Done() bool { return g.done }
+
 // Close flushes the session. Unless the extend succeeded it spends the
 // proof (TPM.spend): when Close returns, nothing can make the prepared
 // extend any more, so an extend that failed may be prepared and made again.
+// A GatedExtend whose session went on to the next (PrepareGatedExtendAgain)
+// has nothing to close.
 func (g *GatedExtend) Close() error {
+	if g.passed {
+		return nil
+	}
 	if g.done {
 		return g.s.Close()
 	}

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/tpm"
+)
+
+// gateKeep keeps a new trail's audit gate key loaded, and the policy
+// session of its first record's extend, for the record that follows it in
+// the same Agent.record (ensureGated turns it on; record drops it): that
+// record proves the gate again in the same session (
+// tpm.TPM.PrepareGatedExtendAgain), where it loaded the gate, started a
+// policy session and flushed both again (issue 14: 4 commands fewer for
+// provision, whose record follows its new anchor's first).
+//
+// Nothing is kept across operations or generations of the TPM: each is
+// taken only in the generation it was loaded or made in, and drop forgets
+// (and asks the sweep for) what a reset, power cut or migration may have
+// taken or moved, rather than flush a number another object may hold.
+// The kept session holds no proof once its extend is made (the TPM reset
+// its policy); the next proof is bound to that record's extend by
+// cpHashA, as in a session of its own.
+type gateKeep struct {
+	on      bool
+	gate    *tpm.Gate
+	gateGen uint64
+	ge      *tpm.GatedExtend
+	geGen   uint64
+}
+
+// loaded is the kept gate if it is g's, loaded in this generation. A nil
+// gateKeep keeps nothing.
+func (k *gateKeep) loaded(t *tpm.TPM, g *gateRecord) *tpm.Gate {
+	if k == nil || !k.on || k.gate == nil || k.gateGen != t.Generation() {
+		return nil
+	}
+	if want, err := g.name(); err != nil || !bytes.Equal(want, k.gate.Name.Buffer) {
+		return nil
+	}
+	return k.gate
+}
+
+// keep keeps gk, just loaded, if keeping is on and no gate is kept.
+func (k *gateKeep) keep(t *tpm.TPM, gk tpm.Gate) bool {
+	if k == nil || !k.on || k.gate != nil {
+		return false
+	}
+	k.gate, k.gateGen = &gk, t.Generation()
+	return true
+}
+
+// release is the release of ge's record: ge is kept when its extend was
+// made and keeping is on, closed otherwise.
+func (k *gateKeep) release(t *tpm.TPM, ge *tpm.GatedExtend) func() error {
+	return func() error {
+		if k != nil && k.on && ge.Done() && k.ge == nil {
+			k.ge, k.geGen = ge, t.Generation()
+			return nil
+		}
+		return ge.Close()
+	}
+}
+
+// again prepares the extend of x with head in the kept session with the
+// kept gate (tpm.TPM.PrepareGatedExtendAgain); ok false when there is none
+// to go on with (the caller prepares anew). The kept session is taken
+// either way.
+func (k *gateKeep) again(t *tpm.TPM, g *gateRecord, x tpm.NVIndex, head []byte) (*tpm.GatedExtend, bool, error) {
+	gk := k.loaded(t, g)
+	if gk == nil || k.ge == nil {
+		return nil, false, nil
+	}
+	prev := k.ge
+	k.ge = nil
+	if k.geGen != t.Generation() {
+		t.Unheld()
+		return nil, false, nil
+	}
+	ge, ok, err := t.PrepareGatedExtendAgain(prev, x, *gk, head)
+	if !ok && err == nil {
+		err = prev.Close()
+	}
+	return ge, ok, err
+}
+
+// handles are the kept gate's and session's handles (the sweep leaves them).
+func (k *gateKeep) handles() []tpm2.TPMHandle {
+	var hs []tpm2.TPMHandle
+	if k.gate != nil {
+		hs = append(hs, k.gate.Handle)
+	}
+	if k.ge != nil {
+		hs = append(hs, k.ge.Handle())
+	}
+	return hs
+}
+
+// drop ends keeping: the kept session and gate are flushed if they are of
+// this generation, forgotten (the sweep asked for) if not. A failed flush
+// is logged: the record is written, and the sweep takes what is left.
+func (k *gateKeep) drop(t *tpm.TPM, log *slog.Logger) {
+	var err error
+	if k.ge != nil {
+		if k.geGen == t.Generation() {
+			err = k.ge.Close()
+		} else {
+			t.Unheld()
+		}
+	}
+	if k.gate != nil {
+		if k.gateGen == t.Generation() {
+			err = errors.Join(err, t.Flush(k.gate.Handle))
+		} else {
+			t.Unheld()
+		}
+	}
+	if err != nil {
+		t.Unheld()
+		log.Debug("flush of the kept audit gate failed", "err", err)
+	}
+	*k = gateKeep{}
+}
