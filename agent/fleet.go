@@ -50,7 +50,7 @@ func (a *Agent) AttestIdentity(ctx context.Context) (fleetapi.EnrollRequest, err
 		if err != nil {
 			return fleetapi.EnrollRequest{}, err
 		}
-		certs, err := a.ekCertificates()
+		certs, err := a.ekCertificates(ctx)
 		if err != nil {
 			return fleetapi.EnrollRequest{}, err
 		}
@@ -187,7 +187,7 @@ func (a *Agent) attestActivate(ctx context.Context, e fleetapi.Enrollment) ([]by
 		if err := a.requireIdentity(ctx); err != nil {
 			return nil, err
 		}
-		key, err := a.ekCertBySum(e.EKCertSHA256)
+		key, err := a.ekCertBySum(ctx, e.EKCertSHA256)
 		if err != nil {
 			return nil, err
 		}
@@ -306,8 +306,10 @@ func (a *Agent) readQuote(ak tpm.Object, auth, nonce []byte, sel tpm2.TPMLPCRSel
 	return nil, nil, nil, errors.New("the PCRs kept changing while they were quoted")
 }
 
-// ekCertificates are the EK certificates in the TPM's NV (tpm.EKCertIndices).
-func (a *Agent) ekCertificates() ([][]byte, error) {
+// ekCertificates are the EK certificates in the TPM's NV (tpm.EKCertIndices),
+// or, where NV holds none, the one first contact verified (given as a file
+// at provision), which the state keeps.
+func (a *Agent) ekCertificates(ctx context.Context) ([][]byte, error) {
 	var certs [][]byte
 	for _, c := range tpm.EKCertIndices {
 		der, err := a.t.ReadNV(c.Handle)
@@ -320,6 +322,9 @@ func (a *Agent) ekCertificates() ([][]byte, error) {
 		certs = append(certs, der)
 	}
 	if len(certs) == 0 {
+		if r, ok, err := a.readIdentity(ctx); err == nil && ok && len(r.EKCert) > 0 {
+			return [][]byte{r.EKCert}, nil
+		}
 		return nil, fmt.Errorf("%w: no EK certificate in NV: the TPM cannot be verified", api.ErrNotFound)
 	}
 	return certs, nil
@@ -404,7 +409,7 @@ func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error 
 		}
 	}
 	var blob tpm.Blob
-	if err := a.withEK(d.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) (err error) {
+	if err := a.withEK(ctx, d.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) (err error) {
 		blob, err = a.t.ImportWrapped(ek, auth, *pub, d.Duplicate, d.Seed)
 		return err
 	}); err != nil {
@@ -449,8 +454,8 @@ func deliveryKind(pub tpm2.TPMTPublic) (string, error) {
 // withEK loads (or finds) the EK the certificate with SHA-256 sum names and
 // runs fn with it and a session for its USER role (PolicySecret
 // endorsement, salted to the SRK).
-func (a *Agent) withEK(sum string, fn func(ek tpm.Object, auth tpm2.Session) error) error {
-	key, err := a.ekCertBySum(sum)
+func (a *Agent) withEK(ctx context.Context, sum string, fn func(ek tpm.Object, auth tpm2.Session) error) error {
+	key, err := a.ekCertBySum(ctx, sum)
 	if err != nil {
 		return err
 	}
@@ -564,7 +569,7 @@ func (a *Agent) withDelivery(ctx context.Context, name, kind string, cc tpm2.TPM
 		sel.Values[i] = make([]byte, 32)
 	}
 	return a.withAttestKey(ctx, func(ak tpm.Object, akAuth []byte) error {
-		return a.withEK(rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
+		return a.withEK(ctx, rec.EKCertSHA256, func(ek tpm.Object, auth tpm2.Session) error {
 			obj, err := a.t.Load(ek, auth, blob)
 			if err != nil {
 				return err

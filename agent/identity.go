@@ -54,7 +54,7 @@ func Establish(t *tpm.TPM, req api.IdentityRequest, now func() time.Time) (id ap
 	if err != nil {
 		return id, srk, err
 	}
-	id.EKCertSource = source
+	id.EKCertSource, id.EKCert = source, der
 	sum := sha256.Sum256(der)
 	id.EKCertSHA256 = hex.EncodeToString(sum[:])
 
@@ -107,11 +107,16 @@ const recIdentity = "identity"
 // SRK public area it authenticated, which every later session is salted to
 // and the persistent SRK is checked against, and how the EK was trusted.
 type identityRecord struct {
-	SRKPublic    []byte    `json:"srk_public"` // TPMT_PUBLIC
-	SRKName      string    `json:"srk_name"`
-	EKCertSHA256 string    `json:"ek_cert_sha256"`
-	Trust        string    `json:"trust"`
-	At           time.Time `json:"established_at"`
+	SRKPublic    []byte `json:"srk_public"` // TPMT_PUBLIC
+	SRKName      string `json:"srk_name"`
+	EKCertSHA256 string `json:"ek_cert_sha256"`
+	// EKCert is the certificate first contact verified (DER; absent in a
+	// state pinned before it was kept): ekCertBySum takes it where a
+	// read of the TPM's NV took two commands, or found none for a
+	// certificate given as a file.
+	EKCert []byte    `json:"ek_cert,omitempty"`
+	Trust  string    `json:"trust"`
+	At     time.Time `json:"established_at"`
 }
 
 // public is the pinned SRK's public area; a record whose area does not give
@@ -209,7 +214,7 @@ func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (iden
 		return r, err
 	}
 	r = identityRecord{SRKPublic: tpm2.Marshal(srk.Public), SRKName: id.SRKName, EKCertSHA256: id.EKCertSHA256,
-		Trust: id.Trust, At: a.now().UTC()}
+		EKCert: id.EKCert, Trust: id.Trust, At: a.now().UTC()}
 	return r, PinEstablished(a.t, id, srk)
 }
 

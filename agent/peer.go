@@ -126,7 +126,7 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 	if err != nil {
 		return api.PeerIdentity{}, fmt.Errorf("transfer key blob: %w", err)
 	}
-	certs, err := a.ekCertificates()
+	certs, err := a.ekCertificates(ctx)
 	if err != nil {
 		return api.PeerIdentity{}, err
 	}
@@ -483,7 +483,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	}); err != nil {
 		return api.KeyInfo{}, err
 	}
-	cert, err := a.ekCertBySum(f.EKCertSHA256)
+	cert, err := a.ekCertBySum(ctx, f.EKCertSHA256)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -577,8 +577,24 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 }
 
 // ekCertBySum is this TPM's EK certificate with SHA-256 sum, as a
-// duplicate names the one its credential was made to, and its key.
-func (a *Agent) ekCertBySum(sum string) (any, error) {
+// duplicate names the one its credential was made to, and its key: the
+// copy first contact verified, which the state keeps (identityRecord.EKCert:
+// issue 14, no NV_ReadPublic and NV_Read; a certificate given as a file at
+// provision, which the TPM's NV does not hold, is found too), else the
+// TPM's NV. A copy changed in the state has another sum, and is not taken;
+// nor does the certificate vouch for anything here: its key is the EK the
+// credential is opened with, in the TPM (ActivateCredential), where only
+// the EK that sum's certificate names opens it.
+func (a *Agent) ekCertBySum(ctx context.Context, sum string) (any, error) {
+	if r, ok, err := a.readIdentity(ctx); err == nil && ok && len(r.EKCert) > 0 {
+		if s := sha256.Sum256(r.EKCert); hex.EncodeToString(s[:]) == sum {
+			ek, err := attest.ParseEKCertificate(r.EKCert)
+			if err != nil {
+				return nil, err
+			}
+			return ek.PublicKey, nil
+		}
+	}
 	for _, c := range tpm.EKCertIndices {
 		der, err := a.t.ReadNV(c.Handle)
 		if errors.Is(err, tpm.ErrNotFound) {

@@ -204,7 +204,7 @@ func TestDupToAForgedTransferKey(t *testing.T) {
 	}
 	// The attacker, with B's TPM at hand (the EK's policy is anyone's).
 	tp := envB.TPM
-	cert, err := b.ekCertBySum(dup.EKCertSHA256)
+	cert, err := b.ekCertBySum(ctx, dup.EKCertSHA256)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -385,7 +385,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	if !dupApprovedBy(in.officer, wantApproval, f.Approval, req.Approval) {
 		return res, fmt.Errorf("%w: this device adopts a PK only with its crypto officer's approval of that PK to its transfer key (provd key approve --dup-to PEER.json --peer-pk NAME --object-name %s; provision --from --approval)", api.ErrNotPermitted, pkName)
 	}
-	cert, err := a.ekCertBySum(f.EKCertSHA256)
+	cert, err := a.ekCertBySum(ctx, f.EKCertSHA256)
 	if err != nil {
 		return res, err
 	}

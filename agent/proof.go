@@ -68,7 +68,7 @@ func (a *Agent) peerProve(ctx context.Context, c api.PeerChallenge) (api.PeerPro
 	if c.ParentName != tr.Name {
 		return api.PeerProof{}, fmt.Errorf("%w: the challenge is for another transfer key (%.16s…), this device's is %.16s…", api.ErrNotPermitted, c.ParentName, tr.Name)
 	}
-	cert, err := a.ekCertBySum(c.EKCertSHA256)
+	cert, err := a.ekCertBySum(ctx, c.EKCertSHA256)
 	if err != nil {
 		return api.PeerProof{}, err
 	}

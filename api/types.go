@@ -313,6 +313,9 @@ type Identity struct {
 	// an unauthenticated ReadPublic says: provision checks it for real.
 	SRKName       string `json:"srk_name"`
 	SRKPersistent bool   `json:"srk_persistent"`
+	// EKCert is the EK certificate verified (DER), which the state keeps
+	// (not sent: EKCertSHA256 names it).
+	EKCert []byte `json:"-"`
 }
 
 // ZeroizeOptions says how far zeroize goes: POST /v1/zeroize.
