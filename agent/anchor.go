@@ -285,7 +285,7 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		case err != nil:
 			return nil, nil, err
 		case ok:
-			return gatedExtend(ge), an.kept.release(an.t, ge), nil
+			return gatedExtend(ge), an.kept.release(ge), nil
 		}
 	}
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
@@ -297,7 +297,7 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 	if err != nil {
 		return nil, nil, err
 	}
-	return gatedExtend(ge), an.kept.release(an.t, ge), nil
+	return gatedExtend(ge), an.kept.release(ge), nil
 }
 
 // provenAnchor takes the anchor the last Read proved or newGatedAnchor
@@ -328,12 +328,13 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 	if gk := an.kept.loaded(an.t, g); gk != nil {
 		return prepare(*gk)
 	}
+	gen := an.t.Generation() // before the load: the gate is of this one
 	gk, err := an.loadGate(g)
 	if err != nil {
 		return nil, err
 	}
 	ge, err := prepare(gk)
-	if err == nil && an.kept.keep(an.t, gk) {
+	if err == nil && an.kept.keep(gk, gen) {
 		return ge, nil
 	}
 	if err != nil && !beforeTheGate(err) {

@@ -45,21 +45,24 @@ func (k *gateKeep) loaded(t *tpm.TPM, g *gateRecord) *tpm.Gate {
 	return k.gate
 }
 
-// keep keeps gk, just loaded, if keeping is on and no gate is kept.
-func (k *gateKeep) keep(t *tpm.TPM, gk tpm.Gate) bool {
+// keep keeps gk, loaded in generation gen (read before its load: a
+// generation read after it may be one a power cut since has moved, found
+// by review), if keeping is on and no gate is kept.
+func (k *gateKeep) keep(gk tpm.Gate, gen uint64) bool {
 	if k == nil || !k.on || k.gate != nil {
 		return false
 	}
-	k.gate, k.gateGen = &gk, t.Generation()
+	k.gate, k.gateGen = &gk, gen
 	return true
 }
 
 // release is the release of ge's record: ge is kept when its extend was
-// made and keeping is on, closed otherwise.
-func (k *gateKeep) release(t *tpm.TPM, ge *tpm.GatedExtend) func() error {
+// made and keeping is on, closed otherwise. It is of the generation its
+// session started in (ge.Gen).
+func (k *gateKeep) release(ge *tpm.GatedExtend) func() error {
 	return func() error {
 		if k != nil && k.on && ge.Done() && k.ge == nil {
-			k.ge, k.geGen = ge, t.Generation()
+			k.ge, k.geGen = ge, ge.Gen()
 			return nil
 		}
 		return ge.Close()

@@ -242,14 +242,21 @@ func (t *TPM) spend(p *PolicySession) error {
 	if p.proofUntil.IsZero() || !t.saltToPin() {
 		return cerr
 	}
+	t.proofGone(p)
+	return nil
+}
+
+// proofGone returns once the gate's proof in p, closed or forgotten, can
+// authorize nothing: a witness confirms that the TPM holds no session at
+// its handle, or (the sweep asked for) the proof's expiry has passed.
+func (t *TPM) proofGone(p *PolicySession) {
 	if t.confirmGone(p.start) == nil {
-		return nil
+		return
 	}
 	t.unheld()
 	if d := time.Until(p.proofUntil); d > 0 {
 		time.Sleep(d)
 	}
-	return nil
 }
 
 // confirmGone returns nil when a witness confirms that the TPM holds no
@@ -472,7 +479,8 @@ func (t *TPM) PrepareGatedExtendAgain(prev *GatedExtend, x NVIndex, gate Gate, d
 	}
 	prev.passed = true
 	if err := t.proveGate(prev.s, nil, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
-		return nil, true, errors.Join(err, t.spend(prev.s))
+		spent := &GatedExtend{t: t, x: x, s: prev.s, gen: prev.gen, started: prev.started}
+		return nil, true, errors.Join(err, spent.Close())
 	}
 	return &GatedExtend{t: t, x: x, params: params, s: prev.s, gen: prev.gen, started: prev.started}, true, nil
 }
@@ -608,6 +616,9 @@ func (g *GatedExtend) Extend() error {
 // Handle is the handle of the extend's policy session.
 func (g *GatedExtend) Handle() tpm2.TPMHandle { return g.s.start }
 
+// Gen is the TPM's generation before the extend's session started.
+func (g *GatedExtend) Gen() uint64 { return g.gen }
+
 // Done reports whether the TPM made the extend (an authenticated success).
 func (g *GatedExtend) Done() bool { return g.done }
 
@@ -616,8 +627,24 @@ func (g *GatedExtend) Done() bool { return g.done }
 // extend any more, so an extend that failed may be prepared and made again.
 // A GatedExtend whose session went on to the next (PrepareGatedExtendAgain)
 // has nothing to close.
+//
+// After the TPM's generation moved (a reset, a power cut, a lost
+// connection, a migration) the session is not flushed by its number, which
+// may be another session's slot now (found by review: a power cut after
+// the proof, and the flush ended a live session in that slot; the TPM
+// flushes by slot): it is forgotten and the sweep is asked for; a proof
+// that may live on in it (a migrated TPM keeps its sessions) is spent as
+// spend does, the session's absence confirmed or the proof waited out.
 func (g *GatedExtend) Close() error {
 	if g.passed {
+		return nil
+	}
+	if g.gen != g.t.Generation() {
+		g.s.forget()
+		g.t.unheld()
+		if !g.done && !g.s.proofUntil.IsZero() && g.t.saltToPin() {
+			g.t.proofGone(g.s)
+		}
 		return nil
 	}
 	if g.done {

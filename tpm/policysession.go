@@ -183,6 +183,20 @@ func (p *PolicySession) Close() error {
 	return p.closer()
 }
 
+// forget closes p without a FlushContext: its number may be another's
+// session now (the TPM's generation moved since it started). The caller
+// asks for the sweep.
+func (p *PolicySession) forget() {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	clear(p.auth)
+	if p.keyed != nil {
+		p.keyed.end()
+	}
+}
+
 // Session returns the session for use as the authorization of a go-tpm command
 // (tpm.Object.Auth(p.Session())). The TPM resets the session's digest after a
 // command it authorized succeeds; apply the policy again for the next one.

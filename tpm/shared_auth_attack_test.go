@@ -819,7 +819,9 @@ func TestKeepEndsWithTheStart(t *testing.T) {
 // over it), and between the AK's load and the quote. The migration: the
 // operation works, and the shared session, given up, is flushed; the
 // reset: the proof or the quote fails (the gate and the AK are gone), and
-// nothing is flushed by a number provd no longer holds. Nothing is left.
+// nothing is flushed by a number provd no longer holds. Nothing is left
+// but, after a migration, the extend's policy session, which the sweep
+// provd asks for takes.
 func TestEventsBeforeSharedAuth(t *testing.T) {
 	for _, ev := range []string{"migrate", "reset", "power cut"} {
 		for _, where := range []string{"before the gate's start", "after the gate's start", "before the quote"} {
@@ -888,7 +890,14 @@ func TestEventsBeforeSharedAuth(t *testing.T) {
 				if ev != "migrate" && !bytes.Equal(now, was) {
 					t.Errorf("the anchor moved after a reset: %x", now)
 				}
-				r.tp.NeedsSweep()
+				// A migration keeps the TPM's sessions, and the extend's
+				// policy session, whose generation moved under it, is
+				// forgotten, not flushed by its number (found by review:
+				// after a reset or power cut that number may be another
+				// session's slot): the sweep asked for takes it.
+				if ev == "migrate" {
+					sweptAsAsked(t, r.tp, r.gate.Handle)
+				}
 				left, lerr := r.tp.Leftovers()
 				if lerr != nil {
 					t.Fatal(lerr)

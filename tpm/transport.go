@@ -425,6 +425,9 @@ func (c *counting) send(cmd []byte) ([]byte, error) {
 		if rc != tpm2.TPMRCSuccess && mayLeak(rc, tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))) {
 			c.sweep.Store(true)
 		}
+		if err := sessionErrorWithoutSession(cmd, rc); err != nil {
+			return nil, err
+		}
 		if rc == tpm2.TPMRCSuccess {
 			if err := madeHandle(cmd, rsp); err != nil {
 				c.sweep.Store(true)
@@ -530,4 +533,19 @@ func retryable(rc tpm2.TPMRC) bool {
 
 func (c *counting) stats() Stats {
 	return Stats{Commands: c.commands.Load(), Retries: c.retries.Load(), Wait: time.Duration(c.wait.Load())}
+}
+
+// sessionErrorWithoutSession is ErrResponseForged for an error that names
+// an authorization session (a format-one response code with its session
+// bit: TPM 2.0 Part 2, 6.6) in answer to a command sent with none: the TPM
+// numbers only the sessions a command carries, so only the bus gives that
+// answer (found by review: a TPM_RC_BAD_AUTH forged for
+// TPM2_PolicyCommandCode was reported as a wrong value, exit 11).
+func sessionErrorWithoutSession(cmd []byte, rc tpm2.TPMRC) error {
+	const format1, parameter, session = 0x080, 0x040, 0x800
+	if rc&format1 == 0 || rc&parameter != 0 || rc&session == 0 ||
+		tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) != tpm2.TPMSTNoSessions {
+		return nil
+	}
+	return fmt.Errorf("%w: command 0x%x, sent with no session, answered 0x%x, an error of a session", ErrResponseForged, binary.BigEndian.Uint32(cmd[6:10]), uint32(rc))
 }
