@@ -322,8 +322,13 @@ func (a *Agent) ekCertificates(ctx context.Context) ([][]byte, error) {
 		certs = append(certs, der)
 	}
 	if len(certs) == 0 {
-		if r, ok, err := a.readIdentity(ctx); err == nil && ok && len(r.EKCert) > 0 {
-			return [][]byte{r.EKCert}, nil
+		if r, ok, err := a.readIdentity(ctx); err == nil && ok {
+			switch ek, err := r.ekCert(); {
+			case err != nil:
+				return nil, err
+			case ek != nil:
+				return [][]byte{r.EKCert}, nil
+			}
 		}
 		return nil, fmt.Errorf("%w: no EK certificate in NV: the TPM cannot be verified", api.ErrNotFound)
 	}

@@ -119,6 +119,27 @@ type identityRecord struct {
 	At     time.Time `json:"established_at"`
 }
 
+// ekCert is the EK certificate first contact kept, nil when there is none
+// (a state pinned before it was kept); ErrTampered when the bytes are not
+// the certificate the record names (ek_cert_sha256) or not a certificate
+// (found by review: another TPM's certificate put there was presented as
+// this device's where NV holds none). A4 rewriting both fields is not
+// caught here: the device then names another TPM's EK, and nothing made
+// for that EK opens in this TPM (docs/threat-model.md).
+func (r identityRecord) ekCert() (*attest.EKCertificate, error) {
+	if len(r.EKCert) == 0 {
+		return nil, nil
+	}
+	if s := sha256.Sum256(r.EKCert); hex.EncodeToString(s[:]) != r.EKCertSHA256 {
+		return nil, fmt.Errorf("%w: the identity record's EK certificate is not the one it names (ek_cert_sha256)", api.ErrTampered)
+	}
+	c, err := attest.ParseEKCertificate(r.EKCert)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the identity record's EK certificate: %v", api.ErrTampered, err)
+	}
+	return c, nil
+}
+
 // public is the pinned SRK's public area; a record whose area does not give
 // its name is ErrTampered.
 func (r identityRecord) public() (tpm2.TPMTPublic, error) {

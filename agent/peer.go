@@ -7,7 +7,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -243,13 +242,9 @@ func peerEK(certs [][]byte, roots []byte, now func() time.Time) (tpm2.TPMTPublic
 			errs = append(errs, err)
 			continue
 		}
-		switch k := ek.PublicKey.(type) {
-		case *rsa.PublicKey:
-		case *ecdsa.PublicKey:
-			if k.Curve != elliptic.P256() {
-				errs = append(errs, fmt.Errorf("%w: an ECC %s EK: its policy is not PolicySecret(endorsement) alone", api.ErrNotPermitted, k.Curve.Params().Name))
-				continue
-			}
+		if err := credentialEK(ek.PublicKey); err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		_, pub, _, _, err := ekPublic(ek.PublicKey)
 		if err != nil {
@@ -585,14 +580,17 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 // nor does the certificate vouch for anything here: its key is the EK the
 // credential is opened with, in the TPM (ActivateCredential), where only
 // the EK that sum's certificate names opens it.
+//
+// Only an EK whose policy is PolicySecret(endorsement) alone can open a
+// credential here (RSA 2048, ECC P-256: credentialEK); a sum naming
+// another (this TPM's P-384 EK) is refused before any TPM command (found
+// by review: it failed in the TPM as a PCR policy, exit 3).
 func (a *Agent) ekCertBySum(ctx context.Context, sum string) (any, error) {
-	if r, ok, err := a.readIdentity(ctx); err == nil && ok && len(r.EKCert) > 0 {
-		if s := sha256.Sum256(r.EKCert); hex.EncodeToString(s[:]) == sum {
-			ek, err := attest.ParseEKCertificate(r.EKCert)
-			if err != nil {
-				return nil, err
-			}
-			return ek.PublicKey, nil
+	if r, ok, err := a.readIdentity(ctx); err == nil && ok && r.EKCertSHA256 == sum {
+		// None kept, or a copy changed in the state (not the certificate
+		// the record names): the TPM's NV, as before.
+		if ek, err := r.ekCert(); err == nil && ek != nil {
+			return ek.PublicKey, credentialEK(ek.PublicKey)
 		}
 	}
 	for _, c := range tpm.EKCertIndices {
@@ -608,10 +606,20 @@ func (a *Agent) ekCertBySum(ctx context.Context, sum string) (any, error) {
 			if err != nil {
 				return nil, err
 			}
-			return ek.PublicKey, nil
+			return ek.PublicKey, credentialEK(ek.PublicKey)
 		}
 	}
 	return nil, fmt.Errorf("%w: the duplicate was made for an EK certificate this TPM does not hold (another device)", api.ErrNotPermitted)
+}
+
+// credentialEK refuses an EK that cannot receive a credential here: the
+// TCG templates whose policy is PolicySecret(endorsement) alone are RSA
+// 2048 and ECC P-256 (a P-384 EK's is not).
+func credentialEK(key any) error {
+	if k, ok := key.(*ecdsa.PublicKey); ok && k.Curve != elliptic.P256() {
+		return fmt.Errorf("%w: an ECC %s EK: its policy is not PolicySecret(endorsement) alone", api.ErrNotPermitted, k.Curve.Params().Name)
+	}
+	return nil
 }
 
 // loadTransferred loads a key duplicated here: under T, with T's

@@ -239,7 +239,16 @@ func TestReview4KeptCertOfAnotherTPMNamedByADuplicate(t *testing.T) {
 			if dup.EKCertSHA256 != review4Sum(derC) {
 				t.Fatal("the duplicate does not name C's certificate")
 			}
-			review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = derC })
+			// A4 alone puts C's certificate in (a careless edit: the
+			// record's sum still names B's, and the copy is not taken);
+			// with A1, A4 rewrites both fields, so that provd takes C's
+			// certificate and reaches the EK.
+			review4EditIdentity(t, pb, func(r *identityRecord) {
+				r.EKCert = derC
+				if a1 {
+					r.EKCertSHA256 = review4Sum(derC)
+				}
+			})
 			var answered atomic.Int32
 			if a1 {
 				ek, err := attest.ParseEKCertificate(derC)
