@@ -21,7 +21,8 @@ import (
 // Nothing is kept across operations or generations of the TPM: each is
 // taken only in the generation it was loaded or made in, and drop forgets
 // (and asks the sweep for) what a reset, power cut or migration may have
-// taken or moved, rather than flush a number another object may hold.
+// taken or moved, rather than flush a number another object may hold, on
+// a TPM provd has to itself (tpm.TPM.ForgetsStale).
 // The kept session holds no proof once its extend is made (the TPM reset
 // its policy); the next proof is bound to that record's extend by
 // cpHashA, as in a session of its own.
@@ -81,8 +82,7 @@ func (k *gateKeep) again(t *tpm.TPM, g *gateRecord, x tpm.NVIndex, head []byte) 
 	prev := k.ge
 	k.ge = nil
 	if k.geGen != t.Generation() {
-		t.Unheld()
-		return nil, false, nil
+		return nil, false, prev.Close() // forgotten or flushed as its generation says
 	}
 	ge, ok, err := t.PrepareGatedExtendAgain(prev, x, *gk, head)
 	if !ok && err == nil {
@@ -103,23 +103,19 @@ func (k *gateKeep) handles() []tpm2.TPMHandle {
 	return hs
 }
 
-// drop ends keeping: the kept session and gate are flushed if they are of
-// this generation, forgotten (the sweep asked for) if not. A failed flush
+// drop ends keeping: the kept session and gate are flushed, or forgotten
+// (the sweep asked for) where ForgetsStale says. A failed flush
 // is logged: the record is written, and the sweep takes what is left.
 func (k *gateKeep) drop(t *tpm.TPM, log *slog.Logger) {
 	var err error
 	if k.ge != nil {
-		if k.geGen == t.Generation() {
-			err = k.ge.Close()
-		} else {
-			t.Unheld()
-		}
+		err = k.ge.Close() // forgotten or flushed as its generation says
 	}
 	if k.gate != nil {
-		if k.gateGen == t.Generation() {
-			err = errors.Join(err, t.Flush(k.gate.Handle))
-		} else {
+		if t.ForgetsStale(k.gateGen) {
 			t.Unheld()
+		} else {
+			err = errors.Join(err, t.Flush(k.gate.Handle))
 		}
 	}
 	if err != nil {

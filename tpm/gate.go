@@ -629,17 +629,19 @@ func (g *GatedExtend) Done() bool { return g.done }
 // has nothing to close.
 //
 // After the TPM's generation moved (a reset, a power cut, a lost
-// connection, a migration) the session is not flushed by its number, which
-// may be another session's slot now (found by review: a power cut after
-// the proof, and the flush ended a live session in that slot; the TPM
-// flushes by slot): it is forgotten and the sweep is asked for; a proof
-// that may live on in it (a migrated TPM keeps its sessions) is spent as
-// spend does, the session's absence confirmed or the proof waited out.
+// connection, a migration) on a TPM provd has to itself, the session is
+// not flushed by its number, which may be another session's slot now
+// (found by review: a power cut after the proof, and the flush ended a
+// live session in that slot; the TPM flushes by slot): it is forgotten
+// and the sweep is asked for (TPM.ForgetsStale); a proof that may live on
+// in it (a migrated TPM keeps its sessions) is spent as spend does, the
+// session's absence confirmed or the proof waited out (up to the proof's
+// lifetime, about 11 s, when the TPM still holds a session there).
 func (g *GatedExtend) Close() error {
 	if g.passed {
 		return nil
 	}
-	if g.gen != g.t.Generation() {
+	if g.t.ForgetsStale(g.gen) {
 		g.s.forget()
 		g.t.unheld()
 		if !g.done && !g.s.proofUntil.IsZero() && g.t.saltToPin() {

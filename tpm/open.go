@@ -56,6 +56,13 @@ type Options struct {
 	// Wrap, when set, wraps the raw channel below provd's counting and retry
 	// layer. Tests use it to record or split the bytes on the wire.
 	Wrap func(transport.TPM) transport.TPM
+	// ResourceManager says the channel is a resource manager's, as
+	// /dev/tpmrm0 always is: each client has its space, whose handles the
+	// manager flushes itself, so provd is not the TPM's only client
+	// (Exclusive false: no stale handle flushed at open, no sweep, and a
+	// stale handle flushed by its number, TPM.ForgetsStale). Tests use it
+	// with swtpm behind swtpmtest.SessionLimit.
+	ResourceManager bool
 	// RetrySleep waits before a command is resent after a TPM warning
 	// (RETRY, YIELDED, TESTING, NV_RATE); it is given 20ms, doubled at each
 	// retry, up to 8 retries. nil is time.Sleep. Tests inject one that
@@ -94,6 +101,8 @@ type TPM struct {
 	// powerCycled: PowerCycle asked that the sim stop without
 	// Shutdown(STATE), so its next start is a reboot.
 	powerCycled bool
+	// rm: the channel is a resource manager's (Options.ResourceManager).
+	rm bool
 	// share is the operation's shared audit session (Share), nil outside
 	// one.
 	share *shared
@@ -130,6 +139,7 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 		closer:   closer,
 		sim:      sim,
 		log:      log,
+		rm:       opts.ResourceManager,
 	}
 	if st, ok := stream.(*streamTransport); ok {
 		st.onLost = func() { t.counting.generation.Add(1) }
@@ -139,7 +149,7 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 		_ = t.Close()
 		return nil, err
 	}
-	if exclusive(spec) {
+	if t.Exclusive() {
 		if err := t.flushStale(); err != nil {
 			_ = t.Close()
 			return nil, err
@@ -232,7 +242,19 @@ func dialStream(ctx context.Context, network, addr string, timeout time.Duration
 // Exclusive reports whether provd is the TPM's only client on this
 // connection (exclusive): any transient handle it does not hold itself was
 // left by a client that died, or leaked, and may be flushed.
-func (t *TPM) Exclusive() bool { return exclusive(t.spec) }
+func (t *TPM) Exclusive() bool { return !t.rm && exclusive(t.spec) }
+
+// ForgetsStale reports whether a handle made in generation gen is to be
+// forgotten rather than flushed by its number: the generation moved since
+// (a reset, a power cut, a lost connection, a migration), and the TPM is
+// provd's alone, where that number may now be another session's slot
+// (the TPM flushes by slot) and the sweep (Unheld, the owner's
+// Leftovers) flushes whatever is left by what the TPM lists. Behind a
+// resource manager there is no sweep; a number is the connection's own,
+// and the manager drops them at a reset: it is flushed as before (found
+// by review: forgotten there, two forged answers leaked a session each
+// until the connection's three were gone).
+func (t *TPM) ForgetsStale(gen uint64) bool { return gen != t.Generation() && t.Exclusive() }
 
 // exclusive reports whether provd is the TPM's only client on this transport:
 // swtpm serves one connection at a time and /dev/tpm0 opens once, so anything

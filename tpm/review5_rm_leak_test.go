@@ -43,7 +43,7 @@ func review5ForgedStartup() swtpmtest.Hook {
 // (none runs on tpmrm0), its next gated extend still works.
 func TestReview5ForgottenSessionsFillTheRMSpace(t *testing.T) {
 	l := &swtpmtest.SessionLimit{}
-	r := newSharedAuthEnv(t, swtpmtest.WithWrap(l.Wrap))
+	r := newSharedAuthEnv(t, swtpmtest.WithWrap(l.Wrap), swtpmtest.WithResourceManager())
 	for i := range 2 {
 		head := sha256.Sum256([]byte(fmt.Sprintf("review5 rm %d", i)))
 		ge, err := r.tp.PrepareGatedExtendOf(r.x, r.gate, head[:])

@@ -81,6 +81,7 @@ type options struct {
 	wrap      func(transport.TPM) transport.TPM
 	noLeakChk bool
 	unix      bool
+	rm        bool
 }
 
 // Option changes how Start opens the TPM.
@@ -104,6 +105,14 @@ func WithWrap(w func(transport.TPM) transport.TPM) Option {
 // of a loopback TCP port.
 func WithUnixSocket() Option {
 	return func(o *options) { o.unix = true }
+}
+
+// WithResourceManager opens the TPM as a resource manager's channel
+// (tpm.Options.ResourceManager, as /dev/tpmrm0 is): provd then takes itself
+// for one client among others. With SessionLimit, a stand-in for
+// /dev/tpmrm0.
+func WithResourceManager() Option {
+	return func(o *options) { o.rm = true }
 }
 
 // Start manufactures and starts a swtpm for t, opens it, and registers clean-up:
@@ -306,12 +315,12 @@ func (e *Env) open() {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	t, err := tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second})
+	t, err := tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second, ResourceManager: e.opts.rm})
 	// A swtpm just started may accept its command port a moment after its
 	// control port: a refused connection is retried for a short while.
 	for wait := 10 * time.Millisecond; errors.Is(err, tpm.ErrNoTPM) && wait < time.Second; wait *= 2 {
 		time.Sleep(wait)
-		t, err = tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second})
+		t, err = tpm.Open(ctx, tpm.Options{Spec: e.Spec, Wrap: e.opts.wrap, Timeout: 30 * time.Second, ResourceManager: e.opts.rm})
 	}
 	if err != nil {
 		e.t.Fatalf("open %s: %v", e.Spec, err)
