@@ -73,9 +73,6 @@ func TestAttestNowRecordInTheQuotesSession(t *testing.T) {
 // left, the trail verifies, and the next attest now works.
 func TestAttestNowEventsWhileTheEndpointAppraises(t *testing.T) {
 	events := map[string]func(q *quoteEnv){
-		"reset":     func(q *quoteEnv) { q.env.Reset() },
-		"power cut": func(q *quoteEnv) { q.env.PowerCut() },
-		"migrate":   func(q *quoteEnv) { q.env.Migrate() },
 		// Sent on the bus before provd's next command, so that provd does
 		// not know of it, as another holder's would be.
 		"flushed by another": func(q *quoteEnv) {
@@ -95,6 +92,9 @@ func TestAttestNowEventsWhileTheEndpointAppraises(t *testing.T) {
 				return nil, nil, false
 			})
 		},
+	}
+	for _, name := range swtpmtest.Events {
+		events[name] = func(q *quoteEnv) { q.env.Event(name) }
 	}
 	for name, ev := range events {
 		t.Run(name, func(t *testing.T) {

@@ -32,7 +32,7 @@ func TestProvisionEventsBetweenItsRecords(t *testing.T) {
 		{"the second proof", tpm2.TPMCCPolicySecret},
 		{"the second extend", tpm2.TPMCCNVExtend},
 	}
-	for _, ev := range []string{"reset", "power cut", "migrate"} {
+	for _, ev := range swtpmtest.Events {
 		for _, p := range points {
 			t.Run(ev+"/before "+p.name, func(t *testing.T) {
 				b := &swtpmtest.Bus{}
@@ -47,14 +47,7 @@ func TestProvisionEventsBetweenItsRecords(t *testing.T) {
 					cc := swtpmtest.CommandCode(cmd)
 					if extends == 1 && !fired && cc == p.cc {
 						fired = true
-						switch ev {
-						case "reset":
-							env.Reset()
-						case "power cut":
-							env.PowerCut()
-						default:
-							env.Migrate()
-						}
+						env.Event(ev)
 					}
 					if cc == tpm2.TPMCCNVExtend {
 						extends++

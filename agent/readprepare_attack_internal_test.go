@@ -261,7 +261,7 @@ func TestDaemonRecordEventsBetweenReadAndProof(t *testing.T) {
 		}, false},
 	}
 	for _, op := range ops {
-		for _, ev := range []string{"reset", "power cut", "migrate"} {
+		for _, ev := range swtpmtest.Events {
 			for _, p := range points {
 				t.Run(op.name+"/"+ev+"/before "+p.name, func(t *testing.T) {
 					env, b, a := recordingDaemon(t)
@@ -283,14 +283,7 @@ func TestDaemonRecordEventsBetweenReadAndProof(t *testing.T) {
 							return nil, nil, false
 						}
 						fired = true
-						switch ev {
-						case "reset":
-							env.Reset()
-						case "power cut":
-							env.PowerCut()
-						default:
-							env.Migrate()
-						}
+						env.Event(ev)
 						return nil, nil, false
 					})
 					marker := "event-" + ev

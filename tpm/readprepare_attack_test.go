@@ -97,7 +97,7 @@ func TestReadPrepareEventsBetweenReadAndProof(t *testing.T) {
 		{"record session's flush", func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCFlushContext }},
 		{"extend", func(cmd []byte) bool { return swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend }},
 	}
-	for _, ev := range []string{"reset", "power cut", "migrate"} {
+	for _, ev := range swtpmtest.Events {
 		for _, p := range points {
 			t.Run(ev+"/before "+p.name, func(t *testing.T) {
 				r, gateBlob, gateAuth := newReloadableGateEnv(t)
@@ -127,14 +127,7 @@ func TestReadPrepareEventsBetweenReadAndProof(t *testing.T) {
 						return nil, nil, false
 					}
 					fired = true
-					switch ev {
-					case "reset":
-						r.env.Reset()
-					case "power cut":
-						r.env.PowerCut()
-					case "migrate":
-						r.env.Migrate()
-					}
+					r.env.Event(ev)
 					if cc == tpm2.TPMCCFlushContext {
 						flushed = append(flushed, tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])))
 					}

@@ -6,30 +6,9 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/test/swtpmtest"
 )
-
-// review5ForgedStartup is A1 moving provd's generation without any TPM
-// event: the first gated NV_Extend is answered TPM_RC_INITIALIZE (not sent
-// on), provd's TPM2_Startup(CLEAR) is answered SUCCESS (not sent on: the
-// TPM was never reset), and provd's resend of the extend passes to the TPM,
-// which makes it.
-func review5ForgedStartup() swtpmtest.Hook {
-	stage := 0
-	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		switch cc := swtpmtest.CommandCode(cmd); {
-		case stage == 0 && cc == tpm2.TPMCCNVExtend:
-			stage = 1
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCInitialize), nil, true
-		case stage == 1 && cc == tpm2.TPMCCStartup:
-			stage = 2
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCSuccess), nil, true
-		}
-		return nil, nil, false
-	}
-}
 
 // On a TPM behind a resource manager (/dev/tpmrm0: Exclusive false, and
 // agent.sweepLeaks sweeps nothing there), a connection's space holds three
@@ -50,7 +29,7 @@ func TestReview5ForgottenSessionsFillTheRMSpace(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: prepare: %v", i, err)
 		}
-		r.bus.Set(review5ForgedStartup())
+		r.bus.Set(swtpmtest.ForgedGeneration(tpm2.TPMCCNVExtend, false))
 		eerr := ge.Extend()
 		r.bus.Set(nil)
 		t.Logf("round %d: extend %v, done %v", i, eerr, ge.Done())

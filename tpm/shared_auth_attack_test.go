@@ -828,16 +828,7 @@ func TestEventsBeforeSharedAuth(t *testing.T) {
 			t.Run(ev+"/"+where, func(t *testing.T) {
 				r := newSharedAuthEnv(t)
 				was := r.anchor(t)
-				event := func() {
-					switch ev {
-					case "migrate":
-						r.env.Migrate()
-					case "reset":
-						r.env.Reset()
-					default:
-						r.env.PowerCut()
-					}
-				}
+				event := func() { r.env.Event(ev) }
 				var flushed []tpm2.TPMHandle
 				var mu sync.Mutex
 				logFlush := func(next transport.TPM, cmd []byte) ([]byte, error, bool) {

@@ -172,7 +172,7 @@ func TestProbeForgedProbeAnswerIsNotBadAuth(t *testing.T) {
 // never flushed by its number once the generation moved (the number may
 // be another's); nothing is left once swept.
 func TestProbeHonestEventAfterTheRefusal(t *testing.T) {
-	for _, ev := range []string{"reset", "power cut", "migrate"} {
+	for _, ev := range swtpmtest.Events {
 		for _, op := range probeOps() {
 			t.Run(ev+"/"+op.name, func(t *testing.T) {
 				r := newSharedAuthEnv(t)
@@ -213,14 +213,7 @@ func TestProbeHonestEventAfterTheRefusal(t *testing.T) {
 							t.Errorf("the TPM answered the wrong value %v, want BAD_AUTH", rc)
 						}
 					}
-					switch ev {
-					case "reset":
-						r.env.Reset()
-					case "power cut":
-						r.env.PowerCut()
-					case "migrate":
-						r.env.Migrate()
-					}
+					r.env.Event(ev)
 					return rsp, err, true
 				})
 				err := op.run(r, true)

@@ -339,6 +339,30 @@ func Count(cmds []tpm2.TPMCC, cc tpm2.TPMCC) int {
 	return n
 }
 
+// ForgedGeneration is A1 moving provd's generation of the TPM with no TPM
+// event, once: the first command cc answered TPM_RC_INITIALIZE (not sent
+// on), provd's TPM2_Startup(CLEAR) answered success (not sent on: the TPM
+// was never reset), the resend passed to the TPM; with dropResend, the
+// resend is not sent on either and is answered with an error of no
+// meaning.
+func ForgedGeneration(cc tpm2.TPMCC, dropResend bool) Hook {
+	stage := 0
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		switch c := CommandCode(cmd); {
+		case stage == 0 && c == cc:
+			stage = 1
+			return ErrorAnswer(tpm2.TPMRCInitialize), nil, true
+		case stage == 1 && c == tpm2.TPMCCStartup:
+			stage = 2
+			return ErrorAnswer(tpm2.TPMRCSuccess), nil, true
+		case stage == 2 && c == cc && dropResend:
+			stage = 3
+			return ErrorAnswer(tpm2.TPMRCRetry + 0x100), nil, true
+		}
+		return nil, nil, false
+	}
+}
+
 // ErrorAnswer is a TPM answer of rc alone (a 10-byte header), as A1 forges
 // one.
 func ErrorAnswer(rc tpm2.TPMRC) []byte {

@@ -497,6 +497,25 @@ func (e *Env) Reset() {
 	e.ioctl("-i")
 }
 
+// Events are the TPM events Event makes, by name.
+var Events = []string{"reset", "power cut", "migrate"}
+
+// Event makes the TPM event name (one of Events): Reset, PowerCut or
+// Migrate.
+func (e *Env) Event(name string) {
+	e.t.Helper()
+	switch name {
+	case "reset":
+		e.Reset()
+	case "power cut":
+		e.PowerCut()
+	case "migrate":
+		e.Migrate()
+	default:
+		e.t.Fatalf("swtpmtest: no TPM event %q", name)
+	}
+}
+
 // CAPEM is the EK CA bundle's PEM (every file of CABundle), as an operator
 // passes it to --ek-ca or a fleet endpoint trusts it.
 func (e *Env) CAPEM() []byte {
