@@ -173,15 +173,15 @@ func checkRecordUnderFault(t *testing.T, b *swtpmtest.Bus, env *swtpmtest.Env, a
 	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) != 0 {
 		t.Errorf("left in the TPM after the faulted record: %x %v", left, lerr)
 	}
-	checkTrailAfterFault(t, env, ag, dir, f)
+	checkTrailAfterFault(t, env, ag, dir, f, "")
 }
 
 // checkTrailAfterFault checks, on an honest bus after an operation of UID
 // 4242 under fault f: the trail verifies (after the repairs an operator
 // would run; --anchor-last only after a fault on the extend itself), the
-// operation's record is in the trail or pending exactly once, and nothing
-// is left loaded.
-func checkTrailAfterFault(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir string, f busFault) {
+// operation's record (of op, or any op when op is "") is in the trail or
+// pending exactly once, and nothing is left loaded.
+func checkTrailAfterFault(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir string, f busFault, op string) {
 	t.Helper()
 	ctx := context.Background()
 	herr := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 5}), "key-delete", "honest")
@@ -209,12 +209,16 @@ func checkTrailAfterFault(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir
 	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
 	n := 0
 	for _, r := range recs {
-		if r.UID == 4242 {
+		if r.UID == 4242 && (op == "" || r.Op == op) {
 			n++
 		}
 	}
 	p, _ := os.ReadFile(filepath.Join(dir, "audit.pending"))
-	n += strings.Count(string(p), `"uid":4242`)
+	for _, l := range strings.Split(string(p), "\n") {
+		if strings.Contains(l, `"uid":4242`) && (op == "" || strings.Contains(l, `"op":"`+op+`"`)) {
+			n++
+		}
+	}
 	if n != 1 {
 		t.Errorf("the attacked record is in the trail or pending %d times, want 1", n)
 	}

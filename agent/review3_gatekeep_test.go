@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,7 +18,6 @@ import (
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/audit"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -121,58 +118,10 @@ func TestReview3ProvisionKeptPathUnderBusFaults(t *testing.T) {
 							t.Logf("provision again: %v", perr)
 						}
 					}
-					review3CheckTrail(t, env, ag, dir, f, "provision")
+					checkTrailAfterFault(t, env, ag, dir, f, "provision")
 				})
 			}
 		}
-	}
-}
-
-// review3CheckTrail is checkTrailAfterFault for a record of op by UID 4242.
-func review3CheckTrail(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir string, f busFault, op string) {
-	t.Helper()
-	ctx := context.Background()
-	herr := ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 5}), "key-delete", "honest")
-	_, verr := ag.AuditVerify(ctx)
-	repaired := false
-	if herr != nil || verr != nil {
-		t.Logf("honest record: %v; verify: %v", herr, verr)
-		if _, rerr := ag.AuditRepair(ctx, false); rerr != nil {
-			t.Logf("repair: %v", rerr)
-		}
-		if _, v2 := ag.AuditVerify(ctx); v2 != nil {
-			if _, rerr := ag.AuditRepair(ctx, true); rerr != nil {
-				t.Logf("repair --anchor-last: %v", rerr)
-			}
-			repaired = true
-		}
-		_ = ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 6}), "key-delete", "honest after repair")
-		_, verr = ag.AuditVerify(ctx)
-	}
-	if verr != nil {
-		t.Errorf("the trail does not verify on an honest bus after the fault (repaired: %v): %v", repaired, verr)
-	}
-	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
-	n := 0
-	for _, r := range recs {
-		if r.UID == 4242 && r.Op == op {
-			n++
-		}
-	}
-	p, _ := os.ReadFile(filepath.Join(dir, "audit.pending"))
-	for _, l := range strings.Split(string(p), "\n") {
-		if strings.Contains(l, `"uid":4242`) && strings.Contains(l, `"op":"`+op+`"`) {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Errorf("the attacked %s record is in the trail or pending %d times, want 1", op, n)
-	}
-	if repaired && f.cc != tpm2.TPMCCNVExtend {
-		t.Errorf("a fault on %v needed an officer's repair --anchor-last", f.cc)
-	}
-	if left, lerr := env.TPM.Leftovers(); lerr != nil || len(left) != 0 {
-		t.Errorf("left in the TPM at the end: %x %v", left, lerr)
 	}
 }
 

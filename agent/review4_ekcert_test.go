@@ -180,16 +180,7 @@ func TestReview4SwappedKeptCertIsNotPresented(t *testing.T) {
 		}
 	}
 	if eerr == nil && presentsC(enr.EKCertificates) {
-		pool, err := attest.CertPoolFromPEM(roots)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := fleet.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		e := fleet.New(fleet.Config{Store: st, Roots: pool})
+		e := review4Fleet(t, roots)
 		enr.Class = "gateway"
 		got, err := e.Enroll(ctx, enr)
 		if err != nil {
@@ -592,16 +583,7 @@ func TestReview4P384GivenAsAFileAttests(t *testing.T) {
 	if err != nil {
 		t.Fatalf("attest identity: %v", err)
 	}
-	pool, err := attest.CertPoolFromPEM(caBundle(t, envB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := fleet.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	e := fleet.New(fleet.Config{Store: st, Roots: pool})
+	e := review4Fleet(t, caBundle(t, envB))
 	enr.Class = "gateway"
 	got, err := e.Enroll(ctx, enr)
 	if err != nil {
@@ -621,4 +603,20 @@ func TestReview4P384GivenAsAFileAttests(t *testing.T) {
 	if _, err := e.Activate(ctx, fleetapi.ActivateRequest{DeviceID: got.DeviceID, Secret: act.Secret}); err != nil {
 		t.Fatalf("the fleet's activation: %v", err)
 	}
+}
+
+// review4Fleet is a fleet endpoint of the test's own (SQLite) whose EK
+// roots are roots.
+func review4Fleet(t *testing.T, roots []byte) *fleet.Endpoint {
+	t.Helper()
+	pool, err := attest.CertPoolFromPEM(roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fleet.Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return fleet.New(fleet.Config{Store: st, Roots: pool})
 }

@@ -116,7 +116,7 @@ func sealUnderFault(t *testing.T, f busFault) {
 			t.Errorf("unseal of what the faulted seal returned: %v", uerr)
 		}
 	}
-	checkTrailAfterFault(t, env, ag, dir, f)
+	checkTrailAfterFault(t, env, ag, dir, f, "")
 }
 
 // sealedValues are the PCR values a sealed blob's policy was made from.
