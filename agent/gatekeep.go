@@ -72,8 +72,10 @@ func (k *gateKeep) release(ge *tpm.GatedExtend) func() error {
 
 // again prepares the extend of x with head in the kept session with the
 // kept gate (tpm.TPM.PrepareGatedExtendAgain); ok false when there is none
-// to go on with (the caller prepares anew). The kept session is taken
-// either way.
+// to go on with: the caller prepares anew. The kept session is taken
+// either way; one that cannot go on is closed (forgotten or flushed as its
+// generation says), and a failed flush of it only asks for the sweep, as
+// drop's does: the record does not fail for it.
 func (k *gateKeep) again(t *tpm.TPM, g *gateRecord, x tpm.NVIndex, head []byte) (*tpm.GatedExtend, bool, error) {
 	gk := k.loaded(t, g)
 	if gk == nil || k.ge == nil {
@@ -81,14 +83,15 @@ func (k *gateKeep) again(t *tpm.TPM, g *gateRecord, x tpm.NVIndex, head []byte) 
 	}
 	prev := k.ge
 	k.ge = nil
-	if k.geGen != t.Generation() {
-		return nil, false, prev.Close() // forgotten or flushed as its generation says
+	if k.geGen == t.Generation() {
+		if ge, ok, err := t.PrepareGatedExtendAgain(prev, x, *gk, head); ok {
+			return ge, true, err
+		}
 	}
-	ge, ok, err := t.PrepareGatedExtendAgain(prev, x, *gk, head)
-	if !ok && err == nil {
-		err = prev.Close()
+	if err := prev.Close(); err != nil {
+		t.Unheld()
 	}
-	return ge, ok, err
+	return nil, false, nil
 }
 
 // handles are the kept gate's and session's handles (the sweep leaves them).
