@@ -24,7 +24,7 @@ type ekCertNVReads struct {
 }
 
 func (c *ekCertNVReads) hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-	if cc := swtpmtest.CommandCode(cmd); (cc == tpm2.TPMCCNVReadPublic || cc == tpm2.TPMCCNVRead) && len(cmd) >= 14 && isEKCertIndex(binary.BigEndian.Uint32(cmd[10:14])) {
+	if readsEKCert(cmd) {
 		c.mu.Lock()
 		c.n++
 		c.mu.Unlock()
@@ -38,13 +38,54 @@ func (c *ekCertNVReads) count() int {
 	return c.n
 }
 
-func isEKCertIndex(h uint32) bool {
+// readsEKCert: cmd is an NV_ReadPublic or NV_Read of an EK certificate
+// index (tpm.EKCertIndices).
+func readsEKCert(cmd []byte) bool {
+	if cc := swtpmtest.CommandCode(cmd); cc != tpm2.TPMCCNVReadPublic && cc != tpm2.TPMCCNVRead || len(cmd) < 14 {
+		return false
+	}
+	h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
 	for _, c := range tpm.EKCertIndices {
-		if uint32(c.Handle) == h {
+		if c.Handle == h {
 			return true
 		}
 	}
 	return false
+}
+
+// hideEKCertNV answers every read of an EK certificate index with
+// TPM_RC_HANDLE: a TPM whose NV holds no EK certificate (or A1 hiding them).
+func hideEKCertNV(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+	if readsEKCert(cmd) {
+		return swtpmtest.ErrorAnswer(tpm2.TPMRCHandle + 0x100), nil, true // handle 1
+	}
+	return nil, nil, false
+}
+
+// editIdentity is A4 editing the identity record in the state directory
+// (the manifest's "identity" object).
+func editIdentity(t *testing.T, ag *Agent, edit func(r *identityRecord)) {
+	t.Helper()
+	if err := ag.st.Update(context.Background(), func(tx *store.Tx) error {
+		var r identityRecord
+		if err := tx.Get(recIdentity, &r); err != nil {
+			return err
+		}
+		edit(&r)
+		return tx.Put(recIdentity, r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nvEKCert is env's first EK certificate, read from its NV.
+func nvEKCert(t *testing.T, env *swtpmtest.Env) []byte {
+	t.Helper()
+	der, err := env.TPM.ReadNV(tpm.EKCertIndices[0].Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 // A duplicate's import takes the EK certificate first contact verified
@@ -62,19 +103,12 @@ func TestDupImportTakesTheKeptEKCertificate(t *testing.T) {
 			want := 0
 			if kept != "as first contact kept it" {
 				want = 2
-				if err := pb.st.Update(ctx, func(tx *store.Tx) error {
-					var r identityRecord
-					if err := tx.Get(recIdentity, &r); err != nil {
-						return err
-					}
+				editIdentity(t, pb, func(r *identityRecord) {
 					if len(r.EKCert) == 0 {
 						t.Fatal("first contact kept no certificate")
 					}
 					r.EKCert = []byte("A4's certificate")
-					return tx.Put(recIdentity, r)
-				}); err != nil {
-					t.Fatal(err)
-				}
+				})
 			}
 			reads := &ekCertNVReads{}
 			b.Set(reads.hook)
@@ -106,20 +140,9 @@ func TestEKCertificateGivenAsAFile(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
-	der, err := envB.TPM.ReadNV(tpm.EKCertIndices[0].Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// NV holds no certificate: its indices are not there.
-	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if cc := swtpmtest.CommandCode(cmd); (cc == tpm2.TPMCCNVReadPublic || cc == tpm2.TPMCCNVRead) && len(cmd) >= 14 && isEKCertIndex(binary.BigEndian.Uint32(cmd[10:14])) {
-			rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
-			rsp = binary.BigEndian.AppendUint32(rsp, 10)
-			rsp = binary.BigEndian.AppendUint32(rsp, uint32(tpm2.TPMRCHandle)+0x100) // TPM_RC_HANDLE, handle 1
-			return rsp, nil, true
-		}
-		return nil, nil, false
-	})
+	der := nvEKCert(t, envB)
+	b.Set(hideEKCertNV) // NV holds no certificate: its indices are not there
+	var err error
 	a := provisioned(t, envA)
 	pb := testAgent(t, envB, &api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{7}, EKCert: der, EKCA: caBundle(t, envB)})
 	peer, err := pb.PeerIdentity(ctx)

@@ -34,34 +34,6 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// review4HideEKCertNV answers every read of an EK certificate index with
-// TPM_RC_HANDLE: a TPM whose NV holds no EK certificate (or A1 hiding them).
-func review4HideEKCertNV(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-	if cc := swtpmtest.CommandCode(cmd); (cc == tpm2.TPMCCNVReadPublic || cc == tpm2.TPMCCNVRead) && len(cmd) >= 14 && isEKCertIndex(binary.BigEndian.Uint32(cmd[10:14])) {
-		rsp := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTNoSessions))
-		rsp = binary.BigEndian.AppendUint32(rsp, 10)
-		rsp = binary.BigEndian.AppendUint32(rsp, uint32(tpm2.TPMRCHandle)+0x100)
-		return rsp, nil, true
-	}
-	return nil, nil, false
-}
-
-// review4EditIdentity is A4 editing the identity record in the state
-// directory (the manifest's "identity" object).
-func review4EditIdentity(t *testing.T, ag *Agent, edit func(r *identityRecord)) {
-	t.Helper()
-	if err := ag.st.Update(context.Background(), func(tx *store.Tx) error {
-		var r identityRecord
-		if err := tx.Get(recIdentity, &r); err != nil {
-			return err
-		}
-		edit(&r)
-		return tx.Put(recIdentity, r)
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func review4Identity(t *testing.T, ag *Agent) identityRecord {
 	t.Helper()
 	r, ok, err := ag.readIdentity(context.Background())
@@ -69,15 +41,6 @@ func review4Identity(t *testing.T, ag *Agent) identityRecord {
 		t.Fatalf("identity record: %v %v", ok, err)
 	}
 	return r
-}
-
-func review4NVCert(t *testing.T, env *swtpmtest.Env) []byte {
-	t.Helper()
-	der, err := env.TPM.ReadNV(tpm.EKCertIndices[0].Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
 }
 
 func review4Sum(der []byte) string {
@@ -124,8 +87,8 @@ func TestReview4SwappedKeptCertIsNotPresented(t *testing.T) {
 	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	envC := swtpmtest.Start(t)
 	ctx := context.Background()
-	derB, derC := review4NVCert(t, envB), review4NVCert(t, envC)
-	b.Set(review4HideEKCertNV)
+	derB, derC := nvEKCert(t, envB), nvEKCert(t, envC)
+	b.Set(hideEKCertNV)
 	a := provisioned(t, envA)
 	pb := testAgent(t, envB, &api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{7}, EKCert: derB, EKCA: caBundle(t, envB)})
 	if r := review4Identity(t, pb); !bytes.Equal(r.EKCert, derB) || r.EKCertSHA256 != review4Sum(derB) {
@@ -138,7 +101,7 @@ func TestReview4SwappedKeptCertIsNotPresented(t *testing.T) {
 	}
 
 	// A4.
-	review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = derC })
+	editIdentity(t, pb, func(r *identityRecord) { r.EKCert = derC })
 
 	presentsC := func(certs [][]byte) bool {
 		for _, c := range certs {
@@ -220,7 +183,7 @@ func TestReview4KeptCertOfAnotherTPMNamedByADuplicate(t *testing.T) {
 			envC := swtpmtest.Start(t)
 			ctx := context.Background()
 			a, pb, peer := senderAndPeer(t, envA, envB)
-			derC := review4NVCert(t, envC)
+			derC := nvEKCert(t, envC)
 			forged := peer
 			forged.EKCertificates = [][]byte{derC}
 			dup, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: forged, Approval: approveDup(t, a, "k", forged), EKCA: caBundle(t, envC)})
@@ -234,7 +197,7 @@ func TestReview4KeptCertOfAnotherTPMNamedByADuplicate(t *testing.T) {
 			// record's sum still names B's, and the copy is not taken);
 			// with A1, A4 rewrites both fields, so that provd takes C's
 			// certificate and reaches the EK.
-			review4EditIdentity(t, pb, func(r *identityRecord) {
+			editIdentity(t, pb, func(r *identityRecord) {
 				r.EKCert = derC
 				if a1 {
 					r.EKCertSHA256 = review4Sum(derC)
@@ -365,7 +328,7 @@ func TestReview4MalformedKeptCertWithMatchingSum(t *testing.T) {
 		{"a truncated certificate", orig.EKCert[:len(orig.EKCert)/2]},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = c.der })
+			editIdentity(t, pb, func(r *identityRecord) { r.EKCert = c.der })
 			d := dup
 			d.EKCertSHA256 = review4Sum(c.der)
 			var err error
@@ -400,7 +363,7 @@ func TestReview4MalformedKeptCertWithMatchingSum(t *testing.T) {
 			}
 		})
 	}
-	review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = orig.EKCert })
+	editIdentity(t, pb, func(r *identityRecord) { r.EKCert = orig.EKCert })
 	if _, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); err != nil {
 		t.Fatalf("the honest duplicate: %v", err)
 	}
@@ -441,7 +404,7 @@ func TestReview4KeptCertOfTheOtherEK(t *testing.T) {
 	for _, kept := range []string{"the RSA certificate kept, the P-384 one read from NV", "the P-384 certificate kept (A4)"} {
 		t.Run(kept, func(t *testing.T) {
 			if kept != "the RSA certificate kept, the P-384 one read from NV" {
-				review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = p384DER })
+				editIdentity(t, pb, func(r *identityRecord) { r.EKCert = p384DER })
 			}
 			wrong := dup
 			wrong.EKCertSHA256 = review4Sum(p384DER)
@@ -481,7 +444,7 @@ func TestReview4OldStatesForceAndOutput(t *testing.T) {
 	ctx := context.Background()
 	orig := review4Identity(t, pb)
 	// An old state: the field absent from the manifest's JSON.
-	review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = nil })
+	editIdentity(t, pb, func(r *identityRecord) { r.EKCert = nil })
 	if err := pb.st.View(ctx, func(tx *store.Tx) error {
 		raw, err := tx.GetRaw(recIdentity)
 		if err == nil && bytes.Contains(raw, []byte("ek_cert\"")) {
@@ -501,7 +464,7 @@ func TestReview4OldStatesForceAndOutput(t *testing.T) {
 		t.Error("a state without ek_cert did not read NV")
 	}
 	// provision --force keeps the record as it is (a kept certificate too).
-	review4EditIdentity(t, pb, func(r *identityRecord) { r.EKCert = orig.EKCert })
+	editIdentity(t, pb, func(r *identityRecord) { r.EKCert = orig.EKCert })
 	if _, err := pb.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}, Force: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -542,7 +505,7 @@ func TestReview4A1OnTheNVIndicesWithAKeptCert(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
-	b.Set(review4HideEKCertNV)
+	b.Set(hideEKCertNV)
 	if _, err := pb.DupImport(ctx, api.DupImportRequest{Name: "k", Dup: dup}); err != nil {
 		t.Fatalf("import with NV hidden: %v", err)
 	}
@@ -576,7 +539,7 @@ func TestReview4P384GivenAsAFileAttests(t *testing.T) {
 	if p384 == nil {
 		t.Fatal("swtpm holds no ECC P-384 EK certificate")
 	}
-	b.Set(review4HideEKCertNV)
+	b.Set(hideEKCertNV)
 	defer b.Set(nil)
 	pb := testAgent(t, envB, &api.ProvisionRequest{Officer: officertest.Public(), PCRs: []int{7}, EKCert: p384, EKCA: caBundle(t, envB)})
 	enr, err := pb.AttestIdentity(ctx)

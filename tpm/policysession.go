@@ -175,17 +175,13 @@ func (p *PolicySession) Close() error {
 	if p.closed {
 		return nil
 	}
-	p.closed = true
-	defer clear(p.auth)
-	if p.keyed != nil {
-		defer p.keyed.end()
-	}
+	defer p.forget()
 	return p.closer()
 }
 
-// forget closes p without a FlushContext: its number may be another's
-// session now (the TPM's generation moved since it started). The caller
-// asks for the sweep.
+// forget closes p without a FlushContext (Close, after its flush): its
+// number may be another's session now (the TPM's generation moved since
+// it started). The caller asks for the sweep.
 func (p *PolicySession) forget() {
 	if p.closed {
 		return
