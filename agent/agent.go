@@ -45,6 +45,13 @@ const (
 	CounterAuthorizerHandle tpm2.TPMHandle = 0x01707602
 )
 
+// AuditGateHandle is where the audit trail's gate key is made persistent
+// (owner storage range, TCG Handles registry), so that a record proves the
+// gate without loading it (issue 14: a TPM2_Load and a TPM2_FlushContext
+// per record). It is provd's as the anchor's handle is: a new gated anchor
+// evicts whatever is there, and zeroize evicts it.
+const AuditGateHandle tpm2.TPMHandle = 0x81007601
+
 // Config is what an Agent needs. TPM is opened by the caller, who closes it.
 type Config struct {
 	TPM      *tpm.TPM

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -45,6 +46,10 @@ type gateRecord struct {
 	// the bus says, and an interposer then could have changed the gate's
 	// creation. Provision makes a new gate when this is not its pinned SRK.
 	SRK string `json:"srk_name,omitempty"`
+	// Persistent is AuditGateHandle when the gate key was made persistent
+	// there (newGatedAnchor), 0 when not: records prove it in place, and
+	// load it from Blob only when that fails (withGate).
+	Persistent uint32 `json:"gate_handle,omitempty"`
 }
 
 // errAnchorMoved: the index at the anchor's handle is not the trail's own
@@ -64,6 +69,7 @@ var errAnchorMoved = errors.New("the audit anchor refused the extend: it is not 
 // as it was until record() moves the trail to a gated anchor.
 type trailAnchor struct {
 	t      *tpm.TPM
+	log    *slog.Logger
 	dir    string
 	legacy bool
 	// held is the gate key zeroize loads before it evicts the SRK, for its
@@ -92,7 +98,7 @@ var (
 
 func (a *Agent) trailAnchor() *trailAnchor {
 	fi, err := os.Stat(a.auditPath())
-	return &trailAnchor{t: a.t, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate, kept: &a.gateKeep}
+	return &trailAnchor{t: a.t, log: a.log, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate, kept: &a.gateKeep}
 }
 
 // gate reads audit.gate; nil when there is none.
@@ -126,6 +132,25 @@ func (g *gateRecord) auth() ([]byte, error) {
 }
 
 func (g *gateRecord) name() ([]byte, error) { return hex.DecodeString(g.Name) }
+
+// persistent is the gate key persistent at AuditGateHandle, when the record
+// says it was made so; ok false otherwise (the record is the disk's word:
+// a handle that holds anything else only makes the proof fail, and the
+// gate is then loaded from its blob).
+func (g *gateRecord) persistent() (gk tpm.Gate, ok bool) {
+	if tpm2.TPMHandle(g.Persistent) != AuditGateHandle || g.Version != gateVersion {
+		return tpm.Gate{}, false
+	}
+	name, err := g.name()
+	if err != nil {
+		return tpm.Gate{}, false
+	}
+	auth, err := g.auth()
+	if err != nil {
+		return tpm.Gate{}, false
+	}
+	return tpm.PersistentGate(AuditGateHandle, name, auth), true
+}
 
 // writtenAnchor is the anchor as it must be once extended: gated by this
 // gate, its name the written one.
@@ -280,19 +305,14 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
 	}
 	proven := an.provenAnchor(g)
-	if proven != nil {
-		switch ge, ok, err := an.kept.again(an.t, g, *proven, head); {
-		case err != nil:
-			return nil, nil, err
-		case ok:
-			return gatedExtend(ge), an.kept.release(ge), nil
-		}
-	}
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
-		if proven != nil {
-			return an.t.PrepareGatedExtendOf(*proven, gk, head)
+		if proven == nil {
+			return an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
 		}
-		return an.t.PrepareGatedExtend(AuditAnchorHandle, gk, head)
+		if ge, ok, err := an.kept.again(an.t, gk, *proven, head); ok {
+			return ge, err
+		}
+		return an.t.PrepareGatedExtendOf(*proven, gk, head)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -318,9 +338,14 @@ func (an *trailAnchor) provenAnchor(g *gateRecord) *tpm.NVIndex {
 	return nil
 }
 
-// withGate runs prepare with the gate key loaded (the one zeroize holds,
-// or loaded for it and flushed after: the prepared session holds the
-// proof). A failed flush fails the preparation, its session closed.
+// withGate runs prepare with the gate key: the one zeroize holds, the one
+// kept loaded (gateKeep), the persistent one (issue 14: no load, no flush),
+// or loaded for it and flushed after (the prepared session holds the
+// proof). A persistent gate that does not prove (tpm.ErrPersistentGate:
+// evicted or replaced by whoever has the owner's authorization, or the bus
+// refused it) leaves nothing proved, and prepare runs again with the gate
+// loaded from its blob: the trail goes on as before gates were persistent.
+// A failed flush fails the preparation, its session closed.
 func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.GatedExtend, error)) (*tpm.GatedExtend, error) {
 	if *an.held != nil {
 		return prepare(**an.held)
@@ -328,12 +353,31 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 	if gk := an.kept.loaded(an.t, g); gk != nil {
 		return prepare(*gk)
 	}
+	gone := false
+	if gk, ok := g.persistent(); ok {
+		ge, err := prepare(gk)
+		if !errors.Is(err, tpm.ErrPersistentGate) {
+			return ge, err
+		}
+		gone = true
+		an.log.Debug("the persistent audit gate did not prove; loading it from its blob", "err", err)
+	}
 	gen := an.t.Generation() // before the load: the gate is of this one
 	gk, err := an.loadGate(g)
 	if err != nil {
 		return nil, err
 	}
 	ge, err := prepare(gk)
+	if err == nil && gone {
+		// The gate proved: it is the trail's. Persistent again, the
+		// next records prove it in place; whatever took its handle
+		// (another key, one that counts against the dictionary-attack
+		// lockout at each refused proof among them) is evicted. Best
+		// effort: the next record loads it again otherwise.
+		if perr := persistGateKey(an.t, gk); perr != nil {
+			an.log.Debug("the audit gate could not be made persistent again", "err", perr)
+		}
+	}
 	if err == nil && an.kept.keep(gk, gen) {
 		return ge, nil
 	}
@@ -514,7 +558,7 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 		return nil, err
 	}
 	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
-		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName())}
+		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Persistent: a.persistGate(srk, blob, auth)}
 	b, err := json.Marshal(g)
 	if err != nil {
 		return nil, err
@@ -530,6 +574,42 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	objects["gate_key"] = g.Name
 	an.proven.Store(&x)
 	return objects, nil
+}
+
+// persistGate makes a new gate key persistent at AuditGateHandle, so that
+// every record proves it in place (issue 14: no TPM2_Load and no flush per
+// record), evicting whatever is there first: a former trail's gate, or
+// anything else at provd's handle (newGatedAnchor runs only where the
+// anchor's handle is provd's to replace: a new trail, provision --force, an
+// officer's reanchor). 4 commands: Load, EvictControl, EvictControl,
+// FlushContext. It returns the handle, or 0 when a step failed (an owner
+// password, no persistent slot left, the bus): records then load the gate
+// from its blob, as before. The answers are the bus's word either way:
+// what the handle holds is proved by each record's proof, whose HMAC and
+// policy digest take the gate's name (tpm.PersistentGate).
+func (a *Agent) persistGate(srk tpm.Object, blob tpm.Blob, auth []byte) uint32 {
+	gk, err := a.t.LoadGate(srk, blob, auth)
+	if err == nil {
+		err = persistGateKey(a.t, gk)
+		if ferr := a.t.Flush(gk.Handle); ferr != nil {
+			a.t.Unheld() // the sweep takes it
+			a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
+		}
+	}
+	if err != nil {
+		a.log.Debug("the audit gate stays transient: each record loads it", "err", err)
+		return 0
+	}
+	return uint32(AuditGateHandle)
+}
+
+// persistGateKey makes the loaded gate key gk persistent at
+// AuditGateHandle, evicting whatever is there first (2 commands).
+func persistGateKey(t *tpm.TPM, gk tpm.Gate) error {
+	if err := t.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+		return err
+	}
+	return t.Persist(gk.Object, AuditGateHandle)
 }
 
 // anchorTrail moves the trail to a new gated anchor with an audit-anchor

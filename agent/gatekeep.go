@@ -70,21 +70,21 @@ func (k *gateKeep) release(ge *tpm.GatedExtend) func() error {
 	}
 }
 
-// again prepares the extend of x with head in the kept session with the
-// kept gate (tpm.TPM.PrepareGatedExtendAgain); ok false when there is none
+// again prepares the extend of x with head in the kept session with gk,
+// the trail's gate (kept loaded, or persistent: withGate)
+// (tpm.TPM.PrepareGatedExtendAgain); ok false when there is no session
 // to go on with: the caller prepares anew. The kept session is taken
 // either way; one that cannot go on is closed (forgotten or flushed as its
 // generation says), and a failed flush of it only asks for the sweep, as
 // drop's does: the record does not fail for it.
-func (k *gateKeep) again(t *tpm.TPM, g *gateRecord, x tpm.NVIndex, head []byte) (*tpm.GatedExtend, bool, error) {
-	gk := k.loaded(t, g)
-	if gk == nil || k.ge == nil {
+func (k *gateKeep) again(t *tpm.TPM, gk tpm.Gate, x tpm.NVIndex, head []byte) (*tpm.GatedExtend, bool, error) {
+	if k == nil || k.ge == nil {
 		return nil, false, nil
 	}
 	prev := k.ge
 	k.ge = nil
 	if k.geGen == t.Generation() {
-		if ge, ok, err := t.PrepareGatedExtendAgain(prev, x, *gk, head); ok {
+		if ge, ok, err := t.PrepareGatedExtendAgain(prev, x, gk, head); ok {
 			return ge, true, err
 		}
 	}

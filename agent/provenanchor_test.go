@@ -89,8 +89,8 @@ func TestAnchorRecreatedAfterTheOpensRead(t *testing.T) {
 		switch cc := swtpmtest.CommandCode(cmd); {
 		case cc == tpm2.TPMCCNVRead && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[14:18])) == agent.AuditAnchorHandle:
 			opened = true // the open's read (authorization handle, then the index)
-		case opened && !done && cc == tpm2.TPMCCLoad:
-			// The record's first command: the gate's load.
+		case opened && !done && cc == tpm2.TPMCCPolicySecret:
+			// The record's proof of the (persistent) gate.
 			done = true
 			aerr = recreateUnwritten(next)
 		}

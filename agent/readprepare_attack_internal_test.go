@@ -80,7 +80,7 @@ func trailLines(t *testing.T, a *Agent, marker string) int {
 }
 
 // A1 renames the answer of the record's gate load (TPM2_Load under the
-// SRK's password: its handle has no HMAC; A1 keeps the name, which
+// SRK's password, where the persistent gate is gone: its handle has no HMAC; A1 keeps the name, which
 // tpm.LoadGate checks) to an object of its own, noDA. The PolicySecret
 // then names A1's object and the TPM refuses it; the probe is refused
 // too: forged, and the record's second try (an honest load) writes it.
@@ -118,6 +118,12 @@ func TestRecordGateLoadRenamedLeavesNothing(t *testing.T) {
 func gateLoadRenamed(t *testing.T, b *swtpmtest.Bus, a *Agent) {
 	t.Helper()
 	ctx := context.Background()
+	// The gate is loaded only when its persistent copy is gone (A2
+	// evicted it): the record's proof in place fails, and it loads the
+	// gate from its blob.
+	if err := a.t.Evict(AuditGateHandle); err != nil {
+		t.Fatal(err)
+	}
 	decoy := swtpmtest.Decoy(t, b.Next)
 	var mu sync.Mutex
 	var realGate tpm2.TPMHandle

@@ -86,7 +86,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	//     trail of the ungated kind that the next record moves to a new gate;
 	//  2. the log is archived: a crash here leaves no trail and an anchor
 	//     index nobody's, which the next trail replaces (and records);
-	//  3. the anchor index goes.
+	//  3. the anchor index goes, then the gate key's persistent copy.
 	// The gate key guarded the anchor only; the next record starts a new
 	// trail with a new gate.
 	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -107,7 +107,12 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	}
 	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
 	res.NVIndices = append(res.NVIndices, removed...)
-	return res, err
+	// The anchor gone, its gate key guards nothing: the persistent copy
+	// goes too (a crash before this leaves it for the next trail's
+	// newGatedAnchor, which evicts whatever is at its handle).
+	evicted, gerr := evictVerified(w, AuditGateHandle, func() error { return w.Evict(AuditGateHandle) })
+	res.GateEvicted = evicted
+	return res, errors.Join(err, gerr)
 }
 
 // verifiedObjects is what the zeroize record says the TPM confirmed (or,
@@ -177,7 +182,7 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 	res.NVIndices = append(res.NVIndices, removed...)
 	errs = append(errs, err)
 	if opts.SRK {
-		evicted, err := evictSRKVerified(w)
+		evicted, err := evictVerified(w, tpm.SRKHandle, w.EvictSRK)
 		res.SRKEvicted = evicted
 		errs = append(errs, err)
 	}
@@ -247,12 +252,13 @@ func (a *Agent) undefineVerified(w *tpm.Witness, hs []tpm2.TPMHandle) ([]string,
 	return out, errors.Join(errs...)
 }
 
-// evictSRKVerified evicts the SRK through the witness and reports it
-// evicted when the TPM confirms 0x81000001 is empty (the witness, salted to
-// the SRK before it went, authenticates the read-back). Without a pinned SRK
-// it reports what the bus answered.
-func evictSRKVerified(w *tpm.Witness) (bool, error) {
-	err := w.EvictSRK()
+// evictVerified evicts the persistent handle h through the witness (evict:
+// w.EvictSRK for the SRK, w.Evict(h) for the others) and reports it
+// evicted when the TPM confirms h is empty (the witness, salted to the SRK
+// before it went, authenticates the read-back). Without a pinned SRK it
+// reports what the bus answered.
+func evictVerified(w *tpm.Witness, h tpm2.TPMHandle, evict func() error) (bool, error) {
+	err := evict()
 	if err != nil && !errors.Is(err, tpm.ErrNotFound) {
 		return false, err
 	}
@@ -263,8 +269,8 @@ func evictSRKVerified(w *tpm.Witness) (bool, error) {
 	if rerr != nil {
 		return false, rerr
 	}
-	if slices.Contains(persistent, tpm.SRKHandle) {
-		return false, fmt.Errorf("%w: after zeroize --srk the TPM still holds the SRK at 0x%08x", tpm.ErrResponseForged, uint32(tpm.SRKHandle))
+	if slices.Contains(persistent, h) {
+		return false, fmt.Errorf("%w: after zeroize the TPM still holds the persistent object at 0x%08x", tpm.ErrResponseForged, uint32(h))
 	}
 	return true, nil
 }

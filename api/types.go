@@ -331,11 +331,14 @@ type ZeroizeOptions struct {
 // is what the TPM's answers said, which an interposer on the bus could have
 // written.
 type ZeroizeResult struct {
-	NVIndices     []string `json:"nv_indices_removed"`
-	Flushed       int      `json:"transient_handles_flushed"`
-	SRKEvicted    bool     `json:"srk_evicted"`
-	Authenticated bool     `json:"tpm_authenticated"`
-	AuditLog      string   `json:"audit_log_archived,omitempty"`
+	NVIndices  []string `json:"nv_indices_removed"`
+	Flushed    int      `json:"transient_handles_flushed"`
+	SRKEvicted bool     `json:"srk_evicted"`
+	// GateEvicted: the audit trail's gate key, persistent at
+	// 0x81007601 (agent.AuditGateHandle), is gone (or was not there).
+	GateEvicted   bool   `json:"audit_gate_evicted"`
+	Authenticated bool   `json:"tpm_authenticated"`
+	AuditLog      string `json:"audit_log_archived,omitempty"`
 }
 
 // AuditReanchorResult is what audit reanchor did: the trail's length and

@@ -59,7 +59,28 @@ func nonZeroAuth(rand io.Reader, n int) ([]byte, error) {
 type Gate struct {
 	Object
 	auth []byte
+	// persistent: the gate key made persistent at its handle
+	// (PersistentGate), proved in place; whatever holds the handle now
+	// may be another object.
+	persistent bool
 }
+
+// PersistentGate is the gate key named name, made persistent at h, with its
+// authorization value: its proof needs no TPM2_Load and no flush (issue 14:
+// 2 commands per gated extend). Whatever holds h now, a proof in it goes
+// through only if it is that key with that value: the name goes into the
+// proof's HMAC and the policy digest. A proof that does not go through is
+// ErrPersistentGate; the caller then loads the gate from its blob (LoadGate)
+// and proves it again.
+func PersistentGate(h tpm2.TPMHandle, name, auth []byte) Gate {
+	return Gate{Object: Object{Handle: h, Name: tpm2.TPM2BName{Buffer: name}}, auth: auth, persistent: true}
+}
+
+// ErrPersistentGate: the proof of a persistent gate (PersistentGate) did
+// not go through: the handle is empty or holds another object (evicted or
+// replaced by whoever has the owner's authorization), or the TPM or the bus
+// refused it. Nothing was proved: the session it went into is spent.
+var ErrPersistentGate = errors.New("the persistent gate key did not prove its authorization")
 
 // String names the gate by its handle and name, never its value.
 func (g Gate) String() string {
@@ -388,6 +409,9 @@ func (t *TPM) proveGate(p *PolicySession, k *keyedPolicy, gate Gate, cc tpm2.TPM
 		}
 	}
 	if err != nil {
+		if gate.persistent {
+			return fmt.Errorf("%w: %w", ErrPersistentGate, err)
+		}
 		return err
 	}
 	return p.PolicyCommandCode(cc)

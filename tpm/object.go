@@ -105,7 +105,7 @@ func (t *TPM) SRK() (srk Object, err error) {
 			return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the ECC SRK template gives %x",
 				ErrSRKMismatch, uint32(SRKHandle), persisted.Name.Buffer, primary.Name.Buffer)
 		}
-	} else if err := t.persistSRK(primary); err != nil {
+	} else if err := t.Persist(primary, SRKHandle); err != nil {
 		return Object{}, err
 	}
 	srk = primary
@@ -167,10 +167,19 @@ func (t *TPM) PinnedSRKName() []byte {
 	return t.pinned.Name.Buffer
 }
 
-// persistSRK makes primary (a fresh SRK) persistent at SRKHandle; the caller
-// flushes the transient copy.
-func (t *TPM) persistSRK(primary Object) error {
-	_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: primary.Named(), PersistentHandle: SRKHandle}).Execute(t)
+// Persist makes the loaded obj persistent at h (TPM2_EvictControl with the
+// owner hierarchy's empty password); the caller flushes the transient copy.
+// The answer has no HMAC: what h holds is the bus's word until a proof in
+// it (the name goes into its HMAC) or an authenticated read says so.
+func (t *TPM) Persist(obj Object, h tpm2.TPMHandle) error {
+	_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: obj.Named(), PersistentHandle: h}).Execute(t)
+	return Wrap("TPM2_EvictControl", err)
+}
+
+// Evict removes the persistent object at h, whatever it is (the owner
+// hierarchy's empty password); ErrNotFound when h holds none.
+func (t *TPM) Evict(h tpm2.TPMHandle) error {
+	_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: tpm2.NamedHandle{Handle: h}, PersistentHandle: h}).Execute(t)
 	return Wrap("TPM2_EvictControl", err)
 }
 
@@ -189,7 +198,7 @@ func (t *TPM) pinnedSRK() (Object, error) {
 			return Object{}, errors.Join(fmt.Errorf("%w: the owner hierarchy gives an SRK named %x, the pinned one is %x",
 				ErrIdentityMismatch, primary.Name.Buffer, t.pinned.Name.Buffer), t.Flush(primary.Handle))
 		}
-		if err := errors.Join(t.persistSRK(primary), t.Flush(primary.Handle)); err != nil {
+		if err := errors.Join(t.Persist(primary, SRKHandle), t.Flush(primary.Handle)); err != nil {
 			return Object{}, err
 		}
 	case err != nil:
@@ -223,17 +232,13 @@ func (t *TPM) createPrimary(h tpm2.TPMHandle, tmpl tpm2.TPMTPublic) (Object, err
 func (t *TPM) EvictSRK() error {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
-	obj, err := t.ReadPublic(SRKHandle)
+	err := t.Evict(SRKHandle)
 	if errors.Is(err, ErrNotFound) {
 		t.srk = nil
 		return nil
 	}
 	if err != nil {
 		return err
-	}
-	_, err = (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: obj.Named(), PersistentHandle: SRKHandle}).Execute(t)
-	if err != nil {
-		return Wrap("TPM2_EvictControl", err)
 	}
 	t.srk = nil
 	t.srkEvicted = true

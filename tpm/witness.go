@@ -146,15 +146,31 @@ func (w *Witness) EvictSRK() error {
 	if t.pinned != nil {
 		obj.Name = t.pinned.Name
 	}
-	err = w.run("TPM2_EvictControl", 2, func(tr transport.TPM, s ...tpm2.Session) error {
-		_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: obj.Named(), PersistentHandle: SRKHandle}).Execute(tr, s...)
-		return err
-	})
-	if err != nil {
+	if err := w.evict(obj); err != nil {
 		return err
 	}
 	t.srk, t.srkEvicted = nil, true
 	return nil
+}
+
+// Evict removes the persistent object at h, whatever it is, in the
+// witness: ErrNotFound when ReadPublic says h is empty (the bus's word:
+// read back with Handles).
+func (w *Witness) Evict(h tpm2.TPMHandle) error {
+	obj, err := w.t.ReadPublic(h)
+	if err != nil {
+		return err
+	}
+	return w.evict(obj)
+}
+
+// evict is TPM2_EvictControl of the persistent obj in the witness (its
+// name goes into the command's audit HMAC).
+func (w *Witness) evict(obj Object) error {
+	return w.run("TPM2_EvictControl", 2, func(tr transport.TPM, s ...tpm2.Session) error {
+		_, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: obj.Named(), PersistentHandle: obj.Handle}).Execute(tr, s...)
+		return err
+	})
 }
 
 // Handles is TPM.Handles with every TPM2_GetCapability in the witness

@@ -311,8 +311,9 @@ func (a *app) zeroizeCmd() *cobra.Command {
 		Short: "Destroy the PK, every key and every TPM object and NV index provd created",
 		Long: `Flush and evict every TPM object and NV index provd created, overwrite and remove
 the state's blob files, and record the zeroization in the audit trail (the trail
-is then archived beside the state as audit-<time>.log and its NV anchor removed).
-The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
+is then archived beside the state as audit-<time>.log, its NV anchor removed and
+the trail's gate key evicted from 0x81007601). The EK is never touched; --srk
+evicts the SRK too. This cannot be undone.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !yes {
@@ -324,8 +325,8 @@ The EK is never touched; --srk evicts the SRK too. This cannot be undone.`,
 					return err
 				}
 				return a.emit(res, func(w io.Writer) {
-					fmt.Fprintf(w, "zeroized: NV indices %s removed, %d transient handles flushed, SRK evicted: %v\n",
-						strings.Join(res.NVIndices, " "), res.Flushed, res.SRKEvicted)
+					fmt.Fprintf(w, "zeroized: NV indices %s removed, %d transient handles flushed, audit gate evicted: %v, SRK evicted: %v\n",
+						strings.Join(res.NVIndices, " "), res.Flushed, res.GateEvicted, res.SRKEvicted)
 					if res.Authenticated {
 						fmt.Fprintln(w, "confirmed by the TPM (responses and read-back authenticated by a session salted to the pinned SRK)")
 					} else {
