@@ -105,6 +105,7 @@ var notOnTheWire = map[string]string{
 	"tpm.ErrTransport":         "an I/O failure talking to the TPM: exit 1, the message says what failed",
 	"tpm.ErrNoSharedSession":   "the agent's audit anchor then reads and prepares apart; it never reaches a user",
 	"tpm.ErrNoSession":         "the agent's audit anchor then takes NV_ReadPublic's word, as without a pinned SRK it must; it never reaches a user",
+	"tpm.ErrPersistentGate":    "the agent's audit anchor then loads the gate from its blob and proves it again (withGate); it never reaches a user",
 	"policy.ErrNoSignedPolicy": "travels inside *api.PolicyError, which is policy_not_satisfied",
 	"policy.ErrBadSignature":   "policy install maps it to api.ErrNotPermitted (not_permitted, exit 5)",
 	"catalog.ErrUsage":         "the agent wraps it in api.ErrBadInput (bad_input, exit 2)",
