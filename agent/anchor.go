@@ -374,19 +374,12 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		// (another key, one that counts against the dictionary-attack
 		// lockout at each refused proof among them) is evicted. Best
 		// effort: the next record loads it again otherwise.
-		if perr := persistGateKey(an.t, gk); perr != nil {
+		if perr := persistGateKey(an.t, gk, true); perr != nil {
 			an.log.Debug("the audit gate could not be made persistent again", "err", perr)
 		}
 	}
 	if err == nil && an.kept.keep(gk, gen) {
 		return ge, nil
-	}
-	if err != nil && !beforeTheGate(err) {
-		// The load's handle came in an answer with no HMAC: renamed on
-		// the bus, the proof fails, the flush below names another handle,
-		// and the gate stays loaded; the sweep flushes it (found by
-		// review, as for the AK).
-		an.t.Unheld()
 	}
 	if ferr := an.t.Flush(gk.Handle); ferr != nil {
 		if ge != nil {
@@ -395,14 +388,6 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		return nil, errors.Join(err, ferr)
 	}
 	return ge, err
-}
-
-// beforeTheGate: err came before the gate's proof used it (no SRK pinned to
-// read and prove in one session, or the TPM refused the anchor's read), so
-// a gate whose load's answer the bus renamed would not show in it.
-func beforeTheGate(err error) bool {
-	var te *tpm.Error
-	return errors.Is(err, tpm.ErrNoSharedSession) || errors.As(err, &te) && te.Command == "TPM2_NV_Read"
 }
 
 // gatedExtend is the extend of a prepared gated extend: a policy the index
@@ -509,6 +494,14 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 	if err != nil {
 		return tpm.Gate{}, fmt.Errorf("audit gate key: %w", err)
 	}
+	// The load's handle came in an answer with no HMAC: renamed on the bus
+	// (to another object, and the proof fails; or to A1's own copy of the
+	// gate, made by a replay of an earlier load of its blob, which the
+	// password allows, and the proof passes), the caller's flush takes
+	// another handle and the gate stays loaded, held by nobody. The sweep
+	// after the operation flushes what provd does not hold (found by
+	// review, as for the AK; before, only a failed proof asked for it).
+	an.t.Unheld()
 	if want, _ := g.name(); string(gk.Name.Buffer) != string(want) {
 		return tpm.Gate{}, errors.Join(fmt.Errorf("%w: %s names another key", api.ErrTampered, gateFile), an.t.Flush(gk.Handle))
 	}
@@ -522,7 +515,9 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // index defined is an's to extend first (proven: no NV_ReadPublic).
 func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
+	var oldPolicy []byte // the replaced anchor's authPolicy: its gate's (ownGate)
 	if old, err := a.t.ReadNVPublic(AuditAnchorHandle); err == nil {
+		oldPolicy = old.Public.AuthPolicy.Buffer
 		objects["replaced_nv_name"] = hex.EncodeToString(old.Name.Buffer)
 		if v, err := a.t.ReadExtendIndex(old); err == nil {
 			objects["replaced_nv_value"] = hex.EncodeToString(v)
@@ -557,8 +552,13 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	cur, _ := an.gate() // the gate this trail had, if any (an officer's reanchor)
+	persistent, replaced := a.persistGate(cur, oldPolicy, srk, blob, auth)
+	if replaced != "" {
+		objects["replaced_gate_name"] = replaced
+	}
 	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
-		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Persistent: a.persistGate(srk, blob, auth)}
+		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Persistent: persistent}
 	b, err := json.Marshal(g)
 	if err != nil {
 		return nil, err
@@ -578,36 +578,73 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 
 // persistGate makes a new gate key persistent at AuditGateHandle, so that
 // every record proves it in place (issue 14: no TPM2_Load and no flush per
-// record), evicting whatever is there first: a former trail's gate, or
-// anything else at provd's handle (newGatedAnchor runs only where the
-// anchor's handle is provd's to replace: a new trail, provision --force, an
-// officer's reanchor). 4 commands: Load, EvictControl, EvictControl,
-// FlushContext. It returns the handle, or 0 when a step failed (an owner
+// record). What the handle holds is read first (ReadPublic): empty, or a
+// gate of provd's (ownGate), it is taken; anything else only under
+// provision --force (Agent.replaceAnchor), and then its name is returned
+// (replaced) for the new trail's audit-anchor record, as the anchor's
+// handle is taken over; otherwise (found by review: a plain provision
+// evicted another application's key there, with no trace) the gate stays
+// transient. 4 commands (ReadPublic, Load, EvictControl, FlushContext), 5
+// where something is evicted first. It returns the handle, or 0 when the
+// gate stays transient (the handle not provd's to take, an owner
 // password, no persistent slot left, the bus): records then load the gate
 // from its blob, as before. The answers are the bus's word either way:
 // what the handle holds is proved by each record's proof, whose HMAC and
 // policy digest take the gate's name (tpm.PersistentGate).
-func (a *Agent) persistGate(srk tpm.Object, blob tpm.Blob, auth []byte) uint32 {
-	gk, err := a.t.LoadGate(srk, blob, auth)
-	if err == nil {
-		err = persistGateKey(a.t, gk)
-		if ferr := a.t.Flush(gk.Handle); ferr != nil {
-			a.t.Unheld() // the sweep takes it
-			a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
+func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte) (handle uint32, replaced string) {
+	there, err := a.t.ReadPublic(AuditGateHandle)
+	occupied := err == nil
+	switch {
+	case errors.Is(err, tpm.ErrNotFound):
+	case err != nil:
+	case a.ownGate(cur, oldPolicy, there.Name.Buffer):
+	case a.replaceAnchor:
+		replaced = hex.EncodeToString(there.Name.Buffer)
+	default:
+		err = fmt.Errorf("0x%08x holds another object (name %x), not a gate of provd's: left as it is", uint32(AuditGateHandle), there.Name.Buffer)
+	}
+	if err == nil || errors.Is(err, tpm.ErrNotFound) {
+		var gk tpm.Gate
+		if gk, err = a.t.LoadGate(srk, blob, auth); err == nil {
+			a.t.Unheld() // the load's handle is the bus's word (trailAnchor.loadGate)
+			err = persistGateKey(a.t, gk, occupied)
+			if ferr := a.t.Flush(gk.Handle); ferr != nil {
+				a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
+			}
 		}
 	}
 	if err != nil {
 		a.log.Debug("the audit gate stays transient: each record loads it", "err", err)
-		return 0
+		return 0, ""
 	}
-	return uint32(AuditGateHandle)
+	return uint32(AuditGateHandle), replaced
+}
+
+// ownGate reports whether name is a gate key of provd's on this TPM: this
+// trail's gate (cur), the gate of the anchor newGatedAnchor replaces (its
+// authPolicy is GatePolicy of that name; foreignAnchor let it be
+// replaced), or the gate of one of this state directory's archived trails
+// (its last audit-anchor record's gate_key: a zeroize that did not get to
+// evict it).
+func (a *Agent) ownGate(cur *gateRecord, oldPolicy, name []byte) bool {
+	if cur != nil && cur.Name == hex.EncodeToString(name) {
+		return true
+	}
+	if p, err := tpm.GatePolicy(name, tpm2.TPMCCNVExtend); err == nil && len(oldPolicy) > 0 && bytes.Equal(p, oldPolicy) {
+		return true
+	}
+	own, err := a.archivedAnchor("gate_key", hex.EncodeToString(name))
+	return err == nil && own
 }
 
 // persistGateKey makes the loaded gate key gk persistent at
-// AuditGateHandle, evicting whatever is there first (2 commands).
-func persistGateKey(t *tpm.TPM, gk tpm.Gate) error {
-	if err := t.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
-		return err
+// AuditGateHandle, evicting what is there first when occupied (1 or 2
+// commands).
+func persistGateKey(t *tpm.TPM, gk tpm.Gate, occupied bool) error {
+	if occupied {
+		if err := t.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+			return err
+		}
 	}
 	return t.Persist(gk.Object, AuditGateHandle)
 }
@@ -701,7 +738,7 @@ func (a *Agent) foreignAnchor() error {
 	if !pub.Public.Attributes.Written {
 		return nil
 	}
-	if own, err := a.archivedAnchor(hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
+	if own, err := a.archivedAnchor("nv_name", hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
 		return nil
 	}
 	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory, and that trail would no longer verify. Use the state directory it belongs to; provision --force replaces it (the new trail records what it replaced)",
@@ -709,10 +746,11 @@ func (a *Agent) foreignAnchor() error {
 }
 
 // archivedAnchor reports whether one of this state directory's archived
-// trails (audit-<UTC time>.log) last anchored in the index named name (the
-// nv_name of its last audit-anchor record). Every archive is read: their
+// trails (audit-<UTC time>.log) last anchored with name as field of its
+// last audit-anchor record: nv_name, the index it anchored in, or
+// gate_key, the gate key that guarded it. Every archive is read: their
 // names are times, and a clock that went back would put the newest first.
-func (a *Agent) archivedAnchor(name string) (bool, error) {
+func (a *Agent) archivedAnchor(field, name string) (bool, error) {
 	archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
 	if err != nil {
 		return false, err
@@ -729,7 +767,7 @@ func (a *Agent) archivedAnchor(name string) (bool, error) {
 		}
 		for i := len(recs) - 1; i >= 0; i-- {
 			if recs[i].Op == audit.OpAnchor {
-				if recs[i].Objects["nv_name"] == name {
+				if recs[i].Objects[field] == name {
 					return true, nil
 				}
 				break

@@ -146,11 +146,12 @@ func TestProvisionForceReadsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for cc, want := range map[tpm2.TPMCC]int{
-		tpm2.TPMCCReadPublic:       2, // the EK, the SRK
+		tpm2.TPMCCReadPublic:       3, // the EK, the SRK, what is at the gate's persistent handle
 		tpm2.TPMCCNVReadPublic:     2, // the EK certificate's index, the old anchor
 		tpm2.TPMCCNVRead:           3, // the certificate, the old anchor, the new one
 		tpm2.TPMCCStartAuthSession: 3,
-		tpm2.TPMCCLoad:             1, // the gate, once for both records
+		tpm2.TPMCCLoad:             1, // the gate, once, to make it persistent for both records
+		tpm2.TPMCCEvictControl:     2, // the old trail's gate out, the new one in
 		tpm2.TPMCCNVExtend:         2,
 	} {
 		if n := swtpmtest.Count(cmds, cc); n != want {

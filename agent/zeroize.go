@@ -86,7 +86,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	//     trail of the ungated kind that the next record moves to a new gate;
 	//  2. the log is archived: a crash here leaves no trail and an anchor
 	//     index nobody's, which the next trail replaces (and records);
-	//  3. the anchor index goes, then the gate key's persistent copy.
+	//  3. the gate key's persistent copy goes, then the anchor index.
 	// The gate key guarded the anchor only; the next record starts a new
 	// trail with a new gate.
 	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -105,14 +105,17 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		}
 		res.AuditLog = archived
 	}
-	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
-	res.NVIndices = append(res.NVIndices, removed...)
-	// The anchor gone, its gate key guards nothing: the persistent copy
-	// goes too (a crash before this leaves it for the next trail's
-	// newGatedAnchor, which evicts whatever is at its handle).
+	// The gate key's persistent copy before the anchor it guards: a crash
+	// between the two leaves an anchor nobody's, which the next trail
+	// replaces, as in step 2 (found by review: the other order left the
+	// gate, which no later zeroize, and no new trail that does not know it
+	// for provd's, would take). A new trail also takes it over as this
+	// state's (an archived trail's gate_key: ownGate).
 	evicted, gerr := evictVerified(w, AuditGateHandle, func() error { return w.Evict(AuditGateHandle) })
 	res.GateEvicted = evicted
-	return res, errors.Join(err, gerr)
+	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
+	res.NVIndices = append(res.NVIndices, removed...)
+	return res, errors.Join(gerr, err)
 }
 
 // verifiedObjects is what the zeroize record says the TPM confirmed (or,
