@@ -367,16 +367,18 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 	if err != nil {
 		return nil, err
 	}
+	// The load's handle came in an answer with no HMAC: renamed on the bus
+	// (to another object, and the proof fails; or to A1's own copy of the
+	// gate, made by a replay of an earlier load of its blob, which the
+	// password allows, and the proof passes), the flush below takes
+	// another handle and the gate stays loaded, held by nobody. The sweep
+	// after the operation flushes what provd does not hold (found by
+	// review, as for the AK; before, only a failed proof asked for it).
+	// Zeroize's held gate needs none: zeroize flushes every handle but it.
+	an.t.Unheld()
 	ge, err := prepare(gk)
-	if err == nil && gone {
-		// The gate proved: it is the trail's. Persistent again, the
-		// next records prove it in place; whatever took its handle
-		// (another key, one that counts against the dictionary-attack
-		// lockout at each refused proof among them) is evicted. Best
-		// effort: the next record loads it again otherwise.
-		if perr := persistGateKey(an.t, gk, true); perr != nil {
-			an.log.Debug("the audit gate could not be made persistent again", "err", perr)
-		}
+	if err == nil && gone && an.t.Generation() == gen {
+		an.persistAgain(g, gk)
 	}
 	if err == nil && an.kept.keep(gk, gen) {
 		return ge, nil
@@ -388,6 +390,49 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		return nil, errors.Join(err, ferr)
 	}
 	return ge, err
+}
+
+// persistAgain makes the gate gk, loaded and proved (it is the trail's),
+// persistent again where the record's persistent one did not prove: the
+// next records prove it in place, and whatever took its handle (another
+// key, one that counts against the dictionary-attack lockout at each
+// refused proof among them) is evicted. Where the TPM refuses (no
+// persistent slot left, an owner password set since), audit.gate no longer
+// names the handle, so that later records, in this process and others,
+// load the gate at once rather than try the handle, spend the refused
+// proof and try to make it persistent again at every record (found by
+// review: 31 commands a one-shot seal, where 21 load it). It is rewritten
+// only if it is still g (the caller holds the trail's lock, as every writer
+// of audit.gate but zeroize's removal does). An interrupted try (a reset,
+// power cut or migration) changes nothing: the next record tries again.
+func (an *trailAnchor) persistAgain(g *gateRecord, gk tpm.Gate) {
+	gen := an.t.Generation()
+	err := persistGateKey(an.t, gk, true)
+	if err == nil {
+		return
+	}
+	an.log.Debug("the audit gate could not be made persistent again", "err", err)
+	var te *tpm.Error
+	if an.t.Generation() != gen || !errors.As(err, &te) {
+		return
+	}
+	now, rerr := an.gate()
+	if rerr != nil || now == nil || *now != *g {
+		return
+	}
+	now.Persistent = 0
+	if werr := writeGateRecord(an.dir, *now); werr != nil {
+		an.log.Debug("audit.gate could not be rewritten without its persistent handle", "err", werr)
+	}
+}
+
+// writeGateRecord writes audit.gate (mode 0600, atomically).
+func writeGateRecord(dir string, g gateRecord) error {
+	b, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return store.WriteFile(filepath.Join(dir, gateFile), b, 0o600)
 }
 
 // gatedExtend is the extend of a prepared gated extend: a policy the index
@@ -494,14 +539,6 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 	if err != nil {
 		return tpm.Gate{}, fmt.Errorf("audit gate key: %w", err)
 	}
-	// The load's handle came in an answer with no HMAC: renamed on the bus
-	// (to another object, and the proof fails; or to A1's own copy of the
-	// gate, made by a replay of an earlier load of its blob, which the
-	// password allows, and the proof passes), the caller's flush takes
-	// another handle and the gate stays loaded, held by nobody. The sweep
-	// after the operation flushes what provd does not hold (found by
-	// review, as for the AK; before, only a failed proof asked for it).
-	an.t.Unheld()
 	if want, _ := g.name(); string(gk.Name.Buffer) != string(want) {
 		return tpm.Gate{}, errors.Join(fmt.Errorf("%w: %s names another key", api.ErrTampered, gateFile), an.t.Flush(gk.Handle))
 	}
@@ -559,11 +596,7 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	}
 	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
 		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Persistent: persistent}
-	b, err := json.Marshal(g)
-	if err != nil {
-		return nil, err
-	}
-	if err := store.WriteFile(filepath.Join(a.dir, gateFile), b, 0o600); err != nil {
+	if err := writeGateRecord(a.dir, g); err != nil {
 		return nil, err
 	}
 	_, written, err := g.expectedNames()
@@ -579,12 +612,14 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 // persistGate makes a new gate key persistent at AuditGateHandle, so that
 // every record proves it in place (issue 14: no TPM2_Load and no flush per
 // record). What the handle holds is read first (ReadPublic): empty, or a
-// gate of provd's (ownGate), it is taken; anything else only under
-// provision --force (Agent.replaceAnchor), and then its name is returned
-// (replaced) for the new trail's audit-anchor record, as the anchor's
-// handle is taken over; otherwise (found by review: a plain provision
-// evicted another application's key there, with no trace) the gate stays
-// transient. 4 commands (ReadPublic, Load, EvictControl, FlushContext), 5
+// gate of provd's (ownGate), it is taken; anything else only by a new
+// trail a provision begins (Agent.replaceAnchor: the provision was done,
+// over nothing foreign at the anchor's handle or with --force, as the
+// anchor's handle is taken over), and then its name is returned (replaced)
+// for the new trail's audit-anchor record; otherwise the gate stays
+// transient (found by review: a new trail evicted another application's
+// key there, with no trace). 5 commands (ReadPublic, Load, EvictControl,
+// FlushContext, and the sweep the load asks for: 3 GetCapability), 6
 // where something is evicted first. It returns the handle, or 0 when the
 // gate stays transient (the handle not provd's to take, an owner
 // password, no persistent slot left, the bus): records then load the gate
@@ -592,33 +627,61 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 // what the handle holds is proved by each record's proof, whose HMAC and
 // policy digest take the gate's name (tpm.PersistentGate).
 func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte) (handle uint32, replaced string) {
+	var err error
+	for range 3 {
+		gen := a.t.Generation()
+		if replaced, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen); err == nil {
+			return uint32(AuditGateHandle), replaced
+		}
+		if a.t.Generation() == gen {
+			break // refused, not interrupted
+		}
+		// A reset, power cut or migration on the way (found by review:
+		// one honest fault here left the trail's gate transient for good):
+		// again, from the read (measured: a power cut moved the
+		// generation once in each of the first two tries).
+	}
+	a.log.Debug("the audit gate stays transient: each record loads it", "err", err)
+	return 0, ""
+}
+
+// persistGateOnce is one try of persistGate, in TPM generation gen (read
+// before it): the load's handle is used, and flushed, only in that
+// generation (found by review, as gateKeep's: after a reset its number may
+// be another object's).
+func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, gen uint64) (replaced string, err error) {
 	there, err := a.t.ReadPublic(AuditGateHandle)
 	occupied := err == nil
 	switch {
 	case errors.Is(err, tpm.ErrNotFound):
 	case err != nil:
+		return "", err
 	case a.ownGate(cur, oldPolicy, there.Name.Buffer):
 	case a.replaceAnchor:
 		replaced = hex.EncodeToString(there.Name.Buffer)
 	default:
-		err = fmt.Errorf("0x%08x holds another object (name %x), not a gate of provd's: left as it is", uint32(AuditGateHandle), there.Name.Buffer)
+		return "", fmt.Errorf("0x%08x holds another object (name %x), not a gate of provd's: left as it is", uint32(AuditGateHandle), there.Name.Buffer)
 	}
-	if err == nil || errors.Is(err, tpm.ErrNotFound) {
-		var gk tpm.Gate
-		if gk, err = a.t.LoadGate(srk, blob, auth); err == nil {
-			a.t.Unheld() // the load's handle is the bus's word (trailAnchor.loadGate)
-			err = persistGateKey(a.t, gk, occupied)
-			if ferr := a.t.Flush(gk.Handle); ferr != nil {
-				a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
-			}
+	gk, err := a.t.LoadGate(srk, blob, auth)
+	if err != nil {
+		return "", err
+	}
+	a.t.Unheld() // the load's handle is the bus's word (withGate)
+	if a.t.Generation() != gen {
+		return "", errGenerationMoved
+	}
+	err = persistGateKey(a.t, gk, occupied)
+	if a.t.Generation() == gen {
+		if ferr := a.t.Flush(gk.Handle); ferr != nil {
+			a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
 		}
 	}
-	if err != nil {
-		a.log.Debug("the audit gate stays transient: each record loads it", "err", err)
-		return 0, ""
-	}
-	return uint32(AuditGateHandle), replaced
+	return replaced, err
 }
+
+// errGenerationMoved: the TPM reset, lost power or was migrated since a
+// handle was made; it is not used.
+var errGenerationMoved = errors.New("the TPM restarted since the handle was made")
 
 // ownGate reports whether name is a gate key of provd's on this TPM: this
 // trail's gate (cur), the gate of the anchor newGatedAnchor replaces (its

@@ -161,7 +161,10 @@ var review7Triggers = map[string]func(cmd []byte) bool{
 			tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[14:18])) == agent.AuditAnchorHandle
 	},
 	// TPM2_EvictControl to or of 0x81007601 (the persistentHandle, last
-	// parameter): withGate's re-persist, Evict then Persist.
+	// parameter): withGate's re-persist, Evict then Persist; zeroize's
+	// eviction of the gate, which comes before the anchor's undefine since
+	// the sixth review's mends (its read-back, the undefine and its
+	// read-back follow).
 	"evict-gate": func(cmd []byte) bool {
 		return swtpmtest.CommandCode(cmd) == tpm2.TPMCCEvictControl && len(cmd) >= 4 &&
 			tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[len(cmd)-4:])) == agent.AuditGateHandle
@@ -260,7 +263,15 @@ func review7RunKilled(t *testing.T, env *swtpmtest.Env, dir, op, trigger string,
 // Then zeroize (the persistent handles as on a fresh TPM), provision
 // again (the gate persistent), verify, and nothing left in the TPM. It
 // returns the remedies used.
-func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int) (remedies []string, persistent bool) {
+//
+// force: the next operation, where there is no PK, is provision --force,
+// as an operator runs a killed provision --force again. The gate the other
+// state left at 0x81007601 is not this state's to take where a record
+// before it begins the new trail (a plain record leaves an object it does
+// not know for provd's there: the sixth review's
+// TestReview6NewTrailKeepsOrRecordsAForeignPersistentObject), and the
+// trail's gate may then stay transient.
+func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int, force bool) (remedies []string, persistent bool) {
 	t.Helper()
 	ctx := context.Background()
 	withAgent(t, env, dir, "after the crash", func(ag *agent.Agent) {
@@ -287,7 +298,7 @@ func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int) 
 			if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("after"), PCRs: []int{7}}); err != nil {
 				t.Fatalf("seal after the crash: %v (exit %d)", err, api.ExitCode(err))
 			}
-		} else if _, err := ag.Provision(ctx, review7Req(false)); err != nil {
+		} else if _, err := ag.Provision(ctx, review7Req(force)); err != nil {
 			t.Fatalf("provision after the crash: %v (exit %d)", err, api.ExitCode(err))
 		}
 		if _, err := ag.AuditVerify(ctx); err != nil {
@@ -301,7 +312,13 @@ func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int) 
 		if n := len(review7Persistent(t, env.TPM)); n != baseline+1 {
 			t.Errorf("after the next operation: %d persistent objects, want %d (the fresh TPM's and the gate)", n, baseline+1)
 		}
-	} else if hs := review7Persistent(t, env.TPM); len(hs) != baseline || slices.Contains(hs, agent.AuditGateHandle) {
+	} else if hs := review7Persistent(t, env.TPM); force && len(hs) == baseline+1 && slices.Contains(hs, agent.AuditGateHandle) {
+		// Killed before it evicted the other state's gate: the next
+		// trail, begun by a record before the provision (so not under
+		// --force), does not take an object it cannot tell for its own
+		// (the sixth review's rule); zeroize below evicts it.
+		t.Logf("the other state's gate left at 0x%08x, this trail's transient", uint32(agent.AuditGateHandle))
+	} else if len(hs) != baseline || slices.Contains(hs, agent.AuditGateHandle) {
 		t.Errorf("after the next operation, the gate transient: persistent objects %x, want the fresh TPM's %d", hs, baseline)
 	}
 	withAgent(t, env, dir, "zeroize", func(ag *agent.Agent) {
@@ -394,7 +411,7 @@ func TestReview7KillAtEachStep(t *testing.T) {
 			provisioned(t, env)
 			return stateDir(t)
 		}, "provision-force", "define-anchor", []int{0, 1, 2, 3, 4}},
-		{"zeroize", provisioned, "zeroize", "undefine-anchor", []int{0, 1, 2, 3}},
+		{"zeroize", provisioned, "zeroize", "evict-gate", []int{0, 1, 2, 3}},
 		{"re-persist, the gate evicted", takeAway(false), "seal", "evict-gate", []int{0, 1}},
 		{"re-persist, another key in its place", takeAway(true), "seal", "evict-gate", []int{0, 1}},
 	}
@@ -407,9 +424,9 @@ func TestReview7KillAtEachStep(t *testing.T) {
 				dir := sc.setup(t, env)
 				review7RunKilled(t, env, dir, sc.op, sc.trigger, after)
 				t.Logf("persistent objects after the kill: %x", review7Persistent(t, env.TPM))
-				remedies, persistent := review7Recover(t, env, dir, baseline)
+				remedies, persistent := review7Recover(t, env, dir, baseline, sc.op == "provision-force")
 				t.Logf("remedies: %v", remedies)
-				if !persistent {
+				if !persistent && sc.op != "provision-force" {
 					t.Errorf("after the kill and the next operation the trail's gate is transient")
 				}
 				if slices.Contains(remedies, "reanchor") && sc.op != "reanchor" && sc.op != "provision-force" {
@@ -459,7 +476,7 @@ func TestReview7PowerCutAtEachStep(t *testing.T) {
 		{"new trail (provision)", func(t *testing.T, _ *swtpmtest.Env) string { return stateDir(t) },
 			func(ag *agent.Agent) error { _, err := ag.Provision(ctx, review7Req(false)); return err }, "define-anchor", []int{0, 1, 2, 3, 4, 5}},
 		{"audit reanchor", provisioned, func(ag *agent.Agent) error { _, err := ag.AuditReanchor(ctx); return err }, "define-anchor", []int{0, 1, 2, 3, 4}},
-		{"zeroize", provisioned, func(ag *agent.Agent) error { _, err := ag.Zeroize(ctx, api.ZeroizeOptions{}); return err }, "undefine-anchor", []int{0, 1, 2, 3}},
+		{"zeroize", provisioned, func(ag *agent.Agent) error { _, err := ag.Zeroize(ctx, api.ZeroizeOptions{}); return err }, "evict-gate", []int{0, 1, 2, 3}},
 		{"re-persist, the gate evicted", evicted, seal, "evict-gate", []int{0, 1}},
 	}
 	for _, ev := range swtpmtest.Events {
@@ -504,7 +521,7 @@ func TestReview7PowerCutAtEachStep(t *testing.T) {
 					}
 					review7NoLeftovers(t, env.TPM, "after the operation")
 					t.Logf("persistent objects after it: %x", review7Persistent(t, env.TPM))
-					remedies, persistent := review7Recover(t, env, dir, baseline)
+					remedies, persistent := review7Recover(t, env, dir, baseline, false)
 					t.Logf("remedies: %v; the gate persistent after the next operation: %v", remedies, persistent)
 					if slices.Contains(remedies, "reanchor") && sc.name != "audit reanchor" {
 						t.Errorf("a %s in %s left a trail that only an officer's reanchor took", ev, sc.name)
@@ -1172,7 +1189,12 @@ func review7Count(t *testing.T, b *swtpmtest.Bus, fn func() error) []tpm2.TPMCC 
 // parent commit 166f1ff with the same sequence: provision +2 (38 to 40),
 // audit reanchor +2 (22 to 24), provision --force over another state's
 // trail +2 (35 to 37), a one-shot seal -2 (19 to 17), a daemon record -2
-// (10 to 8), provision --force in place -4 (44 to 40).
+// (10 to 8), provision --force in place -4 (44 to 40). Since the sixth
+// review's mends, a new anchor's persistGate reads the handle first
+// (ReadPublic: its first EvictControl only when something is there, and
+// only what is provd's to take) and, having loaded the gate, asks for the
+// sweep (three GetCapability): provision 43, audit reanchor 28, provision
+// --force over another state's trail 41.
 func TestReview7CommandCountsAsClaimed(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
@@ -1185,7 +1207,7 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 		}
 	}
 	dir := stateDir(t)
-	check("provision", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(false)); return err }), 38, 40)
+	check("provision", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(false)); return err }), 38, 43)
 	if _, err := newAgent(t, env, dir).CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
@@ -1201,13 +1223,13 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 	review7Count(t, b, refuse)
 	check("daemon record", review7Count(t, b, refuse), 10, 8)
 	daemon.Close()
-	check("audit reanchor", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).AuditReanchor(ctx); return err }), 22, 24)
+	check("audit reanchor", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).AuditReanchor(ctx); return err }), 22, 28)
 	check("provision --force in place", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(true)); return err }), 44, 40)
 	dir2 := stateDir(t)
 	check("provision --force over another state's trail", review7Count(t, b, func() error {
 		_, err := newAgent(t, env, dir2).Provision(ctx, review7Req(true))
 		return err
-	}), 35, 37)
+	}), 35, 41)
 }
 
 // FLAW (cost). Zeroize sends one command more than before the change
@@ -1217,12 +1239,15 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 // but holdGate still loads the gate from its blob for the last record and
 // flushes it, and the gate's eviction adds a ReadPublic, an EvictControl
 // and a read-back. Without --srk the SRK stays, so the last record could
-// prove the persistent gate too (no held gate: 2 fewer, 34).
+// prove the persistent gate too (no held gate: 2 fewer, 34). Mended so
+// (34); with --srk the gate is still held, for a last record whose
+// persistent gate may be gone and whose fallback cannot load under an
+// evicted SRK: one more than before (38), the gate's eviction's price.
 func TestReview7ZeroizeCostsMoreThanBefore(t *testing.T) {
 	for _, tc := range []struct {
 		srk    bool
 		before int
-	}{{false, 35}, {true, 37}} {
+	}{{false, 35}, {true, 38}} {
 		t.Run(fmt.Sprintf("srk %v", tc.srk), func(t *testing.T) {
 			b := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
@@ -1296,7 +1321,7 @@ func TestReview7GateGoneBehindTheSessionLimit(t *testing.T) {
 func TestReview7ZeroizeAgainAfterAKillInItsLastSteps(t *testing.T) {
 	ctx := context.Background()
 	for after := range 4 {
-		t.Run(fmt.Sprintf("killed %d commands after the undefine", after), func(t *testing.T) {
+		t.Run(fmt.Sprintf("killed %d commands after the gate's eviction", after), func(t *testing.T) {
 			env := swtpmtest.Start(t)
 			env.RequireSimulator()
 			base := review7Baseline(t, env.TPM)
@@ -1306,7 +1331,7 @@ func TestReview7ZeroizeAgainAfterAKillInItsLastSteps(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
-			review7RunKilled(t, env, dir, "zeroize", "undefine-anchor", after)
+			review7RunKilled(t, env, dir, "zeroize", "evict-gate", after)
 			withAgent(t, env, dir, "zeroize again", func(ag *agent.Agent) {
 				res, err := ag.Zeroize(ctx, api.ZeroizeOptions{})
 				if err != nil || !res.GateEvicted {
