@@ -407,7 +407,7 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 // power cut or migration) changes nothing: the next record tries again.
 func (an *trailAnchor) persistAgain(g *gateRecord, gk tpm.Gate) {
 	gen := an.t.Generation()
-	err := persistGateKey(an.t, gk, true)
+	_, err := persistGateKey(an.t, gk, true)
 	if err == nil {
 		return
 	}
@@ -630,7 +630,14 @@ func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, b
 	var err error
 	for range 3 {
 		gen := a.t.Generation()
-		if replaced, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen); err == nil {
+		var evicted string
+		evicted, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen)
+		if evicted != "" {
+			// Recorded whatever comes after (found by review: a try an
+			// event ended after the eviction lost the name).
+			replaced = evicted
+		}
+		if err == nil {
 			return uint32(AuditGateHandle), replaced
 		}
 		if a.t.Generation() == gen {
@@ -642,23 +649,26 @@ func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, b
 		// generation once in each of the first two tries).
 	}
 	a.log.Debug("the audit gate stays transient: each record loads it", "err", err)
-	return 0, ""
+	return 0, replaced
 }
 
 // persistGateOnce is one try of persistGate, in TPM generation gen (read
-// before it): the load's handle is used, and flushed, only in that
-// generation (found by review, as gateKeep's: after a reset its number may
-// be another object's).
+// before it). It returns the name of an object it evicted that is not a
+// gate of provd's ("" for none). The load's handle is used only in that
+// generation, and flushed but where a moved generation may have given its
+// number to another object (tpm.TPM.ForgetsStale; found by review, as
+// gateKeep's: behind a resource manager, where no sweep runs, a load
+// forgotten there stayed loaded).
 func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, gen uint64) (replaced string, err error) {
 	there, err := a.t.ReadPublic(AuditGateHandle)
-	occupied := err == nil
+	occupied, foreign := err == nil, ""
 	switch {
 	case errors.Is(err, tpm.ErrNotFound):
 	case err != nil:
 		return "", err
 	case a.ownGate(cur, oldPolicy, there.Name.Buffer):
 	case a.replaceAnchor:
-		replaced = hex.EncodeToString(there.Name.Buffer)
+		foreign = hex.EncodeToString(there.Name.Buffer)
 	default:
 		return "", fmt.Errorf("0x%08x holds another object (name %x), not a gate of provd's: left as it is", uint32(AuditGateHandle), there.Name.Buffer)
 	}
@@ -667,14 +677,20 @@ func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Objec
 		return "", err
 	}
 	a.t.Unheld() // the load's handle is the bus's word (withGate)
-	if a.t.Generation() != gen {
-		return "", errGenerationMoved
-	}
-	err = persistGateKey(a.t, gk, occupied)
-	if a.t.Generation() == gen {
+	defer func() {
+		if a.t.ForgetsStale(gen) {
+			return
+		}
 		if ferr := a.t.Flush(gk.Handle); ferr != nil {
 			a.log.Debug("flush of the audit gate after its persistence failed", "err", ferr)
 		}
+	}()
+	if a.t.Generation() != gen {
+		return "", errGenerationMoved
+	}
+	evicted, err := persistGateKey(a.t, gk, occupied)
+	if evicted {
+		replaced = foreign
 	}
 	return replaced, err
 }
@@ -686,9 +702,9 @@ var errGenerationMoved = errors.New("the TPM restarted since the handle was made
 // ownGate reports whether name is a gate key of provd's on this TPM: this
 // trail's gate (cur), the gate of the anchor newGatedAnchor replaces (its
 // authPolicy is GatePolicy of that name; foreignAnchor let it be
-// replaced), or the gate of one of this state directory's archived trails
-// (its last audit-anchor record's gate_key: a zeroize that did not get to
-// evict it).
+// replaced), or a gate this state directory's trail or archived trails
+// name (trailGateKey: a zeroize that did not get to evict it, an earlier
+// gate of this trail).
 func (a *Agent) ownGate(cur *gateRecord, oldPolicy, name []byte) bool {
 	if cur != nil && cur.Name == hex.EncodeToString(name) {
 		return true
@@ -696,20 +712,48 @@ func (a *Agent) ownGate(cur *gateRecord, oldPolicy, name []byte) bool {
 	if p, err := tpm.GatePolicy(name, tpm2.TPMCCNVExtend); err == nil && len(oldPolicy) > 0 && bytes.Equal(p, oldPolicy) {
 		return true
 	}
-	own, err := a.archivedAnchor("gate_key", hex.EncodeToString(name))
-	return err == nil && own
+	return a.trailGateKey(hex.EncodeToString(name))
+}
+
+// trailGateKey reports whether name is the gate_key of an audit-anchor
+// record of this state directory's trail or of its archived trails: a gate
+// of provd's this state made, which a later trail or a forged answer left
+// at the handle (found by review: one forged ReadPublic in a reanchor kept
+// every later one from taking the handle back).
+func (a *Agent) trailGateKey(name string) bool {
+	paths, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
+	if err != nil {
+		return false
+	}
+	for _, p := range append(paths, a.auditPath()) {
+		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+			continue // as archivedAnchor
+		}
+		recs, err := audit.ReadRecords(p)
+		if err != nil {
+			continue
+		}
+		for _, r := range recs {
+			if r.Op == audit.OpAnchor && r.Objects["gate_key"] == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // persistGateKey makes the loaded gate key gk persistent at
 // AuditGateHandle, evicting what is there first when occupied (1 or 2
-// commands).
-func persistGateKey(t *tpm.TPM, gk tpm.Gate, occupied bool) error {
+// commands); evicted says something was.
+func persistGateKey(t *tpm.TPM, gk tpm.Gate, occupied bool) (evicted bool, err error) {
 	if occupied {
-		if err := t.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
-			return err
+		err := t.Evict(AuditGateHandle)
+		if err != nil && !errors.Is(err, tpm.ErrNotFound) {
+			return false, err
 		}
+		evicted = err == nil
 	}
-	return t.Persist(gk.Object, AuditGateHandle)
+	return evicted, t.Persist(gk.Object, AuditGateHandle)
 }
 
 // anchorTrail moves the trail to a new gated anchor with an audit-anchor
@@ -801,7 +845,7 @@ func (a *Agent) foreignAnchor() error {
 	if !pub.Public.Attributes.Written {
 		return nil
 	}
-	if own, err := a.archivedAnchor("nv_name", hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
+	if own, err := a.archivedAnchor(hex.EncodeToString(pub.Name.Buffer)); err == nil && own {
 		return nil
 	}
 	return foreignAnchorError(fmt.Sprintf("%v (NV index 0x%08x, name %x): this TPM was provisioned with another state directory, and that trail would no longer verify. Use the state directory it belongs to; provision --force replaces it (the new trail records what it replaced)",
@@ -809,11 +853,10 @@ func (a *Agent) foreignAnchor() error {
 }
 
 // archivedAnchor reports whether one of this state directory's archived
-// trails (audit-<UTC time>.log) last anchored with name as field of its
-// last audit-anchor record: nv_name, the index it anchored in, or
-// gate_key, the gate key that guarded it. Every archive is read: their
+// trails (audit-<UTC time>.log) last anchored in the index named name (the
+// nv_name of its last audit-anchor record). Every archive is read: their
 // names are times, and a clock that went back would put the newest first.
-func (a *Agent) archivedAnchor(field, name string) (bool, error) {
+func (a *Agent) archivedAnchor(name string) (bool, error) {
 	archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
 	if err != nil {
 		return false, err
@@ -830,7 +873,7 @@ func (a *Agent) archivedAnchor(field, name string) (bool, error) {
 		}
 		for i := len(recs) - 1; i >= 0; i-- {
 			if recs[i].Op == audit.OpAnchor {
-				if recs[i].Objects[field] == name {
+				if recs[i].Objects["nv_name"] == name {
 					return true, nil
 				}
 				break

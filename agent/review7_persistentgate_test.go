@@ -327,7 +327,11 @@ func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int, 
 			t.Fatalf("zeroize: %+v %v", res, err)
 		}
 	})
-	if hs := review7Persistent(t, env.TPM); len(hs) != baseline {
+	if hs := review7Persistent(t, env.TPM); force && len(hs) == baseline+1 && slices.Contains(hs, agent.AuditGateHandle) {
+		// Zeroize evicts only its trail's gate (the eighth review): the
+		// other state's stays, for the next provision to take and record.
+		t.Logf("after zeroize the other state's gate is still at 0x%08x", uint32(agent.AuditGateHandle))
+	} else if len(hs) != baseline {
 		t.Errorf("after zeroize: persistent objects %x, want the fresh TPM's %d", hs, baseline)
 	}
 	withAgent(t, env, dir, "provision after zeroize", func(ag *agent.Agent) {
@@ -1242,12 +1246,14 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 // prove the persistent gate too (no held gate: 2 fewer, 34). Mended so
 // (34); with --srk the gate is still held, for a last record whose
 // persistent gate may be gone and whose fallback cannot load under an
-// evicted SRK: one more than before (38), the gate's eviction's price.
+// evicted SRK: one more than before (38), the gate's eviction's price;
+// and, since the eighth review, the sweep that held gate's load asks for
+// (three GetCapability: 41).
 func TestReview7ZeroizeCostsMoreThanBefore(t *testing.T) {
 	for _, tc := range []struct {
 		srk    bool
 		before int
-	}{{false, 35}, {true, 38}} {
+	}{{false, 35}, {true, 41}} {
 		t.Run(fmt.Sprintf("srk %v", tc.srk), func(t *testing.T) {
 			b := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))

@@ -94,7 +94,12 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	//     index nobody's, which the next trail replaces (and records);
 	//  3. the gate key's persistent copy goes, then the anchor index.
 	// The gate key guarded the anchor only; the next record starts a new
-	// trail with a new gate.
+	// trail with a new gate. Step 3 removes only this trail's gate and
+	// anchor, named as the gate file says: it is read first.
+	g, err := a.trailAnchor().gate()
+	if err != nil {
+		return res, err
+	}
 	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return res, err
 	}
@@ -117,11 +122,44 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	// gate, which no later zeroize, and no new trail that does not know it
 	// for provd's, would take). A new trail also takes it over as this
 	// state's (an archived trail's gate_key: ownGate).
-	evicted, gerr := evictVerified(w, AuditGateHandle, func() error { return w.Evict(AuditGateHandle) })
+	evicted, gerr := a.evictGateVerified(w, g)
 	res.GateEvicted = evicted
-	removed, err := a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
+	removed, err := a.undefineAnchorVerified(w, g)
 	res.NVIndices = append(res.NVIndices, removed...)
 	return res, errors.Join(gerr, err)
+}
+
+// evictGateVerified evicts the trail's gate g from AuditGateHandle, only
+// it (tpm.Witness.EvictNamed: found by review, a new trail that another
+// process began once the gate file was gone had its gate evicted); nothing
+// is known for a trail without a gate (g nil), and nothing is evicted.
+func (a *Agent) evictGateVerified(w *tpm.Witness, g *gateRecord) (bool, error) {
+	if g == nil {
+		return true, nil
+	}
+	name, err := g.name()
+	if err != nil {
+		return false, err
+	}
+	return evictVerified(w, AuditGateHandle, func() (bool, error) { return w.EvictNamed(AuditGateHandle, name) })
+}
+
+// undefineAnchorVerified removes the trail's anchor, only it: the index at
+// its handle named as g's anchor is, written or not
+// (tpm.Witness.UndefineNVNamed: found by review, as the gate); a trail
+// without a gate (an ungated, legacy one) removes what is at the handle, as
+// before.
+func (a *Agent) undefineAnchorVerified(w *tpm.Witness, g *gateRecord) ([]string, error) {
+	if g == nil {
+		return a.undefineVerified(w, []tpm2.TPMHandle{AuditAnchorHandle})
+	}
+	unwritten, written, err := g.expectedNames()
+	if err != nil {
+		return nil, err
+	}
+	return a.undefineVerifiedBy(w, []tpm2.TPMHandle{AuditAnchorHandle}, func(h tpm2.TPMHandle) (bool, error) {
+		return w.UndefineNVNamed(h, unwritten, written)
+	})
 }
 
 // verifiedObjects is what the zeroize record says the TPM confirmed (or,
@@ -191,7 +229,7 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 	res.NVIndices = append(res.NVIndices, removed...)
 	errs = append(errs, err)
 	if opts.SRK {
-		evicted, err := evictVerified(w, tpm.SRKHandle, w.EvictSRK)
+		evicted, err := evictVerified(w, tpm.SRKHandle, func() (bool, error) { return false, w.EvictSRK() })
 		res.SRKEvicted = evicted
 		errs = append(errs, err)
 	}
@@ -225,10 +263,21 @@ func (a *Agent) zeroizeTPMAndState(ctx context.Context, opts api.ZeroizeOptions,
 // removal failed is that failure. Without a pinned
 // SRK it returns what the bus answered.
 func (a *Agent) undefineVerified(w *tpm.Witness, hs []tpm2.TPMHandle) ([]string, error) {
+	return a.undefineVerifiedBy(w, hs, func(h tpm2.TPMHandle) (bool, error) { return false, w.UndefineNV(h) })
+}
+
+// undefineVerifiedBy is undefineVerified with undefine doing each removal:
+// left true, an index the witness confirmed is not the one meant stays
+// there, no contradiction (tpm.Witness.UndefineNVNamed).
+func (a *Agent) undefineVerifiedBy(w *tpm.Witness, hs []tpm2.TPMHandle, undefine func(tpm2.TPMHandle) (left bool, err error)) ([]string, error) {
 	var errs []error
 	var done, failed []tpm2.TPMHandle
 	for _, h := range hs {
-		err := w.UndefineNV(h)
+		left, err := undefine(h)
+		if left && err == nil {
+			failed = append(failed, h) // not ours: it stays, no contradiction
+			continue
+		}
 		if err == nil {
 			done = append(done, h)
 		} else if !errors.Is(err, tpm.ErrNotFound) {
@@ -262,16 +311,17 @@ func (a *Agent) undefineVerified(w *tpm.Witness, hs []tpm2.TPMHandle) ([]string,
 }
 
 // evictVerified evicts the persistent handle h through the witness (evict:
-// w.EvictSRK for the SRK, w.Evict(h) for the others) and reports it
+// w.EvictSRK for the SRK, w.EvictNamed for the audit gate) and reports it
 // evicted when the TPM confirms h is empty (the witness, salted to the SRK
-// before it went, authenticates the read-back). Without a pinned SRK it
-// reports what the bus answered.
-func evictVerified(w *tpm.Witness, h tpm2.TPMHandle, evict func() error) (bool, error) {
-	err := evict()
+// before it went, authenticates the read-back), or evict left another
+// object there, which the witness confirmed is not the one meant (what was
+// meant is gone). Without a pinned SRK it reports what the bus answered.
+func evictVerified(w *tpm.Witness, h tpm2.TPMHandle, evict func() (left bool, err error)) (bool, error) {
+	left, err := evict()
 	if err != nil && !errors.Is(err, tpm.ErrNotFound) {
 		return false, err
 	}
-	if !w.Authenticated() {
+	if left || !w.Authenticated() {
 		return true, nil
 	}
 	persistent, rerr := w.Handles(tpm.PersistentHandles)
@@ -299,6 +349,10 @@ func (a *Agent) holdGate() error {
 	if err != nil {
 		return err
 	}
+	// Its handle is the bus's word, as withGate's load's: zeroize's flush of
+	// leftovers takes a copy A1 kept only if the TPM's handle list is not
+	// refused on the bus (found by review), so the sweep is asked for too.
+	a.t.Unheld()
 	a.heldGate = &gk
 	return nil
 }

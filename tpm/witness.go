@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -117,6 +118,12 @@ func (w *Witness) UndefineNV(h tpm2.TPMHandle) error {
 	if err != nil {
 		return err
 	}
+	return w.undefine(x)
+}
+
+// undefine is TPM2_NV_UndefineSpace of x in the witness (its name goes
+// into the command's audit HMAC).
+func (w *Witness) undefine(x NVIndex) error {
 	return w.run("TPM2_NV_UndefineSpace", 2, func(t transport.TPM, s ...tpm2.Session) error {
 		_, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: x.named()}).Execute(t, s...)
 		return err
@@ -153,15 +160,44 @@ func (w *Witness) EvictSRK() error {
 	return nil
 }
 
-// Evict removes the persistent object at h, whatever it is, in the
-// witness: ErrNotFound when ReadPublic says h is empty (the bus's word:
-// read back with Handles).
-func (w *Witness) Evict(h tpm2.TPMHandle) error {
+// EvictNamed removes the persistent object at h in the witness, only if it
+// is named name: ErrNotFound when ReadPublic says h is empty (the bus's
+// word: read back with Handles). Another
+// object there stays (left true) once the witness confirms it (its
+// TPM2_ReadPublic in the witness: the command HMAC covers the name the bus
+// gave, and the TPM answers it only for the object it holds, the answer's
+// HMAC says so): whoever put it there, a concurrent trail's gate among
+// them (found by review: zeroize evicted a new trail's gate, begun by
+// another process while it ran), it is not the one the caller means.
+func (w *Witness) EvictNamed(h tpm2.TPMHandle, name []byte) (left bool, err error) {
 	obj, err := w.t.ReadPublic(h)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return w.evict(obj)
+	if bytes.Equal(obj.Name.Buffer, name) {
+		return false, w.evict(obj)
+	}
+	return true, w.run("TPM2_ReadPublic", 1, func(tr transport.TPM, s ...tpm2.Session) error {
+		_, err := (tpm2.ReadPublic{ObjectHandle: obj.Named()}).Execute(tr, s...)
+		return err
+	})
+}
+
+// UndefineNVNamed is UndefineNV of the index at h only if its name is one
+// of names; another index there stays (left true) once the witness
+// confirms it, as EvictNamed's object.
+func (w *Witness) UndefineNVNamed(h tpm2.TPMHandle, names ...[]byte) (left bool, err error) {
+	x, err := w.t.ReadNVPublic(h)
+	if err != nil {
+		return false, err
+	}
+	if slices.ContainsFunc(names, func(n []byte) bool { return bytes.Equal(n, x.Name.Buffer) }) {
+		return false, w.undefine(x)
+	}
+	return true, w.run("TPM2_NV_ReadPublic", 1, func(tr transport.TPM, s ...tpm2.Session) error {
+		_, err := (tpm2.NVReadPublic{NVIndex: x.named()}).Execute(tr, s...)
+		return err
+	})
 }
 
 // evict is TPM2_EvictControl of the persistent obj in the witness (its
