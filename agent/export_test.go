@@ -2,10 +2,13 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"testing"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // testAgent is an Agent on env's TPM with a fresh state directory, closed at
@@ -29,4 +32,33 @@ func testAgent(t testing.TB, env *swtpmtest.Env, req *api.ProvisionRequest) *Age
 func ParseSealed(data []byte) error {
 	_, _, err := parseSealed(data)
 	return err
+}
+
+// PlantGateKey is A2 putting a key of its own at 0x81007601 (whatever
+// was there evicted first), DA-protected unless noDA; it returns the key's
+// name.
+func PlantGateKey(t testing.TB, tp *tpm.TPM, noDA bool) string {
+	t.Helper()
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := tpm.GateTemplate()
+	tmpl.ObjectAttributes.NoDA = noDA
+	auth := []byte("A2's own value")
+	blob, err := tp.Create(srk, nil, tmpl, tpm.Sensitive{UserAuth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := tp.LoadGate(srk, blob, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if err := errors.Join(tp.Persist(k.Object, AuditGateHandle), tp.Flush(k.Handle)); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(k.Name.Buffer)
 }

@@ -122,30 +122,6 @@ func TestRecordsProveThePersistentGate(t *testing.T) {
 // value, nothing is left in the TPM, the trail verifies, and the next
 // record works.
 func TestPersistentGateTakenAway(t *testing.T) {
-	foreign := func(t *testing.T, tp *tpm.TPM, noDA bool) {
-		t.Helper()
-		srk, err := tp.SRK()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := tpm.GateTemplate()
-		tmpl.ObjectAttributes.NoDA = noDA
-		auth := []byte("A2's own value")
-		blob, err := tp.Create(srk, nil, tmpl, tpm.Sensitive{UserAuth: auth})
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, err := tp.LoadGate(srk, blob, auth)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tp.Evict(agent.AuditGateHandle); err != nil {
-			t.Fatal(err)
-		}
-		if err := errors.Join(tp.Persist(k.Object, agent.AuditGateHandle), tp.Flush(k.Handle)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, tc := range []struct {
 		name string
 		take func(t *testing.T, env *swtpmtest.Env, dir string)
@@ -155,8 +131,8 @@ func TestPersistentGateTakenAway(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"another key (noDA) in its place", func(t *testing.T, env *swtpmtest.Env, _ string) { foreign(t, env.TPM, true) }},
-		{"another key (DA-protected) in its place", func(t *testing.T, env *swtpmtest.Env, _ string) { foreign(t, env.TPM, false) }},
+		{"another key (noDA) in its place", func(t *testing.T, env *swtpmtest.Env, _ string) { agent.PlantGateKey(t, env.TPM, true) }},
+		{"another key (DA-protected) in its place", func(t *testing.T, env *swtpmtest.Env, _ string) { agent.PlantGateKey(t, env.TPM, false) }},
 		{"the record names the SRK's handle", func(t *testing.T, _ *swtpmtest.Env, dir string) {
 			editGate(t, dir, func(g map[string]any) { g["gate_handle"] = float64(tpm.SRKHandle) })
 		}},

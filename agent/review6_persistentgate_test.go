@@ -109,35 +109,6 @@ func review6AtGateHandle(t *testing.T, tp *tpm.TPM) string {
 	return hex.EncodeToString(pub.Name.Buffer)
 }
 
-// review6PlantKey is A2 putting a key of its own at 0x81007601 (whatever
-// was there evicted first), DA-protected unless noDA; it returns the key's
-// name.
-func review6PlantKey(t *testing.T, tp *tpm.TPM, noDA bool) string {
-	t.Helper()
-	srk, err := tp.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := tpm.GateTemplate()
-	tmpl.ObjectAttributes.NoDA = noDA
-	auth := []byte("A2's own value")
-	blob, err := tp.Create(srk, nil, tmpl, tpm.Sensitive{UserAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := tp.LoadGate(srk, blob, auth)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.Evict(AuditGateHandle); err != nil && !errors.Is(err, tpm.ErrNotFound) {
-		t.Fatal(err)
-	}
-	if err := errors.Join(tp.Persist(k.Object, AuditGateHandle), tp.Flush(k.Handle)); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(k.Name.Buffer)
-}
-
 // review6Seal is a seal (an audited one-shot operation).
 func review6Seal(a *Agent, data string) error {
 	_, err := a.Seal(context.Background(), api.SealRequest{Data: []byte(data), PCRs: []int{7}})
@@ -326,9 +297,9 @@ func TestReview6DaemonBehindTheSessionLimitWhenA2TakesTheGate(t *testing.T) {
 				t.Fatal(err)
 			}
 		case "noDA key":
-			review6PlantKey(t, env.TPM, true)
+			PlantGateKey(t, env.TPM, true)
 		case "DA key":
-			review6PlantKey(t, env.TPM, false)
+			PlantGateKey(t, env.TPM, false)
 		}
 		log := &swtpmtest.CommandLog{}
 		b.Set(log.Answered)
@@ -710,7 +681,7 @@ func TestReview6OnlyTheRecordedHandleIsProved(t *testing.T) {
 			})
 			var planted string
 			if tc.plant {
-				planted = review6PlantKey(t, env.TPM, false)
+				planted = PlantGateKey(t, env.TPM, false)
 			}
 			before, err := env.TPM.Info()
 			if err != nil {
@@ -815,7 +786,7 @@ func TestReview6ZeroizeGateEvictionUnderA1AndA2(t *testing.T) {
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 			a, _ := review6State(t, env, nil)
 			if tc.a2 {
-				review6PlantKey(t, env.TPM, false)
+				PlantGateKey(t, env.TPM, false)
 			}
 			fired := false
 			var mu sync.Mutex
@@ -893,7 +864,7 @@ func TestReview6LogsNeverHoldTheGateAuth(t *testing.T) {
 		run    func(a *Agent) error
 	}{
 		{"A2 evicted the gate", func() { _ = env.TPM.Evict(AuditGateHandle) }, nil, func(a *Agent) error { return review6Seal(a, "1") }},
-		{"A2's DA key in its place", func() { review6PlantKey(t, env.TPM, false) }, nil, func(a *Agent) error { return review6Seal(a, "2") }},
+		{"A2's DA key in its place", func() { PlantGateKey(t, env.TPM, false) }, nil, func(a *Agent) error { return review6Seal(a, "2") }},
 		{"A1 answers the proof in place after it ran", nil, func() swtpmtest.Hook {
 			fired := false
 			return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {

@@ -384,26 +384,10 @@ func TestReview7KillAtEachStep(t *testing.T) {
 	takeAway := func(foreign bool) func(t *testing.T, env *swtpmtest.Env) string {
 		return func(t *testing.T, env *swtpmtest.Env) string {
 			dir := provisioned(t, env)
-			if err := env.TPM.Evict(agent.AuditGateHandle); err != nil {
-				t.Fatal(err)
-			}
 			if foreign {
-				srk, err := env.TPM.SRK()
-				if err != nil {
-					t.Fatal(err)
-				}
-				auth := bytes.Repeat([]byte{7}, 32)
-				blob, err := env.TPM.CreateGate(srk, auth)
-				if err != nil {
-					t.Fatal(err)
-				}
-				k, err := env.TPM.LoadGate(srk, blob, auth)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := errors.Join(env.TPM.Persist(k.Object, agent.AuditGateHandle), env.TPM.Flush(k.Handle)); err != nil {
-					t.Fatal(err)
-				}
+				agent.PlantGateKey(t, env.TPM, true)
+			} else if err := env.TPM.Evict(agent.AuditGateHandle); err != nil {
+				t.Fatal(err)
 			}
 			return dir
 		}
@@ -982,26 +966,10 @@ func TestReview7DaemonRecordWithTheGateGone(t *testing.T) {
 			}
 			record(0) // the daemon's first record opens its trail
 			warm := record(1)
-			if err := env.TPM.Evict(agent.AuditGateHandle); err != nil {
-				t.Fatal(err)
-			}
 			if foreign {
-				srk, err := env.TPM.SRK()
-				if err != nil {
-					t.Fatal(err)
-				}
-				auth := bytes.Repeat([]byte{9}, 32)
-				blob, err := env.TPM.CreateGate(srk, auth)
-				if err != nil {
-					t.Fatal(err)
-				}
-				k, err := env.TPM.LoadGate(srk, blob, auth)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := errors.Join(env.TPM.Persist(k.Object, agent.AuditGateHandle), env.TPM.Flush(k.Handle)); err != nil {
-					t.Fatal(err)
-				}
+				agent.PlantGateKey(t, env.TPM, true)
+			} else if err := env.TPM.Evict(agent.AuditGateHandle); err != nil {
+				t.Fatal(err)
 			}
 			fallback := record(2)
 			after := record(3)
