@@ -6,6 +6,9 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -61,4 +64,27 @@ func PlantGateKey(t testing.TB, tp *tpm.TPM, noDA bool) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(k.Name.Buffer)
+}
+
+// PlantAnotherApplicationsKey is another application's key, persistent at
+// 0x81007601 before provd ever ran here: an ECC signing primary in the
+// owner hierarchy, made through tr (past a test's bus hooks), made
+// persistent through tp; it returns its name.
+func PlantAnotherApplicationsKey(t testing.TB, tr transport.TPM, tp *tpm.TPM) string {
+	t.Helper()
+	tmpl := tpm2.ECCSRKTemplate
+	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, SignEncrypt: true}
+	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
+		CurveID: tpm2.TPMECCNistP256,
+	})
+	rsp, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tmpl)}).Execute(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tpm.Object{Handle: rsp.ObjectHandle, Name: rsp.Name}
+	if err := errors.Join(tp.Persist(other, AuditGateHandle), tp.Flush(other.Handle)); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(rsp.Name.Buffer)
 }

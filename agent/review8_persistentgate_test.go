@@ -355,21 +355,7 @@ func TestReview8ForeignKeyEvictedInATryAnEventEndedIsNotRecorded(t *testing.T) {
 	env.RequireSimulator()
 	// Another application's key, persistent at 0x81007601 before provd
 	// ever ran here: an ECC signing primary in the owner hierarchy.
-	tmpl := tpm2.ECCSRKTemplate
-	tmpl.ObjectAttributes = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true, SignEncrypt: true}
-	tmpl.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme:  tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
-		CurveID: tpm2.TPMECCNistP256,
-	})
-	rsp, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tmpl)}).Execute(b.Next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other := tpm.Object{Handle: rsp.ObjectHandle, Name: rsp.Name}
-	if err := errors.Join(env.TPM.Persist(other, AuditGateHandle), env.TPM.Flush(other.Handle)); err != nil {
-		t.Fatal(err)
-	}
-	otherName := hex.EncodeToString(rsp.Name.Buffer)
+	otherName := PlantAnotherApplicationsKey(t, b.Next, env.TPM)
 	var mu sync.Mutex
 	defined, fired := false, false
 	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
