@@ -374,7 +374,7 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 	// another handle and the gate stays loaded, held by nobody. The sweep
 	// after the operation flushes what provd does not hold (found by
 	// review, as for the AK; before, only a failed proof asked for it).
-	// Zeroize's held gate needs none: zeroize flushes every handle but it.
+	// Zeroize's held gate asks for it too (holdGate).
 	an.t.Unheld()
 	ge, err := prepare(gk)
 	if err == nil && gone && an.t.Generation() == gen {
@@ -618,9 +618,9 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 // anchor's handle is taken over), and then its name is returned (replaced)
 // for the new trail's audit-anchor record; otherwise the gate stays
 // transient (found by review: a new trail evicted another application's
-// key there, with no trace). 5 commands (ReadPublic, Load, EvictControl,
-// FlushContext, and the sweep the load asks for: 3 GetCapability), 6
-// where something is evicted first. It returns the handle, or 0 when the
+// key there, with no trace). 4 commands (ReadPublic, Load, EvictControl,
+// FlushContext), 5 where something is evicted first, and the sweep the
+// load asks for after the operation (3 GetCapability). It returns the handle, or 0 when the
 // gate stays transient (the handle not provd's to take, an owner
 // password, no persistent slot left, the bus): records then load the gate
 // from its blob, as before. The answers are the bus's word either way:
