@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -327,5 +329,56 @@ func TestGateStaysTransientWhenThePersistenceIsRefused(t *testing.T) {
 	}
 	if _, err := newAgent(t, env, dir).AuditVerify(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A1 answers zeroize's unauthenticated TPM2_NV_ReadPublic of the anchor
+// with another index's public, so that zeroize takes the trail's anchor
+// for another trail's and leaves it. The witness's confirming
+// NV_ReadPublic names the index A1 gave, and the TPM, which holds the
+// trail's anchor there, refuses it: zeroize says forged (exit 15), does
+// not report the anchor removed, and the anchor is still there.
+func TestZeroizeAnchorNamedOnTheBus(t *testing.T) {
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	ag, dir := signingState(t, env)
+	name, err := hex.DecodeString(editGate(t, dir, nil)["gate_name"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const other tpm2.TPMHandle = 0x01707f01
+	pub, err := tpm.GatedExtendPublic(other, name, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.TPM.DefineNV(pub); err != nil {
+		t.Fatal(err)
+	}
+	fired := false
+	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if fired || swtpmtest.CommandCode(cmd) != tpm2.TPMCCNVReadPublic || binary.BigEndian.Uint16(cmd[0:2]) != uint16(tpm2.TPMSTNoSessions) ||
+			len(cmd) < 14 || tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) != agent.AuditAnchorHandle {
+			return nil, nil, false
+		}
+		fired = true
+		forged := append([]byte(nil), cmd...)
+		binary.BigEndian.PutUint32(forged[10:14], uint32(other))
+		rsp, err := next.Send(forged)
+		return rsp, err, true
+	})
+	res, err := ag.Zeroize(context.Background(), api.ZeroizeOptions{})
+	b.Set(nil)
+	if !fired {
+		t.Fatal("not mounted")
+	}
+	t.Logf("zeroize: %+v %v (exit %d)", res, err, api.ExitCode(err))
+	if !errors.Is(err, tpm.ErrResponseForged) {
+		t.Errorf("zeroize with the anchor's public forged: %v, want forged", err)
+	}
+	if slices.Contains(res.NVIndices, fmt.Sprintf("0x%08x", uint32(agent.AuditAnchorHandle))) {
+		t.Error("the anchor reported removed")
+	}
+	if _, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle); err != nil {
+		t.Errorf("the anchor after zeroize: %v", err)
 	}
 }

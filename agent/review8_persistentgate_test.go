@@ -64,6 +64,25 @@ func review8Req() api.ProvisionRequest {
 	return api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}
 }
 
+// review8AfterAnchorDefine is h, under mu, for the commands after the
+// audit anchor's TPM2_NV_DefineSpace (newGatedAnchor's, right before
+// persistGate); the commands before it pass.
+func review8AfterAnchorDefine(mu *sync.Mutex, h swtpmtest.Hook) swtpmtest.Hook {
+	defined := false
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if review8IsAnchorDefine(cmd) {
+			defined = true
+			return nil, nil, false
+		}
+		if !defined {
+			return nil, nil, false
+		}
+		return h(next, cmd)
+	}
+}
+
 // review8IsAnchorDefine: cmd is the TPM2_NV_DefineSpace of the audit
 // anchor (newGatedAnchor's, right before persistGate).
 func review8IsAnchorDefine(cmd []byte) bool {
@@ -272,19 +291,9 @@ func TestReview8PersistGateForgedGenerationLeaksBehindAResourceManager(t *testin
 			a := testAgent(t, env, &req)
 			ctx := context.Background()
 			var mu sync.Mutex
-			defined := false
 			var loads []tpm2.TPMHandle
 			forge := swtpmtest.ForgedGeneration(cc, false)
-			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				mu.Lock()
-				defer mu.Unlock()
-				if review8IsAnchorDefine(cmd) {
-					defined = true
-					return nil, nil, false
-				}
-				if !defined {
-					return nil, nil, false
-				}
+			b.Set(review8AfterAnchorDefine(&mu, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 				if rsp, err, ok := forge(next, cmd); ok {
 					return rsp, err, true
 				}
@@ -296,7 +305,7 @@ func TestReview8PersistGateForgedGenerationLeaksBehindAResourceManager(t *testin
 					return rsp, err, true
 				}
 				return nil, nil, false
-			})
+			}))
 			gen := a.t.Generation()
 			_, err := a.AuditReanchor(ctx)
 			b.Set(nil)
@@ -357,22 +366,16 @@ func TestReview8ForeignKeyEvictedInATryAnEventEndedIsNotRecorded(t *testing.T) {
 	// ever ran here: an ECC signing primary in the owner hierarchy.
 	otherName := PlantAnotherApplicationsKey(t, b.Next, env.TPM)
 	var mu sync.Mutex
-	defined, fired := false, false
-	b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if review8IsAnchorDefine(cmd) {
-			defined = true
-			return nil, nil, false
-		}
-		if !defined || fired || !review8IsGateEvict(cmd) {
+	fired := false
+	b.Set(review8AfterAnchorDefine(&mu, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if fired || !review8IsGateEvict(cmd) {
 			return nil, nil, false
 		}
 		fired = true
 		rsp, err := next.Send(cmd) // the key is evicted
 		env.Event("reset")         // and the platform resets
 		return rsp, err, true
-	})
+	}))
 	dir := t.TempDir() + "/state"
 	a := review8Agent(t, env.TPM, dir)
 	_, perr := a.Provision(context.Background(), review8Req())
@@ -821,15 +824,9 @@ func TestReview8A1OnPersistGatesReadKeepsTheOldGate(t *testing.T) {
 			a, dir := review6State(t, env, nil)
 			old := review6AtGateHandle(t, env.TPM)
 			var mu sync.Mutex
-			defined, fired := false, false
-			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-				mu.Lock()
-				defer mu.Unlock()
-				if review8IsAnchorDefine(cmd) {
-					defined = true
-					return nil, nil, false
-				}
-				if !defined || fired || !review8IsReadPublicOf(cmd, AuditGateHandle) {
+			fired := false
+			b.Set(review8AfterAnchorDefine(&mu, func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if fired || !review8IsReadPublicOf(cmd, AuditGateHandle) {
 					return nil, nil, false
 				}
 				fired = true
@@ -840,7 +837,7 @@ func TestReview8A1OnPersistGatesReadKeepsTheOldGate(t *testing.T) {
 				binary.BigEndian.PutUint32(c[10:14], uint32(tpm.SRKHandle))
 				rsp, err := next.Send(c)
 				return rsp, err, true
-			})
+			}))
 			_, err := a.AuditReanchor(context.Background())
 			b.Set(nil)
 			mu.Lock()
