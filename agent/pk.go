@@ -535,15 +535,22 @@ func (a *Agent) withPolicySession(rec policyRecord, expr policy.Policy, opts pol
 
 // withFreshSession runs fn with a policy session start makes (keyed by
 // auth) that satisfies expr, for one command, then flushes it; the first
-// error wins.
+// error wins. A session whose command the TPM made (an authenticated
+// success) is kept instead, in an audited operation, for its record's gate
+// proof (tpm.PolicySession.Spare: issue 14, 2 commands).
 func (a *Agent) withFreshSession(start func(auth []byte) (*tpm.PolicySession, error), rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (err error) {
 	retries := a.t.Stats().Retries
 	ps, err := a.satisfy(start, rec, expr, opts, auth)
 	if err != nil {
 		return err
 	}
+	uses := ps.Uses()
 	defer func() {
-		if cerr := ps.Close(); cerr != nil && err == nil {
+		end := ps.Close
+		if err == nil {
+			end = func() error { return ps.Spare(uses) }
+		}
+		if cerr := end(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()

@@ -83,12 +83,17 @@ func TestChangedPCRReadSealsNothing(t *testing.T) {
 // the handle changed; once and on every try. Nothing stays loaded; a seal
 // that succeeds is sealed to the TPM's values and unseals; the seal's
 // record is in the trail or pending exactly once and the trail verifies
-// (found missing by the review of the witnessed seal).
+// (found missing by the review of the witnessed seal). Since issue 14's
+// spare the record proves the gate in the creation's policy session: its
+// PolicySecret, PolicyCommandCode and extend are targets too, and a
+// record that cannot prove there (the spare gone with a fault) starts a
+// session of its own (StartAuthSession 3, when there is one).
 func TestSealUnderBusFaults(t *testing.T) {
 	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCPCRRead, 1}, {tpm2.TPMCCStartAuthSession, 2}, {tpm2.TPMCCStartAuthSession, 3},
 		{tpm2.TPMCCPolicyPCR, 1}, {tpm2.TPMCCPolicyAuthValue, 1}, {tpm2.TPMCCCreate, 1},
-		{tpm2.TPMCCFlushContext, 2}, {tpm2.TPMCCFlushContext, 3}, {tpm2.TPMCCLoad, 1},
+		{tpm2.TPMCCFlushContext, 1}, {tpm2.TPMCCFlushContext, 2}, {tpm2.TPMCCFlushContext, 3}, {tpm2.TPMCCLoad, 1},
+		{tpm2.TPMCCPolicySecret, 1}, {tpm2.TPMCCPolicyCommandCode, 1}, {tpm2.TPMCCNVExtend, 1},
 	}, sealUnderFault)
 }
 

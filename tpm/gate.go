@@ -359,20 +359,28 @@ func (t *TPM) pinnedSalt() ([]tpm2.AuthOption, error) {
 // HMAC says the command ran.
 //
 // The proof is for the one command whose cpHash is cpHashA (PolicySecret).
+// In an operation's Share whose last command's policy session was kept
+// (Spare), the proof goes into that session instead of a new one (issue
+// 14: no StartAuthSession, no FlushContext; spare.go says why that holds).
 func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySession, error) {
-	opts, err := t.pinnedSalt()
-	if err != nil {
-		return nil, err
+	s := t.takeSpare() // the operation's last policy session (spare.go)
+	if s == nil {
+		opts, err := t.pinnedSalt()
+		if err != nil {
+			return nil, err
+		}
+		gen, started := t.Generation(), time.Now()
+		ss, err := func() (tpm2.Session, error) {
+			defer t.keepShared()() // the proof below is made in it
+			ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
+			return ss, err
+		}()
+		if err != nil {
+			return nil, Wrap("TPM2_StartAuthSession", err)
+		}
+		s = t.newGateSession(ss)
+		s.gen, s.started = gen, started
 	}
-	ss, err := func() (tpm2.Session, error) {
-		defer t.keepShared()() // the proof below is made in it
-		ss, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, policyNonceSize, opts...)
-		return ss, err
-	}()
-	if err != nil {
-		return nil, Wrap("TPM2_StartAuthSession", err)
-	}
-	s := t.newGateSession(ss)
 	if err := t.proveGate(s, nil, gate, cc, cpHashA); err != nil {
 		return nil, errors.Join(err, t.spend(s))
 	}
@@ -470,12 +478,11 @@ func (t *TPM) PrepareGatedExtendOf(x NVIndex, gate Gate, data []byte) (*GatedExt
 	if err != nil {
 		return nil, err
 	}
-	gen, started := t.Generation(), time.Now()
 	s, err := t.gateSession(gate, tpm2.TPMCCNVExtend, cpHash)
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, x: x, params: params, s: s, gen: gen, started: started}, nil
+	return &GatedExtend{t: t, x: x, params: params, s: s, gen: s.gen, started: s.started}, nil
 }
 
 // PrepareGatedExtendAgain prepares one more extend, of x with data, in the

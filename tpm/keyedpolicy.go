@@ -56,6 +56,9 @@ type keyedPolicy struct {
 	guard bool
 	// dir is the auth role's parameter encryption, 0 for none.
 	dir Direction
+	// uses counts the commands the session authorized (the auth role)
+	// whose success answer validated (PolicySession.Uses).
+	uses int
 }
 
 const (
@@ -292,7 +295,13 @@ func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tp
 	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth)
 }
 func (s policyAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
-	return s.k.validate(rc, cc, parms, auth, s.k.auth)
+	if err := s.k.validate(rc, cc, parms, auth, s.k.auth); err != nil {
+		return err
+	}
+	if rc == tpm2.TPMRCSuccess {
+		s.k.uses++
+	}
+	return nil
 }
 
 // policyGuard is a keyedPolicy as a command's extra session: HMACs keyed

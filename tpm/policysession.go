@@ -48,6 +48,11 @@ type PolicySession struct {
 	// type); those started with a cipher (the last two) can guard a
 	// command they do not authorize (Guard). nil for the others.
 	keyed *keyedPolicy
+	// gen and started are the TPM's generation and the time before the
+	// session's start (keyed sessions and gate sessions): a gate's proof
+	// with a nonce expires counting from the start (Spare, GatedExtend).
+	gen     uint64
+	started time.Time
 }
 
 // saltedAuth marks a session salted to the SRK when it authorizes a
@@ -148,13 +153,24 @@ func (t *TPM) startSaltedPolicy(auth []byte, guard bool, dir Direction) (*Policy
 		return nil, err
 	}
 	own := bytes.Clone(auth)
+	gen, started := t.Generation(), time.Now()
 	k, err := t.startKeyedPolicy(srk, own, guard, dir)
 	if err != nil {
 		clear(own)
 		return nil, err
 	}
 	s := policyAuth{k}
-	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own, keyed: k}, nil
+	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own, keyed: k, gen: gen, started: started}, nil
+}
+
+// Uses is the number of commands p authorized that the TPM answered with
+// success, the answer's HMAC checked (after each the TPM resets the
+// session's policy); 0 for a session not of provd's own type (keyed).
+func (p *PolicySession) Uses() int {
+	if p.keyed == nil {
+		return 0
+	}
+	return p.keyed.uses
 }
 
 // Guard returns the session for use as a command's extra session, which

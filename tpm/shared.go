@@ -36,6 +36,9 @@ type shared struct {
 	inUse bool   // a read runs in it (its session is in the command)
 	// keep: the next StartAuthSession leaves it started (keepShared).
 	keep bool
+	// spare is the policy session of the operation's last command, kept
+	// for its record's gate proof (spare.go); nil when none is.
+	spare *PolicySession
 }
 
 // Share runs fn with one audit session for the authenticated reads and
@@ -65,6 +68,7 @@ func (t *TPM) Share(fn func() error) error {
 		// session that fails is not fn's failure (found by review: a
 		// forged error there recorded a deleted key's delete as failed).
 		// A failed FlushContext has asked for the sweep (counting).
+		_ = t.dropSpare()
 		_ = t.dropShared()
 		t.share = nil
 	}()
@@ -214,6 +218,15 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		cc = tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
 	}
 	if cc == tpm2.TPMCCStartAuthSession {
+		// The spare goes first: the shared session may authorize the
+		// gate's proof that a session started now is for.
+		// So does a spare of another generation, which no proof can
+		// take (takeSpare) and which the sessions count no longer
+		// holds (found by make test: after a forged Startup, a fourth
+		// session behind a resource manager's three).
+		if sh := t.share; sh != nil && sh.spare != nil && (sh.spare.gen != t.Generation() || !t.counting.roomForSession()) {
+			_ = t.dropSpare()
+		}
 		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep && !t.counting.roomForSession() {
 			_ = t.dropShared()
 		}
@@ -223,7 +236,17 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		sh := t.share
 		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[headerSize:]))
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
-		if sh != nil && sh.s != nil && sh.k.handle == h && (rc == tpm2.TPMRCSuccess || errors.Is(rc, tpm2.TPMRCHandle)) {
+		gone := rc == tpm2.TPMRCSuccess || errors.Is(rc, tpm2.TPMRCHandle)
+		if sh != nil && sh.spare != nil && uint32(h) == t.spareHandle() && gone {
+			// Flushed by someone else (zeroize's flush of every session):
+			// the spare is forgotten, and the sweep asked for, as for the
+			// shared session below.
+			p := sh.spare
+			sh.spare = nil
+			p.forget()
+			t.counting.unheld()
+		}
+		if sh != nil && sh.s != nil && sh.k.handle == h && gone {
 			k := sh.k
 			sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
 			k.end()

@@ -1,0 +1,122 @@
+package tpm
+
+import (
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// A spare is the policy session that authorized an operation's last command
+// (a seal's or key creation's TPM2_Create, a TPM2_Duplicate), kept in the
+// operation's Share for the gate's proof of the operation's audit record
+// (gateSession), which would otherwise start and flush a session of its
+// own (issue 14: a StartAuthSession and a FlushContext fewer for every
+// audited creation and duplication; on the hardware model a one-shot seal
+// 60 ms).
+//
+// A spare gives nothing a fresh gate session would not:
+//   - It is provd's keyed session, salted to the pinned SRK, and the
+//     command it authorized succeeded with an answer whose HMAC, keyed by
+//     the salt, was checked: the session at its handle is provd's (a
+//     session of somebody else's there would have refused the command's
+//     HMAC), where a fresh session's handle is the bus's word.
+//   - After a command it authorized the TPM resets the session's policy
+//     (its digest and what the policy set: TPM 2.0 Part 1, policy sessions): the gate's
+//     proof goes into a session that holds no other policy, as in a fresh
+//     one. Only a session whose last command used it (Uses moved) is kept.
+//   - In the gate's role its HMACs are keyed by the session key alone,
+//     as a fresh salted session's (the anchor's authValue is empty): the
+//     authValue the operation's objects keyed it with is cleared.
+//   - A proof with a nonce expires counting from the session's start, not
+//     the proof's (Part 3, PolicySecret): a spare older than half a
+//     proof's lifetime is not taken, as PrepareGatedExtendAgain does, and
+//     spend waits, where it must, until the proof has surely expired
+//     (proofUntil is counted from the proof, later than the TPM's expiry).
+//   - It holds a slot only while no other session needs it (Send drops it
+//     before a StartAuthSession that would leave no slot to spare), and it
+//     goes with the Share, flushed (or, once the TPM's generation moved,
+//     forgotten and the sweep asked for, as a GatedExtend's).
+
+// Spare ends the caller's use of p, after the one command p authorized
+// once the caller's policy went in, when p.Uses() was usesBefore: in an
+// operation's Share, p is kept for the operation's next gate proof
+// (gateSession) if that command was made (Uses moved: the TPM reset the
+// policy) and p is provd's keyed session salted to the pinned SRK, started
+// with a cipher (it can guard the probe of dropSpare), in this generation,
+// holding no gate proof, and younger than half a proof's lifetime; otherwise, and when there is no Share, Spare is Close. A
+// spare already kept is given up first.
+func (p *PolicySession) Spare(usesBefore int) error {
+	t := p.t
+	sh := t.share
+	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || p.Uses() <= usesBefore || !p.salted || !p.proofUntil.IsZero() ||
+		p.gen != t.Generation() || !t.saltToPin() || time.Since(p.started) > gateProofLifetime/2 {
+		return p.Close()
+	}
+	err := t.dropSpare()
+	sh.spare = p
+	return err
+}
+
+// takeSpare is the operation's spare as a gate session (asGate), or nil
+// when there is none that can still prove a gate: there is no Share, the
+// generation moved (the spare is then given up), or it is too old.
+func (t *TPM) takeSpare() *PolicySession {
+	sh := t.share
+	if sh == nil || sh.spare == nil {
+		return nil
+	}
+	p := sh.spare
+	if p.closed || p.gen != t.Generation() || time.Since(p.started) > gateProofLifetime/2 {
+		_ = t.dropSpare()
+		return nil
+	}
+	sh.spare = nil
+	p.asGate()
+	return p
+}
+
+// asGate turns p, a spare, into a gate session: its authorization role
+// keyed by the session key alone, encrypting nothing, the objects'
+// authValue cleared.
+func (p *PolicySession) asGate() {
+	k := p.keyed
+	clear(p.auth)
+	p.auth, k.auth, k.dir = nil, nil, 0
+	p.s = policyAuth{k}
+	p.start = k.handle
+}
+
+// dropSpare gives the operation's spare up, if one is kept: flushed. Once
+// the TPM's generation moved on a TPM provd has to itself, its number may
+// be another session's by now, and a flush by number would take that one:
+// it is flushed only once it answers for itself, as the shared session is
+// (dropShared: a TPM2_Hash it guards, whose answer's HMAC is keyed by its
+// salt), otherwise forgotten and the sweep asked for (a Startup answered
+// success on the bus, the TPM never reset, leaves it loaded: found by make
+// test, a fourth session behind a resource manager's three).
+func (t *TPM) dropSpare() error {
+	sh := t.share
+	if sh == nil || sh.spare == nil {
+		return nil
+	}
+	p := sh.spare
+	sh.spare = nil
+	if now := t.Generation(); t.ForgetsStale(p.gen) {
+		probe := tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: []byte{0}}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHNull}
+		if _, err := probe.Execute(t, policyGuard{p.keyed}); err == nil && t.Generation() == now {
+			return p.Close()
+		}
+		p.forget()
+		t.unheld()
+		return nil
+	}
+	return p.Close()
+}
+
+// spareHandle is the handle of the operation's spare, 0 when none is kept.
+func (t *TPM) spareHandle() uint32 {
+	if sh := t.share; sh != nil && sh.spare != nil {
+		return uint32(sh.spare.s.Handle())
+	}
+	return 0
+}
