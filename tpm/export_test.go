@@ -15,4 +15,4 @@ func AgeGatedExtend(g *GatedExtend, d time.Duration) { g.started = g.started.Add
 func AgePolicySession(p *PolicySession, d time.Duration) { p.started = p.started.Add(-d) }
 
 // SpareHandle is the handle of the operation's spare, 0 when none is kept.
-func SpareHandle(t *TPM) tpm2.TPMHandle { return tpm2.TPMHandle(t.spareHandle()) }
+func SpareHandle(t *TPM) tpm2.TPMHandle { return t.spareHandle() }

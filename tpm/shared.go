@@ -237,7 +237,7 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[headerSize:]))
 		rc := tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10]))
 		gone := rc == tpm2.TPMRCSuccess || errors.Is(rc, tpm2.TPMRCHandle)
-		if sh != nil && sh.spare != nil && uint32(h) == t.spareHandle() && gone {
+		if sh != nil && sh.spare != nil && h == t.spareHandle() && gone {
 			// Flushed by someone else (zeroize's flush of every session):
 			// the spare is forgotten, and the sweep asked for, as for the
 			// shared session below.

@@ -6,11 +6,11 @@ import (
 	"github.com/google/go-tpm/tpm2"
 )
 
-// A spare is the policy session that authorized an operation's last command
-// (a seal's or key creation's TPM2_Create, a TPM2_Duplicate), kept in the
-// operation's Share for the gate's proof of the operation's audit record
-// (gateSession), which would otherwise start and flush a session of its
-// own (issue 14: a StartAuthSession and a FlushContext fewer for every
+// A spare is the policy session that authorized an operation's last
+// command (a seal's or key creation's TPM2_Create, a TPM2_Duplicate), kept
+// in the operation's Share for the gate's proof of the operation's audit
+// record (gateSession), which would otherwise start and flush a session of
+// its own (issue 14: a StartAuthSession and a FlushContext fewer for every
 // audited creation and duplication; on the hardware model a one-shot seal
 // 60 ms).
 //
@@ -21,11 +21,12 @@ import (
 //     session of somebody else's there would have refused the command's
 //     HMAC), where a fresh session's handle is the bus's word.
 //   - After a command it authorized the TPM resets the session's policy
-//     (its digest and what the policy set: TPM 2.0 Part 1, policy sessions): the gate's
-//     proof goes into a session that holds no other policy, as in a fresh
-//     one. Only a session whose last command used it (Uses moved) is kept.
-//   - In the gate's role its HMACs are keyed by the session key alone,
-//     as a fresh salted session's (the anchor's authValue is empty): the
+//     (its digest and what the policy set: TPM 2.0 Part 1, policy
+//     sessions): the gate's proof goes into a session that holds no other
+//     policy, as in a fresh one. Only a session whose last command used it
+//     (Uses moved) is kept.
+//   - In the gate's role its HMACs are keyed by the session key alone, as
+//     a fresh salted session's (the anchor's authValue is empty): the
 //     authValue the operation's objects keyed it with is cleared.
 //   - A proof with a nonce expires counting from the session's start, not
 //     the proof's (Part 3, PolicySecret): a spare older than half a
@@ -33,9 +34,10 @@ import (
 //     spend waits, where it must, until the proof has surely expired
 //     (proofUntil is counted from the proof, later than the TPM's expiry).
 //   - It holds a slot only while no other session needs it (Send drops it
-//     before a StartAuthSession that would leave no slot to spare), and it
-//     goes with the Share, flushed (or, once the TPM's generation moved,
-//     forgotten and the sweep asked for, as a GatedExtend's).
+//     before a StartAuthSession that would leave no slot to spare, or once
+//     the TPM's generation moved), and it goes with the Share: flushed, or,
+//     once the generation moved, flushed only if it answers for itself
+//     (dropSpare), otherwise forgotten and the sweep asked for.
 
 // Spare ends the caller's use of p, after the one command p authorized
 // once the caller's policy went in, when p.Uses() was usesBefore: in an
@@ -43,13 +45,14 @@ import (
 // (gateSession) if that command was made (Uses moved: the TPM reset the
 // policy) and p is provd's keyed session salted to the pinned SRK, started
 // with a cipher (it can guard the probe of dropSpare), in this generation,
-// holding no gate proof, and younger than half a proof's lifetime; otherwise, and when there is no Share, Spare is Close. A
-// spare already kept is given up first.
+// holding no gate proof, and younger than half a proof's lifetime;
+// otherwise, and when there is no Share, Spare is Close. A spare already
+// kept is given up first.
 func (p *PolicySession) Spare(usesBefore int) error {
 	t := p.t
 	sh := t.share
-	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || p.Uses() <= usesBefore || !p.salted || !p.proofUntil.IsZero() ||
-		p.gen != t.Generation() || !t.saltToPin() || time.Since(p.started) > gateProofLifetime/2 {
+	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || !p.salted || p.Uses() <= usesBefore ||
+		!p.proofUntil.IsZero() || p.gen != t.Generation() || !t.saltToPin() || time.Since(p.started) > gateProofLifetime/2 {
 		return p.Close()
 	}
 	err := t.dropSpare()
@@ -114,9 +117,9 @@ func (t *TPM) dropSpare() error {
 }
 
 // spareHandle is the handle of the operation's spare, 0 when none is kept.
-func (t *TPM) spareHandle() uint32 {
+func (t *TPM) spareHandle() tpm2.TPMHandle {
 	if sh := t.share; sh != nil && sh.spare != nil {
-		return uint32(sh.spare.s.Handle())
+		return sh.spare.s.Handle()
 	}
 	return 0
 }
