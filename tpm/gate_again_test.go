@@ -226,13 +226,17 @@ func TestPrepareGatedExtendAgainUnderA1(t *testing.T) {
 
 // onlyGateLeft: nothing but r's gate (the test's, flushed at its end) is
 // loaded in the TPM.
-func onlyGateLeft(t *testing.T, r *sharedAuthEnv) {
+func onlyGateLeft(t *testing.T, r *sharedAuthEnv) { onlyLeft(t, r.tp, r.gate.Handle) }
+
+// onlyLeft: nothing but the handles held (the test's, flushed at its end)
+// is loaded in tp.
+func onlyLeft(t *testing.T, tp *tpm.TPM, held ...tpm2.TPMHandle) {
 	t.Helper()
-	left, err := r.tp.Leftovers()
+	left, err := tp.Leftovers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left = slices.DeleteFunc(left, func(h tpm2.TPMHandle) bool { return h == r.gate.Handle }); len(left) > 0 {
+	if left = slices.DeleteFunc(left, func(h tpm2.TPMHandle) bool { return slices.Contains(held, h) }); len(left) > 0 {
 		t.Errorf("left in the TPM: %x", left)
 	}
 }

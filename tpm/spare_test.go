@@ -128,13 +128,7 @@ func TestSpareProvesTheRecordsGate(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if now := r.anchor(t); !bytes.Equal(now, chained(was, head[:])) {
-		t.Errorf("anchor %x, want the head once", now)
-	}
-	onlyObjectsLeft(t, r)
+	r.recordedOnce(t, err, was, head[:])
 }
 
 // What is not kept, or not taken, and the record then starts a session
@@ -246,13 +240,7 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 				}
 				return nil
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if now := r.anchor(t); !bytes.Equal(now, chained(was, head[:])) {
-				t.Errorf("anchor %x, want the head once", now)
-			}
-			onlyObjectsLeft(t, r)
+			r.recordedOnce(t, err, was, head[:])
 		})
 	}
 	t.Run("no share", func(t *testing.T) {
@@ -330,18 +318,22 @@ func TestSpareUnderA1(t *testing.T) {
 	}
 }
 
-// onlyObjectsLeft: nothing but r's gate and sealed object (the test's,
-// flushed at its end) is loaded in the TPM.
-func onlyObjectsLeft(t *testing.T, r *spareEnv) {
+// recordedOnce: the Share that made the record returned err, nil; the
+// anchor moved from was by head once; nothing is left.
+func (r *spareEnv) recordedOnce(t *testing.T, err error, was, head []byte) {
 	t.Helper()
-	left, err := r.tp.Leftovers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left = slices.DeleteFunc(left, func(h tpm2.TPMHandle) bool { return h == r.gate.Handle || h == r.obj.Handle }); len(left) > 0 {
-		t.Errorf("left in the TPM: %x", left)
+	if now := r.anchor(t); !bytes.Equal(now, chained(was, head)) {
+		t.Errorf("anchor %x, want the head once", now)
 	}
+	onlyObjectsLeft(t, r)
 }
+
+// onlyObjectsLeft: nothing but r's gate and sealed object (the test's,
+// flushed at its end) is loaded in the TPM.
+func onlyObjectsLeft(t *testing.T, r *spareEnv) { onlyLeft(t, r.tp, r.gate.Handle, r.obj.Handle) }
 
 // sweepAndCheck flushes what the TPM holds beside r's objects when the
 // channel asked for the sweep (tpm.NeedsSweep, as the agent's sweep does),
