@@ -220,10 +220,10 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	if cc == tpm2.TPMCCStartAuthSession {
 		// The spare goes first: the shared session may authorize the
 		// gate's proof that a session started now is for.
-		// So does a spare of another generation, which no proof can
-		// take (takeSpare) and which the sessions count no longer
-		// holds (found by make test: after a forged Startup, a fourth
-		// session behind a resource manager's three).
+		// So does a spare of another generation: no proof can take it
+		// (takeSpare), and the sessions count, emptied by the Startup
+		// that moved the generation, no longer holds it (dropSpare
+		// flushes it if it answers for itself).
 		if sh := t.share; sh != nil && sh.spare != nil && (sh.spare.gen != t.Generation() || !t.counting.roomForSession()) {
 			_ = t.dropSpare()
 		}

@@ -17,9 +17,13 @@ import (
 // A spare gives nothing a fresh gate session would not:
 //   - It is provd's keyed session, salted to the pinned SRK, and the
 //     command it authorized succeeded with an answer whose HMAC, keyed by
-//     the salt, was checked: the session at its handle is provd's (a
-//     session of somebody else's there would have refused the command's
-//     HMAC), where a fresh session's handle is the bus's word.
+//     the salt, was checked. A1 may flush it and start a session of its
+//     own at that number before the record (review 9): the proof names
+//     the spare's nonceTPM, which the HMAC of the session authorizing it
+//     covers, so the TPM refuses it there (TPM_RC_NONCE), the session is
+//     spent and the record proves anew in a session of its own; and any
+//     proof is bound to the one extend by cpHashA, as a fresh session's,
+//     whose handle is the bus's word too.
 //   - After a command it authorized the TPM resets the session's policy
 //     (its digest and what the policy set: TPM 2.0 Part 1, policy
 //     sessions): the gate's proof goes into a session that holds no other
@@ -28,11 +32,13 @@ import (
 //   - In the gate's role its HMACs are keyed by the session key alone, as
 //     a fresh salted session's (the anchor's authValue is empty): the
 //     authValue the operation's objects keyed it with is cleared.
-//   - A proof with a nonce expires counting from the session's start, not
-//     the proof's (Part 3, PolicySecret): a spare older than half a
-//     proof's lifetime is not taken, as PrepareGatedExtendAgain does, and
-//     spend waits, where it must, until the proof has surely expired
-//     (proofUntil is counted from the proof, later than the TPM's expiry).
+//   - A proof with a nonce expires counting from the session's start
+//     (Part 3, PolicySecret; libtpms restarts that time at each command
+//     that rolls the session's nonce, here the creation), not the
+//     proof's: a spare started more than half a proof's lifetime ago is
+//     not taken, as PrepareGatedExtendAgain does, and spend waits, where
+//     it must, until the proof has surely expired (proofUntil is counted
+//     from the proof, later than the TPM's expiry).
 //   - It holds a slot only while no other session needs it (Send drops it
 //     before a StartAuthSession that would leave no slot to spare, or once
 //     the TPM's generation moved), and it goes with the Share: flushed, or,
