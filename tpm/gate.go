@@ -228,7 +228,7 @@ func (p *PolicySession) policySecret(auth tpm2.AuthHandle, cpHashA []byte) error
 	p.proofUntil = time.Now().Add(gateProofLifetime + time.Second)
 	_, err := (tpm2.PolicySecret{
 		AuthHandle:    auth,
-		PolicySession: p.s.Handle(),
+		PolicySession: p.stepHandle(),
 		NonceTPM:      p.s.NonceTPM(),
 		CPHashA:       tpm2.TPM2BDigest{Buffer: cpHashA},
 		Expiration:    int32(gateProofLifetime / time.Second),

@@ -216,7 +216,7 @@ func (t *TPM) IncrementGated(h, authorizer tpm2.TPMHandle, gate Gate, n uint64) 
 				return err
 			}
 		}
-		if _, err := (tpm2.PolicyAuthorizeNV{AuthHandle: ax.auth(), NVIndex: ax.named(), PolicySession: s.Handle()}).Execute(t); err != nil {
+		if _, err := (tpm2.PolicyAuthorizeNV{AuthHandle: ax.auth(), NVIndex: ax.named(), PolicySession: s.stepHandle()}).Execute(t); err != nil {
 			return notSatisfied("TPM2_PolicyAuthorizeNV", err, tpm2.TPMRCValue, tpm2.TPMRCPolicy)
 		}
 		if _, err := (tpm2.NVIncrement{AuthHandle: tpm2.AuthHandle{Handle: h, Name: x.Name, Auth: s.Session()}, NVIndex: x.named()}).Execute(t); err != nil {

@@ -111,7 +111,7 @@ func (t *TPM) ProveNVAuth(x NVIndex, auth []byte) error {
 		return err
 	}
 	_, err = (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: x.Handle, Name: x.Name, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(auth))...)},
-		PolicySession: s.Handle(), NonceTPM: s.s.NonceTPM()}).Execute(t)
+		PolicySession: s.stepHandle(), NonceTPM: s.s.NonceTPM()}).Execute(t)
 	return closeInto(nvWrap("TPM2_PolicySecret", err), s)
 }
 
@@ -222,7 +222,7 @@ func (t *TPM) NVWriteSigned(x NVIndex, data []byte, signer tpm2.TPMTPublic, ref 
 	}
 	if _, err := (tpm2.PolicySigned{
 		AuthObject:    tpm2.NamedHandle{Handle: key.ObjectHandle, Name: key.Name},
-		PolicySession: s.s.Handle(),
+		PolicySession: s.stepHandle(),
 		NonceTPM:      s.s.NonceTPM(),
 		CPHashA:       *cp,
 		PolicyRef:     tpm2.TPM2BNonce{Buffer: ref},

@@ -53,6 +53,9 @@ type PolicySession struct {
 	// with a nonce expires counting from the start (Spare, GatedExtend).
 	gen     uint64
 	started time.Time
+	// stepUses is Uses when the last policy step was sent (stepHandle):
+	// a step after the session's last use is in its digest (Spare).
+	stepUses int
 }
 
 // saltedAuth marks a session salted to the SRK when it authorizes a
@@ -163,6 +166,13 @@ func (t *TPM) startSaltedPolicy(auth []byte, guard bool, dir Direction) (*Policy
 	return &PolicySession{t: t, s: s, closer: t.sessionCloser(s), alg: tpm2.TPMAlgSHA256, salted: true, auth: own, keyed: k, gen: gen, started: started}, nil
 }
 
+// stepHandle is p's handle for a policy step sent now, which it notes:
+// every command that changes the session's policy takes the handle here.
+func (p *PolicySession) stepHandle() tpm2.TPMHandle {
+	p.stepUses = p.Uses()
+	return p.s.Handle()
+}
+
 // Uses is the number of commands p authorized that the TPM answered with
 // success, the answer's HMAC checked (after each the TPM resets the
 // session's policy); 0 for a session not of provd's own type (keyed).
@@ -260,7 +270,7 @@ func notSatisfied(command string, err error, codes ...tpm2.TPMRC) error {
 // differ: reported as ErrPolicyNotSatisfied.
 func (p *PolicySession) PolicyPCR(sel tpm2.TPMLPCRSelection, pcrDigest []byte) error {
 	_, err := (tpm2.PolicyPCR{
-		PolicySession: p.s.Handle(),
+		PolicySession: p.stepHandle(),
 		PcrDigest:     tpm2.TPM2BDigest{Buffer: pcrDigest},
 		Pcrs:          sel,
 	}).Execute(p.t)
@@ -279,7 +289,7 @@ func (p *PolicySession) PolicyOR(digests [][]byte) error {
 		list[i] = tpm2.TPM2BDigest{Buffer: d}
 	}
 	_, err := (tpm2.PolicyOr{
-		PolicySession: p.s.Handle(),
+		PolicySession: p.stepHandle(),
 		PHashList:     tpm2.TPMLDigest{Digests: list},
 	}).Execute(p.t)
 	if err != nil {
@@ -290,14 +300,14 @@ func (p *PolicySession) PolicyOR(digests [][]byte) error {
 
 // PolicyCommandCode runs TPM2_PolicyCommandCode.
 func (p *PolicySession) PolicyCommandCode(cc tpm2.TPMCC) error {
-	_, err := (tpm2.PolicyCommandCode{PolicySession: p.s.Handle(), Code: cc}).Execute(p.t)
+	_, err := (tpm2.PolicyCommandCode{PolicySession: p.stepHandle(), Code: cc}).Execute(p.t)
 	return Wrap("TPM2_PolicyCommandCode", err)
 }
 
 // PolicyDuplicationSelect runs TPM2_PolicyDuplicationSelect.
 func (p *PolicySession) PolicyDuplicationSelect(objectName, newParentName []byte, includeObject bool) error {
 	_, err := (tpm2.PolicyDuplicationSelect{
-		PolicySession: p.s.Handle(),
+		PolicySession: p.stepHandle(),
 		ObjectName:    tpm2.TPM2BName{Buffer: objectName},
 		NewParentName: tpm2.TPM2BName{Buffer: newParentName},
 		IncludeObject: tpm2.TPMIYesNo(includeObject),
@@ -309,7 +319,7 @@ func (p *PolicySession) PolicyDuplicationSelect(objectName, newParentName []byte
 // started with the object's authValue (StartAuthPolicySession), which keys
 // its HMACs from then on.
 func (p *PolicySession) PolicyAuthValue() error {
-	_, err := (tpm2.PolicyAuthValue{PolicySession: p.s.Handle()}).Execute(p.t)
+	_, err := (tpm2.PolicyAuthValue{PolicySession: p.stepHandle()}).Execute(p.t)
 	return Wrap("TPM2_PolicyAuthValue", err)
 }
 
@@ -320,7 +330,7 @@ func (p *PolicySession) PolicyAuthValue() error {
 func (p *PolicySession) PolicyTemplate(templateHash []byte) error {
 	params := binary.BigEndian.AppendUint16(nil, uint16(len(templateHash)))
 	params = append(params, templateHash...)
-	_, err := rawCommand{cc: ccPolicyTemplate, handles: []tpm2.TPMHandle{p.s.Handle()}, params: params}.run(p.t)
+	_, err := rawCommand{cc: ccPolicyTemplate, handles: []tpm2.TPMHandle{p.stepHandle()}, params: params}.run(p.t)
 	return Wrap("TPM2_PolicyTemplate", err)
 }
 
@@ -334,7 +344,7 @@ func (p *PolicySession) PolicyNV(index tpm2.TPMHandle, indexName []byte, operand
 	_, err := (tpm2.PolicyNV{
 		AuthHandle:    tpm2.AuthHandle{Handle: index, Name: name, Auth: tpm2.PasswordAuth(nil)},
 		NVIndex:       tpm2.NamedHandle{Handle: index, Name: name},
-		PolicySession: p.s.Handle(),
+		PolicySession: p.stepHandle(),
 		OperandB:      tpm2.TPM2BOperand{Buffer: operandB},
 		Offset:        offset,
 		Operation:     op,
@@ -383,7 +393,7 @@ func (p *PolicySession) PolicyAuthorize(signer tpm2.TPMTPublic, approvedPolicy, 
 		return notSatisfied("TPM2_VerifySignature", err, tpm2.TPMRCSignature)
 	}
 	_, err = (tpm2.PolicyAuthorize{
-		PolicySession:  p.s.Handle(),
+		PolicySession:  p.stepHandle(),
 		ApprovedPolicy: tpm2.TPM2BDigest{Buffer: approvedPolicy},
 		PolicyRef:      tpm2.TPM2BDigest{Buffer: policyRef},
 		KeySign:        key.Name,

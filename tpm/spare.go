@@ -12,7 +12,11 @@ import (
 // record (gateSession), which would otherwise start and flush a session of
 // its own (issue 14: a StartAuthSession and a FlushContext fewer for every
 // audited creation and duplication; on the hardware model a one-shot seal
-// 60 ms).
+// 60 ms). Whatever gate proof comes next in the Share takes it: the
+// record's, a pending record's written first, a gated counter increment's
+// (policy install), or, in a process's one Share over several operations
+// (agent.Agent.Share), the next operation's, as long as it is young
+// enough (review 10: as sound, each proof bound to its own command).
 //
 // A spare gives nothing a fresh gate session would not:
 //   - It is provd's keyed session, salted to the pinned SRK, and the
@@ -49,7 +53,8 @@ import (
 // once the caller's policy went in, when p.Uses() was usesBefore: in an
 // operation's Share, p is kept for the operation's next gate proof
 // (gateSession) if that command was made (Uses moved: the TPM reset the
-// policy) and p is provd's keyed session salted to the pinned SRK, started
+// policy), no policy step was sent after it (found by review 10: a step
+// there stays in the digest, and the record's extend is refused), and p is provd's keyed session salted to the pinned SRK, started
 // with a cipher (it can guard the probe of dropSpare), in this generation,
 // holding no gate proof, and younger than half a proof's lifetime;
 // otherwise, and when there is no Share, Spare is Close. A spare already
@@ -57,7 +62,7 @@ import (
 func (p *PolicySession) Spare(usesBefore int) error {
 	t := p.t
 	sh := t.share
-	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || !p.salted || p.Uses() <= usesBefore ||
+	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || !p.salted || p.Uses() <= usesBefore || p.Uses() <= p.stepUses ||
 		!p.proofUntil.IsZero() || p.gen != t.Generation() || !t.saltToPin() || time.Since(p.started) > gateProofLifetime/2 {
 		return p.Close()
 	}

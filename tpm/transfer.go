@@ -195,7 +195,7 @@ func (t *TPM) ActivateCredential(activate Object, activateAuth tpm2.Session, ek 
 	}
 	defer ps.Close()
 	if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
-		PolicySession: ps.Handle()}).Execute(t); err != nil {
+		PolicySession: ps.stepHandle()}).Execute(t); err != nil {
 		return nil, Wrap("TPM2_PolicySecret", err)
 	}
 	var secret []byte
@@ -229,7 +229,7 @@ func (t *TPM) EKPolicySession() (*PolicySession, error) {
 		return nil, err
 	}
 	if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
-		PolicySession: ps.Handle()}).Execute(t); err != nil {
+		PolicySession: ps.stepHandle()}).Execute(t); err != nil {
 		return nil, joinClose(Wrap("TPM2_PolicySecret", err), ps)
 	}
 	return ps, nil
@@ -239,7 +239,7 @@ func (t *TPM) EKPolicySession() (*PolicySession, error) {
 // authorized by auth (o's own authorization, for one command): the
 // session's policy then says that its user could authorize o.
 func (p *PolicySession) PolicySecretOf(o Object, auth tpm2.Session) error {
-	_, err := (tpm2.PolicySecret{AuthHandle: o.Auth(auth), PolicySession: p.s.Handle(), NonceTPM: p.s.NonceTPM()}).Execute(p.t)
+	_, err := (tpm2.PolicySecret{AuthHandle: o.Auth(auth), PolicySession: p.stepHandle(), NonceTPM: p.s.NonceTPM()}).Execute(p.t)
 	return Wrap("TPM2_PolicySecret", err)
 }
 
