@@ -58,30 +58,7 @@ func TestInstallPolicyRefusals(t *testing.T) {
 	}))
 	ctx := context.Background()
 	a := testAgent(t, env, nil)
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
-	signed := func(version uint64) []byte {
-		sp, err := SignPKPolicy(signer, vals, version, "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := sp.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	res, signed := provisionSigned(t, a)
 	edit := func(b []byte, fn func(m map[string]any)) []byte {
 		var m map[string]any
 		if err := json.Unmarshal(b, &m); err != nil {
@@ -180,5 +157,36 @@ func TestSignedPolicyOverResettablePCRsRefused(t *testing.T) {
 	}
 	if after, _ := a.t.ReadCounter(PolicyCounterHandle); after != before {
 		t.Fatalf("the refused install moved the counter %d -> %d", before, after)
+	}
+}
+
+// provisionSigned provisions a with the test officer and a new policy
+// signer, and returns the result with a maker of the signer's policy over
+// PCR 7 as it is now, of each version.
+func provisionSigned(t *testing.T, a *Agent) (api.ProvisionResult, func(version uint64) []byte) {
+	t.Helper()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Provision(t.Context(), api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
+	return res, func(version uint64) []byte {
+		sp, err := SignPKPolicy(signer, vals, version, "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := sp.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
 }

@@ -8,9 +8,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -25,7 +22,6 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
@@ -330,31 +326,8 @@ func review10SignedDaemon(t *testing.T, env *swtpmtest.Env) (*Agent, func(versio
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := t.Context()
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vals := policy.PCRValues{Bank: policy.BankSHA256, Values: cur}
-	signed := func(version uint64) []byte {
-		sp, err := SignPKPolicy(signer, vals, version, "", true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := sp.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	res, signed := provisionSigned(t, a)
 	if r, err := a.InstallPolicy(ctx, signed(*res.Counter)); err != nil || !r.Satisfied {
 		t.Fatalf("install: %+v %v", r, err)
 	}

@@ -152,21 +152,7 @@ func TestReview9EventsAroundTheSpare(t *testing.T) {
 						if errors.Is(err, tpm.ErrBadAuth) || api.ExitCode(err) == api.ExitBadAuth {
 							t.Errorf("an honest %s called a wrong value (exit %d)", ev, api.ExitCode(err))
 						}
-						if left := unheldLeft(t, a); len(left) > 0 {
-							t.Errorf("left after the operation: %x", left)
-						}
-						if err := op.run(a, 5, 2); err != nil {
-							t.Errorf("the next %s: %v", op.name, err)
-						}
-						if n := review9Records(t, a, 4242); n != 1 {
-							t.Errorf("the operation's record is in the trail or pending %d times", n)
-						}
-						if _, err := a.AuditVerify(context.Background()); err != nil {
-							t.Errorf("audit verify: %v", err)
-						}
-						if left := unheldLeft(t, a); len(left) > 0 {
-							t.Errorf("left after the next operation: %x", left)
-						}
+						review9After(t, a, op.name, op.run)
 					})
 				}
 			}
@@ -347,23 +333,32 @@ func TestReview9ForgedStartupWithTheSpareKept(t *testing.T) {
 				if refused > 0 {
 					t.Errorf("%d refusals for want of a slot: %v", refused, cmds)
 				}
-				if left := unheldLeft(t, a); len(left) > 0 {
-					t.Errorf("left after the operation: %x", left)
-				}
-				if err := op.run(a, 5, 2); err != nil {
-					t.Errorf("the next %s: %v", op.name, err)
-				}
-				if n := review9Records(t, a, 4242); n != 1 {
-					t.Errorf("the operation's record is in the trail or pending %d times", n)
-				}
-				if _, err := a.AuditVerify(context.Background()); err != nil {
-					t.Errorf("audit verify: %v", err)
-				}
-				if left := unheldLeft(t, a); len(left) > 0 {
-					t.Errorf("left after the next operation: %x", left)
-				}
+				review9After(t, a, op.name, op.run)
 				_ = env
 			})
 		}
+	}
+}
+
+// review9After checks, after an operation of uid 4242 named name: nothing
+// left that a does not hold, the next such operation (run) works, the
+// record is in the trail or pending once, the trail verifies, and nothing
+// is left after the next one either.
+func review9After(t *testing.T, a *Agent, name string, run func(a *Agent, uid, n int) error) {
+	t.Helper()
+	if left := unheldLeft(t, a); len(left) > 0 {
+		t.Errorf("left after the operation: %x", left)
+	}
+	if err := run(a, 5, 2); err != nil {
+		t.Errorf("the next %s: %v", name, err)
+	}
+	if n := review9Records(t, a, 4242); n != 1 {
+		t.Errorf("the operation's record is in the trail or pending %d times", n)
+	}
+	if _, err := a.AuditVerify(context.Background()); err != nil {
+		t.Errorf("audit verify: %v", err)
+	}
+	if left := unheldLeft(t, a); len(left) > 0 {
+		t.Errorf("left after the next operation: %x", left)
 	}
 }

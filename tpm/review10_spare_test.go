@@ -99,10 +99,7 @@ func TestReview10GatedIncrementTakesTheSpare(t *testing.T) {
 				if err := r.read(); err != nil {
 					return err
 				}
-				ps, uses := r.used(t)
-				if err := ps.Spare(uses); err != nil {
-					return err
-				}
+				r.spare(t)
 				spare = tpm.SpareHandle(r.tp)
 				if spare == 0 {
 					t.Fatal("no spare kept: not mounted")

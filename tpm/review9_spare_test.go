@@ -223,13 +223,7 @@ func TestReview9ForgedAnswerKeepsNoSpare(t *testing.T) {
 				}
 				return nil
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if now := r.anchor(t); !bytes.Equal(now, chained(was, head[:])) {
-				t.Errorf("anchor %x, want the head once", now)
-			}
-			onlyObjectsLeft(t, r)
+			r.recordedOnce(t, err, was, head[:])
 		})
 	}
 }

@@ -77,6 +77,16 @@ func (r *spareEnv) used(t *testing.T) (*tpm.PolicySession, int) {
 	return ps, uses
 }
 
+// spare is a session of used's kept as the Share's spare.
+func (r *spareEnv) spare(t *testing.T) *tpm.PolicySession {
+	t.Helper()
+	ps, uses := r.used(t)
+	if err := ps.Spare(uses); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
 // record is one gated extend of head, prepared, made and closed, with the
 // commands it sent from its preparation on.
 func (r *spareEnv) record(t *testing.T, head []byte) ([]tpm2.TPMCC, tpm2.TPMHandle, error) {
@@ -160,17 +170,11 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 			}
 		},
 		"aged after it was kept": func(t *testing.T, r *spareEnv) {
-			ps, uses := r.used(t)
-			if err := ps.Spare(uses); err != nil {
-				t.Fatal(err)
-			}
+			ps := r.spare(t)
 			tpm.AgePolicySession(ps, 6*time.Second)
 		},
 		"reset": func(t *testing.T, r *spareEnv) {
-			ps, uses := r.used(t)
-			if err := ps.Spare(uses); err != nil {
-				t.Fatal(err)
-			}
+			r.spare(t)
 			r.env.Reset()
 			if _, err := r.tp.Leftovers(); err != nil { // provd sees it
 				t.Fatal(err)
@@ -191,10 +195,7 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 			t.Cleanup(func() { r.tp.Flush(obj.Handle) })
 		},
 		"flushed by someone else": func(t *testing.T, r *spareEnv) {
-			ps, uses := r.used(t)
-			if err := ps.Spare(uses); err != nil {
-				t.Fatal(err)
-			}
+			ps := r.spare(t)
 			if err := r.tp.Flush(ps.Handle()); err != nil {
 				t.Fatal(err)
 			}
@@ -203,10 +204,7 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 			}
 		},
 		"its slot needed": func(t *testing.T, r *spareEnv) {
-			ps, uses := r.used(t)
-			if err := ps.Spare(uses); err != nil {
-				t.Fatal(err)
-			}
+			r.spare(t)
 			// The shared session and the spare hold two of three
 			// slots: a third session would leave none to spare.
 			other, err := r.tp.StartSaltedPolicySession(nil)
@@ -245,10 +243,7 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 	}
 	t.Run("no share", func(t *testing.T) {
 		r := newSpareEnv(t)
-		ps, uses := r.used(t)
-		if err := ps.Spare(uses); err != nil {
-			t.Fatal(err)
-		}
+		r.spare(t)
 		onlyObjectsLeft(t, r)
 	})
 }
@@ -269,10 +264,7 @@ func TestSpareUnderA1(t *testing.T) {
 					if err := r.read(); err != nil {
 						return err
 					}
-					ps, uses := r.used(t)
-					if err := ps.Spare(uses); err != nil {
-						return err
-					}
+					r.spare(t)
 					once := false
 					r.bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 						if once || swtpmtest.CommandCode(cmd) != cc {
