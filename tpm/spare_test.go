@@ -77,6 +77,17 @@ func (r *spareEnv) used(t *testing.T) (*tpm.PolicySession, int) {
 	return ps, uses
 }
 
+// recordOwn is record, which must start a session of its own (no spare
+// taken).
+func (r *spareEnv) recordOwn(t *testing.T, head []byte) error {
+	t.Helper()
+	cmds, _, err := r.record(t, head)
+	if err == nil && !slices.Contains(cmds, tpm2.TPMCCStartAuthSession) {
+		t.Errorf("the record sent %v: no session of its own", cmds)
+	}
+	return err
+}
+
 // spare is a session of used's kept as the Share's spare.
 func (r *spareEnv) spare(t *testing.T) *tpm.PolicySession {
 	t.Helper()
@@ -229,14 +240,7 @@ func TestSpareNotKeptOrNotTaken(t *testing.T) {
 					return err
 				}
 				arm(t, r)
-				cmds, _, err := r.record(t, head[:])
-				if err != nil {
-					return err
-				}
-				if !slices.Contains(cmds, tpm2.TPMCCStartAuthSession) {
-					t.Errorf("the record sent %v: no session of its own", cmds)
-				}
-				return nil
+				return r.recordOwn(t, head[:])
 			})
 			r.recordedOnce(t, err, was, head[:])
 		})
