@@ -219,8 +219,8 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	}
 	if cc == tpm2.TPMCCStartAuthSession {
 		// The spare goes first: the shared session may authorize the
-		// gate's proof that a session started now is for.
-		// So does a spare of another generation: no proof can take it
+		// gate's proof that a session started now is for. A spare of
+		// another generation goes too: no proof can take it
 		// (takeSpare), and the sessions count, emptied by the Startup
 		// that moved the generation, no longer holds it (dropSpare
 		// flushes it if it answers for itself).

@@ -32,7 +32,7 @@ import (
 //     (its digest and what the policy set: TPM 2.0 Part 1, policy
 //     sessions): the gate's proof goes into a session that holds no other
 //     policy, as in a fresh one. Only a session whose last command used it
-//     (Uses moved) is kept.
+//     (Uses moved) and took no policy step after it (stepHandle) is kept.
 //   - In the gate's role its HMACs are keyed by the session key alone, as
 //     a fresh salted session's (the anchor's authValue is empty): the
 //     authValue the operation's objects keyed it with is cleared.
