@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
@@ -620,10 +621,10 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 // transient (found by review: a new trail evicted another application's
 // key there, with no trace). 4 commands (ReadPublic, Load, EvictControl,
 // FlushContext), 5 where something is evicted first, and the sweep the
-// load asks for after the operation (3 GetCapability). It returns the handle, or 0 when the
-// gate stays transient (the handle not provd's to take, an owner
-// password, no persistent slot left, the bus): records then load the gate
-// from its blob, as before. The answers are the bus's word either way:
+// load asks for after the operation (3 GetCapability). It returns the
+// handle, or 0 when the gate stays transient (the handle not provd's to
+// take, an owner password, no persistent slot left, the bus): records then
+// load the gate from its blob, as before. The answers are the bus's word either way:
 // what the handle holds is proved by each record's proof, whose HMAC and
 // policy digest take the gate's name (tpm.PersistentGate).
 func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte) (handle uint32, replaced string) {
@@ -721,25 +722,10 @@ func (a *Agent) ownGate(cur *gateRecord, oldPolicy, name []byte) bool {
 // at the handle (found by review: one forged ReadPublic in a reanchor kept
 // every later one from taking the handle back).
 func (a *Agent) trailGateKey(name string) bool {
-	paths, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
-	if err != nil {
-		return false
-	}
-	for _, p := range append(paths, a.auditPath()) {
-		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
-			continue // as archivedAnchor
-		}
-		recs, err := audit.ReadRecords(p)
-		if err != nil {
-			continue
-		}
-		for _, r := range recs {
-			if r.Op == audit.OpAnchor && r.Objects["gate_key"] == name {
-				return true
-			}
-		}
-	}
-	return false
+	found, _ := a.anyTrail(true, func(recs []audit.Record) bool {
+		return slices.ContainsFunc(recs, func(r audit.Record) bool { return r.Op == audit.OpAnchor && r.Objects["gate_key"] == name })
+	})
+	return found
 }
 
 // persistGateKey makes the loaded gate key gk persistent at
@@ -857,27 +843,35 @@ func (a *Agent) foreignAnchor() error {
 // nv_name of its last audit-anchor record). Every archive is read: their
 // names are times, and a clock that went back would put the newest first.
 func (a *Agent) archivedAnchor(name string) (bool, error) {
-	archived, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
+	return a.anyTrail(false, func(recs []audit.Record) bool {
+		for i := len(recs) - 1; i >= 0; i-- {
+			if recs[i].Op == audit.OpAnchor {
+				return recs[i].Objects["nv_name"] == name
+			}
+		}
+		return false
+	})
+}
+
+// anyTrail reports whether match holds for the records of one of this
+// state directory's archived trails (audit-<UTC time>.log), or of the live
+// trail too when live. Only regular files are read: a FIFO or a link
+// planted under the name (A4) would hold the operation, or read without
+// end; a trail that does not read is skipped.
+func (a *Agent) anyTrail(live bool, match func([]audit.Record) bool) (bool, error) {
+	paths, err := filepath.Glob(filepath.Join(a.dir, "audit-*.log"))
 	if err != nil {
 		return false, err
 	}
-	for _, p := range archived {
-		// Only regular files are read: a FIFO or a link planted under the
-		// name (A4) would hold the operation, or read without end.
+	if live {
+		paths = append(paths, a.auditPath())
+	}
+	for _, p := range paths {
 		if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
 			continue
 		}
-		recs, err := audit.ReadRecords(p)
-		if err != nil {
-			continue
-		}
-		for i := len(recs) - 1; i >= 0; i-- {
-			if recs[i].Op == audit.OpAnchor {
-				if recs[i].Objects["nv_name"] == name {
-					return true, nil
-				}
-				break
-			}
+		if recs, err := audit.ReadRecords(p); err == nil && match(recs) {
+			return true, nil
 		}
 	}
 	return false, nil

@@ -31,7 +31,6 @@ type gateKeep struct {
 	gate    *tpm.Gate
 	gateGen uint64
 	ge      *tpm.GatedExtend
-	geGen   uint64
 }
 
 // loaded is the kept gate if it is g's, loaded in this generation. A nil
@@ -58,12 +57,12 @@ func (k *gateKeep) keep(gk tpm.Gate, gen uint64) bool {
 }
 
 // release is the release of ge's record: ge is kept when its extend was
-// made and keeping is on, closed otherwise. It is of the generation its
-// session started in (ge.Gen).
+// made and keeping is on, closed otherwise. It goes on only in the
+// generation its session started in (PrepareGatedExtendAgain).
 func (k *gateKeep) release(ge *tpm.GatedExtend) func() error {
 	return func() error {
 		if k != nil && k.on && ge.Done() && k.ge == nil {
-			k.ge, k.geGen = ge, ge.Gen()
+			k.ge = ge
 			return nil
 		}
 		return ge.Close()
@@ -83,10 +82,8 @@ func (k *gateKeep) again(t *tpm.TPM, gk tpm.Gate, x tpm.NVIndex, head []byte) (*
 	}
 	prev := k.ge
 	k.ge = nil
-	if k.geGen == t.Generation() {
-		if ge, ok, err := t.PrepareGatedExtendAgain(prev, x, gk, head); ok {
-			return ge, true, err
-		}
+	if ge, ok, err := t.PrepareGatedExtendAgain(prev, x, gk, head); ok {
+		return ge, true, err
 	}
 	if err := prev.Close(); err != nil {
 		t.Unheld()

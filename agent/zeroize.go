@@ -131,8 +131,10 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 
 // evictGateVerified evicts the trail's gate g from AuditGateHandle, only
 // it (tpm.Witness.EvictNamed: found by review, a new trail that another
-// process began once the gate file was gone had its gate evicted); nothing
-// is known for a trail without a gate (g nil), and nothing is evicted.
+// process began once the gate file was gone had its gate evicted). A
+// trail without a gate (g nil) has no persistent gate: nothing is evicted,
+// and none of it is there (api.ZeroizeResult.GateEvicted: gone, or never
+// there).
 func (a *Agent) evictGateVerified(w *tpm.Witness, g *gateRecord) (bool, error) {
 	if g == nil {
 		return true, nil

@@ -8,7 +8,7 @@ import (
 
 // AgeGatedExtend moves g's session start back by d, as if it had started
 // that long ago (PrepareGatedExtendAgain's proof-lifetime bound).
-func AgeGatedExtend(g *GatedExtend, d time.Duration) { g.started = g.started.Add(-d) }
+func AgeGatedExtend(g *GatedExtend, d time.Duration) { AgePolicySession(g.s, d) }
 
 // AgePolicySession moves p's start back by d, as if it had started that
 // long ago (Spare's proof-lifetime bound).

@@ -242,9 +242,10 @@ func (p *PolicySession) policySecret(auth tpm2.AuthHandle, cpHashA []byte) error
 // after it.
 const gateProofLifetime = 10 * time.Second
 
-// newGateSession is the policy session ss, started for a gate's proof.
-func (t *TPM) newGateSession(ss tpm2.Session) *PolicySession {
-	return &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256, start: ss.Handle()}
+// newGateSession is the policy session ss, started for a gate's proof in
+// TPM generation gen at the time started (both read before its start).
+func (t *TPM) newGateSession(ss tpm2.Session, gen uint64, started time.Time) *PolicySession {
+	return &PolicySession{t: t, s: ss, closer: t.sessionCloser(ss), alg: tpm2.TPMAlgSHA256, start: ss.Handle(), gen: gen, started: started}
 }
 
 // spend closes p so that the gate's proof in it, if it got one, can no
@@ -378,8 +379,7 @@ func (t *TPM) gateSession(gate Gate, cc tpm2.TPMCC, cpHashA []byte) (*PolicySess
 		if err != nil {
 			return nil, Wrap("TPM2_StartAuthSession", err)
 		}
-		s = t.newGateSession(ss)
-		s.gen, s.started = gen, started
+		s = t.newGateSession(ss, gen, started)
 	}
 	if err := t.proveGate(s, nil, gate, cc, cpHashA); err != nil {
 		return nil, errors.Join(err, t.spend(s))
@@ -447,12 +447,10 @@ type GatedExtend struct {
 	s      *PolicySession
 	// done: the TPM answered the extend with success (authenticated).
 	done bool
-	// gen and started are the TPM's generation and the time before the
-	// session's start (PrepareGatedExtendAgain); passed: the session went
-	// on to the next extend's GatedExtend, and Close leaves it.
-	gen     uint64
-	started time.Time
-	passed  bool
+	// passed: the session went on to the next extend's GatedExtend, and
+	// Close leaves it. The session's generation and start (s.gen,
+	// s.started) say whether it can go on (PrepareGatedExtendAgain).
+	passed bool
 }
 
 // PrepareGatedExtend starts the session for the extend of the gated index
@@ -482,7 +480,7 @@ func (t *TPM) PrepareGatedExtendOf(x NVIndex, gate Gate, data []byte) (*GatedExt
 	if err != nil {
 		return nil, err
 	}
-	return &GatedExtend{t: t, x: x, params: params, s: s, gen: s.gen, started: s.started}, nil
+	return &GatedExtend{t: t, x: x, params: params, s: s}, nil
 }
 
 // PrepareGatedExtendAgain prepares one more extend, of x with data, in the
@@ -501,7 +499,7 @@ func (t *TPM) PrepareGatedExtendOf(x NVIndex, gate Gate, data []byte) (*GatedExt
 // is passed on (its Close does nothing) and, on an error, the session is
 // spent as PrepareGatedExtendOf's would be.
 func (t *TPM) PrepareGatedExtendAgain(prev *GatedExtend, x NVIndex, gate Gate, data []byte) (ge *GatedExtend, ok bool, err error) {
-	if !prev.done || prev.passed || prev.s.closed || prev.gen != t.Generation() || time.Since(prev.started) > gateProofLifetime/2 {
+	if !prev.done || prev.passed || !prev.s.canProve() {
 		return nil, false, nil
 	}
 	params, cpHash, err := extendProof(x, data)
@@ -510,10 +508,10 @@ func (t *TPM) PrepareGatedExtendAgain(prev *GatedExtend, x NVIndex, gate Gate, d
 	}
 	prev.passed = true
 	if err := t.proveGate(prev.s, nil, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
-		spent := &GatedExtend{t: t, x: x, s: prev.s, gen: prev.gen, started: prev.started}
+		spent := &GatedExtend{t: t, x: x, s: prev.s}
 		return nil, true, errors.Join(err, spent.Close())
 	}
-	return &GatedExtend{t: t, x: x, params: params, s: prev.s, gen: prev.gen, started: prev.started}, true, nil
+	return &GatedExtend{t: t, x: x, params: params, s: prev.s}, true, nil
 }
 
 // ErrNoSharedSession: ReadPrepareGatedExtend needs a pinned SRK to salt
@@ -615,11 +613,11 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	if err != nil {
 		return nil, nil, Wrap("TPM2_StartAuthSession", err)
 	}
-	pol := t.newGateSession(ps)
+	pol := t.newGateSession(ps, gen, started)
 	if err := t.proveGate(pol, k, gate, tpm2.TPMCCNVExtend, cpHash); err != nil {
 		return nil, nil, errors.Join(err, t.spend(pol))
 	}
-	return value, &GatedExtend{t: t, x: x, params: params, s: pol, gen: gen, started: started}, nil
+	return value, &GatedExtend{t: t, x: x, params: params, s: pol}, nil
 }
 
 // Extend sends TPM2_NV_Extend (raw: go-tpm v0.9.8 lacks it) of the data
@@ -647,9 +645,6 @@ func (g *GatedExtend) Extend() error {
 // Handle is the handle of the extend's policy session.
 func (g *GatedExtend) Handle() tpm2.TPMHandle { return g.s.start }
 
-// Gen is the TPM's generation before the extend's session started.
-func (g *GatedExtend) Gen() uint64 { return g.gen }
-
 // Done reports whether the TPM made the extend (an authenticated success).
 func (g *GatedExtend) Done() bool { return g.done }
 
@@ -672,7 +667,7 @@ func (g *GatedExtend) Close() error {
 	if g.passed {
 		return nil
 	}
-	if g.t.ForgetsStale(g.gen) {
+	if g.t.ForgetsStale(g.s.gen) {
 		g.s.forget()
 		g.t.unheld()
 		if !g.done && !g.s.proofUntil.IsZero() && g.t.saltToPin() {

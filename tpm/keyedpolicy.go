@@ -295,12 +295,11 @@ func (s policyAuth) Authorize(cc tpm2.TPMCC, parms, addNonces []byte, names []tp
 	return s.k.authorize(cc, parms, addNonces, names, s.attrs(), s.k.auth)
 }
 func (s policyAuth) Validate(rc tpm2.TPMRC, cc tpm2.TPMCC, parms []byte, _ []tpm2.TPM2BName, _ int, auth *tpm2.TPMSAuthResponse) error {
+	// Only a success answer has a session area to validate.
 	if err := s.k.validate(rc, cc, parms, auth, s.k.auth); err != nil {
 		return err
 	}
-	if rc == tpm2.TPMRCSuccess {
-		s.k.uses++
-	}
+	s.k.uses++
 	return nil
 }
 

@@ -62,8 +62,8 @@ import (
 func (p *PolicySession) Spare(usesBefore int) error {
 	t := p.t
 	sh := t.share
-	if sh == nil || p.closed || p.keyed == nil || !p.keyed.guard || !p.salted || p.Uses() <= usesBefore || p.Uses() <= p.stepUses ||
-		!p.proofUntil.IsZero() || p.gen != t.Generation() || !t.saltToPin() || time.Since(p.started) > gateProofLifetime/2 {
+	if sh == nil || p.keyed == nil || !p.keyed.guard || !p.salted || p.Uses() <= usesBefore || p.Uses() <= p.stepUses ||
+		!p.proofUntil.IsZero() || !t.saltToPin() || !p.canProve() {
 		return p.Close()
 	}
 	err := t.dropSpare()
@@ -80,7 +80,7 @@ func (t *TPM) takeSpare() *PolicySession {
 		return nil
 	}
 	p := sh.spare
-	if p.closed || p.gen != t.Generation() || time.Since(p.started) > gateProofLifetime/2 {
+	if !p.canProve() {
 		_ = t.dropSpare()
 		return nil
 	}
@@ -133,4 +133,12 @@ func (t *TPM) spareHandle() tpm2.TPMHandle {
 		return sh.spare.s.Handle()
 	}
 	return 0
+}
+
+// canProve reports whether a gate's proof may still go into p: it is not
+// closed, the TPM's generation is the one it started in, and it started
+// less than half a proof's lifetime ago (a proof with a nonce expires
+// counting from the session's start).
+func (p *PolicySession) canProve() bool {
+	return !p.closed && p.gen == p.t.Generation() && time.Since(p.started) <= gateProofLifetime/2
 }
