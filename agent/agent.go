@@ -63,7 +63,8 @@ type Config struct {
 	// Now is the clock (tests inject one).
 	Now func() time.Time
 	// KeepSession keeps the key uses' policy session between operations
-	// (opSession): for a process that lives, the daemon.
+	// (opSession), and the operations' shared audit session
+	// (tpm.TPM.KeepShared): for a process that lives, the daemon.
 	KeepSession bool
 }
 
@@ -124,6 +125,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
 		keys: objcache.New(cfg.TPM, objcache.Options{}), keepOp: cfg.KeepSession}
+	if cfg.KeepSession {
+		cfg.TPM.KeepShared()
+	}
 	// The TPM the state was provisioned on: from here on the SRK is the
 	// pinned one, never what the bus says.
 	if _, _, err := a.pinIdentity(context.Background()); err != nil {
@@ -190,7 +194,7 @@ func (a *Agent) unlock() {
 // command that makes one failed, or the slots ran out: tpm.NeedsSweep),
 // once the operation's own handles are flushed: on a TPM provd talks to
 // alone, every transient object or session it does not hold (its cache's
-// resident keys, the held audit gate) is a leak and is flushed (found by
+// resident keys, the held audit gate, the kept sessions) is a leak and is flushed (found by
 // review: an error forged on the bus after the TPM had made a session left
 // it loaded; eight filled the slots, and provd failed until restart). It
 // costs three TPM2_GetCapability on such failure paths only.
@@ -202,14 +206,7 @@ func (a *Agent) sweepLeaks() {
 	if err != nil {
 		return
 	}
-	held := a.keys.Handles()
-	if a.heldGate != nil {
-		held = append(held, a.heldGate.Handle)
-	}
-	held = append(held, a.gateKeep.handles()...)
-	if h := a.opHandle(); h != 0 {
-		held = append(held, h)
-	}
+	held := a.heldHandles()
 	n := 0
 	for _, h := range left {
 		if !slices.Contains(held, h) && a.t.Flush(h) == nil {
@@ -219,6 +216,25 @@ func (a *Agent) sweepLeaks() {
 	if n > 0 {
 		a.log.Warn("flushed TPM handles provd did not hold (left by a failed command, or a client before it)", "count", n)
 	}
+}
+
+// heldHandles is what the agent holds loaded in the TPM: its cache's
+// resident keys, the held audit gate, the sessions of a kept gate proof,
+// the kept policy session and the kept shared audit session. On a TPM
+// provd has to itself, whatever else is loaded between its operations is
+// a leak (sweepLeaks).
+func (a *Agent) heldHandles() []tpm2.TPMHandle {
+	held := a.keys.Handles()
+	if a.heldGate != nil {
+		held = append(held, a.heldGate.Handle)
+	}
+	held = append(held, a.gateKeep.handles()...)
+	for _, h := range []tpm2.TPMHandle{a.opHandle(), a.t.SharedHandle()} {
+		if h != 0 {
+			held = append(held, h)
+		}
+	}
+	return held
 }
 
 // callerUID is the uid the audit trail records for an operation run with ctx.
@@ -242,7 +258,9 @@ func (a *Agent) TPMInfo(context.Context) (api.TPMInfo, error) {
 // audit trail's.
 func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
 	defer a.lock()()
-	return a.record(ctx, op, map[string]string{"refused": why}, fmt.Errorf("%w: %s", api.ErrRefused, why))
+	return a.t.Share(func() error {
+		return a.record(ctx, op, map[string]string{"refused": why}, fmt.Errorf("%w: %s", api.ErrRefused, why))
+	})
 }
 
 // RecordFault writes to the audit trail that operation op failed on a bug
@@ -251,7 +269,9 @@ func (a *Agent) RecordRefusal(ctx context.Context, op, why string) error {
 // panic's value, never request data.
 func (a *Agent) RecordFault(ctx context.Context, op, what string) error {
 	defer a.lock()()
-	return a.record(ctx, op, map[string]string{"fault": what}, fmt.Errorf("%w: %s", errFault, what))
+	return a.t.Share(func() error {
+		return a.record(ctx, op, map[string]string{"fault": what}, fmt.Errorf("%w: %s", errFault, what))
+	})
 }
 
 // errFault marks a recovered panic's record: always written.
@@ -261,7 +281,7 @@ var errFault = errors.New("internal error")
 func (a *Agent) Close() error {
 	defer a.lock()() // flushes the kept policy session
 	a.pk = nil
-	err := a.keys.Close()
+	err := errors.Join(a.keys.Close(), a.t.DropKept())
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())
 	}

@@ -15,7 +15,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"testing"
 
@@ -38,27 +37,6 @@ func countSigns(next transport.TPM, cmd []byte, n *int) ([]byte, error) {
 		*n++
 	}
 	return rsp, err
-}
-
-// leftBeyondHeld lists what is loaded in the TPM that a (the daemon) does
-// not hold: its kept session and its cache's resident keys.
-func leftBeyondHeld(t *testing.T, env *swtpmtest.Env, a *Agent) []tpm2.TPMHandle {
-	t.Helper()
-	left, err := env.TPM.Leftovers()
-	if err != nil {
-		t.Fatalf("leftovers: %v", err)
-	}
-	held := a.keys.Handles()
-	if h := a.opHandle(); h != 0 {
-		held = append(held, h)
-	}
-	var extra []tpm2.TPMHandle
-	for _, h := range left {
-		if !slices.Contains(held, h) {
-			extra = append(extra, h)
-		}
-	}
-	return extra
 }
 
 // Honest faults at every command of a sign: the TPM reset (TPM_Init on the
@@ -174,7 +152,7 @@ func TestHonestFaultsInASignAreNotForged(t *testing.T) {
 						t.Errorf("%s (at %v; the faulted sign: %v): the next sign failed: %v", name, cc, err, err2)
 					}
 					if daemon {
-						if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+						if extra := unheldLeft(t, a); len(extra) != 0 {
 							t.Errorf("%s (at %v): left in the TPM beyond the daemon's own: %x", name, cc, extra)
 							for _, h := range extra {
 								_ = env.TPM.Flush(h)
@@ -246,7 +224,7 @@ func TestDaemonEventsBetweenRequestsSignOnce(t *testing.T) {
 				t.Errorf("%s: %d signatures", name, signs)
 			}
 			t.Logf("%s: kept %x, PK loads' sessions %x, now kept %x", name, kept, guards, a.opHandle())
-			if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+			if extra := unheldLeft(t, a); len(extra) != 0 {
 				t.Errorf("%s: left beyond the daemon's own: %x", name, extra)
 				for _, h := range extra {
 					_ = env.TPM.Flush(h)
@@ -353,7 +331,7 @@ func TestDaemonKeyUsesBehindTheSessionLimit(t *testing.T) {
 			if refused > 0 {
 				t.Errorf("round %d (%s) %s: %d refusals for want of a slot: %v", round, state, u.name, refused, cmds)
 			}
-			if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+			if extra := unheldLeft(t, a); len(extra) != 0 {
 				t.Errorf("round %d (%s) %s: left beyond the daemon's own: %x", round, state, u.name, extra)
 				for _, h := range extra {
 					_ = env.TPM.Flush(h)
@@ -437,7 +415,7 @@ func TestDaemonConcurrentKeyUses(t *testing.T) {
 	if refused, cmds := l.Take(); refused > 0 {
 		t.Errorf("%d refusals for want of a slot in %d commands", refused, len(cmds))
 	}
-	if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+	if extra := unheldLeft(t, a); len(extra) != 0 {
 		t.Errorf("left beyond the daemon's own: %x", extra)
 	}
 }

@@ -78,7 +78,7 @@ func TestDaemonUnsealGuardNeverOutlivesIt(t *testing.T) {
 			if off := rec.Leak(want); off >= 0 {
 				t.Errorf("%s %s unseal: the secret crossed the bus in the clear at %d", state, name, off)
 			}
-			if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+			if extra := unheldLeft(t, a); len(extra) != 0 {
 				t.Errorf("%s %s unseal: left %x", state, name, extra)
 			}
 			a.pk = nil
@@ -159,7 +159,7 @@ func TestDaemonFailedUnsealLeavesNoGuard(t *testing.T) {
 			if unseals > 1 {
 				t.Errorf("the TPM unsealed %d times", unseals)
 			}
-			if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+			if extra := unheldLeft(t, a); len(extra) != 0 {
 				t.Errorf("left %x", extra)
 			}
 			a.pk = nil
@@ -235,7 +235,7 @@ func TestPanicUnderTheGuardedLoadLeavesNoGuard(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("after the panic: the agent hangs (its lock, or the TPM's, held)")
 	}
-	if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+	if extra := unheldLeft(t, a); len(extra) != 0 {
 		t.Errorf("left %x", extra)
 	}
 }
@@ -288,7 +288,7 @@ func TestUnsealBehindTheSessionLimit(t *testing.T) {
 		if refused, cmds := l.Take(); refused > 0 {
 			t.Errorf("%s, failing: %d refusals for want of a slot: %v", state, refused, cmds)
 		}
-		if extra := leftBeyondHeld(t, env, a); len(extra) != 0 {
+		if extra := unheldLeft(t, a); len(extra) != 0 {
 			t.Errorf("%s, failing: left %x", state, extra)
 		}
 	}

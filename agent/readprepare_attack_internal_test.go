@@ -39,21 +39,15 @@ func recordingDaemon(t *testing.T, opts ...swtpmtest.Option) (*swtpmtest.Env, *s
 	return env, b, a
 }
 
-// unheldLeft is what the TPM holds that the agent does not: its cached
-// keys, the held gate and the kept policy session are its own.
+// unheldLeft is what the TPM holds that the agent does not hold
+// (heldHandles).
 func unheldLeft(t *testing.T, a *Agent) []tpm2.TPMHandle {
 	t.Helper()
 	left, err := a.t.Leftovers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := a.keys.Handles()
-	if a.heldGate != nil {
-		held = append(held, a.heldGate.Handle)
-	}
-	if h := a.opHandle(); h != 0 {
-		held = append(held, h)
-	}
+	held := a.heldHandles()
 	var out []tpm2.TPMHandle
 	for _, h := range left {
 		if !slices.Contains(held, h) {

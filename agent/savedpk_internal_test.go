@@ -402,20 +402,10 @@ func TestForwardedContextLoadLeavesNothingLoaded(t *testing.T) {
 	if real == 0 {
 		t.Fatal("setup: no ContextLoad seen")
 	}
-	left, err := a.t.Leftovers()
-	if err != nil {
-		t.Fatal(err)
-	}
+	stray := unheldLeft(t, a)
 	// what an unseal right after A1 left sees
 	_, uerr := a.Unseal(ctx, blob)
 	t.Logf("unseal right after A1 left: %v", uerr)
-	held := append(a.keys.Handles(), a.opHandle())
-	var stray []tpm2.TPMHandle
-	for _, h := range left {
-		if !slices.Contains(held, h) {
-			stray = append(stray, h)
-		}
-	}
 	t.Logf("key create under A1: %v; the PK loaded at 0x%08x, provd told 0x%08x", cerr, uint32(real), uint32(fake))
 	if len(stray) > 0 {
 		t.Errorf("after A1 left: handles nobody holds stay loaded: %x (the PK's own: %v)", stray, slices.Contains(stray, real))

@@ -212,7 +212,7 @@ func (a *Agent) Unseal(ctx context.Context, data []byte) (secret []byte, err err
 	err = a.unseal(ctx, data, objects, &secret)
 	if err != nil {
 		// Failures are audited; successes are use, not lifecycle.
-		if aerr := a.record(ctx, "unseal", objects, err); aerr != nil {
+		if aerr := a.t.Share(func() error { return a.record(ctx, "unseal", objects, err) }); aerr != nil {
 			err = errors.Join(err, aerr)
 		}
 	}

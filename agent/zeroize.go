@@ -36,6 +36,11 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, Aud
 // tampered trail or a moved anchor) with everything left in place.
 func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.ZeroizeResult, err error) {
 	defer a.lock()()
+	// The daemon's kept audit session goes first, its key with it
+	// (tpm.TPM.KeepShared): zeroize's records start sessions of their own.
+	if err := a.t.DropKept(); err != nil {
+		a.log.Debug("flush of the kept audit session failed", "err", err)
+	}
 	objects := map[string]string{"srk": fmt.Sprint(opts.SRK)}
 	if err := a.record(ctx, opZeroizeStart, objects, nil); err != nil {
 		return res, fmt.Errorf("zeroize refused, nothing destroyed: %w", err)

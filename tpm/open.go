@@ -106,6 +106,10 @@ type TPM struct {
 	// share is the operation's shared audit session (Share), nil outside
 	// one.
 	share *shared
+	// keepShare: a Share's session is kept for the next Share (KeepShared,
+	// the daemon's); kept holds it between them.
+	keepShare bool
+	kept      *shared
 }
 
 var _ transport.TPM = (*TPM)(nil)

@@ -39,6 +39,9 @@ type shared struct {
 	// spare is the policy session of the operation's last command, kept
 	// for its record's gate proof (spare.go); nil when none is.
 	spare *PolicySession
+	// adopted: the session was kept from an earlier Share (KeepShared) and
+	// this Share has not used it yet (useShared).
+	adopted bool
 }
 
 // Share runs fn with one audit session for the authenticated reads and
@@ -58,21 +61,81 @@ type shared struct {
 // connection's every session) allow, and an operation that starts one
 // session of its own at a time keeps the shared one for its record (a
 // one-use session fewer: issue 14).
+//
+// With KeepShared (the daemon) the session is not flushed at the end but
+// kept for the next Share (KeepShared says what holds).
 func (t *TPM) Share(fn func() error) error {
 	if t.share != nil {
 		return fn()
 	}
 	t.share = &shared{}
+	if k := t.kept; k != nil {
+		t.kept, t.share = nil, k
+		k.adopted = k.s != nil
+	}
 	defer func() {
 		// fn's work is done, and may be committed: a flush of the shared
 		// session that fails is not fn's failure (found by review: a
 		// forged error there recorded a deleted key's delete as failed).
 		// A failed FlushContext has asked for the sweep (counting).
 		_ = t.dropSpare()
-		_ = t.dropShared()
+		if sh := t.share; t.keepShare && sh.s != nil && t.saltToPin() && sh.gen == t.Generation() {
+			sh.keep, sh.inUse, sh.adopted = false, false, false
+			t.kept = sh
+		} else {
+			_ = t.dropShared()
+		}
 		t.share = nil
 	}()
 	return fn()
+}
+
+// KeepShared has every Share after it keep its session for the next Share
+// instead of flushing it (issue 14: a StartAuthSession and a FlushContext
+// fewer for every audited request of the daemon, which runs them one at a
+// time under its lock): for a process whose TPM connection serves one
+// operation at a time, for its life. Keeping gives nothing a session per
+// Share would not:
+//   - Between Shares the session is used by nothing: only a Share adopts
+//     it. Its HMACs stay keyed by the salt only provd and the TPM know,
+//     and its nonces move with every command, so an answer from one
+//     request cannot be replayed in another.
+//   - It holds a session slot only while no other session needs it: a
+//     StartAuthSession that would leave no slot to spare flushes it first,
+//     inside a Share or between Shares (Send).
+//   - A moved generation (a lost connection, a reset provd started the TPM
+//     from) ends it at the next Share's first use, flushed only if it
+//     answers for itself (dropShared); a flush of its handle by anyone
+//     ends it (Send); the leak sweep holds it (SharedHandle).
+//   - A TPM that lost it unseen (a suspend and resume behind /dev/tpm0,
+//     after which loaded sessions are gone and no TPM_RC_INITIALIZE
+//     comes) refuses its first use in the next Share before running the
+//     command (TPM_RC_REFERENCE_S*): that use is made once more in a new
+//     session (useShared).
+//
+// DropKept ends it (the agent's Close and zeroize).
+func (t *TPM) KeepShared() { t.keepShare = true }
+
+// DropKept flushes the session kept between Shares (KeepShared), if there
+// is one: the next Share starts a new one.
+func (t *TPM) DropKept() error {
+	k := t.kept
+	if k == nil {
+		return nil
+	}
+	t.kept = nil
+	return t.dropSharedOf(k)
+}
+
+// SharedHandle is the handle of the shared session, the Share's or the one
+// kept between Shares, for the leak sweep; 0 when there is none.
+func (t *TPM) SharedHandle() tpm2.TPMHandle {
+	for _, sh := range []*shared{t.share, t.kept} {
+		if sh != nil && sh.s != nil {
+			return sh.k.handle
+		}
+	}
+	return 0
 }
 
 // withSharedAudit runs fn with the operation's shared audit session (Share),
@@ -108,18 +171,62 @@ func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.
 		_ = t.dropShared() // flushed only if it answers for itself
 	}
 	if sh.s == nil {
-		srk, err := t.SRK()
-		if err != nil {
+		if err := t.startShared(); err != nil {
 			return true, err
 		}
-		gen := t.Generation()
-		k, err := t.startKeyedHMAC(srk)
-		if err != nil {
-			return true, err
-		}
-		sh.s, sh.k, sh.close, sh.gen = hmacAudit{k}, k, t.keyedCloser(k), gen
 	}
-	return true, t.inShared(role(sh.k), fn)
+	return true, t.useShared(role, fn)
+}
+
+// startShared starts the Share's session, salted to the pinned SRK.
+func (t *TPM) startShared() error {
+	sh := t.share
+	srk, err := t.SRK()
+	if err != nil {
+		return err
+	}
+	gen := t.Generation()
+	k, err := t.startKeyedHMAC(srk)
+	if err != nil {
+		return err
+	}
+	sh.s, sh.k, sh.close, sh.gen, sh.adopted = hmacAudit{k}, k, t.keyedCloser(k), gen, false
+	return nil
+}
+
+// useShared runs fn with the shared session in the role role gives it
+// (inShared). The first use of a session kept from an earlier Share
+// (KeepShared) that the TPM refuses as not loaded (TPM_RC_REFERENCE_S*:
+// lost unseen, as in a suspend and resume) is made once more in a new
+// session: the TPM refuses such a command before running it. The
+// answer has no HMAC, so A1 may forge it after the TPM ran the command:
+// then the command runs twice, as a resend after a forged warning does
+// (a read, a guarded load whose first handle the sweep flushes, a
+// creation whose first result is dropped), once at most.
+func (t *TPM) useShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error) error {
+	sh := t.share
+	adopted := sh.adopted
+	sh.adopted = false
+	err := t.inShared(role(sh.k), fn)
+	if err == nil || !adopted || !lostSession(err) {
+		return err
+	}
+	if serr := t.startShared(); serr != nil {
+		return errors.Join(err, serr)
+	}
+	return t.inShared(role(sh.k), fn)
+}
+
+// lostSession reports whether err is the TPM's refusal of a command for
+// an authorization session that is not loaded.
+func lostSession(err error) bool {
+	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCReferenceS0, tpm2.TPMRCReferenceS1, tpm2.TPMRCReferenceS2,
+		tpm2.TPMRCReferenceS3, tpm2.TPMRCReferenceS4, tpm2.TPMRCReferenceS5, tpm2.TPMRCReferenceS6} {
+		if errors.Is(err, rc) {
+			return true
+		}
+	}
+	return false
 }
 
 // withSharedAuth runs fn with the operation's shared session authorizing
@@ -135,7 +242,8 @@ func (t *TPM) withSharedAuth(entity Object, auth []byte, dir Direction, fn func(
 	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
 		return false, nil
 	}
-	return true, t.inShared(sh.s, func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, dir, fn) })
+	return true, t.useShared(func(k *keyedPolicy) tpm2.Session { return hmacAudit{k} },
+		func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, dir, fn) })
 }
 
 // inShared runs fn with s, a role of the shared session, marking the
@@ -176,8 +284,11 @@ func (t *TPM) keepShared() (done func()) {
 // review: the operation's own policy session, in the same slot): it is
 // flushed only once it answers for itself, otherwise forgotten, and the
 // sweep flushes it if it is still there.
-func (t *TPM) dropShared() error {
-	sh := t.share
+func (t *TPM) dropShared() error { return t.dropSharedOf(t.share) }
+
+// dropSharedOf is dropShared for sh, the Share's session or the one kept
+// between Shares.
+func (t *TPM) dropSharedOf(sh *shared) error {
 	if sh == nil || sh.s == nil {
 		return nil
 	}
@@ -230,6 +341,12 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		if sh := t.share; sh != nil && sh.s != nil && !sh.inUse && !sh.keep && !t.counting.roomForSession() {
 			_ = t.dropShared()
 		}
+		// Between Shares, the session kept for the next (KeepShared)
+		// gives its slot up alike.
+		if k := t.kept; k != nil && !t.counting.roomForSession() {
+			t.kept = nil
+			_ = t.dropSharedOf(k)
+		}
 	}
 	rsp, err := t.counting.Send(cmd)
 	if cc == tpm2.TPMCCFlushContext && err == nil && len(cmd) >= headerSize+4 && len(rsp) >= headerSize {
@@ -246,14 +363,19 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 			p.forget()
 			t.counting.unheld()
 		}
-		if sh != nil && sh.s != nil && sh.k.handle == h && gone {
-			k := sh.k
-			sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
-			k.end()
-			// The flush's answer has no HMAC: if A1 answered it, the
-			// session is still loaded and now held by nobody (found by
-			// review). The owner's sweep flushes it.
-			t.counting.unheld()
+		for _, sh := range []*shared{sh, t.kept} {
+			if sh != nil && sh.s != nil && sh.k.handle == h && gone {
+				k := sh.k
+				sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
+				k.end()
+				// The flush's answer has no HMAC: if A1 answered it, the
+				// session is still loaded and now held by nobody (found by
+				// review). The owner's sweep flushes it.
+				t.counting.unheld()
+			}
+		}
+		if k := t.kept; k != nil && k.s == nil {
+			t.kept = nil
 		}
 	}
 	return rsp, err
