@@ -126,7 +126,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
 		keys: objcache.New(cfg.TPM, objcache.Options{}), keepOp: cfg.KeepSession}
 	if cfg.KeepSession {
-		cfg.TPM.KeepShared()
+		_ = cfg.TPM.KeepShared(true) // no command: it only sets keeping
 	}
 	// The TPM the state was provisioned on: from here on the SRK is the
 	// pinned one, never what the bus says.
@@ -281,7 +281,10 @@ var errFault = errors.New("internal error")
 func (a *Agent) Close() error {
 	defer a.lock()() // flushes the kept policy session
 	a.pk = nil
-	err := errors.Join(a.keys.Close(), a.t.DropKept())
+	err := a.keys.Close()
+	if a.keepOp {
+		err = errors.Join(err, a.t.KeepShared(false))
+	}
 	if a.audit != nil {
 		return errors.Join(err, a.audit.Close())
 	}

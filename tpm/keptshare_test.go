@@ -23,8 +23,8 @@ func keptShareEnv(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, *sessionLog) {
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	pinnedGateBlob(t, env.TPM)
-	env.TPM.KeepShared()
-	t.Cleanup(func() { env.TPM.DropKept() }) // before the harness's leak check
+	env.TPM.KeepShared(true)
+	t.Cleanup(func() { env.TPM.KeepShared(false) }) // before the harness's leak check
 	log := &sessionLog{}
 	bus.Set(log.hook)
 	return env, bus, log

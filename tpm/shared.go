@@ -90,7 +90,7 @@ func (t *TPM) Share(fn func() error) error {
 	return fn()
 }
 
-// KeepShared has every Share after it keep its session for the next Share
+// KeepShared(true) has every Share after it keep its session for the next Share
 // instead of flushing it (issue 14: a StartAuthSession and a FlushContext
 // fewer for every audited request of the daemon, which runs them one at a
 // time under its lock): for a process whose TPM connection serves one
@@ -113,8 +113,15 @@ func (t *TPM) Share(fn func() error) error {
 //     command (TPM_RC_REFERENCE_S*): that use is made once more in a new
 //     session (useShared).
 //
-// DropKept ends it (the agent's Close and zeroize).
-func (t *TPM) KeepShared() { t.keepShare = true }
+// DropKept ends it (zeroize), and KeepShared(false) ends it and stops
+// keeping (the agent's Close).
+func (t *TPM) KeepShared(on bool) error {
+	t.keepShare = on
+	if on {
+		return nil
+	}
+	return t.DropKept()
+}
 
 // DropKept flushes the session kept between Shares (KeepShared), if there
 // is one: the next Share starts a new one.
