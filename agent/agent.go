@@ -473,8 +473,9 @@ func (a *Agent) audited(ctx context.Context, op string, objects map[string]strin
 // own: attest now's quote and, after the endpoint's answer, its record
 // (issue 14: a StartAuthSession and a FlushContext fewer). Only for a
 // process that is the agent's one user, as a one-shot command is: the
-// session is the TPM connection's, and the daemon's requests run
-// concurrently, each in its own.
+// session is the TPM connection's, and the daemon's requests, taken one
+// at a time under the agent's lock, each run their own Share (which
+// adopts the session the one before kept: tpm.TPM.KeepShared).
 func (a *Agent) Share(fn func() error) error { return a.t.Share(fn) }
 
 // auditedResult is audited for operations that return a result.

@@ -325,7 +325,7 @@ func TestReview11ForgedLostSessionAfterRunLeavesNothing(t *testing.T) {
 // use made again) or fails as forged (exit 15): never as the platform's
 // policy not satisfied (exit 3), or the TPM out of memory.
 //
-// FAILS (review 11): the retry runs the whole command again, including
+// Failed before the mend (review 11): the retry ran the whole command again, including
 // the other sessions in it, which the first run spent: key import's
 // TPM2_Import (the PK's policy session at S0, the shared guard at S1)
 // is then refused POLICY_FAIL and reported as tpm.ErrPolicyNotSatisfied;
@@ -368,7 +368,7 @@ func review11A1Swap(t *testing.T, s review11Side, kept tpm2.TPMHandle) tpm2.TPMH
 // never takes an answer, never moves the lockout counter, and leaves
 // nothing loaded but A1's own session at most (which A1 flushes).
 //
-// FAILS (review 11): where the first use is the guard role of a creation
+// Failed before the mend (review 11): where the first use is the guard role of a creation
 // or an import (peer identity, attest identity, key import, key derive),
 // the TPM refuses the decrypt attribute of A1's cipherless session with
 // TPM_RC_SYMMETRIC at the guard's index, before any HMAC, and the request

@@ -178,11 +178,14 @@ func (t *TPM) notFailureMode(err error) error {
 // checks before the HMAC: provd sends a guard's attributes consistent
 // with its command, so A1 changed them (found by review: the shared
 // session's decrypt and audit bits cleared in a creation, a plain TPM
-// error). index is the guard session's position among the command's
+// error), and its refusal of the session's cipher (TPM_RC_SYMMETRIC: a
+// guard always has one, so the session at its number is not provd's;
+// found by review 11, A1's own session in place of the daemon's kept
+// one). index is the guard session's position among the command's
 // sessions (1-based); a command whose every session is a guard names each.
 func guarded(command string, err error, index ...int) error {
 	var f1 tpm2.TPMFmt1Error
-	if (errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAttributes)) && errors.As(err, &f1) {
+	if (errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAttributes) || errors.Is(err, tpm2.TPMRCSymmetric)) && errors.As(err, &f1) {
 		if ok, i := f1.Session(); ok && slices.Contains(index, i) {
 			return fmt.Errorf("%s: %w: %w", command, ErrResponseForged, Wrap(command, err))
 		}

@@ -569,7 +569,7 @@ func (t *TPM) ReadPrepareGatedExtend(x NVIndex, gate Gate, data []byte) (value [
 	// proves the gate, kept over the policy session's start (gateSession):
 	// the keyed session below, its StartAuthSession and its flush, is
 	// not needed (issue 14: 2 commands in the daemon's records).
-	if ok, err := t.withSharedAudit(func(s tpm2.Session) (err error) {
+	if ok, err := t.withSharedRead(func(s tpm2.Session) (err error) {
 		value, err = read(s)
 		return err
 	}); ok {

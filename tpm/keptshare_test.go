@@ -230,3 +230,66 @@ func TestKeptShareForgedLostOnce(t *testing.T) {
 		t.Fatalf("the next Share: %v", err)
 	}
 }
+
+// a1Swap is A1 flushing session h on the TPM's side of the bus and
+// starting an unsalted HMAC session of its own with no cipher, which swtpm
+// hands the same number.
+func a1Swap(t *testing.T, bus *swtpmtest.Bus, h tpm2.TPMHandle) {
+	t.Helper()
+	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next); err != nil {
+		t.Fatal(err)
+	}
+	rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(bus.Next)
+	if err != nil || rsp.SessionHandle != h {
+		t.Fatalf("A1's session: %v at 0x%x, want 0x%x", err, rsp.SessionHandle, h)
+	}
+}
+
+// A1 swaps the shared session for a cipherless one of its own at its
+// number: inside a Share, a creation it then guards is refused
+// TPM_RC_SYMMETRIC at the guard, before any HMAC, and that is forged (a
+// guard always has a cipher; found by review 11, a plain TPM error);
+// between Shares, the first use that is not a read probes the kept
+// session first (TPM2_GetRandom, whose answer's HMAC fails) and the
+// creation works in a new session.
+func TestSharedSessionSwappedForACipherlessOne(t *testing.T) {
+	env, bus, _ := keptShareEnv(t)
+	tp := env.TPM
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func() error {
+		_, err := tp.Create(srk, nil, tpm.SealTemplate(nil), tpm.Sensitive{Data: []byte("secret")})
+		return err
+	}
+	err = tp.Share(func() error {
+		if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
+			return err
+		}
+		a1Swap(t, bus, tp.SharedHandle())
+		return create()
+	})
+	if !errors.Is(err, tpm.ErrResponseForged) || !errors.Is(err, tpm2.TPMRCSymmetric) {
+		t.Errorf("a creation guarded by A1's cipherless session: %v, want forged (TPM_RC_SYMMETRIC)", err)
+	}
+	if err := readShared(tp); err != nil {
+		t.Fatal(err)
+	}
+	a1Swap(t, bus, tp.SharedHandle())
+	log := &sessionLog{}
+	bus.Set(log.hook)
+	if err := tp.Share(create); err != nil {
+		t.Fatalf("a creation after A1 swapped the kept session: %v", err)
+	}
+	if n := log.count(tpm2.TPMCCGetRandom); n != 1 {
+		t.Errorf("%d probes, want 1", n)
+	}
+	if n := log.count(tpm2.TPMCCStartAuthSession); n != 1 {
+		t.Errorf("%d StartAuthSession, want 1 (a new session after the probe)", n)
+	}
+	if n := log.count(tpm2.TPMCCCreate); n != 1 {
+		t.Errorf("%d TPM2_Create, want 1", n)
+	}
+}

@@ -298,7 +298,7 @@ func (t *TPM) WithAuthenticatedNV(fn func(r *AuthenticatedNV) error) error {
 		return fn(&AuthenticatedNV{t: t})
 	}
 	read := func(s tpm2.Session) error { return fn(&AuthenticatedNV{t: t, s: s}) }
-	if ok, err := t.withSharedAudit(read); ok {
+	if ok, err := t.withSharedRead(read); ok {
 		return err
 	}
 	return t.withHMACSession(read, append(opts, tpm2.Audit())...)

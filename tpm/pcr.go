@@ -47,7 +47,7 @@ func (t *TPM) PCRReadAuthenticated(bank tpm2.TPMIAlgHash, pcrs []int) (vals map[
 		vals, err = t.pcrRead(bank, want, s)
 		return err
 	}
-	if ok, err := t.withSharedAudit(read); ok {
+	if ok, err := t.withSharedRead(read); ok {
 		return vals, err
 	}
 	srk, err := t.SRK()

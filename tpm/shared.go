@@ -151,8 +151,19 @@ func (t *TPM) SharedHandle() tpm2.TPMHandle {
 // pinned to salt it to; nothing was sent, and the caller uses a session of
 // its own. A failure of fn flushes the session.
 func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error) {
-	return t.withShared(func(k *keyedPolicy) tpm2.Session { return hmacAudit{k} }, fn)
+	return t.withShared(auditRole, fn, false)
 }
+
+// withSharedRead is withSharedAudit for a read (a PCR read, an NV read)
+// whose command carries no other session and changes nothing in the TPM:
+// made again as it is where a session kept from an earlier Share turns out
+// lost (useShared).
+func (t *TPM) withSharedRead(fn func(s tpm2.Session) error) (ok bool, err error) {
+	return t.withShared(auditRole, fn, true)
+}
+
+// auditRole is the shared session's audit role (hmacAudit).
+func auditRole(k *keyedPolicy) tpm2.Session { return hmacAudit{k} }
 
 // withSharedGuard runs fn with the operation's shared session as an extra
 // session that encrypts in direction dir (hmacGuard), starting it if there
@@ -161,12 +172,13 @@ func (t *TPM) withSharedAudit(fn func(s tpm2.Session) error) (ok bool, err error
 // secret that crosses the bus in an audited operation). ok false as for
 // withSharedAudit.
 func (t *TPM) withSharedGuard(dir Direction, fn func(s tpm2.Session) error) (ok bool, err error) {
-	return t.withShared(func(k *keyedPolicy) tpm2.Session { return hmacGuard{k: k, dir: dir} }, fn)
+	return t.withShared(func(k *keyedPolicy) tpm2.Session { return hmacGuard{k: k, dir: dir} }, fn, false)
 }
 
 // withShared runs fn with the shared session in the role role gives it,
-// starting the session if there is none (withSharedAudit).
-func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error) (ok bool, err error) {
+// starting the session if there is none (withSharedAudit); read: fn is a
+// read (withSharedRead).
+func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error, read bool) (ok bool, err error) {
 	sh := t.share
 	if sh == nil || sh.inUse {
 		return false, nil
@@ -182,7 +194,7 @@ func (t *TPM) withShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.
 			return true, err
 		}
 	}
-	return true, t.useShared(role, fn)
+	return true, t.useShared(role, fn, read)
 }
 
 // startShared starts the Share's session, salted to the pinned SRK.
@@ -202,18 +214,40 @@ func (t *TPM) startShared() error {
 }
 
 // useShared runs fn with the shared session in the role role gives it
-// (inShared). The first use of a session kept from an earlier Share
-// (KeepShared) that the TPM refuses as not loaded (TPM_RC_REFERENCE_S*:
-// lost unseen, as in a suspend and resume) is made once more in a new
-// session: the TPM refuses such a command before running it. The
-// answer has no HMAC, so A1 may forge it after the TPM ran the command:
-// then the command runs twice, as a resend after a forged warning does
-// (a read, a guarded load whose first handle the sweep flushes, a
-// creation whose first result is dropped), once at most.
-func (t *TPM) useShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error) error {
+// (inShared). A session kept from an earlier Share (KeepShared) may be
+// gone unseen (a suspend and resume behind /dev/tpm0: loaded sessions
+// are lost and no TPM_RC_INITIALIZE comes), or swapped for A1's own at its
+// number. Its first use in this Share is then
+//   - for a read (read: a command with no other session, changing nothing
+//     in the TPM), made once more in a new session when the TPM refuses it
+//     as not loaded (TPM_RC_REFERENCE_S*): if A1 forged that refusal after
+//     the TPM ran it, the read ran twice, which changes nothing;
+//   - for anything else (a command beside another session, whose policy a
+//     run spends, or that makes an object), made only after a TPM2_GetRandom
+//     in the session, whose answer's HMAC is keyed by its salt, showed it
+//     is still provd's; otherwise the session is given up and the command
+//     made in a new one, once (found by review 11: made again after a
+//     refusal A1 forged once the TPM had run it, an import met its spent
+//     policy session, exit 3, and a load the object the first run left,
+//     TPM_RC_OBJECT_MEMORY).
+//
+// The probe costs a command where a new session costs two.
+func (t *TPM) useShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error, read bool) error {
 	sh := t.share
 	adopted := sh.adopted
 	sh.adopted = false
+	if adopted && !read {
+		if err := t.inShared(sh.s, func(s tpm2.Session) error {
+			_, err := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, s)
+			return err
+		}); err != nil {
+			// Given up (inShared): a new one.
+			if serr := t.startShared(); serr != nil {
+				return serr
+			}
+		}
+		return t.inShared(role(sh.k), fn)
+	}
 	err := t.inShared(role(sh.k), fn)
 	if err == nil || !adopted || !lostSession(err) {
 		return err
@@ -249,8 +283,7 @@ func (t *TPM) withSharedAuth(entity Object, auth []byte, dir Direction, fn func(
 	if sh == nil || sh.s == nil || sh.inUse || sh.gen != t.Generation() {
 		return false, nil
 	}
-	return true, t.useShared(func(k *keyedPolicy) tpm2.Session { return hmacAudit{k} },
-		func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, dir, fn) })
+	return true, t.useShared(auditRole, func(tpm2.Session) error { return t.authorizeChecked(sh.k, entity, auth, dir, fn) }, false)
 }
 
 // inShared runs fn with s, a role of the shared session, marking the
