@@ -62,7 +62,7 @@ func review12Honest(t *testing.T, what string, err error) {
 // provd never flushes the kept number once a policy session of its own
 // holds that slot.
 //
-// FAILS (review 12): key create rsa and dup export start a policy session
+// Failed before the mend (review 12): key create rsa and dup export start a policy session
 // (the spare for their record's proof) before their first use of the kept
 // session; it takes slot 0, the lost shared session's; the record's anchor
 // read in the kept session is refused TPM_RC_HANDLE (S1), not
@@ -115,7 +115,7 @@ func TestReview12UnseenResumeBeforeEveryOperation(t *testing.T) {
 // session the daemon holds, nothing forged or tampered, and provd never
 // flushes the kept number while its own policy session holds that slot.
 //
-// FAILS (review 12): as TestReview12UnseenResumeBeforeEveryOperation, and
+// Failed before the mend (review 12): as TestReview12UnseenResumeBeforeEveryOperation, and
 // for key create ecc too: the flush takes the daemon's kept key-use
 // policy session (its next sign meets REFERENCE and starts another).
 func TestReview12UnseenResumeThenKeyUse(t *testing.T) {

@@ -28,8 +28,22 @@ const maxSessions = 3
 // and nothing is forgotten when the connection is lost (swtpm keeps its
 // sessions across a reconnect) or the TPM migrates; only a Startup that
 // provd sent (the TPM was reset) empties it. Too many only flushes the
-// shared session where it could have stayed.
+// shared session where it could have stayed. It serves a second: whether
+// a session kept between Shares, which may have been lost unseen, shares
+// its slot with another the connection holds (slotTaken).
 type liveSessions map[tpm2.TPMHandle]bool
+
+// slotTaken reports whether l holds a session other than h in h's slot:
+// the same number below the handle's type byte (swtpm, as the reference
+// code, numbers HMAC and policy sessions from one set of slots).
+func (l liveSessions) slotTaken(h tpm2.TPMHandle) bool {
+	for o := range l {
+		if o != h && o&0x00ffffff == h&0x00ffffff {
+			return true
+		}
+	}
+	return false
+}
 
 // note updates the set from a command and the TPM's final answer to it.
 func (l liveSessions) note(cmd, rsp []byte) {

@@ -112,6 +112,7 @@ func TestReview11KeptKeyClearedOnEveryEnd(t *testing.T) {
 			if err := readShared(env.TPM); err != nil {
 				t.Errorf("the next Share: %v", err)
 			}
+			ownersSweep(t, env.TPM) // a kept session given up is forgotten (review 12)
 		})
 	}
 }

@@ -42,6 +42,12 @@ type shared struct {
 	// adopted: the session was kept from an earlier Share (KeepShared) and
 	// this Share has not used it yet (useShared).
 	adopted bool
+	// proven: the session answered for itself (a command in it succeeded,
+	// its answer's HMAC checked) since it was started or last kept; until
+	// then its number may be another session's (dropSharedOf).
+	proven bool
+	// start numbers its StartAuthSession (counting.startOf).
+	start uint64
 }
 
 // Share runs fn with one audit session for the authenticated reads and
@@ -80,7 +86,7 @@ func (t *TPM) Share(fn func() error) error {
 		// A failed FlushContext has asked for the sweep (counting).
 		_ = t.dropSpare()
 		if sh := t.share; t.keepShare && sh.s != nil && t.saltToPin() && sh.gen == t.Generation() {
-			sh.keep, sh.inUse, sh.adopted = false, false, false
+			sh.keep, sh.inUse, sh.adopted, sh.proven = false, false, false, false
 			t.kept = sh
 		} else {
 			_ = t.dropShared()
@@ -90,8 +96,8 @@ func (t *TPM) Share(fn func() error) error {
 	return fn()
 }
 
-// KeepShared(true) has every Share after it keep its session for the next Share
-// instead of flushing it (issue 14: a StartAuthSession and a FlushContext
+// KeepShared(true) has every Share after it keep its session for the next
+// Share instead of flushing it (issue 14: a StartAuthSession and a FlushContext
 // fewer for every audited request of the daemon, which runs them one at a
 // time under its lock): for a process whose TPM connection serves one
 // operation at a time, for its life. Keeping gives nothing a session per
@@ -107,11 +113,15 @@ func (t *TPM) Share(fn func() error) error {
 //     from) ends it at the next Share's first use, flushed only if it
 //     answers for itself (dropShared); a flush of its handle by anyone
 //     ends it (Send); the leak sweep holds it (SharedHandle).
-//   - A TPM that lost it unseen (a suspend and resume behind /dev/tpm0,
+//   - A TPM may lose it unseen (a suspend and resume behind /dev/tpm0,
 //     after which loaded sessions are gone and no TPM_RC_INITIALIZE
-//     comes) refuses its first use in the next Share before running the
-//     command (TPM_RC_REFERENCE_S*): that use is made once more in a new
-//     session (useShared).
+//     comes), and hand its number, or its slot, to another session of
+//     provd's. Its first use in the next Share is a read that is made
+//     again in a new session when the TPM refuses it as not this session
+//     (TPM_RC_REFERENCE_S*, HANDLE, BAD_AUTH), or a probe whose answer
+//     must show it is provd's (useShared); and until it has answered it is
+//     never flushed by a number another session of provd's holds
+//     (dropSharedOf).
 //
 // DropKept ends it (zeroize), and KeepShared(false) ends it and stops
 // keeping (the agent's Close).
@@ -209,60 +219,73 @@ func (t *TPM) startShared() error {
 	if err != nil {
 		return err
 	}
-	sh.s, sh.k, sh.close, sh.gen, sh.adopted = hmacAudit{k}, k, t.keyedCloser(k), gen, false
+	sh.s, sh.k, sh.close, sh.gen, sh.adopted, sh.proven = hmacAudit{k}, k, t.keyedCloser(k), gen, false, true
+	sh.start = t.counting.startOf(k.handle)
 	return nil
 }
 
 // useShared runs fn with the shared session in the role role gives it
 // (inShared). A session kept from an earlier Share (KeepShared) may be
-// gone unseen (a suspend and resume behind /dev/tpm0: loaded sessions
-// are lost and no TPM_RC_INITIALIZE comes), or swapped for A1's own at its
-// number. Its first use in this Share is then
+// gone unseen (a suspend and resume behind /dev/tpm0: loaded sessions are
+// lost and no TPM_RC_INITIALIZE comes), its number perhaps handed to
+// another session of provd's since (swtpm numbers HMAC and policy sessions
+// from one set of slots), or swapped for A1's own at its number. Its first
+// use in this Share is then
 //   - for a read (read: a command with no other session, changing nothing
 //     in the TPM), made once more in a new session when the TPM refuses it
-//     as not loaded (TPM_RC_REFERENCE_S*): if A1 forged that refusal after
+//     as not this session's (lostSession); if A1 forged that refusal after
 //     the TPM ran it, the read ran twice, which changes nothing;
 //   - for anything else (a command beside another session, whose policy a
 //     run spends, or that makes an object), made only after a TPM2_GetRandom
 //     in the session, whose answer's HMAC is keyed by its salt, showed it
-//     is still provd's; otherwise the session is given up and the command
-//     made in a new one, once (found by review 11: made again after a
-//     refusal A1 forged once the TPM had run it, an import met its spent
-//     policy session, exit 3, and a load the object the first run left,
-//     TPM_RC_OBJECT_MEMORY).
+//     is still provd's; otherwise it is made in a new session, once (found
+//     by review 11: made again after a refusal A1 forged once the TPM had
+//     run it, an import met its spent policy session, exit 3, and a load
+//     the object the first run left, TPM_RC_OBJECT_MEMORY).
 //
-// The probe costs a command where a new session costs two.
+// Either way a session that failed there is given up, flushed by its
+// number only if no other session of provd's holds its slot (dropSharedOf;
+// found by review 12: the number was provd's own policy session's by
+// then). The probe costs a command where a new session costs two.
 func (t *TPM) useShared(role func(k *keyedPolicy) tpm2.Session, fn func(s tpm2.Session) error, read bool) error {
 	sh := t.share
 	adopted := sh.adopted
 	sh.adopted = false
-	if adopted && !read {
-		if err := t.inShared(sh.s, func(s tpm2.Session) error {
-			_, err := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, s)
-			return err
-		}); err != nil {
-			// Given up (inShared): a new one.
-			if serr := t.startShared(); serr != nil {
-				return serr
-			}
-		}
+	if !adopted {
 		return t.inShared(role(sh.k), fn)
 	}
-	err := t.inShared(role(sh.k), fn)
-	if err == nil || !adopted || !lostSession(err) {
+	var err error
+	if read {
+		err = t.inShared(role(sh.k), fn)
+	} else {
+		err = t.inShared(sh.s, func(s tpm2.Session) error {
+			_, err := (tpm2.GetRandom{BytesRequested: 1}).Execute(t, s)
+			return err
+		})
+	}
+	switch {
+	case err == nil && read:
+		return nil
+	case err == nil:
+		return t.inShared(role(sh.k), fn)
+	case read && !lostSession(err):
 		return err
 	}
+	// Given up (inShared): in a new one.
 	if serr := t.startShared(); serr != nil {
 		return errors.Join(err, serr)
 	}
 	return t.inShared(role(sh.k), fn)
 }
 
-// lostSession reports whether err is the TPM's refusal of a command for
-// an authorization session that is not loaded.
+// lostSession reports whether err is the TPM's refusal of a command for a
+// session that is not the one named: not loaded (TPM_RC_REFERENCE_S*),
+// another kind of session at that number (TPM_RC_HANDLE), or another
+// session whose key the command's HMAC does not match (TPM_RC_BAD_AUTH).
 func lostSession(err error) bool {
 	for _, rc := range []tpm2.TPMRC{tpm2.TPMRCReferenceS0, tpm2.TPMRCReferenceS1, tpm2.TPMRCReferenceS2,
-		tpm2.TPMRCReferenceS3, tpm2.TPMRCReferenceS4, tpm2.TPMRCReferenceS5, tpm2.TPMRCReferenceS6} {
+		tpm2.TPMRCReferenceS3, tpm2.TPMRCReferenceS4, tpm2.TPMRCReferenceS5, tpm2.TPMRCReferenceS6,
+		tpm2.TPMRCHandle, tpm2.TPMRCBadAuth} {
 		if errors.Is(err, rc) {
 			return true
 		}
@@ -287,7 +310,9 @@ func (t *TPM) withSharedAuth(entity Object, auth []byte, dir Direction, fn func(
 }
 
 // inShared runs fn with s, a role of the shared session, marking the
-// session in use; a failure flushes it (its nonces may be out of step).
+// session in use. A success proves the session (its answer's HMAC, keyed
+// by its salt, was checked); a failure flushes it (its nonces may be out
+// of step).
 func (t *TPM) inShared(s tpm2.Session, fn func(s tpm2.Session) error) error {
 	sh := t.share
 	sh.inUse = true
@@ -298,6 +323,7 @@ func (t *TPM) inShared(s tpm2.Session, fn func(s tpm2.Session) error) error {
 	if err != nil {
 		return errors.Join(err, t.dropShared())
 	}
+	sh.proven = true
 	return nil
 }
 
@@ -332,8 +358,20 @@ func (t *TPM) dropSharedOf(sh *shared) error {
 	if sh == nil || sh.s == nil {
 		return nil
 	}
-	s, k, closer, gen := sh.s, sh.k, sh.close, sh.gen
-	sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
+	s, k, closer, gen, proven, start := sh.s, sh.k, sh.close, sh.gen, sh.proven, sh.start
+	sh.s, sh.k, sh.close, sh.keep, sh.proven = nil, nil, nil, false, false
+	// A session kept between Shares that has not answered since may have
+	// ended unseen (a suspend and resume behind /dev/tpm0), and its slot be
+	// another session's of provd's by now: a flush by its number would
+	// take that one (found by review 12: provd's own policy session). Then
+	// it is gone (a slot holds one session), and only forgotten; the sweep
+	// is asked for all the same, as the other session's handle was the
+	// bus's word.
+	if !proven && t.Exclusive() && t.counting.slotTaken(k.handle, start) {
+		k.end()
+		t.unheld()
+		return nil
+	}
 	if now := t.Generation(); gen != now {
 		// Flushed only if an answer of the session, whose HMAC is keyed
 		// by its salt, shows that the session at its number is still

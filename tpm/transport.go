@@ -234,6 +234,11 @@ type counting struct {
 	probe func()
 	// live is the sessions the connection holds (liveSessions).
 	live liveSessions
+	// started numbers each session handle's latest StartAuthSession
+	// (starts counts them): a handle handed out again is a new session
+	// (slotTaken).
+	starts  uint64
+	started map[tpm2.TPMHandle]uint64
 }
 
 // roomForSession reports whether one more session can start while those
@@ -248,6 +253,23 @@ func (c *counting) roomForSession() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.live)+1+1 <= maxSessions
+}
+
+// slotTaken reports whether the session at h that start (startOf) numbers
+// no longer holds h's slot on the TPM's word: the connection holds another
+// session in that slot (liveSessions.slotTaken), or h was handed out by a
+// later StartAuthSession.
+func (c *counting) slotTaken(h tpm2.TPMHandle, start uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live.slotTaken(h) || c.started[h] != start
+}
+
+// startOf numbers the latest StartAuthSession that answered h (0: none).
+func (c *counting) startOf(h tpm2.TPMHandle) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.started[h]
 }
 
 // NeedsSweep reports, once, whether since the last call a handle may have
@@ -394,9 +416,14 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 	rsp, err := c.send(cmd)
 	if err == nil {
 		if c.live == nil {
-			c.live = liveSessions{}
+			c.live, c.started = liveSessions{}, map[tpm2.TPMHandle]uint64{}
 		}
 		c.live.note(cmd, rsp)
+		if len(rsp) >= headerSize+4 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCStartAuthSession &&
+			binary.BigEndian.Uint32(rsp[6:10]) == 0 {
+			c.starts++
+			c.started[tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[headerSize:]))] = c.starts
+		}
 	}
 	return rsp, err
 }
