@@ -13,19 +13,6 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-func lockoutCount(t *testing.T, tp transport.TPM) uint32 {
-	t.Helper()
-	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := rsp.CapabilityData.Data.TPMProperties()
-	if err != nil || len(p.TPMProperty) == 0 || p.TPMProperty[0].Property != tpm2.TPMPTLockoutCounter {
-		t.Fatalf("lockout counter: %v", err)
-	}
-	return p.TPMProperty[0].Value
-}
-
 // flipSessionHMAC returns cmd (a command with nh handles) with the last
 // byte of its i-th session's HMAC (from 1) flipped, and whether it had one.
 func flipSessionHMAC(cmd []byte, nh, i int) ([]byte, bool) {
@@ -67,7 +54,7 @@ func flipSessionHMAC(cmd []byte, nh, i int) ([]byte, bool) {
 func TestEKAuthFailIsNotReportedAsUncounted(t *testing.T) {
 	bus := &swtpmtest.Bus{}
 	env, ag, _ := provisionedBehind(t, bus)
-	before := lockoutCount(t, bus.Next)
+	before := swtpmtest.LockoutCounter(t, bus.Next)
 	mounted := false
 	fleetFlow(t, env, ag, []byte("psk"), func(name string, fn func() error) {
 		t.Helper()
@@ -91,7 +78,7 @@ func TestEKAuthFailIsNotReportedAsUncounted(t *testing.T) {
 		})
 		err := fn()
 		bus.Set(nil)
-		after := lockoutCount(t, bus.Next)
+		after := swtpmtest.LockoutCounter(t, bus.Next)
 		t.Logf("attest activate, the EK session's HMAC changed: %v; exit %d; lockout counter %d -> %d", err, api.ExitCode(err), before, after)
 		if !mounted {
 			t.Fatal("not mounted")

@@ -59,21 +59,6 @@ func review11Daemon(t *testing.T, limited bool) review11Side {
 	return s
 }
 
-// review11Lockout is the TPM's DA lockout counter, read on the TPM's side
-// of the bus.
-func review11Lockout(t *testing.T, tp transport.TPM) uint32 {
-	t.Helper()
-	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := rsp.CapabilityData.Data.TPMProperties()
-	if err != nil || len(p.TPMProperty) == 0 {
-		t.Fatalf("lockout counter: %v", err)
-	}
-	return p.TPMProperty[0].Value
-}
-
 // review11Records is the number of records in a's trail.
 func review11Records(t *testing.T, a *Agent) int {
 	t.Helper()
@@ -256,7 +241,7 @@ func review11Clean(t *testing.T, what string, s review11Side, lockout uint32) {
 	if extra := unheldLeft(t, s.a); len(extra) > 0 {
 		t.Errorf("%s: left loaded beyond what the daemon holds: %x (held %x)", what, extra, s.a.heldHandles())
 	}
-	if n := review11Lockout(t, s.bus.Next); n != lockout {
+	if n := swtpmtest.LockoutCounter(t, s.bus.Next); n != lockout {
 		t.Errorf("%s: the lockout counter moved from %d to %d", what, lockout, n)
 	}
 	if _, err := s.a.AuditVerify(context.Background()); err != nil {
@@ -279,7 +264,7 @@ func review11Clean(t *testing.T, what string, s review11Side, lockout uint32) {
 // operation's error.
 func review11ForgedLost(t *testing.T) map[string]error {
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
-	lockA, lockB := review11Lockout(t, A.bus.Next), review11Lockout(t, B.bus.Next)
+	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	errs := map[string]error{}
 	fired := 0
 	for _, op := range review11Ops(t, A, B) {
@@ -341,26 +326,6 @@ func TestReview11ForgedLostSessionIsReportedAsForged(t *testing.T) {
 	}
 }
 
-// review11A1Swap is A1 between two requests: the kept session flushed on
-// the TPM's side of the bus and an HMAC session of A1's own started in
-// its place (swtpm hands the lowest free number out again). It returns
-// A1's session.
-func review11A1Swap(t *testing.T, s review11Side, kept tpm2.TPMHandle) tpm2.TPMHandle {
-	t.Helper()
-	if _, err := (tpm2.FlushContext{FlushHandle: kept}).Execute(s.bus.Next); err != nil {
-		t.Fatalf("A1's flush of the kept session: %v", err)
-	}
-	rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(s.bus.Next)
-	if err != nil {
-		t.Fatalf("A1's own session: %v", err)
-	}
-	if rsp.SessionHandle != kept {
-		t.Fatalf("A1's session is 0x%x, the kept one was 0x%x: the swap did not land", rsp.SessionHandle, kept)
-	}
-	return rsp.SessionHandle
-}
-
 // Attack 1: between two requests A1 swaps the kept session for one of its
 // own at the same handle (unsalted, no symmetric cipher). The next
 // request, whose first use of the kept session then meets A1's session,
@@ -377,14 +342,15 @@ func review11A1Swap(t *testing.T, s review11Side, kept tpm2.TPMHandle) tpm2.TPMH
 // not.
 func TestReview11SwappedKeptSession(t *testing.T) {
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
-	lockA, lockB := review11Lockout(t, A.bus.Next), review11Lockout(t, B.bus.Next)
+	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	for _, op := range review11Ops(t, A, B) {
 		s, lock := A, lockA
 		if op.onB {
 			s, lock = B, lockB
 		}
 		kept := review11Warm(t, s)
-		own := review11A1Swap(t, s, kept)
+		swtpmtest.SwapSession(t, s.bus.Next, kept)
+		own := kept
 		err := op.fn()
 		t.Logf("%s: %v", op.name, err)
 		// Forged (exit 15), or the TPM's BAD_AUTH of a command no wrong
@@ -427,7 +393,7 @@ func TestReview11HonestEventsAroundTheKeptSession(t *testing.T) {
 			}
 			t.Run(fmt.Sprintf("%s/inside=%v", ev, inside), func(t *testing.T) {
 				A, B := review11Daemon(t, false), review11Daemon(t, false)
-				lockA, lockB := review11Lockout(t, A.bus.Next), review11Lockout(t, B.bus.Next)
+				lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 				for _, op := range review11Ops(t, A, B) {
 					s, lock := A, lockA
 					if op.onB {

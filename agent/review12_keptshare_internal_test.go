@@ -73,7 +73,7 @@ func review12Honest(t *testing.T, what string, err error) {
 // happens in one generation).
 func TestReview12UnseenResumeBeforeEveryOperation(t *testing.T) {
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
-	lockA, lockB := review11Lockout(t, A.bus.Next), review11Lockout(t, B.bus.Next)
+	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	for _, op := range review11Ops(t, A, B) {
 		s, lock := A, lockA
 		if op.onB {
@@ -131,7 +131,7 @@ func TestReview12UnseenResumeThenKeyUse(t *testing.T) {
 		_, err := s.a.Sign(ctx, "s12", d[:], api.SignOptions{})
 		return err
 	}
-	lockA, lockB := review11Lockout(t, A.bus.Next), review11Lockout(t, B.bus.Next)
+	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	failed := 0
 	for _, op := range review11Ops(t, A, B) {
 		s, lock := A, lockA
@@ -221,7 +221,7 @@ func TestReview12UnseenResumeAuditVerify(t *testing.T) {
 		if _, err := s.a.Status(context.Background()); err != nil {
 			t.Errorf("sign between %v: status: %v (exit %d)", withSign, err, api.ExitCode(err))
 		}
-		review11Clean(t, "audit verify", s, review11Lockout(t, s.bus.Next))
+		review11Clean(t, "audit verify", s, swtpmtest.LockoutCounter(t, s.bus.Next))
 	}
 }
 

@@ -254,21 +254,6 @@ func TestKeptShareForgedLostOnce(t *testing.T) {
 	}
 }
 
-// a1Swap is A1 flushing session h on the TPM's side of the bus and
-// starting an unsalted HMAC session of its own with no cipher, which swtpm
-// hands the same number.
-func a1Swap(t *testing.T, bus *swtpmtest.Bus, h tpm2.TPMHandle) {
-	t.Helper()
-	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next); err != nil {
-		t.Fatal(err)
-	}
-	rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(bus.Next)
-	if err != nil || rsp.SessionHandle != h {
-		t.Fatalf("A1's session: %v at 0x%x, want 0x%x", err, rsp.SessionHandle, h)
-	}
-}
-
 // A1 swaps the shared session for a cipherless one of its own at its
 // number: inside a Share, a creation it then guards is refused
 // TPM_RC_SYMMETRIC at the guard, before any HMAC, and that is forged (a
@@ -291,7 +276,7 @@ func TestSharedSessionSwappedForACipherlessOne(t *testing.T) {
 		if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
 			return err
 		}
-		a1Swap(t, bus, tp.SharedHandle())
+		swtpmtest.SwapSession(t, bus.Next, tp.SharedHandle())
 		return create()
 	})
 	if !errors.Is(err, tpm.ErrResponseForged) || !errors.Is(err, tpm2.TPMRCSymmetric) {
@@ -300,7 +285,7 @@ func TestSharedSessionSwappedForACipherlessOne(t *testing.T) {
 	if err := readShared(tp); err != nil {
 		t.Fatal(err)
 	}
-	a1Swap(t, bus, tp.SharedHandle())
+	swtpmtest.SwapSession(t, bus.Next, tp.SharedHandle())
 	log := &sessionLog{}
 	bus.Set(log.hook)
 	if err := tp.Share(create); err != nil {

@@ -79,17 +79,17 @@ func TestWrongValuesDoNotCountAgainstLockout(t *testing.T) {
 		{"an index's value", func() error { return tp.ProveNVAuth(x, []byte("not the index's value")) }},
 		{"the owner's value", func() error { return tp.UndefineNVAuth(x.Handle, []byte("not the owner's value")) }},
 	} {
-		before := lockoutCounter(t, bus)
+		before := swtpmtest.LockoutCounter(t, bus.Next)
 		if err := c.use(); !errors.Is(err, tpm.ErrBadAuth) {
 			t.Errorf("%s, wrong: %v, want ErrBadAuth", c.name, err)
 		}
-		if after := lockoutCounter(t, bus); after != before {
+		if after := swtpmtest.LockoutCounter(t, bus.Next); after != before {
 			t.Errorf("%s, wrong: the lockout counter went from %d to %d", c.name, before, after)
 		}
 	}
 
 	// The control: a key without noDA, used with a wrong password.
-	before := lockoutCounter(t, bus)
+	before := swtpmtest.LockoutCounter(t, bus.Next)
 	k, err := (tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(ownerAuth)},
 		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("right")}}},
@@ -115,7 +115,7 @@ func TestWrongValuesDoNotCountAgainstLockout(t *testing.T) {
 	if !errors.Is(err, tpm2.TPMRCAuthFail) {
 		t.Fatalf("the control's wrong password: %v, want TPM_RC_AUTH_FAIL", err)
 	}
-	if after := lockoutCounter(t, bus); after != before+1 {
+	if after := swtpmtest.LockoutCounter(t, bus.Next); after != before+1 {
 		t.Errorf("the control: the lockout counter went from %d to %d, want one more", before, after)
 	}
 }

@@ -34,20 +34,6 @@ func (r *sharedAuthEnv) readPrepare(head []byte) ([]byte, error) {
 	return v, errors.Join(ge.Extend(), ge.Close())
 }
 
-// lockoutCounter is TPM_PT_LOCKOUT_COUNTER, asked past the bus's hook.
-func lockoutCounter(t *testing.T, bus *swtpmtest.Bus) uint32 {
-	t.Helper()
-	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(bus.Next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := rsp.CapabilityData.Data.TPMProperties()
-	if err != nil || len(p.TPMProperty) == 0 || p.TPMProperty[0].Property != tpm2.TPMPTLockoutCounter {
-		t.Fatalf("lockout counter: %v", err)
-	}
-	return p.TPMProperty[0].Value
-}
-
 // isNVReadOf: cmd is a TPM2_NV_Read with a session (the record session's
 // read).
 func isSessionNVRead(cmd []byte) bool {
@@ -198,7 +184,7 @@ func TestReadPrepareEventsBetweenReadAndProof(t *testing.T) {
 // counter unmoved.
 func TestReadPrepareAnswersReplayed(t *testing.T) {
 	r := newSharedAuthEnv(t)
-	lock := lockoutCounter(t, r.bus)
+	lock := swtpmtest.LockoutCounter(t, r.bus.Next)
 	for _, cc := range []tpm2.TPMCC{tpm2.TPMCCNVRead, tpm2.TPMCCPolicySecret} {
 		name := map[tpm2.TPMCC]string{tpm2.TPMCCNVRead: "NV_Read", tpm2.TPMCCPolicySecret: "PolicySecret"}[cc]
 		for _, forward := range []bool{true, false} {
@@ -258,7 +244,7 @@ func TestReadPrepareAnswersReplayed(t *testing.T) {
 			})
 		}
 	}
-	if now := lockoutCounter(t, r.bus); now != lock {
+	if now := swtpmtest.LockoutCounter(t, r.bus.Next); now != lock {
 		t.Errorf("lockout counter %d, was %d", now, lock)
 	}
 }
@@ -289,7 +275,7 @@ func TestReadPrepareReadCommandChanged(t *testing.T) {
 	if err := r.tp.NVExtend(other, a1Val[:]); err != nil {
 		t.Fatal(err)
 	}
-	lock := lockoutCounter(t, r.bus)
+	lock := swtpmtest.LockoutCounter(t, r.bus.Next)
 	for _, c := range []struct {
 		name   string
 		change func(cmd []byte)
@@ -347,7 +333,7 @@ func TestReadPrepareReadCommandChanged(t *testing.T) {
 			sweptAsAsked(t, r.tp, r.gate.Handle)
 		})
 	}
-	if now := lockoutCounter(t, r.bus); now != lock {
+	if now := swtpmtest.LockoutCounter(t, r.bus.Next); now != lock {
 		t.Errorf("lockout counter %d, was %d", now, lock)
 	}
 }
@@ -626,7 +612,7 @@ func TestRecordSessionAreaBroken(t *testing.T) {
 // lockout, nothing left, the next one works.
 func TestChangedAuthorizedCommand(t *testing.T) {
 	r := newSharedAuthEnv(t)
-	lock := lockoutCounter(t, r.bus)
+	lock := swtpmtest.LockoutCounter(t, r.bus.Next)
 	flipLast := func(cc tpm2.TPMCC, n *int) swtpmtest.Hook {
 		return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
 			if swtpmtest.CommandCode(cmd) != cc || *n > 0 {
@@ -684,7 +670,7 @@ func TestChangedAuthorizedCommand(t *testing.T) {
 			}
 		})
 	}
-	if now := lockoutCounter(t, r.bus); now != lock {
+	if now := swtpmtest.LockoutCounter(t, r.bus.Next); now != lock {
 		t.Errorf("lockout counter %d, was %d", now, lock)
 	}
 }

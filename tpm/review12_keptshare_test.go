@@ -30,20 +30,6 @@ func review12Create(t *testing.T, tp *tpm.TPM) func() error {
 	}
 }
 
-// review12Lockout is the TPM's DA lockout counter, read behind the bus.
-func review12Lockout(t *testing.T, tp transport.TPM) uint32 {
-	t.Helper()
-	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(tp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := rsp.CapabilityData.Data.TPMProperties()
-	if err != nil || len(p.TPMProperty) == 0 {
-		t.Fatalf("lockout counter: %v", err)
-	}
-	return p.TPMProperty[0].Value
-}
-
 // review12Resume is a suspend and resume provd does not see (behind
 // /dev/tpm0: the OS sends TPM2_Shutdown(STATE), firmware
 // TPM2_Startup(STATE)): every loaded session is gone, their numbers are
@@ -117,7 +103,7 @@ func TestReview12ProbeAnsweredByA1(t *testing.T) {
 			env, bus, _ := keptShareEnv(t)
 			tp := env.TPM
 			create := review12Create(t, tp)
-			lock := review12Lockout(t, bus.Next)
+			lock := swtpmtest.LockoutCounter(t, bus.Next)
 			// An earlier probe's answer, for the replay: a Share whose
 			// first use is a creation probes the kept session.
 			var earlier []byte
@@ -177,7 +163,7 @@ func TestReview12ProbeAnsweredByA1(t *testing.T) {
 			if creates != 1 {
 				t.Errorf("TPM2_Create sent %d times, want 1", creates)
 			}
-			if n := review12Lockout(t, bus.Next); n != lock {
+			if n := swtpmtest.LockoutCounter(t, bus.Next); n != lock {
 				t.Errorf("the lockout counter moved from %d to %d", lock, n)
 			}
 			ownersSweep(t, tp) // a kept session given up is forgotten (review 12's mend)
@@ -305,7 +291,7 @@ func TestReview12UnseenResumeNumberTaken(t *testing.T) {
 				if kind == "hmac" && s.Handle() != kept {
 					t.Fatalf("the new session is 0x%x, the kept one was 0x%x: the number was not reused", s.Handle(), kept)
 				}
-				lock := review12Lockout(t, bus.Next)
+				lock := swtpmtest.LockoutCounter(t, bus.Next)
 				switch use {
 				case "read":
 					err = readShared(tp)
@@ -315,7 +301,7 @@ func TestReview12UnseenResumeNumberTaken(t *testing.T) {
 				if err != nil {
 					t.Errorf("the Share after an unseen suspend and resume: %v (forged %v)", err, errors.Is(err, tpm.ErrResponseForged))
 				}
-				if n := review12Lockout(t, bus.Next); n != lock {
+				if n := swtpmtest.LockoutCounter(t, bus.Next); n != lock {
 					t.Errorf("the lockout counter moved from %d to %d", lock, n)
 				}
 				// provd's own session still works.

@@ -359,7 +359,7 @@ func TestProbeRenamedLoadHandleIsForged(t *testing.T) {
 // A1's forged RETRY, repeated.
 func TestProbeRefusalsDoNotCount(t *testing.T) {
 	r := newSharedAuthEnv(t)
-	before := lockoutCounter(t, r.bus)
+	before := swtpmtest.LockoutCounter(t, r.bus.Next)
 	for _, op := range probeOps() {
 		for range 3 {
 			n := 0
@@ -372,7 +372,7 @@ func TestProbeRefusalsDoNotCount(t *testing.T) {
 			sweptAsAsked(t, r.tp, r.gate.Handle)
 		}
 	}
-	if after := lockoutCounter(t, r.bus); after != before {
+	if after := swtpmtest.LockoutCounter(t, r.bus.Next); after != before {
 		t.Errorf("lockout counter %d, was %d: the refusals counted", after, before)
 	}
 }

@@ -425,3 +425,37 @@ func Sessions(cmd []byte, nh int) []tpm2.TPMHandle {
 	}
 	return hs
 }
+
+// LockoutCounter is the TPM's TPM_PT_LOCKOUT_COUNTER (its dictionary-attack
+// failure count), asked on tp: the TPM's side of a Bus (Bus.Next), so
+// that no hook answers it.
+func LockoutCounter(t testing.TB, tp transport.TPM) uint32 {
+	t.Helper()
+	rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTLockoutCounter), PropertyCount: 1}).Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := rsp.CapabilityData.Data.TPMProperties()
+	if err != nil || len(p.TPMProperty) == 0 || p.TPMProperty[0].Property != tpm2.TPMPTLockoutCounter {
+		t.Fatalf("lockout counter: %v", err)
+	}
+	return p.TPMProperty[0].Value
+}
+
+// SwapSession is A1 flushing session h on the TPM's side of the bus (next)
+// and starting an unsalted HMAC session of its own with no cipher in its
+// place: swtpm hands out the lowest free number, h's.
+func SwapSession(t testing.TB, next transport.TPM, h tpm2.TPMHandle) {
+	t.Helper()
+	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(next); err != nil {
+		t.Fatalf("A1's flush of 0x%x: %v", h, err)
+	}
+	rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(next)
+	if err != nil {
+		t.Fatalf("A1's own session: %v", err)
+	}
+	if rsp.SessionHandle != h {
+		t.Fatalf("A1's session is 0x%x, want 0x%x: the swap did not land", rsp.SessionHandle, h)
+	}
+}
