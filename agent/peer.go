@@ -340,8 +340,17 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 }
 
 // withPeerParent loads a peer's transfer key's public area as the new
-// parent of a TPM2_Duplicate, runs fn with it, and flushes it.
+// parent of a TPM2_Duplicate, runs fn with it, and flushes it. The keys
+// the cache holds loaded are evicted first: beside the peer's parent a
+// duplication loads the key (and the PK, when the key is not cached),
+// starts a session salted to the SRK (which the TPM loads into a slot) and
+// loads a policy signer's key, and two resident keys left no slot for them
+// (found in issue 14's work: through the daemon, a dup
+// export after signs with two keys failed TPM_RC_OBJECT_MEMORY).
 func (a *Agent) withPeerParent(pub tpm2.TPMTPublic, fn func(parent tpm2.NamedHandle) error) error {
+	if err := a.keys.EvictResident(); err != nil {
+		return err
+	}
 	parent, err := a.t.LoadPublic(pub)
 	if err != nil {
 		return err

@@ -2,7 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/sha256"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -191,4 +195,78 @@ func TestKeptSessionThenMigrationInTheSharedSession(t *testing.T) {
 			t.Errorf("%s after a warm sign (migrated: %v): %v", op.name, *done, err)
 		}
 	}
+}
+
+// The daemon keeps two keys loaded between requests (objcache), and swtpm,
+// like most TPMs, has three object slots: with two keys resident, signs by
+// two others just before each step, every operation still finds the slots
+// it needs, on both TPMs (found in issue 14's work: a dup export through
+// the daemon after signs with two keys failed TPM_RC_OBJECT_MEMORY, its
+// salted session's SRK finding no slot beside the keys and the peer's
+// parent).
+func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	a, b := keptAgent(t, envA), keptAgent(t, envB)
+	ctx := context.Background()
+	for _, x := range []*Agent{a, b} {
+		if _, err := x.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"k", "k2"} { // each saved once: a first load evicts the others
+			if _, err := x.Sign(ctx, k, make([]byte, 32), api.SignOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step := func(onB bool, name string, fn func() error) {
+		t.Helper()
+		x := a
+		if onB {
+			x = b
+		}
+		for _, k := range []string{"k", "k2"} {
+			if _, err := x.Sign(ctx, k, make([]byte, 32), api.SignOptions{}); err != nil {
+				t.Fatalf("before %s: sign with %s: %v", name, k, err)
+			}
+		}
+		if n := x.keys.Resident(); n != 2 {
+			t.Fatalf("before %s: %d keys resident, want 2", name, n)
+		}
+		if err := fn(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	sealed, err := a.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "dh", Label: "dh", Type: "ecc-p256", Usage: "ecdh"}); err != nil {
+		t.Fatal(err)
+	}
+	step(false, "unseal", func() error { _, err := a.Unseal(ctx, sealed); return err })
+	step(false, "ecdh", func() error {
+		k, _ := ecdh.P256().GenerateKey(rand.Reader)
+		_, err := a.ECDH(ctx, "dh", k.PublicKey())
+		return err
+	})
+	step(false, "attest identity", func() error { _, err := a.AttestIdentity(ctx); return err })
+	step(false, "attest quote", func() error {
+		nonce := sha256.Sum256([]byte("two keys resident"))
+		_, err := a.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}})
+		return err
+	})
+	step(false, "audit reanchor", func() error { _, err := a.AuditReanchor(ctx); return err })
+	step(true, "peer prove (B)", func() error {
+		peerB, err := b.PeerIdentity(ctx)
+		if err != nil {
+			return err
+		}
+		c, err := NewPeerChallenge(peerB, caBundle(t, envB), time.Now)
+		if err != nil {
+			return err
+		}
+		_, err = b.PeerProve(ctx, c)
+		return err
+	})
+	everyOperation(t, a, b, envB, step)
 }
