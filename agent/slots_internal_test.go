@@ -200,12 +200,15 @@ func TestKeptSessionThenMigrationInTheSharedSession(t *testing.T) {
 // The daemon keeps two keys loaded between requests (objcache), and swtpm,
 // like most TPMs, has three object slots: with two keys resident, signs by
 // two others just before each step, every operation still finds the slots
-// it needs, on both TPMs (found in issue 14's work: a dup export through
+// it needs, on both TPMs, behind swtpmtest.SessionLimit with the daemon's
+// kept sessions: no refusal for want of a session or object slot (found in issue 14's work: a dup export through
 // the daemon after signs with two keys failed TPM_RC_OBJECT_MEMORY, its
 // salted session's SRK finding no slot beside the keys and the peer's
 // parent).
 func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
+	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap))
+	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap))
 	a, b := keptAgent(t, envA), keptAgent(t, envB)
 	ctx := context.Background()
 	for _, x := range []*Agent{a, b} {
@@ -232,8 +235,16 @@ func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
 		if n := x.keys.Resident(); n != 2 {
 			t.Fatalf("before %s: %d keys resident, want 2", name, n)
 		}
+		l := lA
+		if onB {
+			l = lB
+		}
+		l.Take()
 		if err := fn(); err != nil {
 			t.Errorf("%s: %v", name, err)
+		}
+		if refused, cmds := l.Take(); refused > 0 {
+			t.Errorf("%s: %d refusals for want of a slot in %v", name, refused, cmds)
 		}
 	}
 	sealed, err := a.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
