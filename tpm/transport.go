@@ -234,9 +234,9 @@ type counting struct {
 	probe func()
 	// live is the sessions the connection holds (liveSessions).
 	live liveSessions
-	// started numbers the latest StartAuthSession of each session the
-	// connection holds (starts counts them): a handle handed out again is
-	// a new session (slotTaken).
+	// started numbers each session handle's latest StartAuthSession
+	// (starts counts them): a handle handed out again is a new session
+	// (slotTaken).
 	starts  uint64
 	started map[tpm2.TPMHandle]uint64
 }
@@ -423,13 +423,6 @@ func (c *counting) Send(cmd []byte) ([]byte, error) {
 			binary.BigEndian.Uint32(rsp[6:10]) == 0 {
 			c.starts++
 			c.started[tpm2.TPMHandle(binary.BigEndian.Uint32(rsp[headerSize:]))] = c.starts
-		}
-		// Only the sessions the connection holds are numbered: the map
-		// stays as small as live, whatever numbers a TPM hands out.
-		for h := range c.started {
-			if !c.live[h] {
-				delete(c.started, h)
-			}
 		}
 	}
 	return rsp, err
