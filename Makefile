@@ -77,11 +77,14 @@ lint:
 # The long form of the reliability instruments (make test runs a short one):
 # kill -9, and TPM power cuts, at random moments of every state-changing
 # operation, KILLS times each; TPM power cuts and resets under the daemon,
-# KILLS of them. The filter keeps the summaries; pipefail keeps a failure.
+# KILLS of them; an idle saved session against the TPM's context gap (the
+# daemon's rest when idle). The filter keeps the summaries; pipefail keeps
+# a failure.
 KILLS ?= 200
 reliability: deps
 	set -o pipefail; PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 60m -v -run '^(TestKillAtAnyMomentLeavesValidState|TestTPMPowerCutAtAnyMomentLeavesValidState)$$' ./agent/ | grep -E 'seed|_test.go:|child|^(---|ok|FAIL)'
 	set -o pipefail; PROVD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 30m -v -run '^TestDaemonFaultsDuringOperations$$' ./agent/server/ | grep -E 'seed|faults \(|HTTP [^5]|^(---|ok|FAIL)'
+	set -o pipefail; PROVD_CONTEXT_GAP=1 $(GO) test -count=1 -timeout 10m -v -run '^TestIdleSavedSessionStopsOtherSavesAtTheContextGap$$' ./tpm/ | grep -E '_test.go:|^(---|ok|FAIL)'
 
 # Known vulnerabilities in the code paths provd uses (lint runs it too). It
 # needs the Go vulnerability database (vuln.go.dev, or GOVULNDB=file:///path

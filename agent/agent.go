@@ -277,6 +277,20 @@ func (a *Agent) RecordFault(ctx context.Context, op, what string) error {
 // errFault marks a recovered panic's record: always written.
 var errFault = errors.New("internal error")
 
+// Rest ends the sessions the daemon keeps in the TPM between requests: the
+// key uses' policy session (opSession) and the operations' shared audit
+// session (tpm.TPM.KeepShared); the next request starts new ones (two
+// commands more for it). Resident keys stay: an object's saved context
+// does not age. The daemon rests when idle behind a resource manager
+// (server.Server's restWhenIdle): there a kept session waits as a saved
+// context, and every saved session context counts against the TPM's
+// context gap (docs/threat-model.md, "The daemon rests when idle").
+func (a *Agent) Rest() error {
+	a.mu.Lock()
+	defer a.unlock()
+	return errors.Join(a.dropOp(), a.t.DropKept())
+}
+
 // Close flushes cached keys and releases the audit log.
 func (a *Agent) Close() error {
 	defer a.lock()() // flushes the kept policy session

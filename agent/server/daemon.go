@@ -187,6 +187,12 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 			return nil
 		})
 	}
+	if !t.Exclusive() {
+		g.Go("rest", func(ctx context.Context) error {
+			srv.restWhenIdle(ctx)
+			return nil
+		})
+	}
 	g.Go("reload", func(ctx context.Context) error {
 		for {
 			select {

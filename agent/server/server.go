@@ -51,6 +51,9 @@ const (
 	// the longest single command (an RSA-4096 key generation on a discrete
 	// TPM takes up to a minute), and above the store's lock wait.
 	stallTimeout = 3 * time.Minute
+	// restTimeout is how long the daemon waits without a request before it
+	// rests (restWhenIdle): between one and two of it after the last one.
+	restTimeout = 5 * time.Second
 )
 
 // Input limits of the daemon, below what the in-process agent accepts: one
@@ -114,6 +117,8 @@ type Server struct {
 
 	// drainWait is drainTimeout (tests change it).
 	drainWait time.Duration
+	// restAfter is restTimeout (tests change it).
+	restAfter time.Duration
 }
 
 // Stats counts what the server did.
@@ -147,7 +152,7 @@ func newServer(o Options) *Server {
 		o.MaxWaiting = DefaultMaxWaiting
 	}
 	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux(),
-		healthWait: healthTimeout, stallAfter: stallTimeout, drainWait: drainTimeout}
+		healthWait: healthTimeout, stallAfter: stallTimeout, drainWait: drainTimeout, restAfter: restTimeout}
 	s.Reconfigure(o.Roles, o.RequestTimeout, o.EKCA)
 	s.routes()
 	s.hs = &http.Server{
@@ -267,6 +272,55 @@ func (s *Server) Health(ctx context.Context) error {
 		return err
 	}
 	return s.progressing()
+}
+
+// restWhenIdle has the agent rest (agent.Agent.Rest: the sessions it keeps
+// between requests ended) once a tick of restAfter passed without a
+// request, until ctx ends. Run starts it behind a resource manager only:
+// there a session the daemon keeps waits, between its requests, as a saved
+// context, and a TPM refuses to save any session's context once the
+// number of contexts saved after the oldest one reaches its context gap
+// (TPM_PT_CONTEXT_GAP_MAX: 65,535 on swtpm, at least that on any TPM);
+// Linux's resource manager does not refresh an old context, and fails the
+// command of whichever client it was saving for. An idle daemon's kept
+// sessions were the oldest, for as long as it stayed idle: other clients'
+// work would, after 65,535 session saves, have failed until its next
+// request. Resting holds nothing saved longer than two restAfter past a
+// request; on /dev/tpm0, which the daemon holds alone, nothing is saved.
+func (s *Server) restWhenIdle(ctx context.Context) {
+	tick := time.NewTicker(s.restAfter)
+	defer tick.Stop()
+	var r rester
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.restIfIdle(ctx, &r)
+	}
+}
+
+// rester is what restWhenIdle saw at its last tick.
+type rester struct {
+	seen, restedAt int64 // s.requests then, and at the last rest
+	rested         bool
+}
+
+// restIfIdle rests when no request came since the previous tick and none
+// since the last rest; the rest waits its turn in the queue.
+func (s *Server) restIfIdle(ctx context.Context, r *rester) {
+	n := s.requests.Load()
+	idle := n == r.seen
+	r.seen = n
+	if !idle || (r.rested && r.restedAt == n) {
+		return
+	}
+	if err := s.q.do(ctx, s.ag.Rest); err != nil {
+		s.log.Debug("rest: the kept sessions were not ended", "err", err)
+		return
+	}
+	r.rested, r.restedAt = true, n
 }
 
 // sawProgress notes the TPM's command count as seen now.
