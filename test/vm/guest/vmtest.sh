@@ -162,6 +162,14 @@ case "$phase:$mode" in
     wait_for 30 "the restart" sh -c "p=\$(systemctl show -P MainPID provd.service); [ \"\$p\" != 0 ] && [ \"\$p\" != $old ] && systemctl is-active -q provd.service"
   check "NRestarts went up by one" test "$(prop provd.service NRestarts)" = $((restarts + 1))
   check "key sign after the restart" sign_and_verify root root-restarted
+  # The daemon's kept sessions wait saved in the kernel's resource manager
+  # between requests; idle, it rests (flushes them) within two 5 s ticks,
+  # so that they never hold the TPM's context gap (docs/threat-model.md).
+  check "between requests the resource manager holds the daemon's kept sessions saved" \
+    sh -c '[ "$(tpm2_getcap handles-saved-session | grep -c "^- ")" -ge 1 ]'
+  check "idle, the daemon rests: no saved session within 20 s" \
+    wait_for 20 "the daemon's rest" sh -c '[ "$(tpm2_getcap handles-saved-session | grep -c "^- ")" = 0 ]'
+  check "key sign after the rest" sign_and_verify root root-rested
   finish 3 reboot
   ;;
 3:normal)
