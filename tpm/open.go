@@ -263,9 +263,21 @@ func (t *TPM) ForgetsStale(gen uint64) bool { return gen != t.Generation() && t.
 // exclusive reports whether provd is the TPM's only client on this transport:
 // swtpm serves one connection at a time and /dev/tpm0 opens once, so anything
 // loaded there was left by a client that died. /dev/tpmrm0 virtualizes handles
-// per connection and flushes them itself.
+// per connection and flushes them itself, as every /dev/tpmrmN does (a
+// second TPM's is /dev/tpmrm1). Taken for exclusive, a manager's channel
+// would have provd treat every handle it does not hold as a leak to flush,
+// where session handles are not virtualized and may be other clients'.
 func exclusive(spec string) bool {
-	return spec != "/dev/tpmrm0"
+	n, ok := strings.CutPrefix(filepath.Clean(spec), "/dev/tpmrm")
+	if !ok || n == "" {
+		return true
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return true
+		}
+	}
+	return false
 }
 
 // flushStale flushes the transient objects and sessions a dead client left in a
