@@ -1,0 +1,159 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// Attack: the rest racing requests. restWhenIdle ticks every millisecond
+// while three clients send signs, seals, key-public (no TPM command) and
+// refused requests through the handler, behind the resource manager and
+// its three-session space (SessionLimit). Rest must be serialized with
+// every request by the queue and the agent's lock: no request may fail,
+// none may meet a session or object slot refusal (a rest between a
+// request's commands would flush a session in use), and a final rest
+// leaves the TPM without sessions. Run with -race.
+func TestReview13RestRacesRequests(t *testing.T) {
+	l := &swtpmtest.SessionLimit{}
+	env := swtpmtest.Start(t, swtpmtest.WithResourceManager(), swtpmtest.WithWrap(l.Wrap))
+	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: filepath.Join(t.TempDir(), "state"), KeepSession: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Close() })
+	ctx := context.Background()
+	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"k", "k2"} {
+		if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: k, Type: "ecc-p256"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	me := RoleMembers{UIDs: []int{os.Getuid()}}
+	s, err := New(Options{Agent: ag, TPM: env.TPM, Roles: &Roles{Officer: me, User: me}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.restAfter = time.Millisecond
+	l.Take()
+	send := func(uid int, rt api.Route, body string) (int, string) {
+		r := httptest.NewRequest(rt.Method, rt.Path, bytes.NewReader([]byte(body)))
+		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, callerResult{Caller{UID: uid, GID: uid, PID: 1}, nil}))
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		return w.Code, w.Body.String()
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	restDone := make(chan struct{})
+	go func() { s.restWhenIdle(rctx); close(restDone) }()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	fail := func(what string, code int, body string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(failures) < 10 {
+			failures = append(failures, what+": "+http.StatusText(code)+" "+body)
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	digest := `"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="`
+	clients := []func(i int){
+		func(i int) {
+			k := []string{"k", "k2"}[i%2]
+			if code, body := send(os.Getuid(), api.RouteKeySign, `{"name":"`+k+`","digest":`+digest+`}`); code != http.StatusOK {
+				fail("sign "+k, code, body)
+			}
+		},
+		func(i int) {
+			if code, body := send(os.Getuid(), api.RouteSeal, `{"data":"eA==","pcrs":[7]}`); code != http.StatusOK {
+				fail("seal", code, body)
+			}
+			time.Sleep(2 * time.Millisecond)
+		},
+		func(i int) {
+			if i%2 == 0 {
+				if code, body := send(os.Getuid(), api.RouteKeyPublic, `{"name":"k"}`); code != http.StatusOK {
+					fail("key-public", code, body)
+				}
+			} else if code, body := send(4242, api.RouteKeySign, `{"name":"k","digest":`+digest+`}`); code != http.StatusForbidden {
+				fail("refused sign", code, body)
+			}
+			time.Sleep(3 * time.Millisecond)
+		},
+	}
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				c(i)
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-restDone
+	for _, f := range failures {
+		t.Error(f)
+	}
+	if refused, cmds := l.Take(); refused > 0 {
+		t.Errorf("%d refusals for want of a slot in %d commands", refused, len(cmds))
+	}
+	if err := s.q.do(ctx, ag.Rest); err != nil && !errors.Is(err, api.ErrBusy) {
+		t.Fatal(err)
+	}
+	if got := sessionsIn(t, env.TPM); len(got) != 0 {
+		t.Errorf("after the final rest the TPM holds %x", got)
+	}
+	t.Logf("requests %d, refused %d, TPM commands %d", s.requests.Load(), s.refused.Load(), env.TPM.Stats().Commands)
+}
+
+// Attack: Rest as the queue's waiting request. The rest waits for the
+// queue like a request and is counted in maxWaiting: while an operation
+// holds the TPM (an RSA-4096 generation takes up to a minute on a discrete
+// TPM) an idle tick enqueues the rest, which takes a waiting place a
+// client's request would have had. With MaxWaiting 1 a client is then
+// turned away busy by the daemon's own housekeeping.
+// Secure: the rest never takes a client's place in the queue (it is
+// skipped while the queue is held or full, or not counted).
+func TestReview13RestTakesAClientsQueuePlace(t *testing.T) {
+	s, _, _ := restServer(t)
+	s.q = newQueue(1)
+	ctx := context.Background()
+	hold, held := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = s.q.do(ctx, func() error { close(held); <-hold; return nil })
+	}()
+	<-held
+	var r rester
+	restDone := make(chan struct{})
+	go func() { s.restIfIdle(ctx, &r); close(restDone) }()
+	for s.q.waiting.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// The client would be admitted once the holder ends (100 ms later,
+	// well within its 2 s): only the rest's waiting place can refuse it.
+	go func() { time.Sleep(100 * time.Millisecond); close(hold) }()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := s.q.do(cctx, func() error { return nil })
+	<-restDone
+	if err != nil {
+		t.Errorf("a client's request was turned away while only the daemon's rest waited beside it (MaxWaiting 1): %v", err)
+	}
+}
