@@ -70,6 +70,31 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 	return fn()
 }
 
+// tryDo runs fn now, if no operation holds the queue and none waits for
+// it, and reports whether it ran: for the daemon's own upkeep (its rest),
+// which never takes a client's place in the queue nor counts against
+// maxWaiting.
+func (q *queue) tryDo(fn func() error) (bool, error) {
+	if q.waiting.Load() > 0 {
+		return false, nil
+	}
+	select {
+	case q.slot <- struct{}{}:
+	default:
+		return false, nil
+	}
+	if q.closed.Load() {
+		<-q.slot
+		return false, nil
+	}
+	q.since.Store(time.Now().UnixNano())
+	defer func() {
+		q.since.Store(0)
+		<-q.slot
+	}()
+	return true, fn()
+}
+
 // close takes the slot for good once the operation holding it has ended, so
 // that nothing runs after it; requests still waiting are turned away with
 // ErrBusy. It gives up at ctx's end, leaving the running operation alone.

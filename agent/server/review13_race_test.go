@@ -123,37 +123,44 @@ func TestReview13RestRacesRequests(t *testing.T) {
 	t.Logf("requests %d, refused %d, TPM commands %d", s.requests.Load(), s.refused.Load(), env.TPM.Stats().Commands)
 }
 
-// Attack: Rest as the queue's waiting request. The rest waits for the
-// queue like a request and is counted in maxWaiting: while an operation
+// Attack: Rest as the queue's waiting request. The rest waited for the
+// queue like a request and was counted in maxWaiting: while an operation
 // holds the TPM (an RSA-4096 generation takes up to a minute on a discrete
-// TPM) an idle tick enqueues the rest, which takes a waiting place a
-// client's request would have had. With MaxWaiting 1 a client is then
-// turned away busy by the daemon's own housekeeping.
-// Secure: the rest never takes a client's place in the queue (it is
-// skipped while the queue is held or full, or not counted).
+// TPM) an idle tick enqueued the rest, which took a waiting place a
+// client's request would have had. With MaxWaiting 1 a client was then
+// turned away busy by the daemon's own housekeeping (failed before the
+// mend: "TPM queue busy ... (1 requests waiting)").
+// Secure: the rest never takes a client's place in the queue: while the
+// queue is held it is skipped, and it rests at the next idle tick.
 func TestReview13RestTakesAClientsQueuePlace(t *testing.T) {
-	s, _, _ := restServer(t)
+	s, ag, _, tp := restServer(t)
 	s.q = newQueue(1)
 	ctx := context.Background()
-	hold, held := make(chan struct{}), make(chan struct{})
+	sealAndSign(t, ag)
+	hold, held, released := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		_ = s.q.do(ctx, func() error { close(held); <-hold; return nil })
+		close(released)
 	}()
 	<-held
 	var r rester
-	restDone := make(chan struct{})
-	go func() { s.restIfIdle(ctx, &r); close(restDone) }()
-	for s.q.waiting.Load() == 0 {
-		time.Sleep(time.Millisecond)
+	s.restIfIdle(&r)
+	s.restIfIdle(&r) // idle, but the queue is held: skipped, nothing waits
+	if n := s.q.waiting.Load(); n != 0 {
+		t.Errorf("the rest waits in the queue: %d waiting", n)
 	}
-	// The client would be admitted once the holder ends (100 ms later,
-	// well within its 2 s): only the rest's waiting place can refuse it.
 	go func() { time.Sleep(100 * time.Millisecond); close(hold) }()
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	err := s.q.do(cctx, func() error { return nil })
-	<-restDone
-	if err != nil {
-		t.Errorf("a client's request was turned away while only the daemon's rest waited beside it (MaxWaiting 1): %v", err)
+	if err := s.q.do(cctx, func() error { return nil }); err != nil {
+		t.Errorf("a client's request was turned away beside the daemon's rest (MaxWaiting 1): %v", err)
+	}
+	<-released
+	if got := sessionsIn(t, tp); len(got) != 2 {
+		t.Errorf("rested while the queue was held: the TPM holds %x", got)
+	}
+	s.restIfIdle(&r)
+	if got := sessionsIn(t, tp); len(got) != 0 {
+		t.Errorf("the idle tick after the queue was free left %x", got)
 	}
 }

@@ -40,41 +40,40 @@ func refusedRequest(t *testing.T, s *Server) {
 // TPM_RC_CONTEXT_GAP after 65,535 of them), re-armed at will by a caller
 // the daemon refuses.
 // Secure: within two idle ticks after the refusal the TPM holds no session
-// of the daemon's.
+// of the daemon's. Failed before the mend (idleness was s.requests; it is
+// now the TPM's command count).
 func TestReview13RefusalAfterRestKeepsSessionForever(t *testing.T) {
-	s, ag, env := restServer(t)
-	ctx := context.Background()
+	s, ag, _, tp := restServer(t)
 	sealAndSign(t, ag)
 	var r rester
-	s.requests.Add(1)
-	s.restIfIdle(ctx, &r)
-	s.restIfIdle(ctx, &r)
-	if got := sessionsIn(t, env.TPM); len(got) != 0 {
+	s.restIfIdle(&r) // the work above is activity
+	s.restIfIdle(&r)
+	if got := sessionsIn(t, tp); len(got) != 0 {
 		t.Fatalf("precondition: the idle daemon rested; the TPM holds %x", got)
 	}
 	refusedRequest(t, s)
-	after := sessionsIn(t, env.TPM)
+	after := sessionsIn(t, tp)
 	t.Logf("sessions in the TPM after one refused request: %x", after)
 	for i := 0; i < 4; i++ {
-		s.restIfIdle(ctx, &r)
+		s.restIfIdle(&r)
 	}
-	if got := sessionsIn(t, env.TPM); len(got) != 0 {
+	if got := sessionsIn(t, tp); len(got) != 0 {
 		t.Errorf("four idle ticks after a refused request the daemon still keeps session(s) %x saved behind the resource manager: it never rests again until a counted request comes", got)
 	}
 }
 
 // The same without any earlier rest: a daemon that served nothing but a
 // refusal since it started (rester zero, s.requests 0) must rest too.
+// Failed before the mend.
 func TestReview13RefusalOnlyDaemonRests(t *testing.T) {
-	s, _, env := restServer(t)
-	ctx := context.Background()
+	s, _, _, tp := restServer(t)
 	var r rester
-	s.restIfIdle(ctx, &r) // the first tick after start
+	s.restIfIdle(&r) // the first tick after start
 	refusedRequest(t, s)
 	for i := 0; i < 3; i++ {
-		s.restIfIdle(ctx, &r)
+		s.restIfIdle(&r)
 	}
-	if got := sessionsIn(t, env.TPM); len(got) != 0 {
+	if got := sessionsIn(t, tp); len(got) != 0 {
 		t.Errorf("idle after one refused request, the daemon keeps session(s) %x", got)
 	}
 }
@@ -107,11 +106,11 @@ func keyPublicRequest(t *testing.T, s *Server) {
 // init, nothing does.)
 // Secure: ticks during which the daemon sent the TPM no command count as
 // idle for the rest; within a few such ticks the TPM holds no session.
+// Failed before the mend.
 func TestReview13TPMlessRequestsKeepTheDaemonFromResting(t *testing.T) {
-	s, ag, env := restServer(t)
-	ctx := context.Background()
+	s, ag, env, tp := restServer(t)
 	sealAndSign(t, ag)
-	if got := sessionsIn(t, env.TPM); len(got) != 2 {
+	if got := sessionsIn(t, tp); len(got) != 2 {
 		t.Fatalf("precondition: a warm daemon keeps 2 sessions; the TPM holds %x", got)
 	}
 	var r rester
@@ -121,10 +120,10 @@ func TestReview13TPMlessRequestsKeepTheDaemonFromResting(t *testing.T) {
 		if n := env.TPM.Stats().Commands - before; n != 0 && i == 0 {
 			t.Logf("key-public sent %d TPM commands", n)
 		}
-		s.restIfIdle(ctx, &r)
+		s.restIfIdle(&r)
 	}
 	sent := env.TPM.Stats().Commands - before
-	if got := sessionsIn(t, env.TPM); len(got) != 0 {
+	if got := sessionsIn(t, tp); len(got) != 0 {
 		t.Errorf("six ticks in which the daemon sent the TPM %d commands (requests that touch no TPM only): its kept sessions %x were never loaded again, yet it never rested", sent, got)
 	}
 }
@@ -140,17 +139,17 @@ func TestReview13TPMlessRequestsKeepTheDaemonFromResting(t *testing.T) {
 func TestReview13EventBeforeRest(t *testing.T) {
 	for _, ev := range swtpmtest.Events {
 		t.Run(ev, func(t *testing.T) {
-			s, ag, env := restServer(t)
+			s, ag, env, tp := restServer(t)
 			ctx := context.Background()
 			sealAndSign(t, ag)
 			env.Event(ev)
 			var r rester
-			s.restIfIdle(ctx, &r)
+			s.restIfIdle(&r)
 			err := s.q.do(ctx, ag.Rest)
 			if err != nil {
 				t.Logf("rest after the %s: %v", ev, err)
 			}
-			if got := sessionsIn(t, env.TPM); len(got) != 0 {
+			if got := sessionsIn(t, tp); len(got) != 0 {
 				t.Errorf("after the %s and a rest the TPM holds %x", ev, got)
 			}
 			before := env.TPM.Stats().Commands
@@ -161,7 +160,7 @@ func TestReview13EventBeforeRest(t *testing.T) {
 				t.Errorf("a second rest after the %s sent %d commands", ev, n)
 			}
 			sealAndSign(t, ag)
-			if got := sessionsIn(t, env.TPM); len(got) != 2 {
+			if got := sessionsIn(t, tp); len(got) != 2 {
 				t.Errorf("after the %s, the rest and new requests: the TPM holds %x, want the 2 kept sessions", ev, got)
 			}
 		})

@@ -275,18 +275,25 @@ func (s *Server) Health(ctx context.Context) error {
 }
 
 // restWhenIdle has the agent rest (agent.Agent.Rest: the sessions it keeps
-// between requests ended) once a tick of restAfter passed without a
-// request, until ctx ends. Run starts it behind a resource manager only:
-// there a session the daemon keeps waits, between its requests, as a saved
-// context, and a TPM refuses to save any session's context once the
-// number of contexts saved after the oldest one reaches its context gap
+// between requests ended) once a tick of restAfter passed in which the
+// daemon sent the TPM no command, until ctx ends. Run starts it behind a
+// resource manager only: there a session the daemon keeps waits, while its
+// connection sends nothing, as a saved context (the manager loads and
+// saves again every session of a connection around each of its commands),
+// and a TPM refuses to save any session's context once the number of
+// contexts saved after the oldest one reaches its context gap
 // (TPM_PT_CONTEXT_GAP_MAX: 65,535 on swtpm, at least that on any TPM);
 // Linux's resource manager does not refresh an old context, and fails the
 // command of whichever client it was saving for. An idle daemon's kept
 // sessions were the oldest, for as long as it stayed idle: other clients'
 // work would, after 65,535 session saves, have failed until its next
-// request. Resting holds nothing saved longer than two restAfter past a
-// request; on /dev/tpm0, which the daemon holds alone, nothing is saved.
+// command. Idleness is the TPM's command count, not the requests served
+// (found by review 13: a refused request's audit record kept a session no
+// counted request followed, and requests that send the TPM nothing, a
+// key's public part, kept the daemon from resting while its sessions aged).
+// Resting holds nothing saved longer than two restAfter past the daemon's
+// last command; on /dev/tpm0, which the daemon holds alone, nothing is
+// saved.
 func (s *Server) restWhenIdle(ctx context.Context) {
 	tick := time.NewTicker(s.restAfter)
 	defer tick.Stop()
@@ -297,30 +304,37 @@ func (s *Server) restWhenIdle(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		s.restIfIdle(ctx, &r)
+		s.restIfIdle(&r)
 	}
 }
 
 // rester is what restWhenIdle saw at its last tick.
 type rester struct {
-	seen, restedAt int64 // s.requests then, and at the last rest
+	seen, restedAt int64 // the TPM's command count then, and after the last rest
 	rested         bool
 }
 
-// restIfIdle rests when no request came since the previous tick and none
-// since the last rest; the rest waits its turn in the queue.
-func (s *Server) restIfIdle(ctx context.Context, r *rester) {
-	n := s.requests.Load()
+// restIfIdle rests when the daemon sent the TPM no command since the
+// previous tick, nor since its last rest, and the queue is free: the rest
+// never takes a client's place in it (found by review 13: queued behind a
+// long operation it counted against MaxWaiting and turned a client away);
+// a busy queue sends commands, and the next idle tick rests.
+func (s *Server) restIfIdle(r *rester) {
+	n := s.t.Stats().Commands
 	idle := n == r.seen
 	r.seen = n
 	if !idle || (r.rested && r.restedAt == n) {
 		return
 	}
-	if err := s.q.do(ctx, s.ag.Rest); err != nil {
-		s.log.Debug("rest: the kept sessions were not ended", "err", err)
+	ran, err := s.q.tryDo(s.ag.Rest)
+	if !ran {
 		return
 	}
-	r.rested, r.restedAt = true, n
+	if err != nil {
+		s.log.Debug("rest: the kept sessions were not all ended", "err", err)
+	}
+	n = s.t.Stats().Commands // the rest's own flushes are no activity
+	r.seen, r.restedAt, r.rested = n, n, true
 }
 
 // sawProgress notes the TPM's command count as seen now.
