@@ -2,33 +2,11 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdh"
-	"crypto/rand"
-	"crypto/sha256"
 	"testing"
-	"time"
-
-	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
-
-// review13Sessions lists the sessions loaded or saved in the TPM.
-func review13Sessions(t *testing.T, tp *tpm.TPM) []tpm2.TPMHandle {
-	t.Helper()
-	var out []tpm2.TPMHandle
-	for _, first := range []tpm2.TPMHandle{tpm.HMACSessions, tpm.PolicySessions} {
-		hs, err := tp.Handles(first)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, hs...)
-	}
-	return out
-}
 
 // Attack: the daemon's real sequence behind /dev/tpmrm0 (swtpmtest's
 // resource-manager channel under SessionLimit): two keys made resident by
@@ -42,87 +20,7 @@ func review13Sessions(t *testing.T, tp *tpm.TPM) []tpm2.TPMHandle {
 // Secure: every operation works, no refusal for want of a slot, and after
 // a final Rest the TPM holds no session.
 func TestReview13EveryOperationAfterRestWithTwoKeysResidentBehindRM(t *testing.T) {
-	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
-	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap), swtpmtest.WithResourceManager())
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap), swtpmtest.WithResourceManager())
-	a, b := keptAgent(t, envA), keptAgent(t, envB)
-	ctx := context.Background()
-	for _, x := range []*Agent{a, b} {
-		if _, err := x.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range []string{"k", "k2"} {
-			if _, err := x.Sign(ctx, k, make([]byte, 32), api.SignOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	step := func(onB bool, name string, fn func() error) {
-		t.Helper()
-		x, l, env := a, lA, envA
-		if onB {
-			x, l, env = b, lB, envB
-		}
-		for _, k := range []string{"k", "k2"} {
-			if _, err := x.Sign(ctx, k, make([]byte, 32), api.SignOptions{}); err != nil {
-				t.Fatalf("before %s: sign with %s: %v", name, k, err)
-			}
-		}
-		if err := x.Rest(); err != nil {
-			t.Fatalf("before %s: rest: %v", name, err)
-		}
-		if n := x.keys.Resident(); n != 2 {
-			t.Fatalf("before %s: %d keys resident after the rest, want 2", name, n)
-		}
-		if got := review13Sessions(t, env.TPM); len(got) != 0 {
-			t.Fatalf("before %s: the rest left sessions %x", name, got)
-		}
-		l.Take()
-		if err := fn(); err != nil {
-			t.Errorf("%s after a rest: %v", name, err)
-		}
-		if refused, cmds := l.Take(); refused > 0 {
-			t.Errorf("%s after a rest: %d refusals for want of a slot in %v", name, refused, cmds)
-		}
-		if err := x.Rest(); err != nil {
-			t.Errorf("rest after %s: %v", name, err)
-		}
-		if got := review13Sessions(t, env.TPM); len(got) != 0 {
-			t.Errorf("after %s and a rest: sessions %x left", name, got)
-		}
-	}
-	sealed, err := a.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officertest.Derive(t, ctx, a, api.DeriveRequest{Name: "dh", Label: "dh", Type: "ecc-p256", Usage: "ecdh"}); err != nil {
-		t.Fatal(err)
-	}
-	step(false, "unseal", func() error { _, err := a.Unseal(ctx, sealed); return err })
-	step(false, "ecdh", func() error {
-		k, _ := ecdh.P256().GenerateKey(rand.Reader)
-		_, err := a.ECDH(ctx, "dh", k.PublicKey())
-		return err
-	})
-	step(false, "attest identity", func() error { _, err := a.AttestIdentity(ctx); return err })
-	step(false, "attest quote", func() error {
-		nonce := sha256.Sum256([]byte("rested"))
-		_, err := a.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: nonce[:], PCRs: map[string][]int{"sha256": {0, 7}}})
-		return err
-	})
-	step(true, "peer prove (B)", func() error {
-		peerB, err := b.PeerIdentity(ctx)
-		if err != nil {
-			return err
-		}
-		c, err := NewPeerChallenge(peerB, caBundle(t, envB), time.Now)
-		if err != nil {
-			return err
-		}
-		_, err = b.PeerProve(ctx, c)
-		return err
-	})
-	everyOperation(t, a, b, envB, step)
+	everyOperationWithTwoKeysResident(t, true)
 }
 
 // Attack: cf63e47's fix evicts resident keys only where a peer's parent is
@@ -188,7 +86,7 @@ func TestReview13SignedPolicyKeyUsesWithTwoKeysResidentBehindRM(t *testing.T) {
 		if err := x.Rest(); err != nil {
 			t.Errorf("rest after %s: %v", name, err)
 		}
-		if got := review13Sessions(t, env.TPM); len(got) != 0 {
+		if got := sessionsLeft(t, env.TPM); len(got) != 0 {
 			t.Errorf("after %s and a rest: sessions %x left", name, got)
 		}
 	}

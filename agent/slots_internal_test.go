@@ -14,6 +14,7 @@ import (
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // everyOperation runs each of provd's operations once, in an order that
@@ -201,14 +202,32 @@ func TestKeptSessionThenMigrationInTheSharedSession(t *testing.T) {
 // like most TPMs, has three object slots: with two keys resident, signs by
 // two others just before each step, every operation still finds the slots
 // it needs, on both TPMs, behind swtpmtest.SessionLimit with the daemon's
-// kept sessions: no refusal for want of a session or object slot (found in issue 14's work: a dup export through
-// the daemon after signs with two keys failed TPM_RC_OBJECT_MEMORY, its
-// salted session's SRK finding no slot beside the keys and the peer's
-// parent).
+// kept sessions: no refusal for want of a session or object slot (found
+// in issue 14's work: a dup export through the daemon after signs with two
+// keys failed TPM_RC_OBJECT_MEMORY, its salted session's SRK finding no
+// slot beside the keys and the peer's parent).
 func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
+	everyOperationWithTwoKeysResident(t, false)
+}
+
+// everyOperationWithTwoKeysResident runs every daemon operation (those of
+// everyOperation and unseal, ECDH, attest identity and quote, audit
+// reanchor, peer prove) on two kept agents behind swtpmtest.SessionLimit,
+// each step after signs with two keys (two resident) and checks that none
+// meets a refusal for want of a slot. With rest, the TPMs are resource
+// managers' channels and the daemon rests (Agent.Rest) before and after
+// each step, which must leave no session in the TPM and the two keys
+// resident.
+func everyOperationWithTwoKeysResident(t *testing.T, rest bool) {
 	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
-	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap))
-	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap))
+	opts := func(l *swtpmtest.SessionLimit) []swtpmtest.Option {
+		o := []swtpmtest.Option{swtpmtest.WithWrap(l.Wrap)}
+		if rest {
+			o = append(o, swtpmtest.WithResourceManager())
+		}
+		return o
+	}
+	envA, envB := swtpmtest.Start(t, opts(lA)...), swtpmtest.Start(t, opts(lB)...)
 	a, b := keptAgent(t, envA), keptAgent(t, envB)
 	ctx := context.Background()
 	for _, x := range []*Agent{a, b} {
@@ -221,23 +240,32 @@ func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
 			}
 		}
 	}
+	rested := func(x *Agent, env *swtpmtest.Env, when string) {
+		t.Helper()
+		if !rest {
+			return
+		}
+		if err := x.Rest(); err != nil {
+			t.Errorf("%s: rest: %v", when, err)
+		}
+		if got := sessionsLeft(t, env.TPM); len(got) != 0 {
+			t.Errorf("%s: the rest left sessions %x", when, got)
+		}
+	}
 	step := func(onB bool, name string, fn func() error) {
 		t.Helper()
-		x := a
+		x, l, env := a, lA, envA
 		if onB {
-			x = b
+			x, l, env = b, lB, envB
 		}
 		for _, k := range []string{"k", "k2"} {
 			if _, err := x.Sign(ctx, k, make([]byte, 32), api.SignOptions{}); err != nil {
 				t.Fatalf("before %s: sign with %s: %v", name, k, err)
 			}
 		}
+		rested(x, env, "before "+name)
 		if n := x.keys.Resident(); n != 2 {
 			t.Fatalf("before %s: %d keys resident, want 2", name, n)
-		}
-		l := lA
-		if onB {
-			l = lB
 		}
 		l.Take()
 		if err := fn(); err != nil {
@@ -246,6 +274,7 @@ func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
 		if refused, cmds := l.Take(); refused > 0 {
 			t.Errorf("%s: %d refusals for want of a slot in %v", name, refused, cmds)
 		}
+		rested(x, env, "after "+name)
 	}
 	sealed, err := a.Seal(ctx, api.SealRequest{Data: []byte("x"), PCRs: []int{7}})
 	if err != nil {
@@ -280,4 +309,18 @@ func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
 		return err
 	})
 	everyOperation(t, a, b, envB, step)
+}
+
+// sessionsLeft lists the sessions loaded or saved in the TPM.
+func sessionsLeft(t *testing.T, tp *tpm.TPM) []tpm2.TPMHandle {
+	t.Helper()
+	var out []tpm2.TPMHandle
+	for _, first := range []tpm2.TPMHandle{tpm.HMACSessions, tpm.PolicySessions} {
+		hs, err := tp.Handles(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, hs...)
+	}
+	return out
 }

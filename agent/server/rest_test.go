@@ -19,13 +19,14 @@ import (
 )
 
 // restServer is a daemon's agent (KeepSession) on a swtpm opened as a
-// resource manager's channel (as /dev/tpmrm0 is), provisioned with one
-// signing key "k", and a Server for it (not serving: the tests drive
-// restIfIdle and restWhenIdle themselves).
-func restServer(t *testing.T) (*Server, *agent.Agent, *swtpmtest.Env, transport.TPM) {
+// resource manager's channel (as /dev/tpmrm0 is), with opts, provisioned
+// with one signing key "k", and a Server for it (not serving: the tests
+// drive restIfIdle and restWhenIdle, or its Handler, themselves); and the
+// TPM's side of the bus.
+func restServer(t *testing.T, opts ...swtpmtest.Option) (*Server, *agent.Agent, *swtpmtest.Env, transport.TPM) {
 	t.Helper()
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithResourceManager(), swtpmtest.WithBus(bus))
+	env := swtpmtest.Start(t, append([]swtpmtest.Option{swtpmtest.WithResourceManager(), swtpmtest.WithBus(bus)}, opts...)...)
 	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: filepath.Join(t.TempDir(), "state"), KeepSession: true})
 	if err != nil {
 		t.Fatal(err)

@@ -7,14 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -28,24 +25,9 @@ import (
 // leaves the TPM without sessions. Run with -race.
 func TestReview13RestRacesRequests(t *testing.T) {
 	l := &swtpmtest.SessionLimit{}
-	env := swtpmtest.Start(t, swtpmtest.WithResourceManager(), swtpmtest.WithWrap(l.Wrap))
-	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: filepath.Join(t.TempDir(), "state"), KeepSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ag.Close() })
+	s, ag, env, _ := restServer(t, swtpmtest.WithWrap(l.Wrap))
 	ctx := context.Background()
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"k", "k2"} {
-		if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: k, Type: "ecc-p256"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	me := RoleMembers{UIDs: []int{os.Getuid()}}
-	s, err := New(Options{Agent: ag, TPM: env.TPM, Roles: &Roles{Officer: me, User: me}})
-	if err != nil {
+	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
 	s.restAfter = time.Millisecond
