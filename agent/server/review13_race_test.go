@@ -1,11 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"sync"
 	"testing"
@@ -32,13 +30,7 @@ func TestReview13RestRacesRequests(t *testing.T) {
 	}
 	s.restAfter = time.Millisecond
 	l.Take()
-	send := func(uid int, rt api.Route, body string) (int, string) {
-		r := httptest.NewRequest(rt.Method, rt.Path, bytes.NewReader([]byte(body)))
-		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, callerResult{Caller{UID: uid, GID: uid, PID: 1}, nil}))
-		w := httptest.NewRecorder()
-		s.Handler().ServeHTTP(w, r)
-		return w.Code, w.Body.String()
-	}
+	send := func(uid int, rt api.Route, body string) (int, string) { return handlerRequest(s, uid, rt, body) }
 	rctx, cancel := context.WithCancel(ctx)
 	restDone := make(chan struct{})
 	go func() { s.restWhenIdle(rctx); close(restDone) }()

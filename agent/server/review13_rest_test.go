@@ -12,19 +12,24 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
+// handlerRequest sends body to rt through s's handler as uid (its gid
+// the same) and returns the status and the answer.
+func handlerRequest(s *Server, uid int, rt api.Route, body string) (int, string) {
+	r := httptest.NewRequest(rt.Method, rt.Path, bytes.NewReader([]byte(body)))
+	r = r.WithContext(context.WithValue(r.Context(), callerKey{}, callerResult{Caller{UID: uid, GID: uid, PID: 1}, nil}))
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, r)
+	return w.Code, w.Body.String()
+}
+
 // refusedRequest sends one request through the server's handler as a
 // local caller with no role (uid/gid 4242, A3 at its weakest: anyone who
 // can connect to the socket): it is refused, and the refusal is audited
 // through the queue (Agent.RecordRefusal, in a Share).
 func refusedRequest(t *testing.T, s *Server) {
 	t.Helper()
-	body := []byte(`{"name":"k","digest":"` + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" + `"}`)
-	r := httptest.NewRequest(api.RouteKeySign.Method, api.RouteKeySign.Path, bytes.NewReader(body))
-	r = r.WithContext(context.WithValue(r.Context(), callerKey{}, callerResult{Caller{UID: 4242, GID: 4242, PID: 1}, nil}))
-	w := httptest.NewRecorder()
-	s.Handler().ServeHTTP(w, r)
-	if w.Code != http.StatusForbidden {
-		t.Fatalf("a caller with no role: HTTP %d %s, want 403", w.Code, w.Body)
+	if code, body := handlerRequest(s, 4242, api.RouteKeySign, `{"name":"k","digest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`); code != http.StatusForbidden {
+		t.Fatalf("a caller with no role: HTTP %d %s, want 403", code, body)
 	}
 }
 
@@ -84,12 +89,8 @@ func TestReview13RefusalOnlyDaemonRests(t *testing.T) {
 // counts as a request.
 func keyPublicRequest(t *testing.T, s *Server) {
 	t.Helper()
-	r := httptest.NewRequest(api.RouteKeyPublic.Method, api.RouteKeyPublic.Path, bytes.NewReader([]byte(`{"name":"k"}`)))
-	r = r.WithContext(context.WithValue(r.Context(), callerKey{}, callerResult{Caller{UID: os.Getuid(), GID: os.Getgid(), PID: 1}, nil}))
-	w := httptest.NewRecorder()
-	s.Handler().ServeHTTP(w, r)
-	if w.Code != http.StatusOK {
-		t.Fatalf("key-public: HTTP %d %s", w.Code, w.Body)
+	if code, body := handlerRequest(s, os.Getuid(), api.RouteKeyPublic, `{"name":"k"}`); code != http.StatusOK {
+		t.Fatalf("key-public: HTTP %d %s", code, body)
 	}
 }
 
