@@ -170,6 +170,13 @@ case "$phase:$mode" in
   check "idle, the daemon rests: no saved session within 20 s" \
     wait_for 20 "the daemon's rest" sh -c '[ "$(tpm2_getcap handles-saved-session | grep -c "^- ")" = 0 ]'
   check "key sign after the rest" sign_and_verify root root-rested
+  # A2 on /dev/tpmrm0: another connection flushes the daemon's kept session
+  # by its number. What the kernel's resource manager does is recorded (a
+  # FACT line); the daemon's next request must work either way.
+  h=$(tpm2_getcap handles-saved-session 2>> "$log" | sed -n 's/^- //p' | head -1)
+  tpm2_flushcontext "$h" >> "$log" 2>&1; code=$?
+  say "phase=$phase FACT another connection's tpm2_flushcontext of the daemon's saved session ${h:-none}: exit $code; saved sessions after: $(tpm2_getcap handles-saved-session 2>> "$log" | tr '\n' ' ')"
+  check "key sign after another connection's flush of the daemon's session" sign_and_verify root root-after-flush
   finish 3 reboot
   ;;
 3:normal)
