@@ -129,6 +129,12 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
+	return build(opts, log, raw, closer, sim, spec)
+}
+
+// build is Open once the channel is dialed: the TPM around raw, started
+// up, self-tested, and with what a dead client left flushed.
+func build(opts Options, log *slog.Logger, raw transport.TPM, closer func() error, sim *swtpm.Process, spec string) (*TPM, error) {
 	stream := raw
 	if opts.Wrap != nil {
 		raw = opts.Wrap(raw)
@@ -148,6 +154,9 @@ func Open(ctx context.Context, opts Options) (*TPM, error) {
 	if st, ok := stream.(*streamTransport); ok {
 		st.onLost = func() { t.counting.generation.Add(1) }
 		t.counting.probe = st.probe
+	}
+	if d, ok := stream.(*deviceTransport); ok {
+		d.onLost = t.counting.reopened
 	}
 	if err := t.startup(sim != nil, opts.FullSelfTest); err != nil {
 		_ = t.Close()
@@ -219,10 +228,12 @@ func dial(ctx context.Context, opts Options, timeout time.Duration) (transport.T
 }
 
 func openDevice(path string) (transport.TPM, func() error, *swtpm.Process, string, error) {
-	d, err := linuxtpm.Open(path)
+	d := &deviceTransport{path: path, open: linuxtpm.Open}
+	dev, err := d.open(path)
 	if err != nil {
 		return nil, nil, nil, "", fmt.Errorf("%w: %v", ErrNoTPM, err)
 	}
+	d.dev = dev
 	return d, d.Close, nil, path, nil
 }
 
@@ -257,8 +268,20 @@ func (t *TPM) Exclusive() bool { return !t.rm && exclusive(t.spec) }
 // resource manager there is no sweep; a number is the connection's own,
 // and the manager drops them at a reset: it is flushed as before (found
 // by review: forgotten there, two forged answers leaked a session each
-// until the connection's three were gone).
-func (t *TPM) ForgetsStale(gen uint64) bool { return gen != t.Generation() && t.Exclusive() }
+// until the connection's three were gone), unless the device was opened
+// again since (reopenedSince): the old space, and all it held, is gone.
+func (t *TPM) ForgetsStale(gen uint64) bool {
+	return gen != t.Generation() && (t.Exclusive() || t.reopenedSince(gen))
+}
+
+// reopenedSince reports whether the device was opened again (a resource
+// manager's space lost, deviceTransport) after generation gen: whatever
+// was made in gen went with the old space, and its number, which the
+// manager does not virtualize for sessions, may be another connection's.
+func (t *TPM) reopenedSince(gen uint64) bool {
+	r := t.counting.lastReopen.Load()
+	return r != 0 && gen < r
+}
 
 // exclusive reports whether provd is the TPM's only client on this transport:
 // swtpm serves one connection at a time and /dev/tpm0 opens once, so anything

@@ -62,8 +62,13 @@ func (t *TPM) withHMACSession(fn func(s tpm2.Session) error, opts ...tpm2.AuthOp
 // A session the TPM no longer holds (a reset under provd) is already
 // flushed, not an error (t.Flush).
 func (t *TPM) sessionCloser(s tpm2.Session) func() error {
-	h := s.Handle()
-	return func() error { return t.Flush(h) }
+	h, gen := s.Handle(), t.counting.generation.Load()
+	return func() error {
+		if t.reopenedSince(gen) {
+			return nil // gone with the space the device was opened again without
+		}
+		return t.Flush(h)
+	}
 }
 
 // WithEncryptSession runs fn with an encryption session: a salted HMAC

@@ -227,6 +227,11 @@ type counting struct {
 	// changed hands: the connection was lost, or provd started the TPM up
 	// after a power cycle (Generation).
 	generation atomic.Uint64
+	// lastReopen is the generation the device's last opening again began
+	// (reopened; 0: never), and spaceLost asks Send to forget the live
+	// sessions of the space that went with it.
+	lastReopen atomic.Uint64
+	spaceLost  atomic.Bool
 	// sweep is set when a handle may have leaked (NeedsSweep).
 	sweep atomic.Bool
 	// probe checks the connection for a close while idle (streamTransport),
@@ -410,10 +415,21 @@ func (c *counting) Generation() uint64 {
 	return c.generation.Load()
 }
 
+// reopened is the device's onLost (deviceTransport): the generation moves,
+// and behind a resource manager the sessions the connection held are gone
+// with its space. Called from inside send, the lock held.
+func (c *counting) reopened() {
+	c.lastReopen.Store(c.generation.Add(1))
+	c.spaceLost.Store(true)
+}
+
 func (c *counting) Send(cmd []byte) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rsp, err := c.send(cmd)
+	if c.spaceLost.Swap(false) {
+		clear(c.live)
+	}
 	if err == nil {
 		if c.live == nil {
 			c.live, c.started = liveSessions{}, map[tpm2.TPMHandle]uint64{}
