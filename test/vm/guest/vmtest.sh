@@ -170,13 +170,23 @@ case "$phase:$mode" in
   check "idle, the daemon rests: no saved session within 20 s" \
     wait_for 20 "the daemon's rest" sh -c '[ "$(tpm2_getcap handles-saved-session | grep -c "^- ")" = 0 ]'
   check "key sign after the rest" sign_and_verify root root-rested
-  # A2 on /dev/tpmrm0: another connection flushes the daemon's kept session
-  # by its number. What the kernel's resource manager does is recorded (a
-  # FACT line); the daemon's next request must work either way.
+  # A2 on /dev/tpmrm0 (root, or a member of tss): another connection
+  # flushes the daemon's saved session by its number. The kernel's resource
+  # manager carries the flush out, then fails the daemon's next command with
+  # EFAULT (its ContextLoad of the flushed session fails), and every later
+  # one, until the connection is closed: provd opens the device again (a
+  # new space), so the request in flight fails and the next one works, with
+  # no restart. Recorded as FACT lines; checked: the next signs, the same
+  # daemon process.
   h=$(tpm2_getcap handles-saved-session 2>> "$log" | sed -n 's/^- //p' | head -1)
+  old=$(prop provd.service MainPID)
   tpm2_flushcontext "$h" >> "$log" 2>&1; code=$?
   say "phase=$phase FACT another connection's tpm2_flushcontext of the daemon's saved session ${h:-none}: exit $code; saved sessions after: $(tpm2_getcap handles-saved-session 2>> "$log" | tr '\n' ' ')"
-  check "key sign after another connection's flush of the daemon's session" sign_and_verify root root-after-flush
+  sign_and_verify root root-after-flush; code=$?
+  say "phase=$phase FACT the daemon's sign after that flush: exit $code ($(tail -1 "$log"))"
+  check "the daemon's next sign after another connection's flush of its session" sign_and_verify root root-after-flush2
+  check "and the one after" sign_and_verify root root-after-flush3
+  check "the same daemon process (no restart)" test "$(prop provd.service MainPID)" = "$old"
   finish 3 reboot
   ;;
 3:normal)
