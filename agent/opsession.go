@@ -91,6 +91,7 @@ func (a *Agent) opPolicy(auth []byte) (ps *tpm.PolicySession, fresh bool, err er
 // failure, and a retry would have the TPM run it twice
 // (found by review: two signatures, two loads, for one request).
 func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.ApplyOptions, auth []byte, fn func(s tpm2.Session) error) (ok bool, err error) {
+	gen := a.t.Generation() // the caller's handles (the key's) are of this generation
 	for {
 		ps, fresh, err := a.opPolicy(auth)
 		if err != nil || ps == nil {
@@ -100,7 +101,14 @@ func (a *Agent) withOpPolicy(rec policyRecord, expr policy.Policy, opts policy.A
 		retries := a.t.Stats().Retries
 		if err := a.apply(ps, rec, expr, opts); err != nil {
 			err = errors.Join(err, a.dropOp())
-			if fresh {
+			if fresh || a.t.ReopenedSince(gen) {
+				// Not afresh with the handles of a space the device was
+				// opened again without: the key's names nothing in the
+				// new one (found by review 14: a device opened again
+				// under a sign, the sign went to the old space's key
+				// handle). After a TPM reset the retry stands: the
+				// key's stale handle is refused, and useKey loads it
+				// again.
 				return true, err
 			}
 			continue

@@ -156,7 +156,7 @@ func build(opts Options, log *slog.Logger, raw transport.TPM, closer func() erro
 		t.counting.probe = st.probe
 	}
 	if d, ok := stream.(*deviceTransport); ok {
-		d.onLost = t.counting.reopened
+		d.onLost = func() { t.counting.reopened(!t.Exclusive()) }
 	}
 	if err := t.startup(sim != nil, opts.FullSelfTest); err != nil {
 		_ = t.Close()
@@ -274,11 +274,22 @@ func (t *TPM) ForgetsStale(gen uint64) bool {
 	return gen != t.Generation() && (t.Exclusive() || t.reopenedSince(gen))
 }
 
-// reopenedSince reports whether the device was opened again (a resource
-// manager's space lost, deviceTransport) after generation gen: whatever
+// reopenedSince reports whether a resource manager's device was opened
+// again (its space lost, deviceTransport) after generation gen: whatever
 // was made in gen went with the old space, and its number, which the
 // manager does not virtualize for sessions, may be another connection's.
-func (t *TPM) reopenedSince(gen uint64) bool {
+// On /dev/tpmN a new open loses nothing: the generation moves, and what
+// provd made is flushed by its number or swept, as after a lost channel
+// (found by review 14: skipped there, a session stayed loaded, held by
+// nobody).
+func (t *TPM) reopenedSince(gen uint64) bool { return t.ReopenedSince(gen) }
+
+// ReopenedSince is reopenedSince, for the agent: handles of generation gen
+// name nothing in the connection's space now, and may name another's.
+func (t *TPM) ReopenedSince(gen uint64) bool {
+	if t.Exclusive() {
+		return false // /dev/tpmN: what provd made is still in the TPM, provd's alone
+	}
 	r := t.counting.lastReopen.Load()
 	return r != 0 && gen < r
 }

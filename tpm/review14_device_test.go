@@ -258,6 +258,7 @@ func r14Open(t *testing.T, s *r14Space, path string, rm bool) *tpm.TPM {
 // ("nothing of the old space is used or flushed by its number again"),
 // must not send any command naming that number: in the new space it is
 // A2's.
+// Failed before the mend (review 14).
 func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.CloseTPM()
@@ -324,6 +325,7 @@ func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 // the sweep must be asked for (NeedsSweep), as every other "forgotten, not
 // flushed" path on an exclusive TPM does: otherwise the sessions stay
 // loaded with nobody holding them.
+// Failed before the mend (review 14).
 func TestReview14ExclusiveDeviceReopenAsksForSweep(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.NoLeakCheck() // the check is made here, on the test's own TPM
@@ -531,6 +533,7 @@ func TestReview14ReopenMidShare(t *testing.T) {
 // transient handle of the old space is, under the kernel, EINVAL or
 // another object of the new space); A2's sessions are never flushed; and
 // the audit trail verifies at the end.
+// Failed before the mend (review 14).
 func TestReview14DaemonSignBrokenAtEveryCommand(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.CloseTPM()

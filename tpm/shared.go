@@ -372,6 +372,14 @@ func (t *TPM) dropSharedOf(sh *shared) error {
 		t.unheld()
 		return nil
 	}
+	if t.reopenedSince(gen) {
+		// Gone with the space the device was opened again without; its
+		// number, not virtualized by the manager, may be another
+		// connection's session, never to be used (found by review 14:
+		// probed by its number).
+		k.end()
+		return nil
+	}
 	if now := t.Generation(); gen != now {
 		// Flushed only if an answer of the session, whose HMAC is keyed
 		// by its salt, shows that the session at its number is still

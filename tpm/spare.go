@@ -115,6 +115,10 @@ func (t *TPM) dropSpare() error {
 	}
 	p := sh.spare
 	sh.spare = nil
+	if t.reopenedSince(p.gen) {
+		p.forget() // gone with the old space (dropSharedOf)
+		return nil
+	}
 	if now := t.Generation(); t.ForgetsStale(p.gen) {
 		probe := tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: []byte{0}}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHNull}
 		if _, err := probe.Execute(t, policyGuard{p.keyed}); err == nil && t.Generation() == now {

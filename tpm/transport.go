@@ -416,11 +416,16 @@ func (c *counting) Generation() uint64 {
 }
 
 // reopened is the device's onLost (deviceTransport): the generation moves,
-// and behind a resource manager the sessions the connection held are gone
-// with its space. Called from inside send, the lock held.
-func (c *counting) reopened() {
+// and behind a resource manager (rm) the sessions the connection held are
+// gone with its space; on /dev/tpmN they are still loaded, and a handle
+// may have leaked (the sweep). Called from inside send, the lock held.
+func (c *counting) reopened(rm bool) {
 	c.lastReopen.Store(c.generation.Add(1))
-	c.spaceLost.Store(true)
+	if rm {
+		c.spaceLost.Store(true)
+	} else {
+		c.sweep.Store(true)
+	}
 }
 
 func (c *counting) Send(cmd []byte) ([]byte, error) {
