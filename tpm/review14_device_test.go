@@ -1,9 +1,10 @@
 package tpm_test
 
 // Review 14: attacks on the device's opening again after EFAULT (commit
-// e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in here is
-// brokenSpace's, made closer to the kernel's resource manager where a test
-// says so: a connection's own transient objects and sessions are flushed
+// e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in here
+// (r14Space, also TestDeviceOpenedAgainAfterEFAULT's) is a swtpm connection
+// that fails EFAULT once armed, made closer to the kernel's resource
+// manager where a test says so: a connection's own transient objects and sessions are flushed
 // when it is closed (as the kernel flushes a space at close), and another
 // connection (A2) can start a session on the TPM right after the daemon's
 // device is opened again, at the number the daemon's old session had
@@ -239,6 +240,31 @@ func (s *r14Space) a2Raw() transport.TPM {
 	return s.cur.rw
 }
 
+// r14KeptShare is a resource manager's device (the stand-in, kernelFlush)
+// whose TPM keeps its shared session between Shares, after a first Share:
+// the session kept is kept.
+func r14KeptShare(t *testing.T) (*r14Space, *tpm.TPM, tpm2.TPMHandle) {
+	t.Helper()
+	env := swtpmtest.Start(t)
+	env.CloseTPM()
+	s := &r14Space{addr: env.Addr, kernelFlush: true}
+	tp := r14Open(t, s, "/dev/tpmrm0", true)
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.PinSRK(srk.Public); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.KeepShared(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := readShared(tp); err != nil {
+		t.Fatal(err)
+	}
+	return s, tp, tp.SharedHandle()
+}
+
 func r14Open(t *testing.T, s *r14Space, path string, rm bool) *tpm.TPM {
 	t.Helper()
 	tp, err := tpm.OpenDeviceWith(path, s.open, rm)
@@ -260,24 +286,8 @@ func r14Open(t *testing.T, s *r14Space, path string, rm bool) *tpm.TPM {
 // A2's.
 // Failed before the mend (review 14).
 func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
-	tp := r14Open(t, s, "/dev/tpmrm0", true)
-	srk, err := tp.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.PinSRK(srk.Public); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.KeepShared(true); err != nil {
-		t.Fatal(err)
-	}
-	if err := readShared(tp); err != nil {
-		t.Fatal(err)
-	}
-	kept := tp.SharedHandle()
+	s, tp, kept := r14KeptShare(t)
+	var err error
 	if kept == 0 {
 		t.Fatal("setup: no kept shared session")
 	}
@@ -473,24 +483,11 @@ func TestReview14ReopenFailsThenRecovers(t *testing.T) {
 // changed on a bus), and the next Share works in a new session, leaving A2's
 // session at the old number alone.
 func TestReview14ReopenMidShare(t *testing.T) {
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
-	tp := r14Open(t, s, "/dev/tpmrm0", true)
+	s, tp, kept := r14KeptShare(t)
 	srk, err := tp.SRK()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tp.PinSRK(srk.Public); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp.KeepShared(true); err != nil {
-		t.Fatal(err)
-	}
-	if err := readShared(tp); err != nil {
-		t.Fatal(err)
-	}
-	kept := tp.SharedHandle()
 	var a2 tpm2.TPMHandle
 	s.mu.Lock()
 	s.onOpen = func(raw transport.TPM) { a2, _ = a2Session(raw) }
