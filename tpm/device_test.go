@@ -4,7 +4,7 @@ package tpm_test
 // broke (EFAULT on every command: measured in the VM test bed after another
 // process flushed the daemon's saved session) is opened again, with
 // nothing of the old space used or flushed by its number. The stand-in for
-// the device is review 14's (r14Space, review14_device_test.go).
+// the device is swtpmtest.DeviceStandIn.
 
 import (
 	"encoding/binary"
@@ -29,7 +29,7 @@ func TestDeviceOpenedAgainAfterEFAULT(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.NoLeakCheck() // the stand-in leaves the old "space"'s session in swtpm (kernelFlush false)
 	env.CloseTPM()    // swtpm serves one connection at a time
-	s := &r14Space{addr: env.Addr}
+	s := &swtpmtest.DeviceStandIn{Addr: env.Addr}
 	tp := r14Open(t, s, "/dev/tpmrm0", true)
 	if tp.Exclusive() {
 		t.Fatal("a resource manager's channel taken for exclusive")
@@ -39,7 +39,7 @@ func TestDeviceOpenedAgainAfterEFAULT(t *testing.T) {
 		t.Fatal(err)
 	}
 	old, gen := ps.Handle(), tp.Generation()
-	s.arm(0)
+	s.Arm(0)
 	_, err = tp.PCRUpdateCounter()
 	if !errors.Is(err, syscall.EFAULT) || !strings.Contains(err.Error(), "opens it again") {
 		t.Fatalf("the command in the broken space: %v", err)
@@ -56,11 +56,11 @@ func TestDeviceOpenedAgainAfterEFAULT(t *testing.T) {
 	if err := ps.Close(); err != nil {
 		t.Errorf("closing the old space's session: %v", err)
 	}
-	if got := s.named(old); len(got) != 0 {
+	if got := s.Named(old); len(got) != 0 {
 		t.Errorf("the old space's session 0x%08x was named on the new connection: %v", uint32(old), got)
 	}
-	if s.opens != 2 {
-		t.Errorf("the device was opened %d times, want 2", s.opens)
+	if s.Opens != 2 {
+		t.Errorf("the device was opened %d times, want 2", s.Opens)
 	}
 	ps2, err := tp.StartAuthPolicySession(nil)
 	if err != nil {
@@ -70,7 +70,7 @@ func TestDeviceOpenedAgainAfterEFAULT(t *testing.T) {
 	if err := ps2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if last := s.log[len(s.log)-1].cmd; swtpmtest.CommandCode(last) != tpm2.TPMCCFlushContext || binary.BigEndian.Uint32(last[10:14]) != uint32(h2) {
+	if last := s.Log[len(s.Log)-1].Cmd; swtpmtest.CommandCode(last) != tpm2.TPMCCFlushContext || binary.BigEndian.Uint32(last[10:14]) != uint32(h2) {
 		t.Errorf("the new space's session 0x%08x was not flushed", uint32(h2))
 	}
 	if err := tp.Flush(old); err != nil { // left in swtpm by the stand-in

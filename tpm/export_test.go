@@ -1,11 +1,9 @@
 package tpm
 
 import (
-	"log/slog"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // AgeGatedExtend moves g's session start back by d, as if it had started
@@ -18,16 +16,3 @@ func AgePolicySession(p *PolicySession, d time.Duration) { p.started = p.started
 
 // SpareHandle is the handle of the operation's spare, 0 when none is kept.
 func SpareHandle(t *TPM) tpm2.TPMHandle { return t.spareHandle() }
-
-// OpenDeviceWith opens a TPM as Open opens a device at path, with open as
-// the device's opener (tests: a swtpm connection standing for /dev/tpmrm0,
-// rm for Options.ResourceManager).
-func OpenDeviceWith(path string, open func(string) (transport.TPMCloser, error), rm bool) (*TPM, error) {
-	d := &deviceTransport{path: path, open: open}
-	dev, err := open(path)
-	if err != nil {
-		return nil, err
-	}
-	d.dev = dev
-	return build(Options{Spec: path, ResourceManager: rm}, slog.New(slog.DiscardHandler), d, d.Close, nil, path)
-}

@@ -63,6 +63,10 @@ type Options struct {
 	// stale handle flushed by its number, TPM.ForgetsStale). Tests use it
 	// with swtpm behind swtpmtest.SessionLimit.
 	ResourceManager bool
+	// OpenDevice opens a device Spec (a path) in place of the kernel's
+	// device file; nil: linuxtpm.Open. Tests give a stand-in
+	// (swtpmtest.DeviceStandIn).
+	OpenDevice func(path string) (transport.TPMCloser, error)
 	// RetrySleep waits before a command is resent after a TPM warning
 	// (RETRY, YIELDED, TESTING, NV_RATE); it is given 20ms, doubled at each
 	// retry, up to 8 retries. nil is time.Sleep. Tests inject one that
@@ -178,7 +182,7 @@ func dial(ctx context.Context, opts Options, timeout time.Duration) (transport.T
 	case spec == "":
 		for _, dev := range defaultDevices {
 			if _, err := os.Stat(dev); err == nil {
-				return openDevice(dev)
+				return openDevice(dev, opts.OpenDevice)
 			}
 		}
 		return nil, nil, nil, "", fmt.Errorf("%w: none of %s exists; name one with --tpm (a device, swtpm://HOST:PORT, unix:///PATH or sim)",
@@ -221,14 +225,17 @@ func dial(ctx context.Context, opts Options, timeout time.Duration) (transport.T
 		}
 		return c, c.Close, nil, spec, nil
 	case strings.HasPrefix(spec, "/"):
-		return openDevice(spec)
+		return openDevice(spec, opts.OpenDevice)
 	default:
 		return nil, nil, nil, "", fmt.Errorf("tpm %q: want a device path, swtpm://HOST:PORT, unix:///PATH or sim", spec)
 	}
 }
 
-func openDevice(path string) (transport.TPM, func() error, *swtpm.Process, string, error) {
-	d := &deviceTransport{path: path, open: linuxtpm.Open}
+func openDevice(path string, open func(string) (transport.TPMCloser, error)) (transport.TPM, func() error, *swtpm.Process, string, error) {
+	if open == nil {
+		open = linuxtpm.Open
+	}
+	d := &deviceTransport{path: path, open: open}
 	dev, err := d.open(path)
 	if err != nil {
 		return nil, nil, nil, "", fmt.Errorf("%w: %v", ErrNoTPM, err)

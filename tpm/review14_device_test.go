@@ -2,7 +2,7 @@ package tpm_test
 
 // Review 14: attacks on the device's opening again after EFAULT (commit
 // e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in here
-// (r14Space, also TestDeviceOpenedAgainAfterEFAULT's) is a swtpm connection
+// (swtpmtest.DeviceStandIn, also TestDeviceOpenedAgainAfterEFAULT's) is a swtpm connection
 // that fails EFAULT once armed, made closer to the kernel's resource
 // manager where a test says so: a connection's own transient objects and sessions are flushed
 // when it is closed (as the kernel flushes a space at close), and another
@@ -11,243 +11,26 @@ package tpm_test
 // (session handles are not virtualized by /dev/tpmrm0).
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
-	"fmt"
-	"net"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/provd/provd/agent"
-	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
 
-// r14Space is a swtpm connection standing for a TPM character device.
-type r14Space struct {
-	addr string
-	// kernelFlush: a connection's own handles are flushed at its close
-	// (/dev/tpmrm0); false: they stay in the TPM (/dev/tpm0).
-	kernelFlush bool
-
-	mu      sync.Mutex
-	armed   bool
-	armCC   tpm2.TPMCC   // the command the kernel fails first (0: the next)
-	armIn   int          // >0: the kernel fails the armIn-th command from now
-	failed  []tpm2.TPMCC // the commands the kernel failed
-	stale   []string     // commands that named a transient handle of an old space
-	opens   int
-	closes  int
-	failErr error // the next open fails with it (once)
-	// onOpen runs on each connection after the first, before provd's
-	// first command on it: A2's own commands (raw: the TPM).
-	onOpen func(raw transport.TPM)
-	cur    *r14Conn
-	log    []r14Cmd
-}
-
-type r14Cmd struct {
-	conn int
-	cmd  []byte
-}
-
-type r14Conn struct {
-	s    *r14Space
-	id   int
-	rw   transport.TPMCloser
-	dead bool
-	own  map[uint32]bool
-}
-
-func (s *r14Space) open(string) (transport.TPMCloser, error) {
-	s.mu.Lock()
-	if err := s.failErr; err != nil {
-		s.failErr = nil
-		s.mu.Unlock()
-		return nil, err
-	}
-	s.mu.Unlock()
-	c, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.opens++
-	conn := &r14Conn{s: s, id: s.opens, rw: transport.FromReadWriteCloser(c), own: map[uint32]bool{}}
-	s.cur = conn
-	on := s.onOpen
-	s.mu.Unlock()
-	if conn.id > 1 && on != nil {
-		on(conn.rw)
-	}
-	return conn, nil
-}
-
-func (s *r14Space) arm(cc tpm2.TPMCC) {
-	s.mu.Lock()
-	s.armed, s.armCC = true, cc
-	s.mu.Unlock()
-}
-
-// makesHandle: the commands whose answer's first handle is a new
-// transient object or session of the connection's.
-func makesHandle(cc tpm2.TPMCC) bool {
-	switch cc {
-	case tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary,
-		tpm2.TPMCCContextLoad, tpm2.TPMCCCreateLoaded, tpm2.TPMCCHMACStart, tpm2.TPMCCHashSequenceStart:
-		return true
-	}
-	return false
-}
-
-func (c *r14Conn) Send(cmd []byte) ([]byte, error) {
-	cc := swtpmtest.CommandCode(cmd)
-	c.s.mu.Lock()
-	if c.s.armed && (c.s.armCC == 0 || c.s.armCC == cc) {
-		c.s.armed, c.dead = false, true
-	}
-	if c.s.armIn > 0 {
-		c.s.armIn--
-		if c.s.armIn == 0 {
-			c.dead = true
-		}
-	}
-	dead := c.dead
-	if dead {
-		c.s.failed = append(c.s.failed, cc)
-	}
-	// The kernel maps a transient handle of the connection's own space
-	// only: one made on an earlier connection (the old space) is stale
-	// (the kernel fails the write EINVAL, or maps the number to another
-	// object of the new space). ReadPublic is the cache's own recheck,
-	// which expects that.
-	if !dead && c.id > 1 && cc != tpm2.TPMCCReadPublic && len(cmd) >= 14 {
-		if h := binary.BigEndian.Uint32(cmd[10:14]); h>>24 == 0x80 && !c.own[h] {
-			c.s.stale = append(c.s.stale, fmt.Sprintf("%v(0x%08x) on connection %d", cc, h, c.id))
-		}
-	}
-	if !dead {
-		c.s.log = append(c.s.log, r14Cmd{conn: c.id, cmd: bytes.Clone(cmd)})
-	}
-	c.s.mu.Unlock()
-	if dead {
-		return nil, &net.OpError{Op: "write", Err: fmt.Errorf("write /dev/tpmrm0: %w", syscall.EFAULT)}
-	}
-	rsp, err := c.rw.Send(cmd)
-	if err == nil && len(rsp) >= 14 && binary.BigEndian.Uint32(rsp[6:10]) == 0 {
-		c.s.mu.Lock()
-		if makesHandle(cc) {
-			c.own[binary.BigEndian.Uint32(rsp[10:14])] = true
-		}
-		if cc == tpm2.TPMCCFlushContext && len(cmd) >= 14 {
-			delete(c.own, binary.BigEndian.Uint32(cmd[10:14]))
-		}
-		c.s.mu.Unlock()
-	}
-	return rsp, err
-}
-
-func (c *r14Conn) Close() error {
-	c.s.mu.Lock()
-	c.s.closes++
-	own := c.own
-	c.own = map[uint32]bool{}
-	c.s.mu.Unlock()
-	if c.s.kernelFlush {
-		for h := range own {
-			_, _ = (tpm2.FlushContext{FlushHandle: tpm2.TPMHandle(h)}).Execute(c.rw)
-		}
-	}
-	return c.rw.Close()
-}
-
-// named reports the commands sent on connections after the first that
-// name h anywhere after their header (handle area or sessions).
-func (s *r14Space) named(h tpm2.TPMHandle) []tpm2.TPMCC {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], uint32(h))
-	var got []tpm2.TPMCC
-	for _, c := range s.log {
-		if c.conn > 1 && len(c.cmd) > 10 && bytes.Contains(c.cmd[10:], b[:]) {
-			got = append(got, swtpmtest.CommandCode(c.cmd))
-		}
-	}
-	return got
-}
-
-// a2Session is A2's HMAC session, started on raw, unsalted and unbound.
-func a2Session(raw transport.TPM) (tpm2.TPMHandle, error) {
-	return a2SessionOf(raw, tpm2.TPMSEHMAC)
-}
-
-func a2SessionOf(raw transport.TPM, se tpm2.TPMSE) (tpm2.TPMHandle, error) {
-	rsp, err := (tpm2.StartAuthSession{
-		TPMKey:      tpm2.TPMRHNull,
-		Bind:        tpm2.TPMRHNull,
-		NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: se,
-		Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
-		AuthHash:    tpm2.TPMAlgSHA256,
-	}).Execute(raw)
-	if err != nil {
-		return 0, err
-	}
-	// Between A2's commands the kernel keeps its session saved, not
-	// loaded: it holds none of the TPM's loaded session slots.
-	saved, err := (tpm2.ContextSave{SaveHandle: rsp.SessionHandle}).Execute(raw)
-	if err != nil {
-		return 0, err
-	}
-	a2Saved.Store(rsp.SessionHandle, saved.Context)
-	return rsp.SessionHandle, nil
-}
-
-// a2Saved holds A2's sessions' saved contexts, by handle.
-var a2Saved sync.Map
-
-// a2Alive reports whether A2's session h is still the TPM's: its saved
-// context loads (a flushed session's does not), on raw; it is saved again.
-func a2Alive(raw transport.TPM, h tpm2.TPMHandle) bool {
-	v, ok := a2Saved.Load(h)
-	if !ok {
-		return false
-	}
-	if _, err := (tpm2.ContextLoad{Context: v.(tpm2.TPMSContext)}).Execute(raw); err != nil {
-		return false
-	}
-	saved, err := (tpm2.ContextSave{SaveHandle: h}).Execute(raw)
-	if err == nil {
-		a2Saved.Store(h, saved.Context)
-	}
-	return true
-}
-
-// a2Raw is the stand-in's current connection to the TPM, for A2.
-func (s *r14Space) a2Raw() transport.TPM {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cur.rw
-}
-
 // r14KeptShare is a resource manager's device (the stand-in, kernelFlush)
 // whose TPM keeps its shared session between Shares, after a first Share:
 // the session kept is kept.
-func r14KeptShare(t *testing.T) (*r14Space, *tpm.TPM, tpm2.TPMHandle) {
+func r14KeptShare(t *testing.T) (*swtpmtest.DeviceStandIn, *tpm.TPM, tpm2.TPMHandle) {
 	t.Helper()
 	env := swtpmtest.Start(t)
 	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
+	s := &swtpmtest.DeviceStandIn{Addr: env.Addr, KernelFlush: true}
 	tp := r14Open(t, s, "/dev/tpmrm0", true)
 	srk, err := tp.SRK()
 	if err != nil {
@@ -265,9 +48,9 @@ func r14KeptShare(t *testing.T) (*r14Space, *tpm.TPM, tpm2.TPMHandle) {
 	return s, tp, tp.SharedHandle()
 }
 
-func r14Open(t *testing.T, s *r14Space, path string, rm bool) *tpm.TPM {
+func r14Open(t *testing.T, s *swtpmtest.DeviceStandIn, path string, rm bool) *tpm.TPM {
 	t.Helper()
-	tp, err := tpm.OpenDeviceWith(path, s.open, rm)
+	tp, err := tpm.Open(context.Background(), tpm.Options{Spec: path, ResourceManager: rm, OpenDevice: s.Open})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,10 +76,10 @@ func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 	}
 	var a2 tpm2.TPMHandle
 	var a2Err error
-	s.mu.Lock()
-	s.onOpen = func(raw transport.TPM) { a2, a2Err = a2Session(raw) }
-	s.mu.Unlock()
-	s.arm(0)
+	s.Mu.Lock()
+	s.OnOpen = func(raw transport.TPM) { a2, a2Err = swtpmtest.A2Session(raw) }
+	s.Mu.Unlock()
+	s.Arm(0)
 	if _, err := tp.PCRUpdateCounter(); !errors.Is(err, syscall.EFAULT) {
 		t.Fatalf("the command in the broken space: %v", err)
 	}
@@ -309,10 +92,10 @@ func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 	if err != nil {
 		t.Errorf("the first Share after the device was opened again: %v", err)
 	}
-	if got := s.named(kept); len(got) > 0 {
+	if got := s.Named(kept); len(got) > 0 {
 		t.Errorf("the old space's kept session's number 0x%08x, A2's session in the new space, was named by provd's commands %v", uint32(kept), got)
 	}
-	if !a2Alive(s.a2Raw(), a2) {
+	if !swtpmtest.A2Alive(s.A2Raw(), a2) {
 		t.Errorf("A2's session 0x%08x was flushed", uint32(a2))
 	}
 	if err := readShared(tp); err != nil {
@@ -320,9 +103,7 @@ func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 	}
 	_ = tp.KeepShared(false)
 	// A2's session is A2's to flush.
-	s.mu.Lock()
-	raw := s.cur.rw
-	s.mu.Unlock()
+	raw := s.A2Raw()
 	_, _ = (tpm2.FlushContext{FlushHandle: a2}).Execute(raw)
 }
 
@@ -340,7 +121,7 @@ func TestReview14ExclusiveDeviceReopenAsksForSweep(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.NoLeakCheck() // the check is made here, on the test's own TPM
 	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: false} // /dev/tpm0: nothing flushed at close
+	s := &swtpmtest.DeviceStandIn{Addr: env.Addr, KernelFlush: false} // /dev/tpm0: nothing flushed at close
 	tp := r14Open(t, s, "/dev/tpm0", false)
 	if !tp.Exclusive() {
 		t.Fatal("setup: /dev/tpm0 not exclusive")
@@ -351,7 +132,7 @@ func TestReview14ExclusiveDeviceReopenAsksForSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := ps.Handle()
-	s.arm(0)
+	s.Arm(0)
 	if _, err := tp.PCRUpdateCounter(); !errors.Is(err, syscall.EFAULT) {
 		t.Fatalf("the command in the broken device: %v", err)
 	}
@@ -394,7 +175,7 @@ func TestReview14ExclusiveDeviceReopenAsksForSweep(t *testing.T) {
 func TestReview14ReopenLoopLeaksNothing(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
+	s := &swtpmtest.DeviceStandIn{Addr: env.Addr, KernelFlush: true}
 	tp := r14Open(t, s, "/dev/tpmrm0", true)
 	const n = 20
 	for i := range n {
@@ -403,7 +184,7 @@ func TestReview14ReopenLoopLeaksNothing(t *testing.T) {
 			t.Fatalf("round %d: %v", i, err)
 		}
 		gen := tp.Generation()
-		s.arm(0)
+		s.Arm(0)
 		if _, err := tp.PCRUpdateCounter(); !errors.Is(err, syscall.EFAULT) {
 			t.Fatalf("round %d: the command in the broken space: %v", i, err)
 		}
@@ -416,9 +197,9 @@ func TestReview14ReopenLoopLeaksNothing(t *testing.T) {
 		if _, err := tp.PCRUpdateCounter(); err != nil {
 			t.Fatalf("round %d: the next command: %v", i, err)
 		}
-		s.mu.Lock()
-		opens, closes := s.opens, s.closes
-		s.mu.Unlock()
+		s.Mu.Lock()
+		opens, closes := s.Opens, s.Closes
+		s.Mu.Unlock()
 		if opens != i+2 || closes != i+1 {
 			t.Fatalf("round %d: %d opens, %d closes; want %d, %d", i, opens, closes, i+2, i+1)
 		}
@@ -439,10 +220,10 @@ func TestReview14ReopenLoopLeaksNothing(t *testing.T) {
 	if err := tp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.opens != s.closes {
-		t.Errorf("%d devices opened, %d closed", s.opens, s.closes)
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if s.Opens != s.Closes {
+		t.Errorf("%d devices opened, %d closed", s.Opens, s.Closes)
 	}
 }
 
@@ -452,16 +233,16 @@ func TestReview14ReopenLoopLeaksNothing(t *testing.T) {
 func TestReview14ReopenFailsThenRecovers(t *testing.T) {
 	env := swtpmtest.Start(t)
 	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
+	s := &swtpmtest.DeviceStandIn{Addr: env.Addr, KernelFlush: true}
 	tp := r14Open(t, s, "/dev/tpmrm0", true)
-	s.arm(0)
+	s.Arm(0)
 	if _, err := tp.PCRUpdateCounter(); !errors.Is(err, syscall.EFAULT) {
 		t.Fatalf("the command in the broken space: %v", err)
 	}
 	for _, e := range []error{syscall.ENODEV, syscall.EBUSY} {
-		s.mu.Lock()
-		s.failErr = e
-		s.mu.Unlock()
+		s.Mu.Lock()
+		s.FailErr = e
+		s.Mu.Unlock()
 		if _, err := tp.PCRUpdateCounter(); !errors.Is(err, tpm.ErrNoTPM) {
 			t.Errorf("the command when the device cannot be opened (%v): %v, want ErrNoTPM", e, err)
 		}
@@ -469,7 +250,7 @@ func TestReview14ReopenFailsThenRecovers(t *testing.T) {
 	if _, err := tp.PCRUpdateCounter(); err != nil {
 		t.Fatalf("the command once the device opens again: %v", err)
 	}
-	s.arm(0)
+	s.Arm(0)
 	_, _ = tp.PCRUpdateCounter()
 	if err := tp.Close(); err != nil {
 		t.Errorf("Close with the device closed by a failure: %v", err)
@@ -489,14 +270,14 @@ func TestReview14ReopenMidShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	var a2 tpm2.TPMHandle
-	s.mu.Lock()
-	s.onOpen = func(raw transport.TPM) { a2, _ = a2Session(raw) }
-	s.mu.Unlock()
+	s.Mu.Lock()
+	s.OnOpen = func(raw transport.TPM) { a2, _ = swtpmtest.A2Session(raw) }
+	s.Mu.Unlock()
 	err = tp.Share(func() error {
 		if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
 			return err
 		}
-		s.arm(tpm2.TPMCCCreate)
+		s.Arm(tpm2.TPMCCCreate)
 		_, err := tp.Create(srk, nil, tpm.SealTemplate(nil), tpm.Sensitive{Data: []byte("review 14")})
 		return err
 	})
@@ -506,123 +287,12 @@ func TestReview14ReopenMidShare(t *testing.T) {
 	if err := readShared(tp); err != nil {
 		t.Errorf("the next Share: %v", err)
 	}
-	if a2 != 0 && !a2Alive(s.a2Raw(), a2) {
+	if a2 != 0 && !swtpmtest.A2Alive(s.A2Raw(), a2) {
 		t.Errorf("A2's session 0x%08x (the kept one was 0x%08x) was flushed", uint32(a2), uint32(kept))
 	}
 	_ = tp.KeepShared(false)
 	if a2 != 0 {
-		s.mu.Lock()
-		raw := s.cur.rw
-		s.mu.Unlock()
+		raw := s.A2Raw()
 		_, _ = (tpm2.FlushContext{FlushHandle: a2}).Execute(raw)
-	}
-}
-
-// Attack (brief 2): the daemon (agent with KeepSession: kept op session,
-// kept shared session, the PK's saved context, a resident key) on
-// /dev/tpmrm0; A2's flush breaks the space at every point of a warm sign in
-// turn (the k-th command of the sign fails EFAULT, the device is opened
-// again with the old space flushed by the kernel, A2 starting sessions of
-// its own right after in the freed slots). Expected: each broken sign
-// either fails with the device's error, never as tampered, forged or a
-// policy failure, or succeeds afresh in the new space; the next sign
-// works; nothing of the old space is used by its number in the new one (a
-// transient handle of the old space is, under the kernel, EINVAL or
-// another object of the new space); A2's sessions are never flushed; and
-// the audit trail verifies at the end.
-// Failed before the mend (review 14).
-func TestReview14DaemonSignBrokenAtEveryCommand(t *testing.T) {
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	s := &r14Space{addr: env.Addr, kernelFlush: true}
-	tp := r14Open(t, s, "/dev/tpmrm0", true)
-	ctx := context.Background()
-	ag, err := agent.New(agent.Config{TPM: tp, StateDir: t.TempDir() + "/state", KeepSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ag.Close() })
-	if _, err := ag.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	digest := sha256.Sum256([]byte("review 14"))
-	sign := func() error {
-		_, err := ag.Sign(ctx, "sig", digest[:], api.SignOptions{})
-		return err
-	}
-	for range 2 { // warm: everything kept
-		if err := sign(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.mu.Lock()
-	before := len(s.log)
-	s.mu.Unlock()
-	if err := sign(); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	n := len(s.log) - before
-	var warm []tpm2.TPMCC
-	for _, c := range s.log[before:] {
-		warm = append(warm, swtpmtest.CommandCode(c.cmd))
-	}
-	s.mu.Unlock()
-	t.Logf("a warm sign: %v", warm)
-	var a2s []tpm2.TPMHandle
-	s.mu.Lock()
-	s.onOpen = func(raw transport.TPM) {
-		for _, se := range []tpm2.TPMSE{tpm2.TPMSEPolicy, tpm2.TPMSEPolicy, tpm2.TPMSEHMAC, tpm2.TPMSEHMAC} {
-			if h, err := a2SessionOf(raw, se); err == nil {
-				a2s = append(a2s, h)
-			}
-		}
-	}
-	s.mu.Unlock()
-	for k := 1; k <= n; k++ {
-		s.mu.Lock()
-		s.armIn = k
-		s.mu.Unlock()
-		err := sign()
-		s.mu.Lock()
-		left, failed := s.armIn, s.failed
-		s.armIn, s.failed = 0, nil
-		s.mu.Unlock()
-		t.Logf("k=%d: the kernel failed %v; the sign: %v", k, failed, err)
-		switch {
-		case left > 0:
-			t.Logf("k=%d: the sign took fewer commands", k)
-		case err == nil:
-		case errors.Is(err, api.ErrTampered) || errors.Is(err, tpm.ErrResponseForged) || errors.Is(err, tpm.ErrPolicyNotSatisfied):
-			t.Errorf("k=%d: the broken sign misreported: %v", k, err)
-		case !errors.Is(err, syscall.EFAULT):
-			t.Errorf("k=%d: the broken sign's error does not name the device's failure: %v", k, err)
-		}
-		if err := sign(); err != nil {
-			t.Errorf("k=%d: the next sign, the device opened again: %v", k, err)
-		}
-	}
-	s.mu.Lock()
-	stale := s.stale
-	s.mu.Unlock()
-	if len(stale) > 0 {
-		t.Errorf("transient handles of the old space used in the new one: %v", stale)
-	}
-	for _, h := range a2s {
-		if !a2Alive(s.a2Raw(), h) {
-			t.Errorf("A2's session 0x%08x was flushed by provd", uint32(h))
-		}
-	}
-	if _, err := ag.AuditVerify(ctx); err != nil {
-		t.Errorf("the audit trail after the broken signs: %v", err)
-	}
-	s.mu.Lock()
-	raw := s.cur.rw
-	s.mu.Unlock()
-	for _, h := range a2s {
-		_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(raw)
 	}
 }
