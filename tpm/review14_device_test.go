@@ -1,11 +1,11 @@
 package tpm_test
 
 // Review 14: attacks on the device's opening again after EFAULT (commit
-// e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in here
-// (swtpmtest.DeviceStandIn, also TestDeviceOpenedAgainAfterEFAULT's) is a swtpm connection
-// that fails EFAULT once armed, made closer to the kernel's resource
-// manager where a test says so: a connection's own transient objects and sessions are flushed
-// when it is closed (as the kernel flushes a space at close), and another
+// e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in is
+// swtpmtest.DeviceStandIn: a swtpm connection that fails EFAULT once
+// armed, made closer to the kernel's resource manager where a test says so
+// (KernelFlush: a connection's own transient objects and sessions are
+// flushed when it is closed, as the kernel flushes a space), and another
 // connection (A2) can start a session on the TPM right after the daemon's
 // device is opened again, at the number the daemon's old session had
 // (session handles are not virtualized by /dev/tpmrm0).
