@@ -20,7 +20,7 @@ import (
 // A new open is a new space: the old one's sessions and objects are gone
 // with it (the kernel flushes them at close), and the TPM's generation
 // moves (onLost) so that nothing made before is used or flushed by its
-// number again (TPM.reopenedSince).
+// number again (TPM.ReopenedSince).
 type deviceTransport struct {
 	path string
 	open func(path string) (transport.TPMCloser, error)

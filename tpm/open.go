@@ -276,12 +276,12 @@ func (t *TPM) Exclusive() bool { return !t.rm && exclusive(t.spec) }
 // and the manager drops them at a reset: it is flushed as before (found
 // by review: forgotten there, two forged answers leaked a session each
 // until the connection's three were gone), unless the device was opened
-// again since (reopenedSince): the old space, and all it held, is gone.
+// again since (ReopenedSince): the old space, and all it held, is gone.
 func (t *TPM) ForgetsStale(gen uint64) bool {
-	return gen != t.Generation() && (t.Exclusive() || t.reopenedSince(gen))
+	return gen != t.Generation() && (t.Exclusive() || t.ReopenedSince(gen))
 }
 
-// reopenedSince reports whether a resource manager's device was opened
+// ReopenedSince reports whether a resource manager's device was opened
 // again (its space lost, deviceTransport) after generation gen: whatever
 // was made in gen went with the old space, and its number, which the
 // manager does not virtualize for sessions, may be another connection's.
@@ -289,10 +289,6 @@ func (t *TPM) ForgetsStale(gen uint64) bool {
 // provd made is flushed by its number or swept, as after a lost channel
 // (found by review 14: skipped there, a session stayed loaded, held by
 // nobody).
-func (t *TPM) reopenedSince(gen uint64) bool { return t.ReopenedSince(gen) }
-
-// ReopenedSince is reopenedSince, for the agent: handles of generation gen
-// name nothing in the connection's space now, and may name another's.
 func (t *TPM) ReopenedSince(gen uint64) bool {
 	if t.Exclusive() {
 		return false // /dev/tpmN: what provd made is still in the TPM, provd's alone

@@ -1,7 +1,7 @@
 package tpm_test
 
 // Review 14: attacks on the device's opening again after EFAULT (commit
-// e948092, tpm.deviceTransport, TPM.reopenedSince). The stand-in is
+// e948092, tpm.deviceTransport, TPM.ReopenedSince). The stand-in is
 // swtpmtest.DeviceStandIn: a swtpm connection that fails EFAULT once
 // armed, made closer to the kernel's resource manager where a test says so
 // (KernelFlush: a connection's own transient objects and sessions are
@@ -111,7 +111,7 @@ func TestReview14KeptSharedSessionAfterReopenNotUsedByNumber(t *testing.T) {
 // exclusive) whose device fails a command EFAULT: it is closed and opened
 // again, but /dev/tpm0 has no space to flush, so every session provd
 // started before is still loaded in the TPM (3 session slots on real
-// parts). The closers skip their flush (reopenedSince), which is right (the
+// parts). The closers skip their flush (ReopenedSince), which is right (the
 // device was closed: another opener may have had it in between), but then
 // the sweep must be asked for (NeedsSweep), as every other "forgotten, not
 // flushed" path on an exclusive TPM does: otherwise the sessions stay

@@ -64,7 +64,7 @@ func (t *TPM) withHMACSession(fn func(s tpm2.Session) error, opts ...tpm2.AuthOp
 func (t *TPM) sessionCloser(s tpm2.Session) func() error {
 	h, gen := s.Handle(), t.counting.generation.Load()
 	return func() error {
-		if t.reopenedSince(gen) {
+		if t.ReopenedSince(gen) {
 			return nil // gone with the space the device was opened again without
 		}
 		return t.Flush(h)

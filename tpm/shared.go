@@ -372,7 +372,7 @@ func (t *TPM) dropSharedOf(sh *shared) error {
 		t.unheld()
 		return nil
 	}
-	if t.reopenedSince(gen) {
+	if t.ReopenedSince(gen) {
 		// Gone with the space the device was opened again without; its
 		// number, not virtualized by the manager, may be another
 		// connection's session, never to be used (found by review 14:

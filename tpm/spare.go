@@ -115,7 +115,7 @@ func (t *TPM) dropSpare() error {
 	}
 	p := sh.spare
 	sh.spare = nil
-	if t.reopenedSince(p.gen) {
+	if t.ReopenedSince(p.gen) {
 		p.forget() // gone with the old space (dropSharedOf)
 		return nil
 	}
