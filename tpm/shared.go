@@ -352,14 +352,22 @@ func (t *TPM) keepShared() (done func()) {
 // sweep flushes it if it is still there.
 func (t *TPM) dropShared() error { return t.dropSharedOf(t.share) }
 
+// forget clears sh of its session, which it returns: the caller flushes
+// it, or ends it where its number may be another's.
+func (sh *shared) forget() *keyedPolicy {
+	k := sh.k
+	sh.s, sh.k, sh.close, sh.keep, sh.proven = nil, nil, nil, false, false
+	return k
+}
+
 // dropSharedOf is dropShared for sh, the Share's session or the one kept
 // between Shares.
 func (t *TPM) dropSharedOf(sh *shared) error {
 	if sh == nil || sh.s == nil {
 		return nil
 	}
-	s, k, closer, gen, proven, start := sh.s, sh.k, sh.close, sh.gen, sh.proven, sh.start
-	sh.s, sh.k, sh.close, sh.keep, sh.proven = nil, nil, nil, false, false
+	s, closer, gen, proven, start := sh.s, sh.close, sh.gen, sh.proven, sh.start
+	k := sh.forget()
 	// A session kept between Shares that has not answered since may have
 	// ended unseen (a suspend and resume behind /dev/tpm0), and its slot be
 	// another session's of provd's by now: a flush by its number would
@@ -451,9 +459,7 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		}
 		for _, sh := range []*shared{sh, t.kept} {
 			if sh != nil && sh.s != nil && sh.k.handle == h && gone {
-				k := sh.k
-				sh.s, sh.k, sh.close, sh.keep = nil, nil, nil, false
-				k.end()
+				sh.forget().end()
 				// The flush's answer has no HMAC: if A1 answered it, the
 				// session is still loaded and now held by nobody (found by
 				// review). The owner's sweep flushes it.
