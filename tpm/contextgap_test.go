@@ -77,8 +77,7 @@ func TestIdleSavedSessionStopsOtherSavesAtTheContextGap(t *testing.T) {
 
 func startHMAC(t *testing.T, tp transport.TPM) tpm2.TPMHandle {
 	t.Helper()
-	r, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(tp)
+	r, err := swtpmtest.StartOwnSession(tp, tpm2.TPMSEHMAC)
 	if err != nil {
 		t.Fatal(err)
 	}

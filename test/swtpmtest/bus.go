@@ -122,12 +122,18 @@ func (s *PolicySessionThief) Hook(next transport.TPM, cmd []byte) ([]byte, error
 // StartOwnPolicySession starts an unsalted, unbound policy session, as A1
 // would for itself.
 func StartOwnPolicySession(t transport.TPM) (*tpm2.StartAuthSessionResponse, error) {
+	return StartOwnSession(t, tpm2.TPMSEPolicy)
+}
+
+// StartOwnSession starts an unsalted, unbound session of type se with no
+// cipher, as A1 or another client (A2) would for itself.
+func StartOwnSession(t transport.TPM, se tpm2.TPMSE) (*tpm2.StartAuthSessionResponse, error) {
 	nc := make([]byte, 16)
 	if _, err := rand.Read(nc); err != nil {
 		return nil, err
 	}
 	return (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: nc},
-		SessionType: tpm2.TPMSEPolicy, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(t)
+		SessionType: se, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(t)
 }
 
 // OwnSessionExtend sends TPM2_NV_Extend of h with data, authorized by the
@@ -450,8 +456,7 @@ func SwapSession(t testing.TB, next transport.TPM, h tpm2.TPMHandle) {
 	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(next); err != nil {
 		t.Fatalf("A1's flush of 0x%x: %v", h, err)
 	}
-	rsp, err := (tpm2.StartAuthSession{TPMKey: tpm2.TPMRHNull, Bind: tpm2.TPMRHNull, NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: tpm2.TPMSEHMAC, Symmetric: tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull}, AuthHash: tpm2.TPMAlgSHA256}).Execute(next)
+	rsp, err := StartOwnSession(next, tpm2.TPMSEHMAC)
 	if err != nil {
 		t.Fatalf("A1's own session: %v", err)
 	}

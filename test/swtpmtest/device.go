@@ -172,14 +172,7 @@ func A2Session(raw transport.TPM) (tpm2.TPMHandle, error) {
 }
 
 func A2SessionOf(raw transport.TPM, se tpm2.TPMSE) (tpm2.TPMHandle, error) {
-	rsp, err := (tpm2.StartAuthSession{
-		TPMKey:      tpm2.TPMRHNull,
-		Bind:        tpm2.TPMRHNull,
-		NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-		SessionType: se,
-		Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
-		AuthHash:    tpm2.TPMAlgSHA256,
-	}).Execute(raw)
+	rsp, err := StartOwnSession(raw, se)
 	if err != nil {
 		return 0, err
 	}
