@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 )
 
 // OpAnchor is the op of a record that starts a new anchor: the anchor an
@@ -38,6 +39,8 @@ func VerifyLinks(path string) (Report, error) {
 // missing) and extends opts.Anchor with it, after reset has replaced the
 // anchor. The log's lines must link up (VerifyLinks): a log whose chain is
 // broken is returned as the *VerifyError, untouched, and reset is not called.
+// A torn last line (never acknowledged) is cut away first, as Repair does,
+// and the record names the bytes discarded.
 // The anchor is not compared with the log: that is the point (a new trail, a
 // trail moved to a new anchor, an anchor that another process replaced). The
 // objects reset returns are added to rec.Objects, which should say why and
@@ -64,22 +67,32 @@ func Reanchor(path string, opts Options, rec Record, reset func() (map[string]st
 		return Report{}, err
 	}
 	rep, c, verr := verify(data, nil)
-	if errors.Is(verr, ErrUnanchored) {
-		verr = nil
-	}
-	if verr == nil && rep.TornBytes > 0 {
-		verr = &VerifyError{Line: rep.Lines + 1, Kind: ErrTornTail, Reason: fmt.Sprintf("%d bytes without a newline", rep.TornBytes)}
+	if ve := (*VerifyError)(nil); errors.As(verr, &ve) && (ve.Kind == ErrUnanchored || ve.Kind == ErrTornTail) {
+		verr = nil // nothing is anchored here; the torn tail is cut below
 	}
 	if verr != nil {
 		return rep, verr
+	}
+	if rec.Objects == nil {
+		rec.Objects = map[string]string{}
+	}
+	if torn := rep.TornBytes; torn > 0 {
+		// A torn last line was never acknowledged (a crash while it was
+		// written): cut away, as Repair does, and the record says so.
+		good := len(data) - torn
+		if err := f.Truncate(int64(good)); err != nil {
+			return rep, fmt.Errorf("audit: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return rep, fmt.Errorf("audit: %w", err)
+		}
+		data, rep.TornBytes = data[:good], 0
+		rec.Objects["discarded_bytes"] = strconv.Itoa(torn)
 	}
 	l.c, l.size = c, int64(len(data))
 	objs, err := reset()
 	if err != nil {
 		return rep, fmt.Errorf("audit: new anchor: %w", err)
-	}
-	if rec.Objects == nil {
-		rec.Objects = map[string]string{}
 	}
 	for k, v := range objs {
 		rec.Objects[k] = v

@@ -90,3 +90,40 @@ func TestReanchorCrashBeforeExtend(t *testing.T) {
 type failingAnchor struct{ *MemoryAnchor }
 
 func (failingAnchor) Extend([]byte) error { return errors.New("power cut") }
+
+// A crash while the new anchor's record was written leaves it torn: the
+// next Reanchor (a move made again) cuts the torn bytes away, as Repair
+// would, names them in its record, and the trail verifies with every
+// complete line; a log that is only a torn line becomes a new trail.
+func TestReanchorCutsATornTail(t *testing.T) {
+	for _, lines := range []int{3, 0} {
+		path, _, l := newLog(t, lines)
+		l.Close()
+		before, _ := os.ReadFile(path)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(`{"seq":99,"op":"audit-anc`)
+		f.Close()
+		fresh := &MemoryAnchor{}
+		rep, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, func() (map[string]string, error) { return nil, nil })
+		if err != nil {
+			t.Fatalf("%d lines and a torn one: %v", lines, err)
+		}
+		if rep.Lines != lines+1 || rep.TornBytes != 0 {
+			t.Errorf("%d lines and a torn one: report %+v", lines, rep)
+		}
+		if _, err := Verify(path, fresh); err != nil {
+			t.Fatalf("%d lines and a torn one, after reanchor: %v", lines, err)
+		}
+		after, _ := os.ReadFile(path)
+		if !strings.HasPrefix(string(after), string(before)) {
+			t.Errorf("%d lines and a torn one: the complete lines changed", lines)
+		}
+		recs, _ := ReadRecords(path)
+		if r := recs[len(recs)-1]; r.Op != OpAnchor || r.Objects["discarded_bytes"] != "25" {
+			t.Errorf("%d lines and a torn one: the record is %+v", lines, r)
+		}
+	}
+}
