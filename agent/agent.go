@@ -315,6 +315,9 @@ func (a *Agent) openAudit() error {
 	if a.audit != nil {
 		return nil
 	}
+	if err := a.finishMove(); err != nil {
+		return fmt.Errorf("audit trail (see provd audit verify): %w", err)
+	}
 	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {

@@ -51,7 +51,32 @@ type gateRecord struct {
 	// there (newGatedAnchor), 0 when not: records prove it in place, and
 	// load it from Blob only when that fails (withGate).
 	Persistent uint32 `json:"gate_handle,omitempty"`
+	// Moving is set while the trail moves to this gate (newGatedAnchor
+	// writes it before the old index goes; anchorTrail clears it once the
+	// move's audit-anchor record is in the log and anchored): what the
+	// move replaces at the anchor's handle. A crash or a fault in the move
+	// leaves it set, the anchor's handle holding the index the move
+	// replaces, nothing, or this gate's own index; openAudit then makes the
+	// move again (finishMove), and until then the trail is not read
+	// against any index (errMoveUnfinished). Found by make test: a power
+	// cut between the old index's removal and the new gate's record left a
+	// trail whose anchor was gone, which only an officer's reanchor took.
+	Moving *anchorMove `json:"moving,omitempty"`
 }
+
+// anchorMove is what a move to a new anchor replaces at the anchor's
+// handle, read before the move removed it: the evidence its audit-anchor
+// record names, kept across a crash.
+type anchorMove struct {
+	ReplacedName  string `json:"replaced_nv_name,omitempty"`
+	ReplacedValue string `json:"replaced_nv_value,omitempty"`
+}
+
+// errMoveUnfinished: audit.gate says a move to a new anchor was not
+// finished (gateRecord.Moving, moveUnfinished); the trail is not read
+// against any index until finishMove has made the move again.
+var errMoveUnfinished = errors.New("the audit trail was moving to a new anchor when provd stopped or the TPM failed (audit.gate says so): " +
+	"the next audited operation, or provd audit repair, makes the move again")
 
 // errAnchorMoved: the index at the anchor's handle is not the trail's own
 // gated index (removed, or replaced by an index with another policy). It is
@@ -194,6 +219,9 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	g, err := an.gate()
 	if err != nil {
 		return nil, err
+	}
+	if an.moveUnfinished(g) {
+		return nil, errMoveUnfinished
 	}
 	if g == nil {
 		if !an.legacy {
@@ -464,6 +492,9 @@ func (an *trailAnchor) ReadPrepare(head []byte) (value []byte, extend func() err
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if an.moveUnfinished(g) {
+		return nil, nil, nil, errMoveUnfinished
+	}
 	if g != nil {
 		value, ge, err := an.readPrepare(g, head)
 		if err == nil {
@@ -551,20 +582,35 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // what the audit-anchor record says: the new index and gate, and the name and
 // value of the index it replaced (the evidence of whatever was there). The
 // index defined is an's to extend first (proven: no NV_ReadPublic).
+//
+// audit.gate names the new gate, with the move marked (gateRecord.Moving,
+// and the evidence in it), before the old index is removed: a crash at any
+// step leaves the old trail whole (before that write) or a marked move,
+// which openAudit makes again (finishMove). The mark stays until the
+// move's record is anchored (anchorTrail). Made again, a move whose index
+// is gone or is the interrupted move's own names what the interrupted one
+// replaced.
 func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
+	cur, _ := an.gate()  // the gate this trail had, if any (an officer's reanchor, a move made again)
 	var oldPolicy []byte // the replaced anchor's authPolicy: its gate's (ownGate)
-	if old, err := a.t.ReadNVPublic(AuditAnchorHandle); err == nil {
+	old, err := a.t.ReadNVPublic(AuditAnchorHandle)
+	there := err == nil
+	switch {
+	case there:
 		oldPolicy = old.Public.AuthPolicy.Buffer
 		objects["replaced_nv_name"] = hex.EncodeToString(old.Name.Buffer)
 		if v, err := a.t.ReadExtendIndex(old); err == nil {
 			objects["replaced_nv_value"] = hex.EncodeToString(v)
 		}
-		if err := a.t.UndefineNVIndex(old); err != nil {
-			return nil, fmt.Errorf("remove the index at the anchor's handle: %w", err)
-		}
-	} else if !errors.Is(err, tpm.ErrNotFound) {
+	case !errors.Is(err, tpm.ErrNotFound):
 		return nil, err
+	}
+	if cur != nil && cur.Moving != nil && (!there || cur.ownsIndex(old.Name.Buffer)) {
+		delete(objects, "replaced_nv_name")
+		delete(objects, "replaced_nv_value")
+		putNonEmpty(objects, "replaced_nv_name", cur.Moving.ReplacedName)
+		putNonEmpty(objects, "replaced_nv_value", cur.Moving.ReplacedValue)
 	}
 	srk, err := a.t.SRK()
 	if err != nil {
@@ -586,19 +632,30 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
+		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()),
+		Moving: &anchorMove{ReplacedName: objects["replaced_nv_name"], ReplacedValue: objects["replaced_nv_value"]}}
+	if err := writeGateRecord(a.dir, g); err != nil {
+		return nil, err
+	}
+	if there {
+		if err := a.t.UndefineNVIndex(old); err != nil {
+			return nil, fmt.Errorf("remove the index at the anchor's handle: %w", err)
+		}
+	}
 	x, err := a.t.DefineNV(pub)
 	if err != nil {
 		return nil, err
 	}
-	cur, _ := an.gate() // the gate this trail had, if any (an officer's reanchor)
 	persistent, replaced := a.persistGate(cur, oldPolicy, srk, blob, auth)
 	if replaced != "" {
 		objects["replaced_gate_name"] = replaced
 	}
-	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
-		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Persistent: persistent}
-	if err := writeGateRecord(a.dir, g); err != nil {
-		return nil, err
+	if persistent != 0 {
+		g.Persistent = persistent
+		if err := writeGateRecord(a.dir, g); err != nil {
+			return nil, err
+		}
 	}
 	_, written, err := g.expectedNames()
 	if err != nil {
@@ -608,6 +665,76 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	objects["gate_key"] = g.Name
 	an.proven.Store(&x)
 	return objects, nil
+}
+
+// moveUnfinished reports whether g marks a move (gateRecord.Moving) whose
+// audit-anchor record is not the log's last complete line: the move is to
+// be made again. Once that record is in, only its extend (lost: a crash,
+// a fault, A1) or the mark's clearing is missing, and the trail is read as
+// any other: an unanchored record is audit repair --anchor-last's, as
+// before the mark.
+func (an *trailAnchor) moveUnfinished(g *gateRecord) bool {
+	if g == nil || g.Moving == nil {
+		return false
+	}
+	recs, _ := audit.ReadRecords(filepath.Join(an.dir, audit.FileName)) // up to a torn line: the complete ones
+	last := len(recs) - 1
+	return last < 0 || recs[last].Op != audit.OpAnchor || recs[last].Objects["gate_key"] != g.Name
+}
+
+// putNonEmpty sets m[k] to v unless v is empty.
+func putNonEmpty(m map[string]string, k, v string) {
+	if v != "" {
+		m[k] = v
+	}
+}
+
+// ownsIndex reports whether name is g's own anchor's, written or not.
+func (g *gateRecord) ownsIndex(name []byte) bool {
+	unwritten, written, err := g.expectedNames()
+	return err == nil && (bytes.Equal(name, unwritten) || bytes.Equal(name, written))
+}
+
+// finishMove makes a move to a new anchor again that a crash or a fault
+// interrupted (audit.gate's Moving: newGatedAnchor), recorded as such, so
+// that the trail takes records again without an officer. The anchor's
+// handle must hold what the interrupted move left there: the index it
+// replaces (by name), nothing, or the move's own index; anything else was
+// put there by someone else, and the officer's reanchor records it (the
+// read is the bus's word: A1 can make provd refuse, and an index it hides
+// makes the move's own NV_DefineSpace fail). It does nothing when no move
+// is marked.
+func (a *Agent) finishMove() error {
+	an := a.trailAnchor()
+	g, err := an.gate()
+	if err != nil || g == nil || g.Moving == nil {
+		return err
+	}
+	if !an.moveUnfinished(g) {
+		return a.endMove(an) // the move's record is in: only the mark was left
+	}
+	x, err := a.t.ReadNVPublic(AuditAnchorHandle)
+	switch {
+	case errors.Is(err, tpm.ErrNotFound):
+	case err != nil:
+		return err
+	case hex.EncodeToString(x.Name.Buffer) != g.Moving.ReplacedName && !g.ownsIndex(x.Name.Buffer):
+		return fmt.Errorf("%w: %w (NV index 0x%08x has name %x: neither the index the trail's unfinished move replaces nor the move's own)",
+			api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer)
+	}
+	_, err = a.anchorTrail(context.Background(), "a move to a new anchor that a crash or a fault interrupted, made again", nil)
+	return err
+}
+
+// endMove clears audit.gate's Moving once the move's audit-anchor record
+// is in the log and anchored.
+func (a *Agent) endMove(an *trailAnchor) error {
+	g, err := an.gate()
+	if err != nil || g == nil || g.Moving == nil {
+		return err
+	}
+	g.Moving = nil
+	return writeGateRecord(a.dir, *g)
 }
 
 // persistGate makes a new gate key persistent at AuditGateHandle, so that
@@ -760,6 +887,9 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 	an := a.trailAnchor()
 	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, func() (map[string]string, error) { return a.newGatedAnchor(an) })
 	if err != nil {
+		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
+	}
+	if err := a.endMove(an); err != nil {
 		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
 	}
 	return rep, a.openAudit()
@@ -944,7 +1074,7 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	}
 	objects := map[string]string{}
 	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
-	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) {
+	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) && !errors.Is(verr, errMoveUnfinished) {
 		return res, verr // not the trail's fault (the TPM, the file system): nothing to record yet
 	}
 	if verr != nil {
@@ -957,7 +1087,7 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	// trail's own anchor disagrees with the log, the log changed: it is
 	// archived, never blessed.
 	_, lerr := audit.VerifyLinks(a.auditPath())
-	if verr != nil && !errors.Is(verr, errAnchorMoved) && lerr == nil {
+	if verr != nil && !errors.Is(verr, errAnchorMoved) && !errors.Is(verr, errMoveUnfinished) && lerr == nil {
 		lerr = verr
 	}
 	data, rerr := os.ReadFile(a.auditPath())

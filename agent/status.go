@@ -158,9 +158,17 @@ func (a *Agent) auditVerify() (audit.Report, error) {
 // AuditRepair fixes what a crash can leave in the audit trail: a torn last
 // line (cut away: it was never acknowledged) and, with anchorLast, a last line
 // written but not anchored (the operator accepts it as genuine after reading
-// it). Anything else is tampering and is refused. The repair is recorded.
+// it). A move to a new anchor that a crash left unfinished is made again
+// first (finishMove). Anything else is tampering and is refused. The repair
+// is recorded.
 func (a *Agent) AuditRepair(ctx context.Context, anchorLast bool) (audit.Report, error) {
 	defer a.lock()()
+	// A move to a new anchor left unfinished is made again first: the
+	// repair then sees the trail in its new anchor (the move leaves the
+	// log open).
+	if err := a.finishMove(); err != nil {
+		return audit.Report{}, err
+	}
 	if a.audit != nil {
 		if err := a.audit.Close(); err != nil {
 			return audit.Report{}, err

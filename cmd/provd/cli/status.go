@@ -130,8 +130,11 @@ func (a *app) auditCmd() *cobra.Command {
 		Long: `A crash while appending can leave a torn last line (cut away: it was never
 acknowledged) or a last line written but not yet extended into the TPM anchor.
 The latter cannot be told apart from a forged line, so it is accepted only with
---anchor-last, after you have read it (provd audit verify names it). Anything
-else is tampering: refused, exit 14. The repair itself is recorded.`,
+--anchor-last, after you have read it (provd audit verify names it). A crash
+while the trail moved to a new anchor (provision, audit reanchor) leaves the move
+marked in audit.gate: the repair, or the next audited operation, makes it again
+and records it. Anything else is tampering: refused, exit 14. The repair itself
+is recorded.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {

@@ -1,0 +1,188 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/agent"
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/audit"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// A move to a new anchor that a TPM fault interrupts after the old index
+// went (an officer's reanchor whose NV_DefineSpace fails) is marked in
+// audit.gate: status and verify say so, not tampering; the next audited
+// operation makes the move again by itself, its record saying so and
+// naming the index the first move replaced, and the trail verifies with
+// every line kept. With another index put at the handle meanwhile (A2,
+// the owner hierarchy open), the move is not made again over it: the
+// operation is refused as tampering, and the officer's reanchor records
+// what is there. Failed before the mend (found by make test's power-cut
+// test): the trail's anchor was gone, verify said tampered, and only the
+// officer's reanchor took it.
+func TestInterruptedAnchorMove(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		foreign, torn bool
+	}{
+		{name: "made again by the next operation"},
+		{name: "its record torn by a crash, made again", torn: true},
+		{name: "another index put at the handle meanwhile", foreign: true},
+	} {
+		foreign := c.foreign
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			b := &swtpmtest.Bus{}
+			env, ag, dir := provisionedBehind(t, b)
+			recs, err := ag.AuditRecords(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := lastAnchorRecord(t, recs)
+
+			sent := 0
+			b.Set(swtpmtest.AnsweredOnce(tpm2.TPMCCNVDefineSpace, tpm2.TPMRCNVSpace, &sent))
+			_, err = ag.AuditReanchor(ctx)
+			b.Set(nil)
+			if err == nil || sent != 1 {
+				t.Fatalf("not mounted: reanchor with its NV_DefineSpace refused: %v (%d defines)", err, sent)
+			}
+			if _, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle); !errors.Is(err, tpm.ErrNotFound) {
+				t.Fatalf("not mounted: the old anchor is still there (%v)", err)
+			}
+			if g := editGate(t, dir, nil); g["moving"] == nil {
+				t.Errorf("audit.gate does not mark the move: %v", g)
+			}
+			st, err := ag.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(st.AuditError, "moving to a new anchor") {
+				t.Errorf("status's audit error is %q, want the unfinished move", st.AuditError)
+			}
+			if _, err := ag.AuditVerify(ctx); err == nil || errors.Is(err, api.ErrTampered) {
+				t.Errorf("verify with the move unfinished: %v, want an error that is not tampering", err)
+			}
+
+			var other tpm.NVIndex
+			if foreign {
+				other = defineOtherAnchor(t, env.TPM)
+			}
+			if c.torn {
+				// A crash while a move wrote its record: the line is torn.
+				f, err := os.OpenFile(filepath.Join(dir, audit.FileName), os.O_WRONLY|os.O_APPEND, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.WriteString(`{"seq":3,"op":"audit-anchor","objects":{"gate_k`)
+				f.Close()
+			}
+			_, err = ag.Seal(ctx, api.SealRequest{Data: []byte("after the fault")})
+			if foreign {
+				if !errors.Is(err, api.ErrTampered) {
+					t.Fatalf("seal with another index at the handle: %v, want tampered", err)
+				}
+				if x, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle); err != nil || string(x.Name.Buffer) != string(other.Name.Buffer) {
+					t.Fatalf("the other index was taken: %v", err)
+				}
+				if _, err := ag.AuditReanchor(ctx); err != nil {
+					t.Fatalf("the officer's reanchor: %v", err)
+				}
+			} else if err != nil {
+				t.Fatalf("seal after the fault: %v", err)
+			}
+			rep, err := ag.AuditVerify(ctx)
+			if err != nil {
+				t.Fatalf("verify after the move: %v", err)
+			}
+			if rep.Lines <= len(recs) {
+				t.Errorf("%d lines after the move, %d before it: lines lost", rep.Lines, len(recs))
+			}
+			if g := editGate(t, dir, nil); g["moving"] != nil {
+				t.Errorf("audit.gate still marks a move: %v", g)
+			}
+			after, err := ag.AuditRecords(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved := lastAnchorRecord(t, after)
+			switch {
+			case foreign && moved.Objects["replaced_nv_name"] != hex.EncodeToString(other.Name.Buffer):
+				t.Errorf("the reanchor's record names %q as replaced, want the other index %x", moved.Objects["replaced_nv_name"], other.Name.Buffer)
+			case !foreign && !strings.Contains(moved.Objects["reason"], "interrupted"):
+				t.Errorf("the move's record gives the reason %q", moved.Objects["reason"])
+			case !foreign && moved.Objects["replaced_nv_name"] != first.Objects["nv_name"]:
+				t.Errorf("the move made again names %q as replaced, want the first anchor %s", moved.Objects["replaced_nv_name"], first.Objects["nv_name"])
+			case !foreign && moved.Objects["replaced_nv_value"] == "":
+				t.Errorf("the move made again lost the replaced index's value")
+			case c.torn && moved.Objects["discarded_bytes"] == "":
+				t.Errorf("the move made again does not name the torn bytes it cut: %v", moved.Objects)
+			}
+			if got, err := ag.Unseal(ctx, mustSeal(t, ag)); err != nil || string(got) != "s" {
+				t.Fatalf("unseal after the move: %q %v", got, err)
+			}
+		})
+	}
+}
+
+// lastAnchorRecord is the last audit-anchor record of recs.
+func lastAnchorRecord(t *testing.T, recs []audit.Record) audit.Record {
+	t.Helper()
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Op == audit.OpAnchor {
+			return recs[i]
+		}
+	}
+	t.Fatal("no audit-anchor record in the trail")
+	return audit.Record{}
+}
+
+// defineOtherAnchor defines, at the audit anchor's handle, a gated extend
+// index of a gate that is not the trail's (what A2 could put there).
+func defineOtherAnchor(t *testing.T, tp *tpm.TPM) tpm.NVIndex {
+	t.Helper()
+	srk, err := tp.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := tpm.NewGateAuth(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := tp.CreateGate(srk, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gn, err := blob.Name()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tpm.GatedExtendPublic(agent.AuditAnchorHandle, gn.Buffer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := tp.DefineNV(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func mustSeal(t *testing.T, ag *agent.Agent) []byte {
+	t.Helper()
+	blob, err := ag.Seal(context.Background(), api.SealRequest{Data: []byte("s")})
+	if err != nil {
+		t.Fatalf("seal: %v", err)
+	}
+	return blob
+}
