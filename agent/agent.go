@@ -315,10 +315,11 @@ func (a *Agent) openAudit() error {
 	if a.audit != nil {
 		return nil
 	}
-	if err := a.finishMove(); err != nil {
-		return fmt.Errorf("audit trail (see provd audit verify): %w", err)
+	err := a.finishMove()
+	var l *audit.Log
+	if err == nil {
+		l, err = audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
 	}
-	l, err := audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) || errors.Is(err, audit.ErrTornTail) {
 			err = errors.Join(api.ErrTampered, err)

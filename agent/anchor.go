@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,24 +53,36 @@ type gateRecord struct {
 	// load it from Blob only when that fails (withGate).
 	Persistent uint32 `json:"gate_handle,omitempty"`
 	// Moving is set while the trail moves to this gate (newGatedAnchor
-	// writes it before the old index goes; anchorTrail clears it once the
-	// move's audit-anchor record is in the log and anchored): what the
-	// move replaces at the anchor's handle. A crash or a fault in the move
-	// leaves it set, the anchor's handle holding the index the move
-	// replaces, nothing, or this gate's own index; openAudit then makes the
-	// move again (finishMove), and until then the trail is not read
-	// against any index (errMoveUnfinished). Found by make test: a power
-	// cut between the old index's removal and the new gate's record left a
-	// trail whose anchor was gone, which only an officer's reanchor took.
+	// writes it before the old index goes; the move clears it once its
+	// audit-anchor record is in the log and anchored, under the log's
+	// lock): the move's record and the names the anchor's handle may hold
+	// meanwhile. A crash or a fault in the move leaves it set; while the
+	// move's record is not in the log the trail is read against no index
+	// (errMoveUnfinished), and openAudit or audit repair makes the move
+	// again (finishMove). Found by make test: a power cut between the old
+	// index's removal and the new gate's record left a trail whose anchor
+	// was gone, which only an officer's reanchor took.
 	Moving *anchorMove `json:"moving,omitempty"`
 }
 
-// anchorMove is what a move to a new anchor replaces at the anchor's
-// handle, read before the move removed it: the evidence its audit-anchor
-// record names, kept across a crash.
+// anchorMove is a move to a new anchor that is not known to be finished.
 type anchorMove struct {
-	ReplacedName  string `json:"replaced_nv_name,omitempty"`
-	ReplacedValue string `json:"replaced_nv_value,omitempty"`
+	// Objects and UID are the move's audit-anchor record as the move
+	// began it (why, the officer's findings, the index and the gate it
+	// replaces: the evidence), written as they are when the move is made
+	// again.
+	Objects map[string]string `json:"record"`
+	UID     int               `json:"uid"`
+	// Known are the names (hex) of indices the anchor's handle may hold
+	// that are this trail's: the trail's anchor before the move (its
+	// gate's index, written or not), what the move found at the handle,
+	// and the same of every interrupted move it makes again. With nothing
+	// there, or this gate's own index, they are what finishMove takes.
+	Known []string `json:"known_nv_names"`
+	// Evicting is the name of an object not provd's that the move was
+	// about to evict at AuditGateHandle (persistGate): replaced_gate_name
+	// once the eviction is known to be done.
+	Evicting string `json:"evicting_gate_name,omitempty"`
 }
 
 // errMoveUnfinished: audit.gate says a move to a new anchor was not
@@ -220,7 +233,7 @@ func (an *trailAnchor) Read() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if an.moveUnfinished(g) {
+	if an.moveUnfinished(g, false) {
 		return nil, errMoveUnfinished
 	}
 	if g == nil {
@@ -492,7 +505,7 @@ func (an *trailAnchor) ReadPrepare(head []byte) (value []byte, extend func() err
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if an.moveUnfinished(g) {
+	if an.moveUnfinished(g, true) {
 		return nil, nil, nil, errMoveUnfinished
 	}
 	if g != nil {
@@ -578,39 +591,65 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 }
 
 // newGatedAnchor replaces whatever is at the anchor's handle with a new
-// gated extend index under a new gate key, and writes audit.gate. It returns
-// what the audit-anchor record says: the new index and gate, and the name and
-// value of the index it replaced (the evidence of whatever was there). The
-// index defined is an's to extend first (proven: no NV_ReadPublic).
+// gated extend index under a new gate key, and writes audit.gate. rec is
+// the move's audit-anchor record as it will be written; it returns what
+// the record adds: the new index and gate, and the name and value of the
+// index it replaced (the evidence of whatever was there). The index
+// defined is an's to extend first (proven: no NV_ReadPublic).
 //
-// audit.gate names the new gate, with the move marked (gateRecord.Moving,
-// and the evidence in it), before the old index is removed: a crash at any
-// step leaves the old trail whole (before that write) or a marked move,
-// which openAudit makes again (finishMove). The mark stays until the
-// move's record is anchored (anchorTrail). Made again, a move whose index
-// is gone or is the interrupted move's own names what the interrupted one
-// replaced.
-func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
+// audit.gate names the new gate, the move marked (gateRecord.Moving: the
+// record, and the names the handle may hold), before the old index is
+// removed: a crash or a fault at any step leaves the old trail whole
+// (before that write) or a marked move, which openAudit makes again
+// (finishMove). The mark is cleared once the move's record is anchored
+// (moveTrail). A move made again over nothing or over the interrupted
+// move's own unwritten index keeps the evidence its record has (what the
+// interrupted move replaced); over anything else it names what it finds.
+func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
 	cur, _ := an.gate()  // the gate this trail had, if any (an officer's reanchor, a move made again)
 	var oldPolicy []byte // the replaced anchor's authPolicy: its gate's (ownGate)
 	old, err := a.t.ReadNVPublic(AuditAnchorHandle)
 	there := err == nil
-	switch {
-	case there:
+	if err != nil && !errors.Is(err, tpm.ErrNotFound) {
+		return nil, err
+	}
+	var known []string
+	if cur != nil {
+		if u, w, err := cur.expectedNames(); err == nil {
+			known = append(known, hex.EncodeToString(u), hex.EncodeToString(w))
+		}
+		if cur.Moving != nil {
+			known = append(known, cur.Moving.Known...)
+		}
+	}
+	// The interrupted move's own index, never written, anchored nothing;
+	// with it or nothing there, the record keeps what that move replaced
+	// (found by review: a written one is the anchor this move replaces,
+	// and is named as such).
+	u, _, merr := cur.expectedNamesIfMoving()
+	carry := merr == nil && (!there || bytes.Equal(old.Name.Buffer, u))
+	if there {
 		oldPolicy = old.Public.AuthPolicy.Buffer
+		known = append(known, hex.EncodeToString(old.Name.Buffer))
+	}
+	switch {
+	case carry:
+		putNonEmpty(objects, "replaced_nv_name", cur.Moving.Objects["replaced_nv_name"])
+		putNonEmpty(objects, "replaced_nv_value", cur.Moving.Objects["replaced_nv_value"])
+	case there:
 		objects["replaced_nv_name"] = hex.EncodeToString(old.Name.Buffer)
 		if v, err := a.t.ReadExtendIndex(old); err == nil {
 			objects["replaced_nv_value"] = hex.EncodeToString(v)
 		}
-	case !errors.Is(err, tpm.ErrNotFound):
-		return nil, err
 	}
-	if cur != nil && cur.Moving != nil && (!there || cur.ownsIndex(old.Name.Buffer)) {
-		delete(objects, "replaced_nv_name")
-		delete(objects, "replaced_nv_value")
-		putNonEmpty(objects, "replaced_nv_name", cur.Moving.ReplacedName)
-		putNonEmpty(objects, "replaced_nv_value", cur.Moving.ReplacedValue)
+	if cur != nil && cur.Moving != nil && cur.Moving.Evicting != "" && rec.Objects["replaced_gate_name"] == "" {
+		// The interrupted move was about to evict another's object from
+		// the gate's handle: named replaced if it is gone (found by
+		// review: the name was only in the killed process's memory).
+		if x, err := a.t.ReadPublic(AuditGateHandle); errors.Is(err, tpm.ErrNotFound) || err == nil && hex.EncodeToString(x.Name.Buffer) != cur.Moving.Evicting {
+			objects["replaced_gate_name"] = cur.Moving.Evicting
+		}
 	}
 	srk, err := a.t.SRK()
 	if err != nil {
@@ -632,9 +671,13 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	move := &anchorMove{Objects: maps.Clone(rec.Objects), UID: rec.UID, Known: slices.Compact(slices.Sorted(slices.Values(known)))}
+	if move.Objects == nil {
+		move.Objects = map[string]string{}
+	}
+	maps.Copy(move.Objects, objects)
 	g := gateRecord{Version: gateVersion, Handle: uint32(AuditAnchorHandle), Blob: hex.EncodeToString(blob.Marshal()), Name: hex.EncodeToString(gn.Buffer),
-		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()),
-		Moving: &anchorMove{ReplacedName: objects["replaced_nv_name"], ReplacedValue: objects["replaced_nv_value"]}}
+		Auth: hex.EncodeToString(auth), SRK: hex.EncodeToString(a.t.PinnedSRKName()), Moving: move}
 	if err := writeGateRecord(a.dir, g); err != nil {
 		return nil, err
 	}
@@ -647,15 +690,21 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	persistent, replaced := a.persistGate(cur, oldPolicy, srk, blob, auth)
+	evicting := func(name string) error {
+		// Named in the mark before the eviction: a crash after it
+		// leaves the name for the move made again.
+		g.Moving.Evicting = name
+		return writeGateRecord(a.dir, g)
+	}
+	persistent, replaced := a.persistGate(cur, oldPolicy, srk, blob, auth, evicting)
+	g.Moving.Evicting = ""
 	if replaced != "" {
 		objects["replaced_gate_name"] = replaced
+		g.Moving.Objects["replaced_gate_name"] = replaced
 	}
-	if persistent != 0 {
-		g.Persistent = persistent
-		if err := writeGateRecord(a.dir, g); err != nil {
-			return nil, err
-		}
+	g.Persistent = persistent
+	if err := writeGateRecord(a.dir, g); err != nil {
+		return nil, err
 	}
 	_, written, err := g.expectedNames()
 	if err != nil {
@@ -667,21 +716,6 @@ func (a *Agent) newGatedAnchor(an *trailAnchor) (map[string]string, error) {
 	return objects, nil
 }
 
-// moveUnfinished reports whether g marks a move (gateRecord.Moving) whose
-// audit-anchor record is not the log's last complete line: the move is to
-// be made again. Once that record is in, only its extend (lost: a crash,
-// a fault, A1) or the mark's clearing is missing, and the trail is read as
-// any other: an unanchored record is audit repair --anchor-last's, as
-// before the mark.
-func (an *trailAnchor) moveUnfinished(g *gateRecord) bool {
-	if g == nil || g.Moving == nil {
-		return false
-	}
-	recs, _ := audit.ReadRecords(filepath.Join(an.dir, audit.FileName)) // up to a torn line: the complete ones
-	last := len(recs) - 1
-	return last < 0 || recs[last].Op != audit.OpAnchor || recs[last].Objects["gate_key"] != g.Name
-}
-
 // putNonEmpty sets m[k] to v unless v is empty.
 func putNonEmpty(m map[string]string, k, v string) {
 	if v != "" {
@@ -689,52 +723,139 @@ func putNonEmpty(m map[string]string, k, v string) {
 	}
 }
 
-// ownsIndex reports whether name is g's own anchor's, written or not.
-func (g *gateRecord) ownsIndex(name []byte) bool {
-	unwritten, written, err := g.expectedNames()
-	return err == nil && (bytes.Equal(name, unwritten) || bytes.Equal(name, written))
+// expectedNamesIfMoving is expectedNames of a gate whose move is marked;
+// an error for no gate or no mark.
+func (g *gateRecord) expectedNamesIfMoving() (unwritten, written []byte, err error) {
+	if g == nil || g.Moving == nil {
+		return nil, nil, errors.New("no move")
+	}
+	return g.expectedNames()
 }
 
+// moveUnfinished reports whether g marks a move (gateRecord.Moving) whose
+// audit-anchor record (its gate_key g's name) is in no complete line of
+// the log: the move is to be made again. Once that record is in, only its
+// extend (lost: a crash, a fault, A1) or the mark's clearing is missing,
+// and the trail is read as any other: an unanchored record is audit
+// repair --anchor-last's, as before the mark; lines appended after it (a
+// daemon whose log was open while a one-shot process's move was killed
+// before its clearing) do not make the move unfinished again (found by
+// review). locked: the caller holds the log's lock (an append), and a
+// mark whose record is in is cleared, so that later reads do not read
+// the log for it again.
+func (an *trailAnchor) moveUnfinished(g *gateRecord, locked bool) bool {
+	if g == nil || g.Moving == nil {
+		return false
+	}
+	if !moveRecorded(filepath.Join(an.dir, audit.FileName), g.Name) {
+		return true
+	}
+	if locked {
+		if err := clearMove(an.dir, g.Name); err != nil {
+			an.log.Debug("clearing a finished move's mark failed", "err", err)
+		}
+	}
+	return false
+}
+
+// moveRecorded reports whether the log at path has a complete
+// audit-anchor line of the gate named gate.
+func moveRecorded(path, gate string) bool {
+	recs, _ := audit.ReadRecords(path) // up to a torn line: the complete ones
+	return slices.ContainsFunc(recs, func(r audit.Record) bool { return r.Op == audit.OpAnchor && r.Objects["gate_key"] == gate })
+}
+
+// clearMove clears audit.gate's mark if audit.gate is still the gate named
+// gate (another process's move since has a gate of its own). Its callers
+// hold the log's lock, under which moves are made.
+func clearMove(dir, gate string) error {
+	g, err := (&trailAnchor{dir: dir}).gate()
+	if err != nil || g == nil || g.Moving == nil || g.Name != gate {
+		return err
+	}
+	g.Moving = nil
+	return writeGateRecord(dir, *g)
+}
+
+// errNoMove: the move finishMove was to make again is not there any more
+// (made, or replaced by another process's, meanwhile).
+var errNoMove = errors.New("no move to make again")
+
 // finishMove makes a move to a new anchor again that a crash or a fault
-// interrupted (audit.gate's Moving: newGatedAnchor), recorded as such, so
-// that the trail takes records again without an officer. The anchor's
-// handle must hold what the interrupted move left there: the index it
-// replaces (by name), nothing, or the move's own index; anything else was
-// put there by someone else, and the officer's reanchor records it (the
-// read is the bus's word: A1 can make provd refuse, and an index it hides
-// makes the move's own NV_DefineSpace fail). It does nothing when no move
-// is marked.
+// interrupted (audit.gate's Moving: newGatedAnchor), with the record the
+// interrupted move began (what it replaced, its uid) and a note saying so,
+// so that the trail takes records again without an officer. Decided under
+// the log's lock (moveTrail's check), where no other move is under way:
+// nothing is done when the mark is gone or no longer this gate's, and only
+// the mark is cleared when the move's record is in. The anchor's handle
+// must hold what the interrupted move may have left there: nothing, one
+// of its known names, or its own index; anything else was put there by
+// someone else, and the officer's reanchor records it (the read is the
+// bus's word: A1 can make provd refuse, and an index it hides makes the
+// move's own NV_DefineSpace fail). A trail with no line yet whose handle
+// holds another's index was never begun: its mark, which carries no
+// evidence, is dropped, and the state is one without a trail (another
+// state's anchor is then refused, or replaced by provision --force, as
+// for any). It does nothing when no move is marked.
 func (a *Agent) finishMove() error {
 	an := a.trailAnchor()
 	g, err := an.gate()
 	if err != nil || g == nil || g.Moving == nil {
 		return err
 	}
-	if !an.moveUnfinished(g) {
-		return a.endMove(an) // the move's record is in: only the mark was left
+	rec := audit.Record{UID: g.Moving.UID, Objects: maps.Clone(g.Moving.Objects)}
+	if rec.Objects == nil {
+		rec.Objects = map[string]string{}
 	}
-	x, err := a.t.ReadNVPublic(AuditAnchorHandle)
-	switch {
-	case errors.Is(err, tpm.ErrNotFound):
-	case err != nil:
-		return err
-	case hex.EncodeToString(x.Name.Buffer) != g.Moving.ReplacedName && !g.ownsIndex(x.Name.Buffer):
-		return fmt.Errorf("%w: %w (NV index 0x%08x has name %x: neither the index the trail's unfinished move replaces nor the move's own)",
-			api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer)
+	// What the move replaces is read again (newGatedAnchor keeps the
+	// interrupted move's where that one took it away).
+	delete(rec.Objects, "replaced_nv_name")
+	delete(rec.Objects, "replaced_nv_value")
+	rec.Objects["made_again"] = "a crash or a fault interrupted this move; made again by the next audited operation"
+	check := func() error {
+		now, err := an.gate()
+		switch {
+		case err != nil:
+			return err
+		case now == nil || now.Moving == nil || now.Name != g.Name:
+			return errNoMove
+		case moveRecorded(a.auditPath(), now.Name):
+			return errors.Join(errNoMove, clearMove(a.dir, now.Name))
+		}
+		x, err := a.t.ReadNVPublic(AuditAnchorHandle)
+		switch {
+		case errors.Is(err, tpm.ErrNotFound):
+			return nil
+		case err != nil:
+			return err
+		case slices.Contains(now.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || now.ownsIndex(x.Name.Buffer):
+			return nil
+		case a.trailAnchor().legacy || now.Moving.Objects["replaced_nv_name"] != "" || now.Moving.Objects["replaced_gate_name"] != "" || now.Moving.Evicting != "":
+			return fmt.Errorf("%w: %w (NV index 0x%08x has name %x: none that the trail's unfinished move may have left there)",
+				api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer)
+		}
+		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil {
+			return err
+		}
+		return errors.Join(errNoMove, store.SyncDir(a.dir))
 	}
-	_, err = a.anchorTrail(context.Background(), "a move to a new anchor that a crash or a fault interrupted, made again", nil)
+	// Decided first under the log's lock alone: a mark whose record is in
+	// is cleared even where the log no longer links up (tampering, which
+	// the open then reports, found by review), and nothing moves then.
+	err = audit.Locked(a.auditPath(), audit.Options{Anchor: an}, check)
+	if err == nil {
+		_, err = a.moveTrail(rec, check)
+	}
+	if errors.Is(err, errNoMove) {
+		return nil
+	}
 	return err
 }
 
-// endMove clears audit.gate's Moving once the move's audit-anchor record
-// is in the log and anchored.
-func (a *Agent) endMove(an *trailAnchor) error {
-	g, err := an.gate()
-	if err != nil || g == nil || g.Moving == nil {
-		return err
-	}
-	g.Moving = nil
-	return writeGateRecord(a.dir, *g)
+// ownsIndex reports whether name is g's own anchor's, written or not.
+func (g *gateRecord) ownsIndex(name []byte) bool {
+	unwritten, written, err := g.expectedNames()
+	return err == nil && (bytes.Equal(name, unwritten) || bytes.Equal(name, written))
 }
 
 // persistGate makes a new gate key persistent at AuditGateHandle, so that
@@ -754,12 +875,16 @@ func (a *Agent) endMove(an *trailAnchor) error {
 // load the gate from its blob, as before. The answers are the bus's word either way:
 // what the handle holds is proved by each record's proof, whose HMAC and
 // policy digest take the gate's name (tpm.PersistentGate).
-func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte) (handle uint32, replaced string) {
+//
+// evicting is called with the name of an object not provd's before it is
+// evicted (the move marks it: newGatedAnchor); its error leaves the gate
+// transient.
+func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, evicting func(name string) error) (handle uint32, replaced string) {
 	var err error
 	for range 3 {
 		gen := a.t.Generation()
 		var evicted string
-		evicted, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen)
+		evicted, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen, evicting)
 		if evicted != "" {
 			// Recorded whatever comes after (found by review: a try an
 			// event ended after the eviction lost the name).
@@ -787,7 +912,7 @@ func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, b
 // number to another object (tpm.TPM.ForgetsStale; found by review, as
 // gateKeep's: behind a resource manager, where no sweep runs, a load
 // forgotten there stayed loaded).
-func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, gen uint64) (replaced string, err error) {
+func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, gen uint64, evicting func(string) error) (replaced string, err error) {
 	there, err := a.t.ReadPublic(AuditGateHandle)
 	occupied, foreign := err == nil, ""
 	switch {
@@ -815,6 +940,11 @@ func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Objec
 	}()
 	if a.t.Generation() != gen {
 		return "", errGenerationMoved
+	}
+	if foreign != "" {
+		if err := evicting(foreign); err != nil {
+			return "", err
+		}
 	}
 	evicted, err := persistGateKey(a.t, gk, occupied)
 	if evicted {
@@ -870,26 +1000,45 @@ func persistGateKey(t *tpm.TPM, gk tpm.Gate, occupied bool) (evicted bool, err e
 }
 
 // anchorTrail moves the trail to a new gated anchor with an audit-anchor
-// record (why says why; objects go into the record too). The open log is
-// closed first and reopened after.
+// record (why says why; objects go into the record too).
 func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]string) (audit.Report, error) {
+	if objects == nil {
+		objects = map[string]string{}
+	}
+	objects["reason"] = why
+	return a.moveTrail(audit.Record{UID: a.callerUID(ctx), Objects: objects}, nil)
+}
+
+// moveTrail moves the trail to a new gated anchor with the audit-anchor
+// record rec (newGatedAnchor). The open log is closed first and reopened
+// after. check, if set, runs under the log's lock before anything moves
+// (finishMove's decision); its error stops the move. The move's mark is
+// cleared under that lock once its record is anchored, and only if
+// audit.gate is still its gate (found by review: a mark cleared outside
+// the lock could be another process's move's, just begun).
+func (a *Agent) moveTrail(rec audit.Record, check func() error) (audit.Report, error) {
 	if a.audit != nil {
 		if err := a.audit.Close(); err != nil {
 			return audit.Report{}, err
 		}
 		a.audit = nil
 	}
-	if objects == nil {
-		objects = map[string]string{}
-	}
-	objects["reason"] = why
-	rec := audit.Record{UID: a.callerUID(ctx), Objects: objects}
 	an := a.trailAnchor()
-	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, func() (map[string]string, error) { return a.newGatedAnchor(an) })
+	var made string
+	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, audit.Move{
+		Reset: func(rec audit.Record) (map[string]string, error) {
+			if check != nil {
+				if err := check(); err != nil {
+					return nil, err
+				}
+			}
+			objects, err := a.newGatedAnchor(an, rec)
+			made = objects["gate_key"]
+			return objects, err
+		},
+		Done: func() error { return clearMove(a.dir, made) },
+	})
 	if err != nil {
-		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
-	}
-	if err := a.endMove(an); err != nil {
 		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
 	}
 	return rep, a.openAudit()
@@ -1055,7 +1204,10 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	// refused: it may be either (found by the third review).
 	if g, err := a.trailAnchor().gate(); err != nil {
 		return res, err
-	} else if g == nil && !a.trailAnchor().legacy {
+	} else if (g == nil || g.Moving != nil) && !a.trailAnchor().legacy {
+		// A marked move with no line in the log is no trail either
+		// (found by review: a new trail's first move, interrupted, let
+		// the reanchor take another state's anchor over).
 		has, err := a.hasPK(ctx)
 		if err != nil {
 			return res, err

@@ -5,8 +5,11 @@ package agent_test
 // gateRecord.Moving, finishMove, moveUnfinished, endMove; 6463338:
 // audit.Reanchor cuts a torn tail).
 //
-// Tests marked FLAW fail on the code under review; tests marked Held pass
-// and assert the property that held.
+// Tests marked FLAW failed on the code under review (each, before the
+// mend that follows it: the move's whole record and the names the handle
+// may hold kept in the mark, the decision and the mark's clearing under
+// the log's lock, audit.Reanchor's cut after the new anchor stands); tests
+// marked Held passed and assert the property that held.
 //
 // FLAW: TestReview15HiddenIndexInAMoveLeavesATamperedTrailForGood (A1, one
 // forged NV_ReadPublic: stuck for the officer), TestReview15CrashInTheMoveMadeAgain

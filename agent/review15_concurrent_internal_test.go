@@ -19,7 +19,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW. The officer's one-shot `provd audit reanchor` is in the middle of
+// FLAW (failed before the mend). The officer's one-shot `provd audit reanchor` is in the middle of
 // its move (audit.gate written with the mark, the old index removed, its
 // NV_DefineSpace on the way: held here a moment, as a loaded TPM or
 // scheduler holds it), when the daemon takes a request whose record

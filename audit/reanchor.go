@@ -35,19 +35,32 @@ func VerifyLinks(path string) (Report, error) {
 	return rep, err
 }
 
+// Move is what Reanchor does beside the log, under its lock (no other
+// Reanchor, Append or Repair of the log runs meanwhile).
+type Move struct {
+	// Reset replaces the anchor before the record is written. rec is the
+	// record as it will be written (the caller's, with discarded_bytes
+	// when a torn tail is to be cut), so that Reset can keep it; the
+	// objects it returns are added to it. An error stops the move with
+	// nothing of the log changed.
+	Reset func(rec Record) (map[string]string, error)
+	// Done, if set, runs once the record is written and the anchor
+	// extended with it, still under the lock; its error is Reanchor's.
+	Done func() error
+}
+
 // Reanchor appends an OpAnchor record to the log at path (created if
-// missing) and extends opts.Anchor with it, after reset has replaced the
+// missing) and extends opts.Anchor with it, after m.Reset has replaced the
 // anchor. The log's lines must link up (VerifyLinks): a log whose chain is
-// broken is returned as the *VerifyError, untouched, and reset is not called.
-// A torn last line (never acknowledged) is cut away first, as Repair does,
-// and the record names the bytes discarded.
+// broken is returned as the *VerifyError, untouched, and Reset is not
+// called. A torn last line (never acknowledged) is cut away once Reset has
+// succeeded, as Repair cuts it, and the record names the bytes discarded.
 // The anchor is not compared with the log: that is the point (a new trail, a
 // trail moved to a new anchor, an anchor that another process replaced). The
-// objects reset returns are added to rec.Objects, which should say why and
-// what the old anchor held. Options.LockTimeout and Now apply. The report
-// gives the lines and the head; not the anchor's value, which the caller's
-// Open reads as it verifies the trail.
-func Reanchor(path string, opts Options, rec Record, reset func() (map[string]string, error)) (Report, error) {
+// record should say why and what the old anchor held. Options.LockTimeout
+// and Now apply. The report gives the lines and the head; not the anchor's
+// value, which the caller's Open reads as it verifies the trail.
+func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return Report{}, err
@@ -73,12 +86,24 @@ func Reanchor(path string, opts Options, rec Record, reset func() (map[string]st
 	if verr != nil {
 		return rep, verr
 	}
-	if rec.Objects == nil {
-		rec.Objects = map[string]string{}
+	objects := map[string]string{}
+	for k, v := range rec.Objects {
+		objects[k] = v
 	}
-	if torn := rep.TornBytes; torn > 0 {
+	rec.Objects, rec.Op, rec.Result = objects, OpAnchor, "ok"
+	torn := rep.TornBytes
+	if torn > 0 {
+		rec.Objects["discarded_bytes"] = strconv.Itoa(torn)
+	}
+	objs, err := m.Reset(rec)
+	if err != nil {
+		return rep, fmt.Errorf("audit: new anchor: %w", err)
+	}
+	if torn > 0 {
 		// A torn last line was never acknowledged (a crash while it was
-		// written): cut away, as Repair does, and the record says so.
+		// written): cut away now that the move goes on, as Repair cuts
+		// it; the record says so (found by review: cut before a Reset
+		// that failed, the bytes were gone and no record named them).
 		good := len(data) - torn
 		if err := f.Truncate(int64(good)); err != nil {
 			return rep, fmt.Errorf("audit: %w", err)
@@ -87,22 +112,42 @@ func Reanchor(path string, opts Options, rec Record, reset func() (map[string]st
 			return rep, fmt.Errorf("audit: %w", err)
 		}
 		data, rep.TornBytes = data[:good], 0
-		rec.Objects["discarded_bytes"] = strconv.Itoa(torn)
 	}
 	l.c, l.size = c, int64(len(data))
-	objs, err := reset()
-	if err != nil {
-		return rep, fmt.Errorf("audit: new anchor: %w", err)
-	}
 	for k, v := range objs {
 		rec.Objects[k] = v
 	}
-	rec.Op, rec.Result = OpAnchor, "ok"
 	if err := l.write(rec, nil); err != nil {
 		return rep, err
+	}
+	if m.Done != nil {
+		if err := m.Done(); err != nil {
+			return rep, err
+		}
 	}
 	// rep.Anchor stays nil: the Open that follows reads the anchor and
 	// verifies the trail against it (issue 14: one read, not two).
 	rep.Lines, rep.Head = int(l.c.seq), l.c.head
 	return rep, nil
+}
+
+// Locked runs fn under the lock of the log at path (created if missing,
+// mode 0600), the lock Append, Repair and Reanchor take: no line is
+// appended and no move made meanwhile. Options.LockTimeout applies.
+func Locked(path string, opts Options, fn func() error) error {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return err
+	}
+	f, err := openFile(path)
+	if err != nil {
+		return err
+	}
+	l := &Log{f: f, path: path, opts: opts}
+	defer l.Close()
+	if err := l.lock(); err != nil {
+		return err
+	}
+	defer l.unlock()
+	return fn()
 }

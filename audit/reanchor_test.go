@@ -20,8 +20,8 @@ func TestReanchor(t *testing.T) {
 		t.Fatalf("stray extend: %v", err)
 	}
 	fresh := &MemoryAnchor{}
-	reset := func() (map[string]string, error) { return map[string]string{"why": "test"}, nil }
-	rep, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{UID: 7}, reset)
+	reset := func(Record) (map[string]string, error) { return map[string]string{"why": "test"}, nil }
+	rep, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{UID: 7}, Move{Reset: reset})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestReanchor(t *testing.T) {
 		t.Fatalf("VerifyLinks: %v", err)
 	}
 	called := false
-	if _, err := Reanchor(path, Options{Anchor: &MemoryAnchor{}}, Record{}, func() (map[string]string, error) { called = true; return nil, nil }); !errors.Is(err, ErrTampered) || called {
+	if _, err := Reanchor(path, Options{Anchor: &MemoryAnchor{}}, Record{}, Move{Reset: func(Record) (map[string]string, error) { called = true; return nil, nil }}); !errors.Is(err, ErrTampered) || called {
 		t.Fatalf("Reanchor of a broken chain: %v (reset called: %v)", err, called)
 	}
 }
@@ -72,7 +72,7 @@ func TestReanchorCrashBeforeExtend(t *testing.T) {
 	path, _, l := newLog(t, 3)
 	l.Close()
 	fresh := &MemoryAnchor{}
-	if _, err := Reanchor(path, Options{Anchor: failingAnchor{fresh}}, Record{}, func() (map[string]string, error) { return nil, nil }); err == nil {
+	if _, err := Reanchor(path, Options{Anchor: failingAnchor{fresh}}, Record{}, Move{Reset: func(Record) (map[string]string, error) { return nil, nil }}); err == nil {
 		t.Fatal("Reanchor with a failing extend succeeded")
 	}
 	var ve *VerifyError
@@ -107,7 +107,7 @@ func TestReanchorCutsATornTail(t *testing.T) {
 		f.WriteString(`{"seq":99,"op":"audit-anc`)
 		f.Close()
 		fresh := &MemoryAnchor{}
-		rep, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, func() (map[string]string, error) { return nil, nil })
+		rep, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, Move{Reset: func(Record) (map[string]string, error) { return nil, nil }})
 		if err != nil {
 			t.Fatalf("%d lines and a torn one: %v", lines, err)
 		}

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// FLAW (evidence). Reanchor cuts the torn tail (truncate, fsync) before it
+// FLAW (evidence; failed before the mend). Reanchor cut the torn tail (truncate, fsync) before it
 // calls reset, and names the cut only in the record it writes after reset.
 // When reset fails (the move's NV_DefineSpace refused, a power cut in the
 // TPM: the agent's finishMove then makes the move again), the bytes are
@@ -25,13 +25,13 @@ func TestReview15ReanchorCutBeforeAFailedResetIsNotRecorded(t *testing.T) {
 	f.WriteString(`{"seq":4,"op":"audit-anc`)
 	f.Close()
 	fresh := &MemoryAnchor{}
-	_, err = Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, func() (map[string]string, error) {
+	_, err = Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, Move{Reset: func(Record) (map[string]string, error) {
 		return nil, errors.New("TPM2_NV_DefineSpace: TPM_RC_NV_SPACE")
-	})
+	}})
 	if err == nil {
 		t.Fatal("not mounted: reset failed, Reanchor did not")
 	}
-	if _, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, func() (map[string]string, error) { return nil, nil }); err != nil {
+	if _, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, Move{Reset: func(Record) (map[string]string, error) { return nil, nil }}); err != nil {
 		t.Fatal(err)
 	}
 	recs, _ := ReadRecords(path)
@@ -53,7 +53,7 @@ func TestReview15ReanchorLeavesABrokenLogUntouched(t *testing.T) {
 		t.Fatal(err)
 	}
 	called := false
-	_, err := Reanchor(path, Options{Anchor: &MemoryAnchor{}, Now: fixedClock()}, Record{}, func() (map[string]string, error) { called = true; return nil, nil })
+	_, err := Reanchor(path, Options{Anchor: &MemoryAnchor{}, Now: fixedClock()}, Record{}, Move{Reset: func(Record) (map[string]string, error) { called = true; return nil, nil }})
 	if !errors.Is(err, ErrTampered) || called {
 		t.Errorf("a broken chain with a torn tail: %v (reset called: %v)", err, called)
 	}
