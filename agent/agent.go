@@ -313,7 +313,17 @@ func (a *Agent) auditPath() string { return filepath.Join(a.dir, audit.FileName)
 // failure. A trail that fails verification is api.ErrTampered (exit 14).
 func (a *Agent) openAudit() error {
 	if a.audit != nil {
-		return nil
+		// Open already (the daemon): only a move marked since, by another
+		// process, needs more (found by review: the daemon acted under
+		// another process's unfinished move, and its record was refused
+		// after the operation had run). One small file read.
+		if g, err := a.trailAnchor().gate(); err != nil || g == nil || g.Moving == nil {
+			return nil
+		}
+		if err := a.audit.Close(); err != nil {
+			return err
+		}
+		a.audit = nil
 	}
 	err := a.finishMove()
 	var l *audit.Log

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
@@ -563,14 +564,23 @@ func (an *trailAnchor) Extend(head []byte) (err error) {
 	return extend()
 }
 
-func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
+// blob is the gate key's blob.
+func (g *gateRecord) blob() (tpm.Blob, error) {
 	raw, err := hex.DecodeString(g.Blob)
 	if err != nil {
-		return tpm.Gate{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+		return tpm.Blob{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
 	}
 	blob, err := tpm.UnmarshalBlob(raw)
 	if err != nil {
-		return tpm.Gate{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+		return tpm.Blob{}, fmt.Errorf("%w: %s: %v", api.ErrTampered, gateFile, err)
+	}
+	return blob, nil
+}
+
+func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
+	blob, err := g.blob()
+	if err != nil {
+		return tpm.Gate{}, err
 	}
 	auth, err := g.auth()
 	if err != nil {
@@ -605,7 +615,7 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // (moveTrail). A move made again over nothing or over the interrupted
 // move's own unwritten index keeps the evidence its record has (what the
 // interrupted move replaced); over anything else it names what it finds.
-func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record) (map[string]string, error) {
+func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again bool) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
 	cur, _ := an.gate()  // the gate this trail had, if any (an officer's reanchor, a move made again)
 	var oldPolicy []byte // the replaced anchor's authPolicy: its gate's (ownGate)
@@ -655,13 +665,9 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record) (map[string]st
 	if err != nil {
 		return nil, err
 	}
-	auth, err := tpm.NewGateAuth(rand.Reader)
+	blob, auth, err := a.moveGate(cur, again, srk)
 	if err != nil {
 		return nil, err
-	}
-	blob, err := a.t.CreateGate(srk, auth)
-	if err != nil {
-		return nil, fmt.Errorf("audit gate key: %w", err)
 	}
 	gn, err := blob.Name()
 	if err != nil {
@@ -714,6 +720,31 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record) (map[string]st
 	objects["gate_key"] = g.Name
 	an.proven.Store(&x)
 	return objects, nil
+}
+
+// moveGate is the gate key of a move: a new one, or, for a move made
+// again (again) whose mark's gate was made through the SRK pinned now,
+// that gate (found by review: a move whose define kept failing made a new
+// gate key, and grew the mark, at every request).
+func (a *Agent) moveGate(cur *gateRecord, again bool, srk tpm.Object) (tpm.Blob, []byte, error) {
+	if again && cur != nil && cur.Moving != nil && cur.SRK != "" && cur.SRK == hex.EncodeToString(a.t.PinnedSRKName()) {
+		auth, aerr := cur.auth()
+		blob, berr := cur.blob()
+		if aerr == nil && berr == nil && len(auth) == tpm.GateAuthSize {
+			if n, err := blob.Name(); err == nil && hex.EncodeToString(n.Buffer) == cur.Name {
+				return blob, auth, nil
+			}
+		}
+	}
+	auth, err := tpm.NewGateAuth(rand.Reader)
+	if err != nil {
+		return tpm.Blob{}, nil, err
+	}
+	blob, err := a.t.CreateGate(srk, auth)
+	if err != nil {
+		return tpm.Blob{}, nil, fmt.Errorf("audit gate key: %w", err)
+	}
+	return blob, auth, nil
 }
 
 // putNonEmpty sets m[k] to v unless v is empty.
@@ -777,6 +808,11 @@ func clearMove(dir, gate string) error {
 	return writeGateRecord(dir, *g)
 }
 
+// opMoveDropped is the record of a new trail's first move that was
+// interrupted and then found another's index at the anchor's handle: the
+// trail was never begun (finishMove). It waits among the pending records.
+const opMoveDropped = "audit-anchor-dropped"
+
 // errNoMove: the move finishMove was to make again is not there any more
 // (made, or replaced by another process's, meanwhile).
 var errNoMove = errors.New("no move to make again")
@@ -830,9 +866,35 @@ func (a *Agent) finishMove() error {
 			return err
 		case slices.Contains(now.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || now.ownsIndex(x.Name.Buffer):
 			return nil
-		case a.trailAnchor().legacy || now.Moving.Objects["replaced_nv_name"] != "" || now.Moving.Objects["replaced_gate_name"] != "" || now.Moving.Evicting != "":
-			return fmt.Errorf("%w: %w (NV index 0x%08x has name %x: none that the trail's unfinished move may have left there)",
-				api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer)
+		}
+		tampered := fmt.Errorf("%w: %w (NV index 0x%08x has name %x: none that the trail's unfinished move may have left there)",
+			api.ErrTampered, errAnchorMoved, uint32(AuditAnchorHandle), x.Name.Buffer)
+		if a.trailAnchor().legacy {
+			return tampered
+		}
+		switch has, err := a.hasPK(context.Background()); {
+		case err != nil:
+			return err
+		case has:
+			// A provisioned state: the officer's reanchor, which keeps
+			// the mark's record in its own (found by review: dropped,
+			// the officer's findings were lost, and every audited
+			// operation acted before its record was refused).
+			return tampered
+		}
+		// No PK and no line: the trail was never begun. Its mark goes,
+		// its record kept among the records that wait for the next trail
+		// (found by review: a refused provision's interrupted first move
+		// left a directory that neither provision --force nor reanchor
+		// took), and the state is a fresh one beside another's anchor.
+		dropped := audit.Record{Time: a.now(), Op: opMoveDropped, UID: now.Moving.UID, Objects: maps.Clone(now.Moving.Objects), Result: "ok"}
+		if dropped.Objects == nil {
+			dropped.Objects = map[string]string{}
+		}
+		dropped.Objects["dropped_because"] = fmt.Sprintf("the first move of a trail with no line was interrupted, and NV index 0x%08x has name %x since: the trail was never begun", uint32(AuditAnchorHandle), x.Name.Buffer)
+		putNonEmpty(dropped.Objects, "evicting_gate_name", now.Moving.Evicting)
+		if err := a.keepPending(dropped); err != nil {
+			return err
 		}
 		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil {
 			return err
@@ -1032,7 +1094,7 @@ func (a *Agent) moveTrail(rec audit.Record, check func() error) (audit.Report, e
 					return nil, err
 				}
 			}
-			objects, err := a.newGatedAnchor(an, rec)
+			objects, err := a.newGatedAnchor(an, rec, check != nil)
 			made = objects["gate_key"]
 			return objects, err
 		},
@@ -1264,6 +1326,15 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		res.ArchivedLog = archived
 	} else {
 		objects["lines_before"] = fmt.Sprint(vrep.Lines)
+	}
+	if g, err := a.trailAnchor().gate(); err == nil && g != nil && g.Moving != nil {
+		// An unfinished move's record goes into this one (found by
+		// review: a move that archived a log, then interrupted, lost its
+		// findings when taken over).
+		for k, v := range g.Moving.Objects {
+			objects["interrupted_move."+k] = v
+		}
+		objects["interrupted_move.uid"] = strconv.Itoa(g.Moving.UID)
 	}
 	rep, err := a.anchorTrail(ctx, "reanchor", objects)
 	if err != nil {

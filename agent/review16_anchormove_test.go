@@ -5,8 +5,12 @@ package agent_test
 // the mark, decided and cleared under the log's lock; the "never begun"
 // drop of a mark on a trail with no line).
 //
-// Tests marked FLAW fail on the code under review; tests marked Held pass
-// and assert the property that held.
+// Tests marked FLAW failed on the code under review (each, before the
+// mend that follows it: the drop only for a state without a PK, its mark's
+// record kept pending; the officer's reanchor keeps an unfinished move's
+// record; a move made again reuses its mark's gate; an open log is closed
+// and the move finished when audit.gate is marked); tests marked Held
+// passed and assert the property that held.
 //
 // FLAW: TestReview16NeverBegunDropLosesTheOfficersArchive (the "never
 // begun" drop takes an officer's archiving reanchor for a new trail: its
