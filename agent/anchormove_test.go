@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
@@ -185,4 +186,57 @@ func mustSeal(t *testing.T, ag *agent.Agent) []byte {
 		t.Fatalf("seal: %v", err)
 	}
 	return blob
+}
+
+// A move interrupted before it removed the old index (its NV_UndefineSpace
+// refused), then made again by the next operation with A1 answering that
+// move's own read of the anchor's handle "no such index" (its define then
+// fails: the old index is there): the mark of the move made again still
+// names the old index as the trail's (anchorMove.Known carries the
+// interrupted move's), so the operation after, A1 gone, makes the move
+// and the trail verifies. Failed with Known not carried from mark to mark:
+// the old index at the handle was "none the move may have left", tampered.
+func TestInterruptedAnchorMoveHiddenWhenMadeAgain(t *testing.T) {
+	ctx := context.Background()
+	b := &swtpmtest.Bus{}
+	env, ag, _ := provisionedBehind(t, b)
+	before, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	b.Set(swtpmtest.AnsweredOnce(tpm2.TPMCCNVUndefineSpace, tpm2.TPMRCNVLocked, &sent))
+	_, err = ag.AuditReanchor(ctx)
+	b.Set(nil)
+	if err == nil || sent != 1 {
+		t.Fatalf("not mounted: reanchor with its NV_UndefineSpace refused: %v", err)
+	}
+	// The move made again reads the anchor's handle three times: finishMove's
+	// decision under the log's lock, again inside the move, then
+	// newGatedAnchor's read, which A1 answers.
+	reads, hidden := 0, 0
+	b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if !review15IsAnchorNVReadPublic(cmd) {
+			return nil, nil, false
+		}
+		if reads++; reads != 3 {
+			return nil, nil, false
+		}
+		hidden++
+		return swtpmtest.ErrorAnswer(tpm2.TPMRCHandle + 0x100), nil, true
+	})
+	_, err = ag.Seal(ctx, api.SealRequest{Data: []byte("A1 hides the anchor")})
+	b.Set(nil)
+	if hidden != 1 || err == nil {
+		t.Fatalf("not mounted: the move made again with its read hidden: %v (%d hidden)", err, hidden)
+	}
+	if x, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle); err != nil || string(x.Name.Buffer) != string(before.Name.Buffer) {
+		t.Fatalf("not mounted: the old index is not at the handle (%v)", err)
+	}
+	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("A1 gone")}); err != nil {
+		t.Fatalf("seal after A1 left: %v (exit %d)", err, api.ExitCode(err))
+	}
+	if _, err := ag.AuditVerify(ctx); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
 }
