@@ -366,7 +366,9 @@ func TestReview17ZeroizeWithAMarkedMove(t *testing.T) {
 		hook func(n *int) swtpmtest.Hook
 		srk  bool
 	}{
-		{"nothing there", func(n *int) swtpmtest.Hook { return swtpmtest.AnsweredOnce(tpm2.TPMCCNVDefineSpace, tpm2.TPMRCNVSpace, n) }, false},
+		{"nothing there", func(n *int) swtpmtest.Hook {
+			return swtpmtest.AnsweredOnce(tpm2.TPMCCNVDefineSpace, tpm2.TPMRCNVSpace, n)
+		}, false},
 		{"the old index", func(n *int) swtpmtest.Hook {
 			return swtpmtest.AnsweredOnce(tpm2.TPMCCNVUndefineSpace, tpm2.TPMRCNVSpace, n)
 		}, false},
