@@ -8,6 +8,23 @@ package agent_test
 //
 // Tests marked FLAW fail on the code under review; tests marked Held pass
 // and assert the property that held.
+//
+// FLAW: TestReview17ReanchorFaultAfterArchiveLosesIt (the officer's
+// reanchor archives the log before its mark: a TPM fault or crash in
+// between leaves the archive named nowhere and the trail "tampered"),
+// TestReview17StaleMarkAndArchiveFaultBlessAnEmptyTrail (the same with a
+// stale mark: the next seal reuses the finished move's gate, begins the
+// trail anew over its own anchor, and the tampered log's archive is named
+// nowhere), TestReview17DroppedRecordKeptTwiceAfterACrash (a crash between
+// keepPending and audit.gate's removal: the dropped record twice in the
+// next trail), TestReview17UnpinnedFailingMoveStillGrowsTheMark (review
+// 16's growth, with no SRK pinned), TestReview17StaleMarkRecordedAsAnInterruptedMove
+// (a finished move copied as interrupted_move.* by the officer's reanchor).
+// Held: TestReview17DroppedRecordReachesTheNextTrailOnce (op name taken
+// by Append, readPending, AuditRecords), TestReview17ZeroizeWithAMarkedMove
+// (nothing / the old index / its own index at the handle, --srk),
+// TestReview17DaemonRequestsRestAndRepairUnderAMark (-race: one move made
+// again, every seal recorded).
 
 import (
 	"bytes"
@@ -486,5 +503,72 @@ func TestReview17DaemonRequestsRestAndRepairUnderAMark(t *testing.T) {
 	}
 	if _, err := newAgent(t, env, dir).AuditVerify(ctx); err != nil {
 		t.Errorf("verify: %v", err)
+	}
+}
+
+// FLAW (a tampered log swept away by an ordinary seal; two honest faults
+// and whoever edited the log). As TestReview17ReanchorFaultAfterArchiveLosesIt,
+// on a trail that also has a stale mark (a crash after a move's record was
+// anchored and before its mark's clearing: stood in for by putting the
+// mark back; the officer's reanchor does not clear it). The officer's
+// reanchor archives the edited log and fails on TPM2_Create before its
+// own mark. The next seal, any caller's, finds the stale mark, its record
+// not in the (new, empty) live log and the handle holding the mark's gate's
+// own written index: it makes "the interrupted move" again, reusing the
+// mark's gate (moveGate), so the new trail's first record has the very
+// gate_key and nv_name of the archive's last audit-anchor record. The seal
+// succeeds, verify passes, and no record says the log was tampered with
+// or archived: the trail begins anew over the trail's own written anchor,
+// recorded as "a crash or a fault interrupted this move". The reused gate
+// lets a finished move pass for an interrupted one once its record left
+// the live log; the mark's record is only looked for there.
+func TestReview17StaleMarkAndArchiveFaultBlessAnEmptyTrail(t *testing.T) {
+	ctx := context.Background()
+	b := &swtpmtest.Bus{}
+	env, ag, dir := provisionedBehind(t, b)
+	mustSeal(t, ag)
+	old, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.AuditReanchor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ag.AuditRecords(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := lastAnchorRecord(t, recs)
+	obj := map[string]any{}
+	for k, v := range r1.Objects {
+		if k != "nv_name" && k != "gate_key" {
+			obj[k] = v
+		}
+	}
+	editGate(t, dir, func(g map[string]any) {
+		g["moving"] = map[string]any{"record": obj, "uid": r1.UID, "known_nv_names": []string{hex.EncodeToString(old.Name.Buffer)}}
+	})
+	review17EditLine(t, dir)
+	creates := 0
+	b.Set(review17Refuse(tpm2.TPMCCCreate, tpm2.TPMRCObjectMemory, &creates))
+	_, err = newAgent(t, env, dir).AuditReanchor(ctx)
+	b.Set(nil)
+	archives, _ := filepath.Glob(filepath.Join(dir, "audit-*.log"))
+	if err == nil || creates == 0 || len(archives) != 1 {
+		t.Fatalf("not mounted: reanchor %v (%d creates refused), archives %v", err, creates, archives)
+	}
+	_, serr := newAgent(t, env, dir).Seal(ctx, api.SealRequest{Data: []byte("any caller")})
+	recs, _ = audit.ReadRecords(filepath.Join(dir, audit.FileName))
+	var first audit.Record
+	if len(recs) > 0 {
+		first = recs[0]
+	}
+	arecs, _ := audit.ReadRecords(archives[0])
+	alast := lastAnchorRecord(t, arecs)
+	t.Logf("the next seal: %v; the live trail's first record: %s %v; the archive's last audit-anchor: gate %s nv %s",
+		serr, first.Op, first.Objects, alast.Objects["gate_key"], alast.Objects["nv_name"])
+	if serr == nil && !review17Named(t, dir, filepath.Base(archives[0])) {
+		t.Errorf("an ordinary seal began the trail anew over its own anchor (gate_key %s reused: the archive's last anchor record has it too) "+
+			"and nothing names the tampered log's archive %s", first.Objects["gate_key"], filepath.Base(archives[0]))
 	}
 }
