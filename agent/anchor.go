@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -84,6 +83,10 @@ type anchorMove struct {
 	// about to evict at AuditGateHandle (persistGate): replaced_gate_name
 	// once the eviction is known to be done.
 	Evicting string `json:"evicting_gate_name,omitempty"`
+	// Fresh: the move begins the log anew, its lines archived (the
+	// officer's reanchor of a log its anchor contradicts, audit.Move's
+	// Archive); made again, it cuts them too.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 // errMoveUnfinished: audit.gate says a move to a new anchor was not
@@ -615,7 +618,7 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // (moveTrail). A move made again over nothing or over the interrupted
 // move's own unwritten index keeps the evidence its record has (what the
 // interrupted move replaced); over anything else it names what it finds.
-func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again bool) (map[string]string, error) {
+func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again, fresh bool) (map[string]string, error) {
 	objects := map[string]string{"nv_index": fmt.Sprintf("0x%08x", uint32(AuditAnchorHandle))}
 	cur, _ := an.gate()  // the gate this trail had, if any (an officer's reanchor, a move made again)
 	var oldPolicy []byte // the replaced anchor's authPolicy: its gate's (ownGate)
@@ -677,7 +680,7 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again bool) (m
 	if err != nil {
 		return nil, err
 	}
-	move := &anchorMove{Objects: maps.Clone(rec.Objects), UID: rec.UID, Known: slices.Compact(slices.Sorted(slices.Values(known)))}
+	move := &anchorMove{Objects: maps.Clone(rec.Objects), UID: rec.UID, Known: slices.Compact(slices.Sorted(slices.Values(known))), Fresh: fresh}
 	if move.Objects == nil {
 		move.Objects = map[string]string{}
 	}
@@ -723,11 +726,12 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again bool) (m
 }
 
 // moveGate is the gate key of a move: a new one, or, for a move made
-// again (again) whose mark's gate was made through the SRK pinned now,
-// that gate (found by review: a move whose define kept failing made a new
-// gate key, and grew the mark, at every request).
+// again (again) whose mark's gate was made through the SRK pinned now (or
+// with none pinned then and now), that gate (found by reviews: a move
+// whose define kept failing made a new gate key, and grew the mark, at
+// every request).
 func (a *Agent) moveGate(cur *gateRecord, again bool, srk tpm.Object) (tpm.Blob, []byte, error) {
-	if again && cur != nil && cur.Moving != nil && cur.SRK != "" && cur.SRK == hex.EncodeToString(a.t.PinnedSRKName()) {
+	if again && cur != nil && cur.Moving != nil && cur.SRK == hex.EncodeToString(a.t.PinnedSRKName()) {
 		auth, aerr := cur.auth()
 		blob, berr := cur.blob()
 		if aerr == nil && berr == nil && len(auth) == tpm.GateAuthSize {
@@ -893,8 +897,23 @@ func (a *Agent) finishMove() error {
 		}
 		dropped.Objects["dropped_because"] = fmt.Sprintf("the first move of a trail with no line was interrupted, and NV index 0x%08x has name %x since: the trail was never begun", uint32(AuditAnchorHandle), x.Name.Buffer)
 		putNonEmpty(dropped.Objects, "evicting_gate_name", now.Moving.Evicting)
-		if err := a.keepPending(dropped); err != nil {
+		dropped.Objects["dropped_gate_key"] = now.Name
+		// Kept once: a crash before audit.gate went leaves it kept
+		// (found by review: kept again by the next operation).
+		data, err := os.ReadFile(a.pendingPath())
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
+		}
+		waiting, err := readPending(data)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(waiting, func(r audit.Record) bool {
+			return r.Op == opMoveDropped && r.Objects["dropped_gate_key"] == now.Name
+		}) {
+			if err := a.keepPending(dropped); err != nil {
+				return err
+			}
 		}
 		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil {
 			return err
@@ -906,7 +925,12 @@ func (a *Agent) finishMove() error {
 	// the open then reports, found by review), and nothing moves then.
 	err = audit.Locked(a.auditPath(), audit.Options{Anchor: an}, check)
 	if err == nil {
-		_, err = a.moveTrail(rec, check)
+		move := audit.Move{Fresh: g.Moving.Fresh}
+		if n := g.Moving.Objects["archived_log"]; g.Moving.Fresh && n != "" {
+			// Written now if the crash came before it was.
+			move.Archive = filepath.Join(a.dir, filepath.Base(n))
+		}
+		_, err = a.moveTrail(rec, check, move)
 	}
 	if errors.Is(err, errNoMove) {
 		return nil
@@ -1068,7 +1092,7 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 		objects = map[string]string{}
 	}
 	objects["reason"] = why
-	return a.moveTrail(audit.Record{UID: a.callerUID(ctx), Objects: objects}, nil)
+	return a.moveTrail(audit.Record{UID: a.callerUID(ctx), Objects: objects}, nil, audit.Move{})
 }
 
 // moveTrail moves the trail to a new gated anchor with the audit-anchor
@@ -1078,7 +1102,11 @@ func (a *Agent) anchorTrail(ctx context.Context, why string, objects map[string]
 // cleared under that lock once its record is anchored, and only if
 // audit.gate is still its gate (found by review: a mark cleared outside
 // the lock could be another process's move's, just begun).
-func (a *Agent) moveTrail(rec audit.Record, check func() error) (audit.Report, error) {
+//
+// move's Archive and Fresh say whether the log is archived and begun anew
+// (the officer's reanchor of a log its anchor contradicts); the mark keeps
+// Fresh, for a move made again.
+func (a *Agent) moveTrail(rec audit.Record, check func() error, move audit.Move) (audit.Report, error) {
 	if a.audit != nil {
 		if err := a.audit.Close(); err != nil {
 			return audit.Report{}, err
@@ -1087,19 +1115,19 @@ func (a *Agent) moveTrail(rec audit.Record, check func() error) (audit.Report, e
 	}
 	an := a.trailAnchor()
 	var made string
-	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, audit.Move{
-		Reset: func(rec audit.Record) (map[string]string, error) {
-			if check != nil {
-				if err := check(); err != nil {
-					return nil, err
-				}
+	fresh := move.Fresh || move.Archive != ""
+	move.Reset = func(rec audit.Record) (map[string]string, error) {
+		if check != nil {
+			if err := check(); err != nil {
+				return nil, err
 			}
-			objects, err := a.newGatedAnchor(an, rec, check != nil)
-			made = objects["gate_key"]
-			return objects, err
-		},
-		Done: func() error { return clearMove(a.dir, made) },
-	})
+		}
+		objects, err := a.newGatedAnchor(an, rec, check != nil, fresh)
+		made = objects["gate_key"]
+		return objects, err
+	}
+	move.Done = func() error { return clearMove(a.dir, made) }
+	rep, err := audit.Reanchor(a.auditPath(), audit.Options{Anchor: an, Now: a.now}, rec, move)
 	if err != nil {
 		return rep, fmt.Errorf("audit trail: new anchor: %w", err)
 	}
@@ -1286,6 +1314,21 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		}
 		a.audit = nil
 	}
+	// A mark whose move's record is in (a crash before its clearing) is
+	// no unfinished move: cleared first, under the log's lock (found by
+	// review: copied into this record as interrupted, and, the log
+	// archived, made again later with the finished move's gate).
+	if g, err := a.trailAnchor().gate(); err == nil && g != nil && g.Moving != nil && fileExists(a.auditPath()) {
+		if err := audit.Locked(a.auditPath(), audit.Options{Anchor: a.trailAnchor()}, func() error {
+			now, err := a.trailAnchor().gate()
+			if err != nil || now == nil || now.Moving == nil || !moveRecorded(a.auditPath(), now.Name) {
+				return err
+			}
+			return clearMove(a.dir, now.Name)
+		}); err != nil {
+			return res, err
+		}
+	}
 	objects := map[string]string{}
 	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
 	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) && !errors.Is(verr, errMoveUnfinished) {
@@ -1304,7 +1347,7 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	if verr != nil && !errors.Is(verr, errAnchorMoved) && !errors.Is(verr, errMoveUnfinished) && lerr == nil {
 		lerr = verr
 	}
-	data, rerr := os.ReadFile(a.auditPath())
+	_, rerr := os.Stat(a.auditPath())
 	if errors.Is(rerr, os.ErrNotExist) {
 		// The log itself is gone (the anchor says there was one): nothing
 		// to archive; the record names what the anchor held.
@@ -1314,16 +1357,15 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	if rerr != nil {
 		return res, rerr
 	}
+	var move audit.Move
 	if err := lerr; err != nil {
-		archived := a.archiveName()
-		if err := os.Rename(a.auditPath(), archived); err != nil {
-			return res, err
-		}
-		sum := sha256.Sum256(data)
-		objects["archived_log"] = filepath.Base(archived)
-		objects["archived_sha256"] = hex.EncodeToString(sum[:])
+		// Archived by the move, under the log's lock, and cut from the
+		// live log only once the move's mark names the archive (found by
+		// review: renamed away before the mark, then a fault, and no
+		// record named the archive).
+		move.Archive = a.archiveName()
 		objects["archived_because"] = err.Error()
-		res.ArchivedLog = archived
+		res.ArchivedLog = move.Archive
 	} else {
 		objects["lines_before"] = fmt.Sprint(vrep.Lines)
 	}
@@ -1336,7 +1378,8 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		}
 		objects["interrupted_move.uid"] = strconv.Itoa(g.Moving.UID)
 	}
-	rep, err := a.anchorTrail(ctx, "reanchor", objects)
+	objects["reason"] = "reanchor"
+	rep, err := a.moveTrail(audit.Record{UID: a.callerUID(ctx), Objects: objects}, nil, move)
 	if err != nil {
 		return res, err
 	}

@@ -242,12 +242,15 @@ func TestReview15MoveMadeAgainDropsTheOfficersFindings(t *testing.T) {
 	if err == nil || sent != 1 {
 		t.Fatalf("not mounted: reanchor with its define refused: %v", err)
 	}
-	archives, _ := filepath.Glob(filepath.Join(dir, "audit-*.log"))
+	archives := archivedOrMarked(t, dir)
 	if len(archives) != 1 {
 		t.Fatalf("not mounted: archives %v", archives)
 	}
 	if _, err := ag.Seal(ctx, api.SealRequest{Data: []byte("after")}); err != nil {
 		t.Fatalf("seal after the fault: %v", err)
+	}
+	if _, err := os.Stat(archives[0]); err != nil {
+		t.Errorf("the move made again did not write the archive its mark names: %v", err)
 	}
 	recs, err := ag.AuditRecords(ctx)
 	if err != nil {
