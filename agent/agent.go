@@ -317,7 +317,10 @@ func (a *Agent) openAudit() error {
 		// process, needs more (found by review: the daemon acted under
 		// another process's unfinished move, and its record was refused
 		// after the operation had run). One small file read.
-		if g, err := a.trailAnchor().gate(); err != nil || g == nil || g.Moving == nil {
+		// Or a log another process archived or began anew since it was
+		// opened (found by review: the daemon's next operation ran, then
+		// its record failed, "the log shrank while open").
+		if g, err := a.trailAnchor().gate(); (err != nil || g == nil || g.Moving == nil) && !a.audit.Stale() {
 			return nil
 		}
 		if err := a.audit.Close(); err != nil {

@@ -7,6 +7,14 @@ package agent_test
 // the officer's reanchor; the dropped record kept once; the gate reused
 // unpinned too).
 //
+// Tests marked FLAW failed on the code under review, each before the mend
+// that follows it (the reanchor run again keeps a marked move's decision
+// to archive; an archive at the path kept only if its SHA-256 is the
+// record's, written whole by a rename; the log's file checked to be still
+// at its path under the lock, ErrMoved, and zeroize's rename under it; an
+// open log that another process archived or began anew opened again,
+// audit.Log.Stale); tests marked Held passed.
+//
 // FLAW: TestReview18ReanchorRetriedBlessesTheContradictedLog (the
 // officer's reanchor, a TPM fault after its mark, run again: the log its
 // anchor contradicted is kept and blessed under the new anchor, and the

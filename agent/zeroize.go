@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -112,8 +113,14 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		return res, err
 	}
 	if fileExists(a.auditPath()) {
+		// Under the log's lock, where another process's move or append
+		// may be waiting (found by review: a reanchor that waited then
+		// cut and wrote the file zeroize had archived; it now finds it
+		// moved, audit.ErrMoved).
 		archived := a.archiveName()
-		if err := os.Rename(a.auditPath(), archived); err != nil {
+		if err := audit.Locked(a.auditPath(), audit.Options{Anchor: a.trailAnchor()}, func() error {
+			return os.Rename(a.auditPath(), archived)
+		}); err != nil {
 			return res, err
 		}
 		if err := store.SyncDir(a.dir); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -91,6 +92,9 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		return Report{}, err
 	}
 	defer l.unlock()
+	if err := l.stillAtPath(); err != nil {
+		return Report{}, err
+	}
 	data, err := readAll(f)
 	if err != nil {
 		return Report{}, err
@@ -115,11 +119,23 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 	}
 	archive := m.Archive != ""
 	if archive {
-		switch _, err := os.Lstat(m.Archive); {
-		case err == nil:
-			archive = false // made again: kept, and named by rec
-		case !os.IsNotExist(err):
-			return rep, fmt.Errorf("audit: archive: %w", err)
+		if filepath.Clean(m.Archive) == filepath.Clean(path) || filepath.Base(m.Archive) == FileName {
+			return rep, fmt.Errorf("audit: archive: %s is the log itself", m.Archive)
+		}
+		// A file there already is kept only if it is the archive the
+		// record names (a move made again after a crash that came once
+		// it was written): a partial one (a full disk, a power cut before
+		// its fsync) or another file is written anew from the log, and
+		// with the log already cut nothing is (found by review: a
+		// partial archive was kept and the log cut).
+		want := rec.Objects["archived_sha256"]
+		switch keep, err := archived(m.Archive, want); {
+		case err != nil:
+			return rep, err
+		case keep:
+			archive = false
+		case len(data) == 0 && want != "":
+			return rep, fmt.Errorf("audit: archive: %s is not the archive the move's record names (SHA-256 %s), and the log is cut already", m.Archive, want)
 		default:
 			sum := sha256.Sum256(data)
 			rec.Objects["archived_log"] = filepath.Base(m.Archive)
@@ -135,7 +151,7 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		return rep, fmt.Errorf("audit: new anchor: %w", err)
 	}
 	if archive {
-		if err := writeNew(m.Archive, data); err != nil {
+		if err := writeArchive(m.Archive, data); err != nil {
 			return rep, err
 		}
 	}
@@ -197,26 +213,56 @@ func Locked(path string, opts Options, fn func() error) error {
 		return err
 	}
 	defer l.unlock()
+	if err := l.stillAtPath(); err != nil {
+		return err
+	}
 	return fn()
 }
 
-// writeNew writes data to a new file at path (mode 0600), fsynced, and
-// fsyncs its directory.
-func writeNew(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+// archived reports whether a regular file at path holds bytes whose
+// SHA-256 is want (hex); false when there is none, or want is empty.
+func archived(path, want string) (bool, error) {
+	fi, err := os.Lstat(path)
+	if os.IsNotExist(err) || err == nil && (want == "" || !fi.Mode().IsRegular()) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("audit: archive: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("audit: archive: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false, fmt.Errorf("audit: archive: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)) == want, nil
+}
+
+// writeArchive writes data to path whole or not at all: a new file beside
+// it (mode 0600), fsynced, renamed over whatever is at path (a link or a
+// FIFO there is replaced, never followed), and the directory fsynced.
+func writeArchive(path string, data []byte) error {
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: archive: %w", err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("audit: archive: %w", err)
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("audit: archive: %w", err)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("audit: archive: %w", err)
+	if werr == nil {
+		werr = os.Rename(tmp, path)
+	}
+	if werr != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("audit: archive: %w", werr)
 	}
 	d, err := os.Open(filepath.Dir(path))
 	if err != nil {
@@ -224,4 +270,40 @@ func writeNew(path string, data []byte) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// ErrMoved: the log's file was moved away (archived by another process)
+// between its open and its lock, or since it was opened.
+var ErrMoved = errors.New("audit: the log was moved away (archived by another process) meanwhile; try again")
+
+// stillAtPath checks, under the lock, that l's file is still the one at
+// its path (found by review: a zeroize's archive renamed it while a
+// reanchor waited for the lock, which then cut and wrote the archive).
+func (l *Log) stillAtPath() error {
+	fi, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	at, err := os.Stat(l.path)
+	if err != nil || !os.SameFile(fi, at) {
+		return ErrMoved
+	}
+	return nil
+}
+
+// Stale reports whether the open log is no longer the trail at its path:
+// another file is there (moved away and begun anew), or it is shorter
+// than what was read (begun anew in place by another process's move).
+// Its owner opens the trail again.
+func (l *Log) Stale() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return true
+	}
+	if l.stillAtPath() != nil {
+		return true
+	}
+	fi, err := l.f.Stat()
+	return err != nil || fi.Size() < l.size
 }

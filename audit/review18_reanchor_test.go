@@ -4,6 +4,14 @@ package audit
 // log's bytes written to a new file after Reset, the log then begun anew;
 // a file already at Archive kept, taken for the same move's, made again).
 //
+// Tests marked FLAW failed on the code under review, each before the mend
+// that follows it (the reanchor run again keeps a marked move's decision
+// to archive; an archive at the path kept only if its SHA-256 is the
+// record's, written whole by a rename; the log's file checked to be still
+// at its path under the lock, ErrMoved, and zeroize's rename under it; an
+// open log that another process archived or began anew opened again,
+// audit.Log.Stale); tests marked Held passed.
+//
 // FLAW: TestReview18ArchiveThereIsTakenOnTrust (a file at Archive whose
 // bytes are not the log's, a torn archive of a move made again, is kept
 // and the log is cut: lines in no archive; the record's archived_sha256
@@ -18,6 +26,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -131,8 +140,9 @@ func TestReview18LogRenamedBeforeTheLockIsCut(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if err := <-moved; err != nil {
-		t.Logf("Reanchor: %v", err)
+	merr := <-moved
+	if merr != nil {
+		t.Logf("Reanchor: %v", merr)
 	}
 	z, _ := os.ReadFile(zeroized)
 	live, lerr := os.ReadFile(path)
@@ -141,8 +151,11 @@ func TestReview18LogRenamedBeforeTheLockIsCut(t *testing.T) {
 	if !bytes.Equal(z, data) {
 		t.Errorf("zeroize's archive was changed by the reanchor that opened the log before its rename: %d bytes, was %d", len(z), len(data))
 	}
-	if len(recs) == 0 || recs[len(recs)-1].Op != OpAnchor {
-		t.Errorf("the move's audit-anchor record is not in the live log at %s", path)
+	// Held after the mend either way: the move refused, the log having
+	// moved (ErrMoved: the caller tries again on the trail at the path),
+	// or its record in the live log.
+	if !errors.Is(merr, ErrMoved) && (len(recs) == 0 || recs[len(recs)-1].Op != OpAnchor) {
+		t.Errorf("the move's audit-anchor record is not in the live log at %s (%v)", path, merr)
 	}
 }
 
