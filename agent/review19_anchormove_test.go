@@ -7,8 +7,12 @@ package agent_test
 // path, audit.ErrMoved, zeroize's rename under it; an open log that
 // another process archived or began anew opened again, audit.Log.Stale).
 //
-// Tests marked FLAW fail on the code under review; tests marked Held pass
-// and assert the property that held.
+// Tests marked FLAW failed on the code under review, each before the mend
+// that follows it (a fresh log begun in a new file renamed over the old
+// one, so an open Log sees another file; the officer's reanchor records
+// an archive lost where the log is empty and the archive not there whole,
+// Move.LostOK, any other move calls it tampered; the archive's temporary
+// file made O_EXCL under a random name); tests marked Held passed.
 //
 // FLAW: TestReview19DaemonAfterAFreshMoveByAnotherOfALongerRecord (Stale
 // judges by size only: another process's archiving reanchor whose record

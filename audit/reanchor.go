@@ -59,11 +59,18 @@ type Move struct {
 	// (archived_sha256). A file there already (the same move made again
 	// after a crash) is kept, and the record's archived_* are rec's.
 	Archive string
-	// Fresh starts the log anew once Reset has succeeded: its lines
-	// (archived by Archive, or by an earlier move this one is made again
-	// for) are cut, and the record is its first line. Its lines are then
-	// not verified.
+	// Fresh starts the log anew once Reset has succeeded: a new file,
+	// locked, renamed over the log (its lines archived by Archive, or by
+	// an earlier move this one is made again for), with the record its
+	// first line. Its lines are then not verified. Another process's open
+	// Log sees another file at the path (Stale), and one waiting for the
+	// old file's lock finds it moved (ErrMoved).
 	Fresh bool
+	// LostOK lets a move whose log is empty and whose recorded archive is
+	// not there whole go on (the officer's word), its record naming the
+	// archive lost (archive_lost); without it that is tampering: the
+	// lines are in no file.
+	LostOK bool
 }
 
 // Reanchor appends an OpAnchor record to the log at path (created if
@@ -135,7 +142,16 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		case keep:
 			archive = false
 		case len(data) == 0 && want != "":
-			return rep, fmt.Errorf("audit: archive: %s is not the archive the move's record names (SHA-256 %s), and the log is cut already", m.Archive, want)
+			// The log is empty (begun anew, or removed) and the archive
+			// the record names is not there whole: its lines are in no
+			// file (found by review: refused for good, even to the
+			// officer).
+			lost := fmt.Sprintf("%s is not there whole (SHA-256 %s recorded) and the log is empty: its lines are in no file", filepath.Base(m.Archive), want)
+			if !m.LostOK {
+				return rep, &VerifyError{Kind: ErrTampered, Reason: lost + "; provd audit reanchor (crypto officer) records it and begins anew"}
+			}
+			rec.Objects["archive_lost"] = lost
+			archive = false
 		default:
 			sum := sha256.Sum256(data)
 			rec.Objects["archived_log"] = filepath.Base(m.Archive)
@@ -159,9 +175,13 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		// The lines are archived: the log starts anew, under the lock,
 		// once the new anchor stands and the archive is written (found
 		// by review: a log renamed away before the move's mark, then a
-		// fault, left no record of the archive).
-		torn = len(data)
-		rep = Report{}
+		// fault, left no record of the archive), in a new file (found
+		// by review: cut in place, a longer first record left another
+		// process's open Log reading on at its old offset).
+		if err := l.beginAnew(); err != nil {
+			return rep, err
+		}
+		data, torn, rep = nil, 0, Report{}
 	}
 	if torn > 0 {
 		// A torn last line was never acknowledged (a crash while it was
@@ -219,6 +239,48 @@ func Locked(path string, opts Options, fn func() error) error {
 	return fn()
 }
 
+// beginAnew puts a new, empty log at l's path in place of l's file: made
+// beside it and locked first, renamed over it, the directory fsynced; l
+// then holds the new file and its lock, and the old file's lock is let go
+// (a waiter for it finds it moved: stillAtPath).
+func (l *Log) beginAnew() error {
+	nf, err := os.CreateTemp(filepath.Dir(l.path), "."+filepath.Base(l.path)+".*.new")
+	if err != nil {
+		return fmt.Errorf("audit: begin anew: %w", err)
+	}
+	fail := func(err error) error {
+		nf.Close()
+		os.Remove(nf.Name())
+		return fmt.Errorf("audit: begin anew: %w", err)
+	}
+	if err := syscall.Flock(int(nf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(nf.Name(), l.path); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(filepath.Dir(l.path)); err != nil {
+		nf.Close()
+		return fmt.Errorf("audit: begin anew: %w", err)
+	}
+	// nf is written from offset 0 on, under its lock, only by this move
+	// (it is closed when Reanchor returns): no O_APPEND needed.
+	old := l.f
+	l.f, l.size = nf, 0
+	syscall.Flock(int(old.Fd()), syscall.LOCK_UN)
+	return old.Close()
+}
+
+// syncDir fsyncs the directory dir.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // archived reports whether a regular file at path holds bytes whose
 // SHA-256 is want (hex); false when there is none, or want is empty.
 func archived(path, want string) (bool, error) {
@@ -245,11 +307,14 @@ func archived(path, want string) (bool, error) {
 // it (mode 0600), fsynced, renamed over whatever is at path (a link or a
 // FIFO there is replaced, never followed), and the directory fsynced.
 func writeArchive(path string, data []byte) error {
-	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	// A new name of its own (O_EXCL): a FIFO or a link planted at a name
+	// it could guess is never opened (found by review: the move hung on a
+	// FIFO at <archive>.<pid>.tmp).
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("audit: archive: %w", err)
 	}
+	tmp := f.Name()
 	_, werr := f.Write(data)
 	if werr == nil {
 		werr = f.Sync()
@@ -264,12 +329,10 @@ func writeArchive(path string, data []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("audit: archive: %w", werr)
 	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
+	if err := syncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("audit: archive: %w", err)
 	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // ErrMoved: the log's file was moved away (archived by another process)

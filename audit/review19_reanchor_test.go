@@ -2,7 +2,8 @@ package audit
 
 // The nineteenth review: audit.Log.Stale (b1d54f9, review 18's mend: an
 // open log that another process archived or began anew is opened again
-// by its owner).
+// by its owner). The FLAW test failed before the mend that follows it
+// (Fresh begins the log in a new file renamed over the old one).
 
 import (
 	"bytes"
