@@ -374,7 +374,19 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 		}
 	}
 	err := a.audit.Append(rec)
-	if errors.Is(err, audit.ErrNotWritten) {
+	if errors.Is(err, audit.ErrMoved) {
+		// Another process's move archived the log or began it anew
+		// while the operation ran: the trail at the path is opened
+		// (verified against its anchor) and takes the record.
+		_ = a.audit.Close()
+		a.audit = nil
+		if oerr := a.openAudit(); oerr != nil {
+			err = fmt.Errorf("%w: %w", audit.ErrNotWritten, oerr) // the record waits (below)
+		} else {
+			err = a.audit.Append(rec)
+		}
+	}
+	if errors.Is(err, audit.ErrNotWritten) && a.audit != nil {
 		// The operation has run, and its line is not in the log: tried
 		// once more (found by the daemon's fault test: a TPM reset or
 		// power cut between an operation and its record left a key
@@ -391,9 +403,11 @@ func (a *Agent) record(ctx context.Context, op string, objects map[string]string
 	// unanchored and every audited operation is refused until an officer's
 	// audit repair (found by the daemon's fault test: the stuck log
 	// refused every request even when the extend had happened).
-	_ = a.audit.Close()
-	a.audit = nil
-	if errors.Is(err, audit.ErrNotWritten) {
+	if a.audit != nil {
+		_ = a.audit.Close()
+		a.audit = nil
+	}
+	if errors.Is(err, audit.ErrNotWritten) || errors.Is(err, audit.ErrMoved) {
 		// Still no line for the operation (found by review: two answers
 		// forged on the bus left a key deleted with no trace, and audit
 		// verify passed): its record waits in the pending file, which the

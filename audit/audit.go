@@ -456,6 +456,12 @@ func (l *Log) Append(rec Record) (err error) {
 		return err
 	}
 	defer l.unlock()
+	// Another process's move may have archived the log or begun it anew
+	// (a new file at the path) since it was opened: a line written here
+	// would go to a file that is no longer the trail (found by review).
+	if err := l.stillAtPath(); err != nil {
+		return err
+	}
 
 	size := l.size
 	if err := l.catchUp(); err != nil {

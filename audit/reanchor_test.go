@@ -127,3 +127,34 @@ func TestReanchorCutsATornTail(t *testing.T) {
 		}
 	}
 }
+
+// A Log opened before another process's move began the log anew (a new
+// file at the path) takes no line: Append refuses with ErrMoved, writing
+// nothing to the file that is no longer the trail, and Stale says so; the
+// trail at the path keeps only the move's record. Failed before the
+// check under Append's lock: the line went to the replaced file.
+func TestAppendAfterTheLogWasBegunAnew(t *testing.T) {
+	path, anchor, l := newLog(t, 3)
+	defer l.Close()
+	fresh := &MemoryAnchor{}
+	archive := path + ".archive"
+	if _, err := Reanchor(path, Options{Anchor: fresh, Now: fixedClock()}, Record{}, Move{
+		Reset: func(Record) (map[string]string, error) { return nil, nil }, Archive: archive,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = anchor
+	if !l.Stale() {
+		t.Errorf("Stale: false for a log begun anew in another file")
+	}
+	if err := l.Append(Record{Op: "seal", Result: "ok"}); !errors.Is(err, ErrMoved) || !errors.Is(err, ErrNotWritten) {
+		t.Errorf("Append to a log begun anew: %v, want ErrMoved and ErrNotWritten", err)
+	}
+	recs, _ := ReadRecords(path)
+	if len(recs) != 1 || recs[0].Op != OpAnchor {
+		t.Errorf("the trail at the path: %d records, want the move's one", len(recs))
+	}
+	if a, _ := ReadRecords(archive); len(a) != 3 {
+		t.Errorf("the archive: %d records, want 3", len(a))
+	}
+}
