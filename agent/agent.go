@@ -329,8 +329,16 @@ func (a *Agent) openAudit() error {
 		a.audit = nil
 	}
 	err := a.finishMove()
+	if errors.Is(err, audit.ErrMoved) {
+		err = a.finishMove() // the log begun anew by another process meanwhile
+	}
 	var l *audit.Log
 	if err == nil {
+		l, err = audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
+	}
+	if errors.Is(err, audit.ErrMoved) {
+		// Once more: another process's move began the log anew while the
+		// open waited for its lock (found by review 20).
 		l, err = audit.Open(a.auditPath(), audit.Options{Anchor: a.trailAnchor(), Now: a.now})
 	}
 	if err != nil {

@@ -770,6 +770,13 @@ func Repair(path string, anchor Anchor, opts RepairOptions) (Report, error) {
 	if err := l.lock(); err != nil {
 		return Report{}, err
 	}
+	// Another process's move may have begun the log anew while this
+	// waited (found by review 20: the old file's line extended into the
+	// new anchor).
+	if err := l.stillAtPath(); err != nil {
+		l.unlock()
+		return Report{}, err
+	}
 	data, err := readAll(f)
 	if err != nil {
 		l.unlock()
@@ -827,6 +834,9 @@ func (l *Log) openVerified() (Report, error) {
 		return Report{}, err
 	}
 	defer l.unlock()
+	if err := l.stillAtPath(); err != nil {
+		return Report{}, err // begun anew meanwhile (found by review 20: read as tampered)
+	}
 	data, err := readAll(l.f)
 	if err != nil {
 		return Report{}, err

@@ -7,7 +7,9 @@ package audit
 // (openVerified) do not: they lock the file they opened, which another
 // process's move may have replaced meanwhile, and act on it.
 //
-// Tests marked FLAW fail on the code under review; Held ones pass.
+// Tests marked FLAW failed on the code under review, before the mend that
+// follows it (Repair and openVerified check too, and the agent opens once
+// more on ErrMoved); Held ones passed.
 
 import (
 	"errors"
