@@ -358,31 +358,11 @@ func TestReview17StaleMarkRecordedAsAnInterruptedMove(t *testing.T) {
 	ctx := context.Background()
 	b := &swtpmtest.Bus{}
 	env, ag, dir := provisionedBehind(t, b)
-	old, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.AuditReanchor(ctx); err != nil {
-		t.Fatal(err)
-	}
-	recs, err := ag.AuditRecords(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1 := lastAnchorRecord(t, recs)
-	obj := map[string]any{}
-	for k, v := range r1.Objects {
-		if k != "nv_name" && k != "gate_key" {
-			obj[k] = v
-		}
-	}
-	editGate(t, dir, func(g map[string]any) {
-		g["moving"] = map[string]any{"record": obj, "uid": r1.UID, "known_nv_names": []string{hex.EncodeToString(old.Name.Buffer)}}
-	})
+	r1 := review17StaleMark(t, env, ag, dir)
 	if _, err := ag.AuditReanchor(ctx); err != nil {
 		t.Fatalf("the officer's reanchor again: %v", err)
 	}
-	recs, err = ag.AuditRecords(ctx)
+	recs, err := ag.AuditRecords(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,31 +535,11 @@ func TestReview17StaleMarkAndArchiveFaultBlessAnEmptyTrail(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env, ag, dir := provisionedBehind(t, b)
 	mustSeal(t, ag)
-	old, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ag.AuditReanchor(ctx); err != nil {
-		t.Fatal(err)
-	}
-	recs, err := ag.AuditRecords(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1 := lastAnchorRecord(t, recs)
-	obj := map[string]any{}
-	for k, v := range r1.Objects {
-		if k != "nv_name" && k != "gate_key" {
-			obj[k] = v
-		}
-	}
-	editGate(t, dir, func(g map[string]any) {
-		g["moving"] = map[string]any{"record": obj, "uid": r1.UID, "known_nv_names": []string{hex.EncodeToString(old.Name.Buffer)}}
-	})
+	review17StaleMark(t, env, ag, dir)
 	review17EditLine(t, dir)
 	creates := 0
 	b.Set(review17Refuse(tpm2.TPMCCCreate, tpm2.TPMRCObjectMemory, &creates))
-	_, err = newAgent(t, env, dir).AuditReanchor(ctx)
+	_, err := newAgent(t, env, dir).AuditReanchor(ctx)
 	b.Set(nil)
 	// After the mend a Create refused before the mark archives nothing:
 	// the log stays, tampered, for the officer.
@@ -597,7 +557,7 @@ func TestReview17StaleMarkAndArchiveFaultBlessAnEmptyTrail(t *testing.T) {
 	if len(archives) != 1 {
 		t.Fatalf("after the officer's reanchor: archives %v, want one", archives)
 	}
-	recs, _ = audit.ReadRecords(filepath.Join(dir, audit.FileName))
+	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
 	var first audit.Record
 	if len(recs) > 0 {
 		first = recs[0]
@@ -630,4 +590,34 @@ func archivedOrMarked(t *testing.T, dir string) []string {
 		}
 	}
 	return nil
+}
+
+// review17StaleMark runs the officer's reanchor on ag's trail in dir and
+// puts its move's mark back as the move wrote it: a crash after the move's
+// record was anchored and before the mark's clearing.
+func review17StaleMark(t *testing.T, env *swtpmtest.Env, ag *agent.Agent, dir string) audit.Record {
+	t.Helper()
+	ctx := context.Background()
+	old, err := env.TPM.ReadNVPublic(agent.AuditAnchorHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.AuditReanchor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ag.AuditRecords(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := lastAnchorRecord(t, recs)
+	obj := map[string]any{}
+	for k, v := range r1.Objects {
+		if k != "nv_name" && k != "gate_key" {
+			obj[k] = v
+		}
+	}
+	editGate(t, dir, func(g map[string]any) {
+		g["moving"] = map[string]any{"record": obj, "uid": r1.UID, "known_nv_names": []string{hex.EncodeToString(old.Name.Buffer)}}
+	})
+	return r1
 }
