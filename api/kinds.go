@@ -142,6 +142,7 @@ var kinds = []Kind{
 	{"busy", ErrBusy, ExitTPMResources, http.StatusServiceUnavailable},
 	{"state_locked", store.ErrLocked, ExitState, http.StatusServiceUnavailable},
 	{"audit_locked", audit.ErrLocked, ExitState, http.StatusServiceUnavailable},
+	{"audit_moved", audit.ErrMoved, ExitState, http.StatusServiceUnavailable},
 	{"state_corrupt", store.ErrCorrupt, ExitState, http.StatusInternalServerError},
 	{"state_unknown_schema", store.ErrUnknownSchema, ExitState, http.StatusInternalServerError},
 	{"state_insecure_dir", store.ErrInsecureDir, ExitState, http.StatusInternalServerError},
