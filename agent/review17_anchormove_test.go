@@ -74,14 +74,23 @@ func review17Refuse(cc tpm2.TPMCC, rc tpm2.TPMRC, n *int) swtpmtest.Hook {
 // whoever can write audit.log): the officer's reanchor then archives it.
 func review17EditLine(t *testing.T, dir string) {
 	t.Helper()
+	editAuditLog(t, dir, func(data []byte) []byte {
+		return bytes.Replace(data, []byte(`"op":"seal"`), []byte(`"op":"sEal"`), 1)
+	})
+}
+
+// editAuditLog rewrites dir's audit.log with edit (A4, or whoever can
+// write it); the edit must change it.
+func editAuditLog(t *testing.T, dir string, edit func([]byte) []byte) {
+	t.Helper()
 	p := filepath.Join(dir, audit.FileName)
 	data, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	edited := bytes.Replace(data, []byte(`"op":"seal"`), []byte(`"op":"sEal"`), 1)
+	edited := edit(data)
 	if bytes.Equal(edited, data) {
-		t.Fatal("not mounted: no seal line to edit")
+		t.Fatal("not mounted: the log is unchanged")
 	}
 	if err := os.WriteFile(p, edited, 0o600); err != nil {
 		t.Fatal(err)

@@ -62,19 +62,10 @@ import (
 // archives it, never blesses it.
 func review18CutLastLine(t *testing.T, dir string) {
 	t.Helper()
-	p := filepath.Join(dir, audit.FileName)
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := bytes.LastIndexByte(data[:len(data)-1], '\n')
-	if i < 0 {
-		t.Fatal("not mounted: one line")
-	}
-	if err := os.WriteFile(p, data[:i+1], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := audit.VerifyLinks(p); err != nil {
+	editAuditLog(t, dir, func(data []byte) []byte {
+		return data[:bytes.LastIndexByte(data[:len(data)-1], '\n')+1]
+	})
+	if _, err := audit.VerifyLinks(filepath.Join(dir, audit.FileName)); err != nil {
 		t.Fatalf("not mounted: the cut log's links: %v", err)
 	}
 }

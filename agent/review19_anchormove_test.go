@@ -54,18 +54,9 @@ import (
 // broken, so the officer's reanchor archives the log and begins it anew.
 func review19EditFirstOp(t *testing.T, dir string) {
 	t.Helper()
-	p := filepath.Join(dir, audit.FileName)
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	edited := bytes.Replace(data, []byte(`"op":"provision"`), []byte(`"op":"pRovision"`), 1)
-	if bytes.Equal(edited, data) {
-		t.Fatal("not mounted: no provision line to edit")
-	}
-	if err := os.WriteFile(p, edited, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editAuditLog(t, dir, func(data []byte) []byte {
+		return bytes.Replace(data, []byte(`"op":"provision"`), []byte(`"op":"pRovision"`), 1)
+	})
 }
 
 // FLAW (an audited operation acts, then fails its record; honest: the
