@@ -955,13 +955,13 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 			objects["interrupted_move."+k] = v
 		}
 		objects["interrupted_move.uid"] = strconv.Itoa(g.Moving.UID)
-		if n := g.Moving.Objects["archived_log"]; g.Moving.Fresh && n != "" {
+		if p := a.markedArchive(g.Moving); p != "" {
 			// Its decision to archive the log stands (found by review:
 			// the reanchor run again kept a log its anchor contradicts
 			// in place, the mark's archive never written): the log goes
 			// to that archive, as the mark names it, and begins anew.
-			move = audit.Move{Archive: filepath.Join(a.dir, filepath.Base(n))}
-			objects["archived_log"] = filepath.Base(n)
+			move = audit.Move{Archive: p}
+			objects["archived_log"] = filepath.Base(p)
 			putNonEmpty(objects, "archived_sha256", g.Moving.Objects["archived_sha256"])
 			putNonEmpty(objects, "archived_because", g.Moving.Objects["archived_because"])
 			delete(objects, "lines_before")

@@ -378,10 +378,11 @@ func (a *Agent) finishMove() error {
 	// the open then reports, found by review), and nothing moves then.
 	err = audit.Locked(a.auditPath(), audit.Options{Anchor: an}, check)
 	if err == nil {
-		move := audit.Move{Fresh: g.Moving.Fresh}
-		if n := g.Moving.Objects["archived_log"]; g.Moving.Fresh && n != "" {
-			// Written now if the crash came before it was.
-			move.Archive = filepath.Join(a.dir, filepath.Base(n))
+		// The archive is written now if the crash came before it was; a
+		// fresh move whose mark names none would cut lines kept nowhere.
+		move := audit.Move{Fresh: g.Moving.Fresh, Archive: a.markedArchive(g.Moving)}
+		if move.Fresh && move.Archive == "" {
+			return fmt.Errorf("%w: %s marks a move that begins the log anew and names no archive for its lines", api.ErrTampered, gateFile)
 		}
 		_, err = a.moveTrail(rec, check, move)
 	}
@@ -389,6 +390,19 @@ func (a *Agent) finishMove() error {
 		return nil
 	}
 	return err
+}
+
+// markedArchive is the path of the archive a move that begins the log
+// anew names in its mark (archived_log), in the state directory whatever
+// the mark says (its base name); "" when the move is not such a move or
+// names nothing a file could be.
+func (a *Agent) markedArchive(m *anchorMove) string {
+	n := m.Objects["archived_log"]
+	b := filepath.Base(n)
+	if !m.Fresh || n == "" || b == "." || b == ".." || b == string(filepath.Separator) {
+		return ""
+	}
+	return filepath.Join(a.dir, b)
 }
 
 // ownsIndex reports whether name is g's own anchor's, written or not.

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -238,5 +239,47 @@ func TestInterruptedAnchorMoveHiddenWhenMadeAgain(t *testing.T) {
 	}
 	if _, err := ag.AuditVerify(ctx); err != nil {
 		t.Fatalf("verify: %v", err)
+	}
+}
+
+// A mark of a move that begins the log anew (fresh) but names no archive
+// (A4 editing audit.gate, or a mark of another provd) is not made again:
+// the lines would be cut and kept nowhere. The next operation is refused
+// as tampered, and the log is as it was. Failed before: the move cut the
+// log with no archive.
+func TestFreshMarkWithoutArchiveCutsNothing(t *testing.T) {
+	ctx := context.Background()
+	b := &swtpmtest.Bus{}
+	env, ag, dir := provisionedBehind(t, b)
+	mustSeal(t, ag)
+	before, err := os.ReadFile(filepath.Join(dir, audit.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The officer's reanchor of a log its anchor contradicts, its define
+	// refused: a fresh mark; then its archive's name taken out.
+	review17EditLine(t, dir)
+	before, _ = os.ReadFile(filepath.Join(dir, audit.FileName))
+	sent := 0
+	b.Set(swtpmtest.AnsweredOnce(tpm2.TPMCCNVDefineSpace, tpm2.TPMRCNVSpace, &sent))
+	_, err = ag.AuditReanchor(ctx)
+	b.Set(nil)
+	if err == nil || sent != 1 {
+		t.Fatalf("not mounted: %v", err)
+	}
+	editGate(t, dir, func(g map[string]any) {
+		mv, _ := g["moving"].(map[string]any)
+		rec, _ := mv["record"].(map[string]any)
+		if mv["fresh"] != true || rec["archived_log"] == nil {
+			t.Fatalf("not mounted: the mark is %v", mv)
+		}
+		delete(rec, "archived_log")
+	})
+	_, err = newAgent(t, env, dir).Seal(ctx, api.SealRequest{Data: []byte("x")})
+	if !errors.Is(err, api.ErrTampered) {
+		t.Errorf("seal under a fresh mark naming no archive: %v, want tampered", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, audit.FileName)); !bytes.Equal(after, before) {
+		t.Errorf("the log changed: %d bytes, was %d", len(after), len(before))
 	}
 }
