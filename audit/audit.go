@@ -758,25 +758,15 @@ type RepairOptions struct {
 // else is tampering and is returned as Verify's error, untouched. After a
 // repair it appends an "audit-repair" record saying what was done.
 func Repair(path string, anchor Anchor, opts RepairOptions) (Report, error) {
-	f, err := openFile(path)
+	// Locked once the file is still the log at the path: another process's
+	// move may have begun the log anew while this waited (found by review
+	// 20: the old file's line extended into the new anchor).
+	l, err := lockedLog(path, Options{Anchor: anchor, Now: opts.Now})
 	if err != nil {
 		return Report{}, err
 	}
-	l := &Log{f: f, path: path, opts: Options{Anchor: anchor, Now: opts.Now, LockTimeout: 5 * time.Second}}
-	if l.opts.Now == nil {
-		l.opts.Now = time.Now
-	}
 	defer l.Close()
-	if err := l.lock(); err != nil {
-		return Report{}, err
-	}
-	// Another process's move may have begun the log anew while this
-	// waited (found by review 20: the old file's line extended into the
-	// new anchor).
-	if err := l.stillAtPath(); err != nil {
-		l.unlock()
-		return Report{}, err
-	}
+	f := l.f
 	data, err := readAll(f)
 	if err != nil {
 		l.unlock()

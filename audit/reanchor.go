@@ -85,23 +85,13 @@ type Move struct {
 // and Now apply. The report gives the lines and the head; not the anchor's
 // value, which the caller's Open reads as it verifies the trail.
 func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
-	opts, err := opts.withDefaults()
+	l, err := lockedLog(path, opts)
 	if err != nil {
 		return Report{}, err
 	}
-	f, err := openFile(path)
-	if err != nil {
-		return Report{}, err
-	}
-	l := &Log{f: f, path: path, opts: opts}
 	defer l.Close()
-	if err := l.lock(); err != nil {
-		return Report{}, err
-	}
 	defer l.unlock()
-	if err := l.stillAtPath(); err != nil {
-		return Report{}, err
-	}
+	f := l.f
 	data, err := readAll(f)
 	if err != nil {
 		return Report{}, err
@@ -219,24 +209,39 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 // mode 0600), the lock Append, Repair and Reanchor take: no line is
 // appended and no move made meanwhile. Options.LockTimeout applies.
 func Locked(path string, opts Options, fn func() error) error {
-	opts, err := opts.withDefaults()
+	l, err := lockedLog(path, opts)
 	if err != nil {
 		return err
+	}
+	defer l.Close()
+	defer l.unlock()
+	return fn()
+}
+
+// lockedLog opens the log at path (created if missing, mode 0600) and
+// takes its lock, once the file is still the log at the path (stillAtPath:
+// another process's move may have archived it or begun it anew while this
+// waited). The caller unlocks and closes it.
+func lockedLog(path string, opts Options) (*Log, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	f, err := openFile(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	l := &Log{f: f, path: path, opts: opts}
-	defer l.Close()
 	if err := l.lock(); err != nil {
-		return err
+		l.Close()
+		return nil, err
 	}
-	defer l.unlock()
 	if err := l.stillAtPath(); err != nil {
-		return err
+		l.unlock()
+		l.Close()
+		return nil, err
 	}
-	return fn()
+	return l, nil
 }
 
 // beginAnew puts a new, empty log at l's path in place of l's file: made
@@ -343,15 +348,22 @@ var ErrMoved = errors.New("audit: the log was moved away (archived by another pr
 // its path (found by review: a zeroize's archive renamed it while a
 // reanchor waited for the lock, which then cut and wrote the archive).
 func (l *Log) stillAtPath() error {
+	_, err := l.openFileInfo()
+	return err
+}
+
+// openFileInfo is the open file's FileInfo, or ErrMoved when it is no
+// longer the log at l's path.
+func (l *Log) openFileInfo() (os.FileInfo, error) {
 	fi, err := l.f.Stat()
 	if err != nil {
-		return fmt.Errorf("audit: %w", err)
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	at, err := os.Stat(l.path)
 	if err != nil || !os.SameFile(fi, at) {
-		return ErrMoved
+		return nil, ErrMoved
 	}
-	return nil
+	return fi, nil
 }
 
 // Stale reports whether the open log is no longer the trail at its path:
@@ -364,9 +376,6 @@ func (l *Log) Stale() bool {
 	if l.f == nil {
 		return true
 	}
-	if l.stillAtPath() != nil {
-		return true
-	}
-	fi, err := l.f.Stat()
+	fi, err := l.openFileInfo()
 	return err != nil || fi.Size() < l.size
 }
