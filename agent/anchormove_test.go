@@ -252,14 +252,13 @@ func TestFreshMarkWithoutArchiveCutsNothing(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env, ag, dir := provisionedBehind(t, b)
 	mustSeal(t, ag)
+	// The officer's reanchor of a log its anchor contradicts, its define
+	// refused: a fresh mark; then its archive's name taken out.
+	review17EditLine(t, dir)
 	before, err := os.ReadFile(filepath.Join(dir, audit.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The officer's reanchor of a log its anchor contradicts, its define
-	// refused: a fresh mark; then its archive's name taken out.
-	review17EditLine(t, dir)
-	before, _ = os.ReadFile(filepath.Join(dir, audit.FileName))
 	sent := 0
 	b.Set(swtpmtest.AnsweredOnce(tpm2.TPMCCNVDefineSpace, tpm2.TPMRCNVSpace, &sent))
 	_, err = ag.AuditReanchor(ctx)
