@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -87,11 +88,11 @@ type Options struct {
 // execute on it directly; all commands go through one queue, one in flight.
 type TPM struct {
 	*counting
-	spec   string
-	closer func() error
-	sim    *swtpm.Process
-	log    *slog.Logger
-	closed bool
+	spec    string
+	closer  func() error
+	sim     *swtpm.Process
+	log     *slog.Logger
+	closing atomic.Bool // Close ran, or runs
 
 	staleFlushed int
 
@@ -355,19 +356,16 @@ func (t *TPM) Stats() Stats { return t.counting.stats() }
 // stopped, so that its next start resumes with PCRs and saved contexts intact, as
 // a machine that suspends and resumes.
 func (t *TPM) Close() error {
-	if t.closed {
+	if !t.closing.CompareAndSwap(false, true) {
 		return nil
 	}
-	t.closed = true
 	var errs []error
 	if t.sim != nil && !t.powerCycled {
 		if err := t.Shutdown(true); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if t.closer != nil {
-		errs = append(errs, t.closer())
-	}
+	errs = append(errs, t.counting.close(t.closer))
 	if t.sim != nil {
 		errs = append(errs, t.sim.Stop())
 	}

@@ -244,6 +244,30 @@ type counting struct {
 	// (slotTaken).
 	starts  uint64
 	started map[tpm2.TPMHandle]uint64
+	// closed: TPM.Close closed the channel, the lock held; every later
+	// command fails without reaching the transport (which would dial a
+	// stream again).
+	closed bool
+}
+
+// errClosed is what a command on a closed TPM gets.
+var errClosed = fmt.Errorf("%w: the TPM was closed", ErrTransport)
+
+// close closes the channel with closer once no command is in flight: a
+// command Close meets waits for its answer, and none is sent after
+// (found by review: a command sent after Close dialed the stream again,
+// and one in flight read the connection Close was closing).
+func (c *counting) close(closer func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if closer == nil {
+		return nil
+	}
+	return closer()
 }
 
 // roomForSession reports whether one more session can start while those
@@ -409,7 +433,7 @@ func commandParams(cmd []byte, handles int) []byte {
 func (c *counting) Generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.probe != nil {
+	if c.probe != nil && !c.closed {
 		c.probe()
 	}
 	return c.generation.Load()
@@ -431,6 +455,9 @@ func (c *counting) reopened(rm bool) {
 func (c *counting) Send(cmd []byte) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errClosed
+	}
 	rsp, err := c.send(cmd)
 	if c.spaceLost.Swap(false) {
 		clear(c.live)

@@ -182,3 +182,65 @@ func TestTransportReconnectsAfterAFailure(t *testing.T) {
 		t.Fatalf("%d connections, want 2", conns.Load())
 	}
 }
+
+// Close while other goroutines send commands (a daemon stopping with a
+// request in flight): a command Close meets gets its answer, every command
+// after it fails as the TPM closed (ErrTransport), and none dials the TPM
+// again. FLAW (found by reread, failed before the mend): a command sent
+// after Close found the connection closed, took it for the TPM's restart
+// and dialed a new one, held open by nobody; Close read the connection
+// beside a command in flight that gave it up (a data race under -race).
+func TestCloseWhileCommandsRun(t *testing.T) {
+	env := swtpmtest.Start(t)
+	env.RequireSimulator()
+	env.CloseTPM()
+	proxy, conns, _, _ := startDropper(t, env.Spec[len("swtpm://"):], false)
+	tp, err := tpm.Open(t.Context(), tpm.Options{Spec: "swtpm://" + proxy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const senders = 4
+	var ran sync.WaitGroup
+	ran.Add(senders)
+	last := make(chan error, senders)
+	var closed atomic.Bool
+	for range senders {
+		go func() {
+			first := true
+			for {
+				after := closed.Load()
+				_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
+				if first {
+					first = false
+					ran.Done()
+				}
+				if err == nil && after {
+					err = errors.New("answered after Close returned")
+				}
+				if err != nil {
+					last <- err
+					return
+				}
+			}
+		}()
+	}
+	ran.Wait() // each sent a command
+	if err := tp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed.Store(true)
+	for range senders {
+		if err := <-last; !errors.Is(err, tpm.ErrTransport) || !strings.Contains(err.Error(), "closed") {
+			t.Errorf("a command beside Close: %v, want the TPM closed", err)
+		}
+	}
+	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); !errors.Is(err, tpm.ErrTransport) {
+		t.Errorf("a command after Close: %v, want the TPM closed", err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections to the TPM, want 1: a command after Close dialed it again", n)
+	}
+	if err := tp.Close(); err != nil {
+		t.Errorf("Close again: %v", err)
+	}
+}
