@@ -100,6 +100,10 @@ type trailAnchor struct {
 	// still lands on no other index: the TPM refuses an extend whose
 	// cpHash is not the proof's.
 	proven atomic.Pointer[tpm.NVIndex]
+	// move is the gate of the move this anchor makes (newGatedAnchor):
+	// under a move's mark, its audit-anchor record's is the only extend
+	// Prepare makes.
+	move string
 }
 
 var (
@@ -317,6 +321,15 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 			return nil, nil, errors.New("audit: the trail has no anchor yet")
 		}
 		return func() error { return an.t.NVExtend(AuditAnchorHandle, head) }, func() error { return nil }, nil
+	}
+	if g.Name != an.move && an.moveUnfinished(g, true) {
+		// Another's move, marked since this trail's anchor was last read
+		// (a log's first append after its open reads no anchor): its
+		// index is its record's to extend first (found by review 21: a
+		// one-shot seal opened before an officer's reanchor that failed
+		// after its define extended the new index, and the move made
+		// again named it replaced).
+		return nil, nil, errMoveUnfinished
 	}
 	proven := an.provenAnchor(g)
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {

@@ -93,8 +93,19 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again, fresh b
 	// with it or nothing there, the record keeps what that move replaced
 	// (found by review: a written one is the anchor this move replaces,
 	// and is named as such).
-	u, _, merr := cur.expectedNamesIfMoving()
-	carry := merr == nil && (!there || bytes.Equal(old.Name.Buffer, u))
+	// Its own index written by no record of its own (no honest path
+	// since review 21: an append under another's mark extends nothing)
+	// is named with its value, and the record still names what that
+	// move replaced (found by review 21: named as the replaced anchor,
+	// the trail's anchor before the move was in no record).
+	u, w, merr := cur.expectedNamesIfMoving()
+	ownWritten := merr == nil && there && bytes.Equal(old.Name.Buffer, w)
+	carry := merr == nil && (!there || bytes.Equal(old.Name.Buffer, u) || ownWritten)
+	if ownWritten {
+		if v, err := a.t.ReadExtendIndex(old); err == nil {
+			objects["unrecorded_nv_value"] = hex.EncodeToString(v)
+		}
+	}
 	if there {
 		oldPolicy = old.Public.AuthPolicy.Buffer
 		known = append(known, hex.EncodeToString(old.Name.Buffer))
@@ -175,6 +186,7 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again, fresh b
 	objects["nv_name"] = hex.EncodeToString(written)
 	objects["gate_key"] = g.Name
 	an.proven.Store(&x)
+	an.move = g.Name
 	return objects, nil
 }
 

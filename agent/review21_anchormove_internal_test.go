@@ -12,7 +12,7 @@ package agent
 // opened the trail), each held in a command on its own bus while the
 // other runs.
 //
-// FLAW: TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor (here);
+// FLAW (failed before the mend): TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor (here);
 // audit.TestReview21KeptArchiveCutsLinesAppendedSince (its consequence
 // for a fresh move: a line in no file, the trail verifying).
 // HELD: audit.TestReview21RepairWaitingForANonFreshMove.
@@ -31,6 +31,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // review21Gate reads dir's audit.gate (fatal when there is none).
@@ -43,7 +44,7 @@ func review21Gate(t *testing.T, dir string) *gateRecord {
 	return g
 }
 
-// FLAW: TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor.
+// FLAW (failed before the mend): TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor.
 //
 // Attack (honest processes, one fault): a user's one-shot seal (or the
 // daemon's first request after it opened the trail) opens the trail
@@ -250,5 +251,101 @@ func TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor(t *testing.T) {
 	if got := moved.Objects["replaced_nv_name"]; got != markReplaced {
 		t.Errorf("the move made again names %s replaced, its own index that the seal's line extended; the trail's anchor before the move (%s, in the mark) is in no record",
 			got, markReplaced)
+	}
+}
+
+// An interrupted move whose own index was then extended by no record of
+// its own (no honest path since the mend of review 21; here the test
+// extends it as the move's anchor would): the move made again keeps
+// naming the trail's anchor before the move, the mark's, and names the
+// value found in its own index (unrecorded_nv_value). Failed before the
+// mend: the move made again named its own index replaced, and the
+// trail's previous anchor was in no record.
+func TestReview21MoveMadeAgainOverItsOwnWrittenIndex(t *testing.T) {
+	bz := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
+	ctx := context.Background()
+	dir := t.TempDir() + "/state"
+	first := review8Agent(t, env.TPM, dir)
+	if _, err := first.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g1 := review21Gate(t, dir)
+	_, g1Written, err := g1.expectedNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The officer's reanchor fails after its define: every
+	// TPM2_PolicySecret after it is refused.
+	var mu sync.Mutex
+	defined := false
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch swtpmtest.CommandCode(cmd) {
+		case tpm2.TPMCCNVDefineSpace:
+			defined = true
+		case tpm2.TPMCCPolicySecret:
+			if defined {
+				return swtpmtest.ErrorAnswer(tpm2.TPMRCNVSpace), nil, true
+			}
+		}
+		return nil, nil, false
+	})
+	officer := review8Agent(t, env.TPM, dir)
+	_, rerr := officer.AuditReanchor(ctx)
+	bz.Set(nil)
+	if rerr == nil {
+		t.Fatal("not mounted: the reanchor was to fail after its define")
+	}
+	if err := officer.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g2 := review21Gate(t, dir)
+	if g2.Moving == nil || g2.Moving.Objects["replaced_nv_name"] != hex.EncodeToString(g1Written) {
+		t.Fatalf("not mounted: the mark: %+v", g2.Moving)
+	}
+	// The move's own index extended with no record.
+	stray := make([]byte, 32)
+	stray[0] = 0x21
+	an := &trailAnchor{t: env.TPM, dir: dir, move: g2.Name, held: new(*tpm.Gate), kept: &gateKeep{}}
+	if err := an.Extend(stray); err != nil {
+		t.Fatalf("not mounted: the stray extend: %v", err)
+	}
+	x, err := env.TPM.ReadNVPublic(AuditAnchorHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value, err := env.TPM.ReadExtendIndex(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	next := review8Agent(t, env.TPM, dir)
+	if _, err := next.Seal(ctx, api.SealRequest{Data: []byte("review21-after")}); err != nil {
+		t.Fatalf("the next seal: %v", err)
+	}
+	recs, err := audit.ReadRecords(filepath.Join(dir, audit.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var moved audit.Record
+	for _, r := range recs {
+		if r.Op == audit.OpAnchor {
+			moved = r
+		}
+	}
+	t.Logf("the move made again: %v", moved.Objects)
+	if got := moved.Objects["replaced_nv_name"]; got != hex.EncodeToString(g1Written) {
+		t.Errorf("the move made again names %s replaced, want the trail's anchor before the move, %x", got, g1Written)
+	}
+	if got := moved.Objects["unrecorded_nv_value"]; got != hex.EncodeToString(value) {
+		t.Errorf("unrecorded_nv_value %q, want the value found in the move's own index, %x", got, value)
+	}
+	if _, err := next.AuditVerify(ctx); err != nil {
+		t.Errorf("verify: %v", err)
 	}
 }

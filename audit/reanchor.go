@@ -125,12 +125,23 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		// its fsync) or another file is written anew from the log, and
 		// with the log already cut nothing is (found by review: a
 		// partial archive was kept and the log cut).
+		//
+		// A kept archive must hold every byte of the log about to be cut:
+		// a log that went on after it (a line appended between the
+		// archive and the cut by a process whose log was open before
+		// the move) is archived anew, whole (found by review: the
+		// archive kept for its digest, the line was in no file and the
+		// trail verified); a log that is neither the archive nor its
+		// continuation is not cut.
 		want := rec.Objects["archived_sha256"]
-		switch keep, err := archived(m.Archive, want); {
+		size, keep, err := archived(m.Archive, want)
+		switch {
 		case err != nil:
 			return rep, err
-		case keep:
+		case keep && (len(data) == 0 || sha256Hex(data) == want):
 			archive = false
+		case keep && int64(len(data)) < size || keep && sha256Hex(data[:size]) != want:
+			return rep, &VerifyError{Kind: ErrTampered, Reason: fmt.Sprintf("the log holds lines that are not in %s and do not follow them: it is not cut", filepath.Base(m.Archive))}
 		case len(data) == 0 && want != "":
 			// The log is empty (begun anew, or removed) and the archive
 			// the record names is not there whole: its lines are in no
@@ -143,9 +154,8 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 			rec.Objects["archive_lost"] = lost
 			archive = false
 		default:
-			sum := sha256.Sum256(data)
 			rec.Objects["archived_log"] = filepath.Base(m.Archive)
-			rec.Objects["archived_sha256"] = hex.EncodeToString(sum[:])
+			rec.Objects["archived_sha256"] = sha256Hex(data)
 		}
 	}
 	torn := rep.TornBytes
@@ -287,25 +297,33 @@ func syncDir(dir string) error {
 }
 
 // archived reports whether a regular file at path holds bytes whose
-// SHA-256 is want (hex); false when there is none, or want is empty.
-func archived(path, want string) (bool, error) {
+// SHA-256 is want (hex), and how many; false when there is none, or want
+// is empty.
+func archived(path, want string) (size int64, ok bool, err error) {
 	fi, err := os.Lstat(path)
 	if os.IsNotExist(err) || err == nil && (want == "" || !fi.Mode().IsRegular()) {
-		return false, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("audit: archive: %w", err)
+		return 0, false, fmt.Errorf("audit: archive: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return false, fmt.Errorf("audit: archive: %w", err)
+		return 0, false, fmt.Errorf("audit: archive: %w", err)
 	}
 	defer f.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return false, fmt.Errorf("audit: archive: %w", err)
+	size, err = io.Copy(h, f)
+	if err != nil {
+		return 0, false, fmt.Errorf("audit: archive: %w", err)
 	}
-	return hex.EncodeToString(h.Sum(nil)) == want, nil
+	return size, hex.EncodeToString(h.Sum(nil)) == want, nil
+}
+
+// sha256Hex is the SHA-256 of b, in hex.
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // writeArchive writes data to path whole or not at all: a new file beside

@@ -57,7 +57,7 @@ func review21FillInodes(t *testing.T, dir string, free int) []string {
 	return files
 }
 
-// FLAW: TestReview21KeptArchiveCutsLinesAppendedSince.
+// FLAW (failed before the mend): TestReview21KeptArchiveCutsLinesAppendedSince.
 //
 // Attack (a fault, then two honest processes): the officer's reanchor of a
 // log its anchor contradicts (a Fresh move with an Archive) writes its
@@ -236,5 +236,44 @@ func TestReview21RepairWaitingForANonFreshMove(t *testing.T) {
 		if r.Op == "audit-repair" {
 			t.Errorf("the repair that waited repaired something in a trail the move had anchored: %v", r.Objects)
 		}
+	}
+}
+
+// A move made again whose recorded archive is there whole while the log
+// holds lines that neither are the archive nor follow it (the log edited,
+// or another trail's put in its place) is refused as tampering: nothing
+// is reset, the log is not cut and the archive is left as it was.
+func TestReview21KeptArchiveOfAnotherLogIsNotACut(t *testing.T) {
+	path, m, l := newLog(t, 0)
+	for i := range 2 {
+		if err := l.Append(Record{Op: "seal", Objects: map[string]string{"n": fmt.Sprint(i)}, Result: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	logBefore, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(filepath.Dir(path), "audit-20261207T000000.000000000Z.log")
+	other := []byte(`{"seq":1,"other":"trail"}` + "\n")
+	if err := os.WriteFile(archive, other, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reset := false
+	_, err = Reanchor(path, Options{Anchor: m, Now: fixedClock()},
+		Record{Objects: map[string]string{"archived_log": filepath.Base(archive), "archived_sha256": sha256Hex(other)}},
+		Move{Reset: func(Record) (map[string]string, error) { reset = true; return nil, nil }, Archive: archive, Fresh: true})
+	if !errors.Is(err, ErrTampered) {
+		t.Errorf("the move made again over a log that is not its archive's: %v, want tampering", err)
+	}
+	if reset {
+		t.Error("the anchor was reset")
+	}
+	if b, _ := os.ReadFile(path); !bytes.Equal(b, logBefore) {
+		t.Error("the log changed")
+	}
+	if b, _ := os.ReadFile(archive); !bytes.Equal(b, other) {
+		t.Error("the archive changed")
 	}
 }
