@@ -18,12 +18,16 @@ package agent
 // HELD: audit.TestReview21RepairWaitingForANonFreshMove.
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
+	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -347,5 +351,80 @@ func TestReview21MoveMadeAgainOverItsOwnWrittenIndex(t *testing.T) {
 	}
 	if _, err := next.AuditVerify(ctx); err != nil {
 		t.Errorf("verify: %v", err)
+	}
+}
+
+// Zeroize removes audit.gate and archives the log under one hold of the
+// log's lock: no other process's record lands between the two. The test
+// watches the state directory (inotify) and, the moment audit.gate goes,
+// tries the log's lock without waiting: it must be held (by zeroize).
+// FLAW (found by review 21, failed before the mend in most runs: the
+// watcher won the lock while zeroize fsynced the directory): the gate
+// file went outside the lock, and a record in that window moved the
+// trail to a new gate ("moved from an ungated anchor"), whose record
+// zeroize then archived, leaving the new gate's anchor with no log.
+func TestReview21ZeroizeRemovesTheGateUnderTheLogsLock(t *testing.T) {
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	dir := t.TempDir() + "/state"
+	ag := review8Agent(t, env.TPM, dir)
+	if _, err := ag.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, audit.FileName), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	in, err := syscall.InotifyInit1(syscall.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := syscall.InotifyAddWatch(in, dir, syscall.IN_DELETE); err != nil {
+		syscall.Close(in)
+		t.Fatal(err)
+	}
+	unlocked := make(chan bool, 1)
+	go func() {
+		defer syscall.Close(in)
+		buf := make([]byte, 4096)
+		for {
+			n, err := syscall.Read(in, buf)
+			if err != nil || n <= 0 {
+				unlocked <- false
+				return
+			}
+			for off := 0; off+syscall.SizeofInotifyEvent <= n; {
+				ev := (*syscall.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := string(bytes.TrimRight(buf[off+syscall.SizeofInotifyEvent:off+syscall.SizeofInotifyEvent+int(ev.Len)], "\x00"))
+				off += syscall.SizeofInotifyEvent + int(ev.Len)
+				if name != gateFile {
+					continue
+				}
+				// The lock free and the log still at its path (checked
+				// under the lock: an event read late, after zeroize let
+				// the lock go with the log archived, proves nothing).
+				got := syscall.Flock(int(logf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil
+				if got {
+					mine, _ := logf.Stat()
+					at, err := os.Stat(filepath.Join(dir, audit.FileName))
+					got = err == nil && os.SameFile(mine, at)
+					syscall.Flock(int(logf.Fd()), syscall.LOCK_UN)
+				}
+				unlocked <- got
+				return
+			}
+		}
+	}()
+	if _, err := ag.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-unlocked:
+		if got {
+			t.Error("audit.gate went while the log's lock was free: another process's record could land between the gate's removal and the log's archive")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not mounted: no removal of audit.gate seen")
 	}
 }

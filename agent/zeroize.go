@@ -102,31 +102,38 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	// The gate key guarded the anchor only; the next record starts a new
 	// trail with a new gate. Step 3 removes only this trail's gate and
 	// anchor, named as the gate file says: it is read first.
-	g, err := a.trailAnchor().gate()
-	if err != nil {
-		return res, err
-	}
-	if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return res, err
-	}
-	if err := store.SyncDir(a.dir); err != nil {
-		return res, err
+	var g *gateRecord
+	removeGate := func() (err error) {
+		if g, err = a.trailAnchor().gate(); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return store.SyncDir(a.dir)
 	}
 	if fileExists(a.auditPath()) {
-		// Under the log's lock, where another process's move or append
-		// may be waiting (found by review: a reanchor that waited then
-		// cut and wrote the file zeroize had archived; it now finds it
-		// moved, audit.ErrMoved).
+		// Steps 1 and 2 under the log's lock, where another process's
+		// move or append may be waiting (found by review: a reanchor
+		// that waited then cut and wrote the file zeroize had archived;
+		// it now finds it moved, audit.ErrMoved; and by review 21: a
+		// record between the gate file's removal and the archive moved
+		// the trail to a new gate, whose record zeroize then archived).
 		archived := a.archiveName()
 		if err := audit.Locked(a.auditPath(), audit.Options{Anchor: a.trailAnchor()}, func() error {
-			return os.Rename(a.auditPath(), archived)
+			if err := removeGate(); err != nil {
+				return err
+			}
+			if err := os.Rename(a.auditPath(), archived); err != nil {
+				return err
+			}
+			return store.SyncDir(a.dir)
 		}); err != nil {
 			return res, err
 		}
-		if err := store.SyncDir(a.dir); err != nil {
-			return res, err
-		}
 		res.AuditLog = archived
+	} else if err := removeGate(); err != nil {
+		return res, err
 	}
 	// The gate key's persistent copy before the anchor it guards: a crash
 	// between the two leaves an anchor nobody's, which the next trail
