@@ -271,6 +271,19 @@ func (l *Log) beginAnew() error {
 	if err := syscall.Flock(int(nf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return fail(err)
 	}
+	// The new log is the old one's owner's and group's (found by
+	// reread: begun anew by root, the officer, a daemon running as
+	// another user could no longer append); mode 0600, as every log. A
+	// log it cannot give them to is not put in place.
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(l.f.Fd()), &st); err != nil {
+		return fail(err)
+	}
+	if int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() {
+		if err := nf.Chown(int(st.Uid), int(st.Gid)); err != nil {
+			return fail(fmt.Errorf("the log belongs to uid %d, gid %d: %w", st.Uid, st.Gid, err))
+		}
+	}
 	if err := os.Rename(nf.Name(), l.path); err != nil {
 		return fail(err)
 	}

@@ -277,3 +277,32 @@ func TestReview21KeptArchiveOfAnotherLogIsNotACut(t *testing.T) {
 		t.Error("the archive changed")
 	}
 }
+
+// A log begun anew keeps the old log's owner and group (the test
+// runs as root, as make test does): the officer's reanchor, run as root,
+// of the log of a daemon that runs as another user leaves that user able
+// to append. Failed before the mend: the new log was root's.
+func TestBeginAnewKeepsTheLogsOwnerAndMode(t *testing.T) {
+	path, m, l := newLog(t, 2)
+	l.Close()
+	const uid, gid = 65534, 65533
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatalf("chown (the test needs root, as make test runs): %v", err)
+	}
+	archive := filepath.Join(filepath.Dir(path), "audit-20261207T000000.000000000Z.log")
+	if _, err := Reanchor(path, Options{Anchor: m, Now: fixedClock()}, Record{Objects: map[string]string{"reason": "reanchor"}},
+		Move{Reset: func(Record) (map[string]string, error) { m.mu.Lock(); m.value = nil; m.mu.Unlock(); return nil, nil }, Archive: archive}); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != uid || st.Gid != gid || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the log begun anew: uid %d gid %d mode %v, want %d %d -rw-------", st.Uid, st.Gid, fi.Mode().Perm(), uid, gid)
+	}
+	if _, err := Verify(path, m); err != nil {
+		t.Errorf("verify: %v", err)
+	}
+}
