@@ -6,6 +6,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,9 +19,10 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
-// FLAW: TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold (two honest
+// FLAW (failed before the mend): TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold (two honest
 // officer processes and one crash; records lost).
 //
 // Attack: zeroize writes its last record, closes the log, and takes the
@@ -46,12 +49,26 @@ import (
 // key (EvictNamed by the mark's gate's name): zeroize succeeds with
 // provd's objects left in the TPM (nv_indices empty in its result).
 //
-// Mend: under the hold, compare audit.gate with the gate zeroize's last
+// Mended: under the hold, zeroize refuses its last steps when audit.gate
+// marks a move whose record is not in the log (errMoveUnfinished: the
+// keys destroyed and recorded, the trail whole, the mark kept); zeroize
+// run again finishes the move at its open, the move's record goes into
+// the trail it then archives, and the move's index and gate are removed.
+//
+// Suggested: under the hold, compare audit.gate with the gate zeroize's last
 // record was anchored under (read before its records, or kept in the
 // trailAnchor): a mark or another gate found there is another's move;
 // finish it first (finishMove) or keep its record (pending, as
 // opMoveDropped) and remove both its index and the trail's.
 func TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold(t *testing.T) {
+	for _, srk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("srk=%v", srk), func(t *testing.T) { review22ZeroizeUnderAMark(t, srk) })
+	}
+}
+
+// review22ZeroizeUnderAMark is TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold,
+// zeroize with --srk or without.
+func review22ZeroizeUnderAMark(t *testing.T, srk bool) {
 	bz := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()
@@ -117,7 +134,7 @@ func TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold(t *testing.T) {
 		return rsp, err, true
 	})
 	z := review8Agent(t, env.TPM, dir)
-	res, zerr := z.Zeroize(ctx, api.ZeroizeOptions{})
+	res, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: srk})
 	bz.Set(nil)
 	mu.Lock()
 	ok := placed
@@ -126,6 +143,18 @@ func TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold(t *testing.T) {
 		t.Fatalf("not mounted: the mark was not placed after zeroize's last record (%d extends): %v", extends, zerr)
 	}
 	t.Logf("zeroize: %v; archived %s; indices removed %v", zerr, filepath.Base(res.AuditLog), res.NVIndices)
+	if zerr != nil {
+		// As mended: zeroize refuses its last steps under the
+		// unfinished move's mark, the trail whole; zeroize again
+		// finishes the move at its open, then removes the trail.
+		if !errors.Is(zerr, errMoveUnfinished) {
+			t.Fatalf("zeroize: %v, want the move unfinished", zerr)
+		}
+		if res, zerr = review8Agent(t, env.TPM, dir).Zeroize(ctx, api.ZeroizeOptions{SRK: srk}); zerr != nil {
+			t.Fatalf("zeroize again: %v", zerr)
+		}
+		t.Logf("zeroize again: archived %s; indices removed %v", filepath.Base(res.AuditLog), res.NVIndices)
+	}
 
 	// Where is the move's record? Any file of the state directory that
 	// names its gate.
@@ -148,6 +177,9 @@ func TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold(t *testing.T) {
 		if x, err := env.TPM.ReadPublic(AuditGateHandle); err == nil {
 			t.Errorf("after zeroize the trail's persistent gate key is still at 0x%08x (name %x)", uint32(AuditGateHandle), x.Name.Buffer)
 		}
+	}
+	if _, err := env.TPM.ReadPublic(tpm.SRKHandle); srk && err == nil {
+		t.Error("after zeroize --srk the SRK is still there")
 	}
 	if x, err := env.TPM.ReadNVPublic(AuditAnchorHandle); err == nil {
 		t.Errorf("after zeroize the trail's anchor is still at 0x%08x (name %x, the trail's: %v), nobody's", uint32(AuditAnchorHandle), x.Name.Buffer, g1.ownsIndex(x.Name.Buffer))

@@ -107,6 +107,17 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		if g, err = a.trailAnchor().gate(); err != nil {
 			return err
 		}
+		if g != nil && g.Moving != nil && !moveRecorded(a.auditPath(), g.Name) {
+			// Another process's move, marked after zeroize's last
+			// record (a record under a mark extends nothing) and not
+			// finished (killed, or failing): its mark holds its record,
+			// and what is at the handles is the trail's or the move's.
+			// Nothing is removed; zeroize run again finishes the move
+			// at its open and then removes the trail (found by review
+			// 22: the mark went with audit.gate, the move's record was
+			// in no file, and the trail's anchor and gate stayed).
+			return fmt.Errorf("the keys are destroyed and recorded, the audit trail is not removed: %w; run provd zeroize again", errMoveUnfinished)
+		}
 		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
