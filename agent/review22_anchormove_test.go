@@ -9,7 +9,7 @@ package agent_test
 // under one hold of the lock; a log begun anew chowned to the old log's
 // owner.
 //
-// FLAW: TestReview22TornFreshRecordIsADeadEnd (here; its unit form
+// FLAW (failed before the mend): TestReview22TornFreshRecordIsADeadEnd (here; its unit form
 // audit.TestReview22KeptArchiveAndATornFirstRecord; passed before
 // review 21's mend of Reanchor), TestReview22ZeroizeDropsAMoveMarkedBeforeItsHold
 // (review22_zeroize_internal_test.go).
@@ -89,7 +89,7 @@ func review22FreshMoveCut(t *testing.T) (*swtpmtest.Env, string, string, string)
 	return env, dir, archive, want
 }
 
-// FLAW: TestReview22TornFreshRecordIsADeadEnd (honest: one power cut).
+// FLAW (failed before the mend): TestReview22TornFreshRecordIsADeadEnd (honest: one power cut).
 //
 // Attack: the officer's reanchor of a log its anchor contradicts
 // (Move.Archive, Fresh) writes its mark, defines the new index, writes

@@ -5,7 +5,7 @@ package audit
 // archive's own bytes; a log that continues it archived anew, whole;
 // anything else refused as tampering).
 //
-// FLAW: TestReview22KeptArchiveAndATornFirstRecord (the unit form of
+// FLAW (failed before the mend): TestReview22KeptArchiveAndATornFirstRecord (the unit form of
 // agent.TestReview22TornFreshRecordIsADeadEnd).
 // HELD: TestReview22ContinuationArchivedWhole, TestReview22EditedContinuationRefused.
 
@@ -53,7 +53,7 @@ func review22Reset(m *MemoryAnchor, calls *int) func(Record) (map[string]string,
 	}
 }
 
-// FLAW: TestReview22KeptArchiveAndATornFirstRecord (honest: a power cut).
+// FLAW (failed before the mend): TestReview22KeptArchiveAndATornFirstRecord (honest: a power cut).
 //
 // Attack: a fresh move (the officer's reanchor of a log its anchor
 // contradicts) writes its archive whole, begins the log anew (a new empty
