@@ -25,11 +25,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
@@ -54,21 +52,7 @@ func review22FreshMoveCut(t *testing.T) (*swtpmtest.Env, string, string, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	defined := false
-	b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch swtpmtest.CommandCode(cmd) {
-		case tpm2.TPMCCNVDefineSpace:
-			defined = true
-		case tpm2.TPMCCPolicySecret:
-			if defined {
-				return swtpmtest.ErrorAnswer(tpm2.TPMRCNVSpace), nil, true
-			}
-		}
-		return nil, nil, false
-	})
+	b.Set(swtpmtest.RefuseAfter(tpm2.TPMCCNVDefineSpace, tpm2.TPMCCPolicySecret, tpm2.TPMRCNVSpace))
 	_, rerr := newAgent(t, env, dir).AuditReanchor(ctx)
 	b.Set(nil)
 	mark := review18MarkRecord(t, dir)

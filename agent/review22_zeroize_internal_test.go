@@ -245,21 +245,7 @@ func TestReview22RecordOfAnOpenedLogAfterAnInterruptedMove(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var mu sync.Mutex
-			defined := false
-			bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-				mu.Lock()
-				defer mu.Unlock()
-				switch swtpmtest.CommandCode(cmd) {
-				case tpm2.TPMCCNVDefineSpace:
-					defined = true
-				case tpm2.TPMCCPolicySecret:
-					if defined {
-						return swtpmtest.ErrorAnswer(tpm2.TPMRCNVSpace), nil, true
-					}
-				}
-				return nil, nil, false
-			})
+			bz.Set(swtpmtest.RefuseAfter(tpm2.TPMCCNVDefineSpace, tpm2.TPMCCPolicySecret, tpm2.TPMRCNVSpace))
 			officer := review8Agent(t, env.TPM, dir)
 			res, rerr := officer.AuditReanchor(ctx)
 			bz.Set(nil)

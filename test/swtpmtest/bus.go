@@ -464,3 +464,25 @@ func SwapSession(t testing.TB, next transport.TPM, h tpm2.TPMHandle) {
 		t.Fatalf("A1's session is 0x%x, want 0x%x: the swap did not land", rsp.SessionHandle, h)
 	}
 }
+
+// RefuseAfter is a hook that, once a command first has passed, answers
+// every command cc with rc in the TPM's place (it never reaches the TPM):
+// an operation that fails at cc after first, as a fault or A1 would make
+// it (e.g. a move to a new anchor that fails after its NV_DefineSpace).
+func RefuseAfter(first, cc tpm2.TPMCC, rc tpm2.TPMRC) Hook {
+	var mu sync.Mutex
+	seen := false
+	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch CommandCode(cmd) {
+		case first:
+			seen = true
+		case cc:
+			if seen {
+				return ErrorAnswer(rc), nil, true
+			}
+		}
+		return nil, nil, false
+	}
+}
