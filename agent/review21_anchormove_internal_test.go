@@ -234,21 +234,7 @@ func TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor(t *testing.T) {
 	}
 
 	// The next operation makes the move again.
-	next := review8Agent(t, env.TPM, dir)
-	if _, err := next.Seal(ctx, api.SealRequest{Data: []byte("review21-after")}); err != nil {
-		t.Fatalf("the next seal: %v", err)
-	}
-	recs, err := audit.ReadRecords(filepath.Join(dir, audit.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var moved audit.Record
-	for _, r := range recs {
-		if r.Op == audit.OpAnchor {
-			moved = r
-		}
-	}
-	t.Logf("the move made again: %v", moved.Objects)
+	moved := review21SealMovesAgain(t, env.TPM, dir)
 	if _, err := review8Agent(t, env.TPM, dir).AuditVerify(ctx); err != nil {
 		t.Errorf("verify: %v", err)
 	}
@@ -314,28 +300,14 @@ func TestReview21MoveMadeAgainOverItsOwnWrittenIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	next := review8Agent(t, env.TPM, dir)
-	if _, err := next.Seal(ctx, api.SealRequest{Data: []byte("review21-after")}); err != nil {
-		t.Fatalf("the next seal: %v", err)
-	}
-	recs, err := audit.ReadRecords(filepath.Join(dir, audit.FileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var moved audit.Record
-	for _, r := range recs {
-		if r.Op == audit.OpAnchor {
-			moved = r
-		}
-	}
-	t.Logf("the move made again: %v", moved.Objects)
+	moved := review21SealMovesAgain(t, env.TPM, dir)
 	if got := moved.Objects["replaced_nv_name"]; got != hex.EncodeToString(g1Written) {
 		t.Errorf("the move made again names %s replaced, want the trail's anchor before the move, %x", got, g1Written)
 	}
 	if got := moved.Objects["unrecorded_nv_value"]; got != hex.EncodeToString(value) {
 		t.Errorf("unrecorded_nv_value %q, want the value found in the move's own index, %x", got, value)
 	}
-	if _, err := next.AuditVerify(ctx); err != nil {
+	if _, err := review8Agent(t, env.TPM, dir).AuditVerify(ctx); err != nil {
 		t.Errorf("verify: %v", err)
 	}
 }
@@ -413,4 +385,26 @@ func TestReview21ZeroizeRemovesTheGateUnderTheLogsLock(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("not mounted: no removal of audit.gate seen")
 	}
+}
+
+// review21SealMovesAgain is the next operation after an interrupted move
+// (a one-shot seal on dir, which makes the move again): the trail's last
+// audit-anchor record after it.
+func review21SealMovesAgain(t *testing.T, tp *tpm.TPM, dir string) audit.Record {
+	t.Helper()
+	if _, err := review8Agent(t, tp, dir).Seal(context.Background(), api.SealRequest{Data: []byte("review21-after")}); err != nil {
+		t.Fatalf("the next seal: %v", err)
+	}
+	recs, err := audit.ReadRecords(filepath.Join(dir, audit.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var moved audit.Record
+	for _, r := range recs {
+		if r.Op == audit.OpAnchor {
+			moved = r
+		}
+	}
+	t.Logf("the move made again: %v", moved.Objects)
+	return moved
 }
