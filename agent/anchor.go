@@ -374,8 +374,10 @@ func (an *trailAnchor) provenAnchor(g *gateRecord) *tpm.NVIndex {
 // loaded from its blob: the trail goes on as before gates were persistent.
 // A failed flush fails the preparation, its session closed.
 func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.GatedExtend, error)) (*tpm.GatedExtend, error) {
-	if *an.held != nil {
-		return prepare(**an.held)
+	if h := *an.held; h != nil && hex.EncodeToString(h.Name.Buffer) == g.Name {
+		// Zeroize's, for its trail's gate only (found by review 23: a
+		// move's record was proved with it for another gate's index).
+		return prepare(*h)
 	}
 	if gk := an.kept.loaded(an.t, g); gk != nil {
 		return prepare(*gk)

@@ -308,6 +308,14 @@ func (a *Agent) finishMove() error {
 	if err != nil || g == nil || g.Moving == nil {
 		return err
 	}
+	if a.heldGate != nil {
+		// Zeroize is destroying (its gate held, the SRK maybe evicted):
+		// it makes no move; its record waits, and zeroize run again
+		// makes the move at its open (found by review 23: made here
+		// with the held gate, the move's record was left unanchored,
+		// and the SRK zeroize had evicted was put back).
+		return errMoveUnfinished
+	}
 	rec := audit.Record{UID: g.Moving.UID, Objects: maps.Clone(g.Moving.Objects)}
 	if rec.Objects == nil {
 		rec.Objects = map[string]string{}

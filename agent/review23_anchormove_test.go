@@ -5,7 +5,7 @@ package agent_test
 // (errMoveUnfinished), and audit.Reanchor cutting a log with no complete
 // line beside a kept archive (discarded_bytes).
 //
-// FLAW: TestReview23TornFirstRecordAfterTheArchiveWentIsArchived (here;
+// FLAW (failed before the mend): TestReview23TornFirstRecordAfterTheArchiveWentIsArchived (here;
 // its unit form audit.TestReview23TornFirstRecordBesideALostArchive);
 // TestReview23ZeroizeSRKMovesWithTheHeldGate
 // (review23_zeroize_internal_test.go).
@@ -30,7 +30,7 @@ import (
 	"github.com/provd/provd/audit"
 )
 
-// FLAW: TestReview23TornFirstRecordAfterTheArchiveWentIsArchived (honest:
+// FLAW (failed before the mend): TestReview23TornFirstRecordAfterTheArchiveWentIsArchived (honest:
 // a power cut in the move's first record, and the archive removed, say by
 // a clean-up of old audit-*.log files; or another process of the same uid
 // with one byte, no power cut).

@@ -5,7 +5,7 @@ package agent
 // recorded, the trail whole; zeroize again finishes the move at its open
 // and removes the trail).
 //
-// FLAW: TestReview23ZeroizeSRKMovesWithTheHeldGate.
+// FLAW (failed before the mend): TestReview23ZeroizeSRKMovesWithTheHeldGate.
 // HELD: TestReview23ZeroizeRefusedUnderAMarkHasWaysOut,
 // TestReview23ZeroizeUnderAMarkPlacedWhileItDestroys.
 
@@ -396,7 +396,7 @@ func TestReview23ZeroizeUnderAMarkPlacedWhileItDestroys(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview23ZeroizeSRKMovesWithTheHeldGate (two honest officer
+// FLAW (failed before the mend): TestReview23ZeroizeSRKMovesWithTheHeldGate (two honest officer
 // processes and one crash, as review 22's; zeroize --srk).
 //
 // Attack: zeroize --srk writes zeroize-start, loads and holds the trail's
@@ -466,5 +466,92 @@ func TestReview23ZeroizeSRKMovesWithTheHeldGate(t *testing.T) {
 			}
 			review23AllGone(t, env, dir, g2, true, res)
 		})
+	}
+}
+
+// Zeroize --srk holds its trail's gate for its last records (holdGate);
+// another process's move that completes while zeroize destroys (the
+// officer's reanchor, on its own connection, run when zeroize reads the
+// TPM's leftovers) gives the trail a new gate. Zeroize's last record is
+// proved with the new trail's gate, not with the held one: zeroize
+// completes, and nothing is left. Failed before the mend (the held gate
+// used for whatever gate audit.gate named): the record's extend was
+// refused (TPM_RC_POLICY_FAIL), its line left unanchored, and every later
+// zeroize refused until the officer's audit repair.
+func TestZeroizeSRKAfterAMoveCompletedWhileItDestroys(t *testing.T) {
+	w := &review8Wire{}
+	bz := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithWrap(w.wrap), swtpmtest.WithBus(bz), swtpmtest.WithResourceManager())
+	ctx := context.Background()
+	dir := t.TempDir() + "/state"
+	first := review8Agent(t, env.TPM, dir)
+	if _, err := first.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g1 := review21Gate(t, dir)
+	rtp, _ := review8Client(t, w)
+	var mu sync.Mutex
+	extends, moved := 0, false
+	var rerr error
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		cc := swtpmtest.CommandCode(cmd)
+		if cc == tpm2.TPMCCNVExtend {
+			extends++
+		}
+		if extends == 1 && cc == tpm2.TPMCCGetCapability && !moved {
+			moved = true
+			officer := review8Agent(t, rtp, dir)
+			_, rerr = officer.AuditReanchor(ctx)
+			rerr = errors.Join(rerr, officer.Close())
+		}
+		return nil, nil, false
+	})
+	z := review8Agent(t, env.TPM, dir)
+	res, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
+	bz.Set(nil)
+	mu.Lock()
+	ok, oerr := moved, rerr
+	mu.Unlock()
+	if !ok || oerr != nil {
+		t.Fatalf("not mounted: the officer's reanchor while zeroize destroys: ran %v, %v", ok, oerr)
+	}
+	t.Logf("zeroize: %v; archived %q; indices removed %v", zerr, filepath.Base(res.AuditLog), res.NVIndices)
+	if zerr != nil {
+		t.Fatalf("zeroize after another's completed move: %v", zerr)
+	}
+	recs, err := audit.ReadRecords(res.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var moveAt, zeroizeAt = -1, -1
+	for i, r := range recs {
+		switch {
+		case r.Op == audit.OpAnchor && r.Objects["gate_key"] != g1.Name:
+			moveAt = i
+		case r.Op == "zeroize":
+			zeroizeAt = i
+		}
+	}
+	if moveAt < 0 || zeroizeAt < moveAt {
+		t.Errorf("the archived trail: the move's record at %d, zeroize's at %d; want zeroize's after the move's", moveAt, zeroizeAt)
+	}
+	for _, f := range []string{gateFile, audit.FileName} {
+		if fileExists(filepath.Join(dir, f)) {
+			t.Errorf("after zeroize %s is still there", f)
+		}
+	}
+	if x, err := env.TPM.ReadNVPublic(AuditAnchorHandle); err == nil {
+		t.Errorf("after zeroize an index is at the anchor's handle (name %x)", x.Name.Buffer)
+	}
+	if x, err := env.TPM.ReadPublic(AuditGateHandle); err == nil {
+		t.Errorf("after zeroize a persistent gate is at 0x%08x (name %x)", uint32(AuditGateHandle), x.Name.Buffer)
+	}
+	if _, err := env.TPM.ReadPublic(tpm.SRKHandle); err == nil {
+		t.Errorf("after zeroize --srk the SRK is at 0x%08x", uint32(tpm.SRKHandle))
 	}
 }

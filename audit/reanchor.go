@@ -153,16 +153,21 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		case keep && int64(len(data)) < size || keep && sha256Hex(data[:size]) != want:
 			return rep, &VerifyError{Kind: ErrTampered, Reason: fmt.Sprintf("the log holds lines that are not in %s and do not follow them: it is not cut; "+
 				"keep it aside as evidence (move it out of the state directory), then provd audit reanchor (crypto officer) begins anew", filepath.Base(m.Archive))}
-		case len(data) == 0 && want != "":
-			// The log is empty (begun anew, or removed) and the archive
+		case want != "" && !bytes.Contains(data, []byte{'\n'}) && sha256Hex(data) != want:
+			// The log holds no complete line (begun anew, or removed;
+			// at most the move's own first record, torn) and the archive
 			// the record names is not there whole: its lines are in no
 			// file (found by review: refused for good, even to the
-			// officer).
-			lost := fmt.Sprintf("%s is not there whole (SHA-256 %s recorded) and the log is empty: its lines are in no file", filepath.Base(m.Archive), want)
+			// officer; by review 23: torn bytes there were archived as
+			// the old trail, and the trail went on).
+			lost := fmt.Sprintf("%s is not there whole (SHA-256 %s recorded) and the log holds no line of it: its lines are in no file", filepath.Base(m.Archive), want)
 			if !m.LostOK {
 				return rep, &VerifyError{Kind: ErrTampered, Reason: lost + "; provd audit reanchor (crypto officer) records it and begins anew"}
 			}
 			rec.Objects["archive_lost"] = lost
+			if len(data) > 0 {
+				rec.Objects["discarded_bytes"] = strconv.Itoa(len(data))
+			}
 			archive = false
 		default:
 			rec.Objects["archived_log"] = filepath.Base(m.Archive)

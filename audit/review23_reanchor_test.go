@@ -6,7 +6,7 @@ package audit
 // record, torn by a crash once the log was begun anew) is cut and its
 // bytes named (discarded_bytes) instead of refused as tampering.
 //
-// FLAW: TestReview23TornFirstRecordBesideALostArchive.
+// FLAW (failed before the mend): TestReview23TornFirstRecordBesideALostArchive.
 // HELD: TestReview23CompleteLinesAndATornTailNotCut,
 // TestReview23ContinuationWithATornTailArchivedWhole,
 // TestReview23UnterminatedRecordIsNeverAcknowledged,
@@ -37,7 +37,7 @@ func review23MadeAgain(path string, m *MemoryAnchor, archive, want string, lostO
 	return calls, err
 }
 
-// FLAW: TestReview23TornFirstRecordBesideALostArchive (honest: a power
+// FLAW (failed before the mend): TestReview23TornFirstRecordBesideALostArchive (honest: a power
 // cut, then the archive removed or changed; or another process of the
 // same uid, with one byte).
 //
