@@ -391,6 +391,14 @@ func (an *trailAnchor) withGate(g *gateRecord, prepare func(tpm.Gate) (*tpm.Gate
 		gone = true
 		an.log.Debug("the persistent audit gate did not prove; loading it from its blob", "err", err)
 	}
+	if *an.held != nil {
+		// Zeroize holds its trail's gate, and this is another's (a
+		// move another process made meanwhile): a load needs the SRK,
+		// which zeroize --srk may have evicted and SRK would put back
+		// (found by review 24). The record waits; zeroize run again
+		// writes it.
+		return nil, errGateMovedInZeroize
+	}
 	gen := an.t.Generation() // before the load: the gate is of this one
 	gk, err := an.loadGate(g)
 	if err != nil {

@@ -56,6 +56,11 @@ type anchorMove struct {
 var errMoveUnfinished = errors.New("the audit trail was moving to a new anchor when provd stopped or the TPM failed (audit.gate says so): " +
 	"the next audited operation, or provd audit repair, makes the move again")
 
+// errGateMovedInZeroize: while zeroize held its trail's gate, the trail
+// moved to another gate, which only a load under the SRK (that zeroize
+// --srk evicts) could prove; the record waits for zeroize run again.
+var errGateMovedInZeroize = errors.New("the audit trail moved to another gate while zeroize destroyed the keys: its record waits")
+
 // newGatedAnchor replaces whatever is at the anchor's handle with a new
 // gated extend index under a new gate key, and writes audit.gate. rec is
 // the move's audit-anchor record as it will be written; it returns what

@@ -3,7 +3,7 @@ package agent_test
 // The twenty-fourth review: 7fa279a's audit.Reanchor "archive lost" case,
 // end to end (its unit form audit.TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail).
 //
-// FLAW: TestReview24LineAfterTheArchiveWentIsArchived.
+// FLAW (failed before the mend): TestReview24LineAfterTheArchiveWentIsArchived.
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"github.com/provd/provd/audit"
 )
 
-// FLAW: TestReview24LineAfterTheArchiveWentIsArchived (review 23's attack
+// FLAW (failed before the mend): TestReview24LineAfterTheArchiveWentIsArchived (review 23's attack
 // with a newline: the officer's reanchor of a log its anchor contradicts
 // is cut off after it began the log anew, review22FreshMoveCut; another
 // process of the same uid removes the archive the mark names and writes

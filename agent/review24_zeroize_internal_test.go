@@ -5,7 +5,7 @@ package agent
 // errMoveUnfinished while a.heldGate is set; trailAnchor.withGate uses the
 // held gate only for audit.gate's own gate).
 //
-// FLAW: TestReview24ZeroizeSRKLoadsAMovedTrailsGateUnderTheEvictedSRK,
+// FLAW (failed before the mend): TestReview24ZeroizeSRKLoadsAMovedTrailsGateUnderTheEvictedSRK,
 // TestReview24ZeroizeSRKRefusalSaysWhatItLeft (here);
 // TestReview24LineAfterTheArchiveWentIsArchived (review24_anchormove_test.go)
 // and its unit form audit.TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail.
@@ -32,7 +32,7 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// FLAW: TestReview24ZeroizeSRKLoadsAMovedTrailsGateUnderTheEvictedSRK
+// FLAW (failed before the mend): TestReview24ZeroizeSRKLoadsAMovedTrailsGateUnderTheEvictedSRK
 // (another process's completed move, plus A1 or a full TPM).
 //
 // Attack: zeroize --srk holds its trail's gate (holdGate) and starts
@@ -158,7 +158,7 @@ func review24MovedGateUnderEvictedSRK(t *testing.T, way string) {
 	}
 }
 
-// FLAW: TestReview24ZeroizeSRKRefusalSaysWhatItLeft (two honest officer
+// FLAW (failed before the mend): TestReview24ZeroizeSRKRefusalSaysWhatItLeft (two honest officer
 // processes and one crash: review23MarkWhileDestroying; one-shot and
 // daemon).
 //

@@ -78,7 +78,10 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	err = a.zeroizeTPMAndState(ctx, opts, &res, w)
 	maps.Copy(objects, verifiedObjects(res))
 	if aerr := a.record(ctx, "zeroize", objects, err); aerr != nil && err == nil {
-		err = aerr
+		// The keys are gone; the trail is what is left (found by review
+		// 24: the refusal said only what any audited operation says,
+		// and its advice, audit repair, put the evicted SRK back).
+		err = zeroizeLeftTrail(aerr)
 	}
 	if err != nil {
 		return res, err
@@ -116,7 +119,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 			// at its open and then removes the trail (found by review
 			// 22: the mark went with audit.gate, the move's record was
 			// in no file, and the trail's anchor and gate stayed).
-			return fmt.Errorf("the keys are destroyed and recorded, the audit trail is not removed: %w; run provd zeroize again", errMoveUnfinished)
+			return zeroizeLeftTrail(errMoveUnfinished)
 		}
 		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -364,6 +367,12 @@ func evictVerified(w *tpm.Witness, h tpm2.TPMHandle, evict func() (left bool, er
 		return false, fmt.Errorf("%w: after zeroize the TPM still holds the persistent object at 0x%08x", tpm.ErrResponseForged, uint32(h))
 	}
 	return true, nil
+}
+
+// zeroizeLeftTrail is zeroize's error once the keys are destroyed and err
+// kept it from removing the audit trail: zeroize run again finishes.
+func zeroizeLeftTrail(err error) error {
+	return fmt.Errorf("the keys are destroyed, the audit trail is not removed: %w; run provd zeroize again (with the same options) to finish", err)
 }
 
 // holdGate loads the audit gate key into a.heldGate, for records written

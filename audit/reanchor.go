@@ -136,12 +136,15 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 		// continuation is not cut.
 		want := rec.Objects["archived_sha256"]
 		size, keep, err := archived(m.Archive, want)
+		neither := &VerifyError{Kind: ErrTampered, Reason: fmt.Sprintf("the log holds lines that are not in %s and do not follow them: it is not cut; "+
+			"keep it aside as evidence (move it out of the state directory), then provd audit reanchor (crypto officer) begins anew", filepath.Base(m.Archive))}
+		lines := bytes.Contains(data, []byte{'\n'})
 		switch {
 		case err != nil:
 			return rep, err
 		case keep && (len(data) == 0 || sha256Hex(data) == want):
 			archive = false
-		case keep && !bytes.Contains(data, []byte{'\n'}):
+		case keep && !lines:
 			// No complete line: the move's own first record, torn by a
 			// crash once the log was begun anew (appends under its mark
 			// write nothing). The archive is kept; the bytes, never
@@ -150,10 +153,9 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 			// tampering, to the officer too, a dead end).
 			archive = false
 			rec.Objects["discarded_bytes"] = strconv.Itoa(len(data))
-		case keep && int64(len(data)) < size || keep && sha256Hex(data[:size]) != want:
-			return rep, &VerifyError{Kind: ErrTampered, Reason: fmt.Sprintf("the log holds lines that are not in %s and do not follow them: it is not cut; "+
-				"keep it aside as evidence (move it out of the state directory), then provd audit reanchor (crypto officer) begins anew", filepath.Base(m.Archive))}
-		case want != "" && !bytes.Contains(data, []byte{'\n'}) && sha256Hex(data) != want:
+		case keep && (int64(len(data)) < size || sha256Hex(data[:size]) != want):
+			return rep, neither
+		case want != "" && !lines && sha256Hex(data) != want:
 			// The log holds no complete line (begun anew, or removed;
 			// at most the move's own first record, torn) and the archive
 			// the record names is not there whole: its lines are in no
@@ -169,9 +171,18 @@ func Reanchor(path string, opts Options, rec Record, m Move) (Report, error) {
 				rec.Objects["discarded_bytes"] = strconv.Itoa(len(data))
 			}
 			archive = false
-		default:
+		case keep, want == "" || holdsRecorded(data, want):
+			// The log goes on after the kept archive; or no archive is
+			// there whole yet (a crash before it was written, a partial
+			// one) and the log is the recorded one, or goes on after it:
+			// archived anew, whole.
 			rec.Objects["archived_log"] = filepath.Base(m.Archive)
 			rec.Objects["archived_sha256"] = sha256Hex(data)
+		default:
+			// Complete lines that are not the recorded log, beside no
+			// archive of it (found by review 24: one line written there
+			// was archived as the old trail, and the trail went on).
+			return rep, neither
 		}
 	}
 	torn := rep.TornBytes
@@ -347,6 +358,27 @@ func archived(path, want string) (size int64, ok bool, err error) {
 		return 0, false, fmt.Errorf("audit: archive: %w", err)
 	}
 	return size, hex.EncodeToString(h.Sum(nil)) == want, nil
+}
+
+// holdsRecorded reports whether data, or a prefix of it that ends a line
+// (the empty one included), has the SHA-256 want (hex): the recorded log,
+// or the recorded log and lines after it.
+func holdsRecorded(data []byte, want string) bool {
+	h := sha256.New()
+	for {
+		if hex.EncodeToString(h.Sum(nil)) == want {
+			return true
+		}
+		if len(data) == 0 {
+			return false
+		}
+		i := bytes.IndexByte(data, '\n') + 1
+		if i == 0 {
+			i = len(data)
+		}
+		h.Write(data[:i])
+		data = data[i:]
+	}
 }
 
 // sha256Hex is the SHA-256 of b, in hex.

@@ -5,7 +5,7 @@ package audit
 // whose SHA-256 is not the recorded one is the archive lost: refused as
 // tampering, or with LostOK recorded as archive_lost and discarded_bytes).
 //
-// FLAW: TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail.
+// FLAW (failed before the mend): TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail.
 // HELD: TestReview24EmptyArchiveOfAnEmptyLog,
 // TestReview24NoArchiveYetArchivesTheLogOrItsContinuation.
 
@@ -38,7 +38,7 @@ func review24Line(t *testing.T) []byte {
 	return line
 }
 
-// FLAW: TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail
+// FLAW (failed before the mend): TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail
 // (review 23's attack with a newline: a power cut once a fresh move began
 // the log anew, then another process of the same uid; or that process
 // alone where the log is empty).
