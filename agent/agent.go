@@ -87,6 +87,9 @@ type Agent struct {
 	states keyStates       // what key uses read from the state, per committed state
 	// heldGate is the audit gate key while zeroize runs (trailAnchor.held).
 	heldGate *tpm.Gate
+	// zeroizing: Zeroize runs (finishMove: only zeroize finishes a move
+	// while a zeroize record waits).
+	zeroizing bool
 	// gateKeep holds the new trail's gate and policy session from its
 	// first record to the record that follows (trailAnchor.kept).
 	gateKeep gateKeep
@@ -439,6 +442,12 @@ func wrapTrail(err error) error {
 func (a *Agent) pendRecord(rec audit.Record, err error) error {
 	if perr := a.keepPending(rec); perr != nil {
 		return fmt.Errorf("%w (and keeping the record for later failed: %v)", err, perr)
+	}
+	if errors.Is(err, errZeroizeUnfinished) {
+		// Only zeroize run again goes on (finishMove; found by review
+		// 25: the advice sent to operations that put the evicted SRK
+		// back).
+		return fmt.Errorf("%w (the record is kept, and written by provd zeroize run again)", err)
 	}
 	return fmt.Errorf("%w (the record is kept, and written before the next audited operation)", err)
 }

@@ -56,6 +56,32 @@ type anchorMove struct {
 var errMoveUnfinished = errors.New("the audit trail was moving to a new anchor when provd stopped or the TPM failed (audit.gate says so): " +
 	"the next audited operation, or provd audit repair, makes the move again")
 
+// errZeroizeUnfinished: a move of the trail is unfinished (another
+// process's, marked while zeroize ran) and zeroize, which has destroyed
+// the keys, makes it when run again; no other operation makes it before
+// (finishMove). It is an errMoveUnfinished.
+var errZeroizeUnfinished error = zeroizeUnfinished{}
+
+type zeroizeUnfinished struct{}
+
+func (zeroizeUnfinished) Error() string {
+	return "another process's move of the audit trail to a new anchor is unfinished (audit.gate says so) and a zeroize has destroyed the keys: " +
+		"provd zeroize run again makes the move and removes the trail (no other operation makes it before)"
+}
+
+func (zeroizeUnfinished) Is(target error) bool { return target == errMoveUnfinished }
+
+// zeroizeWaits reports whether zeroize's last record waits among the
+// pending records (a zeroize refused its trail's removal: zeroizeLeftTrail).
+func (a *Agent) zeroizeWaits() bool {
+	b, err := os.ReadFile(a.pendingPath())
+	if err != nil {
+		return false
+	}
+	recs, err := readPending(b)
+	return err == nil && slices.ContainsFunc(recs, func(r audit.Record) bool { return r.Op == opZeroize })
+}
+
 // errGateMovedInZeroize: while zeroize held its trail's gate, the trail
 // moved to another gate, which only a load under the SRK (that zeroize
 // --srk evicts) could prove; the record waits for zeroize run again.
@@ -313,13 +339,16 @@ func (a *Agent) finishMove() error {
 	if err != nil || g == nil || g.Moving == nil {
 		return err
 	}
-	if a.heldGate != nil {
+	if a.heldGate != nil || !a.zeroizing && a.zeroizeWaits() {
 		// Zeroize is destroying (its gate held, the SRK maybe evicted):
 		// it makes no move; its record waits, and zeroize run again
 		// makes the move at its open (found by review 23: made here
 		// with the held gate, the move's record was left unanchored,
-		// and the SRK zeroize had evicted was put back).
-		return errMoveUnfinished
+		// and the SRK zeroize had evicted was put back). Until then no
+		// other operation makes it (found by review 25: audit repair,
+		// as the refusal then advised, or the daemon's next request,
+		// put the evicted SRK back, the trail saying it was evicted).
+		return errZeroizeUnfinished
 	}
 	rec := audit.Record{UID: g.Moving.UID, Objects: maps.Clone(g.Moving.Objects)}
 	if rec.Objects == nil {

@@ -4,7 +4,7 @@ package agent
 // once the keys are destroyed and the trail left: zeroizeLeftTrail), and
 // today's work as one piece.
 //
-// FLAW: TestReview25ZeroizeSRKRefusalStillSendsToRepair,
+// FLAW (failed before the mend): TestReview25ZeroizeSRKRefusalStillSendsToRepair,
 // TestReview25DaemonsNextRequestPutsTheEvictedSRKBack.
 
 import (
@@ -18,7 +18,7 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// FLAW: TestReview25ZeroizeSRKRefusalStillSendsToRepair (two honest officer
+// FLAW (failed before the mend): TestReview25ZeroizeSRKRefusalStillSendsToRepair (two honest officer
 // processes and one crash, as review 24's
 // TestReview24ZeroizeSRKRefusalSaysWhatItLeft: review23MarkWhileDestroying,
 // one-shot and daemon).
@@ -89,7 +89,7 @@ func TestReview25ZeroizeSRKRefusalStillSendsToRepair(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview25DaemonsNextRequestPutsTheEvictedSRKBack (the same
+// FLAW (failed before the mend): TestReview25DaemonsNextRequestPutsTheEvictedSRKBack (the same
 // crash, in the daemon; no operator step at all).
 //
 // Attack: as TestReview25ZeroizeSRKRefusalStillSendsToRepair, zeroize

@@ -22,6 +22,9 @@ import (
 // anything: when the trail cannot take it, zeroize is refused.
 const opZeroizeStart = "zeroize-start"
 
+// opZeroize is zeroize's last record: the keys destroyed.
+const opZeroize = "zeroize"
+
 // provdNV lists the NV indices provd defines.
 var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, AuditAnchorHandle}
 
@@ -37,6 +40,8 @@ var provdNV = []tpm2.TPMHandle{PolicyCounterHandle, CounterAuthorizerHandle, Aud
 // tampered trail or a moved anchor) with everything left in place.
 func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.ZeroizeResult, err error) {
 	defer a.lock()()
+	a.zeroizing = true
+	defer func() { a.zeroizing = false }()
 	// The daemon's kept audit session goes first, its key with it
 	// (tpm.TPM.KeepShared): zeroize's records start sessions of their own.
 	if err := a.t.DropKept(); err != nil {
@@ -77,7 +82,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 	}()
 	err = a.zeroizeTPMAndState(ctx, opts, &res, w)
 	maps.Copy(objects, verifiedObjects(res))
-	if aerr := a.record(ctx, "zeroize", objects, err); aerr != nil && err == nil {
+	if aerr := a.record(ctx, opZeroize, objects, err); aerr != nil && err == nil {
 		// The keys are gone; the trail is what is left (found by review
 		// 24: the refusal said only what any audited operation says,
 		// and its advice, audit repair, put the evicted SRK back).
@@ -119,7 +124,7 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 			// at its open and then removes the trail (found by review
 			// 22: the mark went with audit.gate, the move's record was
 			// in no file, and the trail's anchor and gate stayed).
-			return zeroizeLeftTrail(errMoveUnfinished)
+			return zeroizeLeftTrail(errZeroizeUnfinished)
 		}
 		if err := os.Remove(filepath.Join(a.dir, gateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
