@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -88,11 +87,12 @@ type Options struct {
 // execute on it directly; all commands go through one queue, one in flight.
 type TPM struct {
 	*counting
-	spec    string
-	closer  func() error
-	sim     *swtpm.Process
-	log     *slog.Logger
-	closing atomic.Bool // Close ran, or runs
+	spec      string
+	closer    func() error
+	sim       *swtpm.Process
+	log       *slog.Logger
+	closeOnce sync.Once // Close's work, once: a second Close waits for it
+	closeErr  error
 
 	staleFlushed int
 
@@ -356,9 +356,12 @@ func (t *TPM) Stats() Stats { return t.counting.stats() }
 // stopped, so that its next start resumes with PCRs and saved contexts intact, as
 // a machine that suspends and resumes.
 func (t *TPM) Close() error {
-	if !t.closing.CompareAndSwap(false, true) {
-		return nil
-	}
+	t.closeOnce.Do(func() { t.closeErr = t.close() })
+	return t.closeErr
+}
+
+// close is Close's work.
+func (t *TPM) close() error {
 	var errs []error
 	if t.sim != nil && !t.powerCycled {
 		if err := t.Shutdown(true); err != nil {

@@ -124,3 +124,64 @@ func TestReview22CloseInsideShare(t *testing.T) {
 	}
 	env.TPM = nil
 }
+
+// A second Close beside the first (a signal handler's and a deferred one)
+// returns once the channel is closed, not before: while a command's
+// answer is held, both wait; after, a command fails as the TPM closed.
+// Failed before (found by review 25): the second returned nil at once,
+// the channel still open.
+func TestSecondCloseWaitsForTheFirst(t *testing.T) {
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	env.NoLeakCheck() // closed inside the test
+	tp := env.TPM
+	held, release := make(chan struct{}), make(chan struct{})
+	bus.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCGetRandom {
+			select {
+			case <-held:
+			default:
+				close(held)
+				<-release
+			}
+		}
+		return nil, nil, false
+	})
+	answered := make(chan error, 1)
+	go func() {
+		_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
+		answered <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("not mounted: the command never reached the bus")
+	}
+	closed := make(chan error, 2)
+	go func() { closed <- tp.Close() }()
+	time.Sleep(100 * time.Millisecond) // the first Close waits for the queue
+	go func() { closed <- tp.Close() }()
+	select {
+	case err := <-closed:
+		t.Errorf("a Close returned (%v) while the first waited for the command in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := <-answered; err != nil {
+		t.Errorf("the command in flight: %v", err)
+	}
+	for range 2 {
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a Close never returned")
+		}
+	}
+	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); !errors.Is(err, tpm.ErrTransport) {
+		t.Errorf("a command after Close: %v, want the TPM closed", err)
+	}
+	bus.Set(nil)
+}
