@@ -210,7 +210,7 @@ func (an *trailAnchor) Read() ([]byte, error) {
 		return nil, err
 	}
 	if an.moveUnfinished(g, false) {
-		return nil, errMoveUnfinished
+		return nil, an.moveUnfinishedErr()
 	}
 	if g == nil {
 		if !an.legacy {
@@ -329,7 +329,7 @@ func (an *trailAnchor) Prepare(head []byte) (extend func() error, release func()
 		// one-shot seal opened before an officer's reanchor that failed
 		// after its define extended the new index, and the move made
 		// again named it replaced).
-		return nil, nil, errMoveUnfinished
+		return nil, nil, an.moveUnfinishedErr()
 	}
 	proven := an.provenAnchor(g)
 	ge, err := an.withGate(g, func(gk tpm.Gate) (*tpm.GatedExtend, error) {
@@ -501,7 +501,7 @@ func (an *trailAnchor) ReadPrepare(head []byte) (value []byte, extend func() err
 		return nil, nil, nil, err
 	}
 	if an.moveUnfinished(g, true) {
-		return nil, nil, nil, errMoveUnfinished
+		return nil, nil, nil, an.moveUnfinishedErr()
 	}
 	if g != nil {
 		value, ge, err := an.readPrepare(g, head)
@@ -885,6 +885,13 @@ func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
 	defer a.lock()()
 	var res api.AuditReanchorResult
+	if a.zeroizeWaits() {
+		// A zeroize destroyed the keys and left the trail, its record
+		// waiting: zeroize run again finishes (found by review 26: the
+		// officer's reanchor moved the trail and put back the SRK
+		// zeroize --srk had evicted).
+		return res, errZeroizeUnfinished
+	}
 	// A state directory with no trail (no gate, no log) and no PK (a new
 	// or mistaken --state-dir: what waits in its pending file is no trail)
 	// has nothing to reanchor, and does not take another state's anchor

@@ -65,8 +65,8 @@ var errZeroizeUnfinished error = zeroizeUnfinished{}
 type zeroizeUnfinished struct{}
 
 func (zeroizeUnfinished) Error() string {
-	return "another process's move of the audit trail to a new anchor is unfinished (audit.gate says so) and a zeroize has destroyed the keys: " +
-		"provd zeroize run again makes the move and removes the trail (no other operation makes it before)"
+	return "a zeroize destroyed the keys and left the audit trail (its record waits in audit.pending; another process's move of the trail " +
+		"to a new anchor may be unfinished, audit.gate says so): provd zeroize run again finishes, and no other operation moves the trail before"
 }
 
 func (zeroizeUnfinished) Is(target error) bool { return target == errMoveUnfinished }
@@ -74,12 +74,40 @@ func (zeroizeUnfinished) Is(target error) bool { return target == errMoveUnfinis
 // zeroizeWaits reports whether zeroize's last record waits among the
 // pending records (a zeroize refused its trail's removal: zeroizeLeftTrail).
 func (a *Agent) zeroizeWaits() bool {
-	b, err := os.ReadFile(a.pendingPath())
+	waits, _ := waitingZeroize(a.dir)
+	return waits
+}
+
+// waitingZeroize reports whether zeroize's last record waits among the
+// pending records of the state directory dir, and whether that zeroize
+// evicted the SRK.
+func waitingZeroize(dir string) (waits, srkEvicted bool) {
+	b, err := os.ReadFile(filepath.Join(dir, pendingFile))
 	if err != nil {
-		return false
+		return false, false
 	}
 	recs, err := readPending(b)
-	return err == nil && slices.ContainsFunc(recs, func(r audit.Record) bool { return r.Op == opZeroize })
+	if err != nil {
+		return false, false
+	}
+	for _, r := range recs {
+		if r.Op == opZeroize {
+			waits = true
+			srkEvicted = srkEvicted || r.Objects["srk_evicted"] == "true"
+		}
+	}
+	return waits, srkEvicted
+}
+
+// moveUnfinishedErr is why the trail is read against no index while a
+// move is marked: errMoveUnfinished, or errZeroizeUnfinished while a
+// zeroize's record waits (only zeroize run again makes the move: found by
+// review 26, verify and status named audit repair, which is refused).
+func (an *trailAnchor) moveUnfinishedErr() error {
+	if waits, _ := waitingZeroize(an.dir); waits {
+		return errZeroizeUnfinished
+	}
+	return errMoveUnfinished
 }
 
 // errGateMovedInZeroize: while zeroize held its trail's gate, the trail

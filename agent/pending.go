@@ -28,6 +28,13 @@ const pendingFile = "audit.pending"
 // trail has been unwritable for long; the file is refused rather than read.
 const maxPending = 1 << 20
 
+// zeroizeRoom is kept beyond maxPending for zeroize's last record: the keys
+// are destroyed, and while that record waits only zeroize run again moves
+// the trail (errZeroizeUnfinished); a file others filled must not lose it
+// (found by review 26: refused as full, the record was in no file, and the
+// next record of any process made the move and put the SRK back).
+const zeroizeRoom = 64 << 10
+
 func (a *Agent) pendingPath() string { return filepath.Join(a.dir, pendingFile) }
 
 // keepPending adds rec to the pending records (fsynced before it returns).
@@ -40,7 +47,11 @@ func (a *Agent) keepPending(rec audit.Record) error {
 	if err != nil {
 		return err
 	}
-	if fi, err := f.Stat(); err != nil || fi.Size()+int64(len(b))+1 > maxPending {
+	limit := int64(maxPending)
+	if rec.Op == opZeroize {
+		limit += zeroizeRoom
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size()+int64(len(b))+1 > limit {
 		f.Close()
 		return fmt.Errorf("%s is full (%d bytes at most): the trail has not taken a record for long", pendingFile, maxPending)
 	}
@@ -115,7 +126,7 @@ func (a *Agent) writePending(ctx context.Context) error {
 	if err := a.ensureGated(ctx, false); err != nil {
 		return err
 	}
-	if len(data) > maxPending {
+	if len(data) > maxPending+zeroizeRoom {
 		return fmt.Errorf("%w: %s: %d bytes", api.ErrTampered, pendingFile, len(data))
 	}
 	recs, err := readPending(data)

@@ -18,7 +18,7 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
-// FLAW: TestReview26FullPendingFileLosesZeroizesWaitingRecord (a local
+// FLAW (failed before the mend): TestReview26FullPendingFileLosesZeroizesWaitingRecord (a local
 // client of the daemon, any uid the daemon serves, plus the honest
 // officer's killed reanchor of review23MarkWhileDestroying).
 //

@@ -4,7 +4,7 @@ package agent
 // zeroize run again makes a marked move: errZeroizeUnfinished, zeroizeWaits,
 // a.zeroizing) and 34d1d93 (tpm.TPM.Close once), as one piece.
 //
-// FLAW: TestReview26StatusPutsTheEvictedSRKBack,
+// FLAW (failed before the mend): TestReview26StatusPutsTheEvictedSRKBack,
 // TestReview26OfficersReanchorPutsTheEvictedSRKBack,
 // TestReview26ZeroizeAgainWithoutSRKPutsTheSRKBackUnrecorded,
 // TestReview26VerifyUnderAWaitingZeroizeStillNamesRepair,
@@ -55,7 +55,7 @@ func review26SRKThere(env *swtpmtest.Env) bool {
 
 func review26Mode(daemon bool) string { return fmt.Sprintf("daemon=%v", daemon) }
 
-// FLAW: TestReview26StatusPutsTheEvictedSRKBack (no attacker at all: the
+// FLAW (failed before the mend): TestReview26StatusPutsTheEvictedSRKBack (no attacker at all: the
 // operator, or any local client of the daemon, asks for the status).
 //
 // Attack: zeroize --srk is refused its trail's removal under the mark
@@ -128,7 +128,7 @@ func TestReview26StatusPutsTheEvictedSRKBack(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview26OfficersReanchorPutsTheEvictedSRKBack (the crypto
+// FLAW (failed before the mend): TestReview26OfficersReanchorPutsTheEvictedSRKBack (the crypto
 // officer, honest, after the same refusal).
 //
 // Attack: review23MarkWhileDestroying (zeroize --srk refused, keys
@@ -182,7 +182,7 @@ func TestReview26OfficersReanchorPutsTheEvictedSRKBack(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview26ZeroizeAgainWithoutSRKPutsTheSRKBackUnrecorded (the
+// FLAW (failed before the mend): TestReview26ZeroizeAgainWithoutSRKPutsTheSRKBackUnrecorded (the
 // operator, honest, runs zeroize again without --srk).
 //
 // Attack: review23MarkWhileDestroying with --srk (refused, the SRK
@@ -226,7 +226,7 @@ func TestReview26ZeroizeAgainWithoutSRKPutsTheSRKBackUnrecorded(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview26VerifyUnderAWaitingZeroizeStillNamesRepair.
+// FLAW (failed before the mend): TestReview26VerifyUnderAWaitingZeroizeStillNamesRepair.
 //
 // Attack: as above; the operator asks what state the trail is in
 // (`provd audit verify`, `provd status`).

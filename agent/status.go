@@ -82,7 +82,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	if err != nil {
 		s.AuditError = err.Error()
 	}
-	perm, err := a.t.PermanentState()
+	perm, err := a.t.PermanentStateAsIs() // never creates the SRK (zeroize --srk evicted it)
 	if err != nil {
 		return s, err
 	}
@@ -108,7 +108,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			"software until it recovers (provd tpm info: lockout) or the lockout hierarchy resets it (tpm2_dictionarylockout -c)")
 	}
 	if s.Provisioned && !perm.Authenticated {
-		s.Warnings = append(s.Warnings, "the TPM's authorization state above was read without authentication (no pinned SRK)")
+		s.Warnings = append(s.Warnings, "the TPM's authorization state above was read without authentication (no pinned SRK, or none at its handle)")
 	}
 	if s.Provisioned && s.TPMTrust == "" {
 		s.Warnings = append(s.Warnings, "the TPM's identity is not pinned (provisioned before provd pinned it, or its record was removed): "+

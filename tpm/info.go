@@ -142,12 +142,36 @@ type Permanent struct {
 	InLockout      bool // dictionary-attack lockout
 	// Authenticated: read in an audit session salted to the pinned SRK, so
 	// the response HMAC covers it (found by review: an interposer could hide
-	// the warnings status derives from it). False when no SRK is pinned.
+	// the warnings status derives from it). False when no SRK is pinned,
+	// or (PermanentStateAsIs) none is at its handle.
 	Authenticated bool
 }
 
-// PermanentState reads TPMA_PERMANENT, authenticated when an SRK is pinned.
-func (t *TPM) PermanentState() (Permanent, error) {
+// PermanentState reads TPMA_PERMANENT, authenticated when an SRK is pinned
+// (SRK: created again where its handle is empty).
+func (t *TPM) PermanentState() (Permanent, error) { return t.permanentState(t.SRK) }
+
+// PermanentStateAsIs is PermanentState for reads that must not change the
+// TPM (status): it never creates the SRK, and where the pinned SRK is not
+// at its handle (zeroize --srk evicted it, or A1 says so) the read is
+// unauthenticated, and says so (found by review 26: provd status put back
+// the SRK zeroize --srk had evicted).
+func (t *TPM) PermanentStateAsIs() (Permanent, error) {
+	return t.permanentState(func() (Object, error) {
+		srk, err := t.SRKIfThere()
+		if errors.Is(err, ErrNotFound) {
+			return Object{}, errNoSRKThere
+		}
+		return srk, err
+	})
+}
+
+// errNoSRKThere: permanentState reads unauthenticated.
+var errNoSRKThere = errors.New("no pinned SRK at its handle")
+
+// permanentState reads TPMA_PERMANENT in a session salted to what srk
+// gives; unauthenticated when no SRK is pinned or srk gives errNoSRKThere.
+func (t *TPM) permanentState(srkOf func() (Object, error)) (Permanent, error) {
 	var v uint32
 	read := func(sessions ...tpm2.Session) error {
 		rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTPermanent), PropertyCount: 1}).Execute(t, sessions...)
@@ -162,17 +186,22 @@ func (t *TPM) PermanentState() (Permanent, error) {
 		return nil
 	}
 	var p Permanent
+	srk, err := Object{}, errNoSRKThere
 	if t.PinnedSRKName() != nil {
-		srk, err := t.SRK()
-		if err != nil {
-			return p, err
-		}
+		srk, err = srkOf()
+	}
+	switch {
+	case err == nil:
 		if err := t.withHMACSession(func(s tpm2.Session) error { return read(s) }, tpm2.Salted(srk.Handle, srk.Public), tpm2.Audit()); err != nil {
 			return p, err
 		}
 		p.Authenticated = true
-	} else if err := read(); err != nil {
+	case !errors.Is(err, errNoSRKThere):
 		return p, err
+	default:
+		if err := read(); err != nil {
+			return p, err
+		}
 	}
 	p.OwnerAuthSet, p.LockoutAuthSet = v&(1<<0) != 0, v&(1<<2) != 0
 	p.DisableClear, p.InLockout = v&(1<<8) != 0, v&(1<<9) != 0

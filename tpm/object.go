@@ -114,6 +114,33 @@ func (t *TPM) SRK() (srk Object, err error) {
 	return srk, nil
 }
 
+// SRKIfThere is SRK for reads that must not change the TPM (status): the
+// pinned SRK when it is at its handle; ErrNotFound when the handle is
+// empty (zeroize --srk evicted it), where SRK would create and persist it
+// again (found by review 26: provd status put back the SRK zeroize --srk
+// had evicted).
+func (t *TPM) SRKIfThere() (Object, error) {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if t.srk != nil {
+		return *t.srk, nil
+	}
+	if t.pinned == nil {
+		return Object{}, fmt.Errorf("%w: no SRK is pinned", ErrNotFound)
+	}
+	persisted, err := t.ReadPublic(SRKHandle)
+	switch {
+	case err != nil:
+		return Object{}, err
+	case !nameEqual(persisted.Name, t.pinned.Name):
+		return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the pinned SRK is %x",
+			ErrIdentityMismatch, uint32(SRKHandle), persisted.Name.Buffer, t.pinned.Name.Buffer)
+	}
+	srk := *t.pinned
+	t.srk, t.srkEvicted = &srk, false
+	return srk, nil
+}
+
 // PinSRK makes pub the SRK from now on: established at first contact
 // (AuthenticatedSRK) and kept by the caller, it replaces what the bus says.
 // The next SRK call checks the persistent key against it.
