@@ -885,11 +885,14 @@ func (a *Agent) gateThroughPinnedSRK(ctx context.Context) error {
 func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, error) {
 	defer a.lock()()
 	var res api.AuditReanchorResult
-	if a.zeroizeWaits() {
+	waits, srkEvicted := waitingZeroize(a.dir)
+	if waits && a.zeroizeCanFinish() {
 		// A zeroize destroyed the keys and left the trail, its record
 		// waiting: zeroize run again finishes (found by review 26: the
 		// officer's reanchor moved the trail and put back the SRK
-		// zeroize --srk had evicted).
+		// zeroize --srk had evicted). Where it cannot (the trail
+		// tampered with), the reanchor goes on and its record says
+		// what is left to do.
 		return res, errZeroizeUnfinished
 	}
 	// A state directory with no trail (no gate, no log) and no PK (a new
@@ -938,6 +941,12 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 		}
 	}
 	objects := map[string]string{}
+	if waits {
+		objects["zeroize_waiting"] = "a zeroize destroyed the keys and its record waits: provd zeroize run again finishes"
+		if srkEvicted {
+			objects["zeroize_waiting"] += " (it evicted the SRK, which this reanchor may have created again: zeroize run again evicts it)"
+		}
+	}
 	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
 	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) && !errors.Is(verr, errMoveUnfinished) {
 		return res, verr // not the trail's fault (the TPM, the file system): nothing to record yet

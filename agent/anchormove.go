@@ -91,12 +91,35 @@ func waitingZeroize(dir string) (waits, srkEvicted bool) {
 		return false, false
 	}
 	for _, r := range recs {
-		if r.Op == opZeroize {
+		if r.Op == opZeroize && r.Objects[keysDestroyed] != "" {
 			waits = true
 			srkEvicted = srkEvicted || r.Objects["srk_evicted"] == "true"
 		}
 	}
 	return waits, srkEvicted
+}
+
+// zeroizeCanFinish reports whether zeroize run again can finish what a
+// waiting zeroize left: its start record needs a trail that takes it,
+// one whose unfinished move it makes again (the anchor's handle holds
+// nothing, a known name or the move's own index: finishMove) or one that
+// is not tampered with. Where it cannot, the officer's reanchor is the
+// way out (found by review 27: refused under a waiting zeroize, with
+// another's index at the handle, nothing was left but editing
+// audit.pending).
+func (a *Agent) zeroizeCanFinish() bool {
+	an := a.trailAnchor()
+	g, err := an.gate()
+	if err != nil {
+		return false
+	}
+	if g != nil && g.Moving != nil && !moveRecorded(a.auditPath(), g.Name) {
+		x, err := a.t.ReadNVPublic(AuditAnchorHandle)
+		return errors.Is(err, tpm.ErrNotFound) || err == nil &&
+			(slices.Contains(g.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || g.ownsIndex(x.Name.Buffer))
+	}
+	_, verr := audit.Verify(a.auditPath(), an)
+	return !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, api.ErrTampered)
 }
 
 // moveUnfinishedErr is why the trail is read against no index while a

@@ -57,7 +57,7 @@ func review27Waiting(t *testing.T, dir string) []audit.Record {
 	return zs
 }
 
-// FLAW: TestReview27RefusedZeroizeRequestBlocksTheOfficersWayOut (any local
+// FLAW (failed before the mend): TestReview27RefusedZeroizeRequestBlocksTheOfficersWayOut (any local
 // client the daemon serves, with no role at all, plus A2 or any fault that
 // keeps a record from the trail).
 //
@@ -139,7 +139,7 @@ func TestReview27RefusedZeroizeRequestBlocksTheOfficersWayOut(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview27WaitingZeroizeAndAReplacedAnchorIsADeadEnd (the
+// FLAW (failed before the mend): TestReview27WaitingZeroizeAndAReplacedAnchorIsADeadEnd (the
 // officer's killed reanchor and zeroize --srk of review 23's mount, then A2
 // with the owner hierarchy open; or any fault that keeps zeroize's last
 // record, and then A2).

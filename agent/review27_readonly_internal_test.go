@@ -5,7 +5,7 @@ package agent
 // reanchor is refused, verify and status name zeroize again, zeroize again
 // evicts the SRK the waiting zeroize evicted; zeroizeRoom).
 //
-// FLAW: TestReview27RefusedZeroizeRequestBlocksTheOfficersWayOut,
+// FLAW (failed before the mend): TestReview27RefusedZeroizeRequestBlocksTheOfficersWayOut,
 // TestReview27RefusedZeroizeRequestUnderAMarkBlocksEveryOperation,
 // TestReview27WaitingZeroizeAndAReplacedAnchorIsADeadEnd
 // (review27_deadend_internal_test.go).
