@@ -886,14 +886,20 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	defer a.lock()()
 	var res api.AuditReanchorResult
 	waits, srkEvicted := waitingZeroize(a.dir)
-	if waits && a.zeroizeCanFinish() {
+	if waits {
 		// A zeroize destroyed the keys and left the trail, its record
 		// waiting: zeroize run again finishes (found by review 26: the
 		// officer's reanchor moved the trail and put back the SRK
 		// zeroize --srk had evicted). Where it cannot (the trail
 		// tampered with), the reanchor goes on and its record says
 		// what is left to do.
-		return res, errZeroizeUnfinished
+		can, err := a.zeroizeCanFinish()
+		if err != nil {
+			return res, err
+		}
+		if can {
+			return res, errZeroizeUnfinished
+		}
 	}
 	// A state directory with no trail (no gate, no log) and no PK (a new
 	// or mistaken --state-dir: what waits in its pending file is no trail)

@@ -107,19 +107,49 @@ func waitingZeroize(dir string) (waits, srkEvicted bool) {
 // way out (found by review 27: refused under a waiting zeroize, with
 // another's index at the handle, nothing was left but editing
 // audit.pending).
-func (a *Agent) zeroizeCanFinish() bool {
+//
+// A failed read is the caller's error, never "cannot finish" (found by
+// review 28: one TPM_RC_MEMORY answer let the officer's reanchor go on).
+func (a *Agent) zeroizeCanFinish() (bool, error) {
 	an := a.trailAnchor()
 	g, err := an.gate()
 	if err != nil {
-		return false
+		return false, err
 	}
 	if g != nil && g.Moving != nil && !moveRecorded(a.auditPath(), g.Name) {
 		x, err := a.t.ReadNVPublic(AuditAnchorHandle)
-		return errors.Is(err, tpm.ErrNotFound) || err == nil &&
-			(slices.Contains(g.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || g.ownsIndex(x.Name.Buffer))
+		switch {
+		case errors.Is(err, tpm.ErrNotFound):
+			return true, nil
+		case err != nil:
+			return false, err
+		}
+		return slices.Contains(g.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || g.ownsIndex(x.Name.Buffer), nil
 	}
 	_, verr := audit.Verify(a.auditPath(), an)
-	return !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, api.ErrTampered)
+	return !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, api.ErrTampered), nil
+}
+
+// srkEvictionOwed reports whether a zeroize that left its trail evicted
+// the SRK, which moves made since may have created again: its record
+// waits among the pending records, or was written late into the live
+// trail (which a finished zeroize archives) with no zeroize after it
+// (found by review 28: written by the next record, or by a zeroize run
+// again that then failed, the eviction was forgotten and the SRK stayed).
+func (a *Agent) srkEvictionOwed() bool {
+	if _, evicted := waitingZeroize(a.dir); evicted {
+		return true
+	}
+	recs, _ := audit.ReadRecords(a.auditPath())
+	for i := len(recs) - 1; i >= 0; i-- {
+		switch r := recs[i]; {
+		case r.Op == "provision" && r.Result == "ok":
+			return false // provisioned since: the SRK is the new PK's
+		case r.Op == opZeroize && r.Objects[keysDestroyed] != "":
+			return r.Objects["srk_evicted"] == "true"
+		}
+	}
+	return false
 }
 
 // moveUnfinishedErr is why the trail is read against no index while a

@@ -6,7 +6,7 @@ package agent
 // otherwise records zeroize_waiting) and the waiting-record design it
 // completes (f6536d5, 7fa279a, aa859f5, 3472264, 1480019).
 //
-// FLAW: TestReview28OneFailedReadLetsTheReanchorPutTheSRKBack,
+// FLAW (failed before the mend): TestReview28OneFailedReadLetsTheReanchorPutTheSRKBack,
 // TestReview28ReanchoredWaitingZeroizeIsWrittenAndTheSRKStays,
 // TestReview28ZeroizeAgainThatFailsForgetsTheEviction.
 //
@@ -221,7 +221,7 @@ func TestReview28WrittenForeignIndexUnderAWaitingZeroizeHasAWayOut(t *testing.T)
 // review28Zeroizes counts the zeroize-op records waiting in dir.
 func review28Zeroizes(t *testing.T, dir string) int { return len(review27Waiting(t, dir)) }
 
-// FLAW: TestReview28OneFailedReadLetsTheReanchorPutTheSRKBack (A1 for one
+// FLAW (failed before the mend): TestReview28OneFailedReadLetsTheReanchorPutTheSRKBack (A1 for one
 // command, or one TPM fault: TPM_RC_RETRY / TPM_RC_MEMORY on an
 // unauthenticated read).
 //
@@ -277,7 +277,7 @@ func TestReview28OneFailedReadLetsTheReanchorPutTheSRKBack(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview28ReanchoredWaitingZeroizeIsWrittenAndTheSRKStays (A2
+// FLAW (failed before the mend): TestReview28ReanchoredWaitingZeroizeIsWrittenAndTheSRKStays (A2
 // replacing the anchor, as review 27's mount, then any local client with no
 // role at all).
 //
@@ -343,7 +343,7 @@ func TestReview28ReanchoredWaitingZeroizeIsWrittenAndTheSRKStays(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview28ZeroizeAgainThatFailsForgetsTheEviction (one TPM fault,
+// FLAW (failed before the mend): TestReview28ZeroizeAgainThatFailsForgetsTheEviction (one TPM fault,
 // or A1 for one command, or a power cut, in zeroize run again after its
 // start record).
 //

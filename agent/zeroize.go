@@ -52,14 +52,14 @@ func (a *Agent) Zeroize(ctx context.Context, opts api.ZeroizeOptions) (res api.Z
 		a.log.Debug("flush of the kept audit session failed", "err", err)
 	}
 	objects := map[string]string{"srk": fmt.Sprint(opts.SRK)}
-	if _, evicted := waitingZeroize(a.dir); evicted && !opts.SRK {
+	if !opts.SRK && a.srkEvictionOwed() {
 		// The zeroize this one finishes evicted the SRK; the move this
 		// one makes may create it again: it is evicted again (found by
 		// review 26: zeroize run again without --srk left it back, and
 		// no record said so).
 		opts.SRK = true
 		objects["srk"] = "true"
-		objects["srk_because"] = "the zeroize whose record waits evicted the SRK"
+		objects["srk_because"] = "a zeroize that left its trail evicted the SRK (its record waits, or was written late)"
 	}
 	if err := a.record(ctx, opZeroizeStart, objects, nil); err != nil {
 		return res, fmt.Errorf("zeroize refused, nothing destroyed: %w", err)

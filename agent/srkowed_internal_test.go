@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/provd/provd/audit"
+)
+
+// srkEvictionOwed: a zeroize that left its trail and evicted the SRK owes
+// the eviction to the next zeroize, its record waiting or written late
+// into the live trail, until a provision since (its SRK is the new PK's)
+// or a zeroize after it that did not evict.
+func TestSRKEvictionOwed(t *testing.T) {
+	zeroize := func(srk string) audit.Record {
+		return audit.Record{Op: opZeroize, Result: "ok", Objects: map[string]string{keysDestroyed: "true", "srk_evicted": srk}}
+	}
+	refused := audit.Record{Op: opZeroize, Result: "error: refused", Objects: map[string]string{"refused": "no role", "srk_evicted": "true"}}
+	provision := audit.Record{Op: "provision", Result: "ok"}
+	seal := audit.Record{Op: "seal", Result: "ok"}
+	for _, tc := range []struct {
+		name           string
+		trail, pending []audit.Record
+		want           bool
+	}{
+		{"nothing", nil, nil, false},
+		{"waiting, evicted", nil, []audit.Record{zeroize("true")}, true},
+		{"waiting, not evicted", nil, []audit.Record{zeroize("false")}, false},
+		{"a refusal waiting", nil, []audit.Record{refused}, false},
+		{"written late, evicted", []audit.Record{seal, zeroize("true"), seal}, nil, true},
+		{"written late, then provisioned", []audit.Record{zeroize("true"), provision, seal}, nil, false},
+		{"written late, then a zeroize that kept the SRK", []audit.Record{zeroize("true"), zeroize("false")}, nil, false},
+		{"a refusal in the trail", []audit.Record{refused}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			write := func(name string, recs []audit.Record) {
+				var b []byte
+				for _, r := range recs {
+					line, err := json.Marshal(r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					b = append(append(b, line...), '\n')
+				}
+				if len(recs) > 0 {
+					if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			write(audit.FileName, tc.trail)
+			write(pendingFile, tc.pending)
+			if got := (&Agent{dir: dir}).srkEvictionOwed(); got != tc.want {
+				t.Errorf("srkEvictionOwed = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
