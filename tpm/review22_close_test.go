@@ -25,32 +25,7 @@ import (
 // as the TPM closed. (Not stopped, and not new: A1 holding the answer
 // holds Close until the transport's timeout, as it holds every caller.)
 func TestReview22CloseWhileA1HoldsAnAnswer(t *testing.T) {
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	env.NoLeakCheck() // closed inside the test
-	tp := env.TPM
-	held, release := make(chan struct{}), make(chan struct{})
-	bus.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCGetRandom {
-			select {
-			case <-held:
-			default:
-				close(held)
-				<-release
-			}
-		}
-		return nil, nil, false
-	})
-	answered := make(chan error, 1)
-	go func() {
-		_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
-		answered <- err
-	}()
-	select {
-	case <-held:
-	case <-time.After(20 * time.Second):
-		t.Fatal("not mounted: the command never reached the bus")
-	}
+	tp, release, answered := heldGetRandom(t)
 	closed := make(chan error, 1)
 	go func() { closed <- tp.Close() }()
 	select {
@@ -73,8 +48,6 @@ func TestReview22CloseWhileA1HoldsAnAnswer(t *testing.T) {
 	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); !errors.Is(err, tpm.ErrTransport) {
 		t.Errorf("a command after Close: %v, want the TPM closed", err)
 	}
-	bus.Set(nil)
-	env.TPM = nil
 }
 
 // HELD: TestReview22CloseInsideShare. Another goroutine closes the TPM
@@ -131,32 +104,7 @@ func TestReview22CloseInsideShare(t *testing.T) {
 // Failed before (found by review 25): the second returned nil at once,
 // the channel still open.
 func TestSecondCloseWaitsForTheFirst(t *testing.T) {
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	env.NoLeakCheck() // closed inside the test
-	tp := env.TPM
-	held, release := make(chan struct{}), make(chan struct{})
-	bus.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCGetRandom {
-			select {
-			case <-held:
-			default:
-				close(held)
-				<-release
-			}
-		}
-		return nil, nil, false
-	})
-	answered := make(chan error, 1)
-	go func() {
-		_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
-		answered <- err
-	}()
-	select {
-	case <-held:
-	case <-time.After(20 * time.Second):
-		t.Fatal("not mounted: the command never reached the bus")
-	}
+	tp, release, answered := heldGetRandom(t)
 	closed := make(chan error, 2)
 	go func() { closed <- tp.Close() }()
 	time.Sleep(100 * time.Millisecond) // the first Close waits for the queue
@@ -183,5 +131,38 @@ func TestSecondCloseWaitsForTheFirst(t *testing.T) {
 	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp); !errors.Is(err, tpm.ErrTransport) {
 		t.Errorf("a command after Close: %v, want the TPM closed", err)
 	}
-	bus.Set(nil)
+}
+
+// heldGetRandom is a TPM on its own swtpm (closed by the test) with a
+// TPM2_GetRandom in flight whose answer A1 holds until release is closed;
+// answered gets the command's error.
+func heldGetRandom(t *testing.T) (tp *tpm.TPM, release chan struct{}, answered <-chan error) {
+	t.Helper()
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	env.NoLeakCheck() // closed inside the test
+	tp = env.TPM
+	held, release := make(chan struct{}), make(chan struct{})
+	bus.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCGetRandom {
+			select {
+			case <-held:
+			default:
+				close(held)
+				<-release
+			}
+		}
+		return nil, nil, false
+	})
+	got := make(chan error, 1)
+	go func() {
+		_, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tp)
+		got <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("not mounted: the command never reached the bus")
+	}
+	return tp, release, got
 }
