@@ -73,46 +73,8 @@ func review22ZeroizeUnderAMark(t *testing.T, srk bool) {
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()
 	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
+	g1, g2, _, mark := zeroizeMarkMount(t, env, bz, dir)
 	gatePath := filepath.Join(dir, gateFile)
-	trailGate, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
-
-	// The mark an officer's reanchor of this trail writes before it
-	// removes the old index: taken from one whose NV_UndefineSpace is
-	// refused, then audit.gate put back as it was.
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVUndefineSpace {
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCNVLocked), nil, true
-		}
-		return nil, nil, false
-	})
-	officer := review8Agent(t, env.TPM, dir)
-	_, rerr := officer.AuditReanchor(ctx)
-	bz.Set(nil)
-	if err := officer.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g2 := review21Gate(t, dir)
-	if rerr == nil || g2.Moving == nil || g2.Name == g1.Name {
-		t.Fatalf("not mounted: the reanchor %v, the mark %+v", rerr, g2.Moving)
-	}
-	mark, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gatePath, trailGate, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if x, err := env.TPM.ReadNVPublic(AuditAnchorHandle); err != nil || !g1.ownsIndex(x.Name.Buffer) {
 		t.Fatalf("not mounted: the trail's anchor is not at the handle: %v", err)
 	}
@@ -286,4 +248,45 @@ func TestReview22RecordOfAnOpenedLogAfterAnInterruptedMove(t *testing.T) {
 			}
 		})
 	}
+}
+
+// zeroizeMarkMount provisions dir on env's TPM and takes the mark an
+// officer's reanchor of its trail writes before it removes the old index
+// (from one whose NV_UndefineSpace bz refuses), then puts audit.gate back
+// as it was: the trail's gate g1, the mark's gate g2, and audit.gate's
+// bytes as the trail has them and as the mark has them.
+func zeroizeMarkMount(t *testing.T, env *swtpmtest.Env, bz *swtpmtest.Bus, dir string) (g1, g2 *gateRecord, trailGate, mark []byte) {
+	t.Helper()
+	ctx := context.Background()
+	first := review8Agent(t, env.TPM, dir)
+	if _, err := first.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gatePath := filepath.Join(dir, gateFile)
+	trailGate, err := os.ReadFile(gatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1 = review21Gate(t, dir)
+	bz.Set(swtpmtest.Refuse(tpm2.TPMCCNVUndefineSpace, tpm2.TPMRCNVLocked))
+	officer := review8Agent(t, env.TPM, dir)
+	_, rerr := officer.AuditReanchor(ctx)
+	bz.Set(nil)
+	if err := officer.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g2 = review21Gate(t, dir)
+	if rerr == nil || g2.Moving == nil || g2.Name == g1.Name {
+		t.Fatalf("not mounted: the reanchor %v, the mark %+v", rerr, g2.Moving)
+	}
+	if mark, err = os.ReadFile(gatePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gatePath, trailGate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return g1, g2, trailGate, mark
 }

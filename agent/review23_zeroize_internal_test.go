@@ -77,45 +77,8 @@ func review23ZeroizeWayOut(t *testing.T, daemon, srk, defined bool, way string) 
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()
 	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
+	_, g2, _, mark := zeroizeMarkMount(t, env, bz, dir)
 	gatePath := filepath.Join(dir, gateFile)
-	trailGate, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
-
-	// The officer's reanchor's mark (its NV_UndefineSpace refused), then
-	// audit.gate put back (review 22's mount).
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVUndefineSpace {
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCNVLocked), nil, true
-		}
-		return nil, nil, false
-	})
-	officer := review8Agent(t, env.TPM, dir)
-	_, rerr := officer.AuditReanchor(ctx)
-	bz.Set(nil)
-	if err := officer.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g2 := review21Gate(t, dir)
-	if rerr == nil || g2.Moving == nil || g2.Name == g1.Name {
-		t.Fatalf("not mounted: the reanchor %v, the mark %+v", rerr, g2.Moving)
-	}
-	mark, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gatePath, trailGate, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	gn, err := hex.DecodeString(g2.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +90,7 @@ func review23ZeroizeWayOut(t *testing.T, daemon, srk, defined bool, way string) 
 
 	var z *Agent
 	if daemon {
+		var err error
 		if z, err = New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -270,44 +234,11 @@ func review23MarkWhileDestroying(t *testing.T, daemon, srk bool) (*swtpmtest.Env
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()
 	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
+	_, g2, _, mark := zeroizeMarkMount(t, env, bz, dir)
 	gatePath := filepath.Join(dir, gateFile)
-	trailGate, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVUndefineSpace {
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCNVLocked), nil, true
-		}
-		return nil, nil, false
-	})
-	officer := review8Agent(t, env.TPM, dir)
-	_, rerr := officer.AuditReanchor(ctx)
-	bz.Set(nil)
-	if err := officer.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g2 := review21Gate(t, dir)
-	if rerr == nil || g2.Moving == nil || g2.Name == g1.Name {
-		t.Fatalf("not mounted: the reanchor %v, the mark %+v", rerr, g2.Moving)
-	}
-	mark, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gatePath, trailGate, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	var z *Agent
 	if daemon {
+		var err error
 		if z, err = New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true}); err != nil {
 			t.Fatal(err)
 		}

@@ -45,40 +45,8 @@ func review28Mount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, string, *Agent
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()
 	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
+	_, _, _, mark := zeroizeMarkMount(t, env, bz, dir)
 	gatePath := filepath.Join(dir, gateFile)
-	trailGate, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVUndefineSpace {
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCNVLocked), nil, true
-		}
-		return nil, nil, false
-	})
-	officer := review8Agent(t, env.TPM, dir)
-	_, rerr := officer.AuditReanchor(ctx)
-	bz.Set(nil)
-	if err := officer.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if g := review21Gate(t, dir); rerr == nil || g.Moving == nil {
-		t.Fatalf("not mounted: the reanchor %v", rerr)
-	}
-	mark, err := os.ReadFile(gatePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gatePath, trailGate, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	z := review8Agent(t, env.TPM, dir)
 	var mu sync.Mutex
 	placed, extends := false, 0

@@ -469,9 +469,10 @@ func SwapSession(t testing.TB, next transport.TPM, h tpm2.TPMHandle) {
 // every command cc with rc in the TPM's place (it never reaches the TPM):
 // an operation that fails at cc after first, as a fault or A1 would make
 // it (e.g. a move to a new anchor that fails after its NV_DefineSpace).
+// first 0: from the start (Refuse).
 func RefuseAfter(first, cc tpm2.TPMCC, rc tpm2.TPMRC) Hook {
 	var mu sync.Mutex
-	seen := false
+	seen := first == 0
 	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -486,3 +487,7 @@ func RefuseAfter(first, cc tpm2.TPMCC, rc tpm2.TPMRC) Hook {
 		return nil, nil, false
 	}
 }
+
+// Refuse is a hook that answers every command cc with rc in the TPM's
+// place (it never reaches the TPM).
+func Refuse(cc tpm2.TPMCC, rc tpm2.TPMRC) Hook { return RefuseAfter(0, cc, rc) }
