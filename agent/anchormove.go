@@ -131,23 +131,34 @@ func (a *Agent) zeroizeCanFinish() (bool, error) {
 }
 
 // srkEvictionOwed reports whether a zeroize that left its trail evicted
-// the SRK, which moves made since may have created again: its record
-// waits among the pending records, or was written late into the live
-// trail (which a finished zeroize archives) with no zeroize after it
-// (found by review 28: written by the next record, or by a zeroize run
-// again that then failed, the eviction was forgotten and the SRK stayed).
+// the SRK, which moves made since may have created again, with no
+// provision since (its SRK is the new PK's) and no zeroize since that
+// kept the SRK as asked. The records are read as they will stand in the
+// trail, newest first: the pending ones, then the live log's (which a
+// finished zeroize archives). Found by review 28: the waiting record
+// written late (by the next record, or by a zeroize again that then
+// failed), the eviction was forgotten and the SRK stayed; by review 29: a
+// zeroize asked to evict that failed to ended the debt, and a provision
+// whose record waited did not.
 func (a *Agent) srkEvictionOwed() bool {
-	if _, evicted := waitingZeroize(a.dir); evicted {
-		return true
-	}
 	recs, _ := audit.ReadRecords(a.auditPath())
+	if b, err := os.ReadFile(a.pendingPath()); err == nil {
+		if pending, err := readPending(b); err == nil {
+			recs = append(recs, pending...)
+		}
+	}
 	for i := len(recs) - 1; i >= 0; i-- {
-		switch r := recs[i]; {
+		r := recs[i]
+		switch {
 		case r.Op == "provision" && r.Result == "ok":
 			return false // provisioned since: the SRK is the new PK's
-		case r.Op == opZeroize && r.Objects[keysDestroyed] != "":
-			return r.Objects["srk_evicted"] == "true"
+		case r.Op != opZeroize || r.Objects[keysDestroyed] == "":
+		case r.Objects["srk_evicted"] == "true":
+			return true
+		case r.Objects["srk"] != "true":
+			return false // a zeroize that kept the SRK, as asked
 		}
+		// A zeroize asked to evict the SRK that did not: the debt stands.
 	}
 	return false
 }

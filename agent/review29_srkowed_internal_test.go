@@ -5,7 +5,7 @@ package agent
 // from its waiting record or from that record written late into the live
 // trail, until a zeroize evicts it or a provision).
 //
-// FLAW: TestReview29ForcedEvictionThatFailsForgetsTheEviction,
+// FLAW (failed before the mend): TestReview29ForcedEvictionThatFailsForgetsTheEviction,
 // TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed.
 //
 // HELD: TestReview29CompleteZeroizeSRKThenProvisionEvictsNothing,
@@ -89,7 +89,7 @@ func review29LateRecordMount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, stri
 	return env, bz, dir
 }
 
-// FLAW: TestReview29ForcedEvictionThatFailsForgetsTheEviction (one TPM
+// FLAW (failed before the mend): TestReview29ForcedEvictionThatFailsForgetsTheEviction (one TPM
 // fault, or A1 for one command: TPM2_EvictControl answered with an error,
 // or its success forged and the read-back showing the SRK still there).
 //
@@ -155,7 +155,7 @@ func TestReview29ForcedEvictionThatFailsForgetsTheEviction(t *testing.T) {
 	}
 }
 
-// FLAW: TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed (one
+// FLAW (failed before the mend): TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed (one
 // TPM fault, or A1 for one command, on a provision's record: its extend).
 //
 // Attack: review29LateRecordMount (zeroize --srk's record, srk_evicted

@@ -12,11 +12,15 @@ import (
 // srkEvictionOwed: a zeroize that left its trail and evicted the SRK owes
 // the eviction to the next zeroize, its record waiting or written late
 // into the live trail, until a provision since (its SRK is the new PK's)
-// or a zeroize after it that did not evict.
+// or a zeroize after it that kept the SRK as asked (one asked to evict
+// that failed leaves the debt: review 29), the pending records being the
+// newest.
 func TestSRKEvictionOwed(t *testing.T) {
 	zeroize := func(srk string) audit.Record {
-		return audit.Record{Op: opZeroize, Result: "ok", Objects: map[string]string{keysDestroyed: "true", "srk_evicted": srk}}
+		return audit.Record{Op: opZeroize, Result: "ok", Objects: map[string]string{keysDestroyed: "true", "srk": srk, "srk_evicted": srk}}
 	}
+	// A zeroize asked to evict the SRK whose eviction failed.
+	failedEviction := audit.Record{Op: opZeroize, Result: "error: TPM2_EvictControl", Objects: map[string]string{keysDestroyed: "false", "srk": "true", "srk_evicted": "false"}}
 	refused := audit.Record{Op: opZeroize, Result: "error: refused", Objects: map[string]string{"refused": "no role", "srk_evicted": "true"}}
 	provision := audit.Record{Op: "provision", Result: "ok"}
 	seal := audit.Record{Op: "seal", Result: "ok"}
@@ -33,6 +37,10 @@ func TestSRKEvictionOwed(t *testing.T) {
 		{"written late, then provisioned", []audit.Record{zeroize("true"), provision, seal}, nil, false},
 		{"written late, then a zeroize that kept the SRK", []audit.Record{zeroize("true"), zeroize("false")}, nil, false},
 		{"a refusal in the trail", []audit.Record{refused}, nil, false},
+		{"written late, then an eviction that failed", []audit.Record{zeroize("true"), failedEviction}, nil, true},
+		{"only an eviction that failed", []audit.Record{failedEviction}, nil, false},
+		{"written late, then a provision whose record waits", []audit.Record{zeroize("true")}, []audit.Record{provision}, false},
+		{"provisioned, then a zeroize record waits", []audit.Record{provision}, []audit.Record{zeroize("true")}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
