@@ -94,6 +94,21 @@ func readPending(data []byte) ([]audit.Record, error) {
 	return recs, nil
 }
 
+// pendingIn is the pending records of the state directory dir; none when
+// the file is missing or does not parse (whoever writes records reports
+// that).
+func pendingIn(dir string) []audit.Record {
+	b, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	if err != nil {
+		return nil
+	}
+	recs, err := readPending(b)
+	if err != nil {
+		return nil
+	}
+	return recs
+}
+
 // pendingError is audit.ErrUnanchored when records of operations that ran
 // wait in the pending file: the trail verifies, but is not the whole story
 // yet. nil when none wait.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -427,3 +428,103 @@ func (a *Agent) holdGate() error {
 func (a *Agent) archiveName() string {
 	return filepath.Join(a.dir, "audit-"+a.now().UTC().Format("20060102T150405.000000000Z")+".log")
 }
+
+// errZeroizeUnfinished: a move of the trail is unfinished (another
+// process's, marked while zeroize ran) and zeroize, which has destroyed
+// the keys, makes it when run again; no other operation makes it before
+// (finishMove). It is an errMoveUnfinished.
+var errZeroizeUnfinished error = zeroizeUnfinished{}
+
+type zeroizeUnfinished struct{}
+
+func (zeroizeUnfinished) Error() string {
+	return "a zeroize destroyed the keys and left the audit trail (its record waits in audit.pending; another process's move of the trail " +
+		"to a new anchor may be unfinished, audit.gate says so): provd zeroize run again finishes, and no other operation moves the trail before"
+}
+
+func (zeroizeUnfinished) Is(target error) bool { return target == errMoveUnfinished }
+
+// zeroizeWaits reports whether zeroize's last record waits among the
+// pending records (a zeroize refused its trail's removal: zeroizeLeftTrail).
+func (a *Agent) zeroizeWaits() bool {
+	waits, _ := waitingZeroize(a.dir)
+	return waits
+}
+
+// waitingZeroize reports whether zeroize's last record waits among the
+// pending records of the state directory dir, and whether that zeroize
+// evicted the SRK.
+func waitingZeroize(dir string) (waits, srkEvicted bool) {
+	for _, r := range pendingIn(dir) {
+		if r.Op == opZeroize && r.Objects[keysDestroyed] != "" {
+			waits = true
+			srkEvicted = srkEvicted || r.Objects["srk_evicted"] == "true"
+		}
+	}
+	return waits, srkEvicted
+}
+
+// zeroizeCanFinish reports whether zeroize run again can finish what a
+// waiting zeroize left: its start record needs a trail that takes it,
+// one whose unfinished move it makes again (the anchor's handle holds
+// nothing, a known name or the move's own index: finishMove) or one that
+// is not tampered with. Where it cannot, the officer's reanchor is the
+// way out (found by review 27: refused under a waiting zeroize, with
+// another's index at the handle, nothing was left but editing
+// audit.pending).
+//
+// A failed read is the caller's error, never "cannot finish" (found by
+// review 28: one TPM_RC_MEMORY answer let the officer's reanchor go on).
+func (a *Agent) zeroizeCanFinish() (bool, error) {
+	an := a.trailAnchor()
+	g, err := an.gate()
+	if err != nil {
+		return false, err
+	}
+	if g != nil && g.Moving != nil && !moveRecorded(a.auditPath(), g.Name) {
+		x, err := a.t.ReadNVPublic(AuditAnchorHandle)
+		switch {
+		case errors.Is(err, tpm.ErrNotFound):
+			return true, nil
+		case err != nil:
+			return false, err
+		}
+		return slices.Contains(g.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || g.ownsIndex(x.Name.Buffer), nil
+	}
+	_, verr := audit.Verify(a.auditPath(), an)
+	return !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, api.ErrTampered), nil
+}
+
+// srkEvictionOwed reports whether a zeroize that left its trail evicted
+// the SRK, which moves made since may have created again, with no
+// provision since (its SRK is the new PK's) and no zeroize since that
+// kept the SRK as asked. The records are read as they will stand in the
+// trail, newest first: the pending ones, then the live log's (which a
+// finished zeroize archives). Found by review 28: the waiting record
+// written late (by the next record, or by a zeroize again that then
+// failed), the eviction was forgotten and the SRK stayed; by review 29: a
+// zeroize asked to evict that failed to ended the debt, and a provision
+// whose record waited did not.
+func (a *Agent) srkEvictionOwed() bool {
+	recs, _ := audit.ReadRecords(a.auditPath())
+	recs = append(recs, pendingIn(a.dir)...)
+	for i := len(recs) - 1; i >= 0; i-- {
+		r := recs[i]
+		switch {
+		case r.Op == "provision" && r.Result == "ok":
+			return false // provisioned since: the SRK is the new PK's
+		case r.Op != opZeroize || r.Objects[keysDestroyed] == "":
+		case r.Objects["srk_evicted"] == "true":
+			return true
+		case r.Objects["srk"] != "true":
+			return false // a zeroize that kept the SRK, as asked
+		}
+		// A zeroize asked to evict the SRK that did not: the debt stands.
+	}
+	return false
+}
+
+// errGateMovedInZeroize: while zeroize held its trail's gate, the trail
+// moved to another gate, which only a load under the SRK (that zeroize
+// --srk evicts) could prove; the record waits for zeroize run again.
+var errGateMovedInZeroize = errors.New("the audit trail moved to another gate while zeroize destroyed the keys: its record waits")
