@@ -355,7 +355,7 @@ func (a *Agent) finishMove() error {
 			return nil
 		case err != nil:
 			return err
-		case slices.Contains(now.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || now.ownsIndex(x.Name.Buffer):
+		case now.mayHold(x.Name.Buffer):
 			return nil
 		}
 		tampered := fmt.Errorf("%w: %w (NV index 0x%08x has name %x: none that the trail's unfinished move may have left there)",
@@ -443,6 +443,14 @@ func (a *Agent) markedArchive(m *anchorMove) string {
 func (g *gateRecord) ownsIndex(name []byte) bool {
 	unwritten, written, err := g.expectedNames()
 	return err == nil && (bytes.Equal(name, unwritten) || bytes.Equal(name, written))
+}
+
+// mayHold reports whether the anchor's handle may hold the index named
+// name while g's move is marked and the move is made again over it: one
+// of the mark's known names (the trail's anchor before the move, what the
+// move found there) or the move's own index, written or not.
+func (g *gateRecord) mayHold(name []byte) bool {
+	return g.Moving != nil && slices.Contains(g.Moving.Known, hex.EncodeToString(name)) || g.ownsIndex(name)
 }
 
 // anchorTrail moves the trail to a new gated anchor with an audit-anchor

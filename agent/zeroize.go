@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -489,7 +488,7 @@ func (a *Agent) zeroizeCanFinish() (bool, error) {
 		case err != nil:
 			return false, err
 		}
-		return slices.Contains(g.Moving.Known, hex.EncodeToString(x.Name.Buffer)) || g.ownsIndex(x.Name.Buffer), nil
+		return g.mayHold(x.Name.Buffer), nil
 	}
 	_, verr := audit.Verify(a.auditPath(), an)
 	return !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, api.ErrTampered), nil
