@@ -88,7 +88,7 @@ func (t *TPM) SRK() (srk Object, err error) {
 		return *t.srk, nil
 	}
 	if t.pinned != nil {
-		return t.pinnedSRK()
+		return t.pinnedSRK(true)
 	}
 	persisted, err := t.ReadPublic(SRKHandle)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -128,17 +128,7 @@ func (t *TPM) SRKIfThere() (Object, error) {
 	if t.pinned == nil {
 		return Object{}, fmt.Errorf("%w: no SRK is pinned", ErrNotFound)
 	}
-	persisted, err := t.ReadPublic(SRKHandle)
-	switch {
-	case err != nil:
-		return Object{}, err
-	case !nameEqual(persisted.Name, t.pinned.Name):
-		return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the pinned SRK is %x",
-			ErrIdentityMismatch, uint32(SRKHandle), persisted.Name.Buffer, t.pinned.Name.Buffer)
-	}
-	srk := *t.pinned
-	t.srk, t.srkEvicted = &srk, false
-	return srk, nil
+	return t.pinnedSRK(false)
 }
 
 // PinSRK makes pub the SRK from now on: established at first contact
@@ -211,11 +201,14 @@ func (t *TPM) Evict(h tpm2.TPMHandle) error {
 }
 
 // pinnedSRK checks the persistent SRK against the pin, creating and
-// persisting it where the handle is empty (the SRK is a primary: the owner
-// seed gives the same key again). Called with srkMu held.
-func (t *TPM) pinnedSRK() (Object, error) {
+// persisting it where the handle is empty when create is set (the SRK is a
+// primary: the owner seed gives the same key again; otherwise ErrNotFound).
+// Called with srkMu held.
+func (t *TPM) pinnedSRK(create bool) (Object, error) {
 	persisted, err := t.ReadPublic(SRKHandle)
 	switch {
+	case errors.Is(err, ErrNotFound) && !create:
+		return Object{}, err
 	case errors.Is(err, ErrNotFound):
 		primary, err := t.createPrimary(tpm2.TPMRHOwner, SRKTemplate)
 		if err != nil {
