@@ -144,12 +144,7 @@ func TestReview29ForcedEvictionThatFailsForgetsTheEviction(t *testing.T) {
 		t.Fatal(err)
 	}
 	owed := (&Agent{dir: dir}).srkEvictionOwed()
-	zres, zerr := review8Agent(t, env.TPM, dir).Zeroize(ctx, api.ZeroizeOptions{})
-	t.Logf("zeroize again (without --srk): %v; srk_evicted %v; owed before it %v", zerr, zres.SRKEvicted, owed)
-	if zerr != nil {
-		t.Fatalf("zeroize again: %v", zerr)
-	}
-	if review26SRKThere(env) {
+	if zeroizeWithoutSRK(t, env, dir) {
 		t.Errorf("zeroize --srk's eviction is forgotten after a zeroize that was made --srk for it and whose eviction failed once: the SRK is at 0x%08x after zeroize ran to its end (srkEvictionOwed %v)",
 			uint32(tpm.SRKHandle), owed)
 	}
@@ -222,12 +217,7 @@ func TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed(t *testing.T) {
 		t.Fatalf("not mounted: a provision that happened, its record waiting")
 	}
 	owed := (&Agent{dir: dir}).srkEvictionOwed()
-	zres, zerr := review8Agent(t, env.TPM, dir).Zeroize(ctx, api.ZeroizeOptions{})
-	t.Logf("zeroize (without --srk) after the provision: %v; srk_evicted %v; owed before it %v", zerr, zres.SRKEvicted, owed)
-	if zerr != nil {
-		t.Fatalf("zeroize: %v", zerr)
-	}
-	if !review26SRKThere(env) {
+	if !zeroizeWithoutSRK(t, env, dir) {
 		t.Errorf("a provision made the SRK the new PK's (its record waiting), yet zeroize without --srk evicted it (srkEvictionOwed %v: the waiting provision record is not seen)", owed)
 	}
 }
@@ -311,12 +301,7 @@ func TestReview29LateRecordOutlivesRoleLessRecords(t *testing.T) {
 	if !(&Agent{dir: dir}).srkEvictionOwed() {
 		t.Errorf("role-less refusals recorded after the late zeroize --srk record ended the eviction it owes")
 	}
-	zres, zerr := review8Agent(t, env.TPM, dir).Zeroize(ctx, api.ZeroizeOptions{})
-	t.Logf("zeroize (without --srk): %v; srk_evicted %v", zerr, zres.SRKEvicted)
-	if zerr != nil {
-		t.Fatalf("zeroize: %v", zerr)
-	}
-	if review26SRKThere(env) {
+	if zeroizeWithoutSRK(t, env, dir) {
 		t.Errorf("the SRK zeroize --srk evicted is back after the last zeroize")
 	}
 }
