@@ -272,7 +272,7 @@ func TestReview24ZeroizeSRKAgainWritesTheWaitingRecordOnce(t *testing.T) {
 			if fileExists(z.pendingPath()) {
 				t.Errorf("%s is still there", filepath.Base(z.pendingPath()))
 			}
-			review23AllGone(t, env, dir, g2, true, res)
+			review23AllGone(t, env, dir, g2, true)
 		})
 	}
 }

@@ -334,7 +334,7 @@ func TestReview26EveryOtherWayWaitsForZeroizeAgain(t *testing.T) {
 			if fileExists(a.pendingPath()) {
 				t.Errorf("%s still there", filepath.Base(a.pendingPath()))
 			}
-			review23AllGone(t, env, dir, g2, true, res)
+			review23AllGone(t, env, dir, g2, true)
 		})
 	}
 }
