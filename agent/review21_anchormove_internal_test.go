@@ -92,26 +92,14 @@ func review21Gate(t *testing.T, dir string) *gateRecord {
 // carries the mark's replaced_nv_* when it finds its own index written
 // by no record of its own.
 func TestReview21OpenedAppendExtendsAnUnfinishedMovesAnchor(t *testing.T) {
-	w := &review8Wire{}
-	bz := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(w.wrap), swtpmtest.WithBus(bz), swtpmtest.WithResourceManager())
+	env, bz, dir, g1, rtp, bb := twoProcessesMount(t)
 	ctx := context.Background()
-	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
 	_, g1Written, err := g1.expectedNames()
 	if err != nil {
 		t.Fatal(err)
 	}
 	officer := review8Agent(t, env.TPM, dir) // the officer's one-shot reanchor
-	rtp, bb := review8Client(t, w)
-	user := review8Agent(t, rtp, dir) // the user's one-shot seal
+	user := review8Agent(t, rtp, dir)        // the user's one-shot seal
 
 	// The seal opens the trail and is held in its TPM2_Create.
 	var mu sync.Mutex
@@ -407,4 +395,24 @@ func review21SealMovesAgain(t *testing.T, tp *tpm.TPM, dir string) audit.Record 
 	}
 	t.Logf("the move made again: %v", moved.Objects)
 	return moved
+}
+
+// twoProcessesMount is a provisioned state directory on a TPM that two
+// provd processes reach, as behind /dev/tpmrm0: env's connection (its bus
+// bz) and another (review8Client, its own bus); g1 is the trail's gate.
+func twoProcessesMount(t *testing.T) (env *swtpmtest.Env, bz *swtpmtest.Bus, dir string, g1 *gateRecord, other *tpm.TPM, otherBus *swtpmtest.Bus) {
+	t.Helper()
+	w := &review8Wire{}
+	bz = &swtpmtest.Bus{}
+	env = swtpmtest.Start(t, swtpmtest.WithWrap(w.wrap), swtpmtest.WithBus(bz), swtpmtest.WithResourceManager())
+	dir = t.TempDir() + "/state"
+	first := review8Agent(t, env.TPM, dir)
+	if _, err := first.Provision(context.Background(), review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other, otherBus = review8Client(t, w)
+	return env, bz, dir, review21Gate(t, dir), other, otherBus
 }

@@ -405,20 +405,8 @@ func TestReview23ZeroizeSRKMovesWithTheHeldGate(t *testing.T) {
 // refused (TPM_RC_POLICY_FAIL), its line left unanchored, and every later
 // zeroize refused until the officer's audit repair.
 func TestZeroizeSRKAfterAMoveCompletedWhileItDestroys(t *testing.T) {
-	w := &review8Wire{}
-	bz := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(w.wrap), swtpmtest.WithBus(bz), swtpmtest.WithResourceManager())
+	env, bz, dir, g1, rtp, _ := twoProcessesMount(t)
 	ctx := context.Background()
-	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
-	rtp, _ := review8Client(t, w)
 	var mu sync.Mutex
 	extends, moved := 0, false
 	var rerr error

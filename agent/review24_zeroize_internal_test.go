@@ -77,20 +77,8 @@ func TestReview24ZeroizeSRKLoadsAMovedTrailsGateUnderTheEvictedSRK(t *testing.T)
 }
 
 func review24MovedGateUnderEvictedSRK(t *testing.T, way string) {
-	w := &review8Wire{}
-	bz := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithWrap(w.wrap), swtpmtest.WithBus(bz), swtpmtest.WithResourceManager())
+	env, bz, dir, g1, rtp, rbus := twoProcessesMount(t)
 	ctx := context.Background()
-	dir := t.TempDir() + "/state"
-	first := review8Agent(t, env.TPM, dir)
-	if _, err := first.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	g1 := review21Gate(t, dir)
-	rtp, rbus := review8Client(t, w)
 	if way == "transient" {
 		// The new gate's persistence refused (no slot left): only the
 		// EvictControl that makes a transient object persistent.
