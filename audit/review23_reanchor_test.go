@@ -78,49 +78,17 @@ func review23MadeAgain(path string, m *MemoryAnchor, archive, want string, lostO
 // archives.
 func TestReview23TornFirstRecordBesideALostArchive(t *testing.T) {
 	for _, c := range []struct {
-		name   string
-		lostOK bool
-		change func(archive string, data []byte) error
+		name         string
+		edit, lostOK bool
 	}{
-		{"removed/made-again", false, func(archive string, _ []byte) error { return os.Remove(archive) }},
-		{"removed/officer", true, func(archive string, _ []byte) error { return os.Remove(archive) }},
-		{"edited/made-again", false, func(archive string, data []byte) error {
-			return os.WriteFile(archive, data[:bytes.IndexByte(data, '\n')+1], 0o600)
-		}},
-		{"edited/officer", true, func(archive string, data []byte) error {
-			return os.WriteFile(archive, data[:bytes.IndexByte(data, '\n')+1], 0o600)
-		}},
+		{"removed/made-again", false, false},
+		{"removed/officer", false, true},
+		{"edited/made-again", true, false},
+		{"edited/officer", true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			path, m, archive, data := review22Archived(t, 3)
-			want := sha256Hex(data)
-			if err := os.WriteFile(path, review23Torn, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.change(archive, data); err != nil {
-				t.Fatal(err)
-			}
-			before, _ := os.ReadFile(archive)
-			calls, err := review23MadeAgain(path, m, archive, want, c.lostOK)
-			t.Logf("the move made again (LostOK %v): %v (Reset called %d times)", c.lostOK, err, calls)
-			after, _ := os.ReadFile(archive)
-			recs, _ := ReadRecords(path)
-			if len(recs) > 0 {
-				t.Logf("its record: %v", recs[0].Objects)
-			}
-			if bytes.Equal(after, review23Torn) {
-				t.Errorf("the torn first record (%d bytes) was written as the archive of the old log's %d bytes, at %s", len(review23Torn), len(data), filepath.Base(archive))
-			}
-			if !bytes.Equal(after, before) {
-				t.Errorf("the file at the archive's path changed: %d bytes before, %d after", len(before), len(after))
-			}
+			recs, want, err := review23BesideLostArchive(t, review23Torn, c.edit, c.lostOK)
 			if !c.lostOK {
-				if !errors.Is(err, ErrTampered) || calls != 0 {
-					t.Errorf("the move made again without the officer: %v (Reset called %d times), want refused as tampering: the old lines are in no file", err, calls)
-				}
-				if b, _ := os.ReadFile(path); !bytes.Equal(b, review23Torn) {
-					t.Errorf("the log changed: %q", b)
-				}
 				return
 			}
 			if err != nil {
@@ -312,4 +280,50 @@ func TestReview23ByteForAnEmptyLogGainsNothing(t *testing.T) {
 			t.Errorf("log %q: discarded_bytes %q", junk, got)
 		}
 	}
+}
+
+// review23BesideLostArchive is a move made again (review23MadeAgain) over
+// a log holding log, its recorded archive (of three lines) removed or,
+// with edit, cut to its first line. The file at the archive's path must
+// stay as it was, never log; without the officer (lostOK false) the move
+// must be refused as tampering, nothing reset and the log unchanged. It
+// returns the log's records after, the recorded digest and the move's
+// error.
+func review23BesideLostArchive(t *testing.T, log []byte, edit, lostOK bool) ([]Record, string, error) {
+	t.Helper()
+	path, m, archive, data := review22Archived(t, 3)
+	want := sha256Hex(data)
+	if err := os.WriteFile(path, log, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if edit {
+		if err := os.WriteFile(archive, data[:bytes.IndexByte(data, '\n')+1], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := os.Remove(archive); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(archive)
+	calls, err := review23MadeAgain(path, m, archive, want, lostOK)
+	after, _ := os.ReadFile(archive)
+	recs, _ := ReadRecords(path)
+	t.Logf("the move made again (LostOK %v): %v (Reset called %d times)", lostOK, err, calls)
+	if len(recs) > 0 {
+		t.Logf("its record: %v", recs[len(recs)-1].Objects)
+	}
+	if bytes.Equal(after, log) {
+		t.Errorf("the log's %d bytes were written as the archive of the old log's %d bytes, at %s", len(log), len(data), filepath.Base(archive))
+	}
+	if !bytes.Equal(after, before) {
+		t.Errorf("the file at the archive's path changed: %d bytes before, %d after", len(before), len(after))
+	}
+	if !lostOK {
+		if !errors.Is(err, ErrTampered) || calls != 0 {
+			t.Errorf("the move made again without the officer: %v (Reset called %d times), want refused as tampering: the old lines are in no file", err, calls)
+		}
+		if b, _ := os.ReadFile(path); !bytes.Equal(b, log) {
+			t.Errorf("the log changed: %q", b)
+		}
+	}
+	return recs, want, err
 }

@@ -86,43 +86,12 @@ func TestReview24ALineBesideALostArchiveIsArchivedAsTheOldTrail(t *testing.T) {
 		{"edited/officer/x", true, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			path, m, archive, data := review22Archived(t, 3)
-			want := sha256Hex(data)
 			junk := []byte("x\n")
 			if c.json {
 				junk = review24Line(t)
 			}
-			if err := os.WriteFile(path, junk, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if c.edit {
-				if err := os.WriteFile(archive, data[:bytes.IndexByte(data, '\n')+1], 0o600); err != nil {
-					t.Fatal(err)
-				}
-			} else if err := os.Remove(archive); err != nil {
-				t.Fatal(err)
-			}
-			before, _ := os.ReadFile(archive)
-			calls, err := review23MadeAgain(path, m, archive, want, c.lostOK)
-			after, _ := os.ReadFile(archive)
-			recs, _ := ReadRecords(path)
-			t.Logf("the move made again (LostOK %v): %v (Reset called %d times)", c.lostOK, err, calls)
-			if len(recs) > 0 {
-				t.Logf("its record: %v", recs[len(recs)-1].Objects)
-			}
-			if bytes.Equal(after, junk) {
-				t.Errorf("the log's %q was written as the archive of the old log's %d bytes, at %s", junk, len(data), filepath.Base(archive))
-			}
-			if !bytes.Equal(after, before) {
-				t.Errorf("the file at the archive's path changed: %d bytes before, %d after", len(before), len(after))
-			}
+			recs, _, err := review23BesideLostArchive(t, junk, c.edit, c.lostOK)
 			if !c.lostOK {
-				if !errors.Is(err, ErrTampered) || calls != 0 {
-					t.Errorf("the move made again without the officer: %v (Reset called %d times), want refused as tampering: the old lines are in no file", err, calls)
-				}
-				if b, _ := os.ReadFile(path); !bytes.Equal(b, junk) {
-					t.Errorf("the log changed: %q", b)
-				}
 				return
 			}
 			if err == nil && (len(recs) != 1 || recs[0].Objects["archive_lost"] == "") {
