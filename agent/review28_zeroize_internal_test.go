@@ -335,42 +335,8 @@ func TestReview28ReanchoredWaitingZeroizeIsWrittenAndTheSRKStays(t *testing.T) {
 // audit.pending; or keep the waiting record pending until zeroize's own
 // last record is written.
 func TestReview28ZeroizeAgainThatFailsForgetsTheEviction(t *testing.T) {
-	ctx := context.Background()
 	env, bz, dir, a := review28Mount(t)
-	logPath := filepath.Join(dir, audit.FileName)
-	startLine := `"op":"` + opZeroizeStart + `"`
-	before, err := os.ReadFile(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	starts := strings.Count(string(before), startLine)
-	var mu sync.Mutex
-	armed, failed := false, false
-	bz.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		cc := swtpmtest.CommandCode(cmd)
-		if failed {
-			return nil, nil, false
-		}
-		if cc == tpm2.TPMCCNVExtend {
-			rsp, err := next.Send(cmd)
-			if b, rerr := os.ReadFile(logPath); rerr == nil && strings.Count(string(b), startLine) > starts {
-				armed = true
-			}
-			return rsp, err, true
-		}
-		if armed && (cc == tpm2.TPMCCStartAuthSession || cc == tpm2.TPMCCLoad) {
-			failed = true
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCSessionMemory), nil, true
-		}
-		return nil, nil, false
-	})
-	_, zerr := a.Zeroize(ctx, api.ZeroizeOptions{})
-	bz.Set(nil)
-	mu.Lock()
-	ok := failed
-	mu.Unlock()
+	ok, zerr := zeroizeFailingPastItsStart(t, bz, dir, a)
 	waits, _ := waitingZeroize(dir)
 	t.Logf("zeroize again with one fault after its start record: %v (fault injected %v); SRK there %v; zeroize still waiting %v", zerr, ok, review26SRKThere(env), waits)
 	if !ok || zerr == nil {
@@ -486,4 +452,46 @@ func zeroizeWithoutSRK(t *testing.T, env *swtpmtest.Env, dir string) (srkThere b
 		t.Fatalf("zeroize: %v", err)
 	}
 	return review26SRKThere(env)
+}
+
+// zeroizeFailingPastItsStart runs zeroize without --srk with a, one
+// command failing (TPM_RC_SESSION_MEMORY: the first StartAuthSession or
+// Load) once its zeroize-start line is in dir's log; it returns whether
+// the fault came, and zeroize's error.
+func zeroizeFailingPastItsStart(t *testing.T, bz *swtpmtest.Bus, dir string, a *Agent) (faulted bool, err error) {
+	t.Helper()
+	logPath := filepath.Join(dir, audit.FileName)
+	startLine := `"op":"` + opZeroizeStart + `"`
+	before, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts := strings.Count(string(before), startLine)
+	var mu sync.Mutex
+	armed, failed := false, false
+	bz.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		cc := swtpmtest.CommandCode(cmd)
+		if failed {
+			return nil, nil, false
+		}
+		if cc == tpm2.TPMCCNVExtend {
+			rsp, err := next.Send(cmd)
+			if b, rerr := os.ReadFile(logPath); rerr == nil && strings.Count(string(b), startLine) > starts {
+				armed = true
+			}
+			return rsp, err, true
+		}
+		if armed && (cc == tpm2.TPMCCStartAuthSession || cc == tpm2.TPMCCLoad) {
+			failed = true
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCSessionMemory), nil, true
+		}
+		return nil, nil, false
+	})
+	_, zerr := a.Zeroize(context.Background(), api.ZeroizeOptions{})
+	bz.Set(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	return failed, zerr
 }

@@ -17,7 +17,6 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
@@ -44,45 +43,11 @@ func review29IsSRKEviction(cmd []byte) bool {
 // the live trail, the SRK created again by the move, nothing waiting.
 func review29LateRecordMount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, string) {
 	t.Helper()
-	ctx := context.Background()
 	env, bz, dir, a := review28Mount(t)
-	logPath := filepath.Join(dir, audit.FileName)
-	startLine := `"op":"` + opZeroizeStart + `"`
-	before, err := os.ReadFile(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	starts := strings.Count(string(before), startLine)
-	var mu sync.Mutex
-	armed, failed := false, false
-	bz.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		cc := swtpmtest.CommandCode(cmd)
-		if failed {
-			return nil, nil, false
-		}
-		if cc == tpm2.TPMCCNVExtend {
-			rsp, err := next.Send(cmd)
-			if b, rerr := os.ReadFile(logPath); rerr == nil && strings.Count(string(b), startLine) > starts {
-				armed = true
-			}
-			return rsp, err, true
-		}
-		if armed && (cc == tpm2.TPMCCStartAuthSession || cc == tpm2.TPMCCLoad) {
-			failed = true
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCSessionMemory), nil, true
-		}
-		return nil, nil, false
-	})
-	_, zerr := a.Zeroize(ctx, api.ZeroizeOptions{})
-	bz.Set(nil)
+	ok, zerr := zeroizeFailingPastItsStart(t, bz, dir, a)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	ok := failed
-	mu.Unlock()
 	if waits, _ := waitingZeroize(dir); !ok || zerr == nil || waits || !review26SRKThere(env) || !(&Agent{dir: dir}).srkEvictionOwed() {
 		t.Fatalf("not mounted: zeroize again failing past its start record: %v (fault %v, waiting %v, SRK there %v)", zerr, ok, waits, review26SRKThere(env))
 	}
