@@ -222,7 +222,6 @@ func review23MarkWhileDestroying(t *testing.T, daemon, srk bool) (*swtpmtest.Env
 	ctx := context.Background()
 	dir := t.TempDir() + "/state"
 	_, g2, _, mark := zeroizeMarkMount(t, env, bz, dir)
-	gatePath := filepath.Join(dir, gateFile)
 	var z *Agent
 	if daemon {
 		var err error
@@ -236,25 +235,7 @@ func review23MarkWhileDestroying(t *testing.T, daemon, srk bool) (*swtpmtest.Env
 	} else {
 		z = review8Agent(t, env.TPM, dir)
 	}
-	var mu sync.Mutex
-	placed, extends := false, 0
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		cc := swtpmtest.CommandCode(cmd)
-		if cc == tpm2.TPMCCNVExtend {
-			extends++
-		}
-		if extends == 1 && cc == tpm2.TPMCCGetCapability && !placed {
-			placed = os.WriteFile(gatePath, mark, 0o600) == nil
-		}
-		return nil, nil, false
-	})
-	res, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: srk})
-	bz.Set(nil)
-	mu.Lock()
-	ok := placed
-	mu.Unlock()
+	res, ok, zerr := zeroizePlacingMark(t, bz, z, dir, mark, srk)
 	if !ok {
 		t.Fatalf("not mounted: the mark was not placed: %v", zerr)
 	}
@@ -455,4 +436,34 @@ func TestZeroizeSRKAfterAMoveCompletedWhileItDestroys(t *testing.T) {
 		t.Errorf("the archived trail: the move's record at %d, zeroize's at %d; want zeroize's after the move's", moveAt, zeroizeAt)
 	}
 	review23NothingLeft(t, env, dir, true)
+}
+
+// zeroizePlacingMark runs z's zeroize (--srk with srk), putting mark in
+// dir's audit.gate as its first TPM2_GetCapability after zeroize-start's
+// extend goes out (the witness's read of leftovers: after zeroize-start
+// and, with --srk, the held gate; before the SRK's eviction): another
+// process's move marked while zeroize destroys. It returns zeroize's
+// result, whether the mark was placed, and zeroize's error.
+func zeroizePlacingMark(t *testing.T, bz *swtpmtest.Bus, z *Agent, dir string, mark []byte, srk bool) (api.ZeroizeResult, bool, error) {
+	t.Helper()
+	gatePath := filepath.Join(dir, gateFile)
+	var mu sync.Mutex
+	placed, extends := false, 0
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		cc := swtpmtest.CommandCode(cmd)
+		if cc == tpm2.TPMCCNVExtend {
+			extends++
+		}
+		if extends == 1 && cc == tpm2.TPMCCGetCapability && !placed {
+			placed = os.WriteFile(gatePath, mark, 0o600) == nil
+		}
+		return nil, nil, false
+	})
+	res, zerr := z.Zeroize(context.Background(), api.ZeroizeOptions{SRK: srk})
+	bz.Set(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	return res, placed, zerr
 }

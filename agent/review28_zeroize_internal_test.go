@@ -43,33 +43,13 @@ func review28Mount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, string, *Agent
 	t.Helper()
 	bz := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
-	ctx := context.Background()
 	dir := t.TempDir() + "/state"
 	_, _, _, mark := zeroizeMarkMount(t, env, bz, dir)
-	gatePath := filepath.Join(dir, gateFile)
 	z := review8Agent(t, env.TPM, dir)
-	var mu sync.Mutex
-	placed, extends := false, 0
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		cc := swtpmtest.CommandCode(cmd)
-		if cc == tpm2.TPMCCNVExtend {
-			extends++
-		}
-		if extends == 1 && cc == tpm2.TPMCCGetCapability && !placed {
-			placed = os.WriteFile(gatePath, mark, 0o600) == nil
-		}
-		return nil, nil, false
-	})
-	res, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
-	bz.Set(nil)
+	res, ok, zerr := zeroizePlacingMark(t, bz, z, dir, mark, true)
 	if err := z.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	ok := placed
-	mu.Unlock()
 	if waits, evicted := waitingZeroize(dir); !ok || !errors.Is(zerr, errZeroizeUnfinished) || !res.SRKEvicted || review26SRKThere(env) || !waits || !evicted {
 		t.Fatalf("not mounted: zeroize --srk under a mark placed while it destroys: %v (mark placed %v, srk_evicted %v, SRK there %v, waiting %v/%v)",
 			zerr, ok, res.SRKEvicted, review26SRKThere(env), waits, evicted)
