@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -95,11 +96,17 @@ func readPending(data []byte) ([]audit.Record, error) {
 }
 
 // pendingIn is the pending records of the state directory dir; none when
-// the file is missing or does not parse (whoever writes records reports
-// that).
+// the file is missing, larger than writePending takes, or does not parse
+// (whoever writes records reports that). It reads no more than that bound
+// (found by reread: read whole, whatever its size, under a mark).
 func pendingIn(dir string) []audit.Record {
-	b, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	f, err := os.Open(filepath.Join(dir, pendingFile))
 	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPending+zeroizeRoom+1))
+	if err != nil || len(b) > maxPending+zeroizeRoom {
 		return nil
 	}
 	recs, err := readPending(b)

@@ -67,3 +67,31 @@ func TestSRKEvictionOwed(t *testing.T) {
 		})
 	}
 }
+
+// A pending file larger than writePending takes is read no further than
+// that bound and counts as no records (a zeroize waiting in it unseen, as
+// for a file that does not parse).
+func TestPendingInIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	rec, err := json.Marshal(audit.Record{Op: opZeroize, Result: "ok", Objects: map[string]string{keysDestroyed: "true", "srk_evicted": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, pendingFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(rec, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	if got := pendingIn(dir); len(got) != 1 {
+		t.Fatalf("a small pending file: %d records, want 1", len(got))
+	}
+	if err := f.Truncate(maxPending + zeroizeRoom + 1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if got := pendingIn(dir); got != nil {
+		t.Errorf("a pending file past the bound: %d records, want none", len(got))
+	}
+}
