@@ -260,10 +260,7 @@ var errClosed = fmt.Errorf("%w: the TPM was closed", ErrTransport)
 func (c *counting) close(closer func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return nil
-	}
-	c.closed = true
+	c.closed = true // once: TPM.Close runs it once
 	if closer == nil {
 		return nil
 	}
