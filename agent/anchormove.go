@@ -52,9 +52,19 @@ type anchorMove struct {
 
 // errMoveUnfinished: audit.gate says a move to a new anchor was not
 // finished (gateRecord.Moving, moveUnfinished); the trail is not read
-// against any index until finishMove has made the move again.
-var errMoveUnfinished = errors.New("the audit trail was moving to a new anchor when provd stopped or the TPM failed (audit.gate says so): " +
-	"the next audited operation, or provd audit repair, makes the move again")
+// against any index until finishMove has made the move again. It is an
+// api.ErrAuditMoveUnfinished (audit_move_unfinished, exit 8): scripts tell
+// it apart from a tampered trail (exit 14) and from any other error.
+var errMoveUnfinished error = moveUnfinished{}
+
+type moveUnfinished struct{}
+
+func (moveUnfinished) Error() string {
+	return "the audit trail was moving to a new anchor when provd stopped or the TPM failed (audit.gate says so): " +
+		"the next audited operation, or provd audit repair, makes the move again"
+}
+
+func (moveUnfinished) Is(target error) bool { return target == api.ErrAuditMoveUnfinished }
 
 // moveUnfinishedErr is why the trail is read against no index while a
 // move is marked: errMoveUnfinished, or errZeroizeUnfinished while a

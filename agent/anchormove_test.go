@@ -72,8 +72,10 @@ func TestInterruptedAnchorMove(t *testing.T) {
 			if !strings.Contains(st.AuditError, "moving to a new anchor") {
 				t.Errorf("status's audit error is %q, want the unfinished move", st.AuditError)
 			}
-			if _, err := ag.AuditVerify(ctx); err == nil || errors.Is(err, api.ErrTampered) {
-				t.Errorf("verify with the move unfinished: %v, want an error that is not tampering", err)
+			if _, err := ag.AuditVerify(ctx); err == nil || errors.Is(err, api.ErrTampered) ||
+				!errors.Is(err, api.ErrAuditMoveUnfinished) || api.ExitCode(err) != api.ExitState {
+				t.Errorf("verify with the move unfinished: %v (exit %d), want audit_move_unfinished, exit %d, not tampering",
+					err, api.ExitCode(err), api.ExitState)
 			}
 
 			var other tpm.NVIndex

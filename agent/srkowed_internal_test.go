@@ -2,10 +2,15 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 )
 
@@ -93,5 +98,35 @@ func TestPendingInIsBounded(t *testing.T) {
 	f.Close()
 	if got := pendingIn(dir); got != nil {
 		t.Errorf("a pending file past the bound: %d records, want none", len(got))
+	}
+}
+
+// An unfinished move, and a zeroize that left its trail, reach the CLI and
+// the wire as api.ErrAuditMoveUnfinished (audit_move_unfinished, exit 8):
+// not tampering (exit 14), not "anything else" (exit 1, as before), and
+// each keeps its own message (the command that makes the move).
+func TestUnfinishedMoveHasItsKind(t *testing.T) {
+	for _, err := range []error{
+		errMoveUnfinished,
+		errZeroizeUnfinished,
+		zeroizeLeftTrail(errZeroizeUnfinished),
+		fmt.Errorf("audit trail: %w", errMoveUnfinished),
+	} {
+		if !errors.Is(err, api.ErrAuditMoveUnfinished) || !errors.Is(err, errMoveUnfinished) {
+			t.Errorf("%q is not an unfinished move", err)
+		}
+		if got := api.ExitCode(err); got != api.ExitState {
+			t.Errorf("%q: exit %d, want %d", err, got, api.ExitState)
+		}
+		if kinds := api.ErrorKinds(err); !slices.Equal(kinds, []string{"audit_move_unfinished"}) {
+			t.Errorf("%q: kinds %v, want [audit_move_unfinished]", err, kinds)
+		}
+	}
+	if errors.Is(errMoveUnfinished, errZeroizeUnfinished) {
+		t.Error("every unfinished move is taken for a waiting zeroize")
+	}
+	if !strings.Contains(zeroizeLeftTrail(errZeroizeUnfinished).Error(), "provd zeroize again") ||
+		strings.Contains(errZeroizeUnfinished.Error(), "audit repair") {
+		t.Errorf("a waiting zeroize's message: %q", zeroizeLeftTrail(errZeroizeUnfinished))
 	}
 }

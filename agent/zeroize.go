@@ -441,7 +441,9 @@ func (zeroizeUnfinished) Error() string {
 		"to a new anchor may be unfinished, audit.gate says so): provd zeroize run again finishes, and no other operation moves the trail before"
 }
 
-func (zeroizeUnfinished) Is(target error) bool { return target == errMoveUnfinished }
+func (zeroizeUnfinished) Is(target error) bool {
+	return target == errMoveUnfinished || errors.Is(errMoveUnfinished, target)
+}
 
 // zeroizeWaits reports whether zeroize's last record waits among the
 // pending records (a zeroize refused its trail's removal: zeroizeLeftTrail).

@@ -41,6 +41,14 @@ var (
 	// ErrBusy: the daemon's TPM queue did not reach a request before its
 	// deadline, or was full (exit code 10, as a TPM out of slots: try again).
 	ErrBusy = errors.New("TPM queue busy: the request's deadline passed while it waited")
+	// ErrAuditMoveUnfinished: the audit trail was moving to a new anchor
+	// when provd stopped or the TPM failed (audit.gate marks the move), or
+	// a zeroize destroyed the keys and left the trail, its last record
+	// waiting: the trail is read against no index until the move is made
+	// again, and the error's message names the command that makes it (the
+	// next audited operation or provd audit repair; provd zeroize run
+	// again after a zeroize). Exit code 8, as a state to finish first.
+	ErrAuditMoveUnfinished = errors.New("the audit trail's move to a new anchor is unfinished")
 )
 
 // PolicyError says that the platform does not satisfy an object's policy, and

@@ -143,6 +143,7 @@ var kinds = []Kind{
 	{"state_locked", store.ErrLocked, ExitState, http.StatusServiceUnavailable},
 	{"audit_locked", audit.ErrLocked, ExitState, http.StatusServiceUnavailable},
 	{"audit_moved", audit.ErrMoved, ExitState, http.StatusServiceUnavailable},
+	{"audit_move_unfinished", ErrAuditMoveUnfinished, ExitState, http.StatusServiceUnavailable},
 	{"state_corrupt", store.ErrCorrupt, ExitState, http.StatusInternalServerError},
 	{"state_unknown_schema", store.ErrUnknownSchema, ExitState, http.StatusInternalServerError},
 	{"state_insecure_dir", store.ErrInsecureDir, ExitState, http.StatusInternalServerError},
