@@ -3,7 +3,8 @@ package agent
 // The thirtieth review: review 29's mend (srkEvictionOwed reads the records
 // as they will stand in the trail, pending then live log, newest first).
 //
-// FLAW (fails on this code): TestReview30ReanchorArchivingATornLogForgetsTheEviction.
+// FLAW (fails on this code): TestReview30ReanchorArchivingATornLogForgetsTheEviction,
+// TestReview30ArchivingReanchorPutsTheSRKBackUnowed.
 //
 // HELD: TestReview30TornTailAfterTheLateRecordKeepsTheEviction.
 
@@ -11,10 +12,15 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
 
@@ -122,5 +128,96 @@ func TestReview30TornTailAfterTheLateRecordKeepsTheEviction(t *testing.T) {
 	}
 	if review26SRKThere(env) {
 		t.Errorf("zeroize without --srk over a torn tail left the SRK back")
+	}
+}
+
+// FLAW (fails on this code): TestReview30ArchivingReanchorPutsTheSRKBackUnowed
+// (no attacker: one TPM fault, TPM_RC_MEMORY on one TPM2_NV_Extend, then
+// the officer's documented way out).
+//
+// Attack: a provisioned state; zeroize --srk evicts the SRK, and the
+// extend of its last record's line fails once: the line (keys_destroyed
+// true, srk_evicted true) is in the log, not anchored, and zeroize says to
+// run it again. Zeroize run again (without --srk: srkEvictionOwed makes it
+// --srk) is refused, "lines at the end of the log are not anchored". The
+// officer runs audit reanchor: the trail's own anchor disagrees with the
+// log, so the log is archived as evidence and the trail begun anew with a
+// new gate key, created under the SRK, which the reanchor creates and
+// persists again. Then zeroize without --srk.
+//
+// Expected: the SRK stays evicted, or comes back only with a record that
+// owes its eviction, which the next zeroize pays (srkEvictionOwed: "carried
+// until a zeroize evicts it or a provision").
+//
+// Observed: the reanchor puts the SRK back (its record says nothing of
+// it), the owed eviction's record is in the archive only, srkEvictionOwed
+// is false, and zeroize without --srk leaves the SRK there.
+//
+// Mend: a move that begins the trail anew (archive) carries the owed
+// eviction into the new trail (its record says the SRK eviction is owed,
+// e.g. srk_eviction_owed true, which srkEvictionOwed reads as a zeroize's
+// srk_evicted true; or srkEvictionOwed follows the archive the new trail's
+// first record names); and a reanchor that owes an eviction says in its
+// record that it created the SRK again (as zeroize_waiting does).
+func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
+	ctx := context.Background()
+	bz := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
+	dir := t.TempDir() + "/state"
+	z := review8Agent(t, env.TPM, dir)
+	if _, err := z.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	evicted, failed := false, 0
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if review29IsSRKEviction(cmd) {
+			evicted = true
+			return nil, nil, false
+		}
+		if evicted && failed == 0 && swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend {
+			failed++
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCMemory), nil, true
+		}
+		return nil, nil, false
+	})
+	zres, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
+	bz.Set(nil)
+	mu.Lock()
+	t.Logf("TPM2_NV_Extend answered TPM_RC_MEMORY %d time(s)", failed)
+	mu.Unlock()
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	owed := (&Agent{dir: dir}).srkEvictionOwed()
+	t.Logf("zeroize --srk, its last record's extend failing: %v (srk_evicted %v, owed %v, SRK there %v)", zerr, zres.SRKEvicted, owed, review26SRKThere(env))
+	if zerr == nil || !owed || review26SRKThere(env) {
+		t.Fatalf("not mounted: zeroize --srk's last record is not in the trail")
+	}
+	again := review8Agent(t, env.TPM, dir)
+	ares, aerr := again.Zeroize(ctx, api.ZeroizeOptions{})
+	if err := again.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("zeroize again, as the error says: %v (srk_evicted %v, SRK there %v)", aerr, ares.SRKEvicted, review26SRKThere(env))
+	r := review8Agent(t, env.TPM, dir)
+	res, err := r.AuditReanchor(ctx)
+	if err != nil {
+		t.Fatalf("not mounted: the officer's reanchor of a torn log: %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	back := review26SRKThere(env)
+	owed = (&Agent{dir: dir}).srkEvictionOwed()
+	t.Logf("reanchor: archived %q; its record %v; SRK there %v, owed %v", res.ArchivedLog, res.Record.Objects, back, owed)
+	if res.ArchivedLog == "" {
+		t.Fatalf("not mounted: the torn log was not archived")
+	}
+	if zeroizeWithoutSRK(t, env, dir) {
+		t.Errorf("the SRK zeroize --srk evicted is at 0x%08x after the last zeroize (put back by the reanchor: %v; srkEvictionOwed after it %v)",
+			uint32(tpm.SRKHandle), back, owed)
 	}
 }
