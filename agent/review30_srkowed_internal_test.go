@@ -4,7 +4,8 @@ package agent
 // as they will stand in the trail, pending then live log, newest first).
 //
 // FLAW (fails on this code): TestReview30ReanchorArchivingATornLogForgetsTheEviction,
-// TestReview30ArchivingReanchorPutsTheSRKBackUnowed.
+// TestReview30ArchivingReanchorPutsTheSRKBackUnowed,
+// TestReview30RoleLessRefusalAfterCompleteZeroizeSRK.
 //
 // HELD: TestReview30TornTailAfterTheLateRecordKeepsTheEviction.
 
@@ -219,5 +220,61 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 	if zeroizeWithoutSRK(t, env, dir) {
 		t.Errorf("the SRK zeroize --srk evicted is at 0x%08x after the last zeroize (put back by the reanchor: %v; srkEvictionOwed after it %v)",
 			uint32(tpm.SRKHandle), back, owed)
+	}
+}
+
+// FLAW (fails on this code): TestReview30RoleLessRefusalAfterCompleteZeroizeSRK
+// (a role-less local client of the daemon: any local user who can reach
+// its socket).
+//
+// Attack: the daemon provisions, then the officer's zeroize --srk
+// completes (SRK evicted, trail archived, anchor and gate removed). A
+// role-less caller sends any request; the daemon records the refusal
+// (refusals are always recorded: nothingToActOn), which begins a new trail:
+// its gate key is created under the SRK, which tpm.SRK (pinnedSRK(true),
+// or SRK with nothing pinned) creates and persists again.
+//
+// Expected: the design: after zeroize --srk the SRK stays evicted; provd
+// does not put it back without a record saying so (only provision may make
+// it again). The residual-risk bullet names an operator's one-shot tpm pcr
+// read and a race with zeroize, not an unprivileged caller after it.
+//
+// Observed: the new trail's lines are audit-anchor (reason "new trail")
+// and the refusal; neither says the SRK was created; the SRK is at
+// 0x81000001 again, by a caller with no role.
+//
+// Mend: a trail begun where the SRK's handle is empty creates its gate key
+// under a transient primary (CreatePrimary of the SRK template, flushed,
+// never persisted), or a refusal in a state with no PK and no trail waits
+// in audit.pending (as in a fresh directory beside another's anchor)
+// instead of beginning a trail; at the least the new trail's record says
+// it created the SRK.
+func TestReview30RoleLessRefusalAfterCompleteZeroizeSRK(t *testing.T) {
+	ctx := context.Background()
+	env := swtpmtest.Start(t)
+	dir := t.TempDir() + "/state"
+	d, err := New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if _, err := d.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Zeroize(ctx, api.ZeroizeOptions{SRK: true}); err != nil {
+		t.Fatal(err)
+	}
+	if review26SRKThere(env) {
+		t.Fatalf("not mounted: the SRK is there after zeroize --srk")
+	}
+	caller := api.WithCaller(ctx, api.Caller{UID: 1000})
+	rerr := d.RecordRefusal(caller, "key-create", "key create needs the operator role; uid 1000 holds none")
+	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
+	t.Logf("refusal recorded: %v; the new trail: %d line(s); SRK there %v", rerr, len(recs), review26SRKThere(env))
+	for _, r := range recs {
+		t.Logf("  %s %v %s", r.Op, r.Objects, r.Result)
+	}
+	if review26SRKThere(env) {
+		t.Errorf("a role-less caller's refused request after a complete zeroize --srk put the SRK back at 0x%08x", uint32(tpm.SRKHandle))
 	}
 }
