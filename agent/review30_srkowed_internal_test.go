@@ -7,14 +7,17 @@ package agent
 // TestReview30ArchivingReanchorPutsTheSRKBackUnowed,
 // TestReview30RoleLessRefusalAfterCompleteZeroizeSRK.
 //
-// HELD: TestReview30TornTailAfterTheLateRecordKeepsTheEviction.
+// HELD: TestReview30TornTailAfterTheLateRecordKeepsTheEviction,
+// TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction.
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -276,5 +279,98 @@ func TestReview30RoleLessRefusalAfterCompleteZeroizeSRK(t *testing.T) {
 	}
 	if review26SRKThere(env) {
 		t.Errorf("a role-less caller's refused request after a complete zeroize --srk put the SRK back at 0x%08x", uint32(tpm.SRKHandle))
+	}
+}
+
+// HELD: TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction (two provd
+// processes on one TPM behind a resource manager: the officer's one-shot
+// zeroize and another process's provision; attack idea: srkEvictionOwed is
+// decided before zeroize's start record, outside the log's lock).
+//
+// Attack: the owed eviction in the live log (zeroize --srk's last record,
+// its extends failed twice, anchored by audit repair --anchor-last; the
+// SRK evicted). Zeroize without --srk decides the SRK eviction is owed;
+// at its first TPM command after that decision another process starts a
+// provision (creating the SRK again, a new PK under it), to have zeroize
+// evict a new PK's SRK, or leave it back.
+//
+// Held: between the decision and the start record zeroize sends the TPM
+// nothing; its first TPM command comes with the log's lock held
+// (openAudit), so the provision waits 5 s and is refused (nothing made),
+// and zeroize evicts the SRK with records saying so (srk true,
+// srk_because, srk_evicted true). Whatever the interleaving, the test
+// checks that no PK is left whose SRK was evicted and no SRK is back with
+// no PK. (The window itself, file reads only, is not reached by a bus
+// hook; a record written in it by another process is the residual risk
+// the threat model names.)
+func TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction(t *testing.T) {
+	ctx := context.Background()
+	env, bz, dir, _, other, _ := twoProcessesMount(t)
+	z := review8Agent(t, env.TPM, dir)
+	var mu sync.Mutex
+	evicted, failed := false, 0
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if review29IsSRKEviction(cmd) {
+			evicted = true
+			return nil, nil, false
+		}
+		if evicted && failed < 2 && swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend {
+			failed++
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCMemory), nil, true
+		}
+		return nil, nil, false
+	})
+	_, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
+	bz.Set(nil)
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rp := review8Agent(t, env.TPM, dir)
+	_, rerr := rp.AuditRepair(ctx, true)
+	if err := rp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if zerr == nil || rerr != nil || review26SRKThere(env) || !(&Agent{dir: dir}).srkEvictionOwed() {
+		t.Fatalf("not mounted: zeroize --srk %v, repair --anchor-last %v, SRK there %v", zerr, rerr, review26SRKThere(env))
+	}
+	done := make(chan error, 1)
+	var once sync.Once
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		once.Do(func() {
+			go func() {
+				p, err := New(Config{TPM: other, StateDir: dir})
+				if err != nil {
+					done <- err
+					return
+				}
+				_, perr := p.Provision(ctx, review8Req())
+				done <- errors.Join(perr, p.Close())
+			}()
+			select {
+			case err := <-done:
+				done <- err
+			case <-time.After(60 * time.Second):
+			}
+		})
+		return nil, nil, false
+	})
+	zres, zerr := review8Agent(t, env.TPM, dir).Zeroize(ctx, api.ZeroizeOptions{})
+	bz.Set(nil)
+	perr := <-done
+	has, herr := review8Agent(t, env.TPM, dir).hasPK(ctx)
+	t.Logf("provision in the other process: %v; zeroize: %v (srk_evicted %v, archive %q); PK %v/%v, SRK there %v", perr, zerr, zres.SRKEvicted, zres.AuditLog, has, herr, review26SRKThere(env))
+	if zres.AuditLog != "" {
+		recs, _ := audit.ReadRecords(zres.AuditLog)
+		for _, r := range recs[max(0, len(recs)-4):] {
+			t.Logf("  %s %v %s", r.Op, r.Objects, r.Result)
+		}
+	}
+	if has && !review26SRKThere(env) {
+		t.Errorf("a PK is left whose SRK zeroize evicted")
+	}
+	if !has && review26SRKThere(env) {
+		t.Errorf("the SRK is back after zeroize, which owed its eviction")
 	}
 }
