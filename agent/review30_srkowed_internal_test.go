@@ -8,7 +8,8 @@ package agent
 // TestReview30RoleLessRefusalAfterCompleteZeroizeSRK.
 //
 // HELD: TestReview30TornTailAfterTheLateRecordKeepsTheEviction,
-// TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction.
+// TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction,
+// TestReview30ReanchorKeepingTheLinesCarriesTheEviction.
 
 import (
 	"context"
@@ -135,6 +136,44 @@ func TestReview30TornTailAfterTheLateRecordKeepsTheEviction(t *testing.T) {
 	}
 }
 
+// review30UnanchoredZeroize runs zeroize --srk on the provisioned dir
+// with the extend of its last record's line failing, and its retry
+// (TPM_RC_MEMORY, twice): the keys destroyed, the SRK evicted, the line
+// (keys_destroyed true, srk_evicted true) in the log and not anchored.
+func review30UnanchoredZeroize(t *testing.T, env *swtpmtest.Env, bz *swtpmtest.Bus, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	z := review8Agent(t, env.TPM, dir)
+	var mu sync.Mutex
+	evicted, failed := false, 0
+	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if review29IsSRKEviction(cmd) {
+			evicted = true
+			return nil, nil, false
+		}
+		if evicted && failed < 2 && swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend {
+			failed++
+			return swtpmtest.ErrorAnswer(tpm2.TPMRCMemory), nil, true
+		}
+		return nil, nil, false
+	})
+	zres, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
+	bz.Set(nil)
+	mu.Lock()
+	n := failed
+	mu.Unlock()
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	owed := (&Agent{dir: dir}).srkEvictionOwed()
+	t.Logf("zeroize --srk, TPM2_NV_Extend answered TPM_RC_MEMORY %d time(s): %v (srk_evicted %v, owed %v, SRK there %v)", n, zerr, zres.SRKEvicted, owed, review26SRKThere(env))
+	if zerr == nil || !owed || review26SRKThere(env) {
+		t.Fatalf("not mounted: zeroize --srk's last record is not in the trail")
+	}
+}
+
 // FLAW (fails on this code): TestReview30ArchivingReanchorPutsTheSRKBackUnowed
 // (no attacker: a TPM fault, TPM_RC_MEMORY on two TPM2_NV_Extend, then
 // the officer's documented way out).
@@ -168,38 +207,10 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 	bz := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	dir := t.TempDir() + "/state"
-	z := review8Agent(t, env.TPM, dir)
-	if _, err := z.Provision(ctx, review8Req()); err != nil {
+	if _, err := review8Agent(t, env.TPM, dir).Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	evicted, failed := false, 0
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if review29IsSRKEviction(cmd) {
-			evicted = true
-			return nil, nil, false
-		}
-		if evicted && failed < 2 && swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend {
-			failed++
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCMemory), nil, true
-		}
-		return nil, nil, false
-	})
-	zres, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
-	bz.Set(nil)
-	mu.Lock()
-	t.Logf("TPM2_NV_Extend answered TPM_RC_MEMORY %d time(s)", failed)
-	mu.Unlock()
-	if err := z.Close(); err != nil {
-		t.Fatal(err)
-	}
-	owed := (&Agent{dir: dir}).srkEvictionOwed()
-	t.Logf("zeroize --srk, its last record's extend failing: %v (srk_evicted %v, owed %v, SRK there %v)", zerr, zres.SRKEvicted, owed, review26SRKThere(env))
-	if zerr == nil || !owed || review26SRKThere(env) {
-		t.Fatalf("not mounted: zeroize --srk's last record is not in the trail")
-	}
+	review30UnanchoredZeroize(t, env, bz, dir)
 	again := review8Agent(t, env.TPM, dir)
 	ares, aerr := again.Zeroize(ctx, api.ZeroizeOptions{})
 	if err := again.Close(); err != nil {
@@ -215,7 +226,7 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := review26SRKThere(env)
-	owed = (&Agent{dir: dir}).srkEvictionOwed()
+	owed := (&Agent{dir: dir}).srkEvictionOwed()
 	t.Logf("reanchor: archived %q; its record %v; SRK there %v, owed %v", res.ArchivedLog, res.Record.Objects, back, owed)
 	if res.ArchivedLog == "" {
 		t.Fatalf("not mounted: the torn log was not archived")
@@ -306,34 +317,14 @@ func TestReview30RoleLessRefusalAfterCompleteZeroizeSRK(t *testing.T) {
 func TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction(t *testing.T) {
 	ctx := context.Background()
 	env, bz, dir, _, other, _ := twoProcessesMount(t)
-	z := review8Agent(t, env.TPM, dir)
-	var mu sync.Mutex
-	evicted, failed := false, 0
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if review29IsSRKEviction(cmd) {
-			evicted = true
-			return nil, nil, false
-		}
-		if evicted && failed < 2 && swtpmtest.CommandCode(cmd) == tpm2.TPMCCNVExtend {
-			failed++
-			return swtpmtest.ErrorAnswer(tpm2.TPMRCMemory), nil, true
-		}
-		return nil, nil, false
-	})
-	_, zerr := z.Zeroize(ctx, api.ZeroizeOptions{SRK: true})
-	bz.Set(nil)
-	if err := z.Close(); err != nil {
-		t.Fatal(err)
-	}
+	review30UnanchoredZeroize(t, env, bz, dir)
 	rp := review8Agent(t, env.TPM, dir)
 	_, rerr := rp.AuditRepair(ctx, true)
 	if err := rp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if zerr == nil || rerr != nil || review26SRKThere(env) || !(&Agent{dir: dir}).srkEvictionOwed() {
-		t.Fatalf("not mounted: zeroize --srk %v, repair --anchor-last %v, SRK there %v", zerr, rerr, review26SRKThere(env))
+	if rerr != nil || review26SRKThere(env) || !(&Agent{dir: dir}).srkEvictionOwed() {
+		t.Fatalf("not mounted: repair --anchor-last %v, SRK there %v", rerr, review26SRKThere(env))
 	}
 	done := make(chan error, 1)
 	var once sync.Once
@@ -372,5 +363,53 @@ func TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction(t *testing.T) {
 	}
 	if !has && review26SRKThere(env) {
 		t.Errorf("the SRK is back after zeroize, which owed its eviction")
+	}
+}
+
+// HELD: TestReview30ReanchorKeepingTheLinesCarriesTheEviction (one TPM
+// fault, then the operator's and the officer's ways out).
+//
+// Attack: review30UnanchoredZeroize, then audit repair --anchor-last (the
+// operator accepts zeroize's last line: the owed eviction's record in the
+// live log, the SRK evicted). The officer's reanchor of that intact trail
+// moves it to a new gate key, created under the SRK, which it creates
+// again; its record says nothing of it (zeroize_waiting is only for a
+// waiting record).
+//
+// Held: the reanchor keeps the lines (no archive), so the owed eviction
+// stays in the live trail, and zeroize without --srk evicts the SRK again
+// (srk_because).
+func TestReview30ReanchorKeepingTheLinesCarriesTheEviction(t *testing.T) {
+	ctx := context.Background()
+	bz := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
+	dir := t.TempDir() + "/state"
+	if _, err := review8Agent(t, env.TPM, dir).Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	review30UnanchoredZeroize(t, env, bz, dir)
+	rp := review8Agent(t, env.TPM, dir)
+	_, rerr := rp.AuditRepair(ctx, true)
+	if err := rp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rerr != nil || review26SRKThere(env) {
+		t.Fatalf("not mounted: repair --anchor-last %v, SRK there %v", rerr, review26SRKThere(env))
+	}
+	r := review8Agent(t, env.TPM, dir)
+	res, err := r.AuditReanchor(ctx)
+	if err != nil {
+		t.Fatalf("the officer's reanchor: %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	owed := (&Agent{dir: dir}).srkEvictionOwed()
+	t.Logf("reanchor: archived %q; SRK there %v, owed %v", res.ArchivedLog, review26SRKThere(env), owed)
+	if !owed {
+		t.Errorf("the officer's reanchor of an intact trail ended the owed SRK eviction")
+	}
+	if zeroizeWithoutSRK(t, env, dir) {
+		t.Errorf("the SRK zeroize --srk evicted is back after the last zeroize")
 	}
 }
