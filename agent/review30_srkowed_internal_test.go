@@ -14,6 +14,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -246,7 +247,9 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 // role-less caller sends any request; the daemon records the refusal
 // (refusals are always recorded: nothingToActOn), which begins a new trail:
 // its gate key is created under the SRK, which tpm.SRK (pinnedSRK(true),
-// or SRK with nothing pinned) creates and persists again.
+// or SRK with nothing pinned) creates and persists again. Both in the
+// daemon that zeroized (its pin kept) and in one started again on the
+// zeroized directory (nothing pinned).
 //
 // Expected: the design: after zeroize --srk the SRK stays evicted; provd
 // does not put it back without a record saying so (only provision may make
@@ -255,7 +258,9 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 //
 // Observed: the new trail's lines are audit-anchor (reason "new trail")
 // and the refusal; neither says the SRK was created; the SRK is at
-// 0x81000001 again, by a caller with no role.
+// 0x81000001 again, by a caller with no role; nothing owes its eviction
+// (srkEvictionOwed reads the new trail only), so zeroize without --srk
+// leaves it.
 //
 // Mend: a trail begun where the SRK's handle is empty creates its gate key
 // under a transient primary (CreatePrimary of the SRK template, flushed,
@@ -264,32 +269,47 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 // instead of beginning a trail; at the least the new trail's record says
 // it created the SRK.
 func TestReview30RoleLessRefusalAfterCompleteZeroizeSRK(t *testing.T) {
-	ctx := context.Background()
-	env := swtpmtest.Start(t)
-	dir := t.TempDir() + "/state"
-	d, err := New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	if _, err := d.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Zeroize(ctx, api.ZeroizeOptions{SRK: true}); err != nil {
-		t.Fatal(err)
-	}
-	if review26SRKThere(env) {
-		t.Fatalf("not mounted: the SRK is there after zeroize --srk")
-	}
-	caller := api.WithCaller(ctx, api.Caller{UID: 1000})
-	rerr := d.RecordRefusal(caller, "key-create", "key create needs the operator role; uid 1000 holds none")
-	recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
-	t.Logf("refusal recorded: %v; the new trail: %d line(s); SRK there %v", rerr, len(recs), review26SRKThere(env))
-	for _, r := range recs {
-		t.Logf("  %s %v %s", r.Op, r.Objects, r.Result)
-	}
-	if review26SRKThere(env) {
-		t.Errorf("a role-less caller's refused request after a complete zeroize --srk put the SRK back at 0x%08x", uint32(tpm.SRKHandle))
+	for _, restarted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restarted=%v", restarted), func(t *testing.T) {
+			ctx := context.Background()
+			env := swtpmtest.Start(t)
+			dir := t.TempDir() + "/state"
+			d, err := New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			if _, err := d.Provision(ctx, review8Req()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Zeroize(ctx, api.ZeroizeOptions{SRK: true}); err != nil {
+				t.Fatal(err)
+			}
+			if review26SRKThere(env) {
+				t.Fatalf("not mounted: the SRK is there after zeroize --srk")
+			}
+			if restarted {
+				// The daemon started again on the zeroized directory:
+				// nothing pinned.
+				if err := d.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if d, err = New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true}); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { d.Close() })
+			}
+			caller := api.WithCaller(ctx, api.Caller{UID: 1000})
+			rerr := d.RecordRefusal(caller, "key-create", "key create needs the operator role; uid 1000 holds none")
+			recs, _ := audit.ReadRecords(filepath.Join(dir, audit.FileName))
+			t.Logf("refusal recorded: %v; the new trail: %d line(s); SRK there %v", rerr, len(recs), review26SRKThere(env))
+			for _, r := range recs {
+				t.Logf("  %s %v %s", r.Op, r.Objects, r.Result)
+			}
+			if review26SRKThere(env) {
+				t.Errorf("a role-less caller's refused request after a complete zeroize --srk put the SRK back at 0x%08x", uint32(tpm.SRKHandle))
+			}
+		})
 	}
 }
 
