@@ -50,6 +50,9 @@ func (t *TPM) Flush(h tpm2.TPMHandle) error {
 			return err
 		}
 	}
+	// A transient copy of the SRK flushed (zeroize's flush of every
+	// transient handle, a sweep) is gone: the next SRK makes another.
+	t.srkTransient.CompareAndSwap(uint32(h), 0)
 	return nil
 }
 
@@ -68,11 +71,14 @@ func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
 	return Object{Handle: h, Name: rsp.Name, Public: *pub}, nil
 }
 
-// SRK returns the storage root key, creating and persisting it when 0x81000001
-// is empty. When the handle is taken, the key there must be the primary that
-// SRKTemplate gives under this TPM's owner seed (same name); anything else is
-// refused with ErrSRKMismatch rather than used. The result is cached for the
-// life of t.
+// SRK returns the storage root key. When 0x81000001 holds a key, it must be
+// the primary that SRKTemplate gives under this TPM's owner seed (same
+// name); anything else is refused with ErrSRKMismatch rather than used.
+// When the handle is empty, SRK creates the SRK and persists it there,
+// or, after TransientSRKOnly, makes a transient copy of it (the same key:
+// the owner seed gives it again) that DropTransientSRK flushes, and
+// persists nothing. The result is cached for the life of t (a transient
+// copy until it is flushed or the TPM resets).
 //
 // With a pinned SRK (PinSRK) the SRK is what was pinned: the persistent key's
 // name must be the pinned name (ErrIdentityMismatch otherwise), and its public
@@ -84,11 +90,92 @@ func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
 func (t *TPM) SRK() (srk Object, err error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
-	if t.srk != nil {
-		return *t.srk, nil
+	mode := srkPersist
+	if t.srkTransientOnly {
+		mode = srkCopy
+	}
+	return t.srkAs(mode)
+}
+
+// PersistSRK is SRK where 0x81000001 may be empty and the SRK must be
+// persisted there whatever TransientSRKOnly says (provision, which makes
+// provd's hierarchy under it, and the load of a PK that lives under it); a
+// transient copy SRK made is persisted and flushed.
+func (t *TPM) PersistSRK() (Object, error) {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	return t.srkAs(srkPersist)
+}
+
+// TransientSRKOnly makes SRK persist nothing from now on: where
+// 0x81000001 is empty it makes a transient copy of the SRK for the
+// caller's operation (the agent flushes it when the operation ends,
+// DropTransientSRK). Found by review 30: after zeroize --srk, a role-less
+// caller's refused request began a new trail whose gate key SRK created and
+// persisted the SRK under, and a reanchor that archived the trail forgot
+// that a zeroize had evicted it; before that, reviews 25 to 29 each found
+// another operation that put it back. Persisting it is left to the
+// callers that make or load what lives under it (PersistSRK: the agent's
+// provision, and its PK's load in a provisioned state).
+func (t *TPM) TransientSRKOnly() {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	t.srkTransientOnly = true
+}
+
+// DropTransientSRK flushes the transient copy of the SRK that SRK made, if
+// one is loaded; the persistent SRK is left alone.
+func (t *TPM) DropTransientSRK() error {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	return t.dropCopy()
+}
+
+// TransientSRK is the handle of the transient copy of the SRK that SRK
+// made and holds, or 0 (the agent's sweep leaves it loaded).
+func (t *TPM) TransientSRK() tpm2.TPMHandle {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if o, ok := t.cachedSRK(); ok && o.Handle != SRKHandle {
+		return o.Handle
+	}
+	return 0
+}
+
+// srkMode is what srkAs does where 0x81000001 is empty.
+type srkMode int
+
+const (
+	srkIfThere srkMode = iota // ErrNotFound
+	srkCopy                   // a transient copy of the SRK, persisting nothing
+	srkPersist                // the SRK created and persisted
+)
+
+// srkAs is SRK with mode for an empty handle. Called with srkMu held.
+func (t *TPM) srkAs(mode srkMode) (Object, error) {
+	if o, ok := t.cachedSRK(); ok {
+		if mode != srkPersist || o.Handle == SRKHandle {
+			return o, nil
+		}
+		// The copy an earlier SRK made, persisted now (provision): the
+		// key the handle was found empty for.
+		if err := t.Persist(o, SRKHandle); err == nil {
+			ferr := t.dropCopy()
+			o.Handle = SRKHandle
+			t.srk, t.srkEvicted = &o, false
+			return o, ferr
+		}
+		// Taken meanwhile, or refused: what is there is read and
+		// checked as in any open.
+		if err := t.dropCopy(); err != nil {
+			return Object{}, err
+		}
 	}
 	if t.pinned != nil {
-		return t.pinnedSRK(true)
+		return t.pinnedSRK(mode)
+	}
+	if mode == srkIfThere {
+		return Object{}, fmt.Errorf("%w: no SRK is pinned", ErrNotFound)
 	}
 	persisted, err := t.ReadPublic(SRKHandle)
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -99,36 +186,75 @@ func (t *TPM) SRK() (srk Object, err error) {
 	if err != nil {
 		return Object{}, err
 	}
-	defer t.flushInto(&err, primary.Handle)
-	if exists {
-		if !nameEqual(persisted.Name, primary.Name) {
-			return Object{}, fmt.Errorf("%w: 0x%08x has name %x, the ECC SRK template gives %x",
-				ErrSRKMismatch, uint32(SRKHandle), persisted.Name.Buffer, primary.Name.Buffer)
+	switch {
+	case !exists && mode == srkCopy:
+		return t.keepCopy(primary), nil
+	case exists && !nameEqual(persisted.Name, primary.Name):
+		return Object{}, errors.Join(fmt.Errorf("%w: 0x%08x has name %x, the ECC SRK template gives %x",
+			ErrSRKMismatch, uint32(SRKHandle), persisted.Name.Buffer, primary.Name.Buffer), t.Flush(primary.Handle))
+	case !exists:
+		if err := t.Persist(primary, SRKHandle); err != nil {
+			return Object{}, errors.Join(err, t.Flush(primary.Handle))
 		}
-	} else if err := t.Persist(primary, SRKHandle); err != nil {
+	}
+	if err := t.Flush(primary.Handle); err != nil {
 		return Object{}, err
 	}
-	srk = primary
+	srk := primary
 	srk.Handle = SRKHandle
 	t.srk, t.srkEvicted = &srk, false
 	return srk, nil
 }
 
+// cachedSRK is the SRK t holds: the persistent one, or a transient copy
+// still loaded (not flushed, no TPM reset since: a copy gone is forgotten,
+// never flushed by its number, which another object may hold now). Called
+// with srkMu held.
+func (t *TPM) cachedSRK() (Object, bool) {
+	if t.srk == nil {
+		return Object{}, false
+	}
+	if t.srk.Handle == SRKHandle {
+		return *t.srk, true
+	}
+	if t.srkTransient.Load() == uint32(t.srk.Handle) && t.srkGen == t.Generation() {
+		return *t.srk, true
+	}
+	t.srk = nil
+	t.srkTransient.Store(0)
+	return Object{}, false
+}
+
+// keepCopy holds o, a transient copy of the SRK, as the SRK. Called with
+// srkMu held.
+func (t *TPM) keepCopy(o Object) Object {
+	t.srk, t.srkEvicted = &o, false
+	t.srkGen = t.Generation()
+	t.srkTransient.Store(uint32(o.Handle))
+	return o
+}
+
+// dropCopy flushes the transient copy of the SRK t holds, if any. Called
+// with srkMu held.
+func (t *TPM) dropCopy() error {
+	o, ok := t.cachedSRK()
+	if !ok || o.Handle == SRKHandle {
+		return nil
+	}
+	t.srk = nil
+	t.srkTransient.Store(0)
+	return t.Flush(o.Handle)
+}
+
 // SRKIfThere is SRK for reads that must not change the TPM (status): the
-// pinned SRK when it is at its handle; ErrNotFound when the handle is
-// empty (zeroize --srk evicted it), where SRK would create and persist it
-// again (found by review 26: provd status put back the SRK zeroize --srk
-// had evicted).
+// pinned SRK when it is at its handle (or a transient copy of it is
+// loaded); ErrNotFound when the handle is empty (zeroize --srk evicted
+// it), where SRK would create and persist it again (found by review 26:
+// provd status put back the SRK zeroize --srk had evicted).
 func (t *TPM) SRKIfThere() (Object, error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
-	if t.srk != nil {
-		return *t.srk, nil
-	}
-	if t.pinned == nil {
-		return Object{}, fmt.Errorf("%w: no SRK is pinned", ErrNotFound)
-	}
-	return t.pinnedSRK(false)
+	return t.srkAs(srkIfThere)
 }
 
 // PinSRK makes pub the SRK from now on: established at first contact
@@ -200,14 +326,14 @@ func (t *TPM) Evict(h tpm2.TPMHandle) error {
 	return Wrap("TPM2_EvictControl", err)
 }
 
-// pinnedSRK checks the persistent SRK against the pin, creating and
-// persisting it where the handle is empty when create is set (the SRK is a
-// primary: the owner seed gives the same key again; otherwise ErrNotFound).
-// Called with srkMu held.
-func (t *TPM) pinnedSRK(create bool) (Object, error) {
+// pinnedSRK checks the persistent SRK against the pin. Where the handle is
+// empty it creates the SRK (the SRK is a primary: the owner seed gives the
+// same key) and persists it (srkPersist) or holds it as a transient copy
+// (srkCopy), or answers ErrNotFound (srkIfThere). Called with srkMu held.
+func (t *TPM) pinnedSRK(mode srkMode) (Object, error) {
 	persisted, err := t.ReadPublic(SRKHandle)
 	switch {
-	case errors.Is(err, ErrNotFound) && !create:
+	case errors.Is(err, ErrNotFound) && mode == srkIfThere:
 		return Object{}, err
 	case errors.Is(err, ErrNotFound):
 		primary, err := t.createPrimary(tpm2.TPMRHOwner, SRKTemplate)
@@ -217,6 +343,10 @@ func (t *TPM) pinnedSRK(create bool) (Object, error) {
 		if !nameEqual(primary.Name, t.pinned.Name) {
 			return Object{}, errors.Join(fmt.Errorf("%w: the owner hierarchy gives an SRK named %x, the pinned one is %x",
 				ErrIdentityMismatch, primary.Name.Buffer, t.pinned.Name.Buffer), t.Flush(primary.Handle))
+		}
+		if mode == srkCopy {
+			// The pinned public, never the bus's, with the copy's handle.
+			return t.keepCopy(Object{Handle: primary.Handle, Name: t.pinned.Name, Public: t.pinned.Public}), nil
 		}
 		if err := errors.Join(t.Persist(primary, SRKHandle), t.Flush(primary.Handle)); err != nil {
 			return Object{}, err
@@ -252,6 +382,9 @@ func (t *TPM) createPrimary(h tpm2.TPMHandle, tmpl tpm2.TPMTPublic) (Object, err
 func (t *TPM) EvictSRK() error {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
+	if err := t.dropCopy(); err != nil {
+		return err
+	}
 	err := t.Evict(SRKHandle)
 	if errors.Is(err, ErrNotFound) {
 		t.srk = nil

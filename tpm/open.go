@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -103,6 +104,15 @@ type TPM struct {
 	// srkEvicted: EvictSRK removed the SRK (zeroize --srk); sessions are no
 	// longer salted to the pin, whose key is gone, rather than recreate it.
 	srkEvicted bool
+	// srkTransientOnly: where 0x81000001 is empty, SRK makes a transient
+	// copy of the SRK and never persists it (TransientSRKOnly); only
+	// PersistSRK does.
+	srkTransientOnly bool
+	// srkTransient is the handle of t.srk while it is such a copy (0
+	// otherwise), made in TPM generation srkGen. Flush forgets it (an
+	// atomic: Flush runs under srkMu too).
+	srkTransient atomic.Uint32
+	srkGen       uint64
 	// powerCycled: PowerCycle asked that the sim stop without
 	// Shutdown(STATE), so its next start is a reboot.
 	powerCycled bool
@@ -363,6 +373,9 @@ func (t *TPM) Close() error {
 // close is Close's work.
 func (t *TPM) close() error {
 	var errs []error
+	if err := t.DropTransientSRK(); err != nil {
+		errs = append(errs, err)
+	}
 	if t.sim != nil && !t.powerCycled {
 		if err := t.Shutdown(true); err != nil {
 			errs = append(errs, err)

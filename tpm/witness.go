@@ -142,6 +142,9 @@ func (w *Witness) EvictSRK() error {
 	t := w.t
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
+	if err := t.dropCopy(); err != nil {
+		return err
+	}
 	obj, err := t.ReadPublic(SRKHandle)
 	if errors.Is(err, ErrNotFound) {
 		t.srk, t.srkEvicted = nil, true
