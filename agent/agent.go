@@ -131,10 +131,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.KeepSession {
 		_ = cfg.TPM.KeepShared(true) // no command: it only sets keeping
 	}
+	// The SRK is persisted only by provision and by a load of the PK that
+	// lives under it: where 0x81000001 is empty in a state with no PK
+	// (zeroize --srk evicted it, or nobody made it yet) an operation that
+	// needs it uses a transient copy, flushed when it ends (unlock).
+	cfg.TPM.TransientSRKOnly()
 	// The TPM the state was provisioned on: from here on the SRK is the
 	// pinned one, never what the bus says.
 	if _, _, err := a.pinIdentity(context.Background()); err != nil {
-		return nil, fmt.Errorf("the state's TPM identity: %w", err)
+		return nil, errors.Join(fmt.Errorf("the state's TPM identity: %w", err), cfg.TPM.DropTransientSRK())
+	}
+	// A copy of the SRK pinIdentity's check made is held by no operation.
+	if err := cfg.TPM.DropTransientSRK(); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
@@ -187,6 +196,9 @@ func (a *Agent) unlock() {
 			a.log.Debug("flush of the operation's policy session failed", "err", err)
 		}
 	}
+	if err := a.t.DropTransientSRK(); err != nil {
+		a.log.Debug("flush of the SRK's transient copy failed", "err", err)
+	}
 	if a.t.NeedsSweep() {
 		a.sweepLeaks()
 	}
@@ -232,7 +244,7 @@ func (a *Agent) heldHandles() []tpm2.TPMHandle {
 		held = append(held, a.heldGate.Handle)
 	}
 	held = append(held, a.gateKeep.handles()...)
-	for _, h := range []tpm2.TPMHandle{a.opHandle(), a.t.SharedHandle()} {
+	for _, h := range []tpm2.TPMHandle{a.opHandle(), a.t.SharedHandle(), a.t.TransientSRK()} {
 		if h != 0 {
 			held = append(held, h)
 		}

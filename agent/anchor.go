@@ -950,8 +950,15 @@ func (a *Agent) AuditReanchor(ctx context.Context) (api.AuditReanchorResult, err
 	if waits {
 		objects["zeroize_waiting"] = "a zeroize destroyed the keys and its record waits: provd zeroize run again finishes"
 		if srkEvicted {
-			objects["zeroize_waiting"] += " (it evicted the SRK, which this reanchor may have created again: zeroize run again evicts it)"
+			objects["zeroize_waiting"] += " (it evicted the SRK: zeroize run again evicts it if it is back)"
 		}
+	}
+	if a.srkEvictionOwed() {
+		// The record that owes it may go into the archive with the log
+		// (found by review 30: the officer's reanchor of a torn log
+		// archived it, and the debt was forgotten): the new trail's
+		// first record carries it.
+		objects[srkEvictionOwedKey] = "true"
 	}
 	vrep, verr := audit.Verify(a.auditPath(), a.trailAnchor())
 	if verr != nil && !errors.Is(verr, audit.ErrTampered) && !errors.Is(verr, audit.ErrTornTail) && !errors.Is(verr, api.ErrTampered) && !errors.Is(verr, errMoveUnfinished) {

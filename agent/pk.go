@@ -371,7 +371,10 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 			}
 		}()
 	} else {
-		srk, err := a.t.SRK()
+		// The PK lives under the SRK: a provisioned state whose SRK was
+		// evicted (by anyone but zeroize, which destroys the PK first)
+		// has it persisted again, as provision did (tpm.PersistSRK).
+		srk, err := a.t.PersistSRK()
 		if err != nil {
 			return err
 		}

@@ -171,7 +171,9 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
-	srk, err := a.t.SRK()
+	// Provision alone persists the SRK (tpm.TransientSRKOnly): the PK and
+	// every key provd makes live under it from here on.
+	srk, err := a.t.PersistSRK()
 	if err != nil {
 		return res, err
 	}

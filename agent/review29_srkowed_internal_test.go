@@ -40,15 +40,25 @@ func review29IsSRKEviction(cmd []byte) bool {
 // --srk) failing once after its start record (review 28's
 // TestReview28ZeroizeAgainThatFailsForgetsTheEviction): the keys
 // destroyed, zeroize --srk's record (srk_evicted true) written late into
-// the live trail, the SRK created again by the move, nothing waiting.
-func review29LateRecordMount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, string) {
+// the live trail, nothing waiting. Before review 30 the move zeroize again
+// made created the SRK again and persisted it; no move does since
+// (tpm.TransientSRKOnly), and with legacySRK the mount puts it back as
+// that provd did (review30PutSRKBack): the state a device upgraded from it
+// may hold, whose owed eviction srkEvictionOwed still settles.
+func review29LateRecordMount(t *testing.T, legacySRK bool) (*swtpmtest.Env, *swtpmtest.Bus, string) {
 	t.Helper()
 	env, bz, dir, a := review28Mount(t)
 	ok, zerr := zeroizeFailingPastItsStart(t, bz, dir, a)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if waits, _ := waitingZeroize(dir); !ok || zerr == nil || waits || !review26SRKThere(env) || !(&Agent{dir: dir}).srkEvictionOwed() {
+	if review26SRKThere(env) {
+		t.Fatalf("the move zeroize again made put the SRK zeroize --srk evicted back at 0x%08x", uint32(tpm.SRKHandle))
+	}
+	if legacySRK {
+		review30PutSRKBack(t, bz.Next)
+	}
+	if waits, _ := waitingZeroize(dir); !ok || zerr == nil || waits || !(&Agent{dir: dir}).srkEvictionOwed() {
 		t.Fatalf("not mounted: zeroize again failing past its start record: %v (fault %v, waiting %v, SRK there %v)", zerr, ok, waits, review26SRKThere(env))
 	}
 	return env, bz, dir
@@ -85,6 +95,7 @@ func review29LateRecordMount(t *testing.T) (*swtpmtest.Env, *swtpmtest.Bus, stri
 func TestReview29ForcedEvictionThatFailsForgetsTheEviction(t *testing.T) {
 	ctx := context.Background()
 	env, bz, dir, a := review28Mount(t)
+	review30PutSRKBack(t, bz.Next) // as zeroize again's move did before review 30
 	var mu sync.Mutex
 	failed := false
 	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
@@ -144,7 +155,7 @@ func TestReview29ForcedEvictionThatFailsForgetsTheEviction(t *testing.T) {
 // newer than the zeroize record ends the debt.
 func TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed(t *testing.T) {
 	ctx := context.Background()
-	env, bz, dir := review29LateRecordMount(t)
+	env, bz, dir := review29LateRecordMount(t, true)
 	manifest := filepath.Join(dir, "manifest.json")
 	before, _ := os.ReadFile(manifest)
 	var mu sync.Mutex
@@ -249,7 +260,7 @@ func TestReview29CompleteZeroizeSRKThenProvisionEvictsNothing(t *testing.T) {
 // record), and zeroize without --srk evicts the SRK (srk_because).
 func TestReview29LateRecordOutlivesRoleLessRecords(t *testing.T) {
 	ctx := context.Background()
-	env, _, dir := review29LateRecordMount(t)
+	env, _, dir := review29LateRecordMount(t, true)
 	d, err := New(Config{TPM: env.TPM, StateDir: dir, KeepSession: true})
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,17 @@ package agent
 // The thirtieth review: review 29's mend (srkEvictionOwed reads the records
 // as they will stand in the trail, pending then live log, newest first).
 //
-// FLAW (fails on this code): TestReview30ReanchorArchivingATornLogForgetsTheEviction,
+// The mend: the root of reviews 25 to 30, provd creating and persisting a
+// missing SRK for any operation that needed it, is gone: the agent's
+// connection persists it only in provision and for the load of a PK that
+// lives under it (tpm.TransientSRKOnly, tpm.PersistSRK); elsewhere a
+// transient copy serves the operation and is flushed when it ends. The
+// owed eviction (srkEvictionOwed) stays for a state an older provd left
+// with the SRK back (review30PutSRKBack mounts it), and the officer's
+// reanchor that archives the log carries it into the new trail
+// (srk_eviction_owed: the first flaw, with that state).
+//
+// FLAW (failed before the mend): TestReview30ReanchorArchivingATornLogForgetsTheEviction,
 // TestReview30ArchivingReanchorPutsTheSRKBackUnowed,
 // TestReview30RoleLessRefusalAfterCompleteZeroizeSRK.
 //
@@ -46,7 +56,7 @@ func review30TearLog(t *testing.T, dir string) {
 	}
 }
 
-// FLAW (fails on this code): TestReview30ReanchorArchivingATornLogForgetsTheEviction
+// FLAW (failed before the mend): TestReview30ReanchorArchivingATornLogForgetsTheEviction
 // (no attacker: one TPM fault, then a crash tearing the log's last line,
 // then the officer's documented way out).
 //
@@ -74,25 +84,29 @@ func review30TearLog(t *testing.T, dir string) {
 // zeroize's srk_evicted true), or srkEvictionOwed follows the new trail's
 // first record to the archive it names.
 func TestReview30ReanchorArchivingATornLogForgetsTheEviction(t *testing.T) {
-	ctx := context.Background()
-	env, _, dir := review29LateRecordMount(t)
-	review30TearLog(t, dir)
-	r := review8Agent(t, env.TPM, dir)
-	res, err := r.AuditReanchor(ctx)
-	if err != nil {
-		t.Fatalf("not mounted: the officer's reanchor of a torn log: %v", err)
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("reanchor: archived %q, found %q; SRK there %v", res.ArchivedLog, res.Found, review26SRKThere(env))
-	if res.ArchivedLog == "" || !review26SRKThere(env) {
-		t.Fatalf("not mounted: the torn log was not archived (or the SRK is not there)")
-	}
-	owed := (&Agent{dir: dir}).srkEvictionOwed()
-	if zeroizeWithoutSRK(t, env, dir) {
-		t.Errorf("the SRK zeroize --srk evicted is at 0x%08x after the last zeroize: the officer's reanchor archived the log holding the owed eviction's record, and it was forgotten (srkEvictionOwed %v)",
-			uint32(tpm.SRKHandle), owed)
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("SRK put back by an older provd: %v", legacy), func(t *testing.T) {
+			ctx := context.Background()
+			env, _, dir := review29LateRecordMount(t, legacy)
+			review30TearLog(t, dir)
+			r := review8Agent(t, env.TPM, dir)
+			res, err := r.AuditReanchor(ctx)
+			if err != nil {
+				t.Fatalf("not mounted: the officer's reanchor of a torn log: %v", err)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("reanchor: archived %q, found %q; SRK there %v", res.ArchivedLog, res.Found, review26SRKThere(env))
+			if res.ArchivedLog == "" || review26SRKThere(env) != legacy {
+				t.Fatalf("not mounted: the torn log was not archived, or the reanchor put the SRK back")
+			}
+			owed := (&Agent{dir: dir}).srkEvictionOwed()
+			if zeroizeWithoutSRK(t, env, dir) {
+				t.Errorf("the SRK zeroize --srk evicted is at 0x%08x after the last zeroize: the officer's reanchor archived the log holding the owed eviction's record, and it was forgotten (srkEvictionOwed %v)",
+					uint32(tpm.SRKHandle), owed)
+			}
+		})
 	}
 }
 
@@ -109,7 +123,7 @@ func TestReview30ReanchorArchivingATornLogForgetsTheEviction(t *testing.T) {
 // evicts the SRK.
 func TestReview30TornTailAfterTheLateRecordKeepsTheEviction(t *testing.T) {
 	ctx := context.Background()
-	env, _, dir := review29LateRecordMount(t)
+	env, _, dir := review29LateRecordMount(t, true)
 	review30TearLog(t, dir)
 	if !(&Agent{dir: dir}).srkEvictionOwed() {
 		t.Errorf("a torn tail on the live log ended the eviction the late zeroize --srk record owes")
@@ -175,7 +189,7 @@ func review30UnanchoredZeroize(t *testing.T, env *swtpmtest.Env, bz *swtpmtest.B
 	}
 }
 
-// FLAW (fails on this code): TestReview30ArchivingReanchorPutsTheSRKBackUnowed
+// FLAW (failed before the mend): TestReview30ArchivingReanchorPutsTheSRKBackUnowed
 // (no attacker: a TPM fault, TPM_RC_MEMORY on two TPM2_NV_Extend, then
 // the officer's documented way out).
 //
@@ -238,7 +252,7 @@ func TestReview30ArchivingReanchorPutsTheSRKBackUnowed(t *testing.T) {
 	}
 }
 
-// FLAW (fails on this code): TestReview30RoleLessRefusalAfterCompleteZeroizeSRK
+// FLAW (failed before the mend): TestReview30RoleLessRefusalAfterCompleteZeroizeSRK
 // (a role-less local client of the daemon: any local user who can reach
 // its socket).
 //
@@ -431,5 +445,26 @@ func TestReview30ReanchorKeepingTheLinesCarriesTheEviction(t *testing.T) {
 	}
 	if zeroizeWithoutSRK(t, env, dir) {
 		t.Errorf("the SRK zeroize --srk evicted is back after the last zeroize")
+	}
+}
+
+// review30PutSRKBack persists the SRK at 0x81000001 on the raw channel, as
+// provd before review 30 did for any operation that needed a missing SRK
+// (the move zeroize again made, the officer's reanchor, a new trail's
+// gate): the state a device upgraded from that provd may hold.
+func review30PutSRKBack(t *testing.T, raw transport.TPM) {
+	t.Helper()
+	rsp, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm.SRKTemplate)}.Execute(raw)
+	if err != nil {
+		t.Fatalf("not mounted: the SRK's CreatePrimary: %v", err)
+	}
+	defer func() {
+		if _, err := (tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}).Execute(raw); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
+		PersistentHandle: tpm.SRKHandle}).Execute(raw); err != nil {
+		t.Fatalf("not mounted: the SRK's EvictControl: %v", err)
 	}
 }

@@ -29,6 +29,8 @@ func TestSRKEvictionOwed(t *testing.T) {
 	refused := audit.Record{Op: opZeroize, Result: "error: refused", Objects: map[string]string{"refused": "no role", "srk_evicted": "true"}}
 	provision := audit.Record{Op: "provision", Result: "ok"}
 	seal := audit.Record{Op: "seal", Result: "ok"}
+	// The officer's reanchor that archived a log owing the eviction.
+	carried := audit.Record{Op: "audit-anchor", Result: "ok", Objects: map[string]string{srkEvictionOwedKey: "true"}}
 	for _, tc := range []struct {
 		name           string
 		trail, pending []audit.Record
@@ -46,6 +48,9 @@ func TestSRKEvictionOwed(t *testing.T) {
 		{"only an eviction that failed", []audit.Record{failedEviction}, nil, false},
 		{"written late, then a provision whose record waits", []audit.Record{zeroize("true")}, []audit.Record{provision}, false},
 		{"provisioned, then a zeroize record waits", []audit.Record{provision}, []audit.Record{zeroize("true")}, true},
+		{"carried over an archive", []audit.Record{carried, seal}, nil, true},
+		{"carried over an archive, then provisioned", []audit.Record{carried, provision}, nil, false},
+		{"carried over an archive, then a zeroize that kept the SRK", []audit.Record{carried, zeroize("false")}, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -497,15 +497,19 @@ func (a *Agent) zeroizeCanFinish() (bool, error) {
 }
 
 // srkEvictionOwed reports whether a zeroize that left its trail evicted
-// the SRK, which moves made since may have created again, with no
-// provision since (its SRK is the new PK's) and no zeroize since that
+// the SRK, which a provd before review 30 created again for any operation
+// that needed it (since, only provision and a PK's load persist it:
+// tpm.TransientSRKOnly; a state that provd left may still hold it), with
+// no provision since (its SRK is the new PK's) and no zeroize since that
 // kept the SRK as asked. The records are read as they will stand in the
 // trail, newest first: the pending ones, then the live log's (which a
-// finished zeroize archives). Found by review 28: the waiting record
-// written late (by the next record, or by a zeroize again that then
-// failed), the eviction was forgotten and the SRK stayed; by review 29: a
-// zeroize asked to evict that failed to ended the debt, and a provision
-// whose record waited did not.
+// finished zeroize archives); the officer's reanchor that archives the
+// log carries the debt into the new trail (srkEvictionOwedKey). Found by
+// review 28: the waiting record written late (by the next record, or by a
+// zeroize again that then failed), the eviction was forgotten and the SRK
+// stayed; by review 29: a zeroize asked to evict that failed to ended the
+// debt, and a provision whose record waited did not; by review 30: a
+// reanchor that archived the log forgot it.
 func (a *Agent) srkEvictionOwed() bool {
 	recs, _ := audit.ReadRecords(a.auditPath())
 	recs = append(recs, pendingIn(a.dir)...)
@@ -514,6 +518,8 @@ func (a *Agent) srkEvictionOwed() bool {
 		switch {
 		case r.Op == "provision" && r.Result == "ok":
 			return false // provisioned since: the SRK is the new PK's
+		case r.Objects[srkEvictionOwedKey] == "true":
+			return true // carried over an archive by the officer's reanchor
 		case r.Op != opZeroize || r.Objects[keysDestroyed] == "":
 		case r.Objects["srk_evicted"] == "true":
 			return true
@@ -524,6 +530,11 @@ func (a *Agent) srkEvictionOwed() bool {
 	}
 	return false
 }
+
+// srkEvictionOwedKey is the object of the officer's reanchor's record
+// that carries an owed SRK eviction into the new trail (the record that
+// owed it archived with the old log).
+const srkEvictionOwedKey = "srk_eviction_owed"
 
 // errGateMovedInZeroize: while zeroize held its trail's gate, the trail
 // moved to another gate, which only a load under the SRK (that zeroize
