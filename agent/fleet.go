@@ -640,10 +640,23 @@ func lastVerdict(tx *store.Tx) (*api.AttestVerdict, error) {
 }
 
 // requireIdentity refuses, before any TPM command, a state that pins no
-// TPM identity (errNotPinned), or a connection without the pin: every
-// attestation operation's sessions are salted to the pinned SRK.
+// TPM identity (errNotPinned; api.ErrNotProvisioned where it holds no PK
+// either), or a connection without the pin: every attestation operation's
+// sessions are salted to the pinned SRK.
 func (a *Agent) requireIdentity(ctx context.Context) error {
-	if err := a.st.View(ctx, func(tx *store.Tx) error { return requirePinned(tx) }); err != nil {
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		err := requirePinned(tx)
+		if errors.Is(err, errNotPinned) {
+			// A state with no PK was never provisioned, or was zeroized:
+			// provision is the way in, not provision --force (found on
+			// reading: a fresh state's attest identity said "provisioned
+			// but pins no TPM identity", exit 15).
+			if _, perr := a.readPK(tx); errors.Is(perr, api.ErrNotProvisioned) {
+				return perr
+			}
+		}
+		return err
+	}); err != nil {
 		return err
 	}
 	if a.t.PinnedSRKName() == nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -136,4 +137,28 @@ func TestProvisionedStateHealsAnEvictedSRK(t *testing.T) {
 		t.Errorf("the unseal's PK load did not persist the SRK again")
 	}
 	srkCopyLeft(t, env, "the unseal")
+}
+
+// Attestation on a state with no PK (never provisioned, or zeroized) is
+// not provisioned (exit 13, run provision), not a provisioned state that
+// pins no identity (exit 15, run provision --force), as it said before.
+func TestAttestIdentityOnAStateWithNoPK(t *testing.T) {
+	ctx := context.Background()
+	env := swtpmtest.Start(t)
+	a := review8Agent(t, env.TPM, t.TempDir()+"/state")
+	check := func(when string) {
+		t.Helper()
+		_, err := a.AttestIdentity(ctx)
+		if !errors.Is(err, api.ErrNotProvisioned) || api.ExitCode(err) != api.ExitNotProvisioned {
+			t.Errorf("attest identity %s: %v (exit %d), want not provisioned (exit %d)", when, err, api.ExitCode(err), api.ExitNotProvisioned)
+		}
+	}
+	check("on a fresh state")
+	if _, err := a.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Zeroize(ctx, api.ZeroizeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	check("after zeroize")
 }
