@@ -111,7 +111,7 @@ func (a *Agent) newAttestKey(ctx context.Context) (tpm.Blob, error) {
 		return tpm.Blob{}, err
 	}
 	defer clear(auth)
-	srk, err := a.t.SRK()
+	srk, err := a.t.PersistSRK() // the AK lives under it: attestKey's state is provisioned
 	if err != nil {
 		return tpm.Blob{}, err
 	}
@@ -152,7 +152,12 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
-	srk, err := a.t.SRK()
+	// The AK lives under the SRK in a state that pins the TPM
+	// (requireIdentity: provisioned, never a zeroized one): where another
+	// program evicted the SRK it is persisted again, as for the PK's
+	// load (found by review 31: a transient copy held beside the AK, the
+	// EK and a delivered object was a fourth object, TPM_RC_OBJECT_MEMORY).
+	srk, err := a.t.PersistSRK()
 	if err != nil {
 		return err
 	}

@@ -240,8 +240,11 @@ func (a *Agent) firstContact(ctx context.Context, req api.IdentityRequest) (iden
 }
 
 // PinEstablished pins srk, the SRK Establish authenticated as id: seen at
-// the persistent handle already when id says so (tpm.TPM.PinSeenSRK).
+// the persistent handle already when id says so (tpm.TPM.PinSeenSRK). The
+// connection then persists the SRK only where asked (tpm.TransientSRKOnly:
+// found by review 31, fw anchor set after zeroize --srk persisted it).
 func PinEstablished(t *tpm.TPM, id api.Identity, srk tpm.Object) error {
+	t.TransientSRKOnly()
 	if id.SRKPersistent {
 		return t.PinSeenSRK(srk.Public)
 	}

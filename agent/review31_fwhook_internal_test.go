@@ -2,7 +2,7 @@ package agent
 
 // Review 31: the firmware hook's one-shot commands after zeroize --srk.
 //
-// FLAW (fails on this code): TestReview31FirmwareAnchorSetPutsTheEvictedSRKBack.
+// FLAW (failed before the mend): TestReview31FirmwareAnchorSetPutsTheEvictedSRKBack.
 // After a complete zeroize --srk, the operator (or a provisioning script)
 // runs `provd fw anchor set` (cmd/provd/cli/fwhook.go): a new process
 // whose tpm.TPM never goes through agent.New, so TransientSRKOnly is never

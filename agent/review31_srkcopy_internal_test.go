@@ -3,7 +3,7 @@ package agent
 // Review 31: the SRK's transient copy (tpm.TransientSRKOnly, 94f2f93 and
 // 83622cb).
 //
-// FLAW (fails on this code): TestReview31MigrationLeavesTheSRKCopyLoaded.
+// FLAW (failed before the mend): TestReview31MigrationLeavesTheSRKCopyLoaded.
 // After a complete zeroize --srk, the daemon's agent serves a role-less
 // caller's refused request (review 30's attack), which makes a transient
 // copy of the SRK; the VM's TPM is migrated right after the copy's
@@ -19,7 +19,7 @@ package agent
 // forgetting ignores it. The exclusive subtest holds: the broken send
 // asked for the sweep, which flushed the copy.
 //
-// FLAW (fails on this code): TestReview31AttestSecretWithTheSRKEvicted.
+// FLAW (failed before the mend): TestReview31AttestSecretWithTheSRKEvicted.
 // A provisioned, enrolled and activated device whose SRK another program
 // evicted (the threat model's row names this attacker); `provd attest
 // secret` in a new process: the operation loads no PK, so SRK gives a

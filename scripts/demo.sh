@@ -364,8 +364,10 @@ step "...and anchored in a TPM NV extend index" \
   "$bin" audit verify
 step "provd status" \
   "$bin" status
-step "Zeroize: every TPM object and NV index provd made, and every blob, gone" \
-  "$bin" zeroize --yes
+step "Zeroize: every TPM object and NV index provd made, and every blob, gone (--srk: the SRK too)" \
+  "$bin" zeroize --yes --srk
+step "The SRK stays gone: provd persists it again only when it provisions (below, through the daemon)" \
+  sh -c "'$bin' tpm info | grep SRK"
 
 # The daemon: one process holds the TPM and serves every client over a unix
 # socket. Here it runs in the background on the sim TPM; under systemd it is
@@ -383,8 +385,8 @@ unset PROVD_TPM
 export PROVD_SOCKET="$sock"
 step "The CLI uses the daemon when its socket answers and no --tpm is given" \
   "$bin" status
-step "Provision again, through the daemon (the caller's role comes from its uid)" \
-  "$bin" provision --pcrs 7
+step "Provision again, through the daemon (the caller's role comes from its uid); the SRK is persisted again" \
+  sh -c "'$bin' provision --pcrs 7 && '$bin' tpm info | grep SRK"
 step "Seal and unseal through the daemon" \
   sh -c "printf 'via-the-daemon' | '$bin' seal --in - --out '$demo/daemon.sealed' && '$bin' unseal --in '$demo/daemon.sealed' --out -; echo"
 step "An RSA key for decryption, made in the TPM" \

@@ -99,8 +99,8 @@ func (t *TPM) SRK() (srk Object, err error) {
 
 // PersistSRK is SRK where 0x81000001 may be empty and the SRK must be
 // persisted there whatever TransientSRKOnly says (provision, which makes
-// provd's hierarchy under it, and the load of a PK that lives under it); a
-// transient copy SRK made is persisted and flushed.
+// provd's hierarchy under it, and the load of a PK or an AK that lives
+// under it); a transient copy SRK made is persisted and flushed.
 func (t *TPM) PersistSRK() (Object, error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
@@ -116,7 +116,7 @@ func (t *TPM) PersistSRK() (Object, error) {
 // that a zeroize had evicted it; before that, reviews 25 to 29 each found
 // another operation that put it back. Persisting it is left to the
 // callers that make or load what lives under it (PersistSRK: the agent's
-// provision, and its PK's load in a provisioned state).
+// provision, and its PK's and AK's loads in a provisioned state).
 func (t *TPM) TransientSRKOnly() {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
@@ -207,9 +207,14 @@ func (t *TPM) srkAs(mode srkMode) (Object, error) {
 }
 
 // cachedSRK is the SRK t holds: the persistent one, or a transient copy
-// still loaded (not flushed, no TPM reset since: a copy gone is forgotten,
-// never flushed by its number, which another object may hold now). Called
-// with srkMu held.
+// still loaded in its generation and not flushed. A copy from an earlier
+// generation (a reset, a power cut, a lost connection, a migration) is
+// dropped as every handle of provd's is (ForgetsStale): forgotten, the
+// sweep asked for, where its number may now be another's; flushed by its
+// number where it is the connection's own (found by review 31: behind a
+// resource manager a migration kept the copy loaded, held by nobody, an
+// object slot of the connection's three gone for good). Called with srkMu
+// held.
 func (t *TPM) cachedSRK() (Object, bool) {
 	if t.srk == nil {
 		return Object{}, false
@@ -217,11 +222,22 @@ func (t *TPM) cachedSRK() (Object, bool) {
 	if t.srk.Handle == SRKHandle {
 		return *t.srk, true
 	}
-	if t.srkTransient.Load() == uint32(t.srk.Handle) && t.srkGen == t.Generation() {
+	h := t.srk.Handle
+	if t.srkTransient.Load() == uint32(h) && t.srkGen == t.Generation() {
 		return *t.srk, true
 	}
+	stale := t.srkTransient.Load() == uint32(h) // not flushed: its generation moved
 	t.srk = nil
 	t.srkTransient.Store(0)
+	switch {
+	case !stale:
+	case t.ForgetsStale(t.srkGen):
+		t.Unheld()
+	default:
+		if err := t.Flush(h); err != nil {
+			t.Unheld()
+		}
+	}
 	return Object{}, false
 }
 

@@ -197,6 +197,10 @@ func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// provd persists the SRK only in provision and for what lives under
+	// it in a provisioned state (tpm.PersistSRK); every other command
+	// uses a transient copy where 0x81000001 is empty.
+	t.TransientSRKOnly()
 	closer := func() {
 		st := t.Stats()
 		if err := t.Close(); err != nil {
