@@ -3,7 +3,7 @@ package agent
 // Review 32: attestation after zeroize --srk (the AK's load persists the
 // SRK: tpm.PersistSRK in withAttestKey and newAttestKey, ab759d5).
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview32AttestAfterZeroizeSRK: after a complete zeroize --srk
 // of an enrolled state (AK made), attest quote, sign and secret in the

@@ -3,7 +3,7 @@ package agent
 // Review 32: the SRK's transient copy (tpm.TransientSRKOnly, 94f2f93,
 // 83622cb, ab759d5).
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview32KeyOperationsWithTheSRKEvicted: key create, sign,
 // derive, HMAC, ECDH, decrypt, KEK import, export and import, seal and

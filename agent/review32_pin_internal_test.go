@@ -4,7 +4,7 @@ package agent
 // in the middle of an operation; tpm.TestReview32PinSRKForgetsTheCopyUnflushed
 // shows PinSRK forgetting a held copy unflushed.
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview32ProvisionLeavesNoSRKCopy: a role-less caller's refused
 // request then provision, in a daemon (KeepSession) on a fresh TPM and

@@ -3,7 +3,7 @@ package agent
 // Review 32: signed policy installs and provision --force with the SRK
 // another program evicted.
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview32PolicyInstallWithTheSRKEvicted: a signed policy's
 // install (the counter gate loaded under the SRK, its increment, the

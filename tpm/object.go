@@ -250,8 +250,8 @@ func (t *TPM) keepCopy(o Object) Object {
 	return o
 }
 
-// dropCopy flushes the transient copy of the SRK t holds, if any. Called
-// with srkMu held.
+// dropCopy flushes the transient copy of the SRK t holds, if any; a flush
+// that fails asks for the sweep. Called with srkMu held.
 func (t *TPM) dropCopy() error {
 	o, ok := t.cachedSRK()
 	if !ok || o.Handle == SRKHandle {
@@ -259,7 +259,11 @@ func (t *TPM) dropCopy() error {
 	}
 	t.srk = nil
 	t.srkTransient.Store(0)
-	return t.Flush(o.Handle)
+	err := t.Flush(o.Handle)
+	if err != nil {
+		t.Unheld()
+	}
+	return err
 }
 
 // SRKIfThere is SRK for reads that must not change the TPM (status): the
@@ -283,6 +287,10 @@ func (t *TPM) PinSRK(pub tpm2.TPMTPublic) error {
 	}
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
+	// A copy of the SRK made before the pin is flushed, not forgotten
+	// (found by review 32: forgotten, it stayed loaded, held by nobody; a
+	// failed flush asks for the sweep).
+	_ = t.dropCopy()
 	t.pinned = &Object{Handle: SRKHandle, Name: *name, Public: pub}
 	t.srk, t.srkEvicted = nil, false
 	return nil

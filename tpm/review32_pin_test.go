@@ -2,7 +2,7 @@ package tpm_test
 
 // Review 32: PinSRK while a transient copy of the SRK is held.
 //
-// FLAW (fails on this code): TestReview32PinSRKForgetsTheCopyUnflushed.
+// FLAW (failed before the mend): TestReview32PinSRKForgetsTheCopyUnflushed.
 // After TransientSRKOnly, SRK makes a transient copy where 0x81000001 is
 // empty and holds it (t.srk, srkTransient). PinSRK (and PinSeenSRK)
 // then sets t.srk to nil without flushing the copy, asking for no sweep:
