@@ -821,9 +821,16 @@ func TestFullInterposer(t *testing.T) {
 			"EK CA, the P-384 EK": {PCRs: []int{7}, EKCA: ekca, EKCert: ek384},
 			"TOFU, the P-384 EK":  {PCRs: []int{7}, TrustOnFirstUse: true, EKCert: ek384},
 		} {
+			// Refused as forged, exit 15: at first contact (untrusted
+			// too), or, on this TPM with no SRK yet, before it, where
+			// the trail the provision begins makes its gate under a
+			// transient copy of the SRK (tpm.TransientSRKOnly, since
+			// review 30), whose salt the attacker's redirect of
+			// 0x81000001 does not reach: the TPM refuses the session's
+			// HMAC.
 			_, err := a.Provision(ctx, req)
-			if !errors.Is(err, api.ErrUntrustedTPM) || !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
-				t.Errorf("provision (%s) through the interposer: %v (exit %d), want untrusted, forged (15)", name, err, api.ExitCode(err))
+			if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+				t.Errorf("provision (%s) through the interposer: %v (exit %d), want forged (15)", name, err, api.ExitCode(err))
 			}
 		}
 		if st, err := a.Status(ctx); err != nil || st.Provisioned {
