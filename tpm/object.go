@@ -227,6 +227,7 @@ func (t *TPM) cachedSRK() (Object, bool) {
 		return *t.srk, true
 	}
 	stale := t.srkTransient.Load() == uint32(h) // not flushed: its generation moved
+	name := t.srk.Name
 	t.srk = nil
 	t.srkTransient.Store(0)
 	switch {
@@ -234,8 +235,14 @@ func (t *TPM) cachedSRK() (Object, bool) {
 	case t.ForgetsStale(t.srkGen):
 		t.Unheld()
 	default:
-		if err := t.Flush(h); err != nil {
-			t.Unheld()
+		// The connection's own number: flushed only while it still
+		// names the copy (found by review 33: after a reset behind a
+		// resource manager the connection's next object took the
+		// number, and the flush took it).
+		if o, err := t.ReadPublic(h); err == nil && nameEqual(o.Name, name) {
+			if err := t.Flush(h); err != nil {
+				t.Unheld()
+			}
 		}
 	}
 	return Object{}, false

@@ -1,7 +1,7 @@
 // Review 33: a stale SRK copy behind a resource manager after an honest
 // TPM reset.
 //
-// FLAW (fails on this code): TestReview33StaleCopyFlushedByNumberAfterReset —
+// FLAW (failed before the mend): TestReview33StaleCopyFlushedByNumberAfterReset —
 // behind a resource manager, a copy of the SRK is held (0x80000000); the TPM
 // is reset (every transient handle gone, the numbers free again); provd's
 // next command that makes an object on the same connection is started up

@@ -1,7 +1,7 @@
 // Review 33: the CLI's one-shot commands (TransientSRKOnly since review 31)
 // on a state whose SRK is missing.
 //
-// FLAW (fails on this code): (none found)
+// FLAW: (none found)
 //
 // HELD: TestReview33CLIOneShotsWithTheSRKMissing — on a fresh TPM with no
 // state, and on a provisioned state whose SRK another program evicted,
