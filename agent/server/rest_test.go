@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,10 @@ import (
 func restServer(t *testing.T, opts ...swtpmtest.Option) (*Server, *agent.Agent, *swtpmtest.Env, transport.TPM) {
 	t.Helper()
 	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, append([]swtpmtest.Option{swtpmtest.WithResourceManager(), swtpmtest.WithBus(bus)}, opts...)...)
+	serial := &serialTPM{}
+	env := swtpmtest.Start(t, append([]swtpmtest.Option{swtpmtest.WithResourceManager(),
+		swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { serial.next = next; return serial }),
+		swtpmtest.WithBus(bus)}, opts...)...)
 	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: filepath.Join(t.TempDir(), "state"), KeepSession: true})
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +49,21 @@ func restServer(t *testing.T, opts ...swtpmtest.Option) (*Server, *agent.Agent, 
 		t.Fatal(err)
 	}
 	return s, ag, env, bus.Next
+}
+
+// serialTPM passes one command at a time to next: the tests' listing on the
+// TPM's side of the bus and the daemon's own commands share one channel
+// (found by make test under -race: TestRestWhenIdleLoop listed the sessions
+// while the rest's goroutine flushed one, and the two wrote one stream).
+type serialTPM struct {
+	mu   sync.Mutex
+	next transport.TPM
+}
+
+func (s *serialTPM) Send(cmd []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next.Send(cmd)
 }
 
 // sealAndSign is a warm daemon's work: a seal (its shared audit session
