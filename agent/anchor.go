@@ -615,12 +615,12 @@ func (an *trailAnchor) loadGate(g *gateRecord) (tpm.Gate, error) {
 // evicting is called with the name of an object not provd's before it is
 // evicted (the move marks it: newGatedAnchor); its error leaves the gate
 // transient.
-func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, evicting func(name string) error) (handle uint32, replaced string) {
+func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, blob tpm.Blob, auth []byte, evicting func(name string) error) (handle uint32, replaced string) {
 	var err error
 	for range 3 {
 		gen := a.t.Generation()
 		var evicted string
-		evicted, err = a.persistGateOnce(cur, oldPolicy, srk, blob, auth, gen, evicting)
+		evicted, err = a.persistGateOnce(cur, oldPolicy, blob, auth, gen, evicting)
 		if evicted != "" {
 			// Recorded whatever comes after (found by review: a try an
 			// event ended after the eviction lost the name).
@@ -647,8 +647,11 @@ func (a *Agent) persistGate(cur *gateRecord, oldPolicy []byte, srk tpm.Object, b
 // generation, and flushed but where a moved generation may have given its
 // number to another object (tpm.TPM.ForgetsStale; found by review, as
 // gateKeep's: behind a resource manager, where no sweep runs, a load
-// forgotten there stayed loaded).
-func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Object, blob tpm.Blob, auth []byte, gen uint64, evicting func(string) error) (replaced string, err error) {
+// forgotten there stayed loaded). The SRK is asked for in each try: a
+// transient copy of it (where 0x81000001 is empty) does not outlive a
+// reset (found by review 34: the next try loaded the gate under the dead
+// copy's handle, and the new trail's gate stayed transient).
+func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, blob tpm.Blob, auth []byte, gen uint64, evicting func(string) error) (replaced string, err error) {
 	there, err := a.t.ReadPublic(AuditGateHandle)
 	occupied, foreign := err == nil, ""
 	switch {
@@ -660,6 +663,10 @@ func (a *Agent) persistGateOnce(cur *gateRecord, oldPolicy []byte, srk tpm.Objec
 		foreign = hex.EncodeToString(there.Name.Buffer)
 	default:
 		return "", fmt.Errorf("0x%08x holds another object (name %x), not a gate of provd's: left as it is", uint32(AuditGateHandle), there.Name.Buffer)
+	}
+	srk, err := a.t.SRK()
+	if err != nil {
+		return "", err
 	}
 	gk, err := a.t.LoadGate(srk, blob, auth)
 	if err != nil {

@@ -190,7 +190,7 @@ func (a *Agent) newGatedAnchor(an *trailAnchor, rec audit.Record, again, fresh b
 		g.Moving.Evicting = name
 		return writeGateRecord(a.dir, g)
 	}
-	persistent, replaced := a.persistGate(cur, oldPolicy, srk, blob, auth, evicting)
+	persistent, replaced := a.persistGate(cur, oldPolicy, blob, auth, evicting)
 	g.Moving.Evicting = ""
 	if replaced != "" {
 		objects["replaced_gate_name"] = replaced

@@ -1,7 +1,7 @@
 // Review 34: the SRK's transient copy (reviews 30 to 33) in persistGate's
 // tries after a TPM event.
 //
-// FLAW (fails on this code): TestReview34PersistGateRetriesWithAStaleSRKCopy —
+// FLAW (failed before the mend): TestReview34PersistGateRetriesWithAStaleSRKCopy —
 // persistGate (anchor.go) makes up to three tries, made again when the
 // generation moved (review 7: one honest reset or power cut between the
 // gate's Load and its EvictControl left the trail's gate transient for

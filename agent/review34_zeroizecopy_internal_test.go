@@ -1,7 +1,7 @@
 // Review 34: zeroize's flush of every transient handle and its read-back
 // (zeroizeTPMAndState) where the SRK's transient copy is loaded.
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview34ZeroizeWithTheSRKEvictedByAnother — a provisioned
 // state whose SRK another program evicted, zeroized by a new process (with

@@ -1,7 +1,7 @@
 // Review 34: review 33's stale-copy check (cachedSRK's TPM2_ReadPublic of
 // the old copy's number, with srkMu held) run from inside a Share.
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview34StaleCheckInsideAShare — behind a resource manager, a
 // copy of the SRK is held, the TPM is reset and started up again by
