@@ -356,6 +356,16 @@ func (a *Agent) withLoadedPK(in pkInputs, fn func(l *loadedPK) error) error {
 func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func(l *loadedPK) error) (err error) {
 	l := &loadedPK{state: in.state, rec: in.state.Policy, expr: in.expr, opts: in.opts, auth: in.auth}
 	id := pkContextID(in)
+	// The PK lives under the SRK: a provisioned state whose SRK was
+	// evicted (by anyone but zeroize, which destroys the PK first) has it
+	// persisted again, as provision did (tpm.PersistSRK), whether the PK
+	// loads from its blob or from the daemon's saved context (found by
+	// review 35: evicted under a running daemon, it stayed missing). No
+	// command while it is there: it is cached.
+	srk, err := a.t.PersistSRK()
+	if err != nil {
+		return err
+	}
 	if l.pk = a.loadSavedPK(id, in.state.Name); l.pk.Handle != 0 {
 		// A failure with the kept context drops it: the next operation
 		// loads the PK from its blob (found by review: a context planted
@@ -371,13 +381,6 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 			}
 		}()
 	} else {
-		// The PK lives under the SRK: a provisioned state whose SRK was
-		// evicted (by anyone but zeroize, which destroys the PK first)
-		// has it persisted again, as provision did (tpm.PersistSRK).
-		srk, err := a.t.PersistSRK()
-		if err != nil {
-			return err
-		}
 		blob, err := tpm.UnmarshalBlob(in.blob)
 		if err != nil {
 			return fmt.Errorf("PK blob: %w", err)

@@ -5,7 +5,7 @@ package agent
 // slot left: TPM_RC_NV_SPACE), with a signed policy (the counter gate is
 // created and loaded under the SRK's transient copy before PersistSRK).
 //
-// FLAW (fails on this code): none in this file.
+// FLAW (failed before the mend): none in this file.
 //
 // HELD: TestReview35ProvisionWithTheSRKPersistRefused: fresh and --force,
 // one-shot and daemon, exclusive and behind a resource manager: the

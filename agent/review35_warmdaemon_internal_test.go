@@ -6,7 +6,7 @@ package agent
 // requests in a row, with a TPM reset before the last two, exclusive and
 // behind a resource manager.
 //
-// FLAW (fails on this code): TestReview35WarmDaemonWithTheSRKEvictedMidLife —
+// FLAW (failed before the mend): TestReview35WarmDaemonWithTheSRKEvictedMidLife —
 // tpm.TPM caches the SRK at 0x81000001 for the connection's life
 // (cachedSRK returns a persistent entry without reading the handle; a
 // reset does not drop it), so after the eviction every session salted to

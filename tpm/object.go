@@ -1,6 +1,8 @@
 package tpm
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -204,6 +206,51 @@ func (t *TPM) srkAs(mode srkMode) (Object, error) {
 	srk.Handle = SRKHandle
 	t.srk, t.srkEvicted = &srk, false
 	return srk, nil
+}
+
+// srkGone reports whether rsp says the SRK cmd names at 0x81000001 is not
+// there: TPM_RC_HANDLE for handle 1 of a command whose first handle is the
+// SRK as a parent or a salt key (StartAuthSession's tpmKey; Load, Create,
+// CreateLoaded and Import's parent). Neither ReadPublic nor EvictControl,
+// which SRK itself sends.
+func srkGone(cc tpm2.TPMCC, cmd, rsp []byte) bool {
+	switch cc {
+	case tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCCreate, tpm2.TPMCCCreateLoaded, tpm2.TPMCCImport:
+	default:
+		return false
+	}
+	return len(cmd) >= 14 && len(rsp) >= 10 && tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14])) == SRKHandle &&
+		binary.BigEndian.Uint32(rsp[6:10]) == uint32(tpm2.TPMRCHandle)+0x100 // handle 1
+}
+
+// srkAgain is cmd for the SRK as it is now, when the persistent SRK t
+// cached was evicted behind it (another program; found by review 35: a
+// running daemon failed every salted request until restarted): the SRK is
+// read and made again as SRK would in a new process (persisted, or a
+// transient copy after TransientSRKOnly, the pinned name checked), and
+// cmd's first handle names it. Only the handle changes: a session's HMAC
+// covers the parent's name, the copy's is the SRK's, and a salt encrypted
+// to the SRK's public decrypts in the copy. The sweep is asked for (the
+// answer may be A1's, after the TPM made what cmd makes).
+func (t *TPM) srkAgain(cmd []byte) ([]byte, bool) {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if t.srk == nil || t.srk.Handle != SRKHandle || t.srkEvicted {
+		return nil, false
+	}
+	t.srk = nil
+	t.counting.unheld()
+	mode := srkPersist
+	if t.srkTransientOnly {
+		mode = srkCopy
+	}
+	o, err := t.srkAs(mode)
+	if err != nil {
+		return nil, false
+	}
+	again := bytes.Clone(cmd)
+	binary.BigEndian.PutUint32(again[10:14], uint32(o.Handle))
+	return again, true
 }
 
 // cachedSRK is the SRK t holds: the persistent one, or a transient copy

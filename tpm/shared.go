@@ -443,6 +443,11 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		}
 	}
 	rsp, err := t.counting.Send(cmd)
+	if err == nil && srkGone(cc, cmd, rsp) {
+		if again, ok := t.srkAgain(cmd); ok {
+			rsp, err = t.counting.Send(again)
+		}
+	}
 	if cc == tpm2.TPMCCFlushContext && err == nil && len(cmd) >= headerSize+4 && len(rsp) >= headerSize {
 		sh := t.share
 		h := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[headerSize:]))

@@ -3,10 +3,12 @@ package tpm_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -148,5 +150,75 @@ func TestTransientSRKCopy(t *testing.T) {
 	}
 	if _, err := tp.ReadPublic(tpm.SRKHandle); !errors.Is(err, tpm.ErrNotFound) {
 		t.Errorf("the refused copy was persisted (%v)", err)
+	}
+}
+
+// A persistent SRK the connection cached and another program evicted
+// behind it (found by review 35: a running daemon failed every salted
+// request until restarted): the command that names it and meets
+// TPM_RC_HANDLE is sent once more, naming the SRK as SRK would make it in
+// a new process (a transient copy after TransientSRKOnly, persisted
+// otherwise); a TPM_RC_HANDLE forged by A1 while the SRK is there gets the
+// same command once more, the sweep asked for, and nothing else.
+func TestEvictedBehindTheConnection(t *testing.T) {
+	for _, transientOnly := range []bool{true, false} {
+		t.Run(fmt.Sprintf("transient only %v", transientOnly), func(t *testing.T) {
+			b := &swtpmtest.Bus{}
+			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+			tp := env.TPM
+			srk, err := tp.SRK() // persisted: the default mode
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tp.PinSRK(srk.Public); err != nil {
+				t.Fatal(err)
+			}
+			if transientOnly {
+				tp.TransientSRKOnly()
+			}
+			if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: srk.Named(), PersistentHandle: tpm.SRKHandle}).Execute(b.Next); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
+				t.Fatalf("an authenticated read after the SRK was evicted behind the connection: %v", err)
+			}
+			_, err = tp.ReadPublic(tpm.SRKHandle)
+			if persisted := err == nil; persisted == transientOnly {
+				t.Errorf("after the read: SRK persisted %v, want %v", persisted, !transientOnly)
+			}
+			if err := tp.DropTransientSRK(); err != nil {
+				t.Fatal(err)
+			}
+			if hs, err := tp.Handles(tpm.TransientHandles); err != nil || len(hs) != 0 {
+				t.Errorf("left loaded: %v (%v)", hs, err)
+			}
+
+			// A1 forging TPM_RC_HANDLE for the SRK once, with the SRK there.
+			if _, err := tp.PersistSRK(); err != nil {
+				t.Fatal(err)
+			}
+			sent := 0
+			b.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+				if swtpmtest.CommandCode(cmd) != tpm2.TPMCCStartAuthSession {
+					return nil, nil, false
+				}
+				sent++
+				if sent == 1 {
+					return swtpmtest.ErrorAnswer(tpm2.TPMRCHandle + 0x100), nil, true
+				}
+				return nil, nil, false
+			})
+			_, err = tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7})
+			b.Set(nil)
+			if err != nil || sent != 2 || !tp.NeedsSweep() {
+				t.Errorf("a forged TPM_RC_HANDLE for the SRK: %v, StartAuthSession sent %d times, sweep asked %v; want the read, 2, true", err, sent, tp.NeedsSweep())
+			}
+			if _, err := tp.ReadPublic(tpm.SRKHandle); err != nil {
+				t.Errorf("the SRK after a forged TPM_RC_HANDLE: %v", err)
+			}
+		})
 	}
 }
