@@ -230,12 +230,18 @@ func srkGone(cc tpm2.TPMCC, cmd, rsp []byte) bool {
 // transient copy after TransientSRKOnly, the pinned name checked), and
 // cmd's first handle names it. Only the handle changes: a session's HMAC
 // covers the parent's name, the copy's is the SRK's, and a salt encrypted
-// to the SRK's public decrypts in the copy. The sweep is asked for (the
-// answer may be A1's, after the TPM made what cmd makes).
+// to the SRK's public decrypts in the copy. Nothing is sent again while
+// the handle holds a key (the answer was A1's, or a glitch: its error
+// stands, and A1 gets no command run twice); where A1 also forged the
+// handle empty, the sweep is asked for (the TPM may have made what cmd
+// makes).
 func (t *TPM) srkAgain(cmd []byte) ([]byte, bool) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
 	if t.srk == nil || t.srk.Handle != SRKHandle || t.srkEvicted {
+		return nil, false
+	}
+	if _, err := t.ReadPublic(SRKHandle); !errors.Is(err, ErrNotFound) {
 		return nil, false
 	}
 	t.srk = nil
