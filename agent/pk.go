@@ -358,10 +358,9 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 	id := pkContextID(in)
 	// The PK lives under the SRK: a provisioned state whose SRK was
 	// evicted (by anyone but zeroize, which destroys the PK first) has it
-	// persisted again, as provision did (tpm.PersistSRK), whether the PK
-	// loads from its blob or from the daemon's saved context (found by
-	// review 35: evicted under a running daemon, it stayed missing). No
-	// command while it is there: it is cached.
+	// persisted again, as provision did (tpm.PersistSRK), in a new process
+	// here, in a running daemon that cached it at the end of the use
+	// (below). No command while it is there: it is cached.
 	srk, err := a.t.PersistSRK()
 	if err != nil {
 		return err
@@ -399,7 +398,17 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 		a.savePK(id, l.pk)
 	}
 	defer a.flush(&err, l.pk.Handle)
-	return fn(l)
+	if err := fn(l); err != nil {
+		return err
+	}
+	// The SRK evicted under a running daemon after the check above (a
+	// command naming it was sent again to a transient copy: tpm.TPM.Send)
+	// is persisted now, the copy held (found by review 36: it came back
+	// only with the next use of the PK). No command while it is there.
+	if _, err := a.t.PersistSRK(); err != nil {
+		a.log.Debug("persisting the SRK again failed", "err", err)
+	}
+	return nil
 }
 
 // savedPK is the PK's context as the daemon keeps it between operations

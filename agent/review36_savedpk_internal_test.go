@@ -5,7 +5,7 @@ package agent
 // SRK was evicted (by anyone but zeroize) has it persisted again ...
 // whether the PK loads from its blob or from the daemon's saved context".
 //
-// FLAW (fails on this code): TestReview36SavedPKUsePersistsTheEvictedSRK —
+// FLAW (failed before the mend): TestReview36SavedPKUsePersistsTheEvictedSRK —
 // a warm daemon (KeepSession; the PK's context saved by an earlier request)
 // whose SRK another program evicts: the next seal, which uses the PK from
 // its saved context, succeeds but leaves 0x81000001 empty. PersistSRK

@@ -230,33 +230,37 @@ func srkGone(cc tpm2.TPMCC, cmd, rsp []byte) bool {
 // transient copy after TransientSRKOnly, the pinned name checked), and
 // cmd's first handle names it. Only the handle changes: a session's HMAC
 // covers the parent's name, the copy's is the SRK's, and a salt encrypted
-// to the SRK's public decrypts in the copy. Nothing is sent again while
-// the handle holds a key (the answer was A1's, or a glitch: its error
-// stands, and A1 gets no command run twice); where A1 also forged the
-// handle empty, the sweep is asked for (the TPM may have made what cmd
-// makes).
-func (t *TPM) srkAgain(cmd []byte) ([]byte, bool) {
+// to the SRK's public decrypts in the copy. Nil when t cached no
+// persistent SRK (the answer stands). Where 0x81000001 still holds a key,
+// the answer was not the TPM's (or the key came back meanwhile):
+// ErrResponseForged, nothing sent again and the sweep asked for (found by
+// review 36: sent again, A1 had a session made twice, and behind a
+// resource manager, where no sweep runs, filled the connection's space
+// without a word); where A1 forged the handle empty too, the sweep is
+// asked for as well (the TPM may have made what cmd makes).
+func (t *TPM) srkAgain(cmd []byte) ([]byte, error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
 	if t.srk == nil || t.srk.Handle != SRKHandle || t.srkEvicted {
-		return nil, false
+		return nil, nil
 	}
+	t.counting.unheld()
 	if _, err := t.ReadPublic(SRKHandle); !errors.Is(err, ErrNotFound) {
-		return nil, false
+		return nil, errors.Join(fmt.Errorf("%w: TPM_RC_HANDLE for the SRK at 0x%08x, which the TPM then holds",
+			ErrResponseForged, uint32(SRKHandle)), err)
 	}
 	t.srk = nil
-	t.counting.unheld()
 	mode := srkPersist
 	if t.srkTransientOnly {
 		mode = srkCopy
 	}
 	o, err := t.srkAs(mode)
 	if err != nil {
-		return nil, false
+		return nil, err
 	}
 	again := bytes.Clone(cmd)
 	binary.BigEndian.PutUint32(again[10:14], uint32(o.Handle))
-	return again, true
+	return again, nil
 }
 
 // cachedSRK is the SRK t holds: the persistent one, or a transient copy

@@ -444,7 +444,10 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	}
 	rsp, err := t.counting.Send(cmd)
 	if err == nil && srkGone(cc, cmd, rsp) {
-		if again, ok := t.srkAgain(cmd); ok {
+		switch again, aerr := t.srkAgain(cmd); {
+		case aerr != nil:
+			rsp, err = nil, aerr
+		case again != nil:
 			rsp, err = t.counting.Send(again)
 		}
 	}

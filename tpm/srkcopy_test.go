@@ -158,8 +158,9 @@ func TestTransientSRKCopy(t *testing.T) {
 // request until restarted): the command that names it and meets
 // TPM_RC_HANDLE is sent once more, naming the SRK as SRK would make it in
 // a new process (a transient copy after TransientSRKOnly, persisted
-// otherwise); a TPM_RC_HANDLE forged by A1 while the SRK is there is the
-// command's error, nothing sent again (A1 gets no command run twice).
+// otherwise); a TPM_RC_HANDLE forged by A1 while the SRK is there is
+// ErrResponseForged, nothing sent again (A1 gets no command run twice),
+// the sweep asked for.
 func TestEvictedBehindTheConnection(t *testing.T) {
 	for _, transientOnly := range []bool{true, false} {
 		t.Run(fmt.Sprintf("transient only %v", transientOnly), func(t *testing.T) {
@@ -213,8 +214,8 @@ func TestEvictedBehindTheConnection(t *testing.T) {
 			})
 			_, err = tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7})
 			b.Set(nil)
-			if err == nil || sent != 1 {
-				t.Errorf("a forged TPM_RC_HANDLE for the SRK: %v, StartAuthSession sent %d times; want the error, once", err, sent)
+			if !errors.Is(err, tpm.ErrResponseForged) || sent != 1 || !tp.NeedsSweep() {
+				t.Errorf("a forged TPM_RC_HANDLE for the SRK: %v, StartAuthSession sent %d times, sweep asked %v; want forged, once, true", err, sent, tp.NeedsSweep())
 			}
 			if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
 				t.Errorf("the next read after a forged TPM_RC_HANDLE: %v", err)
