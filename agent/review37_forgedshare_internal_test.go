@@ -10,7 +10,8 @@ package agent
 // HELD: TestReview37ForgedSRKHandleInTheWarmDaemon — A1 lets the TPM run
 // the first StartAuthSession salted to the SRK of a seal (armed
 // again: of a key create, of a status; two rounds) and answers TPM_RC_HANDLE for handle
-// 1: the request fails tpm_response_forged, nothing is sent again, the
+// 1: the request fails tpm_response_forged (that nothing is sent again is
+// review 36's tpm-level test; not counted here), the
 // SRK stays at its handle, nothing is left loaded that the agent does not
 // hold, and the next requests (seal, sign) work on a TPM provd has to
 // itself (the sweep flushes what the TPM made under the forged answer).
