@@ -166,6 +166,14 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 		return err
 	}
 	defer func() { _ = a.t.Flush(ak.Handle) }()
+	// The SRK evicted under a running daemon that cached it: the load went
+	// to a transient copy (tpm.TPM.Send), persisted now, before the EK
+	// and a delivered object load beside the AK (found by review 37: the
+	// copy was a fourth object, TPM_RC_OBJECT_MEMORY). No command while
+	// it is there.
+	if _, err := a.t.PersistSRK(); err != nil {
+		return err
+	}
 	if err := fn(ak, auth); err != nil {
 		// The load's handle came in an answer with no HMAC: renamed on
 		// the bus, the AK's uses fail, the flush above names another

@@ -392,6 +392,12 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 		if err != nil {
 			return err
 		}
+		// A load that went to a transient copy (the SRK evicted under a
+		// running daemon: tpm.TPM.Send) has it persisted before anything
+		// loads beside the PK (found by review 37, for the AK).
+		if _, err := a.t.PersistSRK(); err != nil {
+			return errors.Join(err, a.t.Flush(l.pk.Handle))
+		}
 		if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
 			return errors.Join(fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered), a.t.Flush(l.pk.Handle))
 		}

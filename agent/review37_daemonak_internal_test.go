@@ -3,7 +3,7 @@ package agent
 // Review 37: c35f235 and the SRK's resend (tpm.TPM.Send's srkGone branch,
 // srkAgain) under a running daemon.
 //
-// FLAW (fails on this code): TestReview37DaemonAttestSecretWithTheSRKEvictedMidLife.
+// FLAW (failed before the mend): TestReview37DaemonAttestSecretWithTheSRKEvictedMidLife.
 // A warm daemon (KeepSession) on a provisioned, enrolled, activated device
 // with a delivered secret installed; another program evicts the SRK while
 // it runs (the threat model's row names this attacker); then `attest

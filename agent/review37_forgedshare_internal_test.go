@@ -5,7 +5,7 @@ package agent
 // daemon's operations (a Share with the kept shared session, the PK's
 // saved context, the key uses' kept policy session, a resident key).
 //
-// FLAW (fails on this code): none.
+// FLAW (failed before the mend): none.
 //
 // HELD: TestReview37ForgedSRKHandleInTheWarmDaemon — A1 lets the TPM run
 // the first StartAuthSession salted to the SRK of a seal (armed

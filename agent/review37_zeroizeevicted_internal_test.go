@@ -3,7 +3,7 @@ package agent
 // Review 37: zeroize --srk in a running daemon after another program
 // evicted the SRK it cached (srkAgain's transient copy; srkEvicted).
 //
-// FLAW (fails on this code): none.
+// FLAW (failed before the mend): none.
 //
 // HELD: TestReview37DaemonZeroizeSRKAfterAnHonestEviction — a warm daemon
 // (KeepSession, the PK's saved context, a resident key, the kept shared
