@@ -32,26 +32,7 @@ func TestReview35WarmDaemonWithTheSRKEvictedMidLife(t *testing.T) {
 	for _, rm := range []bool{false, true} {
 		t.Run(map[bool]string{false: "exclusive", true: "resource manager"}[rm], func(t *testing.T) {
 			ctx := context.Background()
-			b := &swtpmtest.Bus{}
-			opts := []swtpmtest.Option{swtpmtest.WithBus(b)}
-			if rm {
-				opts = append(opts, swtpmtest.WithResourceManager())
-			}
-			env := swtpmtest.Start(t, opts...)
-			env.RequireSimulator()
-			s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-			s.open()
-			a := s.a
-			if _, err := a.Provision(ctx, review8Req()); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
-			digest := sha256.Sum256([]byte("m"))
-			if _, err := a.Sign(ctx, "k", digest[:], api.SignOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			env, b, a, digest := review35WarmDaemon(t, rm)
 			// Another program evicts the SRK while the daemon runs (the
 			// threat model's row names it); then requests in a row, with
 			// a TPM reset before the last two.
@@ -89,4 +70,35 @@ func TestReview35WarmDaemonWithTheSRKEvictedMidLife(t *testing.T) {
 			}
 		})
 	}
+}
+
+// review35WarmDaemon is a warm daemon's agent (KeepSession: review32Steps)
+// on a swtpm behind a bus (a resource manager's channel with rm),
+// provisioned, with a signing key "k" made and used once: the PK's context
+// saved, the key resident, the shared session kept. It returns the TPM,
+// the bus, the agent and the digest signed.
+func review35WarmDaemon(t *testing.T, rm bool) (*swtpmtest.Env, *swtpmtest.Bus, *Agent, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	b := &swtpmtest.Bus{}
+	opts := []swtpmtest.Option{swtpmtest.WithBus(b)}
+	if rm {
+		opts = append(opts, swtpmtest.WithResourceManager())
+	}
+	env := swtpmtest.Start(t, opts...)
+	env.RequireSimulator()
+	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
+	s.open()
+	a := s.a
+	if _, err := a.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("m"))
+	if _, err := a.Sign(ctx, "k", digest[:], api.SignOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return env, b, a, digest[:]
 }

@@ -19,37 +19,16 @@ package agent
 // seal, and the seal works (checked in the same test).
 import (
 	"context"
-	"crypto/sha256"
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 func TestReview36SavedPKUsePersistsTheEvictedSRK(t *testing.T) {
 	for _, rm := range []bool{false, true} {
 		t.Run(map[bool]string{false: "exclusive", true: "resource manager"}[rm], func(t *testing.T) {
 			ctx := context.Background()
-			b := &swtpmtest.Bus{}
-			opts := []swtpmtest.Option{swtpmtest.WithBus(b)}
-			if rm {
-				opts = append(opts, swtpmtest.WithResourceManager())
-			}
-			env := swtpmtest.Start(t, opts...)
-			env.RequireSimulator()
-			s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-			s.open()
-			a := s.a
-			if _, err := a.Provision(ctx, review8Req()); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
-			digest := sha256.Sum256([]byte("m"))
-			if _, err := a.Sign(ctx, "k", digest[:], api.SignOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			env, b, a, _ := review35WarmDaemon(t, rm)
 			if a.pk == nil {
 				t.Fatal("no saved PK context: the daemon path is not the one under test")
 			}

@@ -21,7 +21,6 @@ package agent
 // session (review 36), not tested here.
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"testing"
@@ -59,22 +58,7 @@ func TestReview37ForgedSRKHandleInTheWarmDaemon(t *testing.T) {
 	{
 		{
 			ctx := context.Background()
-			b := &swtpmtest.Bus{}
-			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-			env.RequireSimulator()
-			s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-			s.open()
-			a := s.a
-			if _, err := a.Provision(ctx, review8Req()); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
-				t.Fatal(err)
-			}
-			digest := sha256.Sum256([]byte("m"))
-			if _, err := a.Sign(ctx, "k", digest[:], api.SignOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			env, b, a, digest := review35WarmDaemon(t, false)
 			attacks := []struct {
 				name string
 				run  func() error
