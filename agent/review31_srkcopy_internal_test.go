@@ -151,6 +151,43 @@ func TestReview31AttestSecretWithTheSRKEvicted(t *testing.T) {
 	if _, err := a.Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}
+	// Each step is a one-shot command: a new process, started after
+	// another program evicted the SRK.
+	step := func(name string, fn func(*Agent) error) error {
+		t.Helper()
+		review31EvictSRK(t, env, b)
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		env.Reopen()
+		a = review8Agent(t, env.TPM, dir)
+		err := fn(a)
+		t.Logf("%s with the SRK evicted: %v (SRK persisted again: %v)", name, err, review26SRKThere(env))
+		srkCopyLeft(t, env, name)
+		return err
+	}
+	review31Delivered(t, env, step)
+	var got api.AttestSecretResult
+	if err := step("attest secret", func(a *Agent) (err error) {
+		got, err = a.AttestSecret(ctx, api.AttestSecretRequest{Name: "wifi"})
+		return err
+	}); err != nil {
+		t.Fatalf("attest secret in a provisioned state whose SRK another program evicted: %v (before 83622cb SRK persisted it again and the operation held one object fewer)", err)
+	}
+	if string(got.Secret) != "psk" {
+		t.Fatalf("attest secret: %q", got.Secret)
+	}
+}
+
+// review31Delivered takes a provisioned device on env to a delivered
+// secret ("wifi" of class gateway) from an endpoint of its own: identity,
+// enrollment, activation, a quote whose values become the class's golden
+// ones, the appraisal, the installation. Each of the device's steps runs
+// through step, which gives the agent to use (a new process, or the same
+// daemon).
+func review31Delivered(t *testing.T, env *swtpmtest.Env, step func(name string, fn func(*Agent) error) error) {
+	t.Helper()
+	ctx := context.Background()
 	roots, err := attest.CertPoolFromPEM(env.CAPEM())
 	if err != nil {
 		t.Fatal(err)
@@ -164,23 +201,8 @@ func TestReview31AttestSecretWithTheSRKEvicted(t *testing.T) {
 	if err := st.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Value: []byte("psk"), UpdatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	// Each step is a one-shot command: a new process, started after
-	// another program evicted the SRK.
-	step := func(name string, fn func() error) error {
-		t.Helper()
-		review31EvictSRK(t, env, b)
-		if err := a.Close(); err != nil {
-			t.Fatal(err)
-		}
-		env.Reopen()
-		a = review8Agent(t, env.TPM, dir)
-		err := fn()
-		t.Logf("%s with the SRK evicted: %v (SRK persisted again: %v)", name, err, review26SRKThere(env))
-		srkCopyLeft(t, env, name)
-		return err
-	}
 	var idReq fleetapi.EnrollRequest
-	if err := step("attest identity", func() (err error) { idReq, err = a.AttestIdentity(ctx); return err }); err != nil {
+	if err := step("attest identity", func(a *Agent) (err error) { idReq, err = a.AttestIdentity(ctx); return err }); err != nil {
 		t.Fatal(err)
 	}
 	idReq.Class = "gateway"
@@ -189,7 +211,7 @@ func TestReview31AttestSecretWithTheSRKEvicted(t *testing.T) {
 		t.Fatal(err)
 	}
 	var act api.AttestActivateResult
-	if err := step("attest activate", func() (err error) { act, err = a.AttestActivate(ctx, enr); return err }); err != nil {
+	if err := step("attest activate", func(a *Agent) (err error) { act, err = a.AttestActivate(ctx, enr); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Activate(ctx, fleetapi.ActivateRequest{DeviceID: enr.DeviceID, Secret: act.Secret}); err != nil {
@@ -200,7 +222,7 @@ func TestReview31AttestSecretWithTheSRKEvicted(t *testing.T) {
 		t.Fatal(err)
 	}
 	var q api.AttestQuoteResult
-	if err := step("attest quote", func() (err error) {
+	if err := step("attest quote", func(a *Agent) (err error) {
 		q, err = a.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
 		return err
 	}); err != nil {
@@ -218,21 +240,11 @@ func TestReview31AttestSecretWithTheSRKEvicted(t *testing.T) {
 	if err != nil || !v.Pass || len(v.Deliveries) != 1 {
 		t.Fatalf("%+v %v", v, err)
 	}
-	if err := step("attest install", func() error {
+	if err := step("attest install", func(a *Agent) error {
 		_, err := a.AttestInstall(ctx, api.AttestInstallRequest{Deliveries: v.Deliveries})
 		return err
 	}); err != nil {
 		t.Fatal(err)
-	}
-	var got api.AttestSecretResult
-	if err := step("attest secret", func() (err error) {
-		got, err = a.AttestSecret(ctx, api.AttestSecretRequest{Name: "wifi"})
-		return err
-	}); err != nil {
-		t.Fatalf("attest secret in a provisioned state whose SRK another program evicted: %v (before 83622cb SRK persisted it again and the operation held one object fewer)", err)
-	}
-	if string(got.Secret) != "psk" {
-		t.Fatalf("attest secret: %q", got.Secret)
 	}
 }
 

@@ -21,15 +21,9 @@ package agent
 // request (checked in the same test).
 import (
 	"context"
-	"path/filepath"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/attest"
-	"github.com/provd/provd/attest/fleet"
-	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -44,58 +38,7 @@ func TestReview37DaemonAttestSecretWithTheSRKEvictedMidLife(t *testing.T) {
 	if _, err := a.Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}
-	roots, err := attest.CertPoolFromPEM(env.CAPEM())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := fleet.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "fleet.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	e := fleet.New(fleet.Config{Store: st, Roots: roots})
-	if err := st.PutSecret(ctx, fleet.Secret{Class: "gateway", Name: "wifi", Value: []byte("psk"), UpdatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	idReq, err := a.AttestIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idReq.Class = "gateway"
-	enr, err := e.Enroll(ctx, idReq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	act, err := a.AttestActivate(ctx, enr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Activate(ctx, fleetapi.ActivateRequest{DeviceID: enr.DeviceID, Secret: act.Secret}); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := e.Challenge(ctx, fleetapi.ChallengeRequest{DeviceID: enr.DeviceID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := a.AttestQuote(ctx, api.AttestQuoteRequest{Nonce: ch.Nonce, PCRs: ch.PCRs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	golden := map[string]map[int]string{"sha256": {}}
-	for k, h := range q.PCRs["sha256"] {
-		i, _ := strconv.Atoi(k)
-		golden["sha256"][i] = h
-	}
-	if err := st.SetPolicy(ctx, fleet.Policy{Class: "gateway", PCRs: golden, UpdatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	v, err := e.Attest(ctx, fleetapi.AttestRequest{DeviceID: enr.DeviceID, Nonce: ch.Nonce, Quote: q.Quote, Signature: q.Signature, PCRs: q.PCRs, Fetch: true})
-	if err != nil || !v.Pass || len(v.Deliveries) != 1 {
-		t.Fatalf("%+v %v", v, err)
-	}
-	if _, err := a.AttestInstall(ctx, api.AttestInstallRequest{Deliveries: v.Deliveries}); err != nil {
-		t.Fatal(err)
-	}
+	review31Delivered(t, env, func(_ string, fn func(*Agent) error) error { return fn(a) })
 	if got, err := a.AttestSecret(ctx, api.AttestSecretRequest{Name: "wifi"}); err != nil || string(got.Secret) != "psk" {
 		t.Fatalf("attest secret before the eviction: %q %v", got.Secret, err)
 	}
