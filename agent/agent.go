@@ -196,6 +196,7 @@ func (a *Agent) unlock() {
 			a.log.Debug("flush of the operation's policy session failed", "err", err)
 		}
 	}
+	a.t.PersistMissingSRK(false)
 	if err := a.t.DropTransientSRK(); err != nil {
 		a.log.Debug("flush of the SRK's transient copy failed", "err", err)
 	}

@@ -152,6 +152,7 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
+	a.t.PersistMissingSRK(true) // until the operation ends (unlock), as a PK's use
 	// The AK lives under the SRK in a state that pins the TPM
 	// (requireIdentity: provisioned, never a zeroized one): where another
 	// program evicted the SRK it is persisted again, as for the PK's

@@ -359,8 +359,10 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 	// The PK lives under the SRK: a provisioned state whose SRK was
 	// evicted (by anyone but zeroize, which destroys the PK first) has it
 	// persisted again, as provision did (tpm.PersistSRK), in a new process
-	// here, in a running daemon that cached it at the end of the use
-	// (below). No command while it is there: it is cached.
+	// here, in a running daemon that cached it when a command of the
+	// operation meets the empty handle (tpm.PersistMissingSRK, until the
+	// operation ends: unlock). No command while it is there: it is cached.
+	a.t.PersistMissingSRK(true)
 	srk, err := a.t.PersistSRK()
 	if err != nil {
 		return err

@@ -5,7 +5,7 @@ package agent
 // the transfer key T's (withTransfer) beside the PK from its saved
 // context.
 //
-// FLAW (fails on this code): TestReview38DaemonPeerProveWithTheSRKEvictedMidLife.
+// FLAW (failed before the mend): TestReview38DaemonPeerProveWithTheSRKEvictedMidLife.
 // A warm daemon keeps the PK's saved context; another program evicts the
 // SRK; peer prove then takes the PK from its context (loadSavedPK, no load
 // under the SRK, so no post-load PersistSRK), and withTransfer's a.t.SRK()

@@ -4,7 +4,7 @@ package agent
 // another program evicted mid-life, and the post-load PersistSRK of
 // 8230484 refused.
 //
-// FLAW (fails on this code): none in this file (see
+// FLAW (failed before the mend): none in this file (see
 // review38_daemonpeer_internal_test.go).
 //
 // HELD: TestReview38DaemonPolicyInstallWithTheSRKEvictedMidLife — a warm

@@ -92,11 +92,30 @@ func (t *TPM) ReadPublic(h tpm2.TPMHandle) (Object, error) {
 func (t *TPM) SRK() (srk Object, err error) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
-	mode := srkPersist
-	if t.srkTransientOnly {
-		mode = srkCopy
+	return t.srkAs(t.missingSRKMode())
+}
+
+// missingSRKMode is what SRK does where 0x81000001 is empty: a copy after
+// TransientSRKOnly, unless PersistMissingSRK holds. Called with srkMu held.
+func (t *TPM) missingSRKMode() srkMode {
+	if t.srkTransientOnly && !t.srkPersistNow {
+		return srkCopy
 	}
-	return t.srkAs(mode)
+	return srkPersist
+}
+
+// PersistMissingSRK makes SRK (and a command sent again for an SRK
+// evicted behind the connection, srkAgain) persist a missing SRK while on,
+// whatever TransientSRKOnly says: the agent sets it for an operation that
+// uses a PK or an AK, which live under the SRK in a provisioned state, and
+// clears it when the operation ends (found by review 38: a running
+// daemon's peer prove, whose SRK another program had evicted, loaded the
+// transfer key under a transient copy held beside the PK, the transfer key
+// and the EK, TPM_RC_OBJECT_MEMORY).
+func (t *TPM) PersistMissingSRK(on bool) {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	t.srkPersistNow = on
 }
 
 // PersistSRK is SRK where 0x81000001 may be empty and the SRK must be
@@ -250,11 +269,7 @@ func (t *TPM) srkAgain(cmd []byte) ([]byte, error) {
 			ErrResponseForged, uint32(SRKHandle)), err)
 	}
 	t.srk = nil
-	mode := srkPersist
-	if t.srkTransientOnly {
-		mode = srkCopy
-	}
-	o, err := t.srkAs(mode)
+	o, err := t.srkAs(t.missingSRKMode())
 	if err != nil {
 		return nil, err
 	}

@@ -108,6 +108,10 @@ type TPM struct {
 	// copy of the SRK and never persists it (TransientSRKOnly); only
 	// PersistSRK does.
 	srkTransientOnly bool
+	// srkPersistNow: within an operation that uses what lives under the
+	// SRK in a provisioned state (PersistMissingSRK), a missing SRK is
+	// persisted, TransientSRKOnly or not.
+	srkPersistNow bool
 	// srkTransient is the handle of t.srk while it is such a copy (0
 	// otherwise), made in TPM generation srkGen. Flush forgets it (an
 	// atomic: Flush runs under srkMu too).

@@ -162,8 +162,10 @@ func TestTransientSRKCopy(t *testing.T) {
 // ErrResponseForged, nothing sent again (A1 gets no command run twice),
 // the sweep asked for.
 func TestEvictedBehindTheConnection(t *testing.T) {
-	for _, transientOnly := range []bool{true, false} {
-		t.Run(fmt.Sprintf("transient only %v", transientOnly), func(t *testing.T) {
+	for _, c := range []struct{ transientOnly, persistNow bool }{{true, false}, {false, false}, {true, true}} {
+		transientOnly := c.transientOnly
+		persisting := !c.transientOnly || c.persistNow
+		t.Run(fmt.Sprintf("transient only %v, PersistMissingSRK %v", c.transientOnly, c.persistNow), func(t *testing.T) {
 			b := &swtpmtest.Bus{}
 			env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 			tp := env.TPM
@@ -177,6 +179,7 @@ func TestEvictedBehindTheConnection(t *testing.T) {
 			if transientOnly {
 				tp.TransientSRKOnly()
 			}
+			tp.PersistMissingSRK(c.persistNow)
 			if _, err := tp.PCRReadAuthenticated(tpm2.TPMAlgSHA256, []int{7}); err != nil {
 				t.Fatal(err)
 			}
@@ -187,8 +190,8 @@ func TestEvictedBehindTheConnection(t *testing.T) {
 				t.Fatalf("an authenticated read after the SRK was evicted behind the connection: %v", err)
 			}
 			_, err = tp.ReadPublic(tpm.SRKHandle)
-			if persisted := err == nil; persisted == transientOnly {
-				t.Errorf("after the read: SRK persisted %v, want %v", persisted, !transientOnly)
+			if persisted := err == nil; persisted != persisting {
+				t.Errorf("after the read: SRK persisted %v, want %v", persisted, persisting)
 			}
 			if err := tp.DropTransientSRK(); err != nil {
 				t.Fatal(err)
