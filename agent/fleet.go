@@ -152,7 +152,11 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
-	a.t.PersistMissingSRK(true) // until the operation ends (unlock), as a PK's use
+	// Until the operation ends (unlock), as a PK's use: an SRK evicted
+	// behind a running daemon is persisted again, not copied beside the
+	// AK, the EK and a delivered object (found by review 37:
+	// TPM_RC_OBJECT_MEMORY).
+	a.t.PersistMissingSRK(true)
 	// The AK lives under the SRK in a state that pins the TPM
 	// (requireIdentity: provisioned, never a zeroized one): where another
 	// program evicted the SRK it is persisted again, as for the PK's
@@ -167,14 +171,6 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 		return err
 	}
 	defer func() { _ = a.t.Flush(ak.Handle) }()
-	// The SRK evicted under a running daemon that cached it: the load went
-	// to a transient copy (tpm.TPM.Send), persisted now, before the EK
-	// and a delivered object load beside the AK (found by review 37: the
-	// copy was a fourth object, TPM_RC_OBJECT_MEMORY). No command while
-	// it is there.
-	if _, err := a.t.PersistSRK(); err != nil {
-		return err
-	}
 	if err := fn(ak, auth); err != nil {
 		// The load's handle came in an answer with no HMAC: renamed on
 		// the bus, the AK's uses fail, the flush above names another

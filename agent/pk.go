@@ -361,7 +361,10 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 	// persisted again, as provision did (tpm.PersistSRK), in a new process
 	// here, in a running daemon that cached it when a command of the
 	// operation meets the empty handle (tpm.PersistMissingSRK, until the
-	// operation ends: unlock). No command while it is there: it is cached.
+	// operation ends: unlock; found by reviews 36 to 38: a transient copy
+	// made there left the SRK unpersisted, and sat beside the PK, a
+	// transfer key or an AK and the EK, TPM_RC_OBJECT_MEMORY). No command
+	// while it is there: it is cached.
 	a.t.PersistMissingSRK(true)
 	srk, err := a.t.PersistSRK()
 	if err != nil {
@@ -394,29 +397,13 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 		if err != nil {
 			return err
 		}
-		// A load that went to a transient copy (the SRK evicted under a
-		// running daemon: tpm.TPM.Send) has it persisted before anything
-		// loads beside the PK (found by review 37, for the AK).
-		if _, err := a.t.PersistSRK(); err != nil {
-			return errors.Join(err, a.t.Flush(l.pk.Handle))
-		}
 		if hex.EncodeToString(l.pk.Name.Buffer) != in.state.Name {
 			return errors.Join(fmt.Errorf("%w: PK blob does not match the state's PK name", api.ErrTampered), a.t.Flush(l.pk.Handle))
 		}
 		a.savePK(id, l.pk)
 	}
 	defer a.flush(&err, l.pk.Handle)
-	if err := fn(l); err != nil {
-		return err
-	}
-	// The SRK evicted under a running daemon after the check above (a
-	// command naming it was sent again to a transient copy: tpm.TPM.Send)
-	// is persisted now, the copy held (found by review 36: it came back
-	// only with the next use of the PK). No command while it is there.
-	if _, err := a.t.PersistSRK(); err != nil {
-		a.log.Debug("persisting the SRK again failed", "err", err)
-	}
-	return nil
+	return fn(l)
 }
 
 // savedPK is the PK's context as the daemon keeps it between operations
