@@ -80,16 +80,7 @@ func TestReview35WarmDaemonWithTheSRKEvictedMidLife(t *testing.T) {
 func review35WarmDaemon(t *testing.T, rm bool) (*swtpmtest.Env, *swtpmtest.Bus, *Agent, []byte) {
 	t.Helper()
 	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	opts := []swtpmtest.Option{swtpmtest.WithBus(b)}
-	if rm {
-		opts = append(opts, swtpmtest.WithResourceManager())
-	}
-	env := swtpmtest.Start(t, opts...)
-	env.RequireSimulator()
-	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-	s.open()
-	a := s.a
+	env, b, a := review35Daemon(t, rm)
 	if _, err := a.Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}
@@ -101,4 +92,21 @@ func review35WarmDaemon(t *testing.T, rm bool) (*swtpmtest.Env, *swtpmtest.Bus, 
 		t.Fatal(err)
 	}
 	return env, b, a, digest[:]
+}
+
+// review35Daemon is a daemon's agent (KeepSession: review32Steps) on a
+// swtpm behind a bus (a resource manager's channel with rm), its state
+// directory fresh: the TPM, the bus and the agent.
+func review35Daemon(t *testing.T, rm bool) (*swtpmtest.Env, *swtpmtest.Bus, *Agent) {
+	t.Helper()
+	b := &swtpmtest.Bus{}
+	opts := []swtpmtest.Option{swtpmtest.WithBus(b)}
+	if rm {
+		opts = append(opts, swtpmtest.WithResourceManager())
+	}
+	env := swtpmtest.Start(t, opts...)
+	env.RequireSimulator()
+	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
+	s.open()
+	return env, b, s.a
 }

@@ -19,18 +19,11 @@ import (
 	"context"
 	"testing"
 	"time"
-
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 func TestReview38DaemonPeerProveWithTheSRKEvictedMidLife(t *testing.T) {
 	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	env.RequireSimulator()
-	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-	s.open()
-	a := s.a
+	env, b, a := review35Daemon(t, false)
 	if _, err := a.Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}

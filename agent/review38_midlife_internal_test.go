@@ -32,17 +32,11 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/officertest"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 func TestReview38DaemonPolicyInstallWithTheSRKEvictedMidLife(t *testing.T) {
 	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	env.RequireSimulator()
-	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-	s.open()
-	a := s.a
+	env, b, a := review35Daemon(t, false)
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	req := api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()}
 	if _, err := a.Provision(ctx, req); err != nil {
@@ -84,12 +78,7 @@ func TestReview38DaemonPolicyInstallWithTheSRKEvictedMidLife(t *testing.T) {
 
 func TestReview38DaemonPKLoadWithTheSRKPersistRefused(t *testing.T) {
 	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	env.RequireSimulator()
-	s := &review32Steps{t: t, env: env, b: b, dir: t.TempDir() + "/state", daemon: true}
-	s.open()
-	a := s.a
+	env, b, a := review35Daemon(t, false)
 	if _, err := a.Provision(ctx, review8Req()); err != nil {
 		t.Fatal(err)
 	}
