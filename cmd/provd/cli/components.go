@@ -150,8 +150,9 @@ func readComponentFD(fd int) ([]byte, string, error) {
 // promptComponent asks custodian i for their component, without echo, and
 // its KCV.
 func (a *app) promptComponent(tty *os.File, i, n int) ([]byte, string, error) {
-	fmt.Fprintf(a.deps.Stderr, "custodian %d of %d: component (hex, not shown): ", i+1, n)
-	line, err := readNoEcho(tty)
+	line, err := readNoEcho(tty, func() {
+		fmt.Fprintf(a.deps.Stderr, "custodian %d of %d: component (hex, not shown): ", i+1, n)
+	})
 	fmt.Fprintln(a.deps.Stderr)
 	defer clear(line)
 	if err != nil {
@@ -171,8 +172,11 @@ func (a *app) promptComponent(tty *os.File, i, n int) ([]byte, string, error) {
 }
 
 // readNoEcho reads one line from the terminal with echo off, restoring the
-// terminal's settings after.
-func readNoEcho(tty *os.File) ([]byte, error) {
+// terminal's settings after. The prompt is shown once echo is off: a
+// component typed the moment the prompt shows (or pasted) is never echoed
+// (found by make test: with the prompt first, the terminal showed a
+// component typed right after it).
+func readNoEcho(tty *os.File, prompt func()) ([]byte, error) {
 	fd := int(tty.Fd())
 	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
@@ -185,6 +189,7 @@ func readNoEcho(tty *os.File) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	prompt()
 	line := make([]byte, 0, 128)
 	var b [1]byte
 	for len(line) < maxComponentInput {
