@@ -56,6 +56,17 @@ type loadExternalInterposer struct {
 	rewritten int          // command HMACs it recomputed over the SRK's real name
 	notShared int          // command HMACs of its sessions that do not verify under its key: provd salted elsewhere
 	failed    []error      // attacks that could not be mounted
+
+	// copies, when not nil, are the handles its forged CreatePrimary
+	// answers named, each taken for the SRK as 0x81000001 is (review 33:
+	// the SRK's transient copy where the handle is empty).
+	copies map[uint32]bool
+}
+
+// isSRK reports whether the attacker takes h for the SRK: 0x81000001, or a
+// copy it answered for (copies).
+func (x *loadExternalInterposer) isSRK(h tpm2.TPMHandle) bool {
+	return h == tpm.SRKHandle || x.copies[uint32(h)]
 }
 
 // stolenSession is what the attacker knows of a session it hijacked.
@@ -122,11 +133,12 @@ func (x *loadExternalInterposer) Send(cmd []byte) ([]byte, error) {
 	defer x.mu.Unlock()
 	cc := tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
 	first := tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10:14]))
-	if cc == tpm2.TPMCCStartAuthSession && first == tpm.SRKHandle {
+	if cc == tpm2.TPMCCStartAuthSession && x.isSRK(first) {
 		return x.hijack(cmd)
 	}
 	if cc == tpm2.TPMCCFlushContext {
 		delete(x.sessions, uint32(first))
+		delete(x.copies, uint32(first))
 	}
 	ss := x.readCommand(cc, cmd)
 	cmd = x.rewriteHMACs(cc, cmd, ss)
@@ -136,11 +148,14 @@ func (x *loadExternalInterposer) Send(cmd []byte) ([]byte, error) {
 	}
 	x.readResponse(cc, cmd, rsp, ss)
 	switch {
-	case cc == tpm2.TPMCCReadPublic && first == tpm.SRKHandle:
+	case cc == tpm2.TPMCCReadPublic && x.isSRK(first):
 		x.forged++
 		return x.readPublicAnswer(cmd, rsp), nil
 	case cc == tpm2.TPMCCCreatePrimary && first == tpm2.TPMRHOwner:
 		x.forged++
+		if x.copies != nil {
+			x.copies[binary.BigEndian.Uint32(rsp[10:14])] = true
+		}
 		return x.createPrimaryAnswer(cmd, rsp), nil
 	}
 	return rsp, nil
@@ -253,7 +268,7 @@ func (x *loadExternalInterposer) rewriteHMACs(cc tpm2.TPMCC, cmd []byte, ss []cm
 	nh := cmdHandles[cc]
 	names := false
 	for i := range nh {
-		names = names || tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10+4*i:])) == tpm.SRKHandle
+		names = names || x.isSRK(tpm2.TPMHandle(binary.BigEndian.Uint32(cmd[10+4*i:])))
 	}
 	if !names || len(ss) == 0 {
 		return cmd
@@ -271,7 +286,7 @@ func (x *loadExternalInterposer) rewriteHMACs(cc tpm2.TPMCC, cmd []byte, ss []cm
 			return cmd
 		}
 		real.Write(name)
-		if h == tpm.SRKHandle {
+		if x.isSRK(h) {
 			name = x.name.Buffer
 		}
 		provds.Write(name)
