@@ -131,9 +131,10 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.KeepSession {
 		_ = cfg.TPM.KeepShared(true) // no command: it only sets keeping
 	}
-	// The SRK is persisted only by provision and by a load of the PK that
-	// lives under it: where 0x81000001 is empty in a state with no PK
-	// (zeroize --srk evicted it, or nobody made it yet) an operation that
+	// The SRK is persisted only by provision and by an operation that uses
+	// the PK or the AK, which live under it (tpm.PersistSRK,
+	// tpm.PersistMissingSRK): elsewhere, where 0x81000001 is empty
+	// (zeroize --srk evicted it, or nobody made it yet), an operation that
 	// needs it uses a transient copy, flushed when it ends (unlock).
 	cfg.TPM.TransientSRKOnly()
 	// The TPM the state was provisioned on: from here on the SRK is the

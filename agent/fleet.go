@@ -152,16 +152,13 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 	if err := a.keys.EvictResident(); err != nil {
 		return err
 	}
-	// Until the operation ends (unlock), as a PK's use: an SRK evicted
-	// behind a running daemon is persisted again, not copied beside the
-	// AK, the EK and a delivered object (found by review 37:
-	// TPM_RC_OBJECT_MEMORY).
-	a.t.PersistMissingSRK(true)
 	// The AK lives under the SRK in a state that pins the TPM
-	// (requireIdentity: provisioned, never a zeroized one): where another
-	// program evicted the SRK it is persisted again, as for the PK's
-	// load (found by review 31: a transient copy held beside the AK, the
-	// EK and a delivered object was a fourth object, TPM_RC_OBJECT_MEMORY).
+	// (requireIdentity: provisioned, never a zeroized one): a missing SRK
+	// is persisted again until the operation ends (unlock), as in a PK's
+	// use, in a new process and behind a running daemon that cached it,
+	// never a transient copy beside the AK, the EK and a delivered object
+	// (found by reviews 31 and 37: a fourth object, TPM_RC_OBJECT_MEMORY).
+	a.t.PersistMissingSRK(true)
 	srk, err := a.t.PersistSRK()
 	if err != nil {
 		return err
