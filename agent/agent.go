@@ -197,7 +197,9 @@ func (a *Agent) unlock() {
 			a.log.Debug("flush of the operation's policy session failed", "err", err)
 		}
 	}
-	a.t.PersistMissingSRK(false)
+	if a.t.PersistMissingSRK(false) {
+		a.evictSRKUnowed()
+	}
 	if err := a.t.DropTransientSRK(); err != nil {
 		a.log.Debug("flush of the SRK's transient copy failed", "err", err)
 	}
@@ -205,6 +207,32 @@ func (a *Agent) unlock() {
 		a.sweepLeaks()
 	}
 	a.mu.Unlock()
+}
+
+// evictSRKUnowed evicts the SRK the operation persisted again for a PK's
+// or an AK's load (tpm.PersistMissingSRK) when the state, read again, is
+// neither provisioned nor pins a TPM: another program wiped it meanwhile,
+// a zeroize whose --srk eviction came after the state read the operation
+// began with (found by review 39: the SRK was back at 0x81000001, in a
+// state with no PK). It reads and evicts under the store's lock, which
+// the wipe takes: a provision committed meanwhile keeps the SRK. A failure
+// is logged: the operation's result stands, and the next zeroize --srk
+// evicts it.
+func (a *Agent) evictSRKUnowed() {
+	err := a.st.View(context.Background(), func(tx *store.Tx) error {
+		_, err := a.readPK(tx)
+		if !errors.Is(err, api.ErrNotProvisioned) {
+			return err
+		}
+		if err := requirePinned(tx); !errors.Is(err, errNotPinned) {
+			return err
+		}
+		a.log.Warn("the SRK persisted for this operation's PK or AK is evicted again: the state was wiped meanwhile (zeroize)")
+		return a.t.EvictSRK()
+	})
+	if err != nil {
+		a.log.Warn("the SRK persisted for this operation could not be checked against the state, or evicted", "err", err)
+	}
 }
 
 // sweepLeaks runs after an operation in which a handle may have leaked (a

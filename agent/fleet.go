@@ -124,7 +124,7 @@ func (a *Agent) newAttestKey(ctx context.Context) (tpm.Blob, error) {
 		return tpm.Blob{}, err
 	}
 	rec := attestKeyRecord{Name: hex.EncodeToString(name.Buffer), Auth: hex.EncodeToString(auth), CreatedAt: a.now().UTC()}
-	return blob, a.st.Update(ctx, func(tx *store.Tx) error {
+	return blob, a.updatePinned(ctx, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(attestKeyRec, blob.Marshal()); err != nil {
 			return err
 		}
@@ -372,7 +372,8 @@ func (a *Agent) AttestInstall(ctx context.Context, req api.AttestInstallRequest)
 		}
 		for i, d := range req.Deliveries {
 			if err := a.installDelivery(ctx, d); err != nil {
-				if ctx.Err() != nil {
+				// A state zeroized meanwhile takes no more of them.
+				if ctx.Err() != nil || errors.Is(err, api.ErrNotProvisioned) {
 					return res, err
 				}
 				if res.Failed == nil {
@@ -428,7 +429,7 @@ func (a *Agent) installDelivery(ctx context.Context, d fleetapi.Delivery) error 
 		return err
 	}
 	rec := deliveryRecord{Name: d.Name, Kind: kind, EKCertSHA256: d.EKCertSHA256, PCRs: pcrs, InstalledAt: a.now().UTC()}
-	return a.st.Update(ctx, func(tx *store.Tx) error {
+	return a.updatePinned(ctx, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(deliveryRec(d.Name), blob.Marshal()); err != nil {
 			return err
 		}
@@ -670,6 +671,25 @@ func (a *Agent) requireIdentity(ctx context.Context) error {
 		return errNotPinned
 	}
 	return nil
+}
+
+// updatePinned is a.st.Update for what an operation made in the TPM the
+// state pinned when it began (the AK, a delivered object): fn runs only
+// while the state still pins one. Another process's zeroize meanwhile is
+// api.ErrNotProvisioned and nothing is recorded (found with review 39's
+// race: the AK's or the delivery's record was written into the wiped
+// state, and outlived the zeroize into the next provision).
+func (a *Agent) updatePinned(ctx context.Context, fn func(*store.Tx) error) error {
+	return a.st.Update(ctx, func(tx *store.Tx) error {
+		err := requirePinned(tx)
+		if errors.Is(err, errNotPinned) {
+			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", api.ErrNotProvisioned)
+		}
+		if err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // cut is s at most n bytes long (not splitting a UTF-8 sequence matters

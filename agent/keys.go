@@ -251,9 +251,10 @@ func (a *Agent) commitBlobKey(ctx context.Context, rec keyRecord, blob tpm.Blob,
 }
 
 // commitKey records a new key (and, for created keys, its blob), refusing a
-// name taken meanwhile by another process.
+// name taken meanwhile by another process, and a state whose PK is no
+// longer the one the key was made under (updateUnderPK).
 func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error {
-	return a.st.Update(ctx, func(tx *store.Tx) error {
+	return a.updateUnderPK(ctx, rec.PK, func(tx *store.Tx) error {
 		if _, err := tx.GetRaw(keyRecName(rec.Name)); err == nil {
 			return fmt.Errorf("%w: %q", api.ErrKeyExists, rec.Name)
 		}

@@ -164,7 +164,7 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	}
 	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: a.now().UTC()}
 	raw := blob.Marshal()
-	err = a.st.Update(ctx, func(tx *store.Tx) error {
+	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(transferRec, raw); err != nil {
 			return err
 		}

@@ -263,6 +263,30 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 	return s, err
 }
 
+// updateUnderPK is a.st.Update for what an operation made with the PK the
+// state named pk when it began: fn runs only while the state still names
+// it. Another process may have zeroized the state, or provisioned it again,
+// while the operation worked in the TPM (found with review 39's race: a
+// key create across another program's zeroize recorded its key in the
+// wiped state; a derivation parent's record would have brought the
+// zeroized PK's record back): api.ErrNotProvisioned, or an error saying
+// the PK was replaced, and nothing is recorded.
+func (a *Agent) updateUnderPK(ctx context.Context, pk string, fn func(*store.Tx) error) error {
+	return a.st.Update(ctx, func(tx *store.Tx) error {
+		now, err := a.readPK(tx)
+		if errors.Is(err, api.ErrNotProvisioned) {
+			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", err)
+		}
+		if err != nil {
+			return err
+		}
+		if now.Name != pk {
+			return errors.New("the state's provisioning key was replaced while the operation ran (provision --force in another process); nothing recorded: run the command again")
+		}
+		return fn(tx)
+	})
+}
+
 // pkInputs is what loading the PK and satisfying its policy take from the
 // state: its record, its blob under the SRK, its policy expression and the
 // installed signed policy (if any). Every path that loads the PK reads them

@@ -211,7 +211,7 @@ func (a *Agent) recordD(ctx context.Context, l *loadedPK, objects map[string]str
 	}
 	l.state.DName = hex.EncodeToString(dName.Buffer)
 	objects["derivation_parent"] = l.state.DName
-	return a.st.Update(ctx, func(tx *store.Tx) error {
+	return a.updateUnderPK(ctx, l.state.Name, func(tx *store.Tx) error {
 		if err := tx.WriteBlob(blobD, dBlob.Marshal()); err != nil {
 			return err
 		}

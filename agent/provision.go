@@ -409,7 +409,7 @@ func (a *Agent) moveCounter(ctx context.Context, st *pkState, from, to uint64) (
 				return fmt.Errorf("policy counter: replacing its gate, which has no authorization value: %w", err)
 			}
 			st.CounterGate, st.CounterGateAuth = g.Blob, g.Auth
-			if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.Put(recPK, *st) }); err != nil {
+			if err := a.updateUnderPK(ctx, st.Name, func(tx *store.Tx) error { return tx.Put(recPK, *st) }); err != nil {
 				return err
 			}
 			if c > to {

@@ -4,17 +4,16 @@ package agent
 // state read and its PK's use, within the operation that set
 // tpm.PersistMissingSRK (ffce622).
 //
-// FLAW, documented and not mended here (docs/threat-model.md, the bullet
-// "provd persists a missing SRK only in provision"): a daemon whose PK
-// context is not kept creates a key; after its state read (the flag set by
-// withLoadedPKGuard) and before the PK's TPM2_Load under the cached SRK,
-// another program runs zeroize --srk through /dev/tpmrm0 (state wiped, SRK
-// evicted). The load meets the empty handle, srkAgain persists the SRK
-// (PersistMissingSRK), and the SRK is back at 0x81000001 in a state with
-// no PK. Its test, which fails on this code, is not kept: the mend (the
-// state read again before that persist) is its own issue, and a race of
-// the same kind was there before this session's change (any operation
-// persisted a missing SRK).
+// FLAW (mended since: srkrace_internal_test.go,
+// TestZeroizeSRKRacingAPKUseLeavesItEvicted, which fails on ffce622): a
+// daemon whose PK context is not kept creates a key; after its state read
+// (the flag set by withLoadedPKGuard) and before the PK's TPM2_Load under
+// the cached SRK, another program runs zeroize --srk through /dev/tpmrm0
+// (state wiped, SRK evicted). The load meets the empty handle, srkAgain
+// persists the SRK (PersistMissingSRK), and the SRK was back at 0x81000001
+// in a state with no PK. The operation's end now reads the state again and
+// evicts it (Agent.evictSRKUnowed), and what the operation made is not
+// recorded in the wiped state (updateUnderPK, updatePinned).
 //
 // HELD: TestReview39ZeroizeSRKDuringWarmDaemonSign — the same zeroize
 // lands just before the warm daemon's TPM2_Sign (PK context and key kept):

@@ -112,10 +112,30 @@ func (t *TPM) missingSRKMode() srkMode {
 // daemon's peer prove, whose SRK another program had evicted, loaded the
 // transfer key under a transient copy held beside the PK, the transfer key
 // and the EK, TPM_RC_OBJECT_MEMORY).
-func (t *TPM) PersistMissingSRK(on bool) {
+//
+// Turned off, it reports whether the SRK was persisted into an empty
+// 0x81000001 while it was on, and forgets it: the caller checks that what
+// needed it is still there (found by review 39: another program's zeroize
+// --srk between the operation's state read and its first command naming
+// the SRK had it persisted again in a wiped state; the agent evicts it
+// then, evictSRKUnowed).
+func (t *TPM) PersistMissingSRK(on bool) (persisted bool) {
 	t.srkMu.Lock()
 	defer t.srkMu.Unlock()
+	persisted = t.srkPersistedNow && !on
 	t.srkPersistNow = on
+	if !on {
+		t.srkPersistedNow = false
+	}
+	return persisted
+}
+
+// persisted records that the SRK was persisted into an empty 0x81000001
+// (PersistMissingSRK). Called with srkMu held.
+func (t *TPM) persisted() {
+	if t.srkPersistNow {
+		t.srkPersistedNow = true
+	}
 }
 
 // PersistSRK is SRK where 0x81000001 may be empty and the SRK must be
@@ -181,6 +201,7 @@ func (t *TPM) srkAs(mode srkMode) (Object, error) {
 		// The copy an earlier SRK made, persisted now (provision): the
 		// key the handle was found empty for.
 		if err := t.Persist(o, SRKHandle); err == nil {
+			t.persisted()
 			ferr := t.dropCopy()
 			o.Handle = SRKHandle
 			t.srk, t.srkEvicted = &o, false
@@ -217,6 +238,7 @@ func (t *TPM) srkAs(mode srkMode) (Object, error) {
 		if err := t.Persist(primary, SRKHandle); err != nil {
 			return Object{}, errors.Join(err, t.Flush(primary.Handle))
 		}
+		t.persisted()
 	}
 	if err := t.Flush(primary.Handle); err != nil {
 		return Object{}, err
@@ -451,7 +473,11 @@ func (t *TPM) pinnedSRK(mode srkMode) (Object, error) {
 			// The pinned public, never the bus's, with the copy's handle.
 			return t.keepCopy(Object{Handle: primary.Handle, Name: t.pinned.Name, Public: t.pinned.Public}), nil
 		}
-		if err := errors.Join(t.Persist(primary, SRKHandle), t.Flush(primary.Handle)); err != nil {
+		perr := t.Persist(primary, SRKHandle)
+		if perr == nil {
+			t.persisted()
+		}
+		if err := errors.Join(perr, t.Flush(primary.Handle)); err != nil {
 			return Object{}, err
 		}
 	case err != nil:

@@ -112,6 +112,9 @@ type TPM struct {
 	// SRK in a provisioned state (PersistMissingSRK), a missing SRK is
 	// persisted, TransientSRKOnly or not.
 	srkPersistNow bool
+	// srkPersistedNow: while srkPersistNow held, the empty 0x81000001 had
+	// the SRK persisted (PersistMissingSRK(false) reports and clears it).
+	srkPersistedNow bool
 	// srkTransient is the handle of t.srk while it is such a copy (0
 	// otherwise), made in TPM generation srkGen. Flush forgets it (an
 	// atomic: Flush runs under srkMu too).

@@ -193,6 +193,14 @@ func TestEvictedBehindTheConnection(t *testing.T) {
 			if persisted := err == nil; persisted != persisting {
 				t.Errorf("after the read: SRK persisted %v, want %v", persisted, persisting)
 			}
+			// Reported to the one who turns PersistMissingSRK off, once
+			// (the agent checks the state then: evictSRKUnowed).
+			if got := tp.PersistMissingSRK(false); got != c.persistNow {
+				t.Errorf("PersistMissingSRK(false) says persisted %v, want %v", got, c.persistNow)
+			}
+			if tp.PersistMissingSRK(false) {
+				t.Errorf("PersistMissingSRK(false) says persisted twice")
+			}
 			if err := tp.DropTransientSRK(); err != nil {
 				t.Fatal(err)
 			}

@@ -1,0 +1,297 @@
+package agent
+
+// Review 39's race, mended: another program's zeroize --srk lands between
+// an operation's state read and its first command naming the SRK, within
+// an operation that uses the PK or the AK (tpm.PersistMissingSRK). The
+// command meets the empty handle and srkAgain persists the SRK again; the
+// operation's end finds the state wiped and evicts it (unlock,
+// evictSRKUnowed).
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/policy"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
+)
+
+// FLAW (failed before the mend): a daemon whose PK context is not kept,
+// and a one-shot process, create a key; before the PK's TPM2_Load another
+// program runs zeroize --srk through its own connection (state wiped, SRK
+// evicted). The SRK was at 0x81000001 again after the operation, in a
+// state with no PK.
+func TestZeroizeSRKRacingAPKUseLeavesItEvicted(t *testing.T) {
+	for _, daemon := range []bool{false, true} {
+		t.Run(review26Mode(daemon), func(t *testing.T) {
+			s := review32Mount(t, daemon)
+			s.a.pk = nil // the PK is loaded from its blob, under the SRK
+			done := false
+			s.b.Set(review39ZeroizeOnce(t, s.dir, tpm2.TPMCCLoad, &done))
+			_, err := s.a.CreateKey(context.Background(), api.CreateRequest{Name: "k", Type: "ecc-p256"})
+			s.b.Set(nil)
+			if !done {
+				t.Fatalf("not mounted: no TPM2_Load (%v)", err)
+			}
+			t.Logf("key create with zeroize --srk before the PK's TPM2_Load: %v", err)
+			if review26SRKThere(s.env) {
+				t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+			}
+			review32Unheld(t, s.env, s.a, "key create")
+			// FLAW (failed before the mend, found with it): the key was
+			// recorded in the wiped state, under a PK it no longer has.
+			if !errors.Is(err, api.ErrNotProvisioned) {
+				t.Errorf("key create across another program's zeroize: %v, want ErrNotProvisioned", err)
+			}
+			srkRaceObjects(t, s.dir, nil)
+		})
+	}
+}
+
+// FLAW (failed before the mend): the same race in the AK's use: a daemon
+// answers attest secret while another program zeroizes with --srk before
+// the AK's TPM2_Load.
+func TestZeroizeSRKRacingAnAKUseLeavesItEvicted(t *testing.T) {
+	ctx := context.Background()
+	env, b, a := review35Daemon(t, false)
+	if _, err := a.Provision(ctx, review8Req()); err != nil {
+		t.Fatal(err)
+	}
+	review31Delivered(t, env, func(_ string, fn func(*Agent) error) error { return fn(a) })
+	done := false
+	b.Set(review39ZeroizeOnce(t, a.dir, tpm2.TPMCCLoad, &done))
+	_, err := a.AttestSecret(ctx, api.AttestSecretRequest{Name: "wifi"})
+	b.Set(nil)
+	if !done {
+		t.Fatalf("not mounted: no TPM2_Load (%v)", err)
+	}
+	t.Logf("attest secret with zeroize --srk before the AK's TPM2_Load: %v", err)
+	if review26SRKThere(env) {
+		t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+	}
+	review32Unheld(t, env, a, "attest secret")
+}
+
+// HELD: the eviction is only for a wiped state: a provisioned state whose
+// SRK another program evicted has it persisted by the PK's use, and kept
+// (TestReview32KeyOperationsWithTheSRKEvicted checks each operation's
+// success; this checks the SRK stays).
+func TestPKUseKeepsTheSRKItPersistedInAProvisionedState(t *testing.T) {
+	for _, daemon := range []bool{false, true} {
+		t.Run(review26Mode(daemon), func(t *testing.T) {
+			s := review32Mount(t, daemon)
+			s.a.pk = nil
+			review31EvictSRK(t, s.env, s.b)
+			if _, err := s.a.CreateKey(context.Background(), api.CreateRequest{Name: "k", Type: "ecc-p256"}); err != nil {
+				t.Fatal(err)
+			}
+			if !review26SRKThere(s.env) {
+				t.Errorf("the PK's use left the SRK evicted in a provisioned state")
+			}
+		})
+	}
+}
+
+// FLAW (failed before the mend, found with review 39's race): another
+// program replaces the state's PK (provision --force) while a key is made
+// under the old one; the key was recorded under a PK the state no longer
+// has, a record no use can load (keys_use: "belongs to another
+// provisioning key"). It is refused, and the state keeps what it had.
+func TestKeyCreateAcrossAReplacedPKRecordsNothing(t *testing.T) {
+	s := review32Mount(t, false)
+	var before []string
+	done := false
+	s.b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
+			return nil, nil, false
+		}
+		done = true
+		st, err := store.Open(s.dir)
+		if err != nil {
+			t.Errorf("the other program's store: %v", err)
+			return nil, nil, false
+		}
+		if err := st.Update(context.Background(), func(tx *store.Tx) error {
+			var pk pkState
+			if err := tx.Get(recPK, &pk); err != nil {
+				return err
+			}
+			pk.Name = "000b" + pk.Name[4:len(pk.Name)-2] + "00" // another PK's name
+			before = tx.Objects()
+			return tx.Put(recPK, pk)
+		}); err != nil {
+			t.Errorf("the other program's provision: %v", err)
+		}
+		return nil, nil, false
+	})
+	_, err := s.a.CreateKey(context.Background(), api.CreateRequest{Name: "k", Type: "ecc-p256"})
+	s.b.Set(nil)
+	if !done {
+		t.Fatalf("not mounted: no TPM2_Create (%v)", err)
+	}
+	t.Logf("key create across a replaced PK: %v", err)
+	if err == nil {
+		t.Errorf("key create recorded a key under a PK the state no longer has")
+	}
+	srkRaceObjects(t, s.dir, before)
+}
+
+// srkRaceObjects checks that the state in dir holds the records want.
+func srkRaceObjects(t *testing.T, dir string, want []string) {
+	t.Helper()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.View(context.Background(), func(tx *store.Tx) error {
+		if got := tx.Objects(); !slices.Equal(got, want) {
+			t.Errorf("the state holds %q, want %q", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FLAW (failed before the mend, found with review 39's race): a signed
+// policy's first install creates the derivation parent under the PK and
+// records it with the PK's record; another program's zeroize before the
+// parent's TPM2_Create had its wiped state hold the zeroized PK's record
+// again (a state that reads as provisioned, with no PK blob and no
+// identity). Nothing is recorded.
+func TestPolicyInstallAcrossAZeroizeRecordsNothing(t *testing.T) {
+	ctx := context.Background()
+	b := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
+	dir := t.TempDir() + "/state"
+	a, err := New(Config{TPM: env.TPM, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7, 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: v}, *res.Counter, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sp.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	b.Set(review39ZeroizeOnce(t, dir, tpm2.TPMCCCreate, &done))
+	_, err = a.InstallPolicy(ctx, raw)
+	b.Set(nil)
+	if !done {
+		t.Fatalf("not mounted: no TPM2_Create (%v)", err)
+	}
+	t.Logf("policy install with zeroize --srk before the derivation parent's TPM2_Create: %v", err)
+	if !errors.Is(err, api.ErrNotProvisioned) {
+		t.Errorf("policy install across another program's zeroize: %v, want ErrNotProvisioned", err)
+	}
+	srkRaceObjects(t, dir, nil)
+	if review26SRKThere(env) {
+		t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+	}
+}
+
+// FLAW (failed before the mend, found with review 39's race): the AK's
+// creation (attest identity) and a delivery's install (attest install)
+// across another program's zeroize recorded the AK, or the delivered
+// object, in the wiped state, where the next provision found it. Nothing
+// is recorded, and the SRK stays evicted.
+func TestAttestAcrossAZeroizeRecordsNothing(t *testing.T) {
+	ctx := context.Background()
+	t.Run("attest identity", func(t *testing.T) {
+		env, b, a := review35Daemon(t, false)
+		if _, err := a.Provision(ctx, review8Req()); err != nil {
+			t.Fatal(err)
+		}
+		done := false
+		b.Set(review39ZeroizeOnce(t, a.dir, tpm2.TPMCCCreate, &done))
+		_, err := a.AttestIdentity(ctx)
+		b.Set(nil)
+		if !done {
+			t.Fatalf("not mounted: no TPM2_Create (%v)", err)
+		}
+		t.Logf("attest identity with zeroize --srk before the AK's TPM2_Create: %v", err)
+		if !errors.Is(err, api.ErrNotProvisioned) {
+			t.Errorf("attest identity across another program's zeroize: %v, want ErrNotProvisioned", err)
+		}
+		srkRaceObjects(t, a.dir, nil)
+		if review26SRKThere(env) {
+			t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+		}
+	})
+	t.Run("attest install", func(t *testing.T) {
+		env, b, a := review35Daemon(t, false)
+		if _, err := a.Provision(ctx, review8Req()); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		done := false
+		review31Delivered(t, env, func(name string, fn func(*Agent) error) error {
+			if name != "attest install" {
+				return fn(a)
+			}
+			b.Set(review39ZeroizeOnce(t, a.dir, tpm2.TPMCCImport, &done))
+			err = fn(a)
+			b.Set(nil)
+			return nil
+		})
+		if !done {
+			t.Fatalf("not mounted: no TPM2_Import (%v)", err)
+		}
+		t.Logf("attest install with zeroize --srk before the delivery's TPM2_Import: %v", err)
+		if !errors.Is(err, api.ErrNotProvisioned) {
+			t.Errorf("attest install across another program's zeroize: %v, want ErrNotProvisioned", err)
+		}
+		srkRaceObjects(t, a.dir, nil)
+		if review26SRKThere(env) {
+			t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+		}
+	})
+}
+
+// FLAW (failed before the mend, found with review 39's race): the first
+// peer identity makes the transfer key under the SRK and records it, bound
+// to the PK; across another program's zeroize it was recorded in the
+// wiped state. Nothing is recorded, and the SRK stays evicted.
+func TestPeerIdentityAcrossAZeroizeRecordsNothing(t *testing.T) {
+	s := review32Mount(t, false)
+	done := false
+	s.b.Set(review39ZeroizeOnce(t, s.dir, tpm2.TPMCCCreate, &done))
+	_, err := s.a.PeerIdentity(context.Background())
+	s.b.Set(nil)
+	if !done {
+		t.Fatalf("not mounted: no TPM2_Create (%v)", err)
+	}
+	t.Logf("peer identity with zeroize --srk before the transfer key's TPM2_Create: %v", err)
+	if !errors.Is(err, api.ErrNotProvisioned) {
+		t.Errorf("peer identity across another program's zeroize: %v, want ErrNotProvisioned", err)
+	}
+	srkRaceObjects(t, s.dir, nil)
+	if review26SRKThere(s.env) {
+		t.Errorf("the SRK is at 0x81000001 again after another program's zeroize --srk")
+	}
+}
