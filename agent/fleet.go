@@ -111,7 +111,7 @@ func (a *Agent) newAttestKey(ctx context.Context) (tpm.Blob, error) {
 		return tpm.Blob{}, err
 	}
 	defer clear(auth)
-	srk, err := a.t.PersistSRK() // the AK lives under it: attestKey's state is provisioned
+	srk, err := a.srkForUse() // the AK lives under it: attestKey's state is provisioned
 	if err != nil {
 		return tpm.Blob{}, err
 	}
@@ -158,8 +158,7 @@ func (a *Agent) withAttestKey(ctx context.Context, fn func(ak tpm.Object, auth [
 	// use, in a new process and behind a running daemon that cached it,
 	// never a transient copy beside the AK, the EK and a delivered object
 	// (found by reviews 31 and 37: a fourth object, TPM_RC_OBJECT_MEMORY).
-	a.t.PersistMissingSRK(true)
-	srk, err := a.t.PersistSRK()
+	srk, err := a.srkForUse()
 	if err != nil {
 		return err
 	}

@@ -389,8 +389,7 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 	// made there left the SRK unpersisted, and sat beside the PK, a
 	// transfer key or an AK and the EK, TPM_RC_OBJECT_MEMORY). No command
 	// while it is there: it is cached.
-	a.t.PersistMissingSRK(true)
-	srk, err := a.t.PersistSRK()
+	srk, err := a.srkForUse()
 	if err != nil {
 		return err
 	}
@@ -428,6 +427,19 @@ func (a *Agent) withLoadedPKGuard(in pkInputs, guard *tpm.PolicySession, fn func
 	}
 	defer a.flush(&err, l.pk.Handle)
 	return fn(l)
+}
+
+// srkForUse is the SRK for an operation that uses what lives under it in
+// a provisioned state (a PK, an AK): where 0x81000001 is empty it is
+// persisted (tpm.PersistSRK), and so it is when a command of the operation
+// meets it evicted behind the connection (tpm.PersistMissingSRK, set until
+// the operation ends: unlock, which evicts it again where the state was
+// wiped meanwhile, evictSRKUnowed). Every such use goes through here
+// (found by review 40: the AK's creation persisted it unreported, and it
+// stayed in a state another process zeroized).
+func (a *Agent) srkForUse() (tpm.Object, error) {
+	a.t.PersistMissingSRK(true)
+	return a.t.PersistSRK()
 }
 
 // savedPK is the PK's context as the daemon keeps it between operations

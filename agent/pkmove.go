@@ -440,7 +440,10 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	}); err != nil {
 		return res, fmt.Errorf("the moved PK does not work on this device yet, nothing was replaced: %w", err)
 	}
-	err = a.st.Update(ctx, func(tx *store.Tx) error {
+	// The state this device had: another process's zeroize meanwhile
+	// leaves it wiped (found by review 40: the moved PK was written into
+	// the wiped state, which then read as provisioned, and pinned nothing).
+	err = a.updateUnderPK(ctx, in.state.Name, func(tx *store.Tx) error {
 		for _, o := range tx.Objects() {
 			if strings.HasPrefix(o, keyPrefix) {
 				return fmt.Errorf("%w: this device took a key meanwhile (%s)", api.ErrNotPermitted, o)

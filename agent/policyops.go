@@ -105,7 +105,9 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	}
 	// Store first, then revoke: a crash in between leaves the new policy
 	// installed and the old one still valid, never neither.
-	if err := a.st.Update(ctx, func(tx *store.Tx) error { return tx.WriteBlob(blobPolicy, data) }); err != nil {
+	// Into the state whose PK it is for (found by review 40: across
+	// another process's zeroize it was written into the wiped state).
+	if err := a.updateUnderPK(ctx, st.Name, func(tx *store.Tx) error { return tx.WriteBlob(blobPolicy, data) }); err != nil {
 		return res, err
 	}
 	a.signed.reset()

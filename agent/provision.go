@@ -256,6 +256,12 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 		dMarshalled = dBlob.Marshal()
 	}
 	err = a.st.Update(ctx, func(tx *store.Tx) error {
+		// The PK lives under the SRK: it is at 0x81000001 when the state
+		// says provisioned, though another process evicted it while this
+		// one worked (tpm.PersistSRKAgain; Agent.evictSRKUnowed).
+		if err := a.t.PersistSRKAgain(); err != nil {
+			return err
+		}
 		if err := tx.Put(recIdentity, identity); err != nil {
 			return err
 		}

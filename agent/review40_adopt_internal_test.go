@@ -3,7 +3,7 @@ package agent
 // Review 40: a moved PK's adoption (provision --from, agent/pkmove.go)
 // across another program's zeroize.
 //
-// FLAW: TestReview40AdoptAcrossAZeroizeBringsAPKBack.
+// FLAW (failed before the mend): TestReview40AdoptAcrossAZeroizeBringsAPKBack.
 // Attack (another local process): `provd provision --from FILE --force`
 // reads the state (readTransfer: the PK's inputs and the transfer key),
 // then works in the TPM (activation, TPM2_Import of the PK under T, the

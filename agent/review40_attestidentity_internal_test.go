@@ -2,7 +2,7 @@ package agent
 
 // Review 40: the AK's creation across another program's zeroize --srk.
 //
-// FLAW: TestReview40AttestIdentityAcrossAZeroizePersistsTheSRK.
+// FLAW (failed before the mend): TestReview40AttestIdentityAcrossAZeroizePersistsTheSRK.
 // Attack (another local process; no bus needed): a provisioned state
 // whose SRK another program evicted (the case docs/threat-model.md names:
 // "a provisioned state whose SRK another program evicted"). A one-shot
@@ -22,6 +22,8 @@ package agent
 // tpm.PersistSRK itself report the persist to the next
 // PersistMissingSRK(false) (every persist outside provision's commit
 // should be checked against the state at unlock).
+// Mended: every PK's and AK's use takes the SRK through Agent.srkForUse,
+// which sets the flag.
 import (
 	"context"
 	"errors"

@@ -2,7 +2,7 @@ package agent
 
 // Review 40: evictSRKUnowed beside another process's provision.
 //
-// FLAW: TestReview40EvictionDuringAnotherProcessProvision (over-eviction).
+// FLAW (failed before the mend): TestReview40EvictionDuringAnotherProcessProvision (over-eviction).
 // Attack (other local processes, no bus attacker): a provisioned state
 // whose SRK another program evicted. Process O (a one-shot key create, or
 // the daemon) reads the state, and its PK's load persists the SRK again
@@ -25,6 +25,8 @@ package agent
 // "provisioning" record written under the lock before PersistSRK, which
 // evictSRKUnowed honours), or have provision check 0x81000001 again
 // under the store's lock at its commit and persist it there.
+// Mended: the latter (tpm.PersistSRKAgain in provision's commit: one
+// TPM2_ReadPublic more per provision).
 import (
 	"context"
 	"errors"

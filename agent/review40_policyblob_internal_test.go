@@ -2,7 +2,7 @@ package agent
 
 // Review 40: a signed policy's install across another program's zeroize.
 //
-// FLAW: TestReview40PolicyInstallAcrossAZeroizeLeavesItsPolicy.
+// FLAW (failed before the mend): TestReview40PolicyInstallAcrossAZeroizeLeavesItsPolicy.
 // Attack (another local process): `provd policy install` reads the state
 // (provisioned), then reads the policy counter through the TPM
 // (readCounter: TPM2_NV_Read in a session salted to the pinned SRK).

@@ -148,6 +148,28 @@ func (t *TPM) PersistSRK() (Object, error) {
 	return t.srkAs(srkPersist)
 }
 
+// PersistSRKAgain persists the SRK at 0x81000001 again where it is not
+// there, though t may have cached it there (another program evicted it
+// since): provision calls it as it commits, under the state's lock, which
+// the agent's eviction of an SRK it persisted for a wiped state takes too
+// (found by review 40: another process's operation, whose state a zeroize
+// wiped while it ran, evicted the SRK it had persisted for its PK while a
+// third process's provision was under way, and that provision committed a
+// provisioned state with 0x81000001 empty). One TPM2_ReadPublic where it
+// is there.
+func (t *TPM) PersistSRKAgain() error {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if _, err := t.ReadPublic(SRKHandle); !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if o, ok := t.cachedSRK(); ok && o.Handle == SRKHandle {
+		t.srk = nil
+	}
+	_, err := t.srkAs(srkPersist)
+	return err
+}
+
 // TransientSRKOnly makes SRK persist nothing from now on: where
 // 0x81000001 is empty it makes a transient copy of the SRK for the
 // caller's operation (the agent flushes it when the operation ends,
