@@ -215,9 +215,10 @@ func (a *Agent) unlock() {
 // a zeroize whose --srk eviction came after the state read the operation
 // began with (found by review 39: the SRK was back at 0x81000001, in a
 // state with no PK). It reads and evicts under the store's lock, which
-// the wipe takes: a provision committed meanwhile keeps the SRK. A failure
-// is logged: the operation's result stands, and the next zeroize --srk
-// evicts it.
+// the wipe takes: a provision committed meanwhile keeps the SRK, and one
+// under way persists it again as it commits (tpm.PersistSRKAgain). Only
+// the pinned SRK is evicted. A failure is logged: the operation's result
+// stands, and the next zeroize --srk evicts it.
 func (a *Agent) evictSRKUnowed() {
 	err := a.st.View(context.Background(), func(tx *store.Tx) error {
 		_, err := a.readPK(tx)
@@ -227,8 +228,25 @@ func (a *Agent) evictSRKUnowed() {
 		if err := requirePinned(tx); !errors.Is(err, errNotPinned) {
 			return err
 		}
+		if _, err := a.t.ReadPublic(tpm.SRKHandle); errors.Is(err, tpm.ErrNotFound) {
+			return nil // the zeroize's eviction came after the persist
+		} else if err != nil {
+			return err
+		}
+		// Only the pinned SRK, as zeroize evicts it: in the witness, whose
+		// HMAC binds the pinned name, so that the TPM refuses any other
+		// key (found by review 41: a handle-only eviction took another
+		// program's key, persisted there after the zeroize).
+		w, err := a.t.OpenWitness()
+		if err != nil {
+			return err
+		}
+		if !w.Authenticated() {
+			return errors.Join(errors.New("no SRK is pinned: the key at 0x81000001 is left"), w.Close())
+		}
 		a.log.Warn("the SRK persisted for this operation's PK or AK is evicted again: the state was wiped meanwhile (zeroize)")
-		return a.t.EvictSRK()
+		_, err = evictVerified(w, tpm.SRKHandle, func() (bool, error) { return false, w.EvictSRK() })
+		return errors.Join(err, w.Close())
 	})
 	if err != nil {
 		a.log.Warn("the SRK persisted for this operation could not be checked against the state, or evicted", "err", err)

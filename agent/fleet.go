@@ -679,9 +679,11 @@ func (a *Agent) requireIdentity(ctx context.Context) error {
 // race: the AK's or the delivery's record was written into the wiped
 // state, and outlived the zeroize into the next provision).
 func (a *Agent) updatePinned(ctx context.Context, fn func(*store.Tx) error) error {
-	return a.st.Update(ctx, func(tx *store.Tx) error {
+	gone := false
+	err := a.st.Update(ctx, func(tx *store.Tx) error {
 		err := requirePinned(tx)
 		if errors.Is(err, errNotPinned) {
+			gone = true
 			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", api.ErrNotProvisioned)
 		}
 		if err != nil {
@@ -689,6 +691,10 @@ func (a *Agent) updatePinned(ctx context.Context, fn func(*store.Tx) error) erro
 		}
 		return fn(tx)
 	})
+	if gone {
+		a.forgetStatePK()
+	}
+	return err
 }
 
 // cut is s at most n bytes long (not splitting a UTF-8 sequence matters

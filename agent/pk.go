@@ -270,21 +270,42 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 // key create across another program's zeroize recorded its key in the
 // wiped state; a derivation parent's record would have brought the
 // zeroized PK's record back): api.ErrNotProvisioned, or an error saying
-// the PK was replaced, and nothing is recorded.
+// the PK was replaced (api.ErrStateChanged), and nothing is recorded; the
+// daemon's kept PK context goes with it (forgetStatePK).
 func (a *Agent) updateUnderPK(ctx context.Context, pk string, fn func(*store.Tx) error) error {
-	return a.st.Update(ctx, func(tx *store.Tx) error {
+	gone := false
+	err := a.st.Update(ctx, func(tx *store.Tx) error {
 		now, err := a.readPK(tx)
 		if errors.Is(err, api.ErrNotProvisioned) {
+			gone = true
 			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", err)
 		}
 		if err != nil {
 			return err
 		}
 		if now.Name != pk {
-			return errors.New("the state's provisioning key was replaced while the operation ran (provision --force in another process); nothing recorded: run the command again")
+			gone = true
+			return fmt.Errorf("%w (provision --force); nothing recorded: run the command again", api.ErrStateChanged)
 		}
 		return fn(tx)
 	})
+	if gone {
+		a.forgetStatePK()
+	}
+	return err
+}
+
+// forgetStatePK drops what the daemon keeps of a PK the state no longer
+// names, once an operation found it gone (another process's zeroize or
+// provision --force): the PK's saved context and the resident keys, as
+// its own zeroize does (found by review 41: a refused provision --from
+// kept the saved context of a PK no state records, loadable until a TPM
+// reset). The state's next PK loads from its blob.
+func (a *Agent) forgetStatePK() {
+	a.pk = nil
+	if err := a.keys.EvictResident(); err != nil {
+		a.log.Debug("eviction of the resident keys failed", "err", err)
+	}
 }
 
 // pkInputs is what loading the PK and satisfying its policy take from the

@@ -476,6 +476,9 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 		return tx.RemoveBlob(transferRec)
 	})
 	if err != nil {
+		// The moved PK's check kept its context (savePK): not adopted,
+		// not kept (found by review 41).
+		a.pk = nil
 		return res, err
 	}
 	objects["keys"] = fmt.Sprint(len(ms.Keys))

@@ -8,7 +8,7 @@ package agent
 // docs/exit-codes.md says since d51414f; so does provision --from across
 // a zeroize (TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext).
 //
-// FLAW (low): TestReview41ReplacedPKExitCode.
+// FLAW (low; failed before the mend): TestReview41ReplacedPKExitCode.
 // Attack (another local process): provision --force in another process
 // while a key is created under the old PK (one-shot and daemon, the
 // same path: updateUnderPK). The refusal is errors.New("the state's
@@ -26,6 +26,7 @@ package agent
 // Suggested mend: wrap a sentinel (e.g. api.ErrNotProvisioned with the
 // "replaced" text, or a new kind "state_replaced" with exit 8 or 12) and
 // list it in api.Kinds and docs/exit-codes.md.
+// Mended: api.ErrStateChanged, kind state_changed, exit 8.
 import (
 	"context"
 	"testing"

@@ -2,7 +2,7 @@ package agent
 
 // Review 41: what evictSRKUnowed evicts.
 //
-// FLAW: TestReview41UnownedEvictionTakesAForeignKey.
+// FLAW (failed before the mend): TestReview41UnownedEvictionTakesAForeignKey.
 // Attack (other local programs with the owner hierarchy's empty
 // authorization; no bus attacker): a provisioned state whose SRK another
 // program evicted. Process O (one-shot or daemon) creates a key: the PK's
@@ -25,6 +25,8 @@ package agent
 // name is the pinned SRK's (or SRKTemplate's primary's): e.g. the
 // witness's EvictSRK (command HMAC over the pinned name) rather than
 // tpm.EvictSRK.
+// Mended: the witness's EvictSRK (its session is salted to the pinned
+// SRK too, which the foreign key cannot decrypt: refused at the start).
 import (
 	"context"
 	"testing"

@@ -204,7 +204,7 @@ func TestReview41DaemonKeyCreateAcrossZeroizeExitCode(t *testing.T) {
 	}
 }
 
-// FLAW (low): TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext.
+// FLAW (low; failed before the mend): TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext.
 // Attack (another local process): a daemon's provision --from
 // (KeepSession: the PK's context is kept, savePK) across another
 // program's zeroize --srk (before the PK's TPM2_Import). The moved PK's
@@ -226,6 +226,9 @@ func TestReview41DaemonKeyCreateAcrossZeroizeExitCode(t *testing.T) {
 // updateUnderPK/updatePinned refuse, and in provisionFrom on any failure
 // after the moved PK's check; or have savePK keep a context only for the
 // PK the committed state names (provisionFrom: save after the commit).
+// Mended: updateUnderPK and updatePinned drop both on such a refusal
+// (forgetStatePK), and provisionFrom the adopted PK's context on any
+// failure of its last write.
 func TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext(t *testing.T) {
 	ctx := context.Background()
 	bus := &swtpmtest.Bus{}

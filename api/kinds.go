@@ -30,7 +30,7 @@ const (
 	ExitNotPermitted   = 5  // refused: not approved (FIPS mode) or not allowed for the caller's role
 	ExitNoTPM          = 6  // no TPM reachable
 	ExitNotFound       = 7  // a key, blob, state or TPM object does not exist
-	ExitState          = 8  // the state directory or audit log is locked, corrupt or of an unknown schema
+	ExitState          = 8  // the state directory or audit log is locked, changed by another provd meanwhile, corrupt or of an unknown schema
 	ExitTPMFailure     = 9  // the TPM failed its self-test or is in failure mode
 	ExitTPMResources   = 10 // the TPM has no free object or session slot, or the daemon's queue is full
 	ExitBadAuth        = 11 // a TPM authorization value was wrong (provd's objects are noDA: it does not count against lockout)
@@ -69,12 +69,12 @@ func ExitCodes() []ExitCodeInfo {
 		{ExitNotPermitted, "not permitted", "refused: not an approved algorithm, not allowed for the caller's role, or not approved by the crypto officer"},
 		{ExitNoTPM, "no TPM", "no TPM reachable"},
 		{ExitNotFound, "not found", "a key, blob, state or TPM object does not exist"},
-		{ExitState, "state", "the state directory or audit log is locked, corrupt or of an unknown schema"},
+		{ExitState, "state", "the state directory or audit log is locked, changed by another provd meanwhile, corrupt or of an unknown schema"},
 		{ExitTPMFailure, "TPM failure", "the TPM failed its self-test or is in failure mode"},
 		{ExitTPMResources, "TPM resources", "the TPM has no free object or session slot, or the daemon's queue is full"},
 		{ExitBadAuth, "bad auth", "a TPM authorization value was wrong, or the command was changed on its way to the TPM; it does not count against lockout (provd's objects and indices are noDA)"},
 		{ExitConflict, "conflict", "already exists (provisioned, key name taken); --force where offered"},
-		{ExitNotProvisioned, "not provisioned", "provd provision has not run"},
+		{ExitNotProvisioned, "not provisioned", "provd provision has not run, or another process zeroized the state while the operation ran"},
 		{ExitTampered, "tampered", "the audit trail or a blob failed its integrity check"},
 		{ExitIdentity, "identity", "the TPM's identity is not verified or not the pinned one, or something on the bus answered for it"},
 		{ExitKCV, "kcv", "a key component or the combined key does not match the key check value the custodians gave; nothing was imported"},
@@ -144,6 +144,7 @@ var kinds = []Kind{
 	{"audit_locked", audit.ErrLocked, ExitState, http.StatusServiceUnavailable},
 	{"audit_moved", audit.ErrMoved, ExitState, http.StatusServiceUnavailable},
 	{"audit_move_unfinished", ErrAuditMoveUnfinished, ExitState, http.StatusServiceUnavailable},
+	{"state_changed", ErrStateChanged, ExitState, http.StatusConflict},
 	{"state_corrupt", store.ErrCorrupt, ExitState, http.StatusInternalServerError},
 	{"state_unknown_schema", store.ErrUnknownSchema, ExitState, http.StatusInternalServerError},
 	{"state_insecure_dir", store.ErrInsecureDir, ExitState, http.StatusInternalServerError},
