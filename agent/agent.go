@@ -153,7 +153,9 @@ var _ api.Service = (*Agent)(nil)
 
 // lock takes the Agent for one operation and returns its release:
 // every exported method starts with defer a.lock()() (a key use, or an
-// operation that sends the TPM nothing, with lockKeep). Any other operation
+// operation that sends the TPM nothing, with lockKeep). Every operation
+// salts to the pinned SRK again if it came back after this connection
+// evicted it (tpm.TPM.SRKBack: a command only then). Any other operation
 // starts by flushing the key uses' kept session (opSession), so that every
 // session slot is its own, and by dropping what key uses kept from the
 // state (keyStates: zeroize and Close leave no decoded authValue behind
@@ -161,6 +163,7 @@ var _ api.Service = (*Agent)(nil)
 // stays on the heap until collected, as every state read's does).
 func (a *Agent) lock() func() {
 	a.mu.Lock()
+	a.t.SRKBack()
 	a.states.reset()
 	if err := a.dropOp(); err != nil {
 		a.log.Debug("flush of the kept policy session failed", "err", err)
@@ -179,6 +182,7 @@ func (a *Agent) lock() func() {
 // nothing (KeyPublic, which the CLI asks before a sign), which leaves it be.
 func (a *Agent) lockKeep() func() {
 	a.mu.Lock()
+	a.t.SRKBack()
 	a.hot = true
 	return a.unlock
 }

@@ -297,14 +297,16 @@ func (a *Agent) updateUnderPK(ctx context.Context, pk string, fn func(*store.Tx)
 
 // forgetStatePK drops what the daemon keeps of a PK the state no longer
 // names, once an operation found it gone (another process's zeroize or
-// provision --force): the PK's saved context and the resident keys, as
+// provision --force): the PK's saved context and the cached keys, as
 // its own zeroize does (found by review 41: a refused provision --from
 // kept the saved context of a PK no state records, loadable until a TPM
 // reset). The state's next PK loads from its blob.
 func (a *Agent) forgetStatePK() {
 	a.pk = nil
-	if err := a.keys.EvictResident(); err != nil {
-		a.log.Debug("eviction of the resident keys failed", "err", err)
+	// Flushed and forgotten, saved contexts included (found by review 42:
+	// an eviction kept each key's saved context, loadable until a reset).
+	if err := a.keys.Close(); err != nil {
+		a.log.Debug("flush of the cached keys failed", "err", err)
 	}
 }
 

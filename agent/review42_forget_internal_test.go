@@ -26,7 +26,7 @@ package agent
 // flushes l.pk itself), so EvictResident there flushes nothing the
 // operation still uses: no double flush is reachable.
 //
-// FLAW (low): TestReview42ForgetStatePKKeepsTheKeysSavedContexts.
+// FLAW (low; failed before the mend): TestReview42ForgetStatePKKeepsTheKeysSavedContexts.
 // Attack: as above. forgetStatePK is documented (pk.go, and
 // docs/threat-model.md: "Such a refusal drops what the daemon kept of the
 // PK (its saved context, the resident keys), as its own zeroize does").
@@ -43,7 +43,7 @@ package agent
 // served it), as review 41 rated the PK's kept context: low, the same
 // class, left behind by the mend meant to end it.
 // Suggested mend: forgetStatePK calls a.keys.Close() (flush and forget,
-// as zeroizeTPMAndState does) rather than EvictResident.
+// as zeroizeTPMAndState does) rather than EvictResident. Mended so.
 import (
 	"context"
 	"crypto/sha256"

@@ -3,7 +3,7 @@ package agent
 // Review 42: what evictSRKUnowed leaves in a running daemon's TPM
 // connection.
 //
-// FLAW (low; pre-existing: the same on 6354172, where evictSRKUnowed
+// FLAW (low; failed before the mend; pre-existing: the same on 6354172, where evictSRKUnowed
 // called tpm.EvictSRK, and after the daemon's own zeroize --srk):
 // TestReview42DaemonSaltAfterUnownedEviction.
 // Attack (other local processes, then A1 on the bus): a warm daemon O
@@ -33,6 +33,9 @@ package agent
 // an operation finds the state's identity record after an eviction;
 // evictSRKUnowed, which evicts for a state that is already wiped, could
 // leave no mark at all (no last record of that state follows).
+// Mended: tpm.TPM.SRKBack as each operation begins (a TPM2_ReadPublic
+// only while the mark stands): in pinnedSalt it cost zeroize --srk four
+// commands (its last record's session starts).
 import (
 	"context"
 	"encoding/binary"

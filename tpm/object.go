@@ -446,6 +446,26 @@ func (t *TPM) saltToPin() bool {
 	return t.pinned != nil && !t.srkEvicted
 }
 
+// SRKBack ends what this connection's eviction of the SRK (zeroize --srk,
+// or the agent's eviction of one it persisted for a wiped state) left:
+// sessions salted to nothing (saltToPin) while 0x81000001 is empty. Once
+// the pinned SRK is back there (another process provisioned the state
+// again on this TPM), they are salted to it again. One TPM2_ReadPublic
+// where this connection evicted it, no command otherwise: the agent calls
+// it as each operation begins (found by review 42: a daemon's audit
+// records went unsalted in a state provisioned again by another process,
+// until its next key use, and an interposer can forge such records).
+func (t *TPM) SRKBack() {
+	t.srkMu.Lock()
+	defer t.srkMu.Unlock()
+	if t.pinned == nil || !t.srkEvicted {
+		return
+	}
+	if o, err := t.ReadPublic(SRKHandle); err == nil && nameEqual(o.Name, t.pinned.Name) {
+		t.srkEvicted = false
+	}
+}
+
 // PinnedSRKName is the name of the pinned SRK, or nil when none is pinned
 // (sessions are then salted to the SRK the bus reports).
 func (t *TPM) PinnedSRKName() []byte {
