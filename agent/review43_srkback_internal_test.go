@@ -186,7 +186,7 @@ func TestReview43ForgedSRKBackAfterZeroize(t *testing.T) {
 	}
 }
 
-// FLAW (low; pre-existing: the same on the parent 1c8ef9b, not caused by
+// FLAW (low; failed before the mend; pre-existing: the same on the parent 1c8ef9b, not caused by
 // SRKBack): TestReview43ForgedSRKReadOutlivesTheForge.
 // Attack (A1 on the bus, then gone): after O's zeroize --srk, A1 answers
 // every TPM2_ReadPublic(0x81000001) with the pinned SRK's real answer for
@@ -213,6 +213,10 @@ func TestReview43ForgedSRKBackAfterZeroize(t *testing.T) {
 // other TestReview43 tests unchanged);
 // and srkAgain in provision (tpm.PersistSRK's caller) persists rather than
 // copies, e.g. provision sets PersistMissingSRK(true) as PK/AK uses do.
+// Mended: the first (srkAgain forgets the cached SRK before its read).
+// The second is not taken: with the flag, a failed provision would have
+// the agent evict the SRK it persisted (evictSRKUnowed), a change of its
+// own.
 func TestReview43ForgedSRKReadOutlivesTheForge(t *testing.T) {
 	ctx := context.Background()
 	env, bz, o, _, dir := review41Daemon(t)

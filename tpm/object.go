@@ -308,11 +308,15 @@ func (t *TPM) srkAgain(cmd []byte) ([]byte, error) {
 		return nil, nil
 	}
 	t.counting.unheld()
+	// Forgotten either way: what the two answers say is not both true,
+	// and the next use reads the handle again (found by review 43: kept
+	// after a forged pair, the cached SRK sent provision's gate key to an
+	// empty handle once A1 had gone).
+	t.srk = nil
 	if _, err := t.ReadPublic(SRKHandle); !errors.Is(err, ErrNotFound) {
 		return nil, errors.Join(fmt.Errorf("%w: TPM_RC_HANDLE for the SRK at 0x%08x, which the TPM then holds",
 			ErrResponseForged, uint32(SRKHandle)), err)
 	}
-	t.srk = nil
 	o, err := t.srkAs(t.missingSRKMode())
 	if err != nil {
 		return nil, err
