@@ -37,9 +37,6 @@ package agent
 // (ErrLocked, logged) rather than hangs.
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/binary"
 	"testing"
 
@@ -47,9 +44,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -93,17 +88,8 @@ func TestReview40ForgedEmptySRKDoesNotEvictInAProvisionedState(t *testing.T) {
 
 func TestReview40LegacyGateReplacementStillInstalls(t *testing.T) {
 	ctx := context.Background()
-	env := swtpmtest.Start(t)
-	dir := t.TempDir() + "/state"
-	a := review8Agent(t, env.TPM, dir)
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := srkRaceSignedState(t)
+	a := st.a
 	// A PK record from before gates had an authorization value.
 	var name string
 	if err := a.st.Update(ctx, func(tx *store.Tx) error {
@@ -120,18 +106,7 @@ func TestReview40LegacyGateReplacementStillInstalls(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	v, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7, 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: v}, *res.Counter+1, "", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sp.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := st.policy(t, st.counter+1)
 	got, err := a.InstallPolicy(ctx, raw)
 	t.Logf("install over a gate without an authValue: %+v %v", got, err)
 	if err != nil {

@@ -21,51 +21,19 @@ package agent
 // other writes after TPM work do.
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/binary"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/provd/provd/api"
-	"github.com/provd/provd/policy"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
 func TestReview40PolicyInstallAcrossAZeroizeLeavesItsPolicy(t *testing.T) {
 	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	dir := t.TempDir() + "/state"
-	a, err := New(Config{TPM: env.TPM, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7, 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: v}, *res.Counter, "", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sp.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := srkRaceSignedState(t)
+	env, b, dir, a, raw := st.env, st.b, st.dir, st.a, st.policy(t, st.counter)
 	done := false
 	// After the counter's TPM2_NV_Read has its answer, the other
 	// program's zeroize --srk runs to its end.
@@ -79,7 +47,7 @@ func TestReview40PolicyInstallAcrossAZeroizeLeavesItsPolicy(t *testing.T) {
 		review40Wipe(t, dir, next, true)
 		return rsp, err, true
 	})
-	_, err = a.InstallPolicy(ctx, raw)
+	_, err := a.InstallPolicy(ctx, raw)
 	b.Set(nil)
 	if !done {
 		t.Fatalf("not mounted: no TPM2_NV_Read of the policy counter (%v)", err)

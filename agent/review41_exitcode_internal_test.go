@@ -32,10 +32,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -50,30 +48,7 @@ func TestReview41ReplacedPKExitCode(t *testing.T) {
 				t.Fatal(err)
 			}
 			done := false
-			s.b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
-					return nil, nil, false
-				}
-				done = true
-				st, err := store.Open(s.dir)
-				if err != nil {
-					t.Errorf("the other program's store: %v", err)
-					return nil, nil, false
-				}
-				// What the other process's provision --force leaves: another
-				// PK's record (its name).
-				if err := st.Update(context.Background(), func(tx *store.Tx) error {
-					var pk pkState
-					if err := tx.Get(recPK, &pk); err != nil {
-						return err
-					}
-					pk.Name = "000b" + pk.Name[4:len(pk.Name)-2] + "00"
-					return tx.Put(recPK, pk)
-				}); err != nil {
-					t.Errorf("the other program's provision: %v", err)
-				}
-				return nil, nil, false
-			})
+			s.b.Set(srkRaceReplacePK(t, s.dir, tpm2.TPMCCCreate, &done, nil))
 			_, err := s.a.CreateKey(context.Background(), review41KeyReq("k"))
 			s.b.Set(nil)
 			if !done {

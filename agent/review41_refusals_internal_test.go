@@ -22,6 +22,7 @@ import (
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // review41Daemon is a warm daemon O on a swtpm shared (review8Wire) with
@@ -55,6 +56,52 @@ func review41Daemon(t *testing.T) (env *swtpmtest.Env, bz *swtpmtest.Bus, o *Age
 
 // review41StrayBlobs fails t when the state's blobs directory holds a file
 // its manifest does not name (a temp or discarded blob).
+// review41ForceProvisionAt is a hook that, before the first command cc,
+// runs another process's provision --force of the state in dir through
+// its own connection tp, and gives its result to then (when not nil).
+func review41ForceProvisionAt(t *testing.T, tp *tpm.TPM, dir string, cc tpm2.TPMCC, done *bool, then func(api.ProvisionResult)) swtpmtest.Hook {
+	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if *done || swtpmtest.CommandCode(cmd) != cc {
+			return nil, nil, false
+		}
+		*done = true
+		p, err := New(Config{TPM: tp, StateDir: dir})
+		if err != nil {
+			t.Errorf("the other process: %v", err)
+			return nil, nil, false
+		}
+		defer p.Close()
+		req := review8Req()
+		req.Force = true
+		res, err := p.Provision(context.Background(), req)
+		if err != nil {
+			t.Errorf("the other process's provision --force: %v", err)
+		}
+		if then != nil {
+			then(res)
+		}
+		return nil, nil, false
+	}
+}
+
+// review41GoesOn checks that o goes on under the state's PK now: a new
+// key "k3" is made and signs, and "k", a key of the state before, is
+// refused.
+func review41GoesOn(t *testing.T, o *Agent) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := o.CreateKey(ctx, review41KeyReq("k3")); err != nil {
+		t.Errorf("the next key create, under the state's PK now: %v", err)
+	}
+	d := sha256.Sum256([]byte("m"))
+	if _, err := o.Sign(ctx, "k3", d[:], api.SignOptions{}); err != nil {
+		t.Errorf("the next sign, with the new key: %v", err)
+	}
+	if _, err := o.Sign(ctx, "k", d[:], api.SignOptions{}); err == nil {
+		t.Errorf("signed with \"k\", a key of the state before")
+	}
+}
+
 func review41StrayBlobs(t *testing.T, dir string) {
 	t.Helper()
 	st, err := store.Open(dir)
@@ -113,24 +160,7 @@ func TestReview41DaemonKeyCreateAcrossAnotherProcessForceProvision(t *testing.T)
 	ptp, _ := review8Client(t, w)
 	fired := false
 	var pres api.ProvisionResult
-	bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if fired || swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
-			return nil, nil, false
-		}
-		fired = true
-		p, err := New(Config{TPM: ptp, StateDir: dir})
-		if err != nil {
-			t.Errorf("the other process: %v", err)
-			return nil, nil, false
-		}
-		defer p.Close()
-		req := review8Req()
-		req.Force = true
-		if pres, err = p.Provision(ctx, req); err != nil {
-			t.Errorf("the other process's provision --force: %v", err)
-		}
-		return nil, nil, false
-	})
+	bz.Set(review41ForceProvisionAt(t, ptp, dir, tpm2.TPMCCContextLoad, &fired, func(r api.ProvisionResult) { pres = r }))
 	_, err := o.CreateKey(ctx, review41KeyReq("k2"))
 	bz.Set(nil)
 	if !fired {
@@ -156,16 +186,7 @@ func TestReview41DaemonKeyCreateAcrossAnotherProcessForceProvision(t *testing.T)
 	}
 	t.Logf("O's kept PK context: before %v, after %v; new PK %s", oldPK != nil, o.pk != nil, pres.PKName)
 	// O goes on under the new PK.
-	if _, err := o.CreateKey(ctx, review41KeyReq("k3")); err != nil {
-		t.Errorf("the daemon's next key create, under the new PK: %v", err)
-	}
-	d := sha256.Sum256([]byte("m"))
-	if _, err := o.Sign(ctx, "k3", d[:], api.SignOptions{}); err != nil {
-		t.Errorf("the daemon's sign with the new PK's key: %v", err)
-	}
-	if _, err := o.Sign(ctx, "k", d[:], api.SignOptions{}); err == nil {
-		t.Errorf("the daemon signed with the replaced PK's key \"k\" (resident from before)")
-	}
+	review41GoesOn(t, o)
 	review32Unheld(t, env, o, "the operations after")
 }
 

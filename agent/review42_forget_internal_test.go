@@ -46,12 +46,10 @@ package agent
 // as zeroizeTPMAndState does) rather than EvictResident. Mended so.
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
@@ -84,24 +82,7 @@ func review42RefusedK(t *testing.T, replaced bool) (*swtpmtest.Env, *Agent, keyR
 	done := false
 	if replaced {
 		ptp, _ := review8Client(t, w)
-		bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-			if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
-				return nil, nil, false
-			}
-			done = true
-			p, err := New(Config{TPM: ptp, StateDir: dir})
-			if err != nil {
-				t.Errorf("the other process: %v", err)
-				return nil, nil, false
-			}
-			defer p.Close()
-			req := review8Req()
-			req.Force = true
-			if _, err := p.Provision(ctx, req); err != nil {
-				t.Errorf("the other process's provision --force: %v", err)
-			}
-			return nil, nil, false
-		})
+		bz.Set(review41ForceProvisionAt(t, ptp, dir, tpm2.TPMCCContextLoad, &done, nil))
 	} else {
 		bz.Set(review39ZeroizeOnce(t, dir, tpm2.TPMCCCreate, &done))
 	}
@@ -147,16 +128,7 @@ func TestReview42ForgetStatePKInsideTheOperation(t *testing.T) {
 					t.Fatalf("O's provision after the zeroize: %v", err)
 				}
 			}
-			if _, err := o.CreateKey(ctx, review41KeyReq("k3")); err != nil {
-				t.Errorf("O's next key create: %v", err)
-			}
-			d := sha256.Sum256([]byte("m"))
-			if _, err := o.Sign(ctx, "k3", d[:], api.SignOptions{}); err != nil {
-				t.Errorf("O's next sign: %v", err)
-			}
-			if _, err := o.Sign(ctx, "k", d[:], api.SignOptions{}); err == nil {
-				t.Errorf("O signed with \"k\", a key of the state before")
-			}
+			review41GoesOn(t, o)
 			review42Leftovers(t, env, o, "the next operations")
 		})
 	}

@@ -34,7 +34,6 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/api"
@@ -145,25 +144,7 @@ func TestReview42StateChangedReachesTheCaller(t *testing.T) {
 			}
 			ptp, _ := review8Client(t, w)
 			done := false
-			bz.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-				if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCContextLoad {
-					return nil, nil, false
-				}
-				done = true
-				p, err := New(Config{TPM: ptp, StateDir: dir})
-				if err != nil {
-					t.Errorf("the other process: %v", err)
-					return nil, nil, false
-				}
-				defer p.Close()
-				req := review8Req()
-				req.Force = true
-				if _, err := p.Provision(ctx, req); err != nil {
-					t.Errorf("the other process's provision --force: %v", err)
-				}
-				secrets = append(secrets, review42Secrets(t, dir)...)
-				return nil, nil, false
-			})
+			bz.Set(review41ForceProvisionAt(t, ptp, dir, tpm2.TPMCCContextLoad, &done, func(api.ProvisionResult) { secrets = append(secrets, review42Secrets(t, dir)...) }))
 			var err error
 			status := 0
 			if !wire {
@@ -227,28 +208,7 @@ func TestReview42StateChangedReachesTheCaller(t *testing.T) {
 			t.Fatalf("not mounted: %d secrets read from the state", len(secrets))
 		}
 		done := false
-		b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-			if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
-				return nil, nil, false
-			}
-			done = true
-			st, err := store.Open(s.dir)
-			if err != nil {
-				t.Errorf("the other program's store: %v", err)
-				return nil, nil, false
-			}
-			if err := st.Update(context.Background(), func(tx *store.Tx) error {
-				var pk pkState
-				if err := tx.Get(recPK, &pk); err != nil {
-					return err
-				}
-				pk.Name = "000b" + pk.Name[4:len(pk.Name)-2] + "00"
-				return tx.Put(recPK, pk)
-			}); err != nil {
-				t.Errorf("the other program's provision: %v", err)
-			}
-			return nil, nil, false
-		})
+		b.Set(srkRaceReplacePK(t, s.dir, tpm2.TPMCCCreate, &done, nil))
 		_, err := s.a.CreateKey(context.Background(), review41KeyReq("k"))
 		b.Set(nil)
 		if !done {

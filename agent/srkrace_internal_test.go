@@ -110,29 +110,7 @@ func TestKeyCreateAcrossAReplacedPKRecordsNothing(t *testing.T) {
 	s := review32Mount(t, false)
 	var before []string
 	done := false
-	s.b.Set(func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if done || swtpmtest.CommandCode(cmd) != tpm2.TPMCCCreate {
-			return nil, nil, false
-		}
-		done = true
-		st, err := store.Open(s.dir)
-		if err != nil {
-			t.Errorf("the other program's store: %v", err)
-			return nil, nil, false
-		}
-		if err := st.Update(context.Background(), func(tx *store.Tx) error {
-			var pk pkState
-			if err := tx.Get(recPK, &pk); err != nil {
-				return err
-			}
-			pk.Name = "000b" + pk.Name[4:len(pk.Name)-2] + "00" // another PK's name
-			before = tx.Objects()
-			return tx.Put(recPK, pk)
-		}); err != nil {
-			t.Errorf("the other program's provision: %v", err)
-		}
-		return nil, nil, false
-	})
+	s.b.Set(srkRaceReplacePK(t, s.dir, tpm2.TPMCCCreate, &done, &before))
 	_, err := s.a.CreateKey(context.Background(), api.CreateRequest{Name: "k", Type: "ecc-p256"})
 	s.b.Set(nil)
 	if !done {
@@ -143,6 +121,87 @@ func TestKeyCreateAcrossAReplacedPKRecordsNothing(t *testing.T) {
 		t.Errorf("key create recorded a key under a PK the state no longer has")
 	}
 	srkRaceObjects(t, s.dir, before)
+}
+
+// srkRaceReplacePK is a hook that, before the first command cc, does to
+// the state in dir what another process's provision --force does to what
+// the operation relies on: the PK's record names another PK. objects, when
+// not nil, gets the records the state held.
+func srkRaceReplacePK(t *testing.T, dir string, cc tpm2.TPMCC, done *bool, objects *[]string) swtpmtest.Hook {
+	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if *done || swtpmtest.CommandCode(cmd) != cc {
+			return nil, nil, false
+		}
+		*done = true
+		st, err := store.Open(dir)
+		if err != nil {
+			t.Errorf("the other program's store: %v", err)
+			return nil, nil, false
+		}
+		if err := st.Update(context.Background(), func(tx *store.Tx) error {
+			var pk pkState
+			if err := tx.Get(recPK, &pk); err != nil {
+				return err
+			}
+			pk.Name = "000b" + pk.Name[4:len(pk.Name)-2] + "00" // another PK's name
+			if objects != nil {
+				*objects = tx.Objects()
+			}
+			return tx.Put(recPK, pk)
+		}); err != nil {
+			t.Errorf("the other program's provision: %v", err)
+		}
+		return nil, nil, false
+	}
+}
+
+// srkRaceSigned is a fresh state provisioned with a signed policy and an
+// officer (D is made at the first install), on a swtpm behind a bus.
+type srkRaceSigned struct {
+	env     *swtpmtest.Env
+	b       *swtpmtest.Bus
+	dir     string
+	a       *Agent
+	counter uint64 // the policy counter after provision
+	signer  *ecdsa.PrivateKey
+}
+
+func srkRaceSignedState(t *testing.T) srkRaceSigned {
+	t.Helper()
+	s := srkRaceSigned{b: &swtpmtest.Bus{}, dir: t.TempDir() + "/state"}
+	s.env = swtpmtest.Start(t, swtpmtest.WithBus(s.b))
+	var err error
+	if s.a, err = New(Config{TPM: s.env.TPM, StateDir: s.dir}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.a.Close() })
+	if s.signer, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.a.Provision(context.Background(), api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: s.signer.Public(), AllowResettable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.counter = *res.Counter
+	return s
+}
+
+// policy is the signed policy of version for PCRs 7 and 16 as they are.
+func (s srkRaceSigned) policy(t *testing.T, version uint64) []byte {
+	t.Helper()
+	v, err := s.env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7, 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := SignPKPolicy(s.signer, policy.PCRValues{Bank: policy.BankSHA256, Values: v}, version, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sp.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }
 
 // srkRaceObjects checks that the state in dir holds the records want.
@@ -169,38 +228,11 @@ func srkRaceObjects(t *testing.T, dir string, want []string) {
 // again (a state that reads as provisioned, with no PK blob and no
 // identity). Nothing is recorded.
 func TestPolicyInstallAcrossAZeroizeRecordsNothing(t *testing.T) {
-	ctx := context.Background()
-	b := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
-	dir := t.TempDir() + "/state"
-	a, err := New(Config{TPM: env.TPM, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public(), AllowResettable: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := env.TPM.PCRRead(tpm2.TPMAlgSHA256, []int{7, 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: v}, *res.Counter, "", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sp.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := srkRaceSignedState(t)
+	env, b, dir, a, raw := s.env, s.b, s.dir, s.a, s.policy(t, s.counter)
 	done := false
 	b.Set(review39ZeroizeOnce(t, dir, tpm2.TPMCCCreate, &done))
-	_, err = a.InstallPolicy(ctx, raw)
+	_, err := a.InstallPolicy(context.Background(), raw)
 	b.Set(nil)
 	if !done {
 		t.Fatalf("not mounted: no TPM2_Create (%v)", err)
