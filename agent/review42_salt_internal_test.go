@@ -49,6 +49,24 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
+// review42OtherProvisions has another process provision the state in dir
+// again through its own connection tp, o resting first (swtpm's three
+// session slots are shared by the connections).
+func review42OtherProvisions(t *testing.T, o *Agent, tp *tpm.TPM, dir string) {
+	t.Helper()
+	if err := o.Rest(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{TPM: tp, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Provision(context.Background(), review8Req()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // review42Salts lists the tpmKey of every TPM2_StartAuthSession fn sends
 // through b (TPM_RH_NULL: unsalted).
 func review42Salts(t *testing.T, b *swtpmtest.Bus, fn func() error) ([]tpm2.TPMHandle, error) {
@@ -112,17 +130,7 @@ func TestReview42DaemonSaltAfterUnownedEviction(t *testing.T) {
 			}
 			// Another process provisions the state again (O rests first:
 			// swtpm's three session slots are shared by the connections).
-			if err := o.Rest(); err != nil {
-				t.Fatal(err)
-			}
-			p, err := New(Config{TPM: ptp, StateDir: dir})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.Provision(ctx, review8Req()); err != nil {
-				t.Fatal(err)
-			}
-			p.Close()
+			review42OtherProvisions(t, o, ptp, dir)
 			salts, err := review42Salts(t, bz, func() error {
 				return o.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: 1}), "key-delete", "x")
 			})

@@ -93,17 +93,7 @@ func TestReview43HotPathCounts(t *testing.T) {
 		if _, err := o.Zeroize(ctx, api.ZeroizeOptions{SRK: true}); err != nil {
 			t.Fatal(err)
 		}
-		if err := o.Rest(); err != nil {
-			t.Fatal(err)
-		}
-		p, err := New(Config{TPM: ptp, StateDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.Provision(ctx, review8Req()); err != nil {
-			t.Fatal(err)
-		}
-		p.Close()
+		review42OtherProvisions(t, o, ptp, dir)
 		first := count(bz, func() error { return o.RecordRefusal(rc, "key-delete", "a") })
 		second := count(bz, func() error { return o.RecordRefusal(rc, "key-delete", "b") })
 		t.Logf("refusals: first %d commands (%d ReadPublic), second %d (%d ReadPublic)", len(first), swtpmtest.Count(first, tpm2.TPMCCReadPublic), len(second), swtpmtest.Count(second, tpm2.TPMCCReadPublic))

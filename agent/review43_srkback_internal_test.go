@@ -300,17 +300,7 @@ func TestReview43OwnZeroizeThenOtherProvisionSalts(t *testing.T) {
 	}
 	count("refusal after the zeroize", tpm2.TPMRHNull) // or the SRK's transient copy
 	count("second refusal after the zeroize", tpm2.TPMRHNull)
-	if err := o.Rest(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(Config{TPM: ptp, StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Provision(ctx, review8Req()); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
+	review42OtherProvisions(t, o, ptp, dir)
 	count("refusal after the other's provision", tpm.SRKHandle)
 	count("second refusal after the other's provision", tpm.SRKHandle)
 	if rep, err := o.AuditVerify(ctx); err != nil {
