@@ -38,12 +38,7 @@ var review42Before = map[string]int{
 
 func review42Count(t *testing.T, b *swtpmtest.Bus, fn func() error) []tpm2.TPMCC {
 	t.Helper()
-	log := &swtpmtest.CommandLog{}
-	b.Set(log.Hook)
-	log.Start()
-	err := fn()
-	cmds := log.Stop()
-	b.Set(nil)
+	cmds, err := b.Commands(fn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,12 +51,7 @@ func TestReview43HotPathCounts(t *testing.T) {
 	}
 	count := func(b *swtpmtest.Bus, fn func() error) []tpm2.TPMCC {
 		t.Helper()
-		log := &swtpmtest.CommandLog{}
-		b.Set(log.Hook)
-		log.Start()
-		err := fn()
-		cmds := log.Stop()
-		b.Set(nil)
+		cmds, err := b.Commands(fn)
 		if err != nil {
 			t.Logf("(operation error: %v)", err)
 		}

@@ -1167,12 +1167,7 @@ func TestReview7TwoStateDirectories(t *testing.T) {
 // review7Count is fn's TPM commands through b.
 func review7Count(t *testing.T, b *swtpmtest.Bus, fn func() error) []tpm2.TPMCC {
 	t.Helper()
-	log := &swtpmtest.CommandLog{}
-	b.Set(log.Hook)
-	log.Start()
-	err := fn()
-	cmds := log.Stop()
-	b.Set(nil)
+	cmds, err := b.Commands(fn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,6 +85,22 @@ func (l *review44Log) hook(next transport.TPM, cmd []byte) ([]byte, error, bool)
 
 func (l *review44Log) take() []tpm2.TPMCC { g := l.got; l.got = nil; return g }
 
+// review44StartOnSRK sends a StartAuthSession salted to 0x81000001
+// through tp and returns the commands that crossed b for it.
+func review44StartOnSRK(b *swtpmtest.Bus, tp *tpm.TPM) ([]tpm2.TPMCC, error) {
+	return b.Commands(func() error {
+		_, err := (tpm2.StartAuthSession{
+			TPMKey:      tpm.SRKHandle,
+			Bind:        tpm2.TPMRHNull,
+			NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
+			SessionType: tpm2.TPMSEHMAC,
+			Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
+			AuthHash:    tpm2.TPMAlgSHA256,
+		}).Execute(tp)
+		return err
+	})
+}
+
 func review44Transients(t *testing.T, tp *tpm.TPM) []tpm2.TPMHandle {
 	t.Helper()
 	hs, err := tp.Handles(tpm.TransientHandles)
@@ -295,20 +311,9 @@ func TestReview44CopyAndEvictedAreNotForgotten(t *testing.T) {
 		if cp == 0 {
 			t.Fatal("no transient copy made")
 		}
-		l := &review44Log{}
-		b.Set(l.hook)
 		// A command naming 0x81000001 while the copy is cached: the TPM
 		// answers TPM_RC_HANDLE(1) itself (the handle is empty).
-		_, err := (tpm2.StartAuthSession{
-			TPMKey:      tpm.SRKHandle,
-			Bind:        tpm2.TPMRHNull,
-			NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-			SessionType: tpm2.TPMSEHMAC,
-			Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
-			AuthHash:    tpm2.TPMAlgSHA256,
-		}).Execute(tp)
-		b.Set(nil)
-		cmds := l.take()
+		cmds, err := review44StartOnSRK(b, tp)
 		t.Logf("start naming 0x81000001 with a copy cached: %v; commands %v", err, cmds)
 		if err == nil || len(cmds) != 1 {
 			t.Errorf("want the TPM's TPM_RC_HANDLE and one command; got %v, %v", err, cmds)
@@ -335,18 +340,7 @@ func TestReview44CopyAndEvictedAreNotForgotten(t *testing.T) {
 		if err := tp.EvictSRK(); err != nil {
 			t.Fatal(err)
 		}
-		l := &review44Log{}
-		b.Set(l.hook)
-		_, err := (tpm2.StartAuthSession{
-			TPMKey:      tpm.SRKHandle,
-			Bind:        tpm2.TPMRHNull,
-			NonceCaller: tpm2.TPM2BNonce{Buffer: make([]byte, 16)},
-			SessionType: tpm2.TPMSEHMAC,
-			Symmetric:   tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
-			AuthHash:    tpm2.TPMAlgSHA256,
-		}).Execute(tp)
-		b.Set(nil)
-		cmds := l.take()
+		cmds, err := review44StartOnSRK(b, tp)
 		t.Logf("start naming 0x81000001 after EvictSRK: %v; commands %v", err, cmds)
 		if err == nil || len(cmds) != 1 {
 			t.Errorf("want the TPM's TPM_RC_HANDLE and one command; got %v, %v", err, cmds)

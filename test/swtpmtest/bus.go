@@ -191,6 +191,17 @@ func (l *CommandLog) Hook(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
 	return nil, nil, false
 }
 
+// Commands runs fn with a CommandLog set on b and returns the command
+// codes fn sent through it, and fn's error; b's hook is cleared after.
+func (b *Bus) Commands(fn func() error) ([]tpm2.TPMCC, error) {
+	log := &CommandLog{}
+	b.Set(log.Hook)
+	defer b.Set(nil)
+	log.Start()
+	err := fn()
+	return log.Stop(), err
+}
+
 // Tamper is A1 changing every command match picks on its way to the TPM,
 // or its answer on the way back: tamper is called with the command and a
 // nil answer first, and a command it returns goes in its place; otherwise
