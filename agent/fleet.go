@@ -675,26 +675,18 @@ func (a *Agent) requireIdentity(ctx context.Context) error {
 // updatePinned is a.st.Update for what an operation made in the TPM the
 // state pinned when it began (the AK, a delivered object): fn runs only
 // while the state still pins one. Another process's zeroize meanwhile is
-// api.ErrNotProvisioned and nothing is recorded (found with review 39's
-// race: the AK's or the delivery's record was written into the wiped
-// state, and outlived the zeroize into the next provision).
+// errZeroizedMeanwhile and nothing is recorded (updateWhile; found with
+// review 39's race: the AK's or the delivery's record was written into the
+// wiped state, and outlived the zeroize into the next provision).
 func (a *Agent) updatePinned(ctx context.Context, fn func(*store.Tx) error) error {
-	gone := false
-	err := a.st.Update(ctx, func(tx *store.Tx) error {
-		err := requirePinned(tx)
-		if errors.Is(err, errNotPinned) {
-			gone = true
-			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", api.ErrNotProvisioned)
+	return a.updateWhile(ctx, func(tx *store.Tx) (refusal, err error) {
+		if err := requirePinned(tx); errors.Is(err, errNotPinned) {
+			return errZeroizedMeanwhile, nil
+		} else if err != nil {
+			return nil, err
 		}
-		if err != nil {
-			return err
-		}
-		return fn(tx)
-	})
-	if gone {
-		a.forgetStatePK()
-	}
-	return err
+		return nil, nil
+	}, fn)
 }
 
 // cut is s at most n bytes long (not splitting a UTF-8 sequence matters

@@ -269,27 +269,46 @@ func (a *Agent) readPK(tx *store.Tx) (pkState, error) {
 // while the operation worked in the TPM (found with review 39's race: a
 // key create across another program's zeroize recorded its key in the
 // wiped state; a derivation parent's record would have brought the
-// zeroized PK's record back): api.ErrNotProvisioned, or an error saying
-// the PK was replaced (api.ErrStateChanged), and nothing is recorded; the
-// daemon's kept PK context goes with it (forgetStatePK).
+// zeroized PK's record back): errZeroizedMeanwhile, or api.ErrStateChanged
+// where the PK was replaced (updateWhile).
 func (a *Agent) updateUnderPK(ctx context.Context, pk string, fn func(*store.Tx) error) error {
-	gone := false
-	err := a.st.Update(ctx, func(tx *store.Tx) error {
+	return a.updateWhile(ctx, func(tx *store.Tx) (refusal, err error) {
 		now, err := a.readPK(tx)
-		if errors.Is(err, api.ErrNotProvisioned) {
-			gone = true
-			return fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", err)
+		switch {
+		case errors.Is(err, api.ErrNotProvisioned):
+			return errZeroizedMeanwhile, nil
+		case err != nil:
+			return nil, err
+		case now.Name != pk:
+			return fmt.Errorf("%w (provision --force); nothing recorded: run the command again", api.ErrStateChanged), nil
 		}
+		return nil, nil
+	}, fn)
+}
+
+// errZeroizedMeanwhile refuses to record what an operation made in a state
+// another process zeroized while it ran (updateWhile).
+var errZeroizedMeanwhile = fmt.Errorf("%w (the state was zeroized while the operation ran; nothing recorded)", api.ErrNotProvisioned)
+
+// updateWhile is a.st.Update for what an operation made in the TPM: under
+// the store's lock, still reads whether the state is still the one the
+// operation began with (refusal otherwise, err for a failed read), and fn
+// runs only then. A refusal records nothing and drops what the daemon kept
+// of the state's PK (forgetStatePK).
+func (a *Agent) updateWhile(ctx context.Context, still func(*store.Tx) (refusal, err error), fn func(*store.Tx) error) error {
+	refused := false
+	err := a.st.Update(ctx, func(tx *store.Tx) error {
+		refusal, err := still(tx)
 		if err != nil {
 			return err
 		}
-		if now.Name != pk {
-			gone = true
-			return fmt.Errorf("%w (provision --force); nothing recorded: run the command again", api.ErrStateChanged)
+		if refusal != nil {
+			refused = true
+			return refusal
 		}
 		return fn(tx)
 	})
-	if gone {
+	if refused {
 		a.forgetStatePK()
 	}
 	return err
