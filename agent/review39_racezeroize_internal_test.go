@@ -26,9 +26,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
 
 // review39ZeroizeOnce is a hook that, before the first command cc, does
@@ -36,29 +34,7 @@ import (
 // the state in dir wiped (its own store), the SRK evicted (its own
 // connection: next).
 func review39ZeroizeOnce(t *testing.T, dir string, cc tpm2.TPMCC, done *bool) swtpmtest.Hook {
-	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if *done || swtpmtest.CommandCode(cmd) != cc {
-			return nil, nil, false
-		}
-		*done = true
-		st, err := store.Open(dir)
-		if err != nil {
-			t.Errorf("the other program's store: %v", err)
-			return nil, nil, false
-		}
-		if err := st.Wipe(context.Background(), store.WipeOptions{}); err != nil {
-			t.Errorf("the other program's wipe: %v", err)
-		}
-		rp, err := (tpm2.ReadPublic{ObjectHandle: tpm.SRKHandle}).Execute(next)
-		if err != nil {
-			t.Errorf("the other program's SRK read: %v", err)
-			return nil, nil, false
-		}
-		if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: tpm2.NamedHandle{Handle: tpm.SRKHandle, Name: rp.Name}, PersistentHandle: tpm.SRKHandle}).Execute(next); err != nil {
-			t.Errorf("the other program's SRK eviction: %v", err)
-		}
-		return nil, nil, false
-	}
+	return swtpmtest.BeforeOnce(swtpmtest.Code(cc), done, func(next transport.TPM) { review40Wipe(t, dir, next, true) })
 }
 
 func TestReview39ZeroizeSRKDuringWarmDaemonSign(t *testing.T) {

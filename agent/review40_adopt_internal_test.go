@@ -37,11 +37,17 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-func TestReview40AdoptAcrossAZeroizeBringsAPKBack(t *testing.T) {
+// review40AdoptAcrossZeroize runs device B's provision --from of device
+// A's movable PK (kept: B as the daemon, keeping its PK's context) with
+// another program's zeroize --srk of B's state before the PK's
+// TPM2_Import: B's TPM, B, the moved PK's file and the adoption's error.
+func review40AdoptAcrossZeroize(t *testing.T, kept bool) (*swtpmtest.Env, *Agent, api.DupFile, error) {
+	t.Helper()
 	ctx := context.Background()
 	bus := &swtpmtest.Bus{}
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	a, b, peerB, rootsB := movablePair(t, envA, envB)
+	b.keepOp = kept // the daemon's PK context keeping (Config.KeepSession)
 	dup, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerB, PeerPK: peerB.PKName, EKCA: rootsB})
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +60,11 @@ func TestReview40AdoptAcrossAZeroizeBringsAPKBack(t *testing.T) {
 	if !done {
 		t.Fatalf("not mounted: no TPM2_Import (%v)", err)
 	}
+	return envB, b, dup, err
+}
+
+func TestReview40AdoptAcrossAZeroizeBringsAPKBack(t *testing.T) {
+	envB, b, _, err := review40AdoptAcrossZeroize(t, false)
 	t.Logf("provision --from with zeroize --srk before the PK's TPM2_Import: %v", err)
 	if !errors.Is(err, api.ErrNotProvisioned) {
 		t.Errorf("provision --from across another program's zeroize: %v, want ErrNotProvisioned", err)

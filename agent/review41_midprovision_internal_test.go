@@ -41,27 +41,12 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
 
 // review41EvictOnce is a hook that evicts the SRK through next (another
 // program) before the first command match says yes to, once armed says so.
 func review41EvictOnce(t *testing.T, match func(cmd []byte) bool, done *bool) swtpmtest.Hook {
-	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if *done || !match(cmd) {
-			return nil, nil, false
-		}
-		*done = true
-		rp, err := (tpm2.ReadPublic{ObjectHandle: tpm.SRKHandle}).Execute(next)
-		if err != nil {
-			t.Errorf("the other program's SRK read: %v", err)
-			return nil, nil, false
-		}
-		if _, err := (tpm2.EvictControl{Auth: tpm2.TPMRHOwner, ObjectHandle: tpm2.NamedHandle{Handle: tpm.SRKHandle, Name: rp.Name}, PersistentHandle: tpm.SRKHandle}).Execute(next); err != nil {
-			t.Errorf("the other program's SRK eviction: %v", err)
-		}
-		return nil, nil, false
-	}
+	return swtpmtest.BeforeOnce(match, done, func(next transport.TPM) { review40EvictSRK(t, next) })
 }
 
 func review41MidProvision(t *testing.T, daemon bool, match func(armed *bool) func(cmd []byte) bool) (err error) {

@@ -20,7 +20,6 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/store"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -60,15 +59,11 @@ func review41Daemon(t *testing.T) (env *swtpmtest.Env, bz *swtpmtest.Bus, o *Age
 // runs another process's provision --force of the state in dir through
 // its own connection tp, and gives its result to then (when not nil).
 func review41ForceProvisionAt(t *testing.T, tp *tpm.TPM, dir string, cc tpm2.TPMCC, done *bool, then func(api.ProvisionResult)) swtpmtest.Hook {
-	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if *done || swtpmtest.CommandCode(cmd) != cc {
-			return nil, nil, false
-		}
-		*done = true
+	return swtpmtest.BeforeOnce(swtpmtest.Code(cc), done, func(transport.TPM) {
 		p, err := New(Config{TPM: tp, StateDir: dir})
 		if err != nil {
 			t.Errorf("the other process: %v", err)
-			return nil, nil, false
+			return
 		}
 		defer p.Close()
 		req := review8Req()
@@ -80,8 +75,7 @@ func review41ForceProvisionAt(t *testing.T, tp *tpm.TPM, dir string, cc tpm2.TPM
 		if then != nil {
 			then(res)
 		}
-		return nil, nil, false
-	}
+	})
 }
 
 // review41GoesOn checks that o goes on under the state's PK now: a new
@@ -251,24 +245,8 @@ func TestReview41DaemonKeyCreateAcrossZeroizeExitCode(t *testing.T) {
 // (forgetStatePK), and provisionFrom the adopted PK's context on any
 // failure of its last write.
 func TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext(t *testing.T) {
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a, b, peerB, rootsB := movablePair(t, envA, envB)
-	b.keepOp = true // the daemon's PK context keeping (Config.KeepSession)
-	dup, err := a.PKExport(ctx, api.PKExportRequest{Peer: peerB, PeerPK: peerB.PKName, EKCA: rootsB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := approvePK(t, a, peerB, officertest.Key())
-	done := false
 	// After the moved PK's check loaded it (its TPM2_Import is before).
-	bus.Set(review39ZeroizeOnce(t, b.dir, tpm2.TPMCCImport, &done))
-	_, err = b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: ap, Force: true})
-	bus.Set(nil)
-	if !done {
-		t.Fatalf("not mounted (%v)", err)
-	}
+	envB, b, dup, err := review40AdoptAcrossZeroize(t, true)
 	t.Logf("daemon provision --from across zeroize --srk: %v (exit %d)", err, api.ExitCode(err))
 	if !errors.Is(err, api.ErrNotProvisioned) {
 		t.Errorf("want ErrNotProvisioned: %v", err)

@@ -128,15 +128,11 @@ func TestKeyCreateAcrossAReplacedPKRecordsNothing(t *testing.T) {
 // the operation relies on: the PK's record names another PK. objects, when
 // not nil, gets the records the state held.
 func srkRaceReplacePK(t *testing.T, dir string, cc tpm2.TPMCC, done *bool, objects *[]string) swtpmtest.Hook {
-	return func(_ transport.TPM, cmd []byte) ([]byte, error, bool) {
-		if *done || swtpmtest.CommandCode(cmd) != cc {
-			return nil, nil, false
-		}
-		*done = true
+	return swtpmtest.BeforeOnce(swtpmtest.Code(cc), done, func(transport.TPM) {
 		st, err := store.Open(dir)
 		if err != nil {
 			t.Errorf("the other program's store: %v", err)
-			return nil, nil, false
+			return
 		}
 		if err := st.Update(context.Background(), func(tx *store.Tx) error {
 			var pk pkState
@@ -151,8 +147,7 @@ func srkRaceReplacePK(t *testing.T, dir string, cc tpm2.TPMCC, done *bool, objec
 		}); err != nil {
 			t.Errorf("the other program's provision: %v", err)
 		}
-		return nil, nil, false
-	}
+	})
 }
 
 // srkRaceSigned is a fresh state provisioned with a signed policy and an

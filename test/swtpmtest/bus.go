@@ -202,6 +202,25 @@ func (b *Bus) Commands(fn func() error) ([]tpm2.TPMCC, error) {
 	return log.Stop(), err
 }
 
+// BeforeOnce is a hook that runs fn once, before the first command match
+// picks goes on to the TPM (fn gets the TPM behind the bus, to act as
+// another program would), and sets *done; every command passes on.
+func BeforeOnce(match func(cmd []byte) bool, done *bool, fn func(next transport.TPM)) Hook {
+	return func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		if *done || !match(cmd) {
+			return nil, nil, false
+		}
+		*done = true
+		fn(next)
+		return nil, nil, false
+	}
+}
+
+// Code is a match for BeforeOnce: the commands of code cc.
+func Code(cc tpm2.TPMCC) func(cmd []byte) bool {
+	return func(cmd []byte) bool { return CommandCode(cmd) == cc }
+}
+
 // Tamper is A1 changing every command match picks on its way to the TPM,
 // or its answer on the way back: tamper is called with the command and a
 // nil answer first, and a command it returns goes in its place; otherwise
