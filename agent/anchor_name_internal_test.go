@@ -20,6 +20,7 @@ import (
 // a non-authorizing session. A TPM that skipped that check would turn an
 // ungated index replayed to the right value into a passing verify.
 func TestAnchorReadWithAWrongNameIsRefused(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	a := keptAgent(t, env)
 	x, err := env.TPM.ReadNVPublic(AuditAnchorHandle)

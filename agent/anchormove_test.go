@@ -33,6 +33,7 @@ import (
 // test): the trail's anchor was gone, verify said tampered, and only the
 // officer's reanchor took it.
 func TestInterruptedAnchorMove(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name          string
 		foreign, torn bool

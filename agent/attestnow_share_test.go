@@ -72,6 +72,7 @@ func TestAttestNowRecordInTheQuotesSession(t *testing.T) {
 // session started anew, none is called forged or a wrong value, nothing is
 // left, the trail verifies, and the next attest now works.
 func TestAttestNowEventsWhileTheEndpointAppraises(t *testing.T) {
+	t.Parallel()
 	events := map[string]func(q *quoteEnv){
 		// Sent on the bus before provd's next command, so that provd does
 		// not know of it, as another holder's would be.

@@ -29,6 +29,7 @@ type signUnsealer interface {
 // outcome is exit 1, "the TPM was not able to start the command", as for
 // an honest TPM busy nine times.)
 func TestForgedRetriesRunNoSecondCopy(t *testing.T) {
+	t.Parallel()
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	ctx := context.Background()

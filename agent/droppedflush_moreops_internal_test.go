@@ -25,6 +25,7 @@ import (
 // beside the witness and the record's keyed HMAC session (three), and
 // holds; the rest hold two at most.
 func TestDroppedSessionFlushNeedsNoFourthSessionInTheOtherOperations(t *testing.T) {
+	t.Parallel()
 	A, B := limitedPair(t)
 	a, b, envB := A.a, B.a, B.env
 	ctx := context.Background()

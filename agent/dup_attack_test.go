@@ -68,6 +68,7 @@ func replaceEKWithAuth(t *testing.T, env *swtpmtest.Env, auth []byte) {
 // with the EK's authValue, the secret came back garbled and the import
 // failed with TPM_RC_SIZE.)
 func TestDupImportEKWithAuthValue(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	envB, b, _, _, dup := movedKey(t)
 	replaceEKWithAuth(t, envB, []byte("an EK authValue"))
@@ -130,6 +131,7 @@ func isCC(cc tpm2.TPMCC) func(r *onceHook, c tpm2.TPMCC) bool {
 // included); the key is stored only when the import succeeded; the lockout
 // counter (the EK is DA-protected) stays 0; the genuine file imports after.
 func TestDupImportUnderA1(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	bus := &swtpmtest.Bus{}
 	rec := &swtpmtest.Recorder{}
@@ -288,6 +290,7 @@ func TestDupImportUnderA1(t *testing.T) {
 // (salt and authValue) covers the attributes: refused, no .dup, nothing
 // left, no lockout count; the same for key export (ExportSensitive).
 func TestDupExportDecryptBitCleared(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	bus := &swtpmtest.Bus{}
 	envA := swtpmtest.Start(t, swtpmtest.WithBus(bus))

@@ -22,6 +22,7 @@ import (
 // session of Duplicate's own when its authorization does not encrypt. A
 // recorder on the bus looks for the key's bytes in every command.
 func TestDupInnerKeyNeverCrossesTheBus(t *testing.T) {
+	t.Parallel()
 	rec := new(swtpmtest.Recorder)
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	peerEnv := swtpmtest.Start(t)

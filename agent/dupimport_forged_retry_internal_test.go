@@ -22,6 +22,7 @@ import (
 // reports it for key and PK uses. An honest RETRY is resent and the
 // import works.
 func TestDupImportActivateForgedRetryIsForged(t *testing.T) {
+	t.Parallel()
 	busB := &swtpmtest.Bus{}
 	_, b, dup := dupForPeer(t, busB)
 	ctx := context.Background()

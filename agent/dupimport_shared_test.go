@@ -48,6 +48,7 @@ func nothingImported(t *testing.T, pb *Agent) {
 // could not if the key were not encrypted as the TPM decrypts it. B starts
 // six sessions; the trail verifies; nothing is left.
 func TestDupImportInTheSharedSession(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	envB, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
@@ -103,6 +104,7 @@ func TestDupImportInTheSharedSession(t *testing.T) {
 // changed on its way), nothing is imported or left, and the next import
 // of the same duplicate works.
 func TestDupImportSharedInnerKeyChanged(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()

@@ -95,6 +95,7 @@ func nvEKCert(t *testing.T, env *swtpmtest.Env) []byte {
 // duplicate names and is not taken: the import reads NV as before and
 // works, the key B's.
 func TestDupImportTakesTheKeptEKCertificate(t *testing.T) {
+	t.Parallel()
 	for _, kept := range []string{"as first contact kept it", "changed in the state"} {
 		t.Run(kept, func(t *testing.T) {
 			b := &swtpmtest.Bus{}
@@ -136,6 +137,7 @@ func TestDupImportTakesTheKeptEKCertificate(t *testing.T) {
 // and a duplicate made for it imports (before the state kept the
 // certificate, both failed: no EK certificate in NV, or "another device").
 func TestEKCertificateGivenAsAFile(t *testing.T) {
+	t.Parallel()
 	envA := swtpmtest.Start(t)
 	b := &swtpmtest.Bus{}
 	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))

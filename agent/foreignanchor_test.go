@@ -296,6 +296,7 @@ func TestFailedForceProvisionAfterFirstContactLeavesTheOtherTrail(t *testing.T) 
 // provisioned one's (found by the third review: it replaced another
 // state's live anchor).
 func TestReanchorOfUnreadableStateLeavesTheOtherTrail(t *testing.T) {
+	t.Parallel()
 	env, ag1 := anotherStatesTrail(t)
 	ctx := context.Background()
 	dir2 := stateDir(t)

@@ -51,6 +51,7 @@ func limitedPair(t *testing.T) (A, B limitedSide) {
 // other (tpm.counting.roomForSession: len(live)+2 <= maxSessions), which
 // keeps the seal's and provision's savings.
 func TestDroppedSessionFlushNeedsNoFourthSession(t *testing.T) {
+	t.Parallel()
 	A, B := limitedPair(t)
 	everyOperation(t, A.a, B.a, B.env, func(onB bool, name string, fn func() error) {
 		t.Helper()

@@ -63,6 +63,7 @@ func forgeStartupWhileHolding(b *swtpmtest.Bus, min int) *bool {
 // no operation meets the session limit after this one A1 act (dup import,
 // which holds three of its own, is run without A1).
 func TestForgedStartupNeedsNoFourthSession(t *testing.T) {
+	t.Parallel()
 	A, B := limitedPair(t) // a forged reset makes provd forget what it held
 	everyOperation(t, A.a, B.a, B.env, func(onB bool, name string, fn func() error) {
 		t.Helper()

@@ -718,6 +718,7 @@ func reopen(env *swtpmtest.Env, dir string) func() (*Agent, func(), error) {
 // refused (exit 15) wherever it acts and decrypts nothing; without it, the
 // same sequence succeeds and no secret crosses the bus in plaintext.
 func TestFullInterposer(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 
 	t.Run("control: the attack works on a connection that pins nothing", func(t *testing.T) {

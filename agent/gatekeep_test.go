@@ -24,6 +24,7 @@ import (
 // next operation, which writes a record that had to wait), and the next
 // operation works.
 func TestProvisionEventsBetweenItsRecords(t *testing.T) {
+	t.Parallel()
 	points := []struct {
 		name string
 		cc   tpm2.TPMCC

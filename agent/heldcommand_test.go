@@ -165,6 +165,7 @@ func auditedAgent(t *testing.T, b *swtpmtest.Bus) (*swtpmtest.Env, *agent.Agent)
 // TPM_Init, Startup(STATE), the witness's list kept from the TPM: still
 // expired). Each time the record is written once and the trail verifies.
 func TestHeldExtendNeverRunsTwice(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name   string
 		how    holding
@@ -222,6 +223,7 @@ func TestHeldExtendNeverRunsTwice(t *testing.T) {
 // of its session forged, and with its session context-saved and every
 // flush of the slot forged.
 func TestHeldIncrementNeverRunsLater(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		how  holding

@@ -45,6 +45,7 @@ func resetBeforeNth(env *swtpmtest.Env, cut bool, cc tpm2.TPMCC, nth int, done *
 // reset point is the outcome exit 15, and where the policy is evaluated
 // after the reset it is exit 3 naming PCR 7.
 func TestHonestResetMidOperationIsNotForged(t *testing.T) {
+	t.Parallel()
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	env.RequireSimulator()

@@ -110,6 +110,7 @@ func TestTPMIdentity(t *testing.T) {
 // command HMAC (ECC: TPM_RC_BAD_AUTH, forged). Either way no identity is
 // reported (untrusted, exit 15).
 func TestTPMIdentityOtherTPMsCertificate(t *testing.T) {
+	t.Parallel()
 	var lie atomic.Bool
 	var liar ekLiar
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {

@@ -23,6 +23,7 @@ import (
 // anyone but the officer, with the officer's approval of another key, or of
 // another destination; the same call with the right approval succeeds.
 func TestExportIsTheTPMsToRefuse(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	a := testAgent(t, env, &api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, PCRs: []int{7}})

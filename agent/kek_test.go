@@ -144,6 +144,7 @@ func TestKEKCeremonyRefusesWrongComponents(t *testing.T) {
 // and the signature verifies with A's public key. Neither the KEK nor the
 // private key crosses either bus in the clear.
 func TestExportImportBetweenTwoTPMs(t *testing.T) {
+	t.Parallel()
 	recA, recB := new(swtpmtest.Recorder), new(swtpmtest.Recorder)
 	envA := swtpmtest.Start(t, swtpmtest.WithRecorder(recA))
 	envB := swtpmtest.Start(t, swtpmtest.WithRecorder(recB))
@@ -267,6 +268,7 @@ func privateParts(t *testing.T, k crypto.PrivateKey) [][]byte {
 // weaker than the key is refused; a changed or foreign backup imports
 // nothing.
 func TestExportRefusals(t *testing.T) {
+	t.Parallel()
 	rec := new(swtpmtest.Recorder)
 	env := swtpmtest.Start(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()

@@ -68,6 +68,7 @@ func (f *flushFault) disarm() bool {
 // TPM2_CreateLoaded, or a lost flush of D or the PK after the key was
 // derived, left the key (or D) loaded.
 func TestFailedFlushLeaksNothing(t *testing.T) {
+	t.Parallel()
 	fault := &flushFault{n: -1}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM {
 		fault.next = next

@@ -84,6 +84,7 @@ func cost(t *testing.T, env *swtpmtest.Env, fn func()) int64 {
 }
 
 func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	dir := stateDir(t)
@@ -154,6 +155,7 @@ func TestDeriveSameAfterRestartDifferentElsewhere(t *testing.T) {
 // TestKeysAgreeWithSoftware checks every key use against Go's and openssl's
 // software implementations, and pins what each use costs in TPM commands.
 func TestKeysAgreeWithSoftware(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("PROVD_TEST_WANT_FIPS140") == "1" && !fips140.Enabled() {
 		t.Fatal("GODEBUG=fips140=on did not turn Go's FIPS 140-3 module on")
 	}
@@ -442,6 +444,7 @@ func TestPCRChangeStopsEveryKey(t *testing.T) {
 }
 
 func TestApprovedModeRefusals(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag := newAgent(t, env, stateDir(t))
@@ -504,6 +507,7 @@ func TestApprovedModeRefusals(t *testing.T) {
 // checks, ECDH and OAEP peers, AES-256-GCM envelopes, CSRs elsewhere) with
 // Go's FIPS 140-3 module on: the test binary again, with GODEBUG=fips140=on.
 func TestKeysUnderFIPS140(t *testing.T) {
+	t.Parallel()
 	if fips140.Enabled() {
 		return // this is the child: the tests it was asked to run cover it
 	}

@@ -49,6 +49,7 @@ func countSigns(next transport.TPM, cmd []byte, n *int) ([]byte, error) {
 // context dropped (a kept session, the PK loaded from its blob), a daemon
 // with nothing kept (the guarded load in the daemon), and a warm daemon.
 func TestHonestFaultsInASignAreNotForged(t *testing.T) {
+	t.Parallel()
 	type mode struct {
 		name  string
 		agent func(t *testing.T, env *swtpmtest.Env) func() (a *Agent, done func())
@@ -180,6 +181,7 @@ func TestHonestFaultsInASignAreNotForged(t *testing.T) {
 // sign after it works, signs once, and the PK's load (when there is one)
 // is never guarded by the session kept from before.
 func TestDaemonEventsBetweenRequestsSignOnce(t *testing.T) {
+	t.Parallel()
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	a := keptAgent(t, env)
@@ -244,6 +246,7 @@ func TestDaemonEventsBetweenRequestsSignOnce(t *testing.T) {
 // secrets out (HMAC, ECDH, decryption, data encryption). No refusal, no
 // failure, nothing loaded beyond what the daemon holds.
 func TestDaemonKeyUsesBehindTheSessionLimit(t *testing.T) {
+	t.Parallel()
 	l := &swtpmtest.SessionLimit{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(l.Wrap))
 	a := keptAgent(t, env)

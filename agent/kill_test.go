@@ -46,6 +46,7 @@ const (
 // which is logged so that a failure replays. PROVD_KILLS sets the number of
 // kills (12 here; make reliability runs 200).
 func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(killChildEnv) != "" {
 		operateUntilKilled()
 		return
@@ -59,6 +60,7 @@ func TestKillAtAnyMomentLeavesValidState(t *testing.T) {
 // one, and the checks after each round are those of the kill test.
 // PROVD_KILLS sets the rounds too.
 func TestTPMPowerCutAtAnyMomentLeavesValidState(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(killChildEnv) != "" {
 		operateUntilKilled()
 		return

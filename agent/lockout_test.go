@@ -26,6 +26,7 @@ import (
 // someone else has locked the TPM out, status says so and provd's work goes
 // on.
 func TestProvdNeverCountsTowardLockout(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	tp := env.TPM

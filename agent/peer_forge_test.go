@@ -127,6 +127,7 @@ func cfbEncrypt(key, plain []byte) []byte {
 // imports, once (a second import of the same key under another name is
 // refused).
 func TestForgedDupIsRefused(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	_, b, _, peer, genuine := movedKey(t)
 	forged := forgeDup(t, genuine, peer)

@@ -143,6 +143,7 @@ func (x *activationThief) steal(cmd []byte) ([]byte, error) {
 // salt's, which the thief cannot compute: the TPM refuses the thief
 // (TPM_RC_BAD_AUTH), and provd's own activation and import succeed.
 func TestActivationSessionIsProvdsOnly(t *testing.T) {
+	t.Parallel()
 	x := &activationThief{nonces: map[uint32][]byte{}}
 	ctx := context.Background()
 	_, b, a, _, dup := movedKey(t, swtpmtest.WithWrap(x.wrap))

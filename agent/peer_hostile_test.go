@@ -15,6 +15,7 @@ import (
 // checks at cleanup), without failure mode, and the genuine file must
 // import afterwards.
 func TestHostileDupLeavesNothing(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	_, b, _, _, dup := movedKey(t)
 	fields := map[string]func(*api.DupFile) *[]byte{

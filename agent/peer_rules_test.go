@@ -79,6 +79,7 @@ func signVerifies(t *testing.T, from, on *Agent, name string) {
 // (TPM_RH_NULL), whatever provd is asked; a peer whose EK does not chain is
 // refused at birth.
 func TestKeyBoundAtBirth(t *testing.T) {
+	t.Parallel()
 	envA, envB, envC := swtpmtest.Start(t), swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	a, b, c := provisioned(t, envA), provisioned(t, envB), provisioned(t, envC)
@@ -150,6 +151,7 @@ func TestKeyBoundAtBirth(t *testing.T) {
 // never as a backup, even with the authority's approval of one (the TPM
 // refuses TPM_RH_NULL for encryptedDuplication keys).
 func TestKeyApprovedByAnAuthority(t *testing.T) {
+	t.Parallel()
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	a, b := provisioned(t, envA), provisioned(t, envB)

@@ -69,6 +69,7 @@ func senderAndPeer(t *testing.T, envA, envB *swtpmtest.Env) (a, b *Agent, peer a
 // duplicate imports on no other TPM; a key not born extractable does not
 // go; the officer's approval is of this key to this peer only.
 func TestDupToAPeer(t *testing.T) {
+	t.Parallel()
 	recA, recB := new(swtpmtest.Recorder), new(swtpmtest.Recorder)
 	envA := swtpmtest.Start(t, swtpmtest.WithRecorder(recA))
 	envB := swtpmtest.Start(t, swtpmtest.WithRecorder(recB))
@@ -185,6 +186,7 @@ func TestDupToAPeer(t *testing.T) {
 // review, when a transfer key was activated with its own authValue): the
 // policy wants PolicySecret(B's PK), which only B's provd can give.
 func TestDupToAForgedTransferKey(t *testing.T) {
+	t.Parallel()
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	a, b, peer := senderAndPeer(t, envA, envB)

@@ -124,6 +124,7 @@ func TestRecordsProveThePersistentGate(t *testing.T) {
 // value, nothing is left in the TPM, the trail verifies, and the next
 // record works.
 func TestPersistentGateTakenAway(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		take func(t *testing.T, env *swtpmtest.Env, dir string)
@@ -200,6 +201,7 @@ func firstGateProof(pass bool, rc tpm2.TPMRC, fired *bool) swtpmtest.Hook {
 // twice, and verify would fail). Nothing is left, the trail verifies, and
 // the gate is persistent again.
 func TestPersistentGateUnderA1(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		pass bool

@@ -165,6 +165,7 @@ func duplicatePKBranch(t *testing.T, a *Agent, newParent tpm2.NamedHandle, appro
 // only with its officer's approval, only when it holds no keys, and not
 // when the sealed state was changed; each refusal leaves B as it was.
 func TestMovablePK(t *testing.T) {
+	t.Parallel()
 	envA, envB, envC := swtpmtest.Start(t), swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	signer := fleetSigner(t)
@@ -415,6 +416,7 @@ func TestMovablePK(t *testing.T) {
 // approval provd refuses, and with the approval of one peer the TPM
 // refuses another. A PK provisioned without either flag never leaves.
 func TestMovablePKByAuthority(t *testing.T) {
+	t.Parallel()
 	envA, envB, envC := swtpmtest.Start(t), swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	signer, authority := fleetSigner(t), fleetSigner(t)
@@ -501,6 +503,7 @@ func TestMovablePKByAuthority(t *testing.T) {
 // answer a challenge for the forged key, and its answer for its own does
 // not prove the forged one.
 func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
+	t.Parallel()
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	signer := fleetSigner(t)
@@ -577,6 +580,7 @@ func movablePair(t testing.TB, envA, envB *swtpmtest.Env) (a, b *Agent, peerB ap
 // branch 1, around provd, and dup export --pk moved the PK on a bad boot,
 // and its keys signed on the peer).
 func TestMovablePKStaysOnABadBoot(t *testing.T) {
+	t.Parallel()
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
 	a, _, peerB, rootsB := movablePair(t, envA, envB)

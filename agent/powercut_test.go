@@ -17,6 +17,7 @@ import (
 // and their handles are gone) and succeed, the first one included; the state
 // and the audit trail stay whole.
 func TestPowerCutUnderProvd(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	env.RequireSimulator()
 	ctx := context.Background()

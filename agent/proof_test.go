@@ -47,6 +47,7 @@ func forgedPeer(t *testing.T, peer api.PeerIdentity) (api.PeerIdentity, *ecdh.Pr
 // B's), none for an EK it does not hold, and nothing on a bad boot; its
 // answer proves its own transfer key and no other.
 func TestPeerProveAnswersOnlyItsOwnChallenges(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	envB, b, _, peerB, dup := movedKey(t)
 	rootsB := caBundle(t, envB)

@@ -199,6 +199,7 @@ func TestRepairAnchorLastOfANewTrailsFirstLine(t *testing.T) {
 // trail verifies on an honest bus afterwards (repair --anchor-last only
 // where the extend's own outcome was unknown). Found missing by review.
 func TestOneShotRecordUnderBusFaults(t *testing.T) {
+	t.Parallel()
 	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCStartAuthSession, 1}, {tpm2.TPMCCNVRead, 1}, {tpm2.TPMCCFlushContext, 1},
 		{tpm2.TPMCCLoad, 1}, {tpm2.TPMCCStartAuthSession, 2}, {tpm2.TPMCCPolicySecret, 1},

@@ -234,6 +234,7 @@ func TestRecordBadAuthInTheTPMsPlace(t *testing.T) {
 // trail verifies; nothing is left that provd does not hold; the next
 // operation works.
 func TestDaemonRecordEventsBetweenReadAndProof(t *testing.T) {
+	t.Parallel()
 	points := []struct {
 		name string
 		at   func(cmd []byte) bool

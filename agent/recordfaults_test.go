@@ -90,6 +90,7 @@ func (f busFault) hook() swtpmtest.Hook {
 // not parse left the session, the gate or the policy session loaded, with
 // no sweep asked for.
 func TestRecordUnderBusFaults(t *testing.T) {
+	t.Parallel()
 	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCLoad, 1}, {tpm2.TPMCCStartAuthSession, 1}, {tpm2.TPMCCNVRead, 1}, {tpm2.TPMCCStartAuthSession, 2},
 		{tpm2.TPMCCPolicySecret, 1}, {tpm2.TPMCCPolicyCommandCode, 1}, {tpm2.TPMCCFlushContext, 1},

@@ -34,6 +34,7 @@ import (
 // sent to another object at a reused handle; the lockout counter stays 0;
 // nothing is left loaded.
 func TestTPMFaultsUnderProvd(t *testing.T) {
+	t.Parallel()
 	codes := &rcLog{}
 	env := swtpmtest.Start(t, swtpmtest.WithWrap(func(next transport.TPM) transport.TPM { codes.next = next; return codes }))
 	env.RequireSimulator()

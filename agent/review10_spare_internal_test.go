@@ -227,6 +227,7 @@ func review10Ops(t *testing.T, a *Agent, uid int, op string) int {
 // that provd does not hold; the trail verifies. And the spare is used
 // (mounted): some proofs go into a session used before.
 func TestReview10EveryOperationProvesOnlyInACleanSession(t *testing.T) {
+	t.Parallel()
 	A, B := limitedPair(t)
 	rA, rB := newReview10Tracker(), newReview10Tracker()
 	A.bus.Set(rA.hook)
@@ -349,6 +350,7 @@ func review10SignedDaemon(t *testing.T, env *swtpmtest.Env) (*Agent, func(versio
 // record in the trail once (by its caller's uid), the counter at the last
 // version installed, nothing left, the trail verifies.
 func TestReview10DaemonConcurrentRequests(t *testing.T) {
+	t.Parallel()
 	for _, rm := range []bool{false, true} {
 		t.Run(map[bool]string{false: "exclusive", true: "resource manager"}[rm], func(t *testing.T) {
 			t.Parallel()
@@ -454,6 +456,7 @@ func TestReview10DaemonConcurrentRequests(t *testing.T) {
 // counter at the version installed, the trail verifies (zeroize: archived,
 // its result without error).
 func TestReview10SpareAcrossOperationsInOneShare(t *testing.T) {
+	t.Parallel()
 	next := map[string]func(t *testing.T, a *Agent, signed func(uint64) []byte, first uint64) error{
 		"record": func(t *testing.T, a *Agent, _ func(uint64) []byte, _ uint64) error {
 			return a.RecordRefusal(api.WithCaller(t.Context(), api.Caller{UID: 6000}), "key-delete", "next")
@@ -545,6 +548,7 @@ func TestReview10SpareAcrossOperationsInOneShare(t *testing.T) {
 // objects' authValue (the spare was keyed by it), the audit gate's value
 // or the sealed data, in hex or raw.
 func TestReview10NoSecretInLogsOrErrors(t *testing.T) {
+	t.Parallel()
 	secret := []byte("review10 the sealed disk key")
 	ccs := []tpm2.TPMCC{tpm2.TPMCCPolicySecret, tpm2.TPMCCPolicyCommandCode, tpm2.TPMCCNVExtend, tpm2.TPMCCFlushContext}
 	for _, daemon := range []bool{false, true} {

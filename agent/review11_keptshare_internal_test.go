@@ -302,6 +302,7 @@ func review11ForgedLost(t *testing.T) map[string]error {
 
 // Attack 2, what must hold whatever the outcome (review11ForgedLost).
 func TestReview11ForgedLostSessionAfterRunLeavesNothing(t *testing.T) {
+	t.Parallel()
 	review11ForgedLost(t)
 }
 
@@ -318,6 +319,7 @@ func TestReview11ForgedLostSessionAfterRunLeavesNothing(t *testing.T) {
 // first object loaded until the sweep after the request, so the request
 // fails with TPM_RC_OBJECT_MEMORY.
 func TestReview11ForgedLostSessionIsReportedAsForged(t *testing.T) {
+	t.Parallel()
 	for name, err := range review11ForgedLost(t) {
 		if err != nil && !errors.Is(err, tpm.ErrResponseForged) {
 			t.Errorf("%s: a forged TPM_RC_REFERENCE after the TPM ran the command failed the request as other than forged (policy: %v): %v",
@@ -341,6 +343,7 @@ func TestReview11ForgedLostSessionIsReportedAsForged(t *testing.T) {
 // role-bit refusal (TPM_RC_ATTRIBUTES) is mapped to forged, this one is
 // not.
 func TestReview11SwappedKeptSession(t *testing.T) {
+	t.Parallel()
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
 	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	for _, op := range review11Ops(t, A, B) {
@@ -385,6 +388,7 @@ func review11Event(s review11Side, name string) {
 // command that uses the kept session inside it. Never forged, nothing left
 // beyond what the daemon holds, the trail verifies, the next request works.
 func TestReview11HonestEventsAroundTheKeptSession(t *testing.T) {
+	t.Parallel()
 	events := []string{"reset", "power cut", "migrate", "hibernate", "hibernate, no resume"}
 	for _, inside := range []bool{false, true} {
 		for _, ev := range events {
@@ -516,6 +520,7 @@ func review11Workload(t *testing.T, A, B review11Side, round int, peerB api.Peer
 // afterwards a serial round works with no refusal, and nothing is left
 // beyond what the daemons hold.
 func TestReview11SlotsUnderConcurrentRequests(t *testing.T) {
+	t.Parallel()
 	A, B := review11Daemon(t, true), review11Daemon(t, true)
 	ctx := context.Background()
 	if _, err := A.a.CreateKey(ctx, api.CreateRequest{Name: "s", Type: "ecc-p256"}); err != nil {

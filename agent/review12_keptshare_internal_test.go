@@ -72,6 +72,7 @@ func review12Honest(t *testing.T, what string, err error) {
 // the cost of a flush of provd's own session that the design says never
 // happens in one generation).
 func TestReview12UnseenResumeBeforeEveryOperation(t *testing.T) {
+	t.Parallel()
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
 	lockA, lockB := swtpmtest.LockoutCounter(t, A.bus.Next), swtpmtest.LockoutCounter(t, B.bus.Next)
 	for _, op := range review11Ops(t, A, B) {
@@ -119,6 +120,7 @@ func TestReview12UnseenResumeBeforeEveryOperation(t *testing.T) {
 // for key create ecc too: the flush takes the daemon's kept key-use
 // policy session (its next sign meets REFERENCE and starts another).
 func TestReview12UnseenResumeThenKeyUse(t *testing.T) {
+	t.Parallel()
 	A, B := review11Daemon(t, false), review11Daemon(t, false)
 	ctx := api.WithCaller(context.Background(), api.Caller{UID: 7})
 	for _, s := range []review11Side{A, B} {
@@ -197,6 +199,7 @@ func TestReview12UnseenResumeThenKeyUse(t *testing.T) {
 // resume, with and without a sign between: the trail verifies, never
 // reported tampered or forged.
 func TestReview12UnseenResumeAuditVerify(t *testing.T) {
+	t.Parallel()
 	for _, withSign := range []bool{false, true} {
 		s := review11Daemon(t, false)
 		ctx := api.WithCaller(context.Background(), api.Caller{UID: 7})

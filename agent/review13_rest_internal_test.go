@@ -20,6 +20,7 @@ import (
 // Secure: every operation works, no refusal for want of a slot, and after
 // a final Rest the TPM holds no session.
 func TestReview13EveryOperationAfterRestWithTwoKeysResidentBehindRM(t *testing.T) {
+	t.Parallel()
 	everyOperationWithTwoKeysResident(t, true)
 }
 
@@ -33,6 +34,7 @@ func TestReview13EveryOperationAfterRestWithTwoKeysResidentBehindRM(t *testing.T
 // for want of a slot (a use that has to evict and retry counts one), and a
 // rest leaves no session.
 func TestReview13SignedPolicyKeyUsesWithTwoKeysResidentBehindRM(t *testing.T) {
+	t.Parallel()
 	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
 	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap), swtpmtest.WithResourceManager())
 	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap), swtpmtest.WithResourceManager())

@@ -394,6 +394,7 @@ func TestReview17StaleMarkRecordedAsAnInterruptedMove(t *testing.T) {
 // made-again record and verifies up to the zeroize record. With --srk
 // too, where the gate was made through the SRK zeroize evicts.
 func TestReview17ZeroizeWithAMarkedMove(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		hook func(n *int) swtpmtest.Hook

@@ -191,6 +191,7 @@ func review18Fill(t *testing.T, dir string, free int64) string {
 // archived_sha256 is no file's digest. The same without a full disk: a
 // power cut after writeNew's create and before its fsync (an empty file).
 func TestReview18FullDiskArchiveThenAnySealCutsTheLog(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	env := swtpmtest.Start(t)
 	dir := filepath.Join(t.TempDir(), "state")

@@ -161,6 +161,7 @@ func review22ZeroizeUnderAMark(t *testing.T, srk bool) {
 // the archive or under the unfinished move: it lands once in the trail,
 // after the move's record, and the trail verifies.
 func TestReview22RecordOfAnOpenedLogAfterAnInterruptedMove(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name          string
 		daemon, fresh bool

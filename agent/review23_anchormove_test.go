@@ -61,6 +61,7 @@ import (
 // never archived in the archive's place; more generally, with a recorded
 // digest and no kept archive, archive only a log with that digest.
 func TestReview23TornFirstRecordAfterTheArchiveWentIsArchived(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		log  []byte

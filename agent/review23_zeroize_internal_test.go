@@ -52,6 +52,7 @@ import (
 // removes it all: no audit.gate, no live log, nothing at the anchor's or
 // the gate's handle, the SRK gone after --srk.
 func TestReview23ZeroizeRefusedUnderAMarkHasWaysOut(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		daemon, srk, defined bool
 		way                  string

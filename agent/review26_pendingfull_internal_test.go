@@ -51,6 +51,7 @@ import (
 // zeroizeWaits fails closed (an unreadable or oversized pending file counts
 // as a waiting zeroize).
 func TestReview26FullPendingFileLosesZeroizesWaitingRecord(t *testing.T) {
+	t.Parallel()
 	bz := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
 	ctx := context.Background()

@@ -86,6 +86,7 @@ func review26Mode(daemon bool) string { return fmt.Sprintf("daemon=%v", daemon) 
 // zeroize --srk drops the identity pin or marks the SRK evicted in the
 // state so that nothing but provision recreates it.
 func TestReview26StatusPutsTheEvictedSRKBack(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, daemon := range []bool{false, true} {
 		t.Run("refused/"+review26Mode(daemon), func(t *testing.T) {
@@ -262,6 +263,7 @@ func TestReview26VerifyUnderAWaitingZeroizeStillNamesRepair(t *testing.T) {
 // zeroize --srk run again makes the move, writes the waiting record once
 // and removes it all (review23AllGone), the pending file gone.
 func TestReview26EveryOtherWayWaitsForZeroizeAgain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, daemon := range []bool{false, true} {
 		t.Run(review26Mode(daemon), func(t *testing.T) {

@@ -154,6 +154,7 @@ func TestReview29ForcedEvictionThatFailsForgetsTheEviction(t *testing.T) {
 // the provision's), newest first; a provision ok among the pending records
 // newer than the zeroize record ends the debt.
 func TestReview29ProvisionWhoseRecordWaitsLeavesTheEvictionOwed(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	env, bz, dir := review29LateRecordMount(t, true)
 	manifest := filepath.Join(dir, "manifest.json")

@@ -49,6 +49,7 @@ func review2AfterImport(withImport bool, h swtpmtest.Hook) swtpmtest.Hook {
 // which meet the moved nonces. Forged (exit 15), not a wrong value, nothing
 // imported or left, and the next import works. An honest RETRY: imported.
 func TestReview2DupImportForgedRetryOnImport(t *testing.T) {
+	t.Parallel()
 	_, b, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	n := 0
@@ -76,6 +77,7 @@ func TestReview2DupImportForgedRetryOnImport(t *testing.T) {
 // session: the TPM loads, A1 answers RETRY, the resend is refused. Forged,
 // the object the first copy loaded swept, nothing imported.
 func TestReview2DupImportForgedRetryOnProvingLoad(t *testing.T) {
+	t.Parallel()
 	_, b, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	n := 0
@@ -108,6 +110,7 @@ func TestReview2DupImportForgedRetryOnProvingLoad(t *testing.T) {
 // and is exit 11, which says a wrong value or a command changed on the
 // bus; the Load's, after the value worked for the Import, is forged.
 func TestReview2DupImportSessionBitsFlipped(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		cc   tpm2.TPMCC
@@ -164,6 +167,7 @@ func TestReview2DupImportSessionBitsFlipped(t *testing.T) {
 // session's HMACs: the key imported must be the TPM's and work. Either
 // way nothing the TPM loaded is left.
 func TestReview2DupImportRenamedProvingLoad(t *testing.T) {
+	t.Parallel()
 	for _, to := range []string{"T", "free"} {
 		t.Run(to, func(t *testing.T) {
 			_, b, pb, dup := review2Dup(t)
@@ -225,6 +229,7 @@ func TestReview2DupImportRenamedProvingLoad(t *testing.T) {
 // Neither the transfer key's value nor the imported key's authValue
 // crosses B's bus in the clear in a shared-session import.
 func TestReview2DupImportValuesNotOnTheBus(t *testing.T) {
+	t.Parallel()
 	rec := new(swtpmtest.Recorder)
 	_, _, pb, dup := review2Dup(t, swtpmtest.WithRecorder(rec))
 	ctx := context.Background()

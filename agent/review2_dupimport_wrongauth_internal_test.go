@@ -24,6 +24,7 @@ import (
 // TPM's answers are not the TPM's") but as a wrong value (exit 11) or
 // tampering (exit 14).
 func TestReview2DupImportWrongTransferAuthIsNotForged(t *testing.T) {
+	t.Parallel()
 	_, _, pb, dup := review2Dup(t)
 	ctx := context.Background()
 	if err := pb.st.Update(ctx, func(tx *store.Tx) error {

@@ -84,6 +84,7 @@ func review30TearLog(t *testing.T, dir string) {
 // zeroize's srk_evicted true), or srkEvictionOwed follows the new trail's
 // first record to the archive it names.
 func TestReview30ReanchorArchivingATornLogForgetsTheEviction(t *testing.T) {
+	t.Parallel()
 	for _, legacy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("SRK put back by an older provd: %v", legacy), func(t *testing.T) {
 			ctx := context.Background()
@@ -349,6 +350,7 @@ func TestReview30RoleLessRefusalAfterCompleteZeroizeSRK(t *testing.T) {
 // hook; a record written in it by another process is the residual risk
 // the threat model names.)
 func TestReview30ProvisionWhileZeroizeDecidesTheOwedEviction(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	env, bz, dir, _, other, _ := twoProcessesMount(t)
 	review30UnanchoredZeroize(t, env, bz, dir)

@@ -81,6 +81,7 @@ func review31Evicted(t *testing.T, b *swtpmtest.Bus, rm bool) (*swtpmtest.Env, *
 }
 
 func TestReview31MigrationLeavesTheSRKCopyLoaded(t *testing.T) {
+	t.Parallel()
 	for _, rm := range []bool{false, true} {
 		t.Run(map[bool]string{false: "exclusive", true: "resource manager"}[rm], func(t *testing.T) {
 			b := &swtpmtest.Bus{}
@@ -249,6 +250,7 @@ func review31Delivered(t *testing.T, env *swtpmtest.Env, step func(name string, 
 }
 
 func TestReview31PeerOperationsWithTheSRKEvicted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	envA := swtpmtest.Start(t)
 	bus := &swtpmtest.Bus{}

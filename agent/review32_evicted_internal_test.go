@@ -103,6 +103,7 @@ func review32Mount(t *testing.T, daemon bool, opts ...swtpmtest.Option) *review3
 }
 
 func TestReview32KeyOperationsWithTheSRKEvicted(t *testing.T) {
+	t.Parallel()
 	for _, daemon := range []bool{false, true} {
 		t.Run(review26Mode(daemon), func(t *testing.T) {
 			ctx := context.Background()

@@ -21,6 +21,7 @@ import (
 )
 
 func TestReview32ProvisionLeavesNoSRKCopy(t *testing.T) {
+	t.Parallel()
 	for _, rm := range []bool{false, true} {
 		for _, zeroized := range []bool{false, true} {
 			name := map[bool]string{false: "exclusive", true: "resource manager"}[rm] + map[bool]string{false: "/fresh", true: "/after zeroize --srk"}[zeroized]

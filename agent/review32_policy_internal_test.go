@@ -28,6 +28,7 @@ import (
 )
 
 func TestReview32PolicyInstallWithTheSRKEvicted(t *testing.T) {
+	t.Parallel()
 	for _, rm := range []bool{false, true} {
 		for _, daemon := range []bool{false, true} {
 			t.Run(review26Mode(daemon)+map[bool]string{false: "/exclusive", true: "/resource manager"}[rm], func(t *testing.T) {

@@ -41,6 +41,7 @@ import (
 )
 
 func TestReview34PersistGateRetriesWithAStaleSRKCopy(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		ev string
 		rm bool

@@ -47,6 +47,7 @@ func review35RefuseSRKPersist(n *int) swtpmtest.Hook {
 }
 
 func TestReview35ProvisionWithTheSRKPersistRefused(t *testing.T) {
+	t.Parallel()
 	for _, force := range []bool{false, true} {
 		for _, rm := range []bool{false, true} {
 			for _, daemon := range []bool{false, true} {

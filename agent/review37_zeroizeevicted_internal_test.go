@@ -23,6 +23,7 @@ import (
 )
 
 func TestReview37DaemonZeroizeSRKAfterAnHonestEviction(t *testing.T) {
+	t.Parallel()
 	bank, err := policy.ParseBank("sha256")
 	if err != nil {
 		t.Fatal(err)

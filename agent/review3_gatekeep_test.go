@@ -65,6 +65,7 @@ func review3ArmedHook(f busFault, afterGenesis bool) swtpmtest.Hook {
 // verifies on an honest bus (repair --anchor-last only after a fault on an
 // extend).
 func TestReview3ProvisionKeptPathUnderBusFaults(t *testing.T) {
+	t.Parallel()
 	type target struct {
 		busFault
 		afterGenesis bool
@@ -173,6 +174,7 @@ func review3Made(cmd, rsp []byte) (tpm2.TPMHandle, bool) {
 // number". Held when no FlushContext after the power cut names a handle
 // from before it that was not made again since.
 func TestReview3KeptHandleNotFlushedByNumberAfterAPowerCut(t *testing.T) {
+	t.Parallel()
 	for _, after := range []tpm2.TPMCC{tpm2.TPMCCPolicyCommandCode, tpm2.TPMCCNVExtend} {
 		t.Run("after the genesis "+faultCCName[after]+"'s answer", func(t *testing.T) {
 			b := &swtpmtest.Bus{}

@@ -64,6 +64,7 @@ func review40AdoptAcrossZeroize(t *testing.T, kept bool) (*swtpmtest.Env, *Agent
 }
 
 func TestReview40AdoptAcrossAZeroizeBringsAPKBack(t *testing.T) {
+	t.Parallel()
 	envB, b, _, err := review40AdoptAcrossZeroize(t, false)
 	t.Logf("provision --from with zeroize --srk before the PK's TPM2_Import: %v", err)
 	if !errors.Is(err, api.ErrNotProvisioned) {

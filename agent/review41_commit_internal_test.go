@@ -74,6 +74,7 @@ func review41SRKName(env *swtpmtest.Env) []byte {
 }
 
 func TestReview41CommitForgedEmptySRK(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name          string
 		daemon, force bool

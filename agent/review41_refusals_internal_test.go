@@ -245,6 +245,7 @@ func TestReview41DaemonKeyCreateAcrossZeroizeExitCode(t *testing.T) {
 // (forgetStatePK), and provisionFrom the adopted PK's context on any
 // failure of its last write.
 func TestReview41DaemonAdoptAcrossZeroizeKeepsNoAdoptedPKContext(t *testing.T) {
+	t.Parallel()
 	// After the moved PK's check loaded it (its TPM2_Import is before).
 	envB, b, dup, err := review40AdoptAcrossZeroize(t, true)
 	t.Logf("daemon provision --from across zeroize --srk: %v (exit %d)", err, api.ExitCode(err))

@@ -31,6 +31,7 @@ import (
 )
 
 func TestReview41StateDirWriterGetsNoEviction(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name        string
 		evictBefore bool

@@ -135,6 +135,7 @@ func TestReview42ForgetStatePKInsideTheOperation(t *testing.T) {
 }
 
 func TestReview42ForgetStatePKKeepsTheKeysSavedContexts(t *testing.T) {
+	t.Parallel()
 	for _, replaced := range []bool{false, true} {
 		name := "zeroize"
 		if replaced {

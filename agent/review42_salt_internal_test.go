@@ -84,6 +84,7 @@ func review42Salts(t *testing.T, b *swtpmtest.Bus, fn func() error) ([]tpm2.TPMH
 }
 
 func TestReview42DaemonSaltAfterUnownedEviction(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"control", "after-evictSRKUnowed", "after-own-zeroize-srk"} {
 		evicted, own := mode == "after-evictSRKUnowed", mode == "after-own-zeroize-srk"
 		t.Run(mode, func(t *testing.T) {

@@ -129,6 +129,7 @@ func review42CheckStateChanged(t *testing.T, err error, secrets []string, status
 }
 
 func TestReview42StateChangedReachesTheCaller(t *testing.T) {
+	t.Parallel()
 	for _, wire := range []bool{false, true} {
 		name := "in-process"
 		if wire {

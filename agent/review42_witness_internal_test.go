@@ -207,6 +207,7 @@ func review42IsSRKRead(cmd []byte) bool {
 }
 
 func TestReview42WitnessEvictionLeavesNothing(t *testing.T) {
+	t.Parallel()
 	review42Modes(t, func(t *testing.T, daemon, rm bool) {
 		s, l := review42Mount(t, daemon, rm)
 		log := &swtpmtest.CommandLog{}
@@ -236,6 +237,7 @@ func TestReview42WitnessEvictionLeavesNothing(t *testing.T) {
 }
 
 func TestReview42SRKGoneBeforeTheWitness(t *testing.T) {
+	t.Parallel()
 	for _, foreign := range []bool{false, true} {
 		name := "gone"
 		if foreign {
@@ -327,6 +329,7 @@ func TestReview42SRKGoneBeforeTheWitness(t *testing.T) {
 }
 
 func TestReview42WitnessFlushDropped(t *testing.T) {
+	t.Parallel()
 	review42Modes(t, func(t *testing.T, daemon, rm bool) {
 		s, l := review42Mount(t, daemon, rm)
 		s.env.NoLeakCheck() // A1's leftover is flushed by hand
@@ -385,6 +388,7 @@ func TestReview42WitnessFlushDropped(t *testing.T) {
 // signature that verifies), nothing is left loaded, the next operations
 // work. Held in every case, one-shot and daemon (evictSRKUnowed only logs).
 func TestReview42WitnessFailureKeepsTheResult(t *testing.T) {
+	t.Parallel()
 	names := map[tpm2.TPMCC]string{tpm2.TPMCCStartAuthSession: "StartAuthSession", tpm2.TPMCCEvictControl: "EvictControl", tpm2.TPMCCGetCapability: "GetCapability"}
 	for _, target := range []tpm2.TPMCC{tpm2.TPMCCStartAuthSession, tpm2.TPMCCEvictControl, tpm2.TPMCCGetCapability} {
 		for _, forgeOK := range []bool{false, true} {

@@ -46,6 +46,7 @@ import (
 )
 
 func TestReview43ForgetStatePKFlushesOnlyTheCaches(t *testing.T) {
+	t.Parallel()
 	type mode struct {
 		name    string
 		trigger tpm2.TPMCC

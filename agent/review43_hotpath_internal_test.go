@@ -40,6 +40,7 @@ import (
 )
 
 func TestReview43HotPathCounts(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	rc := api.WithCaller(ctx, api.Caller{UID: 1})
 	want := func(what string, cmds []tpm2.TPMCC, n int) {

@@ -122,6 +122,7 @@ func (f *review43Forger) hook(next transport.TPM, cmd []byte) ([]byte, error, bo
 }
 
 func TestReview43ForgedSRKBackAfterZeroize(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"control", "forge-first", "forge-all"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()

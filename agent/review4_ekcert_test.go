@@ -82,6 +82,7 @@ func review4Refusal(t *testing.T, what string, err error) {
 // the state's (tampered, 14). provd holds when it presents only the
 // certificate the record pins, or refuses the changed record as tampered.
 func TestReview4SwappedKeptCertIsNotPresented(t *testing.T) {
+	t.Parallel()
 	envA := swtpmtest.Start(t)
 	b := &swtpmtest.Bus{}
 	envB := swtpmtest.Start(t, swtpmtest.WithBus(b))
@@ -171,6 +172,7 @@ func TestReview4SwappedKeptCertIsNotPresented(t *testing.T) {
 // the refusal is not a wrong authorization value or a policy failure, and
 // nothing is left in the TPM.
 func TestReview4KeptCertOfAnotherTPMNamedByADuplicate(t *testing.T) {
+	t.Parallel()
 	for _, a1 := range []bool{false, true} {
 		name := "A4 only"
 		if a1 {
@@ -310,6 +312,7 @@ func review4Ed25519Cert(t *testing.T) []byte {
 // refusal is not a wrong value or a policy failure, and the honest
 // duplicate imports afterwards. A challenge naming the sum likewise.
 func TestReview4MalformedKeptCertWithMatchingSum(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
@@ -378,6 +381,7 @@ func TestReview4MalformedKeptCertWithMatchingSum(t *testing.T) {
 // to one EK never opens with the other: refused, not as a wrong value or
 // a policy, nothing imported or left.
 func TestReview4KeptCertOfTheOtherEK(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
@@ -439,6 +443,7 @@ func TestReview4KeptCertOfTheOtherEK(t *testing.T) {
 // through NV, --force keeps the kept certificate, and neither the
 // identity's JSON (provd tpm identity -o json) nor status carries the DER.
 func TestReview4OldStatesForceAndOutput(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()
@@ -502,6 +507,7 @@ func TestReview4OldStatesForceAndOutput(t *testing.T) {
 // duplicate (which names the kept certificate's sum) needs no NV read, so
 // hiding them changes nothing; the import works and the key signs.
 func TestReview4A1OnTheNVIndicesWithAKeptCert(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	_, pb, dup := dupForPeer(t, b)
 	ctx := context.Background()

@@ -21,6 +21,7 @@ import (
 // logged: the lost answer's Close sleeps out the proof (the witness sees
 // the session the TPM never lost).
 func TestReview5DaemonRecordsUnderForgedGeneration(t *testing.T) {
+	t.Parallel()
 	env, b, a := recordingDaemon(t)
 	_ = env
 	ctx := api.WithCaller(context.Background(), api.Caller{UID: 5})

@@ -358,6 +358,7 @@ func mustGateName(t *testing.T, a *Agent) []byte {
 // extended once (the trail verifies), nothing left, the next operation
 // works.
 func TestReview6PersistentProofAnswerLostInAnEvent(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"one-shot", "daemon"} {
 		for _, ev := range []string{"power cut", "migrate"} {
 			t.Run(mode+"/"+ev, func(t *testing.T) {
@@ -429,6 +430,7 @@ func TestReview6PersistentProofAnswerLostInAnEvent(t *testing.T) {
 // once, never called forged or a wrong value, nothing left, the trail
 // verifies, and after the next operation the gate is persistent again.
 func TestReview6EventInTheRepersistence(t *testing.T) {
+	t.Parallel()
 	for _, ev := range swtpmtest.Events {
 		t.Run(ev, func(t *testing.T) {
 			b := &swtpmtest.Bus{}
@@ -567,6 +569,7 @@ func TestReview6FallbackLoadRenamedToACopyOfTheGate(t *testing.T) {
 // over, when the record returns), the anchor is extended once, the record
 // is in the trail once, nothing left, the trail verifies.
 func TestReview6HeldPersistentProofIsDeadBeforeTheFallback(t *testing.T) {
+	t.Parallel()
 	env, b, a := recordingDaemon(t)
 	ctx := context.Background()
 	var mu sync.Mutex
@@ -644,6 +647,7 @@ func TestReview6HeldPersistentProofIsDeadBeforeTheFallback(t *testing.T) {
 // handle in gate_handle (the EK's, the counter authorizer's neighbour, a
 // transient handle): no proof on it, the seal works.
 func TestReview6OnlyTheRecordedHandleIsProved(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		handle *float64 // nil: gate_handle removed
@@ -724,6 +728,7 @@ func ptr[T any](v T) *T { return &v }
 // its own key there just before zeroize: zeroize works, the handle ends
 // empty and says so.
 func TestReview6ZeroizeGateEvictionUnderA1AndA2(t *testing.T) {
+	t.Parallel()
 	readPublicOfGate := func(cmd []byte) bool {
 		return swtpmtest.CommandCode(cmd) == tpm2.TPMCCReadPublic && len(cmd) >= 14 &&
 			tpm2.TPMISTCommandTag(binary.BigEndian.Uint16(cmd[0:2])) == tpm2.TPMSTNoSessions &&

@@ -16,6 +16,7 @@ import (
 // and megabyte names from the endpoint reach no terminal or log, and each
 // failure keeps its own entry.
 func TestFailedDeliveryNamesAreSafe(t *testing.T) {
+	t.Parallel()
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	ag, err := agent.New(agent.Config{TPM: env.TPM, StateDir: t.TempDir() + "/state"})

@@ -359,6 +359,7 @@ func review7Recover(t *testing.T, env *swtpmtest.Env, dir string, baseline int, 
 // persistent and the trail's, zeroize leaves the persistent handles as on
 // a fresh TPM, provision works again, and nothing is left in the TPM.
 func TestReview7KillAtEachStep(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(r7ChildEnv) != "" {
 		review7Child()
 		return
@@ -455,6 +456,7 @@ func TestReview7KillAtEachStep(t *testing.T) {
 // is called forged or a wrong value, nothing is left in the TPM, and what
 // follows is as after a kill (review7Recover).
 func TestReview7PowerCutAtEachStep(t *testing.T) {
+	t.Parallel()
 	type scenario struct {
 		name    string
 		setup   func(t *testing.T, env *swtpmtest.Env) string
@@ -564,6 +566,7 @@ func review7Seal(t *testing.T, env *swtpmtest.Env, b *swtpmtest.Bus, dir string)
 // zeroize. Held would be: within a few records the trail's gate is
 // persistent again and a record sends one Load (the PK's).
 func TestReview7PersistenceLostForGoodAfterAnHonestFault(t *testing.T) {
+	t.Parallel()
 	for _, ev := range []string{"power cut", "reset"} {
 		for _, after := range []int{1, 2} { // after persistGate's Load; after its Evict
 			t.Run(fmt.Sprintf("%s after persistGate's %s", ev, []string{"", "Load", "Evict"}[after]), func(t *testing.T) {
@@ -624,6 +627,7 @@ func TestReview7PersistenceLostForGoodAfterAnHonestFault(t *testing.T) {
 // the TPM holds the fresh TPM's persistent objects, the SRK and one gate
 // (none after zeroize), and no transient object or session.
 func TestReview7PersistentHandlesOverManyTrails(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
@@ -707,6 +711,7 @@ func TestReview7PersistentHandlesOverManyTrails(t *testing.T) {
 // 0x81007601), records load it (one-shot and daemon), reanchor and zeroize
 // work, and once a slot is free the next new anchor's gate is persistent.
 func TestReview7FullPersistentSlots(t *testing.T) {
+	t.Parallel()
 	b := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
 	ctx := context.Background()
@@ -883,6 +888,7 @@ func TestReview7GateKeepWithThePersistentGateGone(t *testing.T) {
 // says the gate evicted, leaves no gate and nothing transient, and the
 // state provisions again.
 func TestReview7ZeroizeWithTheGateGone(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		srk, gone bool
@@ -1321,6 +1327,7 @@ func TestReview7GateGoneBehindTheSessionLimit(t *testing.T) {
 // (beginning a trail to record it, as it did before the change), and the
 // TPM holds no gate and nothing transient; provision works after.
 func TestReview7ZeroizeAgainAfterAKillInItsLastSteps(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for after := range 4 {
 		t.Run(fmt.Sprintf("killed %d commands after the gate's eviction", after), func(t *testing.T) {
@@ -1366,6 +1373,7 @@ func TestReview7ZeroizeAgainAfterAKillInItsLastSteps(t *testing.T) {
 // transient is logged (TestReview7PersistenceLostForGoodAfterAnHonestFault).
 // PROVD_KILLS sets the rounds (12 here).
 func TestReview7RandomKillsLeaveOneGateAtMost(t *testing.T) {
+	t.Parallel()
 	for _, powerCuts := range []bool{false, true} {
 		t.Run(map[bool]string{false: "kills", true: "power cuts"}[powerCuts], func(t *testing.T) {
 			env := swtpmtest.Start(t)

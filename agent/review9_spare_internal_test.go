@@ -91,6 +91,7 @@ func review9Agent(t *testing.T, daemon bool, opts ...swtpmtest.Option) (*swtpmte
 // that provd does not hold; the next operation works and the trail then
 // verifies.
 func TestReview9EventsAroundTheSpare(t *testing.T) {
+	t.Parallel()
 	type point struct {
 		name  string
 		at    func(cmd []byte, spare tpm2.TPMHandle) bool
@@ -235,6 +236,7 @@ func (s *review9Swap) hook(t *testing.T) swtpmtest.Hook {
 // the trail or pending; the next operation on an honest bus works, and
 // the trail verifies.
 func TestReview9SpareSwappedForA1sSessionInEveryOperation(t *testing.T) {
+	t.Parallel()
 	A, B := limitedPair(t)
 	swapped, tried := 0, 0
 	everyOperation(t, A.a, B.a, B.env, func(onB bool, name string, fn func() error) {

@@ -89,6 +89,7 @@ func TestChangedPCRReadSealsNothing(t *testing.T) {
 // record that cannot prove there (the spare gone with a fault) starts a
 // session of its own (StartAuthSession 3, when there is one).
 func TestSealUnderBusFaults(t *testing.T) {
+	t.Parallel()
 	runFaultMatrix(t, []faultTarget{
 		{tpm2.TPMCCPCRRead, 1}, {tpm2.TPMCCStartAuthSession, 2}, {tpm2.TPMCCStartAuthSession, 3},
 		{tpm2.TPMCCPolicyPCR, 1}, {tpm2.TPMCCPolicyAuthValue, 1}, {tpm2.TPMCCCreate, 1},

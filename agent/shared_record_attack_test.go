@@ -235,6 +235,7 @@ func TestResetBetweenOpAndRecord(t *testing.T) {
 // session before the operation, its record's extend reusing that read):
 // a fresh one for each reset point.
 func TestResetBetweenOpAndRecordOneShot(t *testing.T) {
+	t.Parallel()
 	b0 := &swtpmtest.Bus{}
 	_, ag0, _ := oneShot(t, b0)
 	after := sealAfterCreate(t, b0, ag0)

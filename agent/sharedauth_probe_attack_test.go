@@ -166,6 +166,7 @@ func TestProbeAttestRenamedAKIsForged(t *testing.T) {
 // before agent.policyUse); at most one more copy sent. An honest RETRY
 // (the TPM never saw the command) is resent and the sign works.
 func TestProbeSignForgedRetryExit(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	d := sha256.Sum256([]byte("d"))
 	// Each kind of agent on a TPM of its own: swtpm's three object slots
@@ -270,6 +271,7 @@ func TestProbeSealCreateForgedRetry(t *testing.T) {
 // fails. Never exit 11; nothing is left after the operation (its sweep),
 // the next seal records and the trail verifies.
 func TestRecordProofForgedRetry(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name  string
 		every bool

@@ -91,6 +91,7 @@ func everyOperation(t *testing.T, a, b *Agent, envB *swtpmtest.Env, step func(on
 // meets the TPM's refusal for want of an object or session slot: every
 // operation runs on two TPMs behind swtpmtest.SessionLimit.
 func TestNoOperationNeedsAFourthSession(t *testing.T) {
+	t.Parallel()
 	lA, lB := &swtpmtest.SessionLimit{}, &swtpmtest.SessionLimit{}
 	envA := swtpmtest.Start(t, swtpmtest.WithWrap(lA.Wrap))
 	envB := swtpmtest.Start(t, swtpmtest.WithWrap(lB.Wrap))
@@ -137,6 +138,7 @@ func migrateAfterShared(b *swtpmtest.Bus, env *swtpmtest.Env) *bool {
 // slots (found by review: forgotten, it held one, and a duplicate's import
 // failed at its activation).
 func TestMigrationInTheSharedSession(t *testing.T) {
+	t.Parallel()
 	bA, bB := &swtpmtest.Bus{}, &swtpmtest.Bus{}
 	envA := swtpmtest.Start(t, swtpmtest.WithBus(bA))
 	envB := swtpmtest.Start(t, swtpmtest.WithBus(bB))
@@ -207,6 +209,7 @@ func TestKeptSessionThenMigrationInTheSharedSession(t *testing.T) {
 // keys failed TPM_RC_OBJECT_MEMORY, its salted session's SRK finding no
 // slot beside the keys and the peer's parent).
 func TestDaemonEveryOperationWithTwoKeysResident(t *testing.T) {
+	t.Parallel()
 	everyOperationWithTwoKeysResident(t, false)
 }
 

@@ -21,6 +21,7 @@ import (
 // starts after the creation, what was made works, the trail verifies, and
 // nothing is left.
 func TestRecordProvesTheGateInTheCreationsSession(t *testing.T) {
+	t.Parallel()
 	ops := map[string]func(ctx context.Context, ag *agent.Agent) error{
 		"seal": func(ctx context.Context, ag *agent.Agent) error {
 			_, err := ag.Seal(ctx, api.SealRequest{Data: []byte("the disk key"), PCRs: []int{7}})

@@ -31,6 +31,7 @@ func srkCopyLeft(t *testing.T, env *swtpmtest.Env, after string) {
 // under; review 27 noted the agent's ReadPCRs would have). Provision
 // persists it again.
 func TestNothingButProvisionPutsTheEvictedSRKBack(t *testing.T) {
+	t.Parallel()
 	bank, err := policy.ParseBank("sha256")
 	if err != nil {
 		t.Fatal(err)

@@ -163,6 +163,7 @@ func (f *initForger) Send(cmd []byte) ([]byte, error) {
 // every handle it does not hold: the forged operations fail, nothing is left
 // behind, and the next operation succeeds.
 func TestForgedErrorsLeaveNothingLoaded(t *testing.T) {
+	t.Parallel()
 	for _, cc := range []tpm2.TPMCC{tpm2.TPMCCStartAuthSession, tpm2.TPMCCLoad, tpm2.TPMCCContextLoad} {
 		t.Run(fmt.Sprintf("%v", cc), func(t *testing.T) {
 			f := &initForger{}

@@ -49,6 +49,7 @@ func ranThenRetryNth(cc tpm2.TPMCC, nth int, match func(cmd []byte) bool, forged
 // policy (exit 3) on a platform that satisfies it. An honest RETRY is
 // resent and the unseal works.
 func TestUnsealForgedRetryIsForgedNotPolicy(t *testing.T) {
+	t.Parallel()
 	bus := &swtpmtest.Bus{}
 	env, ag, dir := provisionedBehind(t, bus)
 	ctx := context.Background()

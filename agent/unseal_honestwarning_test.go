@@ -31,6 +31,7 @@ import (
 // blob of another PK hold. Since, the record is checked against the
 // object's authPolicy before any TPM command: exit 14 both ways.
 func TestUnsealHonestWarningKeepsTheFailuresExit(t *testing.T) {
+	t.Parallel()
 	bus := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
 	ctx := context.Background()
