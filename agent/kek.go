@@ -60,8 +60,9 @@ func (a *Agent) ImportKEK(ctx context.Context, req api.KEKImportRequest) (api.Ke
 	})
 }
 
-// MaxComponents bounds how many custodians a key is split among.
-const MaxComponents = 16
+// MaxComponents bounds how many custodians a key is split among
+// (keywrap.Combine's bound).
+const MaxComponents = keywrap.MaxComponents
 
 // auditKCV is a KCV as the audit trail records it: what the caller sent
 // when it is one, "invalid" otherwise (the trail does not take arbitrary
@@ -78,10 +79,21 @@ func parseKCV(s string) ([3]byte, error) {
 	var kcv [3]byte
 	b, err := hex.DecodeString(strings.TrimSpace(s))
 	if err != nil || len(b) != len(kcv) {
-		return kcv, fmt.Errorf("%w: a key check value is 6 hex digits, not %q", api.ErrBadInput, s)
+		// Never the value: a custodian's slip puts a component (or part
+		// of one) where the KCV goes, and this error reaches stderr and
+		// the audit trail's result (review 45).
+		return kcv, fmt.Errorf("%w: a key check value is 6 hex digits; this one is %d characters%s", api.ErrBadInput, len(strings.TrimSpace(s)), notHex(s))
 	}
 	copy(kcv[:], b)
 	return kcv, nil
+}
+
+// notHex says whether s is not hex, without quoting it.
+func notHex(s string) string {
+	if _, err := hex.DecodeString(strings.TrimSpace(s)); err != nil {
+		return ", not all hex digits"
+	}
+	return ""
 }
 
 // CombineComponents checks each component against its KCV and the combined
@@ -110,7 +122,7 @@ func CombineComponents(components [][]byte, kcvs []string, kcv string) ([]byte, 
 	}
 	if got, _ := keywrap.KCV(key); got != want {
 		clear(key)
-		return nil, fmt.Errorf("%w: the combined key's KCV is not %s (a component was mistyped or swapped); nothing was imported", api.ErrKCVMismatch, kcv)
+		return nil, fmt.Errorf("%w: the combined key's KCV is not the one given (a component was mistyped or swapped); nothing was imported", api.ErrKCVMismatch)
 	}
 	return key, nil
 }
@@ -119,14 +131,14 @@ func CombineComponents(components [][]byte, kcvs []string, kcv string) ([]byte, 
 func CheckComponent(i int, component []byte, kcv string) error {
 	want, err := parseKCV(kcv)
 	if err != nil {
-		return err
+		return fmt.Errorf("component %d: %w", i+1, err)
 	}
 	got, err := keywrap.KCV(component)
 	if err != nil {
 		return fmt.Errorf("%w: component %d: %w", api.ErrBadInput, i+1, err)
 	}
 	if got != want {
-		return fmt.Errorf("%w: component %d does not match its KCV %s; nothing was imported", api.ErrKCVMismatch, i+1, kcv)
+		return fmt.Errorf("%w: component %d does not match its KCV; nothing was imported", api.ErrKCVMismatch, i+1)
 	}
 	return nil
 }

@@ -116,6 +116,7 @@ var notOnTheWire = map[string]string{
 	"catalog.ErrKeyMismatch":   "the agent wraps it in api.ErrTampered (a duplicate whose private part is not the key's)",
 	"tpm.ErrDuplicate":         "the agent wraps it in api.ErrTampered (tampered, exit 14)",
 	"keywrap.ErrSize":          "the agent and the CLI wrap it in api.ErrBadInput (bad_input, exit 2)",
+	"keywrap.ErrComponents":    "the agent and the CLI wrap it in api.ErrBadInput (bad_input, exit 2)",
 }
 
 // Every exported sentinel of the packages whose errors reach the CLI is in

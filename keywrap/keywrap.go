@@ -18,13 +18,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 )
 
-// Errors: a wrapped key that fails its integrity check, and input that is
-// not a key of an accepted size.
+// Errors: a wrapped key that fails its integrity check, input that is not
+// a key of an accepted size, and key components that cancel each other.
 var (
 	ErrIntegrity = errors.New("keywrap: integrity check failed (wrong KEK, or the wrapped key was changed)")
 	ErrSize      = errors.New("keywrap: bad size")
+	// ErrComponents: key components of which some cancel each other.
+	ErrComponents = errors.New("keywrap: components cancel each other")
 )
 
 // aiv is RFC 5649's alternative initial value, before the 32-bit length.
@@ -241,33 +244,59 @@ func KCVBlock(b Block) ([3]byte, error) {
 	return kcv, nil
 }
 
+// MaxComponents bounds how many custodians a key is split among; it also
+// bounds Combine's check that no components cancel (2^n - 1 subsets).
+const MaxComponents = 16
+
 // Combine XORs key components into the key they share (split knowledge:
-// no custodian alone knows it). It takes two or more components of one
-// size, 16 or 32 bytes, and refuses a result of all zeros (two equal
-// components, say). The caller clears the components and the result.
+// no custodian alone knows it). It takes 2 to MaxComponents components of
+// one size, 16 or 32 bytes, and refuses components of which some cancel
+// each other: no non-empty subset may XOR to zero. That refuses a
+// component of all zeros, two equal components, a combined key of all
+// zeros, and the key equal to one component (or the XOR of some), where
+// fewer custodians than all would know the key (review 45: two equal
+// components of three made the key the third custodian's alone). The
+// check visits every subset in constant time: it takes no branch on the
+// components' bytes, and its error does not say which ones cancel. The
+// caller clears the components and the result.
 func Combine(components [][]byte) ([]byte, error) {
-	if len(components) < 2 {
-		return nil, fmt.Errorf("%w: a key from components takes two or more, not %d", ErrSize, len(components))
+	if len(components) < 2 || len(components) > MaxComponents {
+		return nil, fmt.Errorf("%w: a key from components takes 2 to %d, not %d", ErrSize, MaxComponents, len(components))
 	}
 	size := len(components[0])
 	if err := checkKEK(components[0]); err != nil {
 		return nil, err
 	}
-	key := make([]byte, size)
 	for i, c := range components {
 		if len(c) != size {
-			clear(key)
 			return nil, fmt.Errorf("%w: component %d is %d bytes, the first %d", ErrSize, i+1, len(c), size)
 		}
+	}
+	if cancel(components) {
+		return nil, fmt.Errorf("%w: some of the components cancel each other (one of all zeros, two equal, or one the XOR of others): fewer custodians than all would know the key", ErrComponents)
+	}
+	key := make([]byte, size)
+	for _, c := range components {
 		subtle.XORBytes(key, key, c)
 	}
-	var zero byte
-	for _, c := range key {
-		zero |= c
-	}
-	if zero == 0 {
-		clear(key)
-		return nil, fmt.Errorf("%w: the components combine to a key of all zeros", ErrSize)
-	}
 	return key, nil
+}
+
+// cancel reports whether a non-empty subset of cs (equal sizes) XORs to
+// zero. In Gray-code order each step XORs one component into acc, which
+// then holds the XOR of the next subset; every subset comes once. The
+// steps depend only on len(cs), never on the bytes.
+func cancel(cs [][]byte) bool {
+	acc := make([]byte, len(cs[0]))
+	defer clear(acc)
+	zero := 0
+	for i := uint(1); i < 1<<len(cs); i++ {
+		subtle.XORBytes(acc, acc, cs[bits.TrailingZeros(i)])
+		var or byte
+		for _, b := range acc {
+			or |= b
+		}
+		zero |= subtle.ConstantTimeByteEq(or, 0)
+	}
+	return zero == 1
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -178,11 +179,40 @@ func TestCombine(t *testing.T) {
 		{a},
 		{a, unhex(t, "0011")},
 		{unhex(t, "001122"), unhex(t, "001122")},
-		{a, a},
+		make([][]byte, keywrap.MaxComponents+1),
 	} {
 		if k, err := keywrap.Combine(bad); !errors.Is(err, keywrap.ErrSize) || k != nil {
 			t.Fatalf("combine %x: %x %v", bad, k, err)
 		}
+	}
+	// Components of which some cancel (review 45): a fewer custodians
+	// than all would know the key.
+	ab := make([]byte, 16)
+	for i := range ab {
+		ab[i] = a[i] ^ b[i]
+	}
+	many := make([][]byte, keywrap.MaxComponents)
+	for i := range many {
+		many[i] = make([]byte, 16)
+		many[i][i] = 1 // independent: one bit each
+	}
+	last := slices.Clone(many)
+	last[len(last)-1] = bytes.Clone(many[0])
+	last[len(last)-1][1] = 1 // the XOR of the first two
+	for name, bad := range map[string][][]byte{
+		"two equal":                         {a, a},
+		"two equal of three":                {a, b, a},
+		"all zeros":                         {a, make([]byte, 16)},
+		"the key all zeros":                 {a, b, ab},
+		"the key one component's":           {a, b, ab, c},
+		"the last the XOR of the first two": last,
+	} {
+		if k, err := keywrap.Combine(bad); !errors.Is(err, keywrap.ErrComponents) || k != nil {
+			t.Errorf("%s: %x %v", name, k, err)
+		}
+	}
+	if k, err := keywrap.Combine(many); err != nil || len(k) != 16 {
+		t.Errorf("%d independent components: %x %v", len(many), k, err)
 	}
 }
 
