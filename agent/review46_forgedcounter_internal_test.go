@@ -62,7 +62,7 @@ func TestReview46ForgedCounterReadAtInstall(t *testing.T) {
 		forged := false
 		bz.Set(swtpmtest.Tamper(review46IsCounterRead, func(cmd, rsp []byte) ([]byte, []byte) {
 			// header(10) parameterSize(4) TPM2B size(2), then 8 bytes
-			if rsp == nil || len(rsp) < 24 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+			if len(rsp) < 24 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
 				return nil, rsp
 			}
 			out := bytes.Clone(rsp)
