@@ -110,6 +110,8 @@ done
 kcv=$(kcv_of "$combined")
 printf '\n\033[1m== A KCV read off the wrong sheet: nothing is imported (exit 16)\033[0m\n'
 expect 16 sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv 000000 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt'"
+printf '\n\033[1m== Split knowledge: custodian 3 enters custodian 1'"'"'s sheet again, so that two components cancel and the key would be custodian 2'"'"'s alone: refused, naming no component (exit 2)\033[0m\n'
+expect 2 sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian1.txt'"
 step "The right ones: each KCV checked, the KEK made in the TPM, and the TPM's own KCV of it is the custodians' ($kcv)" \
   sh -c "'$bin' kek import backup-kek --components 3 --component-fd 3 --component-fd 4 --component-fd 5 --kcv $kcv 3<'$demo/custodian1.txt' 4<'$demo/custodian2.txt' 5<'$demo/custodian3.txt'"
 step "An RSA key born extractable (decided now, forever)" \
