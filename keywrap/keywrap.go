@@ -273,7 +273,7 @@ func Combine(components [][]byte) ([]byte, error) {
 		}
 	}
 	if cancel(components) {
-		return nil, fmt.Errorf("%w: some of the components cancel each other (one of all zeros, two equal, or one the XOR of others): fewer custodians than all would know the key", ErrComponents)
+		return nil, fmt.Errorf("%w (a component of all zeros, two equal, or one the XOR of others): fewer custodians than all would know the key", ErrComponents)
 	}
 	key := make([]byte, size)
 	for _, c := range components {
