@@ -162,13 +162,19 @@ func (a *app) promptComponent(tty *os.File, i, n int) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	fmt.Fprintf(a.deps.Stderr, "custodian %d of %d: the component's KCV (6 hex digits): ", i+1, n)
-	kcv, err := bufio.NewReader(io.LimitReader(tty, 64)).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
+	// Without echo too (found by review 47: a custodian who saw nothing at
+	// the component's prompt typed the component again here, and the
+	// terminal showed it); it is shown once it checks ("KCV ... matches").
+	kcv, err := readNoEcho(tty, func() {
+		fmt.Fprintf(a.deps.Stderr, "custodian %d of %d: the component's KCV (6 hex digits, not shown): ", i+1, n)
+	})
+	fmt.Fprintln(a.deps.Stderr)
+	defer clear(kcv)
+	if err != nil {
 		clear(part)
 		return nil, "", err
 	}
-	return part, strings.TrimSpace(kcv), nil
+	return part, strings.TrimSpace(string(kcv)), nil
 }
 
 // readNoEcho reads one line from the terminal with echo off, restoring the
@@ -206,7 +212,18 @@ func readNoEcho(tty *os.File, prompt func()) ([]byte, error) {
 		}
 	}
 	clear(line)
-	return nil, fmt.Errorf("%w: a component line is at most %d bytes", api.ErrBadInput, maxComponentInput)
+	// The rest of the line is read and dropped, never left in the
+	// terminal's input queue for the shell that runs next, which would run
+	// it and keep it in its history (found by review 47: a component typed
+	// at the KCV's prompt). A canonical terminal's line is at most 4 KiB;
+	// the drain stops at a newline, an error, or 64 KiB.
+	for dropped := 0; dropped < 64<<10; dropped++ {
+		if n, err := tty.Read(b[:]); err != nil || (n == 1 && b[0] == '\n') {
+			break
+		}
+	}
+	clear(b[:])
+	return nil, fmt.Errorf("%w: a line here is at most %d bytes", api.ErrBadInput, maxComponentInput)
 }
 
 // combinedKCV decides the combined key's KCV the custodians confirm: the

@@ -43,7 +43,8 @@ func (a *app) kekImportCmd() *cobra.Command {
 		Long: `Enter an AES KEK from N (2 or more) components of 16 or 32 bytes.
 
 On a terminal each custodian in turn types their component (hex, not echoed;
-spaces or dashes between groups are fine) and its KCV; a component that does not
+spaces or dashes between groups are fine) and its KCV (not echoed either; shown
+once it checks); a component that does not
 match its KCV is refused at once. Then the combined key's KCV is shown for the
 custodians to compare with the key's record, unless --kcv gives it.
 

@@ -32,7 +32,7 @@ func review45FD(t *testing.T, content string) int {
 	return fd
 }
 
-// FLAW: a custodian's --component-fd entry whose AES-256 component sheet
+// FLAW (failed before the mend): a custodian's --component-fd entry whose AES-256 component sheet
 // prints the component on two lines of 32 hex digits, and who forgot the
 // KCV line, is read as an AES-128 component (the first line) and a "KCV"
 // (the second line: the other half of the component); the refusal quotes

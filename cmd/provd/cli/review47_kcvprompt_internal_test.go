@@ -130,7 +130,7 @@ func review47KCVSlip(t *testing.T) (screen, left, component string) {
 	return shown.String(), left, h
 }
 
-// FLAW: a component typed at the terminal's KCV prompt outlives provd in
+// FLAW (failed before the mend): a component typed at the terminal's KCV prompt outlives provd in
 // the terminal. promptComponent reads the KCV through
 // io.LimitReader(tty, 64): an AES-256 component grouped by fours, as
 // sheets print it and parseComponent accepts (79 characters), is read only
@@ -151,7 +151,7 @@ func TestReview47KCVPromptLeavesTheComponentForTheShell(t *testing.T) {
 	}
 }
 
-// FLAW: the KCV prompt echoes, so a component typed there (the slip above:
+// FLAW (failed before the mend): the KCV prompt echoes, so a component typed there (the slip above:
 // the component's own prompt showed nothing, so the custodian types it
 // again at the next one) is on the screen in full, for the room, a
 // screen recording or the terminal's scrollback, although provd's refusal
