@@ -105,7 +105,7 @@ func TestReview48HoldExcludesAnotherHolderButNoTransaction(t *testing.T) {
 	}
 }
 
-// FLAW: the error of a Hold that timed out reads exactly as the store
+// FLAW (failed before the mend): the error of a Hold that timed out reads exactly as the store
 // lock's: "store: another provd process holds the state lock: <dir> (waited
 // 5s)". An operator whose `provd policy install` fails so looks for a stuck
 // transaction (.lock) and finds none: what holds it is another policy

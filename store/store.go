@@ -249,7 +249,12 @@ const HoldFile = ".hold.lock"
 func (s *Store) Hold(ctx context.Context) (unlock func(), err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.LockTimeout)
 	defer cancel()
-	return s.flock(ctx, HoldFile)
+	unlock, err = s.flock(ctx, HoldFile)
+	if errors.Is(err, ErrLocked) {
+		// Not the store's lock: say which, and what holds it (review 48).
+		return nil, fmt.Errorf("%w (%s: another process's signed policy install)", err, HoldFile)
+	}
+	return unlock, err
 }
 
 // flock takes the exclusive flock of the state directory's file name,

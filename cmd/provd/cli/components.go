@@ -198,7 +198,7 @@ func readNoEcho(tty *os.File, prompt func()) ([]byte, error) {
 	prompt()
 	line := make([]byte, 0, 128)
 	var b [1]byte
-	for len(line) < maxComponentInput {
+	for len(line) <= maxComponentInput { // the bound's bytes, then its newline (review 48)
 		n, err := tty.Read(b[:])
 		if n == 1 {
 			if b[0] == '\n' {

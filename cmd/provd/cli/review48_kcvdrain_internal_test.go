@@ -95,7 +95,7 @@ func TestReview48DrainEndsAtEOFWithoutNewline(t *testing.T) {
 	}
 }
 
-// FLAW: a line of exactly maxComponentInput (1024) bytes is refused with
+// FLAW (failed before the mend): a line of exactly maxComponentInput (1024) bytes is refused with
 // "a line here is at most 1024 bytes": the loop stops at 1024 bytes before
 // reading the newline, so the bound is 1023 in fact and the message
 // contradicts the refusal (the newline is then drained, so nothing leaks to
