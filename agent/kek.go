@@ -82,18 +82,14 @@ func parseKCV(s string) ([3]byte, error) {
 		// Never the value: a custodian's slip puts a component (or part
 		// of one) where the KCV goes, and this error reaches stderr and
 		// the audit trail's result (review 45).
-		return kcv, fmt.Errorf("%w: a key check value is 6 hex digits; this one is %d characters%s", api.ErrBadInput, len(strings.TrimSpace(s)), notHex(s))
+		what := ""
+		if err != nil {
+			what = ", not all hex digits"
+		}
+		return kcv, fmt.Errorf("%w: a key check value is 6 hex digits; this one is %d characters%s", api.ErrBadInput, len(strings.TrimSpace(s)), what)
 	}
 	copy(kcv[:], b)
 	return kcv, nil
-}
-
-// notHex says whether s is not hex, without quoting it.
-func notHex(s string) string {
-	if _, err := hex.DecodeString(strings.TrimSpace(s)); err != nil {
-		return ", not all hex digits"
-	}
-	return ""
 }
 
 // CombineComponents checks each component against its KCV and the combined

@@ -62,10 +62,11 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 	}
 	objects["version"] = fmt.Sprint(sp.Version)
 	// One install at a time across processes, for the whole install (the
-	// state's read, the policy's write, the counter's move and what follows) (found by review 46: two one-shot installs, each
-	// moving the counter by the difference it had read, moved it past the
-	// version both installed, revoking it; a lower version written over a
-	// higher one was left revoked). Each step still takes the store's lock.
+	// state's read, the policy's write, the counter's move and what
+	// follows). Found by review 46: two one-shot installs, each moving the
+	// counter by the difference it had read, moved it past the version
+	// both installed, revoking it; a lower version written over a higher
+	// one was left revoked. Each step still takes the store's lock.
 	unhold, err := a.st.Hold(ctx)
 	if err != nil {
 		return res, err
