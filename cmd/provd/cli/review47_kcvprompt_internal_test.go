@@ -7,57 +7,14 @@ package cli
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// review47PTY is a pseudo-terminal: the master (the custodians' keyboard
-// and screen) and the slave (provd's stdin).
-func review47PTY(t *testing.T) (master, slave *os.File) {
-	t.Helper()
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(); m.Close() })
-	return m, s
-}
-
-type review47Buf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *review47Buf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *review47Buf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func review47Wait(t *testing.T, b *review47Buf, s string) {
+func review47Wait(t *testing.T, b *lockedBuffer, s string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(b.String(), s); {
 		if time.Now().After(deadline) {
@@ -73,8 +30,8 @@ func review47Wait(t *testing.T, b *review47Buf, s string) {
 // terminal showed, what stayed unread in the terminal's input queue (what
 // the shell reads once provd exits) and the component.
 func review47KCVSlip(t *testing.T) (screen, left, component string) {
-	master, slave := review47PTY(t)
-	shown := &review47Buf{}
+	master, slave := openPTY(t)
+	shown := &lockedBuffer{}
 	go func() {
 		buf := make([]byte, 256)
 		for {
@@ -92,8 +49,8 @@ func review47KCVSlip(t *testing.T) (screen, left, component string) {
 	for i := 0; i < len(h); i += 4 {
 		groups = append(groups, h[i:i+4])
 	}
-	stderr := &review47Buf{}
-	a := &app{deps: Deps{Stdin: slave, Stdout: &review47Buf{}, Stderr: stderr}}
+	stderr := &lockedBuffer{}
+	a := &app{deps: Deps{Stdin: slave, Stdout: &lockedBuffer{}, Stderr: stderr}}
 	done := make(chan error, 1)
 	go func() {
 		c, err := a.readComponents(componentSource{n: 2})

@@ -51,7 +51,7 @@ func review48Master(t *testing.T, master *os.File, input string) {
 // stops at the first newline. Nothing is left in the queue after.
 func TestReview48DrainStopsAtTheLinesEnd(t *testing.T) {
 	for _, n := range []int{maxComponentInput + 1, 2000, 5000} {
-		master, slave := review47PTY(t)
+		master, slave := openPTY(t)
 		review48Master(t, master, strings.Repeat("a", n)+"\n"+"c0ffee\n")
 		if _, err := review48Read(t, slave); err == nil || !strings.Contains(err.Error(), "at most") {
 			t.Fatalf("a %d-byte line: %v, want refused as over the bound", n, err)
@@ -70,7 +70,7 @@ func TestReview48DrainStopsAtTheLinesEnd(t *testing.T) {
 // the EOF, never waits for, or eats, a line typed afterwards for the next
 // prompt; a short one ended by EOF is an error, not a KCV.
 func TestReview48DrainEndsAtEOFWithoutNewline(t *testing.T) {
-	master, slave := review47PTY(t)
+	master, slave := openPTY(t)
 	go io.Copy(io.Discard, master)
 	// ^D after text flushes it without a newline; a second ^D is the EOF.
 	go master.WriteString(strings.Repeat("b", 1500) + "\x04\x04")
@@ -105,7 +105,7 @@ func TestReview48DrainEndsAtEOFWithoutNewline(t *testing.T) {
 // maxComponentInput and refuse only when a byte past the bound is not the
 // newline, or say "fewer than 1024".
 func TestReview48ALineOfExactlyTheBound(t *testing.T) {
-	master, slave := review47PTY(t)
+	master, slave := openPTY(t)
 	review48Master(t, master, strings.Repeat("d", maxComponentInput)+"\n"+"c0ffee\n")
 	got, err := review48Read(t, slave)
 	if err != nil {
