@@ -122,7 +122,8 @@ func (ek *EKCertificate) HasEKUsage() bool {
 }
 
 // takeTCGSAN fills the TPM identity from the SAN and decides whether a
-// critical SAN that x509 left unhandled is handled here.
+// critical SAN that x509 left unhandled is handled here; any other
+// critical extension x509 left unhandled refuses the certificate.
 func (ek *EKCertificate) takeTCGSAN() error {
 	cert := ek.Cert
 	var san []byte
@@ -131,16 +132,18 @@ func (ek *EKCertificate) takeTCGSAN() error {
 			san = e.Value
 		}
 	}
+	sanUnhandled := false
+	for _, oid := range cert.UnhandledCriticalExtensions {
+		if !oid.Equal(oidSubjectAltName()) {
+			// Refused here, not only by cert.Verify: ParseEKCertificate
+			// (trust on first use) verifies no chain (found by review 50:
+			// it kept such a certificate as an EK; RFC 5280, 4.2).
+			return fmt.Errorf("%w: critical extension %v is not understood: %w", ErrUntrustedEK, oid, x509.UnhandledCriticalExtension{})
+		}
+		sanUnhandled = true
+	}
 	if san == nil {
 		return nil
-	}
-	sanUnhandled, others := false, 0
-	for _, oid := range cert.UnhandledCriticalExtensions {
-		if oid.Equal(oidSubjectAltName()) {
-			sanUnhandled = true
-		} else {
-			others++
-		}
 	}
 	id, err := parseTCGSAN(san)
 	if !sanUnhandled {
@@ -155,11 +158,7 @@ func (ek *EKCertificate) takeTCGSAN() error {
 		return fmt.Errorf("%w: critical subject alternative name is not the TCG form: %w", ErrUntrustedEK, err)
 	}
 	ek.Manufacturer, ek.Model, ek.Version = id.manufacturer, id.model, id.version
-	if others == 0 {
-		cert.UnhandledCriticalExtensions = nil
-	}
-	// Otherwise the list stays as it is and cert.Verify refuses the
-	// certificate for the extensions nobody understands.
+	cert.UnhandledCriticalExtensions = nil // the SAN, handled here
 	return nil
 }
 

@@ -13,7 +13,7 @@ import (
 
 // Review 50: critical extensions of EK certificates.
 
-// FLAW: ParseEKCertificate, the trust-on-first-use reader ("strictly, as
+// FLAW (failed before the mend): ParseEKCertificate, the trust-on-first-use reader ("strictly, as
 // VerifyEKCertificate does"), accepts an EK certificate carrying a critical
 // extension nobody understands, with or without the TCG SAN, and returns
 // it as an EK; docs/threat-model.md says any unhandled critical extension
