@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/provd/provd/catalog"
@@ -27,6 +28,14 @@ const (
 	VerifiedText = "provd firmware verified: officer "
 	FailedText   = "provd firmware verification failed: "
 )
+
+// FailureKinds are the kinds of failure the hook names after FailedText,
+// and the only ones a failed event may name: any other text after it is
+// not the hook's (found by review 49: a failed event's text extended with
+// a carriage return, terminal escapes and a line of fw log's own format
+// printed "provd firmware verified" over a failed boot; the digest is
+// the same whatever the text, so the text must be one of these).
+var FailureKinds = []string{"no anchor", "anchor untrusted", "signature", "manifest malformed", "image digest", "image missing", "rollback", "TPM or I/O error"}
 
 // failedMeasurement is what a failed verification extends, in every bank
 // its hash: one fixed value whatever failed, so that the PCR's "failed"
@@ -125,6 +134,9 @@ func CheckProvdEvent(e Event) error {
 	var want func(h crypto.Hash) []byte
 	switch {
 	case strings.HasPrefix(text, FailedText):
+		if !slices.Contains(FailureKinds, strings.TrimPrefix(text, FailedText)) {
+			return fmt.Errorf("%w: provd failed event of no known kind: %q", ErrBadEvidence, text)
+		}
 		want = FailedMeasurement
 	case strings.HasPrefix(text, VerifiedText):
 		v, ok := parseVerified(text)

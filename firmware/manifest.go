@@ -263,6 +263,11 @@ func checkName(name string) error {
 		if c == "" || c == "." || c == ".." || strings.Trim(c, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
 			return fmt.Errorf("image name %q: want a relative path of [A-Za-z0-9._-] components", name)
 		}
+		// FAT drops a name's trailing dots: "boot.efi." is "boot.efi" on
+		// an EFI system partition, one file listed twice (review 49).
+		if strings.HasSuffix(c, ".") {
+			return fmt.Errorf("image name %q: a component ends in '.', which FAT drops", name)
+		}
 	}
 	return nil
 }

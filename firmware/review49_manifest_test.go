@@ -89,7 +89,7 @@ func TestReview49ManifestVersionEncodings(t *testing.T) {
 	}
 }
 
-// TestReview49ManifestFATTrailingDotAlias: FLAW (low): check refuses names
+// TestReview49ManifestFATTrailingDotAlias: FLAW (low; failed before the mend): check refuses names
 // that differ only in case because they are one file on FAT (an EFI system
 // partition), but not names that differ only by trailing dots, which are
 // one file on FAT too (Linux's vfat strips them on lookup, as Windows

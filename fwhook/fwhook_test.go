@@ -103,7 +103,11 @@ func (f *fixture) manifest(t *testing.T, k crypto.Signer, version uint64, class 
 }
 
 func (f *fixture) verify(m []byte, commit bool) (fwhook.Result, error) {
-	return fwhook.Verify(f.env.TPM, fwhook.VerifyRequest{Manifest: m, Root: f.images, PCR: fwhook.DefaultPCR,
+	return f.verifyContext(context.Background(), m, commit)
+}
+
+func (f *fixture) verifyContext(ctx context.Context, m []byte, commit bool) (fwhook.Result, error) {
+	return fwhook.VerifyContext(ctx, f.env.TPM, fwhook.VerifyRequest{Manifest: m, Root: f.images, PCR: fwhook.DefaultPCR,
 		LogPath: f.logPath(), Commit: commit, CommitAuthPath: f.authPath()})
 }
 

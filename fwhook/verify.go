@@ -86,11 +86,22 @@ type Result struct {
 // firmware sentinel decides the exit code); a failure to measure is
 // joined to it.
 func Verify(t *tpm.TPM, r VerifyRequest) (Result, error) {
+	return VerifyContext(context.Background(), t, r)
+}
+
+// VerifyContext is Verify that ends when ctx does (the CLI's context ends
+// at SIGTERM, which systemd sends at the unit's TimeoutStartSec): a
+// hashing still under way is not waited for, and the failed measurement
+// is extended before the process ends (found by review 49: an image whose
+// read never answered held the hook, SIGKILL then left PCR 12 at its reset
+// value, and root on that boot extended the good value by hand). A read
+// left in flight then can only read on after a failed verdict.
+func VerifyContext(ctx context.Context, t *tpm.TPM, r VerifyRequest) (Result, error) {
 	res := Result{PCR: r.PCR, Log: r.LogPath}
 	if err := CheckPCR(r.PCR); err != nil {
 		return res, err
 	}
-	s, in, verr := verdict(t, r, &res)
+	s, in, verr := verdict(ctx, t, r, &res)
 	banks, err := t.PCRBanks()
 	if err != nil {
 		return res, errors.Join(verr, err)
@@ -136,9 +147,10 @@ func CheckPCR(pcr int) error {
 // checked and whose signer and class the anchor accepts (found by review:
 // hashed before the anchor was read, a manifest signed by anyone could
 // hold the verdict on a stalled read). The verdict waits for the hashing,
-// so nothing reads on after it; the first failure in the order above is
-// the one returned, as when the checks ran one after another.
-func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info, error) {
+// so nothing reads on after it, unless stop ends first (VerifyContext);
+// the first failure in the order above is the one returned, as when the
+// checks ran one after another.
+func verdict(stop context.Context, t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info, error) {
 	in, cx, err := readAnchor(t)
 	if err != nil {
 		return nil, nil, err
@@ -151,7 +163,7 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 			serr = fmt.Errorf("%w: the manifest is for class %q, this device is %q", firmware.ErrBadSignature, s.Manifest.Class, in.Class)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(stop)
 	var images chan error
 	if merr == nil && serr == nil {
 		images = make(chan error, 1)
@@ -161,9 +173,15 @@ func verdict(t *tpm.TPM, r VerifyRequest, res *Result) (*firmware.Signed, *Info,
 		if images == nil {
 			return nil
 		}
-		err := <-images
-		images = nil
-		return err
+		select {
+		case err := <-images:
+			images = nil
+			return err
+		case <-stop.Done():
+			// Stopped: a read that never answers is not waited for.
+			images = nil
+			return fmt.Errorf("hashing the images: the hook was stopped before it ended: %w", stop.Err())
+		}
 	}
 	defer func() {
 		cancel()
@@ -240,23 +258,14 @@ func events(banks []tpm2.TPMIAlgHash, in *Info, s *firmware.Signed, verr error) 
 // failureKind names a failure for the event's text: which check failed,
 // never a secret (errors carry none).
 func failureKind(err error) string {
-	for _, k := range []struct {
-		err  error
-		name string
-	}{
-		{firmware.ErrNoAnchor, "no anchor"},
-		{firmware.ErrAnchorUntrusted, "anchor untrusted"},
-		{firmware.ErrBadSignature, "signature"},
-		{firmware.ErrBadManifest, "manifest malformed"},
-		{firmware.ErrDigest, "image digest"},
-		{firmware.ErrMissingImage, "image missing"},
-		{firmware.ErrRollback, "rollback"},
-	} {
-		if errors.Is(err, k.err) {
-			return k.name
+	// attest.FailureKinds, in its order: the last is everything else.
+	for i, e := range []error{firmware.ErrNoAnchor, firmware.ErrAnchorUntrusted, firmware.ErrBadSignature,
+		firmware.ErrBadManifest, firmware.ErrDigest, firmware.ErrMissingImage, firmware.ErrRollback} {
+		if errors.Is(err, e) {
+			return attest.FailureKinds[i]
 		}
 	}
-	return "TPM or I/O error"
+	return attest.FailureKinds[len(attest.FailureKinds)-1]
 }
 
 // measure extends pcr with each event's digests, in order, and appends

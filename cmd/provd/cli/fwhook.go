@@ -8,9 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/spf13/cobra"
@@ -251,7 +254,7 @@ becomes the lowest accepted; it never lowers it.`,
 				return err
 			}
 			defer done()
-			res, err := fwhook.Verify(t, fwhook.VerifyRequest{ManifestPath: manifest, Root: root, PCR: pcr,
+			res, err := fwhook.VerifyContext(cmd.Context(), t, fwhook.VerifyRequest{ManifestPath: manifest, Root: root, PCR: pcr,
 				LogPath: filepath.Join(dir, fwhook.LogName), Commit: commit, CommitAuthPath: filepath.Join(dir, fwhook.CommitAuthName)})
 			if err != nil {
 				var te *tpm.Error
@@ -326,12 +329,13 @@ event, or the log was edited).`,
 			if logFile == "" || cmd.Flags().Changed("pcr") {
 				hookPCR = pcr
 			}
+			dir, err := filepath.Abs(a.stateDir)
+			if err != nil {
+				return err
+			}
+			provdLog := filepath.Join(dir, fwhook.LogName)
 			if logFile == "" {
-				dir, err := filepath.Abs(a.stateDir)
-				if err != nil {
-					return err
-				}
-				logFile = filepath.Join(dir, fwhook.LogName)
+				logFile = provdLog
 			}
 			l, err := fwhook.ReadLogFile(logFile)
 			if err != nil {
@@ -339,6 +343,13 @@ event, or the log was edited).`,
 					return fmt.Errorf("%w: %v", api.ErrNotFound, err)
 				}
 				return usageError(err)
+			}
+			// provd's log named by --log, or any log with a provd event in
+			// it, answers for the hook's PCR too (found by review 49: the
+			// state's own log given by its path, with PCR 12 left out,
+			// replayed clean after a failed boot).
+			if hookPCR < 0 && (sameFile(logFile, provdLog) || slices.ContainsFunc(l.Events, func(e attest.Event) bool { return attest.ProvdEventText(e) != "" })) {
+				hookPCR = pcr
 			}
 			out := struct {
 				Log      string        `json:"log"`
@@ -386,6 +397,8 @@ event, or the log was edited).`,
 					desc := e.Text
 					if desc == "" {
 						desc = shortHex(e.Data)
+					} else if strings.ContainsFunc(desc, func(r rune) bool { return !unicode.IsPrint(r) }) {
+						desc = strconv.Quote(desc) // never a terminal's control characters, raw (review 49)
 					}
 					fmt.Fprintf(w, "PCR %-2d %-34s %s  %s\n", e.PCR, e.Type, shortHex(e.Digests["sha256"]), desc)
 				}
@@ -402,6 +415,13 @@ event, or the log was edited).`,
 	c.Flags().BoolVar(&replay, "replay", false, "replay the log and compare with the TPM's PCRs")
 	c.Flags().IntVar(&pcr, "pcr", fwhook.DefaultPCR, "the hook's PCR: provd's verdicts must be there, and provd's log always answers for it")
 	return c
+}
+
+// sameFile reports whether paths a and b name one existing file.
+func sameFile(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
 }
 
 func shortHex(s string) string {
@@ -437,6 +457,14 @@ func replayAgainstTPM(t *tpm.TPM, l *attest.EventLog, alwaysPCR int) ([]replayed
 	for _, b := range banks {
 		if _, ok := vals[b]; !ok {
 			return nil, fmt.Errorf("%w: the log has no %s bank, which the TPM has active: it accounts for nothing there", api.ErrTampered, catalog.HashName(b))
+		}
+	}
+	for b := range vals {
+		if !slices.Contains(banks, b) {
+			// Checked against nothing, its digests could say anything
+			// (found by review 49: a SHA-256 "verified" event beside the
+			// SHA-1 failed one a SHA-1-only TPM holds replayed clean).
+			return nil, fmt.Errorf("%w: the log has a %s bank, which the TPM does not have active: nothing vouches for it", api.ErrTampered, catalog.HashName(b))
 		}
 	}
 	touched := map[int]bool{}

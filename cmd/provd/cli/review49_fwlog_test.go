@@ -52,7 +52,7 @@ func review49Allocate(t *testing.T, c *cliEnv, on, off []tpm2.TPMAlgID) {
 	c.swtpm.CloseTPM()
 }
 
-// TestReview49FWLogExtraBankVerdict: FLAW: on a TPM whose only active PCR
+// TestReview49FWLogExtraBankVerdict: FLAW (failed before the mend): on a TPM whose only active PCR
 // bank is SHA-1 (the default of many PCs' firmware), after a failed boot
 // (an image tampered with), A4 rewrites measurements.log as a log of the
 // SHA-1 and SHA-256 banks whose one event, in PCR 12, reads "verified" for
@@ -118,7 +118,7 @@ func TestReview49FWLogExtraBankVerdict(t *testing.T) {
 	}
 }
 
-// TestReview49FWLogExplicitPathSkipsHookPCR: FLAW: provd's own log, named
+// TestReview49FWLogExplicitPathSkipsHookPCR: FLAW (failed before the mend): provd's own log, named
 // with --log (its path in the state directory, as a script or an operator
 // copying the default gives it), does not answer for the hook's PCR: after
 // a failed boot, A4 replaces measurements.log by one event in PCR 14 that
@@ -162,7 +162,7 @@ func TestReview49FWLogExplicitPathSkipsHookPCR(t *testing.T) {
 	}
 }
 
-// TestReview49FWLogFailedTextForgesAVerifiedLine: FLAW: a "failed" event's
+// TestReview49FWLogFailedTextForgesAVerifiedLine: FLAW (failed before the mend): a "failed" event's
 // text is checked only for its prefix (attest.CheckProvdEvent: FailedText
 // and anything after it), and fw log prints provd's texts as they are.
 // After a failed boot A4 rewrites the failed event's text, keeping its
