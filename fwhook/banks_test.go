@@ -2,13 +2,13 @@ package fwhook_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/test/swtpmtest"
 )
 
 // allocateBanks sends TPM2_PCR_Allocate (platform authorization, empty on
@@ -16,27 +16,7 @@ import (
 // 24 PCRs; it takes effect at the next TPM reset.
 func allocateBanks(t *testing.T, f *fixture) {
 	t.Helper()
-	params := binary.BigEndian.AppendUint32(nil, 3)
-	for _, alg := range []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384} {
-		params = binary.BigEndian.AppendUint16(params, uint16(alg))
-		params = append(params, 3, 0xff, 0xff, 0xff)
-	}
-	auth := binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRSPW))
-	auth = append(auth, 0, 0, 0, 0, 0) // empty nonce, attributes, empty password
-	cmd := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(10+4+4+len(auth)+len(params)))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMCCPCRAllocate))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRHPlatform))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(len(auth)))
-	cmd = append(cmd, auth...)
-	cmd = append(cmd, params...)
-	rsp, err := f.env.TPM.Send(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
-		t.Fatalf("TPM2_PCR_Allocate: rc 0x%x", rc)
-	}
+	swtpmtest.AllocatePCRs(t, f.env.TPM, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384}, nil)
 	f.reboot()
 }
 

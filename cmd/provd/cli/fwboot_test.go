@@ -26,6 +26,7 @@ import (
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
 )
 
 // writeKeyPair writes an ECDSA P-256 key as dir/name.pem (PKCS#8) and
@@ -340,24 +341,7 @@ func TestFWLogTextChecked(t *testing.T) {
 func TestFWLogMissingBank(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
 	c.swtpm.Reopen()
-	params := binary.BigEndian.AppendUint32(nil, 2)
-	for _, alg := range []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256} {
-		params = binary.BigEndian.AppendUint16(params, uint16(alg))
-		params = append(params, 3, 0xff, 0xff, 0xff)
-	}
-	auth := binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRSPW))
-	auth = append(auth, 0, 0, 0, 0, 0)
-	cmd := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(10+4+4+len(auth)+len(params)))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMCCPCRAllocate))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRHPlatform))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(len(auth)))
-	cmd = append(cmd, auth...)
-	cmd = append(cmd, params...)
-	rsp, err := c.swtpm.TPM.Send(cmd)
-	if err != nil || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-		t.Fatalf("PCR_Allocate: %x %v", rsp, err)
-	}
+	swtpmtest.AllocatePCRs(t, c.swtpm.TPM, []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256}, nil)
 	c.swtpm.Restart(false)
 	c.swtpm.CloseTPM()
 

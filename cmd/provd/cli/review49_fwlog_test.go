@@ -18,6 +18,7 @@ import (
 	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
 	"github.com/provd/provd/policy"
+	"github.com/provd/provd/test/swtpmtest"
 )
 
 // review49Allocate sends TPM2_PCR_Allocate (platform authorization, empty
@@ -26,28 +27,7 @@ import (
 func review49Allocate(t *testing.T, c *cliEnv, on, off []tpm2.TPMAlgID) {
 	t.Helper()
 	c.swtpm.Reopen()
-	params := binary.BigEndian.AppendUint32(nil, uint32(len(on)+len(off)))
-	for _, alg := range on {
-		params = binary.BigEndian.AppendUint16(params, uint16(alg))
-		params = append(params, 3, 0xff, 0xff, 0xff)
-	}
-	for _, alg := range off {
-		params = binary.BigEndian.AppendUint16(params, uint16(alg))
-		params = append(params, 3, 0, 0, 0)
-	}
-	auth := binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRSPW))
-	auth = append(auth, 0, 0, 0, 0, 0)
-	cmd := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(10+4+4+len(auth)+len(params)))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMCCPCRAllocate))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(tpm2.TPMRHPlatform))
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(len(auth)))
-	cmd = append(cmd, auth...)
-	cmd = append(cmd, params...)
-	rsp, err := c.swtpm.TPM.Send(cmd)
-	if err != nil || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-		t.Fatalf("PCR_Allocate: %x %v", rsp, err)
-	}
+	swtpmtest.AllocatePCRs(t, c.swtpm.TPM, on, off)
 	c.swtpm.Restart(false)
 	c.swtpm.CloseTPM()
 }
