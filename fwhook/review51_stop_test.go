@@ -121,7 +121,7 @@ func TestReview51LateSuccessAfterStop(t *testing.T) {
 	review51CheckFailed(t, f, res, err)
 }
 
-// TestReview51StopRacesSuccessfulHashing: FLAW (data race, seen with
+// TestReview51StopRacesSuccessfulHashing: FLAW (failed before the mend; data race, seen with
 // -race): SIGTERM arriving as the hashing ends well (the hasher cancels the
 // CLI's context, then returns nil: both select cases ready). The hashing
 // goroutine (verify.go:170, `go func() { images <- verifyImages(...) }()`)
@@ -165,7 +165,7 @@ func TestReview51StopRacesSuccessfulHashing(t *testing.T) {
 	t.Logf("verified %d, failed %d", seen[true], seen[false])
 }
 
-// TestReview51StoppedHasherLeaks: FLAW (low; deterministic, no -race
+// TestReview51StoppedHasherLeaks: FLAW (failed before the mend; low; deterministic, no -race
 // needed): after SIGTERM, hashed() sets images = nil; the hashing goroutine
 // reads that variable only when its read finally answers, and then sends
 // on a nil channel, which blocks forever: the goroutine (and everything it

@@ -166,8 +166,11 @@ func verdict(stop context.Context, t *tpm.TPM, r VerifyRequest, res *Result) (*f
 	ctx, cancel := context.WithCancel(stop)
 	var images chan error
 	if merr == nil && serr == nil {
-		images = make(chan error, 1)
-		go func() { images <- verifyImages(ctx, s.Manifest, r.Root) }()
+		images = make(chan error, 1) // room for a send after a stop: never blocks
+		// The channel is the goroutine's own argument: hashed sets images
+		// to nil while it may still run (review 51: a race, and a send on
+		// the nil channel that blocked for ever after a stop).
+		go func(ch chan<- error) { ch <- verifyImages(ctx, s.Manifest, r.Root) }(images)
 	}
 	hashed := func() error {
 		if images == nil {

@@ -46,7 +46,7 @@ func review51Verified(t *testing.T, p func(string) string, v2, class string, ban
 	return e
 }
 
-// TestReview51FWLogC1EscapeInVerifiedClass: FLAW: fw log quotes a provd
+// TestReview51FWLogC1EscapeInVerifiedClass: FLAW (failed before the mend): fw log quotes a provd
 // text only when strings.ContainsFunc finds a rune that unicode.IsPrint
 // refuses; an invalid UTF-8 byte decodes as U+FFFD, which IsPrint accepts,
 // so raw bytes 0x80..0xFF pass unquoted. A "verified" event's class (any
