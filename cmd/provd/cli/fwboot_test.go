@@ -292,10 +292,7 @@ func TestFWVerifyUnreadableManifest(t *testing.T) {
 // not being covered by the PCR).
 func TestFWLogTextChecked(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	failedBoot(t, p, code, v2)
 	code(0, "fw", "log", "--replay")
 	mb, err := os.ReadFile(v2)
 	if err != nil {
@@ -345,10 +342,7 @@ func TestFWLogMissingBank(t *testing.T) {
 	c.swtpm.Restart(false)
 	c.swtpm.CloseTPM()
 
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	failedBoot(t, p, code, v2)
 	s, err := firmware.Parse(mustReadFile(t, v2))
 	if err != nil {
 		t.Fatal(err)
@@ -378,10 +372,28 @@ func TestFWLogMissingBank(t *testing.T) {
 // from the log, exit 0, "provd firmware verified".
 func TestFWLogOtherPCR(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
+	failedBoot(t, p, code, v2)
+	on, s := genuineVerdict(t, p, v2)
+	handLog(t, c, attest.Event{PCR: 14, Type: attest.EVEventTag, Data: attest.TaggedEvent(attest.VerifiedEventText(on, "gateway", s.Digest())),
+		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: attest.VerifiedMeasurement(crypto.SHA256, on, "gateway", s.Digest())}}})
+	code(api.ExitTampered, "fw", "log", "--replay")
+	code(api.ExitTampered, "fw", "log")
+}
+
+// failedBoot changes an image of fwSetup's and runs the hook: PCR 12 then
+// holds the failed measurement and the log its event (exit 17).
+func failedBoot(t *testing.T, p func(string) string, code func(int, ...string) string, v2 string) {
+	t.Helper()
 	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+}
+
+// genuineVerdict is what a "verified" event of fwSetup's names: the
+// officer's TPM name and the good manifest v2, parsed.
+func genuineVerdict(t *testing.T, p func(string) string, v2 string) ([]byte, *firmware.Signed) {
+	t.Helper()
 	s, err := firmware.Parse(mustReadFile(t, v2))
 	if err != nil {
 		t.Fatal(err)
@@ -394,25 +406,37 @@ func TestFWLogOtherPCR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, _ := attest.NewEventLog(tpm2.TPMAlgSHA256)
-	evs := []attest.Event{{PCR: 14, Type: attest.EVEventTag, Data: attest.TaggedEvent(attest.VerifiedEventText(on, "gateway", s.Digest())),
-		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: attest.VerifiedMeasurement(crypto.SHA256, on, "gateway", s.Digest())}}}}
+	return on, s
+}
+
+// handLog is A4 after a boot: a SHA-256 log of evs, each extended into its
+// PCR by hand, written over the state's measurements.log, whose path it
+// returns.
+func handLog(t *testing.T, c *cliEnv, evs ...attest.Event) string {
+	t.Helper()
+	l, err := attest.NewEventLog(tpm2.TPMAlgSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.swtpm.Reopen()
 	for _, e := range evs {
 		if err := l.AppendEvent(e); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.swtpm.TPM.PCRExtendAll(14, e.Digests); err != nil {
+		if err := c.swtpm.TPM.PCRExtendAll(e.PCR, e.Digests); err != nil {
 			t.Fatal(err)
 		}
 	}
 	c.swtpm.CloseTPM()
-	b, _ := l.MarshalBinary()
-	if err := os.WriteFile(filepath.Join(c.dir, fwhook.LogName), b, 0o644); err != nil {
+	b, err := l.MarshalBinary()
+	if err != nil {
 		t.Fatal(err)
 	}
-	code(api.ExitTampered, "fw", "log", "--replay")
-	code(api.ExitTampered, "fw", "log")
+	path := filepath.Join(c.dir, fwhook.LogName)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func mustReadFile(t *testing.T, p string) []byte {

@@ -34,17 +34,7 @@ func TestCustodiansAtTheTerminal(t *testing.T) {
 	c := newCustodians(t, 2, 16)
 	for _, answer := range []string{"n", "y"} {
 		master, slave := openPTY(t)
-		shown := &lockedBuffer{}
-		go func() {
-			buf := make([]byte, 256)
-			for {
-				n, err := master.Read(buf)
-				shown.Write(buf[:n])
-				if err != nil {
-					return
-				}
-			}
-		}()
+		shown := cli.Showing(master)
 		var stderr lockedBuffer
 		var stdout bytes.Buffer
 		done := make(chan int)

@@ -52,7 +52,27 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// showing is what the terminal shows: all that master reads, gathered in
+// the background until it fails (its close at the test's end).
+func showing(master *os.File) *lockedBuffer {
+	shown := &lockedBuffer{}
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := master.Read(buf)
+			shown.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return shown
+}
+
 // For the external tests (package cli_test).
-var OpenPTY = openPTY
+var (
+	OpenPTY = openPTY
+	Showing = showing
+)
 
 type LockedBuffer = lockedBuffer

@@ -31,17 +31,7 @@ func review47Wait(t *testing.T, b *lockedBuffer, s string) {
 // the shell reads once provd exits) and the component.
 func review47KCVSlip(t *testing.T) (screen, left, component string) {
 	master, slave := openPTY(t)
-	shown := &lockedBuffer{}
-	go func() {
-		buf := make([]byte, 256)
-		for {
-			n, err := master.Read(buf)
-			shown.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
+	shown := showing(master)
 	comp := make([]byte, 32)
 	rand.Read(comp)
 	h := hex.EncodeToString(comp)

@@ -15,9 +15,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
-	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -54,24 +52,10 @@ func TestReview49FWLogExtraBankVerdict(t *testing.T) {
 		t.Fatalf("banks after allocation: %v %v", banks, err)
 	}
 
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	failedBoot(t, p, code, v2)
 	code(0, "fw", "log", "--replay") // the genuine failed log replays
 
-	s, err := firmware.Parse(mustReadFile(t, v2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	officer, err := policy.ParseSignerPEM(mustReadFile(t, p("officer.pem")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	on, err := policy.SignerName(officer.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	on, s := genuineVerdict(t, p, v2)
 	l, err := attest.NewEventLog(tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256)
 	if err != nil {
 		t.Fatal(err)
@@ -109,32 +93,12 @@ func TestReview49FWLogExtraBankVerdict(t *testing.T) {
 // finding, by naming the file.
 func TestReview49FWLogExplicitPathSkipsHookPCR(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
-	l, err := attest.NewEventLog(tpm2.TPMAlgSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
+	failedBoot(t, p, code, v2)
 	data := binary.LittleEndian.AppendUint32(nil, 0x58585858) // another tag
 	data = binary.LittleEndian.AppendUint32(data, 2)
 	data = append(data, "ok"...)
-	e := attest.Event{PCR: 14, Type: attest.EVEventTag, Data: data,
-		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: bytes.Repeat([]byte{0x42}, 32)}}}
-	if err := l.AppendEvent(e); err != nil {
-		t.Fatal(err)
-	}
-	c.swtpm.Reopen()
-	if err := c.swtpm.TPM.PCRExtendAll(14, e.Digests); err != nil {
-		t.Fatal(err)
-	}
-	c.swtpm.CloseTPM()
-	b, _ := l.MarshalBinary()
-	logPath := filepath.Join(c.dir, fwhook.LogName)
-	if err := os.WriteFile(logPath, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	logPath := handLog(t, c, attest.Event{PCR: 14, Type: attest.EVEventTag, Data: data,
+		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: bytes.Repeat([]byte{0x42}, 32)}}})
 	code(api.ExitTampered, "fw", "log", "--replay")
 	out, stderr, got := c.run("fw", "log", "--log", logPath, "--replay")
 	if got != api.ExitTampered {
@@ -155,22 +119,8 @@ func TestReview49FWLogExplicitPathSkipsHookPCR(t *testing.T) {
 // escape erases the real "failed" line).
 func TestReview49FWLogFailedTextForgesAVerifiedLine(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
-	s, err := firmware.Parse(mustReadFile(t, v2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	officer, err := policy.ParseSignerPEM(mustReadFile(t, p("officer.pem")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	on, err := policy.SignerName(officer.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	failedBoot(t, p, code, v2)
+	on, s := genuineVerdict(t, p, v2)
 	logPath := filepath.Join(c.dir, fwhook.LogName)
 	l, err := fwhook.ReadLogFile(logPath)
 	if err != nil {

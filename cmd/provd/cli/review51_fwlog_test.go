@@ -13,9 +13,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
-	"github.com/provd/provd/firmware"
 	"github.com/provd/provd/fwhook"
-	"github.com/provd/provd/policy"
 )
 
 // review51Verified is a "verified" event of class class for the genuine
@@ -23,18 +21,7 @@ import (
 // banks (the one the text names in SHA-256: attest.CheckProvdEvent passes).
 func review51Verified(t *testing.T, p func(string) string, v2, class string, banks []tpm2.TPMIAlgHash) attest.Event {
 	t.Helper()
-	s, err := firmware.Parse(mustReadFile(t, v2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	officer, err := policy.ParseSignerPEM(mustReadFile(t, p("officer.pem")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	on, err := policy.SignerName(officer.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	on, s := genuineVerdict(t, p, v2)
 	e := attest.Event{PCR: fwhook.DefaultPCR, Type: attest.EVEventTag, Data: attest.TaggedEvent(attest.VerifiedEventText(on, class, s.Digest()))}
 	for _, b := range banks {
 		h, err := b.Hash()
@@ -61,10 +48,7 @@ func review51Verified(t *testing.T, p func(string) string, v2, class string, ban
 // "verified ... class gateway" line is all that shows.
 func TestReview51FWLogC1EscapeInVerifiedClass(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
+	failedBoot(t, p, code, v2)
 	logPath := filepath.Join(c.dir, fwhook.LogName)
 	l, err := fwhook.ReadLogFile(logPath)
 	if err != nil {
@@ -145,29 +129,9 @@ func TestReview51FWLogUnicodeSeparatorsQuoted(t *testing.T) {
 // is opened with no symbolic link at its last component).
 func TestReview51FWLogHardLinkAnswersForHookPCR(t *testing.T) {
 	c, p, code, v2 := fwSetup(t)
-	if err := os.WriteFile(p("images/boot.bin"), bytes.Repeat([]byte{4}, 5000), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	code(api.ExitFWDigest, "fw", "verify", "--manifest", v2, "--root", p("images"))
-	l, err := attest.NewEventLog(tpm2.TPMAlgSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := attest.Event{PCR: 14, Type: attest.EVIPL, Data: []byte("ok"),
-		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: bytes.Repeat([]byte{0x42}, 32)}}}
-	if err := l.AppendEvent(e); err != nil {
-		t.Fatal(err)
-	}
-	c.swtpm.Reopen()
-	if err := c.swtpm.TPM.PCRExtendAll(14, e.Digests); err != nil {
-		t.Fatal(err)
-	}
-	c.swtpm.CloseTPM()
-	b, _ := l.MarshalBinary()
-	logPath := filepath.Join(c.dir, fwhook.LogName)
-	if err := os.WriteFile(logPath, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	failedBoot(t, p, code, v2)
+	logPath := handLog(t, c, attest.Event{PCR: 14, Type: attest.EVIPL, Data: []byte("ok"),
+		Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: bytes.Repeat([]byte{0x42}, 32)}}})
 	link := filepath.Join(c.dir, "copy.log")
 	if err := os.Link(logPath, link); err != nil {
 		t.Fatal(err)
