@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/firmware"
 )
 
 // provd's boot hook (provd fw verify) logs its verdicts as EV_EVENT_TAG
@@ -108,20 +109,14 @@ func parseVerified(text string) (Verdict, bool) {
 	class, manifestHex, ok2 := strings.Cut(rest, ", manifest sha256:")
 	officer, err1 := hex.DecodeString(officerHex)
 	manifest, err2 := hex.DecodeString(manifestHex)
-	if !ok1 || !ok2 || err1 != nil || err2 != nil || len(manifest) != 32 || !validClass(class) {
+	// Only an anchor's class (firmware.CheckClass): its length byte (at
+	// most 23) is then no class character, and a measurement reads one way
+	// only (review 50: with any bytes, officer X with class "\x01b"
+	// measured as officer X||2 with class "b").
+	if !ok1 || !ok2 || err1 != nil || err2 != nil || len(manifest) != 32 || firmware.CheckClass(class) != nil {
 		return Verdict{}, false
 	}
 	return Verdict{Officer: officer, Class: class, ManifestSHA256: manifest}, true
-}
-
-// validClass is an anchor's class as firmware.CheckClass accepts it: 1..23
-// of a-z, 0-9, '.', '_', '-'. With it a measurement reads one way only:
-// its class length byte (at most 23) is no class character (review 50:
-// with any bytes, officer X and class "\x01b" measured as officer X||2
-// and class "b"; the fleet accepts only such classes, so the reading was
-// unique there, not here).
-func validClass(c string) bool {
-	return c != "" && len(c) <= 23 && strings.Trim(c, "abcdefghijklmnopqrstuvwxyz0123456789._-") == ""
 }
 
 // CheckProvdEvent checks that one of provd's events says what its digests
