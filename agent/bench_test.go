@@ -105,7 +105,7 @@ func BenchmarkKeyExport(b *testing.B) {
 			env, ag, wrapped := benchBackup(b, typ)
 			_ = wrapped
 			ctx := context.Background()
-			ap := officertest.ApproveExport(b, ctx, ag, "k")
+			ap := officertest.ApproveExport(b, ctx, ag, "k", "kek")
 			before := env.TPM.Stats()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -166,7 +166,7 @@ func benchBackup(b *testing.B, typ string) (*swtpmtest.Env, *agent.Agent, []byte
 	if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: "k", Type: typ, Extractable: true}); err != nil {
 		b.Fatal(err)
 	}
-	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: officertest.ApproveExport(b, ctx, ag, "k")})
+	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: officertest.ApproveExport(b, ctx, ag, "k", "kek")})
 	if err != nil {
 		b.Fatal(err)
 	}

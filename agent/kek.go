@@ -30,8 +30,9 @@ import (
 //     padding (RFC 5649) with that KEK. The private part leaves the TPM only
 //     through the key's duplication branch with the crypto officer's
 //     approval of exactly this export (a duplicate to TPM_RH_NULL, opened
-//     by provd); the wrap runs block by block inside the TPM, so the KEK
-//     never leaves it. The plaintext lives in provd's memory for the call.
+//     by provd), and goes under no KEK but the one that approval names
+//     (checkExportKEK); the wrap runs block by block inside the TPM, so the
+//     KEK never leaves it. The plaintext lives in provd's memory for the call.
 //   - ImportKey: a PKCS#8 backup unwrapped inside the TPM and brought in
 //     under the PK with TPM2_Import; not extractable unless asked.
 
@@ -315,9 +316,10 @@ func (a *Agent) withKEK(ks keyState, bits int, objects map[string]string, fn fun
 
 // ExportKey writes extractable key req.Name as PKCS#8 PrivateKeyInfo under
 // AES key wrap with padding with KEK req.KEK, with the crypto officer's
-// approval of this export, which the TPM checks (PolicyAuthorize in the
-// key's duplication branch): a key created without --extractable has no
-// such branch and is refused before the TPM is asked.
+// approval of this export under this KEK: the TPM checks its duplication
+// part (PolicyAuthorize in the key's duplication branch), checkExportKEK
+// its KEK part. A key created without --extractable has no such branch and
+// is refused before the TPM is asked.
 func (a *Agent) ExportKey(ctx context.Context, req api.KeyExportRequest) ([]byte, error) {
 	defer a.lock()()
 	objects := map[string]string{"key": req.Name, "kek": req.KEK}
@@ -369,9 +371,12 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 	if err != nil {
 		return nil, err
 	}
+	if err := checkExportKEK(ks, kek, req.Approval); err != nil {
+		return nil, err
+	}
 	var sens *tpm2.TPMTSensitive
 	var pub2 tpm2.TPMTPublic
-	err = a.withDupBranch(ctx, ks, officer.ExportParent, req.Approval, "--export", func(obj tpm.Object, s tpm2.Session) (err error) {
+	err = a.withDupBranch(ctx, ks, officer.ExportParent, req.Approval.Duplication, "--export", func(obj tpm.Object, s tpm2.Session) (err error) {
 		pub2 = obj.Public
 		sens, err = a.t.ExportSensitive(obj, s)
 		return err
@@ -398,6 +403,30 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 		return err
 	})
 	return out, err
+}
+
+// checkExportKEK verifies, before the TPM is asked, that ap is the crypto
+// officer's approval of key ks's export under KEK kek: both its parts
+// present, and its KEK part the officer's signature of kek's TPM name for
+// this export (officer.ExportKEKApproved). The duplication part the TPM
+// checks, and withDupBranch before it. The name is the record's, which
+// withKEK's load holds the TPM's object to (loadCreated).
+func checkExportKEK(ks, kek keyState, ap *officer.ExportApproval) error {
+	if ks.pk.officer == nil {
+		return errNoOfficer("exporting a key")
+	}
+	if ap == nil || ap.Duplication == nil || ap.KEK == nil {
+		return fmt.Errorf("%w: exporting %q under KEK %q needs the crypto officer's approval of that export under that KEK (provd key approve --export --object-name %s --kek-object-name %s)", api.ErrNotPermitted, ks.rec.Name, kek.rec.Name, ks.rec.Object, kek.rec.Object)
+	}
+	objName, err1 := hex.DecodeString(ks.rec.Object)
+	kekName, err2 := hex.DecodeString(kek.rec.Object)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%w: key %q's or KEK %q's object name", api.ErrTampered, ks.rec.Name, kek.rec.Name)
+	}
+	if err := checkApproval(ap.KEK, ks.pk.officer, officer.ExportKEKApproved(ks.pk.state.Policy.digest(), objName, kekName), officer.ExportKEKRef); err != nil {
+		return fmt.Errorf("%w (the officer's approval names the KEK a backup goes under: this one is not of %q's export under KEK %q, TPM name %s)", err, ks.rec.Name, kek.rec.Name, kek.rec.Object)
+	}
+	return nil
 }
 
 // ImportKey brings a PKCS#8 backup wrapped under KEK req.KEK into the TPM

@@ -36,7 +36,7 @@ func TestExportIsTheTPMsToRefuse(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext")})
+	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext", "kek")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,7 +122,7 @@ func TestSwappedKEKIsRefused(t *testing.T) {
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}
-	ap := officertest.ApproveExport(t, ctx, a, "ext")
+	ap := officertest.ApproveExport(t, ctx, a, "ext", "kek")
 	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: ap}); err != nil {
 		t.Fatalf("control: %v", err)
 	}
@@ -157,6 +157,15 @@ func TestSwappedKEKIsRefused(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The officer's approval names the custodians' KEK by its TPM name:
+	// the swapped one is another object.
+	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: ap}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Fatalf("export under a swapped KEK with the approval of the custodians': %v, want it refused as not approved", err)
+	}
+	// An officer who took the KEK's name from the device's key list, which
+	// reads the state A4 wrote, approves the swapped one: the TPM's check
+	// value still refuses it.
+	ap = officertest.ApproveExport(t, ctx, a, "ext", "kek")
 	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: ap}); !errors.Is(err, api.ErrTampered) {
 		t.Fatalf("export under a swapped KEK: %v, want it refused as tampered", err)
 	}
@@ -191,7 +200,7 @@ func TestRelabelledKeyKeepsItsKEKRule(t *testing.T) {
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "p384", Type: "ecc-p384", Extractable: true}); err != nil {
 		t.Fatal(err)
 	}
-	ap := officertest.ApproveExport(t, ctx, a, "p384")
+	ap := officertest.ApproveExport(t, ctx, a, "p384", "kek128")
 	st, err := store.Open(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -170,11 +170,11 @@ func TestExportImportBetweenTwoTPMs(t *testing.T) {
 			if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek"}); !errors.Is(err, api.ErrNotPermitted) {
 				t.Fatalf("export without approval: %v", err)
 			}
-			if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "sig")}); !errors.Is(err, api.ErrNotPermitted) {
+			if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "sig", "kek")}); !errors.Is(err, api.ErrNotPermitted) {
 				t.Fatalf("export with another key's approval: %v", err)
 			}
 			recA.Reset()
-			wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, typ)})
+			wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, typ, "kek")})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,7 +238,7 @@ func TestExportImportBetweenTwoTPMs(t *testing.T) {
 				}
 			}
 			// Imported without --extractable, it does not leave B.
-			if _, err := b.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, b, typ)}); !errors.Is(err, api.ErrNotExtractable) {
+			if _, err := b.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, b, typ, "kek")}); !errors.Is(err, api.ErrNotExtractable) {
 				t.Fatalf("exporting a key imported without --extractable: %v", err)
 			}
 		})
@@ -284,7 +284,7 @@ func TestExportRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ap := officertest.ApproveExport(t, ctx, ag, "sig")
+	ap := officertest.ApproveExport(t, ctx, ag, "sig", "kek256")
 	pub, _, err := ag.KeyPublic(ctx, "sig")
 	if err != nil {
 		t.Fatal(err)
@@ -300,10 +300,10 @@ func TestExportRefusals(t *testing.T) {
 	if rec.Sent(tpm2.TPMCCDuplicate) || rec.Leak(publicBytes(t, pub)) >= 0 {
 		t.Fatal("the refusal loaded or duplicated the key; it must come before the TPM is asked")
 	}
-	if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p384", KEK: "kek128", Approval: officertest.ApproveExport(t, ctx, ag, "p384")}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p384", KEK: "kek128", Approval: officertest.ApproveExport(t, ctx, ag, "p384", "kek128")}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("a P-384 key under an AES-128 KEK: %v", err)
 	}
-	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek128", Approval: officertest.ApproveExport(t, ctx, ag, "p256")})
+	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek128", Approval: officertest.ApproveExport(t, ctx, ag, "p256", "kek128")})
 	if err != nil {
 		t.Fatalf("a P-256 key under an AES-128 KEK: %v", err)
 	}
@@ -320,7 +320,7 @@ func TestExportRefusals(t *testing.T) {
 	if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek128", Wrapped: wrapped}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("import under a wrapping KEK: %v", err)
 	}
-	if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek128u", Approval: officertest.ApproveExport(t, ctx, ag, "p256")}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek128u", Approval: officertest.ApproveExport(t, ctx, ag, "p256", "kek128u")}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("export under an unwrapping KEK: %v", err)
 	}
 	_, err = ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek256u", Wrapped: wrapped})
@@ -335,7 +335,7 @@ func TestExportRefusals(t *testing.T) {
 	}
 	// Imported --extractable, it can be backed up again, and it is the
 	// same key.
-	again, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "back", KEK: "kek256", Approval: officertest.ApproveExport(t, ctx, ag, "back")})
+	again, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "back", KEK: "kek256", Approval: officertest.ApproveExport(t, ctx, ag, "back", "kek256")})
 	if err != nil {
 		t.Fatal(err)
 	}

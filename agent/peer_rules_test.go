@@ -116,7 +116,7 @@ func TestKeyBoundAtBirth(t *testing.T) {
 	if _, err := a.DupExport(ctx, api.DupExportRequest{Name: "bound", Peer: peerC, EKCA: caBundle(t, envC)}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("to C: %v", err)
 	}
-	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "bound", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "bound")}); !errors.Is(err, api.ErrNotPermitted) {
+	if _, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "bound", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "bound", "kek")}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Fatalf("a backup: %v", err)
 	}
 	// Around provd: the TPM refuses C's transfer key and TPM_RH_NULL.

@@ -171,7 +171,7 @@ func review11Ops(t *testing.T, A, B review11Side) []struct {
 		{"key delete", false, func() error { return a.DeleteKey(ctx, "rsa") }},
 		{"kek import", false, func() error { _, err := a.ImportKEK(ctx, req); return err }},
 		{"key export", false, func() (err error) {
-			wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "p256")})
+			wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "p256", "kek")})
 			return err
 		}},
 		{"kek import (unwrap)", false, func() error {

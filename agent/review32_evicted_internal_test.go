@@ -142,7 +142,7 @@ func TestReview32KeyOperationsWithTheSRKEvicted(t *testing.T) {
 			var wrapped []byte
 			s.step("key export", func(a *Agent) error {
 				var err error
-				wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "k")})
+				wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "k", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "k", "kek")})
 				return err
 			})
 			req.Name, req.Usage = "kek-u", "unwrap"

@@ -27,6 +27,8 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/keywrap"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -410,4 +412,102 @@ func TestReview45A1CannotClearTheKEKSessionsEncrypt(t *testing.T) {
 	if _, err := ag.ImportKey(ctx, api.KeyImportRequest{Name: "back", KEK: "kek", Wrapped: wrapped}); err != nil {
 		t.Fatalf("the import once A1 lets go: %v", err)
 	}
+}
+
+// FLAW (failed before the mend; dual control): an export approval named
+// the key and TPM_RH_NULL, not the KEK the backup goes under, and kek
+// import needs no one but an officer-role caller. So one officer-role
+// caller (A3 in provd-admin, not root) holding the crypto officer's
+// approval of a backup meant for the custodians' KEK entered a KEK from
+// components it chose alone, exported the key under it, and opened the
+// backup in software: the key's plaintext with no custodian. The approval
+// now names the KEK by its TPM name (officer.ExportKEKApproved), and provd
+// wraps under no other: A3's own KEK, one it put in the custodians' KEK's
+// place under the same name, or an approval stitched from other signatures
+// of the officer's are refused before the TPM is asked.
+func TestReview45ExportApprovalIsForTheCustodiansKEK(t *testing.T) {
+	t.Parallel()
+	env := swtpmtest.Start(t)
+	ctx := context.Background()
+	ag := signingAgent(t, env)
+	ceremony := func(name string) []byte {
+		t.Helper()
+		c1, k1 := review45Component(t, 32)
+		c2, k2 := review45Component(t, 32)
+		key, err := keywrap.Combine([][]byte{c1, c2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ag.ImportKEK(ctx, api.KEKImportRequest{Name: name, Components: [][]byte{c1, c2}, KCVs: []string{k1, k2}, KCV: review45KCV(t, key)}); err != nil {
+			t.Fatal(err)
+		}
+		return key
+	}
+	custodians := ceremony("backup-kek")
+	for _, n := range []string{"ext", "other"} {
+		if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: n, Type: "ecc-p256", Extractable: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ap := officertest.ApproveExport(t, ctx, ag, "ext", "backup-kek")
+	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "backup-kek", Approval: ap})
+	if err != nil {
+		t.Fatalf("control, the approved backup: %v", err)
+	}
+	if _, err := keywrap.Unwrap(custodians, wrapped); err != nil {
+		t.Fatalf("control: the custodians' key does not open the approved backup: %v", err)
+	}
+	otherAp := officertest.ApproveExport(t, ctx, ag, "other", "backup-kek")
+	mallory, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	st, _ := ag.Status(ctx)
+	pkPolicy, _ := hex.DecodeString(st.PolicyDigest)
+	keys, _ := ag.ListKeys(ctx)
+	names := map[string][]byte{}
+	for _, k := range keys {
+		names[k.Name], _ = hex.DecodeString(k.ObjectName)
+	}
+	mallorys, err := officer.ApproveExport(mallory, pkPolicy, names["ext"], names["backup-kek"])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	mine := ceremony("mine") // A3 plays every custodian of a KEK of its own
+	refused := func(what string, kek string, ap *officer.ExportApproval, own []byte) {
+		t.Helper()
+		wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: kek, Approval: ap})
+		if !errors.Is(err, api.ErrNotPermitted) {
+			t.Errorf("%s: %v, want it refused as not approved", what, err)
+		}
+		if err == nil {
+			if der, err := keywrap.Unwrap(own, wrapped); err == nil {
+				if _, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+					t.Errorf("%s: the caller opened the backup with its own KEK: the key's plaintext with no custodian", what)
+				}
+			}
+			return
+		}
+		recs, err := ag.AuditRecords(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := recs[len(recs)-1]
+		if last.Op != "key-export" || last.Objects["kek_object"] != "" {
+			t.Errorf("%s: the refused export's audit record %+v: the KEK was loaded", what, last)
+		}
+	}
+	refused("the custodians' approval, under A3's KEK", "mine", ap, mine)
+	// The custodians' KEK replaced under its name: another TPM object (its
+	// seed is the TPM's), whatever components A3 enters.
+	if err := ag.DeleteKey(ctx, "backup-kek"); err != nil {
+		t.Fatal(err)
+	}
+	again := ceremony("backup-kek")
+	refused("the custodians' approval, under A3's KEK of the custodians' KEK's name", "backup-kek", ap, again)
+	// Stitched approvals: each part is the officer's signature, of another
+	// thing.
+	refused("the duplication part of this export, with another key's KEK part", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: otherAp.KEK}, again)
+	refused("the duplication part twice", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: ap.Duplication}, again)
+	refused("a KEK part signed by another key than the officer's", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: mallorys.KEK}, again)
+	refused("no KEK part", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication}, again)
+	refused("no approval", "backup-kek", nil, again)
 }

@@ -63,7 +63,7 @@ func everyOperation(t *testing.T, a, b *Agent, envB *swtpmtest.Env, step func(on
 	step(false, "kek import", func() error { _, err := a.ImportKEK(ctx, req); return err })
 	var wrapped []byte
 	step(false, "key export", func() (err error) {
-		wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "p256")})
+		wrapped, err = a.ExportKey(ctx, api.KeyExportRequest{Name: "p256", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "p256", "kek")})
 		return err
 	})
 	req.Name, req.Usage = "kek-u", "unwrap"

@@ -12,6 +12,7 @@ import (
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
@@ -452,12 +453,14 @@ func (r *KEKImportRequest) Wipe() {
 
 // KeyExportRequest asks for an extractable key as PKCS#8 under AES key wrap
 // with padding (RFC 5649) with a KEK in the TPM: POST /v1/keys/export.
-// Approval is the crypto officer's approval of this key's export
-// (provd key approve --export): the TPM duplicates nothing without it.
+// Approval is the crypto officer's approval of this key's export under
+// this KEK (provd key approve --export --kek-object-name): the TPM
+// duplicates nothing without its first part, and provd wraps under no KEK
+// but the one its second part names.
 type KeyExportRequest struct {
-	Name     string           `json:"name"`
-	KEK      string           `json:"kek"`
-	Approval *policy.Approval `json:"approval"`
+	Name     string                  `json:"name"`
+	KEK      string                  `json:"kek"`
+	Approval *officer.ExportApproval `json:"approval"`
 }
 
 // KeyImportRequest brings a PKCS#8 key wrapped under a KEK (RFC 5649) into

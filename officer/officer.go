@@ -229,13 +229,6 @@ func DupApprovedExpr(pk policy.Policy, objectName, newParent []byte) policy.Poli
 // the approved PolicyDuplicationSelect like any other parent's.
 var ExportParent = binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHNull))
 
-// ApproveExport is the crypto officer's approval to export the extractable
-// key with TPM name objectName, under a PK with policy digest pkPolicy, as a
-// backup (provd key export): a duplication to ExportParent.
-func ApproveExport(officer crypto.Signer, pkPolicy, objectName []byte) (*policy.Approval, error) {
-	return ApproveDuplication(officer, pkPolicy, objectName, ExportParent)
-}
-
 // ApproveDuplication is the crypto officer's approval to duplicate the
 // extractable key with TPM name objectName, under a PK with policy digest
 // pkPolicy, to the storage key with TPM name newParent, and to nothing else.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/provd/provd/api"
+	"github.com/provd/provd/api/errkind"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/policy"
 )
@@ -95,11 +95,11 @@ func TestRecipes(t *testing.T) {
 		{Type: "ecc-p256", Label: "tls\u00a0"}, {Type: "ecc-p256", Label: "tls\ufeff"}, {Type: "ecc-p256", Label: "tl\u0455"},
 		{Type: "ecc-p256", Label: "tls "}, {Type: "ecc-p256", Label: "a", Context: "b c"},
 	} {
-		if _, _, err := bad.Check(); !errors.Is(err, api.ErrBadInput) {
+		if _, _, err := bad.Check(); !errors.Is(err, errkind.ErrBadInput) {
 			t.Errorf("%+v: %v, want ErrBadInput", bad, err)
 		}
 	}
-	if _, _, err := (Recipe{Type: "rsa-2048", Label: "a"}).Check(); !errors.Is(err, catalog.ErrNotDerivable) || !errors.Is(err, api.ErrNotPermitted) {
+	if _, _, err := (Recipe{Type: "rsa-2048", Label: "a"}).Check(); !errors.Is(err, catalog.ErrNotDerivable) || !errors.Is(err, errkind.ErrNotPermitted) {
 		t.Errorf("rsa-2048: %v", err)
 	}
 }
@@ -131,7 +131,7 @@ func TestApprovalRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err == nil {
 		t.Error("a changed approval file parsed")
 	}
-	if _, err := ApproveDerive(k, pk[:5], Recipe{Type: "ecc-p256", Label: "tls"}); !errors.Is(err, api.ErrBadInput) {
+	if _, err := ApproveDerive(k, pk[:5], Recipe{Type: "ecc-p256", Label: "tls"}); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("short PK digest: %v", err)
 	}
 }
@@ -147,13 +147,13 @@ func TestNoApprovalWithoutAPKPolicy(t *testing.T) {
 	}
 	zero := make([]byte, 32)
 	name := append([]byte{0, 0x0b}, make([]byte, 32)...)
-	if _, err := ApproveDuplication(k, zero, name, name); !errors.Is(err, api.ErrBadInput) {
+	if _, err := ApproveDuplication(k, zero, name, name); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("duplication: %v", err)
 	}
-	if _, err := ApproveExport(k, zero, name); !errors.Is(err, api.ErrBadInput) {
+	if _, err := ApproveExport(k, zero, name, name); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("export: %v", err)
 	}
-	if _, err := ApproveDerive(k, zero, Recipe{Type: "ecc-p256", Label: "a"}); !errors.Is(err, api.ErrBadInput) {
+	if _, err := ApproveDerive(k, zero, Recipe{Type: "ecc-p256", Label: "a"}); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("derive: %v", err)
 	}
 }

@@ -89,23 +89,29 @@ func Derive(t testing.TB, ctx context.Context, svc api.Service, req api.DeriveRe
 }
 
 // ApproveExport is the officer's approval to export key name from svc as a
-// backup (provd key approve --export), for svc's PK and the key's TPM name.
-func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name string) *policy.Approval {
+// backup under KEK kek (provd key approve --export --kek-object-name), for
+// svc's PK and the key's and the KEK's TPM names.
+func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name, kek string) *officer.ExportApproval {
 	t.Helper()
 	st, err := svc.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, info, err := svc.KeyPublic(ctx, name)
+	keys, err := svc.ListKeys(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pk, err1 := hex.DecodeString(st.PolicyDigest)
-	obj, err2 := hex.DecodeString(info.ObjectName)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("status policy digest %q, object name %q", st.PolicyDigest, info.ObjectName)
+	names := map[string]string{}
+	for _, k := range keys {
+		names[k.Name] = k.ObjectName
 	}
-	ap, err := officer.ApproveExport(Key(), pk, obj)
+	pk, err1 := hex.DecodeString(st.PolicyDigest)
+	obj, err2 := hex.DecodeString(names[name])
+	kekName, err3 := hex.DecodeString(names[kek])
+	if err1 != nil || err2 != nil || err3 != nil {
+		t.Fatalf("status policy digest %q, object names %q", st.PolicyDigest, names)
+	}
+	ap, err := officer.ApproveExport(Key(), pk, obj, kekName)
 	if err != nil {
 		t.Fatal(err)
 	}

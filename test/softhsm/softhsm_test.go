@@ -178,7 +178,7 @@ func TestSoftHSMTakesProvdsBackup(t *testing.T) {
 		if _, err := ag.CreateKey(ctx, api.CreateRequest{Name: typ, Type: typ, Extractable: true}); err != nil {
 			t.Fatal(err)
 		}
-		wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, ag, typ)})
+		wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: typ, KEK: "kek", Approval: officertest.ApproveExport(t, ctx, ag, typ, "kek")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -173,7 +173,10 @@ func TestCLIBothWays(t *testing.T) {
 	// The ceremony and a backup through the daemon, a KEK each way: the
 	// daemon's with a note that the components crossed its socket.
 	cust := newCustodians(t, 2, 32)
-	if r := b.daemon(append([]string{"kek", "import", "kek-w", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...); r.code != 0 || !strings.Contains(r.err, "note: the components go to the daemon") {
+	var bk, kekW struct {
+		ObjectName string `json:"object_name"`
+	}
+	if r := b.daemon(append([]string{"-o", "json", "kek", "import", "kek-w", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...); r.code != 0 || !strings.Contains(r.err, "note: the components go to the daemon") || json.Unmarshal([]byte(r.out), &kekW) != nil {
 		t.Fatalf("kek import through the daemon: exit %d %s", r.code, r.err)
 	}
 	if r := b.inProcess(append([]string{"kek", "import", "kek-u", "--usage", "unwrap", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...); r.code != 0 || strings.Contains(r.err, "note:") {
@@ -182,13 +185,10 @@ func TestCLIBothWays(t *testing.T) {
 	if r := b.daemon("key", "create", "bk", "--type", "ecc-p256", "--extractable"); r.code != 0 {
 		t.Fatalf("key create: %s", r.err)
 	}
-	var bk struct {
-		ObjectName string `json:"object_name"`
-	}
 	if r := b.inProcess("key", "pub", "bk", "-o", "json"); r.code != 0 || json.Unmarshal([]byte(r.out), &bk) != nil {
 		t.Fatalf("key pub: %s", r.err)
 	}
-	if r := b.inProcess("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--out", file("bk.export")); r.code != 0 {
+	if r := b.inProcess("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--kek-object-name", kekW.ObjectName, "--out", file("bk.export")); r.code != 0 {
 		t.Fatalf("key approve --export: %s", r.err)
 	}
 	if r := b.daemon("key", "export", "bk", "--kek", "kek-w", "--approval", file("bk.export"), "--out", file("bk.kwp")); r.code != 0 {

@@ -166,15 +166,17 @@ func TestEveryCommandSpeaksJSON(t *testing.T) {
 	provd("key", "create", "ec", "--type", "ecc-p256", "--usage", "decrypt")
 	// The custodians' ceremony and a backup.
 	cust := newCustodians(t, 2, 32)
-	provd(append([]string{"kek", "import", "backup", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...)
-	provd("key", "create", "bk", "--type", "ecc-p256", "--extractable")
-	var bk struct {
+	var bk, backup struct {
 		ObjectName string `json:"object_name"`
 	}
+	if err := json.Unmarshal([]byte(provd(append([]string{"kek", "import", "backup", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...)), &backup); err != nil {
+		t.Fatal(err)
+	}
+	provd("key", "create", "bk", "--type", "ecc-p256", "--extractable")
 	if err := json.Unmarshal([]byte(provd("key", "pub", "bk")), &bk); err != nil {
 		t.Fatal(err)
 	}
-	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--out", p("bk.approval"))
+	provd("key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", bk.ObjectName, "--kek-object-name", backup.ObjectName, "--out", p("bk.approval"))
 	provd("key", "export", "bk", "--kek", "backup", "--approval", p("bk.approval"), "--out", p("bk.kwp"))
 	provd(append([]string{"kek", "import", "backup-u", "--usage", "unwrap", "--components", "2", "--kcv", cust.kcv}, cust.fds(t, nil)...)...)
 	provd("key", "import", "bk2", "--kek", "backup-u", "--in", p("bk.kwp"))

@@ -14,6 +14,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
+	"github.com/provd/provd/officer"
 )
 
 func (a *app) kekCmd() *cobra.Command {
@@ -115,13 +116,15 @@ CKM_AES_KEY_WRAP_PAD takes, and what
 unwraps. The file is the wrap's bytes, nothing else (docs/formats.md).
 
 Only a key created --extractable leaves (exit code 5 otherwise, before the TPM is
-asked), and only with the crypto officer's approval of this export (provd key
-approve --export), which the TPM itself checks: the key's duplication branch
-needs it. The private key is in provd's memory only for the call; the wrap runs
+asked), and only with the crypto officer's approval of this export under this KEK
+(provd key approve --export --kek-object-name): the TPM checks its first part
+(the key's duplication branch needs it), provd its second, and wraps under no
+other KEK, so a KEK one operator entered alone does not serve (exit code 5). The private key is in provd's memory only for the call; the wrap runs
 inside the TPM, block by block, so the KEK never leaves it. The KEK must be at
 least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 		Example: `  provd key approve --export --officer officer.key.pem --pk-policy $(provd status -o json | jq -r .policy_digest) \
-      --object-name $(provd key pub signer -o json | jq -r .object_name) --out signer.export.json
+      --object-name $(provd key pub signer -o json | jq -r .object_name) \
+      --kek-object-name 000b91…07 --out signer.export.json   # the TPM name kek import printed
   provd key export signer --kek backup-kek --approval signer.export.json --out signer.p8.kwp`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -129,8 +132,8 @@ least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 			if req.KEK == "" || out == "" || approvalFile == "" {
 				return usageError(errors.New("--kek, --approval and --out are required"))
 			}
-			var err error
-			if req.Approval, err = readApproval(a, approvalFile); err != nil {
+			req.Approval = new(officer.ExportApproval)
+			if err := readApprovalInto(a, approvalFile, req.Approval); err != nil {
 				return err
 			}
 			return a.withAgent(cmd.Context(), func(ag api.Service) error {
@@ -146,7 +149,7 @@ least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 		},
 	}
 	c.Flags().StringVar(&req.KEK, "kek", "", "the KEK (provd kek import)")
-	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's approval of this export (provd key approve --export)")
+	c.Flags().StringVar(&approvalFile, "approval", "", "the crypto officer's approval of this export under this KEK (provd key approve --export)")
 	c.Flags().StringVar(&out, "out", "", "where to write the wrapped key (- for stdout)")
 	return c
 }

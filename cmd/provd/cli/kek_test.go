@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/keywrap"
+	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 )
 
@@ -150,13 +152,34 @@ func TestKeyCeremonyCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(a(0, "key", "pub", "signer", "-o", "json")), &pub); err != nil {
 		t.Fatal(err)
 	}
-	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", pub.ObjectName, "--out", p("signer.export.json"))
+	approve := func(code int, out string, extra ...string) {
+		t.Helper()
+		a(code, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", st.PolicyDigest, "--export", "--object-name", pub.ObjectName, "--out", p(out)}, extra...)...)
+	}
+	approve(api.ExitUsage, "nokek.json") // an export is approved under one KEK
+	approve(api.ExitUsage, "nokek.json", "--kek-object-name", "000b")
+	approve(0, "signer.export.json", "--kek-object-name", kek.ObjectName)
 	a(api.ExitUsage, "key", "export", "signer", "--kek", "backup", "--out", p("x")) // no approval
 	a(0, "key", "export", "signer", "--kek", "backup", "--approval", p("signer.export.json"), "--out", p("signer.p8.kwp"))
-	// The approval of one key does not export another.
-	a(api.ExitNotPermitted, "key", "export", "fixed", "--kek", "backup", "--approval", p("signer.export.json"), "--out", p("fixed.kwp"))
-	if _, err := os.Stat(p("fixed.kwp")); err == nil {
-		t.Fatal("a refused export wrote a file")
+	// The approval of one key does not export another, nor under another
+	// KEK (review 45: one caller's own components); an approval of the
+	// duplication alone, which named no KEK, is not an export's.
+	other := newCustodians(t, 2, 32)
+	a(0, append([]string{"kek", "import", "other", "--components", "2", "--kcv", other.kcv}, other.fds(t, nil)...)...)
+	dupOnly := p("dup-only.json")
+	writeDupOnlyApproval(t, st.PolicyDigest, pub.ObjectName, dupOnly)
+	for _, refused := range []struct {
+		code          int
+		key, kek, app string
+	}{
+		{api.ExitNotPermitted, "fixed", "backup", p("signer.export.json")},
+		{api.ExitNotPermitted, "signer", "other", p("signer.export.json")},
+		{api.ExitUsage, "signer", "backup", dupOnly},
+	} {
+		a(refused.code, "key", "export", refused.key, "--kek", refused.kek, "--approval", refused.app, "--out", p("refused.kwp"))
+		if _, err := os.Stat(p("refused.kwp")); err == nil {
+			t.Fatalf("a refused export of %s under %s wrote a file", refused.key, refused.kek)
+		}
 	}
 
 	// openssl unwraps it with the combined key; the public keys match.
@@ -202,5 +225,28 @@ func TestKeyCeremonyCLI(t *testing.T) {
 	b(api.ExitTampered, "key", "import", "signer2", "--in", p("changed.kwp"), "--kek", "backup")
 	if list := b(0, "key", "list"); strings.Contains(list, "signer2") {
 		t.Fatalf("a changed backup was imported:\n%s", list)
+	}
+}
+
+// writeDupOnlyApproval writes to path the officer's approval of the
+// duplication of the key with TPM name obj to TPM_RH_NULL alone: an export
+// approval as it was before it named the KEK.
+func writeDupOnlyApproval(t *testing.T, pkPolicy, obj, path string) {
+	t.Helper()
+	pk, err1 := hex.DecodeString(pkPolicy)
+	name, err2 := hex.DecodeString(obj)
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	ap, err := officer.ApproveDuplication(officertest.Key(), pk, name, officer.ExportParent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ap.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

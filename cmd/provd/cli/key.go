@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -113,10 +114,10 @@ key's secret in another form and read it (docs/key-hierarchy.md).`,
 
 func (a *app) keyApproveCmd() *cobra.Command {
 	var r officer.Recipe
-	var officerFile, pkPolicy, out, objectName, dupTo, peerPK, challenge, proof string
+	var officerFile, pkPolicy, out, objectName, kekName, dupTo, peerPK, challenge, proof string
 	var export bool
 	c := &cobra.Command{
-		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME | --dup-to PEER.json --peer-pk PK --challenge C --proof P --object-name NAME) [--movable] --out FILE",
+		Use:   "approve --officer KEY.pem --pk-policy DIGEST (--type TYPE [--usage U] --label L [--context C] | --export --object-name NAME --kek-object-name KEK | --dup-to PEER.json --peer-pk PK --challenge C --proof P --object-name NAME) [--movable] --out FILE",
 		Short: "Approve a derivation recipe, or a key's export or duplication to a peer, as the crypto officer (offline, no TPM)",
 		Long: `Sign, offline, the crypto officer's approval of one derivation recipe for devices
 whose PK policy digest is --pk-policy (provd status shows it; devices provisioned
@@ -126,9 +127,14 @@ and the label and context. provd key derive --approval FILE then derives that
 key, and the TPM refuses any other template under the derivation parent.
 
 With --export, the approval is of one extractable key's export as a backup
-(provd key export): --object-name is the key's TPM name (provd key pub NAME -o
-json, .object_name), which covers its public key, attributes and policy. The
-TPM checks the approval in the key's duplication branch; it exports nothing else.
+(provd key export) under one KEK: --object-name is the key's TPM name (provd key
+pub NAME -o json, .object_name), which covers its public key, attributes and
+policy; --kek-object-name is the KEK's TPM name, which provd kek import printed
+at the ceremony (and provd key list shows), and which covers the custodians' key.
+The TPM checks the first in the key's duplication branch and exports nothing
+else; provd checks the second and wraps the backup under no other KEK (the TPM
+hands the key to provd for the wrap, so no TPM policy can say under what). Take
+the KEK's name from the ceremony's record: a key list reads the device's state.
 With --dup-to PEER.json instead, the approval is of the key's duplication to that
 peer's transfer key (provd dup export): the TPM duplicates it to no other.
 --peer-pk is the PK name enrolled for that device (provd status on it, when it
@@ -144,7 +150,8 @@ a moved PK (provd provision --from).
 The officer key is the private half of provision --officer-key: ECDSA P-256,
 P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 		Example: `  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --type hmac-sha256 --label telemetry --out mac.approval.json
-  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --export --object-name 000b4c…9a --out signer.export.json`,
+  provd key approve --officer officer.key.pem --pk-policy 5f1c…e2 --export --object-name 000b4c…9a \
+      --kek-object-name 000b91…07 --out signer.export.json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if officerFile == "" || pkPolicy == "" || out == "" {
@@ -160,6 +167,9 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 			if move && r.Movable {
 				return usageError(errors.New("--movable goes with a recipe"))
 			}
+			if export != (kekName != "") {
+				return usageError(errors.New("--kek-object-name goes with --export, which needs it: the officer approves an export under one KEK"))
+			}
 			digest, err := hex.DecodeString(pkPolicy)
 			if err != nil {
 				return usageError(fmt.Errorf("--pk-policy: %w", err))
@@ -169,24 +179,39 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				return err
 			}
 			var ap *policy.Approval
-			if move {
-				name, err := hex.DecodeString(objectName)
-				if err != nil || len(name) != 34 {
-					return usageError(fmt.Errorf("--object-name: want the key's TPM name, 68 hex digits (provd key pub NAME -o json)"))
+			var file json.Marshaler
+			switch {
+			case export:
+				name, err1 := tpmNameFlag("--object-name", objectName)
+				kek, err2 := tpmNameFlag("--kek-object-name", kekName)
+				if err := errors.Join(err1, err2); err != nil {
+					return err
 				}
-				parent := officer.ExportParent
-				if dupTo != "" {
-					if _, parent, _, err = readProvenPeer(a, dupTo, peerPK, challenge, proof); err != nil {
-						return err
-					}
+				ea, err := officer.ApproveExport(key, digest, name, kek)
+				if err != nil {
+					return err
+				}
+				ap, file = ea.Duplication, ea
+			case move:
+				name, err := tpmNameFlag("--object-name", objectName)
+				if err != nil {
+					return err
+				}
+				_, parent, _, err := readProvenPeer(a, dupTo, peerPK, challenge, proof)
+				if err != nil {
+					return err
 				}
 				if ap, err = officer.ApproveDuplication(key, digest, name, parent); err != nil {
 					return err
 				}
-			} else if ap, err = officer.ApproveDerive(key, digest, r); err != nil {
-				return err
+				file = ap
+			default:
+				if ap, err = officer.ApproveDerive(key, digest, r); err != nil {
+					return err
+				}
+				file = ap
 			}
-			b, err := ap.MarshalJSON()
+			b, err := file.MarshalJSON()
 			if err != nil {
 				return err
 			}
@@ -201,7 +226,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				switch {
 				case out == "-":
 				case export:
-					fmt.Fprintf(w, "approved the export of key %s: %s\n", objectName, out)
+					fmt.Fprintf(w, "approved the export of key %s under KEK %s: %s\n", objectName, kekName, out)
 				case move:
 					fmt.Fprintf(w, "approved the duplication of key %s to the peer of %s: %s\n", objectName, dupTo, out)
 				default:
@@ -220,6 +245,7 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 	c.Flags().StringVar(&out, "out", "", "where to write the approval (- for stdout)")
 	c.Flags().BoolVar(&export, "export", false, "approve a key's export as a backup (provd key export) instead of a recipe")
 	c.Flags().StringVar(&objectName, "object-name", "", "with --export or --dup-to: the key's TPM name, hex")
+	c.Flags().StringVar(&kekName, "kek-object-name", "", "with --export: the TPM name of the KEK the backup goes under, hex (provd kek import printed it)")
 	c.Flags().StringVar(&dupTo, "dup-to", "", "approve a key's duplication to this peer (provd peer identity output) instead of a recipe")
 	c.Flags().StringVar(&peerPK, "peer-pk", "", "with --dup-to: the PK name enrolled for the peer device, hex")
 	c.Flags().StringVar(&challenge, "challenge", "", "with --dup-to: your challenge to the peer (provd peer challenge)")
@@ -731,4 +757,17 @@ func (a *app) keyImportBlobCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&in, "in", "", "key file (PEM)")
 	return c
+}
+
+// tpmNameFlag decodes flag's value, an object's TPM name in hex; a usage
+// error otherwise.
+func tpmNameFlag(flag, v string) ([]byte, error) {
+	name, err := hex.DecodeString(v)
+	if err == nil {
+		err = officer.CheckName(name)
+	}
+	if err != nil {
+		return nil, usageError(fmt.Errorf("%s: want an object's TPM name, 68 hex digits starting 000b (provd key pub NAME -o json, or provd key list -o json, .object_name): %w", flag, err))
+	}
+	return name, nil
 }

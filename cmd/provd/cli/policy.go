@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -230,15 +231,24 @@ func readApproval(a *app, path string) (*policy.Approval, error) {
 	if path == "" {
 		return nil, nil
 	}
-	b, err := readIn(a, path)
-	if err != nil {
+	ap := new(policy.Approval)
+	if err := readApprovalInto(a, path, ap); err != nil {
 		return nil, err
 	}
-	ap := new(policy.Approval)
-	if err := ap.UnmarshalJSON(b); err != nil {
-		return nil, usageError(fmt.Errorf("--approval: %w", err))
-	}
 	return ap, nil
+}
+
+// readApprovalInto reads an approval file of provd key approve (an
+// approval, or an export approval) from path ("-": stdin) into ap.
+func readApprovalInto(a *app, path string, ap json.Unmarshaler) error {
+	b, err := readIn(a, path)
+	if err != nil {
+		return err
+	}
+	if err := ap.UnmarshalJSON(b); err != nil {
+		return usageError(fmt.Errorf("--approval: %w", err))
+	}
+	return nil
 }
 
 // writeOut writes a command's output to path (store.WriteOutput: a regular
