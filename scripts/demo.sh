@@ -118,9 +118,20 @@ step "An RSA key born extractable (decided now, forever)" \
   "$bin" key create backup-me --type rsa-2048 --extractable
 printf '\n\033[1m== Without the officer'"'"'s approval of this export, a key does not leave; one never born extractable never does (exit 5)\033[0m\n'
 objname=$("$bin" key pub backup-me -o json | grep -o '"object_name": "[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
-step "The officer approves exporting exactly this key (offline; the TPM checks it in the key's duplication branch)" \
-  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --export --object-name "$objname" --out "$demo/backup-me.export.json"
+kekname=$("$bin" key list -o json | tr -d ' \n' | grep -o '"name":"backup-kek"[^}]*' | grep -o '"object_name":"[0-9a-f]*"' | grep -o '[0-9a-f]\{20,\}')
+step "The officer approves exporting exactly this key under exactly the custodians' KEK, both by TPM name (offline; the TPM checks the key's part in its duplication branch, provd the KEK's)" \
+  "$bin" key approve --officer "$demo/officer.key.pem" --pk-policy "$pkpolicy" --export --object-name "$objname" --kek-object-name "$kekname" --out "$demo/backup-me.export.json"
 expect 5 "$bin" key export fw-sign --kek backup-kek --approval "$demo/backup-me.export.json" --out "$demo/fw-sign.kwp"
+printf '\n\033[1m== Dual control: one operator alone enters a KEK of components it chose and asks for the approved export under it: refused, the approval names the custodians'"'"' KEK (exit 5)\033[0m\n'
+for i in 1 2; do
+  comp=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  printf '%s\n%s\n' "$comp" "$(kcv_of "$comp")" > "$demo/mine$i.txt"
+  if [ "$i" = 1 ]; then mine=$comp; else
+    x=""; for o in 0 8 16 24 32 40 48 56; do x+=$(printf '%08x' $(( 0x${mine:$o:8} ^ 0x${comp:$o:8} ))); done; mine=$x
+  fi
+done
+"$bin" kek import mine --components 2 --component-fd 3 --component-fd 4 --kcv "$(kcv_of "$mine")" 3<"$demo/mine1.txt" 4<"$demo/mine2.txt" >/dev/null
+expect 5 "$bin" key export backup-me --kek mine --approval "$demo/backup-me.export.json" --out "$demo/backup-me.mine.kwp"
 step "Export it: PKCS#8 under AES key wrap with padding (RFC 5649), wrapped inside the TPM with the KEK" \
   "$bin" key export backup-me --kek backup-kek --approval "$demo/backup-me.export.json" --out "$demo/backup-me.p8.kwp"
 step "openssl unwraps it with the combined key; its public key is the TPM key's" \
