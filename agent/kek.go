@@ -411,7 +411,7 @@ func (a *Agent) exportKey(ctx context.Context, req api.KeyExportRequest, objects
 // this export (officer.ExportKEKApproved). The duplication part the TPM
 // checks, and withDupBranch before it. The name is the record's, which
 // withKEK's load holds the TPM's object to (loadCreated).
-func checkExportKEK(ks, kek keyState, ap *officer.ExportApproval) error {
+func checkExportKEK(ks, kek keyState, ap *api.ExportApproval) error {
 	if ks.pk.officer == nil {
 		return errNoOfficer("exporting a key")
 	}

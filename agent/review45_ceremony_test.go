@@ -466,13 +466,13 @@ func TestReview45ExportApprovalIsForTheCustodiansKEK(t *testing.T) {
 	for _, k := range keys {
 		names[k.Name], _ = hex.DecodeString(k.ObjectName)
 	}
-	mallorys, err := officer.ApproveExport(mallory, pkPolicy, names["ext"], names["backup-kek"])
+	_, mallorys, err := officer.ApproveExport(mallory, pkPolicy, names["ext"], names["backup-kek"])
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	mine := ceremony("mine") // A3 plays every custodian of a KEK of its own
-	refused := func(what string, kek string, ap *officer.ExportApproval, own []byte) {
+	refused := func(what string, kek string, ap *api.ExportApproval, own []byte) {
 		t.Helper()
 		wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: kek, Approval: ap})
 		if !errors.Is(err, api.ErrNotPermitted) {
@@ -505,9 +505,9 @@ func TestReview45ExportApprovalIsForTheCustodiansKEK(t *testing.T) {
 	refused("the custodians' approval, under A3's KEK of the custodians' KEK's name", "backup-kek", ap, again)
 	// Stitched approvals: each part is the officer's signature, of another
 	// thing.
-	refused("the duplication part of this export, with another key's KEK part", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: otherAp.KEK}, again)
-	refused("the duplication part twice", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: ap.Duplication}, again)
-	refused("a KEK part signed by another key than the officer's", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication, KEK: mallorys.KEK}, again)
-	refused("no KEK part", "backup-kek", &officer.ExportApproval{Duplication: ap.Duplication}, again)
+	refused("the duplication part of this export, with another key's KEK part", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication, KEK: otherAp.KEK}, again)
+	refused("the duplication part twice", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication, KEK: ap.Duplication}, again)
+	refused("a KEK part signed by another key than the officer's", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication, KEK: mallorys}, again)
+	refused("no KEK part", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication}, again)
 	refused("no approval", "backup-kek", nil, again)
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/internal/strictjson"
-	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/tpm"
 )
@@ -458,9 +457,9 @@ func (r *KEKImportRequest) Wipe() {
 // duplicates nothing without its first part, and provd wraps under no KEK
 // but the one its second part names.
 type KeyExportRequest struct {
-	Name     string                  `json:"name"`
-	KEK      string                  `json:"kek"`
-	Approval *officer.ExportApproval `json:"approval"`
+	Name     string          `json:"name"`
+	KEK      string          `json:"kek"`
+	Approval *ExportApproval `json:"approval"`
 }
 
 // KeyImportRequest brings a PKCS#8 key wrapped under a KEK (RFC 5649) into

@@ -150,7 +150,7 @@ func TestNoApprovalWithoutAPKPolicy(t *testing.T) {
 	if _, err := ApproveDuplication(k, zero, name, name); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("duplication: %v", err)
 	}
-	if _, err := ApproveExport(k, zero, name, name); !errors.Is(err, errkind.ErrBadInput) {
+	if _, _, err := ApproveExport(k, zero, name, name); !errors.Is(err, errkind.ErrBadInput) {
 		t.Errorf("export: %v", err)
 	}
 	if _, err := ApproveDerive(k, zero, Recipe{Type: "ecc-p256", Label: "a"}); !errors.Is(err, errkind.ErrBadInput) {

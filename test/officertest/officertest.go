@@ -91,7 +91,7 @@ func Derive(t testing.TB, ctx context.Context, svc api.Service, req api.DeriveRe
 // ApproveExport is the officer's approval to export key name from svc as a
 // backup under KEK kek (provd key approve --export --kek-object-name), for
 // svc's PK and the key's and the KEK's TPM names.
-func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name, kek string) *officer.ExportApproval {
+func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name, kek string) *api.ExportApproval {
 	t.Helper()
 	st, err := svc.Status(ctx)
 	if err != nil {
@@ -111,9 +111,9 @@ func ApproveExport(t testing.TB, ctx context.Context, svc api.Service, name, kek
 	if err1 != nil || err2 != nil || err3 != nil {
 		t.Fatalf("status policy digest %q, object names %q", st.PolicyDigest, names)
 	}
-	ap, err := officer.ApproveExport(Key(), pk, obj, kekName)
+	dup, kekPart, err := officer.ApproveExport(Key(), pk, obj, kekName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ap
+	return &api.ExportApproval{Duplication: dup, KEK: kekPart}
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/keywrap"
-	"github.com/provd/provd/officer"
 )
 
 func (a *app) kekCmd() *cobra.Command {
@@ -132,7 +131,7 @@ least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 			if req.KEK == "" || out == "" || approvalFile == "" {
 				return usageError(errors.New("--kek, --approval and --out are required"))
 			}
-			req.Approval = new(officer.ExportApproval)
+			req.Approval = new(api.ExportApproval)
 			if err := readApprovalInto(a, approvalFile, req.Approval); err != nil {
 				return err
 			}

@@ -187,11 +187,11 @@ P-384, or RSA >= 3072 (RSA-PSS), PEM, unencrypted. Keep it off the device.`,
 				if err := errors.Join(err1, err2); err != nil {
 					return err
 				}
-				ea, err := officer.ApproveExport(key, digest, name, kek)
+				dup, kekPart, err := officer.ApproveExport(key, digest, name, kek)
 				if err != nil {
 					return err
 				}
-				ap, file = ea.Duplication, ea
+				ap, file = dup, &api.ExportApproval{Duplication: dup, KEK: kekPart}
 			case move:
 				name, err := tpmNameFlag("--object-name", objectName)
 				if err != nil {
