@@ -316,6 +316,12 @@ func (a *Agent) policyState(l *loadedPK, ps *api.PolicyState) error {
 				"(the owner hierarchy has no password?); no signed policy can be checked; provision --force makes a new PK and counter",
 				uint32(PolicyCounterHandle))
 			return nil
+		} else if errors.Is(err, errForeignCounter) {
+			// Replaced under provd: reported the same way, with no
+			// value (the other program's is not provd's).
+			ps.Signed = info
+			ps.Reason = err.Error()
+			return nil
 		} else if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -382,10 +383,40 @@ func (a *Agent) ensureCounter() (uint64, counterGateState, error) {
 // readCounter is the policy counter's value as the TPM states it in an
 // audit session salted to the pinned SRK: what provd decides on (the
 // install's starting value, whether a policy is revoked) is never the bus's
-// word.
+// word. The index must be provd's counter (provdCounter): another
+// program's counter at the handle is errForeignCounter (seen by review 46:
+// status reported its value as provd's).
 func (a *Agent) readCounter() (uint64, error) {
-	c, _, err := a.t.ReadCounterAuthenticated(PolicyCounterHandle)
-	return c, err
+	c, x, err := a.t.ReadCounterAuthenticated(PolicyCounterHandle)
+	if err != nil {
+		return 0, err
+	}
+	if !provdCounter(x.Name.Buffer) {
+		return 0, fmt.Errorf("%w (its TPM name is %x): another program defined a counter of its own there (the owner hierarchy has no password?); no signed policy can be checked; provision --force makes a new PK and counter", errForeignCounter, x.Name.Buffer)
+	}
+	return c, nil
+}
+
+// errForeignCounter: the index at the policy counter's handle is not
+// provd's. Signed policies name provd's counter (PolicyNV, by name), so
+// the TPM checks none of them against it: nothing under the PK is usable
+// until provd's counter is back (provision --force makes a new PK and
+// counter).
+var errForeignCounter = fmt.Errorf("%w: the policy counter at NV 0x%08x is not provd's", api.ErrTampered, uint32(PolicyCounterHandle))
+
+// provdCounter says whether name, the authenticated name of the index at
+// the policy counter's handle, is a counter provd defines there: the gated
+// counter every signed policy names (CounterRef), or the counter of a
+// state provisioned before gates (tpm.CounterPublic, which such states
+// still increment). Any other attribute, policy or size gives another
+// name. A2 with the owner's authorization can define either shape itself
+// (docs/threat-model.md: what the gates do not promise).
+func provdCounter(name []byte) bool {
+	if bytes.Equal(name, CounterRef().Name) {
+		return true
+	}
+	legacy, err := tpm.NVPublicName(tpm.CounterPublic(PolicyCounterHandle))
+	return err == nil && bytes.Equal(name, legacy)
 }
 
 // moveCounter moves the policy counter from from to to (from < to) with the

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -17,10 +19,13 @@ import (
 // `policy show` (and usable): the new counter starts where the highest
 // counter the TPM ever had left off (libtpms keeps it across the
 // undefine), so the old version still reads as revoked; status does not
-// say "satisfied", and the TPM refuses a key's creation. (Held by the
-// TPM's counter rule only: readCounter, agent/provision.go:386, takes
-// whatever counter is at the handle without comparing its name with
-// CounterRef's, so status reports A2's counter as provd's.)
+// say "satisfied", and the TPM refuses a key's creation.
+//
+// FLAW (failed before the mend; seen by review 46): readCounter took
+// whatever counter was at the handle without comparing its name with
+// CounterRef's, so status and policy show reported A2's counter's value as
+// provd's. It is now refused as another program's (errForeignCounter), and
+// policy show says so instead of a value.
 func TestReview46ForeignCounterDoesNotUnrevoke(t *testing.T) {
 	bz := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(bz))
@@ -60,10 +65,16 @@ func TestReview46ForeignCounterDoesNotUnrevoke(t *testing.T) {
 	a.signed.reset()
 	c, err := a.readCounter()
 	t.Logf("A2's counter at the handle reads %d (%v); provd's was at %d; the policy written back is version %d", c, err, c0+3, c0)
+	if !errors.Is(err, errForeignCounter) || !errors.Is(err, api.ErrTampered) {
+		t.Errorf("A2's counter at the handle read as provd's: %d, %v", c, err)
+	}
 	ps, err := a.ShowPolicy(ctx)
 	t.Logf("policy show: satisfied %v, reason %q, %v", ps.Satisfied, ps.Reason, err)
 	if err == nil && ps.Satisfied {
 		t.Errorf("policy show says satisfied with a revoked policy and a foreign counter")
+	}
+	if err != nil || !strings.Contains(ps.Reason, "not provd's") || ps.Signed == nil || ps.Signed.Counter != 0 {
+		t.Errorf("policy show with a foreign counter: %+v, %v; want the reason, and no counter value", ps, err)
 	}
 	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k", Type: "ecc-p256"}); err == nil {
 		t.Errorf("a key created under a revoked policy with a foreign counter")
