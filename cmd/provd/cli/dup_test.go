@@ -117,15 +117,18 @@ func twoDevices(t *testing.T) (envA, envB *swtpmtest.Env, a, b device, dir strin
 	envA.CloseTPM()
 	envB.CloseTPM()
 	dir = t.TempDir()
-	on := func(env *swtpmtest.Env, state string) device {
-		return func(want int, args ...string) string {
-			t.Helper()
-			out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", filepath.Join(dir, state)}, args...)...)
-			if code != want {
-				t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
-			}
-			return out
+	return envA, envB, deviceOn(t, envA, filepath.Join(dir, "a")), deviceOn(t, envB, filepath.Join(dir, "b")), dir
+}
+
+// deviceOn is provd on env's swtpm (whose connection the CLI takes: close
+// the test's first) with its state in state.
+func deviceOn(t *testing.T, env *swtpmtest.Env, state string) device {
+	return func(want int, args ...string) string {
+		t.Helper()
+		out, stderr, code := run(t, nil, append([]string{"--tpm", env.Spec, "--state-dir", state}, args...)...)
+		if code != want {
+			t.Fatalf("provd %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, want, out, stderr)
 		}
+		return out
 	}
-	return envA, envB, on(envA, "a"), on(envB, "b"), dir
 }

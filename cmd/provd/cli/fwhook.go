@@ -10,11 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/spf13/cobra"
@@ -398,12 +395,8 @@ event, or the log was edited).`,
 					desc := e.Text
 					if desc == "" {
 						desc = shortHex(e.Data)
-					} else if !utf8.ValidString(desc) || strings.ContainsFunc(desc, func(r rune) bool { return !unicode.IsPrint(r) }) {
-						// Never a terminal's control characters raw (review
-						// 49), 8-bit ones included: a byte such as 0x9b is
-						// no valid UTF-8, and read as U+FFFD it "prints"
-						// (review 51).
-						desc = strconv.Quote(desc)
+					} else {
+						desc = printable(desc) // never a terminal's control characters raw (reviews 49, 51)
 					}
 					fmt.Fprintf(w, "PCR %-2d %-34s %s  %s\n", e.PCR, e.Type, shortHex(e.Digests["sha256"]), desc)
 				}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -99,7 +101,7 @@ func (a *app) auditCmd() *cobra.Command {
 				}
 				if eerr := a.emit(recs, func(w io.Writer) {
 					for _, r := range recs {
-						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s%s\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, r.Op, r.Result, objectsText(r.Objects))
+						fmt.Fprintf(w, "%4d %s uid=%d %-16s %s%s\n", r.Seq, r.Time.Format("2006-01-02T15:04:05Z"), r.UID, printable(r.Op), printable(r.Result), objectsText(r.Objects))
 					}
 				}); eerr != nil {
 					return eerr
@@ -204,7 +206,22 @@ func objectsText(objects map[string]string) string {
 		if v == "" || strings.ContainsAny(v, " \t\"=") {
 			v = strconv.Quote(v)
 		}
-		fmt.Fprintf(&b, " %s=%s", k, v)
+		fmt.Fprintf(&b, " %s=%s", printable(k), printable(v))
 	}
 	return b.String()
+}
+
+// printable is s as a terminal may show it: quoted (Go syntax) when it is
+// not valid UTF-8 or holds a character that does not print, raw otherwise.
+// Records, event texts and names come from callers and files provd does
+// not trust: raw, a terminal's control characters in them (a carriage
+// return, an erase, a cursor move; 8-bit ones too: 0x9b is no valid UTF-8
+// and read as U+FFFD it "prints") redraw the lines around them (review 49,
+// 51: fw log; review 52's reading: audit show, where an officer-role
+// caller's refused request records its key name as sent).
+func printable(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	return strconv.Quote(s)
 }
