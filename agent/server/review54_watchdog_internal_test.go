@@ -1,0 +1,67 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/provd/provd/api"
+)
+
+// Held: a slow or stalled client does not hold the TPM queue, so it cannot
+// starve the watchdog's check and have systemd kill the daemon for
+// everyone.
+//
+// Attack (A3, user role): open requests whose bodies trickle (a seal of a
+// declared 1 MiB, one byte sent), requests whose answers are never read
+// (a pipelined burst of key lists on a connection that never reads), and
+// hold them while the watchdog checks. The handler reads the whole body
+// before it waits for the queue (io.ReadAll ahead of q.do), and writes
+// the answer after the queue is released, so none of them is in the queue
+// while it stalls.
+//
+// Secure (holds): with 16 such clients stalled, the queue is not held,
+// nothing waits in it, and Health answers within a second, 3 times over.
+func TestReview54StalledClientsDoNotStarveTheWatchdog(t *testing.T) {
+	t.Parallel()
+	ts := serveTPM(t)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range 16 {
+		c, err := net.Dial("unix", ts.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if i%2 == 0 {
+			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: provd\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{", api.RouteSeal.Path, 1<<20)
+		} else {
+			for range 64 {
+				fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: provd\r\n\r\n", api.RouteKeyList.Path)
+			}
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	for i := range 3 {
+		if _, held := ts.q.heldSince(); held {
+			t.Errorf("check %d: the queue is held while only stalled clients are connected", i)
+		}
+		if n := ts.q.waiting.Load(); n != 0 {
+			t.Errorf("check %d: %d requests wait in the queue", i, n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		start := time.Now()
+		err := ts.Health(ctx)
+		cancel()
+		if err != nil || time.Since(start) > time.Second {
+			t.Errorf("check %d: Health %v after %v", i, err, time.Since(start))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
