@@ -92,7 +92,9 @@ persistent EK gets a transient one, flushed after).`,
 
 func printIdentity(w io.Writer, id api.Identity) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+	// The certificate's names are the manufacturer's, or on first use
+	// anyone's (review 53: control characters in a subject).
+	row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%s\n", k, printable(fmt.Sprint(v))) }
 	trust := "verified: the EK certificate chains to a trusted manufacturer"
 	if id.Trust == api.TrustOnFirstUse {
 		trust = "TRUST ON FIRST USE: no manufacturer vouched for the EK certificate"

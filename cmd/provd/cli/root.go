@@ -13,7 +13,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -78,7 +81,9 @@ func Main(ctx context.Context, args []string, deps Deps) int {
 			return ExitCode(err)
 		}
 	}
-	fmt.Fprintf(deps.Stderr, "provd: %v\n", err)
+	// The message may carry what came from a file, a peer or the daemon's
+	// socket: never a terminal's control characters raw (review 53).
+	fmt.Fprintf(deps.Stderr, "provd: %s\n", printable(err.Error()))
 	return ExitCode(err)
 }
 
@@ -220,8 +225,51 @@ func (a *app) emit(v any, text func(w io.Writer)) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	text(a.deps.Stdout)
+	text(terminalSafe{a.deps.Stdout})
 	return nil
+}
+
+// terminalSafe writes human output with every rune that does not print,
+// but the output's own newlines and tabs, and every byte that is not
+// UTF-8, as its Go escape (\x1b, \u202e, \x9b): the text a command shows
+// comes from records, certificates, peers' files, a daemon's or an
+// endpoint's answers, and their control characters must not move the
+// cursor, erase, retitle or reorder what a terminal shows (review 53). A
+// field that may hold a newline of its own is quoted where it is printed
+// (printable), as audit show does.
+type terminalSafe struct{ w io.Writer }
+
+func (t terminalSafe) Write(p []byte) (int, error) {
+	safe := true
+	for i := 0; i < len(p); {
+		r, n := utf8.DecodeRune(p[i:])
+		if (r == utf8.RuneError && n <= 1) || (r != '\n' && r != '\t' && !unicode.IsPrint(r)) {
+			safe = false
+			break
+		}
+		i += n
+	}
+	if safe {
+		return t.w.Write(p)
+	}
+	var b []byte
+	for i := 0; i < len(p); {
+		r, n := utf8.DecodeRune(p[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			b = fmt.Appendf(b, "\\x%02x", p[i])
+		case r == '\n' || r == '\t' || unicode.IsPrint(r):
+			b = append(b, p[i:i+n]...)
+		default:
+			q := strconv.QuoteRune(r) // '\x1b', '\u202e'
+			b = append(b, q[1:len(q)-1]...)
+		}
+		i += n
+	}
+	if _, err := t.w.Write(b); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // noArgs is cobra.NoArgs with a usage exit code.
