@@ -40,7 +40,7 @@ var (
 	ErrRefused = fmt.Errorf("%w: the caller's role does not allow it", ErrNotPermitted)
 	// ErrBusy: the daemon's TPM queue did not reach a request before its
 	// deadline, or was full (exit code 10, as a TPM out of slots: try again).
-	ErrBusy = errors.New("TPM queue busy: the request's deadline passed while it waited")
+	ErrBusy = errors.New("TPM queue busy")
 	// ErrAuditMoveUnfinished: the audit trail was moving to a new anchor
 	// when provd stopped or the TPM failed (audit.gate marks the move), or
 	// a zeroize destroyed the keys and left the trail, its last record

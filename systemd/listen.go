@@ -50,7 +50,9 @@ func Listeners() ([]net.Listener, error) {
 			bad = errors.Join(bad, fmt.Errorf("%w: %s: %w", ErrActivation, f.Name(), err))
 			continue
 		}
-		if _, ok := l.(*net.UnixListener); !ok {
+		// A SOCK_SEQPACKET socket is a *net.UnixListener too, of network
+		// "unixpacket" (review 54).
+		if _, ok := l.(*net.UnixListener); !ok || l.Addr().Network() != "unix" {
 			l.Close()
 			bad = errors.Join(bad, fmt.Errorf("%w: %s is %s, want a unix stream socket", ErrActivation, f.Name(), l.Addr().Network()))
 			continue
@@ -124,6 +126,9 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("systemd: socket directory: %w", err)
 	}
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	if err := checkStale(path); err != nil {
 		return nil, err
 	}
@@ -156,6 +161,46 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 		return fail(err)
 	}
 	return &unixListener{UnixListener: ul, path: path, fi: fi}, nil
+}
+
+// ErrUnsafeDir means the socket's directory, or one above it, can be
+// changed by another user than root and the daemon's.
+var ErrUnsafeDir = errors.New("socket directory is not the daemon's alone")
+
+// checkSocketDir refuses a socket directory that another user could change
+// (review 54: in a directory another user owns or may write, that user can
+// replace the daemon's socket with one of theirs and take its clients'
+// seal and unseal traffic, or put a symlink at the temporary name between
+// bind and chmod, which follows it). dir, its links resolved, and every
+// directory above it must belong to root or the daemon's user; dir must be
+// writable by its owner alone, the ones above it too unless sticky (/tmp:
+// others may not rename or remove what is not theirs).
+func checkSocketDir(dir string) error {
+	resolved, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fmt.Errorf("systemd: socket directory: %w", err)
+	}
+	euid := os.Geteuid()
+	for d := resolved; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("systemd: socket directory: %w", err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("systemd: socket directory %s: no owner", d)
+		}
+		if int(st.Uid) != 0 && int(st.Uid) != euid {
+			return fmt.Errorf("systemd: %w: %s belongs to uid %d", ErrUnsafeDir, d, st.Uid)
+		}
+		writable := fi.Mode().Perm()&0o022 != 0
+		if writable && (d == resolved || fi.Mode()&fs.ModeSticky == 0) {
+			return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, d, fi.Mode())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 // checkStale makes path free for a new socket or explains why it is not.

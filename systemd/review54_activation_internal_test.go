@@ -46,7 +46,7 @@ func review54Child(t *testing.T, fd *os.File) (string, *exec.Cmd, *bytes.Buffer)
 	return line, cmd, stderr
 }
 
-// FLAW: a unix SOCK_SEQPACKET listener passed by socket activation is
+// FLAW (failed before the mend): a unix SOCK_SEQPACKET listener passed by socket activation is
 // served, although Listeners promises that "any descriptor that is not a
 // unix stream listener fails the whole call with ErrActivation".
 //
@@ -148,7 +148,7 @@ func TestReview54ListenRefusesPlantedPaths(t *testing.T) {
 	}
 }
 
-// FLAW: the self-bound fallback binds in a directory another user owns or
+// FLAW (failed before the mend: checkSocketDir): the self-bound fallback binds in a directory another user owns or
 // may write, and never checks it.
 //
 // Attack (A2: a local user, when socket.path names a directory that user

@@ -69,7 +69,7 @@ func signFor(t *testing.T, s *Server, key string, dur time.Duration) (done <-cha
 	admitted := make(chan struct{})
 	errc := make(chan error, 1)
 	go func() {
-		errc <- s.q.do(context.Background(), func() error {
+		errc <- s.q.do(context.Background(), clientOf(0), func() error {
 			close(admitted)
 			d := sha256.Sum256([]byte("drain"))
 			for end := time.Now().Add(dur); time.Now().Before(end); {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,11 +15,24 @@ import (
 // queue serializes everything that touches the TPM or the agent: one
 // operation at a time, in arrival order (a channel's blocked senders are
 // served first come, first served). A request waits at most until its
-// context's deadline, and at most maxWaiting requests wait at all.
+// context's deadline, and only so many wait (admit): at most maxWaiting
+// clients' requests, of which at most perCaller are one caller's (review
+// 54: one user-role caller's flood turned every other caller away busy,
+// the crypto officer's too), and at most maxRefusals refusals' records,
+// which take no client's place (review 54: a caller with no role filled
+// the queue with requests the daemon refused).
 type queue struct {
-	slot       chan struct{}
-	waiting    atomic.Int64
+	slot chan struct{}
+	// waiting counts the requests of every kind waiting for the slot.
+	waiting atomic.Int64
+
+	mu         sync.Mutex
+	clients    int64         // clients' requests waiting
+	byUID      map[int]int64 // of them, each caller's
+	refusals   int64         // refusals' records waiting
 	maxWaiting int64
+	perCaller  int64
+
 	// since is when the operation holding the slot was admitted
 	// (UnixNano); 0 while none holds it.
 	since atomic.Int64
@@ -26,28 +40,104 @@ type queue struct {
 	closed atomic.Bool
 }
 
+// maxRefusals bounds the refusals' records waiting for the queue: a
+// refusal past it is answered without a record of its own, and counted in
+// the next one recorded (Server.refuse).
+const maxRefusals = 16
+
+// A waiter is who a request waits for: a client (by uid), the record of a
+// refusal, or the daemon itself (the watchdog's health check, one at a
+// time, bounded by nothing but its deadline).
+type waiter struct {
+	kind waiterKind
+	uid  int
+}
+
+type waiterKind int
+
+const (
+	forClient waiterKind = iota
+	forRefusal
+	forDaemon
+)
+
+// clientOf is the waiter of a request of the caller uid.
+func clientOf(uid int) waiter { return waiter{kind: forClient, uid: uid} }
+
+var (
+	refusalRecord = waiter{kind: forRefusal}
+	daemonCheck   = waiter{kind: forDaemon}
+)
+
 // errStopping turns away a request admitted after close.
 var errStopping = fmt.Errorf("%w: the daemon is stopping", api.ErrBusy)
 
+// errRefusalsFull: maxRefusals refusals' records wait already.
+var errRefusalsFull = fmt.Errorf("%w: %d refusals' records waiting", api.ErrBusy, maxRefusals)
+
+// newQueue is a queue where maxWaiting clients' requests may wait, a
+// quarter of them one caller's: it takes four callers to fill it, and the
+// crypto officer's requests, and another user's, find a place while one
+// caller floods.
 func newQueue(maxWaiting int) *queue {
-	return &queue{slot: make(chan struct{}, 1), maxWaiting: int64(maxWaiting)}
+	return &queue{slot: make(chan struct{}, 1), maxWaiting: int64(maxWaiting),
+		perCaller: max(1, int64(maxWaiting)/4), byUID: map[int]int64{}}
 }
 
-// do runs fn once it is the queue's turn. The wait ends with ErrBusy at
-// ctx's deadline, or with ctx's error when the caller went away; once fn
+// admit counts w among the waiting, or says why it may not wait.
+func (q *queue) admit(w waiter) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch w.kind {
+	case forClient:
+		if q.clients >= q.maxWaiting {
+			return fmt.Errorf("%w: %d requests waiting, the most the daemon lets wait", api.ErrBusy, q.clients)
+		}
+		if q.byUID[w.uid] >= q.perCaller {
+			return fmt.Errorf("%w: %d requests of this caller waiting, the most one caller may have wait (of %d in all)", api.ErrBusy, q.byUID[w.uid], q.maxWaiting)
+		}
+		q.clients++
+		q.byUID[w.uid]++
+	case forRefusal:
+		if q.refusals >= maxRefusals {
+			return errRefusalsFull
+		}
+		q.refusals++
+	}
+	q.waiting.Add(1)
+	return nil
+}
+
+// leave undoes admit once w stops waiting.
+func (q *queue) leave(w waiter) {
+	q.waiting.Add(-1)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch w.kind {
+	case forClient:
+		q.clients--
+		if q.byUID[w.uid]--; q.byUID[w.uid] == 0 {
+			delete(q.byUID, w.uid)
+		}
+	case forRefusal:
+		q.refusals--
+	}
+}
+
+// do runs fn for w once it is the queue's turn. The wait ends with ErrBusy
+// at ctx's deadline, or with ctx's error when the caller went away; once fn
 // runs it runs to the end, since a TPM command cannot be taken back.
-func (q *queue) do(ctx context.Context, fn func() error) error {
-	if n := q.waiting.Add(1); n > q.maxWaiting {
-		q.waiting.Add(-1)
-		return fmt.Errorf("%w (%d requests waiting)", api.ErrBusy, n-1)
+func (q *queue) do(ctx context.Context, w waiter, fn func() error) error {
+	if err := q.admit(w); err != nil {
+		return err
 	}
 	select {
 	case q.slot <- struct{}{}:
-		q.waiting.Add(-1)
+		q.leave(w)
 	case <-ctx.Done():
-		q.waiting.Add(-1)
+		q.leave(w)
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return api.ErrBusy
+			return fmt.Errorf("%w: the request's deadline passed while it waited", api.ErrBusy)
 		}
 		return ctx.Err()
 	}
@@ -72,8 +162,7 @@ func (q *queue) do(ctx context.Context, fn func() error) error {
 
 // tryDo runs fn now, if no operation holds the queue and none waits for
 // it, and reports whether it ran: for the daemon's own upkeep (its rest),
-// which never takes a client's place in the queue nor counts against
-// maxWaiting.
+// which never takes a client's place in the queue nor waits.
 func (q *queue) tryDo(fn func() error) (bool, error) {
 	if q.waiting.Load() > 0 {
 		return false, nil

@@ -88,7 +88,7 @@ func TestReview13RestRacesRequests(t *testing.T) {
 	if refused, cmds := l.Take(); refused > 0 {
 		t.Errorf("%d refusals for want of a slot in %d commands", refused, len(cmds))
 	}
-	if err := s.q.do(ctx, ag.Rest); err != nil && !errors.Is(err, api.ErrBusy) {
+	if err := s.q.do(ctx, clientOf(0), ag.Rest); err != nil && !errors.Is(err, api.ErrBusy) {
 		t.Fatal(err)
 	}
 	if got := sessionsIn(t, env.TPM); len(got) != 0 {
@@ -113,7 +113,7 @@ func TestReview13RestTakesAClientsQueuePlace(t *testing.T) {
 	sealAndSign(t, ag)
 	hold, held, released := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
-		_ = s.q.do(ctx, func() error { close(held); <-hold; return nil })
+		_ = s.q.do(ctx, clientOf(0), func() error { close(held); <-hold; return nil })
 		close(released)
 	}()
 	<-held
@@ -126,7 +126,7 @@ func TestReview13RestTakesAClientsQueuePlace(t *testing.T) {
 	go func() { time.Sleep(100 * time.Millisecond); close(hold) }()
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := s.q.do(cctx, func() error { return nil }); err != nil {
+	if err := s.q.do(cctx, clientOf(0), func() error { return nil }); err != nil {
 		t.Errorf("a client's request was turned away beside the daemon's rest (MaxWaiting 1): %v", err)
 	}
 	<-released

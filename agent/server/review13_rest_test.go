@@ -146,7 +146,7 @@ func TestReview13EventBeforeRest(t *testing.T) {
 			env.Event(ev)
 			var r rester
 			s.restIfIdle(&r)
-			err := s.q.do(ctx, ag.Rest)
+			err := s.q.do(ctx, clientOf(0), ag.Rest)
 			if err != nil {
 				t.Logf("rest after the %s: %v", ev, err)
 			}
@@ -154,7 +154,7 @@ func TestReview13EventBeforeRest(t *testing.T) {
 				t.Errorf("after the %s and a rest the TPM holds %x", ev, got)
 			}
 			before := env.TPM.Stats().Commands
-			if err := s.q.do(ctx, ag.Rest); err != nil {
+			if err := s.q.do(ctx, clientOf(0), ag.Rest); err != nil {
 				t.Errorf("a second rest after the %s: %v", ev, err)
 			}
 			if n := env.TPM.Stats().Commands - before; n != 0 {

@@ -38,7 +38,7 @@ func review54DescriptorLimit(t *testing.T) int {
 	return 1024
 }
 
-// FLAW: one local caller holds every descriptor the daemon has.
+// FLAW (failed before the mend: connLimit, LimitNOFILE=): one local caller holds every descriptor the daemon has.
 //
 // Attack (A2/A3: any process that can connect to the socket, members of
 // the provd group under the shipped units; no role is asked before a
@@ -126,7 +126,7 @@ func TestReview54OneCallerHoldsEveryDescriptor(t *testing.T) {
 	}
 }
 
-// FLAW: a caller with no role keeps a connection for 2 minutes, not the
+// FLAW (failed before the mend: idleTimeout = readTimeout): a caller with no role keeps a connection for 2 minutes, not the
 // 30 s docs/threat-model.md states ("a caller with no role holds a
 // connection, as before, at most the 30 s read timeout").
 //

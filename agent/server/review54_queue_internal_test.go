@@ -11,7 +11,10 @@ import (
 	"github.com/provd/provd/api"
 )
 
-// FLAW: a caller with no role takes every place in the TPM queue.
+// FLAW (failed before the mend): a caller with no role takes every place
+// in the TPM queue. Mended: refusals' records wait apart from clients'
+// requests (maxRefusals of them; past it a refusal is counted in the next
+// record).
 //
 // Attack (A3 at its weakest: a local process that can connect to the socket
 // but holds no role; also any user-role caller asking an officer endpoint):
@@ -100,8 +103,11 @@ func TestReview54RefusedCallersFillTheQueue(t *testing.T) {
 	}
 }
 
-// FLAW: one user-role caller takes every place in the TPM queue, and every
-// other caller, of any role, is turned away busy at once.
+// FLAW (failed before the mend): one user-role caller takes every place in
+// the TPM queue, and every other caller, of any role, is turned away busy
+// at once. Mended: one caller's requests wait up to a quarter of the places
+// (queue.perCaller); the test waits for the attacker's to wait or be turned
+// away, then sends the other caller's.
 //
 // Attack (A3, user role: a member of the provd group, which the shipped
 // units need for reaching the socket at all): keep max_waiting requests
@@ -126,21 +132,27 @@ func TestReview54OneUserCallerFillsTheQueue(t *testing.T) {
 
 	release := holdQueue(t, ts.Server, func(stop <-chan struct{}) error { <-stop; return nil })
 	var wg sync.WaitGroup
+	busy := make(chan struct{}, places)
 	for range places {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			handlerRequest(ts.Server, attacker, api.RouteKeyList, "")
+			if code, _ := handlerRequest(ts.Server, attacker, api.RouteKeyList, ""); code == http.StatusServiceUnavailable {
+				busy <- struct{}{}
+			}
 		}()
 	}
+	// Mended: the attacker's requests wait up to its share, the rest are
+	// turned away at once; wait (bounded) until each is one or the other.
+	share := ts.q.perCaller
 	deadline := time.Now().Add(10 * time.Second)
-	for ts.q.waiting.Load() < places && time.Now().Before(deadline) {
+	for (ts.q.waiting.Load() < share || int64(len(busy)) < places-share) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if n := ts.q.waiting.Load(); n < places {
+	if n, b := ts.q.waiting.Load(), len(busy); n+int64(b) < places {
 		release()
 		wg.Wait()
-		t.Fatalf("only %d requests waiting, want %d", n, places)
+		t.Fatalf("of the attacker's %d requests %d wait and %d were turned away", places, n, b)
 	}
 	type answer struct {
 		code int

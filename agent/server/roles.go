@@ -102,6 +102,9 @@ type callerResult struct {
 // withCaller is the http.Server's ConnContext: it reads the peer's
 // credentials once per connection.
 func withCaller(ctx context.Context, conn net.Conn) context.Context {
+	if lc, ok := conn.(*limitedConn); ok {
+		return context.WithValue(ctx, callerKey{}, lc.caller) // read at accept
+	}
 	c, err := PeerCredentials(conn)
 	return context.WithValue(ctx, callerKey{}, callerResult{c, err})
 }

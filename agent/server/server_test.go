@@ -24,15 +24,15 @@ func TestQueueDeadlineAndLimit(t *testing.T) {
 	q := newQueue(1)
 	hold := make(chan struct{})
 	started := make(chan struct{})
-	go q.do(context.Background(), func() error { close(started); <-hold; return nil })
+	go q.do(context.Background(), clientOf(0), func() error { close(started); <-hold; return nil })
 	<-started
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	waiting := make(chan error)
-	go func() { waiting <- q.do(ctx, func() error { return nil }) }()
+	go func() { waiting <- q.do(ctx, clientOf(0), func() error { return nil }) }()
 	time.Sleep(10 * time.Millisecond)
 	// One waits already: a second waiter is refused at once.
-	if err := q.do(context.Background(), func() error { return nil }); !errors.Is(err, api.ErrBusy) {
+	if err := q.do(context.Background(), clientOf(0), func() error { return nil }); !errors.Is(err, api.ErrBusy) {
 		t.Errorf("over the limit: %v, want ErrBusy", err)
 	}
 	if err := <-waiting; !errors.Is(err, api.ErrBusy) {
@@ -40,11 +40,11 @@ func TestQueueDeadlineAndLimit(t *testing.T) {
 	}
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
-	if err := q.do(cctx, func() error { return nil }); !errors.Is(err, context.Canceled) {
+	if err := q.do(cctx, clientOf(0), func() error { return nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("caller gone: %v", err)
 	}
 	close(hold)
-	if err := q.do(context.Background(), func() error { return nil }); err != nil {
+	if err := q.do(context.Background(), clientOf(0), func() error { return nil }); err != nil {
 		t.Errorf("after release: %v", err)
 	}
 }

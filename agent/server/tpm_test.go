@@ -187,7 +187,7 @@ func holdQueue(t *testing.T, s *Server, work func(stop <-chan struct{}) error) (
 	admitted := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- s.q.do(context.Background(), func() error {
+		done <- s.q.do(context.Background(), clientOf(0), func() error {
 			close(admitted)
 			return work(stop)
 		})
