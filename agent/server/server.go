@@ -48,8 +48,8 @@ const (
 	// one past them (review 54: one caller held every descriptor the
 	// daemon had, and accept and the daemon's own opens failed for
 	// everyone). provd.service's LimitNOFILE= leaves room above maxConns.
-	maxConnsPerCaller = 64
-	maxConns          = 512
+	maxConnsPerCaller = 256
+	maxConns          = 1024
 	// opTimeout bounds an operation once it has the TPM; only the state
 	// store's lock waits honour it (a TPM command has its own timeout).
 	opTimeout = 10 * time.Minute
