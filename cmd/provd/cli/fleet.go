@@ -139,7 +139,7 @@ of the EK's public area. Needs a provisioned state (a pinned TPM identity).`,
 				return err
 			}
 			return a.emit(dev, func(w io.Writer) {
-				fmt.Fprintf(w, "enrolled: device %s, class %s, %s\n", dev.DeviceID, dev.Class, dev.State)
+				fmt.Fprintf(w, "enrolled: device %s, class %s, %s\n", printable(dev.DeviceID), printable(dev.Class), printable(dev.State))
 			})
 		},
 	}
@@ -431,21 +431,23 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		if !v.Pass {
 			verdict = "FAIL"
 		}
-		fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, v.DeviceID, v.AppraisalID)
+		// The endpoint's words: printed so that none draws a line of
+		// its own (review 55).
+		fmt.Fprintf(w, "%s: device %s, appraisal %s\n", verdict, printable(v.DeviceID), printable(v.AppraisalID))
 		for _, r := range v.Reasons {
-			fmt.Fprintf(w, "  %s\n", r.String())
+			fmt.Fprintf(w, "  %s\n", printable(r.String()))
 		}
 		for _, n := range installed {
-			fmt.Fprintf(w, "installed %s (sealed to this TPM and the PCR values that passed)\n", n)
+			fmt.Fprintf(w, "installed %s (sealed to this TPM and the PCR values that passed)\n", printable(n))
 		}
 		if len(installed) > 0 {
 			fmt.Fprintln(w, "use them with provd attest secret NAME, or provd attest sign NAME for a key")
 		}
 		for _, n := range slices.Sorted(maps.Keys(failed)) {
-			fmt.Fprintf(w, "NOT installed %s: %s\n", n, failed[n])
+			fmt.Fprintf(w, "NOT installed %s: %s\n", printable(n), printable(failed[n]))
 		}
 		if reg != nil {
-			fmt.Fprintf(w, "registered transfer key %s (PK %s) with the endpoint: it approves duplications to it while this device attests\n", reg.ParentName, reg.PKName)
+			fmt.Fprintf(w, "registered transfer key %s (PK %s) with the endpoint: it approves duplications to it while this device attests\n", printable(reg.ParentName), printable(reg.PKName))
 		}
 	}); err != nil {
 		return err
@@ -614,7 +616,18 @@ PKs provisioned --duplicable-by it, move only to devices the endpoint approves.`
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, authOut, []byte(res.PublicKey), 0o644, store.Durable); err != nil {
+			// The endpoint's answer is written only as the key it must be,
+			// encoded again: nothing else of it reaches a file or a
+			// terminal (review 55: written raw to stdout).
+			key, err := policy.ParsePublicKeyPEM([]byte(res.PublicKey))
+			if err != nil {
+				return fmt.Errorf("the endpoint answered an authority key that is not a public key provd takes: %v", err)
+			}
+			pemKey, err := policy.MarshalPublicKeyPEM(key)
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, authOut, pemKey, 0o644, store.Durable); err != nil {
 				return err
 			}
 			if authOut == "-" {
@@ -690,7 +703,7 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 			}
 			return a.emit(ds, func(w io.Writer) {
 				for _, d := range ds {
-					fmt.Fprintf(w, "%s  %-10s %-9s %s\n", d.DeviceID, d.Class, d.State, d.LastVerdict)
+					fmt.Fprintf(w, "%s  %-10s %-9s %s\n", printable(d.DeviceID), printable(d.Class), printable(d.State), printable(d.LastVerdict))
 				}
 			})
 		},
@@ -720,11 +733,11 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 				Appraisals []fleetapi.Verdict `json:"appraisals"`
 			}{d, h}
 			return a.emit(res, func(w io.Writer) {
-				fmt.Fprintf(w, "device %s, class %s, %s\n", d.DeviceID, d.Class, d.State)
+				fmt.Fprintf(w, "device %s, class %s, %s\n", printable(d.DeviceID), printable(d.Class), printable(d.State))
 				for _, v := range h {
 					fmt.Fprintf(w, "  %s pass=%v\n", v.At.Format(time.RFC3339), v.Pass)
 					for _, r := range v.Reasons {
-						fmt.Fprintf(w, "    %s\n", r.String())
+						fmt.Fprintf(w, "    %s\n", printable(r.String()))
 					}
 				}
 			})

@@ -48,11 +48,14 @@ algorithms are accepted (exit code 5 otherwise). See docs/keys.md.`,
 }
 
 func printKey(w io.Writer, k api.KeyInfo) {
-	fmt.Fprintf(w, "key:         %s\nkind:        %s\ntype:        %s\nusage:       %s\n", k.Name, k.Kind, k.Type, k.Usage)
+	// A record's fields: a state edited (A4, A6) or brought by a moved PK
+	// may hold anything; none draws a line or a column (review 55).
+	p := printable
+	fmt.Fprintf(w, "key:         %s\nkind:        %s\ntype:        %s\nusage:       %s\n", p(k.Name), p(k.Kind), p(k.Type), p(k.Usage))
 	if k.Kind == api.KindDerived {
-		fmt.Fprintf(w, "label:       %s\ncontext:     %s\n", k.Label, k.Context)
+		fmt.Fprintf(w, "label:       %s\ncontext:     %s\n", p(k.Label), p(k.Context))
 	}
-	fmt.Fprintf(w, "extractable: %v\nTPM name:    %s\n", k.Extractable, k.ObjectName)
+	fmt.Fprintf(w, "extractable: %v\nTPM name:    %s\n", k.Extractable, p(k.ObjectName))
 }
 
 func (a *app) keyDeriveCmd() *cobra.Command {
@@ -631,7 +634,8 @@ func (a *app) keyListCmd() *cobra.Command {
 						if k.Kind == api.KindDerived {
 							lc = k.Label + "/" + k.Context
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", k.Name, k.Kind, k.Type, k.Usage, k.Extractable, lc)
+						p := printable // a record's fields draw no row or column (review 55)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", p(k.Name), p(k.Kind), p(k.Type), p(k.Usage), k.Extractable, p(lc))
 					}
 					tw.Flush()
 				})

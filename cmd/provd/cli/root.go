@@ -13,9 +13,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -75,7 +77,7 @@ func Main(ctx context.Context, args []string, deps Deps) int {
 	// Under -o json the error is JSON too, on stderr, in the daemon's form
 	// (docs/api.md): {"error": {"message", "kinds", "exit_code", "policy"}}.
 	if o, _ := root.PersistentFlags().GetString("output"); o == "json" {
-		enc := json.NewEncoder(deps.Stderr)
+		enc := json.NewEncoder(terminalSafe{deps.Stderr, true})
 		enc.SetIndent("", "  ")
 		if enc.Encode(api.NewErrorBody(err, ExitCode)) == nil {
 			return ExitCode(err)
@@ -221,45 +223,47 @@ func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
 // emit prints v as indented JSON with -o json, else calls text.
 func (a *app) emit(v any, text func(w io.Writer)) error {
 	if a.output == "json" {
-		enc := json.NewEncoder(a.deps.Stdout)
+		enc := json.NewEncoder(terminalSafe{a.deps.Stdout, true})
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	text(terminalSafe{a.deps.Stdout})
+	text(terminalSafe{w: a.deps.Stdout})
 	return nil
 }
 
-// terminalSafe writes human output with every rune that does not print,
-// but the output's own newlines and tabs, and every byte that is not
-// UTF-8, as its Go escape (\x1b, \u202e, \x9b): the text a command shows
+// terminalSafe writes output with every rune that does not print, but the
+// output's own newlines and tabs, and every byte that is not UTF-8,
+// escaped: as its Go escape (\x1b, \u202e, \x9b) in human output, as a
+// JSON escape (\u009b) under -o json, where Go's encoder leaves C1
+// controls and bidi overrides raw (review 55). The text a command shows
 // comes from records, certificates, peers' files, a daemon's or an
 // endpoint's answers, and their control characters must not move the
 // cursor, erase, retitle or reorder what a terminal shows (review 53). A
-// field that may hold a newline of its own is quoted where it is printed
-// (printable), as audit show does.
-type terminalSafe struct{ w io.Writer }
+// field that may hold a newline or a tab of its own is quoted where it is
+// printed (printable), as audit show and key list do.
+type terminalSafe struct {
+	w    io.Writer
+	json bool
+}
 
 func (t terminalSafe) Write(p []byte) (int, error) {
-	safe := true
-	for i := 0; i < len(p); {
-		r, n := utf8.DecodeRune(p[i:])
-		if (r == utf8.RuneError && n <= 1) || (r != '\n' && r != '\t' && !unicode.IsPrint(r)) {
-			safe = false
-			break
-		}
-		i += n
-	}
-	if safe {
+	if !slices.ContainsFunc([]rune(string(p)), unsafeRune) && utf8.Valid(p) {
 		return t.w.Write(p)
 	}
 	var b []byte
 	for i := 0; i < len(p); {
 		r, n := utf8.DecodeRune(p[i:])
 		switch {
+		case r == utf8.RuneError && n <= 1 && t.json:
+			b = append(b, `\ufffd`...)
 		case r == utf8.RuneError && n <= 1:
 			b = fmt.Appendf(b, "\\x%02x", p[i])
-		case r == '\n' || r == '\t' || unicode.IsPrint(r):
+		case !unsafeRune(r):
 			b = append(b, p[i:i+n]...)
+		case t.json:
+			for _, u := range utf16.Encode([]rune{r}) {
+				b = fmt.Appendf(b, "\\u%04x", u)
+			}
 		default:
 			q := strconv.QuoteRune(r) // '\x1b', '\u202e'
 			b = append(b, q[1:len(q)-1]...)
@@ -271,6 +275,9 @@ func (t terminalSafe) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// unsafeRune: r does not print and is not the output's own layout.
+func unsafeRune(r rune) bool { return r != '\n' && r != '\t' && !unicode.IsPrint(r) }
 
 // noArgs is cobra.NoArgs with a usage exit code.
 func noArgs(cmd *cobra.Command, args []string) error {

@@ -60,7 +60,7 @@ func (a *app) statusCmd() *cobra.Command {
 					}
 					fmt.Fprintf(w, "audit:       %d records, head %s", s.AuditLines, s.AuditHead)
 					if s.AuditError != "" {
-						fmt.Fprintf(w, " (%s)", s.AuditError)
+						fmt.Fprintf(w, " (%s)", printable(s.AuditError))
 					}
 					fmt.Fprintln(w)
 					if v := s.Attestation; v != nil {
@@ -68,13 +68,15 @@ func (a *app) statusCmd() *cobra.Command {
 						if v.Pass {
 							verdict = "pass"
 						}
-						fmt.Fprintf(w, "attestation: %s at %s (%s, device %.16s…)\n", verdict, v.At.Format(time.RFC3339), v.Endpoint, v.DeviceID)
+						// An officer-role caller's or an endpoint's text: a
+						// newline of its own would draw a line (review 55).
+						fmt.Fprintf(w, "attestation: %s at %s (%s, device %s…)\n", verdict, v.At.Format(time.RFC3339), printable(v.Endpoint), printable(truncate(v.DeviceID, 16)))
 						for _, r := range v.Reasons {
-							fmt.Fprintf(w, "             %s\n", r.String())
+							fmt.Fprintf(w, "             %s\n", printable(r.String()))
 						}
 					}
 					for _, warning := range s.Warnings {
-						fmt.Fprintf(w, "WARNING:     %s\n", warning)
+						fmt.Fprintf(w, "WARNING:     %s\n", printable(warning))
 					}
 				})
 			})
@@ -220,8 +222,20 @@ func objectsText(objects map[string]string) string {
 // 51: fw log; review 52's reading: audit show, where an officer-role
 // caller's refused request records its key name as sent).
 func printable(s string) string {
-	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) && utf8.ValidString(s) {
 		return s
 	}
 	return strconv.Quote(s)
 }
+
+// truncate is s cut to at most n bytes, at a rune's start.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -26,9 +27,27 @@ func TestTerminalSafe(t *testing.T) {
 		"\u2028line separator\u00a0nb": `\u2028line separator\u00a0nb`,
 	} {
 		var b strings.Builder
-		n, err := terminalSafe{&b}.Write([]byte(in))
+		n, err := terminalSafe{w: &b}.Write([]byte(in))
 		if err != nil || n != len(in) || b.String() != want {
 			t.Errorf("%q: wrote %q (%d, %v), want %q", in, b.String(), n, err, want)
 		}
+	}
+}
+
+// Under -o json the escapes are JSON's, and what the encoder leaves raw
+// (C1 controls, bidi overrides, DEL) is escaped too (review 55).
+func TestTerminalSafeJSON(t *testing.T) {
+	var b strings.Builder
+	in := "{\n  \"message\": \"\u009b2J \u202eok \x7f \U0001F600 é\"\n}\n"
+	if _, err := (terminalSafe{w: &b, json: true}).Write([]byte(in)); err != nil {
+		t.Fatal(err)
+	}
+	want := "{\n  \"message\": \"\\u009b2J \\u202eok \\u007f \U0001F600 é\"\n}\n"
+	if b.String() != want {
+		t.Errorf("wrote %q, want %q", b.String(), want)
+	}
+	var v map[string]string
+	if err := json.Unmarshal([]byte(b.String()), &v); err != nil || v["message"] != "\u009b2J \u202eok \x7f \U0001F600 é" {
+		t.Errorf("the escaped JSON reads %q, %v", v["message"], err)
 	}
 }
