@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -171,36 +172,101 @@ var ErrUnsafeDir = errors.New("socket directory is not the daemon's alone")
 // (review 54: in a directory another user owns or may write, that user can
 // replace the daemon's socket with one of theirs and take its clients'
 // seal and unseal traffic, or put a symlink at the temporary name between
-// bind and chmod, which follows it). dir, its links resolved, and every
-// directory above it must belong to root or the daemon's user; dir must be
-// writable by its owner alone, the ones above it too unless sticky (/tmp:
-// others may not rename or remove what is not theirs).
+// bind and chmod, which follows it). Every directory and link on the way
+// to dir, as written and through every link (review 55: a link owned by
+// another user, in their directory, checked only where it led, was
+// changed after the bind and sent the daemon's clients to that user's
+// socket), must belong to root or the daemon's user, and no directory may
+// be writable by another unless sticky (/tmp: others may not rename or
+// remove what is not theirs); dir itself not even then.
 func checkSocketDir(dir string) error {
-	resolved, err := filepath.EvalSymlinks(dir)
+	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("systemd: socket directory: %w", err)
 	}
-	euid := os.Geteuid()
-	for d := resolved; ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
+	hops := 0
+	resolved, err := trustedWalk(abs, &hops)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return fmt.Errorf("systemd: socket directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("systemd: socket directory %s is not a directory", resolved)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, resolved, fi.Mode())
+	}
+	return nil
+}
+
+// trustedWalk walks the absolute path component by component, following
+// links (at most 40, as the kernel does), and checks each directory and
+// link it meets (trustedEntry); it returns the path with every link
+// resolved.
+func trustedWalk(path string, hops *int) (string, error) {
+	cur := "/"
+	if err := trustedEntry(cur); err != nil {
+		return "", err
+	}
+	for _, comp := range strings.Split(path, "/") {
+		switch comp {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, comp)
+		if err := trustedEntry(next); err != nil {
+			return "", err
+		}
+		fi, err := os.Lstat(next)
 		if err != nil {
-			return fmt.Errorf("systemd: socket directory: %w", err)
+			return "", fmt.Errorf("systemd: socket directory: %w", err)
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("systemd: socket directory %s: no owner", d)
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			cur = next
+			continue
 		}
-		if int(st.Uid) != 0 && int(st.Uid) != euid {
-			return fmt.Errorf("systemd: %w: %s belongs to uid %d", ErrUnsafeDir, d, st.Uid)
+		if *hops++; *hops > 40 {
+			return "", fmt.Errorf("systemd: socket directory %s: too many links", path)
 		}
-		writable := fi.Mode().Perm()&0o022 != 0
-		if writable && (d == resolved || fi.Mode()&fs.ModeSticky == 0) {
-			return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, d, fi.Mode())
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", fmt.Errorf("systemd: socket directory: %w", err)
 		}
-		if d == filepath.Dir(d) {
-			return nil
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(cur, target)
+		}
+		if cur, err = trustedWalk(target, hops); err != nil {
+			return "", err
 		}
 	}
+	return cur, nil
+}
+
+// trustedEntry checks one directory or link on the socket's way: owned by
+// root or the daemon's user, and, a directory, writable by no other unless
+// sticky.
+func trustedEntry(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fmt.Errorf("systemd: socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("systemd: socket directory %s: no owner", p)
+	}
+	if int(st.Uid) != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("systemd: %w: %s belongs to uid %d", ErrUnsafeDir, p, st.Uid)
+	}
+	if fi.IsDir() && fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, p, fi.Mode())
+	}
+	return nil
 }
 
 // checkStale makes path free for a new socket or explains why it is not.

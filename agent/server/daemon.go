@@ -170,6 +170,11 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		if err := srv.Shutdown(dctx); err != nil {
 			return fmt.Errorf("drain: %w", err)
 		}
+		// Refusals counted and not yet written go into the trail before
+		// the queue closes (review 55).
+		if err := srv.writeRefusalCount(dctx); err != nil {
+			log.Error("refusal count not audited before the stop", "err", err)
+		}
 		return nil
 	})
 	if dc.Watchdog != nil {

@@ -46,8 +46,9 @@ type queue struct {
 const maxRefusals = 16
 
 // A waiter is who a request waits for: a client (by uid), the record of a
-// refusal, or the daemon itself (the watchdog's health check, one at a
-// time, bounded by nothing but its deadline).
+// refusal, or the daemon itself (the watchdog's health check, the count of
+// refusals not recorded one by one: one at a time each, bounded by nothing
+// but its deadline).
 type waiter struct {
 	kind waiterKind
 	uid  int
@@ -66,7 +67,7 @@ func clientOf(uid int) waiter { return waiter{kind: forClient, uid: uid} }
 
 var (
 	refusalRecord = waiter{kind: forRefusal}
-	daemonCheck   = waiter{kind: forDaemon}
+	daemonOwn     = waiter{kind: forDaemon}
 )
 
 // errStopping turns away a request admitted after close.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -43,13 +44,6 @@ const (
 	// at 2 min, one cheap request kept a connection four times the bound
 	// the threat model states).
 	idleTimeout = readTimeout
-	// maxConnsPerCaller and maxConns bound the connections the daemon
-	// holds at once, one caller's (by uid) and everyone's; accept closes
-	// one past them (review 54: one caller held every descriptor the
-	// daemon had, and accept and the daemon's own opens failed for
-	// everyone). provd.service's LimitNOFILE= leaves room above maxConns.
-	maxConnsPerCaller = 256
-	maxConns          = 1024
 	// opTimeout bounds an operation once it has the TPM; only the state
 	// store's lock waits honour it (a TPM command has its own timeout).
 	opTimeout = 10 * time.Minute
@@ -117,10 +111,11 @@ type Server struct {
 	mux      *http.ServeMux
 
 	requests, refused, tpmCommands atomic.Int64
-	// unrecordedRefusals counts refusals not yet in the audit trail one by
-	// one; the next refusal recorded names their number.
-	unrecordedRefusals atomic.Int64
-	reads              readCache
+	// uncounted holds, by caller, the refusals not in the audit trail one
+	// by one; countWriter is set while a goroutine writes their count.
+	uncounted   refusalCounts
+	countWriter atomic.Bool
+	reads       readCache
 
 	// Health's limits (healthTimeout, stallTimeout; tests shorten them) and
 	// what it last saw of the TPM's progress.
@@ -201,10 +196,14 @@ func (s *Server) withEKCA(req api.IdentityRequest) api.IdentityRequest {
 }
 
 // Serve accepts connections on ln until Shutdown; it returns nil then.
-// It holds at most maxConnsPerCaller connections of one caller and
-// maxConns in all (connLimit).
+// It holds at most so many connections (limitedListener).
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.hs.Serve(&limitedListener{Listener: ln, log: s.log, byUID: map[int]int{}})
+	busy, err := json.Marshal(api.NewErrorBody(errTooManyConns, s.exitCode))
+	if err != nil {
+		return err
+	}
+	err = s.hs.Serve(&limitedListener{Listener: ln, log: s.log, busy: busy,
+		hasRole: func(c Caller) bool { return s.roles.Load().Of(c) != 0 }})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -277,7 +276,7 @@ func (s *Server) Stats() Stats {
 func (s *Server) Health(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, s.healthWait)
 	defer cancel()
-	err := s.q.do(hctx, daemonCheck, func() error {
+	err := s.q.do(hctx, daemonOwn, func() error {
 		_, err := s.t.PCRUpdateCounter()
 		return err
 	})
@@ -721,6 +720,33 @@ func recovered[Res any](s *Server, ctx context.Context, op string, call func() (
 	return call()
 }
 
+// writeRefusalCount writes the refusals counted and not recorded one by
+// one (refuse) in a record of the daemon's own, by caller, at the queue's
+// turn, until none is left or ctx ends; a count it could not write is
+// kept for the next call. Run calls it once more after the drain.
+func (s *Server) writeRefusalCount(ctx context.Context) error {
+	for s.uncounted.any() {
+		// The daemon's own turn: never refused for the refusals' bound,
+		// which is what put them here.
+		err := s.q.do(ctx, daemonOwn, func() error {
+			counts := s.uncounted.take()
+			if len(counts) == 0 {
+				return nil
+			}
+			why := fmt.Sprintf("refusals not recorded one by one (%s): more waited to be recorded than the daemon lets wait, or their records waited past the request timeout", counts)
+			err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: os.Getuid()}), "refusals", why)
+			if err != nil {
+				s.uncounted.addAll(counts)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // refuse answers 403 and writes the refusal to the audit trail.
 func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role, why string) {
 	s.refused.Add(1)
@@ -731,23 +757,27 @@ func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role,
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.timeout.Load()))
 	defer cancel()
 	// The record waits among refusals' records only, never in a client's
-	// place; past maxRefusals of them it is not written, and the next
-	// one written counts it (review 54).
+	// place (review 54); past maxRefusals of them, or past the request
+	// timeout, it is not written, and its caller is counted: the count is
+	// written in a record of its own at the queue's next turn (review 55:
+	// counted only in memory, it reached the trail with a later refusal,
+	// if one came before the daemon stopped).
 	if err := s.q.do(ctx, refusalRecord, func() error {
 		s.reads.running(ep.Op + " (refused)") // an audit line: status shows the trail's length
-		note := why
-		n := s.unrecordedRefusals.Swap(0)
-		if n > 0 {
-			note += fmt.Sprintf(" (and %d refusals before this one, not recorded one by one: more were waiting to be recorded than the daemon lets wait)", n)
-		}
-		err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: c.UID}), ep.Op, note)
-		if err != nil {
-			s.unrecordedRefusals.Add(n)
-		}
-		return err
+		return s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: c.UID}), ep.Op, why)
 	}); err != nil {
-		s.unrecordedRefusals.Add(1)
-		s.log.Error("refusal not audited", "operation", ep.Op, "caller_uid", c.UID, "err", err)
+		s.uncounted.add(c.UID, 1)
+		s.log.Error("refusal not audited one by one: counted", "operation", ep.Op, "caller_uid", c.UID, "err", err)
+		if s.countWriter.CompareAndSwap(false, true) {
+			go func() {
+				defer s.countWriter.Store(false)
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				if err := s.writeRefusalCount(ctx); err != nil {
+					s.log.Error("refusal count not audited: kept for the next", "err", err)
+				}
+			}()
+		}
 	}
 	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", api.ErrRefused, why))
 }

@@ -29,7 +29,7 @@ func review55Lines(out, prefix string) []string {
 	return ls
 }
 
-// FLAW: `provd status` prints a recorded verdict's endpoint and reasons
+// FLAW (failed before the mend): `provd status` prints a recorded verdict's endpoint and reasons
 // with their own newlines, and a caller's text draws whole lines of
 // status's form. terminalSafe (review 53's mend) keeps every newline and
 // tab, and the threat model's rule for a field that may hold a newline of
@@ -83,7 +83,7 @@ func TestReview55StatusVerdictNewlineForgesALine(t *testing.T) {
 	}
 }
 
-// FLAW: `provd key list` prints a key record's name with its own newline
+// FLAW (failed before the mend): `provd key list` prints a key record's name with its own newline
 // and tabs: a record of one key lists as two rows, the first of the
 // attacker's making (any name and columns: here a key "k1" listed beside
 // the record's own row, named "tls"). terminalSafe keeps newlines and tabs, and key
@@ -112,7 +112,7 @@ func TestReview55KeyListNewlineAndTabForgeARow(t *testing.T) {
 	}
 }
 
-// FLAW: under -o json the CLI's error goes to stderr as JSON, and Go's
+// FLAW (failed before the mend): under -o json the CLI's error goes to stderr as JSON, and Go's
 // JSON encoder leaves U+009B (the 8-bit CSI, which a UTF-8 terminal such
 // as xterm or VTE acts on) and U+202E (a bidi override) raw: the threat
 // model's "-o json escapes as JSON does" does not hold for the runes that
@@ -149,7 +149,7 @@ func TestReview55JSONErrorCarriesC1AndBidiRaw(t *testing.T) {
 	review53NoRaw(t, "-o json's error", stderr)
 }
 
-// FLAW: `provd fleet authority` (default --out -) writes the fleet
+// FLAW (failed before the mend): `provd fleet authority` (default --out -) writes the fleet
 // endpoint's answer to stdout raw, around emit and terminalSafe: the
 // public_key string of GET /v1/authority is not parsed as PEM first. A
 // compromised or confused endpoint (or whoever holds the pinned
