@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -166,8 +167,8 @@ func ParseConfig(name string, data []byte, lk Lookup) (Config, error) {
 		}
 	}
 	if v := f.Socket.Path; v.set {
-		if !strings.HasPrefix(v.s, "/") {
-			return fail(v.line, "socket.path %q: want an absolute path", v.s)
+		if !strings.HasPrefix(v.s, "/") || filepath.Clean(v.s) != v.s {
+			return fail(v.line, "socket.path %q: want an absolute path with no \".\", \"..\" or \"//\" in it", v.s)
 		}
 		cfg.Socket.Path = v.s
 	}

@@ -143,7 +143,18 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), dc.CloseTimeout)
 		defer cancel()
-		if qerr := srv.q.close(cctx); qerr != nil {
+		// Refusals counted and not yet written go into the trail holding
+		// the closed queue's slot, after the last operation, whatever
+		// waited for its turn (reviews 55, 56).
+		lastCount := func() {
+			if err := srv.recordRefusalCount(cctx); err != nil {
+				log.Error("refusal count not audited at the stop", "err", err, "refusals", srv.uncounted.take().String())
+			}
+		}
+		if qerr := srv.q.close(cctx, lastCount); qerr != nil {
+			if c := srv.uncounted.take(); len(c) > 0 {
+				log.Error("refusal count not audited at the stop: an operation still held the TPM", "refusals", c.String())
+			}
 			abandoned = true
 			attrs := []any{"waited", dc.CloseTimeout}
 			if since, held := srv.q.heldSince(); held {
@@ -169,11 +180,6 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		defer cancel()
 		if err := srv.Shutdown(dctx); err != nil {
 			return fmt.Errorf("drain: %w", err)
-		}
-		// Refusals counted and not yet written go into the trail before
-		// the queue closes (review 55).
-		if err := srv.writeRefusalCount(dctx); err != nil {
-			log.Error("refusal count not audited before the stop", "err", err)
 		}
 		return nil
 	})

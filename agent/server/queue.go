@@ -186,12 +186,16 @@ func (q *queue) tryDo(fn func() error) (bool, error) {
 }
 
 // close takes the slot for good once the operation holding it has ended, so
-// that nothing runs after it; requests still waiting are turned away with
-// ErrBusy. It gives up at ctx's end, leaving the running operation alone.
-func (q *queue) close(ctx context.Context) error {
+// that nothing runs after it but last (when not nil), run holding the slot;
+// requests still waiting are turned away with ErrBusy. It gives up at ctx's
+// end, leaving the running operation alone (and last not run).
+func (q *queue) close(ctx context.Context, last func()) error {
 	q.closed.Store(true)
 	select {
 	case q.slot <- struct{}{}:
+		if last != nil {
+			last()
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

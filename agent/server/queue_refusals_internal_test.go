@@ -73,3 +73,28 @@ func TestRefusalsPastTheBoundAreCounted(t *testing.T) {
 		t.Errorf("%d refusals recorded one by one, the count %q; want %d and uid 4242's %d", refusals, counted, maxRefusals, extra)
 	}
 }
+
+// A refusal count names the callers with the most refusals first, at most
+// maxCountsListed of them, and sums the rest: its record's size is bounded
+// whatever the number of uids (review 56).
+func TestRefusalCountIsBounded(t *testing.T) {
+	c := countsByUID{}
+	var total int64
+	for uid := range 65536 {
+		c[100000+uid] = 1
+		total++
+	}
+	c[4242] = 500
+	total += 500
+	got := c.String()
+	if !strings.HasPrefix(got, "uid 4242: 500, ") || len(got) > 1024 {
+		t.Errorf("%d bytes: %.120q", len(got), got)
+	}
+	want := fmt.Sprintf(", and %d more callers: %d", 65536+1-maxCountsListed, total-500-int64(maxCountsListed-1))
+	if !strings.HasSuffix(got, want) {
+		t.Errorf("%q does not end with %q", got[max(0, len(got)-80):], want)
+	}
+	if got := (countsByUID{7: 2, 3: 2, 5: 9}).String(); got != "uid 5: 9, uid 3: 2, uid 7: 2" {
+		t.Errorf("got %q", got)
+	}
+}

@@ -305,7 +305,7 @@ func TestReview55QueueCountsBalance(t *testing.T) {
 	if len(q.slot) != 0 {
 		t.Errorf("a panicking operation kept the slot")
 	}
-	if err := q.close(context.Background()); err != nil {
+	if err := q.close(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
 	after, cancel3 := context.WithTimeout(context.Background(), 20*time.Millisecond)

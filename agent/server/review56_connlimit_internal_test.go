@@ -26,7 +26,12 @@ func TestReview56ConnectionGivesBackWhatItTook(t *testing.T) {
 	var role atomic.Bool
 	role.Store(true)
 	l := &limitedListener{Listener: ln, log: slog.New(slog.NewTextHandler(io.Discard, nil)), busy: []byte(`{}`),
-		hasRole: func(Caller) bool { return role.Load() }}
+		roleOf: func(Caller) Role {
+			if role.Load() {
+				return RoleUser
+			}
+			return 0
+		}}
 	counts := func() (int, int, map[int]int) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -34,7 +39,7 @@ func TestReview56ConnectionGivesBackWhatItTook(t *testing.T) {
 		for k, v := range l.byUID {
 			m[k] = v
 		}
-		return l.total, l.roleless, m
+		return l.total, l.byClass[noRole], m
 	}
 	const uid = 63001
 	dialed, err := review55DialAs(ln.Addr().String(), uid, 3)

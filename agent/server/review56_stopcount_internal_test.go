@@ -13,7 +13,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: refusals counted while an operation holds the queue through the
+// FLAW (failed before the mend: the count written holding the closed queue): refusals counted while an operation holds the queue through the
 // stop never reach the trail. Run writes the count after the drain with
 // the drain's own context (dctx: what is left of DrainTimeout, 10 s in
 // the unit), at the queue's turn: behind an operation that outlasts it (a

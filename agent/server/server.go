@@ -203,7 +203,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return err
 	}
 	err = s.hs.Serve(&limitedListener{Listener: ln, log: s.log, busy: busy,
-		hasRole: func(c Caller) bool { return s.roles.Load().Of(c) != 0 }})
+		roleOf: func(c Caller) Role { return s.roles.Load().Of(c) }})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -721,30 +721,34 @@ func recovered[Res any](s *Server, ctx context.Context, op string, call func() (
 }
 
 // writeRefusalCount writes the refusals counted and not recorded one by
-// one (refuse) in a record of the daemon's own, by caller, at the queue's
-// turn, until none is left or ctx ends; a count it could not write is
-// kept for the next call. Run calls it once more after the drain.
+// one (refuse) at the queue's turn, until none is left or ctx ends; a
+// count it could not write is kept for the next call. Run writes what is
+// left once more when it closes the queue (recordRefusalCount).
 func (s *Server) writeRefusalCount(ctx context.Context) error {
 	for s.uncounted.any() {
 		// The daemon's own turn: never refused for the refusals' bound,
 		// which is what put them here.
-		err := s.q.do(ctx, daemonOwn, func() error {
-			counts := s.uncounted.take()
-			if len(counts) == 0 {
-				return nil
-			}
-			why := fmt.Sprintf("refusals not recorded one by one (%s): more waited to be recorded than the daemon lets wait, or their records waited past the request timeout", counts)
-			err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: os.Getuid()}), "refusals", why)
-			if err != nil {
-				s.uncounted.addAll(counts)
-			}
-			return err
-		})
-		if err != nil {
+		if err := s.q.do(ctx, daemonOwn, func() error { return s.recordRefusalCount(ctx) }); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// recordRefusalCount writes the refusals counted, by caller, in a record of
+// the daemon's own (op "refusals"), its caller holding the queue; a count
+// it could not write is kept.
+func (s *Server) recordRefusalCount(ctx context.Context) error {
+	counts := s.uncounted.take()
+	if len(counts) == 0 {
+		return nil
+	}
+	why := fmt.Sprintf("refusals not recorded one by one (%s): more waited to be recorded than the daemon lets wait, or their records waited past the request timeout", counts)
+	err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: os.Getuid()}), "refusals", why)
+	if err != nil {
+		s.uncounted.addAll(counts)
+	}
+	return err
 }
 
 // refuse answers 403 and writes the refusal to the audit trail.

@@ -670,15 +670,34 @@ and prints the PK name enrolled for DEVICE (--peer-pk for a PK's move).`,
 			if err != nil {
 				return err
 			}
-			if err := writeOut(a, approvalOut, append(bytes.Clone(res.Approval), '\n'), 0o644, store.Durable); err != nil {
+			// The endpoint's answer is written only as what it must be,
+			// parsed and encoded again (review 56: written raw, to stdout
+			// with "-").
+			var ap policy.Approval
+			if err := ap.UnmarshalJSON(res.Approval); err != nil {
+				return fmt.Errorf("the endpoint answered an approval provd does not take: %w", err)
+			}
+			peer, err := api.ParsePeerIdentity(res.Peer)
+			if err != nil {
+				return fmt.Errorf("the endpoint answered a peer file provd does not take: %w", err)
+			}
+			apJSON, err := ap.MarshalJSON()
+			if err != nil {
 				return err
 			}
-			if err := writeOut(a, peerOut, append(bytes.Clone(res.Peer), '\n'), 0o644, store.Durable); err != nil {
+			peerJSON, err := json.Marshal(peer)
+			if err != nil {
+				return err
+			}
+			if err := writeOut(a, approvalOut, append(apJSON, '\n'), 0o644, store.Durable); err != nil {
+				return err
+			}
+			if err := writeOut(a, peerOut, append(peerJSON, '\n'), 0o644, store.Durable); err != nil {
 				return err
 			}
 			out := map[string]string{"device_id": res.DeviceID, "object_name": res.ObjectName, "pk_name": res.PKName, "approval": approvalOut, "peer": peerOut}
 			return a.emit(out, func(w io.Writer) {
-				fmt.Fprintf(w, "approved key %s to device %s: %s (peer file %s; its PK %s)\n", res.ObjectName, res.DeviceID, approvalOut, peerOut, res.PKName)
+				fmt.Fprintf(w, "approved key %s to device %s: %s (peer file %s; its PK %s)\n", printable(res.ObjectName), printable(res.DeviceID), approvalOut, peerOut, printable(res.PKName))
 			})
 		},
 	}
