@@ -1,12 +1,10 @@
 package cli_test
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // FLAW (failed before the mend; read by review 52): audit show printed
@@ -18,11 +16,7 @@ import (
 // now shown quoted, and -o json escapes them as JSON does.
 func TestAuditShowQuotesWhatDoesNotPrint(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	dir := t.TempDir()
-	d := deviceOn(t, env, filepath.Join(dir, "state"))
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	_, _, d := provisionedDevice(t)
 	names := []string{
 		"\x1b[2K\r9_zeroize_ok", // erase the line, write another (no space: one was quoted before)
 		"k\x9b2K",               // an 8-bit CSI: no valid UTF-8 (the record's JSON holds U+FFFD)

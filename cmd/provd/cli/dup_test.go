@@ -120,6 +120,19 @@ func twoDevices(t *testing.T) (envA, envB *swtpmtest.Env, a, b device, dir strin
 	return envA, envB, deviceOn(t, envA, filepath.Join(dir, "a")), deviceOn(t, envB, filepath.Join(dir, "b")), dir
 }
 
+// provisionedDevice is provd on a swtpm of its own (its connection the
+// CLI's), provisioned to PCR 7 with the EK chain verified, its state in
+// state.
+func provisionedDevice(t *testing.T) (env *swtpmtest.Env, state string, d device) {
+	t.Helper()
+	env = swtpmtest.Start(t)
+	env.CloseTPM()
+	state = filepath.Join(t.TempDir(), "state")
+	d = deviceOn(t, env, state)
+	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	return env, state, d
+}
+
 // deviceOn is provd on env's swtpm (whose connection the CLI takes: close
 // the test's first) with its state in state.
 func deviceOn(t *testing.T, env *swtpmtest.Env, state string) device {

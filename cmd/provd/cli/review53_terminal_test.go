@@ -138,11 +138,7 @@ func review53Post(t *testing.T, hc *http.Client, r api.Route, body any) (int, st
 // characters in AttestRecord.
 func TestReview53StatusPrintsARecordedVerdictRaw(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	state := filepath.Join(t.TempDir(), "state")
-	d := deviceOn(t, env, state)
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	env, state, d := provisionedDevice(t)
 
 	root := server.RoleMembers{UIDs: []int{0}}
 	var log bytes.Buffer
@@ -179,11 +175,7 @@ func TestReview53StatusPrintsARecordedVerdictRaw(t *testing.T) {
 // name: the record name is checked, the "name" inside it is not).
 func TestReview53KeyListPrintsAPlantedRecordRaw(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	state := filepath.Join(t.TempDir(), "state")
-	d := deviceOn(t, env, state)
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	_, state, d := provisionedDevice(t)
 	d(0, "key", "create", "k1", "--type", "ecc-p256")
 
 	review53EditKeyRecord(t, state, "k1", map[string]any{"name": "k1\x1b[2K\rtls", "usage": "sign\x1b]0;owned\x07"})
@@ -408,11 +400,7 @@ func TestReview53ErrorHandlerPrintsADaemonsMessageRaw(t *testing.T) {
 // the native protocol, MESSAGE being the constant message.
 func TestReview53DaemonLogKeepsOneLinePerRequest(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	state := filepath.Join(t.TempDir(), "state")
-	d := deviceOn(t, env, state)
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	env, state, _ := provisionedDevice(t)
 
 	root := server.RoleMembers{UIDs: []int{0}}
 	var log bytes.Buffer

@@ -15,7 +15,6 @@ import (
 
 	"github.com/provd/provd/agent/server"
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/test/swtpmtest"
 )
 
 // review55Lines returns out's lines that start with prefix.
@@ -49,11 +48,7 @@ func review55Lines(out, prefix string) []string {
 // in AttestRecord.
 func TestReview55StatusVerdictNewlineForgesALine(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	state := filepath.Join(t.TempDir(), "state")
-	d := deviceOn(t, env, state)
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	env, state, d := provisionedDevice(t)
 
 	root := server.RoleMembers{UIDs: []int{0}}
 	var log bytes.Buffer
@@ -97,11 +92,7 @@ func TestReview55StatusVerdictNewlineForgesALine(t *testing.T) {
 // record's name, and check adopted records as new ones are checked.
 func TestReview55KeyListNewlineAndTabForgeARow(t *testing.T) {
 	t.Parallel()
-	env := swtpmtest.Start(t)
-	env.CloseTPM()
-	state := filepath.Join(t.TempDir(), "state")
-	d := deviceOn(t, env, state)
-	d(0, "provision", "--pcrs", "7", "--ek-ca", ekCAFile(t, env))
+	_, state, d := provisionedDevice(t)
 	d(0, "key", "create", "k1", "--type", "ecc-p256")
 
 	review53EditKeyRecord(t, state, "k1", map[string]any{"name": "k1\tcreated\tecc-p256\tsign\tfalse\t\ntls"})
