@@ -10,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -229,51 +228,10 @@ func review53EditKeyRecord(t *testing.T, state, name string, set map[string]any)
 // derived key's recipe, catalog for type and usage, hex KCV).
 func TestReview53MovedPKBringsARecordThatKeyListPrintsRaw(t *testing.T) {
 	t.Parallel()
-	envA, envB, a, b, dir := twoDevices(t)
-	p := func(name string) string { return filepath.Join(dir, name) }
-	write := func(name string, data []byte) string {
-		if err := os.WriteFile(p(name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p(name)
-	}
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sder, _ := x509.MarshalPKCS8PrivateKey(signer)
-	pder, _ := x509.MarshalPKIXPublicKey(signer.Public())
-	signerKey := write("signer.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: sder}))
-	signerPub := write("signer.pub.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pder}))
-	officerKey, officerPub := officertest.Files(t, dir)
-	caA, caB := ekCAFile(t, envA), ekCAFile(t, envB)
-	ca, _ := os.ReadFile(caA)
-	cb, _ := os.ReadFile(caB)
-	caAB := write("ek-ca-ab.pem", append(ca, cb...))
-	type status struct {
-		PKName       string `json:"pk_name"`
-		PolicyDigest string `json:"policy_digest"`
-		Counter      uint64 `json:"policy_counter"`
-	}
-	fleet := func(dev device, name string, args ...string) status {
-		var st status
-		out := dev(0, append([]string{"provision", "--policy-signer", signerPub, "--officer-key", officerPub, "-o", "json"}, args...)...)
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatal(err)
-		}
-		golden := write(name+".golden.json", []byte(dev(0, "tpm", "pcr", "read", "--pcrs", "7", "-o", "json")))
-		dev(0, "policy", "sign", "--signer", signerKey, "--pcr-values", golden, "--version", fmt.Sprint(st.Counter), "--out", p(name+".policy.json"))
-		dev(0, "policy", "install", p(name+".policy.json"))
-		if err := json.Unmarshal([]byte(dev(0, "status", "-o", "json")), &st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	stB := fleet(b, "b", "--ek-ca", caB)
-	b(0, "peer", "identity", "--out", p("b.peer.json"))
-	a(0, "peer", "challenge", "--to", p("b.peer.json"), "--ek-ca", caB, "--out", p("b.challenge.json"))
-	b(0, "peer", "prove", "--challenge", p("b.challenge.json"), "--out", p("b.proof.json"))
-	proven := []string{"--challenge", p("b.challenge.json"), "--proof", p("b.proof.json")}
+	f := newPKFleet(t)
+	a, b, p, dir := f.a, f.b, f.p, f.dir
+	officerKey, caB, caAB, stB, proven := f.officerKey, f.caB, f.caAB, f.stB, f.proven
+	fleet := func(dev device, name string, args ...string) pkStatus { return f.provision(t, dev, name, args...) }
 	stA := fleet(a, "a", append([]string{"--ek-ca", caAB, "--duplicable-to", p("b.peer.json"), "--peer-pk", stB.PKName}, proven...)...)
 	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--movable", "--type", "ecc-p256", "--label", "telemetry", "--out", p("dk.approval.json"))
 	a(0, "key", "derive", "dk", "--type", "ecc-p256", "--label", "telemetry", "--approval", p("dk.approval.json"))
