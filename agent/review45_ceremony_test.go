@@ -474,26 +474,7 @@ func TestReview45ExportApprovalIsForTheCustodiansKEK(t *testing.T) {
 	mine := ceremony("mine") // A3 plays every custodian of a KEK of its own
 	refused := func(what string, kek string, ap *api.ExportApproval, own []byte) {
 		t.Helper()
-		wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: kek, Approval: ap})
-		if !errors.Is(err, api.ErrNotPermitted) {
-			t.Errorf("%s: %v, want it refused as not approved", what, err)
-		}
-		if err == nil {
-			if der, err := keywrap.Unwrap(own, wrapped); err == nil {
-				if _, err := x509.ParsePKCS8PrivateKey(der); err == nil {
-					t.Errorf("%s: the caller opened the backup with its own KEK: the key's plaintext with no custodian", what)
-				}
-			}
-			return
-		}
-		recs, err := ag.AuditRecords(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last := recs[len(recs)-1]
-		if last.Op != "key-export" || last.Objects["kek_object"] != "" {
-			t.Errorf("%s: the refused export's audit record %+v: the KEK was loaded", what, last)
-		}
+		exportRefused(t, ag, what, "ext", kek, ap, own)
 	}
 	refused("the custodians' approval, under A3's KEK", "mine", ap, mine)
 	// The custodians' KEK replaced under its name: another TPM object (its

@@ -68,10 +68,10 @@ func review52Names(t *testing.T, svc api.Service) (map[string][]byte, []byte) {
 	return names, pk
 }
 
-// review52Refused asserts that the export of key under kek with ap is
+// exportRefused asserts that the export of key under kek with ap is
 // refused as not permitted, gives no bytes that the key opens, and that its
 // audit record shows no KEK loaded.
-func review52Refused(t *testing.T, ag *agent.Agent, what, key, kek string, ap *api.ExportApproval, own []byte) {
+func exportRefused(t *testing.T, ag *agent.Agent, what, key, kek string, ap *api.ExportApproval, own []byte) {
 	t.Helper()
 	ctx := context.Background()
 	wrapped, err := ag.ExportKey(ctx, api.KeyExportRequest{Name: key, KEK: kek, Approval: ap})
@@ -171,18 +171,18 @@ func TestReview52ExportApprovalConfusion(t *testing.T) {
 		{"a derivation recipe's approval", derive},
 		{"the approval of a duplication to a peer", toPeer},
 	} {
-		review52Refused(t, ag, c.what, "ext", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication, KEK: c.kek}, custodians)
+		exportRefused(t, ag, c.what, "ext", "backup-kek", &api.ExportApproval{Duplication: ap.Duplication, KEK: c.kek}, custodians)
 	}
 	// A genuine KEK part with a duplication part of another key, or of a
 	// duplication to a peer: checkExportKEK passes, the duplication's check
 	// refuses it before the TPM duplicates (and before the KEK loads).
-	review52Refused(t, ag, "this export's KEK part with another key's duplication part", "ext", "backup-kek", &api.ExportApproval{Duplication: otherAp.Duplication, KEK: ap.KEK}, custodians)
-	review52Refused(t, ag, "this export's KEK part with a duplication to a peer", "ext", "backup-kek", &api.ExportApproval{Duplication: toPeer, KEK: ap.KEK}, custodians)
-	review52Refused(t, ag, "this export's two parts swapped", "ext", "backup-kek", &api.ExportApproval{Duplication: ap.KEK, KEK: ap.Duplication}, custodians)
+	exportRefused(t, ag, "this export's KEK part with another key's duplication part", "ext", "backup-kek", &api.ExportApproval{Duplication: otherAp.Duplication, KEK: ap.KEK}, custodians)
+	exportRefused(t, ag, "this export's KEK part with a duplication to a peer", "ext", "backup-kek", &api.ExportApproval{Duplication: toPeer, KEK: ap.KEK}, custodians)
+	exportRefused(t, ag, "this export's two parts swapped", "ext", "backup-kek", &api.ExportApproval{Duplication: ap.KEK, KEK: ap.Duplication}, custodians)
 	// The genuine export approval under the unwrapping twin: a KEK that
 	// unwraps makes no backups (and its approval serves no other KEK).
-	review52Refused(t, ag, "the officer's approval under the unwrapping twin, used there", "ext", "restore-kek", &api.ExportApproval{Duplication: twinDup, KEK: twinKEK}, custodians)
-	review52Refused(t, ag, "the officer's approval under the custodians' KEK, used under the unwrapping twin", "ext", "restore-kek", ap, custodians)
+	exportRefused(t, ag, "the officer's approval under the unwrapping twin, used there", "ext", "restore-kek", &api.ExportApproval{Duplication: twinDup, KEK: twinKEK}, custodians)
+	exportRefused(t, ag, "the officer's approval under the custodians' KEK, used under the unwrapping twin", "ext", "restore-kek", ap, custodians)
 }
 
 // Held: the custodians' KEK replaced under its name by another process on
@@ -217,7 +217,7 @@ func TestReview52KEKReplacedByAnotherProcessIsRefused(t *testing.T) {
 	m1, _ := review45Component(t, 32)
 	m2, _ := review45Component(t, 32)
 	mine := review52Ceremony(t, oneShot, "backup-kek", "wrap", m1, m2)
-	review52Refused(t, ag, "the daemon, after another process entered A3's KEK under the custodians' KEK's name", "ext", "backup-kek", ap, mine)
+	exportRefused(t, ag, "the daemon, after another process entered A3's KEK under the custodians' KEK's name", "ext", "backup-kek", ap, mine)
 
 	if err := oneShot.DeleteKey(ctx, "backup-kek"); err != nil {
 		t.Fatal(err)
@@ -227,7 +227,7 @@ func TestReview52KEKReplacedByAnotherProcessIsRefused(t *testing.T) {
 	if hex.EncodeToString(after["backup-kek"]) == hex.EncodeToString(before["backup-kek"]) {
 		t.Fatalf("the custodians' components entered again gave the same TPM name %x: the name does not bind the TPM's seed", after["backup-kek"])
 	}
-	review52Refused(t, ag, "the daemon, after the custodians' components were entered again", "ext", "backup-kek", ap, again)
+	exportRefused(t, ag, "the daemon, after the custodians' components were entered again", "ext", "backup-kek", ap, again)
 	if err := oneShot.Close(); err != nil {
 		t.Fatal(err)
 	}
