@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -81,6 +80,20 @@ func review55Get(addr, path string) (int, error) {
 	return rsp.StatusCode, nil
 }
 
+// serveOn serves s on a fresh abstract unix socket until the test ends,
+// and returns its address.
+func serveOn(t *testing.T, s *Server) string {
+	t.Helper()
+	addr := review55Abstract(t)
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return addr
+}
+
 // review55Abstract is a fresh abstract unix socket address: no directory's
 // permissions stand between it and a caller of another uid.
 func review55Abstract(t *testing.T) string {
@@ -114,13 +127,7 @@ func TestReview55FourUIDsLockOutRoot(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	addr := review55Abstract(t)
-	ln, err := net.Listen("unix", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	addr := serveOn(t, s)
 
 	// The daemon sees the dialing thread's uid.
 	probe, err := net.Listen("unix", review55Abstract(t))
@@ -184,13 +191,7 @@ func TestReview55ConnectionPastTheCapIsNotAnsweredBusy(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	sock := serveOn(t, s)
 
 	held, err := review55DialAs(sock, 0, maxConnsPerCaller)
 	defer func() {
@@ -328,13 +329,7 @@ func TestReview55DeadConnectionsGiveTheirPlacesBack(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	sock := serveOn(t, s)
 
 	for range 2 {
 		conns, err := review55DialAs(sock, 0, maxConnsPerCaller)

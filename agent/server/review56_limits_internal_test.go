@@ -17,20 +17,6 @@ import (
 	"github.com/provd/provd/api"
 )
 
-// review56Serve serves s on a fresh abstract socket: callers of other
-// uids reach it.
-func review56Serve(t *testing.T, s *Server) string {
-	t.Helper()
-	sock := review55Abstract(t)
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Shutdown(context.Background()) })
-	return sock
-}
-
 // FLAW (failed before the mend: maxUserConns): one user-role member with subordinate uids locks root and the
 // crypto officer out of the daemon. Review 55's mend lets callers with a
 // role past the role-less bound (1,024), up to the bound in all (4,096),
@@ -56,7 +42,7 @@ func TestReview56UserRoleSubuidsLockOutTheOfficer(t *testing.T) {
 	// here: the dialing threads keep the test's gid, as a namespaced
 	// process keeps its supplementary groups).
 	s := newServer(Options{Roles: &Roles{Officer: RoleMembers{UIDs: []int{0}}, User: RoleMembers{GIDs: []int{0}}}, RequestTimeout: time.Second})
-	sock := review56Serve(t, s)
+	sock := serveOn(t, s)
 	if code, err := review55Get(sock, "/v1/nothing"); err != nil || code != http.StatusNotFound {
 		t.Fatalf("root before the flood: %d %v, want 404", code, err)
 	}
@@ -94,7 +80,7 @@ func TestReview56BusyAnswerersAreNotHeld(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	sock := review56Serve(t, s)
+	sock := serveOn(t, s)
 	const uid = 62001
 	held, err := review55DialAs(sock, uid, maxConnsPerCaller)
 	defer func() {
@@ -274,7 +260,7 @@ func TestReview56RolelessCallerTakesEveryBusyAnswer(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	sock := review56Serve(t, s)
+	sock := serveOn(t, s)
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
