@@ -21,23 +21,14 @@ func TestRefusalsPastTheBoundAreCounted(t *testing.T) {
 	ts := serveTPM(t)
 	release := holdQueue(t, ts.Server, func(stop <-chan struct{}) error { <-stop; return nil })
 	const extra = 5
-	var wg sync.WaitGroup
-	for range maxRefusals + extra {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if code, body := handlerRequest(ts.Server, 4242, api.RouteKeyCreate, `{}`); code != http.StatusForbidden {
-				t.Errorf("a caller with no role: HTTP %d %s, want 403", code, body)
-			}
-		}()
-	}
+	wait := refuseMany(t, ts.Server, maxRefusals+extra)
 	deadline := time.Now().Add(10 * time.Second)
 	for (ts.q.waiting.Load() < maxRefusals || !ts.uncounted.any()) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if n := ts.q.waiting.Load(); n < maxRefusals || !ts.uncounted.any() {
 		release()
-		wg.Wait()
+		wait()
 		t.Fatalf("%d refusals' records waiting, counted: %v; want %d and some", n, ts.uncounted.any(), maxRefusals)
 	}
 	// A user-role request meanwhile finds its place.
@@ -48,7 +39,7 @@ func TestRefusalsPastTheBoundAreCounted(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond)
 	release()
-	wg.Wait()
+	wait()
 	if code := <-got; code == http.StatusServiceUnavailable {
 		t.Errorf("a user-role request beside %d refusals' records: busy", maxRefusals)
 	}
@@ -97,4 +88,19 @@ func TestRefusalCountIsBounded(t *testing.T) {
 	if got := (countsByUID{7: 2, 3: 2, 5: 9}).String(); got != "uid 5: 9, uid 3: 2, uid 7: 2" {
 		t.Errorf("got %q", got)
 	}
+}
+
+// refuseMany sends n requests the daemon refuses (a caller with no role,
+// uid 4242, asking key create) at once through s's handler, each checked
+// to be answered 403; wait returns once every one is answered.
+func refuseMany(t *testing.T, s *Server, n int) (wait func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if code, body := handlerRequest(s, 4242, api.RouteKeyCreate, `{}`); code != http.StatusForbidden {
+				t.Errorf("a caller with no role: HTTP %d %s, want 403", code, body)
+			}
+		})
+	}
+	return wg.Wait
 }

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -232,17 +231,7 @@ func TestReview55RefusalCountLostWhenRecordsTimeOut(t *testing.T) {
 	ts.timeout.Store(int64(300 * time.Millisecond))
 	release := holdQueue(t, ts.Server, func(stop <-chan struct{}) error { <-stop; return nil })
 	const flood = maxRefusals + 4
-	var wg sync.WaitGroup
-	for range flood {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if code, body := handlerRequest(ts.Server, 4242, api.RouteKeyCreate, `{}`); code != http.StatusForbidden {
-				t.Errorf("a caller with no role: HTTP %d %s, want 403", code, body)
-			}
-		}()
-	}
-	wg.Wait() // every refusal answered: the records timed out or were counted
+	refuseMany(t, ts.Server, flood)() // every refusal answered: the records timed out or were counted
 	release()
 	// The daemon idle, nothing more comes: the count's record is written at
 	// the queue's next turn (bounded wait, not a fixed sleep).

@@ -1,14 +1,11 @@
 package server
 
 import (
-	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -48,17 +45,7 @@ func TestReview56RefusalCountLostWhenAnOperationOutlastsTheDrain(t *testing.T) {
 		}
 	}()
 	const flood = maxRefusals + 4
-	var wg sync.WaitGroup
-	for range flood {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if code, body := handlerRequest(d.srv, 4242, api.RouteKeyCreate, `{}`); code != http.StatusForbidden {
-				t.Errorf("a caller with no role: HTTP %d %s, want 403", code, body)
-			}
-		}()
-	}
-	wg.Wait() // every refusal counted: the records waited past the request timeout
+	refuseMany(t, d.srv, flood)() // every refusal counted: the records waited past the request timeout
 	if !d.srv.uncounted.any() || !d.srv.countWriter.Load() {
 		t.Fatalf("after the flood: counted %v, writer %v; want both", d.srv.uncounted.any(), d.srv.countWriter.Load())
 	}

@@ -328,19 +328,7 @@ func TestReview53TPMIdentityPrintsTheCertificatesNamesRaw(t *testing.T) {
 // Mend: in Main, print printable(err.Error()) (or quote only the runes
 // that do not print, keeping newlines out too).
 func TestReview53ErrorHandlerPrintsADaemonsMessageRaw(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "provd.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusInternalServerError)
-		json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-			"message": "\x1b[2K\rprovisioned: yes\x1b]0;owned\x07", "kinds": []string{}, "exit_code": 1}})
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	sock := failingDaemon(t, "\x1b[2K\rprovisioned: yes\x1b]0;owned\x07")
 	out, stderr, code := run(t, map[string]string{"PROVD_SOCKET": sock, "PROVD_STATE_DIR": "/nonexistent"}, "status")
 	if code == 0 {
 		t.Fatalf("status: exit 0\n%s%s", out, stderr)
@@ -475,4 +463,24 @@ func TestReview53RefusalsNameAFilesFieldsRaw(t *testing.T) {
 		}
 		review53NoRaw(t, c.what+"'s refusal", stderr)
 	}
+}
+
+// failingDaemon is a socket whose daemon answers every request with HTTP
+// 500 and an error of message, in the daemon's error form: what answers on
+// provd's socket is not trusted for its text.
+func failingDaemon(t *testing.T, message string) (sock string) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "provd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": message, "kinds": []string{}, "exit_code": 1}})
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
 }

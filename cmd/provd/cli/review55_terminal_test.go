@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/pem"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -117,19 +116,7 @@ func TestReview55KeyListNewlineAndTabForgeARow(t *testing.T) {
 // allows \u escapes for any rune), or print the error through printable
 // when stderr is a terminal.
 func TestReview55JSONErrorCarriesC1AndBidiRaw(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "provd.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusInternalServerError)
-		json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-			"message": "\u009b2J\u009bHprovisioned: yes \u202eok", "kinds": []string{}, "exit_code": 1}})
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	sock := failingDaemon(t, "\u009b2J\u009bHprovisioned: yes \u202eok")
 	out, stderr, code := run(t, map[string]string{"PROVD_SOCKET": sock, "PROVD_STATE_DIR": "/nonexistent"}, "-o", "json", "status")
 	if code == 0 {
 		t.Fatalf("status: exit 0\n%s%s", out, stderr)
