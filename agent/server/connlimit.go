@@ -207,3 +207,14 @@ func (c *limitedConn) Close() error {
 	c.once.Do(c.release)
 	return err
 }
+
+// CloseWrite half-closes the connection under it: Go's server does so
+// before it closes a connection it answered, so that a client still
+// writing reads the answer rather than a reset (the wrapper would hide
+// the unix socket's own).
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -42,7 +42,7 @@ type queue struct {
 
 // maxRefusals bounds the refusals' records waiting for the queue: a
 // refusal past it is answered without a record of its own, and counted in
-// the next one recorded (Server.refuse).
+// a record of the daemon's (Server.refuse, writeRefusalCount).
 const maxRefusals = 16
 
 // A waiter is who a request waits for: a client (by uid), the record of a
