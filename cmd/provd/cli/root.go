@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"syscall"
 	"unicode"
@@ -247,7 +247,7 @@ type terminalSafe struct {
 }
 
 func (t terminalSafe) Write(p []byte) (int, error) {
-	if !slices.ContainsFunc([]rune(string(p)), unsafeRune) && utf8.Valid(p) {
+	if utf8.Valid(p) && !bytes.ContainsFunc(p, unsafeRune) {
 		return t.w.Write(p)
 	}
 	var b []byte
