@@ -47,7 +47,15 @@ func TestReview54StalledClientsDoNotStarveTheWatchdog(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The pipelined key lists are work the daemon does (512 of them, under
+	// -race and a loaded CI a second or more), then their answers stall
+	// unread outside the queue: wait, bounded, for that work to end, not a
+	// fixed 200 ms (which make test's load outlasted once).
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, held := ts.q.heldSince(); !held && ts.q.waiting.Load() == 0 {
+			break
+		}
+	}
 	for i := range 3 {
 		if _, held := ts.q.heldSince(); held {
 			t.Errorf("check %d: the queue is held while only stalled clients are connected", i)
