@@ -51,9 +51,10 @@ func TestReview54StalledClientsDoNotStarveTheWatchdog(t *testing.T) {
 	// -race and a loaded CI a second or more), then their answers stall
 	// unread outside the queue: wait, bounded, for that work to end, not a
 	// fixed 200 ms (which make test's load outlasted once).
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if _, held := ts.q.heldSince(); !held && ts.q.waiting.Load() == 0 {
-			break
+	idle := time.Now()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && time.Since(idle) < 500*time.Millisecond; time.Sleep(10 * time.Millisecond) {
+		if _, held := ts.q.heldSince(); held || ts.q.waiting.Load() > 0 {
+			idle = time.Now() // a pipelined request still in the queue
 		}
 	}
 	for i := range 3 {
