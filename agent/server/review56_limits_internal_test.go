@@ -120,7 +120,7 @@ func TestReview56BusyAnswerersAreNotHeld(t *testing.T) {
 			buf := make([]byte, 512)
 			for {
 				if _, err := c.Read(buf); err != nil {
-					if d := time.Since(start); d > busyAnswerTime+800*time.Millisecond {
+					if d := time.Since(start); d > busyAnswerTime+1500*time.Millisecond {
 						late.Add(1)
 						t.Logf("an over-cap connection ended after %v: %v", d, err)
 					}
@@ -131,7 +131,7 @@ func TestReview56BusyAnswerersAreNotHeld(t *testing.T) {
 	}
 	wg.Wait()
 	if n := late.Load(); n > 0 {
-		t.Errorf("%d over-cap connections were held past %v", n, busyAnswerTime+800*time.Millisecond)
+		t.Errorf("%d over-cap connections were held past %v", n, busyAnswerTime+1500*time.Millisecond)
 	}
 	// The answerers are free again: a new over-cap request is answered busy.
 	var code int
