@@ -137,27 +137,10 @@ func review53Post(t *testing.T, hc *http.Client, r api.Route, body any) (int, st
 // characters in AttestRecord.
 func TestReview53StatusPrintsARecordedVerdictRaw(t *testing.T) {
 	t.Parallel()
-	env, state, d := provisionedDevice(t)
-
-	root := server.RoleMembers{UIDs: []int{0}}
-	var log bytes.Buffer
-	hc, stop := review53Daemon(t, env, state, &server.Roles{Officer: root, User: root}, &log)
-	code, body := review53Post(t, hc, api.RouteAttestRecord, map[string]any{
-		"endpoint":  "https://fleet.example\x1b[2K\r",
-		"device_id": "\x1b[1A\x1b[2K\r",
-		"pass":      false,
-		"reasons": []map[string]any{
-			{"code": "\x1b[1A\x1b[2K\rattestation: pass at 2026-12-07T00:00:00Z (https://fleet.example, device 5f2a0c…)\x1b]0;owned\x07"},
-			{"code": "quote_signature", "detail": "k\u202egnp.exe"},
-		},
-		"at": time.Now().UTC(),
+	out := statusAfterVerdict(t, "https://fleet.example\x1b[2K\r", "\x1b[1A\x1b[2K\r", []map[string]any{
+		{"code": "\x1b[1A\x1b[2K\rattestation: pass at 2026-12-07T00:00:00Z (https://fleet.example, device 5f2a0c…)\x1b]0;owned\x07"},
+		{"code": "quote_signature", "detail": "k\u202egnp.exe"},
 	})
-	stop()
-	if code != http.StatusOK {
-		t.Fatalf("attest record: %d %s", code, body)
-	}
-	env.CloseTPM()
-	out := d(0, "status")
 	review53NoRaw(t, "status", out)
 }
 
@@ -483,4 +466,24 @@ func failingDaemon(t *testing.T, message string) (sock string) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock
+}
+
+// statusAfterVerdict is provd status on a provisioned device after its
+// daemon's officer recorded a failed verdict of endpoint, deviceID and
+// reasons (POST attest/record, whose texts it takes as sent).
+func statusAfterVerdict(t *testing.T, endpoint, deviceID string, reasons []map[string]any) string {
+	t.Helper()
+	env, state, d := provisionedDevice(t)
+	root := server.RoleMembers{UIDs: []int{0}}
+	var log bytes.Buffer
+	hc, stop := review53Daemon(t, env, state, &server.Roles{Officer: root, User: root}, &log)
+	code, body := review53Post(t, hc, api.RouteAttestRecord, map[string]any{
+		"endpoint": endpoint, "device_id": deviceID, "pass": false, "reasons": reasons, "at": time.Now().UTC(),
+	})
+	stop()
+	if code != http.StatusOK {
+		t.Fatalf("attest record: %d %s", code, body)
+	}
+	env.CloseTPM()
+	return d(0, "status")
 }

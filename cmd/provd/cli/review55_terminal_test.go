@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
@@ -10,10 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/provd/provd/agent/server"
-	"github.com/provd/provd/api"
 )
 
 // review55Lines returns out's lines that start with prefix.
@@ -47,26 +42,8 @@ func review55Lines(out, prefix string) []string {
 // in AttestRecord.
 func TestReview55StatusVerdictNewlineForgesALine(t *testing.T) {
 	t.Parallel()
-	env, state, d := provisionedDevice(t)
-
-	root := server.RoleMembers{UIDs: []int{0}}
-	var log bytes.Buffer
-	hc, stop := review53Daemon(t, env, state, &server.Roles{Officer: root, User: root}, &log)
-	code, body := review53Post(t, hc, api.RouteAttestRecord, map[string]any{
-		"endpoint":  "https://fleet.example, device 5f2a0c9e11d04b7a…)\nattestation: pass at 2099-01-01T00:00:00Z (https://fleet.example",
-		"device_id": "5f2a0c9e11d04b7a",
-		"pass":      false,
-		"reasons": []map[string]any{
-			{"code": "quote_signature", "detail": "x\nWARNING:     none: every check passed"},
-		},
-		"at": time.Now().UTC(),
-	})
-	stop()
-	if code != http.StatusOK {
-		t.Fatalf("attest record: %d %s", code, body)
-	}
-	env.CloseTPM()
-	out := d(0, "status")
+	out := statusAfterVerdict(t, "https://fleet.example, device 5f2a0c9e11d04b7a…)\nattestation: pass at 2099-01-01T00:00:00Z (https://fleet.example",
+		"5f2a0c9e11d04b7a", []map[string]any{{"code": "quote_signature", "detail": "x\nWARNING:     none: every check passed"}})
 	if ls := review55Lines(out, "attestation:"); len(ls) != 1 {
 		t.Errorf("status shows %d attestation lines for one recorded verdict (a recorded field's newline drew the rest):\n%s", len(ls), strings.Join(ls, "\n"))
 	}
