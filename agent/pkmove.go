@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
@@ -496,6 +497,46 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 // own PK's policy and officer, the file's PK and rule) and returns the
 // PK record to keep: the origin's, with this device's policy counter gate.
 // Every blob in it is checked again by the TPM when it loads.
+// checkCarried holds a key record a moved PK brings to what this provd
+// would have written itself: a kind that lives under a movable PK
+// (created, imported or derived: no KEK, none transferred), an approved
+// type and one of its usages, a derived key's recipe as the officer's
+// recipes are checked (label and context text), no recipe text on another
+// kind, no KCV (found by review 53: the origin's root edited a derived
+// key's context into terminal control characters, and every key list on
+// the receiver showed them; nothing but the record's name, PK and kind
+// was checked). The TPM still decides what the key is: its blob is the
+// name the record gives, and a recipe edited derives nothing (the
+// officer's approval covers the template).
+func (r keyRecord) checkCarried() error {
+	derived := false
+	switch r.Kind {
+	case api.KindDerived:
+		derived = true
+	case api.KindCreated, api.KindImported:
+	default:
+		return fmt.Errorf("kind %q", r.Kind)
+	}
+	kt, err := lookupType(r.Type, derived)
+	if err != nil {
+		return fmt.Errorf("type %q", r.Type)
+	}
+	if !slices.Contains(kt.Usages, r.Usage) {
+		return fmt.Errorf("usage %q of type %s", r.Usage, r.Type)
+	}
+	if derived {
+		if _, _, err := (officer.Recipe{Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context}).Check(); err != nil {
+			return fmt.Errorf("recipe: %v", err)
+		}
+	} else if r.Label != "" || r.Context != "" {
+		return errors.New("a label or context on a key that is not derived")
+	}
+	if r.KCV != "" || r.Check != "" {
+		return errors.New("a KEK's check value")
+	}
+	return nil
+}
+
 func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkState, error) {
 	bad := func(what string) (pkState, error) {
 		return pkState{}, fmt.Errorf("%w: the moved PK's state: %s", api.ErrTampered, what)
@@ -528,6 +569,9 @@ func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkS
 		r := k.Record
 		if checkKeyName(r.Name) != nil || seen[r.Name] || r.PK != pkName || r.Kind == api.KindTransferred {
 			return bad(fmt.Sprintf("key %q", r.Name))
+		}
+		if err := r.checkCarried(); err != nil {
+			return bad(fmt.Sprintf("key %q: %v", r.Name, err))
 		}
 		seen[r.Name] = true
 		if k.Blob != nil {

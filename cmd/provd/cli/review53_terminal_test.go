@@ -197,7 +197,8 @@ func review53EditKeyRecord(t *testing.T, state, name string, set map[string]any)
 	}
 }
 
-// FLAW: a PK moved from another device brings its key records unchecked
+// FLAW (failed before the mend: the receiver showed it quoted, then
+// checkCarried refuses the state): a PK moved from another device brings its key records unchecked
 // but for their names, and `provd key list` prints them raw on the
 // receiver. Root on the origin (A4 there), or whoever crafts the moved
 // state there, gives a key record a context (label, type, usage, KCV: none
@@ -219,14 +220,35 @@ func TestReview53MovedPKBringsARecordThatKeyListPrintsRaw(t *testing.T) {
 	a(0, "key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--movable", "--type", "ecc-p256", "--label", "telemetry", "--out", p("dk.approval.json"))
 	a(0, "key", "derive", "dk", "--type", "ecc-p256", "--label", "telemetry", "--approval", p("dk.approval.json"))
 
-	// Root on A.
-	review53EditKeyRecord(t, filepath.Join(dir, "a"), "dk", map[string]any{"context": "\x1b[1A\x1b[2K\rtls  derived  ecc-p256  sign  false  tls/"})
-
-	a(0, "dup", "export", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB, "--out", p("pk.dup"))
 	a(0, append([]string{"key", "approve", "--officer", officerKey, "--pk-policy", stA.PolicyDigest, "--dup-to", p("b.peer.json"), "--peer-pk", stB.PKName,
 		"--object-name", stA.PKName, "--out", p("pk.take.json")}, proven...)...)
+	// Root on A edits the record, then sends the PK: mended, B refuses the
+	// state (tampered, exit 14: checkCarried), keeps its own, and shows
+	// nothing raw. Each edit is a record provd would not have written.
+	original := map[string]any{"context": "", "kind": "derived", "usage": "sign", "type": "ecc-p256", "kcv": ""}
+	for _, edit := range []map[string]any{
+		{"context": "\x1b[1A\x1b[2K\rtls  derived  ecc-p256  sign  false  tls/"},
+		{"kind": "kek"},
+		{"usage": "decrypt"},
+		{"type": "rsa-2048"},
+		{"kcv": "abcdef"},
+	} {
+		review53EditKeyRecord(t, filepath.Join(dir, "a"), "dk", original)
+		review53EditKeyRecord(t, filepath.Join(dir, "a"), "dk", edit)
+		a(0, "dup", "export", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB, "--out", p("pk.dup"))
+		b(api.ExitTampered, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--force")
+		review53NoRaw(t, "key list on the receiver", b(0, "key", "list"))
+		if st := b(0, "status", "-o", "json"); !strings.Contains(st, stB.PKName) {
+			t.Fatalf("B after refusing the state edited with %v is not as it was:\n%s", edit, st)
+		}
+	}
+	// The record as A wrote it: adopted.
+	review53EditKeyRecord(t, filepath.Join(dir, "a"), "dk", original)
+	a(0, "dup", "export", "--pk", "--to", p("b.peer.json"), "--peer-pk", stB.PKName, "--ek-ca", caB, "--out", p("pk.dup"))
 	b(0, "provision", "--from", p("pk.dup"), "--approval", p("pk.take.json"), "--force")
-	review53NoRaw(t, "key list on the receiver", b(0, "key", "list"))
+	if list := b(0, "key", "list"); !strings.Contains(list, "dk") {
+		t.Fatalf("B's keys after the adoption:\n%s", list)
+	}
 }
 
 // FLAW: `provd tpm identity` prints the EK certificate's subject and
