@@ -166,6 +166,9 @@ func parseSealed(data []byte) (sealedBlob, tpm.Blob, error) {
 	if b.Version != sealedVersion {
 		return b, tpm.Blob{}, fmt.Errorf("%w: sealed blob version %d; this provd reads %d", api.ErrBadInput, b.Version, sealedVersion)
 	}
+	if err := api.CheckHexFields("sealed blob", map[string]string{"pk": b.PK}); err != nil {
+		return b, tpm.Blob{}, err
+	}
 	obj, err := tpm.UnmarshalBlob(b.Object)
 	if err != nil {
 		return b, obj, fmt.Errorf("%w: sealed blob: %v", api.ErrBadInput, err)

@@ -610,7 +610,7 @@ func ParsePeerIdentity(b []byte) (PeerIdentity, error) {
 	if p.Format != PeerFormat {
 		return p, fmt.Errorf("%w: peer identity format %d, this provd reads %d", ErrBadInput, p.Format, PeerFormat)
 	}
-	return p, nil
+	return p, CheckHexFields("peer identity", map[string]string{"parent_name": p.ParentName, "pk_name": p.PKName, "pk_policy": p.PKPolicy, "officer": p.Officer})
 }
 
 // ParseDupFile reads a duplicate file (provd dup export) strictly.
@@ -628,7 +628,7 @@ func ParseDupFile(b []byte) (DupFile, error) {
 	if d.Format != DupFormat {
 		return d, fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)
 	}
-	return d, nil
+	return d, CheckHexFields("duplicate", map[string]string{"parent_name": d.ParentName, "pk_policy": d.PKPolicy, "officer": d.Officer, "ek_cert_sha256": d.EKCertSHA256, "dup_to": d.DupTo})
 }
 
 // TransferKey checks a peer identity's shape and returns its transfer key's
