@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -498,17 +500,21 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 // PK record to keep: the origin's, with this device's policy counter gate.
 // Every blob in it is checked again by the TPM when it loads.
 // checkCarried holds a key record a moved PK brings to what this provd
-// would have written itself: a kind that lives under a movable PK
-// (created, imported or derived: no KEK, none transferred), an approved
-// type and one of its usages, a derived key's recipe as the officer's
-// recipes are checked (label and context text), no recipe text on another
-// kind, no KCV (found by review 53: the origin's root edited a derived
-// key's context into terminal control characters, and every key list on
-// the receiver showed them; nothing but the record's name, PK and kind
-// was checked). The TPM still decides what the key is: its blob is the
-// name the record gives, and a recipe edited derives nothing (the
-// officer's approval covers the template).
-func (r keyRecord) checkCarried() error {
+// would have written itself for the key it names: a kind that lives under
+// a movable PK (created, imported or derived: no KEK, none transferred), an
+// approved type and one of its usages, no KCV (found by review 53: the
+// origin's root edited a derived key's context into terminal control
+// characters, and every key list on the receiver showed them). A key with
+// a blob (created, imported): the record's public area is the blob's, and
+// its type, usage, extractability and policy are the blob's public area's
+// (review 57: the origin's root gave a record another public key, which
+// the receiver's key pub then served as its TPM key, or another type, or
+// "not extractable" on a key that is). A derived key: the officer's
+// approval of its recipe under this PK policy (movable), its template and
+// policy the recipe's, not extractable, and a public area of the name the
+// record gives and of the template's shape (its point is the TPM's to
+// give: the first derivation holds the object to the record's name).
+func (r keyRecord) checkCarried(blob *tpm.Blob, pkDigest []byte, officerKey crypto.PublicKey) error {
 	derived := false
 	switch r.Kind {
 	case api.KindDerived:
@@ -524,15 +530,56 @@ func (r keyRecord) checkCarried() error {
 	if !slices.Contains(kt.Usages, r.Usage) {
 		return fmt.Errorf("usage %q of type %s", r.Usage, r.Type)
 	}
-	if derived {
-		if _, _, err := (officer.Recipe{Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context}).Check(); err != nil {
-			return fmt.Errorf("recipe: %v", err)
-		}
-	} else if r.Label != "" || r.Context != "" {
-		return errors.New("a label or context on a key that is not derived")
-	}
 	if r.KCV != "" || r.Check != "" {
 		return errors.New("a KEK's check value")
+	}
+	pub, err := r.public()
+	if err != nil {
+		return errors.New("its public area does not parse")
+	}
+	if name, err := tpm2.ObjectName(&pub); err != nil || hex.EncodeToString(name.Buffer) != r.Object {
+		return errors.New("its public area is not the key it names")
+	}
+	if !derived {
+		if r.Label != "" || r.Context != "" {
+			return errors.New("a label or context on a key that is not derived")
+		}
+		if blob == nil || !bytes.Equal(r.Public, tpm2.Marshal(blob.Public)) {
+			return errors.New("its public area is not its blob's")
+		}
+		got, usage, err := catalog.TypeOf(pub)
+		switch {
+		case err != nil || got.Name != r.Type || usage != r.Usage:
+			return errors.New("its type or usage is not its key's")
+		case r.Extractable == pub.ObjectAttributes.FixedParent:
+			return errors.New("its extractability is not its key's")
+		case r.Policy != hex.EncodeToString(pub.AuthPolicy.Buffer):
+			return errors.New("its policy is not its key's")
+		}
+		return nil
+	}
+	rc, _, err := (officer.Recipe{Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context, Movable: true}).Check()
+	if err != nil {
+		return fmt.Errorf("recipe: %v", err)
+	}
+	approved, err := officer.DeriveApproved(kt, rc, pkDigest)
+	if err != nil {
+		return err
+	}
+	if r.Approval == nil || checkApproval(r.Approval, officerKey, approved, officer.DeriveRef) != nil {
+		return errors.New("no approval of its recipe by this device's officer")
+	}
+	tmpl := officer.DerivedPublic(kt, rc.Usage, pkDigest, true)
+	if !bytes.Equal(r.Template, tpm2.Marshal(tmpl)) || r.Policy != hex.EncodeToString(officer.ObjectPolicyDigest(pkDigest)) {
+		return errors.New("its template or policy is not its recipe's")
+	}
+	if r.Extractable || r.Auth != "" || r.DupTo != "" || r.DupBy != "" {
+		return errors.New("a duplication rule on a derived key")
+	}
+	shape := pub
+	shape.Unique = tmpl.Unique
+	if !bytes.Equal(tpm2.Marshal(shape), tpm2.Marshal(tmpl)) {
+		return errors.New("its public area is not its template's")
 	}
 	return nil
 }
@@ -570,10 +617,8 @@ func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkS
 		if checkKeyName(r.Name) != nil || seen[r.Name] || r.PK != pkName || r.Kind == api.KindTransferred {
 			return bad(fmt.Sprintf("key %q", r.Name))
 		}
-		if err := r.checkCarried(); err != nil {
-			return bad(fmt.Sprintf("key %q: %v", r.Name, err))
-		}
 		seen[r.Name] = true
+		var blob *tpm.Blob
 		if k.Blob != nil {
 			b, err := tpm.UnmarshalBlob(k.Blob)
 			if err != nil {
@@ -582,6 +627,10 @@ func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkS
 			if n, err := b.Name(); err != nil || hex.EncodeToString(n.Buffer) != r.Object {
 				return bad(fmt.Sprintf("key %q's blob is not the key it names", r.Name))
 			}
+			blob = &b
+		}
+		if err := r.checkCarried(blob, in.state.Policy.digest(), in.officer); err != nil {
+			return bad(fmt.Sprintf("key %q: %v", r.Name, err))
 		}
 	}
 	// D must be a movable PK's D with the officer's recipes as its policy

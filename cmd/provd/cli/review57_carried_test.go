@@ -96,7 +96,7 @@ func review57SwapPublic(t *testing.T, rec map[string]any, k *ecdsa.PublicKey) []
 	return tpm2.Marshal(tpm2.New2B(*pub))
 }
 
-// FLAW: a moved PK's key record is adopted with a public area that is not
+// FLAW (failed before the mend: checkCarried holds the public area to the blob and the name): a moved PK's key record is adopted with a public area that is not
 // its key's. checkCarried checks kind, type, usage and recipe text, and
 // adoptedState checks a created key's blob name against the record's
 // object_name, but nothing holds the record's "public" (the TPM2B_PUBLIC
@@ -211,7 +211,7 @@ func TestReview57MovedStateOfEveryKindIsAdopted(t *testing.T) {
 	}
 }
 
-// FLAW: checkCarried holds each text field of a moved record to the
+// FLAW (failed before the mend: checkCarried holds the record to the key and the recipe to the officer): checkCarried holds each text field of a moved record to the
 // catalog alone, not to the key it describes, so records provd never
 // writes are adopted: a created P-384 key recorded as ecc-p256 (a type
 // whose usages include the recorded one), an extractable key recorded as
