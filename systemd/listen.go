@@ -130,18 +130,8 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return nil, fmt.Errorf("systemd: %w: socket path %q: want an absolute path with no \".\", \"..\" or \"//\" in it", ErrUnsafeDir, path)
 	}
-	// The directories it would make go under one that passes the check
-	// first: a refused path leaves nothing behind (review 56's reading).
-	existing := filepath.Dir(path)
-	for _, err := os.Lstat(existing); errors.Is(err, fs.ErrNotExist) && existing != "/"; _, err = os.Lstat(existing) {
-		existing = filepath.Dir(existing)
-	}
-	hops := 0
-	if _, err := trustedWalk(existing, &hops); err != nil {
+	if err := mkdirTrusted(filepath.Dir(path)); err != nil {
 		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("systemd: socket directory: %w", err)
 	}
 	if err := checkSocketDir(filepath.Dir(path)); err != nil {
 		return nil, err
@@ -214,6 +204,41 @@ func checkSocketDir(dir string) error {
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, resolved, fi.Mode())
+	}
+	return nil
+}
+
+// mkdirTrusted makes the directories dir lacks (mode 0755), one at a time,
+// each under one that passed trustedEntry, and each checked once made or
+// found: a refused path leaves nothing behind (review 56's reading), and a
+// link another user puts at a missing component between the check and the
+// make is met by the next check, not followed by a MkdirAll (review 57's
+// reading).
+func mkdirTrusted(dir string) error {
+	existing := dir
+	for _, err := os.Lstat(existing); errors.Is(err, fs.ErrNotExist) && existing != "/"; _, err = os.Lstat(existing) {
+		existing = filepath.Dir(existing)
+	}
+	hops := 0
+	if _, err := trustedWalk(existing, &hops); err != nil {
+		return err
+	}
+	rest, err := filepath.Rel(existing, dir)
+	if err != nil || rest == "." {
+		return err
+	}
+	cur := existing
+	for _, comp := range strings.Split(rest, "/") {
+		cur = filepath.Join(cur, comp)
+		if err := os.Mkdir(cur, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("systemd: socket directory: %w", err)
+		}
+		if err := trustedEntry(cur); err != nil {
+			return err
+		}
+		if fi, err := os.Lstat(cur); err != nil || !fi.IsDir() {
+			return fmt.Errorf("systemd: %w: %s is not a directory of the daemon's", ErrUnsafeDir, cur)
+		}
 	}
 	return nil
 }
