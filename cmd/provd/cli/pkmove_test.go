@@ -16,6 +16,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/officertest"
+	"github.com/provd/provd/test/swtpmtest"
 )
 
 // pkFleet is two devices of one fleet for a PK move: A and B on swtpms of
@@ -23,6 +24,7 @@ import (
 // CA and both together, and B provisioned with a signed policy, its peer
 // identity challenged by A and proven (proven: the flags that say so).
 type pkFleet struct {
+	envA, envB           *swtpmtest.Env
 	a, b                 device
 	dir                  string
 	signerKey, signerPub string
@@ -44,7 +46,7 @@ type pkStatus struct {
 func newPKFleet(t *testing.T) *pkFleet {
 	t.Helper()
 	envA, envB, a, b, dir := twoDevices(t)
-	f := &pkFleet{a: a, b: b, dir: dir}
+	f := &pkFleet{envA: envA, envB: envB, a: a, b: b, dir: dir}
 	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

@@ -169,32 +169,36 @@ func TestReview53KeyListPrintsAPlantedRecordRaw(t *testing.T) {
 // the state (A6) can: nothing authenticates the manifest's records.
 func review53EditKeyRecord(t *testing.T, state, name string, set map[string]any) {
 	t.Helper()
-	mf := filepath.Join(state, store.ManifestFile)
-	raw, err := os.ReadFile(mf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	var objects map[string]json.RawMessage
-	if err := json.Unmarshal(m["objects"], &objects); err != nil {
-		t.Fatal(err)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal(objects["key."+name], &rec); err != nil {
-		t.Fatal(err)
-	}
+	m, objects, rec := readKeyRecord(t, state, name)
 	for k, v := range set {
 		rec[k] = v
 	}
 	objects["key."+name], _ = json.Marshal(rec)
 	m["objects"], _ = json.Marshal(objects)
-	raw, _ = json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(mf, append(raw, '\n'), 0o600); err != nil {
+	raw, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(state, store.ManifestFile), append(raw, '\n'), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// readKeyRecord reads the state's manifest in state, its objects, and key
+// name's record among them, as JSON to edit.
+func readKeyRecord(t *testing.T, state, name string) (manifest, objects map[string]json.RawMessage, rec map[string]any) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(state, store.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &manifest); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(manifest["objects"], &objects); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(objects["key."+name], &rec); err != nil {
+		t.Fatal(err)
+	}
+	return manifest, objects, rec
 }
 
 // FLAW (failed before the mend: the receiver showed it quoted, then

@@ -15,8 +15,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/store"
-	"github.com/provd/provd/test/officertest"
 )
 
 // review57Fleet is newPKFleet with B's raw runner (exit code returned, not
@@ -24,29 +22,10 @@ import (
 // adoption that should have been refused.
 func review57Fleet(t *testing.T) (*pkFleet, func(args ...string) (string, string, int)) {
 	t.Helper()
-	envA, envB, a, b, dir := twoDevices(t)
-	f := &pkFleet{a: a, b: b, dir: dir}
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sder, _ := x509.MarshalPKCS8PrivateKey(signer)
-	pder, _ := x509.MarshalPKIXPublicKey(signer.Public())
-	f.signerKey = f.write(t, "signer.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: sder}))
-	f.signerPub = f.write(t, "signer.pub.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pder}))
-	f.officerKey, f.officerPub = officertest.Files(t, dir)
-	f.caA, f.caB = ekCAFile(t, envA), ekCAFile(t, envB)
-	ca, _ := os.ReadFile(f.caA)
-	cb, _ := os.ReadFile(f.caB)
-	f.caAB = f.write(t, "ek-ca-ab.pem", append(ca, cb...))
-	f.stB = f.provision(t, b, "b", "--ek-ca", f.caB)
-	b(0, "peer", "identity", "--out", f.p("b.peer.json"))
-	a(0, "peer", "challenge", "--to", f.p("b.peer.json"), "--ek-ca", f.caB, "--out", f.p("b.challenge.json"))
-	b(0, "peer", "prove", "--challenge", f.p("b.challenge.json"), "--out", f.p("b.proof.json"))
-	f.proven = []string{"--challenge", f.p("b.challenge.json"), "--proof", f.p("b.proof.json")}
+	f := newPKFleet(t)
 	bRaw := func(args ...string) (string, string, int) {
 		t.Helper()
-		return run(t, nil, append([]string{"--tpm", envB.Spec, "--state-dir", filepath.Join(dir, "b")}, args...)...)
+		return run(t, nil, append([]string{"--tpm", f.envB.Spec, "--state-dir", filepath.Join(f.dir, "b")}, args...)...)
 	}
 	return f, bRaw
 }
@@ -54,22 +33,7 @@ func review57Fleet(t *testing.T) (*pkFleet, func(args ...string) (string, string
 // review57KeyRecord reads key name's record from the state in dir.
 func review57KeyRecord(t *testing.T, state, name string) map[string]any {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(state, store.ManifestFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		t.Fatal(err)
-	}
-	var objects map[string]json.RawMessage
-	if err := json.Unmarshal(m["objects"], &objects); err != nil {
-		t.Fatal(err)
-	}
-	var rec map[string]any
-	if err := json.Unmarshal(objects["key."+name], &rec); err != nil {
-		t.Fatal(err)
-	}
+	_, _, rec := readKeyRecord(t, state, name)
 	return rec
 }
 
