@@ -133,16 +133,12 @@ func (a *Agent) deriveObject(ctx context.Context, ks keyState) (tpm.Object, erro
 	if ks.rec.Approval == nil {
 		return tpm.Object{}, fmt.Errorf("%w: key %q has no officer approval in the state", api.ErrTampered, ks.rec.Name)
 	}
-	r, kt, err := officer.Recipe{Type: ks.rec.Type, Usage: ks.rec.Usage, Label: ks.rec.Label, Context: ks.rec.Context}.Check()
-	if err != nil {
-		return tpm.Object{}, fmt.Errorf("key %s: %w", ks.rec.Name, err)
-	}
 	pkDigest := ks.pk.state.Policy.digest()
-	r.Movable = ks.pk.state.movable()
-	tmpl := officer.DerivedTemplate(kt, r, pkDigest)
-	if !bytes.Equal(ks.rec.Template, tpm2.Marshal(officer.DerivedPublic(kt, r.Usage, pkDigest, r.Movable))) {
-		return tpm.Object{}, fmt.Errorf("%w: key %q: its recorded template is not the one its recipe gives", api.ErrTampered, ks.rec.Name)
+	r, kt, _, err := ks.rec.derivedRecipe(pkDigest, ks.pk.state.movable())
+	if err != nil {
+		return tpm.Object{}, err
 	}
+	tmpl := officer.DerivedTemplate(kt, r, pkDigest)
 	approved, err := officer.DeriveApprovedExpr(ks.pk.expr, kt, r, pkDigest)
 	if err != nil {
 		return tpm.Object{}, err

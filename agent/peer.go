@@ -409,8 +409,8 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		return api.KeyInfo{}, err
 	}
 	f := req.Dup
-	if f.Format != api.DupFormat {
-		return api.KeyInfo{}, fmt.Errorf("%w: duplicate format %d, this provd reads %d", api.ErrBadInput, f.Format, api.DupFormat)
+	if err := f.Check(); err != nil {
+		return api.KeyInfo{}, err
 	}
 	ks, err := a.freshKeyState(ctx, req.Name)
 	if err != nil {

@@ -311,7 +311,10 @@ func (a *Agent) ProvisionFrom(ctx context.Context, req api.PKAdoptRequest) (api.
 func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objects map[string]string) (api.ProvisionResult, error) {
 	var res api.ProvisionResult
 	f := req.Dup
-	if f.Format != api.DupFormat || f.Type != api.DupTypePK {
+	if err := f.Check(); err != nil {
+		return res, err
+	}
+	if f.Type != api.DupTypePK {
 		return res, fmt.Errorf("%w: not a moved PK (provd dup export --pk writes one)", api.ErrBadInput)
 	}
 	in, tr, traw, ok, err := a.readTransfer(ctx)
@@ -499,6 +502,24 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 // own PK's policy and officer, the file's PK and rule) and returns the
 // PK record to keep: the origin's, with this device's policy counter gate.
 // Every blob in it is checked again by the TPM when it loads.
+// derivedRecipe is a derived key record's recipe, checked, its type and
+// its public template, under a PK of policy digest pkDigest, movable or
+// not; a record whose template is not the one its recipe gives is
+// tampered. The one reading of a derived record's recipe: every
+// derivation (deriveObject) and a moved PK's adoption (checkCarried).
+func (r keyRecord) derivedRecipe(pkDigest []byte, movable bool) (officer.Recipe, catalog.Type, tpm2.TPMTPublic, error) {
+	rc, kt, err := officer.Recipe{Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context}.Check()
+	if err != nil {
+		return rc, kt, tpm2.TPMTPublic{}, fmt.Errorf("key %s: %w", r.Name, err)
+	}
+	rc.Movable = movable
+	tmpl := officer.DerivedPublic(kt, rc.Usage, pkDigest, movable)
+	if !bytes.Equal(r.Template, tpm2.Marshal(tmpl)) {
+		return rc, kt, tmpl, fmt.Errorf("%w: key %q: its recorded template is not the one its recipe gives", api.ErrTampered, r.Name)
+	}
+	return rc, kt, tmpl, nil
+}
+
 // checkCarried holds a key record a moved PK brings to what this provd
 // would have written itself for the key it names: a kind that lives under
 // a movable PK (created, imported or derived: no KEK, none transferred), an
@@ -558,9 +579,9 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, pkDigest []byte, officerKey cryp
 		}
 		return nil
 	}
-	rc, _, err := (officer.Recipe{Type: r.Type, Usage: r.Usage, Label: r.Label, Context: r.Context, Movable: true}).Check()
+	rc, kt, tmpl, err := r.derivedRecipe(pkDigest, true)
 	if err != nil {
-		return fmt.Errorf("recipe: %v", err)
+		return err
 	}
 	approved, err := officer.DeriveApproved(kt, rc, pkDigest)
 	if err != nil {
@@ -569,9 +590,8 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, pkDigest []byte, officerKey cryp
 	if r.Approval == nil || checkApproval(r.Approval, officerKey, approved, officer.DeriveRef) != nil {
 		return errors.New("no approval of its recipe by this device's officer")
 	}
-	tmpl := officer.DerivedPublic(kt, rc.Usage, pkDigest, true)
-	if !bytes.Equal(r.Template, tpm2.Marshal(tmpl)) || r.Policy != hex.EncodeToString(officer.ObjectPolicyDigest(pkDigest)) {
-		return errors.New("its template or policy is not its recipe's")
+	if r.Policy != hex.EncodeToString(officer.ObjectPolicyDigest(pkDigest)) {
+		return errors.New("its policy is not its recipe's")
 	}
 	if r.Extractable || r.Auth != "" || r.DupTo != "" || r.DupBy != "" {
 		return errors.New("a duplication rule on a derived key")

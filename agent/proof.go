@@ -55,8 +55,8 @@ func (a *Agent) PeerProve(ctx context.Context, c api.PeerChallenge) (api.PeerPro
 }
 
 func (a *Agent) peerProve(ctx context.Context, c api.PeerChallenge) (api.PeerProof, error) {
-	if c.Format != api.ChallengeFormat {
-		return api.PeerProof{}, fmt.Errorf("%w: challenge format %d, this provd reads %d", api.ErrBadInput, c.Format, api.ChallengeFormat)
+	if err := c.Check(); err != nil {
+		return api.PeerProof{}, err
 	}
 	pk, tr, traw, ok, err := a.readTransfer(ctx)
 	if err != nil {

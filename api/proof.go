@@ -109,10 +109,16 @@ func ParsePeerChallenge(b []byte) (PeerChallenge, error) {
 	if err := strictjson.Decode(b, &c); err != nil {
 		return c, fmt.Errorf("%w: challenge: %v", ErrBadInput, err)
 	}
+	return c, c.Check()
+}
+
+// Check refuses a challenge of another format or with a field that is not
+// hex, where a file is read and where the daemon takes one.
+func (c PeerChallenge) Check() error {
 	if c.Format != ChallengeFormat {
-		return c, fmt.Errorf("%w: challenge format %d, this provd reads %d", ErrBadInput, c.Format, ChallengeFormat)
+		return fmt.Errorf("%w: challenge format %d, this provd reads %d", ErrBadInput, c.Format, ChallengeFormat)
 	}
-	return c, CheckHexFields("challenge", map[string]string{"parent_name": c.ParentName, "ek_cert_sha256": c.EKCertSHA256, "commitment": c.Commitment})
+	return CheckHexFields("challenge", map[string]string{"parent_name": c.ParentName, "ek_cert_sha256": c.EKCertSHA256, "commitment": c.Commitment})
 }
 
 // ParsePeerProof reads a proof file (provd peer prove) strictly.
@@ -124,10 +130,15 @@ func ParsePeerProof(b []byte) (PeerProof, error) {
 	if err := strictjson.Decode(b, &p); err != nil {
 		return p, fmt.Errorf("%w: proof: %v", ErrBadInput, err)
 	}
+	return p, p.Check()
+}
+
+// Check refuses a proof of another format or with a field that is not hex.
+func (p PeerProof) Check() error {
 	if p.Format != ChallengeFormat {
-		return p, fmt.Errorf("%w: proof format %d, this provd reads %d", ErrBadInput, p.Format, ChallengeFormat)
+		return fmt.Errorf("%w: proof format %d, this provd reads %d", ErrBadInput, p.Format, ChallengeFormat)
 	}
-	return p, CheckHexFields("proof", map[string]string{"parent_name": p.ParentName})
+	return CheckHexFields("proof", map[string]string{"parent_name": p.ParentName})
 }
 
 // Residency is a verifier's challenge and the peer's proof, as a request

@@ -610,7 +610,13 @@ func ParsePeerIdentity(b []byte) (PeerIdentity, error) {
 	if p.Format != PeerFormat {
 		return p, fmt.Errorf("%w: peer identity format %d, this provd reads %d", ErrBadInput, p.Format, PeerFormat)
 	}
-	return p, CheckHexFields("peer identity", map[string]string{"parent_name": p.ParentName, "pk_name": p.PKName, "pk_policy": p.PKPolicy, "officer": p.Officer})
+	return p, p.checkHex()
+}
+
+// checkHex refuses a peer identity with a field that is not hex (read as a
+// file, and in TransferKey, which the daemon's callers reach).
+func (p PeerIdentity) checkHex() error {
+	return CheckHexFields("peer identity", map[string]string{"parent_name": p.ParentName, "pk_name": p.PKName, "pk_policy": p.PKPolicy, "officer": p.Officer})
 }
 
 // ParseDupFile reads a duplicate file (provd dup export) strictly.
@@ -625,10 +631,16 @@ func ParseDupFile(b []byte) (DupFile, error) {
 	if d.Type != DupTypePK && len(b) > maxTransferFile {
 		return d, fmt.Errorf("%w: a duplicate of %d bytes (at most %d)", ErrBadInput, len(b), maxTransferFile)
 	}
+	return d, d.Check()
+}
+
+// Check refuses a duplicate of another format or with a field that is not
+// hex, where a file is read and where the daemon takes one.
+func (d DupFile) Check() error {
 	if d.Format != DupFormat {
-		return d, fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)
+		return fmt.Errorf("%w: duplicate format %d, this provd reads %d", ErrBadInput, d.Format, DupFormat)
 	}
-	return d, CheckHexFields("duplicate", map[string]string{"parent_name": d.ParentName, "pk_policy": d.PKPolicy, "officer": d.Officer, "ek_cert_sha256": d.EKCertSHA256, "dup_to": d.DupTo})
+	return CheckHexFields("duplicate", map[string]string{"parent_name": d.ParentName, "pk_policy": d.PKPolicy, "officer": d.Officer, "ek_cert_sha256": d.EKCertSHA256, "dup_to": d.DupTo})
 }
 
 // TransferKey checks a peer identity's shape and returns its transfer key's
@@ -642,6 +654,9 @@ func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
 	}
 	if p.Format != PeerFormat {
 		return bad(fmt.Sprintf("format %d, this provd reads %d", p.Format, PeerFormat))
+	}
+	if err := p.checkHex(); err != nil {
+		return tpm2.TPMTPublic{}, nil, err
 	}
 	pub, err := ParsePublicArea(p.Parent)
 	if err != nil {
