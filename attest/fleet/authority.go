@@ -255,7 +255,10 @@ func (e *Endpoint) ApproveDuplication(ctx context.Context, id string, req fleeta
 		return fleetapi.DupApproval{}, rejected("this endpoint has no duplication authority key")
 	}
 	name, err := hex.DecodeString(req.ObjectName)
-	if err != nil || len(name) != 34 || binary.BigEndian.Uint16(name) != uint16(tpm2.TPMAlgSHA256) {
+	if err == nil {
+		err = officer.CheckName(name)
+	}
+	if err != nil {
 		return fleetapi.DupApproval{}, rejected("object_name: want a key's TPM name, 68 hex digits starting 000b (provd key pub NAME -o json)")
 	}
 	d, err := e.cfg.Store.Device(ctx, id)
