@@ -118,7 +118,8 @@ Only a key created --extractable leaves (exit code 5 otherwise, before the TPM i
 asked), and only with the crypto officer's approval of this export under this KEK
 (provd key approve --export --kek-object-name): the TPM checks its first part
 (the key's duplication branch needs it), provd its second, and wraps under no
-other KEK, so a KEK one operator entered alone does not serve (exit code 5). The private key is in provd's memory only for the call; the wrap runs
+other KEK, so a KEK one operator entered alone does not serve (exit code 5).
+The private key is in provd's memory only for the call; the wrap runs
 inside the TPM, block by block, so the KEK never leaves it. The KEK must be at
 least as strong as the key: AES-256 for RSA-3072 and up and for P-384.`,
 		Example: `  provd key approve --export --officer officer.key.pem --pk-policy $(provd status -o json | jq -r .policy_digest) \
