@@ -40,7 +40,13 @@ var ErrTransport = errors.New("TPM transport")
 // command broke the daemon for every caller until restart). The connection
 // is then closed and the next command dials a new one; the TPM's state
 // (loaded objects, sessions) lives on in the TPM, not in the connection.
+//
+// Its connection is its own to guard: a probe (counting.Generation's) and
+// a Send take mu, so a probe never peeks at an answer waiting to be read
+// and takes it for the TPM's close (found by CI: two TPMs of a test on one
+// stream, one's probe beside the other's command in flight).
 type streamTransport struct {
+	mu      sync.Mutex
 	conn    net.Conn // nil after a failure, until the next Send dials again
 	redial  func() (net.Conn, error)
 	timeout time.Duration
@@ -59,6 +65,13 @@ type streamTransport struct {
 // probe closes the connection when the TPM closed its end while idle (it
 // restarted): the next command dials again.
 func (s *streamTransport) probe() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropClosed()
+}
+
+// dropClosed is probe under mu.
+func (s *streamTransport) dropClosed() {
 	if s.conn != nil && !alive(s.conn) {
 		s.lose()
 	}
@@ -74,10 +87,12 @@ func (s *streamTransport) lose() {
 }
 
 func (s *streamTransport) Send(cmd []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	// The TPM closed the connection while idle (it restarted): the command
 	// has not left yet, so dialing again and sending it is safe, and the
 	// caller never sees the old connection's end.
-	s.probe()
+	s.dropClosed()
 	if s.conn == nil {
 		conn, err := s.dialAgain()
 		if err != nil {
@@ -171,6 +186,8 @@ func (s *streamTransport) send(cmd []byte) ([]byte, error) {
 }
 
 func (s *streamTransport) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.conn == nil {
 		return nil
 	}
