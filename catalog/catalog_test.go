@@ -104,15 +104,41 @@ func TestPointOffCurve(t *testing.T) {
 	}
 }
 
+// uniqueOf is the unique field of a new key of type kt, as the TPM gives
+// it: TypeOf reads the key.
+func uniqueOf(t *testing.T, kt Type) tpm2.TPMUPublicID {
+	t.Helper()
+	var priv crypto.PrivateKey
+	var err error
+	switch kt.Alg {
+	case tpm2.TPMAlgECC:
+		curve := map[tpm2.TPMECCCurve]elliptic.Curve{tpm2.TPMECCNistP256: elliptic.P256(), tpm2.TPMECCNistP384: elliptic.P384()}[kt.Curve]
+		priv, err = ecdsa.GenerateKey(curve, rand.Reader)
+	case tpm2.TPMAlgRSA:
+		priv, err = rsa.GenerateKey(rand.Reader, kt.Bits)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, unique, err := FromPrivate(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return unique
+}
+
 // Every creatable type's template is recognized again with its usage;
 // derived-only and unknown types are refused with their own sentinels.
 func TestTypes(t *testing.T) {
 	for _, kt := range Types() {
+		if !kt.Create {
+			continue
+		}
+		unique := uniqueOf(t, kt)
 		for _, u := range kt.Usages {
-			if !kt.Create {
-				continue
-			}
-			got, gu, err := TypeOf(kt.CreatedTemplate(u, nil, false))
+			tmpl := kt.CreatedTemplate(u, nil, false)
+			tmpl.Unique = unique
+			got, gu, err := TypeOf(tmpl)
 			if err != nil || got.Name != kt.Name || gu != u {
 				t.Errorf("%s %s: TypeOf = %s %s %v", kt.Name, u, got.Name, gu, err)
 			}
@@ -141,6 +167,7 @@ func TestTypes(t *testing.T) {
 		t.Errorf("ECC hmac usage: %v", err)
 	}
 	both := kt.CreatedTemplate(UsageSign, nil, false)
+	both.Unique = uniqueOf(t, kt)
 	both.ObjectAttributes.Decrypt = true
 	if _, _, err := TypeOf(both); !errors.Is(err, ErrUsage) {
 		t.Errorf("sign+decrypt key: %v", err)

@@ -109,14 +109,48 @@ type PublicOptions struct {
 	Hash   tpm2.TPMIAlgHash
 }
 
+// checkScheme accepts o's scheme for pub: none (TPM_ALG_NULL, or unset),
+// or a signing scheme of pub's type with an approved hash.
+func (o PublicOptions) checkScheme(pub crypto.PublicKey) error {
+	if o.Scheme == tpm2.TPMAlgNull || o.Scheme == 0 {
+		return nil
+	}
+	var ok bool
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		ok = o.Scheme == tpm2.TPMAlgECDSA
+	case *rsa.PublicKey:
+		ok = o.Scheme == tpm2.TPMAlgRSAPSS || o.Scheme == tpm2.TPMAlgRSASSA
+	}
+	if !ok {
+		return fmt.Errorf("scheme 0x%04x for a %T: %w", uint16(o.Scheme), pub, ErrNotApproved)
+	}
+	if _, err := HashByAlg(o.Hash); err != nil {
+		return fmt.Errorf("the scheme's hash: %w", err)
+	}
+	return nil
+}
+
 // Public is the TPMT_PUBLIC of a Go public key (ECDSA P-256 or P-384, RSA of
 // 2048 bits or more), as TPM2_LoadExternal takes it. The same structure
 // yields the key's TPM name, so it is written the one way the TPM would:
 // ECC coordinates padded to the field size, an RSA exponent of 65537 as 0
 // (the TPM's default). A point off its curve, another curve or a weak RSA
 // key is refused (ErrNotApproved).
+//
+// The options are held to approved mode too (found by review 58: a SHA-1
+// nameAlg or an ECDSA-SHA-1 scheme was written, and an RSA key given an
+// ECDSA scheme silently got none): the nameAlg an approved hash, the
+// scheme TPM_ALG_NULL or one of the key type's signing schemes with an
+// approved hash.
 func Public(pub crypto.PublicKey, o PublicOptions) (tpm2.TPMTPublic, error) {
 	t := tpm2.TPMTPublic{NameAlg: o.NameAlg, ObjectAttributes: o.Attrs}
+	if _, err := HashByAlg(o.NameAlg); err != nil {
+		return t, fmt.Errorf("nameAlg: %w", err)
+	}
+	if err := o.checkScheme(pub); err != nil {
+		return t, err
+	}
 	null := tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull}
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:

@@ -99,11 +99,19 @@ func UnderMovable(t tpm2.TPMTPublic, movable bool) tpm2.TPMTPublic {
 	return t
 }
 
-// TypeOf recognizes the approved type and the usage of a public area (an
-// imported key), or refuses it: ErrNotApproved for a type outside the
-// catalog, ErrUsage for a key that both signs and decrypts (or neither).
+// TypeOf recognizes the approved type and the usage of an operational
+// key's public area (an imported key, a duplicate, a moved PK's record, a
+// loaded key), or refuses it: ErrNotApproved for a type outside the
+// catalog, and for what provd's keys never carry (found by review 58: an
+// RSA-2048 key of exponent 3, or a P-256 key of SHA-1 nameAlg or a fixed
+// ECDSA-SHA-1 scheme, was an approved key): a nameAlg that is not an
+// approved hash, a scheme, symmetric definition or KDF of its own (each
+// use names its approved scheme: Template), or a public key PublicKey
+// refuses (an exponent under 65537, a point off its curve); ErrUsage for
+// a key that both signs and decrypts (or neither).
 func TypeOf(pub tpm2.TPMTPublic) (Type, string, error) {
 	var name string
+	var bare bool // no scheme, symmetric definition or KDF
 	switch pub.Type {
 	case tpm2.TPMAlgECC:
 		p, err := pub.Parameters.ECCDetail()
@@ -116,16 +124,27 @@ func TypeOf(pub tpm2.TPMTPublic) (Type, string, error) {
 		case tpm2.TPMECCNistP384:
 			name = "ecc-p384"
 		}
+		bare = p.Scheme.Scheme == tpm2.TPMAlgNull && p.Symmetric.Algorithm == tpm2.TPMAlgNull && p.KDF.Scheme == tpm2.TPMAlgNull
 	case tpm2.TPMAlgRSA:
 		p, err := pub.Parameters.RSADetail()
 		if err != nil {
 			return Type{}, "", err
 		}
 		name = fmt.Sprintf("rsa-%d", p.KeyBits)
+		bare = p.Scheme.Scheme == tpm2.TPMAlgNull && p.Symmetric.Algorithm == tpm2.TPMAlgNull
 	}
 	kt, err := Lookup(name, false)
 	if err != nil {
 		return kt, "", fmt.Errorf("a %v key: %w", pub.Type, ErrNotApproved)
+	}
+	if _, err := HashByAlg(pub.NameAlg); err != nil {
+		return kt, "", fmt.Errorf("a %s key's nameAlg: %w", kt.Name, err)
+	}
+	if !bare {
+		return kt, "", fmt.Errorf("a %s key with a scheme, symmetric definition or KDF of its own: %w (provd's keys carry none: each use names its scheme)", kt.Name, ErrNotApproved)
+	}
+	if _, err := PublicKey(pub); err != nil {
+		return kt, "", fmt.Errorf("a %s key: %w", kt.Name, err)
 	}
 	a := pub.ObjectAttributes
 	switch {
@@ -289,8 +308,16 @@ const ChallengeAnswerSize = 48 - 20
 
 // IsTransferKey reports whether pub is the transfer key of the device
 // whose PK is pkName: the template with that policy and any unique field.
+//
+// An area of another type is not one (found by review 58: its unique
+// field, set to the template's ECC point, made go-tpm's Marshal panic on
+// the union's tag, so a peer file whose parent was an RSA key crashed the
+// CLI that read it).
 func IsTransferKey(pub tpm2.TPMTPublic, pkName []byte) bool {
 	want := TransferTemplate(TransferPolicy(pkName))
+	if pub.Type != want.Type {
+		return false
+	}
 	pub.Unique = want.Unique
 	return string(tpm2.Marshal(pub)) == string(tpm2.Marshal(want))
 }
