@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -530,12 +529,16 @@ func (r keyRecord) derivedRecipe(pkDigest []byte, movable bool) (officer.Recipe,
 // its type, usage, extractability and policy are the blob's public area's
 // (review 57: the origin's root gave a record another public key, which
 // the receiver's key pub then served as its TPM key, or another type, or
-// "not extractable" on a key that is). A derived key: the officer's
+// "not extractable" on a key that is), and the key is one provd makes
+// under this PK: its policy and, its point aside, its public area what
+// createKey gives it (review 58: a key with userWithAuth, or a policy of
+// the origin's choosing, was adopted). A derived key: the officer's
 // approval of its recipe under this PK policy (movable), its template and
 // policy the recipe's, not extractable, and a public area of the name the
 // record gives and of the template's shape (its point is the TPM's to
 // give: the first derivation holds the object to the record's name).
-func (r keyRecord) checkCarried(blob *tpm.Blob, pkDigest []byte, officerKey crypto.PublicKey) error {
+func (r keyRecord) checkCarried(blob *tpm.Blob, in pkInputs) error {
+	pkDigest, officerKey := in.state.Policy.digest(), in.officer
 	derived := false
 	switch r.Kind {
 	case api.KindDerived:
@@ -576,6 +579,33 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, pkDigest []byte, officerKey cryp
 			return errors.New("its extractability is not its key's")
 		case r.Policy != hex.EncodeToString(pub.AuthPolicy.Buffer):
 			return errors.New("its policy is not its key's")
+		}
+		// And the key is one provd makes under this PK (found by review
+		// 58: a key of any attributes, userWithAuth or restricted among
+		// them, and of any policy was adopted as the record said): the
+		// policy this PK's keys get for the record's extractability and
+		// duplication rule, and, its point aside, the template createKey
+		// and import-blob give a key under a movable PK (a moved PK is one).
+		rule, err := r.rule()
+		if err != nil {
+			return errors.New("its duplication rule")
+		}
+		expr, err := keyPolicyFor(in, r.Extractable, rule, nil)
+		if err != nil {
+			return err
+		}
+		digest, err := expr.Digest(tpm2.TPMAlgSHA256)
+		if err != nil {
+			return err
+		}
+		if r.Policy != hex.EncodeToString(digest) {
+			return errors.New("its policy is not the one this PK's keys get")
+		}
+		want := catalog.UnderMovable(got.CreatedTemplate(usage, digest, r.Extractable), true)
+		shape := pub
+		shape.Unique = want.Unique
+		if !bytes.Equal(tpm2.Marshal(shape), tpm2.Marshal(want)) {
+			return errors.New("its public area is not one provd creates")
 		}
 		return nil
 	}
@@ -649,7 +679,7 @@ func adoptedState(in pkInputs, ms movedState, pkName string, f api.DupFile) (pkS
 			}
 			blob = &b
 		}
-		if err := r.checkCarried(blob, in.state.Policy.digest(), in.officer); err != nil {
+		if err := r.checkCarried(blob, in); err != nil {
 			return bad(fmt.Sprintf("key %q: %v", r.Name, err))
 		}
 	}
