@@ -43,7 +43,7 @@ func review58Agent(t *testing.T, keys map[string][2]string) *agent.Agent {
 	return ag
 }
 
-// FLAW: crypto.Signer's opts.HashFunc() == 0 means "the message was not
+// FLAW (failed before the mend): crypto.Signer's opts.HashFunc() == 0 means "the message was not
 // hashed" (what rsa.PrivateKey.Sign then signs as a raw PKCS#1 v1.5 block,
 // with no DigestInfo). Key.SignContext passes the 0 on, and the agent reads
 // 0 as "the key's default hash": 32 bytes the caller said were not a
@@ -91,7 +91,7 @@ func (review58Backend) Decrypt(context.Context, string, []byte, crypto.Hash) ([]
 	return nil, errors.New("refused by the backend")
 }
 
-// FLAW: Sign with *rsa.PSSOptions whose Hash is 0 (or any value
+// FLAW (failed before the mend): Sign with *rsa.PSSOptions whose Hash is 0 (or any value
 // crypto.Hash does not know) and an explicit salt length panics in the
 // caller's goroutine: the salt-length switch evaluates so.Hash.Size(), and
 // crypto.Hash.Size panics for an unknown hash. rsa.PrivateKey.Sign with

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
 )
 
 // Backend is what a Key needs of provd: an in-process *agent.Agent or the
@@ -111,7 +112,19 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 }
 
 // SignContext is Sign for a caller with a context: the call ends with ctx.
+//
+// opts must name the digest's hash, approved (SHA-256, SHA-384): a zero
+// hash is crypto.Signer's "the message was not hashed", which a TPM key
+// does not sign (found by review 58: the agent read it as the key's
+// default hash and signed the bytes as a SHA-256 digest; and *rsa.PSSOptions
+// with no hash and a salt length panicked on the hash's size).
 func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil || opts.HashFunc() == 0 {
+		return nil, fmt.Errorf("%w: no hash named: a TPM key signs a digest, not an unhashed message", api.ErrNotPermitted)
+	}
+	if _, err := catalog.HashOf(opts.HashFunc()); err != nil {
+		return nil, fmt.Errorf("%w: %w", api.ErrNotPermitted, err)
+	}
 	so := api.SignOptions{Hash: opts.HashFunc()}
 	switch k.pub.(type) {
 	case *ecdsa.PublicKey:
