@@ -1,13 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest"
+	"github.com/provd/provd/internal/pemblock"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
@@ -257,9 +258,10 @@ func PinEstablished(t *tpm.TPM, id api.Identity, srk tpm.Object) error {
 // P-384 (high range).
 func ekCertificate(t *tpm.TPM, given []byte) ([]byte, string, error) {
 	if len(given) > 0 {
-		if b, _ := pem.Decode(given); b != nil {
-			if b.Type != "CERTIFICATE" {
-				return nil, "", fmt.Errorf("%w: EK certificate: a PEM %q block, want CERTIFICATE", api.ErrBadInput, b.Type)
+		if bytes.Contains(given, []byte("-----BEGIN")) {
+			b, err := pemblock.Decode(given, "CERTIFICATE")
+			if err != nil {
+				return nil, "", fmt.Errorf("%w: EK certificate: %w", api.ErrBadInput, err)
 			}
 			given = b.Bytes
 		}

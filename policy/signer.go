@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/internal/pemblock"
 )
 
 // signerScheme is what an approved policy-signer key implies: the TPM
@@ -97,15 +98,12 @@ func SignerName(pub crypto.PublicKey) ([]byte, error) {
 }
 
 // ParsePublicKeyPEM parses one PEM "PUBLIC KEY" block (PKIX) holding an
-// approved policy-signer key. Anything after the block other than whitespace
-// is refused, so a file cannot carry a second, unnoticed key.
+// approved policy-signer key. The file is the one block alone
+// (internal/pemblock), so it cannot carry a second, unnoticed key.
 func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
-	block, err := onePEM(data)
+	block, err := pemblock.Decode(data, "PUBLIC KEY")
 	if err != nil {
-		return nil, err
-	}
-	if block.Type != "PUBLIC KEY" {
-		return nil, fmt.Errorf("policy: PEM block %q, want PUBLIC KEY", block.Type)
+		return nil, fmt.Errorf("policy: %w", err)
 	}
 	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
 	if err != nil {
@@ -134,12 +132,9 @@ func MarshalPublicKeyPEM(pub crypto.PublicKey) ([]byte, error) {
 // is refused (decrypt it with a tool that does it properly), and the key must
 // be an approved signer.
 func ParseSignerPEM(data []byte) (crypto.Signer, error) {
-	block, err := onePEM(data)
+	block, err := pemblock.Decode(data, "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
 	if err != nil {
-		return nil, err
-	}
-	if len(block.Headers) != 0 {
-		return nil, fmt.Errorf("policy: PEM headers (encrypted key?) are not supported")
+		return nil, fmt.Errorf("policy: %w", err)
 	}
 	var key any
 	switch block.Type {
@@ -163,17 +158,4 @@ func ParseSignerPEM(data []byte) (crypto.Signer, error) {
 		return nil, err
 	}
 	return signer, nil
-}
-
-func onePEM(data []byte) (*pem.Block, error) {
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, fmt.Errorf("policy: no PEM block found")
-	}
-	for _, c := range rest {
-		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
-			return nil, fmt.Errorf("policy: data after the PEM block")
-		}
-	}
-	return block, nil
 }

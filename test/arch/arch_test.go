@@ -48,10 +48,19 @@ var rules = []rule{
 		name:      "tpm-stands-alone",
 		from:      []string{"tpm/..."},
 		forbid:    []string{"..."},
-		allow:     []string{"tpm/..."},
+		allow:     []string{"tpm/...", "internal/..."},
 		testAllow: []string{"test/swtpmtest"},
-		why: "tpm is the only package that talks to the TPM and imports nothing of provd's outside tpm/...; " +
+		why: "tpm is the only package that talks to the TPM and imports nothing of provd's outside tpm/... " +
+			"but internal/... (parsers of the standard library's alone); " +
 			"its tests may use the swtpm harness (test/swtpmtest) and nothing else of provd's",
+	},
+	{
+		name:   "internal-is-a-leaf",
+		from:   []string{"internal/..."},
+		forbid: []string{"..."},
+		allow:  []string{"internal/..."},
+		why: "internal/... holds parsers that the standard library alone builds (strict JSON, one PEM block): " +
+			"tpm, policy and firmware import them, so they import nothing of provd's",
 	},
 	{
 		name:      "policy-is-offline",

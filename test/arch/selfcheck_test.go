@@ -30,11 +30,12 @@ type spec struct{ imports, test, xtest string }
 func target() map[string]*spec {
 	return map[string]*spec{
 		"internal/strictjson":       {},
+		"internal/pemblock":         {},
 		"catalog":                   {imports: "internal/strictjson"},
 		"keywrap":                   {xtest: "keywrap"},
 		"tpm/swtpm":                 {},
 		"tpm":                       {imports: "tpm/swtpm github.com/google/go-tpm/tpm2", xtest: "tpm test/swtpmtest"}, // the harness in tests
-		"tpm/keyfile":               {imports: "tpm", xtest: "tpm/keyfile test/swtpmtest"},
+		"tpm/keyfile":               {imports: "tpm internal/pemblock", xtest: "tpm/keyfile test/swtpmtest"},
 		"tpm/objcache":              {imports: "tpm", test: "test/swtpmtest"},
 		"test/swtpmtest":            {imports: "tpm tpm/swtpm"},
 		"policy":                    {imports: "internal/strictjson catalog", xtest: "policy tpm test/swtpmtest"}, // a real TPM in tests

@@ -34,6 +34,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/provd/provd/internal/pemblock"
 )
 
 // PEMType is the PEM block type of a key file.
@@ -108,23 +110,11 @@ func (k Key) EncodePEM() ([]byte, error) {
 }
 
 // ParsePEM reads exactly one "TSS2 PRIVATE KEY" block (surrounding
-// whitespace allowed, nothing else).
+// whitespace allowed, nothing else: internal/pemblock).
 func ParsePEM(data []byte) (Key, error) {
-	if i := bytes.Index(data, []byte("-----BEGIN")); i < 0 || len(bytes.TrimSpace(data[:i])) != 0 {
-		return Key{}, fmt.Errorf("%w: not a PEM block alone", ErrFormat)
-	}
-	blk, rest := pem.Decode(data)
-	if blk == nil {
-		return Key{}, fmt.Errorf("%w: no PEM block", ErrFormat)
-	}
-	if blk.Type != PEMType {
-		return Key{}, fmt.Errorf("%w: PEM block %q", ErrFormat, blk.Type)
-	}
-	if len(blk.Headers) != 0 {
-		return Key{}, fmt.Errorf("%w: PEM headers", ErrFormat)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return Key{}, fmt.Errorf("%w: data after the PEM block", ErrFormat)
+	blk, err := pemblock.Decode(data, PEMType)
+	if err != nil {
+		return Key{}, fmt.Errorf("%w: %w", ErrFormat, err)
 	}
 	return Parse(blk.Bytes)
 }

@@ -13,7 +13,7 @@ func review58Key() Key {
 	return Key{EmptyAuth: true, Parent: ParentOwner, Public: []byte{0, 3, 1, 2, 3}, Private: []byte{0, 2, 9, 9}}
 }
 
-// FLAW: ParsePEM promises "exactly one TSS2 PRIVATE KEY block (surrounding
+// FLAW (failed before the mend): ParsePEM promises "exactly one TSS2 PRIVATE KEY block (surrounding
 // whitespace allowed, nothing else)" but Go's pem.Decode skips whatever
 // does not decode as a block and takes the next one: a file that opens
 // with a broken BEGIN line, or with a first TSS2 PRIVATE KEY block whose

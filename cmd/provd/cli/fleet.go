@@ -33,6 +33,7 @@ import (
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/fwhook"
+	"github.com/provd/provd/internal/pemblock"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 )
@@ -971,9 +972,10 @@ key's source; see docs/attestation.md). fleet secret list shows its public key.`
 			}
 			defer clear(v)
 			der := v
-			if b, _ := pem.Decode(v); b != nil {
-				if b.Type != "PRIVATE KEY" {
-					return usageError(fmt.Errorf("--in: a PEM %q block, want PRIVATE KEY (PKCS#8: openssl pkcs8 -topk8 -nocrypt)", b.Type))
+			if bytes.Contains(v, []byte("-----BEGIN")) {
+				b, err := pemblock.Decode(v, "PRIVATE KEY")
+				if err != nil {
+					return usageError(fmt.Errorf("--in: %w (PKCS#8: openssl pkcs8 -topk8 -nocrypt)", err))
 				}
 				der = b.Bytes
 				defer clear(der)

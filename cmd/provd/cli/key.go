@@ -19,6 +19,7 @@ import (
 	"github.com/provd/provd/agent/tpmkey"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/internal/pemblock"
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
@@ -482,9 +483,9 @@ key's curve). The secret is written to --out (mode 0600) or printed in hex.`,
 }
 
 func parsePeer(b []byte) (*ecdh.PublicKey, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PUBLIC KEY" {
-		return nil, fmt.Errorf("not a PEM PUBLIC KEY")
+	blk, err := pemblock.Decode(b, "PUBLIC KEY")
+	if err != nil {
+		return nil, err
 	}
 	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
 	if err != nil {
