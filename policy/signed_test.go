@@ -288,6 +288,22 @@ func TestParseSignerPEM(t *testing.T) {
 	if _, err := ParsePublicKeyPEM(append(mustPubPEM(t, p384.Public()), 'x')); err == nil {
 		t.Error("ParsePublicKeyPEM accepted trailing data")
 	}
+	// FLAW (failed before the mend, found beside review 58's key file):
+	// an officer's or signer's key file whose first block does not decode
+	// was read as the hidden block after it (pem.Decode skips to the next
+	// BEGIN), where openssl shows an error or the first key.
+	hidden := mustPubPEM(t, p256.Public())
+	for name, first := range map[string]string{
+		"a broken BEGIN line": "-----BEGIN PUBLIC KEY\n",
+		"a corrupt block":     "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n",
+	} {
+		if k, err := ParsePublicKeyPEM(append([]byte(first), hidden...)); err == nil {
+			t.Errorf("ParsePublicKeyPEM after %s: took the hidden %T", name, k)
+		}
+		if _, err := ParseSignerPEM(append([]byte(first), pkcs8(p256)...)); err == nil {
+			t.Errorf("ParseSignerPEM after %s: took the hidden key", name)
+		}
+	}
 }
 
 func mustPubPEM(t testing.TB, pub crypto.PublicKey) []byte {
