@@ -45,8 +45,19 @@ func NewClient(baseURL string, caPEM []byte, token string) (*Client, error) {
 		cfg.RootCAs = pool
 	}
 	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token,
-		HTTP: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}}, nil
+		HTTP: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true},
+			CheckRedirect: refuseRedirect}}, nil
 }
+
+// errRedirect refuses an answer that sends the request elsewhere.
+var errRedirect = errors.New("the fleet endpoint answered with a redirect, which its API never does: not followed")
+
+// refuseRedirect is the client's CheckRedirect: the endpoint's API has no
+// redirects, and following one leaves the pinned channel (found by review
+// 59: Go's client resent the request, the operator's token and the
+// secret's body, to an http:// URL of the same host, and the body to any
+// other host).
+func refuseRedirect(*http.Request, []*http.Request) error { return errRedirect }
 
 // APIError is the endpoint's error answer.
 type APIError struct {

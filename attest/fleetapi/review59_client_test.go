@@ -59,7 +59,7 @@ func review59Endpoint(t *testing.T, location func(r *http.Request) string) (*htt
 	return ts, pin
 }
 
-// FLAW: the client's "TLS always" (NewClient refuses http://, found by an
+// FLAW (failed before the mend): the client's "TLS always" (NewClient refuses http://, found by an
 // earlier review: the operator's token went in the clear) holds for the
 // first hop only. The http.Client follows redirects with Go's defaults: a
 // 307 from the pinned endpoint to http:// on the same host name (another
@@ -96,7 +96,7 @@ func TestReview59RedirectCarriesTheTokenInTheClear(t *testing.T) {
 	}
 }
 
-// FLAW: a 307 or 308 keeps the method and body, and Go resends a body it
+// FLAW (failed before the mend): a 307 or 308 keeps the method and body, and Go resends a body it
 // can replay (bytes.Reader) to any host: only the Authorization header is
 // dropped for another host name. A redirect from the pinned endpoint to
 // http://another-host sends the operator's secret or PKCS#8 signing key
