@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"testing"
 
@@ -19,8 +21,8 @@ import (
 )
 
 // TestCheckImportPublic: import-blob accepts exactly the public areas provd
-// creates (every creatable type and usage, extractable or not, whatever the
-// unique field) and refuses each single deviation, in particular the ones a
+// creates (every creatable type and usage, extractable or not, whatever
+// key their unique field holds) and refuses each single deviation, in particular the ones a
 // key made outside the TPM and brought in with TPM2_Import carries
 // (sensitiveDataOrigin clear) and the attributes the earlier check never
 // looked at (adminWithPolicy, noDA, stClear, schemes, exponent).
@@ -41,6 +43,33 @@ func TestCheckImportPublic(t *testing.T) {
 		}
 		return d
 	}
+	// Each type's key, as the TPM gives it: TypeOf reads the point or
+	// modulus (review 58), so each refusal below is its deviation's.
+	made := map[string]tpm2.TPMUPublicID{}
+	uniques := func(kt catalog.Type) tpm2.TPMUPublicID {
+		if u, ok := made[kt.Name]; ok {
+			return u
+		}
+		var priv crypto.PrivateKey
+		var err error
+		switch kt.Name {
+		case "ecc-p256":
+			priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		case "ecc-p384":
+			priv, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		default:
+			priv, err = rsa.GenerateKey(rand.Reader, kt.Bits)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, u, err := catalog.FromPrivate(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		made[kt.Name] = u
+		return u
+	}
 	for _, kt := range catalog.Types() {
 		if !kt.Create {
 			continue
@@ -48,10 +77,7 @@ func TestCheckImportPublic(t *testing.T) {
 		for _, usage := range kt.Usages {
 			for _, ext := range []bool{false, true} {
 				pub := kt.CreatedTemplate(usage, digest(ext), ext)
-				if kt.Alg == tpm2.TPMAlgECC {
-					pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-						X: tpm2.TPM2BECCParameter{Buffer: []byte{1, 2}}, Y: tpm2.TPM2BECCParameter{Buffer: []byte{3}}})
-				}
+				pub.Unique = uniques(kt)
 				gkt, gu, tmpl, err := checkImportPublic(pub, pk)
 				if err != nil || gkt.Name != kt.Name || gu != usage || tmpl.ObjectAttributes.FixedTPM == ext {
 					t.Errorf("%s %s extractable=%v: %s %s %v", kt.Name, usage, ext, gkt.Name, gu, err)
@@ -62,8 +88,16 @@ func TestCheckImportPublic(t *testing.T) {
 
 	p256, _ := lookupType("ecc-p256", false)
 	rsa2048, _ := lookupType("rsa-2048", false)
-	fixed := func() tpm2.TPMTPublic { return p256.CreatedTemplate(catalog.UsageSign, digest(false), false) }
-	ext := func() tpm2.TPMTPublic { return p256.CreatedTemplate(catalog.UsageSign, digest(true), true) }
+	fixed := func() tpm2.TPMTPublic {
+		p := p256.CreatedTemplate(catalog.UsageSign, digest(false), false)
+		p.Unique = uniques(p256)
+		return p
+	}
+	ext := func() tpm2.TPMTPublic {
+		p := p256.CreatedTemplate(catalog.UsageSign, digest(true), true)
+		p.Unique = uniques(p256)
+		return p
+	}
 	for _, c := range []struct {
 		name string
 		pub  func() tpm2.TPMTPublic
@@ -110,6 +144,7 @@ func TestCheckImportPublic(t *testing.T) {
 				Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
 				KeyBits:   2048, Exponent: 3,
 			})
+			p.Unique = uniques(rsa2048)
 			return p
 		}},
 		{"sign and decrypt", func() tpm2.TPMTPublic { p := fixed(); p.ObjectAttributes.Decrypt = true; return p }},
