@@ -232,9 +232,23 @@ var ExportParent = binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHNull))
 // ApproveDuplication is the crypto officer's approval to duplicate the
 // extractable key with TPM name objectName, under a PK with policy digest
 // pkPolicy, to the storage key with TPM name newParent, and to nothing else.
+//
+// Both names are checked before anything is signed (found by review 61):
+// the approved digest hashes objectName || newParent with nothing between
+// them, as the TPM's PolicyDuplicationSelect does, so a pair split
+// elsewhere (an empty object and a parent of the key's name and
+// TPM_RH_NULL's) was signed as the approval of the real pair.
 func ApproveDuplication(officer crypto.Signer, pkPolicy, objectName, newParent []byte) (*policy.Approval, error) {
 	if err := checkPKPolicy(pkPolicy); err != nil {
 		return nil, err
+	}
+	if err := CheckName(objectName); err != nil {
+		return nil, fmt.Errorf("the key's TPM name: %w", err)
+	}
+	if !bytes.Equal(newParent, ExportParent) {
+		if err := CheckName(newParent); err != nil {
+			return nil, fmt.Errorf("the new parent's TPM name (or TPM_RH_NULL's): %w", err)
+		}
 	}
 	return policy.ApproveDigest(officer, DupApproved(pkPolicy, objectName, newParent), DupRef)
 }

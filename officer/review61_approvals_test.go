@@ -134,7 +134,7 @@ func TestReview61ApprovalKindsDoNotCross(t *testing.T) {
 	}
 }
 
-// FLAW: (low: defence in depth, no exploitable caller found)
+// FLAW (failed before the mend): (low: defence in depth, no exploitable caller found)
 // ApproveDuplication takes any byte strings as the object's and the new
 // parent's names, and DupApproved hashes objectName || newParent with no
 // length or boundary (as PolicyDuplicationSelect does in the TPM). So an

@@ -23,7 +23,7 @@ func (s *review61Secret) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// FLAW: (low) Decode runs the standard decoder into v before the token walk
+// FLAW (failed before the mend): (low) Decode runs the standard decoder into v before the token walk
 // that finds duplicate keys, and its doc tells callers that clearing v on
 // an error is enough ("a caller that decodes secrets clears v either
 // way": SealRequest.UnmarshalJSON clears w.Data, the daemon Wipe()s
