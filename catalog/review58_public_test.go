@@ -368,7 +368,7 @@ func TestReview58HostileAreasDoNotPanic(t *testing.T) {
 		}
 		switch k := k.(type) {
 		case *ecdsa.PublicKey:
-			if !k.Curve.IsOnCurve(k.X, k.Y) {
+			if _, err := k.ECDH(); err != nil { // ECDH checks the point is on its curve
 				t.Fatalf("mutation %d: a point off its curve taken", i)
 			}
 		case *rsa.PublicKey:
@@ -399,16 +399,24 @@ func TestReview58HostileAreasDoNotPanic(t *testing.T) {
 		return &tpm2.TPMTSensitive{SensitiveType: tpm2.TPMAlgRSA, Sensitive: tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgRSA, &tpm2.TPM2BPrivateKeyRSA{Buffer: p.Bytes()})}
 	}
 	n := review58RSA.N
+	d256, err := p256.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d384, err := p384.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, tc := range map[string]struct {
 		pub  tpm2.TPMTPublic
 		sens *tpm2.TPMTSensitive
 	}{
 		"ecc scalar 0":      {ecPub, eccSens(nil)},
 		"ecc scalar n":      {ecPub, eccSens(elliptic.P256().Params().N.Bytes())},
-		"ecc scalar 33B":    {ecPub, eccSens(append([]byte{0}, p256.D.FillBytes(make([]byte, 32))...))},
-		"ecc other scalar":  {ecPub, eccSens(p384.D.Bytes()[:32])},
+		"ecc scalar 33B":    {ecPub, eccSens(append([]byte{0}, d256...))},
+		"ecc other scalar":  {ecPub, eccSens(d384[:32])},
 		"ecc given rsa":     {ecPub, rsaSens(review58RSA.Primes[0])},
-		"rsa given ecc":     {rsaPub, eccSens(p256.D.Bytes())},
+		"rsa given ecc":     {rsaPub, eccSens(d256)},
 		"rsa prime 1":       {rsaPub, rsaSens(big.NewInt(1))},
 		"rsa prime N":       {rsaPub, rsaSens(n)},
 		"rsa prime N-1":     {rsaPub, rsaSens(new(big.Int).Sub(n, big.NewInt(1)))},

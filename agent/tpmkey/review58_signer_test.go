@@ -200,6 +200,7 @@ func TestReview58SignerHoldsItsOpts(t *testing.T) {
 	if _, err := dk.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("label")}); err == nil {
 		t.Error("OAEP with a label decrypted")
 	}
+	//lint:ignore SA1019 the refusal of PKCS#1 v1.5 decryption is what is tested
 	if _, err := dk.Decrypt(rand.Reader, ct, &rsa.PKCS1v15DecryptOptions{}); err == nil {
 		t.Error("PKCS#1 v1.5 decryption")
 	}
