@@ -521,7 +521,8 @@ func (r keyRecord) derivedRecipe(pkDigest []byte, movable bool) (officer.Recipe,
 
 // checkCarried holds a key record a moved PK brings to what this provd
 // would have written itself for the key it names: a kind that lives under
-// a movable PK (created, imported or derived: no KEK, none transferred), an
+// a movable PK (created or derived: no KEK, no import from a backup, none
+// transferred; review 60), an
 // approved type and one of its usages, no KCV (found by review 53: the
 // origin's root edited a derived key's context into terminal control
 // characters, and every key list on the receiver showed them). A key with
@@ -543,7 +544,7 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, in pkInputs) error {
 	switch r.Kind {
 	case api.KindDerived:
 		derived = true
-	case api.KindCreated, api.KindImported:
+	case api.KindCreated: // created, or brought in by import-blob (imports from a backup are refused under a movable PK)
 	default:
 		return fmt.Errorf("kind %q", r.Kind)
 	}
@@ -567,6 +568,15 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, in pkInputs) error {
 	if !derived {
 		if r.Label != "" || r.Context != "" {
 			return errors.New("a label or context on a key that is not derived")
+		}
+		// Only an extractable key has a duplication rule or an
+		// authValue of its own, and the authValue is objectAuthSize
+		// bytes (review 60: records provd never writes were adopted).
+		if !r.Extractable && (r.DupTo != "" || r.DupBy != "" || r.Auth != "") {
+			return errors.New("a duplication rule or an authValue on a key that is not extractable")
+		}
+		if b, err := hex.DecodeString(r.Auth); err != nil || (r.Auth != "" && len(b) != objectAuthSize) {
+			return errors.New("its authValue")
 		}
 		if blob == nil || !bytes.Equal(r.Public, tpm2.Marshal(blob.Public)) {
 			return errors.New("its public area is not its blob's")

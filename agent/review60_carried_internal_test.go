@@ -217,7 +217,7 @@ func TestReview60CarriedKeysWithRulesAreAdopted(t *testing.T) {
 // officer384 is p's digest under SHA-384.
 func officer384(p policy.Policy) ([]byte, error) { return p.Digest(tpm2.TPMAlgSHA384) }
 
-// FLAW: a duplication authority's key kept in the state by the release
+// FLAW (a regression of a679d3a; failed before the mend): a duplication authority's key kept in the state by the release
 // before review 58's mend is refused as tampered after the upgrade.
 // `key create --duplicable-by FILE` and `provision --duplicable-by FILE`
 // store the file as given (pkState.DupBy, keyRecord.DupBy, and the dup
@@ -261,7 +261,7 @@ func TestReview60StoredDupByOfThePreviousRelease(t *testing.T) {
 	}
 }
 
-// FLAW: an EK certificate file written by `openssl x509 -text -out ek.pem`
+// FLAW (a regression of a679d3a; failed before the mend): an EK certificate file written by `openssl x509 -text -out ek.pem`
 // (the certificate's dump, then its one CERTIFICATE block), which OpenSSL
 // and the release before a679d3a read (pem.Decode skipped the text), is
 // refused by `provd tpm identity --ek-cert` (ekCertificate: "data before
@@ -291,7 +291,7 @@ func TestReview60EKCertWrittenWithOpenSSLText(t *testing.T) {
 	}
 }
 
-// FLAW (low): checkCarried still adopts created-key records provd never
+// FLAW (low; failed before the mend): checkCarried still adopts created-key records provd never
 // writes under a movable PK, as long as the blob is a key provd makes:
 // kind "imported" (importKey refuses a movable PK: errMovableBackup; so a
 // moved PK never has one), a duplication rule (DupTo, DupBy) on a key that

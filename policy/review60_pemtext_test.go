@@ -11,7 +11,7 @@ import (
 	"github.com/provd/provd/policy"
 )
 
-// FLAW: key files OpenSSL writes with -text, which OpenSSL and the release
+// FLAW (a regression of a679d3a; failed before the mend): key files OpenSSL writes with -text, which OpenSSL and the release
 // before a679d3a read, are refused: `openssl ec -text -out signer.pem` (the
 // key's dump, then its one EC PRIVATE KEY block) as a policy signer or
 // crypto officer key (ParseSignerPEM: policy sign --signer, key approve

@@ -1,7 +1,9 @@
 // Package pemblock reads a file that must hold exactly one PEM block, the
-// one way provd reads a key, public key or key file handed to it: the block
-// first (whitespace before it), nothing after it but whitespace, and no
-// other block anywhere.
+// one way provd reads a key, public key or key file handed to it: one
+// BEGIN line in the whole file, its block decoding, nothing after it but
+// whitespace. Text before it is allowed, as OpenSSL allows it (`openssl
+// x509 -text` and `openssl ec -text` write a dump there, review 60), since
+// with one BEGIN line there is no other block to read it as.
 //
 // It exists because encoding/pem's Decode skips whatever does not decode
 // as a block and returns the next one: a file that opens with a broken
@@ -25,14 +27,11 @@ var ErrFormat = errors.New("not one PEM block")
 
 // Decode returns data's one PEM block, of one of types, without headers.
 func Decode(data []byte, types ...string) (*pem.Block, error) {
-	i := bytes.Index(data, []byte("-----BEGIN"))
-	if i < 0 {
+	switch bytes.Count(data, []byte("-----BEGIN")) {
+	case 0:
 		return nil, fmt.Errorf("%w: no PEM block", ErrFormat)
-	}
-	if len(bytes.TrimSpace(data[:i])) != 0 {
-		return nil, fmt.Errorf("%w: data before the PEM block", ErrFormat)
-	}
-	if bytes.Count(data, []byte("-----BEGIN")) != 1 {
+	case 1:
+	default:
 		return nil, fmt.Errorf("%w: more than one BEGIN line", ErrFormat)
 	}
 	blk, rest := pem.Decode(data)

@@ -9,11 +9,13 @@ import (
 
 var good = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("the key's DER")})
 
-// A file is its one block, whitespace around it; anything that would let
-// two readers see two different blocks is refused (review 58: pem.Decode
+// A file is its one block, text before it (OpenSSL's dumps) and whitespace
+// after it; anything that would let two readers see two different blocks
+// is refused (review 58: pem.Decode
 // skips a block that does not decode and returns the next one).
 func TestDecode(t *testing.T) {
-	for _, in := range [][]byte{good, append(append([]byte("\n\r\n"), good...), " \t\r\n\n"...)} {
+	for _, in := range [][]byte{good, append(append([]byte("\n\r\n"), good...), " \t\r\n\n"...),
+		append([]byte("Public-Key: (256 bit)\n    04:ab:cd\n"), good...)} { // openssl -text's dump before the block (review 60)
 		blk, err := Decode(in, "PRIVATE KEY", "PUBLIC KEY")
 		if err != nil || string(blk.Bytes) != "the key's DER" {
 			t.Errorf("%q: %v", in, err)
@@ -24,7 +26,6 @@ func TestDecode(t *testing.T) {
 	for name, in := range map[string]string{
 		"empty":                    "",
 		"no block":                 "the key's DER",
-		"text before":              "Public-Key: (256 bit)\n" + string(good),
 		"text after":               string(good) + "trailer\n",
 		"two blocks":               string(good) + string(other),
 		"a broken BEGIN first":     "-----BEGIN JUNK\n" + string(other),

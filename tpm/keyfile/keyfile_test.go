@@ -71,9 +71,9 @@ func TestRejects(t *testing.T) {
 	}
 	p, _ := sample().EncodePEM()
 	for name, data := range map[string][]byte{
-		"other type":   bytes.Replace(p, []byte("TSS2 PRIVATE KEY"), []byte("PRIVATE KEY"), 2),
-		"text before":  append([]byte("hello\n"), p...),
-		"second block": append(bytes.Clone(p), p...),
+		"other type":            bytes.Replace(p, []byte("TSS2 PRIVATE KEY"), []byte("PRIVATE KEY"), 2),
+		"a broken block before": append([]byte("-----BEGIN TSS2 PRIVATE KEY\n"), p...), // text before is allowed: internal/pemblock
+		"second block":          append(bytes.Clone(p), p...),
 	} {
 		if _, err := ParsePEM(data); !errors.Is(err, ErrFormat) {
 			t.Errorf("%s: err = %v", name, err)

@@ -162,11 +162,12 @@ func TestReview58ParseIsStrict(t *testing.T) {
 			t.Errorf("Marshal(Parse(der)) is not der")
 		}
 	}
-	// The PEM layer adds no header and nothing but whitespace around.
+	// The PEM layer adds no header and nothing but whitespace after; text
+	// before the one BEGIN line is OpenSSL's dump, allowed since review 60
+	// (internal/pemblock: with one BEGIN line there is no other block).
 	p, _ := review58Key().EncodePEM()
 	withHeader := pem.EncodeToMemory(&pem.Block{Type: PEMType, Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: good})
 	for name, in := range map[string][]byte{
-		"text before":   append([]byte("key:\n"), p...),
 		"text after":    append(bytes.Clone(p), "junk"...),
 		"two blocks":    append(bytes.Clone(p), p...),
 		"header":        withHeader,
@@ -179,5 +180,8 @@ func TestReview58ParseIsStrict(t *testing.T) {
 	}
 	if _, err := ParsePEM(append(append([]byte("\n \t\n"), p...), "\n\n"...)); err != nil {
 		t.Errorf("whitespace around: %v", err)
+	}
+	if _, err := ParsePEM(append([]byte("key:\n"), p...)); err != nil {
+		t.Errorf("text before: %v", err)
 	}
 }
