@@ -9,11 +9,11 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/provd/provd/internal/trustedpath"
 )
 
 // ErrSocketInUse means another process answers on the socket path: most
@@ -130,8 +130,8 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return nil, fmt.Errorf("systemd: %w: socket path %q: want an absolute path with no \".\", \"..\" or \"//\" in it", ErrUnsafeDir, path)
 	}
-	if err := mkdirTrusted(filepath.Dir(path)); err != nil {
-		return nil, err
+	if err := trustedpath.Mkdir(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("systemd: socket directory: %w", err)
 	}
 	if err := checkSocketDir(filepath.Dir(path)); err != nil {
 		return nil, err
@@ -171,8 +171,8 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 }
 
 // ErrUnsafeDir means the socket's directory, or one above it, can be
-// changed by another user than root and the daemon's.
-var ErrUnsafeDir = errors.New("socket directory is not the daemon's alone")
+// changed by another user than root and the daemon's (internal/trustedpath).
+var ErrUnsafeDir = trustedpath.ErrUntrusted
 
 // checkSocketDir refuses a socket directory that another user could change
 // (review 54: in a directory another user owns or may write, that user can
@@ -190,10 +190,9 @@ func checkSocketDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("systemd: socket directory: %w", err)
 	}
-	hops := 0
-	resolved, err := trustedWalk(abs, &hops)
+	resolved, err := trustedpath.Walk(abs)
 	if err != nil {
-		return err
+		return fmt.Errorf("systemd: socket directory: %w", err)
 	}
 	fi, err := os.Stat(resolved)
 	if err != nil {
@@ -204,108 +203,6 @@ func checkSocketDir(dir string) error {
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, resolved, fi.Mode())
-	}
-	return nil
-}
-
-// mkdirTrusted makes the directories dir lacks (mode 0755), one at a time,
-// each under one that passed trustedEntry, and each checked once made or
-// found: a refused path leaves nothing behind (review 56's reading), and a
-// link another user puts at a missing component between the check and the
-// make is met by the next check, not followed by a MkdirAll (review 57's
-// reading).
-func mkdirTrusted(dir string) error {
-	existing := dir
-	for _, err := os.Lstat(existing); errors.Is(err, fs.ErrNotExist) && existing != "/"; _, err = os.Lstat(existing) {
-		existing = filepath.Dir(existing)
-	}
-	hops := 0
-	if _, err := trustedWalk(existing, &hops); err != nil {
-		return err
-	}
-	rest, err := filepath.Rel(existing, dir)
-	if err != nil || rest == "." {
-		return err
-	}
-	cur := existing
-	for _, comp := range strings.Split(rest, "/") {
-		cur = filepath.Join(cur, comp)
-		if err := os.Mkdir(cur, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("systemd: socket directory: %w", err)
-		}
-		if err := trustedEntry(cur); err != nil {
-			return err
-		}
-		if fi, err := os.Lstat(cur); err != nil || !fi.IsDir() {
-			return fmt.Errorf("systemd: %w: %s is not a directory of the daemon's", ErrUnsafeDir, cur)
-		}
-	}
-	return nil
-}
-
-// trustedWalk walks the absolute path component by component, following
-// links (at most 40, as the kernel does), and checks each directory and
-// link it meets (trustedEntry); it returns the path with every link
-// resolved.
-func trustedWalk(path string, hops *int) (string, error) {
-	cur := "/"
-	if err := trustedEntry(cur); err != nil {
-		return "", err
-	}
-	for _, comp := range strings.Split(path, "/") {
-		switch comp {
-		case "", ".":
-			continue
-		case "..":
-			cur = filepath.Dir(cur)
-			continue
-		}
-		next := filepath.Join(cur, comp)
-		if err := trustedEntry(next); err != nil {
-			return "", err
-		}
-		fi, err := os.Lstat(next)
-		if err != nil {
-			return "", fmt.Errorf("systemd: socket directory: %w", err)
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if *hops++; *hops > 40 {
-			return "", fmt.Errorf("systemd: socket directory %s: too many links", path)
-		}
-		target, err := os.Readlink(next)
-		if err != nil {
-			return "", fmt.Errorf("systemd: socket directory: %w", err)
-		}
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(cur, target)
-		}
-		if cur, err = trustedWalk(target, hops); err != nil {
-			return "", err
-		}
-	}
-	return cur, nil
-}
-
-// trustedEntry checks one directory or link on the socket's way: owned by
-// root or the daemon's user, and, a directory, writable by no other unless
-// sticky.
-func trustedEntry(p string) error {
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return fmt.Errorf("systemd: socket directory: %w", err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("systemd: socket directory %s: no owner", p)
-	}
-	if int(st.Uid) != 0 && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("systemd: %w: %s belongs to uid %d", ErrUnsafeDir, p, st.Uid)
-	}
-	if fi.IsDir() && fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-		return fmt.Errorf("systemd: %w: %s is %v: another user may write it", ErrUnsafeDir, p, fi.Mode())
 	}
 	return nil
 }

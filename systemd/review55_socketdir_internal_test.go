@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FLAW (failed before the mend: trustedWalk): checkSocketDir checks the socket directory with its links
+// FLAW (failed before the mend: trustedpath.Walk): checkSocketDir checks the socket directory with its links
 // resolved, and never the path as written: a socket.path through another
 // user's directory by a symlink (other/run -> a root-owned directory)
 // passes, since the resolved directory and its ancestors are root's. The

@@ -23,8 +23,8 @@ import (
 // built by joining a user-chosen prefix and "../"). The daemon never
 // checks the path the kernel resolves.
 // Mend: walk the path as written without Clean (".." resolved against the
-// walk's resolved directory, as trustedWalk already does for its own
-// components), and bind and rename at the resolved path trustedWalk
+// walk's resolved directory, as trustedpath.Walk already does for its own
+// components), and bind and rename at the resolved path trustedpath.Walk
 // returns; or refuse a socket path holding "." or ".." components
 // (config validation: filepath.Clean(p) == p).
 func TestReview56ListenThroughDotDotAfterAnotherUsersLink(t *testing.T) {
@@ -72,7 +72,7 @@ func TestReview56ListenThroughDotDotAfterAnotherUsersLink(t *testing.T) {
 // in a root directory) to a relative target whose ".." climbs into
 // another user's directory are refused: the loop and the chain as too
 // many links, the relative target by the owner of the directory it
-// reaches (trustedWalk joins a relative target to the link's resolved
+// reaches (trustedpath.Walk joins a relative target to the link's resolved
 // directory, and checks every component it then walks).
 func TestReview56ListenRefusesLoopsAndRelativeClimbs(t *testing.T) {
 	base := t.TempDir()
