@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/provd/provd/internal/trustedpath"
 )
 
 // ErrOutput is a path the CLI will not write its output to: a directory, a
@@ -42,10 +44,12 @@ const (
 // replacing something that is not a regular file:
 //   - nothing there, or a regular file: WriteFile (atomic, mode set before
 //     the first byte; synced unless d is Remakeable);
-//   - a character device or a FIFO (/dev/null, /dev/stdout, a pipe): opened
-//     and written to, no create, no rename; a short write or an error such
-//     as ENOSPC (/dev/full) is reported;
-//   - a unix socket: connected to and written to;
+//   - a character device or a FIFO (/dev/null, /dev/stdout, a pipe) of the
+//     caller's or root's: opened and written to, no create, no rename; a
+//     short write or an error such as ENOSPC (/dev/full) is reported;
+//   - a unix socket of the caller's or root's, served by one of them:
+//     connected to and written to; another user's FIFO, socket or device is
+//     refused (ErrOutput), as the secret would go to whoever reads it;
 //   - a symlink: followed when it belongs to the caller or to root (the way
 //     the kernel's protected_symlinks trusts them in sticky directories), and
 //     the rules above apply to what it points to; another user's symlink is
@@ -71,20 +75,46 @@ func WriteOutput(path string, data []byte, mode os.FileMode, d Durability) error
 	case t&fs.ModeDevice != 0 && t&fs.ModeCharDevice == 0:
 		return fmt.Errorf("%w: %s is a block device", ErrOutput, path)
 	case t&fs.ModeSocket != 0:
+		if err := ownedByCallerOrRoot(fi, path); err != nil {
+			return err
+		}
 		c, err := net.Dial("unix", target)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
+		if err := trustedpath.CheckPeer(c); err != nil {
+			return errors.Join(fmt.Errorf("%w: %s: %w", ErrOutput, path, err), c.Close())
+		}
 		_, err = c.Write(data)
 		return errors.Join(err, c.Close())
 	default: // character device, FIFO
-		f, err := os.OpenFile(target, os.O_WRONLY, 0)
+		if err := ownedByCallerOrRoot(fi, path); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(target, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
 		if err != nil {
 			return err
+		}
+		if ffi, err := f.Stat(); err != nil || !os.SameFile(fi, ffi) {
+			return errors.Join(fmt.Errorf("%w: %s changed while it was opened", ErrOutput, path), f.Close())
 		}
 		_, err = f.Write(data)
 		return errors.Join(err, f.Close())
 	}
+}
+
+// ownedByCallerOrRoot refuses a FIFO, socket or character device at an
+// output path that another user owns (found by review 62: another user's
+// FIFO or socket, put where an operator writes a secret, took it, and the
+// command reported success): what is written to one goes to whoever reads
+// it, and its owner chose that. The caller's own, and root's (/dev/null,
+// a terminal), are written to.
+func ownedByCallerOrRoot(fi fs.FileInfo, path string) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || (st.Uid != 0 && int(st.Uid) != os.Getuid()) {
+		return fmt.Errorf("%w: %s is a %v owned by another user", ErrOutput, path, fi.Mode().Type())
+	}
+	return nil
 }
 
 // outputTarget resolves path when it is a symlink the caller may follow

@@ -20,7 +20,7 @@ import (
 
 const review62Other = 4242 // another local user, not root and not the caller
 
-// FLAW: another user's FIFO or unix socket at the output path takes the
+// FLAW (failed before the mend): another user's FIFO or unix socket at the output path takes the
 // secret. Attacker: any local user who can create a name in the directory
 // the operator writes to (`provd unseal --out /tmp/secret`, a shared work
 // directory; the kernel's protected_fifos applies to O_CREAT opens only, and

@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-// FLAW: the state directory is checked once, at Open, and only itself (mode
+// FLAW (failed before the mend): the state directory is checked once, at Open, and only itself (mode
 // 0700, owned by the caller); the directories above it are not. Attacker: a
 // local user who owns (or may write, without the sticky bit) the state
 // directory's parent: a state_dir configured under a directory of the
@@ -130,7 +130,7 @@ func TestReview62OlderGenerationBlobRefused(t *testing.T) {
 	}
 }
 
-// FLAW: the manifest and the blobs are read with no bound and no check of
+// FLAW (failed before the mend): the manifest and the blobs are read with no bound and no check of
 // what they are. A FIFO at manifest.json or at a blob's file blocks the
 // read in open(2) for ever, with the store's flock and the process's
 // transaction slot held, so every later transaction of every provd process

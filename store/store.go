@@ -52,6 +52,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/provd/provd/internal/trustedpath"
 )
 
 // File and directory names inside the state directory.
@@ -131,8 +133,10 @@ type Store struct {
 }
 
 // Open opens (creating with mode 0700 if absent) the state directory dir,
-// checks that it is private to the current user, takes the lock once to check
-// the manifest, and removes leftovers of an interrupted commit.
+// checks that it is private to the current user and that only root and
+// this user can change the directories and links on the way to it
+// (internal/trustedpath), takes the lock once to check the manifest, and
+// removes leftovers of an interrupted commit.
 func Open(dir string) (*Store, error) { return OpenOptions(dir, Options{}) }
 
 // OpenOptions is Open with options.
@@ -140,7 +144,14 @@ func OpenOptions(dir string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Every directory and link on the way is root's or ours (found by
+	// review 62: the owner of the state directory's parent renamed it away
+	// after Open and put a directory of theirs, with their manifest, in
+	// its place, which every later transaction read).
+	if err := trustedpath.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, trustedpath.ErrUntrusted) {
+			return nil, fmt.Errorf("%w: %w", ErrInsecureDir, err)
+		}
 		return nil, fmt.Errorf("store: create state directory: %w", err)
 	}
 	if err := checkPrivate(dir); err != nil {
@@ -382,7 +393,7 @@ func (s *Store) readManifest() (m *manifest, changed bool, err error) {
 // the manifest, the daemon's on every request). The caller holds the
 // flock; the result is s.scratch's until the next call.
 func (s *Store) readFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	f, _, err := openRegular(path, maxManifest)
 	if err != nil {
 		return nil, err
 	}
@@ -398,6 +409,9 @@ func (s *Store) readFile(path string) ([]byte, error) {
 		}
 		n, err := f.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]
+		if len(b) > maxManifest { // grown since it was opened
+			return nil, fmt.Errorf("%w: %s is over %d bytes", ErrCorrupt, filepath.Base(path), maxManifest)
+		}
 		if err == io.EOF || (err == nil && len(b) < cap(b) && n > 0) {
 			return b, nil
 		}
@@ -405,6 +419,38 @@ func (s *Store) readFile(path string) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// maxManifest bounds manifest.json: a manifest of a thousand keys is
+// about a megabyte.
+const maxManifest = 16 << 20
+
+// openRegular opens the state's file at path for reading, refusing
+// (ErrCorrupt) what is not a regular file of at most limit bytes: a FIFO
+// planted there would block the open, under the state's lock, for good,
+// and a huge file would be read whole before any check (found by review
+// 62). It returns the file's size.
+func openRegular(path string, limit int64) (*os.File, int64, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, 0, fmt.Errorf("%w: %s is a symbolic link", ErrCorrupt, filepath.Base(path))
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, 0, err
+	case !fi.Mode().IsRegular():
+		f.Close()
+		return nil, 0, fmt.Errorf("%w: %s is not a regular file (%v)", ErrCorrupt, filepath.Base(path), fi.Mode().Type())
+	case fi.Size() > limit:
+		f.Close()
+		return nil, 0, fmt.Errorf("%w: %s is %d bytes, over %d", ErrCorrupt, filepath.Base(path), fi.Size(), limit)
+	}
+	return f, fi.Size(), nil
 }
 
 // collectGarbage zeroes and removes files an interrupted commit left behind:
