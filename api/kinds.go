@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/provd/provd/audit"
 	"github.com/provd/provd/catalog"
@@ -292,18 +295,44 @@ func (e *Error) Unwrap() []error {
 	return errs
 }
 
+// maxErrorMessage bounds the message DecodeError keeps: the daemon's are
+// a few hundred bytes.
+const maxErrorMessage = 1000
+
+// answerText is s cut to at most n bytes at a rune's start, quoted when it
+// is not valid UTF-8 or holds a rune that does not print.
+func answerText(s string, n int) string {
+	if len(s) > n {
+		i := n
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i] + "…"
+	}
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
 // DecodeError rebuilds the error of a response with a non-200 status. A
 // body that is not an ErrorBody (a proxy's, a crash's) is still an *Error,
 // with the status and the start of the body as its message. The daemon's
 // exit code is taken when it is one a process can exit with for an error
 // (1..255); otherwise the kinds decide.
+//
+// The message is what answered on the socket said: at most
+// maxErrorMessage bytes of it are kept, quoted (Go syntax) when it holds
+// a character that does not print, so that an error a Go program logs or
+// prints draws no terminal control and forges no line (found by review
+// 62: a 4 MiB message with escapes was the error's text whole).
 func DecodeError(status int, body []byte) *Error {
 	var eb ErrorBody
 	if err := json.Unmarshal(body, &eb); err != nil || eb.Error.Message == "" {
-		return &Error{Message: fmt.Sprintf("daemon answered HTTP %d: %.200s", status, strings.TrimSpace(string(body))), Code: ExitError, Status: status}
+		return &Error{Message: fmt.Sprintf("daemon answered HTTP %d: %s", status, answerText(strings.TrimSpace(string(body)), 200)), Code: ExitError, Status: status}
 	}
 	d := eb.Error
-	e := &Error{Message: d.Message, Kinds: d.Kinds, Code: d.ExitCode, Status: status}
+	e := &Error{Message: answerText(d.Message, maxErrorMessage), Kinds: d.Kinds, Code: d.ExitCode, Status: status}
 	if e.Code < 1 || e.Code > 255 {
 		// An error never exits 0, and a code outside 1..255 would wrap
 		// around in the exit status: decide from the kinds this version

@@ -23,6 +23,7 @@ import (
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/trustedpath"
 )
 
 // maxResponse bounds what the client reads: an audit trail or a 1 MiB
@@ -49,8 +50,7 @@ var _ api.Service = (*Client)(nil)
 func New(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return dialDaemon(ctx, path)
 		},
 		MaxIdleConns:        4,
 		IdleConnTimeout:     30 * time.Second,
@@ -69,13 +69,30 @@ func Answers(ctx context.Context, path string) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := dialDaemon(ctx, path)
 	if err != nil {
 		return false
 	}
 	c.Close()
 	return true
+}
+
+// dialDaemon connects to the daemon's socket at path and refuses one that
+// another user than root and the caller serves (SO_PEERCRED: found by
+// review 62, the client sent a seal request's secret to another user's
+// listener at the path; Answers took it for the daemon). provd's daemon
+// runs as root; a daemon a user runs for themselves is theirs.
+func dialDaemon(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trustedpath.CheckPeer(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s: %w", api.ErrNotPermitted, path, err)
+	}
+	return c, nil
 }
 
 // Close releases idle connections.

@@ -27,7 +27,7 @@ import (
 
 const review62Other = 4242 // another local user, neither root nor the caller
 
-// FLAW: the client sends its request, secrets included, to whatever listens
+// FLAW (failed before the mend): the client sends its request, secrets included, to whatever listens
 // at the configured path: it checks neither the socket file's owner nor the
 // peer's credentials (SO_PEERCRED). Attacker: a local user who can put a
 // socket at the path the CLI or a Go program uses (PROVD_SOCKET or
@@ -223,7 +223,7 @@ func TestReview62EndlessAnswerIsBounded(t *testing.T) {
 	}
 }
 
-// FLAW (low): an error answer in the API's JSON is taken whole: its message
+// FLAW (low; failed before the mend): an error answer in the API's JSON is taken whole: its message
 // (up to the 64 MiB bound, control characters and all) becomes the error's
 // text, where a non-JSON error body is quoted to 200 bytes. Attacker:
 // whatever answers at the socket (the planted listener above); a Go program
