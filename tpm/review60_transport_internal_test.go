@@ -1,10 +1,7 @@
 package tpm
 
 import (
-	"encoding/binary"
-	"io"
 	"net"
-	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -20,52 +17,21 @@ import (
 // Send take the one lock, none of them calls another under it; onLost,
 // called under it, takes no lock of the stream's).
 func TestReview60ProbeStillSeesAnIdleClose(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tpm.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int64
 	hangUp := make(chan struct{})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := accepted.Add(1)
-			go func() {
-				defer c.Close()
-				var hdr [headerSize]byte
-				rsp := make([]byte, headerSize)
-				binary.BigEndian.PutUint16(rsp[0:2], 0x8001)
-				binary.BigEndian.PutUint32(rsp[2:6], headerSize)
-				for {
-					if _, err := io.ReadFull(c, hdr[:]); err != nil {
-						return
-					}
-					if _, err := c.Write(rsp); err != nil {
-						return
-					}
-					if n == 1 {
-						<-hangUp // the first connection: closed once idle
-						return
-					}
-				}
-			}()
+	dial, accepted := fakeTPM(t, func(n int64, c net.Conn) {
+		if n == 1 {
+			answerSuccess(c, hangUp) // the first connection: closed once idle
+			return
 		}
-	}()
-	dial := func() (net.Conn, error) { return net.Dial("unix", path) }
+		answerSuccess(c, nil)
+	})
 	conn, err := dial()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var lost atomic.Int64
 	st := &streamTransport{conn: conn, redial: dial, timeout: 5 * time.Second, onLost: func() { lost.Add(1) }}
-	cmd := make([]byte, headerSize)
-	binary.BigEndian.PutUint16(cmd[0:2], 0x8001)
-	binary.BigEndian.PutUint32(cmd[2:6], headerSize)
+	cmd := bareCommand()
 	if _, err := st.Send(cmd); err != nil {
 		t.Fatal(err)
 	}

@@ -23,22 +23,7 @@ import (
 // processes behind one channel), but the stream's connection is the
 // stream's to guard, whoever calls it.
 func TestProbeBesideSendLosesNothing(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tpm.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go answerSuccess(c)
-		}
-	}()
-	dial := func() (net.Conn, error) { return net.Dial("unix", path) }
+	dial, _ := fakeTPM(t, func(_ int64, c net.Conn) { answerSuccess(c, nil) })
 	conn, err := dial()
 	if err != nil {
 		t.Fatal(err)
@@ -59,9 +44,7 @@ func TestProbeBesideSendLosesNothing(t *testing.T) {
 			}
 		}
 	})
-	cmd := make([]byte, headerSize)
-	binary.BigEndian.PutUint16(cmd[0:2], 0x8001)
-	binary.BigEndian.PutUint32(cmd[2:6], headerSize)
+	cmd := bareCommand()
 	sent, failed := 0, 0
 	for end := time.Now().Add(250 * time.Millisecond); time.Now().Before(end) || sent < 2000; sent++ {
 		if _, err := st.Send(cmd); err != nil {
@@ -77,13 +60,45 @@ func TestProbeBesideSendLosesNothing(t *testing.T) {
 	}
 }
 
-// answerSuccess answers each command on c with a bare TPM_RC_SUCCESS.
-func answerSuccess(c net.Conn) {
+// fakeTPM listens on a unix socket in t's temp directory and serves each
+// connection, numbered from 1, with serve; dial connects to it, and
+// accepted counts the connections.
+func fakeTPM(t *testing.T, serve func(n int64, c net.Conn)) (dial func() (net.Conn, error), accepted *atomic.Int64) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tpm.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(accepted.Add(1), c)
+		}
+	}()
+	return func() (net.Conn, error) { return net.Dial("unix", path) }, accepted
+}
+
+// bareCommand is a command of a header alone.
+func bareCommand() []byte {
+	cmd := make([]byte, headerSize)
+	binary.BigEndian.PutUint16(cmd[0:2], 0x8001)
+	binary.BigEndian.PutUint32(cmd[2:6], headerSize)
+	return cmd
+}
+
+// answerSuccess answers each command on c with a bare TPM_RC_SUCCESS;
+// with hangUp, it closes c once hangUp is closed, after its first answer
+// (a TPM that restarts while the connection is idle).
+func answerSuccess(c net.Conn, hangUp <-chan struct{}) {
 	defer c.Close()
 	var hdr [headerSize]byte
-	rsp := make([]byte, headerSize)
-	binary.BigEndian.PutUint16(rsp[0:2], 0x8001)
-	binary.BigEndian.PutUint32(rsp[2:6], headerSize)
+	rsp := bareCommand()
 	for {
 		if _, err := io.ReadFull(c, hdr[:]); err != nil {
 			return
@@ -94,6 +109,10 @@ func answerSuccess(c net.Conn) {
 			}
 		}
 		if _, err := c.Write(rsp); err != nil {
+			return
+		}
+		if hangUp != nil {
+			<-hangUp
 			return
 		}
 	}
