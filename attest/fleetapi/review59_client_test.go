@@ -225,6 +225,21 @@ func review59Cert(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// review59Pinned starts ts with TLS 1.3 (closed at the test's end) and
+// returns a client that pins its certificate and sends token.
+func review59Pinned(t *testing.T, ts *httptest.Server, token string) *fleetapi.Client {
+	t.Helper()
+	ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	pin := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
+	c, err := fleetapi.NewClient(ts.URL, pin, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // Held: an endpoint that answers 200 and then sends without end costs the
 // client at most MaxBody+1 bytes of reading: the call ends with an error
 // (the JSON is cut short), well before the client's timeout.
@@ -242,14 +257,7 @@ func TestReview59EndlessAnswerIsBounded(t *testing.T) {
 			}
 		}
 	}))
-	ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
-	ts.StartTLS()
-	defer ts.Close()
-	pin := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
-	c, err := fleetapi.NewClient(ts.URL, pin, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := review59Pinned(t, ts, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	v, err := c.Attest(ctx, fleetapi.AttestRequest{DeviceID: "d"})
@@ -275,17 +283,9 @@ func TestReview59AmbiguousVerdictRefused(t *testing.T) {
 		"nested beyond bounds": `{"appraisal_id":"a","device_id":"d","pass":true,"reasons":[` + strings.Repeat(`[`, 100) + strings.Repeat(`]`, 100) + `],"at":"2026-01-01T00:00:00Z"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := review59Pinned(t, httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				_, _ = io.WriteString(w, body)
-			}))
-			ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
-			ts.StartTLS()
-			defer ts.Close()
-			pin := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
-			c, err := fleetapi.NewClient(ts.URL, pin, "")
-			if err != nil {
-				t.Fatal(err)
-			}
+			})), "")
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if v, err := c.Attest(ctx, fleetapi.AttestRequest{DeviceID: "d"}); err == nil {
@@ -322,17 +322,10 @@ func TestReview59ErrorsDoNotEchoTheTokenOrTheSecret(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ts := httptest.NewUnstartedServer(h)
 			ts.EnableHTTP2 = false
-			ts.TLS = &tls.Config{MinVersion: tls.VersionTLS13}
-			ts.StartTLS()
-			defer ts.Close()
-			pin := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
-			c, err := fleetapi.NewClient(ts.URL, pin, token)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := review59Pinned(t, ts, token)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			_, err = c.PutSecret(ctx, "c", "n", fleetapi.KindSecret, []byte(secret))
+			_, err := c.PutSecret(ctx, "c", "n", fleetapi.KindSecret, []byte(secret))
 			if err == nil {
 				t.Fatal("no error")
 			}
