@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// FLAW: review 56's ".." survives inside a link's target. Listen refuses a
+// FLAW (failed before the mend): review 56's ".." survives inside a link's target. Listen refuses a
 // socket path that Clean changes, but trustedpath.Walk joins a link's
 // target with filepath.Join, which Cleans it: a root link whose target is
 // "pub/x/../run" is checked as pub/run, x never looked at, while bind and

@@ -32,30 +32,32 @@ var ErrUntrusted = errors.New("can be changed by another user than root and this
 // maxLinks is the kernel's bound on links followed in one path.
 const maxLinks = 40
 
-// Walk walks path (made absolute) component by component, following
-// links (at most 40, as the kernel does), and checks each directory and
-// link it meets (Entry); it returns the path with every link resolved.
-// The last component is checked too.
+// Walk walks path (made absolute) component by component, as the kernel
+// resolves it, following links (at most 40, as the kernel does), and
+// checks each directory and link it meets (Entry); it returns the path
+// with every link resolved. The last component is checked too. A link's
+// target is walked component by component in front of the rest of the
+// path, never cleaned as text: "a/x/../b" goes through x, which the
+// kernel follows, and x is checked (found by review 63: filepath.Join
+// made it "a/b", and another user's link at x went unchecked).
 func Walk(path string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
 	}
-	hops := 0
-	return walk(abs, &hops)
-}
-
-func walk(path string, hops *int) (string, error) {
-	cur := "/"
+	cur := "/" // resolved: no link in it
 	if err := Entry(cur); err != nil {
 		return "", err
 	}
-	for _, comp := range strings.Split(path, "/") {
+	rest := strings.Split(abs, "/")
+	for hops := 0; len(rest) > 0; {
+		comp := rest[0]
+		rest = rest[1:]
 		switch comp {
 		case "", ".":
 			continue
 		case "..":
-			cur = filepath.Dir(cur)
+			cur = filepath.Dir(cur) // cur has no link: its parent is the kernel's
 			continue
 		}
 		next := filepath.Join(cur, comp)
@@ -70,19 +72,17 @@ func walk(path string, hops *int) (string, error) {
 			cur = next
 			continue
 		}
-		if *hops++; *hops > maxLinks {
+		if hops++; hops > maxLinks {
 			return "", fmt.Errorf("%s: too many links", path)
 		}
 		target, err := os.Readlink(next)
 		if err != nil {
 			return "", err
 		}
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(cur, target)
+		if filepath.IsAbs(target) {
+			cur = "/"
 		}
-		if cur, err = walk(target, hops); err != nil {
-			return "", err
-		}
+		rest = append(strings.Split(target, "/"), rest...)
 	}
 	return cur, nil
 }
