@@ -122,8 +122,8 @@ func (m *manifest) validate() error {
 		if !ok || name != k || gen > m.Generation {
 			return fmt.Errorf("blob %q: bad file name %q", k, b.File)
 		}
-		if b.Size < 0 {
-			return fmt.Errorf("blob %q: negative size", k)
+		if b.Size < 0 || b.Size > maxBlob {
+			return fmt.Errorf("blob %q: size %d", k, b.Size)
 		}
 		if len(b.SHA256) != 64 {
 			return fmt.Errorf("blob %q: bad sha256", k)

@@ -7,9 +7,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/provd/provd/internal/trustedpath"
+	"golang.org/x/sys/unix"
 )
 
 // ErrOutput is a path the CLI will not write its output to: a directory, a
@@ -54,8 +57,17 @@ const (
 //     the kernel's protected_symlinks trusts them in sticky directories), and
 //     the rules above apply to what it points to; another user's symlink is
 //     refused, so it cannot steer a secret elsewhere;
-//   - a directory or a block device: refused (ErrOutput).
+//   - a directory or a block device: refused (ErrOutput);
+//   - a descriptor this process holds (/dev/stdout, /dev/stderr, /dev/fd/N,
+//     /proc/self/fd/N, as a shell hands over `>(...)`): written to as it
+//     is (a pipe, a FIFO, a file opened for append), whoever owns what it
+//     leads to, since the caller handed it over (found by review 63: the
+//     link's text "pipe:[N]" was taken for a path, and a file opened for
+//     append was replaced).
 func WriteOutput(path string, data []byte, mode os.FileMode, d Durability) error {
+	if fd, ok := heldDescriptor(path); ok {
+		return writeDescriptor(fd, path, data, d)
+	}
 	target, err := outputTarget(path)
 	if err != nil {
 		return err
@@ -145,4 +157,37 @@ func outputTarget(path string) (string, error) {
 		path = dest
 	}
 	return "", fmt.Errorf("%s: %w", path, syscall.ELOOP)
+}
+
+// heldDescriptor reports the descriptor path names when it names one this
+// process holds.
+func heldDescriptor(path string) (int, bool) {
+	switch path {
+	case "/dev/stdout":
+		return 1, true
+	case "/dev/stderr":
+		return 2, true
+	}
+	for _, dir := range []string{"/dev/fd/", "/proc/self/fd/"} {
+		if n, ok := strings.CutPrefix(path, dir); ok {
+			fd, err := strconv.Atoi(n)
+			return fd, err == nil && fd >= 0 && strconv.Itoa(fd) == n
+		}
+	}
+	return 0, false
+}
+
+// writeDescriptor writes data to a duplicate of descriptor fd (closing it
+// leaves fd open), synced when d is Durable and fd is a regular file.
+func writeDescriptor(fd int, path string, data []byte, d Durability) error {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(dup), path)
+	_, err = f.Write(data)
+	if fi, serr := f.Stat(); err == nil && serr == nil && fi.Mode().IsRegular() && d == Durable {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }

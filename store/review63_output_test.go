@@ -20,7 +20,7 @@ import (
 
 const review63Other = 4242 // another local user, not root and not the caller
 
-// FLAW: an output path that names a descriptor the command already holds
+// FLAW (failed before the mend): an output path that names a descriptor the command already holds
 // (/dev/stdout, /dev/fd/N, /proc/self/fd/N) fails when that descriptor is
 // a pipe: `provd unseal --out /dev/stdout | consumer`, `--out >(gpg -e)`
 // (bash hands /dev/fd/63). outputTarget follows /proc/self/fd/N's link,

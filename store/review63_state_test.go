@@ -20,7 +20,7 @@ import (
 	"github.com/provd/provd/internal/trustedpath"
 )
 
-// FLAW: Wipe, the zeroization path ("it also clears corrupt state"),
+// FLAW (failed before the mend): Wipe, the zeroization path ("it also clears corrupt state"),
 // still opens what it shreds without O_NONBLOCK: a FIFO at manifest.json
 // (review 62's planted FIFO, which every read now refuses as ErrCorrupt)
 // is renamed to a temp name and then opened O_WRONLY by shred, which
@@ -77,7 +77,7 @@ func TestReview63WipeOfAPlantedFIFOManifestHangs(t *testing.T) {
 	}
 }
 
-// FLAW: the manifest's read bound (16 MiB, review 62) is not a write
+// FLAW (failed before the mend): the manifest's read bound (16 MiB, review 62) is not a write
 // bound: an Update whose manifest encodes to more than maxManifest
 // commits, after which every View and Update and every Open of the state
 // fails ErrCorrupt ("manifest.json is N bytes, over 16777216"), the
@@ -114,7 +114,7 @@ func TestReview63ManifestOverTheReadBoundIsCommitted(t *testing.T) {
 	}
 }
 
-// FLAW: trustedpath.Walk joins a link's target to its directory with
+// FLAW (failed before the mend): trustedpath.Walk joins a link's target to its directory with
 // filepath.Join, which cleans "x/../s" as text: the component x is never
 // looked at, though the kernel follows x (a link) and then "..". A link
 // of root's whose target climbs out through a name in a sticky directory
@@ -253,7 +253,7 @@ func TestReview63StateDirLayouts(t *testing.T) {
 	}
 }
 
-// FLAW: a blob is read "at the size the manifest records" (review 62), but
+// FLAW (failed before the mend): a blob is read "at the size the manifest records" (review 62), but
 // nothing bounds that size: the manifest that names a sparse blob file
 // records its size too. A manifest and blob edited together (A6's copy of
 // the state, a restored backup; the attacker review 62's row names for the
@@ -312,7 +312,7 @@ func TestReview63BlobSizeIsTheManifestsWord(t *testing.T) {
 	}
 }
 
-// FLAW: HoldServeLock, which `provd serve` and `provd fleet serve` call
+// FLAW (failed before the mend): HoldServeLock, which `provd serve` and `provd fleet serve` call
 // before anything opens the state, still makes the state directory with
 // os.MkdirAll and no walk: root follows another user's link and makes the
 // directory, and the lock file in it, wherever that link points; store.Open

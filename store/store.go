@@ -144,17 +144,7 @@ func OpenOptions(dir string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
-	// Every directory and link on the way is root's or ours (found by
-	// review 62: the owner of the state directory's parent renamed it away
-	// after Open and put a directory of theirs, with their manifest, in
-	// its place, which every later transaction read).
-	if err := trustedpath.Mkdir(dir, 0o700); err != nil {
-		if errors.Is(err, trustedpath.ErrUntrusted) {
-			return nil, fmt.Errorf("%w: %w", ErrInsecureDir, err)
-		}
-		return nil, fmt.Errorf("store: create state directory: %w", err)
-	}
-	if err := checkPrivate(dir); err != nil {
+	if err := makeStateDir(dir); err != nil {
 		return nil, err
 	}
 	s := &Store{dir: dir, opts: opts, sem: make(chan struct{}, 1)}
@@ -167,6 +157,22 @@ func OpenOptions(dir string, opts Options) (*Store, error) {
 
 // Dir returns the state directory.
 func (s *Store) Dir() string { return s.dir }
+
+// makeStateDir makes the state directory dir (0700) if it is missing, and
+// refuses it unless every directory and link on the way is root's or
+// ours (found by review 62: the owner of the state directory's parent
+// renamed it away after Open and put a directory of theirs, with their
+// manifest, in its place, which every later transaction read) and dir is
+// private (checkPrivate).
+func makeStateDir(dir string) error {
+	if err := trustedpath.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, trustedpath.ErrUntrusted) {
+			return fmt.Errorf("%w: %w", ErrInsecureDir, err)
+		}
+		return fmt.Errorf("store: create state directory: %w", err)
+	}
+	return checkPrivate(dir)
+}
 
 // checkPrivate refuses a directory another user could read or plant files in:
 // the store holds wrapped keys and the files that decide what provd loads.
@@ -202,7 +208,10 @@ const ServeLockFile = ".serve.lock"
 // making dir (0700) if needed: ErrLocked when another process serves this
 // state. The returned function releases it.
 func HoldServeLock(dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The state directory's path is checked as Open checks it (found by
+	// review 63: root followed another user's link and made the directory
+	// and the lock where it led, before Open refused the path).
+	if err := makeStateDir(dir); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, ServeLockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
@@ -422,8 +431,15 @@ func (s *Store) readFile(path string) ([]byte, error) {
 }
 
 // maxManifest bounds manifest.json: a manifest of a thousand keys is
-// about a megabyte.
+// about a megabyte. A commit of a larger one is refused (found by review
+// 63: committed, it made every later read refuse the state).
 const maxManifest = 16 << 20
+
+// maxBlob bounds a blob: provd's are TPM blobs and signed policies of a
+// few kilobytes. A manifest that records a larger one is refused, as is a
+// write of one (review 63: a size edited into the manifest, with a sparse
+// file, had every read allocate it).
+const maxBlob = 1 << 20
 
 // openRegular opens the state's file at path for reading, refusing
 // (ErrCorrupt) what is not a regular file of at most limit bytes: a FIFO
@@ -598,7 +614,16 @@ func (s *Store) removeThenShred(name string) error {
 // flash and copy-on-write filesystems the old blocks may survive; this is a
 // best effort on top of the fact that blobs are TPM-wrapped.
 func shred(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	// Non-blocking: a FIFO planted at the path would block the open, under
+	// the state's lock, for good (found by review 63); only a regular file
+	// is zeroed, anything else is removed.
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ENXIO) || errors.Is(err, syscall.ELOOP) { // a FIFO with no reader, a link
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("store: shred: %w", err)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("store: shred: %w", err)
 	}

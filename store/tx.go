@@ -164,6 +164,9 @@ func (tx *Tx) WriteBlob(name string, data []byte) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
+	if len(data) > maxBlob {
+		return fmt.Errorf("store: blob %q: %d bytes, over %d", name, len(data), maxBlob)
+	}
 	dir := filepath.Join(tx.s.dir, BlobDir)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.Mkdir(dir, 0o700); err != nil {
@@ -225,6 +228,9 @@ func (tx *Tx) commit() error {
 	b, err := tx.next.marshal()
 	if err != nil {
 		return fmt.Errorf("store: encode manifest: %w", err)
+	}
+	if len(b) > maxManifest {
+		return fmt.Errorf("store: the manifest would be %d bytes, over %d: not committed", len(b), maxManifest)
 	}
 	if err := writeFileAtomic(s.dir, ManifestFile, b); err != nil {
 		return fmt.Errorf("store: write manifest: %w", err)
