@@ -299,8 +299,11 @@ func (e *Error) Unwrap() []error {
 // a few hundred bytes.
 const maxErrorMessage = 1000
 
-// answerText is s cut to at most n bytes at a rune's start, quoted when it
-// is not valid UTF-8 or holds a rune that does not print.
+// answerText is s cut to at most n bytes at a rune's start, with each rune
+// that does not print but a newline or a tab (which the daemon's own
+// messages hold: errors.Join; review 63), and each byte that is not
+// UTF-8, written as its Go escape: the message keeps its form, and no
+// terminal control in it acts.
 func answerText(s string, n int) string {
 	if len(s) > n {
 		i := n
@@ -309,10 +312,25 @@ func answerText(s string, n int) string {
 		}
 		s = s[:i] + "…"
 	}
-	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+	unsafe := func(r rune) bool { return r != '\n' && r != '\t' && !unicode.IsPrint(r) }
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, unsafe) {
 		return s
 	}
-	return strconv.Quote(s)
+	var b strings.Builder
+	for len(s) > 0 {
+		r, size := utf8.DecodeRuneInString(s)
+		switch {
+		case r == utf8.RuneError && size == 1: // a byte that is not UTF-8
+			fmt.Fprintf(&b, "\\x%02x", s[0])
+		case unsafe(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[:size])
+		}
+		s = s[size:]
+	}
+	return b.String()
 }
 
 // DecodeError rebuilds the error of a response with a non-200 status. A

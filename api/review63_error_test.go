@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// FLAW: api.DecodeError (review 62) Go-quotes a daemon's message that
+// FLAW (failed before the mend): api.DecodeError (review 62) Go-quotes a daemon's message that
 // holds a newline, and the daemon sends such messages itself: errors.Join
 // puts one between its parts ("audit trail (see provd audit verify): " +
 // errors.Join(ErrTampered, err), agent.go; every `errors.Join(err,

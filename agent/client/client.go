@@ -78,13 +78,23 @@ func Answers(ctx context.Context, path string) bool {
 }
 
 // dialDaemon connects to the daemon's socket at path and refuses one that
-// another user than root and the caller serves (SO_PEERCRED: found by
-// review 62, the client sent a seal request's secret to another user's
-// listener at the path; Answers took it for the daemon). provd's daemon
-// runs as root; a daemon a user runs for themselves is theirs.
+// another user than root and the caller could have put there or serves
+// (found by review 62: the client sent a seal request's secret to another
+// user's listener at the path, and Answers took it for the daemon): the
+// socket, and every directory and link on the way to it, must be root's
+// or the caller's, none of the directories writable by another unless
+// sticky (internal/trustedpath, the daemon's own rule for where it
+// listens: review 63, a listener root made and handed to another user
+// passes the peer check), and the socket's listener root or the caller
+// (SO_PEERCRED). provd's daemon runs as root; a daemon a user runs for
+// themselves is theirs.
 func dialDaemon(ctx context.Context, path string) (net.Conn, error) {
+	resolved, err := trustedpath.Walk(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the daemon's socket %s: %w", api.ErrNotPermitted, path, err)
+	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := d.DialContext(ctx, "unix", resolved)
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,7 @@ import (
 
 const review63Other = 4242 // another local user, neither root nor the caller
 
-// FLAW: SO_PEERCRED names whoever called listen(), not who serves the
+// FLAW (failed before the mend): SO_PEERCRED names whoever called listen(), not who serves the
 // socket now: a listener made by root and handed to, or kept by, a
 // process that then runs as another user passes CheckPeer as root's. That
 // is how every socket-activated system service is served (systemd, uid 0,
