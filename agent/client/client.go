@@ -14,6 +14,7 @@ import (
 	"crypto/ecdh"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -60,21 +61,28 @@ func New(path string) *Client {
 	return &Client{path: path, hc: &http.Client{Transport: tr}, Timeout: DefaultTimeout}
 }
 
-// Answers reports whether something accepts connections on path: the CLI
-// then uses the daemon. Under socket activation the socket answers before
-// the daemon runs (systemd starts it on the first connection).
-func Answers(ctx context.Context, path string) bool {
+// Answers reports whether a daemon provd may use accepts connections on
+// path (Check): the CLI then uses the daemon. Under socket activation the
+// socket answers before the daemon runs (systemd starts it on the first
+// connection).
+func Answers(ctx context.Context, path string) bool { return Check(ctx, path) == nil }
+
+// Check is nil when a daemon provd may use answers on path; an error
+// wrapping api.ErrNotPermitted when something is there that dialDaemon
+// refuses (another user's socket, directory or listener: the CLI says so
+// rather than work in-process beside it, review 63); another error when
+// nothing answers.
+func Check(ctx context.Context, path string) error {
 	if path == "" {
-		return false
+		return errors.New("no daemon socket named")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	c, err := dialDaemon(ctx, path)
 	if err != nil {
-		return false
+		return err
 	}
-	c.Close()
-	return true
+	return c.Close()
 }
 
 // dialDaemon connects to the daemon's socket at path and refuses one that

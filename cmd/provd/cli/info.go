@@ -132,7 +132,11 @@ Nothing is written to the TPM.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out api.TPMInfo
-			if c := a.daemon(cmd.Context()); c != nil {
+			c, err := a.daemon(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if c != nil {
 				defer c.Close()
 				var err error
 				if out, err = c.TPMInfo(cmd.Context()); err != nil {

@@ -22,7 +22,11 @@ import (
 // named (--tpm or $PROVD_TPM); otherwise it opens the TPM and the state and
 // runs fn in-process. Both give the same results and exit codes.
 func (a *app) withAgent(ctx context.Context, fn func(api.Service) error) error {
-	if c := a.daemon(ctx); c != nil {
+	c, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	if c != nil {
 		defer c.Close()
 		return fn(c)
 	}

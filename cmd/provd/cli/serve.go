@@ -15,22 +15,28 @@ import (
 
 	"github.com/provd/provd/agent/client"
 	"github.com/provd/provd/agent/server"
+	"github.com/provd/provd/api"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/systemd"
 )
 
 // daemon returns a client for the daemon when no TPM is named and its
 // socket answers; nil means: work in-process.
-func (a *app) daemon(ctx context.Context) *client.Client {
+func (a *app) daemon(ctx context.Context) (*client.Client, error) {
 	if a.tpmSpec != "" {
-		return nil
+		return nil, nil
 	}
-	if !client.Answers(ctx, a.socket) {
+	if err := client.Check(ctx, a.socket); err != nil {
+		if errors.Is(err, api.ErrNotPermitted) {
+			// Something is there that is not provd's daemon: said, not
+			// worked around (review 63).
+			return nil, err
+		}
 		a.log.Debug("daemon socket does not answer; working in-process", "socket", a.socket)
-		return nil
+		return nil, nil
 	}
 	a.log.Debug("using the daemon", "socket", a.socket)
-	return client.New(a.socket)
+	return client.New(a.socket), nil
 }
 
 func (a *app) serveCmd() *cobra.Command {
