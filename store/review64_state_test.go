@@ -4,6 +4,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,7 @@ import (
 
 const review64Other = 4242 // another local user, neither root nor the caller
 
-// FLAW: store.Open checks its path with trustedpath.Mkdir, which (like
+// FLAW (failed before the mend): store.Open checks its path with trustedpath.Mkdir, which (like
 // Walk) cleans the path as text first (filepath.Abs), so in
 // "pub/x/../state" the link x is never checked; the Store then keeps the
 // raw string, and while most names are made with filepath.Join (cleaned
@@ -80,6 +81,12 @@ func TestReview64OpenWithDotDotAfterALink(t *testing.T) {
 			}
 		}
 	}})
+	if errors.Is(err, ErrInsecureDir) {
+		// The mend: the walk goes through x, uid 4242's link, as the
+		// kernel does, and refuses the path before anything is made.
+		t.Logf("Open(%s): %v", raw, err)
+		return
+	}
 	if err != nil {
 		t.Fatalf("Open(%s): %v", raw, err)
 	}
@@ -108,7 +115,7 @@ func TestReview64OpenWithDotDotAfterALink(t *testing.T) {
 	}
 }
 
-// FLAW: (low) Wipe stops at the first file it cannot shred, before it
+// FLAW (low; failed before the mend): Wipe stops at the first file it cannot shred, before it
 // has touched the blobs: a directory at manifest.json (os.Rename of a
 // directory over Wipe's fresh temp file: ENOTDIR) makes zeroization
 // fail with every blob file still on disk, unzeroed. shred itself

@@ -144,7 +144,8 @@ func OpenOptions(dir string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
-	if err := makeStateDir(dir); err != nil {
+	dir, err := makeStateDir(dir)
+	if err != nil {
 		return nil, err
 	}
 	s := &Store{dir: dir, opts: opts, sem: make(chan struct{}, 1)}
@@ -164,14 +165,20 @@ func (s *Store) Dir() string { return s.dir }
 // renamed it away after Open and put a directory of theirs, with their
 // manifest, in its place, which every later transaction read) and dir is
 // private (checkPrivate).
-func makeStateDir(dir string) error {
-	if err := trustedpath.Mkdir(dir, 0o700); err != nil {
+//
+// It returns dir resolved, every link and ".." as the kernel reads them,
+// which the store then uses (review 64: the text given, "x/../state",
+// went to the kernel again at each commit, through a link x another user
+// could repoint after the check).
+func makeStateDir(dir string) (string, error) {
+	resolved, err := trustedpath.Mkdir(dir, 0o700)
+	if err != nil {
 		if errors.Is(err, trustedpath.ErrUntrusted) {
-			return fmt.Errorf("%w: %w", ErrInsecureDir, err)
+			return "", fmt.Errorf("%w: %w", ErrInsecureDir, err)
 		}
-		return fmt.Errorf("store: create state directory: %w", err)
+		return "", fmt.Errorf("store: create state directory: %w", err)
 	}
-	return checkPrivate(dir)
+	return resolved, checkPrivate(resolved)
 }
 
 // checkPrivate refuses a directory another user could read or plant files in:
@@ -211,10 +218,11 @@ func HoldServeLock(dir string) (func(), error) {
 	// The state directory's path is checked as Open checks it (found by
 	// review 63: root followed another user's link and made the directory
 	// and the lock where it led, before Open refused the path).
-	if err := makeStateDir(dir); err != nil {
+	resolved, err := makeStateDir(dir)
+	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, ServeLockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	f, err := os.OpenFile(filepath.Join(resolved, ServeLockFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: open serve lock: %w", err)
 	}
@@ -529,48 +537,47 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 	// manifest naming blobs already shredded would be corrupt (exit 8). It is
 	// renamed away before it is zeroed, so that no crash can leave a zeroed
 	// manifest.json behind (ErrCorrupt as well).
-	if err := s.removeThenShred(ManifestFile); err != nil {
-		return fmt.Errorf("store: wipe: %w", err)
+	// Each step's failure is reported, and the next steps still run: a
+	// state that zeroization finds damaged is when it matters most that
+	// every blob is zeroed (review 64).
+	var errs []error
+	fail := func(err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("store: wipe: %w", err))
+		}
 	}
+	fail(s.removeThenShred(ManifestFile))
 	bdir := filepath.Join(s.dir, BlobDir)
 	ents, err := os.ReadDir(bdir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("store: list blobs: %w", err)
+	if !errors.Is(err, fs.ErrNotExist) {
+		fail(err)
 	}
 	for _, e := range ents {
 		p := filepath.Join(bdir, e.Name())
 		if e.Type().IsRegular() {
-			err = shred(p)
+			fail(shred(p))
 		} else {
-			err = os.RemoveAll(p)
-		}
-		if err != nil {
-			return fmt.Errorf("store: wipe: %w", err)
+			fail(os.RemoveAll(p))
 		}
 		s.step("wipe-blob-removed")
 	}
-	if err := os.Remove(bdir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("store: wipe: %w", err)
+	if err := os.Remove(bdir); !errors.Is(err, fs.ErrNotExist) {
+		fail(err)
 	}
 	ents, err = os.ReadDir(s.dir)
-	if err != nil {
-		return fmt.Errorf("store: wipe: %w", err)
-	}
+	fail(err)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), tmpPrefix) && e.Type().IsRegular() {
-			if err := shred(filepath.Join(s.dir, e.Name())); err != nil {
-				return fmt.Errorf("store: wipe: %w", err)
-			}
+			fail(shred(filepath.Join(s.dir, e.Name())))
 		}
 	}
 	if opts.Audit {
 		// Renamed away first too: a zeroed audit.log would read as a
 		// tampered trail.
-		if err := s.removeThenShred(AuditLogFile); err != nil {
-			return fmt.Errorf("store: wipe: %w", err)
-		}
+		fail(s.removeThenShred(AuditLogFile))
 	}
-	return syncDir(s.dir)
+	fail(syncDir(s.dir))
+	return errors.Join(errs...)
 }
 
 // removeThenShred takes the file name out of the state directory by renaming
@@ -580,8 +587,15 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 // next transaction (collectGarbage). A missing name is not an error.
 func (s *Store) removeThenShred(name string) error {
 	p := filepath.Join(s.dir, name)
-	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
+	}
+	if err == nil && !fi.Mode().IsRegular() {
+		// Planted (a directory, a FIFO, a link): nothing of provd's to
+		// zero, and no rename onto the temp file (review 64: a directory
+		// there stopped Wipe before the blobs).
+		return os.RemoveAll(p)
 	}
 	// CreateTemp reserves a name no other file has (O_EXCL); the rename then
 	// replaces that empty file atomically.

@@ -130,7 +130,7 @@ func Listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return nil, fmt.Errorf("systemd: %w: socket path %q: want an absolute path with no \".\", \"..\" or \"//\" in it", ErrUnsafeDir, path)
 	}
-	if err := trustedpath.Mkdir(filepath.Dir(path), 0o755); err != nil {
+	if _, err := trustedpath.Mkdir(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("systemd: socket directory: %w", err)
 	}
 	if err := checkSocketDir(filepath.Dir(path)); err != nil {

@@ -147,13 +147,13 @@ func TestReview63ACLShowsInTheMode(t *testing.T) {
 	if err := syscall.Setxattr(ro, "system.posix_acl_access", acl(7, 5), 0); err != nil {
 		t.Fatalf("setting an ACL: %v", err)
 	}
-	if err := Mkdir(filepath.Join(rw, "state"), 0o700); !errors.Is(err, ErrUntrusted) {
+	if _, err := Mkdir(filepath.Join(rw, "state"), 0o700); !errors.Is(err, ErrUntrusted) {
 		t.Errorf("Mkdir under a directory uid %d may write by ACL: %v, want ErrUntrusted", review63Other, err)
 	}
 	if _, err := os.Lstat(filepath.Join(rw, "state")); err == nil {
 		t.Errorf("the refused Mkdir made %s", filepath.Join(rw, "state"))
 	}
-	if err := Mkdir(filepath.Join(ro, "state"), 0o700); err != nil {
+	if _, err := Mkdir(filepath.Join(ro, "state"), 0o700); err != nil {
 		t.Errorf("Mkdir under a directory whose ACL mask takes the write away: %v", err)
 	}
 	// A default ACL granting uid 4242 rwx on what is made below.
@@ -161,7 +161,7 @@ func TestReview63ACLShowsInTheMode(t *testing.T) {
 		t.Fatalf("setting a default ACL: %v", err)
 	}
 	made := filepath.Join(ro, "a", "b")
-	if err := Mkdir(made, 0o700); err != nil {
+	if _, err := Mkdir(made, 0o700); err != nil {
 		t.Errorf("Mkdir under a default ACL: %v", err)
 	}
 	if _, err := Walk(made); err != nil {

@@ -14,7 +14,7 @@ import (
 
 const review64Other = 4242 // another local user, neither root nor the caller
 
-// FLAW: review 63 stopped cleaning a link's *target* as text, but Walk
+// FLAW (failed before the mend): review 63 stopped cleaning a link's *target* as text, but Walk
 // still begins with filepath.Abs, which cleans the *path it is given* as
 // text: "pub/x/../s" is walked as "pub/s", x is never lstat'ed, and the
 // kernel, handed the same string, goes through x (a link: x/.. is the

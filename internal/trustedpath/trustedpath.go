@@ -40,8 +40,13 @@ const maxLinks = 40
 // path, never cleaned as text: "a/x/../b" goes through x, which the
 // kernel follows, and x is checked (found by review 63: filepath.Join
 // made it "a/b", and another user's link at x went unchecked).
+//
+// A relative path is joined to the working directory as text, and no
+// path is cleaned as text: its "." and ".." are resolved as the kernel
+// resolves them, after the links before them (review 64: "pub/x/../s"
+// cleaned to "pub/s" skipped x, which the kernel follows).
 func Walk(path string) (string, error) {
-	abs, err := filepath.Abs(path)
+	abs, err := absolute(path)
 	if err != nil {
 		return "", err
 	}
@@ -108,47 +113,79 @@ func Entry(p string) error {
 }
 
 // Mkdir makes the directories dir lacks (mode perm), one at a time, each
-// under one that passed Entry, and each checked once made or found: a
-// refused path leaves nothing behind, and a link another user puts at a
-// missing component between the check and the make is met by the next
-// check, not followed as os.MkdirAll would (reviews 56, 57).
-func Mkdir(dir string, perm os.FileMode) error {
-	dir, err := filepath.Abs(dir)
+// under one that passed Entry, and each checked once made or found, and
+// returns dir resolved (Walk): a refused path leaves nothing behind, and a
+// link another user puts at a missing component between the check and
+// the make is met by the next check, not followed as os.MkdirAll would
+// (reviews 56, 57). The directories it makes are made in the resolved
+// path, never at a text of the path cleaned (review 64).
+func Mkdir(dir string, perm os.FileMode) (string, error) {
+	abs, err := absolute(dir)
 	if err != nil {
-		return err
+		return "", err
 	}
-	existing := dir
-	for _, err := os.Lstat(existing); errors.Is(err, fs.ErrNotExist) && existing != "/"; _, err = os.Lstat(existing) {
-		existing = filepath.Dir(existing)
-	}
-	resolved, err := Walk(existing)
-	if err != nil {
-		return err
-	}
-	rest, err := filepath.Rel(existing, dir)
-	if err != nil {
-		return err
-	}
-	if rest == "." {
-		if fi, err := os.Stat(resolved); err != nil || !fi.IsDir() {
-			return &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+	comps := strings.Split(abs, "/")
+	k := len(comps) // comps[:k] exists, as the kernel resolves it
+	for ; k > 1; k-- {
+		_, err := os.Lstat(joined(comps[:k]))
+		if err == nil {
+			break
 		}
-		return nil
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
 	}
-	cur := existing
-	for _, comp := range strings.Split(rest, "/") {
-		cur = filepath.Join(cur, comp)
+	cur, err := Walk(joined(comps[:k]))
+	if err != nil {
+		return "", err
+	}
+	if k == len(comps) {
+		if fi, err := os.Stat(cur); err != nil || !fi.IsDir() {
+			return "", &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+		}
+		return cur, nil
+	}
+	for _, comp := range comps[k:] {
+		switch comp {
+		case "", ".":
+			continue
+		case "..":
+			return "", fmt.Errorf("%s: \"..\" after a directory that is missing", dir)
+		}
+		cur = filepath.Join(cur, comp) // cur has no link: joining is the kernel's
 		if err := os.Mkdir(cur, perm); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
+			return "", err
 		}
 		if err := Entry(cur); err != nil {
-			return err
+			return "", err
 		}
 		if fi, err := os.Lstat(cur); err != nil || !fi.IsDir() {
-			return fmt.Errorf("%w: %s is not a directory", ErrUntrusted, cur)
+			return "", fmt.Errorf("%w: %s is not a directory", ErrUntrusted, cur)
 		}
 	}
-	return nil
+	return cur, nil
+}
+
+// absolute is path joined to the working directory when it is relative,
+// as text and never cleaned.
+func absolute(path string) (string, error) {
+	if filepath.IsAbs(path) {
+		return path, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return wd + "/" + path, nil
+}
+
+// joined is the path of comps (an absolute path split at "/"), never
+// cleaned.
+func joined(comps []string) string {
+	if p := strings.Join(comps, "/"); p != "" {
+		return p
+	}
+	return "/"
 }
 
 // CheckPeer refuses a unix socket connection whose other end runs as
