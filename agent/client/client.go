@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/provd/provd/api"
@@ -96,10 +97,18 @@ func Check(ctx context.Context, path string) error {
 // passes the peer check), and the socket's listener root or the caller
 // (SO_PEERCRED). provd's daemon runs as root; a daemon a user runs for
 // themselves is theirs.
+//
+// An abstract socket ("@name") has no path to walk, and any user may bind
+// any name: its listener is held to the peer check alone. A path that is
+// missing or that the caller may not reach is nothing answering, not a
+// refusal (review 64: with no daemon, the CLI refused every command).
 func dialDaemon(ctx context.Context, path string) (net.Conn, error) {
-	resolved, err := trustedpath.Walk(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the daemon's socket %s: %w", api.ErrNotPermitted, path, err)
+	resolved := path
+	if !strings.HasPrefix(path, "@") {
+		var err error
+		if resolved, err = trustedpath.Walk(path); err != nil {
+			return nil, refusedSocket(path, err)
+		}
 	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", resolved)
@@ -108,9 +117,19 @@ func dialDaemon(ctx context.Context, path string) (net.Conn, error) {
 	}
 	if err := trustedpath.CheckPeer(c); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w: %s: %w", api.ErrNotPermitted, path, err)
+		return nil, refusedSocket(path, err)
 	}
 	return c, nil
+}
+
+// refusedSocket is err about the daemon's socket at path: not_permitted
+// when the socket is another user's to change or serve, as it is
+// otherwise.
+func refusedSocket(path string, err error) error {
+	if errors.Is(err, trustedpath.ErrUntrusted) {
+		return fmt.Errorf("%w: the daemon's socket %s: %w", api.ErrNotPermitted, path, err)
+	}
+	return fmt.Errorf("the daemon's socket %s: %w", path, err)
 }
 
 // Close releases idle connections.

@@ -24,7 +24,7 @@ const (
 	review64Group = 4300 // the daemon's socket group (provd)
 )
 
-// FLAW: when no daemon runs, the socket's path does not exist, and the
+// FLAW (a regression of 826592f; failed before the mend): when no daemon runs, the socket's path does not exist, and the
 // walk's lstat fails with ENOENT; dialDaemon wraps every walk error in
 // api.ErrNotPermitted, so client.Check reports "not permitted" for a
 // socket that is simply absent, and the CLI's daemon() (review 63)

@@ -8,7 +8,7 @@ import (
 	"github.com/provd/provd/api"
 )
 
-// FLAW: with no daemon running (nothing at --socket, or at the default
+// FLAW (a regression of 826592f; failed before the mend): with no daemon running (nothing at --socket, or at the default
 // /run/provd/provd.sock on a host without provd.socket), every command
 // that would run in-process is refused, exit 5, naming the socket: the
 // walk's ENOENT comes back from client.Check wrapped in
