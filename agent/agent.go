@@ -118,14 +118,16 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	dir, err := filepath.Abs(cfg.StateDir)
+	// The store resolves the path as the kernel does and checks it; the
+	// agent's own files (the trail, the gate, the pending records) go in
+	// the directory it resolved, never in a text of the path cleaned
+	// (found by review 65: filepath.Abs made "lnk/../state" another
+	// directory than the one the serve lock and the kernel resolved).
+	st, err := store.Open(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(dir)
-	if err != nil {
-		return nil, err
-	}
+	dir := st.Dir()
 	a := &Agent{t: cfg.TPM, st: st, log: cfg.Logger, uid: cfg.UID, now: cfg.Now, dir: dir,
 		keys: objcache.New(cfg.TPM, objcache.Options{}), keepOp: cfg.KeepSession}
 	if cfg.KeepSession {

@@ -14,7 +14,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: since review 64's mend, store.Open and store.HoldServeLock use a
+// FLAW (failed before the mend): since review 64's mend, store.Open and store.HoldServeLock use a
 // state path as the kernel resolves it ("lnk/../state" goes through lnk,
 // then up), but agent.New still cleans the path as text first
 // (filepath.Abs: "lnk/../state" is "state" beside lnk) and opens the store
