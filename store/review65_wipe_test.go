@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-// FLAW: Wipe lists "blobs" with os.ReadDir, which follows a link there,
+// FLAW (failed before the mend): Wipe lists "blobs" with os.ReadDir, which follows a link there,
 // and shreds every regular file it lists through the link (shred's
 // O_NOFOLLOW covers the last component only), whatever its name; only
 // then does os.Remove take the link away. A link planted at blobs (the

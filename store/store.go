@@ -485,6 +485,9 @@ func (s *Store) collectGarbage(m *manifest) error {
 	for _, b := range m.Blobs {
 		live[b.File] = true
 	}
+	if err := checkBlobDir(s.dir); err != nil {
+		return err
+	}
 	ents, err := os.ReadDir(filepath.Join(s.dir, BlobDir))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("store: list blobs: %w", err)
@@ -508,6 +511,18 @@ func (s *Store) collectGarbage(m *manifest) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// checkBlobDir refuses a blobs directory that is not one (ErrCorrupt): a
+// link planted there would take every blob's read, write and zeroing
+// elsewhere (found by review 65: Wipe zeroed and removed the files of the
+// directory a link there led to).
+func checkBlobDir(dir string) error {
+	fi, err := os.Lstat(filepath.Join(dir, BlobDir))
+	if err == nil && !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory (%v)", ErrCorrupt, BlobDir, fi.Mode().Type())
 	}
 	return nil
 }
@@ -548,8 +563,11 @@ func (s *Store) Wipe(ctx context.Context, opts WipeOptions) error {
 	}
 	fail(s.removeThenShred(ManifestFile))
 	bdir := filepath.Join(s.dir, BlobDir)
-	ents, err := os.ReadDir(bdir)
-	if !errors.Is(err, fs.ErrNotExist) {
+	var ents []fs.DirEntry
+	if err := checkBlobDir(s.dir); err != nil {
+		// Planted: removed, never followed (review 65).
+		fail(os.RemoveAll(bdir))
+	} else if ents, err = os.ReadDir(bdir); !errors.Is(err, fs.ErrNotExist) {
 		fail(err)
 	}
 	for _, e := range ents {
