@@ -16,7 +16,7 @@ import (
 
 const review65Other = 4242 // another local user, neither root nor the caller
 
-// FLAW: Mkdir's doc says "a refused path leaves nothing behind", but a
+// FLAW (failed before the mend): Mkdir's doc says "a refused path leaves nothing behind", but a
 // path with ".." after a missing component ("new/../state") is refused
 // only when the loop reaches the "..": the components before it are made
 // first. Here base/new is left behind, root's and mode 0700 (for the

@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -145,12 +146,14 @@ func Mkdir(dir string, perm os.FileMode) (string, error) {
 		}
 		return cur, nil
 	}
+	// Refused before anything is made (review 65: "new/../state" made
+	// new, then refused).
+	if slices.Contains(comps[k:], "..") {
+		return "", fmt.Errorf("%s: \"..\" after a directory that is missing", dir)
+	}
 	for _, comp := range comps[k:] {
-		switch comp {
-		case "", ".":
+		if comp == "" || comp == "." {
 			continue
-		case "..":
-			return "", fmt.Errorf("%s: \"..\" after a directory that is missing", dir)
 		}
 		cur = filepath.Join(cur, comp) // cur has no link: joining is the kernel's
 		if err := os.Mkdir(cur, perm); err != nil && !errors.Is(err, fs.ErrExist) {
