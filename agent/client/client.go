@@ -98,17 +98,20 @@ func Check(ctx context.Context, path string) error {
 // (SO_PEERCRED). provd's daemon runs as root; a daemon a user runs for
 // themselves is theirs.
 //
-// An abstract socket ("@name") has no path to walk, and any user may bind
-// any name: its listener is held to the peer check alone. A path that is
-// missing or that the caller may not reach is nothing answering, not a
-// refusal (review 64: with no daemon, the CLI refused every command).
+// An abstract address ("@name") is refused: any user may bind any name,
+// and who serves one that root bound is not the kernel's to say
+// (SO_PEERCRED names whoever called listen; review 65: root listened and
+// handed it to another user, who took the secret). provd's daemon listens
+// at a path. A path that is missing or that the caller may not reach is
+// nothing answering, not a refusal (review 64: with no daemon, the CLI
+// refused every command).
 func dialDaemon(ctx context.Context, path string) (net.Conn, error) {
-	resolved := path
-	if !strings.HasPrefix(path, "@") {
-		var err error
-		if resolved, err = trustedpath.Walk(path); err != nil {
-			return nil, refusedSocket(path, err)
-		}
+	if strings.HasPrefix(path, "@") {
+		return nil, fmt.Errorf("%w: the daemon's socket %s is an abstract address, which any user may bind: provd's daemon listens at a path", api.ErrNotPermitted, path)
+	}
+	resolved, err := trustedpath.Walk(path)
+	if err != nil {
+		return nil, refusedSocket(path, err)
 	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", resolved)

@@ -69,7 +69,7 @@ func review65Child(t *testing.T, run string, env ...string) (<-chan string, func
 	return lines, stop
 }
 
-// FLAW: an abstract socket ("@name") skips the walk and is held to the
+// FLAW (failed before the mend): an abstract socket ("@name") skips the walk and is held to the
 // peer check alone, which review 63 showed is no check of who serves: a
 // listener root made (systemd for every socket-activated service,
 // ListenStream=@name with User=, or any daemon that binds as root and

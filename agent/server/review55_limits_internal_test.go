@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -83,7 +84,12 @@ func review55Get(addr, path string) (int, error) {
 // and returns its address.
 func serveOn(t *testing.T, s *Server) string {
 	t.Helper()
-	addr := review55Abstract(t)
+	return serveAt(t, s, review55Abstract(t))
+}
+
+// serveAt serves s at the unix socket address addr until the test ends.
+func serveAt(t *testing.T, s *Server, addr string) string {
+	t.Helper()
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +196,8 @@ func TestReview55ConnectionPastTheCapIsNotAnsweredBusy(t *testing.T) {
 	t.Parallel()
 	root := RoleMembers{UIDs: []int{0}}
 	s := newServer(Options{Roles: &Roles{Officer: root, User: root}, RequestTimeout: time.Second})
-	sock := serveOn(t, s)
+	// A path: the daemon's client takes no abstract address (review 65).
+	sock := serveAt(t, s, filepath.Join(t.TempDir(), "provd.sock"))
 
 	held, err := review55DialAs(sock, 0, maxConnsPerCaller)
 	defer func() {
