@@ -4,7 +4,6 @@ package client
 // it takes from whatever answers there.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -15,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -48,38 +46,8 @@ const review62Other = 4242 // another local user, neither root nor the caller
 // listener to working in-process.
 func TestReview62ClientSendsSecretToAnotherUsersSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "provd.sock")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestReview62FakeDaemon$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "PROVD_R62_SOCK="+sock)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { in.Close(); cmd.Process.Kill(); cmd.Wait() }()
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok || l != "listening" {
-			t.Fatalf("fake daemon: %q", l)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the fake daemon did not start within 30s")
-	}
+	lines, stop := testChild(t, "listening", "TestReview62FakeDaemon", "PROVD_R62_SOCK="+sock)
+	defer stop()
 	var st syscall.Stat_t
 	if err := syscall.Lstat(sock, &st); err != nil || st.Uid != review62Other {
 		t.Fatalf("the planted socket: %v, uid %d", err, st.Uid)

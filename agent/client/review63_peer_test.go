@@ -4,7 +4,6 @@ package client
 // after review 62's mend, and what it leaves to the path.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -14,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -49,38 +47,8 @@ const review63Other = 4242 // another local user, neither root nor the caller
 func TestReview63RootListenedSocketServedByAnotherUser(t *testing.T) {
 	base := t.TempDir()
 	real := filepath.Join(base, "service.sock")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestReview63DroppingDaemon$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "PROVD_R63_SOCK="+real)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { in.Close(); cmd.Process.Kill(); cmd.Wait() }()
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok || l != "serving" {
-			t.Fatalf("dropping daemon: %q", l)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the dropping daemon did not start within 30s")
-	}
+	lines, stop := testChild(t, "serving", "TestReview63DroppingDaemon", "PROVD_R63_SOCK="+real)
+	defer stop()
 	// uid 4242's link, in a sticky directory, at the path the client uses.
 	pub := filepath.Join(base, "pub")
 	if err := os.Mkdir(pub, 0o700); err != nil {

@@ -5,7 +5,6 @@ package client
 // only).
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -26,48 +25,6 @@ import (
 )
 
 const review65Other = 4242 // another local user, neither root nor the caller
-
-// review65Child starts this test binary as the child test run, with env,
-// and returns its output lines and a stop function; the first line must
-// be "serving".
-func review65Child(t *testing.T, run string, env ...string) (<-chan string, func()) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^"+run+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() { in.Close(); cmd.Process.Kill(); cmd.Wait() }
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok || l != "serving" {
-			stop()
-			t.Fatalf("child %s: %q", run, l)
-		}
-	case <-time.After(30 * time.Second):
-		stop()
-		t.Fatalf("child %s did not start within 30s", run)
-	}
-	return lines, stop
-}
 
 // FLAW (failed before the mend): an abstract socket ("@name") skips the walk and is held to the
 // peer check alone, which review 63 showed is no check of who serves: a
@@ -90,7 +47,7 @@ func review65Child(t *testing.T, run string, env ...string) (<-chan string, func
 // current credentials, not listen()'s.
 func TestReview65AbstractSocketRootListenedServedByAnother(t *testing.T) {
 	name := fmt.Sprintf("@provd-review65-%d-%d", os.Getpid(), time.Now().UnixNano())
-	lines, stop := review65Child(t, "TestReview65AbstractDroppingDaemon", "PROVD_R65_ABSTRACT="+name)
+	lines, stop := testChild(t, "serving", "TestReview65AbstractDroppingDaemon", "PROVD_R65_ABSTRACT="+name)
 	defer stop()
 	if err := Check(context.Background(), name); err == nil {
 		t.Errorf("Check(%s) takes an abstract socket served by uid %d for provd's daemon", name, review65Other)
@@ -181,7 +138,7 @@ func TestReview65AbstractDroppingDaemon(t *testing.T) {
 // listen().
 func TestReview65AbstractSocketSquattedIsRefused(t *testing.T) {
 	name := fmt.Sprintf("@provd-review65-squat-%d-%d", os.Getpid(), time.Now().UnixNano())
-	_, stop := review65Child(t, "TestReview65AbstractDroppingDaemon", "PROVD_R65_ABSTRACT="+name, "PROVD_R65_LISTEN_AS=1")
+	_, stop := testChild(t, "serving", "TestReview65AbstractDroppingDaemon", "PROVD_R65_ABSTRACT="+name, "PROVD_R65_LISTEN_AS=1")
 	defer stop()
 	err := Check(context.Background(), name)
 	if !errors.Is(err, api.ErrNotPermitted) {
