@@ -18,6 +18,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/safefile"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
@@ -116,14 +117,17 @@ func (a *Agent) trailAnchor() *trailAnchor {
 	return &trailAnchor{t: a.t, log: a.log, dir: a.dir, legacy: err == nil && fi.Size() > 0, held: &a.heldGate, kept: &a.gateKeep}
 }
 
+// maxGateFile bounds audit.gate: a gate record is a few hundred bytes.
+const maxGateFile = 64 << 10
+
 // gate reads audit.gate; nil when there is none.
 func (an *trailAnchor) gate() (*gateRecord, error) {
-	b, err := os.ReadFile(filepath.Join(an.dir, gateFile))
+	b, err := safefile.ReadFile(filepath.Join(an.dir, gateFile), maxGateFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, stateFileErr(err)
 	}
 	var g gateRecord
 	if err := json.Unmarshal(b, &g); err != nil || tpm2.TPMHandle(g.Handle) != AuditAnchorHandle ||

@@ -397,7 +397,7 @@ func (a *Agent) finishMove() error {
 		dropped.Objects["dropped_gate_key"] = now.Name
 		// Kept once: a crash before audit.gate went leaves it kept
 		// (found by review: kept again by the next operation).
-		data, err := os.ReadFile(a.pendingPath())
+		data, err := readPendingFile(a.pendingPath())
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

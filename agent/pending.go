@@ -13,6 +13,7 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/safefile"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/store"
 )
@@ -38,15 +39,32 @@ const zeroizeRoom = 64 << 10
 
 func (a *Agent) pendingPath() string { return filepath.Join(a.dir, pendingFile) }
 
+// readPendingFile reads the pending records' file at path, of at most the
+// bound keepPending writes to (tampered otherwise: a FIFO, a link, a file
+// over the bound; review 66: a FIFO there hung every audited operation).
+func readPendingFile(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, maxPending+zeroizeRoom)
+	return data, stateFileErr(err)
+}
+
+// stateFileErr is err, tampered when the state's file was not a regular
+// file of provd's (safefile.ErrUnsafe).
+func stateFileErr(err error) error {
+	if errors.Is(err, safefile.ErrUnsafe) {
+		return fmt.Errorf("%w: %w", api.ErrTampered, err)
+	}
+	return err
+}
+
 // keepPending adds rec to the pending records (fsynced before it returns).
 func (a *Agent) keepPending(rec audit.Record) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(a.pendingPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, _, err := safefile.Open(a.pendingPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600, safefile.NoLimit)
 	if err != nil {
-		return err
+		return stateFileErr(err)
 	}
 	limit := int64(maxPending)
 	if rec.Op == opZeroize {
@@ -100,7 +118,7 @@ func readPending(data []byte) ([]audit.Record, error) {
 // (whoever writes records reports that). It reads no more than that bound
 // (found by reread: read whole, whatever its size, under a mark).
 func pendingIn(dir string) []audit.Record {
-	f, err := os.Open(filepath.Join(dir, pendingFile))
+	f, _, err := safefile.Open(filepath.Join(dir, pendingFile), os.O_RDONLY, 0, maxPending+zeroizeRoom)
 	if err != nil {
 		return nil
 	}
@@ -135,7 +153,7 @@ func (a *Agent) pendingError() error {
 // each marked recorded_late, and removes the file once all are in; a
 // record that fails stays, with those after it.
 func (a *Agent) writePending(ctx context.Context) error {
-	data, err := os.ReadFile(a.pendingPath())
+	data, err := readPendingFile(a.pendingPath())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: review 62/63 made the store open manifest.json and every blob
+// FLAW (failed before the mend): review 62/63 made the store open manifest.json and every blob
 // O_NOFOLLOW|O_NONBLOCK, regular files only and bounded ("a FIFO planted
 // at manifest.json ... blocked the open under the state's lock for
 // good"), and review 65 made Wipe refuse a link at blobs; but the agent's

@@ -45,6 +45,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/provd/provd/internal/safefile"
 )
 
 // FileName is the audit log's name inside the state directory.
@@ -239,7 +241,7 @@ func readAnchor(a Anchor) ([]byte, error) {
 // the error is a *VerifyError (errors.Is ErrTampered, ErrUnanchored or
 // ErrTornTail) and the Report covers the lines before the break.
 func Verify(path string, anchor Anchor) (Report, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLog(path)
 	if err != nil && !os.IsNotExist(err) {
 		return Report{}, fmt.Errorf("audit: %w", err)
 	}
@@ -369,6 +371,17 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// readLog reads the log at path: a regular file, never through a link at
+// its name, never blocking in open(2) (a FIFO planted there blocked every
+// reader for good: review 66); one that is not is tampered.
+func readLog(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, safefile.NoLimit)
+	if errors.Is(err, safefile.ErrUnsafe) {
+		return nil, fmt.Errorf("%w: %w", ErrTampered, err)
+	}
+	return data, err
 }
 
 func openFile(path string) (*os.File, error) {
@@ -707,7 +720,7 @@ func (l *Log) Records() ([]Record, error) {
 // that fails verification: the records up to the first line that does not
 // parse, and an error naming that line. A missing file has no records.
 func ReadRecords(path string) ([]Record, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLog(path)
 	if os.IsNotExist(err) {
 		return nil, nil
 	}

@@ -27,7 +27,7 @@ const OpAnchor = "audit-anchor"
 // at the end) and none is torn. It says nothing about the tail: only an
 // anchor does.
 func VerifyLinks(path string) (Report, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLog(path)
 	if err != nil && !os.IsNotExist(err) {
 		return Report{}, fmt.Errorf("audit: %w", err)
 	}

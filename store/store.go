@@ -53,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/provd/provd/internal/safefile"
 	"github.com/provd/provd/internal/trustedpath"
 )
 
@@ -158,6 +159,11 @@ func OpenOptions(dir string, opts Options) (*Store, error) {
 
 // Dir returns the state directory.
 func (s *Store) Dir() string { return s.dir }
+
+// MakeStateDir is makeStateDir, for the files of the state directory the
+// store does not keep (the firmware hook's, the fleet endpoint's): the
+// directory made and checked as Open makes it, resolved.
+func MakeStateDir(dir string) (string, error) { return makeStateDir(dir) }
 
 // makeStateDir makes the state directory dir (0700) if it is missing, and
 // refuses it unless every directory and link on the way is root's or
@@ -455,26 +461,11 @@ const maxBlob = 1 << 20
 // and a huge file would be read whole before any check (found by review
 // 62). It returns the file's size.
 func openRegular(path string, limit int64) (*os.File, int64, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, 0, fmt.Errorf("%w: %s is a symbolic link", ErrCorrupt, filepath.Base(path))
+	f, size, err := safefile.Open(path, os.O_RDONLY, 0, limit)
+	if errors.Is(err, safefile.ErrUnsafe) {
+		return nil, 0, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if err != nil {
-		return nil, 0, err
-	}
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-		f.Close()
-		return nil, 0, err
-	case !fi.Mode().IsRegular():
-		f.Close()
-		return nil, 0, fmt.Errorf("%w: %s is not a regular file (%v)", ErrCorrupt, filepath.Base(path), fi.Mode().Type())
-	case fi.Size() > limit:
-		f.Close()
-		return nil, 0, fmt.Errorf("%w: %s is %d bytes, over %d", ErrCorrupt, filepath.Base(path), fi.Size(), limit)
-	}
-	return f, fi.Size(), nil
+	return f, size, err
 }
 
 // collectGarbage zeroes and removes files an interrupted commit left behind:
