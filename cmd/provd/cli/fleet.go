@@ -34,6 +34,7 @@ import (
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/fwhook"
 	"github.com/provd/provd/internal/pemblock"
+	"github.com/provd/provd/internal/safefile"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
 )
@@ -134,7 +135,11 @@ of the EK's public area. Needs a provisioned state (a pinned TPM identity).`,
 					return err
 				}
 				b, _ := json.MarshalIndent(attestState{Endpoint: ef.url, DeviceID: dev.DeviceID, Class: class}, "", "  ")
-				return store.WriteFile(filepath.Join(a.stateDir, attestStateFile), append(b, '\n'), 0o600)
+				dir, err := a.resolvedStateDir()
+				if err != nil {
+					return err
+				}
+				return store.WriteFile(filepath.Join(dir, attestStateFile), append(b, '\n'), 0o600)
 			})
 			if err != nil {
 				return err
@@ -321,8 +326,12 @@ const (
 // and the endpoint's residency challenge is answered after a pass.
 func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog string, mode attestMode) error {
 	fetch := mode == attestFetch
+	dir, err := a.resolvedStateDir()
+	if err != nil {
+		return err
+	}
 	var st attestState
-	if b, err := os.ReadFile(filepath.Join(a.stateDir, attestStateFile)); err == nil {
+	if b, err := safefile.ReadFile(filepath.Join(dir, attestStateFile), 64<<10); err == nil {
 		if err := json.Unmarshal(b, &st); err != nil {
 			return fmt.Errorf("%w: %s: %v", api.ErrTampered, attestStateFile, err)
 		}
@@ -349,7 +358,7 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 		}
 	}
 	if measLog == "" {
-		measLog = filepath.Join(a.stateDir, fwhook.LogName)
+		measLog = filepath.Join(dir, fwhook.LogName)
 	}
 	if b, err := readBounded(measLog, attest.MaxEventLogSize); err == nil {
 		req.MeasurementLog = b
@@ -524,11 +533,12 @@ that registered it (provd attest peer) and attests (provd fleet approve).`,
 			if a.deps.Server == nil {
 				return a.handOff(cmd)
 			}
-			dir, err := filepath.Abs(filepath.Join(a.stateDir, "fleet"))
+			state, err := store.MakeStateDir(a.stateDir)
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
+			dir, err := store.MakeStateDir(filepath.Join(state, "fleet"))
+			if err != nil {
 				return err
 			}
 			bundle, err := os.ReadFile(ekCA)

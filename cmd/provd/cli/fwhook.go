@@ -21,6 +21,7 @@ import (
 	"github.com/provd/provd/attest"
 	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/fwhook"
+	"github.com/provd/provd/store"
 	"github.com/provd/provd/tpm"
 )
 
@@ -191,14 +192,9 @@ provd defines (exit 22 when another process replaced one, 21 when none is set).`
 // fwStateDir is the state directory, made (root-only) when missing: the
 // hook runs on devices never provisioned.
 func (a *app) fwStateDir() (string, error) {
-	dir, err := filepath.Abs(a.stateDir)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	return dir, nil
+	// Made and checked as the store makes it (review 66: MkdirAll, as
+	// root, followed whatever link was on the way).
+	return store.MakeStateDir(a.stateDir)
 }
 
 func (a *app) fwVerifyCmd() *cobra.Command {
@@ -236,7 +232,7 @@ becomes the lowest accepted; it never lowers it.`,
 			if err := fwhook.CheckPCR(pcr); err != nil {
 				return usageError(fmt.Errorf("--pcr: %w", err))
 			}
-			dir, err := filepath.Abs(a.stateDir)
+			dir, err := a.resolvedStateDir()
 			if err != nil {
 				return err
 			}
@@ -327,7 +323,7 @@ event, or the log was edited).`,
 			if logFile == "" || cmd.Flags().Changed("pcr") {
 				hookPCR = pcr
 			}
-			dir, err := filepath.Abs(a.stateDir)
+			dir, err := a.resolvedStateDir()
 			if err != nil {
 				return err
 			}

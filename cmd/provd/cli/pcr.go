@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -130,7 +129,7 @@ file that policies are signed over, needs --unauthenticated, said knowingly.`,
 // identity (agent.ReadPCRs), and plainly when there is no state: reading PCRs
 // never creates a state directory.
 func (a *app) readPCRs(ctx context.Context, t *tpm.TPM, b policy.Bank, idx []int) (map[int][]byte, bool, error) {
-	dir, err := filepath.Abs(a.stateDir)
+	dir, err := a.resolvedStateDir()
 	if err != nil {
 		return nil, false, err
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: review 65's mend made agent.New open the store with the state path
+// FLAW (failed before the mend): review 65's mend made agent.New open the store with the state path
 // as given and keep its files in st.Dir(), the kernel's directory; but the
 // CLI still cleans the text itself in several places and hands the result
 // on: readPCRs (provd tpm pcr read) runs filepath.Abs(--state-dir), stats

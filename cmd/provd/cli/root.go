@@ -8,12 +8,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"unicode"
@@ -23,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/provd/provd/api"
+	"github.com/provd/provd/internal/trustedpath"
 	"github.com/provd/provd/tpm"
 )
 
@@ -191,12 +193,27 @@ func groupsRefuseUnknown(c *cobra.Command) {
 	}
 }
 
+// resolvedStateDir is the state directory as the kernel resolves it, every
+// link and ".." on the way checked (trustedpath.Walk): the directory the
+// store and the agent use, so that every file of the state is found where
+// they keep it (found by review 66: filepath.Abs made "lnk/../state"
+// another directory, and pcr read, the firmware hook's files, attest and
+// the fleet's files went there). While it does not exist, the path as
+// given: the kernel reads it as the store will when it makes it.
+func (a *app) resolvedStateDir() (string, error) {
+	dir, err := trustedpath.Walk(a.stateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return a.stateDir, nil
+	}
+	return dir, err
+}
+
 // openTPM opens the TPM the flags name. The caller closes it; with -v the
 // command count and time spent in the TPM are printed at close.
 // A one-shot open asks the self-test's result only (the daemon runs the
 // full test at start; provd tpm selftest on demand).
 func (a *app) openTPM(ctx context.Context) (*tpm.TPM, func(), error) {
-	stateDir, err := filepath.Abs(a.stateDir)
+	stateDir, err := a.resolvedStateDir()
 	if err != nil {
 		return nil, nil, err
 	}
