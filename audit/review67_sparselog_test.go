@@ -19,7 +19,7 @@ func (emptyAnchor) Read() ([]byte, error) { return nil, ErrAnchorEmpty }
 
 const review67Child = "PROVD_REVIEW67_SPARSE_LOG"
 
-// FLAW: review 66 put the audit trail's reads on safefile.ReadFile with
+// FLAW (failed before the mend): review 66 put the audit trail's reads on safefile.ReadFile with
 // NoLimit, which, like os.ReadFile before it, allocates the file's stat
 // size up front (make([]byte, 0, size+1)) before a byte is read; Open's
 // readAll does the same. An audit log that is a sparse file of 64 GiB (A6:

@@ -27,12 +27,17 @@ var ErrUnsafe = errors.New("not a regular file of provd's")
 // NoLimit is a limit that bounds nothing (a file read in pieces).
 const NoLimit = -1
 
+// maxPrealloc bounds what ReadFile allocates before it has read.
+const maxPrealloc = 64 << 20
+
 // Open opens path with flag (O_RDONLY, O_WRONLY, O_RDWR, O_APPEND,
 // O_CREATE with perm), adding O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC, and
 // refuses (ErrUnsafe) a link, anything but a regular file, and a file over
 // limit bytes (unless limit is NoLimit). It returns the file's size.
 func Open(path string, flag int, perm os.FileMode, limit int64) (*os.File, int64, error) {
-	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, perm)
+	// O_NOCTTY: a terminal planted there never becomes the daemon's
+	// (review 67's reading).
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_CLOEXEC, perm)
 	if errors.Is(err, syscall.ELOOP) {
 		return nil, 0, fmt.Errorf("%w: %s is a symbolic link", ErrUnsafe, filepath.Base(path))
 	}
@@ -69,7 +74,9 @@ func ReadFile(path string, limit int64) ([]byte, error) {
 	if limit != NoLimit {
 		r = io.LimitReader(f, limit+1)
 	}
-	b := make([]byte, 0, size+1)
+	// Room for the size the file says, up to a bound: a sparse file's
+	// size is no promise (review 67: a 64 GiB one was allocated whole).
+	b := make([]byte, 0, min(size, maxPrealloc)+1)
 	for {
 		n, err := r.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]

@@ -121,40 +121,17 @@ func Entry(p string) error {
 // (reviews 56, 57). The directories it makes are made in the resolved
 // path, never at a text of the path cleaned (review 64).
 func Mkdir(dir string, perm os.FileMode) (string, error) {
-	abs, err := absolute(dir)
+	cur, missing, err := split(dir)
 	if err != nil {
 		return "", err
 	}
-	comps := strings.Split(abs, "/")
-	k := len(comps) // comps[:k] exists, as the kernel resolves it
-	for ; k > 1; k-- {
-		_, err := os.Lstat(joined(comps[:k]))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return "", err
-		}
-	}
-	cur, err := Walk(joined(comps[:k]))
-	if err != nil {
-		return "", err
-	}
-	if k == len(comps) {
+	if missing == nil {
 		if fi, err := os.Stat(cur); err != nil || !fi.IsDir() {
 			return "", &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
 		}
 		return cur, nil
 	}
-	// Refused before anything is made (review 65: "new/../state" made
-	// new, then refused).
-	if slices.Contains(comps[k:], "..") {
-		return "", fmt.Errorf("%s: \"..\" after a directory that is missing", dir)
-	}
-	for _, comp := range comps[k:] {
-		if comp == "" || comp == "." {
-			continue
-		}
+	for _, comp := range missing {
 		cur = filepath.Join(cur, comp) // cur has no link: joining is the kernel's
 		if err := os.Mkdir(cur, perm); err != nil && !errors.Is(err, fs.ErrExist) {
 			return "", err
@@ -167,6 +144,58 @@ func Mkdir(dir string, perm os.FileMode) (string, error) {
 		}
 	}
 	return cur, nil
+}
+
+// Resolve is path as the kernel will resolve it once its missing
+// directories are made: the part that exists walked (Walk), the rest
+// appended (no ".." in it). It makes nothing (review 67: a missing state
+// directory's text, cleaned, was another directory than the one the
+// store then made).
+func Resolve(path string) (string, error) {
+	cur, missing, err := split(path)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(append([]string{cur}, missing...)...), nil
+}
+
+// split is dir's longest existing prefix, walked and resolved, and the
+// components missing after it (nil when dir exists; "." and "" dropped).
+// A ".." among the missing is refused before anything is made (review 65:
+// "new/../state" made new, then refused).
+func split(dir string) (string, []string, error) {
+	abs, err := absolute(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	comps := strings.Split(abs, "/")
+	k := len(comps) // comps[:k] exists, as the kernel resolves it
+	for ; k > 1; k-- {
+		_, err := os.Lstat(joined(comps[:k]))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", nil, err
+		}
+	}
+	cur, err := Walk(joined(comps[:k]))
+	if err != nil {
+		return "", nil, err
+	}
+	if slices.Contains(comps[k:], "..") {
+		return "", nil, fmt.Errorf("%s: \"..\" after a directory that is missing", dir)
+	}
+	var missing []string
+	for _, comp := range comps[k:] {
+		if comp != "" && comp != "." {
+			missing = append(missing, comp)
+		}
+	}
+	if k < len(comps) && missing == nil {
+		missing = []string{}
+	}
+	return cur, missing, nil
 }
 
 // absolute is path joined to the working directory when it is relative,

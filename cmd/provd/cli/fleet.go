@@ -357,10 +357,20 @@ func (a *app) attestOnce(cmd *cobra.Command, ef *endpointFlags, fwLog, measLog s
 			return err
 		}
 	}
+	read := readBounded // a log the operator names
 	if measLog == "" {
+		// The state's own: read as the state's files are (review 67: a
+		// FIFO planted there hung attest now, or fed it its bytes).
 		measLog = filepath.Join(dir, fwhook.LogName)
+		read = func(path string, limit int64) ([]byte, error) {
+			b, err := safefile.ReadFile(path, limit)
+			if errors.Is(err, safefile.ErrUnsafe) {
+				return nil, fmt.Errorf("%w: %w", api.ErrTampered, err)
+			}
+			return b, err
+		}
 	}
-	if b, err := readBounded(measLog, attest.MaxEventLogSize); err == nil {
+	if b, err := read(measLog, attest.MaxEventLogSize); err == nil {
 		req.MeasurementLog = b
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -232,7 +232,10 @@ becomes the lowest accepted; it never lowers it.`,
 			if err := fwhook.CheckPCR(pcr); err != nil {
 				return usageError(fmt.Errorf("--pcr: %w", err))
 			}
-			dir, err := a.resolvedStateDir()
+			// Made and checked as the store makes it, before the hook
+			// writes its log there (review 67: a missing state's path,
+			// cleaned, put the log beside the state the store then made).
+			dir, err := a.fwStateDir()
 			if err != nil {
 				return err
 			}

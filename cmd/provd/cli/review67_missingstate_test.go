@@ -40,7 +40,7 @@ func TestReview67FWVerifyOnANeverProvisionedDevice(t *testing.T) {
 	}
 }
 
-// FLAW: review 66 resolved the state path for fw verify
+// FLAW (failed before the mend): review 66 resolved the state path for fw verify
 // (resolvedStateDir), but while the state directory does not exist yet,
 // which is every boot of a never-provisioned device and the first one of
 // every device, resolvedStateDir hands back the text as given, and fw

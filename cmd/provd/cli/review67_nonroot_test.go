@@ -18,7 +18,7 @@ import (
 
 const review67UserChild = "PROVD_REVIEW67_USER_ARGS"
 
-// FLAW: resolvedStateDir walks --state-dir (trustedpath.Walk) for every
+// FLAW (failed before the mend): resolvedStateDir walks --state-dir (trustedpath.Walk) for every
 // command that might touch a state file, and fails the command on any
 // error but ErrNotExist. Walk lstats every component; for a user who is
 // not root, a state directory inside a directory they may not search

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// FLAW: openTPM now hands tpm.Open the resolved state directory, but
+// FLAW (failed before the mend): openTPM now hands tpm.Open the resolved state directory, but
 // while the state directory does not exist yet (the demo's first command
 // on a fresh --state-dir, every "provd --tpm sim provision") it hands the
 // text as given, and tpm.Open puts the simulator at
@@ -43,7 +43,8 @@ func TestReview67SimDirOnAMissingStateDirCleansThePath(t *testing.T) {
 	}
 	// The state is made where the kernel reads the path, as provision's
 	// store makes it; the next command resolves it.
-	if err := os.Mkdir(filepath.Join(pub, "real", "state"), 0o700); err != nil {
+	// (Since the mend the sim's first run made it there itself.)
+	if err := os.Mkdir(filepath.Join(pub, "real", "state"), 0o700); err != nil && !os.IsExist(err) {
 		t.Fatal(err)
 	}
 	if _, stderr, code := run(t, env, "tpm", "info"); code != 0 {

@@ -13,7 +13,7 @@ import (
 	"github.com/provd/provd/api"
 )
 
-// FLAW: review 66 moved attest.json onto safefile.ReadFile, but attest
+// FLAW (failed before the mend): review 66 moved attest.json onto safefile.ReadFile, but attest
 // now/fetch/peer still read <state-dir>/measurements.log with readBounded,
 // a plain os.Open: no O_NONBLOCK, no O_NOFOLLOW, any file type. A FIFO
 // planted at measurements.log (A4, or a restored copy of the state, A6:

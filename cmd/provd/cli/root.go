@@ -198,11 +198,15 @@ func groupsRefuseUnknown(c *cobra.Command) {
 // store and the agent use, so that every file of the state is found where
 // they keep it (found by review 66: filepath.Abs made "lnk/../state"
 // another directory, and pcr read, the firmware hook's files, attest and
-// the fleet's files went there). While it does not exist, the path as
-// given: the kernel reads it as the store will when it makes it.
+// the fleet's files went there). While it does not exist, as it will be
+// once made (trustedpath.Resolve: review 67, its text cleaned was another
+// directory). A state the caller may not search is none of the caller's
+// (review 67: `fw log --log FILE` by a user, which needs no state, failed
+// on it): the path as given, where every file the command looks for is
+// out of its reach too.
 func (a *app) resolvedStateDir() (string, error) {
-	dir, err := trustedpath.Walk(a.stateDir)
-	if errors.Is(err, fs.ErrNotExist) {
+	dir, err := trustedpath.Resolve(a.stateDir)
+	if errors.Is(err, fs.ErrPermission) {
 		return a.stateDir, nil
 	}
 	return dir, err
