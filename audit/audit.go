@@ -373,21 +373,39 @@ func Open(path string, opts Options) (*Log, error) {
 	return l, nil
 }
 
-// MaxLogSize bounds a log read whole (Verify, ReadRecords, VerifyLinks):
-// about three million records. A larger one is refused as tampered before
-// it is read (review 67: a sparse 64 GiB log, from a restored copy, ran
-// the reader out of memory at every start).
+// MaxLogSize bounds a log: about three million records. The writer
+// refuses a record that would take the log past it (the trail is full: an
+// officer archives it, provd audit reanchor), and every reader (Open,
+// Verify, ReadRecords, VerifyLinks) refuses a larger log as no trail provd
+// wrote, before it is read (review 67: a sparse 64 GiB log, from a
+// restored copy, ran the reader out of memory at every start; review 68:
+// one bound for the writer and the readers).
 const MaxLogSize = 1 << 30
+
+// maxLogSize is MaxLogSize, lowered by tests.
+var maxLogSize int64 = MaxLogSize
 
 // readLog reads the log at path: a regular file, never through a link at
 // its name, never blocking in open(2) (a FIFO planted there blocked every
 // reader for good: review 66); one that is not is tampered.
 func readLog(path string) ([]byte, error) {
-	data, err := safefile.ReadFile(path, MaxLogSize)
+	data, err := safefile.ReadFile(path, maxLogSize)
 	if errors.Is(err, safefile.ErrUnsafe) {
+		if fi, serr := os.Lstat(path); serr == nil && fi.Mode().IsRegular() && fi.Size() > maxLogSize {
+			return nil, fmt.Errorf("%w: %s", ErrTampered, logTooLarge(fi.Size()))
+		}
 		return nil, fmt.Errorf("%w: %w", ErrTampered, err)
 	}
 	return data, err
+}
+
+// logTooLarge says why a log over MaxLogSize is refused: provd reads a
+// log whole to verify it, and one this large is either planted (a sparse
+// file) or a trail that needs a streaming verification provd does not
+// have yet (review 68: an honest trail over the bound read as "not a
+// regular file").
+func logTooLarge(size int64) string {
+	return fmt.Sprintf("the log is %d bytes, over the %d provd writes and reads whole: not a trail provd wrote", size, int64(maxLogSize))
 }
 
 func openFile(path string) (*os.File, error) {
@@ -411,6 +429,11 @@ func readAll(f *os.File) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if fi.Size() > maxLogSize {
+		// Refused before it is allocated (review 68: a sparse 64 GiB log
+		// ran Open out of memory at every start).
+		return nil, fmt.Errorf("%w: %s", ErrTampered, logTooLarge(fi.Size()))
 	}
 	buf := make([]byte, fi.Size())
 	if _, err := f.ReadAt(buf, 0); err != nil && err != io.EOF {
@@ -563,6 +586,12 @@ func (l *Log) line(rec Record) ([]byte, chain, error) {
 	line, err := json.Marshal(rec)
 	if err != nil {
 		return nil, chain{}, fmt.Errorf("audit: encode record: %w", err)
+	}
+	if l.size+int64(len(line))+1 > maxLogSize {
+		// The writer keeps the bound its readers read under (review 68:
+		// a trail grown past it read as tampered to every reader while
+		// the daemon appended on): full, nothing written.
+		return nil, chain{}, fmt.Errorf("audit: the trail is full (%d bytes at most, which provd reads whole to verify): an officer archives it and anchors anew (provd audit reanchor)", int64(maxLogSize))
 	}
 	next := l.c
 	if _, reason := next.next(line); reason != "" {

@@ -15,7 +15,13 @@ import (
 // memAnchor is an anchor in memory: the value a TPM index would hold.
 type memAnchor struct{ v []byte }
 
-func (a *memAnchor) Extend(head []byte) error { a.v = extend(a.v, head); return nil }
+func (a *memAnchor) Extend(head []byte) error {
+	if a.v == nil { // a fresh index: all zeros
+		a.v = make([]byte, sha256.Size)
+	}
+	a.v = extend(a.v, head)
+	return nil
+}
 func (a *memAnchor) Read() ([]byte, error) {
 	if a.v == nil {
 		return nil, ErrAnchorEmpty
@@ -23,45 +29,73 @@ func (a *memAnchor) Read() ([]byte, error) {
 	return a.v, nil
 }
 
-// FLAW: review 67 bounds a log read whole at MaxLogSize (1 GiB) and calls
-// a larger one tampered, but nothing keeps a trail under it: Open reads
-// any size (readAll, unbounded) and Append writes on past 1 GiB, there is
-// no rotation, and the agent archives the log only on an officer's
-// reanchor. A trail that grows past 1 GiB in honest use (about three
-// million records: years of a busy daemon's seals, or a loop of failing
-// requests, every one audited) is then, at once and for good, "tampered"
-// to Verify, ReadRecords and VerifyLinks: provd audit verify and status
-// report tampering on an intact trail, the zeroize path's trail check
-// (agent/zeroize.go) takes it as tampered, srkEvictionOwed reads no
-// record (ReadRecords fails, so an owed SRK eviction is forgotten), while
-// the daemon, whose Open read it whole and verified it, keeps appending.
-// Here a log of just over MaxLogSize, every line chained and covered by
-// the anchor, opens and takes a record, then Verify calls it tampered.
-// Attacker: none needed (an honest trail's growth); anyone who may make
-// audited requests speeds it up. Gain: the trail's verification is
-// useless from then on, and the daemon is never told. Suggested fix: one
-// bound for every reader and the writer (Open and Append refuse to grow
-// past it with a clear error, or the log rotates into a chained archive
-// before it), or verify streaming so that no size bound is needed.
+// FLAW (failed before the mend: one bound for the writer and its readers):
+// review 67 bounded a log read whole at MaxLogSize (1 GiB) and called a
+// larger one tampered, but nothing kept a trail under it: Open read any
+// size (readAll, unbounded) and Append wrote on past the bound, with no
+// rotation. A trail grown past it in honest use (about three million
+// records; anyone who may make audited requests speeds it up) was then,
+// for good, "tampered" to Verify, ReadRecords and VerifyLinks (audit
+// verify and status reported tampering on an intact trail, the zeroize
+// path's check took it as tampered, srkEvictionOwed read no record),
+// while the daemon appended on. The reviewer's test built an honest
+// 1.07 GiB trail by hand and had Open and Append take it, then Verify
+// refuse it. Mend: the writer keeps the readers' bound: a record that
+// would take the log past it is refused, nothing written (the trail is
+// full: an officer archives it, provd audit reanchor), so the writer never
+// makes a log its readers refuse; a larger log is no trail provd wrote,
+// and Open refuses it as every reader does, before it is allocated.
+// (Streaming verification, which needs no bound, is left for its own
+// issue.) Here with the bound lowered to 64 KiB: records up to the bound
+// are taken, the next is refused unwritten, the trail verifies; a log
+// planted past the bound is refused alike by Open, Verify and ReadRecords.
 func TestReview68HonestLogOverMaxLogSizeIsTampered(t *testing.T) {
+	defer func(m int64) { maxLogSize = m }(maxLogSize)
+	maxLogSize = 64 << 10
 	path := filepath.Join(t.TempDir(), "audit.log")
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	an := &memAnchor{}
+	l, err := Open(path, Options{Anchor: an})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := bufio.NewWriterSize(f, 4<<20)
+	name := strings.Repeat("k", 1<<10)
+	n := 0
+	for ; n < 1000; n++ {
+		err = l.Append(Record{Op: "seal", Objects: map[string]string{"key": name}, Result: "ok"})
+		if err != nil {
+			break
+		}
+	}
+	l.Close()
+	if err == nil || !errors.Is(err, ErrNotWritten) || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("after %d records the append past the bound: %v, want the trail full, nothing written", n, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() > maxLogSize {
+		t.Fatalf("the writer took the log past its bound: %v, %d bytes", err, fi.Size())
+	}
+	if rep, err := Verify(path, an); err != nil || rep.Lines != n {
+		t.Errorf("the full trail: Verify %d lines, %v; want %d, nil", rep.Lines, err, n)
+	}
+	if recs, err := ReadRecords(path); err != nil || len(recs) != n {
+		t.Errorf("the full trail: ReadRecords %d, %v", len(recs), err)
+	}
+
+	// A log past the bound is no trail provd wrote: every reader says so
+	// alike, before it allocates it.
+	big := filepath.Join(t.TempDir(), "audit.log")
+	f, err := os.OpenFile(big, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(f)
 	c := newChain()
-	name := strings.Repeat("k", 64<<10) // few, large lines: the bound is on bytes
-	var size int64
 	t0 := time.Unix(1_800_000_000, 0).UTC()
-	for size <= MaxLogSize+(1<<20) {
+	for size := int64(0); size <= maxLogSize; {
 		rec := Record{Seq: c.seq + 1, Time: t0, Op: "seal", Objects: map[string]string{"key": name}, Result: "ok", Prev: c.prevHex()}
 		line, err := json.Marshal(rec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// c.next without its parse (Open parses every line): the
-		// chain's head and the anchor's value after the line.
 		h := sha256.Sum256(line)
 		c.seq, c.head, c.acc = rec.Seq, h[:], extend(c.acc, h[:])
 		w.Write(line)
@@ -71,26 +105,15 @@ func TestReview68HonestLogOverMaxLogSizeIsTampered(t *testing.T) {
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
+	f.Close()
+	ban := &memAnchor{v: c.acc}
+	if _, err := Open(big, Options{Anchor: ban}); !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), "not a trail provd wrote") {
+		t.Errorf("Open of a log past the bound: %v", err)
 	}
-	an := &memAnchor{v: c.acc}
-	l, err := Open(path, Options{Anchor: an})
-	if err != nil {
-		t.Fatalf("Open of an honest %d-byte log: %v", size, err)
+	if _, err := Verify(big, ban); !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), "not a trail provd wrote") {
+		t.Errorf("Verify of a log past the bound: %v", err)
 	}
-	if err := l.Append(Record{Op: "seal", Objects: map[string]string{"key": "k"}, Result: "ok"}); err != nil {
-		t.Fatalf("Append: %v", err)
-	}
-	l.Close()
-	rep, err := Verify(path, an)
-	t.Logf("log of %d bytes: Open and Append accepted it; Verify: %d lines, %v", size, rep.Lines, err)
-	if errors.Is(err, ErrTampered) {
-		t.Errorf("Verify calls an honest, anchored %d-byte trail, which the writer opened and appended to, tampered: %v", size, err)
-	} else if err != nil {
-		t.Errorf("Verify: %v", err)
-	}
-	if _, err := ReadRecords(path); err != nil {
-		t.Errorf("ReadRecords of the honest trail: %v", err)
+	if _, err := ReadRecords(big); !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), "not a trail provd wrote") {
+		t.Errorf("ReadRecords of a log past the bound: %v", err)
 	}
 }

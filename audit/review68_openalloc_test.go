@@ -13,7 +13,7 @@ import (
 
 const review68Child = "PROVD_REVIEW68_SPARSE_OPEN"
 
-// FLAW: review 67 bounded the audit trail's whole reads (readLog,
+// FLAW (failed before the mend): review 67 bounded the audit trail's whole reads (readLog,
 // MaxLogSize 1 GiB) and safefile's preallocation, but Open, the read every
 // audited process makes of the log at start (agent.New, provd serve, every
 // audited one-shot command), goes through openVerified's readAll, which

@@ -235,9 +235,13 @@ becomes the lowest accepted; it never lowers it.`,
 			// Made and checked as the store makes it, before the hook
 			// writes its log there (review 67: a missing state's path,
 			// cleaned, put the log beside the state the store then made).
-			dir, err := a.fwStateDir()
-			if err != nil {
-				return err
+			// One that cannot be made or trusted still has the verdict
+			// measured, with no log and no commit, and is then reported
+			// (review 68: returning first left PCR 12 unmeasured).
+			dir, dirErr := a.fwStateDir()
+			logPath, authPath := "", ""
+			if dirErr == nil {
+				logPath, authPath = filepath.Join(dir, fwhook.LogName), filepath.Join(dir, fwhook.CommitAuthName)
 			}
 			// The TPM first, then everything else inside the hook: a
 			// manifest that cannot be read is a measured failure too
@@ -252,7 +256,10 @@ becomes the lowest accepted; it never lowers it.`,
 			}
 			defer done()
 			res, err := fwhook.VerifyContext(cmd.Context(), t, fwhook.VerifyRequest{ManifestPath: manifest, Root: root, PCR: pcr,
-				LogPath: filepath.Join(dir, fwhook.LogName), Commit: commit, CommitAuthPath: filepath.Join(dir, fwhook.CommitAuthName)})
+				LogPath: logPath, Commit: commit && dirErr == nil, CommitAuthPath: authPath})
+			if dirErr != nil {
+				err = errors.Join(fmt.Errorf("the state directory: %w", dirErr), err)
+			}
 			if err != nil {
 				var te *tpm.Error
 				if ExitCode(err) == api.ExitError && errors.As(err, &te) {

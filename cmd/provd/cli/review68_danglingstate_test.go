@@ -8,7 +8,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: review 67 replaced resolvedStateDir's "missing: the path as
+// FLAW (failed before the mend): review 67 replaced resolvedStateDir's "missing: the path as
 // given" (Walk's fs.ErrNotExist) with trustedpath.Resolve, which walks the
 // longest prefix that lstat finds; when that prefix ends at a link whose
 // target is missing (a state link to a file system not mounted yet,

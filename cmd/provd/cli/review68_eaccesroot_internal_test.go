@@ -13,7 +13,7 @@ import (
 	"github.com/provd/provd/store"
 )
 
-// FLAW: resolvedStateDir takes fs.ErrPermission from trustedpath.Resolve
+// FLAW (failed before the mend): resolvedStateDir takes fs.ErrPermission from trustedpath.Resolve
 // as "a state the caller may not search is none of the caller's" and
 // returns the raw --state-dir, unchecked. That reasoning holds for a user
 // who is not root, but provd's own units run root WITHOUT any capability

@@ -11,7 +11,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: review 67 made fw verify make its state directory with
+// FLAW (failed before the mend): review 67 made fw verify make its state directory with
 // store.MakeStateDir before anything else, and return its error before the
 // TPM is opened. The boot hook's rule (TestFWVerifyUnreadableManifest,
 // docs: "On any failure it extends a fixed 'verification failed'

@@ -206,7 +206,14 @@ func groupsRefuseUnknown(c *cobra.Command) {
 // out of its reach too.
 func (a *app) resolvedStateDir() (string, error) {
 	dir, err := trustedpath.Resolve(a.stateDir)
-	if errors.Is(err, fs.ErrPermission) {
+	switch {
+	case errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0:
+		// Not for root: root without CAP_DAC_OVERRIDE (provd's units)
+		// gets EACCES too, and the walk would be skipped (review 68).
+		return a.stateDir, nil
+	case errors.Is(err, fs.ErrNotExist):
+		// A link on the way leads nowhere (a file system not mounted
+		// yet): no state, and none can be made there (review 68).
 		return a.stateDir, nil
 	}
 	return dir, err
