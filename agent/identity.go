@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -258,14 +257,11 @@ func PinEstablished(t *tpm.TPM, id api.Identity, srk tpm.Object) error {
 // P-384 (high range).
 func ekCertificate(t *tpm.TPM, given []byte) ([]byte, string, error) {
 	if len(given) > 0 {
-		if bytes.Contains(given, []byte("-----BEGIN")) {
-			b, err := pemblock.Decode(given, "CERTIFICATE")
-			if err != nil {
-				return nil, "", fmt.Errorf("%w: EK certificate: %w", api.ErrBadInput, err)
-			}
-			given = b.Bytes
+		der, err := pemblock.DER(given, "CERTIFICATE")
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: EK certificate: %w", api.ErrBadInput, err)
 		}
-		return given, "file", nil
+		return der, "file", nil
 	}
 	for _, c := range tpm.EKCertIndices {
 		der, err := t.ReadNV(c.Handle)

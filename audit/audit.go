@@ -243,7 +243,7 @@ func readAnchor(a Anchor) ([]byte, error) {
 func Verify(path string, anchor Anchor) (Report, error) {
 	data, err := readLog(path)
 	if err != nil && !os.IsNotExist(err) {
-		return Report{}, fmt.Errorf("audit: %w", err)
+		return Report{}, err
 	}
 	av, err := readAnchor(anchor)
 	if err != nil {
@@ -395,6 +395,9 @@ func readLog(path string) ([]byte, error) {
 			return nil, fmt.Errorf("%w: %s", ErrTampered, logTooLarge(fi.Size()))
 		}
 		return nil, fmt.Errorf("%w: %w", ErrTampered, err)
+	}
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	return data, err
 }
@@ -760,7 +763,7 @@ func ReadRecords(path string) ([]Record, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, err
 	}
 	var recs []Record
 	for n := 1; len(data) > 0; n++ {

@@ -29,7 +29,7 @@ const OpAnchor = "audit-anchor"
 func VerifyLinks(path string) (Report, error) {
 	data, err := readLog(path)
 	if err != nil && !os.IsNotExist(err) {
-		return Report{}, fmt.Errorf("audit: %w", err)
+		return Report{}, err
 	}
 	rep, _, err := verify(data, nil)
 	if errors.Is(err, ErrUnanchored) {

@@ -637,11 +637,11 @@ func (s *Store) removeThenShred(name string) error {
 // flash and copy-on-write filesystems the old blocks may survive; this is a
 // best effort on top of the fact that blobs are TPM-wrapped.
 func shred(path string) error {
-	// Non-blocking: a FIFO planted at the path would block the open, under
-	// the state's lock, for good (found by review 63); only a regular file
-	// is zeroed, anything else is removed.
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ENXIO) || errors.Is(err, syscall.ELOOP) { // a FIFO with no reader, a link
+	// Only a regular file is zeroed, opened as every state file is
+	// (safefile: a FIFO planted at the path would block the open, under
+	// the state's lock, for good: review 63); anything else is removed.
+	f, size, err := safefile.Open(path, os.O_WRONLY, 0, safefile.NoLimit)
+	if errors.Is(err, safefile.ErrUnsafe) {
 		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("store: shred: %w", err)
 		}
@@ -650,12 +650,9 @@ func shred(path string) error {
 	if err != nil {
 		return fmt.Errorf("store: shred: %w", err)
 	}
-	fi, err := f.Stat()
-	if err == nil && fi.Mode().IsRegular() {
-		err = writeZeros(f, fi.Size())
-		if err == nil {
-			err = f.Sync()
-		}
+	err = writeZeros(f, size)
+	if err == nil {
+		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -25,6 +25,20 @@ import (
 // ErrFormat marks input that is not one PEM block alone.
 var ErrFormat = errors.New("not one PEM block")
 
+// DER is data's DER: the bytes of its one PEM block of type typ when data
+// holds a BEGIN line (Decode), data itself otherwise (a file given as
+// DER or PEM).
+func DER(data []byte, typ string) ([]byte, error) {
+	if !bytes.Contains(data, []byte("-----BEGIN")) {
+		return data, nil
+	}
+	blk, err := Decode(data, typ)
+	if err != nil {
+		return nil, err
+	}
+	return blk.Bytes, nil
+}
+
 // Decode returns data's one PEM block, of one of types, without headers.
 func Decode(data []byte, types ...string) (*pem.Block, error) {
 	switch bytes.Count(data, []byte("-----BEGIN")) {

@@ -61,3 +61,17 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// DER takes a file given as DER or as one PEM block, and holds the PEM
+// form to Decode's rules.
+func TestDER(t *testing.T) {
+	if b, err := DER([]byte("raw DER"), "PUBLIC KEY"); err != nil || string(b) != "raw DER" {
+		t.Errorf("DER of DER: %q, %v", b, err)
+	}
+	if b, err := DER(good, "PUBLIC KEY"); err != nil || string(b) != "the key's DER" {
+		t.Errorf("DER of PEM: %q, %v", b, err)
+	}
+	if _, err := DER(append(append([]byte{}, good...), good...), "PUBLIC KEY"); !errors.Is(err, ErrFormat) {
+		t.Errorf("DER of two blocks: %v, want ErrFormat", err)
+	}
+}

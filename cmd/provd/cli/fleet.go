@@ -991,15 +991,11 @@ key's source; see docs/attestation.md). fleet secret list shows its public key.`
 				return err
 			}
 			defer clear(v)
-			der := v
-			if bytes.Contains(v, []byte("-----BEGIN")) {
-				b, err := pemblock.Decode(v, "PRIVATE KEY")
-				if err != nil {
-					return usageError(fmt.Errorf("--in: %w (PKCS#8: openssl pkcs8 -topk8 -nocrypt)", err))
-				}
-				der = b.Bytes
-				defer clear(der)
+			der, err := pemblock.DER(v, "PRIVATE KEY")
+			if err != nil {
+				return usageError(fmt.Errorf("--in: %w (PKCS#8: openssl pkcs8 -topk8 -nocrypt)", err))
 			}
+			defer clear(der)
 			if _, err := x509.ParsePKCS8PrivateKey(der); err != nil {
 				return usageError(fmt.Errorf("--in: not a PKCS#8 private key (PEM PRIVATE KEY or DER): %v", err))
 			}
