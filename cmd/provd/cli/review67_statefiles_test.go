@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/provd/provd/api"
 )
@@ -61,11 +62,19 @@ func TestReview67AttestReadsAFIFOAtMeasurementsLog(t *testing.T) {
 		wrote <- err
 	}()
 	out, stderr, code := run(t, nil, "--state-dir", state, "attest", "now", "--firmware-log", fwLog)
-	// Release the planter's open if the CLI never opened the FIFO.
+	// Release the planter's open, whenever it starts: a reader held open
+	// until the planter's write is done (one opened and closed at once
+	// could come before the planter's goroutine ran, which then waited
+	// for good: a hang seen under make test's load).
 	if r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
-		r.Close()
+		defer r.Close()
 	}
-	werr := <-wrote
+	var werr error
+	select {
+	case werr = <-wrote:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the planter's open of the FIFO never returned")
+	}
 	t.Logf("attest now: exit %d\n%s%s (planter's write: %v)", code, out, stderr, werr)
 	if code != api.ExitTampered || !strings.Contains(stderr, "measurements.log") {
 		t.Errorf("attest now with a FIFO at measurements.log: exit %d, %q; want it refused as tampered (exit %d) by name, never opened blocking", code, strings.TrimSpace(stderr), api.ExitTampered)
