@@ -38,6 +38,9 @@ type queue struct {
 	since atomic.Int64
 	// closed: the daemon is stopping; close holds the slot for good.
 	closed atomic.Bool
+	// stopping is closed with it, for those who wait on a timer.
+	stopping  chan struct{}
+	closeOnce sync.Once
 }
 
 // maxRefusals bounds the refusals' records waiting for the queue: a
@@ -82,7 +85,7 @@ var errRefusalsFull = fmt.Errorf("%w: %d refusals' records waiting", api.ErrBusy
 // caller floods.
 func newQueue(maxWaiting int) *queue {
 	return &queue{slot: make(chan struct{}, 1), maxWaiting: int64(maxWaiting),
-		perCaller: max(1, int64(maxWaiting)/4), byUID: map[int]int64{}}
+		perCaller: max(1, int64(maxWaiting)/4), byUID: map[int]int64{}, stopping: make(chan struct{})}
 }
 
 // admit counts w among the waiting, or says why it may not wait.
@@ -191,6 +194,7 @@ func (q *queue) tryDo(fn func() error) (bool, error) {
 // end, leaving the running operation alone (and last not run).
 func (q *queue) close(ctx context.Context, last func()) error {
 	q.closed.Store(true)
+	q.closeOnce.Do(func() { close(q.stopping) })
 	select {
 	case q.slot <- struct{}{}:
 		if last != nil {

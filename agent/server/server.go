@@ -25,6 +25,7 @@ import (
 	"github.com/provd/provd/agent"
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/audit"
+	"github.com/provd/provd/internal/ratelimit"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/tpm"
 )
@@ -56,6 +57,20 @@ const (
 	// the longest single command (an RSA-4096 key generation on a discrete
 	// TPM takes up to a minute), and above the store's lock wait.
 	stallTimeout = 3 * time.Minute
+	// Every audit record is an NV write in the TPM (the anchor's extend),
+	// and a caller with no role makes one per refused request: a flood of
+	// them wears the TPM's NV, which a TPM guards by refusing NV writes
+	// for a while (TPM_RC_NV_RATE), and then the records of every caller's
+	// operations fail with them; it also fills the trail (audit.MaxLogSize).
+	// So refusals are recorded one by one refusalBurst at once, then
+	// refusalRate a second; the rest are counted by caller, and the count
+	// is written in a record of the daemon's own at most every
+	// refusalCountEvery, and when the daemon stops. A flood of any length
+	// from any number of callers then costs at most two NV writes a
+	// minute.
+	refusalBurst      = maxRefusals
+	refusalRate       = 1.0 / 60
+	refusalCountEvery = time.Minute
 	// restTimeout is how long the daemon waits without a request before it
 	// rests (restWhenIdle): between one and two of it after the last one.
 	restTimeout = 5 * time.Second
@@ -128,6 +143,14 @@ type Server struct {
 	drainWait time.Duration
 	// restAfter is restTimeout (tests change it).
 	restAfter time.Duration
+
+	// oneByOne bounds the refusals recorded one by one, and countEvery
+	// how often a count of the others is written (refusalRate,
+	// refusalBurst, refusalCountEvery; tests change them); lastCount is
+	// when the last count was written (UnixNano, 0: never).
+	oneByOne   *ratelimit.Limiter
+	countEvery time.Duration
+	lastCount  atomic.Int64
 }
 
 // Stats counts what the server did.
@@ -161,7 +184,8 @@ func newServer(o Options) *Server {
 		o.MaxWaiting = DefaultMaxWaiting
 	}
 	s := &Server{ag: o.Agent, t: o.TPM, log: o.Logger, exitCode: o.ExitCode, q: newQueue(o.MaxWaiting), mux: http.NewServeMux(),
-		healthWait: healthTimeout, stallAfter: stallTimeout, drainWait: drainTimeout, restAfter: restTimeout}
+		healthWait: healthTimeout, stallAfter: stallTimeout, drainWait: drainTimeout, restAfter: restTimeout,
+		oneByOne: ratelimit.New(refusalRate, refusalBurst, nil), countEvery: refusalCountEvery}
 	s.Reconfigure(o.Roles, o.RequestTimeout, o.EKCA)
 	s.routes()
 	s.hs = &http.Server{
@@ -721,11 +745,26 @@ func recovered[Res any](s *Server, ctx context.Context, op string, call func() (
 }
 
 // writeRefusalCount writes the refusals counted and not recorded one by
-// one (refuse) at the queue's turn, until none is left or ctx ends; a
-// count it could not write is kept for the next call. Run writes what is
-// left once more when it closes the queue (recordRefusalCount).
+// one (refuse) at the queue's turn, at most one count every countEvery,
+// until none is left, the queue closes or ctx ends; a count it could not
+// write is kept for the next call. Run writes what is left once more when
+// it closes the queue (recordRefusalCount).
 func (s *Server) writeRefusalCount(ctx context.Context) error {
 	for s.uncounted.any() {
+		if last := s.lastCount.Load(); last != 0 {
+			if wait := time.Until(time.Unix(0, last).Add(s.countEvery)); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-s.q.stopping:
+					t.Stop()
+					return nil // the stop writes what is left
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				}
+			}
+		}
 		// The daemon's own turn: never refused for the refusals' bound,
 		// which is what put them here.
 		if err := s.q.do(ctx, daemonOwn, func() error { return s.recordRefusalCount(ctx) }); err != nil {
@@ -743,7 +782,8 @@ func (s *Server) recordRefusalCount(ctx context.Context) error {
 	if len(counts) == 0 {
 		return nil
 	}
-	why := fmt.Sprintf("refusals not recorded one by one (%s): more waited to be recorded than the daemon lets wait, or their records waited past the request timeout", counts)
+	s.lastCount.Store(time.Now().UnixNano())
+	why := fmt.Sprintf("refusals not recorded one by one (%s): past the rate at which the daemon records refusals one by one, or more waited to be recorded than it lets wait, or their records waited past the request timeout", counts)
 	err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: os.Getuid()}), "refusals", why)
 	if err != nil {
 		s.uncounted.addAll(counts)
@@ -766,24 +806,43 @@ func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role,
 	// written in a record of its own at the queue's next turn (review 55:
 	// counted only in memory, it reached the trail with a later refusal,
 	// if one came before the daemon stopped).
-	if err := s.q.do(ctx, refusalRecord, func() error {
+	// Past the rate of refusals recorded one by one (refusalRate), it is
+	// counted at once.
+	if !s.oneByOne.Allow("") {
+		s.countRefusal(c.UID)
+	} else if err := s.q.do(ctx, refusalRecord, func() error {
 		s.reads.running(ep.Op + " (refused)") // an audit line: status shows the trail's length
 		return s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: c.UID}), ep.Op, why)
 	}); err != nil {
-		s.uncounted.add(c.UID, 1)
 		s.log.Error("refusal not audited one by one: counted", "operation", ep.Op, "caller_uid", c.UID, "err", err)
-		if s.countWriter.CompareAndSwap(false, true) {
-			go func() {
-				defer s.countWriter.Store(false)
-				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-				defer cancel()
-				if err := s.writeRefusalCount(ctx); err != nil {
-					s.log.Error("refusal count not audited: kept for the next", "err", err)
-				}
-			}()
-		}
+		s.countRefusal(c.UID)
 	}
 	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", api.ErrRefused, why))
+}
+
+// countRefusal counts a refusal of the caller uid not recorded one by one,
+// and starts the count's writer unless one runs. A writer that ends as a
+// refusal is counted looks once more, so that no count waits for the next
+// refusal or the stop.
+func (s *Server) countRefusal(uid int) {
+	s.uncounted.add(uid, 1)
+	if !s.countWriter.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+			err := s.writeRefusalCount(ctx)
+			cancel()
+			if err != nil {
+				s.log.Error("refusal count not audited: kept for the next", "err", err)
+			}
+			s.countWriter.Store(false)
+			if err != nil || s.q.closed.Load() || !s.uncounted.any() || !s.countWriter.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
 }
 
 // writeError answers err with its kinds, exit code and policy details.

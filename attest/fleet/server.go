@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/provd/provd/attest/fleetapi"
 	"github.com/provd/provd/firmware"
+	"github.com/provd/provd/internal/ratelimit"
 	"github.com/provd/provd/internal/strictjson"
 	"github.com/provd/provd/policy"
 )
@@ -42,7 +43,7 @@ type Server struct {
 	// Metrics, made by Handler when nil.
 	Metrics *Metrics
 
-	perDevice, perClient *limiter
+	perDevice, perClient *ratelimit.Limiter
 	ui                   sessions
 }
 
@@ -58,8 +59,8 @@ func (s *Server) Handler() http.Handler {
 	if s.Metrics == nil {
 		s.Metrics = NewMetrics()
 	}
-	s.perDevice = newLimiter(DeviceRate, DeviceBurst, s.E.cfg.Now)
-	s.perClient = newLimiter(ClientRate, ClientBurst, s.E.cfg.Now)
+	s.perDevice = ratelimit.New(DeviceRate, DeviceBurst, s.E.cfg.Now)
+	s.perClient = ratelimit.New(ClientRate, ClientBurst, s.E.cfg.Now)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.Metrics.Handler())
 	s.uiRoutes(mux)
@@ -337,7 +338,7 @@ func device[Req, Res any](s *Server, fn func(context.Context, Req) (Res, error))
 			ctx = WithDevice(ctx, d, p)
 			key += "/" + clientAddr(r)
 		}
-		if !lim.allow(route + "/" + key) {
+		if !lim.Allow(route + "/" + key) {
 			s.Metrics.limited.WithLabelValues(route).Inc()
 			writeError(w, http.StatusTooManyRequests, "rate_limited", fmt.Errorf("too many %s requests; retry later", route))
 			return
