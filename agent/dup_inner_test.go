@@ -45,7 +45,7 @@ func TestDupInnerKeyNeverCrossesTheBus(t *testing.T) {
 			// encrypt (withPolicySession), as before issue 14's change.
 			rule, _ := ks.rec.rule()
 			objName, _ := hex.DecodeString(ks.rec.Object)
-			expr, err := keyPolicyFor(ks.pk, true, rule, objName)
+			expr, err := ks.rec.policyUnder(ks.pk, rule, objName)
 			if err != nil {
 				return err
 			}

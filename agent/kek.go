@@ -497,7 +497,10 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	if err != nil {
 		return api.KeyInfo{}, fmt.Errorf("%w: %w", api.ErrBadInput, err)
 	}
-	expr, err := keyPolicy(ks.pk, req.Extractable)
+	// Imported: fixedParent clear whether or not it may leave (the TPM
+	// requires it of TPM2_Import), so its use branch is bound too.
+	cc, _ := useCommand(kt.Alg, usage)
+	expr, err := keyPolicyShaped(ks.pk, keyShape{use: cc, duplicable: true, extractable: req.Extractable}, dupRule{}, nil)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -529,7 +532,7 @@ func (a *Agent) importKey(ctx context.Context, req api.KeyImportRequest, objects
 	}
 	var blob tpm.Blob
 	err = a.withLoadedPK(ks.pk, func(l *loadedPK) (err error) {
-		err = a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+		err = a.withPKPolicy(l, tpm2.TPMCCImport, func(s tpm2.Session) (err error) {
 			blob, err = a.t.ImportSensitive(l.pk, s, tmpl, sens)
 			return err
 		})

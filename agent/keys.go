@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/hex"
@@ -96,10 +97,118 @@ func (r keyRecord) public() (tpm2.TPMTPublic, error) {
 // keyPolicy is an operational key's policy: the PK's own (so each use
 // re-checks the platform); with a duplication branch when extractable, which
 // only the crypto officer's approval of one destination satisfies:
-// Or(pk, PolicyAuthorize(officer, "provd/dup")) (officer.go). An extractable
-// key needs an officer.
-func keyPolicy(in pkInputs, extractable bool) (policy.Policy, error) {
-	return keyPolicyFor(in, extractable, dupRule{}, nil)
+// Or(use, PolicyAuthorize(officer, "provd/dup")) (officer.go), the use
+// branch bound to the key's one command (useBranch). An extractable key
+// needs an officer. use is the key's command (useCommand).
+func keyPolicy(in pkInputs, use tpm2.TPMCC, extractable bool) (policy.Policy, error) {
+	return keyPolicyFor(in, use, extractable, dupRule{}, nil)
+}
+
+// keyShape is what a key's policy holds besides its PK's: the one command
+// it is used with (useCommand), whether the TPM could duplicate it at all
+// (fixedParent clear: every extractable key, and every key brought in by
+// TPM2_Import, of which the TPM requires fixedParent clear, a PKCS#8 key
+// imported without --extractable among them), and whether its policy has
+// a duplication branch (extractable).
+type keyShape struct {
+	use         tpm2.TPMCC
+	duplicable  bool
+	extractable bool
+}
+
+// shape is the shape of r's key.
+func (r keyRecord) shape() keyShape {
+	dup := r.Extractable || r.Kind == api.KindImported || r.Kind == api.KindTransferred
+	return keyShape{use: r.useCommand(), duplicable: dup, extractable: r.Extractable}
+}
+
+// useCommand is the one command a key of algorithm alg and usage is used
+// with, false for an HMAC key (TPM2_HMAC, or an HMAC sequence for long
+// data), which is never extractable.
+func useCommand(alg tpm2.TPMAlgID, usage string) (tpm2.TPMCC, bool) {
+	switch {
+	case usage == catalog.UsageSign:
+		return tpm2.TPMCCSign, true
+	case usage == catalog.UsageECDH:
+		return tpm2.TPMCCECDHZGen, true
+	case usage == catalog.UsageDecrypt && alg == tpm2.TPMAlgRSA:
+		return tpm2.TPMCCRSADecrypt, true
+	case usage == catalog.UsageDecrypt && alg == tpm2.TPMAlgSymCipher:
+		return tpm2.TPMCCEncryptDecrypt2, true
+	}
+	return 0, false
+}
+
+// useCommand is the command r's key is used with (0 for none).
+func (r keyRecord) useCommand() tpm2.TPMCC {
+	kt, _ := catalog.Lookup(r.Type, false) // a type that is not: no command, refused where it matters
+	cc, _ := useCommand(kt.Alg, r.Usage)
+	return cc
+}
+
+// useBranch is the use branch of a key the TPM could duplicate: the PK's
+// policy p, then PolicyCommandCode(use), then PolicyAuthValue. The command
+// code is what keeps the branch from authorizing TPM2_Duplicate: under a
+// signed PK policy p is PolicyAuthorize(signer), and the signer approves
+// any digest, one holding PolicyCommandCode(Duplicate) among them; the TPM
+// keeps that command code through PolicyAuthorize, PolicyAuthValue and
+// PolicyOR, and the DUP role asks for nothing more (review 70: the policy
+// signer alone, with the state directory, took an extractable key's
+// plaintext to TPM_RH_NULL, no officer asked, on any platform state; a key
+// imported without --extractable, fixedParent clear and no duplication
+// branch, went the same way). After PolicyAuthorize, PolicyCommandCode(use)
+// fails on a session whose command code is already Duplicate. A key the
+// TPM cannot duplicate (fixedParent set) needs no such bound.
+func useBranch(p policy.Policy, use tpm2.TPMCC) policy.Policy {
+	b := slices.Clone(p)
+	b = append(b, policy.CommandCode{CC: use})
+	return officer.ObjectPolicy(b)
+}
+
+// keyPolicyMatching is keyPolicyShaped, or for a key the TPM could
+// duplicate whose authPolicy is the one provd gave such keys before review
+// 70 (the use branch bound to no command), that policy: keys made then
+// keep it, and the TPM still lets the policy signer move them (docs/keys.md
+// says how to replace one). Any other authPolicy gets keyPolicyShaped's,
+// which the caller's check then refuses.
+func keyPolicyMatching(in pkInputs, k keyShape, rule dupRule, objName, authPolicy []byte) (policy.Policy, error) {
+	expr, err := keyPolicyShaped(in, k, rule, objName)
+	if !k.duplicable || (err != nil && k.use != 0) {
+		return expr, err
+	}
+	if err == nil {
+		d, derr := expr.Digest(tpm2.TPMAlgSHA256)
+		if derr != nil || bytes.Equal(d, authPolicy) {
+			return expr, derr
+		}
+	}
+	old := officer.ObjectPolicy(in.expr)
+	if k.extractable {
+		dup, derr := dupBranch(rule, in.officer, objName)
+		if derr != nil {
+			return expr, err
+		}
+		old = policy.Policy{policy.Or{Branches: []policy.Policy{old, dup}}}
+	}
+	if d, derr := old.Digest(tpm2.TPMAlgSHA256); derr == nil && bytes.Equal(d, authPolicy) {
+		return old, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return expr, nil
+}
+
+// policyUnder is the policy of r's key under the PK of inputs in
+// (keyPolicyMatching: a key made before review 70 keeps its older use
+// branch), with rule its duplication rule and objName its name where the
+// duplication branch runs.
+func (r keyRecord) policyUnder(in pkInputs, rule dupRule, objName []byte) (policy.Policy, error) {
+	authPolicy, err := hex.DecodeString(r.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q's policy in the state", api.ErrTampered, r.Name)
+	}
+	return keyPolicyMatching(in, r.shape(), rule, objName, authPolicy)
 }
 
 // dupRule is who decides where an extractable key may go, fixed at its
@@ -142,9 +251,22 @@ func (r keyRecord) rule() (dupRule, error) {
 // bound peer's transfer key then PolicyCommandCode(Duplicate) (To; objName,
 // the key's own name, is needed to execute it, not for the digest), or the
 // authority's approval (By).
-func keyPolicyFor(in pkInputs, extractable bool, rule dupRule, objName []byte) (policy.Policy, error) {
-	use := officer.ObjectPolicy(in.expr)
-	if !extractable {
+func keyPolicyFor(in pkInputs, use tpm2.TPMCC, extractable bool, rule dupRule, objName []byte) (policy.Policy, error) {
+	return keyPolicyShaped(in, keyShape{use: use, duplicable: extractable, extractable: extractable}, rule, objName)
+}
+
+// keyPolicyShaped is the policy of a key of shape k: a fixed key's
+// officer.ObjectPolicy(P); a key the TPM could duplicate, useBranch; and
+// an extractable one, PolicyOR(useBranch, its duplication branch).
+func keyPolicyShaped(in pkInputs, k keyShape, rule dupRule, objName []byte) (policy.Policy, error) {
+	if !k.duplicable && !k.extractable {
+		return officer.ObjectPolicy(in.expr), nil
+	}
+	if k.use == 0 || k.use == tpm2.TPMCCDuplicate {
+		return nil, fmt.Errorf("%w: a key the TPM could duplicate needs one command it is used with (signing, ECDH, RSA or AES decryption)", api.ErrNotPermitted)
+	}
+	use := useBranch(in.expr, k.use)
+	if !k.extractable {
 		return use, nil
 	}
 	dup, err := dupBranch(rule, in.officer, objName)
@@ -374,7 +496,8 @@ func (a *Agent) createKey(ctx context.Context, req api.CreateRequest, objects ma
 	if rule.set() {
 		req.Extractable = true
 	}
-	expr, err := keyPolicyFor(ks.pk, req.Extractable, rule, nil)
+	cc, _ := useCommand(kt.Alg, usage)
+	expr, err := keyPolicyFor(ks.pk, cc, req.Extractable, rule, nil)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}

@@ -163,7 +163,8 @@ func checkImportPublic(pub tpm2.TPMTPublic, pk pkInputs) (catalog.Type, string, 
 		return kt, "", tpm2.TPMTPublic{}, fmt.Errorf("%w: key blob: %w", api.ErrNotPermitted, err)
 	}
 	extractable := !pub.ObjectAttributes.FixedParent
-	expr, err := keyPolicy(pk, extractable)
+	cc, _ := useCommand(kt.Alg, usage)
+	expr, err := keyPolicyMatching(pk, keyShape{use: cc, duplicable: extractable, extractable: extractable}, dupRule{}, nil, pub.AuthPolicy.Buffer)
 	if err != nil {
 		return kt, "", tpm2.TPMTPublic{}, err
 	}

@@ -32,8 +32,12 @@ func TestCheckImportPublic(t *testing.T) {
 		t.Fatal(err)
 	}
 	pk := pkInputs{expr: policy.Policy{policy.Authorize{Signer: signer.Public(), PolicyRef: pkPolicyRef}}, officer: officertest.Public()}
-	digest := func(extractable bool) []byte {
-		expr, err := keyPolicy(pk, extractable)
+	digest := func(extractable bool, use ...tpm2.TPMCC) []byte {
+		cc := tpm2.TPMCCSign
+		if len(use) > 0 {
+			cc = use[0]
+		}
+		expr, err := keyPolicy(pk, cc, extractable)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +80,8 @@ func TestCheckImportPublic(t *testing.T) {
 		}
 		for _, usage := range kt.Usages {
 			for _, ext := range []bool{false, true} {
-				pub := kt.CreatedTemplate(usage, digest(ext), ext)
+				cc, _ := useCommand(kt.Alg, usage)
+				pub := kt.CreatedTemplate(usage, digest(ext, cc), ext)
 				pub.Unique = uniques(kt)
 				gkt, gu, tmpl, err := checkImportPublic(pub, pk)
 				if err != nil || gkt.Name != kt.Name || gu != usage || tmpl.ObjectAttributes.FixedTPM == ext {

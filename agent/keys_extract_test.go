@@ -77,7 +77,7 @@ func duplicateApproving(t *testing.T, a *Agent, name, approvedKey string, newPar
 	branch := policy.Policy{policy.Authorize{Signer: approver.Public(), PolicyRef: officer.DupRef}, policy.AuthValue{}}
 	expr, opts := branch, ks.pk.opts
 	if ks.rec.Extractable {
-		expr = policy.Policy{policy.Or{Branches: []policy.Policy{officer.ObjectPolicy(ks.pk.expr), branch}}}
+		expr = policy.Policy{policy.Or{Branches: []policy.Policy{useBranch(ks.pk.expr, ks.rec.useCommand()), branch}}}
 		opts.Branches = []int{1}
 	}
 	ap, err := officer.ApproveDuplication(approver, ks.pk.state.Policy.digest(), approvedName, approvedParent)
@@ -164,7 +164,7 @@ func TestNotExtractableForever(t *testing.T) {
 	}
 	pub, _ := blob.Public.Contents()
 	pub.ObjectAttributes.FixedTPM, pub.ObjectAttributes.FixedParent = false, false
-	extExpr, err := keyPolicy(pkIn, true)
+	extExpr, err := keyPolicy(pkIn, rec.useCommand(), true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -250,7 +250,7 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 	if err != nil {
 		return err
 	}
-	expr, err := keyPolicyFor(ks.pk, ks.rec.Extractable, rule, nil)
+	expr, err := ks.rec.policyUnder(ks.pk, rule, nil)
 	if err != nil {
 		return err
 	}
@@ -712,7 +712,10 @@ func (a *Agent) withDupBranch(ctx context.Context, ks keyState, newParent []byte
 	if err != nil {
 		return fmt.Errorf("%w: key %q's object name", api.ErrTampered, ks.rec.Name)
 	}
-	expr, err := keyPolicyFor(ks.pk, true, rule, objName)
+	if !ks.rec.Extractable {
+		return fmt.Errorf("%w: %q was born non-extractable", api.ErrNotPermitted, ks.rec.Name)
+	}
+	expr, err := ks.rec.policyUnder(ks.pk, rule, objName)
 	if err != nil {
 		return err
 	}

@@ -310,7 +310,7 @@ func TestExtractableGoesOnlyWhereTheOfficerSays(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := append(append(policy.Policy{}, ks.pk.expr...), policy.CommandCode{CC: tpm2.TPMCCDuplicate})
-	expr, _ := keyPolicy(ks.pk, true)
+	expr, _ := keyPolicy(ks.pk, ks.rec.useCommand(), true)
 	branches := expr[0].(policy.Or).Branches
 	oldDigest, _ := old.Digest(tpm2.TPMAlgSHA256)
 	for _, b := range branches {

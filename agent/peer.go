@@ -441,7 +441,8 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	if rule.To != nil && f.DupTo != tr.Name {
 		return api.KeyInfo{}, fmt.Errorf("%w: the key was bound at birth to another transfer key", api.ErrNotPermitted)
 	}
-	expr, err := keyPolicyFor(ks.pk, true, rule, nil)
+	cc, _ := useCommand(kt.Alg, usage)
+	expr, err := keyPolicyMatching(ks.pk, keyShape{use: cc, duplicable: true, extractable: true}, rule, nil, pub.AuthPolicy.Buffer)
 	if err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -555,7 +556,7 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 		return nil, err
 	}
 	defer ps.Close()
-	if err := a.withPKPolicy(l, func(s tpm2.Session) error { return ps.PolicySecretOf(l.pk, s) }); err != nil {
+	if err := a.withPKPolicy(l, tpm2.TPMCCPolicySecret, func(s tpm2.Session) error { return ps.PolicySecretOf(l.pk, s) }); err != nil {
 		return nil, err
 	}
 	if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {

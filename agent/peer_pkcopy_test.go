@@ -67,7 +67,7 @@ func TestNoCopyOfThePKSatisfiesPolicySecret(t *testing.T) {
 		try("public-only copy, empty HMAC session", rsp.ObjectHandle, rsp.Name, tpm2.HMAC(tpm2.TPMAlgSHA256, 16))
 		// Even provd's own PK policy session (with the authValue, which A2 lacks).
 		err = b.withLoadedPK(in, func(l *loadedPK) error {
-			return b.withPKPolicy(l, func(s tpm2.Session) error {
+			return b.withPKPolicy(l, tpm2.TPMCCPolicySecret, func(s tpm2.Session) error {
 				try("public-only copy, provd's own PK policy session", rsp.ObjectHandle, rsp.Name, s)
 				return nil
 			})

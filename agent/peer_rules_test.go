@@ -36,7 +36,7 @@ func dupThrough(t *testing.T, a *Agent, name string, newParent tpm2.NamedHandle,
 		t.Fatal(err)
 	}
 	objName, _ := hex.DecodeString(ks.rec.Object)
-	expr, err := keyPolicyFor(ks.pk, true, rule, objName)
+	expr, err := ks.rec.policyUnder(ks.pk, rule, objName)
 	if err != nil {
 		t.Fatal(err)
 	}

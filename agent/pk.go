@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -207,25 +208,92 @@ func CounterRef() policy.NVCounterRef {
 }
 
 // pkPolicy is the PK's own policy: officer.ObjectPolicy(p), or for a
-// movable PK PolicyOR of that (every use, branch 0) and its duplication
-// branch (dupBranch of the PK's rule; objName, the PK's name, is needed to
-// execute a bound branch, not for the digest). A bound branch starts with
-// p: a key's is checked when the key loads under the PK, through the PK's
-// policy, but the PK loads under its parent with no policy at all, so its
-// branch is where the platform is checked (found by review: without p, the
-// PK left on a bad boot). An authority's branch holds p only as its
-// approvals do (officer.DupApproved, which refuses a zero digest): a stolen
-// authority key moves the PK anywhere, on any boot (docs/transfer.md).
+// movable PK PolicyOR of one use branch per command the PK authorizes
+// (pkUses: p, PolicyCommandCode of that command, PolicyAuthValue) and its
+// duplication branch last (dupBranch of the PK's rule; objName, the PK's
+// name, is needed to execute a bound branch, not for the digest). The
+// command codes keep the use branches from authorizing TPM2_Duplicate: p
+// is PolicyAuthorize(signer) on a movable PK, the signer approves any
+// digest, one holding PolicyCommandCode(Duplicate) among them, and the TPM
+// keeps that command code through PolicyAuthorize (review 70: an
+// extractable key's plaintext through its use branch; a movable PK's, and
+// with it every key under it, the same way). A PK that does not move
+// needs no such bound: the TPM duplicates no fixedParent object. A bound
+// branch starts with p: a key's is checked when the key loads under the
+// PK, through the PK's policy, but the PK loads under its parent with no
+// policy at all, so its branch is where the platform is checked (found by
+// review: without p, the PK left on a bad boot). An authority's branch
+// holds p only as its approvals do (officer.DupApproved, which refuses a
+// zero digest): a stolen authority key moves the PK anywhere, on any boot
+// (docs/transfer.md).
 func pkPolicy(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
-	use := officer.ObjectPolicy(p)
 	if !rule.set() {
-		return use
+		return officer.ObjectPolicy(p)
 	}
+	var branches []policy.Policy
+	for _, cc := range pkUses {
+		branches = append(branches, useBranch(p, cc))
+	}
+	return policy.Policy{policy.Or{Branches: append(branches, pkDupBranch(p, rule, objName))}}
+}
+
+// pkUses are the commands a movable PK authorizes, in the order of its use
+// branches: its children's loads, creations and imports, and
+// PolicySecret (a duplicate's import proves the PK with it).
+var pkUses = []tpm2.TPMCC{tpm2.TPMCCLoad, tpm2.TPMCCCreate, tpm2.TPMCCImport, tpm2.TPMCCPolicySecret}
+
+// pkDupBranch is a movable PK's duplication branch.
+func pkDupBranch(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
 	dup, _ := dupBranch(rule, nil, objName) // a set rule needs no officer
 	if rule.To != nil {
 		dup = append(slices.Clone(p), dup...)
 	}
-	return policy.Policy{policy.Or{Branches: []policy.Policy{use, dup}}}
+	return dup
+}
+
+// pkPolicyBefore70 is a movable PK's policy as provd made it before review
+// 70: one use branch bound to no command. PKs made then keep it, and the
+// TPM lets the policy signer move them (docs/transfer.md says how to
+// replace one).
+func pkPolicyBefore70(p policy.Policy, rule dupRule, objName []byte) policy.Policy {
+	return policy.Policy{policy.Or{Branches: []policy.Policy{officer.ObjectPolicy(p), pkDupBranch(p, rule, objName)}}}
+}
+
+// pkPolicyOf is the PK's policy that authPolicy, the PK's own, is:
+// pkPolicy's, or for a movable PK made before review 70
+// pkPolicyBefore70's (then older is true). Any other authPolicy gets
+// pkPolicy's, which the caller's check then refuses.
+func pkPolicyOf(p policy.Policy, rule dupRule, objName, authPolicy []byte) (expr policy.Policy, older bool) {
+	expr = pkPolicy(p, rule, objName)
+	if !rule.set() {
+		return expr, false
+	}
+	if d, err := expr.Digest(tpm2.TPMAlgSHA256); err == nil && bytes.Equal(d, authPolicy) {
+		return expr, false
+	}
+	old := pkPolicyBefore70(p, rule, objName)
+	if d, err := old.Digest(tpm2.TPMAlgSHA256); err == nil && bytes.Equal(d, authPolicy) {
+		return old, true
+	}
+	return expr, false
+}
+
+// pkBranch is the branch of a movable PK's policy (pkPolicyOf) that
+// authorizes command cc, or with cc TPM2_Duplicate its duplication branch.
+func pkBranch(cc tpm2.TPMCC, older bool) (int, error) {
+	if older {
+		if cc == tpm2.TPMCCDuplicate {
+			return 1, nil
+		}
+		return 0, nil
+	}
+	if cc == tpm2.TPMCCDuplicate {
+		return len(pkUses), nil
+	}
+	if i := slices.Index(pkUses, cc); i >= 0 {
+		return i, nil
+	}
+	return 0, fmt.Errorf("the PK authorizes no %v", cc)
 }
 
 // loadedPK is the PK and, when asked, the derivation parent, loaded.
@@ -679,10 +747,10 @@ func (a *Agent) secretIn(auth []byte) (*tpm.PolicySession, error) {
 }
 
 // withPKPolicy is withPolicySession for the PK's own policy
-// (officer.ObjectPolicy(P), with the objects' authValue): fn's one command
-// uses the PK as parent.
-func (a *Agent) withPKPolicy(l *loadedPK, fn func(s tpm2.Session) error) error {
-	expr, opts, err := l.usePolicy()
+// (officer.ObjectPolicy(P), with the objects' authValue): fn's one command,
+// cc, uses the PK.
+func (a *Agent) withPKPolicy(l *loadedPK, cc tpm2.TPMCC, fn func(s tpm2.Session) error) error {
+	expr, opts, err := l.usePolicy(cc)
 	if err != nil {
 		return err
 	}
@@ -690,18 +758,23 @@ func (a *Agent) withPKPolicy(l *loadedPK, fn func(s tpm2.Session) error) error {
 }
 
 // usePolicy is the PK's policy and the options that satisfy it for a use
-// of the PK (a movable PK's branch 0): every use of the PK as a parent
-// goes through it.
-func (l *loadedPK) usePolicy() (policy.Policy, policy.ApplyOptions, error) {
+// of the PK by command cc (a movable PK's branch for cc, pkBranch): every
+// use of the PK goes through it.
+func (l *loadedPK) usePolicy(cc tpm2.TPMCC) (policy.Policy, policy.ApplyOptions, error) {
 	rule, err := l.state.rule()
 	if err != nil {
 		return nil, policy.ApplyOptions{}, err
 	}
 	opts := l.opts
+	expr, older := pkPolicyOf(l.expr, rule, nil, l.pk.Public.AuthPolicy.Buffer)
 	if rule.set() {
-		opts.Branches = []int{0}
+		b, err := pkBranch(cc, older)
+		if err != nil {
+			return nil, policy.ApplyOptions{}, err
+		}
+		opts.Branches = []int{b}
 	}
-	return pkPolicy(l.expr, rule, nil), opts, nil
+	return expr, opts, nil
 }
 
 // loadedOrFlush ends every function that returns a loaded object: with err
@@ -801,7 +874,7 @@ func (a *Agent) loadD(ctx context.Context, l *loadedPK) (tpm.Object, error) {
 // The caller owns the returned object; on error nothing stays loaded.
 func (a *Agent) loadUnderPK(l *loadedPK, blob tpm.Blob) (tpm.Object, error) {
 	var obj tpm.Object
-	err := a.withPKPolicy(l, func(s tpm2.Session) (err error) {
+	err := a.withPKPolicy(l, tpm2.TPMCCLoad, func(s tpm2.Session) (err error) {
 		obj, err = a.t.Load(l.pk, s, blob)
 		return err
 	})
@@ -824,7 +897,7 @@ func (a *Agent) createUnderPKWith(l *loadedPK, tmpl tpm2.TPMTPublic, auth, data 
 	// One policy session salted to the pinned SRK that also encrypts the
 	// sensitive area on its way in: TPM2_Create needs no session of its
 	// own (issue 14: 2 commands fewer per creation).
-	expr, opts, err := l.usePolicy()
+	expr, opts, err := l.usePolicy(tpm2.TPMCCCreate)
 	if err != nil {
 		return tpm.Blob{}, err
 	}

@@ -230,7 +230,6 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 		return api.DupFile{}, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
 	}
 	opts := in.opts
-	opts.Branches = []int{1} // the duplication branch
 	switch {
 	case rule.To != nil:
 		if !bytes.Equal(rule.To, parentName) {
@@ -263,9 +262,15 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 	err = a.withPeerParent(parentPub, func(parent tpm2.NamedHandle) error {
 		return a.withLoadedPK(in, func(l *loadedPK) error {
 			pub = l.pk.Public
+			expr, older := pkPolicyOf(in.expr, rule, pkName, pub.AuthPolicy.Buffer)
+			b, err := pkBranch(tpm2.TPMCCDuplicate, older)
+			if err != nil {
+				return err
+			}
+			opts.Branches = []int{b} // the duplication branch
 			// The duplication branch ends in PolicyAuthValue (dupBranch):
 			// the session encrypts the inner wrapper key on its way in.
-			return a.withFreshSession(a.secretIn, in.state.Policy, pkPolicy(in.expr, rule, pkName), opts, in.auth, func(s tpm2.Session) (err error) {
+			return a.withFreshSession(a.secretIn, in.state.Policy, expr, opts, in.auth, func(s tpm2.Session) (err error) {
 				d, err = a.t.Duplicate(l.pk, s, parent)
 				return err
 			})
@@ -371,7 +376,8 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	}
 	// The PK must be a movable provd PK of this fleet's policy: a movable
 	// PK's template with PolicyOR(ObjectPolicy(P), its duplication branch).
-	digest, err := pkPolicy(in.expr, rule, nil).Digest(tpm2.TPMAlgSHA256)
+	expr, _ := pkPolicyOf(in.expr, rule, nil, pub.AuthPolicy.Buffer) // a PK moved by an earlier provd keeps its policy
+	digest, err := expr.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return res, err
 	}
@@ -600,7 +606,7 @@ func (r keyRecord) checkCarried(blob *tpm.Blob, in pkInputs) error {
 		if err != nil {
 			return errors.New("its duplication rule")
 		}
-		expr, err := keyPolicyFor(in, r.Extractable, rule, nil)
+		expr, err := r.policyUnder(in, rule, nil)
 		if err != nil {
 			return err
 		}

@@ -121,7 +121,7 @@ func approvePK(t testing.TB, a *Agent, peer api.PeerIdentity, by crypto.Signer) 
 // with approval for a PK approved by an authority.
 func duplicatePK(t *testing.T, a *Agent, newParent tpm2.NamedHandle, approval *policy.Approval, approvedParent []byte) error {
 	t.Helper()
-	return duplicatePKBranch(t, a, newParent, approval, approvedParent, 1)
+	return duplicatePKBranch(t, a, newParent, approval, approvedParent, len(pkUses))
 }
 
 // duplicatePKBranch is duplicatePK through branch of the PK's policy.
@@ -262,12 +262,14 @@ func TestMovablePK(t *testing.T) {
 	if !errors.Is(err, tpm2.TPMRCPolicyFail) {
 		t.Fatalf("the PK duplicated to C's transfer key: %v, want TPM_RC_POLICY_FAIL", err)
 	}
-	// The use branch (P, PolicyAuthValue: every use of the PK) does not
-	// authorize TPM2_Duplicate to a parent of root's choosing: the DUP
-	// role needs the command code in the policy.
+	// The use branches (P, the command code of one use, PolicyAuthValue)
+	// do not authorize TPM2_Duplicate to a parent of root's choosing: each
+	// is bound to its command (review 70).
 	srkA, _ := a.t.SRK()
-	if err := duplicatePKBranch(t, a, srkA.Named(), nil, nil, 0); !errors.Is(err, tpm2.TPMRCPolicyFail) {
-		t.Fatalf("the PK duplicated through its use branch: %v, want TPM_RC_POLICY_FAIL", err)
+	for b := range pkUses {
+		if err := duplicatePKBranch(t, a, srkA.Named(), nil, nil, b); !errors.Is(err, tpm2.TPMRCPolicyCC) {
+			t.Fatalf("the PK duplicated through its use branch %d: %v, want TPM_RC_POLICY_CC", b, err)
+		}
 	}
 	null := tpm2.NamedHandle{Handle: tpm2.TPMRHNull, Name: tpm2.HandleName(tpm2.TPMRHNull)}
 	if err := duplicatePK(t, a, null, nil, nil); err == nil {
@@ -451,7 +453,7 @@ func TestMovablePKByAuthority(t *testing.T) {
 	}
 	cParentB := loadPeerParent(t, envB, peerC)
 	err = b.withLoadedPK(inB, func(l *loadedPK) error {
-		return b.withPKPolicy(l, func(s tpm2.Session) error {
+		return b.withPKPolicy(l, tpm2.TPMCCLoad, func(s tpm2.Session) error {
 			_, err := b.t.Duplicate(l.pk, s, cParentB.Named())
 			return err
 		})

@@ -280,7 +280,8 @@ func (a *Agent) policyState(l *loadedPK, ps *api.PolicyState) error {
 	if err != nil {
 		return err
 	}
-	want, err := pkPolicy(l.expr, rule, nil).Digest(tpm2.TPMAlgSHA256)
+	expr, _ := pkPolicyOf(l.expr, rule, nil, l.pk.Public.AuthPolicy.Buffer)
+	want, err := expr.Digest(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return err
 	}

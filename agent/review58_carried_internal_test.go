@@ -51,7 +51,7 @@ func TestReview58CarriedKeyIsOneProvdMakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	policyOf := func(extractable bool) []byte {
-		e, err := keyPolicyFor(in, extractable, dupRule{}, nil)
+		e, err := keyPolicyFor(in, tpm2.TPMCCSign, extractable, dupRule{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -116,7 +116,7 @@ func TestReview60CarriedKeysWithRulesAreAdopted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		expr, err := keyPolicyFor(in, r.extractable, dr, nil)
+		expr, err := keyPolicyFor(in, rec.useCommand(), r.extractable, dr, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func TestReview60CarriedKeysWithRulesAreAdopted(t *testing.T) {
 		}
 		// import-blob: the template checkImportPublic holds the file to.
 		for _, extractable := range []bool{false, true} {
-			expr, err := keyPolicy(in, extractable)
+			expr, err := keyPolicy(in, tpm2.TPMCCSign, extractable)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -314,7 +314,7 @@ func TestReview60CarriedRecordsProvdNeverWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expr, err := keyPolicyFor(in, false, dupRule{}, nil)
+	expr, err := keyPolicyFor(in, tpm2.TPMCCSign, false, dupRule{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,7 @@ func review70SignerDup(t *testing.T, a *Agent, signer *ecdsa.PrivateKey, name st
 	if err != nil {
 		t.Fatal(err)
 	}
-	expr, err := keyPolicyFor(ks.pk, ks.rec.Extractable, dupRule{}, nil)
+	expr, err := ks.rec.policyUnder(ks.pk, dupRule{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,8 @@ func review70SignerDup(t *testing.T, a *Agent, signer *ecdsa.PrivateKey, name st
 	return leaked, err
 }
 
-// FLAW: under a signed PK policy the policy signer, not the crypto
+// FLAW (failed before the mend: useBranch, the use branch bound to the
+// key's one command): under a signed PK policy the policy signer, not the crypto
 // officer, can approve the duplication of an extractable key. The key's
 // use branch is P then PolicyAuthValue, with P =
 // PolicyAuthorize(signer, "provd/pk"); the signer approves any digest it

@@ -253,7 +253,7 @@ func (a *Agent) unseal(ctx context.Context, data []byte, objects map[string]stri
 		if err != nil {
 			return err
 		}
-		use, useOpts, err := l.usePolicy()
+		use, useOpts, err := l.usePolicy(tpm2.TPMCCLoad)
 		if err != nil {
 			return err
 		}
