@@ -187,6 +187,22 @@ func (r policyRecord) withDigest() (policyRecord, error) {
 	return r, nil
 }
 
+// checked is r, refused as tampered unless its digest is the one its
+// values or signer give (review 71: the record's digest text was reported
+// unchecked by status and policy show, and used as the PK's policy in peer
+// identities and approvals, while the values and signer beside it were
+// checked against the PK).
+func (r policyRecord) checked() (policyRecord, error) {
+	want, err := r.withDigest()
+	if err != nil {
+		return r, fmt.Errorf("%w: the state's policy record: %w", api.ErrTampered, err)
+	}
+	if want.Digest != r.Digest {
+		return r, fmt.Errorf("%w: the state's policy record names digest %.16s…, its policy's is %.16s…", api.ErrTampered, r.Digest, want.Digest)
+	}
+	return r, nil
+}
+
 func (r policyRecord) digest() []byte {
 	d, _ := hex.DecodeString(r.Digest)
 	return d
@@ -415,6 +431,9 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	var in pkInputs
 	var err error
 	if in.state, err = a.readPK(tx); err != nil {
+		return in, err
+	}
+	if _, err := in.state.Policy.checked(); err != nil {
 		return in, err
 	}
 	if err := requirePinned(tx); err != nil {

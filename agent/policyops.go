@@ -77,6 +77,9 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		if st, err = a.readPK(tx); err != nil {
 			return err
 		}
+		if _, err := st.Policy.checked(); err != nil {
+			return err
+		}
 		// It moves the policy counter and may create D under the PK.
 		return requirePinned(tx)
 	}); err != nil {

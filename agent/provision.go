@@ -3,7 +3,10 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -148,6 +151,9 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	if err != nil {
 		return res, err
 	}
+	if err := a.checkKeysLoad(req); err != nil {
+		return res, err
+	}
 	if provisioned {
 		// As zeroize: nothing is destroyed unless the trail takes a record.
 		if err := a.record(ctx, opZeroizeStart, map[string]string{"by": "provision --force"}, nil); err != nil {
@@ -282,6 +288,36 @@ func (a *Agent) provision(ctx context.Context, req api.ProvisionRequest, objects
 	}
 	res.PKName, res.DName, res.TPMTrust = st.Name, st.DName, identity.Trust
 	return res, nil
+}
+
+// checkKeysLoad refuses a policy signer or officer key that the TPM
+// cannot load (review 71: an RSA-4096 signer, approved in software, which
+// swtpm's TPM, like many, refuses with TPM_RC_VALUE: the PK bound to it
+// could never be used, while policy install and show said "satisfied").
+// It asks the TPM itself, one TPM2_TestParms each, before anything is
+// destroyed or made; a refusal of the key's parameters is ErrNotPermitted.
+func (a *Agent) checkKeysLoad(req api.ProvisionRequest) error {
+	for _, k := range []struct {
+		what string
+		pub  crypto.PublicKey
+	}{{"policy signer", req.Signer}, {"officer key", req.Officer}} {
+		if k.pub == nil {
+			continue
+		}
+		pub, err := policy.SignerPublic(k.pub)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", api.ErrNotPermitted, k.what, err)
+		}
+		err = a.t.TestParms(pub)
+		var fe tpm2.TPMFmt1Error
+		if errors.As(err, &fe) {
+			return fmt.Errorf("%w: this TPM cannot use the %s (%s): %w", api.ErrNotPermitted, k.what, keyDesc(k.pub), err)
+		}
+		if err != nil {
+			return fmt.Errorf("checking the %s with the TPM: %w", k.what, err)
+		}
+	}
+	return nil
 }
 
 // provisionPolicy builds the PK's policy record for req and, for a signed
@@ -511,4 +547,15 @@ func checkResettable(pcrs []int, allow bool) error {
 		return fmt.Errorf("%w: PCRs %v can be reset by software, so a policy over them protects nothing; allow resettable PCRs only for tests and demonstrations", api.ErrNotPermitted, r)
 	}
 	return nil
+}
+
+// keyDesc names a signer's key type for a refusal: RSA-4096, ECDSA P-384.
+func keyDesc(k crypto.PublicKey) string {
+	switch k := k.(type) {
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.N.BitLen())
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	}
+	return fmt.Sprintf("%T", k)
 }

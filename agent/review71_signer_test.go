@@ -14,7 +14,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: `provision --policy-signer` takes an RSA-4096 key (docs/policy.md:
+// FLAW (failed before the mend: checkKeysLoad, TPM2_TestParms at provision): `provision --policy-signer` took an RSA-4096 key (docs/policy.md:
 // approved signers include RSA-PSS with a 4096-bit modulus) and binds the
 // PK's authPolicy to PolicyAuthorize(its name) without asking the TPM
 // whether it can load such a key. swtpm's TPM (like many hardware TPMs)

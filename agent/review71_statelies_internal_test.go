@@ -20,7 +20,7 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW: `policy show` and `status` report the PK's policy digest (the value
+// FLAW (failed before the mend: policyRecord.checked): `policy show` and `status` report the PK's policy digest (the value
 // an operator hands the crypto officer as --pk-policy, and a peer identity
 // carries as pk_policy) from the state's policy record's "digest" field,
 // which nothing checks. policyState recomputes the PK's policy from the

@@ -29,6 +29,9 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			return err
 		}
 		s.Provisioned = true
+		if _, err := st.Policy.checked(); err != nil {
+			return err
+		}
 		var id identityRecord
 		if err := tx.Get(recIdentity, &id); err == nil {
 			s.TPMTrust = id.Trust

@@ -78,7 +78,7 @@ func TestReview71ParserRefusesEncodingTricks(t *testing.T) {
 	}
 }
 
-// FLAW: docs/policy.md says of policy.json "unknown and duplicate fields are
+// FLAW (failed before the mend: strictjson matches field names exactly): docs/policy.md says of policy.json "unknown and duplicate fields are
 // refused", and the brief of the format is exact field names, but a field
 // name spelled in another case, or with a Unicode rune that case-folds to an
 // ASCII letter (the Kelvin sign K for k, the long s ſ for s), is taken for

@@ -104,23 +104,39 @@ func TestReview71RSAExponentSignerWorksInTheTPM(t *testing.T) {
 	}
 }
 
-// FLAW: docs/policy.md names RSA-PSS with a 4096-bit modulus an approved
-// policy signer, and policy.SignerPublic / SignPolicy / ParsePublicKeyPEM
-// take it (so `provision --policy-signer` does, binding the PK's authPolicy
-// to its name), but the TPM provd runs on (swtpm's libtpms, like many
-// hardware TPMs limited to RSA 2048/3072) cannot load it: TPM2_LoadExternal
-// refuses the key size, so no signed policy of that signer can ever be
-// used, and every key under a PK provisioned with it is lost. Nothing asks
-// the TPM (TPM2_TestParms) before the signer is approved. Attacker: none
-// (an operator choosing the documented larger key); loss: the PK and every
-// key under it. The correct behaviour this test asserts: a signer provd
-// approves works in the TPM.
+// FLAW (failed before the mend, which is the agent's: provision asks the
+// TPM, TPM2_TestParms, agent.TestReview71RSA4096PolicySignerLocksThePK):
+// docs/policy.md names RSA-PSS with a 4096-bit modulus an approved policy
+// signer, and policy.SignerPublic / SignPolicy / ParsePublicKeyPEM take it
+// (so `provision --policy-signer` did, binding the PK's authPolicy to its
+// name), but the TPM provd runs on (swtpm's libtpms, like many hardware
+// TPMs limited to RSA 2048/3072) cannot load it: TPM2_LoadExternal refuses
+// the key size, so no signed policy of that signer can ever be used, and
+// every key under a PK provisioned with it was lost. The policy package is
+// offline and cannot know a TPM's algorithms; what this asserts now is
+// that the TPM's own answer, which provision asks before anything is bound
+// to the signer, is the truth: TPM2_TestParms refuses the signer exactly
+// when a signed policy of it cannot be used.
 func TestReview71RSA4096SignerWorksInTheTPM(t *testing.T) {
 	env := swtpmtest.Start(t)
-	err := review71SignedUnseal(t, env, review71RSAKey(t, 4096, 65537))
+	key := review71RSAKey(t, 4096, 65537)
+	pub, err := policy.SignerPublic(key.Public())
 	if err != nil {
-		t.Fatalf("signed policy of an approved RSA-4096 signer is unusable in the TPM: %v", err)
+		t.Fatal(err)
 	}
+	terr := env.TPM.TestParms(pub)
+	var fe tpm2.TPMFmt1Error
+	if terr != nil && !errors.As(terr, &fe) {
+		t.Fatalf("TPM2_TestParms: %v", terr)
+	}
+	err = review71SignedUnseal(t, env, key)
+	switch {
+	case terr == nil && err != nil:
+		t.Fatalf("TPM2_TestParms took the RSA-4096 signer, and its signed policy is unusable: %v", err)
+	case terr != nil && err == nil:
+		t.Fatalf("TPM2_TestParms refused the RSA-4096 signer (%v), and its signed policy works", terr)
+	}
+	t.Logf("TestParms: %v; the signed policy: %v", terr, err)
 }
 
 // Held: SHA-384 golden values (a SHA-384 bank) in a SHA-256 session: the

@@ -149,6 +149,15 @@ var innerWrapper = tpm2.TPMTSymDef{
 	Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
 }
 
+// TestParms asks the TPM whether it supports the algorithm and parameters
+// of pub (TPM2_TestParms: one command, nothing loaded); the TPM's refusal
+// is a tpm2.TPMFmt1Error. Its answer is not authenticated: a bus can make
+// a supported key look unsupported, or the reverse, which only fails later.
+func (t *TPM) TestParms(pub tpm2.TPMTPublic) error {
+	_, err := (tpm2.TestParms{Parameters: tpm2.TPMTPublicParms{Type: pub.Type, Parameters: pub.Parameters}}).Execute(t)
+	return Wrap("TPM2_TestParms", err)
+}
+
 // LoadPublic loads a public area alone (TPM2_LoadExternal, NULL
 // hierarchy): a peer's storage key, as the new parent of a duplication.
 // The caller flushes it.

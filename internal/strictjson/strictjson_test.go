@@ -89,3 +89,51 @@ func FuzzDecode(f *testing.F) {
 		_ = Decode(data, &v)
 	})
 }
+
+// A key that names a field in another case than its own is refused, at
+// every depth the walk knows the type of (review 71: {"VERSION":5} and
+// "\u017fignature" filled fields that other parsers read as absent);
+// exact names, maps' own keys, and values decoded by a type's own
+// UnmarshalJSON or into an interface are left to them.
+func TestFieldNamesAreExact(t *testing.T) {
+	type inner struct {
+		B int `json:"b"`
+	}
+	type Embedded struct {
+		E int `json:"e"`
+	}
+	type doc struct {
+		Embedded
+		Name  string           `json:"name"`
+		Obj   inner            `json:"obj"`
+		Ptr   *inner           `json:"ptr"`
+		List  []inner          `json:"list"`
+		Map   map[string]inner `json:"map"`
+		Raw   json.RawMessage  `json:"raw"`
+		Any   any              `json:"any"`
+		NoTag int
+		Skip  int `json:"-"`
+	}
+	for _, in := range []string{
+		`{"NAME":"a"}`, `{"Name":"a"}`, `{"obj":{"B":1}}`, `{"ptr":{"B":1}}`, `{"list":[{"b":1},{"B":2}]}`,
+		`{"map":{"K":{"B":1}}}`, `{"E":1}`, `{"notag":1}`, `{"\u017fkip":1}`, `{"na\u006De":"a","obj":{"\u212a":1}}`,
+	} {
+		if err := Decode([]byte(in), new(doc)); err == nil {
+			t.Errorf("%s: decoded", in)
+		}
+		if err := json.Unmarshal([]byte(in), new(doc)); err != nil && !strings.Contains(in, "\u017f") && !strings.Contains(in, "\u212a") && !strings.Contains(in, `"K"`) {
+			t.Logf("%s: encoding/json alone: %v", in, err)
+		}
+	}
+	ok := `{"e":1,"name":"a","obj":{"b":1},"ptr":{"b":2},"list":[{"b":3}],"map":{"K":{"b":4}},"raw":{"ANY":1},"any":{"X":[1]},"NoTag":5}`
+	var d doc
+	if err := Decode([]byte(ok), &d); err != nil {
+		t.Fatalf("exact names: %v", err)
+	}
+	if d.E != 1 || d.Map["K"].B != 4 || d.NoTag != 5 || d.Ptr.B != 2 {
+		t.Errorf("decoded %+v", d)
+	}
+	if err := Decode([]byte(`{"Skip":1}`), new(doc)); err == nil {
+		t.Error(`a field tagged "-" decoded`)
+	}
+}
