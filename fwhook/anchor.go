@@ -357,7 +357,7 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 	if _, err := a.Marshal(); err != nil { // validate before any TPM write
 		return Info{}, err
 	}
-	floor, err := setFloor(t, r.Lowest, r.Unauthenticated)
+	floor, err := setFloor(t, r.Lowest, r.Unauthenticated, a.Officer)
 	if err != nil {
 		return Info{}, err
 	}
@@ -417,8 +417,15 @@ func Set(t *tpm.TPM, r SetRequest) (Info, error) {
 // review). An anchor that exists but does not read as provd's stops the
 // set: the floor it held is unknown, and guessing it would hand a rollback
 // to whoever made the read fail. No anchor but a counter: the officer says
-// the floor (want). Neither: a first set, at want or 0.
-func setFloor(t *tpm.TPM, want *uint64, unauthenticated bool) (uint64, error) {
+// the floor (want). Neither: a first set, at want or 0. An anchor that
+// names another officer than the one setting (officer, its name) says a
+// floor that is that officer's word, not this one's: a copy of provd's
+// anchor made by whoever could undefine the genuine one (an empty owner
+// authorization), naming an officer of its own and floor 0, was taken at
+// the genuine officer's next set and lowered the genuine floor (review 69:
+// a rolled-back release verified again, to its good PCR 12 value); the
+// officer gives the floor then (want), as after any incident.
+func setFloor(t *tpm.TPM, want *uint64, unauthenticated bool, officer []byte) (uint64, error) {
 	defined, err := t.NVDefined(AnchorHandle, CounterHandle)
 	if err != nil && unauthenticated && t.PinnedSRKName() == nil {
 		// A bench (SetRequest.Unauthenticated): the bus's word.
@@ -432,6 +439,12 @@ func setFloor(t *tpm.TPM, want *uint64, unauthenticated bool) (uint64, error) {
 	}
 	old, err := Read(t)
 	switch {
+	case err == nil && !bytes.Equal(old.Anchor.Officer, officer):
+		if want != nil {
+			return *want, nil
+		}
+		return 0, fmt.Errorf("%w: the anchor at 0x%08x names another officer (%x) than this one: the lowest accepted version it says is that officer's word; "+
+			"give it (--lowest-version), as after an incident, or set with the anchor's own officer", firmware.ErrAnchorUntrusted, uint32(AnchorHandle), old.Anchor.Officer)
 	case err == nil:
 		if want != nil && *want < old.Lowest {
 			return 0, fmt.Errorf("anchor: the lowest accepted version is %d; a set never lowers it (asked %d)", old.Lowest, *want)

@@ -10,7 +10,8 @@ import (
 	"github.com/provd/provd/fwhook"
 )
 
-// TestReview69ImitationAnchorLowersFloorAtOfficersNextSet: FLAW: the
+// TestReview69ImitationAnchorLowersFloorAtOfficersNextSet: FLAW (failed
+// before the mend: setFloor refuses another officer's floor): the
 // imitation anchor the docs concede (A2 or A4, the owner authorization
 // empty: undefine the anchor, define one of provd's exact shape naming an
 // officer of its own, the genuine signer and class, and a base that puts

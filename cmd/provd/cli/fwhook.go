@@ -352,7 +352,8 @@ event, or the log was edited).`,
 			// it, answers for the hook's PCR too (found by review 49: the
 			// state's own log given by its path, with PCR 12 left out,
 			// replayed clean after a failed boot).
-			if hookPCR < 0 && (sameFile(logFile, provdLog) || slices.ContainsFunc(l.Events, func(e attest.Event) bool { return attest.ProvdEventText(e) != "" })) {
+			ours := sameFile(logFile, provdLog) || slices.ContainsFunc(l.Events, func(e attest.Event) bool { return attest.ProvdEventText(e) != "" })
+			if hookPCR < 0 && ours {
 				hookPCR = pcr
 			}
 			out := struct {
@@ -367,6 +368,13 @@ event, or the log was edited).`,
 					lies = append(lies, fmt.Sprintf("event %d: %v", i, err))
 				} else if attest.ProvdEventText(e) != "" && e.PCR != pcr {
 					lies = append(lies, fmt.Sprintf("event %d: a provd verdict in PCR %d, the hook's is %d", i, e.PCR, pcr))
+				} else if ours && attest.ProvdEventText(e) == "" {
+					// provd's log holds the hook's verdicts only, as the
+					// fleet endpoint holds it to (review 69: the failed
+					// verdict retyped, or its tag changed, with its
+					// digests kept, hid the failure behind a hand-made
+					// "verified" and replayed clean).
+					lies = append(lies, fmt.Sprintf("event %d: not a verdict of provd's, in provd's measurement log (it holds the hook's verdicts only)", i))
 				}
 			}
 			for _, e := range l.Events {

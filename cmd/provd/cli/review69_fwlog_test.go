@@ -75,7 +75,8 @@ func review69HideFailedThenVerify(t *testing.T, c *cliEnv, p func(string) string
 // TestReview69FWLogFailedEventDisguisedHidesTheFailure: FLAW: fw log
 // checks provd's events by their text (attest.CheckProvdEvent: events
 // that are not provd's pass) and takes any event in provd's own log.
-// After a failed boot A4 retypes the hook's failed event as EV_IPL, or
+// FLAW (failed before the mend: fw log holds provd's log to the hook's
+// verdicts only): after a failed boot A4 retypes the hook's failed event as EV_IPL, or
 // only changes its taggedEventID from "PVDF" (its digests kept: the PCR
 // chain is intact), and extends a "verified" event for the genuine
 // officer, class and manifest by hand: `fw log --replay` exits 0,
