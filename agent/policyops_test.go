@@ -165,6 +165,13 @@ func TestSignedPolicyOverResettablePCRsRefused(t *testing.T) {
 // PCR 7 as it is now, of each version.
 func provisionSigned(t *testing.T, a *Agent) (api.ProvisionResult, func(version uint64) []byte) {
 	t.Helper()
+	res, signed, _ := provisionSignedBy(t, a)
+	return res, signed
+}
+
+// provisionSignedBy is provisionSigned, with the policy signer.
+func provisionSignedBy(t *testing.T, a *Agent) (api.ProvisionResult, func(version uint64) []byte, *ecdsa.PrivateKey) {
+	t.Helper()
 	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -188,5 +195,5 @@ func provisionSigned(t *testing.T, a *Agent) (api.ProvisionResult, func(version 
 			t.Fatal(err)
 		}
 		return b
-	}
+	}, signer
 }

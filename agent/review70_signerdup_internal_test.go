@@ -6,8 +6,6 @@ package agent
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"testing"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
-	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -25,26 +22,9 @@ import (
 // signed PK policy (PCR 7 now, installed), and the policy signer.
 func review70SignedAgent(t *testing.T, env *swtpmtest.Env) (*Agent, *ecdsa.PrivateKey) {
 	t.Helper()
-	ctx := context.Background()
 	a := testAgent(t, env, nil)
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := a.Provision(ctx, api.ProvisionRequest{Officer: officertest.Public(), TrustOnFirstUse: true, Signer: signer.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := a.t.PCRRead(tpm2.TPMAlgSHA256, []int{7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := SignPKPolicy(signer, policy.PCRValues{Bank: policy.BankSHA256, Values: cur}, *res.Counter, "", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := sp.MarshalJSON()
-	if r, err := a.InstallPolicy(ctx, b); err != nil || !r.Satisfied {
+	res, signed, signer := provisionSignedBy(t, a)
+	if r, err := a.InstallPolicy(t.Context(), signed(*res.Counter)); err != nil || !r.Satisfied {
 		t.Fatalf("install: %+v %v", r, err)
 	}
 	return a, signer
@@ -61,29 +41,11 @@ func review70SignerDup(t *testing.T, a *Agent, signer *ecdsa.PrivateKey, name st
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ref []byte
-	for _, st := range ks.pk.expr {
-		if au, ok := st.(policy.Authorize); ok {
-			ref = au.PolicyRef
-		}
-	}
-	if ref == nil {
-		t.Fatalf("the PK's policy %#v has no PolicyAuthorize", ks.pk.expr)
-	}
-	evil := policy.Policy{policy.CommandCode{CC: tpm2.TPMCCDuplicate}}
-	digest, err := evil.Digest(tpm2.TPMAlgSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap, err := policy.ApproveDigest(signer, digest, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
 	expr, err := ks.rec.policyUnder(ks.pk, dupRule{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := policy.ApplyOptions{Approved: []policy.Approved{{Policy: evil, Approval: ap}}}
+	opts := review70Evil(t, signer, ks.pk.expr)
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the use branch
 	}
