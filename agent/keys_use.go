@@ -34,6 +34,34 @@ type keyState struct {
 	// operation's read: good for a key the TPM holds, never for a load
 	// (keyObject: errReadForLoad).
 	kept bool
+	// use is the key's policy as its record describes it, checked to be
+	// the policy the record names (usePolicy), for a key use.
+	use policy.Policy
+}
+
+// usePolicy is the policy of ks's key as its record describes it (its
+// kind, extractability, usage and duplication rule), refused as tampered
+// when that is not the policy the record names (and the TPM holds the key
+// to): review 72, a key imported without --extractable relabelled
+// "created" was sent the policy of a created key and refused by the TPM
+// as a policy failure, which told the operator to look at the PCRs.
+func (ks keyState) usePolicy() (policy.Policy, error) {
+	rule, err := ks.rec.rule()
+	if err != nil {
+		return nil, err
+	}
+	expr, err := ks.rec.policyUnder(ks.pk, rule, nil)
+	if err != nil {
+		return nil, err
+	}
+	d, err := expr.Digest(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+	if hex.EncodeToString(d) != ks.rec.Policy {
+		return nil, fmt.Errorf("%w: key %q: its record (kind %q, extractable %v) does not describe the policy it names", api.ErrTampered, ks.rec.Name, ks.rec.Kind, ks.rec.Extractable)
+	}
+	return expr, nil
 }
 
 // errReadForLoad: a key use must load its key (or the PK) from blobs, and
@@ -82,6 +110,9 @@ func (a *Agent) useKeyState(ctx context.Context, name string, fresh bool) (keySt
 		}
 		var err error
 		if ks, err = a.keyStateIn(tx, name, true); err != nil {
+			return err
+		}
+		if ks.use, err = ks.usePolicy(); err != nil {
 			return err
 		}
 		a.states.put(v, name, ks)
@@ -246,14 +277,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 // useKeyIn is useKey with the key's state read.
 func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
 	name := ks.rec.Name
-	rule, err := ks.rec.rule()
-	if err != nil {
-		return err
-	}
-	expr, err := ks.rec.policyUnder(ks.pk, rule, nil)
-	if err != nil {
-		return err
-	}
+	expr := ks.use
 	opts := ks.pk.opts
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the usage branch
