@@ -230,7 +230,7 @@ func TestReview72EditedRecordDoesNotDowngradeAKey(t *testing.T) {
 	}
 }
 
-// FLAW: A4 relabelling a key imported without --extractable as kind
+// FLAW (failed before the mend: keyState.usePolicy): A4 relabelling a key imported without --extractable as kind
 // "created" in its record (the policy digest beside it left true) is not
 // reported as tampering. useKeyIn checks the object's authPolicy against
 // the record's policy field only, not the policy it computes from the

@@ -147,10 +147,11 @@ type Server struct {
 	// oneByOne bounds the refusals recorded one by one, and countEvery
 	// how often a count of the others is written (refusalRate,
 	// refusalBurst, refusalCountEvery; tests change them); lastCount is
-	// when the last count was written (UnixNano, 0: never).
+	// when the last count was written (nil: never), with the monotonic
+	// clock's reading.
 	oneByOne   *ratelimit.Limiter
 	countEvery time.Duration
-	lastCount  atomic.Int64
+	lastCount  atomic.Pointer[time.Time]
 }
 
 // Stats counts what the server did.
@@ -751,8 +752,11 @@ func recovered[Res any](s *Server, ctx context.Context, op string, call func() (
 // it closes the queue (recordRefusalCount).
 func (s *Server) writeRefusalCount(ctx context.Context) error {
 	for s.uncounted.any() {
-		if last := s.lastCount.Load(); last != 0 {
-			if wait := time.Until(time.Unix(0, last).Add(s.countEvery)); wait > 0 {
+		if last := s.lastCount.Load(); last != nil {
+			// Never longer than countEvery (review 73: timed by the wall
+			// clock, a step back of an hour held every count for the
+			// hour, past the writer's deadline, in memory only).
+			if wait := min(time.Until(last.Add(s.countEvery)), s.countEvery); wait > 0 {
 				t := time.NewTimer(wait)
 				select {
 				case <-t.C:
@@ -782,7 +786,8 @@ func (s *Server) recordRefusalCount(ctx context.Context) error {
 	if len(counts) == 0 {
 		return nil
 	}
-	s.lastCount.Store(time.Now().UnixNano())
+	now := time.Now()
+	s.lastCount.Store(&now)
 	why := fmt.Sprintf("refusals not recorded one by one (%s): past the rate at which the daemon records refusals one by one, or more waited to be recorded than it lets wait, or their records waited past the request timeout", counts)
 	err := s.ag.RecordRefusal(api.WithCaller(ctx, api.Caller{UID: os.Getuid()}), "refusals", why)
 	if err != nil {
