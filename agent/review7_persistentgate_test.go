@@ -1200,7 +1200,10 @@ func review7Count(t *testing.T, b *swtpmtest.Bus, fn func() error) []tpm2.TPMCC 
 // the first is 2 fewer: 6. Since review 40, provision reads the SRK's
 // handle once more as it commits (tpm.PersistSRKAgain: another process may
 // have evicted it while provision ran): provision 42, provision --force in
-// place 39, over another state's trail 40.
+// place 39, over another state's trail 40. Since review 71, provision asks
+// the TPM whether it can use the officer key (TPM2_TestParms, one command;
+// one more with a policy signer): provision 43, provision --force in place
+// 40, over another state's trail 41.
 func TestReview7CommandCountsAsClaimed(t *testing.T) {
 	b := &swtpmtest.Bus{}
 	env := swtpmtest.Start(t, swtpmtest.WithBus(b))
@@ -1213,7 +1216,7 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 		}
 	}
 	dir := stateDir(t)
-	check("provision", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(false)); return err }), 38, 42)
+	check("provision", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(false)); return err }), 38, 43)
 	if _, err := newAgent(t, env, dir).CreateKey(ctx, api.CreateRequest{Name: "sig", Type: "ecc-p256"}); err != nil {
 		t.Fatal(err)
 	}
@@ -1230,12 +1233,12 @@ func TestReview7CommandCountsAsClaimed(t *testing.T) {
 	check("daemon record", review7Count(t, b, refuse), 10, 6)
 	daemon.Close()
 	check("audit reanchor", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).AuditReanchor(ctx); return err }), 22, 28)
-	check("provision --force in place", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(true)); return err }), 44, 39)
+	check("provision --force in place", review7Count(t, b, func() error { _, err := newAgent(t, env, dir).Provision(ctx, review7Req(true)); return err }), 44, 40)
 	dir2 := stateDir(t)
 	check("provision --force over another state's trail", review7Count(t, b, func() error {
 		_, err := newAgent(t, env, dir2).Provision(ctx, review7Req(true))
 		return err
-	}), 35, 40)
+	}), 35, 41)
 }
 
 // FLAW (cost). Zeroize sends one command more than before the change
