@@ -108,7 +108,7 @@ func TestReview70PolicySignerAloneExportsAnExtractableKey(t *testing.T) {
 	}
 	leaked, err := review70SignerDup(t, a, signer, "ext")
 	if err == nil {
-		t.Fatalf("the policy signer's approval of PolicyCommandCode(Duplicate), through the key's use branch, took extractable key %q out to TPM_RH_NULL without the crypto officer: its private scalar (%d bits) is in the attacker's hands", "ext", leaked.D.BitLen())
+		t.Fatalf("the policy signer's approval of PolicyCommandCode(Duplicate), through the key's use branch, took extractable key %q out to TPM_RH_NULL without the crypto officer: its private key (%s) is in the attacker's hands", "ext", leaked.Curve.Params().Name)
 	}
 	t.Logf("refused: %v", err)
 }
@@ -132,7 +132,7 @@ func TestReview70PolicySignerCannotMoveAFixedKey(t *testing.T) {
 	for _, name := range []string{"fixed", "der"} {
 		leaked, err := review70SignerDup(t, a, signer, name)
 		if err == nil {
-			t.Errorf("%s: the signer's approval took the key out (%d bits)", name, leaked.D.BitLen())
+			t.Errorf("%s: the signer's approval took the key out (%s)", name, leaked.Curve.Params().Name)
 			continue
 		}
 		if !errors.Is(err, tpm2.TPMRCAttributes) {
