@@ -298,24 +298,7 @@ func TestReview70PolicySignerExportsAnImportedKey(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	a, signer := review70SignedAgent(t, env)
-	req, _ := kekRequest(t, "kek", "", 32)
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext", "kek")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Name, req.Usage = "kek-u", "unwrap"
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "fixed", KEK: "kek-u", Wrapped: wrapped}); err != nil {
-		t.Fatal(err)
-	}
+	review70Imported(t, a, "fixed")
 	ks, err := a.readKeyState(ctx, "fixed", true)
 	if err != nil {
 		t.Fatal(err)
@@ -355,5 +338,31 @@ func TestReview70PolicySignerExportsAnImportedKey(t *testing.T) {
 	d := sha256.Sum256([]byte("still"))
 	if _, err := a.Sign(ctx, "fixed", d[:], api.SignOptions{}); err != nil {
 		t.Errorf("the imported key no longer signs: %v", err)
+	}
+}
+
+// review70Imported gives a (a signed agent, review70SignedAgent) an
+// extractable key "ext" and its backup imported without --extractable as
+// name (a PKCS#8 import: fixedParent clear, no duplication branch).
+func review70Imported(t *testing.T, a *Agent, name string) {
+	t.Helper()
+	ctx := t.Context()
+	req, _ := kekRequest(t, "kek", "", 32)
+	if _, err := a.ImportKEK(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext", "kek")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Name, req.Usage = "kek-u", "unwrap"
+	if _, err := a.ImportKEK(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: name, KEK: "kek-u", Wrapped: wrapped}); err != nil {
+		t.Fatal(err)
 	}
 }

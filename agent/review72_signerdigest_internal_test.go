@@ -19,7 +19,6 @@ import (
 	"github.com/provd/provd/officer"
 	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
-	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
 
@@ -157,24 +156,7 @@ func TestReview72EditedRecordDoesNotDowngradeAKey(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	a, signer := review70SignedAgent(t, env)
-	req, _ := kekRequest(t, "kek", "", 32)
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext", "kek")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Name, req.Usage = "kek-u", "unwrap"
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "imp", KEK: "kek-u", Wrapped: wrapped}); err != nil {
-		t.Fatal(err)
-	}
+	review70Imported(t, a, "imp")
 	ks, err := a.readKeyState(ctx, "ext", true)
 	if err != nil {
 		t.Fatal(err)
@@ -248,24 +230,7 @@ func TestReview72RelabelledKindIsNotReportedTampered(t *testing.T) {
 	env := swtpmtest.Start(t)
 	ctx := context.Background()
 	a, _ := review70SignedAgent(t, env)
-	req, _ := kekRequest(t, "kek", "", 32)
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "ext", Type: "ecc-p256", Extractable: true}); err != nil {
-		t.Fatal(err)
-	}
-	wrapped, err := a.ExportKey(ctx, api.KeyExportRequest{Name: "ext", KEK: "kek", Approval: officertest.ApproveExport(t, ctx, a, "ext", "kek")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Name, req.Usage = "kek-u", "unwrap"
-	if _, err := a.ImportKEK(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.ImportKey(ctx, api.KeyImportRequest{Name: "imp", KEK: "kek-u", Wrapped: wrapped}); err != nil {
-		t.Fatal(err)
-	}
+	review70Imported(t, a, "imp")
 	d := sha256.Sum256([]byte("control"))
 	if _, err := a.Sign(ctx, "imp", d[:], api.SignOptions{}); err != nil {
 		t.Fatalf("control: %v", err)
@@ -280,7 +245,7 @@ func TestReview72RelabelledKindIsNotReportedTampered(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.Sign(ctx, "imp", d[:], api.SignOptions{})
+	_, err := a.Sign(ctx, "imp", d[:], api.SignOptions{})
 	if !errors.Is(err, api.ErrTampered) {
 		t.Fatalf("a key record relabelled imported -> created: sign says %v (%T), want ErrTampered", err, err)
 	}
