@@ -564,7 +564,14 @@ func TestUnprovenTransferKeyIsNotBound(t *testing.T) {
 // B's EK roots.
 func movablePair(t testing.TB, envA, envB *swtpmtest.Env) (a, b *Agent, peerB api.PeerIdentity, rootsB []byte) {
 	t.Helper()
-	signer := fleetSigner(t)
+	a, b, peerB, rootsB, _ = movablePairSigned(t, envA, envB)
+	return a, b, peerB, rootsB
+}
+
+// movablePairSigned is movablePair, with the fleet's policy signer.
+func movablePairSigned(t testing.TB, envA, envB *swtpmtest.Env) (a, b *Agent, peerB api.PeerIdentity, rootsB []byte, signer *ecdsa.PrivateKey) {
+	t.Helper()
+	signer = fleetSigner(t)
 	b = fleetDevice(t, envB, signer, api.ProvisionRequest{})
 	peerB, err := b.PeerIdentity(context.Background())
 	if err != nil {
@@ -573,7 +580,7 @@ func movablePair(t testing.TB, envA, envB *swtpmtest.Env) (a, b *Agent, peerB ap
 	rootsB = caBundle(t, envB)
 	a = fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
 		EKCA: append(caBundle(t, envA), rootsB...)})
-	return a, b, peerB, rootsB
+	return a, b, peerB, rootsB, signer
 }
 
 // TestMovablePKStaysOnABadBoot: after a bad boot nothing under the PK

@@ -44,15 +44,7 @@ func TestReview70PolicySignerMovesAMovablePK(t *testing.T) {
 	t.Parallel()
 	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
 	ctx := context.Background()
-	signer := fleetSigner(t)
-	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
-	peerB, err := b.PeerIdentity(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootsB := caBundle(t, envB)
-	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableTo: &peerB, PeerPK: peerB.PKName, Residency: provenTo(t, b, peerB, rootsB),
-		EKCA: append(caBundle(t, envA), rootsB...)})
+	a, _, _, _, signer := movablePairSigned(t, envA, envB)
 
 	var in pkInputs
 	if err := a.st.View(ctx, func(tx *store.Tx) (err error) {
