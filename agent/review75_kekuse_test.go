@@ -9,7 +9,8 @@ import (
 	"github.com/provd/provd/test/swtpmtest"
 )
 
-// FLAW (f708e17, keyState.usePolicy): a genuine KEK named where a key
+// FLAW (a regression of f708e17, keyState.usePolicy; failed before the
+// mend: a KEK's record, which names no policy, is not checked): a genuine KEK named where a key
 // that signs, HMACs or encrypts is needed is reported tampered. A KEK's
 // record names no policy (importKEK writes none: the KEK is used through
 // its authValue, withKEKBlock), and useKeyState now checks, before the
