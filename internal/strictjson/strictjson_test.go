@@ -137,3 +137,43 @@ func TestFieldNamesAreExact(t *testing.T) {
 		t.Error(`a field tagged "-" decoded`)
 	}
 }
+
+type fuzzInner struct {
+	B int               `json:"b"`
+	M map[string]string `json:"m,omitempty"`
+}
+
+type FuzzEmbedded struct {
+	E string `json:"e,omitempty"`
+}
+
+type fuzzDoc struct {
+	FuzzEmbedded
+	Name  string          `json:"name"`
+	Obj   *fuzzInner      `json:"obj,omitempty"`
+	List  []fuzzInner     `json:"list,omitempty"`
+	Raw   json.RawMessage `json:"raw,omitempty"`
+	Any   any             `json:"any,omitempty"`
+	NoTag int
+}
+
+// FuzzDecodeStruct: whatever Decode takes into a struct, the document
+// encoding/json writes back from it decodes too (a document provd writes
+// is never refused for its field names), and nothing panics.
+func FuzzDecodeStruct(f *testing.F) {
+	f.Add([]byte(`{"e":"x","name":"a","obj":{"b":1,"m":{"K":"v"}},"list":[{"b":2}],"raw":{"Q":1},"any":[1,{"Z":2}],"NoTag":3}`))
+	f.Add([]byte(`{"NAME":"a"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var d fuzzDoc
+		if Decode(data, &d) != nil {
+			return
+		}
+		b, err := json.Marshal(d)
+		if err != nil {
+			return // a RawMessage that is not JSON
+		}
+		if err := Decode(b, new(fuzzDoc)); err != nil {
+			t.Fatalf("%s decoded, and its re-encoding %s is refused: %v", data, b, err)
+		}
+	})
+}
