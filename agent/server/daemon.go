@@ -151,7 +151,14 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 				log.Error("refusal count not audited at the stop", "err", err, "refusals", srv.uncounted.take().String())
 			}
 		}
-		if qerr := srv.q.close(cctx, lastCount); qerr != nil {
+		qerr := srv.q.close(cctx, lastCount)
+		if qerr == nil {
+			if c := srv.uncounted.take(); len(c) > 0 {
+				// Counted between the last count and the queue's end.
+				log.Error("refusal count not audited: the daemon stopped", "refusals", c.String())
+			}
+		}
+		if qerr != nil {
 			if c := srv.uncounted.take(); len(c) > 0 {
 				log.Error("refusal count not audited at the stop: an operation still held the TPM", "refusals", c.String())
 			}

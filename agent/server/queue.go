@@ -41,6 +41,8 @@ type queue struct {
 	// stopping is closed with it, for those who wait on a timer.
 	stopping  chan struct{}
 	closeOnce sync.Once
+	// lastRan: close ran its last function, holding the slot for good.
+	lastRan atomic.Bool
 }
 
 // maxRefusals bounds the refusals' records waiting for the queue: a
@@ -129,8 +131,11 @@ func (q *queue) leave(w waiter) {
 }
 
 // do runs fn for w once it is the queue's turn. The wait ends with ErrBusy
-// at ctx's deadline, or with ctx's error when the caller went away; once fn
-// runs it runs to the end, since a TPM command cannot be taken back.
+// at ctx's deadline, or with ctx's error when the caller went away, or
+// with errStopping once the queue closes (it never turns again: review 73,
+// a refusal count's writer waited for its deadline after the daemon had
+// stopped); once fn runs it runs to the end, since a TPM command cannot be
+// taken back.
 func (q *queue) do(ctx context.Context, w waiter, fn func() error) error {
 	if err := q.admit(w); err != nil {
 		return err
@@ -138,6 +143,9 @@ func (q *queue) do(ctx context.Context, w waiter, fn func() error) error {
 	select {
 	case q.slot <- struct{}{}:
 		q.leave(w)
+	case <-q.stopping:
+		q.leave(w)
+		return errStopping
 	case <-ctx.Done():
 		q.leave(w)
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -200,6 +208,7 @@ func (q *queue) close(ctx context.Context, last func()) error {
 		if last != nil {
 			last()
 		}
+		q.lastRan.Store(true)
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

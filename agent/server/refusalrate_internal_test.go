@@ -176,3 +176,32 @@ func countOf[R audit.Record | string](t *testing.T, counts []R, uid int) int {
 	}
 	return n
 }
+
+// A refusal counted once the queue has closed (after the stop's last
+// count) reaches the journal with its caller, and its writer ends at
+// once: the queue never turns again (review 73: the writer waited for its
+// 10-minute deadline after the daemon had stopped, and the count died with
+// it unlogged).
+func TestRefusalCountedAfterTheStopIsLogged(t *testing.T) {
+	t.Parallel()
+	ts := serveTPM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ts.q.close(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	ts.lastCount.Store(nil)
+	ts.countRefusal(4242)
+	for deadline := time.Now().Add(10 * time.Second); ts.countWriter.Load() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ts.countWriter.Load() {
+		t.Fatal("the count's writer still waits 10 s after the queue closed")
+	}
+	if !strings.Contains(ts.logs.String(), "refusal count not audited: the daemon stopped") || !strings.Contains(ts.logs.String(), "uid 4242: 1") {
+		t.Errorf("the count is not in the journal: %s", ts.logs.String())
+	}
+	if ts.uncounted.any() {
+		t.Error("the count is still held")
+	}
+}
