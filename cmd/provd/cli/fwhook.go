@@ -88,9 +88,11 @@ authorization is kept root-only in <state-dir>/fw-commit.auth.
 Rotation: set --pubkey CURRENT --next NEXT; devices accept both; once the fleet
 runs firmware signed by NEXT, set --pubkey NEXT. A set keeps the lowest accepted
 version, or raises it to --lowest-version; it never lowers it. When the previous
-anchor is gone or not provd's (another process removed it) the lowest version is
-unknown and --lowest-version is required: an attacker who removes the anchor
-gets no rollback from the officer's next set.
+anchor is gone or not provd's (another process removed it), or names another
+officer than --officer (a copy with an officer of its own, or the officer key
+replaced), the lowest version is unknown and --lowest-version is required: an
+attacker who removes or replaces the anchor gets no rollback from the
+officer's next set.
 
 --owner-auth-file gives the owner hierarchy's authorization value (the file's
 bytes, one trailing newline dropped) when the device maker set one: only then can
@@ -165,7 +167,7 @@ warns.`,
 	set.Flags().StringVar(&officerFile, "officer", "", "the crypto officer's private approval key (PEM)")
 	set.Flags().StringVar(&ownerAuthFile, "owner-auth-file", "", "the owner hierarchy's authorization value, when it has one")
 	ek.add(a, set)
-	set.Flags().Uint64Var(&lowest, "lowest-version", 0, "the lowest firmware version to accept from now on (never below the current one; required when the previous anchor is gone)")
+	set.Flags().Uint64Var(&lowest, "lowest-version", 0, "the lowest firmware version to accept from now on (never below the current one; required when the previous anchor is gone or names another officer)")
 	show := &cobra.Command{
 		Use:   "show",
 		Short: "Show the anchored firmware signer and the lowest accepted version",
