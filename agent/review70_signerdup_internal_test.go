@@ -14,8 +14,10 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
 )
 
 // review70SignedAgent is an agent provisioned with the test officer and a
@@ -49,23 +51,8 @@ func review70SignerDup(t *testing.T, a *Agent, signer *ecdsa.PrivateKey, name st
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the use branch
 	}
-	auth, err := ks.objectAuth()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	obj, _, err := a.keyObject(ctx, ks)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var leaked *ecdsa.PrivateKey
-	err = a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
-		sens, err := a.t.ExportSensitive(obj, s)
-		if err != nil {
-			return err
-		}
+	err = review70DupKey(t, a, ks, expr, opts, nil, func(obj tpm.Object, sens *tpm2.TPMTSensitive) error {
 		priv, err := catalog.PrivateKey(obj.Public, sens)
 		if err != nil {
 			return err
@@ -74,6 +61,37 @@ func review70SignerDup(t *testing.T, a *Agent, signer *ecdsa.PrivateKey, name st
 		return nil
 	})
 	return leaked, err
+}
+
+// review70DupKey loads ks's key (none resident before) and runs
+// TPM2_Duplicate of it in a session that satisfies expr with opts: to
+// parent, or to TPM_RH_NULL (ExportSensitive) when parent is nil, then
+// got with the sensitive area it gave, if any.
+func review70DupKey(t *testing.T, a *Agent, ks keyState, expr policy.Policy, opts policy.ApplyOptions, parent *tpm.Object, got func(obj tpm.Object, sens *tpm2.TPMTSensitive) error) error {
+	t.Helper()
+	auth, err := ks.objectAuth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := a.keyObject(t.Context(), ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
+		if parent != nil {
+			d, err := a.t.Duplicate(obj, s, parent.Named())
+			clear(d.InnerKey)
+			return err
+		}
+		sens, err := a.t.ExportSensitive(obj, s)
+		if err != nil || got == nil {
+			return err
+		}
+		return got(obj, sens)
+	})
 }
 
 // FLAW (failed before the mend: useBranch, the use branch bound to the

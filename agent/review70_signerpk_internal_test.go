@@ -208,22 +208,7 @@ func TestReview70PolicySignerMovesADuplicableByKey(t *testing.T) {
 	opts.Branches = []int{0}
 	parent := review70AttackersParent(t, a)
 	defer a.t.Flush(parent.Handle)
-	auth, err := ks.objectAuth()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	obj, _, err := a.keyObject(ctx, ks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
-		d, err := a.t.Duplicate(obj, s, parent.Named())
-		clear(d.InnerKey)
-		return err
-	})
+	err = review70DupKey(t, a, ks, expr, opts, &parent, nil)
 	if err == nil {
 		t.Fatal("the policy signer's approval of PolicyCommandCode(Duplicate) moved a --duplicable-by key to the attacker's parent")
 	}
@@ -303,24 +288,10 @@ func TestReview70PolicySignerExportsAnImportedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := review70Evil(t, signer, ks.pk.expr)
-	auth, err := ks.objectAuth()
-	if err != nil {
-		t.Fatal(err)
+	if pub, err := ks.rec.public(); err != nil || pub.ObjectAttributes.FixedParent {
+		t.Fatalf("an imported key with fixedParent set (%v)", err)
 	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	obj, _, err := a.keyObject(ctx, ks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if obj.Public.ObjectAttributes.FixedParent {
-		t.Fatal("an imported key with fixedParent set")
-	}
-	err = a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
-		_, err := a.t.ExportSensitive(obj, s)
-		return err
-	})
+	err = review70DupKey(t, a, ks, expr, opts, nil, nil)
 	if err == nil {
 		t.Fatal("the policy signer's approval of PolicyCommandCode(Duplicate) took a key imported without --extractable out to TPM_RH_NULL")
 	}

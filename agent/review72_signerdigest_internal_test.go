@@ -60,21 +60,7 @@ func review72SignerDup(t *testing.T, a *Agent, signer crypto.Signer, name string
 	if _, isOr := expr[0].(policy.Or); isOr {
 		opts.Branches = []int{0} // the use branch
 	}
-	auth, err := ks.objectAuth()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	obj, _, err := a.keyObject(ctx, ks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a.withFreshSession(a.secretIn, ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
-		_, err := a.t.ExportSensitive(obj, s)
-		return err
-	})
+	return review70DupKey(t, a, ks, expr, opts, nil, nil)
 }
 
 // Held: the policy signer's approved digest can hold more than
