@@ -199,6 +199,30 @@ func keyPolicyMatching(in pkInputs, k keyShape, rule dupRule, objName, authPolic
 	return expr, nil
 }
 
+// olderPolicy reports whether r's key, one the TPM could duplicate, carries
+// the policy provd gave such keys before review 70 (its use branch bound
+// to no command: keyPolicyMatching's fallback), which a signed PK policy's
+// signer can satisfy for TPM2_Duplicate.
+func (r keyRecord) olderPolicy(in pkInputs) bool {
+	k := r.shape()
+	rule, err := r.rule()
+	if !k.duplicable || err != nil {
+		return false
+	}
+	now, err := keyPolicyShaped(in, k, rule, nil)
+	if err == nil {
+		if d, derr := now.Digest(tpm2.TPMAlgSHA256); derr == nil && hex.EncodeToString(d) == r.Policy {
+			return false
+		}
+	}
+	got, err := r.policyUnder(in, rule, nil)
+	if err != nil {
+		return false
+	}
+	d, err := got.Digest(tpm2.TPMAlgSHA256)
+	return err == nil && hex.EncodeToString(d) == r.Policy
+}
+
 // policyUnder is the policy of r's key under the PK of inputs in
 // (keyPolicyMatching: a key made before review 70 keeps its older use
 // branch), with rule its duplication rule and objName its name where the
@@ -570,6 +594,11 @@ func (a *Agent) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
 	defer a.lock()()
 	out := []api.KeyInfo{}
 	err := a.st.View(ctx, func(tx *store.Tx) error {
+		// The PK's inputs, to tell the keys its policy signer can move
+		// (olderPolicy); a state they cannot be read from lists its keys
+		// unmarked, as before.
+		in, perr := a.readPKInputs(tx)
+		signed := perr == nil && in.state.Policy.Kind == PolicySigned
 		for _, o := range tx.Objects() {
 			if !strings.HasPrefix(o, keyPrefix) {
 				continue
@@ -578,7 +607,9 @@ func (a *Agent) ListKeys(ctx context.Context) ([]api.KeyInfo, error) {
 			if err := tx.Get(o, &r); err != nil {
 				return err
 			}
-			out = append(out, r.info())
+			info := r.info()
+			info.SignerCanMove = signed && r.olderPolicy(in)
+			out = append(out, info)
 		}
 		return nil
 	})

@@ -384,6 +384,11 @@ type KeyInfo struct {
 	CreatedAt   time.Time `json:"created_at"`
 	// KCV is a KEK's key check value (hex, 6 digits); "" for other keys.
 	KCV string `json:"kcv,omitempty"`
+	// SignerCanMove: the key was made before review 70 with a policy whose
+	// use branch is bound to no command, under a signed PK policy: the
+	// PK's policy signer, with the state directory and the TPM, can move
+	// it (docs/keys.md says how to replace it). Set by key list.
+	SignerCanMove bool `json:"signer_can_move,omitempty"`
 }
 
 // DefaultHash is the hash a signature with this key uses unless told

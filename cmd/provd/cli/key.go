@@ -630,15 +630,24 @@ func (a *app) keyListCmd() *cobra.Command {
 				return a.emit(keys, func(w io.Writer) {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "NAME\tKIND\tTYPE\tUSAGE\tEXTRACTABLE\tLABEL/CONTEXT")
+					exposed := 0
 					for _, k := range keys {
 						lc := ""
 						if k.Kind == api.KindDerived {
 							lc = k.Label + "/" + k.Context
 						}
 						p := printable // a record's fields draw no row or column (review 55)
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", p(k.Name), p(k.Kind), p(k.Type), p(k.Usage), k.Extractable, p(lc))
+						name := p(k.Name)
+						if k.SignerCanMove {
+							name += " (!)"
+							exposed++
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", name, p(k.Kind), p(k.Type), p(k.Usage), k.Extractable, p(lc))
 					}
 					tw.Flush()
+					if exposed > 0 {
+						fmt.Fprintf(w, "(!) %d key(s) made before provd bound a movable key's use to its command: the PK's policy signer can move them; replace them (docs/keys.md)\n", exposed)
+					}
 				})
 			})
 		},
