@@ -165,62 +165,58 @@ func useBranch(p policy.Policy, use tpm2.TPMCC) policy.Policy {
 	return officer.ObjectPolicy(b)
 }
 
-// keyPolicyMatching is keyPolicyShaped, or for a key the TPM could
-// duplicate whose authPolicy is the one provd gave such keys before review
-// 70 (the use branch bound to no command), that policy: keys made then
-// keep it, and the TPM still lets the policy signer move them (docs/keys.md
-// says how to replace one). Any other authPolicy gets keyPolicyShaped's,
-// which the caller's check then refuses.
-func keyPolicyMatching(in pkInputs, k keyShape, rule dupRule, objName, authPolicy []byte) (policy.Policy, error) {
-	expr, err := keyPolicyShaped(in, k, rule, objName)
-	if !k.duplicable || (err != nil && k.use != 0) {
-		return expr, err
-	}
-	if err == nil {
-		d, derr := expr.Digest(tpm2.TPMAlgSHA256)
-		if derr != nil || bytes.Equal(d, authPolicy) {
-			return expr, derr
-		}
-	}
+// olderKeyPolicy is the policy provd gave a key of shape k, one the TPM
+// could duplicate, before review 70: its use branch bound to no command
+// (officer.ObjectPolicy(P)), or with the duplication branch of rule beside
+// it when extractable. The PK's policy signer can satisfy it for
+// TPM2_Duplicate; keys made then keep it.
+func olderKeyPolicy(in pkInputs, k keyShape, rule dupRule, objName []byte) (policy.Policy, error) {
 	old := officer.ObjectPolicy(in.expr)
-	if k.extractable {
-		dup, derr := dupBranch(rule, in.officer, objName)
-		if derr != nil {
-			return expr, err
-		}
-		old = policy.Policy{policy.Or{Branches: []policy.Policy{old, dup}}}
-	}
-	if d, derr := old.Digest(tpm2.TPMAlgSHA256); derr == nil && bytes.Equal(d, authPolicy) {
+	if !k.extractable {
 		return old, nil
 	}
+	dup, err := dupBranch(rule, in.officer, objName)
 	if err != nil {
 		return nil, err
 	}
-	return expr, nil
+	return policy.Policy{policy.Or{Branches: []policy.Policy{old, dup}}}, nil
+}
+
+// keyPolicyMatching is keyPolicyShaped, or for a key the TPM could
+// duplicate whose authPolicy is olderKeyPolicy's, that policy: keys made
+// before review 70 keep it, and the TPM still lets the policy signer move
+// them (docs/keys.md says how to replace one). Any other authPolicy gets
+// keyPolicyShaped's, which the caller's check then refuses.
+func keyPolicyMatching(in pkInputs, k keyShape, rule dupRule, objName, authPolicy []byte) (policy.Policy, error) {
+	if k.duplicable {
+		if old, err := olderKeyPolicy(in, k, rule, objName); err == nil && digestIs(old, authPolicy) {
+			return old, nil
+		}
+	}
+	return keyPolicyShaped(in, k, rule, objName)
+}
+
+// digestIs reports whether p's SHA-256 digest is d.
+func digestIs(p policy.Policy, d []byte) bool {
+	got, err := p.Digest(tpm2.TPMAlgSHA256)
+	return err == nil && bytes.Equal(got, d)
 }
 
 // olderPolicy reports whether r's key, one the TPM could duplicate, carries
-// the policy provd gave such keys before review 70 (its use branch bound
-// to no command: keyPolicyMatching's fallback), which a signed PK policy's
-// signer can satisfy for TPM2_Duplicate.
+// olderKeyPolicy's policy, which a signed PK policy's signer can satisfy
+// for TPM2_Duplicate.
 func (r keyRecord) olderPolicy(in pkInputs) bool {
 	k := r.shape()
 	rule, err := r.rule()
 	if !k.duplicable || err != nil {
 		return false
 	}
-	now, err := keyPolicyShaped(in, k, rule, nil)
-	if err == nil {
-		if d, derr := now.Digest(tpm2.TPMAlgSHA256); derr == nil && hex.EncodeToString(d) == r.Policy {
-			return false
-		}
-	}
-	got, err := r.policyUnder(in, rule, nil)
+	authPolicy, err := hex.DecodeString(r.Policy)
 	if err != nil {
 		return false
 	}
-	d, err := got.Digest(tpm2.TPMAlgSHA256)
-	return err == nil && hex.EncodeToString(d) == r.Policy
+	old, err := olderKeyPolicy(in, k, rule, nil)
+	return err == nil && digestIs(old, authPolicy)
 }
 
 // policyUnder is the policy of r's key under the PK of inputs in

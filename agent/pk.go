@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -187,20 +186,20 @@ func (r policyRecord) withDigest() (policyRecord, error) {
 	return r, nil
 }
 
-// checked is r, refused as tampered unless its digest is the one its
-// values or signer give (review 71: the record's digest text was reported
-// unchecked by status and policy show, and used as the PK's policy in peer
+// check refuses r as tampered unless its digest is the one its values or
+// signer give (review 71: the record's digest text was reported unchecked
+// by status and policy show, and used as the PK's policy in peer
 // identities and approvals, while the values and signer beside it were
 // checked against the PK).
-func (r policyRecord) checked() (policyRecord, error) {
+func (r policyRecord) check() error {
 	want, err := r.withDigest()
 	if err != nil {
-		return r, fmt.Errorf("%w: the state's policy record: %w", api.ErrTampered, err)
+		return fmt.Errorf("%w: the state's policy record: %w", api.ErrTampered, err)
 	}
 	if want.Digest != r.Digest {
-		return r, fmt.Errorf("%w: the state's policy record names digest %.16s…, its policy's is %.16s…", api.ErrTampered, r.Digest, want.Digest)
+		return fmt.Errorf("%w: the state's policy record names digest %.16s…, its policy's is %.16s…", api.ErrTampered, r.Digest, want.Digest)
 	}
-	return r, nil
+	return nil
 }
 
 func (r policyRecord) digest() []byte {
@@ -280,18 +279,12 @@ func pkPolicyBefore70(p policy.Policy, rule dupRule, objName []byte) policy.Poli
 // pkPolicyBefore70's (then older is true). Any other authPolicy gets
 // pkPolicy's, which the caller's check then refuses.
 func pkPolicyOf(p policy.Policy, rule dupRule, objName, authPolicy []byte) (expr policy.Policy, older bool) {
-	expr = pkPolicy(p, rule, objName)
-	if !rule.set() {
-		return expr, false
+	if rule.set() {
+		if old := pkPolicyBefore70(p, rule, objName); digestIs(old, authPolicy) {
+			return old, true
+		}
 	}
-	if d, err := expr.Digest(tpm2.TPMAlgSHA256); err == nil && bytes.Equal(d, authPolicy) {
-		return expr, false
-	}
-	old := pkPolicyBefore70(p, rule, objName)
-	if d, err := old.Digest(tpm2.TPMAlgSHA256); err == nil && bytes.Equal(d, authPolicy) {
-		return old, true
-	}
-	return expr, false
+	return pkPolicy(p, rule, objName), false
 }
 
 // pkBranch is the branch of a movable PK's policy (pkPolicyOf) that
@@ -433,7 +426,7 @@ func (a *Agent) readPKInputs(tx *store.Tx) (pkInputs, error) {
 	if in.state, err = a.readPK(tx); err != nil {
 		return in, err
 	}
-	if _, err := in.state.Policy.checked(); err != nil {
+	if err := in.state.Policy.check(); err != nil {
 		return in, err
 	}
 	if err := requirePinned(tx); err != nil {

@@ -77,7 +77,7 @@ func (a *Agent) installPolicy(ctx context.Context, data []byte, objects map[stri
 		if st, err = a.readPK(tx); err != nil {
 			return err
 		}
-		if _, err := st.Policy.checked(); err != nil {
+		if err := st.Policy.check(); err != nil {
 			return err
 		}
 		// It moves the policy counter and may create D under the PK.

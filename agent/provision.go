@@ -323,15 +323,9 @@ func (a *Agent) checkKeysLoad(req api.ProvisionRequest) error {
 // provisionPolicy builds the PK's policy record for req and, for a signed
 // policy, defines the gated policy counter and returns its gate.
 func (a *Agent) provisionPolicy(req api.ProvisionRequest, res *api.ProvisionResult) (rec policyRecord, counterGate counterGateState, err error) {
-	if req.Officer != nil {
-		if _, err := policy.SignerPublic(req.Officer); err != nil {
-			return policyRecord{}, counterGateState{}, fmt.Errorf("%w: officer key: %v", api.ErrNotPermitted, err)
-		}
-	}
+	// The signer and the officer key are approved, and the TPM can use
+	// them: checkKeysLoad, before anything was destroyed.
 	if req.Signer != nil {
-		if _, err := policy.SignerPublic(req.Signer); err != nil {
-			return policyRecord{}, counterGateState{}, fmt.Errorf("%w: policy signer: %v", api.ErrNotPermitted, err)
-		}
 		c, gate, err := a.ensureCounter()
 		if err != nil {
 			return policyRecord{}, counterGateState{}, err

@@ -29,7 +29,7 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 			return err
 		}
 		s.Provisioned = true
-		if _, err := st.Policy.checked(); err != nil {
+		if err := st.Policy.check(); err != nil {
 			return err
 		}
 		var id identityRecord

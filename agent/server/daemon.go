@@ -153,10 +153,7 @@ func Run(ctx context.Context, dc DaemonConfig) (err error) {
 		}
 		qerr := srv.q.close(cctx, lastCount)
 		if qerr == nil {
-			if c := srv.uncounted.take(); len(c) > 0 {
-				// Counted between the last count and the queue's end.
-				log.Error("refusal count not audited: the daemon stopped", "refusals", c.String())
-			}
+			srv.journalUncounted() // counted between the last count and the queue's end
 		}
 		if qerr != nil {
 			if c := srv.uncounted.take(); len(c) > 0 {

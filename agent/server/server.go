@@ -825,6 +825,15 @@ func (s *Server) refuse(w http.ResponseWriter, ep endpoint, c Caller, have Role,
 	s.writeError(w, http.StatusForbidden, fmt.Errorf("%w: %s", api.ErrRefused, why))
 }
 
+// journalUncounted puts the refusals still counted in memory, once the
+// stop's last count is written and the trail takes no more, in the
+// journal, by caller; whoever takes them first logs them.
+func (s *Server) journalUncounted() {
+	if c := s.uncounted.take(); len(c) > 0 {
+		s.log.Error("refusal count not audited: the daemon stopped", "refusals", c.String())
+	}
+}
+
 // countRefusal counts a refusal of the caller uid not recorded one by one,
 // and starts the count's writer unless one runs. A writer that ends as a
 // refusal is counted looks once more, so that no count waits for the next
@@ -851,11 +860,8 @@ func (s *Server) countRefusal(uid int) {
 			s.countWriter.Store(false)
 			if s.q.lastRan.Load() {
 				// Counted after the stop's last count (reviews 73, 76:
-				// they stayed in memory, unlogged): to the journal, by
-				// whichever writer takes them.
-				if c := s.uncounted.take(); len(c) > 0 {
-					s.log.Error("refusal count not audited: the daemon stopped", "refusals", c.String())
-				}
+				// they stayed in memory, unlogged).
+				s.journalUncounted()
 				return
 			}
 			if err != nil || s.q.closed.Load() || !s.uncounted.any() || !s.countWriter.CompareAndSwap(false, true) {
