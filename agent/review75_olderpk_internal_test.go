@@ -194,19 +194,8 @@ func TestReview75OlderMovablePKWorksAndMoves(t *testing.T) {
 	if !review75PKIsOlder(t, b) {
 		t.Fatal("the adopted PK is not the older one")
 	}
-	for _, k := range []string{"a-dk", "a-fixed", "a-ext"} {
-		for range 2 {
-			signVerifies(t, a, b, k)
-		}
-	}
-	if got, err := b.Unseal(ctx, sealed); err != nil || string(got) != "sealed a-" {
-		t.Fatalf("A's sealed secret on B: %q %v", got, err)
-	}
+	review75OnTheReceiver(t, a, b, sealed)
 	// New keys under it on B, and its status.
-	if _, err := b.DeriveKey(ctx, api.DeriveRequest{Name: "b-dk", Label: "b-l", Type: "ecc-p256",
-		Approval: approveRecipe(t, b, officer.Recipe{Type: "ecc-p256", Label: "b-l"})}); err != nil {
-		t.Fatalf("derive on B: %v", err)
-	}
 	if _, err := b.CreateKey(ctx, api.CreateRequest{Name: "b-fixed", Type: "ecc-p256"}); err != nil {
 		t.Fatalf("create on B: %v", err)
 	}
@@ -218,5 +207,25 @@ func TestReview75OlderMovablePKWorksAndMoves(t *testing.T) {
 	}
 	if st, err := b.Status(ctx); err != nil || st.Policy == nil || !st.Policy.Satisfied {
 		t.Fatalf("B's status: %+v %v", st, err)
+	}
+}
+
+// review75OnTheReceiver checks, on B after it adopted A's PK, that A's
+// keys sign there as A's (twice: loaded, then kept), that A's sealed
+// secret unseals, and that a key derives under the PK on B.
+func review75OnTheReceiver(t *testing.T, a, b *Agent, sealed []byte) {
+	t.Helper()
+	ctx := t.Context()
+	for _, k := range []string{"a-dk", "a-fixed", "a-ext"} {
+		for range 2 {
+			signVerifies(t, a, b, k)
+		}
+	}
+	if got, err := b.Unseal(ctx, sealed); err != nil || string(got) != "sealed a-" {
+		t.Fatalf("A's sealed secret on B: %q %v", got, err)
+	}
+	if _, err := b.DeriveKey(ctx, api.DeriveRequest{Name: "b-dk", Label: "b-l", Type: "ecc-p256",
+		Approval: approveRecipe(t, b, officer.Recipe{Type: "ecc-p256", Label: "b-l"})}); err != nil {
+		t.Fatalf("derive on B: %v", err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/officer"
 	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 )
@@ -66,18 +65,7 @@ func TestReview75MovablePKInTheDaemon(t *testing.T) {
 	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, peerB, officertest.Key()), Force: true}); err != nil {
 		t.Fatalf("adoption in the daemon: %v", err)
 	}
-	for _, k := range []string{"a-dk", "a-fixed", "a-ext"} {
-		for range 2 {
-			signVerifies(t, a, b, k)
-		}
-	}
-	if got, err := b.Unseal(ctx, sealed); err != nil || string(got) != "sealed a-" {
-		t.Fatalf("A's sealed secret on B: %q %v", got, err)
-	}
-	if _, err := b.DeriveKey(ctx, api.DeriveRequest{Name: "b-dk", Label: "b-l", Type: "ecc-p256",
-		Approval: approveRecipe(t, b, officer.Recipe{Type: "ecc-p256", Label: "b-l"})}); err != nil {
-		t.Fatalf("derive on B: %v", err)
-	}
+	review75OnTheReceiver(t, a, b, sealed)
 	if _, err := b.CreateKey(ctx, api.CreateRequest{Name: "b-ext", Type: "ecc-p256", Extractable: true}); err != nil {
 		t.Fatalf("create on B: %v", err)
 	}
