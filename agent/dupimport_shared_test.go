@@ -40,13 +40,14 @@ func nothingImported(t *testing.T, pb *Agent) {
 }
 
 // A duplicate's TPM2_Import (and the proving load after it) is authorized
-// by the transfer key's value and encrypted in the operation's shared
-// session, which is still started there (issue 14: no salted session of
-// its own, its StartAuthSession and its flush): the Import's one session is
-// the one the record then reads the anchor in, it decrypts the command's
-// first parameter (the inner wrapper key), and the import works, which it
-// could not if the key were not encrypted as the TPM decrypts it. B starts
-// six sessions; the trail verifies; nothing is left.
+// through the transfer key's policy (its USER role is its policy's since
+// review 74: PolicyAuthValue and the command's code), in one policy session
+// salted to the SRK that also encrypts the command's first parameter, the
+// inner wrapper key: the Import's one session is a policy session, not the
+// operation's shared HMAC session (which cannot satisfy T's policy), it
+// decrypts, and the import works, which it could not if the key were not
+// encrypted as the TPM decrypts it. B starts seven sessions (six before
+// review 74: T's own is the seventh); the trail verifies; nothing is left.
 func TestDupImportInTheSharedSession(t *testing.T) {
 	t.Parallel()
 	b := &swtpmtest.Bus{}
@@ -80,14 +81,14 @@ func TestDupImportInTheSharedSession(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(importSessions) != 1 || importSessions[0] != readSession || readSession>>24 != 0x02 {
-		t.Errorf("TPM2_Import's sessions %v, the record's read 0x%08x: want the one shared HMAC session", importSessions, uint32(readSession))
+	if len(importSessions) != 1 || importSessions[0]>>24 != 0x03 || importSessions[0] == readSession {
+		t.Errorf("TPM2_Import's sessions %v, the record's read 0x%08x: want one policy session, T's own", importSessions, uint32(readSession))
 	}
 	if importAttrs&0x20 == 0 {
 		t.Errorf("TPM2_Import's session attributes 0x%02x: the inner key is not encrypted", importAttrs)
 	}
-	if n := swtpmtest.Count(codes, tpm2.TPMCCStartAuthSession); n != 6 {
-		t.Errorf("%d StartAuthSessions, want 6: %v", n, codes)
+	if n := swtpmtest.Count(codes, tpm2.TPMCCStartAuthSession); n != 7 {
+		t.Errorf("%d StartAuthSessions, want 7: %v", n, codes)
 	}
 	if left, err := envB.TPM.Leftovers(); err != nil || len(left) != 0 {
 		t.Fatalf("left in the TPM: %v (%v)", left, err)
@@ -98,9 +99,9 @@ func TestDupImportInTheSharedSession(t *testing.T) {
 }
 
 // A1 flips a byte of the encrypted inner key in that TPM2_Import: the TPM
-// refuses the command (the shared session's HMAC covers it) without
-// moving the nonces, so the probe cannot tell it from a transfer key's
-// value changed in the state: exit 11 (a wrong value, or the command
+// refuses the command (the session's HMAC covers it) without moving the
+// nonces, which cannot be told from a transfer key's value changed in the
+// state: exit 11 (a wrong value, or the command
 // changed on its way), nothing is imported or left, and the next import
 // of the same duplicate works.
 func TestDupImportSharedInnerKeyChanged(t *testing.T) {

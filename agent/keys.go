@@ -61,6 +61,10 @@ type keyRecord struct {
 	// key (PEM); both "": the officer's approvals.
 	DupTo string `json:"dup_to,omitempty"`
 	DupBy string `json:"dup_by,omitempty"`
+	// Parent is a transferred key's parent, the transfer key it was
+	// imported under (hex TPM name); "" for one received before review
+	// 74, under the legacy transfer key (legacyTransferRec).
+	Parent string `json:"parent,omitempty"`
 	// KCV is a KEK's key check value (hex), and Check the whole block it is
 	// cut from, AES-ECB(key, zero block), which the TPM is held to at
 	// every use of the KEK.

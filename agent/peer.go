@@ -26,17 +26,21 @@ import (
 )
 
 // Module-to-module transfer (docs/transfer.md). The receiver has a
-// transfer key T under its PK: a storage key with an authValue of its own
-// and adminWithPolicy clear (catalog.TransferTemplate). provd peer identity
+// transfer key T bound to its PK by its policy: a storage key under the
+// SRK whose USER and ADMIN roles are its policy's (catalog.TransferTemplate:
+// activation with the PK, import and load with T's authValue, nothing
+// else). provd peer identity
 // publishes T's public area with the device's EK certificates. The sender
 // verifies an EK certificate against the manufacturer's roots, duplicates
 // the key to T through its officer-approved duplication branch (the TPM
 // checks PolicyDuplicationSelect(key, T)) with an inner wrapper, and makes
 // the inner wrapper's key and the key's authValue a credential to the EK
-// for T's name. Only the TPM holding that EK, with T loaded by whoever
-// holds T's authValue (the receiver's provd), recovers them
-// (TPM2_ActivateCredential): a peer identity with a T that is not resident
-// in that TPM, or an EK that is not a TPM's, gets nothing usable.
+// for T's name. Only the TPM holding that EK, with T loaded and the PK
+// authorized (the receiver's provd, on a boot the PK's policy accepts),
+// recovers them (TPM2_ActivateCredential): a peer identity with a T that
+// is not resident in that TPM, or an EK that is not a TPM's, gets nothing
+// usable. Nor does root on the receiver get the key out of its wrappers:
+// T opens the outer wrapper only to import (review 74).
 
 // transferRecord is the state record "transfer" (its blob: "transfer").
 type transferRecord struct {
@@ -55,6 +59,11 @@ const transferUnderSRK = "srk"
 
 const transferRec = "transfer"
 
+// legacyTransferRec is the record (and blob) of the transfer key made
+// before review 74 (catalog.LegacyTransferTemplate), kept when peer
+// identity makes its successor, for the keys received under it.
+const legacyTransferRec = "transfer-legacy"
+
 // credentialSecret is what the credential carries: the inner wrapper's key
 // (16 bytes) and the key's authValue (32).
 const credentialSecret = 16 + objectAuthSize
@@ -62,19 +71,25 @@ const credentialSecret = 16 + objectAuthSize
 // readTransfer reads the transfer key's record and blob under the current
 // PK; ok is false when there is none (or it belongs to a replaced PK).
 func (a *Agent) readTransfer(ctx context.Context) (pk pkInputs, tr transferRecord, blob []byte, ok bool, err error) {
+	return a.readTransferRec(ctx, transferRec)
+}
+
+// readTransferRec is readTransfer of record rec (transferRec, or
+// legacyTransferRec).
+func (a *Agent) readTransferRec(ctx context.Context, rec string) (pk pkInputs, tr transferRecord, blob []byte, ok bool, err error) {
 	err = a.st.View(ctx, func(tx *store.Tx) error {
 		var err error
 		if pk, err = a.readPKInputs(tx); err != nil {
 			return err
 		}
-		err = tx.Get(transferRec, &tr)
+		err = tx.Get(rec, &tr)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if blob, err = tx.ReadBlob(transferRec); err != nil {
+		if blob, err = tx.ReadBlob(rec); err != nil {
 			return err
 		}
 		ok = tr.PK == pk.state.Name
@@ -110,14 +125,17 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 		return api.PeerIdentity{}, errNoOfficer("receiving keys from a peer")
 	}
 	pkName, _ := hex.DecodeString(pk.state.Name)
+	legacy := false
 	if ok {
-		// One made before transfer keys named their PK is made again.
+		// One made before transfer keys named their PK is made again; one
+		// made before review 74 too, and kept for what came under it.
 		b, err := tpm.UnmarshalBlob(raw)
 		pub, perr := b.Public.Contents()
 		ok = err == nil && perr == nil && catalog.IsTransferKey(*pub, pkName)
+		legacy = !ok && err == nil && perr == nil && catalog.IsLegacyTransferKey(*pub, pkName)
 	}
 	if !ok {
-		if tr, raw, err = a.newTransferKey(ctx, pk); err != nil {
+		if tr, raw, err = a.newTransferKey(ctx, pk, legacy); err != nil {
 			return api.PeerIdentity{}, err
 		}
 	}
@@ -134,8 +152,10 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 		ParentName: tr.Name, PKName: pk.state.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: a.now().UTC()}, nil
 }
 
-// newTransferKey creates T under the PK and records it.
-func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord, []byte, error) {
+// newTransferKey creates T under the SRK and records it; the one recorded
+// is kept as the legacy transfer key when keepLegacy (one made before
+// review 74, under which keys and a PK may have come).
+func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, keepLegacy bool) (transferRecord, []byte, error) {
 	auth, err := tpm.RandomAuth(objectAuthSize)
 	if err != nil {
 		return transferRecord{}, nil, err
@@ -165,6 +185,22 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: a.now().UTC()}
 	raw := blob.Marshal()
 	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
+		if keepLegacy {
+			var old transferRecord
+			if err := tx.Get(transferRec, &old); err != nil {
+				return err
+			}
+			oldRaw, err := tx.ReadBlob(transferRec)
+			if err != nil {
+				return err
+			}
+			if err := tx.WriteBlob(legacyTransferRec, oldRaw); err != nil {
+				return err
+			}
+			if err := tx.Put(legacyTransferRec, old); err != nil {
+				return err
+			}
+		}
 		if err := tx.WriteBlob(transferRec, raw); err != nil {
 			return err
 		}
@@ -173,12 +209,45 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs) (transferRecord
 	return tr, raw, err
 }
 
+// transferKey is T loaded, with what authorizes it.
+type transferKey struct {
+	tpm.Object
+	// user authorizes T's USER role (TPM2_Import, TPM2_Load under T).
+	user tpm.ParentAuth
+	// branches are T's policy's branches, which the activation's session
+	// ends with (PolicyOR); nil for a legacy T, whose policy is the
+	// activation's alone.
+	branches [][]byte
+}
+
+// transferAuth is what authorizes transfer key pub of the PK named pkName,
+// whose authValue is value (transferKey): its policy's branch by value, or
+// for a legacy T its value alone. Any other key is tampering.
+func transferAuth(pub tpm2.TPMTPublic, pkName, value []byte) (transferKey, error) {
+	switch {
+	case catalog.IsTransferKey(pub, pkName):
+		branches := catalog.TransferBranches(pkName)
+		return transferKey{branches: branches, user: tpm.ParentAuth{Value: value, Branch: func(ps *tpm.PolicySession, cc tpm2.TPMCC) error {
+			if err := ps.PolicyAuthValue(); err != nil {
+				return err
+			}
+			if err := ps.PolicyCommandCode(cc); err != nil {
+				return err
+			}
+			return ps.PolicyOR(branches)
+		}}}, nil
+	case catalog.IsLegacyTransferKey(pub, pkName):
+		return transferKey{user: tpm.ParentAuth{Value: value}}, nil
+	}
+	return transferKey{}, fmt.Errorf("%w: the transfer key's blob is not a transfer key of this PK", api.ErrTampered)
+}
+
 // withTransfer loads T (under the SRK, or under the PK through its policy
-// for a T made before PKs could move) and runs fn with T loaded and T's
-// authValue, and with the PK loaded when needPK (activation: T's ADMIN role
-// is PolicySecret(PK)) or T is under it (l is nil otherwise); then flushes
-// what it loaded.
-func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, needPK bool, fn func(l *loadedPK, t tpm.Object, tauth []byte) error) error {
+// for a T made before PKs could move) and runs fn with T loaded and
+// authorized, and with the PK loaded when needPK (activation: T's ADMIN
+// role is PolicySecret(PK)) or T is under it (l is nil otherwise); then
+// flushes what it loaded.
+func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, needPK bool, fn func(l *loadedPK, t transferKey) error) error {
 	auth, err := tr.auth()
 	if err != nil {
 		return err
@@ -204,10 +273,15 @@ func (a *Agent) withTransfer(pk pkInputs, tr transferRecord, raw []byte, needPK 
 			return err
 		}
 		defer a.flush(&err, t.Handle)
-		if hex.EncodeToString(t.Name.Buffer) != tr.Name || !catalog.IsTransferKey(t.Public, pkName) {
+		if hex.EncodeToString(t.Name.Buffer) != tr.Name {
 			return fmt.Errorf("%w: the transfer key's blob is not the recorded transfer key of this PK", api.ErrTampered)
 		}
-		return fn(l, t, auth)
+		tk, err := transferAuth(t.Public, pkName, auth)
+		if err != nil {
+			return err
+		}
+		tk.Object = t
+		return fn(l, tk)
 	}
 	if !needPK && tr.Parent == transferUnderSRK {
 		// Loading a key under T takes T's authValue alone: the key's own
@@ -309,6 +383,15 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		return api.DupFile{}, err
 	}
 	objects["peer_ek_cert_sha256"] = ekSum
+	return a.duplicateToPeer(ctx, ks, req, parentPub, parentName, ekPub, ekSum)
+}
+
+// duplicateToPeer duplicates the key of ks to the transfer key parentPub
+// (named parentName, checked by the caller) through its duplication branch
+// with req.Approval, and makes the inner wrapper's key and the key's
+// authValue a credential to the peer's EK ekPub (certificate SHA-256
+// ekSum) for the transfer key's name.
+func (a *Agent) duplicateToPeer(ctx context.Context, ks keyState, req api.DupExportRequest, parentPub tpm2.TPMTPublic, parentName []byte, ekPub tpm2.TPMTPublic, ekSum string) (api.DupFile, error) {
 	auth, err := ks.objectAuth()
 	if err != nil {
 		return api.DupFile{}, err
@@ -502,7 +585,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	var blob tpm.Blob
 	var keyAuth []byte
 	defer func() { clear(keyAuth) }()
-	err = a.withTransfer(ks.pk, tr, traw, true, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+	err = a.withTransfer(ks.pk, tr, traw, true, func(l *loadedPK, t transferKey) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
 		defer clear(secret)
 		if err != nil {
@@ -518,7 +601,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 		}
 		// The load proves the blob works here.
 		var obj tpm.Object
-		if blob, obj, err = a.t.ImportAndLoad(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner}); err != nil {
+		if blob, obj, err = a.t.ImportAndLoad(t.Object, t.user, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: inner}); err != nil {
 			return err
 		}
 		return a.t.Flush(obj.Handle)
@@ -531,7 +614,7 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 	rec := keyRecord{Name: req.Name, Kind: api.KindTransferred, Type: kt.Name, Usage: usage, Extractable: true,
 		PK: ks.pk.state.Name, Object: hex.EncodeToString(name.Buffer), Template: tpm2.Marshal(tmpl), Public: f.Public,
 		Policy: hex.EncodeToString(digest), Auth: hex.EncodeToString(keyAuth), CreatedAt: a.now().UTC(),
-		DupTo: f.DupTo, DupBy: f.DupBy}
+		DupTo: f.DupTo, DupBy: f.DupBy, Parent: tr.Name}
 	if err = a.commitKey(ctx, rec, blob.Marshal()); err != nil {
 		return api.KeyInfo{}, err
 	}
@@ -542,10 +625,11 @@ func (a *Agent) dupImport(ctx context.Context, req api.DupImportRequest, objects
 // wrapper's key, then the key's authValue or the moved PK's state key):
 // TPM2_ActivateCredential with this TPM's EK and T, loaded with the PK l,
 // which T's policy names. The caller clears the secret.
-func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekPub, ekTmpl tpm2.TPMTPublic, f api.DupFile) ([]byte, error) {
+func (a *Agent) activate(l *loadedPK, t transferKey, ekHandle tpm2.TPMHandle, ekPub, ekTmpl tpm2.TPMTPublic, f api.DupFile) ([]byte, error) {
 	// T's ADMIN role, which activation needs, is its policy's:
 	// PolicySecret(this PK), which only provd can satisfy, then
-	// PolicyCommandCode(ActivateCredential).
+	// PolicyCommandCode(ActivateCredential), then T's PolicyOR (a legacy
+	// T has none).
 	// Salted to the SRK: satisfied here and used three commands
 	// later, it must be of no use to whoever watched (found by
 	// review: an unsalted one was used first by an attacker's
@@ -562,11 +646,16 @@ func (a *Agent) activate(l *loadedPK, t tpm.Object, ekHandle tpm2.TPMHandle, ekP
 	if err := ps.PolicyCommandCode(tpm2.TPMCCActivateCredential); err != nil {
 		return nil, err
 	}
+	if t.branches != nil {
+		if err := ps.PolicyOR(t.branches); err != nil {
+			return nil, err
+		}
+	}
 	ek, flushEK, err := a.t.EK(ekHandle, ekPub, ekTmpl)
 	if err != nil {
 		return nil, err
 	}
-	secret, err := a.t.ActivateCredential(t, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
+	secret, err := a.t.ActivateCredential(t.Object, ps.Session(), ek, f.CredentialBlob, f.CredentialSecret)
 	err = a.policyUse(retries, err) // T's policy passed at its steps
 	if ferr := flushEK(); err == nil {
 		err = ferr
@@ -632,12 +721,27 @@ func credentialEK(key any) error {
 	return nil
 }
 
-// loadTransferred loads a key duplicated here: under T, with T's
-// authValue. The caller owns the returned object.
+// loadTransferred loads a key duplicated here: under the T it was
+// imported under (keyRecord.Parent; the legacy T for a key that names
+// none), authorized by T's value. The caller owns the returned object.
 func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, error) {
 	_, tr, traw, ok, err := a.readTransfer(ctx)
 	if err != nil {
 		return tpm.Object{}, err
+	}
+	if ok && ks.rec.Parent != tr.Name {
+		// Received under a legacy T (made before review 74): kept
+		// beside the current one, or still the current one.
+		_, ltr, lraw, lok, err := a.readTransferRec(ctx, legacyTransferRec)
+		if err != nil {
+			return tpm.Object{}, err
+		}
+		switch {
+		case lok && (ks.rec.Parent == "" || ks.rec.Parent == ltr.Name):
+			tr, traw = ltr, lraw
+		case ks.rec.Parent != "":
+			ok = false
+		}
 	}
 	if !ok {
 		return tpm.Object{}, fmt.Errorf("%w: key %q lives under the transfer key, which the state no longer has", api.ErrNotFound, ks.rec.Name)
@@ -647,8 +751,8 @@ func (a *Agent) loadTransferred(ctx context.Context, ks keyState) (tpm.Object, e
 		return tpm.Object{}, fmt.Errorf("key %s blob: %w", ks.rec.Name, err)
 	}
 	var obj tpm.Object
-	err = a.withTransfer(ks.pk, tr, traw, false, func(_ *loadedPK, t tpm.Object, tauth []byte) (err error) {
-		obj, err = a.t.LoadWithAuth(t, tauth, blob)
+	err = a.withTransfer(ks.pk, tr, traw, false, func(_ *loadedPK, t transferKey) (err error) {
+		obj, err = a.t.LoadWithAuth(t.Object, t.user, blob)
 		return err
 	})
 	if err == nil && hex.EncodeToString(obj.Name.Buffer) != ks.rec.Object {

@@ -97,6 +97,10 @@ type pkParent struct {
 	Name string `json:"name"` // hex TPM name
 	Blob string `json:"blob"` // hex, under the SRK
 	Auth string `json:"auth"` // hex authValue
+	// PK is the name (hex) of the PK the transfer key's policy names, the
+	// receiver's PK when it adopted this one: "" for a legacy transfer
+	// key, whose USER role is its value alone (review 74).
+	PK string `json:"pk,omitempty"`
 }
 
 // rule is the PK's duplication rule (the zero rule: not movable).
@@ -675,7 +679,19 @@ func (a *Agent) loadUnderPKParent(srk tpm.Object, p pkParent, blob tpm.Blob) (pk
 	if hex.EncodeToString(parent.Name.Buffer) != p.Name {
 		return tpm.Object{}, fmt.Errorf("%w: the PK's parent's blob is not the recorded transfer key", api.ErrTampered)
 	}
-	pk, err = a.t.LoadWithAuth(parent, auth, blob)
+	var tk transferKey
+	if p.PK == "" && parent.Public.ObjectAttributes.UserWithAuth {
+		tk.user = tpm.ParentAuth{Value: auth} // a legacy T, adopted under before review 74
+	} else {
+		tName, err := hex.DecodeString(p.PK)
+		if err != nil {
+			return tpm.Object{}, fmt.Errorf("%w: the PK's parent's PK in the state", api.ErrTampered)
+		}
+		if tk, err = transferAuth(parent.Public, tName, auth); err != nil {
+			return tpm.Object{}, err
+		}
+	}
+	pk, err = a.t.LoadWithAuth(parent, tk.user, blob)
 	return a.loadedOrFlush(pk, err)
 }
 

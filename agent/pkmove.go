@@ -409,7 +409,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	}
 	var pkBlob tpm.Blob
 	var ms movedState
-	err = a.withTransfer(in, tr, traw, true, func(l *loadedPK, t tpm.Object, tauth []byte) error {
+	err = a.withTransfer(in, tr, traw, true, func(l *loadedPK, t transferKey) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, f)
 		defer clear(secret)
 		if err != nil {
@@ -419,7 +419,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 			return err
 		}
 		// Proven below: the PK loads under T, and D under it.
-		pkBlob, err = a.t.ImportDuplicate(t, tauth, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: secret[:16]})
+		pkBlob, err = a.t.ImportDuplicate(t.Object, t.user, *pub, tpm.Duplicated{Duplicate: f.Duplicate, Seed: f.Seed, InnerKey: secret[:16]})
 		return err
 	})
 	if err != nil {
@@ -429,7 +429,7 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 	if err != nil {
 		return res, err
 	}
-	st.Parent = &pkParent{Name: tr.Name, Blob: hex.EncodeToString(traw), Auth: tr.Auth}
+	st.Parent = &pkParent{Name: tr.Name, Blob: hex.EncodeToString(traw), Auth: tr.Auth, PK: tr.PK}
 	// The PK works here before anything is replaced: it loads under T
 	// and takes its policy (D loads under it).
 	next := in

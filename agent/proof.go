@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/tpm"
 )
 
 // NewPeerChallenge makes a challenge for the peer to prove its transfer
@@ -80,7 +79,7 @@ func (a *Agent) peerProve(ctx context.Context, c api.PeerChallenge) (api.PeerPro
 		return api.PeerProof{}, err
 	}
 	var answer []byte
-	err = a.withTransfer(pk, tr, traw, true, func(l *loadedPK, t tpm.Object, _ []byte) error {
+	err = a.withTransfer(pk, tr, traw, true, func(l *loadedPK, t transferKey) error {
 		secret, err := a.activate(l, t, ekHandle, ekPub, ekTmpl, api.DupFile{CredentialBlob: c.CredentialBlob, CredentialSecret: c.CredentialSecret})
 		defer clear(secret)
 		if err != nil {

@@ -650,7 +650,7 @@ func (d DupFile) Check() error {
 
 // TransferKey checks a peer identity's shape and returns its transfer key's
 // public area and name: exactly a provd transfer key whose policy names
-// the PK the file names (catalog.IsTransferKey), under its stated name, with
+// the PK the file names (catalog.IsTransferKey: not a legacy one), under its stated name, with
 // 1 to 4 EK certificates. Nothing in it is trusted yet: the EK certificate
 // must still chain, and the PK must be the one enrolled for the device.
 func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
@@ -671,8 +671,11 @@ func (p PeerIdentity) TransferKey() (tpm2.TPMTPublic, []byte, error) {
 	if err != nil || len(pkName) != 34 {
 		return bad("the PK's name")
 	}
+	if catalog.IsLegacyTransferKey(*pub, pkName) {
+		return bad("the transfer key was made by a provd before review 74 (its authValue alone takes what is sent to it out of its wrappers); nothing is sent to it: the peer runs provd peer identity again, which makes a new one")
+	}
 	if !catalog.IsTransferKey(*pub, pkName) {
-		return bad("the parent is not the transfer key of the PK it names (an ECC P-256 storage key whose policy is PolicySecret(that PK))")
+		return bad("the parent is not the transfer key of the PK it names (an ECC P-256 storage key whose policy is catalog.TransferPolicy(that PK))")
 	}
 	name, err := tpm2.ObjectName(pub)
 	if err != nil {

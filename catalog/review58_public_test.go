@@ -480,3 +480,24 @@ func TestReview58AnotherTypeIsNoTransferKey(t *testing.T) {
 		})
 	}
 }
+
+// A transfer key made before review 74 is no transfer key (no sender
+// sends to it) and a new one is no legacy one; the activation branch is
+// the legacy key's whole policy, and one of the new key's branches.
+func TestLegacyTransferKeyIsNoTransferKey(t *testing.T) {
+	pkName := append([]byte{0, 0x0b}, make([]byte, 32)...)
+	legacy := LegacyTransferTemplate(ActivationPolicy(pkName))
+	cur := TransferTemplate(TransferPolicy(pkName))
+	if IsTransferKey(legacy, pkName) || !IsLegacyTransferKey(legacy, pkName) {
+		t.Error("a legacy transfer key taken as a transfer key, or not as a legacy one")
+	}
+	if !IsTransferKey(cur, pkName) || IsLegacyTransferKey(cur, pkName) {
+		t.Error("a transfer key not taken as one, or taken as a legacy one")
+	}
+	if cur.ObjectAttributes.UserWithAuth || !legacy.ObjectAttributes.UserWithAuth {
+		t.Error("userWithAuth: set on the transfer key, or clear on the legacy one")
+	}
+	if b := TransferBranches(pkName); len(b) != 3 || string(b[0]) != string(ActivationPolicy(pkName)) {
+		t.Errorf("the transfer key's branches: %d, the first not the activation's", len(b))
+	}
+}

@@ -236,10 +236,27 @@ func (kt Type) MinKEKBits() int {
 // parent that keys duplicated to it from a peer are imported under (provd
 // peer identity), bound to the device's PK by its policy (TransferPolicy):
 // an ECC P-256 storage key (restricted decrypt, AES-128-CFB) born in the TPM
-// (fixedTPM, fixedParent, sensitiveDataOrigin), used as a parent with its
-// own authValue (userWithAuth), and in the ADMIN role, which
-// TPM2_ActivateCredential needs, only through its policy (adminWithPolicy).
+// (fixedTPM, fixedParent, sensitiveDataOrigin), used in both roles only
+// through its policy (userWithAuth clear, adminWithPolicy).
+//
+// userWithAuth is clear since review 74: with it, T's authValue (in the
+// state directory) authorized any command of T's USER role, TPM2_Rewrap
+// among them, which took a duplicate sent to T out of its outer wrapper
+// (Rewrap to TPM_RH_NULL), and with the inner wrapper's key, which the
+// activation gives on a good boot, root on the receiver opened the moved
+// key in software. Its policy's branches name the three commands T is for:
+// TPM2_ActivateCredential, TPM2_Import and TPM2_Load.
 func TransferTemplate(authPolicy []byte) tpm2.TPMTPublic {
+	t := LegacyTransferTemplate(authPolicy)
+	t.ObjectAttributes.UserWithAuth = false
+	return t
+}
+
+// LegacyTransferTemplate is the transfer key made before review 74: its
+// USER role is its authValue (userWithAuth), its policy
+// ActivationPolicy(pkName) alone. A device keeps one such key for the keys
+// and the PK it received under it; no sender sends to it (IsTransferKey).
+func LegacyTransferTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgECC,
 		NameAlg: tpm2.TPMAlgSHA256,
@@ -268,8 +285,9 @@ func TransferTemplate(authPolicy []byte) tpm2.TPMTPublic {
 	}
 }
 
-// TransferPolicy is a transfer key's policy for the device whose PK has TPM
-// name pkName: PolicySecret(the PK) then
+// ActivationPolicy is the branch of a transfer key's policy that
+// TPM2_ActivateCredential takes, for the device whose PK has TPM name
+// pkName: PolicySecret(the PK) then
 // PolicyCommandCode(TPM2_ActivateCredential). A credential bound to the
 // transfer key's name then opens only for whoever can authorize the PK (its
 // policy and the state's authValue: the device's provd) in the TPM that
@@ -277,21 +295,54 @@ func TransferTemplate(authPolicy []byte) tpm2.TPMTPublic {
 // with TPM access could make a transfer-key look-alike, and a peer file
 // naming it received the key). The name binds the policy, so a look-alike
 // with another policy has another name, and one with this policy is of no
-// use without the PK.
+// use without the PK. It was the whole policy of a legacy transfer key.
+func ActivationPolicy(pkName []byte) []byte {
+	d := policyStep(make([]byte, sha256.Size), tpm2.TPMCCPolicySecret, pkName)
+	d = policyStep(d, 0, nil) // the (empty) policyRef
+	return commandCodeStep(d, tpm2.TPMCCActivateCredential)
+}
+
+// TransferBranches are the branches of the policy of the transfer key of
+// the device whose PK has TPM name pkName, in the order PolicyOR takes
+// them: ActivationPolicy, then PolicyAuthValue with
+// PolicyCommandCode(TPM2_Import), then PolicyAuthValue with
+// PolicyCommandCode(TPM2_Load). T's authValue imports and loads under T,
+// and nothing else: no TPM2_Rewrap, no TPM2_Create under it, no
+// TPM2_PolicySecret naming it (review 74).
+func TransferBranches(pkName []byte) [][]byte {
+	byValue := func(cc tpm2.TPMCC) []byte {
+		return commandCodeStep(policyStep(make([]byte, sha256.Size), tpm2.TPMCCPolicyAuthValue, nil), cc)
+	}
+	return [][]byte{ActivationPolicy(pkName), byValue(tpm2.TPMCCImport), byValue(tpm2.TPMCCLoad)}
+}
+
+// TransferPolicy is the policy of the transfer key of the device whose PK
+// has TPM name pkName: PolicyOR of TransferBranches.
 func TransferPolicy(pkName []byte) []byte {
 	h := sha256.New()
 	h.Write(make([]byte, sha256.Size))
-	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCPolicySecret)))
-	h.Write(pkName)
-	d := h.Sum(nil)
-	h.Reset()
-	h.Write(d) // then the (empty) policyRef
-	d = h.Sum(nil)
-	h.Reset()
-	h.Write(d)
-	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCPolicyCommandCode)))
-	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCActivateCredential)))
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMCCPolicyOR)))
+	for _, b := range TransferBranches(pkName) {
+		h.Write(b)
+	}
 	return h.Sum(nil)
+}
+
+// policyStep is a policy digest d extended with a command code (none when
+// cc is 0) and arg: PolicyDigest_new = H(d || cc || arg).
+func policyStep(d []byte, cc tpm2.TPMCC, arg []byte) []byte {
+	h := sha256.New()
+	h.Write(d)
+	if cc != 0 {
+		h.Write(binary.BigEndian.AppendUint32(nil, uint32(cc)))
+	}
+	h.Write(arg)
+	return h.Sum(nil)
+}
+
+// commandCodeStep is d extended by TPM2_PolicyCommandCode(cc).
+func commandCodeStep(d []byte, cc tpm2.TPMCC) []byte {
+	return policyStep(d, tpm2.TPMCCPolicyCommandCode, binary.BigEndian.AppendUint32(nil, uint32(cc)))
 }
 
 // ChallengePrefix starts the secret of a credential that challenges a
@@ -308,13 +359,26 @@ const ChallengeAnswerSize = 48 - 20
 
 // IsTransferKey reports whether pub is the transfer key of the device
 // whose PK is pkName: the template with that policy and any unique field.
+// A legacy transfer key (made before review 74) is not one: a sender sends
+// nothing to it.
 //
 // An area of another type is not one (found by review 58: its unique
 // field, set to the template's ECC point, made go-tpm's Marshal panic on
 // the union's tag, so a peer file whose parent was an RSA key crashed the
 // CLI that read it).
 func IsTransferKey(pub tpm2.TPMTPublic, pkName []byte) bool {
-	want := TransferTemplate(TransferPolicy(pkName))
+	return sameArea(pub, TransferTemplate(TransferPolicy(pkName)))
+}
+
+// IsLegacyTransferKey reports whether pub is the transfer key the device
+// whose PK is pkName made before review 74 (LegacyTransferTemplate), which
+// it keeps for what it received under it.
+func IsLegacyTransferKey(pub tpm2.TPMTPublic, pkName []byte) bool {
+	return sameArea(pub, LegacyTransferTemplate(ActivationPolicy(pkName)))
+}
+
+// sameArea reports whether pub is want but for its unique field.
+func sameArea(pub, want tpm2.TPMTPublic) bool {
 	if pub.Type != want.Type {
 		return false
 	}

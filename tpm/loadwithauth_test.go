@@ -53,7 +53,7 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 	log := &swtpmtest.CommandLog{}
 	bus.Set(log.Hook)
 	log.Start()
-	obj, err := tp.LoadWithAuth(parent, auth, child)
+	obj, err := tp.LoadWithAuth(parent, tpm.ParentAuth{Value: auth}, child)
 	cmds := log.Stop()
 	bus.Set(nil)
 	if err != nil {
@@ -88,7 +88,7 @@ func TestLoadWithAuthOneSession(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			bus.Set(tamperOn(tpm2.TPMCCLoad, tamper, nil))
-			obj, err := tp.LoadWithAuth(parent, auth, child)
+			obj, err := tp.LoadWithAuth(parent, tpm.ParentAuth{Value: auth}, child)
 			bus.Set(nil)
 			if !errors.Is(err, tpm.ErrResponseForged) {
 				t.Fatalf("LoadWithAuth: %v (0x%08x), want forged", err, uint32(obj.Handle))

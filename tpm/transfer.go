@@ -252,12 +252,24 @@ func (p *PolicySession) PolicySecretOf(o Object, auth tpm2.Session) error {
 	return Wrap("TPM2_PolicySecret", err)
 }
 
+// ParentAuth authorizes a parent's USER role for TPM2_Import and
+// TPM2_Load under it. Value is the parent's authValue. With Branch nil the
+// value authorizes in an HMAC session (a parent with userWithAuth: a legacy
+// transfer key); otherwise the parent's policy does, in a policy session
+// salted to the SRK and keyed by Value: Branch puts into ps the branch of
+// the parent's policy for command cc (a transfer key, whose USER role is
+// its policy's since review 74: catalog.TransferBranches).
+type ParentAuth struct {
+	Value  []byte
+	Branch func(ps *PolicySession, cc tpm2.TPMCC) error
+}
+
 // ImportDuplicate imports a duplicate made by TPM2_Duplicate with provd's
-// inner wrapper (innerKey, which goes to the TPM inside the session salted
-// to the SRK) under parent, authorized by parentAuth (the parent's
-// authValue, in an HMAC session that also authenticates the response).
-func (t *TPM) ImportDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated) (Blob, error) {
-	blob, _, err := t.importDuplicate(parent, parentAuth, pub, d, false)
+// inner wrapper (innerKey, which goes to the TPM encrypted by the session
+// salted to the SRK) under parent, authorized by pa in a session that also
+// authenticates the response.
+func (t *TPM) ImportDuplicate(parent Object, pa ParentAuth, pub tpm2.TPMTPublic, d Duplicated) (Blob, error) {
+	blob, _, err := t.importDuplicate(parent, pa, pub, d, false)
 	return blob, err
 }
 
@@ -265,11 +277,11 @@ func (t *TPM) ImportDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 // parent, in the same session (issue 14: 2 commands fewer than a session
 // each): the load proves the blob works here. The caller flushes the
 // object.
-func (t *TPM) ImportAndLoad(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated) (Blob, Object, error) {
-	return t.importDuplicate(parent, parentAuth, pub, d, true)
+func (t *TPM) ImportAndLoad(parent Object, pa ParentAuth, pub tpm2.TPMTPublic, d Duplicated) (Blob, Object, error) {
+	return t.importDuplicate(parent, pa, pub, d, true)
 }
 
-func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPublic, d Duplicated, load bool) (Blob, Object, error) {
+func (t *TPM) importDuplicate(parent Object, pa ParentAuth, pub tpm2.TPMTPublic, d Duplicated, load bool) (Blob, Object, error) {
 	srk, err := t.SRK()
 	if err != nil {
 		return Blob{}, Object{}, err
@@ -277,7 +289,18 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 	var blob Blob
 	var obj Object
 	probed := false // the shared session's authorizeChecked tells a refused value apart
+	// again puts the policy's branch for cc into the policy session (nil
+	// for a parent authorized by value): the TPM resets a policy session
+	// after the command it authorized, so the load takes its own branch.
+	var again func(cc tpm2.TPMCC) error
+	var retries int64
 	run := func(s tpm2.Session) error {
+		if again != nil {
+			retries = t.Stats().Retries
+			if err := again(tpm2.TPMCCImport); err != nil {
+				return err
+			}
+		}
 		rsp, err := (tpm2.Import{
 			ParentHandle:  parent.Auth(s),
 			EncryptionKey: tpm2.TPM2BData{Buffer: d.InnerKey},
@@ -287,6 +310,19 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 			Symmetric:     innerWrapper,
 		}).Execute(t)
 		if err != nil {
+			if again != nil {
+				// Through the parent's policy, in a session keyed by its
+				// value: a refused value is a wrong one in the state or a
+				// command changed on the bus, which nothing here tells
+				// apart (ErrBadAuth); the session's attributes or cipher
+				// refused are the bus's doing (provd's are consistent:
+				// guarded); a policy refused after every step passed and
+				// a warning's resend is forged (usedPolicy).
+				if errors.Is(err, tpm2.TPMRCAttributes) || errors.Is(err, tpm2.TPMRCSymmetric) {
+					return t.notFailureMode(guarded("TPM2_Import", err, 1))
+				}
+				return t.notFailureMode(t.usedPolicy(retries, Wrap("TPM2_Import", err)))
+			}
 			if probed {
 				// A refused value (ErrBadAuth) is a wrong one only if
 				// the probe then verifies: a transfer key's value changed
@@ -301,38 +337,96 @@ func (t *TPM) importDuplicate(parent Object, parentAuth []byte, pub tpm2.TPMTPub
 		}
 		blob = Blob{Public: tpm2.New2B(pub), Private: rsp.OutPrivate}
 		if load {
+			if again != nil {
+				retries = t.Stats().Retries
+				if err := again(tpm2.TPMCCLoad); err != nil {
+					return err
+				}
+			}
 			// The session's HMACs, keyed by the salt, bind the blob and
 			// the name that comes back (LoadWithAuth); that it encrypts
 			// the private area on its way in changes nothing: it is the
 			// parent's ciphertext already.
 			obj, err = t.Load(parent, saltedAuth{s}, blob)
+			if again != nil {
+				err = t.usedPolicy(retries, err)
+			}
 		}
 		return err
+	}
+	if pa.Branch != nil {
+		// The inner key goes in encrypted by the policy session itself,
+		// keyed by its salt and the parent's value.
+		ps, err := t.StartSecretPolicySession(EncryptIn, pa.Value)
+		if err != nil {
+			return Blob{}, Object{}, err
+		}
+		again = func(cc tpm2.TPMCC) error { return pa.Branch(ps, cc) }
+		err = run(ps.s)
+		return blob, obj, t.closeAfterLoad(err, ps.Close(), &obj)
 	}
 	// The operation's shared session, when it is started, authorizes the
 	// parent by its value and encrypts the inner key (hmacAuth): a session
 	// of its own, its StartAuthSession and its flush, not needed (issue
 	// 14: 2 commands in a duplicate's import).
 	probed = true
-	ok, err := t.withSharedAuth(parent, parentAuth, EncryptIn, run)
+	ok, err := t.withSharedAuth(parent, pa.Value, EncryptIn, run)
 	if !ok {
 		probed = false
-		err = t.withHMACSession(run, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
+		err = t.withHMACSession(run, tpm2.Auth(pa.Value), tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptIn))
+	}
+	return blob, obj, t.closeAfterLoad(err, nil, &obj)
+}
+
+// usedPolicy is err of a command authorized through a policy session whose
+// every step the TPM accepted, the steps begun when the TPM's retry count
+// was retries. A TPM_RC_POLICY_FAIL after a command was sent again for a
+// warning means the session was used: a copy of the command ran and its
+// answer was replaced with a warning (an honest TPM that answers a warning
+// has not started the command), so it is ErrResponseForged, not a policy
+// the platform fails (as agent's policyUse decides for the agent's
+// policies; found by review 2 for the transfer key's HMAC session).
+func (t *TPM) usedPolicy(retries int64, err error) error {
+	if err == nil || !errors.Is(err, tpm2.TPMRCPolicyFail) || t.Stats().Retries == retries {
+		return err
+	}
+	return fmt.Errorf("%w: the TPM refused the policy session of a command it had accepted every step for, after a command was sent again for a warning: a copy of it ran first (%v)", ErrResponseForged, err)
+}
+
+// closeAfterLoad is err, or cerr (a session's flush) when err is nil; on
+// an error after obj was loaded it flushes obj and forgets it.
+func (t *TPM) closeAfterLoad(err, cerr error, obj *Object) error {
+	if err == nil {
+		err = cerr
 	}
 	if err != nil && obj.Handle != 0 {
 		// Loaded, then the session's flush failed.
 		err = errors.Join(err, t.Flush(obj.Handle))
-		obj = Object{}
+		*obj = Object{}
 	}
-	return blob, obj, err
+	return err
 }
 
-// LoadWithAuth loads blob under parent, authorized by the parent's
-// authValue in a session salted to the SRK. That session's HMACs, keyed by
-// the salt, bind the blob loaded and the name that comes back, as Load's
-// own guard would: Load starts no second session (issue 14: 2 commands
-// fewer for every load under a transfer key, an adopted PK's included).
-func (t *TPM) LoadWithAuth(parent Object, parentAuth []byte, b Blob) (Object, error) {
+// LoadWithAuth loads blob under parent, authorized by pa in a session
+// salted to the SRK. That session's HMACs, keyed by the salt, bind the
+// blob loaded and the name that comes back, as Load's own guard would:
+// Load starts no second session (issue 14: 2 commands fewer for every load
+// under a transfer key, an adopted PK's included).
+func (t *TPM) LoadWithAuth(parent Object, pa ParentAuth, b Blob) (Object, error) {
+	if pa.Branch != nil {
+		ps, err := t.StartSaltedPolicySession(pa.Value)
+		if err != nil {
+			return Object{}, err
+		}
+		var obj Object
+		retries := t.Stats().Retries
+		err = pa.Branch(ps, tpm2.TPMCCLoad)
+		if err == nil {
+			obj, err = t.Load(parent, ps.Session(), b)
+			err = t.usedPolicy(retries, err)
+		}
+		return obj, t.closeAfterLoad(err, ps.Close(), &obj)
+	}
 	srk, err := t.SRK()
 	if err != nil {
 		return Object{}, err
@@ -341,7 +435,7 @@ func (t *TPM) LoadWithAuth(parent Object, parentAuth []byte, b Blob) (Object, er
 	err = t.withHMACSession(func(s tpm2.Session) (err error) {
 		obj, err = t.Load(parent, saltedAuth{s}, b)
 		return err
-	}, tpm2.Auth(parentAuth), tpm2.Salted(srk.Handle, srk.Public))
+	}, tpm2.Auth(pa.Value), tpm2.Salted(srk.Handle, srk.Public))
 	return obj, err
 }
 

@@ -94,6 +94,9 @@ func checkPeerFile(b []byte) (peerFile, []byte, error) {
 	if err != nil || len(pkName) != 34 {
 		return bad("the PK's name")
 	}
+	if catalog.IsLegacyTransferKey(pub, pkName) {
+		return bad("the transfer key was made by a provd before review 74; the device runs provd peer identity again")
+	}
 	if !catalog.IsTransferKey(pub, pkName) {
 		return bad("the parent is not the transfer key of the PK it names")
 	}

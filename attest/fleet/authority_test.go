@@ -113,13 +113,20 @@ func (d *reviewDevice) parked(fn func()) {
 }
 
 // admin is T's ADMIN role as provd satisfies it: PolicySecret(its PK),
-// PolicyCommandCode(ActivateCredential).
+// PolicyCommandCode(ActivateCredential), PolicyOR of T's branches.
 func (k *transferKey) admin(handle tpm2.TPMHandle, name tpm2.TPM2BName) tpm2.AuthHandle {
 	return tpm2.AuthHandle{Handle: handle, Name: name, Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, n tpm2.TPM2BNonce) error {
 		if _, err := (tpm2.PolicySecret{AuthHandle: tpm2.AuthHandle{Handle: k.pk, Name: k.pkName, Auth: tpm2.PasswordAuth(k.pkAuth)}, PolicySession: h, NonceTPM: n}).Execute(tp); err != nil {
 			return err
 		}
-		_, err := (tpm2.PolicyCommandCode{PolicySession: h, Code: tpm2.TPMCCActivateCredential}).Execute(tp)
+		if _, err := (tpm2.PolicyCommandCode{PolicySession: h, Code: tpm2.TPMCCActivateCredential}).Execute(tp); err != nil {
+			return err
+		}
+		var or tpm2.TPMLDigest
+		for _, b := range catalog.TransferBranches(k.pkName.Buffer) {
+			or.Digests = append(or.Digests, tpm2.TPM2BDigest{Buffer: b})
+		}
+		_, err := (tpm2.PolicyOr{PolicySession: h, PHashList: or}).Execute(tp)
 		return err
 	})}
 }
@@ -214,6 +221,14 @@ func TestPeerRegistration(t *testing.T) {
 	unbound := peerFileFor(t, d.certs, tk.pub, append([]byte{0, 0x0b}, make([]byte, 32)...))
 	if v := f.attestPeer(t, d, id, unbound, unbound); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
 		t.Fatalf("an unbound transfer key: %+v", v)
+	}
+	// A transfer key made before review 74 (its authValue alone opened
+	// what was sent to it): refused as one.
+	legacyPub := catalog.LegacyTransferTemplate(catalog.ActivationPolicy(tk.pkName.Buffer))
+	legacyPub.Unique = tk.pub.Unique
+	legacy := peerFileFor(t, d.certs, legacyPub, tk.pkName.Buffer)
+	if v := f.attestPeer(t, d, id, legacy, legacy); !v.Pass || v.PeerChallenge != nil || !hasReason(v, fleetapi.CodePeerRefused) {
+		t.Fatalf("a legacy transfer key: %+v", v)
 	}
 
 	v := f.attestPeer(t, d, id, peer, peer)

@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// legacyTransferKey gives b the transfer key provd made before review 74
+// (catalog.LegacyTransferTemplate: its USER role its authValue), as its
+// current one, and returns the peer identity that names it.
+func legacyTransferKey(t *testing.T, b *Agent) api.PeerIdentity {
+	t.Helper()
+	ctx := context.Background()
+	pk, _, _, _, err := b.readTransfer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkName, _ := hex.DecodeString(pk.state.Name)
+	auth, err := tpm.RandomAuth(objectAuthSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srk, err := b.t.SRK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := b.t.Create(srk, nil, catalog.LegacyTransferTemplate(catalog.ActivationPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, err := blob.Name()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: b.now().UTC()}
+	if err := b.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
+		if err := tx.WriteBlob(transferRec, blob.Marshal()); err != nil {
+			return err
+		}
+		return tx.Put(transferRec, tr)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := b.ekCertificates(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api.PeerIdentity{Format: api.PeerFormat, EKCertificates: certs, Parent: tpm2.Marshal(blob.Public),
+		ParentName: tr.Name, PKName: pk.state.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: b.now().UTC()}
+}
+
+// A device made its transfer key T before review 74, and received a key
+// under it. After the mend: no sender sends to such a T (provd dup export
+// refuses the peer file, exit 2); the key received under it still loads
+// and signs, before and after peer identity makes the new T (which keeps
+// the old one for it); a key sent to the new T signs beside it; and the
+// new T's identity is a transfer key, the old one's is not.
+func TestLegacyTransferKeyKeepsWhatCameUnderIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	a, b, _ := senderAndPeer(t, envA, envB)
+	legacy := legacyTransferKey(t, b)
+	rootsB := caBundle(t, envB)
+
+	// A sender refuses the legacy T before anything is wrapped.
+	if _, err := a.DupExport(ctx, api.DupExportRequest{Name: "k", Peer: legacy, Approval: approveDup(t, a, "k", legacy), EKCA: rootsB}); !errors.Is(err, api.ErrBadInput) {
+		t.Fatalf("dup export to a legacy transfer key: %v, want refused as no transfer key", err)
+	}
+	// A duplicate made for it before the mend (as that provd did).
+	ks, err := a.readKeyState(ctx, "k", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := api.ParsePublicArea(legacy.Parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lName, _ := hex.DecodeString(legacy.ParentName)
+	ekPub, ekSum, err := a.peerEK(legacy.EKCertificates, rootsB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := api.DupExportRequest{Name: "k", Peer: legacy, Approval: approveDup(t, a, "k", legacy)}
+	dup, err := a.duplicateToPeer(ctx, ks, req, *pub, lName, ekPub, ekSum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "old", Dup: dup}); err != nil {
+		t.Fatalf("import under the legacy T: %v", err)
+	}
+	// As an earlier provd recorded it: no parent named.
+	if err := b.st.Update(ctx, func(tx *store.Tx) error {
+		var r keyRecord
+		if err := tx.Get(keyRecName("old"), &r); err != nil {
+			return err
+		}
+		if r.Parent != legacy.ParentName {
+			t.Errorf("the key's parent recorded: %q, want the legacy T %q", r.Parent, legacy.ParentName)
+		}
+		r.Parent = ""
+		return tx.Put(keyRecName("old"), r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sign := func(name string) {
+		t.Helper()
+		if err := b.keys.Drop(name); err != nil { // loaded afresh, under its T
+			t.Fatal(err)
+		}
+		d := sha256.Sum256([]byte(name))
+		if _, err := b.Sign(ctx, name, d[:], api.SignOptions{}); err != nil {
+			t.Errorf("sign with %s: %v", name, err)
+		}
+	}
+	sign("old")
+
+	// peer identity makes the new T and keeps the old one.
+	peer, err := b.PeerIdentity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer.ParentName == legacy.ParentName {
+		t.Fatal("peer identity kept publishing the legacy transfer key")
+	}
+	if _, _, err := checkPeer(peer); err != nil {
+		t.Fatalf("the new identity: %v", err)
+	}
+	np, _ := api.ParsePublicArea(peer.Parent)
+	if np.ObjectAttributes.UserWithAuth {
+		t.Error("the new transfer key has userWithAuth")
+	}
+	if again, err := b.PeerIdentity(ctx); err != nil || again.ParentName != peer.ParentName {
+		t.Fatalf("a second peer identity names another transfer key: %v", err)
+	}
+	sign("old")
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "k2", Type: "ecc-p256", Extractable: true}); err != nil {
+		t.Fatal(err)
+	}
+	dup2, err := a.DupExport(ctx, api.DupExportRequest{Name: "k2", Peer: peer, Approval: approveDup(t, a, "k2", peer), EKCA: rootsB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "k2", Dup: dup2}); err != nil {
+		t.Fatalf("import under the new T: %v", err)
+	}
+	sign("k2")
+	sign("old")
+	// A duplicate made for the legacy T is refused once T is the new one.
+	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "old2", Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
+		t.Errorf("the old duplicate after the new T: %v, want refused as made for another transfer key", err)
+	}
+}
