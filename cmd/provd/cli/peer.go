@@ -198,9 +198,15 @@ func (a *app) peerIdentityCmd() *cobra.Command {
 		Use:   "identity --out peer.json",
 		Short: "Write this device's peer identity (EK certificates and transfer key) for a sender",
 		Long: `Write this device's peer identity: its EK certificates (from the TPM's NV), the
-public area and name of its transfer key (made under the provisioning key the
-first time, then the same), its PK policy digest and its officer's name. Nothing
-in it is secret.
+public area and name of its transfer key (made under the SRK, bound to the
+provisioning key by its policy, the first time, then the same), its PK policy
+digest and its officer's name. Nothing in it is secret.
+
+The transfer key is for three TPM commands only: activating a sender's
+credential (with the provisioning key), importing under it and loading under it.
+A transfer key made by a provd before review 74, which served any command with
+its authorization value, is replaced by a new one here (senders refuse the old
+kind); the old one is kept for the keys received under it.
 
 The sender verifies an EK certificate against the manufacturer's roots before it
 wraps anything, and binds the duplicate's inner key, with a credential, to that
