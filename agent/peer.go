@@ -349,6 +349,12 @@ func (a *Agent) DupExport(ctx context.Context, req api.DupExportRequest) (api.Du
 }
 
 func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects map[string]string) (api.DupFile, error) {
+	return a.dupExportChecked(ctx, req, objects, checkPeer)
+}
+
+// dupExportChecked is dupExport with the peer file's transfer key checked
+// by check (checkPeer).
+func (a *Agent) dupExportChecked(ctx context.Context, req api.DupExportRequest, objects map[string]string, check func(api.PeerIdentity) (tpm2.TPMTPublic, []byte, error)) (api.DupFile, error) {
 	if err := checkKeyName(req.Name); err != nil {
 		return api.DupFile{}, err
 	}
@@ -359,7 +365,7 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 	if ks.rec.Kind == api.KindKEK || ks.rec.Kind == api.KindDerived || !ks.rec.Extractable {
 		return api.DupFile{}, fmt.Errorf("%w: %q was not created --extractable; it never leaves its TPM", api.ErrNotExtractable, req.Name)
 	}
-	parentPub, parentName, err := checkPeer(req.Peer)
+	parentPub, parentName, err := check(req.Peer)
 	if err != nil {
 		return api.DupFile{}, err
 	}
@@ -383,15 +389,6 @@ func (a *Agent) dupExport(ctx context.Context, req api.DupExportRequest, objects
 		return api.DupFile{}, err
 	}
 	objects["peer_ek_cert_sha256"] = ekSum
-	return a.duplicateToPeer(ctx, ks, req, parentPub, parentName, ekPub, ekSum)
-}
-
-// duplicateToPeer duplicates the key of ks to the transfer key parentPub
-// (named parentName, checked by the caller) through its duplication branch
-// with req.Approval, and makes the inner wrapper's key and the key's
-// authValue a credential to the peer's EK ekPub (certificate SHA-256
-// ekSum) for the transfer key's name.
-func (a *Agent) duplicateToPeer(ctx context.Context, ks keyState, req api.DupExportRequest, parentPub tpm2.TPMTPublic, parentName []byte, ekPub tpm2.TPMTPublic, ekSum string) (api.DupFile, error) {
 	auth, err := ks.objectAuth()
 	if err != nil {
 		return api.DupFile{}, err

@@ -167,6 +167,12 @@ func (a *Agent) PKExport(ctx context.Context, req api.PKExportRequest) (api.DupF
 }
 
 func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects map[string]string) (api.DupFile, error) {
+	return a.pkExportChecked(ctx, req, objects, checkPeer)
+}
+
+// pkExportChecked is pkExport with the peer file's transfer key checked by
+// check (checkPeer).
+func (a *Agent) pkExportChecked(ctx context.Context, req api.PKExportRequest, objects map[string]string, check func(api.PeerIdentity) (tpm2.TPMTPublic, []byte, error)) (api.DupFile, error) {
 	var in pkInputs
 	ms := movedState{}
 	var left []string
@@ -210,7 +216,7 @@ func (a *Agent) pkExport(ctx context.Context, req api.PKExportRequest, objects m
 	if len(left) > 0 {
 		objects["keys_left"] = strings.Join(left, ",")
 	}
-	parentPub, parentName, err := checkPeer(req.Peer)
+	parentPub, parentName, err := check(req.Peer)
 	if err != nil {
 		return api.DupFile{}, err
 	}

@@ -11,7 +11,10 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/catalog"
+	"github.com/provd/provd/officer"
+	"github.com/provd/provd/policy"
 	"github.com/provd/provd/store"
+	"github.com/provd/provd/test/officertest"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
 )
@@ -60,6 +63,21 @@ func legacyTransferKey(t *testing.T, b *Agent) api.PeerIdentity {
 		ParentName: tr.Name, PKName: pk.state.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: b.now().UTC()}
 }
 
+// legacyPeer is checkPeer as a provd before review 74 checked a peer file:
+// a legacy transfer key of the PK it names is one.
+func legacyPeer(p api.PeerIdentity) (tpm2.TPMTPublic, []byte, error) {
+	pub, err := api.ParsePublicArea(p.Parent)
+	if err != nil {
+		return tpm2.TPMTPublic{}, nil, err
+	}
+	pkName, _ := hex.DecodeString(p.PKName)
+	name, err := tpm2.ObjectName(pub)
+	if err != nil || !catalog.IsLegacyTransferKey(*pub, pkName) || hex.EncodeToString(name.Buffer) != p.ParentName {
+		return tpm2.TPMTPublic{}, nil, errors.New("not a legacy transfer key")
+	}
+	return *pub, name.Buffer, nil
+}
+
 // A device made its transfer key T before review 74, and received a key
 // under it. After the mend: no sender sends to such a T (provd dup export
 // refuses the peer file, exit 2); the key received under it still loads
@@ -79,21 +97,8 @@ func TestLegacyTransferKeyKeepsWhatCameUnderIt(t *testing.T) {
 		t.Fatalf("dup export to a legacy transfer key: %v, want refused as no transfer key", err)
 	}
 	// A duplicate made for it before the mend (as that provd did).
-	ks, err := a.readKeyState(ctx, "k", true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := api.ParsePublicArea(legacy.Parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lName, _ := hex.DecodeString(legacy.ParentName)
-	ekPub, ekSum, err := a.peerEK(legacy.EKCertificates, rootsB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := api.DupExportRequest{Name: "k", Peer: legacy, Approval: approveDup(t, a, "k", legacy)}
-	dup, err := a.duplicateToPeer(ctx, ks, req, *pub, lName, ekPub, ekSum)
+	dup, err := a.dupExportChecked(ctx, api.DupExportRequest{Name: "k", Peer: legacy, Approval: approveDup(t, a, "k", legacy), EKCA: rootsB},
+		map[string]string{}, legacyPeer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,4 +166,59 @@ func TestLegacyTransferKeyKeepsWhatCameUnderIt(t *testing.T) {
 	if _, err := b.DupImport(ctx, api.DupImportRequest{Name: "old2", Dup: dup}); !errors.Is(err, api.ErrNotPermitted) {
 		t.Errorf("the old duplicate after the new T: %v, want refused as made for another transfer key", err)
 	}
+}
+
+// A device adopted a moved PK under its transfer key made before review 74
+// (provision --from): the PK lives under that legacy T, and its record
+// names no PK for T's policy. After the mend the adopted PK still loads
+// (by T's value) and its keys sign, before and after peer identity makes
+// the new T.
+func TestLegacyTransferKeyKeepsAnAdoptedPK(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	envA, envB := swtpmtest.Start(t), swtpmtest.Start(t)
+	signer, authority := fleetSigner(t), fleetSigner(t)
+	authPEM, err := policy.MarshalPublicKeyPEM(authority.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := fleetDevice(t, envB, signer, api.ProvisionRequest{})
+	legacy := legacyTransferKey(t, b)
+	a := fleetDevice(t, envA, signer, api.ProvisionRequest{DuplicableBy: string(authPEM)})
+	if _, err := a.DeriveKey(ctx, api.DeriveRequest{Name: "dk", Label: "fleet", Type: "ecc-p256",
+		Approval: approveRecipe(t, a, officer.Recipe{Type: "ecc-p256", Label: "fleet"})}); err != nil {
+		t.Fatal(err)
+	}
+	req := api.PKExportRequest{Peer: legacy, PeerPK: legacy.PKName, EKCA: caBundle(t, envB), Approval: approvePK(t, a, legacy, authority)}
+	if _, err := a.PKExport(ctx, req); !errors.Is(err, api.ErrBadInput) {
+		t.Fatalf("dup export --pk to a legacy transfer key: %v, want refused as no transfer key", err)
+	}
+	dup, err := a.pkExportChecked(ctx, req, map[string]string{}, legacyPeer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ProvisionFrom(ctx, api.PKAdoptRequest{Dup: dup, Approval: approvePK(t, a, legacy, officertest.Key()), Force: true}); err != nil {
+		t.Fatalf("adoption under the legacy T: %v", err)
+	}
+	// As an earlier provd recorded it: no PK named for T's policy.
+	if err := b.st.Update(ctx, func(tx *store.Tx) error {
+		var st pkState
+		if err := tx.Get(recPK, &st); err != nil {
+			return err
+		}
+		if st.Parent == nil || st.Parent.Name != legacy.ParentName || st.Parent.PK == "" {
+			t.Errorf("the adopted PK's parent recorded: %+v, want the legacy T with its PK", st.Parent)
+		}
+		st.Parent.PK = ""
+		return tx.Put(recPK, st)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b.forgetStatePK()
+	signVerifies(t, a, b, "dk")
+	if _, err := b.PeerIdentity(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.forgetStatePK()
+	signVerifies(t, a, b, "dk")
 }
