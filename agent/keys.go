@@ -582,9 +582,12 @@ func (a *Agent) DeleteKey(ctx context.Context, name string) error {
 				return err
 			}
 			if slices.Contains(tx.Blobs(), keyRecName(name)) {
-				return tx.RemoveBlob(keyRecName(name))
+				if err := tx.RemoveBlob(keyRecName(name)); err != nil {
+					return err
+				}
 			}
-			return nil
+			// The last key under a legacy transfer key takes it along.
+			return dropUnusedLegacyTransfer(tx)
 		})
 	})
 }

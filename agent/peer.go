@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -135,7 +136,7 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 		legacy = !ok && err == nil && perr == nil && catalog.IsLegacyTransferKey(*pub, pkName)
 	}
 	if !ok {
-		if tr, raw, err = a.newTransferKey(ctx, pk, legacy); err != nil {
+		if tr, raw, err = a.newTransferKey(ctx, pk, tr.Name, legacy); err != nil {
 			return api.PeerIdentity{}, err
 		}
 	}
@@ -152,10 +153,15 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 		ParentName: tr.Name, PKName: pk.state.Name, PKPolicy: pk.state.Policy.Digest, Officer: officerName(pk.officer), CreatedAt: a.now().UTC()}, nil
 }
 
-// newTransferKey creates T under the SRK and records it; the one recorded
-// is kept as the legacy transfer key when keepLegacy (one made before
-// review 74, under which keys and a PK may have come).
-func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, keepLegacy bool) (transferRecord, []byte, error) {
+// newTransferKey creates T under the SRK and records it in place of the
+// one named was ("" for none), which is kept as the legacy transfer key
+// when keepLegacy (one made before review 74, under which keys may have
+// come) and a key lives under it. When another process recorded a transfer
+// key meanwhile, that one stands and is returned, and the T made here is
+// not recorded (found by review 77: two peer identities at once wrote the
+// second new T over the kept legacy one, and the keys under it were lost
+// for good).
+func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, was string, keepLegacy bool) (transferRecord, []byte, error) {
 	auth, err := tpm.RandomAuth(objectAuthSize)
 	if err != nil {
 		return transferRecord{}, nil, err
@@ -185,10 +191,26 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, keepLegacy bool
 	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: a.now().UTC()}
 	raw := blob.Marshal()
 	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
+		var cur transferRecord
+		switch err := tx.Get(transferRec, &cur); {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		}
+		if cur.Name != was {
+			tr = cur
+			var err error
+			raw, err = tx.ReadBlob(transferRec)
+			return err
+		}
 		if keepLegacy {
-			var old transferRecord
-			if err := tx.Get(transferRec, &old); err != nil {
+			var kept transferRecord
+			switch err := tx.Get(legacyTransferRec, &kept); {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
 				return err
+			case legacyTransferUsed(tx, kept):
+				return fmt.Errorf("%w: the state keeps a legacy transfer key already (%.16s…), with keys under it, beside the legacy one recorded as current (%.16s…)", api.ErrTampered, kept.Name, cur.Name)
 			}
 			oldRaw, err := tx.ReadBlob(transferRec)
 			if err != nil {
@@ -197,16 +219,61 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, keepLegacy bool
 			if err := tx.WriteBlob(legacyTransferRec, oldRaw); err != nil {
 				return err
 			}
-			if err := tx.Put(legacyTransferRec, old); err != nil {
+			if err := tx.Put(legacyTransferRec, cur); err != nil {
 				return err
 			}
 		}
 		if err := tx.WriteBlob(transferRec, raw); err != nil {
 			return err
 		}
-		return tx.Put(transferRec, tr)
+		if err := tx.Put(transferRec, tr); err != nil {
+			return err
+		}
+		return dropUnusedLegacyTransfer(tx)
 	})
 	return tr, raw, err
+}
+
+// legacyTransferUsed reports whether a key lives under the legacy transfer
+// key lt: a transferred key of lt's PK that names it as its parent, or
+// names none (received before review 74).
+func legacyTransferUsed(tx *store.Tx, lt transferRecord) bool {
+	for _, o := range tx.Objects() {
+		var k keyRecord
+		if !strings.HasPrefix(o, keyPrefix) || tx.Get(o, &k) != nil {
+			continue
+		}
+		if k.Kind == api.KindTransferred && k.PK == lt.PK && (k.Parent == "" || k.Parent == lt.Name) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropUnusedLegacyTransfer removes the legacy transfer key (record and
+// blob) once no key lives under it: kept, it loads under the SRK, and its
+// value takes any duplicate once made for it out of its outer wrapper
+// (TPM2_Rewrap), the same key moved again to the new T included (found by
+// review 77). Against a copy of the state from before, only a new key
+// helps (docs/transfer.md).
+func dropUnusedLegacyTransfer(tx *store.Tx) error {
+	var lt transferRecord
+	switch err := tx.Get(legacyTransferRec, &lt); {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	}
+	if legacyTransferUsed(tx, lt) {
+		return nil
+	}
+	if err := tx.Delete(legacyTransferRec); err != nil {
+		return err
+	}
+	if slices.Contains(tx.Blobs(), legacyTransferRec) {
+		return tx.RemoveBlob(legacyTransferRec)
+	}
+	return nil
 }
 
 // transferKey is T loaded, with what authorizes it.

@@ -490,7 +490,10 @@ func (a *Agent) provisionFrom(ctx context.Context, req api.PKAdoptRequest, objec
 		if err := tx.Delete(transferRec); err != nil {
 			return err
 		}
-		return tx.RemoveBlob(transferRec)
+		if err := tx.RemoveBlob(transferRec); err != nil {
+			return err
+		}
+		return dropUnusedLegacyTransfer(tx) // no keys here: nothing under it
 	})
 	if err != nil {
 		// The moved PK's check kept its context (savePK): not adopted,
