@@ -234,14 +234,18 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, was string, kee
 	return tr, raw, err
 }
 
-// legacyTransferUsed reports whether a key lives under the legacy transfer
-// key lt: a transferred key of lt's PK that names it as its parent, or
-// names none (received before review 74).
+// legacyTransferUsed reports whether a key may live under the legacy
+// transfer key lt: a transferred key of lt's PK that names it as its
+// parent, or names none (received before review 74), or a key record that
+// does not read (it may be one: dropping T would lose it for good).
 func legacyTransferUsed(tx *store.Tx, lt transferRecord) bool {
 	for _, o := range tx.Objects() {
-		var k keyRecord
-		if !strings.HasPrefix(o, keyPrefix) || tx.Get(o, &k) != nil {
+		if !strings.HasPrefix(o, keyPrefix) {
 			continue
+		}
+		var k keyRecord
+		if tx.Get(o, &k) != nil {
+			return true
 		}
 		if k.Kind == api.KindTransferred && k.PK == lt.PK && (k.Parent == "" || k.Parent == lt.Name) {
 			return true

@@ -222,3 +222,47 @@ func TestLegacyTransferKeyKeepsAnAdoptedPK(t *testing.T) {
 	b.forgetStatePK()
 	signVerifies(t, a, b, "dk")
 }
+
+// The legacy transfer key stays while a key may live under it: a key
+// record that does not read might be one (dropping T would lose it for
+// good); once it is gone, the next key delete takes T along.
+func TestLegacyTransferKeyStaysForARecordThatDoesNotRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, _, b, t1, _ := review77LegacyReceiver(t)
+	if _, err := b.PeerIdentity(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	kept := func() bool {
+		t.Helper()
+		_, ltr, _, ok, err := b.readTransferRec(ctx, legacyTransferRec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok && ltr.Name == t1
+	}
+	if !kept() {
+		t.Fatal("the legacy T was not kept for the key under it")
+	}
+	if err := b.st.Update(ctx, func(tx *store.Tx) error { return tx.Put(keyRecName("garbled"), []int{1}) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteKey(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	if !kept() {
+		t.Error("the legacy T dropped beside a key record that does not read")
+	}
+	if err := b.st.Update(ctx, func(tx *store.Tx) error { return tx.Delete(keyRecName("garbled")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteKey(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if kept() {
+		t.Error("the legacy T kept with no key under it")
+	}
+}
