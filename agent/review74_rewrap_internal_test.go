@@ -95,10 +95,20 @@ func review74RewrapAnswer(rsp []byte, err error) (outDup, outSeed []byte, _ erro
 // step that failed.
 func review74OpenOnTheReceiver(t *testing.T, b *Agent, dup api.DupFile) (*tpm2.TPMTSensitive, error) {
 	t.Helper()
+	return review74OpenUnder(t, b, transferRec, dup)
+}
+
+// review74OpenUnder is review74OpenOnTheReceiver with the transfer key of
+// state record rec (transferRec, or legacyTransferRec: review 77).
+func review74OpenUnder(t *testing.T, b *Agent, rec string, dup api.DupFile) (*tpm2.TPMTSensitive, error) {
+	t.Helper()
 	ctx := context.Background()
-	pk, tr, traw, ok, err := b.readTransfer(ctx)
-	if err != nil || !ok {
-		t.Fatalf("B's transfer key: %v %v", ok, err)
+	pk, tr, traw, ok, err := b.readTransferRec(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("no transfer key %q in the state", rec)
 	}
 	cert, err := b.ekCertBySum(ctx, dup.EKCertSHA256)
 	if err != nil {

@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
-	"errors"
-	"fmt"
 	"testing"
-
-	"github.com/google/go-tpm/tpm2"
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/tpm"
@@ -72,7 +68,7 @@ func TestReview77LegacyTransferKeyOutlivesWhatCameUnderIt(t *testing.T) {
 		t.Fatalf("the legacy record names %s, not T1 %s", ltr.Name, t1)
 	}
 	// A4 later, with a copy of the old duplicate file.
-	sens, err := review77OpenWithLegacyT(t, b, oldDup)
+	sens, err := review74OpenUnder(t, b, legacyTransferRec, oldDup)
 	if err != nil {
 		t.Logf("the old duplicate does not open: %v", err)
 		return
@@ -85,64 +81,6 @@ func TestReview77LegacyTransferKeyOutlivesWhatCameUnderIt(t *testing.T) {
 	if review74IsPrivateOf(t, *pub, sens) {
 		t.Errorf("A4 opened the old duplicate with the legacy T kept in the live state, after the documented remedy: the private scalar (%d bytes) of the key now under the new T (k-new) is in root's hands", len(mustECC(t, sens)))
 	}
-}
-
-// review77OpenWithLegacyT is A4 on B opening dup, made for B's legacy
-// transfer key, with that key taken from B's live state
-// ("transfer-legacy"): activation through its ADMIN role (PolicySecret(PK))
-// for the inner key, TPM2_Rewrap(T1 -> TPM_RH_NULL) by its value, then the
-// inner wrapper in software.
-func review77OpenWithLegacyT(t *testing.T, b *Agent, dup api.DupFile) (*tpm2.TPMTSensitive, error) {
-	t.Helper()
-	ctx := context.Background()
-	pk, ltr, lraw, ok, err := b.readTransferRec(ctx, legacyTransferRec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		return nil, errors.New("no legacy transfer key in the state")
-	}
-	cert, err := b.ekCertBySum(ctx, dup.EKCertSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ekHandle, ekPub, ekTmpl, _, err := ekPublic(cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := api.ParsePublicArea(dup.Public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name, err := tpm2.ObjectName(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	tauth, err := ltr.auth()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sens *tpm2.TPMTSensitive
-	err = b.withTransfer(pk, ltr, lraw, true, func(l *loadedPK, tk transferKey) error {
-		secret, err := b.activate(l, tk, ekHandle, ekPub, ekTmpl, dup)
-		if err != nil {
-			return fmt.Errorf("activation: %w", err)
-		}
-		defer clear(secret)
-		stripped, seed, err := review74Rewrap(b.t, tk.Handle, tauth, tpm2.TPMRHNull, dup.Duplicate, name.Buffer, dup.Seed)
-		if err != nil {
-			return fmt.Errorf("rewrap: %w", err)
-		}
-		if len(seed) != 0 {
-			return fmt.Errorf("TPM2_Rewrap to TPM_RH_NULL gave a seed of %d bytes", len(seed))
-		}
-		sens, err = tpm.OpenInnerDuplicate(secret[:16], name.Buffer, stripped)
-		return err
-	})
-	return sens, err
 }
 
 // review77SignsAs checks that key onName on on signs as key fromName of
