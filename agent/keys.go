@@ -404,6 +404,12 @@ func (a *Agent) commitKey(ctx context.Context, rec keyRecord, blob []byte) error
 		if _, err := tx.GetRaw(keyRecName(rec.Name)); err == nil {
 			return fmt.Errorf("%w: %q", api.ErrKeyExists, rec.Name)
 		}
+		if rec.Kind == api.KindTransferred && !transferRecorded(tx, rec.PK, rec.Parent) {
+			// Another process's peer identity replaced it meanwhile, and
+			// the last key under it went (found by review 78: recorded,
+			// the key could never load).
+			return fmt.Errorf("%w: the transfer key %.16s… the key was imported under is gone from the state; nothing recorded: ask the sender for a duplicate to this device's transfer key now (provd peer identity)", api.ErrStateChanged, rec.Parent)
+		}
 		if blob != nil {
 			if err := tx.WriteBlob(keyRecName(rec.Name), blob); err != nil {
 				return err

@@ -139,6 +139,8 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 		if tr, raw, err = a.newTransferKey(ctx, pk, tr.Name, legacy); err != nil {
 			return api.PeerIdentity{}, err
 		}
+	} else if err := a.dropLegacyTransfer(ctx, pk.state.Name); err != nil {
+		return api.PeerIdentity{}, err
 	}
 	blob, err := tpm.UnmarshalBlob(raw)
 	if err != nil {
@@ -248,6 +250,34 @@ func legacyTransferUsed(tx *store.Tx, lt transferRecord) bool {
 			return true
 		}
 		if k.Kind == api.KindTransferred && k.PK == lt.PK && (k.Parent == "" || k.Parent == lt.Name) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropLegacyTransfer is dropUnusedLegacyTransfer in a transaction of its
+// own, when the state keeps a legacy transfer key with no key under it:
+// one whose last key went before review 77's mend, which kept it (found
+// by review 78: nothing dropped it then).
+func (a *Agent) dropLegacyTransfer(ctx context.Context, pk string) error {
+	unused := false
+	if err := a.st.View(ctx, func(tx *store.Tx) error {
+		var lt transferRecord
+		unused = tx.Get(legacyTransferRec, &lt) == nil && !legacyTransferUsed(tx, lt)
+		return nil
+	}); err != nil || !unused {
+		return err
+	}
+	return a.updateUnderPK(ctx, pk, dropUnusedLegacyTransfer)
+}
+
+// transferRecorded reports whether the state holds the transfer key named
+// name of the PK named pk, current or legacy.
+func transferRecorded(tx *store.Tx, pk, name string) bool {
+	for _, rec := range []string{transferRec, legacyTransferRec} {
+		var tr transferRecord
+		if tx.Get(rec, &tr) == nil && tr.PK == pk && tr.Name == name {
 			return true
 		}
 	}

@@ -361,7 +361,7 @@ func (a *Agent) updateUnderPK(ctx context.Context, pk string, fn func(*store.Tx)
 		case err != nil:
 			return nil, err
 		case now.Name != pk:
-			return fmt.Errorf("%w (provision --force); nothing recorded: run the command again", api.ErrStateChanged), nil
+			return fmt.Errorf("%w: the provisioning key (provision --force); nothing recorded: run the command again", api.ErrStateChanged), nil
 		}
 		return nil, nil
 	}, fn)

@@ -49,11 +49,13 @@ var (
 	// next audited operation or provd audit repair; provd zeroize run
 	// again after a zeroize). Exit code 8, as a state to finish first.
 	ErrAuditMoveUnfinished = errors.New("the audit trail's move to a new anchor is unfinished")
-	// ErrStateChanged: another process replaced the state's provisioning
-	// key (provision --force) while the operation worked in the TPM with
-	// the old one; nothing it made is recorded. Exit code 8, as another
-	// provd's change meanwhile: run the command again.
-	ErrStateChanged = errors.New("the state's provisioning key was replaced by another process while the operation ran")
+	// ErrStateChanged: another process replaced what the operation worked
+	// with in the TPM while it ran: the state's provisioning key
+	// (provision --force), or the transfer key an import went under (its
+	// peer identity, then the last key under the old one deleted); nothing
+	// it made is recorded. Exit code 8, as another provd's change
+	// meanwhile: run the command again.
+	ErrStateChanged = errors.New("another process replaced what the operation worked with while it ran")
 )
 
 // PolicyError says that the platform does not satisfy an object's policy, and
