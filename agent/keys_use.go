@@ -332,6 +332,22 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 			}
 			continue
 		}
+		var pe *api.PolicyError
+		if ran && !cached && errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe) && !errors.Is(err, tpm.ErrResponseForged) {
+			// Loaded just now, the policy its record names (checked
+			// above) passed at every step, and the TPM refused the
+			// session's digest at the command: the object at the handle
+			// the load's answer named is not the key (the answer's HMAC
+			// covers the name, not the handle), or a step was changed
+			// on the bus. Neither is a platform that fails the policy
+			// (found by review 79: exit 3, and the key the TPM loaded
+			// left in a slot, held by nobody). The handle is forgotten,
+			// not flushed (another's object may sit there), and the
+			// sweep flushes what provd does not hold.
+			a.keys.Forget(name)
+			a.t.Unheld()
+			return fmt.Errorf("%w: the TPM refused key %q's policy at its use after every step passed, at the handle its load's answer named: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+		}
 		return err
 	}
 }

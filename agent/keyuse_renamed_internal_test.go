@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/provd/provd/api"
+	"github.com/provd/provd/test/swtpmtest"
+	"github.com/provd/provd/tpm"
+)
+
+// A1 renames the answer of a created key's TPM2_Load under the PK to an
+// object of its own (the answer's HMAC covers the name, not the handle):
+// the sign's policy session, every step passed, is refused at the command.
+// Reported forged (exit 15), not a platform that fails the policy (exit 3,
+// before review 79's mend), no signature, and the key the TPM loaded is
+// not left in a slot held by nobody: the next use's sweep flushes it, and
+// the next sign works.
+func TestRenamedKeyLoadIsForgedAndSwept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a := provisioned(t, env)
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	decoy := swtpmtest.Decoy(t, bus.Next)
+	var mu sync.Mutex
+	var made tpm2.TPMHandle
+	rename := swtpmtest.RenamedLoad(review77LoadUnderT, decoy, &made)
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return rename(next, cmd)
+	})
+	d := sha256.Sum256([]byte("c"))
+	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
+	bus.Set(nil)
+	mu.Lock()
+	real := made
+	mu.Unlock()
+	if real == 0 {
+		t.Fatal("not mounted: no load under the PK")
+	}
+	if err == nil {
+		t.Fatal("signed through A1's object")
+	}
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Errorf("a key's load answer naming A1's object: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
+	}
+	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range unheldLeft(t, a) {
+		if h == real {
+			t.Errorf("the key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(real))
+			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
+		}
+	}
+}
