@@ -321,7 +321,7 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 			// dropping it without a flush leaked its slot when the
 			// failure was forged) and the key loaded again. provd's own
 			// objects are noDA, so the retry cannot count.
-			if errors.Is(err, tpm.ErrNotFound) {
+			if handleRefused(err) {
 				// Nothing there to flush, says the TPM's answer, which
 				// has no HMAC: if it was forged, the key stays loaded
 				// and the sweep flushes it (found by review).
@@ -332,24 +332,59 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 			}
 			continue
 		}
-		var pe *api.PolicyError
-		if ran && !cached && errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe) && !errors.Is(err, tpm.ErrResponseForged) {
-			// Loaded just now, the policy its record names (checked
-			// above) passed at every step, and the TPM refused the
-			// session's digest at the command: the object at the handle
-			// the load's answer named is not the key (the answer's HMAC
-			// covers the name, not the handle), or a step was changed
-			// on the bus. Neither is a platform that fails the policy
-			// (found by review 79: exit 3, and the key the TPM loaded
-			// left in a slot, held by nobody). The handle is forgotten,
-			// not flushed (another's object may sit there), and the
-			// sweep flushes what provd does not hold.
-			a.keys.Forget(name)
-			a.t.Unheld()
-			return fmt.Errorf("%w: the TPM refused key %q's policy at its use after every step passed, at the handle its load's answer named: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+		if ran && !cached {
+			if err := a.refusedFresh(name, err); err != nil {
+				return err
+			}
 		}
 		return err
 	}
+}
+
+// refusedFresh is the error of a use of key name, loaded just now, that
+// the TPM refused at the command: nil when it is not such a refusal. The
+// load's answer names the handle without an HMAC (its name has one), so A1
+// can rename it to an object of its own, or to a handle that holds none
+// (found by reviews 79 and 80). Whatever the refusal, the handle is
+// forgotten, not flushed (another's object may sit there), and the sweep
+// flushes what provd does not hold, the key the TPM loaded among them:
+//   - TPM_RC_POLICY_FAIL after every step of the policy its record names
+//     passed (checked before the use: the key's authPolicy is the
+//     record's): another object at the handle, or a step changed on the
+//     bus; forged, exit 15, not a platform that fails the policy;
+//   - no object at the handle (TPM_RC_REFERENCE_H0, TPM_RC_HANDLE, or
+//     TPM_RC_VALUE for it): the TPM made no such handle; forged;
+//   - the command's HMAC refused (TPM_RC_BAD_AUTH): A1's object with the
+//     key's policy (a public digest), or the key's value edited in the
+//     state, which nothing here tells apart: the TPM's word, exit 11.
+func (a *Agent) refusedFresh(name string, err error) error {
+	var pe *api.PolicyError
+	forged := errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe) || handleRefused(err)
+	if errors.Is(err, tpm.ErrResponseForged) || !forged && !errors.Is(err, tpm.ErrBadAuth) {
+		return nil
+	}
+	a.keys.Forget(name)
+	a.t.Unheld()
+	if !forged {
+		return err
+	}
+	return fmt.Errorf("%w: the TPM refused the use of key %q at the handle its load's answer named, after every step of its policy passed: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+}
+
+// handleRefused reports whether the TPM refused a command's first handle
+// as holding no object: not found, or a handle it never makes
+// (TPM_RC_VALUE or TPM_RC_HANDLE for handle 1; found by review 80: such a
+// cached handle was kept, and every later use failed until restart).
+func handleRefused(err error) bool {
+	if errors.Is(err, tpm.ErrNotFound) {
+		return true
+	}
+	var f1 tpm2.TPMFmt1Error
+	if errors.As(err, &f1) && (errors.Is(err, tpm2.TPMRCValue) || errors.Is(err, tpm2.TPMRCHandle)) {
+		ok, i := f1.Handle()
+		return ok && i == 1
+	}
+	return false
 }
 
 // makeRoom answers a key use that ran out of TPM slots before its command
@@ -369,7 +404,7 @@ func (a *Agent) makeRoom(err error) bool {
 // says the handle does not hold that key (any more): not loaded, another
 // object's authorization, or an object that cannot be authorized.
 func staleHandle(err error) bool {
-	return errors.Is(err, tpm.ErrNotFound) || errors.Is(err, tpm.ErrBadAuth) ||
+	return handleRefused(err) || errors.Is(err, tpm.ErrBadAuth) ||
 		errors.Is(err, tpm2.TPMRCAuthUnavailable) || errors.Is(err, tpm2.TPMRCKey) || errors.Is(err, tpm2.TPMRCHandle)
 }
 

@@ -423,7 +423,7 @@ func (t *TPM) LoadWithAuth(parent Object, pa ParentAuth, b Blob) (Object, error)
 		err = pa.Branch(ps, tpm2.TPMCCLoad)
 		if err == nil {
 			obj, err = t.Load(parent, ps.Session(), b)
-			err = t.usedPolicy(retries, refusedValue("TPM2_Load", err))
+			err = t.usedPolicy(retries, t.refusedValue("TPM2_Load", retries, err))
 		}
 		return obj, t.closeAfterLoad(err, ps.Close(), &obj)
 	}
@@ -432,25 +432,29 @@ func (t *TPM) LoadWithAuth(parent Object, pa ParentAuth, b Blob) (Object, error)
 		return Object{}, err
 	}
 	var obj Object
+	retries := t.Stats().Retries
 	err = t.withHMACSession(func(s tpm2.Session) (err error) {
 		obj, err = t.Load(parent, saltedAuth{s}, b)
-		return refusedValue("TPM2_Load", err)
+		return t.refusedValue("TPM2_Load", retries, err)
 	}, tpm2.Auth(pa.Value), tpm2.Salted(srk.Handle, srk.Public))
 	return obj, err
 }
 
 // refusedValue is err of a command whose one session (salted to the SRK)
-// is keyed by a parent's value from the state: the TPM's refusal of that
-// session's HMAC (TPM_RC_BAD_AUTH, which guarded calls forged) is a wrong
-// value in the state or a command changed on the bus, which nothing here
-// tells apart: ErrBadAuth, exit 11, as the import under the same parent
-// (found by review 79: a transfer key's value edited in the state was
-// "forged", exit 15, at every load under it, and exit 11 at an import). A
-// refused answer HMAC stays forged.
-func refusedValue(command string, err error) error {
-	var f1 tpm2.TPMFmt1Error
-	if errors.Is(err, ErrResponseForged) && errors.Is(err, tpm2.TPMRCBadAuth) && errors.As(err, &f1) {
-		return Wrap(command, f1)
+// is keyed by a parent's value from the state, sent when the TPM's retry
+// count was retries: the TPM's refusal of that session's HMAC
+// (TPM_RC_BAD_AUTH, which guarded calls forged) is a wrong value in the
+// state or a command changed on the bus, which nothing here tells apart:
+// ErrBadAuth, exit 11, as the import under the same parent (found by
+// review 79: a transfer key's value edited in the state was "forged", exit
+// 15, at every load under it, and exit 11 at an import). It stays forged
+// when a command was sent again for a warning since (the copy the TPM ran
+// moved the nonces: found by review 80, a forged RETRY made exit 11), and
+// so does a refused answer HMAC.
+func (t *TPM) refusedValue(command string, retries int64, err error) error {
+	var rc tpm2.TPMRC
+	if errors.Is(err, ErrResponseForged) && errors.Is(err, tpm2.TPMRCBadAuth) && errors.As(err, &rc) && t.Stats().Retries == retries {
+		return Wrap(command, rc)
 	}
 	return err
 }
