@@ -286,6 +286,7 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 		opts.Branches = []int{0} // the usage branch
 	}
 	for attempt := 0; ; attempt++ {
+		gen := a.t.Generation() // before the load: its handle is of this one
 		obj, cached, err := a.keyObject(ctx, ks)
 		if attempt == 0 && a.makeRoom(err) {
 			continue
@@ -333,7 +334,7 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 			continue
 		}
 		if ran && !cached {
-			if err := a.refusedFresh(name, err); err != nil {
+			if err := a.refusedFresh(name, gen, err); err != nil {
 				return err
 			}
 		}
@@ -357,7 +358,14 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 //   - the command's HMAC refused (TPM_RC_BAD_AUTH): A1's object with the
 //     key's policy (a public digest), or the key's value edited in the
 //     state, which nothing here tells apart: the TPM's word, exit 11.
-func (a *Agent) refusedFresh(name string, err error) error {
+//
+// A TPM started again or a device opened again since the load (its
+// generation moved from gen: a power cut) took the handle with it: that
+// refusal is left as it is (an honest one).
+func (a *Agent) refusedFresh(name string, gen uint64, err error) error {
+	if a.t.Generation() != gen {
+		return nil
+	}
 	var pe *api.PolicyError
 	forged := errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe) || handleRefused(err)
 	if errors.Is(err, tpm.ErrResponseForged) || !forged && !errors.Is(err, tpm.ErrBadAuth) {
