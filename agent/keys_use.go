@@ -286,7 +286,6 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 		opts.Branches = []int{0} // the usage branch
 	}
 	for attempt := 0; ; attempt++ {
-		gen := a.t.Generation() // before the load: its handle is of this one
 		obj, cached, err := a.keyObject(ctx, ks)
 		if attempt == 0 && a.makeRoom(err) {
 			continue
@@ -334,49 +333,57 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 			continue
 		}
 		if ran && !cached {
-			if err := a.refusedFresh(name, gen, err); err != nil {
-				return err
+			retry, ferr := a.refusedFresh(name, attempt, err)
+			if retry {
+				continue
+			}
+			if ferr != nil {
+				return ferr
 			}
 		}
 		return err
 	}
 }
 
-// refusedFresh is the error of a use of key name, loaded just now, that
-// the TPM refused at the command: nil when it is not such a refusal. The
-// load's answer names the handle without an HMAC (its name has one), so A1
-// can rename it to an object of its own, or to a handle that holds none
-// (found by reviews 79 and 80). Whatever the refusal, the handle is
-// forgotten, not flushed (another's object may sit there), and the sweep
-// flushes what provd does not hold, the key the TPM loaded among them:
+// refusedFresh decides a use of key name, loaded just now, that the TPM
+// refused at the command (err), in the use's attempt: whether to load the
+// key and use it once more, and the error to return (nil: err as it is,
+// or no such refusal). The load's answer names the handle without an HMAC
+// (its name has one), so A1 can rename it to an object of its own, or to a
+// handle that holds none (found by reviews 79 and 80). Whatever the
+// refusal, the handle is forgotten, not flushed (another's object may sit
+// there), and the sweep flushes what provd does not hold, the key the TPM
+// loaded among them:
+//   - no object at the handle (TPM_RC_REFERENCE_H0, TPM_RC_HANDLE, or
+//     TPM_RC_VALUE for it): the TPM made no such handle, or lost it since
+//     (a power cut, or a suspend and resume on a device without a resource
+//     manager, which provd need not see: found by review 81). The key is
+//     loaded and used once more; refused so again, it is forged;
 //   - TPM_RC_POLICY_FAIL after every step of the policy its record names
 //     passed (checked before the use: the key's authPolicy is the
 //     record's): another object at the handle, or a step changed on the
-//     bus; forged, exit 15, not a platform that fails the policy;
-//   - no object at the handle (TPM_RC_REFERENCE_H0, TPM_RC_HANDLE, or
-//     TPM_RC_VALUE for it): the TPM made no such handle; forged;
+//     bus; forged, exit 15, not a platform that fails the policy. No TPM
+//     start, real or forged, excuses it (review 81: a forged
+//     TPM_RC_INITIALIZE and start-up answer, neither with an HMAC, did);
 //   - the command's HMAC refused (TPM_RC_BAD_AUTH): A1's object with the
 //     key's policy (a public digest), or the key's value edited in the
 //     state, which nothing here tells apart: the TPM's word, exit 11.
-//
-// A TPM started again or a device opened again since the load (its
-// generation moved from gen: a power cut) took the handle with it: that
-// refusal is left as it is (an honest one).
-func (a *Agent) refusedFresh(name string, gen uint64, err error) error {
-	if a.t.Generation() != gen {
-		return nil
-	}
+func (a *Agent) refusedFresh(name string, attempt int, err error) (retry bool, _ error) {
 	var pe *api.PolicyError
-	forged := errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe) || handleRefused(err)
+	gone := handleRefused(err)
+	forged := gone || errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe)
 	if errors.Is(err, tpm.ErrResponseForged) || !forged && !errors.Is(err, tpm.ErrBadAuth) {
-		return nil
+		return false, nil
 	}
 	a.keys.Forget(name)
 	a.t.Unheld()
-	if !forged {
-		return err
+	switch {
+	case gone && attempt == 0:
+		return true, nil
+	case !forged:
+		return false, nil
 	}
-	return fmt.Errorf("%w: the TPM refused the use of key %q at the handle its load's answer named, after every step of its policy passed: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+	return false, fmt.Errorf("%w: the TPM refused the use of key %q at the handle its load's answer named, after every step of its policy passed: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
 }
 
 // handleRefused reports whether the TPM refused a command's first handle

@@ -71,3 +71,58 @@ func TestRenamedKeyLoadIsForgedAndSwept(t *testing.T) {
 		}
 	}
 }
+
+// A1 renames the answer of the key's load to a handle that holds nothing,
+// and again at the load provd makes once more (a handle lost to a suspend
+// and resume looks the same the first time: review 81): the second
+// refusal is forged (exit 15), and nothing is left held by nobody.
+func TestRenamedKeyLoadTwiceIsForged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a := provisioned(t, env)
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	const empty = tpm2.TPMHandle(0x80000002)
+	var mu sync.Mutex
+	var first, second tpm2.TPMHandle
+	h1 := swtpmtest.RenamedLoad(review77LoadUnderT, empty, &first)
+	h2 := swtpmtest.RenamedLoad(review77LoadUnderT, empty, &second)
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if first == 0 {
+			return h1(next, cmd)
+		}
+		return h2(next, cmd)
+	})
+	d := sha256.Sum256([]byte("c"))
+	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
+	bus.Set(nil)
+	mu.Lock()
+	f, s := first, second
+	mu.Unlock()
+	if f == 0 || s == 0 {
+		t.Fatalf("not mounted: loads 0x%08x, 0x%08x", uint32(f), uint32(s))
+	}
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Errorf("both loads renamed to an empty handle: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
+	}
+	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range unheldLeft(t, a) {
+		if h == f || h == s {
+			t.Errorf("a key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
+			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
+		}
+	}
+}
