@@ -263,7 +263,7 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 	if err != nil {
 		return err
 	}
-	err = a.useKeyIn(ctx, ks, fn)
+	ran, err := a.useKeyIn(ctx, ks, false, fn)
 	if errors.Is(err, errReadForLoad) {
 		// Returned before anything was sent for the load. When the
 		// command already ran on a stale cached handle, this is
@@ -272,39 +272,52 @@ func (a *Agent) useKey(ctx context.Context, name string, fn func(rec keyRecord, 
 		if ks, err = a.useKeyState(ctx, name, true); err != nil {
 			return err
 		}
-		err = a.useKeyIn(ctx, ks, fn)
+		_, err = a.useKeyIn(ctx, ks, ran, fn)
 	}
 	return err
 }
 
-// useKeyIn is useKey with the key's state read.
-func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) error {
+// useKeyIn is useKey with the key's state read; ranBefore: the use's
+// command ran already (a stale cached handle's, before the state was read
+// again), so a refusal is not answered by running it once more (found by
+// review 82: three runs of one command). sent reports whether the command
+// ran here.
+func (a *Agent) useKeyIn(ctx context.Context, ks keyState, ranBefore bool, fn func(rec keyRecord, obj tpm.Object, auth tpm2.Session) error) (sent bool, _ error) {
 	name := ks.rec.Name
 	expr := ks.use
 	opts := ks.pk.opts
 	if ks.rec.Extractable {
 		opts.Branches = []int{0} // the usage branch
 	}
+	var refused error // the refusal a load once more answers (refusedFresh)
 	for attempt := 0; ; attempt++ {
 		obj, cached, err := a.keyObject(ctx, ks)
 		if attempt == 0 && a.makeRoom(err) {
 			continue
 		}
+		if err != nil && refused != nil && errors.Is(err, tpm.ErrNoMemory) {
+			// Loading once more after a refusal at the handle, no room:
+			// the slots the refused loads took are held by nobody, A1's
+			// doing (an honest loss frees them): the refusal stands,
+			// forged (found by review 82: exit 10).
+			return sent, refused
+		}
 		if err != nil {
-			return err
+			return sent, err
 		}
 		if hex.EncodeToString(obj.Public.AuthPolicy.Buffer) != ks.rec.Policy {
-			return fmt.Errorf("%w: key %q has another policy than recorded", api.ErrTampered, name)
+			return sent, fmt.Errorf("%w: key %q has another policy than recorded", api.ErrTampered, name)
 		}
 		auth, err := ks.objectAuth()
 		if err != nil {
-			return err
+			return sent, err
 		}
 		ran := false
 		err = a.withPolicySession(ks.pk.state.Policy, expr, opts, auth, func(s tpm2.Session) error {
 			ran = true
 			return fn(ks.rec, obj, s)
 		})
+		sent = sent || ran
 		if !ran && attempt == 0 && a.makeRoom(err) {
 			continue
 		}
@@ -328,27 +341,29 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 				a.keys.Forget(name)
 				a.t.Unheld()
 			} else if err := a.keys.Drop(name); err != nil {
-				return err
+				return sent, err
 			}
 			continue
 		}
 		if ran && !cached {
-			retry, ferr := a.refusedFresh(name, attempt, err)
+			retry, ferr := a.refusedFresh(name, ranBefore || attempt > 0, err)
 			if retry {
+				refused = ferr
 				continue
 			}
 			if ferr != nil {
-				return ferr
+				return sent, ferr
 			}
 		}
-		return err
+		return sent, err
 	}
 }
 
 // refusedFresh decides a use of key name, loaded just now, that the TPM
-// refused at the command (err), in the use's attempt: whether to load the
-// key and use it once more, and the error to return (nil: err as it is,
-// or no such refusal). The load's answer names the handle without an HMAC
+// refused at the command (err), again when the use's command ran before:
+// whether to load the key and use it once more (then the error is what the
+// refusal stands as if that fails for want of room), and the error to
+// return (nil: err as it is, or no such refusal). The load's answer names the handle without an HMAC
 // (its name has one), so A1 can rename it to an object of its own, or to a
 // handle that holds none (found by reviews 79 and 80). Whatever the
 // refusal, the handle is forgotten, not flushed (another's object may sit
@@ -368,7 +383,7 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, fn func(rec keyRecord
 //   - the command's HMAC refused (TPM_RC_BAD_AUTH): A1's object with the
 //     key's policy (a public digest), or the key's value edited in the
 //     state, which nothing here tells apart: the TPM's word, exit 11.
-func (a *Agent) refusedFresh(name string, attempt int, err error) (retry bool, _ error) {
+func (a *Agent) refusedFresh(name string, again bool, err error) (retry bool, _ error) {
 	var pe *api.PolicyError
 	gone := handleRefused(err)
 	forged := gone || errors.Is(err, tpm2.TPMRCPolicyFail) && !errors.As(err, &pe)
@@ -377,13 +392,11 @@ func (a *Agent) refusedFresh(name string, attempt int, err error) (retry bool, _
 	}
 	a.keys.Forget(name)
 	a.t.Unheld()
-	switch {
-	case gone && attempt == 0:
-		return true, nil
-	case !forged:
+	if !forged {
 		return false, nil
 	}
-	return false, fmt.Errorf("%w: the TPM refused the use of key %q at the handle its load's answer named, after every step of its policy passed: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+	ferr := fmt.Errorf("%w: the TPM refused the use of key %q at the handle its load's answer named, after every step of its policy passed: that answer or a step was changed on the bus (%v)", tpm.ErrResponseForged, name, err)
+	return gone && !again, ferr
 }
 
 // handleRefused reports whether the TPM refused a command's first handle

@@ -126,3 +126,59 @@ func TestRenamedKeyLoadTwiceIsForged(t *testing.T) {
 		}
 	}
 }
+
+// A1 holds an object of its own in the TPM and renames the answer of the
+// key's load to a handle that holds nothing: provd loads the key once more,
+// and finds no room (the PK, the key the TPM loaded first, held by nobody
+// until the sweep, and A1's object: three slots on swtpm). The refusal
+// stands as forged (exit 15), not as a TPM out of memory (exit 10; found
+// by review 82), and nothing is left held by nobody after the next sign.
+func TestRenamedKeyLoadWithNoRoomToLoadAgainIsForged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a := provisioned(t, env)
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	decoy := swtpmtest.Decoy(t, bus.Next)
+	var mu sync.Mutex
+	var made tpm2.TPMHandle
+	rename := swtpmtest.RenamedLoad(review77LoadUnderT, 0x80000002, &made)
+	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return rename(next, cmd)
+	})
+	d := sha256.Sum256([]byte("c"))
+	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
+	bus.Set(nil)
+	if _, ferr := (tpm2.FlushContext{FlushHandle: decoy}).Execute(bus.Next); ferr != nil {
+		t.Logf("flush of A1's object: %v", ferr)
+	}
+	mu.Lock()
+	real := made
+	mu.Unlock()
+	if real == 0 {
+		t.Fatal("not mounted")
+	}
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Errorf("a renamed load with no room to load again: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
+	}
+	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range unheldLeft(t, a) {
+		if h == real {
+			t.Errorf("the key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
+			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
+		}
+	}
+}
