@@ -392,7 +392,7 @@ one the sender used (carried in the file) when the key goes by the officer's
 approvals, or --approval for a key born --duplicable-to or --duplicable-by.
 
 A duplicate made for a transfer key this device no longer has (replaced by
-provd peer identity) is refused, exit 2 (made for another transfer key), or
+provd peer identity) is refused, exit 5 (made for another transfer key), or
 exit 8 (state_changed) when the replacement came while the import ran:
 nothing is recorded; ask the sender for a duplicate to the new one.`,
 		Example: `  provd dup import signer --in signer.dup`,
