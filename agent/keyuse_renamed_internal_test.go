@@ -15,6 +15,86 @@ import (
 	"github.com/provd/provd/tpm"
 )
 
+// renamedLoads is A1 renaming the answers of the first len(to) loads of a
+// key under its parent (review77LoadUnderT), the nth to to[n] (an object
+// of A1's, or a handle that holds nothing), on a provisioned agent whose
+// created key "c" is out of the cache. sign signs with "c" with the
+// renames mounted and returns the handles the TPM made and its error.
+func renamedLoads(t *testing.T, decoyToo bool, to ...tpm2.TPMHandle) (a *Agent, bus *swtpmtest.Bus, sign func() ([]tpm2.TPMHandle, error)) {
+	t.Helper()
+	ctx := context.Background()
+	bus = &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a = provisioned(t, env)
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	var decoy tpm2.TPMHandle
+	if decoyToo {
+		decoy = swtpmtest.Decoy(t, bus.Next)
+	}
+	return a, bus, func() ([]tpm2.TPMHandle, error) {
+		var mu sync.Mutex
+		made := make([]tpm2.TPMHandle, len(to))
+		hooks := make([]swtpmtest.Hook, len(to))
+		for i, h := range to {
+			if h == 0 {
+				h = decoy
+			}
+			hooks[i] = swtpmtest.RenamedLoad(review77LoadUnderT, h, &made[i])
+		}
+		bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			for i, h := range hooks {
+				if made[i] == 0 {
+					return h(next, cmd)
+				}
+			}
+			return nil, nil, false
+		})
+		d := sha256.Sum256([]byte("c"))
+		_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
+		bus.Set(nil)
+		if decoy != 0 {
+			_, _ = (tpm2.FlushContext{FlushHandle: decoy}).Execute(bus.Next) // the sweep may have
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for i, h := range made {
+			if h == 0 {
+				t.Fatalf("not mounted: load %d", i+1)
+			}
+		}
+		return made, err
+	}
+}
+
+// forgedThenClean fails t unless err is forged (exit 15), the next sign
+// with "c" works, and none of the handles the TPM made (made) is left
+// loaded, held by nobody.
+func forgedThenClean(t *testing.T, a *Agent, bus *swtpmtest.Bus, err error, made []tpm2.TPMHandle) {
+	t.Helper()
+	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+		t.Errorf("exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
+	}
+	d := sha256.Sum256([]byte("c"))
+	if _, err := a.Sign(context.Background(), "c", d[:], api.SignOptions{}); err != nil {
+		t.Fatalf("the next sign: %v", err)
+	}
+	if err := a.keys.EvictResident(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range made {
+		if review80LeftLoaded(t, a, bus, h) {
+			t.Errorf("a key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
+		}
+	}
+}
+
 // A1 renames the answer of a created key's TPM2_Load under the PK to an
 // object of its own (the answer's HMAC covers the name, not the handle):
 // the sign's policy session, every step passed, is refused at the command.
@@ -24,52 +104,9 @@ import (
 // the next sign works.
 func TestRenamedKeyLoadIsForgedAndSwept(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a := provisioned(t, env)
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	decoy := swtpmtest.Decoy(t, bus.Next)
-	var mu sync.Mutex
-	var made tpm2.TPMHandle
-	rename := swtpmtest.RenamedLoad(review77LoadUnderT, decoy, &made)
-	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		return rename(next, cmd)
-	})
-	d := sha256.Sum256([]byte("c"))
-	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
-	bus.Set(nil)
-	mu.Lock()
-	real := made
-	mu.Unlock()
-	if real == 0 {
-		t.Fatal("not mounted: no load under the PK")
-	}
-	if err == nil {
-		t.Fatal("signed through A1's object")
-	}
-	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
-		t.Errorf("a key's load answer naming A1's object: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
-	}
-	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
-		t.Fatalf("the next sign: %v", err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range unheldLeft(t, a) {
-		if h == real {
-			t.Errorf("the key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(real))
-			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
-		}
-	}
+	a, bus, sign := renamedLoads(t, true, 0)
+	made, err := sign()
+	forgedThenClean(t, a, bus, err, made)
 }
 
 // A1 renames the answer of the key's load to a handle that holds nothing,
@@ -78,53 +115,9 @@ func TestRenamedKeyLoadIsForgedAndSwept(t *testing.T) {
 // refusal is forged (exit 15), and nothing is left held by nobody.
 func TestRenamedKeyLoadTwiceIsForged(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a := provisioned(t, env)
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	const empty = tpm2.TPMHandle(0x80000002)
-	var mu sync.Mutex
-	var first, second tpm2.TPMHandle
-	h1 := swtpmtest.RenamedLoad(review77LoadUnderT, empty, &first)
-	h2 := swtpmtest.RenamedLoad(review77LoadUnderT, empty, &second)
-	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if first == 0 {
-			return h1(next, cmd)
-		}
-		return h2(next, cmd)
-	})
-	d := sha256.Sum256([]byte("c"))
-	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
-	bus.Set(nil)
-	mu.Lock()
-	f, s := first, second
-	mu.Unlock()
-	if f == 0 || s == 0 {
-		t.Fatalf("not mounted: loads 0x%08x, 0x%08x", uint32(f), uint32(s))
-	}
-	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
-		t.Errorf("both loads renamed to an empty handle: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
-	}
-	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
-		t.Fatalf("the next sign: %v", err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range unheldLeft(t, a) {
-		if h == f || h == s {
-			t.Errorf("a key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
-			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
-		}
-	}
+	a, bus, sign := renamedLoads(t, false, 0x80000002, 0x80000002)
+	made, err := sign()
+	forgedThenClean(t, a, bus, err, made)
 }
 
 // A1 holds an object of its own in the TPM and renames the answer of the
@@ -135,50 +128,7 @@ func TestRenamedKeyLoadTwiceIsForged(t *testing.T) {
 // by review 82), and nothing is left held by nobody after the next sign.
 func TestRenamedKeyLoadWithNoRoomToLoadAgainIsForged(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a := provisioned(t, env)
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	decoy := swtpmtest.Decoy(t, bus.Next)
-	var mu sync.Mutex
-	var made tpm2.TPMHandle
-	rename := swtpmtest.RenamedLoad(review77LoadUnderT, 0x80000002, &made)
-	bus.Set(func(next transport.TPM, cmd []byte) ([]byte, error, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		return rename(next, cmd)
-	})
-	d := sha256.Sum256([]byte("c"))
-	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
-	bus.Set(nil)
-	if _, ferr := (tpm2.FlushContext{FlushHandle: decoy}).Execute(bus.Next); ferr != nil {
-		t.Logf("flush of A1's object: %v", ferr)
-	}
-	mu.Lock()
-	real := made
-	mu.Unlock()
-	if real == 0 {
-		t.Fatal("not mounted")
-	}
-	if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
-		t.Errorf("a renamed load with no room to load again: exit %d (%v), want forged (exit %d)", api.ExitCode(err), err, api.ExitIdentity)
-	}
-	if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
-		t.Fatalf("the next sign: %v", err)
-	}
-	if err := a.keys.EvictResident(); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range unheldLeft(t, a) {
-		if h == real {
-			t.Errorf("the key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
-			_, _ = (tpm2.FlushContext{FlushHandle: h}).Execute(bus.Next)
-		}
-	}
+	a, bus, sign := renamedLoads(t, true, 0x80000002)
+	made, err := sign()
+	forgedThenClean(t, a, bus, err, made)
 }
