@@ -363,9 +363,10 @@ func (a *Agent) useKeyIn(ctx context.Context, ks keyState, ranBefore bool, fn fu
 // refused at the command (err), again when the use's command ran before:
 // whether to load the key and use it once more (then the error is what the
 // refusal stands as if that fails for want of room), and the error to
-// return (nil: err as it is, or no such refusal). The load's answer names the handle without an HMAC
-// (its name has one), so A1 can rename it to an object of its own, or to a
-// handle that holds none (found by reviews 79 and 80). Whatever the
+// return (nil: err as it is, or no such refusal). The load's answer names
+// the handle without an HMAC (its name has one), so A1 can rename it to an
+// object of its own, or to a handle that holds none (found by reviews 79
+// and 80). Whatever the
 // refusal, the handle is forgotten, not flushed (another's object may sit
 // there), and the sweep flushes what provd does not hold, the key the TPM
 // loaded among them:
