@@ -164,34 +164,10 @@ func (a *Agent) peerIdentity(ctx context.Context, objects map[string]string) (ap
 // second new T over the kept legacy one, and the keys under it were lost
 // for good).
 func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, was string, keepLegacy bool) (transferRecord, []byte, error) {
-	auth, err := tpm.RandomAuth(objectAuthSize)
+	tr, raw, err := a.createTransferKey(pk, false)
 	if err != nil {
 		return transferRecord{}, nil, err
 	}
-	defer clear(auth)
-	if err := a.keys.EvictResident(); err != nil {
-		return transferRecord{}, nil, err
-	}
-	pkName, err := hex.DecodeString(pk.state.Name)
-	if err != nil {
-		return transferRecord{}, nil, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
-	}
-	// Under the SRK: T is fixedTPM, which no child of a movable PK can be,
-	// and it is bound to the PK by its policy, not by its parent.
-	srk, err := a.t.SRK()
-	if err != nil {
-		return transferRecord{}, nil, err
-	}
-	blob, err := a.t.Create(srk, nil, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
-	if err != nil {
-		return transferRecord{}, nil, err
-	}
-	name, err := blob.Name()
-	if err != nil {
-		return transferRecord{}, nil, err
-	}
-	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: a.now().UTC()}
-	raw := blob.Marshal()
 	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
 		var cur transferRecord
 		switch err := tx.Get(transferRec, &cur); {
@@ -234,6 +210,45 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, was string, kee
 		return dropUnusedLegacyTransfer(tx)
 	})
 	return tr, raw, err
+}
+
+// createTransferKey creates a transfer key of the PK pk in the TPM, under
+// the SRK, with an authValue of its own (a legacy one, as provd made before
+// review 74, when legacy: tests of what came before), and returns its
+// record and blob, not recorded.
+func (a *Agent) createTransferKey(pk pkInputs, legacy bool) (transferRecord, []byte, error) {
+	auth, err := tpm.RandomAuth(objectAuthSize)
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	defer clear(auth)
+	if err := a.keys.EvictResident(); err != nil {
+		return transferRecord{}, nil, err
+	}
+	pkName, err := hex.DecodeString(pk.state.Name)
+	if err != nil {
+		return transferRecord{}, nil, fmt.Errorf("%w: the PK's name in the state", api.ErrTampered)
+	}
+	tmpl := catalog.TransferTemplate(catalog.TransferPolicy(pkName))
+	if legacy {
+		tmpl = catalog.LegacyTransferTemplate(catalog.ActivationPolicy(pkName))
+	}
+	// Under the SRK: T is fixedTPM, which no child of a movable PK can be,
+	// and it is bound to the PK by its policy, not by its parent.
+	srk, err := a.t.SRK()
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	blob, err := a.t.Create(srk, nil, tmpl, tpm.Sensitive{UserAuth: auth})
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	name, err := blob.Name()
+	if err != nil {
+		return transferRecord{}, nil, err
+	}
+	return transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth),
+		Parent: transferUnderSRK, CreatedAt: a.now().UTC()}, blob.Marshal(), nil
 }
 
 // legacyTransferUsed reports whether a key may live under the legacy

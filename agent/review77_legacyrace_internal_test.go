@@ -3,17 +3,14 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
 
 // review77LegacyReceiver is B holding a key ("old") received under a
@@ -90,24 +87,10 @@ func TestReview77ConcurrentPeerIdentityLosesTheLegacyTransferKey(t *testing.T) {
 	if err != nil || !ok || cur.Name != t1 {
 		t.Fatalf("the current T: %+v %v %v", cur, ok, err)
 	}
-	pkName, _ := hex.DecodeString(pk.state.Name)
-	auth, err := tpm.RandomAuth(objectAuthSize)
+	t2, t2Raw, err := b.createTransferKey(pk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srk, err := b.t.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t2Blob, err := b.t.Create(srk, nil, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t2Name, err := t2Blob.Name()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t2 := transferRecord{Name: hex.EncodeToString(t2Name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: b.now().UTC()}
 
 	// Process 1's peer identity; process 2's commits while process 1 makes
 	// its T in the TPM (the same transaction newTransferKey makes).
@@ -121,7 +104,7 @@ func TestReview77ConcurrentPeerIdentityLosesTheLegacyTransferKey(t *testing.T) {
 			if err := tx.Put(legacyTransferRec, cur); err != nil {
 				return err
 			}
-			if err := tx.WriteBlob(transferRec, t2Blob.Marshal()); err != nil {
+			if err := tx.WriteBlob(transferRec, t2Raw); err != nil {
 				return err
 			}
 			return tx.Put(transferRec, t2)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"slices"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/provd/provd/api"
-	"github.com/provd/provd/catalog"
 	"github.com/provd/provd/store"
 	"github.com/provd/provd/test/swtpmtest"
 	"github.com/provd/provd/tpm"
@@ -26,25 +24,11 @@ func review78NewT(t *testing.T, b *Agent) (transferRecord, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkName, _ := hex.DecodeString(pk.state.Name)
-	auth, err := tpm.RandomAuth(objectAuthSize)
+	tr, raw, err := b.createTransferKey(pk, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srk, err := b.t.SRK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := b.t.Create(srk, nil, catalog.TransferTemplate(catalog.TransferPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name, err := blob.Name()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth),
-		Parent: transferUnderSRK, CreatedAt: b.now().UTC()}, blob.Marshal()
+	return tr, raw
 }
 
 // review78OtherPeerIdentity is the transaction another process's `provd

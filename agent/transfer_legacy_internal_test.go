@@ -29,26 +29,16 @@ func legacyTransferKey(t *testing.T, b *Agent) api.PeerIdentity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkName, _ := hex.DecodeString(pk.state.Name)
-	auth, err := tpm.RandomAuth(objectAuthSize)
+	tr, raw, err := b.createTransferKey(pk, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srk, err := b.t.SRK()
+	blob, err := tpm.UnmarshalBlob(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := b.t.Create(srk, nil, catalog.LegacyTransferTemplate(catalog.ActivationPolicy(pkName)), tpm.Sensitive{UserAuth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name, err := blob.Name()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := transferRecord{Name: hex.EncodeToString(name.Buffer), PK: pk.state.Name, Auth: hex.EncodeToString(auth), Parent: transferUnderSRK, CreatedAt: b.now().UTC()}
 	if err := b.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
-		if err := tx.WriteBlob(transferRec, blob.Marshal()); err != nil {
+		if err := tx.WriteBlob(transferRec, raw); err != nil {
 			return err
 		}
 		return tx.Put(transferRec, tr)
