@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/sha256"
 	"errors"
 	"sync"
@@ -92,6 +93,27 @@ func forgedThenClean(t *testing.T, a *Agent, bus *swtpmtest.Bus, err error, made
 		if review80LeftLoaded(t, a, bus, h) {
 			t.Errorf("a key the TPM loaded (0x%08x) is still loaded, held by nobody, after the next sign", uint32(h))
 		}
+	}
+}
+
+// forgedOrTheKeys fails t unless a sign with key name over digest either
+// was refused as forged (exit 15), or gave sig, the key's own signature
+// (the key loaded once more: a handle lost to a suspend and resume looks
+// the same as a renamed one, review 81).
+func forgedOrTheKeys(t *testing.T, a *Agent, name string, digest, sig []byte, err error) {
+	t.Helper()
+	if err != nil {
+		if !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity {
+			t.Errorf("exit %d (%v), want forged (exit %d) or the key's signature", api.ExitCode(err), err, api.ExitIdentity)
+		}
+		return
+	}
+	pub, _, perr := a.KeyPublic(context.Background(), name)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, sig) {
+		t.Error("signed, but not with the key")
 	}
 }
 

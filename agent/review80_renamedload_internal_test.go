@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -209,21 +208,7 @@ func TestReview80RenamedLoadToAnEmptyHandle(t *testing.T) {
 			if real == 0 || real == empty {
 				t.Fatalf("not mounted (0x%08x)", uint32(real))
 			}
-			switch {
-			case err == nil:
-				// Since review 81 the key is loaded and used once more
-				// (a handle lost to a suspend and resume looks the same):
-				// the signature must be the key's.
-				pub, _, perr := a.KeyPublic(ctx, "c")
-				if perr != nil {
-					t.Fatal(perr)
-				}
-				if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], sig) {
-					t.Error("signed, but not with the key")
-				}
-			case !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity:
-				t.Errorf("a key's load answer naming an empty handle: exit %d, want forged (exit %d) or the key's signature", api.ExitCode(err), api.ExitIdentity)
-			}
+			forgedOrTheKeys(t, a, "c", d[:], sig, err)
 			if _, err := a.Sign(ctx, "c", d[:], api.SignOptions{}); err != nil {
 				t.Errorf("the next sign, A1 gone: %v (exit %d)", err, api.ExitCode(err))
 			}

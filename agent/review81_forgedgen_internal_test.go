@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/sha256"
-	"errors"
 	"sync"
 	"testing"
 
@@ -13,7 +11,6 @@ import (
 
 	"github.com/provd/provd/api"
 	"github.com/provd/provd/test/swtpmtest"
-	"github.com/provd/provd/tpm"
 )
 
 // review81RenamedThenRestarted mounts on bus A1's rename of the next
@@ -113,20 +110,7 @@ func TestReview81ForgedStartupExcusesARenamedLoad(t *testing.T) {
 			if real == 0 || !restarted {
 				t.Fatalf("not mounted (load 0x%08x, start-up forged %v)", uint32(real), restarted)
 			}
-			switch {
-			case err == nil:
-				// A mend that loads the key again and signs once more:
-				// the signature must be the key's.
-				pub, _, perr := a.KeyPublic(ctx, "c")
-				if perr != nil {
-					t.Fatal(perr)
-				}
-				if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), d[:], sig) {
-					t.Error("signed, but not with the key")
-				}
-			case !errors.Is(err, tpm.ErrResponseForged) || api.ExitCode(err) != api.ExitIdentity:
-				t.Errorf("a renamed key load behind a forged start-up: exit %d, want forged (exit %d) or the key's signature", api.ExitCode(err), api.ExitIdentity)
-			}
+			forgedOrTheKeys(t, a, "c", d[:], sig, err)
 			// What provd holds now is its cache's (maybe A1's handle, under
 			// the key's name); the key the TPM loaded must have been swept.
 			left := unheldLeft(t, a)

@@ -86,6 +86,27 @@ func review82GoneFlushed(cc tpm2.TPMCC, ran *int) swtpmtest.Hook {
 	}
 }
 
+// review82KeptSign signs with a created key "c" whose handle is cached and
+// state kept, with the hook gone(TPM2_Sign) mounted: the agent, how many
+// times TPM2_Sign ran, and the sign's error.
+func review82KeptSign(t *testing.T, gone func(tpm2.TPMCC, *int) swtpmtest.Hook) (*Agent, int, error) {
+	t.Helper()
+	ctx := context.Background()
+	bus := &swtpmtest.Bus{}
+	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
+	a := provisioned(t, env)
+	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
+		t.Fatal(err)
+	}
+	review82KeptAndCached(t, a, "c")
+	ran := 0
+	bus.Set(gone(tpm2.TPMCCSign, &ran))
+	d := sha256.Sum256([]byte("review 82"))
+	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
+	bus.Set(nil)
+	return a, ran, err
+}
+
 // FLAW (failed before the mend: exit 10; mended: a use whose command ran
 // on a stale cached handle is not run once more after a refusal at the
 // handle (useKeyIn's ranBefore), and a load once more that finds no room
@@ -110,19 +131,7 @@ func review82GoneFlushed(cc tpm2.TPMCC, ran *int) swtpmtest.Hook {
 // the refusal it retried (forged), not as exit 10.
 func TestReview82ForgedGoneOnAKeptKeyIsExit10(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a := provisioned(t, env)
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	review82KeptAndCached(t, a, "c")
-	ran := 0
-	bus.Set(review82Gone(tpm2.TPMCCSign, &ran))
-	d := sha256.Sum256([]byte("review 82"))
-	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
-	bus.Set(nil)
+	a, ran, err := review82KeptSign(t, review82Gone)
 	t.Logf("sign, every TPM2_Sign answered REFERENCE_H0 after it ran: %v (exit %d); TPM2_Sign ran %d times", err, api.ExitCode(err), ran)
 	if c := api.ExitCode(err); c != api.ExitIdentity {
 		t.Errorf("A1's forged REFERENCE_H0 at every sign of a kept key: exit %d, want %d (forged)", c, api.ExitIdentity)
@@ -154,19 +163,7 @@ func TestReview82ForgedGoneOnAKeptKeyIsExit10(t *testing.T) {
 // not retry after the stale-cache retry already ran the command.
 func TestReview82ForgedGoneRunsAKeptKeysCommandThrice(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	bus := &swtpmtest.Bus{}
-	env := swtpmtest.Start(t, swtpmtest.WithBus(bus))
-	a := provisioned(t, env)
-	if _, err := a.CreateKey(ctx, api.CreateRequest{Name: "c", Type: "ecc-p256"}); err != nil {
-		t.Fatal(err)
-	}
-	review82KeptAndCached(t, a, "c")
-	ran := 0
-	bus.Set(review82GoneFlushed(tpm2.TPMCCSign, &ran))
-	d := sha256.Sum256([]byte("review 82"))
-	_, err := a.Sign(ctx, "c", d[:], api.SignOptions{})
-	bus.Set(nil)
+	a, ran, err := review82KeptSign(t, review82GoneFlushed)
 	t.Logf("sign, every TPM2_Sign run, its key flushed and answered REFERENCE_H0: %v (exit %d); TPM2_Sign ran %d times", err, api.ExitCode(err), ran)
 	if c := api.ExitCode(err); c != api.ExitIdentity {
 		t.Errorf("exit %d, want %d (forged)", c, api.ExitIdentity)
