@@ -578,24 +578,27 @@ func (a *Agent) DeleteKey(ctx context.Context, name string) error {
 		if err := a.keys.Drop(name); err != nil {
 			return err
 		}
-		return a.st.Update(ctx, func(tx *store.Tx) error {
-			if _, err := tx.GetRaw(keyRecName(name)); errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("%w: key %q", api.ErrNotFound, name)
-			} else if err != nil {
-				return err
-			}
-			if err := tx.Delete(keyRecName(name)); err != nil {
-				return err
-			}
-			if slices.Contains(tx.Blobs(), keyRecName(name)) {
-				if err := tx.RemoveBlob(keyRecName(name)); err != nil {
-					return err
-				}
-			}
-			// The last key under a legacy transfer key takes it along.
-			return dropUnusedLegacyTransfer(tx)
-		})
+		return a.st.Update(ctx, func(tx *store.Tx) error { return deleteKeyIn(tx, name) })
 	})
+}
+
+// deleteKeyIn is DeleteKey's transaction: key name's record and blob
+// removed, and the legacy transfer key with the last key under it.
+func deleteKeyIn(tx *store.Tx, name string) error {
+	if _, err := tx.GetRaw(keyRecName(name)); errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: key %q", api.ErrNotFound, name)
+	} else if err != nil {
+		return err
+	}
+	if err := tx.Delete(keyRecName(name)); err != nil {
+		return err
+	}
+	if slices.Contains(tx.Blobs(), keyRecName(name)) {
+		if err := tx.RemoveBlob(keyRecName(name)); err != nil {
+			return err
+		}
+	}
+	return dropUnusedLegacyTransfer(tx)
 }
 
 // ListKeys lists the keys, by name.

@@ -168,48 +168,55 @@ func (a *Agent) newTransferKey(ctx context.Context, pk pkInputs, was string, kee
 	if err != nil {
 		return transferRecord{}, nil, err
 	}
-	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) error {
-		var cur transferRecord
-		switch err := tx.Get(transferRec, &cur); {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			return err
-		}
-		if cur.Name != was {
-			tr = cur
-			var err error
-			raw, err = tx.ReadBlob(transferRec)
-			return err
-		}
-		if keepLegacy {
-			var kept transferRecord
-			switch err := tx.Get(legacyTransferRec, &kept); {
-			case errors.Is(err, store.ErrNotFound):
-			case err != nil:
-				return err
-			case legacyTransferUsed(tx, kept):
-				return fmt.Errorf("%w: the state keeps a legacy transfer key already (%.16s…), with keys under it, beside the legacy one recorded as current (%.16s…)", api.ErrTampered, kept.Name, cur.Name)
-			}
-			oldRaw, err := tx.ReadBlob(transferRec)
-			if err != nil {
-				return err
-			}
-			if err := tx.WriteBlob(legacyTransferRec, oldRaw); err != nil {
-				return err
-			}
-			if err := tx.Put(legacyTransferRec, cur); err != nil {
-				return err
-			}
-		}
-		if err := tx.WriteBlob(transferRec, raw); err != nil {
-			return err
-		}
-		if err := tx.Put(transferRec, tr); err != nil {
-			return err
-		}
-		return dropUnusedLegacyTransfer(tx)
+	err = a.updateUnderPK(ctx, pk.state.Name, func(tx *store.Tx) (err error) {
+		tr, raw, err = recordTransferKey(tx, tr, raw, was, keepLegacy)
+		return err
 	})
 	return tr, raw, err
+}
+
+// recordTransferKey is newTransferKey's transaction: T (record tr, blob
+// raw) recorded in place of the one named was, which is kept as the legacy
+// transfer key when keepLegacy and a key lives under it; the transfer key
+// recorded, or the one another process recorded meanwhile.
+func recordTransferKey(tx *store.Tx, tr transferRecord, raw []byte, was string, keepLegacy bool) (transferRecord, []byte, error) {
+	var cur transferRecord
+	switch err := tx.Get(transferRec, &cur); {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return tr, raw, err
+	}
+	if cur.Name != was {
+		raw, err := tx.ReadBlob(transferRec)
+		return cur, raw, err
+	}
+	if keepLegacy {
+		var kept transferRecord
+		switch err := tx.Get(legacyTransferRec, &kept); {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return tr, raw, err
+		case legacyTransferUsed(tx, kept):
+			return tr, raw, fmt.Errorf("%w: the state keeps a legacy transfer key already (%.16s…), with keys under it, beside the legacy one recorded as current (%.16s…)", api.ErrTampered, kept.Name, cur.Name)
+		}
+		oldRaw, err := tx.ReadBlob(transferRec)
+		if err != nil {
+			return tr, raw, err
+		}
+		if err := tx.WriteBlob(legacyTransferRec, oldRaw); err != nil {
+			return tr, raw, err
+		}
+		if err := tx.Put(legacyTransferRec, cur); err != nil {
+			return tr, raw, err
+		}
+	}
+	if err := tx.WriteBlob(transferRec, raw); err != nil {
+		return tr, raw, err
+	}
+	if err := tx.Put(transferRec, tr); err != nil {
+		return tr, raw, err
+	}
+	return tr, raw, dropUnusedLegacyTransfer(tx)
 }
 
 // createTransferKey creates a transfer key of the PK pk in the TPM, under

@@ -83,7 +83,7 @@ func TestReview77ConcurrentPeerIdentityLosesTheLegacyTransferKey(t *testing.T) {
 	_, _, b, t1, _ := review77LegacyReceiver(t, swtpmtest.WithBus(bus))
 
 	// What the other process's peer identity makes: T2 in this TPM.
-	pk, cur, curRaw, ok, err := b.readTransfer(ctx)
+	pk, cur, _, ok, err := b.readTransfer(ctx)
 	if err != nil || !ok || cur.Name != t1 {
 		t.Fatalf("the current T: %+v %v %v", cur, ok, err)
 	}
@@ -98,16 +98,8 @@ func TestReview77ConcurrentPeerIdentityLosesTheLegacyTransferKey(t *testing.T) {
 	var otherErr error
 	bus.Set(swtpmtest.BeforeOnce(swtpmtest.Code(tpm2.TPMCCCreate), &done, func(transport.TPM) {
 		otherErr = b.st.Update(ctx, func(tx *store.Tx) error {
-			if err := tx.WriteBlob(legacyTransferRec, curRaw); err != nil {
-				return err
-			}
-			if err := tx.Put(legacyTransferRec, cur); err != nil {
-				return err
-			}
-			if err := tx.WriteBlob(transferRec, t2Raw); err != nil {
-				return err
-			}
-			return tx.Put(transferRec, t2)
+			_, _, err := recordTransferKey(tx, t2, t2Raw, cur.Name, true)
+			return err
 		})
 	}))
 	peer, err := b.PeerIdentity(ctx)

@@ -40,38 +40,13 @@ func review78OtherPeerIdentity(tx *store.Tx, t2 transferRecord, t2Raw []byte) er
 	if err := tx.Get(transferRec, &cur); err != nil {
 		return err
 	}
-	oldRaw, err := tx.ReadBlob(transferRec)
-	if err != nil {
-		return err
-	}
-	if err := tx.WriteBlob(legacyTransferRec, oldRaw); err != nil {
-		return err
-	}
-	if err := tx.Put(legacyTransferRec, cur); err != nil {
-		return err
-	}
-	if err := tx.WriteBlob(transferRec, t2Raw); err != nil {
-		return err
-	}
-	if err := tx.Put(transferRec, t2); err != nil {
-		return err
-	}
-	return dropUnusedLegacyTransfer(tx)
+	_, _, err := recordTransferKey(tx, t2, t2Raw, cur.Name, true)
+	return err
 }
 
 // review78OtherDelete is the transaction another process's `provd key
 // delete NAME` commits (DeleteKey, as of review 77).
-func review78OtherDelete(tx *store.Tx, name string) error {
-	if err := tx.Delete(keyRecName(name)); err != nil {
-		return err
-	}
-	if slices.Contains(tx.Blobs(), keyRecName(name)) {
-		if err := tx.RemoveBlob(keyRecName(name)); err != nil {
-			return err
-		}
-	}
-	return dropUnusedLegacyTransfer(tx)
-}
+func review78OtherDelete(tx *store.Tx, name string) error { return deleteKeyIn(tx, name) }
 
 // review78ImportOrNothing fails t unless b's dup import of name (result
 // err) either recorded nothing or recorded a key that loads and signs.
